@@ -1,0 +1,234 @@
+//! The service model: one normalized picture of what kube-proxy programmed on this node and what the
+//! Kubernetes API says should be there.
+//!
+//! Every rule reader (`rules::iptables`, `rules::nftables`, `rules::ipvs`) and the API layer (`k8s`)
+//! produce or enrich this structure; the classifier reads it. It holds values only: no file handles,
+//! no clients, no clocks, so tests build it from literals.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a Service port, a frontend or a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The IANA protocol number (`IPPROTO_*`).
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            132 => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Lowercase name as kube-proxy writes it (`tcp`, `udp`, `sctp`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Some(Self::Tcp),
+            "udp" => Some(Self::Udp),
+            "sctp" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which kube-proxy data plane programmed the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    Iptables,
+    Nftables,
+    Ipvs,
+    #[default]
+    Unknown,
+}
+
+/// `namespace/name` of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How a frontend is reached (contract field `frontends[].kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+/// Where a piece of the model came from, kept as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub source: RuleSource,
+    /// Chain name (`KUBE-SEP-...`, `service-...`), nft handle (`handle 42`) or IPVS real server.
+    pub name: String,
+    /// The rule exactly as the dump shows it (one line), for the report's evidence.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleSource {
+    Iptables,
+    Nftables,
+    Ipvs,
+}
+
+/// One address a Service is reached at. For NodePorts `ip` is the node address the rules accept
+/// (`0.0.0.0` when any local address matches, as with `-m addrtype --dst-type LOCAL`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontend {
+    pub kind: FrontendKind,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Service port name (`http`), empty when the port is unnamed.
+    pub port_name: String,
+    /// The rule that captures traffic to this frontend, if any.
+    pub rule: Option<RuleRef>,
+}
+
+/// One backend of a Service port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub port_name: String,
+    /// Present in kube-proxy's rules (a DNAT target, nft endpoint chain or IPVS real server).
+    pub in_rules: bool,
+    /// Present in the API's EndpointSlices; `None` when the API was not consulted.
+    pub in_api: Option<bool>,
+    pub ready: Option<bool>,
+    /// On this node; `None` when unknown.
+    pub local: Option<bool>,
+    pub node: Option<String>,
+    /// `namespace/pod` from the EndpointSlice's targetRef.
+    pub pod: Option<String>,
+    /// Probability of being chosen (iptables) or weight (IPVS; 0 = draining).
+    pub weight: Option<f64>,
+    /// The rule that DNATs to this endpoint (KUBE-SEP chain, nft endpoint chain, IPVS real server).
+    pub rule: Option<RuleRef>,
+}
+
+/// What the rules say about a Service as a whole, beyond frontends and endpoints.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RuleFacts {
+    /// kube-proxy has any rule for this Service.
+    pub present: bool,
+    /// REJECT "has no endpoints" rules / `no-endpoint-services` elements for this Service.
+    pub no_endpoints: Vec<RuleRef>,
+    /// DROP "has no local endpoints" rules (externalTrafficPolicy/internalTrafficPolicy Local).
+    pub no_local_endpoints: Vec<RuleRef>,
+    /// ClientIP session affinity timeout in seconds, when the rules use it.
+    pub affinity_timeout_secs: Option<u32>,
+    /// Consistency problems found while reading the rules (wrong probability sequence, a jump to a
+    /// chain that does not exist, a virtual server without real servers, ...).
+    pub problems: Vec<String>,
+}
+
+/// What the API says about a Service as a whole.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ApiFacts {
+    /// The API has this Service (`None`: API not consulted).
+    pub exists: Option<bool>,
+    pub service_type: Option<String>,
+    pub external_traffic_policy_local: Option<bool>,
+    pub internal_traffic_policy_local: Option<bool>,
+    pub session_affinity_client_ip: Option<bool>,
+}
+
+/// A Service on this node: its frontends, endpoints and the facts behind them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub service: ServiceRef,
+    pub frontends: Vec<Frontend>,
+    pub endpoints: Vec<Endpoint>,
+    pub rules: RuleFacts,
+    pub api: ApiFacts,
+}
+
+impl Service {
+    pub fn new(service: ServiceRef) -> Self {
+        Self {
+            service,
+            frontends: Vec::new(),
+            endpoints: Vec::new(),
+            rules: RuleFacts::default(),
+            api: ApiFacts::default(),
+        }
+    }
+}
+
+/// kube-proxy itself, as seen from the node.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct KubeProxyStatus {
+    pub mode: ProxyMode,
+    /// A kube-proxy process or pod runs on this node (`None`: could not tell).
+    pub running: Option<bool>,
+    pub version: Option<String>,
+    /// `/healthz` on 10256 answered 200 (`Some(false)`: 503 or other; `None`: unreachable).
+    pub healthz_ok: Option<bool>,
+    /// Seconds since kube-proxy's last successful rule sync, from `/metrics`.
+    pub last_sync_age_secs: Option<f64>,
+    /// kube-proxy's own chains/table exist at all.
+    pub rules_present: bool,
+}
+
+/// Everything known about the node's Services.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ServiceModel {
+    pub node: Option<String>,
+    pub kube_proxy: KubeProxyStatus,
+    pub services: Vec<Service>,
+    /// Node addresses (for probe recognition and NodePort frontends).
+    pub node_ips: Vec<IpAddr>,
+    /// Non-fatal problems met while building the model (unparsed rules, API unreachable, ...).
+    pub warnings: Vec<String>,
+}
+
+impl ServiceModel {
+    pub fn service(&self, svc: &ServiceRef) -> Option<&Service> {
+        self.services.iter().find(|s| &s.service == svc)
+    }
+}
