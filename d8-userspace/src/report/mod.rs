@@ -1,1 +1,89 @@
+//! The report: the contract object of DESIGN.md section 5 and its renderings.
+//!
+//! [`Report`] is the one object `-o json` prints, field for field; `-o yaml` prints the same object as
+//! YAML, `-o runbook` the kube-proxy runbook's incident block, and `-o text` a human summary that fits
+//! 80 columns. The report only holds and renders values: the tracer fills the service, frontends,
+//! flows and lost-event count, and the classifier (`crate::classify`) fills the verdict fields.
+//! Nothing here reads the kernel, the rules or the API.
+//!
+//! The field names, the verdict class names and the runbook domains are a contract (DESIGN.md
+//! section 5): change them only with a note in the README.
 
+mod object;
+mod runbook;
+mod text;
+
+use std::io;
+
+pub use object::{
+    EndpointReport, Evidence, EvidenceKind, FlowReport, FrontendReport, KubeProxyReport, Mitigation,
+    Report, RootCause, Severity, VerdictClass,
+};
+pub use runbook::{IPVS_MODULES_MISSING_PREFIX, Runbook, cross_reference, runbook_domain};
+
+/// Output format selected with `-o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Human summary (default on a terminal).
+    #[default]
+    Text,
+    /// The contract object, pretty-printed JSON.
+    Json,
+    /// The contract object as YAML.
+    Yaml,
+    /// The kube-proxy runbook's incident block (YAML).
+    Runbook,
+}
+
+impl Format {
+    /// Parses the `-o` value (`text`, `json`, `yaml`, `runbook`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            "yaml" => Some(Self::Yaml),
+            "runbook" => Some(Self::Runbook),
+            _ => None,
+        }
+    }
+}
+
+/// Writes `report` to `out` in `format`.
+///
+/// JSON is one pretty-printed object followed by a newline; YAML the same object; the runbook the
+/// block of DESIGN.md section 5. Serialization errors (which the report's types cannot produce) come
+/// back as `io::ErrorKind::InvalidData`; a broken pipe comes back as the writer's error, for the caller
+/// to treat as a clean exit.
+pub fn render(report: &Report, format: Format, out: &mut dyn io::Write) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, report).map_err(json_to_io)?;
+            out.write_all(b"\n")
+        }
+        Format::Yaml => {
+            let yaml = serde_yaml::to_string(report).map_err(yaml_to_io)?;
+            out.write_all(yaml.as_bytes())
+        }
+        Format::Runbook => {
+            let yaml = serde_yaml::to_string(&Runbook::from_report(report)).map_err(yaml_to_io)?;
+            out.write_all(yaml.as_bytes())
+        }
+        Format::Text => text::write_text(report, out),
+    }
+}
+
+fn json_to_io(e: serde_json::Error) -> io::Error {
+    // serde_json wraps the writer's own errors: keep their kind so a broken pipe stays one.
+    if let Some(kind) = e.io_error_kind() {
+        io::Error::new(kind, e)
+    } else {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+fn yaml_to_io(e: serde_yaml::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! `-o text`: a human summary that reads on an 80-column terminal.
+//!
+//! Kept apart from serde: wording and layout may change between releases, scripts use JSON.
+
+use std::io::{self, Write};
+
+use super::object::{FlowReport, Report};
+
+/// Width the summary wraps prose at.
+const WIDTH: usize = 80;
+
+/// Writes the text summary: verdict, root cause, frontends and endpoints, one or two lines per
+/// flow, evidence and mitigation.
+pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    let node = r.node.as_deref().unwrap_or("unknown node");
+    writeln!(out, "Service {} on {}", r.service, node)?;
+    let kp = &r.kube_proxy;
+    let running = match kp.running {
+        Some(true) => "running",
+        Some(false) => "NOT running",
+        None => "running: unknown",
+    };
+    let rules = if kp.rules_present { "rules present" } else { "NO rules" };
+    let version = kp.version.as_deref().unwrap_or("version unknown");
+    let mode = serde_plain(&kp.mode);
+    writeln!(out, "kube-proxy: {mode}, {running}, {version}, {rules}")?;
+    writeln!(out)?;
+
+    match &r.root_cause {
+        Some(rc) => {
+            let sev = r.severity.map(|s| s.as_str()).unwrap_or("?");
+            writeln!(out, "VERDICT: {} (severity {sev})", rc.class)?;
+            wrap(out, "  ", "  ", &rc.detail)?;
+        }
+        None => writeln!(out, "VERDICT: not classified")?,
+    }
+    writeln!(out)?;
+
+    if r.frontends.is_empty() {
+        writeln!(out, "Frontends: none known")?;
+    } else {
+        writeln!(out, "Frontends:")?;
+        for f in &r.frontends {
+            writeln!(out, "  {:<13} {}:{}/{}", serde_plain(&f.kind), f.ip, f.port, f.protocol)?;
+        }
+    }
+    if r.endpoints.is_empty() {
+        writeln!(out, "Endpoints: none known")?;
+    } else {
+        writeln!(out, "Endpoints:             rules api   ready local rule")?;
+        for e in &r.endpoints {
+            let addr = format!("{}:{}", e.ip, e.port);
+            writeln!(
+                out,
+                "  {addr:<21} {:<5} {:<5} {:<5} {:<5} {}",
+                yes_no(Some(e.in_rules)),
+                yes_no(e.in_api),
+                yes_no(e.ready),
+                yes_no(e.local),
+                e.rule.as_deref().unwrap_or("-")
+            )?;
+        }
+    }
+    writeln!(out)?;
+
+    writeln!(out, "Flows: {} traced, {} events lost", r.flows.len(), r.lost_events)?;
+    for f in &r.flows {
+        write_flow(out, f)?;
+    }
+    if r.lost_events > 0 {
+        wrap(
+            out,
+            "  ",
+            "  ",
+            "warning: kernel events were lost; a flow without a reply may have had one we did not see",
+        )?;
+    }
+
+    if !r.evidence.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Evidence:")?;
+        for e in &r.evidence {
+            let head = format!("  [{}] ", e.kind.as_str());
+            let indent = " ".repeat(head.len());
+            wrap(out, &head, &indent, &e.content)?;
+        }
+    }
+    if let Some(m) = &r.mitigation {
+        writeln!(out)?;
+        writeln!(out, "Mitigation:")?;
+        wrap(out, "  now:       ", "             ", &m.immediate)?;
+        wrap(out, "  long term: ", "             ", &m.long_term)?;
+    }
+    Ok(())
+}
+
+/// `tcp 10.1.0.5:41234 -> 10.96.0.10:80 -> 10.1.0.7:8080`, then the outcome and class below.
+fn write_flow(out: &mut dyn Write, f: &FlowReport) -> io::Result<()> {
+    let frontend = f.frontend.map_or_else(|| "(direct)".to_owned(), |a| a.to_string());
+    let backend = f.backend.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    writeln!(out, "  {:<4} {} -> {} -> {}", f.protocol.as_str(), f.client, frontend, backend)?;
+    let class = f.class.map_or("unclassified", |c| c.as_str());
+    let drop = f.drop_reason.as_deref().map(|d| format!("  drop: {d}")).unwrap_or_default();
+    writeln!(out, "       {:<12} {class}{drop}", serde_plain(&f.outcome))
+}
+
+fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "?",
+    }
+}
+
+/// The serde name of a unit enum variant (`cluster_ip`, `iptables`), so text and JSON agree.
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::from("?"),
+    }
+}
+
+/// Word-wraps `text` to [`WIDTH`], `first` prefixing the first line and `rest` the others. Words
+/// longer than a line (rule text, commands) are kept whole rather than split.
+fn wrap(out: &mut dyn Write, first: &str, rest: &str, text: &str) -> io::Result<()> {
+    let mut line = String::from(first);
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > WIDTH {
+            writeln!(out, "{line}")?;
+            line = String::from(rest);
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    writeln!(out, "{line}")
+}
