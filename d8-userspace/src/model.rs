@@ -165,6 +165,14 @@ pub struct RuleFacts {
     /// Consistency problems found while reading the rules (wrong probability sequence, a jump to a
     /// chain that does not exist, a virtual server without real servers, ...).
     pub problems: Vec<String>,
+    /// kube-proxy's own objects for this Service, for evidence: iptables chains (`KUBE-SVC-...`,
+    /// `KUBE-SVL-...`, `KUBE-EXT-...`, `KUBE-FW-...`, `KUBE-SEP-...`), nft chains
+    /// (`service-...`, `external-...`, `endpoint-...`), or IPVS virtual servers (`TCP 10.96.0.1:443`).
+    #[serde(default)]
+    pub chains: Vec<String>,
+    /// loadBalancerSourceRanges as the rules enforce them (KUBE-FW `-s` CIDRs, nft `firewall-` chain).
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 /// What the API says about a Service as a whole.
@@ -213,6 +221,13 @@ pub struct KubeProxyStatus {
     pub last_sync_age_secs: Option<f64>,
     /// kube-proxy's own chains/table exist at all.
     pub rules_present: bool,
+    /// HTTP status of `/healthz` on 10256 (`None`: unreachable).
+    #[serde(default)]
+    pub healthz_status: Option<u16>,
+    /// Seconds a requested sync has been waiting: `last_queued_timestamp - last_timestamp` from
+    /// `/metrics` when positive, else 0 (`None`: metrics unreachable or without these gauges).
+    #[serde(default)]
+    pub sync_pending_secs: Option<f64>,
 }
 
 /// Everything known about the node's Services.
