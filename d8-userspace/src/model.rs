@@ -240,6 +240,35 @@ pub struct ServiceModel {
     pub node_ips: Vec<IpAddr>,
     /// Non-fatal problems met while building the model (unparsed rules, API unreachable, ...).
     pub warnings: Vec<String>,
+    /// Ports kubelet probes connect to, per pod address (filled by `k8s`; empty without the API).
+    /// Probe-RST recognition needs them: a probe is a node-IP connection to one of these.
+    #[serde(default)]
+    pub probe_ports: Vec<ProbePort>,
+    /// The API server's version (`v1.32.1`), for kube-proxy version skew; `None` when unknown.
+    #[serde(default)]
+    pub api_server_version: Option<String>,
+}
+
+/// Which kubelet probe a port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
+/// One port a kubelet probe (httpGet, tcpSocket or grpc) connects to on a pod address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbePort {
+    /// `namespace/pod`.
+    pub pod: String,
+    /// One of the pod's addresses (`status.podIPs`).
+    pub ip: IpAddr,
+    pub port: u16,
+    pub probe: ProbeKind,
+    /// The node the pod runs on, when scheduled.
+    pub node: Option<String>,
 }
 
 impl ServiceModel {
