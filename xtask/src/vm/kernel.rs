@@ -1,0 +1,436 @@
+//! Finding the guest kernel: a Debian cloud kernel package (downloaded once into the cache), a
+//! bzImage given by path, or the host's running kernel.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use super::run_cmd;
+
+/// A bootable kernel and, when known, the modules that belong to it.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// The bzImage handed to qemu's `-kernel`.
+    pub image: PathBuf,
+    /// `uname -r` inside the guest: the modules go to `/lib/modules/<release>/`.
+    pub release: String,
+    /// `.../lib/modules/<release>`, with `modules.dep` (depmod has run).
+    pub modules: Option<PathBuf>,
+    /// The kernel's build config, copied to `/boot/config-<release>` (bpftool's feature probe and
+    /// d8-trace's doctor read it).
+    pub config: Option<PathBuf>,
+    /// Where it came from, for the log.
+    pub origin: String,
+}
+
+/// Resolves `--kernel` (and `--modules`).
+pub fn resolve(spec: &str, modules: Option<&Path>, cache: &Path) -> Result<Kernel> {
+    if spec == "running" {
+        return running(modules);
+    }
+    if is_series(spec) && !Path::new(spec).exists() {
+        if modules.is_some() {
+            bail!("--modules only goes with --kernel PATH: a Debian kernel brings its own modules");
+        }
+        return debian(spec, cache);
+    }
+    from_path(Path::new(spec), modules)
+}
+
+/// `6.1`, `6.12`, `5.10`: a Debian kernel series.
+fn is_series(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+fn running(modules: Option<&Path>) -> Result<Kernel> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading /proc/sys/kernel/osrelease")?
+        .trim()
+        .to_string();
+    let image = PathBuf::from(format!("/boot/vmlinuz-{release}"));
+    if !image.is_file() {
+        bail!(
+            "--kernel running: the running kernel's image {} does not exist on this machine \
+             (containers and some CI hosts boot a kernel that is not in /boot); use --kernel 6.1 \
+             or --kernel PATH",
+            image.display()
+        );
+    }
+    let modules = match modules {
+        Some(m) => Some(modules_dir(m, &release)?),
+        None => {
+            let m = PathBuf::from(format!("/lib/modules/{release}"));
+            m.join("modules.dep").is_file().then_some(m)
+        }
+    };
+    let config = PathBuf::from(format!("/boot/config-{release}"));
+    Ok(Kernel {
+        image,
+        release,
+        modules,
+        config: config.is_file().then_some(config),
+        origin: "the running kernel".into(),
+    })
+}
+
+fn from_path(image: &Path, modules: Option<&Path>) -> Result<Kernel> {
+    if !image.is_file() {
+        bail!(
+            "--kernel {}: not a file, and not `running` or a Debian series like 6.1",
+            image.display()
+        );
+    }
+    let header_release = bzimage_release(image)
+        .with_context(|| format!("{} does not look like an x86 bzImage", image.display()))?;
+    let modules = modules.map(|m| modules_dir(m, &header_release)).transpose()?;
+    // The modules directory's name is what the guest's `uname -r` must match for modprobe.
+    let release = match &modules {
+        Some(m) => m.file_name().unwrap().to_string_lossy().into_owned(),
+        None => header_release.clone(),
+    };
+    if release != header_release {
+        eprintln!(
+            "d8-vm: warning: the image says release {header_release} but the modules are for {release}"
+        );
+    }
+    Ok(Kernel {
+        image: image.to_path_buf(),
+        release,
+        modules,
+        config: None,
+        origin: format!("{}", image.display()),
+    })
+}
+
+/// Accepts `.../lib/modules/<release>` or a root that holds `lib/modules/<release>`.
+fn modules_dir(dir: &Path, release: &str) -> Result<PathBuf> {
+    let candidates = [dir.to_path_buf(), dir.join("lib/modules").join(release)];
+    for c in candidates {
+        if c.join("modules.dep").is_file() {
+            return Ok(c);
+        }
+        if c.join("kernel").is_dir() {
+            bail!(
+                "{} has no modules.dep: run `depmod -b <root> {release}` first",
+                c.display()
+            );
+        }
+    }
+    bail!(
+        "--modules {}: expected lib/modules/<release> (with modules.dep) or a root containing lib/modules/{release}",
+        dir.display()
+    )
+}
+
+/// Reads the release string from a bzImage's setup header (boot protocol >= 2.00: `HdrS` at 0x202,
+/// `kernel_version` at 0x20e is an offset from 0x200 to a NUL-terminated "6.1.0-56-cloud-amd64 (...)").
+pub fn bzimage_release(image: &Path) -> Result<String> {
+    let mut head = vec![0u8; 64 * 1024];
+    let n = {
+        use std::io::Read;
+        let mut f = fs::File::open(image)?;
+        let mut n = 0;
+        while n < head.len() {
+            let r = f.read(&mut head[n..])?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        n
+    };
+    head.truncate(n);
+    if head.len() < 0x210 || &head[0x202..0x206] != b"HdrS" {
+        bail!("no Linux boot header (HdrS)");
+    }
+    let off = u16::from_le_bytes([head[0x20e], head[0x20f]]) as usize + 0x200;
+    let s = head.get(off..).context("kernel_version offset beyond the header")?;
+    let end = s.iter().position(|&b| b == 0 || b == b' ').unwrap_or(s.len());
+    let release = String::from_utf8_lossy(&s[..end]).into_owned();
+    if release.is_empty() {
+        bail!("empty kernel_version string");
+    }
+    Ok(release)
+}
+
+/// The newest `linux-image-<series>.*-cloud-amd64-unsigned` package known to apt, downloaded and
+/// extracted once into `<cache>/debian/<package>_<version>/`.
+fn debian(series: &str, cache: &Path) -> Result<Kernel> {
+    let started = Instant::now();
+    let dir = cache.join("debian");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    // apt-cache takes a second or two per query here (no pkgcache.bin), and its answer only
+    // changes when the package lists do: remember it, keyed by the lists' modification time.
+    let memo = dir.join(format!("newest-{series}"));
+    let lists = lists_stamp();
+    if let (Some(stamp), Ok(text)) = (&lists, fs::read_to_string(&memo)) {
+        let mut parts = text.split_whitespace();
+        if parts.next() == Some(stamp.as_str()) {
+            if let (Some(pkg), Some(version)) = (parts.next(), parts.next()) {
+                let key = format!("{pkg}_{}", version.replace(':', "%3a"));
+                if let Some(k) = cached(&dir.join(key))? {
+                    eprintln!("d8-vm: kernel {} from cache ({:.2}s)", k.release, started.elapsed().as_secs_f64());
+                    return Ok(k);
+                }
+            }
+        }
+    }
+
+    let (pkg, version) = match newest_package(series) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            // Unknown to apt: the package lists may be missing (fresh container) or stale.
+            eprintln!("d8-vm: no linux-image-{series}.*-cloud-amd64-unsigned known to apt; running apt-get update");
+            run_cmd(Command::new("apt-get").arg("update"))?;
+            newest_package(series)?.with_context(|| {
+                format!("apt knows no package linux-image-{series}.*-cloud-amd64-unsigned (is deb.debian.org bookworm in the sources?)")
+            })?
+        }
+        Err(e) => {
+            // No apt (not a Debian host): a kernel extracted earlier is still good.
+            if let Some(k) = newest_cached(&dir, series)? {
+                eprintln!("d8-vm: apt not usable ({e:#}); using the cached {}", k.origin);
+                return Ok(k);
+            }
+            return Err(e);
+        }
+    };
+
+    let key = format!("{pkg}_{}", version.replace(':', "%3a"));
+    let entry = dir.join(&key);
+    // apt-get update above changed the lists: take the stamp again.
+    if let Some(stamp) = lists_stamp() {
+        let _ = fs::write(&memo, format!("{stamp} {pkg} {version}\n"));
+    }
+    if let Some(k) = cached(&entry)? {
+        eprintln!(
+            "d8-vm: kernel {} from cache ({:.2}s)",
+            k.release,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(k);
+    }
+
+    // Download (apt-get writes `<pkg>_<version>_amd64.deb` into its working directory).
+    eprintln!("d8-vm: downloading {pkg} {version}");
+    let dl = dir.join(format!("{key}.download"));
+    let _ = fs::remove_dir_all(&dl);
+    fs::create_dir_all(&dl)?;
+    run_cmd(Command::new("apt-get").current_dir(&dl).arg("download").arg(format!("{pkg}={version}")))?;
+    let deb = fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("apt-get download left no .deb in {}", dl.display()))?;
+
+    // Extract into a temporary directory and rename at the end, so an interrupted run never leaves
+    // a half-extracted kernel that looks complete.
+    let tmp = dir.join(format!("{key}.partial"));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.join("root")))?;
+    let release = find_release(&tmp.join("root"))?;
+    ensure_tool("depmod", "kmod")?;
+    // The guest's modprobe needs modules.dep/modules.alias; depmod is fast on the host and slow
+    // under emulation.
+    run_cmd(Command::new("depmod").arg("-b").arg(tmp.join("root")).arg(&release))?;
+    // Only the extracted tree is kept; the .deb itself would double the cache's size.
+    fs::remove_dir_all(&dl)?;
+    fs::write(tmp.join("release"), &release)?;
+    let _ = fs::remove_dir_all(&entry);
+    fs::rename(&tmp, &entry)?;
+
+    // Older kernels of the same series are dead weight once a newer one is in place.
+    for e in fs::read_dir(&dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != key && name.starts_with(&format!("linux-image-{series}.")) {
+            eprintln!("d8-vm: removing the superseded cached kernel {name}");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+
+    let k = cached(&entry)?.context("the kernel just extracted is incomplete")?;
+    eprintln!(
+        "d8-vm: kernel {} downloaded and prepared in {:.1}s",
+        k.release,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(k)
+}
+
+/// The newest modification time among apt's package lists (apt replaces them by renaming, which
+/// also updates the directory's time): a change means apt may now answer differently.
+fn lists_stamp() -> Option<String> {
+    let dir = Path::new("/var/lib/apt/lists");
+    let mut newest = fs::metadata(dir).ok()?.modified().ok()?;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(m);
+        }
+    }
+    let d = newest.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+}
+
+/// A complete cache entry (`release` is written last, after depmod).
+fn cached(entry: &Path) -> Result<Option<Kernel>> {
+    let Ok(release) = fs::read_to_string(entry.join("release")) else {
+        return Ok(None);
+    };
+    let release = release.trim().to_string();
+    let root = entry.join("root");
+    let image = root.join(format!("boot/vmlinuz-{release}"));
+    let modules = root.join(format!("lib/modules/{release}"));
+    if !image.is_file() || !modules.join("modules.dep").is_file() {
+        return Ok(None);
+    }
+    let config = root.join(format!("boot/config-{release}"));
+    Ok(Some(Kernel {
+        image,
+        release,
+        modules: Some(modules),
+        config: config.is_file().then_some(config),
+        origin: format!("Debian package {}", entry.file_name().unwrap().to_string_lossy()),
+    }))
+}
+
+fn newest_cached(dir: &Path, series: &str) -> Result<Option<Kernel>> {
+    let mut found = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("linux-image-{series}.")) {
+            if let Some(k) = cached(&e.path())? {
+                found.push(k);
+            }
+        }
+    }
+    found.sort_by(|a, b| natural_cmp(&a.release, &b.release));
+    Ok(found.pop())
+}
+
+/// `boot/vmlinuz-<release>` inside an extracted package.
+fn find_release(root: &Path) -> Result<String> {
+    let boot = root.join("boot");
+    for e in fs::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(release) = name.strip_prefix("vmlinuz-") {
+            if root.join("lib/modules").join(release).is_dir() {
+                return Ok(release.to_string());
+            }
+        }
+    }
+    bail!("no boot/vmlinuz-* with a matching lib/modules/ in {}", root.display())
+}
+
+/// Asks apt (local package lists only, no network) for the newest candidate of the series.
+/// `Ok(None)`: apt works but knows no such package.
+fn newest_package(series: &str) -> Result<Option<(String, String)>> {
+    let prefix = format!("linux-image-{series}.");
+    let out = Command::new("apt-cache")
+        .arg("pkgnames")
+        .arg(&prefix)
+        .output()
+        .context("running apt-cache (is this a Debian/Ubuntu host?)")?;
+    // `6.1.` excludes `6.12.`; the suffix picks the cloud flavour without Secure Boot signing
+    // (the signed package only wraps the same image).
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(&prefix) && n.ends_with("-cloud-amd64-unsigned"))
+        .map(String::from)
+        .collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let out = Command::new("apt-cache").arg("policy").args(&names).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut best: Option<(String, String)> = None;
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            current = Some(line.trim_end_matches(':').to_string());
+        } else if let (Some(pkg), Some(cand)) = (&current, line.trim().strip_prefix("Candidate: ")) {
+            // Names listed by pkgnames can lack a candidate (only in a stale list): skip them.
+            if cand != "(none)" && best.as_ref().is_none_or(|(_, v)| version_gt(cand, v)) {
+                best = Some((pkg.clone(), cand.to_string()));
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Debian version order; dpkg knows the exact rules (epochs, `~`), natural order is the fallback.
+fn version_gt(a: &str, b: &str) -> bool {
+    match Command::new("dpkg").args(["--compare-versions", a, "gt", b]).status() {
+        Ok(s) if s.code().is_some() => s.success(),
+        _ => natural_cmp(a, b).is_gt(),
+    }
+}
+
+/// Compares digit runs as numbers: `6.1.0-9` < `6.1.0-56`.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, String)> {
+        let mut out: Vec<(bool, String)> = Vec::new();
+        for c in s.chars() {
+            let d = c.is_ascii_digit();
+            match out.last_mut() {
+                Some((ld, buf)) if *ld == d => buf.push(c),
+                _ => out.push((d, c.to_string())),
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, sa), (db, sb)) in ca.iter().zip(cb.iter()) {
+        let ord = if *da && *db {
+            let (na, nb) = (sa.trim_start_matches('0'), sb.trim_start_matches('0'));
+            na.len().cmp(&nb.len()).then_with(|| na.cmp(nb))
+        } else {
+            sa.cmp(sb)
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+/// Installs the Debian package that provides `tool` when it is missing (xtask runs as root on the
+/// development and CI machines).
+pub fn ensure_tool(tool: &str, package: &str) -> Result<()> {
+    if super::which(tool).is_some() {
+        return Ok(());
+    }
+    eprintln!("d8-vm: {tool} is missing; installing the Debian package {package}");
+    let status = Command::new("apt-get").args(["install", "-y", "--no-install-recommends", package]).status();
+    if !matches!(status, Ok(s) if s.success()) || super::which(tool).is_none() {
+        bail!("{tool} is needed: install the Debian package {package} (apt-get install -y {package})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series() {
+        assert!(is_series("6.1"));
+        assert!(is_series("5.10"));
+        assert!(!is_series("6"));
+        assert!(!is_series("6.1.2"));
+        assert!(!is_series("running"));
+        assert!(!is_series("/boot/vmlinuz"));
+    }
+
+    #[test]
+    fn natural() {
+        assert!(natural_cmp("6.1.0-9-cloud", "6.1.0-56-cloud").is_lt());
+        assert!(natural_cmp("6.1.192-2", "6.1.192-1").is_gt());
+    }
+}

@@ -1,0 +1,307 @@
+//! `cargo xtask vm-test`: run a command inside another kernel, under qemu, and return its status.
+//!
+//! The development machines run 6.18 (netfilter BPF links, no IPVS, no kprobes); production nodes
+//! run 6.1 or older. This boots Debian's `linux-image-6.1.*-cloud-amd64-unsigned` kernel (IPVS
+//! modules, kprobes, no netfilter links: the TC fallback path) with software emulation and runs the
+//! end-to-end suite there.
+//!
+//! # Usage
+//!
+//! ```text
+//! cargo xtask vm-test [--kernel 6.1|running|PATH] [--modules DIR] [--add HOST[:GUEST]]...
+//!                     [--env KEY=VALUE]... [--timeout SECS] [--cache-dir DIR] [--] COMMAND [ARGS]...
+//! ```
+//!
+//! * `--kernel 6.1` (default; any Debian series works, e.g. `6.12`): the newest
+//!   `linux-image-6.1.*-cloud-amd64-unsigned` apt knows (`apt-get update` only when it knows none),
+//!   fetched with `apt-get download`, unpacked with `dpkg-deb -x` and indexed with
+//!   `depmod -b` once into `<cache>/debian/<package>_<version>/`; later runs reuse it (no download,
+//!   no unpacking: under a second). Superseded kernels of the series are deleted.
+//!   `--kernel PATH`: a bzImage (`--modules` = its `lib/modules/<release>` with `modules.dep`, or a
+//!   root holding it). `--kernel running`: `/boot/vmlinuz-$(uname -r)` with `/lib/modules/$(uname -r)`.
+//! * `--add HOST[:GUEST]` (repeatable): a file (symlinks followed) or a directory (recursive) put
+//!   into the guest; without GUEST a file goes to `/bin/<name>`, a directory to `/<name>`. Dynamically
+//!   linked ELF files get their shared libraries (found with `ldd`), so a normal
+//!   `x86_64-unknown-linux-gnu` test binary runs as is.
+//! * COMMAND (everything after `--`) runs as an argv, not through a shell; for shell syntax use
+//!   `-- sh -c 'ip netns add x && nft list ruleset'`. Without a command the guest prints `uname -a`.
+//!   stdin is /dev/null; stdout and stderr go to the serial console, which is streamed to this
+//!   process's stdout line by line as it arrives.
+//! * The result: `Ok(())` when the command exits 0; otherwise an error, and when the command ran,
+//!   that error is a [`GuestFailed`] carrying its status (`main` can `downcast_ref` it to exit with the
+//!   same code). No sentinel (guest crashed, `Kernel panic`, qemu failed) or `--timeout` (default
+//!   900 s; qemu is then killed) are errors with a message saying which.
+//! * `--cache-dir` (default `<workspace>/target/vm-cache`, env `D8_VM_CACHE`); temporary files
+//!   (the initramfs, tens of MB) live in the system temp dir and are removed at the end.
+//!
+//! A test runner (`cargo xtask test`) builds the e2e test binary with
+//! `cargo test --no-run --message-format=json -p tests`, takes the executable's path and calls
+//! [`run`] with `add: vec![format!("{exe}:/bin/e2e")]`, `command: vec!["/bin/e2e".into(),
+//! "--test-threads=1".into()]` (tests share the kernel's state) and maybe `env: vec!["D8_VM=1".into()]`
+//! so tests know where they run. The d8-trace binary goes in the same way (`--add
+//! target/release/d8-trace`), e.g. `cargo xtask vm-test --add target/release/d8-trace -- d8-trace doctor`.
+//!
+//! # The guest
+//!
+//! * Kernel: by default Debian bookworm's newest 6.1 cloud kernel (6.1.0-56-cloud-amd64 = 6.1.192 as
+//!   of 2026-11), booted with `qemu-system-x86_64 -accel tcg -m 2048 -smp 2 -nographic -no-reboot
+//!   -nic none` and `console=ttyS0 panic=-1 noapic quiet` (`-accel kvm` hangs on the development
+//!   machines). `uname -r` in the guest is the package's release; `/boot/config-<release>` is present.
+//! * Root: an initramfs (newc cpio, uncompressed: faster to unpack under emulation than gzip), a
+//!   merged-/usr layout in RAM, writable. PID 1 is a busybox sh script (`/init`) that mounts proc,
+//!   sysfs, devtmpfs, devpts, tmpfs on /tmp, /run and /dev/shm, tracefs on /sys/kernel/tracing,
+//!   debugfs, bpffs on /sys/fs/bpf and cgroup2 on /sys/fs/cgroup; sets up `lo`; loads
+//!   [`initramfs::BOOT_MODULES`] (conntrack, NAT, nf_tables + nft_*, iptables/ip6tables tables and
+//!   common xt_* matches, ipset, IPVS with rr/wrr/sh/lc, sch_ingress/cls_bpf/act_bpf, veth, dummy,
+//!   bridge, br_netfilter); prints `d8-vm: ready kernel=... uptime=... modules=N`; runs the command;
+//!   prints the sentinel `d8-vm: exit=N`; powers off. Modules that failed to load are listed on a
+//!   `d8-vm: modprobe failed: ...` line.
+//! * Modules: the guest kernel's whole `kernel/net/{netfilter,ipv4,ipv6,sched,bridge,...}` trees,
+//!   the virtual NIC drivers (veth, dummy, macvlan, ipvlan, vxlan, geneve, tun, bonding, ifb,
+//!   wireguard) and everything they depend on (modules.dep); others load on demand through the
+//!   kernel's `/sbin/modprobe` (busybox).
+//! * Tools: busybox (sh, mount, modprobe, ping, nc, wget, awk, ...) and the host's `ip`, `tc`, `ss`,
+//!   `bridge`, `iptables`/`ip6tables` (+`-save`/`-restore`, the host's variant: nft on Debian) with the
+//!   xtables plugins, `nft`, `conntrack`, `ipvsadm`, `bpftool`, and `ipset` when the host has it, each
+//!   with its shared libraries and the dynamic loader. Networking is only what the command creates
+//!   (no NIC): namespaces, veth pairs, rules: all private to the guest.
+//! * Not there: 9p/virtiofs (the cloud kernel lacks 9p), a network to the outside, systemd, cargo.
+//!
+//! Host needs (Debian packages): qemu-system-x86, busybox-static, kmod (depmod), apt/dpkg, and for
+//! the guest's tools iproute2, iptables, nftables, conntrack, ipvsadm, bpftool (ipset optional).
+//! busybox-static and kmod are installed automatically when missing.
+
+mod cpio;
+pub mod initramfs;
+pub mod kernel;
+mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Options of `cargo xtask vm-test`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Guest kernel: a Debian series (`6.1`, `6.12`: newest linux-image-<series>.*-cloud-amd64-unsigned),
+    /// `running` (/boot/vmlinuz-$(uname -r)), or the path of a bzImage.
+    #[arg(long, default_value = "6.1")]
+    pub kernel: String,
+
+    /// With `--kernel PATH`: the kernel's modules (`lib/modules/<release>` with modules.dep, or a root
+    /// that contains it).
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+
+    /// Put a host file or directory into the guest (default GUEST: /bin/<name> for a file, /<name>
+    /// for a directory); dynamically linked binaries get their libraries. Repeatable.
+    #[arg(long = "add", value_name = "HOST[:GUEST]")]
+    pub add: Vec<String>,
+
+    /// Environment variable for the command in the guest. Repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Extra module to load at boot, after the default networking set. Repeatable.
+    #[arg(long = "modprobe", value_name = "MODULE")]
+    pub modprobe: Vec<String>,
+
+    /// Kill the guest and fail after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub memory: u32,
+
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+
+    /// Extra kernel command line arguments.
+    #[arg(long, value_name = "ARGS")]
+    pub append: Option<String>,
+
+    /// Where downloaded kernels are kept (default: <workspace>/target/vm-cache).
+    #[arg(long, env = "D8_VM_CACHE", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Keep the generated initramfs (its path is printed) instead of deleting it.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Command to run in the guest, as an argv (use `sh -c '...'` for shell syntax).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            kernel: "6.1".into(),
+            modules: None,
+            add: Vec::new(),
+            env: Vec::new(),
+            modprobe: Vec::new(),
+            timeout: 900,
+            memory: 2048,
+            cpus: 2,
+            append: None,
+            cache_dir: None,
+            keep: false,
+            command: Vec::new(),
+        }
+    }
+}
+
+/// The guest command ran and exited with a non-zero status.
+#[derive(Debug)]
+pub struct GuestFailed {
+    pub status: i32,
+}
+
+impl std::fmt::Display for GuestFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the command in the VM exited with status {}", self.status)
+    }
+}
+
+impl std::error::Error for GuestFailed {}
+
+/// Runs `opts.command` in a VM; see the module docs.
+pub fn run(opts: Options) -> Result<()> {
+    let started = Instant::now();
+    let cache = match &opts.cache_dir {
+        Some(c) => c.clone(),
+        None => workspace_root().join("target/vm-cache"),
+    };
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating the cache {}", cache.display()))?;
+
+    let kernel = kernel::resolve(&opts.kernel, opts.modules.as_deref(), &cache)?;
+    eprintln!("d8-vm: kernel {} ({})", kernel.release, kernel.origin);
+
+    let payload = opts.add.iter().map(|a| initramfs::Payload::parse(a)).collect::<Result<Vec<_>>>()?;
+    let env = opts
+        .env
+        .iter()
+        .map(|e| {
+            let (k, v) = e.split_once('=').with_context(|| format!("--env {e}: expected KEY=VALUE"))?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                bail!("--env {e}: invalid variable name");
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut env_all = vec![("RUST_BACKTRACE".to_string(), "1".to_string())];
+    env_all.extend(env);
+    let command = if opts.command.is_empty() { vec!["uname".into(), "-a".into()] } else { opts.command.clone() };
+    let mut boot_modules: Vec<String> = initramfs::BOOT_MODULES.iter().map(|s| s.to_string()).collect();
+    if kernel.modules.is_none() {
+        eprintln!("d8-vm: no modules for this kernel: only built-in features are available");
+        boot_modules.clear();
+    }
+    boot_modules.extend(opts.modprobe.iter().cloned());
+
+    let tmp = TempDir::new(opts.keep)?;
+    let initrd = tmp.path().join("initramfs.cpio");
+    let t = Instant::now();
+    let summary = initramfs::build(
+        &initramfs::Spec { kernel: &kernel, payload: &payload, command: &command, env: &env_all, boot_modules: &boot_modules },
+        &initrd,
+    )?;
+    eprintln!(
+        "d8-vm: initramfs {} ({:.1} MiB, {} entries, {} modules, tools: {}) built in {:.1}s",
+        initrd.display(),
+        summary.bytes as f64 / (1 << 20) as f64,
+        summary.entries,
+        summary.modules,
+        summary.tools.join(" "),
+        t.elapsed().as_secs_f64()
+    );
+    if !summary.missing_tools.is_empty() {
+        eprintln!("d8-vm: warning: not on this host, so not in the guest: {}", summary.missing_tools.join(", "));
+    }
+
+    let mut append = String::from("console=ttyS0 panic=-1 noapic quiet");
+    if let Some(extra) = &opts.append {
+        append.push(' ');
+        append.push_str(extra);
+    }
+    let outcome = qemu::boot(&qemu::Boot {
+        kernel: &kernel.image,
+        initrd: &initrd,
+        append: &append,
+        memory_mib: opts.memory,
+        cpus: opts.cpus,
+        timeout: Duration::from_secs(opts.timeout),
+    })?;
+    eprintln!(
+        "d8-vm: guest ready after {}, finished after {:.1}s; total {:.1}s",
+        outcome.ready_after.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "?".into()),
+        outcome.finished_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    match outcome.status {
+        0 => Ok(()),
+        status => Err(GuestFailed { status }.into()),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Finds a program in the usual system directories (independent of the caller's PATH, which under
+/// cargo may lack the sbin directories).
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
+    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Runs a command, failing with its output when it fails.
+pub(crate) fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A private temporary directory, removed on drop (also on errors and panics).
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn new(keep: bool) -> Result<Self> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let path = std::env::temp_dir().join(format!("d8-vm-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path, keep })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("d8-vm: kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
