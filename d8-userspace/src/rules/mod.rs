@@ -1,1 +1,7 @@
+//! kube-proxy's rules on this node, read into the service model (DESIGN.md section 4).
+//!
+//! - [`iptables`]: `iptables-save` text (iptables mode; also tells IPVS mode's rules apart).
+//! - [`names`]: kube-proxy's chain-name hashes.
+
+pub mod iptables;
 pub mod names;
