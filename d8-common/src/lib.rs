@@ -1,1 +1,272 @@
+//! Types shared by d8-trace's kernel programs (`d8-ebpf`) and its userspace (`d8-userspace`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of padding the compiler could fill with
+//! garbage: the kernel writes these bytes and userspace reads them back. Keep in sync with the
+//! readers in `d8-userspace/src/events.rs` and the writers in `d8-ebpf/src/`.
+//!
+//! Addresses are 16-byte arrays so IPv6 can follow without changing any layout: an IPv4 address
+//! occupies the first 4 bytes and `family` says which it is. Ports are in network byte order, as
+//! they sit in packets and conntrack tuples.
 #![no_std]
+
+/// `family` value of an IPv4 key.
+pub const FAMILY_V4: u8 = 4;
+/// `family` value of an IPv6 key.
+pub const FAMILY_V6: u8 = 6;
+
+/// One direction of a flow: source, destination, protocol. 40 bytes.
+///
+/// In the flow table the key is conntrack's ORIGINAL tuple: the client and the destination it
+/// asked for (a Service frontend, or a backend reached directly).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address (IPv4 in the first 4 bytes, the rest zero).
+    pub saddr: [u8; 16],
+    /// Destination address.
+    pub daddr: [u8; 16],
+    /// Source port, network byte order (0 for ICMP).
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol number (`IPPROTO_TCP` = 6, `IPPROTO_UDP` = 17, ...).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero: part of the hash-map key.
+    pub pad: [u8; 2],
+}
+
+/// A traced destination: a Service frontend or one of its backends. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TargetKey {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the targets map: what a [`TargetKey`] is.
+pub mod target {
+    /// A Service frontend (ClusterIP, NodePort, external or load-balancer IP and port).
+    pub const FRONTEND: u32 = 1;
+    /// A backend of a traced Service: flows straight to it (kubelet probes) are traced too.
+    pub const BACKEND: u32 = 2;
+}
+
+/// Per-flow state kept in the kernel's LRU map so that events are sent only on changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `seen::*` bits already reported.
+    pub seen: u32,
+    /// Last drop reason reported (to report each distinct reason once).
+    pub last_drop_reason: u32,
+}
+
+/// Bits of [`FlowState::seen`].
+pub mod seen {
+    pub const NEW: u32 = 1 << 0;
+    pub const CT: u32 = 1 << 1;
+    pub const CT_FINAL: u32 = 1 << 2;
+    pub const REPLY: u32 = 1 << 3;
+    pub const RST_ORIG: u32 = 1 << 4;
+    pub const RST_REPLY: u32 = 1 << 5;
+    pub const FIN: u32 = 1 << 6;
+    pub const RETRANS: u32 = 1 << 7;
+    pub const DROP: u32 = 1 << 8;
+    pub const ICMP: u32 = 1 << 9;
+    pub const SEND_RESET: u32 = 1 << 10;
+    pub const RECV_RESET: u32 = 1 << 11;
+    pub const ESTABLISHED: u32 = 1 << 12;
+}
+
+/// What an [`Event`] reports.
+pub mod kind {
+    /// First packet of a flow to a traced target, before conntrack (`Event::key` from the packet).
+    pub const NEW: u8 = 1;
+    /// The flow's conntrack entry: `key` = ORIGINAL tuple, `reply` = REPLY tuple (its source is the
+    /// chosen backend), `ct_status` = `IPS_*` bits. Sent after DNAT and again after SNAT
+    /// (`FLAG_FINAL`) when the reply tuple changed.
+    pub const CT: u8 = 2;
+    /// First reply-direction packet (SYN-ACK, UDP answer, or a RST).
+    pub const REPLY: u8 = 3;
+    /// A TCP RST on the wire; `ct_dir` says from which side.
+    pub const RST: u8 = 4;
+    /// A TCP FIN on the wire.
+    pub const FIN: u8 = 5;
+    /// An ICMP error about the flow; `aux` = sender address, `icmp_type`/`icmp_code`.
+    pub const ICMP_ERROR: u8 = 6;
+    /// The kernel freed one of the flow's packets: `reason` = `enum skb_drop_reason` value.
+    pub const DROP: u8 = 7;
+    /// `tcp:tcp_send_reset`: the local stack sent a RST; `aux` = its source address, `aux_port` its
+    /// source port.
+    pub const SEND_RESET: u8 = 8;
+    /// `tcp:tcp_receive_reset`: a local socket received a RST; `aux`/`aux_port` = the socket's address.
+    pub const RECV_RESET: u8 = 9;
+    /// `sock:inet_sock_set_state` for a socket of the flow: `old_state`/`new_state` (`TCP_*`).
+    pub const SOCK_STATE: u8 = 10;
+    /// The flow's first packet (TCP SYN) was sent again.
+    pub const RETRANS: u8 = 11;
+    /// TCP ACK completing the handshake, seen from the client after a SYN-ACK.
+    pub const ESTABLISHED: u8 = 12;
+}
+
+/// `Event::flags` bits.
+pub mod flags {
+    /// The CT event was taken after SNAT (POSTROUTING): the reply tuple is final.
+    pub const FINAL: u8 = 1 << 0;
+    /// A DROP happened to a packet without a conntrack entry.
+    pub const NO_CT: u8 = 1 << 1;
+    /// `SEND_RESET`/`RECV_RESET`/`SOCK_STATE`: the socket is the client's side of the flow.
+    pub const CLIENT_SIDE: u8 = 1 << 2;
+    /// The flow was matched through its post-NAT tuple.
+    pub const VIA_NAT: u8 = 1 << 3;
+}
+
+/// `Event::hook`: the netfilter hook number (`NF_INET_*`), or [`HOOK_STACK`] for tracepoints.
+pub mod hook {
+    pub const PRE_ROUTING: u8 = 0;
+    pub const LOCAL_IN: u8 = 1;
+    pub const FORWARD: u8 = 2;
+    pub const LOCAL_OUT: u8 = 3;
+    pub const POST_ROUTING: u8 = 4;
+    /// Not at a netfilter hook: a tracepoint in the stack.
+    pub const STACK: u8 = 0xff;
+    /// Unknown (no hook recorded for this packet).
+    pub const UNKNOWN: u8 = 0xfe;
+}
+
+/// One ring-buffer record. 128 bytes, 8-byte aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: monotonic nanoseconds.
+    pub ts_ns: u64,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// One of [`hook`].
+    pub hook: u8,
+    /// Conntrack direction of the packet: 0 original, 1 reply, 0xff unknown.
+    pub ct_dir: u8,
+    /// TCP flags byte of the packet (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    /// SOCK_STATE: previous and new `TCP_*` state.
+    pub old_state: u8,
+    pub new_state: u8,
+    pub pad: [u8; 3],
+    /// DROP: `enum skb_drop_reason` value of the running kernel (names come from its BTF).
+    pub reason: u32,
+    /// CT: conntrack `status` (`IPS_*` bits).
+    pub ct_status: u32,
+    /// Port belonging to `aux` (network byte order).
+    pub aux_port: u16,
+    pub pad2: [u8; 2],
+    /// The flow: conntrack ORIGINAL tuple (or the packet, before conntrack).
+    pub key: FlowKey,
+    /// CT: conntrack REPLY tuple. Zero otherwise.
+    pub reply: FlowKey,
+    /// ICMP_ERROR: sender; SEND_RESET/RECV_RESET: the socket's own address.
+    pub aux: [u8; 16],
+}
+
+/// Per-CPU counters in the `STATS` array, by index.
+pub mod stat {
+    /// Events submitted to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Events lost: ring-buffer reservation failed (buffer full).
+    pub const LOST: u32 = 1;
+    /// Flow-state insertions that failed.
+    pub const STATE_ERRORS: u32 = 2;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// Where a tracepoint keeps its address and port fields, from its tracefs `format` file.
+///
+/// Layouts differ between kernels: 6.10+ `tcp_send_reset` stores `struct sockaddr_in{,6}` in 28-byte
+/// `saddr`/`daddr` arrays; older kernels have separate `sport`, `dport`, 4-byte `saddr`/`daddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TpAddrLayout {
+    /// 0: tracepoint unused; 1: sockaddr arrays; 2: separate fields (ports in host byte order).
+    pub kind: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+    /// Offset of a `__u16 family` field (AF_INET = 2), or `u32::MAX` when absent.
+    pub family: u32,
+    /// Offset of `__u16 protocol`, or `u32::MAX`.
+    pub protocol: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+}
+
+/// Address layout kinds for [`TpAddrLayout::kind`].
+pub mod layout {
+    pub const UNUSED: u32 = 0;
+    pub const SOCKADDR: u32 = 1;
+    pub const SEPARATE: u32 = 2;
+}
+
+/// Kernel facts the programs need, read by userspace from the running kernel's BTF and tracefs
+/// and handed in as the global `CONFIG` (`.rodata`) before the programs load. Offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `struct sk_buff`: `head` (pointer), `network_header` (u16), `_nfct` (unsigned long).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_nfct: u32,
+    /// `struct nf_conn`: ORIGINAL and REPLY `struct nf_conntrack_tuple`, and `status`.
+    pub ct_tuple_orig: u32,
+    pub ct_tuple_reply: u32,
+    pub ct_status: u32,
+    /// `struct nf_hook_state`: `hook` (u8).
+    pub nf_state_hook: u32,
+    /// `skb:kfree_skb`: `skbaddr`, `reason` (u32::MAX on kernels without drop reasons).
+    pub kfree_skbaddr: u32,
+    pub kfree_reason: u32,
+    /// `tcp:tcp_send_reset`, `tcp:tcp_receive_reset`, `sock:inet_sock_set_state`.
+    pub send_reset: TpAddrLayout,
+    pub receive_reset: TpAddrLayout,
+    pub sock_state: TpAddrLayout,
+}
+
+/// A packet seen by a netfilter program, remembered per CPU so a following `kfree_skb` on the same
+/// CPU can say after which hook the packet died.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastHook {
+    pub skb: u64,
+    pub hook: u8,
+    /// 1: the packet had passed conntrack (post-conntrack program).
+    pub after_ct: u8,
+    pub pad: [u8; 6],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all types are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and have
+    // no implicit padding (explicit `pad` fields), so any byte pattern is a valid value.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::TargetKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::TpAddrLayout {}
+    unsafe impl aya::Pod for super::LastHook {}
+}
+
+// Layout checks: a change here must change the decoder in d8-userspace/src/events.rs.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<TargetKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Event>() == 128);
+const _: () = assert!(core::mem::align_of::<Event>() == 8);

@@ -134,3 +134,453 @@ pub struct Flow {
     pub socket_states: Vec<SocketState>,
     pub outcome: Outcome,
 }
+
+impl Flow {
+    /// Milliseconds between the flow's first event and `ts_ns`.
+    fn ms_since_start(&self, ts_ns: u64) -> u64 {
+        ts_ns.saturating_sub(self.first_ns) / 1_000_000
+    }
+
+    /// The flow's outcome as of kernel time `now_ns`; flows with no answer for `reply_timeout_ns`
+    /// have timed out.
+    pub fn outcome_at(&self, now_ns: u64, reply_timeout_ns: u64) -> Outcome {
+        let node_answered = self.resets.iter().any(|r| r.by == Peer::Node)
+            || self.icmp_errors.iter().any(|e| e.icmp_type == ICMP_DEST_UNREACH);
+        if node_answered && !self.handshake.reply {
+            Outcome::Rejected
+        } else if !self.resets.is_empty() {
+            Outcome::Reset
+        } else if self.handshake.reply {
+            Outcome::Established
+        } else if !self.drops.is_empty() {
+            Outcome::Dropped
+        } else if now_ns.saturating_sub(self.first_ns) >= reply_timeout_ns {
+            Outcome::Timeout
+        } else {
+            Outcome::Open
+        }
+    }
+
+    /// The first drop reason, for the contract's `drop_reason`.
+    pub fn drop_reason(&self) -> Option<&str> {
+        self.drops.first().map(|d| d.reason.as_str())
+    }
+
+    /// One line for the live output: fits 80 columns for IPv4 flows.
+    pub fn summary_line(&self) -> String {
+        let path = match (self.frontend, self.backend) {
+            (Some(f), Some(b)) => format!("{} -> {} => {}", self.client, f, b),
+            (Some(f), None) if self.no_dnat => format!("{} -> {} => (no DNAT)", self.client, f),
+            (Some(f), None) => format!("{} -> {}", self.client, f),
+            (None, Some(b)) => format!("{} -> {}", self.client, b),
+            (None, None) => format!("{} -> ?", self.client),
+        };
+        let mut detail = match self.outcome {
+            Outcome::Established => "established".to_string(),
+            Outcome::Reset => match self.resets.first().map(|r| r.by) {
+                Some(Peer::Backend) => "reset by backend".into(),
+                Some(Peer::Client) => "reset by client".into(),
+                Some(Peer::Node) => "reset by node".into(),
+                _ => "reset".into(),
+            },
+            Outcome::Rejected => "rejected".into(),
+            Outcome::Dropped => "dropped".into(),
+            Outcome::Timeout => "no answer".into(),
+            Outcome::Open => "open".into(),
+        };
+        if let Some(reason) = self.drop_reason() {
+            detail.push_str(&format!(" ({reason})"));
+        }
+        format!("#{:<3} {} {}  {}", self.id, self.protocol, path, detail)
+    }
+}
+
+/// ICMP "destination unreachable": what a REJECT sends by default.
+const ICMP_DEST_UNREACH: u8 = 3;
+
+/// Joins events into flows. Knows nothing about BPF: it takes decoded events and the set of
+/// traced frontends, so tests drive it with literal events.
+#[derive(Debug)]
+pub struct FlowTable {
+    flows: Vec<Flow>,
+    /// ORIGINAL tuple -> index in `flows` of its current flow.
+    current: std::collections::HashMap<crate::events::Tuple, usize>,
+    frontends: std::collections::HashSet<(Protocol, SocketAddr)>,
+    node_ips: Vec<IpAddr>,
+    drop_names: crate::kernel::DropReasons,
+    next_id: u64,
+    /// At most this many flows are kept; the oldest are evicted (and counted) beyond it.
+    max_flows: usize,
+    evicted: u64,
+    reply_timeout_ns: u64,
+}
+
+/// Flows without any answer for this long have timed out (TCP retransmits its SYN after 1 s
+/// and 3 s, so 3 s covers the first retransmission).
+pub const DEFAULT_REPLY_TIMEOUT_NS: u64 = 3_000_000_000;
+
+impl FlowTable {
+    pub fn new(
+        frontends: impl IntoIterator<Item = (Protocol, SocketAddr)>,
+        node_ips: Vec<IpAddr>,
+        drop_names: crate::kernel::DropReasons,
+    ) -> Self {
+        Self {
+            flows: Vec::new(),
+            current: Default::default(),
+            frontends: frontends.into_iter().collect(),
+            node_ips,
+            drop_names,
+            next_id: 1,
+            max_flows: 100_000,
+            evicted: 0,
+            reply_timeout_ns: DEFAULT_REPLY_TIMEOUT_NS,
+        }
+    }
+
+    pub fn with_max_flows(mut self, max: usize) -> Self {
+        self.max_flows = max.max(1);
+        self
+    }
+
+    pub fn with_reply_timeout_ns(mut self, ns: u64) -> Self {
+        self.reply_timeout_ns = ns;
+        self
+    }
+
+    pub fn flows(&self) -> &[Flow] {
+        &self.flows
+    }
+
+    /// Flows dropped from the table because it was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    pub fn reply_timeout_ns(&self) -> u64 {
+        self.reply_timeout_ns
+    }
+
+    fn is_frontend(&self, proto: u8, addr: SocketAddr) -> bool {
+        Protocol::from_number(proto).is_some_and(|p| self.frontends.contains(&(p, addr)))
+    }
+
+    fn finished(flow: &Flow) -> bool {
+        !flow.resets.is_empty() || flow.handshake.fin || !flow.icmp_errors.is_empty()
+    }
+
+    fn start(&mut self, ev: &crate::events::Event) -> usize {
+        if self.flows.len() >= self.max_flows {
+            let drop_n = (self.max_flows / 10).max(1);
+            self.flows.drain(..drop_n);
+            self.evicted += drop_n as u64;
+            self.current = self.flows.iter().enumerate().map(|(i, f)| (Self::tuple_of(f), i)).collect();
+        }
+        let flow_tuple = ev.flow;
+        let protocol = Protocol::from_number(flow_tuple.proto).unwrap_or(Protocol::Tcp);
+        let to_frontend = self.is_frontend(flow_tuple.proto, flow_tuple.dst);
+        let flow = Flow {
+            id: self.next_id,
+            protocol,
+            client: flow_tuple.src,
+            frontend: to_frontend.then_some(flow_tuple.dst),
+            backend: (!to_frontend).then_some(flow_tuple.dst),
+            snat_client: None,
+            no_dnat: false,
+            entry_hook: ev.hook,
+            first_ns: ev.ts_ns,
+            last_ns: ev.ts_ns,
+            handshake: Handshake::default(),
+            ct_status: 0,
+            resets: Vec::new(),
+            drops: Vec::new(),
+            icmp_errors: Vec::new(),
+            socket_states: Vec::new(),
+            outcome: Outcome::Open,
+        };
+        self.next_id += 1;
+        self.flows.push(flow);
+        let index = self.flows.len() - 1;
+        self.current.insert(flow_tuple, index);
+        index
+    }
+
+    fn tuple_of(flow: &Flow) -> crate::events::Tuple {
+        crate::events::Tuple {
+            proto: flow.protocol.number(),
+            src: flow.client,
+            dst: flow.frontend.or(flow.backend).unwrap_or(flow.client),
+        }
+    }
+
+    /// Who an address is, relative to `flow`.
+    fn peer(&self, flow: &Flow, addr: IpAddr) -> Peer {
+        if addr == flow.client.ip() || flow.snat_client.is_some_and(|c| c.ip() == addr) {
+            Peer::Client
+        } else if flow.backend.is_some_and(|b| b.ip() == addr) && !flow.no_dnat {
+            Peer::Backend
+        } else if flow.frontend.is_some_and(|f| f.ip() == addr) || self.node_ips.contains(&addr) {
+            // A packet "from the frontend" that DNAT did not translate was made by the node.
+            Peer::Node
+        } else {
+            Peer::Unknown
+        }
+    }
+
+    /// Applies one event; returns the id of the flow it changed.
+    pub fn apply(&mut self, ev: &crate::events::Event) -> Option<u64> {
+        use crate::events::Kind;
+        let index = match (self.current.get(&ev.flow).copied(), &ev.kind) {
+            (Some(i), Kind::New) if Self::finished(&self.flows[i]) => self.start(ev),
+            (Some(i), _) => i,
+            // Any first sight of a flow starts it: it may have begun before tracing.
+            (None, _) => self.start(ev),
+        };
+        let mut flow = self.flows[index].clone();
+        flow.last_ns = flow.last_ns.max(ev.ts_ns);
+        let at_ms = flow.ms_since_start(ev.ts_ns);
+        match &ev.kind {
+            Kind::New => flow.handshake.request = true,
+            Kind::Retransmit => {
+                flow.handshake.request = true;
+                flow.handshake.retransmits += 1;
+            }
+            Kind::Conntrack { reply, status, .. } => {
+                flow.ct_status = *status;
+                let original_dst = ev.flow.dst;
+                if reply.src != original_dst {
+                    flow.backend = Some(reply.src);
+                    flow.no_dnat = false;
+                } else if flow.frontend.is_some() {
+                    flow.no_dnat = true;
+                }
+                if reply.dst != ev.flow.src {
+                    flow.snat_client = Some(reply.dst);
+                }
+            }
+            Kind::Reply { .. } | Kind::Established => {
+                if ev.tcp_flags & TCP_RST == 0 {
+                    flow.handshake.reply = true;
+                }
+            }
+            Kind::Rst { from } => {
+                let by = if ev.reply_direction == Some(true) {
+                    match self.peer(&flow, from.ip()) {
+                        Peer::Client | Peer::Unknown => Peer::Backend,
+                        other => other,
+                    }
+                } else {
+                    Peer::Client
+                };
+                flow.resets.push(Reset { by, seen_by: "packet".into(), at_ms });
+            }
+            Kind::Fin { .. } => flow.handshake.fin = true,
+            Kind::IcmpError { icmp_type, icmp_code, from } => flow.icmp_errors.push(IcmpError {
+                icmp_type: *icmp_type,
+                icmp_code: *icmp_code,
+                from: *from,
+                at_ms,
+            }),
+            Kind::Drop { reason, before_conntrack, .. } => flow.drops.push(Drop {
+                reason: self.drop_names.name(*reason),
+                after_hook: ev.hook,
+                before_conntrack: *before_conntrack,
+                at_ms,
+            }),
+            Kind::SendReset { from } => {
+                let by = self.peer(&flow, from.ip());
+                if !flow.resets.iter().any(|r| r.by == by) {
+                    flow.resets.push(Reset { by, seen_by: "tcp_send_reset".into(), at_ms });
+                }
+            }
+            Kind::ReceiveReset { socket } => {
+                // The RST came from the other end of this socket.
+                let by = match self.peer(&flow, socket.ip()) {
+                    Peer::Client => {
+                        if flow.backend.is_some() && !flow.no_dnat { Peer::Backend } else { Peer::Node }
+                    }
+                    Peer::Backend => Peer::Client,
+                    _ => Peer::Unknown,
+                };
+                if !flow.resets.iter().any(|r| r.by == by) {
+                    flow.resets.push(Reset { by, seen_by: "tcp_receive_reset".into(), at_ms });
+                }
+            }
+            Kind::SocketState { old, new, .. } => flow.socket_states.push(SocketState {
+                old: crate::events::tcp_state_name(*old).into(),
+                new: crate::events::tcp_state_name(*new).into(),
+                at_ms,
+            }),
+        }
+        flow.outcome = flow.outcome_at(flow.last_ns, self.reply_timeout_ns);
+        let changed = flow != self.flows[index];
+        let id = flow.id;
+        self.flows[index] = flow;
+        changed.then_some(id)
+    }
+
+    /// Settles every flow's outcome at kernel time `now_ns` (timeouts); returns the ids of flows
+    /// whose outcome changed.
+    pub fn settle(&mut self, now_ns: u64) -> Vec<u64> {
+        let timeout = self.reply_timeout_ns;
+        let mut changed = Vec::new();
+        for flow in &mut self.flows {
+            let outcome = flow.outcome_at(now_ns, timeout);
+            if outcome != flow.outcome {
+                flow.outcome = outcome;
+                changed.push(flow.id);
+            }
+        }
+        changed
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Flow> {
+        self.flows.iter().find(|f| f.id == id)
+    }
+}
+
+const TCP_RST: u8 = 0x04;
+
+#[cfg(test)]
+mod tests {
+    use d8_common::{hook, kind};
+
+    use super::*;
+    use crate::events::{decode_raw, testing::{key, raw}};
+
+    const CLIENT: [u8; 4] = [10, 244, 1, 5];
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+    const POD: [u8; 4] = [10, 244, 2, 7];
+    const NODE: [u8; 4] = [192, 168, 50, 2];
+
+    fn table() -> FlowTable {
+        FlowTable::new(
+            [(Protocol::Tcp, "10.96.0.10:80".parse().unwrap()), (Protocol::Udp, "10.96.0.10:53".parse().unwrap())],
+            vec!["192.168.50.2".parse().unwrap()],
+            crate::kernel::DropReasons::default(),
+        )
+    }
+
+    fn orig(proto: u8, dport: u16) -> d8_common::FlowKey {
+        key(CLIENT, 41000, VIP, dport, proto)
+    }
+
+    fn ct(table: &mut FlowTable, proto: u8, dport: u16, backend_port: u16, ts: u64) {
+        let mut ev = raw(kind::CT, hook::PRE_ROUTING, orig(proto, dport), ts);
+        ev.reply = key(POD, backend_port, CLIENT, 41000, proto);
+        ev.ct_dir = 0;
+        table.apply(&decode_raw(&ev).unwrap());
+    }
+
+    fn apply(table: &mut FlowTable, ev: d8_common::Event) -> Option<u64> {
+        table.apply(&decode_raw(&ev).unwrap())
+    }
+
+    #[test]
+    fn joins_pre_and_post_dnat_views_into_one_established_flow() {
+        let mut t = table();
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 1_000));
+        ct(&mut t, 6, 80, 8080, 2_000);
+        let mut reply = raw(kind::REPLY, hook::PRE_ROUTING, orig(6, 80), 3_000);
+        reply.ct_dir = 1;
+        reply.tcp_flags = 0x12;
+        apply(&mut t, reply);
+        assert_eq!(t.flows().len(), 1);
+        let f = &t.flows()[0];
+        assert_eq!(f.frontend, Some("10.96.0.10:80".parse().unwrap()));
+        assert_eq!(f.backend, Some("10.244.2.7:8080".parse().unwrap()));
+        assert_eq!(f.outcome, Outcome::Established);
+    }
+
+    #[test]
+    fn backend_rst_after_dnat_is_a_reset_by_the_backend() {
+        let mut t = table();
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 0));
+        ct(&mut t, 6, 80, 8080, 1);
+        let mut rst = raw(kind::RST, hook::PRE_ROUTING, orig(6, 80), 2);
+        rst.ct_dir = 1;
+        rst.tcp_flags = 0x14;
+        rst.aux[..4].copy_from_slice(&POD);
+        apply(&mut t, rst);
+        let f = &t.flows()[0];
+        assert_eq!(f.outcome, Outcome::Reset);
+        assert_eq!(f.resets[0].by, Peer::Backend);
+    }
+
+    #[test]
+    fn icmp_unreachable_without_dnat_is_rejected() {
+        let mut t = table();
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 0));
+        let mut ev = raw(kind::CT, hook::PRE_ROUTING, orig(6, 80), 1);
+        ev.reply = key(VIP, 80, CLIENT, 41000, 6);
+        apply(&mut t, ev);
+        let mut icmp = raw(kind::ICMP_ERROR, hook::LOCAL_OUT, orig(6, 80), 2);
+        icmp.icmp_type = 3;
+        icmp.icmp_code = 3;
+        icmp.aux[..4].copy_from_slice(&NODE);
+        apply(&mut t, icmp);
+        let mut drop = raw(kind::DROP, hook::FORWARD, orig(6, 80), 3);
+        drop.reason = 12;
+        apply(&mut t, drop);
+        let f = &t.flows()[0];
+        assert!(f.no_dnat && f.backend.is_none());
+        assert_eq!(f.outcome, Outcome::Rejected);
+        assert_eq!(f.drops[0].reason, "REASON_12");
+        assert_eq!(f.drops[0].after_hook, Some(Hook::Forward));
+    }
+
+    #[test]
+    fn silent_drop_is_dropped_and_silence_times_out() {
+        let mut t = table();
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 0));
+        ct(&mut t, 6, 80, 8080, 1);
+        assert_eq!(t.flows()[0].outcome, Outcome::Open);
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS), vec![1]);
+        assert_eq!(t.flows()[0].outcome, Outcome::Timeout);
+        let mut drop = raw(kind::DROP, hook::FORWARD, orig(6, 80), 5);
+        drop.reason = 12;
+        apply(&mut t, drop);
+        assert_eq!(t.flows()[0].outcome, Outcome::Dropped);
+    }
+
+    #[test]
+    fn udp_reply_establishes_and_direct_flows_have_no_frontend() {
+        let mut t = table();
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(17, 53), 0));
+        ct(&mut t, 17, 53, 5353, 1);
+        let mut reply = raw(kind::REPLY, hook::PRE_ROUTING, orig(17, 53), 2);
+        reply.ct_dir = 1;
+        apply(&mut t, reply);
+        assert_eq!(t.flows()[0].outcome, Outcome::Established);
+        assert_eq!(t.flows()[0].backend, Some("10.244.2.7:5353".parse().unwrap()));
+
+        // kubelet-style probe: node IP straight to the pod.
+        apply(&mut t, raw(kind::NEW, hook::LOCAL_OUT, key(NODE, 50000, POD, 8080, 6), 10));
+        let probe = &t.flows()[1];
+        assert_eq!((probe.frontend, probe.backend), (None, Some("10.244.2.7:8080".parse().unwrap())));
+    }
+
+    #[test]
+    fn port_reuse_after_reset_starts_a_new_flow_and_duplicates_change_nothing() {
+        let mut t = table();
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 0));
+        assert_eq!(apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 0)), None);
+        let mut rst = raw(kind::RST, hook::PRE_ROUTING, orig(6, 80), 1);
+        rst.ct_dir = 0;
+        apply(&mut t, rst);
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig(6, 80), 5));
+        assert_eq!(t.flows().len(), 2);
+        assert_eq!(t.flows()[0].resets[0].by, Peer::Client);
+        assert_eq!(t.flows()[1].outcome, Outcome::Open);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t = table().with_max_flows(10);
+        for port in 0..25u16 {
+            apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, key(CLIENT, 1000 + port, VIP, 80, 6), port as u64));
+        }
+        assert!(t.flows().len() <= 10);
+        assert_eq!(t.evicted() as usize + t.flows().len(), 25);
+    }
+}

@@ -1,1 +1,187 @@
+//! Facts about the running kernel that decide how d8-trace traces: struct offsets from BTF,
+//! tracepoint layouts from tracefs, drop-reason names, and which hook sets can work.
 
+pub mod btf;
+pub mod netns;
+pub mod tracefs;
+
+use std::collections::HashMap;
+
+use d8_common::{Config, TpAddrLayout, layout};
+
+use self::{btf::Btf, tracefs::Format};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Btf(#[from] btf::Error),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::Error),
+    #[error("kernel BTF: struct nf_conntrack_tuple is {0} bytes, expected 40; this kernel's conntrack layout is not supported")]
+    TupleLayout(u32),
+}
+
+/// Names of `enum skb_drop_reason` values of this kernel, without the `SKB_DROP_REASON_` prefix.
+#[derive(Debug, Clone, Default)]
+pub struct DropReasons {
+    names: HashMap<u32, String>,
+}
+
+impl DropReasons {
+    pub fn from_btf(btf: &Btf) -> Self {
+        let names = btf
+            .enum_values("skb_drop_reason")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| {
+                let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name).to_string();
+                (value as u32, short)
+            })
+            .collect();
+        Self { names }
+    }
+
+    /// The name of `reason`, or `REASON_<n>` when this kernel's BTF does not list it.
+    pub fn name(&self, reason: u32) -> String {
+        self.names.get(&reason).cloned().unwrap_or_else(|| format!("REASON_{reason}"))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Offsets of the kernel structures the programs read.
+pub fn struct_offsets(btf: &Btf, config: &mut Config) -> Result<(), Error> {
+    let tuple_size = btf.struct_size("nf_conntrack_tuple")?;
+    if tuple_size != 40 {
+        return Err(Error::TupleLayout(tuple_size));
+    }
+    config.skb_head = btf.member_offset("sk_buff", "head")?;
+    config.skb_network_header = btf.member_offset("sk_buff", "network_header")?;
+    config.skb_nfct = btf.member_offset("sk_buff", "_nfct")?;
+    let tuplehash = btf.member_offset("nf_conn", "tuplehash")?;
+    let tuple_in_hash = btf.member_offset("nf_conntrack_tuple_hash", "tuple")?;
+    let hash_size = btf.struct_size("nf_conntrack_tuple_hash")?;
+    config.ct_tuple_orig = tuplehash + tuple_in_hash;
+    config.ct_tuple_reply = tuplehash + hash_size + tuple_in_hash;
+    config.ct_status = btf.member_offset("nf_conn", "status")?;
+    config.nf_state_hook = btf.member_offset("nf_hook_state", "hook")?;
+    Ok(())
+}
+
+const NONE: u32 = u32::MAX;
+
+fn addr_layout(format: &Format) -> TpAddrLayout {
+    let off = |name: &str| format.field(name).map_or(NONE, |f| f.offset);
+    let mut l = TpAddrLayout {
+        kind: layout::UNUSED,
+        saddr: off("saddr"),
+        daddr: off("daddr"),
+        sport: off("sport"),
+        dport: off("dport"),
+        family: off("family"),
+        protocol: off("protocol"),
+        oldstate: off("oldstate"),
+        newstate: off("newstate"),
+    };
+    match format.field("saddr").map(|f| f.size) {
+        // struct sockaddr_in6-sized storage holding a sockaddr_in or sockaddr_in6 (6.10+).
+        Some(28) => l.kind = layout::SOCKADDR,
+        Some(4) if l.sport != NONE && l.dport != NONE => l.kind = layout::SEPARATE,
+        _ => {}
+    }
+    l
+}
+
+/// Tracepoint layouts, from tracefs `format` files. A tracepoint whose layout is not understood
+/// is left unused and listed in the returned warnings; only `kfree_skb` is required.
+pub fn tracepoint_layouts(mount: &tracefs::Mount, config: &mut Config) -> Result<Vec<String>, Error> {
+    let mut warnings = Vec::new();
+    let kfree = mount.format("skb", "kfree_skb")?;
+    config.kfree_skbaddr = kfree.require("skbaddr")?.offset;
+    config.kfree_reason = match kfree.field("reason") {
+        Some(f) => f.offset,
+        None => {
+            warnings.push("skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are reported without a reason".into());
+            NONE
+        }
+    };
+    for (slot, category, name) in [
+        (&mut config.send_reset, "tcp", "tcp_send_reset"),
+        (&mut config.receive_reset, "tcp", "tcp_receive_reset"),
+        (&mut config.sock_state, "sock", "inet_sock_set_state"),
+    ] {
+        match mount.format(category, name) {
+            Ok(format) => {
+                *slot = addr_layout(&format);
+                if slot.kind == layout::UNUSED {
+                    warnings.push(format!("{category}:{name}: address layout not understood, not used"));
+                }
+            }
+            Err(e) => {
+                *slot = TpAddrLayout { kind: layout::UNUSED, ..Default::default() };
+                warnings.push(e.to_string());
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// `uname -r`.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// (major, minor) of the running kernel.
+pub fn version() -> Option<(u32, u32)> {
+    parse_version(&release())
+}
+
+fn parse_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether this process is root (effective uid 0). Loading BPF needs CAP_BPF + CAP_NET_ADMIN +
+/// CAP_PERFMON; we check the simple case and let the kernel say EPERM otherwise.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_versions() {
+        assert_eq!(parse_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_version("6.1.0-37-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn picks_address_layouts() {
+        let new = Format::parse("t", "field:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\nfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;");
+        assert_eq!(addr_layout(&new).kind, layout::SOCKADDR);
+        let old = Format::parse("t", "field:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;\nfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;\nfield:__u8 saddr[4];\toffset:22;\tsize:4;\tsigned:0;\nfield:__u8 daddr[4];\toffset:26;\tsize:4;\tsigned:0;");
+        let l = addr_layout(&old);
+        assert_eq!((l.kind, l.sport, l.saddr), (layout::SEPARATE, 16, 22));
+    }
+
+    #[test]
+    fn running_kernel_offsets_resolve() {
+        let Ok(btf) = Btf::from_sys() else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        let mut config = Config::default();
+        struct_offsets(&btf, &mut config).unwrap();
+        assert!(config.ct_tuple_reply > config.ct_tuple_orig);
+        assert!(!DropReasons::from_btf(&btf).is_empty());
+        assert_eq!(DropReasons::from_btf(&btf).name(u32::MAX - 1), format!("REASON_{}", u32::MAX - 1));
+    }
+}

@@ -1,1 +1,236 @@
+//! Loads d8-trace's kernel programs, attaches them, and detaches everything when dropped.
+//!
+//! aya loads the object (maps, `CONFIG` global, tracepoints); [`netfilter`] loads the netfilter
+//! programs from the same object against aya's maps. [`Tracer`] owns every link: dropping it
+//! detaches the netfilter hooks first, then the tracepoints, then unmounts tracefs if d8-trace
+//! mounted it. Nothing outlives the process: no pins.
 
+pub mod netfilter;
+
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use d8_common::{Config, TargetKey, layout, stat};
+
+use crate::kernel::tracefs;
+
+/// The kernel programs, built by `build.rs` for the BPF target.
+pub static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/d8-probes"));
+
+/// Priority of `nf_pre`: after defragmentation (-400) and the raw table (-300), before conntrack
+/// (-200), so it sees packets conntrack drops.
+pub const PRIORITY_PRE_CONNTRACK: i32 = -250;
+/// Priority of `nf_post` at PREROUTING/OUTPUT: right after DNAT (-100).
+pub const PRIORITY_POST_DNAT: i32 = -99;
+/// Priority of `nf_post` at FORWARD/INPUT: right before the filter table (0), where kube-proxy's
+/// REJECT and DROP rules live.
+pub const PRIORITY_PRE_FILTER: i32 = -1;
+/// Priority of `nf_post` at POSTROUTING: right after SNAT (100), when the reply tuple is final.
+pub const PRIORITY_POST_SNAT: i32 = 101;
+
+/// Where the netfilter programs attach: (program, hook, priority).
+pub const NETFILTER_ATTACHMENTS: &[(&str, netfilter::Hook, i32)] = &[
+    ("nf_pre", netfilter::Hook::PreRouting, PRIORITY_PRE_CONNTRACK),
+    ("nf_pre", netfilter::Hook::LocalOut, PRIORITY_PRE_CONNTRACK),
+    ("nf_post", netfilter::Hook::PreRouting, PRIORITY_POST_DNAT),
+    ("nf_post", netfilter::Hook::LocalOut, PRIORITY_POST_DNAT),
+    ("nf_post", netfilter::Hook::Forward, PRIORITY_PRE_FILTER),
+    ("nf_post", netfilter::Hook::LocalIn, PRIORITY_PRE_FILTER),
+    ("nf_post", netfilter::Hook::PostRouting, PRIORITY_POST_SNAT),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("this d8-trace was built without its kernel programs (D8_SKIP_EBPF); rebuild without it")]
+    NoProbes,
+    #[error("loading the BPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the BPF object has no {0}")]
+    Missing(String),
+    #[error("loading tracepoint program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching to tracepoint {tracepoint}: {source}")]
+    Attach {
+        tracepoint: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(transparent)]
+    Netfilter(#[from] netfilter::Error),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Which hook set traces packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookSet {
+    /// Netfilter BPF links (kernel 6.4+): exact pre/post-DNAT views from the skb's conntrack entry.
+    Netfilter,
+}
+
+/// Tracepoints attached in every hook set: (program, category, name, required).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("kfree_skb", "skb", "kfree_skb"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+];
+
+/// Loaded and attached programs. Field order is drop order: links go first.
+pub struct Tracer {
+    nf_links: Vec<netfilter::Link>,
+    nf_programs: Vec<netfilter::Program>,
+    ebpf: Ebpf,
+    attached: Vec<String>,
+    _tracefs: tracefs::Mount,
+}
+
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(m)
+        | Map::ArrayOfMaps(m)
+        | Map::BloomFilter(m)
+        | Map::CgroupArray(m)
+        | Map::CgroupStorage(m)
+        | Map::CgrpStorage(m)
+        | Map::CpuMap(m)
+        | Map::DevMap(m)
+        | Map::DevMapHash(m)
+        | Map::HashMap(m)
+        | Map::HashOfMaps(m)
+        | Map::InodeStorage(m)
+        | Map::LpmTrie(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuCgroupStorage(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::PerfEventArray(m)
+        | Map::ProgramArray(m)
+        | Map::Queue(m)
+        | Map::ReusePortSockArray(m)
+        | Map::RingBuf(m)
+        | Map::SockHash(m)
+        | Map::SockMap(m)
+        | Map::SkStorage(m)
+        | Map::Stack(m)
+        | Map::StackTraceMap(m)
+        | Map::Unsupported(m)
+        | Map::XskMap(m) => m,
+    }
+}
+
+impl Tracer {
+    /// Loads everything and attaches it in the calling thread's network namespace.
+    ///
+    /// On error, whatever was attached is detached again (the partial `Tracer` is dropped).
+    pub fn attach(config: &Config, mount: tracefs::Mount, ring_buffer_bytes: u32) -> Result<Self, Error> {
+        if PROBES.is_empty() {
+            return Err(Error::NoProbes);
+        }
+        let ebpf = EbpfLoader::new()
+            .override_global("CONFIG", config, true)
+            .map_max_entries("EVENTS", ring_buffer_bytes)
+            .load(PROBES)
+            .map_err(Error::Load)?;
+        let mut tracer =
+            Self { nf_links: Vec::new(), nf_programs: Vec::new(), ebpf, attached: Vec::new(), _tracefs: mount };
+
+        for &(program, category, name) in TRACEPOINTS {
+            let used = match program {
+                "tcp_send_reset" => config.send_reset.kind != layout::UNUSED,
+                "tcp_receive_reset" => config.receive_reset.kind != layout::UNUSED,
+                "inet_sock_set_state" => config.sock_state.kind != layout::UNUSED,
+                _ => true,
+            };
+            if !used {
+                continue;
+            }
+            let tp: &mut TracePoint = tracer
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| Error::Missing(format!("program {program}")))?
+                .try_into()
+                .map_err(|source| Error::Program { name: program.into(), source })?;
+            tp.load().map_err(|source| Error::Program { name: program.into(), source })?;
+            tp.attach(category, name)
+                .map_err(|source| Error::Attach { tracepoint: format!("{category}:{name}"), source })?;
+            tracer.attached.push(format!("tracepoint {category}:{name}"));
+        }
+
+        let map_fds: HashMap<String, RawFd> = tracer
+            .ebpf
+            .maps()
+            .map(|(name, map)| (name.to_string(), map_data(map).fd().as_fd().as_raw_fd()))
+            .collect();
+        for name in ["nf_pre", "nf_post"] {
+            tracer.nf_programs.push(netfilter::Program::load(PROBES, name, &map_fds)?);
+        }
+        for &(program, hook, priority) in NETFILTER_ATTACHMENTS {
+            let prog = tracer
+                .nf_programs
+                .iter()
+                .find(|p| p.name() == program)
+                .expect("both netfilter programs were loaded above");
+            tracer.nf_links.push(prog.attach(hook, priority)?);
+            tracer.attached.push(format!("netfilter {program} at {} priority {priority}", hook.name()));
+        }
+        Ok(tracer)
+    }
+
+    /// Human-readable list of what is attached, for `doctor` and `-v`.
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// Replaces the traced targets (Service frontends and backends).
+    pub fn set_targets(&mut self, targets: &[(TargetKey, u32)]) -> Result<(), Error> {
+        let mut map: BpfHashMap<&mut MapData, TargetKey, u32> = BpfHashMap::try_from(
+            self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Missing("map TARGETS".into()))?,
+        )
+        .map_err(|source| Error::Map { name: "TARGETS", source })?;
+        let old: Vec<TargetKey> = map.keys().filter_map(Result::ok).collect();
+        for key in old {
+            if !targets.iter().any(|(k, _)| *k == key) {
+                let _ = map.remove(&key);
+            }
+        }
+        for (key, value) in targets {
+            map.insert(key, value, 0).map_err(|source| Error::Map { name: "TARGETS", source })?;
+        }
+        Ok(())
+    }
+
+    /// The events ring buffer; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| Error::Missing("map EVENTS".into()))?;
+        RingBuf::try_from(map).map_err(|source| Error::Map { name: "EVENTS", source })
+    }
+
+    /// Counter `index` (`d8_common::stat`) summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        let Some(map) = self.ebpf.map("STATS") else { return 0 };
+        let Ok(array) = PerCpuArray::<&MapData, u64>::try_from(map) else { return 0 };
+        array.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
+    }
+
+    /// Events the kernel could not hand over: ring-buffer reservations that failed.
+    pub fn lost_events(&self) -> u64 {
+        self.counter(stat::LOST)
+    }
+}

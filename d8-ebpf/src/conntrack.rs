@@ -1,0 +1,59 @@
+//! Reading the conntrack entry attached to an skb (`skb->_nfct`): its ORIGINAL and REPLY tuples
+//! and status bits. `struct nf_conntrack_tuple` is 40 bytes with a layout stable since 2.6
+//! (userspace checks its size in BTF before loading); `nf_conn`'s own layout depends on the
+//! kernel's configuration, so those offsets come from `CONFIG`.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
+
+use crate::maps::config;
+
+/// `enum ip_conntrack_info`: values at or above this are reply-direction packets.
+pub const IP_CT_IS_REPLY: u64 = 3;
+const NFCT_INFOMASK: u64 = 7;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Conntrack entry pointer and `ctinfo` of an skb; `None` when it has none (or is untracked).
+#[inline(always)]
+pub fn of_skb(skb: u64) -> Option<(u64, u64)> {
+    let nfct: u64 = unsafe { bpf_probe_read_kernel((skb + config!(skb_nfct) as u64) as *const u64).ok()? };
+    let ct = nfct & !NFCT_INFOMASK;
+    if ct == 0 {
+        return None;
+    }
+    Some((ct, nfct & NFCT_INFOMASK))
+}
+
+/// Reads one `struct nf_conntrack_tuple` and turns it into a flow key.
+#[inline(always)]
+pub fn tuple(addr: u64) -> Option<FlowKey> {
+    let raw: [u8; 40] = unsafe { bpf_probe_read_kernel(addr as *const [u8; 40]).ok()? };
+    let l3num = u16::from_ne_bytes([raw[18], raw[19]]);
+    let family = match l3num {
+        AF_INET => FAMILY_V4,
+        AF_INET6 => FAMILY_V6,
+        _ => return None,
+    };
+    let mut key = FlowKey { proto: raw[38], family, ..FlowKey::default() };
+    key.saddr.copy_from_slice(&raw[0..16]);
+    key.daddr.copy_from_slice(&raw[20..36]);
+    key.sport = u16::from_ne_bytes([raw[16], raw[17]]);
+    key.dport = u16::from_ne_bytes([raw[36], raw[37]]);
+    Some(key)
+}
+
+#[inline(always)]
+pub fn original(ct: u64) -> Option<FlowKey> {
+    tuple(ct + config!(ct_tuple_orig) as u64)
+}
+
+#[inline(always)]
+pub fn reply(ct: u64) -> Option<FlowKey> {
+    tuple(ct + config!(ct_tuple_reply) as u64)
+}
+
+#[inline(always)]
+pub fn status(ct: u64) -> u32 {
+    unsafe { bpf_probe_read_kernel((ct + config!(ct_status) as u64) as *const u64).unwrap_or(0) as u32 }
+}

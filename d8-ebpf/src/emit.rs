@@ -1,0 +1,29 @@
+//! Building events directly in the ring buffer (a 128-byte event on the 512-byte BPF stack would
+//! not fit next to the keys), and counting the ones the buffer had no room for.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use d8_common::{Event, FlowKey, stat};
+
+use crate::maps::{EVENTS, count};
+
+/// Reserves an event, zeroes it, fills the common fields, lets `fill` set the rest, submits.
+#[inline(always)]
+pub fn event(kind: u8, hook: u8, key: &FlowKey, fill: impl FnOnce(&mut Event)) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stat::LOST);
+        return;
+    };
+    let ev = unsafe {
+        let ptr = entry.as_mut_ptr();
+        core::ptr::write_bytes(ptr, 0, 1);
+        &mut *ptr
+    };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = kind;
+    ev.hook = hook;
+    ev.ct_dir = 0xff;
+    ev.key = *key;
+    fill(ev);
+    entry.submit(0);
+    count(stat::EVENTS);
+}

@@ -1,0 +1,51 @@
+//! Finding a flow's state from whatever tuple a hook or tracepoint has at hand.
+
+use d8_common::{FlowKey, FlowState};
+
+use crate::{
+    maps::{FLOWS, NAT_ALIAS},
+    packet::reversed,
+};
+
+/// A flow found in `FLOWS`.
+pub struct Found {
+    pub state: *mut FlowState,
+    /// The flow's ORIGINAL tuple.
+    pub key: FlowKey,
+    /// Matched through the post-NAT alias.
+    pub via_nat: bool,
+    /// `key` was given in the reply direction.
+    pub reversed: bool,
+}
+
+#[inline(always)]
+fn direct(key: &FlowKey, reversed: bool) -> Option<Found> {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
+        return Some(Found { state, key: *key, via_nat: false, reversed });
+    }
+    let orig = unsafe { NAT_ALIAS.get(key) }.copied()?;
+    let state = FLOWS.get_ptr_mut(&orig)?;
+    Some(Found { state, key: orig, via_nat: true, reversed })
+}
+
+/// Looks `key` up as the flow's original direction, then as its reply direction; each both as the
+/// ORIGINAL tuple and as the post-NAT tuple.
+#[inline(always)]
+pub fn find(key: &FlowKey) -> Option<Found> {
+    if let Some(found) = direct(key, false) {
+        return Some(found);
+    }
+    direct(&reversed(key), true)
+}
+
+/// Sets `bit` in the flow's state; returns whether it was newly set (an event is due).
+#[inline(always)]
+pub fn mark(state: *mut FlowState, bit: u32) -> bool {
+    unsafe {
+        if (*state).seen & bit != 0 {
+            return false;
+        }
+        (*state).seen |= bit;
+    }
+    true
+}

@@ -1,0 +1,83 @@
+//! Maps shared by all programs, and the `CONFIG` global. Names are part of the userspace contract
+//! (`d8-userspace/src/loader/mod.rs` looks them up by name).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use d8_common::{Config, FlowKey, FlowState, LastHook, TargetKey, TpAddrLayout, stat};
+
+/// Kernel offsets, set by the loader. Non-zero defaults keep it in `.rodata`, which aya freezes:
+/// the verifier then knows the values and accepts them as constant offsets.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config {
+    skb_head: u32::MAX,
+    skb_network_header: u32::MAX,
+    skb_nfct: u32::MAX,
+    ct_tuple_orig: u32::MAX,
+    ct_tuple_reply: u32::MAX,
+    ct_status: u32::MAX,
+    nf_state_hook: u32::MAX,
+    kfree_skbaddr: u32::MAX,
+    kfree_reason: u32::MAX,
+    send_reset: UNUSED_LAYOUT,
+    receive_reset: UNUSED_LAYOUT,
+    sock_state: UNUSED_LAYOUT,
+};
+
+const UNUSED_LAYOUT: TpAddrLayout = TpAddrLayout {
+    kind: u32::MAX,
+    saddr: u32::MAX,
+    daddr: u32::MAX,
+    sport: u32::MAX,
+    dport: u32::MAX,
+    family: u32::MAX,
+    protocol: u32::MAX,
+    oldstate: u32::MAX,
+    newstate: u32::MAX,
+};
+
+/// Reads one `CONFIG` field. Volatile: the compiler must not fold the placeholder values.
+macro_rules! config {
+    ($($field:tt)+) => {
+        {
+            #[allow(unused_unsafe, reason = "the macro is used inside and outside unsafe blocks")]
+            let value = unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::CONFIG.$($field)+)) };
+            value
+        }
+    };
+}
+pub(crate) use config;
+
+/// Traced destinations: Service frontends and their backends (`d8_common::target`).
+#[map]
+pub static TARGETS: HashMap<TargetKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Per-flow state, keyed by the conntrack ORIGINAL tuple.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Post-NAT tuple (original direction, as packets look after DNAT/SNAT) -> ORIGINAL tuple, so
+/// events seen only after translation (a backend's RST, a drop past the NAT hooks) find their flow.
+#[map]
+pub static NAT_ALIAS: LruHashMap<FlowKey, FlowKey> = LruHashMap::with_max_entries(65536, 0);
+
+/// The last traced packet each CPU saw at a netfilter hook (for drop locations).
+#[map]
+pub static LAST_HOOK: PerCpuArray<LastHook> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `d8_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Events to userspace. Size overridden by the loader (`--ring-buffer-kib`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(ptr) = STATS.get_ptr_mut(index) {
+        // Per-CPU slot: no other writer.
+        unsafe { *ptr += 1 };
+    }
+}

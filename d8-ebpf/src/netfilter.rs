@@ -1,0 +1,209 @@
+//! Netfilter BPF link programs (`BPF_PROG_TYPE_NETFILTER`, kernel 6.4+). Both always return
+//! `NF_ACCEPT`: they observe, never decide.
+//!
+//! The context is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`;
+//! the verifier allows exactly these two 8-byte loads from it.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use d8_common::{FlowState, LastHook, TargetKey, flags, hook, kind, seen};
+
+use crate::{
+    conntrack,
+    emit::event,
+    flows::{self, mark},
+    maps::{FLOWS, LAST_HOOK, NAT_ALIAS, TARGETS, config},
+    packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
+};
+
+const NF_ACCEPT: i32 = 1;
+
+#[inline(always)]
+fn args(ctx: *mut c_void) -> (u64, u64) {
+    let ctx = ctx as *const u64;
+    unsafe { (*ctx, *ctx.add(1)) }
+}
+
+#[inline(always)]
+fn hook_of(state: u64) -> u8 {
+    unsafe { bpf_probe_read_kernel((state + config!(nf_state_hook) as u64) as *const u8) }
+        .unwrap_or(hook::UNKNOWN)
+}
+
+/// Remembers, per CPU, that this skb passed `hook`: a `kfree_skb` right after tells where it died.
+#[inline(always)]
+fn remember(skb: u64, hook: u8, after_ct: u8) {
+    if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
+        unsafe { *last = LastHook { skb, hook, after_ct, pad: [0; 6] } };
+    }
+}
+
+/// Before conntrack (PREROUTING and OUTPUT, priority -250): the packet exactly as the client sent
+/// it, including packets conntrack is about to drop (table full).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier/nf_pre")]
+pub extern "C" fn nf_pre(ctx: *mut c_void) -> i32 {
+    let _ = try_pre(ctx);
+    NF_ACCEPT
+}
+
+#[inline(always)]
+fn try_pre(ctx: *mut c_void) -> Option<()> {
+    let (state, skb) = args(ctx);
+    let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
+    let hook = hook_of(state);
+    if pkt.key.proto == IPPROTO_ICMP {
+        return icmp_error(&pkt, hook);
+    }
+    let target = TargetKey {
+        addr: pkt.key.daddr,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    unsafe { TARGETS.get(&target) }?;
+    remember(skb, hook, 0);
+    let tcp = pkt.key.proto == IPPROTO_TCP;
+    let syn = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let Some(st) = FLOWS.get_ptr_mut(&pkt.key) else {
+        FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
+        event(kind::NEW, hook, &pkt.key, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = 0;
+        });
+        return Some(());
+    };
+    let current = unsafe { (*st).seen };
+    if syn {
+        if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
+            // The client reused the ports of a finished flow: a new flow.
+            unsafe { *st = FlowState { seen: seen::NEW, last_drop_reason: 0 } };
+            event(kind::NEW, hook, &pkt.key, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = 0;
+            });
+        } else if mark(st, seen::RETRANS) {
+            event(kind::RETRANS, hook, &pkt.key, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = 0;
+            });
+        }
+    } else if tcp
+        && pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+        && current & seen::REPLY != 0
+        && mark(st, seen::ESTABLISHED)
+    {
+        event(kind::ESTABLISHED, hook, &pkt.key, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = 0;
+        });
+    }
+    Some(())
+}
+
+/// An ICMP error quoting one of our flows' packets (a REJECT's port unreachable, a host
+/// unreachable for a backend). Matched on the quoted packet, before conntrack or NAT touch it.
+#[inline(always)]
+fn icmp_error(pkt: &packet::Packet, hook: u8) -> Option<()> {
+    let quoted = packet::icmp_quoted_key(pkt)?;
+    let found = flows::find(&quoted)?;
+    if !mark(found.state, seen::ICMP) {
+        return Some(());
+    }
+    event(kind::ICMP_ERROR, hook, &found.key, |ev| {
+        ev.icmp_type = pkt.icmp_type;
+        ev.icmp_code = pkt.icmp_code;
+        ev.aux = pkt.key.saddr;
+        if found.via_nat {
+            ev.flags |= flags::VIA_NAT;
+        }
+    });
+    Some(())
+}
+
+/// After conntrack and DNAT (PREROUTING/OUTPUT -99), before the filter table (FORWARD/INPUT -1),
+/// after SNAT (POSTROUTING 101): reads the skb's conntrack entry, whose ORIGINAL tuple is the flow
+/// and whose REPLY tuple's source is the backend DNAT chose.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier/nf_post")]
+pub extern "C" fn nf_post(ctx: *mut c_void) -> i32 {
+    let _ = try_post(ctx);
+    NF_ACCEPT
+}
+
+#[inline(always)]
+fn try_post(ctx: *mut c_void) -> Option<()> {
+    let (state, skb) = args(ctx);
+    let (ct, ctinfo) = conntrack::of_skb(skb)?;
+    let orig = conntrack::original(ct)?;
+    let st = match FLOWS.get_ptr_mut(&orig) {
+        Some(st) => st,
+        None => {
+            // A flow whose first packet we did not see (it began before tracing started).
+            let target = TargetKey {
+                addr: orig.daddr,
+                port: orig.dport,
+                proto: orig.proto,
+                family: orig.family,
+            };
+            unsafe { TARGETS.get(&target) }?;
+            FLOWS.insert(&orig, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
+            FLOWS.get_ptr_mut(&orig)?
+        }
+    };
+    let hook = hook_of(state);
+    remember(skb, hook, 1);
+    let is_reply = ctinfo >= conntrack::IP_CT_IS_REPLY;
+    let ct_dir = is_reply as u8;
+
+    let final_hook = hook == hook::POST_ROUTING;
+    let current = unsafe { (*st).seen };
+    if current & seen::CT == 0 || (final_hook && current & seen::CT_FINAL == 0) {
+        let reply = conntrack::reply(ct)?;
+        let status = conntrack::status(ct);
+        unsafe { (*st).seen |= seen::CT | if final_hook { seen::CT_FINAL } else { 0 } };
+        // Packets after NAT look like the reversed REPLY tuple: remember it for later lookups.
+        let _ = NAT_ALIAS.insert(&reversed(&reply), &orig, 0);
+        event(kind::CT, hook, &orig, |ev| {
+            ev.reply = reply;
+            ev.ct_status = status;
+            ev.ct_dir = ct_dir;
+            if final_hook {
+                ev.flags |= flags::FINAL;
+            }
+        });
+    }
+
+    let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
+    if is_reply && mark(st, seen::REPLY) {
+        event(kind::REPLY, hook, &orig, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = ct_dir;
+            ev.aux = pkt.key.saddr;
+            ev.aux_port = pkt.key.sport;
+        });
+    }
+    if pkt.key.proto == IPPROTO_TCP {
+        if pkt.tcp_flags & TCP_RST != 0 {
+            let bit = if is_reply { seen::RST_REPLY } else { seen::RST_ORIG };
+            if mark(st, bit) {
+                event(kind::RST, hook, &orig, |ev| {
+                    ev.tcp_flags = pkt.tcp_flags;
+                    ev.ct_dir = ct_dir;
+                    ev.aux = pkt.key.saddr;
+                    ev.aux_port = pkt.key.sport;
+                });
+            }
+        }
+        if pkt.tcp_flags & TCP_FIN != 0 && mark(st, seen::FIN) {
+            event(kind::FIN, hook, &orig, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = ct_dir;
+                ev.aux = pkt.key.saddr;
+                ev.aux_port = pkt.key.sport;
+            });
+        }
+    }
+    Some(())
+}

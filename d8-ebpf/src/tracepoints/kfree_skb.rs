@@ -1,0 +1,62 @@
+//! `skb:kfree_skb`: a packet was dropped. The reason (`enum skb_drop_reason`, 5.17+) is a number
+//! whose meaning differs between kernels; userspace names it from the running kernel's BTF.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use d8_common::{flags, hook, kind, seen};
+
+use super::read;
+use crate::{
+    conntrack,
+    emit::event,
+    flows,
+    maps::{LAST_HOOK, config},
+    packet,
+};
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
+    let skb: u64 = read(ctx, config!(kfree_skbaddr))?;
+    let reason_off = config!(kfree_reason);
+    let reason: u32 = if reason_off == u32::MAX { 0 } else { read(ctx, reason_off)? };
+    let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
+    // The conntrack entry names the flow exactly, whatever NAT did to the headers.
+    let ct = conntrack::of_skb(skb);
+    let key = match ct {
+        Some((ct, _)) => conntrack::original(ct)?,
+        None => pkt.key,
+    };
+    let found = flows::find(&key)?;
+    unsafe {
+        if (*found.state).seen & seen::DROP != 0 && (*found.state).last_drop_reason == reason {
+            return Some(());
+        }
+        (*found.state).seen |= seen::DROP;
+        (*found.state).last_drop_reason = reason;
+    }
+    let (at, after_ct) = match LAST_HOOK.get(0) {
+        Some(last) if last.skb == skb => (last.hook, last.after_ct),
+        _ => (hook::UNKNOWN, 0),
+    };
+    event(kind::DROP, at, &found.key, |ev| {
+        ev.reason = reason;
+        ev.tcp_flags = pkt.tcp_flags;
+        ev.ct_dir = found.reversed as u8;
+        ev.aux = pkt.key.saddr;
+        ev.aux_port = pkt.key.sport;
+        if ct.is_none() {
+            ev.flags |= flags::NO_CT;
+        }
+        if found.via_nat {
+            ev.flags |= flags::VIA_NAT;
+        }
+        // `old_state` carries whether the packet had passed our post-conntrack program.
+        ev.old_state = after_ct;
+    });
+    Some(())
+}

@@ -1,0 +1,57 @@
+//! Tracepoints: drops with the kernel's reason, TCP resets, client socket states.
+//!
+//! They fire for every namespace on the node, so they report only flows the netfilter programs
+//! already put in `FLOWS`.
+
+mod kfree_skb;
+mod sock;
+mod tcp_reset;
+
+use aya_ebpf::programs::TracePointContext;
+use d8_common::{FlowKey, TpAddrLayout, layout, FAMILY_V4};
+
+const AF_INET: u16 = 2;
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// Source and destination (address, network-order port) of an IPv4 socket tracepoint, as a flow
+/// key from source to destination; `None` for other families or an unused layout.
+#[inline(always)]
+fn addresses(ctx: &TracePointContext, l: &TpAddrLayout, proto: u8) -> Option<FlowKey> {
+    let mut key = FlowKey { proto, family: FAMILY_V4, ..FlowKey::default() };
+    match l.kind {
+        layout::SOCKADDR => {
+            // struct sockaddr_in: family (host order), port (network order), address.
+            let s: [u8; 8] = read(ctx, l.saddr)?;
+            let d: [u8; 8] = read(ctx, l.daddr)?;
+            if u16::from_ne_bytes([s[0], s[1]]) != AF_INET {
+                return None;
+            }
+            key.sport = u16::from_ne_bytes([s[2], s[3]]);
+            key.dport = u16::from_ne_bytes([d[2], d[3]]);
+            key.saddr[..4].copy_from_slice(&s[4..8]);
+            key.daddr[..4].copy_from_slice(&d[4..8]);
+        }
+        layout::SEPARATE => {
+            if l.family != u32::MAX {
+                let family: u16 = read(ctx, l.family)?;
+                if family != AF_INET {
+                    return None;
+                }
+            }
+            let sport: u16 = read(ctx, l.sport)?;
+            let dport: u16 = read(ctx, l.dport)?;
+            key.sport = sport.to_be();
+            key.dport = dport.to_be();
+            let s: [u8; 4] = read(ctx, l.saddr)?;
+            let d: [u8; 4] = read(ctx, l.daddr)?;
+            key.saddr[..4].copy_from_slice(&s);
+            key.daddr[..4].copy_from_slice(&d);
+        }
+        _ => return None,
+    }
+    Some(key)
+}
