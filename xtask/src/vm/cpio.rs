@@ -20,13 +20,27 @@ use anyhow::{Context, Result};
 /// What one path of the archive is.
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { mode: u32 },
+    Dir {
+        mode: u32,
+    },
     /// Contents read from a host file when the archive is written (no copy in memory).
-    HostFile { src: PathBuf, mode: u32 },
+    HostFile {
+        src: PathBuf,
+        mode: u32,
+    },
     /// Contents given inline (init script, generated /etc files).
-    Data { data: Vec<u8>, mode: u32 },
-    Symlink { target: String },
-    CharDev { mode: u32, major: u32, minor: u32 },
+    Data {
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
+    CharDev {
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// The guest file system being assembled. Paths are relative (`usr/bin/ip`), no leading slash.
@@ -42,7 +56,10 @@ impl Archive {
 
     /// Adds (or replaces) `path`, creating missing parent directories.
     pub fn insert(&mut self, path: &str, entry: Entry) {
-        let path = path.trim_start_matches('/').trim_end_matches('/').to_string();
+        let path = path
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string();
         if path.is_empty() {
             return;
         }
@@ -72,10 +89,6 @@ impl Archive {
         self.entries.contains_key(path.trim_start_matches('/'))
     }
 
-    pub fn get(&self, path: &str) -> Option<&Entry> {
-        self.entries.get(path.trim_start_matches('/'))
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -83,9 +96,14 @@ impl Archive {
     /// Writes the archive to `out` and returns its size in bytes.
     pub fn write_to(&self, out: &Path) -> Result<u64> {
         let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-        let mut w = Writer { out: BufWriter::with_capacity(1 << 20, file), pos: 0, ino: 1 };
+        let mut w = Writer {
+            out: BufWriter::with_capacity(1 << 20, file),
+            pos: 0,
+            ino: 1,
+        };
         for (path, entry) in &self.entries {
-            w.entry(path, entry).with_context(|| format!("writing {path} into the initramfs"))?;
+            w.entry(path, entry)
+                .with_context(|| format!("writing {path} into the initramfs"))?;
         }
         w.header("TRAILER!!!", 0, 0, 0, 0, 0)?;
         w.out.flush()?;
@@ -116,12 +134,17 @@ impl Writer {
                 self.pad()?;
             }
             Entry::HostFile { src, mode } => {
-                let mut f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+                let mut f =
+                    File::open(src).with_context(|| format!("opening {}", src.display()))?;
                 let len = f.metadata()?.len();
                 self.header(path, S_IFREG | (mode & 0o7777), len, 0, 0, 1)?;
                 let copied = io::copy(&mut f, &mut self.out)?;
                 // A file that changed size while we copied would corrupt every later entry.
-                anyhow::ensure!(copied == len, "{} changed size while being archived", src.display());
+                anyhow::ensure!(
+                    copied == len,
+                    "{} changed size while being archived",
+                    src.display()
+                );
                 self.pos += copied;
                 self.pad()?;
             }
@@ -137,12 +160,35 @@ impl Writer {
         Ok(())
     }
 
-    fn header(&mut self, name: &str, mode: u32, size: u64, rmaj: u32, rmin: u32, nlink: u32) -> Result<()> {
-        anyhow::ensure!(size <= u32::MAX as u64, "{name} is larger than newc's 4 GiB limit");
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        size: u64,
+        rmaj: u32,
+        rmin: u32,
+        nlink: u32,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            size <= u32::MAX as u64,
+            "{name} is larger than newc's 4 GiB limit"
+        );
         let ino = if name == "TRAILER!!!" { 0 } else { self.ino };
         self.ino += 1;
         let fields = [
-            ino, mode, 0, 0, nlink, 0, size as u32, 0, 0, rmaj, rmin, name.len() as u32 + 1, 0,
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            size as u32,
+            0,
+            0,
+            rmaj,
+            rmin,
+            name.len() as u32 + 1,
+            0,
         ];
         let mut header = String::with_capacity(110);
         header.push_str("070701");
@@ -174,8 +220,19 @@ mod tests {
     #[test]
     fn parents_first_and_aligned() {
         let mut a = Archive::new();
-        a.insert("usr/bin/x", Entry::Data { data: b"hello".to_vec(), mode: 0o755 });
-        a.insert("bin", Entry::Symlink { target: "usr/bin".into() });
+        a.insert(
+            "usr/bin/x",
+            Entry::Data {
+                data: b"hello".to_vec(),
+                mode: 0o755,
+            },
+        );
+        a.insert(
+            "bin",
+            Entry::Symlink {
+                target: "usr/bin".into(),
+            },
+        );
         let dir = std::env::temp_dir().join(format!("d8-cpio-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("a.cpio");
@@ -183,19 +240,31 @@ mod tests {
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(size as usize, bytes.len());
         assert_eq!(bytes.len() % 4, 0);
-        let text = String::from_utf8_lossy(&bytes);
-        let usr = text.find("usr\0").unwrap();
-        let usr_bin = text.find("usr/bin\0").unwrap();
-        let x = text.find("usr/bin/x\0").unwrap();
-        assert!(usr < usr_bin && usr_bin < x);
-        assert!(text.contains("TRAILER!!!"));
-        // If the system cpio is available, let it validate the archive.
-        if let Ok(o) = std::process::Command::new("cpio").args(["-it"]).stdin(File::open(&out).unwrap()).output() {
-            if o.status.success() {
-                let list = String::from_utf8_lossy(&o.stdout);
-                assert!(list.lines().any(|l| l == "usr/bin/x"), "{list}");
+        // Walk the headers back: names in order, with sizes.
+        let mut names = Vec::new();
+        let mut pos = 0;
+        loop {
+            assert_eq!(&bytes[pos..pos + 6], b"070701");
+            let field = |i: usize| {
+                let s = std::str::from_utf8(&bytes[pos + 6 + i * 8..pos + 14 + i * 8]).unwrap();
+                usize::from_str_radix(s, 16).unwrap()
+            };
+            let (size, namesize) = (field(6), field(11));
+            let name = std::str::from_utf8(&bytes[pos + 110..pos + 110 + namesize - 1])
+                .unwrap()
+                .to_string();
+            pos = (pos + 110 + namesize).div_ceil(4) * 4;
+            if name == "usr/bin/x" {
+                assert_eq!(&bytes[pos..pos + size], b"hello");
             }
+            pos = (pos + size).div_ceil(4) * 4;
+            if name == "TRAILER!!!" {
+                break;
+            }
+            names.push(name);
         }
+        assert_eq!(pos, bytes.len());
+        assert_eq!(names, ["bin", "usr", "usr/bin", "usr/bin/x"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

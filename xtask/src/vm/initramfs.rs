@@ -56,7 +56,13 @@ const OPTIONAL_TOOLS: &[&str] = &["ipset"];
 const PLUGIN_DIRS: &[&str] = &["/usr/lib/x86_64-linux-gnu/xtables"];
 
 /// Small host data files the tools read (protocol/service names, iproute2's tables).
-const DATA_FILES: &[&str] = &["/etc/protocols", "/etc/services", "/etc/ethertypes", "/etc/iproute2", "/etc/nftables.conf"];
+const DATA_FILES: &[&str] = &[
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/ethertypes",
+    "/etc/iproute2",
+    "/etc/nftables.conf",
+];
 
 /// Module trees copied into the guest (the kernel's whole networking stack, a few MB) ...
 const MODULE_DIRS: &[&str] = &[
@@ -80,23 +86,80 @@ const MODULE_DIRS: &[&str] = &[
 /// ... and single virtual network drivers from `kernel/drivers/net/` (physical NIC drivers would
 /// only add size).
 const NET_DRIVERS: &[&str] = &[
-    "veth", "dummy", "macvlan", "ipvlan", "vxlan", "geneve", "tun", "bonding", "ifb", "nlmon", "wireguard",
-    "udp_tunnel", "ip6_udp_tunnel", "macvtap", "tap",
+    "veth",
+    "dummy",
+    "macvlan",
+    "ipvlan",
+    "vxlan",
+    "geneve",
+    "tun",
+    "bonding",
+    "ifb",
+    "nlmon",
+    "wireguard",
+    "udp_tunnel",
+    "ip6_udp_tunnel",
+    "macvtap",
+    "tap",
 ];
 
 /// Modules loaded by init before the command runs: what kube-proxy (iptables-nft, legacy iptables
 /// and IPVS mode), conntrack tools and the TC hooks need. Everything else in the copied trees loads
 /// on demand (the kernel calls /sbin/modprobe, which is busybox's).
 pub const BOOT_MODULES: &[&str] = &[
-    "nf_conntrack", "nf_nat", "nf_conntrack_netlink", "nf_tables", "nft_chain_nat", "nft_ct", "nft_nat",
-    "nft_masq", "nft_compat", "nft_reject_inet", "nft_fib_inet", "nfnetlink_log",
-    "nfnetlink_queue", "ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle", "iptable_raw",
-    "ip6_tables", "ip6table_filter", "ip6table_nat", "ip6table_mangle", "xt_conntrack", "xt_MASQUERADE",
-    "xt_addrtype", "xt_comment", "xt_mark", "xt_multiport", "xt_nat", "xt_statistic", "xt_tcpudp",
-    "xt_physdev", "xt_set", "xt_ipvs", "ip_set", "ip_set_hash_ip", "ip_set_hash_ipport",
-    "ip_set_hash_ipportip", "ip_set_hash_ipportnet", "ip_set_hash_net", "ip_set_bitmap_port", "ip_vs",
-    "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_lc", "sch_ingress", "cls_bpf", "act_bpf", "veth", "dummy",
-    "bridge", "br_netfilter",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_conntrack_netlink",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_ct",
+    "nft_nat",
+    "nft_masq",
+    "nft_compat",
+    "nft_reject_inet",
+    "nft_fib_inet",
+    "nfnetlink_log",
+    "nfnetlink_queue",
+    "ip_tables",
+    "iptable_filter",
+    "iptable_nat",
+    "iptable_mangle",
+    "iptable_raw",
+    "ip6_tables",
+    "ip6table_filter",
+    "ip6table_nat",
+    "ip6table_mangle",
+    "xt_conntrack",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_comment",
+    "xt_mark",
+    "xt_multiport",
+    "xt_nat",
+    "xt_statistic",
+    "xt_tcpudp",
+    "xt_physdev",
+    "xt_set",
+    "xt_ipvs",
+    "ip_set",
+    "ip_set_hash_ip",
+    "ip_set_hash_ipport",
+    "ip_set_hash_ipportip",
+    "ip_set_hash_ipportnet",
+    "ip_set_hash_net",
+    "ip_set_bitmap_port",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_sh",
+    "ip_vs_lc",
+    "sch_ingress",
+    "cls_bpf",
+    "act_bpf",
+    "veth",
+    "dummy",
+    "bridge",
+    "br_netfilter",
 ];
 
 /// A file the caller puts into the guest (`--add HOST[:GUEST]`).
@@ -114,7 +177,8 @@ impl Payload {
             Some((h, g)) => (PathBuf::from(h), Some(g.to_string())),
             None => (PathBuf::from(spec), None),
         };
-        let meta = fs::metadata(&host).with_context(|| format!("--add {spec}: {}", host.display()))?;
+        let meta =
+            fs::metadata(&host).with_context(|| format!("--add {spec}: {}", host.display()))?;
         let name = host
             .file_name()
             .with_context(|| format!("--add {spec}: no file name"))?
@@ -150,7 +214,11 @@ pub struct Spec<'a> {
 
 /// Builds the initramfs into `out`.
 pub fn build(spec: &Spec, out: &Path) -> Result<Summary> {
-    let mut b = Builder { archive: Archive::new(), elves: BTreeSet::new(), seen: HashSet::new() };
+    let mut b = Builder {
+        archive: Archive::new(),
+        elves: BTreeSet::new(),
+        seen: HashSet::new(),
+    };
     let mut summary = Summary::default();
     b.skeleton();
     b.busybox()?;
@@ -166,19 +234,31 @@ pub fn build(spec: &Spec, out: &Path) -> Result<Summary> {
                 let canon = fs::canonicalize(p.parent().unwrap())?.join(tool);
                 let guest = format!("/{}", normalize(&canon.to_string_lossy()));
                 if guest != format!("/usr/sbin/{tool}") {
-                    b.archive.insert(&format!("usr/sbin/{tool}"), Entry::Symlink { target: guest });
+                    b.archive.insert(
+                        &format!("usr/sbin/{tool}"),
+                        Entry::Symlink { target: guest },
+                    );
                 }
                 tool_names.insert(tool.to_string());
                 summary.tools.push(tool.to_string());
             }
             None if OPTIONAL_TOOLS.contains(tool) => {}
-            None => summary.missing_tools.push(format!("{tool} (Debian package {package})")),
+            None => summary
+                .missing_tools
+                .push(format!("{tool} (Debian package {package})")),
         }
     }
     if b.archive.contains("usr/bin/dash") {
-        b.archive.insert("usr/bin/sh", Entry::Symlink { target: "dash".into() });
+        b.archive.insert(
+            "usr/bin/sh",
+            Entry::Symlink {
+                target: "dash".into(),
+            },
+        );
     } else {
-        eprintln!("d8-vm: warning: no dash on the host; /bin/sh is busybox's, which runs its own `ip`, `tc`, ... before PATH");
+        eprintln!(
+            "d8-vm: warning: no dash on the host; /bin/sh is busybox's, which runs its own `ip`, `tc`, ... before PATH"
+        );
     }
     for dir in PLUGIN_DIRS {
         if Path::new(dir).is_dir() {
@@ -206,7 +286,13 @@ pub fn build(spec: &Spec, out: &Path) -> Result<Summary> {
 
     b.shared_libraries()?;
     summary.modules = b.modules(spec.kernel)?;
-    b.archive.insert("init", Entry::Data { data: init_script(spec).into_bytes(), mode: 0o755 });
+    b.archive.insert(
+        "init",
+        Entry::Data {
+            data: init_script(spec).into_bytes(),
+            mode: 0o755,
+        },
+    );
 
     summary.entries = b.archive.len();
     summary.bytes = b.archive.write_to(out)?;
@@ -239,35 +325,92 @@ fn normalize(path: &str) -> String {
 fn is_elf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"\x7fELF"
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"\x7fELF"
 }
 
 impl Builder {
     fn skeleton(&mut self) {
         let a = &mut self.archive;
-        for d in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc", "root", "tmp", "run", "proc", "sys", "dev", "mnt", "var", "boot"] {
+        for d in [
+            "usr/bin",
+            "usr/sbin",
+            "usr/lib",
+            "usr/lib64",
+            "etc",
+            "root",
+            "tmp",
+            "run",
+            "proc",
+            "sys",
+            "dev",
+            "mnt",
+            "var",
+            "boot",
+        ] {
             a.mkdir(d);
         }
         for top in ["bin", "sbin", "lib", "lib64"] {
-            a.insert(top, Entry::Symlink { target: format!("usr/{top}") });
+            a.insert(
+                top,
+                Entry::Symlink {
+                    target: format!("usr/{top}"),
+                },
+            );
         }
-        a.insert("var/run", Entry::Symlink { target: "../run".into() });
+        a.insert(
+            "var/run",
+            Entry::Symlink {
+                target: "../run".into(),
+            },
+        );
         a.insert("tmp", Entry::Dir { mode: 0o1777 });
         a.insert("root", Entry::Dir { mode: 0o700 });
         // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
-        a.insert("dev/console", Entry::CharDev { mode: 0o600, major: 5, minor: 1 });
-        a.insert("dev/null", Entry::CharDev { mode: 0o666, major: 1, minor: 3 });
+        a.insert(
+            "dev/console",
+            Entry::CharDev {
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+        );
+        a.insert(
+            "dev/null",
+            Entry::CharDev {
+                mode: 0o666,
+                major: 1,
+                minor: 3,
+            },
+        );
         let etc: &[(&str, &str)] = &[
-            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+            ),
             ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-            ("etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"),
+            (
+                "etc/hosts",
+                "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+            ),
             ("etc/hostname", "d8-vm\n"),
             // Loading `dummy` would otherwise create a dummy0 nobody asked for.
             ("etc/modprobe.d/d8-vm.conf", "options dummy numdummies=0\n"),
-            ("etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files\nprotocols: files\nservices: files\n"),
+            (
+                "etc/nsswitch.conf",
+                "passwd: files\ngroup: files\nhosts: files\nprotocols: files\nservices: files\n",
+            ),
         ];
         for (p, c) in etc {
-            a.insert(p, Entry::Data { data: c.as_bytes().to_vec(), mode: 0o644 });
+            a.insert(
+                p,
+                Entry::Data {
+                    data: c.as_bytes().to_vec(),
+                    mode: 0o644,
+                },
+            );
         }
     }
 
@@ -278,26 +421,46 @@ impl Builder {
             ensure_tool("busybox", "busybox-static")?;
         }
         let out = Command::new("ldd").arg(bb).output();
-        if let Ok(o) = out {
-            if o.status.success() && String::from_utf8_lossy(&o.stdout).contains("=>") {
-                bail!(
-                    "{} is dynamically linked (Debian's `busybox` package); the guest needs the static \
+        if let Ok(o) = out
+            && o.status.success()
+            && String::from_utf8_lossy(&o.stdout).contains("=>")
+        {
+            bail!(
+                "{} is dynamically linked (Debian's `busybox` package); the guest needs the static \
                      one: apt-get install -y busybox-static",
-                    bb.display()
-                );
-            }
+                bb.display()
+            );
         }
-        self.archive.insert("usr/bin/busybox", Entry::HostFile { src: bb.to_path_buf(), mode: 0o755 });
-        let list = Command::new(bb).arg("--list-full").output().context("busybox --list-full")?;
+        self.archive.insert(
+            "usr/bin/busybox",
+            Entry::HostFile {
+                src: bb.to_path_buf(),
+                mode: 0o755,
+            },
+        );
+        let list = Command::new(bb)
+            .arg("--list-full")
+            .output()
+            .context("busybox --list-full")?;
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             let guest = normalize(applet.trim());
             if guest.is_empty() || guest == "usr/bin/busybox" {
                 continue;
             }
-            self.archive.insert(&guest, Entry::Symlink { target: "/usr/bin/busybox".into() });
+            self.archive.insert(
+                &guest,
+                Entry::Symlink {
+                    target: "/usr/bin/busybox".into(),
+                },
+            );
         }
         // The kernel's request_module runs CONFIG_MODPROBE_PATH, /sbin/modprobe.
-        self.archive.insert("usr/sbin/modprobe", Entry::Symlink { target: "/usr/bin/busybox".into() });
+        self.archive.insert(
+            "usr/sbin/modprobe",
+            Entry::Symlink {
+                target: "/usr/bin/busybox".into(),
+            },
+        );
         Ok(())
     }
 
@@ -307,16 +470,23 @@ impl Builder {
         // Symlink chains are short; the bound only guards against loops.
         for _ in 0..40 {
             let parent = path.parent().context("no parent")?;
-            let parent = fs::canonicalize(parent).with_context(|| format!("resolving {}", parent.display()))?;
+            let parent = fs::canonicalize(parent)
+                .with_context(|| format!("resolving {}", parent.display()))?;
             let canon = parent.join(path.file_name().context("no file name")?);
             if !self.seen.insert(canon.clone()) {
                 return Ok(());
             }
             let guest = normalize(&canon.to_string_lossy());
-            let meta = fs::symlink_metadata(&canon).with_context(|| format!("{}", canon.display()))?;
+            let meta =
+                fs::symlink_metadata(&canon).with_context(|| format!("{}", canon.display()))?;
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&canon)?;
-                self.archive.insert(&guest, Entry::Symlink { target: target.to_string_lossy().into_owned() });
+                self.archive.insert(
+                    &guest,
+                    Entry::Symlink {
+                        target: target.to_string_lossy().into_owned(),
+                    },
+                );
                 path = parent.join(target);
                 continue;
             }
@@ -324,7 +494,13 @@ impl Builder {
                 self.archive.mkdir(&guest);
                 return Ok(());
             }
-            self.archive.insert(&guest, Entry::HostFile { src: canon.clone(), mode: meta.permissions().mode() });
+            self.archive.insert(
+                &guest,
+                Entry::HostFile {
+                    src: canon.clone(),
+                    mode: meta.permissions().mode(),
+                },
+            );
             if is_elf(&canon) {
                 self.elves.insert(canon);
             }
@@ -335,9 +511,16 @@ impl Builder {
 
     /// Copies a host file's contents (symlinks followed) to `guest`.
     fn add_host_file_as(&mut self, host: &Path, guest: &str) -> Result<()> {
-        let real = fs::canonicalize(host).with_context(|| format!("resolving {}", host.display()))?;
+        let real =
+            fs::canonicalize(host).with_context(|| format!("resolving {}", host.display()))?;
         let mode = fs::metadata(&real)?.permissions().mode();
-        self.archive.insert(guest, Entry::HostFile { src: real.clone(), mode });
+        self.archive.insert(
+            guest,
+            Entry::HostFile {
+                src: real.clone(),
+                mode,
+            },
+        );
         if is_elf(&real) {
             self.elves.insert(real);
         }
@@ -381,7 +564,10 @@ impl Builder {
             }
             done.extend(todo.iter().cloned());
             for chunk in todo.chunks(200) {
-                let out = Command::new("ldd").args(chunk).output().context("running ldd")?;
+                let out = Command::new("ldd")
+                    .args(chunk)
+                    .output()
+                    .context("running ldd")?;
                 // Static binaries and non-executable data make ldd complain; their lines carry no
                 // paths, so the output is parsed regardless of the exit status.
                 for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -406,7 +592,10 @@ impl Builder {
         if let Some(config) = &kernel.config {
             self.archive.insert(
                 &format!("boot/config-{}", kernel.release),
-                Entry::HostFile { src: config.clone(), mode: 0o644 },
+                Entry::HostFile {
+                    src: config.clone(),
+                    mode: 0o644,
+                },
             );
         }
         let Some(dir) = &kernel.modules else {
@@ -431,23 +620,32 @@ impl Builder {
         let mut selected: BTreeSet<&str> = BTreeSet::new();
         let mut stack: Vec<&str> = deps.keys().copied().filter(|m| wanted(m)).collect();
         while let Some(m) = stack.pop() {
-            if selected.insert(m) {
-                if let Some(d) = deps.get(m) {
-                    stack.extend(d.iter().copied());
-                }
+            if selected.insert(m)
+                && let Some(d) = deps.get(m)
+            {
+                stack.extend(d.iter().copied());
             }
         }
         for m in &selected {
             let src = dir.join(m);
             if src.is_file() {
-                self.archive.insert(&format!("{guest_dir}/{m}"), Entry::HostFile { src, mode: 0o644 });
+                self.archive.insert(
+                    &format!("{guest_dir}/{m}"),
+                    Entry::HostFile { src, mode: 0o644 },
+                );
             }
         }
         // modules.dep still lists modules we left out; modprobe only fails for those.
         for e in fs::read_dir(dir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("modules.") && e.path().is_file() {
-                self.archive.insert(&format!("{guest_dir}/{name}"), Entry::HostFile { src: e.path(), mode: 0o644 });
+                self.archive.insert(
+                    &format!("{guest_dir}/{name}"),
+                    Entry::HostFile {
+                        src: e.path(),
+                        mode: 0o644,
+                    },
+                );
             }
         }
         Ok(selected.len())
@@ -456,7 +654,10 @@ impl Builder {
 
 /// Single-quotes a word for sh.
 fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -515,7 +716,10 @@ mod tests {
     #[test]
     fn normalizes_merged_usr() {
         assert_eq!(normalize("/bin/sh"), "usr/bin/sh");
-        assert_eq!(normalize("/lib64/ld-linux-x86-64.so.2"), "usr/lib64/ld-linux-x86-64.so.2");
+        assert_eq!(
+            normalize("/lib64/ld-linux-x86-64.so.2"),
+            "usr/lib64/ld-linux-x86-64.so.2"
+        );
         assert_eq!(normalize("/usr/bin/ip"), "usr/bin/ip");
         assert_eq!(normalize("/binx/y"), "binx/y");
         assert_eq!(normalize("/etc/passwd"), "etc/passwd");

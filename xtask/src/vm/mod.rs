@@ -164,7 +164,11 @@ pub struct GuestFailed {
 
 impl std::fmt::Display for GuestFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the command in the VM exited with status {}", self.status)
+        write!(
+            f,
+            "the command in the VM exited with status {}",
+            self.status
+        )
     }
 }
 
@@ -177,17 +181,24 @@ pub fn run(opts: Options) -> Result<()> {
         Some(c) => c.clone(),
         None => workspace_root().join("target/vm-cache"),
     };
-    std::fs::create_dir_all(&cache).with_context(|| format!("creating the cache {}", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("creating the cache {}", cache.display()))?;
 
     let kernel = kernel::resolve(&opts.kernel, opts.modules.as_deref(), &cache)?;
     eprintln!("d8-vm: kernel {} ({})", kernel.release, kernel.origin);
 
-    let payload = opts.add.iter().map(|a| initramfs::Payload::parse(a)).collect::<Result<Vec<_>>>()?;
+    let payload = opts
+        .add
+        .iter()
+        .map(|a| initramfs::Payload::parse(a))
+        .collect::<Result<Vec<_>>>()?;
     let env = opts
         .env
         .iter()
         .map(|e| {
-            let (k, v) = e.split_once('=').with_context(|| format!("--env {e}: expected KEY=VALUE"))?;
+            let (k, v) = e
+                .split_once('=')
+                .with_context(|| format!("--env {e}: expected KEY=VALUE"))?;
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 bail!("--env {e}: invalid variable name");
             }
@@ -196,8 +207,15 @@ pub fn run(opts: Options) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut env_all = vec![("RUST_BACKTRACE".to_string(), "1".to_string())];
     env_all.extend(env);
-    let command = if opts.command.is_empty() { vec!["uname".into(), "-a".into()] } else { opts.command.clone() };
-    let mut boot_modules: Vec<String> = initramfs::BOOT_MODULES.iter().map(|s| s.to_string()).collect();
+    let command = if opts.command.is_empty() {
+        vec!["uname".into(), "-a".into()]
+    } else {
+        opts.command.clone()
+    };
+    let mut boot_modules: Vec<String> = initramfs::BOOT_MODULES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     if kernel.modules.is_none() {
         eprintln!("d8-vm: no modules for this kernel: only built-in features are available");
         boot_modules.clear();
@@ -208,7 +226,13 @@ pub fn run(opts: Options) -> Result<()> {
     let initrd = tmp.path().join("initramfs.cpio");
     let t = Instant::now();
     let summary = initramfs::build(
-        &initramfs::Spec { kernel: &kernel, payload: &payload, command: &command, env: &env_all, boot_modules: &boot_modules },
+        &initramfs::Spec {
+            kernel: &kernel,
+            payload: &payload,
+            command: &command,
+            env: &env_all,
+            boot_modules: &boot_modules,
+        },
         &initrd,
     )?;
     eprintln!(
@@ -221,7 +245,10 @@ pub fn run(opts: Options) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     if !summary.missing_tools.is_empty() {
-        eprintln!("d8-vm: warning: not on this host, so not in the guest: {}", summary.missing_tools.join(", "));
+        eprintln!(
+            "d8-vm: warning: not on this host, so not in the guest: {}",
+            summary.missing_tools.join(", ")
+        );
     }
 
     let mut append = String::from("console=ttyS0 panic=-1 noapic quiet");
@@ -239,7 +266,10 @@ pub fn run(opts: Options) -> Result<()> {
     })?;
     eprintln!(
         "d8-vm: guest ready after {}, finished after {:.1}s; total {:.1}s",
-        outcome.ready_after.map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "?".into()),
+        outcome
+            .ready_after
+            .map(|d| format!("{:.1}s", d.as_secs_f64()))
+            .unwrap_or_else(|| "?".into()),
         outcome.finished_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -251,16 +281,26 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Finds a program in the usual system directories (independent of the caller's PATH, which under
 /// cargo may lack the sbin directories).
 pub(crate) fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
+    [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(tool))
+    .find(|p| p.is_file())
 }
 
 /// Runs a command, failing with its output when it fails.
@@ -285,7 +325,9 @@ struct TempDir {
 
 impl TempDir {
     fn new(keep: bool) -> Result<Self> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
         let path = std::env::temp_dir().join(format!("d8-vm-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(TempDir { path, keep })

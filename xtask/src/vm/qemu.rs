@@ -124,12 +124,14 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                 if ready_after.is_none() && line.contains(READY) {
                     ready_after = Some(started.elapsed());
                 }
-                if status.is_none() {
-                    if let Some(pos) = line.find(SENTINEL) {
-                        let digits: String =
-                            line[pos + SENTINEL.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
-                        status = digits.parse().ok();
-                    }
+                if status.is_none()
+                    && let Some(pos) = line.find(SENTINEL)
+                {
+                    let digits: String = line[pos + SENTINEL.len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit())
+                        .collect();
+                    status = digits.parse().ok();
                 }
                 if panic_line.is_none() && line.contains("Kernel panic") {
                     panic_line = Some(line.clone());
@@ -143,13 +145,17 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             Ok(Msg::OutClosed) => out_closed = true,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if status.is_some() {
-                    eprintln!("d8-vm: warning: the guest did not power off after the sentinel; killing qemu (pid {pid})");
+                    eprintln!(
+                        "d8-vm: warning: the guest did not power off after the sentinel; killing qemu (pid {pid})"
+                    );
                     guard.kill();
                     break;
                 }
                 guard.kill();
                 if let Some(p) = &panic_line {
-                    bail!("the guest kernel panicked ({p}) and qemu (pid {pid}) did not exit; killed it");
+                    bail!(
+                        "the guest kernel panicked ({p}) and qemu (pid {pid}) did not exit; killed it"
+                    );
                 }
                 bail!(
                     "timeout: the guest did not finish within {}s (--timeout); killed qemu (pid {pid}). \
@@ -192,19 +198,29 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             if let Some(e) = exit.filter(|e| !e.success()) {
                 eprintln!("d8-vm: warning: qemu exited with {e} after the guest's sentinel");
             }
-            Ok(Outcome { status, ready_after, finished_after })
+            Ok(Outcome {
+                status,
+                ready_after,
+                finished_after,
+            })
         }
         None => bail!(
             "the guest ended without reporting the command's status (no `{SENTINEL}N` line; qemu {}). \
              Last console lines:\n{}",
-            exit.map(|e| format!("exited with {e}")).unwrap_or_else(|| "was killed".into()),
+            exit.map(|e| format!("exited with {e}"))
+                .unwrap_or_else(|| "was killed".into()),
             tail.iter().cloned().collect::<Vec<_>>().join("\n")
         ),
     }
 }
 
 /// Sends complete lines (CR/LF stripped, invalid UTF-8 replaced) from a pipe until it closes.
-fn forward_lines(pipe: impl Read, tx: &mpsc::Sender<Msg>, wrap: fn(String) -> Msg, report_close: bool) {
+fn forward_lines(
+    pipe: impl Read,
+    tx: &mpsc::Sender<Msg>,
+    wrap: fn(String) -> Msg,
+    report_close: bool,
+) {
     let mut r = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
@@ -257,7 +273,10 @@ fn printable(s: &str) -> String {
 mod tests {
     #[test]
     fn printable() {
-        assert_eq!(super::printable("\u{1b}c\u{1b}[?7l\u{1b}[2JSeaBIOS\r"), "SeaBIOS");
+        assert_eq!(
+            super::printable("\u{1b}c\u{1b}[?7l\u{1b}[2JSeaBIOS\r"),
+            "SeaBIOS"
+        );
         assert_eq!(super::printable("a\tb"), "a\tb");
     }
 }
