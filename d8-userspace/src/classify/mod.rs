@@ -1,0 +1,31 @@
+//! The classifier: traced flows + the service model -> one class per flow and a ranked root cause,
+//! with evidence, severity and mitigation (DESIGN.md section 1).
+//!
+//! A pure function ([`classify`]): it takes values and returns values, never reads `/proc`, maps,
+//! the API or the clock, so tests feed it literal [`Flow`]s and [`ServiceModel`]s. What it cannot see
+//! in the flows or the model comes in through [`Context`] (whether the API was consulted, conntrack
+//! counters, the host's addresses, the trace duration).
+//!
+//! How it decides:
+//! - each flow gets a class from its own facts (reply, RSTs and who sent them, ICMP errors, drops)
+//!   read against the Service's rules and API facts ([`flow`]);
+//! - the Service's rules and API facts give findings of their own, which is all `explain` has
+//!   ([`service`]);
+//! - causes (flow classes and findings) are ranked ([`verdict`]): flow-proven causes first, then, by
+//!   how fundamental they are, kube-proxy down, rules missing, conntrack full, no endpoints, ETP=Local
+//!   without local endpoints, stale endpoint, backend refused, backend timeout, dropped, version skew.
+//!   Probe RSTs are benign and never the root cause; version skew is the root cause only when nothing
+//!   else explains the failures.
+//!
+//! Not here: reading rules or the API (`rules`, `k8s`), joining events into flows (`flows`), printing
+//! (`report`).
+
+mod advice;
+mod flow;
+mod service;
+mod verdict;
+
+pub use verdict::{Cause, ConntrackStats, Context, FlowVerdict, Verdict, build_report, classify};
+
+#[cfg(test)]
+mod tests;

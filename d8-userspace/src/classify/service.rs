@@ -1,0 +1,308 @@
+//! Findings from the Service's rules and API facts alone: what `explain` reports, and what a trace
+//! adds to its flows' classes (a kube-proxy that is down, a stale DNAT target no flow hit yet).
+
+use crate::model::ProxyMode;
+use crate::report::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
+
+use super::flow::{finding, push_rule, rule_text};
+use super::verdict::{Facts, Finding};
+
+/// The conntrack table counts as near full from this fill ratio on.
+pub(super) const CONNTRACK_NEAR_FULL: f64 = 0.9;
+
+/// Fill ratio at which the table is full even when the drop counter is unknown: new entries fail.
+const CONNTRACK_FULL: f64 = 0.99;
+
+/// A sync waiting longer than this means kube-proxy's rules are stale. kube-proxy's own healthz
+/// turns 503 after `2 * syncPeriod` (60 s by default) without a sync; be a little more patient.
+const STALE_SYNC_SECS: f64 = 120.0;
+
+/// A rule list problem mentions these words when IPVS kernel modules are missing (the rule reader
+/// writes `ip_vs` module names into `RuleFacts::problems` / model warnings).
+const IPVS_MODULE_WORDS: &[&str] = &["ip_vs", "IPVS module"];
+
+/// Findings of the Service's rules and API facts, unranked.
+pub(super) fn findings(facts: &Facts<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    kube_proxy(facts, &mut out);
+    rules_missing(facts, &mut out);
+    conntrack(facts, &mut out);
+    endpoints(facts, &mut out);
+    version_skew(facts, &mut out);
+    out
+}
+
+fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let kp = &facts.model.kube_proxy;
+    if kp.running != Some(false) {
+        return;
+    }
+    let mut fd = finding(
+        facts,
+        VerdictClass::KubeProxyNotRunning,
+        format!("kube-proxy is not running on node {}: Service rules are no longer maintained", facts.node()),
+    );
+    let healthz = match kp.healthz_status {
+        Some(code) => format!("/healthz on 10256 answered {code}"),
+        None => "no /healthz on 10256".to_owned(),
+    };
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::KubeProxy,
+        format!("no kube-proxy process or pod on node {}; {healthz}", facts.node()),
+    ));
+    out.push(fd);
+}
+
+fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let kp = &facts.model.kube_proxy;
+    let name = facts.name();
+    let mut evidence = Vec::new();
+    let mut detail = None;
+
+    if !kp.rules_present {
+        let what = match kp.mode {
+            ProxyMode::Nftables => "table ip kube-proxy is absent",
+            ProxyMode::Ipvs => "no IPVS virtual servers and no kube-ipvs0",
+            ProxyMode::Iptables | ProxyMode::Unknown => "KUBE-SERVICES is absent or empty",
+        };
+        evidence.push(Evidence::new(EvidenceKind::Rules, format!("kube-proxy's rules: {what}")));
+        detail = Some(format!("kube-proxy's rules are absent on node {} ({what})", facts.node()));
+    } else if !facts.svc.is_some_and(|s| s.rules.present) {
+        match facts.api_exists() {
+            Some(true) => {
+                evidence.push(Evidence::new(EvidenceKind::Api, format!("the API has Service {name}")));
+                evidence.push(Evidence::new(EvidenceKind::Rules, format!("no kube-proxy rule mentions {name}")));
+                detail = Some(format!("the API has {name} but kube-proxy's rules lack it"));
+            }
+            Some(false) => {
+                evidence.push(Evidence::new(EvidenceKind::Api, format!("the API has no Service {name}")));
+            }
+            None => {
+                evidence.push(Evidence::new(
+                    EvidenceKind::Rules,
+                    format!("no kube-proxy rule mentions {name}; without the API it cannot be told whether the Service exists"),
+                ));
+                detail = Some(format!("kube-proxy's rules lack {name} (unconfirmed: API not consulted)"));
+            }
+        }
+    }
+
+    if let Some(svc) = facts.svc.filter(|s| s.rules.present) {
+        let ready = facts.api_ready_endpoints();
+        if !svc.rules.no_endpoints.is_empty() && !ready.is_empty() {
+            for r in &svc.rules.no_endpoints {
+                evidence.push(Evidence::new(EvidenceKind::Rules, rule_text(r)));
+            }
+            evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("EndpointSlices of {name} list {} ready endpoints: {}", ready.len(), addrs(&ready)),
+            ));
+            detail.get_or_insert_with(|| {
+                format!("kube-proxy rejects {name} as having no endpoints while the API lists ready ones: its rules are not synced")
+            });
+        }
+        // Ready endpoints the rules do not DNAT to. With internalTrafficPolicy=Local and no external
+        // access, kube-proxy programs local endpoints only, so remote ones are expected to be absent.
+        let itp_local = svc.api.internal_traffic_policy_local == Some(true);
+        let missing: Vec<_> =
+            ready.iter().filter(|e| !e.in_rules && !(itp_local && e.local == Some(false))).copied().collect();
+        if !missing.is_empty() && svc.rules.no_endpoints.is_empty() {
+            evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("ready in the API, absent from kube-proxy's rules: {}", addrs(&missing)),
+            ));
+            detail.get_or_insert_with(|| {
+                format!("kube-proxy's rules for {name} miss {} ready endpoints: not synced", missing.len())
+            });
+        }
+    }
+
+    if kp.healthz_ok == Some(false) || kp.healthz_status.is_some_and(|c| c != 200) {
+        let code = kp.healthz_status.map_or_else(|| "not 200".to_owned(), |c| c.to_string());
+        evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("/healthz on 10256 answered {code}")));
+        detail.get_or_insert_with(|| format!("kube-proxy on node {} reports unhealthy: its rules are stale", facts.node()));
+    }
+    let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
+        .last_sync_age_secs
+        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)));
+    if let Some(age) = stale_sync {
+        evidence.push(Evidence::new(
+            EvidenceKind::KubeProxy,
+            format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),
+        ));
+        detail.get_or_insert_with(|| format!("kube-proxy on node {} has not synced its rules for {age:.0} s", facts.node()));
+    }
+    if kp.mode == ProxyMode::Ipvs {
+        let problems = facts.svc.map(|s| s.rules.problems.as_slice()).unwrap_or_default();
+        if let Some(p) = problems
+            .iter()
+            .chain(&facts.model.warnings)
+            .find(|p| IPVS_MODULE_WORDS.iter().any(|w| p.contains(w)))
+        {
+            evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("{IPVS_MODULES_MISSING_PREFIX}: {p}")));
+        }
+    }
+
+    if let Some(detail) = detail {
+        let mut fd = finding(facts, VerdictClass::KubeProxyRulesMissing, detail);
+        fd.evidence = evidence;
+        out.push(fd);
+    }
+}
+
+fn conntrack(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let Some(ct) = facts.ctx.conntrack else { return };
+    let ratio = ct.fill_ratio();
+    let rising = ct.drop_delta.filter(|d| *d > 0);
+    let mut evidence = Vec::new();
+    if let (Some(c), Some(m), Some(r)) = (ct.count, ct.max, ratio) {
+        evidence.push(Evidence::new(
+            EvidenceKind::Conntrack,
+            format!("nf_conntrack_count {c} of nf_conntrack_max {m} ({:.0} %)", r * 100.0),
+        ));
+    }
+    if let Some(d) = rising {
+        evidence.push(Evidence::new(
+            EvidenceKind::Conntrack,
+            format!("conntrack drop counter (/proc/net/stat/nf_conntrack) rose by {d}"),
+        ));
+    }
+    // A rising drop counter proves new entries are refused; a table at the brim nearly does.
+    if rising.is_some() || ratio.is_some_and(|r| r >= CONNTRACK_FULL) {
+        let mut fd = finding(
+            facts,
+            VerdictClass::ConntrackFull,
+            format!("the conntrack table on node {} is full: new flows are dropped", facts.node()),
+        );
+        fd.evidence = evidence;
+        out.push(fd);
+    } else if ratio.is_some_and(|r| r >= CONNTRACK_NEAR_FULL) {
+        // Not a fault yet, but worth a line whatever the verdict: attach it to a benign finding.
+        let mut fd = finding(facts, VerdictClass::Healthy, "conntrack near full".into());
+        fd.evidence = evidence;
+        out.push(fd);
+    }
+}
+
+fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let Some(svc) = facts.svc else { return };
+    if !svc.rules.present {
+        return;
+    }
+    let name = facts.name();
+    let ready = facts.api_ready_endpoints();
+
+    // REJECT "has no endpoints" and the API agrees (or was not asked).
+    if !svc.rules.no_endpoints.is_empty() && ready.is_empty() {
+        let mut fd = finding(
+            facts,
+            VerdictClass::NoEndpoints,
+            format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
+        );
+        for r in &svc.rules.no_endpoints {
+            push_rule(&mut fd, Some(r));
+        }
+        if facts.ctx.api_consulted {
+            let listed = svc.endpoints.iter().filter(|e| e.in_api == Some(true)).count();
+            fd.evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("EndpointSlices of {name} list no ready endpoints ({listed} not ready)"),
+            ));
+        }
+        out.push(fd);
+    }
+
+    // DROP "has no local endpoints".
+    if !svc.rules.no_local_endpoints.is_empty() {
+        let policy = if svc.api.internal_traffic_policy_local == Some(true)
+            && svc.api.external_traffic_policy_local != Some(true)
+        {
+            "internalTrafficPolicy"
+        } else {
+            "externalTrafficPolicy"
+        };
+        let mut fd = finding(
+            facts,
+            VerdictClass::EtpLocalNoLocalEndpoints,
+            format!(
+                "{name} has {policy}=Local and no ready endpoint on node {}: kube-proxy drops its external traffic here",
+                facts.node()
+            ),
+        );
+        for r in &svc.rules.no_local_endpoints {
+            push_rule(&mut fd, Some(r));
+        }
+        if facts.ctx.api_consulted {
+            let elsewhere = ready.iter().filter(|e| e.local == Some(false)).count();
+            fd.evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("{policy}=Local; ready endpoints on node {}: 0, on other nodes: {elsewhere}", facts.node()),
+            ));
+        }
+        out.push(fd);
+    }
+
+    // DNAT targets the API does not list, or lists as not ready.
+    for e in svc.endpoints.iter().filter(|e| e.in_rules) {
+        let why = if e.in_api == Some(false) {
+            "is not in the Service's EndpointSlices"
+        } else if e.ready == Some(false) {
+            "is listed but not ready"
+        } else {
+            continue;
+        };
+        let target = format!("{}:{}", e.ip, e.port);
+        let who = match &e.pod {
+            Some(p) => format!("{target} (pod {p})"),
+            None => target.clone(),
+        };
+        let mut fd = finding(
+            facts,
+            VerdictClass::StaleEndpoint,
+            format!("kube-proxy sends {name} traffic to {who}, which {why}"),
+        );
+        push_rule(&mut fd, e.rule.as_ref());
+        fd.evidence.push(Evidence::new(EvidenceKind::Api, format!("{target} {why} of {name}")));
+        fd.pod = e.pod.clone();
+        fd.backend = Some(std::net::SocketAddr::new(e.ip, e.port));
+        out.push(fd);
+    }
+
+    for p in &svc.rules.problems {
+        let mut fd = finding(facts, VerdictClass::Healthy, "rule problem".into());
+        fd.evidence.push(Evidence::new(EvidenceKind::Rules, format!("problem: {p}")));
+        out.push(fd);
+    }
+}
+
+fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let (Some(kp), Some(api)) = (&facts.model.kube_proxy.version, &facts.model.api_server_version) else {
+        return;
+    };
+    let (Some(k), Some(a)) = (minor_version(kp), minor_version(api)) else { return };
+    let skew = if k.0 != a.0 { u32::MAX } else { k.1.abs_diff(a.1) };
+    if skew <= 1 {
+        return;
+    }
+    let mut fd = finding(
+        facts,
+        VerdictClass::KubeProxyVersionSkew,
+        format!("kube-proxy {kp} is more than one minor version from the API server {api}"),
+    );
+    fd.evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("kube-proxy version {kp}")));
+    fd.evidence.push(Evidence::new(EvidenceKind::Api, format!("API server version {api}")));
+    out.push(fd);
+}
+
+/// `(major, minor)` of `v1.31.2`, `1.31`, `v1.31.2-eks-1234`.
+pub(super) fn minor_version(v: &str) -> Option<(u32, u32)> {
+    let v = v.trim().trim_start_matches('v');
+    let mut parts = v.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.trim_end_matches('+').parse().ok()?;
+    Some((major, minor))
+}
+
+fn addrs(eps: &[&crate::model::Endpoint]) -> String {
+    eps.iter().map(|e| format!("{}:{}", e.ip, e.port)).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,408 @@
+//! The classifier's inputs and outputs, and the ranking of causes into one root cause.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::flows::Flow;
+use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, Service, ServiceModel, ServiceRef};
+use crate::report::{Evidence, EvidenceKind, Mitigation, Report, RootCause, Severity, VerdictClass};
+
+use super::{advice, flow, service};
+
+/// At most this many trace facts per cause go into the evidence; the rest are counted.
+const MAX_TRACE_FACTS: usize = 5;
+
+/// Conntrack counters of the node, read by the caller (`/proc/sys/net/netfilter/nf_conntrack_count`,
+/// `nf_conntrack_max`, and the `drop` column of `/proc/net/stat/nf_conntrack` summed over CPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConntrackStats {
+    /// Entries in the table at the end of the trace.
+    pub count: Option<u64>,
+    /// `nf_conntrack_max`.
+    pub max: Option<u64>,
+    /// How much the `drop` counter (new entries refused because the table was full) rose during the
+    /// trace; for `explain`, since the previous reading if there is one.
+    pub drop_delta: Option<u64>,
+}
+
+impl ConntrackStats {
+    /// `count / max`, when both are known and `max` is not zero.
+    pub fn fill_ratio(&self) -> Option<f64> {
+        match (self.count, self.max) {
+            (Some(c), Some(m)) if m > 0 => Some(c as f64 / m as f64),
+            _ => None,
+        }
+    }
+}
+
+/// What the classifier needs beyond the flows and the model.
+///
+/// kube-proxy's status (running, healthz, sync age, version) and the node's addresses are in the
+/// model ([`ServiceModel::kube_proxy`], [`ServiceModel::node_ips`]); they are not repeated here.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Context {
+    /// The Kubernetes API (live or a snapshot) was consulted. `false` with `--no-k8s` or when the API
+    /// was unreachable: API-backed proofs are then unavailable and the verdict says so.
+    pub api_consulted: bool,
+    /// Conntrack counters, when they could be read.
+    pub conntrack: Option<ConntrackStats>,
+    /// This host's own addresses, added to the model's node addresses to recognise node-originated
+    /// flows (kubelet probes) when the API gave no node addresses.
+    pub host_ips: Vec<IpAddr>,
+    /// `true` for a trace, `false` for `explain` (rules and API only).
+    pub traced: bool,
+    /// How long the trace ran, in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// Kernel events lost during the trace: "no reply seen" is weaker evidence when this is not 0.
+    pub lost_events: u64,
+}
+
+/// The class of one flow, with the fact that decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowVerdict {
+    /// [`Flow::id`].
+    pub id: u64,
+    /// The flow's class.
+    pub class: VerdictClass,
+    /// One sentence: what the trace saw (`RST from backend 10.1.0.7:8080 ...`).
+    pub fact: String,
+}
+
+/// One cause found, flow-proven or from rules and API alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// The class.
+    pub class: VerdictClass,
+    /// Flows of that class (0: rules and API alone).
+    pub flows: usize,
+    /// One sentence.
+    pub detail: String,
+}
+
+/// The classifier's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// One per input flow, in input order.
+    pub flows: Vec<FlowVerdict>,
+    /// Faults found, ranked; the first is the root cause. Empty when nothing is wrong.
+    pub causes: Vec<Cause>,
+    /// The root cause (`healthy` when nothing is wrong).
+    pub root_cause: RootCause,
+    /// Facts behind the verdict, root cause first.
+    pub evidence: Vec<Evidence>,
+    /// How bad it is.
+    pub severity: Severity,
+    /// What to do.
+    pub mitigation: Mitigation,
+}
+
+impl Verdict {
+    /// Writes the verdict into `report`: flow classes (by position: `report.flows` must come from the
+    /// same flows in the same order, as [`Report::push_flows`] builds them; otherwise flow classes are
+    /// left alone), root cause, evidence (appended), severity and mitigation.
+    pub fn apply(&self, report: &mut Report) {
+        if report.flows.len() == self.flows.len() {
+            for (f, v) in report.flows.iter_mut().zip(&self.flows) {
+                f.class = Some(v.class);
+            }
+        }
+        report.root_cause = Some(self.root_cause.clone());
+        report.evidence.extend(self.evidence.iter().cloned());
+        report.severity = Some(self.severity);
+        report.mitigation = Some(self.mitigation.clone());
+    }
+}
+
+/// The complete contract report for `target`: model facts, flows, lost events and the verdict.
+pub fn build_report(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Report {
+    let mut report = Report::from_model(target, model);
+    report.push_flows(flows);
+    report.lost_events = ctx.lost_events;
+    classify(target, flows, model, ctx).apply(&mut report);
+    report
+}
+
+/// What every part of the classifier reads: the target Service, its model entry and the context.
+pub(super) struct Facts<'a> {
+    pub target: &'a ServiceRef,
+    pub svc: Option<&'a Service>,
+    pub model: &'a ServiceModel,
+    pub ctx: &'a Context,
+    /// Model node addresses and the host's own.
+    pub node_ips: Vec<IpAddr>,
+    /// Backends that answered at least one flow of this trace.
+    pub answered: HashSet<SocketAddr>,
+}
+
+impl Facts<'_> {
+    /// The frontend a flow asked for, matching NodePorts bound to any address.
+    pub fn frontend(&self, addr: SocketAddr, proto: Protocol) -> Option<&Frontend> {
+        let svc = self.svc?;
+        svc.frontends.iter().find(|fe| fe.ip == addr.ip() && fe.port == addr.port() && fe.protocol == proto).or_else(
+            || {
+                svc.frontends.iter().find(|fe| {
+                    fe.kind == FrontendKind::NodePort
+                        && fe.ip.is_unspecified()
+                        && fe.port == addr.port()
+                        && fe.protocol == proto
+                        && self.is_node_ip(addr.ip())
+                })
+            },
+        )
+    }
+
+    /// The kind of frontend `addr` is: from the model, else a node address means a NodePort.
+    pub fn frontend_kind(&self, addr: SocketAddr, proto: Protocol) -> Option<FrontendKind> {
+        self.frontend(addr, proto)
+            .map(|f| f.kind)
+            .or_else(|| self.is_node_ip(addr.ip()).then_some(FrontendKind::NodePort))
+    }
+
+    /// The Service's endpoint at `addr`.
+    pub fn endpoint(&self, addr: SocketAddr, proto: Protocol) -> Option<&Endpoint> {
+        self.svc?.endpoints.iter().find(|e| e.ip == addr.ip() && e.port == addr.port() && e.protocol == proto)
+    }
+
+    pub fn is_node_ip(&self, ip: IpAddr) -> bool {
+        self.node_ips.contains(&ip)
+    }
+
+    /// The Service as `namespace/name`.
+    pub fn name(&self) -> String {
+        self.target.to_string()
+    }
+
+    /// This node's name, or a placeholder usable in commands.
+    pub fn node(&self) -> &str {
+        self.model.node.as_deref().unwrap_or("<this-node>")
+    }
+
+    /// Endpoints the API lists as ready (empty without the API).
+    pub fn api_ready_endpoints(&self) -> Vec<&Endpoint> {
+        self.svc
+            .map(|s| s.endpoints.iter().filter(|e| e.in_api == Some(true) && e.ready == Some(true)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The API has the Service (`None`: API not consulted or did not say).
+    pub fn api_exists(&self) -> Option<bool> {
+        if !self.ctx.api_consulted {
+            return None;
+        }
+        match self.svc {
+            Some(s) => s.api.exists,
+            None => Some(false),
+        }
+    }
+
+    /// kube-proxy has rules for the Service.
+    pub fn rules_present(&self) -> bool {
+        self.model.kube_proxy.rules_present && self.svc.is_some_and(|s| s.rules.present)
+    }
+}
+
+/// One class attributed to one piece of the picture, with what proves it. Flows and service
+/// findings both produce these; causes are built by grouping them by class.
+#[derive(Debug, Clone)]
+pub(super) struct Finding {
+    pub class: VerdictClass,
+    /// One sentence, used as the root cause's detail when this finding leads.
+    pub detail: String,
+    /// Evidence from rules, API, conntrack and kube-proxy (deduplicated when merged).
+    pub evidence: Vec<Evidence>,
+    /// `namespace/pod` the finding is about, for mitigation commands.
+    pub pod: Option<String>,
+    /// The backend involved.
+    pub backend: Option<SocketAddr>,
+}
+
+/// Classifies `flows` to `target` against `model`. `flows` empty: the verdict rules and API alone
+/// support (`explain`, or a trace that saw nothing).
+pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
+    let mut node_ips = model.node_ips.clone();
+    for ip in &ctx.host_ips {
+        if !node_ips.contains(ip) {
+            node_ips.push(*ip);
+        }
+    }
+    let answered = flows.iter().filter(|f| f.handshake.reply).filter_map(|f| f.backend).collect();
+    let facts = Facts { target, svc: model.service(target), model, ctx, node_ips, answered };
+
+    let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();
+    let findings = service::findings(&facts);
+    rank(&facts, classified, findings)
+}
+
+/// Groups flow findings and service findings by class, ranks the classes, and writes the verdict.
+fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Vec<Finding>) -> Verdict {
+    struct Group {
+        class: VerdictClass,
+        flows: Vec<usize>,
+        findings: Vec<Finding>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    fn group(class: VerdictClass, groups: &mut Vec<Group>) -> usize {
+        if let Some(i) = groups.iter().position(|g| g.class == class) {
+            i
+        } else {
+            groups.push(Group { class, flows: Vec::new(), findings: Vec::new() });
+            groups.len() - 1
+        }
+    }
+    for (i, (v, _)) in classified.iter().enumerate() {
+        let g = group(v.class, &mut groups);
+        groups[g].flows.push(i);
+    }
+    for f in findings {
+        let g = group(f.class, &mut groups);
+        groups[g].findings.push(f);
+    }
+    // Flow-proven causes first; then by how fundamental the class is (a kube-proxy that is down
+    // explains everything below it, a dropped packet explains nothing above it).
+    groups.sort_by_key(|g| (g.flows.is_empty(), rank_of(g.class)));
+
+    let probe_flows = classified.iter().filter(|(v, _)| v.class == VerdictClass::ProbeRst).count();
+    let service_flows = classified.len() - probe_flows;
+    let failing_flows = classified.iter().filter(|(v, _)| v.class.is_fault()).count();
+
+    let faults: Vec<&Group> = groups.iter().filter(|g| g.class.is_fault()).collect();
+    let mut evidence = Vec::new();
+    let mut causes = Vec::new();
+    for g in &faults {
+        let lead = g.findings.first().cloned().or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
+        let detail = lead.as_ref().map(|f| f.detail.clone()).unwrap_or_default();
+        let detail = if g.flows.is_empty() { detail } else { format!("{detail} ({} flows)", g.flows.len()) };
+        causes.push(Cause { class: g.class, flows: g.flows.len(), detail });
+    }
+
+    let (root_cause, severity, mitigation) = match faults.first() {
+        Some(g) => {
+            // Evidence of the root cause: its findings' evidence, the flows' own evidence (rules they
+            // went through), then the trace facts.
+            let lead = g.findings.first().cloned().or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
+            let lead = lead.expect("a group has at least one flow or finding");
+            for f in &g.findings {
+                push_unique(&mut evidence, &f.evidence);
+            }
+            for &i in &g.flows {
+                push_unique(&mut evidence, &classified[i].1.evidence);
+            }
+            push_trace_facts(&mut evidence, g.flows.iter().map(|&i| &classified[i].0));
+            let detail = causes[0].detail.clone();
+            let severity = advice::severity(g.class, g.flows.len(), failing_flows, service_flows);
+            let mitigation = advice::mitigation(g.class, facts, &lead);
+            (RootCause { class: g.class, detail }, severity, mitigation)
+        }
+        None => {
+            let detail = advice::healthy_detail(facts, service_flows, probe_flows);
+            for g in &groups {
+                for f in &g.findings {
+                    push_unique(&mut evidence, &f.evidence);
+                }
+                // What was checked: the rules the flows went through.
+                for &i in &g.flows {
+                    push_unique(&mut evidence, &classified[i].1.evidence);
+                }
+                push_trace_facts(&mut evidence, g.flows.iter().map(|&i| &classified[i].0));
+            }
+            (RootCause { class: VerdictClass::Healthy, detail }, Severity::None, advice::healthy_mitigation(facts))
+        }
+    };
+
+    // Other causes, ranked, one line each, so overlapping incidents stay visible.
+    for c in causes.iter().skip(1) {
+        evidence.push(Evidence::new(
+            EvidenceKind::Trace,
+            format!("also ({}): {}", c.class, c.detail),
+        ));
+    }
+    if !faults.is_empty() {
+        // Probe resets next to a fault: say they were seen and set aside.
+        if probe_flows > 0 {
+            evidence.push(Evidence::new(
+                EvidenceKind::Trace,
+                format!("{probe_flows} kubelet probe connections closed by RST: normal, not counted as failures"),
+            ));
+        }
+        // Notes that are not faults (conntrack filling up, rule problems) whatever the verdict.
+        for g in groups.iter().filter(|g| !g.class.is_fault()) {
+            for f in &g.findings {
+                push_unique(&mut evidence, &f.evidence);
+            }
+        }
+    }
+    push_context_evidence(facts, &mut evidence);
+
+    Verdict {
+        flows: classified.into_iter().map(|(v, _)| v).collect(),
+        causes,
+        root_cause,
+        evidence,
+        severity,
+        mitigation,
+    }
+}
+
+/// Rank of a class as a root cause: lower is more fundamental.
+pub(super) const fn rank_of(class: VerdictClass) -> u8 {
+    match class {
+        VerdictClass::KubeProxyNotRunning => 0,
+        VerdictClass::KubeProxyRulesMissing => 1,
+        VerdictClass::ConntrackFull => 2,
+        VerdictClass::NoEndpoints => 3,
+        VerdictClass::EtpLocalNoLocalEndpoints => 4,
+        VerdictClass::StaleEndpoint => 5,
+        VerdictClass::BackendRefused => 6,
+        VerdictClass::BackendTimeout => 7,
+        VerdictClass::Dropped => 8,
+        VerdictClass::KubeProxyVersionSkew => 9,
+        VerdictClass::ProbeRst => 10,
+        VerdictClass::Healthy => 11,
+    }
+}
+
+fn push_unique(out: &mut Vec<Evidence>, items: &[Evidence]) {
+    for e in items {
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+}
+
+fn push_trace_facts<'a>(out: &mut Vec<Evidence>, flows: impl Iterator<Item = &'a FlowVerdict>) {
+    let facts: Vec<&FlowVerdict> = flows.collect();
+    for v in facts.iter().take(MAX_TRACE_FACTS) {
+        out.push(Evidence::new(EvidenceKind::Trace, v.fact.clone()));
+    }
+    if facts.len() > MAX_TRACE_FACTS {
+        out.push(Evidence::new(
+            EvidenceKind::Trace,
+            format!("... and {} more flows like these", facts.len() - MAX_TRACE_FACTS),
+        ));
+    }
+}
+
+/// Evidence every verdict carries: what the API could not prove, lost events, model warnings.
+fn push_context_evidence(facts: &Facts<'_>, out: &mut Vec<Evidence>) {
+    if !facts.ctx.api_consulted {
+        out.push(Evidence::new(
+            EvidenceKind::Api,
+            "Kubernetes API not consulted (--no-k8s or unreachable): stale_endpoint is inferred only from \
+             DNAT targets that never answer or have no route; kube_proxy_rules_missing cannot be proven \
+             for a Service absent from the rules; no_endpoints rests on the REJECT rule alone; endpoint \
+             readiness and locality, probe ports and version skew are unknown",
+        ));
+    }
+    if facts.ctx.lost_events > 0 {
+        out.push(Evidence::new(
+            EvidenceKind::Trace,
+            format!(
+                "{} kernel events lost: a flow without a reply may have had one that was not seen",
+                facts.ctx.lost_events
+            ),
+        ));
+    }
+    for w in facts.model.warnings.iter().take(MAX_TRACE_FACTS) {
+        out.push(Evidence::new(EvidenceKind::Rules, format!("warning: {w}")));
+    }
+}
