@@ -1,0 +1,1352 @@
+//! Reads kube-proxy's nftables-mode rules from `nft -j list table ip kube-proxy` into [`Service`]s.
+//!
+//! Input: the JSON `nft -j list table ip kube-proxy` (or `ip6`, or `nft -j list ruleset`: objects of
+//! other tables are skipped) prints. Shapes: `shared/reference/kube-proxy-rules.md` §3; the fixtures
+//! in `testdata/rules/nft-layout-{A,B}.json` are real nft 1.0.6 output.
+//!
+//! What it builds:
+//! - frontends from the verdict maps: `service-ips` (`goto service-…` = ClusterIP, `goto external-…`
+//!   = external or load-balancer IP: load-balancer when `firewall-ips` names the address, else
+//!   external, because nft mode does not tell them apart), `service-nodeports` (at the `nodeport-ips`
+//!   addresses, or `0.0.0.0`/`::` when that set is absent: kube-proxy deletes it when NodePorts match
+//!   every local address), `no-endpoint-services` and `no-endpoint-nodeports` (frontends of Services
+//!   without endpoints);
+//! - endpoints from the `numgen random mod N vmap { … }` dispatch of `service-`/`local-` chains and
+//!   the `dnat to` of the `endpoint-` chains they go to (1.36's inline `dnat … to numgen … map` form
+//!   too), each with weight `1/N` and, when a `local-` chain exists, locality;
+//! - [`RuleFacts`]: `no-endpoint-*` elements with `goto reject-chain` (no endpoints) or `drop` (Local
+//!   traffic policy without local endpoints), ClientIP affinity (the `affinity-…` sets' timeout),
+//!   loadBalancerSourceRanges (the `firewall-` chain), chains, and problems: a `numgen mod N` that
+//!   disagrees with its N entries, a goto/jump to a chain that does not exist, an endpoint chain
+//!   without `dnat`.
+//!
+//! Chain names follow `<prefix><H8>-<ns>/<svc>/<proto>/<port>[__<ip>/<port>]`; the H8 hash is
+//! recomputed (`names::nft_hash`) and a mismatch is a warning. [`RuleRef`]s name the chain (or map)
+//! and carry a readable rendering in nft's own syntax ending in `# handle N`.
+//!
+//! Errors: [`parse`] fails only when the text is not JSON or not `nft -j` output; everything else is a
+//! warning, and rules in kube-proxy's per-service chains that this reader does not understand are
+//! reported, never dropped silently.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde_json::Value;
+
+use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service, ServiceRef};
+use crate::rules::names;
+
+/// Which base-chain layout kube-proxy used (§3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// 1.29–1.31: one `endpoints-check` chain.
+    EndpointsCheck,
+    /// ≤1.32 and early 1.33.x: `filter-prerouting` and `filter-output-post-dnat` at -110/-90.
+    A,
+    /// 1.34 (and 1.33.x after #133969): `filter-*-pre-dnat` at -110, filter chains at priority 0.
+    B,
+}
+
+/// What [`parse`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// One entry per Service, ordered by `namespace/name`.
+    pub services: Vec<Service>,
+    /// Soft errors and rules not understood.
+    pub warnings: Vec<String>,
+    /// The dump has kube-proxy's table.
+    pub rules_present: bool,
+    /// `Some(Nftables)` when kube-proxy's table is there.
+    pub mode_hint: Option<ProxyMode>,
+    /// The base-chain layout, when recognisable.
+    pub layout: Option<Layout>,
+    /// The `nodeport-ips` set (empty when NodePorts match every local address).
+    pub node_port_ips: Vec<IpAddr>,
+    /// Number of rules in kube-proxy's table.
+    pub rule_count: usize,
+}
+
+/// The input is not `nft -j` output.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all (truncated output, an error message).
+    #[error("{source_name}: not JSON (expected the output of `nft -j list table ip kube-proxy`)")]
+    NotJson {
+        source_name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// JSON, but without the top-level `nftables` array.
+    #[error("{source_name}: JSON without a top-level \"nftables\" array (expected `nft -j` output)")]
+    NotNftJson { source_name: String },
+}
+
+/// Parses `nft -j list table ip kube-proxy` output; warnings name the source `nft`.
+pub fn parse(json: &str) -> Result<Parsed, ParseError> {
+    parse_named(json, "nft")
+}
+
+/// Parses `nft -j` output; `source_name` prefixes every warning.
+pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> {
+    let root: Value = serde_json::from_str(json).map_err(|source| ParseError::NotJson {
+        source_name: source_name.to_string(),
+        source,
+    })?;
+    let Some(objects) = root.get("nftables").and_then(Value::as_array) else {
+        return Err(ParseError::NotNftJson {
+            source_name: source_name.to_string(),
+        });
+    };
+    let table = Table::read(objects, source_name);
+    Ok(Builder::new(&table).build())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+#[derive(Debug, Default)]
+struct Chain {
+    handle: Option<u64>,
+    hook: Option<String>,
+    prio: Option<i64>,
+    rules: Vec<NftRule>,
+}
+
+#[derive(Debug)]
+struct NftRule {
+    chain: String,
+    handle: Option<u64>,
+    expr: Vec<Value>,
+    comment: Option<String>,
+}
+
+impl NftRule {
+    fn text(&self) -> String {
+        let mut s = render_exprs(&self.expr);
+        if let Some(c) = &self.comment {
+            s.push_str(&format!(" comment \"{c}\""));
+        }
+        if let Some(h) = self.handle {
+            s.push_str(&format!(" # handle {h}"));
+        }
+        s
+    }
+    fn rule_ref(&self) -> RuleRef {
+        RuleRef {
+            source: RuleSource::Nftables,
+            name: self.chain.clone(),
+            text: self.text(),
+        }
+    }
+}
+
+/// A set or map: its elements as (key, value) pairs (value `Null` for sets), element comments, and
+/// the set-wide timeout.
+#[derive(Debug, Default)]
+struct SetLike {
+    handle: Option<u64>,
+    elems: Vec<(Value, Value, Option<String>)>,
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    source_name: String,
+    found: bool,
+    family: String,
+    chains: BTreeMap<String, Chain>,
+    sets: HashMap<String, SetLike>,
+    warnings: Vec<String>,
+}
+
+impl Table {
+    fn read(objects: &[Value], source_name: &str) -> Self {
+        let mut t = Table {
+            source_name: source_name.to_string(),
+            family: "ip".to_string(),
+            ..Default::default()
+        };
+        let ours = |o: &Value| o.get("table").and_then(Value::as_str) == Some("kube-proxy");
+        for obj in objects {
+            let Some((kind, body)) = obj.as_object().and_then(|m| m.iter().next()) else {
+                continue;
+            };
+            match kind.as_str() {
+                "table" if body.get("name").and_then(Value::as_str) == Some("kube-proxy") => {
+                    t.found = true;
+                    if let Some(f) = body.get("family").and_then(Value::as_str) {
+                        t.family = f.to_string();
+                    }
+                }
+                "chain" if ours(body) => {
+                    let Some(name) = body.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let c = t.chains.entry(name.to_string()).or_default();
+                    c.handle = body.get("handle").and_then(Value::as_u64);
+                    c.hook = body.get("hook").and_then(Value::as_str).map(str::to_string);
+                    c.prio = body.get("prio").and_then(Value::as_i64);
+                }
+                "rule" if ours(body) => {
+                    let Some(chain) = body.get("chain").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let rule = NftRule {
+                        chain: chain.to_string(),
+                        handle: body.get("handle").and_then(Value::as_u64),
+                        expr: body.get("expr").and_then(Value::as_array).cloned().unwrap_or_default(),
+                        comment: body.get("comment").and_then(Value::as_str).map(str::to_string),
+                    };
+                    t.chains.entry(chain.to_string()).or_default().rules.push(rule);
+                }
+                "set" | "map" if ours(body) => {
+                    let Some(name) = body.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let s = t.sets.entry(name.to_string()).or_default();
+                    s.handle = body.get("handle").and_then(Value::as_u64);
+                    s.timeout_secs = body.get("timeout").and_then(Value::as_u64);
+                    for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                        s.elems.push(split_elem(e, kind == "map"));
+                    }
+                }
+                "element" if ours(body) => {
+                    let Some(name) = body.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let s = t.sets.entry(name.to_string()).or_default();
+                    for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
+                        s.elems.push(split_elem(e, e.is_array()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+
+    fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    fn set_ips(&self, name: &str) -> Vec<IpAddr> {
+        self.sets
+            .get(name)
+            .map(|s| {
+                s.elems
+                    .iter()
+                    .filter_map(|(k, _, _)| k.as_str().and_then(|a| a.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A map element `[key, value]` or a set element `key`, where a key may be `{"elem": {"val": …,
+/// "comment": …}}`.
+fn split_elem(e: &Value, is_map: bool) -> (Value, Value, Option<String>) {
+    let (key, value) = match (is_map, e.as_array()) {
+        (true, Some(pair)) if pair.len() == 2 => (pair[0].clone(), pair[1].clone()),
+        _ => (e.clone(), Value::Null),
+    };
+    match key.get("elem") {
+        Some(inner) => (
+            inner.get("val").cloned().unwrap_or(Value::Null),
+            value,
+            inner.get("comment").and_then(Value::as_str).map(str::to_string),
+        ),
+        None => (key, value, None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering (for evidence): nft's own list syntax, enough for kube-proxy's rules.
+
+fn render_exprs(exprs: &[Value]) -> String {
+    exprs.iter().map(render_stmt).collect::<Vec<_>>().join(" ")
+}
+
+fn render_stmt(stmt: &Value) -> String {
+    let Some((k, v)) = stmt.as_object().and_then(|m| m.iter().next()) else {
+        return stmt.to_string();
+    };
+    match k.as_str() {
+        "match" => {
+            let op = v.get("op").and_then(Value::as_str).unwrap_or("==");
+            let left = render_val(v.get("left").unwrap_or(&Value::Null));
+            let right = render_val(v.get("right").unwrap_or(&Value::Null));
+            match op {
+                "==" | "in" => format!("{left} {right}"),
+                _ => format!("{left} {op} {right}"),
+            }
+        }
+        "accept" | "drop" | "return" | "continue" => k.clone(),
+        "jump" | "goto" => format!("{k} {}", v.get("target").and_then(Value::as_str).unwrap_or("?")),
+        "vmap" | "map" => format!(
+            "{} {k} {}",
+            render_val(v.get("key").unwrap_or(&Value::Null)),
+            render_val(v.get("data").unwrap_or(&Value::Null))
+        ),
+        "dnat" | "snat" => {
+            let addr = v.get("addr").map(render_val).unwrap_or_default();
+            match v.get("port") {
+                Some(p) => format!("{k} to {addr}:{}", render_val(p)),
+                None => format!("{k} to {addr}"),
+            }
+        }
+        "masquerade" => match v.get("flags") {
+            Some(f) => format!("masquerade {}", render_val(f)),
+            None => "masquerade".to_string(),
+        },
+        "reject" => match v.get("expr").and_then(Value::as_str) {
+            Some(e) if e != "port-unreachable" => format!(
+                "reject with {} {e}",
+                v.get("type").and_then(Value::as_str).unwrap_or("icmp")
+            ),
+            _ => "reject".to_string(),
+        },
+        "mangle" => format!(
+            "{} set {}",
+            render_val(v.get("key").unwrap_or(&Value::Null)),
+            render_val(v.get("value").unwrap_or(&Value::Null))
+        ),
+        "set" => format!(
+            "{} {} {{ {} }}",
+            v.get("op").and_then(Value::as_str).unwrap_or("update"),
+            v.get("set").and_then(Value::as_str).unwrap_or("?"),
+            render_val(v.get("elem").unwrap_or(&Value::Null))
+        ),
+        "counter" => "counter".to_string(),
+        _ => stmt.to_string(),
+    }
+}
+
+fn render_val(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(a) => a.iter().map(render_val).collect::<Vec<_>>().join(","),
+        Value::Object(m) => {
+            let Some((k, inner)) = m.iter().next() else {
+                return "{}".to_string();
+            };
+            match k.as_str() {
+                "payload" => format!(
+                    "{} {}",
+                    inner.get("protocol").and_then(Value::as_str).unwrap_or("?"),
+                    inner.get("field").and_then(Value::as_str).unwrap_or("?")
+                ),
+                "meta" => format!("meta {}", inner.get("key").and_then(Value::as_str).unwrap_or("?")),
+                "ct" => format!("ct {}", inner.get("key").and_then(Value::as_str).unwrap_or("?")),
+                "fib" => format!(
+                    "fib {} {}",
+                    render_val(inner.get("flags").unwrap_or(&Value::Null)).replace(',', " . "),
+                    inner.get("result").and_then(Value::as_str).unwrap_or("?")
+                ),
+                "numgen" => format!(
+                    "numgen {} mod {}",
+                    inner.get("mode").and_then(Value::as_str).unwrap_or("random"),
+                    render_val(inner.get("mod").unwrap_or(&Value::Null))
+                ),
+                "concat" => inner
+                    .as_array()
+                    .map(|a| a.iter().map(render_val).collect::<Vec<_>>().join(" . "))
+                    .unwrap_or_default(),
+                "prefix" => format!(
+                    "{}/{}",
+                    render_val(inner.get("addr").unwrap_or(&Value::Null)),
+                    render_val(inner.get("len").unwrap_or(&Value::Null))
+                ),
+                "set" => match inner.as_array() {
+                    Some(items) => {
+                        let parts: Vec<String> = items
+                            .iter()
+                            .map(|i| match i.as_array() {
+                                Some(pair) if pair.len() == 2 => {
+                                    format!("{} : {}", render_val(&pair[0]), render_stmt(&pair[1]).replace("\"", ""))
+                                }
+                                _ => render_val(i),
+                            })
+                            .collect();
+                        format!("{{ {} }}", parts.join(", "))
+                    }
+                    None => format!("{{ {} }}", render_val(inner)),
+                },
+                "goto" | "jump" => format!("{k} {}", inner.get("target").and_then(Value::as_str).unwrap_or("?")),
+                "&" | "|" | "^" => inner
+                    .as_array()
+                    .map(|a| a.iter().map(render_val).collect::<Vec<_>>().join(&format!(" {k} ")))
+                    .unwrap_or_default(),
+                "map" => format!(
+                    "{} map {}",
+                    render_val(inner.get("key").unwrap_or(&Value::Null)),
+                    render_val(inner.get("data").unwrap_or(&Value::Null))
+                ),
+                "elem" => render_val(inner.get("val").unwrap_or(&Value::Null)),
+                _ => v.to_string(),
+            }
+        }
+    }
+}
+
+/// A map element as nft lists it: `10.96.0.1 . tcp . 443 comment "ns/svc:p" : goto service-…`.
+fn render_elem(key: &Value, value: &Value, comment: &Option<String>) -> String {
+    let mut s = render_val(key);
+    if let Some(c) = comment {
+        s.push_str(&format!(" comment \"{c}\""));
+    }
+    if !value.is_null() {
+        s.push_str(" : ");
+        s.push_str(&render_stmt(value));
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chain names
+
+/// A parsed `<prefix><H8>-<ns>/<svc>/<proto>/<port>[__<ip>/<port>]` chain or set name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainName {
+    /// `service`, `local`, `external`, `endpoint`, `firewall` or `affinity`.
+    pub prefix: String,
+    pub hash: String,
+    pub namespace: String,
+    pub service: String,
+    pub protocol: Protocol,
+    /// Empty for an unnamed port.
+    pub port_name: String,
+    /// For `endpoint-`/`affinity-` names: the endpoint.
+    pub endpoint: Option<(IpAddr, u16)>,
+    /// The recomputed H8 hash matches (`false` also when the name was truncated with `...`).
+    pub hash_ok: bool,
+}
+
+impl ChainName {
+    /// `ns/svc:port` (or `ns/svc` for an unnamed port), as iptables comments and the model write it.
+    pub fn port_key(&self) -> String {
+        if self.port_name.is_empty() {
+            format!("{}/{}", self.namespace, self.service)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.service, self.port_name)
+        }
+    }
+}
+
+/// Parses kube-proxy's nftables service/endpoint chain grammar (§3.3); `None` for other names.
+pub fn parse_chain_name(name: &str) -> Option<ChainName> {
+    let (prefix, rest) = name.split_once('-')?;
+    if !["service", "local", "external", "endpoint", "firewall", "affinity"].contains(&prefix) {
+        return None;
+    }
+    let (hash, body) = rest.split_once('-')?;
+    if hash.len() != 8 {
+        return None;
+    }
+    let (svc_part, ep_part) = match body.split_once("__") {
+        Some((s, e)) => (s, Some(e)),
+        None => (body, None),
+    };
+    let mut parts = svc_part.splitn(4, '/');
+    let namespace = parts.next()?.to_string();
+    let service = parts.next()?.to_string();
+    let protocol = Protocol::parse(parts.next()?)?;
+    let port_name = parts.next()?.to_string();
+    let endpoint = ep_part.and_then(|e| {
+        let (ip, port) = e.rsplit_once('/')?;
+        let ip: IpAddr = ip
+            .parse::<Ipv4Addr>()
+            .map(IpAddr::V4)
+            .or_else(|_| ip.replace('.', ":").parse::<Ipv6Addr>().map(IpAddr::V6))
+            .ok()?;
+        Some((ip, port.parse().ok()?))
+    });
+    Some(ChainName {
+        prefix: prefix.to_string(),
+        hash: hash.to_string(),
+        namespace,
+        service,
+        protocol,
+        port_name,
+        endpoint,
+        hash_ok: !body.ends_with("...") && names::nft_hash(body) == hash,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the model
+
+/// The verdict of a map element or vmap entry.
+fn verdict_target(v: &Value) -> Option<&str> {
+    v.get("goto")
+        .or_else(|| v.get("jump"))
+        .and_then(|t| t.get("target"))
+        .and_then(Value::as_str)
+}
+
+fn concat_items(key: &Value) -> Vec<&Value> {
+    match key.get("concat").and_then(Value::as_array) {
+        Some(a) => a.iter().collect(),
+        None => vec![key],
+    }
+}
+
+fn as_port(v: &Value) -> Option<u16> {
+    v.as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn as_proto(v: &Value) -> Option<Protocol> {
+    v.as_str().and_then(Protocol::parse).or_else(|| {
+        v.as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .and_then(Protocol::from_number)
+    })
+}
+
+/// `(ip, proto, port)` of a `service-ips`-style key.
+fn ip_proto_port(key: &Value) -> Option<(IpAddr, Protocol, u16)> {
+    match concat_items(key).as_slice() {
+        [ip, proto, port] => Some((ip.as_str()?.parse().ok()?, as_proto(proto)?, as_port(port)?)),
+        _ => None,
+    }
+}
+
+/// `(proto, port)` of a `service-nodeports`-style key.
+fn proto_port(key: &Value) -> Option<(Protocol, u16)> {
+    match concat_items(key).as_slice() {
+        [proto, port] => Some((as_proto(proto)?, as_port(port)?)),
+        _ => None,
+    }
+}
+
+/// A `numgen random mod N vmap { i : goto X, … }` statement: (N, [(i, X)]).
+fn numgen_vmap(stmt: &Value) -> Option<(u64, Vec<(u64, String)>)> {
+    let vmap = stmt.get("vmap")?;
+    let modulo = vmap.get("key")?.get("numgen")?.get("mod")?.as_u64()?;
+    let items = vmap.get("data")?.get("set")?.as_array()?;
+    let mut out = Vec::new();
+    for item in items {
+        let pair = item.as_array()?;
+        let idx = pair.first()?.as_u64()?;
+        out.push((idx, verdict_target(pair.get(1)?)?.to_string()));
+    }
+    Some((modulo, out))
+}
+
+/// A `dnat to <ip>:<port>` statement.
+fn dnat_target(stmt: &Value) -> Option<(IpAddr, u16)> {
+    let d = stmt.get("dnat")?;
+    Some((d.get("addr")?.as_str()?.parse().ok()?, as_port(d.get("port")?)?))
+}
+
+/// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`: (N, targets).
+fn dnat_numgen_map(stmt: &Value) -> Option<(u64, Vec<(IpAddr, u16)>)> {
+    let map = stmt.get("dnat")?.get("addr")?.get("map")?;
+    let modulo = map.get("key")?.get("numgen")?.get("mod")?.as_u64()?;
+    let mut out = Vec::new();
+    for item in map.get("data")?.get("set")?.as_array()? {
+        let pair = item.as_array()?;
+        match concat_items(pair.get(1)?).as_slice() {
+            [ip, port] => out.push((ip.as_str()?.parse().ok()?, as_port(port)?)),
+            _ => return None,
+        }
+    }
+    Some((modulo, out))
+}
+
+/// Every chain a statement jumps or goes to (verdicts, vmap entries).
+fn targets(stmt: &Value, out: &mut Vec<String>) {
+    match stmt {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if (k == "goto" || k == "jump") && v.get("target").is_some() {
+                    if let Some(t) = v.get("target").and_then(Value::as_str) {
+                        out.push(t.to_string());
+                    }
+                } else {
+                    targets(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| targets(v, out)),
+        _ => {}
+    }
+}
+
+struct Builder<'t> {
+    t: &'t Table,
+    services: BTreeMap<ServiceRef, Service>,
+    warnings: Vec<String>,
+    understood: HashSet<(String, usize)>,
+    referenced_endpoints: HashSet<String>,
+    any_ip: IpAddr,
+}
+
+impl<'t> Builder<'t> {
+    fn new(t: &'t Table) -> Self {
+        let any_ip = if t.family == "ip6" {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        Self {
+            t,
+            services: BTreeMap::new(),
+            warnings: t.warnings.clone(),
+            understood: HashSet::new(),
+            referenced_endpoints: HashSet::new(),
+            any_ip,
+        }
+    }
+
+    fn warn(&mut self, msg: impl std::fmt::Display) {
+        self.warnings.push(format!("{}: {msg}", self.t.source_name));
+    }
+
+    fn service(&mut self, port_key: &str) -> (&mut Service, String) {
+        let (sref, port) = crate::rules::iptables::split_port_name(port_key);
+        let svc = self.services.entry(sref.clone()).or_insert_with(|| Service::new(sref));
+        svc.rules.present = true;
+        (svc, port)
+    }
+
+    fn add_chain(&mut self, port_key: &str, chain: &str) {
+        let (svc, _) = self.service(port_key);
+        if !svc.rules.chains.iter().any(|c| c == chain) {
+            svc.rules.chains.push(chain.to_string());
+        }
+    }
+
+    fn problem(&mut self, port_key: &str, msg: String) {
+        let (svc, _) = self.service(port_key);
+        if !svc.rules.problems.contains(&msg) {
+            svc.rules.problems.push(msg);
+        }
+    }
+
+    fn add_frontend(
+        &mut self,
+        port_key: &str,
+        kind: FrontendKind,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        rule: RuleRef,
+    ) {
+        let (svc, port_name) = self.service(port_key);
+        if let Some(f) = svc
+            .frontends
+            .iter_mut()
+            .find(|f| f.ip == ip && f.port == port && f.protocol == protocol)
+        {
+            if f.rule.is_none() {
+                f.rule = Some(rule);
+            }
+            return;
+        }
+        svc.frontends.push(Frontend {
+            kind,
+            ip,
+            port,
+            protocol,
+            port_name,
+            rule: Some(rule),
+        });
+    }
+
+    fn map_ref(&self, map: &str, key: &Value, value: &Value, comment: &Option<String>) -> RuleRef {
+        let handle = self
+            .t
+            .sets
+            .get(map)
+            .and_then(|s| s.handle)
+            .map(|h| format!(" # handle {h}"))
+            .unwrap_or_default();
+        RuleRef {
+            source: RuleSource::Nftables,
+            name: map.to_string(),
+            text: format!("map {map}: {}{handle}", render_elem(key, value, comment)),
+        }
+    }
+
+    /// The Service port a map element is for: from the target chain's name, else the element comment.
+    fn element_owner(&mut self, map: &str, target: Option<&str>, comment: &Option<String>) -> Option<String> {
+        if let Some(cn) = target.and_then(parse_chain_name) {
+            return Some(cn.port_key());
+        }
+        if let Some(c) = comment {
+            return Some(c.clone());
+        }
+        self.warn(format!(
+            "map {map}: element names no Service (no comment, no service chain)"
+        ));
+        None
+    }
+
+    fn build(mut self) -> Parsed {
+        let t = self.t;
+        if !t.found {
+            return Parsed {
+                warnings: self.warnings,
+                ..Default::default()
+            };
+        }
+        let node_port_ips = t.set_ips("nodeport-ips");
+        let np_addrs = if node_port_ips.is_empty() {
+            vec![self.any_ip]
+        } else {
+            node_port_ips.clone()
+        };
+        let cluster_ips: HashSet<IpAddr> = t.set_ips("cluster-ips").into_iter().collect();
+        let firewalled: HashSet<(IpAddr, Protocol, u16)> = t
+            .sets
+            .get("firewall-ips")
+            .map(|s| s.elems.iter().filter_map(|(k, _, _)| ip_proto_port(k)).collect())
+            .unwrap_or_default();
+
+        // Frontends from the verdict maps.
+        for map in ["service-ips", "no-endpoint-services", "firewall-ips"] {
+            let Some(set) = t.sets.get(map) else { continue };
+            for (key, value, comment) in &set.elems {
+                let Some((ip, proto, port)) = ip_proto_port(key) else {
+                    self.warn(format!(
+                        "map {map}: element not `ip . proto . port`: {}",
+                        render_val(key)
+                    ));
+                    continue;
+                };
+                let target = verdict_target(value);
+                let Some(owner) = self.element_owner(map, target, comment) else {
+                    continue;
+                };
+                let rr = self.map_ref(map, key, value, comment);
+                let kind = match target.and_then(|x| x.split_once('-')).map(|x| x.0) {
+                    _ if map == "firewall-ips" => FrontendKind::LoadBalancer,
+                    Some("service") | Some("local") => FrontendKind::ClusterIp,
+                    _ if cluster_ips.contains(&ip) => FrontendKind::ClusterIp,
+                    _ if firewalled.contains(&(ip, proto, port)) => FrontendKind::LoadBalancer,
+                    _ => FrontendKind::ExternalIp,
+                };
+                if map == "no-endpoint-services" {
+                    self.no_endpoint_fact(&owner, value, rr.clone());
+                }
+                self.check_target(&owner, map, target);
+                self.add_frontend(&owner, kind, ip, port, proto, rr);
+            }
+        }
+        for map in ["service-nodeports", "no-endpoint-nodeports"] {
+            let Some(set) = t.sets.get(map) else { continue };
+            for (key, value, comment) in &set.elems {
+                let Some((proto, port)) = proto_port(key) else {
+                    self.warn(format!("map {map}: element not `proto . port`: {}", render_val(key)));
+                    continue;
+                };
+                let target = verdict_target(value);
+                let Some(owner) = self.element_owner(map, target, comment) else {
+                    continue;
+                };
+                let rr = self.map_ref(map, key, value, comment);
+                if map == "no-endpoint-nodeports" {
+                    self.no_endpoint_fact(&owner, value, rr.clone());
+                }
+                self.check_target(&owner, map, target);
+                for ip in &np_addrs {
+                    self.add_frontend(&owner, FrontendKind::NodePort, *ip, port, proto, rr.clone());
+                }
+            }
+        }
+
+        // Per-service chains.
+        let names: Vec<(String, ChainName)> = t
+            .chains
+            .keys()
+            .filter_map(|n| parse_chain_name(n).map(|cn| (n.clone(), cn)))
+            .collect();
+        for (name, cn) in &names {
+            if !cn.hash_ok {
+                self.warn(format!(
+                    "chain {name}: hash {} is not kube-proxy's for this name (truncated or older kube-proxy)",
+                    cn.hash
+                ));
+            }
+        }
+        for (name, cn) in names.iter().filter(|(_, cn)| cn.prefix == "service") {
+            let local_name = format!("local-{}", &name["service-".len()..]);
+            let has_local = t.chains.contains_key(&local_name);
+            let key = cn.port_key();
+            self.add_chain(&key, name);
+            let cluster = self.read_dispatch(&key, cn.protocol, name, if has_local { Some(false) } else { None });
+            if has_local {
+                self.add_chain(&key, &local_name);
+                let local = self.read_dispatch(&key, cn.protocol, &local_name, Some(true));
+                let (svc, port_name) = self.service(&key);
+                for e in svc
+                    .endpoints
+                    .iter_mut()
+                    .filter(|e| e.port_name == port_name && e.protocol == cn.protocol)
+                {
+                    if cluster.contains(&(e.ip, e.port)) && !local.contains(&(e.ip, e.port)) {
+                        e.local = Some(false);
+                    }
+                }
+            }
+        }
+        for (name, cn) in &names {
+            let key = cn.port_key();
+            match cn.prefix.as_str() {
+                "external" => {
+                    self.add_chain(&key, name);
+                    for (i, rule) in t.chains[name].rules.iter().enumerate() {
+                        // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
+                        let mut tg = Vec::new();
+                        targets(&Value::Array(rule.expr.clone()), &mut tg);
+                        if !tg.is_empty() {
+                            self.understood.insert((name.clone(), i));
+                        }
+                    }
+                }
+                "firewall" => {
+                    self.add_chain(&key, name);
+                    for (i, rule) in t.chains[name].rules.iter().enumerate() {
+                        let mut ranges = Vec::new();
+                        for stmt in &rule.expr {
+                            if let Some(m) = stmt.get("match")
+                                && m.get("left")
+                                    .and_then(|l| l.get("payload"))
+                                    .and_then(|p| p.get("field"))
+                                    .and_then(Value::as_str)
+                                    == Some("saddr")
+                            {
+                                collect_prefixes(m.get("right").unwrap_or(&Value::Null), &mut ranges);
+                            }
+                        }
+                        if !ranges.is_empty() {
+                            let (svc, _) = self.service(&key);
+                            for r in ranges {
+                                if !svc.rules.source_ranges.contains(&r) {
+                                    svc.rules.source_ranges.push(r);
+                                }
+                            }
+                            self.understood.insert((name.clone(), i));
+                        }
+                    }
+                }
+                "endpoint" if !self.referenced_endpoints.contains(name) => {
+                    self.warn(format!("chain {name} is not referenced by any service chain (stale; kube-proxy deletes such chains after a second)"));
+                    for i in 0..t.chains[name].rules.len() {
+                        self.understood.insert((name.clone(), i));
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        self.check_all_jumps();
+        self.report_not_understood();
+        let layout = detect_layout(t);
+        Parsed {
+            services: self.services.into_values().collect(),
+            warnings: self.warnings,
+            rules_present: true,
+            mode_hint: Some(ProxyMode::Nftables),
+            layout,
+            node_port_ips,
+            rule_count: t.rule_count(),
+        }
+    }
+
+    fn no_endpoint_fact(&mut self, owner: &str, value: &Value, rr: RuleRef) {
+        let (svc, _) = self.service(owner);
+        if value.get("drop").is_some() {
+            svc.rules.no_local_endpoints.push(rr);
+        } else {
+            // `goto reject-chain` (or a literal reject).
+            svc.rules.no_endpoints.push(rr);
+        }
+    }
+
+    fn check_target(&mut self, owner: &str, map: &str, target: Option<&str>) {
+        if let Some(tg) = target
+            && !self.t.chains.contains_key(tg)
+        {
+            self.problem(
+                owner,
+                format!("map {map} sends traffic to chain {tg}, which does not exist"),
+            );
+        }
+    }
+
+    /// Reads a `service-`/`local-` chain: its numgen dispatch (or inline 1.36 dnat map), affinity
+    /// rules, then each endpoint chain. Returns the endpoints found.
+    fn read_dispatch(&mut self, key: &str, proto: Protocol, chain: &str, local: Option<bool>) -> Vec<(IpAddr, u16)> {
+        let t = self.t;
+        let mut found = Vec::new();
+        let Some(c) = t.chains.get(chain) else { return found };
+        let mut dispatched = false;
+        for (i, rule) in c.rules.iter().enumerate() {
+            let mut tg = Vec::new();
+            targets(&Value::Array(rule.expr.clone()), &mut tg);
+            if let Some((modulo, entries)) = rule.expr.iter().find_map(numgen_vmap) {
+                self.understood.insert((chain.to_string(), i));
+                dispatched = true;
+                let mut idx: Vec<u64> = entries.iter().map(|e| e.0).collect();
+                idx.sort_unstable();
+                if modulo as usize != entries.len() || idx.iter().enumerate().any(|(i, &x)| i as u64 != x) {
+                    self.problem(
+                        key,
+                        format!(
+                            "{chain}: numgen random mod {modulo} with {} entries (indexes {:?}): some packets match no endpoint, or endpoints are never chosen",
+                            entries.len(),
+                            idx
+                        ),
+                    );
+                }
+                let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
+                for (_, ep_chain) in &entries {
+                    if let Some(ep) = self.read_endpoint(key, proto, ep_chain, weight, local) {
+                        found.push(ep);
+                    }
+                }
+            } else if let Some((modulo, eps)) = rule.expr.iter().find_map(dnat_numgen_map) {
+                // 1.36+: no endpoint chains; the service chain DNATs directly.
+                self.understood.insert((chain.to_string(), i));
+                dispatched = true;
+                if modulo as usize != eps.len() {
+                    self.problem(
+                        key,
+                        format!("{chain}: numgen random mod {modulo} with {} DNAT targets", eps.len()),
+                    );
+                }
+                let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
+                for (ip, port) in eps {
+                    self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref());
+                    found.push((ip, port));
+                }
+            } else if let Some((ip, port)) = rule.expr.iter().find_map(dnat_target) {
+                // Single-endpoint services without numgen (#140723).
+                self.understood.insert((chain.to_string(), i));
+                dispatched = true;
+                self.push_endpoint(key, proto, ip, port, 1.0, local, rule.rule_ref());
+                found.push((ip, port));
+            } else if tg.iter().any(|x| x == "mark-for-masquerade") {
+                self.understood.insert((chain.to_string(), i));
+            } else if tg.len() == 1 && tg[0].starts_with("endpoint-") {
+                // `ip saddr @affinity-… goto endpoint-…`: ClientIP affinity.
+                self.understood.insert((chain.to_string(), i));
+                let set = rule.expr.iter().find_map(|s| {
+                    s.get("match")
+                        .and_then(|m| m.get("right"))
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.strip_prefix('@'))
+                });
+                if let Some(secs) = set.and_then(|s| t.sets.get(s)).and_then(|s| s.timeout_secs) {
+                    let (svc, _) = self.service(key);
+                    svc.rules.affinity_timeout_secs = u32::try_from(secs).ok();
+                } else {
+                    self.warn(format!(
+                        "{chain}: affinity rule without a readable affinity set timeout: {}",
+                        rule.text()
+                    ));
+                }
+                self.referenced_endpoints.insert(tg[0].clone());
+            } else if tg.len() == 1 && (tg[0].starts_with("local-") || tg[0].starts_with("service-")) {
+                self.understood.insert((chain.to_string(), i));
+            }
+        }
+        if !dispatched && !c.rules.is_empty() {
+            self.problem(key, format!("{chain} has no endpoint dispatch (numgen vmap or dnat)"));
+        }
+        found
+    }
+
+    fn read_endpoint(
+        &mut self,
+        key: &str,
+        proto: Protocol,
+        chain: &str,
+        weight: f64,
+        local: Option<bool>,
+    ) -> Option<(IpAddr, u16)> {
+        self.referenced_endpoints.insert(chain.to_string());
+        let t = self.t;
+        let c = t.chains.get(chain)?; // missing: check_all_jumps reports it
+        self.add_chain(key, chain);
+        let mut target = None;
+        for (i, rule) in c.rules.iter().enumerate() {
+            if let Some(d) = rule.expr.iter().find_map(dnat_target) {
+                self.understood.insert((chain.to_string(), i));
+                if target.is_none() {
+                    target = Some((d, rule));
+                }
+            } else {
+                let is_masq = {
+                    let mut tg = Vec::new();
+                    targets(&Value::Array(rule.expr.clone()), &mut tg);
+                    tg.iter().any(|x| x == "mark-for-masquerade")
+                };
+                let is_affinity_update = rule.expr.iter().any(|s| s.get("set").is_some());
+                if is_masq || is_affinity_update {
+                    self.understood.insert((chain.to_string(), i));
+                }
+            }
+        }
+        let Some(((ip, port), rule)) = target else {
+            self.problem(
+                key,
+                format!("{chain} has no dnat rule: connections sent to it are not translated"),
+            );
+            return None;
+        };
+        if let Some(cn) = parse_chain_name(chain)
+            && let Some((nip, nport)) = cn.endpoint
+            && (nip, nport) != (ip, port)
+        {
+            self.problem(
+                key,
+                format!("{chain} is named for {nip}:{nport} but DNATs to {ip}:{port}"),
+            );
+        }
+        self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref());
+        Some((ip, port))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per dispatch form; a struct would only rename them"
+    )]
+    fn push_endpoint(
+        &mut self,
+        key: &str,
+        proto: Protocol,
+        ip: IpAddr,
+        port: u16,
+        weight: f64,
+        local: Option<bool>,
+        rule: RuleRef,
+    ) {
+        let (svc, port_name) = self.service(key);
+        match svc
+            .endpoints
+            .iter_mut()
+            .find(|e| e.ip == ip && e.port == port && e.protocol == proto && e.port_name == port_name)
+        {
+            Some(e) => {
+                if local == Some(true) {
+                    e.local = Some(true);
+                }
+            }
+            None => svc.endpoints.push(Endpoint {
+                ip,
+                port,
+                protocol: proto,
+                port_name,
+                in_rules: true,
+                in_api: None,
+                ready: None,
+                local: if local == Some(true) { Some(true) } else { None },
+                node: None,
+                pod: None,
+                weight: if local == Some(true) { None } else { Some(weight) },
+                rule: Some(rule),
+            }),
+        }
+    }
+
+    /// Every goto/jump must land on a chain of the table.
+    fn check_all_jumps(&mut self) {
+        let t = self.t;
+        for (name, c) in &t.chains {
+            for rule in &c.rules {
+                let mut tg = Vec::new();
+                targets(&Value::Array(rule.expr.clone()), &mut tg);
+                for target in tg {
+                    if t.chains.contains_key(&target) {
+                        continue;
+                    }
+                    let msg = format!("chain {name} jumps to {target}, which does not exist: {}", rule.text());
+                    match parse_chain_name(name).or_else(|| parse_chain_name(&target)) {
+                        Some(cn) => self.problem(&cn.port_key(), msg),
+                        None => self.warn(msg),
+                    }
+                }
+            }
+        }
+    }
+
+    fn report_not_understood(&mut self) {
+        let t = self.t;
+        let mut lines = Vec::new();
+        for (name, c) in &t.chains {
+            let Some(cn) = parse_chain_name(name) else { continue };
+            if cn.prefix == "external" && c.rules.is_empty() {
+                continue;
+            }
+            for (i, rule) in c.rules.iter().enumerate() {
+                if !self.understood.contains(&(name.clone(), i)) {
+                    lines.push(format!(
+                        "{}: chain {name}: rule not understood, left out of the model: {}",
+                        t.source_name,
+                        rule.text()
+                    ));
+                }
+            }
+        }
+        self.warnings.extend(lines);
+    }
+}
+
+fn collect_prefixes(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Object(m) => {
+            if let Some(p) = m.get("prefix") {
+                out.push(format!(
+                    "{}/{}",
+                    render_val(p.get("addr").unwrap_or(&Value::Null)),
+                    render_val(p.get("len").unwrap_or(&Value::Null))
+                ));
+            } else if let Some(s) = m.get("set") {
+                collect_prefixes(s, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_prefixes(x, out)),
+        _ => {}
+    }
+}
+
+fn detect_layout(t: &Table) -> Option<Layout> {
+    let has = |n: &str| t.chains.get(n).is_some_and(|c| c.hook.is_some());
+    if has("filter-prerouting-pre-dnat") || has("filter-output-pre-dnat") {
+        Some(Layout::B)
+    } else if t.chains.contains_key("endpoints-check") {
+        Some(Layout::EndpointsCheck)
+    } else if has("filter-output-post-dnat") || has("filter-prerouting") {
+        Some(Layout::A)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYOUT_A: &str = include_str!("../../testdata/rules/nft-layout-A.json");
+    const LAYOUT_B: &str = include_str!("../../testdata/rules/nft-layout-B.json");
+
+    fn svc<'a>(p: &'a Parsed, ns_name: &str) -> &'a Service {
+        p.services
+            .iter()
+            .find(|s| s.service.to_string() == ns_name)
+            .unwrap_or_else(|| panic!("{ns_name} not in model"))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn frontend(s: &Service, kind: FrontendKind, port: u16) -> &Frontend {
+        s.frontends
+            .iter()
+            .find(|f| f.kind == kind && f.port == port)
+            .unwrap_or_else(|| panic!("no {kind:?}:{port} in {:#?}", s.frontends))
+    }
+
+    #[test]
+    fn chain_names_parse_and_hashes_verify() {
+        let cn = parse_chain_name("service-2QRHZV4L-default/kubernetes/tcp/https").unwrap();
+        assert!(cn.hash_ok);
+        assert_eq!(cn.port_key(), "default/kubernetes:https");
+        let cn = parse_chain_name("endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80").unwrap();
+        assert!(cn.hash_ok, "{cn:?}");
+        assert_eq!(cn.endpoint, Some((ip("10.180.0.1"), 80)));
+        let cn = parse_chain_name("external-NWXYI2MF-ns2/local-lb/tcp/").unwrap();
+        assert_eq!(cn.port_key(), "ns2/local-lb");
+        assert!(cn.hash_ok);
+        assert!(
+            !parse_chain_name("service-XXXXXXXX-default/kubernetes/tcp/https")
+                .unwrap()
+                .hash_ok
+        );
+        let v6 = parse_chain_name("endpoint-AAAAAAAA-ns/s/tcp/p__fd00.10.244..5/80").unwrap();
+        assert_eq!(v6.endpoint, Some((ip("fd00:10:244::5"), 80)));
+        assert_eq!(parse_chain_name("services"), None);
+        assert_eq!(parse_chain_name("mark-for-masquerade"), None);
+    }
+
+    #[test]
+    fn both_layouts_give_the_same_services() {
+        let a = parse(LAYOUT_A).unwrap();
+        let b = parse(LAYOUT_B).unwrap();
+        assert_eq!(a.layout, Some(Layout::A));
+        assert_eq!(b.layout, Some(Layout::B));
+        assert!(a.warnings.is_empty(), "{:#?}", a.warnings);
+        assert!(b.warnings.is_empty(), "{:#?}", b.warnings);
+        let strip = |p: &Parsed| {
+            p.services
+                .iter()
+                .map(|s| {
+                    let fe: Vec<_> = s.frontends.iter().map(|f| (f.kind, f.ip, f.port)).collect();
+                    let ep: Vec<_> = s.endpoints.iter().map(|e| (e.ip, e.port, e.local, e.weight)).collect();
+                    (s.service.clone(), fe, ep, s.rules.problems.clone())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&a), strip(&b));
+        assert_eq!(b.mode_hint, Some(ProxyMode::Nftables));
+        assert!(b.rules_present);
+        assert_eq!(b.node_port_ips, vec![ip("192.168.1.10")]);
+    }
+
+    #[test]
+    fn reads_frontends_endpoints_and_rule_refs() {
+        let p = parse(LAYOUT_B).unwrap();
+        let web = svc(&p, "ns1/web");
+        let cip = frontend(web, FrontendKind::ClusterIp, 80);
+        assert_eq!(cip.ip, ip("10.96.10.10"));
+        assert_eq!(cip.port_name, "http");
+        let rr = cip.rule.as_ref().unwrap();
+        assert_eq!(rr.name, "service-ips");
+        assert!(
+            rr.text
+                .contains("10.96.10.10 . tcp . 80 comment \"ns1/web:http\" : goto service-DK7ABAZC-ns1/web/tcp/http"),
+            "{}",
+            rr.text
+        );
+        assert_eq!(frontend(web, FrontendKind::ExternalIp, 80).ip, ip("203.0.113.10"));
+        assert_eq!(frontend(web, FrontendKind::NodePort, 30080).ip, ip("192.168.1.10"));
+        assert_eq!(web.endpoints.len(), 3);
+        let e = &web.endpoints[0];
+        assert_eq!((e.ip, e.port), (ip("10.244.1.10"), 8080));
+        assert!((e.weight.unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        let rr = e.rule.as_ref().unwrap();
+        assert!(rr.name.starts_with("endpoint-"));
+        assert!(
+            rr.text
+                .starts_with("meta l4proto tcp dnat to 10.244.1.10:8080 # handle "),
+            "{}",
+            rr.text
+        );
+        assert!(web.rules.problems.is_empty(), "{:?}", web.rules.problems);
+    }
+
+    #[test]
+    fn no_endpoints_and_no_local_endpoints_facts() {
+        let p = parse(LAYOUT_B).unwrap();
+        let empty = svc(&p, "ns1/empty");
+        assert!(empty.endpoints.is_empty());
+        assert_eq!(empty.rules.no_endpoints.len(), 2);
+        assert!(empty.rules.no_endpoints[0].text.contains("goto reject-chain"));
+        assert_eq!(frontend(empty, FrontendKind::ClusterIp, 80).ip, ip("10.96.10.20"));
+        assert_eq!(frontend(empty, FrontendKind::NodePort, 30081).ip, ip("192.168.1.10"));
+        let lb = svc(&p, "ns2/local-lb");
+        assert_eq!(lb.rules.no_local_endpoints.len(), 2);
+        assert!(
+            lb.rules
+                .no_local_endpoints
+                .iter()
+                .all(|r| r.text.ends_with(": drop") || r.text.contains(": drop #"))
+        );
+        assert_eq!(lb.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn local_chain_locality_firewall_ranges_and_affinity() {
+        let p = parse(LAYOUT_B).unwrap();
+        let fw = svc(&p, "ns3/fw-local");
+        let loc: Vec<_> = fw.endpoints.iter().map(|e| (e.ip, e.local)).collect();
+        assert_eq!(
+            loc,
+            vec![(ip("10.244.1.40"), Some(true)), (ip("10.244.3.41"), Some(false))]
+        );
+        assert_eq!(fw.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
+        assert_eq!(frontend(fw, FrontendKind::LoadBalancer, 443).ip, ip("198.51.100.9"));
+        let sticky = svc(&p, "ns2/sticky");
+        assert_eq!(sticky.rules.affinity_timeout_secs, Some(10800));
+        assert_eq!(sticky.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn numgen_mismatch_and_missing_chain_are_problems() {
+        // ns1/web: mod 3 with three entries -> claim mod 4.
+        let mut v: Value = serde_json::from_str(LAYOUT_B).unwrap();
+        for o in v["nftables"].as_array_mut().unwrap() {
+            if let Some(r) = o.get_mut("rule")
+                && r["chain"].as_str().unwrap().starts_with("service-DK7ABAZC")
+            {
+                for e in r["expr"].as_array_mut().unwrap() {
+                    if let Some(vm) = e.get_mut("vmap") {
+                        vm["key"]["numgen"]["mod"] = 4.into();
+                        vm["data"]["set"][2][1]["goto"]["target"] =
+                            "endpoint-ZZZZZZZZ-ns1/web/tcp/http__10.244.9.9/8080".into();
+                    }
+                }
+            }
+        }
+        let p = parse(&v.to_string()).unwrap();
+        let web = svc(&p, "ns1/web");
+        assert!(
+            web.rules
+                .problems
+                .iter()
+                .any(|m| m.contains("numgen random mod 4 with 3 entries")),
+            "{:?}",
+            web.rules.problems
+        );
+        assert!(
+            web.rules.problems.iter().any(|m| m.contains("which does not exist")),
+            "{:?}",
+            web.rules.problems
+        );
+        assert_eq!(web.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn inline_dnat_numgen_map_of_1_36() {
+        let json = r#"{"nftables":[{"table":{"family":"ip","name":"kube-proxy","handle":1}},
+          {"chain":{"family":"ip","table":"kube-proxy","name":"service-ULMVA6XW-ns1/svc1/tcp/p80","handle":5}},
+          {"map":{"family":"ip","name":"service-ips","table":"kube-proxy","type":["ipv4_addr","inet_proto","inet_service"],"handle":3,"map":"verdict",
+             "elem":[[{"concat":["172.30.0.41","tcp",80]},{"goto":{"target":"service-ULMVA6XW-ns1/svc1/tcp/p80"}}]]}},
+          {"rule":{"family":"ip","table":"kube-proxy","chain":"service-ULMVA6XW-ns1/svc1/tcp/p80","handle":9,"expr":[
+             {"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},
+             {"dnat":{"family":"ip","addr":{"map":{"key":{"numgen":{"mode":"random","mod":1,"offset":0}},"data":{"set":[[0,{"concat":["10.180.0.1",80]}]]}}}}}]}}]}"#;
+        let p = parse(json).unwrap();
+        assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+        let s = svc(&p, "ns1/svc1");
+        assert_eq!(s.frontends[0].ip, ip("172.30.0.41"));
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!((s.endpoints[0].ip, s.endpoints[0].port), (ip("10.180.0.1"), 80));
+    }
+
+    #[test]
+    fn unknown_rules_are_reported() {
+        let mut v: Value = serde_json::from_str(LAYOUT_B).unwrap();
+        v["nftables"].as_array_mut().unwrap().push(serde_json::json!({"rule": {"family": "ip", "table": "kube-proxy",
+            "chain": "service-DK7ABAZC-ns1/web/tcp/http", "handle": 999, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"log": null}]}}));
+        let p = parse(&v.to_string()).unwrap();
+        assert_eq!(p.warnings.len(), 1, "{:#?}", p.warnings);
+        assert!(
+            p.warnings[0].contains("not understood") && p.warnings[0].contains("# handle 999"),
+            "{}",
+            p.warnings[0]
+        );
+    }
+
+    #[test]
+    fn errors_and_foreign_tables() {
+        assert!(matches!(
+            parse("Error: No such file or directory"),
+            Err(ParseError::NotJson { .. })
+        ));
+        assert!(matches!(parse("{\"x\": 1}"), Err(ParseError::NotNftJson { .. })));
+        let p = parse(
+            r#"{"nftables":[{"metainfo":{"version":"1.0.6"}},{"table":{"family":"ip","name":"filter","handle":1}}]}"#,
+        )
+        .unwrap();
+        assert!(!p.rules_present && p.services.is_empty() && p.mode_hint.is_none());
+    }
+}
