@@ -1280,7 +1280,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn frontend<'a>(s: &'a Service, kind: FrontendKind, port: u16) -> &'a Frontend {
+    fn frontend(s: &Service, kind: FrontendKind, port: u16) -> &Frontend {
         s.frontends
             .iter()
             .find(|f| f.kind == kind && f.port == port)

@@ -58,6 +58,9 @@ mod tests {
             endpoint_hash("default/kubernetes:https", "tcp", "192.168.205.145:6443"),
             "UUBFDOGZKSZ6QOBE"
         );
-        assert_eq!(endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+        assert_eq!(
+            endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80"),
+            "KUBE-SEP-SXIVWICOYRO3J4NJ"
+        );
     }
 }
