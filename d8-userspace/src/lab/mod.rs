@@ -1,1 +1,744 @@
+//! The lab: a Kubernetes node built from network namespaces and programmed exactly as kube-proxy
+//! would program it, for the end-to-end tests, `d8-trace demo` and the benchmarks.
+//!
+//! # Wiring
+//!
+//! Every namespace is named `d8lab-<pid>-<counter>-<role>`, so two labs (in one process or in two)
+//! never collide and [`cleanup_stale`] can tell a crashed run's leftovers by their dead pid.
+//!
+//! ```text
+//!  ext namespace                  node namespace                              pod namespaces
+//!  eth0 172.31.0.100/24 ---veth--- ext0 172.31.0.2/24 (node IP)
+//!  default via node IP             d8dummy0 (default route, src node IP)
+//!                                  caliXXXXXXXXXXX 169.254.1.1/32 ---veth--- eth0 <pod IP>/32
+//!                                  route <pod IP>/32 dev caliXXX src node IP     default via 169.254.1.1 onlink
+//!                                  iptables (filter+nat) or nft table ip kube-proxy
+//!                                  ip_forward=1, rp_filter=0, IPv6 off (this namespace only)
+//! ```
+//!
+//! - Calico style, no bridge (DESIGN.md §6): pods reach the node through their own veth; the node
+//!   routes each pod /32 to its veth with `src` = node IP, so kubelet-style probes from the node
+//!   leave from the node IP. A shared bridge would break un-DNAT between pods of one subnet unless
+//!   br_netfilter were on.
+//! - The node's default route points at a dummy interface: traffic kube-proxy did not translate
+//!   (a ClusterIP without rules) is routed, reaches the FORWARD/OUTPUT filter hooks and meets
+//!   kube-proxy's REJECT/DROP rules the way it would on a real node instead of failing with "no
+//!   route", and whatever gets past them is discarded by the dummy device. Nothing leaves the lab:
+//!   no lab interface is connected to the root namespace, and no rule, route or sysctl is written
+//!   there.
+//! - The client pod (`<prefix>client`) is a pod namespace without servers; the external client
+//!   (`<prefix>ext`) sits on the node's second link and sends NodePort / external IP traffic.
+//! - Pods on other nodes exist only in the rules and the API snapshot: DNAT to them follows the
+//!   dummy default route and times out.
+//! - Servers ([`ListenerKind`]) are threads of this process that `setns` into the pod namespace
+//!   before binding; [`Lab::up`] returns only after every one reported that it is bound. kube-proxy
+//!   is simulated the same way: `/healthz` on node-IP:10256 and `/metrics` + `/proxyMode` on
+//!   127.0.0.1:10249 inside the node namespace, while the spec has `kube_proxy` set.
+//! - Rules: iptables mode restores the whole filter and nat tables with `iptables-restore` (the
+//!   text kube-proxy writes, [`iptables::kube_proxy_restore`], plus the built-in chains' jump
+//!   rules); nftables mode replaces `table ip kube-proxy` atomically with `nft -f`
+//!   ([`nftables::kube_proxy_transaction`], layout B).
+//! - The lab keeps three specs: the world (pods and servers), what kube-proxy programmed (rules) and
+//!   what the API says (snapshot). Faults make them disagree on purpose; [`Lab::apply`] brings all
+//!   three back in line.
+//! - Teardown: `Drop` stops every server thread, then deletes every namespace the lab made (their
+//!   veths go with them).
+//!
+//! ```no_run
+//! use std::{net::{Ipv4Addr, SocketAddrV4}, time::Duration};
+//! use d8_trace::lab::{self, ClusterSpec, Lab, ListenerKind, PodSpec, ServiceSpec};
+//! use d8_trace::model::{Protocol, ProxyMode};
+//!
+//! let spec = ClusterSpec::new()
+//!     .service(ServiceSpec::new("default", "web", Ipv4Addr::new(10, 96, 0, 10)).port("http", 80, 8080, Protocol::Tcp))
+//!     .pod(PodSpec::new("default", "web-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "web")
+//!         .listen(8080, ListenerKind::Http).tcp_probes(8080));
+//! let mut lab = Lab::up(spec, ProxyMode::Iptables)?;
+//! let out = lab::tcp_connect(lab.client_ns(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80), Duration::from_secs(2))?;
+//! lab.delete_pod("web-1")?;                 // stale endpoint: still in rules and API
+//! let snapshot = lab.snapshot_json();       // kubectl get services,endpointslices,pods,nodes -A -o json
+//! # Ok::<(), lab::Error>(())
+//! ```
 
+pub mod iptables;
+pub mod netns;
+pub mod nftables;
+mod servers;
+pub mod snapshot;
+pub mod spec;
+pub mod traffic;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::ProxyMode;
+pub use netns::{cleanup_stale, in_netns};
+use servers::{Behavior, KubeProxyState, Server};
+pub use spec::{
+    ClusterSpec, KubeProxySpec, ListenerKind, ListenerSpec, NodeSpec, PodSpec, ProbeSpec, ServicePortSpec, ServiceSpec,
+    ServiceType, SessionAffinity, TrafficPolicy,
+};
+pub use traffic::{http_get, kubelet_probe, tcp_connect, tcp_request, udp_request, HttpOutcome, TcpOutcome, UdpOutcome};
+
+/// What went wrong while building, changing or tearing down a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setup command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its stderr (or the spawn error).
+        stderr: String,
+    },
+    /// Entering or using a network namespace failed.
+    #[error("network namespace {ns}: {reason}")]
+    Netns {
+        /// Namespace name.
+        ns: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The spec cannot be built (duplicate pod IPs, unsupported proxy mode, ...).
+    #[error("invalid lab spec: {0}")]
+    Spec(String),
+    /// A fault named a pod the lab does not have (or that is not on the lab node).
+    #[error("no such local pod in the lab: {0}")]
+    NoSuchPod(String),
+    /// A socket or thread operation failed.
+    #[error("{0}")]
+    Io(String),
+    /// Not running as root: namespaces and rules need CAP_NET_ADMIN and CAP_SYS_ADMIN.
+    #[error("the lab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to create network namespaces")]
+    NotRoot,
+}
+
+/// Labs made by this process so far (the `<counter>` in namespace names).
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Name of the node-side veth of a pod: `cali` + 11 hex digits of sha256(`ns/name`), as Calico
+/// names its workload interfaces (15 characters, the kernel's limit).
+pub fn pod_veth_name(pod: &PodSpec) -> String {
+    let digest = Sha256::digest(pod.key().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+/// A local pod's runtime state.
+struct PodRuntime {
+    ns: String,
+    servers: Vec<Server>,
+    drop_all: bool,
+}
+
+/// The simulated kube-proxy's threads.
+struct KubeProxyRuntime {
+    _servers: Vec<Server>,
+}
+
+/// A running lab node. Dropping it tears everything down.
+pub struct Lab {
+    prefix: String,
+    mode: ProxyMode,
+    spec: ClusterSpec,
+    rules_spec: ClusterSpec,
+    api_spec: ClusterSpec,
+    node_ns: String,
+    client_ns: String,
+    ext_ns: String,
+    /// Every namespace created, in creation order (teardown deletes in reverse).
+    namespaces: Vec<String>,
+    pods: BTreeMap<String, PodRuntime>,
+    kube_proxy_state: Arc<KubeProxyState>,
+    kube_proxy: Option<KubeProxyRuntime>,
+    rules_text: String,
+}
+
+fn validate(spec: &ClusterSpec) -> Result<(), Error> {
+    let mut ips = BTreeMap::new();
+    ips.insert(spec.client_pod_ip, "client pod".to_string());
+    for pod in &spec.pods {
+        if let Some(other) = ips.insert(pod.ip, pod.key()) {
+            return Err(Error::Spec(format!("pod {} and {other} share IP {}", pod.key(), pod.ip)));
+        }
+        let mut ports = pod.listeners.iter().map(|l| (l.port, l.kind.protocol())).collect::<Vec<_>>();
+        ports.sort();
+        ports.dedup();
+        if ports.len() != pod.listeners.len() {
+            return Err(Error::Spec(format!("pod {} has two listeners on one port", pod.key())));
+        }
+    }
+    let mut keys: Vec<String> = spec.pods.iter().map(PodSpec::key).collect();
+    keys.sort();
+    keys.dedup();
+    if keys.len() != spec.pods.len() {
+        return Err(Error::Spec("two pods share namespace/name".into()));
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Builds the lab for `spec` with kube-proxy's rules in `mode` (`Iptables` or `Nftables`).
+    /// Returns when every namespace, route, rule and server is in place. On error everything made
+    /// so far is removed.
+    pub fn up(spec: ClusterSpec, mode: ProxyMode) -> Result<Lab, Error> {
+        if !matches!(mode, ProxyMode::Iptables | ProxyMode::Nftables) {
+            return Err(Error::Spec(format!("proxy mode {mode:?} is not supported by the lab (iptables, nftables)")));
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::NotRoot);
+        }
+        validate(&spec)?;
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("d8lab-{}-{n}-", std::process::id());
+        let mut lab = Lab {
+            node_ns: format!("{prefix}node"),
+            client_ns: format!("{prefix}client"),
+            ext_ns: format!("{prefix}ext"),
+            prefix,
+            mode,
+            rules_spec: spec.clone(),
+            api_spec: spec.clone(),
+            spec,
+            namespaces: Vec::new(),
+            pods: BTreeMap::new(),
+            kube_proxy_state: Arc::new(KubeProxyState::default()),
+            kube_proxy: None,
+            rules_text: String::new(),
+        };
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn add_namespace(&mut self, name: &str) -> Result<(), Error> {
+        netns::run("ip", &["netns", "add", name], None)?;
+        self.namespaces.push(name.to_string());
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<(), Error> {
+        let node = self.node_ns.clone();
+        let ext = self.ext_ns.clone();
+        self.add_namespace(&node)?;
+        self.add_namespace(&ext)?;
+        // Sysctls of the node namespace only; `default` first so the veths made below inherit it.
+        netns::exec_in(
+            &node,
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+            None,
+        )?;
+        netns::exec_in(
+            &ext,
+            "sysctl",
+            &["-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+            None,
+        )?;
+        let s = &self.spec;
+        let node_ip = s.node_ip;
+        netns::ip_batch(
+            &node,
+            &[
+                "link set lo up".into(),
+                format!("link add ext0 type veth peer name eth0 netns {ext}"),
+                format!("addr add {node_ip}/{} dev ext0", s.node_prefix_len),
+                "link set ext0 up".into(),
+                "link add d8dummy0 type dummy".into(),
+                "link set d8dummy0 up".into(),
+                format!("route add default dev d8dummy0 src {node_ip}"),
+            ],
+        )?;
+        netns::ip_batch(
+            &ext,
+            &[
+                "link set lo up".into(),
+                format!("addr add {}/{} dev eth0", s.external_client_ip, s.node_prefix_len),
+                "link set eth0 up".into(),
+                format!("route add default via {node_ip} dev eth0"),
+            ],
+        )?;
+        // The client pod: a pod namespace without servers.
+        let client = PodSpec::new("default", "client", self.spec.client_pod_ip);
+        let client_ns = self.client_ns.clone();
+        self.create_pod_netns(&client, &client_ns)?;
+        let local: Vec<PodSpec> = self.spec.pods.iter().filter(|p| p.is_local(&self.spec)).cloned().collect();
+        for pod in &local {
+            self.create_pod(pod)?;
+        }
+        self.sync_rules()?;
+        self.sync_kube_proxy()?;
+        Ok(())
+    }
+
+    /// Namespace, veth pair and routes for one pod.
+    fn create_pod_netns(&mut self, pod: &PodSpec, ns: &str) -> Result<(), Error> {
+        self.add_namespace(ns)?;
+        netns::exec_in(ns, "sysctl", &["-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], None)?;
+        let veth = pod_veth_name(pod);
+        let node_ip = self.spec.node_ip;
+        netns::ip_batch(
+            &self.node_ns,
+            &[
+                format!("link add {veth} type veth peer name eth0 netns {ns}"),
+                format!("addr add 169.254.1.1/32 dev {veth}"),
+                format!("link set {veth} up"),
+            ],
+        )?;
+        netns::ip_batch(
+            ns,
+            &[
+                "link set lo up".into(),
+                format!("addr add {}/32 dev eth0", pod.ip),
+                "link set eth0 up".into(),
+                "route add default via 169.254.1.1 dev eth0 onlink".into(),
+            ],
+        )?;
+        netns::ip_batch(&self.node_ns, &[format!("route add {}/32 dev {veth} src {node_ip}", pod.ip)])?;
+        Ok(())
+    }
+
+    fn pod_ns_name(&self, pod: &PodSpec) -> String {
+        format!("{}pod-{}.{}", self.prefix, pod.namespace, pod.name)
+    }
+
+    fn create_pod(&mut self, pod: &PodSpec) -> Result<(), Error> {
+        let ns = self.pod_ns_name(pod);
+        self.create_pod_netns(pod, &ns)?;
+        let mut rt = PodRuntime { ns: ns.clone(), servers: Vec::new(), drop_all: false };
+        for l in &pod.listeners {
+            rt.servers.push(Server::start(&ns, &pod.name, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, l.port), Behavior::Pod(l.kind))?);
+        }
+        self.pods.insert(pod.key(), rt);
+        if pod.drop_all {
+            self.set_drop_all(&pod.key(), true)?;
+        }
+        Ok(())
+    }
+
+    fn remove_pod_runtime(&mut self, key: &str) -> Result<(), Error> {
+        if let Some(mut rt) = self.pods.remove(key) {
+            for s in &mut rt.servers {
+                s.stop();
+            }
+            netns::delete(&rt.ns)?;
+            self.namespaces.retain(|n| n != &rt.ns);
+        }
+        Ok(())
+    }
+
+    /// Writes kube-proxy's rules for the rules view into the node namespace.
+    fn sync_rules(&mut self) -> Result<(), Error> {
+        let now = servers::unix_now();
+        self.kube_proxy_state.last_queued.store(now, Ordering::Relaxed);
+        let text = match self.mode {
+            ProxyMode::Nftables => {
+                let text = nftables::lab_transaction(&self.rules_spec);
+                netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&text))?;
+                text
+            }
+            _ => {
+                let text = iptables::lab_restore(&self.rules_spec);
+                netns::exec_in(&self.node_ns, "iptables-restore", &["-w", "5"], Some(&text))?;
+                text
+            }
+        };
+        self.rules_text = text;
+        self.kube_proxy_state.last_sync.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts or stops the simulated kube-proxy to match the world spec.
+    fn sync_kube_proxy(&mut self) -> Result<(), Error> {
+        match (&self.spec.kube_proxy, self.kube_proxy.is_some()) {
+            (Some(kp), false) => {
+                self.kube_proxy_state.healthy.store(true, Ordering::Relaxed);
+                let mode = if self.mode == ProxyMode::Nftables { "nftables" } else { "iptables" };
+                let healthz = Server::start(
+                    &self.node_ns,
+                    "kube-proxy",
+                    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 10256),
+                    Behavior::KubeProxyHealthz(self.kube_proxy_state.clone()),
+                )?;
+                let metrics = Server::start(
+                    &self.node_ns,
+                    "kube-proxy",
+                    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249),
+                    Behavior::KubeProxyMetrics { state: self.kube_proxy_state.clone(), mode, version: kp.version.clone() },
+                )?;
+                self.kube_proxy = Some(KubeProxyRuntime { _servers: vec![healthz, metrics] });
+            }
+            (None, true) => self.kube_proxy = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn local_pod(&self, pod: &str) -> Result<PodSpec, Error> {
+        self.spec
+            .find_pod(pod)
+            .filter(|p| p.is_local(&self.spec))
+            .cloned()
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))
+    }
+
+    // ---- accessors -------------------------------------------------------------------------
+
+    /// The node namespace (pass it to `d8-trace --netns`).
+    pub fn node_ns(&self) -> &str {
+        &self.node_ns
+    }
+
+    /// The client pod's namespace.
+    pub fn client_ns(&self) -> &str {
+        &self.client_ns
+    }
+
+    /// The external client's namespace (for NodePorts and external/LB IPs).
+    pub fn external_ns(&self) -> &str {
+        &self.ext_ns
+    }
+
+    /// The namespace of a local pod (`name` or `namespace/name`), if it currently exists.
+    pub fn pod_ns(&self, pod: &str) -> Option<&str> {
+        let key = self.spec.find_pod(pod)?.key();
+        self.pods.get(&key).map(|rt| rt.ns.as_str())
+    }
+
+    /// `d8lab-<pid>-<counter>-`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The proxy mode the rules were written in.
+    pub fn mode(&self) -> ProxyMode {
+        self.mode
+    }
+
+    /// The world: pods and servers as they exist.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// What kube-proxy's rules were generated from.
+    pub fn rules_spec(&self) -> &ClusterSpec {
+        &self.rules_spec
+    }
+
+    /// What the API snapshot shows.
+    pub fn api_spec(&self) -> &ClusterSpec {
+        &self.api_spec
+    }
+
+    /// The node IP.
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.spec.node_ip
+    }
+
+    /// The rule text last written (`iptables-restore` input or `nft -f` transaction).
+    pub fn rules_text(&self) -> &str {
+        &self.rules_text
+    }
+
+    /// Every namespace the lab currently owns.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// The JSON List `kubectl get services,endpointslices,pods,nodes -A -o json` would print for
+    /// the API view.
+    pub fn snapshot_json(&self) -> serde_json::Value {
+        snapshot::snapshot(&self.api_spec)
+    }
+
+    /// Writes [`Self::snapshot_json`] to `path` (for `d8-trace --k8s-snapshot`).
+    pub fn write_snapshot(&self, path: &std::path::Path) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(&self.snapshot_json()).map_err(|e| Error::Io(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| Error::Io(format!("write {}: {e}", path.display())))
+    }
+
+    // ---- changes and faults -----------------------------------------------------------------
+
+    /// Re-syncs everything to `spec`, as kube-proxy and the API would after the cluster changed:
+    /// pods added, removed, moved or changed get their namespaces and servers (re)built, the rules
+    /// are rewritten and the API view replaced. Clears every fault. The node's and external
+    /// client's addressing cannot change.
+    pub fn apply(&mut self, spec: ClusterSpec) -> Result<(), Error> {
+        validate(&spec)?;
+        if spec.node_ip != self.spec.node_ip
+            || spec.external_client_ip != self.spec.external_client_ip
+            || spec.client_pod_ip != self.spec.client_pod_ip
+            || spec.node_prefix_len != self.spec.node_prefix_len
+        {
+            return Err(Error::Spec("apply cannot change node, external client or client pod addresses".into()));
+        }
+        let wanted: BTreeMap<String, PodSpec> =
+            spec.pods.iter().filter(|p| p.is_local(&spec)).map(|p| (p.key(), p.clone())).collect();
+        // Remove pods that are gone, or whose namespace-level setup changed.
+        let running: Vec<String> = self.pods.keys().cloned().collect();
+        for key in running {
+            let old = self.spec.find_pod(&key).cloned();
+            let keep = match (old, wanted.get(&key)) {
+                (Some(old), Some(new)) => old.ip == new.ip && old.listeners == new.listeners,
+                _ => false,
+            };
+            if !keep {
+                self.remove_pod_runtime(&key)?;
+            }
+        }
+        self.spec = spec.clone();
+        for (key, pod) in &wanted {
+            match self.pods.get(key).map(|rt| rt.drop_all) {
+                None => self.create_pod(pod)?,
+                Some(d) if d != pod.drop_all => self.set_drop_all(key, pod.drop_all)?,
+                Some(_) => {
+                    // Listeners stopped by a fault come back.
+                    self.restart_missing_listeners(key)?;
+                }
+            }
+        }
+        self.rules_spec = spec.clone();
+        self.api_spec = spec;
+        self.sync_rules()?;
+        self.sync_kube_proxy()?;
+        Ok(())
+    }
+
+    fn restart_missing_listeners(&mut self, key: &str) -> Result<(), Error> {
+        let pod = self.local_pod(key)?;
+        for l in &pod.listeners {
+            self.start_listener(key, l.port)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a pod from the API view only: its EndpointSlice entry and Pod object vanish while
+    /// kube-proxy's rules still DNAT to it (a stale endpoint). Undo with [`Self::restore_api`].
+    pub fn delete_from_api(&mut self, pod: &str) -> Result<(), Error> {
+        let key = self.spec.find_pod(pod).map(PodSpec::key).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        self.api_spec.pods.retain(|p| p.key() != key);
+        Ok(())
+    }
+
+    /// Puts the API view back to the world spec.
+    pub fn restore_api(&mut self) {
+        self.api_spec = self.spec.clone();
+    }
+
+    /// Deletes a local pod's namespace (its servers stop, its veth and route vanish) while rules
+    /// and API keep it: a stale endpoint nobody answers for. Undo with [`Self::restore_pod`].
+    pub fn delete_pod(&mut self, pod: &str) -> Result<(), Error> {
+        let key = self.local_pod(pod)?.key();
+        self.remove_pod_runtime(&key)
+    }
+
+    /// Re-creates a pod deleted by [`Self::delete_pod`].
+    pub fn restore_pod(&mut self, pod: &str) -> Result<(), Error> {
+        let spec = self.local_pod(pod)?;
+        if !self.pods.contains_key(&spec.key()) {
+            self.create_pod(&spec)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one Service's rules (every chain, map element and REJECT of it) while the API keeps
+    /// it: `kube_proxy_rules_missing`. Undo with [`Self::resync_rules`].
+    pub fn flush_service_rules(&mut self, namespace: &str, name: &str) -> Result<(), Error> {
+        if self.rules_spec.find_service(namespace, name).is_none() {
+            return Err(Error::Spec(format!("no service {namespace}/{name} in the rules")));
+        }
+        self.rules_spec.services.retain(|s| !(s.namespace == namespace && s.name == name));
+        self.sync_rules()
+    }
+
+    /// Rewrites the rules from the world spec (undoes rule faults).
+    pub fn resync_rules(&mut self) -> Result<(), Error> {
+        self.rules_spec = self.spec.clone();
+        self.sync_rules()
+    }
+
+    /// Changes readiness in the world, the API and the rules at once (kube-proxy's normal reaction).
+    pub fn set_ready(&mut self, pod: &str, ready: bool) -> Result<(), Error> {
+        let mut spec = self.spec.clone();
+        spec.find_pod_mut(pod).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?.ready = ready;
+        self.apply(spec)
+    }
+
+    /// Stops a pod's listener on `port`: new connections get RST (`backend_refused`), UDP gets
+    /// port-unreachable. Undo with [`Self::start_listener`].
+    pub fn stop_listener(&mut self, pod: &str, port: u16) -> Result<(), Error> {
+        let key = self.local_pod(pod)?.key();
+        let rt = self.pods.get_mut(&key).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        rt.servers.retain_mut(|s| {
+            if s.addr.port() == port {
+                s.stop();
+                false
+            } else {
+                true
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts the pod's spec listener on `port` again (no-op when it runs).
+    pub fn start_listener(&mut self, pod: &str, port: u16) -> Result<(), Error> {
+        let spec = self.local_pod(pod)?;
+        let listener = spec
+            .listeners
+            .iter()
+            .find(|l| l.port == port)
+            .copied()
+            .ok_or_else(|| Error::Spec(format!("pod {} has no listener on {port}", spec.key())))?;
+        let rt = self.pods.get_mut(&spec.key()).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        if rt.servers.iter().any(|s| s.addr.port() == port) {
+            return Ok(());
+        }
+        let server = Server::start(&rt.ns, &spec.name, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), Behavior::Pod(listener.kind))?;
+        rt.servers.push(server);
+        Ok(())
+    }
+
+    /// Makes a pod drop every packet in and out (an nftables table inside the POD namespace, with
+    /// loopback exempt) or lifts that again.
+    pub fn set_drop_all(&mut self, pod: &str, drop: bool) -> Result<(), Error> {
+        let key = self.local_pod(pod)?.key();
+        let rt = self.pods.get_mut(&key).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        let text = if drop {
+            "add table inet d8lab-drop\ndelete table inet d8lab-drop\ntable inet d8lab-drop {\n\
+             \tchain input { type filter hook input priority -400; policy drop; iif \"lo\" accept; }\n\
+             \tchain output { type filter hook output priority -400; policy drop; oif \"lo\" accept; }\n}\n"
+        } else {
+            "add table inet d8lab-drop\ndelete table inet d8lab-drop\n"
+        };
+        netns::exec_in(&rt.ns, "nft", &["-f", "-"], Some(text))?;
+        rt.drop_all = drop;
+        Ok(())
+    }
+
+    /// Stops the simulated kube-proxy: `/healthz` and `/metrics` stop answering and its pod leaves
+    /// the API view; the rules it wrote stay (`kube_proxy_not_running`). Undo with
+    /// [`Self::start_kube_proxy`].
+    pub fn stop_kube_proxy(&mut self) {
+        self.kube_proxy = None;
+        self.api_spec.kube_proxy = None;
+        self.spec.kube_proxy = None;
+    }
+
+    /// Starts the simulated kube-proxy with `version` (also what the API's kube-proxy pod and
+    /// Node report).
+    pub fn start_kube_proxy(&mut self, version: &str) -> Result<(), Error> {
+        self.kube_proxy = None;
+        let kp = Some(KubeProxySpec { version: version.to_string() });
+        self.spec.kube_proxy = kp.clone();
+        self.api_spec.kube_proxy = kp;
+        self.sync_kube_proxy()
+    }
+
+    /// Makes the simulated kube-proxy's `/healthz` answer 200 (true) or 503 (false).
+    pub fn set_kube_proxy_healthy(&self, healthy: bool) {
+        self.kube_proxy_state.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    // ---- probes ----------------------------------------------------------------------------
+
+    /// `(pod IP, port)` of every probe kubelet runs on this node (local pods with probes).
+    pub fn probe_targets(&self) -> Vec<SocketAddrV4> {
+        self.spec
+            .pods
+            .iter()
+            .filter(|p| p.is_local(&self.spec))
+            .flat_map(|p| p.probe_ports().into_iter().map(move |port| SocketAddrV4::new(p.ip, port)))
+            .collect()
+    }
+
+    /// Runs every kubelet probe once from the node namespace (connect, then RST).
+    pub fn probe_all(&self, timeout: Duration) -> Result<Vec<(SocketAddrV4, TcpOutcome)>, Error> {
+        self.probe_targets()
+            .into_iter()
+            .map(|addr| kubelet_probe(&self.node_ns, addr, timeout).map(|o| (addr, o)))
+            .collect()
+    }
+
+    /// Starts kubelet-style probing of every probe target every `period` until the returned
+    /// handle is dropped.
+    pub fn start_prober(&self, period: Duration) -> Prober {
+        Prober::start(self.node_ns.clone(), self.probe_targets(), period)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kube_proxy = None;
+        for rt in self.pods.values_mut() {
+            for s in &mut rt.servers {
+                s.stop();
+            }
+        }
+        self.pods.clear();
+        for ns in self.namespaces.iter().rev() {
+            if let Err(e) = netns::delete(ns) {
+                eprintln!("d8lab: teardown: {e}");
+            }
+        }
+        self.namespaces.clear();
+    }
+}
+
+/// A background kubelet: probes its targets from the node namespace every period.
+pub struct Prober {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    probes: Arc<AtomicU64>,
+}
+
+impl Prober {
+    fn start(node_ns: String, targets: Vec<SocketAddrV4>, period: Duration) -> Prober {
+        let (tx, rx) = mpsc::channel::<()>();
+        let probes = Arc::new(AtomicU64::new(0));
+        let count = probes.clone();
+        let thread = std::thread::spawn(move || {
+            loop {
+                for addr in &targets {
+                    if kubelet_probe(&node_ns, *addr, Duration::from_secs(1)).is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                // The period is the probe interval itself (kubelet's periodSeconds), not a wait
+                // for some state; a stop message or a dropped sender ends the loop at once.
+                match rx.recv_timeout(period) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            }
+        });
+        Prober { stop: Some(tx), thread: Some(thread), probes }
+    }
+
+    /// Probes sent so far.
+    pub fn probes_sent(&self) -> u64 {
+        self.probes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! The cluster description a lab is built from: Services, pods and the node, as plain serde-able
+//! values. Builders keep scenario code short; every field is public so tests can also write
+//! literals or load a spec from JSON.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Protocol, ServiceRef};
+
+/// Everything the lab node knows about: the node itself, its Services and the pods behind them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// Name of the lab node (`spec.nodeName` of local pods, the Node object's name).
+    pub node_name: String,
+    /// The node's InternalIP, on the link to the external client.
+    pub node_ip: Ipv4Addr,
+    /// Prefix length of the node/external-client link.
+    pub node_prefix_len: u8,
+    /// Address of the external client namespace (same link as `node_ip`).
+    pub external_client_ip: Ipv4Addr,
+    /// Address of the client pod (a pod namespace on this node that runs no server).
+    pub client_pod_ip: Ipv4Addr,
+    /// The cluster's pod CIDR (kube-proxy's `--cluster-cidr`, its local-traffic detector).
+    pub cluster_cidr: String,
+    /// The Service CIDR (nftables mode drops traffic to unallocated ClusterIPs in it).
+    pub service_cidr: String,
+    /// kube-proxy on this node; `None` means no kube-proxy runs (no pod in the API, no healthz).
+    pub kube_proxy: Option<KubeProxySpec>,
+    /// Other nodes of the cluster, referenced by remote pods (API only, no namespace).
+    pub other_nodes: Vec<NodeSpec>,
+    /// Services, in the order their rules are written.
+    pub services: Vec<ServiceSpec>,
+    /// Pods: local ones get a namespace and servers, remote ones exist only in rules and API.
+    pub pods: Vec<PodSpec>,
+}
+
+/// kube-proxy as the API and its health endpoints present it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubeProxySpec {
+    /// Version string as kube-proxy reports it (`v1.33.2`).
+    pub version: String,
+}
+
+/// A node of the cluster other than the lab node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// InternalIP (never routed: it exists in the API only).
+    pub ip: Ipv4Addr,
+}
+
+/// `spec.type` of a Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ServiceType {
+    /// `ClusterIP`.
+    #[default]
+    ClusterIP,
+    /// `NodePort`.
+    NodePort,
+    /// `LoadBalancer`.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// `externalTrafficPolicy` / `internalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on the receiving node.
+    Local,
+}
+
+impl TrafficPolicy {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cluster => "Cluster",
+            Self::Local => "Local",
+        }
+    }
+}
+
+/// `sessionAffinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SessionAffinity {
+    /// No affinity.
+    #[default]
+    None,
+    /// `ClientIP` with `sessionAffinityConfig.clientIP.timeoutSeconds`.
+    ClientIP {
+        /// Affinity timeout in seconds (Kubernetes default 10800).
+        timeout_seconds: u32,
+    },
+}
+
+/// One Service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// `spec.type`.
+    pub service_type: ServiceType,
+    /// `spec.clusterIP`.
+    pub cluster_ip: Ipv4Addr,
+    /// `spec.ports`.
+    pub ports: Vec<ServicePortSpec>,
+    /// `spec.selector`: pods of the same namespace whose labels contain all of these are endpoints.
+    pub selector: BTreeMap<String, String>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.externalTrafficPolicy` (meaningful for NodePort/LoadBalancer/external IPs).
+    pub external_traffic_policy: TrafficPolicy,
+    /// `spec.internalTrafficPolicy`.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// `spec.sessionAffinity` (+ config).
+    pub session_affinity: SessionAffinity,
+    /// `spec.healthCheckNodePort` (LoadBalancer with externalTrafficPolicy=Local).
+    pub health_check_node_port: Option<u16>,
+}
+
+/// One entry of `spec.ports`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePortSpec {
+    /// Port name; empty for an unnamed port (kube-proxy then names it `ns/svc`).
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+    /// Numeric `targetPort` on the pods.
+    pub target_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// `nodePort` (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+}
+
+/// What a pod runs on one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListenerKind {
+    /// TCP listener that accepts, writes `<pod name>\n`, half-closes and drains until the peer closes.
+    Tcp,
+    /// HTTP/1.1 responder: `200 OK` with body `<pod name>\n` to any request, then closes.
+    Http,
+    /// UDP echo: replies `<pod name>\n` followed by the datagram it received.
+    UdpEcho,
+    /// TCP listener with a full accept queue that never accepts: SYNs are dropped (client times
+    /// out), the way a wedged server behaves.
+    TcpNoAccept,
+}
+
+impl ListenerKind {
+    /// Transport protocol of the listener.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Self::UdpEcho => Protocol::Udp,
+            _ => Protocol::Tcp,
+        }
+    }
+}
+
+/// One server socket of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerSpec {
+    /// Port bound on 0.0.0.0 inside the pod.
+    pub port: u16,
+    /// Behaviour.
+    pub kind: ListenerKind,
+}
+
+/// A readiness or liveness probe, as the Pod spec declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeSpec {
+    /// `tcpSocket.port`.
+    TcpSocket {
+        /// Probed port.
+        port: u16,
+    },
+    /// `httpGet.path` + `httpGet.port`.
+    HttpGet {
+        /// Request path.
+        path: String,
+        /// Probed port.
+        port: u16,
+    },
+}
+
+impl ProbeSpec {
+    /// The probed port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::TcpSocket { port } | Self::HttpGet { port, .. } => *port,
+        }
+    }
+}
+
+/// One pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodSpec {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name (unique within its namespace).
+    pub name: String,
+    /// `status.podIP`.
+    pub ip: Ipv4Addr,
+    /// Node the pod runs on; `None` = the lab node (gets a namespace and real servers).
+    pub node: Option<String>,
+    /// Ready condition (only ready endpoints are in kube-proxy's dispatch chains).
+    pub ready: bool,
+    /// `metadata.labels` (matched by Service selectors).
+    pub labels: BTreeMap<String, String>,
+    /// Servers the pod runs (empty: nothing listens, connections are refused).
+    pub listeners: Vec<ListenerSpec>,
+    /// `readinessProbe`.
+    pub readiness_probe: Option<ProbeSpec>,
+    /// `livenessProbe`.
+    pub liveness_probe: Option<ProbeSpec>,
+    /// The pod drops every packet in and out (an nftables drop table inside the pod namespace).
+    pub drop_all: bool,
+}
+
+impl PodSpec {
+    /// A ready pod on the lab node with no labels, listeners or probes.
+    pub fn new(namespace: &str, name: &str, ip: Ipv4Addr) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip,
+            node: None,
+            ready: true,
+            labels: BTreeMap::new(),
+            listeners: Vec::new(),
+            readiness_probe: None,
+            liveness_probe: None,
+            drop_all: false,
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a server.
+    pub fn listen(mut self, port: u16, kind: ListenerKind) -> Self {
+        self.listeners.push(ListenerSpec { port, kind });
+        self
+    }
+
+    /// Sets a TCP readiness probe and the same liveness probe on `port`.
+    pub fn tcp_probes(mut self, port: u16) -> Self {
+        self.readiness_probe = Some(ProbeSpec::TcpSocket { port });
+        self.liveness_probe = Some(ProbeSpec::TcpSocket { port });
+        self
+    }
+
+    /// Places the pod on another node (rules and API only).
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Sets readiness.
+    pub fn ready(mut self, ready: bool) -> Self {
+        self.ready = ready;
+        self
+    }
+
+    /// True when the pod runs on the lab node.
+    pub fn is_local(&self, spec: &ClusterSpec) -> bool {
+        self.node.as_deref().is_none_or(|n| n == spec.node_name)
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Ports probed by kubelet (readiness and liveness, deduplicated).
+    pub fn probe_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> =
+            self.readiness_probe.iter().chain(self.liveness_probe.iter()).map(ProbeSpec::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+impl ServiceSpec {
+    /// A ClusterIP Service with no ports and an `app=<name>` selector.
+    pub fn new(namespace: &str, name: &str, cluster_ip: Ipv4Addr) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            service_type: ServiceType::ClusterIP,
+            cluster_ip,
+            ports: Vec::new(),
+            selector: BTreeMap::from([("app".to_string(), name.to_string())]),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            session_affinity: SessionAffinity::None,
+            health_check_node_port: None,
+        }
+    }
+
+    /// Adds a port.
+    pub fn port(mut self, name: &str, port: u16, target_port: u16, protocol: Protocol) -> Self {
+        self.ports.push(ServicePortSpec { name: name.into(), port, target_port, protocol, node_port: None });
+        self
+    }
+
+    /// Adds a port with a NodePort and makes the Service `NodePort` (unless it is a LoadBalancer).
+    pub fn node_port(mut self, name: &str, port: u16, target_port: u16, protocol: Protocol, node_port: u16) -> Self {
+        self.ports.push(ServicePortSpec { name: name.into(), port, target_port, protocol, node_port: Some(node_port) });
+        if self.service_type == ServiceType::ClusterIP {
+            self.service_type = ServiceType::NodePort;
+        }
+        self
+    }
+
+    /// Replaces the selector.
+    pub fn selector(mut self, key: &str, value: &str) -> Self {
+        self.selector = BTreeMap::from([(key.to_string(), value.to_string())]);
+        self
+    }
+
+    /// Adds an external IP.
+    pub fn external_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.external_ips.push(ip);
+        self
+    }
+
+    /// Makes the Service a LoadBalancer with this ingress IP.
+    pub fn load_balancer_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.service_type = ServiceType::LoadBalancer;
+        self.load_balancer_ips.push(ip);
+        self
+    }
+
+    /// Sets `externalTrafficPolicy`.
+    pub fn external_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.external_traffic_policy = policy;
+        self
+    }
+
+    /// Sets `internalTrafficPolicy`.
+    pub fn internal_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.internal_traffic_policy = policy;
+        self
+    }
+
+    /// Sets ClientIP session affinity.
+    pub fn client_ip_affinity(mut self, timeout_seconds: u32) -> Self {
+        self.session_affinity = SessionAffinity::ClientIP { timeout_seconds };
+        self
+    }
+
+    /// `namespace/name`.
+    pub fn service_ref(&self) -> ServiceRef {
+        ServiceRef { namespace: self.namespace.clone(), name: self.name.clone() }
+    }
+
+    /// kube-proxy's ServicePortName string: `ns/name:port`, or `ns/name` for an unnamed port.
+    pub fn port_name(&self, port: &ServicePortSpec) -> String {
+        if port.name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, port.name)
+        }
+    }
+
+    /// kube-proxy's `ExternallyAccessible`: NodePort, LB ingress or external IPs.
+    pub fn externally_accessible(&self) -> bool {
+        self.service_type != ServiceType::ClusterIP
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    /// externalTrafficPolicy=Local on an externally accessible Service (kube-proxy ignores it otherwise).
+    pub fn external_policy_local(&self) -> bool {
+        self.externally_accessible() && self.external_traffic_policy == TrafficPolicy::Local
+    }
+
+    /// internalTrafficPolicy=Local.
+    pub fn internal_policy_local(&self) -> bool {
+        self.internal_traffic_policy == TrafficPolicy::Local
+    }
+
+    fn selects(&self, pod: &PodSpec) -> bool {
+        pod.namespace == self.namespace
+            && !self.selector.is_empty()
+            && self.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+}
+
+/// One endpoint of one Service port, as kube-proxy's endpoint cache holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Target port.
+    pub port: u16,
+    /// Ready condition.
+    pub ready: bool,
+    /// On the lab node.
+    pub local: bool,
+    /// Pod name.
+    pub pod: String,
+    /// Pod's node name.
+    pub node: String,
+}
+
+impl EndpointInfo {
+    /// `ip:port`, kube-proxy's endpoint string (hash input, DNAT target, comment).
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+impl ClusterSpec {
+    /// A spec with default addressing and no Services or pods:
+    /// node `d8lab-node` 172.31.0.2/24, external client 172.31.0.100, client pod 10.244.1.250,
+    /// cluster CIDR 10.244.0.0/16, Service CIDR 10.96.0.0/16, kube-proxy v1.33.2 running.
+    pub fn new() -> Self {
+        Self {
+            node_name: "d8lab-node".into(),
+            node_ip: Ipv4Addr::new(172, 31, 0, 2),
+            node_prefix_len: 24,
+            external_client_ip: Ipv4Addr::new(172, 31, 0, 100),
+            client_pod_ip: Ipv4Addr::new(10, 244, 1, 250),
+            cluster_cidr: "10.244.0.0/16".into(),
+            service_cidr: "10.96.0.0/16".into(),
+            kube_proxy: Some(KubeProxySpec { version: "v1.33.2".into() }),
+            other_nodes: Vec::new(),
+            services: Vec::new(),
+            pods: Vec::new(),
+        }
+    }
+
+    /// Adds a Service.
+    pub fn service(mut self, svc: ServiceSpec) -> Self {
+        self.services.push(svc);
+        self
+    }
+
+    /// Adds a pod.
+    pub fn pod(mut self, pod: PodSpec) -> Self {
+        self.pods.push(pod);
+        self
+    }
+
+    /// Finds a Service by namespace and name.
+    pub fn find_service(&self, namespace: &str, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.namespace == namespace && s.name == name)
+    }
+
+    /// Finds a pod by name (`name` or `namespace/name`).
+    pub fn find_pod(&self, name: &str) -> Option<&PodSpec> {
+        self.pods.iter().find(|p| p.name == name || p.key() == name)
+    }
+
+    /// Mutable [`Self::find_pod`].
+    pub fn find_pod_mut(&mut self, name: &str) -> Option<&mut PodSpec> {
+        self.pods.iter_mut().find(|p| p.name == name || p.key() == name)
+    }
+
+    /// Node name of a pod (the lab node when unset).
+    pub fn pod_node<'a>(&'a self, pod: &'a PodSpec) -> &'a str {
+        pod.node.as_deref().unwrap_or(&self.node_name)
+    }
+
+    /// The endpoints of one Service port, ready or not, sorted by `ip:port` string as kube-proxy's
+    /// endpoint cache sorts them.
+    pub fn endpoints(&self, svc: &ServiceSpec, port: &ServicePortSpec) -> Vec<EndpointInfo> {
+        let mut eps: Vec<EndpointInfo> = self
+            .pods
+            .iter()
+            .filter(|p| svc.selects(p))
+            .map(|p| EndpointInfo {
+                ip: p.ip,
+                port: port.target_port,
+                ready: p.ready,
+                local: p.is_local(self),
+                pod: p.name.clone(),
+                node: self.pod_node(p).to_string(),
+            })
+            .collect();
+        eps.sort_by_key(EndpointInfo::addr);
+        eps
+    }
+
+    /// Names and addresses of every node: the lab node first, then `other_nodes`, then nodes
+    /// pods name that are not listed (given addresses 172.31.1.N so the API stays well-formed).
+    pub fn nodes(&self) -> Vec<NodeSpec> {
+        let mut nodes = vec![NodeSpec { name: self.node_name.clone(), ip: self.node_ip }];
+        nodes.extend(self.other_nodes.iter().cloned());
+        for pod in &self.pods {
+            let name = self.pod_node(pod);
+            if !nodes.iter().any(|n| n.name == name) {
+                let n = nodes.len() as u8;
+                nodes.push(NodeSpec { name: name.to_string(), ip: Ipv4Addr::new(172, 31, 1, n) });
+            }
+        }
+        nodes
+    }
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How kube-proxy splits one Service port's endpoints (`proxy.CategorizeEndpoints`, without
+/// topology hints and terminating endpoints, which the lab does not model).
+#[derive(Debug, Clone)]
+pub(crate) struct Categorized {
+    /// Endpoints for the "Cluster" policy chain (ready endpoints) when the port uses it.
+    pub cluster: Vec<EndpointInfo>,
+    /// Ready local endpoints when the port uses a "Local" policy.
+    pub local: Vec<EndpointInfo>,
+    /// Endpoints that get an endpoint chain.
+    pub all_reachable: Vec<EndpointInfo>,
+    /// Any ready endpoint exists.
+    pub has_any: bool,
+}
+
+/// kube-proxy's `UsesClusterEndpoints`.
+pub(crate) fn uses_cluster_endpoints(svc: &ServiceSpec) -> bool {
+    !svc.internal_policy_local() || svc.externally_accessible()
+}
+
+/// kube-proxy's `UsesLocalEndpoints`.
+pub(crate) fn uses_local_endpoints(svc: &ServiceSpec) -> bool {
+    svc.internal_policy_local() || svc.external_policy_local()
+}
+
+pub(crate) fn categorize(svc: &ServiceSpec, eps: &[EndpointInfo]) -> Categorized {
+    let ready: Vec<EndpointInfo> = eps.iter().filter(|e| e.ready).cloned().collect();
+    let has_any = !ready.is_empty();
+    let cluster = if uses_cluster_endpoints(svc) { ready.clone() } else { Vec::new() };
+    let local: Vec<EndpointInfo> =
+        if uses_local_endpoints(svc) { ready.iter().filter(|e| e.local).cloned().collect() } else { Vec::new() };
+    let all_reachable = if !uses_cluster_endpoints(svc) {
+        local.clone()
+    } else {
+        // Local endpoints are a subset of the ready ones, so the union is the cluster list.
+        cluster.clone()
+    };
+    Categorized { cluster, local, all_reachable, has_any }
+}

@@ -1,0 +1,213 @@
+//! Traffic sources that run inside a lab namespace: each call spawns a thread that enters the
+//! namespace, does one bounded exchange and returns what happened. Every call has a timeout; none
+//! sleeps.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::netns::in_netns;
+use super::Error;
+
+/// Largest response a helper keeps.
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Result of one TCP exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TcpOutcome {
+    /// Handshake completed; `response` holds the bytes read until the server closed (or the
+    /// timeout ran out).
+    Connected {
+        /// Bytes the server sent.
+        response: Vec<u8>,
+    },
+    /// The connection attempt was refused: a RST from a port nobody listens on, or an ICMP
+    /// port-unreachable from a REJECT rule (the kernel reports both as ECONNREFUSED).
+    Refused,
+    /// Handshake completed, then the server reset the connection.
+    Reset {
+        /// Bytes read before the reset.
+        response: Vec<u8>,
+    },
+    /// An ICMP host/network unreachable (or no route) ended the attempt.
+    Unreachable(String),
+    /// No answer to the SYN within the timeout (dropped somewhere).
+    Timeout,
+}
+
+impl TcpOutcome {
+    /// True for [`TcpOutcome::Connected`].
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected { .. })
+    }
+
+    /// The response as text (lossy), empty when not connected.
+    pub fn text(&self) -> String {
+        match self {
+            Self::Connected { response } | Self::Reset { response } => String::from_utf8_lossy(response).into_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// The first line of the response: the lab's servers answer with their pod name.
+    pub fn backend(&self) -> Option<String> {
+        let text = self.text();
+        let line = text.lines().next()?.trim().to_string();
+        (!line.is_empty()).then_some(line)
+    }
+}
+
+/// Result of one HTTP GET.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpOutcome {
+    /// A response arrived.
+    Response {
+        /// Status code.
+        status: u16,
+        /// Body (after the blank line).
+        body: String,
+    },
+    /// No HTTP response: what happened at the TCP level.
+    Failed(TcpOutcome),
+}
+
+/// Result of one UDP request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UdpOutcome {
+    /// A reply datagram arrived.
+    Reply(Vec<u8>),
+    /// An ICMP port-unreachable came back (REJECT, or nothing bound on the pod).
+    Refused,
+    /// An ICMP host/network unreachable came back.
+    Unreachable(String),
+    /// No reply within the timeout.
+    Timeout,
+}
+
+fn classify_connect_error(e: &std::io::Error) -> TcpOutcome {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => TcpOutcome::Refused,
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => TcpOutcome::Timeout,
+        ErrorKind::ConnectionReset => TcpOutcome::Reset { response: Vec::new() },
+        _ => TcpOutcome::Unreachable(e.to_string()),
+    }
+}
+
+/// Reads until EOF, reset, `MAX_RESPONSE` or `deadline`.
+fn read_response(stream: &mut TcpStream, deadline: Instant) -> TcpOutcome {
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || response.len() >= MAX_RESPONSE {
+            return TcpOutcome::Connected { response };
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut chunk) {
+            Ok(0) => return TcpOutcome::Connected { response },
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return TcpOutcome::Reset { response },
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return TcpOutcome::Connected { response };
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return TcpOutcome::Reset { response },
+        }
+    }
+}
+
+/// Connects from namespace `ns` to `addr`, sends `payload` (if any), half-closes, and reads the
+/// answer until the server closes. `timeout` bounds the whole exchange.
+pub fn tcp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<TcpOutcome, Error> {
+    in_netns(ns, || {
+        let deadline = Instant::now() + timeout;
+        let mut stream = match TcpStream::connect_timeout(&addr.into(), timeout) {
+            Ok(s) => s,
+            Err(e) => return Ok(classify_connect_error(&e)),
+        };
+        if !payload.is_empty() {
+            let _ = stream.set_write_timeout(Some(timeout));
+            if let Err(e) = stream.write_all(payload) {
+                return Ok(if e.kind() == ErrorKind::ConnectionReset {
+                    TcpOutcome::Reset { response: Vec::new() }
+                } else {
+                    classify_connect_error(&e)
+                });
+            }
+        }
+        let _ = stream.shutdown(Shutdown::Write);
+        Ok(read_response(&mut stream, deadline))
+    })
+}
+
+/// Connects from namespace `ns` to `addr` and reads what the server sends (the lab's TCP servers
+/// send their pod name and close).
+pub fn tcp_connect(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<TcpOutcome, Error> {
+    tcp_request(ns, addr, &[], timeout)
+}
+
+/// `GET path HTTP/1.1` from namespace `ns` to `addr`.
+pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<HttpOutcome, Error> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: d8lab\r\nConnection: close\r\n\r\n");
+    let outcome = tcp_request(ns, addr, req.as_bytes(), timeout)?;
+    let TcpOutcome::Connected { response } = &outcome else { return Ok(HttpOutcome::Failed(outcome)) };
+    let text = String::from_utf8_lossy(response);
+    let status = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(status) => {
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            Ok(HttpOutcome::Response { status, body })
+        }
+        None => Ok(HttpOutcome::Failed(outcome)),
+    }
+}
+
+/// Sends one datagram from namespace `ns` to `addr` on a connected UDP socket (so ICMP errors are
+/// reported) and waits up to `timeout` for a reply.
+pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<UdpOutcome, Error> {
+    in_netns(ns, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
+        sock.connect(addr).map_err(|e| Error::Io(format!("connect udp {addr}: {e}")))?;
+        let _ = sock.set_read_timeout(Some(timeout));
+        match sock.send(payload) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok(UdpOutcome::Refused),
+            Err(e) => return Ok(UdpOutcome::Unreachable(e.to_string())),
+        }
+        let mut buf = vec![0u8; 65536];
+        Ok(match sock.recv(&mut buf) {
+            Ok(n) => UdpOutcome::Reply(buf[..n].to_vec()),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => UdpOutcome::Refused,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => UdpOutcome::Timeout,
+            Err(e) => UdpOutcome::Unreachable(e.to_string()),
+        })
+    })
+}
+
+/// A kubelet-style TCP probe from namespace `ns` (the node): connect, then close at once with
+/// SO_LINGER 0 so the kernel sends RST instead of FIN, as kubelet's tcpSocket probe does.
+/// Returns `Connected` (empty response) when the handshake completed.
+pub fn kubelet_probe(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<TcpOutcome, Error> {
+    in_netns(ns, || {
+        let stream = match TcpStream::connect_timeout(&addr.into(), timeout) {
+            Ok(s) => s,
+            Err(e) => return Ok(classify_connect_error(&e)),
+        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setting SO_LINGER on our own socket with a correctly sized struct.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            );
+        }
+        drop(stream);
+        Ok(TcpOutcome::Connected { response: Vec::new() })
+    })
+}
