@@ -218,6 +218,7 @@ pub fn build(spec: &Spec, out: &Path) -> Result<Summary> {
         archive: Archive::new(),
         elves: BTreeSet::new(),
         seen: HashSet::new(),
+        search: super::elf::search_dirs(),
     };
     let mut summary = Summary::default();
     b.skeleton();
@@ -304,6 +305,8 @@ struct Builder {
     /// Host ELF files copied so far, whose shared libraries must be added.
     elves: BTreeSet<PathBuf>,
     seen: HashSet<PathBuf>,
+    /// The dynamic loader's search directories.
+    search: Vec<PathBuf>,
 }
 
 /// Moves a guest path onto merged /usr: `/bin/x` -> `usr/bin/x`, `/lib64/x` -> `usr/lib64/x`.
@@ -553,8 +556,7 @@ impl Builder {
         Ok(())
     }
 
-    /// Adds the shared libraries of every copied ELF file (and theirs: `ldd` lists the whole
-    /// closure) plus the dynamic loader.
+    /// Adds the shared libraries of every copied ELF file, theirs in turn, and the dynamic loader.
     fn shared_libraries(&mut self) -> Result<()> {
         let mut done = BTreeSet::new();
         loop {
@@ -563,7 +565,18 @@ impl Builder {
                 return Ok(());
             }
             done.extend(todo.iter().cloned());
-            for chunk in todo.chunks(200) {
+            let mut for_ldd = Vec::new();
+            for elf in &todo {
+                match super::elf::dynamic(elf, &self.search) {
+                    Ok(Some(d)) => {
+                        for p in d.interp.iter().chain(d.libs.iter()) {
+                            self.add_host_path(p)?;
+                        }
+                    }
+                    _ => for_ldd.push(elf.clone()),
+                }
+            }
+            for chunk in for_ldd.chunks(200) {
                 let out = Command::new("ldd")
                     .args(chunk)
                     .output()

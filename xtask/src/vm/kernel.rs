@@ -169,6 +169,12 @@ pub fn bzimage_release(image: &Path) -> Result<String> {
 /// The newest `linux-image-<series>.*-cloud-amd64-unsigned` package known to apt, downloaded and
 /// extracted once into `<cache>/debian/<package>_<version>/`.
 fn debian(series: &str, cache: &Path) -> Result<Kernel> {
+    debian_once(series, cache, true)
+}
+
+/// With `may_update`, a package apt does not know or cannot download (stale lists: Debian drops
+/// superseded kernels from the mirror) leads to one `apt-get update` and a second attempt.
+fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
     let started = Instant::now();
     let dir = cache.join("debian");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -196,16 +202,18 @@ fn debian(series: &str, cache: &Path) -> Result<Kernel> {
 
     let (pkg, version) = match newest_package(series) {
         Ok(Some(found)) => found,
-        Ok(None) => {
+        Ok(None) if may_update => {
             // Unknown to apt: the package lists may be missing (fresh container) or stale.
             eprintln!(
                 "d8-vm: no linux-image-{series}.*-cloud-amd64-unsigned known to apt; running apt-get update"
             );
             run_cmd(Command::new("apt-get").arg("update"))?;
-            newest_package(series)?.with_context(|| {
-                format!("apt knows no package linux-image-{series}.*-cloud-amd64-unsigned (is deb.debian.org bookworm in the sources?)")
-            })?
+            return debian_once(series, cache, false);
         }
+        Ok(None) => bail!(
+            "apt knows no package linux-image-{series}.*-cloud-amd64-unsigned, even after apt-get update \
+             (Debian bookworm has 6.1 and 6.12; is deb.debian.org in the apt sources?)"
+        ),
         Err(e) => {
             // No apt (not a Debian host): a kernel extracted earlier is still good.
             if let Some(k) = newest_cached(&dir, series)? {
@@ -239,12 +247,21 @@ fn debian(series: &str, cache: &Path) -> Result<Kernel> {
     let dl = dir.join(format!("{key}.download"));
     let _ = fs::remove_dir_all(&dl);
     fs::create_dir_all(&dl)?;
-    run_cmd(
+    let fetched = run_cmd(
         Command::new("apt-get")
             .current_dir(&dl)
             .arg("download")
             .arg(format!("{pkg}={version}")),
-    )?;
+    );
+    if let Err(e) = fetched {
+        let _ = fs::remove_dir_all(&dl);
+        if !may_update {
+            return Err(e);
+        }
+        eprintln!("d8-vm: download failed ({e:#}); running apt-get update and trying again");
+        run_cmd(Command::new("apt-get").arg("update"))?;
+        return debian_once(series, cache, false);
+    }
     let deb = fs::read_dir(&dl)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))

@@ -72,6 +72,7 @@
 //! busybox-static and kmod are installed automatically when missing.
 
 mod cpio;
+mod elf;
 pub mod initramfs;
 pub mod kernel;
 mod qemu;
@@ -328,7 +329,24 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
-        let path = std::env::temp_dir().join(format!("d8-vm-{}-{nanos:x}", std::process::id()));
+        let base = std::env::temp_dir();
+        // Directories left by runs that were interrupted (Ctrl-C skips destructors): their
+        // process is gone. Names are d8-vm-<pid>-<nanos>.
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("d8-vm-")
+                    .and_then(|r| r.split('-').next());
+                if let Some(pid) =
+                    pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let path = base.join(format!("d8-vm-{}-{nanos:x}", std::process::id()));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(TempDir { path, keep })
     }
