@@ -184,6 +184,11 @@ pub struct ApiFacts {
     pub external_traffic_policy_local: Option<bool>,
     pub internal_traffic_policy_local: Option<bool>,
     pub session_affinity_client_ip: Option<bool>,
+    /// kube-proxy is expected to program this Service: `Some(false)` for headless and ExternalName
+    /// Services and those labelled `service.kubernetes.io/service-proxy-name` (another proxy owns
+    /// them), so their absence from the rules is not a fault.
+    #[serde(default)]
+    pub proxied: Option<bool>,
 }
 
 /// A Service on this node: its frontends, endpoints and the facts behind them.

@@ -67,7 +67,7 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         };
         evidence.push(Evidence::new(EvidenceKind::Rules, format!("kube-proxy's rules: {what}")));
         detail = Some(format!("kube-proxy's rules are absent on node {} ({what})", facts.node()));
-    } else if !facts.svc.is_some_and(|s| s.rules.present) {
+    } else if !facts.svc.is_some_and(|s| s.rules.present || s.api.proxied == Some(false)) {
         match facts.api_exists() {
             Some(true) => {
                 evidence.push(Evidence::new(EvidenceKind::Api, format!("the API has Service {name}")));

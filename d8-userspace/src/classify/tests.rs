@@ -97,6 +97,7 @@ fn model(api: bool) -> ServiceModel {
             external_traffic_policy_local: Some(false),
             internal_traffic_policy_local: Some(false),
             session_affinity_client_ip: Some(false),
+            proxied: Some(true),
         };
     }
     ServiceModel {

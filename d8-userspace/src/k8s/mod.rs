@@ -1,1 +1,118 @@
+//! The Kubernetes API side of the service model: Services, EndpointSlices, Pods and Nodes, read from
+//! a snapshot file or the live API, folded into the [`ServiceModel`](crate::model::ServiceModel).
+//!
+//! - [`snapshot`]: `--k8s-snapshot FILE`, the JSON List printed by
+//!   `kubectl get services,endpointslices,pods,nodes -A -o json`.
+//! - [`live`]: the live API through kube-rs, from a kubeconfig or the in-cluster config, with short
+//!   timeouts; an unreachable API is a warning and a rules-only verdict, never a crash.
+//! - [`enrich`]: the one place both feed: API facts per Service, endpoint readiness and locality,
+//!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
+//! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
+//!
+//! Not here: kube-proxy's rules (`rules`), kube-proxy's health (`kube_proxy`), classification.
 
+pub mod enrich;
+pub mod live;
+pub mod node;
+pub mod snapshot;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+pub use enrich::enrich;
+pub use node::select_node;
+
+/// Errors of the Kubernetes layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The snapshot file could not be read.
+    #[error("cannot read Kubernetes snapshot {path}")]
+    ReadSnapshot {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot is not JSON.
+    #[error("Kubernetes snapshot {path} is not JSON")]
+    SnapshotJson {
+        /// The file.
+        path: String,
+        /// Where and why parsing stopped.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The snapshot is JSON but not a List of objects.
+    #[error(
+        "Kubernetes snapshot {path} is a {kind}, not a List: expected the output of \
+         `kubectl get services,endpointslices,pods,nodes -A -o json`"
+    )]
+    NotAList {
+        /// The file.
+        path: String,
+        /// What it is instead (`kind`, or `JSON array`, `object without kind`, ...).
+        kind: String,
+    },
+    /// The client could not be configured (no kubeconfig, no in-cluster service account).
+    #[error("cannot configure a Kubernetes client{}", .kubeconfig.as_deref().map(|p| format!(" from {p}")).unwrap_or_default())]
+    Config {
+        /// The kubeconfig given with `--kubeconfig`, if any.
+        kubeconfig: Option<String>,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A list request failed.
+    #[error("cannot list {what} from the Kubernetes API")]
+    List {
+        /// `services`, `endpointslices`, `pods`, `nodes`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A request took longer than the timeout.
+    #[error("the Kubernetes API did not answer within {secs} s ({what})")]
+    Timeout {
+        /// What was being asked.
+        what: &'static str,
+        /// The timeout.
+        secs: u64,
+    },
+}
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The objects the model needs, from a snapshot or the live API.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterObjects {
+    /// All Services.
+    pub services: Vec<Service>,
+    /// All EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Pods: all of them from a snapshot; this node's from the live API when the node is known.
+    pub pods: Vec<Pod>,
+    /// All Nodes.
+    pub nodes: Vec<Node>,
+    /// The API server's `gitVersion` (`v1.33.1`); `None` from a snapshot.
+    pub server_version: Option<String>,
+    /// Objects that could not be read (named by kind, namespace and name), skipped.
+    pub warnings: Vec<String>,
+}
+
+impl ClusterObjects {
+    /// Drops fields nothing reads (managedFields, annotations such as last-applied-configuration),
+    /// which are most of a large cluster's bytes.
+    pub fn strip_unread(&mut self) {
+        fn strip(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+            meta.managed_fields = None;
+            meta.annotations = None;
+        }
+        self.services.iter_mut().for_each(|o| strip(&mut o.metadata));
+        self.endpoint_slices.iter_mut().for_each(|o| strip(&mut o.metadata));
+        self.pods.iter_mut().for_each(|o| strip(&mut o.metadata));
+        self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
+    }
+}

@@ -1,0 +1,410 @@
+//! Folds the API's objects into the service model. Pure: objects and model in, model out.
+//!
+//! What it adds, per DESIGN.md section 4:
+//! - per Service, [`ApiFacts`]: exists, type, traffic policies, affinity, whether kube-proxy should
+//!   program it; Services the API has and the rules lack get a model entry with
+//!   `rules.present == false`, so `kube_proxy_rules_missing` can be proven; model Services the API
+//!   lacks get `api.exists == Some(false)`;
+//! - frontends the API declares that the rules lack (with `rule: None`);
+//! - endpoints from EndpointSlices: `in_api`, `ready`, `node`, `pod`, `local`; rule endpoints
+//!   absent from the slices get `in_api == Some(false)`, API endpoints absent from the rules are
+//!   added with `in_rules == false`;
+//! - probe ports of the pods this node's kubelet probes, this node's addresses, kube-proxy's
+//!   version (from its pod's image when the model has none), the API server's version.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Container, Node, Pod, Probe, Service as ApiService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::ClusterObjects;
+use super::node::node_ips;
+use crate::model::{
+    ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service, ServiceModel, ServiceRef,
+};
+
+/// Label linking an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label handing a Service to a proxy other than the default kube-proxy.
+const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Label of kube-proxy's DaemonSet pods (kubeadm, kops, EKS, GKE all use it).
+const KUBE_PROXY_LABEL: (&str, &str) = ("k8s-app", "kube-proxy");
+/// Label of control-plane nodes.
+const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+/// Adds what `objs` say to `model`. `node` is this node's name (see [`super::select_node`]); when
+/// `None`, the model's own `node` is used, and locality stays unknown without either.
+pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str>) {
+    if let Some(n) = node {
+        model.node = Some(n.to_owned());
+    }
+    let this_node = model.node.clone();
+    let this_node = this_node.as_deref();
+
+    if let Some(n) = this_node.and_then(|n| objs.nodes.iter().find(|o| o.metadata.name.as_deref() == Some(n))) {
+        for ip in node_ips(n) {
+            if !model.node_ips.contains(&ip) {
+                model.node_ips.push(ip);
+            }
+        }
+    }
+
+    let mut index: HashMap<ServiceRef, usize> =
+        model.services.iter().enumerate().map(|(i, s)| (s.service.clone(), i)).collect();
+    let mut seen = vec![false; model.services.len()];
+
+    for api in &objs.services {
+        let Some(sref) = service_ref(api) else { continue };
+        let i = *index.entry(sref.clone()).or_insert_with(|| {
+            model.services.push(Service::new(sref.clone()));
+            seen.push(false);
+            model.services.len() - 1
+        });
+        seen[i] = true;
+        let svc = &mut model.services[i];
+        svc.api = api_facts(api);
+        add_api_frontends(svc, api);
+    }
+    // Model Services (from the rules) the API does not have.
+    for (svc, seen) in model.services.iter_mut().zip(&seen) {
+        if !seen {
+            svc.api.exists = Some(false);
+        }
+    }
+
+    let slices = slices_by_service(&objs.endpoint_slices);
+    for svc in &mut model.services {
+        let api_eps = slices.get(&svc.service).map(|s| api_endpoints(s)).unwrap_or_default();
+        merge_endpoints(svc, api_eps);
+    }
+    set_locality(model);
+
+    model.probe_ports.extend(probe_ports(&objs.pods, this_node, &model.node_ips));
+
+    if model.kube_proxy.version.is_none() {
+        model.kube_proxy.version = kube_proxy_version(&objs.pods, &objs.nodes, this_node);
+    }
+    if model.api_server_version.is_none() {
+        model.api_server_version = objs.server_version.clone().or_else(|| control_plane_version(&objs.nodes));
+    }
+    model.warnings.extend(objs.warnings.iter().cloned());
+}
+
+fn service_ref(api: &ApiService) -> Option<ServiceRef> {
+    Some(ServiceRef { namespace: api.metadata.namespace.clone()?, name: api.metadata.name.clone()? })
+}
+
+fn api_facts(api: &ApiService) -> ApiFacts {
+    let spec = api.spec.as_ref();
+    let ty = spec.and_then(|s| s.type_.clone()).unwrap_or_else(|| "ClusterIP".to_owned());
+    let headless = spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+    let other_proxy = api.metadata.labels.as_ref().is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
+    ApiFacts {
+        exists: Some(true),
+        proxied: Some(ty != "ExternalName" && !headless && !other_proxy),
+        service_type: Some(ty),
+        external_traffic_policy_local: Some(
+            spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
+        ),
+        internal_traffic_policy_local: Some(
+            spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local"),
+        ),
+        session_affinity_client_ip: Some(spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP")),
+    }
+}
+
+/// Frontends the API declares, added when the model (the rules) lacks them. Matching ignores the
+/// address of NodePorts: rule readers may list them per node address or as `0.0.0.0`.
+fn add_api_frontends(svc: &mut Service, api: &ApiService) {
+    let Some(spec) = api.spec.as_ref() else { return };
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let parse = |s: &str| s.parse::<IpAddr>().ok();
+    let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| parse(s)).collect(),
+        _ => spec.cluster_ip.as_deref().and_then(parse).into_iter().collect(),
+    };
+    let external: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|s| parse(s)).collect();
+    let lb: Vec<IpAddr> = api
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref().and_then(parse)).collect())
+        .unwrap_or_default();
+
+    let mut wanted = Vec::new();
+    for p in ports {
+        let protocol = protocol(p.protocol.as_deref());
+        let Ok(port) = u16::try_from(p.port) else { continue };
+        let name = p.name.clone().unwrap_or_default();
+        let mut add = |kind, ip, port| wanted.push(Frontend { kind, ip, port, protocol, port_name: name.clone(), rule: None });
+        for ip in &cluster_ips {
+            add(FrontendKind::ClusterIp, *ip, port);
+        }
+        if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
+            add(FrontendKind::NodePort, IpAddr::from([0, 0, 0, 0]), np);
+        }
+        for ip in &external {
+            add(FrontendKind::ExternalIp, *ip, port);
+        }
+        for ip in &lb {
+            add(FrontendKind::LoadBalancer, *ip, port);
+        }
+    }
+    for fe in wanted {
+        let known = svc.frontends.iter().any(|m| {
+            m.kind == fe.kind && m.port == fe.port && m.protocol == fe.protocol
+                && (m.ip == fe.ip || fe.kind == FrontendKind::NodePort)
+        });
+        if !known {
+            svc.frontends.push(fe);
+        }
+    }
+}
+
+fn protocol(p: Option<&str>) -> Protocol {
+    // The API's default protocol is TCP.
+    p.and_then(Protocol::parse).unwrap_or(Protocol::Tcp)
+}
+
+fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<ServiceRef, Vec<&EndpointSlice>> {
+    let mut out: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let name = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(ns), Some(name)) = (&s.metadata.namespace, name) {
+            out.entry(ServiceRef { namespace: ns.clone(), name: name.clone() }).or_default().push(s);
+        }
+    }
+    out
+}
+
+/// One endpoint address and port as the API lists it.
+struct ApiEndpoint {
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    port_name: String,
+    ready: bool,
+    node: Option<String>,
+    pod: Option<String>,
+}
+
+fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
+    let mut out: Vec<ApiEndpoint> = Vec::new();
+    for s in slices {
+        // FQDN slices name hosts, not addresses: kube-proxy ignores them too.
+        if s.address_type != "IPv4" && s.address_type != "IPv6" {
+            continue;
+        }
+        let ports = s.ports.as_deref().unwrap_or_default();
+        for e in &s.endpoints {
+            // The API says a missing `ready` condition is to be read as ready.
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let pod = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
+                let name = r.name.as_deref()?;
+                let ns = r.namespace.as_deref().or(s.metadata.namespace.as_deref())?;
+                Some(format!("{ns}/{name}"))
+            });
+            for addr in &e.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                for p in ports {
+                    // A port without a number means "all ports" (selector-less Services): nothing
+                    // a DNAT target could be compared with.
+                    let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else { continue };
+                    let protocol = protocol(p.protocol.as_deref());
+                    // An address in several slices (during a rollout): ready if any says so.
+                    if let Some(dup) =
+                        out.iter_mut().find(|o| o.ip == ip && o.port == port && o.protocol == protocol)
+                    {
+                        dup.ready |= ready;
+                        continue;
+                    }
+                    out.push(ApiEndpoint {
+                        ip,
+                        port,
+                        protocol,
+                        port_name: p.name.clone().unwrap_or_default(),
+                        ready,
+                        node: e.node_name.clone(),
+                        pod: pod.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
+    let api_exists = svc.api.exists == Some(true);
+    let mut matched = vec![false; svc.endpoints.len()];
+    for a in api_eps {
+        let found = svc.endpoints.iter().position(|e| e.ip == a.ip && e.port == a.port && e.protocol == a.protocol);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                svc.endpoints.push(Endpoint {
+                    ip: a.ip,
+                    port: a.port,
+                    protocol: a.protocol,
+                    port_name: String::new(),
+                    in_rules: false,
+                    in_api: None,
+                    ready: None,
+                    local: None,
+                    node: None,
+                    pod: None,
+                    weight: None,
+                    rule: None,
+                });
+                matched.push(false);
+                svc.endpoints.len() - 1
+            }
+        };
+        matched[i] = true;
+        let e = &mut svc.endpoints[i];
+        e.in_api = Some(true);
+        e.ready = Some(a.ready);
+        if e.port_name.is_empty() {
+            e.port_name = a.port_name;
+        }
+        e.node = a.node.or(e.node.take());
+        e.pod = a.pod.or(e.pod.take());
+    }
+    for (e, m) in svc.endpoints.iter_mut().zip(matched) {
+        if !m {
+            // The API was asked and does not list it (or has no such Service at all).
+            e.in_api = Some(false);
+            if !api_exists {
+                e.ready = None;
+            }
+        }
+    }
+}
+
+/// Sets `local` on every endpoint whose node is known, once this node is known.
+fn set_locality(model: &mut ServiceModel) {
+    let Some(this) = model.node.clone() else { return };
+    for svc in &mut model.services {
+        for e in &mut svc.endpoints {
+            if let Some(n) = &e.node {
+                e.local = Some(*n == this);
+            }
+        }
+    }
+}
+
+/// Probe ports of the pods this node's kubelet probes (all pods when the node is unknown).
+/// Host-network pods are skipped: their probes go from the node to itself.
+fn probe_ports(pods: &[Pod], this_node: Option<&str>, node_ips: &[IpAddr]) -> Vec<ProbePort> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some(spec) = &pod.spec else { continue };
+        if this_node.is_some() && spec.node_name.as_deref() != this_node || spec.host_network == Some(true) {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else { continue };
+        let ips = pod_ips(pod);
+        if ips.is_empty() || ips.iter().any(|ip| node_ips.contains(ip)) {
+            continue;
+        }
+        let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+        for c in containers {
+            for (kind, probe) in [
+                (ProbeKind::Readiness, &c.readiness_probe),
+                (ProbeKind::Liveness, &c.liveness_probe),
+                (ProbeKind::Startup, &c.startup_probe),
+            ] {
+                let Some(port) = probe.as_ref().and_then(|p| probe_port(p, c)) else { continue };
+                for ip in &ips {
+                    let pp = ProbePort {
+                        pod: format!("{ns}/{name}"),
+                        ip: *ip,
+                        port,
+                        probe: kind,
+                        node: spec.node_name.clone(),
+                    };
+                    if !out.contains(&pp) {
+                        out.push(pp);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The TCP port a probe connects to: httpGet, tcpSocket (number or container port name) or grpc.
+/// exec probes open no connection.
+fn probe_port(p: &Probe, c: &Container) -> Option<u16> {
+    let named = |port: &IntOrString| match port {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok()),
+    };
+    if let Some(h) = &p.http_get {
+        return named(&h.port);
+    }
+    if let Some(t) = &p.tcp_socket {
+        return named(&t.port);
+    }
+    p.grpc.as_ref().and_then(|g| u16::try_from(g.port).ok())
+}
+
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else { return Vec::new() };
+    let mut ips: Vec<IpAddr> =
+        status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+    if ips.is_empty() {
+        ips.extend(status.pod_ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()));
+    }
+    ips
+}
+
+/// kube-proxy's version on this node: its DaemonSet pod's image tag, else the Node's (deprecated,
+/// often empty) `nodeInfo.kubeProxyVersion`.
+fn kube_proxy_version(pods: &[Pod], nodes: &[Node], this_node: Option<&str>) -> Option<String> {
+    let this = this_node?;
+    let from_pod = pods
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(this))
+        .filter(|p| {
+            p.metadata.labels.as_ref().and_then(|l| l.get(KUBE_PROXY_LABEL.0)).map(String::as_str)
+                == Some(KUBE_PROXY_LABEL.1)
+        })
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+        .find(|c| c.name == "kube-proxy" || c.image.as_deref().is_some_and(|i| i.contains("kube-proxy")))
+        .and_then(|c| image_tag(c.image.as_deref()?));
+    from_pod.or_else(|| {
+        nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(this))
+            .and_then(|n| n.status.as_ref()?.node_info.as_ref())
+            .map(|i| i.kube_proxy_version.clone())
+            .filter(|v| !v.is_empty())
+    })
+}
+
+/// `registry.k8s.io/kube-proxy:v1.31.2@sha256:...` -> `v1.31.2`.
+fn image_tag(image: &str) -> Option<String> {
+    let image = image.split('@').next()?;
+    let last = image.rsplit('/').next()?;
+    let (_, tag) = last.split_once(':')?;
+    Some(tag.to_owned())
+}
+
+/// Without the API server's own answer (a snapshot), the control-plane nodes' kubelet version stands
+/// in for it: kubeadm-style upgrades move both together. Managed clusters hide those nodes: `None`.
+fn control_plane_version(nodes: &[Node]) -> Option<String> {
+    nodes
+        .iter()
+        .filter(|n| n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL)))
+        .filter_map(|n| n.status.as_ref()?.node_info.as_ref().map(|i| i.kubelet_version.clone()))
+        .find(|v| !v.is_empty())
+}

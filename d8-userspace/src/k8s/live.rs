@@ -1,0 +1,1 @@
+//! Live API (being written).
