@@ -3,7 +3,6 @@
 //! `cargo run -p xtask --example vm_test -- [vm-test options] -- COMMAND...`
 
 #[path = "../src/vm/mod.rs"]
-#[allow(dead_code)]
 mod vm;
 
 use clap::Parser;

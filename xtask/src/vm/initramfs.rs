@@ -47,6 +47,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("setsid", "util-linux"),
     ("chroot", "coreutils"),
+    // The lab sets `-q -w a=1 b=1` style sysctls; procps' is the reference implementation.
+    ("sysctl", "procps"),
 ];
 
 /// Tools only copied when the host has them (not in the required package list).
