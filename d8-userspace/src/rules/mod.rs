@@ -4,8 +4,493 @@
 //! - [`nftables`]: `nft -j list table ip kube-proxy` JSON (nftables mode).
 //! - [`ipvs`]: `ipvsadm -Ln` and `/proc/net/ip_vs` text (IPVS mode), joined to Services by address.
 //! - [`names`]: kube-proxy's chain-name hashes.
+//! - [`read_node`]: runs the tools in the current network namespace, detects the mode, and returns
+//!   a [`ServiceModel`] with `kube_proxy` (health from [`crate::kube_proxy::status`]) and the
+//!   Services the rules show. The parsers are pure (`&str` in, values out); only `read_node` and
+//!   its helpers run commands.
+//!
+//! Mode detection (reference §6.1): kube-proxy's `/proxyMode` when reachable (or the `mode`
+//! argument), else what the rules show: `table ip kube-proxy` ⇒ nftables, `KUBE-SVC-`/`KUBE-SEP-`
+//! chains ⇒ iptables, IPVS virtual servers or IPVS-mode iptables rules ⇒ ipvs. When several are
+//! present (kube-proxy cleans the other modes' leftovers only at start), the one with the most
+//! Services wins and a warning names the others.
+//!
+//! IPVS mode names no Services in the kernel: its Services come back anonymous (see [`ipvs::join`])
+//! together with the raw [`NodeRules::virtual_servers`], for the caller to join with the API.
 
 pub mod iptables;
 pub mod ipvs;
 pub mod names;
 pub mod nftables;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::process::Command;
+
+use crate::model::{ProxyMode, Service, ServiceModel, ServiceRef};
+
+/// `/proc/net/ip_vs`: IPVS virtual servers of the current network namespace, without ipvsadm.
+pub const PROC_NET_IP_VS: &str = "/proc/net/ip_vs";
+
+/// What [`read_node`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeRules {
+    /// `kube_proxy` (mode, health, `rules_present`), `services` from the rules, `node_ips` the rules
+    /// accept NodePorts on, and `warnings` from every reader.
+    pub model: ServiceModel,
+    /// IPVS virtual servers (IPVS mode), for [`ipvs::join`] with the API's Services.
+    pub virtual_servers: Vec<ipvs::VirtualServer>,
+    /// The commands whose output the model was built from (`iptables-nft-save`, `nft -j list table
+    /// ip kube-proxy`, ...), for the report's evidence.
+    pub sources: Vec<String>,
+}
+
+/// Reading the node's rules failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The tool the mode needs is not installed.
+    #[error("`{command}` is not installed: install the `{package}` package to read kube-proxy's {mode} rules")]
+    CommandMissing {
+        command: String,
+        package: &'static str,
+        mode: &'static str,
+    },
+    /// The tool ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    CommandFailed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// The tool could not be started for another reason (permissions, ...).
+    #[error("could not run `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    /// None of the tools of any mode could be run.
+    #[error(
+        "no kube-proxy rules could be read: none of iptables-save, nft, ipvsadm is installed \
+         (install iptables, nftables or ipvsadm)"
+    )]
+    NoTools,
+    /// The iptables-save output is not iptables-save output.
+    #[error("reading `{command}` output")]
+    Iptables {
+        command: String,
+        #[source]
+        source: iptables::ParseError,
+    },
+    /// The nft output is not `nft -j` output.
+    #[error("reading `{command}` output")]
+    Nftables {
+        command: String,
+        #[source]
+        source: nftables::ParseError,
+    },
+    /// The ipvsadm output is not ipvsadm output.
+    #[error("reading `{command}` output")]
+    Ipvs {
+        command: String,
+        #[source]
+        source: ipvs::ParseError,
+    },
+}
+
+/// One mode's reading: its Services, whether kube-proxy's rules are there, and where they came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModeReading {
+    pub mode: ProxyMode,
+    pub rules_present: bool,
+    pub services: Vec<Service>,
+    pub warnings: Vec<String>,
+    pub node_port_ips: Vec<IpAddr>,
+    pub virtual_servers: Vec<ipvs::VirtualServer>,
+    pub sources: Vec<String>,
+}
+
+/// Reads kube-proxy's rules and health in the current network namespace. `mode`: read only that
+/// mode's rules (`None` or `Unknown`: ask kube-proxy's `/proxyMode`, else read every mode and
+/// choose). Missing tools are an error only when the mode needs them.
+pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
+    let status = crate::kube_proxy::status();
+    let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
+    let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
+    let mut warnings = Vec::new();
+    let reading = match wanted {
+        Some(ProxyMode::Iptables) => read_iptables_mode()?,
+        Some(ProxyMode::Nftables) => read_nftables_mode()?,
+        Some(ProxyMode::Ipvs) => read_ipvs_mode()?,
+        _ => {
+            let mut readings = Vec::new();
+            let mut missing = 0;
+            for (read, name) in [
+                (read_iptables_mode as fn() -> Result<ModeReading, ReadError>, "iptables"),
+                (read_nftables_mode, "nftables"),
+                (read_ipvs_mode, "ipvs"),
+            ] {
+                match read() {
+                    Ok(r) => readings.push(r),
+                    Err(ReadError::CommandMissing { .. }) => missing += 1,
+                    Err(e) => warnings.push(format!("{name} rules not read: {}", error_chain(&e))),
+                }
+            }
+            if missing == 3 {
+                return Err(ReadError::NoTools);
+            }
+            let (chosen, notes) = choose_reading(readings);
+            warnings.extend(notes);
+            chosen
+        }
+    };
+    if let (Some(r), true) = (reported, reading.rules_present)
+        && r != reading.mode
+    {
+        warnings.push(format!(
+            "kube-proxy reports mode {r:?} but the rules read are {:?}'s",
+            reading.mode
+        ));
+    }
+    let mut kube_proxy = status;
+    if kube_proxy.mode == ProxyMode::Unknown {
+        kube_proxy.mode = reading.mode;
+    }
+    kube_proxy.rules_present = reading.rules_present;
+    warnings.extend(reading.warnings);
+    Ok(NodeRules {
+        model: ServiceModel {
+            kube_proxy,
+            services: reading.services,
+            node_ips: reading.node_port_ips,
+            warnings,
+            ..Default::default()
+        },
+        virtual_servers: reading.virtual_servers,
+        sources: reading.sources,
+    })
+}
+
+/// Picks the mode whose rules are present, preferring the one with the most Services; notes say
+/// which others were present too. No reading with rules: an empty `Unknown` reading (keeping the
+/// readers' warnings).
+pub fn choose_reading(readings: Vec<ModeReading>) -> (ModeReading, Vec<String>) {
+    let mut present: Vec<ModeReading> = Vec::new();
+    let mut absent_warnings = Vec::new();
+    for r in readings {
+        if r.rules_present {
+            present.push(r);
+        } else {
+            absent_warnings.extend(r.warnings);
+        }
+    }
+    present.sort_by_key(|r| std::cmp::Reverse(r.services.len()));
+    let mut notes = Vec::new();
+    if present.len() > 1 {
+        let others: Vec<String> = present[1..].iter().map(|r| format!("{:?}", r.mode)).collect();
+        notes.push(format!(
+            "kube-proxy rules of several modes are present: using {:?} ({} Services); also found {} (leftovers from a mode change?)",
+            present[0].mode,
+            present[0].services.len(),
+            others.join(", ")
+        ));
+    }
+    match present.into_iter().next() {
+        Some(r) => (r, notes),
+        None => (
+            ModeReading {
+                mode: ProxyMode::Unknown,
+                warnings: absent_warnings,
+                ..Default::default()
+            },
+            notes,
+        ),
+    }
+}
+
+/// Merges Services of two readings (IPv4 and IPv6 of one mode) by `namespace/name`.
+pub fn merge_services(a: Vec<Service>, b: Vec<Service>) -> Vec<Service> {
+    let mut map: BTreeMap<ServiceRef, Service> = BTreeMap::new();
+    for s in a.into_iter().chain(b) {
+        match map.get_mut(&s.service) {
+            None => {
+                map.insert(s.service.clone(), s);
+            }
+            Some(m) => {
+                m.frontends.extend(s.frontends);
+                m.endpoints.extend(s.endpoints);
+                m.rules.present |= s.rules.present;
+                m.rules.no_endpoints.extend(s.rules.no_endpoints);
+                m.rules.no_local_endpoints.extend(s.rules.no_local_endpoints);
+                m.rules.affinity_timeout_secs = m.rules.affinity_timeout_secs.or(s.rules.affinity_timeout_secs);
+                m.rules.problems.extend(s.rules.problems);
+                m.rules.chains.extend(s.rules.chains);
+                m.rules.source_ranges.extend(s.rules.source_ranges);
+            }
+        }
+    }
+    map.into_values().collect()
+}
+
+/// Output of a command, or why there is none.
+fn run(command: &str, args: &[&str], package: &'static str, mode: &'static str) -> Result<String, ReadError> {
+    let shown = std::iter::once(command)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new(command)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                ReadError::CommandMissing {
+                    command: command.to_string(),
+                    package,
+                    mode,
+                }
+            } else {
+                ReadError::Spawn {
+                    command: shown.clone(),
+                    source: e,
+                }
+            }
+        })?;
+    if !out.status.success() {
+        return Err(ReadError::CommandFailed {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// iptables mode: the nft and legacy backends of `iptables-save` (and `ip6tables-save`); for each
+/// family the backend holding kube-proxy's chains wins.
+pub fn read_iptables_mode() -> Result<ModeReading, ReadError> {
+    let mut reading = ModeReading {
+        mode: ProxyMode::Iptables,
+        ..Default::default()
+    };
+    let mut any_ran = false;
+    for family in [
+        ["iptables-nft-save", "iptables-legacy-save", "iptables-save"],
+        ["ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"],
+    ] {
+        let mut best: Option<(String, iptables::Parsed)> = None;
+        let mut ran_specific = false;
+        for cmd in family {
+            // `iptables-save` is one of the two backends; read it only when neither ran.
+            let generic = !cmd.contains("-nft-") && !cmd.contains("-legacy-");
+            if generic && ran_specific {
+                continue;
+            }
+            let text = match run(cmd, &[], "iptables", "iptables") {
+                Ok(t) => t,
+                Err(ReadError::CommandMissing { .. }) => continue,
+                Err(e) => {
+                    reading.warnings.push(error_chain(&e));
+                    continue;
+                }
+            };
+            any_ran = true;
+            ran_specific |= !generic;
+            let parsed = iptables::parse_named(&text, cmd).map_err(|source| ReadError::Iptables {
+                command: cmd.to_string(),
+                source,
+            })?;
+            let better = match &best {
+                None => true,
+                Some((_, b)) => kube_rule_weight(&parsed) > kube_rule_weight(b),
+            };
+            if let Some((prev, b)) = &best
+                && parsed.rules_present
+                && b.rules_present
+            {
+                reading.warnings.push(format!(
+                    "kube-proxy chains exist in both {prev} and {cmd} output; using the one with more rules"
+                ));
+            }
+            if better {
+                best = Some((cmd.to_string(), parsed));
+            }
+        }
+        if let Some((cmd, parsed)) = best {
+            if parsed.rules_present {
+                reading.rules_present = true;
+                if parsed.mode_hint == Some(ProxyMode::Ipvs) {
+                    reading.mode = ProxyMode::Ipvs;
+                }
+            }
+            if parsed.rules_present || reading.sources.is_empty() {
+                reading.sources.push(cmd);
+            }
+            reading.services = merge_services(std::mem::take(&mut reading.services), parsed.services);
+            reading.warnings.extend(parsed.warnings);
+            reading.node_port_ips.extend(parsed.node_port_ips);
+        }
+    }
+    if !any_ran {
+        return Err(ReadError::CommandMissing {
+            command: "iptables-save".to_string(),
+            package: "iptables",
+            mode: "iptables",
+        });
+    }
+    // IPVS mode's iptables rules hold no Service: they are not "iptables mode rules".
+    if reading.mode == ProxyMode::Ipvs {
+        reading.rules_present = false;
+        reading.mode = ProxyMode::Iptables;
+    }
+    Ok(reading)
+}
+
+/// How much of kube-proxy a dump holds: rules when its chains are there, else nothing.
+fn kube_rule_weight(p: &iptables::Parsed) -> usize {
+    if p.rules_present { 1 + p.rule_count } else { 0 }
+}
+
+/// nftables mode: `nft -j list table ip kube-proxy` and `ip6`. A missing table is "no rules", not
+/// an error.
+pub fn read_nftables_mode() -> Result<ModeReading, ReadError> {
+    let mut reading = ModeReading {
+        mode: ProxyMode::Nftables,
+        ..Default::default()
+    };
+    for family in ["ip", "ip6"] {
+        let args = ["-j", "list", "table", family, "kube-proxy"];
+        let shown = format!("nft {}", args.join(" "));
+        let text = match run("nft", &args, "nftables", "nftables") {
+            Ok(t) => t,
+            Err(ReadError::CommandFailed { stderr, .. }) if stderr.contains("No such file or directory") => continue,
+            Err(e @ ReadError::CommandMissing { .. }) => return Err(e),
+            Err(e) if family == "ip6" => {
+                reading.warnings.push(error_chain(&e));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let parsed = nftables::parse_named(&text, &shown).map_err(|source| ReadError::Nftables {
+            command: shown.clone(),
+            source,
+        })?;
+        reading.rules_present |= parsed.rules_present;
+        reading.sources.push(shown);
+        reading.services = merge_services(std::mem::take(&mut reading.services), parsed.services);
+        reading.warnings.extend(parsed.warnings);
+        reading.node_port_ips.extend(parsed.node_port_ips);
+    }
+    Ok(reading)
+}
+
+/// IPVS mode: `ipvsadm -Ln` (or `/proc/net/ip_vs` without ipvsadm). Services come back anonymous.
+pub fn read_ipvs_mode() -> Result<ModeReading, ReadError> {
+    let mut reading = ModeReading {
+        mode: ProxyMode::Ipvs,
+        ..Default::default()
+    };
+    let (text, source) = match run("ipvsadm", &["-Ln"], "ipvsadm", "IPVS") {
+        Ok(t) => (t, "ipvsadm -Ln".to_string()),
+        Err(e @ ReadError::CommandMissing { .. }) => match std::fs::read_to_string(PROC_NET_IP_VS) {
+            Ok(t) => (t, PROC_NET_IP_VS.to_string()),
+            Err(_) => return Err(e),
+        },
+        // No IPVS in this kernel: no IPVS rules.
+        Err(ReadError::CommandFailed { stderr, .. }) if stderr.contains("Protocol not available") => {
+            return Ok(reading);
+        }
+        Err(e) => return Err(e),
+    };
+    let parsed = ipvs::parse_named(&text, &source).map_err(|source_err| ReadError::Ipvs {
+        command: source.clone(),
+        source: source_err,
+    })?;
+    reading.warnings.extend(parsed.warnings);
+    reading.warnings.extend(ipvs::notes(&parsed.virtual_servers));
+    reading.services = ipvs::join(&parsed.virtual_servers, &[]);
+    reading.rules_present = !reading.services.is_empty();
+    reading.virtual_servers = parsed.virtual_servers;
+    reading.sources.push(source);
+    Ok(reading)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(mode: ProxyMode, present: bool, n: usize) -> ModeReading {
+        ModeReading {
+            mode,
+            rules_present: present,
+            services: (0..n)
+                .map(|i| {
+                    Service::new(ServiceRef {
+                        namespace: "ns".into(),
+                        name: format!("s{i}"),
+                    })
+                })
+                .collect(),
+            warnings: vec![format!("{mode:?} warning")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn choose_prefers_present_rules_with_most_services() {
+        let (r, notes) = choose_reading(vec![
+            reading(ProxyMode::Iptables, true, 2),
+            reading(ProxyMode::Nftables, true, 5),
+            reading(ProxyMode::Ipvs, false, 0),
+        ]);
+        assert_eq!(r.mode, ProxyMode::Nftables);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("also found Iptables"), "{}", notes[0]);
+        let (r, notes) = choose_reading(vec![
+            reading(ProxyMode::Iptables, false, 0),
+            reading(ProxyMode::Nftables, false, 0),
+        ]);
+        assert_eq!(r.mode, ProxyMode::Unknown);
+        assert!(!r.rules_present && notes.is_empty());
+        assert_eq!(r.warnings.len(), 2);
+    }
+
+    #[test]
+    fn merge_joins_families_by_service() {
+        let v4 = iptables::parse(include_str!("../../testdata/rules/iptables-nft.save"))
+            .unwrap()
+            .services;
+        let n = v4.len();
+        let web_fe = v4.iter().find(|s| s.service.name == "web").unwrap().frontends.len();
+        let merged = merge_services(v4.clone(), v4);
+        assert_eq!(merged.len(), n);
+        assert_eq!(
+            merged.iter().find(|s| s.service.name == "web").unwrap().frontends.len(),
+            2 * web_fe
+        );
+    }
+
+    #[test]
+    fn missing_command_names_the_package() {
+        let err = run("d8-trace-no-such-tool", &[], "iptables", "iptables").unwrap_err();
+        assert!(matches!(err, ReadError::CommandMissing { .. }));
+        assert_eq!(
+            err.to_string(),
+            "`d8-trace-no-such-tool` is not installed: install the `iptables` package to read kube-proxy's iptables rules"
+        );
+        let err = run("false", &[], "coreutils", "test").unwrap_err();
+        assert!(matches!(err, ReadError::CommandFailed { .. }), "{err}");
+    }
+}
