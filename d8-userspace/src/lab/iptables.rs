@@ -144,22 +144,29 @@ pub fn builtin_jumps() -> (String, String) {
 pub fn lab_restore(spec: &ClusterSpec) -> String {
     let kp = kube_proxy_restore(spec);
     let (filter_jumps, nat_jumps) = builtin_jumps();
-    // Split kube-proxy's text at the table boundaries and insert the built-in chain declarations
-    // and jumps right after each `*table` line; declarations may come in any order before COMMIT.
+    // Within each table: built-in chain declarations, kube-proxy's chain declarations, then the
+    // jump rules (iptables-nft refuses a jump to a chain not declared yet), then kube-proxy's rules.
     let mut out = String::new();
+    let mut pending_jumps: Option<&str> = None;
     for line in kp.lines() {
+        if let Some(jumps) = pending_jumps {
+            if !line.starts_with(':') {
+                out.push_str(jumps);
+                pending_jumps = None;
+            }
+        }
         out.push_str(line);
         out.push('\n');
         match line {
             "*filter" => {
                 out.push_str(":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
-                out.push_str(&filter_jumps);
+                pending_jumps = Some(&filter_jumps);
             }
             "*nat" => {
                 out.push_str(
                     ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
                 );
-                out.push_str(&nat_jumps);
+                pending_jumps = Some(&nat_jumps);
             }
             _ => {}
         }

@@ -20,10 +20,11 @@
 //!   routes each pod /32 to its veth with `src` = node IP, so kubelet-style probes from the node
 //!   leave from the node IP. A shared bridge would break un-DNAT between pods of one subnet unless
 //!   br_netfilter were on.
-//! - The node's default route points at a dummy interface: traffic kube-proxy did not translate
+//! - The node's default route points at a dead-end interface (a veth whose peer is down; the
+//!   kernel here has no dummy driver): traffic kube-proxy did not translate
 //!   (a ClusterIP without rules) is routed, reaches the FORWARD/OUTPUT filter hooks and meets
 //!   kube-proxy's REJECT/DROP rules the way it would on a real node instead of failing with "no
-//!   route", and whatever gets past them is discarded by the dummy device. Nothing leaves the lab:
+//!   route", and whatever gets past them is discarded by that device. Nothing leaves the lab:
 //!   no lab interface is connected to the root namespace, and no rule, route or sysctl is written
 //!   there.
 //! - The client pod (`<prefix>client`) is a pod namespace without servers; the external client
@@ -258,7 +259,10 @@ impl Lab {
                 format!("link add ext0 type veth peer name eth0 netns {ext}"),
                 format!("addr add {node_ip}/{} dev ext0", s.node_prefix_len),
                 "link set ext0 up".into(),
-                "link add d8dummy0 type dummy".into(),
+                // The kernel here has no dummy driver: a veth whose peer stays down discards
+                // whatever is sent to it just the same (after the filter and nat hooks ran).
+                "link add d8dummy0 type veth peer name d8dummy1".into(),
+                "link set d8dummy0 arp off".into(),
                 "link set d8dummy0 up".into(),
                 format!("route add default dev d8dummy0 src {node_ip}"),
             ],
@@ -334,6 +338,13 @@ impl Lab {
         if let Some(mut rt) = self.pods.remove(key) {
             for s in &mut rt.servers {
                 s.stop();
+            }
+            // Delete the veth first: that is synchronous, whereas the namespace itself lives on
+            // until its last socket (an orphaned connection finishing its FIN exchange) is freed,
+            // and until then its veth and the node's route to the pod would keep answering.
+            if let Some(pod) = self.spec.find_pod(key) {
+                let veth = pod_veth_name(pod);
+                netns::ip_batch(&self.node_ns, &[format!("link del {veth}")])?;
             }
             netns::delete(&rt.ns)?;
             self.namespaces.retain(|n| n != &rt.ns);
@@ -740,5 +751,129 @@ impl Drop for Prober {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::Protocol;
+
+    const T: Duration = Duration::from_secs(2);
+
+    fn is_root() -> bool {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: the lab needs root and network namespaces");
+            return false;
+        }
+        true
+    }
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec::new()
+            .service(
+                ServiceSpec::new("default", "web", Ipv4Addr::new(10, 96, 0, 10))
+                    .node_port("http", 80, 8080, Protocol::Tcp, 30080),
+            )
+            .service(ServiceSpec::new("default", "dns", Ipv4Addr::new(10, 96, 0, 53)).port("dns", 53, 5353, Protocol::Udp))
+            .service(
+                ServiceSpec::new("default", "empty", Ipv4Addr::new(10, 96, 0, 20))
+                    .port("", 80, 8080, Protocol::Tcp)
+                    .selector("app", "nobody"),
+            )
+            .pod(
+                PodSpec::new("default", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+                    .label("app", "web")
+                    .listen(8080, ListenerKind::Http)
+                    .tcp_probes(8080),
+            )
+            .pod(PodSpec::new("default", "dns-1", Ipv4Addr::new(10, 244, 1, 21)).label("app", "dns").listen(5353, ListenerKind::UdpEcho))
+    }
+
+    fn exercise(mode: ProxyMode) {
+        let prefix;
+        {
+            let mut lab = Lab::up(spec(), mode).unwrap_or_else(|e| panic!("{mode:?} lab up: {e}"));
+            prefix = lab.prefix().to_string();
+            let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+            match http_get(lab.client_ns(), web, "/", T).unwrap() {
+                HttpOutcome::Response { status, body } => {
+                    assert_eq!(status, 200);
+                    assert_eq!(body, "web-1\n");
+                }
+                other => panic!("{mode:?} ClusterIP HTTP: {other:?}\nrules:\n{}", lab.rules_text()),
+            }
+            let out = udp_request(lab.client_ns(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 53), 53), b"q", T).unwrap();
+            assert_eq!(out, UdpOutcome::Reply(b"dns-1\nq".to_vec()), "{mode:?} UDP");
+            // NodePort from the external client, and a kubelet probe from the node.
+            let np = SocketAddrV4::new(lab.node_ip(), 30080);
+            let out = http_get(lab.external_ns(), np, "/", T).unwrap();
+            assert!(matches!(out, HttpOutcome::Response { status: 200, .. }), "{mode:?} NodePort: {out:?}");
+            for (addr, out) in lab.probe_all(T).unwrap() {
+                assert!(out.is_connected(), "{mode:?} probe {addr}: {out:?}");
+            }
+            // No endpoints: REJECT -> refused.
+            let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80), T).unwrap();
+            assert_eq!(out, TcpOutcome::Refused, "{mode:?} no endpoints");
+            // Listener stopped: backend RST.
+            lab.stop_listener("web-1", 8080).unwrap();
+            assert_eq!(tcp_connect(lab.client_ns(), web, T).unwrap(), TcpOutcome::Refused);
+            lab.start_listener("web-1", 8080).unwrap();
+            assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
+            // Pod that drops everything: timeout.
+            lab.set_drop_all("web-1", true).unwrap();
+            let short = Duration::from_millis(500);
+            assert_eq!(tcp_connect(lab.client_ns(), web, short).unwrap(), TcpOutcome::Timeout);
+            lab.set_drop_all("web-1", false).unwrap();
+            assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
+            // Rules flushed for one Service while the API keeps it.
+            lab.flush_service_rules("default", "web").unwrap();
+            assert!(!tcp_connect(lab.client_ns(), web, short).unwrap().is_connected());
+            assert!(lab.snapshot_json()["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == "web"));
+            lab.resync_rules().unwrap();
+            assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
+            // Stale endpoint: pod gone from the API and its namespace deleted, rules keep it.
+            lab.delete_from_api("web-1").unwrap();
+            lab.delete_pod("web-1").unwrap();
+            assert!(lab.pod_ns("web-1").is_none());
+            assert!(lab.rules_text().contains("10.244.1.11"));
+            assert_eq!(tcp_connect(lab.client_ns(), web, short).unwrap(), TcpOutcome::Timeout);
+            // apply brings everything back.
+            lab.apply(spec()).unwrap();
+            assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
+            assert_eq!(netns::list_with_prefix(&prefix).len(), lab.namespaces().len());
+        }
+        assert!(netns::list_with_prefix(&prefix).is_empty(), "teardown left namespaces");
+    }
+
+    #[test]
+    fn lab_end_to_end_iptables_and_nftables() {
+        if !is_root() {
+            return;
+        }
+        exercise(ProxyMode::Iptables);
+        exercise(ProxyMode::Nftables);
+        let pid_prefix = format!("d8lab-{}-", std::process::id());
+        // Other tests of this process may run labs concurrently; only ours must be gone, which
+        // `exercise` checked. cleanup_stale must never touch a live process's namespaces.
+        let removed = cleanup_stale().unwrap();
+        assert!(removed.iter().all(|n| !n.starts_with(&pid_prefix)));
+    }
+
+    #[test]
+    fn two_labs_side_by_side() {
+        if !is_root() {
+            return;
+        }
+        let a = Lab::up(spec(), ProxyMode::Iptables).unwrap();
+        let b = Lab::up(spec(), ProxyMode::Nftables).unwrap();
+        assert_ne!(a.prefix(), b.prefix());
+        let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+        assert!(matches!(http_get(a.client_ns(), web, "/", T).unwrap(), HttpOutcome::Response { status: 200, .. }));
+        assert!(tcp_connect(b.client_ns(), web, T).unwrap().is_connected());
     }
 }
