@@ -105,7 +105,7 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         // access, kube-proxy programs local endpoints only, so remote ones are expected to be absent.
         let itp_local = svc.api.internal_traffic_policy_local == Some(true);
         let missing: Vec<_> =
-            ready.iter().filter(|e| !e.in_rules && !(itp_local && e.local == Some(false))).copied().collect();
+            ready.iter().filter(|e| !(e.in_rules || itp_local && e.local == Some(false))).copied().collect();
         if !missing.is_empty() && svc.rules.no_endpoints.is_empty() {
             evidence.push(Evidence::new(
                 EvidenceKind::Api,

@@ -116,3 +116,6 @@ impl ClusterObjects {
         self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
     }
 }
+
+#[cfg(test)]
+mod tests;
