@@ -175,6 +175,11 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
         });
     }
 
+    // ICMP errors about the flow carry its conntrack entry as RELATED: they are no reply (the
+    // pre-conntrack program reports them from the quoted packet).
+    if ctinfo == conntrack::IP_CT_RELATED || ctinfo == conntrack::IP_CT_RELATED_REPLY {
+        return Some(());
+    }
     let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
     if is_reply && mark(st, seen::REPLY) {
         event(kind::REPLY, hook, &orig, |ev| {

@@ -1,1 +1,274 @@
-//! TODO
+//! The command line, as typed: parsed and range-checked by clap, nothing resolved yet (that
+//! happens in `main` before anything attaches). The grammar is a contract (DESIGN.md section 5).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::ServiceRef;
+
+/// d8-trace: follow every flow to a Kubernetes Service through kube-proxy's rules, live, and say
+/// why it fails.
+///
+/// Run it on a node during an incident: `d8-trace --svc NAMESPACE/NAME`. It traces until Ctrl-C
+/// (or --duration), printing one line per flow as it changes, then prints the verdict.
+///
+/// Exit codes: 0 ran and printed a verdict, 2 usage error (bad flags, unknown Service),
+/// 3 environment error (not root, kernel or BTF unsupported, missing tools).
+#[derive(Debug, Parser)]
+#[command(name = "d8-trace", version, args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Explain a Service from kube-proxy's rules and the API alone, without tracing.
+    Explain(ExplainArgs),
+    /// Continuous capture on every node (DaemonSet mode): metrics and events.
+    Daemon(DaemonArgs),
+    /// Build a simulated node in network namespaces, play an incident, trace it live.
+    Demo(DemoArgs),
+    /// Print what this kernel allows and which hooks d8-trace would use.
+    Doctor(DoctorArgs),
+}
+
+/// Output formats of a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Live lines, then a readable summary.
+    Text,
+    /// One JSON object (the contract's fields).
+    Json,
+    /// The same object as YAML.
+    Yaml,
+    /// The kube-proxy runbook's output block, ready to paste into an incident.
+    Runbook,
+}
+
+/// Hook sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Hooks {
+    /// Netfilter BPF links where the kernel has them (6.4+), else TC.
+    Auto,
+    /// Netfilter BPF links (kernel 6.4+).
+    Netfilter,
+    /// clsact TC programs on the node's interfaces (older kernels).
+    Tc,
+}
+
+/// Flags that mean the same for every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Selection {
+    /// Run the whole job (rule reading and hooks) inside this network namespace: a name under
+    /// /run/netns or a path such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME|PATH", global = true)]
+    pub netns: Option<String>,
+    /// Kubeconfig to reach the API server (default: in-cluster config, then $KUBECONFIG).
+    #[arg(long, value_name = "PATH", global = true, conflicts_with_all = ["k8s_snapshot", "no_k8s"])]
+    pub kubeconfig: Option<PathBuf>,
+    /// Read the API's state from a file instead: the JSON List printed by
+    /// `kubectl get services,endpointslices,pods,nodes -A -o json`.
+    #[arg(long, value_name = "FILE", global = true, conflicts_with = "no_k8s")]
+    pub k8s_snapshot: Option<PathBuf>,
+    /// Work from kube-proxy's rules alone; verdicts that need the API are reported as unproven.
+    #[arg(long, global = true)]
+    pub no_k8s: bool,
+    /// This node's name, for endpoint locality (default: $NODE_NAME, else the Node whose
+    /// addresses are this host's).
+    #[arg(long, value_name = "NODE_NAME", global = true)]
+    pub node: Option<String>,
+    /// Hook set to trace with.
+    #[arg(long, value_enum, default_value_t = Hooks::Auto, global = true)]
+    pub hooks: Hooks,
+}
+
+/// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceArg {
+    pub service: ServiceRef,
+    pub port: Option<String>,
+}
+
+impl std::str::FromStr for ServiceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (svc, port) = match s.split_once(':') {
+            Some((svc, port)) if !port.is_empty() => (svc, Some(port.to_string())),
+            Some(_) => return Err(format!("`{s}`: empty port after `:` (use NS/NAME or NS/NAME:PORT)")),
+            None => (s, None),
+        };
+        let Some((namespace, name)) = svc.split_once('/') else {
+            return Err(format!("`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"));
+        };
+        let valid = |part: &str| {
+            !part.is_empty() && part.len() <= 253 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        if !valid(namespace) || !valid(name) {
+            return Err(format!("`{s}`: namespace and name must be DNS labels (letters, digits, `-`, `.`)"));
+        }
+        Ok(Self { service: ServiceRef { namespace: namespace.into(), name: name.into() }, port })
+    }
+}
+
+/// The incident mode: `d8-trace --svc NS/NAME[:PORT]`.
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// The Service to trace: NAMESPACE/NAME, optionally :PORT (number or port name).
+    #[arg(long, value_name = "NS/NAME[:PORT]")]
+    pub svc: Option<ServiceArg>,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: Option<u64>,
+    /// Output format of the verdict.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Seconds without any answer after which a flow counts as timed out.
+    #[arg(long, value_name = "SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub reply_timeout: u64,
+    /// Size of the kernel's event ring buffer, in KiB (power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
+    pub ring_buffer_kib: u32,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
+        return Err(format!("{v}: must be a power of two between 4 and 1048576"));
+    }
+    Ok(v)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The Service to explain: NAMESPACE/NAME[:PORT].
+    #[arg(long, value_name = "NS/NAME[:PORT]", required = true)]
+    pub svc: ServiceArg,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Address to serve Prometheus metrics, /healthz and /readyz on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9810")]
+    pub metrics_addr: String,
+    /// Write JSON Lines events (non-healthy flows, verdict changes) to FILE, or `-` for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub events: Option<String>,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Output format of the verdicts.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("d8-trace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trace_flags_parse_with_defaults() {
+        let cli = parse(&["--svc", "default/web"]).unwrap();
+        assert!(cli.command.is_none());
+        let t = cli.trace;
+        assert_eq!(t.svc.unwrap().service.to_string(), "default/web");
+        assert_eq!((t.duration, t.output, t.reply_timeout, t.ring_buffer_kib), (None, Output::Text, 3, 1024));
+        assert_eq!(t.selection.hooks, Hooks::Auto);
+        assert!(!t.selection.no_k8s);
+    }
+
+    #[test]
+    fn trace_flags_long_and_short() {
+        let cli = parse(&[
+            "--svc", "kube-system/kube-dns:dns", "--netns", "node1", "--duration", "5", "-o", "json",
+            "--no-k8s", "--node", "n1", "--hooks", "netfilter",
+        ])
+        .unwrap();
+        let t = cli.trace;
+        let svc = t.svc.unwrap();
+        assert_eq!(svc.port.as_deref(), Some("dns"));
+        assert_eq!(t.selection.netns.as_deref(), Some("node1"));
+        assert_eq!((t.duration, t.output), (Some(5), Output::Json));
+        assert_eq!((t.selection.no_k8s, t.selection.node.as_deref()), (true, Some("n1")));
+        assert_eq!(t.selection.hooks, Hooks::Netfilter);
+        let cli = parse(&["--svc", "a/b", "--output", "runbook", "--k8s-snapshot", "/tmp/x.json"]).unwrap();
+        assert_eq!(cli.trace.output, Output::Runbook);
+        assert!(cli.trace.selection.k8s_snapshot.is_some());
+        let cli = parse(&["--svc", "a/b", "--kubeconfig", "/k", "-o", "yaml", "--hooks", "tc"]).unwrap();
+        assert_eq!((cli.trace.output, cli.trace.selection.hooks), (Output::Yaml, Hooks::Tc));
+    }
+
+    #[test]
+    fn later_flag_overrides_earlier() {
+        let cli = parse(&["--svc", "a/b", "-o", "json", "-o", "yaml"]);
+        // clap rejects repeated single-value flags unless overriding is allowed; either way the
+        // user gets a definite answer, never a silent mix.
+        if let Ok(cli) = cli {
+            assert_eq!(cli.trace.output, Output::Yaml);
+        }
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for args in [
+            &["--svc", "web"][..],
+            &["--svc", "default/web:"],
+            &["--svc", "default/we b"],
+            &["--svc", "a/b", "--duration", "0"],
+            &["--svc", "a/b", "-o", "xml"],
+            &["--svc", "a/b", "--hooks", "xdp"],
+            &["--svc", "a/b", "--no-k8s", "--k8s-snapshot", "f"],
+            &["--svc", "a/b", "--ring-buffer-kib", "100"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = parse(&["explain", "--svc", "ns/x", "--k8s-snapshot", "s.json", "-o", "json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Explain(ref e)) if e.output == Output::Json));
+        let cli = parse(&["daemon", "--metrics-addr", "127.0.0.1:1", "--events", "-"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Daemon(ref d)) if d.events.as_deref() == Some("-")));
+        assert!(matches!(parse(&["demo"]).unwrap().command, Some(Command::Demo(_))));
+        let cli = parse(&["doctor", "--netns", "x"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Doctor(ref d)) if d.selection.netns.as_deref() == Some("x")));
+    }
+}

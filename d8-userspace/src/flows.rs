@@ -381,12 +381,12 @@ impl FlowTable {
                 from: *from,
                 at_ms,
             }),
-            Kind::Drop { reason, before_conntrack, .. } => flow.drops.push(Drop {
-                reason: self.drop_names.name(*reason),
-                after_hook: ev.hook,
-                before_conntrack: *before_conntrack,
-                at_ms,
-            }),
+            Kind::Drop { reason, before_conntrack, .. } => {
+                let reason = self.drop_names.name(*reason);
+                if !BENIGN_DROP_REASONS.contains(&reason.as_str()) {
+                    flow.drops.push(Drop { reason, after_hook: ev.hook, before_conntrack: *before_conntrack, at_ms });
+                }
+            }
             Kind::SendReset { from } => {
                 let by = self.peer(&flow, from.ip());
                 if !flow.resets.iter().any(|r| r.by == by) {
@@ -440,6 +440,10 @@ impl FlowTable {
 }
 
 const TCP_RST: u8 = 0x04;
+
+/// `kfree_skb` reasons that are housekeeping after delivery, not a packet lost on the path: a
+/// socket's queue freed when it closes.
+const BENIGN_DROP_REASONS: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE", "NOT_DROPPED_YET", "SKB_CONSUMED"];
 
 #[cfg(test)]
 mod tests {

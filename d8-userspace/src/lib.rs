@@ -28,6 +28,7 @@ pub mod kube_proxy;
 pub mod lab;
 pub mod loader;
 pub mod model;
+pub mod node;
 pub mod report;
 pub mod rules;
 pub mod trace;

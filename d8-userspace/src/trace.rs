@@ -1,1 +1,387 @@
-//! TODO
+//! The incident mode: trace the flows of one Service live.
+//!
+//! [`plan`] picks the Service's frontends and backends out of the service model; [`run`] reads
+//! the kernel's facts, attaches the programs in the current network namespace, feeds the traced
+//! targets to the kernel, joins events into flows (one live line per change), and stops on
+//! Ctrl-C, SIGTERM or the deadline. Everything attached is detached before `run` returns, on
+//! every path.
+
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use d8_common::{Config, FAMILY_V4, FAMILY_V6, TargetKey, target};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    cli::ServiceArg,
+    events,
+    flows::{Flow, FlowTable},
+    kernel::{self, DropReasons, btf::Btf, tracefs},
+    loader::{self, Tracer},
+    model::{Endpoint, Frontend, FrontendKind, Protocol, ServiceModel, ServiceRef},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Service {service} is not in kube-proxy's rules on this node{hint}")]
+    UnknownService { service: ServiceRef, hint: String },
+    #[error("Service {service} has no port `{port}`; its ports: {known}")]
+    UnknownPort { service: ServiceRef, port: String, known: String },
+    #[error("tracing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON); run d8-trace as root")]
+    NotRoot,
+    #[error(
+        "this kernel ({release}) has no netfilter BPF links (needs 6.4+ with CONFIG_NETFILTER_BPF_LINK); the TC hook set for older kernels is not available in this build"
+    )]
+    NoNetfilterLinks { release: String },
+    #[error("--hooks tc: the TC hook set is not available in this build; use --hooks netfilter on kernels 6.4+")]
+    TcUnavailable,
+    #[error(transparent)]
+    Kernel(#[from] kernel::Error),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error("event loop: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Exit code of the contract: 2 for input that names nothing, 3 for the environment.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::UnknownService { .. } | Self::UnknownPort { .. } => 2,
+            _ => 3,
+        }
+    }
+}
+
+/// What will be traced.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub service: ServiceRef,
+    pub frontends: Vec<Frontend>,
+    pub endpoints: Vec<Endpoint>,
+    /// Concrete (protocol, address) of every frontend, NodePorts expanded to node addresses.
+    pub frontend_addrs: Vec<(Protocol, SocketAddr)>,
+    pub node_ips: Vec<IpAddr>,
+}
+
+/// Picks `arg`'s Service (and port) out of `model`. `node_ips` expand NodePort frontends that
+/// match any local address.
+pub fn plan(model: &ServiceModel, arg: &ServiceArg, node_ips: Vec<IpAddr>) -> Result<Plan, Error> {
+    let Some(svc) = model.service(&arg.service) else {
+        let same_ns: Vec<String> = model
+            .services
+            .iter()
+            .filter(|s| s.service.namespace == arg.service.namespace)
+            .map(|s| s.service.name.clone())
+            .take(10)
+            .collect();
+        let hint = if !model.kube_proxy.rules_present {
+            "; no kube-proxy rules were found at all (is this the node's network namespace?)".to_string()
+        } else if same_ns.is_empty() {
+            format!("; no Service of namespace {} is", arg.service.namespace)
+        } else {
+            format!("; Services of {} that are: {}", arg.service.namespace, same_ns.join(", "))
+        };
+        return Err(Error::UnknownService { service: arg.service.clone(), hint });
+    };
+    let wanted = |port_name: &str, port: u16| match &arg.port {
+        None => true,
+        Some(p) => p == port_name || p.parse::<u16>().ok() == Some(port),
+    };
+    let frontends: Vec<Frontend> = svc.frontends.iter().filter(|f| wanted(&f.port_name, f.port)).cloned().collect();
+    if frontends.is_empty() && arg.port.is_some() {
+        let mut known: Vec<String> = svc
+            .frontends
+            .iter()
+            .map(|f| if f.port_name.is_empty() { f.port.to_string() } else { format!("{} ({})", f.port_name, f.port) })
+            .collect();
+        known.dedup();
+        return Err(Error::UnknownPort {
+            service: arg.service.clone(),
+            port: arg.port.clone().unwrap_or_default(),
+            known: known.join(", "),
+        });
+    }
+    let port_names: Vec<&str> = frontends.iter().map(|f| f.port_name.as_str()).collect();
+    let endpoints: Vec<Endpoint> = svc
+        .endpoints
+        .iter()
+        .filter(|e| arg.port.is_none() || port_names.contains(&e.port_name.as_str()))
+        .cloned()
+        .collect();
+    let mut frontend_addrs = Vec::new();
+    for f in &frontends {
+        if f.kind == FrontendKind::NodePort && f.ip.is_unspecified() {
+            for ip in &node_ips {
+                frontend_addrs.push((f.protocol, SocketAddr::new(*ip, f.port)));
+            }
+        } else {
+            frontend_addrs.push((f.protocol, SocketAddr::new(f.ip, f.port)));
+        }
+    }
+    frontend_addrs.sort();
+    frontend_addrs.dedup();
+    Ok(Plan { service: arg.service.clone(), frontends, endpoints, frontend_addrs, node_ips })
+}
+
+fn target_key(protocol: Protocol, addr: SocketAddr) -> TargetKey {
+    let mut key = TargetKey { port: addr.port().to_be(), proto: protocol.number(), ..Default::default() };
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            key.addr[..4].copy_from_slice(&v4.octets());
+            key.family = FAMILY_V4;
+        }
+        IpAddr::V6(v6) => {
+            key.addr = v6.octets();
+            key.family = FAMILY_V6;
+        }
+    }
+    key
+}
+
+impl Plan {
+    /// Kernel targets: every frontend, and every backend (so direct flows such as kubelet probes
+    /// are traced too).
+    pub fn targets(&self) -> Vec<(TargetKey, u32)> {
+        let mut t: Vec<(TargetKey, u32)> =
+            self.frontend_addrs.iter().map(|(p, a)| (target_key(*p, *a), target::FRONTEND)).collect();
+        for e in &self.endpoints {
+            t.push((target_key(e.protocol, SocketAddr::new(e.ip, e.port)), target::BACKEND));
+        }
+        t
+    }
+}
+
+/// How to trace.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Option<Duration>,
+    pub reply_timeout: Duration,
+    pub ring_buffer_bytes: u32,
+    /// Print one line per flow change to the live writer.
+    pub live: bool,
+}
+
+/// What a trace produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub flows: Vec<Flow>,
+    pub lost_events: u64,
+    pub evicted_flows: u64,
+    pub decode_errors: u64,
+    pub attached: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Everything the kernel programs need to know about this kernel, plus drop-reason names.
+pub struct KernelSetup {
+    pub config: Config,
+    pub drop_reasons: DropReasons,
+    pub mount: tracefs::Mount,
+    pub warnings: Vec<String>,
+}
+
+/// Reads BTF and tracefs (mounting it if needed) and checks the hook set can work here.
+pub fn kernel_setup() -> Result<KernelSetup, Error> {
+    if !kernel::is_root() {
+        return Err(Error::NotRoot);
+    }
+    let btf = Btf::from_sys().map_err(kernel::Error::from)?;
+    if btf.struct_size("bpf_nf_ctx").is_err() {
+        return Err(Error::NoNetfilterLinks { release: kernel::release() });
+    }
+    let mut config = Config::default();
+    kernel::struct_offsets(&btf, &mut config)?;
+    let mount = tracefs::Mount::ensure()?;
+    let warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
+    Ok(KernelSetup { config, drop_reasons: DropReasons::from_btf(&btf), mount, warnings })
+}
+
+/// Traces `plan` until the deadline, Ctrl-C or SIGTERM. Must run inside a tokio runtime with IO
+/// and time enabled, on the thread that is in the node's network namespace.
+pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn Write) -> Result<Outcome, Error> {
+    let KernelSetup { config, drop_reasons, mount, mut warnings } = setup;
+    let mut tracer = Tracer::attach(&config, mount, opts.ring_buffer_bytes)?;
+    tracer.set_targets(&plan.targets())?;
+    let ring = tracer.take_events()?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open until it is deregistered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::Io(e.into()))?;
+    let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), plan.node_ips.clone(), drop_reasons)
+        .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
+    let mut printer = LivePrinter { enabled: opts.live, printed: Default::default() };
+    let mut decode_errors = 0u64;
+
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    handle_record(&mut table, &item, &mut printer, &mut decode_errors, live);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                for id in table.settle(monotonic_ns()) {
+                    printer.print(&table, id, live);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+    }
+    // Drain what is left, then settle outcomes at the end of the trace.
+    {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            handle_record(&mut table, &item, &mut printer, &mut decode_errors, live);
+        }
+    }
+    for id in table.settle(monotonic_ns()) {
+        printer.print(&table, id, live);
+    }
+    let lost_events = tracer.lost_events();
+    let attached = tracer.attached().to_vec();
+    drop(ring);
+    drop(tracer);
+    if decode_errors > 0 {
+        warnings.push(format!("{decode_errors} kernel events could not be decoded"));
+    }
+    if table.evicted() > 0 {
+        warnings.push(format!("{} flows were evicted from the flow table (it holds at most 100000)", table.evicted()));
+    }
+    Ok(Outcome {
+        flows: table.flows().to_vec(),
+        lost_events,
+        evicted_flows: table.evicted(),
+        decode_errors,
+        attached,
+        warnings,
+    })
+}
+
+/// Live output: a flow's line is printed again only when it reads differently.
+struct LivePrinter {
+    enabled: bool,
+    printed: std::collections::HashMap<u64, String>,
+}
+
+impl LivePrinter {
+    fn print(&mut self, table: &FlowTable, id: u64, live: &mut dyn Write) {
+        if !self.enabled {
+            return;
+        }
+        if let Some(flow) = table.get(id) {
+            let line = flow.summary_line();
+            if self.printed.get(&id) != Some(&line) {
+                let _ = writeln!(live, "{line}");
+                self.printed.insert(id, line);
+            }
+        }
+    }
+}
+
+fn handle_record(table: &mut FlowTable, bytes: &[u8], printer: &mut LivePrinter, errors: &mut u64, live: &mut dyn Write) {
+    match events::decode(bytes) {
+        Ok(ev) => {
+            if let Some(id) = table.apply(&ev) {
+                printer.print(table, id, live);
+            }
+        }
+        Err(e) => {
+            *errors += 1;
+            if *errors == 1 {
+                eprintln!("d8-trace: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Service;
+
+    fn model() -> ServiceModel {
+        let mut svc = Service::new(ServiceRef { namespace: "default".into(), name: "web".into() });
+        for (name, port) in [("http", 80), ("metrics", 9090)] {
+            svc.frontends.push(Frontend {
+                kind: FrontendKind::ClusterIp,
+                ip: "10.96.0.10".parse().unwrap(),
+                port,
+                protocol: Protocol::Tcp,
+                port_name: name.into(),
+                rule: None,
+            });
+        }
+        svc.frontends.push(Frontend {
+            kind: FrontendKind::NodePort,
+            ip: "0.0.0.0".parse().unwrap(),
+            port: 30080,
+            protocol: Protocol::Tcp,
+            port_name: "http".into(),
+            rule: None,
+        });
+        svc.endpoints.push(Endpoint {
+            ip: "10.244.1.7".parse().unwrap(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+            port_name: "http".into(),
+            in_rules: true,
+            in_api: None,
+            ready: None,
+            local: None,
+            node: None,
+            pod: None,
+            weight: None,
+            rule: None,
+        });
+        let mut m = ServiceModel::default();
+        m.kube_proxy.rules_present = true;
+        m.services.push(svc);
+        m
+    }
+
+    #[test]
+    fn plans_frontends_and_backends_of_one_port() {
+        let arg: ServiceArg = "default/web:http".parse().unwrap();
+        let plan = plan(&model(), &arg, vec!["192.168.1.2".parse().unwrap()]).unwrap();
+        assert_eq!(
+            plan.frontend_addrs,
+            vec![(Protocol::Tcp, "10.96.0.10:80".parse().unwrap()), (Protocol::Tcp, "192.168.1.2:30080".parse().unwrap())]
+        );
+        assert_eq!(plan.endpoints.len(), 1);
+        let targets = plan.targets();
+        assert_eq!(targets.len(), 3);
+        assert_eq!(targets[2].1, target::BACKEND);
+        assert_eq!(u16::from_be(targets[0].0.port), 80);
+    }
+
+    #[test]
+    fn unknown_service_and_port_say_what_exists() {
+        let err = plan(&model(), &"default/nope".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("web"), "{err}");
+        let err = plan(&model(), &"default/web:grpc".parse().unwrap(), vec![]).unwrap_err();
+        assert!(err.to_string().contains("http (80)") && err.to_string().contains("metrics (9090)"), "{err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! What this node looks like: kube-proxy's rules read in the current network namespace, the
+//! host's addresses and conntrack counters, enriched with the API's view when asked to. The
+//! result is the service model the tracer and the classifier work from.
+
+use std::{net::IpAddr, process::Command};
+
+use crate::{
+    classify::ConntrackStats,
+    model::{ProxyMode, ServiceModel},
+    rules,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run {command}: {source}; install it (Debian: apt-get install iptables)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("reading {command} output: {source}")]
+    Parse {
+        command: String,
+        #[source]
+        source: rules::iptables::ParseError,
+    },
+}
+
+/// The model plus how it was made.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    pub model: ServiceModel,
+    /// The API (live or snapshot) was consulted.
+    pub api_consulted: bool,
+}
+
+fn run(command: &str, args: &[&str]) -> Result<String, Error> {
+    let out = Command::new(command)
+        .args(args)
+        .output()
+        .map_err(|source| Error::Spawn { command: command.into(), source })?;
+    if !out.status.success() {
+        return Err(Error::Failed {
+            command: format!("{command} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads kube-proxy's iptables rules (nat and filter) in the current network namespace.
+pub fn read_iptables() -> Result<ServiceModel, Error> {
+    let nat = run("iptables-save", &["-t", "nat"])?;
+    let filter = run("iptables-save", &["-t", "filter"])?;
+    let text = format!("{nat}{filter}");
+    let parsed = rules::iptables::parse_named(&text, "iptables-save")
+        .map_err(|source| Error::Parse { command: "iptables-save".into(), source })?;
+    let mut model = ServiceModel { services: parsed.services, warnings: parsed.warnings, ..Default::default() };
+    model.kube_proxy.rules_present = parsed.rules_present;
+    model.kube_proxy.mode = parsed.mode_hint.unwrap_or(ProxyMode::Unknown);
+    Ok(model)
+}
+
+/// Addresses configured on this network namespace's interfaces, loopback excluded.
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says how to read it.
+            let family = unsafe { (*ifa.ifa_addr).sa_family } as i32;
+            if family == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() {
+                    out.push(IpAddr::V4(ip));
+                }
+            } else if family == libc::AF_INET6 {
+                // SAFETY: AF_INET6 addresses are sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                if !ip.is_loopback() && (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                    out.push(IpAddr::V6(ip));
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn read_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Sum of the `drop` column of `/proc/net/stat/nf_conntrack` (hex, one row per CPU).
+pub fn conntrack_drop_counter() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack").ok()?;
+    parse_conntrack_drops(&text)
+}
+
+fn parse_conntrack_drops(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let col = header.iter().position(|h| *h == "drop")?;
+    Some(
+        lines
+            .filter_map(|l| l.split_whitespace().nth(col))
+            .filter_map(|v| u64::from_str_radix(v, 16).ok())
+            .sum(),
+    )
+}
+
+/// Conntrack table fill of this network namespace; `drop_delta` from a `before` reading.
+pub fn conntrack_stats(drops_before: Option<u64>) -> ConntrackStats {
+    let drops_now = conntrack_drop_counter();
+    ConntrackStats {
+        count: read_u64("/proc/sys/net/netfilter/nf_conntrack_count"),
+        max: read_u64("/proc/sys/net/netfilter/nf_conntrack_max"),
+        drop_delta: match (drops_before, drops_now) {
+            (Some(b), Some(n)) => Some(n.saturating_sub(b)),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_conntrack_drops_over_cpus() {
+        let text = "entries  clashres  found new invalid ignore delete chainlength insert insert_failed drop early_drop error\n\
+00000003  00000000  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000005 00000000 00000000\n\
+00000003  00000000  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 0000000a 00000000 00000000\n";
+        assert_eq!(parse_conntrack_drops(text), Some(15));
+        assert_eq!(parse_conntrack_drops("garbage"), None);
+    }
+
+    #[test]
+    fn host_addresses_exclude_loopback() {
+        assert!(host_addresses().iter().all(|ip| !ip.is_loopback()));
+    }
+}
