@@ -6,7 +6,6 @@
 //! kubeconfig, API unreachable, RBAC) into a warning so the verdict falls back to the rules alone.
 //! Lists are paginated (500 per page) so a large cluster does not arrive as one huge response.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 
-use super::node::{NodeSource, select_node};
+use super::node::{NodeHint, NodeSource, select_node};
 use super::{ClusterObjects, Error, Result};
 
 /// Default timeout of each API request: an on-call tool must not hang on a sick control plane.
@@ -25,17 +24,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
-
-/// How to find this node among the API's Nodes (see [`select_node`]).
-#[derive(Debug, Clone, Default)]
-pub struct NodeHint {
-    /// `--node`.
-    pub flag: Option<String>,
-    /// The `NODE_NAME` environment variable.
-    pub env: Option<String>,
-    /// This host's addresses.
-    pub host_ips: Vec<IpAddr>,
-}
 
 /// What [`load`] got: the objects and this node, or a warning saying why not.
 #[derive(Debug, Clone, Default)]

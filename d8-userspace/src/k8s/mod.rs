@@ -16,11 +16,17 @@ pub mod live;
 pub mod node;
 pub mod snapshot;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::model::ServiceModel;
+
 pub use enrich::enrich;
-pub use node::select_node;
+pub use live::DEFAULT_TIMEOUT;
+pub use node::{NodeHint, NodeSource, select_node};
 
 /// Errors of the Kubernetes layer.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +121,73 @@ impl ClusterObjects {
         self.pods.iter_mut().for_each(|o| strip(&mut o.metadata));
         self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
     }
+}
+
+/// Where the API's view comes from, as the selection flags say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The live API: `--kubeconfig PATH`, or kube's inference (`$KUBECONFIG`, `~/.kube/config`,
+    /// in-cluster) when `None`.
+    Live {
+        /// `--kubeconfig`.
+        kubeconfig: Option<PathBuf>,
+    },
+    /// `--k8s-snapshot FILE`.
+    Snapshot(PathBuf),
+    /// `--no-k8s`: rules alone.
+    Disabled,
+}
+
+/// What [`apply`] did, for `classify::Context` and the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The API's view was folded into the model: `classify::Context::api_consulted`.
+    pub api_consulted: bool,
+    /// This node, and how it was found (`None`: unknown, locality stays unknown).
+    pub node: Option<(String, NodeSource)>,
+    /// Problems to print as `d8-trace: warning: ...` (they are in the model's warnings too).
+    pub warnings: Vec<String>,
+}
+
+/// Folds the API's view from `source` into `model`.
+///
+/// A snapshot that cannot be read or is not a List is an error (the user named the file); objects
+/// in it that do not parse are warnings. The live API failing (no kubeconfig, unreachable, RBAC,
+/// `timeout` per request) is a warning and `api_consulted == false`: the verdict then rests on the
+/// rules alone and says so.
+pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, timeout: Duration) -> Result<Applied> {
+    match source {
+        Source::Disabled => Ok(Applied { node: hint_only(hint), ..Applied::default() }),
+        Source::Snapshot(path) => apply_snapshot(model, path, hint),
+        Source::Live { kubeconfig } => {
+            let loaded = live::load(kubeconfig.as_deref(), hint, timeout).await;
+            match loaded.objects {
+                Some(objs) => Ok(fold(model, &objs, loaded.node)),
+                None => {
+                    let warnings: Vec<String> = loaded.warning.into_iter().collect();
+                    model.warnings.extend(warnings.iter().cloned());
+                    Ok(Applied { api_consulted: false, node: hint_only(hint), warnings })
+                }
+            }
+        }
+    }
+}
+
+/// [`apply`] for `--k8s-snapshot`, without a runtime.
+pub fn apply_snapshot(model: &mut ServiceModel, path: &std::path::Path, hint: &NodeHint) -> Result<Applied> {
+    let objs = snapshot::read_snapshot(path)?;
+    let node = hint.select(&objs.nodes);
+    Ok(fold(model, &objs, node))
+}
+
+fn fold(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<(String, NodeSource)>) -> Applied {
+    enrich(model, objs, node.as_ref().map(|(n, _)| n.as_str()));
+    Applied { api_consulted: true, node, warnings: objs.warnings.clone() }
+}
+
+/// Without Node objects, only `--node` and `NODE_NAME` can name this node.
+fn hint_only(hint: &NodeHint) -> Option<(String, NodeSource)> {
+    select_node(hint.flag.as_deref(), hint.env.as_deref(), &[], &[])
 }
 
 #[cfg(test)]

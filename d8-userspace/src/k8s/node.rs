@@ -9,6 +9,24 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
 
+/// How to find this node (see [`select_node`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeHint {
+    /// `--node`.
+    pub flag: Option<String>,
+    /// The `NODE_NAME` environment variable.
+    pub env: Option<String>,
+    /// This host's addresses.
+    pub host_ips: Vec<IpAddr>,
+}
+
+impl NodeHint {
+    /// [`select_node`] with this hint.
+    pub fn select(&self, nodes: &[Node]) -> Option<(String, NodeSource)> {
+        select_node(self.flag.as_deref(), self.env.as_deref(), nodes, &self.host_ips)
+    }
+}
+
 /// How the node name was found, for the report's evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeSource {

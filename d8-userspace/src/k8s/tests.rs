@@ -287,7 +287,8 @@ mod live {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    use super::super::live::{NodeHint, fetch, load};
+    use super::super::live::{fetch, load};
+    use super::super::node::NodeHint;
     use super::*;
 
     /// Requests seen by the server (path and query).
@@ -457,4 +458,32 @@ mod live {
         assert!(matches!(err, Error::Timeout { what: "nodes", .. } | Error::List { what: "nodes", .. }), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
+}
+
+#[test]
+fn apply_snapshot_folds_the_snapshot_and_finds_the_node_by_address() {
+    let mut m = rules_model();
+    let hint = NodeHint { host_ips: vec![ip("10.0.0.1")], ..NodeHint::default() };
+    let applied = apply_snapshot(&mut m, &fixture(), &hint).unwrap();
+    assert!(applied.api_consulted);
+    assert_eq!(applied.node, Some(("node-1".into(), NodeSource::HostAddress)));
+    assert_eq!(m, enriched());
+}
+
+#[tokio::test]
+async fn apply_disabled_leaves_the_model_alone_and_unreachable_live_warns() {
+    let mut m = rules_model();
+    let hint = NodeHint { env: Some("node-3".into()), ..NodeHint::default() };
+    let applied = apply(&mut m, &Source::Disabled, &hint, DEFAULT_TIMEOUT).await.unwrap();
+    assert_eq!(applied, Applied { api_consulted: false, node: Some(("node-3".into(), NodeSource::Env)), warnings: vec![] });
+    assert_eq!(m, rules_model());
+
+    let source = Source::Live { kubeconfig: Some("/nonexistent/kubeconfig".into()) };
+    let applied = apply(&mut m, &source, &hint, DEFAULT_TIMEOUT).await.unwrap();
+    assert!(!applied.api_consulted);
+    assert_eq!(applied.warnings.len(), 1);
+    assert_eq!(m.warnings, applied.warnings, "the warning reaches the report through the model");
+
+    let err = apply(&mut m, &Source::Snapshot("/nonexistent/snap.json".into()), &hint, DEFAULT_TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, Error::ReadSnapshot { .. }));
 }

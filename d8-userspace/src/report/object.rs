@@ -274,7 +274,8 @@ pub struct FlowReport {
 }
 
 impl FlowReport {
-    /// The contract view of a flow, unclassified. The drop reason is the flow's last drop.
+    /// The contract view of a flow, unclassified. The drop reason is the flow's first drop (the one
+    /// that stopped it; later ones are retransmissions dying the same way).
     pub fn from_flow(flow: &Flow) -> Self {
         Self {
             protocol: flow.protocol,
@@ -282,7 +283,7 @@ impl FlowReport {
             frontend: flow.frontend,
             backend: flow.backend,
             outcome: flow.outcome,
-            drop_reason: flow.drops.last().map(|d| d.reason.clone()),
+            drop_reason: flow.drop_reason().map(str::to_owned),
             class: None,
         }
     }
