@@ -9,7 +9,9 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{categorize, ClusterSpec, EndpointInfo, ServiceSpec, ServicePortSpec, SessionAffinity};
+use super::spec::{
+    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize,
+};
 use crate::rules::names;
 
 /// kube-proxy's masquerade mark: `fmt.Sprintf("%#08x", 1<<14)`.
@@ -64,14 +66,28 @@ fn chain_line(buf: &mut String, chain: &str) {
 /// The text kube-proxy passes to `iptables-restore --noflush` for `spec` on a full sync.
 pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
     let mut b = Buffers::default();
-    for chain in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL"] {
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FORWARD",
+        "KUBE-NODEPORTS",
+        "KUBE-PROXY-FIREWALL",
+    ] {
         chain_line(&mut b.filter_chains, chain);
     }
-    for chain in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ] {
         chain_line(&mut b.nat_chains, chain);
     }
     let n = &mut b.nat_rules;
-    let _ = writeln!(n, "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN");
+    let _ = writeln!(
+        n,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
     let _ = writeln!(n, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
     let _ = writeln!(
         n,
@@ -149,11 +165,11 @@ pub fn lab_restore(spec: &ClusterSpec) -> String {
     let mut out = String::new();
     let mut pending_jumps: Option<&str> = None;
     for line in kp.lines() {
-        if let Some(jumps) = pending_jumps {
-            if !line.starts_with(':') {
-                out.push_str(jumps);
-                pending_jumps = None;
-            }
+        if let Some(jumps) = pending_jumps
+            && !line.starts_with(':')
+        {
+            out.push_str(jumps);
+            pending_jumps = None;
         }
         out.push_str(line);
         out.push('\n');
@@ -175,7 +191,12 @@ pub fn lab_restore(spec: &ClusterSpec) -> String {
 }
 
 /// One Service port, following `syncProxyRules`' per-port loop statement by statement.
-fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, port: &ServicePortSpec) {
+fn write_service_port(
+    b: &mut Buffers,
+    spec: &ClusterSpec,
+    svc: &ServiceSpec,
+    port: &ServicePortSpec,
+) {
     let name = svc.port_name(port);
     let proto = port.protocol.as_str();
     let chains = ServiceChains::new(&name, proto);
@@ -284,7 +305,9 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
         );
     }
 
-    let cluster_ip_args = format!("-m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {sport}");
+    let cluster_ip_args = format!(
+        "-m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {sport}"
+    );
     // Internal traffic: masquerade off-cluster sources (ClusterCIDR local detector).
     if has_internal {
         let _ = writeln!(
@@ -334,7 +357,11 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     for ep in &cat.all_reachable {
         let sep = sep_chain(&name, proto, ep);
         chain_line(&mut b.nat_chains, &sep);
-        let _ = writeln!(b.nat_rules, "-A {sep} -m comment --comment {name} -s {} -j KUBE-MARK-MASQ", ep.ip);
+        let _ = writeln!(
+            b.nat_rules,
+            "-A {sep} -m comment --comment {name} -s {} -j KUBE-MARK-MASQ",
+            ep.ip
+        );
         let affinity = match svc.session_affinity {
             SessionAffinity::ClientIP { .. } => format!(" -m recent --name {sep} --set"),
             SessionAffinity::None => String::new(),
@@ -370,11 +397,18 @@ fn write_service_to_endpoint_rules(
     for (i, ep) in eps.iter().enumerate() {
         let sep = sep_chain(name, proto, ep);
         let stat = if i < n - 1 {
-            format!(" -m statistic --mode random --probability {}", probability(n - i))
+            format!(
+                " -m statistic --mode random --probability {}",
+                probability(n - i)
+            )
         } else {
             String::new()
         };
-        let _ = writeln!(b.nat_rules, "-A {chain} -m comment --comment \"{name} -> {}\"{stat} -j {sep}", ep.addr());
+        let _ = writeln!(
+            b.nat_rules,
+            "-A {chain} -m comment --comment \"{name} -> {}\"{stat} -j {sep}",
+            ep.addr()
+        );
     }
 }
 
@@ -388,13 +422,22 @@ mod tests {
 
     fn web_spec(n: usize) -> ClusterSpec {
         let mut spec = ClusterSpec::new().service(
-            ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port("p80", 80, 8080, Protocol::Tcp),
+            ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port(
+                "p80",
+                80,
+                8080,
+                Protocol::Tcp,
+            ),
         );
         for i in 0..n {
             spec = spec.pod(
-                PodSpec::new("ns1", &format!("web-{i}"), Ipv4Addr::new(10, 244, 1, 10 + i as u8))
-                    .label("app", "svc1")
-                    .listen(8080, ListenerKind::Tcp),
+                PodSpec::new(
+                    "ns1",
+                    &format!("web-{i}"),
+                    Ipv4Addr::new(10, 244, 1, 10 + i as u8),
+                )
+                .label("app", "svc1")
+                .listen(8080, ListenerKind::Tcp),
             );
         }
         spec
@@ -406,7 +449,10 @@ mod tests {
         assert_eq!(probability(3), "0.3333333333");
         let text = kube_proxy_restore(&web_spec(3));
         let svc = names::service_chain("KUBE-SVC-", "ns1/svc1:p80", "tcp");
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("-A {svc} "))).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {svc} ")))
+            .collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].contains("! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"));
         assert!(lines[1].contains("--probability 0.3333333333"));
@@ -428,7 +474,10 @@ mod tests {
             names::service_chain("KUBE-SVC-", "ns1/svc1:p80", "tcp")
         )));
         // The NodePort tail rule is the last rule of nat KUBE-SERVICES.
-        let last = text.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).last().unwrap();
+        let last = text
+            .lines()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
+            .unwrap();
         assert!(last.contains("-j KUBE-NODEPORTS"));
     }
 
@@ -465,7 +514,11 @@ mod tests {
                     .external_ip(Ipv4Addr::new(192, 0, 2, 10))
                     .external_policy(TrafficPolicy::Local),
             )
-            .pod(PodSpec::new("ns2", "remote", Ipv4Addr::new(10, 244, 2, 10)).label("app", "svc2").on_node("other"));
+            .pod(
+                PodSpec::new("ns2", "remote", Ipv4Addr::new(10, 244, 2, 10))
+                    .label("app", "svc2")
+                    .on_node("other"),
+            );
         let text = kube_proxy_restore(&spec);
         let ext = names::service_chain("KUBE-EXT-", "ns2/svc2:p80", "tcp");
         let svc = names::service_chain("KUBE-SVC-", "ns2/svc2:p80", "tcp");
@@ -478,7 +531,10 @@ mod tests {
         assert!(text.contains(&format!(
             "-A {ext} -m comment --comment \"route LOCAL traffic for ns2/svc2:p80 external destinations\" -m addrtype --src-type LOCAL -j {svc}"
         )));
-        assert!(!text.contains(&format!("-A {ext} -j ")), "no fall-through to SVL without local endpoints");
+        assert!(
+            !text.contains(&format!("-A {ext} -j ")),
+            "no fall-through to SVL without local endpoints"
+        );
         assert!(!text.contains("KUBE-SVL-"));
     }
 
@@ -491,12 +547,19 @@ mod tests {
                     .external_policy(TrafficPolicy::Local),
             )
             .pod(PodSpec::new("ns2", "local", Ipv4Addr::new(10, 244, 1, 10)).label("app", "svc2"))
-            .pod(PodSpec::new("ns2", "remote", Ipv4Addr::new(10, 244, 2, 10)).label("app", "svc2").on_node("other"));
+            .pod(
+                PodSpec::new("ns2", "remote", Ipv4Addr::new(10, 244, 2, 10))
+                    .label("app", "svc2")
+                    .on_node("other"),
+            );
         let text = kube_proxy_restore(&spec);
         let ext = names::service_chain("KUBE-EXT-", "ns2/svc2:p80", "tcp");
         let svl = names::service_chain("KUBE-SVL-", "ns2/svc2:p80", "tcp");
         assert!(text.contains(&format!("-A {ext} -j {svl}\n")));
-        let svl_rules: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("-A {svl} "))).collect();
+        let svl_rules: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {svl} ")))
+            .collect();
         assert_eq!(svl_rules.len(), 1, "only the local endpoint: {svl_rules:?}");
         assert!(svl_rules[0].contains("10.244.1.10:8080"));
         assert!(!text.contains("has no local endpoints"));
@@ -508,7 +571,9 @@ mod tests {
         spec.services[0] = spec.services[0].clone().client_ip_affinity(10800);
         let text = kube_proxy_restore(&spec);
         let sep = names::endpoint_chain("ns1/svc1:p80", "tcp", "10.244.1.10:8080");
-        assert!(text.contains(&format!("-m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}")));
+        assert!(text.contains(&format!(
+            "-m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}"
+        )));
         assert!(text.contains(&format!(
             "-A {sep} -m comment --comment ns1/svc1:p80 -m recent --name {sep} --set -m tcp -p tcp -j DNAT"
         )));
@@ -518,7 +583,9 @@ mod tests {
     fn lab_restore_declares_builtin_chains() {
         let text = lab_restore(&web_spec(1));
         assert!(text.starts_with("*filter\n:INPUT ACCEPT [0:0]\n"));
-        assert!(text.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"));
+        assert!(text.contains(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
+        ));
         assert_eq!(text.matches("COMMIT").count(), 2);
     }
 }

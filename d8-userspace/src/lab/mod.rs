@@ -72,7 +72,7 @@ pub mod traffic;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -82,10 +82,13 @@ use crate::model::ProxyMode;
 pub use netns::{cleanup_stale, in_netns};
 use servers::{Behavior, KubeProxyState, Server};
 pub use spec::{
-    ClusterSpec, KubeProxySpec, ListenerKind, ListenerSpec, NodeSpec, PodSpec, ProbeSpec, ServicePortSpec, ServiceSpec,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    ClusterSpec, KubeProxySpec, ListenerKind, ListenerSpec, NodeSpec, PodSpec, ProbeSpec,
+    ServicePortSpec, ServiceSpec, ServiceType, SessionAffinity, TrafficPolicy,
 };
-pub use traffic::{http_get, kubelet_probe, tcp_connect, tcp_request, udp_request, HttpOutcome, TcpOutcome, UdpOutcome};
+pub use traffic::{
+    HttpOutcome, TcpOutcome, UdpOutcome, http_get, kubelet_probe, tcp_connect, tcp_request,
+    udp_request,
+};
 
 /// What went wrong while building, changing or tearing down a lab.
 #[derive(Debug, thiserror::Error)]
@@ -166,13 +169,24 @@ fn validate(spec: &ClusterSpec) -> Result<(), Error> {
     ips.insert(spec.client_pod_ip, "client pod".to_string());
     for pod in &spec.pods {
         if let Some(other) = ips.insert(pod.ip, pod.key()) {
-            return Err(Error::Spec(format!("pod {} and {other} share IP {}", pod.key(), pod.ip)));
+            return Err(Error::Spec(format!(
+                "pod {} and {other} share IP {}",
+                pod.key(),
+                pod.ip
+            )));
         }
-        let mut ports = pod.listeners.iter().map(|l| (l.port, l.kind.protocol())).collect::<Vec<_>>();
+        let mut ports = pod
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.kind.protocol()))
+            .collect::<Vec<_>>();
         ports.sort();
         ports.dedup();
         if ports.len() != pod.listeners.len() {
-            return Err(Error::Spec(format!("pod {} has two listeners on one port", pod.key())));
+            return Err(Error::Spec(format!(
+                "pod {} has two listeners on one port",
+                pod.key()
+            )));
         }
     }
     let mut keys: Vec<String> = spec.pods.iter().map(PodSpec::key).collect();
@@ -190,7 +204,9 @@ impl Lab {
     /// so far is removed.
     pub fn up(spec: ClusterSpec, mode: ProxyMode) -> Result<Lab, Error> {
         if !matches!(mode, ProxyMode::Iptables | ProxyMode::Nftables) {
-            return Err(Error::Spec(format!("proxy mode {mode:?} is not supported by the lab (iptables, nftables)")));
+            return Err(Error::Spec(format!(
+                "proxy mode {mode:?} is not supported by the lab (iptables, nftables)"
+            )));
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -247,7 +263,12 @@ impl Lab {
         netns::exec_in(
             &ext,
             "sysctl",
-            &["-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+            &[
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
             None,
         )?;
         let s = &self.spec;
@@ -271,7 +292,10 @@ impl Lab {
             &ext,
             &[
                 "link set lo up".into(),
-                format!("addr add {}/{} dev eth0", s.external_client_ip, s.node_prefix_len),
+                format!(
+                    "addr add {}/{} dev eth0",
+                    s.external_client_ip, s.node_prefix_len
+                ),
                 "link set eth0 up".into(),
                 format!("route add default via {node_ip} dev eth0"),
             ],
@@ -280,7 +304,13 @@ impl Lab {
         let client = PodSpec::new("default", "client", self.spec.client_pod_ip);
         let client_ns = self.client_ns.clone();
         self.create_pod_netns(&client, &client_ns)?;
-        let local: Vec<PodSpec> = self.spec.pods.iter().filter(|p| p.is_local(&self.spec)).cloned().collect();
+        let local: Vec<PodSpec> = self
+            .spec
+            .pods
+            .iter()
+            .filter(|p| p.is_local(&self.spec))
+            .cloned()
+            .collect();
         for pod in &local {
             self.create_pod(pod)?;
         }
@@ -292,7 +322,17 @@ impl Lab {
     /// Namespace, veth pair and routes for one pod.
     fn create_pod_netns(&mut self, pod: &PodSpec, ns: &str) -> Result<(), Error> {
         self.add_namespace(ns)?;
-        netns::exec_in(ns, "sysctl", &["-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], None)?;
+        netns::exec_in(
+            ns,
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+            None,
+        )?;
         let veth = pod_veth_name(pod);
         let node_ip = self.spec.node_ip;
         netns::ip_batch(
@@ -312,7 +352,10 @@ impl Lab {
                 "route add default via 169.254.1.1 dev eth0 onlink".into(),
             ],
         )?;
-        netns::ip_batch(&self.node_ns, &[format!("route add {}/32 dev {veth} src {node_ip}", pod.ip)])?;
+        netns::ip_batch(
+            &self.node_ns,
+            &[format!("route add {}/32 dev {veth} src {node_ip}", pod.ip)],
+        )?;
         Ok(())
     }
 
@@ -323,9 +366,18 @@ impl Lab {
     fn create_pod(&mut self, pod: &PodSpec) -> Result<(), Error> {
         let ns = self.pod_ns_name(pod);
         self.create_pod_netns(pod, &ns)?;
-        let mut rt = PodRuntime { ns: ns.clone(), servers: Vec::new(), drop_all: false };
+        let mut rt = PodRuntime {
+            ns: ns.clone(),
+            servers: Vec::new(),
+            drop_all: false,
+        };
         for l in &pod.listeners {
-            rt.servers.push(Server::start(&ns, &pod.name, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, l.port), Behavior::Pod(l.kind))?);
+            rt.servers.push(Server::start(
+                &ns,
+                &pod.name,
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, l.port),
+                Behavior::Pod(l.kind),
+            )?);
         }
         self.pods.insert(pod.key(), rt);
         if pod.drop_all {
@@ -355,7 +407,9 @@ impl Lab {
     /// Writes kube-proxy's rules for the rules view into the node namespace.
     fn sync_rules(&mut self) -> Result<(), Error> {
         let now = servers::unix_now();
-        self.kube_proxy_state.last_queued.store(now, Ordering::Relaxed);
+        self.kube_proxy_state
+            .last_queued
+            .store(now, Ordering::Relaxed);
         let text = match self.mode {
             ProxyMode::Nftables => {
                 let text = nftables::lab_transaction(&self.rules_spec);
@@ -369,7 +423,9 @@ impl Lab {
             }
         };
         self.rules_text = text;
-        self.kube_proxy_state.last_sync.store(now, Ordering::Relaxed);
+        self.kube_proxy_state
+            .last_sync
+            .store(now, Ordering::Relaxed);
         Ok(())
     }
 
@@ -378,7 +434,11 @@ impl Lab {
         match (&self.spec.kube_proxy, self.kube_proxy.is_some()) {
             (Some(kp), false) => {
                 self.kube_proxy_state.healthy.store(true, Ordering::Relaxed);
-                let mode = if self.mode == ProxyMode::Nftables { "nftables" } else { "iptables" };
+                let mode = if self.mode == ProxyMode::Nftables {
+                    "nftables"
+                } else {
+                    "iptables"
+                };
                 let healthz = Server::start(
                     &self.node_ns,
                     "kube-proxy",
@@ -389,9 +449,15 @@ impl Lab {
                     &self.node_ns,
                     "kube-proxy",
                     SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249),
-                    Behavior::KubeProxyMetrics { state: self.kube_proxy_state.clone(), mode, version: kp.version.clone() },
+                    Behavior::KubeProxyMetrics {
+                        state: self.kube_proxy_state.clone(),
+                        mode,
+                        version: kp.version.clone(),
+                    },
                 )?;
-                self.kube_proxy = Some(KubeProxyRuntime { _servers: vec![healthz, metrics] });
+                self.kube_proxy = Some(KubeProxyRuntime {
+                    _servers: vec![healthz, metrics],
+                });
             }
             (None, true) => self.kube_proxy = None,
             _ => {}
@@ -478,7 +544,8 @@ impl Lab {
 
     /// Writes [`Self::snapshot_json`] to `path` (for `d8-trace --k8s-snapshot`).
     pub fn write_snapshot(&self, path: &std::path::Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(&self.snapshot_json()).map_err(|e| Error::Io(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&self.snapshot_json())
+            .map_err(|e| Error::Io(e.to_string()))?;
         std::fs::write(path, text).map_err(|e| Error::Io(format!("write {}: {e}", path.display())))
     }
 
@@ -495,10 +562,16 @@ impl Lab {
             || spec.client_pod_ip != self.spec.client_pod_ip
             || spec.node_prefix_len != self.spec.node_prefix_len
         {
-            return Err(Error::Spec("apply cannot change node, external client or client pod addresses".into()));
+            return Err(Error::Spec(
+                "apply cannot change node, external client or client pod addresses".into(),
+            ));
         }
-        let wanted: BTreeMap<String, PodSpec> =
-            spec.pods.iter().filter(|p| p.is_local(&spec)).map(|p| (p.key(), p.clone())).collect();
+        let wanted: BTreeMap<String, PodSpec> = spec
+            .pods
+            .iter()
+            .filter(|p| p.is_local(&spec))
+            .map(|p| (p.key(), p.clone()))
+            .collect();
         // Remove pods that are gone, or whose namespace-level setup changed.
         let running: Vec<String> = self.pods.keys().cloned().collect();
         for key in running {
@@ -540,7 +613,11 @@ impl Lab {
     /// Removes a pod from the API view only: its EndpointSlice entry and Pod object vanish while
     /// kube-proxy's rules still DNAT to it (a stale endpoint). Undo with [`Self::restore_api`].
     pub fn delete_from_api(&mut self, pod: &str) -> Result<(), Error> {
-        let key = self.spec.find_pod(pod).map(PodSpec::key).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        let key = self
+            .spec
+            .find_pod(pod)
+            .map(PodSpec::key)
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
         self.api_spec.pods.retain(|p| p.key() != key);
         Ok(())
     }
@@ -570,9 +647,13 @@ impl Lab {
     /// it: `kube_proxy_rules_missing`. Undo with [`Self::resync_rules`].
     pub fn flush_service_rules(&mut self, namespace: &str, name: &str) -> Result<(), Error> {
         if self.rules_spec.find_service(namespace, name).is_none() {
-            return Err(Error::Spec(format!("no service {namespace}/{name} in the rules")));
+            return Err(Error::Spec(format!(
+                "no service {namespace}/{name} in the rules"
+            )));
         }
-        self.rules_spec.services.retain(|s| !(s.namespace == namespace && s.name == name));
+        self.rules_spec
+            .services
+            .retain(|s| !(s.namespace == namespace && s.name == name));
         self.sync_rules()
     }
 
@@ -585,7 +666,9 @@ impl Lab {
     /// Changes readiness in the world, the API and the rules at once (kube-proxy's normal reaction).
     pub fn set_ready(&mut self, pod: &str, ready: bool) -> Result<(), Error> {
         let mut spec = self.spec.clone();
-        spec.find_pod_mut(pod).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?.ready = ready;
+        spec.find_pod_mut(pod)
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?
+            .ready = ready;
         self.apply(spec)
     }
 
@@ -593,7 +676,10 @@ impl Lab {
     /// port-unreachable. Undo with [`Self::start_listener`].
     pub fn stop_listener(&mut self, pod: &str, port: u16) -> Result<(), Error> {
         let key = self.local_pod(pod)?.key();
-        let rt = self.pods.get_mut(&key).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        let rt = self
+            .pods
+            .get_mut(&key)
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
         rt.servers.retain_mut(|s| {
             if s.addr.port() == port {
                 s.stop();
@@ -614,11 +700,19 @@ impl Lab {
             .find(|l| l.port == port)
             .copied()
             .ok_or_else(|| Error::Spec(format!("pod {} has no listener on {port}", spec.key())))?;
-        let rt = self.pods.get_mut(&spec.key()).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        let rt = self
+            .pods
+            .get_mut(&spec.key())
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
         if rt.servers.iter().any(|s| s.addr.port() == port) {
             return Ok(());
         }
-        let server = Server::start(&rt.ns, &spec.name, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), Behavior::Pod(listener.kind))?;
+        let server = Server::start(
+            &rt.ns,
+            &spec.name,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            Behavior::Pod(listener.kind),
+        )?;
         rt.servers.push(server);
         Ok(())
     }
@@ -627,7 +721,10 @@ impl Lab {
     /// loopback exempt) or lifts that again.
     pub fn set_drop_all(&mut self, pod: &str, drop: bool) -> Result<(), Error> {
         let key = self.local_pod(pod)?.key();
-        let rt = self.pods.get_mut(&key).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
+        let rt = self
+            .pods
+            .get_mut(&key)
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
         let text = if drop {
             "add table inet d8lab-drop\ndelete table inet d8lab-drop\ntable inet d8lab-drop {\n\
              \tchain input { type filter hook input priority -400; policy drop; iif \"lo\" accept; }\n\
@@ -653,7 +750,9 @@ impl Lab {
     /// Node report).
     pub fn start_kube_proxy(&mut self, version: &str) -> Result<(), Error> {
         self.kube_proxy = None;
-        let kp = Some(KubeProxySpec { version: version.to_string() });
+        let kp = Some(KubeProxySpec {
+            version: version.to_string(),
+        });
         self.spec.kube_proxy = kp.clone();
         self.api_spec.kube_proxy = kp;
         self.sync_kube_proxy()
@@ -661,7 +760,9 @@ impl Lab {
 
     /// Makes the simulated kube-proxy's `/healthz` answer 200 (true) or 503 (false).
     pub fn set_kube_proxy_healthy(&self, healthy: bool) {
-        self.kube_proxy_state.healthy.store(healthy, Ordering::Relaxed);
+        self.kube_proxy_state
+            .healthy
+            .store(healthy, Ordering::Relaxed);
     }
 
     // ---- probes ----------------------------------------------------------------------------
@@ -672,7 +773,11 @@ impl Lab {
             .pods
             .iter()
             .filter(|p| p.is_local(&self.spec))
-            .flat_map(|p| p.probe_ports().into_iter().map(move |port| SocketAddrV4::new(p.ip, port)))
+            .flat_map(|p| {
+                p.probe_ports()
+                    .into_iter()
+                    .map(move |port| SocketAddrV4::new(p.ip, port))
+            })
             .collect()
     }
 
@@ -736,7 +841,11 @@ impl Prober {
                 }
             }
         });
-        Prober { stop: Some(tx), thread: Some(thread), probes }
+        Prober {
+            stop: Some(tx),
+            thread: Some(thread),
+            probes,
+        }
     }
 
     /// Probes sent so far.
@@ -753,6 +862,9 @@ impl Drop for Prober {
         }
     }
 }
+
+#[cfg(test)]
+mod root_tests;
 
 #[cfg(test)]
 mod tests {
@@ -776,10 +888,22 @@ mod tests {
     fn spec() -> ClusterSpec {
         ClusterSpec::new()
             .service(
-                ServiceSpec::new("default", "web", Ipv4Addr::new(10, 96, 0, 10))
-                    .node_port("http", 80, 8080, Protocol::Tcp, 30080),
+                ServiceSpec::new("default", "web", Ipv4Addr::new(10, 96, 0, 10)).node_port(
+                    "http",
+                    80,
+                    8080,
+                    Protocol::Tcp,
+                    30080,
+                ),
             )
-            .service(ServiceSpec::new("default", "dns", Ipv4Addr::new(10, 96, 0, 53)).port("dns", 53, 5353, Protocol::Udp))
+            .service(
+                ServiceSpec::new("default", "dns", Ipv4Addr::new(10, 96, 0, 53)).port(
+                    "dns",
+                    53,
+                    5353,
+                    Protocol::Udp,
+                ),
+            )
             .service(
                 ServiceSpec::new("default", "empty", Ipv4Addr::new(10, 96, 0, 20))
                     .port("", 80, 8080, Protocol::Tcp)
@@ -791,7 +915,11 @@ mod tests {
                     .listen(8080, ListenerKind::Http)
                     .tcp_probes(8080),
             )
-            .pod(PodSpec::new("default", "dns-1", Ipv4Addr::new(10, 244, 1, 21)).label("app", "dns").listen(5353, ListenerKind::UdpEcho))
+            .pod(
+                PodSpec::new("default", "dns-1", Ipv4Addr::new(10, 244, 1, 21))
+                    .label("app", "dns")
+                    .listen(5353, ListenerKind::UdpEcho),
+            )
     }
 
     fn exercise(mode: ProxyMode) {
@@ -801,39 +929,72 @@ mod tests {
             prefix = lab.prefix().to_string();
             let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
             match http_get(lab.client_ns(), web, "/", T).unwrap() {
-                HttpOutcome::Response { status, body } => {
+                HttpOutcome::Response { status, body, .. } => {
                     assert_eq!(status, 200);
                     assert_eq!(body, "web-1\n");
                 }
-                other => panic!("{mode:?} ClusterIP HTTP: {other:?}\nrules:\n{}", lab.rules_text()),
+                other => panic!(
+                    "{mode:?} ClusterIP HTTP: {other:?}\nrules:\n{}",
+                    lab.rules_text()
+                ),
             }
-            let out = udp_request(lab.client_ns(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 53), 53), b"q", T).unwrap();
+            let out = udp_request(
+                lab.client_ns(),
+                SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 53), 53),
+                b"q",
+                T,
+            )
+            .unwrap();
             assert_eq!(out, UdpOutcome::Reply(b"dns-1\nq".to_vec()), "{mode:?} UDP");
             // NodePort from the external client, and a kubelet probe from the node.
             let np = SocketAddrV4::new(lab.node_ip(), 30080);
             let out = http_get(lab.external_ns(), np, "/", T).unwrap();
-            assert!(matches!(out, HttpOutcome::Response { status: 200, .. }), "{mode:?} NodePort: {out:?}");
+            assert!(
+                matches!(out, HttpOutcome::Response { status: 200, .. }),
+                "{mode:?} NodePort: {out:?}"
+            );
             for (addr, out) in lab.probe_all(T).unwrap() {
                 assert!(out.is_connected(), "{mode:?} probe {addr}: {out:?}");
             }
             // No endpoints: REJECT -> refused.
-            let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80), T).unwrap();
+            let out = tcp_connect(
+                lab.client_ns(),
+                SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80),
+                T,
+            )
+            .unwrap();
             assert_eq!(out, TcpOutcome::Refused, "{mode:?} no endpoints");
             // Listener stopped: backend RST.
             lab.stop_listener("web-1", 8080).unwrap();
-            assert_eq!(tcp_connect(lab.client_ns(), web, T).unwrap(), TcpOutcome::Refused);
+            assert_eq!(
+                tcp_connect(lab.client_ns(), web, T).unwrap(),
+                TcpOutcome::Refused
+            );
             lab.start_listener("web-1", 8080).unwrap();
             assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
             // Pod that drops everything: timeout.
             lab.set_drop_all("web-1", true).unwrap();
             let short = Duration::from_millis(500);
-            assert_eq!(tcp_connect(lab.client_ns(), web, short).unwrap(), TcpOutcome::Timeout);
+            assert_eq!(
+                tcp_connect(lab.client_ns(), web, short).unwrap(),
+                TcpOutcome::Timeout
+            );
             lab.set_drop_all("web-1", false).unwrap();
             assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
             // Rules flushed for one Service while the API keeps it.
             lab.flush_service_rules("default", "web").unwrap();
-            assert!(!tcp_connect(lab.client_ns(), web, short).unwrap().is_connected());
-            assert!(lab.snapshot_json()["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == "web"));
+            assert!(
+                !tcp_connect(lab.client_ns(), web, short)
+                    .unwrap()
+                    .is_connected()
+            );
+            assert!(
+                lab.snapshot_json()["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i["metadata"]["name"] == "web")
+            );
             lab.resync_rules().unwrap();
             assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
             // Stale endpoint: pod gone from the API and its namespace deleted, rules keep it.
@@ -841,13 +1002,22 @@ mod tests {
             lab.delete_pod("web-1").unwrap();
             assert!(lab.pod_ns("web-1").is_none());
             assert!(lab.rules_text().contains("10.244.1.11"));
-            assert_eq!(tcp_connect(lab.client_ns(), web, short).unwrap(), TcpOutcome::Timeout);
+            assert_eq!(
+                tcp_connect(lab.client_ns(), web, short).unwrap(),
+                TcpOutcome::Timeout
+            );
             // apply brings everything back.
             lab.apply(spec()).unwrap();
             assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
-            assert_eq!(netns::list_with_prefix(&prefix).len(), lab.namespaces().len());
+            assert_eq!(
+                netns::list_with_prefix(&prefix).len(),
+                lab.namespaces().len()
+            );
         }
-        assert!(netns::list_with_prefix(&prefix).is_empty(), "teardown left namespaces");
+        assert!(
+            netns::list_with_prefix(&prefix).is_empty(),
+            "teardown left namespaces"
+        );
     }
 
     #[test]
@@ -873,7 +1043,10 @@ mod tests {
         let b = Lab::up(spec(), ProxyMode::Nftables).unwrap();
         assert_ne!(a.prefix(), b.prefix());
         let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
-        assert!(matches!(http_get(a.client_ns(), web, "/", T).unwrap(), HttpOutcome::Response { status: 200, .. }));
+        assert!(matches!(
+            http_get(a.client_ns(), web, "/", T).unwrap(),
+            HttpOutcome::Response { status: 200, .. }
+        ));
         assert!(tcp_connect(b.client_ns(), web, T).unwrap().is_connected());
     }
 }

@@ -15,7 +15,10 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{categorize, uses_cluster_endpoints, uses_local_endpoints, ClusterSpec, EndpointInfo, ServiceSpec, ServicePortSpec, SessionAffinity};
+use super::spec::{
+    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize,
+    uses_cluster_endpoints, uses_local_endpoints,
+};
 use crate::rules::names;
 
 /// kube-proxy's maximum length of the readable part of a chain name.
@@ -33,7 +36,13 @@ fn hash_and_truncate(name: &str) -> String {
 
 /// The common part of a Service port's chain names: `<H8>-<ns>/<svc>/<proto>/<portName>`.
 pub fn service_base(svc: &ServiceSpec, port: &ServicePortSpec) -> String {
-    hash_and_truncate(&format!("{}/{}/{}/{}", svc.namespace, svc.name, port.protocol.as_str(), port.name))
+    hash_and_truncate(&format!(
+        "{}/{}/{}/{}",
+        svc.namespace,
+        svc.name,
+        port.protocol.as_str(),
+        port.name
+    ))
 }
 
 /// The common part of an endpoint's chain and affinity-set names:
@@ -75,7 +84,10 @@ impl Tx {
 /// kube-proxy's full-sync transaction for `spec` (declarations first, see the module docs).
 pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     let mut tx = Tx::default();
-    let _ = writeln!(tx.decls, "add table {T} {{ comment \"rules for kube-proxy\" ; }}");
+    let _ = writeln!(
+        tx.decls,
+        "add table {T} {{ comment \"rules for kube-proxy\" ; }}"
+    );
     // Base chains, layout B.
     for (name, kind, hook, prio) in [
         ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
@@ -87,7 +99,10 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
         ("nat-postrouting", "nat", "postrouting", 100),
         ("nat-prerouting", "nat", "prerouting", -100),
     ] {
-        let _ = writeln!(tx.decls, "add chain {T} {name} {{ type {kind} hook {hook} priority {prio} ; }}");
+        let _ = writeln!(
+            tx.decls,
+            "add chain {T} {name} {{ type {kind} hook {hook} priority {prio} ; }}"
+        );
     }
     for chain in [
         "services",
@@ -104,11 +119,25 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
         tx.decls,
         "add chain {T} reject-chain {{ comment \"helper for @no-endpoint-services / @no-endpoint-nodeports\" ; }}"
     );
-    let _ = writeln!(tx.decls, "add set {T} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}");
-    let _ = writeln!(tx.decls, "add set {T} nodeport-ips {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}");
+    let _ = writeln!(
+        tx.decls,
+        "add set {T} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}"
+    );
+    let _ = writeln!(
+        tx.decls,
+        "add set {T} nodeport-ips {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}"
+    );
     for (name, key, comment) in [
-        ("service-ips", "ipv4_addr . inet_proto . inet_service", "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
-        ("service-nodeports", "inet_proto . inet_service", "NodePort traffic"),
+        (
+            "service-ips",
+            "ipv4_addr . inet_proto . inet_service",
+            "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        ),
+        (
+            "service-nodeports",
+            "inet_proto . inet_service",
+            "NodePort traffic",
+        ),
         (
             "no-endpoint-services",
             "ipv4_addr . inet_proto . inet_service",
@@ -119,15 +148,28 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
             "inet_proto . inet_service",
             "vmap to drop or reject packets to service nodeports with no endpoints",
         ),
-        ("firewall-ips", "ipv4_addr . inet_proto . inet_service", "destinations that are subject to LoadBalancerSourceRanges"),
+        (
+            "firewall-ips",
+            "ipv4_addr . inet_proto . inet_service",
+            "destinations that are subject to LoadBalancerSourceRanges",
+        ),
     ] {
-        let _ = writeln!(tx.decls, "add map {T} {name} {{ type {key} : verdict ; comment \"{comment}\" ; }}");
+        let _ = writeln!(
+            tx.decls,
+            "add map {T} {name} {{ type {key} : verdict ; comment \"{comment}\" ; }}"
+        );
     }
 
     // Static rules.
-    tx.rule("filter-prerouting-pre-dnat", "ct state new jump firewall-check");
+    tx.rule(
+        "filter-prerouting-pre-dnat",
+        "ct state new jump firewall-check",
+    );
     tx.rule("filter-output-pre-dnat", "ct state new jump firewall-check");
-    tx.rule("filter-forward", "ct state new jump service-endpoints-check");
+    tx.rule(
+        "filter-forward",
+        "ct state new jump service-endpoints-check",
+    );
     tx.rule("filter-forward", "ct state new jump cluster-ips-check");
     tx.rule("filter-input", "ct state new jump nodeport-endpoints-check");
     tx.rule("filter-input", "ct state new jump service-endpoints-check");
@@ -140,15 +182,36 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     tx.rule("masquerading", "mark and 0x4000 == 0 return");
     tx.rule("masquerading", "mark set mark xor 0x4000");
     tx.rule("masquerading", "masquerade fully-random");
-    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips");
-    tx.rule("services", "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports");
-    tx.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services");
-    tx.rule("nodeport-endpoints-check", "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports");
-    tx.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips");
-    tx.rule("cluster-ips-check", "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"");
+    tx.rule(
+        "services",
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+    );
+    tx.rule(
+        "services",
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+    );
+    tx.rule(
+        "service-endpoints-check",
+        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+    );
+    tx.rule(
+        "nodeport-endpoints-check",
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+    );
+    tx.rule(
+        "firewall-check",
+        "ip daddr . meta l4proto . th dport vmap @firewall-ips",
+    );
     tx.rule(
         "cluster-ips-check",
-        &format!("ip daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"", spec.service_cidr),
+        "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
+    );
+    tx.rule(
+        "cluster-ips-check",
+        &format!(
+            "ip daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+            spec.service_cidr
+        ),
     );
     tx.rule("reject-chain", "reject");
     tx.element("nodeport-ips", &spec.node_ip.to_string());
@@ -164,7 +227,10 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
 /// The lab's transaction: create-then-delete the table (so the delete never fails), then the full
 /// kube-proxy transaction, applied atomically by one `nft -f`.
 pub fn lab_transaction(spec: &ClusterSpec) -> String {
-    format!("add table {T}\ndelete table {T}\n{}", kube_proxy_transaction(spec))
+    format!(
+        "add table {T}\ndelete table {T}\n{}",
+        kube_proxy_transaction(spec)
+    )
 }
 
 fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: &ServicePortSpec) {
@@ -197,8 +263,11 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
         }
     }
     let uses_ext_chain = has_endpoints && svc.externally_accessible();
-    let (internal_verdict, external_verdict) =
-        if !has_endpoints { ("goto reject-chain", "goto reject-chain") } else { ("drop", "drop") };
+    let (internal_verdict, external_verdict) = if !has_endpoints {
+        ("goto reject-chain", "goto reject-chain")
+    } else {
+        ("drop", "drop")
+    };
 
     // Declarations first.
     if uses_ext_chain {
@@ -225,29 +294,53 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     let sport = port.port;
     tx.element("cluster-ips", &cip.to_string());
     if has_internal {
-        tx.element("service-ips", &format!("{cip} . {proto} . {sport} : goto {internal_chain}"));
+        tx.element(
+            "service-ips",
+            &format!("{cip} . {proto} . {sport} : goto {internal_chain}"),
+        );
     } else {
-        tx.element("no-endpoint-services", &format!("{cip} . {proto} . {sport} comment \"{name}\" : {internal_verdict}"));
+        tx.element(
+            "no-endpoint-services",
+            &format!("{cip} . {proto} . {sport} comment \"{name}\" : {internal_verdict}"),
+        );
     }
     for ip in svc.external_ips.iter().chain(svc.load_balancer_ips.iter()) {
         if has_endpoints {
-            tx.element("service-ips", &format!("{ip} . {proto} . {sport} : goto {external_chain}"));
+            tx.element(
+                "service-ips",
+                &format!("{ip} . {proto} . {sport} : goto {external_chain}"),
+            );
         }
         if !has_external {
-            tx.element("no-endpoint-services", &format!("{ip} . {proto} . {sport} comment \"{name}\" : {external_verdict}"));
+            tx.element(
+                "no-endpoint-services",
+                &format!("{ip} . {proto} . {sport} comment \"{name}\" : {external_verdict}"),
+            );
         }
     }
     if let Some(np) = port.node_port {
         if has_endpoints {
-            tx.element("service-nodeports", &format!("{proto} . {np} : goto {external_chain}"));
+            tx.element(
+                "service-nodeports",
+                &format!("{proto} . {np} : goto {external_chain}"),
+            );
         }
         if !has_external {
-            tx.element("no-endpoint-nodeports", &format!("{proto} . {np} comment \"{name}\" : {external_verdict}"));
+            tx.element(
+                "no-endpoint-nodeports",
+                &format!("{proto} . {np} comment \"{name}\" : {external_verdict}"),
+            );
         }
     }
 
     if has_internal {
-        tx.rule(internal_chain, &format!("ip daddr {cip} ip saddr != {} jump mark-for-masquerade", spec.cluster_cidr));
+        tx.rule(
+            internal_chain,
+            &format!(
+                "ip daddr {cip} ip saddr != {} jump mark-for-masquerade",
+                spec.cluster_cidr
+            ),
+        );
     }
     if uses_ext_chain {
         if !svc.external_policy_local() {
@@ -255,7 +348,10 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
         } else {
             tx.rule(
                 &external_chain,
-                &format!("ip saddr {} goto {cluster_chain} comment \"short-circuit pod traffic\"", spec.cluster_cidr),
+                &format!(
+                    "ip saddr {} goto {cluster_chain} comment \"short-circuit pod traffic\"",
+                    spec.cluster_cidr
+                ),
             );
             tx.rule(&external_chain, "fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\"");
             tx.rule(&external_chain, &format!("fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""));
@@ -273,11 +369,20 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     for ep in &cat.all_reachable {
         let ep_base = endpoint_base(svc, port, ep);
         let chain = format!("endpoint-{ep_base}");
-        tx.rule(&chain, &format!("ip saddr {} jump mark-for-masquerade", ep.ip));
+        tx.rule(
+            &chain,
+            &format!("ip saddr {} jump mark-for-masquerade", ep.ip),
+        );
         if matches!(svc.session_affinity, SessionAffinity::ClientIP { .. }) {
-            tx.rule(&chain, &format!("update @affinity-{ep_base} {{ ip saddr }}"));
+            tx.rule(
+                &chain,
+                &format!("update @affinity-{ep_base} {{ ip saddr }}"),
+            );
         }
-        tx.rule(&chain, &format!("meta l4proto {proto} dnat to {}", ep.addr()));
+        tx.rule(
+            &chain,
+            &format!("meta l4proto {proto} dnat to {}", ep.addr()),
+        );
     }
 }
 
@@ -291,7 +396,10 @@ fn write_service_to_endpoint_rules(
     if matches!(svc.session_affinity, SessionAffinity::ClientIP { .. }) {
         for ep in eps {
             let ep_base = endpoint_base(svc, port, ep);
-            tx.rule(chain, &format!("ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"));
+            tx.rule(
+                chain,
+                &format!("ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"),
+            );
         }
     }
     let elements: Vec<String> = eps
@@ -299,7 +407,14 @@ fn write_service_to_endpoint_rules(
         .enumerate()
         .map(|(i, ep)| format!("{i} : goto endpoint-{}", endpoint_base(svc, port, ep)))
         .collect();
-    tx.rule(chain, &format!("numgen random mod {} vmap {{ {} }}", eps.len(), elements.join(" , ")));
+    tx.rule(
+        chain,
+        &format!(
+            "numgen random mod {} vmap {{ {} }}",
+            eps.len(),
+            elements.join(" , ")
+        ),
+    );
 }
 
 #[cfg(test)]
@@ -312,7 +427,14 @@ mod tests {
 
     fn spec() -> ClusterSpec {
         ClusterSpec::new()
-            .service(ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port("p80", 80, 80, Protocol::Tcp))
+            .service(
+                ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port(
+                    "p80",
+                    80,
+                    80,
+                    Protocol::Tcp,
+                ),
+            )
             .pod(PodSpec::new("ns1", "a", Ipv4Addr::new(10, 180, 0, 1)).label("app", "svc1"))
     }
 
@@ -320,10 +442,19 @@ mod tests {
     fn chain_names_match_kube_proxy() {
         // Reference §3.3: kube-proxy's golden test names.
         let s = spec();
-        assert_eq!(format!("service-{}", service_base(&s.services[0], &s.services[0].ports[0])), "service-ULMVA6XW-ns1/svc1/tcp/p80");
+        assert_eq!(
+            format!(
+                "service-{}",
+                service_base(&s.services[0], &s.services[0].ports[0])
+            ),
+            "service-ULMVA6XW-ns1/svc1/tcp/p80"
+        );
         let eps = s.endpoints(&s.services[0], &s.services[0].ports[0]);
         assert_eq!(
-            format!("endpoint-{}", endpoint_base(&s.services[0], &s.services[0].ports[0], &eps[0])),
+            format!(
+                "endpoint-{}",
+                endpoint_base(&s.services[0], &s.services[0].ports[0], &eps[0])
+            ),
             "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
         );
     }
@@ -361,7 +492,11 @@ mod tests {
                     .node_port("p80", 80, 80, Protocol::Tcp, 30080)
                     .external_policy(TrafficPolicy::Local),
             )
-            .pod(PodSpec::new("ns2", "r", Ipv4Addr::new(10, 244, 2, 1)).label("app", "svc2").on_node("n2"));
+            .pod(
+                PodSpec::new("ns2", "r", Ipv4Addr::new(10, 244, 2, 1))
+                    .label("app", "svc2")
+                    .on_node("n2"),
+            );
         let text = kube_proxy_transaction(&s);
         assert!(text.contains("add element ip kube-proxy no-endpoint-nodeports { tcp . 30080 comment \"ns2/svc2:p80\" : drop }"));
         assert!(text.contains("service-nodeports { tcp . 30080 : goto external-"));
@@ -372,8 +507,13 @@ mod tests {
     #[test]
     fn probabilistic_dispatch_lists_every_ready_endpoint() {
         let mut s = spec();
-        s.pods.push(PodSpec::new("ns1", "b", Ipv4Addr::new(10, 180, 0, 2)).label("app", "svc1"));
-        s.pods.push(PodSpec::new("ns1", "c", Ipv4Addr::new(10, 180, 0, 3)).label("app", "svc1").ready(false));
+        s.pods
+            .push(PodSpec::new("ns1", "b", Ipv4Addr::new(10, 180, 0, 2)).label("app", "svc1"));
+        s.pods.push(
+            PodSpec::new("ns1", "c", Ipv4Addr::new(10, 180, 0, 3))
+                .label("app", "svc1")
+                .ready(false),
+        );
         let text = kube_proxy_transaction(&s);
         assert!(text.contains("numgen random mod 2 vmap { 0 : goto endpoint-"));
         assert!(!text.contains("10.180.0.3"));

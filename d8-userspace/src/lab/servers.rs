@@ -7,13 +7,13 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::Error;
 use super::netns;
 use super::spec::ListenerKind;
-use super::Error;
 
 /// How long a server waits for a client's request bytes before giving up on a connection.
 const CONN_IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,7 +35,10 @@ pub struct KubeProxyState {
 
 /// Seconds since the epoch.
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What a server thread does.
@@ -46,7 +49,11 @@ pub(crate) enum Behavior {
     /// kube-proxy `/healthz` (port 10256).
     KubeProxyHealthz(Arc<KubeProxyState>),
     /// kube-proxy `/metrics` and `/proxyMode` (port 10249).
-    KubeProxyMetrics { state: Arc<KubeProxyState>, mode: &'static str, version: String },
+    KubeProxyMetrics {
+        state: Arc<KubeProxyState>,
+        mode: &'static str,
+        version: String,
+    },
 }
 
 /// One running server thread.
@@ -60,11 +67,19 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a server in namespace `ns` bound to `addr`, returning once it is bound (and, for
     /// [`ListenerKind::TcpNoAccept`], once its accept queue is full).
-    pub fn start(ns: &str, owner: &str, addr: SocketAddrV4, behavior: Behavior) -> Result<Self, Error> {
+    pub fn start(
+        ns: &str,
+        owner: &str,
+        addr: SocketAddrV4,
+        behavior: Behavior,
+    ) -> Result<Self, Error> {
         // SAFETY: plain eventfd creation; the fd is owned below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
-            return Err(Error::Io(format!("eventfd: {}", std::io::Error::last_os_error())));
+            return Err(Error::Io(format!(
+                "eventfd: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: efd is a fresh, valid descriptor we own.
         let stop = unsafe { OwnedFd::from_raw_fd(efd) };
@@ -76,7 +91,11 @@ impl Server {
             .name(format!("d8lab-{owner}-{}", addr.port()))
             .spawn(move || serve(&ns_owned, &owner_owned, addr, behavior, stop_fd, tx))
             .map_err(|e| Error::Io(format!("spawn server thread: {e}")))?;
-        let mut server = Server { addr, stop, thread: Some(thread) };
+        let mut server = Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        };
         match rx.recv_timeout(BIND_TIMEOUT) {
             Ok(Ok(())) => Ok(server),
             Ok(Err(e)) => {
@@ -85,7 +104,9 @@ impl Server {
             }
             Err(_) => {
                 server.stop();
-                Err(Error::Io(format!("server {owner} {addr} did not report bound within {BIND_TIMEOUT:?}")))
+                Err(Error::Io(format!(
+                    "server {owner} {addr} did not report bound within {BIND_TIMEOUT:?}"
+                )))
             }
         }
     }
@@ -110,8 +131,16 @@ impl Drop for Server {
 /// Waits until `fd` is readable (true) or `stop` is signalled (false).
 fn wait_readable(fd: RawFd, stop: RawFd) -> bool {
     let mut fds = [
-        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     loop {
         // SAFETY: fds is a valid array of two pollfd.
@@ -145,14 +174,27 @@ fn tcp_listen(addr: SocketAddrV4, backlog: i32) -> std::io::Result<TcpListener> 
         }
         let owned = OwnedFd::from_raw_fd(fd);
         let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: addr.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
             sin_zero: [0; 8],
         };
-        if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) != 0 {
+        if libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         if libc::listen(fd, backlog) != 0 {
@@ -162,7 +204,14 @@ fn tcp_listen(addr: SocketAddrV4, backlog: i32) -> std::io::Result<TcpListener> 
     }
 }
 
-fn serve(ns: &str, owner: &str, addr: SocketAddrV4, behavior: Behavior, stop: RawFd, ready: mpsc::SyncSender<Result<(), Error>>) {
+fn serve(
+    ns: &str,
+    owner: &str,
+    addr: SocketAddrV4,
+    behavior: Behavior,
+    stop: RawFd,
+    ready: mpsc::SyncSender<Result<(), Error>>,
+) {
     if let Err(e) = netns::enter(ns) {
         let _ = ready.send(Err(e));
         return;
@@ -196,7 +245,11 @@ fn serve(ns: &str, owner: &str, addr: SocketAddrV4, behavior: Behavior, stop: Ra
                 }
             };
             // One completed connection fills a backlog-0 accept queue; later SYNs are dropped.
-            let target = if addr.ip().is_unspecified() { SocketAddrV4::new(Ipv4Addr::LOCALHOST, addr.port()) } else { addr };
+            let target = if addr.ip().is_unspecified() {
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, addr.port())
+            } else {
+                addr
+            };
             let filler = match TcpStream::connect_timeout(&target.into(), Duration::from_secs(2)) {
                 Ok(s) => s,
                 Err(e) => {
@@ -206,7 +259,11 @@ fn serve(ns: &str, owner: &str, addr: SocketAddrV4, behavior: Behavior, stop: Ra
             };
             let _ = ready.send(Ok(()));
             // SAFETY: waiting on our own eventfd only.
-            let mut fds = [libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 }];
+            let mut fds = [libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
             while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 0 {}
             drop(filler);
             drop(listener);
@@ -264,12 +321,21 @@ fn read_request(stream: &mut TcpStream) -> Option<String> {
         }
     }
     let text = String::from_utf8_lossy(&buf);
-    text.lines().next().filter(|l| !l.is_empty()).map(str::to_string)
+    text.lines()
+        .next()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
 }
 
 fn http_response(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) {
+    // X-Remote-Addr lets tests check source-IP preservation (externalTrafficPolicy=Local) and
+    // masquerading.
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Remote-Addr: {peer}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(resp.as_bytes());
@@ -296,12 +362,22 @@ fn handle(mut stream: TcpStream, owner: &str, behavior: &Behavior) {
                     rfc3339(if healthy { now } else { last }),
                     rfc3339(now)
                 );
-                let status = if healthy { "200 OK" } else { "503 Service Unavailable" };
+                let status = if healthy {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
                 http_response(&mut stream, status, "application/json", &body);
             }
         }
-        Behavior::KubeProxyMetrics { state, mode, version } => {
-            let Some(line) = read_request(&mut stream) else { return };
+        Behavior::KubeProxyMetrics {
+            state,
+            mode,
+            version,
+        } => {
+            let Some(line) = read_request(&mut stream) else {
+                return;
+            };
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             if path.starts_with("/proxyMode") {
                 http_response(&mut stream, "200 OK", "text/plain", mode);
@@ -309,7 +385,12 @@ fn handle(mut stream: TcpStream, owner: &str, behavior: &Behavior) {
                 let body = metrics_text(state, version);
                 http_response(&mut stream, "200 OK", "text/plain; version=0.0.4", &body);
             } else {
-                http_response(&mut stream, "404 Not Found", "text/plain", "404 page not found\n");
+                http_response(
+                    &mut stream,
+                    "404 Not Found",
+                    "text/plain",
+                    "404 page not found\n",
+                );
             }
         }
         // Tcp (and anything else): banner, half-close, drain until the client closes.
@@ -356,7 +437,12 @@ pub(crate) fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

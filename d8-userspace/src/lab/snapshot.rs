@@ -3,10 +3,12 @@
 //! (core/v1 Service, Pod, Node; discovery.k8s.io/v1 EndpointSlice). Written with `serde_json`
 //! values; uids and slice names are derived from names so snapshots are deterministic.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::spec::{ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, SessionAffinity, ServiceType};
+use super::spec::{
+    ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, ServiceType, SessionAffinity,
+};
 
 const CREATED: &str = "2026-01-01T00:00:00Z";
 
@@ -14,19 +16,32 @@ const CREATED: &str = "2026-01-01T00:00:00Z";
 fn uid(seed: &str) -> String {
     let d = Sha256::digest(seed.as_bytes());
     let h: String = d.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 /// The five-character suffix the API server gives generated names.
 fn suffix(seed: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    Sha256::digest(seed.as_bytes()).iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    Sha256::digest(seed.as_bytes())
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 fn probe_json(p: &ProbeSpec) -> Value {
     let action = match p {
         ProbeSpec::TcpSocket { port } => json!({"tcpSocket": {"port": port}}),
-        ProbeSpec::HttpGet { path, port } => json!({"httpGet": {"path": path, "port": port, "scheme": "HTTP"}}),
+        ProbeSpec::HttpGet { path, port } => {
+            json!({"httpGet": {"path": path, "port": port, "scheme": "HTTP"}})
+        }
     };
     let mut v = action;
     let obj = v.as_object_mut().expect("object");
@@ -75,7 +90,12 @@ fn service_json(svc: &ServiceSpec) -> Value {
         spec["externalTrafficPolicy"] = json!(svc.external_traffic_policy.as_str());
     }
     if !svc.external_ips.is_empty() {
-        spec["externalIPs"] = json!(svc.external_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>());
+        spec["externalIPs"] = json!(
+            svc.external_ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+        );
     }
     if let Some(hc) = svc.health_check_node_port {
         spec["healthCheckNodePort"] = json!(hc);
@@ -83,8 +103,16 @@ fn service_json(svc: &ServiceSpec) -> Value {
     if svc.service_type == ServiceType::LoadBalancer {
         spec["allocateLoadBalancerNodePorts"] = json!(true);
     }
-    let ingress: Vec<Value> = svc.load_balancer_ips.iter().map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
-    let status = if ingress.is_empty() { json!({"loadBalancer": {}}) } else { json!({"loadBalancer": {"ingress": ingress}}) };
+    let ingress: Vec<Value> = svc
+        .load_balancer_ips
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .collect();
+    let status = if ingress.is_empty() {
+        json!({"loadBalancer": {}})
+    } else {
+        json!({"loadBalancer": {"ingress": ingress}})
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -128,7 +156,11 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         .iter()
         .map(|p| json!({"name": p.name, "port": p.target_port, "protocol": p.protocol.as_str().to_ascii_uppercase()}))
         .collect();
-    let name = format!("{}-{}", svc.name, suffix(&format!("{}/{}", svc.namespace, svc.name)));
+    let name = format!(
+        "{}-{}",
+        svc.name,
+        suffix(&format!("{}/{}", svc.namespace, svc.name))
+    );
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -160,12 +192,21 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
 
 fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
     let node = spec.pod_node(pod).to_string();
-    let host_ip = spec.nodes().into_iter().find(|n| n.name == node).map(|n| n.ip.to_string()).unwrap_or_default();
+    let host_ip = spec
+        .nodes()
+        .into_iter()
+        .find(|n| n.name == node)
+        .map(|n| n.ip.to_string())
+        .unwrap_or_default();
     let ports: Vec<Value> = pod
         .listeners
         .iter()
         .map(|l| {
-            let proto = if l.kind == ListenerKind::UdpEcho { "UDP" } else { "TCP" };
+            let proto = if l.kind == ListenerKind::UdpEcho {
+                "UDP"
+            } else {
+                "TCP"
+            };
             json!({"containerPort": l.port, "protocol": proto})
         })
         .collect();
@@ -246,7 +287,11 @@ fn kube_proxy_pod_json(spec: &ClusterSpec, version: &str) -> Value {
 }
 
 fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
-    let version = spec.kube_proxy.as_ref().map(|k| k.version.as_str()).unwrap_or("v1.33.2");
+    let version = spec
+        .kube_proxy
+        .as_ref()
+        .map(|k| k.version.as_str())
+        .unwrap_or("v1.33.2");
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -304,8 +349,17 @@ mod tests {
                     .external_policy(TrafficPolicy::Local)
                     .client_ip_affinity(600),
             )
-            .pod(PodSpec::new("ns1", "web-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "web").tcp_probes(8080))
-            .pod(PodSpec::new("ns1", "web-2", Ipv4Addr::new(10, 244, 2, 11)).label("app", "web").on_node("n2").ready(false));
+            .pod(
+                PodSpec::new("ns1", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+                    .label("app", "web")
+                    .tcp_probes(8080),
+            )
+            .pod(
+                PodSpec::new("ns1", "web-2", Ipv4Addr::new(10, 244, 2, 11))
+                    .label("app", "web")
+                    .on_node("n2")
+                    .ready(false),
+            );
         let v = snapshot(&spec);
         assert_eq!(v["kind"], "List");
         let items = v["items"].as_array().unwrap();
@@ -313,23 +367,70 @@ mod tests {
         assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
         assert_eq!(svc["spec"]["type"], "NodePort");
         assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
-        assert_eq!(svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 600);
+        assert_eq!(
+            svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+            600
+        );
         assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
         let eps = items.iter().find(|i| i["kind"] == "EndpointSlice").unwrap();
         assert_eq!(eps["apiVersion"], "discovery.k8s.io/v1");
-        assert_eq!(eps["metadata"]["labels"]["kubernetes.io/service-name"], "web");
+        assert_eq!(
+            eps["metadata"]["labels"]["kubernetes.io/service-name"],
+            "web"
+        );
         assert_eq!(eps["endpoints"].as_array().unwrap().len(), 2);
         assert_eq!(eps["endpoints"][1]["conditions"]["ready"], false);
         assert_eq!(eps["endpoints"][1]["nodeName"], "n2");
         assert_eq!(eps["ports"][0]["port"], 8080);
-        let pod = items.iter().find(|i| i["kind"] == "Pod" && i["metadata"]["name"] == "web-1").unwrap();
+        let pod = items
+            .iter()
+            .find(|i| i["kind"] == "Pod" && i["metadata"]["name"] == "web-1")
+            .unwrap();
         assert_eq!(pod["status"]["podIP"], "10.244.1.11");
         assert_eq!(pod["spec"]["nodeName"], "d8lab-node");
-        assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"], 8080);
+        assert_eq!(
+            pod["spec"]["containers"][0]["readinessProbe"]["tcpSocket"]["port"],
+            8080
+        );
         let nodes: Vec<&Value> = items.iter().filter(|i| i["kind"] == "Node").collect();
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[0]["status"]["addresses"][0]["type"], "InternalIP");
         assert_eq!(nodes[0]["status"]["addresses"][0]["address"], "172.31.0.2");
-        assert!(items.iter().any(|i| i["metadata"]["namespace"] == "kube-system"));
+        assert!(
+            items
+                .iter()
+                .any(|i| i["metadata"]["namespace"] == "kube-system")
+        );
+    }
+
+    #[test]
+    fn snapshot_parses_with_the_k8s_reader() {
+        let spec = ClusterSpec::new()
+            .service(
+                ServiceSpec::new("ns1", "web", Ipv4Addr::new(10, 96, 0, 10)).port(
+                    "",
+                    80,
+                    8080,
+                    Protocol::Tcp,
+                ),
+            )
+            .service(
+                ServiceSpec::new("ns1", "lb", Ipv4Addr::new(10, 96, 0, 11))
+                    .node_port("dns", 53, 5353, Protocol::Udp, 30053)
+                    .load_balancer_ip(Ipv4Addr::new(192, 0, 2, 1))
+                    .external_ip(Ipv4Addr::new(192, 0, 2, 2)),
+            )
+            .pod(
+                PodSpec::new("ns1", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+                    .label("app", "web")
+                    .listen(8080, ListenerKind::Http),
+            );
+        let text = serde_json::to_string(&snapshot(&spec)).unwrap();
+        let objs = crate::k8s::snapshot::parse_snapshot(&text, "lab").unwrap();
+        assert!(objs.warnings.is_empty(), "{:?}", objs.warnings);
+        assert_eq!(objs.services.len(), 2);
+        assert_eq!(objs.endpoint_slices.len(), 2);
+        assert_eq!(objs.pods.len(), 3, "client, web-1, kube-proxy");
+        assert_eq!(objs.nodes.len(), 1);
     }
 }

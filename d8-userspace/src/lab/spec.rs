@@ -296,8 +296,12 @@ impl PodSpec {
 
     /// Ports probed by kubelet (readiness and liveness, deduplicated).
     pub fn probe_ports(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> =
-            self.readiness_probe.iter().chain(self.liveness_probe.iter()).map(ProbeSpec::port).collect();
+        let mut ports: Vec<u16> = self
+            .readiness_probe
+            .iter()
+            .chain(self.liveness_probe.iter())
+            .map(ProbeSpec::port)
+            .collect();
         ports.sort_unstable();
         ports.dedup();
         ports
@@ -325,13 +329,32 @@ impl ServiceSpec {
 
     /// Adds a port.
     pub fn port(mut self, name: &str, port: u16, target_port: u16, protocol: Protocol) -> Self {
-        self.ports.push(ServicePortSpec { name: name.into(), port, target_port, protocol, node_port: None });
+        self.ports.push(ServicePortSpec {
+            name: name.into(),
+            port,
+            target_port,
+            protocol,
+            node_port: None,
+        });
         self
     }
 
     /// Adds a port with a NodePort and makes the Service `NodePort` (unless it is a LoadBalancer).
-    pub fn node_port(mut self, name: &str, port: u16, target_port: u16, protocol: Protocol, node_port: u16) -> Self {
-        self.ports.push(ServicePortSpec { name: name.into(), port, target_port, protocol, node_port: Some(node_port) });
+    pub fn node_port(
+        mut self,
+        name: &str,
+        port: u16,
+        target_port: u16,
+        protocol: Protocol,
+        node_port: u16,
+    ) -> Self {
+        self.ports.push(ServicePortSpec {
+            name: name.into(),
+            port,
+            target_port,
+            protocol,
+            node_port: Some(node_port),
+        });
         if self.service_type == ServiceType::ClusterIP {
             self.service_type = ServiceType::NodePort;
         }
@@ -377,7 +400,10 @@ impl ServiceSpec {
 
     /// `namespace/name`.
     pub fn service_ref(&self) -> ServiceRef {
-        ServiceRef { namespace: self.namespace.clone(), name: self.name.clone() }
+        ServiceRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 
     /// kube-proxy's ServicePortName string: `ns/name:port`, or `ns/name` for an unnamed port.
@@ -409,7 +435,10 @@ impl ServiceSpec {
     fn selects(&self, pod: &PodSpec) -> bool {
         pod.namespace == self.namespace
             && !self.selector.is_empty()
-            && self.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
 
@@ -450,7 +479,9 @@ impl ClusterSpec {
             client_pod_ip: Ipv4Addr::new(10, 244, 1, 250),
             cluster_cidr: "10.244.0.0/16".into(),
             service_cidr: "10.96.0.0/16".into(),
-            kube_proxy: Some(KubeProxySpec { version: "v1.33.2".into() }),
+            kube_proxy: Some(KubeProxySpec {
+                version: "v1.33.2".into(),
+            }),
             other_nodes: Vec::new(),
             services: Vec::new(),
             pods: Vec::new(),
@@ -471,7 +502,9 @@ impl ClusterSpec {
 
     /// Finds a Service by namespace and name.
     pub fn find_service(&self, namespace: &str, name: &str) -> Option<&ServiceSpec> {
-        self.services.iter().find(|s| s.namespace == namespace && s.name == name)
+        self.services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
     }
 
     /// Finds a pod by name (`name` or `namespace/name`).
@@ -481,7 +514,9 @@ impl ClusterSpec {
 
     /// Mutable [`Self::find_pod`].
     pub fn find_pod_mut(&mut self, name: &str) -> Option<&mut PodSpec> {
-        self.pods.iter_mut().find(|p| p.name == name || p.key() == name)
+        self.pods
+            .iter_mut()
+            .find(|p| p.name == name || p.key() == name)
     }
 
     /// Node name of a pod (the lab node when unset).
@@ -512,13 +547,19 @@ impl ClusterSpec {
     /// Names and addresses of every node: the lab node first, then `other_nodes`, then nodes
     /// pods name that are not listed (given addresses 172.31.1.N so the API stays well-formed).
     pub fn nodes(&self) -> Vec<NodeSpec> {
-        let mut nodes = vec![NodeSpec { name: self.node_name.clone(), ip: self.node_ip }];
+        let mut nodes = vec![NodeSpec {
+            name: self.node_name.clone(),
+            ip: self.node_ip,
+        }];
         nodes.extend(self.other_nodes.iter().cloned());
         for pod in &self.pods {
             let name = self.pod_node(pod);
             if !nodes.iter().any(|n| n.name == name) {
                 let n = nodes.len() as u8;
-                nodes.push(NodeSpec { name: name.to_string(), ip: Ipv4Addr::new(172, 31, 1, n) });
+                nodes.push(NodeSpec {
+                    name: name.to_string(),
+                    ip: Ipv4Addr::new(172, 31, 1, n),
+                });
             }
         }
         nodes
@@ -558,14 +599,26 @@ pub(crate) fn uses_local_endpoints(svc: &ServiceSpec) -> bool {
 pub(crate) fn categorize(svc: &ServiceSpec, eps: &[EndpointInfo]) -> Categorized {
     let ready: Vec<EndpointInfo> = eps.iter().filter(|e| e.ready).cloned().collect();
     let has_any = !ready.is_empty();
-    let cluster = if uses_cluster_endpoints(svc) { ready.clone() } else { Vec::new() };
-    let local: Vec<EndpointInfo> =
-        if uses_local_endpoints(svc) { ready.iter().filter(|e| e.local).cloned().collect() } else { Vec::new() };
+    let cluster = if uses_cluster_endpoints(svc) {
+        ready.clone()
+    } else {
+        Vec::new()
+    };
+    let local: Vec<EndpointInfo> = if uses_local_endpoints(svc) {
+        ready.iter().filter(|e| e.local).cloned().collect()
+    } else {
+        Vec::new()
+    };
     let all_reachable = if !uses_cluster_endpoints(svc) {
         local.clone()
     } else {
         // Local endpoints are a subset of the ready ones, so the union is the cluster list.
         cluster.clone()
     };
-    Categorized { cluster, local, all_reachable, has_any }
+    Categorized {
+        cluster,
+        local,
+        all_reachable,
+        has_any,
+    }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::netns::in_netns;
 use super::Error;
+use super::netns::in_netns;
 
 /// Largest response a helper keeps.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -47,12 +47,14 @@ impl TcpOutcome {
     /// The response as text (lossy), empty when not connected.
     pub fn text(&self) -> String {
         match self {
-            Self::Connected { response } | Self::Reset { response } => String::from_utf8_lossy(response).into_owned(),
+            Self::Connected { response } | Self::Reset { response } => {
+                String::from_utf8_lossy(response).into_owned()
+            }
             _ => String::new(),
         }
     }
 
-    /// The first line of the response: the lab's servers answer with their pod name.
+    /// The first line of the response: the lab's TCP servers answer with their pod name.
     pub fn backend(&self) -> Option<String> {
         let text = self.text();
         let line = text.lines().next()?.trim().to_string();
@@ -69,9 +71,44 @@ pub enum HttpOutcome {
         status: u16,
         /// Body (after the blank line).
         body: String,
+        /// The `X-Remote-Addr` header of the lab's HTTP servers: the client address the pod saw.
+        remote_addr: Option<String>,
     },
     /// No HTTP response: what happened at the TCP level.
     Failed(TcpOutcome),
+}
+
+impl HttpOutcome {
+    /// Status code, when a response arrived.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Response { status, .. } => Some(*status),
+            Self::Failed(_) => None,
+        }
+    }
+
+    /// The first body line: the lab's HTTP servers answer with their pod name.
+    pub fn backend(&self) -> Option<String> {
+        match self {
+            Self::Response { body, .. } => body
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty()),
+            Self::Failed(_) => None,
+        }
+    }
+
+    /// The client IP the pod saw (from `X-Remote-Addr`).
+    pub fn remote_ip(&self) -> Option<std::net::Ipv4Addr> {
+        match self {
+            Self::Response {
+                remote_addr: Some(a),
+                ..
+            } => a.parse::<SocketAddrV4>().ok().map(|s| *s.ip()),
+            _ => None,
+        }
+    }
 }
 
 /// Result of one UDP request.
@@ -91,7 +128,9 @@ fn classify_connect_error(e: &std::io::Error) -> TcpOutcome {
     match e.kind() {
         ErrorKind::ConnectionRefused => TcpOutcome::Refused,
         ErrorKind::TimedOut | ErrorKind::WouldBlock => TcpOutcome::Timeout,
-        ErrorKind::ConnectionReset => TcpOutcome::Reset { response: Vec::new() },
+        ErrorKind::ConnectionReset => TcpOutcome::Reset {
+            response: Vec::new(),
+        },
         _ => TcpOutcome::Unreachable(e.to_string()),
     }
 }
@@ -109,7 +148,9 @@ fn read_response(stream: &mut TcpStream, deadline: Instant) -> TcpOutcome {
         match stream.read(&mut chunk) {
             Ok(0) => return TcpOutcome::Connected { response },
             Ok(n) => response.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return TcpOutcome::Reset { response },
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                return TcpOutcome::Reset { response };
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 return TcpOutcome::Connected { response };
             }
@@ -121,7 +162,12 @@ fn read_response(stream: &mut TcpStream, deadline: Instant) -> TcpOutcome {
 
 /// Connects from namespace `ns` to `addr`, sends `payload` (if any), half-closes, and reads the
 /// answer until the server closes. `timeout` bounds the whole exchange.
-pub fn tcp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<TcpOutcome, Error> {
+pub fn tcp_request(
+    ns: &str,
+    addr: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<TcpOutcome, Error> {
     in_netns(ns, || {
         let deadline = Instant::now() + timeout;
         let mut stream = match TcpStream::connect_timeout(&addr.into(), timeout) {
@@ -132,7 +178,9 @@ pub fn tcp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Durati
             let _ = stream.set_write_timeout(Some(timeout));
             if let Err(e) = stream.write_all(payload) {
                 return Ok(if e.kind() == ErrorKind::ConnectionReset {
-                    TcpOutcome::Reset { response: Vec::new() }
+                    TcpOutcome::Reset {
+                        response: Vec::new(),
+                    }
                 } else {
                     classify_connect_error(&e)
                 });
@@ -150,16 +198,40 @@ pub fn tcp_connect(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<Tc
 }
 
 /// `GET path HTTP/1.1` from namespace `ns` to `addr`.
-pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<HttpOutcome, Error> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: d8lab\r\nConnection: close\r\n\r\n");
+pub fn http_get(
+    ns: &str,
+    addr: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpOutcome, Error> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: d8lab\r\nConnection: close\r\n\r\n"
+    );
     let outcome = tcp_request(ns, addr, req.as_bytes(), timeout)?;
-    let TcpOutcome::Connected { response } = &outcome else { return Ok(HttpOutcome::Failed(outcome)) };
+    let TcpOutcome::Connected { response } = &outcome else {
+        return Ok(HttpOutcome::Failed(outcome));
+    };
     let text = String::from_utf8_lossy(response);
-    let status = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse::<u16>().ok());
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok());
     match status {
         Some(status) => {
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-            Ok(HttpOutcome::Response { status, body })
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let remote_addr = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("X-Remote-Addr:")
+                        .or_else(|| l.strip_prefix("x-remote-addr:"))
+                })
+                .map(|v| v.trim().to_string());
+            Ok(HttpOutcome::Response {
+                status,
+                body: body.to_string(),
+                remote_addr,
+            })
         }
         None => Ok(HttpOutcome::Failed(outcome)),
     }
@@ -167,10 +239,17 @@ pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> 
 
 /// Sends one datagram from namespace `ns` to `addr` on a connected UDP socket (so ICMP errors are
 /// reported) and waits up to `timeout` for a reply.
-pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<UdpOutcome, Error> {
+pub fn udp_request(
+    ns: &str,
+    addr: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<UdpOutcome, Error> {
     in_netns(ns, || {
-        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
-        sock.connect(addr).map_err(|e| Error::Io(format!("connect udp {addr}: {e}")))?;
+        let sock = UdpSocket::bind("0.0.0.0:0")
+            .map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
+        sock.connect(addr)
+            .map_err(|e| Error::Io(format!("connect udp {addr}: {e}")))?;
         let _ = sock.set_read_timeout(Some(timeout));
         match sock.send(payload) {
             Ok(_) => {}
@@ -181,7 +260,9 @@ pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Durati
         Ok(match sock.recv(&mut buf) {
             Ok(n) => UdpOutcome::Reply(buf[..n].to_vec()),
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => UdpOutcome::Refused,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => UdpOutcome::Timeout,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                UdpOutcome::Timeout
+            }
             Err(e) => UdpOutcome::Unreachable(e.to_string()),
         })
     })
@@ -196,7 +277,10 @@ pub fn kubelet_probe(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<
             Ok(s) => s,
             Err(e) => return Ok(classify_connect_error(&e)),
         };
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: setting SO_LINGER on our own socket with a correctly sized struct.
         unsafe {
             libc::setsockopt(
@@ -208,6 +292,8 @@ pub fn kubelet_probe(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<
             );
         }
         drop(stream);
-        Ok(TcpOutcome::Connected { response: Vec::new() })
+        Ok(TcpOutcome::Connected {
+            response: Vec::new(),
+        })
     })
 }
