@@ -46,7 +46,8 @@ pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flow
     let eps = facts.svc.map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
     let api = if facts.ctx.api_consulted { "rules and API agree" } else { "rules look consistent (API not consulted)" };
     let probes = if probe_flows > 0 {
-        format!("; {probe_flows} kubelet probe resets are normal")
+        let n = super::verdict::flows_n(probe_flows).replace("flow", "kubelet probe reset");
+        format!("; {n} (normal)")
     } else {
         String::new()
     };
@@ -56,7 +57,8 @@ pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flow
         let secs = facts.ctx.duration_ms.map(|d| format!(" in {} s", d / 1000)).unwrap_or_default();
         format!("no flow to {name} was seen{secs}; {api}, {eps} endpoints programmed{probes}")
     } else {
-        format!("all {service_flows} traced flows to {name} completed; {api}, {eps} endpoints programmed{probes}")
+        let n = super::verdict::flows_n(service_flows);
+        format!("{n} to {name} traced, all completed; {api}, {eps} endpoints programmed{probes}")
     }
 }
 

@@ -169,7 +169,7 @@ fn healthy_when_the_reply_is_seen_after_dnat() {
     assert!(v.flows.iter().all(|f| f.class == VerdictClass::Healthy));
     assert_eq!(v.severity, Severity::None);
     assert!(v.causes.is_empty());
-    assert!(v.root_cause.detail.contains("all 2 traced flows"), "{}", v.root_cause.detail);
+    assert!(v.root_cause.detail.contains("2 flows to shop/web traced, all completed"), "{}", v.root_cause.detail);
     assert!(has_evidence(&v, EvidenceKind::Rules, "KUBE-SEP-AAAAAAAAAAAAAAAA"), "{}", evidence_dump(&v));
 }
 
@@ -349,7 +349,7 @@ fn probe_rst_is_benign_and_never_the_root_cause() {
     assert_eq!(v.flows[1].class, VerdictClass::ProbeRst);
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
     assert_eq!(v.severity, Severity::None);
-    assert!(v.root_cause.detail.contains("2 kubelet probe resets are normal"), "{}", v.root_cause.detail);
+    assert!(v.root_cause.detail.contains("2 kubelet probe resets (normal)"), "{}", v.root_cause.detail);
     assert!(v.flows[0].fact.contains("readiness probe of shop/web-a"), "{}", v.flows[0].fact);
 }
 
@@ -536,7 +536,7 @@ fn version_skew_is_the_root_cause_only_when_nothing_else_explains_failures() {
     let v = classify(&target(), &[refused_flow(1, POD_A)], &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::BackendRefused);
     assert_eq!(v.causes[1].class, VerdictClass::KubeProxyVersionSkew);
-    assert!(has_evidence(&v, EvidenceKind::Trace, "also (kube_proxy_version_skew)"), "{}", evidence_dump(&v));
+    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "also (kube_proxy_version_skew)"), "{}", evidence_dump(&v));
 
     // One minor apart is supported.
     m.kube_proxy.version = Some("v1.30.9".into());
@@ -568,9 +568,10 @@ fn mixed_incident_ranks_causes() {
     let ranked: Vec<_> = v.causes.iter().map(|c| (c.class, c.flows)).collect();
     assert_eq!(ranked, [(C::StaleEndpoint, 2), (C::BackendRefused, 1)]);
     assert!(v.root_cause.detail.ends_with("(2 flows)"), "{}", v.root_cause.detail);
+    assert!(v.causes[1].detail.ends_with("(1 flow)"), "{}", v.causes[1].detail);
     let dump = evidence_dump(&v);
     assert!(has_evidence(&v, EvidenceKind::Trace, "also (backend_refused)"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Trace, "2 kubelet probe connections closed by RST"), "{dump}");
+    assert!(has_evidence(&v, EvidenceKind::Trace, "2 connections closed by RST: kubelet probes"), "{dump}");
     assert_eq!(v.severity, Severity::Medium, "some flows still work");
 }
 
@@ -579,6 +580,11 @@ fn explain_healthy_when_rules_and_api_agree() {
     let v = classify(&target(), &[], &model(true), &Context { api_consulted: true, ..Context::default() });
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
     assert!(v.root_cause.detail.contains("rules and API agree"), "{}", v.root_cause.detail);
+    // Healthy says what was checked.
+    let dump = evidence_dump(&v);
+    assert!(has_evidence(&v, EvidenceKind::Rules, "-j KUBE-SVC-EXAMPLEHASH00001"), "{dump}");
+    assert!(has_evidence(&v, EvidenceKind::Api, "list 2 ready endpoints, 2 of them DNAT targets"), "{dump}");
+    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "kube-proxy running on node node-1, /healthz 200"), "{dump}");
     assert!(v.flows.is_empty());
 }
 

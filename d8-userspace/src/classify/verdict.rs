@@ -268,11 +268,20 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
     let faults: Vec<&Group> = groups.iter().filter(|g| g.class.is_fault()).collect();
     let mut evidence = Vec::new();
     let mut causes = Vec::new();
+    let mut cause_kinds = Vec::new();
     for g in &faults {
         let lead = g.findings.first().cloned().or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
         let detail = lead.as_ref().map(|f| f.detail.clone()).unwrap_or_default();
-        let detail = if g.flows.is_empty() { detail } else { format!("{detail} ({} flows)", g.flows.len()) };
+        let detail = if g.flows.is_empty() { detail } else { format!("{detail} ({})", flows_n(g.flows.len())) };
+        // The kind of an "also" line: trace when flows prove the cause, else where its finding
+        // comes from.
+        let kind = if g.flows.is_empty() {
+            g.findings.iter().flat_map(|f| f.evidence.first()).map(|e| e.kind).next().unwrap_or(EvidenceKind::Rules)
+        } else {
+            EvidenceKind::Trace
+        };
         causes.push(Cause { class: g.class, flows: g.flows.len(), detail });
+        cause_kinds.push(kind);
     }
 
     let (root_cause, severity, mitigation) = match faults.first() {
@@ -305,23 +314,24 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
                 }
                 push_trace_facts(&mut evidence, g.flows.iter().map(|&i| &classified[i].0));
             }
+            push_checked(facts, &mut evidence);
             (RootCause { class: VerdictClass::Healthy, detail }, Severity::None, advice::healthy_mitigation(facts))
         }
     };
 
     // Other causes, ranked, one line each, so overlapping incidents stay visible.
-    for c in causes.iter().skip(1) {
-        evidence.push(Evidence::new(
-            EvidenceKind::Trace,
-            format!("also ({}): {}", c.class, c.detail),
-        ));
+    for (c, kind) in causes.iter().zip(&cause_kinds).skip(1) {
+        evidence.push(Evidence::new(*kind, format!("also ({}): {}", c.class, c.detail)));
     }
     if !faults.is_empty() {
         // Probe resets next to a fault: say they were seen and set aside.
         if probe_flows > 0 {
             evidence.push(Evidence::new(
                 EvidenceKind::Trace,
-                format!("{probe_flows} kubelet probe connections closed by RST: normal, not counted as failures"),
+                format!(
+                    "{} closed by RST: kubelet probes, normal, not counted as failures",
+                    flows_n(probe_flows).replace("flow", "connection")
+                ),
             ));
         }
         // Notes that are not faults (conntrack filling up, rule problems) whatever the verdict.
@@ -361,6 +371,11 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
     }
 }
 
+/// `1 flow`, `3 flows`.
+pub(super) fn flows_n(n: usize) -> String {
+    if n == 1 { "1 flow".to_owned() } else { format!("{n} flows") }
+}
+
 fn push_unique(out: &mut Vec<Evidence>, items: &[Evidence]) {
     for e in items {
         if !out.contains(e) {
@@ -377,8 +392,38 @@ fn push_trace_facts<'a>(out: &mut Vec<Evidence>, flows: impl Iterator<Item = &'a
     if facts.len() > MAX_TRACE_FACTS {
         out.push(Evidence::new(
             EvidenceKind::Trace,
-            format!("... and {} more flows like these", facts.len() - MAX_TRACE_FACTS),
+            format!("... and {} more like these", flows_n(facts.len() - MAX_TRACE_FACTS)),
         ));
+    }
+}
+
+/// What a `healthy` verdict checked: the frontends' rules, the API's endpoints, kube-proxy.
+fn push_checked(facts: &Facts<'_>, out: &mut Vec<Evidence>) {
+    let Some(svc) = facts.svc else { return };
+    let rules: Vec<Evidence> = svc
+        .frontends
+        .iter()
+        .filter_map(|f| f.rule.as_ref())
+        .take(MAX_TRACE_FACTS)
+        .map(|r| Evidence::new(EvidenceKind::Rules, super::flow::rule_text(r)))
+        .collect();
+    push_unique(out, &rules);
+    if facts.ctx.api_consulted {
+        let ready = facts.api_ready_endpoints();
+        let programmed = ready.iter().filter(|e| e.in_rules).count();
+        out.push(Evidence::new(
+            EvidenceKind::Api,
+            format!(
+                "EndpointSlices of {} list {} ready endpoints, {programmed} of them DNAT targets in the rules",
+                facts.name(),
+                ready.len()
+            ),
+        ));
+    }
+    let kp = &facts.model.kube_proxy;
+    if kp.running == Some(true) {
+        let healthz = kp.healthz_status.map(|c| format!(", /healthz {c}")).unwrap_or_default();
+        out.push(Evidence::new(EvidenceKind::KubeProxy, format!("kube-proxy running on node {}{healthz}", facts.node())));
     }
 }
 

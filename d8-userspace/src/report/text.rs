@@ -47,7 +47,7 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     if r.endpoints.is_empty() {
         writeln!(out, "Endpoints: none known")?;
     } else {
-        writeln!(out, "Endpoints:             rules api   ready local rule")?;
+        writeln!(out, "Endpoints:              rules api   ready local rule")?;
         for e in &r.endpoints {
             let addr = format!("{}:{}", e.ip, e.port);
             writeln!(
