@@ -21,6 +21,8 @@ pub struct Boot<'a> {
     pub memory_mib: u32,
     pub cpus: u32,
     pub timeout: Duration,
+    /// `tcg` (software emulation), or `kvm` where it works.
+    pub accel: &'a str,
 }
 
 pub struct Outcome {
@@ -70,7 +72,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
     let qemu = super::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is missing: apt-get install -y qemu-system-x86")?;
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg"])
+    cmd.args(["-accel", b.accel])
         .args(["-m", &b.memory_mib.to_string()])
         .args(["-smp", &b.cpus.to_string()])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
