@@ -169,6 +169,15 @@ pub fn bzimage_release(image: &Path) -> Result<String> {
 /// The newest `linux-image-<series>.*-cloud-amd64-unsigned` package known to apt, downloaded and
 /// extracted once into `<cache>/debian/<package>_<version>/`.
 fn debian(series: &str, cache: &Path) -> Result<Kernel> {
+    let dir = cache.join("debian");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Two runs at once (a developer and a test script) must not download into the same
+    // directories; the lock is released when the file is closed, also if we die.
+    let lock = fs::File::create(dir.join(".lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("d8-vm: another vm-test is preparing a kernel in {}; waiting", dir.display());
+        lock.lock()?;
+    }
     debian_once(series, cache, true)
 }
 
