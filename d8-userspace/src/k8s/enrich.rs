@@ -118,7 +118,28 @@ fn api_facts(api: &ApiService) -> ApiFacts {
 /// Frontends the API declares, added when the model (the rules) lacks them. Matching ignores the
 /// address of NodePorts: rule readers may list them per node address or as `0.0.0.0`.
 fn add_api_frontends(svc: &mut Service, api: &ApiService) {
-    let Some(spec) = api.spec.as_ref() else { return };
+    for fe in frontends_of(api) {
+        let known = svc.frontends.iter().any(|m| {
+            m.kind == fe.kind
+                && m.port == fe.port
+                && m.protocol == fe.protocol
+                && (m.ip == fe.ip || fe.kind == FrontendKind::NodePort)
+        });
+        if !known {
+            svc.frontends.push(fe);
+        }
+    }
+}
+
+/// Every Service's frontends as the API declares them (NodePorts on `0.0.0.0`, `rule: None`): what
+/// `rules::ipvs::join` needs to name IPVS virtual servers.
+pub fn api_frontends(objs: &ClusterObjects) -> Vec<(ServiceRef, Vec<Frontend>)> {
+    objs.services.iter().filter_map(|s| Some((service_ref(s)?, frontends_of(s)))).collect()
+}
+
+/// The frontends of one API Service: ClusterIPs, NodePorts, external IPs, load-balancer IPs, per port.
+fn frontends_of(api: &ApiService) -> Vec<Frontend> {
+    let Some(spec) = api.spec.as_ref() else { return Vec::new() };
     let ports = spec.ports.as_deref().unwrap_or_default();
     let parse = |s: &str| s.parse::<IpAddr>().ok();
     let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
@@ -134,12 +155,13 @@ fn add_api_frontends(svc: &mut Service, api: &ApiService) {
         .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref().and_then(parse)).collect())
         .unwrap_or_default();
 
-    let mut wanted = Vec::new();
+    let mut out = Vec::new();
     for p in ports {
         let protocol = protocol(p.protocol.as_deref());
         let Ok(port) = u16::try_from(p.port) else { continue };
         let name = p.name.clone().unwrap_or_default();
-        let mut add = |kind, ip, port| wanted.push(Frontend { kind, ip, port, protocol, port_name: name.clone(), rule: None });
+        let mut add =
+            |kind, ip, port| out.push(Frontend { kind, ip, port, protocol, port_name: name.clone(), rule: None });
         for ip in &cluster_ips {
             add(FrontendKind::ClusterIp, *ip, port);
         }
@@ -153,15 +175,7 @@ fn add_api_frontends(svc: &mut Service, api: &ApiService) {
             add(FrontendKind::LoadBalancer, *ip, port);
         }
     }
-    for fe in wanted {
-        let known = svc.frontends.iter().any(|m| {
-            m.kind == fe.kind && m.port == fe.port && m.protocol == fe.protocol
-                && (m.ip == fe.ip || fe.kind == FrontendKind::NodePort)
-        });
-        if !known {
-            svc.frontends.push(fe);
-        }
-    }
+    out
 }
 
 fn protocol(p: Option<&str>) -> Protocol {

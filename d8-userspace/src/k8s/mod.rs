@@ -24,7 +24,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::ServiceModel;
 
-pub use enrich::enrich;
+pub use enrich::{api_frontends, enrich};
 pub use live::DEFAULT_TIMEOUT;
 pub use node::{NodeHint, NodeSource, select_node};
 

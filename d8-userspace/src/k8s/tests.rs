@@ -487,3 +487,104 @@ async fn apply_disabled_leaves_the_model_alone_and_unreachable_live_warns() {
     let err = apply(&mut m, &Source::Snapshot("/nonexistent/snap.json".into()), &hint, DEFAULT_TIMEOUT).await.unwrap_err();
     assert!(matches!(err, Error::ReadSnapshot { .. }));
 }
+
+#[test]
+fn api_frontends_name_every_service_for_ipvs() {
+    let objs = read_snapshot(&fixture()).unwrap();
+    let fes = api_frontends(&objs);
+    assert_eq!(fes.len(), 4);
+    let (sref, web) = fes.iter().find(|(s, _)| s.name == "web").unwrap();
+    assert_eq!(sref.namespace, "shop");
+    assert_eq!(web.len(), 3, "ClusterIP, NodePort, external IP: {web:?}");
+}
+
+mod pipeline {
+    //! The lab's own generator writes kube-proxy's rules and the matching snapshot for a spec; the
+    //! rule reader and this module turn them into a model; the classifier must find the fault the
+    //! spec was given. Pure: no namespace, no kernel.
+
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::classify::{Context, classify};
+    use crate::lab::spec::{ClusterSpec, PodSpec, ServiceSpec, TrafficPolicy};
+    use crate::model::{KubeProxyStatus, ProxyMode};
+    use crate::report::VerdictClass;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec::new()
+            .service(
+                ServiceSpec::new("shop", "web", Ipv4Addr::new(10, 96, 0, 10))
+                    .node_port("http", 80, 8080, Protocol::Tcp, 30080)
+                    .selector("app", "web"),
+            )
+            .service(
+                ServiceSpec::new("shop", "empty", Ipv4Addr::new(10, 96, 0, 20))
+                    .port("http", 80, 8080, Protocol::Tcp)
+                    .selector("app", "nothing"),
+            )
+            .service(
+                ServiceSpec::new("shop", "local", Ipv4Addr::new(10, 96, 0, 30))
+                    .node_port("http", 80, 8080, Protocol::Tcp, 30090)
+                    .selector("app", "remote")
+                    .external_policy(TrafficPolicy::Local),
+            )
+            .pod(PodSpec::new("shop", "web-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "web").tcp_probes(8080))
+            .pod(PodSpec::new("shop", "web-2", Ipv4Addr::new(10, 244, 1, 12)).label("app", "web"))
+            .pod(PodSpec::new("shop", "remote-1", Ipv4Addr::new(10, 244, 2, 11)).label("app", "remote").on_node("n2"))
+    }
+
+    /// Rules written for `rules`, API facts from `api`, on the lab node found by its address.
+    fn model(rules: &ClusterSpec, api: &ClusterSpec) -> ServiceModel {
+        let text = crate::lab::iptables::kube_proxy_restore(rules);
+        let parsed = crate::rules::iptables::parse(&text).unwrap();
+        let mut m = ServiceModel {
+            kube_proxy: KubeProxyStatus {
+                mode: ProxyMode::Iptables,
+                running: Some(true),
+                rules_present: parsed.rules_present,
+                ..KubeProxyStatus::default()
+            },
+            services: parsed.services,
+            ..ServiceModel::default()
+        };
+        let objs = parse_snapshot(&crate::lab::snapshot::snapshot(api).to_string(), "lab").unwrap();
+        let hint = NodeHint { host_ips: vec![IpAddr::V4(api.node_ip)], ..NodeHint::default() };
+        let node = hint.select(&objs.nodes).map(|(n, _)| n);
+        assert_eq!(node.as_deref(), Some("d8lab-node"));
+        enrich(&mut m, &objs, node.as_deref());
+        m
+    }
+
+    fn explain(m: &ServiceModel, name: &str) -> VerdictClass {
+        let v = classify(&sref("shop", name), &[], m, &Context { api_consulted: true, ..Context::default() });
+        v.root_cause.class
+    }
+
+    #[test]
+    fn generated_rules_and_snapshot_give_the_spec_faults() {
+        let s = spec();
+        let m = model(&s, &s);
+        assert_eq!(explain(&m, "web"), VerdictClass::Healthy);
+        assert_eq!(explain(&m, "empty"), VerdictClass::NoEndpoints);
+        assert_eq!(explain(&m, "local"), VerdictClass::EtpLocalNoLocalEndpoints);
+        let web = m.service(&sref("shop", "web")).unwrap();
+        assert!(web.endpoints.iter().all(|e| e.in_rules && e.in_api == Some(true) && e.local == Some(true)));
+        assert!(m.probe_ports.iter().any(|p| p.pod == "shop/web-1" && p.port == 8080));
+    }
+
+    #[test]
+    fn a_pod_deleted_from_the_api_but_not_the_rules_is_stale() {
+        let rules = spec();
+        let mut api = spec();
+        api.pods.retain(|p| p.name != "web-2");
+        assert_eq!(explain(&model(&rules, &api), "web"), VerdictClass::StaleEndpoint);
+    }
+
+    #[test]
+    fn a_service_the_rules_lack_is_rules_missing() {
+        let mut rules = spec();
+        rules.services.retain(|s| s.name != "web");
+        assert_eq!(explain(&model(&rules, &spec()), "web"), VerdictClass::KubeProxyRulesMissing);
+    }
+}
