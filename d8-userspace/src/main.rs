@@ -6,7 +6,7 @@ use std::{io::Write, process::ExitCode, time::Duration};
 use clap::Parser;
 use d8_trace::{
     classify::{self, Context},
-    cli::{Cli, Command, Hooks, Output, Selection, TraceArgs},
+    cli::{Cli, Command, ExplainArgs, Hooks, Output, Selection, TraceArgs},
     kernel::netns,
     node, report,
     trace::{self, Options},
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => trace_command(cli.trace),
         Some(Command::Doctor(args)) => d8_trace::doctor::run(args.json, &args.selection).map_err(Failure::env),
-        Some(Command::Explain(_)) => Err(Failure::usage("`explain` comes with the service model; use `d8-trace --svc` for now")),
+        Some(Command::Explain(args)) => explain_command(args),
         Some(Command::Daemon(_)) => Err(Failure::usage("`daemon` is not available in this build yet")),
         Some(Command::Demo(_)) => Err(Failure::usage("`demo` is not available in this build yet")),
     };
@@ -75,59 +75,100 @@ fn main() -> ExitCode {
 
 /// Checks the selection flags this build can honour.
 fn check_selection(sel: &Selection) -> Result<(), Failure> {
-    if sel.kubeconfig.is_some() || sel.k8s_snapshot.is_some() {
-        return Err(Failure::usage(
-            "--kubeconfig and --k8s-snapshot come with the Kubernetes service model, not in this build; use --no-k8s",
-        ));
-    }
     if sel.hooks == Hooks::Tc {
         return Err(trace::Error::TcUnavailable.into());
     }
     Ok(())
 }
 
+impl From<node::Error> for Failure {
+    fn from(e: node::Error) -> Self {
+        match e {
+            // The user named a snapshot file that cannot be used.
+            node::Error::Api(_) => Failure::usage(error_chain(&e)),
+            node::Error::Rules(_) => Failure::env(error_chain(&e)),
+        }
+    }
+}
+
+/// Root, then the network namespace: before any other thread exists, because netfilter links
+/// and child processes follow the calling thread's netns.
+fn enter_node(sel: &Selection) -> Result<tokio::runtime::Runtime, Failure> {
+    check_selection(sel)?;
+    if !d8_trace::kernel::is_root() {
+        return Err(trace::Error::NotRoot.into());
+    }
+    if let Some(ns) = &sel.netns {
+        netns::enter(ns).map_err(|e| Failure::env(error_chain(&e)))?;
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::env(format!("starting the event loop: {e}")))
+}
+
+fn format_of(output: Output) -> report::Format {
+    match output {
+        Output::Text => report::Format::Text,
+        Output::Json => report::Format::Json,
+        Output::Yaml => report::Format::Yaml,
+        Output::Runbook => report::Format::Runbook,
+    }
+}
+
+fn print_report(report: &report::Report, output: Output) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match report::render(report, format_of(output), &mut stdout).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        // A closed pipe (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::env(format!("writing the report: {e}"))),
+    }
+}
+
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("d8-trace: warning: {w}");
+    }
+}
+
+fn explain_command(args: ExplainArgs) -> Result<(), Failure> {
+    let runtime = enter_node(&args.selection)?;
+    let view = runtime.block_on(node::view(&args.selection))?;
+    warn_all(&view.warnings);
+    if view.model.service(&args.svc.service).is_none() && view.model.services.is_empty() {
+        // Nothing at all to explain from: still a verdict (rules missing / kube-proxy down).
+        eprintln!("d8-trace: warning: no kube-proxy rules found in this network namespace");
+    }
+    let ctx = Context {
+        api_consulted: view.api_consulted,
+        conntrack: Some(node::conntrack_stats(None)),
+        host_ips: view.host_ips.clone(),
+        traced: false,
+        duration_ms: None,
+        lost_events: 0,
+    };
+    let report = classify::build_report(&args.svc.service, &[], &view.model, &ctx);
+    print_report(&report, args.output)
+}
+
 fn trace_command(args: TraceArgs) -> Result<(), Failure> {
     let Some(svc) = args.svc.clone() else {
         return Err(Failure::usage("--svc NAMESPACE/NAME is required (or a subcommand: explain, daemon, demo, doctor)"));
     };
-    check_selection(&args.selection)?;
-    if !d8_trace::kernel::is_root() {
-        return Err(trace::Error::NotRoot.into());
-    }
-    // Before any other thread exists: links and child processes follow the thread's netns.
-    if let Some(ns) = &args.selection.netns {
-        netns::enter(ns).map_err(|e| Failure::env(error_chain(&e)))?;
-    }
+    let runtime = enter_node(&args.selection)?;
+    let view = runtime.block_on(node::view(&args.selection))?;
+    warn_all(&view.warnings);
     let setup = trace::kernel_setup()?;
-    for w in &setup.warnings {
-        eprintln!("d8-trace: warning: {w}");
-    }
-    let mut model = node::read_iptables().map_err(|e| Failure::env(error_chain(&e)))?;
-    let host_ips = node::host_addresses();
-    model.node_ips = host_ips.clone();
-    model.node = args.selection.node.clone().or_else(|| std::env::var("NODE_NAME").ok());
-    let plan = trace::plan(&model, &svc, host_ips.clone())?;
+    warn_all(&setup.warnings);
+    let plan = trace::plan(&view.model, &svc, view.model.node_ips.clone())?;
     let opts = Options {
         duration: args.duration.map(Duration::from_secs),
         reply_timeout: Duration::from_secs(args.reply_timeout),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         live: true,
     };
-    eprintln!(
-        "d8-trace: tracing {} ({} frontends, {} backends){}",
-        plan.service,
-        plan.frontend_addrs.len(),
-        plan.endpoints.len(),
-        match opts.duration {
-            Some(d) => format!(" for {}s", d.as_secs()),
-            None => "; Ctrl-C to stop".into(),
-        }
-    );
     let drops_before = node::conntrack_drop_counter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::env(format!("starting the event loop: {e}")))?;
     let started = std::time::Instant::now();
     let outcome = runtime.block_on(async {
         if args.output == Output::Text {
@@ -137,29 +178,15 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
             trace::run(&plan, setup, &opts, &mut std::io::stderr()).await
         }
     })?;
-    for w in &outcome.warnings {
-        eprintln!("d8-trace: warning: {w}");
-    }
+    warn_all(&outcome.warnings);
     let ctx = Context {
-        api_consulted: false,
+        api_consulted: view.api_consulted,
         conntrack: Some(node::conntrack_stats(drops_before)),
-        host_ips,
+        host_ips: view.host_ips.clone(),
         traced: true,
         duration_ms: Some(started.elapsed().as_millis() as u64),
         lost_events: outcome.lost_events,
     };
-    let report = classify::build_report(&plan.service, &outcome.flows, &model, &ctx);
-    let format = match args.output {
-        Output::Text => report::Format::Text,
-        Output::Json => report::Format::Json,
-        Output::Yaml => report::Format::Yaml,
-        Output::Runbook => report::Format::Runbook,
-    };
-    let mut stdout = std::io::stdout().lock();
-    match report::render(&report, format, &mut stdout).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(()),
-        // A closed pipe (`| head`) is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::env(format!("writing the report: {e}"))),
-    }
+    let report = classify::build_report(&plan.service, &outcome.flows, &view.model, &ctx);
+    print_report(&report, args.output)
 }

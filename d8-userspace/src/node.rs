@@ -2,30 +2,22 @@
 //! host's addresses and conntrack counters, enriched with the API's view when asked to. The
 //! result is the service model the tracer and the classifier work from.
 
-use std::{net::IpAddr, process::Command};
+use std::{net::IpAddr, time::Duration};
 
 use crate::{
     classify::ConntrackStats,
+    cli::Selection,
+    k8s,
     model::{ProxyMode, ServiceModel},
     rules,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot run {command}: {source}; install it (Debian: apt-get install iptables)")]
-    Spawn {
-        command: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{command} failed: {stderr}")]
-    Failed { command: String, stderr: String },
-    #[error("reading {command} output: {source}")]
-    Parse {
-        command: String,
-        #[source]
-        source: rules::iptables::ParseError,
-    },
+    #[error(transparent)]
+    Rules(#[from] rules::ReadError),
+    #[error(transparent)]
+    Api(#[from] k8s::Error),
 }
 
 /// The model plus how it was made.
@@ -34,33 +26,50 @@ pub struct NodeView {
     pub model: ServiceModel,
     /// The API (live or snapshot) was consulted.
     pub api_consulted: bool,
+    /// This host's own addresses (in the current network namespace).
+    pub host_ips: Vec<IpAddr>,
+    /// Problems worth a `warning:` line.
+    pub warnings: Vec<String>,
 }
 
-fn run(command: &str, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new(command)
-        .args(args)
-        .output()
-        .map_err(|source| Error::Spawn { command: command.into(), source })?;
-    if !out.status.success() {
-        return Err(Error::Failed {
-            command: format!("{command} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
+/// Where the API's view comes from, per the selection flags.
+pub fn api_source(sel: &Selection) -> k8s::Source {
+    if sel.no_k8s {
+        k8s::Source::Disabled
+    } else if let Some(path) = &sel.k8s_snapshot {
+        k8s::Source::Snapshot(path.clone())
+    } else {
+        k8s::Source::Live { kubeconfig: sel.kubeconfig.clone() }
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Reads kube-proxy's iptables rules (nat and filter) in the current network namespace.
-pub fn read_iptables() -> Result<ServiceModel, Error> {
-    let nat = run("iptables-save", &["-t", "nat"])?;
-    let filter = run("iptables-save", &["-t", "filter"])?;
-    let text = format!("{nat}{filter}");
-    let parsed = rules::iptables::parse_named(&text, "iptables-save")
-        .map_err(|source| Error::Parse { command: "iptables-save".into(), source })?;
-    let mut model = ServiceModel { services: parsed.services, warnings: parsed.warnings, ..Default::default() };
-    model.kube_proxy.rules_present = parsed.rules_present;
-    model.kube_proxy.mode = parsed.mode_hint.unwrap_or(ProxyMode::Unknown);
-    Ok(model)
+/// Reads kube-proxy's rules and health in the current network namespace and folds in the API's
+/// view (`--k8s-snapshot`, the live API, or nothing with `--no-k8s`).
+pub async fn view(sel: &Selection) -> Result<NodeView, Error> {
+    let node_rules = rules::read_node(None)?;
+    let mut model = node_rules.model;
+    let host_ips = host_addresses();
+    for ip in &host_ips {
+        if !model.node_ips.contains(ip) {
+            model.node_ips.push(*ip);
+        }
+    }
+    let hint = k8s::NodeHint {
+        flag: sel.node.clone(),
+        env: std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()),
+        host_ips: host_ips.clone(),
+    };
+    let applied = k8s::apply(&mut model, &api_source(sel), &hint, Duration::from_secs(5)).await?;
+    if model.kube_proxy.mode == ProxyMode::Ipvs && !node_rules.virtual_servers.is_empty() {
+        // IPVS names no Services: join its virtual servers to the API's Services by address.
+        let known: Vec<_> = model.services.iter().map(|s| (s.service.clone(), s.frontends.clone())).collect();
+        let joined = rules::ipvs::join(&node_rules.virtual_servers, &known);
+        model.services = rules::merge_services(std::mem::take(&mut model.services), joined);
+    }
+    if let Some((name, _)) = &applied.node {
+        model.node = Some(name.clone());
+    }
+    Ok(NodeView { model, api_consulted: applied.api_consulted, host_ips, warnings: applied.warnings })
 }
 
 /// Addresses configured on this network namespace's interfaces, loopback excluded.

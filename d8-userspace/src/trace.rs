@@ -214,8 +214,29 @@ pub fn kernel_setup() -> Result<KernelSetup, Error> {
 /// and time enabled, on the thread that is in the node's network namespace.
 pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn Write) -> Result<Outcome, Error> {
     let KernelSetup { config, drop_reasons, mount, mut warnings } = setup;
+    // Signal handlers first: a Ctrl-C or SIGTERM that arrives once hooks are attached must end the
+    // trace normally (verdict printed, everything detached), never kill the process outright.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tracer = Tracer::attach(&config, mount, opts.ring_buffer_bytes)?;
     tracer.set_targets(&plan.targets())?;
+    eprintln!(
+        "d8-trace: attached {} hooks; tracing {} ({} frontends, {} backends){}",
+        tracer.attached().len(),
+        plan.service,
+        plan.frontend_addrs.len(),
+        plan.endpoints.len(),
+        match opts.duration {
+            Some(d) => format!(" for {}s", d.as_secs()),
+            None => "; Ctrl-C to stop".into(),
+        }
+    );
+    // Fault injection for the end-to-end tests: fail once everything is attached, to prove that
+    // an error path detaches as well as a clean exit does.
+    if std::env::var_os("D8_TRACE_FAIL_AFTER_ATTACH").is_some() {
+        return Err(Error::Io(std::io::Error::other("failing after attach (D8_TRACE_FAIL_AFTER_ATTACH is set)")));
+    }
     let ring = tracer.take_events()?;
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open until it is deregistered.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -226,7 +247,6 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     let mut decode_errors = 0u64;
 
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
 
     loop {
@@ -244,7 +264,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
                     printer.print(&table, id, live);
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }

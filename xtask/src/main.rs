@@ -1,1 +1,36 @@
-fn main(){}
+//! `cargo xtask`: the project's own tasks. One clap enum; each task is a module with its own
+//! `Options` and one entry function.
+
+mod setup;
+mod test;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "d8-trace's build, test and lab tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need on a fresh Debian machine (idempotent).
+    Setup(setup::Options),
+    /// Set up, then run the whole test suite: unit, end-to-end on this kernel, and in a VM.
+    Test(test::Options),
+    /// Set up, build, and run `d8-trace demo` (a simulated node with an incident, traced live).
+    Demo(test::DemoOptions),
+    /// Boot a Debian kernel under qemu and run a command in it.
+    VmTest(vm::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup(opts) => setup::run(&opts),
+        Task::Test(opts) => test::run(&opts),
+        Task::Demo(opts) => test::demo(&opts),
+        Task::VmTest(opts) => vm::run(opts),
+    }
+}

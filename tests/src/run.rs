@@ -1,0 +1,145 @@
+//! Running `d8-trace` as a child process against a lab node.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::report::Report;
+
+/// The binary under test.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("D8_TRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/d8-trace
+    let exe = std::env::current_exe().expect("test executable path");
+    let candidate = exe.parent().and_then(|deps| deps.parent()).map(|p| p.join("d8-trace"));
+    match candidate {
+        Some(p) if p.exists() => p,
+        _ => panic!(
+            "d8-trace binary not found next to the tests; build it first (`cargo build -p d8-userspace`) or set D8_TRACE_BIN (`cargo xtask test` does both)"
+        ),
+    }
+}
+
+/// A running trace.
+pub struct Trace {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What a finished trace printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The JSON report, or a panic showing what was printed instead.
+    pub fn report(&self) -> Report {
+        assert!(self.status.success(), "d8-trace failed ({}):\n{}", self.status, self.stderr);
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not the JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl Trace {
+    /// Starts `d8-trace <args>` and waits until it says its hooks are attached.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(binary());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning d8-trace");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut trace = Self { child, stderr_lines: rx, stderr_seen: Vec::new() };
+        trace.wait_for_stderr("attached", Duration::from_secs(20));
+        trace
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with everything seen on timeout or exit.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!("d8-trace never printed {needle:?}; stderr:\n{}", self.stderr_seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the child (which this test started).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for exit (at most `timeout`, then kills it and panics).
+    pub fn finish(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for d8-trace") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("d8-trace did not exit within {timeout:?}; stderr:\n{}", self.stderr_seen.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr_seen.push(line);
+        }
+        Finished { status, stdout, stderr: self.stderr_seen.join("\n") }
+    }
+}
+
+/// Runs `d8-trace <args>` to completion (for commands that do not attach, or fail early).
+pub fn run_to_end(args: &[&str]) -> Finished {
+    let out = Command::new(binary()).args(args).stdin(Stdio::null()).output().expect("running d8-trace");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

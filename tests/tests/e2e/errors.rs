@@ -1,0 +1,43 @@
+//! Bad input: one clear sentence on stderr, the contract's exit code, nothing attached.
+
+use d8_tests::{bpf, run::run_to_end};
+use d8_trace::model::ProxyMode;
+
+use crate::common::*;
+
+#[test]
+fn unknown_service_names_what_exists_and_exits_2() {
+    let lab = lab(ProxyMode::Iptables);
+    let links_before = bpf::d8_links();
+    let out = run_to_end(&["--svc", "default/nope", "--netns", lab.node_ns(), "--no-k8s", "--duration", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("default/nope") && out.stderr.contains("web"), "{}", out.stderr);
+    assert_eq!(bpf::d8_links(), links_before);
+}
+
+#[test]
+fn missing_network_namespace_exits_3() {
+    d8_tests::require_root();
+    let out = run_to_end(&["--svc", "default/web", "--netns", "d8-no-such-namespace", "--no-k8s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert!(out.stderr.contains("d8-no-such-namespace") && out.stderr.contains("ip netns list"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    for args in [&["--svc", "web"][..], &["--svc", "a/b", "--duration", "soon"], &["--bogus"], &["--svc", "a/b", "-o", "xml"]] {
+        let out = run_to_end(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn doctor_reports_the_hook_set() {
+    d8_tests::require_root();
+    let out = run_to_end(&["doctor", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("doctor --json prints JSON");
+    assert_eq!(v["hook_set"], "netfilter", "this kernel has netfilter links: {v}");
+    assert!(v["checks"].as_array().is_some_and(|c| !c.is_empty()));
+}

@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `d8-trace` binary, the running kernel, and namespace labs built by
+//! `d8_trace::lab`. They need root; run them with `cargo xtask test` (one test thread: they share
+//! the kernel's BPF and netfilter state).
+//!
+//! Modules:
+//! - `common`: the lab used by most tests, and helpers.
+//! - `tracer`: flows joined pre/post-DNAT, and their outcomes (issue 2).
+//! - `cleanup`: nothing stays attached after exit, Ctrl-C or an error.
+//! - `errors`: bad input gets one sentence and the contract's exit code.
+
+mod cleanup;
+mod common;
+mod errors;
+mod tracer;

@@ -1,0 +1,111 @@
+//! One flow per connection, with the pre-DNAT frontend and the post-DNAT backend conntrack chose
+//! joined, and the outcome the kernel's events prove.
+
+use std::time::Duration;
+
+use d8_trace::{lab, model::ProxyMode};
+use d8_tests::run::Trace;
+
+use crate::common::*;
+
+fn tcp_to_cluster_ip_is_one_established_flow_to_the_chosen_backend(mode: ProxyMode) {
+    let lab = lab(mode);
+    let trace = Trace::start(&trace_args(&lab, "default/web", "4", &[]));
+    let answer = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+    let chosen = answer.backend().expect("the backend names itself in its answer");
+    let report = trace.finish(Duration::from_secs(20)).report();
+
+    let flows = report.flows_to("10.96.0.10:80");
+    assert_eq!(flows.len(), 1, "one connection, one flow:\n{}", report.describe_flows());
+    let flow = flows[0];
+    let expected_backend = match chosen.as_str() {
+        "web-1" => "10.244.1.11:8080",
+        "web-2" => "10.244.1.12:8080",
+        other => panic!("unexpected backend name {other:?}"),
+    };
+    assert_eq!(flow.backend.as_deref(), Some(expected_backend), "{}", report.describe_flows());
+    assert_eq!(flow.outcome, "established");
+    assert_eq!(flow.protocol, "tcp");
+    assert!(flow.client.starts_with("10.244."), "client is the client pod: {}", flow.client);
+    assert_eq!(report.lost_events, 0);
+    assert_eq!(report.service, "default/web");
+    assert!(report.frontends.iter().any(|f| f.ip == "10.96.0.10" && f.port == 80 && f.kind == "cluster_ip"));
+}
+
+#[test]
+fn tcp_to_cluster_ip_iptables() {
+    tcp_to_cluster_ip_is_one_established_flow_to_the_chosen_backend(ProxyMode::Iptables);
+}
+
+#[test]
+fn tcp_to_cluster_ip_nftables() {
+    tcp_to_cluster_ip_is_one_established_flow_to_the_chosen_backend(ProxyMode::Nftables);
+}
+
+#[test]
+fn service_without_endpoints_is_rejected_with_evidence() {
+    let lab = lab(ProxyMode::Iptables);
+    let trace = Trace::start(&trace_args(&lab, "default/empty", "3", &[]));
+    let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
+    assert!(!out.is_connected(), "a Service without endpoints must not connect: {out:?}");
+    let report = trace.finish(Duration::from_secs(20)).report();
+    let flow = report.flows_to("10.96.0.20:80")[0];
+    assert_eq!(flow.outcome, "rejected", "{}", report.describe_flows());
+    assert_eq!(flow.backend, None, "nothing was DNAT'd");
+    // The REJECT rule kube-proxy wrote, and the ICMP error the node sent.
+    report.evidence_with("has no endpoints");
+    report.evidence_with("ICMP");
+}
+
+#[test]
+fn drop_on_the_path_is_dropped_with_the_kernel_reason() {
+    let mut lab = lab(ProxyMode::Iptables);
+    lab.set_drop_all("drops-1", true).expect("make the pod drop");
+    let trace = Trace::start(&trace_args(&lab, "default/drops", "4", &[]));
+    let out = lab::tcp_connect(lab.client_ns(), addr(DROPS_VIP, 80), Duration::from_millis(1500)).expect("connect");
+    assert!(!out.is_connected(), "{out:?}");
+    let report = trace.finish(Duration::from_secs(20)).report();
+    let flow = report.flows_to("10.96.0.40:80")[0];
+    assert_eq!(flow.outcome, "dropped", "{}", report.describe_flows());
+    assert_eq!(flow.drop_reason.as_deref(), Some("NETFILTER_DROP"));
+    assert_eq!(flow.backend.as_deref(), Some("10.244.1.41:8080"));
+}
+
+#[test]
+fn backend_with_nothing_listening_resets() {
+    let lab = lab(ProxyMode::Iptables);
+    let trace = Trace::start(&trace_args(&lab, "default/closed", "3", &[]));
+    let out = lab::tcp_connect(lab.client_ns(), addr(CLOSED_VIP, 80), TIMEOUT).expect("connect");
+    assert!(!out.is_connected(), "{out:?}");
+    let report = trace.finish(Duration::from_secs(20)).report();
+    let flow = report.flows_to("10.96.0.30:80")[0];
+    assert_eq!(flow.outcome, "reset", "{}", report.describe_flows());
+    assert_eq!(flow.backend.as_deref(), Some("10.244.1.31:9090"));
+    report.evidence_with("RST from backend 10.244.1.31:9090");
+}
+
+#[test]
+fn udp_request_to_cluster_ip_joins_frontend_backend_and_reply() {
+    let lab = lab(ProxyMode::Iptables);
+    let trace = Trace::start(&trace_args(&lab, "default/dns", "3", &[]));
+    let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"query", TIMEOUT).expect("udp");
+    let lab::UdpOutcome::Reply(bytes) = &out else { panic!("no UDP answer: {out:?}") };
+    assert!(String::from_utf8_lossy(bytes).contains("dns-1"), "the pod answered: {out:?}");
+    let report = trace.finish(Duration::from_secs(20)).report();
+    let flow = report.flows_to("10.96.0.53:53")[0];
+    assert_eq!(flow.protocol, "udp");
+    assert_eq!(flow.backend.as_deref(), Some("10.244.1.21:5353"));
+    assert_eq!(flow.outcome, "established", "{}", report.describe_flows());
+}
+
+#[test]
+fn node_local_client_is_traced_at_output() {
+    let lab = lab(ProxyMode::Nftables);
+    let trace = Trace::start(&trace_args(&lab, "default/web", "3", &[]));
+    let answer = lab::http_get(lab.node_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get from the node");
+    assert_eq!(answer.status(), Some(200));
+    let report = trace.finish(Duration::from_secs(20)).report();
+    let flow = report.flows_to("10.96.0.10:80")[0];
+    assert!(flow.client.starts_with(&lab.node_ip().to_string()), "client is the node: {}", flow.client);
+    assert_eq!(flow.outcome, "established", "{}", report.describe_flows());
+}
