@@ -36,7 +36,8 @@
 //! Rules in chains kube-proxy does not own (built-in chains aside from their jumps, CNI chains) are
 //! outside the model and are not reported.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service, ServiceRef};
@@ -91,33 +92,42 @@ pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> 
 // ---------------------------------------------------------------------------------------------
 // Lines and tokens
 
-/// One option of a rule: `[!] -name args...`.
+/// One option of a rule: `[!] -name arg`. Words borrow from the input unless unescaping changed
+/// them, and only the first argument is kept (the model reads no second one, e.g. the `dst,dst` of
+/// `--match-set NAME dst,dst`; the rule's text keeps everything): a 50,000-endpoint dump has
+/// ~250,000 rules, so per-word allocations and wide options dominate time and memory otherwise.
 #[derive(Debug, Clone)]
-struct Opt {
+struct Opt<'a> {
     negated: bool,
-    name: String,
-    args: Vec<String>,
+    name: &'a str,
+    first: Option<Cow<'a, str>>,
+}
+
+impl Opt<'_> {
+    fn arg(&self) -> Option<&str> {
+        self.first.as_deref()
+    }
 }
 
 /// One `-A` line.
 #[derive(Debug, Clone)]
-struct Rule {
+struct Rule<'a> {
     /// Position in `Dump::rules`.
     index: usize,
     line: usize,
-    table: String,
-    chain: String,
+    table: &'a str,
+    chain: Cow<'a, str>,
     /// The rule as printed, without a `[pkts:bytes]` prefix.
-    text: String,
-    opts: Vec<Opt>,
+    text: &'a str,
+    opts: Box<[Opt<'a>]>,
 }
 
-impl Rule {
-    fn opt(&self, names: &[&str]) -> Option<&Opt> {
-        self.opts.iter().find(|o| names.contains(&o.name.as_str()))
+impl<'a> Rule<'a> {
+    fn opt(&self, names: &[&str]) -> Option<&Opt<'a>> {
+        self.opts.iter().find(|o| names.contains(&o.name))
     }
     fn arg(&self, names: &[&str]) -> Option<&str> {
-        self.opt(names).and_then(|o| o.args.first()).map(String::as_str)
+        self.opt(names).and_then(Opt::arg)
     }
     fn has(&self, names: &[&str]) -> bool {
         self.opt(names).is_some()
@@ -131,8 +141,8 @@ impl Rule {
     fn protocol(&self) -> Option<Protocol> {
         self.opt(&["-p", "--protocol"])
             .filter(|o| !o.negated)
-            .and_then(|o| o.args.first())
-            .and_then(|p| Protocol::parse(p))
+            .and_then(Opt::arg)
+            .and_then(Protocol::parse)
     }
     fn dport(&self) -> Option<u16> {
         self.arg(&["--dport", "--destination-port"])
@@ -142,21 +152,21 @@ impl Rule {
     fn dst_ip(&self) -> Option<IpAddr> {
         self.opt(&["-d", "--destination"])
             .filter(|o| !o.negated)
-            .and_then(|o| o.args.first())
-            .and_then(|a| host_ip(a))
+            .and_then(Opt::arg)
+            .and_then(host_ip)
     }
-    fn src(&self) -> Option<&Opt> {
+    fn src(&self) -> Option<&Opt<'a>> {
         self.opt(&["-s", "--source"])
     }
     fn dst_type_local(&self) -> bool {
         self.opt(&["--dst-type"])
-            .is_some_and(|o| !o.negated && o.args.first().is_some_and(|a| a == "LOCAL"))
+            .is_some_and(|o| !o.negated && o.arg() == Some("LOCAL"))
     }
     fn rule_ref(&self) -> RuleRef {
         RuleRef {
             source: RuleSource::Iptables,
-            name: self.chain.clone(),
-            text: self.text.clone(),
+            name: self.chain.to_string(),
+            text: self.text.to_string(),
         }
     }
 }
@@ -190,93 +200,114 @@ fn join_host_port(ip: IpAddr, port: u16) -> String {
 
 /// Splits a rule into words: whitespace separates, double quotes group, `\"` and `\\` escape.
 /// Returns (word, was_quoted) pairs, or an error for an unterminated quote.
-fn tokenize(s: &str) -> Result<Vec<(String, bool)>, &'static str> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
+fn tokenize(s: &str) -> Result<Vec<(Cow<'_, str>, bool)>, &'static str> {
+    let mut out = Vec::with_capacity(24);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
         }
-        let Some(&first) = chars.peek() else { break };
-        let mut word = String::new();
-        let mut quoted = false;
-        if first == '"' {
-            quoted = true;
-            chars.next();
-            let mut closed = false;
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => match chars.next() {
-                        Some(e @ ('"' | '\\')) => word.push(e),
-                        Some(e) => {
-                            word.push('\\');
-                            word.push(e);
-                        }
-                        None => word.push('\\'),
-                    },
-                    '"' => {
-                        closed = true;
-                        break;
-                    }
-                    c => word.push(c),
+        if bytes[i] == b'"' {
+            let start = i + 1;
+            let mut j = start;
+            let mut escaped = false;
+            while j < bytes.len() && bytes[j] != b'"' {
+                if bytes[j] == b'\\' {
+                    escaped = true;
+                    j += 1;
                 }
+                j += 1;
             }
-            if !closed {
+            if j >= bytes.len() {
                 return Err("unterminated quote");
             }
+            let raw = &s[start..j];
+            let word = if escaped {
+                Cow::Owned(unescape(raw))
+            } else {
+                Cow::Borrowed(raw)
+            };
+            out.push((word, true));
+            i = j + 1;
         } else {
-            while let Some(&c) = chars.peek() {
-                if c.is_whitespace() {
-                    break;
-                }
-                word.push(c);
-                chars.next();
+            let start = i;
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += 1;
             }
+            out.push((Cow::Borrowed(&s[start..i]), false));
         }
-        out.push((word, quoted));
     }
     Ok(out)
 }
 
-/// Groups words into options. An unquoted word starting with `-` (and longer than `-`) starts an
-/// option; `!` negates the next one; other words are arguments of the current option.
-fn options(words: &[(String, bool)]) -> Vec<Opt> {
-    let mut opts: Vec<Opt> = Vec::new();
-    let mut negate = false;
-    for (w, quoted) in words {
-        if !quoted && w == "!" {
-            negate = true;
-        } else if !quoted && w.len() > 1 && w.starts_with('-') && w.parse::<f64>().is_err() {
-            opts.push(Opt {
-                negated: negate,
-                name: w.clone(),
-                args: Vec::new(),
-            });
-            negate = false;
-        } else if let Some(last) = opts.last_mut() {
-            last.args.push(w.clone());
+/// `\"` -> `"`, `\\` -> `\`; other escapes are kept as written.
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(e @ ('"' | '\\')) => out.push(e),
+                Some(e) => {
+                    out.push('\\');
+                    out.push(e);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
         }
     }
-    opts
+    out
+}
+
+/// Groups words into options. An unquoted word starting with `-` (and longer than `-`) starts an
+/// option; `!` negates the next one; other words are arguments of the current option.
+fn options<'a>(words: impl IntoIterator<Item = (Cow<'a, str>, bool)>) -> Box<[Opt<'a>]> {
+    let mut opts: Vec<Opt<'a>> = Vec::with_capacity(12);
+    let mut negate = false;
+    for (w, quoted) in words {
+        match (quoted, w) {
+            (false, Cow::Borrowed("!")) => negate = true,
+            (false, Cow::Borrowed(name)) if name.len() > 1 && name.starts_with('-') && name.parse::<f64>().is_err() => {
+                opts.push(Opt {
+                    negated: negate,
+                    name,
+                    first: None,
+                });
+                negate = false;
+            }
+            (_, w) => {
+                if let Some(last) = opts.last_mut()
+                    && last.first.is_none()
+                {
+                    last.first = Some(w);
+                }
+            }
+        }
+    }
+    opts.into_boxed_slice()
 }
 
 /// The tables and chains of one dump.
 #[derive(Debug, Default)]
-struct Dump {
+struct Dump<'a> {
     source_name: String,
-    rules: Vec<Rule>,
-    /// (table, chain) -> indexes into `rules`, in order. Declared chains have an entry.
-    chains: HashMap<(String, String), Vec<usize>>,
+    rules: Vec<Rule<'a>>,
+    /// table -> chain -> indexes into `rules`, in order. Declared chains have an entry.
+    chains: HashMap<&'a str, HashMap<Cow<'a, str>, Vec<usize>>>,
     warnings: Vec<String>,
 }
 
-impl Dump {
-    fn read(text: &str, source_name: &str) -> Result<Self, ParseError> {
+impl<'a> Dump<'a> {
+    fn read(text: &'a str, source_name: &str) -> Result<Self, ParseError> {
         let mut dump = Dump {
             source_name: source_name.to_string(),
             ..Default::default()
         };
-        let mut table: Option<String> = None;
+        let mut table: Option<&'a str> = None;
         let mut seen_table = false;
         for (idx, raw) in text.lines().enumerate() {
             let line_no = idx + 1;
@@ -291,7 +322,7 @@ impl Dump {
                         format!("table {open} not closed by COMMIT before *{name} (truncated dump?)"),
                     );
                 }
-                table = Some(name.trim().to_string());
+                table = Some(name.trim());
                 seen_table = true;
                 continue;
             }
@@ -301,7 +332,7 @@ impl Dump {
                 }
                 continue;
             }
-            let Some(tbl) = table.clone() else {
+            let Some(tbl) = table else {
                 if !seen_table {
                     return Err(ParseError::NotIptablesSave {
                         source_name: source_name.to_string(),
@@ -317,7 +348,11 @@ impl Dump {
                 if name.is_empty() {
                     dump.warn(line_no, format!("chain declaration without a name: {line}"));
                 } else {
-                    dump.chains.entry((tbl, name.to_string())).or_default();
+                    dump.chains
+                        .entry(tbl)
+                        .or_default()
+                        .entry(Cow::Borrowed(name))
+                        .or_default();
                 }
                 continue;
             }
@@ -339,30 +374,35 @@ impl Dump {
                     continue;
                 }
             };
-            let (chain, rest) = match words.as_slice() {
-                [(a, false), (chain, _), rest @ ..] if a == "-A" || a == "--append" => (chain.clone(), rest),
+            let mut words = words.into_iter();
+            let chain = match (words.next(), words.next()) {
+                (Some((a, false)), Some((chain, _))) if a == "-A" || a == "--append" => chain,
                 _ => {
                     dump.warn(line_no, format!("not a rule (expected `-A CHAIN ...`): {line}"));
                     continue;
                 }
             };
-            let key = (tbl.clone(), chain.clone());
-            if !dump.chains.contains_key(&key) {
+            if !dump.exists(tbl, &chain) {
                 dump.warn(
                     line_no,
                     format!("rule for chain {chain}, which the dump does not declare"),
                 );
             }
             let index = dump.rules.len();
+            dump.chains
+                .entry(tbl)
+                .or_default()
+                .entry(chain.clone())
+                .or_default()
+                .push(index);
             dump.rules.push(Rule {
                 index,
                 line: line_no,
                 table: tbl,
                 chain,
-                text: body.to_string(),
-                opts: options(rest),
+                text: body,
+                opts: options(words),
             });
-            dump.chains.entry(key).or_default().push(index);
         }
         if let Some(open) = table {
             dump.warnings.push(format!(
@@ -377,13 +417,19 @@ impl Dump {
     }
 
     fn chain(&self, table: &str, chain: &str) -> Option<&[usize]> {
-        self.chains
-            .get(&(table.to_string(), chain.to_string()))
-            .map(Vec::as_slice)
+        self.chains.get(table)?.get(chain).map(Vec::as_slice)
     }
 
     fn exists(&self, table: &str, chain: &str) -> bool {
-        self.chains.contains_key(&(table.to_string(), chain.to_string()))
+        self.chain(table, chain).is_some()
+    }
+
+    /// Chain names of a table.
+    fn chain_names(&self, table: &str) -> impl Iterator<Item = &str> {
+        self.chains
+            .get(table)
+            .into_iter()
+            .flat_map(|m| m.keys().map(|k| k.as_ref()))
     }
 }
 
@@ -540,39 +586,39 @@ fn protocol_by_hash(n: &str, suffix: &str) -> Option<Protocol> {
 
 /// One dispatch rule of a KUBE-SVC/KUBE-SVL chain.
 struct Dispatch<'a> {
-    rule: &'a Rule,
-    sep: String,
+    rule: &'a Rule<'a>,
+    sep: &'a str,
     probability: Option<f64>,
 }
 
 struct Builder<'d> {
-    dump: &'d Dump,
+    dump: &'d Dump<'d>,
     understood: Vec<bool>,
     warnings: Vec<String>,
     /// Service-chain hash suffix -> port.
     owners: HashMap<String, PortKey>,
-    services: BTreeMap<ServiceRef, Service>,
+    /// Keyed by `ns/name`, looked up without allocating (called per rule).
+    services: HashMap<String, Service>,
     v6: bool,
     node_port_any: bool,
     node_port_ips: Vec<IpAddr>,
-    referenced_seps: HashSet<String>,
+    referenced_seps: HashSet<&'d str>,
     mode_iptables: bool,
     mode_ipvs: bool,
 }
 
 impl<'d> Builder<'d> {
-    fn new(dump: &'d Dump) -> Self {
-        let v6 = dump.rules.iter().any(|r| {
-            r.opt(&["-d", "-s"])
-                .and_then(|o| o.args.first())
-                .is_some_and(|a| a.contains(':'))
-        });
+    fn new(dump: &'d Dump<'d>) -> Self {
+        let v6 = dump
+            .rules
+            .iter()
+            .any(|r| r.opt(&["-d", "-s"]).and_then(Opt::arg).is_some_and(|a| a.contains(':')));
         Self {
             dump,
             understood: vec![false; dump.rules.len()],
             warnings: dump.warnings.clone(),
             owners: HashMap::new(),
-            services: BTreeMap::new(),
+            services: HashMap::new(),
             v6,
             node_port_any: false,
             node_port_ips: Vec::new(),
@@ -582,25 +628,29 @@ impl<'d> Builder<'d> {
         }
     }
 
-    fn warn_rule(&mut self, rule: &Rule, msg: impl std::fmt::Display) {
+    fn warn_rule(&mut self, rule: &Rule<'_>, msg: impl std::fmt::Display) {
         self.warnings
             .push(format!("{} line {}: {msg}", self.dump.source_name, rule.line));
     }
 
-    fn ok(&mut self, rule: &Rule) {
+    fn ok(&mut self, rule: &Rule<'_>) {
         self.understood[rule.index] = true;
     }
 
-    fn rules_of(&self, table: &str, chain: &str) -> Vec<&'d Rule> {
-        let dump: &'d Dump = self.dump;
+    fn rules_of(&self, table: &str, chain: &str) -> Vec<&'d Rule<'d>> {
+        let dump: &'d Dump<'d> = self.dump;
         dump.chain(table, chain)
             .map(|ix| ix.iter().map(|&i| &dump.rules[i]).collect())
             .unwrap_or_default()
     }
 
-    fn service(&mut self, n: &str) -> (&mut Service, String) {
-        let (sref, port) = split_port_name(n);
-        let svc = self.services.entry(sref.clone()).or_insert_with(|| Service::new(sref));
+    fn service<'n>(&mut self, n: &'n str) -> (&mut Service, &'n str) {
+        let (key, port) = n.split_once(':').unwrap_or((n, ""));
+        if !self.services.contains_key(key) {
+            let (sref, _) = split_port_name(n);
+            self.services.insert(key.to_string(), Service::new(sref));
+        }
+        let svc = self.services.get_mut(key).expect("inserted above");
         svc.rules.present = true;
         (svc, port)
     }
@@ -631,7 +681,7 @@ impl<'d> Builder<'d> {
             ip,
             port,
             protocol,
-            port_name,
+            port_name: port_name.to_string(),
             rule,
         });
     }
@@ -672,9 +722,8 @@ impl<'d> Builder<'d> {
         let rules_present = dump.exists("nat", "KUBE-SERVICES");
         let mode_iptables = self.mode_iptables
             || dump
-                .chains
-                .keys()
-                .any(|(t, c)| t == "nat" && (c.starts_with("KUBE-SVC-") || c.starts_with("KUBE-SEP-")));
+                .chain_names("nat")
+                .any(|c| c.starts_with("KUBE-SVC-") || c.starts_with("KUBE-SEP-"));
         let mode_hint = if mode_iptables {
             Some(ProxyMode::Iptables)
         } else if self.mode_ipvs {
@@ -686,7 +735,11 @@ impl<'d> Builder<'d> {
             None
         };
         Parsed {
-            services: self.services.into_values().collect(),
+            services: {
+                let mut v: Vec<Service> = self.services.into_values().collect();
+                v.sort_by(|a, b| a.service.cmp(&b.service));
+                v
+            },
             warnings: self.warnings,
             rules_present,
             mode_hint,
@@ -852,12 +905,7 @@ impl<'d> Builder<'d> {
     /// KUBE-SVC/SVL/EXT/FW chains and the KUBE-SEP chains they dispatch to.
     fn read_service_chains(&mut self) {
         let dump = self.dump;
-        let mut suffixes: Vec<&str> = dump
-            .chains
-            .keys()
-            .filter(|(t, _)| t == "nat")
-            .filter_map(|(_, c)| hash_suffix(c))
-            .collect();
+        let mut suffixes: Vec<&str> = dump.chain_names("nat").filter_map(hash_suffix).collect();
         suffixes.sort_unstable();
         suffixes.dedup();
         for suffix in suffixes {
@@ -914,7 +962,7 @@ impl<'d> Builder<'d> {
                 for rule in self.rules_of("nat", &fw_chain) {
                     let target = rule.target();
                     if target == Some(ext_chain.as_str()) {
-                        if let Some(src) = rule.src().filter(|o| !o.negated).and_then(|o| o.args.first()).cloned() {
+                        if let Some(src) = rule.src().filter(|o| !o.negated).and_then(Opt::arg).map(str::to_string) {
                             let (svc, _) = self.service(&n);
                             if !svc.rules.source_ranges.contains(&src) {
                                 svc.rules.source_ranges.push(src);
@@ -940,7 +988,7 @@ impl<'d> Builder<'d> {
         local: Option<bool>,
     ) -> Vec<(IpAddr, u16)> {
         let mut dispatch: Vec<Dispatch<'d>> = Vec::new();
-        let mut affinity_seps: Vec<String> = Vec::new();
+        let mut affinity_seps: Vec<&'d str> = Vec::new();
         for rule in self.rules_of("nat", chain) {
             let target = rule.target().unwrap_or("");
             if target == "KUBE-MARK-MASQ" {
@@ -950,7 +998,7 @@ impl<'d> Builder<'d> {
                     let secs = rule.arg(&["--seconds"]).and_then(|s| s.parse::<u32>().ok());
                     let (svc, _) = self.service(n);
                     svc.rules.affinity_timeout_secs = secs.or(svc.rules.affinity_timeout_secs);
-                    affinity_seps.push(target.to_string());
+                    affinity_seps.push(target);
                 } else {
                     let probability = rule.arg(&["--probability"]).and_then(|p| p.parse::<f64>().ok());
                     if rule.has(&["--probability"]) && probability.is_none() {
@@ -964,7 +1012,7 @@ impl<'d> Builder<'d> {
                     }
                     dispatch.push(Dispatch {
                         rule,
-                        sep: target.to_string(),
+                        sep: target,
                         probability,
                     });
                 }
@@ -988,7 +1036,7 @@ impl<'d> Builder<'d> {
             let p = d.probability.unwrap_or(1.0);
             let weight = remaining * p;
             remaining *= 1.0 - p;
-            if !seen.insert(d.sep.clone()) {
+            if !seen.insert(d.sep) {
                 self.problem(n, format!("{chain} jumps to {} more than once", d.sep));
                 continue;
             }
@@ -1040,18 +1088,18 @@ impl<'d> Builder<'d> {
         &mut self,
         n: &str,
         proto: Protocol,
-        sep: &str,
-        from: &Rule,
+        sep: &'d str,
+        from: &Rule<'_>,
         weight: f64,
         local: Option<bool>,
     ) -> Option<(IpAddr, u16)> {
-        self.referenced_seps.insert(sep.to_string());
+        self.referenced_seps.insert(sep);
         if !self.dump.exists("nat", sep) {
             // Reported by check_jumps.
             return None;
         }
         self.add_chain(n, sep);
-        let mut dnat: Option<(&Rule, IpAddr, u16)> = None;
+        let mut dnat: Option<(&Rule<'_>, IpAddr, u16)> = None;
         for rule in self.rules_of("nat", sep) {
             match rule.target() {
                 Some("KUBE-MARK-MASQ") => self.ok(rule),
@@ -1110,7 +1158,7 @@ impl<'d> Builder<'d> {
                 ip,
                 port,
                 protocol: proto,
-                port_name,
+                port_name: port_name.to_string(),
                 in_rules: true,
                 in_api: None,
                 ready: None,
@@ -1221,10 +1269,8 @@ impl<'d> Builder<'d> {
     fn check_unreferenced_seps(&mut self) {
         let dump = self.dump;
         let mut stale: Vec<&str> = dump
-            .chains
-            .keys()
-            .filter(|(t, c)| t == "nat" && c.starts_with("KUBE-SEP-") && !self.referenced_seps.contains(c))
-            .map(|(_, c)| c.as_str())
+            .chain_names("nat")
+            .filter(|c| c.starts_with("KUBE-SEP-") && !self.referenced_seps.contains(c))
             .collect();
         stale.sort_unstable();
         for sep in stale {
@@ -1243,7 +1289,7 @@ impl<'d> Builder<'d> {
         let dump = self.dump;
         let mut lines = Vec::new();
         for (i, rule) in dump.rules.iter().enumerate() {
-            if self.understood[i] || !rule.chain.starts_with("KUBE-") || STATIC_CHAINS.contains(&rule.chain.as_str()) {
+            if self.understood[i] || !rule.chain.starts_with("KUBE-") || STATIC_CHAINS.contains(&rule.chain.as_ref()) {
                 continue;
             }
             // EXT chains' masquerade/route rules and FW fall-through are handled above; what is
@@ -1290,7 +1336,7 @@ mod tests {
     #[test]
     fn tokenizer_keeps_escaped_quotes_in_comments() {
         let w = tokenize(r#"-A X -m comment --comment "say \"hi\" \\ there" -j Y"#).unwrap();
-        assert_eq!(w[5], (r#"say "hi" \ there"#.to_string(), true));
+        assert_eq!(w[5], (Cow::Borrowed(r#"say "hi" \ there"#), true));
         assert!(tokenize(r#"-A X --comment "open"#).is_err());
     }
 

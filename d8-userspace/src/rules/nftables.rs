@@ -88,17 +88,80 @@ pub fn parse(json: &str) -> Result<Parsed, ParseError> {
 
 /// Parses `nft -j` output; `source_name` prefixes every warning.
 pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> {
-    let root: Value = serde_json::from_str(json).map_err(|source| ParseError::NotJson {
+    let mut table = Table {
         source_name: source_name.to_string(),
-        source,
-    })?;
-    let Some(objects) = root.get("nftables").and_then(Value::as_array) else {
-        return Err(ParseError::NotNftJson {
-            source_name: source_name.to_string(),
-        });
+        family: "ip".to_string(),
+        ..Default::default()
     };
-    let table = Table::read(objects, source_name);
+    // The top-level array is read one object at a time, each turned into the compact form below
+    // and dropped: a 10,000-Service table is ~40 MB of JSON and several times that as a `Value`.
+    let mut de = serde_json::Deserializer::from_str(json);
+    let seen =
+        serde::Deserializer::deserialize_map(&mut de, RootVisitor(&mut table)).and_then(|seen| de.end().map(|()| seen));
+    match seen {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ParseError::NotNftJson {
+                source_name: source_name.to_string(),
+            });
+        }
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(ParseError::NotNftJson {
+                source_name: source_name.to_string(),
+            });
+        }
+        Err(source) => {
+            return Err(ParseError::NotJson {
+                source_name: source_name.to_string(),
+                source,
+            });
+        }
+    }
     Ok(Builder::new(&table).build())
+}
+
+/// `{"nftables": [...]}`: feeds each array object to [`Table::add`]; `true` when the key was there.
+struct RootVisitor<'a>(&'a mut Table);
+
+impl<'de> serde::de::Visitor<'de> for RootVisitor<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object with an \"nftables\" array")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "nftables" {
+                map.next_value_seed(ObjectsSeed(&mut *self.0))?;
+                seen = true;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(seen)
+    }
+}
+
+struct ObjectsSeed<'a>(&'a mut Table);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of nft objects")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(obj) = seq.next_element::<Value>()? {
+            self.0.add(obj);
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,33 +175,94 @@ struct Chain {
     rules: Vec<NftRule>,
 }
 
-#[derive(Debug)]
+/// One rule, reduced at read time to what the model needs plus its rendering.
+#[derive(Debug, Default)]
 struct NftRule {
     chain: String,
-    handle: Option<u64>,
-    expr: Vec<Value>,
-    comment: Option<String>,
+    /// nft list syntax, ending in ` # handle N`.
+    text: String,
+    /// Chains the rule jumps or goes to (verdicts and vmap entries).
+    targets: Vec<String>,
+    /// `numgen random mod N vmap { i : goto X, ... }`.
+    numgen: Option<(u64, Vec<(u64, String)>)>,
+    /// `dnat to ip:port`.
+    dnat: Option<(IpAddr, u16)>,
+    /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`.
+    dnat_map: Option<(u64, Vec<(IpAddr, u16)>)>,
+    /// `update @set { ip saddr }` (affinity bookkeeping).
+    set_update: bool,
+    /// The set an `... @set` match names (affinity rules).
+    match_set: Option<String>,
+    /// Addresses and prefixes an `ip saddr` match compares with (firewall chains).
+    saddr_ranges: Vec<String>,
 }
 
 impl NftRule {
-    fn text(&self) -> String {
-        let mut s = render_exprs(&self.expr);
-        if let Some(c) = &self.comment {
-            s.push_str(&format!(" comment \"{c}\""));
+    fn from_json(chain: &str, handle: Option<u64>, comment: Option<&str>, expr: &[Value]) -> Self {
+        let mut text = render_exprs(expr);
+        if let Some(c) = comment {
+            text.push_str(&format!(" comment \"{c}\""));
         }
-        if let Some(h) = self.handle {
-            s.push_str(&format!(" # handle {h}"));
+        if let Some(h) = handle {
+            text.push_str(&format!(" # handle {h}"));
         }
-        s
+        let mut targets_found = Vec::new();
+        expr.iter().for_each(|e| targets(e, &mut targets_found));
+        let mut saddr_ranges = Vec::new();
+        for stmt in expr {
+            if let Some(m) = stmt.get("match")
+                && m.get("left")
+                    .and_then(|l| l.get("payload"))
+                    .and_then(|p| p.get("field"))
+                    .and_then(Value::as_str)
+                    == Some("saddr")
+                && !m
+                    .get("right")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| r.starts_with('@'))
+            {
+                collect_prefixes(m.get("right").unwrap_or(&Value::Null), &mut saddr_ranges);
+            }
+        }
+        NftRule {
+            chain: chain.to_string(),
+            text,
+            targets: targets_found,
+            numgen: expr.iter().find_map(numgen_vmap),
+            dnat: expr.iter().find_map(dnat_target),
+            dnat_map: expr.iter().find_map(dnat_numgen_map),
+            set_update: expr.iter().any(|e| e.get("set").is_some()),
+            match_set: expr.iter().find_map(|e| {
+                e.get("match")
+                    .and_then(|m| m.get("right"))
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix('@'))
+                    .map(str::to_string)
+            }),
+            saddr_ranges,
+        }
     }
+
     fn rule_ref(&self) -> RuleRef {
         RuleRef {
             source: RuleSource::Nftables,
             name: self.chain.clone(),
-            text: self.text(),
+            text: self.text.clone(),
         }
     }
 }
+
+/// Sets and maps whose elements the model reads; other sets (affinity sets with one element per
+/// client) keep only their handle and timeout.
+const MODEL_SETS: &[&str] = &[
+    "cluster-ips",
+    "nodeport-ips",
+    "service-ips",
+    "service-nodeports",
+    "no-endpoint-services",
+    "no-endpoint-nodeports",
+    "firewall-ips",
+];
 
 /// A set or map: its elements as (key, value) pairs (value `Null` for sets), element comments, and
 /// the set-wide timeout.
@@ -160,69 +284,63 @@ struct Table {
 }
 
 impl Table {
-    fn read(objects: &[Value], source_name: &str) -> Self {
-        let mut t = Table {
-            source_name: source_name.to_string(),
-            family: "ip".to_string(),
-            ..Default::default()
+    /// Takes one top-level object of `nft -j` output.
+    fn add(&mut self, obj: Value) {
+        let Value::Object(mut m) = obj else { return };
+        let Some((kind, body)) = m.iter_mut().next() else {
+            return;
         };
-        let ours = |o: &Value| o.get("table").and_then(Value::as_str) == Some("kube-proxy");
-        for obj in objects {
-            let Some((kind, body)) = obj.as_object().and_then(|m| m.iter().next()) else {
-                continue;
-            };
-            match kind.as_str() {
-                "table" if body.get("name").and_then(Value::as_str) == Some("kube-proxy") => {
-                    t.found = true;
-                    if let Some(f) = body.get("family").and_then(Value::as_str) {
-                        t.family = f.to_string();
-                    }
+        let kind = kind.clone();
+        let body = std::mem::take(body);
+        let ours = body.get("table").and_then(Value::as_str) == Some("kube-proxy");
+        let name = body.get("name").and_then(Value::as_str);
+        match kind.as_str() {
+            "table" if name == Some("kube-proxy") => {
+                self.found = true;
+                if let Some(f) = body.get("family").and_then(Value::as_str) {
+                    self.family = f.to_string();
                 }
-                "chain" if ours(body) => {
-                    let Some(name) = body.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let c = t.chains.entry(name.to_string()).or_default();
-                    c.handle = body.get("handle").and_then(Value::as_u64);
-                    c.hook = body.get("hook").and_then(Value::as_str).map(str::to_string);
-                    c.prio = body.get("prio").and_then(Value::as_i64);
-                }
-                "rule" if ours(body) => {
-                    let Some(chain) = body.get("chain").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let rule = NftRule {
-                        chain: chain.to_string(),
-                        handle: body.get("handle").and_then(Value::as_u64),
-                        expr: body.get("expr").and_then(Value::as_array).cloned().unwrap_or_default(),
-                        comment: body.get("comment").and_then(Value::as_str).map(str::to_string),
-                    };
-                    t.chains.entry(chain.to_string()).or_default().rules.push(rule);
-                }
-                "set" | "map" if ours(body) => {
-                    let Some(name) = body.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let s = t.sets.entry(name.to_string()).or_default();
+            }
+            "chain" if ours => {
+                let Some(name) = name else { return };
+                let c = self.chains.entry(name.to_string()).or_default();
+                c.handle = body.get("handle").and_then(Value::as_u64);
+                c.hook = body.get("hook").and_then(Value::as_str).map(str::to_string);
+                c.prio = body.get("prio").and_then(Value::as_i64);
+            }
+            "rule" if ours => {
+                let Some(chain) = body.get("chain").and_then(Value::as_str) else {
+                    return;
+                };
+                let expr = body
+                    .get("expr")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let rule = NftRule::from_json(
+                    chain,
+                    body.get("handle").and_then(Value::as_u64),
+                    body.get("comment").and_then(Value::as_str),
+                    expr,
+                );
+                self.chains.entry(chain.to_string()).or_default().rules.push(rule);
+            }
+            "set" | "map" | "element" if ours => {
+                let Some(name) = name else { return };
+                let keep = MODEL_SETS.contains(&name);
+                let s = self.sets.entry(name.to_string()).or_default();
+                if kind != "element" {
                     s.handle = body.get("handle").and_then(Value::as_u64);
                     s.timeout_secs = body.get("timeout").and_then(Value::as_u64);
+                }
+                if keep {
                     for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                        s.elems.push(split_elem(e, kind == "map"));
+                        s.elems.push(split_elem(e, kind == "map" || e.is_array()));
                     }
                 }
-                "element" if ours(body) => {
-                    let Some(name) = body.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let s = t.sets.entry(name.to_string()).or_default();
-                    for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                        s.elems.push(split_elem(e, e.is_array()));
-                    }
-                }
-                _ => {}
             }
+            _ => {}
         }
-        t
     }
 
     fn rule_count(&self) -> usize {
@@ -802,9 +920,7 @@ impl<'t> Builder<'t> {
                     self.add_chain(&key, name);
                     for (i, rule) in t.chains[name].rules.iter().enumerate() {
                         // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
-                        let mut tg = Vec::new();
-                        targets(&Value::Array(rule.expr.clone()), &mut tg);
-                        if !tg.is_empty() {
+                        if !rule.targets.is_empty() {
                             self.understood.insert((name.clone(), i));
                         }
                     }
@@ -812,18 +928,7 @@ impl<'t> Builder<'t> {
                 "firewall" => {
                     self.add_chain(&key, name);
                     for (i, rule) in t.chains[name].rules.iter().enumerate() {
-                        let mut ranges = Vec::new();
-                        for stmt in &rule.expr {
-                            if let Some(m) = stmt.get("match")
-                                && m.get("left")
-                                    .and_then(|l| l.get("payload"))
-                                    .and_then(|p| p.get("field"))
-                                    .and_then(Value::as_str)
-                                    == Some("saddr")
-                            {
-                                collect_prefixes(m.get("right").unwrap_or(&Value::Null), &mut ranges);
-                            }
-                        }
+                        let ranges = rule.saddr_ranges.clone();
                         if !ranges.is_empty() {
                             let (svc, _) = self.service(&key);
                             for r in ranges {
@@ -888,9 +993,8 @@ impl<'t> Builder<'t> {
         let Some(c) = t.chains.get(chain) else { return found };
         let mut dispatched = false;
         for (i, rule) in c.rules.iter().enumerate() {
-            let mut tg = Vec::new();
-            targets(&Value::Array(rule.expr.clone()), &mut tg);
-            if let Some((modulo, entries)) = rule.expr.iter().find_map(numgen_vmap) {
+            let tg = &rule.targets;
+            if let Some((modulo, entries)) = rule.numgen.clone() {
                 self.understood.insert((chain.to_string(), i));
                 dispatched = true;
                 let mut idx: Vec<u64> = entries.iter().map(|e| e.0).collect();
@@ -911,7 +1015,7 @@ impl<'t> Builder<'t> {
                         found.push(ep);
                     }
                 }
-            } else if let Some((modulo, eps)) = rule.expr.iter().find_map(dnat_numgen_map) {
+            } else if let Some((modulo, eps)) = rule.dnat_map.clone() {
                 // 1.36+: no endpoint chains; the service chain DNATs directly.
                 self.understood.insert((chain.to_string(), i));
                 dispatched = true;
@@ -926,7 +1030,7 @@ impl<'t> Builder<'t> {
                     self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref());
                     found.push((ip, port));
                 }
-            } else if let Some((ip, port)) = rule.expr.iter().find_map(dnat_target) {
+            } else if let Some((ip, port)) = rule.dnat {
                 // Single-endpoint services without numgen (#140723).
                 self.understood.insert((chain.to_string(), i));
                 dispatched = true;
@@ -937,19 +1041,14 @@ impl<'t> Builder<'t> {
             } else if tg.len() == 1 && tg[0].starts_with("endpoint-") {
                 // `ip saddr @affinity-… goto endpoint-…`: ClientIP affinity.
                 self.understood.insert((chain.to_string(), i));
-                let set = rule.expr.iter().find_map(|s| {
-                    s.get("match")
-                        .and_then(|m| m.get("right"))
-                        .and_then(Value::as_str)
-                        .and_then(|r| r.strip_prefix('@'))
-                });
+                let set = rule.match_set.as_deref();
                 if let Some(secs) = set.and_then(|s| t.sets.get(s)).and_then(|s| s.timeout_secs) {
                     let (svc, _) = self.service(key);
                     svc.rules.affinity_timeout_secs = u32::try_from(secs).ok();
                 } else {
                     self.warn(format!(
                         "{chain}: affinity rule without a readable affinity set timeout: {}",
-                        rule.text()
+                        rule.text
                     ));
                 }
                 self.referenced_endpoints.insert(tg[0].clone());
@@ -977,19 +1076,14 @@ impl<'t> Builder<'t> {
         self.add_chain(key, chain);
         let mut target = None;
         for (i, rule) in c.rules.iter().enumerate() {
-            if let Some(d) = rule.expr.iter().find_map(dnat_target) {
+            if let Some(d) = rule.dnat {
                 self.understood.insert((chain.to_string(), i));
                 if target.is_none() {
                     target = Some((d, rule));
                 }
             } else {
-                let is_masq = {
-                    let mut tg = Vec::new();
-                    targets(&Value::Array(rule.expr.clone()), &mut tg);
-                    tg.iter().any(|x| x == "mark-for-masquerade")
-                };
-                let is_affinity_update = rule.expr.iter().any(|s| s.get("set").is_some());
-                if is_masq || is_affinity_update {
+                let is_masq = rule.targets.iter().any(|x| x == "mark-for-masquerade");
+                if is_masq || rule.set_update {
                     self.understood.insert((chain.to_string(), i));
                 }
             }
@@ -1061,14 +1155,12 @@ impl<'t> Builder<'t> {
         let t = self.t;
         for (name, c) in &t.chains {
             for rule in &c.rules {
-                let mut tg = Vec::new();
-                targets(&Value::Array(rule.expr.clone()), &mut tg);
-                for target in tg {
-                    if t.chains.contains_key(&target) {
+                for target in &rule.targets {
+                    if t.chains.contains_key(target) {
                         continue;
                     }
-                    let msg = format!("chain {name} jumps to {target}, which does not exist: {}", rule.text());
-                    match parse_chain_name(name).or_else(|| parse_chain_name(&target)) {
+                    let msg = format!("chain {name} jumps to {target}, which does not exist: {}", rule.text);
+                    match parse_chain_name(name).or_else(|| parse_chain_name(target)) {
                         Some(cn) => self.problem(&cn.port_key(), msg),
                         None => self.warn(msg),
                     }
@@ -1089,8 +1181,7 @@ impl<'t> Builder<'t> {
                 if !self.understood.contains(&(name.clone(), i)) {
                     lines.push(format!(
                         "{}: chain {name}: rule not understood, left out of the model: {}",
-                        t.source_name,
-                        rule.text()
+                        t.source_name, rule.text
                     ));
                 }
             }
