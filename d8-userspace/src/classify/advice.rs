@@ -51,6 +51,10 @@ pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flow
     } else {
         String::new()
     };
+    if facts.svc.is_none() {
+        let api = if facts.ctx.api_consulted { " nor in the API" } else { "" };
+        return format!("no Service {name} in kube-proxy's rules{api}: check the namespace and name");
+    }
     if !facts.ctx.traced {
         format!("{api} on {name}: {eps} endpoints programmed, no fault found without tracing{probes}")
     } else if service_flows == 0 {

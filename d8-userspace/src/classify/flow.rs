@@ -189,9 +189,13 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
         }
     }
 
-    // No rule translated the flow: kube-proxy is down or its rules lack this Service or frontend.
-    let frontend_in_rules = facts.frontend(fe, f.protocol).is_some_and(|fr| fr.rule.is_some());
-    if !facts.rules_present() || !frontend_in_rules && no_endpoint_rules.is_empty() && no_local_rules.is_empty() {
+    // No rule translated the flow: kube-proxy is down, or its rules lack this Service, or lack a
+    // frontend the API declares. A frontend neither knows is not claimed as missing.
+    let known = facts.frontend(fe, f.protocol);
+    let frontend_in_rules = known.is_some_and(|fr| fr.rule.is_some());
+    let api_only_frontend = known.is_some_and(|fr| fr.rule.is_none());
+    let no_verdict_rules = no_endpoint_rules.is_empty() && no_local_rules.is_empty();
+    if !facts.rules_present() || api_only_frontend && no_verdict_rules {
         let what = node_answered.clone().unwrap_or_else(|| format!("{path}: not translated (no DNAT){}", drop_suffix(f)));
         if facts.model.kube_proxy.running == Some(false) {
             let fd = finding(
@@ -218,6 +222,22 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
         push_rule(&mut fd, best_rule(no_endpoint_rules, fe));
         let fact = format!("{path}: not translated, no answer seen (REJECT rule present){}", drop_suffix(f));
         return (VerdictClass::NoEndpoints, fact, fd);
+    }
+
+    // Conntrack saw the flow and did not translate it although the rules DNAT this frontend, and
+    // nothing dropped or answered it: the rules are not in the packet's path (the jump to
+    // KUBE-SERVICES or kube-proxy's table is gone, or they changed under the flow).
+    if f.no_dnat && frontend_in_rules && no_verdict_rules && f.drops.is_empty() && node_answered.is_none() {
+        let fd = finding(
+            facts,
+            VerdictClass::KubeProxyRulesMissing,
+            format!(
+                "conntrack shows {name}'s frontend {fe} untranslated although kube-proxy's rules DNAT it: \
+                 the rules are not in the packet's path"
+            ),
+        );
+        let fact = format!("{path}: conntrack entry without DNAT, {}", no_reply(f));
+        return (VerdictClass::KubeProxyRulesMissing, fact, fd);
     }
 
     // Rules are there, yet nothing translated the flow and nothing explains it.

@@ -660,3 +660,51 @@ fn recorded_flow_fixtures_classify_as_recorded() {
     }
     assert!(seen > 0, "no fixtures in {dir}");
 }
+
+#[test]
+fn an_untranslated_flow_to_a_frontend_the_rules_dnat_is_rules_missing() {
+    let mut f = flow(1, Some(CLUSTER_IP), None);
+    f.no_dnat = true;
+    f.handshake.retransmits = 2;
+    let v = classify(&target(), &[f], &model(true), &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
+    assert!(v.root_cause.detail.contains("not in the packet's path"), "{}", v.root_cause.detail);
+}
+
+#[test]
+fn a_frontend_nobody_knows_is_not_claimed_missing() {
+    let mut f = flow(1, Some("10.96.9.9:80"), None);
+    f.no_dnat = true;
+    let v = classify(&target(), &[f], &model(true), &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::Dropped);
+}
+
+#[test]
+fn a_frontend_only_the_api_declares_is_rules_missing() {
+    let mut m = model(true);
+    m.services[0].frontends.push(Frontend {
+        kind: FrontendKind::ExternalIp,
+        ip: ip("192.0.2.50"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        port_name: "http".into(),
+        rule: None,
+    });
+    let mut f = flow(1, Some("192.0.2.50:80"), None);
+    f.no_dnat = true;
+    let v = classify(&target(), &[f], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
+    assert!(v.root_cause.detail.contains("lack its frontend 192.0.2.50:80"), "{}", v.root_cause.detail);
+}
+
+#[test]
+fn explain_of_an_unknown_service_says_so() {
+    let v = classify(
+        &ServiceRef { namespace: "shop".into(), name: "typo".into() },
+        &[],
+        &model(true),
+        &Context { api_consulted: true, ..Context::default() },
+    );
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy);
+    assert!(v.root_cause.detail.contains("no Service shop/typo in kube-proxy's rules nor in the API"), "{}", v.root_cause.detail);
+}
