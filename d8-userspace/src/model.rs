@@ -258,8 +258,11 @@ pub struct ServiceModel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeKind {
+    /// `readinessProbe`.
     Readiness,
+    /// `livenessProbe`.
     Liveness,
+    /// `startupProbe`.
     Startup,
 }
 
@@ -270,7 +273,9 @@ pub struct ProbePort {
     pub pod: String,
     /// One of the pod's addresses (`status.podIPs`).
     pub ip: IpAddr,
+    /// The port the probe connects to (named container ports resolved).
     pub port: u16,
+    /// Which probe.
     pub probe: ProbeKind,
     /// The node the pod runs on, when scheduled.
     pub node: Option<String>,
