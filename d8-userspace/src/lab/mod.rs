@@ -588,9 +588,11 @@ impl Lab {
         for (key, pod) in &wanted {
             match self.pods.get(key).map(|rt| rt.drop_all) {
                 None => self.create_pod(pod)?,
-                Some(d) if d != pod.drop_all => self.set_drop_all(key, pod.drop_all)?,
-                Some(_) => {
-                    // Listeners stopped by a fault come back.
+                Some(drop_all) => {
+                    // Faults come undone: the drop table goes, stopped listeners come back.
+                    if drop_all != pod.drop_all {
+                        self.set_drop_all(key, pod.drop_all)?;
+                    }
                     self.restart_missing_listeners(key)?;
                 }
             }

@@ -332,3 +332,30 @@ fn cleanup_stale_removes_dead_pids_only() {
     assert!(mine_survived, "a live process's namespace was removed");
     assert!(netns::list_with_prefix(dead).is_empty());
 }
+
+#[test]
+fn ten_pods_come_up_and_answer_directly() {
+    if !is_root() {
+        return;
+    }
+    let mut spec = ClusterSpec::new().service(ServiceSpec::new("d", "many", ip(10, 96, 3, 1)).port("", 80, 8080, Protocol::Tcp));
+    for i in 0..10u8 {
+        spec = spec.pod(PodSpec::new("d", &format!("many-{i}"), ip(10, 244, 1, 100 + i)).label("app", "many").listen(8080, ListenerKind::Tcp));
+    }
+    let started = std::time::Instant::now();
+    let lab = Lab::up(spec, ProxyMode::Iptables).unwrap();
+    eprintln!("ten-pod lab up in {:?}", started.elapsed());
+    for i in 0..10u8 {
+        let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 244, 1, 100 + i), 8080), T).unwrap();
+        assert_eq!(out.backend(), Some(format!("many-{i}")));
+    }
+    // The probability cascade spreads connections: 40 connections reach more than one backend.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.extend(tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 3, 1), 80), T).unwrap().backend());
+    }
+    assert!(seen.len() > 1, "{seen:?}");
+    let started = std::time::Instant::now();
+    drop(lab);
+    eprintln!("ten-pod lab down in {:?}", started.elapsed());
+}
