@@ -23,14 +23,25 @@ enum Task {
     /// Set up, build, and run `d8-trace demo` (a simulated node with an incident, traced live).
     Demo(test::DemoOptions),
     /// Boot a Debian kernel under qemu and run a command in it.
-    VmTest(vm::Options),
+    VmTest(Box<vm::Options>),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().task {
         Task::Setup(opts) => setup::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => test::demo(&opts),
-        Task::VmTest(opts) => vm::run(opts),
+        Task::VmTest(opts) => vm::run(*opts),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            // A command that failed inside the VM passes its own status through.
+            match e.downcast_ref::<vm::GuestFailed>() {
+                Some(failed) => std::process::ExitCode::from(u8::try_from(failed.status).unwrap_or(1).max(1)),
+                None => std::process::ExitCode::FAILURE,
+            }
+        }
     }
 }

@@ -40,6 +40,14 @@ fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `target/` of this workspace, or `$CARGO_TARGET_DIR`.
+fn target_dir() -> anyhow::Result<std::path::PathBuf> {
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => dir.into(),
+        None => std::env::current_dir()?.join("target"),
+    })
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
@@ -51,7 +59,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     // The end-to-end tests run the d8-trace binary: build it and tell them where it is.
     run_cmd(cargo().args(["build", "-p", "d8-userspace", "--bin", "d8-trace"]))?;
-    let binary = std::env::current_dir()?.join("target/debug/d8-trace");
+    let binary = target_dir()?.join("debug/d8-trace");
     // One test thread: end-to-end tests share the kernel's BPF and netfilter state.
     run_cmd(
         cargo()
@@ -70,7 +78,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// and `doctor` must report what that kernel allows (no netfilter links before 6.4).
 fn vm_suite() -> anyhow::Result<()> {
     run_cmd(cargo().args(["build", "--release", "-p", "d8-userspace"]))?;
-    let binary = std::env::current_dir()?.join("target/release/d8-trace");
+    let binary = target_dir()?.join("release/d8-trace");
     vm::run(vm::Options {
         kernel: "6.1".into(),
         add: vec![format!("{}:/bin/d8-trace", binary.display())],
@@ -87,6 +95,6 @@ fn vm_suite() -> anyhow::Result<()> {
 pub fn demo(opts: &DemoOptions) -> anyhow::Result<()> {
     setup::run(&setup::Options { check: false })?;
     run_cmd(cargo().args(["build", "--release", "-p", "d8-userspace"]))?;
-    let binary = std::env::current_dir()?.join("target/release/d8-trace");
+    let binary = target_dir()?.join("release/d8-trace");
     run_cmd(Command::new(binary).arg("demo").args(&opts.args))
 }
