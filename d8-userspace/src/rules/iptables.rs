@@ -1040,7 +1040,7 @@ impl<'d> Builder<'d> {
                 self.problem(n, format!("{chain} jumps to {} more than once", d.sep));
                 continue;
             }
-            if let Some(ep) = self.read_sep(n, proto, &d.sep, d.rule, weight, local) {
+            if let Some(ep) = self.read_sep(n, proto, d.sep, d.rule, weight, local) {
                 found.push(ep);
             }
         }
@@ -1246,7 +1246,7 @@ impl<'d> Builder<'d> {
         let dump = self.dump;
         for rule in &dump.rules {
             let Some(target) = rule.target() else { continue };
-            if BUILTIN_TARGETS.contains(&target) || !target.starts_with("KUBE-") || dump.exists(&rule.table, target) {
+            if BUILTIN_TARGETS.contains(&target) || !target.starts_with("KUBE-") || dump.exists(rule.table, target) {
                 continue;
             }
             let msg = format!(
