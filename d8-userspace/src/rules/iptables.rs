@@ -810,8 +810,9 @@ impl<'d> Builder<'d> {
                 || target == "KUBE-MARK-MASQ"
                 || target == "ACCEPT"
             {
-                // IPVS mode (§2.3): ipset rules and the loopback RETURN name no Service.
-                self.mode_ipvs = true;
+                // IPVS mode (§2.3): ipset rules and the loopback RETURN name no Service. (Old
+                // iptables-mode kube-proxy also put "cluster IP" masquerade rules here.)
+                self.mode_ipvs |= rule.has(&["--match-set"]);
                 self.ok(rule);
                 continue;
             }
@@ -1665,6 +1666,35 @@ mod tests {
         assert_eq!(s.frontends[0].ip, ip("fd00:10:96::10"));
         assert_eq!(s.endpoints[0].ip, ip("fd00:10:244::5"));
         assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+    }
+
+    /// Cut anywhere or with lines dropped, every fixture still parses (or errors) without a panic.
+    #[test]
+    fn truncated_and_mangled_dumps_never_panic() {
+        for text in [NFT_SAVE, LARGE_SAVE] {
+            for cut in (0..text.len()).step_by(157).filter(|c| text.is_char_boundary(*c)) {
+                let _ = parse(&text[..cut]);
+            }
+            let lines: Vec<&str> = text.lines().collect();
+            for skip in 0..7 {
+                let mangled: Vec<&str> = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % 7 != skip % 7)
+                    .map(|(_, l)| *l)
+                    .collect();
+                let _ = parse(&mangled.join("\n"));
+            }
+        }
+        for odd in [
+            "*nat\n-A",
+            "*nat\n-A X \"\\",
+            "*nat\n[1:2",
+            "*nat\n:\n-A X -j",
+            "*nat\n-A X ! ! -d -j KUBE-SVC-",
+        ] {
+            let _ = parse(odd);
+        }
     }
 
     #[test]

@@ -497,6 +497,17 @@ mod tests {
     }
 
     #[test]
+    fn truncated_input_never_panics() {
+        for text in [IPVSADM, PROC] {
+            for cut in (0..text.len()).filter(|c| text.is_char_boundary(*c)) {
+                if let Ok(p) = parse(&text[..cut]) {
+                    let _ = join(&p.virtual_servers, &[]);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bad_input() {
         assert!(parse("").unwrap().virtual_servers.is_empty());
         let err = parse("Can't initialize ipvs: Protocol not available\n").unwrap_err();

@@ -1463,6 +1463,44 @@ mod tests {
         );
     }
 
+    /// Truncated JSON is an error; structurally valid JSON with odd values is read without a panic.
+    #[test]
+    fn truncated_and_mangled_json_never_panics() {
+        for cut in (0..LAYOUT_B.len()).step_by(389) {
+            let _ = parse(&LAYOUT_B[..cut]);
+        }
+        // Replace every scalar of one kind with odd values, object by object.
+        let v: Value = serde_json::from_str(LAYOUT_A).unwrap();
+        fn mangle(v: &Value, with: &Value) -> Value {
+            match v {
+                Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), mangle(x, with))).collect()),
+                Value::Array(a) => Value::Array(a.iter().map(|x| mangle(x, with)).collect()),
+                Value::Number(_) => with.clone(),
+                other => other.clone(),
+            }
+        }
+        for with in [
+            Value::Null,
+            Value::from(-1),
+            Value::from(u64::MAX),
+            Value::from("x"),
+            Value::from(1e300),
+        ] {
+            let _ = parse(&mangle(&v, &with).to_string());
+        }
+        let objects = v["nftables"].as_array().unwrap();
+        for skip in (0..objects.len()).step_by(5) {
+            let fewer: Vec<&Value> = objects
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, o)| o)
+                .collect();
+            let p = parse(&serde_json::json!({ "nftables": fewer }).to_string()).unwrap();
+            assert!(p.services.len() <= 7);
+        }
+    }
+
     #[test]
     fn errors_and_foreign_tables() {
         assert!(matches!(
