@@ -51,7 +51,7 @@ pub(crate) use config;
 
 /// Traced destinations: Service frontends and their backends (`d8_common::target`).
 #[map]
-pub static TARGETS: HashMap<TargetKey, u32> = HashMap::with_max_entries(16384, 0);
+pub static TARGETS: HashMap<TargetKey, u32> = HashMap::with_max_entries(65536, 0);
 
 /// Per-flow state, keyed by the conntrack ORIGINAL tuple.
 #[map]

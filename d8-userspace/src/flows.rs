@@ -437,6 +437,29 @@ impl FlowTable {
     pub fn get(&self, id: u64) -> Option<&Flow> {
         self.flows.iter().find(|f| f.id == id)
     }
+
+    /// Keeps only the flows `keep` accepts (long-running captures forget flows they reported).
+    pub fn retain(&mut self, keep: impl FnMut(&Flow) -> bool) {
+        self.flows.retain(keep);
+        self.current = self.flows.iter().enumerate().map(|(i, f)| (Self::tuple_of(f), i)).collect();
+    }
+
+    /// Replaces the set of traced frontends (the daemon follows rule changes).
+    pub fn set_frontends(&mut self, frontends: impl IntoIterator<Item = (Protocol, SocketAddr)>) {
+        self.frontends = frontends.into_iter().collect();
+    }
+
+    pub fn set_node_ips(&mut self, node_ips: Vec<IpAddr>) {
+        self.node_ips = node_ips;
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
 }
 
 const TCP_RST: u8 = 0x04;

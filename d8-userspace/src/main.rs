@@ -6,7 +6,7 @@ use std::{io::Write, process::ExitCode, time::Duration};
 use clap::Parser;
 use d8_trace::{
     classify::{self, Context},
-    cli::{Cli, Command, ExplainArgs, Hooks, Output, Selection, TraceArgs},
+    cli::{Cli, Command, DaemonArgs, ExplainArgs, Output, Selection, TraceArgs},
     kernel::netns,
     node, report,
     trace::{self, Options},
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         None => trace_command(cli.trace),
         Some(Command::Doctor(args)) => d8_trace::doctor::run(args.json, &args.selection).map_err(Failure::env),
         Some(Command::Explain(args)) => explain_command(args),
-        Some(Command::Daemon(_)) => Err(Failure::usage("`daemon` is not available in this build yet")),
+        Some(Command::Daemon(args)) => daemon_command(args),
         Some(Command::Demo(_)) => Err(Failure::usage("`demo` is not available in this build yet")),
     };
     match result {
@@ -75,9 +75,8 @@ fn main() -> ExitCode {
 
 /// Checks the selection flags this build can honour.
 fn check_selection(sel: &Selection) -> Result<(), Failure> {
-    if sel.hooks == Hooks::Tc {
-        return Err(trace::Error::TcUnavailable.into());
-    }
+    // `--hooks` is honoured by `trace::kernel_setup` (netfilter links or TC classifiers).
+    trace::request_hooks(sel.hooks);
     Ok(())
 }
 
@@ -150,6 +149,28 @@ fn explain_command(args: ExplainArgs) -> Result<(), Failure> {
     };
     let report = classify::build_report(&args.svc.service, &[], &view.model, &ctx);
     print_report(&report, args.output)
+}
+
+fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
+    let metrics_addr: std::net::SocketAddr = args
+        .metrics_addr
+        .parse()
+        .map_err(|e| Failure::usage(format!("--metrics-addr {}: {e} (expected IP:PORT, e.g. 0.0.0.0:9810)", args.metrics_addr)))?;
+    let runtime = enter_node(&args.selection)?;
+    let setup = trace::kernel_setup()?;
+    let opts = d8_trace::daemon::Options {
+        metrics_addr,
+        events: args.events.clone(),
+        selection: args.selection.clone(),
+        ring_buffer_bytes: 4 << 20,
+        reply_timeout: Duration::from_secs(3),
+    };
+    runtime.block_on(d8_trace::daemon::run(opts, setup)).map_err(|e| match e {
+        d8_trace::daemon::Error::Bind { .. } | d8_trace::daemon::Error::Events { .. } => Failure::usage(error_chain(&e)),
+        d8_trace::daemon::Error::Node(n) => n.into(),
+        d8_trace::daemon::Error::Trace(t) => t.into(),
+        other => Failure::env(error_chain(&other)),
+    })
 }
 
 fn trace_command(args: TraceArgs) -> Result<(), Failure> {

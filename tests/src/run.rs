@@ -57,6 +57,11 @@ impl Trace {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_until(args, env, "attached")
+    }
+
+    /// Starts `d8-trace <args>` and waits for a stderr line containing `ready`.
+    pub fn start_until(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
         let mut cmd = Command::new(binary());
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
@@ -73,7 +78,7 @@ impl Trace {
             }
         });
         let mut trace = Self { child, stderr_lines: rx, stderr_seen: Vec::new() };
-        trace.wait_for_stderr("attached", Duration::from_secs(20));
+        trace.wait_for_stderr(ready, Duration::from_secs(30));
         trace
     }
 

@@ -7,8 +7,10 @@
 //! - `tracer`: flows joined pre/post-DNAT, and their outcomes (issue 2).
 //! - `cleanup`: nothing stays attached after exit, Ctrl-C or an error.
 //! - `errors`: bad input gets one sentence and the contract's exit code.
+//! - `daemon`: continuous capture: metrics, events, SIGTERM.
 
 mod cleanup;
 mod common;
+mod daemon;
 mod errors;
 mod tracer;
