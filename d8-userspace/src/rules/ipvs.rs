@@ -327,6 +327,21 @@ pub fn join(virtual_servers: &[VirtualServer], known: &[(ServiceRef, Vec<Fronten
     services.into_values().collect()
 }
 
+/// Names the Services of an IPVS node in one step: drops the anonymous Services (empty
+/// namespace, as [`join`] and `rules::read_node` make them), joins `virtual_servers` to the named
+/// ones' frontends (e.g. the API's), and merges the result into them with
+/// `rules::merge_services` (so nothing doubles). Unclaimed virtual servers come back anonymous.
+pub fn name_services(services: Vec<Service>, virtual_servers: &[VirtualServer]) -> Vec<Service> {
+    let named: Vec<Service> = services
+        .into_iter()
+        .filter(|s| !s.service.namespace.is_empty())
+        .collect();
+    let known: Vec<(ServiceRef, Vec<Frontend>)> =
+        named.iter().map(|s| (s.service.clone(), s.frontends.clone())).collect();
+    let joined = join(virtual_servers, &known);
+    crate::rules::merge_services(named, joined)
+}
+
 fn rs_ref(vs: &VirtualServer, rs: &RealServer) -> RuleRef {
     RuleRef {
         source: RuleSource::Ipvs,
@@ -487,6 +502,57 @@ mod tests {
         assert_eq!(anon.endpoints.len(), 1);
         // Unclaimed: kubernetes (1), kube-dns tcp+udp (2), stale 10.96.99.99 (1), IPv6 dns (1).
         assert_eq!(services.iter().filter(|s| s.service.namespace.is_empty()).count(), 5);
+    }
+
+    #[test]
+    fn name_services_replaces_anonymous_ones_without_doubling() {
+        let p = parse(IPVSADM).unwrap();
+        let anonymous = join(&p.virtual_servers, &[]);
+        let mut api = Service::new(sref("ns1/web"));
+        api.frontends = vec![
+            fe(FrontendKind::ClusterIp, "10.96.10.10", 80, Protocol::Tcp, "http"),
+            fe(FrontendKind::NodePort, "0.0.0.0", 30080, Protocol::Tcp, "http"),
+        ];
+        api.endpoints.push(Endpoint {
+            ip: "10.244.3.12".parse().unwrap(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+            port_name: "http".to_string(),
+            in_rules: false,
+            in_api: Some(true),
+            ready: Some(false),
+            local: None,
+            node: Some("node-b".to_string()),
+            pod: Some("ns1/web-2".to_string()),
+            weight: None,
+            rule: None,
+        });
+        let mut services = anonymous;
+        services.push(api);
+        let named = name_services(services, &p.virtual_servers);
+        let web = named.iter().find(|s| s.service.to_string() == "ns1/web").unwrap();
+        assert_eq!(web.endpoints.len(), 3);
+        let draining = web
+            .endpoints
+            .iter()
+            .find(|e| e.ip == "10.244.3.12".parse::<IpAddr>().unwrap())
+            .unwrap();
+        assert!(draining.in_rules);
+        assert_eq!(draining.in_api, Some(true));
+        assert_eq!(draining.weight, Some(0.0));
+        assert_eq!(draining.pod.as_deref(), Some("ns1/web-2"));
+        // The ClusterIP frontend once, now with its virtual server as rule; the NodePort VS adds
+        // the node address; the external IP VS nobody claimed stays anonymous.
+        assert_eq!(
+            web.frontends
+                .iter()
+                .filter(|f| f.port == 80 && f.kind == FrontendKind::ClusterIp)
+                .count(),
+            1
+        );
+        assert!(web.frontends[0].rule.is_some());
+        assert!(named.iter().any(|s| s.service.name == "TCP 203.0.113.10:80"));
+        assert!(!named.iter().any(|s| s.service.name == "TCP 10.96.10.10:80"));
     }
 
     #[test]

@@ -209,7 +209,10 @@ pub fn choose_reading(readings: Vec<ModeReading>) -> (ModeReading, Vec<String>) 
     }
 }
 
-/// Merges Services of two readings (IPv4 and IPv6 of one mode) by `namespace/name`.
+/// Merges two lists of Services by `namespace/name`: IPv4 and IPv6 readings of one mode, or rules
+/// and API views of the same Services. Frontends are one per (address, port, protocol) and
+/// endpoints one per (address, port, protocol, port name); where both sides know a field, the
+/// first side wins, and unknown fields (`None`) are filled from the second.
 pub fn merge_services(a: Vec<Service>, b: Vec<Service>) -> Vec<Service> {
     let mut map: BTreeMap<ServiceRef, Service> = BTreeMap::new();
     for s in a.into_iter().chain(b) {
@@ -217,20 +220,80 @@ pub fn merge_services(a: Vec<Service>, b: Vec<Service>) -> Vec<Service> {
             None => {
                 map.insert(s.service.clone(), s);
             }
-            Some(m) => {
-                m.frontends.extend(s.frontends);
-                m.endpoints.extend(s.endpoints);
-                m.rules.present |= s.rules.present;
-                m.rules.no_endpoints.extend(s.rules.no_endpoints);
-                m.rules.no_local_endpoints.extend(s.rules.no_local_endpoints);
-                m.rules.affinity_timeout_secs = m.rules.affinity_timeout_secs.or(s.rules.affinity_timeout_secs);
-                m.rules.problems.extend(s.rules.problems);
-                m.rules.chains.extend(s.rules.chains);
-                m.rules.source_ranges.extend(s.rules.source_ranges);
-            }
+            Some(m) => merge_into(m, s),
         }
     }
     map.into_values().collect()
+}
+
+fn merge_into(m: &mut Service, s: Service) {
+    for f in s.frontends {
+        match m
+            .frontends
+            .iter_mut()
+            .find(|x| x.ip == f.ip && x.port == f.port && x.protocol == f.protocol)
+        {
+            Some(x) => {
+                if x.rule.is_none() {
+                    x.rule = f.rule;
+                }
+                if x.port_name.is_empty() {
+                    x.port_name = f.port_name;
+                }
+            }
+            None => m.frontends.push(f),
+        }
+    }
+    for e in s.endpoints {
+        match m
+            .endpoints
+            .iter_mut()
+            .find(|x| x.ip == e.ip && x.port == e.port && x.protocol == e.protocol && x.port_name == e.port_name)
+        {
+            Some(x) => {
+                x.in_rules |= e.in_rules;
+                x.in_api = x.in_api.or(e.in_api);
+                x.ready = x.ready.or(e.ready);
+                x.local = x.local.or(e.local);
+                x.node = x.node.take().or(e.node);
+                x.pod = x.pod.take().or(e.pod);
+                x.weight = x.weight.or(e.weight);
+                x.rule = x.rule.take().or(e.rule);
+            }
+            None => m.endpoints.push(e),
+        }
+    }
+    let (r, o) = (&mut m.rules, s.rules);
+    r.present |= o.present;
+    for (mine, theirs) in [
+        (&mut r.no_endpoints, o.no_endpoints),
+        (&mut r.no_local_endpoints, o.no_local_endpoints),
+    ] {
+        for x in theirs {
+            if !mine.contains(&x) {
+                mine.push(x);
+            }
+        }
+    }
+    r.affinity_timeout_secs = r.affinity_timeout_secs.or(o.affinity_timeout_secs);
+    for (mine, theirs) in [
+        (&mut r.problems, o.problems),
+        (&mut r.chains, o.chains),
+        (&mut r.source_ranges, o.source_ranges),
+    ] {
+        for x in theirs {
+            if !mine.contains(&x) {
+                mine.push(x);
+            }
+        }
+    }
+    let (a, o) = (&mut m.api, s.api);
+    a.exists = a.exists.or(o.exists);
+    a.service_type = a.service_type.take().or(o.service_type);
+    a.external_traffic_policy_local = a.external_traffic_policy_local.or(o.external_traffic_policy_local);
+    a.internal_traffic_policy_local = a.internal_traffic_policy_local.or(o.internal_traffic_policy_local);
+    a.session_affinity_client_ip = a.session_affinity_client_ip.or(o.session_affinity_client_ip);
+    a.proxied = a.proxied.or(o.proxied);
 }
 
 /// Output of a command, or why there is none.
@@ -474,12 +537,28 @@ mod tests {
             .services;
         let n = v4.len();
         let web_fe = v4.iter().find(|s| s.service.name == "web").unwrap().frontends.len();
-        let merged = merge_services(v4.clone(), v4);
+        // The same reading twice: nothing doubles.
+        let merged = merge_services(v4.clone(), v4.clone());
+        assert_eq!(merged, v4);
         assert_eq!(merged.len(), n);
-        assert_eq!(
-            merged.iter().find(|s| s.service.name == "web").unwrap().frontends.len(),
-            2 * web_fe
-        );
+        // An IPv6 reading of the same Service adds its frontends and endpoints.
+        let mut v6 = v4.iter().find(|s| s.service.name == "web").unwrap().clone();
+        for f in &mut v6.frontends {
+            if !f.ip.is_unspecified() {
+                f.ip = "fd00::10".parse().unwrap();
+            }
+        }
+        for e in &mut v6.endpoints {
+            e.ip = "fd00::20".parse().unwrap();
+            e.local = Some(true);
+        }
+        let merged = merge_services(v4, vec![v6]);
+        let web = merged.iter().find(|s| s.service.name == "web").unwrap();
+        // ClusterIP and external IP on fd00::10 (one address, one port: one frontend); the NodePort at
+        // 0.0.0.0 is the same frontend on both sides.
+        assert_eq!(web.frontends.len(), web_fe + 1);
+        assert_eq!(web.endpoints.len(), 4);
+        assert_eq!(web.endpoints[3].local, Some(true));
     }
 
     #[test]
