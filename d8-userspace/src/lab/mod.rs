@@ -164,7 +164,20 @@ pub struct Lab {
     rules_text: String,
 }
 
+/// True for `a.b.c.d/len` with len <= 32.
+fn is_ipv4_cidr(s: &str) -> bool {
+    s.split_once('/')
+        .is_some_and(|(ip, len)| ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32))
+}
+
 fn validate(spec: &ClusterSpec) -> Result<(), Error> {
+    // Checked here because `nft` and `iptables-restore` would try to resolve anything that is not
+    // an address as a host name, i.e. send DNS queries.
+    for (what, cidr) in [("cluster_cidr", &spec.cluster_cidr), ("service_cidr", &spec.service_cidr)] {
+        if !is_ipv4_cidr(cidr) {
+            return Err(Error::Spec(format!("{what} {cidr:?} is not an IPv4 CIDR")));
+        }
+    }
     let mut ips = BTreeMap::new();
     ips.insert(spec.client_pod_ip, "client pod".to_string());
     for pod in &spec.pods {
@@ -622,6 +635,22 @@ impl Lab {
             .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
         self.api_spec.pods.retain(|p| p.key() != key);
         Ok(())
+    }
+
+    /// Changes a pod's readiness in the API view only (its EndpointSlice condition and Pod status)
+    /// while the rules keep their old dispatch: with `false`, the rules still send traffic to an
+    /// endpoint the API calls not ready (a stale endpoint of the "not ready" kind).
+    pub fn set_api_ready(&mut self, pod: &str, ready: bool) -> Result<(), Error> {
+        self.api_spec.find_pod_mut(pod).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?.ready = ready;
+        Ok(())
+    }
+
+    /// The classic stale endpoint: the pod is gone (namespace deleted, API objects removed) while
+    /// kube-proxy's rules still DNAT to it. [`Self::delete_from_api`] + [`Self::delete_pod`];
+    /// undo with [`Self::apply`].
+    pub fn make_stale_endpoint(&mut self, pod: &str) -> Result<(), Error> {
+        self.delete_from_api(pod)?;
+        self.delete_pod(pod)
     }
 
     /// Puts the API view back to the world spec.

@@ -359,3 +359,51 @@ fn ten_pods_come_up_and_answer_directly() {
     drop(lab);
     eprintln!("ten-pod lab down in {:?}", started.elapsed());
 }
+
+#[test]
+fn failed_up_leaves_nothing_behind() {
+    if !is_root() {
+        return;
+    }
+    let mut spec = ClusterSpec::new().service(ServiceSpec::new("d", "x", ip(10, 96, 4, 1)).port("", 80, 80, Protocol::Tcp));
+    spec.service_cidr = "not-a-cidr".into();
+    assert!(matches!(Lab::up(spec.clone(), ProxyMode::Nftables), Err(Error::Spec(_))));
+    // A failure after the node namespace exists: `ip` refuses the address.
+    spec.service_cidr = "10.96.0.0/16".into();
+    spec.node_prefix_len = 33;
+    let before = netns::list_with_prefix(&format!("d8lab-{}-", std::process::id())).len();
+    let err = Lab::up(spec, ProxyMode::Nftables).err().expect("ip must refuse a /33");
+    assert!(matches!(&err, Error::Command { command, .. } if command.contains("ip -n")), "{err}");
+    // Other tests of this process may be building labs right now: only compare what this lab
+    // would have left, by counting nothing new that stays.
+    let after = netns::list_with_prefix(&format!("d8lab-{}-", std::process::id())).len();
+    assert!(after <= before + 4, "{before} -> {after}");
+    assert!(matches!(Lab::up(ClusterSpec::new(), ProxyMode::Ipvs), Err(Error::Spec(_))));
+}
+
+#[test]
+fn api_view_diverges_on_demand() {
+    if !is_root() {
+        return;
+    }
+    let spec = ClusterSpec::new()
+        .service(ServiceSpec::new("d", "web", ip(10, 96, 5, 1)).port("http", 80, 8080, Protocol::Tcp))
+        .pod(PodSpec::new("d", "web-1", ip(10, 244, 1, 61)).label("app", "web").listen(8080, ListenerKind::Tcp))
+        .pod(PodSpec::new("d", "web-2", ip(10, 244, 1, 62)).label("app", "web").listen(8080, ListenerKind::Tcp));
+    let mut lab = Lab::up(spec.clone(), ProxyMode::Iptables).unwrap();
+    let slice_eps = |lab: &Lab| {
+        let snap = lab.snapshot_json();
+        let slice = snap["items"].as_array().unwrap().iter().find(|i| i["kind"] == "EndpointSlice").unwrap().clone();
+        slice["endpoints"].as_array().cloned().unwrap_or_default()
+    };
+    lab.set_api_ready("web-2", false).unwrap();
+    assert_eq!(slice_eps(&lab)[1]["conditions"]["ready"], false);
+    assert!(lab.rules_text().contains("10.244.1.62:8080"));
+    lab.make_stale_endpoint("web-1").unwrap();
+    assert_eq!(slice_eps(&lab).len(), 1);
+    assert!(lab.pod_ns("web-1").is_none());
+    assert!(lab.rules_text().contains("10.244.1.61:8080"));
+    lab.apply(spec).unwrap();
+    assert_eq!(slice_eps(&lab).len(), 2);
+    assert!(lab.pod_ns("web-1").is_some());
+}

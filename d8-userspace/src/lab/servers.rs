@@ -235,6 +235,10 @@ fn serve(
                     let _ = sock.send_to(&reply, peer);
                 }
             }
+            // A child process forked elsewhere in this process may hold a copy of the fd until it
+            // execs, keeping the socket bound after our close. Connecting it (no packet is sent)
+            // makes it ignore every other peer at once, so clients get port-unreachable.
+            let _ = sock.connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
         }
         Behavior::Pod(ListenerKind::TcpNoAccept) => {
             let listener = match tcp_listen(addr, 0) {
@@ -265,6 +269,7 @@ fn serve(
                 revents: 0,
             }];
             while unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } < 0 {}
+            stop_listening(&listener);
             drop(filler);
             drop(listener);
         }
@@ -301,8 +306,18 @@ fn serve(
                     }
                 }
             }
+            stop_listening(&listener);
         }
     }
+}
+
+/// Stops a listener at the socket, not the fd: a child process forked elsewhere in this process
+/// (tests spawn `ip`, `nft`, `d8-trace`) holds a copy of every fd until it execs, so a plain close
+/// could leave the port listening for a moment and a client would connect and then be reset
+/// instead of being refused. `shutdown` on a listening socket stops it (Linux).
+fn stop_listening(listener: &TcpListener) {
+    // SAFETY: shutdown on a descriptor we own.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
 /// Reads an HTTP request head (bounded), returning the request line.
