@@ -995,6 +995,11 @@ mod tests {
             )
             .unwrap();
             assert_eq!(out, TcpOutcome::Refused, "{mode:?} no endpoints");
+            // Hairpin: the only backend reaches itself through its Service (masqueraded).
+            let web_ns = lab.pod_ns("web-1").unwrap().to_string();
+            let out = http_get(&web_ns, web, "/", T).unwrap();
+            assert_eq!(out.backend().as_deref(), Some("web-1"), "{mode:?} hairpin: {out:?}");
+            assert_ne!(out.remote_ip(), Some(Ipv4Addr::new(10, 244, 1, 11)), "{mode:?} hairpin is masqueraded");
             // Listener stopped: backend RST.
             lab.stop_listener("web-1", 8080).unwrap();
             assert_eq!(
