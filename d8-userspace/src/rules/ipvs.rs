@@ -16,7 +16,11 @@
 //! problem on its Service ("virtual server X has no real servers": the Service has no endpoints, or
 //! kube-proxy failed to program it). Persistence (`persistent 10800`) is ClientIP affinity.
 //!
-//! Not done: the generic netlink `IPVS` family, `ipset` contents, `kube-ipvs0` addresses.
+//! [`check_addresses`] adds a problem to each virtual server whose address no interface holds
+//! (kube-proxy binds Service IPs to `kube-ipvs0`; input: `ip -j addr show`, [`parse_ip_addr_json`]).
+//! [`name_services`] is the one-step join for a model that already has the API's Services.
+//!
+//! Not done: the generic netlink `IPVS` family, `ipset` contents.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -38,6 +42,9 @@ pub struct VirtualServer {
     /// `persistent <secs>`: ClientIP session affinity.
     pub persistent_secs: Option<u32>,
     pub real_servers: Vec<RealServer>,
+    /// Problems found beside the text (see [`check_addresses`]); [`join`] copies them to the
+    /// Service's `RuleFacts::problems`.
+    pub problems: Vec<String>,
     /// The line as printed, for evidence.
     pub text: String,
     pub line: usize,
@@ -177,6 +184,7 @@ fn parse_virtual_server(line: &str, line_no: usize, hex: bool) -> Option<Virtual
         scheduler,
         persistent_secs,
         real_servers: Vec::new(),
+        problems: Vec::new(),
         text: line.to_string(),
         line: line_no,
     })
@@ -287,6 +295,7 @@ pub fn join(virtual_servers: &[VirtualServer], known: &[(ServiceRef, Vec<Fronten
                 .problems
                 .push(format!("virtual server {} has no real servers", vs.name()));
         }
+        svc.rules.problems.extend(vs.problems.iter().cloned());
         for rs in &vs.real_servers {
             let weight = f64::from(rs.weight);
             match svc.endpoints.iter_mut().find(|e| {
@@ -325,6 +334,55 @@ pub fn join(virtual_servers: &[VirtualServer], known: &[(ServiceRef, Vec<Fronten
         }
     }
     services.into_values().collect()
+}
+
+/// kube-proxy's dummy device holding every ClusterIP, external IP and LB IP of IPVS mode (§2.1).
+pub const DUMMY_DEVICE: &str = "kube-ipvs0";
+
+/// (interface, address) pairs from `ip -j addr show`.
+pub fn parse_ip_addr_json(text: &str) -> Result<Vec<(String, IpAddr)>, serde_json::Error> {
+    let links: Vec<serde_json::Value> = serde_json::from_str(text)?;
+    let mut out = Vec::new();
+    for link in &links {
+        let Some(ifname) = link.get("ifname").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        for a in link.get("addr_info").and_then(|v| v.as_array()).into_iter().flatten() {
+            if let Some(ip) = a.get("local").and_then(|v| v.as_str()).and_then(|v| v.parse().ok()) {
+                out.push((ifname.to_string(), ip));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every virtual server's address is local (IPVS only sees packets the node accepts:
+/// kube-proxy binds ClusterIPs, external and LB IPs to `kube-ipvs0`; NodePort servers use node
+/// addresses). A virtual server whose address no interface holds gets a problem; the returned
+/// warnings cover the node as a whole (no `kube-ipvs0` at all).
+pub fn check_addresses(virtual_servers: &mut [VirtualServer], local: &[(String, IpAddr)]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let has_dummy = local.iter().any(|(ifname, _)| ifname == DUMMY_DEVICE);
+    let relevant = virtual_servers
+        .iter()
+        .any(|vs| vs.addr.is_some_and(|a| a.to_string() != PROBE_VS));
+    if relevant && !has_dummy {
+        warnings.push(format!(
+            "{DUMMY_DEVICE} has no addresses (or does not exist): kube-proxy binds Service IPs there in IPVS mode"
+        ));
+    }
+    for vs in virtual_servers.iter_mut() {
+        let Some(addr) = vs.addr else { continue };
+        if addr.to_string() == PROBE_VS || local.iter().any(|(_, ip)| *ip == addr.ip()) {
+            continue;
+        }
+        vs.problems.push(format!(
+            "virtual server {}: {} is not bound to {DUMMY_DEVICE} or any other interface, so the node does not accept packets for it (partial sync?)",
+            vs.name(),
+            addr.ip()
+        ));
+    }
+    warnings
 }
 
 /// Names the Services of an IPVS node in one step: drops the anonymous Services (empty
@@ -553,6 +611,36 @@ mod tests {
         assert!(web.frontends[0].rule.is_some());
         assert!(named.iter().any(|s| s.service.name == "TCP 203.0.113.10:80"));
         assert!(!named.iter().any(|s| s.service.name == "TCP 10.96.10.10:80"));
+    }
+
+    #[test]
+    fn virtual_servers_need_local_addresses() {
+        let local = parse_ip_addr_json(include_str!("../../testdata/rules/ip-addr-ipvs.json")).unwrap();
+        assert!(local.contains(&("kube-ipvs0".to_string(), "10.96.0.1".parse().unwrap())));
+        assert!(local.contains(&("eth0".to_string(), "192.168.1.10".parse().unwrap())));
+        let mut vs = parse(IPVSADM).unwrap().virtual_servers;
+        assert!(check_addresses(&mut vs, &local).is_empty());
+        let unbound: Vec<String> = vs
+            .iter()
+            .filter(|v| !v.problems.is_empty())
+            .map(VirtualServer::name)
+            .collect();
+        assert_eq!(
+            unbound,
+            vec!["TCP 10.96.10.20:80".to_string(), "TCP 10.96.99.99:8080".to_string()]
+        );
+        let services = join(&vs, &[]);
+        let empty = services
+            .iter()
+            .find(|s| s.service.name == "TCP 10.96.10.20:80")
+            .unwrap();
+        assert_eq!(empty.rules.problems.len(), 2, "{:?}", empty.rules.problems);
+        assert!(empty.rules.problems[1].contains("not bound to kube-ipvs0"));
+        // No kube-ipvs0 at all.
+        let mut vs = parse(IPVSADM).unwrap().virtual_servers;
+        let w = check_addresses(&mut vs, &[("eth0".to_string(), "192.168.1.10".parse().unwrap())]);
+        assert_eq!(w.len(), 1);
+        assert!(parse_ip_addr_json("not json").is_err());
     }
 
     #[test]

@@ -477,10 +477,22 @@ pub fn read_ipvs_mode() -> Result<ModeReading, ReadError> {
         }
         Err(e) => return Err(e),
     };
-    let parsed = ipvs::parse_named(&text, &source).map_err(|source_err| ReadError::Ipvs {
+    let mut parsed = ipvs::parse_named(&text, &source).map_err(|source_err| ReadError::Ipvs {
         command: source.clone(),
         source: source_err,
     })?;
+    // kube-ipvs0 and the node's addresses: a virtual server the node does not accept packets for.
+    match run("ip", &["-j", "addr", "show"], "iproute2", "IPVS") {
+        Ok(json) => match ipvs::parse_ip_addr_json(&json) {
+            Ok(local) => reading
+                .warnings
+                .extend(ipvs::check_addresses(&mut parsed.virtual_servers, &local)),
+            Err(e) => reading.warnings.push(format!("`ip -j addr show` output not read: {e}")),
+        },
+        Err(e) => reading
+            .warnings
+            .push(format!("addresses not checked: {}", error_chain(&e))),
+    }
     reading.warnings.extend(parsed.warnings);
     reading.warnings.extend(ipvs::notes(&parsed.virtual_servers));
     reading.services = ipvs::join(&parsed.virtual_servers, &[]);
