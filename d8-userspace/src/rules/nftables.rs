@@ -411,6 +411,7 @@ fn render_stmt(stmt: &Value) -> String {
         "dnat" | "snat" => {
             let addr = v.get("addr").map(render_val).unwrap_or_default();
             match v.get("port") {
+                Some(p) if addr.contains(':') => format!("{k} to [{addr}]:{}", render_val(p)),
                 Some(p) => format!("{k} to {addr}:{}", render_val(p)),
                 None => format!("{k} to {addr}"),
             }
@@ -1447,6 +1448,51 @@ mod tests {
         assert_eq!(s.frontends[0].ip, ip("172.30.0.41"));
         assert_eq!(s.endpoints.len(), 1);
         assert_eq!((s.endpoints[0].ip, s.endpoints[0].port), (ip("10.180.0.1"), 80));
+    }
+
+    #[test]
+    fn ip6_table_and_old_endpoints_check_layout() {
+        let ep = "endpoint-AAAAAAAA-ns1/v6/tcp/http__fd00.10.244..5/8080";
+        let svc = "service-BBBBBBBB-ns1/v6/tcp/http";
+        let json = serde_json::json!({"nftables": [
+            {"table": {"family": "ip6", "name": "kube-proxy", "handle": 1}},
+            {"chain": {"family": "ip6", "table": "kube-proxy", "name": "endpoints-check", "handle": 2}},
+            {"chain": {"family": "ip6", "table": "kube-proxy", "name": svc, "handle": 3}},
+            {"chain": {"family": "ip6", "table": "kube-proxy", "name": ep, "handle": 4}},
+            {"map": {"family": "ip6", "name": "service-ips", "table": "kube-proxy", "handle": 5, "map": "verdict",
+                     "type": ["ipv6_addr", "inet_proto", "inet_service"],
+                     "elem": [[{"concat": ["fd00:10:96::10", "tcp", 80]}, {"goto": {"target": svc}}]]}},
+            {"map": {"family": "ip6", "name": "service-nodeports", "table": "kube-proxy", "handle": 6, "map": "verdict",
+                     "type": ["inet_proto", "inet_service"],
+                     "elem": [[{"concat": ["tcp", 30080]}, {"goto": {"target": svc}}]]}},
+            {"rule": {"family": "ip6", "table": "kube-proxy", "chain": svc, "handle": 7, "expr": [
+                {"vmap": {"key": {"numgen": {"mode": "random", "mod": 1, "offset": 0}}, "data": {"set": [[0, {"goto": {"target": ep}}]]}}}]}},
+            {"rule": {"family": "ip6", "table": "kube-proxy", "chain": ep, "handle": 8, "expr": [
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                {"dnat": {"family": "ip6", "addr": "fd00:10:244::5", "port": 8080}}]}}
+        ]});
+        let p = parse(&json.to_string()).unwrap();
+        assert_eq!(p.layout, Some(Layout::EndpointsCheck));
+        let s = svc(&p, "ns1/v6");
+        assert_eq!(s.frontends[0].ip, ip("fd00:10:96::10"));
+        // No nodeport-ips set: NodePorts on any local address, `::` in an ip6 table.
+        assert_eq!(frontend(s, FrontendKind::NodePort, 30080).ip, ip("::"));
+        assert_eq!((s.endpoints[0].ip, s.endpoints[0].port), (ip("fd00:10:244::5"), 8080));
+        assert!(
+            s.endpoints[0]
+                .rule
+                .as_ref()
+                .unwrap()
+                .text
+                .contains("dnat to [fd00:10:244::5]:8080")
+        );
+        // The made-up hashes are reported, not fatal.
+        assert_eq!(
+            p.warnings.iter().filter(|w| w.contains("is not kube-proxy's")).count(),
+            2,
+            "{:#?}",
+            p.warnings
+        );
     }
 
     #[test]
