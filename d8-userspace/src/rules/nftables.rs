@@ -1453,19 +1453,19 @@ mod tests {
     #[test]
     fn ip6_table_and_old_endpoints_check_layout() {
         let ep = "endpoint-AAAAAAAA-ns1/v6/tcp/http__fd00.10.244..5/8080";
-        let svc = "service-BBBBBBBB-ns1/v6/tcp/http";
+        let svc_chain = "service-BBBBBBBB-ns1/v6/tcp/http";
         let json = serde_json::json!({"nftables": [
             {"table": {"family": "ip6", "name": "kube-proxy", "handle": 1}},
             {"chain": {"family": "ip6", "table": "kube-proxy", "name": "endpoints-check", "handle": 2}},
-            {"chain": {"family": "ip6", "table": "kube-proxy", "name": svc, "handle": 3}},
+            {"chain": {"family": "ip6", "table": "kube-proxy", "name": svc_chain, "handle": 3}},
             {"chain": {"family": "ip6", "table": "kube-proxy", "name": ep, "handle": 4}},
             {"map": {"family": "ip6", "name": "service-ips", "table": "kube-proxy", "handle": 5, "map": "verdict",
                      "type": ["ipv6_addr", "inet_proto", "inet_service"],
-                     "elem": [[{"concat": ["fd00:10:96::10", "tcp", 80]}, {"goto": {"target": svc}}]]}},
+                     "elem": [[{"concat": ["fd00:10:96::10", "tcp", 80]}, {"goto": {"target": svc_chain}}]]}},
             {"map": {"family": "ip6", "name": "service-nodeports", "table": "kube-proxy", "handle": 6, "map": "verdict",
                      "type": ["inet_proto", "inet_service"],
-                     "elem": [[{"concat": ["tcp", 30080]}, {"goto": {"target": svc}}]]}},
-            {"rule": {"family": "ip6", "table": "kube-proxy", "chain": svc, "handle": 7, "expr": [
+                     "elem": [[{"concat": ["tcp", 30080]}, {"goto": {"target": svc_chain}}]]}},
+            {"rule": {"family": "ip6", "table": "kube-proxy", "chain": svc_chain, "handle": 7, "expr": [
                 {"vmap": {"key": {"numgen": {"mode": "random", "mod": 1, "offset": 0}}, "data": {"set": [[0, {"goto": {"target": ep}}]]}}}]}},
             {"rule": {"family": "ip6", "table": "kube-proxy", "chain": ep, "handle": 8, "expr": [
                 {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
