@@ -256,7 +256,7 @@ impl Metrics {
     }
 }
 
-/// A process is kube-proxy: its `comm` is `kube-proxy`, or its argv[0]'s base name is.
+/// A process is kube-proxy: its `comm` is `kube-proxy`, or its `argv[0]`'s base name is.
 pub fn is_kube_proxy(comm: &str, cmdline: &[u8]) -> bool {
     if comm.trim() == "kube-proxy" {
         return true;

@@ -16,7 +16,7 @@
 //!   to, with the DNAT rule as [`RuleRef`], the chance of being chosen as `weight`, and locality
 //!   (`local: Some(true)` when a `KUBE-SVL-` chain holds it, `Some(false)` when a `KUBE-SVL-` chain
 //!   exists without it);
-//! - [`RuleFacts`]: REJECT "has no endpoints", DROP "has no local endpoints", ClientIP affinity
+//! - [`RuleFacts`](crate::model::RuleFacts): REJECT "has no endpoints", DROP "has no local endpoints", ClientIP affinity
 //!   (`-m recent --rcheck --seconds S`), the chains, loadBalancerSourceRanges, and `problems`:
 //!   a wrong probability sequence (not `1/(n-i)`), a jump to a chain that does not exist, a comment
 //!   naming another endpoint than the DNAT target.

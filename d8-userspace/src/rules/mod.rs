@@ -4,19 +4,26 @@
 //! - [`nftables`]: `nft -j list table ip kube-proxy` JSON (nftables mode).
 //! - [`ipvs`]: `ipvsadm -Ln` and `/proc/net/ip_vs` text (IPVS mode), joined to Services by address.
 //! - [`names`]: kube-proxy's chain-name hashes.
-//! - [`read_node`]: runs the tools in the current network namespace, detects the mode, and returns
-//!   a [`ServiceModel`] with `kube_proxy` (health from [`crate::kube_proxy::status`]) and the
-//!   Services the rules show. The parsers are pure (`&str` in, values out); only `read_node` and
-//!   its helpers run commands.
+//!
+//! The parsers are pure (`&str` in, values out). Only the functions here run commands, in the
+//! *current* network namespace (the caller has entered the node's):
+//! - [`read_node`]: kube-proxy's health ([`crate::kube_proxy::status`]), the mode, and the
+//!   Services the rules show, as a [`ServiceModel`] inside [`NodeRules`].
+//! - [`read_iptables_mode`], [`read_nftables_mode`], [`read_ipvs_mode`]: one mode each, as a
+//!   [`ModeReading`] (IPv4 and IPv6 merged); a missing tool is [`ReadError::CommandMissing`],
+//!   naming the package to install.
+//! - [`choose_reading`], [`merge_services`]: the pure steps `read_node` uses to pick a mode and to
+//!   merge IPv4/IPv6 (or rules and API) views of the same Services.
 //!
 //! Mode detection (reference §6.1): kube-proxy's `/proxyMode` when reachable (or the `mode`
 //! argument), else what the rules show: `table ip kube-proxy` ⇒ nftables, `KUBE-SVC-`/`KUBE-SEP-`
-//! chains ⇒ iptables, IPVS virtual servers or IPVS-mode iptables rules ⇒ ipvs. When several are
-//! present (kube-proxy cleans the other modes' leftovers only at start), the one with the most
+//! chains (or kube-proxy's service rules) ⇒ iptables, IPVS virtual servers ⇒ ipvs. When several
+//! are present (kube-proxy cleans the other modes' leftovers only at start), the one with the most
 //! Services wins and a warning names the others.
 //!
 //! IPVS mode names no Services in the kernel: its Services come back anonymous (see [`ipvs::join`])
-//! together with the raw [`NodeRules::virtual_servers`], for the caller to join with the API.
+//! together with the raw [`NodeRules::virtual_servers`]; [`ipvs::name_services`] joins them with
+//! the API's Services once those are known.
 
 pub mod iptables;
 pub mod ipvs;

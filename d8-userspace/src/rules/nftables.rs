@@ -14,7 +14,7 @@
 //! - endpoints from the `numgen random mod N vmap { … }` dispatch of `service-`/`local-` chains and
 //!   the `dnat to` of the `endpoint-` chains they go to (1.36's inline `dnat … to numgen … map` form
 //!   too), each with weight `1/N` and, when a `local-` chain exists, locality;
-//! - [`RuleFacts`]: `no-endpoint-*` elements with `goto reject-chain` (no endpoints) or `drop` (Local
+//! - [`RuleFacts`](crate::model::RuleFacts): `no-endpoint-*` elements with `goto reject-chain` (no endpoints) or `drop` (Local
 //!   traffic policy without local endpoints), ClientIP affinity (the `affinity-…` sets' timeout),
 //!   loadBalancerSourceRanges (the `firewall-` chain), chains, and problems: a `numgen mod N` that
 //!   disagrees with its N entries, a goto/jump to a chain that does not exist, an endpoint chain
