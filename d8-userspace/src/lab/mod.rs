@@ -166,14 +166,18 @@ pub struct Lab {
 
 /// True for `a.b.c.d/len` with len <= 32.
 fn is_ipv4_cidr(s: &str) -> bool {
-    s.split_once('/')
-        .is_some_and(|(ip, len)| ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32))
+    s.split_once('/').is_some_and(|(ip, len)| {
+        ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+    })
 }
 
 fn validate(spec: &ClusterSpec) -> Result<(), Error> {
     // Checked here because `nft` and `iptables-restore` would try to resolve anything that is not
     // an address as a host name, i.e. send DNS queries.
-    for (what, cidr) in [("cluster_cidr", &spec.cluster_cidr), ("service_cidr", &spec.service_cidr)] {
+    for (what, cidr) in [
+        ("cluster_cidr", &spec.cluster_cidr),
+        ("service_cidr", &spec.service_cidr),
+    ] {
         if !is_ipv4_cidr(cidr) {
             return Err(Error::Spec(format!("{what} {cidr:?} is not an IPv4 CIDR")));
         }
@@ -641,7 +645,10 @@ impl Lab {
     /// while the rules keep their old dispatch: with `false`, the rules still send traffic to an
     /// endpoint the API calls not ready (a stale endpoint of the "not ready" kind).
     pub fn set_api_ready(&mut self, pod: &str, ready: bool) -> Result<(), Error> {
-        self.api_spec.find_pod_mut(pod).ok_or_else(|| Error::NoSuchPod(pod.to_string()))?.ready = ready;
+        self.api_spec
+            .find_pod_mut(pod)
+            .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?
+            .ready = ready;
         Ok(())
     }
 
@@ -998,8 +1005,16 @@ mod tests {
             // Hairpin: the only backend reaches itself through its Service (masqueraded).
             let web_ns = lab.pod_ns("web-1").unwrap().to_string();
             let out = http_get(&web_ns, web, "/", T).unwrap();
-            assert_eq!(out.backend().as_deref(), Some("web-1"), "{mode:?} hairpin: {out:?}");
-            assert_ne!(out.remote_ip(), Some(Ipv4Addr::new(10, 244, 1, 11)), "{mode:?} hairpin is masqueraded");
+            assert_eq!(
+                out.backend().as_deref(),
+                Some("web-1"),
+                "{mode:?} hairpin: {out:?}"
+            );
+            assert_ne!(
+                out.remote_ip(),
+                Some(Ipv4Addr::new(10, 244, 1, 11)),
+                "{mode:?} hairpin is masqueraded"
+            );
             // Listener stopped: backend RST.
             lab.stop_listener("web-1", 8080).unwrap();
             assert_eq!(

@@ -338,21 +338,35 @@ fn ten_pods_come_up_and_answer_directly() {
     if !is_root() {
         return;
     }
-    let mut spec = ClusterSpec::new().service(ServiceSpec::new("d", "many", ip(10, 96, 3, 1)).port("", 80, 8080, Protocol::Tcp));
+    let mut spec = ClusterSpec::new()
+        .service(ServiceSpec::new("d", "many", ip(10, 96, 3, 1)).port("", 80, 8080, Protocol::Tcp));
     for i in 0..10u8 {
-        spec = spec.pod(PodSpec::new("d", &format!("many-{i}"), ip(10, 244, 1, 100 + i)).label("app", "many").listen(8080, ListenerKind::Tcp));
+        spec = spec.pod(
+            PodSpec::new("d", &format!("many-{i}"), ip(10, 244, 1, 100 + i))
+                .label("app", "many")
+                .listen(8080, ListenerKind::Tcp),
+        );
     }
     let started = std::time::Instant::now();
     let lab = Lab::up(spec, ProxyMode::Iptables).unwrap();
     eprintln!("ten-pod lab up in {:?}", started.elapsed());
     for i in 0..10u8 {
-        let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 244, 1, 100 + i), 8080), T).unwrap();
+        let out = tcp_connect(
+            lab.client_ns(),
+            SocketAddrV4::new(ip(10, 244, 1, 100 + i), 8080),
+            T,
+        )
+        .unwrap();
         assert_eq!(out.backend(), Some(format!("many-{i}")));
     }
     // The probability cascade spreads connections: 40 connections reach more than one backend.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        seen.extend(tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 3, 1), 80), T).unwrap().backend());
+        seen.extend(
+            tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 3, 1), 80), T)
+                .unwrap()
+                .backend(),
+        );
     }
     assert!(seen.len() > 1, "{seen:?}");
     let started = std::time::Instant::now();
@@ -365,20 +379,36 @@ fn failed_up_leaves_nothing_behind() {
     if !is_root() {
         return;
     }
-    let mut spec = ClusterSpec::new().service(ServiceSpec::new("d", "x", ip(10, 96, 4, 1)).port("", 80, 80, Protocol::Tcp));
+    let mut spec = ClusterSpec::new().service(ServiceSpec::new("d", "x", ip(10, 96, 4, 1)).port(
+        "",
+        80,
+        80,
+        Protocol::Tcp,
+    ));
     spec.service_cidr = "not-a-cidr".into();
-    assert!(matches!(Lab::up(spec.clone(), ProxyMode::Nftables), Err(Error::Spec(_))));
+    assert!(matches!(
+        Lab::up(spec.clone(), ProxyMode::Nftables),
+        Err(Error::Spec(_))
+    ));
     // A failure after the node namespace exists: `ip` refuses the address.
     spec.service_cidr = "10.96.0.0/16".into();
     spec.node_prefix_len = 33;
     let before = netns::list_with_prefix(&format!("d8lab-{}-", std::process::id())).len();
-    let err = Lab::up(spec, ProxyMode::Nftables).err().expect("ip must refuse a /33");
-    assert!(matches!(&err, Error::Command { command, .. } if command.contains("ip -n")), "{err}");
+    let err = Lab::up(spec, ProxyMode::Nftables)
+        .err()
+        .expect("ip must refuse a /33");
+    assert!(
+        matches!(&err, Error::Command { command, .. } if command.contains("ip -n")),
+        "{err}"
+    );
     // Other tests of this process may be building labs right now: only compare what this lab
     // would have left, by counting nothing new that stays.
     let after = netns::list_with_prefix(&format!("d8lab-{}-", std::process::id())).len();
     assert!(after <= before + 4, "{before} -> {after}");
-    assert!(matches!(Lab::up(ClusterSpec::new(), ProxyMode::Ipvs), Err(Error::Spec(_))));
+    assert!(matches!(
+        Lab::up(ClusterSpec::new(), ProxyMode::Ipvs),
+        Err(Error::Spec(_))
+    ));
 }
 
 #[test]
@@ -387,13 +417,32 @@ fn api_view_diverges_on_demand() {
         return;
     }
     let spec = ClusterSpec::new()
-        .service(ServiceSpec::new("d", "web", ip(10, 96, 5, 1)).port("http", 80, 8080, Protocol::Tcp))
-        .pod(PodSpec::new("d", "web-1", ip(10, 244, 1, 61)).label("app", "web").listen(8080, ListenerKind::Tcp))
-        .pod(PodSpec::new("d", "web-2", ip(10, 244, 1, 62)).label("app", "web").listen(8080, ListenerKind::Tcp));
+        .service(ServiceSpec::new("d", "web", ip(10, 96, 5, 1)).port(
+            "http",
+            80,
+            8080,
+            Protocol::Tcp,
+        ))
+        .pod(
+            PodSpec::new("d", "web-1", ip(10, 244, 1, 61))
+                .label("app", "web")
+                .listen(8080, ListenerKind::Tcp),
+        )
+        .pod(
+            PodSpec::new("d", "web-2", ip(10, 244, 1, 62))
+                .label("app", "web")
+                .listen(8080, ListenerKind::Tcp),
+        );
     let mut lab = Lab::up(spec.clone(), ProxyMode::Iptables).unwrap();
     let slice_eps = |lab: &Lab| {
         let snap = lab.snapshot_json();
-        let slice = snap["items"].as_array().unwrap().iter().find(|i| i["kind"] == "EndpointSlice").unwrap().clone();
+        let slice = snap["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"] == "EndpointSlice")
+            .unwrap()
+            .clone();
         slice["endpoints"].as_array().cloned().unwrap_or_default()
     };
     lab.set_api_ready("web-2", false).unwrap();

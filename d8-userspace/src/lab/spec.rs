@@ -272,6 +272,18 @@ impl PodSpec {
         self
     }
 
+    /// Sets an HTTP readiness probe and the same liveness probe (`httpGet` on `path`, `port`).
+    /// The lab's kubelet prober still probes it the tcpSocket way (connect, then RST).
+    pub fn http_probes(mut self, path: &str, port: u16) -> Self {
+        let probe = ProbeSpec::HttpGet {
+            path: path.into(),
+            port,
+        };
+        self.readiness_probe = Some(probe.clone());
+        self.liveness_probe = Some(probe);
+        self
+    }
+
     /// Places the pod on another node (rules and API only).
     pub fn on_node(mut self, node: &str) -> Self {
         self.node = Some(node.into());
