@@ -1648,6 +1648,26 @@ mod tests {
         assert!(!p.rules_present && p.warnings.is_empty());
     }
 
+    /// kube-proxy's own restore text leaves plain comments unquoted (its golden test, ns1/svc1).
+    #[test]
+    fn kube_proxy_input_form_with_unquoted_comments() {
+        let svc_chain = names::service_chain("KUBE-SVC-", "ns1/svc1:p80", "tcp");
+        let text = format!(
+            "*nat\n:KUBE-SERVICES - [0:0]\n:{svc_chain} - [0:0]\n:KUBE-SEP-SXIVWICOYRO3J4NJ - [0:0]\n\
+             -A KUBE-SERVICES -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j {svc_chain}\n\
+             -A {svc_chain} -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ\n\
+             -A {svc_chain} -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -j KUBE-SEP-SXIVWICOYRO3J4NJ\n\
+             -A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -s 10.180.0.1 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80\nCOMMIT\n"
+        );
+        let p = parse(&text).unwrap();
+        assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+        let s = svc(&p, "ns1/svc1");
+        assert_eq!(s.frontends[0].ip, ip("172.30.0.41"));
+        assert_eq!(s.endpoints[0].ip, ip("10.180.0.1"));
+        assert_eq!(s.endpoints[0].rule.as_ref().unwrap().name, "KUBE-SEP-SXIVWICOYRO3J4NJ");
+    }
+
     #[test]
     fn ipv6_dump() {
         let n = "ns1/v6:http";
