@@ -1020,6 +1020,14 @@ impl<'d> Builder<'d> {
                 self.ok(rule);
             }
         }
+        if dispatch.is_empty() {
+            // kube-proxy writes REJECT rules instead of an empty chain: this one lets traffic
+            // through untranslated.
+            self.problem(
+                n,
+                format!("{chain} jumps to no KUBE-SEP chain: connections sent to it are not translated"),
+            );
+        }
         self.check_probabilities(n, chain, &dispatch);
         for sep in &affinity_seps {
             if !dispatch.iter().any(|d| &d.sep == sep) {
@@ -1578,6 +1586,33 @@ mod tests {
                 .any(|m| m.contains("jumps to KUBE-SEP-UFEJ6AFFITOUQOJI, which does not exist")),
             "{:?}",
             web.rules.problems
+        );
+    }
+
+    #[test]
+    fn service_chain_without_endpoint_rules_is_a_problem() {
+        let text = NFT_SAVE.replace(
+            "-A KUBE-SVC-NPX46M4PTMTKRN6Y -m comment --comment \"default/kubernetes:https -> 192.168.205.145:6443\" -j KUBE-SEP-UUBFDOGZKSZ6QOBE\n",
+            "",
+        );
+        let p = parse(&text).unwrap();
+        let k = svc(&p, "default/kubernetes");
+        assert!(k.endpoints.is_empty());
+        assert!(
+            k.rules
+                .problems
+                .iter()
+                .any(|m| m.contains("jumps to no KUBE-SEP chain")),
+            "{:?}",
+            k.rules.problems
+        );
+        // The SEP chain nobody jumps to is reported as left over.
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("KUBE-SEP-UUBFDOGZKSZ6QOBE is not referenced")),
+            "{:#?}",
+            p.warnings
         );
     }
 
