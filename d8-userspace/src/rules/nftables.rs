@@ -1001,13 +1001,18 @@ impl<'t> Builder<'t> {
     }
 
     fn check_target(&mut self, owner: &str, map: &str, target: Option<&str>) {
-        if let Some(tg) = target
-            && !self.t.chains.contains_key(tg)
-        {
-            self.problem(
+        let Some(tg) = target else { return };
+        match self.t.chains.get(tg) {
+            None => self.problem(
                 owner,
                 format!("map {map} sends traffic to chain {tg}, which does not exist"),
-            );
+            ),
+            // kube-proxy flushes a stale chain before deleting it; a map still pointing at it
+            // lets traffic through untranslated.
+            Some(c) if c.rules.is_empty() && tg != "reject-chain" => {
+                self.problem(owner, format!("map {map} sends traffic to chain {tg}, which is empty"))
+            }
+            Some(_) => {}
         }
     }
 
@@ -1431,6 +1436,23 @@ mod tests {
             web.rules.problems
         );
         assert_eq!(web.endpoints.len(), 2);
+    }
+
+    #[test]
+    fn map_pointing_at_a_flushed_chain_is_a_problem() {
+        let mut v: Value = serde_json::from_str(LAYOUT_B).unwrap();
+        v["nftables"].as_array_mut().unwrap().retain(|o| {
+            o.get("rule")
+                .is_none_or(|r| r["chain"].as_str() != Some("service-2QRHZV4L-default/kubernetes/tcp/https"))
+        });
+        let p = parse(&v.to_string()).unwrap();
+        let k = svc(&p, "default/kubernetes");
+        assert!(k.endpoints.is_empty());
+        assert!(
+            k.rules.problems.iter().any(|m| m.contains("which is empty")),
+            "{:?}",
+            k.rules.problems
+        );
     }
 
     #[test]
