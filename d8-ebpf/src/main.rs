@@ -6,6 +6,8 @@
 //!   the chosen backend). aya has no loader for `BPF_PROG_TYPE_NETFILTER`; these live in
 //!   `classifier/` sections so aya-obj parses them, and d8-userspace's `loader::netfilter` loads
 //!   them with the right program type.
+//! - [`tc`]: `d8_tc_ingress`/`d8_tc_egress`, clsact classifiers for kernels without netfilter
+//!   links (pre-DNAT view at ingress, post-DNAT and node-made packets at egress).
 //! - [`tracepoints`]: `skb:kfree_skb` (drops with the kernel's reason), `tcp:tcp_send_reset`,
 //!   `tcp:tcp_receive_reset`, `sock:inet_sock_set_state` (client sockets, node-local clients).
 //!
@@ -21,6 +23,7 @@ mod flows;
 mod maps;
 mod netfilter;
 mod packet;
+mod tc;
 mod tracepoints;
 
 #[cfg(not(test))]

@@ -33,11 +33,13 @@ pub enum Error {
     #[error("tracing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON); run d8-trace as root")]
     NotRoot,
     #[error(
-        "this kernel ({release}) has no netfilter BPF links (needs 6.4+ with CONFIG_NETFILTER_BPF_LINK); the TC hook set for older kernels is not available in this build"
+        "--hooks netfilter: this kernel ({release}) has no netfilter BPF links (needs 6.4+ with CONFIG_NETFILTER_BPF_LINK); use --hooks tc or auto"
     )]
     NoNetfilterLinks { release: String },
     #[error("--hooks tc: the TC hook set is not available in this build; use --hooks netfilter on kernels 6.4+")]
     TcUnavailable,
+    #[error("subscribing to conntrack netlink events (the TC hook set's join): {0}")]
+    CtNetlink(#[source] std::io::Error),
     #[error(transparent)]
     Kernel(#[from] kernel::Error),
     #[error(transparent)]
@@ -186,6 +188,78 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The `--hooks` the user asked for; set by the CLI before [`kernel_setup`] runs.
+static REQUESTED_HOOKS: std::sync::Mutex<Option<crate::cli::Hooks>> = std::sync::Mutex::new(None);
+/// What [`kernel_setup`] chose, for [`run`].
+static CHOSEN_HOOKS: std::sync::Mutex<Option<HookChoice>> = std::sync::Mutex::new(None);
+
+/// Records the `--hooks` selection for [`kernel_setup`].
+pub fn request_hooks(hooks: crate::cli::Hooks) {
+    *REQUESTED_HOOKS.lock().unwrap_or_else(|e| e.into_inner()) = Some(hooks);
+}
+
+/// How the TC hook set joins a flow's pre- and post-DNAT views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// Netfilter programs read the skb's conntrack entry (`nf_post`).
+    SkbConntrack,
+    /// Conntrack netlink NEW events in userspace fill `NAT_ALIAS` and the flow table.
+    CtNetlink,
+}
+
+impl Join {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::SkbConntrack => "the skb's conntrack entry, read after DNAT by the netfilter programs",
+            Self::CtNetlink => {
+                "conntrack netlink NEW events (NFNLGRP_CONNTRACK_NEW) read in userspace fill NAT_ALIAS and join the views \
+                 (a TC program cannot read the skb's conntrack entry before 6.3; the kprobe join is not in this build)"
+            }
+        }
+    }
+}
+
+/// The hook set a trace uses, and why.
+#[derive(Debug, Clone)]
+pub struct HookChoice {
+    pub set: loader::HookSet,
+    pub join: Join,
+    pub reason: String,
+}
+
+/// Picks the hook set: `requested`, or for `auto` netfilter links where the kernel has them
+/// (`netfilter_links`), else TC.
+pub fn choose_hooks(requested: crate::cli::Hooks, netfilter_links: bool) -> Result<HookChoice, Error> {
+    use crate::cli::Hooks;
+    let tc = |reason: String| HookChoice { set: loader::HookSet::Tc, join: Join::CtNetlink, reason };
+    match requested {
+        Hooks::Netfilter | Hooks::Auto if netfilter_links => Ok(HookChoice {
+            set: loader::HookSet::Netfilter,
+            join: Join::SkbConntrack,
+            reason: if requested == Hooks::Auto {
+                "auto: netfilter BPF links are available (exact pre/post-DNAT views from the skb's conntrack entry)".into()
+            } else {
+                "--hooks netfilter".into()
+            },
+        }),
+        Hooks::Netfilter => Err(Error::NoNetfilterLinks { release: kernel::release() }),
+        Hooks::Tc => Ok(tc("--hooks tc".into())),
+        Hooks::Auto => Ok(tc(format!(
+            "auto: this kernel ({}) has no netfilter BPF links (6.4+, CONFIG_NETFILTER_BPF_LINK): TC classifiers on every interface",
+            kernel::release()
+        ))),
+    }
+}
+
+/// What [`kernel_setup`] chose (netfilter when it did not run).
+pub fn chosen_hooks() -> HookChoice {
+    CHOSEN_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or(HookChoice {
+        set: loader::HookSet::Netfilter,
+        join: Join::SkbConntrack,
+        reason: "default".into(),
+    })
+}
+
 /// Everything the kernel programs need to know about this kernel, plus drop-reason names.
 pub struct KernelSetup {
     pub config: Config,
@@ -200,13 +274,33 @@ pub fn kernel_setup() -> Result<KernelSetup, Error> {
         return Err(Error::NotRoot);
     }
     let btf = Btf::from_sys().map_err(kernel::Error::from)?;
-    if btf.struct_size("bpf_nf_ctx").is_err() {
-        return Err(Error::NoNetfilterLinks { release: kernel::release() });
-    }
+    let requested = REQUESTED_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(crate::cli::Hooks::Auto);
+    let choice = choose_hooks(requested, btf.struct_size("bpf_nf_ctx").is_ok())?;
     let mut config = Config::default();
-    kernel::struct_offsets(&btf, &mut config)?;
+    let mut early_warnings = Vec::new();
+    match kernel::struct_offsets(&btf, &mut config) {
+        Ok(()) => {}
+        // The TC programs read packets, not conntrack entries: without nf_conn's layout only the
+        // drop tracepoint loses the entry's tuple (it then names flows by the packet's).
+        Err(e) if choice.set == loader::HookSet::Tc => {
+            config = Config::default();
+            config.skb_head = btf.member_offset("sk_buff", "head").map_err(kernel::Error::from)?;
+            config.skb_network_header = btf.member_offset("sk_buff", "network_header").map_err(kernel::Error::from)?;
+            config.skb_nfct = u32::MAX;
+            config.ct_tuple_orig = u32::MAX;
+            config.ct_tuple_reply = u32::MAX;
+            config.ct_status = u32::MAX;
+            config.nf_state_hook = u32::MAX;
+            early_warnings.push(format!(
+                "conntrack struct offsets unavailable ({e}): drops are matched to flows by the dropped packet's tuple, not its conntrack entry"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let mount = tracefs::Mount::ensure()?;
-    let warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
+    let mut warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
+    warnings.splice(0..0, early_warnings);
+    *CHOSEN_HOOKS.lock().unwrap_or_else(|e| e.into_inner()) = Some(choice);
     Ok(KernelSetup { config, drop_reasons: DropReasons::from_btf(&btf), mount, warnings })
 }
 
@@ -219,11 +313,30 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut tracer = Tracer::attach(&config, mount, opts.ring_buffer_bytes)?;
+    let choice = chosen_hooks();
+    // Subscribed before attaching: every flow the programs see then has its conntrack event.
+    let mut join = match choice.join {
+        Join::CtNetlink => Some(
+            loader::tc::CtJoin::open(&plan.targets(), plan.node_ips.clone()).map_err(Error::CtNetlink)?,
+        ),
+        Join::SkbConntrack => None,
+    };
+    let mut tracer = Tracer::attach_set(&config, mount, opts.ring_buffer_bytes, choice.set)?;
     tracer.set_targets(&plan.targets())?;
+    let mut link_events = match tracer.take_link_events() {
+        // SAFETY: the AsyncFd owns the socket, so its fd stays open until it is deregistered.
+        Some(l) => Some(unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }.map_err(|e| Error::Io(e.into()))?),
+        None => None,
+    };
+    let mut join_fd = match join.take() {
+        // SAFETY: the AsyncFd owns the socket, so its fd stays open until it is deregistered.
+        Some(j) => Some(unsafe { AsyncFd::register_with_interest(j, tokio::io::Interest::READABLE) }.map_err(|e| Error::Io(e.into()))?),
+        None => None,
+    };
     eprintln!(
-        "d8-trace: attached {} hooks; tracing {} ({} frontends, {} backends){}",
+        "d8-trace: attached {} hooks ({} hook set); tracing {} ({} frontends, {} backends){}",
         tracer.attached().len(),
+        choice.set.name(),
         plan.service,
         plan.frontend_addrs.len(),
         plan.endpoints.len(),
@@ -249,31 +362,63 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
 
+    enum Wake {
+        Records,
+        Links,
+        Tick,
+        Stop,
+    }
     loop {
-        tokio::select! {
+        let wake = tokio::select! {
             guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    handle_record(&mut table, &item, &mut printer, &mut decode_errors, live);
-                }
-                guard.clear_ready();
+                // Cleared before draining: a record that lands meanwhile wakes us again.
+                guard?.clear_ready();
+                Wake::Records
             }
-            _ = tick.tick() => {
+            r = readable(join_fd.as_ref()) => { r?; Wake::Records }
+            r = readable(link_events.as_ref()) => { r?; Wake::Links }
+            _ = tick.tick() => Wake::Tick,
+            _ = sigint.recv() => Wake::Stop,
+            _ = sigterm.recv() => Wake::Stop,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::Stop,
+        };
+        match wake {
+            Wake::Records => {
+                let mut join = join_fd.as_mut().map(|j| j.get_mut());
+                pump(ring.get_mut(), &mut join, &mut tracer, &mut table, &mut printer, &mut decode_errors, live);
+            }
+            Wake::Links => {
+                if let Some(l) = link_events.as_mut() {
+                    let events = l.get_mut().drain();
+                    for note in tracer.apply_link_events(events) {
+                        eprintln!("d8-trace: {note}");
+                    }
+                }
+            }
+            Wake::Tick => {
+                let mut join = join_fd.as_mut().map(|j| j.get_mut());
+                pump(ring.get_mut(), &mut join, &mut tracer, &mut table, &mut printer, &mut decode_errors, live);
                 for id in table.settle(monotonic_ns()) {
                     printer.print(&table, id, live);
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            Wake::Stop => break,
         }
     }
     // Drain what is left, then settle outcomes at the end of the trace.
     {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            handle_record(&mut table, &item, &mut printer, &mut decode_errors, live);
+        let mut join = join_fd.as_mut().map(|j| j.get_mut());
+        pump(ring.get_mut(), &mut join, &mut tracer, &mut table, &mut printer, &mut decode_errors, live);
+        if let Some(j) = join {
+            if j.overruns() > 0 {
+                warnings.push(format!(
+                    "the conntrack netlink socket overflowed {} times: some flows may lack their backend",
+                    j.overruns()
+                ));
+            }
+            if j.map_errors > 0 {
+                warnings.push(format!("{} NAT_ALIAS updates failed: some flows may miss replies", j.map_errors));
+            }
         }
     }
     for id in table.settle(monotonic_ns()) {
@@ -320,9 +465,60 @@ impl LivePrinter {
     }
 }
 
-fn handle_record(table: &mut FlowTable, bytes: &[u8], printer: &mut LivePrinter, errors: &mut u64, live: &mut dyn Write) {
+/// Waits until `fd` is readable (forever when there is none).
+async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> std::io::Result<()> {
+    match fd {
+        Some(fd) => {
+            fd.readable().await?.clear_ready();
+            Ok(())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Drains the ring buffer into the flow table. With the conntrack-netlink join, the socket is read
+/// before each record (the record's conntrack event, if it needs one, is queued by then), records
+/// keyed by a post-NAT tuple are mapped to their flow, and conntrack events go in last.
+fn pump(
+    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    join: &mut Option<&mut loader::tc::CtJoin>,
+    tracer: &mut Tracer,
+    table: &mut FlowTable,
+    printer: &mut LivePrinter,
+    errors: &mut u64,
+    live: &mut dyn Write,
+) {
+    if let Some(j) = join.as_deref_mut() {
+        j.poll(tracer);
+    }
+    while let Some(item) = rb.next() {
+        if let Some(j) = join.as_deref_mut() {
+            j.poll(tracer);
+        }
+        handle_record(table, &item, join.as_deref(), printer, errors, live);
+    }
+    if let Some(j) = join.as_deref_mut() {
+        for ev in j.take_pending() {
+            if let Some(id) = table.apply(&ev) {
+                printer.print(table, id, live);
+            }
+        }
+    }
+}
+
+fn handle_record(
+    table: &mut FlowTable,
+    bytes: &[u8],
+    join: Option<&loader::tc::CtJoin>,
+    printer: &mut LivePrinter,
+    errors: &mut u64,
+    live: &mut dyn Write,
+) {
     match events::decode(bytes) {
-        Ok(ev) => {
+        Ok(mut ev) => {
+            if let Some(j) = join {
+                j.translate(&mut ev);
+            }
             if let Some(id) = table.apply(&ev) {
                 printer.print(table, id, live);
             }

@@ -2,7 +2,10 @@
 //! tracepoint layouts from tracefs, drop-reason names, and which hook sets can work.
 
 pub mod btf;
+pub mod ctnetlink;
+pub mod netlink;
 pub mod netns;
+pub mod rtnetlink;
 pub mod tracefs;
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
 //! mounted it. Nothing outlives the process: no pins.
 
 pub mod netfilter;
+pub mod tc;
 
 use std::{
     collections::HashMap,
@@ -68,6 +69,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Netfilter(#[from] netfilter::Error),
+    #[error(transparent)]
+    Tc(#[from] tc::Error),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -81,6 +84,18 @@ pub enum Error {
 pub enum HookSet {
     /// Netfilter BPF links (kernel 6.4+): exact pre/post-DNAT views from the skb's conntrack entry.
     Netfilter,
+    /// clsact classifiers on every interface (any kernel with TC BPF): pre-DNAT at ingress,
+    /// post-DNAT at egress, joined through `NAT_ALIAS` (filled from conntrack events).
+    Tc,
+}
+
+impl HookSet {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Netfilter => "netfilter",
+            Self::Tc => "tc",
+        }
+    }
 }
 
 /// Tracepoints attached in every hook set: (program, category, name, required).
@@ -93,6 +108,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Loaded and attached programs. Field order is drop order: links go first.
 pub struct Tracer {
+    tc: Option<tc::Hooks>,
     nf_links: Vec<netfilter::Link>,
     nf_programs: Vec<netfilter::Program>,
     ebpf: Ebpf,
@@ -140,6 +156,11 @@ impl Tracer {
     ///
     /// On error, whatever was attached is detached again (the partial `Tracer` is dropped).
     pub fn attach(config: &Config, mount: tracefs::Mount, ring_buffer_bytes: u32) -> Result<Self, Error> {
+        Self::attach_set(config, mount, ring_buffer_bytes, HookSet::Netfilter)
+    }
+
+    /// [`Self::attach`] with the packet hooks of `set`; the tracepoints are the same in both.
+    pub fn attach_set(config: &Config, mount: tracefs::Mount, ring_buffer_bytes: u32, set: HookSet) -> Result<Self, Error> {
         if PROBES.is_empty() {
             return Err(Error::NoProbes);
         }
@@ -148,8 +169,14 @@ impl Tracer {
             .map_max_entries("EVENTS", ring_buffer_bytes)
             .load(PROBES)
             .map_err(Error::Load)?;
-        let mut tracer =
-            Self { nf_links: Vec::new(), nf_programs: Vec::new(), ebpf, attached: Vec::new(), _tracefs: mount };
+        let mut tracer = Self {
+            tc: None,
+            nf_links: Vec::new(),
+            nf_programs: Vec::new(),
+            ebpf,
+            attached: Vec::new(),
+            _tracefs: mount,
+        };
 
         for &(program, category, name) in TRACEPOINTS {
             let used = match program {
@@ -173,6 +200,13 @@ impl Tracer {
             tracer.attached.push(format!("tracepoint {category}:{name}"));
         }
 
+        if set == HookSet::Tc {
+            let hooks = tc::Hooks::attach_all(&mut tracer.ebpf)?;
+            tracer.attached.extend(hooks.describe());
+            tracer.tc = Some(hooks);
+            return Ok(tracer);
+        }
+
         let map_fds: HashMap<String, RawFd> = tracer
             .ebpf
             .maps()
@@ -191,6 +225,47 @@ impl Tracer {
             tracer.attached.push(format!("netfilter {program} at {} priority {priority}", hook.name()));
         }
         Ok(tracer)
+    }
+
+    /// TC hook set: the link-event subscription, to wait on (call once).
+    pub fn take_link_events(&mut self) -> Option<crate::kernel::rtnetlink::LinkEvents> {
+        self.tc.as_mut()?.take_link_events()
+    }
+
+    /// TC hook set: attaches to new interfaces; returns what changed.
+    pub fn apply_link_events(&mut self, events: Vec<crate::kernel::rtnetlink::LinkEvent>) -> Vec<String> {
+        match self.tc.as_mut() {
+            Some(tc) => tc.apply(&mut self.ebpf, events),
+            None => Vec::new(),
+        }
+    }
+
+    /// Joins a flow's post-NAT tuple to its ORIGINAL tuple in the kernel (what `nf_post` does from
+    /// the skb's conntrack entry): `NAT_ALIAS[post] = orig`, and state the programs kept under
+    /// `post` before the alias existed is merged into `orig`'s (so nothing is reported twice).
+    pub fn join_alias(&mut self, post: &d8_common::FlowKey, orig: &d8_common::FlowKey) -> Result<(), Error> {
+        use d8_common::{FlowKey, FlowState};
+        let mut alias: BpfHashMap<&mut MapData, FlowKey, FlowKey> = BpfHashMap::try_from(
+            self.ebpf.map_mut("NAT_ALIAS").ok_or_else(|| Error::Missing("map NAT_ALIAS".into()))?,
+        )
+        .map_err(|source| Error::Map { name: "NAT_ALIAS", source })?;
+        alias.insert(post, orig, 0).map_err(|source| Error::Map { name: "NAT_ALIAS", source })?;
+        let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowState> =
+            BpfHashMap::try_from(self.ebpf.map_mut("FLOWS").ok_or_else(|| Error::Missing("map FLOWS".into()))?)
+                .map_err(|source| Error::Map { name: "FLOWS", source })?;
+        let pending = flows.get(post, 0).ok();
+        let current = flows.get(orig, 0).ok();
+        let merged = FlowState {
+            seen: pending.map_or(0, |p| p.seen) | current.map_or(0, |c| c.seen),
+            last_drop_reason: current.or(pending).map_or(0, |s| s.last_drop_reason),
+        };
+        if current != Some(merged) {
+            flows.insert(orig, merged, 0).map_err(|source| Error::Map { name: "FLOWS", source })?;
+        }
+        if pending.is_some() {
+            let _ = flows.remove(post);
+        }
+        Ok(())
     }
 
     /// Human-readable list of what is attached, for `doctor` and `-v`.

@@ -1,0 +1,270 @@
+//! The TC hook set, for kernels without netfilter BPF links (before 6.4): clsact classifiers on
+//! every interface of the node's network namespace. Both always return `TC_ACT_OK`: they observe,
+//! never decide.
+//!
+//! - `d8_tc_ingress`: packets entering the node, before PREROUTING. Packets of clients are still
+//!   addressed to the frontend (what `nf_pre` sees: `NEW`, SYN retransmits, the client's ACK, RST
+//!   and FIN from the client); packets of backends are still from the backend, before un-DNAT
+//!   (what `nf_post` reports in the reply direction: `REPLY`, `RST`, `FIN`). A backend's packet
+//!   finds its flow through `NAT_ALIAS` (post-NAT tuple -> ORIGINAL), which userspace fills from
+//!   conntrack netlink events (or a kprobe on conntrack confirmation).
+//! - `d8_tc_egress`: packets leaving the node, after POSTROUTING: post-DNAT. Packets the node
+//!   forwarded were already seen at ingress; of those only the post-DNAT tuple of a flow to a traced
+//!   backend is remembered (so a drop, ICMP error or reset inside the backend's namespace finds
+//!   the flow before the alias arrives). Packets the node made itself (`ingress_ifindex == 0`) are
+//!   its OUTPUT view: node-local clients, kubelet probes, and the ICMP errors and RSTs of REJECT
+//!   rules.
+//!
+//! A flow first seen after DNAT (before userspace knows its alias) is kept under its post-NAT
+//! tuple; userspace maps events keyed that way to the ORIGINAL tuple (it has read the conntrack
+//! event, queued at confirmation, before the packet left) and merges the two kernel states when it
+//! installs the alias. Events leave only on state changes, exactly as in `netfilter.rs`.
+//!
+//! The packet is read with `bpf_skb_load_bytes`; the IP header starts after the link-layer header,
+//! whose length per interface userspace puts in `TC_L2_LEN` (absent: 14, Ethernet).
+
+use aya_ebpf::{
+    bindings::TC_ACT_OK,
+    macros::{classifier, map},
+    maps::HashMap,
+    programs::TcContext,
+};
+use d8_common::{FAMILY_V4, FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
+
+use crate::{
+    emit::event,
+    flows::{self, Found, mark},
+    maps::{FLOWS, TARGETS},
+    packet::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
+};
+
+/// Interface index -> length of its link-layer header (0 for L3 devices such as WireGuard or
+/// IPIP tunnels). Filled by userspace when it attaches.
+#[map]
+pub static TC_L2_LEN: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// `ETH_P_IP` as `__sk_buff::protocol` holds it (network byte order in a u32).
+const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
+
+#[classifier]
+pub fn d8_tc_ingress(ctx: TcContext) -> i32 {
+    let _ = observe(&ctx, false);
+    TC_ACT_OK as i32
+}
+
+#[classifier]
+pub fn d8_tc_egress(ctx: TcContext) -> i32 {
+    let _ = observe(&ctx, true);
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, offset: u32) -> Option<T> {
+    ctx.load::<T>(offset as usize).ok()
+}
+
+/// Parses the IPv4 header at `nh` and the first bytes of the transport header. `Packet::l4` is
+/// the transport header's offset in the packet.
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
+    let hdr: [u8; 20] = load(ctx, nh)?;
+    if hdr[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = ((hdr[0] & 0x0f) as u32) * 4;
+    let proto = hdr[9];
+    let mut key = FlowKey { proto, family: FAMILY_V4, ..FlowKey::default() };
+    key.saddr[..4].copy_from_slice(&hdr[12..16]);
+    key.daddr[..4].copy_from_slice(&hdr[16..20]);
+    let l4 = nh + ihl;
+    let mut pkt = Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4: l4 as u64 };
+    match proto {
+        IPPROTO_TCP => {
+            let th: [u8; 14] = load(ctx, l4)?;
+            pkt.key.sport = u16::from_ne_bytes([th[0], th[1]]);
+            pkt.key.dport = u16::from_ne_bytes([th[2], th[3]]);
+            pkt.tcp_flags = th[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: [u8; 4] = load(ctx, l4)?;
+            pkt.key.sport = u16::from_ne_bytes([ports[0], ports[1]]);
+            pkt.key.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+        }
+        IPPROTO_ICMP => {
+            let ih: [u8; 2] = load(ctx, l4)?;
+            pkt.icmp_type = ih[0];
+            pkt.icmp_code = ih[1];
+        }
+        _ => {}
+    }
+    Some(pkt)
+}
+
+#[inline(always)]
+fn target_of(addr: &[u8; 16], port: u16, key: &FlowKey) -> TargetKey {
+    TargetKey { addr: *addr, port, proto: key.proto, family: key.family }
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
+    let skb = ctx.skb.skb;
+    let (protocol, ifindex, ingress_ifindex) = unsafe { ((*skb).protocol, (*skb).ifindex, (*skb).ingress_ifindex) };
+    if protocol != ETH_P_IP_BE {
+        return None;
+    }
+    let l2 = unsafe { TC_L2_LEN.get(&ifindex) }.copied().unwrap_or(14);
+    let pkt = parse_ipv4(ctx, l2)?;
+    // Made by the node itself (no input interface): its OUTPUT view.
+    let local = egress && ingress_ifindex == 0;
+    if egress && !local {
+        return forwarded(&pkt);
+    }
+    let hook = if local { hook::LOCAL_OUT } else { hook::PRE_ROUTING };
+    if pkt.key.proto == IPPROTO_ICMP {
+        return icmp_error(ctx, &pkt, hook);
+    }
+    match flows::find(&pkt.key) {
+        Some(found) if found.reversed => reply_direction(&found, &pkt, hook),
+        Some(found) => original_direction(&found, &pkt, hook),
+        None => first_sight(&pkt, hook),
+    }
+}
+
+/// A forwarded packet leaving the node (post-DNAT; seen at ingress already). A flow to a traced
+/// backend not yet joined gets state under this post-NAT tuple, without an event.
+#[inline(always)]
+fn forwarded(pkt: &Packet) -> Option<()> {
+    if pkt.key.proto == IPPROTO_ICMP || flows::find(&pkt.key).is_some() {
+        return None;
+    }
+    unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }?;
+    FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()
+}
+
+/// First packet of a flow to a traced target (`NEW`, as `nf_pre`), or a packet from a traced
+/// target whose flow is not known (yet): a backend answering a flow whose alias userspace has
+/// not installed, or a flow that began before tracing (as `nf_post` adopts those).
+#[inline(always)]
+fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
+    if unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }.is_some() {
+        FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
+        event(kind::NEW, hook, &pkt.key, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = 0;
+        });
+        return Some(());
+    }
+    unsafe { TARGETS.get(&target_of(&pkt.key.saddr, pkt.key.sport, &pkt.key)) }?;
+    let key = reversed(&pkt.key);
+    FLOWS.insert(&key, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
+    let state = FLOWS.get_ptr_mut(&key)?;
+    reply_direction(&Found { state, key, via_nat: false, reversed: true }, pkt, hook)
+}
+
+/// A client's packet of a known flow: SYN again (retransmit, or a new flow on reused ports),
+/// the ACK completing the handshake, RST or FIN from the client.
+#[inline(always)]
+fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
+    let st = found.state;
+    let key = &found.key;
+    let tcp = pkt.key.proto == IPPROTO_TCP;
+    if !tcp {
+        return Some(());
+    }
+    let current = unsafe { (*st).seen };
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
+            // The client reused the ports of a finished flow: a new flow.
+            unsafe { *st = FlowState { seen: seen::NEW, last_drop_reason: 0 } };
+            event(kind::NEW, hook, key, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = 0;
+            });
+        } else if mark(st, seen::RETRANS) {
+            event(kind::RETRANS, hook, key, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = 0;
+            });
+        }
+        return Some(());
+    }
+    if pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+        && current & seen::REPLY != 0
+        && mark(st, seen::ESTABLISHED)
+    {
+        event(kind::ESTABLISHED, hook, key, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = 0;
+        });
+    }
+    end_of_flow(found, pkt, hook, 0);
+    Some(())
+}
+
+/// A packet from the flow's destination (the backend, or the node answering for the frontend).
+#[inline(always)]
+fn reply_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
+    if mark(found.state, seen::REPLY) {
+        event(kind::REPLY, hook, &found.key, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = 1;
+            ev.aux = pkt.key.saddr;
+            ev.aux_port = pkt.key.sport;
+            if found.via_nat {
+                ev.flags |= flags::VIA_NAT;
+            }
+        });
+    }
+    if pkt.key.proto == IPPROTO_TCP {
+        end_of_flow(found, pkt, hook, 1);
+    }
+    Some(())
+}
+
+/// RST and FIN, from either side (`ct_dir` 0: the client, 1: the other end), as `nf_post`.
+#[inline(always)]
+fn end_of_flow(found: &Found, pkt: &Packet, hook: u8, ct_dir: u8) {
+    let st = found.state;
+    if pkt.tcp_flags & TCP_RST != 0 {
+        let bit = if ct_dir == 1 { seen::RST_REPLY } else { seen::RST_ORIG };
+        if mark(st, bit) {
+            event(kind::RST, hook, &found.key, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = ct_dir;
+                ev.aux = pkt.key.saddr;
+                ev.aux_port = pkt.key.sport;
+            });
+        }
+    }
+    if pkt.tcp_flags & TCP_FIN != 0 && mark(st, seen::FIN) {
+        event(kind::FIN, hook, &found.key, |ev| {
+            ev.tcp_flags = pkt.tcp_flags;
+            ev.ct_dir = ct_dir;
+            ev.aux = pkt.key.saddr;
+            ev.aux_port = pkt.key.sport;
+        });
+    }
+}
+
+/// An ICMP error (destination unreachable, time exceeded, parameter problem) quoting one of our
+/// flows' packets, before or after NAT.
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<()> {
+    if !matches!(pkt.icmp_type, 3 | 11 | 12) {
+        return None;
+    }
+    let inner = parse_ipv4(ctx, pkt.l4 as u32 + 8)?;
+    let found = flows::find(&inner.key)?;
+    if !mark(found.state, seen::ICMP) {
+        return Some(());
+    }
+    event(kind::ICMP_ERROR, hook, &found.key, |ev| {
+        ev.icmp_type = pkt.icmp_type;
+        ev.icmp_code = pkt.icmp_code;
+        ev.aux = pkt.key.saddr;
+        if found.via_nat {
+            ev.flags |= flags::VIA_NAT;
+        }
+    });
+    Some(())
+}
