@@ -12,7 +12,7 @@
 //! - probe ports of the pods this node's kubelet probes, this node's addresses, kube-proxy's
 //!   version (from its pod's image when the model has none), the API server's version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Container, Node, Pod, Probe, Service as ApiService};
@@ -314,6 +314,8 @@ fn set_locality(model: &mut ServiceModel) {
 /// Host-network pods are skipped: their probes go from the node to itself.
 fn probe_ports(pods: &[Pod], this_node: Option<&str>, node_ips: &[IpAddr]) -> Vec<ProbePort> {
     let mut out = Vec::new();
+    // Without a node every pod of a large cluster is here: deduplicate by hash, not by scanning.
+    let mut seen: HashSet<(IpAddr, u16, ProbeKind)> = HashSet::new();
     for pod in pods {
         let Some(spec) = &pod.spec else { continue };
         if this_node.is_some() && spec.node_name.as_deref() != this_node || spec.host_network == Some(true) {
@@ -340,7 +342,7 @@ fn probe_ports(pods: &[Pod], this_node: Option<&str>, node_ips: &[IpAddr]) -> Ve
                         probe: kind,
                         node: spec.node_name.clone(),
                     };
-                    if !out.contains(&pp) {
+                    if seen.insert((pp.ip, pp.port, pp.probe)) {
                         out.push(pp);
                     }
                 }
