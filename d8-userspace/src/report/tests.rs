@@ -263,3 +263,16 @@ fn format_parses_the_o_values() {
     assert_eq!(Format::parse("text"), Some(Format::Text));
     assert_eq!(Format::parse("xml"), None);
 }
+
+#[test]
+fn text_lists_faulty_flows_first_and_counts_the_rest() {
+    let mut r = literal_report();
+    let healthy = FlowReport { outcome: Outcome::Established, class: Some(VerdictClass::Healthy), ..r.flows[0].clone() };
+    let fault = r.flows[0].clone();
+    r.flows = std::iter::repeat_n(healthy, 40).chain(std::iter::once(fault)).collect();
+    let text = rendered(&r, Format::Text);
+    assert!(text.contains("Flows: 41 traced (healthy 40, no_endpoints 1), 0 events lost"), "{text}");
+    let first_flow = text.lines().position(|l| l.contains("10.1.0.5:41234 ->")).unwrap();
+    assert!(text.lines().nth(first_flow + 1).unwrap().contains("no_endpoints"), "{text}");
+    assert!(text.contains("... 11 more flows (-o json lists them all)"), "{text}");
+}

@@ -9,6 +9,9 @@ use super::object::{FlowReport, Report};
 /// Width the summary wraps prose at.
 const WIDTH: usize = 80;
 
+/// Flows listed one by one; the rest are counted.
+const MAX_FLOWS: usize = 30;
+
 /// Writes the text summary: verdict, root cause, frontends and endpoints, one or two lines per
 /// flow, evidence and mitigation.
 pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
@@ -63,9 +66,16 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(out)?;
 
-    writeln!(out, "Flows: {} traced, {} events lost", r.flows.len(), r.lost_events)?;
-    for f in &r.flows {
+    writeln!(out, "Flows: {} traced{}, {} events lost", r.flows.len(), class_counts(&r.flows), r.lost_events)?;
+    // Faults first, then the rest, up to a screenful; JSON has them all.
+    let (faults, others): (Vec<&FlowReport>, Vec<&FlowReport>) =
+        r.flows.iter().partition(|f| f.class.is_some_and(|c| c.is_fault()));
+    let shown: Vec<&FlowReport> = faults.into_iter().chain(others).take(MAX_FLOWS).collect();
+    for f in &shown {
         write_flow(out, f)?;
+    }
+    if r.flows.len() > shown.len() {
+        writeln!(out, "  ... {} more flows (-o json lists them all)", r.flows.len() - shown.len())?;
     }
     if r.lost_events > 0 {
         wrap(
@@ -102,6 +112,22 @@ fn write_flow(out: &mut dyn Write, f: &FlowReport) -> io::Result<()> {
     let class = f.class.map_or("unclassified", |c| c.as_str());
     let drop = f.drop_reason.as_deref().map(|d| format!("  drop: {d}")).unwrap_or_default();
     writeln!(out, "       {:<12} {class}{drop}", serde_plain(&f.outcome))
+}
+
+/// ` (healthy 12, backend_refused 3)`, classes in first-seen order; empty when unclassified.
+fn class_counts(flows: &[FlowReport]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for c in flows.iter().filter_map(|f| f.class) {
+        match counts.iter_mut().find(|(name, _)| *name == c.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.as_str(), 1)),
+        }
+    }
+    if counts.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 fn yes_no(v: Option<bool>) -> &'static str {
