@@ -8,7 +8,12 @@ use super::verdict::{Facts, Finding};
 
 /// Severity of a root cause of `class`, backed by `class_flows` flows, when `failing` of `traced`
 /// Service flows (kubelet probes excluded) failed.
-pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, traced: usize) -> Severity {
+pub(super) fn severity(
+    class: VerdictClass,
+    class_flows: usize,
+    failing: usize,
+    traced: usize,
+) -> Severity {
     let base = match class {
         VerdictClass::Healthy | VerdictClass::ProbeRst => return Severity::None,
         VerdictClass::KubeProxyVersionSkew => return Severity::Low,
@@ -41,10 +46,20 @@ fn lower(s: Severity) -> Severity {
 }
 
 /// The detail of a `healthy` root cause: what was checked.
-pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flows: usize) -> String {
+pub(super) fn healthy_detail(
+    facts: &Facts<'_>,
+    service_flows: usize,
+    probe_flows: usize,
+) -> String {
     let name = facts.name();
-    let eps = facts.svc.map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
-    let api = if facts.ctx.api_consulted { "rules and API agree" } else { "rules look consistent (API not consulted)" };
+    let eps = facts
+        .svc
+        .map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
+    let api = if facts.ctx.api_consulted {
+        "rules and API agree"
+    } else {
+        "rules look consistent (API not consulted)"
+    };
     let probes = if probe_flows > 0 {
         let n = super::verdict::flows_n(probe_flows).replace("flow", "kubelet probe reset");
         format!("; {n} (normal)")
@@ -52,13 +67,25 @@ pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flow
         String::new()
     };
     if facts.svc.is_none() {
-        let api = if facts.ctx.api_consulted { " nor in the API" } else { "" };
-        return format!("no Service {name} in kube-proxy's rules{api}: check the namespace and name");
+        let api = if facts.ctx.api_consulted {
+            " nor in the API"
+        } else {
+            ""
+        };
+        return format!(
+            "no Service {name} in kube-proxy's rules{api}: check the namespace and name"
+        );
     }
     if !facts.ctx.traced {
-        format!("{api} on {name}: {eps} endpoints programmed, no fault found without tracing{probes}")
+        format!(
+            "{api} on {name}: {eps} endpoints programmed, no fault found without tracing{probes}"
+        )
     } else if service_flows == 0 {
-        let secs = facts.ctx.duration_ms.map(|d| format!(" in {} s", d / 1000)).unwrap_or_default();
+        let secs = facts
+            .ctx
+            .duration_ms
+            .map(|d| format!(" in {} s", d / 1000))
+            .unwrap_or_default();
         format!("no flow to {name} was seen{secs}; {api}, {eps} endpoints programmed{probes}")
     } else {
         let n = super::verdict::flows_n(service_flows);
@@ -82,16 +109,23 @@ pub(super) fn healthy_mitigation(facts: &Facts<'_>) -> Mitigation {
 pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding) -> Mitigation {
     let (ns, name) = (&facts.target.namespace, &facts.target.name);
     let node = facts.node();
-    let kube_proxy_pods = format!("kubectl -n kube-system get pods -l k8s-app=kube-proxy --field-selector spec.nodeName={node} -o wide");
-    let restart_kube_proxy =
-        format!("kubectl -n kube-system delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName={node}");
+    let kube_proxy_pods = format!(
+        "kubectl -n kube-system get pods -l k8s-app=kube-proxy --field-selector spec.nodeName={node} -o wide"
+    );
+    let restart_kube_proxy = format!(
+        "kubectl -n kube-system delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName={node}"
+    );
     // `namespace/pod` -> (namespace, pod); default to the Service's namespace.
     let pod = lead.pod.as_deref().map(|p| match p.split_once('/') {
         Some((pns, pname)) => (pns.to_owned(), pname.to_owned()),
         None => (ns.clone(), p.to_owned()),
     });
-    let port = lead.backend.map(|b| b.port().to_string()).unwrap_or_else(|| "<targetPort>".into());
-    let slices = format!("kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name} -o wide");
+    let port = lead
+        .backend
+        .map(|b| b.port().to_string())
+        .unwrap_or_else(|| "<targetPort>".into());
+    let slices =
+        format!("kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name} -o wide");
 
     let (immediate, long_term) = match class {
         VerdictClass::KubeProxyNotRunning => (
@@ -167,5 +201,8 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
             (m.immediate, m.long_term)
         }
     };
-    Mitigation { immediate, long_term }
+    Mitigation {
+        immediate,
+        long_term,
+    }
 }

@@ -29,7 +29,14 @@ const NO_ROUTE_REASONS: &[&str] = &[
 pub(super) fn classify_flow(f: &Flow, facts: &Facts<'_>) -> (FlowVerdict, Finding) {
     let (class, fact, mut finding) = decide(f, facts);
     finding.class = class;
-    (FlowVerdict { id: f.id, class, fact }, finding)
+    (
+        FlowVerdict {
+            id: f.id,
+            class,
+            fact,
+        },
+        finding,
+    )
 }
 
 fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
@@ -39,16 +46,21 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
     // Direct flows (no frontend): kubelet probes and pod-to-pod traffic to a backend.
     if f.frontend.is_none()
         && let Some(dst) = f.backend
-            && let Some(probe) = probe(f, dst, facts) {
-                return probe;
-            }
+        && let Some(probe) = probe(f, dst, facts)
+    {
+        return probe;
+    }
 
     if reply {
         let fact = match f.backend {
             Some(b) => format!("{path}: reply from backend {b}"),
             None => format!("{path}: reply seen"),
         };
-        let mut finding = finding(facts, VerdictClass::Healthy, format!("flows to {} complete", facts.name()));
+        let mut finding = finding(
+            facts,
+            VerdictClass::Healthy,
+            format!("flows to {} complete", facts.name()),
+        );
         if let Some(ep) = f.backend.and_then(|b| facts.endpoint(b, f.protocol)) {
             push_rule(&mut finding, ep.rule.as_ref());
         }
@@ -57,41 +69,52 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
 
     // The first packet was dropped before conntrack made an entry for it.
     if let Some(d) = f.drops.iter().find(|d| d.before_conntrack)
-        && (f.backend.is_none() || f.frontend.is_none()) {
-            let ct = facts.ctx.conntrack;
-            let rising = ct.and_then(|c| c.drop_delta).map(|d| d > 0);
-            let near_full = ct.and_then(|c| c.fill_ratio()).map(|r| r >= super::service::CONNTRACK_NEAR_FULL);
-            // Counters that are known and show neither a rising drop counter nor a full table
-            // clear conntrack: the drop is then someone else's.
-            let cleared = rising == Some(false) && near_full != Some(true)
-                || rising.is_none() && near_full == Some(false);
-            if !cleared {
-                let mut finding = finding(
+        && (f.backend.is_none() || f.frontend.is_none())
+    {
+        let ct = facts.ctx.conntrack;
+        let rising = ct.and_then(|c| c.drop_delta).map(|d| d > 0);
+        let near_full = ct
+            .and_then(|c| c.fill_ratio())
+            .map(|r| r >= super::service::CONNTRACK_NEAR_FULL);
+        // Counters that are known and show neither a rising drop counter nor a full table
+        // clear conntrack: the drop is then someone else's.
+        let cleared = rising == Some(false) && near_full != Some(true)
+            || rising.is_none() && near_full == Some(false);
+        if !cleared {
+            let mut finding = finding(
                     facts,
                     VerdictClass::ConntrackFull,
                     "the conntrack table is full: new flows are dropped before conntrack can track them".into(),
                 );
-                if rising.is_none() && near_full.is_none() {
-                    finding.evidence.push(Evidence::new(
+            if rising.is_none() && near_full.is_none() {
+                finding.evidence.push(Evidence::new(
                         EvidenceKind::Conntrack,
                         "conntrack counters unknown: conntrack_full rests on the dropped first packet alone",
                     ));
-                }
-                let fact = format!(
-                    "{path}: first packet dropped ({}) before conntrack created an entry{}",
-                    d.reason,
-                    hook_suffix(d.after_hook)
-                );
-                return (VerdictClass::ConntrackFull, fact, finding);
             }
+            let fact = format!(
+                "{path}: first packet dropped ({}) before conntrack created an entry{}",
+                d.reason,
+                hook_suffix(d.after_hook)
+            );
+            return (VerdictClass::ConntrackFull, fact, finding);
         }
+    }
 
     match (f.frontend, f.backend) {
         (Some(fe), None) => untranslated(f, fe, facts, &path),
         (_, Some(be)) => translated(f, be, facts, &path),
         (None, None) => {
             let fact = format!("{path}: no destination known");
-            (VerdictClass::Dropped, fact, finding(facts, VerdictClass::Dropped, "flow without destination".into()))
+            (
+                VerdictClass::Dropped,
+                fact,
+                finding(
+                    facts,
+                    VerdictClass::Dropped,
+                    "flow without destination".into(),
+                ),
+            )
         }
     }
 }
@@ -102,13 +125,18 @@ fn probe(f: &Flow, dst: SocketAddr, facts: &Facts<'_>) -> Option<(VerdictClass, 
     if !from_node {
         return None;
     }
-    let probe_port: Option<&ProbePort> =
-        facts.model.probe_ports.iter().find(|p| p.ip == dst.ip() && p.port == dst.port());
+    let probe_port: Option<&ProbePort> = facts
+        .model
+        .probe_ports
+        .iter()
+        .find(|p| p.ip == dst.ip() && p.port == dst.port());
     // Without the API the probe ports are unknown: a node-IP connection to one of the Service's
     // endpoint addresses stands in for them, and the evidence says so.
     let guessed = probe_port.is_none()
         && facts.model.probe_ports.is_empty()
-        && facts.svc.is_some_and(|s| s.endpoints.iter().any(|e| e.ip == dst.ip()));
+        && facts
+            .svc
+            .is_some_and(|s| s.endpoints.iter().any(|e| e.ip == dst.ip()));
     if probe_port.is_none() && !guessed {
         return None;
     }
@@ -126,54 +154,71 @@ fn probe(f: &Flow, dst: SocketAddr, facts: &Facts<'_>) -> Option<(VerdictClass, 
         f.client,
         peer_name(rst.by)
     );
-    let mut finding =
-        finding(facts, VerdictClass::ProbeRst, "kubelet probe connections closed by RST (normal)".into());
+    let mut finding = finding(
+        facts,
+        VerdictClass::ProbeRst,
+        "kubelet probe connections closed by RST (normal)".into(),
+    );
     finding.pod = probe_port.map(|p| p.pod.clone());
     Some((VerdictClass::ProbeRst, fact, finding))
 }
 
 /// A flow to a frontend that conntrack never translated: kube-proxy's own verdict (REJECT, DROP) or
 /// its missing rules.
-fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (VerdictClass, String, Finding) {
+fn untranslated(
+    f: &Flow,
+    fe: SocketAddr,
+    facts: &Facts<'_>,
+    path: &str,
+) -> (VerdictClass, String, Finding) {
     let kind = facts.frontend_kind(fe, f.protocol);
     let svc_rules = facts.svc.map(|s| &s.rules);
-    let no_endpoint_rules: &[RuleRef] = svc_rules.map(|r| r.no_endpoints.as_slice()).unwrap_or_default();
-    let no_local_rules: &[RuleRef] = svc_rules.map(|r| r.no_local_endpoints.as_slice()).unwrap_or_default();
+    let no_endpoint_rules: &[RuleRef] = svc_rules
+        .map(|r| r.no_endpoints.as_slice())
+        .unwrap_or_default();
+    let no_local_rules: &[RuleRef] = svc_rules
+        .map(|r| r.no_local_endpoints.as_slice())
+        .unwrap_or_default();
     let node_answered = node_rejection(f, facts);
     let name = facts.name();
 
     // kube-proxy rejected: ICMP or RST from the node.
     if let Some(answer) = &node_answered
-        && !no_endpoint_rules.is_empty() {
-            let ready = facts.api_ready_endpoints();
-            let fact = format!("{answer} (REJECT: no endpoints)");
-            if !ready.is_empty() {
-                let mut fd = finding(
-                    facts,
-                    VerdictClass::KubeProxyRulesMissing,
-                    format!(
-                        "kube-proxy rejects {name} as having no endpoints while the API lists {} ready: its rules are not synced",
-                        ready.len()
-                    ),
-                );
-                push_rule(&mut fd, best_rule(no_endpoint_rules, fe));
-                return (VerdictClass::KubeProxyRulesMissing, fact, fd);
-            }
+        && !no_endpoint_rules.is_empty()
+    {
+        let ready = facts.api_ready_endpoints();
+        let fact = format!("{answer} (REJECT: no endpoints)");
+        if !ready.is_empty() {
             let mut fd = finding(
                 facts,
-                VerdictClass::NoEndpoints,
-                format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
+                VerdictClass::KubeProxyRulesMissing,
+                format!(
+                    "kube-proxy rejects {name} as having no endpoints while the API lists {} ready: its rules are not synced",
+                    ready.len()
+                ),
             );
             push_rule(&mut fd, best_rule(no_endpoint_rules, fe));
-            return (VerdictClass::NoEndpoints, fact, fd);
+            return (VerdictClass::KubeProxyRulesMissing, fact, fd);
         }
+        let mut fd = finding(
+            facts,
+            VerdictClass::NoEndpoints,
+            format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
+        );
+        push_rule(&mut fd, best_rule(no_endpoint_rules, fe));
+        return (VerdictClass::NoEndpoints, fact, fd);
+    }
 
     // kube-proxy dropped: "has no local endpoints" for traffic from outside the cluster.
     if !no_local_rules.is_empty() && node_answered.is_none() {
         let external = !matches!(kind, Some(FrontendKind::ClusterIp));
         let itp = facts.svc.and_then(|s| s.api.internal_traffic_policy_local) == Some(true);
         if external || itp {
-            let policy = if external { "externalTrafficPolicy" } else { "internalTrafficPolicy" };
+            let policy = if external {
+                "externalTrafficPolicy"
+            } else {
+                "internalTrafficPolicy"
+            };
             let mut fd = finding(
                 facts,
                 VerdictClass::EtpLocalNoLocalEndpoints,
@@ -184,7 +229,10 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
                 ),
             );
             push_rule(&mut fd, best_rule(no_local_rules, fe));
-            let fact = format!("{path}: dropped by \"has no local endpoints\"{}", drop_suffix(f));
+            let fact = format!(
+                "{path}: dropped by \"has no local endpoints\"{}",
+                drop_suffix(f)
+            );
             return (VerdictClass::EtpLocalNoLocalEndpoints, fact, fd);
         }
     }
@@ -196,20 +244,31 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
     let api_only_frontend = known.is_some_and(|fr| fr.rule.is_none());
     let no_verdict_rules = no_endpoint_rules.is_empty() && no_local_rules.is_empty();
     if !facts.rules_present() || api_only_frontend && no_verdict_rules {
-        let what = node_answered.clone().unwrap_or_else(|| format!("{path}: not translated (no DNAT){}", drop_suffix(f)));
+        let what = node_answered
+            .clone()
+            .unwrap_or_else(|| format!("{path}: not translated (no DNAT){}", drop_suffix(f)));
         if facts.model.kube_proxy.running == Some(false) {
             let fd = finding(
                 facts,
                 VerdictClass::KubeProxyNotRunning,
-                format!("kube-proxy is not running on node {}: nothing translates {name}'s traffic", facts.node()),
+                format!(
+                    "kube-proxy is not running on node {}: nothing translates {name}'s traffic",
+                    facts.node()
+                ),
             );
             return (VerdictClass::KubeProxyNotRunning, what, fd);
         }
         let detail = match facts.api_exists() {
-            Some(true) => format!("the API has {name} but kube-proxy's rules lack its frontend {fe}"),
+            Some(true) => {
+                format!("the API has {name} but kube-proxy's rules lack its frontend {fe}")
+            }
             _ => format!("kube-proxy's rules lack {name}'s frontend {fe}"),
         };
-        return (VerdictClass::KubeProxyRulesMissing, what, finding(facts, VerdictClass::KubeProxyRulesMissing, detail));
+        return (
+            VerdictClass::KubeProxyRulesMissing,
+            what,
+            finding(facts, VerdictClass::KubeProxyRulesMissing, detail),
+        );
     }
 
     // The REJECT rule matched but its answer was not seen (lost, or dropped on the way back).
@@ -220,14 +279,22 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
             format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
         );
         push_rule(&mut fd, best_rule(no_endpoint_rules, fe));
-        let fact = format!("{path}: not translated, no answer seen (REJECT rule present){}", drop_suffix(f));
+        let fact = format!(
+            "{path}: not translated, no answer seen (REJECT rule present){}",
+            drop_suffix(f)
+        );
         return (VerdictClass::NoEndpoints, fact, fd);
     }
 
     // Conntrack saw the flow and did not translate it although the rules DNAT this frontend, and
     // nothing dropped or answered it: the rules are not in the packet's path (the jump to
     // KUBE-SERVICES or kube-proxy's table is gone, or they changed under the flow).
-    if f.no_dnat && frontend_in_rules && no_verdict_rules && f.drops.is_empty() && node_answered.is_none() {
+    if f.no_dnat
+        && frontend_in_rules
+        && no_verdict_rules
+        && f.drops.is_empty()
+        && node_answered.is_none()
+    {
         let fd = finding(
             facts,
             VerdictClass::KubeProxyRulesMissing,
@@ -243,20 +310,36 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
     // Rules are there, yet nothing translated the flow and nothing explains it.
     let fact = match (&node_answered, f.drops.last()) {
         (Some(a), _) => format!("{a}, by no kube-proxy rule"),
-        (None, Some(d)) => format!("{path}: dropped ({}){} before DNAT", d.reason, hook_suffix(d.after_hook)),
+        (None, Some(d)) => format!(
+            "{path}: dropped ({}){} before DNAT",
+            d.reason,
+            hook_suffix(d.after_hook)
+        ),
         (None, None) => format!("{path}: not translated and no answer seen"),
     };
-    let reason = f.drops.last().map(|d| d.reason.clone()).unwrap_or_else(|| "no drop reason seen".into());
+    let reason = f
+        .drops
+        .last()
+        .map(|d| d.reason.clone())
+        .unwrap_or_else(|| "no drop reason seen".into());
     let fd = finding(
         facts,
         VerdictClass::Dropped,
-        format!("traffic to {name} is dropped on node {} before kube-proxy translates it ({reason})", facts.node()),
+        format!(
+            "traffic to {name} is dropped on node {} before kube-proxy translates it ({reason})",
+            facts.node()
+        ),
     );
     (VerdictClass::Dropped, fact, fd)
 }
 
 /// A flow conntrack translated to a backend (or a direct flow to one) that got no reply.
-fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (VerdictClass, String, Finding) {
+fn translated(
+    f: &Flow,
+    be: SocketAddr,
+    facts: &Facts<'_>,
+    path: &str,
+) -> (VerdictClass, String, Finding) {
     let ep: Option<&Endpoint> = facts.endpoint(be, f.protocol);
     let name = facts.name();
     let pod = ep.and_then(|e| e.pod.clone());
@@ -277,7 +360,9 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
     if facts.ctx.api_consulted && f.frontend.is_some() {
         let why = match ep {
             None => Some("is not in the Service's EndpointSlices".to_owned()),
-            Some(e) if e.in_api == Some(false) => Some("is not in the Service's EndpointSlices".to_owned()),
+            Some(e) if e.in_api == Some(false) => {
+                Some("is not in the Service's EndpointSlices".to_owned())
+            }
             Some(e) if e.ready == Some(false) => Some("is listed but not ready".to_owned()),
             _ => None,
         };
@@ -287,32 +372,46 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
                 VerdictClass::StaleEndpoint,
                 format!("kube-proxy sends {name} traffic to {who}, which {why}"),
             ));
-            fd.evidence.push(Evidence::new(EvidenceKind::Api, format!("{be} {why} of {name}")));
+            fd.evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("{be} {why} of {name}"),
+            ));
             let fact = format!("{path}: DNAT to stale {who}, {}", no_reply(f));
             return (VerdictClass::StaleEndpoint, fact, fd);
         }
     }
 
     // No route or neighbour to the DNAT target: the pod is gone.
-    let no_route_drop = f.drops.iter().find(|d| NO_ROUTE_REASONS.contains(&d.reason.as_str()));
+    let no_route_drop = f
+        .drops
+        .iter()
+        .find(|d| NO_ROUTE_REASONS.contains(&d.reason.as_str()));
     let unreachable = f.icmp_errors.iter().find(|e| is_host_unreachable(e));
     if no_route_drop.is_some() || unreachable.is_some() {
         let fact = match (no_route_drop, unreachable) {
-            (Some(d), _) => format!("{path}: dropped ({}): no route or neighbour for {be}", d.reason),
+            (Some(d), _) => format!(
+                "{path}: dropped ({}): no route or neighbour for {be}",
+                d.reason
+            ),
             (None, Some(e)) => format!("{path}: {} from {} for {be}", icmp_name(e), e.from),
             (None, None) => unreachable!("one of the two is set"),
         };
         let fd = with_ep(finding(
             facts,
             VerdictClass::StaleEndpoint,
-            format!("kube-proxy sends {name} traffic to {who}, which has no route or neighbour: the pod is gone"),
+            format!(
+                "kube-proxy sends {name} traffic to {who}, which has no route or neighbour: the pod is gone"
+            ),
         ));
         return (VerdictClass::StaleEndpoint, fact, fd);
     }
 
     // The backend refused: RST (TCP) or port unreachable (UDP) from the backend itself.
     let rst = f.resets.iter().find(|r| r.by == Peer::Backend);
-    let port_unreach = f.icmp_errors.iter().find(|e| e.from == be.ip() && is_port_unreachable(e));
+    let port_unreach = f
+        .icmp_errors
+        .iter()
+        .find(|e| e.from == be.ip() && is_port_unreachable(e));
     if rst.is_some() || port_unreach.is_some() {
         let fact = match (rst, port_unreach) {
             (Some(r), _) => format!("{path}: RST from {who} after {} ms", r.at_ms),
@@ -322,7 +421,10 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
         let fd = with_ep(finding(
             facts,
             VerdictClass::BackendRefused,
-            format!("{who} refuses connections for {name}: nothing listens on port {}", be.port()),
+            format!(
+                "{who} refuses connections for {name}: nothing listens on port {}",
+                be.port()
+            ),
         ));
         return (VerdictClass::BackendRefused, fact, fd);
     }
@@ -330,11 +432,19 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
     // Dropped after DNAT for another reason, or rejected by the node (a policy, not kube-proxy).
     let node_answer = node_rejection(f, facts);
     if let Some(d) = f.drops.last() {
-        let fact = format!("{path}: dropped ({}){} after DNAT", d.reason, hook_suffix(d.after_hook));
+        let fact = format!(
+            "{path}: dropped ({}){} after DNAT",
+            d.reason,
+            hook_suffix(d.after_hook)
+        );
         let fd = with_ep(finding(
             facts,
             VerdictClass::Dropped,
-            format!("packets from clients to {who} are dropped on node {} ({})", facts.node(), d.reason),
+            format!(
+                "packets from clients to {who} are dropped on node {} ({})",
+                facts.node(),
+                d.reason
+            ),
         ));
         return (VerdictClass::Dropped, fact, fd);
     }
@@ -342,7 +452,10 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
         let fd = with_ep(finding(
             facts,
             VerdictClass::Dropped,
-            format!("traffic to {who} is rejected by a rule on node {} that is not kube-proxy's", facts.node()),
+            format!(
+                "traffic to {who} is rejected by a rule on node {} that is not kube-proxy's",
+                facts.node()
+            ),
         ));
         return (VerdictClass::Dropped, format!("{answer} after DNAT"), fd);
     }
@@ -353,7 +466,9 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
         let mut fd = with_ep(finding(
             facts,
             VerdictClass::StaleEndpoint,
-            format!("kube-proxy sends {name} traffic to {who}, which never answered during the trace"),
+            format!(
+                "kube-proxy sends {name} traffic to {who}, which never answered during the trace"
+            ),
         ));
         fd.evidence.push(Evidence::new(
             EvidenceKind::Api,
@@ -361,15 +476,27 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
                 "without the API, {be} answering no flow is taken as a stale endpoint; a hung pod looks the same"
             ),
         ));
-        return (VerdictClass::StaleEndpoint, format!("{path}: {}", no_reply(f)), fd);
+        return (
+            VerdictClass::StaleEndpoint,
+            format!("{path}: {}", no_reply(f)),
+            fd,
+        );
     }
-    let listed = if facts.ctx.api_consulted { "a listed, ready endpoint" } else { "an endpoint that answered other flows" };
+    let listed = if facts.ctx.api_consulted {
+        "a listed, ready endpoint"
+    } else {
+        "an endpoint that answered other flows"
+    };
     let fd = with_ep(finding(
         facts,
         VerdictClass::BackendTimeout,
         format!("{who} does not answer {name} traffic although it is {listed}"),
     ));
-    (VerdictClass::BackendTimeout, format!("{path}: {}", no_reply(f)), fd)
+    (
+        VerdictClass::BackendTimeout,
+        format!("{path}: {}", no_reply(f)),
+        fd,
+    )
 }
 
 /// `tcp 10.1.0.5:41234 -> 10.96.0.10:80 -> 10.1.0.7:8080`.
@@ -387,21 +514,40 @@ fn path(f: &Flow) -> String {
 /// The node's own answer to a flow (kube-proxy REJECT or a closed local port): an ICMP error from
 /// a node address (or from anywhere but the backend when no backend is known), or a RST by the node.
 fn node_rejection(f: &Flow, facts: &Facts<'_>) -> Option<String> {
-    let target = f.frontend.or(f.backend).map(|a| a.to_string()).unwrap_or_default();
+    let target = f
+        .frontend
+        .or(f.backend)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     if let Some(e) = f.icmp_errors.iter().find(|e| {
-        facts.is_node_ip(e.from) || f.backend.is_none_or(|b| b.ip() != e.from) && !is_host_unreachable(e)
+        facts.is_node_ip(e.from)
+            || f.backend.is_none_or(|b| b.ip() != e.from) && !is_host_unreachable(e)
     }) {
-        return Some(format!("{} from {} to client {} for {target}", icmp_name(e), e.from, f.client));
+        return Some(format!(
+            "{} from {} to client {} for {target}",
+            icmp_name(e),
+            e.from,
+            f.client
+        ));
     }
-    if f.resets.iter().any(|r| r.by == Peer::Node) || f.outcome == Outcome::Rejected && f.backend.is_none() {
-        return Some(format!("RST from the node to client {} for {target}", f.client));
+    if f.resets.iter().any(|r| r.by == Peer::Node)
+        || f.outcome == Outcome::Rejected && f.backend.is_none()
+    {
+        return Some(format!(
+            "RST from the node to client {} for {target}",
+            f.client
+        ));
     }
     None
 }
 
 /// "no reply after 3 SYN retransmits" and friends.
 fn no_reply(f: &Flow) -> String {
-    let state = if f.outcome == Outcome::Open { "still open, " } else { "" };
+    let state = if f.outcome == Outcome::Open {
+        "still open, "
+    } else {
+        ""
+    };
     match f.handshake.retransmits {
         0 => format!("{state}no reply"),
         n => format!("{state}no reply after {n} retransmits"),
@@ -416,7 +562,10 @@ fn hook_suffix(h: Option<Hook>) -> String {
 }
 
 fn drop_suffix(f: &Flow) -> String {
-    f.drops.last().map(|d| format!(" ({})", d.reason)).unwrap_or_default()
+    f.drops
+        .last()
+        .map(|d| format!(" ({})", d.reason))
+        .unwrap_or_default()
 }
 
 fn peer_name(p: Peer) -> &'static str {
@@ -483,7 +632,13 @@ fn best_rule(rules: &[RuleRef], fe: SocketAddr) -> Option<&RuleRef> {
 
 /// A finding of `class` with no evidence yet.
 pub(super) fn finding(_facts: &Facts<'_>, class: VerdictClass, detail: String) -> Finding {
-    Finding { class, detail, evidence: Vec::new(), pod: None, backend: None }
+    Finding {
+        class,
+        detail,
+        evidence: Vec::new(),
+        pod: None,
+        backend: None,
+    }
 }
 
 /// Adds a rule as evidence, once.

@@ -40,7 +40,10 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     let mut fd = finding(
         facts,
         VerdictClass::KubeProxyNotRunning,
-        format!("kube-proxy is not running on node {}: Service rules are no longer maintained", facts.node()),
+        format!(
+            "kube-proxy is not running on node {}: Service rules are no longer maintained",
+            facts.node()
+        ),
     );
     let healthz = match kp.healthz_status {
         Some(code) => format!("/healthz on 10256 answered {code}"),
@@ -48,7 +51,10 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     };
     fd.evidence.push(Evidence::new(
         EvidenceKind::KubeProxy,
-        format!("no kube-proxy process or pod on node {}; {healthz}", facts.node()),
+        format!(
+            "no kube-proxy process or pod on node {}; {healthz}",
+            facts.node()
+        ),
     ));
     out.push(fd);
 }
@@ -65,24 +71,44 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             ProxyMode::Ipvs => "no IPVS virtual servers and no kube-ipvs0",
             ProxyMode::Iptables | ProxyMode::Unknown => "KUBE-SERVICES is absent or empty",
         };
-        evidence.push(Evidence::new(EvidenceKind::Rules, format!("kube-proxy's rules: {what}")));
-        detail = Some(format!("kube-proxy's rules are absent on node {} ({what})", facts.node()));
-    } else if !facts.svc.is_some_and(|s| s.rules.present || s.api.proxied == Some(false)) {
+        evidence.push(Evidence::new(
+            EvidenceKind::Rules,
+            format!("kube-proxy's rules: {what}"),
+        ));
+        detail = Some(format!(
+            "kube-proxy's rules are absent on node {} ({what})",
+            facts.node()
+        ));
+    } else if !facts
+        .svc
+        .is_some_and(|s| s.rules.present || s.api.proxied == Some(false))
+    {
         match facts.api_exists() {
             Some(true) => {
-                evidence.push(Evidence::new(EvidenceKind::Api, format!("the API has Service {name}")));
-                evidence.push(Evidence::new(EvidenceKind::Rules, format!("no kube-proxy rule mentions {name}")));
+                evidence.push(Evidence::new(
+                    EvidenceKind::Api,
+                    format!("the API has Service {name}"),
+                ));
+                evidence.push(Evidence::new(
+                    EvidenceKind::Rules,
+                    format!("no kube-proxy rule mentions {name}"),
+                ));
                 detail = Some(format!("the API has {name} but kube-proxy's rules lack it"));
             }
             Some(false) => {
-                evidence.push(Evidence::new(EvidenceKind::Api, format!("the API has no Service {name}")));
+                evidence.push(Evidence::new(
+                    EvidenceKind::Api,
+                    format!("the API has no Service {name}"),
+                ));
             }
             None => {
                 evidence.push(Evidence::new(
                     EvidenceKind::Rules,
                     format!("no kube-proxy rule mentions {name}; without the API it cannot be told whether the Service exists"),
                 ));
-                detail = Some(format!("kube-proxy's rules lack {name} (unconfirmed: API not consulted)"));
+                detail = Some(format!(
+                    "kube-proxy's rules lack {name} (unconfirmed: API not consulted)"
+                ));
             }
         }
     }
@@ -95,7 +121,11 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             }
             evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!("EndpointSlices of {name} list {} ready endpoints: {}", ready.len(), addrs(&ready)),
+                format!(
+                    "EndpointSlices of {name} list {} ready endpoints: {}",
+                    ready.len(),
+                    addrs(&ready)
+                ),
             ));
             detail.get_or_insert_with(|| {
                 format!("kube-proxy rejects {name} as having no endpoints while the API lists ready ones: its rules are not synced")
@@ -104,23 +134,42 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         // Ready endpoints the rules do not DNAT to. With internalTrafficPolicy=Local and no external
         // access, kube-proxy programs local endpoints only, so remote ones are expected to be absent.
         let itp_local = svc.api.internal_traffic_policy_local == Some(true);
-        let missing: Vec<_> =
-            ready.iter().filter(|e| !(e.in_rules || itp_local && e.local == Some(false))).copied().collect();
+        let missing: Vec<_> = ready
+            .iter()
+            .filter(|e| !(e.in_rules || itp_local && e.local == Some(false)))
+            .copied()
+            .collect();
         if !missing.is_empty() && svc.rules.no_endpoints.is_empty() {
             evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!("ready in the API, absent from kube-proxy's rules: {}", addrs(&missing)),
+                format!(
+                    "ready in the API, absent from kube-proxy's rules: {}",
+                    addrs(&missing)
+                ),
             ));
             detail.get_or_insert_with(|| {
-                format!("kube-proxy's rules for {name} miss {} ready endpoints: not synced", missing.len())
+                format!(
+                    "kube-proxy's rules for {name} miss {} ready endpoints: not synced",
+                    missing.len()
+                )
             });
         }
     }
 
     if kp.healthz_ok == Some(false) || kp.healthz_status.is_some_and(|c| c != 200) {
-        let code = kp.healthz_status.map_or_else(|| "not 200".to_owned(), |c| c.to_string());
-        evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("/healthz on 10256 answered {code}")));
-        detail.get_or_insert_with(|| format!("kube-proxy on node {} reports unhealthy: its rules are stale", facts.node()));
+        let code = kp
+            .healthz_status
+            .map_or_else(|| "not 200".to_owned(), |c| c.to_string());
+        evidence.push(Evidence::new(
+            EvidenceKind::KubeProxy,
+            format!("/healthz on 10256 answered {code}"),
+        ));
+        detail.get_or_insert_with(|| {
+            format!(
+                "kube-proxy on node {} reports unhealthy: its rules are stale",
+                facts.node()
+            )
+        });
     }
     let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
         .last_sync_age_secs
@@ -130,16 +179,27 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             EvidenceKind::KubeProxy,
             format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),
         ));
-        detail.get_or_insert_with(|| format!("kube-proxy on node {} has not synced its rules for {age:.0} s", facts.node()));
+        detail.get_or_insert_with(|| {
+            format!(
+                "kube-proxy on node {} has not synced its rules for {age:.0} s",
+                facts.node()
+            )
+        });
     }
     if kp.mode == ProxyMode::Ipvs {
-        let problems = facts.svc.map(|s| s.rules.problems.as_slice()).unwrap_or_default();
+        let problems = facts
+            .svc
+            .map(|s| s.rules.problems.as_slice())
+            .unwrap_or_default();
         if let Some(p) = problems
             .iter()
             .chain(&facts.model.warnings)
             .find(|p| IPVS_MODULE_WORDS.iter().any(|w| p.contains(w)))
         {
-            evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("{IPVS_MODULES_MISSING_PREFIX}: {p}")));
+            evidence.push(Evidence::new(
+                EvidenceKind::KubeProxy,
+                format!("{IPVS_MODULES_MISSING_PREFIX}: {p}"),
+            ));
         }
     }
 
@@ -151,14 +211,19 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 }
 
 fn conntrack(facts: &Facts<'_>, out: &mut Vec<Finding>) {
-    let Some(ct) = facts.ctx.conntrack else { return };
+    let Some(ct) = facts.ctx.conntrack else {
+        return;
+    };
     let ratio = ct.fill_ratio();
     let rising = ct.drop_delta.filter(|d| *d > 0);
     let mut evidence = Vec::new();
     if let (Some(c), Some(m), Some(r)) = (ct.count, ct.max, ratio) {
         evidence.push(Evidence::new(
             EvidenceKind::Conntrack,
-            format!("nf_conntrack_count {c} of nf_conntrack_max {m} ({:.0} %)", r * 100.0),
+            format!(
+                "nf_conntrack_count {c} of nf_conntrack_max {m} ({:.0} %)",
+                r * 100.0
+            ),
         ));
     }
     if let Some(d) = rising {
@@ -172,7 +237,10 @@ fn conntrack(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         let mut fd = finding(
             facts,
             VerdictClass::ConntrackFull,
-            format!("the conntrack table on node {} is full: new flows are dropped", facts.node()),
+            format!(
+                "the conntrack table on node {} is full: new flows are dropped",
+                facts.node()
+            ),
         );
         fd.evidence = evidence;
         out.push(fd);
@@ -203,7 +271,11 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             push_rule(&mut fd, Some(r));
         }
         if facts.ctx.api_consulted {
-            let listed = svc.endpoints.iter().filter(|e| e.in_api == Some(true)).count();
+            let listed = svc
+                .endpoints
+                .iter()
+                .filter(|e| e.in_api == Some(true))
+                .count();
             fd.evidence.push(Evidence::new(
                 EvidenceKind::Api,
                 format!("EndpointSlices of {name} list no ready endpoints ({listed} not ready)"),
@@ -236,7 +308,10 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             let elsewhere = ready.iter().filter(|e| e.local == Some(false)).count();
             fd.evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!("{policy}=Local; ready endpoints on node {}: 0, on other nodes: {elsewhere}", facts.node()),
+                format!(
+                    "{policy}=Local; ready endpoints on node {}: 0, on other nodes: {elsewhere}",
+                    facts.node()
+                ),
             ));
         }
         out.push(fd);
@@ -262,7 +337,10 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             format!("kube-proxy sends {name} traffic to {who}, which {why}"),
         );
         push_rule(&mut fd, e.rule.as_ref());
-        fd.evidence.push(Evidence::new(EvidenceKind::Api, format!("{target} {why} of {name}")));
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Api,
+            format!("{target} {why} of {name}"),
+        ));
         fd.pod = e.pod.clone();
         fd.backend = Some(std::net::SocketAddr::new(e.ip, e.port));
         out.push(fd);
@@ -270,17 +348,27 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 
     for p in &svc.rules.problems {
         let mut fd = finding(facts, VerdictClass::Healthy, "rule problem".into());
-        fd.evidence.push(Evidence::new(EvidenceKind::Rules, format!("problem: {p}")));
+        fd.evidence
+            .push(Evidence::new(EvidenceKind::Rules, format!("problem: {p}")));
         out.push(fd);
     }
 }
 
 fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
-    let (Some(kp), Some(api)) = (&facts.model.kube_proxy.version, &facts.model.api_server_version) else {
+    let (Some(kp), Some(api)) = (
+        &facts.model.kube_proxy.version,
+        &facts.model.api_server_version,
+    ) else {
         return;
     };
-    let (Some(k), Some(a)) = (minor_version(kp), minor_version(api)) else { return };
-    let skew = if k.0 != a.0 { u32::MAX } else { k.1.abs_diff(a.1) };
+    let (Some(k), Some(a)) = (minor_version(kp), minor_version(api)) else {
+        return;
+    };
+    let skew = if k.0 != a.0 {
+        u32::MAX
+    } else {
+        k.1.abs_diff(a.1)
+    };
     if skew <= 1 {
         return;
     }
@@ -289,8 +377,14 @@ fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         VerdictClass::KubeProxyVersionSkew,
         format!("kube-proxy {kp} is more than one minor version from the API server {api}"),
     );
-    fd.evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("kube-proxy version {kp}")));
-    fd.evidence.push(Evidence::new(EvidenceKind::Api, format!("API server version {api}")));
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::KubeProxy,
+        format!("kube-proxy version {kp}"),
+    ));
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::Api,
+        format!("API server version {api}"),
+    ));
     out.push(fd);
 }
 
@@ -304,5 +398,8 @@ pub(super) fn minor_version(v: &str) -> Option<(u32, u32)> {
 }
 
 fn addrs(eps: &[&crate::model::Endpoint]) -> String {
-    eps.iter().map(|e| format!("{}:{}", e.ip, e.port)).collect::<Vec<_>>().join(", ")
+    eps.iter()
+        .map(|e| format!("{}:{}", e.ip, e.port))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

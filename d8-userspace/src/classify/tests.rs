@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use super::*;
 use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset};
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode,
-    RuleFacts, RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
+    ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol,
+    ProxyMode, RuleFacts, RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
 };
 use crate::report::{EvidenceKind, Format, Runbook, Severity, VerdictClass};
 
@@ -20,7 +20,10 @@ const POD_B: &str = "10.1.0.8:8080";
 const CLIENT: &str = "10.1.0.5:41234";
 
 fn target() -> ServiceRef {
-    ServiceRef { namespace: "shop".into(), name: "web".into() }
+    ServiceRef {
+        namespace: "shop".into(),
+        name: "web".into(),
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -32,7 +35,11 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn iptables(name: &str, text: &str) -> RuleRef {
-    RuleRef { source: RuleSource::Iptables, name: name.into(), text: text.into() }
+    RuleRef {
+        source: RuleSource::Iptables,
+        name: name.into(),
+        text: text.into(),
+    }
 }
 
 fn endpoint(at: &str, sep: &str, pod: &str, api: bool) -> Endpoint {
@@ -51,7 +58,9 @@ fn endpoint(at: &str, sep: &str, pod: &str, api: bool) -> Endpoint {
         weight: Some(0.5),
         rule: Some(iptables(
             sep,
-            &format!("-A {sep} -p tcp -m comment --comment \"shop/web:http\" -m tcp -j DNAT --to-destination {at}"),
+            &format!(
+                "-A {sep} -p tcp -m comment --comment \"shop/web:http\" -m tcp -j DNAT --to-destination {at}"
+            ),
         )),
     }
 }
@@ -70,7 +79,9 @@ fn model(api: bool) -> ServiceModel {
             port_name: "http".into(),
             rule: Some(iptables(
                 "KUBE-SERVICES",
-                &format!("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"shop/web:http cluster IP\" -m tcp --dport 80 -j {SVC_CHAIN}"),
+                &format!(
+                    "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"shop/web:http cluster IP\" -m tcp --dport 80 -j {SVC_CHAIN}"
+                ),
             )),
         },
         Frontend {
@@ -89,7 +100,10 @@ fn model(api: bool) -> ServiceModel {
         endpoint(POD_A, "KUBE-SEP-AAAAAAAAAAAAAAAA", "web-a", api),
         endpoint(POD_B, "KUBE-SEP-BBBBBBBBBBBBBBBB", "web-b", api),
     ];
-    svc.rules = RuleFacts { present: true, ..RuleFacts::default() };
+    svc.rules = RuleFacts {
+        present: true,
+        ..RuleFacts::default()
+    };
     if api {
         svc.api = ApiFacts {
             exists: Some(true),
@@ -120,7 +134,12 @@ fn model(api: bool) -> ServiceModel {
 }
 
 fn ctx(api: bool) -> Context {
-    Context { api_consulted: api, traced: true, duration_ms: Some(10_000), ..Context::default() }
+    Context {
+        api_consulted: api,
+        traced: true,
+        duration_ms: Some(10_000),
+        ..Context::default()
+    }
 }
 
 /// A TCP flow from CLIENT to `frontend`, translated to `backend`, with nothing seen yet.
@@ -136,7 +155,10 @@ fn flow(id: u64, frontend: Option<&str>, backend: Option<&str>) -> Flow {
         entry_hook: Some(Hook::Prerouting),
         first_ns: 1_000_000_000,
         last_ns: 1_002_000_000,
-        handshake: Handshake { request: true, ..Handshake::default() },
+        handshake: Handshake {
+            request: true,
+            ..Handshake::default()
+        },
         ct_status: 0,
         resets: Vec::new(),
         drops: Vec::new(),
@@ -154,11 +176,16 @@ fn established(id: u64, backend: &str) -> Flow {
 }
 
 fn has_evidence(v: &Verdict, kind: EvidenceKind, needle: &str) -> bool {
-    v.evidence.iter().any(|e| e.kind == kind && e.content.contains(needle))
+    v.evidence
+        .iter()
+        .any(|e| e.kind == kind && e.content.contains(needle))
 }
 
 fn evidence_dump(v: &Verdict) -> String {
-    v.evidence.iter().map(|e| format!("[{}] {}\n", e.kind.as_str(), e.content)).collect()
+    v.evidence
+        .iter()
+        .map(|e| format!("[{}] {}\n", e.kind.as_str(), e.content))
+        .collect()
 }
 
 #[test]
@@ -169,8 +196,18 @@ fn healthy_when_the_reply_is_seen_after_dnat() {
     assert!(v.flows.iter().all(|f| f.class == VerdictClass::Healthy));
     assert_eq!(v.severity, Severity::None);
     assert!(v.causes.is_empty());
-    assert!(v.root_cause.detail.contains("2 flows to shop/web traced, all completed"), "{}", v.root_cause.detail);
-    assert!(has_evidence(&v, EvidenceKind::Rules, "KUBE-SEP-AAAAAAAAAAAAAAAA"), "{}", evidence_dump(&v));
+    assert!(
+        v.root_cause
+            .detail
+            .contains("2 flows to shop/web traced, all completed"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "KUBE-SEP-AAAAAAAAAAAAAAAA"),
+        "{}",
+        evidence_dump(&v)
+    );
 }
 
 fn no_endpoints_model(api_ready: bool) -> ServiceModel {
@@ -191,33 +228,85 @@ fn no_endpoints_model(api_ready: bool) -> ServiceModel {
 fn rejected_flow(id: u64) -> Flow {
     let mut f = flow(id, Some(CLUSTER_IP), None);
     f.outcome = Outcome::Rejected;
-    f.icmp_errors = vec![IcmpError { icmp_type: 3, icmp_code: 3, from: ip(NODE_IP), at_ms: 0 }];
+    f.icmp_errors = vec![IcmpError {
+        icmp_type: 3,
+        icmp_code: 3,
+        from: ip(NODE_IP),
+        at_ms: 0,
+    }];
     f
 }
 
 #[test]
 fn no_endpoints_from_reject_rule_icmp_and_api() {
-    let v = classify(&target(), &[rejected_flow(1)], &no_endpoints_model(false), &ctx(true));
+    let v = classify(
+        &target(),
+        &[rejected_flow(1)],
+        &no_endpoints_model(false),
+        &ctx(true),
+    );
     assert_eq!(v.root_cause.class, VerdictClass::NoEndpoints);
     assert_eq!(v.flows[0].class, VerdictClass::NoEndpoints);
     assert_eq!(v.severity, Severity::High);
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Rules, "has no endpoints\" -m tcp --dport 80 -j REJECT"), "{dump}");
     assert!(
-        has_evidence(&v, EvidenceKind::Trace, "ICMP port unreachable from 10.0.0.1 to client 10.1.0.5:41234 for 10.96.0.10:80"),
+        has_evidence(
+            &v,
+            EvidenceKind::Rules,
+            "has no endpoints\" -m tcp --dport 80 -j REJECT"
+        ),
         "{dump}"
     );
-    assert!(has_evidence(&v, EvidenceKind::Api, "list no ready endpoints (2 not ready)"), "{dump}");
-    assert!(v.mitigation.immediate.contains("kubectl -n shop describe service web"), "{:?}", v.mitigation);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Trace,
+            "ICMP port unreachable from 10.0.0.1 to client 10.1.0.5:41234 for 10.96.0.10:80"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "list no ready endpoints (2 not ready)"
+        ),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("kubectl -n shop describe service web"),
+        "{:?}",
+        v.mitigation
+    );
 }
 
 #[test]
 fn reject_while_the_api_has_ready_endpoints_is_rules_missing() {
-    let v = classify(&target(), &[rejected_flow(1)], &no_endpoints_model(true), &ctx(true));
-    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing, "{:?}", v.causes);
+    let v = classify(
+        &target(),
+        &[rejected_flow(1)],
+        &no_endpoints_model(true),
+        &ctx(true),
+    );
+    assert_eq!(
+        v.root_cause.class,
+        VerdictClass::KubeProxyRulesMissing,
+        "{:?}",
+        v.causes
+    );
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
-    assert!(v.root_cause.detail.contains("not synced"), "{}", v.root_cause.detail);
-    assert!(v.mitigation.immediate.contains("delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName=node-1"));
+    assert!(
+        v.root_cause.detail.contains("not synced"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName=node-1")
+    );
 }
 
 #[test]
@@ -227,25 +316,53 @@ fn stale_endpoint_when_the_dnat_target_is_absent_from_endpointslices() {
     e.in_api = Some(false);
     e.ready = None;
     e.pod = None;
-    let flows = [established(1, POD_A), flow(2, Some(CLUSTER_IP), Some(POD_B))];
+    let flows = [
+        established(1, POD_A),
+        flow(2, Some(CLUSTER_IP), Some(POD_B)),
+    ];
     let v = classify(&target(), &flows, &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
     assert_eq!(v.flows[1].class, VerdictClass::StaleEndpoint);
     assert_eq!(v.flows[0].class, VerdictClass::Healthy);
     assert_eq!(v.severity, Severity::Medium);
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Rules, "KUBE-SEP-BBBBBBBBBBBBBBBB"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Api, "10.1.0.8:8080 is not in the Service's EndpointSlices"), "{dump}");
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "KUBE-SEP-BBBBBBBBBBBBBBBB"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "10.1.0.8:8080 is not in the Service's EndpointSlices"
+        ),
+        "{dump}"
+    );
 }
 
 #[test]
 fn stale_endpoint_when_the_dnat_target_is_not_ready() {
     let mut m = model(true);
     m.services[0].endpoints[0].ready = Some(false);
-    let v = classify(&target(), &[flow(1, Some(CLUSTER_IP), Some(POD_A))], &m, &ctx(true));
+    let v = classify(
+        &target(),
+        &[flow(1, Some(CLUSTER_IP), Some(POD_A))],
+        &m,
+        &ctx(true),
+    );
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
-    assert!(v.root_cause.detail.contains("pod shop/web-a"), "{}", v.root_cause.detail);
-    assert!(v.mitigation.immediate.contains("kubectl -n shop get pod web-a -o wide"), "{:?}", v.mitigation);
+    assert!(
+        v.root_cause.detail.contains("pod shop/web-a"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("kubectl -n shop get pod web-a -o wide"),
+        "{:?}",
+        v.mitigation
+    );
     assert_eq!(v.severity, Severity::High, "the only flow failed");
 }
 
@@ -258,16 +375,31 @@ fn no_k8s_stale_endpoint_when_a_dnat_target_never_answers() {
     assert_eq!(v.flows[1].class, VerdictClass::StaleEndpoint);
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Trace, "no reply after 3 retransmits"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Api, "a hung pod looks the same"), "{dump}");
+    assert!(
+        has_evidence(&v, EvidenceKind::Trace, "no reply after 3 retransmits"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "a hung pod looks the same"),
+        "{dump}"
+    );
     // --no-k8s says what it cannot prove.
-    assert!(has_evidence(&v, EvidenceKind::Api, "Kubernetes API not consulted"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Api, "cannot be proven"), "{dump}");
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "Kubernetes API not consulted"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "cannot be proven"),
+        "{dump}"
+    );
 }
 
 #[test]
 fn no_k8s_target_that_answered_other_flows_is_a_backend_timeout() {
-    let flows = [established(1, POD_A), flow(2, Some(CLUSTER_IP), Some(POD_A))];
+    let flows = [
+        established(1, POD_A),
+        flow(2, Some(CLUSTER_IP), Some(POD_A)),
+    ];
     let v = classify(&target(), &flows, &model(false), &ctx(false));
     assert_eq!(v.flows[1].class, VerdictClass::BackendTimeout);
 }
@@ -276,16 +408,36 @@ fn no_k8s_target_that_answered_other_flows_is_a_backend_timeout() {
 fn no_k8s_stale_endpoint_when_the_dnat_target_has_no_neighbour() {
     let mut f = flow(1, Some(CLUSTER_IP), Some(POD_B));
     f.outcome = Outcome::Dropped;
-    f.drops = vec![Drop { reason: "NEIGH_FAILED".into(), after_hook: Some(Hook::Postrouting), before_conntrack: false, at_ms: 3000 }];
+    f.drops = vec![Drop {
+        reason: "NEIGH_FAILED".into(),
+        after_hook: Some(Hook::Postrouting),
+        before_conntrack: false,
+        at_ms: 3000,
+    }];
     let v = classify(&target(), &[f], &model(false), &ctx(false));
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
-    assert!(has_evidence(&v, EvidenceKind::Trace, "NEIGH_FAILED"), "{}", evidence_dump(&v));
+    assert!(
+        has_evidence(&v, EvidenceKind::Trace, "NEIGH_FAILED"),
+        "{}",
+        evidence_dump(&v)
+    );
     // ICMP host unreachable from the node says the same.
     let mut f = flow(2, Some(CLUSTER_IP), Some(POD_B));
-    f.icmp_errors = vec![IcmpError { icmp_type: 3, icmp_code: 1, from: ip(NODE_IP), at_ms: 3000 }];
+    f.icmp_errors = vec![IcmpError {
+        icmp_type: 3,
+        icmp_code: 1,
+        from: ip(NODE_IP),
+        at_ms: 3000,
+    }];
     let v = classify(&target(), &[f], &model(false), &ctx(false));
     assert_eq!(v.flows[0].class, VerdictClass::StaleEndpoint);
-    assert!(v.flows[0].fact.contains("ICMP host unreachable from 10.0.0.1"), "{}", v.flows[0].fact);
+    assert!(
+        v.flows[0]
+            .fact
+            .contains("ICMP host unreachable from 10.0.0.1"),
+        "{}",
+        v.flows[0].fact
+    );
 }
 
 fn etp_model() -> ServiceModel {
@@ -308,16 +460,50 @@ fn etp_local_drop_for_nodeport_traffic() {
     let mut f = flow(1, Some(NODE_PORT), None);
     f.client = addr("192.0.2.10:50000");
     f.outcome = Outcome::Dropped;
-    f.drops = vec![Drop { reason: "NETFILTER_DROP".into(), after_hook: Some(Hook::Prerouting), before_conntrack: false, at_ms: 0 }];
-    let v = classify(&target(), &[f, established(2, POD_A)], &etp_model(), &ctx(true));
+    f.drops = vec![Drop {
+        reason: "NETFILTER_DROP".into(),
+        after_hook: Some(Hook::Prerouting),
+        before_conntrack: false,
+        at_ms: 0,
+    }];
+    let v = classify(
+        &target(),
+        &[f, established(2, POD_A)],
+        &etp_model(),
+        &ctx(true),
+    );
     assert_eq!(v.flows[0].class, VerdictClass::EtpLocalNoLocalEndpoints);
-    assert_eq!(v.flows[1].class, VerdictClass::Healthy, "ClusterIP traffic still works");
+    assert_eq!(
+        v.flows[1].class,
+        VerdictClass::Healthy,
+        "ClusterIP traffic still works"
+    );
     assert_eq!(v.root_cause.class, VerdictClass::EtpLocalNoLocalEndpoints);
     assert_eq!(v.severity, Severity::Medium);
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Rules, "has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport 30080 -j DROP"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Api, "ready endpoints on node node-1: 0, on other nodes: 2"), "{dump}");
-    assert!(v.mitigation.immediate.contains("externalTrafficPolicy\":\"Cluster"), "{:?}", v.mitigation);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Rules,
+            "has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport 30080 -j DROP"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "ready endpoints on node node-1: 0, on other nodes: 2"
+        ),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("externalTrafficPolicy\":\"Cluster"),
+        "{:?}",
+        v.mitigation
+    );
 }
 
 fn probe_flow(id: u64) -> Flow {
@@ -325,7 +511,11 @@ fn probe_flow(id: u64) -> Flow {
     f.client = addr("10.0.0.1:52000");
     f.entry_hook = Some(Hook::Output);
     f.handshake.reply = true;
-    f.resets = vec![Reset { by: Peer::Client, seen_by: "packet".into(), at_ms: 2 }];
+    f.resets = vec![Reset {
+        by: Peer::Client,
+        seen_by: "packet".into(),
+        at_ms: 2,
+    }];
     f.outcome = Outcome::Reset;
     f
 }
@@ -344,18 +534,38 @@ fn with_probe_ports(mut m: ServiceModel) -> ServiceModel {
 #[test]
 fn probe_rst_is_benign_and_never_the_root_cause() {
     let flows = [probe_flow(1), probe_flow(2), established(3, POD_A)];
-    let v = classify(&target(), &flows, &with_probe_ports(model(true)), &ctx(true));
+    let v = classify(
+        &target(),
+        &flows,
+        &with_probe_ports(model(true)),
+        &ctx(true),
+    );
     assert_eq!(v.flows[0].class, VerdictClass::ProbeRst);
     assert_eq!(v.flows[1].class, VerdictClass::ProbeRst);
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
     assert_eq!(v.severity, Severity::None);
-    assert!(v.root_cause.detail.contains("2 kubelet probe resets (normal)"), "{}", v.root_cause.detail);
-    assert!(v.flows[0].fact.contains("readiness probe of shop/web-a"), "{}", v.flows[0].fact);
+    assert!(
+        v.root_cause
+            .detail
+            .contains("2 kubelet probe resets (normal)"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        v.flows[0].fact.contains("readiness probe of shop/web-a"),
+        "{}",
+        v.flows[0].fact
+    );
 }
 
 #[test]
 fn only_probe_flows_give_a_healthy_verdict() {
-    let v = classify(&target(), &[probe_flow(1)], &with_probe_ports(model(true)), &ctx(true));
+    let v = classify(
+        &target(),
+        &[probe_flow(1)],
+        &with_probe_ports(model(true)),
+        &ctx(true),
+    );
     assert_eq!(v.flows[0].class, VerdictClass::ProbeRst);
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
 }
@@ -371,30 +581,56 @@ fn a_long_node_connection_to_a_probe_port_is_not_a_probe() {
 fn conntrack_dropped_flow(id: u64) -> Flow {
     let mut f = flow(id, Some(CLUSTER_IP), None);
     f.outcome = Outcome::Dropped;
-    f.drops = vec![Drop { reason: "NETFILTER_DROP".into(), after_hook: Some(Hook::Prerouting), before_conntrack: true, at_ms: 0 }];
+    f.drops = vec![Drop {
+        reason: "NETFILTER_DROP".into(),
+        after_hook: Some(Hook::Prerouting),
+        before_conntrack: true,
+        at_ms: 0,
+    }];
     f
 }
 
 #[test]
 fn conntrack_full_from_dropped_first_packet_rising_counter_and_count_near_max() {
     let mut c = ctx(true);
-    c.conntrack = Some(ConntrackStats { count: Some(262_100), max: Some(262_144), drop_delta: Some(420) });
+    c.conntrack = Some(ConntrackStats {
+        count: Some(262_100),
+        max: Some(262_144),
+        drop_delta: Some(420),
+    });
     let flows = [conntrack_dropped_flow(1), established(2, POD_A)];
     let v = classify(&target(), &flows, &model(true), &c);
     assert_eq!(v.flows[0].class, VerdictClass::ConntrackFull);
     assert_eq!(v.root_cause.class, VerdictClass::ConntrackFull);
     assert_eq!(v.severity, Severity::High);
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Conntrack, "nf_conntrack_count 262100 of nf_conntrack_max 262144"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Conntrack, "rose by 420"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Trace, "before conntrack created an entry"), "{dump}");
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Conntrack,
+            "nf_conntrack_count 262100 of nf_conntrack_max 262144"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Conntrack, "rose by 420"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Trace, "before conntrack created an entry"),
+        "{dump}"
+    );
     assert!(v.mitigation.immediate.contains("nf_conntrack_max"));
 }
 
 #[test]
 fn a_drop_before_conntrack_with_quiet_counters_is_just_dropped() {
     let mut c = ctx(true);
-    c.conntrack = Some(ConntrackStats { count: Some(1000), max: Some(262_144), drop_delta: Some(0) });
+    c.conntrack = Some(ConntrackStats {
+        count: Some(1000),
+        max: Some(262_144),
+        drop_delta: Some(0),
+    });
     let v = classify(&target(), &[conntrack_dropped_flow(1)], &model(true), &c);
     assert_eq!(v.flows[0].class, VerdictClass::Dropped, "{:?}", v.flows);
 }
@@ -412,10 +648,23 @@ fn kube_proxy_not_running() {
     let v = classify(&target(), &[f], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyNotRunning);
     assert_eq!(v.root_cause.class, VerdictClass::KubeProxyNotRunning);
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "no /healthz on 10256"), "{}", evidence_dump(&v));
-    assert!(v.mitigation.immediate.contains("--field-selector spec.nodeName=node-1"));
+    assert!(
+        has_evidence(&v, EvidenceKind::KubeProxy, "no /healthz on 10256"),
+        "{}",
+        evidence_dump(&v)
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("--field-selector spec.nodeName=node-1")
+    );
     // Rules missing is a consequence, ranked below.
-    assert_eq!(v.causes[1].class, VerdictClass::KubeProxyRulesMissing, "{:?}", v.causes);
+    assert_eq!(
+        v.causes[1].class,
+        VerdictClass::KubeProxyRulesMissing,
+        "{:?}",
+        v.causes
+    );
 }
 
 #[test]
@@ -439,11 +688,30 @@ fn kube_proxy_rules_missing_while_the_api_has_the_service() {
     let v = classify(&target(), &[f], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
     assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing);
-    assert!(v.root_cause.detail.contains("the API has shop/web but kube-proxy's rules lack it"), "{}", v.root_cause.detail);
+    assert!(
+        v.root_cause
+            .detail
+            .contains("the API has shop/web but kube-proxy's rules lack it"),
+        "{}",
+        v.root_cause.detail
+    );
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "/healthz on 10256 answered 503"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "900 s old"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Api, "the API has Service shop/web"), "{dump}");
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::KubeProxy,
+            "/healthz on 10256 answered 503"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::KubeProxy, "900 s old"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "the API has Service shop/web"),
+        "{dump}"
+    );
 }
 
 #[test]
@@ -452,9 +720,25 @@ fn ready_api_endpoints_missing_from_the_rules_are_rules_missing() {
     let e = &mut m.services[0].endpoints[1];
     e.in_rules = false;
     e.rule = None;
-    let v = classify(&target(), &[], &m, &Context { api_consulted: true, ..Context::default() });
+    let v = classify(
+        &target(),
+        &[],
+        &m,
+        &Context {
+            api_consulted: true,
+            ..Context::default()
+        },
+    );
     assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing);
-    assert!(has_evidence(&v, EvidenceKind::Api, "absent from kube-proxy's rules: 10.1.0.8:8080"), "{}", evidence_dump(&v));
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "absent from kube-proxy's rules: 10.1.0.8:8080"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
 }
 
 #[test]
@@ -463,27 +747,61 @@ fn ipvs_rules_missing_with_modules_missing_maps_to_the_ipvs_modules_domain() {
     m.kube_proxy.mode = ProxyMode::Ipvs;
     m.kube_proxy.rules_present = false;
     m.warnings.push("ip_vs_rr module not loaded".into());
-    let report = build_report(&target(), &[], &m, &Context { api_consulted: true, ..Context::default() });
-    assert_eq!(report.root_cause.as_ref().unwrap().class, VerdictClass::KubeProxyRulesMissing);
+    let report = build_report(
+        &target(),
+        &[],
+        &m,
+        &Context {
+            api_consulted: true,
+            ..Context::default()
+        },
+    );
+    assert_eq!(
+        report.root_cause.as_ref().unwrap().class,
+        VerdictClass::KubeProxyRulesMissing
+    );
     let rb = Runbook::from_report(&report);
-    assert!(rb.root_cause.starts_with("ipvs_modules — "), "{}", rb.root_cause);
+    assert!(
+        rb.root_cause.starts_with("ipvs_modules — "),
+        "{}",
+        rb.root_cause
+    );
     assert!(report.mitigation.unwrap().immediate.contains("modprobe"));
 }
 
 fn refused_flow(id: u64, backend: &str) -> Flow {
     let mut f = flow(id, Some(CLUSTER_IP), Some(backend));
-    f.resets = vec![Reset { by: Peer::Backend, seen_by: "packet".into(), at_ms: 1 }];
+    f.resets = vec![Reset {
+        by: Peer::Backend,
+        seen_by: "packet".into(),
+        at_ms: 1,
+    }];
     f.outcome = Outcome::Reset;
     f
 }
 
 #[test]
 fn backend_refused_from_a_rst_after_dnat() {
-    let v = classify(&target(), &[refused_flow(1, POD_A), established(2, POD_B)], &model(true), &ctx(true));
+    let v = classify(
+        &target(),
+        &[refused_flow(1, POD_A), established(2, POD_B)],
+        &model(true),
+        &ctx(true),
+    );
     assert_eq!(v.flows[0].class, VerdictClass::BackendRefused);
     assert_eq!(v.root_cause.class, VerdictClass::BackendRefused);
-    assert!(has_evidence(&v, EvidenceKind::Trace, "RST from backend 10.1.0.7:8080"), "{}", evidence_dump(&v));
-    assert!(v.mitigation.immediate.contains("kubectl -n shop logs web-a"), "{:?}", v.mitigation);
+    assert!(
+        has_evidence(&v, EvidenceKind::Trace, "RST from backend 10.1.0.7:8080"),
+        "{}",
+        evidence_dump(&v)
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("kubectl -n shop logs web-a"),
+        "{:?}",
+        v.mitigation
+    );
     assert_eq!(v.severity, Severity::Medium);
 }
 
@@ -495,10 +813,21 @@ fn udp_port_unreachable_from_the_backend_is_a_refusal() {
     }
     let mut f = flow(1, Some(CLUSTER_IP), Some(POD_A));
     f.protocol = Protocol::Udp;
-    f.icmp_errors = vec![IcmpError { icmp_type: 3, icmp_code: 3, from: ip("10.1.0.7"), at_ms: 1 }];
+    f.icmp_errors = vec![IcmpError {
+        icmp_type: 3,
+        icmp_code: 3,
+        from: ip("10.1.0.7"),
+        at_ms: 1,
+    }];
     let v = classify(&target(), &[f], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::BackendRefused);
-    assert!(v.flows[0].fact.contains("ICMP port unreachable from backend 10.1.0.7:8080"), "{}", v.flows[0].fact);
+    assert!(
+        v.flows[0]
+            .fact
+            .contains("ICMP port unreachable from backend 10.1.0.7:8080"),
+        "{}",
+        v.flows[0].fact
+    );
 }
 
 #[test]
@@ -509,19 +838,40 @@ fn backend_timeout_when_a_listed_ready_endpoint_does_not_answer() {
     assert_eq!(v.flows[0].class, VerdictClass::BackendTimeout);
     assert_eq!(v.root_cause.class, VerdictClass::BackendTimeout);
     assert_eq!(v.severity, Severity::High);
-    assert!(v.root_cause.detail.contains("listed, ready endpoint"), "{}", v.root_cause.detail);
-    assert!(v.mitigation.immediate.contains("kubectl -n shop describe pod web-a"));
+    assert!(
+        v.root_cause.detail.contains("listed, ready endpoint"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("kubectl -n shop describe pod web-a")
+    );
 }
 
 #[test]
 fn dropped_with_the_kernel_reason_after_dnat() {
     let mut f = flow(1, Some(CLUSTER_IP), Some(POD_A));
     f.outcome = Outcome::Dropped;
-    f.drops = vec![Drop { reason: "NETFILTER_DROP".into(), after_hook: Some(Hook::Forward), before_conntrack: false, at_ms: 0 }];
+    f.drops = vec![Drop {
+        reason: "NETFILTER_DROP".into(),
+        after_hook: Some(Hook::Forward),
+        before_conntrack: false,
+        at_ms: 0,
+    }];
     let v = classify(&target(), &[f], &model(true), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::Dropped);
     assert_eq!(v.root_cause.class, VerdictClass::Dropped);
-    assert!(has_evidence(&v, EvidenceKind::Trace, "dropped (NETFILTER_DROP) after forward after DNAT"), "{}", evidence_dump(&v));
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Trace,
+            "dropped (NETFILTER_DROP) after forward after DNAT"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
 }
 
 #[test]
@@ -531,12 +881,24 @@ fn version_skew_is_the_root_cause_only_when_nothing_else_explains_failures() {
     let v = classify(&target(), &[established(1, POD_A)], &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::KubeProxyVersionSkew);
     assert_eq!(v.severity, Severity::Low);
-    assert!(has_evidence(&v, EvidenceKind::Api, "API server version v1.31.0"));
+    assert!(has_evidence(
+        &v,
+        EvidenceKind::Api,
+        "API server version v1.31.0"
+    ));
 
     let v = classify(&target(), &[refused_flow(1, POD_A)], &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::BackendRefused);
     assert_eq!(v.causes[1].class, VerdictClass::KubeProxyVersionSkew);
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "also (kube_proxy_version_skew)"), "{}", evidence_dump(&v));
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::KubeProxy,
+            "also (kube_proxy_version_skew)"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
 
     // One minor apart is supported.
     m.kube_proxy.version = Some("v1.30.9".into());
@@ -563,38 +925,106 @@ fn mixed_incident_ranks_causes() {
     let v = classify(&target(), &flows, &m, &ctx(true));
     let classes: Vec<_> = v.flows.iter().map(|f| f.class).collect();
     use VerdictClass as C;
-    assert_eq!(classes, [C::ProbeRst, C::BackendRefused, C::StaleEndpoint, C::StaleEndpoint, C::Healthy, C::ProbeRst]);
+    assert_eq!(
+        classes,
+        [
+            C::ProbeRst,
+            C::BackendRefused,
+            C::StaleEndpoint,
+            C::StaleEndpoint,
+            C::Healthy,
+            C::ProbeRst
+        ]
+    );
     assert_eq!(v.root_cause.class, C::StaleEndpoint);
     let ranked: Vec<_> = v.causes.iter().map(|c| (c.class, c.flows)).collect();
     assert_eq!(ranked, [(C::StaleEndpoint, 2), (C::BackendRefused, 1)]);
-    assert!(v.root_cause.detail.ends_with("(2 flows)"), "{}", v.root_cause.detail);
-    assert!(v.causes[1].detail.ends_with("(1 flow)"), "{}", v.causes[1].detail);
+    assert!(
+        v.root_cause.detail.ends_with("(2 flows)"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        v.causes[1].detail.ends_with("(1 flow)"),
+        "{}",
+        v.causes[1].detail
+    );
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Trace, "also (backend_refused)"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Trace, "2 connections closed by RST: kubelet probes"), "{dump}");
+    assert!(
+        has_evidence(&v, EvidenceKind::Trace, "also (backend_refused)"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Trace,
+            "2 connections closed by RST: kubelet probes"
+        ),
+        "{dump}"
+    );
     assert_eq!(v.severity, Severity::Medium, "some flows still work");
 }
 
 #[test]
 fn explain_healthy_when_rules_and_api_agree() {
-    let v = classify(&target(), &[], &model(true), &Context { api_consulted: true, ..Context::default() });
+    let v = classify(
+        &target(),
+        &[],
+        &model(true),
+        &Context {
+            api_consulted: true,
+            ..Context::default()
+        },
+    );
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
-    assert!(v.root_cause.detail.contains("rules and API agree"), "{}", v.root_cause.detail);
+    assert!(
+        v.root_cause.detail.contains("rules and API agree"),
+        "{}",
+        v.root_cause.detail
+    );
     // Healthy says what was checked.
     let dump = evidence_dump(&v);
-    assert!(has_evidence(&v, EvidenceKind::Rules, "-j KUBE-SVC-EXAMPLEHASH00001"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::Api, "list 2 ready endpoints, 2 of them DNAT targets"), "{dump}");
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "kube-proxy running on node node-1, /healthz 200"), "{dump}");
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "-j KUBE-SVC-EXAMPLEHASH00001"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "list 2 ready endpoints, 2 of them DNAT targets"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::KubeProxy,
+            "kube-proxy running on node node-1, /healthz 200"
+        ),
+        "{dump}"
+    );
     assert!(v.flows.is_empty());
 }
 
 #[test]
 fn explain_finds_stale_no_endpoints_and_etp_from_rules_and_api() {
-    let explain = Context { api_consulted: true, ..Context::default() };
+    let explain = Context {
+        api_consulted: true,
+        ..Context::default()
+    };
     let mut m = model(true);
     m.services[0].endpoints[0].in_api = Some(false);
-    assert_eq!(classify(&target(), &[], &m, &explain).root_cause.class, VerdictClass::StaleEndpoint);
-    assert_eq!(classify(&target(), &[], &no_endpoints_model(false), &explain).root_cause.class, VerdictClass::NoEndpoints);
+    assert_eq!(
+        classify(&target(), &[], &m, &explain).root_cause.class,
+        VerdictClass::StaleEndpoint
+    );
+    assert_eq!(
+        classify(&target(), &[], &no_endpoints_model(false), &explain)
+            .root_cause
+            .class,
+        VerdictClass::NoEndpoints
+    );
     let v = classify(&target(), &[], &etp_model(), &explain);
     assert_eq!(v.root_cause.class, VerdictClass::EtpLocalNoLocalEndpoints);
     assert_eq!(v.severity, Severity::Medium);
@@ -610,7 +1040,11 @@ fn explain_without_the_api_rests_on_rules_and_says_so() {
     m.services[0].api = ApiFacts::default();
     let v = classify(&target(), &[], &m, &Context::default());
     assert_eq!(v.root_cause.class, VerdictClass::NoEndpoints);
-    assert!(has_evidence(&v, EvidenceKind::Api, "no_endpoints rests on the REJECT rule alone"));
+    assert!(has_evidence(
+        &v,
+        EvidenceKind::Api,
+        "no_endpoints rests on the REJECT rule alone"
+    ));
 }
 
 #[test]
@@ -625,7 +1059,12 @@ fn build_report_fills_flow_classes_and_the_verdict() {
     assert_eq!(report.endpoints.len(), 2);
     assert_eq!(report.frontends.len(), 2);
     assert_eq!(report.node.as_deref(), Some("node-1"));
-    assert!(report.evidence.iter().any(|e| e.content.contains("7 kernel events lost")));
+    assert!(
+        report
+            .evidence
+            .iter()
+            .any(|e| e.content.contains("7 kernel events lost"))
+    );
     let mut out = Vec::new();
     crate::report::render(&report, Format::Json, &mut out).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -652,7 +1091,12 @@ fn recorded_flow_fixtures_classify_as_recorded() {
         }
         let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let v = classify(&target(), &fx.flows, &with_probe_ports(model(true)), &ctx(true));
+        let v = classify(
+            &target(),
+            &fx.flows,
+            &with_probe_ports(model(true)),
+            &ctx(true),
+        );
         let got: Vec<_> = v.flows.iter().map(|f| f.class).collect();
         assert_eq!(got, fx.expect, "{}", path.display());
         assert_eq!(v.root_cause.class, fx.root_cause, "{}", path.display());
@@ -668,7 +1112,11 @@ fn an_untranslated_flow_to_a_frontend_the_rules_dnat_is_rules_missing() {
     f.handshake.retransmits = 2;
     let v = classify(&target(), &[f], &model(true), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
-    assert!(v.root_cause.detail.contains("not in the packet's path"), "{}", v.root_cause.detail);
+    assert!(
+        v.root_cause.detail.contains("not in the packet's path"),
+        "{}",
+        v.root_cause.detail
+    );
 }
 
 #[test]
@@ -694,17 +1142,35 @@ fn a_frontend_only_the_api_declares_is_rules_missing() {
     f.no_dnat = true;
     let v = classify(&target(), &[f], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
-    assert!(v.root_cause.detail.contains("lack its frontend 192.0.2.50:80"), "{}", v.root_cause.detail);
+    assert!(
+        v.root_cause
+            .detail
+            .contains("lack its frontend 192.0.2.50:80"),
+        "{}",
+        v.root_cause.detail
+    );
 }
 
 #[test]
 fn explain_of_an_unknown_service_says_so() {
     let v = classify(
-        &ServiceRef { namespace: "shop".into(), name: "typo".into() },
+        &ServiceRef {
+            namespace: "shop".into(),
+            name: "typo".into(),
+        },
         &[],
         &model(true),
-        &Context { api_consulted: true, ..Context::default() },
+        &Context {
+            api_consulted: true,
+            ..Context::default()
+        },
     );
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
-    assert!(v.root_cause.detail.contains("no Service shop/typo in kube-proxy's rules nor in the API"), "{}", v.root_cause.detail);
+    assert!(
+        v.root_cause
+            .detail
+            .contains("no Service shop/typo in kube-proxy's rules nor in the API"),
+        "{}",
+        v.root_cause.detail
+    );
 }

@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::flows::Flow;
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, Service, ServiceModel, ServiceRef};
-use crate::report::{Evidence, EvidenceKind, Mitigation, Report, RootCause, Severity, VerdictClass};
+use crate::report::{
+    Evidence, EvidenceKind, Mitigation, Report, RootCause, Severity, VerdictClass,
+};
 
 use super::{advice, flow, service};
 
@@ -114,7 +116,12 @@ impl Verdict {
 }
 
 /// The complete contract report for `target`: model facts, flows, lost events and the verdict.
-pub fn build_report(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Report {
+pub fn build_report(
+    target: &ServiceRef,
+    flows: &[Flow],
+    model: &ServiceModel,
+    ctx: &Context,
+) -> Report {
     let mut report = Report::from_model(target, model);
     report.push_flows(flows);
     report.lost_events = ctx.lost_events;
@@ -138,8 +145,10 @@ impl Facts<'_> {
     /// The frontend a flow asked for, matching NodePorts bound to any address.
     pub fn frontend(&self, addr: SocketAddr, proto: Protocol) -> Option<&Frontend> {
         let svc = self.svc?;
-        svc.frontends.iter().find(|fe| fe.ip == addr.ip() && fe.port == addr.port() && fe.protocol == proto).or_else(
-            || {
+        svc.frontends
+            .iter()
+            .find(|fe| fe.ip == addr.ip() && fe.port == addr.port() && fe.protocol == proto)
+            .or_else(|| {
                 svc.frontends.iter().find(|fe| {
                     fe.kind == FrontendKind::NodePort
                         && fe.ip.is_unspecified()
@@ -147,8 +156,7 @@ impl Facts<'_> {
                         && fe.protocol == proto
                         && self.is_node_ip(addr.ip())
                 })
-            },
-        )
+            })
     }
 
     /// The kind of frontend `addr` is: from the model, else a node address means a NodePort.
@@ -160,7 +168,10 @@ impl Facts<'_> {
 
     /// The Service's endpoint at `addr`.
     pub fn endpoint(&self, addr: SocketAddr, proto: Protocol) -> Option<&Endpoint> {
-        self.svc?.endpoints.iter().find(|e| e.ip == addr.ip() && e.port == addr.port() && e.protocol == proto)
+        self.svc?
+            .endpoints
+            .iter()
+            .find(|e| e.ip == addr.ip() && e.port == addr.port() && e.protocol == proto)
     }
 
     pub fn is_node_ip(&self, ip: IpAddr) -> bool {
@@ -180,7 +191,12 @@ impl Facts<'_> {
     /// Endpoints the API lists as ready (empty without the API).
     pub fn api_ready_endpoints(&self) -> Vec<&Endpoint> {
         self.svc
-            .map(|s| s.endpoints.iter().filter(|e| e.in_api == Some(true) && e.ready == Some(true)).collect())
+            .map(|s| {
+                s.endpoints
+                    .iter()
+                    .filter(|e| e.in_api == Some(true) && e.ready == Some(true))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -218,23 +234,46 @@ pub(super) struct Finding {
 
 /// Classifies `flows` to `target` against `model`. `flows` empty: the verdict rules and API alone
 /// support (`explain`, or a trace that saw nothing).
-pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
+pub fn classify(
+    target: &ServiceRef,
+    flows: &[Flow],
+    model: &ServiceModel,
+    ctx: &Context,
+) -> Verdict {
     let mut node_ips = model.node_ips.clone();
     for ip in &ctx.host_ips {
         if !node_ips.contains(ip) {
             node_ips.push(*ip);
         }
     }
-    let answered = flows.iter().filter(|f| f.handshake.reply).filter_map(|f| f.backend).collect();
-    let facts = Facts { target, svc: model.service(target), model, ctx, node_ips, answered };
+    let answered = flows
+        .iter()
+        .filter(|f| f.handshake.reply)
+        .filter_map(|f| f.backend)
+        .collect();
+    let facts = Facts {
+        target,
+        svc: model.service(target),
+        model,
+        ctx,
+        node_ips,
+        answered,
+    };
 
-    let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();
+    let classified: Vec<(FlowVerdict, Finding)> = flows
+        .iter()
+        .map(|f| flow::classify_flow(f, &facts))
+        .collect();
     let findings = service::findings(&facts);
     rank(&facts, classified, findings)
 }
 
 /// Groups flow findings and service findings by class, ranks the classes, and writes the verdict.
-fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Vec<Finding>) -> Verdict {
+fn rank(
+    facts: &Facts<'_>,
+    classified: Vec<(FlowVerdict, Finding)>,
+    findings: Vec<Finding>,
+) -> Verdict {
     struct Group {
         class: VerdictClass,
         flows: Vec<usize>,
@@ -245,7 +284,11 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
         if let Some(i) = groups.iter().position(|g| g.class == class) {
             i
         } else {
-            groups.push(Group { class, flows: Vec::new(), findings: Vec::new() });
+            groups.push(Group {
+                class,
+                flows: Vec::new(),
+                findings: Vec::new(),
+            });
             groups.len() - 1
         }
     }
@@ -261,26 +304,49 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
     // explains everything below it, a dropped packet explains nothing above it).
     groups.sort_by_key(|g| (g.flows.is_empty(), rank_of(g.class)));
 
-    let probe_flows = classified.iter().filter(|(v, _)| v.class == VerdictClass::ProbeRst).count();
+    let probe_flows = classified
+        .iter()
+        .filter(|(v, _)| v.class == VerdictClass::ProbeRst)
+        .count();
     let service_flows = classified.len() - probe_flows;
-    let failing_flows = classified.iter().filter(|(v, _)| v.class.is_fault()).count();
+    let failing_flows = classified
+        .iter()
+        .filter(|(v, _)| v.class.is_fault())
+        .count();
 
     let faults: Vec<&Group> = groups.iter().filter(|g| g.class.is_fault()).collect();
     let mut evidence = Vec::new();
     let mut causes = Vec::new();
     let mut cause_kinds = Vec::new();
     for g in &faults {
-        let lead = g.findings.first().cloned().or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
+        let lead = g
+            .findings
+            .first()
+            .cloned()
+            .or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
         let detail = lead.as_ref().map(|f| f.detail.clone()).unwrap_or_default();
-        let detail = if g.flows.is_empty() { detail } else { format!("{detail} ({})", flows_n(g.flows.len())) };
+        let detail = if g.flows.is_empty() {
+            detail
+        } else {
+            format!("{detail} ({})", flows_n(g.flows.len()))
+        };
         // The kind of an "also" line: trace when flows prove the cause, else where its finding
         // comes from.
         let kind = if g.flows.is_empty() {
-            g.findings.iter().flat_map(|f| f.evidence.first()).map(|e| e.kind).next().unwrap_or(EvidenceKind::Rules)
+            g.findings
+                .iter()
+                .flat_map(|f| f.evidence.first())
+                .map(|e| e.kind)
+                .next()
+                .unwrap_or(EvidenceKind::Rules)
         } else {
             EvidenceKind::Trace
         };
-        causes.push(Cause { class: g.class, flows: g.flows.len(), detail });
+        causes.push(Cause {
+            class: g.class,
+            flows: g.flows.len(),
+            detail,
+        });
         cause_kinds.push(kind);
     }
 
@@ -288,7 +354,11 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
         Some(g) => {
             // Evidence of the root cause: its findings' evidence, the flows' own evidence (rules they
             // went through), then the trace facts.
-            let lead = g.findings.first().cloned().or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
+            let lead = g
+                .findings
+                .first()
+                .cloned()
+                .or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
             let lead = lead.expect("a group has at least one flow or finding");
             for f in &g.findings {
                 push_unique(&mut evidence, &f.evidence);
@@ -300,7 +370,14 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
             let detail = causes[0].detail.clone();
             let severity = advice::severity(g.class, g.flows.len(), failing_flows, service_flows);
             let mitigation = advice::mitigation(g.class, facts, &lead);
-            (RootCause { class: g.class, detail }, severity, mitigation)
+            (
+                RootCause {
+                    class: g.class,
+                    detail,
+                },
+                severity,
+                mitigation,
+            )
         }
         None => {
             let detail = advice::healthy_detail(facts, service_flows, probe_flows);
@@ -315,13 +392,23 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
                 push_trace_facts(&mut evidence, g.flows.iter().map(|&i| &classified[i].0));
             }
             push_checked(facts, &mut evidence);
-            (RootCause { class: VerdictClass::Healthy, detail }, Severity::None, advice::healthy_mitigation(facts))
+            (
+                RootCause {
+                    class: VerdictClass::Healthy,
+                    detail,
+                },
+                Severity::None,
+                advice::healthy_mitigation(facts),
+            )
         }
     };
 
     // Other causes, ranked, one line each, so overlapping incidents stay visible.
     for (c, kind) in causes.iter().zip(&cause_kinds).skip(1) {
-        evidence.push(Evidence::new(*kind, format!("also ({}): {}", c.class, c.detail)));
+        evidence.push(Evidence::new(
+            *kind,
+            format!("also ({}): {}", c.class, c.detail),
+        ));
     }
     if !faults.is_empty() {
         // Probe resets next to a fault: say they were seen and set aside.
@@ -373,7 +460,11 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
 
 /// `1 flow`, `3 flows`.
 pub(super) fn flows_n(n: usize) -> String {
-    if n == 1 { "1 flow".to_owned() } else { format!("{n} flows") }
+    if n == 1 {
+        "1 flow".to_owned()
+    } else {
+        format!("{n} flows")
+    }
 }
 
 fn push_unique(out: &mut Vec<Evidence>, items: &[Evidence]) {
@@ -392,7 +483,10 @@ fn push_trace_facts<'a>(out: &mut Vec<Evidence>, flows: impl Iterator<Item = &'a
     if facts.len() > MAX_TRACE_FACTS {
         out.push(Evidence::new(
             EvidenceKind::Trace,
-            format!("... and {} more like these", flows_n(facts.len() - MAX_TRACE_FACTS)),
+            format!(
+                "... and {} more like these",
+                flows_n(facts.len() - MAX_TRACE_FACTS)
+            ),
         ));
     }
 }
@@ -422,8 +516,14 @@ fn push_checked(facts: &Facts<'_>, out: &mut Vec<Evidence>) {
     }
     let kp = &facts.model.kube_proxy;
     if kp.running == Some(true) {
-        let healthz = kp.healthz_status.map(|c| format!(", /healthz {c}")).unwrap_or_default();
-        out.push(Evidence::new(EvidenceKind::KubeProxy, format!("kube-proxy running on node {}{healthz}", facts.node())));
+        let healthz = kp
+            .healthz_status
+            .map(|c| format!(", /healthz {c}"))
+            .unwrap_or_default();
+        out.push(Evidence::new(
+            EvidenceKind::KubeProxy,
+            format!("kube-proxy running on node {}{healthz}", facts.node()),
+        ));
     }
 }
 

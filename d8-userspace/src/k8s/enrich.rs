@@ -22,7 +22,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::ClusterObjects;
 use super::node::node_ips;
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service, ServiceModel, ServiceRef,
+    ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service,
+    ServiceModel, ServiceRef,
 };
 
 /// Label linking an EndpointSlice to its Service.
@@ -43,7 +44,11 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     let this_node = model.node.clone();
     let this_node = this_node.as_deref();
 
-    if let Some(n) = this_node.and_then(|n| objs.nodes.iter().find(|o| o.metadata.name.as_deref() == Some(n))) {
+    if let Some(n) = this_node.and_then(|n| {
+        objs.nodes
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(n))
+    }) {
         for ip in node_ips(n) {
             if !model.node_ips.contains(&ip) {
                 model.node_ips.push(ip);
@@ -51,12 +56,18 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
         }
     }
 
-    let mut index: HashMap<ServiceRef, usize> =
-        model.services.iter().enumerate().map(|(i, s)| (s.service.clone(), i)).collect();
+    let mut index: HashMap<ServiceRef, usize> = model
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.service.clone(), i))
+        .collect();
     let mut seen = vec![false; model.services.len()];
 
     for api in &objs.services {
-        let Some(sref) = service_ref(api) else { continue };
+        let Some(sref) = service_ref(api) else {
+            continue;
+        };
         let i = *index.entry(sref.clone()).or_insert_with(|| {
             model.services.push(Service::new(sref.clone()));
             seen.push(false);
@@ -76,31 +87,48 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
 
     let slices = slices_by_service(&objs.endpoint_slices);
     for svc in &mut model.services {
-        let api_eps = slices.get(&svc.service).map(|s| api_endpoints(s)).unwrap_or_default();
+        let api_eps = slices
+            .get(&svc.service)
+            .map(|s| api_endpoints(s))
+            .unwrap_or_default();
         merge_endpoints(svc, api_eps);
     }
     set_locality(model);
 
-    model.probe_ports.extend(probe_ports(&objs.pods, this_node, &model.node_ips));
+    model
+        .probe_ports
+        .extend(probe_ports(&objs.pods, this_node, &model.node_ips));
 
     if model.kube_proxy.version.is_none() {
         model.kube_proxy.version = kube_proxy_version(&objs.pods, &objs.nodes, this_node);
     }
     if model.api_server_version.is_none() {
-        model.api_server_version = objs.server_version.clone().or_else(|| control_plane_version(&objs.nodes));
+        model.api_server_version = objs
+            .server_version
+            .clone()
+            .or_else(|| control_plane_version(&objs.nodes));
     }
     model.warnings.extend(objs.warnings.iter().cloned());
 }
 
 fn service_ref(api: &ApiService) -> Option<ServiceRef> {
-    Some(ServiceRef { namespace: api.metadata.namespace.clone()?, name: api.metadata.name.clone()? })
+    Some(ServiceRef {
+        namespace: api.metadata.namespace.clone()?,
+        name: api.metadata.name.clone()?,
+    })
 }
 
 fn api_facts(api: &ApiService) -> ApiFacts {
     let spec = api.spec.as_ref();
-    let ty = spec.and_then(|s| s.type_.clone()).unwrap_or_else(|| "ClusterIP".to_owned());
+    let ty = spec
+        .and_then(|s| s.type_.clone())
+        .unwrap_or_else(|| "ClusterIP".to_owned());
     let headless = spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None");
-    let other_proxy = api.metadata.labels.as_ref().is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
+    let other_proxy = api
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
     ApiFacts {
         exists: Some(true),
         proxied: Some(ty != "ExternalName" && !headless && !other_proxy),
@@ -111,7 +139,9 @@ fn api_facts(api: &ApiService) -> ApiFacts {
         internal_traffic_policy_local: Some(
             spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local"),
         ),
-        session_affinity_client_ip: Some(spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP")),
+        session_affinity_client_ip: Some(
+            spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP"),
+        ),
     }
 }
 
@@ -134,38 +164,71 @@ fn add_api_frontends(svc: &mut Service, api: &ApiService) {
 /// Every Service's frontends as the API declares them (NodePorts on `0.0.0.0`, `rule: None`): what
 /// `rules::ipvs::join` needs to name IPVS virtual servers.
 pub fn api_frontends(objs: &ClusterObjects) -> Vec<(ServiceRef, Vec<Frontend>)> {
-    objs.services.iter().filter_map(|s| Some((service_ref(s)?, frontends_of(s)))).collect()
+    objs.services
+        .iter()
+        .filter_map(|s| Some((service_ref(s)?, frontends_of(s))))
+        .collect()
 }
 
 /// The frontends of one API Service: ClusterIPs, NodePorts, external IPs, load-balancer IPs, per port.
 fn frontends_of(api: &ApiService) -> Vec<Frontend> {
-    let Some(spec) = api.spec.as_ref() else { return Vec::new() };
+    let Some(spec) = api.spec.as_ref() else {
+        return Vec::new();
+    };
     let ports = spec.ports.as_deref().unwrap_or_default();
     let parse = |s: &str| s.parse::<IpAddr>().ok();
     let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| parse(s)).collect(),
-        _ => spec.cluster_ip.as_deref().and_then(parse).into_iter().collect(),
+        _ => spec
+            .cluster_ip
+            .as_deref()
+            .and_then(parse)
+            .into_iter()
+            .collect(),
     };
-    let external: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|s| parse(s)).collect();
+    let external: Vec<IpAddr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|s| parse(s))
+        .collect();
     let lb: Vec<IpAddr> = api
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|l| l.ingress.as_ref())
-        .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref().and_then(parse)).collect())
+        .map(|ing| {
+            ing.iter()
+                .filter_map(|i| i.ip.as_deref().and_then(parse))
+                .collect()
+        })
         .unwrap_or_default();
 
     let mut out = Vec::new();
     for p in ports {
         let protocol = protocol(p.protocol.as_deref());
-        let Ok(port) = u16::try_from(p.port) else { continue };
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
         let name = p.name.clone().unwrap_or_default();
-        let mut add =
-            |kind, ip, port| out.push(Frontend { kind, ip, port, protocol, port_name: name.clone(), rule: None });
+        let mut add = |kind, ip, port| {
+            out.push(Frontend {
+                kind,
+                ip,
+                port,
+                protocol,
+                port_name: name.clone(),
+                rule: None,
+            })
+        };
         for ip in &cluster_ips {
             add(FrontendKind::ClusterIp, *ip, port);
         }
-        if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
+        if let Some(np) = p
+            .node_port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0)
+        {
             add(FrontendKind::NodePort, IpAddr::from([0, 0, 0, 0]), np);
         }
         for ip in &external {
@@ -186,9 +249,18 @@ fn protocol(p: Option<&str>) -> Protocol {
 fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<ServiceRef, Vec<&EndpointSlice>> {
     let mut out: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
-        let name = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let name = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
         if let (Some(ns), Some(name)) = (&s.metadata.namespace, name) {
-            out.entry(ServiceRef { namespace: ns.clone(), name: name.clone() }).or_default().push(s);
+            out.entry(ServiceRef {
+                namespace: ns.clone(),
+                name: name.clone(),
+            })
+            .or_default()
+            .push(s);
         }
     }
     out
@@ -216,21 +288,30 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
         for e in &s.endpoints {
             // The API says a missing `ready` condition is to be read as ready.
             let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let pod = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
-                let name = r.name.as_deref()?;
-                let ns = r.namespace.as_deref().or(s.metadata.namespace.as_deref())?;
-                Some(format!("{ns}/{name}"))
-            });
+            let pod = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    let name = r.name.as_deref()?;
+                    let ns = r.namespace.as_deref().or(s.metadata.namespace.as_deref())?;
+                    Some(format!("{ns}/{name}"))
+                });
             for addr in &e.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
                 for p in ports {
                     // A port without a number means "all ports" (selector-less Services): nothing
                     // a DNAT target could be compared with.
-                    let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else { continue };
+                    let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else {
+                        continue;
+                    };
                     let protocol = protocol(p.protocol.as_deref());
                     // An address in several slices (during a rollout): ready if any says so.
-                    if let Some(dup) =
-                        out.iter_mut().find(|o| o.ip == ip && o.port == port && o.protocol == protocol)
+                    if let Some(dup) = out
+                        .iter_mut()
+                        .find(|o| o.ip == ip && o.port == port && o.protocol == protocol)
                     {
                         dup.ready |= ready;
                         continue;
@@ -255,7 +336,10 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
     let api_exists = svc.api.exists == Some(true);
     let mut matched = vec![false; svc.endpoints.len()];
     for a in api_eps {
-        let found = svc.endpoints.iter().position(|e| e.ip == a.ip && e.port == a.port && e.protocol == a.protocol);
+        let found = svc
+            .endpoints
+            .iter()
+            .position(|e| e.ip == a.ip && e.port == a.port && e.protocol == a.protocol);
         let i = match found {
             Some(i) => i,
             None => {
@@ -300,7 +384,9 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
 
 /// Sets `local` on every endpoint whose node is known, once this node is known.
 fn set_locality(model: &mut ServiceModel) {
-    let Some(this) = model.node.clone() else { return };
+    let Some(this) = model.node.clone() else {
+        return;
+    };
     for svc in &mut model.services {
         for e in &mut svc.endpoints {
             if let Some(n) = &e.node {
@@ -318,22 +404,31 @@ fn probe_ports(pods: &[Pod], this_node: Option<&str>, node_ips: &[IpAddr]) -> Ve
     let mut seen: HashSet<(IpAddr, u16, ProbeKind)> = HashSet::new();
     for pod in pods {
         let Some(spec) = &pod.spec else { continue };
-        if this_node.is_some() && spec.node_name.as_deref() != this_node || spec.host_network == Some(true) {
+        if this_node.is_some() && spec.node_name.as_deref() != this_node
+            || spec.host_network == Some(true)
+        {
             continue;
         }
-        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else { continue };
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            continue;
+        };
         let ips = pod_ips(pod);
         if ips.is_empty() || ips.iter().any(|ip| node_ips.contains(ip)) {
             continue;
         }
-        let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+        let containers = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
         for c in containers {
             for (kind, probe) in [
                 (ProbeKind::Readiness, &c.readiness_probe),
                 (ProbeKind::Liveness, &c.liveness_probe),
                 (ProbeKind::Startup, &c.startup_probe),
             ] {
-                let Some(port) = probe.as_ref().and_then(|p| probe_port(p, c)) else { continue };
+                let Some(port) = probe.as_ref().and_then(|p| probe_port(p, c)) else {
+                    continue;
+                };
                 for ip in &ips {
                     let pp = ProbePort {
                         pod: format!("{ns}/{name}"),
@@ -374,11 +469,22 @@ fn probe_port(p: &Probe, c: &Container) -> Option<u16> {
 }
 
 fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = &pod.status else { return Vec::new() };
-    let mut ips: Vec<IpAddr> =
-        status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
     if ips.is_empty() {
-        ips.extend(status.pod_ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()));
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|s| s.parse::<IpAddr>().ok()),
+        );
     }
     ips
 }
@@ -391,11 +497,17 @@ fn kube_proxy_version(pods: &[Pod], nodes: &[Node], this_node: Option<&str>) -> 
         .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(this))
         .filter(|p| {
-            p.metadata.labels.as_ref().and_then(|l| l.get(KUBE_PROXY_LABEL.0)).map(String::as_str)
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(KUBE_PROXY_LABEL.0))
+                .map(String::as_str)
                 == Some(KUBE_PROXY_LABEL.1)
         })
         .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
-        .find(|c| c.name == "kube-proxy" || c.image.as_deref().is_some_and(|i| i.contains("kube-proxy")))
+        .find(|c| {
+            c.name == "kube-proxy" || c.image.as_deref().is_some_and(|i| i.contains("kube-proxy"))
+        })
         .and_then(|c| image_tag(c.image.as_deref()?));
     from_pod.or_else(|| {
         nodes
@@ -420,7 +532,18 @@ fn image_tag(image: &str) -> Option<String> {
 fn control_plane_version(nodes: &[Node]) -> Option<String> {
     nodes
         .iter()
-        .filter(|n| n.metadata.labels.as_ref().is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL)))
-        .filter_map(|n| n.status.as_ref()?.node_info.as_ref().map(|i| i.kubelet_version.clone()))
+        .filter(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL))
+        })
+        .filter_map(|n| {
+            n.status
+                .as_ref()?
+                .node_info
+                .as_ref()
+                .map(|i| i.kubelet_version.clone())
+        })
         .find(|v| !v.is_empty())
 }

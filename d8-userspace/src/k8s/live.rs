@@ -40,8 +40,10 @@ pub struct Loaded {
 /// in-cluster service account (kube's inference order), with `timeout` on connect, read and write.
 pub async fn client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Client> {
     let shown = kubeconfig.map(|p| p.display().to_string());
-    let config_err =
-        |e: Box<dyn std::error::Error + Send + Sync>| Error::Config { kubeconfig: shown.clone(), source: e };
+    let config_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Config {
+        kubeconfig: shown.clone(),
+        source: e,
+    };
     let mut config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| config_err(Box::new(e)))?;
@@ -60,25 +62,57 @@ pub async fn client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Clie
 /// Lists what the model needs with `client`. Nodes come first so this node is known before Pods
 /// are listed: only its Pods matter (their probe ports, its kube-proxy pod), which keeps the
 /// largest list small. Without a node, all Pods are listed.
-pub async fn fetch(client: &Client, hint: &NodeHint, timeout: Duration) -> Result<(ClusterObjects, Option<(String, NodeSource)>)> {
-    let nodes: Vec<Node> = list_all(Api::all(client.clone()), ListParams::default(), "nodes", timeout).await?;
-    let node = select_node(hint.flag.as_deref(), hint.env.as_deref(), &nodes, &hint.host_ips);
+pub async fn fetch(
+    client: &Client,
+    hint: &NodeHint,
+    timeout: Duration,
+) -> Result<(ClusterObjects, Option<(String, NodeSource)>)> {
+    let nodes: Vec<Node> = list_all(
+        Api::all(client.clone()),
+        ListParams::default(),
+        "nodes",
+        timeout,
+    )
+    .await?;
+    let node = select_node(
+        hint.flag.as_deref(),
+        hint.env.as_deref(),
+        &nodes,
+        &hint.host_ips,
+    );
     let pod_params = match &node {
         Some((name, _)) => ListParams::default().fields(&format!("spec.nodeName={name}")),
         None => ListParams::default(),
     };
     let pods: Vec<Pod> = list_all(Api::all(client.clone()), pod_params, "pods", timeout).await?;
-    let services: Vec<Service> =
-        list_all(Api::all(client.clone()), ListParams::default(), "services", timeout).await?;
-    let endpoint_slices: Vec<EndpointSlice> =
-        list_all(Api::all(client.clone()), ListParams::default(), "endpointslices", timeout).await?;
+    let services: Vec<Service> = list_all(
+        Api::all(client.clone()),
+        ListParams::default(),
+        "services",
+        timeout,
+    )
+    .await?;
+    let endpoint_slices: Vec<EndpointSlice> = list_all(
+        Api::all(client.clone()),
+        ListParams::default(),
+        "endpointslices",
+        timeout,
+    )
+    .await?;
     // The version is a nicety (version skew): its failure is not the API's failure.
     let server_version = tokio::time::timeout(timeout, client.apiserver_version())
         .await
         .ok()
         .and_then(|r| r.ok())
         .map(|info| info.git_version);
-    let mut objs = ClusterObjects { services, endpoint_slices, pods, nodes, server_version, warnings: Vec::new() };
+    let mut objs = ClusterObjects {
+        services,
+        endpoint_slices,
+        pods,
+        nodes,
+        server_version,
+        warnings: Vec::new(),
+    };
     objs.strip_unread();
     Ok((objs, node))
 }
@@ -92,17 +126,29 @@ pub async fn load(kubeconfig: Option<&Path>, hint: &NodeHint, timeout: Duration)
     }
     .await;
     match result {
-        Ok((objects, node)) => Loaded { objects: Some(objects), node, warning: None },
+        Ok((objects, node)) => Loaded {
+            objects: Some(objects),
+            node,
+            warning: None,
+        },
         Err(e) => Loaded {
             objects: None,
             node: None,
-            warning: Some(format!("{}; continuing without the Kubernetes API (rules-only verdict)", chain(&e))),
+            warning: Some(format!(
+                "{}; continuing without the Kubernetes API (rules-only verdict)",
+                chain(&e)
+            )),
         },
     }
 }
 
 /// All pages of a list, each request bounded by `timeout`.
-async fn list_all<K>(api: Api<K>, params: ListParams, what: &'static str, timeout: Duration) -> Result<Vec<K>>
+async fn list_all<K>(
+    api: Api<K>,
+    params: ListParams,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<Vec<K>>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -111,7 +157,10 @@ where
     loop {
         let page = tokio::time::timeout(timeout, api.list(&params))
             .await
-            .map_err(|_| Error::Timeout { what, secs: timeout.as_secs().max(1) })?
+            .map_err(|_| Error::Timeout {
+                what,
+                secs: timeout.as_secs().max(1),
+            })?
             .map_err(|source| Error::List { what, source })?;
         out.extend(page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {

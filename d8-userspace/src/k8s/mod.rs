@@ -116,8 +116,12 @@ impl ClusterObjects {
             meta.managed_fields = None;
             meta.annotations = None;
         }
-        self.services.iter_mut().for_each(|o| strip(&mut o.metadata));
-        self.endpoint_slices.iter_mut().for_each(|o| strip(&mut o.metadata));
+        self.services
+            .iter_mut()
+            .for_each(|o| strip(&mut o.metadata));
+        self.endpoint_slices
+            .iter_mut()
+            .for_each(|o| strip(&mut o.metadata));
         self.pods.iter_mut().for_each(|o| strip(&mut o.metadata));
         self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
     }
@@ -155,9 +159,17 @@ pub struct Applied {
 /// in it that do not parse are warnings. The live API failing (no kubeconfig, unreachable, RBAC,
 /// `timeout` per request) is a warning and `api_consulted == false`: the verdict then rests on the
 /// rules alone and says so.
-pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, timeout: Duration) -> Result<Applied> {
+pub async fn apply(
+    model: &mut ServiceModel,
+    source: &Source,
+    hint: &NodeHint,
+    timeout: Duration,
+) -> Result<Applied> {
     match source {
-        Source::Disabled => Ok(Applied { node: hint_only(hint), ..Applied::default() }),
+        Source::Disabled => Ok(Applied {
+            node: hint_only(hint),
+            ..Applied::default()
+        }),
         Source::Snapshot(path) => apply_snapshot(model, path, hint),
         Source::Live { kubeconfig } => {
             let loaded = live::load(kubeconfig.as_deref(), hint, timeout).await;
@@ -166,7 +178,11 @@ pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, t
                 None => {
                     let warnings: Vec<String> = loaded.warning.into_iter().collect();
                     model.warnings.extend(warnings.iter().cloned());
-                    Ok(Applied { api_consulted: false, node: hint_only(hint), warnings })
+                    Ok(Applied {
+                        api_consulted: false,
+                        node: hint_only(hint),
+                        warnings,
+                    })
                 }
             }
         }
@@ -174,15 +190,27 @@ pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, t
 }
 
 /// [`apply`] for `--k8s-snapshot`, without a runtime.
-pub fn apply_snapshot(model: &mut ServiceModel, path: &std::path::Path, hint: &NodeHint) -> Result<Applied> {
+pub fn apply_snapshot(
+    model: &mut ServiceModel,
+    path: &std::path::Path,
+    hint: &NodeHint,
+) -> Result<Applied> {
     let objs = snapshot::read_snapshot(path)?;
     let node = hint.select(&objs.nodes);
     Ok(fold(model, &objs, node))
 }
 
-fn fold(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<(String, NodeSource)>) -> Applied {
+fn fold(
+    model: &mut ServiceModel,
+    objs: &ClusterObjects,
+    node: Option<(String, NodeSource)>,
+) -> Applied {
     enrich(model, objs, node.as_ref().map(|(n, _)| n.as_str()));
-    Applied { api_consulted: true, node, warnings: objs.warnings.clone() }
+    Applied {
+        api_consulted: true,
+        node,
+        warnings: objs.warnings.clone(),
+    }
 }
 
 /// Without Node objects, only `--node` and `NODE_NAME` can name this node.

@@ -18,7 +18,10 @@ use super::{ClusterObjects, Error, Result};
 /// Reads and parses a snapshot file.
 pub fn read_snapshot(path: &Path) -> Result<ClusterObjects> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadSnapshot { path: shown.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadSnapshot {
+        path: shown.clone(),
+        source,
+    })?;
     parse_snapshot(&text, &shown)
 }
 
@@ -31,8 +34,13 @@ pub fn parse_snapshot(text: &str, path: &str) -> Result<ClusterObjects> {
     let Ok(head) = serde_json::from_str::<ListHead>(text) else {
         return parse_slow(text, path);
     };
-    let not_a_list = |kind: String| Error::NotAList { path: path.to_owned(), kind };
-    let kind = head.kind.ok_or_else(|| not_a_list("object without kind".into()))?;
+    let not_a_list = |kind: String| Error::NotAList {
+        path: path.to_owned(),
+        kind,
+    };
+    let kind = head
+        .kind
+        .ok_or_else(|| not_a_list("object without kind".into()))?;
     if !kind.ends_with("List") {
         return Err(not_a_list(kind));
     }
@@ -40,16 +48,27 @@ pub fn parse_snapshot(text: &str, path: &str) -> Result<ClusterObjects> {
         return Err(not_a_list(format!("{kind} without items")));
     };
     let list_item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-    let kinds: Vec<ItemKind> = items.iter().map(|h| ItemKind::of(h.kind.as_deref().or(list_item_kind))).collect();
+    let kinds: Vec<ItemKind> = items
+        .iter()
+        .map(|h| ItemKind::of(h.kind.as_deref().or(list_item_kind)))
+        .collect();
 
     let mut objs = ClusterObjects::default();
     let mut de = serde_json::Deserializer::from_str(text);
-    let fast = ListSeed { kinds: &kinds, objs: &mut objs }.deserialize(&mut de).and_then(|()| de.end());
+    let fast = ListSeed {
+        kinds: &kinds,
+        objs: &mut objs,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
     if fast.is_err() {
         return parse_slow(text, path);
     }
     for (i, (h, k)) in items.iter().zip(&kinds).enumerate() {
-        let name = h.metadata.as_ref().map_or_else(|| "unnamed".to_owned(), ItemMeta::display);
+        let name = h
+            .metadata
+            .as_ref()
+            .map_or_else(|| "unnamed".to_owned(), ItemMeta::display);
         match k {
             ItemKind::Missing => objs.warnings.push(format!("{path}: item {i} ({name}) has no kind, skipped")),
             ItemKind::Other => objs.warnings.push(format!(
@@ -137,11 +156,17 @@ impl<'de> serde::de::Visitor<'de> for ListSeed<'_> {
         f.write_str("a Kubernetes List")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
         let Self { kinds, objs } = self;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == "items" {
-                map.next_value_seed(ItemsSeed { kinds, objs: &mut *objs })?;
+                map.next_value_seed(ItemsSeed {
+                    kinds,
+                    objs: &mut *objs,
+                })?;
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -171,22 +196,35 @@ impl<'de> serde::de::Visitor<'de> for ItemsSeed<'_> {
         f.write_str("a list of Kubernetes objects")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
         let Self { kinds, objs } = self;
         for kind in kinds {
             let more = match kind {
-                ItemKind::Service => seq.next_element::<Service>()?.map(|o| objs.services.push(o)),
-                ItemKind::EndpointSlice => seq.next_element::<EndpointSlice>()?.map(|o| objs.endpoint_slices.push(o)),
+                ItemKind::Service => seq
+                    .next_element::<Service>()?
+                    .map(|o| objs.services.push(o)),
+                ItemKind::EndpointSlice => seq
+                    .next_element::<EndpointSlice>()?
+                    .map(|o| objs.endpoint_slices.push(o)),
                 ItemKind::Pod => seq.next_element::<Pod>()?.map(|o| objs.pods.push(o)),
                 ItemKind::Node => seq.next_element::<Node>()?.map(|o| objs.nodes.push(o)),
-                ItemKind::Other | ItemKind::Missing => seq.next_element::<serde::de::IgnoredAny>()?.map(drop),
+                ItemKind::Other | ItemKind::Missing => {
+                    seq.next_element::<serde::de::IgnoredAny>()?.map(drop)
+                }
             };
             if more.is_none() {
-                return Err(serde::de::Error::custom("fewer items than the first pass saw"));
+                return Err(serde::de::Error::custom(
+                    "fewer items than the first pass saw",
+                ));
             }
         }
         if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-            return Err(serde::de::Error::custom("more items than the first pass saw"));
+            return Err(serde::de::Error::custom(
+                "more items than the first pass saw",
+            ));
         }
         Ok(())
     }
@@ -195,9 +233,14 @@ impl<'de> serde::de::Visitor<'de> for ItemsSeed<'_> {
 /// The item-by-item reading: every item through `serde_json::Value`, bad ones skipped with a
 /// warning. Also gives the precise error for text that is not JSON or not a List.
 fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
-    let doc: Value =
-        serde_json::from_str(text).map_err(|source| Error::SnapshotJson { path: path.to_owned(), source })?;
-    let not_a_list = |kind: String| Error::NotAList { path: path.to_owned(), kind };
+    let doc: Value = serde_json::from_str(text).map_err(|source| Error::SnapshotJson {
+        path: path.to_owned(),
+        source,
+    })?;
+    let not_a_list = |kind: String| Error::NotAList {
+        path: path.to_owned(),
+        kind,
+    };
     let kind = match &doc {
         Value::Object(map) => match map.get("kind") {
             Some(Value::String(k)) => k.clone(),
@@ -215,7 +258,10 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
 
     let mut objs = ClusterObjects::default();
     // Typed lists (`ServiceList`) omit each item's kind: take it from the list's name.
-    let list_item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty()).map(str::to_owned);
+    let list_item_kind = kind
+        .strip_suffix("List")
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned);
     for (i, item) in items.iter().enumerate() {
         let item_kind = item
             .get("kind")
@@ -227,11 +273,14 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
         let mut item = item.clone();
         let result = match item_kind.as_str() {
             "Service" => from_value::<Service>(&mut item).map(|o| objs.services.push(o)),
-            "EndpointSlice" => from_value::<EndpointSlice>(&mut item).map(|o| objs.endpoint_slices.push(o)),
+            "EndpointSlice" => {
+                from_value::<EndpointSlice>(&mut item).map(|o| objs.endpoint_slices.push(o))
+            }
             "Pod" => from_value::<Pod>(&mut item).map(|o| objs.pods.push(o)),
             "Node" => from_value::<Node>(&mut item).map(|o| objs.nodes.push(o)),
             "" => {
-                objs.warnings.push(format!("{path}: item {i} ({name}) has no kind, skipped"));
+                objs.warnings
+                    .push(format!("{path}: item {i} ({name}) has no kind, skipped"));
                 continue;
             }
             other => {
@@ -242,7 +291,9 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
             }
         };
         if let Err(e) = result {
-            objs.warnings.push(format!("{path}: item {i} ({item_kind} {name}) does not parse, skipped: {e}"));
+            objs.warnings.push(format!(
+                "{path}: item {i} ({item_kind} {name}) does not parse, skipped: {e}"
+            ));
         }
     }
     objs.strip_unread();

@@ -9,12 +9,15 @@ use super::node::{NodeSource, select_node};
 use super::snapshot::{parse_snapshot, read_snapshot};
 use super::*;
 use crate::model::{
-    Endpoint, Frontend, FrontendKind, ProbeKind, Protocol, RuleFacts, RuleRef, RuleSource, Service as ModelService,
-    ServiceModel, ServiceRef,
+    Endpoint, Frontend, FrontendKind, ProbeKind, Protocol, RuleFacts, RuleRef, RuleSource,
+    Service as ModelService, ServiceModel, ServiceRef,
 };
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/k8s/snapshot.json"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/k8s/snapshot.json"
+    ))
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -22,7 +25,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn sref(ns: &str, name: &str) -> ServiceRef {
-    ServiceRef { namespace: ns.into(), name: name.into() }
+    ServiceRef {
+        namespace: ns.into(),
+        name: name.into(),
+    }
 }
 
 #[test]
@@ -35,16 +41,27 @@ fn snapshot_reads_every_kind_of_the_kubectl_list() {
     assert!(objs.warnings.is_empty(), "{:?}", objs.warnings);
     assert!(objs.server_version.is_none());
     // Unread bulk is stripped.
-    assert!(objs.services.iter().all(|s| s.metadata.managed_fields.is_none() && s.metadata.annotations.is_none()));
+    assert!(
+        objs.services
+            .iter()
+            .all(|s| s.metadata.managed_fields.is_none() && s.metadata.annotations.is_none())
+    );
 }
 
 #[test]
 fn snapshot_that_is_not_a_list_is_an_error_naming_the_kind() {
-    let err = parse_snapshot(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"x"}}"#, "one.json").unwrap_err();
+    let err = parse_snapshot(
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"x"}}"#,
+        "one.json",
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::NotAList { .. }), "{err:?}");
     assert!(msg.contains("one.json is a Service, not a List"), "{msg}");
-    assert!(msg.contains("kubectl get services,endpointslices,pods,nodes -A -o json"), "{msg}");
+    assert!(
+        msg.contains("kubectl get services,endpointslices,pods,nodes -A -o json"),
+        "{msg}"
+    );
 
     let err = parse_snapshot("[]", "arr.json").unwrap_err();
     assert!(err.to_string().contains("is a JSON array"), "{err}");
@@ -73,9 +90,21 @@ fn a_bad_item_is_skipped_with_a_warning_and_the_rest_kept() {
     assert_eq!(objs.services.len(), 1);
     assert_eq!(objs.services[0].metadata.name.as_deref(), Some("good"));
     assert_eq!(objs.warnings.len(), 3, "{:?}", objs.warnings);
-    assert!(objs.warnings[0].contains("item 0 (Service a/broken) does not parse"), "{}", objs.warnings[0]);
-    assert!(objs.warnings[1].contains("item 1 is a ConfigMap (a/cm), not used"), "{}", objs.warnings[1]);
-    assert!(objs.warnings[2].contains("item 3 (mystery) has no kind"), "{}", objs.warnings[2]);
+    assert!(
+        objs.warnings[0].contains("item 0 (Service a/broken) does not parse"),
+        "{}",
+        objs.warnings[0]
+    );
+    assert!(
+        objs.warnings[1].contains("item 1 is a ConfigMap (a/cm), not used"),
+        "{}",
+        objs.warnings[1]
+    );
+    assert!(
+        objs.warnings[2].contains("item 3 (mystery) has no kind"),
+        "{}",
+        objs.warnings[2]
+    );
 }
 
 #[test]
@@ -92,15 +121,34 @@ fn a_typed_list_without_item_kinds_is_read() {
 fn node_is_the_flag_then_node_name_then_the_node_with_a_host_address() {
     let objs = read_snapshot(&fixture()).unwrap();
     let host = [ip("127.0.0.1"), ip("198.51.100.11")];
-    assert_eq!(select_node(Some("node-7"), Some("node-2"), &objs.nodes, &host), Some(("node-7".into(), NodeSource::Flag)));
-    assert_eq!(select_node(None, Some("node-2"), &objs.nodes, &host), Some(("node-2".into(), NodeSource::Env)));
-    assert_eq!(select_node(None, Some(""), &objs.nodes, &host), Some(("node-1".into(), NodeSource::HostAddress)));
-    assert_eq!(select_node(None, None, &objs.nodes, &[ip("10.0.0.2")]), Some(("node-2".into(), NodeSource::HostAddress)));
-    assert_eq!(select_node(None, None, &objs.nodes, &[ip("127.0.0.1")]), None);
+    assert_eq!(
+        select_node(Some("node-7"), Some("node-2"), &objs.nodes, &host),
+        Some(("node-7".into(), NodeSource::Flag))
+    );
+    assert_eq!(
+        select_node(None, Some("node-2"), &objs.nodes, &host),
+        Some(("node-2".into(), NodeSource::Env))
+    );
+    assert_eq!(
+        select_node(None, Some(""), &objs.nodes, &host),
+        Some(("node-1".into(), NodeSource::HostAddress))
+    );
+    assert_eq!(
+        select_node(None, None, &objs.nodes, &[ip("10.0.0.2")]),
+        Some(("node-2".into(), NodeSource::HostAddress))
+    );
+    assert_eq!(
+        select_node(None, None, &objs.nodes, &[ip("127.0.0.1")]),
+        None
+    );
 }
 
 fn rule(name: &str, text: &str) -> RuleRef {
-    RuleRef { source: RuleSource::Iptables, name: name.into(), text: text.into() }
+    RuleRef {
+        source: RuleSource::Iptables,
+        name: name.into(),
+        text: text.into(),
+    }
 }
 
 fn rules_endpoint(at: &str, sep: &str) -> Endpoint {
@@ -117,7 +165,10 @@ fn rules_endpoint(at: &str, sep: &str) -> Endpoint {
         node: None,
         pod: None,
         weight: Some(0.5),
-        rule: Some(rule(sep, &format!("-A {sep} -p tcp -m tcp -j DNAT --to-destination {at}"))),
+        rule: Some(rule(
+            sep,
+            &format!("-A {sep} -p tcp -m tcp -j DNAT --to-destination {at}"),
+        )),
     }
 }
 
@@ -133,7 +184,10 @@ fn rules_model() -> ServiceModel {
             port: 80,
             protocol: Protocol::Tcp,
             port_name: "http".into(),
-            rule: Some(rule("KUBE-SERVICES", "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SVC-X")),
+            rule: Some(rule(
+                "KUBE-SERVICES",
+                "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp --dport 80 -j KUBE-SVC-X",
+            )),
         },
         Frontend {
             kind: FrontendKind::NodePort,
@@ -141,17 +195,29 @@ fn rules_model() -> ServiceModel {
             port: 30080,
             protocol: Protocol::Tcp,
             port_name: "http".into(),
-            rule: Some(rule("KUBE-NODEPORTS", "-A KUBE-NODEPORTS -p tcp --dport 30080 -j KUBE-EXT-X")),
+            rule: Some(rule(
+                "KUBE-NODEPORTS",
+                "-A KUBE-NODEPORTS -p tcp --dport 30080 -j KUBE-EXT-X",
+            )),
         },
     ];
-    web.endpoints = vec![rules_endpoint("10.1.0.7:8080", "KUBE-SEP-A"), rules_endpoint("10.1.0.99:8080", "KUBE-SEP-Z")];
-    web.rules = RuleFacts { present: true, ..RuleFacts::default() };
+    web.endpoints = vec![
+        rules_endpoint("10.1.0.7:8080", "KUBE-SEP-A"),
+        rules_endpoint("10.1.0.99:8080", "KUBE-SEP-Z"),
+    ];
+    web.rules = RuleFacts {
+        present: true,
+        ..RuleFacts::default()
+    };
     let mut gone = ModelService::new(sref("shop", "gone"));
     gone.endpoints = vec![rules_endpoint("10.1.0.50:80", "KUBE-SEP-G")];
     gone.rules.present = true;
     let mut kubernetes = ModelService::new(sref("default", "kubernetes"));
     kubernetes.rules.present = true;
-    let mut model = ServiceModel { services: vec![web, gone, kubernetes], ..ServiceModel::default() };
+    let mut model = ServiceModel {
+        services: vec![web, gone, kubernetes],
+        ..ServiceModel::default()
+    };
     model.kube_proxy.rules_present = true;
     model.kube_proxy.running = Some(true);
     model
@@ -179,13 +245,22 @@ fn enrich_sets_api_facts_and_adds_services_the_rules_lack() {
     assert!(!front.rules.present, "shop/front is absent from the rules");
     assert_eq!(front.api.exists, Some(true));
     assert_eq!(front.api.internal_traffic_policy_local, Some(true));
-    let kinds: Vec<_> = front.frontends.iter().map(|f| (f.kind, f.ip, f.port, f.protocol)).collect();
+    let kinds: Vec<_> = front
+        .frontends
+        .iter()
+        .map(|f| (f.kind, f.ip, f.port, f.protocol))
+        .collect();
     assert_eq!(
         kinds,
         [
             (FrontendKind::ClusterIp, ip("10.96.0.30"), 53, Protocol::Udp),
             (FrontendKind::NodePort, ip("0.0.0.0"), 31053, Protocol::Udp),
-            (FrontendKind::LoadBalancer, ip("203.0.113.7"), 53, Protocol::Udp),
+            (
+                FrontendKind::LoadBalancer,
+                ip("203.0.113.7"),
+                53,
+                Protocol::Udp
+            ),
         ]
     );
     assert!(front.frontends.iter().all(|f| f.rule.is_none()));
@@ -199,7 +274,11 @@ fn enrich_sets_api_facts_and_adds_services_the_rules_lack() {
 fn enrich_adds_api_frontends_missing_from_the_rules_once() {
     let m = enriched();
     let web = m.service(&sref("shop", "web")).unwrap();
-    let fronts: Vec<_> = web.frontends.iter().map(|f| (f.kind, f.ip, f.port, f.rule.is_some())).collect();
+    let fronts: Vec<_> = web
+        .frontends
+        .iter()
+        .map(|f| (f.kind, f.ip, f.port, f.rule.is_some()))
+        .collect();
     assert_eq!(
         fronts,
         [
@@ -217,33 +296,65 @@ fn enrich_marks_endpoints_in_api_ready_local_and_stale() {
     let find = |a: &str| web.endpoints.iter().find(|e| e.ip == ip(a)).unwrap();
     let a = find("10.1.0.7");
     assert!(a.in_rules);
-    assert_eq!((a.in_api, a.ready, a.local), (Some(true), Some(true), Some(true)));
+    assert_eq!(
+        (a.in_api, a.ready, a.local),
+        (Some(true), Some(true), Some(true))
+    );
     assert_eq!(a.pod.as_deref(), Some("shop/web-7d4b9c6f5-abcde"));
     assert_eq!(a.node.as_deref(), Some("node-1"));
     let b = find("10.1.1.8");
     assert!(!b.in_rules, "API-only endpoint added");
-    assert_eq!((b.in_api, b.ready, b.local), (Some(true), Some(false), Some(false)));
+    assert_eq!(
+        (b.in_api, b.ready, b.local),
+        (Some(true), Some(false), Some(false))
+    );
     assert_eq!(b.port, 8080);
     assert_eq!(b.port_name, "http");
     let z = find("10.1.0.99");
-    assert_eq!(z.in_api, Some(false), "the rules' DNAT target is not in the EndpointSlices");
+    assert_eq!(
+        z.in_api,
+        Some(false),
+        "the rules' DNAT target is not in the EndpointSlices"
+    );
 
     let empty = m.service(&sref("shop", "empty")).unwrap();
     assert!(empty.endpoints.is_empty());
-    assert_eq!(m.service(&sref("default", "kubernetes")).unwrap().endpoints[0].ip, ip("10.0.0.9"));
+    assert_eq!(
+        m.service(&sref("default", "kubernetes")).unwrap().endpoints[0].ip,
+        ip("10.0.0.9")
+    );
 }
 
 #[test]
 fn enrich_collects_probe_ports_of_this_nodes_pods() {
     let m = enriched();
-    let mut ports: Vec<_> = m.probe_ports.iter().map(|p| (p.pod.as_str(), p.ip, p.port, p.probe)).collect();
+    let mut ports: Vec<_> = m
+        .probe_ports
+        .iter()
+        .map(|p| (p.pod.as_str(), p.ip, p.port, p.probe))
+        .collect();
     ports.sort_by_key(|p| p.2);
     assert_eq!(
         ports,
         [
-            ("shop/web-7d4b9c6f5-abcde", ip("10.1.0.7"), 8080, ProbeKind::Liveness),
-            ("shop/web-7d4b9c6f5-abcde", ip("10.1.0.7"), 9090, ProbeKind::Readiness),
-            ("shop/web-7d4b9c6f5-abcde", ip("10.1.0.7"), 9091, ProbeKind::Startup),
+            (
+                "shop/web-7d4b9c6f5-abcde",
+                ip("10.1.0.7"),
+                8080,
+                ProbeKind::Liveness
+            ),
+            (
+                "shop/web-7d4b9c6f5-abcde",
+                ip("10.1.0.7"),
+                9090,
+                ProbeKind::Readiness
+            ),
+            (
+                "shop/web-7d4b9c6f5-abcde",
+                ip("10.1.0.7"),
+                9091,
+                ProbeKind::Startup
+            ),
         ],
         "named port resolved, node-2's pod and the host-network kube-proxy left out"
     );
@@ -254,8 +365,16 @@ fn enrich_sets_node_addresses_and_versions() {
     let m = enriched();
     assert_eq!(m.node.as_deref(), Some("node-1"));
     assert_eq!(m.node_ips, [ip("10.0.0.1"), ip("198.51.100.11")]);
-    assert_eq!(m.kube_proxy.version.as_deref(), Some("v1.31.2"), "from the kube-proxy pod's image tag");
-    assert_eq!(m.api_server_version.as_deref(), Some("v1.33.1"), "control-plane kubelet stands in");
+    assert_eq!(
+        m.kube_proxy.version.as_deref(),
+        Some("v1.31.2"),
+        "from the kube-proxy pod's image tag"
+    );
+    assert_eq!(
+        m.api_server_version.as_deref(),
+        Some("v1.33.1"),
+        "control-plane kubelet stands in"
+    );
     assert!(m.warnings.is_empty(), "{:?}", m.warnings);
 }
 
@@ -264,15 +383,31 @@ fn enriched_model_proves_rules_missing_stale_endpoint_and_version_skew() {
     use crate::classify::{Context, classify};
     use crate::report::VerdictClass;
     let m = enriched();
-    let explain = Context { api_consulted: true, ..Context::default() };
+    let explain = Context {
+        api_consulted: true,
+        ..Context::default()
+    };
     let v = classify(&sref("shop", "front"), &[], &m, &explain);
-    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing, "{:?}", v.causes);
+    assert_eq!(
+        v.root_cause.class,
+        VerdictClass::KubeProxyRulesMissing,
+        "{:?}",
+        v.causes
+    );
     let v = classify(&sref("shop", "web"), &[], &m, &explain);
     // The rules DNAT to 10.1.0.99, which the API does not list: stale. 10.1.1.8 is in the API but
     // not ready, so its absence from the rules is expected. kube-proxy v1.31 against a v1.33
     // control plane is skew, ranked last.
     let classes: Vec<_> = v.causes.iter().map(|c| c.class).collect();
-    assert_eq!(classes, [VerdictClass::StaleEndpoint, VerdictClass::KubeProxyVersionSkew], "{:?}", v.causes);
+    assert_eq!(
+        classes,
+        [
+            VerdictClass::StaleEndpoint,
+            VerdictClass::KubeProxyVersionSkew
+        ],
+        "{:?}",
+        v.causes
+    );
 }
 
 mod live {
@@ -297,7 +432,8 @@ mod live {
     /// List bodies by API path, from the fixture; services come in two pages to exercise
     /// `continue`.
     fn routes() -> HashMap<&'static str, Vec<Value>> {
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
         let items = doc["items"].as_array().unwrap();
         let of = |kind: &str| -> Vec<Value> {
             items
@@ -329,7 +465,12 @@ mod live {
         );
         r.insert(
             "/apis/discovery.k8s.io/v1/endpointslices",
-            vec![list("EndpointSlice", "discovery.k8s.io/v1", of("EndpointSlice"), None)],
+            vec![list(
+                "EndpointSlice",
+                "discovery.k8s.io/v1",
+                of("EndpointSlice"),
+                None,
+            )],
         );
         r.insert(
             "/version",
@@ -348,7 +489,9 @@ mod live {
         let log = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let routes = routes.clone();
                 let log = log.clone();
                 tokio::spawn(async move {
@@ -371,8 +514,12 @@ mod live {
                     let page = usize::from(query.contains("continue=page2"));
                     let (status, body) = match routes.get(path).and_then(|pages| pages.get(page)) {
                         Some(b) => ("200 OK", b.to_string()),
-                        None => ("404 Not Found", json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                                          "reason": "NotFound", "code": 404}).to_string()),
+                        None => (
+                            "404 Not Found",
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                          "reason": "NotFound", "code": 404})
+                            .to_string(),
+                        ),
                     };
                     let resp = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -396,8 +543,13 @@ mod live {
     #[tokio::test]
     async fn fetch_lists_everything_and_matches_the_snapshot() {
         let (url, seen) = serve(false).await;
-        let hint = NodeHint { host_ips: vec![ip("10.0.0.1")], ..NodeHint::default() };
-        let (objs, node) = fetch(&client(&url), &hint, Duration::from_secs(5)).await.unwrap();
+        let hint = NodeHint {
+            host_ips: vec![ip("10.0.0.1")],
+            ..NodeHint::default()
+        };
+        let (objs, node) = fetch(&client(&url), &hint, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(node, Some(("node-1".into(), NodeSource::HostAddress)));
         assert_eq!(objs.services.len(), 4, "both pages");
         assert_eq!(objs.endpoint_slices.len(), 3);
@@ -405,10 +557,14 @@ mod live {
         assert_eq!(objs.server_version.as_deref(), Some("v1.33.2"));
         let seen = seen.lock().unwrap().clone();
         assert!(
-            seen.iter().any(|s| s.starts_with("/api/v1/pods?") && s.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+            seen.iter().any(|s| s.starts_with("/api/v1/pods?")
+                && s.contains("fieldSelector=spec.nodeName%3Dnode-1")),
             "pods are listed for this node only: {seen:?}"
         );
-        assert!(seen.iter().any(|s| s.contains("continue=page2")), "{seen:?}");
+        assert!(
+            seen.iter().any(|s| s.contains("continue=page2")),
+            "{seen:?}"
+        );
 
         // The live objects give the same model as the snapshot (the version aside).
         let mut live_model = rules_model();
@@ -421,7 +577,11 @@ mod live {
     #[tokio::test]
     async fn unreachable_api_is_a_warning_not_an_error() {
         // A port nothing listens on: bind, note it, close.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = std::env::temp_dir().join(format!("d8-trace-k8s-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = dir.join("kubeconfig");
@@ -434,28 +594,56 @@ mod live {
         )
         .unwrap();
         let started = std::time::Instant::now();
-        let loaded = load(Some(&kubeconfig), &NodeHint::default(), Duration::from_secs(2)).await;
+        let loaded = load(
+            Some(&kubeconfig),
+            &NodeHint::default(),
+            Duration::from_secs(2),
+        )
+        .await;
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(loaded.objects.is_none());
         let w = loaded.warning.unwrap();
-        assert!(w.contains("cannot list nodes from the Kubernetes API"), "{w}");
+        assert!(
+            w.contains("cannot list nodes from the Kubernetes API"),
+            "{w}"
+        );
         assert!(w.contains("rules-only verdict"), "{w}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[tokio::test]
     async fn missing_kubeconfig_is_a_warning_naming_it() {
-        let loaded = load(Some(std::path::Path::new("/nonexistent/kubeconfig")), &NodeHint::default(), Duration::from_secs(1)).await;
+        let loaded = load(
+            Some(std::path::Path::new("/nonexistent/kubeconfig")),
+            &NodeHint::default(),
+            Duration::from_secs(1),
+        )
+        .await;
         let w = loaded.warning.unwrap();
-        assert!(w.contains("cannot configure a Kubernetes client from /nonexistent/kubeconfig"), "{w}");
+        assert!(
+            w.contains("cannot configure a Kubernetes client from /nonexistent/kubeconfig"),
+            "{w}"
+        );
     }
 
     #[tokio::test]
     async fn a_silent_api_times_out() {
         let (url, _) = serve(true).await;
         let started = std::time::Instant::now();
-        let err = fetch(&client(&url), &NodeHint::default(), Duration::from_millis(300)).await.unwrap_err();
-        assert!(matches!(err, Error::Timeout { what: "nodes", .. } | Error::List { what: "nodes", .. }), "{err:?}");
+        let err = fetch(
+            &client(&url),
+            &NodeHint::default(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout { what: "nodes", .. } | Error::List { what: "nodes", .. }
+            ),
+            "{err:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
@@ -463,28 +651,60 @@ mod live {
 #[test]
 fn apply_snapshot_folds_the_snapshot_and_finds_the_node_by_address() {
     let mut m = rules_model();
-    let hint = NodeHint { host_ips: vec![ip("10.0.0.1")], ..NodeHint::default() };
+    let hint = NodeHint {
+        host_ips: vec![ip("10.0.0.1")],
+        ..NodeHint::default()
+    };
     let applied = apply_snapshot(&mut m, &fixture(), &hint).unwrap();
     assert!(applied.api_consulted);
-    assert_eq!(applied.node, Some(("node-1".into(), NodeSource::HostAddress)));
+    assert_eq!(
+        applied.node,
+        Some(("node-1".into(), NodeSource::HostAddress))
+    );
     assert_eq!(m, enriched());
 }
 
 #[tokio::test]
 async fn apply_disabled_leaves_the_model_alone_and_unreachable_live_warns() {
     let mut m = rules_model();
-    let hint = NodeHint { env: Some("node-3".into()), ..NodeHint::default() };
-    let applied = apply(&mut m, &Source::Disabled, &hint, DEFAULT_TIMEOUT).await.unwrap();
-    assert_eq!(applied, Applied { api_consulted: false, node: Some(("node-3".into(), NodeSource::Env)), warnings: vec![] });
+    let hint = NodeHint {
+        env: Some("node-3".into()),
+        ..NodeHint::default()
+    };
+    let applied = apply(&mut m, &Source::Disabled, &hint, DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        Applied {
+            api_consulted: false,
+            node: Some(("node-3".into(), NodeSource::Env)),
+            warnings: vec![]
+        }
+    );
     assert_eq!(m, rules_model());
 
-    let source = Source::Live { kubeconfig: Some("/nonexistent/kubeconfig".into()) };
-    let applied = apply(&mut m, &source, &hint, DEFAULT_TIMEOUT).await.unwrap();
+    let source = Source::Live {
+        kubeconfig: Some("/nonexistent/kubeconfig".into()),
+    };
+    let applied = apply(&mut m, &source, &hint, DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
     assert!(!applied.api_consulted);
     assert_eq!(applied.warnings.len(), 1);
-    assert_eq!(m.warnings, applied.warnings, "the warning reaches the report through the model");
+    assert_eq!(
+        m.warnings, applied.warnings,
+        "the warning reaches the report through the model"
+    );
 
-    let err = apply(&mut m, &Source::Snapshot("/nonexistent/snap.json".into()), &hint, DEFAULT_TIMEOUT).await.unwrap_err();
+    let err = apply(
+        &mut m,
+        &Source::Snapshot("/nonexistent/snap.json".into()),
+        &hint,
+        DEFAULT_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, Error::ReadSnapshot { .. }));
 }
 
@@ -529,9 +749,17 @@ mod pipeline {
                     .selector("app", "remote")
                     .external_policy(TrafficPolicy::Local),
             )
-            .pod(PodSpec::new("shop", "web-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "web").tcp_probes(8080))
+            .pod(
+                PodSpec::new("shop", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+                    .label("app", "web")
+                    .tcp_probes(8080),
+            )
             .pod(PodSpec::new("shop", "web-2", Ipv4Addr::new(10, 244, 1, 12)).label("app", "web"))
-            .pod(PodSpec::new("shop", "remote-1", Ipv4Addr::new(10, 244, 2, 11)).label("app", "remote").on_node("n2"))
+            .pod(
+                PodSpec::new("shop", "remote-1", Ipv4Addr::new(10, 244, 2, 11))
+                    .label("app", "remote")
+                    .on_node("n2"),
+            )
     }
 
     /// Rules written for `rules`, API facts from `api`, on the lab node found by its address.
@@ -549,7 +777,10 @@ mod pipeline {
             ..ServiceModel::default()
         };
         let objs = parse_snapshot(&crate::lab::snapshot::snapshot(api).to_string(), "lab").unwrap();
-        let hint = NodeHint { host_ips: vec![IpAddr::V4(api.node_ip)], ..NodeHint::default() };
+        let hint = NodeHint {
+            host_ips: vec![IpAddr::V4(api.node_ip)],
+            ..NodeHint::default()
+        };
         let node = hint.select(&objs.nodes).map(|(n, _)| n);
         assert_eq!(node.as_deref(), Some("d8lab-node"));
         enrich(&mut m, &objs, node.as_deref());
@@ -557,7 +788,15 @@ mod pipeline {
     }
 
     fn explain(m: &ServiceModel, name: &str) -> VerdictClass {
-        let v = classify(&sref("shop", name), &[], m, &Context { api_consulted: true, ..Context::default() });
+        let v = classify(
+            &sref("shop", name),
+            &[],
+            m,
+            &Context {
+                api_consulted: true,
+                ..Context::default()
+            },
+        );
         v.root_cause.class
     }
 
@@ -569,8 +808,16 @@ mod pipeline {
         assert_eq!(explain(&m, "empty"), VerdictClass::NoEndpoints);
         assert_eq!(explain(&m, "local"), VerdictClass::EtpLocalNoLocalEndpoints);
         let web = m.service(&sref("shop", "web")).unwrap();
-        assert!(web.endpoints.iter().all(|e| e.in_rules && e.in_api == Some(true) && e.local == Some(true)));
-        assert!(m.probe_ports.iter().any(|p| p.pod == "shop/web-1" && p.port == 8080));
+        assert!(
+            web.endpoints
+                .iter()
+                .all(|e| e.in_rules && e.in_api == Some(true) && e.local == Some(true))
+        );
+        assert!(
+            m.probe_ports
+                .iter()
+                .any(|p| p.pod == "shop/web-1" && p.port == 8080)
+        );
     }
 
     #[test]
@@ -578,13 +825,19 @@ mod pipeline {
         let rules = spec();
         let mut api = spec();
         api.pods.retain(|p| p.name != "web-2");
-        assert_eq!(explain(&model(&rules, &api), "web"), VerdictClass::StaleEndpoint);
+        assert_eq!(
+            explain(&model(&rules, &api), "web"),
+            VerdictClass::StaleEndpoint
+        );
     }
 
     #[test]
     fn a_service_the_rules_lack_is_rules_missing() {
         let mut rules = spec();
         rules.services.retain(|s| s.name != "web");
-        assert_eq!(explain(&model(&rules, &spec()), "web"), VerdictClass::KubeProxyRulesMissing);
+        assert_eq!(
+            explain(&model(&rules, &spec()), "web"),
+            VerdictClass::KubeProxyRulesMissing
+        );
     }
 }

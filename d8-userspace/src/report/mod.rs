@@ -16,8 +16,8 @@ mod text;
 use std::io;
 
 pub use object::{
-    EndpointReport, Evidence, EvidenceKind, FlowReport, FrontendReport, KubeProxyReport, Mitigation,
-    Report, RootCause, Severity, VerdictClass,
+    EndpointReport, Evidence, EvidenceKind, FlowReport, FrontendReport, KubeProxyReport,
+    Mitigation, Report, RootCause, Severity, VerdictClass,
 };
 pub use runbook::{IPVS_MODULES_MISSING_PREFIX, Runbook, cross_reference, runbook_domain};
 

@@ -8,7 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::flows::{Flow, Outcome};
-use crate::model::{Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel, ServiceRef};
+use crate::model::{
+    Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel,
+    ServiceRef,
+};
 
 /// The verdict classes of DESIGN.md section 1 (contract names, snake_case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -155,7 +158,10 @@ pub struct Evidence {
 impl Evidence {
     /// Builds an evidence line.
     pub fn new(kind: EvidenceKind, content: impl Into<String>) -> Self {
-        Self { kind, content: content.into() }
+        Self {
+            kind,
+            content: content.into(),
+        }
     }
 }
 
@@ -192,13 +198,23 @@ pub struct KubeProxyReport {
 
 impl Default for KubeProxyReport {
     fn default() -> Self {
-        Self { mode: ProxyMode::Unknown, running: None, version: None, rules_present: false }
+        Self {
+            mode: ProxyMode::Unknown,
+            running: None,
+            version: None,
+            rules_present: false,
+        }
     }
 }
 
 impl From<&KubeProxyStatus> for KubeProxyReport {
     fn from(s: &KubeProxyStatus) -> Self {
-        Self { mode: s.mode, running: s.running, version: s.version.clone(), rules_present: s.rules_present }
+        Self {
+            mode: s.mode,
+            running: s.running,
+            version: s.version.clone(),
+            rules_present: s.rules_present,
+        }
     }
 }
 
@@ -217,7 +233,12 @@ pub struct FrontendReport {
 
 impl From<&Frontend> for FrontendReport {
     fn from(f: &Frontend) -> Self {
-        Self { kind: f.kind, ip: f.ip, port: f.port, protocol: f.protocol }
+        Self {
+            kind: f.kind,
+            ip: f.ip,
+            port: f.port,
+            protocol: f.protocol,
+        }
     }
 }
 
@@ -350,6 +371,7 @@ impl Report {
 
     /// Appends the unclassified contract view of each flow.
     pub fn push_flows<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
-        self.flows.extend(flows.into_iter().map(FlowReport::from_flow));
+        self.flows
+            .extend(flows.into_iter().map(FlowReport::from_flow));
     }
 }

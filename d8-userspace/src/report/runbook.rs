@@ -17,7 +17,11 @@ pub const IPVS_MODULES_MISSING_PREFIX: &str = "IPVS kernel modules missing";
 ///
 /// `ipvs_modules_missing` only matters for `kube_proxy_rules_missing` in IPVS mode, where missing
 /// `ip_vs*` modules are their own domain.
-pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_missing: bool) -> &'static str {
+pub const fn runbook_domain(
+    class: VerdictClass,
+    mode: ProxyMode,
+    ipvs_modules_missing: bool,
+) -> &'static str {
     match class {
         VerdictClass::KubeProxyNotRunning => "pod_crash",
         VerdictClass::KubeProxyRulesMissing => {
@@ -31,7 +35,9 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
         VerdictClass::KubeProxyVersionSkew => "version_skew",
         VerdictClass::NoEndpoints | VerdictClass::EtpLocalNoLocalEndpoints => "service_config",
         VerdictClass::ConntrackFull => "conntrack",
-        VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => "backend",
+        VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => {
+            "backend"
+        }
         VerdictClass::Healthy | VerdictClass::ProbeRst => "none",
     }
 }
@@ -76,10 +82,9 @@ pub struct Runbook {
 impl Runbook {
     /// The runbook block of a report. An unclassified report says so in `root_cause`.
     pub fn from_report(report: &Report) -> Self {
-        let ipvs_modules_missing = report
-            .evidence
-            .iter()
-            .any(|e| e.kind == EvidenceKind::KubeProxy && e.content.starts_with(IPVS_MODULES_MISSING_PREFIX));
+        let ipvs_modules_missing = report.evidence.iter().any(|e| {
+            e.kind == EvidenceKind::KubeProxy && e.content.starts_with(IPVS_MODULES_MISSING_PREFIX)
+        });
         let (root_cause, cross_reference) = match &report.root_cause {
             Some(rc) => (
                 format!(

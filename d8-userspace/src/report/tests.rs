@@ -5,7 +5,10 @@ use crate::flows::Outcome;
 use crate::model::{FrontendKind, Protocol, ProxyMode, ServiceRef};
 
 fn svc() -> ServiceRef {
-    ServiceRef { namespace: "shop".into(), name: "web".into() }
+    ServiceRef {
+        namespace: "shop".into(),
+        name: "web".into(),
+    }
 }
 
 /// A classified report as the classifier would leave it after a no-endpoints incident.
@@ -54,7 +57,8 @@ fn literal_report() -> Report {
         )],
         severity: Some(Severity::High),
         mitigation: Some(Mitigation {
-            immediate: "kubectl -n shop get endpointslices -l kubernetes.io/service-name=web".into(),
+            immediate: "kubectl -n shop get endpointslices -l kubernetes.io/service-name=web"
+                .into(),
             long_term: "fix the readiness probe of the pods behind shop/web".into(),
         }),
     }
@@ -145,7 +149,8 @@ fn yaml_is_the_same_object_as_json() {
 
 #[test]
 fn new_report_prints_nulls_for_the_verdict_fields() {
-    let json: serde_json::Value = serde_json::from_str(&rendered(&Report::new(&svc()), Format::Json)).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&rendered(&Report::new(&svc()), Format::Json)).unwrap();
     assert_eq!(json["service"], "shop/web");
     for key in ["node", "root_cause", "severity", "mitigation"] {
         assert!(json[key].is_null(), "{key} should be null: {json}");
@@ -154,10 +159,24 @@ fn new_report_prints_nulls_for_the_verdict_fields() {
     assert!(json["kube_proxy"]["running"].is_null());
     assert_eq!(json["flows"], serde_json::json!([]));
     assert_eq!(json["lost_events"], 0);
-    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut expected = vec![
-        "service", "node", "kube_proxy", "frontends", "endpoints", "flows", "lost_events", "root_cause",
-        "evidence", "severity", "mitigation",
+        "service",
+        "node",
+        "kube_proxy",
+        "frontends",
+        "endpoints",
+        "flows",
+        "lost_events",
+        "root_cause",
+        "evidence",
+        "severity",
+        "mitigation",
     ];
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
@@ -173,7 +192,10 @@ fn every_class_has_its_contract_name() {
         let back: VerdictClass = serde_json::from_value(json).unwrap();
         assert_eq!(back, class);
     }
-    assert_eq!(VerdictClass::EtpLocalNoLocalEndpoints.as_str(), "etp_local_no_local_endpoints");
+    assert_eq!(
+        VerdictClass::EtpLocalNoLocalEndpoints.as_str(),
+        "etp_local_no_local_endpoints"
+    );
 }
 
 #[test]
@@ -195,13 +217,26 @@ fn runbook_domain_and_cross_reference_for_every_class() {
     ];
     assert_eq!(table.len(), C::ALL.len());
     for (class, domain, xref) in table {
-        assert_eq!(runbook_domain(class, ProxyMode::Iptables, false), domain, "{class}");
+        assert_eq!(
+            runbook_domain(class, ProxyMode::Iptables, false),
+            domain,
+            "{class}"
+        );
         assert_eq!(cross_reference(class), xref, "{class}");
     }
     // IPVS mode with its modules missing is its own domain; rules missing otherwise is a sync issue.
-    assert_eq!(runbook_domain(C::KubeProxyRulesMissing, ProxyMode::Ipvs, true), "ipvs_modules");
-    assert_eq!(runbook_domain(C::KubeProxyRulesMissing, ProxyMode::Ipvs, false), "iptables_sync");
-    assert_eq!(runbook_domain(C::KubeProxyRulesMissing, ProxyMode::Iptables, true), "iptables_sync");
+    assert_eq!(
+        runbook_domain(C::KubeProxyRulesMissing, ProxyMode::Ipvs, true),
+        "ipvs_modules"
+    );
+    assert_eq!(
+        runbook_domain(C::KubeProxyRulesMissing, ProxyMode::Ipvs, false),
+        "iptables_sync"
+    );
+    assert_eq!(
+        runbook_domain(C::KubeProxyRulesMissing, ProxyMode::Iptables, true),
+        "iptables_sync"
+    );
 }
 
 #[test]
@@ -214,10 +249,21 @@ fn runbook_block_has_the_runbook_keys_in_order() {
         .collect();
     assert_eq!(
         keys,
-        ["root_cause", "kube_proxy_mode", "kube_proxy_version", "evidence", "severity", "mitigation", "cross_reference"]
+        [
+            "root_cause",
+            "kube_proxy_mode",
+            "kube_proxy_version",
+            "evidence",
+            "severity",
+            "mitigation",
+            "cross_reference"
+        ]
     );
     let v: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
-    assert_eq!(v["root_cause"], "service_config — shop/web has no ready endpoints; kube-proxy rejects its traffic.");
+    assert_eq!(
+        v["root_cause"],
+        "service_config — shop/web has no ready endpoints; kube-proxy rejects its traffic."
+    );
     assert_eq!(v["kube_proxy_mode"], "iptables");
     assert_eq!(v["kube_proxy_version"], "v1.31.2");
     assert_eq!(v["evidence"][0]["type"], "rules");
@@ -229,8 +275,14 @@ fn runbook_block_has_the_runbook_keys_in_order() {
 fn runbook_uses_ipvs_modules_domain_when_evidence_says_modules_are_missing() {
     let mut r = literal_report();
     r.kube_proxy.mode = ProxyMode::Ipvs;
-    r.root_cause = Some(RootCause { class: VerdictClass::KubeProxyRulesMissing, detail: "x".into() });
-    r.evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("{IPVS_MODULES_MISSING_PREFIX}: ip_vs_rr")));
+    r.root_cause = Some(RootCause {
+        class: VerdictClass::KubeProxyRulesMissing,
+        detail: "x".into(),
+    });
+    r.evidence.push(Evidence::new(
+        EvidenceKind::KubeProxy,
+        format!("{IPVS_MODULES_MISSING_PREFIX}: ip_vs_rr"),
+    ));
     assert_eq!(Runbook::from_report(&r).root_cause, "ipvs_modules — x");
     assert_eq!(Runbook::from_report(&r).cross_reference, Some("D2"));
 }
@@ -238,8 +290,14 @@ fn runbook_uses_ipvs_modules_domain_when_evidence_says_modules_are_missing() {
 #[test]
 fn text_summary_fits_80_columns_and_names_the_verdict() {
     let text = rendered(&literal_report(), Format::Text);
-    assert!(text.contains("VERDICT: no_endpoints (severity HIGH)"), "{text}");
-    assert!(text.contains("10.1.0.5:41234 -> 10.96.0.10:80 -> ?"), "{text}");
+    assert!(
+        text.contains("VERDICT: no_endpoints (severity HIGH)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.1.0.5:41234 -> 10.96.0.10:80 -> ?"),
+        "{text}"
+    );
     for line in text.lines() {
         // Unbreakable words (a rule line) may exceed the width; everything else must not.
         if line.split_whitespace().count() > 1 && !line.contains("-A KUBE-") {
@@ -267,12 +325,33 @@ fn format_parses_the_o_values() {
 #[test]
 fn text_lists_faulty_flows_first_and_counts_the_rest() {
     let mut r = literal_report();
-    let healthy = FlowReport { outcome: Outcome::Established, class: Some(VerdictClass::Healthy), ..r.flows[0].clone() };
+    let healthy = FlowReport {
+        outcome: Outcome::Established,
+        class: Some(VerdictClass::Healthy),
+        ..r.flows[0].clone()
+    };
     let fault = r.flows[0].clone();
-    r.flows = std::iter::repeat_n(healthy, 40).chain(std::iter::once(fault)).collect();
+    r.flows = std::iter::repeat_n(healthy, 40)
+        .chain(std::iter::once(fault))
+        .collect();
     let text = rendered(&r, Format::Text);
-    assert!(text.contains("Flows: 41 traced (healthy 40, no_endpoints 1), 0 events lost"), "{text}");
-    let first_flow = text.lines().position(|l| l.contains("10.1.0.5:41234 ->")).unwrap();
-    assert!(text.lines().nth(first_flow + 1).unwrap().contains("no_endpoints"), "{text}");
-    assert!(text.contains("... 11 more flows (-o json lists them all)"), "{text}");
+    assert!(
+        text.contains("Flows: 41 traced (healthy 40, no_endpoints 1), 0 events lost"),
+        "{text}"
+    );
+    let first_flow = text
+        .lines()
+        .position(|l| l.contains("10.1.0.5:41234 ->"))
+        .unwrap();
+    assert!(
+        text.lines()
+            .nth(first_flow + 1)
+            .unwrap()
+            .contains("no_endpoints"),
+        "{text}"
+    );
+    assert!(
+        text.contains("... 11 more flows (-o json lists them all)"),
+        "{text}"
+    );
 }

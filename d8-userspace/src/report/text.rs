@@ -23,7 +23,11 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         Some(false) => "NOT running",
         None => "running: unknown",
     };
-    let rules = if kp.rules_present { "rules present" } else { "NO rules" };
+    let rules = if kp.rules_present {
+        "rules present"
+    } else {
+        "NO rules"
+    };
     let version = kp.version.as_deref().unwrap_or("version unknown");
     let mode = serde_plain(&kp.mode);
     writeln!(out, "kube-proxy: {mode}, {running}, {version}, {rules}")?;
@@ -44,7 +48,14 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     } else {
         writeln!(out, "Frontends:")?;
         for f in &r.frontends {
-            writeln!(out, "  {:<13} {}:{}/{}", serde_plain(&f.kind), f.ip, f.port, f.protocol)?;
+            writeln!(
+                out,
+                "  {:<13} {}:{}/{}",
+                serde_plain(&f.kind),
+                f.ip,
+                f.port,
+                f.protocol
+            )?;
         }
     }
     if r.endpoints.is_empty() {
@@ -66,16 +77,28 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(out)?;
 
-    writeln!(out, "Flows: {} traced{}, {} events lost", r.flows.len(), class_counts(&r.flows), r.lost_events)?;
+    writeln!(
+        out,
+        "Flows: {} traced{}, {} events lost",
+        r.flows.len(),
+        class_counts(&r.flows),
+        r.lost_events
+    )?;
     // Faults first, then the rest, up to a screenful; JSON has them all.
-    let (faults, others): (Vec<&FlowReport>, Vec<&FlowReport>) =
-        r.flows.iter().partition(|f| f.class.is_some_and(|c| c.is_fault()));
+    let (faults, others): (Vec<&FlowReport>, Vec<&FlowReport>) = r
+        .flows
+        .iter()
+        .partition(|f| f.class.is_some_and(|c| c.is_fault()));
     let shown: Vec<&FlowReport> = faults.into_iter().chain(others).take(MAX_FLOWS).collect();
     for f in &shown {
         write_flow(out, f)?;
     }
     if r.flows.len() > shown.len() {
-        writeln!(out, "  ... {} more flows (-o json lists them all)", r.flows.len() - shown.len())?;
+        writeln!(
+            out,
+            "  ... {} more flows (-o json lists them all)",
+            r.flows.len() - shown.len()
+        )?;
     }
     if r.lost_events > 0 {
         wrap(
@@ -106,11 +129,24 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
 
 /// `tcp 10.1.0.5:41234 -> 10.96.0.10:80 -> 10.1.0.7:8080`, then the outcome and class below.
 fn write_flow(out: &mut dyn Write, f: &FlowReport) -> io::Result<()> {
-    let frontend = f.frontend.map_or_else(|| "(direct)".to_owned(), |a| a.to_string());
+    let frontend = f
+        .frontend
+        .map_or_else(|| "(direct)".to_owned(), |a| a.to_string());
     let backend = f.backend.map_or_else(|| "?".to_owned(), |a| a.to_string());
-    writeln!(out, "  {:<4} {} -> {} -> {}", f.protocol.as_str(), f.client, frontend, backend)?;
+    writeln!(
+        out,
+        "  {:<4} {} -> {} -> {}",
+        f.protocol.as_str(),
+        f.client,
+        frontend,
+        backend
+    )?;
     let class = f.class.map_or("unclassified", |c| c.as_str());
-    let drop = f.drop_reason.as_deref().map(|d| format!("  drop: {d}")).unwrap_or_default();
+    let drop = f
+        .drop_reason
+        .as_deref()
+        .map(|d| format!("  drop: {d}"))
+        .unwrap_or_default();
     writeln!(out, "       {:<12} {class}{drop}", serde_plain(&f.outcome))
 }
 
@@ -126,7 +162,10 @@ fn class_counts(flows: &[FlowReport]) -> String {
     if counts.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
     format!(" ({})", parts.join(", "))
 }
 
