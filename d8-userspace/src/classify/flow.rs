@@ -80,6 +80,19 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
         // clear conntrack: the drop is then someone else's.
         let cleared = rising == Some(false) && near_full != Some(true)
             || rising.is_none() && near_full == Some(false);
+        // Unknown counters prove nothing either way: a kube-proxy verdict (REJECT, DROP, missing
+        // rules) that explains the flow is then the better answer.
+        let unknown = rising.is_none() && near_full.is_none();
+        let explained = match (f.frontend, f.backend) {
+            (Some(fe), None) if unknown => {
+                let alt = untranslated(f, fe, facts, &path);
+                (alt.0 != VerdictClass::Dropped).then_some(alt)
+            }
+            _ => None,
+        };
+        if let Some(alt) = explained {
+            return alt;
+        }
         if !cleared {
             let mut finding = finding(
                     facts,

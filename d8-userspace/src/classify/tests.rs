@@ -1174,3 +1174,36 @@ fn explain_of_an_unknown_service_says_so() {
         v.root_cause.detail
     );
 }
+
+#[test]
+fn with_unknown_counters_a_kube_proxy_drop_rule_beats_conntrack_full() {
+    let mut f = flow(1, Some(NODE_PORT), None);
+    f.client = addr("192.0.2.10:50000");
+    f.outcome = Outcome::Dropped;
+    f.drops = vec![Drop {
+        reason: "NETFILTER_DROP".into(),
+        after_hook: Some(Hook::Prerouting),
+        before_conntrack: true,
+        at_ms: 0,
+    }];
+    let v = classify(
+        &target(),
+        std::slice::from_ref(&f),
+        &etp_model(),
+        &ctx(true),
+    );
+    assert_eq!(v.flows[0].class, VerdictClass::EtpLocalNoLocalEndpoints);
+    // Without such a rule, the dropped first packet alone still points at conntrack.
+    let v = classify(
+        &target(),
+        &[conntrack_dropped_flow(2)],
+        &model(true),
+        &ctx(true),
+    );
+    assert_eq!(v.flows[0].class, VerdictClass::ConntrackFull);
+    assert!(
+        has_evidence(&v, EvidenceKind::Conntrack, "counters unknown"),
+        "{}",
+        evidence_dump(&v)
+    );
+}
