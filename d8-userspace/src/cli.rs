@@ -34,6 +34,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print what this kernel allows and which hooks d8-trace would use.
     Doctor(DoctorArgs),
+    /// Serve explain_service, trace_service and doctor to an agent over MCP (stdio).
+    Mcp(McpArgs),
 }
 
 /// Output formats of a verdict.
@@ -174,6 +176,14 @@ pub struct DemoArgs {
     /// Output format of the verdicts.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+/// `d8-trace mcp`: the selection flags given here are the defaults of every tool call (a call's
+/// `netns` and `k8s_snapshot` replace them).
+#[derive(Debug, Clone, Args)]
+pub struct McpArgs {
     #[command(flatten)]
     pub selection: Selection,
 }

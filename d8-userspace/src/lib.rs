@@ -28,6 +28,7 @@ pub mod kernel;
 pub mod kube_proxy;
 pub mod lab;
 pub mod loader;
+pub mod mcp;
 pub mod model;
 pub mod node;
 pub mod report;

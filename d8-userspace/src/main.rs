@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         Some(Command::Explain(args)) => explain_command(args),
         Some(Command::Daemon(args)) => daemon_command(args),
         Some(Command::Demo(_)) => Err(Failure::usage("`demo` is not available in this build yet")),
+        Some(Command::Mcp(args)) => d8_trace::mcp::serve(&args).map_err(Failure::env),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,9 +8,11 @@
 //! - `cleanup`: nothing stays attached after exit, Ctrl-C or an error.
 //! - `errors`: bad input gets one sentence and the contract's exit code.
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
+//! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
 
 mod cleanup;
 mod common;
 mod daemon;
 mod errors;
+mod mcp;
 mod tracer;

@@ -1,0 +1,228 @@
+//! `d8-trace mcp` (issue 8): an MCP client (the SDK's own, over the child process's stdio) lists
+//! the tools, explains and traces Services of a lab node with traffic flowing, and a client that
+//! goes away mid-trace leaves nothing attached.
+
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use d8_tests::{bpf, report::Report, run::binary};
+use d8_trace::{lab, model::ProxyMode};
+use rmcp::{
+    RoleClient, ServiceExt,
+    model::{CallToolRequestParams, CallToolResult},
+    service::RunningService,
+    transport::TokioChildProcess,
+};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+type Client = RunningService<RoleClient, ()>;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
+fn command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.arg("mcp").args(args);
+    cmd
+}
+
+/// `d8-trace mcp <args>` as a child, its stderr collected (and echoed) line by line.
+async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let (proc, stderr) =
+        TokioChildProcess::builder(command(args)).stderr(Stdio::piped()).spawn().expect("spawning d8-trace mcp");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut stderr = tokio::io::BufReader::new(stderr.expect("piped stderr")).lines();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            eprintln!("[d8-trace mcp] {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let client = ().serve(proc).await.expect("MCP initialization with d8-trace mcp");
+    (client, lines, reader)
+}
+
+fn params(tool: &str, args: Value) -> CallToolRequestParams {
+    let Value::Object(map) = args else { panic!("arguments must be an object") };
+    CallToolRequestParams::new(tool.to_string()).with_arguments(map)
+}
+
+async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+    client.call_tool(params(tool, args)).await.unwrap_or_else(|e| panic!("calling {tool}: {e}"))
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content.iter().filter_map(|c| c.as_text()).map(|t| t.text.clone()).collect::<Vec<_>>().join("\n")
+}
+
+/// The structured report of a successful call.
+fn report_of(r: &CallToolResult) -> Report {
+    assert_ne!(r.is_error, Some(true), "tool error: {}", text(r));
+    let value = r.structured_content.clone().unwrap_or_else(|| panic!("no structured content; text: {}", text(r)));
+    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("structured content is not the report ({e}): {value}"))
+}
+
+/// The text of a failed call.
+fn error_of(r: &CallToolResult) -> String {
+    assert_eq!(r.is_error, Some(true), "expected a tool error, got: {}", text(r));
+    text(r)
+}
+
+fn new_links(before: &[u64]) -> Vec<u64> {
+    bpf::d8_links().into_iter().filter(|l| !before.contains(l)).collect()
+}
+
+/// Waits (blocking) until d8-trace's links not in `before` appear.
+fn wait_for_new_links(before: &[u64], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !new_links(before).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn snapshot_of(lab: &lab::Lab) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{}mcp-snapshot.json", lab.prefix()));
+    lab.write_snapshot(&path).expect("writing the lab's API snapshot");
+    path
+}
+
+#[test]
+fn mcp_lists_tools_explains_and_traces_a_lab_service() {
+    let lab = lab(ProxyMode::Iptables);
+    let snapshot = snapshot_of(&lab);
+    let snap = snapshot.to_str().unwrap().to_string();
+    let node = lab.node_ns().to_string();
+    let client_ns = lab.client_ns().to_string();
+    runtime().block_on(async {
+        let (client, _stderr, _reader) = start(&[]).await;
+
+        // The tools and their input schemas.
+        let tools = client.list_all_tools().await.expect("tools/list");
+        let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["doctor", "explain_service", "trace_service"]);
+        let trace_tool = tools.iter().find(|t| t.name == "trace_service").unwrap();
+        let schema = serde_json::to_value(&*trace_tool.input_schema).unwrap();
+        assert_eq!(schema["properties"]["seconds"]["maximum"], json!(60), "{schema}");
+        assert!(schema["required"].as_array().unwrap().contains(&json!("service")), "{schema}");
+        for p in ["service", "netns", "k8s_snapshot"] {
+            assert!(schema["properties"][p].is_object(), "trace_service takes {p}: {schema}");
+        }
+
+        // explain: rules of the lab node + its API snapshot.
+        let r = call(&client, "explain_service", json!({"service": "default/web", "netns": node, "k8s_snapshot": snap})).await;
+        let report = report_of(&r);
+        assert_eq!(report.service, "default/web");
+        assert_eq!(report.root_cause.as_ref().map(|c| c.class.as_str()), Some("healthy"), "{}", text(&r));
+        assert!(report.flows.is_empty(), "explain traces nothing");
+        for ip in ["10.244.1.11", "10.244.1.12"] {
+            let e = report.endpoints.iter().find(|e| e.ip == ip).unwrap_or_else(|| panic!("endpoint {ip}: {:?}", report.endpoints));
+            assert!(e.in_rules && e.in_api == Some(true), "{e:?}");
+        }
+        assert!(text(&r).starts_with("default/web: root cause healthy"), "{}", text(&r));
+
+        let r = call(&client, "explain_service", json!({"service": "default/empty", "netns": node, "k8s_snapshot": snap})).await;
+        assert_eq!(report_of(&r).root_cause.map(|c| c.class), Some("no_endpoints".to_string()), "{}", text(&r));
+
+        // Failures are tool errors with the CLI's sentences.
+        let r = call(&client, "explain_service", json!({"service": "default/web", "netns": "d8-no-such-netns"})).await;
+        assert!(error_of(&r).contains("network namespace `d8-no-such-netns` not found"), "{}", text(&r));
+        let r = call(&client, "trace_service", json!({"service": "web"})).await;
+        assert!(error_of(&r).contains("expected NAMESPACE/NAME"), "{}", text(&r));
+        let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 600})).await;
+        assert!(error_of(&r).contains("1 to 60 seconds"), "{}", text(&r));
+        let r = call(&client, "trace_service", json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap})).await;
+        assert!(error_of(&r).contains("is not in kube-proxy's rules"), "{}", text(&r));
+
+        // trace: three requests while it runs.
+        let before = bpf::d8_links();
+        let traffic = std::thread::spawn(move || {
+            assert!(wait_for_new_links(&before, Duration::from_secs(30)), "trace_service attached no hooks");
+            std::thread::sleep(Duration::from_millis(300));
+            let mut chosen = Vec::new();
+            for _ in 0..3 {
+                let answer = lab::http_get(&client_ns, addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+                chosen.push(answer.backend().expect("the backend names itself"));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            chosen
+        });
+        let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap})).await;
+        let chosen = traffic.join().expect("traffic thread");
+        let report = report_of(&r);
+        let flows = report.flows_to("10.96.0.10:80");
+        assert_eq!(flows.len(), 3, "three connections, three flows:\n{}", report.describe_flows());
+        let backend_of = |pod: &str| match pod {
+            "web-1" => "10.244.1.11:8080",
+            "web-2" => "10.244.1.12:8080",
+            other => panic!("unexpected backend {other:?}"),
+        };
+        let mut expected: Vec<&str> = chosen.iter().map(|p| backend_of(p)).collect();
+        let mut seen: Vec<&str> = flows.iter().map(|f| f.backend.as_deref().unwrap_or("none")).collect();
+        expected.sort();
+        seen.sort();
+        assert_eq!(seen, expected, "each flow's backend is the pod that answered:\n{}", report.describe_flows());
+        assert!(flows.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
+        assert_eq!(report.root_cause.as_ref().map(|c| c.class.as_str()), Some("healthy"), "{}", text(&r));
+        assert!(text(&r).contains("traced 5s: 3 flows"), "{}", text(&r));
+
+        client.cancel().await.expect("closing the session");
+    });
+    let _ = std::fs::remove_file(&snapshot);
+}
+
+#[test]
+fn mcp_client_gone_mid_trace_leaves_nothing_attached() {
+    let lab = lab(ProxyMode::Nftables);
+    let node = lab.node_ns().to_string();
+    let links_before = bpf::d8_links();
+    let progs_before = bpf::d8_programs();
+    let stderr = runtime().block_on(async {
+        // The server's own flags are the calls' defaults.
+        let (client, stderr, reader) = start(&["--netns", &node, "--no-k8s"]).await;
+        let peer = client.peer().clone();
+        let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
+        let before = links_before.clone();
+        let attached = tokio::task::spawn_blocking(move || wait_for_new_links(&before, Duration::from_secs(30))).await.unwrap();
+        assert!(attached, "the 60s trace attached its hooks");
+
+        // One trace at a time: a second is refused, saying what runs.
+        let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 1})).await;
+        let refusal = error_of(&r);
+        assert!(refusal.contains("busy") && refusal.contains("trace_service default/web"), "{refusal}");
+
+        // The client goes away: stdin closes (the SDK then waits for the server to exit).
+        let gone = Instant::now();
+        client.cancel().await.expect("closing the session");
+        let answer = tokio::time::timeout(Duration::from_secs(10), long).await.expect("the pending call ended");
+        assert!(!matches!(answer, Ok(Ok(ref r)) if r.is_error != Some(true)), "a cancelled trace has no report: {answer:?}");
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        eprintln!("session closed {}ms after the disconnect", gone.elapsed().as_millis());
+        stderr.lock().unwrap().clone()
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !new_links(&links_before).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(new_links(&links_before), Vec::<u64>::new(), "links left after the client went away");
+    let progs: Vec<u64> = bpf::d8_programs().into_iter().filter(|p| !progs_before.contains(p)).collect();
+    assert_eq!(progs, Vec::<u64>::new(), "programs left after the client went away");
+    // The server detached and stopped by itself (no SIGTERM or kill needed).
+    let log = stderr.join("\n");
+    assert!(log.contains("the client closed stdin"), "{log}");
+    assert!(log.contains("trace_service default/web: cancelled; everything it attached is detached"), "{log}");
+    assert!(log.contains("d8-trace: mcp: stopped"), "{log}");
+    assert!(!log.contains("SIGTERM"), "{log}");
+}
