@@ -252,6 +252,11 @@ pub struct ServiceModel {
     /// The API server's version (`v1.32.1`), for kube-proxy version skew; `None` when unknown.
     #[serde(default)]
     pub api_server_version: Option<String>,
+    /// A lower bound of the API server's version when its own is unknown: the newest kubelet's
+    /// (the version skew policy never lets a kubelet be newer than the API server). It proves a
+    /// kube-proxy too old, never one too new.
+    #[serde(default)]
+    pub min_api_server_version: Option<String>,
 }
 
 /// Which kubelet probe a port serves.

@@ -25,6 +25,7 @@ mod flow;
 mod service;
 mod verdict;
 
+pub use service::minor_version;
 pub use verdict::{Cause, ConntrackStats, Context, FlowVerdict, Verdict, build_report, classify};
 
 #[cfg(test)]

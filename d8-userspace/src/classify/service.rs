@@ -355,41 +355,55 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 }
 
 fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
-    let (Some(kp), Some(api)) = (
-        &facts.model.kube_proxy.version,
-        &facts.model.api_server_version,
-    ) else {
+    let m = facts.model;
+    let Some(kp) = &m.kube_proxy.version else {
         return;
     };
-    let (Some(k), Some(a)) = (minor_version(kp), minor_version(api)) else {
-        return;
+    let Some(k) = minor_version(kp) else { return };
+    // The API server's own version: skew either way. Only a lower bound (the newest kubelet): it
+    // can prove kube-proxy too old, never too new.
+    let (api, exact) = match (&m.api_server_version, &m.min_api_server_version) {
+        (Some(v), _) => (v, true),
+        (None, Some(v)) => (v, false),
+        (None, None) => return,
     };
-    let skew = if k.0 != a.0 {
-        u32::MAX
+    let Some(a) = minor_version(api) else { return };
+    let skewed = if k.0 != a.0 {
+        exact || k.0 < a.0
+    } else if exact {
+        k.1.abs_diff(a.1) > 1
     } else {
-        k.1.abs_diff(a.1)
+        k.1 + 1 < a.1
     };
-    if skew <= 1 {
+    if !skewed {
         return;
     }
-    let mut fd = finding(
-        facts,
-        VerdictClass::KubeProxyVersionSkew,
-        format!("kube-proxy {kp} is more than one minor version from the API server {api}"),
-    );
+    let (detail, api_line) = if exact {
+        (
+            format!("kube-proxy {kp} is more than one minor version from the API server {api}"),
+            format!("API server version {api}"),
+        )
+    } else {
+        (
+            format!(
+                "kube-proxy {kp} is more than one minor version older than the API server (at least {api})"
+            ),
+            format!(
+                "API server version at least {api} (newest kubelet; the API server is never older)"
+            ),
+        )
+    };
+    let mut fd = finding(facts, VerdictClass::KubeProxyVersionSkew, detail);
     fd.evidence.push(Evidence::new(
         EvidenceKind::KubeProxy,
         format!("kube-proxy version {kp}"),
     ));
-    fd.evidence.push(Evidence::new(
-        EvidenceKind::Api,
-        format!("API server version {api}"),
-    ));
+    fd.evidence.push(Evidence::new(EvidenceKind::Api, api_line));
     out.push(fd);
 }
 
 /// `(major, minor)` of `v1.31.2`, `1.31`, `v1.31.2-eks-1234`.
-pub(super) fn minor_version(v: &str) -> Option<(u32, u32)> {
+pub fn minor_version(v: &str) -> Option<(u32, u32)> {
     let v = v.trim().trim_start_matches('v');
     let mut parts = v.split(['.', '-', '+']);
     let major = parts.next()?.parse().ok()?;

@@ -1207,3 +1207,34 @@ fn with_unknown_counters_a_kube_proxy_drop_rule_beats_conntrack_full() {
         evidence_dump(&v)
     );
 }
+
+#[test]
+fn a_kubelet_lower_bound_proves_kube_proxy_too_old_never_too_new() {
+    let mut m = model(true);
+    m.api_server_version = None;
+    m.min_api_server_version = Some("v1.33.1".into());
+    m.kube_proxy.version = Some("v1.31.2".into());
+    let v = classify(&target(), &[established(1, POD_A)], &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyVersionSkew);
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "at least v1.33.1"),
+        "{}",
+        evidence_dump(&v)
+    );
+    m.kube_proxy.version = Some("v1.35.0".into());
+    let v = classify(&target(), &[established(1, POD_A)], &m, &ctx(true));
+    assert_eq!(
+        v.root_cause.class,
+        VerdictClass::Healthy,
+        "a newer kube-proxy is not proven skewed"
+    );
+}
+
+#[test]
+fn minor_versions_parse_vendor_suffixes() {
+    assert_eq!(minor_version("v1.31.2"), Some((1, 31)));
+    assert_eq!(minor_version("1.29"), Some((1, 29)));
+    assert_eq!(minor_version("v1.30.4-eks-a737599"), Some((1, 30)));
+    assert_eq!(minor_version("v1.28.3+k3s1"), Some((1, 28)));
+    assert_eq!(minor_version("latest"), None);
+}

@@ -108,6 +108,9 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
             .clone()
             .or_else(|| control_plane_version(&objs.nodes));
     }
+    if model.min_api_server_version.is_none() {
+        model.min_api_server_version = newest_kubelet(&objs.nodes);
+    }
     model.warnings.extend(objs.warnings.iter().cloned());
 }
 
@@ -546,4 +549,20 @@ fn control_plane_version(nodes: &[Node]) -> Option<String> {
                 .map(|i| i.kubelet_version.clone())
         })
         .find(|v| !v.is_empty())
+}
+
+/// The newest kubelet version of all nodes: the API server is at least that new.
+fn newest_kubelet(nodes: &[Node]) -> Option<String> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            n.status
+                .as_ref()?
+                .node_info
+                .as_ref()
+                .map(|i| i.kubelet_version.clone())
+        })
+        .filter_map(|v| Some((crate::classify::minor_version(&v)?, v)))
+        .max_by_key(|(mm, _)| *mm)
+        .map(|(_, v)| v)
 }
