@@ -495,7 +495,7 @@ fn pump(
         if let Some(j) = join.as_deref_mut() {
             j.poll(tracer);
         }
-        handle_record(table, &item, join.as_deref(), printer, errors, live);
+        handle_record(table, &item, join.as_deref_mut(), printer, errors, live);
     }
     if let Some(j) = join.as_deref_mut() {
         for ev in j.take_pending() {
@@ -509,7 +509,7 @@ fn pump(
 fn handle_record(
     table: &mut FlowTable,
     bytes: &[u8],
-    join: Option<&loader::tc::CtJoin>,
+    join: Option<&mut loader::tc::CtJoin>,
     printer: &mut LivePrinter,
     errors: &mut u64,
     live: &mut dyn Write,
@@ -518,6 +518,17 @@ fn handle_record(
         Ok(mut ev) => {
             if let Some(j) = join {
                 j.translate(&mut ev);
+                // The flow's conntrack entry goes in right after its first packet, before
+                // anything else about it.
+                if let Some(ct) = j.take_pending_for(&ev.flow) {
+                    let (first, second) = if ev.kind == events::Kind::New { (&ev, &ct) } else { (&ct, &ev) };
+                    for e in [first, second] {
+                        if let Some(id) = table.apply(e) {
+                            printer.print(table, id, live);
+                        }
+                    }
+                    return;
+                }
             }
             if let Some(id) = table.apply(&ev) {
                 printer.print(table, id, live);

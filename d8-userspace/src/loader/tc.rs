@@ -271,6 +271,14 @@ impl CtJoin {
         std::mem::take(&mut self.pending)
     }
 
+    /// The conntrack event read for `flow`, if it has not gone to the flow table yet: it must
+    /// precede the flow's records other than its first packet (a reset is judged by whether the
+    /// flow has a backend).
+    pub fn take_pending_for(&mut self, flow: &crate::events::Tuple) -> Option<crate::events::Event> {
+        let i = self.pending.iter().position(|e| e.flow == *flow)?;
+        Some(self.pending.remove(i))
+    }
+
     /// Times the socket overflowed: conntrack events (joins) were lost.
     pub fn overruns(&self) -> u64 {
         self.events.overruns

@@ -1,0 +1,283 @@
+//! The TC hook set (`--hooks tc`): the same scripted traffic gives the same flows (frontend,
+//! backend, outcome, drop reason, class) as the netfilter hook set, and nothing of it stays
+//! attached after exit. On kernels without netfilter links (the VM's 6.1) the netfilter half of
+//! each comparison is skipped and the TC flows are checked against the expected values alone.
+
+use std::{process::Command, time::Duration};
+
+use d8_tests::{
+    report::{Flow, Report},
+    run::{Trace, run_to_end},
+};
+use d8_trace::{
+    lab::{self, Lab},
+    model::ProxyMode,
+};
+
+use crate::common::*;
+
+/// Whether this kernel has netfilter BPF links (doctor says so).
+fn netfilter_links() -> bool {
+    let out = run_to_end(&["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == "netfilter links" && c["ok"] == true)
+}
+
+/// The fields both hook sets must agree on; the client's port differs between runs.
+fn essence(f: &Flow) -> (String, Option<String>, Option<String>, String, Option<String>, Option<String>) {
+    (f.protocol.clone(), f.frontend.clone(), f.backend.clone(), f.outcome.clone(), f.drop_reason.clone(), f.class.clone())
+}
+
+/// Traces `svc` with `hooks` while `traffic` runs; returns the report and what `traffic` said.
+fn traced<T>(lab: &Lab, svc: &str, secs: &str, hooks: &str, traffic: &dyn Fn(&Lab) -> T) -> (Report, T) {
+    let trace = Trace::start(&trace_args(lab, svc, secs, &["--hooks", hooks]));
+    let said = traffic(lab);
+    let done = trace.finish(Duration::from_secs(25));
+    if hooks == "tc" {
+        assert!(done.stderr.contains("tc hook set"), "the TC hook set was used:\n{}", done.stderr);
+    }
+    (done.report(), said)
+}
+
+/// Runs `traffic` under both hook sets (TC only where netfilter links are missing) and checks
+/// that the flows to `frontend` agree; returns the TC flows and what the TC run's traffic said.
+fn same_flows<T>(
+    mode: ProxyMode,
+    svc: &str,
+    frontend: &str,
+    secs: &str,
+    traffic: &dyn Fn(&Lab) -> T,
+    normalize: &dyn Fn(&T, &mut Flow),
+) -> (Vec<Flow>, T) {
+    let lab = lab(mode);
+    let (tc, said) = traced(&lab, svc, secs, "tc", traffic);
+    let mut tc_flows: Vec<Flow> = tc.flows_to(frontend).into_iter().cloned().collect();
+    tc_flows.iter_mut().for_each(|f| normalize(&said, f));
+    assert_eq!(tc.lost_events, 0);
+    if netfilter_links() {
+        let (nf, nf_said) = traced(&lab, svc, secs, "netfilter", traffic);
+        let mut nf_flows: Vec<Flow> = nf.flows_to(frontend).into_iter().cloned().collect();
+        nf_flows.iter_mut().for_each(|f| normalize(&nf_said, f));
+        let a: Vec<_> = tc_flows.iter().map(essence).collect();
+        let b: Vec<_> = nf_flows.iter().map(essence).collect();
+        assert_eq!(a, b, "tc flows:\n{}\nnetfilter flows:\n{}", tc.describe_flows(), nf.describe_flows());
+        assert_eq!(
+            tc.root_cause.as_ref().map(|r| r.class.clone()),
+            nf.root_cause.as_ref().map(|r| r.class.clone()),
+            "same verdict"
+        );
+    } else {
+        eprintln!("no netfilter links on this kernel: TC flows checked against expected values only");
+    }
+    (tc_flows, said)
+}
+
+fn no_change<T>(_: &T, _: &mut Flow) {}
+
+#[test]
+fn tc_established_tcp_matches_netfilter() {
+    for mode in [ProxyMode::Iptables, ProxyMode::Nftables] {
+        let get = |lab: &Lab| {
+            let answer = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+            answer.backend().expect("the backend names itself")
+        };
+        // Which of the two pods answers is random: name it instead of its address.
+        let name_backend = |chosen: &String, f: &mut Flow| {
+            let expected = if chosen == "web-1" { "10.244.1.11:8080" } else { "10.244.1.12:8080" };
+            if f.backend.as_deref() == Some(expected) {
+                f.backend = Some("the backend that answered".into());
+            }
+        };
+        let (flows, _) = same_flows(mode, "default/web", "10.96.0.10:80", "3", &get, &name_backend);
+        assert_eq!(flows.len(), 1, "{mode:?}: one connection, one flow: {flows:?}");
+        assert_eq!(flows[0].backend.as_deref(), Some("the backend that answered"), "{mode:?}: {flows:?}");
+        assert_eq!(flows[0].outcome, "established", "{mode:?}");
+        assert!(flows[0].client.starts_with("10.244."), "{flows:?}");
+    }
+}
+
+#[test]
+fn tc_backend_reset_matches_netfilter() {
+    let connect = |lab: &Lab| {
+        let out = lab::tcp_connect(lab.client_ns(), addr(CLOSED_VIP, 80), TIMEOUT).expect("connect");
+        assert!(!out.is_connected(), "{out:?}");
+    };
+    let (flows, _) = same_flows(ProxyMode::Iptables, "default/closed", "10.96.0.30:80", "3", &connect, &no_change);
+    assert_eq!(flows[0].outcome, "reset", "{flows:?}");
+    assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.31:9090"));
+}
+
+#[test]
+fn tc_udp_matches_netfilter() {
+    let ask = |lab: &Lab| {
+        let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"query", TIMEOUT).expect("udp");
+        assert!(matches!(out, lab::UdpOutcome::Reply(_)), "{out:?}");
+    };
+    let (flows, _) = same_flows(ProxyMode::Iptables, "default/dns", "10.96.0.53:53", "3", &ask, &no_change);
+    assert_eq!((flows[0].protocol.as_str(), flows[0].outcome.as_str()), ("udp", "established"), "{flows:?}");
+    assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.21:5353"));
+}
+
+#[test]
+fn tc_rejected_matches_netfilter() {
+    for mode in [ProxyMode::Iptables, ProxyMode::Nftables] {
+        let connect = |lab: &Lab| {
+            let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
+            assert!(!out.is_connected(), "{out:?}");
+        };
+        let (flows, _) = same_flows(mode, "default/empty", "10.96.0.20:80", "3", &connect, &no_change);
+        assert_eq!(flows[0].outcome, "rejected", "{mode:?}: {flows:?}");
+        assert_eq!(flows[0].backend, None);
+    }
+}
+
+#[test]
+fn tc_dropped_matches_netfilter() {
+    let connect = |lab: &Lab| {
+        let out = lab::tcp_connect(lab.client_ns(), addr(DROPS_VIP, 80), Duration::from_millis(1500)).expect("connect");
+        assert!(!out.is_connected(), "{out:?}");
+    };
+    let lab_setup = |lab: &mut Lab| lab.set_drop_all("drops-1", true).expect("make the pod drop");
+    let mut lab = lab(ProxyMode::Iptables);
+    lab_setup(&mut lab);
+    let (tc, _) = traced(&lab, "default/drops", "4", "tc", &connect);
+    let flow = tc.flows_to("10.96.0.40:80")[0].clone();
+    assert_eq!(flow.outcome, "dropped", "{}", tc.describe_flows());
+    assert_eq!(flow.backend.as_deref(), Some("10.244.1.41:8080"));
+    if netfilter_links() {
+        let (nf, _) = traced(&lab, "default/drops", "4", "netfilter", &connect);
+        let nf_flow = nf.flows_to("10.96.0.40:80")[0].clone();
+        assert_eq!(essence(&flow), essence(&nf_flow), "tc:\n{}\nnetfilter:\n{}", tc.describe_flows(), nf.describe_flows());
+    } else {
+        // Drop reasons exist from 5.17 (the VM's 6.1 has them).
+        assert_eq!(flow.drop_reason.as_deref(), Some("NETFILTER_DROP"));
+    }
+}
+
+#[test]
+fn tc_node_local_client_is_established() {
+    let lab = lab(ProxyMode::Nftables);
+    let get = |lab: &Lab| {
+        let answer = lab::http_get(lab.node_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get from the node");
+        assert_eq!(answer.status(), Some(200));
+    };
+    let (report, ()) = traced(&lab, "default/web", "3", "tc", &get);
+    let flow = report.flows_to("10.96.0.10:80")[0];
+    assert!(flow.client.starts_with(&lab.node_ip().to_string()), "client is the node: {}", flow.client);
+    assert_eq!(flow.outcome, "established", "{}", report.describe_flows());
+    assert!(flow.backend.as_deref().is_some_and(|b| b.starts_with("10.244.1.1")), "{}", report.describe_flows());
+}
+
+#[test]
+fn tc_attaches_to_interfaces_that_appear_while_tracing() {
+    let mut lab = lab(ProxyMode::Iptables);
+    lab.delete_pod("web-2").expect("delete web-2");
+    let mut trace = Trace::start(&trace_args(&lab, "default/web", "6", &["--hooks", "tc"]));
+    lab.restore_pod("web-2").expect("web-2 comes back with a new veth");
+    trace.wait_for_stderr("attached TC programs to new interface", Duration::from_secs(5));
+    // Traffic until web-2 answered once, through its new interface.
+    let mut web2 = None;
+    for _ in 0..20 {
+        let answer = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+        if answer.backend().as_deref() == Some("web-2") {
+            web2 = answer.remote_ip();
+            break;
+        }
+    }
+    assert!(web2.is_some(), "web-2 never answered");
+    let report = trace.finish(Duration::from_secs(25)).report();
+    let to_web2: Vec<&Flow> = report
+        .flows_to("10.96.0.10:80")
+        .into_iter()
+        .filter(|f| f.backend.as_deref() == Some("10.244.1.12:8080"))
+        .collect();
+    assert!(!to_web2.is_empty(), "{}", report.describe_flows());
+    assert!(to_web2.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
+}
+
+/// Ids of loaded `d8_tc_*` programs.
+fn d8_tc_programs() -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("d8_tc_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// The lab node's qdiscs and TC filters, and the BPF links (tcx) of `d8_tc_*` programs.
+fn node_tc_state(lab: &Lab) -> String {
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(["netns", "exec", lab.node_ns()]).args(args).output().expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut all = ip(&["tc", "qdisc", "show"]);
+    for line in ip(&["ip", "-o", "link", "show"]).lines() {
+        let Some(name) = line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string()) else { continue };
+        for dir in ["ingress", "egress"] {
+            let filters = ip(&["tc", "filter", "show", "dev", &name, dir]);
+            if !filters.trim().is_empty() {
+                all.push_str(&format!("{name} {dir}: {filters}"));
+            }
+        }
+    }
+    let progs = d8_tc_programs();
+    let out = Command::new("bpftool").args(["-j", "link", "show"]).output().expect("bpftool");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for l in links.as_array().into_iter().flatten() {
+        if l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)) {
+            all.push_str(&format!("d8_tc link {}\n", l));
+        }
+    }
+    all
+}
+
+fn nothing_left(env: &[(&str, &str)]) {
+    let lab = lab(ProxyMode::Iptables);
+    let before = node_tc_state(&lab);
+    assert!(!before.contains("d8_tc_") && !before.contains("clsact"), "clean lab: {before}");
+    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "2", &["--hooks", "tc"]), env);
+    let during = node_tc_state(&lab);
+    // Every interface but lo: ext0, the dead-end veth pair, the client's and each local pod's veth.
+    let links = Command::new("ip").args(["netns", "exec", lab.node_ns(), "ip", "-o", "link", "show"]).output().unwrap();
+    let ifaces = String::from_utf8_lossy(&links.stdout).lines().filter(|l| !l.contains(": lo:")).count();
+    assert!(ifaces >= lab.spec().pods.iter().filter(|p| p.is_local(lab.spec())).count() + 3);
+    let attached = if env.is_empty() && d8_trace::kernel::version().is_some_and(|v| v >= (6, 6)) {
+        during.matches("d8_tc link").count()
+    } else {
+        assert!(during.contains("clsact"), "clsact qdiscs while tracing:\n{during}");
+        during.matches(" d8_tc_ingress direct-action").count() + during.matches(" d8_tc_egress direct-action").count()
+    };
+    assert_eq!(attached, 2 * ifaces, "ingress and egress on every interface ({env:?}):\n{during}");
+    trace.finish(Duration::from_secs(15)).report();
+    let after = node_tc_state(&lab);
+    assert_eq!(after, before, "tc state after exit ({env:?})");
+    assert!(d8_tc_programs().is_empty(), "no d8_tc_* program stays loaded");
+}
+
+#[test]
+fn tc_leaves_nothing_after_exit() {
+    // The kernel's own way (tcx links from 6.6), then netlink filters on clsact qdiscs that
+    // d8-trace adds and must remove again (the pre-6.6 path, forced).
+    nothing_left(&[]);
+    nothing_left(&[("D8_TC_NETLINK", "1")]);
+}
+
+#[test]
+fn tc_keeps_a_clsact_qdisc_it_did_not_add() {
+    let lab = lab(ProxyMode::Iptables);
+    let ns = lab.node_ns();
+    let add = Command::new("ip").args(["netns", "exec", ns, "tc", "qdisc", "add", "dev", "ext0", "clsact"]).status().unwrap();
+    assert!(add.success());
+    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "1", &["--hooks", "tc"]), &[("D8_TC_NETLINK", "1")]);
+    trace.finish(Duration::from_secs(15)).report();
+    let after = node_tc_state(&lab);
+    assert!(after.contains("clsact") && after.contains("ext0"), "someone else's qdisc stays:\n{after}");
+    assert!(!after.contains("d8_tc_"), "{after}");
+}
