@@ -9,13 +9,11 @@
 //! - `errors`: bad input gets one sentence and the contract's exit code.
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
-//! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
 //! - `tc`: the TC hook set gives the netfilter set's flows, and leaves nothing behind.
 
 mod cleanup;
 mod common;
 mod daemon;
-mod demo;
 mod errors;
 mod mcp;
 mod tc;
