@@ -222,6 +222,43 @@ fn untranslated(
         return (VerdictClass::NoEndpoints, fact, fd);
     }
 
+    // The node answered for a frontend whose rules have no endpoint at all and no REJECT rule:
+    // an IPVS virtual server without real servers (IPVS answers ICMP port unreachable itself).
+    let fe_rule = facts
+        .frontend(fe, f.protocol)
+        .and_then(|fr| fr.rule.as_ref());
+    let rules_endpoints = facts
+        .svc
+        .map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
+    if let (Some(answer), Some(rule)) = (&node_answered, fe_rule)
+        && no_endpoint_rules.is_empty()
+        && rules_endpoints == 0
+        && facts.rules_present()
+    {
+        let ready = facts.api_ready_endpoints();
+        let (class, detail) = if ready.is_empty() {
+            (
+                VerdictClass::NoEndpoints,
+                format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
+            )
+        } else {
+            (
+                VerdictClass::KubeProxyRulesMissing,
+                format!(
+                    "kube-proxy's rules give {name}'s frontend {fe} no endpoint while the API lists {} ready: its rules are not synced",
+                    ready.len()
+                ),
+            )
+        };
+        let mut fd = finding(facts, class, detail);
+        push_rule(&mut fd, Some(rule));
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Rules,
+            format!("no endpoint in kube-proxy's rules for {fe}"),
+        ));
+        return (class, format!("{answer} (frontend without endpoints)"), fd);
+    }
+
     // kube-proxy dropped: "has no local endpoints" for traffic from outside the cluster.
     if !no_local_rules.is_empty() && node_answered.is_none() {
         let external = !matches!(kind, Some(FrontendKind::ClusterIp));

@@ -284,6 +284,39 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         out.push(fd);
     }
 
+    // Frontends in the rules but no endpoint and no REJECT rule: an IPVS virtual server without
+    // real servers, which answers ICMP port unreachable itself.
+    let programmed: Vec<_> = svc
+        .frontends
+        .iter()
+        .filter_map(|f| f.rule.as_ref())
+        .collect();
+    if svc.rules.no_endpoints.is_empty()
+        && !programmed.is_empty()
+        && !svc.endpoints.iter().any(|e| e.in_rules)
+        && ready.is_empty()
+    {
+        let mut fd = finding(
+            facts,
+            VerdictClass::NoEndpoints,
+            format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
+        );
+        for r in programmed.iter().take(3) {
+            push_rule(&mut fd, Some(r));
+        }
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Rules,
+            format!("kube-proxy's rules for {name} have frontends and no endpoint"),
+        ));
+        if facts.ctx.api_consulted {
+            fd.evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("EndpointSlices of {name} list no ready endpoints"),
+            ));
+        }
+        out.push(fd);
+    }
+
     // DROP "has no local endpoints".
     if !svc.rules.no_local_endpoints.is_empty() {
         let policy = if svc.api.internal_traffic_policy_local == Some(true)

@@ -1238,3 +1238,56 @@ fn minor_versions_parse_vendor_suffixes() {
     assert_eq!(minor_version("v1.28.3+k3s1"), Some((1, 28)));
     assert_eq!(minor_version("latest"), None);
 }
+
+/// IPVS mode: the virtual server exists (a frontend with its rule), no real server, no REJECT
+/// rule; IPVS itself answers ICMP port unreachable.
+fn ipvs_empty_model() -> ServiceModel {
+    let mut m = model(true);
+    m.kube_proxy.mode = ProxyMode::Ipvs;
+    let svc = &mut m.services[0];
+    for fe in &mut svc.frontends {
+        fe.rule = Some(RuleRef {
+            source: RuleSource::Ipvs,
+            name: format!("TCP {}:{}", fe.ip, fe.port),
+            text: format!("TCP  {}:{} rr", fe.ip, fe.port),
+        });
+    }
+    for e in &mut svc.endpoints {
+        e.in_rules = false;
+        e.rule = None;
+        e.ready = Some(false);
+    }
+    m
+}
+
+#[test]
+fn ipvs_virtual_server_without_real_servers_is_no_endpoints() {
+    let v = classify(
+        &target(),
+        &[rejected_flow(1)],
+        &ipvs_empty_model(),
+        &ctx(true),
+    );
+    assert_eq!(v.flows[0].class, VerdictClass::NoEndpoints);
+    assert_eq!(v.root_cause.class, VerdictClass::NoEndpoints);
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "TCP  10.96.0.10:80 rr"),
+        "{}",
+        evidence_dump(&v)
+    );
+    let explain = classify(
+        &target(),
+        &[],
+        &ipvs_empty_model(),
+        &Context {
+            api_consulted: true,
+            ..Context::default()
+        },
+    );
+    assert_eq!(explain.root_cause.class, VerdictClass::NoEndpoints);
+    // Ready in the API but absent from IPVS: not synced.
+    let mut m = ipvs_empty_model();
+    m.services[0].endpoints[0].ready = Some(true);
+    let v = classify(&target(), &[rejected_flow(1)], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
+}
