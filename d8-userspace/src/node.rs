@@ -62,9 +62,7 @@ pub async fn view(sel: &Selection) -> Result<NodeView, Error> {
     let applied = k8s::apply(&mut model, &api_source(sel), &hint, Duration::from_secs(5)).await?;
     if model.kube_proxy.mode == ProxyMode::Ipvs && !node_rules.virtual_servers.is_empty() {
         // IPVS names no Services: join its virtual servers to the API's Services by address.
-        let known: Vec<_> = model.services.iter().map(|s| (s.service.clone(), s.frontends.clone())).collect();
-        let joined = rules::ipvs::join(&node_rules.virtual_servers, &known);
-        model.services = rules::merge_services(std::mem::take(&mut model.services), joined);
+        model.services = rules::ipvs::name_services(std::mem::take(&mut model.services), &node_rules.virtual_servers);
     }
     if let Some((name, _)) = &applied.node {
         model.node = Some(name.clone());

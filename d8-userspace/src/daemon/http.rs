@@ -57,7 +57,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&state, req.uri().path())) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            // Half-closing clients (send the request, shut down writing, read) still get their answer.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
