@@ -151,6 +151,26 @@ pub struct Endpoint {
     pub rule: Option<RuleRef>,
 }
 
+impl Endpoint {
+    /// An endpoint seen in the rules only: nothing known yet about the API, readiness or locality.
+    pub fn in_rules(ip: IpAddr, port: u16, protocol: Protocol, port_name: &str) -> Self {
+        Self {
+            ip,
+            port,
+            protocol,
+            port_name: port_name.to_string(),
+            in_rules: true,
+            in_api: None,
+            ready: None,
+            local: None,
+            node: None,
+            pod: None,
+            weight: None,
+            rule: None,
+        }
+    }
+}
+
 /// What the rules say about a Service as a whole, beyond frontends and endpoints.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RuleFacts {
@@ -189,6 +209,11 @@ pub struct ApiFacts {
     /// them), so their absence from the rules is not a fault.
     #[serde(default)]
     pub proxied: Option<bool>,
+    /// Endpoints the API lists as terminating but still serving (`ready: false, serving: true`).
+    /// kube-proxy keeps sending to them while the Service has no ready endpoint (terminating
+    /// endpoints, GA in 1.28), so a rule DNATing to one is not stale.
+    #[serde(default)]
+    pub terminating_serving: Vec<std::net::SocketAddr>,
 }
 
 /// A Service on this node: its frontends, endpoints and the facts behind them.

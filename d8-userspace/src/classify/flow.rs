@@ -407,7 +407,8 @@ fn translated(
     };
 
     // The API disagrees with the rules: the DNAT target is not a ready endpoint.
-    if facts.ctx.api_consulted && f.frontend.is_some() {
+    let expected = ep.and_then(|e| facts.expected_not_ready(e));
+    if facts.ctx.api_consulted && f.frontend.is_some() && expected.is_none() {
         let why = match ep {
             None => Some("is not in the Service's EndpointSlices".to_owned()),
             Some(e) if e.in_api == Some(false) => {

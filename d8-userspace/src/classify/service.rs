@@ -352,6 +352,22 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 
     // DNAT targets the API does not list, or lists as not ready.
     for e in svc.endpoints.iter().filter(|e| e.in_rules) {
+        if let Some(expected) = facts.expected_not_ready(e) {
+            let mut fd = finding(
+                facts,
+                VerdictClass::Healthy,
+                "expected not-ready endpoint".into(),
+            );
+            fd.evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!(
+                    "{}:{} is {expected}: kube-proxy keeps it on purpose",
+                    e.ip, e.port
+                ),
+            ));
+            out.push(fd);
+            continue;
+        }
         let why = if e.in_api == Some(false) {
             "is not in the Service's EndpointSlices"
         } else if e.ready == Some(false) {

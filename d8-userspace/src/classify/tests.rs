@@ -112,6 +112,7 @@ fn model(api: bool) -> ServiceModel {
             internal_traffic_policy_local: Some(false),
             session_affinity_client_ip: Some(false),
             proxied: Some(true),
+            terminating_serving: Vec::new(),
         };
     }
     ServiceModel {
@@ -1290,4 +1291,51 @@ fn ipvs_virtual_server_without_real_servers_is_no_endpoints() {
     m.services[0].endpoints[0].ready = Some(true);
     let v = classify(&target(), &[rejected_flow(1)], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
+}
+
+#[test]
+fn terminating_serving_and_draining_endpoints_are_not_stale() {
+    let mut m = model(true);
+    m.services[0].endpoints[0].ready = Some(false);
+    m.services[0].api.terminating_serving = vec![addr(POD_A)];
+    let explain = Context {
+        api_consulted: true,
+        ..Context::default()
+    };
+    let v = classify(&target(), &[], &m, &explain);
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{:?}", v.causes);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "10.1.0.7:8080 is terminating but still serving"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
+    // A flow to it that gets no answer is the pod's fault, not a stale rule.
+    let v = classify(
+        &target(),
+        &[flow(1, Some(CLUSTER_IP), Some(POD_A))],
+        &m,
+        &ctx(true),
+    );
+    assert_eq!(v.flows[0].class, VerdictClass::BackendTimeout);
+
+    let mut m = model(true);
+    let e = &mut m.services[0].endpoints[1];
+    e.in_api = Some(false);
+    e.weight = Some(0.0);
+    e.rule = Some(RuleRef {
+        source: RuleSource::Ipvs,
+        name: "TCP 10.96.0.10:80 -> 10.1.0.8:8080".into(),
+        text: "  -> 10.1.0.8:8080 Masq 0 3 0".into(),
+    });
+    let v = classify(&target(), &[], &m, &explain);
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{:?}", v.causes);
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "draining (IPVS weight 0)"),
+        "{}",
+        evidence_dump(&v)
+    );
 }

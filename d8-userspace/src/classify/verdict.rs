@@ -178,6 +178,27 @@ impl Facts<'_> {
         self.node_ips.contains(&ip)
     }
 
+    /// Why a DNAT target the API does not call ready is still expected in the rules, if it is:
+    /// terminating but serving (kube-proxy's fallback when no endpoint is ready), or an IPVS real
+    /// server at weight 0 (draining its connections).
+    pub fn expected_not_ready(&self, e: &Endpoint) -> Option<&'static str> {
+        let addr = SocketAddr::new(e.ip, e.port);
+        if self
+            .svc
+            .is_some_and(|s| s.api.terminating_serving.contains(&addr))
+        {
+            return Some("terminating but still serving");
+        }
+        let ipvs = e
+            .rule
+            .as_ref()
+            .is_some_and(|r| r.source == crate::model::RuleSource::Ipvs);
+        if ipvs && e.weight == Some(0.0) {
+            return Some("draining (IPVS weight 0)");
+        }
+        None
+    }
+
     /// The Service as `namespace/name`.
     pub fn name(&self) -> String {
         self.target.to_string()

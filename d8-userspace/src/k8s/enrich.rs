@@ -145,6 +145,7 @@ fn api_facts(api: &ApiService) -> ApiFacts {
         session_affinity_client_ip: Some(
             spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP"),
         ),
+        terminating_serving: Vec::new(),
     }
 }
 
@@ -276,6 +277,8 @@ struct ApiEndpoint {
     protocol: Protocol,
     port_name: String,
     ready: bool,
+    /// Terminating but still serving.
+    terminating_serving: bool,
     node: Option<String>,
     pod: Option<String>,
 }
@@ -291,6 +294,10 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
         for e in &s.endpoints {
             // The API says a missing `ready` condition is to be read as ready.
             let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let terminating_serving = e
+                .conditions
+                .as_ref()
+                .is_some_and(|c| c.terminating == Some(true) && c.serving.unwrap_or(true));
             let pod = e
                 .target_ref
                 .as_ref()
@@ -317,6 +324,7 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
                         .find(|o| o.ip == ip && o.port == port && o.protocol == protocol)
                     {
                         dup.ready |= ready;
+                        dup.terminating_serving |= terminating_serving;
                         continue;
                     }
                     out.push(ApiEndpoint {
@@ -325,6 +333,7 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
                         protocol,
                         port_name: p.name.clone().unwrap_or_default(),
                         ready,
+                        terminating_serving,
                         node: e.node_name.clone(),
                         pod: pod.clone(),
                     });
@@ -365,6 +374,11 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
             }
         };
         matched[i] = true;
+        if a.terminating_serving && !a.ready {
+            svc.api
+                .terminating_serving
+                .push(std::net::SocketAddr::new(a.ip, a.port));
+        }
         let e = &mut svc.endpoints[i];
         e.in_api = Some(true);
         e.ready = Some(a.ready);

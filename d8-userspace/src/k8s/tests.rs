@@ -841,3 +841,22 @@ mod pipeline {
         );
     }
 }
+
+#[test]
+fn terminating_serving_endpoints_are_recorded() {
+    let text = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"a","name":"s"},"spec":{"clusterIP":"10.96.5.5","ports":[{"port":80}]}},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4","metadata":{"namespace":"a","name":"s-1","labels":{"kubernetes.io/service-name":"s"}},
+         "endpoints":[{"addresses":["10.1.0.9"],"conditions":{"ready":false,"serving":true,"terminating":true}}],
+         "ports":[{"port":8080,"protocol":"TCP"}]}
+    ]}"#;
+    let objs = parse_snapshot(text, "t.json").unwrap();
+    let mut m = ServiceModel::default();
+    enrich(&mut m, &objs, None);
+    let s = m.service(&sref("a", "s")).unwrap();
+    assert_eq!(
+        s.api.terminating_serving,
+        ["10.1.0.9:8080".parse::<std::net::SocketAddr>().unwrap()]
+    );
+    assert_eq!(s.endpoints[0].ready, Some(false));
+}
