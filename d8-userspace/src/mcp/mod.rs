@@ -167,7 +167,7 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
             }
         };
         eprintln!(
-            "d8-trace: mcp: {name}: tracing for {}s{}",
+            "d8-trace: mcp: {name}: starting a {}s trace{}",
             duration.as_secs(),
             sel.netns.as_deref().map(|n| format!(" in network namespace {n}")).unwrap_or_default()
         );

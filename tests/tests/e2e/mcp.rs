@@ -80,14 +80,14 @@ fn new_links(before: &[u64]) -> Vec<u64> {
     bpf::d8_links().into_iter().filter(|l| !before.contains(l)).collect()
 }
 
-/// Waits (blocking) until d8-trace's links not in `before` appear.
-fn wait_for_new_links(before: &[u64], timeout: Duration) -> bool {
+/// Waits (blocking) until the server says its hooks are attached (every link, targets set).
+fn wait_for_attached(stderr: &Mutex<Vec<String>>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if !new_links(before).is_empty() {
+        if stderr.lock().unwrap().iter().any(|l| l.contains("d8-trace: attached")) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     false
 }
@@ -106,7 +106,7 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
     let node = lab.node_ns().to_string();
     let client_ns = lab.client_ns().to_string();
     runtime().block_on(async {
-        let (client, _stderr, _reader) = start(&[]).await;
+        let (client, stderr, _reader) = start(&[]).await;
 
         // The tools and their input schemas.
         let tools = client.list_all_tools().await.expect("tools/list");
@@ -148,9 +148,11 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
 
         // trace: three requests while it runs.
         let before = bpf::d8_links();
+        let log = stderr.clone();
         let traffic = std::thread::spawn(move || {
-            assert!(wait_for_new_links(&before, Duration::from_secs(30)), "trace_service attached no hooks");
-            std::thread::sleep(Duration::from_millis(300));
+            assert!(wait_for_attached(&log, Duration::from_secs(30)), "trace_service did not attach its hooks");
+            assert!(!new_links(&before).is_empty(), "its links are in the kernel");
+            std::thread::sleep(Duration::from_millis(200));
             let mut chosen = Vec::new();
             for _ in 0..3 {
                 let answer = lab::http_get(&client_ns, addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
@@ -194,9 +196,10 @@ fn mcp_client_gone_mid_trace_leaves_nothing_attached() {
         let (client, stderr, reader) = start(&["--netns", &node, "--no-k8s"]).await;
         let peer = client.peer().clone();
         let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
-        let before = links_before.clone();
-        let attached = tokio::task::spawn_blocking(move || wait_for_new_links(&before, Duration::from_secs(30))).await.unwrap();
+        let log = stderr.clone();
+        let attached = tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30))).await.unwrap();
         assert!(attached, "the 60s trace attached its hooks");
+        assert!(!new_links(&links_before).is_empty(), "its links are in the kernel");
 
         // One trace at a time: a second is refused, saying what runs.
         let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 1})).await;
