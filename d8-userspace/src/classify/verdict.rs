@@ -479,6 +479,17 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
     }
 }
 
+/// Where a model warning comes from, by its wording (the readers and `k8s` write them).
+fn warning_kind(w: &str) -> EvidenceKind {
+    if w.starts_with("kube-proxy") {
+        EvidenceKind::KubeProxy
+    } else if w.contains("Kubernetes") || w.contains("snapshot") {
+        EvidenceKind::Api
+    } else {
+        EvidenceKind::Rules
+    }
+}
+
 /// `1 flow`, `3 flows`.
 pub(super) fn flows_n(n: usize) -> String {
     if n == 1 {
@@ -569,6 +580,6 @@ fn push_context_evidence(facts: &Facts<'_>, out: &mut Vec<Evidence>) {
         ));
     }
     for w in facts.model.warnings.iter().take(MAX_TRACE_FACTS) {
-        out.push(Evidence::new(EvidenceKind::Rules, format!("warning: {w}")));
+        out.push(Evidence::new(warning_kind(w), format!("warning: {w}")));
     }
 }

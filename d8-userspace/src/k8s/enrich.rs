@@ -102,6 +102,14 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     if model.kube_proxy.version.is_none() {
         model.kube_proxy.version = kube_proxy_version(&objs.pods, &objs.nodes, this_node);
     }
+    // The node-side check (process, healthz) wins; the API's pod status fills in when it could not
+    // tell, e.g. from a container without the host's PID namespace.
+    if model.kube_proxy.running.is_none()
+        && let Some((running, note)) = kube_proxy_pod_state(&objs.pods, this_node)
+    {
+        model.kube_proxy.running = Some(running);
+        model.warnings.push(note);
+    }
     if model.api_server_version.is_none() {
         model.api_server_version = objs
             .server_version
@@ -506,13 +514,15 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     ips
 }
 
-/// kube-proxy's version on this node: its DaemonSet pod's image tag, else the Node's (deprecated,
-/// often empty) `nodeInfo.kubeProxyVersion`.
-fn kube_proxy_version(pods: &[Pod], nodes: &[Node], this_node: Option<&str>) -> Option<String> {
-    let this = this_node?;
-    let from_pod = pods
-        .iter()
-        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(this))
+/// kube-proxy's DaemonSet pods on `this_node`.
+fn kube_proxy_pods<'a>(
+    pods: &'a [Pod],
+    this_node: Option<&'a str>,
+) -> impl Iterator<Item = &'a Pod> {
+    pods.iter()
+        .filter(move |p| {
+            this_node.is_some() && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == this_node
+        })
         .filter(|p| {
             p.metadata
                 .labels
@@ -521,6 +531,57 @@ fn kube_proxy_version(pods: &[Pod], nodes: &[Node], this_node: Option<&str>) -> 
                 .map(String::as_str)
                 == Some(KUBE_PROXY_LABEL.1)
         })
+}
+
+/// Whether this node's kube-proxy pod runs, from its status, with a sentence for the evidence:
+/// `Running` and Ready is running; `Failed`, or a container waiting in `CrashLoopBackOff` (or any
+/// other waiting reason) is not. `None` without such a pod: kube-proxy may run outside Kubernetes.
+fn kube_proxy_pod_state(pods: &[Pod], this_node: Option<&str>) -> Option<(bool, String)> {
+    let pod = kube_proxy_pods(pods, this_node).next()?;
+    let name = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let status = pod.status.as_ref()?;
+    let phase = status.phase.as_deref().unwrap_or("Unknown");
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let waiting = status.container_statuses.iter().flatten().find_map(|c| {
+        let w = c.state.as_ref()?.waiting.as_ref()?;
+        Some((
+            w.reason.clone().unwrap_or_else(|| "waiting".into()),
+            c.restart_count,
+        ))
+    });
+    let node = this_node.unwrap_or_default();
+    match (phase, ready, waiting) {
+        (_, _, Some((reason, restarts))) => Some((
+            false,
+            format!(
+                "kube-proxy pod {name} on {node} is {reason} ({restarts} restarts), per the API"
+            ),
+        )),
+        ("Failed", _, None) => Some((
+            false,
+            format!("kube-proxy pod {name} on {node} has failed, per the API"),
+        )),
+        ("Running", true, None) => Some((
+            true,
+            format!("kube-proxy pod {name} on {node} is Running and Ready, per the API"),
+        )),
+        _ => None,
+    }
+}
+
+/// kube-proxy's version on this node: its DaemonSet pod's image tag, else the Node's (deprecated,
+/// often empty) `nodeInfo.kubeProxyVersion`.
+fn kube_proxy_version(pods: &[Pod], nodes: &[Node], this_node: Option<&str>) -> Option<String> {
+    let this = this_node?;
+    let from_pod = kube_proxy_pods(pods, Some(this))
         .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
         .find(|c| {
             c.name == "kube-proxy" || c.image.as_deref().is_some_and(|i| i.contains("kube-proxy"))

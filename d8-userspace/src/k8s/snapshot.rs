@@ -70,9 +70,9 @@ pub fn parse_snapshot(text: &str, path: &str) -> Result<ClusterObjects> {
             .as_ref()
             .map_or_else(|| "unnamed".to_owned(), ItemMeta::display);
         match k {
-            ItemKind::Missing => objs.warnings.push(format!("{path}: item {i} ({name}) has no kind, skipped")),
+            ItemKind::Missing => objs.warnings.push(format!("Kubernetes snapshot {path}: item {i} ({name}) has no kind, skipped")),
             ItemKind::Other => objs.warnings.push(format!(
-                "{path}: item {i} is a {} ({name}), not used (expected Service, EndpointSlice, Pod, Node)",
+                "Kubernetes snapshot {path}: item {i} is a {} ({name}), not used (expected Service, EndpointSlice, Pod, Node)",
                 h.kind.as_deref().or(list_item_kind).unwrap_or_default()
             )),
             _ => {}
@@ -279,20 +279,21 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
             "Pod" => from_value::<Pod>(&mut item).map(|o| objs.pods.push(o)),
             "Node" => from_value::<Node>(&mut item).map(|o| objs.nodes.push(o)),
             "" => {
-                objs.warnings
-                    .push(format!("{path}: item {i} ({name}) has no kind, skipped"));
+                objs.warnings.push(format!(
+                    "Kubernetes snapshot {path}: item {i} ({name}) has no kind, skipped"
+                ));
                 continue;
             }
             other => {
                 objs.warnings.push(format!(
-                    "{path}: item {i} is a {other} ({name}), not used (expected Service, EndpointSlice, Pod, Node)"
+                    "Kubernetes snapshot {path}: item {i} is a {other} ({name}), not used (expected Service, EndpointSlice, Pod, Node)"
                 ));
                 continue;
             }
         };
         if let Err(e) = result {
             objs.warnings.push(format!(
-                "{path}: item {i} ({item_kind} {name}) does not parse, skipped: {e}"
+                "Kubernetes snapshot {path}: item {i} ({item_kind} {name}) does not parse, skipped: {e}"
             ));
         }
     }

@@ -379,6 +379,46 @@ fn enrich_sets_node_addresses_and_versions() {
 }
 
 #[test]
+fn the_kube_proxy_pod_status_fills_in_whether_kube_proxy_runs() {
+    let mut objs = read_snapshot(&fixture()).unwrap();
+    let mut m = rules_model();
+    m.kube_proxy.running = None;
+    enrich(&mut m, &objs, Some("node-1"));
+    // The fixture's kube-proxy pod is Running but has no Ready condition: no claim.
+    assert_eq!(m.kube_proxy.running, None);
+
+    let kp = objs
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("kube-proxy-4xk9z"))
+        .unwrap();
+    let status: k8s_openapi::api::core::v1::PodStatus = serde_json::from_value(serde_json::json!({
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "kube-proxy", "image": "registry.k8s.io/kube-proxy:v1.31.2", "imageID": "",
+                               "ready": false, "restartCount": 12,
+                               "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]
+    }))
+    .unwrap();
+    kp.status = Some(status);
+    let mut m = rules_model();
+    m.kube_proxy.running = None;
+    enrich(&mut m, &objs, Some("node-1"));
+    assert_eq!(m.kube_proxy.running, Some(false));
+    assert!(
+        m.warnings.iter().any(|w| w
+            .contains("kube-system/kube-proxy-4xk9z on node-1 is CrashLoopBackOff (12 restarts)")),
+        "{:?}",
+        m.warnings
+    );
+
+    // The node's own check is not overridden.
+    let mut m = rules_model();
+    enrich(&mut m, &objs, Some("node-1"));
+    assert_eq!(m.kube_proxy.running, Some(true));
+}
+
+#[test]
 fn enriched_model_proves_rules_missing_stale_endpoint_and_version_skew() {
     use crate::classify::{Context, classify};
     use crate::report::VerdictClass;
