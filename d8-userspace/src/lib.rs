@@ -19,6 +19,7 @@
 
 pub mod classify;
 pub mod cli;
+pub mod demo;
 pub mod daemon;
 pub mod doctor;
 pub mod events;

@@ -62,7 +62,9 @@ fn main() -> ExitCode {
         Some(Command::Doctor(args)) => d8_trace::doctor::run(args.json, &args.selection).map_err(Failure::env),
         Some(Command::Explain(args)) => explain_command(args),
         Some(Command::Daemon(args)) => daemon_command(args),
-        Some(Command::Demo(_)) => Err(Failure::usage("`demo` is not available in this build yet")),
+        Some(Command::Demo(args)) => {
+            d8_trace::demo::run(&args).map_err(|e| Failure { code: e.exit_code(), message: error_chain(&e) })
+        }
         Some(Command::Mcp(args)) => d8_trace::mcp::serve(&args).map_err(Failure::env),
     };
     match result {

@@ -710,6 +710,23 @@ impl Lab {
         self.apply(spec)
     }
 
+    /// Changes readiness in the world, the API and the rules at once, like [`Self::set_ready`],
+    /// but leaves every other fault in place ([`Self::set_ready`] re-applies the world spec, which
+    /// undoes them): for scripts that stack faults, such as `d8-trace demo`.
+    pub fn set_ready_keeping_faults(&mut self, pod: &str, ready: bool) -> Result<(), Error> {
+        let mut found = false;
+        for spec in [&mut self.spec, &mut self.rules_spec, &mut self.api_spec] {
+            if let Some(p) = spec.find_pod_mut(pod) {
+                p.ready = ready;
+                found = true;
+            }
+        }
+        if !found {
+            return Err(Error::NoSuchPod(pod.to_string()));
+        }
+        self.sync_rules()
+    }
+
     /// Stops a pod's listener on `port`: new connections get RST (`backend_refused`), UDP gets
     /// port-unreachable. Undo with [`Self::start_listener`].
     pub fn stop_listener(&mut self, pod: &str, port: u16) -> Result<(), Error> {

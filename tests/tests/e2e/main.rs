@@ -8,12 +8,14 @@
 //! - `cleanup`: nothing stays attached after exit, Ctrl-C or an error.
 //! - `errors`: bad input gets one sentence and the contract's exit code.
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
+//! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
 //! - `tc`: the TC hook set gives the netfilter set's flows, and leaves nothing behind.
 
 mod cleanup;
 mod common;
 mod daemon;
+mod demo;
 mod errors;
 mod mcp;
 mod tc;
