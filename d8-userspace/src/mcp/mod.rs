@@ -31,9 +31,12 @@ use std::{
 };
 
 use rmcp::{
-    ServerHandler, ServiceExt,
+    Peer, RoleServer, ServerHandler, ServiceExt,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
-    model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig},
+    model::{
+        CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProgressToken, RequestMetaObject,
+        ServerCapabilities, ServerConfig,
+    },
     tool, tool_handler, tool_router,
 };
 use serde_json::json;
@@ -147,6 +150,8 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         &self,
         Parameters(input): Parameters<TraceInput>,
         call: CancellationToken,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let prepared = args::service(&input.service).and_then(|svc| {
             let duration = args::seconds(input.seconds)?;
@@ -172,7 +177,13 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
             sel.netns.as_deref().map(|n| format!(" in network namespace {n}")).unwrap_or_default()
         );
         let netns = sel.netns.clone();
+        // Clients that asked for progress get one notification a second (it keeps their request
+        // timeouts from firing during a long trace).
+        let progress = meta.get_progress_token().map(|token| tokio::spawn(report_progress(peer, token, name.clone(), duration)));
         let result = self.jobs.run(&name, netns, Some(slot), call, move || trace_job(svc, sel, duration)).await;
+        if let Some(p) = progress {
+            p.abort();
+        }
         Ok(match result {
             Ok((report, warnings)) => {
                 eprintln!("d8-trace: mcp: {name}: {}, {} flows; hooks detached", verdict_word(&report), report.flows.len());
@@ -233,6 +244,26 @@ impl ServerHandler for D8Mcp {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("d8-trace", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
+    }
+}
+
+/// One progress notification a second: elapsed seconds of the trace's `total`.
+async fn report_progress(peer: Peer<RoleServer>, token: ProgressToken, name: String, total: Duration) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed().as_secs();
+        let mut note = ProgressNotificationParam::new(token.clone(), elapsed as f64);
+        note = if elapsed <= total.as_secs() {
+            note.with_total(total.as_secs() as f64).with_message(format!("{name}: {elapsed}s of {}s", total.as_secs()))
+        } else {
+            note.with_message(format!("{name}: classifying the flows"))
+        };
+        if peer.notify_progress(note).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -11,16 +11,26 @@ use std::{
 use d8_tests::{bpf, report::Report, run::binary};
 use d8_trace::{lab, model::ProxyMode};
 use rmcp::{
-    RoleClient, ServiceExt,
-    model::{CallToolRequestParams, CallToolResult},
-    service::RunningService,
+    ClientHandler, RoleClient, ServiceExt,
+    model::{CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam, ProgressToken, RequestMetaObject},
+    service::{NotificationContext, RunningService},
     transport::TokioChildProcess,
 };
 use serde_json::{Value, json};
 
 use crate::common::*;
 
-type Client = RunningService<RoleClient, ()>;
+type Client = RunningService<RoleClient, Progress>;
+
+/// The client side: records the progress notifications it gets.
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<Vec<f64>>>);
+
+impl ClientHandler for Progress {
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        self.0.lock().unwrap().push(params.progress);
+    }
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
@@ -33,7 +43,7 @@ fn command(args: &[&str]) -> tokio::process::Command {
 }
 
 /// `d8-trace mcp <args>` as a child, its stderr collected (and echoed) line by line.
-async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>, Progress) {
     let (proc, stderr) =
         TokioChildProcess::builder(command(args)).stderr(Stdio::piped()).spawn().expect("spawning d8-trace mcp");
     let lines = Arc::new(Mutex::new(Vec::new()));
@@ -46,8 +56,9 @@ async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::
             sink.lock().unwrap().push(line);
         }
     });
-    let client = ().serve(proc).await.expect("MCP initialization with d8-trace mcp");
-    (client, lines, reader)
+    let progress = Progress::default();
+    let client = progress.clone().serve(proc).await.expect("MCP initialization with d8-trace mcp");
+    (client, lines, reader, progress)
 }
 
 fn params(tool: &str, args: Value) -> CallToolRequestParams {
@@ -106,7 +117,7 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
     let node = lab.node_ns().to_string();
     let client_ns = lab.client_ns().to_string();
     runtime().block_on(async {
-        let (client, stderr, _reader) = start(&[]).await;
+        let (client, stderr, _reader, progress) = start(&[]).await;
 
         // The tools and their input schemas.
         let tools = client.list_all_tools().await.expect("tools/list");
@@ -161,7 +172,9 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
             }
             chosen
         });
-        let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap})).await;
+        let mut traced = params("trace_service", json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap}));
+        traced.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(NumberOrString::Number(7))));
+        let r = client.call_tool(traced).await.expect("calling trace_service");
         let chosen = traffic.join().expect("traffic thread");
         let report = report_of(&r);
         let flows = report.flows_to("10.96.0.10:80");
@@ -179,6 +192,9 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         assert!(flows.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
         assert_eq!(report.root_cause.as_ref().map(|c| c.class.as_str()), Some("healthy"), "{}", text(&r));
         assert!(text(&r).contains("traced 5s: 3 flows"), "{}", text(&r));
+        // A client that asked for progress heard about the trace every second.
+        let steps = progress.0.lock().unwrap().clone();
+        assert!(steps.len() >= 3 && steps.windows(2).all(|w| w[0] < w[1]), "progress: {steps:?}");
 
         client.cancel().await.expect("closing the session");
     });
@@ -193,7 +209,7 @@ fn mcp_client_gone_mid_trace_leaves_nothing_attached() {
     let progs_before = bpf::d8_programs();
     let stderr = runtime().block_on(async {
         // The server's own flags are the calls' defaults.
-        let (client, stderr, reader) = start(&["--netns", &node, "--no-k8s"]).await;
+        let (client, stderr, reader, _progress) = start(&["--netns", &node, "--no-k8s"]).await;
         let peer = client.peer().clone();
         let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
         let log = stderr.clone();
