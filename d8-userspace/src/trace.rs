@@ -273,8 +273,29 @@ pub fn kernel_setup() -> Result<KernelSetup, Error> {
     if !kernel::is_root() {
         return Err(Error::NotRoot);
     }
-    let btf = Btf::from_sys().map_err(kernel::Error::from)?;
     let requested = REQUESTED_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(crate::cli::Hooks::Auto);
+    let btf = match Btf::from_sys() {
+        Ok(btf) => btf,
+        // Without BTF (CONFIG_DEBUG_INFO_BTF off) the TC programs still work: they read packets.
+        // Only the drop tracepoint needs sk_buff's layout.
+        Err(e) if requested != crate::cli::Hooks::Netfilter => {
+            let choice = choose_hooks(requested, false)?;
+            let mut config = Config::default();
+            for off in [&mut config.skb_head, &mut config.skb_network_header, &mut config.skb_nfct] {
+                *off = u32::MAX;
+            }
+            config.ct_tuple_orig = u32::MAX;
+            config.ct_tuple_reply = u32::MAX;
+            config.ct_status = u32::MAX;
+            config.nf_state_hook = u32::MAX;
+            let mount = tracefs::Mount::ensure()?;
+            let mut warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
+            warnings.insert(0, format!("{e}: tracing with the TC hook set without drops (the drop tracepoint needs sk_buff's layout from BTF)"));
+            *CHOSEN_HOOKS.lock().unwrap_or_else(|e| e.into_inner()) = Some(choice);
+            return Ok(KernelSetup { config, drop_reasons: DropReasons::default(), mount, warnings });
+        }
+        Err(e) => return Err(kernel::Error::from(e).into()),
+    };
     let choice = choose_hooks(requested, btf.struct_size("bpf_nf_ctx").is_ok())?;
     let mut config = Config::default();
     let mut early_warnings = Vec::new();
@@ -568,20 +589,7 @@ mod tests {
             port_name: "http".into(),
             rule: None,
         });
-        svc.endpoints.push(Endpoint {
-            ip: "10.244.1.7".parse().unwrap(),
-            port: 8080,
-            protocol: Protocol::Tcp,
-            port_name: "http".into(),
-            in_rules: true,
-            in_api: None,
-            ready: None,
-            local: None,
-            node: None,
-            pod: None,
-            weight: None,
-            rule: None,
-        });
+        svc.endpoints.push(Endpoint::in_rules("10.244.1.7".parse().unwrap(), 8080, Protocol::Tcp, "http"));
         let mut m = ServiceModel::default();
         m.kube_proxy.rules_present = true;
         m.services.push(svc);
@@ -601,6 +609,20 @@ mod tests {
         assert_eq!(targets.len(), 3);
         assert_eq!(targets[2].1, target::BACKEND);
         assert_eq!(u16::from_be(targets[0].0.port), 80);
+    }
+
+    #[test]
+    fn hook_set_follows_the_request_and_the_kernel() {
+        use crate::cli::Hooks;
+        let auto_old = choose_hooks(Hooks::Auto, false).unwrap();
+        assert_eq!((auto_old.set, auto_old.join), (loader::HookSet::Tc, Join::CtNetlink));
+        assert!(auto_old.reason.contains("no netfilter BPF links"), "{}", auto_old.reason);
+        let auto_new = choose_hooks(Hooks::Auto, true).unwrap();
+        assert_eq!((auto_new.set, auto_new.join), (loader::HookSet::Netfilter, Join::SkbConntrack));
+        assert_eq!(choose_hooks(Hooks::Tc, true).unwrap().set, loader::HookSet::Tc);
+        let err = choose_hooks(Hooks::Netfilter, false).unwrap_err();
+        assert_eq!(err.exit_code(), 3);
+        assert!(err.to_string().contains("--hooks tc"), "{err}");
     }
 
     #[test]

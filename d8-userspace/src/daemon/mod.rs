@@ -417,20 +417,7 @@ mod tests {
                 port_name: String::new(),
                 rule: None,
             });
-            s.endpoints.push(Endpoint {
-                ip: pod.parse().unwrap(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-                port_name: String::new(),
-                in_rules: true,
-                in_api: None,
-                ready: None,
-                local: None,
-                node: None,
-                pod: None,
-                weight: None,
-                rule: None,
-            });
+            s.endpoints.push(Endpoint::in_rules(pod.parse().unwrap(), 8080, Protocol::Tcp, ""));
             m.services.push(s);
         }
         m
