@@ -1339,3 +1339,41 @@ fn terminating_serving_and_draining_endpoints_are_not_stale() {
         evidence_dump(&v)
     );
 }
+
+#[test]
+fn the_root_cause_names_the_backend_most_failing_flows_went_to() {
+    // Both endpoints are stale in the API; the flows all went to web-b.
+    let mut m = model(true);
+    for e in &mut m.services[0].endpoints {
+        e.in_api = Some(false);
+        e.ready = None;
+    }
+    let flows = [
+        flow(1, Some(CLUSTER_IP), Some(POD_B)),
+        flow(2, Some(CLUSTER_IP), Some(POD_B)),
+    ];
+    let v = classify(&target(), &flows, &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
+    assert!(
+        v.root_cause
+            .detail
+            .contains("10.1.0.8:8080 (pod shop/web-b)"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        v.mitigation.immediate.contains("get pod web-b"),
+        "{:?}",
+        v.mitigation
+    );
+    let flows = [
+        flow(1, Some(CLUSTER_IP), Some(POD_B)),
+        flow(2, Some(CLUSTER_IP), Some(POD_A)),
+    ];
+    let v = classify(&target(), &flows, &m, &ctx(true));
+    assert!(
+        v.root_cause.detail.ends_with("(2 flows to 2 backends)"),
+        "{}",
+        v.root_cause.detail
+    );
+}

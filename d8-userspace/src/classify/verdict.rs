@@ -340,16 +340,16 @@ fn rank(
     let mut causes = Vec::new();
     let mut cause_kinds = Vec::new();
     for g in &faults {
-        let lead = g
-            .findings
-            .first()
-            .cloned()
-            .or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
-        let detail = lead.as_ref().map(|f| f.detail.clone()).unwrap_or_default();
-        let detail = if g.flows.is_empty() {
-            detail
-        } else {
-            format!("{detail} ({})", flows_n(g.flows.len()))
+        let lead = lead_of(&g.flows, &g.findings, &classified);
+        let backends: HashSet<SocketAddr> = g
+            .flows
+            .iter()
+            .filter_map(|&i| classified[i].1.backend)
+            .collect();
+        let detail = match (g.flows.len(), backends.len()) {
+            (0, _) => lead.detail,
+            (n, 0 | 1) => format!("{} ({})", lead.detail, flows_n(n)),
+            (n, b) => format!("{} ({} to {b} backends)", lead.detail, flows_n(n)),
         };
         // The kind of an "also" line: trace when flows prove the cause, else where its finding
         // comes from.
@@ -375,12 +375,7 @@ fn rank(
         Some(g) => {
             // Evidence of the root cause: its findings' evidence, the flows' own evidence (rules they
             // went through), then the trace facts.
-            let lead = g
-                .findings
-                .first()
-                .cloned()
-                .or_else(|| g.flows.first().map(|&i| classified[i].1.clone()));
-            let lead = lead.expect("a group has at least one flow or finding");
+            let lead = lead_of(&g.flows, &g.findings, &classified);
             for f in &g.findings {
                 push_unique(&mut evidence, &f.evidence);
             }
@@ -459,6 +454,49 @@ fn rank(
         severity,
         mitigation,
     }
+}
+
+/// The finding that speaks for a cause: without flows, its first finding; with flows, the one
+/// about the backend most of them went to (a service finding about it when there is one, since it
+/// carries the API's word), or a Service-wide finding when the flows had no backend.
+fn lead_of(
+    flows: &[usize],
+    findings: &[Finding],
+    classified: &[(FlowVerdict, Finding)],
+) -> Finding {
+    let Some(&first) = flows.first() else {
+        return findings
+            .first()
+            .cloned()
+            .expect("a cause has a flow or a finding");
+    };
+    let mut counts: Vec<(Option<SocketAddr>, usize)> = Vec::new();
+    for &i in flows {
+        let b = classified[i].1.backend;
+        match counts.iter_mut().find(|(x, _)| *x == b) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((b, 1)),
+        }
+    }
+    // Most flows first; ties go to the backend seen first.
+    let top = counts
+        .iter()
+        .rev()
+        .max_by_key(|(_, n)| *n)
+        .and_then(|(b, _)| *b);
+    let service_finding = match top {
+        Some(b) => findings.iter().find(|f| f.backend == Some(b)),
+        None => findings.iter().find(|f| f.backend.is_none()),
+    };
+    if let Some(f) = service_finding {
+        return f.clone();
+    }
+    flows
+        .iter()
+        .map(|&i| &classified[i].1)
+        .find(|f| f.backend == top)
+        .unwrap_or(&classified[first].1)
+        .clone()
 }
 
 /// Rank of a class as a root cause: lower is more fundamental.
