@@ -255,6 +255,17 @@ pub(super) struct Finding {
 
 /// Classifies `flows` to `target` against `model`. `flows` empty: the verdict rules and API alone
 /// support (`explain`, or a trace that saw nothing).
+///
+/// ```no_run
+/// use d8_trace::classify::{Context, classify};
+/// use d8_trace::model::{ServiceModel, ServiceRef};
+///
+/// let svc = ServiceRef { namespace: "shop".into(), name: "web".into() };
+/// let model = ServiceModel::default(); // from rules::read_node and k8s::apply
+/// let explain = Context { api_consulted: true, ..Context::default() };
+/// let verdict = classify(&svc, &[], &model, &explain);
+/// println!("{}: {}", verdict.root_cause.class, verdict.root_cause.detail);
+/// ```
 pub fn classify(
     target: &ServiceRef,
     flows: &[Flow],

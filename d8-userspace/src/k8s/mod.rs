@@ -155,6 +155,21 @@ pub struct Applied {
 
 /// Folds the API's view from `source` into `model`.
 ///
+/// ```no_run
+/// use d8_trace::k8s::{DEFAULT_TIMEOUT, NodeHint, Source, apply};
+/// use d8_trace::model::ServiceModel;
+///
+/// # async fn run() -> Result<(), d8_trace::k8s::Error> {
+/// let mut model = ServiceModel::default(); // the rules' model
+/// let hint = NodeHint { env: std::env::var("NODE_NAME").ok(), ..NodeHint::default() };
+/// let applied = apply(&mut model, &Source::Live { kubeconfig: None }, &hint, DEFAULT_TIMEOUT).await?;
+/// for w in &applied.warnings {
+///     eprintln!("d8-trace: warning: {w}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
 /// A snapshot that cannot be read or is not a List is an error (the user named the file); objects
 /// in it that do not parse are warnings. The live API failing (no kubeconfig, unreachable, RBAC,
 /// `timeout` per request) is a warning and `api_consulted == false`: the verdict then rests on the

@@ -50,6 +50,16 @@ impl Format {
 
 /// Writes `report` to `out` in `format`.
 ///
+/// ```no_run
+/// use d8_trace::model::ServiceRef;
+/// use d8_trace::report::{Format, Report, render};
+///
+/// let svc = ServiceRef { namespace: "shop".into(), name: "web".into() };
+/// let report = Report::new(&svc);
+/// render(&report, Format::Json, &mut std::io::stdout().lock())?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
 /// JSON is one pretty-printed object followed by a newline; YAML the same object; the runbook the
 /// block of DESIGN.md section 5. Serialization errors (which the report's types cannot produce) come
 /// back as `io::ErrorKind::InvalidData`; a broken pipe comes back as the writer's error, for the caller
