@@ -1073,15 +1073,31 @@ fn build_report_fills_flow_classes_and_the_verdict() {
     assert_eq!(json["flows"][0]["class"], "backend_refused");
 }
 
-/// Recorded flow fixtures (`testdata/flows/*.json`: `{"flows": [...], "expect": [...classes]}`),
-/// classified against the literal model with the API consulted.
+/// Flow fixtures (`testdata/flows/*.json`), hand-written in the tracer's `Flow` format: `flows`,
+/// the expected class of each (`expect`) and `root_cause`; with their own `model` and `context`
+/// when they carry one, else the literal model of these tests with the API consulted.
 #[test]
 fn recorded_flow_fixtures_classify_as_recorded() {
+    #[derive(serde::Deserialize)]
+    struct FixtureConntrack {
+        count: Option<u64>,
+        max: Option<u64>,
+        drop_delta: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct FixtureContext {
+        api_consulted: bool,
+        traced: bool,
+        conntrack: Option<FixtureConntrack>,
+        lost_events: u64,
+    }
     #[derive(serde::Deserialize)]
     struct Fixture {
         flows: Vec<Flow>,
         expect: Vec<VerdictClass>,
         root_cause: VerdictClass,
+        model: Option<ServiceModel>,
+        context: Option<FixtureContext>,
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/flows");
     let mut seen = 0;
@@ -1092,18 +1108,28 @@ fn recorded_flow_fixtures_classify_as_recorded() {
         }
         let fx: Fixture = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let v = classify(
-            &target(),
-            &fx.flows,
-            &with_probe_ports(model(true)),
-            &ctx(true),
-        );
+        let model = fx.model.unwrap_or_else(|| with_probe_ports(model(true)));
+        let context = match fx.context {
+            Some(c) => Context {
+                api_consulted: c.api_consulted,
+                traced: c.traced,
+                lost_events: c.lost_events,
+                conntrack: c.conntrack.map(|x| ConntrackStats {
+                    count: x.count,
+                    max: x.max,
+                    drop_delta: x.drop_delta,
+                }),
+                ..Context::default()
+            },
+            None => ctx(true),
+        };
+        let v = classify(&target(), &fx.flows, &model, &context);
         let got: Vec<_> = v.flows.iter().map(|f| f.class).collect();
         assert_eq!(got, fx.expect, "{}", path.display());
         assert_eq!(v.root_cause.class, fx.root_cause, "{}", path.display());
         seen += 1;
     }
-    assert!(seen > 0, "no fixtures in {dir}");
+    assert!(seen >= 6, "fixtures missing in {dir}: {seen}");
 }
 
 #[test]
