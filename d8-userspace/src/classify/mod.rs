@@ -2,16 +2,17 @@
 //! with evidence, severity and mitigation (DESIGN.md section 1).
 //!
 //! A pure function ([`classify`]): it takes values and returns values, never reads `/proc`, maps,
-//! the API or the clock, so tests feed it literal [`Flow`]s and [`ServiceModel`]s. What it cannot see
-//! in the flows or the model comes in through [`Context`] (whether the API was consulted, conntrack
-//! counters, the host's addresses, the trace duration).
+//! the API or the clock, so tests feed it literal [`crate::flows::Flow`]s and
+//! [`crate::model::ServiceModel`]s. What it cannot see in the flows or the model comes in through
+//! [`Context`] (whether the API was consulted, conntrack counters, the host's addresses, the trace
+//! duration).
 //!
 //! How it decides:
 //! - each flow gets a class from its own facts (reply, RSTs and who sent them, ICMP errors, drops)
-//!   read against the Service's rules and API facts ([`flow`]);
+//!   read against the Service's rules and API facts (`flow.rs`);
 //! - the Service's rules and API facts give findings of their own, which is all `explain` has
-//!   ([`service`]);
-//! - causes (flow classes and findings) are ranked ([`verdict`]): flow-proven causes first, then, by
+//!   (`service.rs`);
+//! - causes (flow classes and findings) are ranked (`verdict.rs`): flow-proven causes first, then, by
 //!   how fundamental they are, kube-proxy down, rules missing, conntrack full, no endpoints, ETP=Local
 //!   without local endpoints, stale endpoint, backend refused, backend timeout, dropped, version skew.
 //!   Probe RSTs are benign and never the root cause; version skew is the root cause only when nothing

@@ -1,7 +1,7 @@
 //! The live Kubernetes API through kube-rs: list Nodes, this node's Pods, Services and
 //! EndpointSlices, and the server version, then hand them to the same enrichment as a snapshot.
 //!
-//! Thin on purpose: everything that interprets objects is in [`super::enrich`] and tested with
+//! Thin on purpose: everything that interprets objects is in [`super::enrich`](mod@super::enrich) and tested with
 //! literal objects. Every request has a short timeout, and [`load`] turns any failure (no
 //! kubeconfig, API unreachable, RBAC) into a warning so the verdict falls back to the rules alone.
 //! Lists are paginated (500 per page) so a large cluster does not arrive as one huge response.

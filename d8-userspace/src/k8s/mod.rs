@@ -1,11 +1,11 @@
 //! The Kubernetes API side of the service model: Services, EndpointSlices, Pods and Nodes, read from
-//! a snapshot file or the live API, folded into the [`ServiceModel`](crate::model::ServiceModel).
+//! a snapshot file or the live API, folded into the [`crate::model::ServiceModel`].
 //!
 //! - [`snapshot`]: `--k8s-snapshot FILE`, the JSON List printed by
 //!   `kubectl get services,endpointslices,pods,nodes -A -o json`.
 //! - [`live`]: the live API through kube-rs, from a kubeconfig or the in-cluster config, with short
 //!   timeouts; an unreachable API is a warning and a rules-only verdict, never a crash.
-//! - [`enrich`]: the one place both feed: API facts per Service, endpoint readiness and locality,
+//! - [`enrich`](mod@enrich): the one place both feed: API facts per Service, endpoint readiness and locality,
 //!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
 //! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
 //!
