@@ -26,6 +26,8 @@ pub struct Findings {
     /// `netfilter`, `tc` or `none`.
     pub hook_set: &'static str,
     pub reason: String,
+    /// How the chosen set joins a flow's pre- and post-DNAT views (null with no set).
+    pub join: Option<String>,
 }
 
 fn program_supported(ty: aya::programs::ProgramType) -> Result<bool, String> {
@@ -45,6 +47,11 @@ pub fn findings(requested: Hooks) -> Findings {
         Ok(btf) => {
             let mut config = d8_common::Config::default();
             let offsets = kernel::struct_offsets(btf, &mut config).map(|()| config);
+            let offsets = offsets.map_err(|e| {
+                format!(
+                    "{e}; the TC hook set goes on without them (drops are matched by the packet's tuple), the netfilter set cannot"
+                )
+            });
             (true, btf.struct_size("bpf_nf_ctx").is_ok(), DropReasons::from_btf(btf), Some(offsets))
         }
         Err(_) => (false, false, DropReasons::default(), None),
@@ -53,7 +60,8 @@ pub fn findings(requested: Hooks) -> Findings {
         "btf",
         btf_ok,
         match &btf {
-            Ok(_) => format!("{} present", kernel::btf::VMLINUX_BTF),
+            Ok(b) if b.modules().is_empty() => format!("{} present", kernel::btf::VMLINUX_BTF),
+            Ok(b) => format!("{} present, with the split BTF of {}", kernel::btf::VMLINUX_BTF, b.modules().join(", ")),
             Err(e) => e.to_string(),
         },
     );
@@ -66,7 +74,7 @@ pub fn findings(requested: Hooks) -> Findings {
                 c.skb_head, c.skb_network_header, c.skb_nfct, c.ct_tuple_orig, c.ct_tuple_reply, c.ct_status
             ),
         ),
-        Some(Err(e)) => push("struct offsets", false, e.to_string()),
+        Some(Err(e)) => push("struct offsets", false, e),
         None => push("struct offsets", false, "no BTF to read them from".into()),
     }
     push(
@@ -137,20 +145,57 @@ pub fn findings(requested: Hooks) -> Findings {
             Err(e) => e.clone(),
         },
     );
-    push("kprobes", kprobes, if kprobes { "kprobe_events present".into() } else { "no kprobe_events in tracefs (CONFIG_KPROBES off?)".into() });
+    push(
+        "kprobes",
+        kprobes,
+        if kprobes {
+            "kprobe_events present (not used: this build joins the TC views through conntrack netlink events)".into()
+        } else {
+            "no kprobe_events in tracefs (CONFIG_KPROBES off?); not needed".into()
+        },
+    );
     let conntrack = std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists();
     push("conntrack", conntrack, if conntrack { "nf_conntrack loaded".into() } else { "nf_conntrack not loaded in this kernel/netns yet".into() });
 
-    let (hook_set, reason) = match requested {
-        Hooks::Tc => ("none", "--hooks tc requested, but the TC hook set is not in this build".to_string()),
-        Hooks::Netfilter | Hooks::Auto if nf_ok => (
-            "netfilter",
-            "netfilter BPF links are available: exact pre/post-DNAT views from the skb's conntrack entry".to_string(),
-        ),
-        Hooks::Netfilter => ("none", "--hooks netfilter requested, but this kernel has no netfilter BPF links".to_string()),
-        Hooks::Auto => ("none", "no netfilter BPF links, and the TC fallback is not in this build".to_string()),
+    let tc_ok = matches!(tc_prog, Ok(true));
+    let ctnetlink = if root {
+        crate::kernel::ctnetlink::Events::open().map(drop).map_err(|e| e.to_string())
+    } else {
+        Err("needs root to subscribe".into())
     };
-    Findings { kernel: kernel::release(), checks, hook_set, reason }
+    push(
+        "conntrack events",
+        ctnetlink.is_ok(),
+        match &ctnetlink {
+            Ok(()) => "NFNLGRP_CONNTRACK_NEW subscription works (the TC hook set's join)".into(),
+            Err(e) => format!("cannot subscribe to conntrack netlink events: {e} (nf_conntrack_netlink missing?)"),
+        },
+    );
+    if tc_ok {
+        push(
+            "tc attach",
+            true,
+            if crate::loader::tc::uses_netlink() {
+                "netlink filters on a clsact qdisc (before 6.6); a qdisc d8-trace adds is removed on exit".into()
+            } else {
+                "tcx links (6.6+): no qdisc involved".into()
+            },
+        );
+    }
+
+    let (hook_set, reason, join) = match crate::trace::choose_hooks(requested, nf_ok) {
+        Ok(choice) if choice.set == crate::loader::HookSet::Tc && !tc_ok => {
+            ("none", format!("{}, but TC programs do not load here ({tc_prog:?})", choice.reason), None)
+        }
+        Ok(choice) if choice.set == crate::loader::HookSet::Tc && ctnetlink.is_err() => (
+            "none",
+            format!("{}, but its join (conntrack netlink events) is unavailable", choice.reason),
+            None,
+        ),
+        Ok(choice) => (choice.set.name(), choice.reason, Some(choice.join.describe().to_string())),
+        Err(e) => ("none", e.to_string(), None),
+    };
+    Findings { kernel: kernel::release(), checks, hook_set, reason, join }
 }
 
 /// Prints the findings (text or JSON) on stdout.
@@ -168,5 +213,8 @@ pub fn run(json: bool, selection: &Selection) -> Result<(), String> {
         println!("  [{}] {:<16} {}", if c.ok { "ok" } else { "--" }, c.name, c.detail);
     }
     println!("hook set: {} ({})", f.hook_set, f.reason);
+    if let Some(join) = &f.join {
+        println!("join: {join}");
+    }
     Ok(())
 }

@@ -79,6 +79,44 @@ pub struct Btf {
     types: Vec<Type>,
     /// Name -> type ids with that name (several when a name is reused).
     by_name: HashMap<String, Vec<u32>>,
+    /// String section (module BTF refers to vmlinux's strings by offset).
+    strings: Vec<u8>,
+    /// Split BTF of loaded modules (`/sys/kernel/btf/<module>`): their type ids continue after
+    /// this BTF's, and their string offsets after its strings. `nf_conn` lives in nf_conntrack's
+    /// on kernels that build conntrack as a module (Debian, Ubuntu).
+    modules: Vec<(String, Btf)>,
+}
+
+/// Modules whose split BTF is read next to vmlinux's, when loaded.
+pub const MODULES: &[&str] = &["nf_conntrack", "nf_nat"];
+
+/// Where a type id is looked up: vmlinux, or a module split on it.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    base: &'a Btf,
+    module: Option<&'a Btf>,
+}
+
+impl<'a> Scope<'a> {
+    fn get(self, id: u32) -> Option<&'a Type> {
+        let base_len = self.base.types.len();
+        match self.module {
+            Some(m) if id as usize >= base_len => m.types.get(id as usize - base_len),
+            _ => self.base.types.get(id as usize),
+        }
+    }
+
+    fn resolve(self, mut id: u32) -> &'a Type {
+        // Bounded: alias chains in real BTF are a handful long.
+        for _ in 0..32 {
+            match self.get(id) {
+                Some(Type::Alias { type_id }) => id = *type_id,
+                Some(t) => return t,
+                None => return &Type::Other,
+            }
+        }
+        &Type::Other
+    }
 }
 
 fn u16_at(b: &[u8], off: usize) -> Result<u16> {
@@ -102,9 +140,28 @@ fn string_at(strings: &[u8], off: u32) -> Result<String> {
 }
 
 impl Btf {
-    /// Reads the running kernel's BTF.
+    /// Reads the running kernel's BTF, with the split BTF of the [`MODULES`] that are loaded.
     pub fn from_sys() -> Result<Self> {
-        Self::from_file(Path::new(VMLINUX_BTF))
+        let mut btf = Self::from_file(Path::new(VMLINUX_BTF))?;
+        for module in MODULES {
+            let path = Path::new("/sys/kernel/btf").join(module);
+            if let Ok(bytes) = std::fs::read(&path) {
+                btf.add_module(module, &bytes)?;
+            }
+        }
+        Ok(btf)
+    }
+
+    /// Adds a module's split BTF (types and strings continue after this BTF's).
+    pub fn add_module(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let module = Self::parse_inner(bytes, Some(self))?;
+        self.modules.push((name.to_string(), module));
+        Ok(())
+    }
+
+    /// Names of the modules whose BTF was read.
+    pub fn modules(&self) -> Vec<&str> {
+        self.modules.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -117,6 +174,11 @@ impl Btf {
 
     /// Parses raw BTF bytes (little-endian; the only byte order of the machines we run on).
     pub fn parse(b: &[u8]) -> Result<Self> {
+        Self::parse_inner(b, None)
+    }
+
+    /// Parses BTF, split on `base` when given.
+    fn parse_inner(b: &[u8], base: Option<&Btf>) -> Result<Self> {
         if u16_at(b, 0)? != MAGIC {
             return Err(Error::Malformed("bad magic (not little-endian BTF)".into()));
         }
@@ -132,8 +194,18 @@ impl Btf {
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or_else(|| Error::Malformed("string section out of range".into()))?;
 
-        // Type id 0 is `void`.
-        let mut types = vec![Type::Other];
+        // Type id 0 is `void` (in the base only); split BTF's ids continue after the base's, its
+        // string offsets after the base's strings.
+        let mut types = if base.is_some() { Vec::new() } else { vec![Type::Other] };
+        let first_id = base.map_or(0, |b| b.types.len());
+        let base_strings: &[u8] = base.map_or(&[], |b| b.strings.as_slice());
+        let string_at = |_: &[u8], off: u32| -> Result<String> {
+            if (off as usize) < base_strings.len() {
+                string_at(base_strings, off)
+            } else {
+                string_at(strings, off - base_strings.len() as u32)
+            }
+        };
         let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
         let mut off = 0;
         while off < types_bytes.len() {
@@ -208,35 +280,30 @@ impl Btf {
                 by_name
                     .entry(string_at(strings, name_off)?)
                     .or_default()
-                    .push(types.len() as u32);
+                    .push((first_id + types.len()) as u32);
             }
             types.push(ty);
         }
-        Ok(Self { types, by_name })
+        Ok(Self { types, by_name, strings: if base.is_some() { Vec::new() } else { strings.to_vec() }, modules: Vec::new() })
     }
 
-    fn resolve(&self, mut id: u32) -> &Type {
-        // Bounded: alias chains in real BTF are a handful long.
-        for _ in 0..32 {
-            match self.types.get(id as usize) {
-                Some(Type::Alias { type_id }) => id = *type_id,
-                Some(t) => return t,
-                None => return &Type::Other,
-            }
-        }
-        &Type::Other
+    /// vmlinux first, then each module.
+    fn scopes(&self) -> impl Iterator<Item = (Scope<'_>, &Btf)> {
+        std::iter::once((Scope { base: self, module: None }, self))
+            .chain(self.modules.iter().map(move |(_, m)| (Scope { base: self, module: Some(m) }, m)))
     }
 
     /// The first composite (struct/union) with this name that has members: kernels also carry
     /// forward-declared or duplicate empty copies.
-    fn composite(&self, name: &str) -> Result<(u32, &[Member])> {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .find_map(|&id| match &self.types[id as usize] {
-                Type::Composite { size, members } if !members.is_empty() => Some((*size, members.as_slice())),
-                _ => None,
+    fn composite(&self, name: &str) -> Result<(u32, &[Member], Scope<'_>)> {
+        self.scopes()
+            .find_map(|(scope, btf)| {
+                btf.by_name.get(name).into_iter().flatten().find_map(|&id| match scope.get(id) {
+                    Some(Type::Composite { size, members }) if !members.is_empty() => {
+                        Some((*size, members.as_slice(), scope))
+                    }
+                    _ => None,
+                })
             })
             .ok_or_else(|| Error::MissingType { kind: "struct", name: name.to_string() })
     }
@@ -251,18 +318,18 @@ impl Btf {
     /// members, as C sees them (`sk_buff`'s `network_header` sits inside an anonymous
     /// `struct_group`).
     pub fn member_offset(&self, strukt: &str, path: &str) -> Result<u32> {
-        let (_, members) = self.composite(strukt)?;
+        let (_, members, scope) = self.composite(strukt)?;
         let mut bits = 0u32;
         let mut current = members;
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
-            let (offset, type_id) = self.find_member(current, part).ok_or_else(|| Error::MissingMember {
+            let (offset, type_id) = Self::find_member(scope, current, part).ok_or_else(|| Error::MissingMember {
                 strukt: strukt.to_string(),
                 member: path.to_string(),
             })?;
             bits += offset;
             if parts.peek().is_some() {
-                match self.resolve(type_id) {
+                match scope.resolve(type_id) {
                     Type::Composite { members, .. } => current = members,
                     _ => {
                         return Err(Error::MissingMember {
@@ -280,15 +347,15 @@ impl Btf {
     }
 
     /// Finds `name` among `members`, descending into anonymous members. Returns (bit offset, type).
-    fn find_member(&self, members: &[Member], name: &str) -> Option<(u32, u32)> {
+    fn find_member(scope: Scope<'_>, members: &[Member], name: &str) -> Option<(u32, u32)> {
         for m in members {
             if m.name == name {
                 return Some((m.bit_offset, m.type_id));
             }
         }
         for m in members.iter().filter(|m| m.name.is_empty()) {
-            if let Type::Composite { members: inner, .. } = self.resolve(m.type_id)
-                && let Some((off, ty)) = self.find_member(inner, name)
+            if let Type::Composite { members: inner, .. } = scope.resolve(m.type_id)
+                && let Some((off, ty)) = Self::find_member(scope, inner, name)
             {
                 return Some((m.bit_offset + off, ty));
             }
@@ -298,13 +365,12 @@ impl Btf {
 
     /// All (name, value) pairs of `enum name`.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>> {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .find_map(|&id| match &self.types[id as usize] {
-                Type::Enum { values } if !values.is_empty() => Some(values.clone()),
-                _ => None,
+        self.scopes()
+            .find_map(|(scope, btf)| {
+                btf.by_name.get(name).into_iter().flatten().find_map(|&id| match scope.get(id) {
+                    Some(Type::Enum { values }) if !values.is_empty() => Some(values.clone()),
+                    _ => None,
+                })
             })
             .ok_or_else(|| Error::MissingType { kind: "enum", name: name.to_string() })
     }
@@ -318,18 +384,25 @@ pub(crate) mod testing {
         types: Vec<u8>,
         strings: Vec<u8>,
         next_id: u32,
+        /// Split BTF: the base's string section length.
+        str_base: u32,
     }
 
     impl Builder {
         pub fn new() -> Self {
-            Self { types: Vec::new(), strings: vec![0], next_id: 1 }
+            Self { types: Vec::new(), strings: vec![0], next_id: 1, str_base: 0 }
+        }
+
+        /// A builder for BTF split on what `self` built (a module's on vmlinux's).
+        pub fn split(&self) -> Self {
+            Self { types: Vec::new(), strings: vec![0], next_id: self.next_id, str_base: self.strings.len() as u32 }
         }
 
         fn string(&mut self, s: &str) -> u32 {
             if s.is_empty() {
                 return 0;
             }
-            let off = self.strings.len() as u32;
+            let off = self.str_base + self.strings.len() as u32;
             self.strings.extend_from_slice(s.as_bytes());
             self.strings.push(0);
             off
@@ -456,6 +529,28 @@ mod tests {
     fn rejects_garbage() {
         assert!(matches!(Btf::parse(&[0u8; 30]), Err(Error::Malformed(_))));
         assert!(matches!(Btf::parse(&[0x9f, 0xeb]), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn reads_module_btf_split_on_vmlinux() {
+        let mut base = Builder::new();
+        let u32_t = base.int("unsigned int", 4);
+        base.strukt("sk_buff", 232, &[("_nfct", u32_t, 104)]);
+        let mut module = base.split();
+        let tuple = module.strukt("nf_conntrack_tuple", 40, &[("src", u32_t, 0), ("dst", u32_t, 20)]);
+        let hash = module.strukt("nf_conntrack_tuple_hash", 56, &[("hnnode", u32_t, 0), ("tuple", tuple, 16)]);
+        let alias = module.typedef("nf_conntrack_tuple_hash_t", hash);
+        module.strukt("nf_conn", 248, &[("tuplehash", alias, 16), ("status", u32_t, 128)]);
+        module.enumeration("ip_conntrack_status", &[("IPS_CONFIRMED", 8)]);
+        let mut btf = Btf::parse(&base.build()).unwrap();
+        assert!(btf.struct_size("nf_conn").is_err(), "not in vmlinux");
+        btf.add_module("nf_conntrack", &module.build()).unwrap();
+        assert_eq!(btf.modules(), vec!["nf_conntrack"]);
+        assert_eq!(btf.member_offset("nf_conn", "status").unwrap(), 128);
+        assert_eq!(btf.member_offset("nf_conn", "tuplehash.tuple.dst").unwrap(), 16 + 16 + 20);
+        assert_eq!(btf.struct_size("nf_conntrack_tuple").unwrap(), 40);
+        assert_eq!(btf.member_offset("sk_buff", "_nfct").unwrap(), 104);
+        assert_eq!(btf.enum_values("ip_conntrack_status").unwrap(), vec![("IPS_CONFIRMED".to_string(), 8)]);
     }
 
     /// The running kernel's BTF, when there is one: the offsets the programs need all resolve.
