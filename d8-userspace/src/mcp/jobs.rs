@@ -14,7 +14,8 @@
 //!
 //! Kernel jobs (`trace_service`, `doctor`: they attach programs or mount tracefs) hold the one
 //! [`KernelSlot`] from before they start until their thread has detached everything; a second one
-//! is refused with a sentence that says what runs and for how long.
+//! is refused at once with a sentence that says what runs and for how long (only a job that was
+//! cancelled and is still detaching is waited for, up to 5 seconds).
 
 use std::{
     future::Future,
@@ -125,12 +126,25 @@ struct Holder {
     what: String,
     started: Instant,
     limit: Option<Duration>,
+    /// The job's token, once it runs: cancelled means it is detaching and the slot frees soon.
+    job: Option<CancellationToken>,
 }
+
+/// How long a call waits for a cancelled job to finish detaching before it is refused.
+const STOPPING_WAIT: Duration = Duration::from_secs(5);
 
 /// The right to attach programs or mount tracefs; released when dropped (by the job's thread,
 /// after everything is detached).
 pub struct KernelSlot {
     slot: Arc<Mutex<Option<Holder>>>,
+}
+
+impl KernelSlot {
+    fn set_job(&self, token: CancellationToken) {
+        if let Some(h) = self.slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            h.job = Some(token);
+        }
+    }
 }
 
 impl Drop for KernelSlot {
@@ -163,24 +177,40 @@ impl Jobs {
         &self.root
     }
 
-    /// Takes the kernel slot for `what` (at most `limit` long), or says who holds it.
-    pub fn kernel_slot(&self, what: &str, limit: Option<Duration>) -> Result<KernelSlot, Failure> {
+    /// Takes the kernel slot for `what` (at most `limit` long), or says who holds it. A job that
+    /// was cancelled and is still detaching is waited for (a few seconds), not reported as busy.
+    pub async fn kernel_slot(&self, what: &str, limit: Option<Duration>) -> Result<KernelSlot, Failure> {
+        let deadline = Instant::now() + STOPPING_WAIT;
+        loop {
+            match self.try_kernel_slot(what, limit) {
+                Ok(slot) => return Ok(slot),
+                Err((_, true)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err((f, _)) => return Err(f),
+            }
+        }
+    }
+
+    /// The slot, or the refusal and whether the holder is stopping.
+    fn try_kernel_slot(&self, what: &str, limit: Option<Duration>) -> Result<KernelSlot, (Failure, bool)> {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = slot.as_ref() {
+            let stopping = h.job.as_ref().is_some_and(|t| t.is_cancelled());
             let elapsed = h.started.elapsed().as_secs();
             let left = match h.limit {
                 Some(l) => format!(", about {}s left", l.as_secs().saturating_sub(elapsed).max(1)),
                 None => String::new(),
             };
-            return Err(Failure {
+            let state = if stopping { "is stopping".to_string() } else { format!("is running (started {elapsed}s ago{left})") };
+            let failure = Failure {
                 kind: FailureKind::Busy,
                 message: format!(
-                    "busy: {} is running (started {elapsed}s ago{left}); d8-trace runs one trace (or doctor) at a time: call again when it ends",
+                    "busy: {} {state}; d8-trace runs one trace (or doctor) at a time: call again when it ends",
                     h.what
                 ),
-            });
+            };
+            return Err((failure, stopping));
         }
-        *slot = Some(Holder { what: what.to_string(), started: Instant::now(), limit });
+        *slot = Some(Holder { what: what.to_string(), started: Instant::now(), limit, job: None });
         Ok(KernelSlot { slot: self.slot.clone() })
     }
 
@@ -206,6 +236,9 @@ impl Jobs {
         let _cancel_on_drop = token.clone().drop_guard();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let thread_token = token.clone();
+        if let Some(s) = &slot {
+            s.set_job(token.clone());
+        }
         let what = name.to_string();
         let handle = std::thread::Builder::new()
             .name(format!("d8-{}", name.split(' ').next().unwrap_or("job")))
@@ -291,12 +324,29 @@ mod tests {
     #[test]
     fn the_kernel_slot_is_exclusive_and_says_who_holds_it() {
         let jobs = Jobs::new();
-        let slot = jobs.kernel_slot("trace_service default/web", Some(Duration::from_secs(30))).unwrap();
-        let err = jobs.kernel_slot("doctor", None).err().unwrap();
+        let slot = block_on(jobs.kernel_slot("trace_service default/web", Some(Duration::from_secs(30)))).unwrap();
+        let started = Instant::now();
+        let err = block_on(jobs.kernel_slot("doctor", None)).err().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1), "a running job is refused at once");
         assert_eq!(err.kind, FailureKind::Busy);
-        assert!(err.message.contains("trace_service default/web") && err.message.contains("one trace"), "{}", err.message);
+        assert!(err.message.contains("trace_service default/web is running") && err.message.contains("one trace"), "{}", err.message);
         drop(slot);
-        assert!(jobs.kernel_slot("doctor", None).is_ok());
+        assert!(block_on(jobs.kernel_slot("doctor", None)).is_ok());
+    }
+
+    #[test]
+    fn a_stopping_job_is_waited_for() {
+        let jobs = Arc::new(Jobs::new());
+        let slot = block_on(jobs.kernel_slot("trace_service a/b", None)).unwrap();
+        let token = CancellationToken::new();
+        slot.set_job(token.clone());
+        token.cancel();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(slot);
+        });
+        assert!(block_on(jobs.kernel_slot("doctor", None)).is_ok(), "the slot of a cancelled job is waited for");
+        releaser.join().unwrap();
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
@@ -326,7 +376,7 @@ mod tests {
         let attached = Arc::new(Mutex::new(false));
         let flag = attached.clone();
         let call = CancellationToken::new();
-        let slot = jobs.kernel_slot("trace_service a/b", None).unwrap();
+        let slot = block_on(jobs.kernel_slot("trace_service a/b", None)).unwrap();
         let r: Result<(), Failure> = block_on(async {
             let cancel = call.clone();
             tokio::spawn(async move {
@@ -343,7 +393,7 @@ mod tests {
         });
         assert_eq!(r.unwrap_err().kind, FailureKind::Cancelled);
         assert!(!*attached.lock().unwrap(), "the job's future was dropped before the call returned");
-        assert!(jobs.kernel_slot("doctor", None).is_ok(), "the slot is free once the call returned");
+        assert!(jobs.try_kernel_slot("doctor", None).is_ok(), "the slot is free once the call returned");
     }
 
     #[test]

@@ -164,7 +164,7 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         };
         let name = format!("trace_service {}", svc.service);
         // Setup (rules, API) comes on top of the trace itself.
-        let slot = match self.jobs.kernel_slot(&name, Some(duration + Duration::from_secs(10))) {
+        let slot = match self.jobs.kernel_slot(&name, Some(duration + Duration::from_secs(10))).await {
             Ok(s) => s,
             Err(f) => {
                 log_failure("trace_service", &input.service, &f);
@@ -212,7 +212,7 @@ netfilter BPF links, TC, kprobes, conntrack) and which hook set a trace would us
             Err(f) => return Ok(failure_result(&f)),
         };
         // doctor may mount tracefs for its check: not while a trace relies on it.
-        let slot = match self.jobs.kernel_slot("doctor", Some(Duration::from_secs(10))) {
+        let slot = match self.jobs.kernel_slot("doctor", Some(Duration::from_secs(10))).await {
             Ok(s) => s,
             Err(f) => return Ok(failure_result(&f)),
         };

@@ -1,6 +1,10 @@
 //! `d8-trace mcp` (issue 8): an MCP client (the SDK's own, over the child process's stdio) lists
 //! the tools, explains and traces Services of a lab node with traffic flowing, and a client that
-//! goes away mid-trace leaves nothing attached.
+//! goes away mid-trace, or cancels its call, leaves nothing attached.
+//!
+//! Other d8-trace processes (other tests, other engineers) may attach and detach meanwhile, so
+//! "nothing left" is checked on the server's own BPF links and programs: the ones its file
+//! descriptors hold (`/proc/PID/fdinfo`) during the trace must be gone from the kernel afterwards.
 
 use std::{
     process::Stdio,
@@ -8,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use d8_tests::{bpf, report::Report, run::binary};
+use d8_tests::{report::Report, run::binary};
 use d8_trace::{lab, model::ProxyMode};
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
@@ -43,9 +47,10 @@ fn command(args: &[&str]) -> tokio::process::Command {
 }
 
 /// `d8-trace mcp <args>` as a child, its stderr collected (and echoed) line by line.
-async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>, Progress) {
+async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>, Progress, u32) {
     let (proc, stderr) =
         TokioChildProcess::builder(command(args)).stderr(Stdio::piped()).spawn().expect("spawning d8-trace mcp");
+    let pid = proc.id().expect("the server's pid");
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
     let reader = tokio::spawn(async move {
@@ -58,7 +63,7 @@ async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::
     });
     let progress = Progress::default();
     let client = progress.clone().serve(proc).await.expect("MCP initialization with d8-trace mcp");
-    (client, lines, reader, progress)
+    (client, lines, reader, progress, pid)
 }
 
 fn params(tool: &str, args: Value) -> CallToolRequestParams {
@@ -74,6 +79,56 @@ fn text(r: &CallToolResult) -> String {
     r.content.iter().filter_map(|c| c.as_text()).map(|t| t.text.clone()).collect::<Vec<_>>().join("\n")
 }
 
+/// BPF link and program ids the process `pid` holds file descriptors of.
+fn held_by(pid: u32) -> (Vec<u64>, Vec<u64>) {
+    let (mut links, mut progs) = (Vec::new(), Vec::new());
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (links, progs) };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let Some(id) = field("link_id:") {
+            links.push(id);
+        } else if let Some(id) = field("prog_id:") {
+            progs.push(id);
+        }
+    }
+    links.sort();
+    progs.sort();
+    (links, progs)
+}
+
+/// Ids of every BPF `kind` (`link`, `prog`) in the kernel, from `bpftool -j`.
+fn kernel_ids(kind: &str) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool").args(["-j", kind, "show"]).output().expect("bpftool is installed");
+    assert!(out.status.success(), "bpftool {kind} show: {}", String::from_utf8_lossy(&out.stderr));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list.iter().filter_map(|v| v["id"].as_u64()).collect()
+}
+
+/// Which of `links` and `progs` still exist in the kernel.
+fn still_in_kernel(links: &[u64], progs: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let all_links = kernel_ids("link");
+    let all_progs = kernel_ids("prog");
+    (
+        links.iter().copied().filter(|l| all_links.contains(l)).collect(),
+        progs.iter().copied().filter(|p| all_progs.contains(p)).collect(),
+    )
+}
+
+/// Waits until none of `links`/`progs` exists; returns what is left.
+fn wait_gone(links: &[u64], progs: &[u64], timeout: Duration) -> (Vec<u64>, Vec<u64>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = still_in_kernel(links, progs);
+        if (left.0.is_empty() && left.1.is_empty()) || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The structured report of a successful call.
 fn report_of(r: &CallToolResult) -> Report {
     assert_ne!(r.is_error, Some(true), "tool error: {}", text(r));
@@ -85,10 +140,6 @@ fn report_of(r: &CallToolResult) -> Report {
 fn error_of(r: &CallToolResult) -> String {
     assert_eq!(r.is_error, Some(true), "expected a tool error, got: {}", text(r));
     text(r)
-}
-
-fn new_links(before: &[u64]) -> Vec<u64> {
-    bpf::d8_links().into_iter().filter(|l| !before.contains(l)).collect()
 }
 
 /// Waits (blocking) until the server says its hooks are attached (every link, targets set).
@@ -117,7 +168,7 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
     let node = lab.node_ns().to_string();
     let client_ns = lab.client_ns().to_string();
     runtime().block_on(async {
-        let (client, stderr, _reader, progress) = start(&[]).await;
+        let (client, stderr, _reader, progress, pid) = start(&[]).await;
 
         // The tools and their input schemas.
         let tools = client.list_all_tools().await.expect("tools/list");
@@ -158,11 +209,11 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         assert!(error_of(&r).contains("is not in kube-proxy's rules"), "{}", text(&r));
 
         // trace: three requests while it runs.
-        let before = bpf::d8_links();
         let log = stderr.clone();
         let traffic = std::thread::spawn(move || {
             assert!(wait_for_attached(&log, Duration::from_secs(30)), "trace_service did not attach its hooks");
-            assert!(!new_links(&before).is_empty(), "its links are in the kernel");
+            let held = held_by(pid);
+            assert!(held.0.len() >= 7, "the server holds its links while tracing: {held:?}");
             std::thread::sleep(Duration::from_millis(200));
             let mut chosen = Vec::new();
             for _ in 0..3 {
@@ -176,6 +227,7 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         traced.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(NumberOrString::Number(7))));
         let r = client.call_tool(traced).await.expect("calling trace_service");
         let chosen = traffic.join().expect("traffic thread");
+        assert_eq!(held_by(pid), (vec![], vec![]), "the server holds no BPF link or program once the call returned");
         let report = report_of(&r);
         let flows = report.flows_to("10.96.0.10:80");
         assert_eq!(flows.len(), 3, "three connections, three flows:\n{}", report.describe_flows());
@@ -205,17 +257,17 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
 fn mcp_client_gone_mid_trace_leaves_nothing_attached() {
     let lab = lab(ProxyMode::Nftables);
     let node = lab.node_ns().to_string();
-    let links_before = bpf::d8_links();
-    let progs_before = bpf::d8_programs();
-    let stderr = runtime().block_on(async {
+    let (stderr, held) = runtime().block_on(async {
         // The server's own flags are the calls' defaults.
-        let (client, stderr, reader, _progress) = start(&["--netns", &node, "--no-k8s"]).await;
+        let (client, stderr, reader, _progress, pid) = start(&["--netns", &node, "--no-k8s"]).await;
         let peer = client.peer().clone();
         let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
         let log = stderr.clone();
         let attached = tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30))).await.unwrap();
         assert!(attached, "the 60s trace attached its hooks");
-        assert!(!new_links(&links_before).is_empty(), "its links are in the kernel");
+        let held = held_by(pid);
+        assert!(held.0.len() >= 7 && held.1.len() >= 2, "the server holds its links and programs: {held:?}");
+        assert_eq!(still_in_kernel(&held.0, &held.1), held, "they are in the kernel");
 
         // One trace at a time: a second is refused, saying what runs.
         let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 1})).await;
@@ -229,19 +281,59 @@ fn mcp_client_gone_mid_trace_leaves_nothing_attached() {
         assert!(!matches!(answer, Ok(Ok(ref r)) if r.is_error != Some(true)), "a cancelled trace has no report: {answer:?}");
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
         eprintln!("session closed {}ms after the disconnect", gone.elapsed().as_millis());
-        stderr.lock().unwrap().clone()
+        let stderr = stderr.lock().unwrap().clone();
+        (stderr, held)
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !new_links(&links_before).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(new_links(&links_before), Vec::<u64>::new(), "links left after the client went away");
-    let progs: Vec<u64> = bpf::d8_programs().into_iter().filter(|p| !progs_before.contains(p)).collect();
-    assert_eq!(progs, Vec::<u64>::new(), "programs left after the client went away");
+    let left = wait_gone(&held.0, &held.1, Duration::from_secs(5));
+    assert_eq!(left, (vec![], vec![]), "links and programs of the server left after the client went away");
     // The server detached and stopped by itself (no SIGTERM or kill needed).
     let log = stderr.join("\n");
     assert!(log.contains("the client closed stdin"), "{log}");
     assert!(log.contains("trace_service default/web: cancelled; everything it attached is detached"), "{log}");
     assert!(log.contains("d8-trace: mcp: stopped"), "{log}");
     assert!(!log.contains("SIGTERM"), "{log}");
+}
+
+#[test]
+fn mcp_cancelled_call_detaches_and_the_server_serves_on() {
+    let lab = lab(ProxyMode::Iptables);
+    let node = lab.node_ns().to_string();
+    runtime().block_on(async {
+        let (client, stderr, _reader, _progress, pid) = start(&["--netns", &node, "--no-k8s"]).await;
+        // The client stops waiting (its own timeout): the SDK sends notifications/cancelled.
+        let log = stderr.clone();
+        let abandoned = client.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60})));
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::pin!(abandoned);
+            loop {
+                tokio::select! {
+                    r = &mut abandoned => panic!("the 60s trace ended early: {r:?}"),
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if log.lock().unwrap().iter().any(|l| l.contains("d8-trace: attached")) {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "the trace attached its hooks");
+        let held = held_by(pid);
+        assert!(held.0.len() >= 7, "the server holds its links: {held:?}");
+        // `abandoned` was dropped with the timeout's future, mid-trace.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while held_by(pid) != (vec![], vec![]) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(held_by(pid), (vec![], vec![]), "the server still holds BPF objects after the call was cancelled");
+        let left = tokio::task::spawn_blocking(move || wait_gone(&held.0, &held.1, Duration::from_secs(5))).await.unwrap();
+        assert_eq!(left, (vec![], vec![]), "links and programs left in the kernel after the call was cancelled");
+        // The server is still there, and the kernel slot is free again.
+        let r = call(&client, "doctor", json!({})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert!(r.structured_content.as_ref().is_some_and(|v| v["hook_set"].is_string()), "{:?}", r.structured_content);
+        client.cancel().await.expect("closing the session");
+        let log = stderr.lock().unwrap().join("\n");
+        assert!(log.contains("trace_service default/web: cancelled; everything it attached is detached"), "{log}");
+    });
 }
