@@ -10,6 +10,7 @@
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
 //! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
+//! - `scenarios`: one lab scenario per verdict class, traced and explained, in iptables and nftables mode.
 //! - `tc`: the TC hook set gives the netfilter set's flows, and leaves nothing behind.
 
 mod cleanup;
@@ -18,5 +19,6 @@ mod daemon;
 mod demo;
 mod errors;
 mod mcp;
+mod scenarios;
 mod tc;
 mod tracer;

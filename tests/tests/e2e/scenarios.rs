@@ -1,0 +1,821 @@
+//! One scenario per verdict class (DESIGN.md section 1), each on its own small lab, in iptables and
+//! in nftables mode: `d8-trace --svc ... --netns <node> -o json` traces while the scenario's traffic
+//! flows, and the test asserts the flow classes, the root cause, the backend and the evidence (the
+//! exact rule or chain kube-proxy wrote, the ICMP/RST/drop the kernel saw, what the API says).
+//! `d8-trace explain` is checked on the same labs: classes from rules and API alone, no flows.
+//!
+//! Each scenario is a function taking the proxy mode, called by one `#[test]` per mode. Traces run
+//! 3-5 s; traffic is bounded in count and timeouts and starts once the tracer says it is attached.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use d8_tests::{
+    report::{Flow, Report},
+    run::{Trace, run_to_end},
+};
+use d8_trace::{
+    lab::{
+        self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome,
+        TrafficPolicy, UdpOutcome,
+    },
+    model::{Protocol, ProxyMode},
+};
+
+use crate::common::addr;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
+/// A pod on another node: exists in the rules and the API only.
+const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 50);
+const NODE_PORT: u16 = 30080;
+
+/// Connect timeout for attempts expected to succeed or be refused.
+const T: Duration = Duration::from_secs(2);
+/// Connect timeout for attempts expected to get no answer.
+const SILENT: Duration = Duration::from_millis(600);
+
+// ---- lab specs --------------------------------------------------------------------------------
+
+/// `default/web`: ClusterIP 10.96.0.10:80 -> 8080 (named port `http`) over HTTP pods web-1, web-2.
+fn web_spec(pods: usize) -> ClusterSpec {
+    let svc = ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp);
+    let mut spec = ClusterSpec::new().service(svc);
+    for (name, ip) in [("web-1", WEB_1), ("web-2", WEB_2)].into_iter().take(pods) {
+        spec = spec.pod(PodSpec::new("default", name, ip).label("app", "web").listen(8080, ListenerKind::Http));
+    }
+    spec
+}
+
+/// `default/empty`: a ClusterIP Service whose selector matches no pod (one unrelated pod runs).
+fn empty_spec(protocol: Protocol) -> ClusterSpec {
+    let svc = ServiceSpec::new("default", "empty", VIP).port("p", 80, 8080, protocol).selector("app", "nobody");
+    ClusterSpec::new()
+        .service(svc)
+        .pod(PodSpec::new("default", "other-1", WEB_1).label("app", "other").listen(8080, ListenerKind::Http))
+}
+
+/// `default/shop`: NodePort 30080 and external IP 172.31.0.50:80, externalTrafficPolicy=Local, its
+/// only endpoint on another node.
+fn etp_local_spec() -> ClusterSpec {
+    let svc = ServiceSpec::new("default", "shop", VIP)
+        .node_port("http", 80, 8080, Protocol::Tcp, NODE_PORT)
+        .external_ip(EXTERNAL_IP)
+        .external_policy(TrafficPolicy::Local);
+    ClusterSpec::new()
+        .service(svc)
+        .pod(PodSpec::new("default", "shop-1", REMOTE_1).label("app", "shop").listen(8080, ListenerKind::Http).on_node("node-b"))
+}
+
+/// `default/dns`: UDP ClusterIP 10.96.0.10:53 -> 5353 over UDP echo pods dns-1 (and dns-2).
+fn dns_spec(pods: usize) -> ClusterSpec {
+    let svc = ServiceSpec::new("default", "dns", VIP).port("dns", 53, 5353, Protocol::Udp);
+    let mut spec = ClusterSpec::new().service(svc);
+    for (name, ip) in [("dns-1", WEB_1), ("dns-2", WEB_2)].into_iter().take(pods) {
+        spec = spec.pod(PodSpec::new("default", name, ip).label("app", "dns").listen(5353, ListenerKind::UdpEcho));
+    }
+    spec
+}
+
+// ---- running d8-trace against a lab -------------------------------------------------------------
+
+/// Where the API facts come from.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    /// `--k8s-snapshot` of the lab's API view, written just before the run.
+    Snapshot,
+    /// `--no-k8s`.
+    None,
+}
+
+/// A lab and the snapshot file it writes for `--k8s-snapshot`.
+struct Scenario {
+    lab: Lab,
+    snapshot: PathBuf,
+}
+
+impl Scenario {
+    fn up(spec: ClusterSpec, mode: ProxyMode) -> Self {
+        d8_tests::require_root();
+        let _ = lab::cleanup_stale();
+        let lab = Lab::up(spec, mode).unwrap_or_else(|e| panic!("lab up ({mode:?}): {e}"));
+        let snapshot = std::env::temp_dir().join(format!("{}snapshot.json", lab.prefix()));
+        Self { lab, snapshot }
+    }
+
+    fn mode(&self) -> ProxyMode {
+        self.lab.mode()
+    }
+
+    /// Selection flags: `--netns <node>` and the API source (the snapshot is rewritten from the
+    /// lab's current API view).
+    fn selection(&self, api: Api) -> Vec<String> {
+        let mut args = vec!["--netns".to_string(), self.lab.node_ns().to_string()];
+        match api {
+            Api::Snapshot => {
+                self.lab.write_snapshot(&self.snapshot).expect("writing the lab's API snapshot");
+                args.extend(["--k8s-snapshot".to_string(), self.snapshot.display().to_string()]);
+            }
+            Api::None => args.push("--no-k8s".to_string()),
+        }
+        args
+    }
+
+    /// Traces `svc` for `secs` seconds while `traffic` runs (it starts once the hooks are attached).
+    fn trace(&self, svc: &str, api: Api, secs: u64, extra: &[&str], traffic: impl FnOnce(&Lab)) -> Run {
+        let secs = secs.to_string();
+        let mut args: Vec<String> = ["--svc", svc, "-o", "json", "--duration", &secs].map(String::from).to_vec();
+        args.extend(self.selection(api));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let trace = Trace::start(&argv);
+        traffic(&self.lab);
+        let done = trace.finish(Duration::from_secs(30));
+        Run::new(self.mode(), &argv, done.report(), &done.stdout, &done.stderr)
+    }
+
+    /// `d8-trace explain --svc SVC -o json` with the lab's API view.
+    fn explain(&self, svc: &str) -> Run {
+        let mut args: Vec<String> = ["explain", "--svc", svc, "-o", "json"].map(String::from).to_vec();
+        args.extend(self.selection(Api::Snapshot));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let done = run_to_end(&argv);
+        let report = done.report();
+        Run::new(self.mode(), &argv, report, &done.stdout, &done.stderr)
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.snapshot);
+    }
+}
+
+/// One finished run: the report, and everything printed, for failure messages.
+struct Run {
+    report: Report,
+    context: String,
+}
+
+impl Run {
+    fn new(mode: ProxyMode, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
+        let context = format!("{mode:?} mode, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}", argv.join(" "));
+        Self { report, context }
+    }
+
+    fn root(&self) -> &str {
+        self.report.root_cause.as_ref().map(|r| r.class.as_str()).unwrap_or("<none>")
+    }
+
+    fn assert_root(&self, class: &str) {
+        assert_eq!(self.root(), class, "root cause; {}", self.context);
+    }
+
+    /// Flows to `frontend` (`ip:port`); at least one.
+    fn flows_to(&self, frontend: &str) -> Vec<&Flow> {
+        let found: Vec<&Flow> = self.report.flows.iter().filter(|f| f.frontend.as_deref() == Some(frontend)).collect();
+        assert!(!found.is_empty(), "no flow to {frontend}; {}", self.context);
+        found
+    }
+
+    fn class_of<'a>(&self, f: &'a Flow) -> &'a str {
+        f.class.as_deref().unwrap_or("<none>")
+    }
+
+    /// The evidence line containing every one of `needles`, of the given type.
+    fn evidence(&self, kind: &str, needles: &[&str]) -> String {
+        self.report
+            .evidence
+            .iter()
+            .find(|e| e.kind == kind && needles.iter().all(|n| e.content.contains(n)))
+            .map(|e| e.content.clone())
+            .unwrap_or_else(|| panic!("no {kind} evidence containing all of {needles:?}; {}", self.context))
+    }
+
+    fn no_evidence(&self, needle: &str) {
+        if let Some(e) = self.report.evidence.iter().find(|e| e.content.contains(needle)) {
+            panic!("evidence mentions {needle:?}: [{}] {}; {}", e.kind, e.content, self.context);
+        }
+    }
+
+    fn endpoint(&self, ip: Ipv4Addr, port: u16) -> &d8_tests::report::Endpoint {
+        let ip = ip.to_string();
+        self.report
+            .endpoints
+            .iter()
+            .find(|e| e.ip == ip && e.port == port)
+            .unwrap_or_else(|| panic!("no endpoint {ip}:{port} in the report; {}", self.context))
+    }
+}
+
+// ---- names kube-proxy gives the lab's rules -------------------------------------------------------
+
+/// The rule name the model gives an endpoint: `KUBE-SEP-<hash>` (iptables) or the nftables
+/// `endpoint-<hash>-ns/svc/proto/port__ip/port` chain.
+fn endpoint_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str, pod: &str) -> String {
+    let s = spec.services.iter().find(|s| s.name == svc).expect("service in spec");
+    let port = &s.ports[0];
+    let ep = spec.endpoints(s, port).into_iter().find(|e| e.pod == pod).expect("endpoint in spec");
+    match mode {
+        ProxyMode::Nftables => format!("endpoint-{}", lab::nftables::endpoint_base(s, port, &ep)),
+        _ => lab::iptables::sep_chain(&s.port_name(port), port.protocol.as_str(), &ep),
+    }
+}
+
+/// The Service port's dispatch chain: `KUBE-SVC-<hash>` or nftables `service-<hash>-...`.
+fn service_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str) -> String {
+    let s = spec.services.iter().find(|s| s.name == svc).expect("service in spec");
+    let port = &s.ports[0];
+    match mode {
+        ProxyMode::Nftables => format!("service-{}", lab::nftables::service_base(s, port)),
+        _ => lab::iptables::ServiceChains::new(&s.port_name(port), port.protocol.as_str()).svc,
+    }
+}
+
+// ---- traffic helpers ------------------------------------------------------------------------------
+
+fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| match lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get") {
+            HttpOutcome::Response { status: 200, body, .. } => body.trim().to_string(),
+            other => panic!("healthy Service did not answer: {other:?}"),
+        })
+        .collect()
+}
+
+/// Connects to the ClusterIP until both kinds of `want` outcomes were seen (each attempt picks a
+/// backend at random), at most `max` attempts or 3 s.
+fn connect_until(lab: &Lab, max: usize, timeout: Duration, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < max && start.elapsed() < Duration::from_secs(3) {
+        seen.push(lab::tcp_connect(lab.client_ns(), addr(VIP, 80), timeout).expect("connect"));
+        if want.iter().all(|w| seen.iter().any(w)) {
+            break;
+        }
+    }
+    seen
+}
+
+fn backend_of(ip: Ipv4Addr, port: u16) -> String {
+    format!("{ip}:{port}")
+}
+
+// ---- healthy --------------------------------------------------------------------------------------
+
+fn healthy(mode: ProxyMode) {
+    let s = Scenario::up(web_spec(2), mode);
+    let mut answered = BTreeSet::new();
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, 4));
+    run.assert_root("healthy");
+    assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
+    let flows = run.flows_to("10.96.0.10:80");
+    assert_eq!(flows.len(), 4, "four requests, four flows; {}", run.context);
+    let by_name = |n: &str| match n {
+        "web-1" => backend_of(WEB_1, 8080),
+        "web-2" => backend_of(WEB_2, 8080),
+        other => panic!("unexpected backend {other}"),
+    };
+    let expected: BTreeSet<String> = answered.iter().map(|n| by_name(n)).collect();
+    let traced: BTreeSet<String> = flows.iter().filter_map(|f| f.backend.clone()).collect();
+    assert_eq!(traced, expected, "backends traced = pods that answered; {}", run.context);
+    for f in &flows {
+        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("established", "healthy"), "{}", run.context);
+        assert_eq!(f.protocol, "tcp");
+    }
+    for ip in [WEB_1, WEB_2] {
+        let ep = run.endpoint(ip, 8080);
+        assert!(ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true) && ep.local == Some(true), "{ep:?}");
+    }
+    assert_eq!(run.endpoint(WEB_1, 8080).rule.as_deref(), Some(endpoint_chain(mode, s.lab.spec(), "web", "web-1").as_str()));
+    // What was checked: the Service's rule, the API's endpoints, kube-proxy.
+    run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "web")]);
+    run.evidence("api", &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"]);
+    run.evidence("kube_proxy", &["kube-proxy running on node d8lab-node"]);
+    assert_eq!(run.report.kube_proxy.running, Some(true), "{}", run.context);
+    assert_eq!(run.report.lost_events, 0);
+    run.no_evidence("also (");
+}
+
+#[test]
+fn healthy_iptables() {
+    healthy(ProxyMode::Iptables);
+}
+
+#[test]
+fn healthy_nftables() {
+    healthy(ProxyMode::Nftables);
+}
+
+// ---- no endpoints ---------------------------------------------------------------------------------
+
+fn no_endpoints(mode: ProxyMode) {
+    let s = Scenario::up(empty_spec(Protocol::Tcp), mode);
+    let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
+        for _ in 0..2 {
+            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+            assert_eq!(out, TcpOutcome::Refused, "kube-proxy rejects a Service without endpoints");
+        }
+    });
+    run.assert_root("no_endpoints");
+    let flows = run.flows_to("10.96.0.10:80");
+    assert_eq!(flows.len(), 2, "{}", run.context);
+    for f in &flows {
+        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("rejected", "no_endpoints"), "{}", run.context);
+        assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
+    }
+    // The REJECT kube-proxy wrote, the ICMP error the node sent, and the API's empty EndpointSlice.
+    match mode {
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        _ => run.evidence("rules", &["default/empty:p has no endpoints", "-d 10.96.0.10", "--dport 80", "-j REJECT"]),
+    };
+    run.evidence("trace", &["ICMP port unreachable from 172.31.0.2", "REJECT: no endpoints"]);
+    run.evidence("api", &["EndpointSlices of default/empty list no ready endpoints"]);
+}
+
+#[test]
+fn no_endpoints_iptables() {
+    no_endpoints(ProxyMode::Iptables);
+}
+
+#[test]
+fn no_endpoints_nftables() {
+    no_endpoints(ProxyMode::Nftables);
+}
+
+// ---- stale endpoint -------------------------------------------------------------------------------
+
+/// web-2 is deleted (namespace and API objects) while the rules still DNAT to it; traffic until a
+/// connection went to each backend.
+fn stale_endpoint(mode: ProxyMode, api: Api) {
+    let mut s = Scenario::up(web_spec(2), mode);
+    s.lab.make_stale_endpoint("web-2").expect("stale endpoint");
+    let stale = backend_of(WEB_2, 8080);
+    let mut outcomes = Vec::new();
+    let run = s.trace("default/web", api, 5, &["--reply-timeout", "1"], |lab| {
+        outcomes = connect_until(lab, 14, SILENT, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
+    });
+    assert!(outcomes.iter().any(|o| *o == TcpOutcome::Timeout), "no attempt went to the deleted pod: {outcomes:?}");
+    run.assert_root("stale_endpoint");
+    let flows = run.flows_to("10.96.0.10:80");
+    let to_stale: Vec<&&Flow> = flows.iter().filter(|f| f.backend.as_deref() == Some(stale.as_str())).collect();
+    assert!(!to_stale.is_empty(), "no flow DNAT'd to the deleted pod {stale}; {}", run.context);
+    for f in &flows {
+        let want = if f.backend.as_deref() == Some(stale.as_str()) { "stale_endpoint" } else { "healthy" };
+        assert_eq!(run.class_of(f), want, "flow to {:?}; {}", f.backend, run.context);
+    }
+    // The rule that still DNATs to the pod.
+    let chain = endpoint_chain(mode, s.lab.rules_spec(), "web", "web-2");
+    run.evidence("rules", &[&chain]);
+    let ep = run.endpoint(WEB_2, 8080);
+    assert!(ep.in_rules, "{ep:?}");
+    match api {
+        Api::Snapshot => {
+            assert_eq!(ep.in_api, Some(false), "the API no longer lists the pod; {}", run.context);
+            run.evidence("api", &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"]);
+            run.evidence("trace", &["DNAT to stale backend 10.244.1.12:8080"]);
+        }
+        Api::None => {
+            assert_eq!(ep.in_api, None, "{}", run.context);
+            assert!(run.root_detail().contains("never answered"), "{}", run.context);
+            run.evidence("trace", &["-> 10.244.1.12:8080: no reply"]);
+        }
+    }
+    assert!(run.root_detail().contains("10.244.1.12:8080"), "the root cause names the backend; {}", run.context);
+}
+
+impl Run {
+    fn root_detail(&self) -> &str {
+        self.report.root_cause.as_ref().map(|r| r.detail.as_str()).unwrap_or("")
+    }
+}
+
+#[test]
+fn stale_endpoint_api_iptables() {
+    stale_endpoint(ProxyMode::Iptables, Api::Snapshot);
+}
+
+#[test]
+fn stale_endpoint_api_nftables() {
+    stale_endpoint(ProxyMode::Nftables, Api::Snapshot);
+}
+
+#[test]
+fn stale_endpoint_no_k8s_iptables() {
+    stale_endpoint(ProxyMode::Iptables, Api::None);
+}
+
+#[test]
+fn stale_endpoint_no_k8s_nftables() {
+    stale_endpoint(ProxyMode::Nftables, Api::None);
+}
+
+// ---- externalTrafficPolicy=Local without local endpoints ---------------------------------------------
+
+/// From the external client to the NodePort (`node_port`) or the external IP: kube-proxy drops.
+fn etp_local(mode: ProxyMode, node_port: bool) {
+    let s = Scenario::up(etp_local_spec(), mode);
+    let target = if node_port { addr(s.lab.node_ip(), NODE_PORT) } else { addr(EXTERNAL_IP, 80) };
+    let run = s.trace("default/shop", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
+        for _ in 0..2 {
+            let out = lab::tcp_connect(lab.external_ns(), target, SILENT).expect("connect");
+            assert_eq!(out, TcpOutcome::Timeout, "kube-proxy drops external traffic without local endpoints");
+        }
+    });
+    run.assert_root("etp_local_no_local_endpoints");
+    let flows = run.flows_to(&target.to_string());
+    for f in &flows {
+        assert_eq!(run.class_of(f), "etp_local_no_local_endpoints", "{}", run.context);
+        assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
+        assert_eq!(f.client.split(':').next(), Some("172.31.0.100"), "from the external client; {}", run.context);
+        assert_eq!(f.outcome, "dropped", "{}", run.context);
+        assert_eq!(f.drop_reason.as_deref(), Some("NETFILTER_DROP"), "{}", run.context);
+    }
+    let kind = if node_port { "node_port" } else { "external_ip" };
+    assert!(run.report.frontends.iter().any(|f| f.kind == kind && f.port == target.port()), "{}", run.context);
+    // The DROP rule for this frontend.
+    match (mode, node_port) {
+        (ProxyMode::Nftables, true) => run.evidence("rules", &["no-endpoint-nodeports", "30080", "drop"]),
+        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", "172.31.0.50", "drop"]),
+        (_, true) => run.evidence("rules", &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"]),
+        (_, false) => run.evidence("rules", &["default/shop:http has no local endpoints", "-d 172.31.0.50", "-j DROP"]),
+    };
+    run.evidence("trace", &["has no local endpoints"]);
+    run.evidence("api", &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"]);
+}
+
+#[test]
+fn etp_local_node_port_iptables() {
+    etp_local(ProxyMode::Iptables, true);
+}
+
+#[test]
+fn etp_local_node_port_nftables() {
+    etp_local(ProxyMode::Nftables, true);
+}
+
+#[test]
+fn etp_local_external_ip_iptables() {
+    etp_local(ProxyMode::Iptables, false);
+}
+
+#[test]
+fn etp_local_external_ip_nftables() {
+    etp_local(ProxyMode::Nftables, false);
+}
+
+// ---- probe RSTs alongside healthy traffic ---------------------------------------------------------
+
+fn probe_rst(mode: ProxyMode) {
+    let mut spec = web_spec(2);
+    for p in &mut spec.pods {
+        *p = p.clone().tcp_probes(8080);
+    }
+    let s = Scenario::up(spec, mode);
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        let prober = lab.start_prober(Duration::from_millis(200));
+        http_ok(lab, 3);
+        // Until at least two rounds of probes went out (each probe is bounded by 1 s).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while prober.probes_sent() < 4 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(prober.probes_sent() >= 4, "the prober sent {} probes", prober.probes_sent());
+    });
+    run.assert_root("healthy");
+    let node_ip = s.lab.node_ip().to_string();
+    let probes: Vec<&Flow> = run.report.flows.iter().filter(|f| f.frontend.is_none()).collect();
+    assert!(probes.len() >= 4, "probe flows traced; {}", run.context);
+    for f in &probes {
+        assert_eq!(run.class_of(f), "probe_rst", "{}", run.context);
+        assert_eq!(f.client.split(':').next(), Some(node_ip.as_str()), "probes come from the node IP; {}", run.context);
+        let b = f.backend.as_deref().unwrap_or("");
+        assert!(b == backend_of(WEB_1, 8080) || b == backend_of(WEB_2, 8080), "probe target {b}; {}", run.context);
+    }
+    let service = run.flows_to("10.96.0.10:80");
+    assert_eq!(service.len(), 3, "{}", run.context);
+    for f in &service {
+        assert_eq!(run.class_of(f), "healthy", "{}", run.context);
+    }
+    assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
+    run.evidence("trace", &["probe of default/web-", "closed by RST"]);
+}
+
+#[test]
+fn probe_rst_iptables() {
+    probe_rst(ProxyMode::Iptables);
+}
+
+#[test]
+fn probe_rst_nftables() {
+    probe_rst(ProxyMode::Nftables);
+}
+
+// ---- kube-proxy's rules missing ---------------------------------------------------------------------
+
+fn rules_missing(mode: ProxyMode) {
+    let mut s = Scenario::up(web_spec(1), mode);
+    s.lab.flush_service_rules("default", "web").expect("flush the Service's rules");
+    let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
+        for _ in 0..2 {
+            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
+            assert!(!out.is_connected(), "nothing translates the ClusterIP: {out:?}");
+        }
+    });
+    run.assert_root("kube_proxy_rules_missing");
+    for f in run.flows_to("10.96.0.10:80") {
+        assert_eq!(run.class_of(f), "kube_proxy_rules_missing", "{}", run.context);
+        assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
+    }
+    assert_eq!(run.endpoint(WEB_1, 8080).in_rules, false);
+    assert_eq!(run.endpoint(WEB_1, 8080).in_api, Some(true));
+    run.evidence("api", &["the API has Service default/web"]);
+    run.evidence("rules", &["no kube-proxy rule mentions default/web"]);
+    assert!(run.root_detail().contains("the API has default/web but kube-proxy's rules lack"), "{}", run.context);
+}
+
+#[test]
+fn kube_proxy_rules_missing_iptables() {
+    rules_missing(ProxyMode::Iptables);
+}
+
+#[test]
+fn kube_proxy_rules_missing_nftables() {
+    rules_missing(ProxyMode::Nftables);
+}
+
+// ---- kube-proxy not running -------------------------------------------------------------------------
+
+/// kube-proxy stopped: its rules stay and still carry traffic, but nothing maintains them.
+fn kube_proxy_not_running(mode: ProxyMode) {
+    let mut s = Scenario::up(web_spec(1), mode);
+    s.lab.stop_kube_proxy();
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        http_ok(lab, 2);
+    });
+    run.assert_root("kube_proxy_not_running");
+    assert_eq!(run.report.kube_proxy.running, Some(false), "{}", run.context);
+    for f in run.flows_to("10.96.0.10:80") {
+        assert_eq!(run.class_of(f), "healthy", "the rules left behind still work; {}", run.context);
+        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"));
+    }
+    run.evidence("kube_proxy", &["no kube-proxy process or pod on node d8lab-node", "no /healthz on 10256"]);
+}
+
+#[test]
+fn kube_proxy_not_running_iptables() {
+    kube_proxy_not_running(ProxyMode::Iptables);
+}
+
+#[test]
+fn kube_proxy_not_running_nftables() {
+    kube_proxy_not_running(ProxyMode::Nftables);
+}
+
+// ---- backend refused / backend timeout ----------------------------------------------------------------
+
+fn backend_refused(mode: ProxyMode) {
+    let mut s = Scenario::up(web_spec(1), mode);
+    s.lab.stop_listener("web-1", 8080).expect("stop the listener");
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        for _ in 0..2 {
+            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+            assert_eq!(out, TcpOutcome::Refused, "nothing listens in the pod");
+        }
+    });
+    run.assert_root("backend_refused");
+    let flows = run.flows_to("10.96.0.10:80");
+    assert_eq!(flows.len(), 2, "{}", run.context);
+    for f in &flows {
+        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("reset", "backend_refused"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
+    }
+    run.evidence("trace", &["RST from backend 10.244.1.11:8080 (pod default/web-1)"]);
+    run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
+    assert!(run.root_detail().contains("default/web-1"), "names the pod; {}", run.context);
+}
+
+#[test]
+fn backend_refused_iptables() {
+    backend_refused(ProxyMode::Iptables);
+}
+
+#[test]
+fn backend_refused_nftables() {
+    backend_refused(ProxyMode::Nftables);
+}
+
+/// A listed, ready pod that never answers: a listener that never accepts (`no_accept`), or a pod
+/// that drops everything.
+fn backend_timeout(mode: ProxyMode, no_accept: bool) {
+    let mut spec = web_spec(1);
+    if no_accept {
+        spec.pods[0].listeners[0].kind = ListenerKind::TcpNoAccept;
+    }
+    let mut s = Scenario::up(spec, mode);
+    if !no_accept {
+        s.lab.set_drop_all("web-1", true).expect("make the pod drop");
+    }
+    let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
+        for _ in 0..2 {
+            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
+            assert_eq!(out, TcpOutcome::Timeout, "the pod never answers");
+        }
+    });
+    run.assert_root("backend_timeout");
+    let flows = run.flows_to("10.96.0.10:80");
+    assert_eq!(flows.len(), 2, "{}", run.context);
+    for f in &flows {
+        assert_eq!(run.class_of(f), "backend_timeout", "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
+    }
+    let ep = run.endpoint(WEB_1, 8080);
+    assert!(ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true), "listed and ready: {ep:?}");
+    assert!(run.root_detail().contains("10.244.1.11:8080 (pod default/web-1)"), "{}", run.context);
+    assert!(run.root_detail().contains("listed, ready endpoint"), "{}", run.context);
+    run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
+}
+
+#[test]
+fn backend_timeout_no_accept_iptables() {
+    backend_timeout(ProxyMode::Iptables, true);
+}
+
+#[test]
+fn backend_timeout_no_accept_nftables() {
+    backend_timeout(ProxyMode::Nftables, true);
+}
+
+#[test]
+fn backend_timeout_drop_all_iptables() {
+    backend_timeout(ProxyMode::Iptables, false);
+}
+
+#[test]
+fn backend_timeout_drop_all_nftables() {
+    backend_timeout(ProxyMode::Nftables, false);
+}
+
+// ---- UDP -------------------------------------------------------------------------------------------
+
+fn udp_healthy(mode: ProxyMode) {
+    let s = Scenario::up(dns_spec(1), mode);
+    let run = s.trace("default/dns", Api::Snapshot, 3, &[], |lab| {
+        for i in 0..2 {
+            let q = format!("q{i}");
+            let out = lab::udp_request(lab.client_ns(), addr(VIP, 53), q.as_bytes(), T).expect("udp");
+            assert_eq!(out, UdpOutcome::Reply(format!("dns-1\n{q}").into_bytes()));
+        }
+    });
+    run.assert_root("healthy");
+    let flows = run.flows_to("10.96.0.10:53");
+    assert_eq!(flows.len(), 2, "{}", run.context);
+    for f in &flows {
+        assert_eq!(f.protocol, "udp");
+        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("established", "healthy"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:5353"), "{}", run.context);
+    }
+    assert!(run.report.frontends.iter().any(|f| f.protocol == "udp" && f.port == 53), "{}", run.context);
+    run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "dns")]);
+}
+
+#[test]
+fn udp_healthy_iptables() {
+    udp_healthy(ProxyMode::Iptables);
+}
+
+#[test]
+fn udp_healthy_nftables() {
+    udp_healthy(ProxyMode::Nftables);
+}
+
+fn udp_no_endpoints(mode: ProxyMode) {
+    let s = Scenario::up(empty_spec(Protocol::Udp), mode);
+    let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
+        for _ in 0..2 {
+            let out = lab::udp_request(lab.client_ns(), addr(VIP, 80), b"q", T).expect("udp");
+            assert_eq!(out, UdpOutcome::Refused, "kube-proxy rejects with port unreachable");
+        }
+    });
+    run.assert_root("no_endpoints");
+    let flows = run.flows_to("10.96.0.10:80");
+    assert_eq!(flows.len(), 2, "{}", run.context);
+    for f in &flows {
+        assert_eq!(f.protocol, "udp");
+        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("rejected", "no_endpoints"), "{}", run.context);
+        assert_eq!(f.backend, None, "{}", run.context);
+    }
+    match mode {
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        _ => run.evidence("rules", &["default/empty:p has no endpoints", "-p udp", "-j REJECT"]),
+    };
+    run.evidence("trace", &["ICMP port unreachable from 172.31.0.2"]);
+}
+
+#[test]
+fn udp_no_endpoints_iptables() {
+    udp_no_endpoints(ProxyMode::Iptables);
+}
+
+#[test]
+fn udp_no_endpoints_nftables() {
+    udp_no_endpoints(ProxyMode::Nftables);
+}
+
+// ---- two causes at once ----------------------------------------------------------------------------
+
+/// web-1 is deleted while the rules keep it (stale endpoint), web-2 stopped listening (backend
+/// refused). Both are proven by flows; the stale endpoint ranks first, the refusal is still reported.
+fn mixed_incident(mode: ProxyMode) {
+    let mut s = Scenario::up(web_spec(2), mode);
+    s.lab.make_stale_endpoint("web-1").expect("stale endpoint");
+    s.lab.stop_listener("web-2", 8080).expect("stop the listener");
+    let mut outcomes = Vec::new();
+    let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
+        outcomes = connect_until(lab, 14, SILENT, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
+    });
+    assert!(outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout), "{outcomes:?}");
+    run.assert_root("stale_endpoint");
+    for f in run.flows_to("10.96.0.10:80") {
+        let want = match f.backend.as_deref() {
+            Some("10.244.1.11:8080") => "stale_endpoint",
+            Some("10.244.1.12:8080") => "backend_refused",
+            other => panic!("unexpected backend {other:?}; {}", run.context),
+        };
+        assert_eq!(run.class_of(f), want, "{}", run.context);
+    }
+    assert!(run.root_detail().contains("10.244.1.11:8080"), "{}", run.context);
+    run.evidence("trace", &["also (backend_refused)", "10.244.1.12:8080"]);
+    assert_ne!(run.report.severity.as_deref(), Some("NONE"));
+}
+
+#[test]
+fn mixed_stale_and_refused_iptables() {
+    mixed_incident(ProxyMode::Iptables);
+}
+
+#[test]
+fn mixed_stale_and_refused_nftables() {
+    mixed_incident(ProxyMode::Nftables);
+}
+
+// ---- explain: rules and API alone -------------------------------------------------------------------
+
+fn explain(mode: ProxyMode) {
+    // Healthy.
+    let s = Scenario::up(web_spec(2), mode);
+    let run = s.explain("default/web");
+    run.assert_root("healthy");
+    assert!(run.report.flows.is_empty(), "explain traces nothing; {}", run.context);
+    run.evidence("api", &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"]);
+
+    // Stale endpoint: the API lost web-2, the rules still DNAT to it.
+    let mut s = s;
+    s.lab.delete_from_api("web-2").expect("delete from the API");
+    let run = s.explain("default/web");
+    run.assert_root("stale_endpoint");
+    assert!(run.report.flows.is_empty(), "{}", run.context);
+    assert!(run.root_detail().contains("10.244.1.12:8080"), "{}", run.context);
+    run.evidence("api", &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"]);
+    run.evidence("rules", &[&endpoint_chain(mode, s.lab.rules_spec(), "web", "web-2")]);
+    drop(s);
+
+    // No endpoints.
+    let s = Scenario::up(empty_spec(Protocol::Tcp), mode);
+    let run = s.explain("default/empty");
+    run.assert_root("no_endpoints");
+    assert!(run.report.flows.is_empty(), "{}", run.context);
+    match mode {
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        _ => run.evidence("rules", &["default/empty:p has no endpoints", "-j REJECT"]),
+    };
+    run.evidence("api", &["EndpointSlices of default/empty list no ready endpoints"]);
+    drop(s);
+
+    // externalTrafficPolicy=Local without local endpoints.
+    let s = Scenario::up(etp_local_spec(), mode);
+    let run = s.explain("default/shop");
+    run.assert_root("etp_local_no_local_endpoints");
+    assert!(run.report.flows.is_empty(), "{}", run.context);
+    match mode {
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-nodeports", "30080"]),
+        _ => run.evidence("rules", &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"]),
+    };
+    run.evidence("api", &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"]);
+}
+
+#[test]
+fn explain_iptables() {
+    explain(ProxyMode::Iptables);
+}
+
+#[test]
+fn explain_nftables() {
+    explain(ProxyMode::Nftables);
+}
