@@ -58,7 +58,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -244,7 +244,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
         say(&format!("removed {} namespaces of an earlier run that did not finish", removed.len()));
     }
 
-    say("building a node in network namespaces: 4 Services, 6 pods, kube-proxy rules (iptables)");
+    say("building a node: 4 Services, 6 pods, kube-proxy's iptables rules");
     let spec = script::spec();
     let mut lab = Lab::up(spec.clone(), ProxyMode::Iptables)?;
     let lab_ready = started.elapsed();
@@ -289,17 +289,15 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     let drops_before = node::conntrack_drop_counter();
     let trace_started = Instant::now();
     let ctl = Control::new();
-    let script_done = AtomicBool::new(false);
     let (first_tx, first_rx) = mpsc::channel();
     let (traced, played) = std::thread::scope(|scope| {
         let lab_ref = &mut lab;
-        let (ctl_ref, done_ref) = (&ctl, &script_done);
+        let ctl_ref = &ctl;
         let script = scope.spawn(move || {
             let played = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 script::play(lab_ref, ctl_ref, first_rx)
             }));
-            done_ref.store(true, Ordering::SeqCst);
-            if !ctl_ref.stop.load(Ordering::SeqCst) {
+            if matches!(played, Ok(Ok(Ending::Done))) {
                 say("the incident is over; stopping the trace");
             }
             // End the trace as Ctrl-C would: trace::run stops on SIGTERM; its handler (and ours,

@@ -168,7 +168,7 @@ fn expect_ok(lab: &Lab, vip: Ipv4Addr) -> Result<(), lab::Error> {
 pub fn play(lab: &mut Lab, ctl: &Control, first_flow: mpsc::Receiver<()>) -> Result<Ending, Error> {
     let node_ip = lab.node_ip();
 
-    phase(1, "healthy traffic from a client pod to web, api and orders");
+    phase(1, "healthy traffic from a client pod to web, api, orders");
     let waiting_since = Instant::now();
     loop {
         expect_ok(lab, WEB_VIP)?;
