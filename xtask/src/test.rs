@@ -63,7 +63,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     // One test thread: end-to-end tests share the kernel's BPF and netfilter state.
     run_cmd(
         cargo()
-            .args(["test", "--workspace", "--exclude", "d8-ebpf"])
+            .args(["test", "--workspace", "--exclude", "d8-ebpf", "--no-fail-fast"])
             .env("D8_TRACE_BIN", &binary)
             .args(&opts.cargo_args)
             .args(["--", "--test-threads=1"]),
