@@ -371,7 +371,9 @@ pub fn serve(args: &McpArgs) -> Result<(), String> {
     if left > 0 {
         eprintln!("d8-trace: mcp: {left} jobs did not stop within 20s; exiting (the kernel detaches what they held)");
     }
-    drop(runtime);
+    // tokio's stdin reads on a blocking thread that only returns with input or end of file: after
+    // a signal the client may still hold stdin open, so do not wait for that thread.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     eprintln!("d8-trace: mcp: stopped");
     result
 }

@@ -337,3 +337,28 @@ fn mcp_cancelled_call_detaches_and_the_server_serves_on() {
         assert!(log.contains("trace_service default/web: cancelled; everything it attached is detached"), "{log}");
     });
 }
+
+#[test]
+fn mcp_sigterm_mid_trace_detaches_and_exits() {
+    let lab = lab(ProxyMode::Iptables);
+    let node = lab.node_ns().to_string();
+    let (log, held) = runtime().block_on(async {
+        let (client, stderr, reader, _progress, pid) = start(&["--netns", &node, "--no-k8s"]).await;
+        let peer = client.peer().clone();
+        let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
+        let log = stderr.clone();
+        assert!(tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30))).await.unwrap());
+        let held = held_by(pid);
+        assert!(held.0.len() >= 7, "the server holds its links: {held:?}");
+        // SAFETY: kill(2) on the server we started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+        let _ = tokio::time::timeout(Duration::from_secs(10), long).await.expect("the pending call ended");
+        tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the server exited (stderr closed)").unwrap();
+        let _ = client.cancel().await;
+        let log = stderr.lock().unwrap().join("\n");
+        (log, held)
+    });
+    let left = wait_gone(&held.0, &held.1, Duration::from_secs(5));
+    assert_eq!(left, (vec![], vec![]), "links and programs of the server left after SIGTERM");
+    assert!(log.contains("SIGTERM: stopping") && log.contains("d8-trace: mcp: stopped"), "{log}");
+}
