@@ -480,9 +480,11 @@ fn translated(
         return (VerdictClass::BackendRefused, fact, fd);
     }
 
-    // Dropped after DNAT for another reason, or rejected by the node (a policy, not kube-proxy).
+    // Dropped after DNAT on the node for another reason, or rejected by the node (a policy, not
+    // kube-proxy). A drop after the packet passed the node's last netfilter hook on its way to the
+    // backend is not the node's filtering: see `beyond_node`; it falls to the no-answer cases below.
     let node_answer = node_rejection(f, facts);
-    if let Some(d) = f.drops.last() {
+    if let Some(d) = f.drops.iter().rev().find(|d| !beyond_node(d)) {
         let fact = format!(
             "{path}: dropped ({}){} after DNAT",
             d.reason,
@@ -592,17 +594,35 @@ fn node_rejection(f: &Flow, facts: &Facts<'_>) -> Option<String> {
     None
 }
 
-/// "no reply after 3 SYN retransmits" and friends.
+/// "no reply after 3 SYN retransmits" and friends, with the drops seen beyond the node.
 fn no_reply(f: &Flow) -> String {
     let state = if f.outcome == Outcome::Open {
         "still open, "
     } else {
         ""
     };
-    match f.handshake.retransmits {
+    let mut s = match f.handshake.retransmits {
         0 => format!("{state}no reply"),
         n => format!("{state}no reply after {n} retransmits"),
+    };
+    for d in f.drops.iter().filter(|d| beyond_node(d)) {
+        s.push_str(&format!(
+            ", dropped ({}) after leaving the node's netfilter path",
+            d.reason
+        ));
     }
+    s
+}
+
+/// A drop after the packet passed the node's POSTROUTING hook (our last program, after SNAT): it was
+/// handed to the egress device and died there or beyond it, in the backend's own network namespace
+/// (a pod whose firewall drops everything, a full accept queue) or on a device without a peer. The
+/// node forwarded it; what follows is the backend's silence, not the node's filtering. Drops by TC
+/// programs at that point are a CNI's policy on the node and stay node drops.
+fn beyond_node(d: &crate::flows::Drop) -> bool {
+    d.after_hook == Some(Hook::Postrouting)
+        && !d.reason.starts_with("TC_")
+        && !NO_ROUTE_REASONS.contains(&d.reason.as_str())
 }
 
 fn hook_suffix(h: Option<Hook>) -> String {

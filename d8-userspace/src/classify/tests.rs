@@ -875,6 +875,69 @@ fn dropped_with_the_kernel_reason_after_dnat() {
     );
 }
 
+/// A drop after the node's POSTROUTING (in the pod's own namespace, or at the egress device) is the
+/// backend's silence, not the node's filtering; a TC program's drop there is still the node's.
+#[test]
+fn a_drop_beyond_the_nodes_postrouting_is_no_answer_from_the_backend() {
+    let dropped_beyond = |id: u64, reason: &str| {
+        let mut f = flow(id, Some(CLUSTER_IP), Some(POD_A));
+        f.outcome = Outcome::Dropped;
+        f.drops = vec![Drop {
+            reason: reason.into(),
+            after_hook: Some(Hook::Postrouting),
+            before_conntrack: true,
+            at_ms: 0,
+        }];
+        f
+    };
+    // With the API: a listed, ready pod that drops what it receives.
+    let v = classify(
+        &target(),
+        &[dropped_beyond(1, "NETFILTER_DROP")],
+        &model(true),
+        &ctx(true),
+    );
+    assert_eq!(
+        v.flows[0].class,
+        VerdictClass::BackendTimeout,
+        "{}",
+        v.flows[0].fact
+    );
+    assert!(
+        v.flows[0]
+            .fact
+            .contains("dropped (NETFILTER_DROP) after leaving the node's netfilter path"),
+        "{}",
+        v.flows[0].fact
+    );
+    // Without it: a target that never answered.
+    let v = classify(
+        &target(),
+        &[dropped_beyond(1, "QDISC_DROP")],
+        &model(false),
+        &ctx(false),
+    );
+    assert_eq!(
+        v.flows[0].class,
+        VerdictClass::StaleEndpoint,
+        "{}",
+        v.flows[0].fact
+    );
+    // A CNI's TC program dropping at the pod's interface is a node drop.
+    let v = classify(
+        &target(),
+        &[dropped_beyond(1, "TC_EGRESS")],
+        &model(true),
+        &ctx(true),
+    );
+    assert_eq!(
+        v.flows[0].class,
+        VerdictClass::Dropped,
+        "{}",
+        v.flows[0].fact
+    );
+}
+
 #[test]
 fn version_skew_is_the_root_cause_only_when_nothing_else_explains_failures() {
     let mut m = model(true);

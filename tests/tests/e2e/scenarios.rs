@@ -33,7 +33,8 @@ const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 /// A pod on another node: exists in the rules and the API only.
 const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
-const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 50);
+/// Outside the node link's subnet, so the external client routes it through the node.
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NODE_PORT: u16 = 30080;
 
 /// Connect timeout for attempts expected to succeed or be refused.
@@ -61,7 +62,7 @@ fn empty_spec(protocol: Protocol) -> ClusterSpec {
         .pod(PodSpec::new("default", "other-1", WEB_1).label("app", "other").listen(8080, ListenerKind::Http))
 }
 
-/// `default/shop`: NodePort 30080 and external IP 172.31.0.50:80, externalTrafficPolicy=Local, its
+/// `default/shop`: NodePort 30080 and external IP 203.0.113.10:80, externalTrafficPolicy=Local, its
 /// only endpoint on another node.
 fn etp_local_spec() -> ClusterSpec {
     let svc = ServiceSpec::new("default", "shop", VIP)
@@ -442,9 +443,9 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
     // The DROP rule for this frontend.
     match (mode, node_port) {
         (ProxyMode::Nftables, true) => run.evidence("rules", &["no-endpoint-nodeports", "30080", "drop"]),
-        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", "172.31.0.50", "drop"]),
+        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", "203.0.113.10", "drop"]),
         (_, true) => run.evidence("rules", &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"]),
-        (_, false) => run.evidence("rules", &["default/shop:http has no local endpoints", "-d 172.31.0.50", "-j DROP"]),
+        (_, false) => run.evidence("rules", &["default/shop:http has no local endpoints", "-d 203.0.113.10", "-j DROP"]),
     };
     run.evidence("trace", &["has no local endpoints"]);
     run.evidence("api", &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"]);
