@@ -17,6 +17,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod conntrack;
 mod emit;
 mod flows;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks. One clap enum; each task is a module with its own
 //! `Options` and one entry function.
 
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -24,6 +25,8 @@ enum Task {
     Demo(test::DemoOptions),
     /// Boot a Debian kernel under qemu and run a command in it.
     VmTest(Box<vm::Options>),
+    /// Measure what tracing costs (lab namespaces on this machine) and write BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => test::demo(&opts),
         Task::VmTest(opts) => vm::run(*opts),
+        Task::Bench(opts) => bench::run(&opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,546 @@
+//! What every section uses: the bench lab (three Services, an iperf3 server), d8-trace as a child
+//! process, iperf3 runs, short-connection loops, and readings of /proc.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use d8_trace::{
+    lab::{ClusterSpec, Lab, ListenerKind, PodSpec, ServiceSpec},
+    model::{Protocol, ProxyMode},
+};
+
+/// ClusterIP of `bench/iperf` (iperf3 server on port 5201 of pod `iperf-1`).
+pub const IPERF_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const IPERF_PORT: u16 = 5201;
+/// ClusterIP of `bench/web` (two HTTP pods).
+pub const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+/// ClusterIP of `bench/other` (one HTTP pod): the Service traced while measuring untraced traffic.
+pub const OTHER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+pub const IPERF_SVC: &str = "bench/iperf";
+pub const WEB_SVC: &str = "bench/web";
+pub const OTHER_SVC: &str = "bench/other";
+/// Client threads of the short-connection loops (the machine has 2 cores; the servers are threads
+/// of this process too).
+pub const CONN_THREADS: usize = 4;
+
+/// What the sections share: the binary under test and the run's mode.
+pub struct Env {
+    pub d8_trace: PathBuf,
+    pub quick: bool,
+    /// `<target>/bench`: generated rule dumps, the quick report.
+    pub work: PathBuf,
+    /// This executable, for child processes of the rule-scale section.
+    pub xtask: PathBuf,
+}
+
+impl Env {
+    /// `full` in a full run, `quick` with `--quick`.
+    pub fn pick<T>(&self, full: T, quick: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// The bench's node: `bench/iperf` (iperf3 server), `bench/web` (2 HTTP pods), `bench/other`
+/// (1 HTTP pod), kube-proxy's iptables rules. Dropping it stops the iperf3 server and removes
+/// every namespace.
+pub struct BenchLab {
+    // Field order: the server (in a pod namespace) stops before the lab goes.
+    iperf_server: Child,
+    pub lab: Lab,
+}
+
+impl BenchLab {
+    pub fn up() -> anyhow::Result<Self> {
+        let spec = ClusterSpec::new()
+            .service(
+                ServiceSpec::new("bench", "iperf", IPERF_VIP)
+                    .port("iperf", IPERF_PORT, IPERF_PORT, Protocol::Tcp)
+                    .selector("app", "iperf"),
+            )
+            .service(ServiceSpec::new("bench", "web", WEB_VIP).port("http", 80, 8080, Protocol::Tcp).selector("app", "web"))
+            .service(
+                ServiceSpec::new("bench", "other", OTHER_VIP).port("http", 80, 8080, Protocol::Tcp).selector("app", "other"),
+            )
+            .pod(PodSpec::new("bench", "iperf-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "iperf"))
+            .pod(PodSpec::new("bench", "web-1", Ipv4Addr::new(10, 244, 1, 21)).label("app", "web").listen(8080, ListenerKind::Http))
+            .pod(PodSpec::new("bench", "web-2", Ipv4Addr::new(10, 244, 1, 22)).label("app", "web").listen(8080, ListenerKind::Http))
+            .pod(
+                PodSpec::new("bench", "other-1", Ipv4Addr::new(10, 244, 1, 31))
+                    .label("app", "other")
+                    .listen(8080, ListenerKind::Http),
+            );
+        let lab = Lab::up(spec, ProxyMode::Iptables).map_err(|e| anyhow!("lab up: {e}"))?;
+        let ns = lab.pod_ns("iperf-1").context("the iperf pod has a namespace")?.to_string();
+        // `ip netns exec` enters the namespace and execs iperf3: the child's pid is iperf3's.
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns, "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s in the iperf pod")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listening(server.id(), IPERF_PORT) {
+            if let Some(status) = server.try_wait()? {
+                bail!("iperf3 -s exited at once ({status})");
+            }
+            if Instant::now() > deadline {
+                let _ = server.kill();
+                let _ = server.wait();
+                bail!("iperf3 -s did not listen on {IPERF_PORT} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { iperf_server: server, lab })
+    }
+
+    pub fn node_ns(&self) -> &str {
+        self.lab.node_ns()
+    }
+
+    pub fn client_ns(&self) -> &str {
+        self.lab.client_ns()
+    }
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = self.iperf_server.kill();
+        let _ = self.iperf_server.wait();
+    }
+}
+
+/// Whether a TCP socket listens on `port` in the network namespace of process `pid`.
+fn listening(pid: u32, port: u16) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
+    let local = format!(":{port:04X}");
+    text.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+    })
+}
+
+// ---- d8-trace as a child ---------------------------------------------------------------------
+
+/// What the stderr reader saw.
+#[derive(Default)]
+struct Seen {
+    attached: Option<Instant>,
+    first_flow: Option<Instant>,
+    flow_lines: u64,
+    head: Vec<String>,
+    tail: std::collections::VecDeque<String>,
+}
+
+/// `d8-trace --svc SVC --netns NODE --no-k8s -o json` running until [`Tracer::stop`].
+pub struct Tracer {
+    child: Child,
+    pub spawned: Instant,
+    seen: Arc<Mutex<Seen>>,
+    stderr: Option<JoinHandle<()>>,
+    stdout: Option<JoinHandle<Vec<u8>>>,
+}
+
+/// What a stopped trace reported.
+pub struct TraceEnd {
+    pub lost_events: u64,
+    pub flows: usize,
+    pub attached_after: Option<Duration>,
+    pub first_flow_after: Option<Duration>,
+}
+
+impl Tracer {
+    /// Starts tracing `svc` in `node_ns` and waits for the "attached" line.
+    pub fn start(bin: &Path, svc: &str, node_ns: &str) -> anyhow::Result<Self> {
+        let spawned = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["--svc", svc, "--netns", node_ns, "--no-k8s", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stderr = child.stderr.take().expect("piped");
+        let seen2 = seen.clone();
+        let stderr = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let now = Instant::now();
+                let mut s = seen2.lock().unwrap_or_else(|e| e.into_inner());
+                if line.starts_with('#') {
+                    s.flow_lines += 1;
+                    s.first_flow.get_or_insert(now);
+                } else if line.contains("attached") {
+                    s.attached.get_or_insert(now);
+                }
+                if s.head.len() < 40 {
+                    s.head.push(line);
+                } else {
+                    if s.tail.len() >= 20 {
+                        s.tail.pop_front();
+                    }
+                    s.tail.push_back(line);
+                }
+            }
+        });
+        let mut stdout = child.stdout.take().expect("piped");
+        let stdout = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stdout.read_to_end(&mut buf);
+            buf
+        });
+        let mut tracer = Self { child, spawned, seen, stderr: Some(stderr), stdout: Some(stdout) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if tracer.seen.lock().unwrap_or_else(|e| e.into_inner()).attached.is_some() {
+                return Ok(tracer);
+            }
+            if let Some(status) = tracer.child.try_wait()? {
+                tracer.join_readers();
+                bail!("d8-trace exited before attaching ({status}):\n{}", tracer.stderr_text());
+            }
+            if Instant::now() > deadline {
+                tracer.kill();
+                bail!("d8-trace did not attach within 30 s:\n{}", tracer.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Seconds from spawn to the first flow line, once there is one.
+    pub fn first_flow_after(&self) -> Option<Duration> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).first_flow.map(|t| t - self.spawned)
+    }
+
+    fn stderr_text(&self) -> String {
+        let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = s.head.clone();
+        if !s.tail.is_empty() {
+            lines.push("...".into());
+            lines.extend(s.tail.iter().cloned());
+        }
+        lines.join("\n")
+    }
+
+    fn join_readers(&mut self) -> Vec<u8> {
+        if let Some(t) = self.stderr.take() {
+            let _ = t.join();
+        }
+        self.stdout.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        // Our own child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.join_readers();
+    }
+
+    /// Ctrl-C (d8-trace then prints its verdict and detaches), and the report's figures.
+    pub fn stop(mut self) -> anyhow::Result<TraceEnd> {
+        // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("d8-trace did not exit within 120 s of SIGINT:\n{}", self.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.join_readers();
+        if !status.success() {
+            bail!("d8-trace failed ({status}):\n{}", self.stderr_text());
+        }
+        let report: serde_json::Value = serde_json::from_slice(&stdout)
+            .with_context(|| format!("d8-trace's stdout is not its JSON report; stderr:\n{}", self.stderr_text()))?;
+        let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(TraceEnd {
+            lost_events: report["lost_events"].as_u64().context("report without lost_events")?,
+            flows: report["flows"].as_array().map_or(0, Vec::len),
+            attached_after: s.attached.map(|t| t - self.spawned),
+            first_flow_after: s.first_flow.map(|t| t - self.spawned),
+        })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+// ---- /proc -------------------------------------------------------------------------------------
+
+/// CPU time (user + system) of process `pid` so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11).context("no utime")?.parse()?;
+    let stime: u64 = f.get(12).context("no stime")?.parse()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos((utime + stime) * 1_000_000_000 / hz))
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// A child process's exit, wall time and peak RSS (from `wait4`, i.e. this child alone).
+pub struct Measured {
+    pub status: ExitStatus,
+    pub wall: Duration,
+    pub max_rss_kib: u64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+pub fn run_measured(cmd: &mut Command) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child by its pid; `child` is not waited for again.
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if rc < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    Ok(Measured {
+        status: ExitStatus::from_raw(status),
+        wall,
+        max_rss_kib: usage.ru_maxrss as u64,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// Runs `program args` to completion; its stdout, or an error with its stderr.
+pub fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+// ---- traffic -----------------------------------------------------------------------------------
+
+/// One iperf3 run from the client pod to `bench/iperf`'s ClusterIP with 2 streams; Gbit/s
+/// received.
+pub fn iperf(client_ns: &str, secs: u32) -> anyhow::Result<f64> {
+    let target = IPERF_VIP.to_string();
+    let port = IPERF_PORT.to_string();
+    let secs = secs.to_string();
+    let mut last = String::new();
+    // The server takes one test at a time and needs a moment after the previous one.
+    for _ in 0..10 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", client_ns, "iperf3", "-c", &target, "-p", &port, "-P", "2", "-t", &secs, "-J"])
+            .args(["--connect-timeout", "2000"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running iperf3 -c")?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            if out.status.success() {
+                return Ok(bps / 1e9);
+            }
+        }
+        last = json["error"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    bail!("iperf3 -c failed 10 times: {last}")
+}
+
+/// Connections completed and failed by a short-connection loop.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conns {
+    pub ok: u64,
+    pub failed: u64,
+    pub secs: f64,
+}
+
+impl Conns {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs.max(1e-9)
+    }
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+
+/// One HTTP request on a new connection; true when the answer is a 200.
+fn one_request(addr: SocketAddrV4) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_nodelay(true);
+    if s.write_all(REQUEST).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    let mut got = Vec::with_capacity(256);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+/// `threads` threads in `ns`, each opening a new connection per request to `addr` until
+/// `deadline` or `stop`; with `rate`, all threads together pace themselves to that many
+/// connections per second.
+pub fn conn_loop(
+    ns: &str,
+    addr: SocketAddrV4,
+    threads: usize,
+    deadline: Instant,
+    stop: &AtomicBool,
+    rate: Option<f64>,
+) -> anyhow::Result<Conns> {
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<(u64, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || -> anyhow::Result<(u64, u64)> {
+                    d8_trace::lab::netns::enter(ns).map_err(|e| anyhow!("{e}"))?;
+                    let interval = rate.map(|r| Duration::from_secs_f64(threads as f64 / r.max(1.0)));
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut next = Instant::now();
+                    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                        if let Some(iv) = interval {
+                            let now = Instant::now();
+                            if next > now {
+                                std::thread::sleep(next - now);
+                            } else if now - next > Duration::from_millis(100) {
+                                // Far behind: no burst to catch up.
+                                next = now;
+                            }
+                            next += iv;
+                        }
+                        if one_request(addr) { ok += 1 } else { failed += 1 }
+                    }
+                    Ok((ok, failed))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("client thread panicked")))).collect()
+    });
+    let mut total = Conns { secs: start.elapsed().as_secs_f64(), ..Default::default() };
+    for r in results {
+        let (ok, failed) = r?;
+        total.ok += ok;
+        total.failed += failed;
+    }
+    Ok(total)
+}
+
+/// [`conn_loop`] for `dur`.
+pub fn conns_for(ns: &str, addr: SocketAddrV4, dur: Duration, rate: Option<f64>) -> anyhow::Result<Conns> {
+    conn_loop(ns, addr, CONN_THREADS, Instant::now() + dur, &AtomicBool::new(false), rate)
+}
+
+/// A paced loop in the background until dropped.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<Conns>>>,
+}
+
+impl Background {
+    pub fn start(ns: &str, addr: SocketAddrV4, threads: usize, rate: f64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, stop2) = (ns.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            conn_loop(&ns, addr, threads, Instant::now() + Duration::from_secs(24 * 3600), &stop2, Some(rate))
+        });
+        Self { stop, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<Conns> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("joined once").join().map_err(|_| anyhow!("background loop panicked"))?
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

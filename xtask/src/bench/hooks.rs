@@ -1,0 +1,230 @@
+//! Per-hook cost: mean run time per invocation of each of d8-trace's programs from the kernel's
+//! BPF statistics, next to the floor, `nf_empty` (returns NF_ACCEPT at once) attached at the same
+//! netfilter hooks and priorities in the same run: one instance where `nf_pre` attaches, one
+//! where `nf_post` attaches.
+//!
+//! Statistics are switched on with the `BPF_ENABLE_STATS` bpf() command, which returns an fd and
+//! switches them off again when it is closed (even if this process dies): the global sysctl
+//! `kernel.bpf_stats_enabled` is never written. Figures are deltas of `run_time_ns` / `run_cnt`
+//! (`bpftool -j prog show`) over the traffic of one scenario; d8-trace's programs are found by the
+//! `prog_id` lines of the child's `/proc/<pid>/fdinfo`, so other BPF users on the machine (or other
+//! d8-trace instances) are never mixed in.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddrV4,
+    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use d8_trace::loader::{self, netfilter};
+
+use super::common::{self, BenchLab, Env, Tracer};
+
+/// One program's figures in one scenario.
+pub struct ProgRow {
+    pub name: String,
+    pub runs: u64,
+    pub ns_per_run: f64,
+    /// Name of the floor it is compared with (`nf_empty@pre` / `nf_empty@post`), if any.
+    pub floor: Option<&'static str>,
+}
+
+pub struct Scenario {
+    pub traffic: &'static str,
+    pub traced: bool,
+    pub svc: &'static str,
+    pub rows: Vec<ProgRow>,
+    /// ns per invocation of the empty program at nf_pre's hooks and at nf_post's.
+    pub floor_pre: ProgRow,
+    pub floor_post: ProgRow,
+}
+
+impl Scenario {
+    pub fn floor_of(&self, row: &ProgRow) -> Option<f64> {
+        match row.floor {
+            Some("nf_empty@pre") => Some(self.floor_pre.ns_per_run),
+            Some("nf_empty@post") => Some(self.floor_post.ns_per_run),
+            _ => None,
+        }
+    }
+}
+
+pub struct Hooks {
+    pub secs: u32,
+    pub scenarios: Vec<Scenario>,
+}
+
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
+
+/// BPF run-time statistics, on while this lives.
+struct Stats(#[allow(dead_code, reason = "held: closing it switches statistics off")] OwnedFd);
+
+impl Stats {
+    fn enable() -> anyhow::Result<Self> {
+        #[repr(C)]
+        struct Attr {
+            kind: u32,
+        }
+        let mut attr = Attr { kind: BPF_STATS_RUN_TIME };
+        // SAFETY: BPF_ENABLE_STATS reads `enable_stats.type`, the first u32 of the attr.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, &mut attr as *mut Attr, std::mem::size_of::<Attr>()) };
+        if fd < 0 {
+            bail!("bpf(BPF_ENABLE_STATS): {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: a new fd the kernel gave us.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+}
+
+/// `prog_id`s of every BPF program or link fd process `pid` holds.
+fn prog_ids(pid: &str) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    for entry in dir.flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            ids.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()));
+        }
+    }
+    ids
+}
+
+/// `id -> (name, run_time_ns, run_cnt)` of every program on the machine.
+fn snapshot() -> anyhow::Result<HashMap<u32, (String, u64, u64)>> {
+    let text = common::output("bpftool", &["-j", "prog", "show"])?;
+    let progs: serde_json::Value = serde_json::from_str(&text).context("bpftool -j prog show")?;
+    Ok(progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()? as u32;
+            let name = p["name"].as_str().unwrap_or("?").to_string();
+            Some((id, (name, p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0))))
+        })
+        .collect())
+}
+
+fn delta(before: &HashMap<u32, (String, u64, u64)>, after: &HashMap<u32, (String, u64, u64)>, id: u32) -> (String, u64, u64) {
+    let (name, t1, c1) = after.get(&id).cloned().unwrap_or_else(|| ("?".into(), 0, 0));
+    let (t0, c0) = before.get(&id).map_or((0, 0), |(_, t, c)| (*t, *c));
+    (name, t1.saturating_sub(t0), c1.saturating_sub(c0))
+}
+
+fn row(name: String, time: u64, runs: u64, floor: Option<&'static str>) -> ProgRow {
+    ProgRow { name, runs, ns_per_run: if runs == 0 { f64::NAN } else { time as f64 / runs as f64 }, floor }
+}
+
+/// Two instances of `nf_empty` attached where d8-trace's netfilter programs attach, in `node_ns`.
+struct Floor {
+    pre_id: u32,
+    post_id: u32,
+    _links: Vec<netfilter::Link>,
+    _programs: Vec<netfilter::Program>,
+}
+
+fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
+    // nf_empty references no map, but relocation resolves every map reference of the object:
+    // hand it placeholder fds (none of them reaches nf_empty's instructions, hence the kernel).
+    let obj = aya_obj::Object::parse(loader::PROBES).map_err(|e| anyhow!("parsing the BPF object: {e}"))?;
+    let fake: HashMap<String, RawFd> = obj.maps.keys().enumerate().map(|(i, n)| (n.clone(), 100_000 + i as RawFd)).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Floor> {
+            // Links attach in the calling thread's namespace: this thread only.
+            d8_trace::kernel::netns::enter(node_ns).map_err(|e| anyhow!("{e}"))?;
+            let me = std::process::id().to_string();
+            let mut ids = prog_ids(&me);
+            let mut programs = Vec::new();
+            let mut links = Vec::new();
+            let mut new_id = |programs: &Vec<netfilter::Program>| -> anyhow::Result<u32> {
+                let now = prog_ids(&me);
+                let fresh: Vec<u32> = now.difference(&ids).copied().collect();
+                ids = now;
+                match fresh.as_slice() {
+                    [id] => Ok(*id),
+                    other => bail!("expected one new program id after loading nf_empty #{}, found {other:?}", programs.len()),
+                }
+            };
+            let mut pick = |which: &str| -> anyhow::Result<u32> {
+                let prog = netfilter::Program::load(loader::PROBES, "nf_empty", &fake)?;
+                for &(program, hook, priority) in loader::NETFILTER_ATTACHMENTS {
+                    if program == which {
+                        links.push(prog.attach(hook, priority)?);
+                    }
+                }
+                programs.push(prog);
+                new_id(&programs)
+            };
+            let pre_id = pick("nf_pre")?;
+            let post_id = pick("nf_post")?;
+            Ok(Floor { pre_id, post_id, _links: links, _programs: programs })
+        })
+        .join()
+        .map_err(|_| anyhow!("floor loader thread panicked"))?
+    })
+}
+
+pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
+    let secs = env.pick(5, 1);
+    let floor = load_floor(lab.node_ns())?;
+    let web = SocketAddrV4::new(common::WEB_VIP, 80);
+    let cases: [(&'static str, bool, &'static str); 4] = [
+        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC),
+        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC),
+        ("new connection per request", false, common::OTHER_SVC),
+        ("new connection per request", true, common::WEB_SVC),
+    ];
+    let mut scenarios = Vec::new();
+    for (traffic, traced, svc) in cases {
+        let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
+        let ids = prog_ids(&tracer.pid().to_string());
+        let stats = Stats::enable()?;
+        let before = snapshot()?;
+        let traffic_result = if traffic.starts_with("bulk") {
+            common::iperf(lab.client_ns(), secs).map(|_| ())
+        } else {
+            common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|_| ())
+        };
+        let after = snapshot()?;
+        drop(stats);
+        tracer.stop()?;
+        traffic_result?;
+        let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for id in &ids {
+            let (name, t, c) = delta(&before, &after, *id);
+            let e = by_name.entry(name).or_default();
+            e.0 += t;
+            e.1 += c;
+        }
+        let rows = by_name
+            .into_iter()
+            .map(|(name, (t, c))| {
+                let floor = match name.as_str() {
+                    "nf_pre" => Some("nf_empty@pre"),
+                    "nf_post" => Some("nf_empty@post"),
+                    _ => None,
+                };
+                row(name, t, c, floor)
+            })
+            .collect();
+        let (_, t, c) = delta(&before, &after, floor.pre_id);
+        let floor_pre = row("nf_empty@pre".into(), t, c, None);
+        let (_, t, c) = delta(&before, &after, floor.post_id);
+        let floor_post = row("nf_empty@post".into(), t, c, None);
+        let s = Scenario { traffic, traced, svc, rows, floor_pre, floor_post };
+        for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]) {
+            eprintln!(
+                "bench hooks: {traffic}, {}: {:<18} {:7.1} ns x {}",
+                if traced { "traced" } else { "untraced" },
+                r.name,
+                r.ns_per_run,
+                r.runs
+            );
+        }
+        scenarios.push(s);
+    }
+    drop(floor);
+    Ok(Hooks { secs, scenarios })
+}

@@ -1,0 +1,518 @@
+//! Runs the sections and writes the report: the machine, a targets table (with the previous run's
+//! figures next to this run's, read back from the file being replaced), one table per section with
+//! the command that reproduces it, and the hand-written notes kept from the previous file.
+
+use std::{fmt::Write as _, path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::{
+    Options, Section,
+    capacity::{self, Capacity},
+    common::{self, BenchLab, Env},
+    datapath::{self, Datapath},
+    hooks::{self, Hooks},
+    rules::{self, RuleScale},
+    startup::{self, Startup},
+};
+
+/// Everything below this line of an existing report is kept as it is.
+const NOTES_MARKER: &str = "<!-- notes: written by hand; cargo xtask bench keeps everything below this line -->";
+const FIGURES_PREFIX: &str = "<!-- bench-figures: ";
+
+#[derive(Default)]
+struct Results {
+    datapath: Option<Datapath>,
+    hooks: Option<Hooks>,
+    capacity: Option<Capacity>,
+    rules: Option<RuleScale>,
+    startup: Option<Startup>,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark builds network namespaces and loads BPF programs: run it as root");
+    }
+    let started = Instant::now();
+    let d8_trace = match &opts.d8_trace {
+        Some(p) => p.clone(),
+        None => {
+            let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            cmd.args(["build", "--release", "-p", "d8-userspace", "--bin", "d8-trace"]);
+            eprintln!("xtask: {cmd:?}");
+            if !cmd.status().context("running cargo build")?.success() {
+                bail!("building d8-trace failed");
+            }
+            common::target_dir().join("release/d8-trace")
+        }
+    };
+    let work = common::target_dir().join("bench");
+    std::fs::create_dir_all(&work)?;
+    let env = Env { d8_trace, quick: opts.quick, work: work.clone(), xtask: std::env::current_exe()? };
+    let all = [Section::Datapath, Section::Hooks, Section::Capacity, Section::Startup, Section::Rules];
+    let sections: Vec<Section> = if opts.only.is_empty() { all.to_vec() } else { all.into_iter().filter(|s| opts.only.contains(s)).collect() };
+    let out: PathBuf = match &opts.out {
+        Some(p) => p.clone(),
+        None if opts.quick => work.join("BENCHMARKS-quick.md"),
+        None if !opts.only.is_empty() => work.join("BENCHMARKS-partial.md"),
+        None => common::workspace_root().join("BENCHMARKS.md"),
+    };
+    let machine = Machine::read();
+    let mut r = Results::default();
+    if sections.iter().any(|s| *s != Section::Rules) {
+        let lab = BenchLab::up()?;
+        eprintln!("bench: lab up (node namespace {})", lab.node_ns());
+        for s in &sections {
+            match s {
+                Section::Datapath => r.datapath = Some(datapath::run(&env, &lab)?),
+                Section::Hooks => r.hooks = Some(hooks::run(&env, &lab)?),
+                Section::Capacity => r.capacity = Some(capacity::run(&env, &lab)?),
+                Section::Startup => r.startup = Some(startup::run(&env, &lab)?),
+                Section::Rules => {}
+            }
+        }
+    }
+    if sections.contains(&Section::Rules) {
+        r.rules = Some(rules::run(&env)?);
+    }
+    let command = command_line(opts);
+    let previous = std::fs::read_to_string(&out).unwrap_or_default();
+    let text = render(&r, &machine, &command, &previous, started.elapsed().as_secs(), opts.quick);
+    std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
+    eprintln!("bench: wrote {}", out.display());
+    Ok(())
+}
+
+fn command_line(opts: &Options) -> String {
+    let mut c = "cargo xtask bench".to_string();
+    if opts.quick {
+        c.push_str(" --quick");
+    }
+    if !opts.only.is_empty() {
+        let names: Vec<&str> = opts.only.iter().map(|s| section_name(*s)).collect();
+        c.push_str(&format!(" --only {}", names.join(",")));
+    }
+    c
+}
+
+fn section_name(s: Section) -> &'static str {
+    match s {
+        Section::Datapath => "datapath",
+        Section::Hooks => "hooks",
+        Section::Capacity => "capacity",
+        Section::Rules => "rules",
+        Section::Startup => "startup",
+    }
+}
+
+struct Machine {
+    date: String,
+    kernel: String,
+    cpu: String,
+    load: String,
+    commit: String,
+}
+
+impl Machine {
+    fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let root = common::workspace_root();
+        let root = root.to_str().unwrap_or(".");
+        let commit = common::output("git", &["-C", root, "rev-parse", "--short", "HEAD"]).unwrap_or_default().trim().to_string();
+        let dirty = common::output("git", &["-C", root, "status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
+        Self {
+            date: common::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default().trim().to_string(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            cpu: format!("{model}, {cpus} CPUs"),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            commit: if dirty { format!("{commit} (with uncommitted changes in the working tree)") } else { commit },
+        }
+    }
+}
+
+fn fmt_list(values: &[f64], decimals: usize) -> String {
+    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(" ")
+}
+
+fn yes_no(ok: bool) -> &'static str {
+    if ok { "**met**" } else { "**missed**" }
+}
+
+/// Previous run's figures, from the comment an earlier report carries.
+fn previous_figures(previous: &str) -> serde_json::Map<String, serde_json::Value> {
+    previous
+        .lines()
+        .find_map(|l| l.strip_prefix(FIGURES_PREFIX).and_then(|r| r.strip_suffix(" -->")))
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+/// One row of the targets table.
+struct Target {
+    key: &'static str,
+    what: &'static str,
+    measured: String,
+    met: bool,
+}
+
+/// Worst ratio of nf_pre/nf_post to their floor over the scenarios with `traced`.
+fn worst_ratio(h: &Hooks, traced: bool) -> Option<(f64, String)> {
+    let mut worst: Option<(f64, String)> = None;
+    for s in h.scenarios.iter().filter(|s| s.traced == traced) {
+        for r in &s.rows {
+            if let Some(floor) = s.floor_of(r) {
+                let ratio = r.ns_per_run / floor;
+                if ratio.is_finite() && worst.as_ref().is_none_or(|(w, _)| ratio > *w) {
+                    worst = Some((ratio, format!("{} on {}: {:.0} ns vs {:.0} ns", r.name, s.traffic, r.ns_per_run, floor)));
+                }
+            }
+        }
+    }
+    worst
+}
+
+fn targets(r: &Results) -> Vec<Target> {
+    let mut t = Vec::new();
+    if let Some(d) = &r.datapath {
+        let off = common::median(&d.off);
+        let this = common::median(&d.this) / off;
+        let other = common::median(&d.other) / off;
+        t.push(Target {
+            key: "ratio_this",
+            what: "Throughput on/off tracing this Service >= 0.98",
+            measured: format!("{this:.3}"),
+            met: this >= 0.98,
+        });
+        t.push(Target {
+            key: "ratio_other",
+            what: "Throughput on/off tracing another Service >= 0.99",
+            measured: format!("{other:.3}"),
+            met: other >= 0.99,
+        });
+    }
+    if let Some(h) = &r.hooks {
+        if let Some((ratio, detail)) = worst_ratio(h, false) {
+            t.push(Target {
+                key: "hook_untraced",
+                what: "Per invocation, untraced traffic <= 1.5x the empty program",
+                measured: format!("{ratio:.2}x (worst: {detail})"),
+                met: ratio <= 1.5,
+            });
+        }
+        if let Some((ratio, detail)) = worst_ratio(h, true) {
+            t.push(Target {
+                key: "hook_traced",
+                what: "Per invocation, traced traffic <= 3x the empty program",
+                measured: format!("{ratio:.2}x (worst: {detail})"),
+                met: ratio <= 3.0,
+            });
+        }
+    }
+    if let Some(c) = &r.capacity {
+        let saturated = &c.steps[0];
+        let measured = match c.best() {
+            Some(b) if std::ptr::eq(b, saturated) => format!(
+                "0 lost at {:.0} new flows/s, the most the machine pushes with d8-trace on ({:.0}/s with it off)",
+                b.achieved, c.off_rate
+            ),
+            Some(b) => format!(
+                "{} lost at {:.0}/s (saturated); 0 lost at {:.0}/s",
+                saturated.lost_events, saturated.achieved, b.achieved
+            ),
+            None => format!("events lost at every rate tried (lowest {:.0}/s)", c.steps.last().map_or(0.0, |s| s.achieved)),
+        };
+        t.push(Target {
+            key: "capacity",
+            what: "No lost events at the lab's maximum new-flow rate",
+            measured,
+            met: saturated.lost_events == 0,
+        });
+    }
+    if let Some(rs) = &r.rules {
+        for format in ["iptables-save", "nft JSON"] {
+            if let Some(p) = rs.parse.iter().find(|p| p.services == 10000 && p.format == format) {
+                t.push(Target {
+                    key: if format == "nft JSON" { "rules_nft" } else { "rules_iptables" },
+                    what: if format == "nft JSON" {
+                        "10,000 Services (nft JSON) modelled in < 300 ms and < 200 MB"
+                    } else {
+                        "10,000 Services (iptables-save) modelled in < 300 ms and < 200 MB"
+                    },
+                    measured: format!("{:.0} ms, {:.0} MiB peak RSS", p.parse_ms, p.peak_rss_mib),
+                    met: p.parse_ms < 300.0 && p.peak_rss_mib * 1.048576 < 200.0,
+                });
+            }
+        }
+    }
+    if let Some(s) = &r.startup {
+        let attached = common::median(&s.attached_ms);
+        let first = common::median(&s.first_flow_ms);
+        t.push(Target {
+            key: "startup",
+            what: "Start-up (to hooks attached and first flow printed) < 1 s",
+            measured: format!("{attached:.0} ms to attached, {first:.0} ms to the first flow (medians)"),
+            met: first < 1000.0 && attached < 1000.0,
+        });
+    }
+    t
+}
+
+fn render(r: &Results, m: &Machine, command: &str, previous: &str, secs: u64, quick: bool) -> String {
+    let mut o = String::new();
+    let prev = previous_figures(previous);
+    let targets = targets(r);
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "What tracing costs a node, how much d8-trace takes, how it scales. Written by `{command}`; everything runs in \
+         lab network namespaces on one machine (a node with kube-proxy's iptables rules, pods as namespaces, see \
+         `d8-userspace/src/lab/`). Regenerating rewrites everything above the notes at the end.\n"
+    );
+    if quick {
+        let _ = writeln!(o, "> **--quick run**: one short run per measurement, a smoke check. These figures mean nothing.\n");
+    }
+    let _ = writeln!(o, "| | |\n|---|---|");
+    let _ = writeln!(o, "| Command | `{command}` (as root; about {} min) |", secs.div_ceil(60));
+    let _ = writeln!(o, "| Date | {} |", m.date);
+    let _ = writeln!(o, "| Kernel | {} |", m.kernel);
+    let _ = writeln!(o, "| CPU | {} |", m.cpu);
+    let _ = writeln!(o, "| Load average at start | {} |", m.load);
+    let _ = writeln!(o, "| d8-trace | release build of {} |\n", m.commit);
+
+    let _ = writeln!(o, "## Targets\n");
+    let has_prev = !prev.is_empty();
+    if has_prev {
+        let _ = writeln!(o, "| Target | Measured | Previous run | Verdict |\n|---|---|---|---|");
+    } else {
+        let _ = writeln!(o, "| Target | Measured | Verdict |\n|---|---|---|");
+    }
+    let mut figures = serde_json::Map::new();
+    for t in &targets {
+        figures.insert(t.key.into(), serde_json::Value::String(t.measured.clone()));
+        if has_prev {
+            let p = prev.get(t.key).and_then(|v| v.as_str()).unwrap_or("-");
+            let _ = writeln!(o, "| {} | {} | {} | {} |", t.what, t.measured, p, yes_no(t.met));
+        } else {
+            let _ = writeln!(o, "| {} | {} | {} |", t.what, t.measured, yes_no(t.met));
+        }
+    }
+    if has_prev {
+        let _ = writeln!(
+            o,
+            "\nPrevious run: {}. Missed targets are explained in the notes at the end.",
+            prev.get("date").and_then(|v| v.as_str()).unwrap_or("?")
+        );
+    } else {
+        let _ = writeln!(o, "\nMissed targets are explained in the notes at the end.");
+    }
+    figures.insert("date".into(), serde_json::Value::String(m.date.clone()));
+    o.push('\n');
+
+    if let Some(d) = &r.datapath {
+        datapath_section(&mut o, d);
+    }
+    if let Some(h) = &r.hooks {
+        hooks_section(&mut o, h);
+    }
+    if let Some(c) = &r.capacity {
+        capacity_section(&mut o, c);
+    }
+    if let Some(rs) = &r.rules {
+        rules_section(&mut o, rs);
+    }
+    if let Some(s) = &r.startup {
+        startup_section(&mut o, s);
+    }
+    let _ = writeln!(o, "{FIGURES_PREFIX}{} -->\n", serde_json::Value::Object(figures));
+    let _ = writeln!(o, "## Notes\n");
+    let _ = writeln!(o, "{NOTES_MARKER}");
+    match previous.split_once(NOTES_MARKER) {
+        Some((_, notes)) => o.push_str(notes.trim_start_matches('\n')),
+        None => o.push('\n'),
+    }
+    if !o.ends_with('\n') {
+        o.push('\n');
+    }
+    o
+}
+
+fn datapath_section(o: &mut String, d: &Datapath) {
+    let off = common::median(&d.off);
+    let _ = writeln!(o, "## 1. Datapath cost\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only datapath`: iperf3 `-P 2 -t {}` from the client pod to `bench/iperf`'s ClusterIP \
+         (DNAT by kube-proxy's rules to the iperf3 pod), {} rounds of (off, tracing `bench/other`, tracing `bench/iperf`); \
+         d8-trace is `d8-trace --svc SVC --netns NODE --no-k8s -o json`, started before and stopped (Ctrl-C) after each \
+         run. Short connections: {} client threads in the client pod, each a loop of connect, `GET /`, read to EOF, \
+         close, against `bench/web` (two HTTP pods), {} s per run, off and tracing `bench/web` interleaved.\n",
+        d.iperf_secs,
+        d.rounds,
+        common::CONN_THREADS,
+        d.conn_secs
+    );
+    let _ = writeln!(o, "| d8-trace | Runs (Gbit/s) | Median | On/off |\n|---|---|---|---|");
+    for (what, v) in [("off", &d.off), ("tracing another Service (`bench/other`)", &d.other), ("tracing this Service (`bench/iperf`)", &d.this)] {
+        let med = common::median(v);
+        let _ = writeln!(o, "| {what} | {} | {med:.2} | {:.3} |", fmt_list(v, 1), med / off);
+    }
+    let coff = common::median(&d.conn_off);
+    let _ = writeln!(o, "\n| d8-trace | Runs (connections/s) | Median | On/off |\n|---|---|---|---|");
+    for (what, v) in [("off", &d.conn_off), ("tracing this Service (`bench/web`)", &d.conn_on)] {
+        let med = common::median(v);
+        let _ = writeln!(o, "| {what} | {} | {med:.0} | {:.3} |", fmt_list(v, 0), med / coff);
+    }
+    let _ = writeln!(
+        o,
+        "\nLost events over all traced runs: {}; failed connections: {}; flows in the report of a traced iperf3 run: {} \
+         (the control connection and the two streams).\n",
+        d.lost_events, d.conn_failed, d.this_flows
+    );
+}
+
+fn hooks_section(o: &mut String, h: &Hooks) {
+    let _ = writeln!(o, "## 2. Per-hook cost\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only hooks`: BPF run-time statistics switched on with `bpf(BPF_ENABLE_STATS)` (an fd: \
+         off again when closed; the global sysctl is never written) for {} s of traffic per scenario; mean \
+         `run_time_ns / run_cnt` over that window, from `bpftool -j prog show`, for the programs d8-trace holds \
+         (found through its `/proc/PID/fdinfo`). The floor is `nf_empty` (`d8-ebpf/src/bench.rs`, returns NF_ACCEPT) \
+         loaded by the bench twice and attached in the lab node at the same hooks and priorities as `nf_pre` (PREROUTING \
+         and OUTPUT at -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), in the same \
+         window. \"Untraced\" traces `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole \
+         machine (other processes' packets included) and have no floor here.\n",
+        h.secs
+    );
+    let _ = writeln!(o, "| Traffic | d8-trace traces | Program | Invocations | ns / invocation | Empty program | Ratio |\n|---|---|---|---|---|---|---|");
+    for s in &h.scenarios {
+        let who = if s.traced { format!("this Service (`{}`)", s.svc) } else { format!("another Service (`{}`)", s.svc) };
+        for r in &s.rows {
+            let (floor, ratio) = match s.floor_of(r) {
+                Some(f) => (format!("{f:.1} ns"), format!("{:.2}x", r.ns_per_run / f)),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(o, "| {} | {who} | `{}` | {} | {:.1} | {floor} | {ratio} |", s.traffic, r.name, r.runs, r.ns_per_run);
+        }
+        for f in [&s.floor_pre, &s.floor_post] {
+            let _ = writeln!(o, "| {} | {who} | `{}` | {} | {:.1} | | |", s.traffic, f.name, f.runs, f.ns_per_run);
+        }
+    }
+    o.push('\n');
+}
+
+fn capacity_section(o: &mut String, c: &Capacity) {
+    let _ = writeln!(o, "## 3. Capacity\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only capacity`: new connections (one HTTP request each) through `bench/web` for {} s per \
+         run from {} client threads, first flat out with d8-trace off, then tracing `bench/web` flat out and, if events \
+         were lost, paced at lower rates. CPU is d8-trace's user + system time over the run (/proc/PID/stat) in % of one \
+         core; RSS from /proc/PID/status at the end of the run. Clients, servers, kernel and d8-trace share the machine's \
+         cores.\n",
+        c.secs,
+        common::CONN_THREADS
+    );
+    let _ = writeln!(o, "| d8-trace | Offered | New flows/s | Connections (failed) | Flows reported | Lost events | d8-trace CPU | RSS (peak) |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| off | as fast as possible | {:.0} | | | | | |", c.off_rate);
+    for s in &c.steps {
+        let _ = writeln!(
+            o,
+            "| tracing `bench/web` | {} | {:.0} | {} ({}) | {} | {} | {:.0} % | {:.1} MiB ({:.1} MiB) |",
+            s.offered.map_or("as fast as possible".to_string(), |r| format!("{r:.0}/s")),
+            s.achieved,
+            s.connections,
+            s.failed,
+            s.flows,
+            s.lost_events,
+            s.cpu_pct,
+            s.rss_mib,
+            s.peak_rss_mib
+        );
+    }
+    o.push('\n');
+}
+
+fn rules_section(o: &mut String, rs: &RuleScale) {
+    let _ = writeln!(o, "## 4. Rule scale\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only rules`: rule sets of N Services with 5 endpoints each from \
+         `d8-userspace/testdata/rules/gen_large.py` (kube-proxy's chain names and hashes). Parse + model: \
+         `rules::iptables::parse` / `rules::nftables::parse` timed alone in a child process that has read the file \
+         (median of the runs); peak RSS of that child from `wait4` (the whole process: the text it read included).\n"
+    );
+    let _ = writeln!(o, "| Services | Format | Size | Parse + model | Child process (read + parse + exit) | Peak RSS | Modelled |\n|---|---|---|---|---|---|---|");
+    for p in &rs.parse {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.1} MB | {:.0} ms (runs: {}) | {:.0} ms | {:.0} MiB | {} Services, {} endpoints |",
+            p.services,
+            p.format,
+            p.bytes as f64 / 1e6,
+            p.parse_ms,
+            p.runs,
+            p.child_ms,
+            p.peak_rss_mib,
+            p.found_services,
+            p.found_endpoints
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nThe same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`): the time the tools take \
+         to print them, next to `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s -o json` end to end (runs the \
+         tools, parses, models, reports; medians) and its peak RSS.\n"
+    );
+    let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Output | d8-trace explain | explain peak RSS |\n|---|---|---|---|---|---|---|");
+    for n in &rs.node {
+        if let Some(e) = &n.error {
+            let _ = writeln!(o, "| {} | {} | {} | | | | |", n.services, n.format, e.replace('|', "/").replace('\n', " "));
+            continue;
+        }
+        let tool = if n.format == "iptables-save" { "`iptables-save`" } else { "`nft -j list table ip kube-proxy`" };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.0} ms | {tool} {:.0} ms | {:.1} MB | {:.0} ms | {:.0} MiB |",
+            n.services,
+            n.format,
+            n.load_ms,
+            n.dump_ms,
+            n.dump_bytes as f64 / 1e6,
+            n.explain_ms,
+            n.explain_rss_mib
+        );
+    }
+    o.push('\n');
+}
+
+fn startup_section(o: &mut String, s: &Startup) {
+    let _ = writeln!(o, "## 5. Start-up\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only startup`: {} runs of `d8-trace --svc bench/web --netns NODE --no-k8s -o json`, timed \
+         from spawn to its \"attached\" stderr line and to its first flow line, while one client opens a new connection \
+         to `bench/web` every 5 ms.\n",
+        s.runs
+    );
+    let _ = writeln!(o, "| From spawn to | Median | Min | Max |\n|---|---|---|---|");
+    for (what, v) in [("hooks attached", &s.attached_ms), ("first flow printed", &s.first_flow_ms)] {
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(o, "| {what} | {:.0} ms | {min:.0} ms | {max:.0} ms |", common::median(v));
+    }
+    o.push('\n');
+}
