@@ -167,6 +167,10 @@ struct Run {
 impl Run {
     fn new(mode: ProxyMode, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
         let context = format!("{mode:?} mode, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}", argv.join(" "));
+        // D8_SCENARIO_DUMP=1 (with --nocapture) shows every report, passing or not.
+        if std::env::var_os("D8_SCENARIO_DUMP").is_some() {
+            eprintln!("{context}");
+        }
         Self { report, context }
     }
 
@@ -727,6 +731,49 @@ fn udp_no_endpoints_iptables() {
 #[test]
 fn udp_no_endpoints_nftables() {
     udp_no_endpoints(ProxyMode::Nftables);
+}
+
+/// UDP stale endpoint: dns-2 deleted (namespace and API objects), the rules still DNAT to it.
+fn udp_stale_endpoint(mode: ProxyMode) {
+    let mut s = Scenario::up(dns_spec(2), mode);
+    s.lab.make_stale_endpoint("dns-2").expect("stale endpoint");
+    let mut outcomes = Vec::new();
+    let run = s.trace("default/dns", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
+        // Each request picks a backend at random: until one was answered and one was not.
+        let start = Instant::now();
+        while outcomes.len() < 14 && start.elapsed() < Duration::from_secs(3) {
+            outcomes.push(lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", SILENT).expect("udp"));
+            let replied = outcomes.iter().any(|o| matches!(o, UdpOutcome::Reply(_)));
+            if replied && outcomes.contains(&UdpOutcome::Timeout) {
+                break;
+            }
+        }
+    });
+    assert!(outcomes.contains(&UdpOutcome::Timeout), "no request went to the deleted pod: {outcomes:?}");
+    run.assert_root("stale_endpoint");
+    for f in run.flows_to("10.96.0.10:53") {
+        assert_eq!(f.protocol, "udp");
+        let want = match f.backend.as_deref() {
+            Some("10.244.1.11:5353") => "healthy",
+            Some("10.244.1.12:5353") => "stale_endpoint",
+            other => panic!("unexpected backend {other:?}; {}", run.context),
+        };
+        assert_eq!(run.class_of(f), want, "{}", run.context);
+    }
+    assert!(run.report.flows.iter().any(|f| f.backend.as_deref() == Some("10.244.1.12:5353")), "{}", run.context);
+    assert_eq!(run.endpoint(WEB_2, 5353).in_api, Some(false), "{}", run.context);
+    run.evidence("api", &["10.244.1.12:5353 is not in the Service's EndpointSlices of default/dns"]);
+    run.evidence("rules", &[&endpoint_chain(mode, s.lab.rules_spec(), "dns", "dns-2")]);
+}
+
+#[test]
+fn udp_stale_endpoint_iptables() {
+    udp_stale_endpoint(ProxyMode::Iptables);
+}
+
+#[test]
+fn udp_stale_endpoint_nftables() {
+    udp_stale_endpoint(ProxyMode::Nftables);
 }
 
 // ---- two causes at once ----------------------------------------------------------------------------
