@@ -383,7 +383,14 @@ impl FlowTable {
             }),
             Kind::Drop { reason, before_conntrack, .. } => {
                 let reason = self.drop_names.name(*reason);
-                if !BENIGN_DROP_REASONS.contains(&reason.as_str()) {
+                // Once a TCP exchange was answered and a FIN was seen, the peers' sockets in
+                // CLOSE_WAIT/LAST_ACK free the bare ACKs that reach them with kfree_skb and no
+                // reason (`tcp_rcv_state_process`'s discard path): delivered, not lost.
+                let teardown = reason == "NOT_SPECIFIED"
+                    && flow.protocol == Protocol::Tcp
+                    && flow.handshake.reply
+                    && flow.handshake.fin;
+                if !BENIGN_DROP_REASONS.contains(&reason.as_str()) && !teardown {
                     flow.drops.push(Drop { reason, after_hook: ev.hook, before_conntrack: *before_conntrack, at_ms });
                 }
             }

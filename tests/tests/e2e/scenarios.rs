@@ -293,6 +293,7 @@ fn healthy(mode: ProxyMode) {
     for f in &flows {
         assert_eq!((f.outcome.as_str(), run.class_of(f)), ("established", "healthy"), "{}", run.context);
         assert_eq!(f.protocol, "tcp");
+        assert_eq!(f.drop_reason, None, "a completed exchange lost nothing; {}", run.context);
     }
     for ip in [WEB_1, WEB_2] {
         let ep = run.endpoint(ip, 8080);
