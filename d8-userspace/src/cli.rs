@@ -167,6 +167,12 @@ pub struct DaemonArgs {
     /// Write JSON Lines events (non-healthy flows, verdict changes) to FILE, or `-` for stdout.
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<String>,
+    /// Seconds between two readings of kube-proxy's rules (and of the API).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub refresh_secs: u64,
+    /// Most flows held at once; beyond it the oldest are evicted and counted.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub max_flows: u64,
     #[command(flatten)]
     pub selection: Selection,
 }

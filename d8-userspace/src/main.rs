@@ -167,6 +167,8 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
         selection: args.selection.clone(),
         ring_buffer_bytes: 4 << 20,
         reply_timeout: Duration::from_secs(3),
+        refresh: Duration::from_secs(args.refresh_secs),
+        max_flows: args.max_flows as usize,
     };
     runtime.block_on(d8_trace::daemon::run(opts, setup)).map_err(|e| match e {
         d8_trace::daemon::Error::Bind { .. } | d8_trace::daemon::Error::Events { .. } => Failure::usage(error_chain(&e)),

@@ -2,6 +2,7 @@
 //! `Options` and one entry function.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod test;
 mod vm;
@@ -23,6 +24,8 @@ enum Task {
     Test(test::Options),
     /// Set up, build, and run `d8-trace demo` (a simulated node with an incident, traced live).
     Demo(test::DemoOptions),
+    /// Run the parsers' fuzz targets with cargo-fuzz (minutes; not part of CI).
+    Fuzz(fuzz::Options),
     /// Boot a Debian kernel under qemu and run a command in it.
     VmTest(Box<vm::Options>),
     /// Measure what tracing costs (lab namespaces on this machine) and write BENCHMARKS.md.
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => test::demo(&opts),
         Task::VmTest(opts) => vm::run(*opts),
+        Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Bench(opts) => bench::run(&opts),
     };
     match result {

@@ -50,11 +50,11 @@ use crate::{
 
 /// How often flows are classified and counted.
 pub const VERDICT_EVERY: Duration = Duration::from_secs(2);
-/// How often kube-proxy's rules are read again.
+/// How often kube-proxy's rules are read again, by default (`--refresh-secs`).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// Reported flows are kept this long (so late events still join them), then forgotten.
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
-/// Most flows held at once.
+/// Most flows held at once, by default (`--max-flows`).
 pub const MAX_FLOWS: usize = 100_000;
 /// Longest wait between two attempts to reach an unreachable API.
 pub const API_BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -92,6 +92,10 @@ pub struct Options {
     pub selection: Selection,
     pub ring_buffer_bytes: u32,
     pub reply_timeout: Duration,
+    /// How often kube-proxy's rules are read again (default [`REFRESH_EVERY`]).
+    pub refresh: Duration,
+    /// Most flows held at once (default [`MAX_FLOWS`]).
+    pub max_flows: usize,
 }
 
 /// Which Service a traced address belongs to.
@@ -143,6 +147,7 @@ fn plan_all(model: &ServiceModel) -> (trace::Plan, Index) {
 /// The model: rules always; the API when due (`api_due`), else the last API view is reused.
 struct ModelSource {
     selection: Selection,
+    refresh: Duration,
     api_failures: u32,
     next_api: tokio::time::Instant,
     api_up: bool,
@@ -167,7 +172,7 @@ impl ModelSource {
                 self.next_api = now;
             } else {
                 self.api_failures += 1;
-                let wait = REFRESH_EVERY * 2u32.saturating_pow(self.api_failures.min(6));
+                let wait = self.refresh * 2u32.saturating_pow(self.api_failures.min(6));
                 self.next_api = now + wait.min(API_BACKOFF_MAX);
                 for w in &view.warnings {
                     eprintln!("d8-trace: warning: {w} (next API attempt in {}s)", wait.min(API_BACKOFF_MAX).as_secs());
@@ -226,6 +231,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
 
     let mut source = ModelSource {
         selection: opts.selection.clone(),
+        refresh: opts.refresh,
         api_failures: 0,
         next_api: tokio::time::Instant::now(),
         api_up: false,
@@ -245,7 +251,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::Io(e.into()))?;
     let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), model.node_ips.clone(), drop_reasons)
-        .with_max_flows(MAX_FLOWS)
+        .with_max_flows(opts.max_flows)
         .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
 
     let m = &state.metrics;
@@ -264,7 +270,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let mut counted: HashSet<u64> = HashSet::new();
     let mut verdicts: HashMap<ServiceRef, String> = HashMap::new();
     let mut verdict_tick = tokio::time::interval(VERDICT_EVERY);
-    let mut refresh_tick = tokio::time::interval(REFRESH_EVERY);
+    let mut refresh_tick = tokio::time::interval(opts.refresh);
     refresh_tick.reset();
     let mut decode_errors = 0u64;
 

@@ -92,3 +92,63 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     assert_eq!(bpf::d8_links(), links_before, "links left after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
+    let mut lab = lab(ProxyMode::Nftables);
+    let links_before = bpf::d8_links();
+    let args = [
+        "daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810", "--no-k8s",
+        "--refresh-secs", "1", "--max-flows", "2000",
+    ];
+    let daemon = Trace::start_until(&args, &[], "daemon ready");
+
+    // Rules alone say default/empty rejects (kube-proxy's "has no endpoints" rule).
+    wait_metric(&lab, r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#, 1.0);
+    let before = metric(&scrape(&lab), "d8_trace_traced_targets").unwrap();
+
+    // kube-proxy rewrites the rules: default/empty gets an endpoint. The daemon follows without
+    // restarting, and the next flow to it is healthy.
+    let spec = spec().pod(
+        d8_trace::lab::PodSpec::new("default", "empty-1", std::net::Ipv4Addr::new(10, 244, 1, 51))
+            .label("app", "none")
+            .listen(8080, d8_trace::lab::ListenerKind::Http),
+    );
+    lab.apply(spec).expect("rules rewritten");
+    wait_metric(&lab, "d8_trace_traced_targets", before + 1.0);
+    let r = lab::http_get(lab.client_ns(), addr(EMPTY_VIP, 80), "/", TIMEOUT).unwrap();
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    wait_metric(&lab, r#"d8_trace_service_verdict{service="default/empty",class="healthy"}"#, 1.0);
+
+    // A flood of distinct flows: the table stays at its bound, the excess is evicted and counted.
+    const FLOWS: usize = 6000;
+    lab::in_netns(lab.client_ns(), || {
+        for _ in 0..FLOWS {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let _ = s.send_to(b"q", addr(DNS_VIP, 53));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(&lab);
+        let evicted = metric(&text, "d8_trace_flows_evicted").unwrap_or(0.0);
+        let lost = metric(&text, "d8_trace_lost_events").unwrap_or(0.0);
+        let held = metric(&text, "d8_trace_flow_table_flows").unwrap_or(0.0);
+        assert!(held <= 2000.0, "the flow table exceeds its bound: {held}");
+        // Every flow is either still held, counted, evicted, or its events were lost (counted).
+        if evicted > 0.0 || lost > 0.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{FLOWS} flows through a 2000-flow table evicted nothing:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let healthz = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/healthz", TIMEOUT).unwrap();
+    assert_eq!(healthz.status(), Some(200), "still serving after the flood:\n{text}");
+
+    daemon.signal(libc::SIGTERM);
+    let done = daemon.finish(Duration::from_secs(5));
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(bpf::d8_links(), links_before, "links left after SIGTERM");
+}
