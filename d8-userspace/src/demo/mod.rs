@@ -125,7 +125,10 @@ impl Drop for NetnsReturn {
     fn drop(&mut self) {
         // SAFETY: setns on an open network namespace fd; affects this thread only.
         if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            eprintln!("d8-trace demo: returning to the original network namespace: {}", io::Error::last_os_error());
+            eprintln!(
+                "d8-trace demo: returning to the original network namespace: {}",
+                io::Error::last_os_error()
+            );
         }
     }
 }
@@ -162,7 +165,12 @@ impl Write for LiveTap {
 /// The demo takes no selection flags: it builds its own node and API.
 fn check_args(args: &DemoArgs) -> Result<(), Error> {
     let s = &args.selection;
-    if s.netns.is_some() || s.kubeconfig.is_some() || s.k8s_snapshot.is_some() || s.no_k8s || s.node.is_some() {
+    if s.netns.is_some()
+        || s.kubeconfig.is_some()
+        || s.k8s_snapshot.is_some()
+        || s.no_k8s
+        || s.node.is_some()
+    {
         return Err(Error::Usage(
             "demo builds its own node and API snapshot: --netns, --kubeconfig, --k8s-snapshot, --no-k8s and --node do not apply (only -o and --hooks)".into(),
         ));
@@ -171,13 +179,19 @@ fn check_args(args: &DemoArgs) -> Result<(), Error> {
         return Err(trace::Error::TcUnavailable.into());
     }
     if !matches!(args.output, Output::Text | Output::Json) {
-        return Err(Error::Usage("demo prints text or JSON (-o text|json)".into()));
+        return Err(Error::Usage(
+            "demo prints text or JSON (-o text|json)".into(),
+        ));
     }
     Ok(())
 }
 
 /// True when SIGINT or SIGTERM arrived since the last look.
-fn interrupted(runtime: &tokio::runtime::Runtime, sigint: &mut Signal, sigterm: &mut Signal) -> bool {
+fn interrupted(
+    runtime: &tokio::runtime::Runtime,
+    sigint: &mut Signal,
+    sigterm: &mut Signal,
+) -> bool {
     runtime.block_on(async {
         tokio::select! {
             _ = sigint.recv() => true,
@@ -192,10 +206,22 @@ fn interrupted(runtime: &tokio::runtime::Runtime, sigint: &mut Signal, sigterm: 
 fn merged_plan(plans: &[Plan]) -> Plan {
     let mut all = plans[0].clone();
     let names: Vec<&str> = plans.iter().map(|p| p.service.name.as_str()).collect();
-    all.service = ServiceRef { namespace: plans[0].service.namespace.clone(), name: format!("{{{}}}", names.join(",")) };
-    all.frontends = plans.iter().flat_map(|p| p.frontends.iter().cloned()).collect();
-    all.endpoints = plans.iter().flat_map(|p| p.endpoints.iter().cloned()).collect();
-    all.frontend_addrs = plans.iter().flat_map(|p| p.frontend_addrs.iter().copied()).collect();
+    all.service = ServiceRef {
+        namespace: plans[0].service.namespace.clone(),
+        name: format!("{{{}}}", names.join(",")),
+    };
+    all.frontends = plans
+        .iter()
+        .flat_map(|p| p.frontends.iter().cloned())
+        .collect();
+    all.endpoints = plans
+        .iter()
+        .flat_map(|p| p.endpoints.iter().cloned())
+        .collect();
+    all.frontend_addrs = plans
+        .iter()
+        .flat_map(|p| p.frontend_addrs.iter().copied())
+        .collect();
     all.frontend_addrs.sort();
     all.frontend_addrs.dedup();
     all
@@ -204,11 +230,15 @@ fn merged_plan(plans: &[Plan]) -> Plan {
 /// The plan (of `plans`) a flow belongs to: by its frontend, or for a direct flow by its backend.
 pub fn owner(flow: &Flow, plans: &[Plan]) -> Option<usize> {
     match flow.frontend {
-        Some(fe) => plans.iter().position(|p| p.frontend_addrs.contains(&(flow.protocol, fe))),
+        Some(fe) => plans
+            .iter()
+            .position(|p| p.frontend_addrs.contains(&(flow.protocol, fe))),
         None => {
             let be = flow.backend?;
             plans.iter().position(|p| {
-                p.endpoints.iter().any(|e| e.protocol == flow.protocol && SocketAddr::new(e.ip, e.port) == be)
+                p.endpoints
+                    .iter()
+                    .any(|e| e.protocol == flow.protocol && SocketAddr::new(e.ip, e.port) == be)
             })
         }
     }
@@ -229,8 +259,10 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     // Handlers first: from here on Ctrl-C and SIGTERM are noted, never fatal.
     let (mut sigint, mut sigterm) = {
         let _in_runtime = runtime.enter();
-        let int = signal(SignalKind::interrupt()).map_err(|e| Error::Io(format!("SIGINT handler: {e}")))?;
-        let term = signal(SignalKind::terminate()).map_err(|e| Error::Io(format!("SIGTERM handler: {e}")))?;
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| Error::Io(format!("SIGINT handler: {e}")))?;
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| Error::Io(format!("SIGTERM handler: {e}")))?;
         (int, term)
     };
     // The kernel first: an unsupported one fails before anything is built.
@@ -241,19 +273,28 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     if let Ok(removed) = lab::cleanup_stale()
         && !removed.is_empty()
     {
-        say(&format!("removed {} namespaces of an earlier run that did not finish", removed.len()));
+        say(&format!(
+            "removed {} namespaces of an earlier run that did not finish",
+            removed.len()
+        ));
     }
 
     say("building a node: 4 Services, 6 pods, kube-proxy's iptables rules");
     let spec = script::spec();
     let mut lab = Lab::up(spec.clone(), ProxyMode::Iptables)?;
     let lab_ready = started.elapsed();
-    say(&format!("node {} is up ({:.1}s): {}", spec.node_name, lab_ready.as_secs_f64(), lab.node_ns()));
+    say(&format!(
+        "node {} is up ({:.1}s): {}",
+        spec.node_name,
+        lab_ready.as_secs_f64(),
+        lab.node_ns()
+    ));
     if interrupted(&runtime, &mut sigint, &mut sigterm) {
         say("interrupted; removing the lab");
         return Ok(());
     }
-    let snapshot = TempFile(std::env::temp_dir().join(format!("d8-trace-demo-{}.json", std::process::id())));
+    let snapshot =
+        TempFile(std::env::temp_dir().join(format!("d8-trace-demo-{}.json", std::process::id())));
     lab.write_snapshot(&snapshot.0)?;
 
     let in_node = NetnsReturn::enter(lab.node_ns())?;
@@ -273,7 +314,10 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     let plans = services
         .iter()
         .map(|s| {
-            let arg = ServiceArg { service: s.clone(), port: None };
+            let arg = ServiceArg {
+                service: s.clone(),
+                port: None,
+            };
             trace::plan(&start_view.model, &arg, start_view.model.node_ips.clone())
         })
         .collect::<Result<Vec<Plan>, _>>()?;
@@ -311,8 +355,15 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
             }
             played
         });
-        let out: Box<dyn Write> = if json { Box::new(io::stderr()) } else { Box::new(io::stdout()) };
-        let mut live = LiveTap { out, first: Some(first_tx) };
+        let out: Box<dyn Write> = if json {
+            Box::new(io::stderr())
+        } else {
+            Box::new(io::stdout())
+        };
+        let mut live = LiveTap {
+            out,
+            first: Some(first_tx),
+        };
         let traced = runtime.block_on(trace::run(&plan, setup, &opts, &mut live));
         let _ = live.flush();
         // The trace ended: by the script's signal, Ctrl-C or an error. Stop the script.
@@ -327,7 +378,9 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     }
     match played {
         Ok(Ok(Ending::Done)) => {}
-        Ok(Ok(Ending::Stopped)) => say("interrupted: the verdicts below cover what was traced so far"),
+        Ok(Ok(Ending::Stopped)) => {
+            say("interrupted: the verdicts below cover what was traced so far")
+        }
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err(Error::Io("the incident script panicked".into())),
     }
@@ -369,7 +422,14 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
         let mut labels = std::collections::BTreeMap::new();
         labels.insert(IpAddr::V4(spec.external_client_ip), "external".to_owned());
         labels.insert(IpAddr::V4(spec.client_pod_ip), "client pod".to_owned());
-        write_text(&mut stdout, &reports, &services, &[&end_view.model, &start_view.model], &labels, &outcome)
+        write_text(
+            &mut stdout,
+            &reports,
+            &services,
+            &[&end_view.model, &start_view.model],
+            &labels,
+            &outcome,
+        )
     };
     match written.and_then(|()| stdout.flush()) {
         Ok(()) => {}
@@ -401,7 +461,11 @@ fn write_text(
 ) -> io::Result<()> {
     let flows: usize = reports.iter().map(|r| r.flows.len()).sum();
     writeln!(out)?;
-    writeln!(out, "Verdicts: {flows} flows traced, {} kernel events lost", outcome.lost_events)?;
+    writeln!(
+        out,
+        "Verdicts: {flows} flows traced, {} kernel events lost",
+        outcome.lost_events
+    )?;
     for (report, svc) in reports.iter().zip(services) {
         writeln!(out)?;
         let mut hops = Hops::from_models(svc, models);

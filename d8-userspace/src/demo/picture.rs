@@ -68,16 +68,22 @@ impl Hops {
             for ip in &model.node_ips {
                 hops.clients.entry(*ip).or_insert_with(|| "node".to_owned());
             }
-            let Some(svc) = model.service(service) else { continue };
+            let Some(svc) = model.service(service) else {
+                continue;
+            };
             for f in &svc.frontends {
                 if let Some(chain) = f.rule.as_ref().and_then(|r| jump_target(&r.text)) {
-                    hops.service_chains.entry((f.protocol, SocketAddr::new(f.ip, f.port))).or_insert(chain);
+                    hops.service_chains
+                        .entry((f.protocol, SocketAddr::new(f.ip, f.port)))
+                        .or_insert(chain);
                 }
             }
             for e in &svc.endpoints {
                 let addr = SocketAddr::new(e.ip, e.port);
                 if let Some(r) = &e.rule {
-                    hops.endpoint_chains.entry((e.protocol, addr)).or_insert_with(|| r.name.clone());
+                    hops.endpoint_chains
+                        .entry((e.protocol, addr))
+                        .or_insert_with(|| r.name.clone());
                 }
                 if i == 0 {
                     let note = if e.in_rules && e.in_api == Some(false) {
@@ -157,7 +163,9 @@ pub fn jump_target(text: &str) -> Option<String> {
         }
         let name = w[1].trim_matches(|c: char| matches!(c, '"' | ',' | ';' | '}' | '{'));
         let kube_proxy = name.starts_with("KUBE-")
-            || ["service-", "external-", "endpoint-", "firewall-"].iter().any(|p| name.starts_with(p));
+            || ["service-", "external-", "endpoint-", "firewall-"]
+                .iter()
+                .any(|p| name.starts_with(p));
         kube_proxy.then(|| name.to_owned())
     })
 }
@@ -180,7 +188,11 @@ pub fn verdict_hop(rule: &RuleRef) -> String {
     } else {
         ""
     };
-    if rule.name.is_empty() { format!("{verdict}{why}") } else { format!("{}: {verdict}{why}", rule.name) }
+    if rule.name.is_empty() {
+        format!("{verdict}{why}")
+    } else {
+        format!("{}: {verdict}{why}", rule.name)
+    }
 }
 
 /// The rule of `rules` naming `frontend`'s address and port, else its port, else the first.
@@ -224,7 +236,11 @@ pub fn counts<'a>(flows: impl IntoIterator<Item = &'a FlowReport>) -> String {
             None => order.push((label, 1)),
         }
     }
-    order.iter().map(|(l, n)| format!("{l} {n}/{total}")).collect::<Vec<_>>().join(", ")
+    order
+        .iter()
+        .map(|(l, n)| format!("{l} {n}/{total}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Lays out `first -> hops[0] -> hops[1] ...  tail` in lines of at most [`WIDTH`] columns:
@@ -284,7 +300,10 @@ pub fn wrap(indent: usize, text: &str) -> Vec<String> {
 pub fn verdict_label(report: &Report) -> String {
     let root = report.root_cause.as_ref().map(|r| r.class);
     let mut label = root.map_or_else(|| "not classified".to_owned(), |c| c.as_str().to_owned());
-    let probes = report.flows.iter().any(|f| f.class == Some(VerdictClass::ProbeRst));
+    let probes = report
+        .flows
+        .iter()
+        .any(|f| f.class == Some(VerdictClass::ProbeRst));
     if probes && root != Some(VerdictClass::ProbeRst) {
         label.push_str(" + probe_rst (benign)");
     }
@@ -314,7 +333,12 @@ pub fn paths(report: &Report, hops: &Hops) -> Vec<String> {
             }
             for (backend, flows) in by_backend {
                 let dst = backend.map_or_else(|| "?".to_owned(), |b| hops.backend(b));
-                out.extend(path_lines(2, &client, &[dst], &counts(flows.iter().copied())));
+                out.extend(path_lines(
+                    2,
+                    &client,
+                    &[dst],
+                    &counts(flows.iter().copied()),
+                ));
             }
             continue;
         };
@@ -328,7 +352,10 @@ pub fn paths(report: &Report, hops: &Hops) -> Vec<String> {
             out.extend(path_lines(2, &client, &head, ""));
             let mut by_backend: BTreeMap<SocketAddr, Vec<&FlowReport>> = BTreeMap::new();
             for f in translated {
-                by_backend.entry(f.backend.expect("partitioned on backend")).or_default().push(f);
+                by_backend
+                    .entry(f.backend.expect("partitioned on backend"))
+                    .or_default()
+                    .push(f);
             }
             for (backend, flows) in by_backend {
                 let (first, rest) = match hops.endpoint_chains.get(&(protocol, backend)) {
@@ -349,7 +376,12 @@ pub fn paths(report: &Report, hops: &Hops) -> Vec<String> {
         }
         for (stop, flows) in by_stop {
             let hops_list = [frontend.to_string(), stop];
-            out.extend(path_lines(2, &client, &hops_list, &counts(flows.iter().copied())));
+            out.extend(path_lines(
+                2,
+                &client,
+                &hops_list,
+                &counts(flows.iter().copied()),
+            ));
         }
     }
     out
@@ -358,8 +390,15 @@ pub fn paths(report: &Report, hops: &Hops) -> Vec<String> {
 /// The whole block of one Service: verdict, root-cause detail and paths.
 pub fn render(report: &Report, hops: &Hops) -> Vec<String> {
     let mut out = Vec::new();
-    let severity = report.severity.map(|s| format!(" (severity {})", s.as_str())).unwrap_or_default();
-    out.push(format!("{}: {}{severity}", report.service, verdict_label(report)));
+    let severity = report
+        .severity
+        .map(|s| format!(" (severity {})", s.as_str()))
+        .unwrap_or_default();
+    out.push(format!(
+        "{}: {}{severity}",
+        report.service,
+        verdict_label(report)
+    ));
     if let Some(rc) = &report.root_cause {
         out.extend(wrap(2, &rc.detail));
     }
@@ -373,11 +412,29 @@ pub fn render(report: &Report, hops: &Hops) -> Vec<String> {
 
 /// One line per Service: name, verdict, flow count.
 pub fn summary_table(reports: &[Report]) -> Vec<String> {
-    let name_w = reports.iter().map(|r| width(&r.service)).max().unwrap_or(7).max(7);
-    let verdict_w = reports.iter().map(|r| width(&verdict_label(r))).max().unwrap_or(7).max(7);
-    let mut out = vec![format!("{:<name_w$}  {:<verdict_w$}  flows", "Service", "Verdict")];
+    let name_w = reports
+        .iter()
+        .map(|r| width(&r.service))
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let verdict_w = reports
+        .iter()
+        .map(|r| width(&verdict_label(r)))
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let mut out = vec![format!(
+        "{:<name_w$}  {:<verdict_w$}  flows",
+        "Service", "Verdict"
+    )];
     for r in reports {
-        out.push(format!("{:<name_w$}  {:<verdict_w$}  {:>5}", r.service, verdict_label(r), r.flows.len()));
+        out.push(format!(
+            "{:<name_w$}  {:<verdict_w$}  {:>5}",
+            r.service,
+            verdict_label(r),
+            r.flows.len()
+        ));
     }
     out
 }
@@ -389,10 +446,19 @@ mod tests {
     use crate::report::{RootCause, Severity};
 
     fn rule(name: &str, text: &str) -> RuleRef {
-        RuleRef { source: RuleSource::Iptables, name: name.into(), text: text.into() }
+        RuleRef {
+            source: RuleSource::Iptables,
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
-    fn flow(client: &str, frontend: Option<&str>, backend: Option<&str>, outcome: Outcome) -> FlowReport {
+    fn flow(
+        client: &str,
+        frontend: Option<&str>,
+        backend: Option<&str>,
+        outcome: Outcome,
+    ) -> FlowReport {
         FlowReport {
             protocol: Protocol::Tcp,
             client: client.parse().unwrap(),
@@ -404,11 +470,23 @@ mod tests {
         }
     }
 
-    fn report(service: &str, class: VerdictClass, severity: Severity, detail: &str, flows: Vec<FlowReport>) -> Report {
+    fn report(
+        service: &str,
+        class: VerdictClass,
+        severity: Severity,
+        detail: &str,
+        flows: Vec<FlowReport>,
+    ) -> Report {
         let (namespace, name) = service.split_once('/').unwrap();
-        let mut r = Report::new(&ServiceRef { namespace: namespace.into(), name: name.into() });
+        let mut r = Report::new(&ServiceRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
         r.flows = flows;
-        r.root_cause = Some(RootCause { class, detail: detail.into() });
+        r.root_cause = Some(RootCause {
+            class,
+            detail: detail.into(),
+        });
         r.severity = Some(severity);
         r
     }
@@ -419,10 +497,14 @@ mod tests {
 
     fn api_hops() -> Hops {
         let mut hops = Hops::default();
-        hops.service_chains.insert(key("10.96.0.11:80"), "KUBE-SVC-ZJMN3Y7IQQ5QPNCD".into());
-        hops.endpoint_chains.insert(key("10.244.1.21:8080"), "KUBE-SEP-6E5MRBBHPGXKHZ4E".into());
-        hops.endpoint_chains.insert(key("10.244.1.22:8080"), "KUBE-SEP-ALCWSNPYO7LLAVDN".into());
-        hops.notes.insert("10.244.1.22:8080".parse().unwrap(), "pod gone".into());
+        hops.service_chains
+            .insert(key("10.96.0.11:80"), "KUBE-SVC-ZJMN3Y7IQQ5QPNCD".into());
+        hops.endpoint_chains
+            .insert(key("10.244.1.21:8080"), "KUBE-SEP-6E5MRBBHPGXKHZ4E".into());
+        hops.endpoint_chains
+            .insert(key("10.244.1.22:8080"), "KUBE-SEP-ALCWSNPYO7LLAVDN".into());
+        hops.notes
+            .insert("10.244.1.22:8080".parse().unwrap(), "pod gone".into());
         hops
     }
 
@@ -464,9 +546,12 @@ default/api: stale_endpoint (severity HIGH)
     #[test]
     fn rejected_and_dropped_flows_end_at_the_rule() {
         let mut hops = Hops::default();
-        hops.service_chains.insert(key("10.96.0.12:80"), "KUBE-SVC-AAAAAAAAAAAAAAAA".into());
-        hops.endpoint_chains.insert(key("10.244.1.31:8080"), "KUBE-SEP-BBBBBBBBBBBBBBBB".into());
-        hops.notes.insert("10.244.1.31:8080".parse().unwrap(), "not ready".into());
+        hops.service_chains
+            .insert(key("10.96.0.12:80"), "KUBE-SVC-AAAAAAAAAAAAAAAA".into());
+        hops.endpoint_chains
+            .insert(key("10.244.1.31:8080"), "KUBE-SEP-BBBBBBBBBBBBBBBB".into());
+        hops.notes
+            .insert("10.244.1.31:8080".parse().unwrap(), "not ready".into());
         hops.no_endpoints = vec![rule(
             "KUBE-SERVICES",
             "-A KUBE-SERVICES -d 10.96.0.12/32 -p tcp -m comment --comment \"default/orders:http has no endpoints\" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable",
@@ -481,7 +566,13 @@ default/api: stale_endpoint (severity HIGH)
             rejected.clone(),
             rejected,
         ];
-        let r = report("default/orders", VerdictClass::NoEndpoints, Severity::High, "default/orders has no ready endpoints; kube-proxy rejects its traffic", flows);
+        let r = report(
+            "default/orders",
+            VerdictClass::NoEndpoints,
+            Severity::High,
+            "default/orders has no ready endpoints; kube-proxy rejects its traffic",
+            flows,
+        );
         let want = "\
 default/orders: no_endpoints (severity HIGH)
   default/orders has no ready endpoints; kube-proxy rejects its traffic
@@ -493,15 +584,27 @@ default/orders: no_endpoints (severity HIGH)
 
         // ETP=Local: a NodePort hit from outside, dropped by kube-proxy; the client is labelled.
         let mut hops = Hops::default();
-        hops.clients.insert("172.31.0.100".parse().unwrap(), "external".into());
+        hops.clients
+            .insert("172.31.0.100".parse().unwrap(), "external".into());
         hops.no_local_endpoints = vec![rule(
             "KUBE-EXTERNAL-SERVICES",
             "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"default/shop:http has no local endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j DROP",
         )];
-        let mut dropped = flow("172.31.0.100:50000", Some("172.31.0.2:30080"), None, Outcome::Dropped);
+        let mut dropped = flow(
+            "172.31.0.100:50000",
+            Some("172.31.0.2:30080"),
+            None,
+            Outcome::Dropped,
+        );
         dropped.drop_reason = Some("NETFILTER_DROP".into());
         dropped.class = Some(VerdictClass::EtpLocalNoLocalEndpoints);
-        let r = report("default/shop", VerdictClass::EtpLocalNoLocalEndpoints, Severity::Medium, "x", vec![dropped.clone(), dropped]);
+        let r = report(
+            "default/shop",
+            VerdictClass::EtpLocalNoLocalEndpoints,
+            Severity::Medium,
+            "x",
+            vec![dropped.clone(), dropped],
+        );
         let want = "  172.31.0.100 (external) -> 172.31.0.2:30080
           -> KUBE-EXTERNAL-SERVICES: DROP \"has no local endpoints\"
           dropped NETFILTER_DROP 2/2";
@@ -511,18 +614,42 @@ default/orders: no_endpoints (severity HIGH)
     #[test]
     fn probes_are_direct_lines_and_named_in_the_verdict() {
         let mut hops = Hops::default();
-        hops.clients.insert("172.31.0.2".parse().unwrap(), "node".into());
-        hops.service_chains.insert(key("10.96.0.10:80"), "KUBE-SVC-CCCCCCCCCCCCCCCC".into());
-        hops.endpoint_chains.insert(key("10.244.1.11:8080"), "KUBE-SEP-DDDDDDDDDDDDDDDD".into());
-        let mut probe = flow("172.31.0.2:33000", None, Some("10.244.1.11:8080"), Outcome::Reset);
+        hops.clients
+            .insert("172.31.0.2".parse().unwrap(), "node".into());
+        hops.service_chains
+            .insert(key("10.96.0.10:80"), "KUBE-SVC-CCCCCCCCCCCCCCCC".into());
+        hops.endpoint_chains
+            .insert(key("10.244.1.11:8080"), "KUBE-SEP-DDDDDDDDDDDDDDDD".into());
+        let mut probe = flow(
+            "172.31.0.2:33000",
+            None,
+            Some("10.244.1.11:8080"),
+            Outcome::Reset,
+        );
         probe.class = Some(VerdictClass::ProbeRst);
         let flows = vec![
-            flow("10.244.1.250:40000", Some("10.96.0.10:80"), Some("10.244.1.11:8080"), Outcome::Established),
+            flow(
+                "10.244.1.250:40000",
+                Some("10.96.0.10:80"),
+                Some("10.244.1.11:8080"),
+                Outcome::Established,
+            ),
             probe.clone(),
-            flow("10.244.1.250:40001", Some("10.96.0.10:80"), Some("10.244.1.11:8080"), Outcome::Established),
+            flow(
+                "10.244.1.250:40001",
+                Some("10.96.0.10:80"),
+                Some("10.244.1.11:8080"),
+                Outcome::Established,
+            ),
             probe,
         ];
-        let r = report("default/web", VerdictClass::Healthy, Severity::None, "flows to default/web complete", flows);
+        let r = report(
+            "default/web",
+            VerdictClass::Healthy,
+            Severity::None,
+            "flows to default/web complete",
+            flows,
+        );
         let want = "\
 default/web: healthy + probe_rst (benign) (severity NONE)
   flows to default/web complete
@@ -540,16 +667,33 @@ default/web: healthy + probe_rst (benign) (severity NONE)
 
     #[test]
     fn no_flows_and_unknown_chains() {
-        let r = report("default/idle", VerdictClass::Healthy, Severity::None, "no flows", vec![]);
-        assert_eq!(render(&r, &Hops::default()).last().unwrap(), "  (no flows traced)");
+        let r = report(
+            "default/idle",
+            VerdictClass::Healthy,
+            Severity::None,
+            "no flows",
+            vec![],
+        );
+        assert_eq!(
+            render(&r, &Hops::default()).last().unwrap(),
+            "  (no flows traced)"
+        );
         let r = report(
             "default/x",
             VerdictClass::Healthy,
             Severity::None,
             "d",
-            vec![flow("10.0.0.1:1", Some("10.96.0.1:80"), Some("10.0.0.2:80"), Outcome::Open)],
+            vec![flow(
+                "10.0.0.1:1",
+                Some("10.96.0.1:80"),
+                Some("10.0.0.2:80"),
+                Outcome::Open,
+            )],
         );
-        assert_eq!(paths(&r, &Hops::default()), vec!["  10.0.0.1 -> 10.96.0.1:80", "    -> 10.0.0.2:80  open 1/1"]);
+        assert_eq!(
+            paths(&r, &Hops::default()),
+            vec!["  10.0.0.1 -> 10.96.0.1:80", "    -> 10.0.0.2:80  open 1/1"]
+        );
     }
 
     #[test]
@@ -558,15 +702,30 @@ default/web: healthy + probe_rst (benign) (severity NONE)
             jump_target("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-FQUFNSE5XNAJNUD4").as_deref(),
             Some("KUBE-SVC-FQUFNSE5XNAJNUD4")
         );
-        assert_eq!(jump_target("-A KUBE-NODEPORTS -p tcp -m tcp --dport 30080 -j KUBE-EXT-X").as_deref(), Some("KUBE-EXT-X"));
-        assert_eq!(jump_target("-A KUBE-SEP-X -p tcp -j DNAT --to-destination 10.0.0.1:80"), None);
-        assert_eq!(jump_target("ip daddr 10.96.0.10 tcp dport 80 goto service-ULMVA6XW-default/web/tcp/http").as_deref(), Some("service-ULMVA6XW-default/web/tcp/http"));
+        assert_eq!(
+            jump_target("-A KUBE-NODEPORTS -p tcp -m tcp --dport 30080 -j KUBE-EXT-X").as_deref(),
+            Some("KUBE-EXT-X")
+        );
+        assert_eq!(
+            jump_target("-A KUBE-SEP-X -p tcp -j DNAT --to-destination 10.0.0.1:80"),
+            None
+        );
+        assert_eq!(
+            jump_target(
+                "ip daddr 10.96.0.10 tcp dport 80 goto service-ULMVA6XW-default/web/tcp/http"
+            )
+            .as_deref(),
+            Some("service-ULMVA6XW-default/web/tcp/http")
+        );
         assert_eq!(verdict_hop(&rule("", "drop")), "DROP");
     }
 
     #[test]
     fn hops_from_models_prefer_the_first_model() {
-        let svc_ref = ServiceRef { namespace: "default".into(), name: "orders".into() };
+        let svc_ref = ServiceRef {
+            namespace: "default".into(),
+            name: "orders".into(),
+        };
         let ep = |ready: Option<bool>, in_rules: bool, rule_name: Option<&str>| Endpoint {
             ip: "10.244.1.31".parse().unwrap(),
             port: 8080,
@@ -589,20 +748,49 @@ default/web: healthy + probe_rst (benign) (severity NONE)
             port: 80,
             protocol: Protocol::Tcp,
             port_name: "http".into(),
-            rule: Some(rule("KUBE-SERVICES", "-A KUBE-SERVICES -d 10.96.0.12/32 -j KUBE-SVC-ORDERS")),
+            rule: Some(rule(
+                "KUBE-SERVICES",
+                "-A KUBE-SERVICES -d 10.96.0.12/32 -j KUBE-SVC-ORDERS",
+            )),
         });
-        svc.endpoints.push(ep(Some(true), true, Some("KUBE-SEP-ORDERS1")));
+        svc.endpoints
+            .push(ep(Some(true), true, Some("KUBE-SEP-ORDERS1")));
         before.services.push(svc);
-        let mut after = ServiceModel { node_ips: vec!["172.31.0.2".parse().unwrap()], ..Default::default() };
+        let mut after = ServiceModel {
+            node_ips: vec!["172.31.0.2".parse().unwrap()],
+            ..Default::default()
+        };
         let mut svc = Service::new(svc_ref.clone());
         svc.endpoints.push(ep(Some(false), false, None));
-        svc.rules.no_endpoints.push(rule("KUBE-SERVICES", "-j REJECT"));
+        svc.rules
+            .no_endpoints
+            .push(rule("KUBE-SERVICES", "-j REJECT"));
         after.services.push(svc);
         let hops = Hops::from_models(&svc_ref, &[&after, &before]);
-        assert_eq!(hops.service_chains.get(&key("10.96.0.12:80")).map(String::as_str), Some("KUBE-SVC-ORDERS"));
-        assert_eq!(hops.endpoint_chains.get(&key("10.244.1.31:8080")).map(String::as_str), Some("KUBE-SEP-ORDERS1"));
-        assert_eq!(hops.notes.get(&"10.244.1.31:8080".parse().unwrap()).map(String::as_str), Some("not ready"));
+        assert_eq!(
+            hops.service_chains
+                .get(&key("10.96.0.12:80"))
+                .map(String::as_str),
+            Some("KUBE-SVC-ORDERS")
+        );
+        assert_eq!(
+            hops.endpoint_chains
+                .get(&key("10.244.1.31:8080"))
+                .map(String::as_str),
+            Some("KUBE-SEP-ORDERS1")
+        );
+        assert_eq!(
+            hops.notes
+                .get(&"10.244.1.31:8080".parse().unwrap())
+                .map(String::as_str),
+            Some("not ready")
+        );
         assert_eq!(hops.no_endpoints.len(), 1);
-        assert_eq!(hops.clients.get(&"172.31.0.2".parse().unwrap()).map(String::as_str), Some("node"));
+        assert_eq!(
+            hops.clients
+                .get(&"172.31.0.2".parse().unwrap())
+                .map(String::as_str),
+            Some("node")
+        );
     }
 }

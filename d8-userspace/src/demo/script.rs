@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::lab::{self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, TrafficPolicy};
+use crate::lab::{
+    self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome,
+    TrafficPolicy,
+};
 use crate::model::{Protocol, ServiceRef};
 
 /// ClusterIP of default/web.
@@ -52,7 +55,10 @@ pub const LAST_PHASE: Duration = Duration::from_millis(2_600);
 pub fn services() -> Vec<ServiceRef> {
     ["web", "api", "orders", "shop"]
         .iter()
-        .map(|n| ServiceRef { namespace: "default".into(), name: (*n).into() })
+        .map(|n| ServiceRef {
+            namespace: "default".into(),
+            name: (*n).into(),
+        })
         .collect()
 }
 
@@ -60,12 +66,19 @@ pub fn services() -> Vec<ServiceRef> {
 /// kubelet probes on web's pods.
 pub fn spec() -> ClusterSpec {
     let http = |svc: &str, name: &str, ip: Ipv4Addr| {
-        PodSpec::new("default", name, ip).label("app", svc).listen(8080, ListenerKind::Http)
+        PodSpec::new("default", name, ip)
+            .label("app", svc)
+            .listen(8080, ListenerKind::Http)
     };
     ClusterSpec::new()
         .service(ServiceSpec::new("default", "web", WEB_VIP).port("http", 80, 8080, Protocol::Tcp))
         .service(ServiceSpec::new("default", "api", API_VIP).port("http", 80, 8080, Protocol::Tcp))
-        .service(ServiceSpec::new("default", "orders", ORDERS_VIP).port("http", 80, 8080, Protocol::Tcp))
+        .service(ServiceSpec::new("default", "orders", ORDERS_VIP).port(
+            "http",
+            80,
+            8080,
+            Protocol::Tcp,
+        ))
         .service(
             ServiceSpec::new("default", "shop", SHOP_VIP)
                 .node_port("http", 80, 8080, Protocol::Tcp, SHOP_NODE_PORT)
@@ -87,7 +100,9 @@ pub struct Control {
 
 impl Control {
     pub fn new() -> Self {
-        Self { stop: AtomicBool::new(false) }
+        Self {
+            stop: AtomicBool::new(false),
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -226,10 +241,16 @@ pub fn play(lab: &mut Lab, ctl: &Control, first_flow: mpsc::Receiver<()>) -> Res
     }
 
     phase(4, "ETP=Local NodePort, no local endpoint here (DROP)");
-    say(&format!("  an external client calls default/shop on {node_ip}:{SHOP_NODE_PORT};"));
+    say(&format!(
+        "  an external client calls default/shop on {node_ip}:{SHOP_NODE_PORT};"
+    ));
     say(&format!("  its only pod runs on {OTHER_NODE}"));
     for _ in 0..2 {
-        let out = lab::tcp_connect(lab.external_ns(), addr(node_ip, SHOP_NODE_PORT), FAIL_TIMEOUT)?;
+        let out = lab::tcp_connect(
+            lab.external_ns(),
+            addr(node_ip, SHOP_NODE_PORT),
+            FAIL_TIMEOUT,
+        )?;
         if out.is_connected() {
             say(&format!("  (unexpected: the NodePort answered {out:?})"));
         }

@@ -39,12 +39,17 @@ fn lab_namespaces_of(pid: u32) -> Vec<String> {
 /// Other sessions may trace on this machine at the same time, so the machine-wide list of
 /// d8-trace's links changes while a demo runs; what the demo must not leave is its own links.
 fn links_held_by(pid: u32) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
     let mut ids: Vec<u64> = dir
         .filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter_map(|info| {
-            info.lines().find_map(|l| l.strip_prefix("link_id:").and_then(|v| v.trim().parse().ok()))
+            info.lines().find_map(|l| {
+                l.strip_prefix("link_id:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
         })
         .collect();
     ids.sort_unstable();
@@ -53,18 +58,32 @@ fn links_held_by(pid: u32) -> Vec<u64> {
 
 /// The demo's own links (read while it traced) must all be gone once it exited.
 fn assert_links_gone(held: &[u64]) {
-    assert!(held.len() >= 7, "the demo held its tracer's links while tracing: {held:?}");
-    let left: Vec<u64> = bpf::d8_links().into_iter().filter(|l| held.contains(l)).collect();
-    assert_eq!(left, Vec::<u64>::new(), "BPF links of the demo left after it exited");
+    assert!(
+        held.len() >= 7,
+        "the demo held its tracer's links while tracing: {held:?}"
+    );
+    let left: Vec<u64> = bpf::d8_links()
+        .into_iter()
+        .filter(|l| held.contains(l))
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<u64>::new(),
+        "BPF links of the demo left after it exited"
+    );
 }
 
 fn parse(stdout: &str, stderr: &str) -> Vec<Report> {
-    serde_json::from_str(stdout)
-        .unwrap_or_else(|e| panic!("stdout is not a JSON array of reports ({e}):\n{stdout}\nstderr:\n{stderr}"))
+    serde_json::from_str(stdout).unwrap_or_else(|e| {
+        panic!("stdout is not a JSON array of reports ({e}):\n{stdout}\nstderr:\n{stderr}")
+    })
 }
 
 fn class(r: &Report) -> &str {
-    r.root_cause.as_ref().map(|c| c.class.as_str()).unwrap_or("none")
+    r.root_cause
+        .as_ref()
+        .map(|c| c.class.as_str())
+        .unwrap_or("none")
 }
 
 #[test]
@@ -88,7 +107,10 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
     // stderr: narration and live lines; the demo's links are read once phase 2 began.
     let mut held = Vec::new();
     let mut stderr = String::new();
-    for line in BufReader::new(child.stderr.take().expect("piped stderr")).lines().map_while(Result::ok) {
+    for line in BufReader::new(child.stderr.take().expect("piped stderr"))
+        .lines()
+        .map_while(Result::ok)
+    {
         if line.contains("phase 2/5") {
             held = links_held_by(pid);
         }
@@ -100,44 +122,94 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
     let stdout = reader.join().expect("stdout reader");
     eprintln!("d8-trace demo -o json took {took:?}");
     assert!(status.success(), "demo failed ({status}):\n{stderr}");
-    assert!(took < Duration::from_secs(60), "the demo must finish within a minute: {took:?}");
+    assert!(
+        took < Duration::from_secs(60),
+        "the demo must finish within a minute: {took:?}"
+    );
 
     // Narration and live flow lines go to stderr with -o json; the phases were all played.
     for n in 1..=5 {
-        assert!(stderr.contains(&format!("phase {n}/5")), "phase {n} not narrated:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("phase {n}/5")),
+            "phase {n} not narrated:\n{stderr}"
+        );
     }
-    assert!(stderr.contains("established"), "no live flow lines on stderr:\n{stderr}");
+    assert!(
+        stderr.contains("established"),
+        "no live flow lines on stderr:\n{stderr}"
+    );
 
     let reports = parse(&stdout, &stderr);
-    let got: Vec<(&str, &str)> = reports.iter().map(|r| (r.service.as_str(), class(r))).collect();
+    let got: Vec<(&str, &str)> = reports
+        .iter()
+        .map(|r| (r.service.as_str(), class(r)))
+        .collect();
     assert_eq!(got, EXPECTED, "root causes per Service; stderr:\n{stderr}");
 
     let by = |name: &str| reports.iter().find(|r| r.service == name).unwrap();
     // web: healthy flows through the ClusterIP, and the kubelet's probes counted as benign.
     let web = by("default/web");
-    assert!(web.flows.iter().any(|f| f.class.as_deref() == Some("probe_rst")), "{}", web.describe_flows());
-    assert!(web.flows.iter().any(|f| f.outcome == "established" && f.frontend.as_deref() == Some("10.96.0.10:80")));
+    assert!(
+        web.flows
+            .iter()
+            .any(|f| f.class.as_deref() == Some("probe_rst")),
+        "{}",
+        web.describe_flows()
+    );
+    assert!(
+        web.flows
+            .iter()
+            .any(|f| f.outcome == "established" && f.frontend.as_deref() == Some("10.96.0.10:80"))
+    );
     // api: flows DNAT'd to the deleted pod are the stale ones; the API no longer lists it.
     let api = by("default/api");
-    let stale: Vec<_> = api.flows.iter().filter(|f| f.class.as_deref() == Some("stale_endpoint")).collect();
+    let stale: Vec<_> = api
+        .flows
+        .iter()
+        .filter(|f| f.class.as_deref() == Some("stale_endpoint"))
+        .collect();
     assert!(!stale.is_empty(), "{}", api.describe_flows());
-    assert!(stale.iter().all(|f| f.backend.as_deref() == Some("10.244.1.22:8080")), "{}", api.describe_flows());
-    assert!(api.endpoints.iter().any(|e| e.ip == "10.244.1.22" && e.in_rules && e.in_api == Some(false)));
+    assert!(
+        stale
+            .iter()
+            .all(|f| f.backend.as_deref() == Some("10.244.1.22:8080")),
+        "{}",
+        api.describe_flows()
+    );
+    assert!(
+        api.endpoints
+            .iter()
+            .any(|e| e.ip == "10.244.1.22" && e.in_rules && e.in_api == Some(false))
+    );
     // orders: rejected, untranslated, with the REJECT rule as evidence.
     let orders = by("default/orders");
-    assert!(orders.flows.iter().any(|f| f.outcome == "rejected" && f.backend.is_none()), "{}", orders.describe_flows());
+    assert!(
+        orders
+            .flows
+            .iter()
+            .any(|f| f.outcome == "rejected" && f.backend.is_none()),
+        "{}",
+        orders.describe_flows()
+    );
     orders.evidence_with("has no endpoints");
     // shop: the external client's NodePort flows dropped by kube-proxy.
     let shop = by("default/shop");
     assert!(
-        shop.flows.iter().all(|f| f.client.starts_with("172.31.0.100:") && f.frontend.as_deref() == Some("172.31.0.2:30080")),
+        shop.flows
+            .iter()
+            .all(|f| f.client.starts_with("172.31.0.100:")
+                && f.frontend.as_deref() == Some("172.31.0.2:30080")),
         "{}",
         shop.describe_flows()
     );
     shop.evidence_with("has no local endpoints");
     assert!(reports.iter().all(|r| r.lost_events == 0));
 
-    assert_eq!(lab_namespaces_of(pid), Vec::<String>::new(), "lab namespaces left behind");
+    assert_eq!(
+        lab_namespaces_of(pid),
+        Vec::<String>::new(),
+        "lab namespaces left behind"
+    );
     assert_links_gone(&held);
 }
 
@@ -150,13 +222,31 @@ fn demo_interrupted_prints_what_it_traced_and_leaves_nothing() {
     let held = links_held_by(pid);
     demo.signal(libc::SIGINT);
     let done = demo.finish(Duration::from_secs(30));
-    assert!(done.status.success(), "Ctrl-C ends the demo normally ({}):\n{}", done.status, done.stderr);
-    assert!(!done.stderr.contains("phase 5/5"), "the script stopped at Ctrl-C:\n{}", done.stderr);
+    assert!(
+        done.status.success(),
+        "Ctrl-C ends the demo normally ({}):\n{}",
+        done.status,
+        done.stderr
+    );
+    assert!(
+        !done.stderr.contains("phase 5/5"),
+        "the script stopped at Ctrl-C:\n{}",
+        done.stderr
+    );
     let reports = parse(&done.stdout, &done.stderr);
     assert_eq!(reports.len(), EXPECTED.len());
     // Up to phase 3, api's stale endpoint was already traced.
-    assert_eq!(class(&reports[1]), "stale_endpoint", "{}", reports[1].describe_flows());
-    assert_eq!(lab_namespaces_of(pid), Vec::<String>::new(), "lab namespaces left behind");
+    assert_eq!(
+        class(&reports[1]),
+        "stale_endpoint",
+        "{}",
+        reports[1].describe_flows()
+    );
+    assert_eq!(
+        lab_namespaces_of(pid),
+        Vec::<String>::new(),
+        "lab namespaces left behind"
+    );
     assert_links_gone(&held);
 }
 
@@ -167,20 +257,41 @@ fn demo_interrupted_while_building_removes_the_lab() {
     let pid = demo.pid() as u32;
     demo.signal(libc::SIGINT);
     let done = demo.finish(Duration::from_secs(30));
-    assert!(done.status.success(), "Ctrl-C ends the demo normally ({}):\n{}", done.status, done.stderr);
+    assert!(
+        done.status.success(),
+        "Ctrl-C ends the demo normally ({}):\n{}",
+        done.status,
+        done.stderr
+    );
     assert!(done.stderr.contains("interrupted"), "{}", done.stderr);
-    assert_eq!(lab_namespaces_of(pid), Vec::<String>::new(), "lab namespaces left behind");
+    assert_eq!(
+        lab_namespaces_of(pid),
+        Vec::<String>::new(),
+        "lab namespaces left behind"
+    );
 }
 
 #[test]
 fn demo_error_once_attached_exits_3_and_leaves_nothing() {
     d8_tests::require_root();
-    let demo = Trace::start_until(&["demo"], &[("D8_TRACE_FAIL_AFTER_ATTACH", "1")], "phase 1/5");
+    let demo = Trace::start_until(
+        &["demo"],
+        &[("D8_TRACE_FAIL_AFTER_ATTACH", "1")],
+        "phase 1/5",
+    );
     let pid = demo.pid() as u32;
     let done = demo.finish(Duration::from_secs(30));
     assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
-    assert!(done.stderr.contains("failing after attach"), "{}", done.stderr);
-    assert_eq!(lab_namespaces_of(pid), Vec::<String>::new(), "lab namespaces left behind");
+    assert!(
+        done.stderr.contains("failing after attach"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(
+        lab_namespaces_of(pid),
+        Vec::<String>::new(),
+        "lab namespaces left behind"
+    );
     // The links live only an instant here (attach, then the injected error), too short to read
     // them from outside; the trace's error path is `--svc`'s, which `cleanup` checks.
 }
@@ -188,6 +299,15 @@ fn demo_error_once_attached_exits_3_and_leaves_nothing() {
 #[test]
 fn demo_takes_no_selection_flags() {
     d8_tests::require_root();
-    let out = Command::new(binary()).args(["demo", "--netns", "x"]).stdin(Stdio::null()).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary())
+        .args(["demo", "--netns", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
