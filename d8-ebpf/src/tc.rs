@@ -29,13 +29,13 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use d8_common::{FAMILY_V4, FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
+use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
 
 use crate::{
     emit::event,
     flows::{self, Found, mark},
     maps::{FLOWS, TARGETS},
-    packet::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
+    packet::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed, v4_key},
 };
 
 /// Interface index -> length of its link-layer header (0 for L3 devices such as WireGuard or
@@ -73,9 +73,7 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     }
     let ihl = ((hdr[0] & 0x0f) as u32) * 4;
     let proto = hdr[9];
-    let mut key = FlowKey { proto, family: FAMILY_V4, ..FlowKey::default() };
-    key.saddr[..4].copy_from_slice(&hdr[12..16]);
-    key.daddr[..4].copy_from_slice(&hdr[16..20]);
+    let key = v4_key([hdr[12], hdr[13], hdr[14], hdr[15]], [hdr[16], hdr[17], hdr[18], hdr[19]], proto);
     let l4 = nh + ihl;
     let mut pkt = Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4: l4 as u64 };
     match proto {

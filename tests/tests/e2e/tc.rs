@@ -211,22 +211,20 @@ fn d8_tc_programs() -> Vec<u64> {
         .collect()
 }
 
-/// The lab node's qdiscs and TC filters, and the BPF links (tcx) of `d8_tc_*` programs.
+/// Interfaces of the lab node, lo included (`ip netns exec` mounts the namespace's sysfs).
+fn node_interfaces(lab: &Lab) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "ls", "/sys/class/net"]).output().expect("ls");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+/// The lab node's qdiscs and TC filters, and the BPF links (tcx) of `d8_tc_*` programs. One
+/// shell in the namespace for all of it (many `ip netns exec` in a row fail under the VM).
 fn node_tc_state(lab: &Lab) -> String {
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(["netns", "exec", lab.node_ns()]).args(args).output().expect("ip netns exec");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let mut all = ip(&["tc", "qdisc", "show"]);
-    for line in ip(&["ip", "-o", "link", "show"]).lines() {
-        let Some(name) = line.split(':').nth(1).map(|n| n.trim().split('@').next().unwrap_or("").to_string()) else { continue };
-        for dir in ["ingress", "egress"] {
-            let filters = ip(&["tc", "filter", "show", "dev", &name, dir]);
-            if !filters.trim().is_empty() {
-                all.push_str(&format!("{name} {dir}: {filters}"));
-            }
-        }
-    }
+    let script = "tc qdisc show; for d in $(ls /sys/class/net); do for dir in ingress egress; do \
+                  f=$(tc filter show dev $d $dir); [ -n \"$f\" ] && echo \"$d $dir: $f\"; done; done; true";
+    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", script]).output().expect("ip netns exec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut all = String::from_utf8_lossy(&out.stdout).into_owned();
     let progs = d8_tc_programs();
     let out = Command::new("bpftool").args(["-j", "link", "show"]).output().expect("bpftool");
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -242,11 +240,11 @@ fn nothing_left(env: &[(&str, &str)]) {
     let lab = lab(ProxyMode::Iptables);
     let before = node_tc_state(&lab);
     assert!(!before.contains("d8_tc_") && !before.contains("clsact"), "clean lab: {before}");
-    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "2", &["--hooks", "tc"]), env);
+    // Ended by Ctrl-C once looked at (listing takes seconds under the VM's emulation).
+    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), env);
     let during = node_tc_state(&lab);
     // Every interface but lo: ext0, the dead-end veth pair, the client's and each local pod's veth.
-    let links = Command::new("ip").args(["netns", "exec", lab.node_ns(), "ip", "-o", "link", "show"]).output().unwrap();
-    let ifaces = String::from_utf8_lossy(&links.stdout).lines().filter(|l| !l.contains(": lo:")).count();
+    let ifaces = node_interfaces(&lab).iter().filter(|n| *n != "lo").count();
     assert!(ifaces >= lab.spec().pods.iter().filter(|p| p.is_local(lab.spec())).count() + 3);
     let attached = if env.is_empty() && d8_trace::kernel::version().is_some_and(|v| v >= (6, 6)) {
         during.matches("d8_tc link").count()
@@ -254,6 +252,7 @@ fn nothing_left(env: &[(&str, &str)]) {
         assert!(during.contains("clsact"), "clsact qdiscs while tracing:\n{during}");
         during.matches(" d8_tc_ingress direct-action").count() + during.matches(" d8_tc_egress direct-action").count()
     };
+    trace.signal(libc::SIGINT);
     assert_eq!(attached, 2 * ifaces, "ingress and egress on every interface ({env:?}):\n{during}");
     trace.finish(Duration::from_secs(15)).report();
     let after = node_tc_state(&lab);
