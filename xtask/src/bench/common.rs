@@ -145,11 +145,14 @@ impl Drop for BenchLab {
 
 /// Whether a TCP socket listens on `port` in the network namespace of process `pid`.
 fn listening(pid: u32, port: u16) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
     let local = format!(":{port:04X}");
-    text.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+    // iperf3 listens on an IPv6 socket when the namespace has IPv6.
+    ["tcp", "tcp6"].iter().any(|file| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+        text.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
     })
 }
 

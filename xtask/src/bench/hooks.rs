@@ -1,7 +1,7 @@
 //! Per-hook cost: mean run time per invocation of each of d8-trace's programs from the kernel's
 //! BPF statistics, next to the floor, `nf_empty` (returns NF_ACCEPT at once) attached at the same
-//! netfilter hooks and priorities in the same run: one instance where `nf_pre` attaches, one
-//! where `nf_post` attaches.
+//! netfilter hooks in the same run, one priority away from d8-trace's programs (the kernel refuses
+//! a BPF hook at a priority another hook holds): one instance next to `nf_pre`, one next to `nf_post`.
 //!
 //! Statistics are switched on with the `BPF_ENABLE_STATS` bpf() command, which returns an fd and
 //! switches them off again when it is closed (even if this process dies): the global sysctl
@@ -151,7 +151,20 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                 let prog = netfilter::Program::load(loader::PROBES, "nf_empty", &fake)?;
                 for &(program, hook, priority) in loader::NETFILTER_ATTACHMENTS {
                     if program == which {
-                        links.push(prog.attach(hook, priority)?);
+                        // Next to d8-trace's program: the kernel refuses a BPF hook at a priority
+                        // another hook (BPF, nf_tables, conntrack, NAT) already holds.
+                        let mut attached = None;
+                        for offset in [1, -1, 2, -2, 3, -3] {
+                            match prog.attach(hook, priority + offset) {
+                                Ok(link) => {
+                                    attached = Some(link);
+                                    break;
+                                }
+                                Err(netfilter::Error::Link { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        links.push(attached.with_context(|| format!("no free priority near {priority} at {}", hook.name()))?);
                     }
                 }
                 programs.push(prog);

@@ -391,9 +391,9 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          off again when closed; the global sysctl is never written) for {} s of traffic per scenario; mean \
          `run_time_ns / run_cnt` over that window, from `bpftool -j prog show`, for the programs d8-trace holds \
          (found through its `/proc/PID/fdinfo`). The floor is `nf_empty` (`d8-ebpf/src/bench.rs`, returns NF_ACCEPT) \
-         loaded by the bench twice and attached in the lab node at the same hooks and priorities as `nf_pre` (PREROUTING \
-         and OUTPUT at -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), in the same \
-         window. \"Untraced\" traces `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole \
+         loaded by the bench twice and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and OUTPUT at \
+         -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), one priority away (the kernel \
+         refuses a BPF hook at a priority another hook holds), measured in the same window. \"Untraced\" traces `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole \
          machine (other processes' packets included) and have no floor here.\n",
         h.secs
     );

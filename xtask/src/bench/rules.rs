@@ -130,6 +130,26 @@ fn parse_rows(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow:
     Ok(row)
 }
 
+/// The dump reordered so that `nft -j -f` can load it: the table, then every chain, then sets and
+/// maps (whose verdicts jump to chains), then rules. `nft -j list` prints maps before the chains
+/// their elements name, and a load in that order fails with ENOENT.
+fn loadable_nft(file: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(file)?;
+    let mut dump: serde_json::Value = serde_json::from_str(&text).context("nft JSON")?;
+    let objects = dump["nftables"].as_array_mut().context("no nftables array")?;
+    let rank = |o: &serde_json::Value| match o.as_object().and_then(|m| m.keys().next()).map(String::as_str) {
+        Some("metainfo") => 0,
+        Some("table") => 1,
+        Some("chain") => 2,
+        Some("set" | "map") => 3,
+        _ => 4,
+    };
+    objects.sort_by_key(rank);
+    let out = file.with_extension("load.json");
+    std::fs::write(&out, serde_json::to_vec(&dump)?)?;
+    Ok(out)
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -156,7 +176,11 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         common::output("ip", &["netns", "exec", &ns, "iptables-restore", "-w", "5", file_s])
     } else {
         common::output("ip", &["netns", "exec", &ns, "nft", "delete", "table", "ip", "kube-proxy"])
-            .and_then(|_| common::output("ip", &["netns", "exec", &ns, "nft", "-j", "-f", file_s]))
+            .and_then(|_| loadable_nft(file))
+            .and_then(|f| {
+                let f = f.to_str().context("utf-8 path")?.to_string();
+                common::output("ip", &["netns", "exec", &ns, "nft", "-j", "-f", &f])
+            })
     };
     row.load_ms = ms_since(t);
     if let Err(e) = load {
