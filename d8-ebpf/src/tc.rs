@@ -29,12 +29,12 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
+use d8_common::{FlowKey, FlowState, LastHook, TargetKey, flags, hook, kind, seen};
 
 use crate::{
     emit::event,
     flows::{self, Found, mark},
-    maps::{FLOWS, TARGETS},
+    maps::{FLOWS, LAST_HOOK, TARGETS},
     packet::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed, v4_key},
 };
 
@@ -98,6 +98,18 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     Some(pkt)
 }
 
+/// Remembers, per CPU, that this skb of a traced flow passed here, as `netfilter.rs` does: a
+/// `kfree_skb` right after (in a pod's namespace, for a packet that left through a veth) then
+/// says where it died. Egress counts as after POSTROUTING, ingress as before PREROUTING. The
+/// context pointer is the kernel's `struct sk_buff`.
+#[inline(always)]
+fn remember(ctx: &TcContext, egress: bool) {
+    if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
+        let (hook, after_ct) = if egress { (hook::POST_ROUTING, 1) } else { (hook::PRE_ROUTING, 0) };
+        unsafe { *last = LastHook { skb: ctx.skb.skb as u64, hook, after_ct, pad: [0; 6] } };
+    }
+}
+
 #[inline(always)]
 fn target_of(addr: &[u8; 16], port: u16, key: &FlowKey) -> TargetKey {
     TargetKey { addr: *addr, port, proto: key.proto, family: key.family }
@@ -115,25 +127,34 @@ fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
     // Made by the node itself (no input interface): its OUTPUT view.
     let local = egress && ingress_ifindex == 0;
     if egress && !local {
-        return forwarded(&pkt);
+        forwarded(&pkt)?;
+        remember(ctx, egress);
+        return Some(());
     }
     let hook = if local { hook::LOCAL_OUT } else { hook::PRE_ROUTING };
     if pkt.key.proto == IPPROTO_ICMP {
         return icmp_error(ctx, &pkt, hook);
     }
-    match flows::find(&pkt.key) {
+    let r = match flows::find(&pkt.key) {
         Some(found) if found.reversed => reply_direction(&found, &pkt, hook),
         Some(found) => original_direction(&found, &pkt, hook),
         None => first_sight(&pkt, hook),
+    };
+    if r.is_some() {
+        remember(ctx, egress);
     }
+    r
 }
 
 /// A forwarded packet leaving the node (post-DNAT; seen at ingress already). A flow to a traced
 /// backend not yet joined gets state under this post-NAT tuple, without an event.
 #[inline(always)]
 fn forwarded(pkt: &Packet) -> Option<()> {
-    if pkt.key.proto == IPPROTO_ICMP || flows::find(&pkt.key).is_some() {
+    if pkt.key.proto == IPPROTO_ICMP {
         return None;
+    }
+    if flows::find(&pkt.key).is_some() {
+        return Some(());
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }?;
     FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()
