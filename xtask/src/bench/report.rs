@@ -475,22 +475,24 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         o,
         "\nThe same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`): the time the tools take \
          to print them, next to `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s -o json` end to end (runs the \
-         tools, parses, models, reports; medians) and its peak RSS.\n"
+         tools, parses, models, reports; medians) and its peak RSS, which `wait4` reports as the largest of d8-trace \
+         and the tool it ran: compare with the tool's own and with the parse-only child above.\n"
     );
-    let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Output | d8-trace explain | explain peak RSS |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Tool peak RSS | Output | d8-trace explain | explain peak RSS (d8-trace or the tool) |\n|---|---|---|---|---|---|---|---|");
     for n in &rs.node {
         if let Some(e) = &n.error {
-            let _ = writeln!(o, "| {} | {} | {} | | | | |", n.services, n.format, e.replace('|', "/").replace('\n', " "));
+            let _ = writeln!(o, "| {} | {} | {} | | | | | |", n.services, n.format, e.replace('|', "/").replace('\n', " "));
             continue;
         }
         let tool = if n.format == "iptables-save" { "`iptables-save`" } else { "`nft -j list table ip kube-proxy`" };
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} ms | {tool} {:.0} ms | {:.1} MB | {:.0} ms | {:.0} MiB |",
+            "| {} | {} | {:.0} ms | {tool} {:.0} ms | {:.0} MiB | {:.1} MB | {:.0} ms | {:.0} MiB |",
             n.services,
             n.format,
             n.load_ms,
             n.dump_ms,
+            n.dump_rss_mib,
             n.dump_bytes as f64 / 1e6,
             n.explain_ms,
             n.explain_rss_mib

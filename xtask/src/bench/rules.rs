@@ -67,7 +67,9 @@ pub struct NodeRow {
     /// The tool printing it (`iptables-save` / `nft -j list table ip kube-proxy`), median.
     pub dump_ms: f64,
     pub dump_bytes: usize,
-    /// `d8-trace explain` end to end, median, and its peak RSS.
+    pub dump_rss_mib: f64,
+    /// `d8-trace explain` end to end, median, and its peak RSS (`wait4` reports the largest of
+    /// d8-trace and the tool it ran and waited for).
     pub explain_ms: f64,
     pub explain_rss_mib: f64,
     pub error: Option<String>,
@@ -161,6 +163,7 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         load_ms: f64::NAN,
         dump_ms: f64::NAN,
         dump_bytes: 0,
+        dump_rss_mib: f64::NAN,
         explain_ms: f64::NAN,
         explain_rss_mib: f64::NAN,
         error: None,
@@ -189,18 +192,26 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         return Ok(row);
     }
     let runs = env.pick(3, 1);
-    let mut dump = Vec::new();
+    let (mut dump, mut dump_rss) = (Vec::new(), 0u64);
     for _ in 0..runs {
-        let t = Instant::now();
-        let text = if mode == ProxyMode::Iptables {
-            common::output("ip", &["netns", "exec", &ns, "iptables-save"])?
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns]);
+        if mode == ProxyMode::Iptables {
+            cmd.arg("iptables-save");
         } else {
-            common::output("ip", &["netns", "exec", &ns, "nft", "-j", "list", "table", "ip", "kube-proxy"])?
-        };
-        dump.push(ms_since(t));
-        row.dump_bytes = text.len();
+            cmd.args(["nft", "-j", "list", "table", "ip", "kube-proxy"]);
+        }
+        // `ip netns exec` execs the tool: the child's peak RSS is the tool's.
+        let m = common::run_measured(&mut cmd)?;
+        if !m.status.success() {
+            bail!("{cmd:?}: {}", String::from_utf8_lossy(&m.stderr));
+        }
+        dump.push(m.wall.as_secs_f64() * 1000.0);
+        dump_rss = dump_rss.max(m.max_rss_kib);
+        row.dump_bytes = m.stdout.len();
     }
     row.dump_ms = common::median(&dump);
+    row.dump_rss_mib = dump_rss as f64 / 1024.0;
     let (mut explain, mut rss) = (Vec::new(), 0u64);
     for _ in 0..runs {
         let m = common::run_measured(
@@ -215,8 +226,8 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     row.explain_ms = common::median(&explain);
     row.explain_rss_mib = rss as f64 / 1024.0;
     eprintln!(
-        "bench rules: {n} Services {format} in a node: load {:.0} ms, dump {:.0} ms ({} bytes), d8-trace explain {:.0} ms / {:.0} MiB",
-        row.load_ms, row.dump_ms, row.dump_bytes, row.explain_ms, row.explain_rss_mib
+        "bench rules: {n} Services {format} in a node: load {:.0} ms, dump {:.0} ms / {:.0} MiB ({} bytes), d8-trace explain {:.0} ms / {:.0} MiB",
+        row.load_ms, row.dump_ms, row.dump_rss_mib, row.dump_bytes, row.explain_ms, row.explain_rss_mib
     );
     drop(lab);
     Ok(row)
