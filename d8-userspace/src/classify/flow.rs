@@ -619,8 +619,14 @@ fn no_reply(f: &Flow) -> String {
 /// (a pod whose firewall drops everything, a full accept queue) or on a device without a peer. The
 /// node forwarded it; what follows is the backend's silence, not the node's filtering. Drops by TC
 /// programs at that point are a CNI's policy on the node and stay node drops.
+///
+/// Without netfilter programs (the TC hook set) the last hook is unknown; a packet of a flow the
+/// node tracked that no longer carries a conntrack entry was scrubbed crossing into another network
+/// namespace (a veth to the pod), so it died beyond the node as well.
 fn beyond_node(d: &crate::flows::Drop) -> bool {
-    d.after_hook == Some(Hook::Postrouting)
+    let past_postrouting = d.after_hook == Some(Hook::Postrouting);
+    let scrubbed = d.after_hook.is_none() && d.before_conntrack;
+    (past_postrouting || scrubbed)
         && !d.reason.starts_with("TC_")
         && !NO_ROUTE_REASONS.contains(&d.reason.as_str())
 }

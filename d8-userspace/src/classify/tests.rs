@@ -923,6 +923,17 @@ fn a_drop_beyond_the_nodes_postrouting_is_no_answer_from_the_backend() {
         "{}",
         v.flows[0].fact
     );
+    // The TC hook set knows no last hook: a packet without the node's conntrack entry was scrubbed
+    // crossing into the pod's namespace.
+    let mut f = dropped_beyond(1, "NETFILTER_DROP");
+    f.drops[0].after_hook = None;
+    let v = classify(&target(), &[f], &model(true), &ctx(true));
+    assert_eq!(
+        v.flows[0].class,
+        VerdictClass::BackendTimeout,
+        "{}",
+        v.flows[0].fact
+    );
     // A CNI's TC program dropping at the pod's interface is a node drop.
     let v = classify(
         &target(),

@@ -41,6 +41,10 @@ const NODE_PORT: u16 = 30080;
 const T: Duration = Duration::from_secs(2);
 /// Connect timeout for attempts expected to get no answer.
 const SILENT: Duration = Duration::from_millis(600);
+/// Per-attempt timeout and time budget of the loops that need an attempt to each of two backends
+/// picked at random: 12 silent attempts in a row (odds 1 in 4096) before both were hit.
+const PICK_TIMEOUT: Duration = Duration::from_millis(300);
+const PICK_BUDGET: Duration = Duration::from_millis(3600);
 
 // ---- lab specs --------------------------------------------------------------------------------
 
@@ -254,13 +258,13 @@ fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
         .collect()
 }
 
-/// Connects to the ClusterIP until both kinds of `want` outcomes were seen (each attempt picks a
-/// backend at random), at most `max` attempts or 3 s.
-fn connect_until(lab: &Lab, max: usize, timeout: Duration, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
+/// Connects to the ClusterIP until every kind of `want` outcome was seen (each attempt picks a
+/// backend at random), at most `max` attempts or [`PICK_BUDGET`].
+fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
     let start = Instant::now();
     let mut seen = Vec::new();
-    while seen.len() < max && start.elapsed() < Duration::from_secs(3) {
-        seen.push(lab::tcp_connect(lab.client_ns(), addr(VIP, 80), timeout).expect("connect"));
+    while seen.len() < max && start.elapsed() < PICK_BUDGET {
+        seen.push(lab::tcp_connect(lab.client_ns(), addr(VIP, 80), PICK_TIMEOUT).expect("connect"));
         if want.iter().all(|w| seen.iter().any(w)) {
             break;
         }
@@ -365,7 +369,7 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
     let stale = backend_of(WEB_2, 8080);
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", api, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until(lab, 14, SILENT, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
     });
     assert!(outcomes.iter().any(|o| *o == TcpOutcome::Timeout), "no attempt went to the deleted pod: {outcomes:?}");
     run.assert_root("stale_endpoint");
@@ -742,8 +746,8 @@ fn udp_stale_endpoint(mode: ProxyMode) {
     let run = s.trace("default/dns", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
         // Each request picks a backend at random: until one was answered and one was not.
         let start = Instant::now();
-        while outcomes.len() < 14 && start.elapsed() < Duration::from_secs(3) {
-            outcomes.push(lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", SILENT).expect("udp"));
+        while outcomes.len() < 16 && start.elapsed() < PICK_BUDGET {
+            outcomes.push(lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", PICK_TIMEOUT).expect("udp"));
             let replied = outcomes.iter().any(|o| matches!(o, UdpOutcome::Reply(_)));
             if replied && outcomes.contains(&UdpOutcome::Timeout) {
                 break;
@@ -787,7 +791,7 @@ fn mixed_incident(mode: ProxyMode) {
     s.lab.stop_listener("web-2", 8080).expect("stop the listener");
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until(lab, 14, SILENT, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until(lab, 16, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
     });
     assert!(outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout), "{outcomes:?}");
     run.assert_root("stale_endpoint");
