@@ -134,12 +134,21 @@ impl LinkEvents {
         Ok(Self { socket: Socket::open(NETLINK_ROUTE, &[RTNLGRP_LINK], 1 << 20)?, buf: vec![0u8; 64 * 1024] })
     }
 
-    /// Everything queued now (never blocks).
+    /// Everything queued now (never blocks). After an overrun (`ENOBUFS`: events were lost) the
+    /// current interfaces are listed again and reported as new, so none is missed.
     pub fn drain(&mut self) -> Vec<LinkEvent> {
         let mut out = Vec::new();
-        // Overruns are harmless here: the caller re-lists the links on every batch.
-        while let Ok(Some(n)) = self.socket.recv(&mut self.buf) {
-            out.extend(parse_link_events(&self.buf[..n]));
+        loop {
+            match self.socket.recv(&mut self.buf) {
+                Ok(Some(n)) => out.extend(parse_link_events(&self.buf[..n])),
+                Ok(None) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    if let Ok(all) = links() {
+                        out.extend(all.into_iter().map(LinkEvent::New));
+                    }
+                }
+                Err(_) => break,
+            }
         }
         out
     }

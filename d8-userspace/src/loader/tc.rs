@@ -141,8 +141,13 @@ impl Hooks {
                     match self.attach(ebpf, &link) {
                         Ok(()) => notes.push(format!("attached TC programs to new interface {}", link.name)),
                         Err(e) => {
-                            // A veth that moved to another namespace right away is gone: not news.
+                            // Undo what got attached (an interface that vanished meanwhile has
+                            // nothing left to undo; the errors then say nothing new).
                             if let Some(mut i) = self.ifaces.remove(&link.index) {
+                                i.links.clear();
+                                if i.clsact_ours {
+                                    let _ = rtnetlink::del_clsact(link.index);
+                                }
                                 i.clsact_ours = false;
                             }
                             notes.push(format!("warning: {e}"));

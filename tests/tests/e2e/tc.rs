@@ -199,16 +199,30 @@ fn tc_attaches_to_interfaces_that_appear_while_tracing() {
     assert!(to_web2.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
 }
 
-/// Ids of loaded `d8_tc_*` programs.
-fn d8_tc_programs() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
+/// Ids of the BPF programs process `pid` holds (its program and link fds), from fdinfo: other
+/// tests may run d8-trace at the same time, so machine-wide listings prove nothing.
+fn prog_ids_of(pid: i32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .into_iter()
         .flatten()
-        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("d8_tc_")))
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Ids of every loaded BPF program.
+fn loaded_programs() -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
 }
 
 /// Interfaces of the lab node, lo included (`ip netns exec` mounts the namespace's sysfs).
@@ -219,18 +233,19 @@ fn node_interfaces(lab: &Lab) -> Vec<String> {
 
 /// The lab node's qdiscs and TC filters, and the BPF links (tcx) of `d8_tc_*` programs. One
 /// shell in the namespace for all of it (many `ip netns exec` in a row fail under the VM).
-fn node_tc_state(lab: &Lab) -> String {
+fn node_tc_state(lab: &Lab, ours: &[u64]) -> String {
     let script = "tc qdisc show; for d in $(ls /sys/class/net); do for dir in ingress egress; do \
                   f=$(tc filter show dev $d $dir); [ -n \"$f\" ] && echo \"$d $dir: $f\"; done; done; true";
     let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", script]).output().expect("ip netns exec");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut all = String::from_utf8_lossy(&out.stdout).into_owned();
-    let progs = d8_tc_programs();
     let out = Command::new("bpftool").args(["-j", "link", "show"]).output().expect("bpftool");
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for l in links.as_array().into_iter().flatten() {
-        if l["prog_id"].as_u64().is_some_and(|id| progs.contains(&id)) {
-            all.push_str(&format!("d8_tc link {}\n", l));
+        if l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)) {
+            // BPF_LINK_TYPE_TCX is 11 (bpftool before 7.3 prints the number).
+            let tcx = l["type"] == 11 || l["type"] == "tcx";
+            all.push_str(&format!("{} {}\n", if tcx { "d8_tc link" } else { "d8 link" }, l));
         }
     }
     all
@@ -238,11 +253,13 @@ fn node_tc_state(lab: &Lab) -> String {
 
 fn nothing_left(env: &[(&str, &str)]) {
     let lab = lab(ProxyMode::Iptables);
-    let before = node_tc_state(&lab);
+    let before = node_tc_state(&lab, &[]);
     assert!(!before.contains("d8_tc_") && !before.contains("clsact"), "clean lab: {before}");
     // Ended by Ctrl-C once looked at (listing takes seconds under the VM's emulation).
     let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), env);
-    let during = node_tc_state(&lab);
+    let ours = prog_ids_of(trace.pid());
+    assert!(!ours.is_empty(), "d8-trace holds its programs");
+    let during = node_tc_state(&lab, &ours);
     // Every interface but lo: ext0, the dead-end veth pair, the client's and each local pod's veth.
     let ifaces = node_interfaces(&lab).iter().filter(|n| *n != "lo").count();
     assert!(ifaces >= lab.spec().pods.iter().filter(|p| p.is_local(lab.spec())).count() + 3);
@@ -255,9 +272,10 @@ fn nothing_left(env: &[(&str, &str)]) {
     trace.signal(libc::SIGINT);
     assert_eq!(attached, 2 * ifaces, "ingress and egress on every interface ({env:?}):\n{during}");
     trace.finish(Duration::from_secs(15)).report();
-    let after = node_tc_state(&lab);
+    let after = node_tc_state(&lab, &ours);
     assert_eq!(after, before, "tc state after exit ({env:?})");
-    assert!(d8_tc_programs().is_empty(), "no d8_tc_* program stays loaded");
+    let left: Vec<u64> = loaded_programs().into_iter().filter(|id| ours.contains(id)).collect();
+    assert!(left.is_empty(), "programs of the finished d8-trace still loaded: {left:?}");
 }
 
 #[test]
@@ -276,7 +294,7 @@ fn tc_keeps_a_clsact_qdisc_it_did_not_add() {
     assert!(add.success());
     let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "1", &["--hooks", "tc"]), &[("D8_TC_NETLINK", "1")]);
     trace.finish(Duration::from_secs(15)).report();
-    let after = node_tc_state(&lab);
+    let after = node_tc_state(&lab, &[]);
     assert!(after.contains("clsact") && after.contains("ext0"), "someone else's qdisc stays:\n{after}");
     assert!(!after.contains("d8_tc_"), "{after}");
 }
