@@ -475,7 +475,7 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         o,
         "\nThe same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`): the time the tools take \
          to print them, next to `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s -o json` end to end (runs the \
-         tools, parses, models, reports; medians) and its peak RSS, which `wait4` reports as the largest of d8-trace \
+         tools, parses, models, reports; median of 3 runs, 1 run at 10,000 Services) and its peak RSS, which `wait4` reports as the largest of d8-trace \
          and the tool it ran: compare with the tool's own and with the parse-only child above.\n"
     );
     let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Tool peak RSS | Output | d8-trace explain | explain peak RSS (d8-trace or the tool) |\n|---|---|---|---|---|---|---|---|");
