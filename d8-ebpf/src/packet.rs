@@ -71,7 +71,7 @@ pub fn parse_ipv4(nh: u64) -> Option<Packet> {
     }
     let ihl = ((hdr[0] & 0x0f) as u64) * 4;
     let proto = hdr[9];
-    let mut key = v4_key([hdr[12], hdr[13], hdr[14], hdr[15]], [hdr[16], hdr[17], hdr[18], hdr[19]], proto);
+    let key = v4_key([hdr[12], hdr[13], hdr[14], hdr[15]], [hdr[16], hdr[17], hdr[18], hdr[19]], proto);
     let l4 = nh + ihl;
     let mut pkt = Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4 };
     match proto {

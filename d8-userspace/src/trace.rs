@@ -368,7 +368,10 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     );
     // Fault injection for the end-to-end tests: fail once everything is attached, to prove that
     // an error path detaches as well as a clean exit does.
-    if std::env::var_os("D8_TRACE_FAIL_AFTER_ATTACH").is_some() {
+    // Its value is how many milliseconds to stay attached first.
+    if let Some(ms) = std::env::var_os("D8_TRACE_FAIL_AFTER_ATTACH") {
+        let ms = ms.to_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
         return Err(Error::Io(std::io::Error::other("failing after attach (D8_TRACE_FAIL_AFTER_ATTACH is set)")));
     }
     let ring = tracer.take_events()?;

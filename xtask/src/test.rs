@@ -74,19 +74,41 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The suite run inside a VM on Debian's 6.1 cloud kernel: the release binary must start there
-/// and `doctor` must report what that kernel allows (no netfilter links before 6.4).
+/// The end-to-end test executable of `tests/` (built already by `cargo test`).
+fn e2e_test_binary() -> anyhow::Result<std::path::PathBuf> {
+    let out = cargo()
+        .args(["test", "-p", "d8-tests", "--test", "e2e", "--no-run", "--message-format=json"])
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the end-to-end tests failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "e2e"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            return Ok(exe.into());
+        }
+    }
+    bail!("cargo did not name the e2e test executable")
+}
+
+/// The suite run inside a VM on Debian's 6.1 cloud kernel, which has no netfilter BPF links:
+/// `doctor` must choose the TC hook set, and the TC end-to-end tests (the same traffic, flows and
+/// verdicts as on the host) run there against the debug build the host tests used.
 fn vm_suite() -> anyhow::Result<()> {
-    run_cmd(cargo().args(["build", "--release", "-p", "d8-userspace"]))?;
-    let binary = target_dir()?.join("release/d8-trace");
+    let binary = target_dir()?.join("debug/d8-trace");
+    let e2e = e2e_test_binary()?;
     vm::run(vm::Options {
         kernel: "6.1".into(),
-        add: vec![format!("{}:/bin/d8-trace", binary.display())],
-        timeout: 600,
+        add: vec![format!("{}:/bin/d8-trace", binary.display()), format!("{}:/bin/d8-e2e", e2e.display())],
+        env: vec!["D8_TRACE_BIN=/bin/d8-trace".into()],
+        timeout: 900,
         command: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\"'".into(),
+            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 tc::".into(),
         ],
         ..vm::Options::default()
     })

@@ -43,13 +43,14 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     let snapshot = dir.join("snapshot.json");
     lab.write_snapshot(&snapshot).unwrap();
     let events = dir.join("events.jsonl");
-    let links_before = bpf::d8_links();
 
     let args = [
         "daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810",
         "--events", events.to_str().unwrap(), "--k8s-snapshot", snapshot.to_str().unwrap(),
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
+    let held = bpf::held_by(daemon.pid() as u32);
+    assert!(held.links.len() >= 7, "the daemon holds its links: {held:?}");
     let ready = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/readyz", TIMEOUT).unwrap();
     assert_eq!(ready.status(), Some(200), "{ready:?}");
 
@@ -89,19 +90,19 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     let done = daemon.finish(Duration::from_secs(5));
     assert!(done.status.success(), "{}", done.stderr);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(bpf::d8_links(), links_before, "links left after SIGTERM");
+    assert_eq!(bpf::still_loaded(&held), bpf::Held::default(), "links left after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     let mut lab = lab(ProxyMode::Nftables);
-    let links_before = bpf::d8_links();
     let args = [
         "daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810", "--no-k8s",
         "--refresh-secs", "1", "--max-flows", "2000",
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
+    let held = bpf::held_by(daemon.pid() as u32);
 
     // Rules alone say default/empty rejects (kube-proxy's "has no endpoints" rule).
     wait_metric(&lab, r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#, 1.0);
@@ -150,5 +151,5 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     daemon.signal(libc::SIGTERM);
     let done = daemon.finish(Duration::from_secs(5));
     assert!(done.status.success(), "{}", done.stderr);
-    assert_eq!(bpf::d8_links(), links_before, "links left after SIGTERM");
+    assert_eq!(bpf::still_loaded(&held), bpf::Held::default(), "links left after SIGTERM");
 }

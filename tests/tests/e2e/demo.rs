@@ -39,21 +39,7 @@ fn lab_namespaces_of(pid: u32) -> Vec<String> {
 /// Other sessions may trace on this machine at the same time, so the machine-wide list of
 /// d8-trace's links changes while a demo runs; what the demo must not leave is its own links.
 fn links_held_by(pid: u32) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<u64> = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            info.lines().find_map(|l| {
-                l.strip_prefix("link_id:")
-                    .and_then(|v| v.trim().parse().ok())
-            })
-        })
-        .collect();
-    ids.sort_unstable();
-    ids
+    bpf::held_by(pid).links
 }
 
 /// The demo's own links (read while it traced) must all be gone once it exited.
@@ -62,10 +48,7 @@ fn assert_links_gone(held: &[u64]) {
         held.len() >= 7,
         "the demo held its tracer's links while tracing: {held:?}"
     );
-    let left: Vec<u64> = bpf::d8_links()
-        .into_iter()
-        .filter(|l| held.contains(l))
-        .collect();
+    let left: Vec<u64> = bpf::still_loaded(&bpf::Held { links: held.to_vec(), programs: Vec::new() }).links;
     assert_eq!(
         left,
         Vec::<u64>::new(),

@@ -81,40 +81,14 @@ fn text(r: &CallToolResult) -> String {
 
 /// BPF link and program ids the process `pid` holds file descriptors of.
 fn held_by(pid: u32) -> (Vec<u64>, Vec<u64>) {
-    let (mut links, mut progs) = (Vec::new(), Vec::new());
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (links, progs) };
-    for entry in dir.flatten() {
-        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
-        let field = |name: &str| {
-            info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        if let Some(id) = field("link_id:") {
-            links.push(id);
-        } else if let Some(id) = field("prog_id:") {
-            progs.push(id);
-        }
-    }
-    links.sort();
-    progs.sort();
-    (links, progs)
-}
-
-/// Ids of every BPF `kind` (`link`, `prog`) in the kernel, from `bpftool -j`.
-fn kernel_ids(kind: &str) -> Vec<u64> {
-    let out = std::process::Command::new("bpftool").args(["-j", kind, "show"]).output().expect("bpftool is installed");
-    assert!(out.status.success(), "bpftool {kind} show: {}", String::from_utf8_lossy(&out.stderr));
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    list.iter().filter_map(|v| v["id"].as_u64()).collect()
+    let held = d8_tests::bpf::held_by(pid);
+    (held.links, held.programs)
 }
 
 /// Which of `links` and `progs` still exist in the kernel.
 fn still_in_kernel(links: &[u64], progs: &[u64]) -> (Vec<u64>, Vec<u64>) {
-    let all_links = kernel_ids("link");
-    let all_progs = kernel_ids("prog");
-    (
-        links.iter().copied().filter(|l| all_links.contains(l)).collect(),
-        progs.iter().copied().filter(|p| all_progs.contains(p)).collect(),
-    )
+    let left = d8_tests::bpf::still_loaded(&d8_tests::bpf::Held { links: links.to_vec(), programs: progs.to_vec() });
+    (left.links, left.programs)
 }
 
 /// Waits until none of `links`/`progs` exists; returns what is left.

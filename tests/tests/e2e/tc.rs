@@ -199,30 +199,15 @@ fn tc_attaches_to_interfaces_that_appear_while_tracing() {
     assert!(to_web2.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
 }
 
-/// Ids of the BPF programs process `pid` holds (its program and link fds), from fdinfo: other
-/// tests may run d8-trace at the same time, so machine-wide listings prove nothing.
+/// Ids of the BPF programs process `pid` holds, from fdinfo: other tests may run d8-trace at
+/// the same time, so machine-wide listings prove nothing.
 fn prog_ids_of(pid: i32) -> Vec<u64> {
-    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .flat_map(|info| {
-            info.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:").and_then(|v| v.trim().parse().ok()))
-                .collect::<Vec<u64>>()
-        })
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
+    d8_tests::bpf::held_by(pid as u32).programs
 }
 
 /// Ids of every loaded BPF program.
 fn loaded_programs() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
+    d8_tests::bpf::loaded_programs()
 }
 
 /// Interfaces of the lab node, lo included (`ip netns exec` mounts the namespace's sysfs).
