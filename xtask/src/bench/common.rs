@@ -2,7 +2,7 @@
 //! process, iperf3 runs, short-connection loops, and readings of /proc.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
@@ -173,6 +173,8 @@ pub struct Tracer {
     child: Child,
     pub spawned: Instant,
     seen: Arc<Mutex<Seen>>,
+    /// Set once the child has exited: the stderr follower stops at the end of the file.
+    exited: Arc<AtomicBool>,
     stderr: Option<JoinHandle<()>>,
     stdout: Option<JoinHandle<Vec<u8>>>,
 }
@@ -187,35 +189,63 @@ pub struct TraceEnd {
 
 impl Tracer {
     /// Starts tracing `svc` in `node_ns` and waits for the "attached" line.
+    ///
+    /// stderr (one live line per flow change) goes to a file, never a pipe: a pipe whose reader
+    /// (this process, on a saturated machine) falls behind would block d8-trace's event loop and
+    /// turn the bench's own slowness into lost events. A thread follows the file.
     pub fn start(bin: &Path, svc: &str, node_ns: &str) -> anyhow::Result<Self> {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = target_dir().join("bench");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!("d8-trace-{}.stderr", RUNS.fetch_add(1, Ordering::Relaxed) % 8));
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let spawned = Instant::now();
         let mut child = Command::new(bin)
             .args(["--svc", svc, "--netns", node_ns, "--no-k8s", "-o", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(file))
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let stderr = child.stderr.take().expect("piped");
         let seen2 = seen.clone();
+        let exited = Arc::new(AtomicBool::new(false));
+        let exited2 = exited.clone();
+        let mut reader = std::fs::File::open(&log)?;
         let stderr = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let now = Instant::now();
-                let mut s = seen2.lock().unwrap_or_else(|e| e.into_inner());
-                if line.starts_with('#') {
-                    s.flow_lines += 1;
-                    s.first_flow.get_or_insert(now);
-                } else if line.contains("attached") {
-                    s.attached.get_or_insert(now);
-                }
-                if s.head.len() < 40 {
-                    s.head.push(line);
-                } else {
-                    if s.tail.len() >= 20 {
-                        s.tail.pop_front();
+            let mut pending = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                // Read the exit flag before reading: a read that finds nothing after the exit is the end.
+                let done = exited2.load(Ordering::Acquire);
+                let n = reader.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    if done {
+                        break;
                     }
-                    s.tail.push_back(line);
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                let now = Instant::now();
+                pending.extend_from_slice(&buf[..n]);
+                let mut s = seen2.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                    let line = String::from_utf8_lossy(&pending[..pos]).into_owned();
+                    pending.drain(..=pos);
+                    if line.starts_with('#') {
+                        s.flow_lines += 1;
+                        s.first_flow.get_or_insert(now);
+                    } else if line.contains("attached") {
+                        s.attached.get_or_insert(now);
+                    }
+                    if s.head.len() < 40 {
+                        s.head.push(line);
+                    } else {
+                        if s.tail.len() >= 20 {
+                            s.tail.pop_front();
+                        }
+                        s.tail.push_back(line);
+                    }
                 }
             }
         });
@@ -225,7 +255,7 @@ impl Tracer {
             let _ = stdout.read_to_end(&mut buf);
             buf
         });
-        let mut tracer = Self { child, spawned, seen, stderr: Some(stderr), stdout: Some(stdout) };
+        let mut tracer = Self { child, spawned, seen, exited, stderr: Some(stderr), stdout: Some(stdout) };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if tracer.seen.lock().unwrap_or_else(|e| e.into_inner()).attached.is_some() {
@@ -263,6 +293,7 @@ impl Tracer {
     }
 
     fn join_readers(&mut self) -> Vec<u8> {
+        self.exited.store(true, Ordering::Release);
         if let Some(t) = self.stderr.take() {
             let _ = t.join();
         }
