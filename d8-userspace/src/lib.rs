@@ -35,3 +35,18 @@ pub mod node;
 pub mod report;
 pub mod rules;
 pub mod trace;
+
+/// An error and its causes on one line, each cause once, the way the CLI and the MCP tools say it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}

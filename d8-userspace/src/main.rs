@@ -5,6 +5,7 @@ use std::{io::Write, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use d8_trace::{
+    error_chain,
     classify::{self, Context},
     cli::{Cli, Command, DaemonArgs, ExplainArgs, Output, Selection, TraceArgs},
     kernel::netns,
@@ -34,19 +35,6 @@ impl From<trace::Error> for Failure {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -137,20 +125,8 @@ fn warn_all(warnings: &[String]) {
 fn explain_command(args: ExplainArgs) -> Result<(), Failure> {
     let runtime = enter_node(&args.selection)?;
     let view = runtime.block_on(node::view(&args.selection))?;
-    warn_all(&view.warnings);
-    if view.model.service(&args.svc.service).is_none() && view.model.services.is_empty() {
-        // Nothing at all to explain from: still a verdict (rules missing / kube-proxy down).
-        eprintln!("d8-trace: warning: no kube-proxy rules found in this network namespace");
-    }
-    let ctx = Context {
-        api_consulted: view.api_consulted,
-        conntrack: Some(node::conntrack_stats(None)),
-        host_ips: view.host_ips.clone(),
-        traced: false,
-        duration_ms: None,
-        lost_events: 0,
-    };
-    let report = classify::build_report(&args.svc.service, &[], &view.model, &ctx);
+    let (report, warnings) = node::explain_report(&view, &args.svc.service);
+    warn_all(&warnings);
     print_report(&report, args.output)
 }
 

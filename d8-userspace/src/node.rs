@@ -70,6 +70,25 @@ pub async fn view(sel: &Selection) -> Result<NodeView, Error> {
     Ok(NodeView { model, api_consulted: applied.api_consulted, host_ips, warnings: applied.warnings })
 }
 
+/// The `explain` verdict: rules and API alone, no flows. Returns the report and the warnings to
+/// print (the view's, and a word when no kube-proxy rule exists at all).
+pub fn explain_report(view: &NodeView, service: &crate::model::ServiceRef) -> (crate::report::Report, Vec<String>) {
+    let mut warnings = view.warnings.clone();
+    if view.model.service(service).is_none() && view.model.services.is_empty() {
+        // Nothing at all to explain from: still a verdict (rules missing / kube-proxy down).
+        warnings.push("no kube-proxy rules found in this network namespace".into());
+    }
+    let ctx = crate::classify::Context {
+        api_consulted: view.api_consulted,
+        conntrack: Some(conntrack_stats(None)),
+        host_ips: view.host_ips.clone(),
+        traced: false,
+        duration_ms: None,
+        lost_events: 0,
+    };
+    (crate::classify::build_report(service, &[], &view.model, &ctx), warnings)
+}
+
 /// Addresses configured on this network namespace's interfaces, loopback excluded.
 pub fn host_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();

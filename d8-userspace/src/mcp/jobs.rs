@@ -82,20 +82,7 @@ impl Failure {
     }
 }
 
-/// The error and its causes, joined the way the CLI prints them.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
-}
+pub use crate::error_chain;
 
 impl From<trace::Error> for Failure {
     fn from(e: trace::Error) -> Self {

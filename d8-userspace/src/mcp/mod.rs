@@ -277,19 +277,7 @@ async fn explain(svc: ServiceArg, sel: Selection) -> Result<(Report, Vec<String>
         return Err(trace::Error::NotRoot.into());
     }
     let view = node::view(&sel).await?;
-    let mut warnings = view.warnings.clone();
-    if view.model.service(&svc.service).is_none() && view.model.services.is_empty() {
-        warnings.push("no kube-proxy rules found in this network namespace".into());
-    }
-    let ctx = Context {
-        api_consulted: view.api_consulted,
-        conntrack: Some(node::conntrack_stats(None)),
-        host_ips: view.host_ips.clone(),
-        traced: false,
-        duration_ms: None,
-        lost_events: 0,
-    };
-    Ok((classify::build_report(&svc.service, &[], &view.model, &ctx), warnings))
+    Ok(node::explain_report(&view, &svc.service))
 }
 
 /// A trace, as the CLI runs it (without live lines), on the job's thread. Dropping this future
