@@ -374,7 +374,7 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
-/// A child process's exit, wall time and peak RSS (from `wait4`, i.e. this child alone).
+/// A child process's exit, wall time and peak RSS.
 pub struct Measured {
     pub status: ExitStatus,
     pub wall: Duration,
@@ -383,7 +383,32 @@ pub struct Measured {
     pub stderr: Vec<u8>,
 }
 
-pub fn run_measured(cmd: &mut Command) -> anyhow::Result<Measured> {
+/// Peak RSS (`VmHWM`, KiB) of `pid` while its name is `comm`, i.e. after it exec'd: the figure
+/// `wait4` gives includes the spawning process's RSS, which the child's memory map shares or copies
+/// until exec.
+fn follow_hwm(pid: u32, comm: String, done: Arc<AtomicBool>) -> JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !done.load(Ordering::Acquire) {
+            if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let name = status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim);
+                if name == Some(comm.as_str()) {
+                    let hwm = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+                    peak = peak.max(hwm.unwrap_or(0));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        peak
+    })
+}
+
+/// Runs `cmd` to completion; `comm` is the name of the program that finally runs (after `ip netns
+/// exec`), whose peak RSS is followed.
+pub fn run_measured(cmd: &mut Command, comm: &str) -> anyhow::Result<Measured> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -403,19 +428,24 @@ pub fn run_measured(cmd: &mut Command) -> anyhow::Result<Measured> {
         let _ = err.read_to_end(&mut b);
         b
     });
+    let done = Arc::new(AtomicBool::new(false));
+    let hwm = follow_hwm(child.id(), comm.chars().take(15).collect(), done.clone());
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waiting for our own child by its pid; `child` is not waited for again.
     let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let wall = start.elapsed();
+    done.store(true, Ordering::Release);
+    let followed = hwm.join().unwrap_or(0);
     if rc < 0 {
         bail!("wait4: {}", std::io::Error::last_os_error());
     }
     Ok(Measured {
         status: ExitStatus::from_raw(status),
         wall,
-        max_rss_kib: usage.ru_maxrss as u64,
+        // The followed peak; wait4's only when the process was too short-lived to be seen.
+        max_rss_kib: if followed > 0 { followed } else { usage.ru_maxrss as u64 },
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     })

@@ -453,7 +453,8 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         "`cargo xtask bench --only rules`: rule sets of N Services with 5 endpoints each from \
          `d8-userspace/testdata/rules/gen_large.py` (kube-proxy's chain names and hashes). Parse + model: \
          `rules::iptables::parse` / `rules::nftables::parse` timed alone in a child process that has read the file \
-         (median of the runs); peak RSS of that child from `wait4` (the whole process: the text it read included).\n"
+         (median of the runs); peak RSS is that child's own `VmHWM` (the whole process: the text it read \
+         included; `wait4`'s figure would include the bench's own RSS, which a child holds until it execs).\n"
     );
     let _ = writeln!(o, "| Services | Format | Size | Parse + model | Child process (read + parse + exit) | Peak RSS | Modelled |\n|---|---|---|---|---|---|---|");
     for p in &rs.parse {
@@ -475,10 +476,10 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         o,
         "\nThe same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`): the time the tools take \
          to print them, next to `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s -o json` end to end (runs the \
-         tools, parses, models, reports; median of 3 runs, 1 run at 10,000 Services) and its peak RSS, which `wait4` reports as the largest of d8-trace \
-         and the tool it ran: compare with the tool's own and with the parse-only child above.\n"
+         tools, parses, models, reports; median of 3 runs, 1 run at 10,000 Services) and its peak RSS (d8-trace's own `VmHWM`, followed while it \
+         runs; the tool it runs is a separate process, shown on its own).\n"
     );
-    let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Tool peak RSS | Output | d8-trace explain | explain peak RSS (d8-trace or the tool) |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Tool peak RSS | Output | d8-trace explain | d8-trace explain peak RSS |\n|---|---|---|---|---|---|---|---|");
     for n in &rs.node {
         if let Some(e) = &n.error {
             let _ = writeln!(o, "| {} | {} | {} | | | | | |", n.services, n.format, e.replace('|', "/").replace('\n', " "));

@@ -3,12 +3,13 @@
 //! `d8-userspace/testdata/rules/gen_large.py` (kube-proxy's real chain names and hashes).
 //!
 //! - Parser: each parse runs in a child process (`xtask bench --parse-child FORMAT FILE`) that
-//!   reads the file, then times `rules::iptables::parse` / `rules::nftables::parse` alone; its peak
-//!   RSS comes from `wait4` (this child alone, unlike `RUSAGE_CHILDREN`'s largest-child figure).
+//!   reads the file, then times `rules::iptables::parse` / `rules::nftables::parse` alone and
+//!   prints its own peak RSS (`VmHWM`): `wait4`'s and `RUSAGE_CHILDREN`'s figures include the
+//!   parent's RSS, which the child's memory map holds until it execs.
 //! - Node: the same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`),
 //!   then the time the tools themselves take to print them (`iptables-save`, `nft -j list table ip
 //!   kube-proxy`), and the whole `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s` (tool
-//!   run + parse + model + report) with its peak RSS.
+//!   run + parse + model + report), each with its own peak RSS (`VmHWM` followed after exec).
 
 use std::{
     path::{Path, PathBuf},
@@ -40,7 +41,8 @@ pub fn parse_child(format: &str, file: &str) -> anyhow::Result<()> {
         other => bail!("unknown format {other}"),
     };
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    println!("{}", serde_json::json!({"ms": ms, "services": services, "endpoints": endpoints, "rules": rules}));
+    let (_, hwm) = common::rss_kib(std::process::id())?;
+    println!("{}", serde_json::json!({"ms": ms, "services": services, "endpoints": endpoints, "rules": rules, "hwm_kib": hwm}));
     Ok(())
 }
 
@@ -68,8 +70,7 @@ pub struct NodeRow {
     pub dump_ms: f64,
     pub dump_bytes: usize,
     pub dump_rss_mib: f64,
-    /// `d8-trace explain` end to end, median, and its peak RSS (`wait4` reports the largest of
-    /// d8-trace and the tool it ran and waited for).
+    /// `d8-trace explain` end to end, median, and d8-trace's own peak RSS.
     pub explain_ms: f64,
     pub explain_rss_mib: f64,
     pub error: Option<String>,
@@ -105,14 +106,15 @@ fn parse_rows(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow:
     let mut last = serde_json::Value::Null;
     for _ in 0..runs {
         let arg = if format == "iptables-save" { "iptables" } else { "nft" };
-        let m = common::run_measured(Command::new(&env.xtask).args(["bench", "--parse-child", arg]).arg(file))?;
+        let m = common::run_measured(Command::new(&env.xtask).args(["bench", "--parse-child", arg]).arg(file), "xtask")?;
         if !m.status.success() {
             bail!("parse child ({format}, {n}) failed: {}", String::from_utf8_lossy(&m.stderr));
         }
         last = serde_json::from_slice(&m.stdout).context("parse child output")?;
         parse_ms.push(last["ms"].as_f64().unwrap_or(f64::NAN));
         child_ms.push(m.wall.as_secs_f64() * 1000.0);
-        rss = rss.max(m.max_rss_kib);
+        // The child's own peak (its VmHWM at the end: this process's memory is not in it).
+        rss = rss.max(last["hwm_kib"].as_u64().unwrap_or(m.max_rss_kib));
     }
     let row = ParseRow {
         services: n,
@@ -203,7 +205,7 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
             cmd.args(["nft", "-j", "list", "table", "ip", "kube-proxy"]);
         }
         // `ip netns exec` execs the tool: the child's peak RSS is the tool's.
-        let m = common::run_measured(&mut cmd)?;
+        let m = common::run_measured(&mut cmd, if mode == ProxyMode::Iptables { "iptables-save" } else { "nft" })?;
         if !m.status.success() {
             bail!("{cmd:?}: {}", String::from_utf8_lossy(&m.stderr));
         }
@@ -217,6 +219,7 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     for _ in 0..runs {
         let m = common::run_measured(
             Command::new(&env.d8_trace).args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]),
+            "d8-trace",
         )?;
         if !m.status.success() {
             bail!("d8-trace explain ({format}, {n}) failed: {}", String::from_utf8_lossy(&m.stderr));
