@@ -26,9 +26,11 @@ pub fn binary() -> PathBuf {
     }
 }
 
-/// A running trace.
+/// A running trace. Dropped unfinished (a failing assertion, a panic), it ends the child with
+/// SIGTERM, then SIGKILL, so no d8-trace outlives its test.
 pub struct Trace {
     child: Child,
+    finished: bool,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
 }
@@ -77,7 +79,7 @@ impl Trace {
                 }
             }
         });
-        let mut trace = Self { child, stderr_lines: rx, stderr_seen: Vec::new() };
+        let mut trace = Self { child, finished: false, stderr_lines: rx, stderr_seen: Vec::new() };
         trace.wait_for_stderr(ready, Duration::from_secs(30));
         trace
     }
@@ -116,6 +118,7 @@ impl Trace {
 
     /// Waits for exit (at most `timeout`, then kills it and panics).
     pub fn finish(mut self, timeout: Duration) -> Finished {
+        self.finished = true;
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("waiting for d8-trace") {
@@ -146,5 +149,23 @@ pub fn run_to_end(args: &[&str]) -> Finished {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if self.finished || matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SIGTERM first: d8-trace detaches everything on it.
+        self.signal(libc::SIGTERM);
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
