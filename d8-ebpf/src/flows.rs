@@ -49,3 +49,22 @@ pub fn mark(state: *mut FlowState, bit: u32) -> bool {
     }
     true
 }
+
+/// Reports an ICMP error (`icmp_type`/`icmp_code`, sent by `from`) quoting a packet whose key is
+/// `quoted`, once per flow. Both hook sets call it with the quoted packet they parsed.
+#[inline(always)]
+pub fn report_icmp_error(quoted: &FlowKey, icmp_type: u8, icmp_code: u8, from: [u8; 16], hook: u8) -> Option<()> {
+    let found = find(quoted)?;
+    if !mark(found.state, d8_common::seen::ICMP) {
+        return Some(());
+    }
+    crate::emit::event(d8_common::kind::ICMP_ERROR, hook, &found.key, |ev| {
+        ev.icmp_type = icmp_type;
+        ev.icmp_code = icmp_code;
+        ev.aux = from;
+        if found.via_nat {
+            ev.flags |= d8_common::flags::VIA_NAT;
+        }
+    });
+    Some(())
+}

@@ -107,19 +107,7 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
 #[inline(always)]
 fn icmp_error(pkt: &packet::Packet, hook: u8) -> Option<()> {
     let quoted = packet::icmp_quoted_key(pkt)?;
-    let found = flows::find(&quoted)?;
-    if !mark(found.state, seen::ICMP) {
-        return Some(());
-    }
-    event(kind::ICMP_ERROR, hook, &found.key, |ev| {
-        ev.icmp_type = pkt.icmp_type;
-        ev.icmp_code = pkt.icmp_code;
-        ev.aux = pkt.key.saddr;
-        if found.via_nat {
-            ev.flags |= flags::VIA_NAT;
-        }
-    });
-    Some(())
+    flows::report_icmp_error(&quoted, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)
 }
 
 /// After conntrack and DNAT (PREROUTING/OUTPUT -99), before the filter table (FORWARD/INPUT -1),

@@ -273,17 +273,5 @@ fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<()> {
         return None;
     }
     let inner = parse_ipv4(ctx, pkt.l4 as u32 + 8)?;
-    let found = flows::find(&inner.key)?;
-    if !mark(found.state, seen::ICMP) {
-        return Some(());
-    }
-    event(kind::ICMP_ERROR, hook, &found.key, |ev| {
-        ev.icmp_type = pkt.icmp_type;
-        ev.icmp_code = pkt.icmp_code;
-        ev.aux = pkt.key.saddr;
-        if found.via_nat {
-            ev.flags |= flags::VIA_NAT;
-        }
-    });
-    Some(())
+    flows::report_icmp_error(&inner.key, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)
 }
