@@ -28,6 +28,17 @@ pub fn of_skb(skb: u64) -> Option<(u64, u64)> {
     Some((ct, nfct & NFCT_INFOMASK))
 }
 
+/// [`of_skb`] for a trusted `skb` (a netfilter program's context): a plain load, no helper call.
+#[inline(always)]
+pub fn of_trusted_skb(skb: u64) -> Option<(u64, u64)> {
+    let nfct = unsafe { core::ptr::read_volatile((skb + config!(skb_nfct) as u64) as *const u64) };
+    let ct = nfct & !NFCT_INFOMASK;
+    if ct == 0 {
+        return None;
+    }
+    Some((ct, nfct & NFCT_INFOMASK))
+}
+
 /// Reads one `struct nf_conntrack_tuple` and turns it into a flow key.
 #[inline(always)]
 pub fn tuple(addr: u64) -> Option<FlowKey> {

@@ -3,9 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use d8_common::{Config, FlowKey, FlowState, LastHook, TargetKey, TpAddrLayout, stat};
+use d8_common::{Config, FlowKey, FlowState, LastHook, TargetKey, TpAddrLayout, stat, target_filter};
 
 /// Kernel offsets, set by the loader. Non-zero defaults keep it in `.rodata`, which aya freezes:
 /// the verifier then knows the values and accepts them as constant offsets.
@@ -52,6 +52,20 @@ pub(crate) use config;
 /// Traced destinations: Service frontends and their backends (`d8_common::target`).
 #[map]
 pub static TARGETS: HashMap<TargetKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Bitmap in front of `TARGETS` (`d8_common::target_filter`), kept in step by userspace.
+#[map]
+pub static TARGET_FILTER: Array<u64> = Array::with_max_entries(target_filter::WORDS, 0);
+
+/// Whether `TARGETS` may hold this destination (an inlined array load, no hashing).
+#[inline(always)]
+pub fn maybe_target(addr: &[u8; 16], port: u16, proto: u8) -> bool {
+    let bit = target_filter::bit(addr, port, proto);
+    match TARGET_FILTER.get(bit >> 6) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
+}
 
 /// Per-flow state, keyed by the conntrack ORIGINAL tuple.
 #[map]

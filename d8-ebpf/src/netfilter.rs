@@ -2,18 +2,22 @@
 //! `NF_ACCEPT`: they observe, never decide.
 //!
 //! The context is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`;
-//! the verifier allows exactly these two 8-byte loads from it.
+//! the verifier allows exactly these two 8-byte loads from it, and types both as trusted BTF
+//! pointers: fields of the skb and the hook state are then read with plain loads (inlined by the
+//! JIT), and only the packet bytes and the conntrack entry need `bpf_probe_read_kernel`.
+//!
+//! Cost matters here: these programs run for every packet of the node, nearly all untraced. The
+//! untraced exit is one header read and one bit of `TARGET_FILTER`; see BENCHMARKS.md.
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
 use d8_common::{FlowState, LastHook, TargetKey, flags, hook, kind, seen};
 
 use crate::{
     conntrack,
     emit::event,
     flows::{self, mark},
-    maps::{FLOWS, LAST_HOOK, NAT_ALIAS, TARGETS, config},
+    maps::{FLOWS, LAST_HOOK, NAT_ALIAS, TARGETS, config, maybe_target},
     packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
 };
 
@@ -25,10 +29,10 @@ fn args(ctx: *mut c_void) -> (u64, u64) {
     unsafe { (*ctx, *ctx.add(1)) }
 }
 
+/// `state->hook`: a plain load from the trusted `nf_hook_state`.
 #[inline(always)]
 fn hook_of(state: u64) -> u8 {
-    unsafe { bpf_probe_read_kernel((state + config!(nf_state_hook) as u64) as *const u8) }
-        .unwrap_or(hook::UNKNOWN)
+    unsafe { core::ptr::read_volatile((state + config!(nf_state_hook) as u64) as *const u8) }
 }
 
 /// Remembers, per CPU, that this skb passed `hook`: a `kfree_skb` right after tells where it died.
@@ -51,22 +55,26 @@ pub extern "C" fn nf_pre(ctx: *mut c_void) -> i32 {
 #[inline(always)]
 fn try_pre(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
-    let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
-    let hook = hook_of(state);
+    let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
     if pkt.key.proto == IPPROTO_ICMP {
-        return icmp_error(&pkt, hook);
+        return icmp_error(&pkt, hook_of(state));
     }
-    let target = TargetKey {
-        addr: pkt.key.daddr,
-        port: pkt.key.dport,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-    };
-    unsafe { TARGETS.get(&target) }?;
-    remember(skb, hook, 0);
+    if !maybe_target(&pkt.key.daddr, pkt.key.dport, pkt.key.proto) {
+        return None;
+    }
+    let hook = hook_of(state);
     let tcp = pkt.key.proto == IPPROTO_TCP;
     let syn = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A known flow needs no TARGETS lookup: it was a target when it began.
     let Some(st) = FLOWS.get_ptr_mut(&pkt.key) else {
+        let target = TargetKey {
+            addr: pkt.key.daddr,
+            port: pkt.key.dport,
+            proto: pkt.key.proto,
+            family: pkt.key.family,
+        };
+        unsafe { TARGETS.get(&target) }?;
+        remember(skb, hook, 0);
         FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
@@ -74,6 +82,7 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
         });
         return Some(());
     };
+    remember(skb, hook, 0);
     let current = unsafe { (*st).seen };
     if syn {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
@@ -123,8 +132,12 @@ pub extern "C" fn nf_post(ctx: *mut c_void) -> i32 {
 #[inline(always)]
 fn try_post(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
-    let (ct, ctinfo) = conntrack::of_skb(skb)?;
+    let (ct, ctinfo) = conntrack::of_trusted_skb(skb)?;
     let orig = conntrack::original(ct)?;
+    // Both directions of a flow carry its ORIGINAL tuple, whose destination is the target.
+    if !maybe_target(&orig.daddr, orig.dport, orig.proto) {
+        return None;
+    }
     let st = match FLOWS.get_ptr_mut(&orig) {
         Some(st) => st,
         None => {
@@ -168,7 +181,12 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
     if ctinfo == conntrack::IP_CT_RELATED || ctinfo == conntrack::IP_CT_RELATED_REPLY {
         return Some(());
     }
-    let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
+    // Every packet passes PREROUTING or OUTPUT first (-99, right after DNAT): replies, resets and
+    // FINs are read there once; FORWARD, INPUT and POSTROUTING only place drops and the final NAT.
+    if hook != hook::PRE_ROUTING && hook != hook::LOCAL_OUT {
+        return Some(());
+    }
+    let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
     if is_reply && mark(st, seen::REPLY) {
         event(kind::REPLY, hook, &orig, |ev| {
             ev.tcp_flags = pkt.tcp_flags;

@@ -62,34 +62,69 @@ pub fn v4_key(saddr: [u8; 4], daddr: [u8; 4], proto: u8) -> FlowKey {
     }
 }
 
-/// Parses the IPv4 header at `nh` and the first bytes of the transport header.
+/// Address of the network header of a trusted `skb` (a netfilter program's context), with
+/// plain loads: the verifier checks them against `struct sk_buff`'s BTF and the JIT emits them
+/// inline, where `bpf_probe_read_kernel` is a helper call each. The offsets come from the frozen
+/// `CONFIG`, which the verifier reads as constants.
+#[inline(always)]
+pub fn network_header_trusted(skb: u64) -> u64 {
+    unsafe {
+        let head = core::ptr::read_volatile((skb + config!(skb_head) as u64) as *const u64);
+        let nh = core::ptr::read_volatile((skb + config!(skb_network_header) as u64) as *const u16);
+        head + nh as u64
+    }
+}
+
+/// Parses the IPv4 header at `nh` and the first bytes of the transport header, with two reads
+/// (small on the stack: for the tracepoints, whose programs are near the 512-byte limit).
 #[inline(always)]
 pub fn parse_ipv4(nh: u64) -> Option<Packet> {
-    let hdr: [u8; 20] = unsafe { read(nh)? };
-    if hdr[0] >> 4 != 4 {
+    parse::<20>(nh)
+}
+
+/// [`parse_ipv4`] with one read for both headers when the IP header has no options: for the
+/// netfilter programs, which run for every packet of the node. The skb's buffer always extends
+/// past those 40 bytes (`skb_shared_info` follows the data), and bytes beyond a short packet are
+/// never used.
+#[inline(always)]
+pub fn parse_ipv4_hot(nh: u64) -> Option<Packet> {
+    parse::<40>(nh)
+}
+
+/// Reads `N` bytes at `nh` (20: the IP header alone; 40: with the transport header's first 20).
+#[inline(always)]
+fn parse<const N: usize>(nh: u64) -> Option<Packet> {
+    let raw: [u8; N] = unsafe { read(nh)? };
+    if raw[0] >> 4 != 4 {
         return None;
     }
-    let ihl = ((hdr[0] & 0x0f) as u64) * 4;
-    let proto = hdr[9];
-    let key = v4_key([hdr[12], hdr[13], hdr[14], hdr[15]], [hdr[16], hdr[17], hdr[18], hdr[19]], proto);
+    let ihl = ((raw[0] & 0x0f) as u64) * 4;
+    let proto = raw[9];
+    let key = v4_key([raw[12], raw[13], raw[14], raw[15]], [raw[16], raw[17], raw[18], raw[19]], proto);
     let l4 = nh + ihl;
     let mut pkt = Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4 };
+    // The transport header's first 14 bytes: from the same read unless IP options moved them.
+    let moved: [u8; 14];
+    let th: &[u8; 14] = if N >= 34 && ihl == 20 {
+        // SAFETY: bytes 20..34 of the array, which has at least 34.
+        unsafe { &*(raw.as_ptr().add(20) as *const [u8; 14]) }
+    } else {
+        moved = unsafe { read(l4)? };
+        &moved
+    };
     match proto {
         IPPROTO_TCP => {
-            let th: [u8; 14] = unsafe { read(l4)? };
             pkt.key.sport = u16::from_ne_bytes([th[0], th[1]]);
             pkt.key.dport = u16::from_ne_bytes([th[2], th[3]]);
             pkt.tcp_flags = th[13];
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u8; 4] = unsafe { read(l4)? };
-            pkt.key.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-            pkt.key.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+            pkt.key.sport = u16::from_ne_bytes([th[0], th[1]]);
+            pkt.key.dport = u16::from_ne_bytes([th[2], th[3]]);
         }
         IPPROTO_ICMP => {
-            let ih: [u8; 2] = unsafe { read(l4)? };
-            pkt.icmp_type = ih[0];
-            pkt.icmp_code = ih[1];
+            pkt.icmp_type = th[0];
+            pkt.icmp_code = th[1];
         }
         _ => {}
     }

@@ -15,10 +15,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use d8_common::{Config, TargetKey, layout, stat};
+use d8_common::{Config, TargetKey, layout, stat, target_filter};
 
 use crate::kernel::tracefs;
 
@@ -275,18 +275,55 @@ impl Tracer {
 
     /// Replaces the traced targets (Service frontends and backends).
     pub fn set_targets(&mut self, targets: &[(TargetKey, u32)]) -> Result<(), Error> {
+        // The filter gains the new bits before TARGETS gains the keys and loses the old ones only
+        // after: a packet to a target never meets a clear bit. Stale bits cost a lookup, no more.
+        let current = self.target_filter()?;
+        let mut union = current.clone();
+        for (key, _) in targets {
+            set_filter_bit(&mut union, key);
+        }
+        self.write_target_filter(&current, &union)?;
+
         let mut map: BpfHashMap<&mut MapData, TargetKey, u32> = BpfHashMap::try_from(
             self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Missing("map TARGETS".into()))?,
         )
         .map_err(|source| Error::Map { name: "TARGETS", source })?;
+        let wanted: std::collections::HashSet<TargetKey> = targets.iter().map(|(k, _)| *k).collect();
         let old: Vec<TargetKey> = map.keys().filter_map(Result::ok).collect();
         for key in old {
-            if !targets.iter().any(|(k, _)| *k == key) {
+            if !wanted.contains(&key) {
                 let _ = map.remove(&key);
             }
         }
         for (key, value) in targets {
             map.insert(key, value, 0).map_err(|source| Error::Map { name: "TARGETS", source })?;
+        }
+
+        let mut exact = vec![0u64; target_filter::WORDS as usize];
+        for (key, _) in targets {
+            set_filter_bit(&mut exact, key);
+        }
+        self.write_target_filter(&union, &exact)
+    }
+
+    /// The `TARGET_FILTER` bitmap as the kernel holds it.
+    fn target_filter(&self) -> Result<Vec<u64>, Error> {
+        let map = self.ebpf.map("TARGET_FILTER").ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
+        let array = Array::<&MapData, u64>::try_from(map).map_err(|source| Error::Map { name: "TARGET_FILTER", source })?;
+        (0..target_filter::WORDS)
+            .map(|i| array.get(&i, 0).map_err(|source| Error::Map { name: "TARGET_FILTER", source }))
+            .collect()
+    }
+
+    /// Writes the words of `new` that differ from `old`.
+    fn write_target_filter(&mut self, old: &[u64], new: &[u64]) -> Result<(), Error> {
+        let map = self.ebpf.map_mut("TARGET_FILTER").ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
+        let mut array =
+            Array::<&mut MapData, u64>::try_from(map).map_err(|source| Error::Map { name: "TARGET_FILTER", source })?;
+        for (i, (o, n)) in old.iter().zip(new).enumerate() {
+            if o != n {
+                array.set(i as u32, n, 0).map_err(|source| Error::Map { name: "TARGET_FILTER", source })?;
+            }
         }
         Ok(())
     }
@@ -308,4 +345,10 @@ impl Tracer {
     pub fn lost_events(&self) -> u64 {
         self.counter(stat::LOST)
     }
+}
+
+/// Sets `key`'s bit in a `TARGET_FILTER` image.
+fn set_filter_bit(words: &mut [u64], key: &TargetKey) {
+    let bit = target_filter::bit(&key.addr, key.port, key.proto);
+    words[(bit >> 6) as usize] |= 1 << (bit & 63);
 }
