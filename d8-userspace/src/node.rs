@@ -60,14 +60,36 @@ pub async fn view(sel: &Selection) -> Result<NodeView, Error> {
         host_ips: host_ips.clone(),
     };
     let applied = k8s::apply(&mut model, &api_source(sel), &hint, Duration::from_secs(5)).await?;
+    let mut warnings = applied.warnings;
     if model.kube_proxy.mode == ProxyMode::Ipvs && !node_rules.virtual_servers.is_empty() {
         // IPVS names no Services: join its virtual servers to the API's Services by address.
         model.services = rules::ipvs::name_services(std::mem::take(&mut model.services), &node_rules.virtual_servers);
+        if applied.api_consulted {
+            mark_ipvs_endpoints_missing_from_api(&mut model);
+        } else if !model.services.iter().any(|s| !s.service.namespace.is_empty()) {
+            warnings.push(
+                "kube-proxy runs in IPVS mode, which keeps no Service names in the kernel (only virtual \
+                 servers such as TCP 10.96.0.1:443): without the API (--no-k8s) no Service can be found \
+                 by name; give --k8s-snapshot FILE or --kubeconfig"
+                    .into(),
+            );
+        }
     }
     if let Some((name, _)) = &applied.node {
         model.node = Some(name.clone());
     }
-    Ok(NodeView { model, api_consulted: applied.api_consulted, host_ips, warnings: applied.warnings })
+    Ok(NodeView { model, api_consulted: applied.api_consulted, host_ips, warnings })
+}
+
+/// The API was asked before IPVS's real servers were joined to its Services (the join needs the
+/// API's addresses), so the real servers the API does not list are still `in_api: None`: they are
+/// `false`, as for the other modes' rule endpoints (a stale real server).
+fn mark_ipvs_endpoints_missing_from_api(model: &mut ServiceModel) {
+    for svc in model.services.iter_mut().filter(|s| !s.service.namespace.is_empty()) {
+        for e in svc.endpoints.iter_mut().filter(|e| e.in_rules && e.in_api.is_none()) {
+            e.in_api = Some(false);
+        }
+    }
 }
 
 /// The `explain` verdict: rules and API alone, no flows. Returns the report and the warnings to

@@ -96,19 +96,22 @@ fn e2e_test_binary() -> anyhow::Result<std::path::PathBuf> {
 
 /// The suite run inside a VM on Debian's 6.1 cloud kernel, which has no netfilter BPF links:
 /// `doctor` must choose the TC hook set, and the TC end-to-end tests (the same traffic, flows and
-/// verdicts as on the host) run there against the debug build the host tests used.
+/// verdicts as on the host) run there against the debug build the host tests used, followed by the
+/// `vm::` tests: IPVS mode live (the kernel has IPVS) and `conntrack_full` (which lowers the global
+/// `nf_conntrack_max`, allowed only inside the guest: `D8_IN_VM=1`).
 fn vm_suite() -> anyhow::Result<()> {
     let binary = target_dir()?.join("debug/d8-trace");
     let e2e = e2e_test_binary()?;
     vm::run(vm::Options {
         kernel: "6.1".into(),
         add: vec![format!("{}:/bin/d8-trace", binary.display()), format!("{}:/bin/d8-e2e", e2e.display())],
-        env: vec!["D8_TRACE_BIN=/bin/d8-trace".into()],
+        // D8_IN_VM=1 lets the tests that change global sysctls (conntrack_full) run: only here.
+        env: vec!["D8_TRACE_BIN=/bin/d8-trace".into(), "D8_IN_VM=1".into()],
         timeout: 900,
         command: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 tc::".into(),
+            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 tc:: vm::".into(),
         ],
         ..vm::Options::default()
     })

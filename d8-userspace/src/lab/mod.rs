@@ -38,7 +38,9 @@
 //! - Rules: iptables mode restores the whole filter and nat tables with `iptables-restore` (the
 //!   text kube-proxy writes, [`iptables::kube_proxy_restore`], plus the built-in chains' jump
 //!   rules); nftables mode replaces `table ip kube-proxy` atomically with `nft -f`
-//!   ([`nftables::kube_proxy_transaction`], layout B).
+//!   ([`nftables::kube_proxy_transaction`], layout B); IPVS mode ([`ipvs`]) binds the Service IPs
+//!   to a dummy `kube-ipvs0`, loads virtual and real servers with `ipvsadm -R`, fills kube-proxy's
+//!   ipsets and restores its IPVS-mode iptables rules (needs the ip_vs module: not on 6.18 here).
 //! - The lab keeps three specs: the world (pods and servers), what kube-proxy programmed (rules) and
 //!   what the API says (snapshot). Faults make them disagree on purpose; [`Lab::apply`] brings all
 //!   three back in line.
@@ -62,6 +64,7 @@
 //! ```
 
 pub mod iptables;
+pub mod ipvs;
 pub mod netns;
 pub mod nftables;
 mod servers;
@@ -216,18 +219,22 @@ fn validate(spec: &ClusterSpec) -> Result<(), Error> {
 }
 
 impl Lab {
-    /// Builds the lab for `spec` with kube-proxy's rules in `mode` (`Iptables` or `Nftables`).
+    /// Builds the lab for `spec` with kube-proxy's rules in `mode` (`Iptables`, `Nftables`, or
+    /// `Ipvs` where the kernel has the ip_vs module: see [`ipvs`]).
     /// Returns when every namespace, route, rule and server is in place. On error everything made
     /// so far is removed.
     pub fn up(spec: ClusterSpec, mode: ProxyMode) -> Result<Lab, Error> {
-        if !matches!(mode, ProxyMode::Iptables | ProxyMode::Nftables) {
+        if !matches!(mode, ProxyMode::Iptables | ProxyMode::Nftables | ProxyMode::Ipvs) {
             return Err(Error::Spec(format!(
-                "proxy mode {mode:?} is not supported by the lab (iptables, nftables)"
+                "proxy mode {mode:?} is not supported by the lab (iptables, nftables, ipvs)"
             )));
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(Error::NotRoot);
+        }
+        if mode == ProxyMode::Ipvs {
+            ipvs::check_kernel()?;
         }
         validate(&spec)?;
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -331,6 +338,9 @@ impl Lab {
         for pod in &local {
             self.create_pod(pod)?;
         }
+        if self.mode == ProxyMode::Ipvs {
+            ipvs::setup(&node)?;
+        }
         self.sync_rules()?;
         self.sync_kube_proxy()?;
         Ok(())
@@ -433,6 +443,7 @@ impl Lab {
                 netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&text))?;
                 text
             }
+            ProxyMode::Ipvs => ipvs::sync(&self.node_ns, &self.rules_spec)?,
             _ => {
                 let text = iptables::lab_restore(&self.rules_spec);
                 netns::exec_in(&self.node_ns, "iptables-restore", &["-w", "5"], Some(&text))?;
@@ -451,10 +462,10 @@ impl Lab {
         match (&self.spec.kube_proxy, self.kube_proxy.is_some()) {
             (Some(kp), false) => {
                 self.kube_proxy_state.healthy.store(true, Ordering::Relaxed);
-                let mode = if self.mode == ProxyMode::Nftables {
-                    "nftables"
-                } else {
-                    "iptables"
+                let mode = match self.mode {
+                    ProxyMode::Nftables => "nftables",
+                    ProxyMode::Ipvs => "ipvs",
+                    _ => "iptables",
                 };
                 let healthz = Server::start(
                     &self.node_ns,

@@ -12,6 +12,7 @@
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
 //! - `scenarios`: one lab scenario per verdict class, traced and explained, in iptables and nftables mode.
 //! - `tc`: the TC hook set gives the netfilter set's flows, and leaves nothing behind.
+//! - `vm`: IPVS mode live and `conntrack_full`, on the VM suite's 6.1 kernel (skipped elsewhere).
 
 mod cleanup;
 mod common;
@@ -22,3 +23,4 @@ mod mcp;
 mod scenarios;
 mod tc;
 mod tracer;
+mod vm;

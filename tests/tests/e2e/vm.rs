@@ -1,0 +1,295 @@
+//! Scenarios that need a kernel other than the development host's, run by the VM suite
+//! (`cargo xtask vm-test` boots Debian's 6.1 cloud kernel: IPVS modules, no netfilter BPF links, so
+//! d8-trace uses its TC hook set and the conntrack netlink join):
+//!
+//! - `ipvs_*`: kube-proxy's IPVS mode live (`Lab::up(.., ProxyMode::Ipvs)`: kube-ipvs0, virtual and
+//!   real servers, ipsets, `net.ipv4.vs.conntrack=1`): flows joined to the real server IPVS chose, a
+//!   stale real server (in IPVS, gone from the API) and a virtual server without real servers,
+//!   traced with the lab's API snapshot (IPVS keeps no Service names: with `--no-k8s` d8-trace says
+//!   it cannot find the Service by name). Skipped where the kernel has no ip_vs module (the 6.18
+//!   development host).
+//! - `conntrack_full*`: `nf_conntrack_max` lowered, the node's table filled with ASSURED entries
+//!   early drop cannot evict, then a new flow to a Service. The sysctl is global, so this runs only
+//!   inside the VM (`D8_IN_VM=1`, set by the VM suite), and puts the old value back on every path.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use d8_tests::{report::Report, run::Trace};
+use d8_trace::{
+    lab::{self, ClusterSpec, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome},
+    model::{Protocol, ProxyMode},
+};
+
+use crate::common::*;
+
+/// A Service with one pod, which the stale real server test deletes.
+const SOLO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
+const SOLO_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 61);
+
+fn have_ipvs() -> bool {
+    if Path::new("/sys/module/ip_vs").exists() {
+        return true;
+    }
+    eprintln!("skipping: this kernel has no ip_vs module loaded (IPVS tests run in `cargo xtask vm-test`)");
+    false
+}
+
+fn in_vm() -> bool {
+    if std::env::var("D8_IN_VM").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipping: changes the global nf_conntrack_max, so it runs only inside the VM suite (D8_IN_VM=1)");
+    false
+}
+
+/// The common lab plus `default/solo` (one pod).
+fn ipvs_spec() -> ClusterSpec {
+    spec()
+        .service(ServiceSpec::new("default", "solo", SOLO_VIP).port("http", 80, 8080, Protocol::Tcp).selector("app", "solo"))
+        .pod(PodSpec::new("default", "solo-1", SOLO_POD).label("app", "solo").listen(8080, ListenerKind::Http))
+}
+
+/// An IPVS lab and the file its API snapshot goes to.
+struct IpvsLab {
+    lab: Lab,
+    snapshot: PathBuf,
+}
+
+impl IpvsLab {
+    fn up() -> Self {
+        d8_tests::require_root();
+        let _ = lab::cleanup_stale();
+        let lab = Lab::up(ipvs_spec(), ProxyMode::Ipvs).unwrap_or_else(|e| panic!("IPVS lab up: {e}"));
+        let snapshot = std::env::temp_dir().join(format!("{}snapshot.json", lab.prefix()));
+        Self { lab, snapshot }
+    }
+
+    /// Traces `svc` for `secs` while `traffic` runs; `api`: with the lab's API snapshot, else
+    /// `--no-k8s`.
+    fn trace(&self, svc: &str, api: bool, secs: &str, traffic: impl FnOnce(&Lab)) -> (Report, String) {
+        let mut args = vec!["--svc", svc, "--netns", self.lab.node_ns(), "-o", "json", "--duration", secs];
+        let snap = self.snapshot.display().to_string();
+        if api {
+            self.lab.write_snapshot(&self.snapshot).expect("writing the API snapshot");
+            args.extend(["--k8s-snapshot", &snap]);
+        } else {
+            args.push("--no-k8s");
+        }
+        let trace = Trace::start(&args);
+        traffic(&self.lab);
+        let done = trace.finish(Duration::from_secs(40));
+        let context = format!(
+            "d8-trace {}\n--- stdout:\n{}\n--- stderr:\n{}\n--- ipvsadm -Ln:\n{}",
+            args.join(" "),
+            done.stdout,
+            done.stderr,
+            ipvsadm(&self.lab)
+        );
+        (done.report(), context)
+    }
+}
+
+impl Drop for IpvsLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.snapshot);
+    }
+}
+
+fn ipvsadm(lab: &Lab) -> String {
+    Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(), "ipvsadm", "-Ln"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn root(r: &Report) -> &str {
+    r.root_cause.as_ref().map(|c| c.class.as_str()).unwrap_or("<none>")
+}
+
+#[test]
+fn ipvs_flows_join_the_real_server() {
+    if !have_ipvs() {
+        return;
+    }
+    let l = IpvsLab::up();
+    let table = ipvsadm(&l.lab);
+    assert!(table.contains("TCP  10.96.0.10:80 rr"), "{table}");
+    assert!(table.contains("-> 10.244.1.11:8080"), "{table}");
+    // Without the API nothing names IPVS's virtual servers: d8-trace says so instead of guessing.
+    let done = d8_tests::run::run_to_end(&["--svc", "default/web", "--netns", l.lab.node_ns(), "-o", "json", "--no-k8s", "--duration", "1"]);
+    assert!(!done.status.success(), "{}", done.stderr);
+    assert!(done.stderr.contains("IPVS mode, which keeps no Service names") && done.stderr.contains("--k8s-snapshot"), "{}", done.stderr);
+    {
+        let api = true;
+        let mut answered = Vec::new();
+        let (report, ctx) = l.trace("default/web", api, "4", |lab| {
+            for _ in 0..2 {
+                let out = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+                answered.push(out.backend().unwrap_or_else(|| panic!("no answer through IPVS: {out:?}")));
+            }
+        });
+        assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
+        assert_eq!(report.lost_events, 0, "{ctx}");
+        let flows = report.flows_to("10.96.0.10:80");
+        assert_eq!(flows.len(), 2, "two connections, two flows; {ctx}");
+        // rr: the two connections went to the two real servers; each flow names the one it reached.
+        let mut backends: Vec<String> = flows.iter().map(|f| f.backend.clone().unwrap_or_default()).collect();
+        backends.sort();
+        assert_eq!(backends, ["10.244.1.11:8080", "10.244.1.12:8080"], "{ctx}");
+        answered.sort();
+        assert_eq!(answered, ["web-1", "web-2"], "{ctx}");
+        for f in &flows {
+            assert_eq!(f.outcome, "established", "{ctx}");
+            assert_eq!(f.class.as_deref(), Some("healthy"), "{ctx}");
+            assert!(f.client.starts_with("10.244.1.250:"), "{ctx}");
+        }
+        assert_eq!(root(&report), "healthy", "{ctx}");
+        // The real servers are the endpoints, with their IPVS line as rule.
+        for ip in ["10.244.1.11", "10.244.1.12"] {
+            let ep = report.endpoints.iter().find(|e| e.ip == ip && e.port == 8080).unwrap_or_else(|| panic!("no endpoint {ip}; {ctx}"));
+            assert!(ep.in_rules, "{ctx}");
+            assert!(ep.rule.as_deref().is_some_and(|r| r.contains("TCP 10.96.0.10:80") && r.contains(ip)), "{ep:?}; {ctx}");
+            assert_eq!(ep.in_api, Some(true), "{ctx}");
+        }
+        assert!(report.frontends.iter().any(|f| f.ip == "10.96.0.10" && f.port == 80), "{ctx}");
+    }
+}
+
+#[test]
+fn ipvs_stale_real_server() {
+    if !have_ipvs() {
+        return;
+    }
+    let mut l = IpvsLab::up();
+    // The pod is gone (namespace and API objects) while IPVS keeps its real server.
+    l.lab.make_stale_endpoint("solo-1").expect("stale endpoint");
+    let table = ipvsadm(&l.lab);
+    assert!(table.contains("-> 10.244.1.61:8080"), "{table}");
+    {
+        let api = true;
+        let (report, ctx) = l.trace("default/solo", api, "5", |lab| {
+            let out = lab::tcp_connect(lab.client_ns(), addr(SOLO_VIP, 80), Duration::from_millis(1500)).expect("connect");
+            assert_eq!(out, TcpOutcome::Timeout);
+        });
+        let flows = report.flows_to("10.96.0.60:80");
+        for f in &flows {
+            assert_eq!(f.backend.as_deref(), Some("10.244.1.61:8080"), "joined to the real server; {ctx}");
+            assert_eq!(f.class.as_deref(), Some("stale_endpoint"), "{ctx}");
+        }
+        assert_eq!(root(&report), "stale_endpoint", "{ctx}");
+        let ep = report.endpoints.iter().find(|e| e.ip == "10.244.1.61").unwrap_or_else(|| panic!("{ctx}"));
+        assert!(ep.in_rules, "{ctx}");
+        assert!(ep.rule.as_deref().is_some_and(|r| r.contains("TCP 10.96.0.60:80 -> 10.244.1.61:8080")), "{ep:?}; {ctx}");
+        assert_eq!(ep.in_api, Some(false), "{ctx}");
+        report.evidence_with("10.244.1.61:8080 is not in the Service's EndpointSlices of default/solo");
+        assert!(report.root_cause.as_ref().unwrap().detail.contains("10.244.1.61:8080"), "{ctx}");
+    }
+}
+
+#[test]
+fn ipvs_virtual_server_without_real_servers() {
+    if !have_ipvs() {
+        return;
+    }
+    let l = IpvsLab::up();
+    let table = ipvsadm(&l.lab);
+    assert!(table.contains("TCP  10.96.0.20:80 rr"), "{table}");
+    {
+        let api = true;
+        let (report, ctx) = l.trace("default/empty", api, "3", |lab| {
+            // IPVS itself answers ICMP port unreachable: "no destination available".
+            let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
+            assert_eq!(out, TcpOutcome::Refused);
+        });
+        let flows = report.flows_to("10.96.0.20:80");
+        for f in &flows {
+            assert_eq!(f.backend, None, "{ctx}");
+            assert_eq!(f.class.as_deref(), Some("no_endpoints"), "{ctx}");
+        }
+        assert_eq!(root(&report), "no_endpoints", "{ctx}");
+        assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
+        report.evidence_with("virtual server TCP 10.96.0.20:80 has no real servers");
+    }
+}
+
+/// Puts `net.netfilter.nf_conntrack_max` back when dropped (also when the test panics).
+struct ConntrackMax {
+    old: String,
+}
+
+const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+impl ConntrackMax {
+    fn set(value: u32) -> Self {
+        let old = std::fs::read_to_string(CT_MAX).expect("reading nf_conntrack_max").trim().to_string();
+        std::fs::write(CT_MAX, value.to_string()).expect("lowering nf_conntrack_max");
+        Self { old }
+    }
+}
+
+impl Drop for ConntrackMax {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(CT_MAX, &self.old) {
+            eprintln!("could not restore nf_conntrack_max={}: {e}", self.old);
+        }
+    }
+}
+
+/// Fills the node namespace's conntrack table with ASSURED UDP entries (early drop never evicts
+/// those) until the kernel refuses one; returns how many went in.
+fn fill_conntrack(node_ns: &str, limit: u32) -> u32 {
+    let mut inserted = 0;
+    for i in 0..limit + 16 {
+        let src = format!("10.250.{}.{}", i / 250, 1 + i % 250);
+        let out = Command::new("ip")
+            .args(["netns", "exec", node_ns, "conntrack", "-I", "-p", "udp", "-s", &src, "-d", "10.251.0.1"])
+            .args(["--sport", "40000", "--dport", "53", "-t", "600", "-u", "ASSURED"])
+            .output()
+            .expect("conntrack -I");
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("memory") || err.contains("full"), "conntrack -I failed otherwise: {err}");
+            return inserted;
+        }
+        inserted += 1;
+    }
+    panic!("inserted {inserted} entries and the table never filled (nf_conntrack_max={limit})");
+}
+
+#[test]
+fn conntrack_full_drops_a_new_flow() {
+    if !in_vm() {
+        return;
+    }
+    let lab = lab(ProxyMode::Iptables);
+    let node = lab.node_ns().to_string();
+    let trace = Trace::start(&["--svc", "default/web", "--netns", &node, "-o", "json", "--no-k8s"]);
+    let max = 64;
+    let guard = ConntrackMax::set(max);
+    let inserted = fill_conntrack(&node, max);
+    assert!(inserted > 0 && inserted <= max, "{inserted}");
+    let out = lab::tcp_connect(lab.client_ns(), addr(WEB_VIP, 80), Duration::from_millis(1500)).expect("connect");
+    assert_eq!(out, TcpOutcome::Timeout, "the SYN is dropped: no conntrack entry can be made");
+    trace.signal(libc::SIGINT);
+    let done = trace.finish(Duration::from_secs(30));
+    drop(guard);
+    let report = done.report();
+    let ctx = format!("stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
+    let flows = report.flows_to("10.96.0.10:80");
+    assert!(!flows.is_empty(), "{ctx}");
+    for f in &flows {
+        assert_eq!(f.class.as_deref(), Some("conntrack_full"), "{ctx}");
+        assert_eq!(f.backend, None, "never translated; {ctx}");
+        assert_eq!(f.outcome, "dropped", "{ctx}");
+        assert!(f.client.starts_with("10.244.1.250:"), "the flow's tuple: {ctx}");
+        assert_eq!(f.protocol, "tcp", "{ctx}");
+    }
+    assert_eq!(root(&report), "conntrack_full", "{ctx}");
+    assert!(report.evidence.iter().any(|e| e.kind == "conntrack"), "{ctx}");
+}
