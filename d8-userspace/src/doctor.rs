@@ -83,7 +83,7 @@ pub fn findings(requested: Hooks) -> Findings {
         if drop_reasons.is_empty() {
             "no enum skb_drop_reason in BTF (kernel before 5.17): drops are reported without a reason".into()
         } else {
-            format!("enum skb_drop_reason from BTF (e.g. NETFILTER_DROP)")
+            "enum skb_drop_reason from BTF (e.g. NETFILTER_DROP)".into()
         },
     );
 

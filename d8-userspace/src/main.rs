@@ -172,14 +172,20 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
     };
     let drops_before = node::conntrack_drop_counter();
     let started = std::time::Instant::now();
-    let outcome = runtime.block_on(async {
-        if args.output == Output::Text {
-            trace::run(&plan, setup, &opts, &mut std::io::stdout()).await
-        } else {
-            // Machine output stays one object on stdout; live lines go to stderr.
-            trace::run(&plan, setup, &opts, &mut std::io::stderr()).await
-        }
-    })?;
+    // Machine output stays one object on stdout; live lines then go to stderr. Either way they
+    // are written by a thread of their own: a reader that stops reading (a paused pager) must
+    // not stall the event loop, or the kernel's ring buffer overflows.
+    let out: Box<dyn Write + Send> =
+        if args.output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::stderr()) };
+    let mut live = trace::LiveQueue::spawn(out, trace::LIVE_QUEUE_LINES)
+        .map_err(|e| Failure::env(format!("starting the live output thread: {e}")))?;
+    let outcome = runtime.block_on(trace::run(&plan, setup, &opts, &mut live));
+    // Every queued line is written before the report (and before an error's message).
+    let dropped = live.finish();
+    if dropped > 0 {
+        eprintln!("d8-trace: {dropped} live lines dropped: output was not being read");
+    }
+    let outcome = outcome?;
     warn_all(&outcome.warnings);
     let ctx = Context {
         api_consulted: view.api_consulted,

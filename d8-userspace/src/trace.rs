@@ -325,8 +325,150 @@ pub fn kernel_setup() -> Result<KernelSetup, Error> {
     Ok(KernelSetup { config, drop_reasons: DropReasons::from_btf(&btf), mount, warnings })
 }
 
+/// What [`Capture::ready`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Ring-buffer records or conntrack events: [`Capture::pump`].
+    Records,
+    /// Interfaces appeared or went (TC hook set): [`Capture::follow_links`].
+    Links,
+}
+
+/// The kernel side of a trace, attached: the programs of the chosen hook set, the ring buffer,
+/// and on the TC set the conntrack-netlink join and the link-event subscription, each registered
+/// with the event loop. Shared by [`run`] and the daemon. Dropping it detaches everything.
+pub struct Capture {
+    // Field order is drop order: the registrations go before the programs detach.
+    ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    join: Option<AsyncFd<loader::tc::CtJoin>>,
+    link_events: Option<AsyncFd<crate::kernel::rtnetlink::LinkEvents>>,
+    tracer: Tracer,
+    decode_errors: u64,
+}
+
+impl Capture {
+    /// Attaches `choice`'s hook set in the calling thread's network namespace and starts tracing
+    /// `targets`. With the conntrack-netlink join, the subscription comes first, so every flow the
+    /// programs see has its conntrack event. Must run inside a tokio runtime with IO enabled.
+    pub fn open(
+        choice: &HookChoice,
+        config: &Config,
+        mount: tracefs::Mount,
+        ring_buffer_bytes: u32,
+        targets: &[(TargetKey, u32)],
+        node_ips: Vec<IpAddr>,
+    ) -> Result<Self, Error> {
+        let join = match choice.join {
+            Join::CtNetlink => Some(loader::tc::CtJoin::open(targets, node_ips).map_err(Error::CtNetlink)?),
+            Join::SkbConntrack => None,
+        };
+        let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set)?;
+        tracer.set_targets(targets)?;
+        let link_events = match tracer.take_link_events() {
+            Some(l) => Some(register(l)?),
+            None => None,
+        };
+        let join = match join {
+            Some(j) => Some(register(j)?),
+            None => None,
+        };
+        let ring = register(tracer.take_events()?)?;
+        Ok(Self { ring, join, link_events, tracer, decode_errors: 0 })
+    }
+
+    /// Waits until records, conntrack events or link events are ready. Cancel-safe.
+    pub async fn ready(&mut self) -> std::io::Result<Ready> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                // Cleared before draining: a record that lands meanwhile wakes us again.
+                guard?.clear_ready();
+                Ok(Ready::Records)
+            }
+            r = readable(self.join.as_ref()) => { r?; Ok(Ready::Records) }
+            r = readable(self.link_events.as_ref()) => { r?; Ok(Ready::Links) }
+        }
+    }
+
+    /// Drains the ring buffer (and the conntrack events) into `table`; `changed` is called with
+    /// each flow that changed. Never waits: call it on readiness and on a periodic tick, since
+    /// the kernel does not wake userspace for every record.
+    pub fn pump(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
+        let Self { ring, join, tracer, decode_errors, .. } = self;
+        let mut join = join.as_mut().map(|j| j.get_mut());
+        pump(ring.get_mut(), &mut join, tracer, table, changed, decode_errors);
+    }
+
+    /// Attaches to interfaces that appeared (TC hook set); one line per change or failure.
+    pub fn follow_links(&mut self) -> Vec<String> {
+        match self.link_events.as_mut() {
+            Some(l) => {
+                let events = l.get_mut().drain();
+                self.tracer.apply_link_events(events)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Replaces the traced targets, in the kernel and in the conntrack-netlink join.
+    pub fn set_targets(&mut self, targets: &[(TargetKey, u32)], node_ips: Vec<IpAddr>) -> Result<(), Error> {
+        self.tracer.set_targets(targets)?;
+        if let Some(j) = self.join.as_mut() {
+            j.get_mut().set_targets(targets, node_ips);
+        }
+        Ok(())
+    }
+
+    /// Ring-buffer reservations the kernel failed.
+    pub fn lost_events(&self) -> u64 {
+        self.tracer.lost_events()
+    }
+
+    /// What is attached, one line each.
+    pub fn attached(&self) -> &[String] {
+        self.tracer.attached()
+    }
+
+    /// Records that could not be decoded.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Conntrack-netlink join: (socket overruns, failed `NAT_ALIAS` updates); zeros without it.
+    pub fn join_losses(&self) -> (u64, u64) {
+        self.join.as_ref().map_or((0, 0), |j| (j.get_ref().overruns(), j.get_ref().map_errors))
+    }
+
+    /// Warnings about what the join lost, for the end of a trace.
+    pub fn join_warnings(&self) -> Vec<String> {
+        let (overruns, map_errors) = self.join_losses();
+        let mut w = Vec::new();
+        if overruns > 0 {
+            w.push(format!("the conntrack netlink socket overflowed {overruns} times: some flows may lack their backend"));
+        }
+        if map_errors > 0 {
+            w.push(format!("{map_errors} NAT_ALIAS updates failed: some flows may miss replies"));
+        }
+        w
+    }
+}
+
+/// Registers one of the capture's own fd holders (ring buffer, netlink sockets) with the event
+/// loop, for reading.
+fn register<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>, Error> {
+    // SAFETY: the AsyncFd owns `inner`, which owns its fd (a map or a socket that is never
+    // replaced), so the fd stays open and the same until the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(|e| Error::Io(e.into()))
+}
+
+/// How often the event loops drain the ring buffer whether or not the kernel woke them: the
+/// programs may skip wakeups (`BPF_RB_NO_WAKEUP`) while the ring has room.
+pub const PUMP_EVERY: Duration = Duration::from_millis(100);
+
 /// Traces `plan` until the deadline, Ctrl-C or SIGTERM. Must run inside a tokio runtime with IO
 /// and time enabled, on the thread that is in the node's network namespace.
+///
+/// `live` gets one line per flow change; the loop waits for it, so hand in a [`LiveQueue`] when
+/// it may block (a terminal or pipe the user reads).
 pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn Write) -> Result<Outcome, Error> {
     let KernelSetup { config, drop_reasons, mount, mut warnings } = setup;
     // Signal handlers first: a Ctrl-C or SIGTERM that arrives once hooks are attached must end the
@@ -335,28 +477,11 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let choice = chosen_hooks();
-    // Subscribed before attaching: every flow the programs see then has its conntrack event.
-    let mut join = match choice.join {
-        Join::CtNetlink => Some(
-            loader::tc::CtJoin::open(&plan.targets(), plan.node_ips.clone()).map_err(Error::CtNetlink)?,
-        ),
-        Join::SkbConntrack => None,
-    };
-    let mut tracer = Tracer::attach_set(&config, mount, opts.ring_buffer_bytes, choice.set)?;
-    tracer.set_targets(&plan.targets())?;
-    let mut link_events = match tracer.take_link_events() {
-        // SAFETY: the AsyncFd owns the socket, so its fd stays open until it is deregistered.
-        Some(l) => Some(unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }.map_err(|e| Error::Io(e.into()))?),
-        None => None,
-    };
-    let mut join_fd = match join.take() {
-        // SAFETY: the AsyncFd owns the socket, so its fd stays open until it is deregistered.
-        Some(j) => Some(unsafe { AsyncFd::register_with_interest(j, tokio::io::Interest::READABLE) }.map_err(|e| Error::Io(e.into()))?),
-        None => None,
-    };
+    let mut capture =
+        Capture::open(&choice, &config, mount, opts.ring_buffer_bytes, &plan.targets(), plan.node_ips.clone())?;
     eprintln!(
         "d8-trace: attached {} hooks ({} hook set); tracing {} ({} frontends, {} backends){}",
-        tracer.attached().len(),
+        capture.attached().len(),
         choice.set.name(),
         plan.service,
         plan.frontend_addrs.len(),
@@ -374,84 +499,54 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Err(Error::Io(std::io::Error::other("failing after attach (D8_TRACE_FAIL_AFTER_ATTACH is set)")));
     }
-    let ring = tracer.take_events()?;
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open until it is deregistered.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| Error::Io(e.into()))?;
     let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), plan.node_ips.clone(), drop_reasons)
         .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
     let mut printer = LivePrinter { enabled: opts.live, printed: Default::default() };
-    let mut decode_errors = 0u64;
+    let mut changed = |table: &FlowTable, id: u64| printer.print(table, id, live);
 
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(PUMP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     enum Wake {
-        Records,
-        Links,
+        Ready(Ready),
         Tick,
         Stop,
     }
     loop {
         let wake = tokio::select! {
-            guard = ring.readable_mut() => {
-                // Cleared before draining: a record that lands meanwhile wakes us again.
-                guard?.clear_ready();
-                Wake::Records
-            }
-            r = readable(join_fd.as_ref()) => { r?; Wake::Records }
-            r = readable(link_events.as_ref()) => { r?; Wake::Links }
+            r = capture.ready() => Wake::Ready(r?),
             _ = tick.tick() => Wake::Tick,
             _ = sigint.recv() => Wake::Stop,
             _ = sigterm.recv() => Wake::Stop,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::Stop,
         };
         match wake {
-            Wake::Records => {
-                let mut join = join_fd.as_mut().map(|j| j.get_mut());
-                pump(ring.get_mut(), &mut join, &mut tracer, &mut table, &mut printer, &mut decode_errors, live);
-            }
-            Wake::Links => {
-                if let Some(l) = link_events.as_mut() {
-                    let events = l.get_mut().drain();
-                    for note in tracer.apply_link_events(events) {
-                        eprintln!("d8-trace: {note}");
-                    }
+            Wake::Ready(Ready::Records) => capture.pump(&mut table, &mut changed),
+            Wake::Ready(Ready::Links) => {
+                for note in capture.follow_links() {
+                    eprintln!("d8-trace: {note}");
                 }
             }
             Wake::Tick => {
-                let mut join = join_fd.as_mut().map(|j| j.get_mut());
-                pump(ring.get_mut(), &mut join, &mut tracer, &mut table, &mut printer, &mut decode_errors, live);
+                capture.pump(&mut table, &mut changed);
                 for id in table.settle(monotonic_ns()) {
-                    printer.print(&table, id, live);
+                    changed(&table, id);
                 }
             }
             Wake::Stop => break,
         }
     }
     // Drain what is left, then settle outcomes at the end of the trace.
-    {
-        let mut join = join_fd.as_mut().map(|j| j.get_mut());
-        pump(ring.get_mut(), &mut join, &mut tracer, &mut table, &mut printer, &mut decode_errors, live);
-        if let Some(j) = join {
-            if j.overruns() > 0 {
-                warnings.push(format!(
-                    "the conntrack netlink socket overflowed {} times: some flows may lack their backend",
-                    j.overruns()
-                ));
-            }
-            if j.map_errors > 0 {
-                warnings.push(format!("{} NAT_ALIAS updates failed: some flows may miss replies", j.map_errors));
-            }
-        }
-    }
+    capture.pump(&mut table, &mut changed);
+    warnings.extend(capture.join_warnings());
     for id in table.settle(monotonic_ns()) {
-        printer.print(&table, id, live);
+        changed(&table, id);
     }
-    let lost_events = tracer.lost_events();
-    let attached = tracer.attached().to_vec();
-    drop(ring);
-    drop(tracer);
+    let lost_events = capture.lost_events();
+    let attached = capture.attached().to_vec();
+    let decode_errors = capture.decode_errors();
+    drop(capture);
     if decode_errors > 0 {
         warnings.push(format!("{decode_errors} kernel events could not be decoded"));
     }
@@ -489,6 +584,101 @@ impl LivePrinter {
     }
 }
 
+/// Live lines waiting for the reader, at most, by default ([`LiveQueue::spawn`]).
+pub const LIVE_QUEUE_LINES: usize = 4096;
+
+/// Live lines written by a thread of their own, so the event loop never waits for the reader
+/// (a paused pager, `| less` not reading): a blocked loop stops draining the kernel's ring
+/// buffer, which then overflows and loses events. At most `capacity` lines wait; beyond that new
+/// lines are dropped and counted. [`LiveQueue::finish`] writes what is queued and says how many
+/// were dropped. Writes never block and never fail.
+pub struct LiveQueue {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    partial: Vec<u8>,
+    dropped: u64,
+}
+
+impl LiveQueue {
+    /// Starts the writer thread on `out`.
+    pub fn spawn(mut out: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(capacity.max(1));
+        let writer = std::thread::Builder::new().name("d8-live".into()).spawn(move || {
+            let mut batch = Vec::new();
+            while let Ok(line) = rx.recv() {
+                batch.clear();
+                batch.extend_from_slice(&line);
+                while batch.len() < 64 * 1024 {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                // A closed reader (`| head`) cannot show anything more: stop, and the queue
+                // discards what follows.
+                if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), writer: Some(writer), partial: Vec::new(), dropped: 0 })
+    }
+
+    fn send(&mut self, line: Vec<u8>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => self.dropped += 1,
+            // The writer stopped: the reader went away; nothing to count against it.
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Lines dropped so far because the reader was not keeping up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Hands over what is left, waits until the writer has written every queued line (so output
+    /// that follows stays after them), and returns the number of lines dropped.
+    pub fn finish(mut self) -> u64 {
+        self.close();
+        self.dropped
+    }
+
+    fn close(&mut self) {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.send(rest);
+        }
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Write for LiveQueue {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(buf);
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            self.send(line);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LiveQueue {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// Waits until `fd` is readable (forever when there is none).
 async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> std::io::Result<()> {
     match fd {
@@ -508,9 +698,8 @@ fn pump(
     join: &mut Option<&mut loader::tc::CtJoin>,
     tracer: &mut Tracer,
     table: &mut FlowTable,
-    printer: &mut LivePrinter,
+    changed: &mut dyn FnMut(&FlowTable, u64),
     errors: &mut u64,
-    live: &mut dyn Write,
 ) {
     if let Some(j) = join.as_deref_mut() {
         j.poll(tracer);
@@ -519,12 +708,12 @@ fn pump(
         if let Some(j) = join.as_deref_mut() {
             j.poll(tracer);
         }
-        handle_record(table, &item, join.as_deref_mut(), printer, errors, live);
+        handle_record(table, &item, join.as_deref_mut(), changed, errors);
     }
     if let Some(j) = join.as_deref_mut() {
         for ev in j.take_pending() {
             if let Some(id) = table.apply(&ev) {
-                printer.print(table, id, live);
+                changed(table, id);
             }
         }
     }
@@ -534,9 +723,8 @@ fn handle_record(
     table: &mut FlowTable,
     bytes: &[u8],
     join: Option<&mut loader::tc::CtJoin>,
-    printer: &mut LivePrinter,
+    changed: &mut dyn FnMut(&FlowTable, u64),
     errors: &mut u64,
-    live: &mut dyn Write,
 ) {
     match events::decode(bytes) {
         Ok(mut ev) => {
@@ -548,14 +736,14 @@ fn handle_record(
                     let (first, second) = if ev.kind == events::Kind::New { (&ev, &ct) } else { (&ct, &ev) };
                     for e in [first, second] {
                         if let Some(id) = table.apply(e) {
-                            printer.print(table, id, live);
+                            changed(table, id);
                         }
                     }
                     return;
                 }
             }
             if let Some(id) = table.apply(&ev) {
-                printer.print(table, id, live);
+                changed(table, id);
             }
         }
         Err(e) => {
@@ -626,6 +814,48 @@ mod tests {
         let err = choose_hooks(Hooks::Netfilter, false).unwrap_err();
         assert_eq!(err.exit_code(), 3);
         assert!(err.to_string().contains("--hooks tc"), "{err}");
+    }
+
+    #[test]
+    fn live_queue_never_waits_for_the_reader_and_counts_what_it_drops() {
+        use std::sync::{Arc, Mutex, mpsc};
+        /// A reader that reads nothing until told to.
+        struct Paused {
+            resume: mpsc::Receiver<()>,
+            paused: bool,
+            got: Arc<Mutex<Vec<u8>>>,
+        }
+        impl Write for Paused {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.paused {
+                    let _ = self.resume.recv();
+                    self.paused = false;
+                }
+                self.got.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (resume, rx) = mpsc::channel();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut q = LiveQueue::spawn(Box::new(Paused { resume: rx, paused: true, got: got.clone() }), 4).unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..100 {
+            // In pieces, as `writeln!` may hand them over.
+            write!(q, "line ").unwrap();
+            writeln!(q, "{i}").unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "writing waited for the reader");
+        assert!(q.dropped() > 0);
+        resume.send(()).unwrap();
+        let dropped = q.finish();
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() as u64 + dropped, 100, "{text}");
+        assert_eq!(lines[0], "line 0");
+        assert!(lines.iter().all(|l| l.starts_with("line ") && l[5..].parse::<u32>().is_ok()), "whole lines only: {text}");
     }
 
     #[test]

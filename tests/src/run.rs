@@ -116,10 +116,18 @@ impl Trace {
         unsafe { libc::kill(self.pid(), signal) };
     }
 
-    /// Waits for exit (at most `timeout`, then kills it and panics).
+    /// Waits for exit (at most `timeout`, then kills it and panics), reading stdout meanwhile
+    /// (until then nobody reads it: a test can hold the child's output back).
     pub fn finish(mut self, timeout: Duration) -> Finished {
         self.finished = true;
         let deadline = Instant::now() + timeout;
+        let reader = self.child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut stdout = String::new();
+                let _ = out.read_to_string(&mut stdout);
+                stdout
+            })
+        });
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("waiting for d8-trace") {
                 break status;
@@ -131,10 +139,7 @@ impl Trace {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let mut stdout = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = out.read_to_string(&mut stdout);
-        }
+        let stdout = reader.and_then(|r| r.join().ok()).unwrap_or_default();
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
             self.stderr_seen.push(line);
         }

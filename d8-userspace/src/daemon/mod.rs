@@ -5,13 +5,15 @@
 //! Lines events ([`events`]) for each non-healthy flow and each verdict change per Service.
 //!
 //! The loop, on one thread inside the node's network namespace:
-//! - ring buffer readable: events into the flow table (bounded; the oldest flows are evicted and
-//!   counted);
+//! - ring buffer readable, and every [`trace::PUMP_EVERY`] in any case (the kernel does not wake
+//!   userspace for every record): events into the flow table (bounded; the oldest flows are
+//!   evicted and counted). On the TC hook set, conntrack netlink events join each flow's pre- and
+//!   post-DNAT views, and programs are attached to interfaces as they appear;
 //! - every [`VERDICT_EVERY`]: flows that reached an outcome are classified per Service, counted
 //!   once, written as events when not healthy, and forgotten after [`FLOW_WINDOW`]; the verdict
 //!   gauge of each Service is set, and a change becomes an event;
 //! - every [`REFRESH_EVERY`]: kube-proxy's rules are read again and the traced targets follow
-//!   them without detaching anything; the API is asked again too, backing off while it fails
+//!   them without detaching anything (the conntrack-netlink join follows them too); the API is asked again too, backing off while it fails
 //!   (the verdicts then rest on the rules, and `d8_trace_api_up` says so);
 //! - SIGTERM or Ctrl-C: everything detaches, exit 0.
 //!
@@ -29,8 +31,6 @@ use std::{
     time::Duration,
 };
 
-use tokio::io::unix::AsyncFd;
-
 use self::{
     events::EventWriter,
     http::State,
@@ -39,13 +39,11 @@ use self::{
 use crate::{
     classify::{self, Context},
     cli::{Selection, ServiceArg},
-    events as kernel_events,
     flows::{Flow, FlowTable, Outcome},
     k8s,
-    loader::Tracer,
     model::{Protocol, ProxyMode, ServiceModel, ServiceRef},
     node,
-    trace::{self, KernelSetup},
+    trace::{self, Capture, KernelSetup, Ready},
 };
 
 /// How often flows are classified and counted.
@@ -139,7 +137,7 @@ fn plan_all(model: &ServiceModel) -> (trace::Plan, Index) {
     }
     all.frontend_addrs.sort();
     all.frontend_addrs.dedup();
-    all.endpoints.sort_by(|a, b| (a.protocol, a.ip, a.port).cmp(&(b.protocol, b.ip, b.port)));
+    all.endpoints.sort_by_key(|e| (e.protocol, e.ip, e.port));
     all.endpoints.dedup_by(|a, b| (a.protocol, a.ip, a.port) == (b.protocol, b.ip, b.port));
     (all, index)
 }
@@ -243,27 +241,32 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     for w in &warnings {
         eprintln!("d8-trace: warning: {w}");
     }
-    let mut tracer = Tracer::attach(&config, mount, opts.ring_buffer_bytes)?;
+    // The hook set `kernel_setup` chose for `--hooks` and this kernel, and why.
+    let choice = trace::chosen_hooks();
+    eprintln!(
+        "d8-trace: {} hook set: {}; pre- and post-DNAT views joined through {}",
+        choice.set.name(),
+        choice.reason,
+        choice.join.describe()
+    );
     let mut targets = plan.targets();
-    tracer.set_targets(&targets)?;
-    let ring = tracer.take_events()?;
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open until it is deregistered.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| Error::Io(e.into()))?;
+    let mut node_ips = model.node_ips.clone();
+    let mut capture = Capture::open(&choice, &config, mount, opts.ring_buffer_bytes, &targets, node_ips.clone())?;
     let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), model.node_ips.clone(), drop_reasons)
         .with_max_flows(opts.max_flows)
         .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
 
     let m = &state.metrics;
-    m.hook_set.get_or_create(&HookLabels { hooks: "netfilter".into() }).set(1);
+    m.hook_set.get_or_create(&HookLabels { hooks: choice.set.name().into() }).set(1);
     set_model_metrics(m, &model, api_up, targets.len());
     state.ready.store(true, Ordering::Relaxed);
     eprintln!(
-        "d8-trace: daemon ready: {} Services (API: {}), {} targets traced, {} hooks; metrics on http://{}/metrics",
+        "d8-trace: daemon ready: {} Services (API: {}), {} targets traced, {} hooks ({} hook set); metrics on http://{}/metrics",
         model.services.len(),
         api_source_note(&opts.selection),
         targets.len(),
-        tracer.attached().len(),
+        capture.attached().len(),
+        choice.set.name(),
         opts.metrics_addr
     );
 
@@ -272,25 +275,24 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let mut verdict_tick = tokio::time::interval(VERDICT_EVERY);
     let mut refresh_tick = tokio::time::interval(opts.refresh);
     refresh_tick.reset();
-    let mut decode_errors = 0u64;
+    let mut pump_tick = tokio::time::interval(trace::PUMP_EVERY);
+    pump_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut join_losses = (0, 0);
+    let mut ignore = |_: &FlowTable, _: u64| {};
 
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match kernel_events::decode(&item) {
-                        Ok(ev) => { table.apply(&ev); }
-                        Err(e) => {
-                            decode_errors += 1;
-                            if decode_errors == 1 { eprintln!("d8-trace: {e}"); }
-                        }
+            ready = capture.ready() => match ready? {
+                Ready::Records => capture.pump(&mut table, &mut ignore),
+                Ready::Links => {
+                    for note in capture.follow_links() {
+                        eprintln!("d8-trace: {note}");
                     }
                 }
-                guard.clear_ready();
-            }
+            },
+            _ = pump_tick.tick() => capture.pump(&mut table, &mut ignore),
             _ = verdict_tick.tick() => {
+                capture.pump(&mut table, &mut ignore);
                 table.settle(trace::monotonic_ns());
                 report_flows(&table, &index, &model, api_up_now(&source), m, &mut counted, &mut verdicts, writer.as_mut());
                 let cutoff = trace::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
@@ -299,7 +301,13 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 counted.retain(|id| ids.contains(id));
                 m.flow_table_flows.set(table.len() as i64);
                 m.flows_evicted.set(table.evicted() as i64);
-                m.lost_events.set(tracer.lost_events() as i64);
+                m.lost_events.set(capture.lost_events() as i64);
+                if capture.join_losses() != join_losses {
+                    join_losses = capture.join_losses();
+                    for w in capture.join_warnings() {
+                        eprintln!("d8-trace: warning: {w}");
+                    }
+                }
             }
             _ = refresh_tick.tick() => {
                 match source.read().await {
@@ -307,9 +315,10 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         model = new_model;
                         (plan, index) = plan_all(&model);
                         let new_targets = plan.targets();
-                        if new_targets != targets {
-                            tracer.set_targets(&new_targets)?;
+                        if new_targets != targets || model.node_ips != node_ips {
+                            capture.set_targets(&new_targets, model.node_ips.clone())?;
                             targets = new_targets;
+                            node_ips = model.node_ips.clone();
                         }
                         table.set_frontends(plan.frontend_addrs.iter().copied());
                         table.set_node_ips(model.node_ips.clone());
@@ -325,8 +334,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     }
     state.ready.store(false, Ordering::Relaxed);
     server.abort();
-    drop(ring);
-    drop(tracer);
+    drop(capture);
     eprintln!("d8-trace: daemon stopped; hooks detached");
     Ok(())
 }

@@ -224,6 +224,12 @@ impl CtJoin {
         })
     }
 
+    /// Replaces the traced targets (and the node's addresses) when the rules change.
+    pub fn set_targets(&mut self, targets: &[(d8_common::TargetKey, u32)], node_ips: Vec<std::net::IpAddr>) {
+        self.targets = targets.iter().map(|(k, _)| *k).collect();
+        self.node_ips = node_ips;
+    }
+
     /// Reads every queued conntrack event and joins the ones of traced flows.
     pub fn poll(&mut self, tracer: &mut super::Tracer) {
         for ct in self.events.drain() {

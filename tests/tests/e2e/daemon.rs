@@ -16,12 +16,12 @@ fn scrape(lab: &lab::Lab) -> String {
     }
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Waits until `series` reaches `want` (the daemon classifies every 2 s), or panics with the scrape.
-fn wait_metric(lab: &lab::Lab, series: &str, want: f64) -> String {
+pub(crate) fn wait_metric(lab: &lab::Lab, series: &str, want: f64) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = scrape(lab);

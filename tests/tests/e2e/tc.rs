@@ -10,8 +10,8 @@ use d8_tests::{
     run::{Trace, run_to_end},
 };
 use d8_trace::{
-    lab::{self, Lab},
-    model::ProxyMode,
+    lab::{self, Lab, ListenerKind, PodSpec, ServiceSpec},
+    model::{Protocol, ProxyMode},
 };
 
 use crate::common::*;
@@ -282,4 +282,79 @@ fn tc_keeps_a_clsact_qdisc_it_did_not_add() {
     let after = node_tc_state(&lab, &[]);
     assert!(after.contains("clsact") && after.contains("ext0"), "someone else's qdisc stays:\n{after}");
     assert!(!after.contains("d8_tc_"), "{after}");
+}
+
+/// `d8-trace daemon --hooks tc`: flows are joined to their backends through conntrack netlink
+/// events, counted per Service, labelled with the TC hook set; a Service that appears while the
+/// daemon runs is joined as well (the join follows the refreshed targets); SIGTERM frees
+/// everything.
+#[test]
+fn tc_daemon_joins_flows_and_follows_new_services() {
+    use crate::daemon::{metric, wait_metric};
+    const LATE_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 60);
+
+    let mut lab = lab(ProxyMode::Iptables);
+    let dir = std::env::temp_dir().join(format!("d8-tc-daemon-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snapshot = dir.join("snapshot.json");
+    lab.write_snapshot(&snapshot).unwrap();
+    let events = dir.join("events.jsonl");
+    let args = [
+        "daemon", "--hooks", "tc", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810",
+        "--events", events.to_str().unwrap(), "--k8s-snapshot", snapshot.to_str().unwrap(), "--refresh-secs", "1",
+    ];
+    let daemon = Trace::start_until(&args, &[], "daemon ready");
+    let held = d8_tests::bpf::held_by(daemon.pid() as u32);
+    assert!(!held.is_empty(), "the daemon holds its programs");
+
+    for _ in 0..3 {
+        let r = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).unwrap();
+        assert_eq!(r.status(), Some(200));
+    }
+    let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"query", TIMEOUT).expect("udp");
+    assert!(matches!(out, lab::UdpOutcome::Reply(_)), "{out:?}");
+    let out = lab::tcp_connect(lab.client_ns(), addr(CLOSED_VIP, 80), TIMEOUT).unwrap();
+    assert!(!out.is_connected(), "{out:?}");
+
+    wait_metric(&lab, r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"}"#, 3.0);
+    wait_metric(&lab, r#"d8_trace_flows_total{service="default/dns",class="healthy",outcome="established"}"#, 1.0);
+    let text = wait_metric(&lab, r#"d8_trace_service_verdict{service="default/closed",class="backend_refused"}"#, 1.0);
+    assert_eq!(metric(&text, r#"d8_trace_hook_set{hooks="tc"}"#), Some(1.0), "{text}");
+    assert!(!text.contains(r#"d8_trace_hook_set{hooks="netfilter"}"#), "{text}");
+    assert_eq!(metric(&text, "d8_trace_lost_events"), Some(0.0), "{text}");
+    let before = metric(&text, "d8_trace_traced_targets").expect("traced targets");
+
+    // kube-proxy programs a new Service whose pod refuses: its frontend is a new target, which the
+    // conntrack-netlink join must know to give the flow its backend.
+    let spec = spec()
+        .service(ServiceSpec::new("default", "late", LATE_VIP).port("http", 80, 9090, Protocol::Tcp).selector("app", "late"))
+        .pod(PodSpec::new("default", "late-1", std::net::Ipv4Addr::new(10, 244, 1, 61)).label("app", "late").listen(8080, ListenerKind::Http));
+    lab.apply(spec).expect("rules rewritten");
+    lab.write_snapshot(&snapshot).unwrap();
+    wait_metric(&lab, "d8_trace_traced_targets", before + 2.0);
+    let out = lab::tcp_connect(lab.client_ns(), addr(LATE_VIP, 80), TIMEOUT).unwrap();
+    assert!(!out.is_connected(), "{out:?}");
+    let text = wait_metric(&lab, r#"d8_trace_service_verdict{service="default/late",class="backend_refused"}"#, 1.0);
+    assert_eq!(metric(&text, "d8_trace_lost_events"), Some(0.0), "{text}");
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let flow_of = |svc: &str| lines.iter().find(|l| l["type"] == "flow" && l["service"] == svc).cloned();
+    let closed = flow_of("default/closed").unwrap_or_else(|| panic!("no flow event of default/closed: {lines:?}"));
+    assert_eq!((closed["frontend"].as_str(), closed["backend"].as_str()), (Some("10.96.0.30:80"), Some("10.244.1.31:9090")), "{closed}");
+    assert_eq!((closed["outcome"].as_str(), closed["class"].as_str()), (Some("reset"), Some("backend_refused")), "{closed}");
+    let late = flow_of("default/late").unwrap_or_else(|| panic!("no flow event of default/late: {lines:?}"));
+    assert_eq!((late["frontend"].as_str(), late["backend"].as_str()), (Some("10.96.0.60:80"), Some("10.244.1.61:9090")), "{late}");
+    assert_eq!(late["class"], "backend_refused", "{late}");
+
+    daemon.signal(libc::SIGTERM);
+    let done = daemon.finish(Duration::from_secs(10));
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(done.stderr.contains("tc hook set: --hooks tc"), "the start says which set and why:\n{}", done.stderr);
+    assert!(done.stderr.contains("conntrack netlink"), "and how flows are joined:\n{}", done.stderr);
+    assert_eq!(d8_tests::bpf::still_loaded(&held), d8_tests::bpf::Held::default(), "left after SIGTERM");
+    let _ = std::fs::remove_dir_all(&dir);
 }

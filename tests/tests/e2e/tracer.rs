@@ -109,3 +109,50 @@ fn node_local_client_is_traced_at_output() {
     assert!(flow.client.starts_with(&lab.node_ip().to_string()), "client is the node: {}", flow.client);
     assert_eq!(flow.outcome, "established", "{}", report.describe_flows());
 }
+
+/// A reader that stops reading (a paused pager, `| less` not scrolling) must not stall the event
+/// loop: live lines beyond what waits for the reader are dropped and counted, no kernel event is
+/// lost, and the final report comes out whole once the reader reads again.
+#[test]
+fn unread_live_output_loses_no_events_and_keeps_the_report_whole() {
+    const FLOWS: u16 = 5000;
+    let lab = lab(ProxyMode::Iptables);
+    // Text output: live lines and then the report on stdout, which nobody reads until the end
+    // (`finish`). A small ring buffer: a stalled loop would overflow it many times over.
+    let args = [
+        "--svc", "default/dns", "--netns", lab.node_ns(), "-o", "text", "--no-k8s", "--duration", "8",
+        "--ring-buffer-kib", "256",
+    ];
+    let trace = Trace::start(&args);
+    lab::in_netns(lab.client_ns(), || {
+        // One flow per client port; sockets live until their batch was answered.
+        for batch in 0..FLOWS / 100 {
+            let sockets: Vec<std::net::UdpSocket> = (0..100)
+                .map(|i| {
+                    let s = std::net::UdpSocket::bind(("0.0.0.0", 20_000 + batch * 100 + i)).expect("bind");
+                    let _ = s.send_to(b"query", addr(DNS_VIP, 53));
+                    s
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(50));
+            drop(sockets);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let done = trace.finish(Duration::from_secs(40));
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stdout.contains(&format!("Flows: {FLOWS} traced")),
+        "every flow is in the report:\n{}\nstderr:\n{}",
+        done.stdout.lines().rev().take(40).collect::<Vec<_>>().join("\n"),
+        done.stderr
+    );
+    assert!(done.stdout.contains(", 0 events lost"), "no kernel event lost:\n{}", done.stdout.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
+    assert!(done.stderr.contains("live lines dropped: output was not being read"), "{}", done.stderr);
+    // The report follows the live lines, whole: header, verdict, flows, evidence.
+    let report = &done.stdout[done.stdout.find("Service default/dns on").expect("the report's header")..];
+    for part in ["VERDICT: ", "Frontends:", "Flows: ", "more flows (-o json lists them all)", "Evidence:"] {
+        assert!(report.contains(part), "{part:?} missing from the report:\n{report}");
+    }
+}
