@@ -71,6 +71,7 @@ pub struct RealServer {
     pub weight: u32,
     pub active_conns: u64,
     pub inactive_conns: u64,
+    /// The line as printed, with ipvsadm's column padding squeezed to one space.
     pub text: String,
     pub line: usize,
 }
@@ -202,7 +203,9 @@ fn parse_real_server(rest: &str, text: &str, line_no: usize, hex: bool) -> Optio
         weight: weight.parse().ok()?,
         active_conns: active.parse().ok()?,
         inactive_conns: inactive.parse().ok()?,
-        text: text.to_string(),
+        // ipvsadm pads the columns (`%-28s %-7s %-6d ...`): one space between fields reads better
+        // as evidence.
+        text: text.split_whitespace().collect::<Vec<_>>().join(" "),
         line: line_no,
     })
 }
@@ -541,7 +544,7 @@ mod tests {
         assert_eq!(web.endpoints.len(), 3);
         assert_eq!(web.endpoints[2].weight, Some(0.0));
         assert_eq!(web.endpoints[2].port_name, "http");
-        assert!(web.endpoints[2].rule.as_ref().unwrap().text.contains("Masq    0"));
+        assert!(web.endpoints[2].rule.as_ref().unwrap().text.starts_with("-> 10.244.3.12:8080 Masq 0 "));
         assert!(web.rules.problems.is_empty());
         let empty = get("ns1/empty");
         assert_eq!(

@@ -90,6 +90,7 @@ impl IpvsLab {
             done.stderr,
             ipvsadm(&self.lab)
         );
+        dump(&context);
         (done.report(), context)
     }
 }
@@ -97,6 +98,13 @@ impl IpvsLab {
 impl Drop for IpvsLab {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.snapshot);
+    }
+}
+
+/// D8_SCENARIO_DUMP=1 (with --nocapture) shows every run, passing or not.
+fn dump(context: &str) {
+    if std::env::var_os("D8_SCENARIO_DUMP").is_some() {
+        eprintln!("{context}");
     }
 }
 
@@ -112,6 +120,45 @@ fn root(r: &Report) -> &str {
     r.root_cause.as_ref().map(|c| c.class.as_str()).unwrap_or("<none>")
 }
 
+/// The lab's IPVS mode carries traffic the way a kube-proxy IPVS node does: ClusterIP (TCP and
+/// UDP), NodePort from outside the node, hairpin (a backend reaching itself through its Service,
+/// masqueraded by KUBE-LOOP-BACK), and IPVS's own answer for a virtual server without real servers.
+#[test]
+fn ipvs_lab_carries_kube_proxy_traffic() {
+    if !have_ipvs() {
+        return;
+    }
+    d8_tests::require_root();
+    let spec = ipvs_spec().service(
+        ServiceSpec::new("default", "web-np", Ipv4Addr::new(10, 96, 0, 11))
+            .node_port("http", 80, 8080, Protocol::Tcp, 30080)
+            .selector("app", "web"),
+    );
+    let lab = Lab::up(spec, ProxyMode::Ipvs).unwrap_or_else(|e| panic!("IPVS lab up: {e}"));
+    let table = ipvsadm(&lab);
+    assert!(table.contains(&format!("TCP  {}:30080 rr", lab.node_ip())), "{table}");
+    let text = lab.rules_text();
+    assert!(text.contains("-a -t 10.96.0.10:80 -r 10.244.1.11:8080 -m -w 1"), "{text}");
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let out = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http");
+        names.push(out.backend().unwrap_or_else(|| panic!("ClusterIP: {out:?}\n{table}")));
+    }
+    names.sort();
+    assert_eq!(names, ["web-1", "web-2"], "rr over both real servers");
+    let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"q", TIMEOUT).expect("udp");
+    assert_eq!(out, lab::UdpOutcome::Reply(b"dns-1\nq".to_vec()), "UDP ClusterIP");
+    let out = lab::http_get(lab.external_ns(), addr(lab.node_ip(), 30080), "/", TIMEOUT).expect("nodeport");
+    assert!(out.backend().is_some(), "NodePort from the external client: {out:?}\n{text}");
+    let web1 = lab.pod_ns("web-1").expect("web-1").to_string();
+    for _ in 0..2 {
+        let out = lab::http_get(&web1, addr(WEB_VIP, 80), "/", TIMEOUT).expect("hairpin");
+        assert!(out.backend().is_some(), "hairpin through the ClusterIP: {out:?}\n{text}");
+    }
+    let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
+    assert_eq!(out, TcpOutcome::Refused, "virtual server without real servers");
+}
+
 #[test]
 fn ipvs_flows_join_the_real_server() {
     if !have_ipvs() {
@@ -123,6 +170,7 @@ fn ipvs_flows_join_the_real_server() {
     assert!(table.contains("-> 10.244.1.11:8080"), "{table}");
     // Without the API nothing names IPVS's virtual servers: d8-trace says so instead of guessing.
     let done = d8_tests::run::run_to_end(&["--svc", "default/web", "--netns", l.lab.node_ns(), "-o", "json", "--no-k8s", "--duration", "1"]);
+    dump(&done.stderr);
     assert!(!done.status.success(), "{}", done.stderr);
     assert!(done.stderr.contains("IPVS mode, which keeps no Service names") && done.stderr.contains("--k8s-snapshot"), "{}", done.stderr);
     {
@@ -281,15 +329,22 @@ fn conntrack_full_drops_a_new_flow() {
     drop(guard);
     let report = done.report();
     let ctx = format!("stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
+    dump(&ctx);
     let flows = report.flows_to("10.96.0.10:80");
     assert!(!flows.is_empty(), "{ctx}");
     for f in &flows {
         assert_eq!(f.class.as_deref(), Some("conntrack_full"), "{ctx}");
         assert_eq!(f.backend, None, "never translated; {ctx}");
         assert_eq!(f.outcome, "dropped", "{ctx}");
+        // 6.1 frees the packet nf_conntrack_in refused with NF_DROP: nf_hook_slow's reason.
+        assert_eq!(f.drop_reason.as_deref(), Some("NETFILTER_DROP"), "{ctx}");
         assert!(f.client.starts_with("10.244.1.250:"), "the flow's tuple: {ctx}");
         assert_eq!(f.protocol, "tcp", "{ctx}");
     }
     assert_eq!(root(&report), "conntrack_full", "{ctx}");
-    assert!(report.evidence.iter().any(|e| e.kind == "conntrack"), "{ctx}");
+    let conntrack: Vec<&str> = report.evidence.iter().filter(|e| e.kind == "conntrack").map(|e| e.content.as_str()).collect();
+    assert!(conntrack.iter().any(|c| c.contains(&format!("of nf_conntrack_max {max}"))), "{ctx}");
+    assert!(conntrack.iter().any(|c| c.contains("drop counter") && c.contains("rose")), "{ctx}");
+    let client = &flows[0].client;
+    report.evidence_with(&format!("{client} -> 10.96.0.10:80: first packet dropped"));
 }
