@@ -10,6 +10,8 @@ use crate::maps::config;
 
 /// `enum ip_conntrack_info`: values at or above this are reply-direction packets.
 pub const IP_CT_IS_REPLY: u64 = 3;
+/// `IP_CT_NEW`: a packet of a flow that has seen no reply yet (original direction).
+pub const IP_CT_NEW: u64 = 2;
 /// `IP_CT_RELATED` and `IP_CT_RELATED + IP_CT_IS_REPLY`: packets related to the flow (ICMP errors).
 pub const IP_CT_RELATED: u64 = 1;
 pub const IP_CT_RELATED_REPLY: u64 = 4;

@@ -138,9 +138,22 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
     if !maybe_target(&orig.daddr, orig.dport, orig.proto) {
         return None;
     }
+    let hook = hook_of(state);
+    // Remembered before the flow is looked up: a drop right after is matched to its flow by
+    // `kfree_skb` itself, and most packets need nothing else at this hook.
+    remember(skb, hook, 1);
+    let first = hook == hook::PRE_ROUTING || hook == hook::LOCAL_OUT;
+    let final_hook = hook == hook::POST_ROUTING;
+    // Every packet passes PREROUTING or OUTPUT first (-99, right after DNAT): the flow's state,
+    // replies, resets and FINs are read there. FORWARD and INPUT only place drops; POSTROUTING
+    // adds the NAT as it leaves, which only a flow's first packets (ctinfo NEW) can be the first
+    // to show.
+    if !first && !(final_hook && ctinfo == conntrack::IP_CT_NEW) {
+        return Some(());
+    }
     let st = match FLOWS.get_ptr_mut(&orig) {
         Some(st) => st,
-        None => {
+        None if first => {
             // A flow whose first packet we did not see (it began before tracing started).
             let target = TargetKey {
                 addr: orig.daddr,
@@ -152,13 +165,11 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
             FLOWS.insert(&orig, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
             FLOWS.get_ptr_mut(&orig)?
         }
+        None => return None,
     };
-    let hook = hook_of(state);
-    remember(skb, hook, 1);
     let is_reply = ctinfo >= conntrack::IP_CT_IS_REPLY;
     let ct_dir = is_reply as u8;
 
-    let final_hook = hook == hook::POST_ROUTING;
     let current = unsafe { (*st).seen };
     if current & seen::CT == 0 || (final_hook && current & seen::CT_FINAL == 0) {
         let reply = conntrack::reply(ct)?;
@@ -178,12 +189,7 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
 
     // ICMP errors about the flow carry its conntrack entry as RELATED: they are no reply (the
     // pre-conntrack program reports them from the quoted packet).
-    if ctinfo == conntrack::IP_CT_RELATED || ctinfo == conntrack::IP_CT_RELATED_REPLY {
-        return Some(());
-    }
-    // Every packet passes PREROUTING or OUTPUT first (-99, right after DNAT): replies, resets and
-    // FINs are read there once; FORWARD, INPUT and POSTROUTING only place drops and the final NAT.
-    if hook != hook::PRE_ROUTING && hook != hook::LOCAL_OUT {
+    if !first || ctinfo == conntrack::IP_CT_RELATED || ctinfo == conntrack::IP_CT_RELATED_REPLY {
         return Some(());
     }
     let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
