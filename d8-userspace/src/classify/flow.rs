@@ -237,9 +237,14 @@ fn untranslated(
     {
         let ready = facts.api_ready_endpoints();
         let (class, detail) = if ready.is_empty() {
+            let who = if rule.source == crate::model::RuleSource::Ipvs {
+                "its IPVS virtual servers have no real servers, so IPVS rejects its traffic"
+            } else {
+                "kube-proxy rejects its traffic"
+            };
             (
                 VerdictClass::NoEndpoints,
-                format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
+                format!("{name} has no ready endpoints; {who}"),
             )
         } else {
             (

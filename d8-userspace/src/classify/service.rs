@@ -296,11 +296,17 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         && !svc.endpoints.iter().any(|e| e.in_rules)
         && ready.is_empty()
     {
-        let mut fd = finding(
-            facts,
-            VerdictClass::NoEndpoints,
-            format!("{name} has no ready endpoints; kube-proxy rejects its traffic"),
-        );
+        let ipvs = programmed
+            .iter()
+            .any(|r| r.source == crate::model::RuleSource::Ipvs);
+        let detail = if ipvs {
+            format!(
+                "{name} has no ready endpoints; its IPVS virtual servers have no real servers, so IPVS rejects its traffic"
+            )
+        } else {
+            format!("{name} has no ready endpoints; kube-proxy rejects its traffic")
+        };
+        let mut fd = finding(facts, VerdictClass::NoEndpoints, detail);
         for r in programmed.iter().take(3) {
             push_rule(&mut fd, Some(r));
         }

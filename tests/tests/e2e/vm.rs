@@ -150,10 +150,16 @@ fn ipvs_lab_carries_kube_proxy_traffic() {
     assert_eq!(out, lab::UdpOutcome::Reply(b"dns-1\nq".to_vec()), "UDP ClusterIP");
     let out = lab::http_get(lab.external_ns(), addr(lab.node_ip(), 30080), "/", TIMEOUT).expect("nodeport");
     assert!(out.backend().is_some(), "NodePort from the external client: {out:?}\n{text}");
-    let web1 = lab.pod_ns("web-1").expect("web-1").to_string();
-    for _ in 0..2 {
-        let out = lab::http_get(&web1, addr(WEB_VIP, 80), "/", TIMEOUT).expect("hairpin");
-        assert!(out.backend().is_some(), "hairpin through the ClusterIP: {out:?}\n{text}");
+    // Hairpin needs KUBE-LOOP-BACK's masquerade, i.e. the ipsets (the guest has `ipset` when the
+    // host has it).
+    if text.contains("no ipset tool") {
+        eprintln!("no ipset tool: hairpin (KUBE-LOOP-BACK) not checked");
+    } else {
+        let web1 = lab.pod_ns("web-1").expect("web-1").to_string();
+        for _ in 0..2 {
+            let out = lab::http_get(&web1, addr(WEB_VIP, 80), "/", TIMEOUT).expect("hairpin");
+            assert!(out.backend().is_some(), "hairpin through the ClusterIP: {out:?}\n{text}");
+        }
     }
     let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
     assert_eq!(out, TcpOutcome::Refused, "virtual server without real servers");
