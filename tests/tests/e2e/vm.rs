@@ -95,6 +95,19 @@ impl IpvsLab {
     }
 }
 
+impl IpvsLab {
+    /// `d8-trace explain --svc SVC -o json` with the lab's API snapshot: rules and API alone.
+    fn explain(&self, svc: &str) -> (Report, String) {
+        self.lab.write_snapshot(&self.snapshot).expect("writing the API snapshot");
+        let snap = self.snapshot.display().to_string();
+        let args = ["explain", "--svc", svc, "--netns", self.lab.node_ns(), "-o", "json", "--k8s-snapshot", &snap];
+        let done = d8_tests::run::run_to_end(&args);
+        let context = format!("d8-trace {}\n--- stdout:\n{}\n--- stderr:\n{}", args.join(" "), done.stdout, done.stderr);
+        dump(&context);
+        (done.report(), context)
+    }
+}
+
 impl Drop for IpvsLab {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.snapshot);
@@ -244,6 +257,10 @@ fn ipvs_stale_real_server() {
         report.evidence_with("10.244.1.61:8080 is not in the Service's EndpointSlices of default/solo");
         assert!(report.root_cause.as_ref().unwrap().detail.contains("10.244.1.61:8080"), "{ctx}");
     }
+    // Rules and API alone say the same.
+    let (report, ctx) = l.explain("default/solo");
+    assert!(report.flows.is_empty(), "{ctx}");
+    assert_eq!(root(&report), "stale_endpoint", "{ctx}");
 }
 
 #[test]
@@ -270,6 +287,9 @@ fn ipvs_virtual_server_without_real_servers() {
         assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
         report.evidence_with("virtual server TCP 10.96.0.20:80 has no real servers");
     }
+    let (report, ctx) = l.explain("default/empty");
+    assert_eq!(root(&report), "no_endpoints", "{ctx}");
+    report.evidence_with("virtual server TCP 10.96.0.20:80 has no real servers");
 }
 
 /// Puts `net.netfilter.nf_conntrack_max` back when dropped (also when the test panics).
