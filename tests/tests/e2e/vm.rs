@@ -4,13 +4,18 @@
 //!
 //! - `ipvs_*`: kube-proxy's IPVS mode live (`Lab::up(.., ProxyMode::Ipvs)`: kube-ipvs0, virtual and
 //!   real servers, ipsets, `net.ipv4.vs.conntrack=1`): flows joined to the real server IPVS chose, a
-//!   stale real server (in IPVS, gone from the API) and a virtual server without real servers,
+//!   stale real server (in IPVS, gone from the API), a virtual server without real servers and a
+//!   Service whose virtual server kube-proxy lost,
 //!   traced with the lab's API snapshot (IPVS keeps no Service names: with `--no-k8s` d8-trace says
 //!   it cannot find the Service by name). Skipped where the kernel has no ip_vs module (the 6.18
 //!   development host).
 //! - `conntrack_full*`: `nf_conntrack_max` lowered, the node's table filled with ASSURED entries
 //!   early drop cannot evict, then a new flow to a Service. The sysctl is global, so this runs only
 //!   inside the VM (`D8_IN_VM=1`, set by the VM suite), and puts the old value back on every path.
+//!   What 6.1 shows the tracer: the SYN reaches the TC ingress hook (pre-DNAT tuple), then
+//!   `nf_conntrack_in` cannot allocate an entry (`nf_conntrack: table full, dropping packet`),
+//!   returns NF_DROP, and `nf_hook_slow` frees the skb with reason `NETFILTER_DROP` and no `_nfct`:
+//!   a drop before conntrack, while `/proc/net/stat/nf_conntrack`'s `drop` column rises.
 
 use std::{
     net::Ipv4Addr,
@@ -290,6 +295,28 @@ fn ipvs_virtual_server_without_real_servers() {
     let (report, ctx) = l.explain("default/empty");
     assert_eq!(root(&report), "no_endpoints", "{ctx}");
     report.evidence_with("virtual server TCP 10.96.0.20:80 has no real servers");
+}
+
+/// kube-proxy lost one Service's virtual server and kube-ipvs0 address while the API keeps it.
+#[test]
+fn ipvs_rules_missing_for_one_service() {
+    if !have_ipvs() {
+        return;
+    }
+    let mut l = IpvsLab::up();
+    l.lab.flush_service_rules("default", "web").expect("flush");
+    let table = ipvsadm(&l.lab);
+    assert!(!table.contains("10.96.0.10:80"), "{table}");
+    let (report, ctx) = l.trace("default/web", true, "3", |lab| {
+        let out = lab::tcp_connect(lab.client_ns(), addr(WEB_VIP, 80), Duration::from_millis(800)).expect("connect");
+        assert!(!out.is_connected(), "{out:?}");
+    });
+    assert_eq!(root(&report), "kube_proxy_rules_missing", "{ctx}");
+    assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
+    for f in report.flows_to("10.96.0.10:80") {
+        assert_eq!(f.class.as_deref(), Some("kube_proxy_rules_missing"), "{ctx}");
+        assert_eq!(f.backend, None, "{ctx}");
+    }
 }
 
 /// Puts `net.netfilter.nf_conntrack_max` back when dropped (also when the test panics).
