@@ -37,11 +37,10 @@
 //! outside the model and are not reported.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service, ServiceRef};
-use crate::rules::names;
+use crate::rules::{FastMap, FastSet, names};
 
 /// What [`parse`] found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -92,21 +91,269 @@ pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> 
 // ---------------------------------------------------------------------------------------------
 // Lines and tokens
 
-/// One option of a rule: `[!] -name arg`. Words borrow from the input unless unescaping changed
-/// them, and only the first argument is kept (the model reads no second one, e.g. the `dst,dst` of
-/// `--match-set NAME dst,dst`; the rule's text keeps everything): a 50,000-endpoint dump has
-/// ~250,000 rules, so per-word allocations and wide options dominate time and memory otherwise.
-#[derive(Debug, Clone)]
-struct Opt<'a> {
-    negated: bool,
-    name: &'a str,
-    first: Option<Cow<'a, str>>,
+/// The options the model reads, by name: field `i` is the first option of the rule whose name is
+/// in `FIELDS[i]` (options are looked up by name, never by position), with its first argument
+/// (the model reads no second one, e.g. the `dst,dst` of `--match-set NAME dst,dst`; the rule's
+/// text keeps everything). A 50,000-endpoint dump has ~170,000 rules: the fields are spans of the
+/// rule's text in the rule itself, so reading a rule allocates nothing.
+#[cfg_attr(not(test), expect(dead_code, reason = "the table `field_mask` is tested against"))]
+const FIELDS: [&[&str]; N_FIELDS] = [
+    &["-j", "--jump", "-g", "--goto"],
+    &["--comment"],
+    &["-p", "--protocol"],
+    &["--dport", "--destination-port"],
+    &["-d", "--destination"],
+    &["-s", "--source"],
+    &["--dst-type"],
+    &["-d", "-s"],
+    &["-d"],
+    &["--match-set"],
+    &["--rcheck"],
+    &["--seconds"],
+    &["--probability"],
+    &["--every", "--nth"],
+    &["--to-destination"],
+];
+const N_FIELDS: usize = 15;
+const TARGET: usize = 0;
+const COMMENT: usize = 1;
+const PROTO: usize = 2;
+const DPORT: usize = 3;
+const DST: usize = 4;
+const SRC: usize = 5;
+const DST_TYPE: usize = 6;
+/// The first of `-d` and `-s` (the IPv6 check).
+const D_OR_S: usize = 7;
+/// `-d` as written (not `--destination`).
+const D_SHORT: usize = 8;
+const MATCH_SET: usize = 9;
+const RCHECK: usize = 10;
+const SECONDS: usize = 11;
+const PROBABILITY: usize = 12;
+const NTH: usize = 13;
+const TO_DESTINATION: usize = 14;
+
+/// The fields an option name belongs to (bit `i`: `FIELDS[i]`).
+fn field_mask(name: &str) -> u16 {
+    let bits: &[usize] = match name {
+        "-j" | "--jump" | "-g" | "--goto" => &[TARGET],
+        "--comment" => &[COMMENT],
+        "-p" | "--protocol" => &[PROTO],
+        "--dport" | "--destination-port" => &[DPORT],
+        "-d" => &[DST, D_OR_S, D_SHORT],
+        "--destination" => &[DST],
+        "-s" => &[SRC, D_OR_S],
+        "--source" => &[SRC],
+        "--dst-type" => &[DST_TYPE],
+        "--match-set" => &[MATCH_SET],
+        "--rcheck" => &[RCHECK],
+        "--seconds" => &[SECONDS],
+        "--probability" => &[PROBABILITY],
+        "--every" | "--nth" => &[NTH],
+        "--to-destination" => &[TO_DESTINATION],
+        _ => &[],
+    };
+    bits.iter().fold(0, |m, b| m | 1 << b)
 }
 
-impl Opt<'_> {
-    fn arg(&self) -> Option<&str> {
-        self.first.as_deref()
+/// An option as [`Rule::opt`] finds it.
+#[derive(Debug, Clone, Copy)]
+struct Opt<'r> {
+    negated: bool,
+    first: Option<&'r str>,
+}
+
+impl<'r> Opt<'r> {
+    fn arg(&self) -> Option<&'r str> {
+        self.first
     }
+}
+
+/// No argument.
+const NO_SPAN: (u32, u32) = (u32::MAX, 0);
+
+/// The options of one rule (see [`FIELDS`]).
+#[derive(Debug, Clone)]
+struct Fields {
+    /// Bit `i`: the rule has field `i`.
+    present: u16,
+    /// Bit `i`: field `i`'s option is negated (`! -s ...`).
+    negated: u16,
+    /// Field `i`'s first argument: a byte range of the rule's text, or [`NO_SPAN`].
+    args: [(u32, u32); N_FIELDS],
+    /// Arguments that unescaping changed, by field (rare: quoted words with `\"` or `\\`).
+    unescaped: Option<Box<[(u8, String)]>>,
+}
+
+/// Words of a rule: whitespace separates, double quotes group, `\"` and `\\` escape. Yields
+/// (start, end, quoted, escaped) byte ranges (a quoted word's range is inside its quotes), or an
+/// error for an unterminated quote.
+struct Words<'s> {
+    bytes: &'s [u8],
+    i: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Word {
+    start: usize,
+    end: usize,
+    quoted: bool,
+    escaped: bool,
+}
+
+impl Word {
+    fn text<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let raw = &s[self.start..self.end];
+        if self.escaped {
+            Cow::Owned(unescape(raw))
+        } else {
+            Cow::Borrowed(raw)
+        }
+    }
+}
+
+impl<'s> Words<'s> {
+    fn new(s: &'s str) -> Self {
+        Words { bytes: s.as_bytes(), i: 0 }
+    }
+}
+
+impl Iterator for Words<'_> {
+    type Item = Result<Word, &'static str>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let bytes = self.bytes;
+        let mut i = self.i;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            self.i = i;
+            return None;
+        }
+        if bytes[i] == b'"' {
+            let start = i + 1;
+            let mut j = start;
+            let mut escaped = false;
+            while j < bytes.len() && bytes[j] != b'"' {
+                if bytes[j] == b'\\' {
+                    escaped = true;
+                    j += 1;
+                }
+                j += 1;
+            }
+            if j >= bytes.len() {
+                self.i = bytes.len();
+                return Some(Err("unterminated quote"));
+            }
+            self.i = j + 1;
+            Some(Ok(Word {
+                start,
+                end: j,
+                quoted: true,
+                escaped,
+            }))
+        } else {
+            let start = i;
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            self.i = i;
+            Some(Ok(Word {
+                start,
+                end: i,
+                quoted: false,
+                escaped: false,
+            }))
+        }
+    }
+}
+
+/// Splits a rule into words: (word, was_quoted) pairs, or an error for an unterminated quote.
+#[cfg(test)]
+fn tokenize(s: &str) -> Result<Vec<(Cow<'_, str>, bool)>, &'static str> {
+    Words::new(s).map(|w| w.map(|w| (w.text(s), w.quoted))).collect()
+}
+
+/// `\"` -> `"`, `\\` -> `\`; other escapes are kept as written.
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(e @ ('"' | '\\')) => out.push(e),
+                Some(e) => {
+                    out.push('\\');
+                    out.push(e);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An unquoted word that starts an option: `-x`/`--xx`, but not a negative number (`-1`, `-inf`).
+fn is_option_name(w: &str) -> bool {
+    let b = w.as_bytes();
+    if b.len() < 2 || b[0] != b'-' {
+        return false;
+    }
+    // Only these can begin an `f64` after the sign: digits, `.`, `inf(inity)`, `nan`.
+    if b[1].is_ascii_digit() || matches!(b[1], b'.' | b'i' | b'I' | b'n' | b'N') {
+        return w.parse::<f64>().is_err();
+    }
+    true
+}
+
+/// Groups the words after `-A CHAIN` into [`Fields`]. An unquoted word starting with `-` (and
+/// longer than `-`, not a number) starts an option; `!` negates the next one; the first other word
+/// after an option is its argument. Errors: an unterminated quote.
+fn options(s: &str, words: &mut Words<'_>) -> Result<Fields, &'static str> {
+    let mut f = Fields {
+        present: 0,
+        negated: 0,
+        args: [NO_SPAN; N_FIELDS],
+        unescaped: None,
+    };
+    let mut unescaped: Vec<(u8, String)> = Vec::new();
+    let mut negate = false;
+    // The fields the current option claimed, and whether it still waits for its argument.
+    let mut current: u16 = 0;
+    let mut open = false;
+    for w in words {
+        let w = w?;
+        let word = &s[w.start..w.end];
+        if !w.quoted && word == "!" {
+            negate = true;
+        } else if !w.quoted && is_option_name(word) {
+            let m = field_mask(word) & !f.present;
+            f.present |= m;
+            if negate {
+                f.negated |= m;
+            }
+            current = m;
+            open = true;
+            negate = false;
+        } else if open {
+            open = false;
+            let mut m = current;
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                f.args[i] = (w.start as u32, w.end as u32);
+                if w.escaped {
+                    unescaped.push((i as u8, unescape(word)));
+                }
+            }
+        }
+    }
+    if !unescaped.is_empty() {
+        f.unescaped = Some(unescaped.into_boxed_slice());
+    }
+    Ok(f)
 }
 
 /// One `-A` line.
@@ -119,47 +366,65 @@ struct Rule<'a> {
     chain: Cow<'a, str>,
     /// The rule as printed, without a `[pkts:bytes]` prefix.
     text: &'a str,
-    opts: Box<[Opt<'a>]>,
+    fields: Fields,
+    /// The chain of the same table that `target()` names, when it is a `KUBE-` chain of the dump
+    /// ([`NO_CHAIN`] otherwise).
+    target_id: u32,
 }
 
 impl<'a> Rule<'a> {
-    fn opt(&self, names: &[&str]) -> Option<&Opt<'a>> {
-        self.opts.iter().find(|o| names.contains(&o.name))
+    /// Field `f` of [`FIELDS`].
+    fn opt(&self, f: usize) -> Option<Opt<'_>> {
+        let fl = &self.fields;
+        if fl.present & (1 << f) == 0 {
+            return None;
+        }
+        let (start, end) = fl.args[f];
+        let first = if start == u32::MAX {
+            None
+        } else if let Some(u) = fl.unescaped.as_deref().and_then(|u| u.iter().find(|(i, _)| *i as usize == f)) {
+            Some(u.1.as_str())
+        } else {
+            self.text.get(start as usize..end as usize)
+        };
+        Some(Opt {
+            negated: fl.negated & (1 << f) != 0,
+            first,
+        })
     }
-    fn arg(&self, names: &[&str]) -> Option<&str> {
-        self.opt(names).and_then(Opt::arg)
+    fn arg(&self, f: usize) -> Option<&str> {
+        self.opt(f).and_then(|o| o.first)
     }
-    fn has(&self, names: &[&str]) -> bool {
-        self.opt(names).is_some()
+    fn has(&self, f: usize) -> bool {
+        self.fields.present & (1 << f) != 0
     }
     fn target(&self) -> Option<&str> {
-        self.arg(&["-j", "--jump", "-g", "--goto"])
+        self.arg(TARGET)
     }
     fn comment(&self) -> Option<&str> {
-        self.arg(&["--comment"])
+        self.arg(COMMENT)
     }
     fn protocol(&self) -> Option<Protocol> {
-        self.opt(&["-p", "--protocol"])
+        self.opt(PROTO)
             .filter(|o| !o.negated)
-            .and_then(Opt::arg)
+            .and_then(|o| o.arg())
             .and_then(Protocol::parse)
     }
     fn dport(&self) -> Option<u16> {
-        self.arg(&["--dport", "--destination-port"])
-            .and_then(|p| p.parse().ok())
+        self.arg(DPORT).and_then(|p| p.parse().ok())
     }
     /// `-d` without negation, as an address (`/32`, `/128` stripped; other prefixes refused).
     fn dst_ip(&self) -> Option<IpAddr> {
-        self.opt(&["-d", "--destination"])
+        self.opt(DST)
             .filter(|o| !o.negated)
-            .and_then(Opt::arg)
+            .and_then(|o| o.arg())
             .and_then(host_ip)
     }
-    fn src(&self) -> Option<&Opt<'a>> {
-        self.opt(&["-s", "--source"])
+    fn src(&self) -> Option<Opt<'_>> {
+        self.opt(SRC)
     }
     fn dst_type_local(&self) -> bool {
-        self.opt(&["--dst-type"])
+        self.opt(DST_TYPE)
             .is_some_and(|o| !o.negated && o.arg() == Some("LOCAL"))
     }
     fn rule_ref(&self) -> RuleRef {
@@ -198,108 +463,23 @@ fn join_host_port(ip: IpAddr, port: u16) -> String {
     }
 }
 
-/// Splits a rule into words: whitespace separates, double quotes group, `\"` and `\\` escape.
-/// Returns (word, was_quoted) pairs, or an error for an unterminated quote.
-fn tokenize(s: &str) -> Result<Vec<(Cow<'_, str>, bool)>, &'static str> {
-    let mut out = Vec::with_capacity(24);
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i].is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        if bytes[i] == b'"' {
-            let start = i + 1;
-            let mut j = start;
-            let mut escaped = false;
-            while j < bytes.len() && bytes[j] != b'"' {
-                if bytes[j] == b'\\' {
-                    escaped = true;
-                    j += 1;
-                }
-                j += 1;
-            }
-            if j >= bytes.len() {
-                return Err("unterminated quote");
-            }
-            let raw = &s[start..j];
-            let word = if escaped {
-                Cow::Owned(unescape(raw))
-            } else {
-                Cow::Borrowed(raw)
-            };
-            out.push((word, true));
-            i = j + 1;
-        } else {
-            let start = i;
-            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            out.push((Cow::Borrowed(&s[start..i]), false));
-        }
-    }
-    Ok(out)
-}
-
-/// `\"` -> `"`, `\\` -> `\`; other escapes are kept as written.
-fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some(e @ ('"' | '\\')) => out.push(e),
-                Some(e) => {
-                    out.push('\\');
-                    out.push(e);
-                }
-                None => out.push('\\'),
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Groups words into options. An unquoted word starting with `-` (and longer than `-`) starts an
-/// option; `!` negates the next one; other words are arguments of the current option.
-fn options<'a>(words: impl IntoIterator<Item = (Cow<'a, str>, bool)>) -> Box<[Opt<'a>]> {
-    let mut opts: Vec<Opt<'a>> = Vec::with_capacity(12);
-    let mut negate = false;
-    for (w, quoted) in words {
-        match (quoted, w) {
-            (false, Cow::Borrowed("!")) => negate = true,
-            (false, Cow::Borrowed(name)) if name.len() > 1 && name.starts_with('-') && name.parse::<f64>().is_err() => {
-                opts.push(Opt {
-                    negated: negate,
-                    name,
-                    first: None,
-                });
-                negate = false;
-            }
-            (_, w) => {
-                if let Some(last) = opts.last_mut()
-                    && last.first.is_none()
-                {
-                    last.first = Some(w);
-                }
-            }
-        }
-    }
-    opts.into_boxed_slice()
-}
-
 /// The tables and chains of one dump.
 #[derive(Debug, Default)]
 struct Dump<'a> {
     source_name: String,
     rules: Vec<Rule<'a>>,
-    /// table -> chain -> indexes into `rules`, in order. Declared chains have an entry.
-    chains: HashMap<&'a str, HashMap<Cow<'a, str>, Vec<usize>>>,
+    /// table -> chain -> chain id. Declared chains have an entry.
+    chains: Vec<(&'a str, FastMap<Cow<'a, str>, u32>)>,
+    /// The rules of chain `id`, as indexes into `rules` in order:
+    /// `chain_rules[chain_start[id]..chain_start[id + 1]]` (one array for all chains: a
+    /// 10,000-Service dump has 70,000 chains).
+    chain_start: Vec<u32>,
+    chain_rules: Vec<u32>,
     warnings: Vec<String>,
 }
+
+/// No chain.
+const NO_CHAIN: u32 = u32::MAX;
 
 impl<'a> Dump<'a> {
     fn read(text: &'a str, source_name: &str) -> Result<Self, ParseError> {
@@ -309,6 +489,9 @@ impl<'a> Dump<'a> {
         };
         let mut table: Option<&'a str> = None;
         let mut seen_table = false;
+        // The chain id of each rule, and the chain of the previous rule.
+        let mut rule_chain: Vec<u32> = Vec::new();
+        let mut last: Option<(&'a str, Cow<'a, str>, u32)> = None;
         for (idx, raw) in text.lines().enumerate() {
             let line_no = idx + 1;
             let line = raw.trim();
@@ -348,11 +531,7 @@ impl<'a> Dump<'a> {
                 if name.is_empty() {
                     dump.warn(line_no, format!("chain declaration without a name: {line}"));
                 } else {
-                    dump.chains
-                        .entry(tbl)
-                        .or_default()
-                        .entry(Cow::Borrowed(name))
-                        .or_default();
+                    dump.chain_id(tbl, Cow::Borrowed(name));
                 }
                 continue;
             }
@@ -367,43 +546,58 @@ impl<'a> Dump<'a> {
                 },
                 None => line,
             };
-            let words = match tokenize(body) {
-                Ok(w) => w,
+            let mut words = Words::new(body);
+            let chain = match (words.next(), words.next()) {
+                (Some(Ok(a)), Some(Ok(chain)))
+                    if !a.quoted && matches!(&body[a.start..a.end], "-A" | "--append") =>
+                {
+                    chain.text(body)
+                }
+                (first, second) => {
+                    // An unterminated quote anywhere on the line is the error to report.
+                    let msg = match [first, second].into_iter().flatten().chain(words).find_map(Result::err) {
+                        Some(e) => format!("{e}: {line}"),
+                        None => format!("not a rule (expected `-A CHAIN ...`): {line}"),
+                    };
+                    dump.warn(line_no, msg);
+                    continue;
+                }
+            };
+            let fields = match options(body, &mut words) {
+                Ok(f) => f,
                 Err(e) => {
                     dump.warn(line_no, format!("{e}: {line}"));
                     continue;
                 }
             };
-            let mut words = words.into_iter();
-            let chain = match (words.next(), words.next()) {
-                (Some((a, false)), Some((chain, _))) if a == "-A" || a == "--append" => chain,
+            let index = dump.rules.len();
+            // Rules of one chain come together in iptables-save output: one lookup per run.
+            let id = match &last {
+                Some((t, c, id)) if *t == tbl && *c == chain => *id,
                 _ => {
-                    dump.warn(line_no, format!("not a rule (expected `-A CHAIN ...`): {line}"));
-                    continue;
+                    let (id, declared) = dump.chain_id(tbl, chain.clone());
+                    if !declared {
+                        dump.warn(
+                            line_no,
+                            format!("rule for chain {chain}, which the dump does not declare"),
+                        );
+                    }
+                    last = Some((tbl, chain.clone(), id));
+                    id
                 }
             };
-            if !dump.exists(tbl, &chain) {
-                dump.warn(
-                    line_no,
-                    format!("rule for chain {chain}, which the dump does not declare"),
-                );
-            }
-            let index = dump.rules.len();
-            dump.chains
-                .entry(tbl)
-                .or_default()
-                .entry(chain.clone())
-                .or_default()
-                .push(index);
+            rule_chain.push(id);
             dump.rules.push(Rule {
                 index,
                 line: line_no,
                 table: tbl,
                 chain,
                 text: body,
-                opts: options(words),
+                fields,
+                target_id: NO_CHAIN,
             });
         }
+        dump.index_chains(&rule_chain);
         if let Some(open) = table {
             dump.warnings.push(format!(
                 "{source_name}: table {open} not closed by COMMIT (truncated dump?)"
@@ -416,8 +610,67 @@ impl<'a> Dump<'a> {
         self.warnings.push(format!("{} line {line}: {msg}", self.source_name));
     }
 
-    fn chain(&self, table: &str, chain: &str) -> Option<&[usize]> {
-        self.chains.get(table)?.get(chain).map(Vec::as_slice)
+    /// The id of `chain` in `table`, added when new; `true` when it was there already.
+    fn chain_id(&mut self, table: &'a str, chain: Cow<'a, str>) -> (u32, bool) {
+        let next = self.chain_start.len() as u32;
+        let chains = match self.chains.iter().position(|(t, _)| *t == table) {
+            Some(i) => &mut self.chains[i].1,
+            None => {
+                self.chains.push((table, FastMap::default()));
+                &mut self.chains.last_mut().expect("pushed").1
+            }
+        };
+        if let Some(&id) = chains.get(chain.as_ref()) {
+            return (id, true);
+        }
+        chains.insert(chain, next);
+        // Counts for now; `index_chains` turns them into offsets.
+        self.chain_start.push(0);
+        (next, false)
+    }
+
+    /// Lays out the rules of each chain (`rule_chain`: the chain id of each rule) and resolves the
+    /// jumps to kube-proxy's chains.
+    fn index_chains(&mut self, rule_chain: &[u32]) {
+        let n = self.chain_start.len();
+        let mut start = vec![0u32; n + 1];
+        for &c in rule_chain {
+            start[c as usize + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut pos = start.clone();
+        let mut rules = vec![0u32; rule_chain.len()];
+        for (i, &c) in rule_chain.iter().enumerate() {
+            rules[pos[c as usize] as usize] = i as u32;
+            pos[c as usize] += 1;
+        }
+        self.chain_start = start;
+        self.chain_rules = rules;
+        for i in 0..self.rules.len() {
+            let r = &self.rules[i];
+            let id = match r.target() {
+                Some(t) if t.starts_with("KUBE-") => self.chain_id_of(r.table, t),
+                _ => None,
+            };
+            self.rules[i].target_id = id.unwrap_or(NO_CHAIN);
+        }
+    }
+
+    fn chain_id_of(&self, table: &str, chain: &str) -> Option<u32> {
+        let (_, chains) = self.chains.iter().find(|(t, _)| *t == table)?;
+        chains.get(chain).copied()
+    }
+
+    /// The rule indexes of chain `id`, in order.
+    fn rules_by_id(&self, id: u32) -> &[u32] {
+        let (a, b) = (self.chain_start[id as usize], self.chain_start[id as usize + 1]);
+        &self.chain_rules[a as usize..b as usize]
+    }
+
+    fn chain(&self, table: &str, chain: &str) -> Option<&[u32]> {
+        self.chain_id_of(table, chain).map(|id| self.rules_by_id(id))
     }
 
     fn exists(&self, table: &str, chain: &str) -> bool {
@@ -427,9 +680,9 @@ impl<'a> Dump<'a> {
     /// Chain names of a table.
     fn chain_names(&self, table: &str) -> impl Iterator<Item = &str> {
         self.chains
-            .get(table)
-            .into_iter()
-            .flat_map(|m| m.keys().map(|k| k.as_ref()))
+            .iter()
+            .filter(move |(t, _)| *t == table)
+            .flat_map(|(_, m)| m.keys().map(|k| k.as_ref()))
     }
 }
 
@@ -581,7 +834,7 @@ fn hash_suffix(chain: &str) -> Option<&str> {
 fn protocol_by_hash(n: &str, suffix: &str) -> Option<Protocol> {
     [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
         .into_iter()
-        .find(|p| names::service_hash(n, p.as_str()) == suffix)
+        .find(|p| names::service_hash_is(n, p.as_str(), suffix))
 }
 
 /// One dispatch rule of a KUBE-SVC/KUBE-SVL chain.
@@ -596,13 +849,14 @@ struct Builder<'d> {
     understood: Vec<bool>,
     warnings: Vec<String>,
     /// Service-chain hash suffix -> port.
-    owners: HashMap<String, PortKey>,
+    owners: FastMap<String, PortKey>,
     /// Keyed by `ns/name`, looked up without allocating (called per rule).
-    services: HashMap<String, Service>,
+    services: FastMap<String, Service>,
     v6: bool,
     node_port_any: bool,
     node_port_ips: Vec<IpAddr>,
-    referenced_seps: HashSet<&'d str>,
+    /// By chain id: a service chain jumps to it.
+    referenced_seps: Vec<bool>,
     mode_iptables: bool,
     mode_ipvs: bool,
 }
@@ -612,17 +866,17 @@ impl<'d> Builder<'d> {
         let v6 = dump
             .rules
             .iter()
-            .any(|r| r.opt(&["-d", "-s"]).and_then(Opt::arg).is_some_and(|a| a.contains(':')));
+            .any(|r| r.arg(D_OR_S).is_some_and(|a| a.contains(':')));
         Self {
             dump,
             understood: vec![false; dump.rules.len()],
             warnings: dump.warnings.clone(),
-            owners: HashMap::new(),
-            services: HashMap::new(),
+            owners: FastMap::default(),
+            services: FastMap::default(),
             v6,
             node_port_any: false,
             node_port_ips: Vec::new(),
-            referenced_seps: HashSet::new(),
+            referenced_seps: vec![false; dump.chain_start.len()],
             mode_iptables: false,
             mode_ipvs: false,
         }
@@ -637,11 +891,19 @@ impl<'d> Builder<'d> {
         self.understood[rule.index] = true;
     }
 
-    fn rules_of(&self, table: &str, chain: &str) -> Vec<&'d Rule<'d>> {
+    /// The rules of a chain, in order (borrowing the dump, not the builder).
+    fn rules_of(&self, table: &str, chain: &str) -> impl Iterator<Item = &'d Rule<'d>> + use<'d> {
         let dump: &'d Dump<'d> = self.dump;
         dump.chain(table, chain)
-            .map(|ix| ix.iter().map(|&i| &dump.rules[i]).collect())
-            .unwrap_or_default()
+            .unwrap_or(&[])
+            .iter()
+            .map(move |&i| &dump.rules[i as usize])
+    }
+
+    /// The rules of chain `id`.
+    fn rules_by_id(&self, id: u32) -> impl Iterator<Item = &'d Rule<'d>> + use<'d> {
+        let dump: &'d Dump<'d> = self.dump;
+        dump.rules_by_id(id).iter().map(move |&i| &dump.rules[i as usize])
     }
 
     fn service<'n>(&mut self, n: &'n str) -> (&mut Service, &'n str) {
@@ -775,9 +1037,10 @@ impl<'d> Builder<'d> {
                 if self.owners.contains_key(suffix) {
                     continue;
                 }
-                let proto = protocol_by_hash(n, suffix).or_else(|| rule.protocol());
+                let by_hash = protocol_by_hash(n, suffix);
+                let proto = by_hash.or_else(|| rule.protocol());
                 if let Some(p) = proto {
-                    if protocol_by_hash(n, suffix).is_none() {
+                    if by_hash.is_none() {
                         self.warn_rule(
                             rule,
                             format!("{chain} does not carry kube-proxy's hash for \"{n}\" {p} (kube-proxy older than 1.20?); trusting the comment"),
@@ -805,14 +1068,14 @@ impl<'d> Builder<'d> {
                 self.ok(rule);
                 continue;
             }
-            if rule.has(&["--match-set"])
+            if rule.has(MATCH_SET)
                 || (target == "RETURN" && rule.src().is_some())
                 || target == "KUBE-MARK-MASQ"
                 || target == "ACCEPT"
             {
                 // IPVS mode (§2.3): ipset rules and the loopback RETURN name no Service. (Old
                 // iptables-mode kube-proxy also put "cluster IP" masquerade rules here.)
-                self.mode_ipvs |= rule.has(&["--match-set"]);
+                self.mode_ipvs |= rule.has(MATCH_SET);
                 self.ok(rule);
                 continue;
             }
@@ -855,7 +1118,7 @@ impl<'d> Builder<'d> {
         } else {
             self.node_port_ips.clone()
         };
-        let rules = self.rules_of("nat", "KUBE-NODEPORTS");
+        let rules: Vec<&Rule<'_>> = self.rules_of("nat", "KUBE-NODEPORTS").collect();
         if !rules.is_empty() && !self.node_port_any && self.node_port_ips.is_empty() {
             self.warnings.push(format!(
                 "{}: nat KUBE-SERVICES has no rule jumping to KUBE-NODEPORTS (it must be the last rule): NodePorts are not reachable",
@@ -880,7 +1143,7 @@ impl<'d> Builder<'d> {
             let proto = rule.protocol().unwrap_or(proto);
             match rule.dst_ip() {
                 // Localhost NodePorts: `-d 127.0.0.0/8` does not parse as a host; show 127.0.0.1.
-                None if rule.opt(&["-d"]).is_some() => {
+                None if rule.has(D_SHORT) => {
                     if !self.node_port_any {
                         self.add_frontend(
                             &n,
@@ -963,7 +1226,7 @@ impl<'d> Builder<'d> {
                 for rule in self.rules_of("nat", &fw_chain) {
                     let target = rule.target();
                     if target == Some(ext_chain.as_str()) {
-                        if let Some(src) = rule.src().filter(|o| !o.negated).and_then(Opt::arg).map(str::to_string) {
+                        if let Some(src) = rule.src().filter(|o| !o.negated).and_then(|o| o.arg()).map(str::to_string) {
                             let (svc, _) = self.service(&n);
                             if !svc.rules.source_ranges.contains(&src) {
                                 svc.rules.source_ranges.push(src);
@@ -995,17 +1258,17 @@ impl<'d> Builder<'d> {
             if target == "KUBE-MARK-MASQ" {
                 self.ok(rule);
             } else if target.starts_with("KUBE-SEP-") {
-                if rule.has(&["--rcheck"]) {
-                    let secs = rule.arg(&["--seconds"]).and_then(|s| s.parse::<u32>().ok());
+                if rule.has(RCHECK) {
+                    let secs = rule.arg(SECONDS).and_then(|s| s.parse::<u32>().ok());
                     let (svc, _) = self.service(n);
                     svc.rules.affinity_timeout_secs = secs.or(svc.rules.affinity_timeout_secs);
                     affinity_seps.push(target);
                 } else {
-                    let probability = rule.arg(&["--probability"]).and_then(|p| p.parse::<f64>().ok());
-                    if rule.has(&["--probability"]) && probability.is_none() {
+                    let probability = rule.arg(PROBABILITY).and_then(|p| p.parse::<f64>().ok());
+                    if rule.has(PROBABILITY) && probability.is_none() {
                         self.warn_rule(rule, "unreadable --probability");
                     }
-                    if rule.has(&["--every", "--nth"]) {
+                    if rule.has(NTH) {
                         self.warn_rule(
                             rule,
                             "statistic --mode nth is not kube-proxy's; treated as unconditional",
@@ -1040,7 +1303,7 @@ impl<'d> Builder<'d> {
         // The chance each endpoint is chosen: p_i times the chance no earlier rule matched.
         let mut remaining = 1.0_f64;
         let mut found = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = FastSet::default();
         for d in &dispatch {
             let p = d.probability.unwrap_or(1.0);
             let weight = remaining * p;
@@ -1102,17 +1365,19 @@ impl<'d> Builder<'d> {
         weight: f64,
         local: Option<bool>,
     ) -> Option<(IpAddr, u16)> {
-        self.referenced_seps.insert(sep);
-        if !self.dump.exists("nat", sep) {
+        // `from` is the nat rule jumping to `sep`: its target is resolved already.
+        let id = from.target_id;
+        if id == NO_CHAIN {
             // Reported by check_jumps.
             return None;
         }
+        self.referenced_seps[id as usize] = true;
         self.add_chain(n, sep);
         let mut dnat: Option<(&Rule<'_>, IpAddr, u16)> = None;
-        for rule in self.rules_of("nat", sep) {
+        for rule in self.rules_by_id(id) {
             match rule.target() {
                 Some("KUBE-MARK-MASQ") => self.ok(rule),
-                Some("DNAT") => match rule.arg(&["--to-destination"]).and_then(host_port) {
+                Some("DNAT") => match rule.arg(TO_DESTINATION).and_then(host_port) {
                     Some((ip, port)) => {
                         if dnat.is_some() {
                             self.warn_rule(rule, format!("{sep} has a second DNAT rule; using the first"));
@@ -1144,8 +1409,8 @@ impl<'d> Builder<'d> {
                 format!("{}: comment says {to} but {sep} DNATs to {hostport}", from.chain),
             );
         }
-        let expected = names::endpoint_chain(n, proto.as_str(), &hostport);
-        if expected != sep {
+        if !names::endpoint_chain_is(n, proto.as_str(), &hostport, sep) {
+            let expected = names::endpoint_chain(n, proto.as_str(), &hostport);
             self.warn_rule(
                 rule,
                 format!("{sep} is not kube-proxy's chain name for \"{n}\" {proto} -> {hostport} (expected {expected})"),
@@ -1186,7 +1451,7 @@ impl<'d> Builder<'d> {
         for chain in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"] {
             for rule in self.rules_of("filter", chain) {
                 let Some((n, kind)) = rule.comment().and_then(parse_comment) else {
-                    if rule.has(&["--match-set"]) {
+                    if rule.has(MATCH_SET) {
                         self.mode_ipvs = true;
                         self.ok(rule);
                     }
@@ -1239,7 +1504,7 @@ impl<'d> Builder<'d> {
             if let Some((n, CommentKind::Firewall)) = rule.comment().and_then(parse_comment) {
                 self.add_chain(n, "KUBE-PROXY-FIREWALL");
                 self.ok(rule);
-            } else if rule.has(&["--match-set"]) {
+            } else if rule.has(MATCH_SET) {
                 self.ok(rule);
             }
         }
@@ -1255,7 +1520,7 @@ impl<'d> Builder<'d> {
         let dump = self.dump;
         for rule in &dump.rules {
             let Some(target) = rule.target() else { continue };
-            if BUILTIN_TARGETS.contains(&target) || !target.starts_with("KUBE-") || dump.exists(rule.table, target) {
+            if !target.starts_with("KUBE-") || BUILTIN_TARGETS.contains(&target) || rule.target_id != NO_CHAIN {
                 continue;
             }
             let msg = format!(
@@ -1277,13 +1542,17 @@ impl<'d> Builder<'d> {
 
     fn check_unreferenced_seps(&mut self) {
         let dump = self.dump;
-        let mut stale: Vec<&str> = dump
-            .chain_names("nat")
-            .filter(|c| c.starts_with("KUBE-SEP-") && !self.referenced_seps.contains(c))
+        let mut stale: Vec<(&str, u32)> = dump
+            .chains
+            .iter()
+            .filter(|(t, _)| *t == "nat")
+            .flat_map(|(_, m)| m.iter())
+            .filter(|(c, id)| c.starts_with("KUBE-SEP-") && !self.referenced_seps[**id as usize])
+            .map(|(c, id)| (c.as_ref(), *id))
             .collect();
         stale.sort_unstable();
-        for sep in stale {
-            for rule in self.rules_of("nat", sep) {
+        for (sep, id) in stale {
+            for rule in self.rules_by_id(id) {
                 self.ok(rule);
             }
             self.warnings.push(format!(
@@ -1347,6 +1616,66 @@ mod tests {
         let w = tokenize(r#"-A X -m comment --comment "say \"hi\" \\ there" -j Y"#).unwrap();
         assert_eq!(w[5], (Cow::Borrowed(r#"say "hi" \ there"#), true));
         assert!(tokenize(r#"-A X --comment "open"#).is_err());
+    }
+
+    #[test]
+    fn field_masks_follow_the_field_names() {
+        let names: Vec<&str> = FIELDS.iter().flat_map(|f| f.iter().copied()).collect();
+        for name in names.iter().copied().chain(["-m", "--x", "-A", ""]) {
+            let expected = FIELDS
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.contains(&name))
+                .fold(0u16, |m, (i, _)| m | 1 << i);
+            assert_eq!(field_mask(name), expected, "{name}");
+        }
+        for (w, opt) in [("-j", true), ("--comment", true), ("-1", false), ("-0.5", false), ("-inf", false),
+            ("-nan", false), ("-i", true), ("-n", true), ("-", false), ("x", false), ("-.", true), ("-Infinity", false)] {
+            assert_eq!(is_option_name(w), opt, "{w}");
+            assert_eq!(is_option_name(w), w.len() > 1 && w.starts_with('-') && w.parse::<f64>().is_err(), "{w}");
+        }
+    }
+
+    #[test]
+    fn options_take_the_first_option_of_a_name_and_its_first_argument() {
+        let text = r#"-A X ! -s 10.0.0.0/8 -d 10.96.0.1/32 -p tcp -m comment --comment "a \"b\" c" x -m tcp --dport 80 --dport 81 -j KUBE-SVC-X -g Y"#;
+        let mut words = Words::new(text);
+        words.next();
+        words.next();
+        let rule = Rule {
+            index: 0,
+            line: 1,
+            table: "nat",
+            chain: Cow::Borrowed("X"),
+            text,
+            fields: options(text, &mut words).unwrap(),
+            target_id: NO_CHAIN,
+        };
+        assert!(rule.src().unwrap().negated);
+        assert_eq!(rule.src().unwrap().arg(), Some("10.0.0.0/8"));
+        assert_eq!(rule.arg(D_OR_S), Some("10.0.0.0/8"));
+        assert_eq!(rule.dst_ip(), Some(ip("10.96.0.1")));
+        assert!(rule.has(D_SHORT));
+        assert_eq!(rule.comment(), Some(r#"a "b" c"#));
+        assert_eq!(rule.dport(), Some(80));
+        assert_eq!(rule.target(), Some("KUBE-SVC-X"));
+        assert_eq!(rule.protocol(), Some(Protocol::Tcp));
+        assert!(!rule.has(MATCH_SET) && !rule.dst_type_local());
+        // A negated option, an option without argument, a negative number as an argument.
+        let text = "-A X -p ! --dst-type LOCAL --rcheck --seconds -5 --probability";
+        let mut words = Words::new(text);
+        words.next();
+        words.next();
+        let f = options(text, &mut words).unwrap();
+        let rule = Rule { fields: f, text, ..rule };
+        assert_eq!(rule.protocol(), None);
+        assert!(rule.has(PROTO) && rule.opt(PROTO).unwrap().arg().is_none());
+        assert!(rule.opt(DST_TYPE).unwrap().negated && !rule.dst_type_local());
+        assert!(rule.has(RCHECK) && rule.arg(RCHECK).is_none());
+        assert_eq!(rule.arg(SECONDS), Some("-5"));
+        assert!(rule.has(PROBABILITY) && rule.arg(PROBABILITY).is_none());
+        let mut words = Words::new(r#"--comment "open"#);
+        assert!(options(r#"--comment "open"#, &mut words).is_err());
     }
 
     #[test]

@@ -28,13 +28,14 @@
 //! warning, and rules in kube-proxy's per-service chains that this reader does not understand are
 //! reported, never dropped silently.
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::Value;
 
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service};
-use crate::rules::names;
+use crate::rules::{FastMap, FastSet, names};
 
 /// Which base-chain layout kube-proxy used (§3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +91,12 @@ pub fn parse(json: &str) -> Result<Parsed, ParseError> {
 pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> {
     let mut table = Table {
         source_name: source_name.to_string(),
-        family: "ip".to_string(),
+        family: Cow::Borrowed("ip"),
         ..Default::default()
     };
-    // The top-level array is read one object at a time, each turned into the compact form below
-    // and dropped: a 10,000-Service table is ~40 MB of JSON and several times that as a `Value`.
+    // The top-level array is read one object at a time, each into a [`J`] tree borrowing its
+    // strings from `json`, turned into the compact form below and dropped: a 10,000-Service table
+    // is ~45 MB of JSON and several times that as a `serde_json::Value`.
     let mut de = serde_json::Deserializer::from_str(json);
     let seen =
         serde::Deserializer::deserialize_map(&mut de, RootVisitor(&mut table)).and_then(|seen| de.end().map(|()| seen));
@@ -121,16 +123,16 @@ pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> 
 }
 
 /// `{"nftables": [...]}`: feeds each array object to [`Table::add`]; `true` when the key was there.
-struct RootVisitor<'a>(&'a mut Table);
+struct RootVisitor<'t, 'de>(&'t mut Table<'de>);
 
-impl<'de> serde::de::Visitor<'de> for RootVisitor<'_> {
+impl<'de> serde::de::Visitor<'de> for RootVisitor<'_, 'de> {
     type Value = bool;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an object with an \"nftables\" array")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let mut seen = false;
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(KeySeed)? {
             if key == "nftables" {
                 map.next_value_seed(ObjectsSeed(&mut *self.0))?;
                 seen = true;
@@ -142,22 +144,22 @@ impl<'de> serde::de::Visitor<'de> for RootVisitor<'_> {
     }
 }
 
-struct ObjectsSeed<'a>(&'a mut Table);
+struct ObjectsSeed<'t, 'de>(&'t mut Table<'de>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for ObjectsSeed<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectsSeed<'_, 'de> {
     type Value = ();
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_> {
+impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_, 'de> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an array of nft objects")
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(obj) = seq.next_element::<Value>()? {
+        while let Some(obj) = seq.next_element::<J<'de>>()? {
             self.0.add(obj);
         }
         Ok(())
@@ -165,26 +167,225 @@ impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// JSON values borrowing from the input
+
+/// A JSON value whose strings borrow from the input (unless they hold escapes), with objects as
+/// key/value lists: reading `nft -j` output into these is several times cheaper than into
+/// `serde_json::Value` (a `String` per string and a `BTreeMap` per object). The accessors answer
+/// as `Value`'s do: a repeated key's last value wins, and [`J::first_entry`] is the entry a
+/// `Value` object iterates first (the smallest key).
+#[derive(Debug, Clone, PartialEq)]
+enum J<'a> {
+    Null,
+    Bool(bool),
+    Num(serde_json::Number),
+    Str(Cow<'a, str>),
+    Arr(Vec<J<'a>>),
+    Obj(Vec<(Cow<'a, str>, J<'a>)>),
+}
+
+static NULL: J<'static> = J::Null;
+
+impl<'a> J<'a> {
+    fn get(&self, key: &str) -> Option<&J<'a>> {
+        match self {
+            J::Obj(m) => m.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// `get` or `Null`.
+    fn at(&self, key: &str) -> &J<'a> {
+        self.get(key).unwrap_or(&NULL)
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            J::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The string, keeping the borrow from the input.
+    fn as_cow(&self) -> Option<Cow<'a, str>> {
+        match self {
+            J::Str(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            J::Num(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    fn as_array(&self) -> Option<&Vec<J<'a>>> {
+        match self {
+            J::Arr(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        matches!(self, J::Null)
+    }
+
+    fn is_array(&self) -> bool {
+        matches!(self, J::Arr(_))
+    }
+
+    /// The entry a `serde_json::Value` object lists first: the smallest key, its last value.
+    fn first_entry(&self) -> Option<(&str, &J<'a>)> {
+        let J::Obj(m) = self else { return None };
+        let mut best: Option<(&str, &J<'a>)> = None;
+        for (k, v) in m {
+            if best.is_none_or(|(b, _)| k.as_ref() <= b) {
+                best = Some((k.as_ref(), v));
+            }
+        }
+        best
+    }
+
+    /// Takes the value of `key` out (the last one, as [`J::get`] reads), leaving `Null`.
+    fn take(&mut self, key: &str) -> J<'a> {
+        match self {
+            J::Obj(m) => m
+                .iter_mut()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| std::mem::replace(v, J::Null))
+                .unwrap_or(J::Null),
+            _ => J::Null,
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        match self {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Num(n) => Value::Number(n.clone()),
+            J::Str(s) => Value::String(s.to_string()),
+            J::Arr(a) => Value::Array(a.iter().map(J::to_value).collect()),
+            J::Obj(m) => Value::Object(m.iter().map(|(k, v)| (k.to_string(), v.to_value())).collect()),
+        }
+    }
+}
+
+/// Compact JSON, as `serde_json::Value` prints it (for statements the renderer does not know).
+impl std::fmt::Display for J<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_value().fmt(f)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for J<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JVisitor)
+    }
+}
+
+struct JVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JVisitor {
+    type Value = J<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<J<'de>, E> {
+        Ok(J::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<J<'de>, E> {
+        Ok(J::Num(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<J<'de>, E> {
+        Ok(J::Num(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<J<'de>, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(J::Null, J::Num))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<J<'de>, E> {
+        Ok(J::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<J<'de>, E> {
+        Ok(J::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<J<'de>, E> {
+        Ok(J::Str(Cow::Owned(v)))
+    }
+    fn visit_none<E>(self) -> Result<J<'de>, E> {
+        Ok(J::Null)
+    }
+    fn visit_unit<E>(self) -> Result<J<'de>, E> {
+        Ok(J::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(x) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(J::Arr(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
+        let mut m = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            m.push((k, map.next_value()?));
+        }
+        Ok(J::Obj(m))
+    }
+}
+
+/// An object key, borrowed from the input when it holds no escapes.
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The table
 
 #[derive(Debug, Default)]
-struct Chain {
-    handle: Option<u64>,
-    hook: Option<String>,
-    prio: Option<i64>,
-    rules: Vec<NftRule>,
+struct Chain<'a> {
+    hook: Option<Cow<'a, str>>,
+    rules: Vec<NftRule<'a>>,
 }
 
 /// One rule, reduced at read time to what the model needs plus its rendering.
 #[derive(Debug, Default)]
-struct NftRule {
-    chain: String,
+struct NftRule<'a> {
+    /// Position in the table (for [`Builder::understood`]).
+    index: usize,
+    chain: Cow<'a, str>,
     /// nft list syntax, ending in ` # handle N`.
     text: String,
     /// Chains the rule jumps or goes to (verdicts and vmap entries).
-    targets: Vec<String>,
+    targets: Vec<Cow<'a, str>>,
     /// `numgen random mod N vmap { i : goto X, ... }`.
-    numgen: Option<(u64, Vec<(u64, String)>)>,
+    numgen: Option<(u64, Vec<(u64, Cow<'a, str>)>)>,
     /// `dnat to ip:port`.
     dnat: Option<(IpAddr, u16)>,
     /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`.
@@ -192,19 +393,20 @@ struct NftRule {
     /// `update @set { ip saddr }` (affinity bookkeeping).
     set_update: bool,
     /// The set an `... @set` match names (affinity rules).
-    match_set: Option<String>,
+    match_set: Option<Cow<'a, str>>,
     /// Addresses and prefixes an `ip saddr` match compares with (firewall chains).
     saddr_ranges: Vec<String>,
 }
 
-impl NftRule {
-    fn from_json(chain: &str, handle: Option<u64>, comment: Option<&str>, expr: &[Value]) -> Self {
-        let mut text = render_exprs(expr);
+impl<'a> NftRule<'a> {
+    fn from_json(index: usize, chain: Cow<'a, str>, handle: Option<u64>, comment: Option<&str>, expr: &[J<'a>]) -> Self {
+        let mut text = String::with_capacity(96);
+        render_exprs(expr, &mut text);
         if let Some(c) = comment {
-            text.push_str(&format!(" comment \"{c}\""));
+            let _ = write!(text, " comment \"{c}\"");
         }
         if let Some(h) = handle {
-            text.push_str(&format!(" # handle {h}"));
+            let _ = write!(text, " # handle {h}");
         }
         let mut targets_found = Vec::new();
         expr.iter().for_each(|e| targets(e, &mut targets_found));
@@ -214,30 +416,26 @@ impl NftRule {
                 && m.get("left")
                     .and_then(|l| l.get("payload"))
                     .and_then(|p| p.get("field"))
-                    .and_then(Value::as_str)
+                    .and_then(J::as_str)
                     == Some("saddr")
-                && !m
-                    .get("right")
-                    .and_then(Value::as_str)
-                    .is_some_and(|r| r.starts_with('@'))
+                && !m.get("right").and_then(J::as_str).is_some_and(|r| r.starts_with('@'))
             {
-                collect_prefixes(m.get("right").unwrap_or(&Value::Null), &mut saddr_ranges);
+                collect_prefixes(m.at("right"), &mut saddr_ranges);
             }
         }
         NftRule {
-            chain: chain.to_string(),
+            index,
+            chain,
             text,
             targets: targets_found,
             numgen: expr.iter().find_map(numgen_vmap),
             dnat: expr.iter().find_map(dnat_target),
             dnat_map: expr.iter().find_map(dnat_numgen_map),
             set_update: expr.iter().any(|e| e.get("set").is_some()),
-            match_set: expr.iter().find_map(|e| {
-                e.get("match")
-                    .and_then(|m| m.get("right"))
-                    .and_then(Value::as_str)
-                    .and_then(|r| r.strip_prefix('@'))
-                    .map(str::to_string)
+            match_set: expr.iter().find_map(|e| match e.get("match")?.get("right")? {
+                J::Str(Cow::Borrowed(r)) => r.strip_prefix('@').map(Cow::Borrowed),
+                J::Str(Cow::Owned(r)) => r.strip_prefix('@').map(|s| Cow::Owned(s.to_string())),
+                _ => None,
             }),
             saddr_ranges,
         }
@@ -246,7 +444,7 @@ impl NftRule {
     fn rule_ref(&self) -> RuleRef {
         RuleRef {
             source: RuleSource::Nftables,
-            name: self.chain.clone(),
+            name: self.chain.to_string(),
             text: self.text.clone(),
         }
     }
@@ -264,90 +462,90 @@ const MODEL_SETS: &[&str] = &[
     "firewall-ips",
 ];
 
-/// A set or map: its elements as (key, value) pairs (value `Null` for sets), element comments, and
-/// the set-wide timeout.
+/// A set or map element: key, value (`Null` for sets) and comment.
+type Elem<'a> = (J<'a>, J<'a>, Option<Cow<'a, str>>);
+
+/// A set or map: its elements, element comments, and the set-wide timeout.
 #[derive(Debug, Default)]
-struct SetLike {
+struct SetLike<'a> {
     handle: Option<u64>,
-    elems: Vec<(Value, Value, Option<String>)>,
+    elems: Vec<Elem<'a>>,
     timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default)]
-struct Table {
+struct Table<'a> {
     source_name: String,
     found: bool,
-    family: String,
-    chains: HashMap<String, Chain>,
-    sets: HashMap<String, SetLike>,
+    family: Cow<'a, str>,
+    chains: FastMap<Cow<'a, str>, Chain<'a>>,
+    sets: FastMap<Cow<'a, str>, SetLike<'a>>,
     warnings: Vec<String>,
+    rule_count: usize,
 }
 
-impl Table {
+impl<'a> Table<'a> {
     /// Takes one top-level object of `nft -j` output.
-    fn add(&mut self, obj: Value) {
-        let Value::Object(mut m) = obj else { return };
-        let Some((kind, body)) = m.iter_mut().next() else {
+    fn add(&mut self, obj: J<'a>) {
+        let J::Obj(mut m) = obj else { return };
+        // `Value` kept the smallest key of an object with several.
+        let Some(pos) = (0..m.len()).min_by(|&a, &b| m[a].0.cmp(&m[b].0).then(b.cmp(&a))) else {
             return;
         };
-        let kind = kind.clone();
-        let body = std::mem::take(body);
-        let ours = body.get("table").and_then(Value::as_str) == Some("kube-proxy");
-        let name = body.get("name").and_then(Value::as_str);
-        match kind.as_str() {
-            "table" if name == Some("kube-proxy") => {
+        let (kind, mut body) = m.swap_remove(pos);
+        let ours = body.get("table").and_then(J::as_str) == Some("kube-proxy");
+        let name = body.get("name").and_then(J::as_cow);
+        match kind.as_ref() {
+            "table" if name.as_deref() == Some("kube-proxy") => {
                 self.found = true;
-                if let Some(f) = body.get("family").and_then(Value::as_str) {
-                    self.family = f.to_string();
+                if let Some(f) = body.get("family").and_then(J::as_cow) {
+                    self.family = f;
                 }
             }
             "chain" if ours => {
                 let Some(name) = name else { return };
-                let c = self.chains.entry(name.to_string()).or_default();
-                c.handle = body.get("handle").and_then(Value::as_u64);
-                c.hook = body.get("hook").and_then(Value::as_str).map(str::to_string);
-                c.prio = body.get("prio").and_then(Value::as_i64);
+                let c = self.chains.entry(name).or_default();
+                c.hook = body.get("hook").and_then(J::as_cow);
             }
             "rule" if ours => {
-                let Some(chain) = body.get("chain").and_then(Value::as_str) else {
+                let Some(chain) = body.get("chain").and_then(J::as_cow) else {
                     return;
                 };
-                let expr = body
-                    .get("expr")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
+                let expr = body.take("expr");
+                let expr = expr.as_array().map(Vec::as_slice).unwrap_or(&[]);
+                let index = self.rule_count;
+                self.rule_count += 1;
                 let rule = NftRule::from_json(
-                    chain,
-                    body.get("handle").and_then(Value::as_u64),
-                    body.get("comment").and_then(Value::as_str),
+                    index,
+                    chain.clone(),
+                    body.get("handle").and_then(J::as_u64),
+                    body.get("comment").and_then(J::as_str),
                     expr,
                 );
-                let rules = &mut self.chains.entry(chain.to_string()).or_default().rules;
+                let rules = &mut self.chains.entry(chain).or_default().rules;
                 // Chains hold one to three rules: exact capacity saves ~50 MB on 60,000 chains.
                 rules.reserve_exact(1);
                 rules.push(rule);
             }
             "set" | "map" | "element" if ours => {
                 let Some(name) = name else { return };
-                let keep = MODEL_SETS.contains(&name);
-                let s = self.sets.entry(name.to_string()).or_default();
+                let keep = MODEL_SETS.contains(&name.as_ref());
+                let is_map = kind == "map";
+                let s = self.sets.entry(name).or_default();
                 if kind != "element" {
-                    s.handle = body.get("handle").and_then(Value::as_u64);
-                    s.timeout_secs = body.get("timeout").and_then(Value::as_u64);
+                    s.handle = body.get("handle").and_then(J::as_u64);
+                    s.timeout_secs = body.get("timeout").and_then(J::as_u64);
                 }
-                if keep {
-                    for e in body.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                        s.elems.push(split_elem(e, kind == "map" || e.is_array()));
+                if keep && let J::Arr(elems) = body.take("elem") {
+                    s.elems.reserve(elems.len());
+                    for e in elems {
+                        let is_pair = e.is_array();
+                        s.elems.push(split_elem(e, is_map || is_pair));
                     }
                 }
             }
             _ => {}
         }
-    }
-
-    fn rule_count(&self) -> usize {
-        self.chains.values().map(|c| c.rules.len()).sum()
     }
 
     fn set_ips(&self, name: &str) -> Vec<IpAddr> {
@@ -365,163 +563,247 @@ impl Table {
 
 /// A map element `[key, value]` or a set element `key`, where a key may be `{"elem": {"val": …,
 /// "comment": …}}`.
-fn split_elem(e: &Value, is_map: bool) -> (Value, Value, Option<String>) {
-    let (key, value) = match (is_map, e.as_array()) {
-        (true, Some(pair)) if pair.len() == 2 => (pair[0].clone(), pair[1].clone()),
-        _ => (e.clone(), Value::Null),
+fn split_elem(e: J<'_>, is_map: bool) -> Elem<'_> {
+    let (mut key, value) = match (is_map, e) {
+        (true, J::Arr(pair)) if pair.len() == 2 => {
+            let mut it = pair.into_iter();
+            let k = it.next().unwrap_or(J::Null);
+            (k, it.next().unwrap_or(J::Null))
+        }
+        (_, e) => (e, J::Null),
     };
-    match key.get("elem") {
-        Some(inner) => (
-            inner.get("val").cloned().unwrap_or(Value::Null),
-            value,
-            inner.get("comment").and_then(Value::as_str).map(str::to_string),
-        ),
-        None => (key, value, None),
+    if key.get("elem").is_some() {
+        let mut inner = key.take("elem");
+        let comment = inner.get("comment").and_then(J::as_cow);
+        (inner.take("val"), value, comment)
+    } else {
+        (key, value, None)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rendering (for evidence): nft's own list syntax, enough for kube-proxy's rules.
+// Rendering (for evidence): nft's own list syntax, enough for kube-proxy's rules. Everything is
+// written into one buffer: the table has ~100,000 rules.
 
-fn render_exprs(exprs: &[Value]) -> String {
-    exprs.iter().map(render_stmt).collect::<Vec<_>>().join(" ")
-}
-
-fn render_stmt(stmt: &Value) -> String {
-    let Some((k, v)) = stmt.as_object().and_then(|m| m.iter().next()) else {
-        return stmt.to_string();
-    };
-    match k.as_str() {
-        "match" => {
-            let op = v.get("op").and_then(Value::as_str).unwrap_or("==");
-            let left = render_val(v.get("left").unwrap_or(&Value::Null));
-            let right = render_val(v.get("right").unwrap_or(&Value::Null));
-            match op {
-                "==" | "in" => format!("{left} {right}"),
-                _ => format!("{left} {op} {right}"),
-            }
+fn render_exprs(exprs: &[J<'_>], out: &mut String) {
+    for (i, e) in exprs.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
         }
-        "accept" | "drop" | "return" | "continue" => k.clone(),
-        "jump" | "goto" => format!("{k} {}", v.get("target").and_then(Value::as_str).unwrap_or("?")),
-        "vmap" | "map" => format!(
-            "{} {k} {}",
-            render_val(v.get("key").unwrap_or(&Value::Null)),
-            render_val(v.get("data").unwrap_or(&Value::Null))
-        ),
-        "dnat" | "snat" => {
-            let addr = v.get("addr").map(render_val).unwrap_or_default();
-            match v.get("port") {
-                Some(p) if addr.contains(':') => format!("{k} to [{addr}]:{}", render_val(p)),
-                Some(p) => format!("{k} to {addr}:{}", render_val(p)),
-                None => format!("{k} to {addr}"),
-            }
-        }
-        "masquerade" => match v.get("flags") {
-            Some(f) => format!("masquerade {}", render_val(f)),
-            None => "masquerade".to_string(),
-        },
-        "reject" => match v.get("expr").and_then(Value::as_str) {
-            Some(e) if e != "port-unreachable" => format!(
-                "reject with {} {e}",
-                v.get("type").and_then(Value::as_str).unwrap_or("icmp")
-            ),
-            _ => "reject".to_string(),
-        },
-        "mangle" => format!(
-            "{} set {}",
-            render_val(v.get("key").unwrap_or(&Value::Null)),
-            render_val(v.get("value").unwrap_or(&Value::Null))
-        ),
-        "set" => format!(
-            "{} {} {{ {} }}",
-            v.get("op").and_then(Value::as_str).unwrap_or("update"),
-            v.get("set").and_then(Value::as_str).unwrap_or("?"),
-            render_val(v.get("elem").unwrap_or(&Value::Null))
-        ),
-        "counter" => "counter".to_string(),
-        _ => stmt.to_string(),
+        write_stmt(e, out);
     }
 }
 
-fn render_val(v: &Value) -> String {
+fn render_val(v: &J<'_>) -> String {
+    let mut s = String::new();
+    write_val(v, &mut s);
+    s
+}
+
+fn write_stmt(stmt: &J<'_>, out: &mut String) {
+    let Some((k, v)) = stmt.first_entry() else {
+        let _ = write!(out, "{stmt}");
+        return;
+    };
+    match k {
+        "match" => {
+            let op = v.get("op").and_then(J::as_str).unwrap_or("==");
+            write_val(v.at("left"), out);
+            out.push(' ');
+            if !matches!(op, "==" | "in") {
+                out.push_str(op);
+                out.push(' ');
+            }
+            write_val(v.at("right"), out);
+        }
+        "accept" | "drop" | "return" | "continue" => out.push_str(k),
+        "jump" | "goto" => {
+            out.push_str(k);
+            out.push(' ');
+            out.push_str(v.get("target").and_then(J::as_str).unwrap_or("?"));
+        }
+        "vmap" | "map" => {
+            write_val(v.at("key"), out);
+            out.push(' ');
+            out.push_str(k);
+            out.push(' ');
+            write_val(v.at("data"), out);
+        }
+        "dnat" | "snat" => {
+            let addr = v.get("addr").map(render_val).unwrap_or_default();
+            out.push_str(k);
+            out.push_str(" to ");
+            match v.get("port") {
+                Some(p) if addr.contains(':') => {
+                    out.push('[');
+                    out.push_str(&addr);
+                    out.push_str("]:");
+                    write_val(p, out);
+                }
+                Some(p) => {
+                    out.push_str(&addr);
+                    out.push(':');
+                    write_val(p, out);
+                }
+                None => out.push_str(&addr),
+            }
+        }
+        "masquerade" => {
+            out.push_str("masquerade");
+            if let Some(f) = v.get("flags") {
+                out.push(' ');
+                write_val(f, out);
+            }
+        }
+        "reject" => match v.get("expr").and_then(J::as_str) {
+            Some(e) if e != "port-unreachable" => {
+                let _ = write!(
+                    out,
+                    "reject with {} {e}",
+                    v.get("type").and_then(J::as_str).unwrap_or("icmp")
+                );
+            }
+            _ => out.push_str("reject"),
+        },
+        "mangle" => {
+            write_val(v.at("key"), out);
+            out.push_str(" set ");
+            write_val(v.at("value"), out);
+        }
+        "set" => {
+            out.push_str(v.get("op").and_then(J::as_str).unwrap_or("update"));
+            out.push(' ');
+            out.push_str(v.get("set").and_then(J::as_str).unwrap_or("?"));
+            out.push_str(" { ");
+            write_val(v.at("elem"), out);
+            out.push_str(" }");
+        }
+        "counter" => out.push_str("counter"),
+        _ => {
+            let _ = write!(out, "{stmt}");
+        }
+    }
+}
+
+fn write_joined(items: &[J<'_>], sep: &str, out: &mut String) {
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        write_val(x, out);
+    }
+}
+
+fn write_val(v: &J<'_>, out: &mut String) {
     match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Null => String::new(),
-        Value::Bool(b) => b.to_string(),
-        Value::Array(a) => a.iter().map(render_val).collect::<Vec<_>>().join(","),
-        Value::Object(m) => {
-            let Some((k, inner)) = m.iter().next() else {
-                return "{}".to_string();
+        J::Str(s) => out.push_str(s),
+        J::Num(n) => {
+            let _ = write!(out, "{n}");
+        }
+        J::Null => {}
+        J::Bool(b) => {
+            let _ = write!(out, "{b}");
+        }
+        J::Arr(a) => write_joined(a, ",", out),
+        J::Obj(_) => {
+            let Some((k, inner)) = v.first_entry() else {
+                out.push_str("{}");
+                return;
             };
-            match k.as_str() {
-                "payload" => format!(
-                    "{} {}",
-                    inner.get("protocol").and_then(Value::as_str).unwrap_or("?"),
-                    inner.get("field").and_then(Value::as_str).unwrap_or("?")
-                ),
-                "meta" => format!("meta {}", inner.get("key").and_then(Value::as_str).unwrap_or("?")),
-                "ct" => format!("ct {}", inner.get("key").and_then(Value::as_str).unwrap_or("?")),
-                "fib" => format!(
-                    "fib {} {}",
-                    render_val(inner.get("flags").unwrap_or(&Value::Null)).replace(',', " . "),
-                    inner.get("result").and_then(Value::as_str).unwrap_or("?")
-                ),
-                "numgen" => format!(
-                    "numgen {} mod {}",
-                    inner.get("mode").and_then(Value::as_str).unwrap_or("random"),
-                    render_val(inner.get("mod").unwrap_or(&Value::Null))
-                ),
-                "concat" => inner
-                    .as_array()
-                    .map(|a| a.iter().map(render_val).collect::<Vec<_>>().join(" . "))
-                    .unwrap_or_default(),
-                "prefix" => format!(
-                    "{}/{}",
-                    render_val(inner.get("addr").unwrap_or(&Value::Null)),
-                    render_val(inner.get("len").unwrap_or(&Value::Null))
-                ),
-                "set" => match inner.as_array() {
-                    Some(items) => {
-                        let parts: Vec<String> = items
-                            .iter()
-                            .map(|i| match i.as_array() {
-                                Some(pair) if pair.len() == 2 => {
-                                    format!("{} : {}", render_val(&pair[0]), render_stmt(&pair[1]).replace("\"", ""))
-                                }
-                                _ => render_val(i),
-                            })
-                            .collect();
-                        format!("{{ {} }}", parts.join(", "))
+            match k {
+                "payload" => {
+                    out.push_str(inner.get("protocol").and_then(J::as_str).unwrap_or("?"));
+                    out.push(' ');
+                    out.push_str(inner.get("field").and_then(J::as_str).unwrap_or("?"));
+                }
+                "meta" | "ct" => {
+                    out.push_str(k);
+                    out.push(' ');
+                    out.push_str(inner.get("key").and_then(J::as_str).unwrap_or("?"));
+                }
+                "fib" => {
+                    out.push_str("fib ");
+                    out.push_str(&render_val(inner.at("flags")).replace(',', " . "));
+                    out.push(' ');
+                    out.push_str(inner.get("result").and_then(J::as_str).unwrap_or("?"));
+                }
+                "numgen" => {
+                    out.push_str("numgen ");
+                    out.push_str(inner.get("mode").and_then(J::as_str).unwrap_or("random"));
+                    out.push_str(" mod ");
+                    write_val(inner.at("mod"), out);
+                }
+                "concat" => {
+                    if let Some(a) = inner.as_array() {
+                        write_joined(a, " . ", out);
                     }
-                    None => format!("{{ {} }}", render_val(inner)),
-                },
-                "goto" | "jump" => format!("{k} {}", inner.get("target").and_then(Value::as_str).unwrap_or("?")),
-                "&" | "|" | "^" => inner
-                    .as_array()
-                    .map(|a| a.iter().map(render_val).collect::<Vec<_>>().join(&format!(" {k} ")))
-                    .unwrap_or_default(),
-                "map" => format!(
-                    "{} map {}",
-                    render_val(inner.get("key").unwrap_or(&Value::Null)),
-                    render_val(inner.get("data").unwrap_or(&Value::Null))
-                ),
-                "elem" => render_val(inner.get("val").unwrap_or(&Value::Null)),
-                _ => v.to_string(),
+                }
+                "prefix" => {
+                    write_val(inner.at("addr"), out);
+                    out.push('/');
+                    write_val(inner.at("len"), out);
+                }
+                "set" => {
+                    out.push_str("{ ");
+                    match inner.as_array() {
+                        Some(items) => {
+                            for (i, item) in items.iter().enumerate() {
+                                if i > 0 {
+                                    out.push_str(", ");
+                                }
+                                match item.as_array() {
+                                    Some(pair) if pair.len() == 2 => {
+                                        write_val(&pair[0], out);
+                                        out.push_str(" : ");
+                                        let start = out.len();
+                                        write_stmt(&pair[1], out);
+                                        if out[start..].contains('"') {
+                                            let unquoted = out[start..].replace('"', "");
+                                            out.truncate(start);
+                                            out.push_str(&unquoted);
+                                        }
+                                    }
+                                    _ => write_val(item, out),
+                                }
+                            }
+                        }
+                        None => write_val(inner, out),
+                    }
+                    out.push_str(" }");
+                }
+                "goto" | "jump" => {
+                    out.push_str(k);
+                    out.push(' ');
+                    out.push_str(inner.get("target").and_then(J::as_str).unwrap_or("?"));
+                }
+                "&" | "|" | "^" => {
+                    if let Some(a) = inner.as_array() {
+                        write_joined(a, &format!(" {k} "), out);
+                    }
+                }
+                "map" => {
+                    write_val(inner.at("key"), out);
+                    out.push_str(" map ");
+                    write_val(inner.at("data"), out);
+                }
+                "elem" => write_val(inner.at("val"), out),
+                _ => {
+                    let _ = write!(out, "{v}");
+                }
             }
         }
     }
 }
 
 /// A map element as nft lists it: `10.96.0.1 . tcp . 443 comment "ns/svc:p" : goto service-…`.
-fn render_elem(key: &Value, value: &Value, comment: &Option<String>) -> String {
+fn render_elem(key: &J<'_>, value: &J<'_>, comment: &Option<Cow<'_, str>>) -> String {
     let mut s = render_val(key);
     if let Some(c) = comment {
-        s.push_str(&format!(" comment \"{c}\""));
+        let _ = write!(s, " comment \"{c}\"");
     }
     if !value.is_null() {
         s.push_str(" : ");
-        s.push_str(&render_stmt(value));
+        write_stmt(value, &mut s);
     }
     s
 }
@@ -560,78 +842,119 @@ impl ChainName {
 /// Parses kube-proxy's nftables service/endpoint chain grammar (§3.3) and verifies the H8 hash;
 /// `None` for other names.
 pub fn parse_chain_name(name: &str) -> Option<ChainName> {
-    let mut cn = parse_chain_name_unverified(name)?;
-    let body = &name[cn.prefix.len() + 1 + cn.hash.len() + 1..];
-    cn.hash_ok = !body.ends_with("...") && names::nft_hash(body) == cn.hash;
-    Some(cn)
+    let cn = CName::parse(name)?;
+    let hash_ok = cn.hash_ok(name);
+    Some(ChainName {
+        prefix: cn.prefix.to_string(),
+        hash: cn.hash.to_string(),
+        namespace: cn.namespace.to_string(),
+        service: cn.service.to_string(),
+        protocol: cn.protocol,
+        port_name: cn.port_name.to_string(),
+        endpoint: cn.endpoint(),
+        hash_ok,
+    })
 }
 
-/// [`parse_chain_name`] without the hash check (`hash_ok` false): for the hot paths, where each
-/// chain's hash was checked once already.
-fn parse_chain_name_unverified(name: &str) -> Option<ChainName> {
-    let (prefix, rest) = name.split_once('-')?;
-    if !["service", "local", "external", "endpoint", "firewall", "affinity"].contains(&prefix) {
-        return None;
+/// [`ChainName`] borrowing from the name, without the hash check: for the hot paths (a
+/// 10,000-Service table has 60,000 chains).
+#[derive(Debug, Clone, Copy)]
+struct CName<'n> {
+    prefix: &'n str,
+    hash: &'n str,
+    namespace: &'n str,
+    service: &'n str,
+    protocol: Protocol,
+    port_name: &'n str,
+    /// `<ip>/<port>` after `__`.
+    endpoint: Option<&'n str>,
+}
+
+impl<'n> CName<'n> {
+    fn parse(name: &'n str) -> Option<Self> {
+        let (prefix, rest) = name.split_once('-')?;
+        if !["service", "local", "external", "endpoint", "firewall", "affinity"].contains(&prefix) {
+            return None;
+        }
+        let (hash, body) = rest.split_once('-')?;
+        if hash.len() != 8 {
+            return None;
+        }
+        let (svc_part, endpoint) = match body.split_once("__") {
+            Some((s, e)) => (s, Some(e)),
+            None => (body, None),
+        };
+        let mut parts = svc_part.splitn(4, '/');
+        let namespace = parts.next()?;
+        let service = parts.next()?;
+        let protocol = Protocol::parse(parts.next()?)?;
+        let port_name = parts.next()?;
+        Some(CName {
+            prefix,
+            hash,
+            namespace,
+            service,
+            protocol,
+            port_name,
+            endpoint,
+        })
     }
-    let (hash, body) = rest.split_once('-')?;
-    if hash.len() != 8 {
-        return None;
+
+    /// The recomputed H8 hash of `name` (the name this was parsed from) matches.
+    fn hash_ok(&self, name: &str) -> bool {
+        let body = &name[self.prefix.len() + 1 + self.hash.len() + 1..];
+        !body.ends_with("...") && names::nft_hash_is(body, self.hash)
     }
-    let (svc_part, ep_part) = match body.split_once("__") {
-        Some((s, e)) => (s, Some(e)),
-        None => (body, None),
-    };
-    let mut parts = svc_part.splitn(4, '/');
-    let namespace = parts.next()?.to_string();
-    let service = parts.next()?.to_string();
-    let protocol = Protocol::parse(parts.next()?)?;
-    let port_name = parts.next()?.to_string();
-    let endpoint = ep_part.and_then(|e| {
-        let (ip, port) = e.rsplit_once('/')?;
+
+    fn endpoint(&self) -> Option<(IpAddr, u16)> {
+        let (ip, port) = self.endpoint?.rsplit_once('/')?;
         let ip: IpAddr = ip
             .parse::<Ipv4Addr>()
             .map(IpAddr::V4)
             .or_else(|_| ip.replace('.', ":").parse::<Ipv6Addr>().map(IpAddr::V6))
             .ok()?;
         Some((ip, port.parse().ok()?))
-    });
-    Some(ChainName {
-        prefix: prefix.to_string(),
-        hash: hash.to_string(),
-        namespace,
-        service,
-        protocol,
-        port_name,
-        endpoint,
-        hash_ok: false,
-    })
+    }
+
+    /// [`ChainName::port_key`].
+    fn port_key(&self) -> String {
+        let mut k = String::with_capacity(self.namespace.len() + self.service.len() + self.port_name.len() + 2);
+        k.push_str(self.namespace);
+        k.push('/');
+        k.push_str(self.service);
+        if !self.port_name.is_empty() {
+            k.push(':');
+            k.push_str(self.port_name);
+        }
+        k
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Building the model
 
 /// The verdict of a map element or vmap entry.
-fn verdict_target(v: &Value) -> Option<&str> {
+fn verdict_target<'v>(v: &'v J<'_>) -> Option<&'v str> {
     v.get("goto")
         .or_else(|| v.get("jump"))
         .and_then(|t| t.get("target"))
-        .and_then(Value::as_str)
+        .and_then(J::as_str)
 }
 
-fn concat_items(key: &Value) -> Vec<&Value> {
-    match key.get("concat").and_then(Value::as_array) {
-        Some(a) => a.iter().collect(),
-        None => vec![key],
+fn concat_items<'v, 'a>(key: &'v J<'a>) -> &'v [J<'a>] {
+    match key.get("concat").and_then(J::as_array) {
+        Some(a) => a,
+        None => std::slice::from_ref(key),
     }
 }
 
-fn as_port(v: &Value) -> Option<u16> {
+fn as_port(v: &J<'_>) -> Option<u16> {
     v.as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
-fn as_proto(v: &Value) -> Option<Protocol> {
+fn as_proto(v: &J<'_>) -> Option<Protocol> {
     v.as_str().and_then(Protocol::parse).or_else(|| {
         v.as_u64()
             .and_then(|n| u8::try_from(n).ok())
@@ -640,49 +963,55 @@ fn as_proto(v: &Value) -> Option<Protocol> {
 }
 
 /// `(ip, proto, port)` of a `service-ips`-style key.
-fn ip_proto_port(key: &Value) -> Option<(IpAddr, Protocol, u16)> {
-    match concat_items(key).as_slice() {
+fn ip_proto_port(key: &J<'_>) -> Option<(IpAddr, Protocol, u16)> {
+    match concat_items(key) {
         [ip, proto, port] => Some((ip.as_str()?.parse().ok()?, as_proto(proto)?, as_port(port)?)),
         _ => None,
     }
 }
 
 /// `(proto, port)` of a `service-nodeports`-style key.
-fn proto_port(key: &Value) -> Option<(Protocol, u16)> {
-    match concat_items(key).as_slice() {
+fn proto_port(key: &J<'_>) -> Option<(Protocol, u16)> {
+    match concat_items(key) {
         [proto, port] => Some((as_proto(proto)?, as_port(port)?)),
         _ => None,
     }
 }
 
 /// A `numgen random mod N vmap { i : goto X, … }` statement: (N, [(i, X)]).
-fn numgen_vmap(stmt: &Value) -> Option<(u64, Vec<(u64, String)>)> {
+fn numgen_vmap<'a>(stmt: &J<'a>) -> Option<(u64, Vec<(u64, Cow<'a, str>)>)> {
     let vmap = stmt.get("vmap")?;
     let modulo = vmap.get("key")?.get("numgen")?.get("mod")?.as_u64()?;
     let items = vmap.get("data")?.get("set")?.as_array()?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(items.len());
     for item in items {
         let pair = item.as_array()?;
         let idx = pair.first()?.as_u64()?;
-        out.push((idx, verdict_target(pair.get(1)?)?.to_string()));
+        let v = pair.get(1)?;
+        let target = v
+            .get("goto")
+            .or_else(|| v.get("jump"))
+            .and_then(|t| t.get("target"))
+            .and_then(J::as_cow)?;
+        out.push((idx, target));
     }
     Some((modulo, out))
 }
 
 /// A `dnat to <ip>:<port>` statement.
-fn dnat_target(stmt: &Value) -> Option<(IpAddr, u16)> {
+fn dnat_target(stmt: &J<'_>) -> Option<(IpAddr, u16)> {
     let d = stmt.get("dnat")?;
     Some((d.get("addr")?.as_str()?.parse().ok()?, as_port(d.get("port")?)?))
 }
 
 /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`: (N, targets).
-fn dnat_numgen_map(stmt: &Value) -> Option<(u64, Vec<(IpAddr, u16)>)> {
+fn dnat_numgen_map(stmt: &J<'_>) -> Option<(u64, Vec<(IpAddr, u16)>)> {
     let map = stmt.get("dnat")?.get("addr")?.get("map")?;
     let modulo = map.get("key")?.get("numgen")?.get("mod")?.as_u64()?;
     let mut out = Vec::new();
     for item in map.get("data")?.get("set")?.as_array()? {
         let pair = item.as_array()?;
-        match concat_items(pair.get(1)?).as_slice() {
+        match concat_items(pair.get(1)?) {
             [ip, port] => out.push((ip.as_str()?.parse().ok()?, as_port(port)?)),
             _ => return None,
         }
@@ -690,39 +1019,69 @@ fn dnat_numgen_map(stmt: &Value) -> Option<(u64, Vec<(IpAddr, u16)>)> {
     Some((modulo, out))
 }
 
-/// Every chain a statement jumps or goes to (verdicts, vmap entries).
-fn targets(stmt: &Value, out: &mut Vec<String>) {
+/// Every chain a statement jumps or goes to (verdicts, vmap entries), in the order a
+/// `serde_json::Value` walk (keys sorted) finds them.
+fn targets<'a>(stmt: &J<'a>, out: &mut Vec<Cow<'a, str>>) {
     match stmt {
-        Value::Object(m) => {
-            for (k, v) in m {
-                if (k == "goto" || k == "jump") && v.get("target").is_some() {
-                    if let Some(t) = v.get("target").and_then(Value::as_str) {
-                        out.push(t.to_string());
-                    }
-                } else {
-                    targets(v, out);
+        J::Obj(m) if m.len() == 1 => target_entry(&m[0].0, &m[0].1, out),
+        J::Obj(m) if m.len() <= 8 => {
+            // Sorted keys, last value of a repeated key: as `Value` iterates (without allocating).
+            let mut idx = [0usize; 8];
+            let mut n = 0;
+            for i in 0..m.len() {
+                if !m[i + 1..].iter().any(|(k, _)| *k == m[i].0) {
+                    idx[n] = i;
+                    n += 1;
                 }
             }
+            idx[..n].sort_unstable_by(|&a, &b| m[a].0.cmp(&m[b].0));
+            for &i in &idx[..n] {
+                target_entry(&m[i].0, &m[i].1, out);
+            }
         }
-        Value::Array(a) => a.iter().for_each(|v| targets(v, out)),
+        J::Obj(m) => {
+            // Sorted keys, last value of a repeated key: as `Value` iterates.
+            let mut entries: Vec<&(Cow<'a, str>, J<'a>)> = Vec::with_capacity(m.len());
+            for (i, e) in m.iter().enumerate() {
+                if !m[i + 1..].iter().any(|(k, _)| *k == e.0) {
+                    entries.push(e);
+                }
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (k, v) in entries {
+                target_entry(k, v, out);
+            }
+        }
+        J::Arr(a) => a.iter().for_each(|v| targets(v, out)),
         _ => {}
     }
 }
 
-struct Builder<'t> {
-    t: &'t Table,
-    /// Keyed by `ns/name`.
-    services: HashMap<String, Service>,
-    warnings: Vec<String>,
-    /// Rules some step understood, by address (the table is borrowed, so rules do not move; a
-    /// pointer hashes far faster than the long chain names).
-    understood: HashSet<*const NftRule>,
-    referenced_endpoints: HashSet<&'t str>,
-    any_ip: IpAddr,
+fn target_entry<'a>(k: &str, v: &J<'a>, out: &mut Vec<Cow<'a, str>>) {
+    if (k == "goto" || k == "jump") && v.get("target").is_some() {
+        if let Some(t) = v.get("target").and_then(J::as_cow) {
+            out.push(t);
+        }
+    } else {
+        targets(v, out);
+    }
 }
 
-impl<'t> Builder<'t> {
-    fn new(t: &'t Table) -> Self {
+struct Builder<'t, 'a> {
+    t: &'t Table<'a>,
+    /// Keyed by `ns/name`.
+    services: FastMap<String, Service>,
+    warnings: Vec<String>,
+    /// Rules some step understood, by [`NftRule::index`].
+    understood: Vec<bool>,
+    referenced_endpoints: FastSet<&'t str>,
+    any_ip: IpAddr,
+    /// Every chain name in order, so warnings and problems come out the same on every run.
+    sorted_chains: Vec<&'t str>,
+}
+
+impl<'t, 'a> Builder<'t, 'a> {
+    fn new(t: &'t Table<'a>) -> Self {
         let any_ip = if t.family == "ip6" {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         } else {
@@ -730,11 +1089,12 @@ impl<'t> Builder<'t> {
         };
         Self {
             t,
-            services: HashMap::new(),
+            services: FastMap::default(),
             warnings: t.warnings.clone(),
-            understood: HashSet::new(),
-            referenced_endpoints: HashSet::new(),
+            understood: vec![false; t.rule_count],
+            referenced_endpoints: FastSet::default(),
             any_ip,
+            sorted_chains: Vec::new(),
         }
     }
 
@@ -797,7 +1157,7 @@ impl<'t> Builder<'t> {
         });
     }
 
-    fn map_ref(&self, map: &str, key: &Value, value: &Value, comment: &Option<String>) -> RuleRef {
+    fn map_ref(&self, map: &str, key: &J<'_>, value: &J<'_>, comment: &Option<Cow<'_, str>>) -> RuleRef {
         let handle = self
             .t
             .sets
@@ -813,12 +1173,12 @@ impl<'t> Builder<'t> {
     }
 
     /// The Service port a map element is for: from the target chain's name, else the element comment.
-    fn element_owner(&mut self, map: &str, target: Option<&str>, comment: &Option<String>) -> Option<String> {
-        if let Some(cn) = target.and_then(parse_chain_name_unverified) {
+    fn element_owner(&mut self, map: &str, target: Option<&str>, comment: &Option<Cow<'_, str>>) -> Option<String> {
+        if let Some(cn) = target.and_then(CName::parse) {
             return Some(cn.port_key());
         }
         if let Some(c) = comment {
-            return Some(c.clone());
+            return Some(c.to_string());
         }
         self.warn(format!(
             "map {map}: element names no Service (no comment, no service chain)"
@@ -840,8 +1200,8 @@ impl<'t> Builder<'t> {
         } else {
             node_port_ips.clone()
         };
-        let cluster_ips: HashSet<IpAddr> = t.set_ips("cluster-ips").into_iter().collect();
-        let firewalled: HashSet<(IpAddr, Protocol, u16)> = t
+        let cluster_ips: FastSet<IpAddr> = t.set_ips("cluster-ips").into_iter().collect();
+        let firewalled: FastSet<(IpAddr, Protocol, u16)> = t
             .sets
             .get("firewall-ips")
             .map(|s| s.elems.iter().filter_map(|(k, _, _)| ip_proto_port(k)).collect())
@@ -900,14 +1260,15 @@ impl<'t> Builder<'t> {
         }
 
         // Per-service chains.
-        let mut names: Vec<(&'t str, ChainName)> = t
-            .chains
-            .keys()
-            .filter_map(|n| parse_chain_name(n).map(|cn| (n.as_str(), cn)))
+        self.sorted_chains = t.chains.keys().map(|k| k.as_ref()).collect();
+        self.sorted_chains.sort_unstable();
+        let names: Vec<(&'t str, CName<'t>)> = self
+            .sorted_chains
+            .iter()
+            .filter_map(|&n| CName::parse(n).map(|cn| (n, cn)))
             .collect();
-        names.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (name, cn) in &names {
-            if !cn.hash_ok {
+            if !cn.hash_ok(name) {
                 self.warn(format!(
                     "chain {name}: hash {} is not kube-proxy's for this name (truncated or older kube-proxy)",
                     cn.hash
@@ -916,7 +1277,7 @@ impl<'t> Builder<'t> {
         }
         for (name, cn) in names.iter().filter(|(_, cn)| cn.prefix == "service") {
             let local_name = format!("local-{}", &name["service-".len()..]);
-            let has_local = t.chains.contains_key(&local_name);
+            let has_local = t.chains.contains_key(local_name.as_str());
             let key = cn.port_key();
             self.add_chain(&key, name);
             let cluster = self.read_dispatch(&key, cn.protocol, name, if has_local { Some(false) } else { None });
@@ -936,18 +1297,19 @@ impl<'t> Builder<'t> {
             }
         }
         for (name, cn) in &names {
-            let key = cn.port_key();
-            match cn.prefix.as_str() {
+            match cn.prefix {
                 "external" => {
+                    let key = cn.port_key();
                     self.add_chain(&key, name);
                     for rule in &t.chains[*name].rules {
                         // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
                         if !rule.targets.is_empty() {
-                            self.understood.insert(rule);
+                            self.understood[rule.index] = true;
                         }
                     }
                 }
                 "firewall" => {
+                    let key = cn.port_key();
                     self.add_chain(&key, name);
                     for rule in &t.chains[*name].rules {
                         let ranges = rule.saddr_ranges.clone();
@@ -958,14 +1320,14 @@ impl<'t> Builder<'t> {
                                     svc.rules.source_ranges.push(r);
                                 }
                             }
-                            self.understood.insert(rule);
+                            self.understood[rule.index] = true;
                         }
                     }
                 }
                 "endpoint" if !self.referenced_endpoints.contains(name) => {
                     self.warn(format!("chain {name} is not referenced by any service chain (stale; kube-proxy deletes such chains after a second)"));
                     for rule in &t.chains[*name].rules {
-                        self.understood.insert(rule);
+                        self.understood[rule.index] = true;
                     }
                 }
                 _ => {}
@@ -986,11 +1348,11 @@ impl<'t> Builder<'t> {
             mode_hint: Some(ProxyMode::Nftables),
             layout,
             node_port_ips,
-            rule_count: t.rule_count(),
+            rule_count: t.rule_count,
         }
     }
 
-    fn no_endpoint_fact(&mut self, owner: &str, value: &Value, rr: RuleRef) {
+    fn no_endpoint_fact(&mut self, owner: &str, value: &J<'_>, rr: RuleRef) {
         let (svc, _) = self.service(owner);
         if value.get("drop").is_some() {
             svc.rules.no_local_endpoints.push(rr);
@@ -1027,7 +1389,7 @@ impl<'t> Builder<'t> {
             let tg = &rule.targets;
             if let Some((modulo, entries)) = &rule.numgen {
                 let modulo = *modulo;
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
                 dispatched = true;
                 let mut idx: Vec<u64> = entries.iter().map(|e| e.0).collect();
                 idx.sort_unstable();
@@ -1043,13 +1405,13 @@ impl<'t> Builder<'t> {
                 }
                 let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
                 for (_, ep_chain) in entries {
-                    if let Some(ep) = self.read_endpoint(key, proto, ep_chain, weight, local) {
+                    if let Some(ep) = self.read_endpoint(key, proto, ep_chain.as_ref(), weight, local) {
                         found.push(ep);
                     }
                 }
             } else if let Some((modulo, eps)) = rule.dnat_map.clone() {
                 // 1.36+: no endpoint chains; the service chain DNATs directly.
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
                 dispatched = true;
                 if modulo as usize != eps.len() {
                     self.problem(
@@ -1064,15 +1426,15 @@ impl<'t> Builder<'t> {
                 }
             } else if let Some((ip, port)) = rule.dnat {
                 // Single-endpoint services without numgen (#140723).
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
                 dispatched = true;
                 self.push_endpoint(key, proto, ip, port, 1.0, local, rule.rule_ref());
                 found.push((ip, port));
             } else if tg.iter().any(|x| x == "mark-for-masquerade") {
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
             } else if tg.len() == 1 && tg[0].starts_with("endpoint-") {
                 // `ip saddr @affinity-… goto endpoint-…`: ClientIP affinity.
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
                 let set = rule.match_set.as_deref();
                 if let Some(secs) = set.and_then(|s| t.sets.get(s)).and_then(|s| s.timeout_secs) {
                     let (svc, _) = self.service(key);
@@ -1083,9 +1445,9 @@ impl<'t> Builder<'t> {
                         rule.text
                     ));
                 }
-                self.referenced_endpoints.insert(tg[0].as_str());
+                self.referenced_endpoints.insert(tg[0].as_ref());
             } else if tg.len() == 1 && (tg[0].starts_with("local-") || tg[0].starts_with("service-")) {
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
             }
         }
         if !dispatched && !c.rules.is_empty() {
@@ -1109,14 +1471,14 @@ impl<'t> Builder<'t> {
         let mut target = None;
         for rule in &c.rules {
             if let Some(d) = rule.dnat {
-                self.understood.insert(rule);
+                self.understood[rule.index] = true;
                 if target.is_none() {
                     target = Some((d, rule));
                 }
             } else {
                 let is_masq = rule.targets.iter().any(|x| x == "mark-for-masquerade");
                 if is_masq || rule.set_update {
-                    self.understood.insert(rule);
+                    self.understood[rule.index] = true;
                 }
             }
         }
@@ -1127,8 +1489,8 @@ impl<'t> Builder<'t> {
             );
             return None;
         };
-        if let Some(cn) = parse_chain_name_unverified(chain)
-            && let Some((nip, nport)) = cn.endpoint
+        if let Some(cn) = CName::parse(chain)
+            && let Some((nip, nport)) = cn.endpoint()
             && (nip, nport) != (ip, port)
         {
             self.problem(
@@ -1185,35 +1547,37 @@ impl<'t> Builder<'t> {
     /// Every goto/jump must land on a chain of the table.
     fn check_all_jumps(&mut self) {
         let t = self.t;
-        for name in sorted_chain_names(t) {
+        let sorted = std::mem::take(&mut self.sorted_chains);
+        for &name in &sorted {
             for rule in &t.chains[name].rules {
                 for target in &rule.targets {
                     if t.chains.contains_key(target) {
                         continue;
                     }
                     let msg = format!("chain {name} jumps to {target}, which does not exist: {}", rule.text);
-                    match parse_chain_name_unverified(name).or_else(|| parse_chain_name_unverified(target)) {
+                    match CName::parse(name).or_else(|| CName::parse(target)) {
                         Some(cn) => self.problem(&cn.port_key(), msg),
                         None => self.warn(msg),
                     }
                 }
             }
         }
+        self.sorted_chains = sorted;
     }
 
     fn report_not_understood(&mut self) {
         let t = self.t;
         let mut lines = Vec::new();
-        for name in sorted_chain_names(t) {
+        for &name in &self.sorted_chains {
             let c = &t.chains[name];
-            let Some(cn) = parse_chain_name_unverified(name) else {
+            let Some(cn) = CName::parse(name) else {
                 continue;
             };
             if cn.prefix == "external" && c.rules.is_empty() {
                 continue;
             }
             for rule in &c.rules {
-                if !self.understood.contains(&(rule as *const NftRule)) {
+                if !self.understood[rule.index] {
                     lines.push(format!(
                         "{}: chain {name}: rule not understood, left out of the model: {}",
                         t.source_name, rule.text
@@ -1225,33 +1589,25 @@ impl<'t> Builder<'t> {
     }
 }
 
-fn collect_prefixes(v: &Value, out: &mut Vec<String>) {
+fn collect_prefixes(v: &J<'_>, out: &mut Vec<String>) {
     match v {
-        Value::String(s) => out.push(s.clone()),
-        Value::Object(m) => {
-            if let Some(p) = m.get("prefix") {
-                out.push(format!(
-                    "{}/{}",
-                    render_val(p.get("addr").unwrap_or(&Value::Null)),
-                    render_val(p.get("len").unwrap_or(&Value::Null))
-                ));
-            } else if let Some(s) = m.get("set") {
+        J::Str(s) => out.push(s.to_string()),
+        J::Obj(_) => {
+            if let Some(p) = v.get("prefix") {
+                let mut r = render_val(p.at("addr"));
+                r.push('/');
+                write_val(p.at("len"), &mut r);
+                out.push(r);
+            } else if let Some(s) = v.get("set") {
                 collect_prefixes(s, out);
             }
         }
-        Value::Array(a) => a.iter().for_each(|x| collect_prefixes(x, out)),
+        J::Arr(a) => a.iter().for_each(|x| collect_prefixes(x, out)),
         _ => {}
     }
 }
 
-/// Chain names in order, so warnings and problems come out the same on every run.
-fn sorted_chain_names(t: &Table) -> Vec<&str> {
-    let mut names: Vec<&str> = t.chains.keys().map(String::as_str).collect();
-    names.sort_unstable();
-    names
-}
-
-fn detect_layout(t: &Table) -> Option<Layout> {
+fn detect_layout(t: &Table<'_>) -> Option<Layout> {
     let has = |n: &str| t.chains.get(n).is_some_and(|c| c.hook.is_some());
     if has("filter-prerouting-pre-dnat") || has("filter-output-pre-dnat") {
         Some(Layout::B)
