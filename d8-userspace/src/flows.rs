@@ -442,7 +442,9 @@ impl FlowTable {
     }
 
     pub fn get(&self, id: u64) -> Option<&Flow> {
-        self.flows.iter().find(|f| f.id == id)
+        // Ids grow with every flow started and flows stay in start order (eviction and
+        // `retain` remove, never reorder): a binary search, not a scan per event.
+        self.flows.binary_search_by_key(&id, |f| f.id).ok().map(|i| &self.flows[i])
     }
 
     /// Keeps only the flows `keep` accepts (long-running captures forget flows they reported).
@@ -508,6 +510,23 @@ mod tests {
 
     fn apply(table: &mut FlowTable, ev: d8_common::Event) -> Option<u64> {
         table.apply(&decode_raw(&ev).unwrap())
+    }
+
+    /// `get` finds every flow by id after evictions and `retain` removed others.
+    #[test]
+    fn get_finds_flows_by_id_after_eviction_and_retain() {
+        let mut t = table().with_max_flows(20);
+        for port in 0..50u16 {
+            let k = key(CLIENT, 30000 + port, VIP, 80, 6);
+            apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, k, port as u64));
+        }
+        assert!(t.evicted() > 0);
+        t.retain(|f| f.id % 3 != 0);
+        let ids: Vec<u64> = t.flows().iter().map(|f| f.id).collect();
+        assert!(!ids.is_empty());
+        for id in 0..60 {
+            assert_eq!(t.get(id).map(|f| f.id), ids.contains(&id).then_some(id), "id {id}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: everything a fresh Debian machine lacks to build and test d8-trace.
 //!
 //! - Debian packages: the tools d8-trace calls on a node (iptables, nftables, conntrack, ipvsadm,
-//!   iproute2, bpftool) and what the tests and VM need (iperf3, qemu, busybox-static).
+//!   iproute2, bpftool, ipset) and what the tests and VM need (iperf3, qemu, busybox-static).
 //! - The nightly toolchain's `rust-src`: the kernel programs are built with `-Z build-std=core`.
 //! - `bpf-linker`, built against the nightly's own LLVM (no system LLVM of the right version is
 //!   packaged): a folder whose `lib/libLLVM.so` links to the nightly's `libLLVM.so.*`, named by
@@ -23,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "/usr/sbin/nft"),
     ("conntrack", "/usr/sbin/conntrack"),
     ("ipvsadm", "/usr/sbin/ipvsadm"),
+    // kube-proxy's IPVS mode keeps its address sets in ipsets (the VM's IPVS lab builds them).
+    ("ipset", "/usr/sbin/ipset"),
     ("iproute2", "/usr/sbin/ip"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("iperf3", "/usr/bin/iperf3"),
