@@ -390,12 +390,25 @@ impl Capture {
     }
 
     /// Drains the ring buffer (and the conntrack events) into `table`; `changed` is called with
-    /// each flow that changed. Never waits: call it on readiness and on a periodic tick, since
-    /// the kernel does not wake userspace for every record.
-    pub fn pump(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
+    /// each flow that changed. Call it on readiness and on a periodic tick, since the kernel does
+    /// not wake userspace for every record. Under a flood it lets the runtime's other tasks (the
+    /// daemon's HTTP server) run every [`PUMP_BUDGET`] records; it never waits otherwise.
+    pub async fn pump(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
+        while self.pump_some(table, changed, PUMP_BUDGET) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// [`Self::pump`] without yielding, for the last drain.
+    pub fn pump_all(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
+        while self.pump_some(table, changed, PUMP_BUDGET) {}
+    }
+
+    /// Drains at most `budget` records; true when it stopped there (more may be waiting).
+    fn pump_some(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64), budget: usize) -> bool {
         let Self { ring, join, tracer, decode_errors, .. } = self;
         let mut join = join.as_mut().map(|j| j.get_mut());
-        pump(ring.get_mut(), &mut join, tracer, table, changed, decode_errors);
+        pump(ring.get_mut(), &mut join, tracer, table, changed, decode_errors, budget)
     }
 
     /// Attaches to interfaces that appeared (TC hook set); one line per change or failure.
@@ -464,6 +477,9 @@ fn register<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>, Error> {
 /// programs may skip wakeups (`BPF_RB_NO_WAKEUP`) while the ring has room.
 pub const PUMP_EVERY: Duration = Duration::from_millis(100);
 
+/// Records handled between two chances for the runtime's other tasks to run.
+pub const PUMP_BUDGET: usize = 4096;
+
 /// Traces `plan` until the deadline, Ctrl-C or SIGTERM. Must run inside a tokio runtime with IO
 /// and time enabled, on the thread that is in the node's network namespace.
 ///
@@ -522,14 +538,14 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::Stop,
         };
         match wake {
-            Wake::Ready(Ready::Records) => capture.pump(&mut table, &mut changed),
+            Wake::Ready(Ready::Records) => capture.pump(&mut table, &mut changed).await,
             Wake::Ready(Ready::Links) => {
                 for note in capture.follow_links() {
                     eprintln!("d8-trace: {note}");
                 }
             }
             Wake::Tick => {
-                capture.pump(&mut table, &mut changed);
+                capture.pump(&mut table, &mut changed).await;
                 for id in table.settle(monotonic_ns()) {
                     changed(&table, id);
                 }
@@ -538,7 +554,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         }
     }
     // Drain what is left, then settle outcomes at the end of the trace.
-    capture.pump(&mut table, &mut changed);
+    capture.pump_all(&mut table, &mut changed);
     warnings.extend(capture.join_warnings());
     for id in table.settle(monotonic_ns()) {
         changed(&table, id);
@@ -690,9 +706,11 @@ async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> std::io::
     }
 }
 
-/// Drains the ring buffer into the flow table. With the conntrack-netlink join, the socket is read
-/// before each record (the record's conntrack event, if it needs one, is queued by then), records
-/// keyed by a post-NAT tuple are mapped to their flow, and conntrack events go in last.
+/// Drains the ring buffer into the flow table, at most `budget` records; returns true when it
+/// stopped at the budget. With the conntrack-netlink join, the socket is read before each record
+/// (the record's conntrack event, if it needs one, is queued by then), records keyed by a
+/// post-NAT tuple are mapped to their flow, and conntrack events go in last (once the ring is
+/// empty: a flow starts with its first packet, not with its conntrack entry).
 fn pump(
     rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
     join: &mut Option<&mut loader::tc::CtJoin>,
@@ -700,23 +718,28 @@ fn pump(
     table: &mut FlowTable,
     changed: &mut dyn FnMut(&FlowTable, u64),
     errors: &mut u64,
-) {
+    budget: usize,
+) -> bool {
     if let Some(j) = join.as_deref_mut() {
         j.poll(tracer);
     }
-    while let Some(item) = rb.next() {
+    for _ in 0..budget {
+        let Some(item) = rb.next() else {
+            if let Some(j) = join.as_deref_mut() {
+                for ev in j.take_pending() {
+                    if let Some(id) = table.apply(&ev) {
+                        changed(table, id);
+                    }
+                }
+            }
+            return false;
+        };
         if let Some(j) = join.as_deref_mut() {
             j.poll(tracer);
         }
         handle_record(table, &item, join.as_deref_mut(), changed, errors);
     }
-    if let Some(j) = join.as_deref_mut() {
-        for ev in j.take_pending() {
-            if let Some(id) = table.apply(&ev) {
-                changed(table, id);
-            }
-        }
-    }
+    true
 }
 
 fn handle_record(

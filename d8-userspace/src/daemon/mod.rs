@@ -283,16 +283,16 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     loop {
         tokio::select! {
             ready = capture.ready() => match ready? {
-                Ready::Records => capture.pump(&mut table, &mut ignore),
+                Ready::Records => capture.pump(&mut table, &mut ignore).await,
                 Ready::Links => {
                     for note in capture.follow_links() {
                         eprintln!("d8-trace: {note}");
                     }
                 }
             },
-            _ = pump_tick.tick() => capture.pump(&mut table, &mut ignore),
+            _ = pump_tick.tick() => capture.pump(&mut table, &mut ignore).await,
             _ = verdict_tick.tick() => {
-                capture.pump(&mut table, &mut ignore);
+                capture.pump(&mut table, &mut ignore).await;
                 table.settle(trace::monotonic_ns());
                 report_flows(&table, &index, &model, api_up_now(&source), m, &mut counted, &mut verdicts, writer.as_mut());
                 let cutoff = trace::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);

@@ -50,7 +50,8 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
-    assert!(held.links.len() >= 7, "the daemon holds its links: {held:?}");
+    // Netfilter links, or on kernels without them (the VM's 6.1) TC programs and tracepoint links.
+    assert!(held.links.len() + held.programs.len() >= 7, "the daemon holds its programs: {held:?}");
     let ready = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/readyz", TIMEOUT).unwrap();
     assert_eq!(ready.status(), Some(200), "{ready:?}");
 
