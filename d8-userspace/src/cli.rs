@@ -283,6 +283,12 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Explain(ref e)) if e.output == Output::Json));
         let cli = parse(&["daemon", "--metrics-addr", "127.0.0.1:1", "--events", "-"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Daemon(ref d)) if d.events.as_deref() == Some("-")));
+        // The daemon takes --hooks like every subcommand (default auto).
+        let cli = parse(&["daemon", "--hooks", "tc", "--netns", "node1"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Daemon(ref d)) if d.selection.hooks == Hooks::Tc));
+        let cli = parse(&["daemon"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Daemon(ref d)) if d.selection.hooks == Hooks::Auto));
+        assert_eq!(parse(&["daemon", "--hooks", "xdp"]).unwrap_err().exit_code(), 2);
         assert!(matches!(parse(&["demo"]).unwrap().command, Some(Command::Demo(_))));
         let cli = parse(&["doctor", "--netns", "x"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Doctor(ref d)) if d.selection.netns.as_deref() == Some("x")));
