@@ -38,6 +38,7 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::rc::Rc;
 
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service, ServiceRef};
 use crate::rules::{FastMap, FastSet, names};
@@ -483,14 +484,17 @@ const NO_CHAIN: u32 = u32::MAX;
 
 impl<'a> Dump<'a> {
     fn read(text: &'a str, source_name: &str) -> Result<Self, ParseError> {
+        // Sized for kube-proxy's dumps (~100 bytes per rule), so the large arrays are not copied
+        // as they grow; space reserved and never written costs no memory.
         let mut dump = Dump {
             source_name: source_name.to_string(),
+            rules: Vec::with_capacity(text.len() / 90),
             ..Default::default()
         };
         let mut table: Option<&'a str> = None;
         let mut seen_table = false;
         // The chain id of each rule, and the chain of the previous rule.
-        let mut rule_chain: Vec<u32> = Vec::new();
+        let mut rule_chain: Vec<u32> = Vec::with_capacity(text.len() / 90);
         let mut last: Option<(&'a str, Cow<'a, str>, u32)> = None;
         for (idx, raw) in text.lines().enumerate() {
             let line_no = idx + 1;
@@ -776,7 +780,7 @@ pub(crate) fn split_port_name(n: &str) -> (ServiceRef, String) {
 // Building the model
 
 /// A service port: `N` and protocol.
-type PortKey = (String, Protocol);
+type PortKey = (Rc<str>, Protocol);
 
 const SERVICE_PREFIXES: [&str; 4] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-"];
 /// Chains kube-proxy (or kubelet) writes with fixed content; their rules are not modelled.
@@ -1046,7 +1050,7 @@ impl<'d> Builder<'d> {
                             format!("{chain} does not carry kube-proxy's hash for \"{n}\" {p} (kube-proxy older than 1.20?); trusting the comment"),
                         );
                     }
-                    self.owners.insert(suffix.to_string(), (n.to_string(), p));
+                    self.owners.insert(suffix.to_string(), (Rc::from(n), p));
                 }
             }
         }
@@ -1530,7 +1534,7 @@ impl<'d> Builder<'d> {
             // Attribute it to the Service owning the jumping chain, the target, or the comment.
             let owner = hash_suffix(&rule.chain)
                 .or_else(|| hash_suffix(target))
-                .and_then(|s| self.owners.get(s).map(|o| o.0.clone()))
+                .and_then(|s| self.owners.get(s).map(|o| o.0.to_string()))
                 .or_else(|| rule.comment().and_then(parse_comment).map(|(n, _)| n.to_string()));
             match owner {
                 Some(n) => self.problem(&n, msg),

@@ -29,6 +29,7 @@
 //! reported, never dropped silently.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -89,9 +90,13 @@ pub fn parse(json: &str) -> Result<Parsed, ParseError> {
 
 /// Parses `nft -j` output; `source_name` prefixes every warning.
 pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> {
+    // Sized for kube-proxy's table (~400 bytes of JSON per rule, ~700 per chain), so the large
+    // arrays are not copied as they grow; space reserved and never written costs no memory.
     let mut table = Table {
         source_name: source_name.to_string(),
         family: Cow::Borrowed("ip"),
+        rules: Vec::with_capacity(json.len() / 400),
+        chains: FastMap::with_capacity_and_hasher(json.len() / 700, Default::default()),
         ..Default::default()
     };
     // The top-level array is read one object at a time, each into a [`J`] tree borrowing its
@@ -99,7 +104,8 @@ pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> 
     // is ~45 MB of JSON and several times that as a `serde_json::Value`.
     let mut de = serde_json::Deserializer::from_str(json);
     let seen =
-        serde::Deserializer::deserialize_map(&mut de, RootVisitor(&mut table)).and_then(|seen| de.end().map(|()| seen));
+        serde::Deserializer::deserialize_map(&mut de, RootVisitor(&mut table, &RefCell::default()))
+            .and_then(|seen| de.end().map(|()| seen));
     match seen {
         Ok(true) => {}
         Ok(false) => {
@@ -119,11 +125,12 @@ pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> 
             });
         }
     }
+    table.index_rules();
     Ok(Builder::new(&table).build())
 }
 
 /// `{"nftables": [...]}`: feeds each array object to [`Table::add`]; `true` when the key was there.
-struct RootVisitor<'t, 'de>(&'t mut Table<'de>);
+struct RootVisitor<'t, 'de>(&'t mut Table<'de>, &'t RefCell<Pool<'de>>);
 
 impl<'de> serde::de::Visitor<'de> for RootVisitor<'_, 'de> {
     type Value = bool;
@@ -134,7 +141,7 @@ impl<'de> serde::de::Visitor<'de> for RootVisitor<'_, 'de> {
         let mut seen = false;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             if key == "nftables" {
-                map.next_value_seed(ObjectsSeed(&mut *self.0))?;
+                map.next_value_seed(ObjectsSeed(&mut *self.0, self.1))?;
                 seen = true;
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
@@ -144,7 +151,7 @@ impl<'de> serde::de::Visitor<'de> for RootVisitor<'_, 'de> {
     }
 }
 
-struct ObjectsSeed<'t, 'de>(&'t mut Table<'de>);
+struct ObjectsSeed<'t, 'de>(&'t mut Table<'de>, &'t RefCell<Pool<'de>>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for ObjectsSeed<'_, 'de> {
     type Value = ();
@@ -159,10 +166,148 @@ impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_, 'de> {
         f.write_str("an array of nft objects")
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(obj) = seq.next_element::<J<'de>>()? {
-            self.0.add(obj);
+        while let Some(obj) = seq.next_element_seed(ObjectSeed(self.1))? {
+            if let Some((kind, body)) = obj {
+                self.0.add(&kind, body, self.1);
+            }
         }
         Ok(())
+    }
+}
+
+/// One element of the `nftables` array, `{"kind": {body}}`: the kind and the fields of the body
+/// the reader uses, without building the rest. An object with several keys gives the smallest
+/// (the last of equal ones), as a `serde_json::Value` object iterates first; other elements
+/// give `None`.
+#[derive(Clone, Copy)]
+struct ObjectSeed<'p, 'de>(&'p RefCell<Pool<'de>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_, 'de> {
+    type Value = Option<(Cow<'de, str>, Body<'de>)>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_, 'de> {
+    type Value = Option<(Cow<'de, str>, Body<'de>)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an nft object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut best: Option<(Cow<'de, str>, Body<'de>)> = None;
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            let body = map.next_value_seed(BodySeed(self.0))?;
+            if best.as_ref().is_none_or(|(b, _)| k <= *b) {
+                if let Some((_, old)) = best.replace((k, body)) {
+                    old.recycle(self.0);
+                }
+            } else {
+                body.recycle(self.0);
+            }
+        }
+        Ok(best)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// The fields of an object's body the reader uses, each the last value of its key (as `Value`
+/// keeps); other keys are skipped unread, and a body that is not an object has none.
+#[derive(Debug, Default)]
+struct Body<'a> {
+    table: J<'a>,
+    name: J<'a>,
+    family: J<'a>,
+    hook: J<'a>,
+    chain: J<'a>,
+    handle: J<'a>,
+    comment: J<'a>,
+    timeout: J<'a>,
+    expr: J<'a>,
+    elem: J<'a>,
+}
+
+#[derive(Clone, Copy)]
+struct BodySeed<'p, 'de>(&'p RefCell<Pool<'de>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_, 'de> {
+    type Value = Body<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Body<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
+    type Value = Body<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an nft object body")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
+        let mut b = Body::default();
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            let slot = match k.as_ref() {
+                "table" => &mut b.table,
+                "name" => &mut b.name,
+                "family" => &mut b.family,
+                "hook" => &mut b.hook,
+                "chain" => &mut b.chain,
+                "handle" => &mut b.handle,
+                "comment" => &mut b.comment,
+                "timeout" => &mut b.timeout,
+                "expr" => &mut b.expr,
+                "elem" => &mut b.elem,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let old = std::mem::replace(slot, map.next_value_seed(JVisitor(Some(self.0)))?);
+            self.0.borrow_mut().recycle(old);
+        }
+        Ok(b)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Body<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Body::default())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Body<'de>, E> {
+        Ok(Body::default())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Body<'de>, E> {
+        Ok(Body::default())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Body<'de>, E> {
+        Ok(Body::default())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Body<'de>, E> {
+        Ok(Body::default())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Body<'de>, E> {
+        Ok(Body::default())
+    }
+    fn visit_unit<E>(self) -> Result<Body<'de>, E> {
+        Ok(Body::default())
     }
 }
 
@@ -174,8 +319,9 @@ impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_, 'de> {
 /// `serde_json::Value` (a `String` per string and a `BTreeMap` per object). The accessors answer
 /// as `Value`'s do: a repeated key's last value wins, and [`J::first_entry`] is the entry a
 /// `Value` object iterates first (the smallest key).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 enum J<'a> {
+    #[default]
     Null,
     Bool(bool),
     Num(serde_json::Number),
@@ -282,13 +428,71 @@ impl std::fmt::Display for J<'_> {
 
 impl<'de> serde::Deserialize<'de> for J<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JVisitor)
+        d.deserialize_any(JVisitor(None))
     }
 }
 
-struct JVisitor;
+/// Containers of [`J`] trees that were read and dropped, for the next ones: the objects of `nft -j`
+/// output are read one at a time, so after the first few a tree needs no allocation.
+#[derive(Default)]
+struct Pool<'a> {
+    arrs: Vec<Vec<J<'a>>>,
+    objs: Vec<Vec<(Cow<'a, str>, J<'a>)>>,
+}
 
-impl<'de> serde::de::Visitor<'de> for JVisitor {
+impl<'a> Pool<'a> {
+    fn recycle(&mut self, j: J<'a>) {
+        match j {
+            J::Arr(mut a) => {
+                for x in a.drain(..) {
+                    self.recycle(x);
+                }
+                self.arrs.push(a);
+            }
+            J::Obj(mut m) => {
+                for (_, x) in m.drain(..) {
+                    self.recycle(x);
+                }
+                self.objs.push(m);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<'a> Body<'a> {
+    /// Gives the body's trees back to the pool.
+    fn recycle(self, pool: &RefCell<Pool<'a>>) {
+        let mut p = pool.borrow_mut();
+        for j in [
+            self.table,
+            self.name,
+            self.family,
+            self.hook,
+            self.chain,
+            self.handle,
+            self.comment,
+            self.timeout,
+            self.expr,
+            self.elem,
+        ] {
+            p.recycle(j);
+        }
+    }
+}
+
+/// Reads a [`J`], taking its containers from the pool when there is one.
+#[derive(Clone, Copy)]
+struct JVisitor<'p, 'de>(Option<&'p RefCell<Pool<'de>>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for JVisitor<'_, 'de> {
+    type Value = J<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JVisitor<'_, 'de> {
     type Value = J<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
@@ -321,19 +525,19 @@ impl<'de> serde::de::Visitor<'de> for JVisitor {
         Ok(J::Null)
     }
     fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<J<'de>, D::Error> {
-        serde::Deserialize::deserialize(d)
+        d.deserialize_any(self)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<J<'de>, A::Error> {
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(x) = seq.next_element()? {
+        let mut v = self.0.and_then(|p| p.borrow_mut().arrs.pop()).unwrap_or_default();
+        while let Some(x) = seq.next_element_seed(self)? {
             v.push(x);
         }
         Ok(J::Arr(v))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<J<'de>, A::Error> {
-        let mut m = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+        let mut m = self.0.and_then(|p| p.borrow_mut().objs.pop()).unwrap_or_default();
         while let Some(k) = map.next_key_seed(KeySeed)? {
-            m.push((k, map.next_value()?));
+            m.push((k, map.next_value_seed(self)?));
         }
         Ok(J::Obj(m))
     }
@@ -371,7 +575,8 @@ impl<'de> serde::de::Visitor<'de> for KeySeed {
 #[derive(Debug, Default)]
 struct Chain<'a> {
     hook: Option<Cow<'a, str>>,
-    rules: Vec<NftRule<'a>>,
+    /// Indexes into [`Table::rules`], in order.
+    rules: Vec<u32>,
 }
 
 /// One rule, reduced at read time to what the model needs plus its rendering.
@@ -384,14 +589,20 @@ struct NftRule<'a> {
     text: String,
     /// Chains the rule jumps or goes to (verdicts and vmap entries).
     targets: Vec<Cow<'a, str>>,
-    /// `numgen random mod N vmap { i : goto X, ... }`.
-    numgen: Option<(u64, Vec<(u64, Cow<'a, str>)>)>,
     /// `dnat to ip:port`.
     dnat: Option<(IpAddr, u16)>,
-    /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`.
-    dnat_map: Option<(u64, Vec<(IpAddr, u16)>)>,
     /// `update @set { ip saddr }` (affinity bookkeeping).
     set_update: bool,
+    /// What few rules have (one rule in ten at most): kept apart to keep the 100,000 rules small.
+    extra: Option<Box<RuleExtra<'a>>>,
+}
+
+#[derive(Debug, Default)]
+struct RuleExtra<'a> {
+    /// `numgen random mod N vmap { i : goto X, ... }`.
+    numgen: Option<(u64, Vec<(u64, Cow<'a, str>)>)>,
+    /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`.
+    dnat_map: Option<(u64, Vec<(IpAddr, u16)>)>,
     /// The set an `... @set` match names (affinity rules).
     match_set: Option<Cow<'a, str>>,
     /// Addresses and prefixes an `ip saddr` match compares with (firewall chains).
@@ -399,9 +610,18 @@ struct NftRule<'a> {
 }
 
 impl<'a> NftRule<'a> {
-    fn from_json(index: usize, chain: Cow<'a, str>, handle: Option<u64>, comment: Option<&str>, expr: &[J<'a>]) -> Self {
-        let mut text = String::with_capacity(96);
-        render_exprs(expr, &mut text);
+    /// `scratch`: a buffer to render into (the text is then copied at its exact size).
+    fn from_json(
+        index: usize,
+        chain: Cow<'a, str>,
+        handle: Option<u64>,
+        comment: Option<&str>,
+        expr: &[J<'a>],
+        scratch: &mut String,
+    ) -> Self {
+        scratch.clear();
+        let text = scratch;
+        render_exprs(expr, text);
         if let Some(c) = comment {
             let _ = write!(text, " comment \"{c}\"");
         }
@@ -423,22 +643,43 @@ impl<'a> NftRule<'a> {
                 collect_prefixes(m.at("right"), &mut saddr_ranges);
             }
         }
-        NftRule {
-            index,
-            chain,
-            text,
-            targets: targets_found,
+        let extra = RuleExtra {
             numgen: expr.iter().find_map(numgen_vmap),
-            dnat: expr.iter().find_map(dnat_target),
             dnat_map: expr.iter().find_map(dnat_numgen_map),
-            set_update: expr.iter().any(|e| e.get("set").is_some()),
             match_set: expr.iter().find_map(|e| match e.get("match")?.get("right")? {
                 J::Str(Cow::Borrowed(r)) => r.strip_prefix('@').map(Cow::Borrowed),
                 J::Str(Cow::Owned(r)) => r.strip_prefix('@').map(|s| Cow::Owned(s.to_string())),
                 _ => None,
             }),
             saddr_ranges,
+        };
+        let has_extra =
+            extra.numgen.is_some() || extra.dnat_map.is_some() || extra.match_set.is_some() || !extra.saddr_ranges.is_empty();
+        NftRule {
+            index,
+            chain,
+            text: text.as_str().to_string(),
+            targets: targets_found,
+            dnat: expr.iter().find_map(dnat_target),
+            set_update: expr.iter().any(|e| e.get("set").is_some()),
+            extra: has_extra.then(|| Box::new(extra)),
         }
+    }
+
+    fn numgen(&self) -> Option<&(u64, Vec<(u64, Cow<'a, str>)>)> {
+        self.extra.as_ref()?.numgen.as_ref()
+    }
+
+    fn dnat_map(&self) -> Option<&(u64, Vec<(IpAddr, u16)>)> {
+        self.extra.as_ref()?.dnat_map.as_ref()
+    }
+
+    fn match_set(&self) -> Option<&str> {
+        self.extra.as_ref()?.match_set.as_deref()
+    }
+
+    fn saddr_ranges(&self) -> &[String] {
+        self.extra.as_ref().map(|e| e.saddr_ranges.as_slice()).unwrap_or(&[])
     }
 
     fn rule_ref(&self) -> RuleRef {
@@ -481,51 +722,50 @@ struct Table<'a> {
     chains: FastMap<Cow<'a, str>, Chain<'a>>,
     sets: FastMap<Cow<'a, str>, SetLike<'a>>,
     warnings: Vec<String>,
-    rule_count: usize,
+    /// Every rule of kube-proxy's table, in input order.
+    rules: Vec<NftRule<'a>>,
+    /// Where rules are rendered.
+    scratch: String,
 }
 
 impl<'a> Table<'a> {
-    /// Takes one top-level object of `nft -j` output.
-    fn add(&mut self, obj: J<'a>) {
-        let J::Obj(mut m) = obj else { return };
-        // `Value` kept the smallest key of an object with several.
-        let Some(pos) = (0..m.len()).min_by(|&a, &b| m[a].0.cmp(&m[b].0).then(b.cmp(&a))) else {
-            return;
-        };
-        let (kind, mut body) = m.swap_remove(pos);
-        let ours = body.get("table").and_then(J::as_str) == Some("kube-proxy");
-        let name = body.get("name").and_then(J::as_cow);
-        match kind.as_ref() {
+    /// Takes one top-level object of `nft -j` output; its trees go back to `pool`.
+    fn add(&mut self, kind: &str, mut body: Body<'a>, pool: &RefCell<Pool<'a>>) {
+        self.add_body(kind, &mut body);
+        body.recycle(pool);
+    }
+
+    fn add_body(&mut self, kind: &str, body: &mut Body<'a>) {
+        let ours = body.table.as_str() == Some("kube-proxy");
+        let name = body.name.as_cow();
+        match kind {
             "table" if name.as_deref() == Some("kube-proxy") => {
                 self.found = true;
-                if let Some(f) = body.get("family").and_then(J::as_cow) {
+                if let Some(f) = body.family.as_cow() {
                     self.family = f;
                 }
             }
             "chain" if ours => {
                 let Some(name) = name else { return };
                 let c = self.chains.entry(name).or_default();
-                c.hook = body.get("hook").and_then(J::as_cow);
+                c.hook = body.hook.as_cow();
             }
             "rule" if ours => {
-                let Some(chain) = body.get("chain").and_then(J::as_cow) else {
+                let Some(chain) = body.chain.as_cow() else {
                     return;
                 };
-                let expr = body.take("expr");
-                let expr = expr.as_array().map(Vec::as_slice).unwrap_or(&[]);
-                let index = self.rule_count;
-                self.rule_count += 1;
+                let expr = body.expr.as_array().map(Vec::as_slice).unwrap_or(&[]);
+                let index = self.rules.len();
                 let rule = NftRule::from_json(
                     index,
                     chain.clone(),
-                    body.get("handle").and_then(J::as_u64),
-                    body.get("comment").and_then(J::as_str),
+                    body.handle.as_u64(),
+                    body.comment.as_str(),
                     expr,
+                    &mut self.scratch,
                 );
-                let rules = &mut self.chains.entry(chain).or_default().rules;
-                // Chains hold one to three rules: exact capacity saves ~50 MB on 60,000 chains.
-                rules.reserve_exact(1);
-                rules.push(rule);
+                // Listed in their chains by `index_rules` once all are read.
+                self.rules.push(rule);
             }
             "set" | "map" | "element" if ours => {
                 let Some(name) = name else { return };
@@ -533,10 +773,10 @@ impl<'a> Table<'a> {
                 let is_map = kind == "map";
                 let s = self.sets.entry(name).or_default();
                 if kind != "element" {
-                    s.handle = body.get("handle").and_then(J::as_u64);
-                    s.timeout_secs = body.get("timeout").and_then(J::as_u64);
+                    s.handle = body.handle.as_u64();
+                    s.timeout_secs = body.timeout.as_u64();
                 }
-                if keep && let J::Arr(elems) = body.take("elem") {
+                if keep && let J::Arr(elems) = std::mem::take(&mut body.elem) {
                     s.elems.reserve(elems.len());
                     for e in elems {
                         let is_pair = e.is_array();
@@ -546,6 +786,28 @@ impl<'a> Table<'a> {
             }
             _ => {}
         }
+    }
+
+    /// Lists each rule in its chain, in order. nft lists a chain's rules together: one lookup per
+    /// run of rules of one chain.
+    fn index_rules(&mut self) {
+        let Table { chains, rules, .. } = self;
+        let mut cur: Option<(&str, &mut Vec<u32>)> = None;
+        for r in rules.iter() {
+            if !cur.as_ref().is_some_and(|(name, _)| *name == r.chain.as_ref()) {
+                cur = Some((r.chain.as_ref(), &mut chains.entry(r.chain.clone()).or_default().rules));
+            }
+            if let Some((_, list)) = cur.as_mut() {
+                // Chains hold one to three rules: exact capacity.
+                list.reserve_exact(1);
+                list.push(r.index as u32);
+            }
+        }
+    }
+
+    /// The rules of a chain, in order.
+    fn chain_rules<'s>(&'s self, c: &'s Chain<'a>) -> impl Iterator<Item = &'s NftRule<'a>> + 's {
+        c.rules.iter().map(|&i| &self.rules[i as usize])
     }
 
     fn set_ips(&self, name: &str) -> Vec<IpAddr> {
@@ -1091,7 +1353,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             t,
             services: FastMap::default(),
             warnings: t.warnings.clone(),
-            understood: vec![false; t.rule_count],
+            understood: vec![false; t.rules.len()],
             referenced_endpoints: FastSet::default(),
             any_ip,
             sorted_chains: Vec::new(),
@@ -1301,7 +1563,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 "external" => {
                     let key = cn.port_key();
                     self.add_chain(&key, name);
-                    for rule in &t.chains[*name].rules {
+                    for rule in t.chain_rules(&t.chains[*name]) {
                         // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
                         if !rule.targets.is_empty() {
                             self.understood[rule.index] = true;
@@ -1311,8 +1573,8 @@ impl<'t, 'a> Builder<'t, 'a> {
                 "firewall" => {
                     let key = cn.port_key();
                     self.add_chain(&key, name);
-                    for rule in &t.chains[*name].rules {
-                        let ranges = rule.saddr_ranges.clone();
+                    for rule in t.chain_rules(&t.chains[*name]) {
+                        let ranges = rule.saddr_ranges().to_vec();
                         if !ranges.is_empty() {
                             let (svc, _) = self.service(&key);
                             for r in ranges {
@@ -1326,7 +1588,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 }
                 "endpoint" if !self.referenced_endpoints.contains(name) => {
                     self.warn(format!("chain {name} is not referenced by any service chain (stale; kube-proxy deletes such chains after a second)"));
-                    for rule in &t.chains[*name].rules {
+                    for rule in t.chain_rules(&t.chains[*name]) {
                         self.understood[rule.index] = true;
                     }
                 }
@@ -1348,7 +1610,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             mode_hint: Some(ProxyMode::Nftables),
             layout,
             node_port_ips,
-            rule_count: t.rule_count,
+            rule_count: t.rules.len(),
         }
     }
 
@@ -1385,9 +1647,9 @@ impl<'t, 'a> Builder<'t, 'a> {
         let mut found = Vec::new();
         let Some(c) = t.chains.get(chain) else { return found };
         let mut dispatched = false;
-        for rule in &c.rules {
+        for rule in t.chain_rules(c) {
             let tg = &rule.targets;
-            if let Some((modulo, entries)) = &rule.numgen {
+            if let Some((modulo, entries)) = rule.numgen() {
                 let modulo = *modulo;
                 self.understood[rule.index] = true;
                 dispatched = true;
@@ -1409,7 +1671,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                         found.push(ep);
                     }
                 }
-            } else if let Some((modulo, eps)) = rule.dnat_map.clone() {
+            } else if let Some((modulo, eps)) = rule.dnat_map().cloned() {
                 // 1.36+: no endpoint chains; the service chain DNATs directly.
                 self.understood[rule.index] = true;
                 dispatched = true;
@@ -1435,7 +1697,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             } else if tg.len() == 1 && tg[0].starts_with("endpoint-") {
                 // `ip saddr @affinity-… goto endpoint-…`: ClientIP affinity.
                 self.understood[rule.index] = true;
-                let set = rule.match_set.as_deref();
+                let set = rule.match_set();
                 if let Some(secs) = set.and_then(|s| t.sets.get(s)).and_then(|s| s.timeout_secs) {
                     let (svc, _) = self.service(key);
                     svc.rules.affinity_timeout_secs = u32::try_from(secs).ok();
@@ -1469,7 +1731,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         let c = t.chains.get(chain)?; // missing: check_all_jumps reports it
         self.add_chain(key, chain);
         let mut target = None;
-        for rule in &c.rules {
+        for rule in t.chain_rules(c) {
             if let Some(d) = rule.dnat {
                 self.understood[rule.index] = true;
                 if target.is_none() {
@@ -1544,48 +1806,47 @@ impl<'t, 'a> Builder<'t, 'a> {
         }
     }
 
-    /// Every goto/jump must land on a chain of the table.
+    /// Every goto/jump must land on a chain of the table. The rules are scanned in table order and
+    /// the (rare) findings reported in chain-name order, so they come out the same on every run.
     fn check_all_jumps(&mut self) {
         let t = self.t;
-        let sorted = std::mem::take(&mut self.sorted_chains);
-        for &name in &sorted {
-            for rule in &t.chains[name].rules {
-                for target in &rule.targets {
-                    if t.chains.contains_key(target) {
-                        continue;
-                    }
-                    let msg = format!("chain {name} jumps to {target}, which does not exist: {}", rule.text);
-                    match CName::parse(name).or_else(|| CName::parse(target)) {
-                        Some(cn) => self.problem(&cn.port_key(), msg),
-                        None => self.warn(msg),
-                    }
+        let mut missing: Vec<(&str, usize, &str)> = Vec::new();
+        for rule in &t.rules {
+            for target in &rule.targets {
+                if !t.chains.contains_key(target) {
+                    missing.push((rule.chain.as_ref(), rule.index, target.as_ref()));
                 }
             }
         }
-        self.sorted_chains = sorted;
+        missing.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (name, index, target) in missing {
+            let msg = format!(
+                "chain {name} jumps to {target}, which does not exist: {}",
+                t.rules[index].text
+            );
+            match CName::parse(name).or_else(|| CName::parse(target)) {
+                Some(cn) => self.problem(&cn.port_key(), msg),
+                None => self.warn(msg),
+            }
+        }
     }
 
+    /// Rules of kube-proxy's per-service chains that no step understood, in chain-name order.
     fn report_not_understood(&mut self) {
         let t = self.t;
-        let mut lines = Vec::new();
-        for &name in &self.sorted_chains {
-            let c = &t.chains[name];
-            let Some(cn) = CName::parse(name) else {
-                continue;
-            };
-            if cn.prefix == "external" && c.rules.is_empty() {
-                continue;
-            }
-            for rule in &c.rules {
-                if !self.understood[rule.index] {
-                    lines.push(format!(
-                        "{}: chain {name}: rule not understood, left out of the model: {}",
-                        t.source_name, rule.text
-                    ));
-                }
-            }
+        let mut left: Vec<(&str, usize)> = t
+            .rules
+            .iter()
+            .filter(|r| !self.understood[r.index] && CName::parse(&r.chain).is_some())
+            .map(|r| (r.chain.as_ref(), r.index))
+            .collect();
+        left.sort_unstable();
+        for (name, index) in left {
+            self.warnings.push(format!(
+                "{}: chain {name}: rule not understood, left out of the model: {}",
+                t.source_name, t.rules[index].text
+            ));
         }
-        self.warnings.extend(lines);
     }
 }
 
@@ -1923,6 +2184,46 @@ mod tests {
             let p = parse(&serde_json::json!({ "nftables": fewer }).to_string()).unwrap();
             assert!(p.services.len() <= 7);
         }
+    }
+
+    #[test]
+    fn borrowed_json_answers_as_value_does() {
+        let text = r#"{"b": 1, "a": {"x": "y"}, "a": {"x": "z"}, "s": "q\"uote", "n": null, "f": 1.5, "m": -3,
+            "arr": [1, "two", {"k": true}, []], "e": {}}"#;
+        let j: J = serde_json::from_str(text).unwrap();
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(j.to_value(), v);
+        assert_eq!(j.to_string(), v.to_string());
+        assert_eq!(j.at("a").at("x").as_str(), Some("z"));
+        let (k, first) = j.first_entry().unwrap();
+        assert_eq!((k, first.at("x").as_str()), ("a", Some("z")));
+        assert!(matches!(j.at("arr").as_array().unwrap()[1], J::Str(Cow::Borrowed("two"))));
+        assert!(matches!(j.get("s"), Some(J::Str(Cow::Owned(s))) if s == "q\"uote"));
+        assert_eq!((j.at("m").as_u64(), j.at("b").as_u64(), j.at("f").as_u64()), (None, Some(1), None));
+        assert!(j.at("n").is_null() && j.at("missing").is_null() && j.at("arr").is_array());
+        assert_eq!(j.at("e").first_entry(), None);
+        assert_eq!(render_val(j.at("e")), "{}");
+        // Trees given back to the pool are reused and read the same.
+        let pool = RefCell::new(Pool::default());
+        for _ in 0..3 {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let k = serde::de::DeserializeSeed::deserialize(JVisitor(Some(&pool)), &mut de).unwrap();
+            assert_eq!(k, j);
+            pool.borrow_mut().recycle(k);
+        }
+        assert!(!pool.borrow().arrs.is_empty() && !pool.borrow().objs.is_empty());
+    }
+
+    #[test]
+    fn object_with_several_kinds_reads_the_smallest_as_value_did() {
+        // "chain" < "rule": the chain is read, the rule is not; non-object elements are skipped.
+        let json = r#"{"nftables":[1, "x", null, [1, {"a": 2}], {"table":{"family":"ip","name":"kube-proxy"}},
+          {"rule":{"table":"kube-proxy","chain":"c","expr":[{"accept":null}]},"chain":{"table":"kube-proxy","name":"c"}},
+          {"rule":"not an object"},
+          {"rule":{"table":"kube-proxy","chain":"c","expr":[{"drop":null}]},"rule":{"table":"kube-proxy","chain":"d","expr":5}}]}"#;
+        let p = parse(json).unwrap();
+        assert!(p.rules_present);
+        assert_eq!(p.rule_count, 1);
     }
 
     #[test]
