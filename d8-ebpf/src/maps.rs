@@ -76,9 +76,45 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(
 #[map]
 pub static NAT_ALIAS: LruHashMap<FlowKey, FlowKey> = LruHashMap::with_max_entries(65536, 0);
 
-/// The last traced packet each CPU saw at a netfilter hook (for drop locations).
+/// The last packets each CPU saw at a hook, newest at `next - 1`: a `kfree_skb` on the same CPU
+/// looks its skb up here to say after which hook it died. Several, because a packet's own
+/// consequences pass hooks before it is freed (a REJECT sends its ICMP error or RST through
+/// OUTPUT and POSTROUTING, then the rejected packet is dropped).
+#[repr(C)]
+pub struct LastHooks {
+    pub entries: [LastHook; LAST_HOOKS],
+    pub next: u64,
+}
+
+pub const LAST_HOOKS: usize = 4;
+
 #[map]
-pub static LAST_HOOK: PerCpuArray<LastHook> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_HOOK: PerCpuArray<LastHooks> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records that `skb` passed `hook` (`after_ct`: 1 once conntrack has seen it).
+#[inline(always)]
+pub fn remember(skb: u64, hook: u8, after_ct: u8) {
+    if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
+        unsafe {
+            let i = ((*last).next as usize) & (LAST_HOOKS - 1);
+            (*last).entries[i] = LastHook { skb, hook, after_ct, pad: [0; 6] };
+            (*last).next += 1;
+        }
+    }
+}
+
+/// The newest hook this CPU remembered for `skb`: (hook, after_ct).
+#[inline(always)]
+pub fn last_hook(skb: u64) -> Option<(u8, u8)> {
+    let last = LAST_HOOK.get(0)?;
+    for back in 1..=LAST_HOOKS as u64 {
+        let entry = &last.entries[(last.next.wrapping_sub(back) as usize) & (LAST_HOOKS - 1)];
+        if entry.skb == skb {
+            return Some((entry.hook, entry.after_ct));
+        }
+    }
+    None
+}
 
 /// Per-CPU counters, indexed by `d8_common::stat`.
 #[map]

@@ -11,13 +11,13 @@
 
 use core::ffi::c_void;
 
-use d8_common::{FlowState, LastHook, TargetKey, flags, hook, kind, seen};
+use d8_common::{FlowState, TargetKey, flags, hook, kind, seen};
 
 use crate::{
     conntrack,
     emit::event,
     flows::{self, mark},
-    maps::{FLOWS, LAST_HOOK, NAT_ALIAS, TARGETS, config, maybe_target},
+    maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, remember},
     packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
 };
 
@@ -35,13 +35,6 @@ fn hook_of(state: u64) -> u8 {
     unsafe { core::ptr::read_volatile((state + config!(nf_state_hook) as u64) as *const u8) }
 }
 
-/// Remembers, per CPU, that this skb passed `hook`: a `kfree_skb` right after tells where it died.
-#[inline(always)]
-fn remember(skb: u64, hook: u8, after_ct: u8) {
-    if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
-        unsafe { *last = LastHook { skb, hook, after_ct, pad: [0; 6] } };
-    }
-}
 
 /// Before conntrack (PREROUTING and OUTPUT, priority -250): the packet exactly as the client sent
 /// it, including packets conntrack is about to drop (table full).
@@ -132,25 +125,29 @@ pub extern "C" fn nf_post(ctx: *mut c_void) -> i32 {
 #[inline(always)]
 fn try_post(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
+    let hook = hook_of(state);
+    let first = hook == hook::PRE_ROUTING || hook == hook::LOCAL_OUT;
+    let final_hook = hook == hook::POST_ROUTING;
+    // Every packet passes PREROUTING or OUTPUT first (-99, right after DNAT): the flow's state,
+    // replies, resets and FINs are read there. FORWARD and INPUT only place drops: every packet
+    // is remembered (one per-CPU store), and `kfree_skb` finds the flow of those that die.
+    if !first && !final_hook {
+        remember(skb, hook, 1);
+        return None;
+    }
     let (ct, ctinfo) = conntrack::of_trusted_skb(skb)?;
+    // POSTROUTING adds the NAT as the packet leaves, which only a flow's first packets (ctinfo
+    // NEW) can be the first to show.
+    if final_hook && ctinfo != conntrack::IP_CT_NEW {
+        remember(skb, hook, 1);
+        return None;
+    }
     let orig = conntrack::original(ct)?;
     // Both directions of a flow carry its ORIGINAL tuple, whose destination is the target.
     if !maybe_target(&orig.daddr, orig.dport, orig.proto) {
         return None;
     }
-    let hook = hook_of(state);
-    // Remembered before the flow is looked up: a drop right after is matched to its flow by
-    // `kfree_skb` itself, and most packets need nothing else at this hook.
     remember(skb, hook, 1);
-    let first = hook == hook::PRE_ROUTING || hook == hook::LOCAL_OUT;
-    let final_hook = hook == hook::POST_ROUTING;
-    // Every packet passes PREROUTING or OUTPUT first (-99, right after DNAT): the flow's state,
-    // replies, resets and FINs are read there. FORWARD and INPUT only place drops; POSTROUTING
-    // adds the NAT as it leaves, which only a flow's first packets (ctinfo NEW) can be the first
-    // to show.
-    if !first && !(final_hook && ctinfo == conntrack::IP_CT_NEW) {
-        return Some(());
-    }
     let st = match FLOWS.get_ptr_mut(&orig) {
         Some(st) => st,
         None if first => {

@@ -29,12 +29,12 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use d8_common::{FlowKey, FlowState, LastHook, TargetKey, flags, hook, kind, seen};
+use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
 
 use crate::{
     emit::event,
     flows::{self, Found, mark},
-    maps::{FLOWS, LAST_HOOK, TARGETS},
+    maps::{self, FLOWS, TARGETS},
     packet::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed, v4_key},
 };
 
@@ -104,10 +104,8 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
 /// context pointer is the kernel's `struct sk_buff`.
 #[inline(always)]
 fn remember(ctx: &TcContext, egress: bool) {
-    if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
-        let (hook, after_ct) = if egress { (hook::POST_ROUTING, 1) } else { (hook::PRE_ROUTING, 0) };
-        unsafe { *last = LastHook { skb: ctx.skb.skb as u64, hook, after_ct, pad: [0; 6] } };
-    }
+    let (hook, after_ct) = if egress { (hook::POST_ROUTING, 1) } else { (hook::PRE_ROUTING, 0) };
+    maps::remember(ctx.skb.skb as u64, hook, after_ct);
 }
 
 #[inline(always)]

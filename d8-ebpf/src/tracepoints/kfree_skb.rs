@@ -9,7 +9,7 @@ use crate::{
     conntrack,
     emit::event,
     flows,
-    maps::{LAST_HOOK, config},
+    maps::{config, last_hook},
     packet,
 };
 
@@ -39,10 +39,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         (*found.state).seen |= seen::DROP;
         (*found.state).last_drop_reason = reason;
     }
-    let (at, after_ct) = match LAST_HOOK.get(0) {
-        Some(last) if last.skb == skb => (last.hook, last.after_ct),
-        _ => (hook::UNKNOWN, 0),
-    };
+    let (at, after_ct) = last_hook(skb).unwrap_or((hook::UNKNOWN, 0));
     event(kind::DROP, at, &found.key, |ev| {
         ev.reason = reason;
         ev.tcp_flags = pkt.tcp_flags;
