@@ -26,8 +26,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Service {service} is not in kube-proxy's rules on this node{hint}")]
-    UnknownService { service: ServiceRef, hint: String },
+    /// `reason` completes the sentence: why the Service is not known, and what to do.
+    #[error("Service {service} {reason}")]
+    UnknownService { service: ServiceRef, reason: String },
     #[error("Service {service} has no port `{port}`; its ports: {known}")]
     UnknownPort { service: ServiceRef, port: String, known: String },
     #[error("tracing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON); run d8-trace as root")]
@@ -82,14 +83,24 @@ pub fn plan(model: &ServiceModel, arg: &ServiceArg, node_ips: Vec<IpAddr>) -> Re
             .map(|s| s.service.name.clone())
             .take(10)
             .collect();
-        let hint = if !model.kube_proxy.rules_present {
-            "; no kube-proxy rules were found at all (is this the node's network namespace?)".to_string()
+        let ns = &arg.service.namespace;
+        let named = model.services.iter().any(|s| !s.service.namespace.is_empty());
+        let reason = if !model.kube_proxy.rules_present {
+            "is not in kube-proxy's rules on this node: no kube-proxy rules were found at all (is this the node's \
+             network namespace?)"
+                .to_string()
+        } else if model.kube_proxy.mode == crate::model::ProxyMode::Ipvs && !named {
+            "cannot be found by name: kube-proxy runs in IPVS mode, where the kernel keeps only virtual servers \
+             (addresses such as TCP 10.96.0.1:443) and Service names come only from the Kubernetes API, which gave \
+             none here; pass --k8s-snapshot FILE (the output of `kubectl get services,endpointslices,pods,nodes -A \
+             -o json`) or --kubeconfig PATH, or run with access to the API (without --no-k8s)"
+                .to_string()
         } else if same_ns.is_empty() {
-            format!("; no Service of namespace {} is", arg.service.namespace)
+            format!("is not in kube-proxy's rules on this node, nor is any other Service of namespace {ns}")
         } else {
-            format!("; Services of {} that are: {}", arg.service.namespace, same_ns.join(", "))
+            format!("is not in kube-proxy's rules on this node; Services of {ns} that are: {}", same_ns.join(", "))
         };
-        return Err(Error::UnknownService { service: arg.service.clone(), hint });
+        return Err(Error::UnknownService { service: arg.service.clone(), reason });
     };
     let wanted = |port_name: &str, port: u16| match &arg.port {
         None => true,
@@ -343,6 +354,8 @@ pub struct Capture {
     join: Option<AsyncFd<loader::tc::CtJoin>>,
     link_events: Option<AsyncFd<crate::kernel::rtnetlink::LinkEvents>>,
     tracer: Tracer,
+    /// A record that waits for the conntrack events queued before it (the join's budget ran out).
+    held: Option<events::Event>,
     decode_errors: u64,
 }
 
@@ -373,7 +386,7 @@ impl Capture {
             None => None,
         };
         let ring = register(tracer.take_events()?)?;
-        Ok(Self { ring, join, link_events, tracer, decode_errors: 0 })
+        Ok(Self { ring, join, link_events, tracer, held: None, decode_errors: 0 })
     }
 
     /// Waits until records, conntrack events or link events are ready. Cancel-safe.
@@ -392,23 +405,25 @@ impl Capture {
     /// Drains the ring buffer (and the conntrack events) into `table`; `changed` is called with
     /// each flow that changed. Call it on readiness and on a periodic tick, since the kernel does
     /// not wake userspace for every record. Under a flood it lets the runtime's other tasks (the
-    /// daemon's HTTP server) run every [`PUMP_BUDGET`] records; it never waits otherwise.
+    /// daemon's HTTP server) run every [`PUMP_BUDGET`] records or [`JOIN_BUDGET`] conntrack
+    /// events; it never waits otherwise.
     pub async fn pump(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
-        while self.pump_some(table, changed, PUMP_BUDGET) {
+        while self.pump_some(table, changed, SLICE) {
             tokio::task::yield_now().await;
         }
     }
 
     /// [`Self::pump`] without yielding, for the last drain.
     pub fn pump_all(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
-        while self.pump_some(table, changed, PUMP_BUDGET) {}
+        while self.pump_some(table, changed, SLICE) {}
     }
 
-    /// Drains at most `budget` records; true when it stopped there (more may be waiting).
-    fn pump_some(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64), budget: usize) -> bool {
-        let Self { ring, join, tracer, decode_errors, .. } = self;
+    /// Drains at most `budget` records and conntrack events; true when it stopped there (more
+    /// may be waiting).
+    fn pump_some(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64), budget: Budget) -> bool {
+        let Self { ring, join, held, tracer, decode_errors, .. } = self;
         let mut join = join.as_mut().map(|j| j.get_mut());
-        pump(ring.get_mut(), &mut join, tracer, table, changed, decode_errors, budget)
+        pump(ring.get_mut(), &mut join, held, tracer, table, changed, decode_errors, budget)
     }
 
     /// Attaches to interfaces that appeared (TC hook set); one line per change or failure.
@@ -479,6 +494,12 @@ pub const PUMP_EVERY: Duration = Duration::from_millis(100);
 
 /// Records handled between two chances for the runtime's other tasks to run.
 pub const PUMP_BUDGET: usize = 4096;
+
+/// Conntrack events joined (TC hook set) between two chances for the runtime's other tasks to
+/// run: each costs a few `bpf()` map syscalls, about 1 ms under the VM's emulation.
+pub const JOIN_BUDGET: usize = 256;
+
+const SLICE: Budget = Budget { records: PUMP_BUDGET, joins: JOIN_BUDGET };
 
 /// Traces `plan` until the deadline, Ctrl-C or SIGTERM. Must run inside a tokio runtime with IO
 /// and time enabled, on the thread that is in the node's network namespace.
@@ -706,75 +727,98 @@ async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> std::io::
     }
 }
 
-/// Drains the ring buffer into the flow table, at most `budget` records; returns true when it
-/// stopped at the budget. With the conntrack-netlink join, the socket is read before each record
-/// (the record's conntrack event, if it needs one, is queued by then), records keyed by a
-/// post-NAT tuple are mapped to their flow, and conntrack events go in last (once the ring is
-/// empty: a flow starts with its first packet, not with its conntrack entry).
+/// What one slice of [`pump`] may do: records handled, conntrack events joined.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    records: usize,
+    joins: usize,
+}
+
+/// Drains the ring buffer into the flow table, at most `budget.records` records and
+/// `budget.joins` conntrack events; returns true when it stopped at a budget (more may be
+/// waiting). With the conntrack-netlink join, queued conntrack events are read first; a record
+/// stamped after the join last caught up may need an event still queued, so the join is polled
+/// before it (when the join's budget is spent, the record waits in `held` for the next slice);
+/// records keyed by a post-NAT tuple are mapped to their flow, and conntrack events go in last
+/// (once the ring is empty: a flow starts with its first packet, not with its conntrack entry).
+#[allow(clippy::too_many_arguments, reason = "the capture's parts, borrowed separately")]
 fn pump(
     rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
     join: &mut Option<&mut loader::tc::CtJoin>,
+    held: &mut Option<events::Event>,
     tracer: &mut Tracer,
     table: &mut FlowTable,
     changed: &mut dyn FnMut(&FlowTable, u64),
     errors: &mut u64,
-    budget: usize,
+    budget: Budget,
 ) -> bool {
+    let mut joins_left = budget.joins;
     if let Some(j) = join.as_deref_mut() {
-        j.poll(tracer);
+        joins_left -= j.poll(tracer, joins_left);
     }
-    for _ in 0..budget {
-        let Some(item) = rb.next() else {
-            if let Some(j) = join.as_deref_mut() {
-                for ev in j.take_pending() {
-                    if let Some(id) = table.apply(&ev) {
-                        changed(table, id);
+    for _ in 0..budget.records {
+        let ev = match held.take() {
+            Some(ev) => ev,
+            None => match rb.next() {
+                Some(item) => match events::decode(&item) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        *errors += 1;
+                        if *errors == 1 {
+                            eprintln!("d8-trace: {e}");
+                        }
+                        continue;
                     }
+                },
+                None => {
+                    if let Some(j) = join.as_deref_mut() {
+                        for ev in j.take_pending() {
+                            if let Some(id) = table.apply(&ev) {
+                                changed(table, id);
+                            }
+                        }
+                    }
+                    return joins_left == 0;
                 }
-            }
-            return false;
+            },
         };
-        if let Some(j) = join.as_deref_mut() {
-            j.poll(tracer);
+        if let Some(j) = join.as_deref_mut()
+            && j.needs_poll(ev.ts_ns)
+        {
+            joins_left -= j.poll(tracer, joins_left);
+            if j.needs_poll(ev.ts_ns) {
+                // Its conntrack event may still be queued: join that first, next slice.
+                *held = Some(ev);
+                return true;
+            }
         }
-        handle_record(table, &item, join.as_deref_mut(), changed, errors);
+        handle_event(table, ev, join.as_deref_mut(), changed);
     }
     true
 }
 
-fn handle_record(
+fn handle_event(
     table: &mut FlowTable,
-    bytes: &[u8],
+    mut ev: events::Event,
     join: Option<&mut loader::tc::CtJoin>,
     changed: &mut dyn FnMut(&FlowTable, u64),
-    errors: &mut u64,
 ) {
-    match events::decode(bytes) {
-        Ok(mut ev) => {
-            if let Some(j) = join {
-                j.translate(&mut ev);
-                // The flow's conntrack entry goes in right after its first packet, before
-                // anything else about it.
-                if let Some(ct) = j.take_pending_for(&ev.flow) {
-                    let (first, second) = if ev.kind == events::Kind::New { (&ev, &ct) } else { (&ct, &ev) };
-                    for e in [first, second] {
-                        if let Some(id) = table.apply(e) {
-                            changed(table, id);
-                        }
-                    }
-                    return;
+    if let Some(j) = join {
+        j.translate(&mut ev);
+        // The flow's conntrack entry goes in right after its first packet, before
+        // anything else about it.
+        if let Some(ct) = j.take_pending_for(&ev.flow) {
+            let (first, second) = if ev.kind == events::Kind::New { (&ev, &ct) } else { (&ct, &ev) };
+            for e in [first, second] {
+                if let Some(id) = table.apply(e) {
+                    changed(table, id);
                 }
             }
-            if let Some(id) = table.apply(&ev) {
-                changed(table, id);
-            }
+            return;
         }
-        Err(e) => {
-            *errors += 1;
-            if *errors == 1 {
-                eprintln!("d8-trace: {e}");
-            }
-        }
+    }
+    if let Some(id) = table.apply(&ev) {
+        changed(table, id);
     }
 }
 
@@ -888,5 +932,39 @@ mod tests {
         assert!(err.to_string().contains("web"), "{err}");
         let err = plan(&model(), &"default/web:grpc".parse().unwrap(), vec![]).unwrap_err();
         assert!(err.to_string().contains("http (80)") && err.to_string().contains("metrics (9090)"), "{err}");
+        let err = plan(&model(), &"other/web".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Service other/web is not in kube-proxy's rules on this node, nor is any other Service of namespace other"
+        );
+        let mut empty = model();
+        empty.services.clear();
+        empty.kube_proxy.rules_present = false;
+        let err = plan(&empty, &"default/web".parse().unwrap(), vec![]).unwrap_err();
+        assert!(err.to_string().ends_with("no kube-proxy rules were found at all (is this the node's network namespace?)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_service_in_ipvs_mode_without_the_api_says_where_names_come_from() {
+        // IPVS without the API: the rules hold only anonymous Services (virtual servers).
+        let mut m = model();
+        m.kube_proxy.mode = crate::model::ProxyMode::Ipvs;
+        m.services[0].service = ServiceRef { namespace: String::new(), name: "TCP 10.96.0.10:80".into() };
+        let err = plan(&m, &"default/web".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "Service default/web cannot be found by name: kube-proxy runs in IPVS mode, where the kernel keeps only \
+             virtual servers (addresses such as TCP 10.96.0.1:443) and Service names come only from the Kubernetes \
+             API, which gave none here; pass --k8s-snapshot FILE (the output of `kubectl get \
+             services,endpointslices,pods,nodes -A -o json`) or --kubeconfig PATH, or run with access to the API \
+             (without --no-k8s)"
+        );
+        assert!(!text.contains("  "), "one sentence, no gaps: {text}");
+        // With the API's names, a missing Service is just missing.
+        m.services[0].service = ServiceRef { namespace: "default".into(), name: "web".into() };
+        let err = plan(&m, &"default/nope".parse().unwrap(), vec![]).unwrap_err();
+        assert!(err.to_string().ends_with("Services of default that are: web"), "{err}");
     }
 }
