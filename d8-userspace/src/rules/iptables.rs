@@ -107,15 +107,17 @@ const FIELDS: [&[&str]; N_FIELDS] = [
     &["-s", "--source"],
     &["--dst-type"],
     &["-d", "-s"],
+    &["--seconds"],
+    &["--probability"],
+    &["--to-destination"],
     &["-d"],
     &["--match-set"],
     &["--rcheck"],
-    &["--seconds"],
-    &["--probability"],
     &["--every", "--nth"],
-    &["--to-destination"],
 ];
 const N_FIELDS: usize = 15;
+/// Fields from `N_ARGS` on are read for their presence only: no argument is kept.
+const N_ARGS: usize = 11;
 const TARGET: usize = 0;
 const COMMENT: usize = 1;
 const PROTO: usize = 2;
@@ -126,13 +128,13 @@ const DST_TYPE: usize = 6;
 /// The first of `-d` and `-s` (the IPv6 check).
 const D_OR_S: usize = 7;
 /// `-d` as written (not `--destination`).
-const D_SHORT: usize = 8;
-const MATCH_SET: usize = 9;
-const RCHECK: usize = 10;
-const SECONDS: usize = 11;
-const PROBABILITY: usize = 12;
-const NTH: usize = 13;
-const TO_DESTINATION: usize = 14;
+const SECONDS: usize = 8;
+const PROBABILITY: usize = 9;
+const TO_DESTINATION: usize = 10;
+const D_SHORT: usize = 11;
+const MATCH_SET: usize = 12;
+const RCHECK: usize = 13;
+const NTH: usize = 14;
 
 /// The fields an option name belongs to (bit `i`: `FIELDS[i]`).
 fn field_mask(name: &str) -> u16 {
@@ -181,7 +183,7 @@ struct Fields {
     /// Bit `i`: field `i`'s option is negated (`! -s ...`).
     negated: u16,
     /// Field `i`'s first argument: a byte range of the rule's text, or [`NO_SPAN`].
-    args: [(u32, u32); N_FIELDS],
+    args: [(u32, u32); N_ARGS],
     /// Arguments that unescaping changed, by field (rare: quoted words with `\"` or `\\`).
     unescaped: Option<Box<[(u8, String)]>>,
 }
@@ -316,7 +318,7 @@ fn options(s: &str, words: &mut Words<'_>) -> Result<Fields, &'static str> {
     let mut f = Fields {
         present: 0,
         negated: 0,
-        args: [NO_SPAN; N_FIELDS],
+        args: [NO_SPAN; N_ARGS],
         unescaped: None,
     };
     let mut unescaped: Vec<(u8, String)> = Vec::new();
@@ -344,6 +346,9 @@ fn options(s: &str, words: &mut Words<'_>) -> Result<Fields, &'static str> {
             while m != 0 {
                 let i = m.trailing_zeros() as usize;
                 m &= m - 1;
+                if i >= N_ARGS {
+                    continue;
+                }
                 f.args[i] = (w.start as u32, w.end as u32);
                 if w.escaped {
                     unescaped.push((i as u8, unescape(word)));
@@ -361,8 +366,8 @@ fn options(s: &str, words: &mut Words<'_>) -> Result<Fields, &'static str> {
 #[derive(Debug, Clone)]
 struct Rule<'a> {
     /// Position in `Dump::rules`.
-    index: usize,
-    line: usize,
+    index: u32,
+    line: u32,
     table: &'a str,
     chain: Cow<'a, str>,
     /// The rule as printed, without a `[pkts:bytes]` prefix.
@@ -380,7 +385,7 @@ impl<'a> Rule<'a> {
         if fl.present & (1 << f) == 0 {
             return None;
         }
-        let (start, end) = fl.args[f];
+        let (start, end) = fl.args.get(f).copied().unwrap_or(NO_SPAN);
         let first = if start == u32::MAX {
             None
         } else if let Some(u) = fl.unescaped.as_deref().and_then(|u| u.iter().find(|(i, _)| *i as usize == f)) {
@@ -592,8 +597,8 @@ impl<'a> Dump<'a> {
             };
             rule_chain.push(id);
             dump.rules.push(Rule {
-                index,
-                line: line_no,
+                index: index as u32,
+                line: line_no as u32,
                 table: tbl,
                 chain,
                 text: body,
@@ -892,7 +897,7 @@ impl<'d> Builder<'d> {
     }
 
     fn ok(&mut self, rule: &Rule<'_>) {
-        self.understood[rule.index] = true;
+        self.understood[rule.index as usize] = true;
     }
 
     /// The rules of a chain, in order (borrowing the dump, not the builder).
@@ -1296,6 +1301,12 @@ impl<'d> Builder<'d> {
             );
         }
         self.check_probabilities(n, chain, &dispatch);
+        {
+            // One endpoint and one chain per dispatch rule (the chain was added by the caller).
+            let (svc, _) = self.service(n);
+            svc.endpoints.reserve(dispatch.len());
+            svc.rules.chains.reserve(dispatch.len());
+        }
         for sep in &affinity_seps {
             if !dispatch.iter().any(|d| &d.sep == sep) {
                 self.problem(
@@ -1680,6 +1691,30 @@ mod tests {
         assert!(rule.has(PROBABILITY) && rule.arg(PROBABILITY).is_none());
         let mut words = Words::new(r#"--comment "open"#);
         assert!(options(r#"--comment "open"#, &mut words).is_err());
+    }
+
+    #[test]
+    fn chains_list_their_rules_in_order_and_jumps_resolve_once() {
+        let text = "*nat\n:KUBE-A - [0:0]\n:KUBE-B - [0:0]\n-A KUBE-A -j KUBE-B\n-A KUBE-B -j KUBE-A\n\
+                    -A KUBE-A -j KUBE-GONE\n-A KUBE-C -j ACCEPT\n-A KUBE-A -j KUBE-C\nCOMMIT\n\
+                    *filter\n:KUBE-A - [0:0]\n-A KUBE-A -j KUBE-B\nCOMMIT\n";
+        let dump = Dump::read(text, "t").unwrap();
+        let lines = |table: &str, chain: &str| -> Vec<u32> {
+            dump.chain(table, chain).unwrap().iter().map(|&i| dump.rules[i as usize].line).collect()
+        };
+        assert_eq!(lines("nat", "KUBE-A"), vec![4, 6, 8]);
+        assert_eq!(lines("nat", "KUBE-B"), vec![5]);
+        assert_eq!(lines("nat", "KUBE-C"), vec![7]);
+        assert_eq!(lines("filter", "KUBE-A"), vec![12]);
+        assert!(dump.chain("filter", "KUBE-B").is_none() && dump.chain("mangle", "KUBE-A").is_none());
+        // Jumps resolve within their own table; ACCEPT and missing chains do not.
+        let target = |i: usize| dump.rules[i].target_id;
+        assert_eq!(target(0), dump.chain_id_of("nat", "KUBE-B").unwrap());
+        assert_eq!(target(2), NO_CHAIN);
+        assert_eq!(target(3), NO_CHAIN);
+        assert_eq!(target(4), dump.chain_id_of("nat", "KUBE-C").unwrap());
+        assert_eq!(target(5), NO_CHAIN);
+        assert_eq!(dump.warnings, vec!["t line 7: rule for chain KUBE-C, which the dump does not declare".to_string()]);
     }
 
     #[test]
