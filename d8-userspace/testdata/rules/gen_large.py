@@ -5,9 +5,10 @@ committed from it): N Services with 5 endpoints each, as `iptables-save` text an
 
 Usage: gen_large.py N OUT.save OUT.json     (N=10000 gives 10,000 Services / 50,000 endpoints)
 
-Measured on the shared 2-core development machine under load (release build; CPU time):
-iptables-save 17 MB -> 0.4 s, ~120 MB peak RSS; nft JSON 38 MB -> 1.2 s, ~230 MB peak RSS
-(serde_json alone needs ~2.4 s to build a `Value` of the same JSON).
+Measured with `xtask bench --parse-child` (release build, median of 5) on the shared 2-core
+development machine under load (load average ~4): iptables-save 17.9 MB -> 0.26 s parse, 94-106 MiB
+peak RSS; nft JSON 45.5 MB -> 0.6 s parse, ~167 MiB peak RSS (before the typed/borrowing readers:
+0.42 s / 120 MiB and 1.16 s / 226 MiB on the same machine).
 """
 import base64, hashlib, json, sys
 
