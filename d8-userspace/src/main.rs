@@ -177,12 +177,7 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
     // not stall the event loop, or the kernel's ring buffer overflows.
     let out: Box<dyn Write + Send> =
         if args.output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::stderr()) };
-    // D8_TRACE_LIVE_QUEUE_LINES: a smaller (or larger) queue, for the end-to-end tests.
-    let capacity = std::env::var("D8_TRACE_LIVE_QUEUE_LINES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(trace::LIVE_QUEUE_LINES);
-    let mut live = trace::LiveQueue::spawn(out, capacity)
+    let mut live = trace::LiveQueue::spawn(out, trace::live_queue_lines())
         .map_err(|e| Failure::env(format!("starting the live output thread: {e}")))?;
     let outcome = runtime.block_on(trace::run(&plan, setup, &opts, &mut live));
     // Every queued line is written before the report (and before an error's message).

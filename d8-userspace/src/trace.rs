@@ -624,6 +624,12 @@ impl LivePrinter {
 /// Live lines waiting for the reader, at most, by default ([`LiveQueue::spawn`]).
 pub const LIVE_QUEUE_LINES: usize = 4096;
 
+/// The live queue's capacity: [`LIVE_QUEUE_LINES`], or `D8_TRACE_LIVE_QUEUE_LINES` (a smaller or
+/// larger queue, for the end-to-end tests).
+pub fn live_queue_lines() -> usize {
+    std::env::var("D8_TRACE_LIVE_QUEUE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(LIVE_QUEUE_LINES)
+}
+
 /// Live lines written by a thread of their own, so the event loop never waits for the reader
 /// (a paused pager, `| less` not reading): a blocked loop stops draining the kernel's ring
 /// buffer, which then overflows and loses events. At most `capacity` lines wait; beyond that new

@@ -142,10 +142,11 @@ impl Drop for TempFile {
     }
 }
 
-/// The live writer of the trace: forwards every line, and tells the script when the first one
-/// came (the tracer is attached and sees the lab's traffic).
+/// The live writer of the trace: hands every line to a [`trace::LiveQueue`] (a reader that stops
+/// reading never stalls the event loop), and tells the script when the first one came (the
+/// tracer is attached and sees the lab's traffic).
 struct LiveTap {
-    out: Box<dyn Write>,
+    out: trace::LiveQueue,
     first: Option<mpsc::Sender<()>>,
 }
 
@@ -355,17 +356,29 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
             }
             played
         });
-        let out: Box<dyn Write> = if json {
+        let out: Box<dyn Write + Send> = if json {
             Box::new(io::stderr())
         } else {
             Box::new(io::stdout())
         };
-        let mut live = LiveTap {
-            out,
-            first: Some(first_tx),
+        let traced = match trace::LiveQueue::spawn(out, trace::live_queue_lines()) {
+            Ok(queue) => {
+                let mut live = LiveTap {
+                    out: queue,
+                    first: Some(first_tx),
+                };
+                let traced = runtime.block_on(trace::run(&plan, setup, &opts, &mut live));
+                // Every queued line is written before the verdicts (and before an error's message).
+                let dropped = live.out.finish();
+                if dropped > 0 {
+                    eprintln!("d8-trace: {dropped} live lines dropped: output was not being read");
+                }
+                traced
+            }
+            Err(e) => Err(trace::Error::Io(io::Error::other(format!(
+                "starting the live output thread: {e}"
+            )))),
         };
-        let traced = runtime.block_on(trace::run(&plan, setup, &opts, &mut live));
-        let _ = live.flush();
         // The trace ended: by the script's signal, Ctrl-C or an error. Stop the script.
         ctl.stop.store(true, Ordering::SeqCst);
         let played = script.join().and_then(|caught| caught);
