@@ -18,6 +18,8 @@ use aya::{
     },
 };
 
+use d8_common::{FlowKey, FlowState};
+
 use crate::kernel::rtnetlink::{self, ARPHRD_LOOPBACK, Link, LinkEvent, LinkEvents};
 
 /// (program, attach point).
@@ -204,8 +206,7 @@ impl Drop for Hooks {
 /// other work run in between. Events read but not handled yet wait in the join, not the socket.
 pub struct CtJoin {
     events: crate::kernel::ctnetlink::Events,
-    /// One datagram.
-    buf: Vec<u8>,
+    bufs: Datagrams,
     inbox: Inbox,
     targets: std::collections::HashSet<d8_common::TargetKey>,
     node_ips: Vec<std::net::IpAddr>,
@@ -213,6 +214,9 @@ pub struct CtJoin {
     pending: Pending,
     /// Every event the kernel queued before this instant (monotonic ns) has been handled.
     covered_until: u64,
+    /// The kernel takes batched and lookup-and-delete map operations (else one
+    /// [`super::Tracer::join_alias`] per flow).
+    fast_join: bool,
     /// Kernel map updates that failed (the flow's later packets may go unjoined in the kernel).
     pub map_errors: u64,
 }
@@ -296,19 +300,211 @@ impl Pending {
     }
 }
 
+/// Datagrams read per `recvmmsg` call (a conntrack NEW event is one small datagram).
+const DATAGRAMS: usize = 64;
+/// Room for one datagram.
+const DATAGRAM_BYTES: usize = 16 * 1024;
+
+/// Buffers for reading many datagrams with one syscall.
+struct Datagrams {
+    bufs: Vec<u8>,
+    lens: [usize; DATAGRAMS],
+}
+
+impl Datagrams {
+    fn new() -> Self {
+        Self { bufs: vec![0u8; DATAGRAMS * DATAGRAM_BYTES], lens: [0; DATAGRAMS] }
+    }
+
+    /// Reads what is queued, up to [`DATAGRAMS`] datagrams, without waiting; 0 when nothing is.
+    fn recv(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        // SAFETY: zeroed iovec/mmsghdr are valid; each iovec points into `bufs`, which outlives
+        // the call, with its own length.
+        let mut iov: [libc::iovec; DATAGRAMS] = unsafe { std::mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; DATAGRAMS] = unsafe { std::mem::zeroed() };
+        for (i, (v, m)) in iov.iter_mut().zip(msgs.iter_mut()).enumerate() {
+            v.iov_base = self.bufs[i * DATAGRAM_BYTES..].as_mut_ptr().cast();
+            v.iov_len = DATAGRAM_BYTES;
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: `msgs` holds DATAGRAMS valid headers.
+        let n = unsafe {
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), DATAGRAMS as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.kind() == std::io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+        }
+        let n = n as usize;
+        for (len, m) in self.lens.iter_mut().zip(&msgs).take(n) {
+            *len = (m.msg_len as usize).min(DATAGRAM_BYTES);
+        }
+        Ok(n)
+    }
+
+    /// The conntrack events of the first `n` datagrams read.
+    fn events(&self, n: usize) -> Vec<crate::kernel::ctnetlink::CtEvent> {
+        (0..n.min(DATAGRAMS))
+            .flat_map(|i| {
+                crate::kernel::ctnetlink::parse_datagram(&self.bufs[i * DATAGRAM_BYTES..][..self.lens[i]])
+            })
+            .collect()
+    }
+}
+
+/// Raw `bpf()` map commands the join batches (aya has no batch operations).
+mod bpf_sys {
+    pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    pub const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    pub const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    pub const BPF_ANY: u64 = 0;
+    /// The kernel's own "operation not supported" (not in libc).
+    pub const ENOTSUPP: i32 = 524;
+    pub const BPF_NOEXIST: u64 = 1;
+
+    /// `bpf_attr` for the `*_ELEM` commands.
+    #[repr(C)]
+    pub struct Elem {
+        pub map_fd: u32,
+        pub pad: u32,
+        pub key: u64,
+        pub value: u64,
+        pub flags: u64,
+    }
+
+    /// `bpf_attr` for the `*_BATCH` commands.
+    #[repr(C)]
+    pub struct Batch {
+        pub in_batch: u64,
+        pub out_batch: u64,
+        pub keys: u64,
+        pub values: u64,
+        pub count: u32,
+        pub map_fd: u32,
+        pub elem_flags: u64,
+        pub flags: u64,
+    }
+
+    pub fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of its own size; the pointers in it point
+        // to memory the caller keeps alive for the call.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    pub fn elem<K, V>(cmd: libc::c_long, fd: i32, key: &K, value: *mut V, flags: u64) -> std::io::Result<()> {
+        let mut attr =
+            Elem { map_fd: fd as u32, pad: 0, key: key as *const K as u64, value: value as u64, flags };
+        bpf(cmd, &mut attr)
+    }
+}
+
+fn map_fd(tracer: &super::Tracer, name: &str) -> Option<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    Some(super::map_data(tracer.ebpf.map(name)?).fd().as_fd().as_raw_fd())
+}
+
+/// Installs the post-NAT aliases of `joins` in the kernel (`NAT_ALIAS`) and moves what the
+/// programs recorded under a post-NAT tuple to the ORIGINAL one (`FLOWS`), as
+/// [`super::Tracer::join_alias`] does per flow with five map syscalls, here with one
+/// batched update for all aliases and two or three syscalls per flow. Falls back to
+/// `join_alias` (and stays there) when the kernel lacks the batched commands. Returns the
+/// number of failed updates.
+fn kernel_join(tracer: &mut super::Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut bool) -> u64 {
+    use bpf_sys::*;
+    if joins.is_empty() {
+        return 0;
+    }
+    if *fast
+        && let (Some(alias), Some(flows)) = (map_fd(tracer, "NAT_ALIAS"), map_fd(tracer, "FLOWS"))
+    {
+        let keys: Vec<FlowKey> = joins.iter().map(|(post, _)| *post).collect();
+        let values: Vec<FlowKey> = joins.iter().map(|(_, orig)| *orig).collect();
+        let mut attr = Batch {
+            in_batch: 0,
+            out_batch: 0,
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: joins.len() as u32,
+            map_fd: alias as u32,
+            elem_flags: BPF_ANY,
+            flags: 0,
+        };
+        let batched = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        if batched.is_ok() {
+            let mut failed = 0;
+            for (post, orig) in joins {
+                match flows_merge(flows, post, orig) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)) => {
+                        eprintln!("d8-trace: note: FLOWS lookup-and-delete unavailable ({e}): joining with single map operations");
+                        *fast = false;
+                        break;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            if *fast {
+                return failed;
+            }
+        } else {
+            eprintln!(
+                "d8-trace: note: batched NAT_ALIAS updates unavailable ({}): joining with single map operations",
+                batched.err().map(|e| e.to_string()).unwrap_or_default()
+            );
+            *fast = false;
+        }
+    }
+    joins.iter().filter(|(post, orig)| tracer.join_alias(post, orig).is_err()).count() as u64
+}
+
+/// `FLOWS[orig] |= FLOWS.take(post)`; `FLOWS[orig]` exists afterwards (the programs find a
+/// flow through its alias only then).
+fn flows_merge(fd: i32, post: &FlowKey, orig: &FlowKey) -> std::io::Result<()> {
+    use bpf_sys::*;
+    let mut pending = FlowState::default();
+    match elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, post, &mut pending, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            // Nothing recorded under the post-NAT tuple: only make sure the flow exists.
+            let mut zero = FlowState::default();
+            return match elem(BPF_MAP_UPDATE_ELEM, fd, orig, &mut zero, BPF_NOEXIST) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                r => r,
+            };
+        }
+        r => r?,
+    }
+    let mut current = FlowState::default();
+    let mut merged = match elem(BPF_MAP_LOOKUP_ELEM, fd, orig, &mut current, 0) {
+        Ok(()) => {
+            let merged = FlowState { seen: current.seen | pending.seen, last_drop_reason: current.last_drop_reason };
+            if merged == current {
+                return Ok(());
+            }
+            merged
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => pending,
+        Err(e) => return Err(e),
+    };
+    elem(BPF_MAP_UPDATE_ELEM, fd, orig, &mut merged, BPF_ANY)
+}
+
 impl CtJoin {
     /// Subscribes to conntrack events in the current network namespace: do it before attaching,
     /// so no flow the programs see lacks its event.
     pub fn open(targets: &[(d8_common::TargetKey, u32)], node_ips: Vec<std::net::IpAddr>) -> std::io::Result<Self> {
         Ok(Self {
             events: crate::kernel::ctnetlink::Events::open()?,
-            buf: vec![0u8; 256 * 1024],
+            bufs: Datagrams::new(),
             inbox: Inbox::default(),
             targets: targets.iter().map(|(k, _)| *k).collect(),
             node_ips,
             alias: Default::default(),
             pending: Pending::default(),
             covered_until: 0,
+            fast_join: true,
             map_errors: 0,
         })
     }
@@ -323,10 +519,11 @@ impl CtJoin {
     /// returns how many it handled. Fewer than `max` means none is left (until the kernel queues
     /// more); the rest of a longer queue waits for the next call.
     pub fn poll(&mut self, tracer: &mut super::Tracer, max: usize) -> usize {
-        let Self { events, inbox, buf, .. } = self;
-        inbox.fill(max, crate::trace::monotonic_ns, || match events.socket().recv(buf) {
-            Ok(Some(n)) => Read::Events(crate::kernel::ctnetlink::parse_datagram(&buf[..n.min(buf.len())])),
-            Ok(None) => Read::Empty,
+        let Self { events, inbox, bufs, .. } = self;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(events.socket());
+        inbox.fill(max, crate::trace::monotonic_ns, || match bufs.recv(fd) {
+            Ok(0) => Read::Empty,
+            Ok(n) => Read::Events(bufs.events(n)),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 events.overruns += 1;
                 Read::Events(Vec::new())
@@ -334,11 +531,13 @@ impl CtJoin {
             Err(_) => Read::Empty,
         });
         let n = max.min(self.inbox.queued.len());
+        let mut joins = Vec::with_capacity(n);
         for _ in 0..n {
             if let Some(ct) = self.inbox.queued.pop_front() {
-                self.handle(ct, tracer);
+                self.handle(ct, &mut joins);
             }
         }
+        self.map_errors += kernel_join(tracer, &joins, &mut self.fast_join);
         if self.inbox.queued.is_empty() {
             self.covered_until = self.inbox.read_until;
         }
@@ -351,7 +550,8 @@ impl CtJoin {
         ts_ns >= self.covered_until
     }
 
-    fn handle(&mut self, ct: crate::kernel::ctnetlink::CtEvent, tracer: &mut super::Tracer) {
+    /// Joins one event; a NAT'd flow's (post-NAT, ORIGINAL) tuples go to `joins`, for the kernel.
+    fn handle(&mut self, ct: crate::kernel::ctnetlink::CtEvent, joins: &mut Vec<(FlowKey, FlowKey)>) {
         let target = d8_common::TargetKey {
             addr: ct.orig.daddr,
             port: ct.orig.dport,
@@ -365,9 +565,7 @@ impl CtJoin {
             return;
         };
         if let Some(post) = ct.post_nat() {
-            if tracer.join_alias(&post, &ct.orig).is_err() {
-                self.map_errors += 1;
-            }
+            joins.push((post, ct.orig));
             if let Ok(post) = crate::events::tuple(&post) {
                 if self.alias.len() >= MAX_ALIASES {
                     self.alias.clear();
