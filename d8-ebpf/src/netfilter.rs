@@ -57,7 +57,14 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
     }
     let hook = hook_of(state);
     let tcp = pkt.key.proto == IPPROTO_TCP;
-    let syn = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if tcp && pkt.tcp_flags & TCP_SYN == 0 {
+        // Only a SYN can begin a TCP flow or retransmit its start; the rest of the flow (the
+        // client's ACK, resets, FINs) is read after conntrack by `nf_post`, which looks the
+        // flow up anyway. Remembered for a drop before conntrack (an invalid packet).
+        remember(skb, hook, 0);
+        return Some(());
+    }
+    let syn = tcp && pkt.tcp_flags & TCP_ACK == 0;
     // A known flow needs no TARGETS lookup: it was a target when it began.
     let Some(st) = FLOWS.get_ptr_mut(&pkt.key) else {
         let target = TargetKey {
@@ -91,15 +98,6 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
                 ev.ct_dir = 0;
             });
         }
-    } else if tcp
-        && pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
-        && current & seen::REPLY != 0
-        && mark(st, seen::ESTABLISHED)
-    {
-        event(kind::ESTABLISHED, hook, &pkt.key, |ev| {
-            ev.tcp_flags = pkt.tcp_flags;
-            ev.ct_dir = 0;
-        });
     }
     Some(())
 }
@@ -199,6 +197,17 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
         });
     }
     if pkt.key.proto == IPPROTO_TCP {
+        // The client's ACK of the backend's SYN-ACK completes the handshake.
+        if !is_reply
+            && pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
+            && unsafe { (*st).seen } & seen::REPLY != 0
+            && mark(st, seen::ESTABLISHED)
+        {
+            event(kind::ESTABLISHED, hook, &orig, |ev| {
+                ev.tcp_flags = pkt.tcp_flags;
+                ev.ct_dir = 0;
+            });
+        }
         if pkt.tcp_flags & TCP_RST != 0 {
             let bit = if is_reply { seen::RST_REPLY } else { seen::RST_ORIG };
             if mark(st, bit) {
