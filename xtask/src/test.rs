@@ -97,6 +97,8 @@ fn e2e_test_binary() -> anyhow::Result<std::path::PathBuf> {
 /// The suite run inside a VM on Debian's 6.1 cloud kernel, which has no netfilter BPF links:
 /// `doctor` must choose the TC hook set, and the TC end-to-end tests (the same traffic, flows and
 /// verdicts as on the host) run there against the debug build the host tests used, followed by the
+/// `daemon::` tests (the daemon on the TC hook set; its flood of 6000 flows through the
+/// conntrack-netlink join, with /metrics answering throughout: about 20 s under emulation) and the
 /// `vm::` tests: IPVS mode live (the kernel has IPVS) and `conntrack_full` (which lowers the global
 /// `nf_conntrack_max`, allowed only inside the guest: `D8_IN_VM=1`).
 fn vm_suite() -> anyhow::Result<()> {
@@ -111,7 +113,7 @@ fn vm_suite() -> anyhow::Result<()> {
         command: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 tc:: vm::".into(),
+            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 tc:: daemon:: vm::".into(),
         ],
         ..vm::Options::default()
     })
