@@ -23,9 +23,23 @@ fn direct(key: &FlowKey, reversed: bool) -> Option<Found> {
     if let Some(state) = FLOWS.get_ptr_mut(key) {
         return Some(Found { state, key: *key, via_nat: false, reversed });
     }
-    let orig = unsafe { NAT_ALIAS.get(key) }.copied()?;
+    let orig = copy_key(unsafe { NAT_ALIAS.get(key) }?);
     let state = FLOWS.get_ptr_mut(&orig)?;
     Some(Found { state, key: orig, via_nat: true, reversed })
+}
+
+/// Copies a key out of a map value with volatile 2-byte moves: LLVM would otherwise call
+/// `memmove`, a bpf-to-bpf call whose 32 bytes of stack `kfree_skb` (near the 512-byte limit)
+/// does not have on 6.1 ("combined stack size of 2 calls is 544. Too large").
+#[inline(always)]
+fn copy_key(src: &FlowKey) -> FlowKey {
+    let mut key = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let from = src as *const FlowKey as *const u16;
+    let to = key.as_mut_ptr() as *mut u16;
+    for i in 0..core::mem::size_of::<FlowKey>() / 2 {
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+    }
+    unsafe { key.assume_init() }
 }
 
 /// Looks `key` up as the flow's original direction, then as its reply direction; each both as the
