@@ -96,6 +96,9 @@ pub fn parse_named(json: &str, source_name: &str) -> Result<Parsed, ParseError> 
         source_name: source_name.to_string(),
         family: Cow::Borrowed("ip"),
         rules: Vec::with_capacity(json.len() / 400),
+        // Rule text is shorter than its JSON; targets: ~1.5 a rule.
+        text: String::with_capacity(json.len() / 2),
+        targets: Vec::with_capacity(json.len() / 250),
         chains: FastMap::with_capacity_and_hasher(json.len() / 700, Default::default()),
         ..Default::default()
     };
@@ -183,19 +186,19 @@ impl<'de> serde::de::Visitor<'de> for ObjectsSeed<'_, 'de> {
 struct ObjectSeed<'p, 'de>(&'p RefCell<Pool<'de>>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_, 'de> {
-    type Value = Option<(Cow<'de, str>, Body<'de>)>;
+    type Value = Option<(Cow<'de, str>, Box<Body<'de>>)>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_, 'de> {
-    type Value = Option<(Cow<'de, str>, Body<'de>)>;
+    type Value = Option<(Cow<'de, str>, Box<Body<'de>>)>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an nft object")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut best: Option<(Cow<'de, str>, Body<'de>)> = None;
+        let mut best: Option<(Cow<'de, str>, Box<Body<'de>>)> = None;
         while let Some(k) = map.next_key_seed(KeySeed)? {
             let body = map.next_value_seed(BodySeed(self.0))?;
             if best.as_ref().is_none_or(|(b, _)| k <= *b) {
@@ -251,20 +254,28 @@ struct Body<'a> {
 #[derive(Clone, Copy)]
 struct BodySeed<'p, 'de>(&'p RefCell<Pool<'de>>);
 
+impl<'de> BodySeed<'_, 'de> {
+    /// An empty body, from the pool when there is one: bodies are boxed so that the ~300-byte
+    /// struct is not copied on its way from the reader to [`Table::add`].
+    fn empty(&self) -> Box<Body<'de>> {
+        self.0.borrow_mut().bodies.pop().unwrap_or_default()
+    }
+}
+
 impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_, 'de> {
-    type Value = Body<'de>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Body<'de>, D::Error> {
+    type Value = Box<Body<'de>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Box<Body<'de>>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
-    type Value = Body<'de>;
+    type Value = Box<Body<'de>>;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an nft object body")
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
-        let mut b = Body::default();
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Box<Body<'de>>, A::Error> {
+        let mut b = self.empty();
         while let Some(k) = map.next_key_seed(KeySeed)? {
             let slot = match k.as_ref() {
                 "table" => &mut b.table,
@@ -287,27 +298,27 @@ impl<'de> serde::de::Visitor<'de> for BodySeed<'_, 'de> {
         }
         Ok(b)
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Body<'de>, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Box<Body<'de>>, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Body::default())
+        Ok(self.empty())
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Body<'de>, E> {
-        Ok(Body::default())
+    fn visit_bool<E>(self, _: bool) -> Result<Box<Body<'de>>, E> {
+        Ok(self.empty())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Body<'de>, E> {
-        Ok(Body::default())
+    fn visit_i64<E>(self, _: i64) -> Result<Box<Body<'de>>, E> {
+        Ok(self.empty())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Body<'de>, E> {
-        Ok(Body::default())
+    fn visit_u64<E>(self, _: u64) -> Result<Box<Body<'de>>, E> {
+        Ok(self.empty())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Body<'de>, E> {
-        Ok(Body::default())
+    fn visit_f64<E>(self, _: f64) -> Result<Box<Body<'de>>, E> {
+        Ok(self.empty())
     }
-    fn visit_str<E>(self, _: &str) -> Result<Body<'de>, E> {
-        Ok(Body::default())
+    fn visit_str<E>(self, _: &str) -> Result<Box<Body<'de>>, E> {
+        Ok(self.empty())
     }
-    fn visit_unit<E>(self) -> Result<Body<'de>, E> {
-        Ok(Body::default())
+    fn visit_unit<E>(self) -> Result<Box<Body<'de>>, E> {
+        Ok(self.empty())
     }
 }
 
@@ -438,6 +449,8 @@ impl<'de> serde::Deserialize<'de> for J<'de> {
 struct Pool<'a> {
     arrs: Vec<Vec<J<'a>>>,
     objs: Vec<Vec<(Cow<'a, str>, J<'a>)>>,
+    /// Emptied bodies.
+    bodies: Vec<Box<Body<'a>>>,
 }
 
 impl<'a> Pool<'a> {
@@ -462,22 +475,25 @@ impl<'a> Pool<'a> {
 
 impl<'a> Body<'a> {
     /// Gives the body's trees back to the pool.
-    fn recycle(self, pool: &RefCell<Pool<'a>>) {
+    fn recycle(mut self: Box<Self>, pool: &RefCell<Pool<'a>>) {
         let mut p = pool.borrow_mut();
+        let b = &mut *self;
         for j in [
-            self.table,
-            self.name,
-            self.family,
-            self.hook,
-            self.chain,
-            self.handle,
-            self.comment,
-            self.timeout,
-            self.expr,
-            self.elem,
+            &mut b.table,
+            &mut b.name,
+            &mut b.family,
+            &mut b.hook,
+            &mut b.chain,
+            &mut b.handle,
+            &mut b.comment,
+            &mut b.timeout,
+            &mut b.expr,
+            &mut b.elem,
         ] {
+            let j = std::mem::take(j);
             p.recycle(j);
         }
+        p.bodies.push(self);
     }
 }
 
@@ -585,10 +601,11 @@ struct NftRule<'a> {
     /// Position in the table (for [`Builder::understood`]).
     index: usize,
     chain: Cow<'a, str>,
-    /// nft list syntax, ending in ` # handle N`.
-    text: String,
-    /// Chains the rule jumps or goes to (verdicts and vmap entries).
-    targets: Vec<Cow<'a, str>>,
+    /// nft list syntax, ending in ` # handle N`: a range of [`Table::text`] (one buffer for all
+    /// rules: no allocation per rule, one to free).
+    text: (usize, usize),
+    /// Chains the rule jumps or goes to (verdicts and vmap entries): a range of [`Table::targets`].
+    targets: (usize, usize),
     /// `dnat to ip:port`.
     dnat: Option<(IpAddr, u16)>,
     /// `update @set { ip saddr }` (affinity bookkeeping).
@@ -610,17 +627,17 @@ struct RuleExtra<'a> {
 }
 
 impl<'a> NftRule<'a> {
-    /// `scratch`: a buffer to render into (the text is then copied at its exact size).
+    /// The text is appended to `text`, the targets to `targets_found`.
     fn from_json(
         index: usize,
         chain: Cow<'a, str>,
         handle: Option<u64>,
         comment: Option<&str>,
         expr: &[J<'a>],
-        scratch: &mut String,
+        text: &mut String,
+        targets_found: &mut Vec<Cow<'a, str>>,
     ) -> Self {
-        scratch.clear();
-        let text = scratch;
+        let text_start = text.len();
         render_exprs(expr, text);
         if let Some(c) = comment {
             let _ = write!(text, " comment \"{c}\"");
@@ -628,8 +645,8 @@ impl<'a> NftRule<'a> {
         if let Some(h) = handle {
             let _ = write!(text, " # handle {h}");
         }
-        let mut targets_found = Vec::new();
-        expr.iter().for_each(|e| targets(e, &mut targets_found));
+        let targets_start = targets_found.len();
+        expr.iter().for_each(|e| targets(e, targets_found));
         let mut saddr_ranges = Vec::new();
         for stmt in expr {
             if let Some(m) = stmt.get("match")
@@ -658,8 +675,8 @@ impl<'a> NftRule<'a> {
         NftRule {
             index,
             chain,
-            text: text.as_str().to_string(),
-            targets: targets_found,
+            text: (text_start, text.len()),
+            targets: (targets_start, targets_found.len()),
             dnat: expr.iter().find_map(dnat_target),
             set_update: expr.iter().any(|e| e.get("set").is_some()),
             extra: has_extra.then(|| Box::new(extra)),
@@ -682,11 +699,11 @@ impl<'a> NftRule<'a> {
         self.extra.as_ref().map(|e| e.saddr_ranges.as_slice()).unwrap_or(&[])
     }
 
-    fn rule_ref(&self) -> RuleRef {
+    fn rule_ref(&self, t: &Table<'_>) -> RuleRef {
         RuleRef {
             source: RuleSource::Nftables,
             name: self.chain.to_string(),
-            text: self.text.clone(),
+            text: t.text(self).to_string(),
         }
     }
 }
@@ -724,13 +741,15 @@ struct Table<'a> {
     warnings: Vec<String>,
     /// Every rule of kube-proxy's table, in input order.
     rules: Vec<NftRule<'a>>,
-    /// Where rules are rendered.
-    scratch: String,
+    /// The rules' renderings, one after the other ([`NftRule::text`]).
+    text: String,
+    /// The rules' jump/goto targets, one rule after the other ([`NftRule::targets`]).
+    targets: Vec<Cow<'a, str>>,
 }
 
 impl<'a> Table<'a> {
     /// Takes one top-level object of `nft -j` output; its trees go back to `pool`.
-    fn add(&mut self, kind: &str, mut body: Body<'a>, pool: &RefCell<Pool<'a>>) {
+    fn add(&mut self, kind: &str, mut body: Box<Body<'a>>, pool: &RefCell<Pool<'a>>) {
         self.add_body(kind, &mut body);
         body.recycle(pool);
     }
@@ -762,7 +781,8 @@ impl<'a> Table<'a> {
                     body.handle.as_u64(),
                     body.comment.as_str(),
                     expr,
-                    &mut self.scratch,
+                    &mut self.text,
+                    &mut self.targets,
                 );
                 // Listed in their chains by `index_rules` once all are read.
                 self.rules.push(rule);
@@ -803,6 +823,16 @@ impl<'a> Table<'a> {
                 list.push(r.index as u32);
             }
         }
+    }
+
+    /// A rule's rendering.
+    fn text(&self, r: &NftRule<'_>) -> &str {
+        self.text.get(r.text.0..r.text.1).unwrap_or("")
+    }
+
+    /// The chains a rule jumps or goes to.
+    fn targets(&self, r: &NftRule<'_>) -> &[Cow<'a, str>] {
+        self.targets.get(r.targets.0..r.targets.1).unwrap_or(&[])
     }
 
     /// The rules of a chain, in order.
@@ -1331,12 +1361,19 @@ fn target_entry<'a>(k: &str, v: &J<'a>, out: &mut Vec<Cow<'a, str>>) {
 
 struct Builder<'t, 'a> {
     t: &'t Table<'a>,
-    /// Keyed by `ns/name`.
-    services: FastMap<String, Service>,
+    /// In order of first mention.
+    services: Vec<Service>,
+    /// Indexes into `services`, keyed by `ns/name`.
+    service_ix: FastMap<String, usize>,
+    /// The key and index [`Builder::service`] answered last: consecutive calls are mostly for one
+    /// Service (its chains, then each endpoint), and comparing a short key is cheaper than hashing.
+    last_service: Option<(String, usize)>,
     warnings: Vec<String>,
     /// Rules some step understood, by [`NftRule::index`].
     understood: Vec<bool>,
-    referenced_endpoints: FastSet<&'t str>,
+    /// Endpoint chains some service chain goes to, by the identity (address, length) of their
+    /// key in [`Table::chains`]: hashing a pointer is cheaper than hashing a 60-byte name.
+    referenced_endpoints: FastSet<(usize, usize)>,
     any_ip: IpAddr,
     /// Every chain name in order, so warnings and problems come out the same on every run.
     sorted_chains: Vec<&'t str>,
@@ -1351,7 +1388,9 @@ impl<'t, 'a> Builder<'t, 'a> {
         };
         Self {
             t,
-            services: FastMap::default(),
+            services: Vec::new(),
+            service_ix: FastMap::default(),
+            last_service: None,
             warnings: t.warnings.clone(),
             understood: vec![false; t.rules.len()],
             referenced_endpoints: FastSet::default(),
@@ -1366,11 +1405,30 @@ impl<'t, 'a> Builder<'t, 'a> {
 
     fn service<'n>(&mut self, port_key: &'n str) -> (&mut Service, &'n str) {
         let (key, port) = port_key.split_once(':').unwrap_or((port_key, ""));
-        if !self.services.contains_key(key) {
-            let (sref, _) = crate::rules::iptables::split_port_name(port_key);
-            self.services.insert(key.to_string(), Service::new(sref));
-        }
-        let svc = self.services.get_mut(key).expect("inserted above");
+        let ix = match &self.last_service {
+            Some((k, ix)) if k == key => *ix,
+            _ => {
+                let ix = match self.service_ix.get(key) {
+                    Some(&ix) => ix,
+                    None => {
+                        let (sref, _) = crate::rules::iptables::split_port_name(port_key);
+                        self.services.push(Service::new(sref));
+                        self.service_ix.insert(key.to_string(), self.services.len() - 1);
+                        self.services.len() - 1
+                    }
+                };
+                match &mut self.last_service {
+                    Some((k, i)) => {
+                        k.clear();
+                        k.push_str(key);
+                        *i = ix;
+                    }
+                    None => self.last_service = Some((key.to_string(), ix)),
+                }
+                ix
+            }
+        };
+        let svc = &mut self.services[ix];
         svc.rules.present = true;
         (svc, port)
     }
@@ -1565,7 +1623,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                     self.add_chain(&key, name);
                     for rule in t.chain_rules(&t.chains[*name]) {
                         // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
-                        if !rule.targets.is_empty() {
+                        if !t.targets(rule).is_empty() {
                             self.understood[rule.index] = true;
                         }
                     }
@@ -1586,7 +1644,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                         }
                     }
                 }
-                "endpoint" if !self.referenced_endpoints.contains(name) => {
+                "endpoint" if !self.referenced_endpoints.contains(&key_id(name)) => {
                     self.warn(format!("chain {name} is not referenced by any service chain (stale; kube-proxy deletes such chains after a second)"));
                     for rule in t.chain_rules(&t.chains[*name]) {
                         self.understood[rule.index] = true;
@@ -1601,7 +1659,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         let layout = detect_layout(t);
         Parsed {
             services: {
-                let mut v: Vec<Service> = self.services.into_values().collect();
+                let mut v: Vec<Service> = self.services;
                 v.sort_by(|a, b| a.service.cmp(&b.service));
                 v
             },
@@ -1648,7 +1706,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         let Some(c) = t.chains.get(chain) else { return found };
         let mut dispatched = false;
         for rule in t.chain_rules(c) {
-            let tg = &rule.targets;
+            let tg = t.targets(rule);
             if let Some((modulo, entries)) = rule.numgen() {
                 let modulo = *modulo;
                 self.understood[rule.index] = true;
@@ -1683,14 +1741,14 @@ impl<'t, 'a> Builder<'t, 'a> {
                 }
                 let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
                 for (ip, port) in eps {
-                    self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref());
+                    self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref(t));
                     found.push((ip, port));
                 }
             } else if let Some((ip, port)) = rule.dnat {
                 // Single-endpoint services without numgen (#140723).
                 self.understood[rule.index] = true;
                 dispatched = true;
-                self.push_endpoint(key, proto, ip, port, 1.0, local, rule.rule_ref());
+                self.push_endpoint(key, proto, ip, port, 1.0, local, rule.rule_ref(t));
                 found.push((ip, port));
             } else if tg.iter().any(|x| x == "mark-for-masquerade") {
                 self.understood[rule.index] = true;
@@ -1704,10 +1762,12 @@ impl<'t, 'a> Builder<'t, 'a> {
                 } else {
                     self.warn(format!(
                         "{chain}: affinity rule without a readable affinity set timeout: {}",
-                        rule.text
+                        t.text(rule)
                     ));
                 }
-                self.referenced_endpoints.insert(tg[0].as_ref());
+                if let Some((k, _)) = t.chains.get_key_value(tg[0].as_ref()) {
+                    self.referenced_endpoints.insert(key_id(k));
+                }
             } else if tg.len() == 1 && (tg[0].starts_with("local-") || tg[0].starts_with("service-")) {
                 self.understood[rule.index] = true;
             }
@@ -1726,9 +1786,9 @@ impl<'t, 'a> Builder<'t, 'a> {
         weight: f64,
         local: Option<bool>,
     ) -> Option<(IpAddr, u16)> {
-        self.referenced_endpoints.insert(chain);
         let t = self.t;
-        let c = t.chains.get(chain)?; // missing: check_all_jumps reports it
+        let (k, c) = t.chains.get_key_value(chain)?; // missing: check_all_jumps reports it
+        self.referenced_endpoints.insert(key_id(k));
         self.add_chain(key, chain);
         let mut target = None;
         for rule in t.chain_rules(c) {
@@ -1738,7 +1798,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                     target = Some((d, rule));
                 }
             } else {
-                let is_masq = rule.targets.iter().any(|x| x == "mark-for-masquerade");
+                let is_masq = t.targets(rule).iter().any(|x| x == "mark-for-masquerade");
                 if is_masq || rule.set_update {
                     self.understood[rule.index] = true;
                 }
@@ -1760,7 +1820,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 format!("{chain} is named for {nip}:{nport} but DNATs to {ip}:{port}"),
             );
         }
-        self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref());
+        self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref(t));
         Some((ip, port))
     }
 
@@ -1811,9 +1871,17 @@ impl<'t, 'a> Builder<'t, 'a> {
     fn check_all_jumps(&mut self) {
         let t = self.t;
         let mut missing: Vec<(&str, usize, &str)> = Vec::new();
+        // Most rules jump to the target the last one did (`mark-for-masquerade`): one lookup for
+        // such runs.
+        let mut last_found: Option<&str> = None;
         for rule in &t.rules {
-            for target in &rule.targets {
-                if !t.chains.contains_key(target) {
+            for target in t.targets(rule) {
+                if last_found == Some(target.as_ref()) {
+                    continue;
+                }
+                if t.chains.contains_key(target) {
+                    last_found = Some(target.as_ref());
+                } else {
                     missing.push((rule.chain.as_ref(), rule.index, target.as_ref()));
                 }
             }
@@ -1822,7 +1890,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         for (name, index, target) in missing {
             let msg = format!(
                 "chain {name} jumps to {target}, which does not exist: {}",
-                t.rules[index].text
+                t.text(&t.rules[index])
             );
             match CName::parse(name).or_else(|| CName::parse(target)) {
                 Some(cn) => self.problem(&cn.port_key(), msg),
@@ -1844,10 +1912,15 @@ impl<'t, 'a> Builder<'t, 'a> {
         for (name, index) in left {
             self.warnings.push(format!(
                 "{}: chain {name}: rule not understood, left out of the model: {}",
-                t.source_name, t.rules[index].text
+                t.source_name, t.text(&t.rules[index])
             ));
         }
     }
+}
+
+/// The identity of a key of [`Table::chains`] (the address and length of its text).
+fn key_id(k: &str) -> (usize, usize) {
+    (k.as_ptr() as usize, k.len())
 }
 
 fn collect_prefixes(v: &J<'_>, out: &mut Vec<String>) {
