@@ -591,8 +591,17 @@ impl<'de> serde::de::Visitor<'de> for KeySeed {
 #[derive(Debug, Default)]
 struct Chain<'a> {
     hook: Option<Cow<'a, str>>,
-    /// Indexes into [`Table::rules`], in order.
-    rules: Vec<u32>,
+    /// A range of [`Table::chain_rules`]: the chain's rules, in order (one list for all chains,
+    /// not 60,000 small vectors).
+    rules: (u32, u32),
+    /// While indexing: the chain's number in [`Table::index_rules`]'s counts.
+    slot: Option<u32>,
+}
+
+impl Chain<'_> {
+    fn has_rules(&self) -> bool {
+        self.rules.1 > self.rules.0
+    }
 }
 
 /// One rule, reduced at read time to what the model needs plus its rendering.
@@ -745,6 +754,8 @@ struct Table<'a> {
     text: String,
     /// The rules' jump/goto targets, one rule after the other ([`NftRule::targets`]).
     targets: Vec<Cow<'a, str>>,
+    /// Each chain's rules, one chain after the other ([`Chain::rules`]).
+    chain_rules: Vec<u32>,
 }
 
 impl<'a> Table<'a> {
@@ -811,16 +822,46 @@ impl<'a> Table<'a> {
     /// Lists each rule in its chain, in order. nft lists a chain's rules together: one lookup per
     /// run of rules of one chain.
     fn index_rules(&mut self) {
-        let Table { chains, rules, .. } = self;
-        let mut cur: Option<(&str, &mut Vec<u32>)> = None;
-        for r in rules.iter() {
-            if !cur.as_ref().is_some_and(|(name, _)| *name == r.chain.as_ref()) {
-                cur = Some((r.chain.as_ref(), &mut chains.entry(r.chain.clone()).or_default().rules));
+        let Table { chains, rules, chain_rules, .. } = self;
+        // Runs of rules of one chain: (slot, first rule, end); rules per slot.
+        let mut runs: Vec<(u32, usize, usize)> = Vec::new();
+        let mut counts: Vec<u32> = Vec::new();
+        let mut start = 0;
+        while start < rules.len() {
+            let name = &rules[start].chain;
+            let mut end = start + 1;
+            while end < rules.len() && rules[end].chain == *name {
+                end += 1;
             }
-            if let Some((_, list)) = cur.as_mut() {
-                // Chains hold one to three rules: exact capacity.
-                list.reserve_exact(1);
-                list.push(r.index as u32);
+            let c = chains.entry(name.clone()).or_default();
+            let slot = *c.slot.get_or_insert_with(|| {
+                counts.push(0);
+                (counts.len() - 1) as u32
+            });
+            counts[slot as usize] += (end - start) as u32;
+            runs.push((slot, start, end));
+            start = end;
+        }
+        // Each slot's first position in `chain_rules`, then the rules in table order.
+        let mut next: Vec<u32> = Vec::with_capacity(counts.len());
+        let mut total = 0u32;
+        for &n in &counts {
+            next.push(total);
+            total += n;
+        }
+        for c in chains.values_mut() {
+            if let Some(slot) = c.slot.take() {
+                let first = next[slot as usize];
+                c.rules = (first, first + counts[slot as usize]);
+            }
+        }
+        chain_rules.clear();
+        chain_rules.resize(total as usize, 0);
+        for (slot, start, end) in runs {
+            for i in start..end {
+                let at = &mut next[slot as usize];
+                chain_rules[*at as usize] = rules[i].index as u32;
+                *at += 1;
             }
         }
     }
@@ -837,7 +878,8 @@ impl<'a> Table<'a> {
 
     /// The rules of a chain, in order.
     fn chain_rules<'s>(&'s self, c: &'s Chain<'a>) -> impl Iterator<Item = &'s NftRule<'a>> + 's {
-        c.rules.iter().map(|&i| &self.rules[i as usize])
+        let list = self.chain_rules.get(c.rules.0 as usize..c.rules.1 as usize).unwrap_or(&[]);
+        list.iter().map(|&i| &self.rules[i as usize])
     }
 
     fn set_ips(&self, name: &str) -> Vec<IpAddr> {
@@ -1691,7 +1733,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             ),
             // kube-proxy flushes a stale chain before deleting it; a map still pointing at it
             // lets traffic through untranslated.
-            Some(c) if c.rules.is_empty() && tg != "reject-chain" => {
+            Some(c) if !c.has_rules() && tg != "reject-chain" => {
                 self.problem(owner, format!("map {map} sends traffic to chain {tg}, which is empty"))
             }
             Some(_) => {}
@@ -1772,7 +1814,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 self.understood[rule.index] = true;
             }
         }
-        if !dispatched && !c.rules.is_empty() {
+        if !dispatched && c.has_rules() {
             self.problem(key, format!("{chain} has no endpoint dispatch (numgen vmap or dnat)"));
         }
         found
