@@ -657,7 +657,8 @@ impl<'a> NftRule<'a> {
         let targets_start = targets_found.len();
         expr.iter().for_each(|e| targets(e, targets_found));
         let mut saddr_ranges = Vec::new();
-        for stmt in expr {
+        // Only firewall chains' ranges are read (every endpoint chain matches its own `ip saddr`).
+        for stmt in expr.iter().filter(|_| chain.starts_with("firewall-")) {
             if let Some(m) = stmt.get("match")
                 && m.get("left")
                     .and_then(|l| l.get("payload"))
@@ -1766,6 +1767,10 @@ impl<'t, 'a> Builder<'t, 'a> {
                     );
                 }
                 let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
+                if local != Some(true) {
+                    // Room for this port's endpoints at once (a `local-` chain's are among them).
+                    self.service(key).0.endpoints.reserve(entries.len());
+                }
                 for (_, ep_chain) in entries {
                     if let Some(ep) = self.read_endpoint(key, proto, ep_chain.as_ref(), weight, local) {
                         found.push(ep);
@@ -1782,6 +1787,9 @@ impl<'t, 'a> Builder<'t, 'a> {
                     );
                 }
                 let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
+                if local != Some(true) {
+                    self.service(key).0.endpoints.reserve(eps.len());
+                }
                 for (ip, port) in eps {
                     self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref(t));
                     found.push((ip, port));
