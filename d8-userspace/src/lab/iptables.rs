@@ -84,16 +84,7 @@ pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
         chain_line(&mut b.nat_chains, chain);
     }
     let n = &mut b.nat_rules;
-    let _ = writeln!(
-        n,
-        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
-    );
-    let _ = writeln!(n, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
-    let _ = writeln!(
-        n,
-        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully"
-    );
-    let _ = writeln!(n, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
+    masquerade_rules(n);
     // localhostNodePorts is on by default for IPv4: kube-proxy then writes kubelet's KUBE-FIREWALL.
     chain_line(&mut b.filter_chains, "KUBE-FIREWALL");
     let _ = writeln!(
@@ -410,6 +401,22 @@ fn write_service_to_endpoint_rules(
             ep.addr()
         );
     }
+}
+
+
+/// kube-proxy's masquerade chains, the same in iptables and IPVS mode: packets marked by
+/// KUBE-MARK-MASQ leave through MASQUERADE.
+pub(super) fn masquerade_rules(n: &mut String) {
+    let _ = writeln!(
+        n,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
+    let _ = writeln!(n, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
+    let _ = writeln!(
+        n,
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully"
+    );
+    let _ = writeln!(n, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
 }
 
 #[cfg(test)]

@@ -386,16 +386,7 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
             "-A KUBE-SERVICES -m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT"
         );
     }
-    let _ = writeln!(
-        n,
-        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
-    );
-    let _ = writeln!(n, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
-    let _ = writeln!(
-        n,
-        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully"
-    );
-    let _ = writeln!(n, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
+    super::iptables::masquerade_rules(n);
 
     let mut filter = String::new();
     let f = &mut filter;
