@@ -409,6 +409,9 @@ fn follow_hwm(pid: u32, comm: String, done: Arc<AtomicBool>) -> JoinHandle<u64> 
 /// Runs `cmd` to completion; `comm` is the name of the program that finally runs (after `ip netns
 /// exec`), whose peak RSS is followed.
 pub fn run_measured(cmd: &mut Command, comm: &str) -> anyhow::Result<Measured> {
+    // The kernel keeps 15 bytes of a program's name (TASK_COMM_LEN).
+    let comm: String = comm.chars().take(15).collect();
+    let comm = comm.as_str();
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -445,6 +448,7 @@ pub fn run_measured(cmd: &mut Command, comm: &str) -> anyhow::Result<Measured> {
         status: ExitStatus::from_raw(status),
         wall,
         // The followed peak; wait4's only when the process was too short-lived to be seen.
+        // Not followed (too short-lived to sample): `wait4`'s figure, which may include ours.
         max_rss_kib: if followed > 0 { followed } else { usage.ru_maxrss as u64 },
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),

@@ -219,7 +219,8 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     for _ in 0..runs {
         let m = common::run_measured(
             Command::new(&env.d8_trace).args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]),
-            "d8-trace",
+            // The binary may be named otherwise (`--d8-trace PATH`).
+            &env.d8_trace.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "d8-trace".into()),
         )?;
         if !m.status.success() {
             bail!("d8-trace explain ({format}, {n}) failed: {}", String::from_utf8_lossy(&m.stderr));
