@@ -7,8 +7,8 @@ Usage: gen_large.py N OUT.save OUT.json     (N=10000 gives 10,000 Services / 50,
 
 Measured with `xtask bench --parse-child` (release build, median of 5) on the shared 2-core
 development machine under load (load average ~4): iptables-save 17.9 MB -> 0.26 s parse, 94-106 MiB
-peak RSS; nft JSON 45.5 MB -> 0.6 s parse, ~167 MiB peak RSS (before the typed/borrowing readers:
-0.42 s / 120 MiB and 1.16 s / 226 MiB on the same machine).
+peak RSS; nft JSON 45.5 MB -> 0.45 s parse, ~136 MiB peak RSS (before the typed/borrowing readers:
+0.42 s / 120 MiB and 1.16 s / 226 MiB on the same machine). BENCHMARKS.md has the bench's figures.
 """
 import base64, hashlib, json, sys
 
