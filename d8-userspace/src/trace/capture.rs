@@ -1,0 +1,277 @@
+//! The kernel side of a trace once attached ([`Capture`]): the programs of the chosen hook set,
+//! the ring buffer, and on the TC set the conntrack-netlink join and link events, drained in
+//! bounded slices so the event loop (and the daemon's HTTP server) keeps its turn.
+
+use super::*;
+
+/// What [`Capture::ready`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Ring-buffer records or conntrack events: [`Capture::pump`].
+    Records,
+    /// Interfaces appeared or went (TC hook set): [`Capture::follow_links`].
+    Links,
+}
+
+/// The kernel side of a trace, attached: the programs of the chosen hook set, the ring buffer,
+/// and on the TC set the conntrack-netlink join and the link-event subscription, each registered
+/// with the event loop. Shared by [`run`] and the daemon. Dropping it detaches everything.
+pub struct Capture {
+    // Field order is drop order: the registrations go before the programs detach.
+    ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    join: Option<AsyncFd<loader::tc::CtJoin>>,
+    link_events: Option<AsyncFd<crate::kernel::rtnetlink::LinkEvents>>,
+    tracer: Tracer,
+    /// A record that waits for the conntrack events queued before it (the join's budget ran out).
+    held: Option<events::Event>,
+    decode_errors: u64,
+}
+
+impl Capture {
+    /// Attaches `choice`'s hook set in the calling thread's network namespace and starts tracing
+    /// `targets`. With the conntrack-netlink join, the subscription comes first, so every flow the
+    /// programs see has its conntrack event. Must run inside a tokio runtime with IO enabled.
+    pub fn open(
+        choice: &HookChoice,
+        config: &Config,
+        mount: tracefs::Mount,
+        ring_buffer_bytes: u32,
+        targets: &[(TargetKey, u32)],
+        node_ips: Vec<IpAddr>,
+    ) -> Result<Self, Error> {
+        let join = match choice.join {
+            Join::CtNetlink => Some(loader::tc::CtJoin::open(targets, node_ips).map_err(Error::CtNetlink)?),
+            Join::SkbConntrack => None,
+        };
+        let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set)?;
+        tracer.set_targets(targets)?;
+        let link_events = match tracer.take_link_events() {
+            Some(l) => Some(register(l)?),
+            None => None,
+        };
+        let join = match join {
+            Some(j) => Some(register(j)?),
+            None => None,
+        };
+        let ring = register(tracer.take_events()?)?;
+        Ok(Self { ring, join, link_events, tracer, held: None, decode_errors: 0 })
+    }
+
+    /// Waits until records, conntrack events or link events are ready. Cancel-safe.
+    pub async fn ready(&mut self) -> std::io::Result<Ready> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                // Cleared before draining: a record that lands meanwhile wakes us again.
+                guard?.clear_ready();
+                Ok(Ready::Records)
+            }
+            r = readable(self.join.as_ref()) => { r?; Ok(Ready::Records) }
+            r = readable(self.link_events.as_ref()) => { r?; Ok(Ready::Links) }
+        }
+    }
+
+    /// Drains the ring buffer (and the conntrack events) into `table`; `changed` is called with
+    /// each flow that changed. Call it on readiness and on a periodic tick, since the kernel does
+    /// not wake userspace for every record. Under a flood it lets the runtime's other tasks (the
+    /// daemon's HTTP server) run every [`PUMP_BUDGET`] records or [`JOIN_BUDGET`] conntrack
+    /// events; it never waits otherwise.
+    pub async fn pump(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
+        while self.pump_some(table, changed, SLICE) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// [`Self::pump`] without yielding, for the last drain.
+    pub fn pump_all(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64)) {
+        while self.pump_some(table, changed, SLICE) {}
+    }
+
+    /// Drains at most `budget` records and conntrack events; true when it stopped there (more
+    /// may be waiting).
+    fn pump_some(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64), budget: Budget) -> bool {
+        let Self { ring, join, held, tracer, decode_errors, .. } = self;
+        let mut join = join.as_mut().map(|j| j.get_mut());
+        pump(ring.get_mut(), &mut join, held, tracer, table, changed, decode_errors, budget)
+    }
+
+    /// Attaches to interfaces that appeared (TC hook set); one line per change or failure.
+    pub fn follow_links(&mut self) -> Vec<String> {
+        match self.link_events.as_mut() {
+            Some(l) => {
+                let events = l.get_mut().drain();
+                self.tracer.apply_link_events(events)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Replaces the traced targets, in the kernel and in the conntrack-netlink join.
+    pub fn set_targets(&mut self, targets: &[(TargetKey, u32)], node_ips: Vec<IpAddr>) -> Result<(), Error> {
+        self.tracer.set_targets(targets)?;
+        if let Some(j) = self.join.as_mut() {
+            j.get_mut().set_targets(targets, node_ips);
+        }
+        Ok(())
+    }
+
+    /// Ring-buffer reservations the kernel failed.
+    pub fn lost_events(&self) -> u64 {
+        self.tracer.lost_events()
+    }
+
+    /// What is attached, one line each.
+    pub fn attached(&self) -> &[String] {
+        self.tracer.attached()
+    }
+
+    /// Records that could not be decoded.
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Conntrack-netlink join: (socket overruns, failed `NAT_ALIAS` updates); zeros without it.
+    pub fn join_losses(&self) -> (u64, u64) {
+        self.join.as_ref().map_or((0, 0), |j| (j.get_ref().overruns(), j.get_ref().map_errors))
+    }
+
+    /// Warnings about what the join lost, for the end of a trace.
+    pub fn join_warnings(&self) -> Vec<String> {
+        let (overruns, map_errors) = self.join_losses();
+        let mut w = Vec::new();
+        if overruns > 0 {
+            w.push(format!("the conntrack netlink socket overflowed {overruns} times: some flows may lack their backend"));
+        }
+        if map_errors > 0 {
+            w.push(format!("{map_errors} NAT_ALIAS updates failed: some flows may miss replies"));
+        }
+        w
+    }
+}
+
+/// Registers one of the capture's own fd holders (ring buffer, netlink sockets) with the event
+/// loop, for reading.
+fn register<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>, Error> {
+    // SAFETY: the AsyncFd owns `inner`, which owns its fd (a map or a socket that is never
+    // replaced), so the fd stays open and the same until the AsyncFd is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(|e| Error::Io(e.into()))
+}
+
+/// How often the event loops drain the ring buffer whether or not the kernel woke them: the
+/// programs may skip wakeups (`BPF_RB_NO_WAKEUP`) while the ring has room.
+pub const PUMP_EVERY: Duration = Duration::from_millis(100);
+
+/// Records handled between two chances for the runtime's other tasks to run.
+pub const PUMP_BUDGET: usize = 4096;
+
+/// Conntrack events joined (TC hook set) between two chances for the runtime's other tasks to
+/// run: each costs a few `bpf()` map syscalls, about 1 ms under the VM's emulation.
+pub const JOIN_BUDGET: usize = 256;
+
+const SLICE: Budget = Budget { records: PUMP_BUDGET, joins: JOIN_BUDGET };
+
+/// Waits until `fd` is readable (forever when there is none).
+async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> std::io::Result<()> {
+    match fd {
+        Some(fd) => {
+            fd.readable().await?.clear_ready();
+            Ok(())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What one slice of [`pump`] may do: records handled, conntrack events joined.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    records: usize,
+    joins: usize,
+}
+
+/// Drains the ring buffer into the flow table, at most `budget.records` records and
+/// `budget.joins` conntrack events; returns true when it stopped at a budget (more may be
+/// waiting). With the conntrack-netlink join, queued conntrack events are read first; a record
+/// stamped after the join last caught up may need an event still queued, so the join is polled
+/// before it (when the join's budget is spent, the record waits in `held` for the next slice);
+/// records keyed by a post-NAT tuple are mapped to their flow, and conntrack events go in last
+/// (once the ring is empty: a flow starts with its first packet, not with its conntrack entry).
+#[allow(clippy::too_many_arguments, reason = "the capture's parts, borrowed separately")]
+fn pump(
+    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    join: &mut Option<&mut loader::tc::CtJoin>,
+    held: &mut Option<events::Event>,
+    tracer: &mut Tracer,
+    table: &mut FlowTable,
+    changed: &mut dyn FnMut(&FlowTable, u64),
+    errors: &mut u64,
+    budget: Budget,
+) -> bool {
+    let mut joins_left = budget.joins;
+    if let Some(j) = join.as_deref_mut() {
+        joins_left -= j.poll(tracer, joins_left);
+    }
+    for _ in 0..budget.records {
+        let ev = match held.take() {
+            Some(ev) => ev,
+            None => match rb.next() {
+                Some(item) => match events::decode(&item) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        *errors += 1;
+                        if *errors == 1 {
+                            eprintln!("d8-trace: {e}");
+                        }
+                        continue;
+                    }
+                },
+                None => {
+                    if let Some(j) = join.as_deref_mut() {
+                        for ev in j.take_pending() {
+                            if let Some(id) = table.apply(&ev) {
+                                changed(table, id);
+                            }
+                        }
+                    }
+                    return joins_left == 0;
+                }
+            },
+        };
+        if let Some(j) = join.as_deref_mut()
+            && j.needs_poll(ev.ts_ns)
+        {
+            joins_left -= j.poll(tracer, joins_left);
+            if j.needs_poll(ev.ts_ns) {
+                // Its conntrack event may still be queued: join that first, next slice.
+                *held = Some(ev);
+                return true;
+            }
+        }
+        handle_event(table, ev, join.as_deref_mut(), changed);
+    }
+    true
+}
+
+fn handle_event(
+    table: &mut FlowTable,
+    mut ev: events::Event,
+    join: Option<&mut loader::tc::CtJoin>,
+    changed: &mut dyn FnMut(&FlowTable, u64),
+) {
+    if let Some(j) = join {
+        j.translate(&mut ev);
+        // The flow's conntrack entry goes in right after its first packet, before
+        // anything else about it.
+        if let Some(ct) = j.take_pending_for(&ev.flow) {
+            let (first, second) = if ev.kind == events::Kind::New { (&ev, &ct) } else { (&ct, &ev) };
+            for e in [first, second] {
+                if let Some(id) = table.apply(e) {
+                    changed(table, id);
+                }
+            }
+            return;
+        }
+    }
+    if let Some(id) = table.apply(&ev) {
+        changed(table, id);
+    }
+}
+
