@@ -275,44 +275,29 @@ impl Tracer {
 
     /// Replaces the traced targets (Service frontends and backends).
     pub fn set_targets(&mut self, targets: &[(TargetKey, u32)]) -> Result<(), Error> {
-        // The filter gains the new bits before TARGETS gains the keys and loses the old ones only
+        let old: Vec<TargetKey> = self.targets_map()?.keys().filter_map(Result::ok).collect();
+        // The filter always ends exact for TARGETS' keys, so the kernel's image is derived from
+        // them. It gains the new bits before TARGETS gains the keys and loses the old ones only
         // after: a packet to a target never meets a clear bit. Stale bits cost a lookup, no more.
-        let current = self.target_filter()?;
-        let mut union = current.clone();
-        for (key, _) in targets {
-            set_filter_bit(&mut union, key);
-        }
+        let current = filter_image(&old);
+        let exact = filter_image(targets.iter().map(|(k, _)| k));
+        let union: Vec<u64> = current.iter().zip(&exact).map(|(c, e)| c | e).collect();
         self.write_target_filter(&current, &union)?;
 
-        let mut map: BpfHashMap<&mut MapData, TargetKey, u32> = BpfHashMap::try_from(
-            self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Missing("map TARGETS".into()))?,
-        )
-        .map_err(|source| Error::Map { name: "TARGETS", source })?;
+        let mut map = self.targets_map()?;
         let wanted: std::collections::HashSet<TargetKey> = targets.iter().map(|(k, _)| *k).collect();
-        let old: Vec<TargetKey> = map.keys().filter_map(Result::ok).collect();
-        for key in old {
-            if !wanted.contains(&key) {
-                let _ = map.remove(&key);
-            }
+        for key in old.iter().filter(|k| !wanted.contains(k)) {
+            let _ = map.remove(key);
         }
         for (key, value) in targets {
             map.insert(key, value, 0).map_err(|source| Error::Map { name: "TARGETS", source })?;
         }
-
-        let mut exact = vec![0u64; target_filter::WORDS as usize];
-        for (key, _) in targets {
-            set_filter_bit(&mut exact, key);
-        }
         self.write_target_filter(&union, &exact)
     }
 
-    /// The `TARGET_FILTER` bitmap as the kernel holds it.
-    fn target_filter(&self) -> Result<Vec<u64>, Error> {
-        let map = self.ebpf.map("TARGET_FILTER").ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
-        let array = Array::<&MapData, u64>::try_from(map).map_err(|source| Error::Map { name: "TARGET_FILTER", source })?;
-        (0..target_filter::WORDS)
-            .map(|i| array.get(&i, 0).map_err(|source| Error::Map { name: "TARGET_FILTER", source }))
-            .collect()
+    fn targets_map(&mut self) -> Result<BpfHashMap<&mut MapData, TargetKey, u32>, Error> {
+        BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Missing("map TARGETS".into()))?)
+            .map_err(|source| Error::Map { name: "TARGETS", source })
     }
 
     /// Writes the words of `new` that differ from `old`.
@@ -347,8 +332,12 @@ impl Tracer {
     }
 }
 
-/// Sets `key`'s bit in a `TARGET_FILTER` image.
-fn set_filter_bit(words: &mut [u64], key: &TargetKey) {
-    let bit = target_filter::bit(&key.addr, key.port, key.proto);
-    words[(bit >> 6) as usize] |= 1 << (bit & 63);
+/// The `TARGET_FILTER` words with the bits of `keys` set.
+fn filter_image<'a>(keys: impl IntoIterator<Item = &'a TargetKey>) -> Vec<u64> {
+    let mut words = vec![0u64; target_filter::WORDS as usize];
+    for key in keys {
+        let bit = target_filter::bit(&key.addr, key.port, key.proto);
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
 }
