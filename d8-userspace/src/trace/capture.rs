@@ -45,14 +45,8 @@ impl Capture {
         };
         let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set)?;
         tracer.set_targets(targets)?;
-        let link_events = match tracer.take_link_events() {
-            Some(l) => Some(register(l)?),
-            None => None,
-        };
-        let join = match join {
-            Some(j) => Some(register(j)?),
-            None => None,
-        };
+        let link_events = tracer.take_link_events().map(register).transpose()?;
+        let join = join.map(register).transpose()?;
         let ring = register(tracer.take_events()?)?;
         Ok(Self { ring, join, link_events, tracer, held: None, decode_errors: 0 })
     }
