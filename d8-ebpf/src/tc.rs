@@ -1,6 +1,6 @@
 //! The TC hook set, for kernels without netfilter BPF links (before 6.4): clsact classifiers on
-//! every interface of the node's network namespace. Both always return `TC_ACT_OK`: they observe,
-//! never decide.
+//! every interface of the node's network namespace. Both always return [`CONTINUE`]: they
+//! observe, never decide, and every other program and filter on the hook still sees the packet.
 //!
 //! - `d8_tc_ingress`: packets entering the node, before PREROUTING. Packets of clients are still
 //!   addressed to the frontend (what `nf_pre` sees: `NEW`, SYN retransmits, the client's ACK, RST
@@ -24,7 +24,7 @@
 //! whose length per interface userspace puts in `TC_L2_LEN` (absent: 14, Ethernet).
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::{TC_ACT_UNSPEC, tcx_action_base::TCX_NEXT},
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
@@ -43,19 +43,28 @@ use crate::{
 #[map]
 pub static TC_L2_LEN: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
+/// "Not mine, go on": `TC_ACT_UNSPEC` on a legacy clsact chain (the next filter runs, and the
+/// packet passes if none decides), `TCX_NEXT` under tcx (the next tcx program runs, then the
+/// legacy chain). Any other verdict (`TC_ACT_OK` included) ends classification there: the other
+/// tools' programs behind ours would stop seeing packets while d8-trace traces.
+const CONTINUE: i32 = {
+    assert!(TC_ACT_UNSPEC == TCX_NEXT);
+    TC_ACT_UNSPEC
+};
+
 /// `ETH_P_IP` as `__sk_buff::protocol` holds it (network byte order in a u32).
 const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
 
 #[classifier]
 pub fn d8_tc_ingress(ctx: TcContext) -> i32 {
     let _ = observe(&ctx, false);
-    TC_ACT_OK as i32
+    CONTINUE
 }
 
 #[classifier]
 pub fn d8_tc_egress(ctx: TcContext) -> i32 {
     let _ = observe(&ctx, true);
-    TC_ACT_OK as i32
+    CONTINUE
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! attached after exit. On kernels without netfilter links (the VM's 6.1) the netfilter half of
 //! each comparison is skipped and the TC flows are checked against the expected values alone.
 
-use std::{process::Command, time::Duration};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use d8_tests::{
     report::{Flow, Report},
@@ -357,4 +357,96 @@ fn tc_daemon_joins_flows_and_follows_new_services() {
     assert!(done.stderr.contains("conntrack netlink"), "and how flows are joined:\n{}", done.stderr);
     assert_eq!(d8_tests::bpf::still_loaded(&held), d8_tests::bpf::Held::default(), "left after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Packets counted on `dev` of the lab node: by each foreign filter's action (by the action's
+/// index) and by the device itself (`rx_packets`, `tx_packets`). One shell in the namespace reads
+/// all of it. Actions are found by index because u32 filters of both directions share one hash
+/// table and `tc filter show` lists both under each direction.
+fn foreign_counts(lab: &Lab, dev: &str) -> (BTreeMap<u32, u64>, [u64; 2]) {
+    let script = format!(
+        "tc -s filter show dev {dev} ingress; tc -s filter show dev {dev} egress; \
+         echo device $(cat /sys/class/net/{dev}/statistics/rx_packets) $(cat /sys/class/net/{dev}/statistics/tx_packets)"
+    );
+    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", &script]).output().expect("ip netns exec");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut actions, mut device, mut index) = (BTreeMap::new(), None, None);
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            // "index 11 ref 1 bind 1", then "Sent 1234 bytes 17 pkt (dropped 0, ...)".
+            ["index", i, ..] => index = i.parse::<u32>().ok(),
+            ["Sent", _, "bytes", n, "pkt", ..] => {
+                if let (Some(i), Ok(n)) = (index.take(), n.parse::<u64>()) {
+                    actions.insert(i, n);
+                }
+            }
+            ["device", rx, tx] => device = Some([rx.parse().unwrap_or(0), tx.parse().unwrap_or(0)]),
+            _ => {}
+        }
+    }
+    (actions, device.unwrap_or_else(|| panic!("no device counters in:\n{text}")))
+}
+
+/// Another tool's TC programs keep seeing every packet while d8-trace traces with the TC hook
+/// set: a BPF classifier (classic bytecode that matches everything) and a plain `u32` filter,
+/// each with an action that counts (a `mirred` mirror to a device that is down, then `continue`,
+/// the only counting actions every test kernel has), at ingress and egress of a pod's interface.
+/// Each counts exactly as many packets as the device received or sent, with d8-trace attached
+/// through tcx (6.6+: tcx runs before the legacy filters, and its verdict decides whether they
+/// run at all) and through netlink filters on the same clsact (d8's filter ahead of the foreign
+/// ones). The uplink is the client pod's veth (Calico-style, where a CNI's own programs sit).
+/// While d8's classifiers returned `TC_ACT_OK` they ended classification there and the
+/// foreign filters counted nothing.
+#[test]
+fn tc_foreign_filters_see_every_packet() {
+    let lab = lab(ProxyMode::Iptables);
+    let client = PodSpec::new("default", "client", lab.spec().client_pod_ip);
+    let dev = &lab::pod_veth_name(&client);
+    // The mirror's target stays down: mirrored copies are dropped before they go anywhere.
+    let mut setup = vec!["ip link add d8cnt0 type veth peer name d8cnt1".to_string(), format!("tc qdisc add dev {dev} clsact")];
+    // (direction, the actions' indexes: BPF classifier, u32).
+    const FILTERS: [(&str, [u32; 2]); 2] = [("ingress", [11, 12]), ("egress", [21, 22])];
+    for (dir, [bpf, u32]) in FILTERS {
+        let count = |index: u32| format!("action mirred egress mirror dev d8cnt0 continue index {index}");
+        setup.push(format!("tc filter add dev {dev} {dir} pref 10 protocol all bpf bytecode '1,6 0 0 4294967295,' {}", count(bpf)));
+        setup.push(format!("tc filter add dev {dev} {dir} pref 20 protocol all u32 match u32 0 0 {}", count(u32)));
+    }
+    for cmd in &setup {
+        let st = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", cmd]).status().expect("ip netns exec");
+        assert!(st.success(), "{cmd}");
+    }
+    let traffic = |lab: &Lab| {
+        for _ in 0..5 {
+            let r = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+            assert_eq!(r.status(), Some(200));
+        }
+    };
+    // Counts move by exactly the device's own: the filters were there before anything ran.
+    // `env` None: no d8-trace (the counting itself is checked); Some: d8-trace with that env.
+    let check = |what: &str, env: Option<&[(&str, &str)]>| {
+        let (before, before_dev) = foreign_counts(&lab, dev);
+        let trace = env.map(|env| Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), env));
+        traffic(&lab);
+        std::thread::sleep(Duration::from_millis(300));
+        let (after, after_dev) = foreign_counts(&lab, dev);
+        for (d, (dir, indexes)) in FILTERS.iter().enumerate() {
+            let device = after_dev[d] - before_dev[d];
+            assert!(device >= 5 * 4, "{what}: {dev} {dir} moved {device} packets for 5 requests");
+            for (i, kind) in indexes.iter().zip(["BPF classifier", "u32 filter"]) {
+                let seen = after.get(i).zip(before.get(i)).map(|(a, b)| a - b);
+                assert_eq!(seen, Some(device), "{what}: the foreign {kind} at {dev} {dir} saw {seen:?} of {device} packets");
+            }
+        }
+        if let Some(t) = trace {
+            t.signal(libc::SIGINT);
+            let report = t.finish(Duration::from_secs(20)).report();
+            let seen = report.flows_to("10.96.0.10:80");
+            assert_eq!(seen.len(), 5, "{what}: d8-trace saw the five requests too:\n{}", report.describe_flows());
+        }
+    };
+    check("without d8-trace", None);
+    check("with d8-trace (the kernel's own attach: tcx from 6.6, else netlink)", Some(&[]));
+    check("with d8-trace (netlink filters on the same clsact)", Some(&[("D8_TC_NETLINK", "1")]));
 }
