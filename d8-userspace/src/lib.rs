@@ -19,21 +19,15 @@
 
 pub mod classify;
 pub mod cli;
-pub mod demo;
-pub mod daemon;
-pub mod doctor;
+pub mod cmd;
 pub mod events;
 pub mod flows;
-pub mod k8s;
 pub mod kernel;
-pub mod kube_proxy;
 pub mod lab;
 pub mod loader;
-pub mod mcp;
 pub mod model;
 pub mod node;
 pub mod report;
-pub mod rules;
 pub mod trace;
 
 /// An error and its causes on one line, each cause once, the way the CLI and the MCP tools say it.

@@ -47,13 +47,13 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None => trace_command(cli.trace),
-        Some(Command::Doctor(args)) => d8_trace::doctor::run(args.json, &args.selection).map_err(Failure::env),
+        Some(Command::Doctor(args)) => d8_trace::cmd::doctor::run(args.json, &args.selection).map_err(Failure::env),
         Some(Command::Explain(args)) => explain_command(args),
         Some(Command::Daemon(args)) => daemon_command(args),
         Some(Command::Demo(args)) => {
-            d8_trace::demo::run(&args).map_err(|e| Failure { code: e.exit_code(), message: error_chain(&e) })
+            d8_trace::cmd::demo::run(&args).map_err(|e| Failure { code: e.exit_code(), message: error_chain(&e) })
         }
-        Some(Command::Mcp(args)) => d8_trace::mcp::serve(&args).map_err(Failure::env),
+        Some(Command::Mcp(args)) => d8_trace::cmd::mcp::serve(&args).map_err(Failure::env),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +137,7 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("--metrics-addr {}: {e} (expected IP:PORT, e.g. 0.0.0.0:9810)", args.metrics_addr)))?;
     let runtime = enter_node(&args.selection)?;
     let setup = trace::kernel_setup()?;
-    let opts = d8_trace::daemon::Options {
+    let opts = d8_trace::cmd::daemon::Options {
         metrics_addr,
         events: args.events.clone(),
         selection: args.selection.clone(),
@@ -146,10 +146,10 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
         refresh: Duration::from_secs(args.refresh_secs),
         max_flows: args.max_flows as usize,
     };
-    runtime.block_on(d8_trace::daemon::run(opts, setup)).map_err(|e| match e {
-        d8_trace::daemon::Error::Bind { .. } | d8_trace::daemon::Error::Events { .. } => Failure::usage(error_chain(&e)),
-        d8_trace::daemon::Error::Node(n) => n.into(),
-        d8_trace::daemon::Error::Trace(t) => t.into(),
+    runtime.block_on(d8_trace::cmd::daemon::run(opts, setup)).map_err(|e| match e {
+        d8_trace::cmd::daemon::Error::Bind { .. } | d8_trace::cmd::daemon::Error::Events { .. } => Failure::usage(error_chain(&e)),
+        d8_trace::cmd::daemon::Error::Node(n) => n.into(),
+        d8_trace::cmd::daemon::Error::Trace(t) => t.into(),
         other => Failure::env(error_chain(&other)),
     })
 }

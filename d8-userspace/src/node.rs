@@ -7,9 +7,7 @@ use std::{net::IpAddr, time::Duration};
 use crate::{
     classify::ConntrackStats,
     cli::Selection,
-    k8s,
-    model::{ProxyMode, ServiceModel},
-    rules,
+    model::{ProxyMode, ServiceModel, k8s, rules},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use super::spec::{
     ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize,
 };
-use crate::rules::names;
+use crate::model::rules::names;
 
 /// kube-proxy's masquerade mark: `fmt.Sprintf("%#08x", 1<<14)`.
 const MASQ_MARK: &str = "0x4000";

@@ -19,7 +19,7 @@ use super::spec::{
     ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize,
     uses_cluster_endpoints, uses_local_endpoints,
 };
-use crate::rules::names;
+use crate::model::rules::names;
 
 /// kube-proxy's maximum length of the readable part of a chain name.
 const CHAIN_BASE_MAX: usize = 240;

@@ -89,12 +89,12 @@ fn policy_spec() -> ClusterSpec {
         )
 }
 
-fn read_rules(lab: &Lab) -> crate::rules::ModeReading {
+fn read_rules(lab: &Lab) -> crate::model::rules::ModeReading {
     let mode = lab.mode();
     in_netns(lab.node_ns(), move || {
         let r = match mode {
-            ProxyMode::Nftables => crate::rules::read_nftables_mode(),
-            _ => crate::rules::read_iptables_mode(),
+            ProxyMode::Nftables => crate::model::rules::read_nftables_mode(),
+            _ => crate::model::rules::read_iptables_mode(),
         };
         r.map_err(|e| Error::Io(format!("{e:?}")))
     })
@@ -250,7 +250,7 @@ fn check_traffic(lab: &Lab) {
 
 fn check_kube_proxy(lab: &Lab) {
     let mode = lab.mode();
-    let status = in_netns(lab.node_ns(), || Ok(crate::kube_proxy::status())).unwrap();
+    let status = in_netns(lab.node_ns(), || Ok(crate::model::kube_proxy::status())).unwrap();
     assert_eq!(status.mode, mode);
     assert_eq!(status.running, Some(true));
     assert_eq!(status.healthz_ok, Some(true));
@@ -269,7 +269,7 @@ fn rules_read_back_and_policies_hold() {
         check_kube_proxy(&lab);
         // kube_proxy_not_running: endpoints stop answering, the rules stay.
         lab.stop_kube_proxy();
-        let status = in_netns(lab.node_ns(), || Ok(crate::kube_proxy::status())).unwrap();
+        let status = in_netns(lab.node_ns(), || Ok(crate::model::kube_proxy::status())).unwrap();
         assert_ne!(status.running, Some(true), "{mode:?}");
         assert!(read_rules(&lab).rules_present);
         assert!(!lab.snapshot_json().to_string().contains("kube-proxy:"));

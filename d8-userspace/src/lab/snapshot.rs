@@ -426,7 +426,7 @@ mod tests {
                     .listen(8080, ListenerKind::Http),
             );
         let text = serde_json::to_string(&snapshot(&spec)).unwrap();
-        let objs = crate::k8s::snapshot::parse_snapshot(&text, "lab").unwrap();
+        let objs = crate::model::k8s::snapshot::parse_snapshot(&text, "lab").unwrap();
         assert!(objs.warnings.is_empty(), "{:?}", objs.warnings);
         assert_eq!(objs.services.len(), 2);
         assert_eq!(objs.endpoint_slices.len(), 2);

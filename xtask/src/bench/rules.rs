@@ -31,11 +31,11 @@ pub fn parse_child(format: &str, file: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     let (services, endpoints, rules) = match format {
         "iptables" => {
-            let p = d8_trace::rules::iptables::parse(&text).map_err(|e| anyhow!("{e}"))?;
+            let p = d8_trace::model::rules::iptables::parse(&text).map_err(|e| anyhow!("{e}"))?;
             (p.services.len(), p.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), p.rule_count)
         }
         "nft" => {
-            let p = d8_trace::rules::nftables::parse(&text).map_err(|e| anyhow!("{e}"))?;
+            let p = d8_trace::model::rules::nftables::parse(&text).map_err(|e| anyhow!("{e}"))?;
             (p.services.len(), p.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), p.rule_count)
         }
         other => bail!("unknown format {other}"),

@@ -805,7 +805,7 @@ mod pipeline {
     /// Rules written for `rules`, API facts from `api`, on the lab node found by its address.
     fn model(rules: &ClusterSpec, api: &ClusterSpec) -> ServiceModel {
         let text = crate::lab::iptables::kube_proxy_restore(rules);
-        let parsed = crate::rules::iptables::parse(&text).unwrap();
+        let parsed = crate::model::rules::iptables::parse(&text).unwrap();
         let mut m = ServiceModel {
             kube_proxy: KubeProxyStatus {
                 mode: ProxyMode::Iptables,

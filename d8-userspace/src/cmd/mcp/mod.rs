@@ -50,7 +50,7 @@ use self::{
 use crate::{
     classify::{self, Context},
     cli::{McpArgs, Selection, ServiceArg},
-    doctor, kernel, node,
+    cmd::doctor, kernel, node,
     report::Report,
     trace,
 };

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::{doctor::Findings, report::Report};
+use crate::{cmd::doctor::Findings, report::Report};
 
 /// Evidence lines shown in the text; the structured result has all of them.
 const EVIDENCE_LINES: usize = 6;

@@ -5,6 +5,10 @@
 //! produce or enrich this structure; the classifier reads it. It holds values only: no file handles,
 //! no clients, no clocks, so tests build it from literals.
 
+pub mod k8s;
+pub mod kube_proxy;
+pub mod rules;
+
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};

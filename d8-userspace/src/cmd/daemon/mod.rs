@@ -40,8 +40,7 @@ use crate::{
     classify::{self, Context},
     cli::{Selection, ServiceArg},
     flows::{Flow, FlowTable, Outcome},
-    k8s,
-    model::{Protocol, ProxyMode, ServiceModel, ServiceRef},
+    model::{Protocol, ProxyMode, ServiceModel, ServiceRef, k8s},
     node,
     trace::{self, Capture, KernelSetup, Ready},
 };

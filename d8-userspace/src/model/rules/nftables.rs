@@ -36,7 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde_json::Value;
 
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service};
-use crate::rules::{FastMap, FastSet, names};
+use crate::model::rules::{FastMap, FastSet, names};
 
 /// Which base-chain layout kube-proxy used (§3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1454,7 +1454,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 let ix = match self.service_ix.get(key) {
                     Some(&ix) => ix,
                     None => {
-                        let (sref, _) = crate::rules::iptables::split_port_name(port_key);
+                        let (sref, _) = crate::model::rules::iptables::split_port_name(port_key);
                         self.services.push(Service::new(sref));
                         self.service_ix.insert(key.to_string(), self.services.len() - 1);
                         self.services.len() - 1
@@ -2008,8 +2008,8 @@ fn detect_layout(t: &Table<'_>) -> Option<Layout> {
 mod tests {
     use super::*;
 
-    const LAYOUT_A: &str = include_str!("../../testdata/rules/nft-layout-A.json");
-    const LAYOUT_B: &str = include_str!("../../testdata/rules/nft-layout-B.json");
+    const LAYOUT_A: &str = include_str!("../../../testdata/rules/nft-layout-A.json");
+    const LAYOUT_B: &str = include_str!("../../../testdata/rules/nft-layout-B.json");
 
     fn svc<'a>(p: &'a Parsed, ns_name: &str) -> &'a Service {
         p.services

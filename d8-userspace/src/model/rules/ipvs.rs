@@ -400,7 +400,7 @@ pub fn name_services(services: Vec<Service>, virtual_servers: &[VirtualServer]) 
     let known: Vec<(ServiceRef, Vec<Frontend>)> =
         named.iter().map(|s| (s.service.clone(), s.frontends.clone())).collect();
     let joined = join(virtual_servers, &known);
-    crate::rules::merge_services(named, joined)
+    crate::model::rules::merge_services(named, joined)
 }
 
 fn rs_ref(vs: &VirtualServer, rs: &RealServer) -> RuleRef {
@@ -429,8 +429,8 @@ pub fn notes(virtual_servers: &[VirtualServer]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const IPVSADM: &str = include_str!("../../testdata/rules/ipvsadm-Ln.txt");
-    const PROC: &str = include_str!("../../testdata/rules/proc-net-ip_vs.txt");
+    const IPVSADM: &str = include_str!("../../../testdata/rules/ipvsadm-Ln.txt");
+    const PROC: &str = include_str!("../../../testdata/rules/proc-net-ip_vs.txt");
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -618,7 +618,7 @@ mod tests {
 
     #[test]
     fn virtual_servers_need_local_addresses() {
-        let local = parse_ip_addr_json(include_str!("../../testdata/rules/ip-addr-ipvs.json")).unwrap();
+        let local = parse_ip_addr_json(include_str!("../../../testdata/rules/ip-addr-ipvs.json")).unwrap();
         assert!(local.contains(&("kube-ipvs0".to_string(), "10.96.0.1".parse().unwrap())));
         assert!(local.contains(&("eth0".to_string(), "192.168.1.10".parse().unwrap())));
         let mut vs = parse(IPVSADM).unwrap().virtual_servers;

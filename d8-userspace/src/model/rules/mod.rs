@@ -7,7 +7,7 @@
 //!
 //! The parsers are pure (`&str` in, values out). Only the functions here run commands, in the
 //! *current* network namespace (the caller has entered the node's):
-//! - [`read_node`]: kube-proxy's health ([`crate::kube_proxy::status`]), the mode, and the
+//! - [`read_node`]: kube-proxy's health ([`crate::model::kube_proxy::status`]), the mode, and the
 //!   Services the rules show, as a [`ServiceModel`] inside [`NodeRules`].
 //! - [`read_iptables_mode`], [`read_nftables_mode`], [`read_ipvs_mode`]: one mode each, as a
 //!   [`ModeReading`] (IPv4 and IPv6 merged); a missing tool is [`ReadError::CommandMissing`],
@@ -177,7 +177,7 @@ pub struct ModeReading {
 /// mode's rules (`None` or `Unknown`: ask kube-proxy's `/proxyMode`, else read every mode and
 /// choose). Missing tools are an error only when the mode needs them.
 pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
-    let status = crate::kube_proxy::status();
+    let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
     let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
     let mut warnings = Vec::new();
@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn merge_joins_families_by_service() {
-        let v4 = iptables::parse(include_str!("../../testdata/rules/iptables-nft.save"))
+        let v4 = iptables::parse(include_str!("../../../testdata/rules/iptables-nft.save"))
             .unwrap()
             .services;
         let n = v4.len();

@@ -156,10 +156,10 @@ pub struct Applied {
 /// Folds the API's view from `source` into `model`.
 ///
 /// ```no_run
-/// use d8_trace::k8s::{DEFAULT_TIMEOUT, NodeHint, Source, apply};
+/// use d8_trace::model::k8s::{DEFAULT_TIMEOUT, NodeHint, Source, apply};
 /// use d8_trace::model::ServiceModel;
 ///
-/// # async fn run() -> Result<(), d8_trace::k8s::Error> {
+/// # async fn run() -> Result<(), d8_trace::model::k8s::Error> {
 /// let mut model = ServiceModel::default(); // the rules' model
 /// let hint = NodeHint { env: std::env::var("NODE_NAME").ok(), ..NodeHint::default() };
 /// let applied = apply(&mut model, &Source::Live { kubeconfig: None }, &hint, DEFAULT_TIMEOUT).await?;
