@@ -1,11 +1,17 @@
-//! The command line, as typed: parsed and range-checked by clap, nothing resolved yet (that
-//! happens in `main` before anything attaches). The grammar is a contract (DESIGN.md section 5).
+//! The command line, as typed: parsed and range-checked by clap, then resolved here, once, into the
+//! plain configuration the rest of the crate takes ([`trace::Scope`], [`trace::HookRequest`],
+//! [`report::Format`]). No clap type goes below this file. The grammar is a contract (see the
+//! README's "Commands").
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::ServiceRef;
+use crate::{
+    model::k8s,
+    report,
+    trace::{self, ServiceSelector},
+};
 
 /// d8-trace: follow every flow to a Kubernetes Service through kube-proxy's rules, live, and say
 /// why it fails.
@@ -88,41 +94,13 @@ pub struct Selection {
     pub hooks: Hooks,
 }
 
-/// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceArg {
-    pub service: ServiceRef,
-    pub port: Option<String>,
-}
-
-impl std::str::FromStr for ServiceArg {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (svc, port) = match s.split_once(':') {
-            Some((svc, port)) if !port.is_empty() => (svc, Some(port.to_string())),
-            Some(_) => return Err(format!("`{s}`: empty port after `:` (use NS/NAME or NS/NAME:PORT)")),
-            None => (s, None),
-        };
-        let Some((namespace, name)) = svc.split_once('/') else {
-            return Err(format!("`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"));
-        };
-        let valid = |part: &str| {
-            !part.is_empty() && part.len() <= 253 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        };
-        if !valid(namespace) || !valid(name) {
-            return Err(format!("`{s}`: namespace and name must be DNS labels (letters, digits, `-`, `.`)"));
-        }
-        Ok(Self { service: ServiceRef { namespace: namespace.into(), name: name.into() }, port })
-    }
-}
 
 /// The incident mode: `d8-trace --svc NS/NAME[:PORT]`.
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
     /// The Service to trace: NAMESPACE/NAME, optionally :PORT (number or port name).
     #[arg(long, value_name = "NS/NAME[:PORT]")]
-    pub svc: Option<ServiceArg>,
+    pub svc: Option<ServiceSelector>,
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration: Option<u64>,
@@ -151,7 +129,7 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 pub struct ExplainArgs {
     /// The Service to explain: NAMESPACE/NAME[:PORT].
     #[arg(long, value_name = "NS/NAME[:PORT]", required = true)]
-    pub svc: ServiceArg,
+    pub svc: ServiceSelector,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -201,6 +179,41 @@ pub struct DoctorArgs {
     pub json: bool,
     #[command(flatten)]
     pub selection: Selection,
+}
+
+impl Selection {
+    /// The plain scope every command runs in.
+    pub fn resolve(&self) -> trace::Scope {
+        let api = if self.no_k8s {
+            k8s::Source::Disabled
+        } else if let Some(path) = &self.k8s_snapshot {
+            k8s::Source::Snapshot(path.clone())
+        } else {
+            k8s::Source::Live { kubeconfig: self.kubeconfig.clone() }
+        };
+        trace::Scope { netns: self.netns.clone(), api, node: self.node.clone(), hooks: self.hooks.into() }
+    }
+}
+
+impl From<Hooks> for trace::HookRequest {
+    fn from(h: Hooks) -> Self {
+        match h {
+            Hooks::Auto => Self::Auto,
+            Hooks::Netfilter => Self::Netfilter,
+            Hooks::Tc => Self::Tc,
+        }
+    }
+}
+
+impl From<Output> for report::Format {
+    fn from(o: Output) -> Self {
+        match o {
+            Output::Text => Self::Text,
+            Output::Json => Self::Json,
+            Output::Yaml => Self::Yaml,
+            Output::Runbook => Self::Runbook,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Protocol;
+use crate::events::Protocol;
 
 /// How a flow ended (contract field `flows[].outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -40,18 +40,8 @@ pub enum Peer {
     Unknown,
 }
 
-/// Where a packet was seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Hook {
-    Prerouting,
-    LocalIn,
-    Forward,
-    Output,
-    Postrouting,
-    /// A tracepoint outside netfilter (socket, TCP stack, skb free).
-    Stack,
-}
+/// Defined with the events that carry it.
+pub use crate::events::Hook;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reset {

@@ -26,7 +26,6 @@ pub mod kernel;
 pub mod lab;
 pub mod loader;
 pub mod model;
-pub mod node;
 pub mod report;
 pub mod trace;
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
 use crate::model::{Endpoint, FrontendKind, ProbePort, RuleRef};
-use crate::report::{Evidence, EvidenceKind, VerdictClass};
+use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 
 use super::verdict::{Facts, Finding, FlowVerdict};
 

@@ -25,9 +25,12 @@ mod advice;
 mod flow;
 mod service;
 mod verdict;
+mod vocabulary;
 
-pub use service::minor_version;
-pub use verdict::{Cause, ConntrackStats, Context, FlowVerdict, Verdict, build_report, classify};
+pub use verdict::{Cause, Context, FlowVerdict, Verdict, classify};
+pub use vocabulary::{
+    Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, RootCause, Severity, VerdictClass,
+};
 
 #[cfg(test)]
 mod tests;

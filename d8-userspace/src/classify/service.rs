@@ -1,8 +1,8 @@
 //! Findings from the Service's rules and API facts alone: what `explain` reports, and what a trace
 //! adds to its flows' classes (a kube-proxy that is down, a stale DNAT target no flow hit yet).
 
-use crate::model::ProxyMode;
-use crate::report::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
+use crate::model::{ProxyMode, k8s::minor_version};
+use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
 
 use super::flow::{finding, push_rule, rule_text};
 use super::verdict::{Facts, Finding};
@@ -455,15 +455,6 @@ fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     ));
     fd.evidence.push(Evidence::new(EvidenceKind::Api, api_line));
     out.push(fd);
-}
-
-/// `(major, minor)` of `v1.31.2`, `1.31`, `v1.31.2-eks-1234`.
-pub fn minor_version(v: &str) -> Option<(u32, u32)> {
-    let v = v.trim().trim_start_matches('v');
-    let mut parts = v.split(['.', '-', '+']);
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.trim_end_matches('+').parse().ok()?;
-    Some((major, minor))
 }
 
 fn addrs(eps: &[&crate::model::Endpoint]) -> String {

@@ -4,6 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
+use crate::kernel::host::ConntrackStats;
+use crate::model::k8s::minor_version;
 use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset};
 use crate::model::{
     ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol,
@@ -748,7 +750,7 @@ fn ipvs_rules_missing_with_modules_missing_maps_to_the_ipvs_modules_domain() {
     m.kube_proxy.mode = ProxyMode::Ipvs;
     m.kube_proxy.rules_present = false;
     m.warnings.push("ip_vs_rr module not loaded".into());
-    let report = build_report(
+    let report = crate::report::build(
         &target(),
         &[],
         &m,
@@ -1127,7 +1129,7 @@ fn build_report_fills_flow_classes_and_the_verdict() {
     let flows = [refused_flow(1, POD_A), established(2, POD_B)];
     let mut c = ctx(true);
     c.lost_events = 7;
-    let report = build_report(&target(), &flows, &model(true), &c);
+    let report = crate::report::build(&target(), &flows, &model(true), &c);
     assert_eq!(report.flows[0].class, Some(VerdictClass::BackendRefused));
     assert_eq!(report.flows[1].class, Some(VerdictClass::Healthy));
     assert_eq!(report.lost_events, 7);

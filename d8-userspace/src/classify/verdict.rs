@@ -4,38 +4,14 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::flows::Flow;
+use crate::kernel::host::ConntrackStats;
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, Service, ServiceModel, ServiceRef};
-use crate::report::{
-    Evidence, EvidenceKind, Mitigation, Report, RootCause, Severity, VerdictClass,
-};
+use super::vocabulary::{Evidence, EvidenceKind, Mitigation, RootCause, Severity, VerdictClass};
 
 use super::{advice, flow, service};
 
 /// At most this many trace facts per cause go into the evidence; the rest are counted.
 const MAX_TRACE_FACTS: usize = 5;
-
-/// Conntrack counters of the node, read by the caller (`/proc/sys/net/netfilter/nf_conntrack_count`,
-/// `nf_conntrack_max`, and the `drop` column of `/proc/net/stat/nf_conntrack` summed over CPUs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConntrackStats {
-    /// Entries in the table at the end of the trace.
-    pub count: Option<u64>,
-    /// `nf_conntrack_max`.
-    pub max: Option<u64>,
-    /// How much the `drop` counter (new entries refused because the table was full) rose during the
-    /// trace; for `explain`, since the previous reading if there is one.
-    pub drop_delta: Option<u64>,
-}
-
-impl ConntrackStats {
-    /// `count / max`, when both are known and `max` is not zero.
-    pub fn fill_ratio(&self) -> Option<f64> {
-        match (self.count, self.max) {
-            (Some(c), Some(m)) if m > 0 => Some(c as f64 / m as f64),
-            _ => None,
-        }
-    }
-}
 
 /// What the classifier needs beyond the flows and the model.
 ///
@@ -96,37 +72,6 @@ pub struct Verdict {
     pub severity: Severity,
     /// What to do.
     pub mitigation: Mitigation,
-}
-
-impl Verdict {
-    /// Writes the verdict into `report`: flow classes (by position: `report.flows` must come from the
-    /// same flows in the same order, as [`Report::push_flows`] builds them; otherwise flow classes are
-    /// left alone), root cause, evidence (appended), severity and mitigation.
-    pub fn apply(&self, report: &mut Report) {
-        if report.flows.len() == self.flows.len() {
-            for (f, v) in report.flows.iter_mut().zip(&self.flows) {
-                f.class = Some(v.class);
-            }
-        }
-        report.root_cause = Some(self.root_cause.clone());
-        report.evidence.extend(self.evidence.iter().cloned());
-        report.severity = Some(self.severity);
-        report.mitigation = Some(self.mitigation.clone());
-    }
-}
-
-/// The complete contract report for `target`: model facts, flows, lost events and the verdict.
-pub fn build_report(
-    target: &ServiceRef,
-    flows: &[Flow],
-    model: &ServiceModel,
-    ctx: &Context,
-) -> Report {
-    let mut report = Report::from_model(target, model);
-    report.push_flows(flows);
-    report.lost_events = ctx.lost_events;
-    classify(target, flows, model, ctx).apply(&mut report);
-    report
 }
 
 /// What every part of the classifier reads: the target Service, its model entry and the context.

@@ -6,8 +6,9 @@
 use serde::Serialize;
 
 use crate::{
-    cli::{Hooks, Selection},
     kernel::{self, DropReasons, btf::Btf, netns, tracefs},
+    loader::HookSet,
+    trace::{HookRequest, Scope, choose_hooks},
 };
 
 /// One check.
@@ -35,7 +36,7 @@ fn program_supported(ty: aya::programs::ProgramType) -> Result<bool, String> {
 }
 
 /// Runs every check in the current network namespace.
-pub fn findings(requested: Hooks) -> Findings {
+pub fn findings(requested: HookRequest) -> Findings {
     let mut checks = Vec::new();
     let mut push = |name, ok, detail: String| checks.push(Check { name, ok, detail });
 
@@ -183,11 +184,11 @@ pub fn findings(requested: Hooks) -> Findings {
         );
     }
 
-    let (hook_set, reason, join) = match crate::trace::choose_hooks(requested, nf_ok) {
-        Ok(choice) if choice.set == crate::loader::HookSet::Tc && !tc_ok => {
+    let (hook_set, reason, join) = match choose_hooks(requested, nf_ok) {
+        Ok(choice) if choice.set == HookSet::Tc && !tc_ok => {
             ("none", format!("{}, but TC programs do not load here ({tc_prog:?})", choice.reason), None)
         }
-        Ok(choice) if choice.set == crate::loader::HookSet::Tc && ctnetlink.is_err() => (
+        Ok(choice) if choice.set == HookSet::Tc && ctnetlink.is_err() => (
             "none",
             format!("{}, but its join (conntrack netlink events) is unavailable", choice.reason),
             None,
@@ -199,11 +200,11 @@ pub fn findings(requested: Hooks) -> Findings {
 }
 
 /// Prints the findings (text or JSON) on stdout.
-pub fn run(json: bool, selection: &Selection) -> Result<(), String> {
-    if let Some(ns) = &selection.netns {
+pub fn run(json: bool, scope: &Scope) -> Result<(), String> {
+    if let Some(ns) = &scope.netns {
         netns::enter(ns).map_err(|e| e.to_string())?;
     }
-    let f = findings(selection.hooks);
+    let f = findings(scope.hooks);
     if json {
         println!("{}", serde_json::to_string_pretty(&f).map_err(|e| e.to_string())?);
         return Ok(());

@@ -5,6 +5,7 @@
 //! detaches the netfilter hooks first, then the tracepoints, then unmounts tracefs if d8-trace
 //! mounted it. Nothing outlives the process: no pins.
 
+pub mod alias;
 pub mod netfilter;
 pub mod tc;
 

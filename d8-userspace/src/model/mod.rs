@@ -8,63 +8,14 @@
 pub mod k8s;
 pub mod kube_proxy;
 pub mod rules;
+pub mod view;
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Transport protocol of a Service port, a frontend or a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// The IANA protocol number (`IPPROTO_*`).
-    pub const fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
-        }
-    }
-
-    pub const fn from_number(n: u8) -> Option<Self> {
-        match n {
-            6 => Some(Self::Tcp),
-            17 => Some(Self::Udp),
-            132 => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-
-    /// Lowercase name as kube-proxy writes it (`tcp`, `udp`, `sctp`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Self::Tcp),
-            "udp" => Some(Self::Udp),
-            "sctp" => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Defined with the packets it classifies; the model names Service ports with it too.
+pub use crate::events::Protocol;
 
 /// Which kube-proxy data plane programmed the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -15,11 +15,26 @@ mod text;
 
 use std::io;
 
-pub use object::{
-    EndpointReport, Evidence, EvidenceKind, FlowReport, FrontendReport, KubeProxyReport,
-    Mitigation, Report, RootCause, Severity, VerdictClass,
+use crate::{
+    classify,
+    flows::Flow,
+    model::{ServiceModel, ServiceRef},
 };
-pub use runbook::{IPVS_MODULES_MISSING_PREFIX, Runbook, cross_reference, runbook_domain};
+
+pub use object::{EndpointReport, FlowReport, FrontendReport, KubeProxyReport, Report};
+pub use runbook::{Runbook, cross_reference, runbook_domain};
+// The verdict's vocabulary, decided by the classifier, printed as it is.
+pub use crate::classify::{Evidence, EvidenceKind, Mitigation, RootCause, Severity, VerdictClass};
+
+/// The complete contract report for `target`: the model's facts, the flows, lost events, and the
+/// classifier's verdict written into it.
+pub fn build(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &classify::Context) -> Report {
+    let mut report = Report::from_model(target, model);
+    report.push_flows(flows);
+    report.lost_events = ctx.lost_events;
+    report.apply(&classify::classify(target, flows, model, ctx));
+    report
+}
 
 /// Output format selected with `-o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

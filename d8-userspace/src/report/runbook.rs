@@ -5,13 +5,9 @@
 
 use serde::Serialize;
 
-use super::object::{Evidence, EvidenceKind, Mitigation, Report, Severity, VerdictClass};
+use super::object::Report;
+use crate::classify::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, Severity, VerdictClass};
 use crate::model::ProxyMode;
-
-/// Evidence lines of type `kube_proxy` starting with this prefix say that IPVS kernel modules are
-/// missing; in IPVS mode they turn `kube_proxy_rules_missing` into the runbook's `ipvs_modules`
-/// domain. The classifier writes them with this exact prefix.
-pub const IPVS_MODULES_MISSING_PREFIX: &str = "IPVS kernel modules missing";
 
 /// The runbook domain of a class (DESIGN.md section 5 table).
 ///

@@ -1,6 +1,7 @@
 //! Tests of the contract object and its renderings, with literal reports.
 
 use super::*;
+use crate::classify::IPVS_MODULES_MISSING_PREFIX;
 use crate::flows::Outcome;
 use crate::model::{FrontendKind, Protocol, ProxyMode, ServiceRef};
 

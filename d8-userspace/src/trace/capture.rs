@@ -2,7 +2,18 @@
 //! the ring buffer, and on the TC set the conntrack-netlink join and link events, drained in
 //! bounded slices so the event loop (and the daemon's HTTP server) keeps its turn.
 
-use super::*;
+use std::{net::IpAddr, time::Duration};
+
+use d8_common::{Config, TargetKey};
+use tokio::io::unix::AsyncFd;
+
+use super::{Error, HookChoice, Join};
+use crate::{
+    events,
+    flows::FlowTable,
+    kernel::tracefs,
+    loader::Tracer,
+};
 
 /// What [`Capture::ready`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +30,7 @@ pub enum Ready {
 pub struct Capture {
     // Field order is drop order: the registrations go before the programs detach.
     ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    join: Option<AsyncFd<loader::tc::CtJoin>>,
+    join: Option<AsyncFd<super::ctjoin::CtJoin>>,
     link_events: Option<AsyncFd<crate::kernel::rtnetlink::LinkEvents>>,
     tracer: Tracer,
     /// A record that waits for the conntrack events queued before it (the join's budget ran out).
@@ -40,7 +51,7 @@ impl Capture {
         node_ips: Vec<IpAddr>,
     ) -> Result<Self, Error> {
         let join = match choice.join {
-            Join::CtNetlink => Some(loader::tc::CtJoin::open(targets, node_ips).map_err(Error::CtNetlink)?),
+            Join::CtNetlink => Some(super::ctjoin::CtJoin::open(targets, node_ips).map_err(Error::CtNetlink)?),
             Join::SkbConntrack => None,
         };
         let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set)?;
@@ -191,7 +202,7 @@ struct Budget {
 #[allow(clippy::too_many_arguments, reason = "the capture's parts, borrowed separately")]
 fn pump(
     rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    join: &mut Option<&mut loader::tc::CtJoin>,
+    join: &mut Option<&mut super::ctjoin::CtJoin>,
     held: &mut Option<events::Event>,
     tracer: &mut Tracer,
     table: &mut FlowTable,
@@ -247,7 +258,7 @@ fn pump(
 fn handle_event(
     table: &mut FlowTable,
     mut ev: events::Event,
-    join: Option<&mut loader::tc::CtJoin>,
+    join: Option<&mut super::ctjoin::CtJoin>,
     changed: &mut dyn FnMut(&FlowTable, u64),
 ) {
     if let Some(j) = join {

@@ -38,11 +38,10 @@ use self::{
 };
 use crate::{
     classify::{self, Context},
-    cli::{Selection, ServiceArg},
     flows::{Flow, FlowTable, Outcome},
-    model::{Protocol, ProxyMode, ServiceModel, ServiceRef, k8s},
-    node,
-    trace::{self, Capture, KernelSetup, Ready},
+    kernel::host,
+    model::{ProxyMode, ServiceModel, ServiceRef, k8s},
+    trace::{self, Capture, KernelSetup, Ready, Scope, plan::Merged},
 };
 
 /// How often flows are classified and counted.
@@ -71,8 +70,6 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Node(#[from] node::Error),
-    #[error(transparent)]
     Trace(#[from] trace::Error),
     #[error(transparent)]
     Loader(#[from] crate::loader::Error),
@@ -86,7 +83,7 @@ pub struct Options {
     pub metrics_addr: SocketAddr,
     /// `None`: no events; `Some("-")`: stdout; else a file, appended to.
     pub events: Option<String>,
-    pub selection: Selection,
+    pub scope: Scope,
     pub ring_buffer_bytes: u32,
     pub reply_timeout: Duration,
     /// How often kube-proxy's rules are read again (default [`REFRESH_EVERY`]).
@@ -95,55 +92,9 @@ pub struct Options {
     pub max_flows: usize,
 }
 
-/// Which Service a traced address belongs to.
-#[derive(Debug, Default)]
-struct Index {
-    frontends: HashMap<(Protocol, SocketAddr), ServiceRef>,
-    backends: HashMap<(Protocol, SocketAddr), ServiceRef>,
-}
-
-impl Index {
-    fn service_of(&self, flow: &Flow) -> Option<&ServiceRef> {
-        if let Some(f) = flow.frontend {
-            return self.frontends.get(&(flow.protocol, f));
-        }
-        flow.backend.and_then(|b| self.backends.get(&(flow.protocol, b)))
-    }
-}
-
-/// Targets of every Service of the model, and the index from addresses back to Services.
-fn plan_all(model: &ServiceModel) -> (trace::Plan, Index) {
-    let mut all = trace::Plan {
-        service: ServiceRef { namespace: "*".into(), name: "*".into() },
-        frontends: Vec::new(),
-        endpoints: Vec::new(),
-        frontend_addrs: Vec::new(),
-        node_ips: model.node_ips.clone(),
-    };
-    let mut index = Index::default();
-    for svc in &model.services {
-        let arg = ServiceArg { service: svc.service.clone(), port: None };
-        let Ok(plan) = trace::plan(model, &arg, model.node_ips.clone()) else { continue };
-        for fa in &plan.frontend_addrs {
-            index.frontends.entry(*fa).or_insert_with(|| svc.service.clone());
-        }
-        for e in &plan.endpoints {
-            index.backends.entry((e.protocol, SocketAddr::new(e.ip, e.port))).or_insert_with(|| svc.service.clone());
-        }
-        all.frontends.extend(plan.frontends);
-        all.endpoints.extend(plan.endpoints);
-        all.frontend_addrs.extend(plan.frontend_addrs);
-    }
-    all.frontend_addrs.sort();
-    all.frontend_addrs.dedup();
-    all.endpoints.sort_by_key(|e| (e.protocol, e.ip, e.port));
-    all.endpoints.dedup_by(|a, b| (a.protocol, a.ip, a.port) == (b.protocol, b.ip, b.port));
-    (all, index)
-}
-
 /// The model: rules always; the API when due (`api_due`), else the last API view is reused.
 struct ModelSource {
-    selection: Selection,
+    scope: Scope,
     refresh: Duration,
     api_failures: u32,
     next_api: tokio::time::Instant,
@@ -151,18 +102,16 @@ struct ModelSource {
 }
 
 impl ModelSource {
-    async fn read(&mut self) -> Result<(ServiceModel, bool), node::Error> {
+    async fn read(&mut self) -> Result<(ServiceModel, bool), trace::Error> {
         let now = tokio::time::Instant::now();
-        let api_wanted = !self.selection.no_k8s;
-        let mut sel = self.selection.clone();
+        let api_wanted = self.scope.api != k8s::Source::Disabled;
+        let mut scope = self.scope.clone();
         if api_wanted && now < self.next_api {
             // Backing off: rules alone this round.
-            sel.no_k8s = true;
-            sel.k8s_snapshot = None;
-            sel.kubeconfig = None;
+            scope.api = k8s::Source::Disabled;
         }
-        let view = node::view(&sel).await?;
-        if api_wanted && !sel.no_k8s {
+        let view = trace::node_view(&scope).await?;
+        if api_wanted && scope.api != k8s::Source::Disabled {
             self.api_up = view.api_consulted;
             if view.api_consulted {
                 self.api_failures = 0;
@@ -204,10 +153,10 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: u
     m.api_up.set(api_up as i64);
     m.services.set(model.services.len() as i64);
     m.targets.set(targets as i64);
-    let ct = node::conntrack_stats(None);
+    let ct = host::conntrack_stats(None);
     m.conntrack_entries.set(ct.count.map_or(-1, |c| c as i64));
     m.conntrack_max.set(ct.max.map_or(-1, |c| c as i64));
-    m.conntrack_drops.set(node::conntrack_drop_counter().map_or(-1, |c| c as i64));
+    m.conntrack_drops.set(host::conntrack_drop_counter().map_or(-1, |c| c as i64));
 }
 
 /// Runs until SIGTERM or Ctrl-C. The caller has entered the node's network namespace and checked
@@ -227,31 +176,30 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     };
 
     let mut source = ModelSource {
-        selection: opts.selection.clone(),
+        scope: opts.scope.clone(),
         refresh: opts.refresh,
         api_failures: 0,
         next_api: tokio::time::Instant::now(),
         api_up: false,
     };
     let (mut model, api_up) = source.read().await?;
-    let (mut plan, mut index) = plan_all(&model);
+    let mut merged = Merged::every_service(&model);
 
-    let KernelSetup { config, drop_reasons, mount, warnings } = setup;
+    let KernelSetup { choice, config, drop_reasons, mount, warnings } = setup;
     for w in &warnings {
         eprintln!("d8-trace: warning: {w}");
     }
     // The hook set `kernel_setup` chose for `--hooks` and this kernel, and why.
-    let choice = trace::chosen_hooks();
     eprintln!(
         "d8-trace: {} hook set: {}; pre- and post-DNAT views joined through {}",
         choice.set.name(),
         choice.reason,
         choice.join.describe()
     );
-    let mut targets = plan.targets();
+    let mut targets = merged.all.targets();
     let mut node_ips = model.node_ips.clone();
     let mut capture = Capture::open(&choice, &config, mount, opts.ring_buffer_bytes, &targets, node_ips.clone())?;
-    let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), model.node_ips.clone(), drop_reasons)
+    let mut table = FlowTable::new(merged.all.frontend_addrs.iter().copied(), model.node_ips.clone(), drop_reasons)
         .with_max_flows(opts.max_flows)
         .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
 
@@ -262,7 +210,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     eprintln!(
         "d8-trace: daemon ready: {} Services (API: {}), {} targets traced, {} hooks ({} hook set); metrics on http://{}/metrics",
         model.services.len(),
-        api_source_note(&opts.selection),
+        api_source_note(&opts.scope),
         targets.len(),
         capture.attached().len(),
         choice.set.name(),
@@ -292,9 +240,9 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             _ = pump_tick.tick() => capture.pump(&mut table, &mut ignore).await,
             _ = verdict_tick.tick() => {
                 capture.pump(&mut table, &mut ignore).await;
-                table.settle(trace::monotonic_ns());
-                report_flows(&table, &index, &model, api_up_now(&source), m, &mut counted, &mut verdicts, writer.as_mut());
-                let cutoff = trace::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
+                table.settle(crate::kernel::monotonic_ns());
+                report_flows(&table, &merged, &model, api_up_now(&source), m, &mut counted, &mut verdicts, writer.as_mut());
+                let cutoff = crate::kernel::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
                 table.retain(|f| !(counted.contains(&f.id) && f.last_ns < cutoff));
                 let ids: HashSet<u64> = table.flows().iter().map(|f| f.id).collect();
                 counted.retain(|id| ids.contains(id));
@@ -312,14 +260,14 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 match source.read().await {
                     Ok((new_model, api_up)) => {
                         model = new_model;
-                        (plan, index) = plan_all(&model);
-                        let new_targets = plan.targets();
+                        merged = Merged::every_service(&model);
+                        let new_targets = merged.all.targets();
                         if new_targets != targets || model.node_ips != node_ips {
                             capture.set_targets(&new_targets, model.node_ips.clone())?;
                             targets = new_targets;
                             node_ips = model.node_ips.clone();
                         }
-                        table.set_frontends(plan.frontend_addrs.iter().copied());
+                        table.set_frontends(merged.all.frontend_addrs.iter().copied());
                         table.set_node_ips(model.node_ips.clone());
                         set_model_metrics(m, &model, api_up, targets.len());
                     }
@@ -339,7 +287,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
 }
 
 fn api_up_now(source: &ModelSource) -> bool {
-    source.api_up && !source.selection.no_k8s
+    source.api_up && source.scope.api != k8s::Source::Disabled
 }
 
 /// Classifies the flows of each Service; counts flows that reached an outcome once; writes
@@ -347,7 +295,7 @@ fn api_up_now(source: &ModelSource) -> bool {
 #[allow(clippy::too_many_arguments, reason = "one call site; the loop's state, spelled out")]
 fn report_flows(
     table: &FlowTable,
-    index: &Index,
+    merged: &Merged,
     model: &ServiceModel,
     api_consulted: bool,
     m: &Metrics,
@@ -357,8 +305,8 @@ fn report_flows(
 ) {
     let mut by_service: HashMap<&ServiceRef, Vec<Flow>> = HashMap::new();
     for flow in table.flows() {
-        if let Some(svc) = index.service_of(flow) {
-            by_service.entry(svc).or_default().push(flow.clone());
+        if let Some(i) = merged.owner(flow) {
+            by_service.entry(&merged.plans[i].service).or_default().push(flow.clone());
         }
     }
     let host_ips: Vec<IpAddr> = model.node_ips.clone();
@@ -366,7 +314,7 @@ fn report_flows(
         let flows = by_service.remove(&svc.service).unwrap_or_default();
         let ctx = Context {
             api_consulted,
-            conntrack: Some(node::conntrack_stats(None)),
+            conntrack: Some(host::conntrack_stats(None)),
             host_ips: host_ips.clone(),
             traced: true,
             duration_ms: None,
@@ -405,8 +353,8 @@ fn report_flows(
 }
 
 /// Where the API's view comes from, in words.
-fn api_source_note(sel: &Selection) -> &'static str {
-    match node::api_source(sel) {
+fn api_source_note(scope: &Scope) -> &'static str {
+    match scope.api {
         k8s::Source::Disabled => "rules only (--no-k8s)",
         k8s::Source::Snapshot(_) => "a snapshot file",
         k8s::Source::Live { .. } => "the live API",
@@ -416,7 +364,7 @@ fn api_source_note(sel: &Selection) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, Frontend, FrontendKind, Service};
+    use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, Service};
 
     fn model() -> ServiceModel {
         let mut m = ServiceModel::default();
@@ -438,12 +386,31 @@ mod tests {
 
     #[test]
     fn plans_every_service_and_maps_addresses_back() {
-        let (plan, index) = plan_all(&model());
-        assert_eq!(plan.frontend_addrs.len(), 2);
-        assert_eq!(plan.targets().len(), 4);
-        let a = index.frontends.get(&(Protocol::Tcp, "10.96.0.1:80".parse().unwrap())).unwrap();
-        assert_eq!(a.name, "a");
-        let b = index.backends.get(&(Protocol::Tcp, "10.244.0.2:8080".parse().unwrap())).unwrap();
-        assert_eq!(b.name, "b");
+        let merged = Merged::every_service(&model());
+        assert_eq!(merged.all.frontend_addrs.len(), 2);
+        assert_eq!(merged.all.targets().len(), 4);
+        let mut flow = Flow {
+            id: 1,
+            protocol: Protocol::Tcp,
+            client: "10.0.0.9:40000".parse().unwrap(),
+            frontend: Some("10.96.0.1:80".parse().unwrap()),
+            backend: None,
+            snat_client: None,
+            no_dnat: false,
+            entry_hook: None,
+            first_ns: 0,
+            last_ns: 0,
+            handshake: Default::default(),
+            ct_status: 0,
+            resets: Vec::new(),
+            drops: Vec::new(),
+            icmp_errors: Vec::new(),
+            socket_states: Vec::new(),
+            outcome: Outcome::Open,
+        };
+        assert_eq!(merged.plans[merged.owner(&flow).unwrap()].service.name, "a");
+        flow.frontend = None;
+        flow.backend = Some("10.244.0.2:8080".parse().unwrap());
+        assert_eq!(merged.plans[merged.owner(&flow).unwrap()].service.name, "b");
     }
 }

@@ -16,7 +16,7 @@
 //!    would: a SIGTERM to this process, which [`trace::run`] takes as its signal to stop.
 //! 4. Re-reads the model (rules as they are now, the API snapshot written again), groups the
 //!    flows by Service (frontend, or backend for direct flows such as probes), and calls
-//!    [`classify::build_report`] once per Service.
+//!    [`crate::report::build`] once per Service.
 //! 5. Prints each Service's verdict and path picture ([`picture`]) and a summary table, or with
 //!    `-o json` one JSON array of the contract reports on stdout.
 //!
@@ -55,7 +55,7 @@ pub mod script;
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -64,14 +64,14 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::classify::{self, Context};
-use crate::cli::{DemoArgs, Hooks, Output, Selection, ServiceArg};
+use crate::classify::Context;
 use crate::flows::Flow;
 use crate::lab::{self, Lab};
 use crate::model::{ProxyMode, ServiceRef};
-use crate::report::Report;
-use crate::trace::{self, Options, Plan};
-use crate::{kernel, node};
+use crate::kernel::{self, host};
+use crate::model::k8s;
+use crate::report::{self, Format, Report};
+use crate::trace::{self, Options, Scope, ServiceSelector, plan::Merged};
 
 use picture::Hops;
 use script::{Control, Ending, say};
@@ -89,8 +89,6 @@ pub enum Error {
     Trace(#[from] trace::Error),
     #[error("the lab: {0}")]
     Lab(#[from] lab::Error),
-    #[error("reading the lab node: {0}")]
-    Node(#[from] node::Error),
     #[error("the incident script: {0}")]
     Script(#[from] script::Error),
     #[error("{0}")]
@@ -163,23 +161,14 @@ impl Write for LiveTap {
     }
 }
 
-/// The demo takes no selection flags: it builds its own node and API.
-fn check_args(args: &DemoArgs) -> Result<(), Error> {
-    let s = &args.selection;
-    if s.netns.is_some()
-        || s.kubeconfig.is_some()
-        || s.k8s_snapshot.is_some()
-        || s.no_k8s
-        || s.node.is_some()
-    {
+/// The demo takes no selection flags but `--hooks`: it builds its own node and API.
+fn check_args(format: Format, s: &Scope) -> Result<(), Error> {
+    if s.netns.is_some() || s.api != (k8s::Source::Live { kubeconfig: None }) || s.node.is_some() {
         return Err(Error::Usage(
             "demo builds its own node and API snapshot: --netns, --kubeconfig, --k8s-snapshot, --no-k8s and --node do not apply (only -o and --hooks)".into(),
         ));
     }
-    if s.hooks == Hooks::Tc {
-        return Err(trace::Error::TcUnavailable.into());
-    }
-    if !matches!(args.output, Output::Text | Output::Json) {
+    if !matches!(format, Format::Text | Format::Json) {
         return Err(Error::Usage(
             "demo prints text or JSON (-o text|json)".into(),
         ));
@@ -203,56 +192,14 @@ fn interrupted(
     })
 }
 
-/// One plan covering every Service of `plans` (their frontends and backends), named after them.
-fn merged_plan(plans: &[Plan]) -> Plan {
-    let mut all = plans[0].clone();
-    let names: Vec<&str> = plans.iter().map(|p| p.service.name.as_str()).collect();
-    all.service = ServiceRef {
-        namespace: plans[0].service.namespace.clone(),
-        name: format!("{{{}}}", names.join(",")),
-    };
-    all.frontends = plans
-        .iter()
-        .flat_map(|p| p.frontends.iter().cloned())
-        .collect();
-    all.endpoints = plans
-        .iter()
-        .flat_map(|p| p.endpoints.iter().cloned())
-        .collect();
-    all.frontend_addrs = plans
-        .iter()
-        .flat_map(|p| p.frontend_addrs.iter().copied())
-        .collect();
-    all.frontend_addrs.sort();
-    all.frontend_addrs.dedup();
-    all
-}
-
-/// The plan (of `plans`) a flow belongs to: by its frontend, or for a direct flow by its backend.
-pub fn owner(flow: &Flow, plans: &[Plan]) -> Option<usize> {
-    match flow.frontend {
-        Some(fe) => plans
-            .iter()
-            .position(|p| p.frontend_addrs.contains(&(flow.protocol, fe))),
-        None => {
-            let be = flow.backend?;
-            plans.iter().position(|p| {
-                p.endpoints
-                    .iter()
-                    .any(|e| e.protocol == flow.protocol && SocketAddr::new(e.ip, e.port) == be)
-            })
-        }
-    }
-}
-
 /// Runs the demo. Needs root and a kernel the tracer supports.
-pub fn run(args: &DemoArgs) -> Result<(), Error> {
+pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     let started = Instant::now();
-    check_args(args)?;
+    check_args(format, scope)?;
     if !kernel::is_root() {
         return Err(trace::Error::NotRoot.into());
     }
-    let json = args.output == Output::Json;
+    let json = format == Format::Json;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -267,7 +214,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
         (int, term)
     };
     // The kernel first: an unsupported one fails before anything is built.
-    let setup = trace::kernel_setup()?;
+    let setup = trace::kernel_setup(scope.hooks)?;
     for w in &setup.warnings {
         eprintln!("d8-trace: warning: {w}");
     }
@@ -299,15 +246,13 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     lab.write_snapshot(&snapshot.0)?;
 
     let in_node = NetnsReturn::enter(lab.node_ns())?;
-    let selection = Selection {
+    let lab_scope = Scope {
         netns: None,
-        kubeconfig: None,
-        k8s_snapshot: Some(snapshot.0.clone()),
-        no_k8s: false,
+        api: k8s::Source::Snapshot(snapshot.0.clone()),
         node: Some(spec.node_name.clone()),
-        hooks: Hooks::Auto,
+        hooks: scope.hooks,
     };
-    let start_view = runtime.block_on(node::view(&selection))?;
+    let start_view = runtime.block_on(trace::node_view(&lab_scope))?;
     for w in &start_view.warnings {
         eprintln!("d8-trace: warning: {w}");
     }
@@ -315,14 +260,19 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     let plans = services
         .iter()
         .map(|s| {
-            let arg = ServiceArg {
+            let arg = ServiceSelector {
                 service: s.clone(),
                 port: None,
             };
             trace::plan(&start_view.model, &arg, start_view.model.node_ips.clone())
         })
-        .collect::<Result<Vec<Plan>, _>>()?;
-    let plan = merged_plan(&plans);
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let merged = Merged::new(
+        ServiceRef { namespace: services[0].namespace.clone(), name: format!("{{{}}}", names.join(",")) },
+        plans,
+        start_view.model.node_ips.clone(),
+    );
     let opts = Options {
         // Until the script (or Ctrl-C) ends it.
         duration: None,
@@ -331,7 +281,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
         live: true,
     };
 
-    let drops_before = node::conntrack_drop_counter();
+    let drops_before = host::conntrack_drop_counter();
     let trace_started = Instant::now();
     let ctl = Control::new();
     let (first_tx, first_rx) = mpsc::channel();
@@ -367,7 +317,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
                     out: queue,
                     first: Some(first_tx),
                 };
-                let traced = runtime.block_on(trace::run(&plan, setup, &opts, &mut live));
+                let traced = runtime.block_on(trace::run(&merged.all, setup, &opts, &mut live));
                 // Every queued line is written before the verdicts (and before an error's message).
                 let dropped = live.out.finish();
                 if dropped > 0 {
@@ -400,19 +350,19 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
 
     // The model as the trace ends: rules re-read, the API snapshot written again.
     lab.write_snapshot(&snapshot.0)?;
-    let end_view = runtime.block_on(node::view(&selection))?;
+    let end_view = runtime.block_on(trace::node_view(&lab_scope))?;
     let ctx = Context {
         api_consulted: end_view.api_consulted,
-        conntrack: Some(node::conntrack_stats(drops_before)),
+        conntrack: Some(host::conntrack_stats(drops_before)),
         host_ips: end_view.host_ips.clone(),
         traced: true,
         duration_ms: Some(traced_for.as_millis() as u64),
         lost_events: outcome.lost_events,
     };
-    let mut per_service: Vec<Vec<Flow>> = vec![Vec::new(); plans.len()];
+    let mut per_service: Vec<Vec<Flow>> = vec![Vec::new(); merged.plans.len()];
     let mut unowned = 0;
     for f in &outcome.flows {
-        match owner(f, &plans) {
+        match merged.owner(f) {
             Some(i) => per_service[i].push(f.clone()),
             None => unowned += 1,
         }
@@ -423,7 +373,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Error> {
     let reports: Vec<Report> = services
         .iter()
         .zip(&per_service)
-        .map(|(svc, flows)| classify::build_report(svc, flows, &end_view.model, &ctx))
+        .map(|(svc, flows)| report::build(svc, flows, &end_view.model, &ctx))
         .collect();
 
     let mut stdout = io::stdout().lock();

@@ -1,5 +1,5 @@
 //! The tools' inputs: their JSON schemas (derived with schemars, served in `tools/list`) and the
-//! checks that turn them into what the CLI would have parsed (a [`ServiceArg`], a [`Selection`], a
+//! checks that turn them into what the CLI would have parsed (a [`ServiceSelector`], a [`Scope`], a
 //! bounded duration). Everything here is pure and unit-tested.
 
 use std::{path::PathBuf, time::Duration};
@@ -8,7 +8,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::jobs::Failure;
-use crate::cli::{Selection, ServiceArg};
+use crate::{
+    model::k8s,
+    trace::{Scope, ServiceSelector},
+};
 
 /// `trace_service` traces this long when `seconds` is not given.
 pub const DEFAULT_SECONDS: u64 = 10;
@@ -67,8 +70,8 @@ pub struct DoctorInput {
 }
 
 /// `NS/NAME[:PORT]`, with the CLI's own parser and sentences.
-pub fn service(s: &str) -> Result<ServiceArg, Failure> {
-    s.trim().parse::<ServiceArg>().map_err(|e| Failure::usage(format!("service {e}")))
+pub fn service(s: &str) -> Result<ServiceSelector, Failure> {
+    s.trim().parse::<ServiceSelector>().map_err(|e| Failure::usage(format!("service {e}")))
 }
 
 /// The trace's duration: `DEFAULT_SECONDS` when absent, refused outside 1..=`MAX_SECONDS`.
@@ -85,7 +88,7 @@ pub fn seconds(requested: Option<u64>) -> Result<Duration, Failure> {
 /// The server's selection flags (`d8-trace mcp --netns ... --k8s-snapshot ...`) with the call's
 /// `netns` and `k8s_snapshot` in their place. A snapshot named by the call replaces the server's
 /// `--kubeconfig`/`--no-k8s`.
-pub fn selection(defaults: &Selection, netns: Option<&str>, k8s_snapshot: Option<&str>) -> Result<Selection, Failure> {
+pub fn selection(defaults: &Scope, netns: Option<&str>, k8s_snapshot: Option<&str>) -> Result<Scope, Failure> {
     let mut sel = defaults.clone();
     if let Some(ns) = netns {
         let ns = ns.trim();
@@ -99,9 +102,7 @@ pub fn selection(defaults: &Selection, netns: Option<&str>, k8s_snapshot: Option
         if path.is_empty() {
             return Err(Failure::usage("k8s_snapshot: empty; give a file path, or leave it out"));
         }
-        sel.k8s_snapshot = Some(PathBuf::from(path));
-        sel.kubeconfig = None;
-        sel.no_k8s = false;
+        sel.api = k8s::Source::Snapshot(PathBuf::from(path));
     }
     Ok(sel)
 }
@@ -109,10 +110,9 @@ pub fn selection(defaults: &Selection, netns: Option<&str>, k8s_snapshot: Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Hooks;
 
-    fn defaults() -> Selection {
-        Selection { netns: None, kubeconfig: None, k8s_snapshot: None, no_k8s: false, node: None, hooks: Hooks::Auto }
+    fn defaults() -> Scope {
+        Scope::default()
     }
 
     #[test]
@@ -145,13 +145,12 @@ mod tests {
     fn call_arguments_override_the_servers_flags() {
         let mut d = defaults();
         d.netns = Some("node-a".into());
-        d.no_k8s = true;
+        d.api = k8s::Source::Disabled;
         let sel = selection(&d, None, None).unwrap();
-        assert_eq!((sel.netns.as_deref(), sel.no_k8s), (Some("node-a"), true));
+        assert_eq!((sel.netns.as_deref(), &sel.api), (Some("node-a"), &k8s::Source::Disabled));
         let sel = selection(&d, Some("node-b"), Some("/tmp/snap.json")).unwrap();
         assert_eq!(sel.netns.as_deref(), Some("node-b"));
-        assert_eq!(sel.k8s_snapshot, Some(PathBuf::from("/tmp/snap.json")));
-        assert!(!sel.no_k8s, "a snapshot named by the call replaces --no-k8s");
+        assert_eq!(sel.api, k8s::Source::Snapshot(PathBuf::from("/tmp/snap.json")), "a snapshot named by the call replaces --no-k8s");
         assert!(selection(&d, Some(" "), None).is_err());
         assert!(selection(&d, None, Some("")).is_err());
     }

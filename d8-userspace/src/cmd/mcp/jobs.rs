@@ -26,7 +26,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{kernel::netns, node, trace};
+use crate::{error_chain, kernel::netns, trace};
 
 /// What kind of failure a tool reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,22 +82,11 @@ impl Failure {
     }
 }
 
-pub use crate::error_chain;
 
 impl From<trace::Error> for Failure {
     fn from(e: trace::Error) -> Self {
         let message = error_chain(&e);
         if e.exit_code() == 2 { Self::usage(message) } else { Self::env(message) }
-    }
-}
-
-impl From<node::Error> for Failure {
-    fn from(e: node::Error) -> Self {
-        match e {
-            // A snapshot file that cannot be used is the caller's input.
-            node::Error::Api(_) => Self::usage(error_chain(&e)),
-            node::Error::Rules(_) => Self::env(error_chain(&e)),
-        }
     }
 }
 

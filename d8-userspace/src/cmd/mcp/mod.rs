@@ -48,17 +48,16 @@ use self::{
     jobs::{Failure, Jobs},
 };
 use crate::{
-    classify::{self, Context},
-    cli::{McpArgs, Selection, ServiceArg},
-    cmd::doctor, kernel, node,
+    cmd::doctor,
+    kernel,
     report::Report,
-    trace,
+    trace::{self, Scope, ServiceSelector},
 };
 
 /// The MCP server: the selection flags it was started with (defaults for every call) and its jobs.
 #[derive(Clone)]
 pub struct D8Mcp {
-    defaults: Arc<Selection>,
+    defaults: Arc<Scope>,
     jobs: Arc<Jobs>,
     tool_router: ToolRouter<Self>,
 }
@@ -71,7 +70,7 @@ while the failing traffic happens (it only sees flows during its seconds). docto
 Nothing here changes the node.";
 
 impl D8Mcp {
-    pub fn new(defaults: Selection, jobs: Arc<Jobs>) -> Self {
+    pub fn new(defaults: Scope, jobs: Arc<Jobs>) -> Self {
         Self { defaults: Arc::new(defaults), jobs, tool_router: Self::tool_router() }
     }
 }
@@ -272,45 +271,22 @@ fn verdict_word(report: &Report) -> String {
 }
 
 /// `explain`, as the CLI runs it, on the job's thread (already in the node's namespace).
-async fn explain(svc: ServiceArg, sel: Selection) -> Result<(Report, Vec<String>), Failure> {
-    if !kernel::is_root() {
-        return Err(trace::Error::NotRoot.into());
-    }
-    let view = node::view(&sel).await?;
-    Ok(node::explain_report(&view, &svc.service))
+async fn explain(svc: ServiceSelector, scope: Scope) -> Result<(Report, Vec<String>), Failure> {
+    let done = trace::explain(&scope, &svc).await?;
+    Ok((done.report, done.warnings))
 }
 
 /// A trace, as the CLI runs it (without live lines), on the job's thread. Dropping this future
 /// (cancellation) drops the `Tracer` inside `trace::run`, which detaches everything.
-async fn trace_job(svc: ServiceArg, sel: Selection, duration: Duration) -> Result<(Report, Vec<String>), Failure> {
-    if !kernel::is_root() {
-        return Err(trace::Error::NotRoot.into());
-    }
-    trace::request_hooks(sel.hooks);
-    let view = node::view(&sel).await?;
-    let mut warnings = view.warnings.clone();
-    let plan = trace::plan(&view.model, &svc, view.model.node_ips.clone())?;
-    let setup = trace::kernel_setup()?;
-    warnings.extend(setup.warnings.iter().cloned());
+async fn trace_job(svc: ServiceSelector, scope: Scope, duration: Duration) -> Result<(Report, Vec<String>), Failure> {
     let opts = trace::Options {
         duration: Some(duration),
         reply_timeout: Duration::from_secs(3),
         ring_buffer_bytes: 1 << 20,
         live: false,
     };
-    let drops_before = node::conntrack_drop_counter();
-    let started = Instant::now();
-    let outcome = trace::run(&plan, setup, &opts, &mut std::io::sink()).await?;
-    warnings.extend(outcome.warnings.iter().cloned());
-    let ctx = Context {
-        api_consulted: view.api_consulted,
-        conntrack: Some(node::conntrack_stats(drops_before)),
-        host_ips: view.host_ips.clone(),
-        traced: true,
-        duration_ms: Some(started.elapsed().as_millis() as u64),
-        lost_events: outcome.lost_events,
-    };
-    Ok((classify::build_report(&plan.service, &outcome.flows, &view.model, &ctx), warnings))
+    let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;
+    Ok((done.report, done.warnings))
 }
 
 /// stdin that cancels `gone` at end of file (the client closed it or exited) or on a read error,
@@ -341,20 +317,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for WatchEof<R> {
 
 /// `d8-trace mcp`: serves until the client closes stdin or SIGINT/SIGTERM, then cancels what
 /// runs and waits until it has detached.
-pub fn serve(args: &McpArgs) -> Result<(), String> {
+pub fn serve(defaults: &Scope) -> Result<(), String> {
     // Checked now so a bad --netns is reported at start, not on every call.
-    if let Some(ns) = &args.selection.netns
+    if let Some(ns) = &defaults.netns
         && !kernel::netns::resolve(ns).exists()
     {
         let e = kernel::netns::Error::NotFound { name: ns.clone(), path: kernel::netns::resolve(ns) };
-        return Err(jobs::error_chain(&e));
+        return Err(crate::error_chain(&e));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the event loop: {e}"))?;
     let jobs = Arc::new(Jobs::new());
-    let result = runtime.block_on(serve_stdio(args.selection.clone(), jobs.clone()));
+    let result = runtime.block_on(serve_stdio(defaults.clone(), jobs.clone()));
     let left = jobs.shutdown(Duration::from_secs(20));
     if left > 0 {
         eprintln!("d8-trace: mcp: {left} jobs did not stop within 20s; exiting (the kernel detaches what they held)");
@@ -366,7 +342,7 @@ pub fn serve(args: &McpArgs) -> Result<(), String> {
     result
 }
 
-async fn serve_stdio(defaults: Selection, jobs: Arc<Jobs>) -> Result<(), String> {
+async fn serve_stdio(defaults: Scope, jobs: Arc<Jobs>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     // A trace registers SIGINT/SIGTERM handlers (tokio's are process-wide and stay): the server
     // handles both from the start, so they always stop it cleanly.
@@ -400,11 +376,9 @@ async fn serve_stdio(defaults: Selection, jobs: Arc<Jobs>) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Hooks;
 
     fn server() -> D8Mcp {
-        let sel = Selection { netns: None, kubeconfig: None, k8s_snapshot: None, no_k8s: false, node: None, hooks: Hooks::Auto };
-        D8Mcp::new(sel, Arc::new(Jobs::new()))
+        D8Mcp::new(Scope::default(), Arc::new(Jobs::new()))
     }
 
     #[test]

@@ -637,7 +637,7 @@ fn newest_kubelet(nodes: &[Node]) -> Option<String> {
                 .as_ref()
                 .map(|i| i.kubelet_version.clone())
         })
-        .filter_map(|v| Some((crate::classify::minor_version(&v)?, v)))
+        .filter_map(|v| Some((super::minor_version(&v)?, v)))
         .max_by_key(|(mm, _)| *mm)
         .map(|(_, v)| v)
 }

@@ -235,3 +235,12 @@ fn hint_only(hint: &NodeHint) -> Option<(String, NodeSource)> {
 
 #[cfg(test)]
 mod tests;
+
+/// `(major, minor)` of `v1.31.2`, `1.31`, `v1.31.2-eks-1234`.
+pub fn minor_version(v: &str) -> Option<(u32, u32)> {
+    let v = v.trim().trim_start_matches('v');
+    let mut parts = v.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.trim_end_matches('+').parse().ok()?;
+    Some((major, minor))
+}

@@ -30,6 +30,7 @@ pub mod ipvs;
 pub mod names;
 pub mod nftables;
 
+use crate::error_chain;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
@@ -390,17 +391,6 @@ fn run(command: &str, args: &[&str], package: &'static str, mode: &'static str) 
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// iptables mode: the nft and legacy backends of `iptables-save` (and `ip6tables-save`); for each

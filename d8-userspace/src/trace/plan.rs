@@ -1,0 +1,299 @@
+//! What will be traced: the Service (and port) the user named, checked against the node's
+//! service model, with its frontends expanded to concrete addresses and its backends, as the
+//! kernel's target map wants them. Every entry point (the CLI, `explain`, MCP) goes through
+//! [`plan`], so an unknown Service or port is the same error everywhere.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use d8_common::{FAMILY_V4, FAMILY_V6, TargetKey, target};
+
+use super::Error;
+use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, ServiceModel, ServiceRef};
+
+/// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSelector {
+    pub service: ServiceRef,
+    pub port: Option<String>,
+}
+
+impl std::str::FromStr for ServiceSelector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (svc, port) = match s.split_once(':') {
+            Some((svc, port)) if !port.is_empty() => (svc, Some(port.to_string())),
+            Some(_) => return Err(format!("`{s}`: empty port after `:` (use NS/NAME or NS/NAME:PORT)")),
+            None => (s, None),
+        };
+        let Some((namespace, name)) = svc.split_once('/') else {
+            return Err(format!("`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"));
+        };
+        let valid = |part: &str| {
+            !part.is_empty() && part.len() <= 253 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        };
+        if !valid(namespace) || !valid(name) {
+            return Err(format!("`{s}`: namespace and name must be DNS labels (letters, digits, `-`, `.`)"));
+        }
+        Ok(Self { service: ServiceRef { namespace: namespace.into(), name: name.into() }, port })
+    }
+}
+
+/// What will be traced.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub service: ServiceRef,
+    pub frontends: Vec<Frontend>,
+    pub endpoints: Vec<Endpoint>,
+    /// Concrete (protocol, address) of every frontend, NodePorts expanded to node addresses.
+    pub frontend_addrs: Vec<(Protocol, SocketAddr)>,
+    pub node_ips: Vec<IpAddr>,
+}
+
+/// Picks `arg`'s Service (and port) out of `model`. `node_ips` expand NodePort frontends that
+/// match any local address.
+pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) -> Result<Plan, Error> {
+    let Some(svc) = model.service(&arg.service) else {
+        let same_ns: Vec<String> = model
+            .services
+            .iter()
+            .filter(|s| s.service.namespace == arg.service.namespace)
+            .map(|s| s.service.name.clone())
+            .take(10)
+            .collect();
+        let ns = &arg.service.namespace;
+        let named = model.services.iter().any(|s| !s.service.namespace.is_empty());
+        let reason = if !model.kube_proxy.rules_present {
+            "is not in kube-proxy's rules on this node: no kube-proxy rules were found at all (is this the node's \
+             network namespace?)"
+                .to_string()
+        } else if model.kube_proxy.mode == ProxyMode::Ipvs && !named {
+            "cannot be found by name: kube-proxy runs in IPVS mode, where the kernel keeps only virtual servers \
+             (addresses such as TCP 10.96.0.1:443) and Service names come only from the Kubernetes API, which gave \
+             none here; pass --k8s-snapshot FILE (the output of `kubectl get services,endpointslices,pods,nodes -A \
+             -o json`) or --kubeconfig PATH, or run with access to the API (without --no-k8s)"
+                .to_string()
+        } else if same_ns.is_empty() {
+            format!("is not in kube-proxy's rules on this node, nor is any other Service of namespace {ns}")
+        } else {
+            format!("is not in kube-proxy's rules on this node; Services of {ns} that are: {}", same_ns.join(", "))
+        };
+        return Err(Error::UnknownService { service: arg.service.clone(), reason });
+    };
+    let wanted = |port_name: &str, port: u16| match &arg.port {
+        None => true,
+        Some(p) => p == port_name || p.parse::<u16>().ok() == Some(port),
+    };
+    let frontends: Vec<Frontend> = svc.frontends.iter().filter(|f| wanted(&f.port_name, f.port)).cloned().collect();
+    if frontends.is_empty() && arg.port.is_some() {
+        let mut known: Vec<String> = svc
+            .frontends
+            .iter()
+            .map(|f| if f.port_name.is_empty() { f.port.to_string() } else { format!("{} ({})", f.port_name, f.port) })
+            .collect();
+        known.dedup();
+        return Err(Error::UnknownPort {
+            service: arg.service.clone(),
+            port: arg.port.clone().unwrap_or_default(),
+            known: known.join(", "),
+        });
+    }
+    let port_names: Vec<&str> = frontends.iter().map(|f| f.port_name.as_str()).collect();
+    let endpoints: Vec<Endpoint> = svc
+        .endpoints
+        .iter()
+        .filter(|e| arg.port.is_none() || port_names.contains(&e.port_name.as_str()))
+        .cloned()
+        .collect();
+    let mut frontend_addrs = Vec::new();
+    for f in &frontends {
+        if f.kind == FrontendKind::NodePort && f.ip.is_unspecified() {
+            for ip in &node_ips {
+                frontend_addrs.push((f.protocol, SocketAddr::new(*ip, f.port)));
+            }
+        } else {
+            frontend_addrs.push((f.protocol, SocketAddr::new(f.ip, f.port)));
+        }
+    }
+    frontend_addrs.sort();
+    frontend_addrs.dedup();
+    Ok(Plan { service: arg.service.clone(), frontends, endpoints, frontend_addrs, node_ips })
+}
+
+fn target_key(protocol: Protocol, addr: SocketAddr) -> TargetKey {
+    let mut key = TargetKey { port: addr.port().to_be(), proto: protocol.number(), ..Default::default() };
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            key.addr[..4].copy_from_slice(&v4.octets());
+            key.family = FAMILY_V4;
+        }
+        IpAddr::V6(v6) => {
+            key.addr = v6.octets();
+            key.family = FAMILY_V6;
+        }
+    }
+    key
+}
+
+impl Plan {
+    /// Kernel targets: every frontend, and every backend (so direct flows such as kubelet probes
+    /// are traced too).
+    pub fn targets(&self) -> Vec<(TargetKey, u32)> {
+        let mut t: Vec<(TargetKey, u32)> =
+            self.frontend_addrs.iter().map(|(p, a)| (target_key(*p, *a), target::FRONTEND)).collect();
+        for e in &self.endpoints {
+            t.push((target_key(e.protocol, SocketAddr::new(e.ip, e.port)), target::BACKEND));
+        }
+        t
+    }
+}
+
+/// Plans of many Services traced at once (the daemon, the demo): one set of kernel targets, and
+/// the way back from a flow to the Service it belongs to (hashed: the daemon merges every Service
+/// of the node, thousands in a large cluster).
+#[derive(Debug, Clone)]
+pub struct Merged {
+    /// Every plan's frontends, backends and addresses, under one name.
+    pub all: Plan,
+    /// The plans merged, in order.
+    pub plans: Vec<Plan>,
+    frontends: HashMap<(Protocol, SocketAddr), usize>,
+    backends: HashMap<(Protocol, SocketAddr), usize>,
+}
+
+impl Merged {
+    /// Merges `plans` under the name `service` (for the start line and logs).
+    pub fn new(service: ServiceRef, plans: Vec<Plan>, node_ips: Vec<IpAddr>) -> Self {
+        let mut all = Plan { service, frontends: Vec::new(), endpoints: Vec::new(), frontend_addrs: Vec::new(), node_ips };
+        let (mut frontends, mut backends) = (HashMap::new(), HashMap::new());
+        for (i, p) in plans.iter().enumerate() {
+            for fa in &p.frontend_addrs {
+                frontends.entry(*fa).or_insert(i);
+            }
+            for e in &p.endpoints {
+                backends.entry((e.protocol, SocketAddr::new(e.ip, e.port))).or_insert(i);
+            }
+            all.frontends.extend(p.frontends.iter().cloned());
+            all.endpoints.extend(p.endpoints.iter().cloned());
+            all.frontend_addrs.extend(p.frontend_addrs.iter().copied());
+        }
+        all.frontend_addrs.sort();
+        all.frontend_addrs.dedup();
+        all.endpoints.sort_by_key(|e| (e.protocol, e.ip, e.port));
+        all.endpoints.dedup_by(|a, b| (a.protocol, a.ip, a.port) == (b.protocol, b.ip, b.port));
+        Self { all, plans, frontends, backends }
+    }
+
+    /// Plans of every Service of `model` (the ones it cannot plan, without frontends, left out).
+    pub fn every_service(model: &ServiceModel) -> Self {
+        let plans = model
+            .services
+            .iter()
+            .filter_map(|s| plan(model, &ServiceSelector { service: s.service.clone(), port: None }, model.node_ips.clone()).ok())
+            .collect();
+        Self::new(ServiceRef { namespace: "*".into(), name: "*".into() }, plans, model.node_ips.clone())
+    }
+
+    /// Which of the plans a flow belongs to: by its frontend, or for a direct flow (a kubelet
+    /// probe) by its backend; the first plan that has it.
+    pub fn owner(&self, flow: &crate::flows::Flow) -> Option<usize> {
+        match flow.frontend {
+            Some(fe) => self.frontends.get(&(flow.protocol, fe)).copied(),
+            None => self.backends.get(&(flow.protocol, flow.backend?)).copied(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Service;
+
+    fn model() -> ServiceModel {
+        let mut svc = Service::new(ServiceRef { namespace: "default".into(), name: "web".into() });
+        for (name, port) in [("http", 80), ("metrics", 9090)] {
+            svc.frontends.push(Frontend {
+                kind: FrontendKind::ClusterIp,
+                ip: "10.96.0.10".parse().unwrap(),
+                port,
+                protocol: Protocol::Tcp,
+                port_name: name.into(),
+                rule: None,
+            });
+        }
+        svc.frontends.push(Frontend {
+            kind: FrontendKind::NodePort,
+            ip: "0.0.0.0".parse().unwrap(),
+            port: 30080,
+            protocol: Protocol::Tcp,
+            port_name: "http".into(),
+            rule: None,
+        });
+        svc.endpoints.push(Endpoint::in_rules("10.244.1.7".parse().unwrap(), 8080, Protocol::Tcp, "http"));
+        let mut m = ServiceModel::default();
+        m.kube_proxy.rules_present = true;
+        m.services.push(svc);
+        m
+    }
+
+    #[test]
+    fn plans_frontends_and_backends_of_one_port() {
+        let arg: ServiceSelector = "default/web:http".parse().unwrap();
+        let plan = plan(&model(), &arg, vec!["192.168.1.2".parse().unwrap()]).unwrap();
+        assert_eq!(
+            plan.frontend_addrs,
+            vec![(Protocol::Tcp, "10.96.0.10:80".parse().unwrap()), (Protocol::Tcp, "192.168.1.2:30080".parse().unwrap())]
+        );
+        assert_eq!(plan.endpoints.len(), 1);
+        let targets = plan.targets();
+        assert_eq!(targets.len(), 3);
+        assert_eq!(targets[2].1, target::BACKEND);
+        assert_eq!(u16::from_be(targets[0].0.port), 80);
+    }
+
+    #[test]
+    fn unknown_service_and_port_say_what_exists() {
+        let err = plan(&model(), &"default/nope".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("web"), "{err}");
+        let err = plan(&model(), &"default/web:grpc".parse().unwrap(), vec![]).unwrap_err();
+        assert!(err.to_string().contains("http (80)") && err.to_string().contains("metrics (9090)"), "{err}");
+        let err = plan(&model(), &"other/web".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Service other/web is not in kube-proxy's rules on this node, nor is any other Service of namespace other"
+        );
+        let mut empty = model();
+        empty.services.clear();
+        empty.kube_proxy.rules_present = false;
+        let err = plan(&empty, &"default/web".parse().unwrap(), vec![]).unwrap_err();
+        assert!(err.to_string().ends_with("no kube-proxy rules were found at all (is this the node's network namespace?)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_service_in_ipvs_mode_without_the_api_says_where_names_come_from() {
+        // IPVS without the API: the rules hold only anonymous Services (virtual servers).
+        let mut m = model();
+        m.kube_proxy.mode = crate::model::ProxyMode::Ipvs;
+        m.services[0].service = ServiceRef { namespace: String::new(), name: "TCP 10.96.0.10:80".into() };
+        let err = plan(&m, &"default/web".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "Service default/web cannot be found by name: kube-proxy runs in IPVS mode, where the kernel keeps only \
+             virtual servers (addresses such as TCP 10.96.0.1:443) and Service names come only from the Kubernetes \
+             API, which gave none here; pass --k8s-snapshot FILE (the output of `kubectl get \
+             services,endpointslices,pods,nodes -A -o json`) or --kubeconfig PATH, or run with access to the API \
+             (without --no-k8s)"
+        );
+        assert!(!text.contains("  "), "one sentence, no gaps: {text}");
+        // With the API's names, a missing Service is just missing.
+        m.services[0].service = ServiceRef { namespace: "default".into(), name: "web".into() };
+        let err = plan(&m, &"default/nope".parse().unwrap(), vec![]).unwrap_err();
+        assert!(err.to_string().ends_with("Services of default that are: web"), "{err}");
+    }
+}
