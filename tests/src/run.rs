@@ -30,6 +30,7 @@ pub fn binary() -> PathBuf {
 /// SIGTERM, then SIGKILL, so no d8-trace outlives its test.
 pub struct Trace {
     child: Child,
+    args: Vec<String>,
     finished: bool,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
@@ -79,7 +80,8 @@ impl Trace {
                 }
             }
         });
-        let mut trace = Self { child, finished: false, stderr_lines: rx, stderr_seen: Vec::new() };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut trace = Self { child, args, finished: false, stderr_lines: rx, stderr_seen: Vec::new() };
         trace.wait_for_stderr(ready, Duration::from_secs(30));
         trace
     }
@@ -143,7 +145,8 @@ impl Trace {
         while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
             self.stderr_seen.push(line);
         }
-        Finished { status, stdout, stderr: self.stderr_seen.join("\n") }
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Finished { status, stdout, stderr: self.stderr_seen.join("\n") }.recorded(&args)
     }
 }
 
@@ -154,6 +157,36 @@ pub fn run_to_end(args: &[&str]) -> Finished {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+    .recorded(args)
+}
+
+impl Finished {
+    /// With `D8_E2E_RECORD=DIR`, writes what this run printed on stdout (and its exit status) to
+    /// `DIR/<test>.<n>`, so two builds' outputs over the whole suite can be compared
+    /// (`xtask/compare-reports.py`).
+    fn recorded(self, args: &[&str]) -> Self {
+        if let Some(dir) = std::env::var_os("D8_E2E_RECORD") {
+            static RUNS: std::sync::Mutex<Vec<(String, u32)>> = std::sync::Mutex::new(Vec::new());
+            let test = std::thread::current().name().unwrap_or("main").replace("::", ".");
+            let n = {
+                let mut runs = RUNS.lock().unwrap_or_else(|e| e.into_inner());
+                match runs.iter_mut().find(|(t, _)| *t == test) {
+                    Some((_, n)) => {
+                        *n += 1;
+                        *n
+                    }
+                    None => {
+                        runs.push((test.clone(), 0));
+                        0
+                    }
+                }
+            };
+            let path = std::path::Path::new(&dir).join(format!("{test}.{n:03}"));
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(path, format!("args: {args:?}\nstatus: {:?}\n{}", self.status.code(), self.stdout));
+        }
+        self
     }
 }
 

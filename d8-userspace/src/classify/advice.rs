@@ -4,7 +4,7 @@
 
 use super::vocabulary::{IPVS_MODULES_MISSING_PREFIX, Mitigation, Severity, VerdictClass};
 
-use super::verdict::{Facts, Finding};
+use super::facts::{Facts, Finding, flows_n};
 
 /// Severity of a root cause of `class`, backed by `class_flows` flows, when `failing` of `traced`
 /// Service flows (kubelet probes excluded) failed.
@@ -61,7 +61,7 @@ pub(super) fn healthy_detail(
         "rules look consistent (API not consulted)"
     };
     let probes = if probe_flows > 0 {
-        let n = super::verdict::flows_n(probe_flows).replace("flow", "kubelet probe reset");
+        let n = flows_n(probe_flows).replace("flow", "kubelet probe reset");
         format!("; {n} (normal)")
     } else {
         String::new()
@@ -88,7 +88,7 @@ pub(super) fn healthy_detail(
             .unwrap_or_default();
         format!("no flow to {name} was seen{secs}; {api}, {eps} endpoints programmed{probes}")
     } else {
-        let n = super::verdict::flows_n(service_flows);
+        let n = flows_n(service_flows);
         format!("{n} to {name} traced, all completed; {api}, {eps} endpoints programmed{probes}")
     }
 }

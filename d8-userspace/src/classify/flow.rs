@@ -6,7 +6,7 @@ use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
 use crate::model::{Endpoint, FrontendKind, ProbePort, RuleRef};
 use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 
-use super::verdict::{Facts, Finding, FlowVerdict};
+use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule};
 
 /// A probe connection lasts at most this long: kubelet's default probe timeout is 1 s, and a probe
 /// that takes longer than a few seconds is not the short open-check-reset the class describes.
@@ -75,7 +75,7 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
         let rising = ct.and_then(|c| c.drop_delta).map(|d| d > 0);
         let near_full = ct
             .and_then(|c| c.fill_ratio())
-            .map(|r| r >= super::service::CONNTRACK_NEAR_FULL);
+            .map(|r| r >= super::facts::CONNTRACK_NEAR_FULL);
         // Counters that are known and show neither a rising drop counter nor a full table
         // clear conntrack: the drop is then someone else's.
         let cleared = rising == Some(false) && near_full != Some(true)
@@ -710,36 +710,4 @@ fn best_rule(rules: &[RuleRef], fe: SocketAddr) -> Option<&RuleRef> {
         .find(|r| r.text.contains(&ip) && r.text.contains(&port))
         .or_else(|| rules.iter().find(|r| r.text.contains(&port)))
         .or_else(|| rules.first())
-}
-
-/// A finding of `class` with no evidence yet.
-pub(super) fn finding(_facts: &Facts<'_>, class: VerdictClass, detail: String) -> Finding {
-    Finding {
-        class,
-        detail,
-        evidence: Vec::new(),
-        pod: None,
-        backend: None,
-    }
-}
-
-/// Adds a rule as evidence, once.
-pub(super) fn push_rule(fd: &mut Finding, rule: Option<&RuleRef>) {
-    if let Some(r) = rule {
-        let e = Evidence::new(EvidenceKind::Rules, rule_text(r));
-        if !fd.evidence.contains(&e) {
-            fd.evidence.push(e);
-        }
-    }
-}
-
-/// A rule as evidence: its exact text, prefixed with its chain/handle when the text does not name it.
-pub(super) fn rule_text(r: &RuleRef) -> String {
-    if r.text.is_empty() {
-        r.name.clone()
-    } else if r.name.is_empty() || r.text.contains(&r.name) {
-        r.text.clone()
-    } else {
-        format!("{}: {}", r.name, r.text)
-    }
 }

@@ -12,7 +12,7 @@
 //!   read against the Service's rules and API facts (`flow.rs`);
 //! - the Service's rules and API facts give findings of their own, which is all `explain` has
 //!   (`service.rs`);
-//! - causes (flow classes and findings) are ranked (`verdict.rs`): flow-proven causes first, then, by
+//! - causes (flow classes and findings) are ranked (`rank.rs`): flow-proven causes first, then, by
 //!   how fundamental they are, kube-proxy down, rules missing, conntrack full, no endpoints, ETP=Local
 //!   without local endpoints, stale endpoint, backend refused, backend timeout, dropped, version skew.
 //!   Probe RSTs are benign and never the root cause; version skew is the root cause only when nothing
@@ -22,12 +22,14 @@
 //! (`report`).
 
 mod advice;
+mod facts;
 mod flow;
+mod rank;
 mod service;
-mod verdict;
 mod vocabulary;
 
-pub use verdict::{Cause, Context, FlowVerdict, Verdict, classify};
+pub use facts::{Cause, Context, FlowVerdict, Verdict};
+pub use rank::classify;
 pub use vocabulary::{
     Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, RootCause, Severity, VerdictClass,
 };

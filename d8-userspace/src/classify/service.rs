@@ -4,11 +4,7 @@
 use crate::model::{ProxyMode, k8s::minor_version};
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
 
-use super::flow::{finding, push_rule, rule_text};
-use super::verdict::{Facts, Finding};
-
-/// The conntrack table counts as near full from this fill ratio on.
-pub(super) const CONNTRACK_NEAR_FULL: f64 = 0.9;
+use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text};
 
 /// Fill ratio at which the table is full even when the drop counter is unknown: new entries fail.
 const CONNTRACK_FULL: f64 = 0.99;

@@ -1,202 +1,19 @@
-//! The classifier's inputs and outputs, and the ranking of causes into one root cause.
+//! The ranking: every flow's class and every finding grouped into causes, ordered into one root
+//! cause with its evidence, severity and mitigation. The top of the classifier: it calls the flow
+//! and Service checks and the advice, which know nothing of it.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::flows::Flow;
-use crate::kernel::host::ConntrackStats;
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, Service, ServiceModel, ServiceRef};
-use super::vocabulary::{Evidence, EvidenceKind, Mitigation, RootCause, Severity, VerdictClass};
+use crate::model::{ServiceModel, ServiceRef};
+use super::facts::{Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
+use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
 
 use super::{advice, flow, service};
 
 /// At most this many trace facts per cause go into the evidence; the rest are counted.
 const MAX_TRACE_FACTS: usize = 5;
-
-/// What the classifier needs beyond the flows and the model.
-///
-/// kube-proxy's status (running, healthz, sync age, version) and the node's addresses are in the
-/// model ([`ServiceModel::kube_proxy`], [`ServiceModel::node_ips`]); they are not repeated here.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Context {
-    /// The Kubernetes API (live or a snapshot) was consulted. `false` with `--no-k8s` or when the API
-    /// was unreachable: API-backed proofs are then unavailable and the verdict says so.
-    pub api_consulted: bool,
-    /// Conntrack counters, when they could be read.
-    pub conntrack: Option<ConntrackStats>,
-    /// This host's own addresses, added to the model's node addresses to recognise node-originated
-    /// flows (kubelet probes) when the API gave no node addresses.
-    pub host_ips: Vec<IpAddr>,
-    /// `true` for a trace, `false` for `explain` (rules and API only).
-    pub traced: bool,
-    /// How long the trace ran, in milliseconds.
-    pub duration_ms: Option<u64>,
-    /// Kernel events lost during the trace: "no reply seen" is weaker evidence when this is not 0.
-    pub lost_events: u64,
-}
-
-/// The class of one flow, with the fact that decided it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowVerdict {
-    /// [`Flow::id`].
-    pub id: u64,
-    /// The flow's class.
-    pub class: VerdictClass,
-    /// One sentence: what the trace saw (`RST from backend 10.1.0.7:8080 ...`).
-    pub fact: String,
-}
-
-/// One cause found, flow-proven or from rules and API alone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cause {
-    /// The class.
-    pub class: VerdictClass,
-    /// Flows of that class (0: rules and API alone).
-    pub flows: usize,
-    /// One sentence.
-    pub detail: String,
-}
-
-/// The classifier's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// One per input flow, in input order.
-    pub flows: Vec<FlowVerdict>,
-    /// Faults found, ranked; the first is the root cause. Empty when nothing is wrong.
-    pub causes: Vec<Cause>,
-    /// The root cause (`healthy` when nothing is wrong).
-    pub root_cause: RootCause,
-    /// Facts behind the verdict, root cause first.
-    pub evidence: Vec<Evidence>,
-    /// How bad it is.
-    pub severity: Severity,
-    /// What to do.
-    pub mitigation: Mitigation,
-}
-
-/// What every part of the classifier reads: the target Service, its model entry and the context.
-pub(super) struct Facts<'a> {
-    pub target: &'a ServiceRef,
-    pub svc: Option<&'a Service>,
-    pub model: &'a ServiceModel,
-    pub ctx: &'a Context,
-    /// Model node addresses and the host's own.
-    pub node_ips: Vec<IpAddr>,
-    /// Backends that answered at least one flow of this trace.
-    pub answered: HashSet<SocketAddr>,
-}
-
-impl Facts<'_> {
-    /// The frontend a flow asked for, matching NodePorts bound to any address.
-    pub fn frontend(&self, addr: SocketAddr, proto: Protocol) -> Option<&Frontend> {
-        let svc = self.svc?;
-        svc.frontends
-            .iter()
-            .find(|fe| fe.ip == addr.ip() && fe.port == addr.port() && fe.protocol == proto)
-            .or_else(|| {
-                svc.frontends.iter().find(|fe| {
-                    fe.kind == FrontendKind::NodePort
-                        && fe.ip.is_unspecified()
-                        && fe.port == addr.port()
-                        && fe.protocol == proto
-                        && self.is_node_ip(addr.ip())
-                })
-            })
-    }
-
-    /// The kind of frontend `addr` is: from the model, else a node address means a NodePort.
-    pub fn frontend_kind(&self, addr: SocketAddr, proto: Protocol) -> Option<FrontendKind> {
-        self.frontend(addr, proto)
-            .map(|f| f.kind)
-            .or_else(|| self.is_node_ip(addr.ip()).then_some(FrontendKind::NodePort))
-    }
-
-    /// The Service's endpoint at `addr`.
-    pub fn endpoint(&self, addr: SocketAddr, proto: Protocol) -> Option<&Endpoint> {
-        self.svc?
-            .endpoints
-            .iter()
-            .find(|e| e.ip == addr.ip() && e.port == addr.port() && e.protocol == proto)
-    }
-
-    pub fn is_node_ip(&self, ip: IpAddr) -> bool {
-        self.node_ips.contains(&ip)
-    }
-
-    /// Why a DNAT target the API does not call ready is still expected in the rules, if it is:
-    /// terminating but serving (kube-proxy's fallback when no endpoint is ready), or an IPVS real
-    /// server at weight 0 (draining its connections).
-    pub fn expected_not_ready(&self, e: &Endpoint) -> Option<&'static str> {
-        let addr = SocketAddr::new(e.ip, e.port);
-        if self
-            .svc
-            .is_some_and(|s| s.api.terminating_serving.contains(&addr))
-        {
-            return Some("terminating but still serving");
-        }
-        let ipvs = e
-            .rule
-            .as_ref()
-            .is_some_and(|r| r.source == crate::model::RuleSource::Ipvs);
-        if ipvs && e.weight == Some(0.0) {
-            return Some("draining (IPVS weight 0)");
-        }
-        None
-    }
-
-    /// The Service as `namespace/name`.
-    pub fn name(&self) -> String {
-        self.target.to_string()
-    }
-
-    /// This node's name, or a placeholder usable in commands.
-    pub fn node(&self) -> &str {
-        self.model.node.as_deref().unwrap_or("<this-node>")
-    }
-
-    /// Endpoints the API lists as ready (empty without the API).
-    pub fn api_ready_endpoints(&self) -> Vec<&Endpoint> {
-        self.svc
-            .map(|s| {
-                s.endpoints
-                    .iter()
-                    .filter(|e| e.in_api == Some(true) && e.ready == Some(true))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The API has the Service (`None`: API not consulted or did not say).
-    pub fn api_exists(&self) -> Option<bool> {
-        if !self.ctx.api_consulted {
-            return None;
-        }
-        match self.svc {
-            Some(s) => s.api.exists,
-            None => Some(false),
-        }
-    }
-
-    /// kube-proxy has rules for the Service.
-    pub fn rules_present(&self) -> bool {
-        self.model.kube_proxy.rules_present && self.svc.is_some_and(|s| s.rules.present)
-    }
-}
-
-/// One class attributed to one piece of the picture, with what proves it. Flows and service
-/// findings both produce these; causes are built by grouping them by class.
-#[derive(Debug, Clone)]
-pub(super) struct Finding {
-    pub class: VerdictClass,
-    /// One sentence, used as the root cause's detail when this finding leads.
-    pub detail: String,
-    /// Evidence from rules, API, conntrack and kube-proxy (deduplicated when merged).
-    pub evidence: Vec<Evidence>,
-    /// `namespace/pod` the finding is about, for mitigation commands.
-    pub pod: Option<String>,
-    /// The backend involved.
-    pub backend: Option<SocketAddr>,
-}
 
 /// Classifies `flows` to `target` against `model`. `flows` empty: the verdict rules and API alone
 /// support (`explain`, or a trace that saw nothing).
@@ -484,15 +301,6 @@ fn warning_kind(w: &str) -> EvidenceKind {
     }
 }
 
-/// `1 flow`, `3 flows`.
-pub(super) fn flows_n(n: usize) -> String {
-    if n == 1 {
-        "1 flow".to_owned()
-    } else {
-        format!("{n} flows")
-    }
-}
-
 fn push_unique(out: &mut Vec<Evidence>, items: &[Evidence]) {
     for e in items {
         if !out.contains(e) {
@@ -525,7 +333,7 @@ fn push_checked(facts: &Facts<'_>, out: &mut Vec<Evidence>) {
         .iter()
         .filter_map(|f| f.rule.as_ref())
         .take(MAX_TRACE_FACTS)
-        .map(|r| Evidence::new(EvidenceKind::Rules, super::flow::rule_text(r)))
+        .map(|r| Evidence::new(EvidenceKind::Rules, rule_text(r)))
         .collect();
     push_unique(out, &rules);
     if facts.ctx.api_consulted {
