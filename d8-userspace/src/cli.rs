@@ -28,6 +28,30 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Logging: stderr only (stdout is the report). `RUST_LOG` (e.g. `d8_trace=debug`), when set,
+/// takes precedence over `-v`/`-q`.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// More detail on stderr (-v debug, -vv trace).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+    /// `text` (one `d8-trace: ...` line per message) or `json` (one object per line, for log
+    /// pipelines: the DaemonSet uses it).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +216,53 @@ impl Selection {
             k8s::Source::Live { kubeconfig: self.kubeconfig.clone() }
         };
         trace::Scope { netns: self.netns.clone(), api, node: self.node.clone(), hooks: self.hooks.into() }
+    }
+}
+
+impl LogArgs {
+    /// Installs the process's log subscriber: `tracing` events of this crate at the chosen level
+    /// (other crates' only when they are errors), written to stderr.
+    pub fn init(&self) {
+        use tracing_subscriber::{EnvFilter, fmt};
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "info",
+            (false, 1) => "debug",
+            (false, _) => "trace",
+        };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error")));
+        let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let _ = match self.log_format {
+            LogFormat::Text => builder.event_format(PlainLines).try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        };
+    }
+}
+
+/// `d8-trace: warning: <message>`: the lines d8-trace always printed, now with levels.
+struct PlainLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prefix = match *event.metadata().level() {
+            tracing::Level::ERROR => "error: ",
+            tracing::Level::WARN => "warning: ",
+            tracing::Level::INFO => "",
+            tracing::Level::DEBUG => "debug: ",
+            tracing::Level::TRACE => "trace: ",
+        };
+        write!(w, "d8-trace: {prefix}")?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
     }
 }
 

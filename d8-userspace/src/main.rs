@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    cli.log.init();
     let result = match cli.command {
         None => trace_command(cli.trace),
         Some(Command::Doctor(args)) => cmd::doctor::run(args.json, &args.selection.resolve()).map_err(Failure::env),
@@ -89,7 +90,7 @@ fn print_report(report: &report::Report, output: Output) -> Result<(), Failure> 
 }
 
 fn warn(w: &str) {
-    eprintln!("d8-trace: warning: {w}");
+    tracing::warn!("{w}");
 }
 
 fn explain_command(args: ExplainArgs) -> Result<(), Failure> {
@@ -147,7 +148,7 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
     // Every queued line is written before the report (and before an error's message).
     let dropped = live.finish();
     if dropped > 0 {
-        eprintln!("d8-trace: {dropped} live lines dropped: output was not being read");
+        tracing::warn!("{dropped} live lines dropped: output was not being read");
     }
     print_report(&done?.report, args.output)
 }

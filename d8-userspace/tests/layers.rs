@@ -57,19 +57,33 @@ fn is_test_file(path: &Path) -> bool {
     name == "tests" || name.ends_with("_tests")
 }
 
-/// The file without comments and without its trailing test module.
+/// The file without comments and without its `#[cfg(test)]` modules (each skipped to its
+/// matching brace; format strings hold their braces in pairs).
 fn production_code(text: &str) -> String {
     let mut out = String::new();
     let mut lines = text.lines().peekable();
+    let mut skipping: Option<i64> = None;
     while let Some(line) = lines.next() {
-        let t = line.trim_start();
-        if t.starts_with("#[cfg(test)]") && lines.peek().is_some_and(|next| next.trim_start().starts_with("mod ")) {
-            break;
-        }
         let code = match line.find("//") {
             Some(i) => &line[..i],
             None => line,
         };
+        if let Some(depth) = skipping.as_mut() {
+            *depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            if *depth <= 0 {
+                skipping = None;
+            }
+            continue;
+        }
+        if line.trim_start().starts_with("#[cfg(test)]")
+            && let Some(next) = lines.peek()
+            && next.trim_start().starts_with("mod ")
+            && next.trim_end().ends_with('{')
+        {
+            lines.next();
+            skipping = Some(1);
+            continue;
+        }
         out.push_str(code);
         out.push('\n');
     }
@@ -305,8 +319,9 @@ fn the_checker_sees_imports() {
     let refs = referenced("use crate::{model::{Endpoint, k8s}, report};\nuse super::Error;\nx = crate::kernel::monotonic_ns();", &m);
     let names: Vec<String> = refs.iter().map(|p| p.join("::")).collect();
     assert_eq!(names, ["model::Endpoint", "model::k8s", "report", "trace::Error", "kernel::monotonic_ns"]);
-    assert!(production_code("use crate::a;\n#[cfg(test)]\nmod tests {\n use crate::b;\n}").contains("crate::a"));
-    assert!(!production_code("use crate::a;\n#[cfg(test)]\nmod tests {\n use crate::b;\n}").contains("crate::b"));
+    let code = production_code("use crate::a;\n#[cfg(test)]\nmod tests {\n fn f() { crate::b(); }\n}\nuse crate::c; // crate::d\n");
+    assert!(code.contains("crate::a") && code.contains("crate::c"), "{code}");
+    assert!(!code.contains("crate::b") && !code.contains("crate::d"), "{code}");
     let known: BTreeSet<Module> = [vec![], vec!["model".to_string()]].into_iter().collect();
     assert_eq!(resolve(&vec!["model".into(), "Endpoint".into()], &known), vec!["model".to_string()]);
 }

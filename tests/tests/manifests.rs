@@ -8,15 +8,15 @@ use k8s_openapi::api::{
 };
 use serde::Deserialize;
 
-fn documents(path: &str) -> Vec<serde_yaml::Value> {
+fn documents(path: &str) -> Vec<serde_norway::Value> {
     let text = std::fs::read_to_string(format!("{}/../deploy/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect()
+    serde_norway::Deserializer::from_str(&text).map(|d| serde_norway::Value::deserialize(d).unwrap()).collect()
 }
 
-fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str) -> Vec<T> {
+fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_norway::Value], kind: &str) -> Vec<T> {
     docs.iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
-        .map(|d| serde_yaml::from_value(d.clone()).unwrap_or_else(|e| panic!("{kind} does not parse: {e}")))
+        .map(|d| serde_norway::from_value(d.clone()).unwrap_or_else(|e| panic!("{kind} does not parse: {e}")))
         .collect()
 }
 

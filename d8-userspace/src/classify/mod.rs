@@ -1,5 +1,5 @@
 //! The classifier: traced flows + the service model -> one class per flow and a ranked root cause,
-//! with evidence, severity and mitigation (DESIGN.md section 1).
+//! with evidence, severity and mitigation (ARCHITECTURE.md, "The verdict classes").
 //!
 //! A pure function ([`classify`]): it takes values and returns values, never reads `/proc`, maps,
 //! the API or the clock, so tests feed it literal [`crate::flows::Flow`]s and

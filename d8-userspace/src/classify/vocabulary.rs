@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The verdict classes of DESIGN.md section 1 (contract names, snake_case).
+/// The verdict classes (ARCHITECTURE.md, "The verdict classes"; contract names, snake_case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictClass {
@@ -35,7 +35,7 @@ pub enum VerdictClass {
 }
 
 impl VerdictClass {
-    /// Every class, in the order of DESIGN.md section 1.
+    /// Every class, in the order the contract has always listed them.
     pub const ALL: [Self; 12] = [
         Self::Healthy,
         Self::NoEndpoints,

@@ -63,7 +63,7 @@ pub fn findings(requested: HookRequest) -> Findings {
         match &btf {
             Ok(b) if b.modules().is_empty() => format!("{} present", kernel::btf::VMLINUX_BTF),
             Ok(b) => format!("{} present, with the split BTF of {}", kernel::btf::VMLINUX_BTF, b.modules().join(", ")),
-            Err(e) => e.to_string(),
+            Err(e) => crate::error_chain(e),
         },
     );
     match offsets {
@@ -202,7 +202,7 @@ pub fn findings(requested: HookRequest) -> Findings {
 /// Prints the findings (text or JSON) on stdout.
 pub fn run(json: bool, scope: &Scope) -> Result<(), String> {
     if let Some(ns) = &scope.netns {
-        netns::enter(ns).map_err(|e| e.to_string())?;
+        netns::enter(ns).map_err(|e| crate::error_chain(&e))?;
     }
     let f = findings(scope.hooks);
     if json {

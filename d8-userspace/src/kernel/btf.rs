@@ -36,7 +36,7 @@ const KIND_ENUM64: u32 = 19;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read.
-    #[error("cannot read kernel BTF at {path}: {source}; d8-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    #[error("cannot read kernel BTF at {path} (d8-trace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
     Read {
         path: String,
         #[source]
@@ -340,7 +340,7 @@ impl Btf {
                 }
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(Error::Malformed(format!("{strukt}.{path} is a bitfield")));
         }
         Ok(bits / 8)

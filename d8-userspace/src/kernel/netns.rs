@@ -12,13 +12,13 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 pub enum Error {
     #[error("network namespace `{name}` not found ({path} does not exist); list them with `ip netns list`")]
     NotFound { name: String, path: PathBuf },
-    #[error("cannot open network namespace {path}: {source}")]
+    #[error("cannot open network namespace {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot enter network namespace {path}: {source} (needs CAP_SYS_ADMIN)")]
+    #[error("cannot enter network namespace {path} (needs CAP_SYS_ADMIN)")]
     Enter {
         path: PathBuf,
         #[source]

@@ -158,6 +158,12 @@ impl LinkEvents {
     }
 }
 
+impl std::os::fd::AsRawFd for LinkEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.socket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,11 +205,5 @@ mod tests {
     fn short_payloads_are_not_links() {
         assert_eq!(parse_link(&[0; 8]), None);
         assert_eq!(parse_link(&ifinfomsg(1)), None, "no name attribute");
-    }
-}
-
-impl std::os::fd::AsRawFd for LinkEvents {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.socket)
     }
 }

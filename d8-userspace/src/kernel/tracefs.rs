@@ -40,7 +40,7 @@ pub struct Format {
 
 impl Format {
     /// Parses the text of a tracefs `format` file: lines such as
-    /// `field:__u8 saddr[28];	offset:32;	size:28;	signed:0;`.
+    /// `field:__u8 saddr[28];    offset:32;    size:28;    signed:0;`.
     pub fn parse(name: &str, text: &str) -> Self {
         let mut fields = HashMap::new();
         for line in text.lines() {
@@ -108,7 +108,7 @@ impl Mount {
         if rc != 0 {
             return Err(Error::Mount(std::io::Error::last_os_error()));
         }
-        eprintln!("d8-trace: mounted tracefs at {TRACEFS} (it was not mounted); unmounting on exit");
+        tracing::info!("mounted tracefs at {TRACEFS} (it was not mounted); unmounting on exit");
         Ok(Self { root: TRACEFS.into(), mounted_by_us: true })
     }
 
@@ -138,8 +138,8 @@ impl Drop for Mount {
         // SAFETY: valid NUL-terminated path. MNT_DETACH: links being torn down may still pin it.
         let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         if rc != 0 {
-            eprintln!(
-                "d8-trace: could not unmount tracefs at {}: {}",
+            tracing::warn!(
+                "could not unmount tracefs at {}: {}",
                 self.root.display(),
                 std::io::Error::last_os_error()
             );

@@ -92,7 +92,7 @@ pub fn kernel_join(tracer: &mut Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut
                 match flows_merge(flows, post, orig) {
                     Ok(()) => {}
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)) => {
-                        eprintln!("d8-trace: note: FLOWS lookup-and-delete unavailable ({e}): joining with single map operations");
+                        tracing::info!("note: FLOWS lookup-and-delete unavailable ({e}): joining with single map operations");
                         *fast = false;
                         break;
                     }
@@ -103,8 +103,8 @@ pub fn kernel_join(tracer: &mut Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut
                 return failed;
             }
         } else {
-            eprintln!(
-                "d8-trace: note: batched NAT_ALIAS updates unavailable ({}): joining with single map operations",
+            tracing::info!(
+                "note: batched NAT_ALIAS updates unavailable ({}): joining with single map operations",
                 batched.err().map(|e| e.to_string()).unwrap_or_default()
             );
             *fast = false;

@@ -52,17 +52,17 @@ pub const NETFILTER_ATTACHMENTS: &[(&str, netfilter::Hook, i32)] = &[
 pub enum Error {
     #[error("this d8-trace was built without its kernel programs (D8_SKIP_EBPF); rebuild without it")]
     NoProbes,
-    #[error("loading the BPF object: {0}")]
+    #[error("loading the BPF object")]
     Load(#[source] aya::EbpfError),
     #[error("the BPF object has no {0}")]
     Missing(String),
-    #[error("loading tracepoint program {name}: {source}")]
+    #[error("loading tracepoint program {name}")]
     Program {
         name: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("attaching to tracepoint {tracepoint}: {source}")]
+    #[error("attaching to tracepoint {tracepoint}")]
     Attach {
         tracepoint: String,
         #[source]
@@ -72,7 +72,7 @@ pub enum Error {
     Netfilter(#[from] netfilter::Error),
     #[error(transparent)]
     Tc(#[from] tc::Error),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]

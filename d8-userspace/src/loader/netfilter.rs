@@ -53,20 +53,20 @@ impl Hook {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("parsing the embedded BPF object: {0}")]
+    #[error("parsing the embedded BPF object")]
     Parse(#[source] aya_obj::ParseError),
     #[error("the BPF object has no program `{0}`")]
     MissingProgram(String),
-    #[error("relocating program maps: {0}")]
+    #[error("relocating program maps")]
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
-    #[error("loading netfilter program `{name}`: {source}{}", verifier_hint(.log))]
+    // The verifier's hint follows the cause, so the cause is part of the message, not a source.
+    #[error("loading netfilter program `{name}`: {cause}{}", verifier_hint(.log))]
     Load {
         name: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
         log: String,
     },
-    #[error("attaching `{name}` at {hook} priority {priority}: {source}")]
+    #[error("attaching `{name}` at {hook} priority {priority}")]
     Link {
         name: String,
         hook: &'static str,
@@ -193,7 +193,7 @@ impl Program {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 Err(Error::Load {
                     name: program.to_string(),
-                    source,
+                    cause: source,
                     log: String::from_utf8_lossy(&log[..end]).into_owned(),
                 })
             }

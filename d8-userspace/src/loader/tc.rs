@@ -28,15 +28,15 @@ pub const PROGRAMS: &[(&str, TcAttachType)] =
 pub enum Error {
     #[error("the BPF object has no program {0}")]
     Missing(&'static str),
-    #[error("loading TC program {name}: {source}")]
+    #[error("loading TC program {name}")]
     Load {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("listing the interfaces of this network namespace: {0}")]
+    #[error("listing the interfaces of this network namespace")]
     Links(#[source] std::io::Error),
-    #[error("subscribing to link events: {0}")]
+    #[error("subscribing to link events")]
     LinkEvents(#[source] std::io::Error),
     #[error("attaching TC programs to {iface}: {reason}")]
     Attach { iface: String, reason: String },
@@ -182,7 +182,7 @@ impl Drop for Hooks {
             if iface.clsact_ours
                 && let Err(e) = rtnetlink::del_clsact(index)
             {
-                eprintln!("d8-trace: warning: removing the clsact qdisc d8-trace added to {}: {e}", iface.name);
+                tracing::warn!("removing the clsact qdisc d8-trace added to {}: {e}", iface.name);
             }
         }
     }

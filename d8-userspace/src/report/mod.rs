@@ -1,4 +1,4 @@
-//! The report: the contract object of DESIGN.md section 5 and its renderings.
+//! The report: the contract object (ARCHITECTURE.md, "The contract") and its renderings.
 //!
 //! [`Report`] is the one object `-o json` prints, field for field; `-o yaml` prints the same object as
 //! YAML, `-o runbook` the kube-proxy runbook's incident block, and `-o text` a human summary that fits
@@ -6,8 +6,8 @@
 //! flows and lost-event count, and the classifier (`crate::classify`) fills the verdict fields.
 //! Nothing here reads the kernel, the rules or the API.
 //!
-//! The field names, the verdict class names and the runbook domains are a contract (DESIGN.md
-//! section 5): change them only with a note in the README.
+//! The field names, the verdict class names and the runbook domains are a contract
+//! (ARCHITECTURE.md, "The contract"): change them only with a note in the README.
 
 mod object;
 mod runbook;
@@ -76,7 +76,7 @@ impl Format {
 /// ```
 ///
 /// JSON is one pretty-printed object followed by a newline; YAML the same object; the runbook the
-/// block of DESIGN.md section 5. Serialization errors (which the report's types cannot produce) come
+/// block (ARCHITECTURE.md, "The contract"). Serialization errors (which the report's types cannot produce) come
 /// back as `io::ErrorKind::InvalidData`; a broken pipe comes back as the writer's error, for the caller
 /// to treat as a clean exit.
 pub fn render(report: &Report, format: Format, out: &mut dyn io::Write) -> io::Result<()> {
@@ -86,11 +86,11 @@ pub fn render(report: &Report, format: Format, out: &mut dyn io::Write) -> io::R
             out.write_all(b"\n")
         }
         Format::Yaml => {
-            let yaml = serde_yaml::to_string(report).map_err(yaml_to_io)?;
+            let yaml = serde_norway::to_string(report).map_err(yaml_to_io)?;
             out.write_all(yaml.as_bytes())
         }
         Format::Runbook => {
-            let yaml = serde_yaml::to_string(&Runbook::from_report(report)).map_err(yaml_to_io)?;
+            let yaml = serde_norway::to_string(&Runbook::from_report(report)).map_err(yaml_to_io)?;
             out.write_all(yaml.as_bytes())
         }
         Format::Text => text::write_text(report, out),
@@ -106,7 +106,7 @@ fn json_to_io(e: serde_json::Error) -> io::Error {
     }
 }
 
-fn yaml_to_io(e: serde_yaml::Error) -> io::Error {
+fn yaml_to_io(e: serde_norway::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 

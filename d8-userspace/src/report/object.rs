@@ -1,4 +1,4 @@
-//! The contract object of DESIGN.md section 5, field for field.
+//! The contract object (ARCHITECTURE.md, "The contract"), field for field.
 //!
 //! Field names are the JSON names (no renames except where Rust reserves the word: `type`). Values
 //! unknown at the time of printing are `null`, never omitted, so scripts can rely on every key.
@@ -141,7 +141,7 @@ impl FlowReport {
     }
 }
 
-/// The contract object of DESIGN.md section 5.
+/// The contract object (ARCHITECTURE.md, "The contract").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// `namespace/name`.

@@ -1,4 +1,4 @@
-//! `-o runbook`: the kube-proxy runbook's incident block (DESIGN.md section 5).
+//! `-o runbook`: the kube-proxy runbook's incident block (ARCHITECTURE.md, "The contract").
 //!
 //! The runbook sorts incidents into domains; each verdict class maps to one domain and, for some,
 //! to a runbook section to cross-reference. The block is YAML so it pastes into an incident as is.
@@ -9,7 +9,7 @@ use super::object::Report;
 use crate::classify::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, Severity, VerdictClass};
 use crate::model::ProxyMode;
 
-/// The runbook domain of a class (DESIGN.md section 5 table).
+/// The runbook domain of a class (ARCHITECTURE.md, "The verdict classes").
 ///
 /// `ipvs_modules_missing` only matters for `kube_proxy_rules_missing` in IPVS mode, where missing
 /// `ip_vs*` modules are their own domain.

@@ -143,7 +143,7 @@ fn json_round_trips() {
 #[test]
 fn yaml_is_the_same_object_as_json() {
     let yaml = rendered(&literal_report(), Format::Yaml);
-    let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    let from_yaml: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
     let from_json: serde_json::Value = serde_json::from_str(GOLDEN_JSON).unwrap();
     assert_eq!(from_yaml, from_json);
 }
@@ -260,7 +260,7 @@ fn runbook_block_has_the_runbook_keys_in_order() {
             "cross_reference"
         ]
     );
-    let v: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    let v: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
     assert_eq!(
         v["root_cause"],
         "service_config — shop/web has no ready endpoints; kube-proxy rejects its traffic."

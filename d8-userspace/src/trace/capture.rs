@@ -223,7 +223,7 @@ fn pump(
                     Err(e) => {
                         *errors += 1;
                         if *errors == 1 {
-                            eprintln!("d8-trace: {e}");
+                            tracing::info!("{e}");
                         }
                         continue;
                     }

@@ -103,7 +103,7 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
             config.nf_state_hook = u32::MAX;
             let mount = tracefs::Mount::ensure()?;
             let mut warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
-            warnings.insert(0, format!("{e}: tracing with the TC hook set without drops (the drop tracepoint needs sk_buff's layout from BTF)"));
+            warnings.insert(0, format!("{}: tracing with the TC hook set without drops (the drop tracepoint needs sk_buff's layout from BTF)", crate::error_chain(&e)));
             return Ok(KernelSetup { choice, config, drop_reasons: DropReasons::default(), mount, warnings });
         }
         Err(e) => return Err(kernel::Error::from(e).into()),
@@ -125,7 +125,8 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
             config.ct_status = u32::MAX;
             config.nf_state_hook = u32::MAX;
             early_warnings.push(format!(
-                "conntrack struct offsets unavailable ({e}): drops are matched to flows by the dropped packet's tuple, not its conntrack entry"
+                "conntrack struct offsets unavailable ({}): drops are matched to flows by the dropped packet's tuple, not its conntrack entry",
+                crate::error_chain(&e)
             ));
         }
         Err(e) => return Err(e.into()),

@@ -225,8 +225,8 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut capture =
         Capture::open(&choice, &config, mount, opts.ring_buffer_bytes, &plan.targets(), plan.node_ips.clone())?;
-    eprintln!(
-        "d8-trace: attached {} hooks ({} hook set); tracing {} ({} frontends, {} backends){}",
+    tracing::info!(
+        "attached {} hooks ({} hook set); tracing {} ({} frontends, {} backends){}",
         capture.attached().len(),
         choice.set.name(),
         plan.service,
@@ -271,7 +271,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
             Wake::Ready(Ready::Records) => capture.pump(&mut table, &mut changed).await,
             Wake::Ready(Ready::Links) => {
                 for note in capture.follow_links() {
-                    eprintln!("d8-trace: {note}");
+                    tracing::info!("{note}");
                 }
             }
             Wake::Tick => {

@@ -294,3 +294,21 @@ fn demo_takes_no_selection_flags() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The demo on the TC hook set (what a node without netfilter BPF links uses): the same incident,
+/// the same root cause per Service.
+#[test]
+fn demo_on_the_tc_hook_set_gives_the_same_verdicts() {
+    d8_tests::require_root();
+    let out = Command::new(binary())
+        .args(["demo", "-o", "json", "--hooks", "tc"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running d8-trace demo --hooks tc");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "demo --hooks tc failed ({}):\n{stderr}", out.status);
+    assert!(stderr.contains("tc hook set"), "the TC hook set was used:\n{stderr}");
+    let reports = parse(&stdout, &stderr);
+    let got: Vec<(&str, &str)> = reports.iter().map(|r| (r.service.as_str(), class(r))).collect();
+    assert_eq!(got, EXPECTED, "root causes per Service; stderr:\n{stderr}");
+}

@@ -15,6 +15,22 @@ fn unknown_service_names_what_exists_and_exits_2() {
     assert!(!out.stderr.contains("attached"), "{}", out.stderr);
 }
 
+/// `explain` checks the Service and its port exactly as a trace does: exit 2 with the sentence,
+/// never a verdict (it once printed `healthy` for a Service that does not exist).
+#[test]
+fn explain_of_an_unknown_service_or_port_exits_2() {
+    let lab = lab(ProxyMode::Iptables);
+    let out = run_to_end(&["explain", "--svc", "default/nope", "--netns", lab.node_ns(), "--no-k8s", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "no report: {}", out.stdout);
+    assert!(out.stderr.contains("default/nope") && out.stderr.contains("web"), "{}", out.stderr);
+    let out = run_to_end(&["explain", "--svc", "default/web:999", "--netns", lab.node_ns(), "--no-k8s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("has no port `999`") && out.stderr.contains("80"), "{}", out.stderr);
+    let out = run_to_end(&["explain", "--svc", "default/web:80", "--netns", lab.node_ns(), "--no-k8s", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "a port the Service has: {}", out.stderr);
+}
+
 #[test]
 fn missing_network_namespace_exits_3() {
     d8_tests::require_root();

@@ -181,6 +181,11 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         assert!(error_of(&r).contains("1 to 60 seconds"), "{}", text(&r));
         let r = call(&client, "trace_service", json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap})).await;
         assert!(error_of(&r).contains("is not in kube-proxy's rules"), "{}", text(&r));
+        // explain checks the Service and port as a trace does: an error, never a verdict.
+        let r = call(&client, "explain_service", json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap})).await;
+        assert!(error_of(&r).contains("is not in kube-proxy's rules"), "{}", text(&r));
+        let r = call(&client, "explain_service", json!({"service": "default/web:999", "netns": node, "k8s_snapshot": snap})).await;
+        assert!(error_of(&r).contains("has no port `999`"), "{}", text(&r));
 
         // trace: three requests while it runs.
         let log = stderr.clone();

@@ -1,4 +1,4 @@
-//! One scenario per verdict class (DESIGN.md section 1), each on its own small lab, in iptables and
+//! One scenario per verdict class (ARCHITECTURE.md, "The verdict classes"), each on its own small lab, in iptables and
 //! in nftables mode: `d8-trace --svc ... --netns <node> -o json` traces while the scenario's traffic
 //! flows, and the test asserts the flow classes, the root cause, the backend and the evidence (the
 //! exact rule or chain kube-proxy wrote, the ICMP/RST/drop the kernel saw, what the API says).
@@ -371,7 +371,7 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
     let run = s.trace("default/web", api, 5, &["--reply-timeout", "1"], |lab| {
         outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
     });
-    assert!(outcomes.iter().any(|o| *o == TcpOutcome::Timeout), "no attempt went to the deleted pod: {outcomes:?}");
+    assert!(outcomes.contains(&TcpOutcome::Timeout), "no attempt went to the deleted pod: {outcomes:?}");
     run.assert_root("stale_endpoint");
     let flows = run.flows_to("10.96.0.10:80");
     let to_stale: Vec<&&Flow> = flows.iter().filter(|f| f.backend.as_deref() == Some(stale.as_str())).collect();
@@ -543,7 +543,7 @@ fn rules_missing(mode: ProxyMode) {
         assert_eq!(run.class_of(f), "kube_proxy_rules_missing", "{}", run.context);
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
     }
-    assert_eq!(run.endpoint(WEB_1, 8080).in_rules, false);
+    assert!(!run.endpoint(WEB_1, 8080).in_rules);
     assert_eq!(run.endpoint(WEB_1, 8080).in_api, Some(true));
     run.evidence("api", &["the API has Service default/web"]);
     run.evidence("rules", &["no kube-proxy rule mentions default/web"]);

@@ -57,13 +57,13 @@ pub const API_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot serve metrics on {addr}: {source}")]
+    #[error("cannot serve metrics on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the events file {path}: {source}")]
+    #[error("cannot open the events file {path}")]
     Events {
         path: String,
         #[source]
@@ -73,7 +73,7 @@ pub enum Error {
     Trace(#[from] trace::Error),
     #[error(transparent)]
     Loader(#[from] crate::loader::Error),
-    #[error("event loop: {0}")]
+    #[error("event loop")]
     Io(#[from] std::io::Error),
 }
 
@@ -121,7 +121,7 @@ impl ModelSource {
                 let wait = self.refresh * 2u32.saturating_pow(self.api_failures.min(6));
                 self.next_api = now + wait.min(API_BACKOFF_MAX);
                 for w in &view.warnings {
-                    eprintln!("d8-trace: warning: {w} (next API attempt in {}s)", wait.min(API_BACKOFF_MAX).as_secs());
+                    tracing::warn!("{w} (next API attempt in {}s)", wait.min(API_BACKOFF_MAX).as_secs());
                 }
             }
         }
@@ -187,11 +187,11 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
 
     let KernelSetup { choice, config, drop_reasons, mount, warnings } = setup;
     for w in &warnings {
-        eprintln!("d8-trace: warning: {w}");
+        tracing::warn!("{w}");
     }
     // The hook set `kernel_setup` chose for `--hooks` and this kernel, and why.
-    eprintln!(
-        "d8-trace: {} hook set: {}; pre- and post-DNAT views joined through {}",
+    tracing::info!(
+        "{} hook set: {}; pre- and post-DNAT views joined through {}",
         choice.set.name(),
         choice.reason,
         choice.join.describe()
@@ -207,8 +207,8 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     m.hook_set.get_or_create(&HookLabels { hooks: choice.set.name().into() }).set(1);
     set_model_metrics(m, &model, api_up, targets.len());
     state.ready.store(true, Ordering::Relaxed);
-    eprintln!(
-        "d8-trace: daemon ready: {} Services (API: {}), {} targets traced, {} hooks ({} hook set); metrics on http://{}/metrics",
+    tracing::info!(
+        "daemon ready: {} Services (API: {}), {} targets traced, {} hooks ({} hook set); metrics on http://{}/metrics",
         model.services.len(),
         api_source_note(&opts.scope),
         targets.len(),
@@ -233,7 +233,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 Ready::Records => capture.pump(&mut table, &mut ignore).await,
                 Ready::Links => {
                     for note in capture.follow_links() {
-                        eprintln!("d8-trace: {note}");
+                        tracing::info!("{note}");
                     }
                 }
             },
@@ -252,7 +252,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 if capture.join_losses() != join_losses {
                     join_losses = capture.join_losses();
                     for w in capture.join_warnings() {
-                        eprintln!("d8-trace: warning: {w}");
+                        tracing::warn!("{w}");
                     }
                 }
             }
@@ -272,7 +272,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         set_model_metrics(m, &model, api_up, targets.len());
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
-                    Err(e) => eprintln!("d8-trace: warning: rules not re-read, keeping the last model: {e}"),
+                    Err(e) => tracing::warn!("rules not re-read, keeping the last model: {}", crate::error_chain(&e)),
                 }
             }
             _ = sigint.recv() => break,
@@ -282,7 +282,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     state.ready.store(false, Ordering::Relaxed);
     server.abort();
     drop(capture);
-    eprintln!("d8-trace: daemon stopped; hooks detached");
+    tracing::info!("daemon stopped; hooks detached");
     Ok(())
 }
 

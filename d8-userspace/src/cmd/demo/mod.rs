@@ -87,9 +87,9 @@ pub enum Error {
     Usage(String),
     #[error(transparent)]
     Trace(#[from] trace::Error),
-    #[error("the lab: {0}")]
+    #[error("the lab")]
     Lab(#[from] lab::Error),
-    #[error("the incident script: {0}")]
+    #[error("the incident script")]
     Script(#[from] script::Error),
     #[error("{0}")]
     Io(String),
@@ -114,7 +114,7 @@ impl NetnsReturn {
     fn enter(ns: &str) -> Result<Self, Error> {
         let here = File::open("/proc/thread-self/ns/net")
             .map_err(|e| Error::Io(format!("opening this thread's network namespace: {e}")))?;
-        kernel::netns::enter(ns).map_err(|e| Error::Io(e.to_string()))?;
+        kernel::netns::enter(ns).map_err(|e| Error::Io(crate::error_chain(&e)))?;
         Ok(Self(here))
     }
 }
@@ -123,8 +123,8 @@ impl Drop for NetnsReturn {
     fn drop(&mut self) {
         // SAFETY: setns on an open network namespace fd; affects this thread only.
         if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "d8-trace demo: returning to the original network namespace: {}",
+            tracing::warn!(
+                "demo: returning to the original network namespace: {}",
                 io::Error::last_os_error()
             );
         }
@@ -216,7 +216,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     // The kernel first: an unsupported one fails before anything is built.
     let setup = trace::kernel_setup(scope.hooks)?;
     for w in &setup.warnings {
-        eprintln!("d8-trace: warning: {w}");
+        tracing::warn!("{w}");
     }
     if let Ok(removed) = lab::cleanup_stale()
         && !removed.is_empty()
@@ -254,7 +254,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     };
     let start_view = runtime.block_on(trace::node_view(&lab_scope))?;
     for w in &start_view.warnings {
-        eprintln!("d8-trace: warning: {w}");
+        tracing::warn!("{w}");
     }
     let services = script::services();
     let plans = services
@@ -321,7 +321,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
                 // Every queued line is written before the verdicts (and before an error's message).
                 let dropped = live.out.finish();
                 if dropped > 0 {
-                    eprintln!("d8-trace: {dropped} live lines dropped: output was not being read");
+                    tracing::warn!("{dropped} live lines dropped: output was not being read");
                 }
                 traced
             }
@@ -337,7 +337,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     let traced_for = trace_started.elapsed();
     let outcome = traced?;
     for w in &outcome.warnings {
-        eprintln!("d8-trace: warning: {w}");
+        tracing::warn!("{w}");
     }
     match played {
         Ok(Ok(Ending::Done)) => {}
@@ -368,7 +368,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         }
     }
     if unowned > 0 {
-        eprintln!("d8-trace: warning: {unowned} traced flows belong to no demo Service");
+        tracing::warn!("{unowned} traced flows belong to no demo Service");
     }
     let reports: Vec<Report> = services
         .iter()

@@ -146,7 +146,7 @@ pub enum Ending {
 /// The script failed: a lab change did not apply, or the tracer never showed a flow.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the lab: {0}")]
+    #[error("the lab")]
     Lab(#[from] lab::Error),
     #[error("the tracer showed no flow within {}s of the first requests", TRACER_WAIT.as_secs())]
     TracerSilent,

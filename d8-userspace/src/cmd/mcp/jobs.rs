@@ -223,7 +223,7 @@ impl Jobs {
                 if let Err(f) = &result
                     && f.kind == FailureKind::Cancelled
                 {
-                    eprintln!("d8-trace: mcp: {what}: cancelled; everything it attached is detached");
+                    tracing::info!("mcp: {what}: cancelled; everything it attached is detached");
                 }
                 // The slot is released only now: after the job's future (and its Tracer) is gone.
                 drop(slot);

@@ -2,7 +2,7 @@
 //! stdio (the official Rust SDK, `rmcp`).
 //!
 //! Tools (inputs in [`args`], JSON schemas derived with schemars):
-//! - `explain_service` {service, netns?, k8s_snapshot?}: the contract's report (DESIGN.md section 5)
+//! - `explain_service` {service, netns?, k8s_snapshot?}: the contract's report (ARCHITECTURE.md, "The contract")
 //!   from kube-proxy's rules and the API, nothing attached;
 //! - `trace_service` {service, seconds? (default 10, at most 60), netns?, k8s_snapshot?}: traces that
 //!   long and returns the report with its flows;
@@ -97,7 +97,7 @@ fn report_result(report: &Report, text: String) -> CallToolResult {
 }
 
 fn log_failure(tool: &str, target: &str, f: &Failure) {
-    eprintln!("d8-trace: mcp: {tool} {target}: {} ({})", f.message, f.kind.as_str());
+    tracing::info!("mcp: {tool} {target}: {} ({})", f.message, f.kind.as_str());
 }
 
 #[tool_router]
@@ -126,7 +126,7 @@ root_cause {class, detail}, evidence, severity, mitigation; flows empty) and a s
         let result = self.jobs.run(&name, netns, None, call, move || explain(svc, sel)).await;
         Ok(match result {
             Ok((report, warnings)) => {
-                eprintln!("d8-trace: mcp: {name}: {} in {}ms", verdict_word(&report), started.elapsed().as_millis());
+                tracing::info!("mcp: {name}: {} in {}ms", verdict_word(&report), started.elapsed().as_millis());
                 report_result(&report, summary::report(&report, None, &warnings))
             }
             Err(f) => {
@@ -170,8 +170,8 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
                 return Ok(failure_result(&f));
             }
         };
-        eprintln!(
-            "d8-trace: mcp: {name}: starting a {}s trace{}",
+        tracing::info!(
+            "mcp: {name}: starting a {}s trace{}",
             duration.as_secs(),
             sel.netns.as_deref().map(|n| format!(" in network namespace {n}")).unwrap_or_default()
         );
@@ -185,7 +185,7 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         }
         Ok(match result {
             Ok((report, warnings)) => {
-                eprintln!("d8-trace: mcp: {name}: {}, {} flows; hooks detached", verdict_word(&report), report.flows.len());
+                tracing::info!("mcp: {name}: {}, {} flows; hooks detached", verdict_word(&report), report.flows.len());
                 report_result(&report, summary::report(&report, Some(duration.as_secs()), &warnings))
             }
             Err(f) => {
@@ -304,7 +304,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for WatchEof<R> {
         match &poll {
             Poll::Ready(Ok(())) if had_room && buf.filled().len() == before => {
                 if !self.gone.is_cancelled() {
-                    eprintln!("d8-trace: mcp: the client closed stdin: stopping (cancelling running jobs)");
+                    tracing::info!("mcp: the client closed stdin: stopping (cancelling running jobs)");
                 }
                 self.gone.cancel();
             }
@@ -333,12 +333,12 @@ pub fn serve(defaults: &Scope) -> Result<(), String> {
     let result = runtime.block_on(serve_stdio(defaults.clone(), jobs.clone()));
     let left = jobs.shutdown(Duration::from_secs(20));
     if left > 0 {
-        eprintln!("d8-trace: mcp: {left} jobs did not stop within 20s; exiting (the kernel detaches what they held)");
+        tracing::info!("mcp: {left} jobs did not stop within 20s; exiting (the kernel detaches what they held)");
     }
     // tokio's stdin reads on a blocking thread that only returns with input or end of file: after
     // a signal the client may still hold stdin open, so do not wait for that thread.
     runtime.shutdown_timeout(Duration::from_millis(500));
-    eprintln!("d8-trace: mcp: stopped");
+    tracing::info!("mcp: stopped");
     result
 }
 
@@ -350,7 +350,7 @@ async fn serve_stdio(defaults: Scope, jobs: Arc<Jobs>) -> Result<(), String> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("installing signal handlers: {e}"))?;
     let server = D8Mcp::new(defaults, jobs.clone());
     let stdin = WatchEof { inner: tokio::io::stdin(), gone: jobs.root().clone() };
-    eprintln!("d8-trace: mcp: serving MCP on stdio (tools: explain_service, trace_service, doctor)");
+    tracing::info!("mcp: serving MCP on stdio (tools: explain_service, trace_service, doctor)");
     let service = tokio::select! {
         s = server.serve((stdin, tokio::io::stdout())) => s.map_err(|e| format!("MCP session setup failed: {e}"))?,
         _ = sigint.recv() => return Ok(()),
@@ -360,8 +360,8 @@ async fn serve_stdio(defaults: Scope, jobs: Arc<Jobs>) -> Result<(), String> {
     let root = jobs.root().clone();
     let signals = tokio::spawn(async move {
         tokio::select! {
-            _ = sigint.recv() => eprintln!("d8-trace: mcp: SIGINT: stopping"),
-            _ = sigterm.recv() => eprintln!("d8-trace: mcp: SIGTERM: stopping"),
+            _ = sigint.recv() => tracing::info!("mcp: SIGINT: stopping"),
+            _ = sigterm.recv() => tracing::info!("mcp: SIGTERM: stopping"),
             // The client went away: the session ends on its own (stdin EOF).
             _ = root.cancelled() => return,
         }

@@ -1,6 +1,6 @@
 //! Folds the API's objects into the service model. Pure: objects and model in, model out.
 //!
-//! What it adds, per DESIGN.md section 4:
+//! What it adds (ARCHITECTURE.md, "The service model"):
 //! - per Service, [`ApiFacts`]: exists, type, traffic policies, affinity, whether kube-proxy should
 //!   program it; Services the API has and the rules lack get a model entry with
 //!   `rules.present == false`, so `kube_proxy_rules_missing` can be proven; model Services the API

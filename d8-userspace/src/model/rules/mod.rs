@@ -1,4 +1,4 @@
-//! kube-proxy's rules on this node, read into the service model (DESIGN.md section 4).
+//! kube-proxy's rules on this node, read into the service model (ARCHITECTURE.md, "The service model").
 //!
 //! - [`iptables`]: `iptables-save` text (iptables mode; also tells IPVS mode's rules apart).
 //! - [`nftables`]: `nft -j list table ip kube-proxy` JSON (nftables mode).
