@@ -3,13 +3,16 @@
 
 Run the suite twice with D8_E2E_RECORD=DIR (and D8_TRACE_BIN pointing at each build), then:
 
-    python3 xtask/compare-reports.py DIR_A DIR_B
+    python3 xtask/compare-reports.py DIR_A DIR_B [--verdicts]
 
 Every recorded run (one file per d8-trace invocation: its arguments, exit status and stdout) is
 compared after removing what differs between any two runs of the same build: lab namespace and
 file names (they carry the test's pid), client ports, durations and timestamps, and the order of
 flows (which of two equal backends answers is random, so flows are compared as a sorted list).
-Prints each difference and a summary; exits 1 if any run differs or is missing on one side.
+With --verdicts only what no random choice touches is compared: the model's facts (frontends,
+endpoints, kube-proxy), the root cause's class, the severity, lost events, and the kinds of flows
+(protocol, frontend, outcome, class, drop reason). Prints each difference and a summary; exits 1
+if any run differs or is missing on one side.
 """
 
 import difflib
@@ -41,20 +44,37 @@ def scrub(v):
     return v
 
 
+def verdict_only(v):
+    """The fields no random choice touches: with several healthy backends, which one a connection
+    gets (and so which flows, evidence lines and rules show up) differs between any two runs."""
+    if not isinstance(v, dict) or "root_cause" not in v:
+        return v
+    keep = {k: v.get(k) for k in ("service", "node", "kube_proxy", "frontends", "endpoints", "lost_events", "severity")}
+    keep["root_cause_class"] = (v.get("root_cause") or {}).get("class")
+    keep["flow_kinds"] = sorted({json.dumps([f.get("protocol"), f.get("frontend"), f.get("outcome"), f.get("class"), f.get("drop_reason")]) for f in v.get("flows", [])})
+    return keep
+
+
+VERDICTS_ONLY = "--verdicts" in sys.argv
+
+
 def load(path):
     with open(path, encoding="utf-8", errors="replace") as f:
         args = f.readline().rstrip("\n")
         status = f.readline().rstrip("\n")
         body = f.read()
     try:
-        doc = json.dumps(scrub(json.loads(body)), indent=1, sort_keys=True)
+        value = json.loads(body)
+        if VERDICTS_ONLY:
+            value = [verdict_only(x) for x in value] if isinstance(value, list) else verdict_only(value)
+        doc = json.dumps(scrub(value), indent=1, sort_keys=True)
     except ValueError:
         doc = scrub_text(body)
     return scrub_text(args), status, doc
 
 
 def main():
-    a, b = sys.argv[1], sys.argv[2]
+    a, b = [x for x in sys.argv[1:] if not x.startswith("--")][:2]
     names = sorted(set(os.listdir(a)) | set(os.listdir(b)))
     same = differ = missing = 0
     for n in names:

@@ -2,7 +2,7 @@
 //!
 //! Mitigations name the Service, node and pod so the commands can be pasted as they are.
 
-use super::vocabulary::{IPVS_MODULES_MISSING_PREFIX, Mitigation, Severity, VerdictClass};
+use super::vocabulary::{Mitigation, Severity, VerdictClass};
 
 use super::facts::{Facts, Finding, flows_n};
 
@@ -133,7 +133,8 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
             "find why kube-proxy exits (OOM, config, API credentials) and alert on the kube-proxy DaemonSet's unavailable pods".into(),
         ),
         VerdictClass::KubeProxyRulesMissing => {
-            let ipvs = lead.evidence.iter().any(|e| e.content.starts_with(IPVS_MODULES_MISSING_PREFIX));
+            let ipvs = facts.model.kube_proxy.mode == crate::model::ProxyMode::Ipvs
+                && facts.model.warnings.iter().any(|w| w.kind == crate::model::WarningKind::IpvsModules);
             if ipvs {
                 (
                     format!("on node {node}: modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh nf_conntrack; then {restart_kube_proxy}"),

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use crate::flows::Flow;
-use crate::model::{ServiceModel, ServiceRef};
+use crate::model::{ServiceModel, ServiceRef, Warning, WarningKind};
 use super::facts::{Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
 use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
 
@@ -290,14 +290,12 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
     }
 }
 
-/// Where a model warning comes from, by its wording (the readers and `k8s` write them).
-fn warning_kind(w: &str) -> EvidenceKind {
-    if w.starts_with("kube-proxy") {
-        EvidenceKind::KubeProxy
-    } else if w.contains("Kubernetes") || w.contains("snapshot") {
-        EvidenceKind::Api
-    } else {
-        EvidenceKind::Rules
+/// The evidence kind of a model warning.
+fn warning_kind(w: &Warning) -> EvidenceKind {
+    match w.kind {
+        WarningKind::Rules => EvidenceKind::Rules,
+        WarningKind::Api => EvidenceKind::Api,
+        WarningKind::KubeProxy | WarningKind::IpvsModules => EvidenceKind::KubeProxy,
     }
 }
 

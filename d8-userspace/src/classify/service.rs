@@ -1,7 +1,7 @@
 //! Findings from the Service's rules and API facts alone: what `explain` reports, and what a trace
 //! adds to its flows' classes (a kube-proxy that is down, a stale DNAT target no flow hit yet).
 
-use crate::model::{ProxyMode, k8s::minor_version};
+use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
 
 use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text};
@@ -12,10 +12,6 @@ const CONNTRACK_FULL: f64 = 0.99;
 /// A sync waiting longer than this means kube-proxy's rules are stale. kube-proxy's own healthz
 /// turns 503 after `2 * syncPeriod` (60 s by default) without a sync; be a little more patient.
 const STALE_SYNC_SECS: f64 = 120.0;
-
-/// A rule list problem mentions these words when IPVS kernel modules are missing (the rule reader
-/// writes `ip_vs` module names into `RuleFacts::problems` / model warnings).
-const IPVS_MODULE_WORDS: &[&str] = &["ip_vs", "IPVS module"];
 
 /// Findings of the Service's rules and API facts, unranked.
 pub(super) fn findings(facts: &Facts<'_>) -> Vec<Finding> {
@@ -182,21 +178,12 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             )
         });
     }
-    if kp.mode == ProxyMode::Ipvs {
-        let problems = facts
-            .svc
-            .map(|s| s.rules.problems.as_slice())
-            .unwrap_or_default();
-        if let Some(p) = problems
-            .iter()
-            .chain(&facts.model.warnings)
-            .find(|p| IPVS_MODULE_WORDS.iter().any(|w| p.contains(w)))
-        {
-            evidence.push(Evidence::new(
-                EvidenceKind::KubeProxy,
-                format!("{IPVS_MODULES_MISSING_PREFIX}: {p}"),
-            ));
-        }
+    // The model says which IPVS modules are missing (`model::view`); the evidence line carries the
+    // runbook's marker, which the runbook block reads back from the report.
+    if kp.mode == ProxyMode::Ipvs
+        && let Some(p) = facts.model.warnings.iter().find(|w| w.kind == WarningKind::IpvsModules)
+    {
+        evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("{IPVS_MODULES_MISSING_PREFIX}: {p}")));
     }
 
     if let Some(detail) = detail {

@@ -749,7 +749,11 @@ fn ipvs_rules_missing_with_modules_missing_maps_to_the_ipvs_modules_domain() {
     let mut m = model(true);
     m.kube_proxy.mode = ProxyMode::Ipvs;
     m.kube_proxy.rules_present = false;
-    m.warnings.push("ip_vs_rr module not loaded".into());
+    m.warnings.push(crate::model::Warning::new(
+        crate::model::WarningKind::IpvsModules,
+        "/sys/module",
+        "IPVS kernel module ip_vs_rr is not loaded",
+    ));
     let report = crate::report::build(
         &target(),
         &[],

@@ -156,6 +156,18 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether kernel module `name` is present: loaded (`/sys/module/NAME`) or built in (listed in
+/// `modules.builtin`). `None` when neither says: a built-in module without parameters has no
+/// `/sys/module` entry, so absence alone proves nothing without the builtin list.
+pub fn module_present(name: &str) -> Option<bool> {
+    if std::path::Path::new("/sys/module").join(name).exists() {
+        return Some(true);
+    }
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release())).ok()?;
+    let file = format!("/{name}.ko");
+    Some(builtin.lines().any(|l| l.ends_with(&file) || l.ends_with(&format!("{file}.xz")) || l.ends_with(&format!("{file}.zst"))))
+}
+
 /// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -167,6 +179,13 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_presence_is_proved_or_unknown_never_guessed() {
+        // `kernel` has parameters, so every kernel lists it under /sys/module.
+        assert_eq!(module_present("kernel"), Some(true));
+        assert_ne!(module_present("d8_no_such_module"), Some(true));
+    }
 
     #[test]
     fn parses_kernel_versions() {

@@ -224,7 +224,7 @@ pub struct ServiceModel {
     /// Node addresses (for probe recognition and NodePort frontends).
     pub node_ips: Vec<IpAddr>,
     /// Non-fatal problems met while building the model (unparsed rules, API unreachable, ...).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// Ports kubelet probes connect to, per pod address (filled by `k8s`; empty without the API).
     /// Probe-RST recognition needs them: a probe is a node-IP connection to one of these.
     #[serde(default)]
@@ -237,6 +237,44 @@ pub struct ServiceModel {
     /// kube-proxy too old, never one too new.
     #[serde(default)]
     pub min_api_server_version: Option<String>,
+}
+
+/// A problem met while building the model, typed by what it concerns: the classifier turns the
+/// kind into evidence and never reads the wording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub kind: WarningKind,
+    /// Where it was met: `iptables`, `nftables`, `ipvs` (their rules), `the API`, a snapshot's
+    /// path, `kube-proxy`, `/sys/module`.
+    pub source: String,
+    /// One sentence.
+    pub message: String,
+}
+
+/// What a [`Warning`] concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// kube-proxy's rules: a line or object not understood, a reader that failed.
+    Rules,
+    /// The Kubernetes API or its snapshot.
+    Api,
+    /// kube-proxy itself (its mode, its pod's state).
+    KubeProxy,
+    /// IPVS mode without the kernel modules it needs: its own runbook domain.
+    IpvsModules,
+}
+
+impl Warning {
+    pub fn new(kind: WarningKind, source: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { kind, source: source.into(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Which kubelet probe a port serves.

@@ -5,8 +5,8 @@
 use std::{net::IpAddr, time::Duration};
 
 use crate::{
-    kernel::host::host_addresses,
-    model::{ProxyMode, ServiceModel, k8s, rules},
+    kernel::{self, host::host_addresses},
+    model::{ProxyMode, ServiceModel, Warning, WarningKind, k8s, rules},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub async fn view(api: &k8s::Source, node: Option<&str>) -> Result<NodeView, Err
     };
     let applied = k8s::apply(&mut model, api, &hint, Duration::from_secs(5)).await?;
     let mut warnings = applied.warnings;
+    if model.kube_proxy.mode == ProxyMode::Ipvs {
+        model.warnings.extend(ipvs_modules_missing(&node_rules.virtual_servers));
+    }
     if model.kube_proxy.mode == ProxyMode::Ipvs && !node_rules.virtual_servers.is_empty() {
         // IPVS names no Services: join its virtual servers to the API's Services by address.
         model.services = rules::ipvs::name_services(std::mem::take(&mut model.services), &node_rules.virtual_servers);
@@ -66,6 +69,30 @@ pub async fn view(api: &k8s::Source, node: Option<&str>) -> Result<NodeView, Err
         model.node = Some(name.clone());
     }
     Ok(NodeView { model, api_consulted: applied.api_consulted, host_ips, warnings })
+}
+
+/// The kernel modules kube-proxy's IPVS mode needs (`ip_vs`, and the scheduler of every virtual
+/// server) that this kernel lacks. Without them kube-proxy cannot program the virtual servers:
+/// its rules go missing, and the runbook treats that apart (load the modules).
+fn ipvs_modules_missing(virtual_servers: &[rules::ipvs::VirtualServer]) -> Vec<Warning> {
+    let mut wanted: Vec<String> = vec!["ip_vs".into()];
+    for vs in virtual_servers {
+        let m = format!("ip_vs_{}", vs.scheduler);
+        if !vs.scheduler.is_empty() && !wanted.contains(&m) {
+            wanted.push(m);
+        }
+    }
+    wanted
+        .into_iter()
+        .filter(|m| kernel::module_present(m) == Some(false))
+        .map(|m| {
+            Warning::new(
+                WarningKind::IpvsModules,
+                "/sys/module",
+                format!("IPVS kernel module {m} is not loaded (kube-proxy's IPVS mode needs it)"),
+            )
+        })
+        .collect()
 }
 
 /// The API was asked before IPVS's real servers were joined to its Services (the join needs the

@@ -108,7 +108,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
         && let Some((running, note)) = kube_proxy_pod_state(&objs.pods, this_node)
     {
         model.kube_proxy.running = Some(running);
-        model.warnings.push(note);
+        model.warnings.push(crate::model::Warning::new(crate::model::WarningKind::KubeProxy, "the API", note));
     }
     if model.api_server_version.is_none() {
         model.api_server_version = objs
@@ -119,7 +119,9 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     if model.min_api_server_version.is_none() {
         model.min_api_server_version = newest_kubelet(&objs.nodes);
     }
-    model.warnings.extend(objs.warnings.iter().cloned());
+    model
+        .warnings
+        .extend(objs.warnings.iter().map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())));
 }
 
 fn service_ref(api: &ApiService) -> Option<ServiceRef> {

@@ -192,7 +192,9 @@ pub async fn apply(
                 Some(objs) => Ok(fold(model, &objs, loaded.node)),
                 None => {
                     let warnings: Vec<String> = loaded.warning.into_iter().collect();
-                    model.warnings.extend(warnings.iter().cloned());
+                    model
+                        .warnings
+                        .extend(warnings.iter().map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())));
                     Ok(Applied {
                         api_consulted: false,
                         node: hint_only(hint),

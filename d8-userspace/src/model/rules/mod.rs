@@ -36,7 +36,7 @@ use std::io;
 use std::net::IpAddr;
 use std::process::Command;
 
-use crate::model::{ProxyMode, Service, ServiceModel, ServiceRef};
+use crate::model::{ProxyMode, Service, ServiceModel, ServiceRef, Warning, WarningKind};
 
 /// A fast, non-cryptographic hasher for the readers' maps (rustc's FxHash with a final mix): they
 /// are keyed by chain names from the node's own dumps and hashed several times per rule, where
@@ -197,23 +197,28 @@ pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
                 match read() {
                     Ok(r) => readings.push(r),
                     Err(ReadError::CommandMissing { .. }) => missing += 1,
-                    Err(e) => warnings.push(format!("{name} rules not read: {}", error_chain(&e))),
+                    Err(e) => warnings.push(Warning::new(
+                        WarningKind::Rules,
+                        name,
+                        format!("{name} rules not read: {}", error_chain(&e)),
+                    )),
                 }
             }
             if missing == 3 {
                 return Err(ReadError::NoTools);
             }
             let (chosen, notes) = choose_reading(readings);
-            warnings.extend(notes);
+            warnings.extend(notes.into_iter().map(|n| Warning::new(WarningKind::Rules, "rules", n)));
             chosen
         }
     };
     if let (Some(r), true) = (reported, reading.rules_present)
         && r != reading.mode
     {
-        warnings.push(format!(
-            "kube-proxy reports mode {r:?} but the rules read are {:?}'s",
-            reading.mode
+        warnings.push(Warning::new(
+            WarningKind::KubeProxy,
+            "kube-proxy",
+            format!("kube-proxy reports mode {r:?} but the rules read are {:?}'s", reading.mode),
         ));
     }
     let mut kube_proxy = status;
@@ -221,7 +226,8 @@ pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
         kube_proxy.mode = reading.mode;
     }
     kube_proxy.rules_present = reading.rules_present;
-    warnings.extend(reading.warnings);
+    let source = format!("{:?}", reading.mode).to_lowercase();
+    warnings.extend(reading.warnings.into_iter().map(|w| Warning::new(WarningKind::Rules, source.clone(), w)));
     Ok(NodeRules {
         model: ServiceModel {
             kube_proxy,
