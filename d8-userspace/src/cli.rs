@@ -64,6 +64,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print what this kernel allows and which hooks d8-trace would use.
     Doctor(DoctorArgs),
+    /// Remove what a killed d8-trace left attached (its TC filters and the clsact qdiscs it
+    /// added); running traces and other tools' filters are left alone.
+    Cleanup(CleanupArgs),
     /// Serve explain_service, trace_service and doctor to an agent over MCP (stdio).
     Mcp(McpArgs),
 }
@@ -192,6 +195,12 @@ pub struct DemoArgs {
 /// `netns` and `k8s_snapshot` replace them).
 #[derive(Debug, Clone, Args)]
 pub struct McpArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
     #[command(flatten)]
     pub selection: Selection,
 }

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     cli.log.init();
     let result = match cli.command {
         None => trace_command(cli.trace),
+        Some(Command::Cleanup(args)) => cmd::cleanup::run(args.selection.netns.as_deref()).map_err(Failure::env),
         Some(Command::Doctor(args)) => cmd::doctor::run(args.json, &args.selection.resolve()).map_err(Failure::env),
         Some(Command::Explain(args)) => explain_command(args),
         Some(Command::Daemon(args)) => daemon_command(args),

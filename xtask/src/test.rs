@@ -113,7 +113,7 @@ fn vm_suite() -> anyhow::Result<()> {
         command: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 tc:: daemon:: vm::".into(),
+            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 --include-ignored tc:: daemon:: vm::".into(),
         ],
         ..vm::Options::default()
     })

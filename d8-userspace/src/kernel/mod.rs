@@ -156,6 +156,34 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Ids of the BPF programs some live process holds a file descriptor of (every
+/// `/proc/PID/fdinfo/FD` with a `prog_id:` line). A program only a TC filter holds (its process
+/// was killed) is not among them.
+pub fn held_program_ids() -> std::collections::HashSet<u32> {
+    let mut ids = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return ids };
+    for p in procs.flatten() {
+        if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+                ids.insert(id);
+            }
+        }
+    }
+    ids
+}
+
+/// The current thread's network namespace, as its inode number (a name for records kept per
+/// namespace).
+pub fn netns_inode() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
+}
+
 /// Whether kernel module `name` is present: loaded (`/sys/module/NAME`) or built in (listed in
 /// `modules.builtin`). `None` when neither says: a built-in module without parameters has no
 /// `/sys/module` entry, so absence alone proves nothing without the builtin list.

@@ -1,6 +1,8 @@
 //! Route netlink, for the TC hook set: the interfaces of the current network namespace, link
-//! events (interfaces that appear or go while tracing), and the `clsact` qdisc (added where the
-//! kernel attaches TC programs through netlink, before 6.6; removed again only if we added it).
+//! events (interfaces that appear or go while tracing), the `clsact` qdisc (added where the
+//! kernel attaches TC programs through netlink, before 6.6; removed again only if we added it and
+//! nobody else's filters hang on it), and the filters on it (listed to find what an earlier,
+//! killed d8-trace left, and removed one by one).
 
 use std::io;
 
@@ -14,6 +16,15 @@ pub const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWQDISC: u16 = 36;
 const RTM_DELQDISC: u16 = 37;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
+const RTM_GETTFILTER: u16 = 46;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_ID: u16 = 11;
+/// `TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)` and `.., TC_H_MIN_EGRESS)`: the two hooks of clsact.
+pub const CLSACT_INGRESS: u32 = 0xffff_fff2;
+pub const CLSACT_EGRESS: u32 = 0xffff_fff3;
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_IFNAME: u16 = 3;
 const TCA_KIND: u16 = 1;
@@ -118,6 +129,92 @@ pub fn del_clsact(ifindex: u32) -> io::Result<()> {
     match sock.transact(&msg, 3) {
         Ok(_) => Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A TC filter on a clsact hook, as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub ifindex: u32,
+    /// [`CLSACT_INGRESS`] or [`CLSACT_EGRESS`].
+    pub parent: u32,
+    pub priority: u16,
+    /// `ETH_P_*`, host byte order.
+    pub protocol: u16,
+    pub handle: u32,
+    /// `bpf`, `u32`, `matchall`, ...
+    pub kind: String,
+    /// A BPF classifier's program name (as `tc filter show` prints it) and id.
+    pub bpf_name: Option<String>,
+    pub bpf_id: Option<u32>,
+}
+
+fn filter_msg(ifindex: u32, parent: u32, handle: u32, info: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 20];
+    b[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    b[8..12].copy_from_slice(&handle.to_ne_bytes());
+    b[12..16].copy_from_slice(&parent.to_ne_bytes());
+    b[16..20].copy_from_slice(&info.to_ne_bytes());
+    b
+}
+
+/// Decodes an `RTM_NEWTFILTER` payload (tcmsg + attributes). The chain's head entries (handle 0,
+/// one per priority) are not filters.
+pub fn parse_filter(payload: &[u8]) -> Option<Filter> {
+    if payload.len() < 20 {
+        return None;
+    }
+    let ifindex = i32::from_ne_bytes(payload[4..8].try_into().ok()?) as u32;
+    let handle = u32::from_ne_bytes(payload[8..12].try_into().ok()?);
+    let parent = u32::from_ne_bytes(payload[12..16].try_into().ok()?);
+    let info = u32::from_ne_bytes(payload[16..20].try_into().ok()?);
+    if handle == 0 {
+        return None;
+    }
+    let attrs = &payload[20..];
+    let kind = netlink::attr(attrs, TCA_KIND)
+        .map(|k| String::from_utf8_lossy(k).trim_end_matches('\0').to_string())
+        .unwrap_or_default();
+    let options = netlink::attr(attrs, TCA_OPTIONS).unwrap_or_default();
+    let bpf_name = netlink::attr(options, TCA_BPF_NAME).map(|n| String::from_utf8_lossy(n).trim_end_matches('\0').to_string());
+    let bpf_id = netlink::attr(options, TCA_BPF_ID).and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
+    Some(Filter {
+        ifindex,
+        parent,
+        priority: (info >> 16) as u16,
+        protocol: u16::from_be((info & 0xffff) as u16),
+        handle,
+        kind,
+        bpf_name,
+        bpf_id,
+    })
+}
+
+/// The filters on `parent` (a clsact hook) of `ifindex`; none when there is no clsact qdisc.
+pub fn filters(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
+    let sock = Socket::open(NETLINK_ROUTE, &[], 0)?;
+    let msg = netlink::request(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, 4, &filter_msg(ifindex, parent, 0, 0));
+    match sock.transact(&msg, 4) {
+        Ok(answer) => {
+            Ok(answer.into_iter().filter(|(k, _)| *k == RTM_NEWTFILTER).filter_map(|(_, p)| parse_filter(&p)).collect())
+        }
+        // No clsact (or no interface): no filters.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes one filter. Already gone is not an error.
+pub fn del_filter(f: &Filter) -> io::Result<()> {
+    let sock = Socket::open(NETLINK_ROUTE, &[], 0)?;
+    let info = (u32::from(f.priority) << 16) | u32::from(f.protocol.to_be());
+    let mut body = filter_msg(f.ifindex, f.parent, f.handle, info);
+    netlink::push_attr(&mut body, TCA_KIND, format!("{}\0", f.kind).as_bytes());
+    let msg = netlink::request(RTM_DELTFILTER, NLM_F_REQUEST | NLM_F_ACK, 5, &body);
+    match sock.transact(&msg, 5) {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -96,7 +96,13 @@ impl Mount {
     pub fn ensure() -> Result<Self, Error> {
         for root in [TRACEFS, DEBUGFS_TRACING] {
             if has_events(Path::new(root)) {
-                return Ok(Self { root: root.into(), mounted_by_us: false });
+                // Mounted by a d8-trace that was killed before it could unmount: ours to unmount.
+                let adopted = root == TRACEFS && record_owner().is_some_and(|pid| !alive(pid));
+                if adopted {
+                    record(true);
+                    tracing::info!("tracefs at {TRACEFS} was left mounted by a d8-trace that was killed; unmounting it on exit");
+                }
+                return Ok(Self { root: root.into(), mounted_by_us: adopted });
             }
         }
         let target = CString::new(TRACEFS).expect("no NUL in constant");
@@ -108,6 +114,7 @@ impl Mount {
         if rc != 0 {
             return Err(Error::Mount(std::io::Error::last_os_error()));
         }
+        record(true);
         tracing::info!("mounted tracefs at {TRACEFS} (it was not mounted); unmounting on exit");
         Ok(Self { root: TRACEFS.into(), mounted_by_us: true })
     }
@@ -129,6 +136,45 @@ impl Mount {
     }
 }
 
+/// Where d8-trace notes that it mounted tracefs (its pid), so that a d8-trace that was killed
+/// before unmounting can be told from someone else's mount by the next one. tmpfs: a reboot
+/// forgets it, as it forgets the mount.
+const RECORD: &str = "/run/d8-trace/tracefs";
+
+fn record(mounted: bool) {
+    if mounted {
+        let _ = std::fs::create_dir_all("/run/d8-trace");
+        let _ = std::fs::write(RECORD, std::process::id().to_string());
+    } else {
+        let _ = std::fs::remove_file(RECORD);
+    }
+}
+
+fn record_owner() -> Option<u32> {
+    std::fs::read_to_string(RECORD).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Unmounts tracefs if a d8-trace that was killed mounted it (`d8-trace cleanup`); says so.
+pub fn remove_stale() -> Option<String> {
+    let pid = record_owner()?;
+    if alive(pid) {
+        return None;
+    }
+    if !has_events(Path::new(TRACEFS)) {
+        record(false);
+        return None;
+    }
+    let target = CString::new(TRACEFS).expect("no NUL in constant");
+    // SAFETY: valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    record(false);
+    (rc == 0).then(|| format!("tracefs mount at {TRACEFS}"))
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         if !self.mounted_by_us {
@@ -137,6 +183,7 @@ impl Drop for Mount {
         let Ok(target) = CString::new(self.root.as_os_str().as_encoded_bytes()) else { return };
         // SAFETY: valid NUL-terminated path. MNT_DETACH: links being torn down may still pin it.
         let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        record(false);
         if rc != 0 {
             tracing::warn!(
                 "could not unmount tracefs at {}: {}",

@@ -2,9 +2,19 @@
 //! every interface of the current network namespace but loopback, on interfaces that appear while
 //! tracing, and off again on drop.
 //!
-//! From 6.6 aya attaches through TCX links (no qdisc involved; closing the link detaches). Before
-//! 6.6 (or with `D8_TC_NETLINK=1`) it attaches netlink filters, which need a `clsact` qdisc: d8-trace
-//! adds one where none exists and, on drop, removes only the ones it added, after its filters.
+//! From 6.6 aya attaches through TCX links (no qdisc involved; closing the link detaches), first in
+//! each interface's tcx list. Before 6.6 (or with `D8_TC_NETLINK=1`) it attaches netlink filters at
+//! priority 1, handle 0xd8 (ahead of every other filter, or where the kernel puts it if another
+//! kind holds priority 1), which need a `clsact` qdisc: d8-trace adds one where none exists and,
+//! on drop, removes only the ones it added, after its filters, and only if nobody else's filters
+//! hang on it. First is where an observer sees every packet; the programs return "continue"
+//! (`d8-ebpf/src/tc.rs`), so everyone after them sees the packet as before.
+//!
+//! A netlink filter outlives a process that is killed (SIGKILL, the OOM killer): [`remove_stale`]
+//! finds d8-trace's filters (programs named `d8_tc_*`) whose program no live process holds, and
+//! the clsact qdiscs a killed d8-trace added (recorded under [`RECORDS`]), and removes them; every
+//! start does it, and so does `d8-trace cleanup`.
+//!
 //! The kernel programs learn each interface's link-layer header length from `TC_L2_LEN`.
 
 use std::collections::BTreeMap;
@@ -14,11 +24,20 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
 
 use crate::kernel::rtnetlink::{self, ARPHRD_LOOPBACK, Link, LinkEvent, LinkEvents};
+
+/// Records of the clsact qdiscs d8-trace added (`<netns inode>-<ifindex>-<ifname>`), so that what
+/// a killed d8-trace added can be told from another tool's qdisc. tmpfs: gone with a reboot, as
+/// the qdiscs are.
+pub const RECORDS: &str = "/run/d8-trace/clsact";
+
+/// Netlink filter priority and handle of d8-trace's classifiers.
+const PRIORITY: u16 = 1;
+const HANDLE: u16 = 0xd8;
 
 /// (program, attach point).
 pub const PROGRAMS: &[(&str, TcAttachType)] =
@@ -77,6 +96,10 @@ impl Hooks {
             program(ebpf, name)?.load().map_err(|source| Error::Load { name, source })?;
         }
         let events = LinkEvents::open().map_err(Error::LinkEvents)?;
+        match remove_stale() {
+            Ok(removed) => removed.iter().for_each(|r| tracing::info!("removed what an earlier d8-trace left: {r}")),
+            Err(e) => tracing::warn!("looking for filters an earlier d8-trace left: {e}"),
+        }
         let mut hooks = Self { ifaces: BTreeMap::new(), netlink: uses_netlink(), events: Some(events) };
         for link in rtnetlink::links().map_err(Error::Links)? {
             hooks.attach(ebpf, &link)?;
@@ -107,19 +130,24 @@ impl Hooks {
         let mut iface = Iface { name: link.name.clone(), links: Vec::new(), clsact_ours: false };
         if self.netlink {
             iface.clsact_ours = rtnetlink::add_clsact(link.index).map_err(|e| fail(format!("adding clsact: {e}")))?;
+            if iface.clsact_ours {
+                record_clsact(link.index, &link.name, true);
+            }
         }
         // Recorded before attaching: a failure half-way still detaches what got attached.
         self.ifaces.insert(link.index, iface);
         for &(name, attach_type) in PROGRAMS {
             let prog = program(ebpf, name)?;
-            let options = if self.netlink {
-                TcAttachOptions::Netlink(NlOptions::default())
+            let id = if self.netlink {
+                let ours = NlOptions { priority: PRIORITY, handle: TcHandle::new(0, HANDLE), ..Default::default() };
+                // Priority 1 held by another tool's filter of another kind: where the kernel
+                // chooses (ahead of the first filter), with a handle it chooses.
+                prog.attach_with_options(&link.name, attach_type, TcAttachOptions::Netlink(ours))
+                    .or_else(|_| prog.attach_with_options(&link.name, attach_type, TcAttachOptions::Netlink(NlOptions::default())))
             } else {
-                TcAttachOptions::TcxOrder(LinkOrder::default())
-            };
-            let id = prog
-                .attach_with_options(&link.name, attach_type, options)
-                .map_err(|e| fail(format!("{name}: {e}")))?;
+                prog.attach_with_options(&link.name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            }
+            .map_err(|e| fail(format!("{name}: {e}")))?;
             let owned = prog.take_link(id).map_err(|e| fail(format!("{name}: {e}")))?;
             if let Some(i) = self.ifaces.get_mut(&link.index) {
                 i.links.push(owned);
@@ -146,7 +174,7 @@ impl Hooks {
                             if let Some(mut i) = self.ifaces.remove(&link.index) {
                                 i.links.clear();
                                 if i.clsact_ours {
-                                    let _ = rtnetlink::del_clsact(link.index);
+                                    remove_our_clsact(link.index, &link.name);
                                 }
                                 i.clsact_ours = false;
                             }
@@ -157,6 +185,9 @@ impl Hooks {
                 LinkEvent::Deleted(link) => {
                     if let Some(mut iface) = self.ifaces.remove(&link.index) {
                         // Its filters and qdisc went with it; detaching would only fail.
+                        if iface.clsact_ours {
+                            record_clsact(link.index, &iface.name, false);
+                        }
                         iface.clsact_ours = false;
                         for l in iface.links.drain(..) {
                             std::mem::forget(l);
@@ -177,13 +208,89 @@ impl Hooks {
 impl Drop for Hooks {
     fn drop(&mut self) {
         for (index, mut iface) in std::mem::take(&mut self.ifaces) {
-            // Filters first, then the qdisc they hung on (only ours).
+            // Filters first, then the qdisc they hung on (only ours, only if empty).
             iface.links.clear();
-            if iface.clsact_ours
-                && let Err(e) = rtnetlink::del_clsact(index)
-            {
-                tracing::warn!("removing the clsact qdisc d8-trace added to {}: {e}", iface.name);
+            if iface.clsact_ours {
+                remove_our_clsact(index, &iface.name);
             }
         }
     }
+}
+
+fn record_path(ifindex: u32, ifname: &str) -> Option<std::path::PathBuf> {
+    Some(std::path::Path::new(RECORDS).join(format!("{}-{ifindex}-{ifname}", crate::kernel::netns_inode()?)))
+}
+
+/// Notes (`added`) or forgets that d8-trace added the clsact qdisc of an interface.
+fn record_clsact(ifindex: u32, ifname: &str, added: bool) {
+    let Some(path) = record_path(ifindex, ifname) else { return };
+    if added {
+        let _ = std::fs::create_dir_all(RECORDS);
+        if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+            tracing::warn!("could not record the clsact qdisc added to {ifname} ({}): {e}", path.display());
+        }
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes the clsact qdisc d8-trace added to an interface, unless another tool's filters were
+/// attached to it meanwhile (removing it would take them along): then it stays, and says so.
+fn remove_our_clsact(ifindex: u32, ifname: &str) {
+    let others: usize = [rtnetlink::CLSACT_INGRESS, rtnetlink::CLSACT_EGRESS]
+        .iter()
+        .map(|p| rtnetlink::filters(ifindex, *p).map(|f| f.len()).unwrap_or(0))
+        .sum();
+    if others > 0 {
+        tracing::info!("left the clsact qdisc d8-trace added to {ifname}: {others} filters of other tools hang on it");
+    } else if let Err(e) = rtnetlink::del_clsact(ifindex) {
+        tracing::warn!("removing the clsact qdisc d8-trace added to {ifname}: {e}");
+        return;
+    }
+    record_clsact(ifindex, ifname, false);
+}
+
+/// Removes, in the current network namespace, what a d8-trace that was killed left attached:
+/// its netlink filters (programs named `d8_tc_*` that no live process holds; a running
+/// d8-trace's filters stay), and the clsact qdiscs it had added once nothing hangs on them.
+/// Returns one line per thing removed.
+pub fn remove_stale() -> std::io::Result<Vec<String>> {
+    // Read once, and only if a d8 filter is found: it walks every process's fds.
+    let mut held: Option<std::collections::HashSet<u32>> = None;
+    let mut removed = Vec::new();
+    for link in rtnetlink::links()? {
+        for (parent, dir) in [(rtnetlink::CLSACT_INGRESS, "ingress"), (rtnetlink::CLSACT_EGRESS, "egress")] {
+            for f in rtnetlink::filters(link.index, parent)? {
+                let ours = f.kind == "bpf" && f.bpf_name.as_deref().is_some_and(|n| n.starts_with("d8_tc_"));
+                if !ours {
+                    continue;
+                }
+                let held = held.get_or_insert_with(crate::kernel::held_program_ids);
+                if f.bpf_id.is_some_and(|id| !held.contains(&id)) {
+                    rtnetlink::del_filter(&f)?;
+                    removed.push(format!(
+                        "filter {} (program id {}) at {} {dir}",
+                        f.bpf_name.as_deref().unwrap_or_default(),
+                        f.bpf_id.unwrap_or_default(),
+                        link.name
+                    ));
+                }
+            }
+        }
+        if let Some(path) = record_path(link.index, &link.name)
+            && let Ok(pid) = std::fs::read_to_string(&path)
+        {
+            // A live d8-trace's own qdisc stays; a dead one's goes once no filter hangs on it.
+            let alive = pid.trim().parse::<i32>().is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            let empty = [rtnetlink::CLSACT_INGRESS, rtnetlink::CLSACT_EGRESS]
+                .iter()
+                .all(|p| rtnetlink::filters(link.index, *p).is_ok_and(|f| f.is_empty()));
+            if !alive && empty {
+                rtnetlink::del_clsact(link.index)?;
+                let _ = std::fs::remove_file(&path);
+                removed.push(format!("clsact qdisc on {}", link.name));
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -450,3 +450,70 @@ fn tc_foreign_filters_see_every_packet() {
     check("with d8-trace (the kernel's own attach: tcx from 6.6, else netlink)", Some(&[]));
     check("with d8-trace (netlink filters on the same clsact)", Some(&[("D8_TC_NETLINK", "1")]));
 }
+
+/// Runs `cmd` in the lab node's namespace; panics with its stderr if it fails.
+fn in_node(lab: &Lab, cmd: &str) {
+    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", cmd]).output().expect("ip netns exec");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A foreign u32 filter (mirror to a device that is down, then continue) on `dev` ingress, on a
+/// clsact the test adds: another tool's, which d8-trace must leave alone.
+fn foreign_filter(lab: &Lab, dev: &str) {
+    in_node(lab, &format!("ip link show d8cnt0 >/dev/null 2>&1 || ip link add d8cnt0 type veth peer name d8cnt1; tc qdisc add dev {dev} clsact; tc filter add dev {dev} ingress pref 20 protocol all u32 match u32 0 0 action mirred egress mirror dev d8cnt0 continue"));
+}
+
+/// A d8-trace killed with SIGKILL cannot detach its netlink filters; the next one started in the
+/// namespace removes them (and the clsact qdiscs the killed one added), and so does `d8-trace
+/// cleanup`; another tool's filter stays. Each time the node ends as it was before.
+#[test]
+fn tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup() {
+    let lab = lab(ProxyMode::Iptables);
+    foreign_filter(&lab, "ext0");
+    let tracefs = || std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().contains(" /sys/kernel/tracing tracefs ");
+    let tracefs_before = tracefs();
+    let before = node_tc_state(&lab, &[]);
+    assert!(!before.contains("d8_tc_") && before.contains("u32"), "{before}");
+    let netlink = [("D8_TC_NETLINK", "1")];
+    let kill = || {
+        let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), &netlink);
+        trace.signal(libc::SIGKILL);
+        let done = trace.finish(Duration::from_secs(10));
+        assert!(!done.status.success(), "killed");
+        let residue = node_tc_state(&lab, &[]);
+        assert!(residue.contains("d8_tc_ingress") && residue.contains("d8_tc_egress"), "SIGKILL leaves the filters:\n{residue}");
+    };
+
+    kill();
+    let next = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), &netlink);
+    next.signal(libc::SIGINT);
+    let done = next.finish(Duration::from_secs(15));
+    assert!(done.stderr.contains("removed what an earlier d8-trace left: filter d8_tc_"), "{}", done.stderr);
+    done.report();
+    assert_eq!(node_tc_state(&lab, &[]), before, "after the next start and its normal exit");
+
+    kill();
+    let out = d8_tests::run::run_to_end(&["cleanup", "--netns", lab.node_ns()]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("removed filter d8_tc_ingress") && out.stdout.contains("removed clsact qdisc on"), "{}", out.stdout);
+    assert_eq!(node_tc_state(&lab, &[]), before, "after cleanup");
+    assert_eq!(tracefs(), tracefs_before, "the tracefs mount of the killed d8-trace is gone too");
+    let out = d8_tests::run::run_to_end(&["cleanup", "--netns", lab.node_ns()]);
+    assert_eq!(out.stdout.trim(), "nothing left by an earlier d8-trace", "{}", out.stderr);
+}
+
+/// A clsact qdisc d8-trace added stays when another tool hung a filter on it meanwhile: removing
+/// it would take that filter along.
+#[test]
+fn tc_keeps_its_clsact_when_another_tool_uses_it() {
+    let lab = lab(ProxyMode::Iptables);
+    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), &[("D8_TC_NETLINK", "1")]);
+    in_node(&lab, "ip link add d8cnt0 type veth peer name d8cnt1; tc filter add dev ext0 ingress pref 20 protocol all u32 match u32 0 0 action mirred egress mirror dev d8cnt0 continue");
+    trace.signal(libc::SIGINT);
+    let done = trace.finish(Duration::from_secs(15));
+    assert!(done.stderr.contains("left the clsact qdisc d8-trace added to ext0"), "{}", done.stderr);
+    done.report();
+    let after = node_tc_state(&lab, &[]);
+    assert!(after.contains("ext0 ingress") && after.contains("u32"), "the other tool's filter stays:\n{after}");
+    assert!(!after.contains("d8_tc_"), "{after}");
+}
