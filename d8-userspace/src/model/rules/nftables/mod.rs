@@ -2008,8 +2008,8 @@ fn detect_layout(t: &Table<'_>) -> Option<Layout> {
 mod tests {
     use super::*;
 
-    const LAYOUT_A: &str = include_str!("../../../testdata/rules/nft-layout-A.json");
-    const LAYOUT_B: &str = include_str!("../../../testdata/rules/nft-layout-B.json");
+    const LAYOUT_A: &str = include_str!("../../../../testdata/rules/nft-layout-A.json");
+    const LAYOUT_B: &str = include_str!("../../../../testdata/rules/nft-layout-B.json");
 
     fn svc<'a>(p: &'a Parsed, ns_name: &str) -> &'a Service {
         p.services

@@ -1600,12 +1600,12 @@ impl<'d> Builder<'d> {
 mod tests {
     use super::*;
 
-    const NFT_SAVE: &str = include_str!("../../../testdata/rules/iptables-nft.save");
-    const LEGACY_SAVE: &str = include_str!("../../../testdata/rules/iptables-legacy.save");
-    const COUNTERS_SAVE: &str = include_str!("../../../testdata/rules/iptables-nft-counters.save");
-    const WARNING_SAVE: &str = include_str!("../../../testdata/rules/iptables-nft-with-legacy-warning.save");
-    const LARGE_SAVE: &str = include_str!("../../../testdata/rules/iptables-large-nft.save");
-    const INPUT_FORM: &str = include_str!("../../../testdata/rules/iptables-input.rules");
+    const NFT_SAVE: &str = include_str!("../../../../testdata/rules/iptables-nft.save");
+    const LEGACY_SAVE: &str = include_str!("../../../../testdata/rules/iptables-legacy.save");
+    const COUNTERS_SAVE: &str = include_str!("../../../../testdata/rules/iptables-nft-counters.save");
+    const WARNING_SAVE: &str = include_str!("../../../../testdata/rules/iptables-nft-with-legacy-warning.save");
+    const LARGE_SAVE: &str = include_str!("../../../../testdata/rules/iptables-large-nft.save");
+    const INPUT_FORM: &str = include_str!("../../../../testdata/rules/iptables-input.rules");
 
     fn svc<'a>(p: &'a Parsed, name: &str) -> &'a Service {
         let (sref, _) = split_port_name(name);
