@@ -7,16 +7,20 @@
 //! port (`names.rs`) when comments do not (`comment.rs`). It works on the indexed dump
 //! (`table.rs`), by chain name and in kube-proxy's order, never on text. Each rule a step
 //! understands is marked; the rest of kube-proxy's rules are reported as not understood.
+//!
+//! What it finds joins the model through [`Services`] (`rules::service`), shared with the other
+//! readers, so what counts as the same frontend or endpoint is decided in one place.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 
 use super::Parsed;
-use super::comment::{CommentKind, parse_comment, split_port_name};
+use super::comment::{CommentKind, parse_comment};
 use super::lex::{D_OR_S, D_SHORT, MATCH_SET, NTH, PROBABILITY, RCHECK, SECONDS, TO_DESTINATION, host_port};
 use super::table::{Dump, NO_CHAIN, Rule};
+use crate::model::rules::service::Services;
 use crate::model::rules::{FastMap, FastSet, names};
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, Service};
+use crate::model::{FrontendKind, Protocol, ProxyMode};
 
 /// Builds the Services of a read dump.
 pub(super) fn build(dump: &Dump<'_>) -> Parsed {
@@ -98,8 +102,7 @@ struct Builder<'d> {
     warnings: Vec<String>,
     /// Service-chain hash suffix -> port.
     owners: FastMap<String, PortKey>,
-    /// Keyed by `ns/name`, looked up without allocating (called per rule).
-    services: FastMap<String, Service>,
+    services: Services,
     v6: bool,
     node_port_any: bool,
     node_port_ips: Vec<IpAddr>,
@@ -120,7 +123,7 @@ impl<'d> Builder<'d> {
             understood: vec![false; dump.rules.len()],
             warnings: dump.warnings.clone(),
             owners: FastMap::default(),
-            services: FastMap::default(),
+            services: Services::default(),
             v6,
             node_port_any: false,
             node_port_ips: Vec::new(),
@@ -152,62 +155,6 @@ impl<'d> Builder<'d> {
     fn rules_by_id(&self, id: u32) -> impl Iterator<Item = &'d Rule<'d>> + use<'d> {
         let dump: &'d Dump<'d> = self.dump;
         dump.rules_by_id(id).iter().map(move |&i| &dump.rules[i as usize])
-    }
-
-    fn service<'n>(&mut self, n: &'n str) -> (&mut Service, &'n str) {
-        let (key, port) = n.split_once(':').unwrap_or((n, ""));
-        if !self.services.contains_key(key) {
-            let (sref, _) = split_port_name(n);
-            self.services.insert(key.to_string(), Service::new(sref));
-        }
-        let svc = self.services.get_mut(key).expect("inserted above");
-        svc.rules.present = true;
-        (svc, port)
-    }
-
-    fn add_frontend(
-        &mut self,
-        n: &str,
-        kind: FrontendKind,
-        ip: IpAddr,
-        port: u16,
-        protocol: Protocol,
-        rule: Option<RuleRef>,
-    ) {
-        let (svc, port_name) = self.service(n);
-        if let Some(f) = svc
-            .frontends
-            .iter_mut()
-            .find(|f| f.ip == ip && f.port == port && f.protocol == protocol)
-        {
-            // A filter REJECT/DROP for an address the nat table already named keeps the nat rule.
-            if f.rule.is_none() {
-                f.rule = rule;
-            }
-            return;
-        }
-        svc.frontends.push(Frontend {
-            kind,
-            ip,
-            port,
-            protocol,
-            port_name: port_name.to_string(),
-            rule,
-        });
-    }
-
-    fn add_chain(&mut self, n: &str, chain: &str) {
-        let (svc, _) = self.service(n);
-        if !svc.rules.chains.iter().any(|c| c == chain) {
-            svc.rules.chains.push(chain.to_string());
-        }
-    }
-
-    fn problem(&mut self, n: &str, msg: String) {
-        let (svc, _) = self.service(n);
-        if !svc.rules.problems.contains(&msg) {
-            svc.rules.problems.push(msg);
-        }
     }
 
     fn any_ip(&self) -> IpAddr {
@@ -245,11 +192,7 @@ impl<'d> Builder<'d> {
             None
         };
         Parsed {
-            services: {
-                let mut v: Vec<Service> = self.services.into_values().collect();
-                v.sort_by(|a, b| a.service.cmp(&b.service));
-                v
-            },
+            services: self.services.into_sorted(),
             warnings: self.warnings,
             rules_present,
             mode_hint,
@@ -354,7 +297,7 @@ impl<'d> Builder<'d> {
                 continue;
             };
             let proto = rule.protocol().unwrap_or(proto);
-            self.add_frontend(&n, kind, ip, port, proto, Some(rule.rule_ref()));
+            self.services.add_frontend(&n, kind, ip, port, proto, Some(rule.rule_ref()));
             self.ok(rule);
         }
     }
@@ -393,7 +336,7 @@ impl<'d> Builder<'d> {
                 // Localhost NodePorts: `-d 127.0.0.0/8` does not parse as a host; show 127.0.0.1.
                 None if rule.has(D_SHORT) => {
                     if !self.node_port_any {
-                        self.add_frontend(
+                        self.services.add_frontend(
                             &n,
                             FrontendKind::NodePort,
                             IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -403,10 +346,10 @@ impl<'d> Builder<'d> {
                         );
                     }
                 }
-                Some(ip) => self.add_frontend(&n, FrontendKind::NodePort, ip, port, proto, Some(rule.rule_ref())),
+                Some(ip) => self.services.add_frontend(&n, FrontendKind::NodePort, ip, port, proto, Some(rule.rule_ref())),
                 None => {
                     for ip in &addrs {
-                        self.add_frontend(&n, FrontendKind::NodePort, *ip, port, proto, Some(rule.rule_ref()));
+                        self.services.add_frontend(&n, FrontendKind::NodePort, *ip, port, proto, Some(rule.rule_ref()));
                     }
                 }
             }
@@ -441,26 +384,16 @@ impl<'d> Builder<'d> {
             let has_svl = dump.exists("nat", &svl_chain);
             let mut cluster: Vec<(IpAddr, u16)> = Vec::new();
             if dump.exists("nat", &svc_chain) {
-                self.add_chain(&n, &svc_chain);
+                self.services.add_chain(&n, &svc_chain);
                 cluster = self.read_dispatch_chain(&n, proto, &svc_chain, if has_svl { Some(false) } else { None });
             }
             if has_svl {
-                self.add_chain(&n, &svl_chain);
+                self.services.add_chain(&n, &svl_chain);
                 let local = self.read_dispatch_chain(&n, proto, &svl_chain, Some(true));
-                // Endpoints of the cluster chain that the local chain lacks are remote.
-                let (svc, port_name) = self.service(&n);
-                for e in svc
-                    .endpoints
-                    .iter_mut()
-                    .filter(|e| e.port_name == port_name && e.protocol == proto)
-                {
-                    if cluster.contains(&(e.ip, e.port)) && !local.contains(&(e.ip, e.port)) {
-                        e.local = Some(false);
-                    }
-                }
+                self.services.mark_remote(&n, proto, &cluster, &local);
             }
             if dump.exists("nat", &ext_chain) {
-                self.add_chain(&n, &ext_chain);
+                self.services.add_chain(&n, &ext_chain);
                 for rule in self.rules_of("nat", &ext_chain) {
                     match rule.target() {
                         Some("KUBE-MARK-MASQ") => self.ok(rule),
@@ -470,15 +403,12 @@ impl<'d> Builder<'d> {
                 }
             }
             if dump.exists("nat", &fw_chain) {
-                self.add_chain(&n, &fw_chain);
+                self.services.add_chain(&n, &fw_chain);
                 for rule in self.rules_of("nat", &fw_chain) {
                     let target = rule.target();
                     if target == Some(ext_chain.as_str()) {
                         if let Some(src) = rule.src().filter(|o| !o.negated).and_then(|o| o.arg()).map(str::to_string) {
-                            let (svc, _) = self.service(&n);
-                            if !svc.rules.source_ranges.contains(&src) {
-                                svc.rules.source_ranges.push(src);
-                            }
+                            self.services.add_source_range(&n, src);
                         }
                         self.ok(rule);
                     } else if target.is_none() {
@@ -508,7 +438,7 @@ impl<'d> Builder<'d> {
             } else if target.starts_with("KUBE-SEP-") {
                 if rule.has(RCHECK) {
                     let secs = rule.arg(SECONDS).and_then(|s| s.parse::<u32>().ok());
-                    let (svc, _) = self.service(n);
+                    let (svc, _) = self.services.port(n);
                     svc.rules.affinity_timeout_secs = secs.or(svc.rules.affinity_timeout_secs);
                     affinity_seps.push(target);
                 } else {
@@ -534,7 +464,7 @@ impl<'d> Builder<'d> {
         if dispatch.is_empty() {
             // kube-proxy writes REJECT rules instead of an empty chain: this one lets traffic
             // through untranslated.
-            self.problem(
+            self.services.add_problem(
                 n,
                 format!("{chain} jumps to no KUBE-SEP chain: connections sent to it are not translated"),
             );
@@ -542,13 +472,13 @@ impl<'d> Builder<'d> {
         self.check_probabilities(n, chain, &dispatch);
         {
             // One endpoint and one chain per dispatch rule (the chain was added by the caller).
-            let (svc, _) = self.service(n);
+            let (svc, _) = self.services.port(n);
             svc.endpoints.reserve(dispatch.len());
             svc.rules.chains.reserve(dispatch.len());
         }
         for sep in &affinity_seps {
             if !dispatch.iter().any(|d| &d.sep == sep) {
-                self.problem(
+                self.services.add_problem(
                     n,
                     format!("{chain}: affinity rule for {sep}, which the chain never dispatches to"),
                 );
@@ -563,7 +493,7 @@ impl<'d> Builder<'d> {
             let weight = remaining * p;
             remaining *= 1.0 - p;
             if !seen.insert(d.sep) {
-                self.problem(n, format!("{chain} jumps to {} more than once", d.sep));
+                self.services.add_problem(n, format!("{chain} jumps to {} more than once", d.sep));
                 continue;
             }
             if let Some(ep) = self.read_sep(n, proto, d.sep, d.rule, weight, local) {
@@ -579,7 +509,7 @@ impl<'d> Builder<'d> {
             let last = i + 1 == count;
             let expected = 1.0 / (count - i) as f64;
             match (d.probability, last) {
-                (None, false) => self.problem(
+                (None, false) => self.services.add_problem(
                     n,
                     format!(
                         "{chain}: rule {} of {count} (to {}) has no probability, so the {} endpoint(s) after it are never chosen",
@@ -588,7 +518,7 @@ impl<'d> Builder<'d> {
                         count - i - 1
                     ),
                 ),
-                (Some(p), false) if (p - expected).abs() > 1e-4 => self.problem(
+                (Some(p), false) if (p - expected).abs() > 1e-4 => self.services.add_problem(
                     n,
                     format!(
                         "{chain}: rule {} of {count} (to {}) has probability {p}, expected 1/{} = {expected:.5}: the endpoint list and the probabilities disagree (an endpoint missing or added?)",
@@ -597,7 +527,7 @@ impl<'d> Builder<'d> {
                         count - i
                     ),
                 ),
-                (Some(p), true) if (p - 1.0).abs() > 1e-4 => self.problem(
+                (Some(p), true) if (p - 1.0).abs() > 1e-4 => self.services.add_problem(
                     n,
                     format!(
                         "{chain}: the last rule (to {}) has probability {p}, so some connections fall through the chain without DNAT",
@@ -626,7 +556,7 @@ impl<'d> Builder<'d> {
             return None;
         }
         self.referenced_seps[id as usize] = true;
-        self.add_chain(n, sep);
+        self.services.add_chain(n, sep);
         let mut dnat: Option<(&Rule<'_>, IpAddr, u16)> = None;
         for rule in self.rules_by_id(id) {
             match rule.target() {
@@ -646,7 +576,7 @@ impl<'d> Builder<'d> {
             }
         }
         let Some((rule, ip, port)) = dnat else {
-            self.problem(
+            self.services.add_problem(
                 n,
                 format!("{sep} has no DNAT rule: connections sent to it are not translated"),
             );
@@ -658,7 +588,7 @@ impl<'d> Builder<'d> {
             && let Some((_, to)) = c.split_once(" -> ")
             && to != hostport
         {
-            self.problem(
+            self.services.add_problem(
                 n,
                 format!("{}: comment says {to} but {sep} DNATs to {hostport}", from.chain),
             );
@@ -670,33 +600,8 @@ impl<'d> Builder<'d> {
                 format!("{sep} is not kube-proxy's chain name for \"{n}\" {proto} -> {hostport} (expected {expected})"),
             );
         }
-        let (svc, port_name) = self.service(n);
-        let rule_ref = rule.rule_ref();
-        match svc
-            .endpoints
-            .iter_mut()
-            .find(|e| e.ip == ip && e.port == port && e.protocol == proto && e.port_name == port_name)
-        {
-            Some(e) => {
-                if local == Some(true) {
-                    e.local = Some(true);
-                }
-            }
-            None => svc.endpoints.push(Endpoint {
-                ip,
-                port,
-                protocol: proto,
-                port_name: port_name.to_string(),
-                in_rules: true,
-                in_api: None,
-                ready: None,
-                local: if local == Some(true) { Some(true) } else { None },
-                node: None,
-                pod: None,
-                weight: if local == Some(true) { None } else { Some(weight) },
-                rule: Some(rule_ref),
-            }),
-        }
+        self.services
+            .add_dispatched(n, proto, ip, port, weight, local == Some(true), rule.rule_ref());
         Some((ip, port))
     }
 
@@ -724,14 +629,8 @@ impl<'d> Builder<'d> {
                 };
                 self.mode_iptables = true;
                 let rr = rule.rule_ref();
-                {
-                    let (svc, _) = self.service(n);
-                    if kind == CommentKind::NoEndpoints {
-                        svc.rules.no_endpoints.push(rr.clone());
-                    } else {
-                        svc.rules.no_local_endpoints.push(rr.clone());
-                    }
-                }
+                self.services
+                    .add_no_endpoints(n, kind == CommentKind::NoLocalEndpoints, rr.clone());
                 if let Some(ip) = rule.dst_ip() {
                     // KUBE-SERVICES holds ClusterIPs; KUBE-EXTERNAL-SERVICES external and LB IPs,
                     // which these rules do not tell apart: an address the nat table named keeps its kind.
@@ -740,7 +639,7 @@ impl<'d> Builder<'d> {
                     } else {
                         FrontendKind::ExternalIp
                     };
-                    self.add_frontend(n, kind, ip, port, proto, Some(rr));
+                    self.services.add_frontend(n, kind, ip, port, proto, Some(rr));
                 } else if rule.dst_type_local() {
                     let addrs: Vec<IpAddr> = if self.node_port_any || self.node_port_ips.is_empty() {
                         vec![self.any_ip()]
@@ -748,7 +647,7 @@ impl<'d> Builder<'d> {
                         self.node_port_ips.clone()
                     };
                     for ip in addrs {
-                        self.add_frontend(n, FrontendKind::NodePort, ip, port, proto, Some(rr.clone()));
+                        self.services.add_frontend(n, FrontendKind::NodePort, ip, port, proto, Some(rr.clone()));
                     }
                 }
                 self.ok(rule);
@@ -756,7 +655,7 @@ impl<'d> Builder<'d> {
         }
         for rule in self.rules_of("filter", "KUBE-PROXY-FIREWALL") {
             if let Some((n, CommentKind::Firewall)) = rule.comment().and_then(parse_comment) {
-                self.add_chain(n, "KUBE-PROXY-FIREWALL");
+                self.services.add_chain(n, "KUBE-PROXY-FIREWALL");
                 self.ok(rule);
             } else if rule.has(MATCH_SET) {
                 self.ok(rule);
@@ -787,7 +686,7 @@ impl<'d> Builder<'d> {
                 .and_then(|s| self.owners.get(s).map(|o| o.0.to_string()))
                 .or_else(|| rule.comment().and_then(parse_comment).map(|(n, _)| n.to_string()));
             match owner {
-                Some(n) => self.problem(&n, msg),
+                Some(n) => self.services.add_problem(&n, msg),
                 None => self.warn_rule(rule, msg),
             }
             self.ok(rule);

@@ -6,8 +6,6 @@
 //! changes between versions, kept apart from how rules are lexed (`lex.rs`) and what the builder
 //! makes of them (`build.rs`).
 
-use crate::model::ServiceRef;
-
 /// What a kube-proxy comment says about the rule carrying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CommentKind {
@@ -76,17 +74,4 @@ fn valid_port_name(n: &str) -> bool {
         && !n.contains(char::is_whitespace)
         && n.split_once('/')
             .is_some_and(|(ns, rest)| !ns.is_empty() && !rest.is_empty())
-}
-
-/// `ns/name:port` -> (ServiceRef, port name).
-pub(crate) fn split_port_name(n: &str) -> (ServiceRef, String) {
-    let (namespace, rest) = n.split_once('/').unwrap_or(("", n));
-    let (name, port) = rest.split_once(':').unwrap_or((rest, ""));
-    (
-        ServiceRef {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        },
-        port.to_string(),
-    )
 }

@@ -38,10 +38,11 @@
 //!
 //! The reader runs in stages, one file each: `lex.rs` splits a rule line into the options the model
 //! reads; `table.rs` reads the dump's tables, chains and rules and resolves jumps; `build.rs` reads
-//! kube-proxy's chains as Services, with kube-proxy's comments parsed by `comment.rs`. The cuts are
-//! where the data changes form (line, rule, dump, model): the first two run once per line of a dump
-//! that can hold 170,000 rules and are tuned for it; the last works by chain name and holds
-//! kube-proxy's design, so a change in kube-proxy's rules touches it alone.
+//! kube-proxy's chains as Services, with kube-proxy's comments parsed by `comment.rs` and the
+//! Services assembled by the steps all rule readers share (`rules::service`). The cuts are where
+//! the data changes form (line, rule, dump, model): the first two run once per line of a dump that
+//! can hold 170,000 rules and are tuned for it; the last works by chain name and holds kube-proxy's
+//! design, so a change in kube-proxy's rules touches it alone.
 
 mod build;
 mod comment;
@@ -52,7 +53,6 @@ mod tests;
 
 use std::net::IpAddr;
 
-pub(crate) use comment::split_port_name;
 use table::Dump;
 
 use crate::model::{ProxyMode, Service};

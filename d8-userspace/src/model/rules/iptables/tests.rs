@@ -10,6 +10,7 @@ use super::lex::*;
 use super::table::*;
 use super::*;
 use crate::model::rules::names;
+use crate::model::rules::service::service_ref;
 use crate::model::{Frontend, FrontendKind, Protocol, ProxyMode, Service};
 
 const NFT_SAVE: &str = include_str!("../../../../testdata/rules/iptables-nft.save");
@@ -20,7 +21,7 @@ const LARGE_SAVE: &str = include_str!("../../../../testdata/rules/iptables-large
 const INPUT_FORM: &str = include_str!("../../../../testdata/rules/iptables-input.rules");
 
 fn svc<'a>(p: &'a Parsed, name: &str) -> &'a Service {
-    let (sref, _) = split_port_name(name);
+    let sref = service_ref(name);
     p.services
         .iter()
         .find(|s| s.service == sref)

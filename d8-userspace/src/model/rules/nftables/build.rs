@@ -8,6 +8,9 @@
 //! elements, so it can walk chains by name in any order; the table stage before it reads the input
 //! once, in order. Each rule a step understands is marked, and the rest of kube-proxy's
 //! per-service rules are reported as not understood rather than dropped.
+//!
+//! What it finds joins the model through [`Services`] (`rules::service`), shared with the other
+//! readers, so what counts as the same frontend or endpoint is decided in one place.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -17,8 +20,9 @@ use super::json::J;
 use super::render::{render_elem, render_val};
 use super::table::{Table, ip_proto_port, proto_port, verdict_target};
 use super::{Layout, Parsed};
-use crate::model::rules::{FastMap, FastSet};
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, Service};
+use crate::model::rules::FastSet;
+use crate::model::rules::service::Services;
+use crate::model::{FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource};
 
 /// Builds the Services of an indexed table.
 pub(super) fn build(t: &Table<'_>) -> Parsed {
@@ -27,13 +31,7 @@ pub(super) fn build(t: &Table<'_>) -> Parsed {
 
 struct Builder<'t, 'a> {
     t: &'t Table<'a>,
-    /// In order of first mention.
-    services: Vec<Service>,
-    /// Indexes into `services`, keyed by `ns/name`.
-    service_ix: FastMap<String, usize>,
-    /// The key and index [`Builder::service`] answered last: consecutive calls are mostly for one
-    /// Service (its chains, then each endpoint), and comparing a short key is cheaper than hashing.
-    last_service: Option<(String, usize)>,
+    services: Services,
     warnings: Vec<String>,
     /// Rules some step understood, by [`NftRule::index`](super::table::NftRule::index).
     understood: Vec<bool>,
@@ -54,9 +52,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         };
         Self {
             t,
-            services: Vec::new(),
-            service_ix: FastMap::default(),
-            last_service: None,
+            services: Services::default(),
             warnings: t.warnings.clone(),
             understood: vec![false; t.rules.len()],
             referenced_endpoints: FastSet::default(),
@@ -67,80 +63,6 @@ impl<'t, 'a> Builder<'t, 'a> {
 
     fn warn(&mut self, msg: impl std::fmt::Display) {
         self.warnings.push(format!("{}: {msg}", self.t.source_name));
-    }
-
-    fn service<'n>(&mut self, port_key: &'n str) -> (&mut Service, &'n str) {
-        let (key, port) = port_key.split_once(':').unwrap_or((port_key, ""));
-        let ix = match &self.last_service {
-            Some((k, ix)) if k == key => *ix,
-            _ => {
-                let ix = match self.service_ix.get(key) {
-                    Some(&ix) => ix,
-                    None => {
-                        let (sref, _) = crate::model::rules::iptables::split_port_name(port_key);
-                        self.services.push(Service::new(sref));
-                        self.service_ix.insert(key.to_string(), self.services.len() - 1);
-                        self.services.len() - 1
-                    }
-                };
-                match &mut self.last_service {
-                    Some((k, i)) => {
-                        k.clear();
-                        k.push_str(key);
-                        *i = ix;
-                    }
-                    None => self.last_service = Some((key.to_string(), ix)),
-                }
-                ix
-            }
-        };
-        let svc = &mut self.services[ix];
-        svc.rules.present = true;
-        (svc, port)
-    }
-
-    fn add_chain(&mut self, port_key: &str, chain: &str) {
-        let (svc, _) = self.service(port_key);
-        if !svc.rules.chains.iter().any(|c| c == chain) {
-            svc.rules.chains.push(chain.to_string());
-        }
-    }
-
-    fn problem(&mut self, port_key: &str, msg: String) {
-        let (svc, _) = self.service(port_key);
-        if !svc.rules.problems.contains(&msg) {
-            svc.rules.problems.push(msg);
-        }
-    }
-
-    fn add_frontend(
-        &mut self,
-        port_key: &str,
-        kind: FrontendKind,
-        ip: IpAddr,
-        port: u16,
-        protocol: Protocol,
-        rule: RuleRef,
-    ) {
-        let (svc, port_name) = self.service(port_key);
-        if let Some(f) = svc
-            .frontends
-            .iter_mut()
-            .find(|f| f.ip == ip && f.port == port && f.protocol == protocol)
-        {
-            if f.rule.is_none() {
-                f.rule = Some(rule);
-            }
-            return;
-        }
-        svc.frontends.push(Frontend {
-            kind,
-            ip,
-            port,
-            protocol,
-            port_name: port_name.to_string(),
-            rule: Some(rule),
-        });
     }
 
     fn map_ref(&self, map: &str, key: &J<'_>, value: &J<'_>, comment: &Option<Cow<'_, str>>) -> RuleRef {
@@ -220,7 +142,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                     self.no_endpoint_fact(&owner, value, rr.clone());
                 }
                 self.check_target(&owner, map, target);
-                self.add_frontend(&owner, kind, ip, port, proto, rr);
+                self.services.add_frontend(&owner, kind, ip, port, proto, Some(rr));
             }
         }
         for map in ["service-nodeports", "no-endpoint-nodeports"] {
@@ -240,7 +162,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 }
                 self.check_target(&owner, map, target);
                 for ip in &np_addrs {
-                    self.add_frontend(&owner, FrontendKind::NodePort, *ip, port, proto, rr.clone());
+                    self.services.add_frontend(&owner, FrontendKind::NodePort, *ip, port, proto, Some(rr.clone()));
                 }
             }
         }
@@ -265,28 +187,19 @@ impl<'t, 'a> Builder<'t, 'a> {
             let local_name = format!("local-{}", &name["service-".len()..]);
             let has_local = t.chains.contains_key(local_name.as_str());
             let key = cn.port_key();
-            self.add_chain(&key, name);
+            self.services.add_chain(&key, name);
             let cluster = self.read_dispatch(&key, cn.protocol, name, if has_local { Some(false) } else { None });
             if has_local {
-                self.add_chain(&key, &local_name);
+                self.services.add_chain(&key, &local_name);
                 let local = self.read_dispatch(&key, cn.protocol, &local_name, Some(true));
-                let (svc, port_name) = self.service(&key);
-                for e in svc
-                    .endpoints
-                    .iter_mut()
-                    .filter(|e| e.port_name == port_name && e.protocol == cn.protocol)
-                {
-                    if cluster.contains(&(e.ip, e.port)) && !local.contains(&(e.ip, e.port)) {
-                        e.local = Some(false);
-                    }
-                }
+                self.services.mark_remote(&key, cn.protocol, &cluster, &local);
             }
         }
         for (name, cn) in &names {
             match cn.prefix {
                 "external" => {
                     let key = cn.port_key();
-                    self.add_chain(&key, name);
+                    self.services.add_chain(&key, name);
                     for rule in t.chain_rules(&t.chains[*name]) {
                         // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
                         if !t.targets(rule).is_empty() {
@@ -296,15 +209,12 @@ impl<'t, 'a> Builder<'t, 'a> {
                 }
                 "firewall" => {
                     let key = cn.port_key();
-                    self.add_chain(&key, name);
+                    self.services.add_chain(&key, name);
                     for rule in t.chain_rules(&t.chains[*name]) {
-                        let ranges = rule.saddr_ranges().to_vec();
+                        let ranges = rule.saddr_ranges();
                         if !ranges.is_empty() {
-                            let (svc, _) = self.service(&key);
                             for r in ranges {
-                                if !svc.rules.source_ranges.contains(&r) {
-                                    svc.rules.source_ranges.push(r);
-                                }
+                                self.services.add_source_range(&key, r.clone());
                             }
                             self.understood[rule.index] = true;
                         }
@@ -324,11 +234,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         self.report_not_understood();
         let layout = detect_layout(t);
         Parsed {
-            services: {
-                let mut v: Vec<Service> = self.services;
-                v.sort_by(|a, b| a.service.cmp(&b.service));
-                v
-            },
+            services: self.services.into_sorted(),
             warnings: self.warnings,
             rules_present: true,
             mode_hint: Some(ProxyMode::Nftables),
@@ -338,27 +244,23 @@ impl<'t, 'a> Builder<'t, 'a> {
         }
     }
 
+    /// A `no-endpoint-*` element: `drop` for a Local traffic policy without local endpoints, else
+    /// `goto reject-chain` (or a literal reject).
     fn no_endpoint_fact(&mut self, owner: &str, value: &J<'_>, rr: RuleRef) {
-        let (svc, _) = self.service(owner);
-        if value.get("drop").is_some() {
-            svc.rules.no_local_endpoints.push(rr);
-        } else {
-            // `goto reject-chain` (or a literal reject).
-            svc.rules.no_endpoints.push(rr);
-        }
+        self.services.add_no_endpoints(owner, value.get("drop").is_some(), rr);
     }
 
     fn check_target(&mut self, owner: &str, map: &str, target: Option<&str>) {
         let Some(tg) = target else { return };
         match self.t.chains.get(tg) {
-            None => self.problem(
+            None => self.services.add_problem(
                 owner,
                 format!("map {map} sends traffic to chain {tg}, which does not exist"),
             ),
             // kube-proxy flushes a stale chain before deleting it; a map still pointing at it
             // lets traffic through untranslated.
             Some(c) if !c.has_rules() && tg != "reject-chain" => {
-                self.problem(owner, format!("map {map} sends traffic to chain {tg}, which is empty"))
+                self.services.add_problem(owner, format!("map {map} sends traffic to chain {tg}, which is empty"))
             }
             Some(_) => {}
         }
@@ -380,7 +282,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 let mut idx: Vec<u64> = entries.iter().map(|e| e.0).collect();
                 idx.sort_unstable();
                 if modulo as usize != entries.len() || idx.iter().enumerate().any(|(i, &x)| i as u64 != x) {
-                    self.problem(
+                    self.services.add_problem(
                         key,
                         format!(
                             "{chain}: numgen random mod {modulo} with {} entries (indexes {:?}): some packets match no endpoint, or endpoints are never chosen",
@@ -392,7 +294,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
                 if local != Some(true) {
                     // Room for this port's endpoints at once (a `local-` chain's are among them).
-                    self.service(key).0.endpoints.reserve(entries.len());
+                    self.services.port(key).0.endpoints.reserve(entries.len());
                 }
                 for (_, ep_chain) in entries {
                     if let Some(ep) = self.read_endpoint(key, proto, ep_chain.as_ref(), weight, local) {
@@ -404,24 +306,24 @@ impl<'t, 'a> Builder<'t, 'a> {
                 self.understood[rule.index] = true;
                 dispatched = true;
                 if modulo as usize != eps.len() {
-                    self.problem(
+                    self.services.add_problem(
                         key,
                         format!("{chain}: numgen random mod {modulo} with {} DNAT targets", eps.len()),
                     );
                 }
                 let weight = if modulo > 0 { 1.0 / modulo as f64 } else { 0.0 };
                 if local != Some(true) {
-                    self.service(key).0.endpoints.reserve(eps.len());
+                    self.services.port(key).0.endpoints.reserve(eps.len());
                 }
                 for (ip, port) in eps {
-                    self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref(t));
+                    self.services.add_dispatched(key, proto, ip, port, weight, local == Some(true), rule.rule_ref(t));
                     found.push((ip, port));
                 }
             } else if let Some((ip, port)) = rule.dnat {
                 // Single-endpoint services without numgen (#140723).
                 self.understood[rule.index] = true;
                 dispatched = true;
-                self.push_endpoint(key, proto, ip, port, 1.0, local, rule.rule_ref(t));
+                self.services.add_dispatched(key, proto, ip, port, 1.0, local == Some(true), rule.rule_ref(t));
                 found.push((ip, port));
             } else if tg.iter().any(|x| x == "mark-for-masquerade") {
                 self.understood[rule.index] = true;
@@ -430,7 +332,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 self.understood[rule.index] = true;
                 let set = rule.match_set();
                 if let Some(secs) = set.and_then(|s| t.sets.get(s)).and_then(|s| s.timeout_secs) {
-                    let (svc, _) = self.service(key);
+                    let (svc, _) = self.services.port(key);
                     svc.rules.affinity_timeout_secs = u32::try_from(secs).ok();
                 } else {
                     self.warn(format!(
@@ -446,7 +348,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             }
         }
         if !dispatched && c.has_rules() {
-            self.problem(key, format!("{chain} has no endpoint dispatch (numgen vmap or dnat)"));
+            self.services.add_problem(key, format!("{chain} has no endpoint dispatch (numgen vmap or dnat)"));
         }
         found
     }
@@ -462,7 +364,7 @@ impl<'t, 'a> Builder<'t, 'a> {
         let t = self.t;
         let (k, c) = t.chains.get_key_value(chain)?; // missing: check_all_jumps reports it
         self.referenced_endpoints.insert(key_id(k));
-        self.add_chain(key, chain);
+        self.services.add_chain(key, chain);
         let mut target = None;
         for rule in t.chain_rules(c) {
             if let Some(d) = rule.dnat {
@@ -478,7 +380,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             }
         }
         let Some(((ip, port), rule)) = target else {
-            self.problem(
+            self.services.add_problem(
                 key,
                 format!("{chain} has no dnat rule: connections sent to it are not translated"),
             );
@@ -488,55 +390,13 @@ impl<'t, 'a> Builder<'t, 'a> {
             && let Some((nip, nport)) = cn.endpoint()
             && (nip, nport) != (ip, port)
         {
-            self.problem(
+            self.services.add_problem(
                 key,
                 format!("{chain} is named for {nip}:{nport} but DNATs to {ip}:{port}"),
             );
         }
-        self.push_endpoint(key, proto, ip, port, weight, local, rule.rule_ref(t));
+        self.services.add_dispatched(key, proto, ip, port, weight, local == Some(true), rule.rule_ref(t));
         Some((ip, port))
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one call site per dispatch form; a struct would only rename them"
-    )]
-    fn push_endpoint(
-        &mut self,
-        key: &str,
-        proto: Protocol,
-        ip: IpAddr,
-        port: u16,
-        weight: f64,
-        local: Option<bool>,
-        rule: RuleRef,
-    ) {
-        let (svc, port_name) = self.service(key);
-        match svc
-            .endpoints
-            .iter_mut()
-            .find(|e| e.ip == ip && e.port == port && e.protocol == proto && e.port_name == port_name)
-        {
-            Some(e) => {
-                if local == Some(true) {
-                    e.local = Some(true);
-                }
-            }
-            None => svc.endpoints.push(Endpoint {
-                ip,
-                port,
-                protocol: proto,
-                port_name: port_name.to_string(),
-                in_rules: true,
-                in_api: None,
-                ready: None,
-                local: if local == Some(true) { Some(true) } else { None },
-                node: None,
-                pod: None,
-                weight: if local == Some(true) { None } else { Some(weight) },
-                rule: Some(rule),
-            }),
-        }
     }
 
     /// Every goto/jump must land on a chain of the table. The rules are scanned in table order and
@@ -566,7 +426,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 t.text(&t.rules[index])
             );
             match CName::parse(name).or_else(|| CName::parse(target)) {
-                Some(cn) => self.problem(&cn.port_key(), msg),
+                Some(cn) => self.services.add_problem(&cn.port_key(), msg),
                 None => self.warn(msg),
             }
         }

@@ -33,7 +33,8 @@
 //! - `json.rs`, lexing: the text into borrowed JSON trees, one top-level object at a time;
 //! - `table.rs`, objects: kube-proxy's chains, rules (reduced to the facts the model needs and
 //!   rendered by `render.rs`) and sets, with each chain's rules indexed;
-//! - `build.rs`, building: the table read as Services, chain names parsed by `chain_name.rs`.
+//! - `build.rs`, building: the table read as Services, chain names parsed by `chain_name.rs`; the
+//!   Services are assembled by the steps all rule readers share (`rules::service`).
 //!
 //! The cuts are where the data changes form (text, JSON tree, table, model), so each stage can be
 //! read, tested and tuned without the others: the first two run once per object of a ~45 MB input
