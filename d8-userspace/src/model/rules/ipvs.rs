@@ -25,7 +25,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, RuleRef, RuleSource, Service, ServiceRef};
+use crate::model::rules::service::{self, RuleEndpoint};
+use crate::model::{Frontend, FrontendKind, Protocol, RuleRef, RuleSource, Service, ServiceRef};
 
 /// kube-proxy's scheduler probe (§2.1): created and deleted at start; not a Service.
 const PROBE_VS: &str = "198.51.100.0:20000";
@@ -300,41 +301,25 @@ pub fn join(virtual_servers: &[VirtualServer], known: &[(ServiceRef, Vec<Fronten
         }
         svc.rules.problems.extend(vs.problems.iter().cloned());
         for rs in &vs.real_servers {
-            let weight = f64::from(rs.weight);
-            match svc.endpoints.iter_mut().find(|e| {
-                e.ip == rs.addr.ip() && e.port == rs.addr.port() && e.protocol == proto && e.port_name == fe.port_name
-            }) {
-                // The same pod behind the ClusterIP and NodePort servers: keep the lowest weight, so a
-                // draining server anywhere shows.
-                Some(e) => {
-                    if e.weight.is_some_and(|w| weight < w) {
-                        e.weight = Some(weight);
-                        e.rule = Some(rs_ref(vs, rs));
-                    }
+            let found = RuleEndpoint {
+                ip: rs.addr.ip(),
+                port: rs.addr.port(),
+                protocol: proto,
+                port_name: &fe.port_name,
+                weight: Some(f64::from(rs.weight)),
+                local: None,
+                rule: rs_ref(vs, rs),
+            };
+            // The same pod behind the ClusterIP and NodePort servers: keep the lowest weight, so a
+            // draining server anywhere shows.
+            service::add_endpoint(svc, found, |e, again| {
+                if e.weight.is_some_and(|w| again.weight.is_some_and(|x| x < w)) {
+                    e.weight = again.weight;
+                    e.rule = Some(again.rule);
                 }
-                None => svc.endpoints.push(Endpoint {
-                    ip: rs.addr.ip(),
-                    port: rs.addr.port(),
-                    protocol: proto,
-                    port_name: fe.port_name.clone(),
-                    in_rules: true,
-                    in_api: None,
-                    ready: None,
-                    local: None,
-                    node: None,
-                    pod: None,
-                    weight: Some(weight),
-                    rule: Some(rs_ref(vs, rs)),
-                }),
-            }
+            });
         }
-        if !svc
-            .frontends
-            .iter()
-            .any(|f| f.ip == fe.ip && f.port == fe.port && f.protocol == fe.protocol)
-        {
-            svc.frontends.push(fe);
-        }
+        service::add_frontend(svc, &fe.port_name, fe.kind, fe.ip, fe.port, fe.protocol, fe.rule);
     }
     services.into_values().collect()
 }
@@ -428,6 +413,7 @@ pub fn notes(virtual_servers: &[VirtualServer]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Endpoint;
 
     const IPVSADM: &str = include_str!("../../../testdata/rules/ipvsadm-Ln.txt");
     const PROC: &str = include_str!("../../../testdata/rules/proc-net-ip_vs.txt");

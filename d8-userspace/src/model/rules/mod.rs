@@ -4,6 +4,9 @@
 //! - [`nftables`]: `nft -j list table ip kube-proxy` JSON (nftables mode).
 //! - [`ipvs`]: `ipvsadm -Ln` and `/proc/net/ip_vs` text (IPVS mode), joined to Services by address.
 //! - [`names`]: kube-proxy's chain-name hashes.
+//! - `service`: what the three share to turn what they found into [`Service`]s: the one place
+//!   an [`Endpoint`](crate::model::Endpoint) is written from the rules, when two findings are the
+//!   same frontend or endpoint, and (iptables, nftables) the Services looked up by port key.
 //!
 //! The parsers are pure (`&str` in, values out). Only the functions here run commands, in the
 //! *current* network namespace (the caller has entered the node's):
@@ -29,6 +32,7 @@ pub mod iptables;
 pub mod ipvs;
 pub mod names;
 pub mod nftables;
+mod service;
 
 use crate::error_chain;
 use std::collections::BTreeMap;
