@@ -323,7 +323,13 @@ mod tests {
         assert!(bits.len() > 5_500, "{} distinct bits for {n} targets", bits.len());
         // The same destination on another port or protocol is another bit.
         let a = v4(10, 96, 0, 10);
-        assert_ne!(target_filter::bit(&a, 53u16.to_be(), 17), target_filter::bit(&a, 53u16.to_be(), 6));
-        assert_ne!(target_filter::bit(&a, 80u16.to_be(), 6), target_filter::bit(&a, 81u16.to_be(), 6));
+        assert_ne!(
+            target_filter::bit(&a, 53u16.to_be(), 17),
+            target_filter::bit(&a, 53u16.to_be(), 6)
+        );
+        assert_ne!(
+            target_filter::bit(&a, 80u16.to_be(), 6),
+            target_filter::bit(&a, 81u16.to_be(), 6)
+        );
     }
 }

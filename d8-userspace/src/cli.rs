@@ -22,7 +22,12 @@ use crate::{
 /// Exit codes: 0 ran and printed a verdict, 2 usage error (bad flags, unknown Service),
 /// 3 environment error (not root, kernel or BTF unsupported, missing tools).
 #[derive(Debug, Parser)]
-#[command(name = "d8-trace", version, args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+#[command(
+    name = "d8-trace",
+    version,
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -120,7 +125,6 @@ pub struct Selection {
     #[arg(long, value_enum, default_value_t = Hooks::Auto, global = true)]
     pub hooks: Hooks,
 }
-
 
 /// The incident mode: `d8-trace --svc NS/NAME[:PORT]`.
 #[derive(Debug, Clone, Args)]
@@ -222,9 +226,16 @@ impl Selection {
         } else if let Some(path) = &self.k8s_snapshot {
             k8s::Source::Snapshot(path.clone())
         } else {
-            k8s::Source::Live { kubeconfig: self.kubeconfig.clone() }
+            k8s::Source::Live {
+                kubeconfig: self.kubeconfig.clone(),
+            }
         };
-        trace::Scope { netns: self.netns.clone(), api, node: self.node.clone(), hooks: self.hooks.into() }
+        trace::Scope {
+            netns: self.netns.clone(),
+            api,
+            node: self.node.clone(),
+            hooks: self.hooks.into(),
+        }
     }
 }
 
@@ -239,7 +250,8 @@ impl LogArgs {
             (false, 1) => "debug",
             (false, _) => "trace",
         };
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error")));
+        let filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error")));
         let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
         let _ = match self.log_format {
             LogFormat::Text => builder.event_format(PlainLines).try_init(),
@@ -317,7 +329,10 @@ mod tests {
         assert!(cli.command.is_none());
         let t = cli.trace;
         assert_eq!(t.svc.unwrap().service.to_string(), "default/web");
-        assert_eq!((t.duration, t.output, t.reply_timeout, t.ring_buffer_kib), (None, Output::Text, 3, 1024));
+        assert_eq!(
+            (t.duration, t.output, t.reply_timeout, t.ring_buffer_kib),
+            (None, Output::Text, 3, 1024)
+        );
         assert_eq!(t.selection.hooks, Hooks::Auto);
         assert!(!t.selection.no_k8s);
     }
@@ -325,8 +340,19 @@ mod tests {
     #[test]
     fn trace_flags_long_and_short() {
         let cli = parse(&[
-            "--svc", "kube-system/kube-dns:dns", "--netns", "node1", "--duration", "5", "-o", "json",
-            "--no-k8s", "--node", "n1", "--hooks", "netfilter",
+            "--svc",
+            "kube-system/kube-dns:dns",
+            "--netns",
+            "node1",
+            "--duration",
+            "5",
+            "-o",
+            "json",
+            "--no-k8s",
+            "--node",
+            "n1",
+            "--hooks",
+            "netfilter",
         ])
         .unwrap();
         let t = cli.trace;

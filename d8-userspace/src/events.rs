@@ -73,7 +73,6 @@ pub enum Hook {
     Stack,
 }
 
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("event record of {got} bytes, expected {expected} (kernel programs and d8-trace from different builds?)")]
@@ -103,15 +102,41 @@ impl Tuple {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     New,
-    Conntrack { reply: Tuple, status: u32, after_snat: bool },
-    Reply { from: SocketAddr },
-    Rst { from: SocketAddr },
-    Fin { from: SocketAddr },
-    IcmpError { icmp_type: u8, icmp_code: u8, from: IpAddr },
-    Drop { reason: u32, before_conntrack: bool, after_post_conntrack_hook: bool },
-    SendReset { from: SocketAddr },
-    ReceiveReset { socket: SocketAddr },
-    SocketState { old: u8, new: u8, socket: SocketAddr },
+    Conntrack {
+        reply: Tuple,
+        status: u32,
+        after_snat: bool,
+    },
+    Reply {
+        from: SocketAddr,
+    },
+    Rst {
+        from: SocketAddr,
+    },
+    Fin {
+        from: SocketAddr,
+    },
+    IcmpError {
+        icmp_type: u8,
+        icmp_code: u8,
+        from: IpAddr,
+    },
+    Drop {
+        reason: u32,
+        before_conntrack: bool,
+        after_post_conntrack_hook: bool,
+    },
+    SendReset {
+        from: SocketAddr,
+    },
+    ReceiveReset {
+        socket: SocketAddr,
+    },
+    SocketState {
+        old: u8,
+        new: u8,
+        socket: SocketAddr,
+    },
     Retransmit,
     Established,
 }
@@ -165,7 +190,10 @@ fn hook_of(raw: u8) -> Option<Hook> {
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let expected = std::mem::size_of::<d8_common::Event>();
     if bytes.len() < expected {
-        return Err(DecodeError::Size { got: bytes.len(), expected });
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
     }
     // SAFETY: length checked; `Event` is plain old data (any bytes are a valid value);
     // read_unaligned makes no alignment assumption.
@@ -177,7 +205,10 @@ pub fn decode_raw(raw: &d8_common::Event) -> Result<Event, DecodeError> {
     let flow = tuple(&raw.key)?;
     let family = raw.key.family;
     let aux = |port: bool| -> Result<SocketAddr, DecodeError> {
-        Ok(SocketAddr::new(addr(family, &raw.aux)?, if port { u16::from_be(raw.aux_port) } else { 0 }))
+        Ok(SocketAddr::new(
+            addr(family, &raw.aux)?,
+            if port { u16::from_be(raw.aux_port) } else { 0 },
+        ))
     };
     let kind = match raw.kind {
         kind::NEW => Kind::New,
@@ -201,7 +232,11 @@ pub fn decode_raw(raw: &d8_common::Event) -> Result<Event, DecodeError> {
         },
         kind::SEND_RESET => Kind::SendReset { from: aux(true)? },
         kind::RECV_RESET => Kind::ReceiveReset { socket: aux(true)? },
-        kind::SOCK_STATE => Kind::SocketState { old: raw.old_state, new: raw.new_state, socket: aux(true)? },
+        kind::SOCK_STATE => Kind::SocketState {
+            old: raw.old_state,
+            new: raw.new_state,
+            socket: aux(true)?,
+        },
         kind::RETRANS => Kind::Retransmit,
         kind::ESTABLISHED => Kind::Established,
         other => return Err(DecodeError::Kind(other)),
@@ -246,20 +281,36 @@ pub(crate) mod testing {
     use d8_common::{FAMILY_V4, FlowKey};
 
     pub fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
-        let mut k = FlowKey { proto, family: FAMILY_V4, sport: sport.to_be(), dport: dport.to_be(), ..Default::default() };
+        let mut k = FlowKey {
+            proto,
+            family: FAMILY_V4,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            ..Default::default()
+        };
         k.saddr[..4].copy_from_slice(&src);
         k.daddr[..4].copy_from_slice(&dst);
         k
     }
 
     pub fn raw(kind: u8, hook: u8, key: FlowKey, ts_ns: u64) -> d8_common::Event {
-        d8_common::Event { ts_ns, kind, hook, ct_dir: 0xff, key, ..Default::default() }
+        d8_common::Event {
+            ts_ns,
+            kind,
+            hook,
+            ct_dir: 0xff,
+            key,
+            ..Default::default()
+        }
     }
 
     pub fn bytes(ev: &d8_common::Event) -> Vec<u8> {
         // SAFETY: Event is plain old data without padding.
         unsafe {
-            std::slice::from_raw_parts((ev as *const d8_common::Event).cast::<u8>(), std::mem::size_of::<d8_common::Event>())
+            std::slice::from_raw_parts(
+                (ev as *const d8_common::Event).cast::<u8>(),
+                std::mem::size_of::<d8_common::Event>(),
+            )
         }
         .to_vec()
     }
@@ -280,18 +331,40 @@ mod tests {
         assert_eq!(decoded.flow.dst, "10.96.0.10:80".parse().unwrap());
         assert_eq!(decoded.hook, Some(Hook::Prerouting));
         assert_eq!(decoded.reply_direction, Some(false));
-        let Kind::Conntrack { reply, status, after_snat } = decoded.kind else { panic!("{decoded:?}") };
-        assert_eq!((reply.src, status, after_snat), ("10.1.0.7:8080".parse().unwrap(), 0x20, false));
+        let Kind::Conntrack {
+            reply,
+            status,
+            after_snat,
+        } = decoded.kind
+        else {
+            panic!("{decoded:?}")
+        };
+        assert_eq!(
+            (reply.src, status, after_snat),
+            ("10.1.0.7:8080".parse().unwrap(), 0x20, false)
+        );
     }
 
     #[test]
     fn decodes_icmp_error_sender() {
-        let mut ev = raw(kind::ICMP_ERROR, hook::LOCAL_OUT, key([10, 0, 0, 5], 1, [10, 96, 0, 1], 2, 6), 1);
+        let mut ev = raw(
+            kind::ICMP_ERROR,
+            hook::LOCAL_OUT,
+            key([10, 0, 0, 5], 1, [10, 96, 0, 1], 2, 6),
+            1,
+        );
         ev.aux[..4].copy_from_slice(&[10, 0, 0, 1]);
         ev.icmp_type = 3;
         ev.icmp_code = 3;
         let decoded = decode(&bytes(&ev)).unwrap();
-        assert_eq!(decoded.kind, Kind::IcmpError { icmp_type: 3, icmp_code: 3, from: "10.0.0.1".parse().unwrap() });
+        assert_eq!(
+            decoded.kind,
+            Kind::IcmpError {
+                icmp_type: 3,
+                icmp_code: 3,
+                from: "10.0.0.1".parse().unwrap()
+            }
+        );
     }
 
     #[test]

@@ -264,7 +264,12 @@ impl FlowTable {
             let drop_n = (self.max_flows / 10).max(1);
             self.flows.drain(..drop_n);
             self.evicted += drop_n as u64;
-            self.current = self.flows.iter().enumerate().map(|(i, f)| (Self::tuple_of(f), i)).collect();
+            self.current = self
+                .flows
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (Self::tuple_of(f), i))
+                .collect();
         }
         let flow_tuple = ev.flow;
         let protocol = Protocol::from_number(flow_tuple.proto).unwrap_or(Protocol::Tcp);
@@ -362,16 +367,28 @@ impl FlowTable {
                 } else {
                     Peer::Client
                 };
-                flow.resets.push(Reset { by, seen_by: "packet".into(), at_ms });
+                flow.resets.push(Reset {
+                    by,
+                    seen_by: "packet".into(),
+                    at_ms,
+                });
             }
             Kind::Fin { .. } => flow.handshake.fin = true,
-            Kind::IcmpError { icmp_type, icmp_code, from } => flow.icmp_errors.push(IcmpError {
+            Kind::IcmpError {
+                icmp_type,
+                icmp_code,
+                from,
+            } => flow.icmp_errors.push(IcmpError {
                 icmp_type: *icmp_type,
                 icmp_code: *icmp_code,
                 from: *from,
                 at_ms,
             }),
-            Kind::Drop { reason, before_conntrack, .. } => {
+            Kind::Drop {
+                reason,
+                before_conntrack,
+                ..
+            } => {
                 let reason = self.drop_names.name(*reason);
                 // Once a TCP exchange was answered and a FIN was seen, the peers' sockets in
                 // CLOSE_WAIT/LAST_ACK free the bare ACKs that reach them with kfree_skb and no
@@ -381,26 +398,43 @@ impl FlowTable {
                     && flow.handshake.reply
                     && flow.handshake.fin;
                 if !BENIGN_DROP_REASONS.contains(&reason.as_str()) && !teardown {
-                    flow.drops.push(Drop { reason, after_hook: ev.hook, before_conntrack: *before_conntrack, at_ms });
+                    flow.drops.push(Drop {
+                        reason,
+                        after_hook: ev.hook,
+                        before_conntrack: *before_conntrack,
+                        at_ms,
+                    });
                 }
             }
             Kind::SendReset { from } => {
                 let by = self.peer(&flow, from.ip());
                 if !flow.resets.iter().any(|r| r.by == by) {
-                    flow.resets.push(Reset { by, seen_by: "tcp_send_reset".into(), at_ms });
+                    flow.resets.push(Reset {
+                        by,
+                        seen_by: "tcp_send_reset".into(),
+                        at_ms,
+                    });
                 }
             }
             Kind::ReceiveReset { socket } => {
                 // The RST came from the other end of this socket.
                 let by = match self.peer(&flow, socket.ip()) {
                     Peer::Client => {
-                        if flow.backend.is_some() && !flow.no_dnat { Peer::Backend } else { Peer::Node }
+                        if flow.backend.is_some() && !flow.no_dnat {
+                            Peer::Backend
+                        } else {
+                            Peer::Node
+                        }
                     }
                     Peer::Backend => Peer::Client,
                     _ => Peer::Unknown,
                 };
                 if !flow.resets.iter().any(|r| r.by == by) {
-                    flow.resets.push(Reset { by, seen_by: "tcp_receive_reset".into(), at_ms });
+                    flow.resets.push(Reset {
+                        by,
+                        seen_by: "tcp_receive_reset".into(),
+                        at_ms,
+                    });
                 }
             }
             Kind::SocketState { old, new, .. } => flow.socket_states.push(SocketState {
@@ -434,13 +468,21 @@ impl FlowTable {
     pub fn get(&self, id: u64) -> Option<&Flow> {
         // Ids grow with every flow started and flows stay in start order (eviction and
         // `retain` remove, never reorder): a binary search, not a scan per event.
-        self.flows.binary_search_by_key(&id, |f| f.id).ok().map(|i| &self.flows[i])
+        self.flows
+            .binary_search_by_key(&id, |f| f.id)
+            .ok()
+            .map(|i| &self.flows[i])
     }
 
     /// Keeps only the flows `keep` accepts (long-running captures forget flows they reported).
     pub fn retain(&mut self, keep: impl FnMut(&Flow) -> bool) {
         self.flows.retain(keep);
-        self.current = self.flows.iter().enumerate().map(|(i, f)| (Self::tuple_of(f), i)).collect();
+        self.current = self
+            .flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (Self::tuple_of(f), i))
+            .collect();
     }
 
     /// Replaces the set of traced frontends (the daemon follows rule changes).
@@ -472,7 +514,10 @@ mod tests {
     use d8_common::{hook, kind};
 
     use super::*;
-    use crate::events::{decode_raw, testing::{key, raw}};
+    use crate::events::{
+        decode_raw,
+        testing::{key, raw},
+    };
 
     const CLIENT: [u8; 4] = [10, 244, 1, 5];
     const VIP: [u8; 4] = [10, 96, 0, 10];
@@ -481,7 +526,10 @@ mod tests {
 
     fn table() -> FlowTable {
         FlowTable::new(
-            [(Protocol::Tcp, "10.96.0.10:80".parse().unwrap()), (Protocol::Udp, "10.96.0.10:53".parse().unwrap())],
+            [
+                (Protocol::Tcp, "10.96.0.10:80".parse().unwrap()),
+                (Protocol::Udp, "10.96.0.10:53".parse().unwrap()),
+            ],
             vec!["192.168.50.2".parse().unwrap()],
             crate::kernel::DropReasons::default(),
         )
@@ -598,9 +646,15 @@ mod tests {
         assert_eq!(t.flows()[0].backend, Some("10.244.2.7:5353".parse().unwrap()));
 
         // kubelet-style probe: node IP straight to the pod.
-        apply(&mut t, raw(kind::NEW, hook::LOCAL_OUT, key(NODE, 50000, POD, 8080, 6), 10));
+        apply(
+            &mut t,
+            raw(kind::NEW, hook::LOCAL_OUT, key(NODE, 50000, POD, 8080, 6), 10),
+        );
         let probe = &t.flows()[1];
-        assert_eq!((probe.frontend, probe.backend), (None, Some("10.244.2.7:8080".parse().unwrap())));
+        assert_eq!(
+            (probe.frontend, probe.backend),
+            (None, Some("10.244.2.7:8080".parse().unwrap()))
+        );
     }
 
     #[test]
@@ -621,7 +675,15 @@ mod tests {
     fn table_is_bounded() {
         let mut t = table().with_max_flows(10);
         for port in 0..25u16 {
-            apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, key(CLIENT, 1000 + port, VIP, 80, 6), port as u64));
+            apply(
+                &mut t,
+                raw(
+                    kind::NEW,
+                    hook::PRE_ROUTING,
+                    key(CLIENT, 1000 + port, VIP, 80, 6),
+                    port as u64,
+                ),
+            );
         }
         assert!(t.flows().len() <= 10);
         assert_eq!(t.evicted() as usize + t.flows().len(), 25);

@@ -20,17 +20,26 @@ struct Failure {
 
 impl Failure {
     fn usage(message: impl std::fmt::Display) -> Self {
-        Self { code: 2, message: message.to_string() }
+        Self {
+            code: 2,
+            message: message.to_string(),
+        }
     }
 
     fn env(message: impl std::fmt::Display) -> Self {
-        Self { code: 3, message: message.to_string() }
+        Self {
+            code: 3,
+            message: message.to_string(),
+        }
     }
 }
 
 impl From<trace::Error> for Failure {
     fn from(e: trace::Error) -> Self {
-        Self { code: e.exit_code() as u8, message: error_chain(&e) }
+        Self {
+            code: e.exit_code() as u8,
+            message: error_chain(&e),
+        }
     }
 }
 
@@ -51,8 +60,10 @@ fn main() -> ExitCode {
         Some(Command::Explain(args)) => explain_command(args),
         Some(Command::Daemon(args)) => daemon_command(args),
         Some(Command::Demo(args)) => {
-            cmd::demo::run(args.output.into(), &args.selection.resolve())
-                .map_err(|e| Failure { code: e.exit_code(), message: error_chain(&e) })
+            cmd::demo::run(args.output.into(), &args.selection.resolve()).map_err(|e| Failure {
+                code: e.exit_code(),
+                message: error_chain(&e),
+            })
         }
         Some(Command::Mcp(args)) => cmd::mcp::serve(&args.selection.resolve()).map_err(Failure::env),
     };
@@ -103,10 +114,12 @@ fn explain_command(args: ExplainArgs) -> Result<(), Failure> {
 }
 
 fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
-    let metrics_addr: std::net::SocketAddr = args
-        .metrics_addr
-        .parse()
-        .map_err(|e| Failure::usage(format!("--metrics-addr {}: {e} (expected IP:PORT, e.g. 0.0.0.0:9810)", args.metrics_addr)))?;
+    let metrics_addr: std::net::SocketAddr = args.metrics_addr.parse().map_err(|e| {
+        Failure::usage(format!(
+            "--metrics-addr {}: {e} (expected IP:PORT, e.g. 0.0.0.0:9810)",
+            args.metrics_addr
+        ))
+    })?;
     let scope = args.selection.resolve();
     let runtime = enter_node(&scope)?;
     let setup = trace::kernel_setup(scope.hooks)?;
@@ -128,7 +141,9 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
 
 fn trace_command(args: TraceArgs) -> Result<(), Failure> {
     let Some(svc) = args.svc.clone() else {
-        return Err(Failure::usage("--svc NAMESPACE/NAME is required (or a subcommand: explain, daemon, demo, doctor)"));
+        return Err(Failure::usage(
+            "--svc NAMESPACE/NAME is required (or a subcommand: explain, daemon, demo, doctor)",
+        ));
     };
     let scope = args.selection.resolve();
     let runtime = enter_node(&scope)?;
@@ -141,8 +156,11 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
     // Machine output stays one object on stdout; live lines then go to stderr. Either way they
     // are written by a thread of their own: a reader that stops reading (a paused pager) must
     // not stall the event loop, or the kernel's ring buffer overflows.
-    let out: Box<dyn Write + Send> =
-        if args.output == Output::Text { Box::new(std::io::stdout()) } else { Box::new(std::io::stderr()) };
+    let out: Box<dyn Write + Send> = if args.output == Output::Text {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::io::stderr())
+    };
     let mut live = trace::LiveQueue::spawn(out, trace::live_queue_lines())
         .map_err(|e| Failure::env(format!("starting the live output thread: {e}")))?;
     let done = runtime.block_on(trace::trace(&scope, &svc, &opts, &mut live, &mut warn));

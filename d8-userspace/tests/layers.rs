@@ -19,7 +19,9 @@ use std::{
 /// classified (`classify`), written into the contract object (`report`), by one pipeline
 /// (`trace`) that the commands configure (`cmd`), from the command line (`cli`). The lab is a
 /// fixture of the model's shape that the demo command and the tests drive.
-const LAYERS: &[&str] = &["kernel", "loader", "events", "flows", "model", "classify", "report", "trace", "lab", "cmd", "cli"];
+const LAYERS: &[&str] = &[
+    "kernel", "loader", "events", "flows", "model", "classify", "report", "trace", "lab", "cmd", "cli",
+];
 
 type Module = Vec<String>;
 
@@ -30,7 +32,11 @@ fn src() -> PathBuf {
 /// Every `.rs` file under `src/` with its module path (`trace/plan.rs` -> `["trace", "plan"]`).
 fn modules() -> Vec<(Module, PathBuf)> {
     fn walk(dir: &Path, prefix: &Module, out: &mut Vec<(Module, PathBuf)>) {
-        let mut entries: Vec<_> = fs::read_dir(dir).expect("reading src").flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .expect("reading src")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for path in entries {
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
@@ -180,8 +186,18 @@ fn parse_tree(s: &str) -> (Vec<Module>, usize) {
         if prefix.last().is_some_and(|l| l == "self") {
             prefix.pop();
         }
-        while i < b.len() && b[i] != b',' && b[i] != b'}' && b[i] != b';' && b[i] != b'\n' && b[i] != b'(' && b[i] != b'<'
-            && b[i] != b')' && b[i] != b'>' && b[i] != b'.' && b[i] != b'!' && !(b[i] as char).is_whitespace()
+        while i < b.len()
+            && b[i] != b','
+            && b[i] != b'}'
+            && b[i] != b';'
+            && b[i] != b'\n'
+            && b[i] != b'('
+            && b[i] != b'<'
+            && b[i] != b')'
+            && b[i] != b'>'
+            && b[i] != b'.'
+            && b[i] != b'!'
+            && !(b[i] as char).is_whitespace()
         {
             i += 1;
         }
@@ -191,7 +207,11 @@ fn parse_tree(s: &str) -> (Vec<Module>, usize) {
 
 /// The longest prefix of `path` that is a module.
 fn resolve(path: &Module, known: &BTreeSet<Module>) -> Module {
-    (0..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| known.contains(p)).unwrap_or_default()
+    (0..=path.len())
+        .rev()
+        .map(|n| path[..n].to_vec())
+        .find(|p| known.contains(p))
+        .unwrap_or_default()
 }
 
 /// `(from, to)` edges between modules, each production file's own.
@@ -233,7 +253,12 @@ fn top_level_modules_import_only_lower_layers() {
         }
         match (rank(&a[0]), rank(&b[0])) {
             (Some(x), Some(y)) if y < x => {}
-            (Some(_), Some(_)) => wrong.push(format!("{}: {} imports {} (a higher layer)", path.display(), from.join("::"), to.join("::"))),
+            (Some(_), Some(_)) => wrong.push(format!(
+                "{}: {} imports {} (a higher layer)",
+                path.display(),
+                from.join("::"),
+                to.join("::")
+            )),
             _ => wrong.push(format!("{}: {} or {} is not in LAYERS", path.display(), a[0], b[0])),
         }
     }
@@ -316,12 +341,29 @@ fn clap_stays_in_the_command_line() {
 fn the_checker_sees_imports() {
     // The parser itself, on the shapes the crate uses.
     let m: Module = vec!["trace".into(), "plan".into()];
-    let refs = referenced("use crate::{model::{Endpoint, k8s}, report};\nuse super::Error;\nx = crate::kernel::monotonic_ns();", &m);
+    let refs = referenced(
+        "use crate::{model::{Endpoint, k8s}, report};\nuse super::Error;\nx = crate::kernel::monotonic_ns();",
+        &m,
+    );
     let names: Vec<String> = refs.iter().map(|p| p.join("::")).collect();
-    assert_eq!(names, ["model::Endpoint", "model::k8s", "report", "trace::Error", "kernel::monotonic_ns"]);
-    let code = production_code("use crate::a;\n#[cfg(test)]\nmod tests {\n fn f() { crate::b(); }\n}\nuse crate::c; // crate::d\n");
+    assert_eq!(
+        names,
+        [
+            "model::Endpoint",
+            "model::k8s",
+            "report",
+            "trace::Error",
+            "kernel::monotonic_ns"
+        ]
+    );
+    let code = production_code(
+        "use crate::a;\n#[cfg(test)]\nmod tests {\n fn f() { crate::b(); }\n}\nuse crate::c; // crate::d\n",
+    );
     assert!(code.contains("crate::a") && code.contains("crate::c"), "{code}");
     assert!(!code.contains("crate::b") && !code.contains("crate::d"), "{code}");
     let known: BTreeSet<Module> = [vec![], vec!["model".to_string()]].into_iter().collect();
-    assert_eq!(resolve(&vec!["model".into(), "Endpoint".into()], &known), vec!["model".to_string()]);
+    assert_eq!(
+        resolve(&vec!["model".into(), "Endpoint".into()], &known),
+        vec!["model".to_string()]
+    );
 }

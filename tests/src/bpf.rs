@@ -23,10 +23,18 @@ impl Held {
 /// What process `pid` holds now (empty once it exited).
 pub fn held_by(pid: u32) -> Held {
     let mut held = Held::default();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return held };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return held;
+    };
     for entry in dir.flatten() {
-        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
-        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok());
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         // A link's fdinfo names its program too: count it as a link only.
         if let Some(id) = field("link_id:") {
             held.links.push(id);
@@ -40,8 +48,15 @@ pub fn held_by(pid: u32) -> Held {
 }
 
 fn kernel_ids(kind: &str) -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", kind, "show"]).output().expect("bpftool is installed (`cargo xtask setup`)");
-    assert!(out.status.success(), "bpftool {kind} show: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .args(["-j", kind, "show"])
+        .output()
+        .expect("bpftool is installed (`cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "bpftool {kind} show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     list.iter().filter_map(|v| v["id"].as_u64()).collect()
 }

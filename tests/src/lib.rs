@@ -4,9 +4,9 @@
 //! The tests need root (network namespaces, BPF). They find the binary through `D8_TRACE_BIN`
 //! (set by `cargo xtask test`), else next to the test executable (`target/<profile>/d8-trace`).
 
+pub mod bpf;
 pub mod report;
 pub mod run;
-pub mod bpf;
 
 /// Panics with a clear message unless running as root: these tests cannot prove anything
 /// without it, and a skipped end-to-end suite must not look like a passing one.

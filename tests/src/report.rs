@@ -78,7 +78,11 @@ pub struct Mitigation {
 impl Report {
     /// Flows to `frontend` (`ip:port`), or a panic that lists every flow seen.
     pub fn flows_to(&self, frontend: &str) -> Vec<&Flow> {
-        let found: Vec<&Flow> = self.flows.iter().filter(|f| f.frontend.as_deref() == Some(frontend)).collect();
+        let found: Vec<&Flow> = self
+            .flows
+            .iter()
+            .filter(|f| f.frontend.as_deref() == Some(frontend))
+            .collect();
         if found.is_empty() {
             panic!("no flow to {frontend}; flows seen:\n{}", self.describe_flows());
         }
@@ -105,7 +109,11 @@ impl Report {
     pub fn evidence_with(&self, needle: &str) -> Vec<&Evidence> {
         let found: Vec<&Evidence> = self.evidence.iter().filter(|e| e.content.contains(needle)).collect();
         if found.is_empty() {
-            let all: Vec<String> = self.evidence.iter().map(|e| format!("  [{}] {}", e.kind, e.content)).collect();
+            let all: Vec<String> = self
+                .evidence
+                .iter()
+                .map(|e| format!("  [{}] {}", e.kind, e.content))
+                .collect();
             panic!("no evidence mentions {needle:?}; evidence:\n{}", all.join("\n"));
         }
         found

@@ -47,9 +47,18 @@ pub struct Finished {
 impl Finished {
     /// The JSON report, or a panic showing what was printed instead.
     pub fn report(&self) -> Report {
-        assert!(self.status.success(), "d8-trace failed ({}):\n{}", self.status, self.stderr);
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not the JSON report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        assert!(
+            self.status.success(),
+            "d8-trace failed ({}):\n{}",
+            self.status,
+            self.stderr
+        );
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not the JSON report ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -66,7 +75,10 @@ impl Trace {
     /// Starts `d8-trace <args>` and waits for a stderr line containing `ready`.
     pub fn start_until(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
         let mut cmd = Command::new(binary());
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -81,7 +93,13 @@ impl Trace {
             }
         });
         let args = args.iter().map(|a| a.to_string()).collect();
-        let mut trace = Self { child, args, finished: false, stderr_lines: rx, stderr_seen: Vec::new() };
+        let mut trace = Self {
+            child,
+            args,
+            finished: false,
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+        };
         trace.wait_for_stderr(ready, Duration::from_secs(30));
         trace
     }
@@ -102,7 +120,10 @@ impl Trace {
                 Err(_) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    panic!("d8-trace never printed {needle:?}; stderr:\n{}", self.stderr_seen.join("\n"));
+                    panic!(
+                        "d8-trace never printed {needle:?}; stderr:\n{}",
+                        self.stderr_seen.join("\n")
+                    );
                 }
             }
         }
@@ -137,7 +158,10 @@ impl Trace {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("d8-trace did not exit within {timeout:?}; stderr:\n{}", self.stderr_seen.join("\n"));
+                panic!(
+                    "d8-trace did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -146,13 +170,22 @@ impl Trace {
             self.stderr_seen.push(line);
         }
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Finished { status, stdout, stderr: self.stderr_seen.join("\n") }.recorded(&args)
+        Finished {
+            status,
+            stdout,
+            stderr: self.stderr_seen.join("\n"),
+        }
+        .recorded(&args)
     }
 }
 
 /// Runs `d8-trace <args>` to completion (for commands that do not attach, or fail early).
 pub fn run_to_end(args: &[&str]) -> Finished {
-    let out = Command::new(binary()).args(args).stdin(Stdio::null()).output().expect("running d8-trace");
+    let out = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running d8-trace");
     Finished {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -184,7 +217,10 @@ impl Finished {
             };
             let path = std::path::Path::new(&dir).join(format!("{test}.{n:03}"));
             let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::write(path, format!("args: {args:?}\nstatus: {:?}\n{}", self.status.code(), self.stdout));
+            let _ = std::fs::write(
+                path,
+                format!("args: {args:?}\nstatus: {:?}\n{}", self.status.code(), self.stdout),
+            );
         }
         self
     }

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 fn documents(path: &str) -> Vec<serde_norway::Value> {
     let text = std::fs::read_to_string(format!("{}/../deploy/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    serde_norway::Deserializer::from_str(&text).map(|d| serde_norway::Value::deserialize(d).unwrap()).collect()
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde_norway::Value::deserialize(d).unwrap())
+        .collect()
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_norway::Value], kind: &str) -> Vec<T> {
@@ -54,9 +56,18 @@ fn daemonset_runs_on_the_node_network_with_bounded_resources() {
         assert!(res.limits.as_ref().unwrap().contains_key(key), "limit {key}");
     }
     assert_eq!(c.args.unwrap()[0], "daemon");
-    assert!(c.env.unwrap().iter().any(|e| e.name == "NODE_NAME"), "NODE_NAME from spec.nodeName");
-    assert_eq!(c.readiness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/readyz"));
-    assert_eq!(c.liveness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/healthz"));
+    assert!(
+        c.env.unwrap().iter().any(|e| e.name == "NODE_NAME"),
+        "NODE_NAME from spec.nodeName"
+    );
+    assert_eq!(
+        c.readiness_probe.unwrap().http_get.unwrap().path.as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c.liveness_probe.unwrap().http_get.unwrap().path.as_deref(),
+        Some("/healthz")
+    );
 }
 
 #[test]

@@ -17,10 +17,7 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = vm::run(cli.opts) {
         eprintln!("error: {e:#}");
-        let code = e
-            .downcast_ref::<vm::GuestFailed>()
-            .map(|g| g.status)
-            .unwrap_or(1);
+        let code = e.downcast_ref::<vm::GuestFailed>().map(|g| g.status).unwrap_or(1);
         std::process::exit(if code == 0 { 1 } else { code });
     }
 }

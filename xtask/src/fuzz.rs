@@ -8,9 +8,28 @@ use anyhow::{Context as _, bail};
 
 /// Targets and the test data that seeds them.
 const TARGETS: &[(&str, &[&str])] = &[
-    ("iptables_save", &["d8-userspace/testdata/rules/iptables-nft.save", "d8-userspace/testdata/rules/iptables-legacy.save", "d8-userspace/testdata/rules/iptables-input.rules"]),
-    ("nft_json", &["d8-userspace/testdata/rules/nft-layout-A.json", "d8-userspace/testdata/rules/nft-layout-B.json"]),
-    ("ipvsadm", &["d8-userspace/testdata/rules/ipvsadm-Ln.txt", "d8-userspace/testdata/rules/proc-net-ip_vs.txt"]),
+    (
+        "iptables_save",
+        &[
+            "d8-userspace/testdata/rules/iptables-nft.save",
+            "d8-userspace/testdata/rules/iptables-legacy.save",
+            "d8-userspace/testdata/rules/iptables-input.rules",
+        ],
+    ),
+    (
+        "nft_json",
+        &[
+            "d8-userspace/testdata/rules/nft-layout-A.json",
+            "d8-userspace/testdata/rules/nft-layout-B.json",
+        ],
+    ),
+    (
+        "ipvsadm",
+        &[
+            "d8-userspace/testdata/rules/ipvsadm-Ln.txt",
+            "d8-userspace/testdata/rules/proc-net-ip_vs.txt",
+        ],
+    ),
     ("k8s_snapshot", &["d8-userspace/testdata/k8s/snapshot.json"]),
 ];
 
@@ -24,10 +43,17 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let has_fuzz = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let has_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_fuzz {
         eprintln!("xtask fuzz: installing cargo-fuzz");
-        let ok = Command::new("cargo").args(["install", "cargo-fuzz"]).status().context("cargo install cargo-fuzz")?.success();
+        let ok = Command::new("cargo")
+            .args(["install", "cargo-fuzz"])
+            .status()
+            .context("cargo install cargo-fuzz")?
+            .success();
         if !ok {
             bail!("cargo install cargo-fuzz failed");
         }

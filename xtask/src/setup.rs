@@ -54,11 +54,17 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
-    std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cargo")).join("bin").join(name)
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
+        .join("bin")
+        .join(name)
 }
 
 fn step(what: &str) {
@@ -66,8 +72,11 @@ fn step(what: &str) {
 }
 
 fn apt_packages(check: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(_, probe)| !Path::new(probe).exists()).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, probe)| !Path::new(probe).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -97,12 +106,21 @@ fn nightly_rust_src(check: bool) -> anyhow::Result<()> {
             bail!("the nightly toolchain is not installed");
         }
         step("installing the nightly toolchain with rust-src");
-        if !status(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))? {
+        if !status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))? {
             bail!("rustup toolchain install nightly failed");
         }
         return Ok(());
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -124,8 +142,17 @@ fn nightly_libllvm() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("reading {}", lib.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")));
-    found.with_context(|| format!("no libLLVM.so.* in {} (the nightly toolchain is incomplete)", lib.display()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        });
+    found.with_context(|| {
+        format!(
+            "no libLLVM.so.* in {} (the nightly toolchain is incomplete)",
+            lib.display()
+        )
+    })
 }
 
 fn bpf_linker_works() -> bool {
@@ -149,16 +176,31 @@ fn bpf_linker(check: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
-    step(&format!("building bpf-linker {BPF_LINKER_VERSION} against {} (a few minutes, once)", libllvm.display()));
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {} (a few minutes, once)",
+        libllvm.display()
+    ));
     let ok = status(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22", "--force"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--force",
+            ])
             .env("LLVM_PREFIX", &prefix)
             // The workspace's own config must not leak into the install build.
             .current_dir(home()),
     )?;
     if !ok || !bpf_linker_works() {
-        bail!("building bpf-linker failed; see the cargo output above (it needs LLVM_PREFIX={})", prefix.display());
+        bail!(
+            "building bpf-linker failed; see the cargo output above (it needs LLVM_PREFIX={})",
+            prefix.display()
+        );
     }
     let _ = cargo_bin("bpf-linker");
     Ok(())

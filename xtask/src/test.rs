@@ -49,7 +49,10 @@ fn target_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -77,15 +80,29 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 /// The end-to-end test executable of `tests/` (built already by `cargo test`).
 fn e2e_test_binary() -> anyhow::Result<std::path::PathBuf> {
     let out = cargo()
-        .args(["test", "-p", "d8-tests", "--test", "e2e", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "d8-tests",
+            "--test",
+            "e2e",
+            "--no-run",
+            "--message-format=json",
+        ])
         .output()
         .context("cargo test --no-run")?;
     if !out.status.success() {
-        bail!("building the end-to-end tests failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the end-to-end tests failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "e2e"
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "e2e"
             && let Some(exe) = msg["executable"].as_str()
         {
             return Ok(exe.into());

@@ -8,12 +8,7 @@ use super::facts::{Facts, Finding, flows_n};
 
 /// Severity of a root cause of `class`, backed by `class_flows` flows, when `failing` of `traced`
 /// Service flows (kubelet probes excluded) failed.
-pub(super) fn severity(
-    class: VerdictClass,
-    class_flows: usize,
-    failing: usize,
-    traced: usize,
-) -> Severity {
+pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, traced: usize) -> Severity {
     let base = match class {
         VerdictClass::Healthy | VerdictClass::ProbeRst => return Severity::None,
         VerdictClass::KubeProxyVersionSkew => return Severity::Low,
@@ -46,11 +41,7 @@ fn lower(s: Severity) -> Severity {
 }
 
 /// The detail of a `healthy` root cause: what was checked.
-pub(super) fn healthy_detail(
-    facts: &Facts<'_>,
-    service_flows: usize,
-    probe_flows: usize,
-) -> String {
+pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flows: usize) -> String {
     let name = facts.name();
     let eps = facts
         .svc
@@ -67,19 +58,11 @@ pub(super) fn healthy_detail(
         String::new()
     };
     if facts.svc.is_none() {
-        let api = if facts.ctx.api_consulted {
-            " nor in the API"
-        } else {
-            ""
-        };
-        return format!(
-            "no Service {name} in kube-proxy's rules{api}: check the namespace and name"
-        );
+        let api = if facts.ctx.api_consulted { " nor in the API" } else { "" };
+        return format!("no Service {name} in kube-proxy's rules{api}: check the namespace and name");
     }
     if !facts.ctx.traced {
-        format!(
-            "{api} on {name}: {eps} endpoints programmed, no fault found without tracing{probes}"
-        )
+        format!("{api} on {name}: {eps} endpoints programmed, no fault found without tracing{probes}")
     } else if service_flows == 0 {
         let secs = facts
             .ctx
@@ -109,12 +92,10 @@ pub(super) fn healthy_mitigation(facts: &Facts<'_>) -> Mitigation {
 pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding) -> Mitigation {
     let (ns, name) = (&facts.target.namespace, &facts.target.name);
     let node = facts.node();
-    let kube_proxy_pods = format!(
-        "kubectl -n kube-system get pods -l k8s-app=kube-proxy --field-selector spec.nodeName={node} -o wide"
-    );
-    let restart_kube_proxy = format!(
-        "kubectl -n kube-system delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName={node}"
-    );
+    let kube_proxy_pods =
+        format!("kubectl -n kube-system get pods -l k8s-app=kube-proxy --field-selector spec.nodeName={node} -o wide");
+    let restart_kube_proxy =
+        format!("kubectl -n kube-system delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName={node}");
     // `namespace/pod` -> (namespace, pod); default to the Service's namespace.
     let pod = lead.pod.as_deref().map(|p| match p.split_once('/') {
         Some((pns, pname)) => (pns.to_owned(), pname.to_owned()),
@@ -124,8 +105,7 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
         .backend
         .map(|b| b.port().to_string())
         .unwrap_or_else(|| "<targetPort>".into());
-    let slices =
-        format!("kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name} -o wide");
+    let slices = format!("kubectl -n {ns} get endpointslices -l kubernetes.io/service-name={name} -o wide");
 
     let (immediate, long_term) = match class {
         VerdictClass::KubeProxyNotRunning => (
@@ -202,8 +182,5 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
             (m.immediate, m.long_term)
         }
     };
-    Mitigation {
-        immediate,
-        long_term,
-    }
+    Mitigation { immediate, long_term }
 }

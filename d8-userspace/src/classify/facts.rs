@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
+use super::vocabulary::{Evidence, EvidenceKind, Mitigation, RootCause, Severity, VerdictClass};
 use crate::kernel::host::ConntrackStats;
 use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, RuleRef, Service, ServiceModel, ServiceRef};
-use super::vocabulary::{Evidence, EvidenceKind, Mitigation, RootCause, Severity, VerdictClass};
 
 /// The conntrack table counts as near full from this fill ratio on.
 pub(super) const CONNTRACK_NEAR_FULL: f64 = 0.9;
@@ -128,10 +128,7 @@ impl Facts<'_> {
     /// server at weight 0 (draining its connections).
     pub fn expected_not_ready(&self, e: &Endpoint) -> Option<&'static str> {
         let addr = SocketAddr::new(e.ip, e.port);
-        if self
-            .svc
-            .is_some_and(|s| s.api.terminating_serving.contains(&addr))
-        {
+        if self.svc.is_some_and(|s| s.api.terminating_serving.contains(&addr)) {
             return Some("terminating but still serving");
         }
         let ipvs = e

@@ -2,9 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
 use crate::model::{Endpoint, FrontendKind, ProbePort, RuleRef};
-use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 
 use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule};
 
@@ -29,14 +29,7 @@ const NO_ROUTE_REASONS: &[&str] = &[
 pub(super) fn classify_flow(f: &Flow, facts: &Facts<'_>) -> (FlowVerdict, Finding) {
     let (class, fact, mut finding) = decide(f, facts);
     finding.class = class;
-    (
-        FlowVerdict {
-            id: f.id,
-            class,
-            fact,
-        },
-        finding,
-    )
+    (FlowVerdict { id: f.id, class, fact }, finding)
 }
 
 fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
@@ -78,8 +71,7 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
             .map(|r| r >= super::facts::CONNTRACK_NEAR_FULL);
         // Counters that are known and show neither a rising drop counter nor a full table
         // clear conntrack: the drop is then someone else's.
-        let cleared = rising == Some(false) && near_full != Some(true)
-            || rising.is_none() && near_full == Some(false);
+        let cleared = rising == Some(false) && near_full != Some(true) || rising.is_none() && near_full == Some(false);
         // Unknown counters prove nothing either way: a kube-proxy verdict (REJECT, DROP, missing
         // rules) that explains the flow is then the better answer.
         let unknown = rising.is_none() && near_full.is_none();
@@ -95,15 +87,15 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
         }
         if !cleared {
             let mut finding = finding(
-                    facts,
-                    VerdictClass::ConntrackFull,
-                    "the conntrack table is full: new flows are dropped before conntrack can track them".into(),
-                );
+                facts,
+                VerdictClass::ConntrackFull,
+                "the conntrack table is full: new flows are dropped before conntrack can track them".into(),
+            );
             if rising.is_none() && near_full.is_none() {
                 finding.evidence.push(Evidence::new(
-                        EvidenceKind::Conntrack,
-                        "conntrack counters unknown: conntrack_full rests on the dropped first packet alone",
-                    ));
+                    EvidenceKind::Conntrack,
+                    "conntrack counters unknown: conntrack_full rests on the dropped first packet alone",
+                ));
             }
             let fact = format!(
                 "{path}: first packet dropped ({}) before conntrack created an entry{}",
@@ -122,11 +114,7 @@ fn decide(f: &Flow, facts: &Facts<'_>) -> (VerdictClass, String, Finding) {
             (
                 VerdictClass::Dropped,
                 fact,
-                finding(
-                    facts,
-                    VerdictClass::Dropped,
-                    "flow without destination".into(),
-                ),
+                finding(facts, VerdictClass::Dropped, "flow without destination".into()),
             )
         }
     }
@@ -147,9 +135,7 @@ fn probe(f: &Flow, dst: SocketAddr, facts: &Facts<'_>) -> Option<(VerdictClass, 
     // endpoint addresses stands in for them, and the evidence says so.
     let guessed = probe_port.is_none()
         && facts.model.probe_ports.is_empty()
-        && facts
-            .svc
-            .is_some_and(|s| s.endpoints.iter().any(|e| e.ip == dst.ip()));
+        && facts.svc.is_some_and(|s| s.endpoints.iter().any(|e| e.ip == dst.ip()));
     if probe_port.is_none() && !guessed {
         return None;
     }
@@ -178,20 +164,11 @@ fn probe(f: &Flow, dst: SocketAddr, facts: &Facts<'_>) -> Option<(VerdictClass, 
 
 /// A flow to a frontend that conntrack never translated: kube-proxy's own verdict (REJECT, DROP) or
 /// its missing rules.
-fn untranslated(
-    f: &Flow,
-    fe: SocketAddr,
-    facts: &Facts<'_>,
-    path: &str,
-) -> (VerdictClass, String, Finding) {
+fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (VerdictClass, String, Finding) {
     let kind = facts.frontend_kind(fe, f.protocol);
     let svc_rules = facts.svc.map(|s| &s.rules);
-    let no_endpoint_rules: &[RuleRef] = svc_rules
-        .map(|r| r.no_endpoints.as_slice())
-        .unwrap_or_default();
-    let no_local_rules: &[RuleRef] = svc_rules
-        .map(|r| r.no_local_endpoints.as_slice())
-        .unwrap_or_default();
+    let no_endpoint_rules: &[RuleRef] = svc_rules.map(|r| r.no_endpoints.as_slice()).unwrap_or_default();
+    let no_local_rules: &[RuleRef] = svc_rules.map(|r| r.no_local_endpoints.as_slice()).unwrap_or_default();
     let node_answered = node_rejection(f, facts);
     let name = facts.name();
 
@@ -224,9 +201,7 @@ fn untranslated(
 
     // The node answered for a frontend whose rules have no endpoint at all and no REJECT rule:
     // an IPVS virtual server without real servers (IPVS answers ICMP port unreachable itself).
-    let fe_rule = facts
-        .frontend(fe, f.protocol)
-        .and_then(|fr| fr.rule.as_ref());
+    let fe_rule = facts.frontend(fe, f.protocol).and_then(|fr| fr.rule.as_ref());
     let rules_endpoints = facts
         .svc
         .map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
@@ -284,10 +259,7 @@ fn untranslated(
                 ),
             );
             push_rule(&mut fd, best_rule(no_local_rules, fe));
-            let fact = format!(
-                "{path}: dropped by \"has no local endpoints\"{}",
-                drop_suffix(f)
-            );
+            let fact = format!("{path}: dropped by \"has no local endpoints\"{}", drop_suffix(f));
             return (VerdictClass::EtpLocalNoLocalEndpoints, fact, fd);
         }
     }
@@ -344,12 +316,7 @@ fn untranslated(
     // Conntrack saw the flow and did not translate it although the rules DNAT this frontend, and
     // nothing dropped or answered it: the rules are not in the packet's path (the jump to
     // KUBE-SERVICES or kube-proxy's table is gone, or they changed under the flow).
-    if f.no_dnat
-        && frontend_in_rules
-        && no_verdict_rules
-        && f.drops.is_empty()
-        && node_answered.is_none()
-    {
+    if f.no_dnat && frontend_in_rules && no_verdict_rules && f.drops.is_empty() && node_answered.is_none() {
         let fd = finding(
             facts,
             VerdictClass::KubeProxyRulesMissing,
@@ -389,12 +356,7 @@ fn untranslated(
 }
 
 /// A flow conntrack translated to a backend (or a direct flow to one) that got no reply.
-fn translated(
-    f: &Flow,
-    be: SocketAddr,
-    facts: &Facts<'_>,
-    path: &str,
-) -> (VerdictClass, String, Finding) {
+fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (VerdictClass, String, Finding) {
     let ep: Option<&Endpoint> = facts.endpoint(be, f.protocol);
     let name = facts.name();
     let pod = ep.and_then(|e| e.pod.clone());
@@ -416,9 +378,7 @@ fn translated(
     if facts.ctx.api_consulted && f.frontend.is_some() && expected.is_none() {
         let why = match ep {
             None => Some("is not in the Service's EndpointSlices".to_owned()),
-            Some(e) if e.in_api == Some(false) => {
-                Some("is not in the Service's EndpointSlices".to_owned())
-            }
+            Some(e) if e.in_api == Some(false) => Some("is not in the Service's EndpointSlices".to_owned()),
             Some(e) if e.ready == Some(false) => Some("is listed but not ready".to_owned()),
             _ => None,
         };
@@ -428,36 +388,26 @@ fn translated(
                 VerdictClass::StaleEndpoint,
                 format!("kube-proxy sends {name} traffic to {who}, which {why}"),
             ));
-            fd.evidence.push(Evidence::new(
-                EvidenceKind::Api,
-                format!("{be} {why} of {name}"),
-            ));
+            fd.evidence
+                .push(Evidence::new(EvidenceKind::Api, format!("{be} {why} of {name}")));
             let fact = format!("{path}: DNAT to stale {who}, {}", no_reply(f));
             return (VerdictClass::StaleEndpoint, fact, fd);
         }
     }
 
     // No route or neighbour to the DNAT target: the pod is gone.
-    let no_route_drop = f
-        .drops
-        .iter()
-        .find(|d| NO_ROUTE_REASONS.contains(&d.reason.as_str()));
+    let no_route_drop = f.drops.iter().find(|d| NO_ROUTE_REASONS.contains(&d.reason.as_str()));
     let unreachable = f.icmp_errors.iter().find(|e| is_host_unreachable(e));
     if no_route_drop.is_some() || unreachable.is_some() {
         let fact = match (no_route_drop, unreachable) {
-            (Some(d), _) => format!(
-                "{path}: dropped ({}): no route or neighbour for {be}",
-                d.reason
-            ),
+            (Some(d), _) => format!("{path}: dropped ({}): no route or neighbour for {be}", d.reason),
             (None, Some(e)) => format!("{path}: {} from {} for {be}", icmp_name(e), e.from),
             (None, None) => unreachable!("one of the two is set"),
         };
         let fd = with_ep(finding(
             facts,
             VerdictClass::StaleEndpoint,
-            format!(
-                "kube-proxy sends {name} traffic to {who}, which has no route or neighbour: the pod is gone"
-            ),
+            format!("kube-proxy sends {name} traffic to {who}, which has no route or neighbour: the pod is gone"),
         ));
         return (VerdictClass::StaleEndpoint, fact, fd);
     }
@@ -490,11 +440,7 @@ fn translated(
     // backend is not the node's filtering: see `beyond_node`; it falls to the no-answer cases below.
     let node_answer = node_rejection(f, facts);
     if let Some(d) = f.drops.iter().rev().find(|d| !beyond_node(d)) {
-        let fact = format!(
-            "{path}: dropped ({}){} after DNAT",
-            d.reason,
-            hook_suffix(d.after_hook)
-        );
+        let fact = format!("{path}: dropped ({}){} after DNAT", d.reason, hook_suffix(d.after_hook));
         let fd = with_ep(finding(
             facts,
             VerdictClass::Dropped,
@@ -524,21 +470,13 @@ fn translated(
         let mut fd = with_ep(finding(
             facts,
             VerdictClass::StaleEndpoint,
-            format!(
-                "kube-proxy sends {name} traffic to {who}, which never answered during the trace"
-            ),
+            format!("kube-proxy sends {name} traffic to {who}, which never answered during the trace"),
         ));
         fd.evidence.push(Evidence::new(
             EvidenceKind::Api,
-            format!(
-                "without the API, {be} answering no flow is taken as a stale endpoint; a hung pod looks the same"
-            ),
+            format!("without the API, {be} answering no flow is taken as a stale endpoint; a hung pod looks the same"),
         ));
-        return (
-            VerdictClass::StaleEndpoint,
-            format!("{path}: {}", no_reply(f)),
-            fd,
-        );
+        return (VerdictClass::StaleEndpoint, format!("{path}: {}", no_reply(f)), fd);
     }
     let listed = if facts.ctx.api_consulted {
         "a listed, ready endpoint"
@@ -550,11 +488,7 @@ fn translated(
         VerdictClass::BackendTimeout,
         format!("{who} does not answer {name} traffic although it is {listed}"),
     ));
-    (
-        VerdictClass::BackendTimeout,
-        format!("{path}: {}", no_reply(f)),
-        fd,
-    )
+    (VerdictClass::BackendTimeout, format!("{path}: {}", no_reply(f)), fd)
 }
 
 /// `tcp 10.1.0.5:41234 -> 10.96.0.10:80 -> 10.1.0.7:8080`.
@@ -572,15 +506,12 @@ fn path(f: &Flow) -> String {
 /// The node's own answer to a flow (kube-proxy REJECT or a closed local port): an ICMP error from
 /// a node address (or from anywhere but the backend when no backend is known), or a RST by the node.
 fn node_rejection(f: &Flow, facts: &Facts<'_>) -> Option<String> {
-    let target = f
-        .frontend
-        .or(f.backend)
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    if let Some(e) = f.icmp_errors.iter().find(|e| {
-        facts.is_node_ip(e.from)
-            || f.backend.is_none_or(|b| b.ip() != e.from) && !is_host_unreachable(e)
-    }) {
+    let target = f.frontend.or(f.backend).map(|a| a.to_string()).unwrap_or_default();
+    if let Some(e) = f
+        .icmp_errors
+        .iter()
+        .find(|e| facts.is_node_ip(e.from) || f.backend.is_none_or(|b| b.ip() != e.from) && !is_host_unreachable(e))
+    {
         return Some(format!(
             "{} from {} to client {} for {target}",
             icmp_name(e),
@@ -588,24 +519,15 @@ fn node_rejection(f: &Flow, facts: &Facts<'_>) -> Option<String> {
             f.client
         ));
     }
-    if f.resets.iter().any(|r| r.by == Peer::Node)
-        || f.outcome == Outcome::Rejected && f.backend.is_none()
-    {
-        return Some(format!(
-            "RST from the node to client {} for {target}",
-            f.client
-        ));
+    if f.resets.iter().any(|r| r.by == Peer::Node) || f.outcome == Outcome::Rejected && f.backend.is_none() {
+        return Some(format!("RST from the node to client {} for {target}", f.client));
     }
     None
 }
 
 /// "no reply after 3 SYN retransmits" and friends, with the drops seen beyond the node.
 fn no_reply(f: &Flow) -> String {
-    let state = if f.outcome == Outcome::Open {
-        "still open, "
-    } else {
-        ""
-    };
+    let state = if f.outcome == Outcome::Open { "still open, " } else { "" };
     let mut s = match f.handshake.retransmits {
         0 => format!("{state}no reply"),
         n => format!("{state}no reply after {n} retransmits"),
@@ -631,9 +553,7 @@ fn no_reply(f: &Flow) -> String {
 fn beyond_node(d: &crate::flows::Drop) -> bool {
     let past_postrouting = d.after_hook == Some(Hook::Postrouting);
     let scrubbed = d.after_hook.is_none() && d.before_conntrack;
-    (past_postrouting || scrubbed)
-        && !d.reason.starts_with("TC_")
-        && !NO_ROUTE_REASONS.contains(&d.reason.as_str())
+    (past_postrouting || scrubbed) && !d.reason.starts_with("TC_") && !NO_ROUTE_REASONS.contains(&d.reason.as_str())
 }
 
 fn hook_suffix(h: Option<Hook>) -> String {
@@ -644,10 +564,7 @@ fn hook_suffix(h: Option<Hook>) -> String {
 }
 
 fn drop_suffix(f: &Flow) -> String {
-    f.drops
-        .last()
-        .map(|d| format!(" ({})", d.reason))
-        .unwrap_or_default()
+    f.drops.last().map(|d| format!(" ({})", d.reason)).unwrap_or_default()
 }
 
 fn peer_name(p: Peer) -> &'static str {

@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use crate::flows::Flow;
-use crate::model::{ServiceModel, ServiceRef, Warning, WarningKind};
 use super::facts::{Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
 use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
+use crate::flows::Flow;
+use crate::model::{ServiceModel, ServiceRef, Warning, WarningKind};
 
 use super::{advice, flow, service};
 
@@ -28,12 +28,7 @@ const MAX_TRACE_FACTS: usize = 5;
 /// let verdict = classify(&svc, &[], &model, &explain);
 /// println!("{}: {}", verdict.root_cause.class, verdict.root_cause.detail);
 /// ```
-pub fn classify(
-    target: &ServiceRef,
-    flows: &[Flow],
-    model: &ServiceModel,
-    ctx: &Context,
-) -> Verdict {
+pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
     let mut node_ips = model.node_ips.clone();
     for ip in &ctx.host_ips {
         if !node_ips.contains(ip) {
@@ -54,20 +49,13 @@ pub fn classify(
         answered,
     };
 
-    let classified: Vec<(FlowVerdict, Finding)> = flows
-        .iter()
-        .map(|f| flow::classify_flow(f, &facts))
-        .collect();
+    let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();
     let findings = service::findings(&facts);
     rank(&facts, classified, findings)
 }
 
 /// Groups flow findings and service findings by class, ranks the classes, and writes the verdict.
-fn rank(
-    facts: &Facts<'_>,
-    classified: Vec<(FlowVerdict, Finding)>,
-    findings: Vec<Finding>,
-) -> Verdict {
+fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Vec<Finding>) -> Verdict {
     struct Group {
         class: VerdictClass,
         flows: Vec<usize>,
@@ -103,10 +91,7 @@ fn rank(
         .filter(|(v, _)| v.class == VerdictClass::ProbeRst)
         .count();
     let service_flows = classified.len() - probe_flows;
-    let failing_flows = classified
-        .iter()
-        .filter(|(v, _)| v.class.is_fault())
-        .count();
+    let failing_flows = classified.iter().filter(|(v, _)| v.class.is_fault()).count();
 
     let faults: Vec<&Group> = groups.iter().filter(|g| g.class.is_fault()).collect();
     let mut evidence = Vec::new();
@@ -114,11 +99,7 @@ fn rank(
     let mut cause_kinds = Vec::new();
     for g in &faults {
         let lead = lead_of(&g.flows, &g.findings, &classified);
-        let backends: HashSet<SocketAddr> = g
-            .flows
-            .iter()
-            .filter_map(|&i| classified[i].1.backend)
-            .collect();
+        let backends: HashSet<SocketAddr> = g.flows.iter().filter_map(|&i| classified[i].1.backend).collect();
         let detail = match (g.flows.len(), backends.len()) {
             (0, _) => lead.detail,
             (n, 0 | 1) => format!("{} ({})", lead.detail, flows_n(n)),
@@ -159,14 +140,7 @@ fn rank(
             let detail = causes[0].detail.clone();
             let severity = advice::severity(g.class, g.flows.len(), failing_flows, service_flows);
             let mitigation = advice::mitigation(g.class, facts, &lead);
-            (
-                RootCause {
-                    class: g.class,
-                    detail,
-                },
-                severity,
-                mitigation,
-            )
+            (RootCause { class: g.class, detail }, severity, mitigation)
         }
         None => {
             let detail = advice::healthy_detail(facts, service_flows, probe_flows);
@@ -194,10 +168,7 @@ fn rank(
 
     // Other causes, ranked, one line each, so overlapping incidents stay visible.
     for (c, kind) in causes.iter().zip(&cause_kinds).skip(1) {
-        evidence.push(Evidence::new(
-            *kind,
-            format!("also ({}): {}", c.class, c.detail),
-        ));
+        evidence.push(Evidence::new(*kind, format!("also ({}): {}", c.class, c.detail)));
     }
     if !faults.is_empty() {
         // Probe resets next to a fault: say they were seen and set aside.
@@ -232,16 +203,9 @@ fn rank(
 /// The finding that speaks for a cause: without flows, its first finding; with flows, the one
 /// about the backend most of them went to (a service finding about it when there is one, since it
 /// carries the API's word), or a Service-wide finding when the flows had no backend.
-fn lead_of(
-    flows: &[usize],
-    findings: &[Finding],
-    classified: &[(FlowVerdict, Finding)],
-) -> Finding {
+fn lead_of(flows: &[usize], findings: &[Finding], classified: &[(FlowVerdict, Finding)]) -> Finding {
     let Some(&first) = flows.first() else {
-        return findings
-            .first()
-            .cloned()
-            .expect("a cause has a flow or a finding");
+        return findings.first().cloned().expect("a cause has a flow or a finding");
     };
     let mut counts: Vec<(Option<SocketAddr>, usize)> = Vec::new();
     for &i in flows {
@@ -252,11 +216,7 @@ fn lead_of(
         }
     }
     // Most flows first; ties go to the backend seen first.
-    let top = counts
-        .iter()
-        .rev()
-        .max_by_key(|(_, n)| *n)
-        .and_then(|(b, _)| *b);
+    let top = counts.iter().rev().max_by_key(|(_, n)| *n).and_then(|(b, _)| *b);
     let service_finding = match top {
         Some(b) => findings.iter().find(|f| f.backend == Some(b)),
         None => findings.iter().find(|f| f.backend.is_none()),
@@ -315,10 +275,7 @@ fn push_trace_facts<'a>(out: &mut Vec<Evidence>, flows: impl Iterator<Item = &'a
     if facts.len() > MAX_TRACE_FACTS {
         out.push(Evidence::new(
             EvidenceKind::Trace,
-            format!(
-                "... and {} more like these",
-                flows_n(facts.len() - MAX_TRACE_FACTS)
-            ),
+            format!("... and {} more like these", flows_n(facts.len() - MAX_TRACE_FACTS)),
         ));
     }
 }
@@ -348,10 +305,7 @@ fn push_checked(facts: &Facts<'_>, out: &mut Vec<Evidence>) {
     }
     let kp = &facts.model.kube_proxy;
     if kp.running == Some(true) {
-        let healthz = kp
-            .healthz_status
-            .map(|c| format!(", /healthz {c}"))
-            .unwrap_or_default();
+        let healthz = kp.healthz_status.map(|c| format!(", /healthz {c}")).unwrap_or_default();
         out.push(Evidence::new(
             EvidenceKind::KubeProxy,
             format!("kube-proxy running on node {}{healthz}", facts.node()),

@@ -1,8 +1,8 @@
 //! Findings from the Service's rules and API facts alone: what `explain` reports, and what a trace
 //! adds to its flows' classes (a kube-proxy that is down, a stale DNAT target no flow hit yet).
 
-use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
+use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
 
 use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text};
 
@@ -43,10 +43,7 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     };
     fd.evidence.push(Evidence::new(
         EvidenceKind::KubeProxy,
-        format!(
-            "no kube-proxy process or pod on node {}; {healthz}",
-            facts.node()
-        ),
+        format!("no kube-proxy process or pod on node {}; {healthz}", facts.node()),
     ));
     out.push(fd);
 }
@@ -77,10 +74,7 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     {
         match facts.api_exists() {
             Some(true) => {
-                evidence.push(Evidence::new(
-                    EvidenceKind::Api,
-                    format!("the API has Service {name}"),
-                ));
+                evidence.push(Evidence::new(EvidenceKind::Api, format!("the API has Service {name}")));
                 evidence.push(Evidence::new(
                     EvidenceKind::Rules,
                     format!("no kube-proxy rule mentions {name}"),
@@ -134,10 +128,7 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         if !missing.is_empty() && svc.rules.no_endpoints.is_empty() {
             evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!(
-                    "ready in the API, absent from kube-proxy's rules: {}",
-                    addrs(&missing)
-                ),
+                format!("ready in the API, absent from kube-proxy's rules: {}", addrs(&missing)),
             ));
             detail.get_or_insert_with(|| {
                 format!(
@@ -183,7 +174,10 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     if kp.mode == ProxyMode::Ipvs
         && let Some(p) = facts.model.warnings.iter().find(|w| w.kind == WarningKind::IpvsModules)
     {
-        evidence.push(Evidence::new(EvidenceKind::KubeProxy, format!("{IPVS_MODULES_MISSING_PREFIX}: {p}")));
+        evidence.push(Evidence::new(
+            EvidenceKind::KubeProxy,
+            format!("{IPVS_MODULES_MISSING_PREFIX}: {p}"),
+        ));
     }
 
     if let Some(detail) = detail {
@@ -203,10 +197,7 @@ fn conntrack(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     if let (Some(c), Some(m), Some(r)) = (ct.count, ct.max, ratio) {
         evidence.push(Evidence::new(
             EvidenceKind::Conntrack,
-            format!(
-                "nf_conntrack_count {c} of nf_conntrack_max {m} ({:.0} %)",
-                r * 100.0
-            ),
+            format!("nf_conntrack_count {c} of nf_conntrack_max {m} ({:.0} %)", r * 100.0),
         ));
     }
     if let Some(d) = rising {
@@ -254,11 +245,7 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             push_rule(&mut fd, Some(r));
         }
         if facts.ctx.api_consulted {
-            let listed = svc
-                .endpoints
-                .iter()
-                .filter(|e| e.in_api == Some(true))
-                .count();
+            let listed = svc.endpoints.iter().filter(|e| e.in_api == Some(true)).count();
             fd.evidence.push(Evidence::new(
                 EvidenceKind::Api,
                 format!("EndpointSlices of {name} list no ready endpoints ({listed} not ready)"),
@@ -269,19 +256,13 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 
     // Frontends in the rules but no endpoint and no REJECT rule: an IPVS virtual server without
     // real servers, which answers ICMP port unreachable itself.
-    let programmed: Vec<_> = svc
-        .frontends
-        .iter()
-        .filter_map(|f| f.rule.as_ref())
-        .collect();
+    let programmed: Vec<_> = svc.frontends.iter().filter_map(|f| f.rule.as_ref()).collect();
     if svc.rules.no_endpoints.is_empty()
         && !programmed.is_empty()
         && !svc.endpoints.iter().any(|e| e.in_rules)
         && ready.is_empty()
     {
-        let ipvs = programmed
-            .iter()
-            .any(|r| r.source == crate::model::RuleSource::Ipvs);
+        let ipvs = programmed.iter().any(|r| r.source == crate::model::RuleSource::Ipvs);
         let detail = if ipvs {
             format!(
                 "{name} has no ready endpoints; its IPVS virtual servers have no real servers, so IPVS rejects its traffic"
@@ -342,17 +323,10 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     // DNAT targets the API does not list, or lists as not ready.
     for e in svc.endpoints.iter().filter(|e| e.in_rules) {
         if let Some(expected) = facts.expected_not_ready(e) {
-            let mut fd = finding(
-                facts,
-                VerdictClass::Healthy,
-                "expected not-ready endpoint".into(),
-            );
+            let mut fd = finding(facts, VerdictClass::Healthy, "expected not-ready endpoint".into());
             fd.evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!(
-                    "{}:{} is {expected}: kube-proxy keeps it on purpose",
-                    e.ip, e.port
-                ),
+                format!("{}:{} is {expected}: kube-proxy keeps it on purpose", e.ip, e.port),
             ));
             out.push(fd);
             continue;
@@ -375,10 +349,8 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             format!("kube-proxy sends {name} traffic to {who}, which {why}"),
         );
         push_rule(&mut fd, e.rule.as_ref());
-        fd.evidence.push(Evidence::new(
-            EvidenceKind::Api,
-            format!("{target} {why} of {name}"),
-        ));
+        fd.evidence
+            .push(Evidence::new(EvidenceKind::Api, format!("{target} {why} of {name}")));
         fd.pod = e.pod.clone();
         fd.backend = Some(std::net::SocketAddr::new(e.ip, e.port));
         out.push(fd);
@@ -423,12 +395,8 @@ fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         )
     } else {
         (
-            format!(
-                "kube-proxy {kp} is more than one minor version older than the API server (at least {api})"
-            ),
-            format!(
-                "API server version at least {api} (newest kubelet; the API server is never older)"
-            ),
+            format!("kube-proxy {kp} is more than one minor version older than the API server (at least {api})"),
+            format!("API server version at least {api} (newest kubelet; the API server is never older)"),
         )
     };
     let mut fd = finding(facts, VerdictClass::KubeProxyVersionSkew, detail);

@@ -4,12 +4,12 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
+use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset};
 use crate::kernel::host::ConntrackStats;
 use crate::model::k8s::minor_version;
-use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset};
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol,
-    ProxyMode, RuleFacts, RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
+    ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode, RuleFacts,
+    RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
 };
 use crate::report::{EvidenceKind, Format, Runbook, Severity, VerdictClass};
 
@@ -60,9 +60,7 @@ fn endpoint(at: &str, sep: &str, pod: &str, api: bool) -> Endpoint {
         weight: Some(0.5),
         rule: Some(iptables(
             sep,
-            &format!(
-                "-A {sep} -p tcp -m comment --comment \"shop/web:http\" -m tcp -j DNAT --to-destination {at}"
-            ),
+            &format!("-A {sep} -p tcp -m comment --comment \"shop/web:http\" -m tcp -j DNAT --to-destination {at}"),
         )),
     }
 }
@@ -179,9 +177,7 @@ fn established(id: u64, backend: &str) -> Flow {
 }
 
 fn has_evidence(v: &Verdict, kind: EvidenceKind, needle: &str) -> bool {
-    v.evidence
-        .iter()
-        .any(|e| e.kind == kind && e.content.contains(needle))
+    v.evidence.iter().any(|e| e.kind == kind && e.content.contains(needle))
 }
 
 fn evidence_dump(v: &Verdict) -> String {
@@ -242,12 +238,7 @@ fn rejected_flow(id: u64) -> Flow {
 
 #[test]
 fn no_endpoints_from_reject_rule_icmp_and_api() {
-    let v = classify(
-        &target(),
-        &[rejected_flow(1)],
-        &no_endpoints_model(false),
-        &ctx(true),
-    );
+    let v = classify(&target(), &[rejected_flow(1)], &no_endpoints_model(false), &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::NoEndpoints);
     assert_eq!(v.flows[0].class, VerdictClass::NoEndpoints);
     assert_eq!(v.severity, Severity::High);
@@ -269,17 +260,11 @@ fn no_endpoints_from_reject_rule_icmp_and_api() {
         "{dump}"
     );
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::Api,
-            "list no ready endpoints (2 not ready)"
-        ),
+        has_evidence(&v, EvidenceKind::Api, "list no ready endpoints (2 not ready)"),
         "{dump}"
     );
     assert!(
-        v.mitigation
-            .immediate
-            .contains("kubectl -n shop describe service web"),
+        v.mitigation.immediate.contains("kubectl -n shop describe service web"),
         "{:?}",
         v.mitigation
     );
@@ -287,12 +272,7 @@ fn no_endpoints_from_reject_rule_icmp_and_api() {
 
 #[test]
 fn reject_while_the_api_has_ready_endpoints_is_rules_missing() {
-    let v = classify(
-        &target(),
-        &[rejected_flow(1)],
-        &no_endpoints_model(true),
-        &ctx(true),
-    );
+    let v = classify(&target(), &[rejected_flow(1)], &no_endpoints_model(true), &ctx(true));
     assert_eq!(
         v.root_cause.class,
         VerdictClass::KubeProxyRulesMissing,
@@ -300,11 +280,7 @@ fn reject_while_the_api_has_ready_endpoints_is_rules_missing() {
         v.causes
     );
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
-    assert!(
-        v.root_cause.detail.contains("not synced"),
-        "{}",
-        v.root_cause.detail
-    );
+    assert!(v.root_cause.detail.contains("not synced"), "{}", v.root_cause.detail);
     assert!(
         v.mitigation
             .immediate
@@ -319,10 +295,7 @@ fn stale_endpoint_when_the_dnat_target_is_absent_from_endpointslices() {
     e.in_api = Some(false);
     e.ready = None;
     e.pod = None;
-    let flows = [
-        established(1, POD_A),
-        flow(2, Some(CLUSTER_IP), Some(POD_B)),
-    ];
+    let flows = [established(1, POD_A), flow(2, Some(CLUSTER_IP), Some(POD_B))];
     let v = classify(&target(), &flows, &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
     assert_eq!(v.flows[1].class, VerdictClass::StaleEndpoint);
@@ -347,12 +320,7 @@ fn stale_endpoint_when_the_dnat_target_is_absent_from_endpointslices() {
 fn stale_endpoint_when_the_dnat_target_is_not_ready() {
     let mut m = model(true);
     m.services[0].endpoints[0].ready = Some(false);
-    let v = classify(
-        &target(),
-        &[flow(1, Some(CLUSTER_IP), Some(POD_A))],
-        &m,
-        &ctx(true),
-    );
+    let v = classify(&target(), &[flow(1, Some(CLUSTER_IP), Some(POD_A))], &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
     assert!(
         v.root_cause.detail.contains("pod shop/web-a"),
@@ -360,9 +328,7 @@ fn stale_endpoint_when_the_dnat_target_is_not_ready() {
         v.root_cause.detail
     );
     assert!(
-        v.mitigation
-            .immediate
-            .contains("kubectl -n shop get pod web-a -o wide"),
+        v.mitigation.immediate.contains("kubectl -n shop get pod web-a -o wide"),
         "{:?}",
         v.mitigation
     );
@@ -391,18 +357,12 @@ fn no_k8s_stale_endpoint_when_a_dnat_target_never_answers() {
         has_evidence(&v, EvidenceKind::Api, "Kubernetes API not consulted"),
         "{dump}"
     );
-    assert!(
-        has_evidence(&v, EvidenceKind::Api, "cannot be proven"),
-        "{dump}"
-    );
+    assert!(has_evidence(&v, EvidenceKind::Api, "cannot be proven"), "{dump}");
 }
 
 #[test]
 fn no_k8s_target_that_answered_other_flows_is_a_backend_timeout() {
-    let flows = [
-        established(1, POD_A),
-        flow(2, Some(CLUSTER_IP), Some(POD_A)),
-    ];
+    let flows = [established(1, POD_A), flow(2, Some(CLUSTER_IP), Some(POD_A))];
     let v = classify(&target(), &flows, &model(false), &ctx(false));
     assert_eq!(v.flows[1].class, VerdictClass::BackendTimeout);
 }
@@ -435,9 +395,7 @@ fn no_k8s_stale_endpoint_when_the_dnat_target_has_no_neighbour() {
     let v = classify(&target(), &[f], &model(false), &ctx(false));
     assert_eq!(v.flows[0].class, VerdictClass::StaleEndpoint);
     assert!(
-        v.flows[0]
-            .fact
-            .contains("ICMP host unreachable from 10.0.0.1"),
+        v.flows[0].fact.contains("ICMP host unreachable from 10.0.0.1"),
         "{}",
         v.flows[0].fact
     );
@@ -469,18 +427,9 @@ fn etp_local_drop_for_nodeport_traffic() {
         before_conntrack: false,
         at_ms: 0,
     }];
-    let v = classify(
-        &target(),
-        &[f, established(2, POD_A)],
-        &etp_model(),
-        &ctx(true),
-    );
+    let v = classify(&target(), &[f, established(2, POD_A)], &etp_model(), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::EtpLocalNoLocalEndpoints);
-    assert_eq!(
-        v.flows[1].class,
-        VerdictClass::Healthy,
-        "ClusterIP traffic still works"
-    );
+    assert_eq!(v.flows[1].class, VerdictClass::Healthy, "ClusterIP traffic still works");
     assert_eq!(v.root_cause.class, VerdictClass::EtpLocalNoLocalEndpoints);
     assert_eq!(v.severity, Severity::Medium);
     let dump = evidence_dump(&v);
@@ -501,9 +450,7 @@ fn etp_local_drop_for_nodeport_traffic() {
         "{dump}"
     );
     assert!(
-        v.mitigation
-            .immediate
-            .contains("externalTrafficPolicy\":\"Cluster"),
+        v.mitigation.immediate.contains("externalTrafficPolicy\":\"Cluster"),
         "{:?}",
         v.mitigation
     );
@@ -537,20 +484,13 @@ fn with_probe_ports(mut m: ServiceModel) -> ServiceModel {
 #[test]
 fn probe_rst_is_benign_and_never_the_root_cause() {
     let flows = [probe_flow(1), probe_flow(2), established(3, POD_A)];
-    let v = classify(
-        &target(),
-        &flows,
-        &with_probe_ports(model(true)),
-        &ctx(true),
-    );
+    let v = classify(&target(), &flows, &with_probe_ports(model(true)), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::ProbeRst);
     assert_eq!(v.flows[1].class, VerdictClass::ProbeRst);
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
     assert_eq!(v.severity, Severity::None);
     assert!(
-        v.root_cause
-            .detail
-            .contains("2 kubelet probe resets (normal)"),
+        v.root_cause.detail.contains("2 kubelet probe resets (normal)"),
         "{}",
         v.root_cause.detail
     );
@@ -563,12 +503,7 @@ fn probe_rst_is_benign_and_never_the_root_cause() {
 
 #[test]
 fn only_probe_flows_give_a_healthy_verdict() {
-    let v = classify(
-        &target(),
-        &[probe_flow(1)],
-        &with_probe_ports(model(true)),
-        &ctx(true),
-    );
+    let v = classify(&target(), &[probe_flow(1)], &with_probe_ports(model(true)), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::ProbeRst);
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
 }
@@ -615,10 +550,7 @@ fn conntrack_full_from_dropped_first_packet_rising_counter_and_count_near_max() 
         ),
         "{dump}"
     );
-    assert!(
-        has_evidence(&v, EvidenceKind::Conntrack, "rose by 420"),
-        "{dump}"
-    );
+    assert!(has_evidence(&v, EvidenceKind::Conntrack, "rose by 420"), "{dump}");
     assert!(
         has_evidence(&v, EvidenceKind::Trace, "before conntrack created an entry"),
         "{dump}"
@@ -656,18 +588,9 @@ fn kube_proxy_not_running() {
         "{}",
         evidence_dump(&v)
     );
-    assert!(
-        v.mitigation
-            .immediate
-            .contains("--field-selector spec.nodeName=node-1")
-    );
+    assert!(v.mitigation.immediate.contains("--field-selector spec.nodeName=node-1"));
     // Rules missing is a consequence, ranked below.
-    assert_eq!(
-        v.causes[1].class,
-        VerdictClass::KubeProxyRulesMissing,
-        "{:?}",
-        v.causes
-    );
+    assert_eq!(v.causes[1].class, VerdictClass::KubeProxyRulesMissing, "{:?}", v.causes);
 }
 
 #[test]
@@ -700,17 +623,10 @@ fn kube_proxy_rules_missing_while_the_api_has_the_service() {
     );
     let dump = evidence_dump(&v);
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::KubeProxy,
-            "/healthz on 10256 answered 503"
-        ),
+        has_evidence(&v, EvidenceKind::KubeProxy, "/healthz on 10256 answered 503"),
         "{dump}"
     );
-    assert!(
-        has_evidence(&v, EvidenceKind::KubeProxy, "900 s old"),
-        "{dump}"
-    );
+    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "900 s old"), "{dump}");
     assert!(
         has_evidence(&v, EvidenceKind::Api, "the API has Service shop/web"),
         "{dump}"
@@ -734,11 +650,7 @@ fn ready_api_endpoints_missing_from_the_rules_are_rules_missing() {
     );
     assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing);
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::Api,
-            "absent from kube-proxy's rules: 10.1.0.8:8080"
-        ),
+        has_evidence(&v, EvidenceKind::Api, "absent from kube-proxy's rules: 10.1.0.8:8080"),
         "{}",
         evidence_dump(&v)
     );
@@ -768,11 +680,7 @@ fn ipvs_rules_missing_with_modules_missing_maps_to_the_ipvs_modules_domain() {
         VerdictClass::KubeProxyRulesMissing
     );
     let rb = Runbook::from_report(&report);
-    assert!(
-        rb.root_cause.starts_with("ipvs_modules — "),
-        "{}",
-        rb.root_cause
-    );
+    assert!(rb.root_cause.starts_with("ipvs_modules — "), "{}", rb.root_cause);
     assert!(report.mitigation.unwrap().immediate.contains("modprobe"));
 }
 
@@ -803,9 +711,7 @@ fn backend_refused_from_a_rst_after_dnat() {
         evidence_dump(&v)
     );
     assert!(
-        v.mitigation
-            .immediate
-            .contains("kubectl -n shop logs web-a"),
+        v.mitigation.immediate.contains("kubectl -n shop logs web-a"),
         "{:?}",
         v.mitigation
     );
@@ -850,11 +756,7 @@ fn backend_timeout_when_a_listed_ready_endpoint_does_not_answer() {
         "{}",
         v.root_cause.detail
     );
-    assert!(
-        v.mitigation
-            .immediate
-            .contains("kubectl -n shop describe pod web-a")
-    );
+    assert!(v.mitigation.immediate.contains("kubectl -n shop describe pod web-a"));
 }
 
 #[test]
@@ -903,12 +805,7 @@ fn a_drop_beyond_the_nodes_postrouting_is_no_answer_from_the_backend() {
         &model(true),
         &ctx(true),
     );
-    assert_eq!(
-        v.flows[0].class,
-        VerdictClass::BackendTimeout,
-        "{}",
-        v.flows[0].fact
-    );
+    assert_eq!(v.flows[0].class, VerdictClass::BackendTimeout, "{}", v.flows[0].fact);
     assert!(
         v.flows[0]
             .fact
@@ -923,36 +820,16 @@ fn a_drop_beyond_the_nodes_postrouting_is_no_answer_from_the_backend() {
         &model(false),
         &ctx(false),
     );
-    assert_eq!(
-        v.flows[0].class,
-        VerdictClass::StaleEndpoint,
-        "{}",
-        v.flows[0].fact
-    );
+    assert_eq!(v.flows[0].class, VerdictClass::StaleEndpoint, "{}", v.flows[0].fact);
     // The TC hook set knows no last hook: a packet without the node's conntrack entry was scrubbed
     // crossing into the pod's namespace.
     let mut f = dropped_beyond(1, "NETFILTER_DROP");
     f.drops[0].after_hook = None;
     let v = classify(&target(), &[f], &model(true), &ctx(true));
-    assert_eq!(
-        v.flows[0].class,
-        VerdictClass::BackendTimeout,
-        "{}",
-        v.flows[0].fact
-    );
+    assert_eq!(v.flows[0].class, VerdictClass::BackendTimeout, "{}", v.flows[0].fact);
     // A CNI's TC program dropping at the pod's interface is a node drop.
-    let v = classify(
-        &target(),
-        &[dropped_beyond(1, "TC_EGRESS")],
-        &model(true),
-        &ctx(true),
-    );
-    assert_eq!(
-        v.flows[0].class,
-        VerdictClass::Dropped,
-        "{}",
-        v.flows[0].fact
-    );
+    let v = classify(&target(), &[dropped_beyond(1, "TC_EGRESS")], &model(true), &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::Dropped, "{}", v.flows[0].fact);
 }
 
 #[test]
@@ -962,21 +839,13 @@ fn version_skew_is_the_root_cause_only_when_nothing_else_explains_failures() {
     let v = classify(&target(), &[established(1, POD_A)], &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::KubeProxyVersionSkew);
     assert_eq!(v.severity, Severity::Low);
-    assert!(has_evidence(
-        &v,
-        EvidenceKind::Api,
-        "API server version v1.31.0"
-    ));
+    assert!(has_evidence(&v, EvidenceKind::Api, "API server version v1.31.0"));
 
     let v = classify(&target(), &[refused_flow(1, POD_A)], &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::BackendRefused);
     assert_eq!(v.causes[1].class, VerdictClass::KubeProxyVersionSkew);
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::KubeProxy,
-            "also (kube_proxy_version_skew)"
-        ),
+        has_evidence(&v, EvidenceKind::KubeProxy, "also (kube_proxy_version_skew)"),
         "{}",
         evidence_dump(&v)
     );
@@ -1020,27 +889,15 @@ fn mixed_incident_ranks_causes() {
     assert_eq!(v.root_cause.class, C::StaleEndpoint);
     let ranked: Vec<_> = v.causes.iter().map(|c| (c.class, c.flows)).collect();
     assert_eq!(ranked, [(C::StaleEndpoint, 2), (C::BackendRefused, 1)]);
-    assert!(
-        v.root_cause.detail.ends_with("(2 flows)"),
-        "{}",
-        v.root_cause.detail
-    );
-    assert!(
-        v.causes[1].detail.ends_with("(1 flow)"),
-        "{}",
-        v.causes[1].detail
-    );
+    assert!(v.root_cause.detail.ends_with("(2 flows)"), "{}", v.root_cause.detail);
+    assert!(v.causes[1].detail.ends_with("(1 flow)"), "{}", v.causes[1].detail);
     let dump = evidence_dump(&v);
     assert!(
         has_evidence(&v, EvidenceKind::Trace, "also (backend_refused)"),
         "{dump}"
     );
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::Trace,
-            "2 connections closed by RST: kubelet probes"
-        ),
+        has_evidence(&v, EvidenceKind::Trace, "2 connections closed by RST: kubelet probes"),
         "{dump}"
     );
     assert_eq!(v.severity, Severity::Medium, "some flows still work");
@@ -1070,11 +927,7 @@ fn explain_healthy_when_rules_and_api_agree() {
         "{dump}"
     );
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::Api,
-            "list 2 ready endpoints, 2 of them DNAT targets"
-        ),
+        has_evidence(&v, EvidenceKind::Api, "list 2 ready endpoints, 2 of them DNAT targets"),
         "{dump}"
     );
     assert!(
@@ -1250,9 +1103,7 @@ fn a_frontend_only_the_api_declares_is_rules_missing() {
     let v = classify(&target(), &[f], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::KubeProxyRulesMissing);
     assert!(
-        v.root_cause
-            .detail
-            .contains("lack its frontend 192.0.2.50:80"),
+        v.root_cause.detail.contains("lack its frontend 192.0.2.50:80"),
         "{}",
         v.root_cause.detail
     );
@@ -1293,20 +1144,10 @@ fn with_unknown_counters_a_kube_proxy_drop_rule_beats_conntrack_full() {
         before_conntrack: true,
         at_ms: 0,
     }];
-    let v = classify(
-        &target(),
-        std::slice::from_ref(&f),
-        &etp_model(),
-        &ctx(true),
-    );
+    let v = classify(&target(), std::slice::from_ref(&f), &etp_model(), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::EtpLocalNoLocalEndpoints);
     // Without such a rule, the dropped first packet alone still points at conntrack.
-    let v = classify(
-        &target(),
-        &[conntrack_dropped_flow(2)],
-        &model(true),
-        &ctx(true),
-    );
+    let v = classify(&target(), &[conntrack_dropped_flow(2)], &model(true), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::ConntrackFull);
     assert!(
         has_evidence(&v, EvidenceKind::Conntrack, "counters unknown"),
@@ -1369,12 +1210,7 @@ fn ipvs_empty_model() -> ServiceModel {
 
 #[test]
 fn ipvs_virtual_server_without_real_servers_is_no_endpoints() {
-    let v = classify(
-        &target(),
-        &[rejected_flow(1)],
-        &ipvs_empty_model(),
-        &ctx(true),
-    );
+    let v = classify(&target(), &[rejected_flow(1)], &ipvs_empty_model(), &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::NoEndpoints);
     assert_eq!(v.root_cause.class, VerdictClass::NoEndpoints);
     assert!(
@@ -1411,21 +1247,12 @@ fn terminating_serving_and_draining_endpoints_are_not_stale() {
     let v = classify(&target(), &[], &m, &explain);
     assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{:?}", v.causes);
     assert!(
-        has_evidence(
-            &v,
-            EvidenceKind::Api,
-            "10.1.0.7:8080 is terminating but still serving"
-        ),
+        has_evidence(&v, EvidenceKind::Api, "10.1.0.7:8080 is terminating but still serving"),
         "{}",
         evidence_dump(&v)
     );
     // A flow to it that gets no answer is the pod's fault, not a stale rule.
-    let v = classify(
-        &target(),
-        &[flow(1, Some(CLUSTER_IP), Some(POD_A))],
-        &m,
-        &ctx(true),
-    );
+    let v = classify(&target(), &[flow(1, Some(CLUSTER_IP), Some(POD_A))], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::BackendTimeout);
 
     let mut m = model(true);
@@ -1461,17 +1288,11 @@ fn the_root_cause_names_the_backend_most_failing_flows_went_to() {
     let v = classify(&target(), &flows, &m, &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint);
     assert!(
-        v.root_cause
-            .detail
-            .contains("10.1.0.8:8080 (pod shop/web-b)"),
+        v.root_cause.detail.contains("10.1.0.8:8080 (pod shop/web-b)"),
         "{}",
         v.root_cause.detail
     );
-    assert!(
-        v.mitigation.immediate.contains("get pod web-b"),
-        "{:?}",
-        v.mitigation
-    );
+    assert!(v.mitigation.immediate.contains("get pod web-b"), "{:?}", v.mitigation);
     let flows = [
         flow(1, Some(CLUSTER_IP), Some(POD_B)),
         flow(2, Some(CLUSTER_IP), Some(POD_A)),

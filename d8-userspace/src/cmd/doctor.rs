@@ -41,7 +41,15 @@ pub fn findings(requested: HookRequest) -> Findings {
     let mut push = |name, ok, detail: String| checks.push(Check { name, ok, detail });
 
     let root = kernel::is_root();
-    push("root", root, if root { "running as root".into() } else { "not root: loading BPF needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON".into() });
+    push(
+        "root",
+        root,
+        if root {
+            "running as root".into()
+        } else {
+            "not root: loading BPF needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON".into()
+        },
+    );
 
     let btf = Btf::from_sys();
     let (btf_ok, nf_ctx, drop_reasons, offsets) = match &btf {
@@ -53,7 +61,12 @@ pub fn findings(requested: HookRequest) -> Findings {
                     "{e}; the TC hook set goes on without them (drops are matched by the packet's tuple), the netfilter set cannot"
                 )
             });
-            (true, btf.struct_size("bpf_nf_ctx").is_ok(), DropReasons::from_btf(btf), Some(offsets))
+            (
+                true,
+                btf.struct_size("bpf_nf_ctx").is_ok(),
+                DropReasons::from_btf(btf),
+                Some(offsets),
+            )
         }
         Err(_) => (false, false, DropReasons::default(), None),
     };
@@ -62,7 +75,11 @@ pub fn findings(requested: HookRequest) -> Findings {
         btf_ok,
         match &btf {
             Ok(b) if b.modules().is_empty() => format!("{} present", kernel::btf::VMLINUX_BTF),
-            Ok(b) => format!("{} present, with the split BTF of {}", kernel::btf::VMLINUX_BTF, b.modules().join(", ")),
+            Ok(b) => format!(
+                "{} present, with the split BTF of {}",
+                kernel::btf::VMLINUX_BTF,
+                b.modules().join(", ")
+            ),
             Err(e) => crate::error_chain(e),
         },
     );
@@ -92,13 +109,22 @@ pub fn findings(requested: HookRequest) -> Findings {
         match tracefs::Mount::ensure() {
             Ok(mount) => {
                 let mut missing = Vec::new();
-                for (cat, name) in [("skb", "kfree_skb"), ("tcp", "tcp_send_reset"), ("tcp", "tcp_receive_reset"), ("sock", "inet_sock_set_state")] {
+                for (cat, name) in [
+                    ("skb", "kfree_skb"),
+                    ("tcp", "tcp_send_reset"),
+                    ("tcp", "tcp_receive_reset"),
+                    ("sock", "inet_sock_set_state"),
+                ] {
                     if mount.format(cat, name).is_err() {
                         missing.push(format!("{cat}:{name}"));
                     }
                 }
                 let kprobes = mount.root().join("kprobe_events").exists();
-                let note = if mount.mounted_by_us() { " (mounted for this check, unmounted again)" } else { "" };
+                let note = if mount.mounted_by_us() {
+                    " (mounted for this check, unmounted again)"
+                } else {
+                    ""
+                };
                 Some((missing, kprobes, format!("tracefs at {}{note}", mount.root().display())))
             }
             Err(e) => {
@@ -115,13 +141,23 @@ pub fn findings(requested: HookRequest) -> Findings {
         push(
             "tracepoints",
             missing.is_empty(),
-            if missing.is_empty() { "skb:kfree_skb, tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state".into() } else { format!("missing: {}", missing.join(", ")) },
+            if missing.is_empty() {
+                "skb:kfree_skb, tcp:tcp_send_reset, tcp:tcp_receive_reset, sock:inet_sock_set_state".into()
+            } else {
+                format!("missing: {}", missing.join(", "))
+            },
         );
         kprobes = kp;
     }
 
     use aya::programs::ProgramType;
-    let probe = |ty| if root { program_supported(ty) } else { Err("needs root to probe".into()) };
+    let probe = |ty| {
+        if root {
+            program_supported(ty)
+        } else {
+            Err("needs root to probe".into())
+        }
+    };
     let nf_prog = probe(ProgramType::Netfilter);
     let tc_prog = probe(ProgramType::SchedClassifier);
     let tracing_prog = probe(ProgramType::Tracing);
@@ -156,11 +192,21 @@ pub fn findings(requested: HookRequest) -> Findings {
         },
     );
     let conntrack = std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists();
-    push("conntrack", conntrack, if conntrack { "nf_conntrack loaded".into() } else { "nf_conntrack not loaded in this kernel/netns yet".into() });
+    push(
+        "conntrack",
+        conntrack,
+        if conntrack {
+            "nf_conntrack loaded".into()
+        } else {
+            "nf_conntrack not loaded in this kernel/netns yet".into()
+        },
+    );
 
     let tc_ok = matches!(tc_prog, Ok(true));
     let ctnetlink = if root {
-        crate::kernel::ctnetlink::Events::open().map(drop).map_err(|e| e.to_string())
+        crate::kernel::ctnetlink::Events::open()
+            .map(drop)
+            .map_err(|e| e.to_string())
     } else {
         Err("needs root to subscribe".into())
     };
@@ -185,18 +231,33 @@ pub fn findings(requested: HookRequest) -> Findings {
     }
 
     let (hook_set, reason, join) = match choose_hooks(requested, nf_ok) {
-        Ok(choice) if choice.set == HookSet::Tc && !tc_ok => {
-            ("none", format!("{}, but TC programs do not load here ({tc_prog:?})", choice.reason), None)
-        }
-        Ok(choice) if choice.set == HookSet::Tc && ctnetlink.is_err() => (
+        Ok(choice) if choice.set == HookSet::Tc && !tc_ok => (
             "none",
-            format!("{}, but its join (conntrack netlink events) is unavailable", choice.reason),
+            format!("{}, but TC programs do not load here ({tc_prog:?})", choice.reason),
             None,
         ),
-        Ok(choice) => (choice.set.name(), choice.reason, Some(choice.join.describe().to_string())),
+        Ok(choice) if choice.set == HookSet::Tc && ctnetlink.is_err() => (
+            "none",
+            format!(
+                "{}, but its join (conntrack netlink events) is unavailable",
+                choice.reason
+            ),
+            None,
+        ),
+        Ok(choice) => (
+            choice.set.name(),
+            choice.reason,
+            Some(choice.join.describe().to_string()),
+        ),
         Err(e) => ("none", e.to_string(), None),
     };
-    Findings { kernel: kernel::release(), checks, hook_set, reason, join }
+    Findings {
+        kernel: kernel::release(),
+        checks,
+        hook_set,
+        reason,
+        join,
+    }
 }
 
 /// Prints the findings (text or JSON) on stdout.

@@ -66,10 +66,17 @@ struct Member {
 #[derive(Debug, Clone)]
 enum Type {
     /// Struct or union with its size in bytes.
-    Composite { size: u32, members: Vec<Member> },
-    Enum { values: Vec<(String, i64)> },
+    Composite {
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        values: Vec<(String, i64)>,
+    },
     /// typedef, const, volatile, restrict, type tag: refers to another type.
-    Alias { type_id: u32 },
+    Alias {
+        type_id: u32,
+    },
     Other,
 }
 
@@ -226,11 +233,18 @@ impl Btf {
                             name: string_at(strings, u32_at(types_bytes, m)?)?,
                             type_id: u32_at(types_bytes, m + 4)?,
                             // With kind_flag the high 8 bits hold a bitfield size.
-                            bit_offset: if kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset },
+                            bit_offset: if kind_flag {
+                                raw_offset & 0x00ff_ffff
+                            } else {
+                                raw_offset
+                            },
                         });
                     }
                     off += vlen * 12;
-                    Type::Composite { size: size_or_type, members }
+                    Type::Composite {
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -284,13 +298,32 @@ impl Btf {
             }
             types.push(ty);
         }
-        Ok(Self { types, by_name, strings: if base.is_some() { Vec::new() } else { strings.to_vec() }, modules: Vec::new() })
+        Ok(Self {
+            types,
+            by_name,
+            strings: if base.is_some() { Vec::new() } else { strings.to_vec() },
+            modules: Vec::new(),
+        })
     }
 
     /// vmlinux first, then each module.
     fn scopes(&self) -> impl Iterator<Item = (Scope<'_>, &Btf)> {
-        std::iter::once((Scope { base: self, module: None }, self))
-            .chain(self.modules.iter().map(move |(_, m)| (Scope { base: self, module: Some(m) }, m)))
+        std::iter::once((
+            Scope {
+                base: self,
+                module: None,
+            },
+            self,
+        ))
+        .chain(self.modules.iter().map(move |(_, m)| {
+            (
+                Scope {
+                    base: self,
+                    module: Some(m),
+                },
+                m,
+            )
+        }))
     }
 
     /// The first composite (struct/union) with this name that has members: kernels also carry
@@ -298,14 +331,21 @@ impl Btf {
     fn composite(&self, name: &str) -> Result<(u32, &[Member], Scope<'_>)> {
         self.scopes()
             .find_map(|(scope, btf)| {
-                btf.by_name.get(name).into_iter().flatten().find_map(|&id| match scope.get(id) {
-                    Some(Type::Composite { size, members }) if !members.is_empty() => {
-                        Some((*size, members.as_slice(), scope))
-                    }
-                    _ => None,
-                })
+                btf.by_name
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|&id| match scope.get(id) {
+                        Some(Type::Composite { size, members }) if !members.is_empty() => {
+                            Some((*size, members.as_slice(), scope))
+                        }
+                        _ => None,
+                    })
             })
-            .ok_or_else(|| Error::MissingType { kind: "struct", name: name.to_string() })
+            .ok_or_else(|| Error::MissingType {
+                kind: "struct",
+                name: name.to_string(),
+            })
     }
 
     /// Size in bytes of `struct name`.
@@ -367,12 +407,19 @@ impl Btf {
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>> {
         self.scopes()
             .find_map(|(scope, btf)| {
-                btf.by_name.get(name).into_iter().flatten().find_map(|&id| match scope.get(id) {
-                    Some(Type::Enum { values }) if !values.is_empty() => Some(values.clone()),
-                    _ => None,
-                })
+                btf.by_name
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|&id| match scope.get(id) {
+                        Some(Type::Enum { values }) if !values.is_empty() => Some(values.clone()),
+                        _ => None,
+                    })
             })
-            .ok_or_else(|| Error::MissingType { kind: "enum", name: name.to_string() })
+            .ok_or_else(|| Error::MissingType {
+                kind: "enum",
+                name: name.to_string(),
+            })
     }
 }
 
@@ -390,12 +437,22 @@ pub(crate) mod testing {
 
     impl Builder {
         pub fn new() -> Self {
-            Self { types: Vec::new(), strings: vec![0], next_id: 1, str_base: 0 }
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+                str_base: 0,
+            }
         }
 
         /// A builder for BTF split on what `self` built (a module's on vmlinux's).
         pub fn split(&self) -> Self {
-            Self { types: Vec::new(), strings: vec![0], next_id: self.next_id, str_base: self.strings.len() as u32 }
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: self.next_id,
+                str_base: self.strings.len() as u32,
+            }
         }
 
         fn string(&mut self, s: &str) -> u32 {
@@ -488,9 +545,19 @@ mod tests {
         // sk_buff's struct_group(headers, ...).
         let inner = b.strukt("", 4, &[("network_header", u16_t, 0), ("mac_header", u16_t, 2)]);
         let group = b.union("", 4, &[("", inner, 0), ("headers", inner, 0)]);
-        b.strukt("sk_buff", 232, &[("head", u64_t, 200), ("", group, 180), ("_nfct", u64_t, 104)]);
+        b.strukt(
+            "sk_buff",
+            232,
+            &[("head", u64_t, 200), ("", group, 180), ("_nfct", u64_t, 104)],
+        );
         b.typedef("skb_t", u64_t);
-        b.enumeration("skb_drop_reason", &[("SKB_DROP_REASON_NOT_SPECIFIED", 2), ("SKB_DROP_REASON_NETFILTER_DROP", 12)]);
+        b.enumeration(
+            "skb_drop_reason",
+            &[
+                ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+                ("SKB_DROP_REASON_NETFILTER_DROP", 12),
+            ],
+        );
         Btf::parse(&b.build()).unwrap()
     }
 
@@ -538,7 +605,11 @@ mod tests {
         base.strukt("sk_buff", 232, &[("_nfct", u32_t, 104)]);
         let mut module = base.split();
         let tuple = module.strukt("nf_conntrack_tuple", 40, &[("src", u32_t, 0), ("dst", u32_t, 20)]);
-        let hash = module.strukt("nf_conntrack_tuple_hash", 56, &[("hnnode", u32_t, 0), ("tuple", tuple, 16)]);
+        let hash = module.strukt(
+            "nf_conntrack_tuple_hash",
+            56,
+            &[("hnnode", u32_t, 0), ("tuple", tuple, 16)],
+        );
         let alias = module.typedef("nf_conntrack_tuple_hash_t", hash);
         module.strukt("nf_conn", 248, &[("tuplehash", alias, 16), ("status", u32_t, 128)]);
         module.enumeration("ip_conntrack_status", &[("IPS_CONFIRMED", 8)]);
@@ -547,10 +618,16 @@ mod tests {
         btf.add_module("nf_conntrack", &module.build()).unwrap();
         assert_eq!(btf.modules(), vec!["nf_conntrack"]);
         assert_eq!(btf.member_offset("nf_conn", "status").unwrap(), 128);
-        assert_eq!(btf.member_offset("nf_conn", "tuplehash.tuple.dst").unwrap(), 16 + 16 + 20);
+        assert_eq!(
+            btf.member_offset("nf_conn", "tuplehash.tuple.dst").unwrap(),
+            16 + 16 + 20
+        );
         assert_eq!(btf.struct_size("nf_conntrack_tuple").unwrap(), 40);
         assert_eq!(btf.member_offset("sk_buff", "_nfct").unwrap(), 104);
-        assert_eq!(btf.enum_values("ip_conntrack_status").unwrap(), vec![("IPS_CONFIRMED".to_string(), 8)]);
+        assert_eq!(
+            btf.enum_values("ip_conntrack_status").unwrap(),
+            vec![("IPS_CONFIRMED".to_string(), 8)]
+        );
     }
 
     /// The running kernel's BTF, when there is one: the offsets the programs need all resolve.

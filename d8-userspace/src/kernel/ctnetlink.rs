@@ -121,7 +121,10 @@ pub fn parse(kind: u16, payload: &[u8]) -> Option<CtEvent> {
 
 /// Decodes every conntrack event in one datagram.
 pub fn parse_datagram(buf: &[u8]) -> Vec<CtEvent> {
-    netlink::messages(buf).into_iter().filter_map(|m| parse(m.kind, m.payload)).collect()
+    netlink::messages(buf)
+        .into_iter()
+        .filter_map(|m| parse(m.kind, m.payload))
+        .collect()
 }
 
 /// A subscription to conntrack NEW events in the current network namespace.
@@ -136,7 +139,11 @@ pub struct Events {
 impl Events {
     pub fn open() -> io::Result<Self> {
         let socket = Socket::open(NETLINK_NETFILTER, &[NFNLGRP_CONNTRACK_NEW], 8 << 20)?;
-        Ok(Self { socket, buf: vec![0u8; 256 * 1024], overruns: 0 })
+        Ok(Self {
+            socket,
+            buf: vec![0u8; 256 * 1024],
+            overruns: 0,
+        })
     }
 
     /// Everything queued now (never blocks).
@@ -178,10 +185,23 @@ pub(crate) mod tests {
     }
 
     /// A NEW event as the kernel sends it: nfgenmsg, tuples (nested), status.
-    pub fn ct_new_message(orig: ([u8; 4], u16, [u8; 4], u16), reply: ([u8; 4], u16, [u8; 4], u16), proto: u8, status: u32) -> Vec<u8> {
+    pub fn ct_new_message(
+        orig: ([u8; 4], u16, [u8; 4], u16),
+        reply: ([u8; 4], u16, [u8; 4], u16),
+        proto: u8,
+        status: u32,
+    ) -> Vec<u8> {
         let mut body = vec![2, 0, 0, 0];
-        push_attr(&mut body, 0x8000 | CTA_TUPLE_ORIG, &tuple_attr(orig.0, orig.1, orig.2, orig.3, proto));
-        push_attr(&mut body, 0x8000 | CTA_TUPLE_REPLY, &tuple_attr(reply.0, reply.1, reply.2, reply.3, proto));
+        push_attr(
+            &mut body,
+            0x8000 | CTA_TUPLE_ORIG,
+            &tuple_attr(orig.0, orig.1, orig.2, orig.3, proto),
+        );
+        push_attr(
+            &mut body,
+            0x8000 | CTA_TUPLE_REPLY,
+            &tuple_attr(reply.0, reply.1, reply.2, reply.3, proto),
+        );
         push_attr(&mut body, CTA_STATUS, &status.to_be_bytes());
         push_attr(&mut body, 7, &300u32.to_be_bytes()); // CTA_TIMEOUT: ignored
         request(CT_NEW, 0x400 | 0x200, 0, &body)
@@ -213,7 +233,12 @@ pub(crate) mod tests {
 
     #[test]
     fn untranslated_entry_has_no_post_nat_tuple() {
-        let msg = ct_new_message(([10, 0, 0, 1], 5, [10, 0, 0, 2], 53), ([10, 0, 0, 2], 53, [10, 0, 0, 1], 5), 17, 8);
+        let msg = ct_new_message(
+            ([10, 0, 0, 1], 5, [10, 0, 0, 2], 53),
+            ([10, 0, 0, 2], 53, [10, 0, 0, 1], 5),
+            17,
+            8,
+        );
         let ev = parse_datagram(&msg)[0];
         assert_eq!(ev.post_nat(), None);
         assert_eq!(ev.orig.proto, 17);

@@ -21,7 +21,9 @@ pub enum Error {
     Btf(#[from] btf::Error),
     #[error(transparent)]
     Tracefs(#[from] tracefs::Error),
-    #[error("kernel BTF: struct nf_conntrack_tuple is {0} bytes, expected 40; this kernel's conntrack layout is not supported")]
+    #[error(
+        "kernel BTF: struct nf_conntrack_tuple is {0} bytes, expected 40; this kernel's conntrack layout is not supported"
+    )]
     TupleLayout(u32),
 }
 
@@ -47,7 +49,10 @@ impl DropReasons {
 
     /// The name of `reason`, or `REASON_<n>` when this kernel's BTF does not list it.
     pub fn name(&self, reason: u32) -> String {
-        self.names.get(&reason).cloned().unwrap_or_else(|| format!("REASON_{reason}"))
+        self.names
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{reason}"))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,7 +112,10 @@ pub fn tracepoint_layouts(mount: &tracefs::Mount, config: &mut Config) -> Result
     config.kfree_reason = match kfree.field("reason") {
         Some(f) => f.offset,
         None => {
-            warnings.push("skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are reported without a reason".into());
+            warnings.push(
+                "skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are reported without a reason"
+                    .into(),
+            );
             NONE
         }
     };
@@ -124,7 +132,10 @@ pub fn tracepoint_layouts(mount: &tracefs::Mount, config: &mut Config) -> Result
                 }
             }
             Err(e) => {
-                *slot = TpAddrLayout { kind: layout::UNUSED, ..Default::default() };
+                *slot = TpAddrLayout {
+                    kind: layout::UNUSED,
+                    ..Default::default()
+                };
                 warnings.push(e.to_string());
             }
         }
@@ -161,15 +172,25 @@ pub fn is_root() -> bool {
 /// was killed) is not among them.
 pub fn held_program_ids() -> std::collections::HashSet<u32> {
     let mut ids = std::collections::HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return ids };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return ids;
+    };
     for p in procs.flatten() {
         if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
         for fd in fds.flatten() {
-            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else {
+                continue;
+            };
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
                 ids.insert(id);
             }
         }
@@ -193,7 +214,11 @@ pub fn module_present(name: &str) -> Option<bool> {
     }
     let builtin = std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release())).ok()?;
     let file = format!("/{name}.ko");
-    Some(builtin.lines().any(|l| l.ends_with(&file) || l.ends_with(&format!("{file}.xz")) || l.ends_with(&format!("{file}.zst"))))
+    Some(
+        builtin
+            .lines()
+            .any(|l| l.ends_with(&file) || l.ends_with(&format!("{file}.xz")) || l.ends_with(&format!("{file}.zst"))),
+    )
 }
 
 /// Kernel monotonic time, the clock of `bpf_ktime_get_ns`.
@@ -224,9 +249,15 @@ mod tests {
 
     #[test]
     fn picks_address_layouts() {
-        let new = Format::parse("t", "field:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\nfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;");
+        let new = Format::parse(
+            "t",
+            "field:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\nfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;",
+        );
         assert_eq!(addr_layout(&new).kind, layout::SOCKADDR);
-        let old = Format::parse("t", "field:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;\nfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;\nfield:__u8 saddr[4];\toffset:22;\tsize:4;\tsigned:0;\nfield:__u8 daddr[4];\toffset:26;\tsize:4;\tsigned:0;");
+        let old = Format::parse(
+            "t",
+            "field:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;\nfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;\nfield:__u8 saddr[4];\toffset:22;\tsize:4;\tsigned:0;\nfield:__u8 daddr[4];\toffset:26;\tsize:4;\tsigned:0;",
+        );
         let l = addr_layout(&old);
         assert_eq!((l.kind, l.sport, l.saddr), (layout::SEPARATE, 16, 22));
     }
@@ -241,6 +272,9 @@ mod tests {
         struct_offsets(&btf, &mut config).unwrap();
         assert!(config.ct_tuple_reply > config.ct_tuple_orig);
         assert!(!DropReasons::from_btf(&btf).is_empty());
-        assert_eq!(DropReasons::from_btf(&btf).name(u32::MAX - 1), format!("REASON_{}", u32::MAX - 1));
+        assert_eq!(
+            DropReasons::from_btf(&btf).name(u32::MAX - 1),
+            format!("REASON_{}", u32::MAX - 1)
+        );
     }
 }

@@ -111,7 +111,13 @@ impl Socket {
     /// multicast `groups` (numbers, not bits).
     pub fn open(protocol: i32, groups: &[u32], rcvbuf: usize) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the fd is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, protocol) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                protocol,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -121,7 +127,11 @@ impl Socket {
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
         let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
@@ -145,7 +155,13 @@ impl Socket {
             // SO_RCVBUFFORCE (root) goes past rmem_max; fall back to SO_RCVBUF.
             for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
                 let rc = unsafe {
-                    libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4)
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        opt,
+                        (&size as *const libc::c_int).cast(),
+                        4,
+                    )
                 };
                 if rc == 0 {
                     break;
@@ -169,7 +185,11 @@ impl Socket {
                 std::mem::size_of::<libc::sockaddr_nl>() as u32,
             )
         };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Reads one datagram into `buf`; `Ok(None)` when nothing is queued.
@@ -188,10 +208,18 @@ impl Socket {
 
     /// Waits (up to `timeout`) until a datagram is queued; for request/response exchanges.
     pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc > 0) }
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc > 0)
+        }
     }
 
     /// Sends `msg` and collects the answer: every message up to `NLMSG_DONE` (dumps) or the

@@ -28,20 +28,33 @@ pub enum Error {
 
 /// `NAME` -> `/run/netns/NAME`; anything with a `/` is a path.
 pub fn resolve(spec: &str) -> PathBuf {
-    if spec.contains('/') { PathBuf::from(spec) } else { PathBuf::from(NETNS_RUN_DIR).join(spec) }
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        PathBuf::from(NETNS_RUN_DIR).join(spec)
+    }
 }
 
 /// Moves the calling thread into the network namespace `spec`.
 pub fn enter(spec: &str) -> Result<(), Error> {
     let path = resolve(spec);
     if !path.exists() {
-        return Err(Error::NotFound { name: spec.to_string(), path });
+        return Err(Error::NotFound {
+            name: spec.to_string(),
+            path,
+        });
     }
-    let file = File::open(&path).map_err(|source| Error::Open { path: path.clone(), source })?;
+    let file = File::open(&path).map_err(|source| Error::Open {
+        path: path.clone(),
+        source,
+    })?;
     // SAFETY: a valid open fd; CLONE_NEWNET checks that it is a network namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(Error::Enter { path, source: std::io::Error::last_os_error() });
+        return Err(Error::Enter {
+            path,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -59,6 +72,9 @@ mod tests {
     #[test]
     fn missing_namespace_is_named() {
         let err = enter("d8-no-such-netns").unwrap_err().to_string();
-        assert!(err.contains("d8-no-such-netns") && err.contains("ip netns list"), "{err}");
+        assert!(
+            err.contains("d8-no-such-netns") && err.contains("ip netns list"),
+            "{err}"
+        );
     }
 }

@@ -71,7 +71,12 @@ pub fn parse_link(payload: &[u8]) -> Option<Link> {
     let flags = u32::from_ne_bytes(payload[8..12].try_into().ok()?);
     let name = netlink::attr(&payload[IFINFOMSG_LEN..], IFLA_IFNAME)?;
     let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-    Some(Link { index, name: String::from_utf8_lossy(&name[..end]).into_owned(), kind, flags })
+    Some(Link {
+        index,
+        name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        kind,
+        flags,
+    })
 }
 
 /// Decodes the link events of one datagram.
@@ -97,7 +102,11 @@ pub fn links() -> io::Result<Vec<Link>> {
     let sock = Socket::open(NETLINK_ROUTE, &[], 0)?;
     let msg = netlink::request(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, &ifinfomsg(0));
     let answer = sock.transact(&msg, 1)?;
-    Ok(answer.into_iter().filter(|(k, _)| *k == RTM_NEWLINK).filter_map(|(_, p)| parse_link(&p)).collect())
+    Ok(answer
+        .into_iter()
+        .filter(|(k, _)| *k == RTM_NEWLINK)
+        .filter_map(|(_, p)| parse_link(&p))
+        .collect())
 }
 
 fn tcmsg(ifindex: u32) -> Vec<u8> {
@@ -113,7 +122,12 @@ fn tcmsg(ifindex: u32) -> Vec<u8> {
 /// there already (someone else's: Cilium, Calico, another tool).
 pub fn add_clsact(ifindex: u32) -> io::Result<bool> {
     let sock = Socket::open(NETLINK_ROUTE, &[], 0)?;
-    let msg = netlink::request(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, 2, &tcmsg(ifindex));
+    let msg = netlink::request(
+        RTM_NEWQDISC,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        2,
+        &tcmsg(ifindex),
+    );
     match sock.transact(&msg, 2) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
@@ -177,8 +191,10 @@ pub fn parse_filter(payload: &[u8]) -> Option<Filter> {
         .map(|k| String::from_utf8_lossy(k).trim_end_matches('\0').to_string())
         .unwrap_or_default();
     let options = netlink::attr(attrs, TCA_OPTIONS).unwrap_or_default();
-    let bpf_name = netlink::attr(options, TCA_BPF_NAME).map(|n| String::from_utf8_lossy(n).trim_end_matches('\0').to_string());
-    let bpf_id = netlink::attr(options, TCA_BPF_ID).and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
+    let bpf_name =
+        netlink::attr(options, TCA_BPF_NAME).map(|n| String::from_utf8_lossy(n).trim_end_matches('\0').to_string());
+    let bpf_id =
+        netlink::attr(options, TCA_BPF_ID).and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
     Some(Filter {
         ifindex,
         parent,
@@ -194,11 +210,18 @@ pub fn parse_filter(payload: &[u8]) -> Option<Filter> {
 /// The filters on `parent` (a clsact hook) of `ifindex`; none when there is no clsact qdisc.
 pub fn filters(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
     let sock = Socket::open(NETLINK_ROUTE, &[], 0)?;
-    let msg = netlink::request(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, 4, &filter_msg(ifindex, parent, 0, 0));
+    let msg = netlink::request(
+        RTM_GETTFILTER,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        4,
+        &filter_msg(ifindex, parent, 0, 0),
+    );
     match sock.transact(&msg, 4) {
-        Ok(answer) => {
-            Ok(answer.into_iter().filter(|(k, _)| *k == RTM_NEWTFILTER).filter_map(|(_, p)| parse_filter(&p)).collect())
-        }
+        Ok(answer) => Ok(answer
+            .into_iter()
+            .filter(|(k, _)| *k == RTM_NEWTFILTER)
+            .filter_map(|(_, p)| parse_filter(&p))
+            .collect()),
         // No clsact (or no interface): no filters.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -228,7 +251,10 @@ pub struct LinkEvents {
 
 impl LinkEvents {
     pub fn open() -> io::Result<Self> {
-        Ok(Self { socket: Socket::open(NETLINK_ROUTE, &[RTNLGRP_LINK], 1 << 20)?, buf: vec![0u8; 64 * 1024] })
+        Ok(Self {
+            socket: Socket::open(NETLINK_ROUTE, &[RTNLGRP_LINK], 1 << 20)?,
+            buf: vec![0u8; 64 * 1024],
+        })
     }
 
     /// Everything queued now (never blocks). After an overrun (`ENOBUFS`: events were lost) the
@@ -284,9 +310,16 @@ mod tests {
         dgram.extend(request(20, 0, 0, &[0; 12])); // RTM_NEWADDR: not a link event
         let events = parse_link_events(&dgram);
         assert_eq!(events.len(), 2);
-        let LinkEvent::New(l) = &events[0] else { panic!("{events:?}") };
-        assert_eq!((l.index, l.name.as_str(), l.l2_len(), l.flags), (7, "cali1234567890a", 14, 1));
-        let LinkEvent::Deleted(l) = &events[1] else { panic!("{events:?}") };
+        let LinkEvent::New(l) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (l.index, l.name.as_str(), l.l2_len(), l.flags),
+            (7, "cali1234567890a", 14, 1)
+        );
+        let LinkEvent::Deleted(l) = &events[1] else {
+            panic!("{events:?}")
+        };
         assert_eq!((l.index, l.name.as_str(), l.l2_len()), (3, "wg0", 0));
     }
 

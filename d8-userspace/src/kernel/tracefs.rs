@@ -16,7 +16,9 @@ pub const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot mount tracefs at {TRACEFS}: {0}; mount it by hand (`mount -t tracefs nodev {TRACEFS}`) or run d8-trace with CAP_SYS_ADMIN")]
+    #[error(
+        "cannot mount tracefs at {TRACEFS}: {0}; mount it by hand (`mount -t tracefs nodev {TRACEFS}`) or run d8-trace with CAP_SYS_ADMIN"
+    )]
     Mount(std::io::Error),
     #[error("tracepoint {0} is not available on this kernel (no {1})")]
     MissingTracepoint(String, PathBuf),
@@ -45,7 +47,9 @@ impl Format {
         let mut fields = HashMap::new();
         for line in text.lines() {
             let line = line.trim();
-            let Some(rest) = line.strip_prefix("field:") else { continue };
+            let Some(rest) = line.strip_prefix("field:") else {
+                continue;
+            };
             let mut decl = "";
             let mut offset = None;
             let mut size = None;
@@ -59,13 +63,18 @@ impl Format {
                 }
             }
             // The field name is the declaration's last word, without an array suffix.
-            let Some(field) = decl.split_whitespace().last() else { continue };
+            let Some(field) = decl.split_whitespace().last() else {
+                continue;
+            };
             let field = field.split('[').next().unwrap_or(field).trim_start_matches('*');
             if let (Some(offset), Some(size)) = (offset, size) {
                 fields.insert(field.to_string(), Field { offset, size });
             }
         }
-        Self { name: name.to_string(), fields }
+        Self {
+            name: name.to_string(),
+            fields,
+        }
     }
 
     pub fn field(&self, name: &str) -> Option<Field> {
@@ -100,23 +109,29 @@ impl Mount {
                 let adopted = root == TRACEFS && record_owner().is_some_and(|pid| !alive(pid));
                 if adopted {
                     record(true);
-                    tracing::info!("tracefs at {TRACEFS} was left mounted by a d8-trace that was killed; unmounting it on exit");
+                    tracing::info!(
+                        "tracefs at {TRACEFS} was left mounted by a d8-trace that was killed; unmounting it on exit"
+                    );
                 }
-                return Ok(Self { root: root.into(), mounted_by_us: adopted });
+                return Ok(Self {
+                    root: root.into(),
+                    mounted_by_us: adopted,
+                });
             }
         }
         let target = CString::new(TRACEFS).expect("no NUL in constant");
         let fstype = CString::new("tracefs").expect("no NUL in constant");
         // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-        };
+        let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
         if rc != 0 {
             return Err(Error::Mount(std::io::Error::last_os_error()));
         }
         record(true);
         tracing::info!("mounted tracefs at {TRACEFS} (it was not mounted); unmounting on exit");
-        Ok(Self { root: TRACEFS.into(), mounted_by_us: true })
+        Ok(Self {
+            root: TRACEFS.into(),
+            mounted_by_us: true,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -180,7 +195,9 @@ impl Drop for Mount {
         if !self.mounted_by_us {
             return;
         }
-        let Ok(target) = CString::new(self.root.as_os_str().as_encoded_bytes()) else { return };
+        let Ok(target) = CString::new(self.root.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
         // SAFETY: valid NUL-terminated path. MNT_DETACH: links being torn down may still pin it.
         let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         record(false);

@@ -125,9 +125,7 @@ impl Lab {
     /// it: `kube_proxy_rules_missing`. Undo with [`Self::resync_rules`].
     pub fn flush_service_rules(&mut self, namespace: &str, name: &str) -> Result<(), Error> {
         if self.rules_spec.find_service(namespace, name).is_none() {
-            return Err(Error::Spec(format!(
-                "no service {namespace}/{name} in the rules"
-            )));
+            return Err(Error::Spec(format!("no service {namespace}/{name} in the rules")));
         }
         self.rules_spec
             .services
@@ -255,9 +253,7 @@ impl Lab {
 
     /// Makes the simulated kube-proxy's `/healthz` answer 200 (true) or 503 (false).
     pub fn set_kube_proxy_healthy(&self, healthy: bool) {
-        self.kube_proxy_state
-            .healthy
-            .store(healthy, Ordering::Relaxed);
+        self.kube_proxy_state.healthy.store(healthy, Ordering::Relaxed);
     }
 
     // ---- probes ----------------------------------------------------------------------------

@@ -9,9 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{
-    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize,
-};
+use super::spec::{ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize};
 use crate::model::rules::names;
 
 /// kube-proxy's masquerade mark: `fmt.Sprintf("%#08x", 1<<14)`.
@@ -75,12 +73,7 @@ pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
     ] {
         chain_line(&mut b.filter_chains, chain);
     }
-    for chain in [
-        "KUBE-SERVICES",
-        "KUBE-NODEPORTS",
-        "KUBE-POSTROUTING",
-        "KUBE-MARK-MASQ",
-    ] {
+    for chain in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
         chain_line(&mut b.nat_chains, chain);
     }
     let n = &mut b.nat_rules;
@@ -182,12 +175,7 @@ pub fn lab_restore(spec: &ClusterSpec) -> String {
 }
 
 /// One Service port, following `syncProxyRules`' per-port loop statement by statement.
-fn write_service_port(
-    b: &mut Buffers,
-    spec: &ClusterSpec,
-    svc: &ServiceSpec,
-    port: &ServicePortSpec,
-) {
+fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, port: &ServicePortSpec) {
     let name = svc.port_name(port);
     let proto = port.protocol.as_str();
     let chains = ServiceChains::new(&name, proto);
@@ -296,9 +284,8 @@ fn write_service_port(
         );
     }
 
-    let cluster_ip_args = format!(
-        "-m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {sport}"
-    );
+    let cluster_ip_args =
+        format!("-m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {cip} --dport {sport}");
     // Internal traffic: masquerade off-cluster sources (ClusterCIDR local detector).
     if has_internal {
         let _ = writeln!(
@@ -388,10 +375,7 @@ fn write_service_to_endpoint_rules(
     for (i, ep) in eps.iter().enumerate() {
         let sep = sep_chain(name, proto, ep);
         let stat = if i < n - 1 {
-            format!(
-                " -m statistic --mode random --probability {}",
-                probability(n - i)
-            )
+            format!(" -m statistic --mode random --probability {}", probability(n - i))
         } else {
             String::new()
         };
@@ -402,7 +386,6 @@ fn write_service_to_endpoint_rules(
         );
     }
 }
-
 
 /// kube-proxy's masquerade chains, the same in iptables and IPVS mode: packets marked by
 /// KUBE-MARK-MASQ leave through MASQUERADE.
@@ -428,23 +411,17 @@ mod tests {
     use crate::model::Protocol;
 
     fn web_spec(n: usize) -> ClusterSpec {
-        let mut spec = ClusterSpec::new().service(
-            ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port(
-                "p80",
-                80,
-                8080,
-                Protocol::Tcp,
-            ),
-        );
+        let mut spec = ClusterSpec::new().service(ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port(
+            "p80",
+            80,
+            8080,
+            Protocol::Tcp,
+        ));
         for i in 0..n {
             spec = spec.pod(
-                PodSpec::new(
-                    "ns1",
-                    &format!("web-{i}"),
-                    Ipv4Addr::new(10, 244, 1, 10 + i as u8),
-                )
-                .label("app", "svc1")
-                .listen(8080, ListenerKind::Tcp),
+                PodSpec::new("ns1", &format!("web-{i}"), Ipv4Addr::new(10, 244, 1, 10 + i as u8))
+                    .label("app", "svc1")
+                    .listen(8080, ListenerKind::Tcp),
             );
         }
         spec
@@ -456,10 +433,7 @@ mod tests {
         assert_eq!(probability(3), "0.3333333333");
         let text = kube_proxy_restore(&web_spec(3));
         let svc = names::service_chain("KUBE-SVC-", "ns1/svc1:p80", "tcp");
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("-A {svc} ")))
-            .collect();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("-A {svc} "))).collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].contains("! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"));
         assert!(lines[1].contains("--probability 0.3333333333"));
@@ -481,10 +455,7 @@ mod tests {
             names::service_chain("KUBE-SVC-", "ns1/svc1:p80", "tcp")
         )));
         // The NodePort tail rule is the last rule of nat KUBE-SERVICES.
-        let last = text
-            .lines()
-            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
-            .unwrap();
+        let last = text.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES")).unwrap();
         assert!(last.contains("-j KUBE-NODEPORTS"));
     }
 
@@ -563,10 +534,7 @@ mod tests {
         let ext = names::service_chain("KUBE-EXT-", "ns2/svc2:p80", "tcp");
         let svl = names::service_chain("KUBE-SVL-", "ns2/svc2:p80", "tcp");
         assert!(text.contains(&format!("-A {ext} -j {svl}\n")));
-        let svl_rules: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("-A {svl} ")))
-            .collect();
+        let svl_rules: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("-A {svl} "))).collect();
         assert_eq!(svl_rules.len(), 1, "only the local endpoint: {svl_rules:?}");
         assert!(svl_rules[0].contains("10.244.1.10:8080"));
         assert!(!text.contains("has no local endpoints"));
@@ -590,9 +558,7 @@ mod tests {
     fn lab_restore_declares_builtin_chains() {
         let text = lab_restore(&web_spec(1));
         assert!(text.starts_with("*filter\n:INPUT ACCEPT [0:0]\n"));
-        assert!(text.contains(
-            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
-        ));
+        assert!(text.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"));
         assert_eq!(text.matches("COMMIT").count(), 2);
     }
 }

@@ -85,11 +85,7 @@ fn real_servers(
     svc: &ServiceSpec,
     port: &ServicePortSpec,
 ) -> (Vec<EndpointInfo>, Vec<EndpointInfo>) {
-    let ready: Vec<EndpointInfo> = spec
-        .endpoints(svc, port)
-        .into_iter()
-        .filter(|e| e.ready)
-        .collect();
+    let ready: Vec<EndpointInfo> = spec.endpoints(svc, port).into_iter().filter(|e| e.ready).collect();
     let local: Vec<EndpointInfo> = ready.iter().filter(|e| e.local).cloned().collect();
     let internal = if svc.internal_policy_local() {
         local.clone()
@@ -199,21 +195,13 @@ const SET_DEFS: &[(&str, &str, &str)] = &[
         "hash:ip,port,ip",
         "Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose",
     ),
-    (
-        "KUBE-IPVS-IPS",
-        "hash:ip",
-        "Addresses on the ipvs interface",
-    ),
+    ("KUBE-IPVS-IPS", "hash:ip", "Addresses on the ipvs interface"),
     (
         "KUBE-EXTERNAL-IP",
         "hash:ip,port",
         "Kubernetes service external ip + port for masquerade and filter purpose",
     ),
-    (
-        "KUBE-LOAD-BALANCER",
-        "hash:ip,port",
-        "Kubernetes service lb portal",
-    ),
+    ("KUBE-LOAD-BALANCER", "hash:ip,port", "Kubernetes service lb portal"),
     (
         "KUBE-NODE-PORT-TCP",
         "bitmap:port",
@@ -242,14 +230,12 @@ fn sets(spec: &ClusterSpec) -> Sets {
     for svc in &spec.services {
         for port in &svc.ports {
             let proto = port.protocol.as_str();
-            s.cluster_ip
-                .insert(format!("{},{proto}:{}", svc.cluster_ip, port.port));
+            s.cluster_ip.insert(format!("{},{proto}:{}", svc.cluster_ip, port.port));
             for ip in &svc.external_ips {
                 s.external_ip.insert(format!("{ip},{proto}:{}", port.port));
             }
             for ip in &svc.load_balancer_ips {
-                s.load_balancer
-                    .insert(format!("{ip},{proto}:{}", port.port));
+                s.load_balancer.insert(format!("{ip},{proto}:{}", port.port));
             }
             if let Some(np) = port.node_port {
                 match port.protocol {
@@ -260,8 +246,7 @@ fn sets(spec: &ClusterSpec) -> Sets {
             }
             let (internal, external) = real_servers(spec, svc, port);
             for ep in internal.iter().chain(&external).filter(|e| e.local) {
-                s.loop_back
-                    .insert(format!("{},{proto}:{},{}", ep.ip, ep.port, ep.ip));
+                s.loop_back.insert(format!("{},{proto}:{},{}", ep.ip, ep.port, ep.ip));
             }
         }
     }
@@ -303,11 +288,7 @@ pub fn ipset_restore(spec: &ClusterSpec) -> String {
 /// with kube-proxy's jump rules, kube-proxy's IPVS-mode chains and their rules (§2.3). With
 /// `with_sets` false (no `ipset` tool) no rule refers to a set.
 pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
-    let s = if with_sets {
-        sets(spec)
-    } else {
-        Sets::default()
-    };
+    let s = if with_sets { sets(spec) } else { Sets::default() };
     let c = |set: &str| format!("-m comment --comment \"{}\"", comment_of(set));
     let mut nat = String::new();
     let n = &mut nat;
@@ -366,10 +347,7 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
         );
     }
     if !s.node_port_tcp.is_empty() || !s.node_port_udp.is_empty() {
-        let _ = writeln!(
-            n,
-            "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"
-        );
+        let _ = writeln!(n, "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT");
     }
     if !s.load_balancer.is_empty() {
         let _ = writeln!(n, "-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ");
@@ -405,10 +383,7 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
             ("KUBE-EXTERNAL-IP", &s.external_ip),
         ] {
             if !members.is_empty() {
-                let _ = writeln!(
-                    f,
-                    "-A KUBE-IPVS-FILTER -m set --match-set {set} dst,dst -j RETURN"
-                );
+                let _ = writeln!(f, "-A KUBE-IPVS-FILTER -m set --match-set {set} dst,dst -j RETURN");
             }
         }
         let _ = writeln!(
@@ -417,8 +392,7 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
         );
     }
 
-    let mut out =
-        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut out = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     for chain in [
         "KUBE-FORWARD",
         "KUBE-NODE-PORT",
@@ -494,9 +468,7 @@ pub fn sync(node_ns: &str, spec: &ClusterSpec) -> Result<String, Error> {
         netns::exec_in(node_ns, "ipset", &["restore"], Some(&sets))?;
         let _ = write!(text, "# ipset restore\n{sets}");
     } else {
-        text.push_str(
-            "# no ipset tool: kube-proxy's ipsets and the rules using them are left out\n",
-        );
+        text.push_str("# no ipset tool: kube-proxy's ipsets and the rules using them are left out\n");
     }
     netns::exec_in(node_ns, "iptables-restore", &["-w", "5"], Some(&iptables))?;
     let _ = write!(text, "# iptables-restore\n{iptables}");
@@ -581,21 +553,12 @@ mod tests {
         s.services[0].external_traffic_policy = TrafficPolicy::Local;
         s.services[0].internal_traffic_policy = TrafficPolicy::Local;
         let text = ipvsadm_restore(&s);
-        assert!(
-            !text.contains("-a -t 10.96.0.10:80 -r 10.244.2.12"),
-            "{text}"
-        );
-        assert!(
-            !text.contains("-a -t 172.31.0.2:30080 -r 10.244.2.12"),
-            "{text}"
-        );
+        assert!(!text.contains("-a -t 10.96.0.10:80 -r 10.244.2.12"), "{text}");
+        assert!(!text.contains("-a -t 172.31.0.2:30080 -r 10.244.2.12"), "{text}");
         // ETP=Local without local endpoints: all endpoints (PR #97081).
         s.pods.retain(|p| p.name != "web-1");
         let text = ipvsadm_restore(&s);
-        assert!(
-            text.contains("-a -t 172.31.0.2:30080 -r 10.244.2.12:8080"),
-            "{text}"
-        );
+        assert!(text.contains("-a -t 172.31.0.2:30080 -r 10.244.2.12:8080"), "{text}");
         assert!(!text.contains("-a -t 10.96.0.10:80 -r"), "{text}");
     }
 
@@ -613,10 +576,7 @@ mod tests {
         ] {
             assert!(sets.lines().any(|l| l == line), "{line} missing:\n{sets}");
         }
-        assert!(
-            !sets.contains("10.244.2.12,"),
-            "remote endpoints need no hairpin entry"
-        );
+        assert!(!sets.contains("10.244.2.12,"), "remote endpoints need no hairpin entry");
         let rules = iptables_restore(&spec(), true);
         for line in [
             "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",

@@ -28,14 +28,7 @@ fn spec() -> ClusterSpec {
                 30080,
             ),
         )
-        .service(
-            ServiceSpec::new("default", "dns", Ipv4Addr::new(10, 96, 0, 53)).port(
-                "dns",
-                53,
-                5353,
-                Protocol::Udp,
-            ),
-        )
+        .service(ServiceSpec::new("default", "dns", Ipv4Addr::new(10, 96, 0, 53)).port("dns", 53, 5353, Protocol::Udp))
         .service(
             ServiceSpec::new("default", "empty", Ipv4Addr::new(10, 96, 0, 20))
                 .port("", 80, 8080, Protocol::Tcp)
@@ -65,10 +58,7 @@ fn exercise(mode: ProxyMode) {
                 assert_eq!(status, 200);
                 assert_eq!(body, "web-1\n");
             }
-            other => panic!(
-                "{mode:?} ClusterIP HTTP: {other:?}\nrules:\n{}",
-                lab.rules_text()
-            ),
+            other => panic!("{mode:?} ClusterIP HTTP: {other:?}\nrules:\n{}", lab.rules_text()),
         }
         let out = udp_request(
             lab.client_ns(),
@@ -89,21 +79,12 @@ fn exercise(mode: ProxyMode) {
             assert!(out.is_connected(), "{mode:?} probe {addr}: {out:?}");
         }
         // No endpoints: REJECT -> refused.
-        let out = tcp_connect(
-            lab.client_ns(),
-            SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80),
-            T,
-        )
-        .unwrap();
+        let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 20), 80), T).unwrap();
         assert_eq!(out, TcpOutcome::Refused, "{mode:?} no endpoints");
         // Hairpin: the only backend reaches itself through its Service (masqueraded).
         let web_ns = lab.pod_ns("web-1").unwrap().to_string();
         let out = http_get(&web_ns, web, "/", T).unwrap();
-        assert_eq!(
-            out.backend().as_deref(),
-            Some("web-1"),
-            "{mode:?} hairpin: {out:?}"
-        );
+        assert_eq!(out.backend().as_deref(), Some("web-1"), "{mode:?} hairpin: {out:?}");
         assert_ne!(
             out.remote_ip(),
             Some(Ipv4Addr::new(10, 244, 1, 11)),
@@ -111,28 +92,18 @@ fn exercise(mode: ProxyMode) {
         );
         // Listener stopped: backend RST.
         lab.stop_listener("web-1", 8080).unwrap();
-        assert_eq!(
-            tcp_connect(lab.client_ns(), web, T).unwrap(),
-            TcpOutcome::Refused
-        );
+        assert_eq!(tcp_connect(lab.client_ns(), web, T).unwrap(), TcpOutcome::Refused);
         lab.start_listener("web-1", 8080).unwrap();
         assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
         // Pod that drops everything: timeout.
         lab.set_drop_all("web-1", true).unwrap();
         let short = Duration::from_millis(500);
-        assert_eq!(
-            tcp_connect(lab.client_ns(), web, short).unwrap(),
-            TcpOutcome::Timeout
-        );
+        assert_eq!(tcp_connect(lab.client_ns(), web, short).unwrap(), TcpOutcome::Timeout);
         lab.set_drop_all("web-1", false).unwrap();
         assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
         // Rules flushed for one Service while the API keeps it.
         lab.flush_service_rules("default", "web").unwrap();
-        assert!(
-            !tcp_connect(lab.client_ns(), web, short)
-                .unwrap()
-                .is_connected()
-        );
+        assert!(!tcp_connect(lab.client_ns(), web, short).unwrap().is_connected());
         assert!(
             lab.snapshot_json()["items"]
                 .as_array()
@@ -147,22 +118,13 @@ fn exercise(mode: ProxyMode) {
         lab.delete_pod("web-1").unwrap();
         assert!(lab.pod_ns("web-1").is_none());
         assert!(lab.rules_text().contains("10.244.1.11"));
-        assert_eq!(
-            tcp_connect(lab.client_ns(), web, short).unwrap(),
-            TcpOutcome::Timeout
-        );
+        assert_eq!(tcp_connect(lab.client_ns(), web, short).unwrap(), TcpOutcome::Timeout);
         // apply brings everything back.
         lab.apply(spec()).unwrap();
         assert!(tcp_connect(lab.client_ns(), web, T).unwrap().is_connected());
-        assert_eq!(
-            netns::list_with_prefix(&prefix).len(),
-            lab.namespaces().len()
-        );
+        assert_eq!(netns::list_with_prefix(&prefix).len(), lab.namespaces().len());
     }
-    assert!(
-        netns::list_with_prefix(&prefix).is_empty(),
-        "teardown left namespaces"
-    );
+    assert!(netns::list_with_prefix(&prefix).is_empty(), "teardown left namespaces");
 }
 
 #[test]

@@ -63,11 +63,11 @@
 //! # Ok::<(), lab::Error>(())
 //! ```
 
+mod faults;
 pub mod iptables;
 pub mod ipvs;
 pub mod netns;
 pub mod nftables;
-mod faults;
 mod prober;
 mod servers;
 pub mod snapshot;
@@ -88,12 +88,11 @@ use crate::model::ProxyMode;
 pub use netns::{cleanup_stale, in_netns};
 use servers::{Behavior, KubeProxyState, Server};
 pub use spec::{
-    ClusterSpec, KubeProxySpec, ListenerKind, ListenerSpec, NodeSpec, PodSpec, ProbeSpec,
-    ServicePortSpec, ServiceSpec, ServiceType, SessionAffinity, TrafficPolicy,
+    ClusterSpec, KubeProxySpec, ListenerKind, ListenerSpec, NodeSpec, PodSpec, ProbeSpec, ServicePortSpec, ServiceSpec,
+    ServiceType, SessionAffinity, TrafficPolicy,
 };
 pub use traffic::{
-    HttpOutcome, TcpOutcome, UdpOutcome, http_get, kubelet_probe, tcp_connect, tcp_request,
-    udp_request,
+    HttpOutcome, TcpOutcome, UdpOutcome, http_get, kubelet_probe, tcp_connect, tcp_request, udp_request,
 };
 
 /// What went wrong while building, changing or tearing down a lab.
@@ -172,9 +171,8 @@ pub struct Lab {
 
 /// True for `a.b.c.d/len` with len <= 32.
 fn is_ipv4_cidr(s: &str) -> bool {
-    s.split_once('/').is_some_and(|(ip, len)| {
-        ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
-    })
+    s.split_once('/')
+        .is_some_and(|(ip, len)| ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32))
 }
 
 fn validate(spec: &ClusterSpec) -> Result<(), Error> {
@@ -206,10 +204,7 @@ fn validate(spec: &ClusterSpec) -> Result<(), Error> {
         ports.sort();
         ports.dedup();
         if ports.len() != pod.listeners.len() {
-            return Err(Error::Spec(format!(
-                "pod {} has two listeners on one port",
-                pod.key()
-            )));
+            return Err(Error::Spec(format!("pod {} has two listeners on one port", pod.key())));
         }
     }
     let mut keys: Vec<String> = spec.pods.iter().map(PodSpec::key).collect();
@@ -319,10 +314,7 @@ impl Lab {
             &ext,
             &[
                 "link set lo up".into(),
-                format!(
-                    "addr add {}/{} dev eth0",
-                    s.external_client_ip, s.node_prefix_len
-                ),
+                format!("addr add {}/{} dev eth0", s.external_client_ip, s.node_prefix_len),
                 "link set eth0 up".into(),
                 format!("route add default via {node_ip} dev eth0"),
             ],
@@ -437,9 +429,7 @@ impl Lab {
     /// Writes kube-proxy's rules for the rules view into the node namespace.
     fn sync_rules(&mut self) -> Result<(), Error> {
         let now = servers::unix_now();
-        self.kube_proxy_state
-            .last_queued
-            .store(now, Ordering::Relaxed);
+        self.kube_proxy_state.last_queued.store(now, Ordering::Relaxed);
         let text = match self.mode {
             ProxyMode::Nftables => {
                 let text = nftables::lab_transaction(&self.rules_spec);
@@ -454,9 +444,7 @@ impl Lab {
             }
         };
         self.rules_text = text;
-        self.kube_proxy_state
-            .last_sync
-            .store(now, Ordering::Relaxed);
+        self.kube_proxy_state.last_sync.store(now, Ordering::Relaxed);
         Ok(())
     }
 
@@ -575,11 +563,9 @@ impl Lab {
 
     /// Writes [`Self::snapshot_json`] to `path` (for `d8-trace --k8s-snapshot`).
     pub fn write_snapshot(&self, path: &std::path::Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(&self.snapshot_json())
-            .map_err(|e| Error::Io(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&self.snapshot_json()).map_err(|e| Error::Io(e.to_string()))?;
         std::fs::write(path, text).map_err(|e| Error::Io(format!("write {}: {e}", path.display())))
     }
-
 }
 
 impl Drop for Lab {

@@ -13,11 +13,7 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
     let command = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -28,11 +24,10 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<S
     if let Some(text) = stdin {
         // Take the pipe so it is closed (EOF) before waiting.
         let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(text.as_bytes())
-            .map_err(|e| Error::Command {
-                command: command.clone(),
-                stderr: e.to_string(),
-            })?;
+        pipe.write_all(text.as_bytes()).map_err(|e| Error::Command {
+            command: command.clone(),
+            stderr: e.to_string(),
+        })?;
     }
     let out = child.wait_with_output().map_err(|e| Error::Command {
         command: command.clone(),
@@ -62,12 +57,7 @@ pub(crate) fn ip_batch(ns: &str, lines: &[String]) -> Result<(), Error> {
 }
 
 /// Runs `program args...` inside `ns` via `ip netns exec`.
-pub(crate) fn exec_in(
-    ns: &str,
-    program: &str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> Result<String, Error> {
+pub(crate) fn exec_in(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
     let mut full = vec!["netns", "exec", ns, program];
     full.extend_from_slice(args);
     run("ip", &full, stdin)
@@ -95,10 +85,7 @@ pub fn enter(ns: &str) -> Result<(), Error> {
 
 /// Runs `f` on a fresh thread inside namespace `ns` and returns its result. The caller's thread
 /// never changes namespace.
-pub fn in_netns<T: Send, F: FnOnce() -> Result<T, Error> + Send>(
-    ns: &str,
-    f: F,
-) -> Result<T, Error> {
+pub fn in_netns<T: Send, F: FnOnce() -> Result<T, Error> + Send>(ns: &str, f: F) -> Result<T, Error> {
     std::thread::scope(|s| {
         s.spawn(|| {
             enter(ns)?;

@@ -16,8 +16,8 @@
 use std::fmt::Write as _;
 
 use super::spec::{
-    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize,
-    uses_cluster_endpoints, uses_local_endpoints,
+    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize, uses_cluster_endpoints,
+    uses_local_endpoints,
 };
 use crate::model::rules::names;
 
@@ -84,10 +84,7 @@ impl Tx {
 /// kube-proxy's full-sync transaction for `spec` (declarations first, see the module docs).
 pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     let mut tx = Tx::default();
-    let _ = writeln!(
-        tx.decls,
-        "add table {T} {{ comment \"rules for kube-proxy\" ; }}"
-    );
+    let _ = writeln!(tx.decls, "add table {T} {{ comment \"rules for kube-proxy\" ; }}");
     // Base chains, layout B.
     for (name, kind, hook, prio) in [
         ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
@@ -133,11 +130,7 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
             "ipv4_addr . inet_proto . inet_service",
             "ClusterIP, ExternalIP and LoadBalancer IP traffic",
         ),
-        (
-            "service-nodeports",
-            "inet_proto . inet_service",
-            "NodePort traffic",
-        ),
+        ("service-nodeports", "inet_proto . inet_service", "NodePort traffic"),
         (
             "no-endpoint-services",
             "ipv4_addr . inet_proto . inet_service",
@@ -161,15 +154,9 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     }
 
     // Static rules.
-    tx.rule(
-        "filter-prerouting-pre-dnat",
-        "ct state new jump firewall-check",
-    );
+    tx.rule("filter-prerouting-pre-dnat", "ct state new jump firewall-check");
     tx.rule("filter-output-pre-dnat", "ct state new jump firewall-check");
-    tx.rule(
-        "filter-forward",
-        "ct state new jump service-endpoints-check",
-    );
+    tx.rule("filter-forward", "ct state new jump service-endpoints-check");
     tx.rule("filter-forward", "ct state new jump cluster-ips-check");
     tx.rule("filter-input", "ct state new jump nodeport-endpoints-check");
     tx.rule("filter-input", "ct state new jump service-endpoints-check");
@@ -182,10 +169,7 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     tx.rule("masquerading", "mark and 0x4000 == 0 return");
     tx.rule("masquerading", "mark set mark xor 0x4000");
     tx.rule("masquerading", "masquerade fully-random");
-    tx.rule(
-        "services",
-        "ip daddr . meta l4proto . th dport vmap @service-ips",
-    );
+    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips");
     tx.rule(
         "services",
         "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
@@ -227,10 +211,7 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
 /// The lab's transaction: create-then-delete the table (so the delete never fails), then the full
 /// kube-proxy transaction, applied atomically by one `nft -f`.
 pub fn lab_transaction(spec: &ClusterSpec) -> String {
-    format!(
-        "add table {T}\ndelete table {T}\n{}",
-        kube_proxy_transaction(spec)
-    )
+    format!("add table {T}\ndelete table {T}\n{}", kube_proxy_transaction(spec))
 }
 
 fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: &ServicePortSpec) {
@@ -320,10 +301,7 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     }
     if let Some(np) = port.node_port {
         if has_endpoints {
-            tx.element(
-                "service-nodeports",
-                &format!("{proto} . {np} : goto {external_chain}"),
-            );
+            tx.element("service-nodeports", &format!("{proto} . {np} : goto {external_chain}"));
         }
         if !has_external {
             tx.element(
@@ -353,8 +331,14 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
                     spec.cluster_cidr
                 ),
             );
-            tx.rule(&external_chain, "fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\"");
-            tx.rule(&external_chain, &format!("fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""));
+            tx.rule(
+                &external_chain,
+                "fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\"",
+            );
+            tx.rule(
+                &external_chain,
+                &format!("fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""),
+            );
         }
         if has_external {
             tx.rule(&external_chain, &format!("goto {external_policy_chain}"));
@@ -369,20 +353,11 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     for ep in &cat.all_reachable {
         let ep_base = endpoint_base(svc, port, ep);
         let chain = format!("endpoint-{ep_base}");
-        tx.rule(
-            &chain,
-            &format!("ip saddr {} jump mark-for-masquerade", ep.ip),
-        );
+        tx.rule(&chain, &format!("ip saddr {} jump mark-for-masquerade", ep.ip));
         if matches!(svc.session_affinity, SessionAffinity::ClientIP { .. }) {
-            tx.rule(
-                &chain,
-                &format!("update @affinity-{ep_base} {{ ip saddr }}"),
-            );
+            tx.rule(&chain, &format!("update @affinity-{ep_base} {{ ip saddr }}"));
         }
-        tx.rule(
-            &chain,
-            &format!("meta l4proto {proto} dnat to {}", ep.addr()),
-        );
+        tx.rule(&chain, &format!("meta l4proto {proto} dnat to {}", ep.addr()));
     }
 }
 
@@ -396,10 +371,7 @@ fn write_service_to_endpoint_rules(
     if matches!(svc.session_affinity, SessionAffinity::ClientIP { .. }) {
         for ep in eps {
             let ep_base = endpoint_base(svc, port, ep);
-            tx.rule(
-                chain,
-                &format!("ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"),
-            );
+            tx.rule(chain, &format!("ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"));
         }
     }
     let elements: Vec<String> = eps
@@ -409,11 +381,7 @@ fn write_service_to_endpoint_rules(
         .collect();
     tx.rule(
         chain,
-        &format!(
-            "numgen random mod {} vmap {{ {} }}",
-            eps.len(),
-            elements.join(" , ")
-        ),
+        &format!("numgen random mod {} vmap {{ {} }}", eps.len(), elements.join(" , ")),
     );
 }
 
@@ -427,14 +395,7 @@ mod tests {
 
     fn spec() -> ClusterSpec {
         ClusterSpec::new()
-            .service(
-                ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port(
-                    "p80",
-                    80,
-                    80,
-                    Protocol::Tcp,
-                ),
-            )
+            .service(ServiceSpec::new("ns1", "svc1", Ipv4Addr::new(10, 96, 0, 41)).port("p80", 80, 80, Protocol::Tcp))
             .pod(PodSpec::new("ns1", "a", Ipv4Addr::new(10, 180, 0, 1)).label("app", "svc1"))
     }
 
@@ -443,10 +404,7 @@ mod tests {
         // Reference §3.3: kube-proxy's golden test names.
         let s = spec();
         assert_eq!(
-            format!(
-                "service-{}",
-                service_base(&s.services[0], &s.services[0].ports[0])
-            ),
+            format!("service-{}", service_base(&s.services[0], &s.services[0].ports[0])),
             "service-ULMVA6XW-ns1/svc1/tcp/p80"
         );
         let eps = s.endpoints(&s.services[0], &s.services[0].ports[0]);
@@ -468,7 +426,9 @@ mod tests {
         assert!(text.contains(
             "add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }"
         ));
-        assert!(text.contains("add element ip kube-proxy service-ips { 10.96.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }"));
+        assert!(text.contains(
+            "add element ip kube-proxy service-ips { 10.96.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }"
+        ));
         assert!(text.contains("meta l4proto tcp dnat to 10.180.0.1:80"));
     }
 
@@ -498,7 +458,9 @@ mod tests {
                     .on_node("n2"),
             );
         let text = kube_proxy_transaction(&s);
-        assert!(text.contains("add element ip kube-proxy no-endpoint-nodeports { tcp . 30080 comment \"ns2/svc2:p80\" : drop }"));
+        assert!(text.contains(
+            "add element ip kube-proxy no-endpoint-nodeports { tcp . 30080 comment \"ns2/svc2:p80\" : drop }"
+        ));
         assert!(text.contains("service-nodeports { tcp . 30080 : goto external-"));
         assert!(!text.contains("goto local-"));
         assert!(text.contains("comment \"short-circuit local traffic\""));

@@ -60,20 +60,8 @@ fn policy_spec() -> ClusterSpec {
                 .selector("app", "far")
                 .internal_policy(TrafficPolicy::Local),
         )
-        .service(ServiceSpec::new("shop", "empty", ip(10, 96, 1, 5)).port(
-            "",
-            80,
-            8080,
-            Protocol::Tcp,
-        ))
-        .service(
-            ServiceSpec::new("kube-system", "dns", ip(10, 96, 0, 10)).port(
-                "dns",
-                53,
-                53,
-                Protocol::Udp,
-            ),
-        )
+        .service(ServiceSpec::new("shop", "empty", ip(10, 96, 1, 5)).port("", 80, 8080, Protocol::Tcp))
+        .service(ServiceSpec::new("kube-system", "dns", ip(10, 96, 0, 10)).port("dns", 53, 53, Protocol::Udp))
         .pod(web("web-1", ip(10, 244, 1, 11)))
         .pod(web("web-2", ip(10, 244, 1, 12)))
         .pod(web("web-3", ip(10, 244, 1, 13)).ready(false))
@@ -161,11 +149,7 @@ fn check_rules_read_back(lab: &Lab) {
         !find("shop", "empty").rules.no_endpoints.is_empty(),
         "{mode:?} no endpoints"
     );
-    assert_eq!(
-        eps(find("kube-system", "dns")),
-        ["10.244.1.53:53"],
-        "{mode:?}"
-    );
+    assert_eq!(eps(find("kube-system", "dns")), ["10.244.1.53:53"], "{mode:?}");
 }
 
 fn check_traffic(lab: &Lab) {
@@ -217,19 +201,10 @@ fn check_traffic(lab: &Lab) {
         T,
     )
     .unwrap();
-    assert_eq!(
-        out.remote_ip(),
-        Some(node),
-        "{mode:?} node source address: {out:?}"
-    );
+    assert_eq!(out.remote_ip(), Some(node), "{mode:?} node source address: {out:?}");
     // ITP=Local without local endpoints: dropped; no endpoints at all: rejected.
     assert_eq!(
-        tcp_connect(
-            lab.client_ns(),
-            SocketAddrV4::new(ip(10, 96, 1, 4), 80),
-            SHORT
-        )
-        .unwrap(),
+        tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 1, 4), 80), SHORT).unwrap(),
         TcpOutcome::Timeout
     );
     assert_eq!(
@@ -237,13 +212,7 @@ fn check_traffic(lab: &Lab) {
         TcpOutcome::Refused
     );
     assert_eq!(
-        udp_request(
-            lab.client_ns(),
-            SocketAddrV4::new(ip(10, 96, 0, 10), 53),
-            b"x",
-            T
-        )
-        .unwrap(),
+        udp_request(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 0, 10), 53), b"x", T).unwrap(),
         UdpOutcome::Reply(b"dns-1\nx".to_vec())
     );
 }
@@ -295,19 +264,9 @@ fn no_accept_listener_times_out_and_prober_counts() {
                 .tcp_probes(9000),
         );
     let lab = Lab::up(spec, ProxyMode::Nftables).unwrap();
-    let out = tcp_connect(
-        lab.client_ns(),
-        SocketAddrV4::new(ip(10, 96, 2, 1), 80),
-        SHORT,
-    )
-    .unwrap();
+    let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 2, 1), 80), SHORT).unwrap();
     assert_eq!(out, TcpOutcome::Timeout);
-    let out = tcp_connect(
-        lab.client_ns(),
-        SocketAddrV4::new(ip(10, 244, 1, 32), 9000),
-        T,
-    )
-    .unwrap();
+    let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 244, 1, 32), 9000), T).unwrap();
     assert_eq!(out.backend().as_deref(), Some("ok-1"));
     let prober = lab.start_prober(Duration::from_millis(100));
     let results = lab.probe_all(SHORT).unwrap();
@@ -338,8 +297,8 @@ fn ten_pods_come_up_and_answer_directly() {
     if !is_root() {
         return;
     }
-    let mut spec = ClusterSpec::new()
-        .service(ServiceSpec::new("d", "many", ip(10, 96, 3, 1)).port("", 80, 8080, Protocol::Tcp));
+    let mut spec =
+        ClusterSpec::new().service(ServiceSpec::new("d", "many", ip(10, 96, 3, 1)).port("", 80, 8080, Protocol::Tcp));
     for i in 0..10u8 {
         spec = spec.pod(
             PodSpec::new("d", &format!("many-{i}"), ip(10, 244, 1, 100 + i))
@@ -351,12 +310,7 @@ fn ten_pods_come_up_and_answer_directly() {
     let lab = Lab::up(spec, ProxyMode::Iptables).unwrap();
     eprintln!("ten-pod lab up in {:?}", started.elapsed());
     for i in 0..10u8 {
-        let out = tcp_connect(
-            lab.client_ns(),
-            SocketAddrV4::new(ip(10, 244, 1, 100 + i), 8080),
-            T,
-        )
-        .unwrap();
+        let out = tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 244, 1, 100 + i), 8080), T).unwrap();
         assert_eq!(out.backend(), Some(format!("many-{i}")));
     }
     // The probability cascade spreads connections: 40 connections reach more than one backend.
@@ -379,12 +333,8 @@ fn failed_up_leaves_nothing_behind() {
     if !is_root() {
         return;
     }
-    let mut spec = ClusterSpec::new().service(ServiceSpec::new("d", "x", ip(10, 96, 4, 1)).port(
-        "",
-        80,
-        80,
-        Protocol::Tcp,
-    ));
+    let mut spec =
+        ClusterSpec::new().service(ServiceSpec::new("d", "x", ip(10, 96, 4, 1)).port("", 80, 80, Protocol::Tcp));
     spec.service_cidr = "not-a-cidr".into();
     assert!(matches!(
         Lab::up(spec.clone(), ProxyMode::Nftables),
@@ -394,9 +344,7 @@ fn failed_up_leaves_nothing_behind() {
     spec.service_cidr = "10.96.0.0/16".into();
     spec.node_prefix_len = 33;
     let before = netns::list_with_prefix(&format!("d8lab-{}-", std::process::id())).len();
-    let err = Lab::up(spec, ProxyMode::Nftables)
-        .err()
-        .expect("ip must refuse a /33");
+    let err = Lab::up(spec, ProxyMode::Nftables).err().expect("ip must refuse a /33");
     assert!(
         matches!(&err, Error::Command { command, .. } if command.contains("ip -n")),
         "{err}"
@@ -425,12 +373,7 @@ fn api_view_diverges_on_demand() {
         return;
     }
     let spec = ClusterSpec::new()
-        .service(ServiceSpec::new("d", "web", ip(10, 96, 5, 1)).port(
-            "http",
-            80,
-            8080,
-            Protocol::Tcp,
-        ))
+        .service(ServiceSpec::new("d", "web", ip(10, 96, 5, 1)).port("http", 80, 8080, Protocol::Tcp))
         .pod(
             PodSpec::new("d", "web-1", ip(10, 244, 1, 61))
                 .label("app", "web")

@@ -67,19 +67,11 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a server in namespace `ns` bound to `addr`, returning once it is bound (and, for
     /// [`ListenerKind::TcpNoAccept`], once its accept queue is full).
-    pub fn start(
-        ns: &str,
-        owner: &str,
-        addr: SocketAddrV4,
-        behavior: Behavior,
-    ) -> Result<Self, Error> {
+    pub fn start(ns: &str, owner: &str, addr: SocketAddrV4, behavior: Behavior) -> Result<Self, Error> {
         // SAFETY: plain eventfd creation; the fd is owned below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
-            return Err(Error::Io(format!(
-                "eventfd: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(Error::Io(format!("eventfd: {}", std::io::Error::last_os_error())));
         }
         // SAFETY: efd is a fresh, valid descriptor we own.
         let stop = unsafe { OwnedFd::from_raw_fd(efd) };
@@ -336,19 +328,13 @@ fn read_request(stream: &mut TcpStream) -> Option<String> {
         }
     }
     let text = String::from_utf8_lossy(&buf);
-    text.lines()
-        .next()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
+    text.lines().next().filter(|l| !l.is_empty()).map(str::to_string)
 }
 
 fn http_response(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) {
     // X-Remote-Addr lets tests check source-IP preservation (externalTrafficPolicy=Local) and
     // masquerading.
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Remote-Addr: {peer}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -377,19 +363,11 @@ fn handle(mut stream: TcpStream, owner: &str, behavior: &Behavior) {
                     rfc3339(if healthy { now } else { last }),
                     rfc3339(now)
                 );
-                let status = if healthy {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                };
+                let status = if healthy { "200 OK" } else { "503 Service Unavailable" };
                 http_response(&mut stream, status, "application/json", &body);
             }
         }
-        Behavior::KubeProxyMetrics {
-            state,
-            mode,
-            version,
-        } => {
+        Behavior::KubeProxyMetrics { state, mode, version } => {
             let Some(line) = read_request(&mut stream) else {
                 return;
             };
@@ -400,12 +378,7 @@ fn handle(mut stream: TcpStream, owner: &str, behavior: &Behavior) {
                 let body = metrics_text(state, version);
                 http_response(&mut stream, "200 OK", "text/plain; version=0.0.4", &body);
             } else {
-                http_response(
-                    &mut stream,
-                    "404 Not Found",
-                    "text/plain",
-                    "404 page not found\n",
-                );
+                http_response(&mut stream, "404 Not Found", "text/plain", "404 page not found\n");
             }
         }
         // Tcp (and anything else): banner, half-close, drain until the client closes.

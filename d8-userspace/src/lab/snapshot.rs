@@ -6,9 +6,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::spec::{
-    ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, ServiceType, SessionAffinity,
-};
+use super::spec::{ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, ServiceType, SessionAffinity};
 
 const CREATED: &str = "2026-01-01T00:00:00Z";
 
@@ -90,12 +88,7 @@ fn service_json(svc: &ServiceSpec) -> Value {
         spec["externalTrafficPolicy"] = json!(svc.external_traffic_policy.as_str());
     }
     if !svc.external_ips.is_empty() {
-        spec["externalIPs"] = json!(
-            svc.external_ips
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-        );
+        spec["externalIPs"] = json!(svc.external_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>());
     }
     if let Some(hc) = svc.health_check_node_port {
         spec["healthCheckNodePort"] = json!(hc);
@@ -156,11 +149,7 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         .iter()
         .map(|p| json!({"name": p.name, "port": p.target_port, "protocol": p.protocol.as_str().to_ascii_uppercase()}))
         .collect();
-    let name = format!(
-        "{}-{}",
-        svc.name,
-        suffix(&format!("{}/{}", svc.namespace, svc.name))
-    );
+    let name = format!("{}-{}", svc.name, suffix(&format!("{}/{}", svc.namespace, svc.name)));
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -202,11 +191,7 @@ fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
         .listeners
         .iter()
         .map(|l| {
-            let proto = if l.kind == ListenerKind::UdpEcho {
-                "UDP"
-            } else {
-                "TCP"
-            };
+            let proto = if l.kind == ListenerKind::UdpEcho { "UDP" } else { "TCP" };
             json!({"containerPort": l.port, "protocol": proto})
         })
         .collect();
@@ -367,17 +352,11 @@ mod tests {
         assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
         assert_eq!(svc["spec"]["type"], "NodePort");
         assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
-        assert_eq!(
-            svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
-            600
-        );
+        assert_eq!(svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 600);
         assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
         let eps = items.iter().find(|i| i["kind"] == "EndpointSlice").unwrap();
         assert_eq!(eps["apiVersion"], "discovery.k8s.io/v1");
-        assert_eq!(
-            eps["metadata"]["labels"]["kubernetes.io/service-name"],
-            "web"
-        );
+        assert_eq!(eps["metadata"]["labels"]["kubernetes.io/service-name"], "web");
         assert_eq!(eps["endpoints"].as_array().unwrap().len(), 2);
         assert_eq!(eps["endpoints"][1]["conditions"]["ready"], false);
         assert_eq!(eps["endpoints"][1]["nodeName"], "n2");
@@ -396,24 +375,13 @@ mod tests {
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[0]["status"]["addresses"][0]["type"], "InternalIP");
         assert_eq!(nodes[0]["status"]["addresses"][0]["address"], "172.31.0.2");
-        assert!(
-            items
-                .iter()
-                .any(|i| i["metadata"]["namespace"] == "kube-system")
-        );
+        assert!(items.iter().any(|i| i["metadata"]["namespace"] == "kube-system"));
     }
 
     #[test]
     fn snapshot_parses_with_the_k8s_reader() {
         let spec = ClusterSpec::new()
-            .service(
-                ServiceSpec::new("ns1", "web", Ipv4Addr::new(10, 96, 0, 10)).port(
-                    "",
-                    80,
-                    8080,
-                    Protocol::Tcp,
-                ),
-            )
+            .service(ServiceSpec::new("ns1", "web", Ipv4Addr::new(10, 96, 0, 10)).port("", 80, 8080, Protocol::Tcp))
             .service(
                 ServiceSpec::new("ns1", "lb", Ipv4Addr::new(10, 96, 0, 11))
                     .node_port("dns", 53, 5353, Protocol::Udp, 30053)

@@ -352,14 +352,7 @@ impl ServiceSpec {
     }
 
     /// Adds a port with a NodePort and makes the Service `NodePort` (unless it is a LoadBalancer).
-    pub fn node_port(
-        mut self,
-        name: &str,
-        port: u16,
-        target_port: u16,
-        protocol: Protocol,
-        node_port: u16,
-    ) -> Self {
+    pub fn node_port(mut self, name: &str, port: u16, target_port: u16, protocol: Protocol, node_port: u16) -> Self {
         self.ports.push(ServicePortSpec {
             name: name.into(),
             port,
@@ -447,10 +440,7 @@ impl ServiceSpec {
     fn selects(&self, pod: &PodSpec) -> bool {
         pod.namespace == self.namespace
             && !self.selector.is_empty()
-            && self
-                .selector
-                .iter()
-                .all(|(k, v)| pod.labels.get(k) == Some(v))
+            && self.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
     }
 }
 
@@ -526,9 +516,7 @@ impl ClusterSpec {
 
     /// Mutable [`Self::find_pod`].
     pub fn find_pod_mut(&mut self, name: &str) -> Option<&mut PodSpec> {
-        self.pods
-            .iter_mut()
-            .find(|p| p.name == name || p.key() == name)
+        self.pods.iter_mut().find(|p| p.name == name || p.key() == name)
     }
 
     /// Node name of a pod (the lab node when unset).

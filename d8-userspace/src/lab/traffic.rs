@@ -47,9 +47,7 @@ impl TcpOutcome {
     /// The response as text (lossy), empty when not connected.
     pub fn text(&self) -> String {
         match self {
-            Self::Connected { response } | Self::Reset { response } => {
-                String::from_utf8_lossy(response).into_owned()
-            }
+            Self::Connected { response } | Self::Reset { response } => String::from_utf8_lossy(response).into_owned(),
             _ => String::new(),
         }
     }
@@ -103,8 +101,7 @@ impl HttpOutcome {
     pub fn remote_ip(&self) -> Option<std::net::Ipv4Addr> {
         match self {
             Self::Response {
-                remote_addr: Some(a),
-                ..
+                remote_addr: Some(a), ..
             } => a.parse::<SocketAddrV4>().ok().map(|s| *s.ip()),
             _ => None,
         }
@@ -128,9 +125,7 @@ fn classify_connect_error(e: &std::io::Error) -> TcpOutcome {
     match e.kind() {
         ErrorKind::ConnectionRefused => TcpOutcome::Refused,
         ErrorKind::TimedOut | ErrorKind::WouldBlock => TcpOutcome::Timeout,
-        ErrorKind::ConnectionReset => TcpOutcome::Reset {
-            response: Vec::new(),
-        },
+        ErrorKind::ConnectionReset => TcpOutcome::Reset { response: Vec::new() },
         _ => TcpOutcome::Unreachable(e.to_string()),
     }
 }
@@ -162,12 +157,7 @@ fn read_response(stream: &mut TcpStream, deadline: Instant) -> TcpOutcome {
 
 /// Connects from namespace `ns` to `addr`, sends `payload` (if any), half-closes, and reads the
 /// answer until the server closes. `timeout` bounds the whole exchange.
-pub fn tcp_request(
-    ns: &str,
-    addr: SocketAddrV4,
-    payload: &[u8],
-    timeout: Duration,
-) -> Result<TcpOutcome, Error> {
+pub fn tcp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<TcpOutcome, Error> {
     in_netns(ns, || {
         let deadline = Instant::now() + timeout;
         let mut stream = match TcpStream::connect_timeout(&addr.into(), timeout) {
@@ -178,9 +168,7 @@ pub fn tcp_request(
             let _ = stream.set_write_timeout(Some(timeout));
             if let Err(e) = stream.write_all(payload) {
                 return Ok(if e.kind() == ErrorKind::ConnectionReset {
-                    TcpOutcome::Reset {
-                        response: Vec::new(),
-                    }
+                    TcpOutcome::Reset { response: Vec::new() }
                 } else {
                     classify_connect_error(&e)
                 });
@@ -198,15 +186,8 @@ pub fn tcp_connect(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<Tc
 }
 
 /// `GET path HTTP/1.1` from namespace `ns` to `addr`.
-pub fn http_get(
-    ns: &str,
-    addr: SocketAddrV4,
-    path: &str,
-    timeout: Duration,
-) -> Result<HttpOutcome, Error> {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: d8lab\r\nConnection: close\r\n\r\n"
-    );
+pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<HttpOutcome, Error> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: d8lab\r\nConnection: close\r\n\r\n");
     let outcome = tcp_request(ns, addr, req.as_bytes(), timeout)?;
     let TcpOutcome::Connected { response } = &outcome else {
         return Ok(HttpOutcome::Failed(outcome));
@@ -239,15 +220,9 @@ pub fn http_get(
 
 /// Sends one datagram from namespace `ns` to `addr` on a connected UDP socket (so ICMP errors are
 /// reported) and waits up to `timeout` for a reply.
-pub fn udp_request(
-    ns: &str,
-    addr: SocketAddrV4,
-    payload: &[u8],
-    timeout: Duration,
-) -> Result<UdpOutcome, Error> {
+pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<UdpOutcome, Error> {
     in_netns(ns, || {
-        let sock = UdpSocket::bind("0.0.0.0:0")
-            .map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
         sock.connect(addr)
             .map_err(|e| Error::Io(format!("connect udp {addr}: {e}")))?;
         let _ = sock.set_read_timeout(Some(timeout));
@@ -260,9 +235,7 @@ pub fn udp_request(
         Ok(match sock.recv(&mut buf) {
             Ok(n) => UdpOutcome::Reply(buf[..n].to_vec()),
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => UdpOutcome::Refused,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                UdpOutcome::Timeout
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => UdpOutcome::Timeout,
             Err(e) => UdpOutcome::Unreachable(e.to_string()),
         })
     })
@@ -292,8 +265,6 @@ pub fn kubelet_probe(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<
             );
         }
         drop(stream);
-        Ok(TcpOutcome::Connected {
-            response: Vec::new(),
-        })
+        Ok(TcpOutcome::Connected { response: Vec::new() })
     })
 }

@@ -44,12 +44,21 @@ mod bpf_sys {
         // SAFETY: `attr` is a valid `bpf_attr` prefix of its own size; the pointers in it point
         // to memory the caller keeps alive for the call.
         let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     pub fn elem<K, V>(cmd: libc::c_long, fd: i32, key: &K, value: *mut V, flags: u64) -> std::io::Result<()> {
-        let mut attr =
-            Elem { map_fd: fd as u32, pad: 0, key: key as *const K as u64, value: value as u64, flags };
+        let mut attr = Elem {
+            map_fd: fd as u32,
+            pad: 0,
+            key: key as *const K as u64,
+            value: value as u64,
+            flags,
+        };
         bpf(cmd, &mut attr)
     }
 }
@@ -70,9 +79,7 @@ pub fn kernel_join(tracer: &mut Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut
     if joins.is_empty() {
         return 0;
     }
-    if *fast
-        && let (Some(alias), Some(flows)) = (map_fd(tracer, "NAT_ALIAS"), map_fd(tracer, "FLOWS"))
-    {
+    if *fast && let (Some(alias), Some(flows)) = (map_fd(tracer, "NAT_ALIAS"), map_fd(tracer, "FLOWS")) {
         let keys: Vec<FlowKey> = joins.iter().map(|(post, _)| *post).collect();
         let values: Vec<FlowKey> = joins.iter().map(|(_, orig)| *orig).collect();
         let mut attr = Batch {
@@ -92,7 +99,9 @@ pub fn kernel_join(tracer: &mut Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut
                 match flows_merge(flows, post, orig) {
                     Ok(()) => {}
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)) => {
-                        tracing::info!("note: FLOWS lookup-and-delete unavailable ({e}): joining with single map operations");
+                        tracing::info!(
+                            "note: FLOWS lookup-and-delete unavailable ({e}): joining with single map operations"
+                        );
                         *fast = false;
                         break;
                     }
@@ -110,7 +119,10 @@ pub fn kernel_join(tracer: &mut Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut
             *fast = false;
         }
     }
-    joins.iter().filter(|(post, orig)| tracer.join_alias(post, orig).is_err()).count() as u64
+    joins
+        .iter()
+        .filter(|(post, orig)| tracer.join_alias(post, orig).is_err())
+        .count() as u64
 }
 
 /// `FLOWS[orig] |= FLOWS.take(post)`; `FLOWS[orig]` exists afterwards (the programs find a
@@ -132,7 +144,10 @@ fn flows_merge(fd: i32, post: &FlowKey, orig: &FlowKey) -> std::io::Result<()> {
     let mut current = FlowState::default();
     let mut merged = match elem(BPF_MAP_LOOKUP_ELEM, fd, orig, &mut current, 0) {
         Ok(()) => {
-            let merged = FlowState { seen: current.seen | pending.seen, last_drop_reason: current.last_drop_reason };
+            let merged = FlowState {
+                seen: current.seen | pending.seen,
+                last_drop_reason: current.last_drop_reason,
+            };
             if merged == current {
                 return Ok(());
             }

@@ -161,7 +161,12 @@ impl Tracer {
     }
 
     /// [`Self::attach`] with the packet hooks of `set`; the tracepoints are the same in both.
-    pub fn attach_set(config: &Config, mount: tracefs::Mount, ring_buffer_bytes: u32, set: HookSet) -> Result<Self, Error> {
+    pub fn attach_set(
+        config: &Config,
+        mount: tracefs::Mount,
+        ring_buffer_bytes: u32,
+        set: HookSet,
+    ) -> Result<Self, Error> {
         if PROBES.is_empty() {
             return Err(Error::NoProbes);
         }
@@ -194,10 +199,18 @@ impl Tracer {
                 .program_mut(program)
                 .ok_or_else(|| Error::Missing(format!("program {program}")))?
                 .try_into()
-                .map_err(|source| Error::Program { name: program.into(), source })?;
-            tp.load().map_err(|source| Error::Program { name: program.into(), source })?;
-            tp.attach(category, name)
-                .map_err(|source| Error::Attach { tracepoint: format!("{category}:{name}"), source })?;
+                .map_err(|source| Error::Program {
+                    name: program.into(),
+                    source,
+                })?;
+            tp.load().map_err(|source| Error::Program {
+                name: program.into(),
+                source,
+            })?;
+            tp.attach(category, name).map_err(|source| Error::Attach {
+                tracepoint: format!("{category}:{name}"),
+                source,
+            })?;
             tracer.attached.push(format!("tracepoint {category}:{name}"));
         }
 
@@ -214,7 +227,9 @@ impl Tracer {
             .map(|(name, map)| (name.to_string(), map_data(map).fd().as_fd().as_raw_fd()))
             .collect();
         for name in ["nf_pre", "nf_post"] {
-            tracer.nf_programs.push(netfilter::Program::load(PROBES, name, &map_fds)?);
+            tracer
+                .nf_programs
+                .push(netfilter::Program::load(PROBES, name, &map_fds)?);
         }
         for &(program, hook, priority) in NETFILTER_ATTACHMENTS {
             let prog = tracer
@@ -223,7 +238,9 @@ impl Tracer {
                 .find(|p| p.name() == program)
                 .expect("both netfilter programs were loaded above");
             tracer.nf_links.push(prog.attach(hook, priority)?);
-            tracer.attached.push(format!("netfilter {program} at {} priority {priority}", hook.name()));
+            tracer
+                .attached
+                .push(format!("netfilter {program} at {} priority {priority}", hook.name()));
         }
         Ok(tracer)
     }
@@ -247,13 +264,24 @@ impl Tracer {
     pub fn join_alias(&mut self, post: &d8_common::FlowKey, orig: &d8_common::FlowKey) -> Result<(), Error> {
         use d8_common::{FlowKey, FlowState};
         let mut alias: BpfHashMap<&mut MapData, FlowKey, FlowKey> = BpfHashMap::try_from(
-            self.ebpf.map_mut("NAT_ALIAS").ok_or_else(|| Error::Missing("map NAT_ALIAS".into()))?,
+            self.ebpf
+                .map_mut("NAT_ALIAS")
+                .ok_or_else(|| Error::Missing("map NAT_ALIAS".into()))?,
         )
-        .map_err(|source| Error::Map { name: "NAT_ALIAS", source })?;
-        alias.insert(post, orig, 0).map_err(|source| Error::Map { name: "NAT_ALIAS", source })?;
-        let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowState> =
-            BpfHashMap::try_from(self.ebpf.map_mut("FLOWS").ok_or_else(|| Error::Missing("map FLOWS".into()))?)
-                .map_err(|source| Error::Map { name: "FLOWS", source })?;
+        .map_err(|source| Error::Map {
+            name: "NAT_ALIAS",
+            source,
+        })?;
+        alias.insert(post, orig, 0).map_err(|source| Error::Map {
+            name: "NAT_ALIAS",
+            source,
+        })?;
+        let mut flows: BpfHashMap<&mut MapData, FlowKey, FlowState> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("FLOWS")
+                .ok_or_else(|| Error::Missing("map FLOWS".into()))?,
+        )
+        .map_err(|source| Error::Map { name: "FLOWS", source })?;
         let pending = flows.get(post, 0).ok();
         let current = flows.get(orig, 0).ok();
         let merged = FlowState {
@@ -261,7 +289,9 @@ impl Tracer {
             last_drop_reason: current.or(pending).map_or(0, |s| s.last_drop_reason),
         };
         if current != Some(merged) {
-            flows.insert(orig, merged, 0).map_err(|source| Error::Map { name: "FLOWS", source })?;
+            flows
+                .insert(orig, merged, 0)
+                .map_err(|source| Error::Map { name: "FLOWS", source })?;
         }
         if pending.is_some() {
             let _ = flows.remove(post);
@@ -291,24 +321,42 @@ impl Tracer {
             let _ = map.remove(key);
         }
         for (key, value) in targets {
-            map.insert(key, value, 0).map_err(|source| Error::Map { name: "TARGETS", source })?;
+            map.insert(key, value, 0).map_err(|source| Error::Map {
+                name: "TARGETS",
+                source,
+            })?;
         }
         self.write_target_filter(&union, &exact)
     }
 
     fn targets_map(&mut self) -> Result<BpfHashMap<&mut MapData, TargetKey, u32>, Error> {
-        BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").ok_or_else(|| Error::Missing("map TARGETS".into()))?)
-            .map_err(|source| Error::Map { name: "TARGETS", source })
+        BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .ok_or_else(|| Error::Missing("map TARGETS".into()))?,
+        )
+        .map_err(|source| Error::Map {
+            name: "TARGETS",
+            source,
+        })
     }
 
     /// Writes the words of `new` that differ from `old`.
     fn write_target_filter(&mut self, old: &[u64], new: &[u64]) -> Result<(), Error> {
-        let map = self.ebpf.map_mut("TARGET_FILTER").ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
-        let mut array =
-            Array::<&mut MapData, u64>::try_from(map).map_err(|source| Error::Map { name: "TARGET_FILTER", source })?;
+        let map = self
+            .ebpf
+            .map_mut("TARGET_FILTER")
+            .ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
+        let mut array = Array::<&mut MapData, u64>::try_from(map).map_err(|source| Error::Map {
+            name: "TARGET_FILTER",
+            source,
+        })?;
         for (i, (o, n)) in old.iter().zip(new).enumerate() {
             if o != n {
-                array.set(i as u32, n, 0).map_err(|source| Error::Map { name: "TARGET_FILTER", source })?;
+                array.set(i as u32, n, 0).map_err(|source| Error::Map {
+                    name: "TARGET_FILTER",
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -316,14 +364,19 @@ impl Tracer {
 
     /// The events ring buffer; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| Error::Missing("map EVENTS".into()))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| Error::Missing("map EVENTS".into()))?;
         RingBuf::try_from(map).map_err(|source| Error::Map { name: "EVENTS", source })
     }
 
     /// Counter `index` (`d8_common::stat`) summed over CPUs.
     pub fn counter(&self, index: u32) -> u64 {
         let Some(map) = self.ebpf.map("STATS") else { return 0 };
-        let Ok(array) = PerCpuArray::<&MapData, u64>::try_from(map) else { return 0 };
+        let Ok(array) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
         array.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
     }
 

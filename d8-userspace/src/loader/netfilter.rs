@@ -81,7 +81,10 @@ fn verifier_hint(log: &str) -> String {
     if tail.is_empty() {
         String::new()
     } else {
-        format!("\nverifier log (last lines):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        format!(
+            "\nverifier log (last lines):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 }
 
@@ -122,7 +125,11 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<RawFd> {
     // SAFETY: `attr` is a valid, initialised repr(C) bpf_attr prefix of the given size; the kernel
     // only reads it (and writes nothing back for these commands).
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc as RawFd) }
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc as RawFd)
+    }
 }
 
 /// Instructions of `program`, relocated against already-created maps (`map name -> fd`).
@@ -179,7 +186,10 @@ impl Program {
         };
         match bpf(BPF_PROG_LOAD, &mut attr) {
             // SAFETY: the kernel returned a new fd that we now own.
-            Ok(fd) => Ok(Self { name: program.to_string(), fd: unsafe { OwnedFd::from_raw_fd(fd) } }),
+            Ok(fd) => Ok(Self {
+                name: program.to_string(),
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            }),
             Err(source) => {
                 // Load again with the verifier log on, to say why.
                 let mut log = vec![0u8; 1 << 20];
@@ -188,7 +198,10 @@ impl Program {
                 attr.log_buf = log.as_mut_ptr() as u64;
                 if let Ok(fd) = bpf(BPF_PROG_LOAD, &mut attr) {
                     // SAFETY: as above; a retry that succeeds is taken.
-                    return Ok(Self { name: program.to_string(), fd: unsafe { OwnedFd::from_raw_fd(fd) } });
+                    return Ok(Self {
+                        name: program.to_string(),
+                        fd: unsafe { OwnedFd::from_raw_fd(fd) },
+                    });
                 }
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 Err(Error::Load {
@@ -221,7 +234,11 @@ impl Program {
             source,
         })?;
         // SAFETY: the kernel returned a new link fd that we now own.
-        Ok(Link { hook, priority, fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Link {
+            hook,
+            priority,
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 }
 
@@ -257,8 +274,12 @@ mod tests {
             return;
         }
         let obj = aya_obj::Object::parse(object).unwrap();
-        let fds: HashMap<String, RawFd> =
-            obj.maps.keys().enumerate().map(|(i, name)| (name.clone(), 1000 + i as RawFd)).collect();
+        let fds: HashMap<String, RawFd> = obj
+            .maps
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), 1000 + i as RawFd))
+            .collect();
         for program in ["nf_pre", "nf_post"] {
             let insns = relocated_instructions(object, program, &fds).unwrap();
             let map_loads: Vec<i32> = insns
@@ -270,7 +291,10 @@ mod tests {
             assert!(!map_loads.is_empty(), "{program} references no map");
             let expected: HashSet<i32> = fds.values().copied().collect();
             for fd in map_loads {
-                assert!(expected.contains(&fd), "{program}: map reference to fd {fd}, not one of ours");
+                assert!(
+                    expected.contains(&fd),
+                    "{program}: map reference to fd {fd}, not one of ours"
+                );
             }
         }
     }

@@ -40,8 +40,10 @@ const PRIORITY: u16 = 1;
 const HANDLE: u16 = 0xd8;
 
 /// (program, attach point).
-pub const PROGRAMS: &[(&str, TcAttachType)] =
-    &[("d8_tc_ingress", TcAttachType::Ingress), ("d8_tc_egress", TcAttachType::Egress)];
+pub const PROGRAMS: &[(&str, TcAttachType)] = &[
+    ("d8_tc_ingress", TcAttachType::Ingress),
+    ("d8_tc_egress", TcAttachType::Egress),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,8 +86,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
 
 /// Whether programs attach through netlink filters (and need clsact) rather than TCX links.
 pub fn uses_netlink() -> bool {
-    std::env::var("D8_TC_NETLINK").is_ok_and(|v| v == "1")
-        || crate::kernel::version().is_none_or(|v| v < (6, 6))
+    std::env::var("D8_TC_NETLINK").is_ok_and(|v| v == "1") || crate::kernel::version().is_none_or(|v| v < (6, 6))
 }
 
 impl Hooks {
@@ -93,14 +94,22 @@ impl Hooks {
     /// events first, so an interface that appears meanwhile is not missed.
     pub fn attach_all(ebpf: &mut Ebpf) -> Result<Self, Error> {
         for &(name, _) in PROGRAMS {
-            program(ebpf, name)?.load().map_err(|source| Error::Load { name, source })?;
+            program(ebpf, name)?
+                .load()
+                .map_err(|source| Error::Load { name, source })?;
         }
         let events = LinkEvents::open().map_err(Error::LinkEvents)?;
         match remove_stale() {
-            Ok(removed) => removed.iter().for_each(|r| tracing::info!("removed what an earlier d8-trace left: {r}")),
+            Ok(removed) => removed
+                .iter()
+                .for_each(|r| tracing::info!("removed what an earlier d8-trace left: {r}")),
             Err(e) => tracing::warn!("looking for filters an earlier d8-trace left: {e}"),
         }
-        let mut hooks = Self { ifaces: BTreeMap::new(), netlink: uses_netlink(), events: Some(events) };
+        let mut hooks = Self {
+            ifaces: BTreeMap::new(),
+            netlink: uses_netlink(),
+            events: Some(events),
+        };
         for link in rtnetlink::links().map_err(Error::Links)? {
             hooks.attach(ebpf, &link)?;
         }
@@ -110,7 +119,10 @@ impl Hooks {
     /// `tc` and `tcx` descriptions of what is attached, for `doctor` and the start line.
     pub fn describe(&self) -> Vec<String> {
         let how = if self.netlink { "clsact filter" } else { "tcx link" };
-        self.ifaces.values().map(|i| format!("tc d8_tc_ingress+d8_tc_egress on {} ({how})", i.name)).collect()
+        self.ifaces
+            .values()
+            .map(|i| format!("tc d8_tc_ingress+d8_tc_egress on {} ({how})", i.name))
+            .collect()
     }
 
     /// The link-event subscription, to wait on; call once.
@@ -122,12 +134,20 @@ impl Hooks {
         if link.kind == ARPHRD_LOOPBACK || self.ifaces.contains_key(&link.index) {
             return Ok(());
         }
-        let fail = |reason: String| Error::Attach { iface: link.name.clone(), reason };
+        let fail = |reason: String| Error::Attach {
+            iface: link.name.clone(),
+            reason,
+        };
         if let Some(map) = ebpf.map_mut("TC_L2_LEN") {
             let mut map: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(map).map_err(|e| fail(e.to_string()))?;
-            map.insert(link.index, link.l2_len(), 0).map_err(|e| fail(e.to_string()))?;
+            map.insert(link.index, link.l2_len(), 0)
+                .map_err(|e| fail(e.to_string()))?;
         }
-        let mut iface = Iface { name: link.name.clone(), links: Vec::new(), clsact_ours: false };
+        let mut iface = Iface {
+            name: link.name.clone(),
+            links: Vec::new(),
+            clsact_ours: false,
+        };
         if self.netlink {
             iface.clsact_ours = rtnetlink::add_clsact(link.index).map_err(|e| fail(format!("adding clsact: {e}")))?;
             if iface.clsact_ours {
@@ -139,11 +159,21 @@ impl Hooks {
         for &(name, attach_type) in PROGRAMS {
             let prog = program(ebpf, name)?;
             let id = if self.netlink {
-                let ours = NlOptions { priority: PRIORITY, handle: TcHandle::new(0, HANDLE), ..Default::default() };
+                let ours = NlOptions {
+                    priority: PRIORITY,
+                    handle: TcHandle::new(0, HANDLE),
+                    ..Default::default()
+                };
                 // Priority 1 held by another tool's filter of another kind: where the kernel
                 // chooses (ahead of the first filter), with a handle it chooses.
                 prog.attach_with_options(&link.name, attach_type, TcAttachOptions::Netlink(ours))
-                    .or_else(|_| prog.attach_with_options(&link.name, attach_type, TcAttachOptions::Netlink(NlOptions::default())))
+                    .or_else(|_| {
+                        prog.attach_with_options(
+                            &link.name,
+                            attach_type,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        )
+                    })
             } else {
                 prog.attach_with_options(&link.name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
             }
@@ -223,11 +253,16 @@ fn record_path(ifindex: u32, ifname: &str) -> Option<std::path::PathBuf> {
 
 /// Notes (`added`) or forgets that d8-trace added the clsact qdisc of an interface.
 fn record_clsact(ifindex: u32, ifname: &str, added: bool) {
-    let Some(path) = record_path(ifindex, ifname) else { return };
+    let Some(path) = record_path(ifindex, ifname) else {
+        return;
+    };
     if added {
         let _ = std::fs::create_dir_all(RECORDS);
         if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
-            tracing::warn!("could not record the clsact qdisc added to {ifname} ({}): {e}", path.display());
+            tracing::warn!(
+                "could not record the clsact qdisc added to {ifname} ({}): {e}",
+                path.display()
+            );
         }
     } else {
         let _ = std::fs::remove_file(path);
@@ -259,7 +294,10 @@ pub fn remove_stale() -> std::io::Result<Vec<String>> {
     let mut held: Option<std::collections::HashSet<u32>> = None;
     let mut removed = Vec::new();
     for link in rtnetlink::links()? {
-        for (parent, dir) in [(rtnetlink::CLSACT_INGRESS, "ingress"), (rtnetlink::CLSACT_EGRESS, "egress")] {
+        for (parent, dir) in [
+            (rtnetlink::CLSACT_INGRESS, "ingress"),
+            (rtnetlink::CLSACT_EGRESS, "egress"),
+        ] {
             for f in rtnetlink::filters(link.index, parent)? {
                 let ours = f.kind == "bpf" && f.bpf_name.as_deref().is_some_and(|n| n.starts_with("d8_tc_"));
                 if !ours {
@@ -281,7 +319,10 @@ pub fn remove_stale() -> std::io::Result<Vec<String>> {
             && let Ok(pid) = std::fs::read_to_string(&path)
         {
             // A live d8-trace's own qdisc stays; a dead one's goes once no filter hangs on it.
-            let alive = pid.trim().parse::<i32>().is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            let alive = pid
+                .trim()
+                .parse::<i32>()
+                .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
             let empty = [rtnetlink::CLSACT_INGRESS, rtnetlink::CLSACT_EGRESS]
                 .iter()
                 .all(|p| rtnetlink::filters(link.index, *p).is_ok_and(|f| f.is_empty()));

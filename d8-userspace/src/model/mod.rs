@@ -267,7 +267,11 @@ pub enum WarningKind {
 
 impl Warning {
     pub fn new(kind: WarningKind, source: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { kind, source: source.into(), message: message.into() }
+        Self {
+            kind,
+            source: source.into(),
+            message: message.into(),
+        }
     }
 }
 

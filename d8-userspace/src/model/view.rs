@@ -68,7 +68,12 @@ pub async fn view(api: &k8s::Source, node: Option<&str>) -> Result<NodeView, Err
     if let Some((name, _)) = &applied.node {
         model.node = Some(name.clone());
     }
-    Ok(NodeView { model, api_consulted: applied.api_consulted, host_ips, warnings })
+    Ok(NodeView {
+        model,
+        api_consulted: applied.api_consulted,
+        host_ips,
+        warnings,
+    })
 }
 
 /// The kernel modules kube-proxy's IPVS mode needs (`ip_vs`, and the scheduler of every virtual
@@ -105,4 +110,3 @@ fn mark_ipvs_endpoints_missing_from_api(model: &mut ServiceModel) {
         }
     }
 }
-

@@ -7,12 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{Evidence, RootCause, Severity, Mitigation, VerdictClass};
+use crate::classify::{Evidence, Mitigation, RootCause, Severity, VerdictClass};
 use crate::flows::{Flow, Outcome};
-use crate::model::{
-    Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel,
-    ServiceRef,
-};
+use crate::model::{Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel, ServiceRef};
 
 /// Contract `kube_proxy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,7 +214,6 @@ impl Report {
 
     /// Appends the unclassified contract view of each flow.
     pub fn push_flows<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
-        self.flows
-            .extend(flows.into_iter().map(FlowReport::from_flow));
+        self.flows.extend(flows.into_iter().map(FlowReport::from_flow));
     }
 }

@@ -13,11 +13,7 @@ use crate::model::ProxyMode;
 ///
 /// `ipvs_modules_missing` only matters for `kube_proxy_rules_missing` in IPVS mode, where missing
 /// `ip_vs*` modules are their own domain.
-pub const fn runbook_domain(
-    class: VerdictClass,
-    mode: ProxyMode,
-    ipvs_modules_missing: bool,
-) -> &'static str {
+pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_missing: bool) -> &'static str {
     match class {
         VerdictClass::KubeProxyNotRunning => "pod_crash",
         VerdictClass::KubeProxyRulesMissing => {
@@ -31,9 +27,7 @@ pub const fn runbook_domain(
         VerdictClass::KubeProxyVersionSkew => "version_skew",
         VerdictClass::NoEndpoints | VerdictClass::EtpLocalNoLocalEndpoints => "service_config",
         VerdictClass::ConntrackFull => "conntrack",
-        VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => {
-            "backend"
-        }
+        VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => "backend",
         VerdictClass::Healthy | VerdictClass::ProbeRst => "none",
     }
 }
@@ -78,9 +72,10 @@ pub struct Runbook {
 impl Runbook {
     /// The runbook block of a report. An unclassified report says so in `root_cause`.
     pub fn from_report(report: &Report) -> Self {
-        let ipvs_modules_missing = report.evidence.iter().any(|e| {
-            e.kind == EvidenceKind::KubeProxy && e.content.starts_with(IPVS_MODULES_MISSING_PREFIX)
-        });
+        let ipvs_modules_missing = report
+            .evidence
+            .iter()
+            .any(|e| e.kind == EvidenceKind::KubeProxy && e.content.starts_with(IPVS_MODULES_MISSING_PREFIX));
         let (root_cause, cross_reference) = match &report.root_cause {
             Some(rc) => (
                 format!(

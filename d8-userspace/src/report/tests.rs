@@ -58,8 +58,7 @@ fn literal_report() -> Report {
         )],
         severity: Some(Severity::High),
         mitigation: Some(Mitigation {
-            immediate: "kubectl -n shop get endpointslices -l kubernetes.io/service-name=web"
-                .into(),
+            immediate: "kubectl -n shop get endpointslices -l kubernetes.io/service-name=web".into(),
             long_term: "fix the readiness probe of the pods behind shop/web".into(),
         }),
     }
@@ -150,8 +149,7 @@ fn yaml_is_the_same_object_as_json() {
 
 #[test]
 fn new_report_prints_nulls_for_the_verdict_fields() {
-    let json: serde_json::Value =
-        serde_json::from_str(&rendered(&Report::new(&svc()), Format::Json)).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&rendered(&Report::new(&svc()), Format::Json)).unwrap();
     assert_eq!(json["service"], "shop/web");
     for key in ["node", "root_cause", "severity", "mitigation"] {
         assert!(json[key].is_null(), "{key} should be null: {json}");
@@ -160,12 +158,7 @@ fn new_report_prints_nulls_for_the_verdict_fields() {
     assert!(json["kube_proxy"]["running"].is_null());
     assert_eq!(json["flows"], serde_json::json!([]));
     assert_eq!(json["lost_events"], 0);
-    let keys: Vec<&str> = json
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
     let mut expected = vec![
         "service",
         "node",
@@ -218,11 +211,7 @@ fn runbook_domain_and_cross_reference_for_every_class() {
     ];
     assert_eq!(table.len(), C::ALL.len());
     for (class, domain, xref) in table {
-        assert_eq!(
-            runbook_domain(class, ProxyMode::Iptables, false),
-            domain,
-            "{class}"
-        );
+        assert_eq!(runbook_domain(class, ProxyMode::Iptables, false), domain, "{class}");
         assert_eq!(cross_reference(class), xref, "{class}");
     }
     // IPVS mode with its modules missing is its own domain; rules missing otherwise is a sync issue.
@@ -291,14 +280,8 @@ fn runbook_uses_ipvs_modules_domain_when_evidence_says_modules_are_missing() {
 #[test]
 fn text_summary_fits_80_columns_and_names_the_verdict() {
     let text = rendered(&literal_report(), Format::Text);
-    assert!(
-        text.contains("VERDICT: no_endpoints (severity HIGH)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("10.1.0.5:41234 -> 10.96.0.10:80 -> ?"),
-        "{text}"
-    );
+    assert!(text.contains("VERDICT: no_endpoints (severity HIGH)"), "{text}");
+    assert!(text.contains("10.1.0.5:41234 -> 10.96.0.10:80 -> ?"), "{text}");
     for line in text.lines() {
         // Unbreakable words (a rule line) may exceed the width; everything else must not.
         if line.split_whitespace().count() > 1 && !line.contains("-A KUBE-") {
@@ -332,27 +315,16 @@ fn text_lists_faulty_flows_first_and_counts_the_rest() {
         ..r.flows[0].clone()
     };
     let fault = r.flows[0].clone();
-    r.flows = std::iter::repeat_n(healthy, 40)
-        .chain(std::iter::once(fault))
-        .collect();
+    r.flows = std::iter::repeat_n(healthy, 40).chain(std::iter::once(fault)).collect();
     let text = rendered(&r, Format::Text);
     assert!(
         text.contains("Flows: 41 traced (healthy 40, no_endpoints 1), 0 events lost"),
         "{text}"
     );
-    let first_flow = text
-        .lines()
-        .position(|l| l.contains("10.1.0.5:41234 ->"))
-        .unwrap();
+    let first_flow = text.lines().position(|l| l.contains("10.1.0.5:41234 ->")).unwrap();
     assert!(
-        text.lines()
-            .nth(first_flow + 1)
-            .unwrap()
-            .contains("no_endpoints"),
+        text.lines().nth(first_flow + 1).unwrap().contains("no_endpoints"),
         "{text}"
     );
-    assert!(
-        text.contains("... 11 more flows (-o json lists them all)"),
-        "{text}"
-    );
+    assert!(text.contains("... 11 more flows (-o json lists them all)"), "{text}");
 }

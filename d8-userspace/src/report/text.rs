@@ -23,11 +23,7 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         Some(false) => "NOT running",
         None => "running: unknown",
     };
-    let rules = if kp.rules_present {
-        "rules present"
-    } else {
-        "NO rules"
-    };
+    let rules = if kp.rules_present { "rules present" } else { "NO rules" };
     let version = kp.version.as_deref().unwrap_or("version unknown");
     let mode = serde_plain(&kp.mode);
     writeln!(out, "kube-proxy: {mode}, {running}, {version}, {rules}")?;
@@ -48,14 +44,7 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     } else {
         writeln!(out, "Frontends:")?;
         for f in &r.frontends {
-            writeln!(
-                out,
-                "  {:<13} {}:{}/{}",
-                serde_plain(&f.kind),
-                f.ip,
-                f.port,
-                f.protocol
-            )?;
+            writeln!(out, "  {:<13} {}:{}/{}", serde_plain(&f.kind), f.ip, f.port, f.protocol)?;
         }
     }
     if r.endpoints.is_empty() {
@@ -85,10 +74,8 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         r.lost_events
     )?;
     // Faults first, then the rest, up to a screenful; JSON has them all.
-    let (faults, others): (Vec<&FlowReport>, Vec<&FlowReport>) = r
-        .flows
-        .iter()
-        .partition(|f| f.class.is_some_and(|c| c.is_fault()));
+    let (faults, others): (Vec<&FlowReport>, Vec<&FlowReport>) =
+        r.flows.iter().partition(|f| f.class.is_some_and(|c| c.is_fault()));
     let shown: Vec<&FlowReport> = faults.into_iter().chain(others).take(MAX_FLOWS).collect();
     for f in &shown {
         write_flow(out, f)?;
@@ -129,9 +116,7 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
 
 /// `tcp 10.1.0.5:41234 -> 10.96.0.10:80 -> 10.1.0.7:8080`, then the outcome and class below.
 fn write_flow(out: &mut dyn Write, f: &FlowReport) -> io::Result<()> {
-    let frontend = f
-        .frontend
-        .map_or_else(|| "(direct)".to_owned(), |a| a.to_string());
+    let frontend = f.frontend.map_or_else(|| "(direct)".to_owned(), |a| a.to_string());
     let backend = f.backend.map_or_else(|| "?".to_owned(), |a| a.to_string());
     writeln!(
         out,
@@ -162,10 +147,7 @@ fn class_counts(flows: &[FlowReport]) -> String {
     if counts.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = counts
-        .iter()
-        .map(|(name, n)| format!("{name} {n}"))
-        .collect();
+    let parts: Vec<String> = counts.iter().map(|(name, n)| format!("{name} {n}")).collect();
     format!(" ({})", parts.join(", "))
 }
 

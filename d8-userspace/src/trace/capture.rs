@@ -8,12 +8,7 @@ use d8_common::{Config, TargetKey};
 use tokio::io::unix::AsyncFd;
 
 use super::{Error, HookChoice, Join};
-use crate::{
-    events,
-    flows::FlowTable,
-    kernel::tracefs,
-    loader::Tracer,
-};
+use crate::{events, flows::FlowTable, kernel::tracefs, loader::Tracer};
 
 /// What [`Capture::ready`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +54,14 @@ impl Capture {
         let link_events = tracer.take_link_events().map(register).transpose()?;
         let join = join.map(register).transpose()?;
         let ring = register(tracer.take_events()?)?;
-        Ok(Self { ring, join, link_events, tracer, held: None, decode_errors: 0 })
+        Ok(Self {
+            ring,
+            join,
+            link_events,
+            tracer,
+            held: None,
+            decode_errors: 0,
+        })
     }
 
     /// Waits until records, conntrack events or link events are ready. Cancel-safe.
@@ -94,9 +96,25 @@ impl Capture {
     /// Drains at most `budget` records and conntrack events; true when it stopped there (more
     /// may be waiting).
     fn pump_some(&mut self, table: &mut FlowTable, changed: &mut dyn FnMut(&FlowTable, u64), budget: Budget) -> bool {
-        let Self { ring, join, held, tracer, decode_errors, .. } = self;
+        let Self {
+            ring,
+            join,
+            held,
+            tracer,
+            decode_errors,
+            ..
+        } = self;
         let mut join = join.as_mut().map(|j| j.get_mut());
-        pump(ring.get_mut(), &mut join, held, tracer, table, changed, decode_errors, budget)
+        pump(
+            ring.get_mut(),
+            &mut join,
+            held,
+            tracer,
+            table,
+            changed,
+            decode_errors,
+            budget,
+        )
     }
 
     /// Attaches to interfaces that appeared (TC hook set); one line per change or failure.
@@ -136,7 +154,9 @@ impl Capture {
 
     /// Conntrack-netlink join: (socket overruns, failed `NAT_ALIAS` updates); zeros without it.
     pub fn join_losses(&self) -> (u64, u64) {
-        self.join.as_ref().map_or((0, 0), |j| (j.get_ref().overruns(), j.get_ref().map_errors))
+        self.join
+            .as_ref()
+            .map_or((0, 0), |j| (j.get_ref().overruns(), j.get_ref().map_errors))
     }
 
     /// Warnings about what the join lost, for the end of a trace.
@@ -144,10 +164,14 @@ impl Capture {
         let (overruns, map_errors) = self.join_losses();
         let mut w = Vec::new();
         if overruns > 0 {
-            w.push(format!("the conntrack netlink socket overflowed {overruns} times: some flows may lack their backend"));
+            w.push(format!(
+                "the conntrack netlink socket overflowed {overruns} times: some flows may lack their backend"
+            ));
         }
         if map_errors > 0 {
-            w.push(format!("{map_errors} NAT_ALIAS updates failed: some flows may miss replies"));
+            w.push(format!(
+                "{map_errors} NAT_ALIAS updates failed: some flows may miss replies"
+            ));
         }
         w
     }
@@ -172,7 +196,10 @@ pub const PUMP_BUDGET: usize = 4096;
 /// run: each costs a few `bpf()` map syscalls, about 1 ms under the VM's emulation.
 pub const JOIN_BUDGET: usize = 256;
 
-const SLICE: Budget = Budget { records: PUMP_BUDGET, joins: JOIN_BUDGET };
+const SLICE: Budget = Budget {
+    records: PUMP_BUDGET,
+    joins: JOIN_BUDGET,
+};
 
 /// Waits until `fd` is readable (forever when there is none).
 async fn readable<T: std::os::fd::AsRawFd>(fd: Option<&AsyncFd<T>>) -> std::io::Result<()> {
@@ -266,7 +293,11 @@ fn handle_event(
         // The flow's conntrack entry goes in right after its first packet, before
         // anything else about it.
         if let Some(ct) = j.take_pending_for(&ev.flow) {
-            let (first, second) = if ev.kind == events::Kind::New { (&ev, &ct) } else { (&ct, &ev) };
+            let (first, second) = if ev.kind == events::Kind::New {
+                (&ev, &ct)
+            } else {
+                (&ct, &ev)
+            };
             for e in [first, second] {
                 if let Some(id) = table.apply(e) {
                     changed(table, id);
@@ -279,4 +310,3 @@ fn handle_event(
         changed(table, id);
     }
 }
-

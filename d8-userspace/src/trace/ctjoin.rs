@@ -133,7 +133,10 @@ struct Datagrams {
 
 impl Datagrams {
     fn new() -> Self {
-        Self { bufs: vec![0u8; DATAGRAMS * DATAGRAM_BYTES], lens: [0; DATAGRAMS] }
+        Self {
+            bufs: vec![0u8; DATAGRAMS * DATAGRAM_BYTES],
+            lens: [0; DATAGRAMS],
+        }
     }
 
     /// Reads what is queued, up to [`DATAGRAMS`] datagrams, without waiting; 0 when nothing is.
@@ -150,11 +153,21 @@ impl Datagrams {
         }
         // SAFETY: `msgs` holds DATAGRAMS valid headers.
         let n = unsafe {
-            libc::recvmmsg(fd, msgs.as_mut_ptr(), DATAGRAMS as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                DATAGRAMS as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            return if e.kind() == std::io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+            return if e.kind() == std::io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
         }
         let n = n as usize;
         for (len, m) in self.lens.iter_mut().zip(&msgs).take(n) {
@@ -166,9 +179,7 @@ impl Datagrams {
     /// The conntrack events of the first `n` datagrams read.
     fn events(&self, n: usize) -> Vec<ctnetlink::CtEvent> {
         (0..n.min(DATAGRAMS))
-            .flat_map(|i| {
-                ctnetlink::parse_datagram(&self.bufs[i * DATAGRAM_BYTES..][..self.lens[i]])
-            })
+            .flat_map(|i| ctnetlink::parse_datagram(&self.bufs[i * DATAGRAM_BYTES..][..self.lens[i]]))
             .collect()
     }
 }
@@ -201,7 +212,9 @@ impl CtJoin {
     /// returns how many it handled. Fewer than `max` means none is left (until the kernel queues
     /// more); the rest of a longer queue waits for the next call.
     pub fn poll(&mut self, tracer: &mut Tracer, max: usize) -> usize {
-        let Self { events, inbox, bufs, .. } = self;
+        let Self {
+            events, inbox, bufs, ..
+        } = self;
         let fd = std::os::fd::AsRawFd::as_raw_fd(events.socket());
         inbox.fill(max, monotonic_ns, || match bufs.recv(fd) {
             Ok(0) => Read::Empty,
@@ -263,7 +276,11 @@ impl CtJoin {
             reply_direction: Some(false),
             tcp_flags: 0,
             client_side: false,
-            kind: Kind::Conntrack { reply, status: ct.status, after_snat: true },
+            kind: Kind::Conntrack {
+                reply,
+                status: ct.status,
+                after_snat: true,
+            },
         });
     }
 
@@ -310,7 +327,12 @@ mod tests {
     use ctnetlink::{CtEvent, parse_datagram, tests::ct_new_message};
 
     fn ct(port: u16) -> CtEvent {
-        let msg = ct_new_message(([10, 0, 0, 1], port, [10, 96, 0, 10], 80), ([10, 244, 1, 2], 8080, [10, 0, 0, 1], port), 6, 8);
+        let msg = ct_new_message(
+            ([10, 0, 0, 1], port, [10, 96, 0, 10], 80),
+            ([10, 244, 1, 2], 8080, [10, 0, 0, 1], port),
+            6,
+            8,
+        );
         parse_datagram(&msg)[0]
     }
 
@@ -336,7 +358,10 @@ mod tests {
         let mut inbox = Inbox::default();
         inbox.fill(4, &now, &mut read);
         assert_eq!(inbox.queued.len(), 4, "stops at the budget");
-        assert_eq!(inbox.read_until, 0, "the socket was not emptied: nothing is known to be read");
+        assert_eq!(
+            inbox.read_until, 0,
+            "the socket was not emptied: nothing is known to be read"
+        );
         // Handled: the next call reads the rest, in order, and notes when the socket was empty.
         let first: Vec<u16> = inbox.queued.drain(..).map(|c| u16::from_be(c.orig.sport)).collect();
         assert_eq!(first, [40000, 40001, 40002, 40003]);
@@ -409,7 +434,11 @@ mod tests {
         for port in (0..50_000u16).rev() {
             assert!(p.take_for(&event(port).flow).is_some());
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(p.events.is_empty());
     }
 }

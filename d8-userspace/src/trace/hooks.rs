@@ -52,18 +52,25 @@ pub struct HookChoice {
 /// (`netfilter_links`), else TC.
 pub fn choose_hooks(requested: HookRequest, netfilter_links: bool) -> Result<HookChoice, Error> {
     use HookRequest as Hooks;
-    let tc = |reason: String| HookChoice { set: loader::HookSet::Tc, join: Join::CtNetlink, reason };
+    let tc = |reason: String| HookChoice {
+        set: loader::HookSet::Tc,
+        join: Join::CtNetlink,
+        reason,
+    };
     match requested {
         Hooks::Netfilter | Hooks::Auto if netfilter_links => Ok(HookChoice {
             set: loader::HookSet::Netfilter,
             join: Join::SkbConntrack,
             reason: if requested == Hooks::Auto {
-                "auto: netfilter BPF links are available (exact pre/post-DNAT views from the skb's conntrack entry)".into()
+                "auto: netfilter BPF links are available (exact pre/post-DNAT views from the skb's conntrack entry)"
+                    .into()
             } else {
                 "--hooks netfilter".into()
             },
         }),
-        Hooks::Netfilter => Err(Error::NoNetfilterLinks { release: kernel::release() }),
+        Hooks::Netfilter => Err(Error::NoNetfilterLinks {
+            release: kernel::release(),
+        }),
         Hooks::Tc => Ok(tc("--hooks tc".into())),
         Hooks::Auto => Ok(tc(format!(
             "auto: this kernel ({}) has no netfilter BPF links (6.4+, CONFIG_NETFILTER_BPF_LINK): TC classifiers on every interface",
@@ -94,7 +101,11 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
         Err(e) if requested != HookRequest::Netfilter => {
             let choice = choose_hooks(requested, false)?;
             let mut config = Config::default();
-            for off in [&mut config.skb_head, &mut config.skb_network_header, &mut config.skb_nfct] {
+            for off in [
+                &mut config.skb_head,
+                &mut config.skb_network_header,
+                &mut config.skb_nfct,
+            ] {
                 *off = u32::MAX;
             }
             config.ct_tuple_orig = u32::MAX;
@@ -104,7 +115,13 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
             let mount = tracefs::Mount::ensure()?;
             let mut warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
             warnings.insert(0, format!("{}: tracing with the TC hook set without drops (the drop tracepoint needs sk_buff's layout from BTF)", crate::error_chain(&e)));
-            return Ok(KernelSetup { choice, config, drop_reasons: DropReasons::default(), mount, warnings });
+            return Ok(KernelSetup {
+                choice,
+                config,
+                drop_reasons: DropReasons::default(),
+                mount,
+                warnings,
+            });
         }
         Err(e) => return Err(kernel::Error::from(e).into()),
     };
@@ -118,7 +135,9 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
         Err(e) if choice.set == loader::HookSet::Tc => {
             config = Config::default();
             config.skb_head = btf.member_offset("sk_buff", "head").map_err(kernel::Error::from)?;
-            config.skb_network_header = btf.member_offset("sk_buff", "network_header").map_err(kernel::Error::from)?;
+            config.skb_network_header = btf
+                .member_offset("sk_buff", "network_header")
+                .map_err(kernel::Error::from)?;
             config.skb_nfct = u32::MAX;
             config.ct_tuple_orig = u32::MAX;
             config.ct_tuple_reply = u32::MAX;
@@ -134,7 +153,13 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
     let mount = tracefs::Mount::ensure()?;
     let mut warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
     warnings.splice(0..0, early_warnings);
-    Ok(KernelSetup { choice, config, drop_reasons: DropReasons::from_btf(&btf), mount, warnings })
+    Ok(KernelSetup {
+        choice,
+        config,
+        drop_reasons: DropReasons::from_btf(&btf),
+        mount,
+        warnings,
+    })
 }
 
 #[cfg(test)]
@@ -146,9 +171,16 @@ mod tests {
         use HookRequest as Hooks;
         let auto_old = choose_hooks(Hooks::Auto, false).unwrap();
         assert_eq!((auto_old.set, auto_old.join), (loader::HookSet::Tc, Join::CtNetlink));
-        assert!(auto_old.reason.contains("no netfilter BPF links"), "{}", auto_old.reason);
+        assert!(
+            auto_old.reason.contains("no netfilter BPF links"),
+            "{}",
+            auto_old.reason
+        );
         let auto_new = choose_hooks(Hooks::Auto, true).unwrap();
-        assert_eq!((auto_new.set, auto_new.join), (loader::HookSet::Netfilter, Join::SkbConntrack));
+        assert_eq!(
+            (auto_new.set, auto_new.join),
+            (loader::HookSet::Netfilter, Join::SkbConntrack)
+        );
         assert_eq!(choose_hooks(Hooks::Tc, true).unwrap().set, loader::HookSet::Tc);
         let err = choose_hooks(Hooks::Netfilter, false).unwrap_err();
         assert_eq!(err.exit_code(), 3);

@@ -32,7 +32,10 @@ pub const LIVE_QUEUE_LINES: usize = 4096;
 /// The live queue's capacity: [`LIVE_QUEUE_LINES`], or `D8_TRACE_LIVE_QUEUE_LINES` (a smaller or
 /// larger queue, for the end-to-end tests).
 pub fn live_queue_lines() -> usize {
-    std::env::var("D8_TRACE_LIVE_QUEUE_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(LIVE_QUEUE_LINES)
+    std::env::var("D8_TRACE_LIVE_QUEUE_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LIVE_QUEUE_LINES)
 }
 
 /// Live lines written by a thread of their own, so the event loop never waits for the reader
@@ -69,7 +72,12 @@ impl LiveQueue {
                 }
             }
         })?;
-        Ok(Self { tx: Some(tx), writer: Some(writer), partial: Vec::new(), dropped: 0 })
+        Ok(Self {
+            tx: Some(tx),
+            writer: Some(writer),
+            partial: Vec::new(),
+            dropped: 0,
+        })
     }
 
     fn send(&mut self, line: Vec<u8>) {
@@ -157,14 +165,25 @@ mod tests {
         }
         let (resume, rx) = mpsc::channel();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let mut q = LiveQueue::spawn(Box::new(Paused { resume: rx, paused: true, got: got.clone() }), 4).unwrap();
+        let mut q = LiveQueue::spawn(
+            Box::new(Paused {
+                resume: rx,
+                paused: true,
+                got: got.clone(),
+            }),
+            4,
+        )
+        .unwrap();
         let started = std::time::Instant::now();
         for i in 0..100 {
             // In pieces, as `writeln!` may hand them over.
             write!(q, "line ").unwrap();
             writeln!(q, "{i}").unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "writing waited for the reader");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "writing waited for the reader"
+        );
         assert!(q.dropped() > 0);
         resume.send(()).unwrap();
         let dropped = q.finish();
@@ -172,6 +191,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len() as u64 + dropped, 100, "{text}");
         assert_eq!(lines[0], "line 0");
-        assert!(lines.iter().all(|l| l.starts_with("line ") && l[5..].parse::<u32>().is_ok()), "whole lines only: {text}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.starts_with("line ") && l[5..].parse::<u32>().is_ok()),
+            "whole lines only: {text}"
+        );
     }
 }

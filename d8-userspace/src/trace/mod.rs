@@ -19,12 +19,11 @@ use std::{io::Write, time::Duration};
 
 use crate::{
     classify,
-        flows::{Flow, FlowTable},
+    flows::{Flow, FlowTable},
     kernel::{self, host, monotonic_ns, tracefs},
     loader,
     model::{
-        ServiceRef, k8s,
-        rules,
+        ServiceRef, k8s, rules,
         view::{self, NodeView},
     },
     report::{self, Report},
@@ -38,8 +37,8 @@ pub mod plan;
 
 pub use capture::{Capture, JOIN_BUDGET, PUMP_BUDGET, PUMP_EVERY, Ready};
 pub use hooks::{HookChoice, HookRequest, Join, KernelSetup, choose_hooks, kernel_setup};
-pub use live::{LIVE_QUEUE_LINES, LiveQueue, live_queue_lines};
 use live::LivePrinter;
+pub use live::{LIVE_QUEUE_LINES, LiveQueue, live_queue_lines};
 pub use plan::{Plan, ServiceSelector, plan};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +47,11 @@ pub enum Error {
     #[error("Service {service} {reason}")]
     UnknownService { service: ServiceRef, reason: String },
     #[error("Service {service} has no port `{port}`; its ports: {known}")]
-    UnknownPort { service: ServiceRef, port: String, known: String },
+    UnknownPort {
+        service: ServiceRef,
+        port: String,
+        known: String,
+    },
     #[error("tracing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON); run d8-trace as root")]
     NotRoot,
     #[error(
@@ -107,7 +110,12 @@ pub struct Scope {
 
 impl Default for Scope {
     fn default() -> Self {
-        Self { netns: None, api: k8s::Source::Live { kubeconfig: None }, node: None, hooks: HookRequest::Auto }
+        Self {
+            netns: None,
+            api: k8s::Source::Live { kubeconfig: None },
+            node: None,
+            hooks: HookRequest::Auto,
+        }
     }
 }
 
@@ -141,7 +149,10 @@ pub async fn explain(scope: &Scope, svc: &ServiceSelector) -> Result<Finished, E
         lost_events: 0,
     };
     let report = report::build(&plan.service, &[], &view.model, &ctx);
-    Ok(Finished { report, warnings: view.warnings })
+    Ok(Finished {
+        report,
+        warnings: view.warnings,
+    })
 }
 
 /// A trace of one Service: view → plan → kernel setup → capture → report. `warn` hears each
@@ -210,21 +221,32 @@ pub struct Outcome {
     pub warnings: Vec<String>,
 }
 
-
 /// Traces `plan` until the deadline, Ctrl-C or SIGTERM. Must run inside a tokio runtime with IO
 /// and time enabled, on the thread that is in the node's network namespace.
 ///
 /// `live` gets one line per flow change; the loop waits for it, so hand in a [`LiveQueue`] when
 /// it may block (a terminal or pipe the user reads).
 pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn Write) -> Result<Outcome, Error> {
-    let KernelSetup { choice, config, drop_reasons, mount, mut warnings } = setup;
+    let KernelSetup {
+        choice,
+        config,
+        drop_reasons,
+        mount,
+        mut warnings,
+    } = setup;
     // Signal handlers first: a Ctrl-C or SIGTERM that arrives once hooks are attached must end the
     // trace normally (verdict printed, everything detached), never kill the process outright.
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut capture =
-        Capture::open(&choice, &config, mount, opts.ring_buffer_bytes, &plan.targets(), plan.node_ips.clone())?;
+    let mut capture = Capture::open(
+        &choice,
+        &config,
+        mount,
+        opts.ring_buffer_bytes,
+        &plan.targets(),
+        plan.node_ips.clone(),
+    )?;
     tracing::info!(
         "attached {} hooks ({} hook set); tracing {} ({} frontends, {} backends){}",
         capture.attached().len(),
@@ -243,11 +265,16 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     if let Some(ms) = std::env::var_os("D8_TRACE_FAIL_AFTER_ATTACH") {
         let ms = ms.to_str().and_then(|v| v.parse().ok()).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        return Err(Error::Io(std::io::Error::other("failing after attach (D8_TRACE_FAIL_AFTER_ATTACH is set)")));
+        return Err(Error::Io(std::io::Error::other(
+            "failing after attach (D8_TRACE_FAIL_AFTER_ATTACH is set)",
+        )));
     }
     let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), plan.node_ips.clone(), drop_reasons)
         .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
-    let mut printer = LivePrinter { enabled: opts.live, printed: Default::default() };
+    let mut printer = LivePrinter {
+        enabled: opts.live,
+        printed: Default::default(),
+    };
     let mut changed = |table: &FlowTable, id: u64| printer.print(table, id, live);
 
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -297,7 +324,10 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         warnings.push(format!("{decode_errors} kernel events could not be decoded"));
     }
     if table.evicted() > 0 {
-        warnings.push(format!("{} flows were evicted from the flow table (it holds at most 100000)", table.evicted()));
+        warnings.push(format!(
+            "{} flows were evicted from the flow table (it holds at most 100000)",
+            table.evicted()
+        ));
     }
     Ok(Outcome {
         flows: table.flows().to_vec(),
@@ -308,4 +338,3 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         warnings,
     })
 }
-

@@ -30,15 +30,27 @@ impl std::str::FromStr for ServiceSelector {
             None => (s, None),
         };
         let Some((namespace, name)) = svc.split_once('/') else {
-            return Err(format!("`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"));
+            return Err(format!(
+                "`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"
+            ));
         };
         let valid = |part: &str| {
-            !part.is_empty() && part.len() <= 253 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            !part.is_empty()
+                && part.len() <= 253
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         };
         if !valid(namespace) || !valid(name) {
-            return Err(format!("`{s}`: namespace and name must be DNS labels (letters, digits, `-`, `.`)"));
+            return Err(format!(
+                "`{s}`: namespace and name must be DNS labels (letters, digits, `-`, `.`)"
+            ));
         }
-        Ok(Self { service: ServiceRef { namespace: namespace.into(), name: name.into() }, port })
+        Ok(Self {
+            service: ServiceRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            port,
+        })
     }
 }
 
@@ -79,20 +91,37 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
         } else if same_ns.is_empty() {
             format!("is not in kube-proxy's rules on this node, nor is any other Service of namespace {ns}")
         } else {
-            format!("is not in kube-proxy's rules on this node; Services of {ns} that are: {}", same_ns.join(", "))
+            format!(
+                "is not in kube-proxy's rules on this node; Services of {ns} that are: {}",
+                same_ns.join(", ")
+            )
         };
-        return Err(Error::UnknownService { service: arg.service.clone(), reason });
+        return Err(Error::UnknownService {
+            service: arg.service.clone(),
+            reason,
+        });
     };
     let wanted = |port_name: &str, port: u16| match &arg.port {
         None => true,
         Some(p) => p == port_name || p.parse::<u16>().ok() == Some(port),
     };
-    let frontends: Vec<Frontend> = svc.frontends.iter().filter(|f| wanted(&f.port_name, f.port)).cloned().collect();
+    let frontends: Vec<Frontend> = svc
+        .frontends
+        .iter()
+        .filter(|f| wanted(&f.port_name, f.port))
+        .cloned()
+        .collect();
     if frontends.is_empty() && arg.port.is_some() {
         let mut known: Vec<String> = svc
             .frontends
             .iter()
-            .map(|f| if f.port_name.is_empty() { f.port.to_string() } else { format!("{} ({})", f.port_name, f.port) })
+            .map(|f| {
+                if f.port_name.is_empty() {
+                    f.port.to_string()
+                } else {
+                    format!("{} ({})", f.port_name, f.port)
+                }
+            })
             .collect();
         known.dedup();
         return Err(Error::UnknownPort {
@@ -120,11 +149,21 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
     }
     frontend_addrs.sort();
     frontend_addrs.dedup();
-    Ok(Plan { service: arg.service.clone(), frontends, endpoints, frontend_addrs, node_ips })
+    Ok(Plan {
+        service: arg.service.clone(),
+        frontends,
+        endpoints,
+        frontend_addrs,
+        node_ips,
+    })
 }
 
 fn target_key(protocol: Protocol, addr: SocketAddr) -> TargetKey {
-    let mut key = TargetKey { port: addr.port().to_be(), proto: protocol.number(), ..Default::default() };
+    let mut key = TargetKey {
+        port: addr.port().to_be(),
+        proto: protocol.number(),
+        ..Default::default()
+    };
     match addr.ip() {
         IpAddr::V4(v4) => {
             key.addr[..4].copy_from_slice(&v4.octets());
@@ -142,8 +181,11 @@ impl Plan {
     /// Kernel targets: every frontend, and every backend (so direct flows such as kubelet probes
     /// are traced too).
     pub fn targets(&self) -> Vec<(TargetKey, u32)> {
-        let mut t: Vec<(TargetKey, u32)> =
-            self.frontend_addrs.iter().map(|(p, a)| (target_key(*p, *a), target::FRONTEND)).collect();
+        let mut t: Vec<(TargetKey, u32)> = self
+            .frontend_addrs
+            .iter()
+            .map(|(p, a)| (target_key(*p, *a), target::FRONTEND))
+            .collect();
         for e in &self.endpoints {
             t.push((target_key(e.protocol, SocketAddr::new(e.ip, e.port)), target::BACKEND));
         }
@@ -167,7 +209,13 @@ pub struct Merged {
 impl Merged {
     /// Merges `plans` under the name `service` (for the start line and logs).
     pub fn new(service: ServiceRef, plans: Vec<Plan>, node_ips: Vec<IpAddr>) -> Self {
-        let mut all = Plan { service, frontends: Vec::new(), endpoints: Vec::new(), frontend_addrs: Vec::new(), node_ips };
+        let mut all = Plan {
+            service,
+            frontends: Vec::new(),
+            endpoints: Vec::new(),
+            frontend_addrs: Vec::new(),
+            node_ips,
+        };
         let (mut frontends, mut backends) = (HashMap::new(), HashMap::new());
         for (i, p) in plans.iter().enumerate() {
             for fa in &p.frontend_addrs {
@@ -183,8 +231,14 @@ impl Merged {
         all.frontend_addrs.sort();
         all.frontend_addrs.dedup();
         all.endpoints.sort_by_key(|e| (e.protocol, e.ip, e.port));
-        all.endpoints.dedup_by(|a, b| (a.protocol, a.ip, a.port) == (b.protocol, b.ip, b.port));
-        Self { all, plans, frontends, backends }
+        all.endpoints
+            .dedup_by(|a, b| (a.protocol, a.ip, a.port) == (b.protocol, b.ip, b.port));
+        Self {
+            all,
+            plans,
+            frontends,
+            backends,
+        }
     }
 
     /// Plans of every Service of `model` (the ones it cannot plan, without frontends, left out).
@@ -192,9 +246,26 @@ impl Merged {
         let plans = model
             .services
             .iter()
-            .filter_map(|s| plan(model, &ServiceSelector { service: s.service.clone(), port: None }, model.node_ips.clone()).ok())
+            .filter_map(|s| {
+                plan(
+                    model,
+                    &ServiceSelector {
+                        service: s.service.clone(),
+                        port: None,
+                    },
+                    model.node_ips.clone(),
+                )
+                .ok()
+            })
             .collect();
-        Self::new(ServiceRef { namespace: "*".into(), name: "*".into() }, plans, model.node_ips.clone())
+        Self::new(
+            ServiceRef {
+                namespace: "*".into(),
+                name: "*".into(),
+            },
+            plans,
+            model.node_ips.clone(),
+        )
     }
 
     /// Which of the plans a flow belongs to: by its frontend, or for a direct flow (a kubelet
@@ -213,7 +284,10 @@ mod tests {
     use crate::model::Service;
 
     fn model() -> ServiceModel {
-        let mut svc = Service::new(ServiceRef { namespace: "default".into(), name: "web".into() });
+        let mut svc = Service::new(ServiceRef {
+            namespace: "default".into(),
+            name: "web".into(),
+        });
         for (name, port) in [("http", 80), ("metrics", 9090)] {
             svc.frontends.push(Frontend {
                 kind: FrontendKind::ClusterIp,
@@ -232,7 +306,12 @@ mod tests {
             port_name: "http".into(),
             rule: None,
         });
-        svc.endpoints.push(Endpoint::in_rules("10.244.1.7".parse().unwrap(), 8080, Protocol::Tcp, "http"));
+        svc.endpoints.push(Endpoint::in_rules(
+            "10.244.1.7".parse().unwrap(),
+            8080,
+            Protocol::Tcp,
+            "http",
+        ));
         let mut m = ServiceModel::default();
         m.kube_proxy.rules_present = true;
         m.services.push(svc);
@@ -245,7 +324,10 @@ mod tests {
         let plan = plan(&model(), &arg, vec!["192.168.1.2".parse().unwrap()]).unwrap();
         assert_eq!(
             plan.frontend_addrs,
-            vec![(Protocol::Tcp, "10.96.0.10:80".parse().unwrap()), (Protocol::Tcp, "192.168.1.2:30080".parse().unwrap())]
+            vec![
+                (Protocol::Tcp, "10.96.0.10:80".parse().unwrap()),
+                (Protocol::Tcp, "192.168.1.2:30080".parse().unwrap())
+            ]
         );
         assert_eq!(plan.endpoints.len(), 1);
         let targets = plan.targets();
@@ -260,7 +342,10 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("web"), "{err}");
         let err = plan(&model(), &"default/web:grpc".parse().unwrap(), vec![]).unwrap_err();
-        assert!(err.to_string().contains("http (80)") && err.to_string().contains("metrics (9090)"), "{err}");
+        assert!(
+            err.to_string().contains("http (80)") && err.to_string().contains("metrics (9090)"),
+            "{err}"
+        );
         let err = plan(&model(), &"other/web".parse().unwrap(), vec![]).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -270,7 +355,11 @@ mod tests {
         empty.services.clear();
         empty.kube_proxy.rules_present = false;
         let err = plan(&empty, &"default/web".parse().unwrap(), vec![]).unwrap_err();
-        assert!(err.to_string().ends_with("no kube-proxy rules were found at all (is this the node's network namespace?)"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("no kube-proxy rules were found at all (is this the node's network namespace?)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -278,7 +367,10 @@ mod tests {
         // IPVS without the API: the rules hold only anonymous Services (virtual servers).
         let mut m = model();
         m.kube_proxy.mode = crate::model::ProxyMode::Ipvs;
-        m.services[0].service = ServiceRef { namespace: String::new(), name: "TCP 10.96.0.10:80".into() };
+        m.services[0].service = ServiceRef {
+            namespace: String::new(),
+            name: "TCP 10.96.0.10:80".into(),
+        };
         let err = plan(&m, &"default/web".parse().unwrap(), vec![]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let text = err.to_string();
@@ -292,7 +384,10 @@ mod tests {
         );
         assert!(!text.contains("  "), "one sentence, no gaps: {text}");
         // With the API's names, a missing Service is just missing.
-        m.services[0].service = ServiceRef { namespace: "default".into(), name: "web".into() };
+        m.services[0].service = ServiceRef {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
         let err = plan(&m, &"default/nope".parse().unwrap(), vec![]).unwrap_err();
         assert!(err.to_string().ends_with("Services of default that are: web"), "{err}");
     }

@@ -14,7 +14,11 @@ fn assert_attached(held: &bpf::Held) {
 }
 
 fn assert_gone(held: &bpf::Held, how: &str) {
-    assert_eq!(bpf::still_loaded(held), bpf::Held::default(), "programs and links left after {how}");
+    assert_eq!(
+        bpf::still_loaded(held),
+        bpf::Held::default(),
+        "programs and links left after {how}"
+    );
 }
 
 #[test]
@@ -30,7 +34,15 @@ fn nothing_remains_after_a_normal_exit() {
 #[test]
 fn nothing_remains_after_ctrl_c() {
     let lab = lab(ProxyMode::Iptables);
-    let args = ["--svc", "default/web", "--netns", lab.node_ns(), "-o", "json", "--no-k8s"];
+    let args = [
+        "--svc",
+        "default/web",
+        "--netns",
+        lab.node_ns(),
+        "-o",
+        "json",
+        "--no-k8s",
+    ];
     let trace = Trace::start(&args);
     let held = bpf::held_by(trace.pid() as u32);
     assert_attached(&held);
@@ -44,7 +56,15 @@ fn nothing_remains_after_ctrl_c() {
 #[test]
 fn nothing_remains_after_sigterm() {
     let lab = lab(ProxyMode::Nftables);
-    let args = ["--svc", "default/web", "--netns", lab.node_ns(), "-o", "json", "--no-k8s"];
+    let args = [
+        "--svc",
+        "default/web",
+        "--netns",
+        lab.node_ns(),
+        "-o",
+        "json",
+        "--no-k8s",
+    ];
     let trace = Trace::start(&args);
     let held = bpf::held_by(trace.pid() as u32);
     assert_attached(&held);

@@ -17,7 +17,8 @@ fn scrape(lab: &lab::Lab) -> String {
 }
 
 pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Waits until `series` reaches `want` (the daemon classifies every 2 s), or panics with the scrape.
@@ -45,13 +46,23 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     let events = dir.join("events.jsonl");
 
     let args = [
-        "daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810",
-        "--events", events.to_str().unwrap(), "--k8s-snapshot", snapshot.to_str().unwrap(),
+        "daemon",
+        "--netns",
+        lab.node_ns(),
+        "--metrics-addr",
+        "0.0.0.0:9810",
+        "--events",
+        events.to_str().unwrap(),
+        "--k8s-snapshot",
+        snapshot.to_str().unwrap(),
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
     // Netfilter links, or on kernels without them (the VM's 6.1) TC programs and tracepoint links.
-    assert!(held.links.len() + held.programs.len() >= 7, "the daemon holds its programs: {held:?}");
+    assert!(
+        held.links.len() + held.programs.len() >= 7,
+        "the daemon holds its programs: {held:?}"
+    );
     let ready = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/readyz", TIMEOUT).unwrap();
     assert_eq!(ready.status(), Some(200), "{ready:?}");
 
@@ -62,13 +73,42 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     let _ = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).unwrap();
     let _ = lab::tcp_connect(lab.client_ns(), addr(CLOSED_VIP, 80), TIMEOUT).unwrap();
 
-    wait_metric(&lab, r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"}"#, 3.0);
-    wait_metric(&lab, r#"d8_trace_flows_total{service="default/empty",class="no_endpoints",outcome="rejected"}"#, 1.0);
-    let text = wait_metric(&lab, r#"d8_trace_service_verdict{service="default/closed",class="backend_refused"}"#, 1.0);
-    assert_eq!(metric(&text, r#"d8_trace_service_verdict{service="default/web",class="healthy"}"#), Some(1.0), "{text}");
-    assert_eq!(metric(&text, r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#), Some(1.0), "{text}");
+    wait_metric(
+        &lab,
+        r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"}"#,
+        3.0,
+    );
+    wait_metric(
+        &lab,
+        r#"d8_trace_flows_total{service="default/empty",class="no_endpoints",outcome="rejected"}"#,
+        1.0,
+    );
+    let text = wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/closed",class="backend_refused"}"#,
+        1.0,
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"d8_trace_service_verdict{service="default/web",class="healthy"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(metric(&text, "d8_trace_lost_events"), Some(0.0), "{text}");
-    assert!(metric(&text, "d8_trace_traced_targets").is_some_and(|t| t >= 5.0), "{text}");
+    assert!(
+        metric(&text, "d8_trace_traced_targets").is_some_and(|t| t >= 5.0),
+        "{text}"
+    );
     assert!(!text.contains("client="), "client addresses never become labels");
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
@@ -82,16 +122,30 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
         .map(|l| (l["service"].as_str().unwrap(), l["class"].as_str().unwrap()))
         .collect();
     assert!(flow_classes.contains(&("default/empty", "no_endpoints")), "{lines:?}");
-    assert!(flow_classes.contains(&("default/closed", "backend_refused")), "{lines:?}");
-    assert!(!flow_classes.iter().any(|(_, c)| *c == "healthy"), "healthy flows are not events: {lines:?}");
-    assert!(lines.iter().any(|l| l["type"] == "verdict" && l["service"] == "default/closed" && l["class"] == "backend_refused"));
+    assert!(
+        flow_classes.contains(&("default/closed", "backend_refused")),
+        "{lines:?}"
+    );
+    assert!(
+        !flow_classes.iter().any(|(_, c)| *c == "healthy"),
+        "healthy flows are not events: {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "verdict" && l["service"] == "default/closed" && l["class"] == "backend_refused")
+    );
 
     let started = Instant::now();
     daemon.signal(libc::SIGTERM);
     let done = daemon.finish(Duration::from_secs(5));
     assert!(done.status.success(), "{}", done.stderr);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(bpf::still_loaded(&held), bpf::Held::default(), "links left after SIGTERM");
+    assert_eq!(
+        bpf::still_loaded(&held),
+        bpf::Held::default(),
+        "links left after SIGTERM"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -99,14 +153,26 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
 fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     let mut lab = lab(ProxyMode::Nftables);
     let args = [
-        "daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810", "--no-k8s",
-        "--refresh-secs", "1", "--max-flows", "2000",
+        "daemon",
+        "--netns",
+        lab.node_ns(),
+        "--metrics-addr",
+        "0.0.0.0:9810",
+        "--no-k8s",
+        "--refresh-secs",
+        "1",
+        "--max-flows",
+        "2000",
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
 
     // Rules alone say default/empty rejects (kube-proxy's "has no endpoints" rule).
-    wait_metric(&lab, r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#, 1.0);
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#,
+        1.0,
+    );
     let before = metric(&scrape(&lab), "d8_trace_traced_targets").unwrap();
 
     // kube-proxy rewrites the rules: default/empty gets an endpoint. The daemon follows without
@@ -120,7 +186,11 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     wait_metric(&lab, "d8_trace_traced_targets", before + 1.0);
     let r = lab::http_get(lab.client_ns(), addr(EMPTY_VIP, 80), "/", TIMEOUT).unwrap();
     assert_eq!(r.status(), Some(200), "{r:?}");
-    wait_metric(&lab, r#"d8_trace_service_verdict{service="default/empty",class="healthy"}"#, 1.0);
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/empty",class="healthy"}"#,
+        1.0,
+    );
 
     // A flood of distinct flows: the table stays at its bound, the excess is evicted and counted.
     const FLOWS: usize = 6000;
@@ -143,7 +213,10 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
         if evicted > 0.0 || lost > 0.0 {
             break text;
         }
-        assert!(Instant::now() < deadline, "{FLOWS} flows through a 2000-flow table evicted nothing:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "{FLOWS} flows through a 2000-flow table evicted nothing:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     let healthz = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/healthz", TIMEOUT).unwrap();
@@ -152,5 +225,9 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     daemon.signal(libc::SIGTERM);
     let done = daemon.finish(Duration::from_secs(5));
     assert!(done.status.success(), "{}", done.stderr);
-    assert_eq!(bpf::still_loaded(&held), bpf::Held::default(), "links left after SIGTERM");
+    assert_eq!(
+        bpf::still_loaded(&held),
+        bpf::Held::default(),
+        "links left after SIGTERM"
+    );
 }

@@ -48,25 +48,21 @@ fn assert_links_gone(held: &[u64]) {
         held.len() >= 7,
         "the demo held its tracer's links while tracing: {held:?}"
     );
-    let left: Vec<u64> = bpf::still_loaded(&bpf::Held { links: held.to_vec(), programs: Vec::new() }).links;
-    assert_eq!(
-        left,
-        Vec::<u64>::new(),
-        "BPF links of the demo left after it exited"
-    );
+    let left: Vec<u64> = bpf::still_loaded(&bpf::Held {
+        links: held.to_vec(),
+        programs: Vec::new(),
+    })
+    .links;
+    assert_eq!(left, Vec::<u64>::new(), "BPF links of the demo left after it exited");
 }
 
 fn parse(stdout: &str, stderr: &str) -> Vec<Report> {
-    serde_json::from_str(stdout).unwrap_or_else(|e| {
-        panic!("stdout is not a JSON array of reports ({e}):\n{stdout}\nstderr:\n{stderr}")
-    })
+    serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("stdout is not a JSON array of reports ({e}):\n{stdout}\nstderr:\n{stderr}"))
 }
 
 fn class(r: &Report) -> &str {
-    r.root_cause
-        .as_ref()
-        .map(|c| c.class.as_str())
-        .unwrap_or("none")
+    r.root_cause.as_ref().map(|c| c.class.as_str()).unwrap_or("none")
 }
 
 #[test]
@@ -123,19 +119,14 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
     );
 
     let reports = parse(&stdout, &stderr);
-    let got: Vec<(&str, &str)> = reports
-        .iter()
-        .map(|r| (r.service.as_str(), class(r)))
-        .collect();
+    let got: Vec<(&str, &str)> = reports.iter().map(|r| (r.service.as_str(), class(r))).collect();
     assert_eq!(got, EXPECTED, "root causes per Service; stderr:\n{stderr}");
 
     let by = |name: &str| reports.iter().find(|r| r.service == name).unwrap();
     // web: healthy flows through the ClusterIP, and the kubelet's probes counted as benign.
     let web = by("default/web");
     assert!(
-        web.flows
-            .iter()
-            .any(|f| f.class.as_deref() == Some("probe_rst")),
+        web.flows.iter().any(|f| f.class.as_deref() == Some("probe_rst")),
         "{}",
         web.describe_flows()
     );
@@ -153,9 +144,7 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
         .collect();
     assert!(!stale.is_empty(), "{}", api.describe_flows());
     assert!(
-        stale
-            .iter()
-            .all(|f| f.backend.as_deref() == Some("10.244.1.22:8080")),
+        stale.iter().all(|f| f.backend.as_deref() == Some("10.244.1.22:8080")),
         "{}",
         api.describe_flows()
     );
@@ -180,8 +169,7 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
     assert!(
         shop.flows
             .iter()
-            .all(|f| f.client.starts_with("172.31.0.100:")
-                && f.frontend.as_deref() == Some("172.31.0.2:30080")),
+            .all(|f| f.client.starts_with("172.31.0.100:") && f.frontend.as_deref() == Some("172.31.0.2:30080")),
         "{}",
         shop.describe_flows()
     );
@@ -219,12 +207,7 @@ fn demo_interrupted_prints_what_it_traced_and_leaves_nothing() {
     let reports = parse(&done.stdout, &done.stderr);
     assert_eq!(reports.len(), EXPECTED.len());
     // Up to phase 3, api's stale endpoint was already traced.
-    assert_eq!(
-        class(&reports[1]),
-        "stale_endpoint",
-        "{}",
-        reports[1].describe_flows()
-    );
+    assert_eq!(class(&reports[1]), "stale_endpoint", "{}", reports[1].describe_flows());
     assert_eq!(
         lab_namespaces_of(pid),
         Vec::<String>::new(),
@@ -257,19 +240,11 @@ fn demo_interrupted_while_building_removes_the_lab() {
 #[test]
 fn demo_error_once_attached_exits_3_and_leaves_nothing() {
     d8_tests::require_root();
-    let demo = Trace::start_until(
-        &["demo"],
-        &[("D8_TRACE_FAIL_AFTER_ATTACH", "1")],
-        "phase 1/5",
-    );
+    let demo = Trace::start_until(&["demo"], &[("D8_TRACE_FAIL_AFTER_ATTACH", "1")], "phase 1/5");
     let pid = demo.pid() as u32;
     let done = demo.finish(Duration::from_secs(30));
     assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
-    assert!(
-        done.stderr.contains("failing after attach"),
-        "{}",
-        done.stderr
-    );
+    assert!(done.stderr.contains("failing after attach"), "{}", done.stderr);
     assert_eq!(
         lab_namespaces_of(pid),
         Vec::<String>::new(),
@@ -287,12 +262,7 @@ fn demo_takes_no_selection_flags() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The demo on the TC hook set is refused with the reason (its first flows lose their replies
@@ -305,9 +275,15 @@ fn demo_on_the_tc_hook_set_is_refused_with_the_reason() {
         .stdin(Stdio::null())
         .output()
         .expect("running d8-trace demo --hooks tc");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stdout.is_empty(), "no verdicts: {stdout}");
     assert!(stderr.contains("needs the netfilter hook set"), "{stderr}");
-    assert!(!stderr.contains("building a node"), "refused before building anything: {stderr}");
+    assert!(
+        !stderr.contains("building a node"),
+        "refused before building anything: {stderr}"
+    );
 }

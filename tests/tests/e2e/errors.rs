@@ -8,9 +8,21 @@ use crate::common::*;
 #[test]
 fn unknown_service_names_what_exists_and_exits_2() {
     let lab = lab(ProxyMode::Iptables);
-    let out = run_to_end(&["--svc", "default/nope", "--netns", lab.node_ns(), "--no-k8s", "--duration", "1"]);
+    let out = run_to_end(&[
+        "--svc",
+        "default/nope",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+        "--duration",
+        "1",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("default/nope") && out.stderr.contains("web"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("default/nope") && out.stderr.contains("web"),
+        "{}",
+        out.stderr
+    );
     // It failed before loading anything: no "attached" line.
     assert!(!out.stderr.contains("attached"), "{}", out.stderr);
 }
@@ -20,14 +32,47 @@ fn unknown_service_names_what_exists_and_exits_2() {
 #[test]
 fn explain_of_an_unknown_service_or_port_exits_2() {
     let lab = lab(ProxyMode::Iptables);
-    let out = run_to_end(&["explain", "--svc", "default/nope", "--netns", lab.node_ns(), "--no-k8s", "-o", "json"]);
+    let out = run_to_end(&[
+        "explain",
+        "--svc",
+        "default/nope",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(out.stdout.is_empty(), "no report: {}", out.stdout);
-    assert!(out.stderr.contains("default/nope") && out.stderr.contains("web"), "{}", out.stderr);
-    let out = run_to_end(&["explain", "--svc", "default/web:999", "--netns", lab.node_ns(), "--no-k8s"]);
+    assert!(
+        out.stderr.contains("default/nope") && out.stderr.contains("web"),
+        "{}",
+        out.stderr
+    );
+    let out = run_to_end(&[
+        "explain",
+        "--svc",
+        "default/web:999",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("has no port `999`") && out.stderr.contains("80"), "{}", out.stderr);
-    let out = run_to_end(&["explain", "--svc", "default/web:80", "--netns", lab.node_ns(), "--no-k8s", "-o", "json"]);
+    assert!(
+        out.stderr.contains("has no port `999`") && out.stderr.contains("80"),
+        "{}",
+        out.stderr
+    );
+    let out = run_to_end(&[
+        "explain",
+        "--svc",
+        "default/web:80",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+        "-o",
+        "json",
+    ]);
     assert_eq!(out.status.code(), Some(0), "a port the Service has: {}", out.stderr);
 }
 
@@ -36,12 +81,21 @@ fn missing_network_namespace_exits_3() {
     d8_tests::require_root();
     let out = run_to_end(&["--svc", "default/web", "--netns", "d8-no-such-namespace", "--no-k8s"]);
     assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
-    assert!(out.stderr.contains("d8-no-such-namespace") && out.stderr.contains("ip netns list"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("d8-no-such-namespace") && out.stderr.contains("ip netns list"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn bad_flags_exit_2() {
-    for args in [&["--svc", "web"][..], &["--svc", "a/b", "--duration", "soon"], &["--bogus"], &["--svc", "a/b", "-o", "xml"]] {
+    for args in [
+        &["--svc", "web"][..],
+        &["--svc", "a/b", "--duration", "soon"],
+        &["--bogus"],
+        &["--svc", "a/b", "-o", "xml"],
+    ] {
         let out = run_to_end(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
         assert!(!out.stderr.is_empty());

@@ -16,7 +16,10 @@ use d8_tests::{report::Report, run::binary};
 use d8_trace::{lab, model::ProxyMode};
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
-    model::{CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam, ProgressToken, RequestMetaObject},
+    model::{
+        CallToolRequestParams, CallToolResult, NumberOrString, ProgressNotificationParam, ProgressToken,
+        RequestMetaObject,
+    },
     service::{NotificationContext, RunningService},
     transport::TokioChildProcess,
 };
@@ -37,7 +40,11 @@ impl ClientHandler for Progress {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn command(args: &[&str]) -> tokio::process::Command {
@@ -47,9 +54,19 @@ fn command(args: &[&str]) -> tokio::process::Command {
 }
 
 /// `d8-trace mcp <args>` as a child, its stderr collected (and echoed) line by line.
-async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>, Progress, u32) {
-    let (proc, stderr) =
-        TokioChildProcess::builder(command(args)).stderr(Stdio::piped()).spawn().expect("spawning d8-trace mcp");
+async fn start(
+    args: &[&str],
+) -> (
+    Client,
+    Arc<Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+    Progress,
+    u32,
+) {
+    let (proc, stderr) = TokioChildProcess::builder(command(args))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning d8-trace mcp");
     let pid = proc.id().expect("the server's pid");
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
@@ -62,21 +79,35 @@ async fn start(args: &[&str]) -> (Client, Arc<Mutex<Vec<String>>>, tokio::task::
         }
     });
     let progress = Progress::default();
-    let client = progress.clone().serve(proc).await.expect("MCP initialization with d8-trace mcp");
+    let client = progress
+        .clone()
+        .serve(proc)
+        .await
+        .expect("MCP initialization with d8-trace mcp");
     (client, lines, reader, progress, pid)
 }
 
 fn params(tool: &str, args: Value) -> CallToolRequestParams {
-    let Value::Object(map) = args else { panic!("arguments must be an object") };
+    let Value::Object(map) = args else {
+        panic!("arguments must be an object")
+    };
     CallToolRequestParams::new(tool.to_string()).with_arguments(map)
 }
 
 async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
-    client.call_tool(params(tool, args)).await.unwrap_or_else(|e| panic!("calling {tool}: {e}"))
+    client
+        .call_tool(params(tool, args))
+        .await
+        .unwrap_or_else(|e| panic!("calling {tool}: {e}"))
 }
 
 fn text(r: &CallToolResult) -> String {
-    r.content.iter().filter_map(|c| c.as_text()).map(|t| t.text.clone()).collect::<Vec<_>>().join("\n")
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// BPF link and program ids the process `pid` holds file descriptors of.
@@ -87,7 +118,10 @@ fn held_by(pid: u32) -> (Vec<u64>, Vec<u64>) {
 
 /// Which of `links` and `progs` still exist in the kernel.
 fn still_in_kernel(links: &[u64], progs: &[u64]) -> (Vec<u64>, Vec<u64>) {
-    let left = d8_tests::bpf::still_loaded(&d8_tests::bpf::Held { links: links.to_vec(), programs: progs.to_vec() });
+    let left = d8_tests::bpf::still_loaded(&d8_tests::bpf::Held {
+        links: links.to_vec(),
+        programs: progs.to_vec(),
+    });
     (left.links, left.programs)
 }
 
@@ -106,8 +140,12 @@ fn wait_gone(links: &[u64], progs: &[u64], timeout: Duration) -> (Vec<u64>, Vec<
 /// The structured report of a successful call.
 fn report_of(r: &CallToolResult) -> Report {
     assert_ne!(r.is_error, Some(true), "tool error: {}", text(r));
-    let value = r.structured_content.clone().unwrap_or_else(|| panic!("no structured content; text: {}", text(r)));
-    serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("structured content is not the report ({e}): {value}"))
+    let value = r
+        .structured_content
+        .clone()
+        .unwrap_or_else(|| panic!("no structured content; text: {}", text(r)));
+    serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("structured content is not the report ({e}): {value}"))
 }
 
 /// The text of a failed call.
@@ -152,45 +190,104 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         let trace_tool = tools.iter().find(|t| t.name == "trace_service").unwrap();
         let schema = serde_json::to_value(&*trace_tool.input_schema).unwrap();
         assert_eq!(schema["properties"]["seconds"]["maximum"], json!(60), "{schema}");
-        assert!(schema["required"].as_array().unwrap().contains(&json!("service")), "{schema}");
+        assert!(
+            schema["required"].as_array().unwrap().contains(&json!("service")),
+            "{schema}"
+        );
         for p in ["service", "netns", "k8s_snapshot"] {
             assert!(schema["properties"][p].is_object(), "trace_service takes {p}: {schema}");
         }
 
         // explain: rules of the lab node + its API snapshot.
-        let r = call(&client, "explain_service", json!({"service": "default/web", "netns": node, "k8s_snapshot": snap})).await;
+        let r = call(
+            &client,
+            "explain_service",
+            json!({"service": "default/web", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
         let report = report_of(&r);
         assert_eq!(report.service, "default/web");
-        assert_eq!(report.root_cause.as_ref().map(|c| c.class.as_str()), Some("healthy"), "{}", text(&r));
+        assert_eq!(
+            report.root_cause.as_ref().map(|c| c.class.as_str()),
+            Some("healthy"),
+            "{}",
+            text(&r)
+        );
         assert!(report.flows.is_empty(), "explain traces nothing");
         for ip in ["10.244.1.11", "10.244.1.12"] {
-            let e = report.endpoints.iter().find(|e| e.ip == ip).unwrap_or_else(|| panic!("endpoint {ip}: {:?}", report.endpoints));
+            let e = report
+                .endpoints
+                .iter()
+                .find(|e| e.ip == ip)
+                .unwrap_or_else(|| panic!("endpoint {ip}: {:?}", report.endpoints));
             assert!(e.in_rules && e.in_api == Some(true), "{e:?}");
         }
         assert!(text(&r).starts_with("default/web: root cause healthy"), "{}", text(&r));
 
-        let r = call(&client, "explain_service", json!({"service": "default/empty", "netns": node, "k8s_snapshot": snap})).await;
-        assert_eq!(report_of(&r).root_cause.map(|c| c.class), Some("no_endpoints".to_string()), "{}", text(&r));
+        let r = call(
+            &client,
+            "explain_service",
+            json!({"service": "default/empty", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
+        assert_eq!(
+            report_of(&r).root_cause.map(|c| c.class),
+            Some("no_endpoints".to_string()),
+            "{}",
+            text(&r)
+        );
 
         // Failures are tool errors with the CLI's sentences.
-        let r = call(&client, "explain_service", json!({"service": "default/web", "netns": "d8-no-such-netns"})).await;
-        assert!(error_of(&r).contains("network namespace `d8-no-such-netns` not found"), "{}", text(&r));
+        let r = call(
+            &client,
+            "explain_service",
+            json!({"service": "default/web", "netns": "d8-no-such-netns"}),
+        )
+        .await;
+        assert!(
+            error_of(&r).contains("network namespace `d8-no-such-netns` not found"),
+            "{}",
+            text(&r)
+        );
         let r = call(&client, "trace_service", json!({"service": "web"})).await;
         assert!(error_of(&r).contains("expected NAMESPACE/NAME"), "{}", text(&r));
-        let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 600})).await;
+        let r = call(
+            &client,
+            "trace_service",
+            json!({"service": "default/web", "seconds": 600}),
+        )
+        .await;
         assert!(error_of(&r).contains("1 to 60 seconds"), "{}", text(&r));
-        let r = call(&client, "trace_service", json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap})).await;
+        let r = call(
+            &client,
+            "trace_service",
+            json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
         assert!(error_of(&r).contains("is not in kube-proxy's rules"), "{}", text(&r));
         // explain checks the Service and port as a trace does: an error, never a verdict.
-        let r = call(&client, "explain_service", json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap})).await;
+        let r = call(
+            &client,
+            "explain_service",
+            json!({"service": "default/nope", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
         assert!(error_of(&r).contains("is not in kube-proxy's rules"), "{}", text(&r));
-        let r = call(&client, "explain_service", json!({"service": "default/web:999", "netns": node, "k8s_snapshot": snap})).await;
+        let r = call(
+            &client,
+            "explain_service",
+            json!({"service": "default/web:999", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
         assert!(error_of(&r).contains("has no port `999`"), "{}", text(&r));
 
         // trace: three requests while it runs.
         let log = stderr.clone();
         let traffic = std::thread::spawn(move || {
-            assert!(wait_for_attached(&log, Duration::from_secs(30)), "trace_service did not attach its hooks");
+            assert!(
+                wait_for_attached(&log, Duration::from_secs(30)),
+                "trace_service did not attach its hooks"
+            );
             let held = held_by(pid);
             assert!(held.0.len() >= 7, "the server holds its links while tracing: {held:?}");
             std::thread::sleep(Duration::from_millis(200));
@@ -202,14 +299,28 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
             }
             chosen
         });
-        let mut traced = params("trace_service", json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap}));
-        traced.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(NumberOrString::Number(7))));
+        let mut traced = params(
+            "trace_service",
+            json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap}),
+        );
+        traced.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
+            NumberOrString::Number(7),
+        )));
         let r = client.call_tool(traced).await.expect("calling trace_service");
         let chosen = traffic.join().expect("traffic thread");
-        assert_eq!(held_by(pid), (vec![], vec![]), "the server holds no BPF link or program once the call returned");
+        assert_eq!(
+            held_by(pid),
+            (vec![], vec![]),
+            "the server holds no BPF link or program once the call returned"
+        );
         let report = report_of(&r);
         let flows = report.flows_to("10.96.0.10:80");
-        assert_eq!(flows.len(), 3, "three connections, three flows:\n{}", report.describe_flows());
+        assert_eq!(
+            flows.len(),
+            3,
+            "three connections, three flows:\n{}",
+            report.describe_flows()
+        );
         let backend_of = |pod: &str| match pod {
             "web-1" => "10.244.1.11:8080",
             "web-2" => "10.244.1.12:8080",
@@ -219,13 +330,30 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         let mut seen: Vec<&str> = flows.iter().map(|f| f.backend.as_deref().unwrap_or("none")).collect();
         expected.sort();
         seen.sort();
-        assert_eq!(seen, expected, "each flow's backend is the pod that answered:\n{}", report.describe_flows());
-        assert!(flows.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
-        assert_eq!(report.root_cause.as_ref().map(|c| c.class.as_str()), Some("healthy"), "{}", text(&r));
+        assert_eq!(
+            seen,
+            expected,
+            "each flow's backend is the pod that answered:\n{}",
+            report.describe_flows()
+        );
+        assert!(
+            flows.iter().all(|f| f.outcome == "established"),
+            "{}",
+            report.describe_flows()
+        );
+        assert_eq!(
+            report.root_cause.as_ref().map(|c| c.class.as_str()),
+            Some("healthy"),
+            "{}",
+            text(&r)
+        );
         assert!(text(&r).contains("traced 5s: 3 flows"), "{}", text(&r));
         // A client that asked for progress heard about the trace every second.
         let steps = progress.0.lock().unwrap().clone();
-        assert!(steps.len() >= 3 && steps.windows(2).all(|w| w[0] < w[1]), "progress: {steps:?}");
+        assert!(
+            steps.len() >= 3 && steps.windows(2).all(|w| w[0] < w[1]),
+            "progress: {steps:?}"
+        );
 
         client.cancel().await.expect("closing the session");
     });
@@ -240,35 +368,66 @@ fn mcp_client_gone_mid_trace_leaves_nothing_attached() {
         // The server's own flags are the calls' defaults.
         let (client, stderr, reader, _progress, pid) = start(&["--netns", &node, "--no-k8s"]).await;
         let peer = client.peer().clone();
-        let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
+        let long = tokio::spawn(async move {
+            peer.call_tool(params(
+                "trace_service",
+                json!({"service": "default/web", "seconds": 60}),
+            ))
+            .await
+        });
         let log = stderr.clone();
-        let attached = tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30))).await.unwrap();
+        let attached = tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30)))
+            .await
+            .unwrap();
         assert!(attached, "the 60s trace attached its hooks");
         let held = held_by(pid);
-        assert!(held.0.len() >= 7 && held.1.len() >= 2, "the server holds its links and programs: {held:?}");
+        assert!(
+            held.0.len() >= 7 && held.1.len() >= 2,
+            "the server holds its links and programs: {held:?}"
+        );
         assert_eq!(still_in_kernel(&held.0, &held.1), held, "they are in the kernel");
 
         // One trace at a time: a second is refused, saying what runs.
-        let r = call(&client, "trace_service", json!({"service": "default/web", "seconds": 1})).await;
+        let r = call(
+            &client,
+            "trace_service",
+            json!({"service": "default/web", "seconds": 1}),
+        )
+        .await;
         let refusal = error_of(&r);
-        assert!(refusal.contains("busy") && refusal.contains("trace_service default/web"), "{refusal}");
+        assert!(
+            refusal.contains("busy") && refusal.contains("trace_service default/web"),
+            "{refusal}"
+        );
 
         // The client goes away: stdin closes (the SDK then waits for the server to exit).
         let gone = Instant::now();
         client.cancel().await.expect("closing the session");
-        let answer = tokio::time::timeout(Duration::from_secs(10), long).await.expect("the pending call ended");
-        assert!(!matches!(answer, Ok(Ok(ref r)) if r.is_error != Some(true)), "a cancelled trace has no report: {answer:?}");
+        let answer = tokio::time::timeout(Duration::from_secs(10), long)
+            .await
+            .expect("the pending call ended");
+        assert!(
+            !matches!(answer, Ok(Ok(ref r)) if r.is_error != Some(true)),
+            "a cancelled trace has no report: {answer:?}"
+        );
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
         eprintln!("session closed {}ms after the disconnect", gone.elapsed().as_millis());
         let stderr = stderr.lock().unwrap().clone();
         (stderr, held)
     });
     let left = wait_gone(&held.0, &held.1, Duration::from_secs(5));
-    assert_eq!(left, (vec![], vec![]), "links and programs of the server left after the client went away");
+    assert_eq!(
+        left,
+        (vec![], vec![]),
+        "links and programs of the server left after the client went away"
+    );
     // The server detached and stopped by itself (no SIGTERM or kill needed).
     let log = stderr.join("\n");
     assert!(log.contains("the client closed stdin"), "{log}");
-    assert!(log.contains("trace_service default/web: cancelled; everything it attached is detached"), "{log}");
+    assert!(
+        log.contains("trace_service default/web: cancelled; everything it attached is detached"),
+        "{log}"
+    );
     assert!(log.contains("d8-trace: mcp: stopped"), "{log}");
     assert!(!log.contains("SIGTERM"), "{log}");
 }
@@ -281,7 +440,10 @@ fn mcp_cancelled_call_detaches_and_the_server_serves_on() {
         let (client, stderr, _reader, _progress, pid) = start(&["--netns", &node, "--no-k8s"]).await;
         // The client stops waiting (its own timeout): the SDK sends notifications/cancelled.
         let log = stderr.clone();
-        let abandoned = client.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60})));
+        let abandoned = client.call_tool(params(
+            "trace_service",
+            json!({"service": "default/web", "seconds": 60}),
+        ));
         let waited = tokio::time::timeout(Duration::from_secs(30), async {
             tokio::pin!(abandoned);
             loop {
@@ -305,16 +467,33 @@ fn mcp_cancelled_call_detaches_and_the_server_serves_on() {
         while held_by(pid) != (vec![], vec![]) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(held_by(pid), (vec![], vec![]), "the server still holds BPF objects after the call was cancelled");
-        let left = tokio::task::spawn_blocking(move || wait_gone(&held.0, &held.1, Duration::from_secs(5))).await.unwrap();
-        assert_eq!(left, (vec![], vec![]), "links and programs left in the kernel after the call was cancelled");
+        assert_eq!(
+            held_by(pid),
+            (vec![], vec![]),
+            "the server still holds BPF objects after the call was cancelled"
+        );
+        let left = tokio::task::spawn_blocking(move || wait_gone(&held.0, &held.1, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            left,
+            (vec![], vec![]),
+            "links and programs left in the kernel after the call was cancelled"
+        );
         // The server is still there, and the kernel slot is free again.
         let r = call(&client, "doctor", json!({})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
-        assert!(r.structured_content.as_ref().is_some_and(|v| v["hook_set"].is_string()), "{:?}", r.structured_content);
+        assert!(
+            r.structured_content.as_ref().is_some_and(|v| v["hook_set"].is_string()),
+            "{:?}",
+            r.structured_content
+        );
         client.cancel().await.expect("closing the session");
         let log = stderr.lock().unwrap().join("\n");
-        assert!(log.contains("trace_service default/web: cancelled; everything it attached is detached"), "{log}");
+        assert!(
+            log.contains("trace_service default/web: cancelled; everything it attached is detached"),
+            "{log}"
+        );
     });
 }
 
@@ -325,20 +504,42 @@ fn mcp_sigterm_mid_trace_detaches_and_exits() {
     let (log, held) = runtime().block_on(async {
         let (client, stderr, reader, _progress, pid) = start(&["--netns", &node, "--no-k8s"]).await;
         let peer = client.peer().clone();
-        let long = tokio::spawn(async move { peer.call_tool(params("trace_service", json!({"service": "default/web", "seconds": 60}))).await });
+        let long = tokio::spawn(async move {
+            peer.call_tool(params(
+                "trace_service",
+                json!({"service": "default/web", "seconds": 60}),
+            ))
+            .await
+        });
         let log = stderr.clone();
-        assert!(tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30))).await.unwrap());
+        assert!(
+            tokio::task::spawn_blocking(move || wait_for_attached(&log, Duration::from_secs(30)))
+                .await
+                .unwrap()
+        );
         let held = held_by(pid);
         assert!(held.0.len() >= 7, "the server holds its links: {held:?}");
         // SAFETY: kill(2) on the server we started.
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-        let _ = tokio::time::timeout(Duration::from_secs(10), long).await.expect("the pending call ended");
-        tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the server exited (stderr closed)").unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(10), long)
+            .await
+            .expect("the pending call ended");
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the server exited (stderr closed)")
+            .unwrap();
         let _ = client.cancel().await;
         let log = stderr.lock().unwrap().join("\n");
         (log, held)
     });
     let left = wait_gone(&held.0, &held.1, Duration::from_secs(5));
-    assert_eq!(left, (vec![], vec![]), "links and programs of the server left after SIGTERM");
-    assert!(log.contains("SIGTERM: stopping") && log.contains("d8-trace: mcp: stopped"), "{log}");
+    assert_eq!(
+        left,
+        (vec![], vec![]),
+        "links and programs of the server left after SIGTERM"
+    );
+    assert!(
+        log.contains("SIGTERM: stopping") && log.contains("d8-trace: mcp: stopped"),
+        "{log}"
+    );
 }

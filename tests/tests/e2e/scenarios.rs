@@ -20,8 +20,7 @@ use d8_tests::{
 };
 use d8_trace::{
     lab::{
-        self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome,
-        TrafficPolicy, UdpOutcome,
+        self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, TrafficPolicy, UdpOutcome,
     },
     model::{Protocol, ProxyMode},
 };
@@ -53,17 +52,25 @@ fn web_spec(pods: usize) -> ClusterSpec {
     let svc = ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp);
     let mut spec = ClusterSpec::new().service(svc);
     for (name, ip) in [("web-1", WEB_1), ("web-2", WEB_2)].into_iter().take(pods) {
-        spec = spec.pod(PodSpec::new("default", name, ip).label("app", "web").listen(8080, ListenerKind::Http));
+        spec = spec.pod(
+            PodSpec::new("default", name, ip)
+                .label("app", "web")
+                .listen(8080, ListenerKind::Http),
+        );
     }
     spec
 }
 
 /// `default/empty`: a ClusterIP Service whose selector matches no pod (one unrelated pod runs).
 fn empty_spec(protocol: Protocol) -> ClusterSpec {
-    let svc = ServiceSpec::new("default", "empty", VIP).port("p", 80, 8080, protocol).selector("app", "nobody");
-    ClusterSpec::new()
-        .service(svc)
-        .pod(PodSpec::new("default", "other-1", WEB_1).label("app", "other").listen(8080, ListenerKind::Http))
+    let svc = ServiceSpec::new("default", "empty", VIP)
+        .port("p", 80, 8080, protocol)
+        .selector("app", "nobody");
+    ClusterSpec::new().service(svc).pod(
+        PodSpec::new("default", "other-1", WEB_1)
+            .label("app", "other")
+            .listen(8080, ListenerKind::Http),
+    )
 }
 
 /// `default/shop`: NodePort 30080 and external IP 203.0.113.10:80, externalTrafficPolicy=Local, its
@@ -73,9 +80,12 @@ fn etp_local_spec() -> ClusterSpec {
         .node_port("http", 80, 8080, Protocol::Tcp, NODE_PORT)
         .external_ip(EXTERNAL_IP)
         .external_policy(TrafficPolicy::Local);
-    ClusterSpec::new()
-        .service(svc)
-        .pod(PodSpec::new("default", "shop-1", REMOTE_1).label("app", "shop").listen(8080, ListenerKind::Http).on_node("node-b"))
+    ClusterSpec::new().service(svc).pod(
+        PodSpec::new("default", "shop-1", REMOTE_1)
+            .label("app", "shop")
+            .listen(8080, ListenerKind::Http)
+            .on_node("node-b"),
+    )
 }
 
 /// `default/dns`: UDP ClusterIP 10.96.0.10:53 -> 5353 over UDP echo pods dns-1 (and dns-2).
@@ -83,7 +93,11 @@ fn dns_spec(pods: usize) -> ClusterSpec {
     let svc = ServiceSpec::new("default", "dns", VIP).port("dns", 53, 5353, Protocol::Udp);
     let mut spec = ClusterSpec::new().service(svc);
     for (name, ip) in [("dns-1", WEB_1), ("dns-2", WEB_2)].into_iter().take(pods) {
-        spec = spec.pod(PodSpec::new("default", name, ip).label("app", "dns").listen(5353, ListenerKind::UdpEcho));
+        spec = spec.pod(
+            PodSpec::new("default", name, ip)
+                .label("app", "dns")
+                .listen(5353, ListenerKind::UdpEcho),
+        );
     }
     spec
 }
@@ -124,7 +138,9 @@ impl Scenario {
         let mut args = vec!["--netns".to_string(), self.lab.node_ns().to_string()];
         match api {
             Api::Snapshot => {
-                self.lab.write_snapshot(&self.snapshot).expect("writing the lab's API snapshot");
+                self.lab
+                    .write_snapshot(&self.snapshot)
+                    .expect("writing the lab's API snapshot");
                 args.extend(["--k8s-snapshot".to_string(), self.snapshot.display().to_string()]);
             }
             Api::None => args.push("--no-k8s".to_string()),
@@ -135,7 +151,9 @@ impl Scenario {
     /// Traces `svc` for `secs` seconds while `traffic` runs (it starts once the hooks are attached).
     fn trace(&self, svc: &str, api: Api, secs: u64, extra: &[&str], traffic: impl FnOnce(&Lab)) -> Run {
         let secs = secs.to_string();
-        let mut args: Vec<String> = ["--svc", svc, "-o", "json", "--duration", &secs].map(String::from).to_vec();
+        let mut args: Vec<String> = ["--svc", svc, "-o", "json", "--duration", &secs]
+            .map(String::from)
+            .to_vec();
         args.extend(self.selection(api));
         args.extend(extra.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -170,7 +188,10 @@ struct Run {
 
 impl Run {
     fn new(mode: ProxyMode, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
-        let context = format!("{mode:?} mode, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}", argv.join(" "));
+        let context = format!(
+            "{mode:?} mode, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+            argv.join(" ")
+        );
         // D8_SCENARIO_DUMP=1 (with --nocapture) shows every report, passing or not.
         if std::env::var_os("D8_SCENARIO_DUMP").is_some() {
             eprintln!("{context}");
@@ -179,7 +200,11 @@ impl Run {
     }
 
     fn root(&self) -> &str {
-        self.report.root_cause.as_ref().map(|r| r.class.as_str()).unwrap_or("<none>")
+        self.report
+            .root_cause
+            .as_ref()
+            .map(|r| r.class.as_str())
+            .unwrap_or("<none>")
     }
 
     fn assert_root(&self, class: &str) {
@@ -188,7 +213,12 @@ impl Run {
 
     /// Flows to `frontend` (`ip:port`); at least one.
     fn flows_to(&self, frontend: &str) -> Vec<&Flow> {
-        let found: Vec<&Flow> = self.report.flows.iter().filter(|f| f.frontend.as_deref() == Some(frontend)).collect();
+        let found: Vec<&Flow> = self
+            .report
+            .flows
+            .iter()
+            .filter(|f| f.frontend.as_deref() == Some(frontend))
+            .collect();
         assert!(!found.is_empty(), "no flow to {frontend}; {}", self.context);
         found
     }
@@ -209,7 +239,10 @@ impl Run {
 
     fn no_evidence(&self, needle: &str) {
         if let Some(e) = self.report.evidence.iter().find(|e| e.content.contains(needle)) {
-            panic!("evidence mentions {needle:?}: [{}] {}; {}", e.kind, e.content, self.context);
+            panic!(
+                "evidence mentions {needle:?}: [{}] {}; {}",
+                e.kind, e.content, self.context
+            );
         }
     }
 
@@ -230,7 +263,11 @@ impl Run {
 fn endpoint_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str, pod: &str) -> String {
     let s = spec.services.iter().find(|s| s.name == svc).expect("service in spec");
     let port = &s.ports[0];
-    let ep = spec.endpoints(s, port).into_iter().find(|e| e.pod == pod).expect("endpoint in spec");
+    let ep = spec
+        .endpoints(s, port)
+        .into_iter()
+        .find(|e| e.pod == pod)
+        .expect("endpoint in spec");
     match mode {
         ProxyMode::Nftables => format!("endpoint-{}", lab::nftables::endpoint_base(s, port, &ep)),
         _ => lab::iptables::sep_chain(&s.port_name(port), port.protocol.as_str(), &ep),
@@ -251,10 +288,12 @@ fn service_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str) -> String {
 
 fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
     (0..n)
-        .map(|_| match lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get") {
-            HttpOutcome::Response { status: 200, body, .. } => body.trim().to_string(),
-            other => panic!("healthy Service did not answer: {other:?}"),
-        })
+        .map(
+            |_| match lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get") {
+                HttpOutcome::Response { status: 200, body, .. } => body.trim().to_string(),
+                other => panic!("healthy Service did not answer: {other:?}"),
+            },
+        )
         .collect()
 }
 
@@ -293,20 +332,42 @@ fn healthy(mode: ProxyMode) {
     };
     let expected: BTreeSet<String> = answered.iter().map(|n| by_name(n)).collect();
     let traced: BTreeSet<String> = flows.iter().filter_map(|f| f.backend.clone()).collect();
-    assert_eq!(traced, expected, "backends traced = pods that answered; {}", run.context);
+    assert_eq!(
+        traced, expected,
+        "backends traced = pods that answered; {}",
+        run.context
+    );
     for f in &flows {
-        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("established", "healthy"), "{}", run.context);
+        assert_eq!(
+            (f.outcome.as_str(), run.class_of(f)),
+            ("established", "healthy"),
+            "{}",
+            run.context
+        );
         assert_eq!(f.protocol, "tcp");
-        assert_eq!(f.drop_reason, None, "a completed exchange lost nothing; {}", run.context);
+        assert_eq!(
+            f.drop_reason, None,
+            "a completed exchange lost nothing; {}",
+            run.context
+        );
     }
     for ip in [WEB_1, WEB_2] {
         let ep = run.endpoint(ip, 8080);
-        assert!(ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true) && ep.local == Some(true), "{ep:?}");
+        assert!(
+            ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true) && ep.local == Some(true),
+            "{ep:?}"
+        );
     }
-    assert_eq!(run.endpoint(WEB_1, 8080).rule.as_deref(), Some(endpoint_chain(mode, s.lab.spec(), "web", "web-1").as_str()));
+    assert_eq!(
+        run.endpoint(WEB_1, 8080).rule.as_deref(),
+        Some(endpoint_chain(mode, s.lab.spec(), "web", "web-1").as_str())
+    );
     // What was checked: the Service's rule, the API's endpoints, kube-proxy.
     run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "web")]);
-    run.evidence("api", &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"]);
+    run.evidence(
+        "api",
+        &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"],
+    );
     run.evidence("kube_proxy", &["kube-proxy running on node d8lab-node"]);
     assert_eq!(run.report.kube_proxy.running, Some(true), "{}", run.context);
     assert_eq!(run.report.lost_events, 0);
@@ -330,22 +391,42 @@ fn no_endpoints(mode: ProxyMode) {
     let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
             let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
-            assert_eq!(out, TcpOutcome::Refused, "kube-proxy rejects a Service without endpoints");
+            assert_eq!(
+                out,
+                TcpOutcome::Refused,
+                "kube-proxy rejects a Service without endpoints"
+            );
         }
     });
     run.assert_root("no_endpoints");
     let flows = run.flows_to("10.96.0.10:80");
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
-        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("rejected", "no_endpoints"), "{}", run.context);
+        assert_eq!(
+            (f.outcome.as_str(), run.class_of(f)),
+            ("rejected", "no_endpoints"),
+            "{}",
+            run.context
+        );
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
     }
     // The REJECT kube-proxy wrote, the ICMP error the node sent, and the API's empty EndpointSlice.
     match mode {
         ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
-        _ => run.evidence("rules", &["default/empty:p has no endpoints", "-d 10.96.0.10", "--dport 80", "-j REJECT"]),
+        _ => run.evidence(
+            "rules",
+            &[
+                "default/empty:p has no endpoints",
+                "-d 10.96.0.10",
+                "--dport 80",
+                "-j REJECT",
+            ],
+        ),
     };
-    run.evidence("trace", &["ICMP port unreachable from 172.31.0.2", "REJECT: no endpoints"]);
+    run.evidence(
+        "trace",
+        &["ICMP port unreachable from 172.31.0.2", "REJECT: no endpoints"],
+    );
     run.evidence("api", &["EndpointSlices of default/empty list no ready endpoints"]);
 }
 
@@ -371,13 +452,27 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
     let run = s.trace("default/web", api, 5, &["--reply-timeout", "1"], |lab| {
         outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
     });
-    assert!(outcomes.contains(&TcpOutcome::Timeout), "no attempt went to the deleted pod: {outcomes:?}");
+    assert!(
+        outcomes.contains(&TcpOutcome::Timeout),
+        "no attempt went to the deleted pod: {outcomes:?}"
+    );
     run.assert_root("stale_endpoint");
     let flows = run.flows_to("10.96.0.10:80");
-    let to_stale: Vec<&&Flow> = flows.iter().filter(|f| f.backend.as_deref() == Some(stale.as_str())).collect();
-    assert!(!to_stale.is_empty(), "no flow DNAT'd to the deleted pod {stale}; {}", run.context);
+    let to_stale: Vec<&&Flow> = flows
+        .iter()
+        .filter(|f| f.backend.as_deref() == Some(stale.as_str()))
+        .collect();
+    assert!(
+        !to_stale.is_empty(),
+        "no flow DNAT'd to the deleted pod {stale}; {}",
+        run.context
+    );
     for f in &flows {
-        let want = if f.backend.as_deref() == Some(stale.as_str()) { "stale_endpoint" } else { "healthy" };
+        let want = if f.backend.as_deref() == Some(stale.as_str()) {
+            "stale_endpoint"
+        } else {
+            "healthy"
+        };
         assert_eq!(run.class_of(f), want, "flow to {:?}; {}", f.backend, run.context);
     }
     // The rule that still DNATs to the pod.
@@ -387,8 +482,16 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
     assert!(ep.in_rules, "{ep:?}");
     match api {
         Api::Snapshot => {
-            assert_eq!(ep.in_api, Some(false), "the API no longer lists the pod; {}", run.context);
-            run.evidence("api", &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"]);
+            assert_eq!(
+                ep.in_api,
+                Some(false),
+                "the API no longer lists the pod; {}",
+                run.context
+            );
+            run.evidence(
+                "api",
+                &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"],
+            );
             run.evidence("trace", &["DNAT to stale backend 10.244.1.12:8080"]);
         }
         Api::None => {
@@ -397,7 +500,11 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
             run.evidence("trace", &["-> 10.244.1.12:8080: no reply"]);
         }
     }
-    assert!(run.root_detail().contains("10.244.1.12:8080"), "the root cause names the backend; {}", run.context);
+    assert!(
+        run.root_detail().contains("10.244.1.12:8080"),
+        "the root cause names the backend; {}",
+        run.context
+    );
 }
 
 impl Run {
@@ -431,11 +538,19 @@ fn stale_endpoint_no_k8s_nftables() {
 /// From the external client to the NodePort (`node_port`) or the external IP: kube-proxy drops.
 fn etp_local(mode: ProxyMode, node_port: bool) {
     let s = Scenario::up(etp_local_spec(), mode);
-    let target = if node_port { addr(s.lab.node_ip(), NODE_PORT) } else { addr(EXTERNAL_IP, 80) };
+    let target = if node_port {
+        addr(s.lab.node_ip(), NODE_PORT)
+    } else {
+        addr(EXTERNAL_IP, 80)
+    };
     let run = s.trace("default/shop", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
             let out = lab::tcp_connect(lab.external_ns(), target, SILENT).expect("connect");
-            assert_eq!(out, TcpOutcome::Timeout, "kube-proxy drops external traffic without local endpoints");
+            assert_eq!(
+                out,
+                TcpOutcome::Timeout,
+                "kube-proxy drops external traffic without local endpoints"
+            );
         }
     });
     run.assert_root("etp_local_no_local_endpoints");
@@ -443,21 +558,42 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
     for f in &flows {
         assert_eq!(run.class_of(f), "etp_local_no_local_endpoints", "{}", run.context);
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
-        assert_eq!(f.client.split(':').next(), Some("172.31.0.100"), "from the external client; {}", run.context);
+        assert_eq!(
+            f.client.split(':').next(),
+            Some("172.31.0.100"),
+            "from the external client; {}",
+            run.context
+        );
         assert_eq!(f.outcome, "dropped", "{}", run.context);
         assert_eq!(f.drop_reason.as_deref(), Some("NETFILTER_DROP"), "{}", run.context);
     }
     let kind = if node_port { "node_port" } else { "external_ip" };
-    assert!(run.report.frontends.iter().any(|f| f.kind == kind && f.port == target.port()), "{}", run.context);
+    assert!(
+        run.report
+            .frontends
+            .iter()
+            .any(|f| f.kind == kind && f.port == target.port()),
+        "{}",
+        run.context
+    );
     // The DROP rule for this frontend.
     match (mode, node_port) {
         (ProxyMode::Nftables, true) => run.evidence("rules", &["no-endpoint-nodeports", "30080", "drop"]),
         (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", "203.0.113.10", "drop"]),
-        (_, true) => run.evidence("rules", &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"]),
-        (_, false) => run.evidence("rules", &["default/shop:http has no local endpoints", "-d 203.0.113.10", "-j DROP"]),
+        (_, true) => run.evidence(
+            "rules",
+            &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"],
+        ),
+        (_, false) => run.evidence(
+            "rules",
+            &["default/shop:http has no local endpoints", "-d 203.0.113.10", "-j DROP"],
+        ),
     };
     run.evidence("trace", &["has no local endpoints"]);
-    run.evidence("api", &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"]);
+    run.evidence(
+        "api",
+        &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"],
+    );
 }
 
 #[test]
@@ -496,7 +632,11 @@ fn probe_rst(mode: ProxyMode) {
         while prober.probes_sent() < 4 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(prober.probes_sent() >= 4, "the prober sent {} probes", prober.probes_sent());
+        assert!(
+            prober.probes_sent() >= 4,
+            "the prober sent {} probes",
+            prober.probes_sent()
+        );
     });
     run.assert_root("healthy");
     let node_ip = s.lab.node_ip().to_string();
@@ -504,9 +644,18 @@ fn probe_rst(mode: ProxyMode) {
     assert!(probes.len() >= 4, "probe flows traced; {}", run.context);
     for f in &probes {
         assert_eq!(run.class_of(f), "probe_rst", "{}", run.context);
-        assert_eq!(f.client.split(':').next(), Some(node_ip.as_str()), "probes come from the node IP; {}", run.context);
+        assert_eq!(
+            f.client.split(':').next(),
+            Some(node_ip.as_str()),
+            "probes come from the node IP; {}",
+            run.context
+        );
         let b = f.backend.as_deref().unwrap_or("");
-        assert!(b == backend_of(WEB_1, 8080) || b == backend_of(WEB_2, 8080), "probe target {b}; {}", run.context);
+        assert!(
+            b == backend_of(WEB_1, 8080) || b == backend_of(WEB_2, 8080),
+            "probe target {b}; {}",
+            run.context
+        );
     }
     let service = run.flows_to("10.96.0.10:80");
     assert_eq!(service.len(), 3, "{}", run.context);
@@ -531,7 +680,9 @@ fn probe_rst_nftables() {
 
 fn rules_missing(mode: ProxyMode) {
     let mut s = Scenario::up(web_spec(1), mode);
-    s.lab.flush_service_rules("default", "web").expect("flush the Service's rules");
+    s.lab
+        .flush_service_rules("default", "web")
+        .expect("flush the Service's rules");
     let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
             let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
@@ -547,7 +698,12 @@ fn rules_missing(mode: ProxyMode) {
     assert_eq!(run.endpoint(WEB_1, 8080).in_api, Some(true));
     run.evidence("api", &["the API has Service default/web"]);
     run.evidence("rules", &["no kube-proxy rule mentions default/web"]);
-    assert!(run.root_detail().contains("the API has default/web but kube-proxy's rules lack"), "{}", run.context);
+    assert!(
+        run.root_detail()
+            .contains("the API has default/web but kube-proxy's rules lack"),
+        "{}",
+        run.context
+    );
 }
 
 #[test]
@@ -572,10 +728,21 @@ fn kube_proxy_not_running(mode: ProxyMode) {
     run.assert_root("kube_proxy_not_running");
     assert_eq!(run.report.kube_proxy.running, Some(false), "{}", run.context);
     for f in run.flows_to("10.96.0.10:80") {
-        assert_eq!(run.class_of(f), "healthy", "the rules left behind still work; {}", run.context);
+        assert_eq!(
+            run.class_of(f),
+            "healthy",
+            "the rules left behind still work; {}",
+            run.context
+        );
         assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"));
     }
-    run.evidence("kube_proxy", &["no kube-proxy process or pod on node d8lab-node", "no /healthz on 10256"]);
+    run.evidence(
+        "kube_proxy",
+        &[
+            "no kube-proxy process or pod on node d8lab-node",
+            "no /healthz on 10256",
+        ],
+    );
 }
 
 #[test]
@@ -603,12 +770,21 @@ fn backend_refused(mode: ProxyMode) {
     let flows = run.flows_to("10.96.0.10:80");
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
-        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("reset", "backend_refused"), "{}", run.context);
+        assert_eq!(
+            (f.outcome.as_str(), run.class_of(f)),
+            ("reset", "backend_refused"),
+            "{}",
+            run.context
+        );
         assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
     }
     run.evidence("trace", &["RST from backend 10.244.1.11:8080 (pod default/web-1)"]);
     run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
-    assert!(run.root_detail().contains("default/web-1"), "names the pod; {}", run.context);
+    assert!(
+        run.root_detail().contains("default/web-1"),
+        "names the pod; {}",
+        run.context
+    );
 }
 
 #[test]
@@ -646,8 +822,15 @@ fn backend_timeout(mode: ProxyMode, no_accept: bool) {
         assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
     }
     let ep = run.endpoint(WEB_1, 8080);
-    assert!(ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true), "listed and ready: {ep:?}");
-    assert!(run.root_detail().contains("10.244.1.11:8080 (pod default/web-1)"), "{}", run.context);
+    assert!(
+        ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true),
+        "listed and ready: {ep:?}"
+    );
+    assert!(
+        run.root_detail().contains("10.244.1.11:8080 (pod default/web-1)"),
+        "{}",
+        run.context
+    );
     assert!(run.root_detail().contains("listed, ready endpoint"), "{}", run.context);
     run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
 }
@@ -688,10 +871,19 @@ fn udp_healthy(mode: ProxyMode) {
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
         assert_eq!(f.protocol, "udp");
-        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("established", "healthy"), "{}", run.context);
+        assert_eq!(
+            (f.outcome.as_str(), run.class_of(f)),
+            ("established", "healthy"),
+            "{}",
+            run.context
+        );
         assert_eq!(f.backend.as_deref(), Some("10.244.1.11:5353"), "{}", run.context);
     }
-    assert!(run.report.frontends.iter().any(|f| f.protocol == "udp" && f.port == 53), "{}", run.context);
+    assert!(
+        run.report.frontends.iter().any(|f| f.protocol == "udp" && f.port == 53),
+        "{}",
+        run.context
+    );
     run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "dns")]);
 }
 
@@ -718,7 +910,12 @@ fn udp_no_endpoints(mode: ProxyMode) {
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
         assert_eq!(f.protocol, "udp");
-        assert_eq!((f.outcome.as_str(), run.class_of(f)), ("rejected", "no_endpoints"), "{}", run.context);
+        assert_eq!(
+            (f.outcome.as_str(), run.class_of(f)),
+            ("rejected", "no_endpoints"),
+            "{}",
+            run.context
+        );
         assert_eq!(f.backend, None, "{}", run.context);
     }
     match mode {
@@ -754,7 +951,10 @@ fn udp_stale_endpoint(mode: ProxyMode) {
             }
         }
     });
-    assert!(outcomes.contains(&UdpOutcome::Timeout), "no request went to the deleted pod: {outcomes:?}");
+    assert!(
+        outcomes.contains(&UdpOutcome::Timeout),
+        "no request went to the deleted pod: {outcomes:?}"
+    );
     run.assert_root("stale_endpoint");
     for f in run.flows_to("10.96.0.10:53") {
         assert_eq!(f.protocol, "udp");
@@ -765,9 +965,19 @@ fn udp_stale_endpoint(mode: ProxyMode) {
         };
         assert_eq!(run.class_of(f), want, "{}", run.context);
     }
-    assert!(run.report.flows.iter().any(|f| f.backend.as_deref() == Some("10.244.1.12:5353")), "{}", run.context);
+    assert!(
+        run.report
+            .flows
+            .iter()
+            .any(|f| f.backend.as_deref() == Some("10.244.1.12:5353")),
+        "{}",
+        run.context
+    );
     assert_eq!(run.endpoint(WEB_2, 5353).in_api, Some(false), "{}", run.context);
-    run.evidence("api", &["10.244.1.12:5353 is not in the Service's EndpointSlices of default/dns"]);
+    run.evidence(
+        "api",
+        &["10.244.1.12:5353 is not in the Service's EndpointSlices of default/dns"],
+    );
     run.evidence("rules", &[&endpoint_chain(mode, s.lab.rules_spec(), "dns", "dns-2")]);
 }
 
@@ -793,7 +1003,10 @@ fn mixed_incident(mode: ProxyMode) {
     let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
         outcomes = connect_until(lab, 16, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
     });
-    assert!(outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout),
+        "{outcomes:?}"
+    );
     run.assert_root("stale_endpoint");
     for f in run.flows_to("10.96.0.10:80") {
         let want = match f.backend.as_deref() {
@@ -826,7 +1039,10 @@ fn explain(mode: ProxyMode) {
     let run = s.explain("default/web");
     run.assert_root("healthy");
     assert!(run.report.flows.is_empty(), "explain traces nothing; {}", run.context);
-    run.evidence("api", &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"]);
+    run.evidence(
+        "api",
+        &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"],
+    );
 
     // Stale endpoint: the API lost web-2, the rules still DNAT to it.
     let mut s = s;
@@ -835,7 +1051,10 @@ fn explain(mode: ProxyMode) {
     run.assert_root("stale_endpoint");
     assert!(run.report.flows.is_empty(), "{}", run.context);
     assert!(run.root_detail().contains("10.244.1.12:8080"), "{}", run.context);
-    run.evidence("api", &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"]);
+    run.evidence(
+        "api",
+        &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"],
+    );
     run.evidence("rules", &[&endpoint_chain(mode, s.lab.rules_spec(), "web", "web-2")]);
     drop(s);
 
@@ -858,9 +1077,15 @@ fn explain(mode: ProxyMode) {
     assert!(run.report.flows.is_empty(), "{}", run.context);
     match mode {
         ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-nodeports", "30080"]),
-        _ => run.evidence("rules", &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"]),
+        _ => run.evidence(
+            "rules",
+            &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"],
+        ),
     };
-    run.evidence("api", &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"]);
+    run.evidence(
+        "api",
+        &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"],
+    );
 }
 
 #[test]

@@ -28,8 +28,24 @@ fn netfilter_links() -> bool {
 }
 
 /// The fields both hook sets must agree on; the client's port differs between runs.
-fn essence(f: &Flow) -> (String, Option<String>, Option<String>, String, Option<String>, Option<String>) {
-    (f.protocol.clone(), f.frontend.clone(), f.backend.clone(), f.outcome.clone(), f.drop_reason.clone(), f.class.clone())
+fn essence(
+    f: &Flow,
+) -> (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+) {
+    (
+        f.protocol.clone(),
+        f.frontend.clone(),
+        f.backend.clone(),
+        f.outcome.clone(),
+        f.drop_reason.clone(),
+        f.class.clone(),
+    )
 }
 
 /// Traces `svc` with `hooks` while `traffic` runs; returns the report and what `traffic` said.
@@ -38,7 +54,11 @@ fn traced<T>(lab: &Lab, svc: &str, secs: &str, hooks: &str, traffic: &dyn Fn(&La
     let said = traffic(lab);
     let done = trace.finish(Duration::from_secs(25));
     if hooks == "tc" {
-        assert!(done.stderr.contains("tc hook set"), "the TC hook set was used:\n{}", done.stderr);
+        assert!(
+            done.stderr.contains("tc hook set"),
+            "the TC hook set was used:\n{}",
+            done.stderr
+        );
     }
     (done.report(), said)
 }
@@ -64,7 +84,13 @@ fn same_flows<T>(
         nf_flows.iter_mut().for_each(|f| normalize(&nf_said, f));
         let a: Vec<_> = tc_flows.iter().map(essence).collect();
         let b: Vec<_> = nf_flows.iter().map(essence).collect();
-        assert_eq!(a, b, "tc flows:\n{}\nnetfilter flows:\n{}", tc.describe_flows(), nf.describe_flows());
+        assert_eq!(
+            a,
+            b,
+            "tc flows:\n{}\nnetfilter flows:\n{}",
+            tc.describe_flows(),
+            nf.describe_flows()
+        );
         assert_eq!(
             tc.root_cause.as_ref().map(|r| r.class.clone()),
             nf.root_cause.as_ref().map(|r| r.class.clone()),
@@ -87,14 +113,22 @@ fn tc_established_tcp_matches_netfilter() {
         };
         // Which of the two pods answers is random: name it instead of its address.
         let name_backend = |chosen: &String, f: &mut Flow| {
-            let expected = if chosen == "web-1" { "10.244.1.11:8080" } else { "10.244.1.12:8080" };
+            let expected = if chosen == "web-1" {
+                "10.244.1.11:8080"
+            } else {
+                "10.244.1.12:8080"
+            };
             if f.backend.as_deref() == Some(expected) {
                 f.backend = Some("the backend that answered".into());
             }
         };
         let (flows, _) = same_flows(mode, "default/web", "10.96.0.10:80", "3", &get, &name_backend);
         assert_eq!(flows.len(), 1, "{mode:?}: one connection, one flow: {flows:?}");
-        assert_eq!(flows[0].backend.as_deref(), Some("the backend that answered"), "{mode:?}: {flows:?}");
+        assert_eq!(
+            flows[0].backend.as_deref(),
+            Some("the backend that answered"),
+            "{mode:?}: {flows:?}"
+        );
         assert_eq!(flows[0].outcome, "established", "{mode:?}");
         assert!(flows[0].client.starts_with("10.244."), "{flows:?}");
     }
@@ -106,7 +140,14 @@ fn tc_backend_reset_matches_netfilter() {
         let out = lab::tcp_connect(lab.client_ns(), addr(CLOSED_VIP, 80), TIMEOUT).expect("connect");
         assert!(!out.is_connected(), "{out:?}");
     };
-    let (flows, _) = same_flows(ProxyMode::Iptables, "default/closed", "10.96.0.30:80", "3", &connect, &no_change);
+    let (flows, _) = same_flows(
+        ProxyMode::Iptables,
+        "default/closed",
+        "10.96.0.30:80",
+        "3",
+        &connect,
+        &no_change,
+    );
     assert_eq!(flows[0].outcome, "reset", "{flows:?}");
     assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.31:9090"));
 }
@@ -117,8 +158,19 @@ fn tc_udp_matches_netfilter() {
         let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"query", TIMEOUT).expect("udp");
         assert!(matches!(out, lab::UdpOutcome::Reply(_)), "{out:?}");
     };
-    let (flows, _) = same_flows(ProxyMode::Iptables, "default/dns", "10.96.0.53:53", "3", &ask, &no_change);
-    assert_eq!((flows[0].protocol.as_str(), flows[0].outcome.as_str()), ("udp", "established"), "{flows:?}");
+    let (flows, _) = same_flows(
+        ProxyMode::Iptables,
+        "default/dns",
+        "10.96.0.53:53",
+        "3",
+        &ask,
+        &no_change,
+    );
+    assert_eq!(
+        (flows[0].protocol.as_str(), flows[0].outcome.as_str()),
+        ("udp", "established"),
+        "{flows:?}"
+    );
     assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.21:5353"));
 }
 
@@ -151,7 +203,13 @@ fn tc_dropped_matches_netfilter() {
     if netfilter_links() {
         let (nf, _) = traced(&lab, "default/drops", "4", "netfilter", &connect);
         let nf_flow = nf.flows_to("10.96.0.40:80")[0].clone();
-        assert_eq!(essence(&flow), essence(&nf_flow), "tc:\n{}\nnetfilter:\n{}", tc.describe_flows(), nf.describe_flows());
+        assert_eq!(
+            essence(&flow),
+            essence(&nf_flow),
+            "tc:\n{}\nnetfilter:\n{}",
+            tc.describe_flows(),
+            nf.describe_flows()
+        );
     } else {
         // Drop reasons exist from 5.17 (the VM's 6.1 has them).
         assert_eq!(flow.drop_reason.as_deref(), Some("NETFILTER_DROP"));
@@ -167,9 +225,17 @@ fn tc_node_local_client_is_established() {
     };
     let (report, ()) = traced(&lab, "default/web", "3", "tc", &get);
     let flow = report.flows_to("10.96.0.10:80")[0];
-    assert!(flow.client.starts_with(&lab.node_ip().to_string()), "client is the node: {}", flow.client);
+    assert!(
+        flow.client.starts_with(&lab.node_ip().to_string()),
+        "client is the node: {}",
+        flow.client
+    );
     assert_eq!(flow.outcome, "established", "{}", report.describe_flows());
-    assert!(flow.backend.as_deref().is_some_and(|b| b.starts_with("10.244.1.1")), "{}", report.describe_flows());
+    assert!(
+        flow.backend.as_deref().is_some_and(|b| b.starts_with("10.244.1.1")),
+        "{}",
+        report.describe_flows()
+    );
 }
 
 #[test]
@@ -196,7 +262,11 @@ fn tc_attaches_to_interfaces_that_appear_while_tracing() {
         .filter(|f| f.backend.as_deref() == Some("10.244.1.12:8080"))
         .collect();
     assert!(!to_web2.is_empty(), "{}", report.describe_flows());
-    assert!(to_web2.iter().all(|f| f.outcome == "established"), "{}", report.describe_flows());
+    assert!(
+        to_web2.iter().all(|f| f.outcome == "established"),
+        "{}",
+        report.describe_flows()
+    );
 }
 
 /// Ids of the BPF programs process `pid` holds, from fdinfo: other tests may run d8-trace at
@@ -212,8 +282,14 @@ fn loaded_programs() -> Vec<u64> {
 
 /// Interfaces of the lab node, lo included (`ip netns exec` mounts the namespace's sysfs).
 fn node_interfaces(lab: &Lab) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "ls", "/sys/class/net"]).output().expect("ls");
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(), "ls", "/sys/class/net"])
+        .output()
+        .expect("ls");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The lab node's qdiscs and TC filters, and the BPF links (tcx) of `d8_tc_*` programs. One
@@ -221,10 +297,16 @@ fn node_interfaces(lab: &Lab) -> Vec<String> {
 fn node_tc_state(lab: &Lab, ours: &[u64]) -> String {
     let script = "tc qdisc show; for d in $(ls /sys/class/net); do for dir in ingress egress; do \
                   f=$(tc filter show dev $d $dir); [ -n \"$f\" ] && echo \"$d $dir: $f\"; done; done; true";
-    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", script]).output().expect("ip netns exec");
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(), "sh", "-c", script])
+        .output()
+        .expect("ip netns exec");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut all = String::from_utf8_lossy(&out.stdout).into_owned();
-    let out = Command::new("bpftool").args(["-j", "link", "show"]).output().expect("bpftool");
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool");
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for l in links.as_array().into_iter().flatten() {
         if l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)) {
@@ -239,7 +321,10 @@ fn node_tc_state(lab: &Lab, ours: &[u64]) -> String {
 fn nothing_left(env: &[(&str, &str)]) {
     let lab = lab(ProxyMode::Iptables);
     let before = node_tc_state(&lab, &[]);
-    assert!(!before.contains("d8_tc_") && !before.contains("clsact"), "clean lab: {before}");
+    assert!(
+        !before.contains("d8_tc_") && !before.contains("clsact"),
+        "clean lab: {before}"
+    );
     // Ended by Ctrl-C once looked at (listing takes seconds under the VM's emulation).
     let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), env);
     let ours = prog_ids_of(trace.pid());
@@ -255,12 +340,19 @@ fn nothing_left(env: &[(&str, &str)]) {
         during.matches(" d8_tc_ingress direct-action").count() + during.matches(" d8_tc_egress direct-action").count()
     };
     trace.signal(libc::SIGINT);
-    assert_eq!(attached, 2 * ifaces, "ingress and egress on every interface ({env:?}):\n{during}");
+    assert_eq!(
+        attached,
+        2 * ifaces,
+        "ingress and egress on every interface ({env:?}):\n{during}"
+    );
     trace.finish(Duration::from_secs(15)).report();
     let after = node_tc_state(&lab, &ours);
     assert_eq!(after, before, "tc state after exit ({env:?})");
     let left: Vec<u64> = loaded_programs().into_iter().filter(|id| ours.contains(id)).collect();
-    assert!(left.is_empty(), "programs of the finished d8-trace still loaded: {left:?}");
+    assert!(
+        left.is_empty(),
+        "programs of the finished d8-trace still loaded: {left:?}"
+    );
 }
 
 #[test]
@@ -275,12 +367,21 @@ fn tc_leaves_nothing_after_exit() {
 fn tc_keeps_a_clsact_qdisc_it_did_not_add() {
     let lab = lab(ProxyMode::Iptables);
     let ns = lab.node_ns();
-    let add = Command::new("ip").args(["netns", "exec", ns, "tc", "qdisc", "add", "dev", "ext0", "clsact"]).status().unwrap();
+    let add = Command::new("ip")
+        .args(["netns", "exec", ns, "tc", "qdisc", "add", "dev", "ext0", "clsact"])
+        .status()
+        .unwrap();
     assert!(add.success());
-    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "1", &["--hooks", "tc"]), &[("D8_TC_NETLINK", "1")]);
+    let trace = Trace::start_with_env(
+        &trace_args(&lab, "default/web", "1", &["--hooks", "tc"]),
+        &[("D8_TC_NETLINK", "1")],
+    );
     trace.finish(Duration::from_secs(15)).report();
     let after = node_tc_state(&lab, &[]);
-    assert!(after.contains("clsact") && after.contains("ext0"), "someone else's qdisc stays:\n{after}");
+    assert!(
+        after.contains("clsact") && after.contains("ext0"),
+        "someone else's qdisc stays:\n{after}"
+    );
     assert!(!after.contains("d8_tc_"), "{after}");
 }
 
@@ -300,8 +401,19 @@ fn tc_daemon_joins_flows_and_follows_new_services() {
     lab.write_snapshot(&snapshot).unwrap();
     let events = dir.join("events.jsonl");
     let args = [
-        "daemon", "--hooks", "tc", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810",
-        "--events", events.to_str().unwrap(), "--k8s-snapshot", snapshot.to_str().unwrap(), "--refresh-secs", "1",
+        "daemon",
+        "--hooks",
+        "tc",
+        "--netns",
+        lab.node_ns(),
+        "--metrics-addr",
+        "0.0.0.0:9810",
+        "--events",
+        events.to_str().unwrap(),
+        "--k8s-snapshot",
+        snapshot.to_str().unwrap(),
+        "--refresh-secs",
+        "1",
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = d8_tests::bpf::held_by(daemon.pid() as u32);
@@ -316,9 +428,21 @@ fn tc_daemon_joins_flows_and_follows_new_services() {
     let out = lab::tcp_connect(lab.client_ns(), addr(CLOSED_VIP, 80), TIMEOUT).unwrap();
     assert!(!out.is_connected(), "{out:?}");
 
-    wait_metric(&lab, r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"}"#, 3.0);
-    wait_metric(&lab, r#"d8_trace_flows_total{service="default/dns",class="healthy",outcome="established"}"#, 1.0);
-    let text = wait_metric(&lab, r#"d8_trace_service_verdict{service="default/closed",class="backend_refused"}"#, 1.0);
+    wait_metric(
+        &lab,
+        r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"}"#,
+        3.0,
+    );
+    wait_metric(
+        &lab,
+        r#"d8_trace_flows_total{service="default/dns",class="healthy",outcome="established"}"#,
+        1.0,
+    );
+    let text = wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/closed",class="backend_refused"}"#,
+        1.0,
+    );
     assert_eq!(metric(&text, r#"d8_trace_hook_set{hooks="tc"}"#), Some(1.0), "{text}");
     assert!(!text.contains(r#"d8_trace_hook_set{hooks="netfilter"}"#), "{text}");
     assert_eq!(metric(&text, "d8_trace_lost_events"), Some(0.0), "{text}");
@@ -327,14 +451,26 @@ fn tc_daemon_joins_flows_and_follows_new_services() {
     // kube-proxy programs a new Service whose pod refuses: its frontend is a new target, which the
     // conntrack-netlink join must know to give the flow its backend.
     let spec = spec()
-        .service(ServiceSpec::new("default", "late", LATE_VIP).port("http", 80, 9090, Protocol::Tcp).selector("app", "late"))
-        .pod(PodSpec::new("default", "late-1", std::net::Ipv4Addr::new(10, 244, 1, 61)).label("app", "late").listen(8080, ListenerKind::Http));
+        .service(
+            ServiceSpec::new("default", "late", LATE_VIP)
+                .port("http", 80, 9090, Protocol::Tcp)
+                .selector("app", "late"),
+        )
+        .pod(
+            PodSpec::new("default", "late-1", std::net::Ipv4Addr::new(10, 244, 1, 61))
+                .label("app", "late")
+                .listen(8080, ListenerKind::Http),
+        );
     lab.apply(spec).expect("rules rewritten");
     lab.write_snapshot(&snapshot).unwrap();
     wait_metric(&lab, "d8_trace_traced_targets", before + 2.0);
     let out = lab::tcp_connect(lab.client_ns(), addr(LATE_VIP, 80), TIMEOUT).unwrap();
     assert!(!out.is_connected(), "{out:?}");
-    let text = wait_metric(&lab, r#"d8_trace_service_verdict{service="default/late",class="backend_refused"}"#, 1.0);
+    let text = wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/late",class="backend_refused"}"#,
+        1.0,
+    );
     assert_eq!(metric(&text, "d8_trace_lost_events"), Some(0.0), "{text}");
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
@@ -342,20 +478,49 @@ fn tc_daemon_joins_flows_and_follows_new_services() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
-    let flow_of = |svc: &str| lines.iter().find(|l| l["type"] == "flow" && l["service"] == svc).cloned();
+    let flow_of = |svc: &str| {
+        lines
+            .iter()
+            .find(|l| l["type"] == "flow" && l["service"] == svc)
+            .cloned()
+    };
     let closed = flow_of("default/closed").unwrap_or_else(|| panic!("no flow event of default/closed: {lines:?}"));
-    assert_eq!((closed["frontend"].as_str(), closed["backend"].as_str()), (Some("10.96.0.30:80"), Some("10.244.1.31:9090")), "{closed}");
-    assert_eq!((closed["outcome"].as_str(), closed["class"].as_str()), (Some("reset"), Some("backend_refused")), "{closed}");
+    assert_eq!(
+        (closed["frontend"].as_str(), closed["backend"].as_str()),
+        (Some("10.96.0.30:80"), Some("10.244.1.31:9090")),
+        "{closed}"
+    );
+    assert_eq!(
+        (closed["outcome"].as_str(), closed["class"].as_str()),
+        (Some("reset"), Some("backend_refused")),
+        "{closed}"
+    );
     let late = flow_of("default/late").unwrap_or_else(|| panic!("no flow event of default/late: {lines:?}"));
-    assert_eq!((late["frontend"].as_str(), late["backend"].as_str()), (Some("10.96.0.60:80"), Some("10.244.1.61:9090")), "{late}");
+    assert_eq!(
+        (late["frontend"].as_str(), late["backend"].as_str()),
+        (Some("10.96.0.60:80"), Some("10.244.1.61:9090")),
+        "{late}"
+    );
     assert_eq!(late["class"], "backend_refused", "{late}");
 
     daemon.signal(libc::SIGTERM);
     let done = daemon.finish(Duration::from_secs(10));
     assert!(done.status.success(), "{}", done.stderr);
-    assert!(done.stderr.contains("tc hook set: --hooks tc"), "the start says which set and why:\n{}", done.stderr);
-    assert!(done.stderr.contains("conntrack netlink"), "and how flows are joined:\n{}", done.stderr);
-    assert_eq!(d8_tests::bpf::still_loaded(&held), d8_tests::bpf::Held::default(), "left after SIGTERM");
+    assert!(
+        done.stderr.contains("tc hook set: --hooks tc"),
+        "the start says which set and why:\n{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("conntrack netlink"),
+        "and how flows are joined:\n{}",
+        done.stderr
+    );
+    assert_eq!(
+        d8_tests::bpf::still_loaded(&held),
+        d8_tests::bpf::Held::default(),
+        "left after SIGTERM"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -368,7 +533,10 @@ fn foreign_counts(lab: &Lab, dev: &str) -> (BTreeMap<u32, u64>, [u64; 2]) {
         "tc -s filter show dev {dev} ingress; tc -s filter show dev {dev} egress; \
          echo device $(cat /sys/class/net/{dev}/statistics/rx_packets) $(cat /sys/class/net/{dev}/statistics/tx_packets)"
     );
-    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", &script]).output().expect("ip netns exec");
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(), "sh", "-c", &script])
+        .output()
+        .expect("ip netns exec");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let (mut actions, mut device, mut index) = (BTreeMap::new(), None, None);
@@ -386,7 +554,10 @@ fn foreign_counts(lab: &Lab, dev: &str) -> (BTreeMap<u32, u64>, [u64; 2]) {
             _ => {}
         }
     }
-    (actions, device.unwrap_or_else(|| panic!("no device counters in:\n{text}")))
+    (
+        actions,
+        device.unwrap_or_else(|| panic!("no device counters in:\n{text}")),
+    )
 }
 
 /// Another tool's TC programs keep seeing every packet while d8-trace traces with the TC hook
@@ -405,16 +576,28 @@ fn tc_foreign_filters_see_every_packet() {
     let client = PodSpec::new("default", "client", lab.spec().client_pod_ip);
     let dev = &lab::pod_veth_name(&client);
     // The mirror's target stays down: mirrored copies are dropped before they go anywhere.
-    let mut setup = vec!["ip link add d8cnt0 type veth peer name d8cnt1".to_string(), format!("tc qdisc add dev {dev} clsact")];
+    let mut setup = vec![
+        "ip link add d8cnt0 type veth peer name d8cnt1".to_string(),
+        format!("tc qdisc add dev {dev} clsact"),
+    ];
     // (direction, the actions' indexes: BPF classifier, u32).
     const FILTERS: [(&str, [u32; 2]); 2] = [("ingress", [11, 12]), ("egress", [21, 22])];
     for (dir, [bpf, u32]) in FILTERS {
         let count = |index: u32| format!("action mirred egress mirror dev d8cnt0 continue index {index}");
-        setup.push(format!("tc filter add dev {dev} {dir} pref 10 protocol all bpf bytecode '1,6 0 0 4294967295,' {}", count(bpf)));
-        setup.push(format!("tc filter add dev {dev} {dir} pref 20 protocol all u32 match u32 0 0 {}", count(u32)));
+        setup.push(format!(
+            "tc filter add dev {dev} {dir} pref 10 protocol all bpf bytecode '1,6 0 0 4294967295,' {}",
+            count(bpf)
+        ));
+        setup.push(format!(
+            "tc filter add dev {dev} {dir} pref 20 protocol all u32 match u32 0 0 {}",
+            count(u32)
+        ));
     }
     for cmd in &setup {
-        let st = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", cmd]).status().expect("ip netns exec");
+        let st = Command::new("ip")
+            .args(["netns", "exec", lab.node_ns(), "sh", "-c", cmd])
+            .status()
+            .expect("ip netns exec");
         assert!(st.success(), "{cmd}");
     }
     let traffic = |lab: &Lab| {
@@ -427,40 +610,67 @@ fn tc_foreign_filters_see_every_packet() {
     // `env` None: no d8-trace (the counting itself is checked); Some: d8-trace with that env.
     let check = |what: &str, env: Option<&[(&str, &str)]>| {
         let (before, before_dev) = foreign_counts(&lab, dev);
-        let trace = env.map(|env| Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), env));
+        let trace =
+            env.map(|env| Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), env));
         traffic(&lab);
         std::thread::sleep(Duration::from_millis(300));
         let (after, after_dev) = foreign_counts(&lab, dev);
         for (d, (dir, indexes)) in FILTERS.iter().enumerate() {
             let device = after_dev[d] - before_dev[d];
-            assert!(device >= 5 * 4, "{what}: {dev} {dir} moved {device} packets for 5 requests");
+            assert!(
+                device >= 5 * 4,
+                "{what}: {dev} {dir} moved {device} packets for 5 requests"
+            );
             for (i, kind) in indexes.iter().zip(["BPF classifier", "u32 filter"]) {
                 let seen = after.get(i).zip(before.get(i)).map(|(a, b)| a - b);
-                assert_eq!(seen, Some(device), "{what}: the foreign {kind} at {dev} {dir} saw {seen:?} of {device} packets");
+                assert_eq!(
+                    seen,
+                    Some(device),
+                    "{what}: the foreign {kind} at {dev} {dir} saw {seen:?} of {device} packets"
+                );
             }
         }
         if let Some(t) = trace {
             t.signal(libc::SIGINT);
             let report = t.finish(Duration::from_secs(20)).report();
             let seen = report.flows_to("10.96.0.10:80");
-            assert_eq!(seen.len(), 5, "{what}: d8-trace saw the five requests too:\n{}", report.describe_flows());
+            assert_eq!(
+                seen.len(),
+                5,
+                "{what}: d8-trace saw the five requests too:\n{}",
+                report.describe_flows()
+            );
         }
     };
     check("without d8-trace", None);
-    check("with d8-trace (the kernel's own attach: tcx from 6.6, else netlink)", Some(&[]));
-    check("with d8-trace (netlink filters on the same clsact)", Some(&[("D8_TC_NETLINK", "1")]));
+    check(
+        "with d8-trace (the kernel's own attach: tcx from 6.6, else netlink)",
+        Some(&[]),
+    );
+    check(
+        "with d8-trace (netlink filters on the same clsact)",
+        Some(&[("D8_TC_NETLINK", "1")]),
+    );
 }
 
 /// Runs `cmd` in the lab node's namespace; panics with its stderr if it fails.
 fn in_node(lab: &Lab, cmd: &str) {
-    let out = Command::new("ip").args(["netns", "exec", lab.node_ns(), "sh", "-c", cmd]).output().expect("ip netns exec");
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(), "sh", "-c", cmd])
+        .output()
+        .expect("ip netns exec");
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A foreign u32 filter (mirror to a device that is down, then continue) on `dev` ingress, on a
 /// clsact the test adds: another tool's, which d8-trace must leave alone.
 fn foreign_filter(lab: &Lab, dev: &str) {
-    in_node(lab, &format!("ip link show d8cnt0 >/dev/null 2>&1 || ip link add d8cnt0 type veth peer name d8cnt1; tc qdisc add dev {dev} clsact; tc filter add dev {dev} ingress pref 20 protocol all u32 match u32 0 0 action mirred egress mirror dev d8cnt0 continue"));
+    in_node(
+        lab,
+        &format!(
+            "ip link show d8cnt0 >/dev/null 2>&1 || ip link add d8cnt0 type veth peer name d8cnt1; tc qdisc add dev {dev} clsact; tc filter add dev {dev} ingress pref 20 protocol all u32 match u32 0 0 action mirred egress mirror dev d8cnt0 continue"
+        ),
+    );
 }
 
 /// A d8-trace killed with SIGKILL cannot detach its netlink filters; the next one started in the
@@ -470,7 +680,11 @@ fn foreign_filter(lab: &Lab, dev: &str) {
 fn tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup() {
     let lab = lab(ProxyMode::Iptables);
     foreign_filter(&lab, "ext0");
-    let tracefs = || std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().contains(" /sys/kernel/tracing tracefs ");
+    let tracefs = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .contains(" /sys/kernel/tracing tracefs ")
+    };
     let tracefs_before = tracefs();
     let before = node_tc_state(&lab, &[]);
     assert!(!before.contains("d8_tc_") && before.contains("u32"), "{before}");
@@ -481,25 +695,50 @@ fn tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup() {
         let done = trace.finish(Duration::from_secs(10));
         assert!(!done.status.success(), "killed");
         let residue = node_tc_state(&lab, &[]);
-        assert!(residue.contains("d8_tc_ingress") && residue.contains("d8_tc_egress"), "SIGKILL leaves the filters:\n{residue}");
+        assert!(
+            residue.contains("d8_tc_ingress") && residue.contains("d8_tc_egress"),
+            "SIGKILL leaves the filters:\n{residue}"
+        );
     };
 
     kill();
     let next = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), &netlink);
     next.signal(libc::SIGINT);
     let done = next.finish(Duration::from_secs(15));
-    assert!(done.stderr.contains("removed what an earlier d8-trace left: filter d8_tc_"), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("removed what an earlier d8-trace left: filter d8_tc_"),
+        "{}",
+        done.stderr
+    );
     done.report();
-    assert_eq!(node_tc_state(&lab, &[]), before, "after the next start and its normal exit");
+    assert_eq!(
+        node_tc_state(&lab, &[]),
+        before,
+        "after the next start and its normal exit"
+    );
 
     kill();
     let out = d8_tests::run::run_to_end(&["cleanup", "--netns", lab.node_ns()]);
     assert!(out.status.success(), "{}", out.stderr);
-    assert!(out.stdout.contains("removed filter d8_tc_ingress") && out.stdout.contains("removed clsact qdisc on"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("removed filter d8_tc_ingress") && out.stdout.contains("removed clsact qdisc on"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(node_tc_state(&lab, &[]), before, "after cleanup");
-    assert_eq!(tracefs(), tracefs_before, "the tracefs mount of the killed d8-trace is gone too");
+    assert_eq!(
+        tracefs(),
+        tracefs_before,
+        "the tracefs mount of the killed d8-trace is gone too"
+    );
     let out = d8_tests::run::run_to_end(&["cleanup", "--netns", lab.node_ns()]);
-    assert_eq!(out.stdout.trim(), "nothing left by an earlier d8-trace", "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        "nothing left by an earlier d8-trace",
+        "{}",
+        out.stderr
+    );
 }
 
 /// A clsact qdisc d8-trace added stays when another tool hung a filter on it meanwhile: removing
@@ -507,13 +746,26 @@ fn tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup() {
 #[test]
 fn tc_keeps_its_clsact_when_another_tool_uses_it() {
     let lab = lab(ProxyMode::Iptables);
-    let trace = Trace::start_with_env(&trace_args(&lab, "default/web", "60", &["--hooks", "tc"]), &[("D8_TC_NETLINK", "1")]);
-    in_node(&lab, "ip link add d8cnt0 type veth peer name d8cnt1; tc filter add dev ext0 ingress pref 20 protocol all u32 match u32 0 0 action mirred egress mirror dev d8cnt0 continue");
+    let trace = Trace::start_with_env(
+        &trace_args(&lab, "default/web", "60", &["--hooks", "tc"]),
+        &[("D8_TC_NETLINK", "1")],
+    );
+    in_node(
+        &lab,
+        "ip link add d8cnt0 type veth peer name d8cnt1; tc filter add dev ext0 ingress pref 20 protocol all u32 match u32 0 0 action mirred egress mirror dev d8cnt0 continue",
+    );
     trace.signal(libc::SIGINT);
     let done = trace.finish(Duration::from_secs(15));
-    assert!(done.stderr.contains("left the clsact qdisc d8-trace added to ext0"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("left the clsact qdisc d8-trace added to ext0"),
+        "{}",
+        done.stderr
+    );
     done.report();
     let after = node_tc_state(&lab, &[]);
-    assert!(after.contains("ext0 ingress") && after.contains("u32"), "the other tool's filter stays:\n{after}");
+    assert!(
+        after.contains("ext0 ingress") && after.contains("u32"),
+        "the other tool's filter stays:\n{after}"
+    );
     assert!(!after.contains("d8_tc_"), "{after}");
 }

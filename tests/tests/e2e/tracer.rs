@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use d8_trace::{lab, model::ProxyMode};
 use d8_tests::run::Trace;
+use d8_trace::{lab, model::ProxyMode};
 
 use crate::common::*;
 
@@ -23,13 +23,27 @@ fn tcp_to_cluster_ip_is_one_established_flow_to_the_chosen_backend(mode: ProxyMo
         "web-2" => "10.244.1.12:8080",
         other => panic!("unexpected backend name {other:?}"),
     };
-    assert_eq!(flow.backend.as_deref(), Some(expected_backend), "{}", report.describe_flows());
+    assert_eq!(
+        flow.backend.as_deref(),
+        Some(expected_backend),
+        "{}",
+        report.describe_flows()
+    );
     assert_eq!(flow.outcome, "established");
     assert_eq!(flow.protocol, "tcp");
-    assert!(flow.client.starts_with("10.244."), "client is the client pod: {}", flow.client);
+    assert!(
+        flow.client.starts_with("10.244."),
+        "client is the client pod: {}",
+        flow.client
+    );
     assert_eq!(report.lost_events, 0);
     assert_eq!(report.service, "default/web");
-    assert!(report.frontends.iter().any(|f| f.ip == "10.96.0.10" && f.port == 80 && f.kind == "cluster_ip"));
+    assert!(
+        report
+            .frontends
+            .iter()
+            .any(|f| f.ip == "10.96.0.10" && f.port == 80 && f.kind == "cluster_ip")
+    );
 }
 
 #[test]
@@ -47,7 +61,10 @@ fn service_without_endpoints_is_rejected_with_evidence() {
     let lab = lab(ProxyMode::Iptables);
     let trace = Trace::start(&trace_args(&lab, "default/empty", "3", &[]));
     let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
-    assert!(!out.is_connected(), "a Service without endpoints must not connect: {out:?}");
+    assert!(
+        !out.is_connected(),
+        "a Service without endpoints must not connect: {out:?}"
+    );
     let report = trace.finish(Duration::from_secs(20)).report();
     let flow = report.flows_to("10.96.0.20:80")[0];
     assert_eq!(flow.outcome, "rejected", "{}", report.describe_flows());
@@ -89,8 +106,13 @@ fn udp_request_to_cluster_ip_joins_frontend_backend_and_reply() {
     let lab = lab(ProxyMode::Iptables);
     let trace = Trace::start(&trace_args(&lab, "default/dns", "3", &[]));
     let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"query", TIMEOUT).expect("udp");
-    let lab::UdpOutcome::Reply(bytes) = &out else { panic!("no UDP answer: {out:?}") };
-    assert!(String::from_utf8_lossy(bytes).contains("dns-1"), "the pod answered: {out:?}");
+    let lab::UdpOutcome::Reply(bytes) = &out else {
+        panic!("no UDP answer: {out:?}")
+    };
+    assert!(
+        String::from_utf8_lossy(bytes).contains("dns-1"),
+        "the pod answered: {out:?}"
+    );
     let report = trace.finish(Duration::from_secs(20)).report();
     let flow = report.flows_to("10.96.0.53:53")[0];
     assert_eq!(flow.protocol, "udp");
@@ -106,7 +128,11 @@ fn node_local_client_is_traced_at_output() {
     assert_eq!(answer.status(), Some(200));
     let report = trace.finish(Duration::from_secs(20)).report();
     let flow = report.flows_to("10.96.0.10:80")[0];
-    assert!(flow.client.starts_with(&lab.node_ip().to_string()), "client is the node: {}", flow.client);
+    assert!(
+        flow.client.starts_with(&lab.node_ip().to_string()),
+        "client is the node: {}",
+        flow.client
+    );
     assert_eq!(flow.outcome, "established", "{}", report.describe_flows());
 }
 
@@ -129,8 +155,17 @@ fn unread_live_output_loses_no_events_and_keeps_the_report_whole() {
     // Text output: live lines and then the report on stdout, which nobody reads until the end
     // (`finish`); at most 256 lines wait for it.
     let args = [
-        "--svc", "default/dns", "--netns", lab.node_ns(), "-o", "text", "--no-k8s", "--duration", "10",
-        "--ring-buffer-kib", "256",
+        "--svc",
+        "default/dns",
+        "--netns",
+        lab.node_ns(),
+        "-o",
+        "text",
+        "--no-k8s",
+        "--duration",
+        "10",
+        "--ring-buffer-kib",
+        "256",
     ];
     let trace = Trace::start_with_env(&args, &[("D8_TRACE_LIVE_QUEUE_LINES", "256")]);
     lab::in_netns(lab.client_ns(), || {
@@ -157,11 +192,25 @@ fn unread_live_output_loses_no_events_and_keeps_the_report_whole() {
         tail(&done.stdout, 40),
         done.stderr
     );
-    assert!(done.stdout.contains(", 0 events lost"), "no kernel event lost:\n{}", tail(&done.stdout, 40));
-    assert!(done.stderr.contains("live lines dropped: output was not being read"), "{}", done.stderr);
+    assert!(
+        done.stdout.contains(", 0 events lost"),
+        "no kernel event lost:\n{}",
+        tail(&done.stdout, 40)
+    );
+    assert!(
+        done.stderr.contains("live lines dropped: output was not being read"),
+        "{}",
+        done.stderr
+    );
     // The report follows the live lines, whole: header, verdict, flows, evidence.
     let report = &done.stdout[done.stdout.find("Service default/dns on").expect("the report's header")..];
-    for part in ["VERDICT: ", "Frontends:", "Flows: ", "more flows (-o json lists them all)", "Evidence:"] {
+    for part in [
+        "VERDICT: ",
+        "Frontends:",
+        "Flows: ",
+        "more flows (-o json lists them all)",
+        "Evidence:",
+    ] {
         assert!(report.contains(part), "{part:?} missing from the report:\n{report}");
     }
 }

@@ -58,8 +58,16 @@ fn in_vm() -> bool {
 /// The common lab plus `default/solo` (one pod).
 fn ipvs_spec() -> ClusterSpec {
     spec()
-        .service(ServiceSpec::new("default", "solo", SOLO_VIP).port("http", 80, 8080, Protocol::Tcp).selector("app", "solo"))
-        .pod(PodSpec::new("default", "solo-1", SOLO_POD).label("app", "solo").listen(8080, ListenerKind::Http))
+        .service(
+            ServiceSpec::new("default", "solo", SOLO_VIP)
+                .port("http", 80, 8080, Protocol::Tcp)
+                .selector("app", "solo"),
+        )
+        .pod(
+            PodSpec::new("default", "solo-1", SOLO_POD)
+                .label("app", "solo")
+                .listen(8080, ListenerKind::Http),
+        )
 }
 
 /// An IPVS lab and the file its API snapshot goes to.
@@ -80,10 +88,21 @@ impl IpvsLab {
     /// Traces `svc` for `secs` while `traffic` runs; `api`: with the lab's API snapshot, else
     /// `--no-k8s`.
     fn trace(&self, svc: &str, api: bool, secs: &str, traffic: impl FnOnce(&Lab)) -> (Report, String) {
-        let mut args = vec!["--svc", svc, "--netns", self.lab.node_ns(), "-o", "json", "--duration", secs];
+        let mut args = vec![
+            "--svc",
+            svc,
+            "--netns",
+            self.lab.node_ns(),
+            "-o",
+            "json",
+            "--duration",
+            secs,
+        ];
         let snap = self.snapshot.display().to_string();
         if api {
-            self.lab.write_snapshot(&self.snapshot).expect("writing the API snapshot");
+            self.lab
+                .write_snapshot(&self.snapshot)
+                .expect("writing the API snapshot");
             args.extend(["--k8s-snapshot", &snap]);
         } else {
             args.push("--no-k8s");
@@ -106,11 +125,28 @@ impl IpvsLab {
 impl IpvsLab {
     /// `d8-trace explain --svc SVC -o json` with the lab's API snapshot: rules and API alone.
     fn explain(&self, svc: &str) -> (Report, String) {
-        self.lab.write_snapshot(&self.snapshot).expect("writing the API snapshot");
+        self.lab
+            .write_snapshot(&self.snapshot)
+            .expect("writing the API snapshot");
         let snap = self.snapshot.display().to_string();
-        let args = ["explain", "--svc", svc, "--netns", self.lab.node_ns(), "-o", "json", "--k8s-snapshot", &snap];
+        let args = [
+            "explain",
+            "--svc",
+            svc,
+            "--netns",
+            self.lab.node_ns(),
+            "-o",
+            "json",
+            "--k8s-snapshot",
+            &snap,
+        ];
         let done = d8_tests::run::run_to_end(&args);
-        let context = format!("d8-trace {}\n--- stdout:\n{}\n--- stderr:\n{}", args.join(" "), done.stdout, done.stderr);
+        let context = format!(
+            "d8-trace {}\n--- stdout:\n{}\n--- stderr:\n{}",
+            args.join(" "),
+            done.stdout,
+            done.stderr
+        );
         dump(&context);
         (done.report(), context)
     }
@@ -160,7 +196,10 @@ fn ipvs_lab_carries_kube_proxy_traffic() {
     let table = ipvsadm(&lab);
     assert!(table.contains(&format!("TCP  {}:30080 rr", lab.node_ip())), "{table}");
     let text = lab.rules_text();
-    assert!(text.contains("-a -t 10.96.0.10:80 -r 10.244.1.11:8080 -m -w 1"), "{text}");
+    assert!(
+        text.contains("-a -t 10.96.0.10:80 -r 10.244.1.11:8080 -m -w 1"),
+        "{text}"
+    );
     let mut names = Vec::new();
     for _ in 0..2 {
         let out = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http");
@@ -171,7 +210,10 @@ fn ipvs_lab_carries_kube_proxy_traffic() {
     let out = lab::udp_request(lab.client_ns(), addr(DNS_VIP, 53), b"q", TIMEOUT).expect("udp");
     assert_eq!(out, lab::UdpOutcome::Reply(b"dns-1\nq".to_vec()), "UDP ClusterIP");
     let out = lab::http_get(lab.external_ns(), addr(lab.node_ip(), 30080), "/", TIMEOUT).expect("nodeport");
-    assert!(out.backend().is_some(), "NodePort from the external client: {out:?}\n{text}");
+    assert!(
+        out.backend().is_some(),
+        "NodePort from the external client: {out:?}\n{text}"
+    );
     // Hairpin needs KUBE-LOOP-BACK's masquerade, i.e. the ipsets (the guest has `ipset` when the
     // host has it).
     if text.contains("no ipset tool") {
@@ -180,7 +222,10 @@ fn ipvs_lab_carries_kube_proxy_traffic() {
         let web1 = lab.pod_ns("web-1").expect("web-1").to_string();
         for _ in 0..2 {
             let out = lab::http_get(&web1, addr(WEB_VIP, 80), "/", TIMEOUT).expect("hairpin");
-            assert!(out.backend().is_some(), "hairpin through the ClusterIP: {out:?}\n{text}");
+            assert!(
+                out.backend().is_some(),
+                "hairpin through the ClusterIP: {out:?}\n{text}"
+            );
         }
     }
     let out = lab::tcp_connect(lab.client_ns(), addr(EMPTY_VIP, 80), TIMEOUT).expect("connect");
@@ -198,17 +243,34 @@ fn ipvs_flows_join_the_real_server() {
     assert!(table.contains("TCP  10.96.0.10:80 rr"), "{table}");
     assert!(table.contains("-> 10.244.1.11:8080"), "{table}");
     // Without the API nothing names IPVS's virtual servers: d8-trace says so instead of guessing.
-    let done = d8_tests::run::run_to_end(&["--svc", "default/web", "--netns", l.lab.node_ns(), "-o", "json", "--no-k8s", "--duration", "1"]);
+    let done = d8_tests::run::run_to_end(&[
+        "--svc",
+        "default/web",
+        "--netns",
+        l.lab.node_ns(),
+        "-o",
+        "json",
+        "--no-k8s",
+        "--duration",
+        "1",
+    ]);
     dump(&done.stderr);
     assert!(!done.status.success(), "{}", done.stderr);
-    assert!(done.stderr.contains("IPVS mode, which keeps no Service names") && done.stderr.contains("--k8s-snapshot"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("IPVS mode, which keeps no Service names") && done.stderr.contains("--k8s-snapshot"),
+        "{}",
+        done.stderr
+    );
     {
         let api = true;
         let mut answered = Vec::new();
         let (report, ctx) = l.trace("default/web", api, "4", |lab| {
             for _ in 0..2 {
                 let out = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
-                answered.push(out.backend().unwrap_or_else(|| panic!("no answer through IPVS: {out:?}")));
+                answered.push(
+                    out.backend()
+                        .unwrap_or_else(|| panic!("no answer through IPVS: {out:?}")),
+                );
             }
         });
         assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
@@ -229,12 +291,24 @@ fn ipvs_flows_join_the_real_server() {
         assert_eq!(root(&report), "healthy", "{ctx}");
         // The real servers are the endpoints, with their IPVS line as rule.
         for ip in ["10.244.1.11", "10.244.1.12"] {
-            let ep = report.endpoints.iter().find(|e| e.ip == ip && e.port == 8080).unwrap_or_else(|| panic!("no endpoint {ip}; {ctx}"));
+            let ep = report
+                .endpoints
+                .iter()
+                .find(|e| e.ip == ip && e.port == 8080)
+                .unwrap_or_else(|| panic!("no endpoint {ip}; {ctx}"));
             assert!(ep.in_rules, "{ctx}");
-            assert!(ep.rule.as_deref().is_some_and(|r| r.contains("TCP 10.96.0.10:80") && r.contains(ip)), "{ep:?}; {ctx}");
+            assert!(
+                ep.rule
+                    .as_deref()
+                    .is_some_and(|r| r.contains("TCP 10.96.0.10:80") && r.contains(ip)),
+                "{ep:?}; {ctx}"
+            );
             assert_eq!(ep.in_api, Some(true), "{ctx}");
         }
-        assert!(report.frontends.iter().any(|f| f.ip == "10.96.0.10" && f.port == 80), "{ctx}");
+        assert!(
+            report.frontends.iter().any(|f| f.ip == "10.96.0.10" && f.port == 80),
+            "{ctx}"
+        );
     }
 }
 
@@ -252,21 +326,38 @@ fn ipvs_stale_real_server() {
     {
         let api = true;
         let (report, ctx) = l.trace("default/solo", api, "5", |lab| {
-            let out = lab::tcp_connect(lab.client_ns(), addr(SOLO_VIP, 80), Duration::from_millis(1500)).expect("connect");
+            let out =
+                lab::tcp_connect(lab.client_ns(), addr(SOLO_VIP, 80), Duration::from_millis(1500)).expect("connect");
             assert_eq!(out, TcpOutcome::Timeout);
         });
         let flows = report.flows_to("10.96.0.60:80");
         for f in &flows {
-            assert_eq!(f.backend.as_deref(), Some("10.244.1.61:8080"), "joined to the real server; {ctx}");
+            assert_eq!(
+                f.backend.as_deref(),
+                Some("10.244.1.61:8080"),
+                "joined to the real server; {ctx}"
+            );
             assert_eq!(f.class.as_deref(), Some("stale_endpoint"), "{ctx}");
         }
         assert_eq!(root(&report), "stale_endpoint", "{ctx}");
-        let ep = report.endpoints.iter().find(|e| e.ip == "10.244.1.61").unwrap_or_else(|| panic!("{ctx}"));
+        let ep = report
+            .endpoints
+            .iter()
+            .find(|e| e.ip == "10.244.1.61")
+            .unwrap_or_else(|| panic!("{ctx}"));
         assert!(ep.in_rules, "{ctx}");
-        assert!(ep.rule.as_deref().is_some_and(|r| r.contains("TCP 10.96.0.60:80 -> 10.244.1.61:8080")), "{ep:?}; {ctx}");
+        assert!(
+            ep.rule
+                .as_deref()
+                .is_some_and(|r| r.contains("TCP 10.96.0.60:80 -> 10.244.1.61:8080")),
+            "{ep:?}; {ctx}"
+        );
         assert_eq!(ep.in_api, Some(false), "{ctx}");
         report.evidence_with("10.244.1.61:8080 is not in the Service's EndpointSlices of default/solo");
-        assert!(report.root_cause.as_ref().unwrap().detail.contains("10.244.1.61:8080"), "{ctx}");
+        assert!(
+            report.root_cause.as_ref().unwrap().detail.contains("10.244.1.61:8080"),
+            "{ctx}"
+        );
     }
     // Rules and API alone say the same.
     let (report, ctx) = l.explain("default/solo");
@@ -336,7 +427,10 @@ const CT_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
 impl ConntrackMax {
     fn set(value: u32) -> Self {
-        let old = std::fs::read_to_string(CT_MAX).expect("reading nf_conntrack_max").trim().to_string();
+        let old = std::fs::read_to_string(CT_MAX)
+            .expect("reading nf_conntrack_max")
+            .trim()
+            .to_string();
         std::fs::write(CT_MAX, value.to_string()).expect("lowering nf_conntrack_max");
         Self { old }
     }
@@ -357,13 +451,28 @@ fn fill_conntrack(node_ns: &str, limit: u32) -> u32 {
     for i in 0..limit + 16 {
         let src = format!("10.250.{}.{}", i / 250, 1 + i % 250);
         let out = Command::new("ip")
-            .args(["netns", "exec", node_ns, "conntrack", "-I", "-p", "udp", "-s", &src, "-d", "10.251.0.1"])
+            .args([
+                "netns",
+                "exec",
+                node_ns,
+                "conntrack",
+                "-I",
+                "-p",
+                "udp",
+                "-s",
+                &src,
+                "-d",
+                "10.251.0.1",
+            ])
             .args(["--sport", "40000", "--dport", "53", "-t", "600", "-u", "ASSURED"])
             .output()
             .expect("conntrack -I");
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("memory") || err.contains("full"), "conntrack -I failed otherwise: {err}");
+            assert!(
+                err.contains("memory") || err.contains("full"),
+                "conntrack -I failed otherwise: {err}"
+            );
             return inserted;
         }
         inserted += 1;
@@ -385,7 +494,11 @@ fn conntrack_full_drops_a_new_flow() {
     let inserted = fill_conntrack(&node, max);
     assert!(inserted > 0 && inserted <= max, "{inserted}");
     let out = lab::tcp_connect(lab.client_ns(), addr(WEB_VIP, 80), Duration::from_millis(1500)).expect("connect");
-    assert_eq!(out, TcpOutcome::Timeout, "the SYN is dropped: no conntrack entry can be made");
+    assert_eq!(
+        out,
+        TcpOutcome::Timeout,
+        "the SYN is dropped: no conntrack entry can be made"
+    );
     trace.signal(libc::SIGINT);
     let done = trace.finish(Duration::from_secs(30));
     drop(guard);
@@ -404,9 +517,24 @@ fn conntrack_full_drops_a_new_flow() {
         assert_eq!(f.protocol, "tcp", "{ctx}");
     }
     assert_eq!(root(&report), "conntrack_full", "{ctx}");
-    let conntrack: Vec<&str> = report.evidence.iter().filter(|e| e.kind == "conntrack").map(|e| e.content.as_str()).collect();
-    assert!(conntrack.iter().any(|c| c.contains(&format!("of nf_conntrack_max {max}"))), "{ctx}");
-    assert!(conntrack.iter().any(|c| c.contains("drop counter") && c.contains("rose")), "{ctx}");
+    let conntrack: Vec<&str> = report
+        .evidence
+        .iter()
+        .filter(|e| e.kind == "conntrack")
+        .map(|e| e.content.as_str())
+        .collect();
+    assert!(
+        conntrack
+            .iter()
+            .any(|c| c.contains(&format!("of nf_conntrack_max {max}"))),
+        "{ctx}"
+    );
+    assert!(
+        conntrack
+            .iter()
+            .any(|c| c.contains("drop counter") && c.contains("rose")),
+        "{ctx}"
+    );
     let client = &flows[0].client;
     report.evidence_with(&format!("{client} -> 10.96.0.10:80: first packet dropped"));
 }

@@ -33,7 +33,10 @@ pub struct Capacity {
 impl Capacity {
     /// The highest achieved rate among runs without lost events.
     pub fn best(&self) -> Option<&Step> {
-        self.steps.iter().filter(|s| s.lost_events == 0).max_by(|a, b| a.achieved.total_cmp(&b.achieved))
+        self.steps
+            .iter()
+            .filter(|s| s.lost_events == 0)
+            .max_by(|a, b| a.achieved.total_cmp(&b.achieved))
     }
 }
 
@@ -77,7 +80,11 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Capacity> {
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let off = common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None)?;
     eprintln!("bench capacity: off: {:.0} flows/s ({} failed)", off.rate(), off.failed);
-    let mut cap = Capacity { secs, off_rate: off.rate(), steps: Vec::new() };
+    let mut cap = Capacity {
+        secs,
+        off_rate: off.rate(),
+        steps: Vec::new(),
+    };
     let saturated = traced_run(env, lab, secs, None)?;
     let ceiling = saturated.achieved;
     let lost = saturated.lost_events > 0;

@@ -54,12 +54,17 @@ impl Env {
 
 /// The workspace root (xtask's parent directory).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// `$CARGO_TARGET_DIR`, else `<workspace>/target`.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -69,7 +74,11 @@ pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The bench's node: `bench/iperf` (iperf3 server), `bench/web` (2 HTTP pods), `bench/other`
@@ -89,20 +98,37 @@ impl BenchLab {
                     .port("iperf", IPERF_PORT, IPERF_PORT, Protocol::Tcp)
                     .selector("app", "iperf"),
             )
-            .service(ServiceSpec::new("bench", "web", WEB_VIP).port("http", 80, 8080, Protocol::Tcp).selector("app", "web"))
             .service(
-                ServiceSpec::new("bench", "other", OTHER_VIP).port("http", 80, 8080, Protocol::Tcp).selector("app", "other"),
+                ServiceSpec::new("bench", "web", WEB_VIP)
+                    .port("http", 80, 8080, Protocol::Tcp)
+                    .selector("app", "web"),
+            )
+            .service(
+                ServiceSpec::new("bench", "other", OTHER_VIP)
+                    .port("http", 80, 8080, Protocol::Tcp)
+                    .selector("app", "other"),
             )
             .pod(PodSpec::new("bench", "iperf-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "iperf"))
-            .pod(PodSpec::new("bench", "web-1", Ipv4Addr::new(10, 244, 1, 21)).label("app", "web").listen(8080, ListenerKind::Http))
-            .pod(PodSpec::new("bench", "web-2", Ipv4Addr::new(10, 244, 1, 22)).label("app", "web").listen(8080, ListenerKind::Http))
+            .pod(
+                PodSpec::new("bench", "web-1", Ipv4Addr::new(10, 244, 1, 21))
+                    .label("app", "web")
+                    .listen(8080, ListenerKind::Http),
+            )
+            .pod(
+                PodSpec::new("bench", "web-2", Ipv4Addr::new(10, 244, 1, 22))
+                    .label("app", "web")
+                    .listen(8080, ListenerKind::Http),
+            )
             .pod(
                 PodSpec::new("bench", "other-1", Ipv4Addr::new(10, 244, 1, 31))
                     .label("app", "other")
                     .listen(8080, ListenerKind::Http),
             );
         let lab = Lab::up(spec, ProxyMode::Iptables).map_err(|e| anyhow!("lab up: {e}"))?;
-        let ns = lab.pod_ns("iperf-1").context("the iperf pod has a namespace")?.to_string();
+        let ns = lab
+            .pod_ns("iperf-1")
+            .context("the iperf pod has a namespace")?
+            .to_string();
         // `ip netns exec` enters the namespace and execs iperf3: the child's pid is iperf3's.
         let mut server = Command::new("ip")
             .args(["netns", "exec", &ns, "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
@@ -123,7 +149,10 @@ impl BenchLab {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self { iperf_server: server, lab })
+        Ok(Self {
+            iperf_server: server,
+            lab,
+        })
     }
 
     pub fn node_ns(&self) -> &str {
@@ -255,7 +284,14 @@ impl Tracer {
             let _ = stdout.read_to_end(&mut buf);
             buf
         });
-        let mut tracer = Self { child, spawned, seen, exited, stderr: Some(stderr), stdout: Some(stdout) };
+        let mut tracer = Self {
+            child,
+            spawned,
+            seen,
+            exited,
+            stderr: Some(stderr),
+            stdout: Some(stdout),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if tracer.seen.lock().unwrap_or_else(|e| e.into_inner()).attached.is_some() {
@@ -279,7 +315,11 @@ impl Tracer {
 
     /// Seconds from spawn to the first flow line, once there is one.
     pub fn first_flow_after(&self) -> Option<Duration> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).first_flow.map(|t| t - self.spawned)
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first_flow
+            .map(|t| t - self.spawned)
     }
 
     fn stderr_text(&self) -> String {
@@ -326,8 +366,12 @@ impl Tracer {
         if !status.success() {
             bail!("d8-trace failed ({status}):\n{}", self.stderr_text());
         }
-        let report: serde_json::Value = serde_json::from_slice(&stdout)
-            .with_context(|| format!("d8-trace's stdout is not its JSON report; stderr:\n{}", self.stderr_text()))?;
+        let report: serde_json::Value = serde_json::from_slice(&stdout).with_context(|| {
+            format!(
+                "d8-trace's stdout is not its JSON report; stderr:\n{}",
+                self.stderr_text()
+            )
+        })?;
         let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         Ok(TraceEnd {
             lost_events: report["lost_events"].as_u64().context("report without lost_events")?,
@@ -457,9 +501,17 @@ pub fn run_measured(cmd: &mut Command, comm: &str) -> anyhow::Result<Measured> {
 
 /// Runs `program args` to completion; its stdout, or an error with its stderr.
 pub fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -476,7 +528,9 @@ pub fn iperf(client_ns: &str, secs: u32) -> anyhow::Result<f64> {
     // The server takes one test at a time and needs a moment after the previous one.
     for _ in 0..10 {
         let out = Command::new("ip")
-            .args(["netns", "exec", client_ns, "iperf3", "-c", &target, "-p", &port, "-P", "2", "-t", &secs, "-J"])
+            .args([
+                "netns", "exec", client_ns, "iperf3", "-c", &target, "-p", &port, "-P", "2", "-t", &secs, "-J",
+            ])
             .args(["--connect-timeout", "2000"])
             .stdin(Stdio::null())
             .output()
@@ -487,7 +541,10 @@ pub fn iperf(client_ns: &str, secs: u32) -> anyhow::Result<f64> {
                 return Ok(bps / 1e9);
             }
         }
-        last = json["error"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
+        last = json["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
         std::thread::sleep(Duration::from_millis(300));
     }
     bail!("iperf3 -c failed 10 times: {last}")
@@ -511,7 +568,9 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\
 
 /// One HTTP request on a new connection; true when the answer is a 200.
 fn one_request(addr: SocketAddrV4) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.set_nodelay(true);
     if s.write_all(REQUEST).is_err() {
@@ -566,9 +625,15 @@ pub fn conn_loop(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("client thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("client thread panicked"))))
+            .collect()
     });
-    let mut total = Conns { secs: start.elapsed().as_secs_f64(), ..Default::default() };
+    let mut total = Conns {
+        secs: start.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
     for r in results {
         let (ok, failed) = r?;
         total.ok += ok;
@@ -579,7 +644,14 @@ pub fn conn_loop(
 
 /// [`conn_loop`] for `dur`.
 pub fn conns_for(ns: &str, addr: SocketAddrV4, dur: Duration, rate: Option<f64>) -> anyhow::Result<Conns> {
-    conn_loop(ns, addr, CONN_THREADS, Instant::now() + dur, &AtomicBool::new(false), rate)
+    conn_loop(
+        ns,
+        addr,
+        CONN_THREADS,
+        Instant::now() + dur,
+        &AtomicBool::new(false),
+        rate,
+    )
 }
 
 /// A paced loop in the background until dropped.
@@ -593,14 +665,28 @@ impl Background {
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, stop2) = (ns.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {
-            conn_loop(&ns, addr, threads, Instant::now() + Duration::from_secs(24 * 3600), &stop2, Some(rate))
+            conn_loop(
+                &ns,
+                addr,
+                threads,
+                Instant::now() + Duration::from_secs(24 * 3600),
+                &stop2,
+                Some(rate),
+            )
         });
-        Self { stop, thread: Some(thread) }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn finish(mut self) -> anyhow::Result<Conns> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().expect("joined once").join().map_err(|_| anyhow!("background loop panicked"))?
+        self.thread
+            .take()
+            .expect("joined once")
+            .join()
+            .map_err(|_| anyhow!("background loop panicked"))?
     }
 }
 

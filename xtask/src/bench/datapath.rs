@@ -32,7 +32,12 @@ enum Mode {
     This,
 }
 
-fn with_trace<T>(env: &Env, lab: &BenchLab, svc: Option<&str>, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Option<common::TraceEnd>)> {
+fn with_trace<T>(
+    env: &Env,
+    lab: &BenchLab,
+    svc: Option<&str>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<common::TraceEnd>)> {
     let Some(svc) = svc else { return Ok((f()?, None)) };
     let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
     let value = f();
@@ -101,7 +106,11 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
                 d.lost_events += end.lost_events;
             }
             d.conn_failed += conns.failed;
-            if on { d.conn_on.push(conns.rate()) } else { d.conn_off.push(conns.rate()) }
+            if on {
+                d.conn_on.push(conns.rate())
+            } else {
+                d.conn_off.push(conns.rate())
+            }
             eprintln!(
                 "bench datapath: round {}/{rounds} {:<3} {:8.0} connections/s ({} failed)",
                 round + 1,

@@ -68,9 +68,18 @@ impl Stats {
         struct Attr {
             kind: u32,
         }
-        let mut attr = Attr { kind: BPF_STATS_RUN_TIME };
+        let mut attr = Attr {
+            kind: BPF_STATS_RUN_TIME,
+        };
         // SAFETY: BPF_ENABLE_STATS reads `enable_stats.type`, the first u32 of the attr.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, &mut attr as *mut Attr, std::mem::size_of::<Attr>()) };
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &mut attr as *mut Attr,
+                std::mem::size_of::<Attr>(),
+            )
+        };
         if fd < 0 {
             bail!("bpf(BPF_ENABLE_STATS): {}", std::io::Error::last_os_error());
         }
@@ -82,10 +91,16 @@ impl Stats {
 /// `prog_id`s of every BPF program or link fd process `pid` holds.
 fn prog_ids(pid: &str) -> BTreeSet<u32> {
     let mut ids = BTreeSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
     for entry in dir.flatten() {
         if let Ok(text) = std::fs::read_to_string(entry.path()) {
-            ids.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()));
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
         }
     }
     ids
@@ -102,19 +117,35 @@ fn snapshot() -> anyhow::Result<HashMap<u32, (String, u64, u64)>> {
         .filter_map(|p| {
             let id = p["id"].as_u64()? as u32;
             let name = p["name"].as_str().unwrap_or("?").to_string();
-            Some((id, (name, p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0))))
+            Some((
+                id,
+                (
+                    name,
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            ))
         })
         .collect())
 }
 
-fn delta(before: &HashMap<u32, (String, u64, u64)>, after: &HashMap<u32, (String, u64, u64)>, id: u32) -> (String, u64, u64) {
+fn delta(
+    before: &HashMap<u32, (String, u64, u64)>,
+    after: &HashMap<u32, (String, u64, u64)>,
+    id: u32,
+) -> (String, u64, u64) {
     let (name, t1, c1) = after.get(&id).cloned().unwrap_or_else(|| ("?".into(), 0, 0));
     let (t0, c0) = before.get(&id).map_or((0, 0), |(_, t, c)| (*t, *c));
     (name, t1.saturating_sub(t0), c1.saturating_sub(c0))
 }
 
 fn row(name: String, time: u64, runs: u64, floor: Option<&'static str>) -> ProgRow {
-    ProgRow { name, runs, ns_per_run: if runs == 0 { f64::NAN } else { time as f64 / runs as f64 }, floor }
+    ProgRow {
+        name,
+        runs,
+        ns_per_run: if runs == 0 { f64::NAN } else { time as f64 / runs as f64 },
+        floor,
+    }
 }
 
 /// Two instances of `nf_empty` attached where d8-trace's netfilter programs attach, in `node_ns`.
@@ -129,7 +160,12 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
     // nf_empty references no map, but relocation resolves every map reference of the object:
     // hand it placeholder fds (none of them reaches nf_empty's instructions, hence the kernel).
     let obj = aya_obj::Object::parse(loader::PROBES).map_err(|e| anyhow!("parsing the BPF object: {e}"))?;
-    let fake: HashMap<String, RawFd> = obj.maps.keys().enumerate().map(|(i, n)| (n.clone(), 100_000 + i as RawFd)).collect();
+    let fake: HashMap<String, RawFd> = obj
+        .maps
+        .keys()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), 100_000 + i as RawFd))
+        .collect();
     std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Floor> {
             // Links attach in the calling thread's namespace: this thread only.
@@ -144,7 +180,10 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                 ids = now;
                 match fresh.as_slice() {
                     [id] => Ok(*id),
-                    other => bail!("expected one new program id after loading nf_empty #{}, found {other:?}", programs.len()),
+                    other => bail!(
+                        "expected one new program id after loading nf_empty #{}, found {other:?}",
+                        programs.len()
+                    ),
                 }
             };
             let mut pick = |which: &str| -> anyhow::Result<u32> {
@@ -160,11 +199,14 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                                     attached = Some(link);
                                     break;
                                 }
-                                Err(netfilter::Error::Link { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {}
+                                Err(netfilter::Error::Link { source, .. })
+                                    if source.raw_os_error() == Some(libc::EBUSY) => {}
                                 Err(e) => return Err(e.into()),
                             }
                         }
-                        links.push(attached.with_context(|| format!("no free priority near {priority} at {}", hook.name()))?);
+                        links.push(
+                            attached.with_context(|| format!("no free priority near {priority} at {}", hook.name()))?,
+                        );
                     }
                 }
                 programs.push(prog);
@@ -172,7 +214,12 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
             };
             let pre_id = pick("nf_pre")?;
             let post_id = pick("nf_post")?;
-            Ok(Floor { pre_id, post_id, _links: links, _programs: programs })
+            Ok(Floor {
+                pre_id,
+                post_id,
+                _links: links,
+                _programs: programs,
+            })
         })
         .join()
         .map_err(|_| anyhow!("floor loader thread panicked"))?
@@ -226,7 +273,14 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         let floor_pre = row("nf_empty@pre".into(), t, c, None);
         let (_, t, c) = delta(&before, &after, floor.post_id);
         let floor_post = row("nf_empty@post".into(), t, c, None);
-        let s = Scenario { traffic, traced, svc, rows, floor_pre, floor_post };
+        let s = Scenario {
+            traffic,
+            traced,
+            svc,
+            rows,
+            floor_pre,
+            floor_post,
+        };
         for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]) {
             eprintln!(
                 "bench hooks: {traffic}, {}: {:<18} {:7.1} ns x {}",

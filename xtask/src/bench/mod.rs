@@ -73,7 +73,17 @@ pub fn run(_opts: &Options) -> anyhow::Result<()> {
     // argv[1..] is `bench ...`: pass it through unchanged.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let mut cmd = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args(["run", "--quiet", "--release", "--package", "xtask", "--features", "bench", "--"]).args(&args);
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "xtask",
+        "--features",
+        "bench",
+        "--",
+    ])
+    .args(&args);
     eprintln!("xtask: {cmd:?}");
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {

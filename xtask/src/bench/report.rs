@@ -49,9 +49,24 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     };
     let work = common::target_dir().join("bench");
     std::fs::create_dir_all(&work)?;
-    let env = Env { d8_trace, quick: opts.quick, work: work.clone(), xtask: std::env::current_exe()? };
-    let all = [Section::Datapath, Section::Hooks, Section::Capacity, Section::Startup, Section::Rules];
-    let sections: Vec<Section> = if opts.only.is_empty() { all.to_vec() } else { all.into_iter().filter(|s| opts.only.contains(s)).collect() };
+    let env = Env {
+        d8_trace,
+        quick: opts.quick,
+        work: work.clone(),
+        xtask: std::env::current_exe()?,
+    };
+    let all = [
+        Section::Datapath,
+        Section::Hooks,
+        Section::Capacity,
+        Section::Startup,
+        Section::Rules,
+    ];
+    let sections: Vec<Section> = if opts.only.is_empty() {
+        all.to_vec()
+    } else {
+        all.into_iter().filter(|s| opts.only.contains(s)).collect()
+    };
     let out: PathBuf = match &opts.out {
         Some(p) => p.clone(),
         None if opts.quick => work.join("BENCHMARKS-quick.md"),
@@ -78,7 +93,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let command = command_line(opts);
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
-    let text = render(&r, &machine, &command, &previous, started.elapsed().as_secs(), opts.quick);
+    let text = render(
+        &r,
+        &machine,
+        &command,
+        &previous,
+        started.elapsed().as_secs(),
+        opts.quick,
+    );
     std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     eprintln!("bench: wrote {}", out.display());
@@ -120,16 +142,30 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let model = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_else(|| "unknown".into());
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         let root = common::workspace_root();
         let root = root.to_str().unwrap_or(".");
-        let commit = common::output("git", &["-C", root, "rev-parse", "--short", "HEAD"]).unwrap_or_default().trim().to_string();
-        let dirty = common::output("git", &["-C", root, "status", "--porcelain", "--untracked-files=no"]).is_ok_and(|s| !s.trim().is_empty());
+        let commit = common::output("git", &["-C", root, "rev-parse", "--short", "HEAD"])
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let dirty = common::output("git", &["-C", root, "status", "--porcelain", "--untracked-files=no"])
+            .is_ok_and(|s| !s.trim().is_empty());
         Self {
-            date: common::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default().trim().to_string(),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            date: common::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             cpu: format!("{model}, {cpus} CPUs"),
             load: std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
@@ -137,13 +173,21 @@ impl Machine {
                 .take(3)
                 .collect::<Vec<_>>()
                 .join(" "),
-            commit: if dirty { format!("{commit} (with uncommitted changes in the working tree)") } else { commit },
+            commit: if dirty {
+                format!("{commit} (with uncommitted changes in the working tree)")
+            } else {
+                commit
+            },
         }
     }
 }
 
 fn fmt_list(values: &[f64], decimals: usize) -> String {
-    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(" ")
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn yes_no(ok: bool) -> &'static str {
@@ -176,7 +220,10 @@ fn worst_ratio(h: &Hooks, traced: bool) -> Option<(f64, String)> {
             if let Some(floor) = s.floor_of(r) {
                 let ratio = r.ns_per_run / floor;
                 if ratio.is_finite() && worst.as_ref().is_none_or(|(w, _)| ratio > *w) {
-                    worst = Some((ratio, format!("{} on {}: {:.0} ns vs {:.0} ns", r.name, s.traffic, r.ns_per_run, floor)));
+                    worst = Some((
+                        ratio,
+                        format!("{} on {}: {:.0} ns vs {:.0} ns", r.name, s.traffic, r.ns_per_run, floor),
+                    ));
                 }
             }
         }
@@ -232,7 +279,10 @@ fn targets(r: &Results) -> Vec<Target> {
                 "{} lost at {:.0}/s (saturated); 0 lost at {:.0}/s",
                 saturated.lost_events, saturated.achieved, b.achieved
             ),
-            None => format!("events lost at every rate tried (lowest {:.0}/s)", c.steps.last().map_or(0.0, |s| s.achieved)),
+            None => format!(
+                "events lost at every rate tried (lowest {:.0}/s)",
+                c.steps.last().map_or(0.0, |s| s.achieved)
+            ),
         };
         t.push(Target {
             key: "capacity",
@@ -245,7 +295,11 @@ fn targets(r: &Results) -> Vec<Target> {
         for format in ["iptables-save", "nft JSON"] {
             if let Some(p) = rs.parse.iter().find(|p| p.services == 10000 && p.format == format) {
                 t.push(Target {
-                    key: if format == "nft JSON" { "rules_nft" } else { "rules_iptables" },
+                    key: if format == "nft JSON" {
+                        "rules_nft"
+                    } else {
+                        "rules_iptables"
+                    },
                     what: if format == "nft JSON" {
                         "10,000 Services (nft JSON) modelled in < 300 ms and < 200 MB"
                     } else {
@@ -282,10 +336,17 @@ fn render(r: &Results, m: &Machine, command: &str, previous: &str, secs: u64, qu
          `d8-userspace/src/lab/`). Regenerating rewrites everything above the notes at the end.\n"
     );
     if quick {
-        let _ = writeln!(o, "> **--quick run**: one short run per measurement, a smoke check. These figures mean nothing.\n");
+        let _ = writeln!(
+            o,
+            "> **--quick run**: one short run per measurement, a smoke check. These figures mean nothing.\n"
+        );
     }
     let _ = writeln!(o, "| | |\n|---|---|");
-    let _ = writeln!(o, "| Command | `{command}` (as root; about {} min) |", secs.div_ceil(60));
+    let _ = writeln!(
+        o,
+        "| Command | `{command}` (as root; about {} min) |",
+        secs.div_ceil(60)
+    );
     let _ = writeln!(o, "| Date | {} |", m.date);
     let _ = writeln!(o, "| Kernel | {} |", m.kernel);
     let _ = writeln!(o, "| CPU | {} |", m.cpu);
@@ -365,12 +426,19 @@ fn datapath_section(o: &mut String, d: &Datapath) {
         d.conn_secs
     );
     let _ = writeln!(o, "| d8-trace | Runs (Gbit/s) | Median | On/off |\n|---|---|---|---|");
-    for (what, v) in [("off", &d.off), ("tracing another Service (`bench/other`)", &d.other), ("tracing this Service (`bench/iperf`)", &d.this)] {
+    for (what, v) in [
+        ("off", &d.off),
+        ("tracing another Service (`bench/other`)", &d.other),
+        ("tracing this Service (`bench/iperf`)", &d.this),
+    ] {
         let med = common::median(v);
         let _ = writeln!(o, "| {what} | {} | {med:.2} | {:.3} |", fmt_list(v, 1), med / off);
     }
     let coff = common::median(&d.conn_off);
-    let _ = writeln!(o, "\n| d8-trace | Runs (connections/s) | Median | On/off |\n|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "\n| d8-trace | Runs (connections/s) | Median | On/off |\n|---|---|---|---|"
+    );
     for (what, v) in [("off", &d.conn_off), ("tracing this Service (`bench/web`)", &d.conn_on)] {
         let med = common::median(v);
         let _ = writeln!(o, "| {what} | {} | {med:.0} | {:.3} |", fmt_list(v, 0), med / coff);
@@ -397,18 +465,33 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          machine (other processes' packets included) and have no floor here.\n",
         h.secs
     );
-    let _ = writeln!(o, "| Traffic | d8-trace traces | Program | Invocations | ns / invocation | Empty program | Ratio |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| Traffic | d8-trace traces | Program | Invocations | ns / invocation | Empty program | Ratio |\n|---|---|---|---|---|---|---|"
+    );
     for s in &h.scenarios {
-        let who = if s.traced { format!("this Service (`{}`)", s.svc) } else { format!("another Service (`{}`)", s.svc) };
+        let who = if s.traced {
+            format!("this Service (`{}`)", s.svc)
+        } else {
+            format!("another Service (`{}`)", s.svc)
+        };
         for r in &s.rows {
             let (floor, ratio) = match s.floor_of(r) {
                 Some(f) => (format!("{f:.1} ns"), format!("{:.2}x", r.ns_per_run / f)),
                 None => ("-".into(), "-".into()),
             };
-            let _ = writeln!(o, "| {} | {who} | `{}` | {} | {:.1} | {floor} | {ratio} |", s.traffic, r.name, r.runs, r.ns_per_run);
+            let _ = writeln!(
+                o,
+                "| {} | {who} | `{}` | {} | {:.1} | {floor} | {ratio} |",
+                s.traffic, r.name, r.runs, r.ns_per_run
+            );
         }
         for f in [&s.floor_pre, &s.floor_post] {
-            let _ = writeln!(o, "| {} | {who} | `{}` | {} | {:.1} | | |", s.traffic, f.name, f.runs, f.ns_per_run);
+            let _ = writeln!(
+                o,
+                "| {} | {who} | `{}` | {} | {:.1} | | |",
+                s.traffic, f.name, f.runs, f.ns_per_run
+            );
         }
     }
     o.push('\n');
@@ -426,13 +509,17 @@ fn capacity_section(o: &mut String, c: &Capacity) {
         c.secs,
         common::CONN_THREADS
     );
-    let _ = writeln!(o, "| d8-trace | Offered | New flows/s | Connections (failed) | Flows reported | Lost events | d8-trace CPU | RSS (peak) |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| d8-trace | Offered | New flows/s | Connections (failed) | Flows reported | Lost events | d8-trace CPU | RSS (peak) |\n|---|---|---|---|---|---|---|---|"
+    );
     let _ = writeln!(o, "| off | as fast as possible | {:.0} | | | | | |", c.off_rate);
     for s in &c.steps {
         let _ = writeln!(
             o,
             "| tracing `bench/web` | {} | {:.0} | {} ({}) | {} | {} | {:.0} % | {:.1} MiB ({:.1} MiB) |",
-            s.offered.map_or("as fast as possible".to_string(), |r| format!("{r:.0}/s")),
+            s.offered
+                .map_or("as fast as possible".to_string(), |r| format!("{r:.0}/s")),
             s.achieved,
             s.connections,
             s.failed,
@@ -456,7 +543,10 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
          (median of the runs); peak RSS is that child's own `VmHWM` (the whole process: the text it read \
          included; `wait4`'s figure would include the bench's own RSS, which a child holds until it execs).\n"
     );
-    let _ = writeln!(o, "| Services | Format | Size | Parse + model | Child process (read + parse + exit) | Peak RSS | Modelled |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| Services | Format | Size | Parse + model | Child process (read + parse + exit) | Peak RSS | Modelled |\n|---|---|---|---|---|---|---|"
+    );
     for p in &rs.parse {
         let _ = writeln!(
             o,
@@ -479,13 +569,26 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
          tools, parses, models, reports; median of 3 runs, 1 run at 10,000 Services) and its peak RSS (d8-trace's own `VmHWM`, followed while it \
          runs; the tool it runs is a separate process, shown on its own).\n"
     );
-    let _ = writeln!(o, "| Services | Format | Load | Tool prints it | Tool peak RSS | Output | d8-trace explain | d8-trace explain peak RSS |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        o,
+        "| Services | Format | Load | Tool prints it | Tool peak RSS | Output | d8-trace explain | d8-trace explain peak RSS |\n|---|---|---|---|---|---|---|---|"
+    );
     for n in &rs.node {
         if let Some(e) = &n.error {
-            let _ = writeln!(o, "| {} | {} | {} | | | | | |", n.services, n.format, e.replace('|', "/").replace('\n', " "));
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | | | | | |",
+                n.services,
+                n.format,
+                e.replace('|', "/").replace('\n', " ")
+            );
             continue;
         }
-        let tool = if n.format == "iptables-save" { "`iptables-save`" } else { "`nft -j list table ip kube-proxy`" };
+        let tool = if n.format == "iptables-save" {
+            "`iptables-save`"
+        } else {
+            "`nft -j list table ip kube-proxy`"
+        };
         let _ = writeln!(
             o,
             "| {} | {} | {:.0} ms | {tool} {:.0} ms | {:.0} MiB | {:.1} MB | {:.0} ms | {:.0} MiB |",
@@ -512,10 +615,17 @@ fn startup_section(o: &mut String, s: &Startup) {
         s.runs
     );
     let _ = writeln!(o, "| From spawn to | Median | Min | Max |\n|---|---|---|---|");
-    for (what, v) in [("hooks attached", &s.attached_ms), ("first flow printed", &s.first_flow_ms)] {
+    for (what, v) in [
+        ("hooks attached", &s.attached_ms),
+        ("first flow printed", &s.first_flow_ms),
+    ] {
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(0.0, f64::max);
-        let _ = writeln!(o, "| {what} | {:.0} ms | {min:.0} ms | {max:.0} ms |", common::median(v));
+        let _ = writeln!(
+            o,
+            "| {what} | {:.0} ms | {min:.0} ms | {max:.0} ms |",
+            common::median(v)
+        );
     }
     o.push('\n');
 }

@@ -32,17 +32,28 @@ pub fn parse_child(format: &str, file: &str) -> anyhow::Result<()> {
     let (services, endpoints, rules) = match format {
         "iptables" => {
             let p = d8_trace::model::rules::iptables::parse(&text).map_err(|e| anyhow!("{e}"))?;
-            (p.services.len(), p.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), p.rule_count)
+            (
+                p.services.len(),
+                p.services.iter().map(|s| s.endpoints.len()).sum::<usize>(),
+                p.rule_count,
+            )
         }
         "nft" => {
             let p = d8_trace::model::rules::nftables::parse(&text).map_err(|e| anyhow!("{e}"))?;
-            (p.services.len(), p.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), p.rule_count)
+            (
+                p.services.len(),
+                p.services.iter().map(|s| s.endpoints.len()).sum::<usize>(),
+                p.rule_count,
+            )
         }
         other => bail!("unknown format {other}"),
     };
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     let (_, hwm) = common::rss_kib(std::process::id())?;
-    println!("{}", serde_json::json!({"ms": ms, "services": services, "endpoints": endpoints, "rules": rules, "hwm_kib": hwm}));
+    println!(
+        "{}",
+        serde_json::json!({"ms": ms, "services": services, "endpoints": endpoints, "rules": rules, "hwm_kib": hwm})
+    );
     Ok(())
 }
 
@@ -106,9 +117,15 @@ fn parse_rows(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow:
     let mut last = serde_json::Value::Null;
     for _ in 0..runs {
         let arg = if format == "iptables-save" { "iptables" } else { "nft" };
-        let m = common::run_measured(Command::new(&env.xtask).args(["bench", "--parse-child", arg]).arg(file), "xtask")?;
+        let m = common::run_measured(
+            Command::new(&env.xtask).args(["bench", "--parse-child", arg]).arg(file),
+            "xtask",
+        )?;
         if !m.status.success() {
-            bail!("parse child ({format}, {n}) failed: {}", String::from_utf8_lossy(&m.stderr));
+            bail!(
+                "parse child ({format}, {n}) failed: {}",
+                String::from_utf8_lossy(&m.stderr)
+            );
         }
         last = serde_json::from_slice(&m.stdout).context("parse child output")?;
         parse_ms.push(last["ms"].as_f64().unwrap_or(f64::NAN));
@@ -170,7 +187,11 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         explain_rss_mib: f64::NAN,
         error: None,
     };
-    let mode = if format == "iptables-save" { ProxyMode::Iptables } else { ProxyMode::Nftables };
+    let mode = if format == "iptables-save" {
+        ProxyMode::Iptables
+    } else {
+        ProxyMode::Nftables
+    };
     // A lab of its own: the generated rules replace the lab's kube-proxy rules.
     let lab = Lab::up(ClusterSpec::new(), mode).map_err(|e| anyhow!("lab up: {e}"))?;
     let ns = lab.node_ns().to_string();
@@ -180,17 +201,26 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         // Replaces the nat table of the node namespace only.
         common::output("ip", &["netns", "exec", &ns, "iptables-restore", "-w", "5", file_s])
     } else {
-        common::output("ip", &["netns", "exec", &ns, "nft", "delete", "table", "ip", "kube-proxy"])
-            .and_then(|_| loadable_nft(file))
-            .and_then(|f| {
-                let f = f.to_str().context("utf-8 path")?.to_string();
-                common::output("ip", &["netns", "exec", &ns, "nft", "-j", "-f", &f])
-            })
+        common::output(
+            "ip",
+            &["netns", "exec", &ns, "nft", "delete", "table", "ip", "kube-proxy"],
+        )
+        .and_then(|_| loadable_nft(file))
+        .and_then(|f| {
+            let f = f.to_str().context("utf-8 path")?.to_string();
+            common::output("ip", &["netns", "exec", &ns, "nft", "-j", "-f", &f])
+        })
     };
     row.load_ms = ms_since(t);
     if let Err(e) = load {
-        row.error = Some(format!("loading the rules failed: {}", e.to_string().chars().take(300).collect::<String>()));
-        eprintln!("bench rules: {n} Services {format}: {}", row.error.as_deref().unwrap_or_default());
+        row.error = Some(format!(
+            "loading the rules failed: {}",
+            e.to_string().chars().take(300).collect::<String>()
+        ));
+        eprintln!(
+            "bench rules: {n} Services {format}: {}",
+            row.error.as_deref().unwrap_or_default()
+        );
         return Ok(row);
     }
     // 10,000 Services in nft JSON take `nft` ~10 s to print: one run each at that size.
@@ -205,7 +235,14 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
             cmd.args(["nft", "-j", "list", "table", "ip", "kube-proxy"]);
         }
         // `ip netns exec` execs the tool: the child's peak RSS is the tool's.
-        let m = common::run_measured(&mut cmd, if mode == ProxyMode::Iptables { "iptables-save" } else { "nft" })?;
+        let m = common::run_measured(
+            &mut cmd,
+            if mode == ProxyMode::Iptables {
+                "iptables-save"
+            } else {
+                "nft"
+            },
+        )?;
         if !m.status.success() {
             bail!("{cmd:?}: {}", String::from_utf8_lossy(&m.stderr));
         }
@@ -218,12 +255,19 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     let (mut explain, mut rss) = (Vec::new(), 0u64);
     for _ in 0..runs {
         let m = common::run_measured(
-            Command::new(&env.d8_trace).args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]),
+            Command::new(&env.d8_trace)
+                .args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]),
             // The binary may be named otherwise (`--d8-trace PATH`).
-            &env.d8_trace.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "d8-trace".into()),
+            &env.d8_trace
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "d8-trace".into()),
         )?;
         if !m.status.success() {
-            bail!("d8-trace explain ({format}, {n}) failed: {}", String::from_utf8_lossy(&m.stderr));
+            bail!(
+                "d8-trace explain ({format}, {n}) failed: {}",
+                String::from_utf8_lossy(&m.stderr)
+            );
         }
         explain.push(m.wall.as_secs_f64() * 1000.0);
         rss = rss.max(m.max_rss_kib);
@@ -240,7 +284,10 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
 
 pub fn run(env: &Env) -> anyhow::Result<RuleScale> {
     let sizes: &[usize] = if env.quick { &[1000] } else { &[1000, 10000] };
-    let mut scale = RuleScale { parse: Vec::new(), node: Vec::new() };
+    let mut scale = RuleScale {
+        parse: Vec::new(),
+        node: Vec::new(),
+    };
     for &n in sizes {
         let (save, json) = generate(env, n)?;
         scale.parse.push(parse_rows(env, n, "iptables-save", &save)?);

@@ -20,7 +20,11 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Startup> {
     let runs = env.pick(7, 1);
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let traffic = Background::start(lab.client_ns(), web, 1, 200.0);
-    let mut s = Startup { runs, attached_ms: Vec::new(), first_flow_ms: Vec::new() };
+    let mut s = Startup {
+        runs,
+        attached_ms: Vec::new(),
+        first_flow_ms: Vec::new(),
+    };
     for i in 0..runs {
         let tracer = Tracer::start(&env.d8_trace, common::WEB_SVC, lab.node_ns())?;
         let deadline = Instant::now() + Duration::from_secs(10);

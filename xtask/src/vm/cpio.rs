@@ -56,10 +56,7 @@ impl Archive {
 
     /// Adds (or replaces) `path`, creating missing parent directories.
     pub fn insert(&mut self, path: &str, entry: Entry) {
-        let path = path
-            .trim_start_matches('/')
-            .trim_end_matches('/')
-            .to_string();
+        let path = path.trim_start_matches('/').trim_end_matches('/').to_string();
         if path.is_empty() {
             return;
         }
@@ -134,17 +131,12 @@ impl Writer {
                 self.pad()?;
             }
             Entry::HostFile { src, mode } => {
-                let mut f =
-                    File::open(src).with_context(|| format!("opening {}", src.display()))?;
+                let mut f = File::open(src).with_context(|| format!("opening {}", src.display()))?;
                 let len = f.metadata()?.len();
                 self.header(path, S_IFREG | (mode & 0o7777), len, 0, 0, 1)?;
                 let copied = io::copy(&mut f, &mut self.out)?;
                 // A file that changed size while we copied would corrupt every later entry.
-                anyhow::ensure!(
-                    copied == len,
-                    "{} changed size while being archived",
-                    src.display()
-                );
+                anyhow::ensure!(copied == len, "{} changed size while being archived", src.display());
                 self.pos += copied;
                 self.pad()?;
             }
@@ -160,19 +152,8 @@ impl Writer {
         Ok(())
     }
 
-    fn header(
-        &mut self,
-        name: &str,
-        mode: u32,
-        size: u64,
-        rmaj: u32,
-        rmin: u32,
-        nlink: u32,
-    ) -> Result<()> {
-        anyhow::ensure!(
-            size <= u32::MAX as u64,
-            "{name} is larger than newc's 4 GiB limit"
-        );
+    fn header(&mut self, name: &str, mode: u32, size: u64, rmaj: u32, rmin: u32, nlink: u32) -> Result<()> {
+        anyhow::ensure!(size <= u32::MAX as u64, "{name} is larger than newc's 4 GiB limit");
         let ino = if name == "TRAILER!!!" { 0 } else { self.ino };
         self.ino += 1;
         let fields = [

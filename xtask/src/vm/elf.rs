@@ -29,8 +29,7 @@ pub struct Dynamic {
 pub fn dynamic(path: &Path, search: &[PathBuf]) -> std::io::Result<Option<Dynamic>> {
     let f = File::open(path)?;
     let mut ident = [0u8; 64];
-    if f.read_at(&mut ident, 0)? < 64 || &ident[..4] != b"\x7fELF" || ident[4] != 2 || ident[5] != 1
-    {
+    if f.read_at(&mut ident, 0)? < 64 || &ident[..4] != b"\x7fELF" || ident[4] != 2 || ident[5] != 1 {
         return Ok(None); // not ELF64 little-endian
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
@@ -50,8 +49,7 @@ pub fn dynamic(path: &Path, search: &[PathBuf]) -> std::io::Result<Option<Dynami
     let mut dynamic = None; // (offset, filesz)
     for i in 0..phnum {
         let h = &ph[i * phentsize..(i + 1) * phentsize];
-        let (typ, offset, vaddr, filesz) =
-            (u32_at(h, 0), u64_at(h, 8), u64_at(h, 16), u64_at(h, 32));
+        let (typ, offset, vaddr, filesz) = (u32_at(h, 0), u64_at(h, 8), u64_at(h, 16), u64_at(h, 32));
         match typ {
             PT_LOAD => loads.push((vaddr, offset, filesz)),
             PT_DYNAMIC => dynamic = Some((offset, filesz)),
@@ -59,9 +57,7 @@ pub fn dynamic(path: &Path, search: &[PathBuf]) -> std::io::Result<Option<Dynami
                 let mut s = vec![0u8; filesz as usize];
                 f.read_exact_at(&mut s, offset)?;
                 let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
-                out.interp = Some(PathBuf::from(
-                    String::from_utf8_lossy(&s[..end]).into_owned(),
-                ));
+                out.interp = Some(PathBuf::from(String::from_utf8_lossy(&s[..end]).into_owned()));
             }
             _ => {}
         }
@@ -107,9 +103,7 @@ pub fn dynamic(path: &Path, search: &[PathBuf]) -> std::io::Result<Option<Dynami
     let mut dirs: Vec<PathBuf> = Vec::new();
     for p in paths {
         for d in read_str(p)?.split(':').filter(|d| !d.is_empty()) {
-            dirs.push(PathBuf::from(
-                d.replace("$ORIGIN", &origin.to_string_lossy()),
-            ));
+            dirs.push(PathBuf::from(d.replace("$ORIGIN", &origin.to_string_lossy())));
         }
     }
     dirs.extend(search.iter().cloned());
@@ -174,11 +168,9 @@ mod tests {
         let d = dynamic(&exe, &search_dirs()).unwrap().expect("parsable");
         assert!(d.interp.is_some());
         assert!(
-            d.libs.iter().any(|l| l
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("libc.so")),
+            d.libs
+                .iter()
+                .any(|l| l.file_name().unwrap().to_string_lossy().starts_with("libc.so")),
             "{d:?}"
         );
     }

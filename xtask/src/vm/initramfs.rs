@@ -179,8 +179,7 @@ impl Payload {
             Some((h, g)) => (PathBuf::from(h), Some(g.to_string())),
             None => (PathBuf::from(spec), None),
         };
-        let meta =
-            fs::metadata(&host).with_context(|| format!("--add {spec}: {}", host.display()))?;
+        let meta = fs::metadata(&host).with_context(|| format!("--add {spec}: {}", host.display()))?;
         let name = host
             .file_name()
             .with_context(|| format!("--add {spec}: no file name"))?
@@ -237,27 +236,18 @@ pub fn build(spec: &Spec, out: &Path) -> Result<Summary> {
                 let canon = fs::canonicalize(p.parent().unwrap())?.join(tool);
                 let guest = format!("/{}", normalize(&canon.to_string_lossy()));
                 if guest != format!("/usr/sbin/{tool}") {
-                    b.archive.insert(
-                        &format!("usr/sbin/{tool}"),
-                        Entry::Symlink { target: guest },
-                    );
+                    b.archive
+                        .insert(&format!("usr/sbin/{tool}"), Entry::Symlink { target: guest });
                 }
                 tool_names.insert(tool.to_string());
                 summary.tools.push(tool.to_string());
             }
             None if OPTIONAL_TOOLS.contains(tool) => {}
-            None => summary
-                .missing_tools
-                .push(format!("{tool} (Debian package {package})")),
+            None => summary.missing_tools.push(format!("{tool} (Debian package {package})")),
         }
     }
     if b.archive.contains("usr/bin/dash") {
-        b.archive.insert(
-            "usr/bin/sh",
-            Entry::Symlink {
-                target: "dash".into(),
-            },
-        );
+        b.archive.insert("usr/bin/sh", Entry::Symlink { target: "dash".into() });
     } else {
         eprintln!(
             "d8-vm: warning: no dash on the host; /bin/sh is busybox's, which runs its own `ip`, `tc`, ... before PATH"
@@ -330,10 +320,7 @@ fn normalize(path: &str) -> String {
 fn is_elf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"\x7fELF"
+    fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"\x7fELF"
 }
 
 impl Builder {
@@ -475,15 +462,13 @@ impl Builder {
         // Symlink chains are short; the bound only guards against loops.
         for _ in 0..40 {
             let parent = path.parent().context("no parent")?;
-            let parent = fs::canonicalize(parent)
-                .with_context(|| format!("resolving {}", parent.display()))?;
+            let parent = fs::canonicalize(parent).with_context(|| format!("resolving {}", parent.display()))?;
             let canon = parent.join(path.file_name().context("no file name")?);
             if !self.seen.insert(canon.clone()) {
                 return Ok(());
             }
             let guest = normalize(&canon.to_string_lossy());
-            let meta =
-                fs::symlink_metadata(&canon).with_context(|| format!("{}", canon.display()))?;
+            let meta = fs::symlink_metadata(&canon).with_context(|| format!("{}", canon.display()))?;
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&canon)?;
                 self.archive.insert(
@@ -516,8 +501,7 @@ impl Builder {
 
     /// Copies a host file's contents (symlinks followed) to `guest`.
     fn add_host_file_as(&mut self, host: &Path, guest: &str) -> Result<()> {
-        let real =
-            fs::canonicalize(host).with_context(|| format!("resolving {}", host.display()))?;
+        let real = fs::canonicalize(host).with_context(|| format!("resolving {}", host.display()))?;
         let mode = fs::metadata(&real)?.permissions().mode();
         self.archive.insert(
             guest,
@@ -579,10 +563,7 @@ impl Builder {
                 }
             }
             for chunk in for_ldd.chunks(200) {
-                let out = Command::new("ldd")
-                    .args(chunk)
-                    .output()
-                    .context("running ldd")?;
+                let out = Command::new("ldd").args(chunk).output().context("running ldd")?;
                 // Static binaries and non-executable data make ldd complain; their lines carry no
                 // paths, so the output is parsed regardless of the exit status.
                 for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -644,10 +625,8 @@ impl Builder {
         for m in &selected {
             let src = dir.join(m);
             if src.is_file() {
-                self.archive.insert(
-                    &format!("{guest_dir}/{m}"),
-                    Entry::HostFile { src, mode: 0o644 },
-                );
+                self.archive
+                    .insert(&format!("{guest_dir}/{m}"), Entry::HostFile { src, mode: 0o644 });
             }
         }
         // modules.dep still lists modules we left out; modprobe only fails for those.

@@ -43,8 +43,7 @@ pub fn resolve(spec: &str, modules: Option<&Path>, cache: &Path) -> Result<Kerne
 /// `6.1`, `6.12`, `5.10`: a Debian kernel series.
 fn is_series(s: &str) -> bool {
     let mut parts = s.split('.');
-    let ok =
-        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
@@ -86,20 +85,16 @@ fn from_path(image: &Path, modules: Option<&Path>) -> Result<Kernel> {
             image.display()
         );
     }
-    let header_release = bzimage_release(image)
-        .with_context(|| format!("{} does not look like an x86 bzImage", image.display()))?;
-    let modules = modules
-        .map(|m| modules_dir(m, &header_release))
-        .transpose()?;
+    let header_release =
+        bzimage_release(image).with_context(|| format!("{} does not look like an x86 bzImage", image.display()))?;
+    let modules = modules.map(|m| modules_dir(m, &header_release)).transpose()?;
     // The modules directory's name is what the guest's `uname -r` must match for modprobe.
     let release = match &modules {
         Some(m) => m.file_name().unwrap().to_string_lossy().into_owned(),
         None => header_release.clone(),
     };
     if release != header_release {
-        eprintln!(
-            "d8-vm: warning: the image says release {header_release} but the modules are for {release}"
-        );
+        eprintln!("d8-vm: warning: the image says release {header_release} but the modules are for {release}");
     }
     Ok(Kernel {
         image: image.to_path_buf(),
@@ -152,13 +147,8 @@ pub fn bzimage_release(image: &Path) -> Result<String> {
         bail!("no Linux boot header (HdrS)");
     }
     let off = u16::from_le_bytes([head[0x20e], head[0x20f]]) as usize + 0x200;
-    let s = head
-        .get(off..)
-        .context("kernel_version offset beyond the header")?;
-    let end = s
-        .iter()
-        .position(|&b| b == 0 || b == b' ')
-        .unwrap_or(s.len());
+    let s = head.get(off..).context("kernel_version offset beyond the header")?;
+    let end = s.iter().position(|&b| b == 0 || b == b' ').unwrap_or(s.len());
     let release = String::from_utf8_lossy(&s[..end]).into_owned();
     if release.is_empty() {
         bail!("empty kernel_version string");
@@ -175,7 +165,10 @@ fn debian(series: &str, cache: &Path) -> Result<Kernel> {
     // directories; the lock is released when the file is closed, also if we die.
     let lock = fs::File::create(dir.join(".lock"))?;
     if lock.try_lock().is_err() {
-        eprintln!("d8-vm: another vm-test is preparing a kernel in {}; waiting", dir.display());
+        eprintln!(
+            "d8-vm: another vm-test is preparing a kernel in {}; waiting",
+            dir.display()
+        );
         lock.lock()?;
     }
     debian_once(series, cache, true)
@@ -213,9 +206,7 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
         Ok(Some(found)) => found,
         Ok(None) if may_update => {
             // Unknown to apt: the package lists may be missing (fresh container) or stale.
-            eprintln!(
-                "d8-vm: no linux-image-{series}.*-cloud-amd64-unsigned known to apt; running apt-get update"
-            );
+            eprintln!("d8-vm: no linux-image-{series}.*-cloud-amd64-unsigned known to apt; running apt-get update");
             run_cmd(Command::new("apt-get").arg("update"))?;
             return debian_once(series, cache, false);
         }
@@ -226,10 +217,7 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
         Err(e) => {
             // No apt (not a Debian host): a kernel extracted earlier is still good.
             if let Some(k) = newest_cached(&dir, series)? {
-                eprintln!(
-                    "d8-vm: apt not usable ({e:#}); using the cached {}",
-                    k.origin
-                );
+                eprintln!("d8-vm: apt not usable ({e:#}); using the cached {}", k.origin);
                 return Ok(k);
             }
             return Err(e);
@@ -281,22 +269,12 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
     let tmp = dir.join(format!("{key}.partial"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    run_cmd(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(tmp.join("root")),
-    )?;
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.join("root")))?;
     let release = find_release(&tmp.join("root"))?;
     ensure_tool("depmod", "kmod")?;
     // The guest's modprobe needs modules.dep/modules.alias; depmod is fast on the host and slow
     // under emulation.
-    run_cmd(
-        Command::new("depmod")
-            .arg("-b")
-            .arg(tmp.join("root"))
-            .arg(&release),
-    )?;
+    run_cmd(Command::new("depmod").arg("-b").arg(tmp.join("root")).arg(&release))?;
     // Only the extracted tree is kept; the .deb itself would double the cache's size.
     fs::remove_dir_all(&dl)?;
     fs::write(tmp.join("release"), &release)?;
@@ -353,10 +331,7 @@ fn cached(entry: &Path) -> Result<Option<Kernel>> {
         release,
         modules: Some(modules),
         config: config.is_file().then_some(config),
-        origin: format!(
-            "Debian package {}",
-            entry.file_name().unwrap().to_string_lossy()
-        ),
+        origin: format!("Debian package {}", entry.file_name().unwrap().to_string_lossy()),
     }))
 }
 
@@ -388,10 +363,7 @@ fn find_release(root: &Path) -> Result<String> {
             return Ok(release.to_string());
         }
     }
-    bail!(
-        "no boot/vmlinuz-* with a matching lib/modules/ in {}",
-        root.display()
-    )
+    bail!("no boot/vmlinuz-* with a matching lib/modules/ in {}", root.display())
 }
 
 /// Asks apt (local package lists only, no network) for the newest candidate of the series.
@@ -414,18 +386,14 @@ fn newest_package(series: &str) -> Result<Option<(String, String)>> {
     if names.is_empty() {
         return Ok(None);
     }
-    let out = Command::new("apt-cache")
-        .arg("policy")
-        .args(&names)
-        .output()?;
+    let out = Command::new("apt-cache").arg("policy").args(&names).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut best: Option<(String, String)> = None;
     let mut current: Option<String> = None;
     for line in text.lines() {
         if !line.starts_with(' ') && line.ends_with(':') {
             current = Some(line.trim_end_matches(':').to_string());
-        } else if let (Some(pkg), Some(cand)) = (&current, line.trim().strip_prefix("Candidate: "))
-        {
+        } else if let (Some(pkg), Some(cand)) = (&current, line.trim().strip_prefix("Candidate: ")) {
             // Names listed by pkgnames can lack a candidate (only in a stale list): skip them.
             if cand != "(none)" && best.as_ref().is_none_or(|(_, v)| version_gt(cand, v)) {
                 best = Some((pkg.clone(), cand.to_string()));
@@ -437,10 +405,7 @@ fn newest_package(series: &str) -> Result<Option<(String, String)>> {
 
 /// Debian version order; dpkg knows the exact rules (epochs, `~`), natural order is the fallback.
 fn version_gt(a: &str, b: &str) -> bool {
-    match Command::new("dpkg")
-        .args(["--compare-versions", a, "gt", b])
-        .status()
-    {
+    match Command::new("dpkg").args(["--compare-versions", a, "gt", b]).status() {
         Ok(s) if s.code().is_some() => s.success(),
         _ => natural_cmp(a, b).is_gt(),
     }
@@ -485,9 +450,7 @@ pub fn ensure_tool(tool: &str, package: &str) -> Result<()> {
         .args(["install", "-y", "--no-install-recommends", package])
         .status();
     if !matches!(status, Ok(s) if s.success()) || super::which(tool).is_none() {
-        bail!(
-            "{tool} is needed: install the Debian package {package} (apt-get install -y {package})"
-        );
+        bail!("{tool} is needed: install the Debian package {package} (apt-get install -y {package})");
     }
     Ok(())
 }

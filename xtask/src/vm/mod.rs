@@ -211,11 +211,7 @@ pub struct GuestFailed {
 
 impl std::fmt::Display for GuestFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the command in the VM exited with status {}",
-            self.status
-        )
+        write!(f, "the command in the VM exited with status {}", self.status)
     }
 }
 
@@ -228,8 +224,7 @@ pub fn run(opts: Options) -> Result<()> {
         Some(c) => c.clone(),
         None => workspace_root().join("target/vm-cache"),
     };
-    std::fs::create_dir_all(&cache)
-        .with_context(|| format!("creating the cache {}", cache.display()))?;
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating the cache {}", cache.display()))?;
 
     let kernel = kernel::resolve(&opts.kernel, opts.modules.as_deref(), &cache)?;
     eprintln!("d8-vm: kernel {} ({})", kernel.release, kernel.origin);
@@ -259,10 +254,7 @@ pub fn run(opts: Options) -> Result<()> {
     } else {
         opts.command.clone()
     };
-    let mut boot_modules: Vec<String> = initramfs::BOOT_MODULES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut boot_modules: Vec<String> = initramfs::BOOT_MODULES.iter().map(|s| s.to_string()).collect();
     if kernel.modules.is_none() {
         eprintln!("d8-vm: no modules for this kernel: only built-in features are available");
         boot_modules.clear();
@@ -329,10 +321,7 @@ pub fn run(opts: Options) -> Result<()> {
 
 /// The workspace root (xtask lives one level below it).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Finds a program in the usual system directories (independent of the caller's PATH, which under
@@ -382,11 +371,8 @@ impl TempDir {
         if let Ok(rd) = std::fs::read_dir(&base) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let pid = name
-                    .strip_prefix("d8-vm-")
-                    .and_then(|r| r.split('-').next());
-                if let Some(pid) =
-                    pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                let pid = name.strip_prefix("d8-vm-").and_then(|r| r.split('-').next());
+                if let Some(pid) = pid.filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
                     && !Path::new("/proc").join(pid).exists()
                 {
                     let _ = std::fs::remove_dir_all(e.path());

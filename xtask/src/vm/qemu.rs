@@ -155,9 +155,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                 }
                 guard.kill();
                 if let Some(p) = &panic_line {
-                    bail!(
-                        "the guest kernel panicked ({p}) and qemu (pid {pid}) did not exit; killed it"
-                    );
+                    bail!("the guest kernel panicked ({p}) and qemu (pid {pid}) did not exit; killed it");
                 }
                 bail!(
                     "timeout: the guest did not finish within {}s (--timeout); killed qemu (pid {pid}). \
@@ -217,12 +215,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
 }
 
 /// Sends complete lines (CR/LF stripped, invalid UTF-8 replaced) from a pipe until it closes.
-fn forward_lines(
-    pipe: impl Read,
-    tx: &mpsc::Sender<Msg>,
-    wrap: fn(String) -> Msg,
-    report_close: bool,
-) {
+fn forward_lines(pipe: impl Read, tx: &mpsc::Sender<Msg>, wrap: fn(String) -> Msg, report_close: bool) {
     let mut r = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
@@ -275,10 +268,7 @@ fn printable(s: &str) -> String {
 mod tests {
     #[test]
     fn printable() {
-        assert_eq!(
-            super::printable("\u{1b}c\u{1b}[?7l\u{1b}[2JSeaBIOS\r"),
-            "SeaBIOS"
-        );
+        assert_eq!(super::printable("\u{1b}c\u{1b}[?7l\u{1b}[2JSeaBIOS\r"), "SeaBIOS");
         assert_eq!(super::printable("a\tb"), "a\tb");
     }
 }

@@ -29,7 +29,9 @@ impl EventWriter {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(LineWriter::new(std::io::stdout()))
         } else {
-            Box::new(LineWriter::new(OpenOptions::new().create(true).append(true).open(path)?))
+            Box::new(LineWriter::new(
+                OpenOptions::new().create(true).append(true).open(path)?,
+            ))
         };
         Ok(Self { out })
     }
@@ -46,7 +48,9 @@ impl EventWriter {
                 Ok(())
             }
         }
-        Self { out: Box::new(Shared(buf)) }
+        Self {
+            out: Box::new(Shared(buf)),
+        }
     }
 
     fn write(&mut self, value: serde_json::Value) {

@@ -33,8 +33,16 @@ fn respond(state: &State, path: &str) -> Response<Full<Bytes>> {
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if state.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: attaching hooks or loading the model\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: /metrics, /healthz, /readyz\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: attaching hooks or loading the model\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics, /healthz, /readyz\n".to_string(),
+        ),
     };
     Response::builder()
         .status(status)
@@ -50,7 +58,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
@@ -72,7 +82,10 @@ mod tests {
 
     #[test]
     fn readiness_follows_the_flag() {
-        let state = State { metrics: Metrics::new(), ready: AtomicBool::new(false) };
+        let state = State {
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+        };
         assert_eq!(respond(&state, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
         state.ready.store(true, Ordering::Relaxed);
         assert_eq!(respond(&state, "/readyz").status(), StatusCode::OK);

@@ -88,23 +88,79 @@ impl Metrics {
             targets: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("flows", "Flows seen, by Service, verdict class and outcome", m.flows.clone());
-        registry.register("drops", "Flows with a kernel drop, by Service and drop reason", m.drops.clone());
-        registry.register("service_verdict", "Current verdict per Service: 1 for its current class", m.verdict.clone());
-        registry.register("conntrack_entries", "Conntrack entries in the node's network namespace", m.conntrack_entries.clone());
+        registry.register(
+            "flows",
+            "Flows seen, by Service, verdict class and outcome",
+            m.flows.clone(),
+        );
+        registry.register(
+            "drops",
+            "Flows with a kernel drop, by Service and drop reason",
+            m.drops.clone(),
+        );
+        registry.register(
+            "service_verdict",
+            "Current verdict per Service: 1 for its current class",
+            m.verdict.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Conntrack entries in the node's network namespace",
+            m.conntrack_entries.clone(),
+        );
         registry.register("conntrack_max", "nf_conntrack_max", m.conntrack_max.clone());
-        registry.register("conntrack_drop_counter", "The kernel's conntrack drop counter (new flows refused, table full)", m.conntrack_drops.clone());
-        registry.register("kube_proxy_mode", "kube-proxy's mode: 1 for the mode in use", m.kube_proxy_mode.clone());
-        registry.register("kube_proxy_healthy", "kube-proxy /healthz answered 200 (1), something else (0), unreachable (-1)", m.kube_proxy_healthy.clone());
-        registry.register("kube_proxy_running", "A kube-proxy process runs on the node (1), not (0), unknown (-1)", m.kube_proxy_running.clone());
-        registry.register("kube_proxy_sync_age_seconds", "Seconds since kube-proxy's last successful rule sync (-1 unknown)", m.kube_proxy_sync_age_seconds.clone());
-        registry.register("lost_events", "Kernel events lost because the ring buffer was full", m.lost_events.clone());
-        registry.register("flow_table_flows", "Flows held in the tracer's flow table", m.flow_table_flows.clone());
-        registry.register("flows_evicted", "Flows evicted from a full flow table before they were reported", m.flows_evicted.clone());
+        registry.register(
+            "conntrack_drop_counter",
+            "The kernel's conntrack drop counter (new flows refused, table full)",
+            m.conntrack_drops.clone(),
+        );
+        registry.register(
+            "kube_proxy_mode",
+            "kube-proxy's mode: 1 for the mode in use",
+            m.kube_proxy_mode.clone(),
+        );
+        registry.register(
+            "kube_proxy_healthy",
+            "kube-proxy /healthz answered 200 (1), something else (0), unreachable (-1)",
+            m.kube_proxy_healthy.clone(),
+        );
+        registry.register(
+            "kube_proxy_running",
+            "A kube-proxy process runs on the node (1), not (0), unknown (-1)",
+            m.kube_proxy_running.clone(),
+        );
+        registry.register(
+            "kube_proxy_sync_age_seconds",
+            "Seconds since kube-proxy's last successful rule sync (-1 unknown)",
+            m.kube_proxy_sync_age_seconds.clone(),
+        );
+        registry.register(
+            "lost_events",
+            "Kernel events lost because the ring buffer was full",
+            m.lost_events.clone(),
+        );
+        registry.register(
+            "flow_table_flows",
+            "Flows held in the tracer's flow table",
+            m.flow_table_flows.clone(),
+        );
+        registry.register(
+            "flows_evicted",
+            "Flows evicted from a full flow table before they were reported",
+            m.flows_evicted.clone(),
+        );
         registry.register("hook_set", "The hook set in use: 1 for the set", m.hook_set.clone());
-        registry.register("api_up", "The Kubernetes API answered at the last attempt (1) or not (0)", m.api_up.clone());
+        registry.register(
+            "api_up",
+            "The Kubernetes API answered at the last attempt (1) or not (0)",
+            m.api_up.clone(),
+        );
         registry.register("services", "Services in the model", m.services.clone());
-        registry.register("traced_targets", "Frontends and backends traced in the kernel", m.targets.clone());
+        registry.register(
+            "traced_targets",
+            "Frontends and backends traced in the kernel",
+            m.targets.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -125,12 +181,27 @@ mod tests {
     fn encodes_bounded_labels() {
         let m = Metrics::new();
         m.flows
-            .get_or_create(&FlowLabels { service: "default/web".into(), class: "healthy".into(), outcome: "established".into() })
+            .get_or_create(&FlowLabels {
+                service: "default/web".into(),
+                class: "healthy".into(),
+                outcome: "established".into(),
+            })
             .inc();
-        m.verdict.get_or_create(&VerdictLabels { service: "default/web".into(), class: "healthy".into() }).set(1);
+        m.verdict
+            .get_or_create(&VerdictLabels {
+                service: "default/web".into(),
+                class: "healthy".into(),
+            })
+            .set(1);
         let text = m.encode();
-        assert!(text.contains(r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"} 1"#), "{text}");
-        assert!(text.contains(r#"d8_trace_service_verdict{service="default/web",class="healthy"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"d8_trace_flows_total{service="default/web",class="healthy",outcome="established"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"d8_trace_service_verdict{service="default/web",class="healthy"} 1"#),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -138,7 +138,9 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: u
         ProxyMode::Ipvs => "ipvs",
         ProxyMode::Unknown => "unknown",
     };
-    m.kube_proxy_mode.get_or_create(&ModeLabels { mode: mode.into() }).set(1);
+    m.kube_proxy_mode
+        .get_or_create(&ModeLabels { mode: mode.into() })
+        .set(1);
     m.kube_proxy_healthy.set(match kp.healthz_ok {
         Some(true) => 1,
         Some(false) => 0,
@@ -156,7 +158,8 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: u
     let ct = host::conntrack_stats(None);
     m.conntrack_entries.set(ct.count.map_or(-1, |c| c as i64));
     m.conntrack_max.set(ct.max.map_or(-1, |c| c as i64));
-    m.conntrack_drops.set(host::conntrack_drop_counter().map_or(-1, |c| c as i64));
+    m.conntrack_drops
+        .set(host::conntrack_drop_counter().map_or(-1, |c| c as i64));
 }
 
 /// Runs until SIGTERM or Ctrl-C. The caller has entered the node's network namespace and checked
@@ -166,13 +169,21 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let state = Arc::new(State { metrics: Metrics::new(), ready: Default::default() });
-    let listener =
-        http::bind(opts.metrics_addr).await.map_err(|source| Error::Bind { addr: opts.metrics_addr, source })?;
+    let state = Arc::new(State {
+        metrics: Metrics::new(),
+        ready: Default::default(),
+    });
+    let listener = http::bind(opts.metrics_addr).await.map_err(|source| Error::Bind {
+        addr: opts.metrics_addr,
+        source,
+    })?;
     let server = tokio::spawn(http::serve(listener, state.clone()));
     let mut writer = match &opts.events {
         None => None,
-        Some(path) => Some(EventWriter::open(path).map_err(|source| Error::Events { path: path.clone(), source })?),
+        Some(path) => Some(EventWriter::open(path).map_err(|source| Error::Events {
+            path: path.clone(),
+            source,
+        })?),
     };
 
     let mut source = ModelSource {
@@ -185,7 +196,13 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let (mut model, api_up) = source.read().await?;
     let mut merged = Merged::every_service(&model);
 
-    let KernelSetup { choice, config, drop_reasons, mount, warnings } = setup;
+    let KernelSetup {
+        choice,
+        config,
+        drop_reasons,
+        mount,
+        warnings,
+    } = setup;
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -198,13 +215,28 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     );
     let mut targets = merged.all.targets();
     let mut node_ips = model.node_ips.clone();
-    let mut capture = Capture::open(&choice, &config, mount, opts.ring_buffer_bytes, &targets, node_ips.clone())?;
-    let mut table = FlowTable::new(merged.all.frontend_addrs.iter().copied(), model.node_ips.clone(), drop_reasons)
-        .with_max_flows(opts.max_flows)
-        .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
+    let mut capture = Capture::open(
+        &choice,
+        &config,
+        mount,
+        opts.ring_buffer_bytes,
+        &targets,
+        node_ips.clone(),
+    )?;
+    let mut table = FlowTable::new(
+        merged.all.frontend_addrs.iter().copied(),
+        model.node_ips.clone(),
+        drop_reasons,
+    )
+    .with_max_flows(opts.max_flows)
+    .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
 
     let m = &state.metrics;
-    m.hook_set.get_or_create(&HookLabels { hooks: choice.set.name().into() }).set(1);
+    m.hook_set
+        .get_or_create(&HookLabels {
+            hooks: choice.set.name().into(),
+        })
+        .set(1);
     set_model_metrics(m, &model, api_up, targets.len());
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -306,7 +338,10 @@ fn report_flows(
     let mut by_service: HashMap<&ServiceRef, Vec<Flow>> = HashMap::new();
     for flow in table.flows() {
         if let Some(i) = merged.owner(flow) {
-            by_service.entry(&merged.plans[i].service).or_default().push(flow.clone());
+            by_service
+                .entry(&merged.plans[i].service)
+                .or_default()
+                .push(flow.clone());
         }
     }
     let host_ips: Vec<IpAddr> = model.node_ips.clone();
@@ -327,10 +362,24 @@ fn report_flows(
                 continue;
             }
             let class = fv.class.as_str();
-            let outcome = serde_json::to_value(flow.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            m.flows.get_or_create(&FlowLabels { service: service.clone(), class: class.into(), outcome: outcome.clone() }).inc();
+            let outcome = serde_json::to_value(flow.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            m.flows
+                .get_or_create(&FlowLabels {
+                    service: service.clone(),
+                    class: class.into(),
+                    outcome: outcome.clone(),
+                })
+                .inc();
             if let Some(reason) = flow.drop_reason() {
-                m.drops.get_or_create(&DropLabels { service: service.clone(), reason: reason.into() }).inc();
+                m.drops
+                    .get_or_create(&DropLabels {
+                        service: service.clone(),
+                        reason: reason.into(),
+                    })
+                    .inc();
             }
             if class != "healthy"
                 && let Some(w) = writer.as_deref_mut()
@@ -342,11 +391,27 @@ fn report_flows(
         let previous = verdicts.insert(svc.service.clone(), class.clone());
         if previous.as_deref() != Some(class.as_str()) {
             if let Some(prev) = &previous {
-                m.verdict.get_or_create(&VerdictLabels { service: service.clone(), class: prev.clone() }).set(0);
+                m.verdict
+                    .get_or_create(&VerdictLabels {
+                        service: service.clone(),
+                        class: prev.clone(),
+                    })
+                    .set(0);
             }
-            m.verdict.get_or_create(&VerdictLabels { service: service.clone(), class: class.clone() }).set(1);
+            m.verdict
+                .get_or_create(&VerdictLabels {
+                    service: service.clone(),
+                    class: class.clone(),
+                })
+                .set(1);
             if let Some(w) = writer.as_deref_mut() {
-                w.verdict(&service, previous.as_deref(), &verdict.root_cause.class.to_string(), &verdict.root_cause.detail, verdict.severity.as_str());
+                w.verdict(
+                    &service,
+                    previous.as_deref(),
+                    &verdict.root_cause.class.to_string(),
+                    &verdict.root_cause.detail,
+                    verdict.severity.as_str(),
+                );
             }
         }
     }
@@ -369,7 +434,10 @@ mod tests {
     fn model() -> ServiceModel {
         let mut m = ServiceModel::default();
         for (name, vip, pod) in [("a", "10.96.0.1", "10.244.0.1"), ("b", "10.96.0.2", "10.244.0.2")] {
-            let mut s = Service::new(ServiceRef { namespace: "ns".into(), name: name.into() });
+            let mut s = Service::new(ServiceRef {
+                namespace: "ns".into(),
+                name: name.into(),
+            });
             s.frontends.push(Frontend {
                 kind: FrontendKind::ClusterIp,
                 ip: vip.parse().unwrap(),
@@ -378,7 +446,8 @@ mod tests {
                 port_name: String::new(),
                 rule: None,
             });
-            s.endpoints.push(Endpoint::in_rules(pod.parse().unwrap(), 8080, Protocol::Tcp, ""));
+            s.endpoints
+                .push(Endpoint::in_rules(pod.parse().unwrap(), 8080, Protocol::Tcp, ""));
             m.services.push(s);
         }
         m

@@ -66,10 +66,10 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::classify::Context;
 use crate::flows::Flow;
-use crate::lab::{self, Lab};
-use crate::model::{ProxyMode, ServiceRef};
 use crate::kernel::{self, host};
+use crate::lab::{self, Lab};
 use crate::model::k8s;
+use crate::model::{ProxyMode, ServiceRef};
 use crate::report::{self, Format, Report};
 use crate::trace::{self, Options, Scope, ServiceSelector, plan::Merged};
 
@@ -178,19 +178,13 @@ fn check_args(format: Format, s: &Scope) -> Result<(), Error> {
         ));
     }
     if !matches!(format, Format::Text | Format::Json) {
-        return Err(Error::Usage(
-            "demo prints text or JSON (-o text|json)".into(),
-        ));
+        return Err(Error::Usage("demo prints text or JSON (-o text|json)".into()));
     }
     Ok(())
 }
 
 /// True when SIGINT or SIGTERM arrived since the last look.
-fn interrupted(
-    runtime: &tokio::runtime::Runtime,
-    sigint: &mut Signal,
-    sigterm: &mut Signal,
-) -> bool {
+fn interrupted(runtime: &tokio::runtime::Runtime, sigint: &mut Signal, sigterm: &mut Signal) -> bool {
     runtime.block_on(async {
         tokio::select! {
             _ = sigint.recv() => true,
@@ -216,10 +210,8 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     // Handlers first: from here on Ctrl-C and SIGTERM are noted, never fatal.
     let (mut sigint, mut sigterm) = {
         let _in_runtime = runtime.enter();
-        let int = signal(SignalKind::interrupt())
-            .map_err(|e| Error::Io(format!("SIGINT handler: {e}")))?;
-        let term = signal(SignalKind::terminate())
-            .map_err(|e| Error::Io(format!("SIGTERM handler: {e}")))?;
+        let int = signal(SignalKind::interrupt()).map_err(|e| Error::Io(format!("SIGINT handler: {e}")))?;
+        let term = signal(SignalKind::terminate()).map_err(|e| Error::Io(format!("SIGTERM handler: {e}")))?;
         (int, term)
     };
     // The kernel first: an unsupported one fails before anything is built.
@@ -253,8 +245,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         say("interrupted; removing the lab");
         return Ok(());
     }
-    let snapshot =
-        TempFile(std::env::temp_dir().join(format!("d8-trace-demo-{}.json", std::process::id())));
+    let snapshot = TempFile(std::env::temp_dir().join(format!("d8-trace-demo-{}.json", std::process::id())));
     lab.write_snapshot(&snapshot.0)?;
 
     let in_node = NetnsReturn::enter(lab.node_ns())?;
@@ -281,7 +272,10 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
     let merged = Merged::new(
-        ServiceRef { namespace: services[0].namespace.clone(), name: format!("{{{}}}", names.join(",")) },
+        ServiceRef {
+            namespace: services[0].namespace.clone(),
+            name: format!("{{{}}}", names.join(",")),
+        },
         plans,
         start_view.model.node_ips.clone(),
     );
@@ -353,9 +347,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     }
     match played {
         Ok(Ok(Ending::Done)) => {}
-        Ok(Ok(Ending::Stopped)) => {
-            say("interrupted: the verdicts below cover what was traced so far")
-        }
+        Ok(Ok(Ending::Stopped)) => say("interrupted: the verdicts below cover what was traced so far"),
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err(Error::Io("the incident script panicked".into())),
     }

@@ -300,10 +300,7 @@ pub fn wrap(indent: usize, text: &str) -> Vec<String> {
 pub fn verdict_label(report: &Report) -> String {
     let root = report.root_cause.as_ref().map(|r| r.class);
     let mut label = root.map_or_else(|| "not classified".to_owned(), |c| c.as_str().to_owned());
-    let probes = report
-        .flows
-        .iter()
-        .any(|f| f.class == Some(VerdictClass::ProbeRst));
+    let probes = report.flows.iter().any(|f| f.class == Some(VerdictClass::ProbeRst));
     if probes && root != Some(VerdictClass::ProbeRst) {
         label.push_str(" + probe_rst (benign)");
     }
@@ -333,12 +330,7 @@ pub fn paths(report: &Report, hops: &Hops) -> Vec<String> {
             }
             for (backend, flows) in by_backend {
                 let dst = backend.map_or_else(|| "?".to_owned(), |b| hops.backend(b));
-                out.extend(path_lines(
-                    2,
-                    &client,
-                    &[dst],
-                    &counts(flows.iter().copied()),
-                ));
+                out.extend(path_lines(2, &client, &[dst], &counts(flows.iter().copied())));
             }
             continue;
         };
@@ -376,12 +368,7 @@ pub fn paths(report: &Report, hops: &Hops) -> Vec<String> {
         }
         for (stop, flows) in by_stop {
             let hops_list = [frontend.to_string(), stop];
-            out.extend(path_lines(
-                2,
-                &client,
-                &hops_list,
-                &counts(flows.iter().copied()),
-            ));
+            out.extend(path_lines(2, &client, &hops_list, &counts(flows.iter().copied())));
         }
     }
     out
@@ -394,11 +381,7 @@ pub fn render(report: &Report, hops: &Hops) -> Vec<String> {
         .severity
         .map(|s| format!(" (severity {})", s.as_str()))
         .unwrap_or_default();
-    out.push(format!(
-        "{}: {}{severity}",
-        report.service,
-        verdict_label(report)
-    ));
+    out.push(format!("{}: {}{severity}", report.service, verdict_label(report)));
     if let Some(rc) = &report.root_cause {
         out.extend(wrap(2, &rc.detail));
     }
@@ -412,22 +395,14 @@ pub fn render(report: &Report, hops: &Hops) -> Vec<String> {
 
 /// One line per Service: name, verdict, flow count.
 pub fn summary_table(reports: &[Report]) -> Vec<String> {
-    let name_w = reports
-        .iter()
-        .map(|r| width(&r.service))
-        .max()
-        .unwrap_or(7)
-        .max(7);
+    let name_w = reports.iter().map(|r| width(&r.service)).max().unwrap_or(7).max(7);
     let verdict_w = reports
         .iter()
         .map(|r| width(&verdict_label(r)))
         .max()
         .unwrap_or(7)
         .max(7);
-    let mut out = vec![format!(
-        "{:<name_w$}  {:<verdict_w$}  flows",
-        "Service", "Verdict"
-    )];
+    let mut out = vec![format!("{:<name_w$}  {:<verdict_w$}  flows", "Service", "Verdict")];
     for r in reports {
         out.push(format!(
             "{:<name_w$}  {:<verdict_w$}  {:>5}",
@@ -453,12 +428,7 @@ mod tests {
         }
     }
 
-    fn flow(
-        client: &str,
-        frontend: Option<&str>,
-        backend: Option<&str>,
-        outcome: Outcome,
-    ) -> FlowReport {
+    fn flow(client: &str, frontend: Option<&str>, backend: Option<&str>, outcome: Outcome) -> FlowReport {
         FlowReport {
             protocol: Protocol::Tcp,
             client: client.parse().unwrap(),
@@ -470,13 +440,7 @@ mod tests {
         }
     }
 
-    fn report(
-        service: &str,
-        class: VerdictClass,
-        severity: Severity,
-        detail: &str,
-        flows: Vec<FlowReport>,
-    ) -> Report {
+    fn report(service: &str, class: VerdictClass, severity: Severity, detail: &str, flows: Vec<FlowReport>) -> Report {
         let (namespace, name) = service.split_once('/').unwrap();
         let mut r = Report::new(&ServiceRef {
             namespace: namespace.into(),
@@ -584,18 +548,12 @@ default/orders: no_endpoints (severity HIGH)
 
         // ETP=Local: a NodePort hit from outside, dropped by kube-proxy; the client is labelled.
         let mut hops = Hops::default();
-        hops.clients
-            .insert("172.31.0.100".parse().unwrap(), "external".into());
+        hops.clients.insert("172.31.0.100".parse().unwrap(), "external".into());
         hops.no_local_endpoints = vec![rule(
             "KUBE-EXTERNAL-SERVICES",
             "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"default/shop:http has no local endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j DROP",
         )];
-        let mut dropped = flow(
-            "172.31.0.100:50000",
-            Some("172.31.0.2:30080"),
-            None,
-            Outcome::Dropped,
-        );
+        let mut dropped = flow("172.31.0.100:50000", Some("172.31.0.2:30080"), None, Outcome::Dropped);
         dropped.drop_reason = Some("NETFILTER_DROP".into());
         dropped.class = Some(VerdictClass::EtpLocalNoLocalEndpoints);
         let r = report(
@@ -614,18 +572,12 @@ default/orders: no_endpoints (severity HIGH)
     #[test]
     fn probes_are_direct_lines_and_named_in_the_verdict() {
         let mut hops = Hops::default();
-        hops.clients
-            .insert("172.31.0.2".parse().unwrap(), "node".into());
+        hops.clients.insert("172.31.0.2".parse().unwrap(), "node".into());
         hops.service_chains
             .insert(key("10.96.0.10:80"), "KUBE-SVC-CCCCCCCCCCCCCCCC".into());
         hops.endpoint_chains
             .insert(key("10.244.1.11:8080"), "KUBE-SEP-DDDDDDDDDDDDDDDD".into());
-        let mut probe = flow(
-            "172.31.0.2:33000",
-            None,
-            Some("10.244.1.11:8080"),
-            Outcome::Reset,
-        );
+        let mut probe = flow("172.31.0.2:33000", None, Some("10.244.1.11:8080"), Outcome::Reset);
         probe.class = Some(VerdictClass::ProbeRst);
         let flows = vec![
             flow(
@@ -674,10 +626,7 @@ default/web: healthy + probe_rst (benign) (severity NONE)
             "no flows",
             vec![],
         );
-        assert_eq!(
-            render(&r, &Hops::default()).last().unwrap(),
-            "  (no flows traced)"
-        );
+        assert_eq!(render(&r, &Hops::default()).last().unwrap(), "  (no flows traced)");
         let r = report(
             "default/x",
             VerdictClass::Healthy,
@@ -711,10 +660,7 @@ default/web: healthy + probe_rst (benign) (severity NONE)
             None
         );
         assert_eq!(
-            jump_target(
-                "ip daddr 10.96.0.10 tcp dport 80 goto service-ULMVA6XW-default/web/tcp/http"
-            )
-            .as_deref(),
+            jump_target("ip daddr 10.96.0.10 tcp dport 80 goto service-ULMVA6XW-default/web/tcp/http").as_deref(),
             Some("service-ULMVA6XW-default/web/tcp/http")
         );
         assert_eq!(verdict_hop(&rule("", "drop")), "DROP");
@@ -753,8 +699,7 @@ default/web: healthy + probe_rst (benign) (severity NONE)
                 "-A KUBE-SERVICES -d 10.96.0.12/32 -j KUBE-SVC-ORDERS",
             )),
         });
-        svc.endpoints
-            .push(ep(Some(true), true, Some("KUBE-SEP-ORDERS1")));
+        svc.endpoints.push(ep(Some(true), true, Some("KUBE-SEP-ORDERS1")));
         before.services.push(svc);
         let mut after = ServiceModel {
             node_ips: vec!["172.31.0.2".parse().unwrap()],
@@ -762,34 +707,24 @@ default/web: healthy + probe_rst (benign) (severity NONE)
         };
         let mut svc = Service::new(svc_ref.clone());
         svc.endpoints.push(ep(Some(false), false, None));
-        svc.rules
-            .no_endpoints
-            .push(rule("KUBE-SERVICES", "-j REJECT"));
+        svc.rules.no_endpoints.push(rule("KUBE-SERVICES", "-j REJECT"));
         after.services.push(svc);
         let hops = Hops::from_models(&svc_ref, &[&after, &before]);
         assert_eq!(
-            hops.service_chains
-                .get(&key("10.96.0.12:80"))
-                .map(String::as_str),
+            hops.service_chains.get(&key("10.96.0.12:80")).map(String::as_str),
             Some("KUBE-SVC-ORDERS")
         );
         assert_eq!(
-            hops.endpoint_chains
-                .get(&key("10.244.1.31:8080"))
-                .map(String::as_str),
+            hops.endpoint_chains.get(&key("10.244.1.31:8080")).map(String::as_str),
             Some("KUBE-SEP-ORDERS1")
         );
         assert_eq!(
-            hops.notes
-                .get(&"10.244.1.31:8080".parse().unwrap())
-                .map(String::as_str),
+            hops.notes.get(&"10.244.1.31:8080".parse().unwrap()).map(String::as_str),
             Some("not ready")
         );
         assert_eq!(hops.no_endpoints.len(), 1);
         assert_eq!(
-            hops.clients
-                .get(&"172.31.0.2".parse().unwrap())
-                .map(String::as_str),
+            hops.clients.get(&"172.31.0.2".parse().unwrap()).map(String::as_str),
             Some("node")
         );
     }

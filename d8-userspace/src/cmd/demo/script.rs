@@ -15,10 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::lab::{
-    self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome,
-    TrafficPolicy,
-};
+use crate::lab::{self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, TrafficPolicy};
 use crate::model::{Protocol, ServiceRef};
 
 /// ClusterIP of default/web.
@@ -73,12 +70,7 @@ pub fn spec() -> ClusterSpec {
     ClusterSpec::new()
         .service(ServiceSpec::new("default", "web", WEB_VIP).port("http", 80, 8080, Protocol::Tcp))
         .service(ServiceSpec::new("default", "api", API_VIP).port("http", 80, 8080, Protocol::Tcp))
-        .service(ServiceSpec::new("default", "orders", ORDERS_VIP).port(
-            "http",
-            80,
-            8080,
-            Protocol::Tcp,
-        ))
+        .service(ServiceSpec::new("default", "orders", ORDERS_VIP).port("http", 80, 8080, Protocol::Tcp))
         .service(
             ServiceSpec::new("default", "shop", SHOP_VIP)
                 .node_port("http", 80, 8080, Protocol::Tcp, SHOP_NODE_PORT)
@@ -246,11 +238,7 @@ pub fn play(lab: &mut Lab, ctl: &Control, first_flow: mpsc::Receiver<()>) -> Res
     ));
     say(&format!("  its only pod runs on {OTHER_NODE}"));
     for _ in 0..2 {
-        let out = lab::tcp_connect(
-            lab.external_ns(),
-            addr(node_ip, SHOP_NODE_PORT),
-            FAIL_TIMEOUT,
-        )?;
+        let out = lab::tcp_connect(lab.external_ns(), addr(node_ip, SHOP_NODE_PORT), FAIL_TIMEOUT)?;
         if out.is_connected() {
             say(&format!("  (unexpected: the NodePort answered {out:?})"));
         }

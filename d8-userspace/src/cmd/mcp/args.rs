@@ -71,7 +71,9 @@ pub struct DoctorInput {
 
 /// `NS/NAME[:PORT]`, with the CLI's own parser and sentences.
 pub fn service(s: &str) -> Result<ServiceSelector, Failure> {
-    s.trim().parse::<ServiceSelector>().map_err(|e| Failure::usage(format!("service {e}")))
+    s.trim()
+        .parse::<ServiceSelector>()
+        .map_err(|e| Failure::usage(format!("service {e}")))
 }
 
 /// The trace's duration: `DEFAULT_SECONDS` when absent, refused outside 1..=`MAX_SECONDS`.
@@ -93,7 +95,9 @@ pub fn selection(defaults: &Scope, netns: Option<&str>, k8s_snapshot: Option<&st
     if let Some(ns) = netns {
         let ns = ns.trim();
         if ns.is_empty() {
-            return Err(Failure::usage("netns: empty; give a name under /run/netns or a path such as /proc/PID/ns/net, or leave it out"));
+            return Err(Failure::usage(
+                "netns: empty; give a name under /run/netns or a path such as /proc/PID/ns/net, or leave it out",
+            ));
         }
         sel.netns = Some(ns.to_string());
     }
@@ -147,10 +151,17 @@ mod tests {
         d.netns = Some("node-a".into());
         d.api = k8s::Source::Disabled;
         let sel = selection(&d, None, None).unwrap();
-        assert_eq!((sel.netns.as_deref(), &sel.api), (Some("node-a"), &k8s::Source::Disabled));
+        assert_eq!(
+            (sel.netns.as_deref(), &sel.api),
+            (Some("node-a"), &k8s::Source::Disabled)
+        );
         let sel = selection(&d, Some("node-b"), Some("/tmp/snap.json")).unwrap();
         assert_eq!(sel.netns.as_deref(), Some("node-b"));
-        assert_eq!(sel.api, k8s::Source::Snapshot(PathBuf::from("/tmp/snap.json")), "a snapshot named by the call replaces --no-k8s");
+        assert_eq!(
+            sel.api,
+            k8s::Source::Snapshot(PathBuf::from("/tmp/snap.json")),
+            "a snapshot named by the call replaces --no-k8s"
+        );
         assert!(selection(&d, Some(" "), None).is_err());
         assert!(selection(&d, None, Some("")).is_err());
     }
@@ -161,7 +172,10 @@ mod tests {
         assert_eq!(ok.seconds, Some(5));
         assert!(serde_json::from_value::<TraceInput>(serde_json::json!({"service": "a/b", "duration": 5})).is_err());
         assert!(serde_json::from_value::<TraceInput>(serde_json::json!({"service": "a/b", "seconds": -1})).is_err());
-        assert!(serde_json::from_value::<ExplainInput>(serde_json::json!({})).is_err(), "service is required");
+        assert!(
+            serde_json::from_value::<ExplainInput>(serde_json::json!({})).is_err(),
+            "service is required"
+        );
         let d: DoctorInput = serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(d.netns.is_none());
     }

@@ -61,15 +61,24 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(message: impl std::fmt::Display) -> Self {
-        Self { kind: FailureKind::Usage, message: message.to_string() }
+        Self {
+            kind: FailureKind::Usage,
+            message: message.to_string(),
+        }
     }
 
     pub fn env(message: impl std::fmt::Display) -> Self {
-        Self { kind: FailureKind::Environment, message: message.to_string() }
+        Self {
+            kind: FailureKind::Environment,
+            message: message.to_string(),
+        }
     }
 
     pub fn cancelled(message: impl std::fmt::Display) -> Self {
-        Self { kind: FailureKind::Cancelled, message: message.to_string() }
+        Self {
+            kind: FailureKind::Cancelled,
+            message: message.to_string(),
+        }
     }
 
     /// The CLI's exit code for the same failure (busy and cancelled have none: 1).
@@ -82,11 +91,14 @@ impl Failure {
     }
 }
 
-
 impl From<trace::Error> for Failure {
     fn from(e: trace::Error) -> Self {
         let message = error_chain(&e);
-        if e.exit_code() == 2 { Self::usage(message) } else { Self::env(message) }
+        if e.exit_code() == 2 {
+            Self::usage(message)
+        } else {
+            Self::env(message)
+        }
     }
 }
 
@@ -145,7 +157,11 @@ impl Default for Jobs {
 
 impl Jobs {
     pub fn new() -> Self {
-        Self { root: CancellationToken::new(), threads: Mutex::new(Vec::new()), slot: Arc::new(Mutex::new(None)) }
+        Self {
+            root: CancellationToken::new(),
+            threads: Mutex::new(Vec::new()),
+            slot: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// The server-wide token: cancelling it cancels every job.
@@ -176,7 +192,11 @@ impl Jobs {
                 Some(l) => format!(", about {}s left", l.as_secs().saturating_sub(elapsed).max(1)),
                 None => String::new(),
             };
-            let state = if stopping { "is stopping".to_string() } else { format!("is running (started {elapsed}s ago{left})") };
+            let state = if stopping {
+                "is stopping".to_string()
+            } else {
+                format!("is running (started {elapsed}s ago{left})")
+            };
             let failure = Failure {
                 kind: FailureKind::Busy,
                 message: format!(
@@ -186,8 +206,15 @@ impl Jobs {
             };
             return Err((failure, stopping));
         }
-        *slot = Some(Holder { what: what.to_string(), started: Instant::now(), limit, job: None });
-        Ok(KernelSlot { slot: self.slot.clone() })
+        *slot = Some(Holder {
+            what: what.to_string(),
+            started: Instant::now(),
+            limit,
+            job: None,
+        });
+        Ok(KernelSlot {
+            slot: self.slot.clone(),
+        })
     }
 
     /// Runs `job` on a new thread inside `netns` (the server's own namespace when `None`), holding
@@ -236,7 +263,8 @@ impl Jobs {
             _ = call.cancelled() => token.cancel(),
             _ = token.cancelled() => {}
         }
-        rx.await.unwrap_or_else(|_| Err(Failure::env("the worker thread ended without an answer")))
+        rx.await
+            .unwrap_or_else(|_| Err(Failure::env("the worker thread ended without an answer")))
     }
 
     fn track(&self, handle: JoinHandle<()>) {
@@ -303,9 +331,16 @@ mod tests {
         let slot = block_on(jobs.kernel_slot("trace_service default/web", Some(Duration::from_secs(30)))).unwrap();
         let started = Instant::now();
         let err = block_on(jobs.kernel_slot("doctor", None)).err().unwrap();
-        assert!(started.elapsed() < Duration::from_secs(1), "a running job is refused at once");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a running job is refused at once"
+        );
         assert_eq!(err.kind, FailureKind::Busy);
-        assert!(err.message.contains("trace_service default/web is running") && err.message.contains("one trace"), "{}", err.message);
+        assert!(
+            err.message.contains("trace_service default/web is running") && err.message.contains("one trace"),
+            "{}",
+            err.message
+        );
         drop(slot);
         assert!(block_on(jobs.kernel_slot("doctor", None)).is_ok());
     }
@@ -321,21 +356,30 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
             drop(slot);
         });
-        assert!(block_on(jobs.kernel_slot("doctor", None)).is_ok(), "the slot of a cancelled job is waited for");
+        assert!(
+            block_on(jobs.kernel_slot("doctor", None)).is_ok(),
+            "the slot of a cancelled job is waited for"
+        );
         releaser.join().unwrap();
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
     fn jobs_run_on_their_own_thread_and_answer() {
         let jobs = Jobs::new();
         let caller = std::thread::current().id();
-        let r = block_on(jobs.run("test", None, None, CancellationToken::new(), move || async move {
-            Ok(std::thread::current().id() != caller)
-        }));
+        let r = block_on(
+            jobs.run("test", None, None, CancellationToken::new(), move || async move {
+                Ok(std::thread::current().id() != caller)
+            }),
+        );
         assert_eq!(r, Ok(true));
         assert_eq!(jobs.shutdown(Duration::from_secs(5)), 0);
     }
@@ -359,27 +403,48 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 cancel.cancel();
             });
-            jobs.run("trace_service a/b", None, Some(slot), call.clone(), move || async move {
-                *flag.lock().unwrap() = true;
-                let _guard = Attached(flag);
-                std::future::pending::<()>().await;
-                Ok(())
-            })
+            jobs.run(
+                "trace_service a/b",
+                None,
+                Some(slot),
+                call.clone(),
+                move || async move {
+                    *flag.lock().unwrap() = true;
+                    let _guard = Attached(flag);
+                    std::future::pending::<()>().await;
+                    Ok(())
+                },
+            )
             .await
         });
         assert_eq!(r.unwrap_err().kind, FailureKind::Cancelled);
-        assert!(!*attached.lock().unwrap(), "the job's future was dropped before the call returned");
-        assert!(jobs.try_kernel_slot("doctor", None).is_ok(), "the slot is free once the call returned");
+        assert!(
+            !*attached.lock().unwrap(),
+            "the job's future was dropped before the call returned"
+        );
+        assert!(
+            jobs.try_kernel_slot("doctor", None).is_ok(),
+            "the slot is free once the call returned"
+        );
     }
 
     #[test]
     fn a_missing_namespace_is_the_clis_sentence() {
         let jobs = Jobs::new();
-        let r: Result<(), Failure> =
-            block_on(jobs.run("t", Some("d8-no-such-netns".into()), None, CancellationToken::new(), || async { Ok(()) }));
+        let r: Result<(), Failure> = block_on(jobs.run(
+            "t",
+            Some("d8-no-such-netns".into()),
+            None,
+            CancellationToken::new(),
+            || async { Ok(()) },
+        ));
         let err = r.unwrap_err();
         assert_eq!(err.kind, FailureKind::Environment);
-        assert!(err.message.contains("network namespace `d8-no-such-netns` not found"), "{}", err.message);
+        assert!(
+            err.message.contains("network namespace `d8-no-such-netns` not found"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

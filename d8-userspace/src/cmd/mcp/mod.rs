@@ -71,7 +71,11 @@ Nothing here changes the node.";
 
 impl D8Mcp {
     pub fn new(defaults: Scope, jobs: Arc<Jobs>) -> Self {
-        Self { defaults: Arc::new(defaults), jobs, tool_router: Self::tool_router() }
+        Self {
+            defaults: Arc::new(defaults),
+            jobs,
+            tool_router: Self::tool_router(),
+        }
     }
 }
 
@@ -107,7 +111,12 @@ impl D8Mcp {
         description = "Explain a Kubernetes Service from kube-proxy's rules on this node and the API (or a snapshot), \
 without tracing: returns d8-trace's report (service, kube_proxy, frontends, endpoints with in_rules/in_api/ready/local, \
 root_cause {class, detail}, evidence, severity, mitigation; flows empty) and a short summary. Read-only.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn explain_service(
         &self,
@@ -115,8 +124,12 @@ root_cause {class, detail}, evidence, severity, mitigation; flows empty) and a s
         call: CancellationToken,
     ) -> Result<CallToolResult, rmcp::ErrorData> {
         let started = Instant::now();
-        let prepared = args::service(&input.service)
-            .and_then(|svc| Ok((svc, args::selection(&self.defaults, input.netns.as_deref(), input.k8s_snapshot.as_deref())?)));
+        let prepared = args::service(&input.service).and_then(|svc| {
+            Ok((
+                svc,
+                args::selection(&self.defaults, input.netns.as_deref(), input.k8s_snapshot.as_deref())?,
+            ))
+        });
         let (svc, sel) = match prepared {
             Ok(p) => p,
             Err(f) => return Ok(failure_result(&f)),
@@ -126,7 +139,11 @@ root_cause {class, detail}, evidence, severity, mitigation; flows empty) and a s
         let result = self.jobs.run(&name, netns, None, call, move || explain(svc, sel)).await;
         Ok(match result {
             Ok((report, warnings)) => {
-                tracing::info!("mcp: {name}: {} in {}ms", verdict_word(&report), started.elapsed().as_millis());
+                tracing::info!(
+                    "mcp: {name}: {} in {}ms",
+                    verdict_word(&report),
+                    started.elapsed().as_millis()
+                );
                 report_result(&report, summary::report(&report, None, &warnings))
             }
             Err(f) => {
@@ -143,7 +160,12 @@ eBPF hooks, then return d8-trace's report with the flows (client, frontend, back
 reason, class), the root cause, evidence, severity and mitigation, plus a short summary. Only traffic during the trace is \
 seen: reproduce the failure meanwhile. One trace at a time (a second call is refused while one runs); hooks are \
 detached when the call ends, is cancelled, or the client disconnects. Does not change the node.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn trace_service(
         &self,
@@ -163,7 +185,11 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         };
         let name = format!("trace_service {}", svc.service);
         // Setup (rules, API) comes on top of the trace itself.
-        let slot = match self.jobs.kernel_slot(&name, Some(duration + Duration::from_secs(10))).await {
+        let slot = match self
+            .jobs
+            .kernel_slot(&name, Some(duration + Duration::from_secs(10)))
+            .await
+        {
             Ok(s) => s,
             Err(f) => {
                 log_failure("trace_service", &input.service, &f);
@@ -173,19 +199,31 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         tracing::info!(
             "mcp: {name}: starting a {}s trace{}",
             duration.as_secs(),
-            sel.netns.as_deref().map(|n| format!(" in network namespace {n}")).unwrap_or_default()
+            sel.netns
+                .as_deref()
+                .map(|n| format!(" in network namespace {n}"))
+                .unwrap_or_default()
         );
         let netns = sel.netns.clone();
         // Clients that asked for progress get one notification a second (it keeps their request
         // timeouts from firing during a long trace).
-        let progress = meta.get_progress_token().map(|token| tokio::spawn(report_progress(peer, token, name.clone(), duration)));
-        let result = self.jobs.run(&name, netns, Some(slot), call, move || trace_job(svc, sel, duration)).await;
+        let progress = meta
+            .get_progress_token()
+            .map(|token| tokio::spawn(report_progress(peer, token, name.clone(), duration)));
+        let result = self
+            .jobs
+            .run(&name, netns, Some(slot), call, move || trace_job(svc, sel, duration))
+            .await;
         if let Some(p) = progress {
             p.abort();
         }
         Ok(match result {
             Ok((report, warnings)) => {
-                tracing::info!("mcp: {name}: {}, {} flows; hooks detached", verdict_word(&report), report.flows.len());
+                tracing::info!(
+                    "mcp: {name}: {}, {} flows; hooks detached",
+                    verdict_word(&report),
+                    report.flows.len()
+                );
                 report_result(&report, summary::report(&report, Some(duration.as_secs()), &warnings))
             }
             Err(f) => {
@@ -199,7 +237,12 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         name = "doctor",
         description = "What this kernel allows for d8-trace (root, BTF, struct offsets, drop reasons, tracefs, tracepoints, \
 netfilter BPF links, TC, kprobes, conntrack) and which hook set a trace would use, and why. Attaches nothing.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn doctor(
         &self,
@@ -218,7 +261,9 @@ netfilter BPF links, TC, kprobes, conntrack) and which hook set a trace would us
         let hooks = sel.hooks;
         let result = self
             .jobs
-            .run("doctor", sel.netns.clone(), Some(slot), call, move || async move { Ok(doctor::findings(hooks)) })
+            .run("doctor", sel.netns.clone(), Some(slot), call, move || async move {
+                Ok(doctor::findings(hooks))
+            })
             .await;
         Ok(match result {
             Ok(findings) => match serde_json::to_value(&findings) {
@@ -256,7 +301,8 @@ async fn report_progress(peer: Peer<RoleServer>, token: ProgressToken, name: Str
         let elapsed = started.elapsed().as_secs();
         let mut note = ProgressNotificationParam::new(token.clone(), elapsed as f64);
         note = if elapsed <= total.as_secs() {
-            note.with_total(total.as_secs() as f64).with_message(format!("{name}: {elapsed}s of {}s", total.as_secs()))
+            note.with_total(total.as_secs() as f64)
+                .with_message(format!("{name}: {elapsed}s of {}s", total.as_secs()))
         } else {
             note.with_message(format!("{name}: classifying the flows"))
         };
@@ -267,7 +313,11 @@ async fn report_progress(peer: Peer<RoleServer>, token: ProgressToken, name: Str
 }
 
 fn verdict_word(report: &Report) -> String {
-    report.root_cause.as_ref().map(|rc| rc.class.to_string()).unwrap_or_else(|| "no verdict".into())
+    report
+        .root_cause
+        .as_ref()
+        .map(|rc| rc.class.to_string())
+        .unwrap_or_else(|| "no verdict".into())
 }
 
 /// `explain`, as the CLI runs it, on the job's thread (already in the node's namespace).
@@ -297,7 +347,11 @@ struct WatchEof<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for WatchEof<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let had_room = buf.remaining() > 0;
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -322,7 +376,10 @@ pub fn serve(defaults: &Scope) -> Result<(), String> {
     if let Some(ns) = &defaults.netns
         && !kernel::netns::resolve(ns).exists()
     {
-        let e = kernel::netns::Error::NotFound { name: ns.clone(), path: kernel::netns::resolve(ns) };
+        let e = kernel::netns::Error::NotFound {
+            name: ns.clone(),
+            path: kernel::netns::resolve(ns),
+        };
         return Err(crate::error_chain(&e));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -349,7 +406,10 @@ async fn serve_stdio(defaults: Scope, jobs: Arc<Jobs>) -> Result<(), String> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| format!("installing signal handlers: {e}"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| format!("installing signal handlers: {e}"))?;
     let server = D8Mcp::new(defaults, jobs.clone());
-    let stdin = WatchEof { inner: tokio::io::stdin(), gone: jobs.root().clone() };
+    let stdin = WatchEof {
+        inner: tokio::io::stdin(),
+        gone: jobs.root().clone(),
+    };
     tracing::info!("mcp: serving MCP on stdio (tools: explain_service, trace_service, doctor)");
     let service = tokio::select! {
         s = server.serve((stdin, tokio::io::stdout())) => s.map_err(|e| format!("MCP session setup failed: {e}"))?,
@@ -391,10 +451,18 @@ mod tests {
         let schema = serde_json::to_value(&*trace.input_schema).unwrap();
         assert_eq!(schema["required"], json!(["service"]), "{schema}");
         let seconds = &schema["properties"]["seconds"];
-        assert_eq!((seconds["minimum"].as_u64(), seconds["maximum"].as_u64()), (Some(1), Some(60)), "{schema}");
+        assert_eq!(
+            (seconds["minimum"].as_u64(), seconds["maximum"].as_u64()),
+            (Some(1), Some(60)),
+            "{schema}"
+        );
         assert_eq!(schema["additionalProperties"], json!(false), "{schema}");
         for t in &tools {
-            assert!(t.description.as_deref().is_some_and(|d| d.len() > 40), "{} is described", t.name);
+            assert!(
+                t.description.as_deref().is_some_and(|d| d.len() > 40),
+                "{} is described",
+                t.name
+            );
             let s = serde_json::to_value(&*t.input_schema).unwrap();
             assert_eq!(s["type"], "object", "{}: {s}", t.name);
         }
@@ -413,15 +481,22 @@ mod tests {
     #[test]
     fn stdin_eof_cancels_the_jobs() {
         let gone = CancellationToken::new();
-        let mut r = WatchEof { inner: &b"{}\n"[..], gone: gone.clone() };
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 2];
-            assert_eq!(r.read(&mut buf).await.unwrap(), 2);
-            assert!(!gone.is_cancelled());
-            let mut rest = Vec::new();
-            r.read_to_end(&mut rest).await.unwrap();
-        });
+        let mut r = WatchEof {
+            inner: &b"{}\n"[..],
+            gone: gone.clone(),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 2];
+                assert_eq!(r.read(&mut buf).await.unwrap(), 2);
+                assert!(!gone.is_cancelled());
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest).await.unwrap();
+            });
         assert!(gone.is_cancelled(), "end of file cancels");
     }
 }

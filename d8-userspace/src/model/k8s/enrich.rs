@@ -22,8 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::ClusterObjects;
 use super::node::node_ips;
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service,
-    ServiceModel, ServiceRef,
+    ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service, ServiceModel, ServiceRef,
 };
 
 /// Label linking an EndpointSlice to its Service.
@@ -44,11 +43,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     let this_node = model.node.clone();
     let this_node = this_node.as_deref();
 
-    if let Some(n) = this_node.and_then(|n| {
-        objs.nodes
-            .iter()
-            .find(|o| o.metadata.name.as_deref() == Some(n))
-    }) {
+    if let Some(n) = this_node.and_then(|n| objs.nodes.iter().find(|o| o.metadata.name.as_deref() == Some(n))) {
         for ip in node_ips(n) {
             if !model.node_ips.contains(&ip) {
                 model.node_ips.push(ip);
@@ -87,10 +82,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
 
     let slices = slices_by_service(&objs.endpoint_slices);
     for svc in &mut model.services {
-        let api_eps = slices
-            .get(&svc.service)
-            .map(|s| api_endpoints(s))
-            .unwrap_or_default();
+        let api_eps = slices.get(&svc.service).map(|s| api_endpoints(s)).unwrap_or_default();
         merge_endpoints(svc, api_eps);
     }
     set_locality(model);
@@ -108,7 +100,11 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
         && let Some((running, note)) = kube_proxy_pod_state(&objs.pods, this_node)
     {
         model.kube_proxy.running = Some(running);
-        model.warnings.push(crate::model::Warning::new(crate::model::WarningKind::KubeProxy, "the API", note));
+        model.warnings.push(crate::model::Warning::new(
+            crate::model::WarningKind::KubeProxy,
+            "the API",
+            note,
+        ));
     }
     if model.api_server_version.is_none() {
         model.api_server_version = objs
@@ -119,9 +115,11 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     if model.min_api_server_version.is_none() {
         model.min_api_server_version = newest_kubelet(&objs.nodes);
     }
-    model
-        .warnings
-        .extend(objs.warnings.iter().map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())));
+    model.warnings.extend(
+        objs.warnings
+            .iter()
+            .map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())),
+    );
 }
 
 fn service_ref(api: &ApiService) -> Option<ServiceRef> {
@@ -146,15 +144,9 @@ fn api_facts(api: &ApiService) -> ApiFacts {
         exists: Some(true),
         proxied: Some(ty != "ExternalName" && !headless && !other_proxy),
         service_type: Some(ty),
-        external_traffic_policy_local: Some(
-            spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
-        ),
-        internal_traffic_policy_local: Some(
-            spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local"),
-        ),
-        session_affinity_client_ip: Some(
-            spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP"),
-        ),
+        external_traffic_policy_local: Some(spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local")),
+        internal_traffic_policy_local: Some(spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local")),
+        session_affinity_client_ip: Some(spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP")),
         terminating_serving: Vec::new(),
     }
 }
@@ -193,29 +185,15 @@ fn frontends_of(api: &ApiService) -> Vec<Frontend> {
     let parse = |s: &str| s.parse::<IpAddr>().ok();
     let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| parse(s)).collect(),
-        _ => spec
-            .cluster_ip
-            .as_deref()
-            .and_then(parse)
-            .into_iter()
-            .collect(),
+        _ => spec.cluster_ip.as_deref().and_then(parse).into_iter().collect(),
     };
-    let external: Vec<IpAddr> = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .filter_map(|s| parse(s))
-        .collect();
+    let external: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|s| parse(s)).collect();
     let lb: Vec<IpAddr> = api
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|l| l.ingress.as_ref())
-        .map(|ing| {
-            ing.iter()
-                .filter_map(|i| i.ip.as_deref().and_then(parse))
-                .collect()
-        })
+        .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref().and_then(parse)).collect())
         .unwrap_or_default();
 
     let mut out = Vec::new();
@@ -238,11 +216,7 @@ fn frontends_of(api: &ApiService) -> Vec<Frontend> {
         for ip in &cluster_ips {
             add(FrontendKind::ClusterIp, *ip, port);
         }
-        if let Some(np) = p
-            .node_port
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|n| *n != 0)
-        {
+        if let Some(np) = p.node_port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0) {
             add(FrontendKind::NodePort, IpAddr::from([0, 0, 0, 0]), np);
         }
         for ip in &external {
@@ -263,11 +237,7 @@ fn protocol(p: Option<&str>) -> Protocol {
 fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<ServiceRef, Vec<&EndpointSlice>> {
     let mut out: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
-        let name = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        let name = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
         if let (Some(ns), Some(name)) = (&s.metadata.namespace, name) {
             out.entry(ServiceRef {
                 namespace: ns.clone(),
@@ -431,9 +401,7 @@ fn probe_ports(pods: &[Pod], this_node: Option<&str>, node_ips: &[IpAddr]) -> Ve
     let mut seen: HashSet<(IpAddr, u16, ProbeKind)> = HashSet::new();
     for pod in pods {
         let Some(spec) = &pod.spec else { continue };
-        if this_node.is_some() && spec.node_name.as_deref() != this_node
-            || spec.host_network == Some(true)
-        {
+        if this_node.is_some() && spec.node_name.as_deref() != this_node || spec.host_network == Some(true) {
             continue;
         }
         let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
@@ -443,10 +411,7 @@ fn probe_ports(pods: &[Pod], this_node: Option<&str>, node_ips: &[IpAddr]) -> Ve
         if ips.is_empty() || ips.iter().any(|ip| node_ips.contains(ip)) {
             continue;
         }
-        let containers = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten());
+        let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
         for c in containers {
             for (kind, probe) in [
                 (ProbeKind::Readiness, &c.readiness_probe),
@@ -506,25 +471,15 @@ fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
         .filter_map(|p| p.ip.parse().ok())
         .collect();
     if ips.is_empty() {
-        ips.extend(
-            status
-                .pod_ip
-                .as_deref()
-                .and_then(|s| s.parse::<IpAddr>().ok()),
-        );
+        ips.extend(status.pod_ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()));
     }
     ips
 }
 
 /// kube-proxy's DaemonSet pods on `this_node`.
-fn kube_proxy_pods<'a>(
-    pods: &'a [Pod],
-    this_node: Option<&'a str>,
-) -> impl Iterator<Item = &'a Pod> {
+fn kube_proxy_pods<'a>(pods: &'a [Pod], this_node: Option<&'a str>) -> impl Iterator<Item = &'a Pod> {
     pods.iter()
-        .filter(move |p| {
-            this_node.is_some() && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == this_node
-        })
+        .filter(move |p| this_node.is_some() && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == this_node)
         .filter(|p| {
             p.metadata
                 .labels
@@ -554,18 +509,13 @@ fn kube_proxy_pod_state(pods: &[Pod], this_node: Option<&str>) -> Option<(bool, 
         .any(|c| c.type_ == "Ready" && c.status == "True");
     let waiting = status.container_statuses.iter().flatten().find_map(|c| {
         let w = c.state.as_ref()?.waiting.as_ref()?;
-        Some((
-            w.reason.clone().unwrap_or_else(|| "waiting".into()),
-            c.restart_count,
-        ))
+        Some((w.reason.clone().unwrap_or_else(|| "waiting".into()), c.restart_count))
     });
     let node = this_node.unwrap_or_default();
     match (phase, ready, waiting) {
         (_, _, Some((reason, restarts))) => Some((
             false,
-            format!(
-                "kube-proxy pod {name} on {node} is {reason} ({restarts} restarts), per the API"
-            ),
+            format!("kube-proxy pod {name} on {node} is {reason} ({restarts} restarts), per the API"),
         )),
         ("Failed", _, None) => Some((
             false,
@@ -585,9 +535,7 @@ fn kube_proxy_version(pods: &[Pod], nodes: &[Node], this_node: Option<&str>) -> 
     let this = this_node?;
     let from_pod = kube_proxy_pods(pods, Some(this))
         .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
-        .find(|c| {
-            c.name == "kube-proxy" || c.image.as_deref().is_some_and(|i| i.contains("kube-proxy"))
-        })
+        .find(|c| c.name == "kube-proxy" || c.image.as_deref().is_some_and(|i| i.contains("kube-proxy")))
         .and_then(|c| image_tag(c.image.as_deref()?));
     from_pod.or_else(|| {
         nodes
@@ -618,13 +566,7 @@ fn control_plane_version(nodes: &[Node]) -> Option<String> {
                 .as_ref()
                 .is_some_and(|l| l.contains_key(CONTROL_PLANE_LABEL))
         })
-        .filter_map(|n| {
-            n.status
-                .as_ref()?
-                .node_info
-                .as_ref()
-                .map(|i| i.kubelet_version.clone())
-        })
+        .filter_map(|n| n.status.as_ref()?.node_info.as_ref().map(|i| i.kubelet_version.clone()))
         .find(|v| !v.is_empty())
 }
 
@@ -632,13 +574,7 @@ fn control_plane_version(nodes: &[Node]) -> Option<String> {
 fn newest_kubelet(nodes: &[Node]) -> Option<String> {
     nodes
         .iter()
-        .filter_map(|n| {
-            n.status
-                .as_ref()?
-                .node_info
-                .as_ref()
-                .map(|i| i.kubelet_version.clone())
-        })
+        .filter_map(|n| n.status.as_ref()?.node_info.as_ref().map(|i| i.kubelet_version.clone()))
         .filter_map(|v| Some((super::minor_version(&v)?, v)))
         .max_by_key(|(mm, _)| *mm)
         .map(|(_, v)| v)

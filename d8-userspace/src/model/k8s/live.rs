@@ -67,31 +67,14 @@ pub async fn fetch(
     hint: &NodeHint,
     timeout: Duration,
 ) -> Result<(ClusterObjects, Option<(String, NodeSource)>)> {
-    let nodes: Vec<Node> = list_all(
-        Api::all(client.clone()),
-        ListParams::default(),
-        "nodes",
-        timeout,
-    )
-    .await?;
-    let node = select_node(
-        hint.flag.as_deref(),
-        hint.env.as_deref(),
-        &nodes,
-        &hint.host_ips,
-    );
+    let nodes: Vec<Node> = list_all(Api::all(client.clone()), ListParams::default(), "nodes", timeout).await?;
+    let node = select_node(hint.flag.as_deref(), hint.env.as_deref(), &nodes, &hint.host_ips);
     let pod_params = match &node {
         Some((name, _)) => ListParams::default().fields(&format!("spec.nodeName={name}")),
         None => ListParams::default(),
     };
     let pods: Vec<Pod> = list_all(Api::all(client.clone()), pod_params, "pods", timeout).await?;
-    let services: Vec<Service> = list_all(
-        Api::all(client.clone()),
-        ListParams::default(),
-        "services",
-        timeout,
-    )
-    .await?;
+    let services: Vec<Service> = list_all(Api::all(client.clone()), ListParams::default(), "services", timeout).await?;
     let endpoint_slices: Vec<EndpointSlice> = list_all(
         Api::all(client.clone()),
         ListParams::default(),
@@ -143,12 +126,7 @@ pub async fn load(kubeconfig: Option<&Path>, hint: &NodeHint, timeout: Duration)
 }
 
 /// All pages of a list, each request bounded by `timeout`.
-async fn list_all<K>(
-    api: Api<K>,
-    params: ListParams,
-    what: &'static str,
-    timeout: Duration,
-) -> Result<Vec<K>>
+async fn list_all<K>(api: Api<K>, params: ListParams, what: &'static str, timeout: Duration) -> Result<Vec<K>>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {

@@ -116,12 +116,8 @@ impl ClusterObjects {
             meta.managed_fields = None;
             meta.annotations = None;
         }
-        self.services
-            .iter_mut()
-            .for_each(|o| strip(&mut o.metadata));
-        self.endpoint_slices
-            .iter_mut()
-            .for_each(|o| strip(&mut o.metadata));
+        self.services.iter_mut().for_each(|o| strip(&mut o.metadata));
+        self.endpoint_slices.iter_mut().for_each(|o| strip(&mut o.metadata));
         self.pods.iter_mut().for_each(|o| strip(&mut o.metadata));
         self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
     }
@@ -174,12 +170,7 @@ pub struct Applied {
 /// in it that do not parse are warnings. The live API failing (no kubeconfig, unreachable, RBAC,
 /// `timeout` per request) is a warning and `api_consulted == false`: the verdict then rests on the
 /// rules alone and says so.
-pub async fn apply(
-    model: &mut ServiceModel,
-    source: &Source,
-    hint: &NodeHint,
-    timeout: Duration,
-) -> Result<Applied> {
+pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, timeout: Duration) -> Result<Applied> {
     match source {
         Source::Disabled => Ok(Applied {
             node: hint_only(hint),
@@ -192,9 +183,11 @@ pub async fn apply(
                 Some(objs) => Ok(fold(model, &objs, loaded.node)),
                 None => {
                     let warnings: Vec<String> = loaded.warning.into_iter().collect();
-                    model
-                        .warnings
-                        .extend(warnings.iter().map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())));
+                    model.warnings.extend(
+                        warnings
+                            .iter()
+                            .map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())),
+                    );
                     Ok(Applied {
                         api_consulted: false,
                         node: hint_only(hint),
@@ -207,21 +200,13 @@ pub async fn apply(
 }
 
 /// [`apply`] for `--k8s-snapshot`, without a runtime.
-pub fn apply_snapshot(
-    model: &mut ServiceModel,
-    path: &std::path::Path,
-    hint: &NodeHint,
-) -> Result<Applied> {
+pub fn apply_snapshot(model: &mut ServiceModel, path: &std::path::Path, hint: &NodeHint) -> Result<Applied> {
     let objs = snapshot::read_snapshot(path)?;
     let node = hint.select(&objs.nodes);
     Ok(fold(model, &objs, node))
 }
 
-fn fold(
-    model: &mut ServiceModel,
-    objs: &ClusterObjects,
-    node: Option<(String, NodeSource)>,
-) -> Applied {
+fn fold(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<(String, NodeSource)>) -> Applied {
     enrich(model, objs, node.as_ref().map(|(n, _)| n.as_str()));
     Applied {
         api_consulted: true,

@@ -23,12 +23,7 @@ pub struct NodeHint {
 impl NodeHint {
     /// [`select_node`] with this hint.
     pub fn select(&self, nodes: &[Node]) -> Option<(String, NodeSource)> {
-        select_node(
-            self.flag.as_deref(),
-            self.env.as_deref(),
-            nodes,
-            &self.host_ips,
-        )
+        select_node(self.flag.as_deref(), self.env.as_deref(), nodes, &self.host_ips)
     }
 }
 

@@ -38,9 +38,7 @@ pub fn parse_snapshot(text: &str, path: &str) -> Result<ClusterObjects> {
         path: path.to_owned(),
         kind,
     };
-    let kind = head
-        .kind
-        .ok_or_else(|| not_a_list("object without kind".into()))?;
+    let kind = head.kind.ok_or_else(|| not_a_list("object without kind".into()))?;
     if !kind.ends_with("List") {
         return Err(not_a_list(kind));
     }
@@ -156,10 +154,7 @@ impl<'de> serde::de::Visitor<'de> for ListSeed<'_> {
         f.write_str("a Kubernetes List")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<(), A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
         let Self { kinds, objs } = self;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == "items" {
@@ -196,35 +191,24 @@ impl<'de> serde::de::Visitor<'de> for ItemsSeed<'_> {
         f.write_str("a list of Kubernetes objects")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<(), A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
         let Self { kinds, objs } = self;
         for kind in kinds {
             let more = match kind {
-                ItemKind::Service => seq
-                    .next_element::<Service>()?
-                    .map(|o| objs.services.push(o)),
+                ItemKind::Service => seq.next_element::<Service>()?.map(|o| objs.services.push(o)),
                 ItemKind::EndpointSlice => seq
                     .next_element::<EndpointSlice>()?
                     .map(|o| objs.endpoint_slices.push(o)),
                 ItemKind::Pod => seq.next_element::<Pod>()?.map(|o| objs.pods.push(o)),
                 ItemKind::Node => seq.next_element::<Node>()?.map(|o| objs.nodes.push(o)),
-                ItemKind::Other | ItemKind::Missing => {
-                    seq.next_element::<serde::de::IgnoredAny>()?.map(drop)
-                }
+                ItemKind::Other | ItemKind::Missing => seq.next_element::<serde::de::IgnoredAny>()?.map(drop),
             };
             if more.is_none() {
-                return Err(serde::de::Error::custom(
-                    "fewer items than the first pass saw",
-                ));
+                return Err(serde::de::Error::custom("fewer items than the first pass saw"));
             }
         }
         if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
-            return Err(serde::de::Error::custom(
-                "more items than the first pass saw",
-            ));
+            return Err(serde::de::Error::custom("more items than the first pass saw"));
         }
         Ok(())
     }
@@ -258,10 +242,7 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
 
     let mut objs = ClusterObjects::default();
     // Typed lists (`ServiceList`) omit each item's kind: take it from the list's name.
-    let list_item_kind = kind
-        .strip_suffix("List")
-        .filter(|k| !k.is_empty())
-        .map(str::to_owned);
+    let list_item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty()).map(str::to_owned);
     for (i, item) in items.iter().enumerate() {
         let item_kind = item
             .get("kind")
@@ -273,9 +254,7 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
         let mut item = item.clone();
         let result = match item_kind.as_str() {
             "Service" => from_value::<Service>(&mut item).map(|o| objs.services.push(o)),
-            "EndpointSlice" => {
-                from_value::<EndpointSlice>(&mut item).map(|o| objs.endpoint_slices.push(o))
-            }
+            "EndpointSlice" => from_value::<EndpointSlice>(&mut item).map(|o| objs.endpoint_slices.push(o)),
             "Pod" => from_value::<Pod>(&mut item).map(|o| objs.pods.push(o)),
             "Node" => from_value::<Node>(&mut item).map(|o| objs.nodes.push(o)),
             "" => {

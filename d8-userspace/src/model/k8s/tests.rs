@@ -9,15 +9,12 @@ use super::node::{NodeSource, select_node};
 use super::snapshot::{parse_snapshot, read_snapshot};
 use super::*;
 use crate::model::{
-    Endpoint, Frontend, FrontendKind, ProbeKind, Protocol, RuleFacts, RuleRef, RuleSource,
-    Service as ModelService, ServiceModel, ServiceRef,
+    Endpoint, Frontend, FrontendKind, ProbeKind, Protocol, RuleFacts, RuleRef, RuleSource, Service as ModelService,
+    ServiceModel, ServiceRef,
 };
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/k8s/snapshot.json"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/k8s/snapshot.json"))
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -137,10 +134,7 @@ fn node_is_the_flag_then_node_name_then_the_node_with_a_host_address() {
         select_node(None, None, &objs.nodes, &[ip("10.0.0.2")]),
         Some(("node-2".into(), NodeSource::HostAddress))
     );
-    assert_eq!(
-        select_node(None, None, &objs.nodes, &[ip("127.0.0.1")]),
-        None
-    );
+    assert_eq!(select_node(None, None, &objs.nodes, &[ip("127.0.0.1")]), None);
 }
 
 fn rule(name: &str, text: &str) -> RuleRef {
@@ -255,12 +249,7 @@ fn enrich_sets_api_facts_and_adds_services_the_rules_lack() {
         [
             (FrontendKind::ClusterIp, ip("10.96.0.30"), 53, Protocol::Udp),
             (FrontendKind::NodePort, ip("0.0.0.0"), 31053, Protocol::Udp),
-            (
-                FrontendKind::LoadBalancer,
-                ip("203.0.113.7"),
-                53,
-                Protocol::Udp
-            ),
+            (FrontendKind::LoadBalancer, ip("203.0.113.7"), 53, Protocol::Udp),
         ]
     );
     assert!(front.frontends.iter().all(|f| f.rule.is_none()));
@@ -296,18 +285,12 @@ fn enrich_marks_endpoints_in_api_ready_local_and_stale() {
     let find = |a: &str| web.endpoints.iter().find(|e| e.ip == ip(a)).unwrap();
     let a = find("10.1.0.7");
     assert!(a.in_rules);
-    assert_eq!(
-        (a.in_api, a.ready, a.local),
-        (Some(true), Some(true), Some(true))
-    );
+    assert_eq!((a.in_api, a.ready, a.local), (Some(true), Some(true), Some(true)));
     assert_eq!(a.pod.as_deref(), Some("shop/web-7d4b9c6f5-abcde"));
     assert_eq!(a.node.as_deref(), Some("node-1"));
     let b = find("10.1.1.8");
     assert!(!b.in_rules, "API-only endpoint added");
-    assert_eq!(
-        (b.in_api, b.ready, b.local),
-        (Some(true), Some(false), Some(false))
-    );
+    assert_eq!((b.in_api, b.ready, b.local), (Some(true), Some(false), Some(false)));
     assert_eq!(b.port, 8080);
     assert_eq!(b.port_name, "http");
     let z = find("10.1.0.99");
@@ -337,24 +320,9 @@ fn enrich_collects_probe_ports_of_this_nodes_pods() {
     assert_eq!(
         ports,
         [
-            (
-                "shop/web-7d4b9c6f5-abcde",
-                ip("10.1.0.7"),
-                8080,
-                ProbeKind::Liveness
-            ),
-            (
-                "shop/web-7d4b9c6f5-abcde",
-                ip("10.1.0.7"),
-                9090,
-                ProbeKind::Readiness
-            ),
-            (
-                "shop/web-7d4b9c6f5-abcde",
-                ip("10.1.0.7"),
-                9091,
-                ProbeKind::Startup
-            ),
+            ("shop/web-7d4b9c6f5-abcde", ip("10.1.0.7"), 8080, ProbeKind::Liveness),
+            ("shop/web-7d4b9c6f5-abcde", ip("10.1.0.7"), 9090, ProbeKind::Readiness),
+            ("shop/web-7d4b9c6f5-abcde", ip("10.1.0.7"), 9091, ProbeKind::Startup),
         ],
         "named port resolved, node-2's pod and the host-network kube-proxy left out"
     );
@@ -407,7 +375,8 @@ fn the_kube_proxy_pod_status_fills_in_whether_kube_proxy_runs() {
     assert_eq!(m.kube_proxy.running, Some(false));
     assert!(
         m.warnings.iter().any(|w| w.kind == crate::model::WarningKind::KubeProxy
-            && w.message.contains("kube-system/kube-proxy-4xk9z on node-1 is CrashLoopBackOff (12 restarts)")),
+            && w.message
+                .contains("kube-system/kube-proxy-4xk9z on node-1 is CrashLoopBackOff (12 restarts)")),
         "{:?}",
         m.warnings
     );
@@ -441,10 +410,7 @@ fn enriched_model_proves_rules_missing_stale_endpoint_and_version_skew() {
     let classes: Vec<_> = v.causes.iter().map(|c| c.class).collect();
     assert_eq!(
         classes,
-        [
-            VerdictClass::StaleEndpoint,
-            VerdictClass::KubeProxyVersionSkew
-        ],
+        [VerdictClass::StaleEndpoint, VerdictClass::KubeProxyVersionSkew],
         "{:?}",
         v.causes
     );
@@ -472,8 +438,7 @@ mod live {
     /// List bodies by API path, from the fixture; services come in two pages to exercise
     /// `continue`.
     fn routes() -> HashMap<&'static str, Vec<Value>> {
-        let doc: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
         let items = doc["items"].as_array().unwrap();
         let of = |kind: &str| -> Vec<Value> {
             items
@@ -505,12 +470,7 @@ mod live {
         );
         r.insert(
             "/apis/discovery.k8s.io/v1/endpointslices",
-            vec![list(
-                "EndpointSlice",
-                "discovery.k8s.io/v1",
-                of("EndpointSlice"),
-                None,
-            )],
+            vec![list("EndpointSlice", "discovery.k8s.io/v1", of("EndpointSlice"), None)],
         );
         r.insert(
             "/version",
@@ -587,9 +547,7 @@ mod live {
             host_ips: vec![ip("10.0.0.1")],
             ..NodeHint::default()
         };
-        let (objs, node) = fetch(&client(&url), &hint, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (objs, node) = fetch(&client(&url), &hint, Duration::from_secs(5)).await.unwrap();
         assert_eq!(node, Some(("node-1".into(), NodeSource::HostAddress)));
         assert_eq!(objs.services.len(), 4, "both pages");
         assert_eq!(objs.endpoint_slices.len(), 3);
@@ -597,14 +555,11 @@ mod live {
         assert_eq!(objs.server_version.as_deref(), Some("v1.33.2"));
         let seen = seen.lock().unwrap().clone();
         assert!(
-            seen.iter().any(|s| s.starts_with("/api/v1/pods?")
-                && s.contains("fieldSelector=spec.nodeName%3Dnode-1")),
+            seen.iter()
+                .any(|s| s.starts_with("/api/v1/pods?") && s.contains("fieldSelector=spec.nodeName%3Dnode-1")),
             "pods are listed for this node only: {seen:?}"
         );
-        assert!(
-            seen.iter().any(|s| s.contains("continue=page2")),
-            "{seen:?}"
-        );
+        assert!(seen.iter().any(|s| s.contains("continue=page2")), "{seen:?}");
 
         // The live objects give the same model as the snapshot (the version aside).
         let mut live_model = rules_model();
@@ -634,19 +589,11 @@ mod live {
         )
         .unwrap();
         let started = std::time::Instant::now();
-        let loaded = load(
-            Some(&kubeconfig),
-            &NodeHint::default(),
-            Duration::from_secs(2),
-        )
-        .await;
+        let loaded = load(Some(&kubeconfig), &NodeHint::default(), Duration::from_secs(2)).await;
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(loaded.objects.is_none());
         let w = loaded.warning.unwrap();
-        assert!(
-            w.contains("cannot list nodes from the Kubernetes API"),
-            "{w}"
-        );
+        assert!(w.contains("cannot list nodes from the Kubernetes API"), "{w}");
         assert!(w.contains("rules-only verdict"), "{w}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -670,13 +617,9 @@ mod live {
     async fn a_silent_api_times_out() {
         let (url, _) = serve(true).await;
         let started = std::time::Instant::now();
-        let err = fetch(
-            &client(&url),
-            &NodeHint::default(),
-            Duration::from_millis(300),
-        )
-        .await
-        .unwrap_err();
+        let err = fetch(&client(&url), &NodeHint::default(), Duration::from_millis(300))
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -697,10 +640,7 @@ fn apply_snapshot_folds_the_snapshot_and_finds_the_node_by_address() {
     };
     let applied = apply_snapshot(&mut m, &fixture(), &hint).unwrap();
     assert!(applied.api_consulted);
-    assert_eq!(
-        applied.node,
-        Some(("node-1".into(), NodeSource::HostAddress))
-    );
+    assert_eq!(applied.node, Some(("node-1".into(), NodeSource::HostAddress)));
     assert_eq!(m, enriched());
 }
 
@@ -711,9 +651,7 @@ async fn apply_disabled_leaves_the_model_alone_and_unreachable_live_warns() {
         env: Some("node-3".into()),
         ..NodeHint::default()
     };
-    let applied = apply(&mut m, &Source::Disabled, &hint, DEFAULT_TIMEOUT)
-        .await
-        .unwrap();
+    let applied = apply(&mut m, &Source::Disabled, &hint, DEFAULT_TIMEOUT).await.unwrap();
     assert_eq!(
         applied,
         Applied {
@@ -727,14 +665,19 @@ async fn apply_disabled_leaves_the_model_alone_and_unreachable_live_warns() {
     let source = Source::Live {
         kubeconfig: Some("/nonexistent/kubeconfig".into()),
     };
-    let applied = apply(&mut m, &source, &hint, DEFAULT_TIMEOUT)
-        .await
-        .unwrap();
+    let applied = apply(&mut m, &source, &hint, DEFAULT_TIMEOUT).await.unwrap();
     assert!(!applied.api_consulted);
     assert_eq!(applied.warnings.len(), 1);
     assert_eq!(
-        m.warnings.iter().map(|w| (w.kind, w.message.clone())).collect::<Vec<_>>(),
-        applied.warnings.iter().map(|w| (crate::model::WarningKind::Api, w.clone())).collect::<Vec<_>>(),
+        m.warnings
+            .iter()
+            .map(|w| (w.kind, w.message.clone()))
+            .collect::<Vec<_>>(),
+        applied
+            .warnings
+            .iter()
+            .map(|w| (crate::model::WarningKind::Api, w.clone()))
+            .collect::<Vec<_>>(),
         "the warning reaches the report through the model"
     );
 
@@ -854,11 +797,7 @@ mod pipeline {
                 .iter()
                 .all(|e| e.in_rules && e.in_api == Some(true) && e.local == Some(true))
         );
-        assert!(
-            m.probe_ports
-                .iter()
-                .any(|p| p.pod == "shop/web-1" && p.port == 8080)
-        );
+        assert!(m.probe_ports.iter().any(|p| p.pod == "shop/web-1" && p.port == 8080));
     }
 
     #[test]
@@ -866,10 +805,7 @@ mod pipeline {
         let rules = spec();
         let mut api = spec();
         api.pods.retain(|p| p.name != "web-2");
-        assert_eq!(
-            explain(&model(&rules, &api), "web"),
-            VerdictClass::StaleEndpoint
-        );
+        assert_eq!(explain(&model(&rules, &api), "web"), VerdictClass::StaleEndpoint);
     }
 
     #[test]

@@ -530,7 +530,14 @@ mod tests {
         assert_eq!(web.endpoints.len(), 3);
         assert_eq!(web.endpoints[2].weight, Some(0.0));
         assert_eq!(web.endpoints[2].port_name, "http");
-        assert!(web.endpoints[2].rule.as_ref().unwrap().text.starts_with("-> 10.244.3.12:8080 Masq 0 "));
+        assert!(
+            web.endpoints[2]
+                .rule
+                .as_ref()
+                .unwrap()
+                .text
+                .starts_with("-> 10.244.3.12:8080 Masq 0 ")
+        );
         assert!(web.rules.problems.is_empty());
         let empty = get("ns1/empty");
         assert_eq!(

@@ -222,7 +222,10 @@ pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
         warnings.push(Warning::new(
             WarningKind::KubeProxy,
             "kube-proxy",
-            format!("kube-proxy reports mode {r:?} but the rules read are {:?}'s", reading.mode),
+            format!(
+                "kube-proxy reports mode {r:?} but the rules read are {:?}'s",
+                reading.mode
+            ),
         ));
     }
     let mut kube_proxy = status;
@@ -231,7 +234,12 @@ pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
     }
     kube_proxy.rules_present = reading.rules_present;
     let source = format!("{:?}", reading.mode).to_lowercase();
-    warnings.extend(reading.warnings.into_iter().map(|w| Warning::new(WarningKind::Rules, source.clone(), w)));
+    warnings.extend(
+        reading
+            .warnings
+            .into_iter()
+            .map(|w| Warning::new(WarningKind::Rules, source.clone(), w)),
+    );
     Ok(NodeRules {
         model: ServiceModel {
             kube_proxy,
@@ -641,7 +649,11 @@ mod tests {
         let b = BuildHasherDefault::<FastHasher>::default();
         let mut seen = std::collections::HashSet::new();
         for i in 0..10_000 {
-            for name in [format!("KUBE-SEP-{i:016}"), format!("KUBE-SEP-{i:016}x"), format!("{i}")] {
+            for name in [
+                format!("KUBE-SEP-{i:016}"),
+                format!("KUBE-SEP-{i:016}x"),
+                format!("{i}"),
+            ] {
                 assert!(seen.insert(b.hash_one(&name)), "collision on {name}");
             }
         }

@@ -345,7 +345,15 @@ mod tests {
             .iter()
             .map(|e| {
                 let rule = e.rule.as_ref().unwrap().name.as_str();
-                (e.ip, e.port_name.as_str(), e.weight, e.local, e.in_rules, e.in_api, rule)
+                (
+                    e.ip,
+                    e.port_name.as_str(),
+                    e.weight,
+                    e.local,
+                    e.in_rules,
+                    e.in_api,
+                    rule,
+                )
             })
             .collect();
         assert_eq!(
@@ -381,7 +389,10 @@ mod tests {
         add_endpoint(&mut svc, found(1.0, "three"), lowest);
         assert_eq!(svc.endpoints.len(), 1);
         let e = &svc.endpoints[0];
-        assert_eq!((e.weight, e.rule.as_ref().unwrap().name.as_str()), (Some(0.0), "draining"));
+        assert_eq!(
+            (e.weight, e.rule.as_ref().unwrap().name.as_str()),
+            (Some(0.0), "draining")
+        );
         assert_eq!(
             found(0.25, "x").into_endpoint(),
             Endpoint {

@@ -297,7 +297,8 @@ impl<'d> Builder<'d> {
                 continue;
             };
             let proto = rule.protocol().unwrap_or(proto);
-            self.services.add_frontend(&n, kind, ip, port, proto, Some(rule.rule_ref()));
+            self.services
+                .add_frontend(&n, kind, ip, port, proto, Some(rule.rule_ref()));
             self.ok(rule);
         }
     }
@@ -346,10 +347,14 @@ impl<'d> Builder<'d> {
                         );
                     }
                 }
-                Some(ip) => self.services.add_frontend(&n, FrontendKind::NodePort, ip, port, proto, Some(rule.rule_ref())),
+                Some(ip) => {
+                    self.services
+                        .add_frontend(&n, FrontendKind::NodePort, ip, port, proto, Some(rule.rule_ref()))
+                }
                 None => {
                     for ip in &addrs {
-                        self.services.add_frontend(&n, FrontendKind::NodePort, *ip, port, proto, Some(rule.rule_ref()));
+                        self.services
+                            .add_frontend(&n, FrontendKind::NodePort, *ip, port, proto, Some(rule.rule_ref()));
                     }
                 }
             }
@@ -407,7 +412,12 @@ impl<'d> Builder<'d> {
                 for rule in self.rules_of("nat", &fw_chain) {
                     let target = rule.target();
                     if target == Some(ext_chain.as_str()) {
-                        if let Some(src) = rule.src().filter(|o| !o.negated).and_then(|o| o.arg()).map(str::to_string) {
+                        if let Some(src) = rule
+                            .src()
+                            .filter(|o| !o.negated)
+                            .and_then(|o| o.arg())
+                            .map(str::to_string)
+                        {
                             self.services.add_source_range(&n, src);
                         }
                         self.ok(rule);
@@ -493,7 +503,8 @@ impl<'d> Builder<'d> {
             let weight = remaining * p;
             remaining *= 1.0 - p;
             if !seen.insert(d.sep) {
-                self.services.add_problem(n, format!("{chain} jumps to {} more than once", d.sep));
+                self.services
+                    .add_problem(n, format!("{chain} jumps to {} more than once", d.sep));
                 continue;
             }
             if let Some(ep) = self.read_sep(n, proto, d.sep, d.rule, weight, local) {
@@ -647,7 +658,8 @@ impl<'d> Builder<'d> {
                         self.node_port_ips.clone()
                     };
                     for ip in addrs {
-                        self.services.add_frontend(n, FrontendKind::NodePort, ip, port, proto, Some(rr.clone()));
+                        self.services
+                            .add_frontend(n, FrontendKind::NodePort, ip, port, proto, Some(rr.clone()));
                     }
                 }
                 self.ok(rule);

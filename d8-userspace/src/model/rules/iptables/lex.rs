@@ -117,7 +117,11 @@ impl Fields {
         let (start, end) = self.args.get(f).copied().unwrap_or(NO_SPAN);
         let first = if start == u32::MAX {
             None
-        } else if let Some(u) = self.unescaped.as_deref().and_then(|u| u.iter().find(|(i, _)| *i as usize == f)) {
+        } else if let Some(u) = self
+            .unescaped
+            .as_deref()
+            .and_then(|u| u.iter().find(|(i, _)| *i as usize == f))
+        {
             Some(u.1.as_str())
         } else {
             text.get(start as usize..end as usize)
@@ -164,7 +168,10 @@ impl Word {
 
 impl<'s> Words<'s> {
     pub(super) fn new(s: &'s str) -> Self {
-        Words { bytes: s.as_bytes(), i: 0 }
+        Words {
+            bytes: s.as_bytes(),
+            i: 0,
+        }
     }
 }
 
@@ -327,4 +334,3 @@ pub(super) fn host_port(s: &str) -> Option<(IpAddr, u16)> {
     let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
     Some((ip.parse().ok()?, port.parse().ok()?))
 }
-

@@ -170,9 +170,7 @@ impl<'a> Dump<'a> {
             };
             let mut words = Words::new(body);
             let chain = match (words.next(), words.next()) {
-                (Some(Ok(a)), Some(Ok(chain)))
-                    if !a.quoted && matches!(&body[a.start..a.end], "-A" | "--append") =>
-                {
+                (Some(Ok(a)), Some(Ok(chain))) if !a.quoted && matches!(&body[a.start..a.end], "-A" | "--append") => {
                     chain.text(body)
                 }
                 (first, second) => {

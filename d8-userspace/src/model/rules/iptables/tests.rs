@@ -57,10 +57,26 @@ fn field_masks_follow_the_field_names() {
             .fold(0u16, |m, (i, _)| m | 1 << i);
         assert_eq!(field_mask(name), expected, "{name}");
     }
-    for (w, opt) in [("-j", true), ("--comment", true), ("-1", false), ("-0.5", false), ("-inf", false),
-        ("-nan", false), ("-i", true), ("-n", true), ("-", false), ("x", false), ("-.", true), ("-Infinity", false)] {
+    for (w, opt) in [
+        ("-j", true),
+        ("--comment", true),
+        ("-1", false),
+        ("-0.5", false),
+        ("-inf", false),
+        ("-nan", false),
+        ("-i", true),
+        ("-n", true),
+        ("-", false),
+        ("x", false),
+        ("-.", true),
+        ("-Infinity", false),
+    ] {
         assert_eq!(is_option_name(w), opt, "{w}");
-        assert_eq!(is_option_name(w), w.len() > 1 && w.starts_with('-') && w.parse::<f64>().is_err(), "{w}");
+        assert_eq!(
+            is_option_name(w),
+            w.len() > 1 && w.starts_with('-') && w.parse::<f64>().is_err(),
+            "{w}"
+        );
     }
 }
 
@@ -95,7 +111,11 @@ fn options_take_the_first_option_of_a_name_and_its_first_argument() {
     words.next();
     words.next();
     let f = options(text, &mut words).unwrap();
-    let rule = Rule { fields: f, text, ..rule };
+    let rule = Rule {
+        fields: f,
+        text,
+        ..rule
+    };
     assert_eq!(rule.protocol(), None);
     assert!(rule.has(PROTO) && rule.opt(PROTO).unwrap().arg().is_none());
     assert!(rule.opt(DST_TYPE).unwrap().negated && !rule.dst_type_local());
@@ -113,7 +133,11 @@ fn chains_list_their_rules_in_order_and_jumps_resolve_once() {
                 *filter\n:KUBE-A - [0:0]\n-A KUBE-A -j KUBE-B\nCOMMIT\n";
     let dump = Dump::read(text, "t").unwrap();
     let lines = |table: &str, chain: &str| -> Vec<u32> {
-        dump.chain(table, chain).unwrap().iter().map(|&i| dump.rules[i as usize].line).collect()
+        dump.chain(table, chain)
+            .unwrap()
+            .iter()
+            .map(|&i| dump.rules[i as usize].line)
+            .collect()
     };
     assert_eq!(lines("nat", "KUBE-A"), vec![4, 6, 8]);
     assert_eq!(lines("nat", "KUBE-B"), vec![5]);
@@ -127,7 +151,10 @@ fn chains_list_their_rules_in_order_and_jumps_resolve_once() {
     assert_eq!(target(3), NO_CHAIN);
     assert_eq!(target(4), dump.chain_id_of("nat", "KUBE-C").unwrap());
     assert_eq!(target(5), NO_CHAIN);
-    assert_eq!(dump.warnings, vec!["t line 7: rule for chain KUBE-C, which the dump does not declare".to_string()]);
+    assert_eq!(
+        dump.warnings,
+        vec!["t line 7: rule for chain KUBE-C, which the dump does not declare".to_string()]
+    );
 }
 
 #[test]
@@ -450,8 +477,7 @@ fn truncated_dump_warns_and_keeps_what_it_read() {
 
 #[test]
 fn iptables_list_output_is_an_error() {
-    let err =
-        parse("Chain INPUT (policy ACCEPT)\ntarget     prot opt source               destination\n").unwrap_err();
+    let err = parse("Chain INPUT (policy ACCEPT)\ntarget     prot opt source               destination\n").unwrap_err();
     assert!(matches!(err, ParseError::NotIptablesSave { line: 1, .. }));
     assert!(err.to_string().contains("iptables-save"));
 }

@@ -162,7 +162,8 @@ impl<'t, 'a> Builder<'t, 'a> {
                 }
                 self.check_target(&owner, map, target);
                 for ip in &np_addrs {
-                    self.services.add_frontend(&owner, FrontendKind::NodePort, *ip, port, proto, Some(rr.clone()));
+                    self.services
+                        .add_frontend(&owner, FrontendKind::NodePort, *ip, port, proto, Some(rr.clone()));
                 }
             }
         }
@@ -259,9 +260,9 @@ impl<'t, 'a> Builder<'t, 'a> {
             ),
             // kube-proxy flushes a stale chain before deleting it; a map still pointing at it
             // lets traffic through untranslated.
-            Some(c) if !c.has_rules() && tg != "reject-chain" => {
-                self.services.add_problem(owner, format!("map {map} sends traffic to chain {tg}, which is empty"))
-            }
+            Some(c) if !c.has_rules() && tg != "reject-chain" => self
+                .services
+                .add_problem(owner, format!("map {map} sends traffic to chain {tg}, which is empty")),
             Some(_) => {}
         }
     }
@@ -316,14 +317,16 @@ impl<'t, 'a> Builder<'t, 'a> {
                     self.services.port(key).0.endpoints.reserve(eps.len());
                 }
                 for (ip, port) in eps {
-                    self.services.add_dispatched(key, proto, ip, port, weight, local == Some(true), rule.rule_ref(t));
+                    self.services
+                        .add_dispatched(key, proto, ip, port, weight, local == Some(true), rule.rule_ref(t));
                     found.push((ip, port));
                 }
             } else if let Some((ip, port)) = rule.dnat {
                 // Single-endpoint services without numgen (#140723).
                 self.understood[rule.index] = true;
                 dispatched = true;
-                self.services.add_dispatched(key, proto, ip, port, 1.0, local == Some(true), rule.rule_ref(t));
+                self.services
+                    .add_dispatched(key, proto, ip, port, 1.0, local == Some(true), rule.rule_ref(t));
                 found.push((ip, port));
             } else if tg.iter().any(|x| x == "mark-for-masquerade") {
                 self.understood[rule.index] = true;
@@ -348,7 +351,8 @@ impl<'t, 'a> Builder<'t, 'a> {
             }
         }
         if !dispatched && c.has_rules() {
-            self.services.add_problem(key, format!("{chain} has no endpoint dispatch (numgen vmap or dnat)"));
+            self.services
+                .add_problem(key, format!("{chain} has no endpoint dispatch (numgen vmap or dnat)"));
         }
         found
     }
@@ -395,7 +399,8 @@ impl<'t, 'a> Builder<'t, 'a> {
                 format!("{chain} is named for {nip}:{nport} but DNATs to {ip}:{port}"),
             );
         }
-        self.services.add_dispatched(key, proto, ip, port, weight, local == Some(true), rule.rule_ref(t));
+        self.services
+            .add_dispatched(key, proto, ip, port, weight, local == Some(true), rule.rule_ref(t));
         Some((ip, port))
     }
 
@@ -445,7 +450,8 @@ impl<'t, 'a> Builder<'t, 'a> {
         for (name, index) in left {
             self.warnings.push(format!(
                 "{}: chain {name}: rule not understood, left out of the model: {}",
-                t.source_name, t.text(&t.rules[index])
+                t.source_name,
+                t.text(&t.rules[index])
             ));
         }
     }

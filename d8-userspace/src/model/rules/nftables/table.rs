@@ -55,10 +55,13 @@ pub(super) struct NftRule<'a> {
     extra: Option<Box<RuleExtra<'a>>>,
 }
 
+/// `numgen random mod N vmap { i : goto X, ... }`: (N, [(i, X)]).
+pub(super) type NumgenVmap<'a> = (u64, Vec<(u64, Cow<'a, str>)>);
+
 #[derive(Debug, Default)]
 struct RuleExtra<'a> {
     /// `numgen random mod N vmap { i : goto X, ... }`.
-    numgen: Option<(u64, Vec<(u64, Cow<'a, str>)>)>,
+    numgen: Option<NumgenVmap<'a>>,
     /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`.
     dnat_map: Option<(u64, Vec<(IpAddr, u16)>)>,
     /// The set an `... @set` match names (affinity rules).
@@ -112,8 +115,10 @@ impl<'a> NftRule<'a> {
             }),
             saddr_ranges,
         };
-        let has_extra =
-            extra.numgen.is_some() || extra.dnat_map.is_some() || extra.match_set.is_some() || !extra.saddr_ranges.is_empty();
+        let has_extra = extra.numgen.is_some()
+            || extra.dnat_map.is_some()
+            || extra.match_set.is_some()
+            || !extra.saddr_ranges.is_empty();
         NftRule {
             index,
             chain,
@@ -125,7 +130,7 @@ impl<'a> NftRule<'a> {
         }
     }
 
-    pub(super) fn numgen(&self) -> Option<&(u64, Vec<(u64, Cow<'a, str>)>)> {
+    pub(super) fn numgen(&self) -> Option<&NumgenVmap<'a>> {
         self.extra.as_ref()?.numgen.as_ref()
     }
 
@@ -274,7 +279,12 @@ impl<'a> Table<'a> {
     /// Lists each rule in its chain, in order. nft lists a chain's rules together: one lookup per
     /// run of rules of one chain.
     pub(super) fn index_rules(&mut self) {
-        let Table { chains, rules, chain_rules, .. } = self;
+        let Table {
+            chains,
+            rules,
+            chain_rules,
+            ..
+        } = self;
         // Runs of rules of one chain: (slot, first rule, end); rules per slot.
         let mut runs: Vec<(u32, usize, usize)> = Vec::new();
         let mut counts: Vec<u32> = Vec::new();
@@ -310,9 +320,9 @@ impl<'a> Table<'a> {
         chain_rules.clear();
         chain_rules.resize(total as usize, 0);
         for (slot, start, end) in runs {
-            for i in start..end {
+            for rule in &rules[start..end] {
                 let at = &mut next[slot as usize];
-                chain_rules[*at as usize] = rules[i].index as u32;
+                chain_rules[*at as usize] = rule.index as u32;
                 *at += 1;
             }
         }
@@ -330,7 +340,10 @@ impl<'a> Table<'a> {
 
     /// The rules of a chain, in order.
     pub(super) fn chain_rules<'s>(&'s self, c: &'s Chain<'a>) -> impl Iterator<Item = &'s NftRule<'a>> + 's {
-        let list = self.chain_rules.get(c.rules.0 as usize..c.rules.1 as usize).unwrap_or(&[]);
+        let list = self
+            .chain_rules
+            .get(c.rules.0 as usize..c.rules.1 as usize)
+            .unwrap_or(&[]);
         list.iter().map(|&i| &self.rules[i as usize])
     }
 
@@ -417,7 +430,7 @@ pub(super) fn proto_port(key: &J<'_>) -> Option<(Protocol, u16)> {
 }
 
 /// A `numgen random mod N vmap { i : goto X, … }` statement: (N, [(i, X)]).
-fn numgen_vmap<'a>(stmt: &J<'a>) -> Option<(u64, Vec<(u64, Cow<'a, str>)>)> {
+fn numgen_vmap<'a>(stmt: &J<'a>) -> Option<NumgenVmap<'a>> {
     let vmap = stmt.get("vmap")?;
     let modulo = vmap.get("key")?.get("numgen")?.get("mod")?.as_u64()?;
     let items = vmap.get("data")?.get("set")?.as_array()?;

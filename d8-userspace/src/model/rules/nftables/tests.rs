@@ -324,9 +324,15 @@ fn borrowed_json_answers_as_value_does() {
     assert_eq!(j.at("a").at("x").as_str(), Some("z"));
     let (k, first) = j.first_entry().unwrap();
     assert_eq!((k, first.at("x").as_str()), ("a", Some("z")));
-    assert!(matches!(j.at("arr").as_array().unwrap()[1], J::Str(Cow::Borrowed("two"))));
+    assert!(matches!(
+        j.at("arr").as_array().unwrap()[1],
+        J::Str(Cow::Borrowed("two"))
+    ));
     assert!(matches!(j.get("s"), Some(J::Str(Cow::Owned(s))) if s == "q\"uote"));
-    assert_eq!((j.at("m").as_u64(), j.at("b").as_u64(), j.at("f").as_u64()), (None, Some(1), None));
+    assert_eq!(
+        (j.at("m").as_u64(), j.at("b").as_u64(), j.at("f").as_u64()),
+        (None, Some(1), None)
+    );
     assert!(j.at("n").is_null() && j.at("missing").is_null() && j.at("arr").is_array());
     assert_eq!(j.at("e").first_entry(), None);
     assert_eq!(render_val(j.at("e")), "{}");
