@@ -162,6 +162,8 @@ fn record(mounted: bool) {
         let _ = std::fs::write(RECORD, std::process::id().to_string());
     } else {
         let _ = std::fs::remove_file(RECORD);
+        // Fails while another record is there.
+        let _ = std::fs::remove_dir("/run/d8-trace");
     }
 }
 

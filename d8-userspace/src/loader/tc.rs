@@ -266,6 +266,9 @@ fn record_clsact(ifindex: u32, ifname: &str, added: bool) {
         }
     } else {
         let _ = std::fs::remove_file(path);
+        // Nothing recorded any more: no empty folders left behind either (fails while not empty).
+        let _ = std::fs::remove_dir(RECORDS);
+        let _ = std::fs::remove_dir("/run/d8-trace");
     }
 }
 
