@@ -51,7 +51,11 @@ pub fn tuple(addr: u64) -> Option<FlowKey> {
         AF_INET6 => FAMILY_V6,
         _ => return None,
     };
-    let mut key = FlowKey { proto: raw[38], family, ..FlowKey::default() };
+    let mut key = FlowKey {
+        proto: raw[38],
+        family,
+        ..FlowKey::default()
+    };
     key.saddr.copy_from_slice(&raw[0..16]);
     key.daddr.copy_from_slice(&raw[20..36]);
     key.sport = u16::from_ne_bytes([raw[16], raw[17]]);

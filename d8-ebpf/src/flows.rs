@@ -21,11 +21,21 @@ pub struct Found {
 #[inline(always)]
 fn direct(key: &FlowKey, reversed: bool) -> Option<Found> {
     if let Some(state) = FLOWS.get_ptr_mut(key) {
-        return Some(Found { state, key: *key, via_nat: false, reversed });
+        return Some(Found {
+            state,
+            key: *key,
+            via_nat: false,
+            reversed,
+        });
     }
     let orig = copy_key(unsafe { NAT_ALIAS.get(key) }?);
     let state = FLOWS.get_ptr_mut(&orig)?;
-    Some(Found { state, key: orig, via_nat: true, reversed })
+    Some(Found {
+        state,
+        key: orig,
+        via_nat: true,
+        reversed,
+    })
 }
 
 /// Copies a key out of a map value with volatile 2-byte moves: LLVM would otherwise call

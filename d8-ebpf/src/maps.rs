@@ -97,7 +97,12 @@ pub fn remember(skb: u64, hook: u8, after_ct: u8) {
     if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
         unsafe {
             let i = ((*last).next as usize) & (LAST_HOOKS - 1);
-            (*last).entries[i] = LastHook { skb, hook, after_ct, pad: [0; 6] };
+            (*last).entries[i] = LastHook {
+                skb,
+                hook,
+                after_ct,
+                pad: [0; 6],
+            };
             (*last).next += 1;
         }
     }

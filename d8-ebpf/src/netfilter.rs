@@ -35,7 +35,6 @@ fn hook_of(state: u64) -> u8 {
     unsafe { core::ptr::read_volatile((state + config!(nf_state_hook) as u64) as *const u8) }
 }
 
-
 /// Before conntrack (PREROUTING and OUTPUT, priority -250): the packet exactly as the client sent
 /// it, including packets conntrack is about to drop (table full).
 #[unsafe(no_mangle)]
@@ -75,7 +74,16 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
         };
         unsafe { TARGETS.get(&target) }?;
         remember(skb, hook, 0);
-        FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
+        FLOWS
+            .insert(
+                &pkt.key,
+                &FlowState {
+                    seen: seen::NEW,
+                    last_drop_reason: 0,
+                },
+                0,
+            )
+            .ok()?;
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
             ev.ct_dir = 0;
@@ -87,7 +95,12 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
     if syn {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
             // The client reused the ports of a finished flow: a new flow.
-            unsafe { *st = FlowState { seen: seen::NEW, last_drop_reason: 0 } };
+            unsafe {
+                *st = FlowState {
+                    seen: seen::NEW,
+                    last_drop_reason: 0,
+                }
+            };
             event(kind::NEW, hook, &pkt.key, |ev| {
                 ev.tcp_flags = pkt.tcp_flags;
                 ev.ct_dir = 0;
@@ -157,7 +170,16 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
                 family: orig.family,
             };
             unsafe { TARGETS.get(&target) }?;
-            FLOWS.insert(&orig, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
+            FLOWS
+                .insert(
+                    &orig,
+                    &FlowState {
+                        seen: 0,
+                        last_drop_reason: 0,
+                    },
+                    0,
+                )
+                .ok()?;
             FLOWS.get_ptr_mut(&orig)?
         }
         None => return None,

@@ -100,9 +100,19 @@ fn parse<const N: usize>(nh: u64) -> Option<Packet> {
     }
     let ihl = ((raw[0] & 0x0f) as u64) * 4;
     let proto = raw[9];
-    let key = v4_key([raw[12], raw[13], raw[14], raw[15]], [raw[16], raw[17], raw[18], raw[19]], proto);
+    let key = v4_key(
+        [raw[12], raw[13], raw[14], raw[15]],
+        [raw[16], raw[17], raw[18], raw[19]],
+        proto,
+    );
     let l4 = nh + ihl;
-    let mut pkt = Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4 };
+    let mut pkt = Packet {
+        key,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4,
+    };
     // The transport header's first 14 bytes: from the same read unless IP options moved them.
     let moved: [u8; 14];
     let th: &[u8; 14] = if N >= 34 && ihl == 20 {

@@ -35,7 +35,10 @@ use crate::{
     emit::event,
     flows::{self, Found, mark},
     maps::{self, FLOWS, TARGETS},
-    packet::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed, v4_key},
+    packet::{
+        IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed,
+        v4_key,
+    },
 };
 
 /// Interface index -> length of its link-layer header (0 for L3 devices such as WireGuard or
@@ -82,9 +85,19 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     }
     let ihl = ((hdr[0] & 0x0f) as u32) * 4;
     let proto = hdr[9];
-    let key = v4_key([hdr[12], hdr[13], hdr[14], hdr[15]], [hdr[16], hdr[17], hdr[18], hdr[19]], proto);
+    let key = v4_key(
+        [hdr[12], hdr[13], hdr[14], hdr[15]],
+        [hdr[16], hdr[17], hdr[18], hdr[19]],
+        proto,
+    );
     let l4 = nh + ihl;
-    let mut pkt = Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4: l4 as u64 };
+    let mut pkt = Packet {
+        key,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4: l4 as u64,
+    };
     match proto {
         IPPROTO_TCP => {
             let th: [u8; 14] = load(ctx, l4)?;
@@ -113,13 +126,22 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
 /// context pointer is the kernel's `struct sk_buff`.
 #[inline(always)]
 fn remember(ctx: &TcContext, egress: bool) {
-    let (hook, after_ct) = if egress { (hook::POST_ROUTING, 1) } else { (hook::PRE_ROUTING, 0) };
+    let (hook, after_ct) = if egress {
+        (hook::POST_ROUTING, 1)
+    } else {
+        (hook::PRE_ROUTING, 0)
+    };
     maps::remember(ctx.skb.skb as u64, hook, after_ct);
 }
 
 #[inline(always)]
 fn target_of(addr: &[u8; 16], port: u16, key: &FlowKey) -> TargetKey {
-    TargetKey { addr: *addr, port, proto: key.proto, family: key.family }
+    TargetKey {
+        addr: *addr,
+        port,
+        proto: key.proto,
+        family: key.family,
+    }
 }
 
 #[inline(always)]
@@ -164,7 +186,16 @@ fn forwarded(pkt: &Packet) -> Option<()> {
         return Some(());
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }?;
-    FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()
+    FLOWS
+        .insert(
+            &pkt.key,
+            &FlowState {
+                seen: seen::NEW,
+                last_drop_reason: 0,
+            },
+            0,
+        )
+        .ok()
 }
 
 /// First packet of a flow to a traced target (`NEW`, as `nf_pre`), or a packet from a traced
@@ -173,7 +204,16 @@ fn forwarded(pkt: &Packet) -> Option<()> {
 #[inline(always)]
 fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     if unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }.is_some() {
-        FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
+        FLOWS
+            .insert(
+                &pkt.key,
+                &FlowState {
+                    seen: seen::NEW,
+                    last_drop_reason: 0,
+                },
+                0,
+            )
+            .ok()?;
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
             ev.ct_dir = 0;
@@ -182,9 +222,27 @@ fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.saddr, pkt.key.sport, &pkt.key)) }?;
     let key = reversed(&pkt.key);
-    FLOWS.insert(&key, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
+    FLOWS
+        .insert(
+            &key,
+            &FlowState {
+                seen: 0,
+                last_drop_reason: 0,
+            },
+            0,
+        )
+        .ok()?;
     let state = FLOWS.get_ptr_mut(&key)?;
-    reply_direction(&Found { state, key, via_nat: false, reversed: true }, pkt, hook)
+    reply_direction(
+        &Found {
+            state,
+            key,
+            via_nat: false,
+            reversed: true,
+        },
+        pkt,
+        hook,
+    )
 }
 
 /// A client's packet of a known flow: SYN again (retransmit, or a new flow on reused ports),
@@ -201,7 +259,12 @@ fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
             // The client reused the ports of a finished flow: a new flow.
-            unsafe { *st = FlowState { seen: seen::NEW, last_drop_reason: 0 } };
+            unsafe {
+                *st = FlowState {
+                    seen: seen::NEW,
+                    last_drop_reason: 0,
+                }
+            };
             event(kind::NEW, hook, key, |ev| {
                 ev.tcp_flags = pkt.tcp_flags;
                 ev.ct_dir = 0;

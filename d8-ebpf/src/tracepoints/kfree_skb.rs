@@ -23,7 +23,11 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     let skb: u64 = read(ctx, config!(kfree_skbaddr))?;
     let reason_off = config!(kfree_reason);
-    let reason: u32 = if reason_off == u32::MAX { 0 } else { read(ctx, reason_off)? };
+    let reason: u32 = if reason_off == u32::MAX {
+        0
+    } else {
+        read(ctx, reason_off)?
+    };
     let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
     // The conntrack entry names the flow exactly, whatever NAT did to the headers.
     let ct = conntrack::of_skb(skb);

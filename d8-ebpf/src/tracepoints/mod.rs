@@ -8,7 +8,7 @@ mod sock;
 mod tcp_reset;
 
 use aya_ebpf::programs::TracePointContext;
-use d8_common::{FlowKey, TpAddrLayout, layout, FAMILY_V4};
+use d8_common::{FAMILY_V4, FlowKey, TpAddrLayout, layout};
 
 const AF_INET: u16 = 2;
 
@@ -21,7 +21,11 @@ fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 /// key from source to destination; `None` for other families or an unused layout.
 #[inline(always)]
 fn addresses(ctx: &TracePointContext, l: &TpAddrLayout, proto: u8) -> Option<FlowKey> {
-    let mut key = FlowKey { proto, family: FAMILY_V4, ..FlowKey::default() };
+    let mut key = FlowKey {
+        proto,
+        family: FAMILY_V4,
+        ..FlowKey::default()
+    };
     match l.kind {
         layout::SOCKADDR => {
             // struct sockaddr_in: family (host order), port (network order), address.
