@@ -332,6 +332,8 @@ pub fn remove_stale() -> std::io::Result<Vec<String>> {
             if !alive && empty {
                 rtnetlink::del_clsact(link.index)?;
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_dir(RECORDS);
+                let _ = std::fs::remove_dir("/run/d8-trace");
                 removed.push(format!("clsact qdisc on {}", link.name));
             }
         }
