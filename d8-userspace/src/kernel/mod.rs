@@ -198,6 +198,11 @@ pub fn held_program_ids() -> std::collections::HashSet<u32> {
     ids
 }
 
+/// Whether process `pid` still exists (records of what a d8-trace added name it).
+pub fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// The current thread's network namespace, as its inode number (a name for records kept per
 /// namespace).
 pub fn netns_inode() -> Option<u64> {

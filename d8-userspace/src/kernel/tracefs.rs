@@ -106,7 +106,7 @@ impl Mount {
         for root in [TRACEFS, DEBUGFS_TRACING] {
             if has_events(Path::new(root)) {
                 // Mounted by a d8-trace that was killed before it could unmount: ours to unmount.
-                let adopted = root == TRACEFS && record_owner().is_some_and(|pid| !alive(pid));
+                let adopted = root == TRACEFS && record_owner().is_some_and(|pid| !super::process_alive(pid));
                 if adopted {
                     record(true);
                     tracing::info!(
@@ -171,25 +171,33 @@ fn record_owner() -> Option<u32> {
     std::fs::read_to_string(RECORD).ok()?.trim().parse().ok()
 }
 
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Unmounts tracefs if a d8-trace that was killed mounted it (`d8-trace cleanup`); says so.
 pub fn remove_stale() -> Option<String> {
     let pid = record_owner()?;
-    if alive(pid) {
+    if super::process_alive(pid) {
         return None;
     }
     if !has_events(Path::new(TRACEFS)) {
         record(false);
         return None;
     }
-    let target = CString::new(TRACEFS).expect("no NUL in constant");
+    unmount(Path::new(TRACEFS))
+        .is_ok()
+        .then(|| format!("tracefs mount at {TRACEFS}"))
+}
+
+/// Unmounts tracefs at `root` (lazily: links being torn down may still pin it) and forgets the
+/// record.
+fn unmount(root: &Path) -> std::io::Result<()> {
+    let target = CString::new(root.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: valid NUL-terminated path.
     let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     record(false);
-    (rc == 0).then(|| format!("tracefs mount at {TRACEFS}"))
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl Drop for Mount {
@@ -197,18 +205,8 @@ impl Drop for Mount {
         if !self.mounted_by_us {
             return;
         }
-        let Ok(target) = CString::new(self.root.as_os_str().as_encoded_bytes()) else {
-            return;
-        };
-        // SAFETY: valid NUL-terminated path. MNT_DETACH: links being torn down may still pin it.
-        let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        record(false);
-        if rc != 0 {
-            tracing::warn!(
-                "could not unmount tracefs at {}: {}",
-                self.root.display(),
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = unmount(&self.root) {
+            tracing::warn!("could not unmount tracefs at {}: {e}", self.root.display());
         }
     }
 }

@@ -322,18 +322,13 @@ pub fn remove_stale() -> std::io::Result<Vec<String>> {
             && let Ok(pid) = std::fs::read_to_string(&path)
         {
             // A live d8-trace's own qdisc stays; a dead one's goes once no filter hangs on it.
-            let alive = pid
-                .trim()
-                .parse::<i32>()
-                .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            let alive = pid.trim().parse().is_ok_and(crate::kernel::process_alive);
             let empty = [rtnetlink::CLSACT_INGRESS, rtnetlink::CLSACT_EGRESS]
                 .iter()
                 .all(|p| rtnetlink::filters(link.index, *p).is_ok_and(|f| f.is_empty()));
             if !alive && empty {
                 rtnetlink::del_clsact(link.index)?;
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_dir(RECORDS);
-                let _ = std::fs::remove_dir("/run/d8-trace");
+                record_clsact(link.index, &link.name, false);
                 removed.push(format!("clsact qdisc on {}", link.name));
             }
         }
