@@ -1,7 +1,9 @@
 //! Reading the conntrack entry attached to an skb (`skb->_nfct`): its ORIGINAL and REPLY tuples
 //! and status bits. `struct nf_conntrack_tuple` is 40 bytes with a layout stable since 2.6
 //! (userspace checks its size in BTF before loading); `nf_conn`'s own layout depends on the
-//! kernel's configuration, so those offsets come from `CONFIG`.
+//! kernel's configuration, so those offsets come from `CONFIG`. A tuple is kernel memory, not a
+//! packet header (addresses in a 16-byte union, the port union before `l3num`): network-types has
+//! no type for it, so it is decoded by its (stable) byte layout.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};

@@ -13,7 +13,8 @@
 //!
 //! Filtering happens here: only flows to traced targets (the `TARGETS` map) get state in `FLOWS`,
 //! and events leave only when that state changes. Struct offsets come from userspace (`CONFIG`),
-//! read from the running kernel's BTF: Rust emits no CO-RE relocations.
+//! read from the running kernel's BTF: Rust emits no CO-RE relocations. Packet headers are
+//! network-types' (`packet.rs`).
 #![no_std]
 #![no_main]
 

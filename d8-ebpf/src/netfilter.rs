@@ -6,6 +6,12 @@
 //! pointers: fields of the skb and the hook state are then read with plain loads (inlined by the
 //! JIT), and only the packet bytes and the conntrack entry need `bpf_probe_read_kernel`.
 //!
+//! The packet's headers are decoded with network-types' types (`packet::parse_ipv4_hot`). The
+//! skb itself is not a packet header: `head`, `network_header` and `_nfct` are `struct sk_buff`
+//! fields at offsets that differ between kernels, read at the offsets userspace found in the
+//! running kernel's BTF (`CONFIG`), since Rust emits no CO-RE relocations; network-types has no
+//! type for them. Likewise the hook state and the conntrack entry (`conntrack.rs`).
+//!
 //! Cost matters here: these programs run for every packet of the node, nearly all untraced. The
 //! untraced exit is one header read and one bit of `TARGET_FILTER`; see BENCHMARKS.md.
 

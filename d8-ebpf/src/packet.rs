@@ -1,8 +1,17 @@
 //! Reading IPv4 packet headers out of a `struct sk_buff` with `bpf_probe_read_kernel`, using the
-//! offsets of `head` and `network_header` from `CONFIG`.
+//! offsets of `head` and `network_header` from `CONFIG`, and decoding them (also for `tc.rs`, which
+//! reads the same headers with `bpf_skb_load_bytes`).
+//!
+//! The header layouts are network-types' [`Ipv4Hdr`], [`TcpHdr`], [`UdpHdr`] and [`IcmpHdr`]. The
+//! `struct sk_buff` fields that locate them (`head`, `network_header`) are not packet headers:
+//! network-types has no type for them, and their offsets differ between kernels (Rust emits no
+//! CO-RE relocations), so they stay runtime offsets from `CONFIG`.
+
+use core::mem::{MaybeUninit, offset_of};
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use d8_common::{FAMILY_V4, FlowKey};
+use network_types::{icmp::IcmpHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::maps::config;
 
@@ -15,6 +24,102 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+
+/// Bytes of each transport header the programs use: TCP up to its flags (ports, sequence numbers,
+/// data offset and flags), UDP its ports (SCTP's common header begins with the same two), ICMP its
+/// type and code. `tc.rs` reads exactly these, so a packet (or the packet an ICMP error quotes)
+/// that holds fewer is not parsed, and one that holds them is, however short the rest.
+pub const TCP_USED: u32 = offset_of!(TcpHdr, window) as u32;
+pub const UDP_USED: u32 = offset_of!(UdpHdr, len) as u32;
+pub const ICMP_USED: u32 = offset_of!(IcmpHdr, checksum) as u32;
+
+/// An IPv4 header as read from a packet. network-types types `Ipv4Hdr::proto` as `IpProto`, an
+/// enum with no variant for the unassigned protocol numbers (145-252): a packet carrying one must
+/// never become an `Ipv4Hdr` value or reference (an invalid enum value is undefined behaviour),
+/// so the bytes stay in a `MaybeUninit` (fully written by the read) and the fields are read
+/// through a raw pointer, `proto` as its byte.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct RawIpv4(MaybeUninit<Ipv4Hdr>);
+
+impl RawIpv4 {
+    #[inline(always)]
+    fn hdr(&self) -> *const Ipv4Hdr {
+        self.0.as_ptr()
+    }
+
+    /// The version field (4 for IPv4), as `Ipv4Hdr::version` reads it.
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        unsafe { (*self.hdr())._bitfield_1.get(4, 4) as u8 }
+    }
+
+    /// The header's length in bytes (`Ipv4Hdr::ihl` in 32-bit words, times 4).
+    #[inline(always)]
+    pub fn header_len(&self) -> u32 {
+        unsafe { (*self.hdr())._bitfield_1.get(0, 4) as u32 * 4 }
+    }
+
+    /// The protocol number, whatever it is.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        unsafe { core::ptr::addr_of!((*self.hdr()).proto).cast::<u8>().read() }
+    }
+
+    #[inline(always)]
+    pub fn src_addr(&self) -> [u8; 4] {
+        unsafe { (*self.hdr()).src_addr }
+    }
+
+    #[inline(always)]
+    pub fn dst_addr(&self) -> [u8; 4] {
+        unsafe { (*self.hdr()).dst_addr }
+    }
+}
+
+/// The transport header's first bytes: one of network-types' headers, by the IP header's protocol.
+/// Every field is an integer or a byte array, so any bytes are a valid value of each view.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union L4 {
+    pub tcp: TcpHdr,
+    pub udp: UdpHdr,
+    pub icmp: IcmpHdr,
+}
+
+impl L4 {
+    /// Zeroes `slot` in place, before a read of only its first bytes. Volatile stores into the
+    /// slot itself: LLVM turns plain zeroing (and a copy of a zeroed value) into a `memset` call,
+    /// a bpf-to-bpf call that counts 32 bytes of stack (see [`v4_key`]).
+    #[inline(always)]
+    pub fn zero(slot: &mut MaybeUninit<Self>) -> &mut Self {
+        let words = slot.as_mut_ptr() as *mut u32;
+        // SAFETY: `L4` is 20 bytes, 4-aligned; all-zero bytes are a valid value of every field
+        // (integers and byte arrays).
+        unsafe {
+            for i in 0..size_of::<Self>() / 4 {
+                core::ptr::write_volatile(words.add(i), 0);
+            }
+            slot.assume_init_mut()
+        }
+    }
+}
+
+const _: () = assert!(size_of::<L4>() == 20 && align_of::<L4>() == 4);
+
+/// The TCP flags byte (FIN 0x01 ... CWR 0x80, as the `TCP_*` constants and events carry it),
+/// assembled from `TcpHdr`'s flag accessors; LLVM folds them back into the one byte they read.
+#[inline(always)]
+pub fn tcp_flags(th: &TcpHdr) -> u8 {
+    (th.fin()
+        | th.syn() << 1
+        | th.rst() << 2
+        | th.psh() << 3
+        | th.ack() << 4
+        | th.urg() << 5
+        | th.ece() << 6
+        | th.cwr() << 7) as u8
+}
 
 /// What the programs need from one packet.
 pub struct Packet {
@@ -79,7 +184,21 @@ pub fn network_header_trusted(skb: u64) -> u64 {
 /// (small on the stack: for the tracepoints, whose programs are near the 512-byte limit).
 #[inline(always)]
 pub fn parse_ipv4(nh: u64) -> Option<Packet> {
-    parse::<20>(nh)
+    let ip: RawIpv4 = unsafe { read(nh)? };
+    let mut pkt = packet(&ip, nh)?;
+    // A whole `L4`, whatever the protocol: this reads kernel memory, where the bytes past a short
+    // packet are `skb_shared_info`'s (and never used), not packet bytes that may be missing.
+    let l4: L4 = unsafe { read(pkt.l4)? };
+    transport(&mut pkt, ip.proto(), &l4);
+    Some(pkt)
+}
+
+/// Both headers as one read: the IPv4 header without options and the transport header after it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Headers {
+    ip: RawIpv4,
+    l4: L4,
 }
 
 /// [`parse_ipv4`] with one read for both headers when the IP header has no options: for the
@@ -88,57 +207,56 @@ pub fn parse_ipv4(nh: u64) -> Option<Packet> {
 /// never used.
 #[inline(always)]
 pub fn parse_ipv4_hot(nh: u64) -> Option<Packet> {
-    parse::<40>(nh)
-}
-
-/// Reads `N` bytes at `nh` (20: the IP header alone; 40: with the transport header's first 20).
-#[inline(always)]
-fn parse<const N: usize>(nh: u64) -> Option<Packet> {
-    let raw: [u8; N] = unsafe { read(nh)? };
-    if raw[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = ((raw[0] & 0x0f) as u64) * 4;
-    let proto = raw[9];
-    let key = v4_key(
-        [raw[12], raw[13], raw[14], raw[15]],
-        [raw[16], raw[17], raw[18], raw[19]],
-        proto,
-    );
-    let l4 = nh + ihl;
-    let mut pkt = Packet {
-        key,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        l4,
-    };
-    // The transport header's first 14 bytes: from the same read unless IP options moved them.
-    let moved: [u8; 14];
-    let th: &[u8; 14] = if N >= 34 && ihl == 20 {
-        // SAFETY: bytes 20..34 of the array, which has at least 34.
-        unsafe { &*(raw.as_ptr().add(20) as *const [u8; 14]) }
+    let h: Headers = unsafe { read(nh)? };
+    let mut pkt = packet(&h.ip, nh)?;
+    if h.ip.header_len() as usize == Ipv4Hdr::LEN {
+        transport(&mut pkt, h.ip.proto(), &h.l4);
     } else {
-        moved = unsafe { read(l4)? };
-        &moved
-    };
-    match proto {
-        IPPROTO_TCP => {
-            pkt.key.sport = u16::from_ne_bytes([th[0], th[1]]);
-            pkt.key.dport = u16::from_ne_bytes([th[2], th[3]]);
-            pkt.tcp_flags = th[13];
-        }
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            pkt.key.sport = u16::from_ne_bytes([th[0], th[1]]);
-            pkt.key.dport = u16::from_ne_bytes([th[2], th[3]]);
-        }
-        IPPROTO_ICMP => {
-            pkt.icmp_type = th[0];
-            pkt.icmp_code = th[1];
-        }
-        _ => {}
+        // IP options moved the transport header.
+        let l4: L4 = unsafe { read(pkt.l4)? };
+        transport(&mut pkt, h.ip.proto(), &l4);
     }
     Some(pkt)
+}
+
+/// The flow key (ports zero) and transport header address of the IPv4 header `ip` read at `nh`
+/// (an address, or for `tc.rs` an offset into the packet); `None` if it is no IPv4 header.
+#[inline(always)]
+pub fn packet(ip: &RawIpv4, nh: u64) -> Option<Packet> {
+    if ip.version() != 4 {
+        return None;
+    }
+    let key = v4_key(ip.src_addr(), ip.dst_addr(), ip.proto());
+    Some(Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4: nh + ip.header_len() as u64 })
+}
+
+/// Ports, TCP flags or ICMP type and code from the transport header `l4` of a `proto` packet.
+/// Reads only the first [`TCP_USED`], [`UDP_USED`] or [`ICMP_USED`] bytes: `tc.rs` loads no more.
+#[inline(always)]
+pub fn transport(pkt: &mut Packet, proto: u8, l4: &L4) {
+    // SAFETY: every view of an `L4` is valid for any bytes.
+    unsafe {
+        match proto {
+            IPPROTO_TCP => {
+                let th = &l4.tcp;
+                // Network byte order, as the flow key holds ports.
+                pkt.key.sport = th.source;
+                pkt.key.dport = th.dest;
+                pkt.tcp_flags = tcp_flags(th);
+            }
+            IPPROTO_UDP | IPPROTO_SCTP => {
+                let uh = &l4.udp;
+                pkt.key.sport = u16::from_ne_bytes(uh.source);
+                pkt.key.dport = u16::from_ne_bytes(uh.dest);
+            }
+            IPPROTO_ICMP => {
+                let ih = &l4.icmp;
+                pkt.icmp_type = ih.type_;
+                pkt.icmp_code = ih.code;
+            }
+            _ => {}
+        }
+    }
 }
 
 /// ICMP errors (destination unreachable, time exceeded, parameter problem) quote the packet that

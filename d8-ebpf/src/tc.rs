@@ -21,23 +21,29 @@
 //! installs the alias. Events leave only on state changes, exactly as in `netfilter.rs`.
 //!
 //! The packet is read with `bpf_skb_load_bytes`; the IP header starts after the link-layer header,
-//! whose length per interface userspace puts in `TC_L2_LEN` (absent: 14, Ethernet).
+//! whose length per interface userspace puts in `TC_L2_LEN` (absent: 14, Ethernet). Headers are
+//! network-types' (see `packet.rs`); the `__sk_buff` fields (`protocol`, `ifindex`,
+//! `ingress_ifindex`) are the context's own, which the verifier rewrites to the kernel's offsets.
+
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, tcx_action_base::TCX_NEXT},
+    helpers::bpf_skb_load_bytes,
     macros::{classifier, map},
     maps::HashMap,
     programs::TcContext,
 };
 use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
+use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     emit::event,
     flows::{self, Found, mark},
     maps::{self, FLOWS, TARGETS},
     packet::{
-        IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed,
-        v4_key,
+        self, ICMP_USED, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L4, Packet, RawIpv4, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, TCP_USED, UDP_USED, reversed,
     },
 };
 
@@ -55,8 +61,15 @@ const CONTINUE: i32 = {
     TC_ACT_UNSPEC
 };
 
-/// `ETH_P_IP` as `__sk_buff::protocol` holds it (network byte order in a u32).
-const ETH_P_IP_BE: u32 = (0x0800u16).to_be() as u32;
+/// `ETH_P_IP` as `__sk_buff::protocol` holds it (network byte order in a u32). network-types'
+/// `EtherType` values are already in network byte order.
+const ETH_P_IP_BE: u32 = EtherType::Ipv4 as u16 as u32;
+
+/// Link-layer header length of an interface absent from `TC_L2_LEN`: Ethernet's. The Ethernet
+/// header itself is never read: `__sk_buff::protocol` already names the network protocol (for
+/// L3 devices too, which have no link-layer header), and the IP header's offset is all the
+/// programs need from it.
+const DEFAULT_L2_LEN: u32 = EthHdr::LEN as u32;
 
 #[classifier]
 pub fn d8_tc_ingress(ctx: TcContext) -> i32 {
@@ -79,44 +92,25 @@ fn load<T>(ctx: &TcContext, offset: u32) -> Option<T> {
 /// the transport header's offset in the packet.
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
-    let hdr: [u8; 20] = load(ctx, nh)?;
-    if hdr[0] >> 4 != 4 {
+    let ip: RawIpv4 = load(ctx, nh)?;
+    let mut pkt = packet::packet(&ip, nh as u64)?;
+    let proto = ip.proto();
+    // Only the bytes of the transport header that are used: the packet must hold those (and an
+    // ICMP error quote them), no more. The rest of `l4` stays zero.
+    let used = match proto {
+        IPPROTO_TCP => TCP_USED,
+        IPPROTO_UDP | IPPROTO_SCTP => UDP_USED,
+        IPPROTO_ICMP => ICMP_USED,
+        _ => return Some(pkt),
+    };
+    let mut slot = MaybeUninit::<L4>::uninit();
+    let l4 = L4::zero(&mut slot);
+    // SAFETY: `used` is at most `size_of::<L4>()` bytes, written into `l4`.
+    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, pkt.l4 as u32, (l4 as *mut L4).cast(), used) };
+    if rc != 0 {
         return None;
     }
-    let ihl = ((hdr[0] & 0x0f) as u32) * 4;
-    let proto = hdr[9];
-    let key = v4_key(
-        [hdr[12], hdr[13], hdr[14], hdr[15]],
-        [hdr[16], hdr[17], hdr[18], hdr[19]],
-        proto,
-    );
-    let l4 = nh + ihl;
-    let mut pkt = Packet {
-        key,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        l4: l4 as u64,
-    };
-    match proto {
-        IPPROTO_TCP => {
-            let th: [u8; 14] = load(ctx, l4)?;
-            pkt.key.sport = u16::from_ne_bytes([th[0], th[1]]);
-            pkt.key.dport = u16::from_ne_bytes([th[2], th[3]]);
-            pkt.tcp_flags = th[13];
-        }
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u8; 4] = load(ctx, l4)?;
-            pkt.key.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-            pkt.key.dport = u16::from_ne_bytes([ports[2], ports[3]]);
-        }
-        IPPROTO_ICMP => {
-            let ih: [u8; 2] = load(ctx, l4)?;
-            pkt.icmp_type = ih[0];
-            pkt.icmp_code = ih[1];
-        }
-        _ => {}
-    }
+    packet::transport(&mut pkt, proto, l4);
     Some(pkt)
 }
 
@@ -126,22 +120,13 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
 /// context pointer is the kernel's `struct sk_buff`.
 #[inline(always)]
 fn remember(ctx: &TcContext, egress: bool) {
-    let (hook, after_ct) = if egress {
-        (hook::POST_ROUTING, 1)
-    } else {
-        (hook::PRE_ROUTING, 0)
-    };
+    let (hook, after_ct) = if egress { (hook::POST_ROUTING, 1) } else { (hook::PRE_ROUTING, 0) };
     maps::remember(ctx.skb.skb as u64, hook, after_ct);
 }
 
 #[inline(always)]
 fn target_of(addr: &[u8; 16], port: u16, key: &FlowKey) -> TargetKey {
-    TargetKey {
-        addr: *addr,
-        port,
-        proto: key.proto,
-        family: key.family,
-    }
+    TargetKey { addr: *addr, port, proto: key.proto, family: key.family }
 }
 
 #[inline(always)]
@@ -151,7 +136,7 @@ fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
     if protocol != ETH_P_IP_BE {
         return None;
     }
-    let l2 = unsafe { TC_L2_LEN.get(&ifindex) }.copied().unwrap_or(14);
+    let l2 = unsafe { TC_L2_LEN.get(&ifindex) }.copied().unwrap_or(DEFAULT_L2_LEN);
     let pkt = parse_ipv4(ctx, l2)?;
     // Made by the node itself (no input interface): its OUTPUT view.
     let local = egress && ingress_ifindex == 0;
@@ -186,16 +171,7 @@ fn forwarded(pkt: &Packet) -> Option<()> {
         return Some(());
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }?;
-    FLOWS
-        .insert(
-            &pkt.key,
-            &FlowState {
-                seen: seen::NEW,
-                last_drop_reason: 0,
-            },
-            0,
-        )
-        .ok()
+    FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()
 }
 
 /// First packet of a flow to a traced target (`NEW`, as `nf_pre`), or a packet from a traced
@@ -204,16 +180,7 @@ fn forwarded(pkt: &Packet) -> Option<()> {
 #[inline(always)]
 fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     if unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }.is_some() {
-        FLOWS
-            .insert(
-                &pkt.key,
-                &FlowState {
-                    seen: seen::NEW,
-                    last_drop_reason: 0,
-                },
-                0,
-            )
-            .ok()?;
+        FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
             ev.ct_dir = 0;
@@ -222,27 +189,9 @@ fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.saddr, pkt.key.sport, &pkt.key)) }?;
     let key = reversed(&pkt.key);
-    FLOWS
-        .insert(
-            &key,
-            &FlowState {
-                seen: 0,
-                last_drop_reason: 0,
-            },
-            0,
-        )
-        .ok()?;
+    FLOWS.insert(&key, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
     let state = FLOWS.get_ptr_mut(&key)?;
-    reply_direction(
-        &Found {
-            state,
-            key,
-            via_nat: false,
-            reversed: true,
-        },
-        pkt,
-        hook,
-    )
+    reply_direction(&Found { state, key, via_nat: false, reversed: true }, pkt, hook)
 }
 
 /// A client's packet of a known flow: SYN again (retransmit, or a new flow on reused ports),
@@ -259,12 +208,7 @@ fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
             // The client reused the ports of a finished flow: a new flow.
-            unsafe {
-                *st = FlowState {
-                    seen: seen::NEW,
-                    last_drop_reason: 0,
-                }
-            };
+            unsafe { *st = FlowState { seen: seen::NEW, last_drop_reason: 0 } };
             event(kind::NEW, hook, key, |ev| {
                 ev.tcp_flags = pkt.tcp_flags;
                 ev.ct_dir = 0;
