@@ -20,6 +20,7 @@ use crate::maps::{EVENTS, count};
 pub fn event(kind: u8, hook: u8, key: &FlowKey, fill: impl FnOnce(&mut Event)) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::LOST);
+        crate::log::event_lost();
         return;
     };
     let ev = unsafe {

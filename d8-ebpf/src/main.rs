@@ -14,7 +14,8 @@
 //! Filtering happens here: only flows to traced targets (the `TARGETS` map) get state in `FLOWS`,
 //! and events leave only when that state changes. Struct offsets come from userspace (`CONFIG`),
 //! read from the running kernel's BTF: Rust emits no CO-RE relocations. Packet headers are
-//! network-types' (`packet.rs`).
+//! network-types' (`packet.rs`). [`log`]: debug records through aya-log, off (pruned by the
+//! verifier) unless the loader turns them on.
 #![no_std]
 #![no_main]
 
@@ -22,6 +23,7 @@ mod bench;
 mod conntrack;
 mod emit;
 mod flows;
+mod log;
 mod maps;
 mod netfilter;
 mod packet;

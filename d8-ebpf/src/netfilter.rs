@@ -23,6 +23,7 @@ use crate::{
     conntrack,
     emit::event,
     flows::{self, mark},
+    log,
     maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, remember},
     packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
 };
@@ -47,6 +48,7 @@ fn hook_of(state: u64) -> u8 {
 #[unsafe(link_section = "classifier/nf_pre")]
 pub extern "C" fn nf_pre(ctx: *mut c_void) -> i32 {
     let _ = try_pre(ctx);
+    log::report_lost("nf_pre");
     NF_ACCEPT
 }
 
@@ -80,16 +82,18 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
         };
         unsafe { TARGETS.get(&target) }?;
         remember(skb, hook, 0);
-        FLOWS
-            .insert(
-                &pkt.key,
-                &FlowState {
-                    seen: seen::NEW,
-                    last_drop_reason: 0,
-                },
-                0,
-            )
-            .ok()?;
+        if let Err(e) = FLOWS.insert(
+            &pkt.key,
+            &FlowState {
+                seen: seen::NEW,
+                last_drop_reason: 0,
+            },
+            0,
+        ) {
+            log::flow_table_full(&pkt.key, e);
+            return None;
+        }
+        log::flow_started(&pkt.key, hook, false);
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
             ev.ct_dir = 0;
@@ -136,6 +140,7 @@ fn icmp_error(pkt: &packet::Packet, hook: u8) -> Option<()> {
 #[unsafe(link_section = "classifier/nf_post")]
 pub extern "C" fn nf_post(ctx: *mut c_void) -> i32 {
     let _ = try_post(ctx);
+    log::report_lost("nf_post");
     NF_ACCEPT
 }
 
@@ -176,16 +181,18 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
                 family: orig.family,
             };
             unsafe { TARGETS.get(&target) }?;
-            FLOWS
-                .insert(
-                    &orig,
-                    &FlowState {
-                        seen: 0,
-                        last_drop_reason: 0,
-                    },
-                    0,
-                )
-                .ok()?;
+            if let Err(e) = FLOWS.insert(
+                &orig,
+                &FlowState {
+                    seen: 0,
+                    last_drop_reason: 0,
+                },
+                0,
+            ) {
+                log::flow_table_full(&orig, e);
+                return None;
+            }
+            log::flow_started(&orig, hook, true);
             FLOWS.get_ptr_mut(&orig)?
         }
         None => return None,

@@ -227,7 +227,13 @@ pub fn packet(ip: &RawIpv4, nh: u64) -> Option<Packet> {
         return None;
     }
     let key = v4_key(ip.src_addr(), ip.dst_addr(), ip.proto());
-    Some(Packet { key, tcp_flags: 0, icmp_type: 0, icmp_code: 0, l4: nh + ip.header_len() as u64 })
+    Some(Packet {
+        key,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4: nh + ip.header_len() as u64,
+    })
 }
 
 /// Ports, TCP flags or ICMP type and code from the transport header `l4` of a `proto` packet.

@@ -40,6 +40,7 @@ use network_types::eth::{EthHdr, EtherType};
 use crate::{
     emit::event,
     flows::{self, Found, mark},
+    log,
     maps::{self, FLOWS, TARGETS},
     packet::{
         self, ICMP_USED, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L4, Packet, RawIpv4, TCP_ACK, TCP_FIN,
@@ -74,13 +75,21 @@ const DEFAULT_L2_LEN: u32 = EthHdr::LEN as u32;
 #[classifier]
 pub fn d8_tc_ingress(ctx: TcContext) -> i32 {
     let _ = observe(&ctx, false);
+    log::report_lost("d8_tc_ingress");
     CONTINUE
 }
 
 #[classifier]
 pub fn d8_tc_egress(ctx: TcContext) -> i32 {
     let _ = observe(&ctx, true);
+    log::report_lost("d8_tc_egress");
     CONTINUE
+}
+
+/// Where the IP header starts on interface `ifindex`.
+#[inline(always)]
+fn l2_len(ifindex: u32) -> u32 {
+    unsafe { TC_L2_LEN.get(&ifindex) }.copied().unwrap_or(DEFAULT_L2_LEN)
 }
 
 #[inline(always)]
@@ -106,7 +115,14 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     let mut slot = MaybeUninit::<L4>::uninit();
     let l4 = L4::zero(&mut slot);
     // SAFETY: `used` is at most `size_of::<L4>()` bytes, written into `l4`.
-    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const c_void, pkt.l4 as u32, (l4 as *mut L4).cast(), used) };
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            pkt.l4 as u32,
+            (l4 as *mut L4).cast(),
+            used,
+        )
+    };
     if rc != 0 {
         return None;
     }
@@ -120,13 +136,22 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
 /// context pointer is the kernel's `struct sk_buff`.
 #[inline(always)]
 fn remember(ctx: &TcContext, egress: bool) {
-    let (hook, after_ct) = if egress { (hook::POST_ROUTING, 1) } else { (hook::PRE_ROUTING, 0) };
+    let (hook, after_ct) = if egress {
+        (hook::POST_ROUTING, 1)
+    } else {
+        (hook::PRE_ROUTING, 0)
+    };
     maps::remember(ctx.skb.skb as u64, hook, after_ct);
 }
 
 #[inline(always)]
 fn target_of(addr: &[u8; 16], port: u16, key: &FlowKey) -> TargetKey {
-    TargetKey { addr: *addr, port, proto: key.proto, family: key.family }
+    TargetKey {
+        addr: *addr,
+        port,
+        proto: key.proto,
+        family: key.family,
+    }
 }
 
 #[inline(always)]
@@ -136,8 +161,12 @@ fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
     if protocol != ETH_P_IP_BE {
         return None;
     }
-    let l2 = unsafe { TC_L2_LEN.get(&ifindex) }.copied().unwrap_or(DEFAULT_L2_LEN);
-    let pkt = parse_ipv4(ctx, l2)?;
+    let Some(pkt) = parse_ipv4(ctx, l2_len(ifindex)) else {
+        // Read again rather than kept: live across the parse, they cost every packet spills.
+        let ifindex = unsafe { (*skb).ifindex };
+        log::not_parsed(ifindex, egress, l2_len(ifindex));
+        return None;
+    };
     // Made by the node itself (no input interface): its OUTPUT view.
     let local = egress && ingress_ifindex == 0;
     if egress && !local {
@@ -171,7 +200,18 @@ fn forwarded(pkt: &Packet) -> Option<()> {
         return Some(());
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }?;
-    FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()
+    if let Err(e) = FLOWS.insert(
+        &pkt.key,
+        &FlowState {
+            seen: seen::NEW,
+            last_drop_reason: 0,
+        },
+        0,
+    ) {
+        log::flow_table_full(&pkt.key, e);
+        return None;
+    }
+    Some(())
 }
 
 /// First packet of a flow to a traced target (`NEW`, as `nf_pre`), or a packet from a traced
@@ -180,7 +220,18 @@ fn forwarded(pkt: &Packet) -> Option<()> {
 #[inline(always)]
 fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     if unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }.is_some() {
-        FLOWS.insert(&pkt.key, &FlowState { seen: seen::NEW, last_drop_reason: 0 }, 0).ok()?;
+        if let Err(e) = FLOWS.insert(
+            &pkt.key,
+            &FlowState {
+                seen: seen::NEW,
+                last_drop_reason: 0,
+            },
+            0,
+        ) {
+            log::flow_table_full(&pkt.key, e);
+            return None;
+        }
+        log::flow_started(&pkt.key, hook, false);
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
             ev.ct_dir = 0;
@@ -189,9 +240,29 @@ fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.saddr, pkt.key.sport, &pkt.key)) }?;
     let key = reversed(&pkt.key);
-    FLOWS.insert(&key, &FlowState { seen: 0, last_drop_reason: 0 }, 0).ok()?;
+    if let Err(e) = FLOWS.insert(
+        &key,
+        &FlowState {
+            seen: 0,
+            last_drop_reason: 0,
+        },
+        0,
+    ) {
+        log::flow_table_full(&key, e);
+        return None;
+    }
+    log::flow_started(&key, hook, true);
     let state = FLOWS.get_ptr_mut(&key)?;
-    reply_direction(&Found { state, key, via_nat: false, reversed: true }, pkt, hook)
+    reply_direction(
+        &Found {
+            state,
+            key,
+            via_nat: false,
+            reversed: true,
+        },
+        pkt,
+        hook,
+    )
 }
 
 /// A client's packet of a known flow: SYN again (retransmit, or a new flow on reused ports),
@@ -208,7 +279,12 @@ fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
             // The client reused the ports of a finished flow: a new flow.
-            unsafe { *st = FlowState { seen: seen::NEW, last_drop_reason: 0 } };
+            unsafe {
+                *st = FlowState {
+                    seen: seen::NEW,
+                    last_drop_reason: 0,
+                }
+            };
             event(kind::NEW, hook, key, |ev| {
                 ev.tcp_flags = pkt.tcp_flags;
                 ev.ct_dir = 0;

@@ -59,6 +59,21 @@ pub enum LogFormat {
     Json,
 }
 
+impl Cli {
+    /// The selection flags of whichever command runs (each has them).
+    pub fn selection(&self) -> &Selection {
+        match &self.command {
+            None => &self.trace.selection,
+            Some(Command::Explain(a)) => &a.selection,
+            Some(Command::Daemon(a)) => &a.selection,
+            Some(Command::Demo(a)) => &a.selection,
+            Some(Command::Doctor(a)) => &a.selection,
+            Some(Command::Cleanup(a)) => &a.selection,
+            Some(Command::Mcp(a)) => &a.selection,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Explain a Service from kube-proxy's rules and the API alone, without tracing.
@@ -124,6 +139,11 @@ pub struct Selection {
     /// Hook set to trace with.
     #[arg(long, value_enum, default_value_t = Hooks::Auto, global = true)]
     pub hooks: Hooks,
+    /// Log what the kernel programs do (flows started, tables full, events lost) to stderr as
+    /// `kernel:` lines at debug level (raise with -v to see them all). Costs a little per packet;
+    /// off, the programs' log statements are removed when they load.
+    #[arg(long, global = true)]
+    pub debug_kernel: bool,
 }
 
 /// The incident mode: `d8-trace --svc NS/NAME[:PORT]`.
@@ -235,14 +255,16 @@ impl Selection {
             api,
             node: self.node.clone(),
             hooks: self.hooks.into(),
+            debug_kernel: self.debug_kernel,
         }
     }
 }
 
 impl LogArgs {
     /// Installs the process's log subscriber: `tracing` events of this crate at the chosen level
-    /// (other crates' only when they are errors), written to stderr.
-    pub fn init(&self) {
+    /// (other crates' only when they are errors), written to stderr. With `debug_kernel`, the
+    /// kernel programs' records (target `d8_trace::kernel`) are shown from debug level up.
+    pub fn init(&self, debug_kernel: bool) {
         use tracing_subscriber::{EnvFilter, fmt};
         let level = match (self.quiet, self.verbose) {
             (true, _) => "warn",
@@ -250,8 +272,9 @@ impl LogArgs {
             (false, 1) => "debug",
             (false, _) => "trace",
         };
-        let filter =
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error")));
+        let kernel = if debug_kernel { ",d8_trace::kernel=debug" } else { "" };
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error{kernel}")));
         let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
         let _ = match self.log_format {
             LogFormat::Text => builder.event_format(PlainLines).try_init(),

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    cli.log.init();
+    cli.log.init(cli.selection().debug_kernel);
     let result = match cli.command {
         None => trace_command(cli.trace),
         Some(Command::Cleanup(args)) => cmd::cleanup::run(args.selection.netns.as_deref()).map_err(Failure::env),
@@ -122,7 +122,7 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
     })?;
     let scope = args.selection.resolve();
     let runtime = enter_node(&scope)?;
-    let setup = trace::kernel_setup(scope.hooks)?;
+    let setup = trace::kernel_setup(&scope)?;
     let opts = cmd::daemon::Options {
         metrics_addr,
         events: args.events.clone(),

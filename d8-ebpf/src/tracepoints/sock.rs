@@ -6,7 +6,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind};
 
 use super::{addresses, read};
-use crate::{emit::event, flows, maps::config, packet::IPPROTO_TCP};
+use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -14,6 +14,7 @@ const TCP_CLOSE: i32 = 7;
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let _ = try_state(&ctx);
+    log::report_lost("inet_sock_set_state");
     0
 }
 

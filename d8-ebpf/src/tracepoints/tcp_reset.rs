@@ -5,12 +5,13 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
 use super::addresses;
-use crate::{emit::event, flows, maps::config, packet::IPPROTO_TCP};
+use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let layout = config!(send_reset);
     let _ = report(&ctx, &layout, kind::SEND_RESET, seen::SEND_RESET);
+    log::report_lost("tcp_send_reset");
     0
 }
 
@@ -18,6 +19,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     let layout = config!(receive_reset);
     let _ = report(&ctx, &layout, kind::RECV_RESET, seen::RECV_RESET);
+    log::report_lost("tcp_receive_reset");
     0
 }
 

@@ -3,9 +3,11 @@
 //! aya loads the object (maps, `CONFIG` global, tracepoints); [`netfilter`] loads the netfilter
 //! programs from the same object against aya's maps. [`Tracer`] owns every link: dropping it
 //! detaches the netfilter hooks first, then the tracepoints, then unmounts tracefs if d8-trace
-//! mounted it. Nothing outlives the process: no pins.
+//! mounted it. Nothing outlives the process: no pins. [`kernel_log`]: the programs' debug log,
+//! off unless [`Tracer::attach_set`] is asked for it.
 
 pub mod alias;
+pub mod kernel_log;
 pub mod netfilter;
 pub mod tc;
 
@@ -72,6 +74,8 @@ pub enum Error {
     Netfilter(#[from] netfilter::Error),
     #[error(transparent)]
     Tc(#[from] tc::Error),
+    #[error(transparent)]
+    KernelLog(#[from] kernel_log::Error),
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -100,24 +104,26 @@ impl HookSet {
 }
 
 /// Tracepoints attached in every hook set: (program, category, name, required).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
+pub(crate) const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("kfree_skb", "skb", "kfree_skb"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
 ];
 
-/// Loaded and attached programs. Field order is drop order: links go first.
+/// Loaded and attached programs. Field order is drop order: links go first, then the kernel log
+/// reader (which forwards what the programs logged until they detached).
 pub struct Tracer {
     tc: Option<tc::Hooks>,
     nf_links: Vec<netfilter::Link>,
     nf_programs: Vec<netfilter::Program>,
+    _kernel_log: Option<kernel_log::KernelLog>,
     ebpf: Ebpf,
     attached: Vec<String>,
     _tracefs: tracefs::Mount,
 }
 
-fn map_data(map: &Map) -> &MapData {
+pub(crate) fn map_data(map: &Map) -> &MapData {
     match map {
         Map::Array(m)
         | Map::ArrayOfMaps(m)
@@ -157,28 +163,46 @@ impl Tracer {
     ///
     /// On error, whatever was attached is detached again (the partial `Tracer` is dropped).
     pub fn attach(config: &Config, mount: tracefs::Mount, ring_buffer_bytes: u32) -> Result<Self, Error> {
-        Self::attach_set(config, mount, ring_buffer_bytes, HookSet::Netfilter)
+        Self::attach_set(config, mount, ring_buffer_bytes, HookSet::Netfilter, false)
     }
 
     /// [`Self::attach`] with the packet hooks of `set`; the tracepoints are the same in both.
+    ///
+    /// `debug_kernel` turns the kernel programs' debug log on: their records go to the log as
+    /// `kernel` events (see [`kernel_log`]), which needs a tokio runtime with IO enabled. Off, the
+    /// programs' log statements are pruned by the verifier and cost nothing.
     pub fn attach_set(
         config: &Config,
         mount: tracefs::Mount,
         ring_buffer_bytes: u32,
         set: HookSet,
+        debug_kernel: bool,
     ) -> Result<Self, Error> {
         if PROBES.is_empty() {
             return Err(Error::NoProbes);
         }
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("CONFIG", config, true)
-            .map_max_entries("EVENTS", ring_buffer_bytes)
-            .load(PROBES)
-            .map_err(Error::Load)?;
+            .map_max_entries("EVENTS", ring_buffer_bytes);
+        kernel_log::configure(&mut loader, debug_kernel);
+        let mut ebpf = loader.load(PROBES).map_err(Error::Load)?;
+        // Before the log reader takes AYA_LOGS out of the object: the netfilter programs are
+        // relocated against every map, that one included (its fd stays open in the reader).
+        let map_fds: HashMap<String, RawFd> = ebpf
+            .maps()
+            .map(|(name, map)| (name.to_string(), map_data(map).fd().as_fd().as_raw_fd()))
+            .collect();
+        let kernel_log = if debug_kernel {
+            kernel_log::start(&mut ebpf)?
+        } else {
+            None
+        };
         let mut tracer = Self {
             tc: None,
             nf_links: Vec::new(),
             nf_programs: Vec::new(),
+            _kernel_log: kernel_log,
             ebpf,
             attached: Vec::new(),
             _tracefs: mount,
@@ -221,11 +245,6 @@ impl Tracer {
             return Ok(tracer);
         }
 
-        let map_fds: HashMap<String, RawFd> = tracer
-            .ebpf
-            .maps()
-            .map(|(name, map)| (name.to_string(), map_data(map).fd().as_fd().as_raw_fd()))
-            .collect();
         for name in ["nf_pre", "nf_post"] {
             tracer
                 .nf_programs

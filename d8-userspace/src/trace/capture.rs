@@ -37,9 +37,12 @@ impl Capture {
     /// Attaches `choice`'s hook set in the calling thread's network namespace and starts tracing
     /// `targets`. With the conntrack-netlink join, the subscription comes first, so every flow the
     /// programs see has its conntrack event. Must run inside a tokio runtime with IO enabled.
+    /// `debug_kernel`: the kernel programs' debug log on (see `loader::kernel_log`).
+    #[allow(clippy::too_many_arguments)] // each is one of the setup's decisions, named at the call
     pub fn open(
         choice: &HookChoice,
         config: &Config,
+        debug_kernel: bool,
         mount: tracefs::Mount,
         ring_buffer_bytes: u32,
         targets: &[(TargetKey, u32)],
@@ -49,7 +52,7 @@ impl Capture {
             Join::CtNetlink => Some(super::ctjoin::CtJoin::open(targets, node_ips).map_err(Error::CtNetlink)?),
             Join::SkbConntrack => None,
         };
-        let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set)?;
+        let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set, debug_kernel)?;
         tracer.set_targets(targets)?;
         let link_events = tracer.take_link_events().map(register).transpose()?;
         let join = join.map(register).transpose()?;

@@ -87,10 +87,14 @@ pub struct KernelSetup {
     pub drop_reasons: DropReasons,
     pub mount: tracefs::Mount,
     pub warnings: Vec<String>,
+    /// The kernel programs' debug log is on (`--debug-kernel`).
+    pub debug_kernel: bool,
 }
 
-/// Reads BTF and tracefs (mounting it if needed) and picks the hook set for `requested`.
-pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
+/// Reads BTF and tracefs (mounting it if needed) and picks the hook set `scope` asks for.
+pub fn kernel_setup(scope: &super::Scope) -> Result<KernelSetup, Error> {
+    let requested = scope.hooks;
+    let debug_kernel = scope.debug_kernel;
     if !kernel::is_root() {
         return Err(Error::NotRoot);
     }
@@ -121,6 +125,7 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
                 drop_reasons: DropReasons::default(),
                 mount,
                 warnings,
+                debug_kernel,
             });
         }
         Err(e) => return Err(kernel::Error::from(e).into()),
@@ -159,6 +164,7 @@ pub fn kernel_setup(requested: HookRequest) -> Result<KernelSetup, Error> {
         drop_reasons: DropReasons::from_btf(&btf),
         mount,
         warnings,
+        debug_kernel,
     })
 }
 

@@ -106,6 +106,8 @@ pub struct Scope {
     /// This node's name (`--node`), when the user gave it.
     pub node: Option<String>,
     pub hooks: HookRequest,
+    /// The kernel programs' debug log (`--debug-kernel`), forwarded to the log.
+    pub debug_kernel: bool,
 }
 
 impl Default for Scope {
@@ -115,6 +117,7 @@ impl Default for Scope {
             api: k8s::Source::Live { kubeconfig: None },
             node: None,
             hooks: HookRequest::Auto,
+            debug_kernel: false,
         }
     }
 }
@@ -178,7 +181,7 @@ pub async fn trace(
         say(w.clone(), &mut warnings);
     }
     let plan = plan(&view.model, svc, view.model.node_ips.clone())?;
-    let setup = kernel_setup(scope.hooks)?;
+    let setup = kernel_setup(scope)?;
     for w in &setup.warnings {
         say(w.clone(), &mut warnings);
     }
@@ -233,6 +236,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         drop_reasons,
         mount,
         mut warnings,
+        debug_kernel,
     } = setup;
     // Signal handlers first: a Ctrl-C or SIGTERM that arrives once hooks are attached must end the
     // trace normally (verdict printed, everything detached), never kill the process outright.
@@ -242,6 +246,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     let mut capture = Capture::open(
         &choice,
         &config,
+        debug_kernel,
         mount,
         opts.ring_buffer_bytes,
         &plan.targets(),

@@ -214,3 +214,40 @@ fn unread_live_output_loses_no_events_and_keeps_the_report_whole() {
         assert!(report.contains(part), "{part:?} missing from the report:\n{report}");
     }
 }
+
+/// `--debug-kernel`: the kernel programs' own records reach stderr (the flow they started, in
+/// their words), the report on stdout stays one JSON object; without the flag there are none.
+#[test]
+fn debug_kernel_logs_what_the_programs_decide_on_stderr_only() {
+    let lab = lab(ProxyMode::Iptables);
+    let mut runs = Vec::new();
+    for extra in [&["--debug-kernel"][..], &[][..]] {
+        let trace = Trace::start(&trace_args(&lab, "default/web", "3", extra));
+        lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+        runs.push(trace.finish(Duration::from_secs(20)));
+    }
+    let (on, off) = (&runs[0], &runs[1]);
+    let kernel_lines = |stderr: &str| stderr.lines().filter(|l| l.contains("kernel: ")).count();
+    assert!(
+        on.stderr
+            .lines()
+            .any(|l| l.contains("kernel: new flow: proto 6 ") && l.contains("-> 10.96.0.10:80")),
+        "no kernel record of the flow:\n{}",
+        on.stderr
+    );
+    assert_eq!(
+        kernel_lines(&off.stderr),
+        0,
+        "kernel records without --debug-kernel:\n{}",
+        off.stderr
+    );
+    for run in [on, off] {
+        assert!(
+            !run.stdout.contains("kernel: "),
+            "kernel records on stdout:\n{}",
+            run.stdout
+        );
+        let report = run.report();
+        assert_eq!(report.flows_to("10.96.0.10:80").len(), 1, "{}", report.describe_flows());
+    }
+}

@@ -202,6 +202,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         drop_reasons,
         mount,
         warnings,
+        debug_kernel,
     } = setup;
     for w in &warnings {
         tracing::warn!("{w}");
@@ -218,6 +219,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let mut capture = Capture::open(
         &choice,
         &config,
+        debug_kernel,
         mount,
         opts.ring_buffer_bytes,
         &targets,

@@ -215,7 +215,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         (int, term)
     };
     // The kernel first: an unsupported one fails before anything is built.
-    let setup = trace::kernel_setup(scope.hooks)?;
+    let setup = trace::kernel_setup(scope)?;
     if setup.choice.set == crate::loader::HookSet::Tc {
         return Err(Error::TcHookSet);
     }
@@ -254,6 +254,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         api: k8s::Source::Snapshot(snapshot.0.clone()),
         node: Some(spec.node_name.clone()),
         hooks: scope.hooks,
+        debug_kernel: scope.debug_kernel,
     };
     let start_view = runtime.block_on(trace::node_view(&lab_scope))?;
     for w in &start_view.warnings {
