@@ -223,6 +223,11 @@ impl Tracer {
     /// (this process, on a saturated machine) falls behind would block d8-trace's event loop and
     /// turn the bench's own slowness into lost events. A thread follows the file.
     pub fn start(bin: &Path, svc: &str, node_ns: &str) -> anyhow::Result<Self> {
+        Self::start_with(bin, svc, node_ns, &[])
+    }
+
+    /// [`Self::start`] with `extra` flags for d8-trace (e.g. `--debug-kernel`).
+    pub fn start_with(bin: &Path, svc: &str, node_ns: &str, extra: &[&str]) -> anyhow::Result<Self> {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = target_dir().join("bench");
         std::fs::create_dir_all(&dir)?;
@@ -231,6 +236,7 @@ impl Tracer {
         let spawned = Instant::now();
         let mut child = Command::new(bin)
             .args(["--svc", svc, "--netns", node_ns, "--no-k8s", "-o", "json"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(file))

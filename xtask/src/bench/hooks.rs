@@ -34,6 +34,9 @@ pub struct ProgRow {
 pub struct Scenario {
     pub traffic: &'static str,
     pub traced: bool,
+    /// d8-trace ran with `--debug-kernel` (the kernel programs' log on); the targets are judged
+    /// on the runs without it.
+    pub debug_kernel: bool,
     pub svc: &'static str,
     pub rows: Vec<ProgRow>,
     /// ns per invocation of the empty program at nf_pre's hooks and at nf_post's.
@@ -230,15 +233,20 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let secs = env.pick(5, 1);
     let floor = load_floor(lab.node_ns())?;
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
-    let cases: [(&'static str, bool, &'static str); 4] = [
-        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC),
-        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC),
-        ("new connection per request", false, common::OTHER_SVC),
-        ("new connection per request", true, common::WEB_SVC),
+    // The last two: the same short connections with the kernel programs' log on, beside the
+    // default (off) to show what the log statements cost when on and that off they cost nothing.
+    let cases: [(&'static str, bool, &'static str, bool); 6] = [
+        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC, false),
+        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false),
+        ("new connection per request", false, common::OTHER_SVC, false),
+        ("new connection per request", true, common::WEB_SVC, false),
+        ("new connection per request", false, common::OTHER_SVC, true),
+        ("new connection per request", true, common::WEB_SVC, true),
     ];
     let mut scenarios = Vec::new();
-    for (traffic, traced, svc) in cases {
-        let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
+    for (traffic, traced, svc, debug_kernel) in cases {
+        let extra: &[&str] = if debug_kernel { &["--debug-kernel"] } else { &[] };
+        let tracer = Tracer::start_with(&env.d8_trace, svc, lab.node_ns(), extra)?;
         let ids = prog_ids(&tracer.pid().to_string());
         let stats = Stats::enable()?;
         let before = snapshot()?;
@@ -276,6 +284,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         let s = Scenario {
             traffic,
             traced,
+            debug_kernel,
             svc,
             rows,
             floor_pre,
@@ -283,8 +292,9 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         };
         for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]) {
             eprintln!(
-                "bench hooks: {traffic}, {}: {:<18} {:7.1} ns x {}",
+                "bench hooks: {traffic}, {}{}: {:<18} {:7.1} ns x {}",
                 if traced { "traced" } else { "untraced" },
+                if debug_kernel { ", --debug-kernel" } else { "" },
                 r.name,
                 r.ns_per_run,
                 r.runs

@@ -215,7 +215,7 @@ struct Target {
 /// Worst ratio of nf_pre/nf_post to their floor over the scenarios with `traced`.
 fn worst_ratio(h: &Hooks, traced: bool) -> Option<(f64, String)> {
     let mut worst: Option<(f64, String)> = None;
-    for s in h.scenarios.iter().filter(|s| s.traced == traced) {
+    for s in h.scenarios.iter().filter(|s| s.traced == traced && !s.debug_kernel) {
         for r in &s.rows {
             if let Some(floor) = s.floor_of(r) {
                 let ratio = r.ns_per_run / floor;
@@ -461,8 +461,11 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          (found through its `/proc/PID/fdinfo`). The floor is `nf_empty` (`d8-ebpf/src/bench.rs`, returns NF_ACCEPT) \
          loaded by the bench twice and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and OUTPUT at \
          -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), one priority away (the kernel \
-         refuses a BPF hook at a priority another hook holds), measured in the same window. \"Untraced\" traces `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole \
-         machine (other processes' packets included) and have no floor here.\n",
+         refuses a BPF hook at a priority another hook holds), measured in the same window. \"Untraced\" traces \
+         `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole machine (other processes' \
+         packets included) and have no floor here. Every run has the kernel programs' debug log off (their log \
+         statements pruned at load) except the two marked `--debug-kernel`, which have it on; the targets are \
+         judged on the runs with it off.\n",
         h.secs
     );
     let _ = writeln!(
@@ -470,10 +473,11 @@ fn hooks_section(o: &mut String, h: &Hooks) {
         "| Traffic | d8-trace traces | Program | Invocations | ns / invocation | Empty program | Ratio |\n|---|---|---|---|---|---|---|"
     );
     for s in &h.scenarios {
-        let who = if s.traced {
-            format!("this Service (`{}`)", s.svc)
-        } else {
-            format!("another Service (`{}`)", s.svc)
+        let who = match (s.traced, s.debug_kernel) {
+            (true, false) => format!("this Service (`{}`)", s.svc),
+            (false, false) => format!("another Service (`{}`)", s.svc),
+            (true, true) => format!("this Service (`{}`), `--debug-kernel`", s.svc),
+            (false, true) => format!("another Service (`{}`), `--debug-kernel`", s.svc),
         };
         for r in &s.rows {
             let (floor, ratio) = match s.floor_of(r) {
