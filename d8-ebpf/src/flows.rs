@@ -3,9 +3,27 @@
 use d8_common::{FlowKey, FlowState};
 
 use crate::{
+    log,
     maps::{FLOWS, NAT_ALIAS},
     packet::reversed,
 };
+
+/// Gives `key` flow state with `seen` set; `None` (and a log record) when `FLOWS` refused it.
+#[inline(always)]
+pub fn insert(key: &FlowKey, seen: u32) -> Option<()> {
+    if let Err(e) = FLOWS.insert(
+        key,
+        &FlowState {
+            seen,
+            last_drop_reason: 0,
+        },
+        0,
+    ) {
+        log::flow_table_full(key, e);
+        return None;
+    }
+    Some(())
+}
 
 /// A flow found in `FLOWS`.
 pub struct Found {

@@ -82,17 +82,7 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
         };
         unsafe { TARGETS.get(&target) }?;
         remember(skb, hook, 0);
-        if let Err(e) = FLOWS.insert(
-            &pkt.key,
-            &FlowState {
-                seen: seen::NEW,
-                last_drop_reason: 0,
-            },
-            0,
-        ) {
-            log::flow_table_full(&pkt.key, e);
-            return None;
-        }
+        flows::insert(&pkt.key, seen::NEW)?;
         log::flow_started(&pkt.key, hook, false);
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
@@ -181,17 +171,7 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
                 family: orig.family,
             };
             unsafe { TARGETS.get(&target) }?;
-            if let Err(e) = FLOWS.insert(
-                &orig,
-                &FlowState {
-                    seen: 0,
-                    last_drop_reason: 0,
-                },
-                0,
-            ) {
-                log::flow_table_full(&orig, e);
-                return None;
-            }
+            flows::insert(&orig, 0)?;
             log::flow_started(&orig, hook, true);
             FLOWS.get_ptr_mut(&orig)?
         }

@@ -200,17 +200,7 @@ fn forwarded(pkt: &Packet) -> Option<()> {
         return Some(());
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }?;
-    if let Err(e) = FLOWS.insert(
-        &pkt.key,
-        &FlowState {
-            seen: seen::NEW,
-            last_drop_reason: 0,
-        },
-        0,
-    ) {
-        log::flow_table_full(&pkt.key, e);
-        return None;
-    }
+    flows::insert(&pkt.key, seen::NEW)?;
     Some(())
 }
 
@@ -220,17 +210,7 @@ fn forwarded(pkt: &Packet) -> Option<()> {
 #[inline(always)]
 fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     if unsafe { TARGETS.get(&target_of(&pkt.key.daddr, pkt.key.dport, &pkt.key)) }.is_some() {
-        if let Err(e) = FLOWS.insert(
-            &pkt.key,
-            &FlowState {
-                seen: seen::NEW,
-                last_drop_reason: 0,
-            },
-            0,
-        ) {
-            log::flow_table_full(&pkt.key, e);
-            return None;
-        }
+        flows::insert(&pkt.key, seen::NEW)?;
         log::flow_started(&pkt.key, hook, false);
         event(kind::NEW, hook, &pkt.key, |ev| {
             ev.tcp_flags = pkt.tcp_flags;
@@ -240,17 +220,7 @@ fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
     }
     unsafe { TARGETS.get(&target_of(&pkt.key.saddr, pkt.key.sport, &pkt.key)) }?;
     let key = reversed(&pkt.key);
-    if let Err(e) = FLOWS.insert(
-        &key,
-        &FlowState {
-            seen: 0,
-            last_drop_reason: 0,
-        },
-        0,
-    ) {
-        log::flow_table_full(&key, e);
-        return None;
-    }
+    flows::insert(&key, 0)?;
     log::flow_started(&key, hook, true);
     let state = FLOWS.get_ptr_mut(&key)?;
     reply_direction(
