@@ -243,8 +243,17 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         ("new connection per request", false, common::OTHER_SVC, true),
         ("new connection per request", true, common::WEB_SVC, true),
     ];
+    // A d8-trace from before the flag existed (to compare builds) runs the first four only.
+    let has_debug_kernel = std::process::Command::new(&env.d8_trace)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--debug-kernel"));
     let mut scenarios = Vec::new();
     for (traffic, traced, svc, debug_kernel) in cases {
+        if debug_kernel && !has_debug_kernel {
+            eprintln!("bench hooks: {} has no --debug-kernel: those runs are left out", env.d8_trace.display());
+            continue;
+        }
         let extra: &[&str] = if debug_kernel { &["--debug-kernel"] } else { &[] };
         let tracer = Tracer::start_with(&env.d8_trace, svc, lab.node_ns(), extra)?;
         let ids = prog_ids(&tracer.pid().to_string());
