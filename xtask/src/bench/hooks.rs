@@ -251,7 +251,10 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let mut scenarios = Vec::new();
     for (traffic, traced, svc, debug_kernel) in cases {
         if debug_kernel && !has_debug_kernel {
-            eprintln!("bench hooks: {} has no --debug-kernel: those runs are left out", env.d8_trace.display());
+            eprintln!(
+                "bench hooks: {} has no --debug-kernel: those runs are left out",
+                env.d8_trace.display()
+            );
             continue;
         }
         let extra: &[&str] = if debug_kernel { &["--debug-kernel"] } else { &[] };
