@@ -1,5 +1,6 @@
 //! kube-proxy's own health as seen from the node: is it running, does `/healthz` answer, when did it
-//! last sync its rules, which mode does it say it runs (`shared/reference/kube-proxy-rules.md` §5).
+//! last sync its rules, which mode does it say it runs (kube-proxy's `pkg/proxy/healthcheck/proxy_health.go`
+//! for `/healthz`, its metrics port for `sync_proxy_rules_last_timestamp_seconds`).
 //!
 //! - [`status`] gathers everything into [`KubeProxyStatus`] (the only function here that reads
 //!   `/proc` and opens sockets). The endpoints are on loopback of the *current* network namespace:

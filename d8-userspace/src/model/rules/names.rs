@@ -76,7 +76,8 @@ pub fn nft_hash(suffix: &str) -> String {
 mod tests {
     use super::*;
 
-    // Values verified against real kube-proxy dumps (shared/reference/kube-proxy-rules.md, 1.12).
+    // Values verified against real kube-proxy dumps (chain names from `servicePortChainName` and
+    // `servicePortEndpointChainName` in kube-proxy's `pkg/proxy/iptables/proxier.go`).
     #[test]
     fn service_hashes_match_kube_proxy() {
         assert_eq!(service_hash("default/kubernetes:https", "tcp"), "NPX46M4PTMTKRN6Y");

@@ -2,7 +2,7 @@
 //!
 //! Input: the text `iptables-save` (or `iptables-nft-save`, `iptables-legacy-save`, `ip6tables-save`)
 //! prints for the nat and filter tables, with or without `-c` counters. The reader understands the
-//! output form described in `shared/reference/kube-proxy-rules.md` §1.13 (`-d x/32` moved to the
+//! output form `iptables-save` prints for kube-proxy's input (`-d x/32` moved to the
 //! front, comments always quoted with `\"` escapes, `--set-xmark`, 11-decimal probabilities,
 //! `[pkts:bytes]` prefixes, `#` lines) and also kube-proxy's own input form, because options are
 //! looked up by name, never by position.

@@ -1,8 +1,8 @@
 //! Reads kube-proxy's nftables-mode rules from `nft -j list table ip kube-proxy` into [`Service`]s.
 //!
 //! Input: the JSON `nft -j list table ip kube-proxy` (or `ip6`, or `nft -j list ruleset`: objects of
-//! other tables are skipped) prints. Shapes: `shared/reference/kube-proxy-rules.md` §3; the fixtures
-//! in `testdata/rules/nft-layout-{A,B}.json` are real nft 1.0.6 output.
+//! other tables are skipped) prints. Shapes: kube-proxy's `pkg/proxy/nftables/proxier.go` and its
+//! golden tests; the fixtures in `testdata/rules/nft-layout-{A,B}.json` are real nft 1.0.6 output.
 //!
 //! What it builds:
 //! - frontends from the verdict maps: `service-ips` (`goto service-…` = ClusterIP, `goto external-…`
