@@ -10,7 +10,8 @@
 //! (the thread's, at open time) and sees only its conntrack entries.
 //!
 //! Only entries created while subscribed carry events (`nf_conntrack_events` = 2, the default
-//! since 5.19, enables them once a listener exists; 1 enables them always).
+//! since 5.19, enables them once a listener exists; 1 enables them always). Entries that existed
+//! before (connections opened before the trace began) are read once with [`dump`].
 
 use std::io;
 
@@ -21,8 +22,10 @@ use super::netlink::{self, Socket};
 const NETLINK_NETFILTER: i32 = 12;
 /// `NFNLGRP_CONNTRACK_NEW`.
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
-/// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW`.
+/// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW`: events, and each entry of a dump.
 const CT_NEW: u16 = 1 << 8;
+/// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET`.
+const CT_GET: u16 = (1 << 8) | 1;
 const NFGENMSG_LEN: usize = 4;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -125,6 +128,24 @@ pub fn parse_datagram(buf: &[u8]) -> Vec<CtEvent> {
         .into_iter()
         .filter_map(|m| parse(m.kind, m.payload))
         .collect()
+}
+
+/// Every conntrack entry of the current network namespace (both families) for which `keep` is
+/// true: one dump over a socket of its own, entries decoded as they arrive (a node may hold
+/// hundreds of thousands; only the kept ones are held).
+pub fn dump(mut keep: impl FnMut(&CtEvent) -> bool) -> io::Result<Vec<CtEvent>> {
+    let socket = Socket::open(NETLINK_NETFILTER, &[], 1 << 20)?;
+    // nfgenmsg: AF_UNSPEC (every family), version 0, res_id 0.
+    let msg = netlink::request(CT_GET, netlink::NLM_F_REQUEST | netlink::NLM_F_DUMP, 1, &[0, 0, 0, 0]);
+    let mut out = Vec::new();
+    socket.transact_each(&msg, 1, |kind, payload| {
+        if let Some(ct) = parse(kind, payload)
+            && keep(&ct)
+        {
+            out.push(ct);
+        }
+    })?;
+    Ok(out)
 }
 
 /// A subscription to conntrack NEW events in the current network namespace.

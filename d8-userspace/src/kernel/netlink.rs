@@ -225,8 +225,15 @@ impl Socket {
     /// Sends `msg` and collects the answer: every message up to `NLMSG_DONE` (dumps) or the
     /// `NLMSG_ERROR` ack; an error code becomes an `io::Error`.
     pub fn transact(&self, msg: &[u8], seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
-        self.send(msg)?;
         let mut out = Vec::new();
+        self.transact_each(msg, seq, |kind, payload| out.push((kind, payload.to_vec())))?;
+        Ok(out)
+    }
+
+    /// [`Self::transact`], handing each answer message (type, payload) to `each` as it arrives
+    /// instead of collecting them: for dumps too large to hold twice.
+    pub fn transact_each(&self, msg: &[u8], seq: u32, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        self.send(msg)?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             if !self.wait_readable(std::time::Duration::from_secs(2))? {
@@ -238,20 +245,15 @@ impl Socket {
                     continue;
                 }
                 match m.kind {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok(()),
                     NLMSG_ERROR => {
                         let code = error_code(m.payload).unwrap_or(0);
                         if code != 0 {
                             return Err(io::Error::from_raw_os_error(-code));
                         }
-                        return Ok(out);
+                        return Ok(());
                     }
-                    kind => {
-                        out.push((kind, m.payload.to_vec()));
-                        if m.flags & NLM_F_MULTI == 0 {
-                            // A single answer without ack requested.
-                        }
-                    }
+                    kind => each(kind, m.payload),
                 }
             }
         }

@@ -93,6 +93,7 @@ pub use spec::{
 };
 pub use traffic::{
     HttpOutcome, TcpOutcome, UdpOutcome, http_get, kubelet_probe, tcp_connect, tcp_request, udp_request,
+    udp_request_from,
 };
 
 /// What went wrong while building, changing or tearing down a lab.

@@ -221,8 +221,20 @@ pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> 
 /// Sends one datagram from namespace `ns` to `addr` on a connected UDP socket (so ICMP errors are
 /// reported) and waits up to `timeout` for a reply.
 pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<UdpOutcome, Error> {
+    udp_request_from(ns, 0, addr, payload, timeout)
+}
+
+/// [`udp_request`] from local port `port` (0: any): the same port twice is the same conntrack
+/// entry while it lives.
+pub fn udp_request_from(
+    ns: &str,
+    port: u16,
+    addr: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<UdpOutcome, Error> {
     in_netns(ns, || {
-        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
+        let sock = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
         sock.connect(addr)
             .map_err(|e| Error::Io(format!("connect udp {addr}: {e}")))?;
         let _ = sock.set_read_timeout(Some(timeout));

@@ -54,6 +54,13 @@ impl Capture {
         };
         let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set, debug_kernel)?;
         tracer.set_targets(targets)?;
+        let mut join = join;
+        if let Some(join) = join.as_mut() {
+            // The aliases of flows that existed before the trace and of those that began while
+            // the programs were attaching, in the kernel before their next packets.
+            join.poll(&mut tracer, usize::MAX);
+            join.programs_attached();
+        }
         let link_events = tracer.take_link_events().map(register).transpose()?;
         let join = join.map(register).transpose()?;
         let ring = register(tracer.take_events()?)?;

@@ -32,6 +32,13 @@ pub struct CtJoin {
     node_ips: Vec<std::net::IpAddr>,
     alias: std::collections::HashMap<Tuple, Tuple>,
     pending: Pending,
+    /// Entries of traced flows that existed before the subscription (they never send an event),
+    /// read once by [`CtJoin::open`]; joined by the first [`CtJoin::poll`].
+    existing: Vec<ctnetlink::CtEvent>,
+    /// The entries of flows that existed, or began, before the programs were attached
+    /// ([`CtJoin::programs_attached`]), by ORIGINAL tuple: given to the flow table with the flow's
+    /// first record, never alone (their packets may all have passed unseen).
+    early: std::collections::HashMap<Tuple, Event>,
     /// Every event the kernel queued before this instant (monotonic ns) has been handled.
     covered_until: u64,
     /// The kernel takes batched and lookup-and-delete map operations (else one
@@ -184,18 +191,48 @@ impl Datagrams {
     }
 }
 
+/// The traced target an entry's ORIGINAL tuple asks for.
+fn target_of(ct: &ctnetlink::CtEvent) -> d8_common::TargetKey {
+    d8_common::TargetKey {
+        addr: ct.orig.daddr,
+        port: ct.orig.dport,
+        proto: ct.orig.proto,
+        family: ct.orig.family,
+    }
+}
+
 impl CtJoin {
     /// Subscribes to conntrack events in the current network namespace: do it before attaching,
-    /// so no flow the programs see lacks its event.
+    /// so no flow the programs see lacks its event. Then reads the entries of traced flows that
+    /// exist already (connections opened before the trace, which will never send an event):
+    /// without their aliases, the replies of such a flow would never be tied to it and it would
+    /// read as unanswered. Subscribed first, dumped second: no entry falls between the two.
     pub fn open(targets: &[(d8_common::TargetKey, u32)], node_ips: Vec<std::net::IpAddr>) -> std::io::Result<Self> {
+        let events = ctnetlink::Events::open()?;
+        let targets: std::collections::HashSet<d8_common::TargetKey> = targets.iter().map(|(k, _)| *k).collect();
+        let existing = match ctnetlink::dump(|ct| targets.contains(&target_of(ct))) {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::warn!(
+                    "reading the conntrack table: {e}; connections opened before the trace may show no replies"
+                );
+                Vec::new()
+            }
+        };
+        tracing::debug!(
+            "{} conntrack entries of traced Services existed before the trace",
+            existing.len()
+        );
         Ok(Self {
-            events: ctnetlink::Events::open()?,
+            events,
             bufs: Datagrams::new(),
             inbox: Inbox::default(),
-            targets: targets.iter().map(|(k, _)| *k).collect(),
+            targets,
             node_ips,
             alias: Default::default(),
             pending: Pending::default(),
+            existing,
+            early: Default::default(),
             covered_until: 0,
             fast_join: true,
             map_errors: 0,
@@ -227,6 +264,9 @@ impl CtJoin {
         });
         let n = max.min(self.inbox.queued.len());
         let mut joins = Vec::with_capacity(n);
+        for ct in std::mem::take(&mut self.existing) {
+            self.handle(ct, &mut joins);
+        }
         for _ in 0..n {
             if let Some(ct) = self.inbox.queued.pop_front() {
                 self.handle(ct, &mut joins);
@@ -245,15 +285,9 @@ impl CtJoin {
         ts_ns >= self.covered_until
     }
 
-    /// Joins one event; a NAT'd flow's (post-NAT, ORIGINAL) tuples go to `joins`, for the kernel.
+    /// Joins one entry; a NAT'd flow's (post-NAT, ORIGINAL) tuples go to `joins`, for the kernel.
     fn handle(&mut self, ct: ctnetlink::CtEvent, joins: &mut Vec<(FlowKey, FlowKey)>) {
-        let target = d8_common::TargetKey {
-            addr: ct.orig.daddr,
-            port: ct.orig.dport,
-            proto: ct.orig.proto,
-            family: ct.orig.family,
-        };
-        if !self.targets.contains(&target) {
+        if !self.targets.contains(&target_of(&ct)) {
             return;
         }
         let (Ok(orig), Ok(reply)) = (crate::events::tuple(&ct.orig), crate::events::tuple(&ct.reply)) else {
@@ -291,6 +325,20 @@ impl CtJoin {
         }
     }
 
+    /// Call once the programs are attached, after a [`Self::poll`] that read every queued event:
+    /// the entries read so far are of connections opened before the trace or while the programs
+    /// were attaching, whose packets may all have passed unseen. Given to the flow table alone,
+    /// such an entry would make a flow with a backend and nothing else, read as unanswered; it
+    /// waits instead for the flow's first record ([`Self::take_pending_for`]).
+    pub fn programs_attached(&mut self) {
+        for ev in self.pending.take_all() {
+            if self.early.len() >= MAX_ALIASES {
+                self.early.clear();
+            }
+            self.early.entry(ev.flow).or_insert(ev);
+        }
+    }
+
     /// Conntrack events read so far, for the flow table (after the ring buffer was drained, so a
     /// flow starts with its first packet rather than with its conntrack entry).
     pub fn take_pending(&mut self) -> Vec<Event> {
@@ -299,9 +347,9 @@ impl CtJoin {
 
     /// The conntrack event read for `flow`, if it has not gone to the flow table yet: it must
     /// precede the flow's records other than its first packet (a reset is judged by whether the
-    /// flow has a backend).
+    /// flow has a backend). For a flow from before the programs were attached, its entry.
     pub fn take_pending_for(&mut self, flow: &Tuple) -> Option<Event> {
-        self.pending.take_for(flow)
+        self.pending.take_for(flow).or_else(|| self.early.remove(flow))
     }
 
     /// Conntrack events handled but not yet given to the flow table.

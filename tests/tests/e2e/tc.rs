@@ -769,3 +769,32 @@ fn tc_keeps_its_clsact_when_another_tool_uses_it() {
     );
     assert!(!after.contains("d8_tc_"), "{after}");
 }
+
+/// A flow that began before the trace (an open UDP "connection": the same conntrack entry, so no
+/// conntrack event while tracing) still has its replies joined on the TC hook set: its alias
+/// comes from the conntrack table read at start. One flow, answered, through the backend
+/// conntrack chose; the netfilter set (where the kernel has it) reports the same.
+#[test]
+fn tc_flow_opened_before_the_trace_gets_its_replies() {
+    let lab = lab(ProxyMode::Iptables);
+    let mut sets = vec!["tc"];
+    if netfilter_links() {
+        sets.push("netfilter");
+    }
+    for (i, hooks) in sets.into_iter().enumerate() {
+        let port = 40_053 + i as u16;
+        let ask = || lab::udp_request_from(lab.client_ns(), port, addr(DNS_VIP, 53), b"query", TIMEOUT).expect("udp");
+        assert!(matches!(ask(), lab::UdpOutcome::Reply(_)), "before the trace");
+        let (report, said) = traced(&lab, "default/dns", "3", hooks, &|_: &Lab| ask());
+        assert!(matches!(said, lab::UdpOutcome::Reply(_)), "{hooks}: {said:?}");
+        let flows = report.flows_to("10.96.0.53:53");
+        assert_eq!(flows.len(), 1, "{hooks}: one flow:\n{}", report.describe_flows());
+        assert!(
+            flows[0].client.ends_with(&format!(":{port}")),
+            "{hooks}: {}",
+            flows[0].client
+        );
+        assert_eq!(flows[0].outcome, "established", "{hooks}:\n{}", report.describe_flows());
+        assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.21:5353"), "{hooks}");
+    }
+}

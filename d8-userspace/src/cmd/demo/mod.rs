@@ -93,15 +93,6 @@ pub enum Error {
     Script(#[from] script::Error),
     #[error("{0}")]
     Io(String),
-    /// Found by running it: on the TC hook set the incident's first flows to web are reported
-    /// without their replies (backend_timeout instead of healthy). Refused until that is fixed,
-    /// rather than showing a wrong verdict.
-    #[error(
-        "the demo needs the netfilter hook set (kernels 6.4+ with netfilter BPF links): on the TC hook set its first \
-         flows are reported without their replies, a known bug, so web would read backend_timeout; tracing a real \
-         Service with --hooks tc is not affected by this refusal"
-    )]
-    TcHookSet,
 }
 
 impl Error {
@@ -216,9 +207,6 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     };
     // The kernel first: an unsupported one fails before anything is built.
     let setup = trace::kernel_setup(scope)?;
-    if setup.choice.set == crate::loader::HookSet::Tc {
-        return Err(Error::TcHookSet);
-    }
     for w in &setup.warnings {
         tracing::warn!("{w}");
     }
