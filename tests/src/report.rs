@@ -16,6 +16,15 @@ pub struct Report {
     pub evidence: Vec<Evidence>,
     pub severity: Option<String>,
     pub mitigation: Option<Mitigation>,
+    /// What limits the report (`kind`: rules, api, kube_proxy, ipvs_modules, kernel, capture).
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Warning {
+    pub kind: String,
+    pub source: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -256,6 +256,8 @@ fn warning_kind(w: &Warning) -> EvidenceKind {
         WarningKind::Rules => EvidenceKind::Rules,
         WarningKind::Api => EvidenceKind::Api,
         WarningKind::KubeProxy | WarningKind::IpvsModules => EvidenceKind::KubeProxy,
+        // Not model warnings (the tracer adds them to the report), but a trace's if they were.
+        WarningKind::Kernel | WarningKind::Capture => EvidenceKind::Trace,
     }
 }
 

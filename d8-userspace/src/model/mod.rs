@@ -245,7 +245,7 @@ pub struct ServiceModel {
 pub struct Warning {
     pub kind: WarningKind,
     /// Where it was met: `iptables`, `nftables`, `ipvs` (their rules), `the API`, a snapshot's
-    /// path, `kube-proxy`, `/sys/module`.
+    /// path, `kube-proxy`, `/sys/module`, `kernel`, `capture`.
     pub source: String,
     /// One sentence.
     pub message: String,
@@ -263,6 +263,25 @@ pub enum WarningKind {
     KubeProxy,
     /// IPVS mode without the kernel modules it needs: its own runbook domain.
     IpvsModules,
+    /// What this kernel lacks for tracing (drop reasons, BTF, a tracepoint's layout): the capture
+    /// is degraded in the way the sentence says.
+    Kernel,
+    /// What the capture lost (undecodable records, conntrack events, evicted flows).
+    Capture,
+}
+
+impl WarningKind {
+    /// The name JSON uses.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Rules => "rules",
+            Self::Api => "api",
+            Self::KubeProxy => "kube_proxy",
+            Self::IpvsModules => "ipvs_modules",
+            Self::Kernel => "kernel",
+            Self::Capture => "capture",
+        }
+    }
 }
 
 impl Warning {

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{Evidence, Mitigation, RootCause, Severity, VerdictClass};
 use crate::flows::{Flow, Outcome};
-use crate::model::{Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel, ServiceRef};
+use crate::model::{
+    Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel, ServiceRef, Warning,
+};
 
 /// Contract `kube_proxy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +165,11 @@ pub struct Report {
     pub severity: Option<Severity>,
     /// `null` until the classifier ran.
     pub mitigation: Option<Mitigation>,
+    /// What limits this report, each `{kind, source, message}`: rules or API read in part, a
+    /// kernel that lacks a feature the capture uses, events the capture lost. Empty when nothing
+    /// does.
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
 }
 
 impl Report {
@@ -196,6 +203,7 @@ impl Report {
             evidence: Vec::new(),
             severity: None,
             mitigation: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -204,6 +212,7 @@ impl Report {
     pub fn from_model(service: &ServiceRef, model: &ServiceModel) -> Self {
         let mut report = Self::new(service);
         report.node = model.node.clone();
+        report.warnings = model.warnings.clone();
         report.kube_proxy = KubeProxyReport::from(&model.kube_proxy);
         if let Some(svc) = model.service(service) {
             report.frontends = svc.frontends.iter().map(FrontendReport::from).collect();

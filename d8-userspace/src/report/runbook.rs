@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::object::Report;
-use crate::classify::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, Severity, VerdictClass};
+use crate::classify::{Evidence, Mitigation, Severity, VerdictClass};
 use crate::model::ProxyMode;
 
 /// The runbook domain of a class (ARCHITECTURE.md, "The verdict classes").
@@ -67,15 +67,17 @@ pub struct Runbook {
     pub mitigation: Option<Mitigation>,
     /// Runbook section (`D2`, `D3`, `I1`) or `null`.
     pub cross_reference: Option<&'static str>,
+    /// The report's warnings, unchanged (what limits it).
+    pub warnings: Vec<crate::model::Warning>,
 }
 
 impl Runbook {
     /// The runbook block of a report. An unclassified report says so in `root_cause`.
     pub fn from_report(report: &Report) -> Self {
         let ipvs_modules_missing = report
-            .evidence
+            .warnings
             .iter()
-            .any(|e| e.kind == EvidenceKind::KubeProxy && e.content.starts_with(IPVS_MODULES_MISSING_PREFIX));
+            .any(|w| w.kind == crate::model::WarningKind::IpvsModules);
         let (root_cause, cross_reference) = match &report.root_cause {
             Some(rc) => (
                 format!(
@@ -95,6 +97,7 @@ impl Runbook {
             severity: report.severity,
             mitigation: report.mitigation.clone(),
             cross_reference,
+            warnings: report.warnings.clone(),
         }
     }
 }

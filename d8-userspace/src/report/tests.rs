@@ -1,7 +1,6 @@
 //! Tests of the contract object and its renderings, with literal reports.
 
 use super::*;
-use crate::classify::IPVS_MODULES_MISSING_PREFIX;
 use crate::flows::Outcome;
 use crate::model::{FrontendKind, Protocol, ProxyMode, ServiceRef};
 
@@ -61,6 +60,7 @@ fn literal_report() -> Report {
             immediate: "kubectl -n shop get endpointslices -l kubernetes.io/service-name=web".into(),
             long_term: "fix the readiness probe of the pods behind shop/web".into(),
         }),
+        warnings: Vec::new(),
     }
 }
 
@@ -118,7 +118,8 @@ const GOLDEN_JSON: &str = r#"{
   "mitigation": {
     "immediate": "kubectl -n shop get endpointslices -l kubernetes.io/service-name=web",
     "long_term": "fix the readiness probe of the pods behind shop/web"
-  }
+  },
+  "warnings": []
 }
 "#;
 
@@ -171,6 +172,7 @@ fn new_report_prints_nulls_for_the_verdict_fields() {
         "evidence",
         "severity",
         "mitigation",
+        "warnings",
     ];
     expected.sort_unstable();
     let mut keys_sorted = keys.clone();
@@ -246,7 +248,8 @@ fn runbook_block_has_the_runbook_keys_in_order() {
             "evidence",
             "severity",
             "mitigation",
-            "cross_reference"
+            "cross_reference",
+            "warnings"
         ]
     );
     let v: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
@@ -269,9 +272,10 @@ fn runbook_uses_ipvs_modules_domain_when_evidence_says_modules_are_missing() {
         class: VerdictClass::KubeProxyRulesMissing,
         detail: "x".into(),
     });
-    r.evidence.push(Evidence::new(
-        EvidenceKind::KubeProxy,
-        format!("{IPVS_MODULES_MISSING_PREFIX}: ip_vs_rr"),
+    r.warnings.push(crate::model::Warning::new(
+        crate::model::WarningKind::IpvsModules,
+        "/sys/module",
+        "ip_vs_rr missing",
     ));
     assert_eq!(Runbook::from_report(&r).root_cause, "ipvs_modules — x");
     assert_eq!(Runbook::from_report(&r).cross_reference, Some("D2"));
@@ -327,4 +331,32 @@ fn text_lists_faulty_flows_first_and_counts_the_rest() {
         "{text}"
     );
     assert!(text.contains("... 11 more flows (-o json lists them all)"), "{text}");
+}
+
+/// A kernel limit reaches every output: JSON and YAML (the field), the runbook block and the
+/// text summary (a line under "Warnings").
+#[test]
+fn warnings_reach_every_output() {
+    let mut r = literal_report();
+    r.warnings.push(crate::model::Warning::new(
+        crate::model::WarningKind::Kernel,
+        "kernel",
+        "skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are reported without a reason",
+    ));
+    let json: serde_json::Value = serde_json::from_str(&rendered(&r, Format::Json)).unwrap();
+    assert_eq!(json["warnings"][0]["kind"], "kernel");
+    assert_eq!(json["warnings"][0]["source"], "kernel");
+    for format in [Format::Yaml, Format::Runbook] {
+        let out = rendered(&r, format);
+        assert!(
+            out.contains("kind: kernel") && out.contains("before 5.17"),
+            "{format:?}:\n{out}"
+        );
+    }
+    let text = rendered(&r, Format::Text);
+    assert!(text.contains("Warnings (what limits this report):"), "{text}");
+    assert!(text.contains("[kernel] skb:kfree_skb has no drop reason"), "{text}");
+    // An empty list is still in the contract object, never omitted.
+    let json: serde_json::Value = serde_json::from_str(&rendered(&literal_report(), Format::Json)).unwrap();
+    assert_eq!(json["warnings"], serde_json::json!([]));
 }

@@ -96,6 +96,16 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         )?;
     }
 
+    if !r.warnings.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Warnings (what limits this report):")?;
+        for w in &r.warnings {
+            let head = format!("  [{}] ", w.kind.as_str());
+            let indent = " ".repeat(head.len());
+            wrap(out, &head, &indent, &w.message)?;
+        }
+    }
+
     if !r.evidence.is_empty() {
         writeln!(out)?;
         writeln!(out, "Evidence:")?;

@@ -23,7 +23,7 @@ use crate::{
     kernel::{self, host, monotonic_ns, tracefs},
     loader,
     model::{
-        ServiceRef, k8s, rules,
+        ServiceRef, Warning, WarningKind, k8s, rules,
         view::{self, NodeView},
     },
     report::{self, Report},
@@ -151,11 +151,19 @@ pub async fn explain(scope: &Scope, svc: &ServiceSelector) -> Result<Finished, E
         duration_ms: None,
         lost_events: 0,
     };
-    let report = report::build(&plan.service, &[], &view.model, &ctx);
+    let mut report = report::build(&plan.service, &[], &view.model, &ctx);
+    report
+        .warnings
+        .extend(typed(WarningKind::Api, "the API", &view.warnings));
     Ok(Finished {
         report,
         warnings: view.warnings,
     })
+}
+
+/// Warnings met as sentences, typed for the report: `kind` and `source` say what they concern.
+pub fn typed<'a>(kind: WarningKind, source: &'a str, sentences: &'a [String]) -> impl Iterator<Item = Warning> + 'a {
+    sentences.iter().map(move |s| Warning::new(kind, source, s.as_str()))
 }
 
 /// A trace of one Service: view → plan → kernel setup → capture → report. `warn` hears each
@@ -185,6 +193,7 @@ pub async fn trace(
     for w in &setup.warnings {
         say(w.clone(), &mut warnings);
     }
+    let kernel_warnings = setup.warnings.clone();
     let drops_before = host::conntrack_drop_counter();
     let started = std::time::Instant::now();
     let outcome = run(&plan, setup, opts, live).await?;
@@ -199,7 +208,16 @@ pub async fn trace(
         duration_ms: Some(started.elapsed().as_millis() as u64),
         lost_events: outcome.lost_events,
     };
-    let report = report::build(&plan.service, &outcome.flows, &view.model, &ctx);
+    let mut report = report::build(&plan.service, &outcome.flows, &view.model, &ctx);
+    report
+        .warnings
+        .extend(typed(WarningKind::Api, "the API", &view.warnings));
+    report
+        .warnings
+        .extend(typed(WarningKind::Kernel, "kernel", &kernel_warnings));
+    report
+        .warnings
+        .extend(typed(WarningKind::Capture, "capture", &outcome.warnings));
     Ok(Finished { report, warnings })
 }
 

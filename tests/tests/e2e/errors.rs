@@ -111,3 +111,58 @@ fn doctor_reports_the_hook_set() {
     assert_eq!(v["hook_set"], "netfilter", "this kernel has netfilter links: {v}");
     assert!(v["checks"].as_array().is_some_and(|c| !c.is_empty()));
 }
+
+/// A snapshot item that does not parse is skipped, the rest is used, and the report says so in
+/// its `warnings` (JSON, and the text summary): a verdict is never silent about what it lacked.
+#[test]
+fn a_snapshot_item_that_does_not_parse_is_a_warning_in_the_report() {
+    let lab = lab(ProxyMode::Iptables);
+    let path = std::env::temp_dir().join(format!("d8-e2e-bad-item-{}.json", std::process::id()));
+    lab.write_snapshot(&path).expect("snapshot");
+    let mut list: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    list["items"].as_array_mut().unwrap().push(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": "not an object"
+    }));
+    std::fs::write(&path, serde_json::to_vec(&list).unwrap()).unwrap();
+    let snapshot = path.display().to_string();
+    let args = |o: &'static str| {
+        vec![
+            "explain".to_string(),
+            "--svc".into(),
+            "default/web".into(),
+            "--netns".into(),
+            lab.node_ns().into(),
+            "--k8s-snapshot".into(),
+            snapshot.clone(),
+            "-o".into(),
+            o.into(),
+        ]
+    };
+    let run = |o| {
+        let a = args(o);
+        run_to_end(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let json = run("json");
+    let text = run("text");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(json.status.code(), Some(0), "{}", json.stderr);
+    let report = json.report();
+    assert_eq!(report.root_cause.as_ref().map(|r| r.class.as_str()), Some("healthy"));
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.kind == "api" && w.message.contains("broken")),
+        "warnings: {:?}",
+        report.warnings
+    );
+    assert!(
+        text.stdout.contains("Warnings (what limits this report):"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("[api]"), "{}", text.stdout);
+}

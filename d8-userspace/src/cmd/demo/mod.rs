@@ -68,8 +68,8 @@ use crate::classify::Context;
 use crate::flows::Flow;
 use crate::kernel::{self, host};
 use crate::lab::{self, Lab};
-use crate::model::k8s;
 use crate::model::{ProxyMode, ServiceRef};
+use crate::model::{WarningKind, k8s};
 use crate::report::{self, Format, Report};
 use crate::trace::{self, Options, Scope, ServiceSelector, plan::Merged};
 
@@ -210,6 +210,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     for w in &setup.warnings {
         tracing::warn!("{w}");
     }
+    let kernel_warnings = setup.warnings.clone();
     if let Ok(removed) = lab::cleanup_stale()
         && !removed.is_empty()
     {
@@ -366,7 +367,16 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
     let reports: Vec<Report> = services
         .iter()
         .zip(&per_service)
-        .map(|(svc, flows)| report::build(svc, flows, &end_view.model, &ctx))
+        .map(|(svc, flows)| {
+            let mut r = report::build(svc, flows, &end_view.model, &ctx);
+            r.warnings
+                .extend(trace::typed(WarningKind::Api, "the API", &end_view.warnings));
+            r.warnings
+                .extend(trace::typed(WarningKind::Kernel, "kernel", &kernel_warnings));
+            r.warnings
+                .extend(trace::typed(WarningKind::Capture, "capture", &outcome.warnings));
+            r
+        })
         .collect();
 
     let mut stdout = io::stdout().lock();
