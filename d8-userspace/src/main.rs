@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         }
     };
     cli.log.init(cli.selection().debug_kernel);
+    private_tracefs(&cli);
     let result = match cli.command {
         None => trace_command(cli.trace),
         Some(Command::Cleanup(args)) => cmd::cleanup::run(args.selection.netns.as_deref()).map_err(Failure::env),
@@ -73,6 +74,27 @@ fn main() -> ExitCode {
             eprintln!("d8-trace: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Commands that attach programs read tracefs; where the node has none mounted, it is mounted
+/// in d8-trace's own mount namespace, now, while the process has one thread (see
+/// `kernel::tracefs::mount_private`). Failing that, the trace mounts it on the node for the run.
+fn private_tracefs(cli: &Cli) {
+    let attaches = match &cli.command {
+        None => cli.trace.svc.is_some(),
+        Some(Command::Daemon(_) | Command::Demo(_) | Command::Mcp(_) | Command::Doctor(_)) => true,
+        Some(Command::Explain(_) | Command::Cleanup(_)) => false,
+    };
+    if !attaches || !d8_trace::kernel::is_root() {
+        return;
+    }
+    match d8_trace::kernel::tracefs::mount_private() {
+        Ok(true) => {
+            tracing::debug!("tracefs mounted in d8-trace's own mount namespace (the node's mounts are unchanged)")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::debug!("{e}; tracefs will be mounted on the node for the run"),
     }
 }
 

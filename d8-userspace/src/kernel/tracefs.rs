@@ -1,7 +1,10 @@
 //! tracefs: where tracepoints are listed and their record layouts (`format` files) described.
 //!
-//! Fresh nodes may have it unmounted (`/sys/kernel/tracing` empty). d8-trace then mounts it for the
-//! duration of the run and unmounts it on exit ([`Mount`]), and says so on stderr.
+//! Fresh nodes may have it unmounted (`/sys/kernel/tracing` empty). The `d8-trace` binary then
+//! mounts it in a mount namespace of its own before anything else runs ([`mount_private`]): the
+//! node never sees that mount, and it goes with the process however the process ends, so one
+//! d8-trace ending never takes tracefs away from another that is starting. [`Mount`] is the
+//! fallback (and what library users get): mounted on the node for the run, unmounted on exit.
 
 use std::{
     collections::HashMap,
@@ -20,6 +23,8 @@ pub enum Error {
         "cannot mount tracefs at {TRACEFS}: {0}; mount it by hand (`mount -t tracefs nodev {TRACEFS}`) or run d8-trace with CAP_SYS_ADMIN"
     )]
     Mount(std::io::Error),
+    #[error("cannot give d8-trace a mount namespace of its own for tracefs: {0}")]
+    Private(std::io::Error),
     #[error("tracepoint {0} is not available on this kernel (no {1})")]
     MissingTracepoint(String, PathBuf),
     #[error("tracepoint {tracepoint}: no field `{field}` in its format")]
@@ -98,6 +103,43 @@ pub struct Mount {
 
 fn has_events(root: &Path) -> bool {
     root.join("events").is_dir()
+}
+
+/// Makes tracefs reachable for this process alone when nothing provides it: the process moves to a
+/// mount namespace of its own (the node's later mounts still propagate in, ours never out) and
+/// mounts tracefs there. Returns whether it did. Call it while the process has a single thread:
+/// `unshare(CLONE_NEWNS)` refuses a process whose threads share its filesystem context. Child
+/// processes (rule dump tools, `ip netns` in the demo's lab) share the namespace.
+pub fn mount_private() -> Result<bool, Error> {
+    if [TRACEFS, DEBUGFS_TRACING].iter().any(|r| has_events(Path::new(r))) {
+        return Ok(false);
+    }
+    // SAFETY: plain syscall, no pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(Error::Private(std::io::Error::last_os_error()));
+    }
+    let root = CString::new("/").expect("no NUL in constant");
+    // SAFETY: valid NUL-terminated path; no source, type or data for a propagation change.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Private(std::io::Error::last_os_error()));
+    }
+    let target = CString::new(TRACEFS).expect("no NUL in constant");
+    let fstype = CString::new("tracefs").expect("no NUL in constant");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(Error::Mount(std::io::Error::last_os_error()));
+    }
+    Ok(true)
 }
 
 impl Mount {

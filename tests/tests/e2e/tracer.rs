@@ -251,3 +251,29 @@ fn debug_kernel_logs_what_the_programs_decide_on_stderr_only() {
         assert_eq!(report.flows_to("10.96.0.10:80").len(), 1, "{}", report.describe_flows());
     }
 }
+
+/// tracefs on the node is left as it was: when the node has none mounted, d8-trace mounts it in
+/// its own mount namespace, so the node's mount table never changes (and one d8-trace ending
+/// never unmounts it under another); when the node has it, it stays.
+#[test]
+fn the_nodes_mounts_are_unchanged_by_a_trace() {
+    let lab = lab(ProxyMode::Iptables);
+    let tracefs = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+            .count()
+    };
+    let before = tracefs();
+    // Returns once d8-trace printed that it attached.
+    let first = Trace::start(&trace_args(&lab, "default/web", "4", &[]));
+    assert_eq!(tracefs(), before, "tracefs mounts on the node while tracing");
+    // A second d8-trace that ends while the first still traces takes nothing from it.
+    let second = d8_tests::run::run_to_end(&["doctor"]);
+    assert!(second.status.success(), "{}", second.stderr);
+    lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+    let report = first.finish(Duration::from_secs(20)).report();
+    assert_eq!(report.flows_to("10.96.0.10:80").len(), 1, "{}", report.describe_flows());
+    assert_eq!(tracefs(), before, "tracefs mounts on the node after the trace");
+}
