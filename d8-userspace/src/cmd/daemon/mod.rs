@@ -40,7 +40,7 @@ use crate::{
     classify::{self, Context},
     flows::{Flow, FlowTable, Outcome},
     kernel::host,
-    model::{ProxyMode, ServiceModel, ServiceRef, k8s},
+    model::{ProxyMode, ServiceModel, ServiceRef, k8s, view::NodeView},
     trace::{self, Capture, KernelSetup, Ready, Scope, plan::Merged},
 };
 
@@ -99,19 +99,49 @@ struct ModelSource {
     api_failures: u32,
     next_api: tokio::time::Instant,
     api_up: bool,
+    /// The read in flight asked the API (not backing off).
+    asked_api: bool,
 }
 
+/// A read of the node's view in flight, on a thread of its own.
+type Reading = tokio::task::JoinHandle<Result<NodeView, trace::Error>>;
+
 impl ModelSource {
-    async fn read(&mut self) -> Result<(ServiceModel, bool), trace::Error> {
-        let now = tokio::time::Instant::now();
-        let api_wanted = self.scope.api != k8s::Source::Disabled;
+    /// Starts a read of the node's view (the rules, and the API unless backing off) on a blocking
+    /// thread with its own event loop: the dump tools run there with `Command::output`, and take
+    /// seconds on a large or slow node, while this loop keeps draining the ring buffer and
+    /// `/metrics` keeps answering. The thread is in the node's network namespace (threads start
+    /// in their creator's).
+    fn start(&mut self) -> Reading {
         let mut scope = self.scope.clone();
-        if api_wanted && now < self.next_api {
+        let api_wanted = scope.api != k8s::Source::Disabled;
+        if api_wanted && tokio::time::Instant::now() < self.next_api {
             // Backing off: rules alone this round.
             scope.api = k8s::Source::Disabled;
         }
-        let view = trace::node_view(&scope).await?;
-        if api_wanted && scope.api != k8s::Source::Disabled {
+        self.asked_api = scope.api != k8s::Source::Disabled;
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(trace::Error::Io)?;
+            runtime.block_on(trace::node_view(&scope))
+        })
+    }
+
+    async fn read(&mut self) -> Result<(ServiceModel, bool), trace::Error> {
+        let reading = self.start();
+        self.finish(reading.await)
+    }
+
+    /// The model of a finished read, and whether the API is up; backs off after an API failure.
+    fn finish(
+        &mut self,
+        done: Result<Result<NodeView, trace::Error>, tokio::task::JoinError>,
+    ) -> Result<(ServiceModel, bool), trace::Error> {
+        let now = tokio::time::Instant::now();
+        let view = done.map_err(|e| trace::Error::Io(std::io::Error::other(format!("the read stopped: {e}"))))??;
+        if self.asked_api {
             self.api_up = view.api_consulted;
             if view.api_consulted {
                 self.api_failures = 0;
@@ -192,6 +222,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         api_failures: 0,
         next_api: tokio::time::Instant::now(),
         api_up: false,
+        asked_api: false,
     };
     let (mut model, api_up) = source.read().await?;
     let mut merged = Merged::every_service(&model);
@@ -260,6 +291,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     pump_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut join_losses = (0, 0);
     let mut ignore = |_: &FlowTable, _: u64| {};
+    let mut reading: Option<Reading> = None;
 
     loop {
         tokio::select! {
@@ -290,8 +322,10 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                     }
                 }
             }
-            _ = refresh_tick.tick() => {
-                match source.read().await {
+            _ = refresh_tick.tick(), if reading.is_none() => reading = Some(source.start()),
+            done = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
+                reading = None;
+                match source.finish(done) {
                     Ok((new_model, api_up)) => {
                         model = new_model;
                         merged = Merged::every_service(&model);
