@@ -99,7 +99,7 @@ pub fn findings(requested: HookRequest) -> Findings {
         "drop reasons",
         !drop_reasons.is_empty(),
         if drop_reasons.is_empty() {
-            "no enum skb_drop_reason in BTF (kernel before 5.17): drops are reported without a reason".into()
+            "no enum skb_drop_reason in BTF (kernel before 5.17): every drop is named NOT_SPECIFIED".into()
         } else {
             "enum skb_drop_reason from BTF (e.g. NETFILTER_DROP)".into()
         },

@@ -47,8 +47,13 @@ impl DropReasons {
         Self { names }
     }
 
-    /// The name of `reason`, or `REASON_<n>` when this kernel's BTF does not list it.
+    /// The name of `reason`, or `REASON_<n>` when this kernel's BTF does not list it. A kernel
+    /// without drop reasons at all (before 5.17: no enum, no `reason` in `skb:kfree_skb`) names
+    /// every drop `NOT_SPECIFIED`, as a later kernel names a drop it gives no reason for.
     pub fn name(&self, reason: u32) -> String {
+        if self.names.is_empty() {
+            return "NOT_SPECIFIED".into();
+        }
         self.names
             .get(&reason)
             .cloned()
@@ -113,7 +118,7 @@ pub fn tracepoint_layouts(mount: &tracefs::Mount, config: &mut Config) -> Result
         Some(f) => f.offset,
         None => {
             warnings.push(
-                "skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are reported without a reason"
+                "skb:kfree_skb has no drop reason on this kernel (before 5.17): every drop is named NOT_SPECIFIED"
                     .into(),
             );
             NONE

@@ -341,7 +341,7 @@ fn warnings_reach_every_output() {
     r.warnings.push(crate::model::Warning::new(
         crate::model::WarningKind::Kernel,
         "kernel",
-        "skb:kfree_skb has no drop reason on this kernel (before 5.17): drops are reported without a reason",
+        "skb:kfree_skb has no drop reason on this kernel (before 5.17): every drop is named NOT_SPECIFIED",
     ));
     let json: serde_json::Value = serde_json::from_str(&rendered(&r, Format::Json)).unwrap();
     assert_eq!(json["warnings"][0]["kind"], "kernel");

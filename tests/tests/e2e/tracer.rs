@@ -266,14 +266,16 @@ fn the_nodes_mounts_are_unchanged_by_a_trace() {
             .count()
     };
     let before = tracefs();
-    // Returns once d8-trace printed that it attached.
-    let first = Trace::start(&trace_args(&lab, "default/web", "4", &[]));
+    // Returns once d8-trace printed that it attached; ended by Ctrl-C below.
+    let first = Trace::start(&trace_args(&lab, "default/web", "120", &[]));
     assert_eq!(tracefs(), before, "tracefs mounts on the node while tracing");
+    lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
     // A second d8-trace that ends while the first still traces takes nothing from it.
     let second = d8_tests::run::run_to_end(&["doctor"]);
     assert!(second.status.success(), "{}", second.stderr);
     lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
-    let report = first.finish(Duration::from_secs(20)).report();
-    assert_eq!(report.flows_to("10.96.0.10:80").len(), 1, "{}", report.describe_flows());
+    first.signal(libc::SIGINT);
+    let report = first.finish(Duration::from_secs(30)).report();
+    assert_eq!(report.flows_to("10.96.0.10:80").len(), 2, "{}", report.describe_flows());
     assert_eq!(tracefs(), before, "tracefs mounts on the node after the trace");
 }
