@@ -131,10 +131,10 @@ fn install_request(missing: &[&str]) -> anyhow::Result<Vec<String>> {
     let installed = installed_by_source()?;
     for req in &mut request {
         let Some(source) = source_of(req) else { continue };
-        let Some(version) = installed.iter().find(|(s, _)| *s == source).map(|(_, v)| v.clone()) else {
-            continue;
-        };
-        if available_versions(req).contains(&version) {
+        // The installed packages of that source can carry different versions (a binNMU's `+b3`
+        // on the architecture-specific ones): the first apt can install wins.
+        let available = available_versions(req);
+        if let Some((_, version)) = installed.iter().find(|(s, v)| *s == source && available.contains(v)) {
             *req = format!("{req}={version}");
         }
     }

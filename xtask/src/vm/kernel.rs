@@ -164,10 +164,10 @@ pub const SUITES: &[(&str, &str)] = &[("5.10", "bullseye"), ("6.1", "bookworm"),
 /// failing that, the old lists are used.
 const LISTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// A private apt for one Debian suite, under `<cache>/apt/<suite>/`: its own sources list
-/// (deb.debian.org, or `$D8_VM_DEBIAN_MIRROR`, signed by the Debian archive keyring), package
-/// lists, caches and preferences, and an empty configuration directory holding only the machine's
-/// proxy settings. The machine's own apt state (`/var/lib/apt/lists`, `/var/cache/apt`, its
+/// A private apt for one Debian suite, under `<cache>/apt/<suite>/`: its own configuration file
+/// (`$APT_CONFIG`), sources list (deb.debian.org, or `$D8_VM_DEBIAN_MIRROR`, signed by the Debian
+/// archive keyring), package lists, caches and preferences, and a configuration directory holding
+/// only the machine's proxy settings. The machine's own apt state (`/var/lib/apt/lists`, `/var/cache/apt`, its
 /// sources and its update hooks) is never read or written: the host can be any Debian release, and
 /// `apt-get update` here never changes what the machine would install.
 struct Apt {
@@ -213,29 +213,37 @@ impl Apt {
             })
             .unwrap_or_default();
         write_if_changed(&root.join("etc/apt.conf.d/proxy.conf"), &proxies)?;
+        write_if_changed(&root.join("etc/apt.conf"), &Self::config(&root))?;
         Ok(Apt { root, suite })
     }
 
+    /// `program` with this suite's configuration: `$APT_CONFIG` names `<root>/etc/apt.conf`, which
+    /// apt reads before anything else, and which points every directory (configuration parts,
+    /// sources, preferences, lists, caches) into `<root>`. (`-o Dir::Etc::Parts=...` would come too
+    /// late: apt reads the machine's `/etc/apt/apt.conf.d` before the command line.)
     fn command(&self, program: &str) -> Command {
-        let r = |sub: &str| self.root.join(sub).display().to_string();
         let mut cmd = Command::new(program);
-        for (key, value) in [
+        cmd.env("APT_CONFIG", self.root.join("etc/apt.conf"));
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    }
+
+    fn config(root: &Path) -> String {
+        let r = |sub: &str| root.join(sub).display().to_string();
+        [
+            ("Dir::Etc::Parts", r("etc/apt.conf.d")),
+            ("Dir::Etc::Main", r("etc/main.conf")),
             ("Dir::Etc::SourceList", r("etc/sources.list")),
             ("Dir::Etc::SourceParts", r("etc/sources.list.d")),
-            ("Dir::Etc::Parts", r("etc/apt.conf.d")),
-            ("Dir::Etc::Main", r("etc/apt.conf")),
             ("Dir::Etc::Preferences", r("etc/preferences")),
             ("Dir::Etc::PreferencesParts", r("etc/preferences.d")),
             ("Dir::State::Lists", r("lists")),
             ("Dir::Cache", r("cache")),
             ("Acquire::Languages", "none".into()),
-        ] {
-            cmd.arg("-o").arg(format!("{key}={value}"));
-        }
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        // apt reads $APT_CONFIG before everything else: not the caller's.
-        cmd.env_remove("APT_CONFIG");
-        cmd
+        ]
+        .iter()
+        .map(|(key, value)| format!("{key} \"{value}\";\n"))
+        .collect()
     }
 
     fn update(&self) -> Result<()> {

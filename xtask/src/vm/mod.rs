@@ -17,10 +17,10 @@
 //!
 //! * `--kernel 6.1` (default), `5.10`, `6.12`: the newest `linux-image-<series>.*-cloud-amd64-unsigned`
 //!   of the series' Debian suite (5.10: bullseye, 6.1: bookworm, 6.12: trixie; with their -updates
-//!   and -security), asked through a private apt under `<cache>/apt/<suite>/` (its own sources
-//!   list, package lists and caches: `-o Dir::Etc::SourceList=... -o Dir::State::Lists=...
-//!   -o Dir::Cache=...`; the machine's apt state and configuration are neither read nor changed,
-//!   only its proxy setting is copied), fetched with `apt-get download`, unpacked with `dpkg-deb -x`
+//!   and -security), asked through a private apt under `<cache>/apt/<suite>/` (`$APT_CONFIG` names
+//!   its own configuration, which sets `Dir::Etc::SourceList`, `Dir::Etc::Parts`,
+//!   `Dir::State::Lists`, `Dir::Cache` and the preferences to directories there; the machine's apt
+//!   state and configuration are neither read nor changed, only its proxy setting is copied), fetched with `apt-get download`, unpacked with `dpkg-deb -x`
 //!   and indexed with `depmod -b` once into `<cache>/debian/<package>_<version>/` (about 110 MB).
 //!   The private lists are refreshed when older than a week, when they know no such package, or
 //!   when the download fails (Debian drops superseded kernels); apt's answer is remembered until the
