@@ -300,7 +300,11 @@ fn host_suite(opts: &Options, binary: &std::path::Path) -> anyhow::Result<Outcom
     }
     Ok(Outcome {
         label: format!("host {release}"),
-        proves: format!("every test of the workspace, hooks {}", opts.host_hooks),
+        proves: if opts.cargo_args.is_empty() {
+            format!("every test of the workspace, hooks {}", opts.host_hooks)
+        } else {
+            format!("cargo test {}, hooks {}", opts.cargo_args.join(" "), opts.host_hooks)
+        },
         tests,
         elapsed: started.elapsed(),
         problems,
