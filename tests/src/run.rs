@@ -26,6 +26,65 @@ pub fn binary() -> PathBuf {
     }
 }
 
+/// The hook set the end-to-end tests trace with, from `D8_E2E_HOOKS`: `tc` or `netfilter` is
+/// passed as `--hooks` to every d8-trace command a test starts without its own `--hooks`; unset or
+/// `auto`, nothing is added and d8-trace picks what the kernel supports, which is what
+/// `d8-trace doctor --json` calls `hook_set` ([`hook_set`] says which). This lets the VM suite run
+/// the same tests once per hook set (6.12 has both) and the host suite run on a kernel without
+/// netfilter links.
+pub fn requested_hooks() -> Option<&'static str> {
+    static HOOKS: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *HOOKS.get_or_init(|| match std::env::var("D8_E2E_HOOKS").as_deref() {
+        Err(_) | Ok("" | "auto") => None,
+        Ok("tc") => Some("tc"),
+        Ok("netfilter") => Some("netfilter"),
+        Ok(other) => panic!("D8_E2E_HOOKS={other}: expected tc, netfilter or auto"),
+    })
+}
+
+/// The hook set the tests' traces use: [`requested_hooks`], else what `d8-trace doctor --json`
+/// says this kernel gets (`hook_set`: `netfilter` on 6.4+, `tc` before).
+pub fn hook_set() -> &'static str {
+    static SET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(set) = requested_hooks() {
+        return set;
+    }
+    SET.get_or_init(|| {
+        let out = Command::new(binary())
+            .args(["doctor", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running d8-trace doctor --json");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "d8-trace doctor --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        match v["hook_set"].as_str() {
+            Some(set @ ("tc" | "netfilter")) => set.to_string(),
+            _ => panic!("d8-trace doctor finds no usable hook set on this kernel: {v}"),
+        }
+    })
+    .as_str()
+}
+
+/// `args` plus `--hooks <D8_E2E_HOOKS>` when the suite asks for a hook set and the command does
+/// not name one itself. `doctor` is left alone (its `hook_set` is what the kernel gets, which some
+/// tests check), and so is an empty command line (it prints the usage).
+pub fn with_hooks<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = args.to_vec();
+    let named = args.iter().any(|a| *a == "--hooks" || a.starts_with("--hooks="));
+    if let Some(set) = requested_hooks()
+        && !named
+        && !args.is_empty()
+        && args[0] != "doctor"
+    {
+        out.extend(["--hooks", set]);
+    }
+    out
+}
+
 /// A running trace. Dropped unfinished (a failing assertion, a panic), it ends the child with
 /// SIGTERM, then SIGKILL, so no d8-trace outlives its test.
 pub struct Trace {
@@ -75,7 +134,7 @@ impl Trace {
     /// Starts `d8-trace <args>` and waits for a stderr line containing `ready`.
     pub fn start_until(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
         let mut cmd = Command::new(binary());
-        cmd.args(args)
+        cmd.args(with_hooks(args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -182,7 +241,7 @@ impl Trace {
 /// Runs `d8-trace <args>` to completion (for commands that do not attach, or fail early).
 pub fn run_to_end(args: &[&str]) -> Finished {
     let out = Command::new(binary())
-        .args(args)
+        .args(with_hooks(args))
         .stdin(Stdio::null())
         .output()
         .expect("running d8-trace");

@@ -3,6 +3,10 @@
 //! `cargo run -p xtask --example vm_test -- [vm-test options] -- COMMAND...`
 
 #[path = "../src/vm/mod.rs"]
+#[allow(
+    dead_code,
+    reason = "this example runs `vm::run` only; xtask's test task reads the captured console"
+)]
 mod vm;
 
 use clap::Parser;

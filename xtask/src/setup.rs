@@ -8,7 +8,13 @@
 //!   `LLVM_PREFIX`. It must outlive the build (the linker's rpath points there), so it lives in
 //!   `~/.local/share/d8-trace/llvm`.
 //!
-//! Each step checks first and does nothing when its result is already there.
+//! Each step checks first and does nothing when its result is already there. Packages are
+//! installed with `apt-get install --no-install-recommends --no-remove`, after a simulation: set-up
+//! never removes what the machine has installed (a fresh image's newer `qemu-utils` once went
+//! when Debian's `qemu-system-x86` came in). A tool already present anywhere on the system paths
+//! is used as it is; a missing package from the same source as an installed one is asked for in
+//! the installed version when apt has it; otherwise set-up stops, changes nothing, and says which
+//! packages would have been removed.
 
 use std::{
     path::{Path, PathBuf},
@@ -72,9 +78,14 @@ fn step(what: &str) {
 }
 
 fn apt_packages(check: bool) -> anyhow::Result<()> {
+    // A tool found anywhere on the system paths counts (a newer qemu built into /usr/local, or
+    // installed from another repository, is used as it is).
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(_, probe)| !Path::new(probe).exists())
+        .filter(|(_, probe)| {
+            let name = Path::new(probe).file_name().and_then(|n| n.to_str()).unwrap_or(probe);
+            !Path::new(probe).exists() && crate::vm::which(name).is_none()
+        })
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -83,20 +94,126 @@ fn apt_packages(check: bool) -> anyhow::Result<()> {
     if check {
         bail!("missing Debian packages: {}", missing.join(" "));
     }
-    step(&format!("installing {}", missing.join(" ")));
+    step(&format!("installing {} (never removing a package)", missing.join(" ")));
     if !status(Command::new("apt-get").args(["update", "-qq"]))? {
         bail!("apt-get update failed");
     }
+    let request = install_request(&missing)?;
     let ok = status(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(["install", "-y", "-qq", "--no-install-recommends", "--no-remove"])
+            .args(&request)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     if !ok {
-        bail!("apt-get install {} failed", missing.join(" "));
+        bail!("apt-get install --no-remove {} failed", request.join(" "));
     }
     Ok(())
+}
+
+/// The `apt-get install` arguments for `missing`, chosen so that nothing already installed is
+/// removed. apt is asked first (`-s`, a simulation); when its plan removes a package (a fresh
+/// image's newer `qemu-utils`, say, which Debian's `qemu-system-x86` of another version breaks), a
+/// missing package from the same source as an installed one is pinned to the installed version
+/// when apt has that version (`qemu-system-x86=<qemu-utils' version>`). If the plan still removes
+/// something, nothing is installed and the error says what and how to go on.
+fn install_request(missing: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut request: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+    let removed = simulate_removals(&request)?;
+    if removed.is_empty() {
+        return Ok(request);
+    }
+    step(&format!(
+        "installing {} as apt proposes would remove {}: looking for versions that match the installed packages",
+        missing.join(" "),
+        removed.join(" ")
+    ));
+    let installed = installed_by_source()?;
+    for req in &mut request {
+        let Some(source) = source_of(req) else { continue };
+        // The installed packages of that source can carry different versions (a binNMU's `+b3`
+        // on the architecture-specific ones): the first apt can install wins.
+        let available = available_versions(req);
+        if let Some((_, version)) = installed.iter().find(|(s, v)| *s == source && available.contains(v)) {
+            *req = format!("{req}={version}");
+        }
+    }
+    let removed = simulate_removals(&request)?;
+    if removed.is_empty() {
+        step(&format!(
+            "installing {} (matching the installed versions)",
+            request.join(" ")
+        ));
+        return Ok(request);
+    }
+    bail!(
+        "installing {} would remove {}, which this machine has installed; nothing was changed. \
+         Install the missing packages in versions that fit the installed ones (or put the tools on \
+         PATH, e.g. a qemu-system-x86_64 in /usr/local/bin), then run `cargo xtask setup` again",
+        missing.join(" "),
+        removed.join(" ")
+    )
+}
+
+/// Packages `apt-get install -s` would remove (`Remv NAME [...]` lines).
+fn simulate_removals(request: &[String]) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("apt-get")
+        .args(["install", "-s", "-qq", "--no-install-recommends"])
+        .args(request)
+        .output()
+        .context("running apt-get install -s")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get install -s {} failed: {}",
+            request.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect())
+}
+
+/// Installed packages' source package and version (`qemu` and `1:9.2.0+ds-1` for a qemu-utils).
+fn installed_by_source() -> anyhow::Result<Vec<(String, String)>> {
+    let text =
+        output(Command::new("dpkg-query").args(["-W", "-f", "${db:Status-Abbrev} ${source:Package} ${Version}\n"]))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some("ii")).then_some(())?;
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect())
+}
+
+/// The source package of a package apt knows (`apt-cache show`'s `Source:`, else its own name).
+fn source_of(package: &str) -> Option<String> {
+    let text = output(Command::new("apt-cache").args(["show", "--no-all-versions", package])).ok()?;
+    if !text.lines().any(|l| l.starts_with("Package:")) {
+        return None;
+    }
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("Source: "))
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or(package)
+            .to_string(),
+    )
+}
+
+/// Every version of `package` apt can install.
+fn available_versions(package: &str) -> Vec<String> {
+    output(Command::new("apt-cache").args(["madison", package]))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('|').nth(1))
+        .map(|v| v.trim().to_string())
+        .collect()
 }
 
 fn nightly_rust_src(check: bool) -> anyhow::Result<()> {

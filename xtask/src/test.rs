@@ -2,9 +2,18 @@
 //!
 //! `test` runs, in order: setup; the whole workspace's tests on this kernel (unit tests, and the
 //! end-to-end tests in `tests/`, which need root and build their own namespace labs); then the
-//! VM suite on a Debian 6.1 kernel (`--no-vm` skips it).
+//! kernel matrix: one VM per Debian cloud kernel (5.10, 6.1, 6.12; `--kernel` picks some,
+//! `--no-vm` none), each running the part of the end-to-end suite that kernel proves ([`GUESTS`]).
+//! Every run's libtest output is parsed: pass/fail/ignored counts per kernel are printed at the
+//! end (and written to `target/xtask-test-summary.txt`), ignored tests by name. The run fails if
+//! any test failed, if a guest's suite ran no test, if a guest skipped (ignored) a test, if a test
+//! a kernel must run did not run there, or if `doctor` picked another hook set than expected.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -12,10 +21,20 @@ use crate::{setup, vm};
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
-    /// Skip the kernel-in-VM suite.
+    /// Skip the kernel-in-VM suites.
     #[arg(long)]
     pub no_vm: bool,
-    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    /// Skip the suite on this machine's kernel (run only the guests, e.g. `--no-host --kernel 5.10`).
+    #[arg(long)]
+    pub no_host: bool,
+    /// Guest kernels to run (repeatable or comma-separated): 5.10, 6.1, 6.12 (default: all three).
+    #[arg(long = "kernel", value_delimiter = ',', value_name = "SERIES")]
+    pub kernels: Vec<String>,
+    /// Hook set the end-to-end tests on this machine trace with (`D8_E2E_HOOKS`): `auto` (what
+    /// `d8-trace doctor` picks for this kernel), `tc` or `netfilter`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tc", "netfilter"])]
+    pub host_hooks: String,
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter (host suite only).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
 }
@@ -26,6 +45,127 @@ pub struct DemoOptions {
     #[arg(last = true)]
     pub args: Vec<String>,
 }
+
+/// One run of the end-to-end test executable in a guest: a hook set and libtest arguments.
+struct GuestRun {
+    /// `D8_E2E_HOOKS` for this run.
+    hooks: &'static str,
+    /// libtest filters and `--skip` options.
+    args: &'static [&'static str],
+    /// Test-name prefixes that must run here, with how many at least: a renamed or filtered-out
+    /// test must not pass unnoticed.
+    expect: &'static [(&'static str, usize)],
+}
+
+/// A guest kernel of the matrix and what it proves.
+struct Guest {
+    series: &'static str,
+    /// What `d8-trace doctor --json` must call `hook_set` there.
+    hook_set: &'static str,
+    /// One line for the summary and the README.
+    proves: &'static str,
+    timeout: u64,
+    runs: &'static [GuestRun],
+}
+
+/// The matrix. Software emulation is slow (every test several times its host time; the three
+/// guests take 20-30 min of CI's 50 on its 2-core machine), so each kernel runs what only it
+/// proves: legacy clsact (5.10, no tcx, no netfilter links, no drop reasons: every verdict class
+/// in iptables mode, which is what 5.10's kube-proxy runs: its nftables mode needs 5.13, all of
+/// `tc::`, the demo), tcx and netfilter links (6.12: every verdict class in nftables mode on tcx
+/// with the `tc::` tests that differ there, and the tracer's tests on netfilter links), IPVS and
+/// conntrack_full plus a smoke subset (6.1). The foreign-filter and SIGKILL-residue tests run on
+/// every kernel.
+const GUESTS: &[Guest] = &[
+    Guest {
+        series: "5.10",
+        hook_set: "tc",
+        proves: "TC on legacy clsact: tc::, every scenario (iptables mode), the demo",
+        timeout: 1500,
+        runs: &[GuestRun {
+            hooks: "tc",
+            args: &[
+                "tc::",
+                "scenarios::",
+                "demo::demo_json_gives_each_service_its_verdict_and_leaves_nothing",
+                "errors::doctor_reports_the_hook_set",
+                "--skip",
+                "_nftables",
+            ],
+            expect: &[
+                ("tc::", 13),
+                ("scenarios::", 15),
+                ("demo::", 1),
+                ("errors::doctor_reports_the_hook_set", 1),
+            ],
+        }],
+    },
+    Guest {
+        series: "6.1",
+        hook_set: "tc",
+        proves: "TC smoke subset, daemon::, vm:: (IPVS, conntrack_full)",
+        timeout: 1200,
+        runs: &[GuestRun {
+            hooks: "tc",
+            args: &[
+                "tc::tc_established_tcp_matches_netfilter",
+                "tc::tc_foreign_filters_see_every_packet",
+                "tc::tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup",
+                "scenarios::healthy_iptables",
+                "errors::doctor_reports_the_hook_set",
+                "daemon::",
+                "vm::",
+            ],
+            expect: &[
+                ("tc::", 3),
+                ("scenarios::", 1),
+                ("errors::doctor_reports_the_hook_set", 1),
+                ("daemon::", 2),
+                ("vm::ipvs_", 5),
+                ("vm::conntrack_full", 1),
+            ],
+        }],
+    },
+    Guest {
+        series: "6.12",
+        hook_set: "netfilter",
+        proves: "netfilter links: tracer::, cleanup; TC on tcx: every scenario (nftables mode), tc:: subset",
+        timeout: 1500,
+        runs: &[
+            GuestRun {
+                hooks: "netfilter",
+                args: &[
+                    "tracer::",
+                    "cleanup::nothing_remains_after_ctrl_c",
+                    "errors::doctor_reports_the_hook_set",
+                ],
+                expect: &[
+                    ("tracer::", 8),
+                    ("cleanup::", 1),
+                    ("errors::doctor_reports_the_hook_set", 1),
+                ],
+            },
+            GuestRun {
+                hooks: "tc",
+                // The tc:: tests that differ under tcx (attach, foreign filters, residue, drops);
+                // each also traces with the netfilter set here, to compare.
+                args: &[
+                    "scenarios::",
+                    "tc::tc_established_tcp_matches_netfilter",
+                    "tc::tc_dropped_matches_netfilter",
+                    "tc::tc_attaches_to_interfaces_that_appear_while_tracing",
+                    "tc::tc_leaves_nothing_after_exit",
+                    "tc::tc_foreign_filters_see_every_packet",
+                    "tc::tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup",
+                    "tc::tc_keeps_its_clsact_when_another_tool_uses_it",
+                    "--skip",
+                    "_iptables",
+                ],
+                expect: &[("tc::", 7), ("scenarios::", 15)],
+            },
+        ],
+    },
+];
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -55,29 +195,123 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// What one suite (the host's, or one guest's) gave.
+struct Outcome {
+    /// `host 6.18.44` or `5.10 (5.10.0-46-cloud-amd64)`.
+    label: String,
+    proves: String,
+    tests: Tally,
+    elapsed: Duration,
+    /// Why this suite fails the run (empty: it passed).
+    problems: Vec<String>,
+}
+
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options { check: false })?;
     if !is_root() {
         bail!("the end-to-end tests build network namespaces and load BPF programs: run as root");
     }
+    let guests: Vec<&Guest> = if opts.no_vm {
+        Vec::new()
+    } else if opts.kernels.is_empty() {
+        GUESTS.iter().collect()
+    } else {
+        opts.kernels
+            .iter()
+            .map(|k| {
+                GUESTS.iter().find(|g| g.series == k.as_str()).with_context(|| {
+                    format!(
+                        "--kernel {k}: the matrix has {}",
+                        GUESTS.iter().map(|g| g.series).collect::<Vec<_>>().join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     // The end-to-end tests run the d8-trace binary: build it and tell them where it is.
     run_cmd(cargo().args(["build", "-p", "d8-userspace", "--bin", "d8-trace"]))?;
     let binary = target_dir()?.join("debug/d8-trace");
-    // One test thread: end-to-end tests share the kernel's BPF and netfilter state.
-    run_cmd(
-        cargo()
-            .args(["test", "--workspace", "--exclude", "d8-ebpf", "--no-fail-fast"])
-            .env("D8_TRACE_BIN", &binary)
-            .args(&opts.cargo_args)
-            .args(["--", "--test-threads=1"]),
-    )?;
-    if !opts.no_vm {
-        vm_suite()?;
+    let mut outcomes = Vec::new();
+    if !opts.no_host {
+        outcomes.push(host_suite(opts, &binary)?);
+    }
+    if !guests.is_empty() {
+        let e2e = e2e_test_binary()?;
+        for guest in guests {
+            outcomes.push(guest_suite(guest, &binary, &e2e));
+        }
+    }
+    cross_check(&mut outcomes, opts.no_host || opts.no_vm || !opts.kernels.is_empty());
+    let summary = summary(&outcomes);
+    eprintln!("{summary}");
+    let path = target_dir()?.join("xtask-test-summary.txt");
+    if let Err(e) = std::fs::write(&path, &summary) {
+        eprintln!("xtask: could not write {}: {e}", path.display());
+    }
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| !o.problems.is_empty())
+        .map(|o| o.label.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join("; "));
     }
     Ok(())
 }
 
-/// The end-to-end test executable of `tests/` (built already by `cargo test`).
+/// The workspace's tests on this machine's kernel, their output parsed as it is echoed.
+fn host_suite(opts: &Options, binary: &std::path::Path) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    // One test thread: end-to-end tests share the kernel's BPF and netfilter state.
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "d8-ebpf", "--no-fail-fast"])
+        .env("D8_TRACE_BIN", binary)
+        .env("D8_E2E_HOOKS", &opts.host_hooks)
+        .args(&opts.cargo_args)
+        .args(["--", "--test-threads=1"])
+        .stdout(Stdio::piped());
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    let mut lines = Vec::new();
+    {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test's output")?;
+            let _ = writeln!(out, "{line}");
+            lines.push(line);
+        }
+    }
+    let status = child.wait()?;
+    let tests = Tally::parse(&lines);
+    let mut problems = Vec::new();
+    if !status.success() {
+        problems.push(format!("cargo test failed ({status})"));
+    }
+    if tests.ran() == 0 {
+        problems.push("no test ran".into());
+    }
+    if !tests.failed.is_empty() {
+        problems.push(format!("failed: {}", tests.failed.join(", ")));
+    }
+    Ok(Outcome {
+        label: format!("host {release}"),
+        proves: if opts.cargo_args.is_empty() {
+            format!("every test of the workspace, hooks {}", opts.host_hooks)
+        } else {
+            format!("cargo test {}, hooks {}", opts.cargo_args.join(" "), opts.host_hooks)
+        },
+        tests,
+        elapsed: started.elapsed(),
+        problems,
+    })
+}
+
+/// The end-to-end test executable of `tests/` (built already by `cargo test`, or built here).
 fn e2e_test_binary() -> anyhow::Result<std::path::PathBuf> {
     let out = cargo()
         .args([
@@ -111,29 +345,273 @@ fn e2e_test_binary() -> anyhow::Result<std::path::PathBuf> {
     bail!("cargo did not name the e2e test executable")
 }
 
-/// The suite run inside a VM on Debian's 6.1 cloud kernel, which has no netfilter BPF links:
-/// `doctor` must choose the TC hook set, and the TC end-to-end tests (the same traffic, flows and
-/// verdicts as on the host) run there against the debug build the host tests used, followed by the
-/// `daemon::` tests (the daemon on the TC hook set; its flood of 6000 flows through the
-/// conntrack-netlink join, with /metrics answering throughout: about 20 s under emulation) and the
-/// `vm::` tests: IPVS mode live (the kernel has IPVS) and `conntrack_full` (which lowers the global
-/// `nf_conntrack_max`, allowed only inside the guest: `D8_IN_VM=1`).
-fn vm_suite() -> anyhow::Result<()> {
-    let binary = target_dir()?.join("debug/d8-trace");
-    let e2e = e2e_test_binary()?;
-    vm::run(vm::Options {
-        kernel: "6.1".into(),
-        add: vec![format!("{}:/bin/d8-trace", binary.display()), format!("{}:/bin/d8-e2e", e2e.display())],
-        // D8_IN_VM=1 lets the tests that change global sysctls (conntrack_full) run: only here.
-        env: vec!["D8_TRACE_BIN=/bin/d8-trace".into(), "D8_IN_VM=1".into()],
-        timeout: 900,
-        command: vec![
-            "/bin/sh".into(),
-            "-c".into(),
-            "/bin/d8-trace doctor && /bin/d8-trace doctor --json | grep -q '\"hook_set\": \"tc\"' && /bin/d8-e2e --test-threads=1 --include-ignored tc:: daemon:: vm::".into(),
+/// Marks the guest script prints around each run, so the host can tell the runs apart.
+const BEGIN: &str = "d8-suite: begin ";
+const END: &str = "d8-suite: end ";
+const HOOK_SET: &str = "d8-suite: hook_set=";
+
+/// The shell script the guest runs: doctor (its choice checked), then each run of the e2e tests,
+/// every run even if an earlier one failed; the script's status says whether all passed.
+fn guest_script(guest: &Guest) -> String {
+    let mut s = String::from(
+        "rc=0\n/bin/d8-trace doctor || rc=1\n\
+         hs=$(/bin/d8-trace doctor --json | sed -n 's/.*\"hook_set\": *\"\\([a-z]*\\)\".*/\\1/p')\n",
+    );
+    s.push_str(&format!("echo \"{HOOK_SET}$hs\"\n"));
+    s.push_str(&format!(
+        "[ \"$hs\" = {} ] || {{ echo \"d8-suite: doctor picked '$hs', expected {}\"; rc=1; }}\n",
+        guest.hook_set, guest.hook_set
+    ));
+    for (i, run) in guest.runs.iter().enumerate() {
+        let label = format!("{}-{i}", run.hooks);
+        s.push_str(&format!("echo \"{BEGIN}{label}\"\n"));
+        s.push_str(&format!(
+            "D8_E2E_HOOKS={} /bin/d8-e2e --test-threads=1 --include-ignored {}\n",
+            run.hooks,
+            run.args.join(" ")
+        ));
+        s.push_str(&format!("r=$?\necho \"{END}{label} status=$r\"\n[ $r = 0 ] || rc=1\n"));
+    }
+    s.push_str("exit $rc\n");
+    s
+}
+
+/// One guest of the matrix: boot, run, parse. Never an `Err`: whatever went wrong is a problem of
+/// this guest's outcome, and the other guests still run.
+fn guest_suite(guest: &Guest, binary: &std::path::Path, e2e: &std::path::Path) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        label: guest.series.to_string(),
+        proves: guest.proves.to_string(),
+        tests: Tally::default(),
+        elapsed: Duration::ZERO,
+        problems: Vec::new(),
+    };
+    eprintln!(
+        "xtask: guest {} (doctor must pick {}): {}",
+        guest.series, guest.hook_set, guest.proves
+    );
+    let result = vm::run_captured(vm::Options {
+        kernel: guest.series.into(),
+        add: vec![
+            format!("{}:/bin/d8-trace", binary.display()),
+            format!("{}:/bin/d8-e2e", e2e.display()),
         ],
+        // D8_IN_VM=1 lets the tests that change global sysctls (conntrack_full) run: only here.
+        env: vec![
+            "D8_TRACE_BIN=/bin/d8-trace".into(),
+            "D8_IN_VM=1".into(),
+            format!("D8_E2E_EXPECT_HOOK_SET={}", guest.hook_set),
+        ],
+        timeout: guest.timeout,
+        command: vec!["/bin/sh".into(), "-c".into(), guest_script(guest)],
         ..vm::Options::default()
-    })
+    });
+    outcome.elapsed = started.elapsed();
+    let run = match result {
+        Ok(run) => run,
+        Err(e) => {
+            outcome.problems.push(format!("the guest did not finish: {e:#}"));
+            return outcome;
+        }
+    };
+    outcome.label = format!("{} ({})", guest.series, run.release);
+    if let Some(ready) = run.ready_after {
+        outcome
+            .proves
+            .push_str(&format!("; booted in {:.0}s", ready.as_secs_f64()));
+    }
+    let hook_set = run
+        .console
+        .iter()
+        .find_map(|l| l.split_once(HOOK_SET).map(|(_, v)| v.trim().to_string()));
+    if hook_set.as_deref() != Some(guest.hook_set) {
+        outcome.problems.push(format!(
+            "doctor picked {:?}, expected {}",
+            hook_set.unwrap_or_default(),
+            guest.hook_set
+        ));
+    }
+    for (i, spec) in guest.runs.iter().enumerate() {
+        let label = format!("{}-{i}", spec.hooks);
+        let lines = section(&run.console, &label);
+        let tally = Tally::parse(&lines);
+        let what = format!("hooks {} ({})", spec.hooks, spec.args.join(" "));
+        if tally.ran() == 0 {
+            outcome.problems.push(format!("{what}: no test ran"));
+        }
+        if !tally.ignored.is_empty() {
+            outcome.problems.push(format!(
+                "{what}: skipped where they must run: {}",
+                tally.ignored.join(", ")
+            ));
+        }
+        for (prefix, min) in spec.expect {
+            let n = tally.ran_names().filter(|t| t.starts_with(prefix)).count();
+            if n < *min {
+                outcome
+                    .problems
+                    .push(format!("{what}: {n} {prefix}* tests ran, {min} expected"));
+            }
+        }
+        if !tally.failed.is_empty() {
+            outcome.problems.push(format!(
+                "{what}: failed: {}",
+                tally
+                    .failed
+                    .iter()
+                    .map(|t| format!("{t} [{}]", spec.hooks))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        outcome.tests.add(tally, spec.hooks);
+    }
+    if run.status != 0 && outcome.problems.is_empty() {
+        outcome
+            .problems
+            .push(format!("the guest's script exited with {}", run.status));
+    }
+    outcome
+}
+
+/// The console lines between a run's begin and end marks.
+fn section(console: &[String], label: &str) -> Vec<String> {
+    let begin = format!("{BEGIN}{label}");
+    let end = format!("{END}{label} ");
+    console
+        .iter()
+        .skip_while(|l| !l.contains(&begin))
+        .skip(1)
+        .take_while(|l| !l.contains(&end))
+        .cloned()
+        .collect()
+}
+
+/// Tests the host ignores (`#[ignore = "VM suite only ..."]`: the `vm::` tests) must have run in
+/// some guest when the whole matrix ran.
+fn cross_check(outcomes: &mut [Outcome], partial: bool) {
+    if partial {
+        return;
+    }
+    let ran: Vec<String> = outcomes
+        .iter()
+        .skip(1)
+        .flat_map(|o| {
+            o.tests
+                .ran_names()
+                .map(|t| t.split(" [").next().unwrap_or(t).to_string())
+        })
+        .collect();
+    let Some(host) = outcomes.first_mut() else {
+        return;
+    };
+    let missing: Vec<String> = host
+        .tests
+        .ignored
+        .iter()
+        .map(|t| t.split(" (").next().unwrap_or(t).to_string())
+        .filter(|t| t.starts_with("vm::") && !ran.contains(t))
+        .collect();
+    if !missing.is_empty() {
+        host.problems
+            .push(format!("ignored here and run by no guest: {}", missing.join(", ")));
+    }
+}
+
+fn summary(outcomes: &[Outcome]) -> String {
+    let mut s = String::from("xtask: test summary (per kernel: passed / failed / ignored, time)\n");
+    for o in outcomes {
+        let t = &o.tests;
+        s.push_str(&format!(
+            "  {:<32} {:>4} passed {:>3} failed {:>3} ignored  {:>6.1} min  {}  [{}]\n",
+            o.label,
+            t.passed.len(),
+            t.failed.len(),
+            t.ignored.len(),
+            o.elapsed.as_secs_f64() / 60.0,
+            if o.problems.is_empty() { "ok" } else { "FAILED" },
+            o.proves
+        ));
+        for ignored in &t.ignored {
+            s.push_str(&format!("      ignored: {ignored}\n"));
+        }
+        for p in &o.problems {
+            s.push_str(&format!("      problem: {p}\n"));
+        }
+    }
+    s
+}
+
+/// Test names by result, from libtest's human output (`test NAME ... ok|FAILED|ignored[, reason]`).
+#[derive(Debug, Default, PartialEq)]
+struct Tally {
+    passed: Vec<String>,
+    failed: Vec<String>,
+    /// With the reason when libtest printed one: `vm::ipvs_stale_real_server (VM suite only ...)`.
+    ignored: Vec<String>,
+}
+
+impl Tally {
+    fn parse(lines: &[String]) -> Tally {
+        let mut t = Tally::default();
+        // A kernel message on the console can land between libtest's `test NAME ... ` and its
+        // result, which then starts the next line.
+        let mut pending: Option<String> = None;
+        for line in lines {
+            let (name, result) = match line.find("test ").map(|pos| &line[pos + 5..]) {
+                Some(rest)
+                    if rest
+                        .split_once(" ... ")
+                        .is_some_and(|(n, _)| !n.is_empty() && !n.contains(' ')) =>
+                {
+                    let (name, result) = rest.split_once(" ... ").unwrap_or_default();
+                    (name.to_string(), result.trim())
+                }
+                _ => match pending.take() {
+                    Some(name) => (name, line.trim()),
+                    None => continue,
+                },
+            };
+            if !t.record(&name, result) {
+                pending = Some(name);
+            }
+        }
+        t
+    }
+
+    /// Files `name` under `result`; false when `result` is not one of libtest's.
+    fn record(&mut self, name: &str, result: &str) -> bool {
+        let name = name.to_string();
+        if result == "ok" {
+            self.passed.push(name);
+        } else if result.starts_with("FAILED") {
+            self.failed.push(name);
+        } else if result == "ignored" {
+            self.ignored.push(name);
+        } else if let Some(reason) = result.strip_prefix("ignored, ") {
+            self.ignored.push(format!("{name} ({reason})"));
+        } else {
+            return false;
+        }
+        true
+    }
+
+    fn ran(&self) -> usize {
+        self.passed.len() + self.failed.len()
+    }
+
+    fn ran_names(&self) -> impl Iterator<Item = &str> {
+        self.passed.iter().chain(&self.failed).map(String::as_str)
+    }
+
+    /// Adds another run's tests (a guest's second hook set), names tagged with the set.
+    fn add(&mut self, other: Tally, hooks: &str) {
+        let tag = |v: Vec<String>| v.into_iter().map(move |n| format!("{n} [{hooks}]"));
+        self.passed.extend(tag(other.passed));
+        self.failed.extend(tag(other.failed));
+        self.ignored.extend(tag(other.ignored));
+    }
 }
 
 pub fn demo(opts: &DemoOptions) -> anyhow::Result<()> {
@@ -141,4 +619,62 @@ pub fn demo(opts: &DemoOptions) -> anyhow::Result<()> {
     run_cmd(cargo().args(["build", "--release", "-p", "d8-userspace"]))?;
     let binary = target_dir()?.join("release/d8-trace");
     run_cmd(Command::new(binary).arg("demo").args(&opts.args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn tally_reads_libtest_output() {
+        let t = Tally::parse(&lines(
+            "running 4 tests\n\
+             test tc::a ... ok\n\
+             test vm::ipvs_b ... ignored, VM suite only (needs ip_vs)\n\
+             [  12.3] nf_conntrack: table full test scenarios::c ... FAILED\n\
+             test d ... ignored\n\
+             test e ... [  13.1] Invalid ELF header magic: != ELF\n\
+             ok\n\
+             test result: FAILED. 1 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out\n",
+        ));
+        assert_eq!(t.passed, ["tc::a", "e"]);
+        assert_eq!(t.failed, ["scenarios::c"]);
+        assert_eq!(t.ignored, ["vm::ipvs_b (VM suite only (needs ip_vs))", "d"]);
+        assert_eq!(t.ran(), 3);
+    }
+
+    #[test]
+    fn sections_split_the_console() {
+        let console = lines(
+            "d8-suite: begin tc-0\ntest a ... ok\nd8-suite: end tc-0 status=0\n\
+             d8-suite: begin netfilter-1\ntest b ... ok\nd8-suite: end netfilter-1 status=101\n",
+        );
+        assert_eq!(section(&console, "tc-0"), ["test a ... ok"]);
+        assert_eq!(section(&console, "netfilter-1"), ["test b ... ok"]);
+    }
+
+    #[test]
+    fn every_guest_expects_tests_and_a_known_hook_set() {
+        for g in GUESTS {
+            assert!(["tc", "netfilter"].contains(&g.hook_set));
+            assert!(crate::vm::kernel::SUITES.iter().any(|(s, _)| *s == g.series));
+            for r in g.runs {
+                assert!(!r.expect.is_empty() && !r.args.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn guest_script_checks_doctor_and_runs_each_set() {
+        let s = guest_script(&GUESTS[2]);
+        assert!(s.contains("[ \"$hs\" = netfilter ]"), "{s}");
+        assert!(s.contains("D8_E2E_HOOKS=netfilter /bin/d8-e2e --test-threads=1 --include-ignored tracer::"));
+        assert!(s.contains("D8_E2E_HOOKS=tc /bin/d8-e2e --test-threads=1 --include-ignored scenarios:: tc::"));
+        assert!(s.contains(" --skip _iptables\n"), "{s}");
+        assert!(s.ends_with("exit $rc\n"));
+    }
 }

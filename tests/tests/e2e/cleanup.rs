@@ -8,9 +8,14 @@ use d8_trace::model::ProxyMode;
 
 use crate::common::*;
 
-/// d8-trace attaches 7 netfilter links and 4 tracepoints on this kernel.
+/// d8-trace attaches 7 netfilter links and 4 tracepoints with the netfilter hook set; with the TC
+/// set, tracepoint links and TC programs (tcx links from 6.6, netlink filters before, which no
+/// link holds).
 fn assert_attached(held: &bpf::Held) {
-    assert!(held.links.len() >= 7, "d8-trace held its links while tracing: {held:?}");
+    assert!(
+        held.links.len() + held.programs.len() >= 7,
+        "d8-trace held its links and programs while tracing: {held:?}"
+    );
 }
 
 fn assert_gone(held: &bpf::Held, how: &str) {

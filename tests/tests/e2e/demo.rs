@@ -70,7 +70,7 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
     d8_tests::require_root();
     let started = Instant::now();
     let mut child = Command::new(binary())
-        .args(["demo", "-o", "json"])
+        .args(d8_tests::run::with_hooks(&["demo", "-o", "json"]))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

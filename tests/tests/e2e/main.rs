@@ -2,6 +2,10 @@
 //! `d8_trace::lab`. They need root; run them with `cargo xtask test` (one test thread: they share
 //! the kernel's BPF and netfilter state).
 //!
+//! Hook set: `D8_E2E_HOOKS=tc|netfilter` adds `--hooks` to every d8-trace command a test starts
+//! without its own (`d8_tests::run::with_hooks`); unset or `auto`, d8-trace picks what the kernel
+//! allows (`d8-trace doctor --json`'s `hook_set`). The kernel matrix runs 6.12's tests once per set.
+//!
 //! Modules:
 //! - `common`: the lab used by most tests, and helpers.
 //! - `tracer`: flows joined pre/post-DNAT, and their outcomes (issue 2).

@@ -49,7 +49,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn command(args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(binary());
-    cmd.arg("mcp").args(args);
+    let mut argv = vec!["mcp"];
+    argv.extend_from_slice(args);
+    cmd.args(d8_tests::run::with_hooks(&argv));
     cmd
 }
 

@@ -156,9 +156,149 @@ pub fn bzimage_release(image: &Path) -> Result<String> {
     Ok(release)
 }
 
-/// The newest `linux-image-<series>.*-cloud-amd64-unsigned` package known to apt, downloaded and
-/// extracted once into `<cache>/debian/<package>_<version>/`.
+/// The Debian suite whose cloud kernels make each series: `--kernel 5.10` is bullseye's,
+/// `6.1` bookworm's, `6.12` trixie's (their point releases and security updates).
+pub const SUITES: &[(&str, &str)] = &[("5.10", "bullseye"), ("6.1", "bookworm"), ("6.12", "trixie")];
+
+/// Package lists older than this are refreshed (a new kernel ABI, `-NN`, appears every few weeks);
+/// failing that, the old lists are used.
+const LISTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// A private apt for one Debian suite, under `<cache>/apt/<suite>/`: its own configuration file
+/// (`$APT_CONFIG`), sources list (deb.debian.org, or `$D8_VM_DEBIAN_MIRROR`, signed by the Debian
+/// archive keyring), package lists, caches and preferences, and a configuration directory holding
+/// only the machine's proxy settings. The machine's own apt state (`/var/lib/apt/lists`, `/var/cache/apt`, its
+/// sources and its update hooks) is never read or written: the host can be any Debian release, and
+/// `apt-get update` here never changes what the machine would install.
+struct Apt {
+    root: PathBuf,
+    suite: &'static str,
+}
+
+impl Apt {
+    fn new(cache: &Path, suite: &'static str) -> Result<Self> {
+        let root = cache.join("apt").join(suite);
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "etc/apt.conf.d",
+            "etc/preferences.d",
+        ] {
+            fs::create_dir_all(root.join(sub)).with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        if !Path::new(keyring).is_file() {
+            bail!("{keyring} is missing: install the Debian package debian-archive-keyring");
+        }
+        let mirror = std::env::var("D8_VM_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+        let security = std::env::var("D8_VM_DEBIAN_SECURITY_MIRROR")
+            .unwrap_or_else(|_| "http://deb.debian.org/debian-security".into());
+        let sources = format!(
+            "deb [signed-by={keyring}] {mirror} {suite} main\n\
+             deb [signed-by={keyring}] {mirror} {suite}-updates main\n\
+             deb [signed-by={keyring}] {security} {suite}-security main\n"
+        );
+        write_if_changed(&root.join("etc/sources.list"), &sources)?;
+        // The machine's proxy, if it has one (nothing else of its configuration: its update hooks,
+        // e.g. appstream's or packagekit's, would act on the machine's lists).
+        let proxies = Command::new("apt-config")
+            .arg("dump")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("Acquire::http::Proxy") || l.starts_with("Acquire::https::Proxy"))
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        write_if_changed(&root.join("etc/apt.conf.d/proxy.conf"), &proxies)?;
+        write_if_changed(&root.join("etc/apt.conf"), &Self::config(&root))?;
+        Ok(Apt { root, suite })
+    }
+
+    /// `program` with this suite's configuration: `$APT_CONFIG` names `<root>/etc/apt.conf`, which
+    /// apt reads before anything else, and which points every directory (configuration parts,
+    /// sources, preferences, lists, caches) into `<root>`. (`-o Dir::Etc::Parts=...` would come too
+    /// late: apt reads the machine's `/etc/apt/apt.conf.d` before the command line.)
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("APT_CONFIG", self.root.join("etc/apt.conf"));
+        cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    }
+
+    fn config(root: &Path) -> String {
+        let r = |sub: &str| root.join(sub).display().to_string();
+        [
+            ("Dir::Etc::Parts", r("etc/apt.conf.d")),
+            ("Dir::Etc::Main", r("etc/main.conf")),
+            ("Dir::Etc::SourceList", r("etc/sources.list")),
+            ("Dir::Etc::SourceParts", r("etc/sources.list.d")),
+            ("Dir::Etc::Preferences", r("etc/preferences")),
+            ("Dir::Etc::PreferencesParts", r("etc/preferences.d")),
+            ("Dir::State::Lists", r("lists")),
+            ("Dir::Cache", r("cache")),
+            ("Acquire::Languages", "none".into()),
+        ]
+        .iter()
+        .map(|(key, value)| format!("{key} \"{value}\";\n"))
+        .collect()
+    }
+
+    fn update(&self) -> Result<()> {
+        eprintln!(
+            "d8-vm: apt-get update for {} (private lists in {})",
+            self.suite,
+            self.root.display()
+        );
+        run_cmd(self.command("apt-get").args(["-q", "update"]))
+    }
+
+    /// When the lists were last replaced (apt renames them into place, which also updates the
+    /// directory's time); `None` before the first update.
+    fn lists_time(&self) -> Option<std::time::SystemTime> {
+        let dir = self.root.join("lists");
+        let mut newest = None;
+        for e in fs::read_dir(&dir).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with("Release")
+                && let Ok(m) = e.metadata().and_then(|m| m.modified())
+            {
+                newest = newest.max(Some(m));
+            }
+        }
+        newest
+    }
+
+    /// A stamp that changes whenever the lists do.
+    fn lists_stamp(&self) -> Option<String> {
+        let d = self.lists_time()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+    }
+}
+
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if fs::read_to_string(path).ok().as_deref() != Some(text) {
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The newest `linux-image-<series>.*-cloud-amd64-unsigned` package of the series' Debian suite
+/// ([`SUITES`], asked through a private apt: [`Apt`]), downloaded and extracted once into
+/// `<cache>/debian/<package>_<version>/`.
 fn debian(series: &str, cache: &Path) -> Result<Kernel> {
+    let Some(&(_, suite)) = SUITES.iter().find(|(s, _)| *s == series) else {
+        bail!(
+            "--kernel {series}: no Debian suite known for this series (known: {}); give a bzImage path instead",
+            SUITES
+                .iter()
+                .map(|(s, d)| format!("{s} ({d})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
     let dir = cache.join("debian");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Two runs at once (a developer and a test script) must not download into the same
@@ -171,20 +311,38 @@ fn debian(series: &str, cache: &Path) -> Result<Kernel> {
         );
         lock.lock()?;
     }
-    debian_once(series, cache, true)
+    let apt = Apt::new(cache, suite)?;
+    let stale = apt
+        .lists_time()
+        .is_none_or(|t| t.elapsed().is_ok_and(|age| age > LISTS_MAX_AGE));
+    if stale {
+        if let Err(e) = apt.update() {
+            // Offline: a kernel extracted earlier is still good; old lists too.
+            if let Some(k) = newest_cached(&dir, series)? {
+                eprintln!("d8-vm: apt-get update failed ({e:#}); using the cached {}", k.origin);
+                return Ok(k);
+            }
+            if apt.lists_time().is_none() {
+                return Err(e);
+            }
+            eprintln!("d8-vm: apt-get update failed ({e:#}); using the {suite} lists of an earlier run");
+        }
+        return debian_once(series, &apt, cache, false);
+    }
+    debian_once(series, &apt, cache, true)
 }
 
 /// With `may_update`, a package apt does not know or cannot download (stale lists: Debian drops
 /// superseded kernels from the mirror) leads to one `apt-get update` and a second attempt.
-fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
+fn debian_once(series: &str, apt: &Apt, cache: &Path, may_update: bool) -> Result<Kernel> {
     let started = Instant::now();
     let dir = cache.join("debian");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
-    // apt-cache takes a second or two per query here (no pkgcache.bin), and its answer only
-    // changes when the package lists do: remember it, keyed by the lists' modification time.
+    // apt-cache takes a second or two per query, and its answer only changes when the package
+    // lists do: remember it, keyed by the lists' modification time.
     let memo = dir.join(format!("newest-{series}"));
-    let lists = lists_stamp();
+    let lists = apt.lists_stamp();
     if let (Some(stamp), Ok(text)) = (&lists, fs::read_to_string(&memo)) {
         let mut parts = text.split_whitespace();
         if parts.next() == Some(stamp.as_str())
@@ -202,17 +360,21 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
         }
     }
 
-    let (pkg, version) = match newest_package(series) {
-        Ok(Some(found)) => found,
-        Ok(None) if may_update => {
-            // Unknown to apt: the package lists may be missing (fresh container) or stale.
-            eprintln!("d8-vm: no linux-image-{series}.*-cloud-amd64-unsigned known to apt; running apt-get update");
-            run_cmd(Command::new("apt-get").arg("update"))?;
-            return debian_once(series, cache, false);
+    let candidates = match candidates(apt, series) {
+        Ok(found) if !found.is_empty() => found,
+        Ok(_) if may_update => {
+            eprintln!(
+                "d8-vm: no linux-image-{series}.*-cloud-amd64-unsigned in the {} lists; updating them",
+                apt.suite
+            );
+            apt.update()?;
+            return debian_once(series, apt, cache, false);
         }
-        Ok(None) => bail!(
-            "apt knows no package linux-image-{series}.*-cloud-amd64-unsigned, even after apt-get update \
-             (Debian bookworm has 6.1 and 6.12; is deb.debian.org in the apt sources?)"
+        Ok(_) => bail!(
+            "Debian {} has no package linux-image-{series}.*-cloud-amd64-unsigned, even after apt-get update \
+             (lists in {})",
+            apt.suite,
+            apt.root.display()
         ),
         Err(e) => {
             // No apt (not a Debian host): a kernel extracted earlier is still good.
@@ -224,40 +386,66 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
         }
     };
 
-    let key = format!("{pkg}_{}", version.replace(':', "%3a"));
-    let entry = dir.join(&key);
-    // apt-get update above changed the lists: take the stamp again.
-    if let Some(stamp) = lists_stamp() {
-        let _ = fs::write(&memo, format!("{stamp} {pkg} {version}\n"));
-    }
-    if let Some(k) = cached(&entry)? {
-        eprintln!(
-            "d8-vm: kernel {} from cache ({:.2}s)",
-            k.release,
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(k);
-    }
-
-    // Download (apt-get writes `<pkg>_<version>_amd64.deb` into its working directory).
-    eprintln!("d8-vm: downloading {pkg} {version}");
-    let dl = dir.join(format!("{key}.download"));
-    let _ = fs::remove_dir_all(&dl);
-    fs::create_dir_all(&dl)?;
-    let fetched = run_cmd(
-        Command::new("apt-get")
-            .current_dir(&dl)
-            .arg("download")
-            .arg(format!("{pkg}={version}")),
-    );
-    if let Err(e) = fetched {
-        let _ = fs::remove_dir_all(&dl);
-        if !may_update {
-            return Err(e);
+    // The newest that is cached or downloads: a mirror (or its security pool) can list a package
+    // it does not serve (yet, or any more, or not to this network); then the next older ABI is
+    // taken (each failed try takes about a second).
+    let mut failures = Vec::new();
+    let mut fetched = None;
+    for (pkg, version) in &candidates {
+        let key = format!("{pkg}_{}", version.replace(':', "%3a"));
+        let entry = dir.join(&key);
+        if let Some(k) = cached(&entry)? {
+            if let Some(stamp) = apt.lists_stamp() {
+                let _ = fs::write(&memo, format!("{stamp} {pkg} {version}\n"));
+            }
+            eprintln!(
+                "d8-vm: kernel {} from cache ({:.2}s)",
+                k.release,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(k);
         }
-        eprintln!("d8-vm: download failed ({e:#}); running apt-get update and trying again");
-        run_cmd(Command::new("apt-get").arg("update"))?;
-        return debian_once(series, cache, false);
+        // Download (apt-get writes `<pkg>_<version>_amd64.deb` into its working directory).
+        eprintln!("d8-vm: downloading {pkg} {version} from Debian {}", apt.suite);
+        let dl = dir.join(format!("{key}.download"));
+        let _ = fs::remove_dir_all(&dl);
+        fs::create_dir_all(&dl)?;
+        match run_cmd(
+            apt.command("apt-get")
+                .current_dir(&dl)
+                .args(["-q", "download"])
+                .arg(format!("{pkg}={version}")),
+        ) {
+            Ok(()) => {
+                fetched = Some((pkg.clone(), version.clone(), key, entry, dl));
+                break;
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dl);
+                let why = format!("{e:#}");
+                let why = why.lines().find(|l| l.starts_with("E: ")).unwrap_or(&why);
+                eprintln!("d8-vm: downloading {pkg} {version} failed: {why}");
+                failures.push(format!("{pkg} {version}"));
+            }
+        }
+    }
+    let Some((pkg, version, key, entry, dl)) = fetched else {
+        if may_update {
+            eprintln!(
+                "d8-vm: no download worked; updating the {} lists and trying again",
+                apt.suite
+            );
+            apt.update()?;
+            return debian_once(series, apt, cache, false);
+        }
+        bail!(
+            "no kernel of the series {series} could be downloaded from Debian {} (tried {})",
+            apt.suite,
+            failures.join(", ")
+        );
+    };
+    if let Some(stamp) = apt.lists_stamp() {
+        let _ = fs::write(&memo, format!("{stamp} {pkg} {version}\n"));
     }
     let deb = fs::read_dir(&dl)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -270,6 +458,13 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp.join("root")))?;
+    // trixie's packages ship the modules in usr/lib/modules (merged /usr): the cache, depmod -b
+    // and the initramfs take them from lib/modules.
+    let usr_modules = tmp.join("root/usr/lib/modules");
+    if usr_modules.is_dir() && !tmp.join("root/lib/modules").exists() {
+        fs::create_dir_all(tmp.join("root/lib"))?;
+        fs::rename(&usr_modules, tmp.join("root/lib/modules"))?;
+    }
     let release = find_release(&tmp.join("root"))?;
     ensure_tool("depmod", "kmod")?;
     // The guest's modprobe needs modules.dep/modules.alias; depmod is fast on the host and slow
@@ -297,20 +492,6 @@ fn debian_once(series: &str, cache: &Path, may_update: bool) -> Result<Kernel> {
         started.elapsed().as_secs_f64()
     );
     Ok(k)
-}
-
-/// The newest modification time among apt's package lists (apt replaces them by renaming, which
-/// also updates the directory's time): a change means apt may now answer differently.
-fn lists_stamp() -> Option<String> {
-    let dir = Path::new("/var/lib/apt/lists");
-    let mut newest = fs::metadata(dir).ok()?.modified().ok()?;
-    for e in fs::read_dir(dir).ok()?.flatten() {
-        if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-            newest = newest.max(m);
-        }
-    }
-    let d = newest.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
 }
 
 /// A complete cache entry (`release` is written last, after depmod).
@@ -366,11 +547,12 @@ fn find_release(root: &Path) -> Result<String> {
     bail!("no boot/vmlinuz-* with a matching lib/modules/ in {}", root.display())
 }
 
-/// Asks apt (local package lists only, no network) for the newest candidate of the series.
-/// `Ok(None)`: apt works but knows no such package.
-fn newest_package(series: &str) -> Result<Option<(String, String)>> {
+/// Asks the suite's apt (its package lists only, no network) for the series' packages and their
+/// candidate versions, newest first. Empty: apt works but knows no such package.
+fn candidates(apt: &Apt, series: &str) -> Result<Vec<(String, String)>> {
     let prefix = format!("linux-image-{series}.");
-    let out = Command::new("apt-cache")
+    let out = apt
+        .command("apt-cache")
         .arg("pkgnames")
         .arg(&prefix)
         .output()
@@ -384,23 +566,32 @@ fn newest_package(series: &str) -> Result<Option<(String, String)>> {
         .map(String::from)
         .collect();
     if names.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let out = Command::new("apt-cache").arg("policy").args(&names).output()?;
+    let out = apt.command("apt-cache").arg("policy").args(&names).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut best: Option<(String, String)> = None;
+    let mut found: Vec<(String, String)> = Vec::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         if !line.starts_with(' ') && line.ends_with(':') {
             current = Some(line.trim_end_matches(':').to_string());
         } else if let (Some(pkg), Some(cand)) = (&current, line.trim().strip_prefix("Candidate: ")) {
             // Names listed by pkgnames can lack a candidate (only in a stale list): skip them.
-            if cand != "(none)" && best.as_ref().is_none_or(|(_, v)| version_gt(cand, v)) {
-                best = Some((pkg.clone(), cand.to_string()));
+            if cand != "(none)" {
+                found.push((pkg.clone(), cand.to_string()));
             }
         }
     }
-    Ok(best)
+    found.sort_by(|a, b| {
+        if version_gt(&a.1, &b.1) {
+            std::cmp::Ordering::Less
+        } else if version_gt(&b.1, &a.1) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    Ok(found)
 }
 
 /// Debian version order; dpkg knows the exact rules (epochs, `~`), natural order is the fallback.
@@ -447,7 +638,7 @@ pub fn ensure_tool(tool: &str, package: &str) -> Result<()> {
     }
     eprintln!("d8-vm: {tool} is missing; installing the Debian package {package}");
     let status = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", package])
+        .args(["install", "-y", "--no-install-recommends", "--no-remove", package])
         .status();
     if !matches!(status, Ok(s) if s.success()) || super::which(tool).is_none() {
         bail!("{tool} is needed: install the Debian package {package} (apt-get install -y {package})");

@@ -8,19 +8,25 @@
 //! # Usage
 //!
 //! ```text
-//! cargo xtask vm-test [--kernel 6.1|6.12|running|PATH] [--modules DIR] [--add HOST[:GUEST]]...
+//! cargo xtask vm-test [--kernel 5.10|6.1|6.12|running|PATH] [--modules DIR] [--add HOST[:GUEST]]...
 //!                     [--env KEY=VALUE]... [--modprobe MODULE]... [--timeout SECS]
 //!                     [--memory MIB] [--cpus N] [--accel tcg|kvm] [--append ARGS]
 //!                     [--cache-dir DIR] [--keep]
 //!                     [-- COMMAND [ARGS]...]
 //! ```
 //!
-//! * `--kernel 6.1` (default; any series apt has works: bookworm has 6.1 and 6.12): the newest
-//!   `linux-image-6.1.*-cloud-amd64-unsigned` apt knows, fetched with `apt-get download`, unpacked
-//!   with `dpkg-deb -x` and indexed with `depmod -b` once into `<cache>/debian/<package>_<version>/`
-//!   (about 110 MB). `apt-get update` runs only when apt knows no such package or the download
-//!   fails (stale lists). apt's answer is remembered until the package lists change, so a cached run
-//!   does not call apt at all (kernel ready in ~0.00 s). Superseded kernels of the series are deleted.
+//! * `--kernel 6.1` (default), `5.10`, `6.12`: the newest `linux-image-<series>.*-cloud-amd64-unsigned`
+//!   of the series' Debian suite (5.10: bullseye, 6.1: bookworm, 6.12: trixie; with their -updates
+//!   and -security), asked through a private apt under `<cache>/apt/<suite>/` (`$APT_CONFIG` names
+//!   its own configuration, which sets `Dir::Etc::SourceList`, `Dir::Etc::Parts`,
+//!   `Dir::State::Lists`, `Dir::Cache` and the preferences to directories there; the machine's apt
+//!   state and configuration are neither read nor changed, only its proxy setting is copied), fetched with `apt-get download`, unpacked with `dpkg-deb -x`
+//!   and indexed with `depmod -b` once into `<cache>/debian/<package>_<version>/` (about 110 MB).
+//!   The private lists are refreshed when older than a week, when they know no such package, or
+//!   when the download fails (Debian drops superseded kernels); apt's answer is remembered until the
+//!   lists change, so a cached run does not call apt at all (kernel ready in ~0.00 s). Superseded
+//!   kernels of the series are deleted. `$D8_VM_DEBIAN_MIRROR` and `$D8_VM_DEBIAN_SECURITY_MIRROR`
+//!   replace deb.debian.org.
 //!   `--kernel PATH`: a bzImage (release read from its header); `--modules` = its
 //!   `lib/modules/<release>` with `modules.dep`, or a root holding it; without modules only
 //!   built-in features exist. `--kernel running`: `/boot/vmlinuz-$(uname -r)` with
@@ -127,7 +133,8 @@ use anyhow::{Context, Result, bail};
 /// Options of `cargo xtask vm-test`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Guest kernel: a Debian series (`6.1`, `6.12`: newest linux-image-<series>.*-cloud-amd64-unsigned),
+    /// Guest kernel: a Debian series (`5.10` from bullseye, `6.1` from bookworm, `6.12` from trixie:
+    /// the newest linux-image-<series>.*-cloud-amd64-unsigned, fetched through a private apt),
     /// `running` (/boot/vmlinuz-$(uname -r)), or the path of a bzImage.
     #[arg(long, default_value = "6.1")]
     pub kernel: String,
@@ -219,6 +226,26 @@ impl std::error::Error for GuestFailed {}
 
 /// Runs `opts.command` in a VM; see the module docs.
 pub fn run(opts: Options) -> Result<()> {
+    let guest = run_captured(opts)?;
+    match guest.status {
+        0 => Ok(()),
+        status => Err(GuestFailed { status }.into()),
+    }
+}
+
+/// What a guest run gave: the command's exit status, the console, and timings.
+pub struct GuestRun {
+    pub status: i32,
+    /// The guest kernel's `uname -r`.
+    pub release: String,
+    pub console: Vec<String>,
+    /// From starting qemu to init's ready line.
+    pub ready_after: Option<Duration>,
+}
+
+/// Runs `opts.command` in a VM (see the module docs) and returns its status and console; a guest
+/// that never reported its status (timeout, panic) is an error.
+pub fn run_captured(opts: Options) -> Result<GuestRun> {
     let started = Instant::now();
     let cache = match &opts.cache_dir {
         Some(c) => c.clone(),
@@ -313,10 +340,12 @@ pub fn run(opts: Options) -> Result<()> {
         outcome.finished_after.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    match outcome.status {
-        0 => Ok(()),
-        status => Err(GuestFailed { status }.into()),
-    }
+    Ok(GuestRun {
+        status: outcome.status,
+        release: kernel.release,
+        console: outcome.console,
+        ready_after: outcome.ready_after,
+    })
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -31,6 +31,8 @@ pub struct Outcome {
     /// From starting qemu to init's `d8-vm: ready` line (kernel boot + mounts + modprobes).
     pub ready_after: Option<Duration>,
     pub finished_after: Duration,
+    /// Every console line, in order (the caller parses the command's output from it).
+    pub console: Vec<String>,
 }
 
 const SENTINEL: &str = "d8-vm: exit=";
@@ -103,6 +105,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
     let mut status: Option<i32> = None;
     let mut panic_line: Option<String> = None;
     let mut out_closed = false;
+    let mut console: Vec<String> = Vec::new();
     let stdout_handle = std::io::stdout();
     loop {
         // Once the outcome is known, qemu gets a short grace period to exit by itself.
@@ -138,6 +141,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                 if panic_line.is_none() && line.contains("Kernel panic") {
                     panic_line = Some(line.clone());
                 }
+                console.push(line.clone());
                 tail.push_back(line);
                 if tail.len() > 30 {
                     tail.pop_front();
@@ -202,6 +206,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
                 status,
                 ready_after,
                 finished_after,
+                console,
             })
         }
         None => bail!(
