@@ -85,6 +85,16 @@ pub struct Mitigation {
 }
 
 impl Report {
+    /// The name a drop with kernel reason `reason` has in this report: `NOT_SPECIFIED` when the
+    /// report says the kernel has no drop reasons (before 5.17), else `reason` itself.
+    pub fn drop_reason_named<'a>(&self, reason: &'a str) -> &'a str {
+        let no_reasons = self
+            .warnings
+            .iter()
+            .any(|w| w.kind == "kernel" && w.message.contains("no drop reason"));
+        if no_reasons { "NOT_SPECIFIED" } else { reason }
+    }
+
     /// Flows to `frontend` (`ip:port`), or a panic that lists every flow seen.
     pub fn flows_to(&self, frontend: &str) -> Vec<&Flow> {
         let found: Vec<&Flow> = self

@@ -93,7 +93,7 @@ const GUESTS: &[Guest] = &[
                 "_nftables",
             ],
             expect: &[
-                ("tc::", 13),
+                ("tc::", 14),
                 ("scenarios::", 15),
                 ("demo::", 1),
                 ("errors::doctor_reports_the_hook_set", 1),
@@ -140,7 +140,7 @@ const GUESTS: &[Guest] = &[
                     "errors::doctor_reports_the_hook_set",
                 ],
                 expect: &[
-                    ("tracer::", 8),
+                    ("tracer::", 10),
                     ("cleanup::", 1),
                     ("errors::doctor_reports_the_hook_set", 1),
                 ],

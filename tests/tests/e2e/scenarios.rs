@@ -565,7 +565,12 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
             run.context
         );
         assert_eq!(f.outcome, "dropped", "{}", run.context);
-        assert_eq!(f.drop_reason.as_deref(), Some("NETFILTER_DROP"), "{}", run.context);
+        assert_eq!(
+            f.drop_reason.as_deref(),
+            Some(run.report.drop_reason_named("NETFILTER_DROP")),
+            "{}",
+            run.context
+        );
     }
     let kind = if node_port { "node_port" } else { "external_ip" };
     assert!(
