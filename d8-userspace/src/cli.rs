@@ -124,6 +124,29 @@ pub struct Selection {
     /// Hook set to trace with.
     #[arg(long, value_enum, default_value_t = Hooks::Auto, global = true)]
     pub hooks: Hooks,
+    /// Where kube-proxy's nftables rules are read from: `kernel` (nf_tables netlink), `tools`
+    /// (`nft -j list table …`), or `auto` (the kernel, falling back to nft with a warning when
+    /// the table holds something the kernel reader does not know).
+    #[arg(long, value_enum, default_value_t = RulesFromArg::Auto, global = true)]
+    pub rules_from: RulesFromArg,
+}
+
+/// `--rules-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RulesFromArg {
+    Auto,
+    Kernel,
+    Tools,
+}
+
+impl From<RulesFromArg> for trace::RulesFrom {
+    fn from(r: RulesFromArg) -> Self {
+        match r {
+            RulesFromArg::Auto => trace::RulesFrom::Auto,
+            RulesFromArg::Kernel => trace::RulesFrom::Kernel,
+            RulesFromArg::Tools => trace::RulesFrom::Tools,
+        }
+    }
 }
 
 /// The incident mode: `d8-trace --svc NS/NAME[:PORT]`.
@@ -235,6 +258,7 @@ impl Selection {
             api,
             node: self.node.clone(),
             hooks: self.hooks.into(),
+            rules_from: self.rules_from.into(),
         }
     }
 }

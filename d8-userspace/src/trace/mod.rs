@@ -38,6 +38,7 @@ pub mod plan;
 pub use capture::{Capture, JOIN_BUDGET, PUMP_BUDGET, PUMP_EVERY, Ready};
 pub use hooks::{HookChoice, HookRequest, Join, KernelSetup, choose_hooks, kernel_setup};
 use live::LivePrinter;
+pub use rules::RulesFrom;
 pub use live::{LIVE_QUEUE_LINES, LiveQueue, live_queue_lines};
 pub use plan::{Plan, ServiceSelector, plan};
 
@@ -106,6 +107,8 @@ pub struct Scope {
     /// This node's name (`--node`), when the user gave it.
     pub node: Option<String>,
     pub hooks: HookRequest,
+    /// Where nftables-mode rules are read from (`--rules-from`).
+    pub rules_from: RulesFrom,
 }
 
 impl Default for Scope {
@@ -115,13 +118,14 @@ impl Default for Scope {
             api: k8s::Source::Live { kubeconfig: None },
             node: None,
             hooks: HookRequest::Auto,
+            rules_from: RulesFrom::Auto,
         }
     }
 }
 
 /// The node's service model as [`Scope`] says to read it (rules here, the API as chosen).
 pub async fn node_view(scope: &Scope) -> Result<NodeView, Error> {
-    Ok(view::view(&scope.api, scope.node.as_deref()).await?)
+    Ok(view::view(&scope.api, scope.node.as_deref(), scope.rules_from).await?)
 }
 
 /// A finished job: the report and the warnings worth a line (the view's, the kernel's, the

@@ -254,6 +254,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         api: k8s::Source::Snapshot(snapshot.0.clone()),
         node: Some(spec.node_name.clone()),
         hooks: scope.hooks,
+        rules_from: scope.rules_from,
     };
     let start_view = runtime.block_on(trace::node_view(&lab_scope))?;
     for w in &start_view.warnings {

@@ -42,9 +42,13 @@
 
 mod build;
 mod chain_name;
+mod expr;
 mod json;
+pub mod netlink;
 mod render;
 mod table;
+#[cfg(test)]
+mod kernel_tests;
 #[cfg(test)]
 mod tests;
 

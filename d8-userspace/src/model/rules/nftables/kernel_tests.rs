@@ -1,0 +1,267 @@
+//! The kernel reader against the `nft` tool, on real tables: every rule set the lab writes (its
+//! scenarios' Services, the demo's, the fixtures' two layouts) and kube-proxy's table at 1,000 and
+//! 10,000 Services (`testdata/rules/gen_large.py`) are loaded with `nft -f` into a network
+//! namespace of their own, read both ways (`--rules-from kernel` and `tools`), and the readings
+//! must be equal: the same Services, frontends, endpoints, rule references and renderings, the
+//! same warnings but for the source they name.
+//!
+//! These need root and `nft`. Without them they fail, naming what is missing, unless
+//! `D8_SKIP_ROOT_TESTS=1` is set: then each prints `SKIPPED <test>: <reason>` and returns, so a
+//! skip is always said by name and never passes silently by default.
+
+use std::process::Command;
+
+use crate::lab::nftables::kube_proxy_transaction;
+use crate::lab::spec::{ClusterSpec, ListenerKind, PodSpec, ServiceSpec, TrafficPolicy};
+use crate::model::Protocol;
+use crate::model::rules::{ModeReading, RulesFrom, read_nftables_mode};
+
+/// `Some(reason)` when this test cannot run here (and may be skipped).
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, nf_tables)".into());
+    }
+    match Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("needs the `nft` tool (package nftables)".into()),
+    }
+}
+
+/// Fails (or, with `D8_SKIP_ROOT_TESTS=1`, says SKIPPED by name) when the test cannot run.
+fn can_run(test: &str) -> bool {
+    let Some(reason) = missing_prerequisite() else { return true };
+    if std::env::var("D8_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: {reason}");
+        return false;
+    }
+    panic!("{test}: {reason} (set D8_SKIP_ROOT_TESTS=1 to skip it by name)");
+}
+
+/// A network namespace of the test's own, deleted on drop (every exit path, panics included).
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> Self {
+        let name = format!("d8-nftk-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("ip netns add");
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        Ns(name)
+    }
+
+    /// `nft -f FILE` (or `-j -f`) inside the namespace.
+    fn load(&self, text: &str, json: bool) {
+        let file = std::env::temp_dir().join(format!("{}.nft", self.0));
+        std::fs::write(&file, text).expect("write rules");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0, "nft"]);
+        if json {
+            cmd.arg("-j");
+        }
+        let out = cmd.arg("-f").arg(&file).output().expect("nft -f");
+        let _ = std::fs::remove_file(&file);
+        assert!(out.status.success(), "nft -f: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn flush(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "flush", "ruleset"])
+            .output();
+    }
+
+    /// The table read with `from`, inside the namespace.
+    fn read(&self, from: RulesFrom) -> ModeReading {
+        crate::lab::in_netns(&self.0, move || {
+            read_nftables_mode(from).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+        })
+        .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Warnings without the source they name (`nft -j list table ip kube-proxy: …` or
+/// `nf_tables netlink (table ip kube-proxy): …`).
+fn normalized(warnings: &[String]) -> Vec<String> {
+    warnings
+        .iter()
+        .map(|w| {
+            w.replace("nft -j list table ip6 kube-proxy", "SOURCE")
+                .replace("nft -j list table ip kube-proxy", "SOURCE")
+                .replace("nf_tables netlink (table ip6 kube-proxy)", "SOURCE")
+                .replace("nf_tables netlink (table ip kube-proxy)", "SOURCE")
+        })
+        .collect()
+}
+
+/// Reads the namespace's table both ways and asserts the readings are equal.
+fn assert_same(ns: &Ns, what: &str) -> ModeReading {
+    let kernel = ns.read(RulesFrom::Kernel);
+    let tools = ns.read(RulesFrom::Tools);
+    assert!(tools.rules_present, "{what}: nft found no kube-proxy table");
+    assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
+    assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
+    assert_eq!(normalized(&kernel.warnings), normalized(&tools.warnings), "{what}: warnings");
+    assert_eq!(kernel.services.len(), tools.services.len(), "{what}: number of Services");
+    for (k, t) in kernel.services.iter().zip(&tools.services) {
+        assert_eq!(k, t, "{what}: Service {}", t.service);
+    }
+    assert!(
+        kernel.sources.iter().all(|s| s.starts_with("nf_tables netlink")),
+        "{what}: the kernel reading ran a tool: {:?}",
+        kernel.sources
+    );
+    kernel
+}
+
+fn ip(a: u8, b: u8, c: u8, d: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(a, b, c, d)
+}
+
+/// The lab's Service shapes: the end-to-end scenarios' (ClusterIP over two pods, no endpoints TCP
+/// and UDP, externalTrafficPolicy=Local with a remote endpoint, UDP DNS), and one spec with
+/// every policy kube-proxy tells apart (affinity, Local with and without local endpoints,
+/// external and load-balancer IPs, source ranges, internalTrafficPolicy=Local).
+fn lab_specs() -> Vec<(&'static str, ClusterSpec)> {
+    let web = |name: &str, addr| {
+        PodSpec::new("default", name, addr)
+            .label("app", "web")
+            .listen(8080, ListenerKind::Http)
+    };
+    let vip = ip(10, 96, 0, 10);
+    vec![
+        (
+            "web",
+            ClusterSpec::new()
+                .service(ServiceSpec::new("default", "web", vip).port("http", 80, 8080, Protocol::Tcp))
+                .pod(web("web-1", ip(10, 244, 1, 10)))
+                .pod(web("web-2", ip(10, 244, 1, 11))),
+        ),
+        (
+            "empty-tcp",
+            ClusterSpec::new().service(
+                ServiceSpec::new("default", "empty", vip)
+                    .port("p", 80, 8080, Protocol::Tcp)
+                    .selector("app", "nobody"),
+            ),
+        ),
+        (
+            "empty-udp",
+            ClusterSpec::new().service(
+                ServiceSpec::new("default", "empty", vip)
+                    .port("p", 80, 8080, Protocol::Udp)
+                    .selector("app", "nobody"),
+            ),
+        ),
+        (
+            "etp-local",
+            ClusterSpec::new()
+                .service(
+                    ServiceSpec::new("default", "shop", vip)
+                        .node_port("http", 80, 8080, Protocol::Tcp, 30080)
+                        .external_ip(ip(203, 0, 113, 10))
+                        .external_policy(TrafficPolicy::Local),
+                )
+                .pod(
+                    PodSpec::new("default", "shop-1", ip(10, 244, 2, 10))
+                        .label("app", "shop")
+                        .listen(8080, ListenerKind::Http)
+                        .on_node("node-b"),
+                ),
+        ),
+        (
+            "dns",
+            ClusterSpec::new()
+                .service(ServiceSpec::new("default", "dns", vip).port("dns", 53, 5353, Protocol::Udp))
+                .pod(
+                    PodSpec::new("default", "dns-1", ip(10, 244, 1, 10))
+                        .label("app", "dns")
+                        .listen(5353, ListenerKind::UdpEcho),
+                ),
+        ),
+        (
+            "policies",
+            ClusterSpec::new()
+                .service(
+                    ServiceSpec::new("shop", "web", ip(10, 96, 1, 1))
+                        .node_port("http", 80, 8080, Protocol::Tcp, 30080)
+                        .client_ip_affinity(10800),
+                )
+                .service(
+                    ServiceSpec::new("shop", "local", ip(10, 96, 1, 2))
+                        .node_port("http", 80, 8080, Protocol::Tcp, 30082)
+                        .selector("app", "web")
+                        .external_policy(TrafficPolicy::Local),
+                )
+                .service(
+                    ServiceSpec::new("shop", "remote", ip(10, 96, 1, 3))
+                        .node_port("http", 80, 8080, Protocol::Tcp, 30083)
+                        .external_ip(ip(192, 0, 2, 10))
+                        .load_balancer_ip(ip(192, 0, 2, 20))
+                        .selector("app", "far")
+                        .external_policy(TrafficPolicy::Local),
+                )
+                .pod(
+                    PodSpec::new("shop", "web-1", ip(10, 244, 1, 20))
+                        .label("app", "web")
+                        .listen(8080, ListenerKind::Http),
+                )
+                .pod(
+                    PodSpec::new("shop", "far-1", ip(10, 244, 3, 20))
+                        .label("app", "far")
+                        .listen(8080, ListenerKind::Http)
+                        .on_node("node-b"),
+                ),
+        ),
+        ("demo", crate::cmd::demo::script::spec()),
+    ]
+}
+
+#[test]
+fn kernel_reading_equals_nft_on_every_lab_rule_set() {
+    if !can_run("kernel_reading_equals_nft_on_every_lab_rule_set") {
+        return;
+    }
+    let ns = Ns::new("lab");
+    for (name, spec) in lab_specs() {
+        ns.flush();
+        ns.load(&kube_proxy_transaction(&spec), false);
+        let r = assert_same(&ns, name);
+        assert!(!r.services.is_empty(), "{name}: no Services read");
+    }
+    for (name, text) in [
+        ("fixture layout A", include_str!("../../../../testdata/rules/nft-input-A.nft")),
+        ("fixture layout B", include_str!("../../../../testdata/rules/nft-input-B.nft")),
+    ] {
+        ns.flush();
+        ns.load(text, false);
+        assert_same(&ns, name);
+    }
+}
+
+#[test]
+fn kernel_reading_falls_back_to_nft_on_what_it_does_not_know() {
+    if !can_run("kernel_reading_falls_back_to_nft_on_what_it_does_not_know") {
+        return;
+    }
+    let ns = Ns::new("fallback");
+    ns.load(include_str!("../../../../testdata/rules/nft-input-B.nft"), false);
+    // A `limit` statement: an expression the kernel reader does not decode.
+    ns.load("add rule ip kube-proxy reject-chain limit rate 10/second counter\n", false);
+    let auto = ns.read(RulesFrom::Auto);
+    let tools = ns.read(RulesFrom::Tools);
+    assert_eq!(auto.services, tools.services);
+    assert!(
+        auto.warnings.iter().any(|w| w.contains("not read from the kernel") && w.contains("limit")),
+        "{:?}",
+        auto.warnings
+    );
+    assert!(auto.sources.iter().any(|s| s.starts_with("nft -j")), "{:?}", auto.sources);
+    let forced = crate::lab::in_netns(&ns.0, || Ok(read_nftables_mode(RulesFrom::Kernel).is_err())).unwrap();
+    assert!(forced, "--rules-from kernel must fail on what it does not know");
+}
