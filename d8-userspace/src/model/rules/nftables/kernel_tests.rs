@@ -265,3 +265,79 @@ fn kernel_reading_falls_back_to_nft_on_what_it_does_not_know() {
     let forced = crate::lab::in_netns(&ns.0, || Ok(read_nftables_mode(RulesFrom::Kernel).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
+
+/// `gen_large.py`'s `nft -j` dump of `n` Services as an `nft -f` text transaction (chains first,
+/// then the map's elements and the rules): `nft -f` loads text several times faster than JSON.
+fn generated_table(n: usize) -> String {
+    use super::json::J;
+    use super::render::{render_elem, render_exprs};
+    let dir = std::env::temp_dir();
+    let (save, json) = (
+        dir.join(format!("d8-nftk-{n}-{}.save", std::process::id())),
+        dir.join(format!("d8-nftk-{n}-{}.json", std::process::id())),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/gen_large.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(n.to_string())
+        .arg(&save)
+        .arg(&json)
+        .output()
+        .expect("python3 gen_large.py");
+    assert!(out.status.success(), "gen_large.py: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&json).expect("generated JSON");
+    let _ = (std::fs::remove_file(&save), std::fs::remove_file(&json));
+    let dump: J<'_> = serde_json::from_str(&text).expect("generated JSON parses");
+    let (mut decls, mut rules, mut elems) = (String::new(), String::new(), Vec::new());
+    decls.push_str("add table ip kube-proxy\n");
+    for o in dump.at("nftables").as_array().expect("nftables array") {
+        let Some((kind, body)) = o.first_entry() else { continue };
+        let name = body.at("name").as_str().unwrap_or_default();
+        match kind {
+            "chain" => decls.push_str(&format!("add chain ip kube-proxy {name}\n")),
+            "map" => {
+                decls.push_str(&format!(
+                    "add map ip kube-proxy {name} {{ type ipv4_addr . inet_proto . inet_service : verdict; }}\n"
+                ));
+                for e in body.at("elem").as_array().into_iter().flatten() {
+                    let pair = e.as_array().expect("map element pair");
+                    let inner = pair[0].at("elem");
+                    let comment = inner.at("comment").as_cow();
+                    elems.push(render_elem(inner.at("val"), &pair[1], &comment));
+                }
+            }
+            "rule" => {
+                let chain = body.at("chain").as_str().unwrap_or_default();
+                rules.push_str(&format!("add rule ip kube-proxy {chain} "));
+                render_exprs(body.at("expr").as_array().map(Vec::as_slice).unwrap_or(&[]), &mut rules);
+                rules.push('\n');
+            }
+            _ => {}
+        }
+    }
+    let mut out = decls;
+    out.push_str(&rules);
+    for chunk in elems.chunks(1000) {
+        out.push_str(&format!("add element ip kube-proxy service-ips {{ {} }}\n", chunk.join(", ")));
+    }
+    out
+}
+
+#[test]
+fn kernel_reading_equals_nft_at_1000_and_10000_services() {
+    if !can_run("kernel_reading_equals_nft_at_1000_and_10000_services") {
+        return;
+    }
+    let ns = Ns::new("scale");
+    for n in [1000, 10000] {
+        ns.flush();
+        let t = std::time::Instant::now();
+        ns.load(&generated_table(n), false);
+        eprintln!("{n} Services loaded in {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let r = assert_same(&ns, &format!("{n} Services"));
+        eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
+        assert_eq!(r.services.len(), n);
+        assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
+    }
+}
