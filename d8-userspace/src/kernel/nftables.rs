@@ -38,6 +38,7 @@ const MSG_GETGEN: u16 = 16;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -126,24 +127,30 @@ impl Reader {
         id.ok_or_else(|| Error::Io(io::Error::new(io::ErrorKind::InvalidData, "no generation id")))
     }
 
-    /// Lists `kind` objects of `table` in `family` (for [`Kind::Elements`], of the set `set`),
-    /// giving each to `each`; `each` returns `false` to stop with [`Error::Stopped`]. The kernel
-    /// filters rules, sets and elements by table; chains it may list for every table (older
-    /// kernels), so the caller checks the table of what it gets. A table that does not exist is
-    /// `ENOENT`.
+    /// Lists `kind` objects of `table` in `family` (for [`Kind::Elements`], of the set `name`;
+    /// for [`Kind::Rule`], of the chain `name` when given), giving each to `each`; `each` returns
+    /// `false` to stop with [`Error::Stopped`]. The kernel filters rules, sets and elements by
+    /// table; chains it may list for every table (older kernels), so the caller checks the table
+    /// of what it gets. A table (or chain) that does not exist is `ENOENT`.
     pub fn dump(
         &mut self,
         family: u8,
         kind: Kind,
         table: &str,
-        set: Option<&str>,
+        name: Option<&str>,
         each: impl FnMut(Object<'_>) -> bool,
     ) -> Result<(), Error> {
+        let set = name;
         let mut body = Vec::with_capacity(64);
         match kind {
             Kind::Table => push_str(&mut body, NFTA_TABLE_NAME, table),
             Kind::Chain => push_str(&mut body, NFTA_CHAIN_TABLE, table),
-            Kind::Rule => push_str(&mut body, NFTA_RULE_TABLE, table),
+            Kind::Rule => {
+                push_str(&mut body, NFTA_RULE_TABLE, table);
+                if let Some(chain) = name {
+                    push_str(&mut body, NFTA_RULE_CHAIN, chain);
+                }
+            }
             Kind::Set => push_str(&mut body, NFTA_SET_TABLE, table),
             Kind::Elements => {
                 push_str(&mut body, NFTA_SET_ELEM_LIST_TABLE, table);
@@ -200,6 +207,21 @@ impl Reader {
             }
         }
     }
+}
+
+/// The message a dump of `kind` answers with (`NFT_MSG_NEW*`), with its netlink header, for
+/// recording a read (test fixtures, fuzz seeds).
+pub fn recorded(kind: Kind, o: Object<'_>) -> Vec<u8> {
+    let new = match kind {
+        Kind::Table => 0,
+        Kind::Chain => 3,
+        Kind::Rule => 6,
+        Kind::Set => 9,
+        Kind::Elements => 12,
+    };
+    let mut body = vec![o.family, 0, 0, 0];
+    body.extend_from_slice(o.attrs);
+    netlink::request((NFNL_SUBSYS_NFTABLES << 8) | new, netlink::NLM_F_MULTI, 0, &body)
 }
 
 fn finish(stopped: bool, interrupted: bool) -> Result<(), Error> {

@@ -188,21 +188,25 @@ pub struct ModeReading {
 /// Reads kube-proxy's rules and health in the current network namespace. `mode`: read only that
 /// mode's rules (`None` or `Unknown`: ask kube-proxy's `/proxyMode`, else read every mode and
 /// choose). Missing tools are an error only when the mode needs them.
-pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom) -> Result<NodeRules, ReadError> {
+///
+/// `only`: the job is about this Service alone (`explain`, a trace); readers that can read less
+/// for it do (the nftables kernel reader reads its chains and map elements only), and the model
+/// then holds it alone.
+pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&ServiceRef>) -> Result<NodeRules, ReadError> {
     let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
     let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
     let mut warnings = Vec::new();
     let reading = match wanted {
         Some(ProxyMode::Iptables) => read_iptables_mode()?,
-        Some(ProxyMode::Nftables) => read_nftables_mode(from)?,
+        Some(ProxyMode::Nftables) => read_nftables_mode(from, only)?,
         Some(ProxyMode::Ipvs) => read_ipvs_mode()?,
         _ => {
             let mut readings = Vec::new();
             let mut missing = 0;
             let readers: [(&dyn Fn() -> Result<ModeReading, ReadError>, &str); 3] = [
                 (&read_iptables_mode, "iptables"),
-                (&|| read_nftables_mode(from), "nftables"),
+                (&|| read_nftables_mode(from, only), "nftables"),
                 (&read_ipvs_mode, "ipvs"),
             ];
             for (read, name) in readers {
@@ -518,8 +522,9 @@ pub enum RulesFrom {
 }
 
 /// nftables mode: `table ip kube-proxy` and `ip6`, from the kernel over netlink or from `nft -j
-/// list table …` as `from` says. A missing table is "no rules", not an error.
-pub fn read_nftables_mode(from: RulesFrom) -> Result<ModeReading, ReadError> {
+/// list table …` as `from` says (the kernel reader reads only `only`'s part of the table when
+/// given). A missing table is "no rules", not an error.
+pub fn read_nftables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<ModeReading, ReadError> {
     let mut reading = ModeReading {
         mode: ProxyMode::Nftables,
         ..Default::default()
@@ -532,7 +537,7 @@ pub fn read_nftables_mode(from: RulesFrom) -> Result<ModeReading, ReadError> {
             RulesFrom::Tools => read_nft_tool(family, &mut reading)?,
             RulesFrom::Kernel | RulesFrom::Auto => {
                 let shown = format!("nf_tables netlink (table {family} kube-proxy)");
-                match nftables::netlink::read(kernel_family, &shown) {
+                match nftables::netlink::read(kernel_family, &shown, only) {
                     Ok(p) => {
                         if p.rules_present {
                             reading.sources.push(shown);

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use crate::lab::nftables::kube_proxy_transaction;
 use crate::lab::spec::{ClusterSpec, ListenerKind, PodSpec, ServiceSpec, TrafficPolicy};
-use crate::model::Protocol;
+use crate::model::{Protocol, ServiceRef};
 use crate::model::rules::{ModeReading, RulesFrom, read_nftables_mode};
 
 /// `Some(reason)` when this test cannot run here (and may be skipped).
@@ -73,7 +73,7 @@ impl Ns {
     /// The table read with `from`, inside the namespace.
     fn read(&self, from: RulesFrom) -> ModeReading {
         crate::lab::in_netns(&self.0, move || {
-            read_nftables_mode(from).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+            read_nftables_mode(from, None).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
         })
         .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
     }
@@ -99,8 +99,33 @@ fn normalized(warnings: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Reads the namespace's table both ways and asserts the readings are equal.
+/// The kernel's reading for `only` alone (`explain`'s read) has exactly that Service, as the
+/// whole reading `tools` has it.
+fn assert_scoped_same(ns: &Ns, tools: &ModeReading, only: &ServiceRef, what: &str) {
+    let owned = only.clone();
+    let scoped = crate::lab::in_netns(&ns.0, move || {
+        read_nftables_mode(RulesFrom::Kernel, Some(&owned)).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+    })
+    .unwrap_or_else(|e| panic!("{what}: scoped read of {only}: {e}"));
+    let want: Vec<_> = tools.services.iter().filter(|s| s.service == *only).collect();
+    let got: Vec<_> = scoped.services.iter().collect();
+    assert_eq!(got, want, "{what}: {only} read alone");
+    assert_eq!(scoped.rules_present, tools.rules_present, "{what}: {only} read alone: rules_present");
+}
+
+/// Reads the namespace's table both ways and asserts the readings are equal; then every
+/// Service (at most 20 of them) read alone.
 fn assert_same(ns: &Ns, what: &str) -> ModeReading {
+    let r = assert_same_whole(ns, what);
+    let tools = ns.read(RulesFrom::Tools);
+    let step = (tools.services.len() / 20).max(1);
+    for s in tools.services.iter().step_by(step) {
+        assert_scoped_same(ns, &tools, &s.service, what);
+    }
+    r
+}
+
+fn assert_same_whole(ns: &Ns, what: &str) -> ModeReading {
     let kernel = ns.read(RulesFrom::Kernel);
     let tools = ns.read(RulesFrom::Tools);
     assert!(tools.rules_present, "{what}: nft found no kube-proxy table");
@@ -237,6 +262,8 @@ fn kernel_reading_equals_nft_on_every_lab_rule_set() {
     for (name, text) in [
         ("fixture layout A", include_str!("../../../../testdata/rules/nft-input-A.nft")),
         ("fixture layout B", include_str!("../../../../testdata/rules/nft-input-B.nft")),
+        // An ip6 table: IPv6 keys, prefixes not on a byte boundary (/108), icmpv6 reject.
+        ("ip6 table", include_str!("../../../../testdata/rules/nft-input-ip6.nft")),
     ] {
         ns.flush();
         ns.load(text, false);
@@ -262,7 +289,7 @@ fn kernel_reading_falls_back_to_nft_on_what_it_does_not_know() {
         auto.warnings
     );
     assert!(auto.sources.iter().any(|s| s.starts_with("nft -j")), "{:?}", auto.sources);
-    let forced = crate::lab::in_netns(&ns.0, || Ok(read_nftables_mode(RulesFrom::Kernel).is_err())).unwrap();
+    let forced = crate::lab::in_netns(&ns.0, || Ok(read_nftables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
 
@@ -340,4 +367,43 @@ fn kernel_reading_equals_nft_at_1000_and_10000_services() {
         assert_eq!(r.services.len(), n);
         assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
     }
+}
+
+/// Not a check: writes the fixture `testdata/rules/nft-netlink-B.bin` (the kernel's answers for
+/// `table ip kube-proxy` in the namespace `D8_NFT_RECORD_NS`, every object kind and each set's
+/// elements) for the unit test and the fuzz target's seed. Run by hand:
+/// `D8_NFT_RECORD_NS=ns cargo test -p d8-userspace --lib record_netlink_fixture -- --ignored`.
+#[test]
+#[ignore = "writes a fixture; run by hand with D8_NFT_RECORD_NS"]
+fn record_netlink_fixture() {
+    use crate::kernel::nftables::{FAMILY_IP, Kind, Reader, recorded};
+    let ns = std::env::var("D8_NFT_RECORD_NS").expect("D8_NFT_RECORD_NS names the namespace to record");
+    let bytes = crate::lab::in_netns(&ns, || {
+        let mut r = Reader::open().map_err(|e| crate::lab::Error::Io(e.to_string()))?;
+        let mut out = Vec::new();
+        let mut sets = Vec::new();
+        for kind in [Kind::Table, Kind::Chain, Kind::Set, Kind::Rule] {
+            r.dump(FAMILY_IP, kind, "kube-proxy", None, |o| {
+                if kind == Kind::Set
+                    && let Some(name) = crate::kernel::netlink::attr(o.attrs, 2)
+                {
+                    sets.push(String::from_utf8_lossy(name.strip_suffix(&[0]).unwrap_or(name)).into_owned());
+                }
+                out.extend(recorded(kind, o));
+                true
+            })
+            .map_err(|e| crate::lab::Error::Io(e.to_string()))?;
+        }
+        for set in &sets {
+            r.dump(FAMILY_IP, Kind::Elements, "kube-proxy", Some(set), |o| {
+                out.extend(recorded(Kind::Elements, o));
+                true
+            })
+            .map_err(|e| crate::lab::Error::Io(e.to_string()))?;
+        }
+        Ok(out)
+    })
+    .expect("recording");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/nft-netlink-B.bin");
+    std::fs::write(path, bytes).expect("writing the fixture");
 }

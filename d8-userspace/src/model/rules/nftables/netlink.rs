@@ -20,10 +20,12 @@ use std::io;
 
 use super::expr::{self, Attrs, Data, R, SetRef, Unknown, bits, n, obj, s, unknown};
 use super::json::{Body, J, Pool};
+use super::chain_name::CName;
 use super::table::{MODEL_SETS, Table};
 use super::{Parsed, build};
 use crate::kernel::netlink::attrs;
 use crate::kernel::nftables::{self as nl, FAMILY_IP6, Kind, Object, Reader};
+use crate::model::ServiceRef;
 
 /// The kernel read failed or met something the decoder does not know.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +49,14 @@ impl From<Unknown> for Error {
 
 /// Reads `table <family> kube-proxy` from the kernel (`family`: [`nl::FAMILY_IP`] or
 /// [`FAMILY_IP6`]); warnings name `source_name`. A missing table is a [`Parsed`] without rules.
-pub fn read(family: u8, source_name: &str) -> Result<Parsed, Error> {
-    match read_consistent(family, source_name) {
+///
+/// `only`: read the table as if it held this Service alone (`explain`, a trace): its chains,
+/// rules and map elements, and the chains of no Service. The Service comes out as a whole read
+/// models it, and the read costs a few dumps instead of one per anonymous set (the kernel finds
+/// a set by walking the table's list of them, so reading every `numgen` map of 10,000 Services
+/// costs seconds, as it does `nft`).
+pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
+    match read_consistent(family, source_name, only) {
         // No nf_tables in this kernel: no nftables rules either.
         Err(Error::Io(e))
             if matches!(
@@ -62,12 +70,13 @@ pub fn read(family: u8, source_name: &str) -> Result<Parsed, Error> {
     }
 }
 
-fn read_consistent(family: u8, source_name: &str) -> Result<Parsed, Error> {
+fn read_consistent(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
     let mut reader = Reader::open().map_err(Error::Io)?;
     const ATTEMPTS: usize = 3;
     for _ in 0..ATTEMPTS {
         let before = generation(&mut reader)?;
         let mut d = Decoder::new(family, source_name);
+        d.only = only.cloned();
         match d.read_all(&mut reader) {
             Ok(()) => {}
             Err(Step::Changed) => continue,
@@ -206,6 +215,10 @@ struct Decoder {
     sets: HashMap<String, SetInfo>,
     /// Anonymous sets, printed inline: `{"set": [...]}`.
     inline: HashMap<String, J<'static>>,
+    /// Read only this Service's chains and elements (see [`read`]).
+    only: Option<ServiceRef>,
+    /// With `only`: the chains read, in the kernel's order.
+    chains: Vec<String>,
 }
 
 impl Decoder {
@@ -218,17 +231,43 @@ impl Decoder {
             pool: RefCell::default(),
             sets: HashMap::new(),
             inline: HashMap::new(),
+            only: None,
+            chains: Vec::new(),
+        }
+    }
+
+    /// Whether a chain or set belongs to the Service read (or to none: kube-proxy's own chains).
+    fn in_scope(&self, name: &str) -> bool {
+        match (&self.only, CName::parse(name)) {
+            (Some(only), Some(cn)) => cn.namespace == only.namespace && cn.service == only.name,
+            _ => true,
+        }
+    }
+
+    /// Whether a map element belongs to the Service read: by the chain it goes to, else by its
+    /// comment (`ns/name:port`), as the builder tells owners.
+    fn elem_in_scope(&self, data: &J<'_>, comment: Option<&str>) -> bool {
+        let Some(only) = &self.only else { return true };
+        let target = data.get("goto").or_else(|| data.get("jump")).and_then(|v| v.at("target").as_str());
+        if let Some(cn) = target.and_then(CName::parse) {
+            return cn.namespace == only.namespace && cn.service == only.name;
+        }
+        match comment.map(|c| c.split(':').next().unwrap_or(c).split_once('/')) {
+            Some(Some((ns, name))) => ns == only.namespace && name == only.name,
+            _ => true,
         }
     }
 
     fn body(&self) -> Box<Body<'static>> {
-        let mut b: Box<Body<'static>> = Box::default();
+        let mut b = self.pool.borrow_mut().body();
         b.table = s(TABLE);
         b
     }
 
     fn add(&mut self, kind: &str, body: Box<Body<'static>>) {
         self.table.add(kind, body, &self.pool);
+        // The trees are built afresh for each object: their containers are not kept.
+        self.pool.borrow_mut().drop_containers();
     }
 
     fn dump(
@@ -272,10 +311,14 @@ impl Decoder {
             Ok(())
         })?;
         named.sort();
+        let scoped = self.only.is_some();
         // Each set's elements are a dump of their own: those the model reads, and anonymous sets
-        // (printed inside rules).
+        // (printed inside rules; with `only`, those its rules use, once they are read).
         for name in named {
             let info = &self.sets[&name];
+            if scoped && (info.flags & SET_ANONYMOUS != 0 || !self.in_scope(&name)) {
+                continue;
+            }
             let wanted = info.flags & SET_ANONYMOUS != 0 || MODEL_SETS.contains(&name.as_str());
             let mut elems: Vec<Elem> = Vec::new();
             if wanted {
@@ -288,7 +331,45 @@ impl Decoder {
             }
             self.add_set(&name, elems);
         }
-        self.dump(r, Kind::Rule, None, Self::rule)?;
+        if !scoped {
+            return self.dump(r, Kind::Rule, None, Self::rule);
+        }
+        // The Service's rules and kube-proxy's own, chain by chain; then the anonymous sets they
+        // use; then the rules decoded.
+        let mut rules: Vec<Vec<u8>> = Vec::new();
+        for chain in std::mem::take(&mut self.chains) {
+            let listed = self.dump(r, Kind::Rule, Some(&chain), |_, o| {
+                rules.push(o.attrs.to_vec());
+                Ok(())
+            });
+            match listed {
+                // The chain went away since the chains were listed: the table changed.
+                Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => return Err(Step::Changed),
+                other => other?,
+            }
+        }
+        let mut used: Vec<String> = rules.iter().flat_map(|a| sets_named(a)).collect();
+        used.sort();
+        used.dedup();
+        for name in used {
+            let anonymous = self.sets.get(&name).is_some_and(|i| i.flags & SET_ANONYMOUS != 0);
+            if !anonymous || self.inline.contains_key(&name) {
+                continue;
+            }
+            if self.sets[&name].flags & (SET_INTERVAL | SET_OBJECT) != 0 {
+                return Err(Unknown(format!("set `{name}`: interval or object set")).into());
+            }
+            let mut elems: Vec<Elem> = Vec::new();
+            self.dump(r, Kind::Elements, Some(&name), |d, o| d.elements(&name, o, &mut elems))?;
+            elems.sort_by(|a, b| a.0.cmp(&b.0));
+            self.add_set(&name, elems);
+        }
+        for attrs in rules {
+            self.rule(Object {
+                family: self.family,
+                attrs: &attrs,
+            })?;
+        }
         Ok(())
     }
 
@@ -304,6 +385,12 @@ impl Decoder {
             return Ok(());
         }
         let Some(name) = a.str(3)? else { return Ok(()) };
+        if self.only.is_some() {
+            if !self.in_scope(name) {
+                return Ok(());
+            }
+            self.chains.push(name.to_string());
+        }
         let mut b = self.body();
         b.name = s(name);
         if let Some(hook) = a.get(4) {
@@ -361,7 +448,10 @@ impl Decoder {
             if kind != 1 {
                 return Err(Error::Unknown(format!("set `{set}`: element list attribute {kind}")));
             }
-            out.push(element(info, e)?);
+            let elem = element(info, e)?;
+            if self.elem_in_scope(&elem.2, elem.3.as_deref()) {
+                out.push(elem);
+            }
         }
         Ok(())
     }
@@ -426,6 +516,23 @@ impl Decoder {
         self.add("rule", b);
         Ok(())
     }
+}
+
+/// The sets a rule's expressions name (`lookup`, `dynset`), without decoding the rest.
+fn sets_named(rule: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let exprs = attrs(rule).into_iter().find(|(k, _)| *k == 4).map(|(_, v)| v).unwrap_or_default();
+    for (_, e) in attrs(exprs) {
+        let parts = attrs(e);
+        let name = parts.iter().find(|(k, _)| *k == 1).map(|(_, v)| *v);
+        let data = parts.iter().find(|(k, _)| *k == 2).map(|(_, v)| *v).unwrap_or_default();
+        if matches!(name, Some(b"lookup\0" | b"dynset\0"))
+            && let Some((_, set)) = attrs(data).into_iter().find(|(k, _)| *k == 1)
+        {
+            out.push(String::from_utf8_lossy(set.strip_suffix(&[0]).unwrap_or(set)).into_owned());
+        }
+    }
+    out
 }
 
 /// The comment of rule or element userdata (TLVs of type, length, value; type 0 is the comment).
@@ -502,10 +609,30 @@ fn typed(tys: &[Ty], raw: &[u8]) -> R<(J<'static>, Vec<u8>)> {
     Ok((j, sort))
 }
 
-/// Decodes a sequence of nf_tables messages as the kernel would answer a read (a table, chains,
-/// sets, one element list per set, rules, in any order), for the fuzz target and tests: nothing
-/// may panic, and what is not understood is an error.
-pub fn decode_messages(family: u8, messages: &[(Kind, &[u8])]) -> Result<Parsed, Error> {
+/// Decodes a recorded read: the kernel's answers (`NFT_MSG_NEWTABLE`, `NEWCHAIN`, `NEWSET`,
+/// `NEWSETELEM`, `NEWRULE` messages with their netlink headers, in any order; others are skipped)
+/// one after the other, for `family`'s table. For the fuzz target and the tests: nothing may
+/// panic, and what is not understood is an error.
+pub fn decode_dump(family: u8, bytes: &[u8]) -> Result<Parsed, Error> {
+    let msgs: Vec<(Kind, &[u8])> = crate::kernel::netlink::messages(bytes)
+        .into_iter()
+        .filter(|m| m.kind >> 8 == 10)
+        .filter_map(|m| {
+            let kind = match m.kind & 0xff {
+                0 => Kind::Table,
+                3 => Kind::Chain,
+                6 => Kind::Rule,
+                9 => Kind::Set,
+                12 => Kind::Elements,
+                _ => return None,
+            };
+            Some((kind, m.payload))
+        })
+        .collect();
+    decode_messages(family, &msgs)
+}
+
+fn decode_messages(family: u8, messages: &[(Kind, &[u8])]) -> Result<Parsed, Error> {
     let mut d = Decoder::new(family, "netlink");
     d.table.found = true;
     let mut elems: HashMap<String, Vec<Elem>> = HashMap::new();
