@@ -175,14 +175,17 @@ impl Reader {
         let mut body = vec![family, 0, 0, 0];
         body.extend_from_slice(attrs);
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
-        self.sock.send(&netlink::request(kind, NLM_F_REQUEST | flags, seq, &body))?;
+        self.sock
+            .send(&netlink::request(kind, NLM_F_REQUEST | flags, seq, &body))?;
         let mut stopped = false;
         let mut interrupted = false;
         loop {
             if !self.sock.wait_readable(std::time::Duration::from_secs(5))? {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no nf_tables answer within 5 s").into());
             }
-            let Some(n) = self.sock.recv(&mut self.buf)? else { continue };
+            let Some(n) = self.sock.recv(&mut self.buf)? else {
+                continue;
+            };
             for m in netlink::messages(&self.buf[..n]) {
                 if m.seq != seq {
                     continue;

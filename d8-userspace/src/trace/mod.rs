@@ -38,9 +38,9 @@ pub mod plan;
 pub use capture::{Capture, JOIN_BUDGET, PUMP_BUDGET, PUMP_EVERY, Ready};
 pub use hooks::{HookChoice, HookRequest, Join, KernelSetup, choose_hooks, kernel_setup};
 use live::LivePrinter;
-pub use rules::RulesFrom;
 pub use live::{LIVE_QUEUE_LINES, LiveQueue, live_queue_lines};
 pub use plan::{Plan, ServiceSelector, plan};
+pub use rules::RulesFrom;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -312,13 +312,19 @@ fn targets(r: &Results) -> Vec<Target> {
         }
     }
     if let Some(rs) = &r.rules
-        && let Some(n) = rs.node.iter().find(|n| n.services == 10000 && n.kernel_explain_ms.is_some())
+        && let Some(n) = rs
+            .node
+            .iter()
+            .find(|n| n.services == 10000 && n.kernel_explain_ms.is_some())
     {
         let ms = n.kernel_explain_ms.unwrap_or(f64::NAN);
         t.push(Target {
             key: "explain_nft_kernel",
             what: "10,000 Services (nftables, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
-            measured: format!("{ms:.0} ms, {:.0} MiB peak RSS (no other process)", n.kernel_explain_rss_mib),
+            measured: format!(
+                "{ms:.0} ms, {:.0} MiB peak RSS (no other process)",
+                n.kernel_explain_rss_mib
+            ),
             met: ms < 1000.0 && n.kernel_explain_rss_mib < 150.0,
         });
     }

@@ -204,7 +204,7 @@ pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&Service
         _ => {
             let mut readings = Vec::new();
             let mut missing = 0;
-            let readers: [(&dyn Fn() -> Result<ModeReading, ReadError>, &str); 3] = [
+            let readers: [(&ModeReader, &str); 3] = [
                 (&read_iptables_mode, "iptables"),
                 (&|| read_nftables_mode(from, only), "nftables"),
                 (&read_ipvs_mode, "ipvs"),
@@ -507,6 +507,9 @@ pub fn read_iptables_mode() -> Result<ModeReading, ReadError> {
 fn kube_rule_weight(p: &iptables::Parsed) -> usize {
     if p.rules_present { 1 + p.rule_count } else { 0 }
 }
+
+/// One mode's reader, as `read_node` tries them in turn.
+type ModeReader<'a> = dyn Fn() -> Result<ModeReading, ReadError> + 'a;
 
 /// Where nftables-mode rules are read from (`--rules-from`), chosen once by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

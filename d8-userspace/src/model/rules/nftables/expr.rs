@@ -58,7 +58,8 @@ impl<'a> Attrs<'a> {
     }
 
     pub(super) fn need_u32(&self, kind: u16, what: &str) -> R<u32> {
-        self.u32(kind)?.map_or_else(|| unknown(format!("{what}: attribute {kind} missing")), Ok)
+        self.u32(kind)?
+            .map_or_else(|| unknown(format!("{what}: attribute {kind} missing")), Ok)
     }
 
     pub(super) fn u64(&self, kind: u16) -> R<Option<u64>> {
@@ -185,7 +186,10 @@ pub(super) fn addr_text(b: &[u8], v6: bool) -> String {
 enum What {
     /// `ip saddr`/`daddr` (or ip6) loaded `len` bytes of `full`, masked to `bits` when a bitwise
     /// mask followed.
-    Addr { v6: bool, bits: Option<u32> },
+    Addr {
+        v6: bool,
+        bits: Option<u32>,
+    },
     /// A transport port (`th dport`; the protocol named when a `meta l4proto` match precedes).
     Port,
     L4proto,
@@ -216,11 +220,7 @@ pub(super) struct SetRef {
 
 /// Turns one rule's expression list (`NFTA_RULE_EXPRESSIONS`) into nft's JSON statements.
 /// `sets` answers for the sets a lookup names.
-pub(super) fn statements(
-    list: &[u8],
-    v6: bool,
-    sets: &dyn Fn(&str) -> Option<SetRef>,
-) -> R<Vec<J<'static>>> {
+pub(super) fn statements(list: &[u8], v6: bool, sets: &dyn Fn(&str) -> Option<SetRef>) -> R<Vec<J<'static>>> {
     let mut d = Decoder {
         regs: Default::default(),
         stmts: Vec::new(),
@@ -283,7 +283,9 @@ impl Decoder {
         let mut items = Vec::new();
         while done < len {
             let Some(l) = self.regs.get(at).cloned().flatten() else {
-                return unknown(format!("set key of {len} bytes from register {reg}: a register is empty"));
+                return unknown(format!(
+                    "set key of {len} bytes from register {reg}: a register is empty"
+                ));
             };
             if matches!(l.what, What::Imm(_)) {
                 return unknown("set key from a constant");
@@ -454,10 +456,7 @@ impl Decoder {
             What::Addr { v6, bits: None } if xor_zero => {
                 // A prefix mask: ones, then zeros.
                 let ones: u32 = mask.iter().map(|b| b.count_ones()).sum();
-                let prefix = mask
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &b)| b == prefix_byte(ones, i));
+                let prefix = mask.iter().enumerate().all(|(i, &b)| b == prefix_byte(ones, i));
                 if !prefix {
                     return unknown("address bitwise that is not a prefix mask");
                 }
@@ -496,14 +495,26 @@ impl Decoder {
                 if plen == full * 8 {
                     (op, left.j, addr)
                 } else {
-                    (op, left.j, one("prefix", obj(vec![("addr", addr), ("len", n(plen as u64))])))
+                    (
+                        op,
+                        left.j,
+                        one("prefix", obj(vec![("addr", addr), ("len", n(plen as u64))])),
+                    )
                 }
             }
             What::Port => (op, left.j, n(u16::from_be_bytes([v[0], v[1]]) as u64)),
             What::L4proto => (op, left.j, s(proto_name(v[0])?)),
-            What::MarkExpr | What::Mark => (op, left.j, n(u32::from_ne_bytes(v[..4].try_into().unwrap_or_default()) as u64)),
+            What::MarkExpr | What::Mark => (
+                op,
+                left.j,
+                n(u32::from_ne_bytes(v[..4].try_into().unwrap_or_default()) as u64),
+            ),
             What::CtStateMasked(mask) if op == "!=" && v.iter().all(|&b| b == 0) => ("in", left.j, ct_states(*mask)?),
-            What::FibType => (op, left.j, s(rtn_type(u32::from_ne_bytes(v[..4].try_into().unwrap_or_default()))?)),
+            What::FibType => (
+                op,
+                left.j,
+                s(rtn_type(u32::from_ne_bytes(v[..4].try_into().unwrap_or_default()))?),
+            ),
             _ => return unknown("cmp on a value not known"),
         };
         if left.what == What::Port
@@ -511,7 +522,13 @@ impl Decoder {
         {
             // `meta l4proto tcp` + `th dport 80` is nft's `tcp dport 80`.
             let proto = proto_name(p)?;
-            left_j = one("payload", obj(vec![("protocol", s(proto)), ("field", left_j.at("payload").at("field").clone())]));
+            left_j = one(
+                "payload",
+                obj(vec![
+                    ("protocol", s(proto)),
+                    ("field", left_j.at("payload").at("field").clone()),
+                ]),
+            );
             self.stmts[at] = None;
             self.dep = None;
         }
@@ -729,7 +746,13 @@ fn json_has_th(j: &J<'_>) -> bool {
 
 /// `ct state` bits as nft names them, in bit order.
 fn ct_states(mask: u32) -> R<J<'static>> {
-    let names = [(1, "invalid"), (2, "established"), (4, "related"), (8, "new"), (64, "untracked")];
+    let names = [
+        (1, "invalid"),
+        (2, "established"),
+        (4, "related"),
+        (8, "new"),
+        (64, "untracked"),
+    ];
     if mask == 0 || mask & !(1 | 2 | 4 | 8 | 64) != 0 {
         return unknown(format!("ct state mask {mask:#x}"));
     }

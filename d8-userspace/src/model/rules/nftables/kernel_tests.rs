@@ -13,8 +13,8 @@ use std::process::Command;
 
 use crate::lab::nftables::kube_proxy_transaction;
 use crate::lab::spec::{ClusterSpec, ListenerKind, PodSpec, ServiceSpec, TrafficPolicy};
-use crate::model::{Protocol, ServiceRef};
 use crate::model::rules::{ModeReading, RulesFrom, read_nftables_mode};
+use crate::model::{Protocol, ServiceRef};
 
 /// `Some(reason)` when this test cannot run here (and may be skipped).
 fn missing_prerequisite() -> Option<String> {
@@ -30,7 +30,9 @@ fn missing_prerequisite() -> Option<String> {
 
 /// Fails (or, with `D8_SKIP_ROOT_TESTS=1`, says SKIPPED by name) when the test cannot run.
 fn can_run(test: &str) -> bool {
-    let Some(reason) = missing_prerequisite() else { return true };
+    let Some(reason) = missing_prerequisite() else {
+        return true;
+    };
     if std::env::var("D8_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
         eprintln!("SKIPPED {test}: {reason}");
         return false;
@@ -45,8 +47,15 @@ impl Ns {
     fn new(tag: &str) -> Self {
         let name = format!("d8-nftk-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("ip netns add");
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ns(name)
     }
 
@@ -110,7 +119,10 @@ fn assert_scoped_same(ns: &Ns, tools: &ModeReading, only: &ServiceRef, what: &st
     let want: Vec<_> = tools.services.iter().filter(|s| s.service == *only).collect();
     let got: Vec<_> = scoped.services.iter().collect();
     assert_eq!(got, want, "{what}: {only} read alone");
-    assert_eq!(scoped.rules_present, tools.rules_present, "{what}: {only} read alone: rules_present");
+    assert_eq!(
+        scoped.rules_present, tools.rules_present,
+        "{what}: {only} read alone: rules_present"
+    );
 }
 
 /// Reads the namespace's table both ways and asserts the readings are equal; then every
@@ -131,8 +143,16 @@ fn assert_same_whole(ns: &Ns, what: &str) -> ModeReading {
     assert!(tools.rules_present, "{what}: nft found no kube-proxy table");
     assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
     assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
-    assert_eq!(normalized(&kernel.warnings), normalized(&tools.warnings), "{what}: warnings");
-    assert_eq!(kernel.services.len(), tools.services.len(), "{what}: number of Services");
+    assert_eq!(
+        normalized(&kernel.warnings),
+        normalized(&tools.warnings),
+        "{what}: warnings"
+    );
+    assert_eq!(
+        kernel.services.len(),
+        tools.services.len(),
+        "{what}: number of Services"
+    );
     for (k, t) in kernel.services.iter().zip(&tools.services) {
         assert_eq!(k, t, "{what}: Service {}", t.service);
     }
@@ -141,6 +161,10 @@ fn assert_same_whole(ns: &Ns, what: &str) -> ModeReading {
         "{what}: the kernel reading ran a tool: {:?}",
         kernel.sources
     );
+    // The default reads the kernel too, and runs no tool where the kernel reader applies.
+    let auto = ns.read(RulesFrom::Auto);
+    assert_eq!(auto.sources, kernel.sources, "{what}: --rules-from auto ran a tool");
+    assert_eq!(auto.services, kernel.services, "{what}: --rules-from auto");
     kernel
 }
 
@@ -260,10 +284,19 @@ fn kernel_reading_equals_nft_on_every_lab_rule_set() {
         assert!(!r.services.is_empty(), "{name}: no Services read");
     }
     for (name, text) in [
-        ("fixture layout A", include_str!("../../../../testdata/rules/nft-input-A.nft")),
-        ("fixture layout B", include_str!("../../../../testdata/rules/nft-input-B.nft")),
+        (
+            "fixture layout A",
+            include_str!("../../../../testdata/rules/nft-input-A.nft"),
+        ),
+        (
+            "fixture layout B",
+            include_str!("../../../../testdata/rules/nft-input-B.nft"),
+        ),
         // An ip6 table: IPv6 keys, prefixes not on a byte boundary (/108), icmpv6 reject.
-        ("ip6 table", include_str!("../../../../testdata/rules/nft-input-ip6.nft")),
+        (
+            "ip6 table",
+            include_str!("../../../../testdata/rules/nft-input-ip6.nft"),
+        ),
     ] {
         ns.flush();
         ns.load(text, false);
@@ -279,16 +312,25 @@ fn kernel_reading_falls_back_to_nft_on_what_it_does_not_know() {
     let ns = Ns::new("fallback");
     ns.load(include_str!("../../../../testdata/rules/nft-input-B.nft"), false);
     // A `limit` statement: an expression the kernel reader does not decode.
-    ns.load("add rule ip kube-proxy reject-chain limit rate 10/second counter\n", false);
+    ns.load(
+        "add rule ip kube-proxy reject-chain limit rate 10/second counter\n",
+        false,
+    );
     let auto = ns.read(RulesFrom::Auto);
     let tools = ns.read(RulesFrom::Tools);
     assert_eq!(auto.services, tools.services);
     assert!(
-        auto.warnings.iter().any(|w| w.contains("not read from the kernel") && w.contains("limit")),
+        auto.warnings
+            .iter()
+            .any(|w| w.contains("not read from the kernel") && w.contains("limit")),
         "{:?}",
         auto.warnings
     );
-    assert!(auto.sources.iter().any(|s| s.starts_with("nft -j")), "{:?}", auto.sources);
+    assert!(
+        auto.sources.iter().any(|s| s.starts_with("nft -j")),
+        "{:?}",
+        auto.sources
+    );
     let forced = crate::lab::in_netns(&ns.0, || Ok(read_nftables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
@@ -311,7 +353,11 @@ fn generated_table(n: usize) -> String {
         .arg(&json)
         .output()
         .expect("python3 gen_large.py");
-    assert!(out.status.success(), "gen_large.py: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gen_large.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&json).expect("generated JSON");
     let _ = (std::fs::remove_file(&save), std::fs::remove_file(&json));
     let dump: J<'_> = serde_json::from_str(&text).expect("generated JSON parses");
@@ -345,7 +391,10 @@ fn generated_table(n: usize) -> String {
     let mut out = decls;
     out.push_str(&rules);
     for chunk in elems.chunks(1000) {
-        out.push_str(&format!("add element ip kube-proxy service-ips {{ {} }}\n", chunk.join(", ")));
+        out.push_str(&format!(
+            "add element ip kube-proxy service-ips {{ {} }}\n",
+            chunk.join(", ")
+        ));
     }
     out
 }

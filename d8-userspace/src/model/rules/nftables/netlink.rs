@@ -18,9 +18,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 
+use super::chain_name::CName;
 use super::expr::{self, Attrs, Data, R, SetRef, Unknown, bits, n, obj, s, unknown};
 use super::json::{Body, J, Pool};
-use super::chain_name::CName;
 use super::table::{MODEL_SETS, Table};
 use super::{Parsed, build};
 use crate::kernel::netlink::attrs;
@@ -248,7 +248,10 @@ impl Decoder {
     /// comment (`ns/name:port`), as the builder tells owners.
     fn elem_in_scope(&self, data: &J<'_>, comment: Option<&str>) -> bool {
         let Some(only) = &self.only else { return true };
-        let target = data.get("goto").or_else(|| data.get("jump")).and_then(|v| v.at("target").as_str());
+        let target = data
+            .get("goto")
+            .or_else(|| data.get("jump"))
+            .and_then(|v| v.at("target").as_str());
         if let Some(cn) = target.and_then(CName::parse) {
             return cn.namespace == only.namespace && cn.service == only.name;
         }
@@ -521,7 +524,11 @@ impl Decoder {
 /// The sets a rule's expressions name (`lookup`, `dynset`), without decoding the rest.
 fn sets_named(rule: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
-    let exprs = attrs(rule).into_iter().find(|(k, _)| *k == 4).map(|(_, v)| v).unwrap_or_default();
+    let exprs = attrs(rule)
+        .into_iter()
+        .find(|(k, _)| *k == 4)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     for (_, e) in attrs(exprs) {
         let parts = attrs(e);
         let name = parts.iter().find(|(k, _)| *k == 1).map(|(_, v)| *v);
@@ -590,7 +597,11 @@ fn typed(tys: &[Ty], raw: &[u8]) -> R<(J<'static>, Vec<u8>)> {
         };
         items.push(t.value(b)?);
         bytes.extend_from_slice(b);
-        at += if tys.len() == 1 { t.len() } else { t.len().div_ceil(4) * 4 };
+        at += if tys.len() == 1 {
+            t.len()
+        } else {
+            t.len().div_ceil(4) * 4
+        };
     }
     if at != raw.len() && at.div_ceil(4) * 4 != raw.len() {
         return unknown("set value longer than its type");
@@ -648,7 +659,9 @@ fn decode_messages(family: u8, messages: &[(Kind, &[u8])]) -> Result<Parsed, Err
             }
             Kind::Elements => {
                 let a = Attrs::parse(o.attrs, bits(&[1, 2, 3, 4]), "set elements")?;
-                let Some(name) = a.str(2)?.map(str::to_string) else { continue };
+                let Some(name) = a.str(2)?.map(str::to_string) else {
+                    continue;
+                };
                 if !d.sets.contains_key(&name) {
                     continue;
                 }
