@@ -291,6 +291,9 @@ impl Decoder {
                 return unknown("set key from a constant");
             }
             let step = l.len.div_ceil(4) * 4;
+            if step == 0 {
+                return unknown("set key from an empty register");
+            }
             done += step;
             at += step / 4;
             items.push(l.j);
