@@ -144,6 +144,29 @@ pub struct Selection {
     /// off, the programs' log statements are removed when they load.
     #[arg(long, global = true)]
     pub debug_kernel: bool,
+    /// Where kube-proxy's nftables rules are read from: `kernel` (nf_tables netlink), `tools`
+    /// (`nft -j list table …`), or `auto` (the kernel, falling back to nft with a warning when
+    /// the table holds something the kernel reader does not know).
+    #[arg(long, value_enum, default_value_t = RulesFromArg::Auto, global = true)]
+    pub rules_from: RulesFromArg,
+}
+
+/// `--rules-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RulesFromArg {
+    Auto,
+    Kernel,
+    Tools,
+}
+
+impl From<RulesFromArg> for trace::RulesFrom {
+    fn from(r: RulesFromArg) -> Self {
+        match r {
+            RulesFromArg::Auto => trace::RulesFrom::Auto,
+            RulesFromArg::Kernel => trace::RulesFrom::Kernel,
+            RulesFromArg::Tools => trace::RulesFrom::Tools,
+        }
+    }
 }
 
 /// The incident mode: `d8-trace --svc NS/NAME[:PORT]`.
@@ -256,6 +279,7 @@ impl Selection {
             node: self.node.clone(),
             hooks: self.hooks.into(),
             debug_kernel: self.debug_kernel,
+            rules_from: self.rules_from.into(),
         }
     }
 }

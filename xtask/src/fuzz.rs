@@ -23,6 +23,7 @@ const TARGETS: &[(&str, &[&str])] = &[
             "d8-userspace/testdata/rules/nft-layout-B.json",
         ],
     ),
+    ("nft_netlink", &["d8-userspace/testdata/rules/nft-netlink-B.bin"]),
     (
         "ipvsadm",
         &[
@@ -38,7 +39,7 @@ pub struct Options {
     /// Seconds per target.
     #[arg(long, default_value_t = 120)]
     pub seconds: u64,
-    /// Only this target (iptables_save, nft_json, ipvsadm, k8s_snapshot).
+    /// Only this target (iptables_save, nft_json, nft_netlink, ipvsadm, k8s_snapshot).
     pub target: Option<String>,
 }
 

@@ -6,6 +6,7 @@ pub mod ctnetlink;
 pub mod host;
 pub mod netlink;
 pub mod netns;
+pub mod nftables;
 pub mod rtnetlink;
 pub mod tracefs;
 

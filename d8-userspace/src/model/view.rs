@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 
 use crate::{
     kernel::{self, host::host_addresses},
-    model::{ProxyMode, ServiceModel, Warning, WarningKind, k8s, rules},
+    model::{ProxyMode, ServiceModel, ServiceRef, Warning, WarningKind, k8s, rules},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +32,16 @@ pub struct NodeView {
 /// Reads kube-proxy's rules and health in the current network namespace and folds in the API's
 /// view from `api` (a snapshot, the live API, or nothing). `node` names this node when the caller
 /// knows it (`--node`); else `NODE_NAME`, else the API's Node that holds one of the host's addresses.
-pub async fn view(api: &k8s::Source, node: Option<&str>) -> Result<NodeView, Error> {
-    let node_rules = rules::read_node(None)?;
+/// `rules_from` says where nftables-mode rules are read from (the kernel, the `nft` tool, or the
+/// kernel with the tool as fallback); `only`, that the job is about that Service alone, so rule
+/// readers may read only its part (see [`rules::read_node`]).
+pub async fn view(
+    api: &k8s::Source,
+    node: Option<&str>,
+    rules_from: rules::RulesFrom,
+    only: Option<&ServiceRef>,
+) -> Result<NodeView, Error> {
+    let node_rules = rules::read_node(None, rules_from, only)?;
     let mut model = node_rules.model;
     let host_ips = host_addresses();
     for ip in &host_ips {

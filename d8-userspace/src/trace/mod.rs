@@ -40,6 +40,7 @@ pub use hooks::{HookChoice, HookRequest, Join, KernelSetup, choose_hooks, kernel
 use live::LivePrinter;
 pub use live::{LIVE_QUEUE_LINES, LiveQueue, live_queue_lines};
 pub use plan::{Plan, ServiceSelector, plan};
+pub use rules::RulesFrom;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,6 +109,8 @@ pub struct Scope {
     pub hooks: HookRequest,
     /// The kernel programs' debug log (`--debug-kernel`), forwarded to the log.
     pub debug_kernel: bool,
+    /// Where nftables-mode rules are read from (`--rules-from`).
+    pub rules_from: RulesFrom,
 }
 
 impl Default for Scope {
@@ -118,13 +121,31 @@ impl Default for Scope {
             node: None,
             hooks: HookRequest::Auto,
             debug_kernel: false,
+            rules_from: RulesFrom::Auto,
         }
     }
 }
 
 /// The node's service model as [`Scope`] says to read it (rules here, the API as chosen).
 pub async fn node_view(scope: &Scope) -> Result<NodeView, Error> {
-    Ok(view::view(&scope.api, scope.node.as_deref()).await?)
+    Ok(view::view(&scope.api, scope.node.as_deref(), scope.rules_from, None).await?)
+}
+
+/// The view for a job about one Service (`explain`, a trace), and its plan. The rules are read
+/// for that Service alone where a reader can (kube-proxy's nftables table from the kernel);
+/// when the Service is not there, the whole view is read again, so the error names the
+/// Service's neighbours as for any read.
+async fn service_view(scope: &Scope, svc: &ServiceSelector) -> Result<(NodeView, plan::Plan), Error> {
+    let view = view::view(&scope.api, scope.node.as_deref(), scope.rules_from, Some(&svc.service)).await?;
+    match plan(&view.model, svc, view.model.node_ips.clone()) {
+        Ok(p) => Ok((view, p)),
+        Err(Error::UnknownService { .. }) => {
+            let view = node_view(scope).await?;
+            let p = plan(&view.model, svc, view.model.node_ips.clone())?;
+            Ok((view, p))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A finished job: the report and the warnings worth a line (the view's, the kernel's, the
@@ -141,8 +162,7 @@ pub async fn explain(scope: &Scope, svc: &ServiceSelector) -> Result<Finished, E
     if !kernel::is_root() {
         return Err(Error::NotRoot);
     }
-    let view = node_view(scope).await?;
-    let plan = plan(&view.model, svc, view.model.node_ips.clone())?;
+    let (view, plan) = service_view(scope, svc).await?;
     let ctx = classify::Context {
         api_consulted: view.api_consulted,
         conntrack: Some(host::conntrack_stats(None)),
@@ -184,11 +204,10 @@ pub async fn trace(
         warn(&w);
         all.push(w);
     };
-    let view = node_view(scope).await?;
+    let (view, plan) = service_view(scope, svc).await?;
     for w in &view.warnings {
         say(w.clone(), &mut warnings);
     }
-    let plan = plan(&view.model, svc, view.model.node_ips.clone())?;
     let setup = kernel_setup(scope)?;
     for w in &setup.warnings {
         say(w.clone(), &mut warnings);

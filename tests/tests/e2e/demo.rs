@@ -52,7 +52,10 @@ fn assert_links_gone(held: &bpf::Held) {
         "the demo held its tracer's programs while tracing: {held:?}"
     );
     let left = bpf::still_loaded(held);
-    assert!(left.is_empty(), "BPF programs or links of the demo left after it exited: {left:?}");
+    assert!(
+        left.is_empty(),
+        "BPF programs or links of the demo left after it exited: {left:?}"
+    );
 }
 
 fn parse(stdout: &str, stderr: &str) -> Vec<Report> {

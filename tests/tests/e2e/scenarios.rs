@@ -145,6 +145,11 @@ impl Scenario {
             }
             Api::None => args.push("--no-k8s".to_string()),
         }
+        // `D8_E2E_RULES_FROM=tools|kernel` runs every scenario with that rule reader (the
+        // default, `auto`, reads nftables mode from the kernel).
+        if let Ok(from) = std::env::var("D8_E2E_RULES_FROM") {
+            args.extend(["--rules-from".to_string(), from]);
+        }
         args
     }
 

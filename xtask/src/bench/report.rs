@@ -12,7 +12,7 @@ use super::{
     common::{self, BenchLab, Env},
     datapath::{self, Datapath},
     hooks::{self, Hooks},
-    rules::{self, RuleScale},
+    rules::{self, NodeRow, RuleScale},
     startup::{self, Startup},
 };
 
@@ -311,6 +311,23 @@ fn targets(r: &Results) -> Vec<Target> {
             }
         }
     }
+    if let Some(rs) = &r.rules
+        && let Some(n) = rs
+            .node
+            .iter()
+            .find(|n| n.services == 10000 && n.kernel_explain_ms.is_some())
+    {
+        let ms = n.kernel_explain_ms.unwrap_or(f64::NAN);
+        t.push(Target {
+            key: "explain_nft_kernel",
+            what: "10,000 Services (nftables, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
+            measured: format!(
+                "{ms:.0} ms, {:.0} MiB peak RSS (no other process)",
+                n.kernel_explain_rss_mib
+            ),
+            met: ms < 1000.0 && n.kernel_explain_rss_mib < 150.0,
+        });
+    }
     if let Some(s) = &r.startup {
         let attached = common::median(&s.attached_ms);
         let first = common::median(&s.first_flow_ms);
@@ -605,6 +622,34 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
             n.explain_ms,
             n.explain_rss_mib
         );
+    }
+    let kernel: Vec<&NodeRow> = rs.node.iter().filter(|n| n.kernel_explain_ms.is_some()).collect();
+    if !kernel.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nnftables mode, the kernel reader against the tool: `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s \
+             -o json --rules-from kernel` (reads `table ip kube-proxy` over nf_tables netlink; no process but d8-trace; \
+             median of the runs listed) next to `--rules-from tools` (runs `nft -j list table ip kube-proxy`; d8-trace's \
+             peak and nft's added: the two run one after the other, so this bounds what they hold together).\n"
+        );
+        let _ = writeln!(
+            o,
+            "| Services | `--rules-from kernel` | runs | peak RSS (all processes) | `--rules-from tools` | peak RSS (d8-trace + nft) |\n|---|---|---|---|---|---|"
+        );
+        for n in kernel {
+            let runs: Vec<String> = n.kernel_runs.iter().map(|r| format!("{r:.0}")).collect();
+            let _ = writeln!(
+                o,
+                "| {} | {:.0} ms | {} ms | {:.0} MiB | {:.0} ms | {:.0} + {:.0} MiB |",
+                n.services,
+                n.kernel_explain_ms.unwrap_or(f64::NAN),
+                runs.join(", "),
+                n.kernel_explain_rss_mib,
+                n.explain_ms,
+                n.explain_rss_mib,
+                n.dump_rss_mib
+            );
+        }
     }
     o.push('\n');
 }

@@ -9,7 +9,9 @@
 //! - Node: the same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`),
 //!   then the time the tools themselves take to print them (`iptables-save`, `nft -j list table ip
 //!   kube-proxy`), and the whole `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s` (tool
-//!   run + parse + model + report), each with its own peak RSS (`VmHWM` followed after exec).
+//!   run + parse + model + report), each with its own peak RSS (`VmHWM` followed after exec); in
+//!   nftables mode both with `--rules-from tools` (runs nft) and `--rules-from kernel` (reads
+//!   the table over netlink, runs no tool).
 
 use std::{
     path::{Path, PathBuf},
@@ -81,9 +83,15 @@ pub struct NodeRow {
     pub dump_ms: f64,
     pub dump_bytes: usize,
     pub dump_rss_mib: f64,
-    /// `d8-trace explain` end to end, median, and d8-trace's own peak RSS.
+    /// `d8-trace explain` end to end, median, and d8-trace's own peak RSS (nftables: with
+    /// `--rules-from tools`, which runs the tool).
     pub explain_ms: f64,
     pub explain_rss_mib: f64,
+    /// nftables only: `d8-trace explain --rules-from kernel` (no tool runs), median of
+    /// [`NodeRow::kernel_runs`] runs and its peak RSS, and every run's time.
+    pub kernel_explain_ms: Option<f64>,
+    pub kernel_explain_rss_mib: f64,
+    pub kernel_runs: Vec<f64>,
     pub error: Option<String>,
 }
 
@@ -185,6 +193,9 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         dump_rss_mib: f64::NAN,
         explain_ms: f64::NAN,
         explain_rss_mib: f64::NAN,
+        kernel_explain_ms: None,
+        kernel_explain_rss_mib: f64::NAN,
+        kernel_runs: Vec::new(),
         error: None,
     };
     let mode = if format == "iptables-save" {
@@ -252,32 +263,56 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     }
     row.dump_ms = common::median(&dump);
     row.dump_rss_mib = dump_rss as f64 / 1024.0;
-    let (mut explain, mut rss) = (Vec::new(), 0u64);
-    for _ in 0..runs {
-        let m = common::run_measured(
-            Command::new(&env.d8_trace)
-                .args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]),
-            // The binary may be named otherwise (`--d8-trace PATH`).
-            &env.d8_trace
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "d8-trace".into()),
-        )?;
-        if !m.status.success() {
-            bail!(
-                "d8-trace explain ({format}, {n}) failed: {}",
-                String::from_utf8_lossy(&m.stderr)
-            );
+    // nftables: the tool path (`--rules-from tools`, as before the kernel reader) and the kernel
+    // reader, which runs no tool and is cheap enough for 3 runs at every size.
+    let explain_runs = |from: Option<&str>, runs: usize| -> anyhow::Result<(Vec<f64>, u64)> {
+        let (mut explain, mut rss) = (Vec::new(), 0u64);
+        for _ in 0..runs {
+            let mut cmd = Command::new(&env.d8_trace);
+            cmd.args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]);
+            if let Some(from) = from {
+                cmd.args(["--rules-from", from]);
+            }
+            let m = common::run_measured(
+                &mut cmd,
+                // The binary may be named otherwise (`--d8-trace PATH`).
+                &env.d8_trace
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "d8-trace".into()),
+            )?;
+            if !m.status.success() {
+                bail!(
+                    "d8-trace explain ({format}, {n}, {from:?}) failed: {}",
+                    String::from_utf8_lossy(&m.stderr)
+                );
+            }
+            explain.push(m.wall.as_secs_f64() * 1000.0);
+            rss = rss.max(m.max_rss_kib);
         }
-        explain.push(m.wall.as_secs_f64() * 1000.0);
-        rss = rss.max(m.max_rss_kib);
-    }
+        Ok((explain, rss))
+    };
+    let tools = (mode == ProxyMode::Nftables).then_some("tools");
+    let (explain, rss) = explain_runs(tools, runs)?;
     row.explain_ms = common::median(&explain);
     row.explain_rss_mib = rss as f64 / 1024.0;
+    if mode == ProxyMode::Nftables {
+        let (kernel, rss) = explain_runs(Some("kernel"), env.pick(3, 1))?;
+        row.kernel_explain_ms = Some(common::median(&kernel));
+        row.kernel_explain_rss_mib = rss as f64 / 1024.0;
+        row.kernel_runs = kernel;
+    }
     eprintln!(
         "bench rules: {n} Services {format} in a node: load {:.0} ms, dump {:.0} ms / {:.0} MiB ({} bytes), d8-trace explain {:.0} ms / {:.0} MiB",
         row.load_ms, row.dump_ms, row.dump_rss_mib, row.dump_bytes, row.explain_ms, row.explain_rss_mib
     );
+    if let Some(k) = row.kernel_explain_ms {
+        eprintln!(
+            "bench rules: {n} Services {format} in a node: d8-trace explain --rules-from kernel {k:.0} ms (runs {:?}) / {:.0} MiB",
+            row.kernel_runs.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            row.kernel_explain_rss_mib
+        );
+    }
     drop(lab);
     Ok(row)
 }

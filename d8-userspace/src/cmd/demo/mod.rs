@@ -244,6 +244,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         node: Some(spec.node_name.clone()),
         hooks: scope.hooks,
         debug_kernel: scope.debug_kernel,
+        rules_from: scope.rules_from,
     };
     let start_view = runtime.block_on(trace::node_view(&lab_scope))?;
     for w in &start_view.warnings {

@@ -157,6 +157,13 @@ pub enum ReadError {
         #[source]
         source: nftables::ParseError,
     },
+    /// `--rules-from kernel` and the kernel reader failed or met what it does not know.
+    #[error("reading {what} from the kernel (--rules-from kernel; `--rules-from tools` reads it with nft)")]
+    Kernel {
+        what: String,
+        #[source]
+        source: nftables::netlink::Error,
+    },
     /// The ipvsadm output is not ipvsadm output.
     #[error("reading `{command}` output")]
     Ipvs {
@@ -181,23 +188,28 @@ pub struct ModeReading {
 /// Reads kube-proxy's rules and health in the current network namespace. `mode`: read only that
 /// mode's rules (`None` or `Unknown`: ask kube-proxy's `/proxyMode`, else read every mode and
 /// choose). Missing tools are an error only when the mode needs them.
-pub fn read_node(mode: Option<ProxyMode>) -> Result<NodeRules, ReadError> {
+///
+/// `only`: the job is about this Service alone (`explain`, a trace); readers that can read less
+/// for it do (the nftables kernel reader reads its chains and map elements only), and the model
+/// then holds it alone.
+pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&ServiceRef>) -> Result<NodeRules, ReadError> {
     let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
     let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
     let mut warnings = Vec::new();
     let reading = match wanted {
         Some(ProxyMode::Iptables) => read_iptables_mode()?,
-        Some(ProxyMode::Nftables) => read_nftables_mode()?,
+        Some(ProxyMode::Nftables) => read_nftables_mode(from, only)?,
         Some(ProxyMode::Ipvs) => read_ipvs_mode()?,
         _ => {
             let mut readings = Vec::new();
             let mut missing = 0;
-            for (read, name) in [
-                (read_iptables_mode as fn() -> Result<ModeReading, ReadError>, "iptables"),
-                (read_nftables_mode, "nftables"),
-                (read_ipvs_mode, "ipvs"),
-            ] {
+            let readers: [(&ModeReader, &str); 3] = [
+                (&read_iptables_mode, "iptables"),
+                (&|| read_nftables_mode(from, only), "nftables"),
+                (&read_ipvs_mode, "ipvs"),
+            ];
+            for (read, name) in readers {
                 match read() {
                     Ok(r) => readings.push(r),
                     Err(ReadError::CommandMissing { .. }) => missing += 1,
@@ -496,37 +508,92 @@ fn kube_rule_weight(p: &iptables::Parsed) -> usize {
     if p.rules_present { 1 + p.rule_count } else { 0 }
 }
 
-/// nftables mode: `nft -j list table ip kube-proxy` and `ip6`. A missing table is "no rules", not
-/// an error.
-pub fn read_nftables_mode() -> Result<ModeReading, ReadError> {
+/// One mode's reader, as `read_node` tries them in turn.
+type ModeReader<'a> = dyn Fn() -> Result<ModeReading, ReadError> + 'a;
+
+/// Where nftables-mode rules are read from (`--rules-from`), chosen once by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RulesFrom {
+    /// The kernel over netlink where the decoder knows everything it meets, else the `nft` tool
+    /// (with a warning saying why).
+    #[default]
+    Auto,
+    /// The kernel only: what the decoder does not know is an error.
+    Kernel,
+    /// The `nft` tool only (`nft -j list table …`), as before the kernel reader.
+    Tools,
+}
+
+/// nftables mode: `table ip kube-proxy` and `ip6`, from the kernel over netlink or from `nft -j
+/// list table …` as `from` says (the kernel reader reads only `only`'s part of the table when
+/// given). A missing table is "no rules", not an error.
+pub fn read_nftables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<ModeReading, ReadError> {
     let mut reading = ModeReading {
         mode: ProxyMode::Nftables,
         ..Default::default()
     };
-    for family in ["ip", "ip6"] {
-        let args = ["-j", "list", "table", family, "kube-proxy"];
-        let shown = format!("nft {}", args.join(" "));
-        let text = match run("nft", &args, "nftables", "nftables") {
-            Ok(t) => t,
-            Err(ReadError::CommandFailed { stderr, .. }) if stderr.contains("No such file or directory") => continue,
-            Err(e @ ReadError::CommandMissing { .. }) => return Err(e),
-            Err(e) if family == "ip6" => {
-                reading.warnings.push(error_chain(&e));
-                continue;
+    for (family, kernel_family) in [
+        ("ip", crate::kernel::nftables::FAMILY_IP),
+        ("ip6", crate::kernel::nftables::FAMILY_IP6),
+    ] {
+        let parsed = match from {
+            RulesFrom::Tools => read_nft_tool(family, &mut reading)?,
+            RulesFrom::Kernel | RulesFrom::Auto => {
+                let shown = format!("nf_tables netlink (table {family} kube-proxy)");
+                match nftables::netlink::read(kernel_family, &shown, only) {
+                    Ok(p) => {
+                        if p.rules_present {
+                            reading.sources.push(shown);
+                        }
+                        Some(p)
+                    }
+                    Err(source) if from == RulesFrom::Kernel => {
+                        return Err(ReadError::Kernel {
+                            what: format!("table {family} kube-proxy"),
+                            source,
+                        });
+                    }
+                    Err(e) => {
+                        reading.warnings.push(format!(
+                            "table {family} kube-proxy was not read from the kernel ({e}); read with `nft -j` instead"
+                        ));
+                        read_nft_tool(family, &mut reading)?
+                    }
+                }
             }
-            Err(e) => return Err(e),
         };
-        let parsed = nftables::parse_named(&text, &shown).map_err(|source| ReadError::Nftables {
-            command: shown.clone(),
-            source,
-        })?;
+        let Some(parsed) = parsed else { continue };
         reading.rules_present |= parsed.rules_present;
-        reading.sources.push(shown);
         reading.services = merge_services(std::mem::take(&mut reading.services), parsed.services);
         reading.warnings.extend(parsed.warnings);
         reading.node_port_ips.extend(parsed.node_port_ips);
     }
     Ok(reading)
+}
+
+/// `nft -j list table <family> kube-proxy`, parsed; `None` when the table does not exist (or,
+/// for ip6, when nft fails: a warning).
+fn read_nft_tool(family: &str, reading: &mut ModeReading) -> Result<Option<nftables::Parsed>, ReadError> {
+    let args = ["-j", "list", "table", family, "kube-proxy"];
+    let shown = format!("nft {}", args.join(" "));
+    let text = match run("nft", &args, "nftables", "nftables") {
+        Ok(t) => t,
+        Err(ReadError::CommandFailed { stderr, .. }) if stderr.contains("No such file or directory") => {
+            return Ok(None);
+        }
+        Err(e @ ReadError::CommandMissing { .. }) => return Err(e),
+        Err(e) if family == "ip6" => {
+            reading.warnings.push(error_chain(&e));
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let parsed = nftables::parse_named(&text, &shown).map_err(|source| ReadError::Nftables {
+        command: shown.clone(),
+        source,
+    })?;
+    reading.sources.push(shown);
+    Ok(Some(parsed))
 }
 
 /// IPVS mode: `ipvsadm -Ln` (or `/proc/net/ip_vs` without ipvsadm). Services come back anonymous.

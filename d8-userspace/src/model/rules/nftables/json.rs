@@ -357,6 +357,18 @@ pub(super) struct Pool<'a> {
 }
 
 impl<'a> Pool<'a> {
+    /// An empty body, reused when there is one (the kernel reader builds its bodies itself).
+    pub(super) fn body(&mut self) -> Box<Body<'a>> {
+        self.bodies.pop().unwrap_or_default()
+    }
+
+    /// Drops the containers kept for reuse (a reader that does not reuse them keeps the pool
+    /// from growing with every object).
+    pub(super) fn drop_containers(&mut self) {
+        self.arrs.clear();
+        self.objs.clear();
+    }
+
     pub(super) fn recycle(&mut self, j: J<'a>) {
         match j {
             J::Arr(mut a) => {

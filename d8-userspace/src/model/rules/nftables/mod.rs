@@ -42,7 +42,11 @@
 
 mod build;
 mod chain_name;
+mod expr;
 mod json;
+#[cfg(test)]
+mod kernel_tests;
+pub mod netlink;
 mod render;
 mod table;
 #[cfg(test)]

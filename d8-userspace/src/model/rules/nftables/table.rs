@@ -158,7 +158,7 @@ impl<'a> NftRule<'a> {
 
 /// Sets and maps whose elements the model reads; other sets (affinity sets with one element per
 /// client) keep only their handle and timeout.
-const MODEL_SETS: &[&str] = &[
+pub(super) const MODEL_SETS: &[&str] = &[
     "cluster-ips",
     "nodeport-ips",
     "service-ips",

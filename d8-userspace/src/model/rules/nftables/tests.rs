@@ -372,3 +372,33 @@ fn errors_and_foreign_tables() {
     .unwrap();
     assert!(!p.rules_present && p.services.is_empty() && p.mode_hint.is_none());
 }
+
+/// The kernel's answers for the layout-B fixture table (`nft-netlink-B.bin`, recorded by
+/// `kernel_tests::record_netlink_fixture`) decode to what `nft -j` printed for the same table at
+/// the same moment (`nft-netlink-B.json`): without root, the kernel reader's decoding is checked
+/// against the tool on every object kind kube-proxy writes.
+#[test]
+fn recorded_kernel_answers_read_as_nft_json_does() {
+    let bin = include_bytes!("../../../../testdata/rules/nft-netlink-B.bin");
+    let json = include_str!("../../../../testdata/rules/nft-netlink-B.json");
+    let kernel = netlink::decode_dump(crate::kernel::nftables::FAMILY_IP, bin).unwrap();
+    let tool = parse_named(json, "netlink").unwrap();
+    assert!(kernel.rules_present && !kernel.services.is_empty());
+    assert_eq!(kernel, tool);
+}
+
+/// Truncated and corrupted kernel answers are errors or partial tables, never panics.
+#[test]
+fn mangled_kernel_answers_never_panic() {
+    let bin = include_bytes!("../../../../testdata/rules/nft-netlink-B.bin");
+    for cut in (0..bin.len()).step_by(97) {
+        let _ = netlink::decode_dump(crate::kernel::nftables::FAMILY_IP, &bin[..cut]);
+    }
+    let mut flipped = bin.to_vec();
+    for i in (16..flipped.len()).step_by(13) {
+        flipped[i] ^= 0x5a;
+        let _ = netlink::decode_dump(crate::kernel::nftables::FAMILY_IP, &flipped);
+        let _ = netlink::decode_dump(crate::kernel::nftables::FAMILY_IP6, &flipped);
+        flipped[i] ^= 0x5a;
+    }
+}

@@ -1,0 +1,687 @@
+//! The kernel reader: kube-proxy's table read over nf_tables netlink (`kernel::nftables`) into the
+//! same table stage (`table.rs`) the `nft -j` reader feeds, so the builder, the model and the
+//! classifier cannot tell the two apart.
+//!
+//! Each kernel object becomes the body `nft -j` would print for it: a chain its hook, a rule its
+//! statements (`expr.rs`), a set or map its handle, timeout and elements. Elements are decoded
+//! by the set's key and data types (`ipv4_addr . inet_proto . inet_service : verdict`) and listed
+//! in nft's order (it sorts them; the kernel keeps hash order). Anonymous sets (a rule's
+//! `numgen random mod 3 vmap { 0 : goto …, … }`) are read before the rules and printed inline in
+//! the rule that uses them, as nft does.
+//!
+//! What it does not know (an expression, an attribute, a key type, an interval set) stops the read
+//! with [`Error::Unknown`]: the caller then reads the table with `nft -j` and says so. The whole
+//! read is checked against the ruleset's generation and done again when kube-proxy changed the
+//! table meanwhile, as nft does.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+
+use super::chain_name::CName;
+use super::expr::{self, Attrs, Data, R, SetRef, Unknown, bits, n, obj, s, unknown};
+use super::json::{Body, J, Pool};
+use super::table::{MODEL_SETS, Table};
+use super::{Parsed, build};
+use crate::kernel::netlink::attrs;
+use crate::kernel::nftables::{self as nl, FAMILY_IP6, Kind, Object, Reader};
+use crate::model::ServiceRef;
+
+/// The kernel read failed or met something the decoder does not know.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket or the kernel refused (no nf_tables, no permission, …).
+    #[error("nf_tables netlink: {0}")]
+    Io(#[source] io::Error),
+    /// kube-proxy's table changed during every attempt to read it.
+    #[error("the table changed during each of {0} reads")]
+    Unstable(usize),
+    /// Something the decoder does not know: the text tool reads it instead.
+    #[error("not understood: {0}")]
+    Unknown(String),
+}
+
+impl From<Unknown> for Error {
+    fn from(u: Unknown) -> Self {
+        Error::Unknown(u.0)
+    }
+}
+
+/// Reads `table <family> kube-proxy` from the kernel (`family`: [`nl::FAMILY_IP`] or
+/// [`FAMILY_IP6`]); warnings name `source_name`. A missing table is a [`Parsed`] without rules.
+///
+/// `only`: read the table as if it held this Service alone (`explain`, a trace): its chains,
+/// rules and map elements, and the chains of no Service. The Service comes out as a whole read
+/// models it, and the read costs a few dumps instead of one per anonymous set (the kernel finds
+/// a set by walking the table's list of them, so reading every `numgen` map of 10,000 Services
+/// costs seconds, as it does `nft`).
+pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
+    match read_consistent(family, source_name, only) {
+        // No nf_tables in this kernel: no nftables rules either.
+        Err(Error::Io(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
+            ) =>
+        {
+            Ok(Parsed::default())
+        }
+        other => other,
+    }
+}
+
+fn read_consistent(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
+    let mut reader = Reader::open().map_err(Error::Io)?;
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        let before = generation(&mut reader)?;
+        let mut d = Decoder::new(family, source_name);
+        d.only = only.cloned();
+        match d.read_all(&mut reader) {
+            Ok(()) => {}
+            Err(Step::Changed) => continue,
+            Err(Step::Failed(e)) => return Err(e),
+        }
+        if generation(&mut reader)? != before {
+            continue;
+        }
+        return Ok(d.finish());
+    }
+    Err(Error::Unstable(ATTEMPTS))
+}
+
+fn generation(r: &mut Reader) -> Result<u32, Error> {
+    r.generation().map_err(|e| match e {
+        nl::Error::Io(e) => Error::Io(e),
+        other => Error::Io(io::Error::other(other.to_string())),
+    })
+}
+
+/// How a read attempt ended early.
+enum Step {
+    /// The ruleset changed (a dump was interrupted): try again.
+    Changed,
+    Failed(Error),
+}
+
+impl From<Error> for Step {
+    fn from(e: Error) -> Self {
+        Step::Failed(e)
+    }
+}
+
+impl From<Unknown> for Step {
+    fn from(u: Unknown) -> Self {
+        Step::Failed(u.into())
+    }
+}
+
+const TABLE: &str = "kube-proxy";
+
+/// The key or data type of a set, component by component (`NFTA_SET_KEY_TYPE`, nft's datatype
+/// numbers; a concatenation packs one per 6 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Integer(usize),
+    Ipv4,
+    Ipv6,
+    Proto,
+    Service,
+}
+
+impl Ty {
+    /// Bytes of the value itself (a register holds it padded to 4).
+    fn len(self) -> usize {
+        match self {
+            Ty::Integer(n) => n,
+            Ty::Ipv4 => 4,
+            Ty::Ipv6 => 16,
+            Ty::Proto => 1,
+            Ty::Service => 2,
+        }
+    }
+
+    /// Stored in network byte order (else host order).
+    fn big_endian(self) -> bool {
+        matches!(self, Ty::Ipv4 | Ty::Ipv6 | Ty::Service)
+    }
+
+    fn value(self, b: &[u8]) -> R<J<'static>> {
+        Ok(match self {
+            Ty::Ipv4 => s(expr::addr_text(b, false)),
+            Ty::Ipv6 => s(expr::addr_text(b, true)),
+            Ty::Proto => s(expr::proto_name(b[0])?),
+            Ty::Service => n(u16::from_be_bytes([b[0], b[1]]) as u64),
+            Ty::Integer(4) => n(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u64),
+            Ty::Integer(l) => return unknown(format!("integer key of {l} bytes")),
+        })
+    }
+}
+
+/// The components of datatype `id` with `len` key bytes.
+fn types(id: u32, len: usize) -> R<Vec<Ty>> {
+    let mut ids = Vec::new();
+    let mut rest = id;
+    while rest != 0 {
+        ids.push(rest & 0x3f);
+        rest >>= 6;
+    }
+    ids.reverse();
+    let single = ids.len() == 1;
+    let tys = ids
+        .into_iter()
+        .map(|t| match t {
+            4 if single => Ok(Ty::Integer(len)),
+            7 => Ok(Ty::Ipv4),
+            8 => Ok(Ty::Ipv6),
+            12 => Ok(Ty::Proto),
+            13 => Ok(Ty::Service),
+            t => unknown(format!("set key type {t} (of {id:#x})")),
+        })
+        .collect::<R<Vec<_>>>()?;
+    let padded: usize = tys.iter().map(|t| t.len().div_ceil(4) * 4).sum();
+    if tys.is_empty() || (padded != len && !(single && tys[0].len() == len)) {
+        return unknown(format!("set key type {id:#x} of {len} bytes"));
+    }
+    Ok(tys)
+}
+
+/// What a set's elements look like.
+#[derive(Debug)]
+struct SetInfo {
+    name: String,
+    handle: Option<u64>,
+    flags: u32,
+    key: Vec<Ty>,
+    key_len: usize,
+    /// `None`: a set; `Some(None)`: a verdict map; `Some(Some(types))`: a data map.
+    data: Option<Option<Vec<Ty>>>,
+    timeout_secs: Option<u64>,
+}
+
+const SET_ANONYMOUS: u32 = 0x1;
+const SET_INTERVAL: u32 = 0x4;
+const SET_MAP: u32 = 0x8;
+const SET_OBJECT: u32 = 0x40;
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+
+/// A decoded element: nft's sort key, its key, its data (`Null` for sets) and comment.
+type Elem = (Vec<u8>, J<'static>, J<'static>, Option<String>);
+
+struct Decoder {
+    family: u8,
+    table: Table<'static>,
+    pool: RefCell<Pool<'static>>,
+    sets: HashMap<String, SetInfo>,
+    /// Anonymous sets, printed inline: `{"set": [...]}`.
+    inline: HashMap<String, J<'static>>,
+    /// Read only this Service's chains and elements (see [`read`]).
+    only: Option<ServiceRef>,
+    /// With `only`: the chains read, in the kernel's order.
+    chains: Vec<String>,
+}
+
+impl Decoder {
+    fn new(family: u8, source_name: &str) -> Self {
+        let mut table = Table::for_input(source_name, 0);
+        table.family = if family == FAMILY_IP6 { "ip6" } else { "ip" }.into();
+        Self {
+            family,
+            table,
+            pool: RefCell::default(),
+            sets: HashMap::new(),
+            inline: HashMap::new(),
+            only: None,
+            chains: Vec::new(),
+        }
+    }
+
+    /// Whether a chain or set belongs to the Service read (or to none: kube-proxy's own chains).
+    fn in_scope(&self, name: &str) -> bool {
+        match (&self.only, CName::parse(name)) {
+            (Some(only), Some(cn)) => cn.namespace == only.namespace && cn.service == only.name,
+            _ => true,
+        }
+    }
+
+    /// Whether a map element belongs to the Service read: by the chain it goes to, else by its
+    /// comment (`ns/name:port`), as the builder tells owners.
+    fn elem_in_scope(&self, data: &J<'_>, comment: Option<&str>) -> bool {
+        let Some(only) = &self.only else { return true };
+        let target = data
+            .get("goto")
+            .or_else(|| data.get("jump"))
+            .and_then(|v| v.at("target").as_str());
+        if let Some(cn) = target.and_then(CName::parse) {
+            return cn.namespace == only.namespace && cn.service == only.name;
+        }
+        match comment.map(|c| c.split(':').next().unwrap_or(c).split_once('/')) {
+            Some(Some((ns, name))) => ns == only.namespace && name == only.name,
+            _ => true,
+        }
+    }
+
+    fn body(&self) -> Box<Body<'static>> {
+        let mut b = self.pool.borrow_mut().body();
+        b.table = s(TABLE);
+        b
+    }
+
+    fn add(&mut self, kind: &str, body: Box<Body<'static>>) {
+        self.table.add(kind, body, &self.pool);
+        // The trees are built afresh for each object: their containers are not kept.
+        self.pool.borrow_mut().drop_containers();
+    }
+
+    fn dump(
+        &mut self,
+        r: &mut Reader,
+        kind: Kind,
+        set: Option<&str>,
+        mut each: impl FnMut(&mut Self, Object<'_>) -> Result<(), Error>,
+    ) -> Result<(), Step> {
+        let mut failed = None;
+        let res = r.dump(self.family, kind, TABLE, set, |o| match each(self, o) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        });
+        match res {
+            Ok(()) => Ok(()),
+            Err(nl::Error::Interrupted) => Err(Step::Changed),
+            Err(nl::Error::Stopped) => Err(Step::Failed(failed.unwrap_or(Error::Unknown("stopped".into())))),
+            Err(nl::Error::Io(e)) => Err(Step::Failed(Error::Io(e))),
+        }
+    }
+
+    fn read_all(&mut self, r: &mut Reader) -> Result<(), Step> {
+        match self.dump(r, Kind::Table, None, |d, _| {
+            d.table.found = true;
+            Ok(())
+        }) {
+            Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            other => other?,
+        }
+        self.dump(r, Kind::Chain, None, Self::chain)?;
+        let mut named = Vec::new();
+        self.dump(r, Kind::Set, None, |d, o| {
+            if let Some(info) = d.set(o)? {
+                named.push(info.name.clone());
+                d.sets.insert(info.name.clone(), info);
+            }
+            Ok(())
+        })?;
+        named.sort();
+        let scoped = self.only.is_some();
+        // Each set's elements are a dump of their own: those the model reads, and anonymous sets
+        // (printed inside rules; with `only`, those its rules use, once they are read).
+        for name in named {
+            let info = &self.sets[&name];
+            if scoped && (info.flags & SET_ANONYMOUS != 0 || !self.in_scope(&name)) {
+                continue;
+            }
+            let wanted = info.flags & SET_ANONYMOUS != 0 || MODEL_SETS.contains(&name.as_str());
+            let mut elems: Vec<Elem> = Vec::new();
+            if wanted {
+                if info.flags & (SET_INTERVAL | SET_OBJECT) != 0 {
+                    return Err(Unknown(format!("set `{name}`: interval or object set")).into());
+                }
+                self.dump(r, Kind::Elements, Some(&name), |d, o| d.elements(&name, o, &mut elems))?;
+                // nft lists elements sorted by value, the kernel in hash order.
+                elems.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            self.add_set(&name, elems);
+        }
+        if !scoped {
+            return self.dump(r, Kind::Rule, None, Self::rule);
+        }
+        // The Service's rules and kube-proxy's own, chain by chain; then the anonymous sets they
+        // use; then the rules decoded.
+        let mut rules: Vec<Vec<u8>> = Vec::new();
+        for chain in std::mem::take(&mut self.chains) {
+            let listed = self.dump(r, Kind::Rule, Some(&chain), |_, o| {
+                rules.push(o.attrs.to_vec());
+                Ok(())
+            });
+            match listed {
+                // The chain went away since the chains were listed: the table changed.
+                Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => return Err(Step::Changed),
+                other => other?,
+            }
+        }
+        let mut used: Vec<String> = rules.iter().flat_map(|a| sets_named(a)).collect();
+        used.sort();
+        used.dedup();
+        for name in used {
+            let anonymous = self.sets.get(&name).is_some_and(|i| i.flags & SET_ANONYMOUS != 0);
+            if !anonymous || self.inline.contains_key(&name) {
+                continue;
+            }
+            if self.sets[&name].flags & (SET_INTERVAL | SET_OBJECT) != 0 {
+                return Err(Unknown(format!("set `{name}`: interval or object set")).into());
+            }
+            let mut elems: Vec<Elem> = Vec::new();
+            self.dump(r, Kind::Elements, Some(&name), |d, o| d.elements(&name, o, &mut elems))?;
+            elems.sort_by(|a, b| a.0.cmp(&b.0));
+            self.add_set(&name, elems);
+        }
+        for attrs in rules {
+            self.rule(Object {
+                family: self.family,
+                attrs: &attrs,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Parsed {
+        self.table.index_rules();
+        build::build(&self.table)
+    }
+
+    fn chain(&mut self, o: Object<'_>) -> Result<(), Error> {
+        // NFTA_CHAIN_TABLE, NAME, HOOK (nest: HOOKNUM, ...).
+        let a = Attrs::parse(o.attrs, u32::MAX >> 8, "chain")?;
+        if a.str(1)? != Some(TABLE) {
+            return Ok(());
+        }
+        let Some(name) = a.str(3)? else { return Ok(()) };
+        if self.only.is_some() {
+            if !self.in_scope(name) {
+                return Ok(());
+            }
+            self.chains.push(name.to_string());
+        }
+        let mut b = self.body();
+        b.name = s(name);
+        if let Some(hook) = a.get(4) {
+            let h = Attrs::parse(hook, u32::MAX >> 8, "chain hook")?;
+            let names = ["prerouting", "input", "forward", "output", "postrouting", "ingress"];
+            let num = h.need_u32(1, "chain hook")? as usize;
+            let Some(hook) = names.get(num) else {
+                return Err(Error::Unknown(format!("chain `{name}`: hook {num}")));
+            };
+            b.hook = s(*hook);
+        }
+        self.add("chain", b);
+        Ok(())
+    }
+
+    fn set(&mut self, o: Object<'_>) -> Result<Option<SetInfo>, Error> {
+        let a = Attrs::parse(o.attrs, u32::MAX >> 8, "set")?;
+        if a.str(1)? != Some(TABLE) {
+            return Ok(None);
+        }
+        let Some(name) = a.str(2)? else { return Ok(None) };
+        let flags = a.u32(3)?.unwrap_or(0);
+        let key_len = a.u32(5)?.unwrap_or(0) as usize;
+        let key_type = a.u32(4)?.unwrap_or(0);
+        let wanted = flags & SET_ANONYMOUS != 0 || MODEL_SETS.contains(&name);
+        // Types are decoded only where elements are read: an affinity set's type does not matter.
+        let key = if wanted { types(key_type, key_len)? } else { Vec::new() };
+        let data = if flags & SET_MAP != 0 {
+            match a.u32(6)? {
+                Some(NFT_DATA_VERDICT) => Some(None),
+                Some(t) if wanted => Some(Some(types(t, a.u32(7)?.unwrap_or(0) as usize)?)),
+                _ => Some(Some(Vec::new())),
+            }
+        } else {
+            None
+        };
+        Ok(Some(SetInfo {
+            name: name.to_string(),
+            handle: a.u64(16)?,
+            flags,
+            key,
+            key_len,
+            data,
+            timeout_secs: a.u64(11)?.map(|ms| ms / 1000),
+        }))
+    }
+
+    fn elements(&mut self, set: &str, o: Object<'_>, out: &mut Vec<Elem>) -> Result<(), Error> {
+        let a = Attrs::parse(o.attrs, bits(&[1, 2, 3, 4]), "set elements")?;
+        if a.str(1)? != Some(TABLE) || a.str(2)? != Some(set) {
+            return Ok(());
+        }
+        let info = &self.sets[set];
+        for (kind, e) in attrs(a.get(3).unwrap_or_default()) {
+            if kind != 1 {
+                return Err(Error::Unknown(format!("set `{set}`: element list attribute {kind}")));
+            }
+            let elem = element(info, e)?;
+            if self.elem_in_scope(&elem.2, elem.3.as_deref()) {
+                out.push(elem);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a set's body; anonymous ones are kept for the rules that print them.
+    fn add_set(&mut self, name: &str, elems: Vec<Elem>) {
+        let info = &self.sets[name];
+        let is_map = info.data.is_some();
+        if info.flags & SET_ANONYMOUS != 0 {
+            let items = elems
+                .into_iter()
+                .map(|(_, k, v, _)| if is_map { J::Arr(vec![k, v]) } else { k })
+                .collect();
+            self.inline.insert(name.to_string(), obj(vec![("set", J::Arr(items))]));
+            return;
+        }
+        let mut b = self.body();
+        b.name = s(name);
+        b.handle = info.handle.map_or(J::Null, n);
+        b.timeout = info.timeout_secs.filter(|&t| t > 0).map_or(J::Null, n);
+        if !elems.is_empty() {
+            let items = elems
+                .into_iter()
+                .map(|(_, k, v, comment)| {
+                    let k = match comment {
+                        Some(c) => obj(vec![("elem", obj(vec![("val", k), ("comment", s(c))]))]),
+                        None => k,
+                    };
+                    if is_map { J::Arr(vec![k, v]) } else { k }
+                })
+                .collect();
+            b.elem = J::Arr(items);
+        }
+        self.add(if is_map { "map" } else { "set" }, b);
+    }
+
+    fn rule(&mut self, o: Object<'_>) -> Result<(), Error> {
+        // TABLE, CHAIN, HANDLE, EXPRESSIONS, POSITION (the handle of the rule before), USERDATA,
+        // and the padding attribute.
+        let a = Attrs::parse(o.attrs, bits(&[1, 2, 3, 4, 6, 7, 8]), "rule")?;
+        if a.str(1)? != Some(TABLE) {
+            return Ok(());
+        }
+        let Some(chain) = a.str(2)? else { return Ok(()) };
+        let v6 = self.family == FAMILY_IP6;
+        let lookup = |name: &str| -> Option<SetRef> {
+            let info = self.sets.get(name)?;
+            Some(SetRef {
+                key_len: info.key_len,
+                inline: self.inline.get(name).cloned(),
+            })
+        };
+        let stmts = expr::statements(a.get(4).unwrap_or_default(), v6, &lookup)
+            .map_err(|u| Error::Unknown(format!("rule in chain `{chain}`: {}", u.0)))?;
+        let mut b = self.body();
+        b.chain = s(chain);
+        b.handle = a.u64(3)?.map_or(J::Null, n);
+        if let Some(c) = a.get(7).map(comment).transpose()?.flatten() {
+            b.comment = s(c);
+        }
+        b.expr = J::Arr(stmts);
+        self.add("rule", b);
+        Ok(())
+    }
+}
+
+/// The sets a rule's expressions name (`lookup`, `dynset`), without decoding the rest.
+fn sets_named(rule: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let exprs = attrs(rule)
+        .into_iter()
+        .find(|(k, _)| *k == 4)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    for (_, e) in attrs(exprs) {
+        let parts = attrs(e);
+        let name = parts.iter().find(|(k, _)| *k == 1).map(|(_, v)| *v);
+        let data = parts.iter().find(|(k, _)| *k == 2).map(|(_, v)| *v).unwrap_or_default();
+        if matches!(name, Some(b"lookup\0" | b"dynset\0"))
+            && let Some((_, set)) = attrs(data).into_iter().find(|(k, _)| *k == 1)
+        {
+            out.push(String::from_utf8_lossy(set.strip_suffix(&[0]).unwrap_or(set)).into_owned());
+        }
+    }
+    out
+}
+
+/// The comment of rule or element userdata (TLVs of type, length, value; type 0 is the comment).
+fn comment(udata: &[u8]) -> R<Option<String>> {
+    let mut rest = udata;
+    while rest.len() >= 2 {
+        let (t, l) = (rest[0], rest[1] as usize);
+        let Some(v) = rest.get(2..2 + l) else {
+            return unknown("userdata: truncated");
+        };
+        if t == 0 {
+            let v = v.strip_suffix(&[0]).unwrap_or(v);
+            return match std::str::from_utf8(v) {
+                Ok(c) => Ok(Some(c.to_string())),
+                Err(_) => unknown("userdata: comment not UTF-8"),
+            };
+        }
+        rest = &rest[2 + l..];
+    }
+    Ok(None)
+}
+
+/// One element (`NFTA_LIST_ELEM`'s nest) of `info`.
+fn element(info: &SetInfo, e: &[u8]) -> R<Elem> {
+    // KEY, DATA, FLAGS, USERDATA; a timeout or an expression (counter) is not expected here.
+    let a = Attrs::parse(e, bits(&[1, 2, 3, 6]), "set element")?;
+    if a.u32(3)?.unwrap_or(0) != 0 {
+        return unknown(format!("set `{}`: element flags", info.name));
+    }
+    let Some(Data::Value(raw)) = a.get(1).map(expr::decode_data).transpose()? else {
+        return unknown(format!("set `{}`: element without a key", info.name));
+    };
+    let (key, sort) = typed(&info.key, raw)?;
+    let data = match (&info.data, a.get(2).map(expr::decode_data).transpose()?) {
+        (None, None) => J::Null,
+        (Some(None), Some(Data::Verdict(v))) => v,
+        (Some(Some(tys)), Some(Data::Value(v))) if !tys.is_empty() => typed(tys, v)?.0,
+        _ => return unknown(format!("set `{}`: element data not as the set's type", info.name)),
+    };
+    let c = a.get(6).map(comment).transpose()?.flatten();
+    Ok((sort, key, data, c))
+}
+
+/// A value of types `tys` from register-padded bytes, and nft's sort key for it: one value is
+/// ordered by its number (network-order types by their bytes, host-order ones by their bytes
+/// reversed); a concatenation by the number its components' bytes make read in host (little
+/// endian) order, i.e. by the concatenated bytes reversed.
+fn typed(tys: &[Ty], raw: &[u8]) -> R<(J<'static>, Vec<u8>)> {
+    let mut at = 0;
+    let mut items = Vec::with_capacity(tys.len());
+    let mut bytes = Vec::with_capacity(raw.len());
+    for &t in tys {
+        let Some(b) = raw.get(at..at + t.len()) else {
+            return unknown("set value shorter than its type");
+        };
+        items.push(t.value(b)?);
+        bytes.extend_from_slice(b);
+        at += if tys.len() == 1 {
+            t.len()
+        } else {
+            t.len().div_ceil(4) * 4
+        };
+    }
+    if at != raw.len() && at.div_ceil(4) * 4 != raw.len() {
+        return unknown("set value longer than its type");
+    }
+    let sort = if tys.len() == 1 && tys[0].big_endian() {
+        bytes
+    } else {
+        bytes.reverse();
+        bytes
+    };
+    let j = if items.len() == 1 {
+        items.pop().unwrap_or(J::Null)
+    } else {
+        obj(vec![("concat", J::Arr(items))])
+    };
+    Ok((j, sort))
+}
+
+/// Decodes a recorded read: the kernel's answers (`NFT_MSG_NEWTABLE`, `NEWCHAIN`, `NEWSET`,
+/// `NEWSETELEM`, `NEWRULE` messages with their netlink headers, in any order; others are skipped)
+/// one after the other, for `family`'s table. For the fuzz target and the tests: nothing may
+/// panic, and what is not understood is an error.
+pub fn decode_dump(family: u8, bytes: &[u8]) -> Result<Parsed, Error> {
+    let msgs: Vec<(Kind, &[u8])> = crate::kernel::netlink::messages(bytes)
+        .into_iter()
+        .filter(|m| m.kind >> 8 == 10)
+        .filter_map(|m| {
+            let kind = match m.kind & 0xff {
+                0 => Kind::Table,
+                3 => Kind::Chain,
+                6 => Kind::Rule,
+                9 => Kind::Set,
+                12 => Kind::Elements,
+                _ => return None,
+            };
+            Some((kind, m.payload))
+        })
+        .collect();
+    decode_messages(family, &msgs)
+}
+
+fn decode_messages(family: u8, messages: &[(Kind, &[u8])]) -> Result<Parsed, Error> {
+    let mut d = Decoder::new(family, "netlink");
+    d.table.found = true;
+    let mut elems: HashMap<String, Vec<Elem>> = HashMap::new();
+    for (kind, payload) in messages {
+        let Some(o) = nl::object(payload) else { continue };
+        match kind {
+            Kind::Table | Kind::Rule => {}
+            Kind::Chain => d.chain(o)?,
+            Kind::Set => {
+                if let Some(info) = d.set(o)? {
+                    d.sets.insert(info.name.clone(), info);
+                }
+            }
+            Kind::Elements => {
+                let a = Attrs::parse(o.attrs, bits(&[1, 2, 3, 4]), "set elements")?;
+                let Some(name) = a.str(2)?.map(str::to_string) else {
+                    continue;
+                };
+                if !d.sets.contains_key(&name) {
+                    continue;
+                }
+                let mut list = Vec::new();
+                d.elements(&name, o, &mut list)?;
+                elems.entry(name).or_default().extend(list);
+            }
+        }
+    }
+    let mut names: Vec<String> = d.sets.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let mut list = elems.remove(&name).unwrap_or_default();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        d.add_set(&name, list);
+    }
+    for (kind, payload) in messages {
+        if let (Kind::Rule, Some(o)) = (kind, nl::object(payload)) {
+            d.rule(o)?;
+        }
+    }
+    Ok(d.finish())
+}
