@@ -542,10 +542,10 @@ pub fn iperf(client_ns: &str, secs: u32) -> anyhow::Result<f64> {
             .output()
             .context("running iperf3 -c")?;
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
-            if out.status.success() {
-                return Ok(bps / 1e9);
-            }
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64()
+            && out.status.success()
+        {
+            return Ok(bps / 1e9);
         }
         last = json["error"]
             .as_str()
