@@ -66,6 +66,31 @@ impl DropReasons {
     }
 }
 
+/// The programs' configuration without conntrack's layout, as the TC hook set runs where
+/// `nf_conn`'s offsets are unknown: `sk_buff`'s offsets from `btf` when there is one (the drop
+/// tracepoint then names flows by the dropped packet's tuple), everything else unused. Tracepoint
+/// layouts still come from [`tracepoint_layouts`].
+pub fn packet_only_config(btf: Option<&Btf>) -> Result<Config, Error> {
+    let mut config = Config::default();
+    (config.skb_head, config.skb_network_header) = match btf {
+        Some(btf) => (
+            btf.member_offset("sk_buff", "head")?,
+            btf.member_offset("sk_buff", "network_header")?,
+        ),
+        None => (u32::MAX, u32::MAX),
+    };
+    for off in [
+        &mut config.skb_nfct,
+        &mut config.ct_tuple_orig,
+        &mut config.ct_tuple_reply,
+        &mut config.ct_status,
+        &mut config.nf_state_hook,
+    ] {
+        *off = u32::MAX;
+    }
+    Ok(config)
+}
+
 /// Offsets of the kernel structures the programs read.
 pub fn struct_offsets(btf: &Btf, config: &mut Config) -> Result<(), Error> {
     let tuple_size = btf.struct_size("nf_conntrack_tuple")?;

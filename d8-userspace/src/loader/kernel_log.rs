@@ -214,18 +214,7 @@ mod tests {
         let mut netfilter_links = btf.struct_size("bpf_nf_ctx").is_ok();
         if kernel::struct_offsets(&btf, &mut config).is_err() {
             // As `trace::kernel_setup` does for the TC hook set without conntrack's layout.
-            config = Config::default();
-            config.skb_head = btf.member_offset("sk_buff", "head").unwrap();
-            config.skb_network_header = btf.member_offset("sk_buff", "network_header").unwrap();
-            for off in [
-                &mut config.skb_nfct,
-                &mut config.ct_tuple_orig,
-                &mut config.ct_tuple_reply,
-            ] {
-                *off = u32::MAX;
-            }
-            config.ct_status = u32::MAX;
-            config.nf_state_hook = u32::MAX;
+            config = kernel::packet_only_config(Some(&btf)).unwrap();
             netfilter_links = false;
         }
         let mount = tracefs::Mount::ensure().unwrap();

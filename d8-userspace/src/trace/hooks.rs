@@ -104,18 +104,7 @@ pub fn kernel_setup(scope: &super::Scope) -> Result<KernelSetup, Error> {
         // Only the drop tracepoint needs sk_buff's layout.
         Err(e) if requested != HookRequest::Netfilter => {
             let choice = choose_hooks(requested, false)?;
-            let mut config = Config::default();
-            for off in [
-                &mut config.skb_head,
-                &mut config.skb_network_header,
-                &mut config.skb_nfct,
-            ] {
-                *off = u32::MAX;
-            }
-            config.ct_tuple_orig = u32::MAX;
-            config.ct_tuple_reply = u32::MAX;
-            config.ct_status = u32::MAX;
-            config.nf_state_hook = u32::MAX;
+            let mut config = kernel::packet_only_config(None)?;
             let mount = tracefs::Mount::ensure()?;
             let mut warnings = kernel::tracepoint_layouts(&mount, &mut config)?;
             warnings.insert(0, format!("{}: tracing with the TC hook set without drops (the drop tracepoint needs sk_buff's layout from BTF)", crate::error_chain(&e)));
@@ -138,16 +127,7 @@ pub fn kernel_setup(scope: &super::Scope) -> Result<KernelSetup, Error> {
         // The TC programs read packets, not conntrack entries: without nf_conn's layout only the
         // drop tracepoint loses the entry's tuple (it then names flows by the packet's).
         Err(e) if choice.set == loader::HookSet::Tc => {
-            config = Config::default();
-            config.skb_head = btf.member_offset("sk_buff", "head").map_err(kernel::Error::from)?;
-            config.skb_network_header = btf
-                .member_offset("sk_buff", "network_header")
-                .map_err(kernel::Error::from)?;
-            config.skb_nfct = u32::MAX;
-            config.ct_tuple_orig = u32::MAX;
-            config.ct_tuple_reply = u32::MAX;
-            config.ct_status = u32::MAX;
-            config.nf_state_hook = u32::MAX;
+            config = kernel::packet_only_config(Some(&btf))?;
             early_warnings.push(format!(
                 "conntrack struct offsets unavailable ({}): drops are matched to flows by the dropped packet's tuple, not its conntrack entry",
                 crate::error_chain(&e)
