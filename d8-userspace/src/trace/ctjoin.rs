@@ -32,9 +32,6 @@ pub struct CtJoin {
     node_ips: Vec<std::net::IpAddr>,
     alias: std::collections::HashMap<Tuple, Tuple>,
     pending: Pending,
-    /// Entries of traced flows that existed before the subscription (they never send an event),
-    /// read once by [`CtJoin::open`]; joined by the first [`CtJoin::poll`].
-    existing: Vec<ctnetlink::CtEvent>,
     /// The entries of flows that existed, or began, before the programs were attached
     /// ([`CtJoin::programs_attached`]), by ORIGINAL tuple: given to the flow table with the flow's
     /// first record, never alone (their packets may all have passed unseen).
@@ -223,15 +220,17 @@ impl CtJoin {
             "{} conntrack entries of traced Services existed before the trace",
             existing.len()
         );
+        // Joined by the first poll like events, ahead of them.
+        let mut inbox = Inbox::default();
+        inbox.queued.extend(existing);
         Ok(Self {
             events,
             bufs: Datagrams::new(),
-            inbox: Inbox::default(),
+            inbox,
             targets,
             node_ips,
             alias: Default::default(),
             pending: Pending::default(),
-            existing,
             early: Default::default(),
             covered_until: 0,
             fast_join: true,
@@ -264,9 +263,6 @@ impl CtJoin {
         });
         let n = max.min(self.inbox.queued.len());
         let mut joins = Vec::with_capacity(n);
-        for ct in std::mem::take(&mut self.existing) {
-            self.handle(ct, &mut joins);
-        }
         for _ in 0..n {
             if let Some(ct) = self.inbox.queued.pop_front() {
                 self.handle(ct, &mut joins);
