@@ -257,7 +257,9 @@ fn ipvs_flows_join_the_real_server() {
     dump(&done.stderr);
     assert!(!done.status.success(), "{}", done.stderr);
     assert!(
-        done.stderr.contains("IPVS mode, which keeps no Service names") && done.stderr.contains("--k8s-snapshot"),
+        done.stderr.contains("IPVS mode")
+            && done.stderr.contains("Service names come only from the Kubernetes API")
+            && done.stderr.contains("--k8s-snapshot"),
         "{}",
         done.stderr
     );
