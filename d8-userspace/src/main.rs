@@ -114,7 +114,9 @@ fn enter_node(scope: &Scope) -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn print_report(report: &report::Report, output: Output) -> Result<(), Failure> {
-    let mut stdout = std::io::stdout().lock();
+    // Buffered: stdout is line-buffered, and a pretty-printed report of a long trace has a line
+    // per field, which would be a write(2) each.
+    let mut stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
     match report::render(report, output.into(), &mut stdout).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
         // A closed pipe (`| head`) is not an error.

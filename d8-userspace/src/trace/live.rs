@@ -6,23 +6,59 @@ use std::io::Write;
 use crate::flows::FlowTable;
 
 /// Live output: a flow's line is printed again only when it reads differently.
+///
+/// Flows that change are noted as they change and their lines written once per drain of the
+/// kernel's records ([`LivePrinter::flush`]): a connection's records (new, conntrack, reply,
+/// established, FIN, socket states) mostly arrive in the same drain, and formatting a line for
+/// each of them cost more CPU than everything else the event loop did (see BENCHMARKS.md). What
+/// a reader sees is the flow's state as of the drain; lines of one flow never go backwards.
 pub(super) struct LivePrinter {
     pub(super) enabled: bool,
-    pub(super) printed: std::collections::HashMap<u64, String>,
+    /// Flows changed since the last flush, in the order they first changed.
+    dirty: Vec<u64>,
+    dirty_set: std::collections::HashSet<u64>,
+    /// A hash of the last line printed per flow (the lines themselves would be kept for the
+    /// whole trace).
+    printed: std::collections::HashMap<u64, u64>,
 }
 
 impl LivePrinter {
-    pub(super) fn print(&mut self, table: &FlowTable, id: u64, live: &mut dyn Write) {
-        if !self.enabled {
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            dirty: Vec::new(),
+            dirty_set: Default::default(),
+            printed: Default::default(),
+        }
+    }
+
+    /// Notes that flow `id` changed; its line is written at the next [`Self::flush`].
+    pub(super) fn changed(&mut self, id: u64) {
+        if self.enabled && self.dirty_set.insert(id) {
+            self.dirty.push(id);
+        }
+    }
+
+    /// Writes the line of every flow that changed and reads differently now, then flushes `live`
+    /// (a [`LiveQueue`] hands the lines to its writer thread there, in one piece).
+    pub(super) fn flush(&mut self, table: &FlowTable, live: &mut dyn Write) {
+        if self.dirty.is_empty() {
             return;
         }
-        if let Some(flow) = table.get(id) {
+        for id in self.dirty.drain(..) {
+            let Some(flow) = table.get(id) else { continue };
             let line = flow.summary_line();
-            if self.printed.get(&id) != Some(&line) {
+            let hash = {
+                use std::hash::{BuildHasher, RandomState};
+                thread_local!(static STATE: RandomState = RandomState::new());
+                STATE.with(|s| s.hash_one(&line))
+            };
+            if self.printed.insert(id, hash) != Some(hash) {
                 let _ = writeln!(live, "{line}");
-                self.printed.insert(id, line);
             }
         }
+        self.dirty_set.clear();
+        let _ = live.flush();
     }
 }
 
@@ -40,34 +76,44 @@ pub fn live_queue_lines() -> usize {
 
 /// Live lines written by a thread of their own, so the event loop never waits for the reader
 /// (a paused pager, `| less` not reading): a blocked loop stops draining the kernel's ring
-/// buffer, which then overflows and loses events. At most `capacity` lines wait; beyond that new
-/// lines are dropped and counted. [`LiveQueue::finish`] writes what is queued and says how many
-/// were dropped. Writes never block and never fail.
+/// buffer, which then overflows and loses events. Lines are handed over in batches, at each
+/// [`Write::flush`] (the trace flushes once per drain of the kernel's records) or every
+/// [`BATCH_BYTES`]: one hand-over and one wake-up of the writer per batch, not per line. At most
+/// `capacity` lines wait; a batch that would exceed that is dropped and its lines counted.
+/// [`LiveQueue::finish`] writes what is queued and says how many were dropped. Writes never
+/// block and never fail.
 pub struct LiveQueue {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Batches of lines, with the number of lines each holds.
+    tx: Option<std::sync::mpsc::Sender<(Vec<u8>, usize)>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Whole lines not handed over yet.
+    batch: Vec<u8>,
+    batch_lines: usize,
+    /// The end of a line written in pieces.
     partial: Vec<u8>,
+    /// Lines handed over and not yet written by the writer.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    capacity: usize,
     dropped: u64,
 }
+
+/// A batch is handed over when it reaches this size, flushed or not.
+const BATCH_BYTES: usize = 64 * 1024;
 
 impl LiveQueue {
     /// Starts the writer thread on `out`.
     pub fn spawn(mut out: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(capacity.max(1));
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, usize)>();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = queued.clone();
         let writer = std::thread::Builder::new().name("d8-live".into()).spawn(move || {
-            let mut batch = Vec::new();
-            while let Ok(line) = rx.recv() {
-                batch.clear();
-                batch.extend_from_slice(&line);
-                while batch.len() < 64 * 1024 {
-                    match rx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
+            while let Ok((batch, lines)) = rx.recv() {
                 // A closed reader (`| head`) cannot show anything more: stop, and the queue
                 // discards what follows.
-                if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+                let ok = out.write_all(&batch).and_then(|()| out.flush()).is_ok();
+                written.fetch_sub(lines, Ordering::AcqRel);
+                if !ok {
                     return;
                 }
             }
@@ -75,18 +121,36 @@ impl LiveQueue {
         Ok(Self {
             tx: Some(tx),
             writer: Some(writer),
+            batch: Vec::new(),
+            batch_lines: 0,
             partial: Vec::new(),
+            queued,
+            capacity: capacity.max(1),
             dropped: 0,
         })
     }
 
-    fn send(&mut self, line: Vec<u8>) {
+    /// Hands the batch to the writer, or drops it (counted) when the queue would hold more than
+    /// its capacity.
+    fn send_batch(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.batch_lines == 0 {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let lines = std::mem::take(&mut self.batch_lines);
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => self.dropped += 1,
+        if self.queued.load(Ordering::Acquire) + lines > self.capacity {
+            self.dropped += lines as u64;
+            // Keep the allocation for the next batch.
+            self.batch = batch;
+            self.batch.clear();
+            return;
+        }
+        self.queued.fetch_add(lines, Ordering::AcqRel);
+        if tx.send((batch, lines)).is_err() {
             // The writer stopped: the reader went away; nothing to count against it.
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+            self.queued.fetch_sub(lines, Ordering::AcqRel);
         }
     }
 
@@ -104,9 +168,12 @@ impl LiveQueue {
 
     fn close(&mut self) {
         if !self.partial.is_empty() {
+            // An unterminated last line, written as it is.
             let rest = std::mem::take(&mut self.partial);
-            self.send(rest);
+            self.batch.extend_from_slice(&rest);
+            self.batch_lines += 1;
         }
+        self.send_batch();
         self.tx = None;
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -116,15 +183,24 @@ impl LiveQueue {
 
 impl Write for LiveQueue {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.partial.extend_from_slice(buf);
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            self.send(line);
+        let mut rest = buf;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.batch.extend_from_slice(&self.partial);
+            self.partial.clear();
+            self.batch.extend_from_slice(&rest[..=i]);
+            self.batch_lines += 1;
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        if self.batch.len() >= BATCH_BYTES {
+            self.send_batch();
         }
         Ok(buf.len())
     }
 
+    /// Hands the whole lines written so far to the writer thread (never waits for it).
     fn flush(&mut self) -> std::io::Result<()> {
+        self.send_batch();
         Ok(())
     }
 }
@@ -179,6 +255,8 @@ mod tests {
             // In pieces, as `writeln!` may hand them over.
             write!(q, "line ").unwrap();
             writeln!(q, "{i}").unwrap();
+            // As the trace does after each drain of the kernel's records.
+            q.flush().unwrap();
         }
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -197,5 +275,37 @@ mod tests {
                 .all(|l| l.starts_with("line ") && l[5..].parse::<u32>().is_ok()),
             "whole lines only: {text}"
         );
+    }
+
+    #[test]
+    fn live_queue_hands_lines_over_once_per_flush() {
+        use std::sync::{Arc, Mutex};
+        /// Counts the writer's flushes: one per batch it wrote.
+        struct Counting(Arc<Mutex<(Vec<u8>, usize)>>);
+        impl Write for Counting {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().0.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.0.lock().unwrap().1 += 1;
+                Ok(())
+            }
+        }
+        let seen = Arc::new(Mutex::new((Vec::new(), 0)));
+        let mut q = LiveQueue::spawn(Box::new(Counting(seen.clone())), 1000).unwrap();
+        for drain in 0..3 {
+            for i in 0..50 {
+                writeln!(q, "drain {drain} line {i}").unwrap();
+            }
+            q.flush().unwrap();
+        }
+        write!(q, "unterminated").unwrap();
+        assert_eq!(q.finish(), 0);
+        let (text, flushes) = seen.lock().unwrap().clone();
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(text.lines().count(), 151, "{text}");
+        assert!(text.ends_with("drain 2 line 49\nunterminated"), "{text}");
+        assert_eq!(flushes, 4, "one hand-over per flush, and one for the rest at finish");
     }
 }

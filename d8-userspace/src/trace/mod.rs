@@ -313,11 +313,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     }
     let mut table = FlowTable::new(plan.frontend_addrs.iter().copied(), plan.node_ips.clone(), drop_reasons)
         .with_reply_timeout_ns(opts.reply_timeout.as_nanos() as u64);
-    let mut printer = LivePrinter {
-        enabled: opts.live,
-        printed: Default::default(),
-    };
-    let mut changed = |table: &FlowTable, id: u64| printer.print(table, id, live);
+    let mut printer = LivePrinter::new(opts.live);
 
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(PUMP_EVERY);
@@ -337,27 +333,29 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::Stop,
         };
         match wake {
-            Wake::Ready(Ready::Records) => capture.pump(&mut table, &mut changed).await,
+            Wake::Ready(Ready::Records) => capture.pump(&mut table, &mut |_, id| printer.changed(id)).await,
             Wake::Ready(Ready::Links) => {
                 for note in capture.follow_links() {
                     tracing::info!("{note}");
                 }
             }
             Wake::Tick => {
-                capture.pump(&mut table, &mut changed).await;
+                capture.pump(&mut table, &mut |_, id| printer.changed(id)).await;
                 for id in table.settle(monotonic_ns()) {
-                    changed(&table, id);
+                    printer.changed(id);
                 }
             }
             Wake::Stop => break,
         }
+        printer.flush(&table, live);
     }
     // Drain what is left, then settle outcomes at the end of the trace.
-    capture.pump_all(&mut table, &mut changed);
+    capture.pump_all(&mut table, &mut |_, id| printer.changed(id));
     warnings.extend(capture.join_warnings());
     for id in table.settle(monotonic_ns()) {
-        changed(&table, id);
+        printer.changed(id);
     }
+    printer.flush(&table, live);
     let lost_events = capture.lost_events();
     let attached = capture.attached().to_vec();
     let decode_errors = capture.decode_errors();

@@ -380,7 +380,8 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         })
         .collect();
 
-    let mut stdout = io::stdout().lock();
+    // Buffered: a pretty-printed report is a line per field, a write(2) each on line-buffered stdout.
+    let mut stdout = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let written = if json {
         serde_json::to_writer_pretty(&mut stdout, &reports)
             .map_err(io::Error::other)
