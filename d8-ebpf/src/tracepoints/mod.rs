@@ -10,6 +10,8 @@ mod tcp_reset;
 use aya_ebpf::programs::TracePointContext;
 use d8_common::{FAMILY_V4, FlowKey, TpAddrLayout, layout};
 
+use crate::maps::maybe_target;
+
 const AF_INET: u16 = 2;
 
 #[inline(always)]
@@ -58,4 +60,16 @@ fn addresses(ctx: &TracePointContext, l: &TpAddrLayout, proto: u8) -> Option<Flo
         _ => return None,
     }
     Some(key)
+}
+
+/// Whether a socket's tuple can belong to a traced flow: one of its ends is a traced address and
+/// port (a Service frontend the client connected to, or a backend the flow was DNAT'd to; both
+/// ends of every traced flow's sockets are one of these). One inlined `TARGET_FILTER` load per
+/// end, so that the sockets of the rest of the node (these tracepoints fire for all of them)
+/// leave before [`crate::flows::find`]'s four hash lookups. A backend that appears in the rules
+/// only after the trace began is not a target: its own socket's events are not reported (the
+/// packets of its flows still are, by the netfilter or TC programs).
+#[inline(always)]
+fn may_be_traced(key: &FlowKey) -> bool {
+    maybe_target(&key.daddr, key.dport, key.proto) || maybe_target(&key.saddr, key.sport, key.proto)
 }

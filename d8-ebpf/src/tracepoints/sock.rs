@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind};
 
-use super::{addresses, read};
+use super::{addresses, may_be_traced, read};
 use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 const TCP_SYN_SENT: i32 = 2;
@@ -32,6 +32,9 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let key = addresses(ctx, &layout, IPPROTO_TCP)?;
+    if !may_be_traced(&key) {
+        return None;
+    }
     let found = flows::find(&key)?;
     event(kind::SOCK_STATE, hook::STACK, &found.key, |ev| {
         ev.old_state = old as u8;

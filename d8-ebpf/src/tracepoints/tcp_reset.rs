@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
-use super::addresses;
+use super::{addresses, may_be_traced};
 use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -27,6 +27,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn report(ctx: &TracePointContext, layout: &d8_common::TpAddrLayout, what: u8, bit: u32) -> Option<()> {
     let key = addresses(ctx, layout, IPPROTO_TCP)?;
+    if !may_be_traced(&key) {
+        return None;
+    }
     let found = flows::find(&key)?;
     if !flows::mark(found.state, bit) {
         return Some(());
