@@ -2,6 +2,7 @@
 //! process, iperf3 runs, short-connection loops, and readings of /proc.
 
 use std::{
+    collections::HashMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::unix::process::ExitStatusExt as _,
@@ -212,6 +213,10 @@ pub struct Tracer {
 pub struct TraceEnd {
     pub lost_events: u64,
     pub flows: usize,
+    /// d8-trace's CPU time (user + system) up to the stop, before it wrote its report.
+    pub cpu: Option<Duration>,
+    /// Records its kernel programs submitted (`STATS[EVENTS]`), up to the stop.
+    pub records: Option<u64>,
     pub attached_after: Option<Duration>,
     pub first_flow_after: Option<Duration>,
 }
@@ -355,6 +360,9 @@ impl Tracer {
 
     /// Ctrl-C (d8-trace then prints its verdict and detaches), and the report's figures.
     pub fn stop(mut self) -> anyhow::Result<TraceEnd> {
+        let pid = self.child.id();
+        let cpu = cpu_time(pid).ok();
+        let records = kernel_records(pid);
         // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -382,6 +390,8 @@ impl Tracer {
         Ok(TraceEnd {
             lost_events: report["lost_events"].as_u64().context("report without lost_events")?,
             flows: report["flows"].as_array().map_or(0, Vec::len),
+            cpu,
+            records,
             attached_after: s.attached.map(|t| t - self.spawned),
             first_flow_after: s.first_flow.map(|t| t - self.spawned),
         })
@@ -397,6 +407,143 @@ impl Drop for Tracer {
 }
 
 // ---- /proc -------------------------------------------------------------------------------------
+
+/// The records d8-trace's kernel programs submitted so far: the `EVENTS` slot of its `STATS`
+/// per-CPU array (`d8_common::stat`), summed over CPUs, found through the map fds process `pid`
+/// holds. `None` when it cannot be read (bpftool missing, the map not found).
+pub fn kernel_records(pid: u32) -> Option<u64> {
+    let ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("map_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for id in ids {
+        let id = id.to_string();
+        let Ok(show) = output("bpftool", &["-j", "map", "show", "id", &id]) else {
+            continue;
+        };
+        let show: serde_json::Value = serde_json::from_str(&show).ok()?;
+        if show["name"].as_str() != Some("STATS") {
+            continue;
+        }
+        let dump: serde_json::Value =
+            serde_json::from_str(&output("bpftool", &["-j", "map", "dump", "id", &id]).ok()?).ok()?;
+        let slot = dump
+            .as_array()?
+            .iter()
+            .find(|e| key_index(&e["key"]) == Some(d8_common::stat::EVENTS))?;
+        return Some(
+            slot["values"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| per_cpu_value(&v["value"]))
+                .sum(),
+        );
+    }
+    None
+}
+
+/// A map key or value as bpftool prints it: a number (with BTF) or little-endian hex bytes.
+fn le_number(v: &serde_json::Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let bytes = v.as_array()?;
+    let mut n = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(8) {
+        let b = u64::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()?;
+        n |= b << (8 * i);
+    }
+    Some(n)
+}
+
+fn key_index(v: &serde_json::Value) -> Option<u32> {
+    le_number(v).map(|n| n as u32)
+}
+
+fn per_cpu_value(v: &serde_json::Value) -> Option<u64> {
+    le_number(v)
+}
+
+/// CPU used by processes other than this one and its descendants (the lab's servers, iperf3,
+/// d8-trace) and kernel threads, over a run: what else the machine was doing. Processes that
+/// ended during the run are not counted.
+pub struct OthersCpu {
+    started: Instant,
+    ticks: HashMap<u32, u64>,
+}
+
+/// Runs whose other processes took more than this share of one core are flagged as taken on a
+/// busy machine.
+pub const BUSY_CORES: f64 = 0.10;
+
+impl OthersCpu {
+    pub fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            ticks: others_ticks(),
+        }
+    }
+
+    /// Cores the others used on average since [`Self::start`].
+    pub fn finish(self) -> f64 {
+        let now = others_ticks();
+        let used: u64 = now
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(self.ticks.get(pid).copied().unwrap_or(0)))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        used as f64 / hz / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+}
+
+/// utime + stime of every process but ours (and its descendants) and kernel threads.
+fn others_ticks() -> HashMap<u32, u64> {
+    let me = std::process::id();
+    // pid -> (ppid, ticks)
+    let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        procs.insert(pid, (num(1) as u32, num(11) + num(12)));
+    }
+    let ours_or_kernel = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == me || pid == 2 {
+                return true;
+            }
+            match procs.get(&pid) {
+                Some(&(ppid, _)) if ppid != 0 => pid = ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    procs
+        .iter()
+        .filter(|(pid, _)| !ours_or_kernel(**pid))
+        .map(|(pid, (_, t))| (*pid, *t))
+        .collect()
+}
 
 /// CPU time (user + system) of process `pid` so far.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {

@@ -1,7 +1,9 @@
 //! Datapath cost: iperf3 throughput through `bench/iperf`'s ClusterIP with d8-trace off, tracing
 //! another Service (`bench/other`) and tracing this one, and short connections per second through
-//! `bench/web`, off and tracing it. Runs are interleaved (off, other, this, off, ...) so that the
+//! `bench/web` the same three ways. Runs are interleaved (off, other, this, off, ...) so that the
 //! machine's drift (other jobs, thermal, caches) spreads over all three; medians are compared.
+//! Each run records the load average and what other processes used meanwhile: a run on a busy
+//! machine is flagged in the report, not silently averaged in.
 
 use std::{net::SocketAddrV4, time::Duration};
 
@@ -17,12 +19,35 @@ pub struct Datapath {
     /// Flows d8-trace reported while tracing the iperf Service (sanity: it did trace).
     pub this_flows: usize,
     pub conn_secs: u32,
-    /// Connections per second per run.
+    /// Connections per second per run: off, tracing `bench/other`, tracing `bench/web`.
     pub conn_off: Vec<f64>,
+    pub conn_other: Vec<f64>,
     pub conn_on: Vec<f64>,
     pub conn_failed: u64,
+    /// Per run tracing `bench/web`: d8-trace's CPU time per 1,000 flows (ms), and the records its
+    /// kernel programs submitted per flow.
+    pub cpu_ms_per_1000_flows: Vec<f64>,
+    pub records_per_flow: Vec<f64>,
     /// Events lost across all traced runs.
     pub lost_events: u64,
+    /// Per run (all of them, in order): cores used by other processes, and the 1-minute load
+    /// average when it started.
+    pub others: Vec<f64>,
+    pub loads: Vec<f64>,
+}
+
+impl Datapath {
+    /// Runs during which other processes used more than [`common::BUSY_CORES`].
+    pub fn busy_runs(&self) -> usize {
+        self.others.iter().filter(|&&c| c > common::BUSY_CORES).count()
+    }
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 #[derive(Clone, Copy)]
@@ -32,16 +57,25 @@ enum Mode {
     This,
 }
 
+/// Runs `f` with d8-trace tracing `svc` (or off), recording what else the machine did meanwhile.
 fn with_trace<T>(
     env: &Env,
     lab: &BenchLab,
     svc: Option<&str>,
+    d: &mut Datapath,
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Option<common::TraceEnd>)> {
-    let Some(svc) = svc else { return Ok((f()?, None)) };
+    d.loads.push(load1());
+    let others = common::OthersCpu::start();
+    let Some(svc) = svc else {
+        let value = f()?;
+        d.others.push(others.finish());
+        return Ok((value, None));
+    };
     let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
     let value = f();
     let end = tracer.stop()?;
+    d.others.push(others.finish());
     Ok((value?, Some(end)))
 }
 
@@ -58,9 +92,14 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
         this_flows: 0,
         conn_secs,
         conn_off: vec![],
+        conn_other: vec![],
         conn_on: vec![],
         conn_failed: 0,
+        cpu_ms_per_1000_flows: vec![],
+        records_per_flow: vec![],
         lost_events: 0,
+        others: vec![],
+        loads: vec![],
     };
     if !env.quick {
         // Warm-up, not recorded: first runs after the lab comes up are slower.
@@ -73,7 +112,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
                 Mode::Other => Some(common::OTHER_SVC),
                 Mode::This => Some(common::IPERF_SVC),
             };
-            let (gbps, end) = with_trace(env, lab, svc, || common::iperf(lab.client_ns(), iperf_secs))?;
+            let (gbps, end) = with_trace(env, lab, svc, &mut d, || common::iperf(lab.client_ns(), iperf_secs))?;
             if let Some(end) = &end {
                 d.lost_events += end.lost_events;
                 if matches!(mode, Mode::This) {
@@ -99,24 +138,44 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let dur = Duration::from_secs(conn_secs.into());
     for round in 0..rounds {
-        for on in [false, true] {
-            let svc = on.then_some(common::WEB_SVC);
-            let (conns, end) = with_trace(env, lab, svc, || common::conns_for(lab.client_ns(), web, dur, None))?;
+        for mode in [Mode::Off, Mode::Other, Mode::This] {
+            let svc = match mode {
+                Mode::Off => None,
+                Mode::Other => Some(common::OTHER_SVC),
+                Mode::This => Some(common::WEB_SVC),
+            };
+            let (conns, end) = with_trace(env, lab, svc, &mut d, || {
+                common::conns_for(lab.client_ns(), web, dur, None)
+            })?;
             if let Some(end) = &end {
                 d.lost_events += end.lost_events;
+                if matches!(mode, Mode::This) && end.flows > 0 {
+                    if let Some(cpu) = end.cpu {
+                        d.cpu_ms_per_1000_flows
+                            .push(cpu.as_secs_f64() * 1000.0 * 1000.0 / end.flows as f64);
+                    }
+                    if let Some(records) = end.records {
+                        d.records_per_flow.push(records as f64 / end.flows as f64);
+                    }
+                }
             }
             d.conn_failed += conns.failed;
-            if on {
-                d.conn_on.push(conns.rate())
-            } else {
-                d.conn_off.push(conns.rate())
+            match mode {
+                Mode::Off => d.conn_off.push(conns.rate()),
+                Mode::Other => d.conn_other.push(conns.rate()),
+                Mode::This => d.conn_on.push(conns.rate()),
             }
             eprintln!(
-                "bench datapath: round {}/{rounds} {:<3} {:8.0} connections/s ({} failed)",
+                "bench datapath: round {}/{rounds} {:<5} {:8.0} connections/s ({} failed; others used {:.2} cores)",
                 round + 1,
-                if on { "on" } else { "off" },
+                match mode {
+                    Mode::Off => "off",
+                    Mode::Other => "other",
+                    Mode::This => "this",
+                },
                 conns.rate(),
-                conns.failed
+                conns.failed,
+                d.others.last().copied().unwrap_or(0.0),
             );
         }
     }

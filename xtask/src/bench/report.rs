@@ -249,6 +249,39 @@ fn targets(r: &Results) -> Vec<Target> {
             measured: format!("{other:.3}"),
             met: other >= 0.99,
         });
+        let coff = common::median(&d.conn_off);
+        let cthis = common::median(&d.conn_on) / coff;
+        let cother = common::median(&d.conn_other) / coff;
+        t.push(Target {
+            key: "conn_this",
+            what: "New connection per request, on/off tracing this Service >= 0.95",
+            measured: format!("{cthis:.3}"),
+            met: cthis >= 0.95,
+        });
+        t.push(Target {
+            key: "conn_other",
+            what: "New connection per request, on/off tracing another Service >= 0.99",
+            measured: format!("{cother:.3}"),
+            met: cother >= 0.99,
+        });
+        if !d.cpu_ms_per_1000_flows.is_empty() {
+            let pct = common::median(&d.cpu_ms_per_1000_flows) / 10.0;
+            t.push(Target {
+                key: "d8_cpu",
+                what: "d8-trace's own CPU <= 5 % of a core at 1,000 new flows/s",
+                measured: format!(
+                    "{pct:.1} % ({:.1} records per flow)",
+                    common::median(&d.records_per_flow)
+                ),
+                met: pct <= 5.0,
+            });
+        }
+        t.push(Target {
+            key: "datapath_quiet",
+            what: "Datapath runs on a quiet machine (others < 10 % of a core in every run)",
+            measured: format!("{} of {} runs busy", d.busy_runs(), d.others.len()),
+            met: d.busy_runs() == 0,
+        });
     }
     if let Some(h) = &r.hooks {
         if let Some((ratio, detail)) = worst_ratio(h, false) {
@@ -436,11 +469,15 @@ fn datapath_section(o: &mut String, d: &Datapath) {
          (DNAT by kube-proxy's rules to the iperf3 pod), {} rounds of (off, tracing `bench/other`, tracing `bench/iperf`); \
          d8-trace is `d8-trace --svc SVC --netns NODE --no-k8s -o json`, started before and stopped (Ctrl-C) after each \
          run. Short connections: {} client threads in the client pod, each a loop of connect, `GET /`, read to EOF, \
-         close, against `bench/web` (two HTTP pods), {} s per run, off and tracing `bench/web` interleaved.\n",
+         close, against `bench/web` (two HTTP pods), {} s per run, off, tracing `bench/other` and tracing \
+         `bench/web` interleaved. Every run records the 1-minute load average at its start and the CPU that processes \
+         other than the bench's own (and kernel threads) used during it; a run where they used more than {:.0} % of a \
+         core is marked `*` (busy machine).\n",
         d.iperf_secs,
         d.rounds,
         common::CONN_THREADS,
-        d.conn_secs
+        d.conn_secs,
+        common::BUSY_CORES * 100.0
     );
     let _ = writeln!(o, "| d8-trace | Runs (Gbit/s) | Median | On/off |\n|---|---|---|---|");
     for (what, v) in [
@@ -456,13 +493,42 @@ fn datapath_section(o: &mut String, d: &Datapath) {
         o,
         "\n| d8-trace | Runs (connections/s) | Median | On/off |\n|---|---|---|---|"
     );
-    for (what, v) in [("off", &d.conn_off), ("tracing this Service (`bench/web`)", &d.conn_on)] {
+    for (what, v) in [
+        ("off", &d.conn_off),
+        ("tracing another Service (`bench/other`)", &d.conn_other),
+        ("tracing this Service (`bench/web`)", &d.conn_on),
+    ] {
         let med = common::median(v);
         let _ = writeln!(o, "| {what} | {} | {med:.0} | {:.3} |", fmt_list(v, 0), med / coff);
     }
     let _ = writeln!(
         o,
-        "\nLost events over all traced runs: {}; failed connections: {}; flows in the report of a traced iperf3 run: {} \
+        "\nWhile tracing `bench/web`, per run: d8-trace's own CPU (user + system, up to the Ctrl-C) per 1,000 flows \
+         {} ms (median {:.0} ms: {:.1} % of a core at 1,000 new flows/s); records from its kernel programs per flow \
+         {} (median {:.1}).\n",
+        fmt_list(&d.cpu_ms_per_1000_flows, 0),
+        common::median(&d.cpu_ms_per_1000_flows),
+        common::median(&d.cpu_ms_per_1000_flows) / 10.0,
+        fmt_list(&d.records_per_flow, 1),
+        common::median(&d.records_per_flow),
+    );
+    let flagged: Vec<String> = d
+        .others
+        .iter()
+        .zip(&d.loads)
+        .map(|(c, l)| format!("{:.2}{} ({l:.1})", c, if *c > common::BUSY_CORES { "*" } else { "" }))
+        .collect();
+    let _ = writeln!(
+        o,
+        "Other processes' CPU in cores per run, in the order run (iperf3 rounds of off/other/this, then the short \
+         connection rounds), with the load average at its start: {}. Busy runs: {} of {}.\n",
+        flagged.join(", "),
+        d.busy_runs(),
+        d.others.len()
+    );
+    let _ = writeln!(
+        o,
+        "Lost events over all traced runs: {}; failed connections: {}; flows in the report of a traced iperf3 run: {} \
          (the control connection and the two streams).\n",
         d.lost_events, d.conn_failed, d.this_flows
     );
