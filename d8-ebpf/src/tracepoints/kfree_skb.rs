@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
-use super::read;
+use super::{may_be_traced, read};
 use crate::{
     conntrack,
     emit::event,
@@ -31,6 +31,14 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         read(ctx, reason_off)?
     };
     let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
+    // Nearly every drop on the node belongs to no traced flow: leave before reading conntrack and
+    // before the hash lookups. One end of a traced flow's packet is always a target, in either
+    // direction, before or after NAT (the frontend or the backend; SNAT only changes the
+    // client's end). ICMP errors are let through: their headers name whoever sent the error, and
+    // only their conntrack entry (RELATED) names the flow.
+    if pkt.key.proto != packet::IPPROTO_ICMP && !may_be_traced(&pkt.key) {
+        return None;
+    }
     // The conntrack entry names the flow exactly, whatever NAT did to the headers.
     let ct = conntrack::of_skb(skb);
     let key = match ct {

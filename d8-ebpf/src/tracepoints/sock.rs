@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind};
 
-use super::{addresses, may_be_traced, read};
+use super::{Record, addresses, may_be_traced};
 use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 const TCP_SYN_SENT: i32 = 2;
@@ -21,17 +21,18 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn try_state(ctx: &TracePointContext) -> Option<()> {
     let layout = config!(sock_state);
-    let protocol: u16 = read(ctx, layout.protocol)?;
+    let rec = Record::read(ctx)?;
+    let protocol: u16 = rec.get(ctx, layout.protocol)?;
     if protocol != IPPROTO_TCP as u16 {
         return None;
     }
-    let old: i32 = read(ctx, layout.oldstate)?;
-    let new: i32 = read(ctx, layout.newstate)?;
+    let old: i32 = rec.get(ctx, layout.oldstate)?;
+    let new: i32 = rec.get(ctx, layout.newstate)?;
     // The source port is not assigned yet when a socket enters SYN_SENT: report what follows.
     if old != TCP_SYN_SENT && new != TCP_CLOSE {
         return None;
     }
-    let key = addresses(ctx, &layout, IPPROTO_TCP)?;
+    let key = addresses(ctx, &rec, &layout, IPPROTO_TCP)?;
     if !may_be_traced(&key) {
         return None;
     }

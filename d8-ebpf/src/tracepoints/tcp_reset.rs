@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
-use super::{addresses, may_be_traced};
+use super::{Record, addresses, may_be_traced};
 use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -26,7 +26,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// `saddr` is the local end in both tracepoints (the RST's sender, or the socket that received it).
 #[inline(always)]
 fn report(ctx: &TracePointContext, layout: &d8_common::TpAddrLayout, what: u8, bit: u32) -> Option<()> {
-    let key = addresses(ctx, layout, IPPROTO_TCP)?;
+    let key = addresses(ctx, &Record::read(ctx)?, layout, IPPROTO_TCP)?;
     if !may_be_traced(&key) {
         return None;
     }
