@@ -207,13 +207,16 @@ pub struct Tracer {
     exited: Arc<AtomicBool>,
     stderr: Option<JoinHandle<()>>,
     stdout: Option<JoinHandle<Vec<u8>>>,
+    /// Its CPU time once attached: start-up (loading, attaching, reading the rules) is not
+    /// tracing cost.
+    cpu_attached: Option<Duration>,
 }
 
 /// What a stopped trace reported.
 pub struct TraceEnd {
     pub lost_events: u64,
     pub flows: usize,
-    /// d8-trace's CPU time (user + system) up to the stop, before it wrote its report.
+    /// d8-trace's CPU time (user + system) from attached to the stop, before it wrote its report.
     pub cpu: Option<Duration>,
     /// Records its kernel programs submitted (`STATS[EVENTS]`), up to the stop.
     pub records: Option<u64>,
@@ -302,10 +305,12 @@ impl Tracer {
             exited,
             stderr: Some(stderr),
             stdout: Some(stdout),
+            cpu_attached: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if tracer.seen.lock().unwrap_or_else(|e| e.into_inner()).attached.is_some() {
+                tracer.cpu_attached = cpu_time(tracer.child.id()).ok();
                 return Ok(tracer);
             }
             if let Some(status) = tracer.child.try_wait()? {
@@ -361,7 +366,10 @@ impl Tracer {
     /// Ctrl-C (d8-trace then prints its verdict and detaches), and the report's figures.
     pub fn stop(mut self) -> anyhow::Result<TraceEnd> {
         let pid = self.child.id();
-        let cpu = cpu_time(pid).ok();
+        let cpu = cpu_time(pid)
+            .ok()
+            .zip(self.cpu_attached)
+            .map(|(now, then)| now.saturating_sub(then));
         let records = kernel_records(pid);
         // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };

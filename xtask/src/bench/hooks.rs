@@ -27,7 +27,8 @@ pub struct ProgRow {
     pub name: String,
     pub runs: u64,
     pub ns_per_run: f64,
-    /// Name of the floor it is compared with (`nf_empty@pre` / `nf_empty@post`), if any.
+    /// Name of the floor it is compared with (`nf_empty@pre` / `nf_empty@post` /
+    /// `tp_empty@<tracepoint>`), if any.
     pub floor: Option<&'static str>,
 }
 
@@ -42,6 +43,8 @@ pub struct Scenario {
     /// ns per invocation of the empty program at nf_pre's hooks and at nf_post's.
     pub floor_pre: ProgRow,
     pub floor_post: ProgRow,
+    /// ns per invocation of the empty tracepoint program, per tracepoint (`tp_empty@NAME`).
+    pub floor_tp: Vec<ProgRow>,
 }
 
 impl Scenario {
@@ -49,6 +52,7 @@ impl Scenario {
         match row.floor {
             Some("nf_empty@pre") => Some(self.floor_pre.ns_per_run),
             Some("nf_empty@post") => Some(self.floor_post.ns_per_run),
+            Some(name) => self.floor_tp.iter().find(|f| f.name == name).map(|f| f.ns_per_run),
             _ => None,
         }
     }
@@ -151,6 +155,54 @@ fn row(name: String, time: u64, runs: u64, floor: Option<&'static str>) -> ProgR
     }
 }
 
+/// `tp_empty` attached to the machine-wide tracepoints d8-trace uses, one instance per tracepoint
+/// (so that each has its own statistics). The loaded objects hold the programs and their links.
+struct TpFloor {
+    /// (tracepoint name as d8-trace's program is named, program id)
+    ids: Vec<(&'static str, u32)>,
+    _objects: Vec<aya::Ebpf>,
+}
+
+/// The tracepoints with a floor: d8-trace's program name, the tracepoint's category and name.
+const TP_FLOORS: [(&str, &str, &str); 2] = [
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("kfree_skb", "skb", "kfree_skb"),
+];
+
+fn load_tp_floor() -> anyhow::Result<TpFloor> {
+    use aya::programs::TracePoint;
+    // Attaching reads the tracepoint's id from tracefs, which this machine may not have mounted:
+    // a thread of our own moves to a private mount namespace (its filesystem context is copied,
+    // the rest of the process keeps the node's mounts) and mounts tracefs there if needed. The
+    // attachment outlives the thread: it is held by the perf event's fd.
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<TpFloor> {
+            d8_trace::kernel::tracefs::mount_private().map_err(|e| anyhow!("tracefs for the tracepoint floor: {e}"))?;
+            let mut ids = Vec::new();
+            let mut objects = Vec::new();
+            for (name, category, tracepoint) in TP_FLOORS {
+                let mut ebpf = aya::EbpfLoader::new()
+                    .load(loader::PROBES)
+                    .map_err(|e| anyhow!("loading the BPF object for tp_empty: {e}"))?;
+                let prog: &mut TracePoint = ebpf
+                    .program_mut("tp_empty")
+                    .context("the BPF object has no tp_empty")?
+                    .try_into()
+                    .map_err(|e| anyhow!("tp_empty: {e}"))?;
+                prog.load().map_err(|e| anyhow!("loading tp_empty: {e}"))?;
+                prog.attach(category, tracepoint)
+                    .map_err(|e| anyhow!("attaching tp_empty to {category}:{tracepoint}: {e}"))?;
+                let id = prog.info().map_err(|e| anyhow!("tp_empty's id: {e}"))?.id();
+                ids.push((name, id));
+                objects.push(ebpf);
+            }
+            Ok(TpFloor { ids, _objects: objects })
+        })
+        .join()
+        .map_err(|_| anyhow!("tracepoint floor loader thread panicked"))?
+    })
+}
+
 /// Two instances of `nf_empty` attached where d8-trace's netfilter programs attach, in `node_ns`.
 struct Floor {
     pre_id: u32,
@@ -232,6 +284,7 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let secs = env.pick(5, 1);
     let floor = load_floor(lab.node_ns())?;
+    let tp_floor = load_tp_floor()?;
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     // The last two: the same short connections with the kernel programs' log on, beside the
     // default (off) to show what the log statements cost when on and that off they cost nothing.
@@ -284,6 +337,8 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
                 let floor = match name.as_str() {
                     "nf_pre" => Some("nf_empty@pre"),
                     "nf_post" => Some("nf_empty@post"),
+                    "inet_sock_set_state" => Some("tp_empty@inet_sock_set_state"),
+                    "kfree_skb" => Some("tp_empty@kfree_skb"),
                     _ => None,
                 };
                 row(name, t, c, floor)
@@ -293,6 +348,14 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         let floor_pre = row("nf_empty@pre".into(), t, c, None);
         let (_, t, c) = delta(&before, &after, floor.post_id);
         let floor_post = row("nf_empty@post".into(), t, c, None);
+        let floor_tp = tp_floor
+            .ids
+            .iter()
+            .map(|(name, id)| {
+                let (_, t, c) = delta(&before, &after, *id);
+                row(format!("tp_empty@{name}"), t, c, None)
+            })
+            .collect();
         let s = Scenario {
             traffic,
             traced,
@@ -301,8 +364,9 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             rows,
             floor_pre,
             floor_post,
+            floor_tp,
         };
-        for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]) {
+        for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]).chain(&s.floor_tp) {
             eprintln!(
                 "bench hooks: {traffic}, {}{}: {:<18} {:7.1} ns x {}",
                 if traced { "traced" } else { "untraced" },
@@ -315,5 +379,6 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         scenarios.push(s);
     }
     drop(floor);
+    drop(tp_floor);
     Ok(Hooks { secs, scenarios })
 }
