@@ -107,9 +107,11 @@ fn has_events(root: &Path) -> bool {
 
 /// Makes tracefs reachable for this process alone when nothing provides it: the process moves to a
 /// mount namespace of its own (the node's later mounts still propagate in, ours never out) and
-/// mounts tracefs there. Returns whether it did. Call it while the process has a single thread:
-/// `unshare(CLONE_NEWNS)` refuses a process whose threads share its filesystem context. Child
-/// processes (rule dump tools, `ip netns` in the demo's lab) share the namespace.
+/// mounts tracefs there. Returns whether it did. `unshare(CLONE_NEWNS)` moves only the calling
+/// thread (its filesystem context is copied): d8-trace calls it while it has a single thread, so
+/// that every thread it starts later sees the mount; the benchmark calls it from the one thread
+/// that attaches its tracepoint floor. Child processes (rule dump tools, `ip netns` in the demo's
+/// lab) share the caller's namespace.
 pub fn mount_private() -> Result<bool, Error> {
     if [TRACEFS, DEBUGFS_TRACING].iter().any(|r| has_events(Path::new(r))) {
         return Ok(false);
