@@ -45,6 +45,9 @@ pub struct Scenario {
     pub floor_post: ProgRow,
     /// ns per invocation of the empty tracepoint program, per tracepoint (`tp_empty@NAME`).
     pub floor_tp: Vec<ProgRow>,
+    /// Connections completed in the window (short-connection scenarios): the per-connection
+    /// breakdown divides by it.
+    pub connections: Option<u64>,
 }
 
 impl Scenario {
@@ -316,14 +319,14 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         let stats = Stats::enable()?;
         let before = snapshot()?;
         let traffic_result = if traffic.starts_with("bulk") {
-            common::iperf(lab.client_ns(), secs).map(|_| ())
+            common::iperf(lab.client_ns(), secs).map(|_| None)
         } else {
-            common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|_| ())
+            common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
         };
         let after = snapshot()?;
         drop(stats);
         tracer.stop()?;
-        traffic_result?;
+        let connections = traffic_result?;
         let mut by_name: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for id in &ids {
             let (name, t, c) = delta(&before, &after, *id);
@@ -365,6 +368,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             floor_pre,
             floor_post,
             floor_tp,
+            connections,
         };
         for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]).chain(&s.floor_tp) {
             eprintln!(

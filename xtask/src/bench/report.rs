@@ -596,6 +596,53 @@ fn hooks_section(o: &mut String, h: &Hooks) {
         }
     }
     o.push('\n');
+    breakdown(o, h);
+}
+
+/// Per new connection: how often each program ran and what it added above its floor (the
+/// empty program at the same hook; the whole run time where there is none), for the
+/// short-connection scenarios with the log off.
+fn breakdown(o: &mut String, h: &Hooks) {
+    let scenarios: Vec<_> = h
+        .scenarios
+        .iter()
+        .filter(|s| !s.debug_kernel && s.connections.is_some_and(|c| c > 0))
+        .collect();
+    if scenarios.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Per new connection (the short-connection scenarios above, divided by the connections completed in the \
+         window): invocations of each program and the time it added above its floor.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| d8-trace traces | Connections | Program | Invocations / connection | ns / connection above the floor |\n|---|---|---|---|---|"
+    );
+    for s in scenarios {
+        let conns = s.connections.unwrap_or(1) as f64;
+        let who = if s.traced {
+            format!("this Service (`{}`)", s.svc)
+        } else {
+            format!("another Service (`{}`)", s.svc)
+        };
+        let mut total = 0.0;
+        for r in s.rows.iter().filter(|r| r.runs > 0) {
+            let floor = s.floor_of(r).filter(|f| f.is_finite()).unwrap_or(0.0);
+            let added = r.runs as f64 * (r.ns_per_run - floor).max(0.0) / conns;
+            total += added;
+            let _ = writeln!(
+                o,
+                "| {who} | {} | `{}` | {:.1} | {added:.0} |",
+                s.connections.unwrap_or(0),
+                r.name,
+                r.runs as f64 / conns
+            );
+        }
+        let _ = writeln!(o, "| {who} | | all programs | | **{total:.0}** |");
+    }
+    o.push('\n');
 }
 
 fn capacity_section(o: &mut String, c: &Capacity) {
