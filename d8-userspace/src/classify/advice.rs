@@ -46,10 +46,14 @@ pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flow
     let eps = facts
         .svc
         .map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
-    let api = if facts.ctx.api_consulted {
-        "rules and API agree"
-    } else {
-        "rules look consistent (API not consulted)"
+    let api = match facts.svc.and_then(|s| s.api.topology.as_ref()?.mode.as_ref()) {
+        Some(mode) if facts.ctx.api_consulted => {
+            let ready = facts.api_ready_endpoints();
+            let kept = ready.iter().filter(|e| facts.expected_on_node(e) == Some(true)).count();
+            format!("rules and API agree ({kept} of {} endpoints, {mode})", ready.len())
+        }
+        _ if facts.ctx.api_consulted => "rules and API agree".to_owned(),
+        _ => "rules look consistent (API not consulted)".to_owned(),
     };
     let probes = if probe_flows > 0 {
         let n = flows_n(probe_flows).replace("flow", "kubelet probe reset");

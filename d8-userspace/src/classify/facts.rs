@@ -141,6 +141,37 @@ impl Facts<'_> {
         None
     }
 
+    /// Whether kube-proxy programs `e` on this node (`model::topology`): `None` when the API was
+    /// not consulted or this node is unknown, so nothing can be left out on purpose.
+    pub fn expected_on_node(&self, e: &Endpoint) -> Option<bool> {
+        let t = self.svc?.api.topology.as_ref()?;
+        Some(t.expected.contains(&SocketAddr::new(e.ip, e.port)))
+    }
+
+    /// One sentence when topology hints narrowed what kube-proxy programs on this node:
+    /// `topology: kube-proxy programs 2 of 4 ready endpoints of ns/web on node n (zone hints for
+    /// zone-a; 10.1.2.3:80, ... are for other zones or nodes)`.
+    pub fn topology_note(&self) -> Option<String> {
+        let svc = self.svc?;
+        let mode = svc.api.topology.as_ref()?.mode.as_ref()?;
+        let ready = self.api_ready_endpoints();
+        let (kept, left): (Vec<&&Endpoint>, Vec<&&Endpoint>) =
+            ready.iter().partition(|e| self.expected_on_node(e) == Some(true));
+        let left: Vec<String> = left.iter().map(|e| format!("{}:{}", e.ip, e.port)).collect();
+        Some(format!(
+            "topology: kube-proxy programs {} of {} ready endpoints of {} on node {} ({mode}); left out on purpose: {}",
+            kept.len(),
+            ready.len(),
+            self.name(),
+            self.node(),
+            if left.is_empty() {
+                "none".to_owned()
+            } else {
+                left.join(", ")
+            }
+        ))
+    }
+
     /// The Service as `namespace/name`.
     pub fn name(&self) -> String {
         self.target.to_string()

@@ -117,12 +117,11 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
                 format!("kube-proxy rejects {name} as having no endpoints while the API lists ready ones: its rules are not synced")
             });
         }
-        // Ready endpoints the rules do not DNAT to. With internalTrafficPolicy=Local and no external
-        // access, kube-proxy programs local endpoints only, so remote ones are expected to be absent.
-        let itp_local = svc.api.internal_traffic_policy_local == Some(true);
+        // Ready endpoints the rules do not DNAT to, of those kube-proxy programs on this node
+        // (`model::topology`: traffic policies and topology hints leave some out on purpose).
         let missing: Vec<_> = ready
             .iter()
-            .filter(|e| !(e.in_rules || itp_local && e.local == Some(false)))
+            .filter(|e| !e.in_rules && facts.expected_on_node(e) != Some(false))
             .copied()
             .collect();
         if !missing.is_empty() && svc.rules.no_endpoints.is_empty() {
@@ -353,6 +352,12 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             .push(Evidence::new(EvidenceKind::Api, format!("{target} {why} of {name}")));
         fd.pod = e.pod.clone();
         fd.backend = Some(std::net::SocketAddr::new(e.ip, e.port));
+        out.push(fd);
+    }
+
+    if let Some(note) = facts.topology_note() {
+        let mut fd = finding(facts, VerdictClass::Healthy, "topology narrowed the endpoints".into());
+        fd.evidence.push(Evidence::new(EvidenceKind::Api, note));
         out.push(fd);
     }
 

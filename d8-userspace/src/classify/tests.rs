@@ -113,6 +113,7 @@ fn model(api: bool) -> ServiceModel {
             session_affinity_client_ip: Some(false),
             proxied: Some(true),
             terminating_serving: Vec::new(),
+            topology: None,
         };
     }
     ServiceModel {

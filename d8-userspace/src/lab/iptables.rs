@@ -180,7 +180,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     let proto = port.protocol.as_str();
     let chains = ServiceChains::new(&name, proto);
     let eps = spec.endpoints(svc, port);
-    let cat = categorize(svc, &eps);
+    let cat = categorize(spec, svc, &eps);
 
     let uses_cluster_chain = !cat.cluster.is_empty() && super::spec::uses_cluster_endpoints(svc);
     let uses_local_chain = !cat.local.is_empty() && super::spec::uses_local_endpoints(svc);

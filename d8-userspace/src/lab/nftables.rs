@@ -222,7 +222,7 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     let local_chain = format!("local-{base}");
     let external_chain = format!("external-{base}");
     let eps = spec.endpoints(svc, port);
-    let cat = categorize(svc, &eps);
+    let cat = categorize(spec, svc, &eps);
 
     let uses_cluster_chain = !cat.cluster.is_empty() && uses_cluster_endpoints(svc);
     let uses_local_chain = !cat.local.is_empty() && uses_local_endpoints(svc);

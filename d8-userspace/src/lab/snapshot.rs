@@ -130,7 +130,7 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
             .endpoints(svc, port)
             .iter()
             .map(|ep| {
-                json!({
+                let mut v = json!({
                     "addresses": [ep.ip.to_string()],
                     "conditions": {"ready": ep.ready, "serving": ep.ready, "terminating": false},
                     "nodeName": ep.node,
@@ -140,7 +140,22 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
                         "namespace": svc.namespace,
                         "uid": uid(&format!("Pod/{}/{}", svc.namespace, ep.pod)),
                     },
-                })
+                });
+                if let Some(zone) = spec.zones.get(&ep.node) {
+                    v["zone"] = json!(zone);
+                }
+                let names = |n: &[String]| n.iter().map(|n| json!({"name": n})).collect::<Vec<_>>();
+                if !ep.zone_hints.is_empty() || !ep.node_hints.is_empty() {
+                    let mut hints = json!({});
+                    if !ep.zone_hints.is_empty() {
+                        hints["forZones"] = json!(names(&ep.zone_hints));
+                    }
+                    if !ep.node_hints.is_empty() {
+                        hints["forNodes"] = json!(names(&ep.node_hints));
+                    }
+                    v["hints"] = hints;
+                }
+                v
             })
             .collect(),
     };
@@ -277,12 +292,16 @@ fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
         .as_ref()
         .map(|k| k.version.as_str())
         .unwrap_or("v1.33.2");
+    let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
+    if let Some(zone) = spec.zones.get(name) {
+        labels[crate::model::topology::ZONE_LABEL] = json!(zone);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "creationTimestamp": CREATED,
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+            "labels": labels,
             "name": name,
             "uid": uid(&format!("Node/{name}")),
         },

@@ -8,6 +8,7 @@
 pub mod k8s;
 pub mod kube_proxy;
 pub mod rules;
+pub mod topology;
 pub mod view;
 
 use std::net::IpAddr;
@@ -169,6 +170,20 @@ pub struct ApiFacts {
     /// endpoints, GA in 1.28), so a rule DNATing to one is not stale.
     #[serde(default)]
     pub terminating_serving: Vec<std::net::SocketAddr>,
+    /// What kube-proxy is expected to program for this Service on this node (`None`: API not
+    /// consulted or this node unknown).
+    #[serde(default)]
+    pub topology: Option<Topology>,
+}
+
+/// kube-proxy's per-node endpoint set for a Service ([`topology::categorize`] over every port),
+/// from the API's EndpointSlices, hints and this node's zone.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Topology {
+    /// Endpoints kube-proxy gives a chain on this node (`allReachableEndpoints` of each port).
+    pub expected: Vec<std::net::SocketAddr>,
+    /// What narrowed the Cluster-policy endpoints, when topology hints did (the first port's).
+    pub mode: Option<topology::TopologyMode>,
 }
 
 /// A Service on this node: its frontends, endpoints and the facts behind them.
