@@ -1,0 +1,101 @@
+//! What real clusters do that the other labs do not (issue 14), in iptables and nftables mode:
+//! topology hints that leave endpoints out on purpose. Host suite only (the kernel matrix runs
+//! `scenarios::`), a few seconds each.
+
+use std::net::Ipv4Addr;
+
+use d8_trace::{
+    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec},
+    model::{Protocol, ProxyMode},
+};
+
+use crate::common::addr;
+use crate::scenarios::{Api, Scenario, T};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+// ---- topology -------------------------------------------------------------------------------------
+
+/// `default/web`: two HTTP pods on this node (zone-a) and two on node-b (zone-b), every endpoint
+/// hinted for its own zone, as the EndpointSlice controller does for trafficDistribution
+/// PreferClose. The lab node is in zone-a: kube-proxy programs web-1 and web-2 only.
+fn zonal_spec() -> ClusterSpec {
+    let mut spec = ClusterSpec::new()
+        .zone("d8lab-node", "zone-a")
+        .zone("node-b", "zone-b")
+        .service(ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp));
+    for (name, last, node) in [
+        ("web-1", 11, None),
+        ("web-2", 12, None),
+        ("remote-1", 21, Some("node-b")),
+        ("remote-2", 22, Some("node-b")),
+    ] {
+        let subnet = if node.is_some() { 2 } else { 1 };
+        let mut pod = PodSpec::new("default", name, Ipv4Addr::new(10, 244, subnet, last))
+            .label("app", "web")
+            .listen(8080, ListenerKind::Http);
+        pod = match node {
+            Some(n) => pod.on_node(n).zone_hint("zone-b"),
+            None => pod.zone_hint("zone-a"),
+        };
+        spec = spec.pod(pod);
+    }
+    spec
+}
+
+fn topology_narrowed(mode: ProxyMode) {
+    let s = Scenario::up(zonal_spec(), mode);
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        for _ in 0..4 {
+            match lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get") {
+                HttpOutcome::Response { status: 200, .. } => {}
+                other => panic!("the zone's endpoints answer: {other:?}"),
+            }
+        }
+    });
+    run.assert_root("healthy");
+    for f in run.flows_to("10.96.0.10:80") {
+        assert_eq!(run.class_of(f), "healthy", "{}", run.context);
+        let b = f.backend.as_deref().unwrap_or_default();
+        assert!(
+            b.starts_with("10.244.1.11:") || b.starts_with("10.244.1.12:"),
+            "only zone-a's endpoints are programmed: {b}; {}",
+            run.context
+        );
+    }
+    let detail = &run.report.root_cause.as_ref().expect("root cause").detail;
+    assert!(
+        detail.contains("2 of 4 endpoints, zone hints for zone-a"),
+        "{detail}; {}",
+        run.context
+    );
+    run.evidence(
+        "api",
+        &[
+            "topology: kube-proxy programs 2 of 4 ready endpoints of default/web on node d8lab-node (zone hints for zone-a)",
+            "10.244.2.21:8080, 10.244.2.22:8080",
+        ],
+    );
+    run.no_evidence("kube_proxy_rules_missing");
+    for ip in [Ipv4Addr::new(10, 244, 2, 21), Ipv4Addr::new(10, 244, 2, 22)] {
+        let ep = run.endpoint(ip, 8080);
+        assert!(
+            !ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true),
+            "{ep:?}"
+        );
+    }
+    // explain agrees from rules and API alone.
+    let explain = s.explain("default/web");
+    explain.assert_root("healthy");
+    explain.evidence("api", &["topology: kube-proxy programs 2 of 4"]);
+}
+
+#[test]
+fn topology_narrowed_is_healthy_iptables() {
+    topology_narrowed(ProxyMode::Iptables);
+}
+
+#[test]
+fn topology_narrowed_is_healthy_nftables() {
+    topology_narrowed(ProxyMode::Nftables);
+}
