@@ -17,6 +17,8 @@ pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, 
         | VerdictClass::ConntrackFull
         | VerdictClass::NoEndpoints => Severity::High,
         VerdictClass::EtpLocalNoLocalEndpoints
+        | VerdictClass::ServicePortUndefined
+        | VerdictClass::SourceRangeDenied
         | VerdictClass::StaleEndpoint
         | VerdictClass::BackendRefused
         | VerdictClass::BackendTimeout
@@ -177,6 +179,31 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
             format!("on node {node}: check non-kube-proxy filtering (iptables-save | grep -v KUBE-; nft list ruleset) and kubectl -n {ns} get networkpolicy"),
             format!("find the rule or policy that drops {ns}/{name}'s traffic at the reported drop reason and fix or document it"),
         ),
+        VerdictClass::SourceRangeDenied => {
+            let client = lead
+                .client
+                .map_or_else(|| "<client-ip>".to_owned(), |c| c.ip().to_string());
+            (
+                format!(
+                    "kubectl -n {ns} get service {name} -o jsonpath='{{.spec.loadBalancerSourceRanges}}'; if {client} must reach it: \
+                     kubectl -n {ns} patch service {name} --type=json -p '[{{\"op\":\"add\",\"path\":\"/spec/loadBalancerSourceRanges/-\",\"value\":\"{client}/32\"}}]'"
+                ),
+                format!(
+                    "keep {ns}/{name}'s loadBalancerSourceRanges in step with its real clients (and remember the load balancer must preserve client addresses for them to apply)"
+                ),
+            )
+        }
+        VerdictClass::ServicePortUndefined => {
+            let port = lead
+                .frontend
+                .map_or_else(|| "<port>".to_owned(), |f| f.port().to_string());
+            (
+                format!(
+                    "kubectl -n {ns} get service {name} -o jsonpath='{{range .spec.ports[*]}}{{.name}} {{.port}}/{{.protocol}}{{\"\\n\"}}{{end}}'; point the client at one of those ports, or add port {port} to the Service"
+                ),
+                format!("check the client's configuration (a port from an old Service version?) and give {ns}/{name}'s ports names clients resolve through DNS SRV or config, not hard-coded numbers"),
+            )
+        }
         VerdictClass::KubeProxyVersionSkew => (
             format!("{kube_proxy_pods} (compare its image with kubectl version)"),
             "upgrade kube-proxy with the control plane and keep it within one minor version".into(),

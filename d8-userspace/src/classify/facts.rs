@@ -224,6 +224,10 @@ pub(super) struct Finding {
     pub pod: Option<String>,
     /// The backend involved.
     pub backend: Option<SocketAddr>,
+    /// The client, when the finding is about who asked (a source range).
+    pub client: Option<SocketAddr>,
+    /// The frontend asked for, when the finding is about it (an undefined port).
+    pub frontend: Option<SocketAddr>,
 }
 
 /// `1 flow`, `3 flows`.
@@ -243,6 +247,8 @@ pub(super) fn finding(_facts: &Facts<'_>, class: VerdictClass, detail: String) -
         evidence: Vec::new(),
         pod: None,
         backend: None,
+        client: None,
+        frontend: None,
     }
 }
 

@@ -172,6 +172,12 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
     let node_answered = node_rejection(f, facts);
     let name = facts.name();
 
+    if let Some(refused) = source_range_denied(f, fe, kind, facts, path)
+        && node_answered.is_none()
+    {
+        return refused;
+    }
+
     // kube-proxy rejected: ICMP or RST from the node.
     if let Some(answer) = &node_answered
         && !no_endpoint_rules.is_empty()
@@ -353,6 +359,74 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
         ),
     );
     (VerdictClass::Dropped, fact, fd)
+}
+
+/// A load-balancer client outside loadBalancerSourceRanges, which kube-proxy's firewall drops
+/// before DNAT: KUBE-PROXY-FIREWALL's `traffic not accepted by KUBE-FW-...` DROP (iptables, the
+/// filter-table layout of 1.25+) or the `firewall-` chain's `ip saddr != { ... } drop` reached
+/// through `firewall-ips` (nftables, 1.29+).
+fn source_range_denied(
+    f: &Flow,
+    fe: SocketAddr,
+    kind: Option<FrontendKind>,
+    facts: &Facts<'_>,
+    path: &str,
+) -> Option<(VerdictClass, String, Finding)> {
+    let rules = &facts.svc?.rules;
+    let client = f.client.ip();
+    if kind != Some(FrontendKind::LoadBalancer)
+        || rules.firewall_drops.is_empty()
+        || rules.source_ranges.is_empty()
+        || rules.source_ranges.iter().any(|r| in_cidr(client, r))
+    {
+        return None;
+    }
+    let ranges = rules.source_ranges.join(", ");
+    let name = facts.name();
+    let mut fd = finding(
+        facts,
+        VerdictClass::SourceRangeDenied,
+        format!(
+            "client {client} is outside {name}'s loadBalancerSourceRanges ({ranges}): kube-proxy's firewall drops it, as configured"
+        ),
+    );
+    push_rule(&mut fd, best_rule(&rules.firewall_drops, fe));
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::Rules,
+        format!("loadBalancerSourceRanges of {name} in kube-proxy's rules: {ranges}; {client} is in none"),
+    ));
+    fd.client = Some(f.client);
+    let fact = format!(
+        "{path}: dropped by kube-proxy's load-balancer firewall{}",
+        drop_suffix(f)
+    );
+    Some((VerdictClass::SourceRangeDenied, fact, fd))
+}
+
+/// `ip` lies in `cidr` (`10.0.0.0/8`, or a bare address); an unreadable range contains nothing.
+pub(super) fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    let (addr, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
+        IpAddr::V6(v) => (u128::from(v), 128u32),
+    };
+    let ((n, width), (i, iwidth)) = (bits(net), bits(ip));
+    if width != iwidth {
+        return false;
+    }
+    let len = if len.is_empty() {
+        width
+    } else {
+        len.parse().unwrap_or(u32::MAX)
+    };
+    if len > width {
+        return false;
+    }
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    n & mask == i & mask
 }
 
 /// A flow conntrack translated to a backend (or a direct flow to one) that got no reply.

@@ -240,13 +240,15 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
         VerdictClass::ConntrackFull => 2,
         VerdictClass::NoEndpoints => 3,
         VerdictClass::EtpLocalNoLocalEndpoints => 4,
-        VerdictClass::StaleEndpoint => 5,
-        VerdictClass::BackendRefused => 6,
-        VerdictClass::BackendTimeout => 7,
-        VerdictClass::Dropped => 8,
-        VerdictClass::KubeProxyVersionSkew => 9,
-        VerdictClass::ProbeRst => 10,
-        VerdictClass::Healthy => 11,
+        VerdictClass::SourceRangeDenied => 5,
+        VerdictClass::ServicePortUndefined => 6,
+        VerdictClass::StaleEndpoint => 7,
+        VerdictClass::BackendRefused => 8,
+        VerdictClass::BackendTimeout => 9,
+        VerdictClass::Dropped => 10,
+        VerdictClass::KubeProxyVersionSkew => 11,
+        VerdictClass::ProbeRst => 12,
+        VerdictClass::Healthy => 13,
     }
 }
 

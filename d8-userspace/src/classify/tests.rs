@@ -1305,3 +1305,103 @@ fn the_root_cause_names_the_backend_most_failing_flows_went_to() {
         v.root_cause.detail
     );
 }
+
+/// shop/web with a load-balancer IP 203.0.113.20:80 behind loadBalancerSourceRanges 192.0.2.0/24,
+/// as kube-proxy's iptables mode writes it (golden test `ns5/svc5` shape).
+fn firewalled_model() -> ServiceModel {
+    let mut m = model(true);
+    let svc = &mut m.services[0];
+    svc.frontends.push(Frontend {
+        kind: FrontendKind::LoadBalancer,
+        ip: ip("203.0.113.20"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        port_name: "http".into(),
+        rule: Some(iptables(
+            "KUBE-SERVICES",
+            "-A KUBE-SERVICES -d 203.0.113.20/32 -p tcp -m comment --comment \"shop/web:http loadbalancer IP\" -m tcp --dport 80 -j KUBE-FW-EXAMPLEHASH00001",
+        )),
+    });
+    svc.rules.source_ranges = vec!["192.0.2.0/24".into()];
+    svc.rules.firewall_drops = vec![iptables(
+        "KUBE-PROXY-FIREWALL",
+        "-A KUBE-PROXY-FIREWALL -d 203.0.113.20/32 -p tcp -m comment --comment \"shop/web:http traffic not accepted by KUBE-FW-EXAMPLEHASH00001\" -m tcp --dport 80 -j DROP",
+    )];
+    m
+}
+
+fn lb_flow(id: u64, client: &str) -> Flow {
+    let mut f = flow(id, Some("203.0.113.20:80"), None);
+    f.client = addr(client);
+    f.outcome = Outcome::Dropped;
+    f.drops = vec![Drop {
+        reason: "NETFILTER_DROP".into(),
+        after_hook: Some(Hook::Prerouting),
+        before_conntrack: false,
+        at_ms: 0,
+    }];
+    f
+}
+
+#[test]
+fn a_client_outside_load_balancer_source_ranges_is_source_range_denied() {
+    let m = firewalled_model();
+    let v = classify(&target(), &[lb_flow(1, "198.51.100.7:40000")], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::SourceRangeDenied);
+    assert_eq!(v.root_cause.class, VerdictClass::SourceRangeDenied);
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Rules,
+            "traffic not accepted by KUBE-FW-EXAMPLEHASH00001"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "192.0.2.0/24; 198.51.100.7 is in none"),
+        "{dump}"
+    );
+    assert!(
+        v.root_cause
+            .detail
+            .contains("client 198.51.100.7 is outside shop/web's loadBalancerSourceRanges")
+    );
+    assert!(
+        v.mitigation.immediate.contains("\"value\":\"198.51.100.7/32\""),
+        "{:?}",
+        v.mitigation
+    );
+    let runbook = Runbook::from_report(&{
+        let mut r = crate::report::Report::new(&target());
+        r.apply(&v);
+        r
+    });
+    assert!(
+        runbook.root_cause.starts_with("service_config — client 198.51.100.7"),
+        "{}",
+        runbook.root_cause
+    );
+    // A client inside the ranges whose packet was dropped is not refused by the source ranges.
+    let v = classify(&target(), &[lb_flow(1, "192.0.2.9:40000")], &m, &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::SourceRangeDenied);
+    // Nor is a client of a Service without a firewall rule.
+    let mut open = firewalled_model();
+    open.services[0].rules.firewall_drops.clear();
+    let v = classify(&target(), &[lb_flow(1, "198.51.100.7:40000")], &open, &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::SourceRangeDenied);
+}
+
+#[test]
+fn cidr_membership() {
+    use super::flow::in_cidr;
+    assert!(in_cidr(ip("192.0.2.9"), "192.0.2.0/24"));
+    assert!(!in_cidr(ip("192.0.3.9"), "192.0.2.0/24"));
+    assert!(in_cidr(ip("10.1.2.3"), "0.0.0.0/0"));
+    assert!(in_cidr(ip("10.1.2.3"), "10.1.2.3"));
+    assert!(!in_cidr(ip("10.1.2.4"), "10.1.2.3/32"));
+    assert!(!in_cidr(ip("10.1.2.3"), "fd00::/8"));
+    assert!(in_cidr(ip("fd00::1"), "fd00::/8"));
+    assert!(!in_cidr(ip("10.1.2.3"), "10.0.0.0/33"));
+    assert!(!in_cidr(ip("10.1.2.3"), "garbage"));
+}

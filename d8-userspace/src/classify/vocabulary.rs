@@ -32,11 +32,18 @@ pub enum VerdictClass {
     BackendTimeout,
     /// Packets dropped by the kernel somewhere not explained by the other classes.
     Dropped,
+    /// A request to a port the Service does not define, on its live ClusterIP: configuration, not
+    /// a fault of kube-proxy (nftables mode rejects it in `cluster-ips-check`, 1.30+; iptables mode
+    /// leaves it untranslated).
+    ServicePortUndefined,
+    /// A load-balancer client outside the Service's loadBalancerSourceRanges, dropped by
+    /// kube-proxy's firewall (KUBE-PROXY-FIREWALL / `firewall-` chain) as configured.
+    SourceRangeDenied,
 }
 
 impl VerdictClass {
     /// Every class, in the order the contract has always listed them.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::Healthy,
         Self::NoEndpoints,
         Self::StaleEndpoint,
@@ -49,6 +56,8 @@ impl VerdictClass {
         Self::BackendRefused,
         Self::BackendTimeout,
         Self::Dropped,
+        Self::ServicePortUndefined,
+        Self::SourceRangeDenied,
     ];
 
     /// The contract name (`no_endpoints`, ...).
@@ -66,6 +75,8 @@ impl VerdictClass {
             Self::BackendRefused => "backend_refused",
             Self::BackendTimeout => "backend_timeout",
             Self::Dropped => "dropped",
+            Self::ServicePortUndefined => "service_port_undefined",
+            Self::SourceRangeDenied => "source_range_denied",
         }
     }
 

@@ -28,7 +28,7 @@ pub struct ServiceChains {
     pub svl: String,
     /// `KUBE-EXT-<h>`: external destinations.
     pub ext: String,
-    /// `KUBE-FW-<h>`: loadBalancerSourceRanges (never generated: the lab has no source ranges).
+    /// `KUBE-FW-<h>`: loadBalancerSourceRanges.
     pub fw: String,
 }
 
@@ -242,13 +242,22 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
             );
         }
     }
-    // Load-balancer ingress IPs (no source ranges in the lab, so never through KUBE-FW).
+    // Load-balancer ingress IPs, through KUBE-FW when loadBalancerSourceRanges are set; what KUBE-FW
+    // does not send on is dropped by KUBE-PROXY-FIREWALL.
+    let uses_fw = has_endpoints && svc.uses_firewall();
+    let lb_chain = if uses_fw { &chains.fw } else { &chains.ext };
     for ip in &svc.load_balancer_ips {
         if has_endpoints {
             let _ = writeln!(
                 b.nat_rules,
-                "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip} --dport {sport} -j {}",
-                chains.ext
+                "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip} --dport {sport} -j {lb_chain}"
+            );
+        }
+        if uses_fw {
+            let _ = writeln!(
+                b.filter_rules,
+                "-A KUBE-PROXY-FIREWALL -m comment --comment \"{name} traffic not accepted by {}\" -m {proto} -p {proto} -d {ip} --dport {sport} -j DROP",
+                chains.fw
             );
         }
     }
@@ -323,6 +332,27 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
             let _ = writeln!(b.nat_rules, "-A {ext} -j {external_policy_chain}");
         }
     }
+    // The firewall chain: source ranges on to the external chain (and the LB IPs themselves when
+    // a range holds the node's address: hairpin from the node), the rest falls through.
+    if uses_fw {
+        let fw = &chains.fw;
+        chain_line(&mut b.nat_chains, fw);
+        let args = format!("-A {fw} -m comment --comment \"{name} loadbalancer IP\"");
+        let mut allow_from_node = false;
+        for cidr in &svc.source_ranges {
+            let _ = writeln!(b.nat_rules, "{args} -s {cidr} -j {}", chains.ext);
+            allow_from_node |= cidr_holds(cidr, spec.node_ip);
+        }
+        if allow_from_node {
+            for ip in &svc.load_balancer_ips {
+                let _ = writeln!(b.nat_rules, "{args} -s {ip} -j {}", chains.ext);
+            }
+        }
+        let _ = writeln!(
+            b.nat_rules,
+            "-A {fw} -m comment --comment \"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL\""
+        );
+    }
     if uses_cluster_chain {
         chain_line(&mut b.nat_chains, &chains.svc);
         write_service_to_endpoint_rules(b, svc, &name, proto, &chains.svc, &cat.cluster);
@@ -350,6 +380,16 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
             ep.addr()
         );
     }
+}
+
+/// `cidr` (IPv4 `a.b.c.d/n`) holds `ip`.
+pub(crate) fn cidr_holds(cidr: &str, ip: std::net::Ipv4Addr) -> bool {
+    let (net, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+    u32::from(net) & mask == u32::from(ip) & mask
 }
 
 /// `writeServiceToEndpointRules`: affinity checks, then the probability cascade.

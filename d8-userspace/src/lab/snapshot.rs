@@ -90,6 +90,9 @@ fn service_json(svc: &ServiceSpec) -> Value {
     if !svc.external_ips.is_empty() {
         spec["externalIPs"] = json!(svc.external_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>());
     }
+    if !svc.source_ranges.is_empty() {
+        spec["loadBalancerSourceRanges"] = json!(svc.source_ranges);
+    }
     if let Some(hc) = svc.health_check_node_port {
         spec["healthCheckNodePort"] = json!(hc);
     }

@@ -139,6 +139,10 @@ pub struct ServiceSpec {
     pub session_affinity: SessionAffinity,
     /// `spec.healthCheckNodePort` (LoadBalancer with externalTrafficPolicy=Local).
     pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges` (CIDRs): kube-proxy drops other clients of the
+    /// load-balancer IPs.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 /// One entry of `spec.ports`.
@@ -361,7 +365,19 @@ impl ServiceSpec {
             internal_traffic_policy: TrafficPolicy::Cluster,
             session_affinity: SessionAffinity::None,
             health_check_node_port: None,
+            source_ranges: Vec::new(),
         }
+    }
+
+    /// Adds a loadBalancerSourceRange.
+    pub fn source_range(mut self, cidr: &str) -> Self {
+        self.source_ranges.push(cidr.into());
+        self
+    }
+
+    /// kube-proxy's `usesFWChain`: load-balancer IPs with source ranges.
+    pub fn uses_firewall(&self) -> bool {
+        !self.load_balancer_ips.is_empty() && !self.source_ranges.is_empty()
     }
 
     /// Adds a port.

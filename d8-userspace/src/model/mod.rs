@@ -149,6 +149,11 @@ pub struct RuleFacts {
     /// loadBalancerSourceRanges as the rules enforce them (KUBE-FW `-s` CIDRs, nft `firewall-` chain).
     #[serde(default)]
     pub source_ranges: Vec<String>,
+    /// The rules that drop a load-balancer client outside those ranges: KUBE-PROXY-FIREWALL's
+    /// `traffic not accepted by KUBE-FW-...` DROP (iptables), the `firewall-` chain's
+    /// `ip saddr != { ... } drop` (nftables).
+    #[serde(default)]
+    pub firewall_drops: Vec<RuleRef>,
 }
 
 /// What the API says about a Service as a whole.

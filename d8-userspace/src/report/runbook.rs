@@ -25,7 +25,10 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
         }
         VerdictClass::StaleEndpoint => "stale_endpoints",
         VerdictClass::KubeProxyVersionSkew => "version_skew",
-        VerdictClass::NoEndpoints | VerdictClass::EtpLocalNoLocalEndpoints => "service_config",
+        VerdictClass::NoEndpoints
+        | VerdictClass::EtpLocalNoLocalEndpoints
+        | VerdictClass::ServicePortUndefined
+        | VerdictClass::SourceRangeDenied => "service_config",
         VerdictClass::ConntrackFull => "conntrack",
         VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => "backend",
         VerdictClass::Healthy | VerdictClass::ProbeRst => "none",
@@ -42,6 +45,8 @@ pub const fn cross_reference(class: VerdictClass) -> Option<&'static str> {
         | VerdictClass::StaleEndpoint
         | VerdictClass::NoEndpoints
         | VerdictClass::EtpLocalNoLocalEndpoints
+        | VerdictClass::ServicePortUndefined
+        | VerdictClass::SourceRangeDenied
         | VerdictClass::BackendRefused
         | VerdictClass::BackendTimeout
         | VerdictClass::Dropped

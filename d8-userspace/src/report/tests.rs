@@ -204,6 +204,8 @@ fn runbook_domain_and_cross_reference_for_every_class() {
         (C::KubeProxyVersionSkew, "version_skew", Some("I1")),
         (C::NoEndpoints, "service_config", None),
         (C::EtpLocalNoLocalEndpoints, "service_config", None),
+        (C::ServicePortUndefined, "service_config", None),
+        (C::SourceRangeDenied, "service_config", None),
         (C::ConntrackFull, "conntrack", Some("D3")),
         (C::BackendRefused, "backend", None),
         (C::BackendTimeout, "backend", None),

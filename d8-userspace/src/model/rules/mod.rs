@@ -361,6 +361,7 @@ fn merge_into(m: &mut Service, s: Service) {
     for (mine, theirs) in [
         (&mut r.no_endpoints, o.no_endpoints),
         (&mut r.no_local_endpoints, o.no_local_endpoints),
+        (&mut r.firewall_drops, o.firewall_drops),
     ] {
         for x in theirs {
             if !mine.contains(&x) {

@@ -217,6 +217,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                             for r in ranges {
                                 self.services.add_source_range(&key, r.clone());
                             }
+                            self.services.add_firewall_drop(&key, rule.rule_ref(t));
                             self.understood[rule.index] = true;
                         }
                     }

@@ -141,6 +141,19 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         vec![(ip("10.244.1.40"), Some(true)), (ip("10.244.3.41"), Some(false))]
     );
     assert_eq!(fw.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
+    let drops: Vec<(&str, &str)> = fw
+        .rules
+        .firewall_drops
+        .iter()
+        .map(|r| (r.name.as_str(), r.text.as_str()))
+        .collect();
+    assert_eq!(
+        drops,
+        [(
+            "firewall-JPQTEXM7-ns3/fw-local/tcp/https",
+            "ip saddr != 192.0.2.0/24 drop # handle 129"
+        )]
+    );
     assert_eq!(frontend(fw, FrontendKind::LoadBalancer, 443).ip, ip("198.51.100.9"));
     let sticky = svc(&p, "ns2/sticky");
     assert_eq!(sticky.rules.affinity_timeout_secs, Some(10800));
