@@ -5,12 +5,12 @@
 use std::net::Ipv4Addr;
 
 use d8_trace::{
-    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec},
+    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome},
     model::{Protocol, ProxyMode},
 };
 
 use crate::common::addr;
-use crate::scenarios::{Api, Scenario, T};
+use crate::scenarios::{Api, SILENT, Scenario, T};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -98,4 +98,66 @@ fn topology_narrowed_is_healthy_iptables() {
 #[test]
 fn topology_narrowed_is_healthy_nftables() {
     topology_narrowed(ProxyMode::Nftables);
+}
+
+// ---- refusals that are configuration --------------------------------------------------------------
+
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+
+/// `default/lb`: load-balancer IP 203.0.113.20:80 (-> 8080 on web-1) with loadBalancerSourceRanges
+/// 10.244.1.0/24: the client pod may use it, the external client (172.31.0.100) may not.
+fn firewalled_spec() -> ClusterSpec {
+    let svc = ServiceSpec::new("default", "lb", VIP)
+        .port("http", 80, 8080, Protocol::Tcp)
+        .load_balancer_ip(LB_IP)
+        .source_range("10.244.1.0/24");
+    ClusterSpec::new().service(svc).pod(
+        PodSpec::new("default", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+            .label("app", "lb")
+            .listen(8080, ListenerKind::Http),
+    )
+}
+
+fn source_range_denied(mode: ProxyMode) {
+    let s = Scenario::up(firewalled_spec(), mode);
+    let run = s.trace("default/lb", Api::Snapshot, 3, &[], |lab| {
+        let inside = lab::http_get(lab.client_ns(), addr(LB_IP, 80), "/", T).expect("http get");
+        assert!(
+            matches!(inside, HttpOutcome::Response { status: 200, .. }),
+            "a client inside the ranges is served: {inside:?}"
+        );
+        let outside = lab::tcp_connect(lab.external_ns(), addr(LB_IP, 80), SILENT).expect("connect");
+        assert_eq!(outside, TcpOutcome::Timeout, "kube-proxy drops a client outside the ranges");
+    });
+    run.assert_root("source_range_denied");
+    let flows = run.flows_to("203.0.113.20:80");
+    let denied: Vec<_> = flows.iter().filter(|f| f.client.starts_with("172.31.0.100:")).collect();
+    assert!(!denied.is_empty(), "{}", run.context);
+    for f in denied {
+        assert_eq!(run.class_of(f), "source_range_denied", "{}", run.context);
+        assert_eq!(f.backend, None, "{}", run.context);
+    }
+    let served: Vec<_> = flows.iter().filter(|f| f.client.starts_with("10.244.1.250:")).collect();
+    assert!(
+        served.iter().any(|f| run.class_of(f) == "healthy"),
+        "{}",
+        run.context
+    );
+    match mode {
+        ProxyMode::Nftables => run.evidence("rules", &["firewall-", "ip saddr != 10.244.1.0/24 drop"]),
+        _ => run.evidence("rules", &["KUBE-PROXY-FIREWALL", "traffic not accepted by KUBE-FW-", "-j DROP"]),
+    };
+    run.evidence("rules", &["loadBalancerSourceRanges of default/lb", "10.244.1.0/24; 172.31.0.100 is in none"]);
+    let m = run.report.mitigation.as_ref().expect("mitigation");
+    assert!(m.immediate.contains("\"value\":\"172.31.0.100/32\""), "{m:?}");
+}
+
+#[test]
+fn source_range_denied_iptables() {
+    source_range_denied(ProxyMode::Iptables);
+}
+
+#[test]
+fn source_range_denied_nftables() {
+    source_range_denied(ProxyMode::Nftables);
 }
