@@ -84,6 +84,8 @@ pub(super) struct Facts<'a> {
     pub node_ips: Vec<IpAddr>,
     /// Backends that answered at least one flow of this trace.
     pub answered: HashSet<SocketAddr>,
+    /// The port number asked for, when the Service does not define it.
+    pub undefined_port: Option<u16>,
 }
 
 impl Facts<'_> {
@@ -172,6 +174,44 @@ impl Facts<'_> {
         ))
     }
 
+    /// `addr` is one of the Service's ClusterIPs on a port (and protocol) it does not define.
+    pub fn undefined_cluster_ip_port(&self, addr: SocketAddr, proto: Protocol) -> bool {
+        let Some(svc) = self.svc else { return false };
+        let cluster_ip = svc
+            .frontends
+            .iter()
+            .any(|f| f.kind == FrontendKind::ClusterIp && f.ip == addr.ip());
+        cluster_ip
+            && !svc
+                .frontends
+                .iter()
+                .any(|f| f.ip == addr.ip() && f.port == addr.port() && f.protocol == proto)
+    }
+
+    /// The Service's ports as `name port/proto`, from its ClusterIP frontends.
+    pub fn defined_ports(&self) -> String {
+        let mut ports: Vec<String> = self
+            .svc
+            .map(|s| {
+                s.frontends
+                    .iter()
+                    .filter(|f| f.kind == FrontendKind::ClusterIp)
+                    .map(|f| {
+                        let name = if f.port_name.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{} ", f.port_name)
+                        };
+                        format!("{name}{}/{}", f.port, f.protocol.as_str())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ports.sort();
+        ports.dedup();
+        ports.join(", ")
+    }
+
     /// The Service as `namespace/name`.
     pub fn name(&self) -> String {
         self.target.to_string()
@@ -250,6 +290,46 @@ pub(super) fn finding(_facts: &Facts<'_>, class: VerdictClass, detail: String) -
         client: None,
         frontend: None,
     }
+}
+
+/// The finding for a request to `fe`, a ClusterIP on a port the Service does not define: what
+/// kube-proxy does with it (nftables mode 1.30+ rejects it in `cluster-ips-check`; iptables mode
+/// and older nftables leave it untranslated, so it is routed on and times out), with the ports the
+/// Service does define.
+pub(super) fn undefined_port_finding(facts: &Facts<'_>, fe: SocketAddr) -> Finding {
+    let name = facts.name();
+    let reject = facts.svc.and_then(|s| s.rules.undefined_port_reject.as_ref());
+    let what = match reject {
+        Some(_) => "kube-proxy rejects it (nftables cluster-ips-check, 1.30+)",
+        None => "no kube-proxy rule translates it, so it is routed on untranslated and gets no answer",
+    };
+    let ports = facts.defined_ports();
+    let mut fd = finding(
+        facts,
+        VerdictClass::ServicePortUndefined,
+        format!(
+            "{name} defines no port {} on its ClusterIP {} (its ports: {ports}): {what}",
+            fe.port(),
+            fe.ip()
+        ),
+    );
+    push_rule(&mut fd, reject);
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::Rules,
+        format!(
+            "kube-proxy's rules give {name}'s ClusterIP {} the ports {ports}, not {}",
+            fe.ip(),
+            fe.port()
+        ),
+    ));
+    if facts.ctx.api_consulted && facts.api_exists() == Some(true) {
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Api,
+            format!("the API's {name} defines ports {ports}"),
+        ));
+    }
+    fd.frontend = Some(fe);
+    fd
 }
 
 /// Adds a rule as evidence, once.

@@ -6,7 +6,7 @@ use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
 use crate::model::{Endpoint, FrontendKind, ProbePort, RuleRef};
 
-use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule};
+use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule, undefined_port_finding};
 
 /// A probe connection lasts at most this long: kubelet's default probe timeout is 1 s, and a probe
 /// that takes longer than a few seconds is not the short open-check-reset the class describes.
@@ -176,6 +176,18 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
         && node_answered.is_none()
     {
         return refused;
+    }
+    if facts.undefined_cluster_ip_port(fe, f.protocol) {
+        let fd = undefined_port_finding(facts, fe);
+        let fact = match &node_answered {
+            Some(a) => format!("{a} (cluster-ips-check: port not defined)"),
+            None => format!(
+                "{path}: not translated, port not defined{}, {}",
+                drop_suffix(f),
+                no_reply(f)
+            ),
+        };
+        return (VerdictClass::ServicePortUndefined, fact, fd);
     }
 
     // kube-proxy rejected: ICMP or RST from the node.

@@ -29,6 +29,18 @@ const MAX_TRACE_FACTS: usize = 5;
 /// println!("{}: {}", verdict.root_cause.class, verdict.root_cause.detail);
 /// ```
 pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
+    classify_asked(target, None, flows, model, ctx)
+}
+
+/// [`classify`] of a question about `undefined_port`, a port number the Service does not define:
+/// its answer is `service_port_undefined` even without flows (`explain`).
+pub fn classify_asked(
+    target: &ServiceRef,
+    undefined_port: Option<u16>,
+    flows: &[Flow],
+    model: &ServiceModel,
+    ctx: &Context,
+) -> Verdict {
     let mut node_ips = model.node_ips.clone();
     for ip in &ctx.host_ips {
         if !node_ips.contains(ip) {
@@ -47,6 +59,7 @@ pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: 
         ctx,
         node_ips,
         answered,
+        undefined_port,
     };
 
     let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();

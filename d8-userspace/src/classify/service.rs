@@ -4,7 +4,7 @@
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
 use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
 
-use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text};
+use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text, undefined_port_finding};
 
 /// Fill ratio at which the table is full even when the drop counter is unknown: new entries fail.
 const CONNTRACK_FULL: f64 = 0.99;
@@ -17,6 +17,7 @@ const STALE_SYNC_SECS: f64 = 120.0;
 pub(super) fn findings(facts: &Facts<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     kube_proxy(facts, &mut out);
+    undefined_port(facts, &mut out);
     rules_missing(facts, &mut out);
     conntrack(facts, &mut out);
     endpoints(facts, &mut out);
@@ -46,6 +47,22 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         format!("no kube-proxy process or pod on node {}; {healthz}", facts.node()),
     ));
     out.push(fd);
+}
+
+/// The question was about a port the Service does not define: the answer holds without flows.
+fn undefined_port(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let (Some(port), Some(svc)) = (facts.undefined_port, facts.svc) else {
+        return;
+    };
+    let Some(ip) = svc
+        .frontends
+        .iter()
+        .find(|f| f.kind == crate::model::FrontendKind::ClusterIp)
+        .map(|f| f.ip)
+    else {
+        return;
+    };
+    out.push(undefined_port_finding(facts, std::net::SocketAddr::new(ip, port)));
 }
 
 fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {

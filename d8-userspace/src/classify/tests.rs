@@ -1405,3 +1405,52 @@ fn cidr_membership() {
     assert!(!in_cidr(ip("10.1.2.3"), "10.0.0.0/33"));
     assert!(!in_cidr(ip("10.1.2.3"), "garbage"));
 }
+
+#[test]
+fn a_port_the_service_does_not_define_is_service_port_undefined() {
+    // nftables mode 1.30+: cluster-ips-check rejects it; the trace sees the node's ICMP answer.
+    let mut m = model(true);
+    m.services[0].rules.undefined_port_reject = Some(RuleRef {
+        source: RuleSource::Nftables,
+        name: "cluster-ips-check".into(),
+        text: "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\" # handle 69"
+            .into(),
+    });
+    let mut f = rejected_flow(1);
+    f.frontend = Some(addr("10.96.0.10:81"));
+    let v = classify_asked(&target(), Some(81), &[f], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::ServicePortUndefined);
+    assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
+    assert_eq!(
+        v.root_cause.detail,
+        "shop/web defines no port 81 on its ClusterIP 10.96.0.10 (its ports: http 80/tcp): kube-proxy rejects it \
+         (nftables cluster-ips-check, 1.30+) (1 flow)"
+    );
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "ip daddr @cluster-ips reject"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "the API's shop/web defines ports http 80/tcp"),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation.immediate.contains("add port 81 to the Service"),
+        "{:?}",
+        v.mitigation
+    );
+    // iptables mode: no rule, no answer; explain (no flows) gives the same class from the question.
+    let v = classify_asked(&target(), Some(81), &[], &model(true), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
+    assert!(
+        v.root_cause
+            .detail
+            .ends_with("no kube-proxy rule translates it, so it is routed on untranslated and gets no answer"),
+        "{}",
+        v.root_cause.detail
+    );
+    // A defined port is not: the same question about port 80 is healthy.
+    let v = classify_asked(&target(), None, &[established(1, POD_A)], &model(true), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy);
+}

@@ -154,6 +154,10 @@ pub struct RuleFacts {
     /// `ip saddr != { ... } drop` (nftables).
     #[serde(default)]
     pub firewall_drops: Vec<RuleRef>,
+    /// nftables mode (1.30+): `cluster-ips-check`'s `ip daddr @cluster-ips reject`, which refuses
+    /// ports this Service's ClusterIP does not define (the ClusterIP is in `cluster-ips`).
+    #[serde(default)]
+    pub undefined_port_reject: Option<RuleRef>,
 }
 
 /// What the API says about a Service as a whole.

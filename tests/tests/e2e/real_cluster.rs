@@ -127,7 +127,11 @@ fn source_range_denied(mode: ProxyMode) {
             "a client inside the ranges is served: {inside:?}"
         );
         let outside = lab::tcp_connect(lab.external_ns(), addr(LB_IP, 80), SILENT).expect("connect");
-        assert_eq!(outside, TcpOutcome::Timeout, "kube-proxy drops a client outside the ranges");
+        assert_eq!(
+            outside,
+            TcpOutcome::Timeout,
+            "kube-proxy drops a client outside the ranges"
+        );
     });
     run.assert_root("source_range_denied");
     let flows = run.flows_to("203.0.113.20:80");
@@ -138,16 +142,21 @@ fn source_range_denied(mode: ProxyMode) {
         assert_eq!(f.backend, None, "{}", run.context);
     }
     let served: Vec<_> = flows.iter().filter(|f| f.client.starts_with("10.244.1.250:")).collect();
-    assert!(
-        served.iter().any(|f| run.class_of(f) == "healthy"),
-        "{}",
-        run.context
-    );
+    assert!(served.iter().any(|f| run.class_of(f) == "healthy"), "{}", run.context);
     match mode {
         ProxyMode::Nftables => run.evidence("rules", &["firewall-", "ip saddr != 10.244.1.0/24 drop"]),
-        _ => run.evidence("rules", &["KUBE-PROXY-FIREWALL", "traffic not accepted by KUBE-FW-", "-j DROP"]),
+        _ => run.evidence(
+            "rules",
+            &["KUBE-PROXY-FIREWALL", "traffic not accepted by KUBE-FW-", "-j DROP"],
+        ),
     };
-    run.evidence("rules", &["loadBalancerSourceRanges of default/lb", "10.244.1.0/24; 172.31.0.100 is in none"]);
+    run.evidence(
+        "rules",
+        &[
+            "loadBalancerSourceRanges of default/lb",
+            "10.244.1.0/24; 172.31.0.100 is in none",
+        ],
+    );
     let m = run.report.mitigation.as_ref().expect("mitigation");
     assert!(m.immediate.contains("\"value\":\"172.31.0.100/32\""), "{m:?}");
 }
@@ -160,4 +169,55 @@ fn source_range_denied_iptables() {
 #[test]
 fn source_range_denied_nftables() {
     source_range_denied(ProxyMode::Nftables);
+}
+
+/// `default/web`: ClusterIP 10.96.0.10 with port 80 only; a client asks for port 81.
+fn one_port_spec() -> ClusterSpec {
+    ClusterSpec::new()
+        .service(ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp))
+        .pod(
+            PodSpec::new("default", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+                .label("app", "web")
+                .listen(8080, ListenerKind::Http),
+        )
+}
+
+fn service_port_undefined(mode: ProxyMode) {
+    let s = Scenario::up(one_port_spec(), mode);
+    let run = s.trace("default/web:81", Api::Snapshot, 3, &[], |lab| {
+        let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 81), SILENT).expect("connect");
+        let expected = match mode {
+            // cluster-ips-check: `ip daddr @cluster-ips reject`.
+            ProxyMode::Nftables => TcpOutcome::Refused,
+            // No rule: routed on untranslated, to the lab's dead-end default route.
+            _ => TcpOutcome::Timeout,
+        };
+        assert_eq!(out, expected, "port 81 of the ClusterIP in {mode:?} mode");
+    });
+    run.assert_root("service_port_undefined");
+    for f in run.flows_to("10.96.0.10:81") {
+        assert_eq!(run.class_of(f), "service_port_undefined", "{}", run.context);
+        assert_eq!(f.backend, None, "{}", run.context);
+    }
+    let detail = &run.report.root_cause.as_ref().expect("root cause").detail;
+    assert!(
+        detail.starts_with("default/web defines no port 81 on its ClusterIP 10.96.0.10 (its ports: http 80/tcp)"),
+        "{detail}"
+    );
+    if mode == ProxyMode::Nftables {
+        run.evidence("rules", &["cluster-ips-check", "ip daddr @cluster-ips reject"]);
+    }
+    run.evidence("api", &["the API's default/web defines ports http 80/tcp"]);
+    let explain = s.explain("default/web:81");
+    explain.assert_root("service_port_undefined");
+}
+
+#[test]
+fn service_port_undefined_iptables() {
+    service_port_undefined(ProxyMode::Iptables);
+}
+
+#[test]
+fn service_port_undefined_nftables() {
+    service_port_undefined(ProxyMode::Nftables);
 }

@@ -235,8 +235,27 @@ impl<'t, 'a> Builder<'t, 'a> {
         self.check_all_jumps();
         self.report_not_understood();
         let layout = detect_layout(t);
+        // `cluster-ips-check` (1.30+): `ip daddr @cluster-ips reject` refuses ports a live ClusterIP
+        // does not define; each Service with such a ClusterIP gets it as evidence.
+        let reject = t
+            .chains
+            .get("cluster-ips-check")
+            .and_then(|c| t.chain_rules(c).find(|r| r.match_set() == Some("cluster-ips")))
+            .map(|r| r.rule_ref(t));
+        let mut services = self.services.into_sorted();
+        if let Some(reject) = reject {
+            for svc in &mut services {
+                let live = svc
+                    .frontends
+                    .iter()
+                    .any(|f| f.kind == FrontendKind::ClusterIp && cluster_ips.contains(&f.ip));
+                if live {
+                    svc.rules.undefined_port_reject = Some(reject.clone());
+                }
+            }
+        }
         Parsed {
-            services: self.services.into_sorted(),
+            services,
             warnings: self.warnings,
             rules_present: true,
             mode_hint: Some(ProxyMode::Nftables),

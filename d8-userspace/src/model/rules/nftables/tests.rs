@@ -155,6 +155,18 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         )]
     );
     assert_eq!(frontend(fw, FrontendKind::LoadBalancer, 443).ip, ip("198.51.100.9"));
+    // cluster-ips-check's reject (1.30+) applies to every Service whose ClusterIP is in cluster-ips.
+    let reject = fw
+        .rules
+        .undefined_port_reject
+        .as_ref()
+        .expect("cluster-ips-check reject");
+    assert_eq!(reject.name, "cluster-ips-check");
+    assert!(
+        reject.text.starts_with("ip daddr @cluster-ips reject") && reject.text.contains("# handle 69"),
+        "{}",
+        reject.text
+    );
     let sticky = svc(&p, "ns2/sticky");
     assert_eq!(sticky.rules.affinity_timeout_secs, Some(10800));
     assert_eq!(sticky.endpoints.len(), 2);
