@@ -19,6 +19,7 @@ pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, 
         VerdictClass::EtpLocalNoLocalEndpoints
         | VerdictClass::ServicePortUndefined
         | VerdictClass::SourceRangeDenied
+        | VerdictClass::StaleConntrackEntry
         | VerdictClass::StaleEndpoint
         | VerdictClass::BackendRefused
         | VerdictClass::BackendTimeout
@@ -191,6 +192,32 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
                 format!(
                     "keep {ns}/{name}'s loadBalancerSourceRanges in step with its real clients (and remember the load balancer must preserve client addresses for them to apply)"
                 ),
+            )
+        }
+        VerdictClass::StaleConntrackEntry => {
+            let proto = lead.protocol.map_or("udp", |p| p.as_str());
+            let entry = match (lead.client, lead.frontend) {
+                (Some(c), Some(fe)) => format!(
+                    "conntrack -D -p {proto} --orig-src {} --orig-dst {} --orig-port-src {} --orig-port-dst {}",
+                    c.ip(),
+                    fe.ip(),
+                    c.port(),
+                    fe.port()
+                ),
+                _ => format!("conntrack -L -p {proto} | grep <backend>"),
+            };
+            let all = match (lead.frontend, lead.backend) {
+                (Some(fe), Some(b)) => format!(
+                    "; every entry of {ns}/{name} still sent to {}: conntrack -D -p {proto} --orig-dst {} --dst-nat {}",
+                    b.ip(),
+                    fe.ip(),
+                    b.ip()
+                ),
+                _ => String::new(),
+            };
+            (
+                format!("on node {node}: {entry}{all} (kube-proxy's own cleanup command; do not restart kube-proxy, its rules are right)"),
+                "kube-proxy deletes stale UDP entries itself: on endpoint changes up to 1.31 (DeletedUDPEndpoints), by its conntrack reconciler from 1.32, which skipped Services left without endpoints until kubernetes#139629; upgrade kube-proxy, and let clients that send without waiting for replies (statsd, syslog) change source ports".into(),
             )
         }
         VerdictClass::ServicePortUndefined => {

@@ -266,8 +266,10 @@ pub(super) struct Finding {
     pub backend: Option<SocketAddr>,
     /// The client, when the finding is about who asked (a source range).
     pub client: Option<SocketAddr>,
-    /// The frontend asked for, when the finding is about it (an undefined port).
+    /// The frontend asked for, when the finding is about it (an undefined port, a conntrack entry).
     pub frontend: Option<SocketAddr>,
+    /// The flow's protocol, when the finding is about one flow's conntrack entry.
+    pub protocol: Option<Protocol>,
 }
 
 /// `1 flow`, `3 flows`.
@@ -289,6 +291,7 @@ pub(super) fn finding(_facts: &Facts<'_>, class: VerdictClass, detail: String) -
         backend: None,
         client: None,
         frontend: None,
+        protocol: None,
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
-use crate::model::{Endpoint, FrontendKind, ProbePort, RuleRef};
+use crate::model::{Endpoint, FrontendKind, ProbePort, Protocol, RuleRef};
 
 use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule, undefined_port_finding};
 
@@ -458,6 +458,48 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
         }
         fd
     };
+
+    // UDP to a backend kube-proxy's rules no longer DNAT to: conntrack's entry, made when they
+    // did, still translates the client's packets (kube-proxy clears such entries itself only in
+    // some versions). Rules and API have moved on; the entry has not.
+    if f.protocol == Protocol::Udp
+        && let Some(fe) = f.frontend
+        && facts.rules_present()
+        && ep.is_none_or(|e| !e.in_rules)
+    {
+        let api = match ep {
+            Some(e) if e.in_api == Some(true) => format!(", although the API still lists it{}", if e.ready == Some(false) { " (not ready)" } else { "" }),
+            _ if facts.ctx.api_consulted => " and the API no longer lists it".to_owned(),
+            _ => String::new(),
+        };
+        let mut fd = with_ep(finding(
+            facts,
+            VerdictClass::StaleConntrackEntry,
+            format!(
+                "a conntrack entry still sends {name}'s UDP client {} to {who}, which kube-proxy's rules no longer DNAT to{api}",
+                f.client
+            ),
+        ));
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Conntrack,
+            format!(
+                "conntrack entry udp src={} dst={} sport={} dport={} -> DNAT {be}: made before the rules changed, refreshed by every packet",
+                f.client.ip(),
+                fe.ip(),
+                f.client.port(),
+                fe.port()
+            ),
+        ));
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Rules,
+            format!("kube-proxy's rules for {name} have no DNAT to {be}"),
+        ));
+        fd.client = Some(f.client);
+        fd.frontend = Some(fe);
+        fd.protocol = Some(f.protocol);
+        let fact = format!("{path}: DNAT by a stale conntrack entry to {who}, {}", no_reply(f));
+        return (VerdictClass::StaleConntrackEntry, fact, fd);
+    }
 
     // The API disagrees with the rules: the DNAT target is not a ready endpoint.
     let expected = ep.and_then(|e| facts.expected_not_ready(e));

@@ -256,12 +256,13 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
         VerdictClass::SourceRangeDenied => 5,
         VerdictClass::ServicePortUndefined => 6,
         VerdictClass::StaleEndpoint => 7,
-        VerdictClass::BackendRefused => 8,
-        VerdictClass::BackendTimeout => 9,
-        VerdictClass::Dropped => 10,
-        VerdictClass::KubeProxyVersionSkew => 11,
-        VerdictClass::ProbeRst => 12,
-        VerdictClass::Healthy => 13,
+        VerdictClass::StaleConntrackEntry => 8,
+        VerdictClass::BackendRefused => 9,
+        VerdictClass::BackendTimeout => 10,
+        VerdictClass::Dropped => 11,
+        VerdictClass::KubeProxyVersionSkew => 12,
+        VerdictClass::ProbeRst => 13,
+        VerdictClass::Healthy => 14,
     }
 }
 

@@ -1454,3 +1454,52 @@ fn a_port_the_service_does_not_define_is_service_port_undefined() {
     let v = classify_asked(&target(), None, &[established(1, POD_A)], &model(true), &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
 }
+
+#[test]
+fn udp_to_a_backend_the_rules_dropped_is_a_stale_conntrack_entry() {
+    let gone = "10.1.0.9:8080";
+    let mut f = flow(1, Some(CLUSTER_IP), Some(gone));
+    f.protocol = Protocol::Udp;
+    f.client = addr("10.1.0.5:40053");
+    let v = classify(&target(), &[f.clone()], &model(true), &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+    assert_eq!(v.root_cause.class, VerdictClass::StaleConntrackEntry);
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Conntrack,
+            "conntrack entry udp src=10.1.0.5 dst=10.96.0.10 sport=40053 dport=80 -> DNAT 10.1.0.9:8080"
+        ),
+        "{dump}"
+    );
+    assert!(v.root_cause.detail.contains("and the API no longer lists it"), "{}", v.root_cause.detail);
+    assert_eq!(
+        v.mitigation.immediate,
+        "on node node-1: conntrack -D -p udp --orig-src 10.1.0.5 --orig-dst 10.96.0.10 --orig-port-src 40053 \
+         --orig-port-dst 80; every entry of shop/web still sent to 10.1.0.9: conntrack -D -p udp --orig-dst \
+         10.96.0.10 --dst-nat 10.1.0.9 (kube-proxy's own cleanup command; do not restart kube-proxy, its rules are right)"
+    );
+    let runbook = Runbook::from_report(&{
+        let mut r = crate::report::Report::new(&target());
+        r.apply(&v);
+        r
+    });
+    assert!(runbook.root_cause.starts_with("conntrack — a conntrack entry"), "{}", runbook.root_cause);
+    // Without the API the rules alone prove it.
+    let v = classify(&target(), &[f.clone()], &model(false), &ctx(false));
+    assert_eq!(v.root_cause.class, VerdictClass::StaleConntrackEntry);
+    // A DNAT target the rules still have is a stale endpoint (the rules are stale), not this.
+    let mut m = model(true);
+    m.services[0].endpoints[0].in_api = Some(false);
+    m.services[0].endpoints[0].protocol = Protocol::Udp;
+    let mut g = f.clone();
+    g.backend = Some(addr(POD_A));
+    let v = classify(&target(), &[g], &m, &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+    // TCP to a gone backend is left to the other classes.
+    let mut t = f;
+    t.protocol = Protocol::Tcp;
+    let v = classify(&target(), &[t], &model(true), &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+}

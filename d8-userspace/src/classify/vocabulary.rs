@@ -39,11 +39,14 @@ pub enum VerdictClass {
     /// A load-balancer client outside the Service's loadBalancerSourceRanges, dropped by
     /// kube-proxy's firewall (KUBE-PROXY-FIREWALL / `firewall-` chain) as configured.
     SourceRangeDenied,
+    /// An existing UDP conntrack entry keeps DNATing a client to a backend kube-proxy's rules no
+    /// longer send to (a pod that is gone): the entry, not the rules, is stale.
+    StaleConntrackEntry,
 }
 
 impl VerdictClass {
     /// Every class, in the order the contract has always listed them.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Healthy,
         Self::NoEndpoints,
         Self::StaleEndpoint,
@@ -58,6 +61,7 @@ impl VerdictClass {
         Self::Dropped,
         Self::ServicePortUndefined,
         Self::SourceRangeDenied,
+        Self::StaleConntrackEntry,
     ];
 
     /// The contract name (`no_endpoints`, ...).
@@ -77,6 +81,7 @@ impl VerdictClass {
             Self::Dropped => "dropped",
             Self::ServicePortUndefined => "service_port_undefined",
             Self::SourceRangeDenied => "source_range_denied",
+            Self::StaleConntrackEntry => "stale_conntrack_entry",
         }
     }
 

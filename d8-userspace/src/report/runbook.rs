@@ -29,7 +29,7 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
         | VerdictClass::EtpLocalNoLocalEndpoints
         | VerdictClass::ServicePortUndefined
         | VerdictClass::SourceRangeDenied => "service_config",
-        VerdictClass::ConntrackFull => "conntrack",
+        VerdictClass::ConntrackFull | VerdictClass::StaleConntrackEntry => "conntrack",
         VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => "backend",
         VerdictClass::Healthy | VerdictClass::ProbeRst => "none",
     }
@@ -47,6 +47,7 @@ pub const fn cross_reference(class: VerdictClass) -> Option<&'static str> {
         | VerdictClass::EtpLocalNoLocalEndpoints
         | VerdictClass::ServicePortUndefined
         | VerdictClass::SourceRangeDenied
+        | VerdictClass::StaleConntrackEntry
         | VerdictClass::BackendRefused
         | VerdictClass::BackendTimeout
         | VerdictClass::Dropped

@@ -404,10 +404,10 @@ mod tests {
 
     #[test]
     fn a_port_number_the_service_lacks_traces_its_cluster_ip_on_that_port() {
-        let plan = plan(&model(), &"default/web:81".parse().unwrap(), vec![]).unwrap();
-        assert_eq!(plan.undefined_port, Some(81));
-        assert_eq!(plan.frontend_addrs, [(Protocol::Tcp, "10.96.0.10:81".parse().unwrap())]);
-        assert!(plan.endpoints.is_empty());
+        let p = plan(&model(), &"default/web:81".parse().unwrap(), vec![]).unwrap();
+        assert_eq!(p.undefined_port, Some(81));
+        assert_eq!(p.frontend_addrs, [(Protocol::Tcp, "10.96.0.10:81".parse().unwrap())]);
+        assert!(p.endpoints.is_empty());
         // A Service without a ClusterIP (its rules hold only a NodePort) still refuses the question.
         let mut m = model();
         m.services[0].frontends.retain(|f| f.kind == FrontendKind::NodePort);
