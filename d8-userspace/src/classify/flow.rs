@@ -468,7 +468,10 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
         && ep.is_none_or(|e| !e.in_rules)
     {
         let api = match ep {
-            Some(e) if e.in_api == Some(true) => format!(", although the API still lists it{}", if e.ready == Some(false) { " (not ready)" } else { "" }),
+            Some(e) if e.in_api == Some(true) => format!(
+                ", although the API still lists it{}",
+                if e.ready == Some(false) { " (not ready)" } else { "" }
+            ),
             _ if facts.ctx.api_consulted => " and the API no longer lists it".to_owned(),
             _ => String::new(),
         };

@@ -1473,7 +1473,11 @@ fn udp_to_a_backend_the_rules_dropped_is_a_stale_conntrack_entry() {
         ),
         "{dump}"
     );
-    assert!(v.root_cause.detail.contains("and the API no longer lists it"), "{}", v.root_cause.detail);
+    assert!(
+        v.root_cause.detail.contains("and the API no longer lists it"),
+        "{}",
+        v.root_cause.detail
+    );
     assert_eq!(
         v.mitigation.immediate,
         "on node node-1: conntrack -D -p udp --orig-src 10.1.0.5 --orig-dst 10.96.0.10 --orig-port-src 40053 \
@@ -1485,7 +1489,11 @@ fn udp_to_a_backend_the_rules_dropped_is_a_stale_conntrack_entry() {
         r.apply(&v);
         r
     });
-    assert!(runbook.root_cause.starts_with("conntrack — a conntrack entry"), "{}", runbook.root_cause);
+    assert!(
+        runbook.root_cause.starts_with("conntrack — a conntrack entry"),
+        "{}",
+        runbook.root_cause
+    );
     // Without the API the rules alone prove it.
     let v = classify(&target(), &[f.clone()], &model(false), &ctx(false));
     assert_eq!(v.root_cause.class, VerdictClass::StaleConntrackEntry);

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use d8_trace::{
-    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome},
+    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, UdpOutcome},
     model::{Protocol, ProxyMode},
 };
 
@@ -220,4 +220,97 @@ fn service_port_undefined_iptables() {
 #[test]
 fn service_port_undefined_nftables() {
     service_port_undefined(ProxyMode::Nftables);
+}
+
+// ---- stale UDP conntrack --------------------------------------------------------------------------
+
+/// `default/dns`: UDP ClusterIP 10.96.0.10:53 -> 5353 over UDP echo pods dns-1 and dns-2.
+fn dns_spec(pods: &[(&str, u8)]) -> ClusterSpec {
+    let mut spec =
+        ClusterSpec::new().service(ServiceSpec::new("default", "dns", VIP).port("dns", 53, 5353, Protocol::Udp));
+    for (name, last) in pods {
+        spec = spec.pod(
+            PodSpec::new("default", name, Ipv4Addr::new(10, 244, 1, *last))
+                .label("app", "dns")
+                .listen(5353, ListenerKind::UdpEcho),
+        );
+    }
+    spec
+}
+
+/// A client source port whose conntrack entry DNATs to dns-2 (each new entry picks a backend at
+/// random; an entry keeps it).
+fn port_pinned_to_dns_2(lab: &lab::Lab) -> u16 {
+    for port in 40_100..40_140 {
+        match lab::udp_request_from(lab.client_ns(), port, addr(VIP, 53), b"q", T).expect("udp") {
+            UdpOutcome::Reply(body) if body.starts_with(b"dns-2") => return port,
+            UdpOutcome::Reply(_) => {}
+            other => panic!("a healthy UDP Service answers: {other:?}"),
+        }
+    }
+    panic!("40 source ports and none went to dns-2")
+}
+
+fn stale_conntrack_entry(mode: ProxyMode) {
+    let mut s = Scenario::up(dns_spec(&[("dns-1", 11), ("dns-2", 12)]), mode);
+    let pinned = port_pinned_to_dns_2(&s.lab);
+    // dns-2 goes away: kube-proxy's rules and the API move on, the conntrack entry stays.
+    s.lab
+        .apply(dns_spec(&[("dns-1", 11)]))
+        .expect("delete dns-2 from pods, rules and API");
+    let run = s.trace("default/dns", Api::Snapshot, 4, &["--reply-timeout", "1"], |lab| {
+        for _ in 0..3 {
+            let out = lab::udp_request_from(lab.client_ns(), pinned, addr(VIP, 53), b"q", SILENT).expect("udp");
+            assert_eq!(
+                out,
+                UdpOutcome::Timeout,
+                "the stale entry still sends port {pinned} to dns-2"
+            );
+        }
+        let fresh = lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", T).expect("udp");
+        assert!(
+            matches!(&fresh, UdpOutcome::Reply(b) if b.starts_with(b"dns-1")),
+            "a new entry goes to dns-1: {fresh:?}"
+        );
+    });
+    run.assert_root("stale_conntrack_entry");
+    let client = format!("10.244.1.250:{pinned}");
+    let stale: Vec<_> = run
+        .flows_to("10.96.0.10:53")
+        .into_iter()
+        .filter(|f| f.client == client)
+        .collect();
+    assert!(!stale.is_empty(), "{}", run.context);
+    for f in stale {
+        assert_eq!(f.backend.as_deref(), Some("10.244.1.12:5353"), "{}", run.context);
+        assert_eq!(run.class_of(f), "stale_conntrack_entry", "{}", run.context);
+    }
+    run.evidence(
+        "conntrack",
+        &[&format!(
+            "conntrack entry udp src=10.244.1.250 dst=10.96.0.10 sport={pinned} dport=53 -> DNAT 10.244.1.12:5353"
+        )],
+    );
+    run.evidence(
+        "rules",
+        &["kube-proxy's rules for default/dns have no DNAT to 10.244.1.12:5353"],
+    );
+    run.no_evidence("also (stale_endpoint)");
+    let m = run.report.mitigation.as_ref().expect("mitigation");
+    assert!(
+        m.immediate.contains(&format!(
+            "conntrack -D -p udp --orig-src 10.244.1.250 --orig-dst 10.96.0.10 --orig-port-src {pinned} --orig-port-dst 53"
+        )) && m.immediate.contains("conntrack -D -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.12"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn stale_conntrack_entry_iptables() {
+    stale_conntrack_entry(ProxyMode::Iptables);
+}
+
+#[test]
+fn stale_conntrack_entry_nftables() {
+    stale_conntrack_entry(ProxyMode::Nftables);
 }
