@@ -13,6 +13,7 @@ pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, 
         VerdictClass::Healthy | VerdictClass::ProbeRst => return Severity::None,
         VerdictClass::KubeProxyVersionSkew => return Severity::Low,
         VerdictClass::KubeProxyNotRunning
+        | VerdictClass::KubeProxyNotSynced
         | VerdictClass::KubeProxyRulesMissing
         | VerdictClass::ConntrackFull
         | VerdictClass::NoEndpoints => Severity::High,
@@ -134,6 +135,10 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
                 )
             }
         }
+        VerdictClass::KubeProxyNotSynced => (
+            format!("kubectl -n kube-system logs -l k8s-app=kube-proxy --field-selector spec.nodeName={node} --tail=200 (sync errors, API watch errors); then restart it: {restart_kube_proxy}"),
+            "alert when time() - kubeproxy_sync_proxy_rules_last_timestamp_seconds exceeds a few sync periods while kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds is newer, and find what blocks kube-proxy's sync loop (xtables lock, nft errors, API connectivity, CPU throttling)".into(),
+        ),
         VerdictClass::ConntrackFull => (
             format!("on node {node}: sysctl -w net.netfilter.nf_conntrack_max=<2 x current> (check conntrack -C)"),
             "size conntrack with kube-proxy's conntrack.maxPerCore/min, find the source of connection churn, and alert on nf_conntrack_count near nf_conntrack_max".into(),

@@ -249,20 +249,22 @@ fn lead_of(flows: &[usize], findings: &[Finding], classified: &[(FlowVerdict, Fi
 pub(super) const fn rank_of(class: VerdictClass) -> u8 {
     match class {
         VerdictClass::KubeProxyNotRunning => 0,
-        VerdictClass::KubeProxyRulesMissing => 1,
-        VerdictClass::ConntrackFull => 2,
-        VerdictClass::NoEndpoints => 3,
-        VerdictClass::EtpLocalNoLocalEndpoints => 4,
-        VerdictClass::SourceRangeDenied => 5,
-        VerdictClass::ServicePortUndefined => 6,
-        VerdictClass::StaleEndpoint => 7,
-        VerdictClass::StaleConntrackEntry => 8,
-        VerdictClass::BackendRefused => 9,
-        VerdictClass::BackendTimeout => 10,
-        VerdictClass::Dropped => 11,
-        VerdictClass::KubeProxyVersionSkew => 12,
-        VerdictClass::ProbeRst => 13,
-        VerdictClass::Healthy => 14,
+        // A kube-proxy that stopped syncing explains the rules it lacks.
+        VerdictClass::KubeProxyNotSynced => 1,
+        VerdictClass::KubeProxyRulesMissing => 2,
+        VerdictClass::ConntrackFull => 3,
+        VerdictClass::NoEndpoints => 4,
+        VerdictClass::EtpLocalNoLocalEndpoints => 5,
+        VerdictClass::SourceRangeDenied => 6,
+        VerdictClass::ServicePortUndefined => 7,
+        VerdictClass::StaleEndpoint => 8,
+        VerdictClass::StaleConntrackEntry => 9,
+        VerdictClass::BackendRefused => 10,
+        VerdictClass::BackendTimeout => 11,
+        VerdictClass::Dropped => 12,
+        VerdictClass::KubeProxyVersionSkew => 13,
+        VerdictClass::ProbeRst => 14,
+        VerdictClass::Healthy => 15,
     }
 }
 

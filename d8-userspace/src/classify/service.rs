@@ -13,10 +13,15 @@ const CONNTRACK_FULL: f64 = 0.99;
 /// turns 503 after `2 * syncPeriod` (60 s by default) without a sync; be a little more patient.
 const STALE_SYNC_SECS: f64 = 120.0;
 
+/// An API change kube-proxy has not applied after this long is lag, not latency: kube-proxy's
+/// default `syncPeriod` (30 s); its `minSyncPeriod` (1 s) and a sync's own time stay well below.
+const SYNC_LAG_SECS: f64 = 30.0;
+
 /// Findings of the Service's rules and API facts, unranked.
 pub(super) fn findings(facts: &Facts<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     kube_proxy(facts, &mut out);
+    not_synced(facts, &mut out);
     undefined_port(facts, &mut out);
     rules_missing(facts, &mut out);
     conntrack(facts, &mut out);
@@ -47,6 +52,62 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         format!("no kube-proxy process or pod on node {}; {healthz}", facts.node()),
     ));
     out.push(fd);
+}
+
+/// kube-proxy runs and its rules exist, but it has not synced since the API changed this Service
+/// (its last successful sync is older than the EndpointSlices' last-change-trigger-time, by more
+/// than a sync period: normal programming latency and small clock skew between the node and the
+/// control plane stay below it), or a sync it queued has waited too long. Not `not running`: the
+/// process answers, its loop is stuck.
+fn not_synced(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let kp = &facts.model.kube_proxy;
+    if kp.running == Some(false) || !kp.rules_present {
+        return;
+    }
+    let name = facts.name();
+    let mut evidence = Vec::new();
+    let mut detail = None;
+    let change = facts.svc.and_then(|s| s.api.last_change_unix);
+    if let (Some(sync), Some(age), Some(change)) = (kp.last_sync_unix, kp.last_sync_age_secs, change) {
+        let change_age = age - (change - sync);
+        if change > sync && change_age >= SYNC_LAG_SECS {
+            evidence.push(Evidence::new(
+                EvidenceKind::KubeProxy,
+                format!("kube-proxy's last successful rule sync is {age:.0} s old (kubeproxy_sync_proxy_rules_last_timestamp_seconds on 10249)"),
+            ));
+            evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!(
+                    "{name}'s EndpointSlices changed {change_age:.0} s ago (endpoints.kubernetes.io/last-change-trigger-time), {:.0} s after that sync",
+                    change - sync
+                ),
+            ));
+            detail = Some(format!(
+                "kube-proxy on node {} has not synced for {age:.0} s: the API changed {name} {change_age:.0} s ago and its rules do not have that change",
+                facts.node()
+            ));
+        }
+    }
+    let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
+        .last_sync_age_secs
+        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)));
+    if let Some(age) = stale_sync {
+        evidence.push(Evidence::new(
+            EvidenceKind::KubeProxy,
+            format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),
+        ));
+        detail.get_or_insert_with(|| {
+            format!(
+                "kube-proxy on node {} has not synced its rules for {age:.0} s",
+                facts.node()
+            )
+        });
+    }
+    if let Some(detail) = detail {
+        let mut fd = finding(facts, VerdictClass::KubeProxyNotSynced, detail);
+        fd.evidence = evidence;
+        out.push(fd);
+    }
 }
 
 /// The question was about a port the Service does not define: the answer holds without flows.
@@ -166,21 +227,6 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         detail.get_or_insert_with(|| {
             format!(
                 "kube-proxy on node {} reports unhealthy: its rules are stale",
-                facts.node()
-            )
-        });
-    }
-    let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
-        .last_sync_age_secs
-        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)));
-    if let Some(age) = stale_sync {
-        evidence.push(Evidence::new(
-            EvidenceKind::KubeProxy,
-            format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),
-        ));
-        detail.get_or_insert_with(|| {
-            format!(
-                "kube-proxy on node {} has not synced its rules for {age:.0} s",
                 facts.node()
             )
         });

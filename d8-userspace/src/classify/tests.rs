@@ -114,6 +114,7 @@ fn model(api: bool) -> ServiceModel {
             proxied: Some(true),
             terminating_serving: Vec::new(),
             topology: None,
+            last_change_unix: None,
         };
     }
     ServiceModel {
@@ -127,6 +128,7 @@ fn model(api: bool) -> ServiceModel {
             rules_present: true,
             healthz_status: Some(200),
             sync_pending_secs: Some(0.0),
+            last_sync_unix: None,
         },
         services: vec![svc],
         node_ips: vec![ip(NODE_IP)],
@@ -627,9 +629,19 @@ fn kube_proxy_rules_missing_while_the_api_has_the_service() {
         has_evidence(&v, EvidenceKind::KubeProxy, "/healthz on 10256 answered 503"),
         "{dump}"
     );
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "900 s old"), "{dump}");
     assert!(
         has_evidence(&v, EvidenceKind::Api, "the API has Service shop/web"),
+        "{dump}"
+    );
+    // The sync waiting 900 s is its own cause, named beside the flow-proven one.
+    assert!(
+        v.causes.iter().any(|c| c.class == VerdictClass::KubeProxyNotSynced
+            && c.detail == "kube-proxy on node node-1 has not synced its rules for 900 s"),
+        "{:?}",
+        v.causes
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::KubeProxy, "also (kube_proxy_not_synced)"),
         "{dump}"
     );
 }
@@ -1510,4 +1522,65 @@ fn udp_to_a_backend_the_rules_dropped_is_a_stale_conntrack_entry() {
     t.protocol = Protocol::Tcp;
     let v = classify(&target(), &[t], &model(true), &ctx(true));
     assert_ne!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+}
+
+#[test]
+fn kube_proxy_not_synced_since_the_api_changed_the_service() {
+    // Last sync at t=1000, read 300 s later; the EndpointSlice changed at t=1210 (90 s ago).
+    let lagging = |change: f64| {
+        let mut m = model(true);
+        m.kube_proxy.last_sync_unix = Some(1000.0);
+        m.kube_proxy.last_sync_age_secs = Some(300.0);
+        m.services[0].api.last_change_unix = Some(change);
+        m
+    };
+    let v = classify(&target(), &[established(1, POD_A)], &lagging(1210.0), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyNotSynced);
+    assert_eq!(
+        v.root_cause.detail,
+        "kube-proxy on node node-1 has not synced for 300 s: the API changed shop/web 90 s ago and its rules do not have that change"
+    );
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "changed 90 s ago (endpoints.kubernetes.io/last-change-trigger-time), 210 s after that sync"
+        ),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("kubectl -n kube-system logs -l k8s-app=kube-proxy"),
+        "{:?}",
+        v.mitigation
+    );
+    let runbook = Runbook::from_report(&{
+        let mut r = crate::report::Report::new(&target());
+        r.apply(&v);
+        r
+    });
+    assert_eq!(runbook.cross_reference, Some("D2"));
+    assert!(
+        runbook
+            .root_cause
+            .starts_with("iptables_sync — kube-proxy on node node-1 has not synced")
+    );
+    // A change 10 s old is programming latency; a change before the last sync is applied.
+    for change in [1290.0, 990.0] {
+        let v = classify(&target(), &[established(1, POD_A)], &lagging(change), &ctx(true));
+        assert_eq!(
+            v.root_cause.class,
+            VerdictClass::Healthy,
+            "change at {change}: {}",
+            evidence_dump(&v)
+        );
+    }
+    // A kube-proxy that is not running is that, not "not synced".
+    let mut down = lagging(1210.0);
+    down.kube_proxy.running = Some(false);
+    let v = classify(&target(), &[], &down, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyNotRunning);
+    assert!(v.causes.iter().all(|c| c.class != VerdictClass::KubeProxyNotSynced));
 }

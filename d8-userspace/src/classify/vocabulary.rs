@@ -42,11 +42,14 @@ pub enum VerdictClass {
     /// An existing UDP conntrack entry keeps DNATing a client to a backend kube-proxy's rules no
     /// longer send to (a pod that is gone): the entry, not the rules, is stale.
     StaleConntrackEntry,
+    /// kube-proxy runs but has not synced its rules since the API changed the Service (or a
+    /// requested sync has waited too long): "not synced for N s", apart from not running.
+    KubeProxyNotSynced,
 }
 
 impl VerdictClass {
     /// Every class, in the order the contract has always listed them.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Healthy,
         Self::NoEndpoints,
         Self::StaleEndpoint,
@@ -62,6 +65,7 @@ impl VerdictClass {
         Self::ServicePortUndefined,
         Self::SourceRangeDenied,
         Self::StaleConntrackEntry,
+        Self::KubeProxyNotSynced,
     ];
 
     /// The contract name (`no_endpoints`, ...).
@@ -82,6 +86,7 @@ impl VerdictClass {
             Self::ServicePortUndefined => "service_port_undefined",
             Self::SourceRangeDenied => "source_range_denied",
             Self::StaleConntrackEntry => "stale_conntrack_entry",
+            Self::KubeProxyNotSynced => "kube_proxy_not_synced",
         }
     }
 

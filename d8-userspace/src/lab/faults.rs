@@ -251,6 +251,24 @@ impl Lab {
         self.sync_kube_proxy()
     }
 
+    /// kube-proxy's sync loop stalls: its rules stay as written for `rules` (the cluster as it was
+    /// at its last sync), `/metrics` says that sync was `synced_ago` s ago and a sync has been
+    /// queued since the API changed, `changed_ago` s ago, which the EndpointSlices'
+    /// last-change-trigger-time says too. `/healthz` is left as it is (see
+    /// [`Self::set_kube_proxy_healthy`]). Undo with [`Self::apply`].
+    pub fn stall_kube_proxy(&mut self, rules: &ClusterSpec, synced_ago: u64, changed_ago: u64) -> Result<(), Error> {
+        self.rules_spec = rules.clone();
+        self.sync_rules()?;
+        let now = servers::unix_now();
+        let state = &self.kube_proxy_state;
+        state.last_sync.store(now.saturating_sub(synced_ago), Ordering::Relaxed);
+        state
+            .last_queued
+            .store(now.saturating_sub(changed_ago), Ordering::Relaxed);
+        self.api_spec.api_changed_at = Some(now.saturating_sub(changed_ago));
+        Ok(())
+    }
+
     /// Makes the simulated kube-proxy's `/healthz` answer 200 (true) or 503 (false).
     pub fn set_kube_proxy_healthy(&self, healthy: bool) {
         self.kube_proxy_state.healthy.store(healthy, Ordering::Relaxed);

@@ -168,7 +168,7 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         .map(|p| json!({"name": p.name, "port": p.target_port, "protocol": p.protocol.as_str().to_ascii_uppercase()}))
         .collect();
     let name = format!("{}-{}", svc.name, suffix(&format!("{}/{}", svc.namespace, svc.name)));
-    json!({
+    let mut slice = json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "addressType": "IPv4",
@@ -194,7 +194,12 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
             "uid": uid(&format!("EndpointSlice/{}/{name}", svc.namespace)),
         },
         "ports": ports,
-    })
+    });
+    if let Some(t) = spec.api_changed_at {
+        slice["metadata"]["annotations"] =
+            json!({"endpoints.kubernetes.io/last-change-trigger-time": super::servers::rfc3339(t)});
+    }
+    slice
 }
 
 fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {

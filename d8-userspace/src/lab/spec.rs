@@ -38,6 +38,10 @@ pub struct ClusterSpec {
     /// `topology.kubernetes.io/zone` of nodes (the lab node's decides which zone hints apply).
     #[serde(default)]
     pub zones: BTreeMap<String, String>,
+    /// When the API last changed the Services' endpoints (unix seconds): every EndpointSlice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time`; `None` writes no annotation.
+    #[serde(default)]
+    pub api_changed_at: Option<u64>,
 }
 
 /// kube-proxy as the API and its health endpoints present it.
@@ -533,6 +537,7 @@ impl ClusterSpec {
             services: Vec::new(),
             pods: Vec::new(),
             zones: BTreeMap::new(),
+            api_changed_at: None,
         }
     }
 

@@ -315,6 +315,10 @@ pub fn status() -> KubeProxyStatus {
         rules_present: false,
         healthz_status: healthz,
         sync_pending_secs: metrics.as_ref().and_then(Metrics::sync_pending_secs),
+        last_sync_unix: metrics
+            .as_ref()
+            .and_then(|m| m.last_sync_timestamp_secs)
+            .filter(|t| *t > 0.0),
     }
 }
 

@@ -183,6 +183,11 @@ pub struct ApiFacts {
     /// consulted or this node unknown).
     #[serde(default)]
     pub topology: Option<Topology>,
+    /// When the API last changed what kube-proxy programs for this Service, as a unix time: the
+    /// newest `endpoints.kubernetes.io/last-change-trigger-time` of its EndpointSlices (the
+    /// annotation kube-proxy itself measures its network-programming latency from).
+    #[serde(default)]
+    pub last_change_unix: Option<f64>,
 }
 
 /// kube-proxy's per-node endpoint set for a Service ([`topology::categorize`] over every port),
@@ -237,6 +242,10 @@ pub struct KubeProxyStatus {
     /// `/metrics` when positive, else 0 (`None`: metrics unreachable or without these gauges).
     #[serde(default)]
     pub sync_pending_secs: Option<f64>,
+    /// kube-proxy's last successful sync as a unix time (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
+    /// the oldest over IP families), to compare with when the API last changed a Service.
+    #[serde(default)]
+    pub last_sync_unix: Option<f64>,
 }
 
 /// Everything known about the node's Services.

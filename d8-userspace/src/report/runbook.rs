@@ -16,6 +16,7 @@ use crate::model::ProxyMode;
 pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_missing: bool) -> &'static str {
     match class {
         VerdictClass::KubeProxyNotRunning => "pod_crash",
+        VerdictClass::KubeProxyNotSynced => "iptables_sync",
         VerdictClass::KubeProxyRulesMissing => {
             if matches!(mode, ProxyMode::Ipvs) && ipvs_modules_missing {
                 "ipvs_modules"
@@ -38,7 +39,7 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
 /// The runbook section to cross-reference for a class, if the runbook has one.
 pub const fn cross_reference(class: VerdictClass) -> Option<&'static str> {
     match class {
-        VerdictClass::KubeProxyRulesMissing => Some("D2"),
+        VerdictClass::KubeProxyRulesMissing | VerdictClass::KubeProxyNotSynced => Some("D2"),
         VerdictClass::KubeProxyVersionSkew => Some("I1"),
         VerdictClass::ConntrackFull => Some("D3"),
         VerdictClass::KubeProxyNotRunning

@@ -207,6 +207,7 @@ fn runbook_domain_and_cross_reference_for_every_class() {
         (C::ServicePortUndefined, "service_config", None),
         (C::SourceRangeDenied, "service_config", None),
         (C::StaleConntrackEntry, "conntrack", None),
+        (C::KubeProxyNotSynced, "iptables_sync", Some("D2")),
         (C::ConntrackFull, "conntrack", Some("D3")),
         (C::BackendRefused, "backend", None),
         (C::BackendTimeout, "backend", None),

@@ -314,3 +314,76 @@ fn stale_conntrack_entry_iptables() {
 fn stale_conntrack_entry_nftables() {
     stale_conntrack_entry(ProxyMode::Nftables);
 }
+
+// ---- kube-proxy lagging ---------------------------------------------------------------------------
+
+/// `default/web` over web-1 and web-2 (HTTP).
+fn web_spec(pods: &[(&str, u8)]) -> ClusterSpec {
+    let mut spec =
+        ClusterSpec::new().service(ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp));
+    for (name, last) in pods {
+        spec = spec.pod(
+            PodSpec::new("default", name, Ipv4Addr::new(10, 244, 1, *last))
+                .label("app", "web")
+                .listen(8080, ListenerKind::Http),
+        );
+    }
+    spec
+}
+
+fn kube_proxy_not_synced(mode: ProxyMode) {
+    let mut s = Scenario::up(web_spec(&[("web-1", 11), ("web-2", 12)]), mode);
+    // kube-proxy last synced 300 s ago, when only web-1 existed; web-2 came 90 s ago and its sync
+    // is still queued. kube-proxy runs and answers (its /healthz turned 503, as a stuck loop's does).
+    s.lab
+        .stall_kube_proxy(&web_spec(&[("web-1", 11)]), 300, 90)
+        .expect("stall kube-proxy");
+    s.lab.set_kube_proxy_healthy(false);
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        for _ in 0..2 {
+            let out = lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get");
+            assert!(
+                matches!(&out, HttpOutcome::Response { status: 200, body, .. } if body.trim() == "web-1"),
+                "the rules still send everything to web-1: {out:?}"
+            );
+        }
+    });
+    run.assert_root("kube_proxy_not_synced");
+    assert_eq!(run.report.kube_proxy.running, Some(true), "{}", run.context);
+    let detail = &run.report.root_cause.as_ref().expect("root cause").detail;
+    assert!(
+        detail.starts_with("kube-proxy on node d8lab-node has not synced for 30")
+            && detail.contains("the API changed default/web 9"),
+        "{detail}; {}",
+        run.context
+    );
+    run.evidence(
+        "kube_proxy",
+        &[
+            "last successful rule sync is",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        ],
+    );
+    run.evidence(
+        "api",
+        &[
+            "default/web's EndpointSlices changed",
+            "endpoints.kubernetes.io/last-change-trigger-time",
+        ],
+    );
+    // What the lag costs: web-2 is ready in the API and absent from the rules.
+    run.evidence("api", &["also (kube_proxy_rules_missing)", "miss 1 ready endpoints"]);
+    run.no_evidence("also (kube_proxy_not_running)");
+    let explain = s.explain("default/web");
+    explain.assert_root("kube_proxy_not_synced");
+}
+
+#[test]
+fn kube_proxy_not_synced_iptables() {
+    kube_proxy_not_synced(ProxyMode::Iptables);
+}
+
+#[test]
+fn kube_proxy_not_synced_nftables() {
+    kube_proxy_not_synced(ProxyMode::Nftables);
+}

@@ -86,6 +86,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     let zone = this_node.and_then(|n| node_zone(&objs.nodes, n));
     for svc in &mut model.services {
         let api_eps = slices.get(&svc.service).map(|s| api_endpoints(s)).unwrap_or_default();
+        svc.api.last_change_unix = slices.get(&svc.service).and_then(|s| last_change(s));
         if let Some(node) = this_node
             && svc.api.exists == Some(true)
         {
@@ -157,6 +158,7 @@ fn api_facts(api: &ApiService) -> ApiFacts {
         session_affinity_client_ip: Some(spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP")),
         terminating_serving: Vec::new(),
         topology: None,
+        last_change_unix: None,
     }
 }
 
@@ -401,6 +403,53 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
             }
         }
     }
+}
+
+/// Annotation the EndpointSlice controller writes with the time of the last Service or Pod change
+/// the slice reflects.
+pub(crate) const LAST_CHANGE_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The newest last-change-trigger-time of `slices`, as a unix time.
+fn last_change(slices: &[&EndpointSlice]) -> Option<f64> {
+    slices
+        .iter()
+        .filter_map(|s| s.metadata.annotations.as_ref()?.get(LAST_CHANGE_ANNOTATION))
+        .filter_map(|t| rfc3339_unix(t))
+        .reduce(f64::max)
+}
+
+/// `2026-12-06T14:00:00Z` (or with fractional seconds, or a `+hh:mm` offset) as unix seconds.
+pub(crate) fn rfc3339_unix(s: &str) -> Option<f64> {
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => return None,
+    };
+    let mut c = clock.splitn(3, ':');
+    let (hh, mm) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?);
+    let ss: f64 = c.next()?.parse().ok()?;
+    let offset_secs = match offset {
+        "Z" | "z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = o[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), Howard Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 - offset_secs) as f64 + ss)
 }
 
 /// This node's `topology.kubernetes.io/zone` label.

@@ -934,3 +934,29 @@ fn terminating_serving_endpoints_are_recorded() {
     );
     assert_eq!(s.endpoints[0].ready, Some(false));
 }
+
+#[test]
+fn rfc3339_times_as_unix_seconds() {
+    use super::enrich::rfc3339_unix;
+    assert_eq!(rfc3339_unix("1970-01-01T00:00:00Z"), Some(0.0));
+    assert_eq!(rfc3339_unix("2026-12-06T14:00:00Z"), Some(1_796_565_600.0));
+    assert_eq!(rfc3339_unix("2026-12-06T15:00:00+01:00"), Some(1_796_565_600.0));
+    assert_eq!(rfc3339_unix("2024-02-29T00:00:00.5Z"), Some(1_709_164_800.5));
+    assert_eq!(rfc3339_unix("2026-13-01T00:00:00Z"), None);
+    assert_eq!(rfc3339_unix("yesterday"), None);
+}
+
+#[test]
+fn last_change_trigger_time_of_the_newest_slice() {
+    let text = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"a","name":"s"},"spec":{"clusterIP":"10.96.5.5","ports":[{"port":80}]}},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4","metadata":{"namespace":"a","name":"s-1","labels":{"kubernetes.io/service-name":"s"},
+          "annotations":{"endpoints.kubernetes.io/last-change-trigger-time":"1970-01-01T00:01:00Z"}},"endpoints":[],"ports":[{"port":8080}]},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4","metadata":{"namespace":"a","name":"s-2","labels":{"kubernetes.io/service-name":"s"},
+          "annotations":{"endpoints.kubernetes.io/last-change-trigger-time":"1970-01-01T00:02:00Z"}},"endpoints":[],"ports":[{"port":8080}]}
+    ]}"#;
+    let objs = parse_snapshot(text, "t.json").unwrap();
+    let mut m = ServiceModel::default();
+    enrich(&mut m, &objs, None);
+    assert_eq!(m.service(&sref("a", "s")).unwrap().api.last_change_unix, Some(120.0));
+}
