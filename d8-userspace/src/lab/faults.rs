@@ -269,6 +269,30 @@ impl Lab {
         Ok(())
     }
 
+    /// nftables mode: what a partial sync leaves for about a second after `svc` was deleted: its
+    /// service and endpoint chains flushed and no longer referenced, not yet deleted (kube-proxy
+    /// deletes them on a later sync). The next rule sync removes them.
+    pub fn leave_flushed_chains(&self, svc: &ServiceSpec) -> Result<(), Error> {
+        if self.mode != ProxyMode::Nftables {
+            return Err(Error::Spec("flushed chains are an nftables-mode state".into()));
+        }
+        let mut tx = String::new();
+        for port in &svc.ports {
+            tx.push_str(&format!(
+                "add chain ip kube-proxy service-{}\n",
+                nftables::service_base(svc, port)
+            ));
+            for ep in self.spec.endpoints(svc, port) {
+                tx.push_str(&format!(
+                    "add chain ip kube-proxy endpoint-{}\n",
+                    nftables::endpoint_base(svc, port, &ep)
+                ));
+            }
+        }
+        netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&tx))?;
+        Ok(())
+    }
+
     /// Makes the simulated kube-proxy's `/healthz` answer 200 (true) or 503 (false).
     pub fn set_kube_proxy_healthy(&self, healthy: bool) {
         self.kube_proxy_state.healthy.store(healthy, Ordering::Relaxed);

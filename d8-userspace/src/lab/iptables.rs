@@ -51,10 +51,27 @@ pub fn sep_chain(port_name: &str, protocol: &str, ep: &EndpointInfo) -> String {
 
 #[derive(Default)]
 struct Buffers {
+    /// kube-proxy's `largeClusterMode`: more than [`LARGE_CLUSTER_ENDPOINTS`] endpoints, so the
+    /// per-endpoint rules carry no comment (`appendServiceCommentLocked`).
+    large_cluster: bool,
     filter_chains: String,
     filter_rules: String,
     nat_chains: String,
     nat_rules: String,
+}
+
+/// kube-proxy's `largeClusterEndpointsThreshold`.
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+impl Buffers {
+    /// ` -m comment --comment <text>`, or nothing in a large cluster (`appendServiceCommentLocked`).
+    fn endpoint_comment(&self, text: &str) -> String {
+        if self.large_cluster {
+            String::new()
+        } else {
+            format!(" -m comment --comment {text}")
+        }
+    }
 }
 
 fn chain_line(buf: &mut String, chain: &str) {
@@ -63,7 +80,15 @@ fn chain_line(buf: &mut String, chain: &str) {
 
 /// The text kube-proxy passes to `iptables-restore --noflush` for `spec` on a full sync.
 pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
-    let mut b = Buffers::default();
+    let endpoints: usize = spec
+        .services
+        .iter()
+        .flat_map(|s| s.ports.iter().map(move |p| spec.endpoints(s, p).len()))
+        .sum();
+    let mut b = Buffers {
+        large_cluster: endpoints > LARGE_CLUSTER_ENDPOINTS,
+        ..Buffers::default()
+    };
     for chain in [
         "KUBE-SERVICES",
         "KUBE-EXTERNAL-SERVICES",
@@ -365,18 +390,15 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     for ep in &cat.all_reachable {
         let sep = sep_chain(&name, proto, ep);
         chain_line(&mut b.nat_chains, &sep);
-        let _ = writeln!(
-            b.nat_rules,
-            "-A {sep} -m comment --comment {name} -s {} -j KUBE-MARK-MASQ",
-            ep.ip
-        );
+        let comment = b.endpoint_comment(&name);
+        let _ = writeln!(b.nat_rules, "-A {sep}{comment} -s {} -j KUBE-MARK-MASQ", ep.ip);
         let affinity = match svc.session_affinity {
             SessionAffinity::ClientIP { .. } => format!(" -m recent --name {sep} --set"),
             SessionAffinity::None => String::new(),
         };
         let _ = writeln!(
             b.nat_rules,
-            "-A {sep} -m comment --comment {name}{affinity} -m {proto} -p {proto} -j DNAT --to-destination {}",
+            "-A {sep}{comment}{affinity} -m {proto} -p {proto} -j DNAT --to-destination {}",
             ep.addr()
         );
     }
@@ -404,10 +426,10 @@ fn write_service_to_endpoint_rules(
     if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity {
         for ep in eps {
             let sep = sep_chain(name, proto, ep);
+            let comment = b.endpoint_comment(&format!("\"{name} -> {}\"", ep.addr()));
             let _ = writeln!(
                 b.nat_rules,
-                "-A {chain} -m comment --comment \"{name} -> {}\" -m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}",
-                ep.addr()
+                "-A {chain}{comment} -m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}"
             );
         }
     }
@@ -419,11 +441,8 @@ fn write_service_to_endpoint_rules(
         } else {
             String::new()
         };
-        let _ = writeln!(
-            b.nat_rules,
-            "-A {chain} -m comment --comment \"{name} -> {}\"{stat} -j {sep}",
-            ep.addr()
-        );
+        let comment = b.endpoint_comment(&format!("\"{name} -> {}\"", ep.addr()));
+        let _ = writeln!(b.nat_rules, "-A {chain}{comment}{stat} -j {sep}");
     }
 }
 
@@ -465,6 +484,47 @@ mod tests {
             );
         }
         spec
+    }
+
+    /// `ns1/svc1` with `n` endpoints on another node (rules and API only).
+    fn big_spec(n: usize) -> ClusterSpec {
+        let mut spec = web_spec(0);
+        for i in 0..n {
+            let ip = Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250) as u8 + 1);
+            spec = spec.pod(
+                PodSpec::new("ns1", &format!("big-{i}"), ip)
+                    .label("app", "svc1")
+                    .on_node("node-b"),
+            );
+        }
+        spec
+    }
+
+    #[test]
+    fn above_1000_endpoints_the_endpoint_rules_carry_no_comment() {
+        let at = kube_proxy_restore(&big_spec(LARGE_CLUSTER_ENDPOINTS));
+        assert_eq!(at.matches("--comment \"ns1/svc1:p80 -> ").count(), 1000);
+        let text = kube_proxy_restore(&big_spec(LARGE_CLUSTER_ENDPOINTS + 1));
+        let sep = names::endpoint_chain("ns1/svc1:p80", "tcp", "10.245.0.1:8080");
+        assert!(
+            text.contains(&format!("-A {sep} -s 10.245.0.1 -j KUBE-MARK-MASQ\n")),
+            "{sep}"
+        );
+        assert!(text.contains(&format!(
+            "-A {sep} -m tcp -p tcp -j DNAT --to-destination 10.245.0.1:8080\n"
+        )));
+        assert!(!text.contains(" -> "), "no per-endpoint comment in a large cluster");
+        // The Service-level rules keep theirs.
+        assert!(text.contains("--comment \"ns1/svc1:p80 cluster IP\""));
+        // The reader still attributes every endpoint, by chain hash.
+        let p = crate::model::rules::iptables::parse(&text).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let svc = &p.services[0];
+        assert_eq!(svc.service.to_string(), "ns1/svc1");
+        assert_eq!(svc.endpoints.len(), 1001);
+        let first = svc.endpoints.iter().find(|e| e.ip.to_string() == "10.245.0.1").unwrap();
+        assert_eq!(first.rule.as_ref().unwrap().name, sep);
+        assert!(svc.rules.problems.is_empty(), "{:?}", svc.rules.problems);
     }
 
     #[test]

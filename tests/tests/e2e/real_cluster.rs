@@ -387,3 +387,94 @@ fn kube_proxy_not_synced_iptables() {
 fn kube_proxy_not_synced_nftables() {
     kube_proxy_not_synced(ProxyMode::Nftables);
 }
+
+// ---- large clusters -------------------------------------------------------------------------------
+
+/// `default/web` (web-1, web-2 on this node) beside `default/bulk`, 1,000 endpoints on node-b:
+/// 1,002 endpoints in all, so kube-proxy's iptables mode writes no per-endpoint comments.
+fn large_spec() -> ClusterSpec {
+    let mut spec = web_spec(&[("web-1", 11), ("web-2", 12)]).service(
+        ServiceSpec::new("default", "bulk", Ipv4Addr::new(10, 96, 0, 20)).port("http", 80, 8080, Protocol::Tcp),
+    );
+    for i in 0..1000u32 {
+        let ip = Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250) as u8 + 1);
+        spec = spec.pod(
+            PodSpec::new("default", &format!("bulk-{i}"), ip)
+                .label("app", "bulk")
+                .on_node("node-b"),
+        );
+    }
+    spec
+}
+
+fn large_cluster(mode: ProxyMode) {
+    let s = Scenario::up(large_spec(), mode);
+    if mode == ProxyMode::Iptables {
+        let rules = s.lab.rules_text();
+        assert!(
+            !rules.contains(" -> "),
+            "kube-proxy's large-cluster mode: no per-endpoint comments"
+        );
+    } else {
+        // A partial sync's leftovers: default/gone's chains flushed, not yet deleted.
+        let gone = ServiceSpec::new("default", "gone", Ipv4Addr::new(10, 96, 0, 30))
+            .port("http", 80, 8080, Protocol::Tcp)
+            .selector("app", "web");
+        s.lab.leave_flushed_chains(&gone).expect("flushed chains");
+    }
+    // `nft -j list table` reads the whole table, leftovers included (the kernel reader reads only
+    // the traced Service's part).
+    let extra: &[&str] = match mode {
+        ProxyMode::Nftables => &["--rules-from", "tools"],
+        _ => &[],
+    };
+    let run = s.trace("default/web", Api::Snapshot, 3, extra, |lab| {
+        for _ in 0..2 {
+            let out = lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get");
+            assert!(matches!(out, HttpOutcome::Response { status: 200, .. }), "{out:?}");
+        }
+    });
+    run.assert_root("healthy");
+    for (pod, last) in [("web-1", 11), ("web-2", 12)] {
+        let ep = run.endpoint(Ipv4Addr::new(10, 244, 1, last), 8080);
+        assert!(ep.in_rules && ep.in_api == Some(true), "{pod}: {ep:?}");
+        let rule = ep.rule.as_deref().unwrap_or_default();
+        match mode {
+            ProxyMode::Nftables => assert!(
+                rule.starts_with("endpoint-") && rule.contains("default/web/tcp/http__"),
+                "{rule}"
+            ),
+            _ => assert!(rule.starts_with("KUBE-SEP-"), "{rule}"),
+        }
+    }
+    assert!(
+        run.report
+            .warnings
+            .iter()
+            .all(|w| !w.message.contains("gone") && !w.message.contains("comment")),
+        "{:?}; {}",
+        run.report.warnings,
+        run.context
+    );
+    run.no_evidence("default/gone");
+    // The 1,000-endpoint Service is read whole, every endpoint attributed.
+    let bulk = s.explain("default/bulk");
+    assert_eq!(bulk.report.endpoints.len(), 1000, "{}", bulk.context);
+    assert!(
+        bulk.report
+            .endpoints
+            .iter()
+            .all(|e| e.in_rules && e.in_api == Some(true) && e.rule.is_some())
+    );
+    assert!(bulk.root() == "healthy", "{}", bulk.context);
+}
+
+#[test]
+fn large_cluster_iptables() {
+    large_cluster(ProxyMode::Iptables);
+}
+
+#[test]
+fn large_cluster_nftables() {
+    large_cluster(ProxyMode::Nftables);
+}

@@ -168,8 +168,21 @@ impl<'t, 'a> Builder<'t, 'a> {
             }
         }
 
-        // Per-service chains.
-        self.sorted_chains = t.chains.keys().map(|k| k.as_ref()).collect();
+        // Per-service chains. kube-proxy's partial syncs (1.29+) flush a chain it no longer needs
+        // and delete it a second later: an empty chain nothing refers to is on its way out, not
+        // part of the model (and no warning: it is kube-proxy working as designed).
+        let mut referenced: FastSet<&str> = FastSet::default();
+        for rule in &t.rules {
+            referenced.extend(t.targets(rule).iter().map(|c| c.as_ref()));
+        }
+        for set in t.sets.values() {
+            referenced.extend(set.elems.iter().filter_map(|(_, v, _)| verdict_target(v)));
+        }
+        let leaving = |name: &str| {
+            let c = &t.chains[name];
+            c.hook.is_none() && !c.has_rules() && !referenced.contains(name)
+        };
+        self.sorted_chains = t.chains.keys().map(|k| k.as_ref()).filter(|k| !leaving(k)).collect();
         self.sorted_chains.sort_unstable();
         let names: Vec<(&'t str, CName<'t>)> = self
             .sorted_chains

@@ -427,3 +427,29 @@ fn mangled_kernel_answers_never_panic() {
         flipped[i] ^= 0x5a;
     }
 }
+
+#[test]
+fn empty_chains_nothing_refers_to_are_not_part_of_the_model() {
+    // A partial sync flushed ns9/gone's chains; kube-proxy deletes them a second later.
+    let gone = [
+        "service-AAAAAAAA-ns9/gone/tcp/http",
+        "endpoint-BBBBBBBB-ns9/gone/tcp/http__10.244.9.9/8080",
+    ];
+    let extra: String = gone
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                r#"{{"chain": {{"family": "ip", "table": "kube-proxy", "name": "{n}", "handle": {}}}}}, "#,
+                900 + i
+            )
+        })
+        .collect();
+    let json = LAYOUT_B.replacen(r#"{"chain": "#, &format!("{extra}{{\"chain\": "), 1);
+    assert!(json.contains(gone[0]), "fixture edited");
+    let p = parse(&json).unwrap();
+    let base = parse(LAYOUT_B).unwrap();
+    assert_eq!(p.services.len(), base.services.len());
+    assert!(p.services.iter().all(|s| s.service.namespace != "ns9"));
+    assert_eq!(p.warnings, base.warnings);
+}
