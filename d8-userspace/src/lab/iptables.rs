@@ -488,16 +488,7 @@ mod tests {
 
     /// `ns1/svc1` with `n` endpoints on another node (rules and API only).
     fn big_spec(n: usize) -> ClusterSpec {
-        let mut spec = web_spec(0);
-        for i in 0..n {
-            let ip = Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250) as u8 + 1);
-            spec = spec.pod(
-                PodSpec::new("ns1", &format!("big-{i}"), ip)
-                    .label("app", "svc1")
-                    .on_node("node-b"),
-            );
-        }
-        spec
+        web_spec(0).remote_pods("ns1", "svc1", "node-b", n)
     }
 
     #[test]

@@ -553,6 +553,20 @@ impl ClusterSpec {
         self
     }
 
+    /// Adds `count` pods labelled `app=<app>` in `namespace` on node `node` (rules and API only),
+    /// named `<app>-0`, `<app>-1`, ... at 10.245.0.1, 10.245.0.2, ... (250 a /24): a large cluster.
+    pub fn remote_pods(mut self, namespace: &str, app: &str, node: &str, count: usize) -> Self {
+        for i in 0..count {
+            let ip = Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250) as u8 + 1);
+            self.pods.push(
+                PodSpec::new(namespace, &format!("{app}-{i}"), ip)
+                    .label("app", app)
+                    .on_node(node),
+            );
+        }
+        self
+    }
+
     /// Adds a pod.
     pub fn pod(mut self, pod: PodSpec) -> Self {
         self.pods.push(pod);

@@ -171,19 +171,28 @@ fn source_range_denied_nftables() {
     source_range_denied(ProxyMode::Nftables);
 }
 
-/// `default/web`: ClusterIP 10.96.0.10 with port 80 only; a client asks for port 81.
-fn one_port_spec() -> ClusterSpec {
-    ClusterSpec::new()
-        .service(ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp))
-        .pod(
-            PodSpec::new("default", "web-1", Ipv4Addr::new(10, 244, 1, 11))
-                .label("app", "web")
-                .listen(8080, ListenerKind::Http),
-        )
+/// `default/<name>` on ClusterIP 10.96.0.10, one port (named like the Service's protocol use:
+/// `http`, `dns`) to `target` on pods `(name, last octet)` in 10.244.1.0/24 running `listener`.
+fn one_service_spec(name: &str, port: u16, target: u16, listener: ListenerKind, pods: &[(&str, u8)]) -> ClusterSpec {
+    let port_name = if listener == ListenerKind::UdpEcho {
+        "dns"
+    } else {
+        "http"
+    };
+    let svc = ServiceSpec::new("default", name, VIP).port(port_name, port, target, listener.protocol());
+    let mut spec = ClusterSpec::new().service(svc);
+    for (pod, last) in pods {
+        spec = spec.pod(
+            PodSpec::new("default", pod, Ipv4Addr::new(10, 244, 1, *last))
+                .label("app", name)
+                .listen(target, listener),
+        );
+    }
+    spec
 }
 
 fn service_port_undefined(mode: ProxyMode) {
-    let s = Scenario::up(one_port_spec(), mode);
+    let s = Scenario::up(web_spec(&[("web-1", 11)]), mode);
     let run = s.trace("default/web:81", Api::Snapshot, 3, &[], |lab| {
         let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 81), SILENT).expect("connect");
         let expected = match mode {
@@ -224,18 +233,9 @@ fn service_port_undefined_nftables() {
 
 // ---- stale UDP conntrack --------------------------------------------------------------------------
 
-/// `default/dns`: UDP ClusterIP 10.96.0.10:53 -> 5353 over UDP echo pods dns-1 and dns-2.
+/// `default/dns`: UDP ClusterIP 10.96.0.10:53 -> 5353 over UDP echo pods.
 fn dns_spec(pods: &[(&str, u8)]) -> ClusterSpec {
-    let mut spec =
-        ClusterSpec::new().service(ServiceSpec::new("default", "dns", VIP).port("dns", 53, 5353, Protocol::Udp));
-    for (name, last) in pods {
-        spec = spec.pod(
-            PodSpec::new("default", name, Ipv4Addr::new(10, 244, 1, *last))
-                .label("app", "dns")
-                .listen(5353, ListenerKind::UdpEcho),
-        );
-    }
-    spec
+    one_service_spec("dns", 53, 5353, ListenerKind::UdpEcho, pods)
 }
 
 /// A client source port whose conntrack entry DNATs to dns-2 (each new entry picks a backend at
@@ -317,18 +317,9 @@ fn stale_conntrack_entry_nftables() {
 
 // ---- kube-proxy lagging ---------------------------------------------------------------------------
 
-/// `default/web` over web-1 and web-2 (HTTP).
+/// `default/web`: ClusterIP 10.96.0.10:80 (port `http`) -> 8080 over HTTP pods.
 fn web_spec(pods: &[(&str, u8)]) -> ClusterSpec {
-    let mut spec =
-        ClusterSpec::new().service(ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp));
-    for (name, last) in pods {
-        spec = spec.pod(
-            PodSpec::new("default", name, Ipv4Addr::new(10, 244, 1, *last))
-                .label("app", "web")
-                .listen(8080, ListenerKind::Http),
-        );
-    }
-    spec
+    one_service_spec("web", 80, 8080, ListenerKind::Http, pods)
 }
 
 fn kube_proxy_not_synced(mode: ProxyMode) {
@@ -393,18 +384,14 @@ fn kube_proxy_not_synced_nftables() {
 /// `default/web` (web-1, web-2 on this node) beside `default/bulk`, 1,000 endpoints on node-b:
 /// 1,002 endpoints in all, so kube-proxy's iptables mode writes no per-endpoint comments.
 fn large_spec() -> ClusterSpec {
-    let mut spec = web_spec(&[("web-1", 11), ("web-2", 12)]).service(
-        ServiceSpec::new("default", "bulk", Ipv4Addr::new(10, 96, 0, 20)).port("http", 80, 8080, Protocol::Tcp),
-    );
-    for i in 0..1000u32 {
-        let ip = Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250) as u8 + 1);
-        spec = spec.pod(
-            PodSpec::new("default", &format!("bulk-{i}"), ip)
-                .label("app", "bulk")
-                .on_node("node-b"),
-        );
-    }
-    spec
+    web_spec(&[("web-1", 11), ("web-2", 12)])
+        .service(ServiceSpec::new("default", "bulk", Ipv4Addr::new(10, 96, 0, 20)).port(
+            "http",
+            80,
+            8080,
+            Protocol::Tcp,
+        ))
+        .remote_pods("default", "bulk", "node-b", 1000)
 }
 
 fn large_cluster(mode: ProxyMode) {
