@@ -159,9 +159,21 @@ impl Facts<'_> {
         let ready = self.api_ready_endpoints();
         let (kept, left): (Vec<&&Endpoint>, Vec<&&Endpoint>) =
             ready.iter().partition(|e| self.expected_on_node(e) == Some(true));
-        let left: Vec<String> = left.iter().map(|e| format!("{}:{}", e.ip, e.port)).collect();
+        let addr = |e: &&&Endpoint| format!("{}:{}", e.ip, e.port);
+        let still: Vec<String> = left.iter().filter(|e| e.in_rules).map(addr).collect();
+        let left: Vec<String> = left.iter().map(addr).collect();
+        // Rules that still DNAT to what the hints leave out: a kube-proxy that ignores hints
+        // (before 1.21, or its TopologyAwareHints gate off). Harmless, but worth a word.
+        let ignored = if still.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the rules still DNAT to {}: this kube-proxy does not apply the hints (older than 1.21, or its TopologyAwareHints gate is off)",
+                still.join(", ")
+            )
+        };
         Some(format!(
-            "topology: kube-proxy programs {} of {} ready endpoints of {} on node {} ({mode}); left out on purpose: {}",
+            "topology: kube-proxy programs {} of {} ready endpoints of {} on node {} ({mode}); left out on purpose: {}{ignored}",
             kept.len(),
             ready.len(),
             self.name(),

@@ -891,6 +891,26 @@ mod pipeline {
     }
 
     #[test]
+    fn rules_that_ignore_the_hints_are_healthy_and_said_so() {
+        // kube-proxy wrote all four (it does not apply hints); the API's hints leave two out.
+        let v = explain_full(&model(&zonal(false), &zonal(true)), "zonal");
+        assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{v:#?}");
+        let note = v
+            .evidence
+            .iter()
+            .find(|e| e.content.starts_with("topology:"))
+            .expect("topology note");
+        assert!(
+            note.content.ends_with(
+                "; the rules still DNAT to 10.244.3.12:8080, 10.244.3.13:8080: this kube-proxy does not apply the \
+                 hints (older than 1.21, or its TopologyAwareHints gate is off)"
+            ),
+            "{}",
+            note.content
+        );
+    }
+
+    #[test]
     fn node_hints_narrow_to_this_node() {
         let mut s = zonal(true);
         for p in &mut s.pods {
