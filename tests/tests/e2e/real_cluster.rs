@@ -219,6 +219,13 @@ fn service_port_undefined(mode: ProxyMode) {
     run.evidence("api", &["the API's default/web defines ports http 80/tcp"]);
     let explain = s.explain("default/web:81");
     explain.assert_root("service_port_undefined");
+    let runbook = s.explain_runbook("default/web:81");
+    assert!(
+        runbook.contains("root_cause: 'service_config — default/web defines no port 81")
+            || runbook.contains("root_cause: service_config — default/web defines no port 81"),
+        "{runbook}"
+    );
+    assert!(runbook.contains("or add port 81 to the Service"), "{runbook}");
 }
 
 #[test]
@@ -367,6 +374,16 @@ fn kube_proxy_not_synced(mode: ProxyMode) {
     run.no_evidence("also (kube_proxy_not_running)");
     let explain = s.explain("default/web");
     explain.assert_root("kube_proxy_not_synced");
+    let runbook = s.explain_runbook("default/web");
+    assert!(
+        runbook.contains("iptables_sync — kube-proxy on node d8lab-node has not synced for"),
+        "{runbook}"
+    );
+    assert!(runbook.contains("cross_reference: D2"), "{runbook}");
+    assert!(
+        runbook.contains("kubectl -n kube-system logs -l k8s-app=kube-proxy"),
+        "{runbook}"
+    );
 }
 
 #[test]

@@ -177,6 +177,16 @@ impl Scenario {
         let report = done.report();
         Run::new(self.mode(), &argv, report, &done.stdout, &done.stderr)
     }
+
+    /// `d8-trace explain --svc SVC -o runbook` with the lab's API view: the runbook block (YAML).
+    pub(crate) fn explain_runbook(&self, svc: &str) -> String {
+        let mut args: Vec<String> = ["explain", "--svc", svc, "-o", "runbook"].map(String::from).to_vec();
+        args.extend(self.selection(Api::Snapshot));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let done = run_to_end(&argv);
+        assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+        done.stdout
+    }
 }
 
 impl Drop for Scenario {
