@@ -13,10 +13,14 @@ pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, 
         VerdictClass::Healthy | VerdictClass::ProbeRst => return Severity::None,
         VerdictClass::KubeProxyVersionSkew => return Severity::Low,
         VerdictClass::KubeProxyNotRunning
+        | VerdictClass::KubeProxyNotSynced
         | VerdictClass::KubeProxyRulesMissing
         | VerdictClass::ConntrackFull
         | VerdictClass::NoEndpoints => Severity::High,
         VerdictClass::EtpLocalNoLocalEndpoints
+        | VerdictClass::ServicePortUndefined
+        | VerdictClass::SourceRangeDenied
+        | VerdictClass::StaleConntrackEntry
         | VerdictClass::StaleEndpoint
         | VerdictClass::BackendRefused
         | VerdictClass::BackendTimeout
@@ -46,10 +50,14 @@ pub(super) fn healthy_detail(facts: &Facts<'_>, service_flows: usize, probe_flow
     let eps = facts
         .svc
         .map_or(0, |s| s.endpoints.iter().filter(|e| e.in_rules).count());
-    let api = if facts.ctx.api_consulted {
-        "rules and API agree"
-    } else {
-        "rules look consistent (API not consulted)"
+    let api = match facts.svc.and_then(|s| s.api.topology.as_ref()?.mode.as_ref()) {
+        Some(mode) if facts.ctx.api_consulted => {
+            let ready = facts.api_ready_endpoints();
+            let kept = ready.iter().filter(|e| facts.expected_on_node(e) == Some(true)).count();
+            format!("rules and API agree ({kept} of {} endpoints, {mode})", ready.len())
+        }
+        _ if facts.ctx.api_consulted => "rules and API agree".to_owned(),
+        _ => "rules look consistent (API not consulted)".to_owned(),
     };
     let probes = if probe_flows > 0 {
         let n = flows_n(probe_flows).replace("flow", "kubelet probe reset");
@@ -127,6 +135,10 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
                 )
             }
         }
+        VerdictClass::KubeProxyNotSynced => (
+            format!("kubectl -n kube-system logs -l k8s-app=kube-proxy --field-selector spec.nodeName={node} --tail=200 (sync errors, API watch errors); then restart it: {restart_kube_proxy}"),
+            "alert when time() - kubeproxy_sync_proxy_rules_last_timestamp_seconds exceeds a few sync periods while kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds is newer, and find what blocks kube-proxy's sync loop (xtables lock, nft errors, API connectivity, CPU throttling)".into(),
+        ),
         VerdictClass::ConntrackFull => (
             format!("on node {node}: sysctl -w net.netfilter.nf_conntrack_max=<2 x current> (check conntrack -C)"),
             "size conntrack with kube-proxy's conntrack.maxPerCore/min, find the source of connection churn, and alert on nf_conntrack_count near nf_conntrack_max".into(),
@@ -173,6 +185,57 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
             format!("on node {node}: check non-kube-proxy filtering (iptables-save | grep -v KUBE-; nft list ruleset) and kubectl -n {ns} get networkpolicy"),
             format!("find the rule or policy that drops {ns}/{name}'s traffic at the reported drop reason and fix or document it"),
         ),
+        VerdictClass::SourceRangeDenied => {
+            let client = lead
+                .client
+                .map_or_else(|| "<client-ip>".to_owned(), |c| c.ip().to_string());
+            (
+                format!(
+                    "kubectl -n {ns} get service {name} -o jsonpath='{{.spec.loadBalancerSourceRanges}}'; if {client} must reach it: \
+                     kubectl -n {ns} patch service {name} --type=json -p '[{{\"op\":\"add\",\"path\":\"/spec/loadBalancerSourceRanges/-\",\"value\":\"{client}/32\"}}]'"
+                ),
+                format!(
+                    "keep {ns}/{name}'s loadBalancerSourceRanges in step with its real clients (and remember the load balancer must preserve client addresses for them to apply)"
+                ),
+            )
+        }
+        VerdictClass::StaleConntrackEntry => {
+            let proto = lead.protocol.map_or("udp", |p| p.as_str());
+            let entry = match (lead.client, lead.frontend) {
+                (Some(c), Some(fe)) => format!(
+                    "conntrack -D -p {proto} --orig-src {} --orig-dst {} --orig-port-src {} --orig-port-dst {}",
+                    c.ip(),
+                    fe.ip(),
+                    c.port(),
+                    fe.port()
+                ),
+                _ => format!("conntrack -L -p {proto} | grep <backend>"),
+            };
+            let all = match (lead.frontend, lead.backend) {
+                (Some(fe), Some(b)) => format!(
+                    "; every entry of {ns}/{name} still sent to {}: conntrack -D -p {proto} --orig-dst {} --dst-nat {}",
+                    b.ip(),
+                    fe.ip(),
+                    b.ip()
+                ),
+                _ => String::new(),
+            };
+            (
+                format!("on node {node}: {entry}{all} (kube-proxy's own cleanup command; do not restart kube-proxy, its rules are right)"),
+                "kube-proxy deletes stale UDP entries itself: on endpoint changes up to 1.31 (DeletedUDPEndpoints), by its conntrack reconciler from 1.32, which skipped Services left without endpoints until kubernetes#139629; upgrade kube-proxy, and let clients that send without waiting for replies (statsd, syslog) change source ports".into(),
+            )
+        }
+        VerdictClass::ServicePortUndefined => {
+            let port = lead
+                .frontend
+                .map_or_else(|| "<port>".to_owned(), |f| f.port().to_string());
+            (
+                format!(
+                    "kubectl -n {ns} get service {name} -o jsonpath='{{range .spec.ports[*]}}{{.name}} {{.port}}/{{.protocol}}{{\"\\n\"}}{{end}}'; point the client at one of those ports, or add port {port} to the Service"
+                ),
+                format!("check the client's configuration (a port from an old Service version?) and give {ns}/{name}'s ports names clients resolve through DNS SRV or config, not hard-coded numbers"),
+            )
+        }
         VerdictClass::KubeProxyVersionSkew => (
             format!("{kube_proxy_pods} (compare its image with kubectl version)"),
             "upgrade kube-proxy with the control plane and keep it within one minor version".into(),

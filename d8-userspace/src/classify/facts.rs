@@ -84,6 +84,8 @@ pub(super) struct Facts<'a> {
     pub node_ips: Vec<IpAddr>,
     /// Backends that answered at least one flow of this trace.
     pub answered: HashSet<SocketAddr>,
+    /// The port number asked for, when the Service does not define it.
+    pub undefined_port: Option<u16>,
 }
 
 impl Facts<'_> {
@@ -141,6 +143,87 @@ impl Facts<'_> {
         None
     }
 
+    /// Whether kube-proxy programs `e` on this node (`model::topology`): `None` when the API was
+    /// not consulted or this node is unknown, so nothing can be left out on purpose.
+    pub fn expected_on_node(&self, e: &Endpoint) -> Option<bool> {
+        let t = self.svc?.api.topology.as_ref()?;
+        Some(t.expected.contains(&SocketAddr::new(e.ip, e.port)))
+    }
+
+    /// One sentence when topology hints narrowed what kube-proxy programs on this node:
+    /// `topology: kube-proxy programs 2 of 4 ready endpoints of ns/web on node n (zone hints for
+    /// zone-a; 10.1.2.3:80, ... are for other zones or nodes)`.
+    pub fn topology_note(&self) -> Option<String> {
+        let svc = self.svc?;
+        let mode = svc.api.topology.as_ref()?.mode.as_ref()?;
+        let ready = self.api_ready_endpoints();
+        let (kept, left): (Vec<&&Endpoint>, Vec<&&Endpoint>) =
+            ready.iter().partition(|e| self.expected_on_node(e) == Some(true));
+        let addr = |e: &&&Endpoint| format!("{}:{}", e.ip, e.port);
+        let still: Vec<String> = left.iter().filter(|e| e.in_rules).map(addr).collect();
+        let left: Vec<String> = left.iter().map(addr).collect();
+        // Rules that still DNAT to what the hints leave out: a kube-proxy that ignores hints
+        // (before 1.21, or its TopologyAwareHints gate off). Harmless, but worth a word.
+        let ignored = if still.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the rules still DNAT to {}: this kube-proxy does not apply the hints (older than 1.21, or its TopologyAwareHints gate is off)",
+                still.join(", ")
+            )
+        };
+        Some(format!(
+            "topology: kube-proxy programs {} of {} ready endpoints of {} on node {} ({mode}); left out on purpose: {}{ignored}",
+            kept.len(),
+            ready.len(),
+            self.name(),
+            self.node(),
+            if left.is_empty() {
+                "none".to_owned()
+            } else {
+                left.join(", ")
+            }
+        ))
+    }
+
+    /// `addr` is one of the Service's ClusterIPs on a port (and protocol) it does not define.
+    pub fn undefined_cluster_ip_port(&self, addr: SocketAddr, proto: Protocol) -> bool {
+        let Some(svc) = self.svc else { return false };
+        let cluster_ip = svc
+            .frontends
+            .iter()
+            .any(|f| f.kind == FrontendKind::ClusterIp && f.ip == addr.ip());
+        cluster_ip
+            && !svc
+                .frontends
+                .iter()
+                .any(|f| f.ip == addr.ip() && f.port == addr.port() && f.protocol == proto)
+    }
+
+    /// The Service's ports as `name port/proto`, from its ClusterIP frontends.
+    pub fn defined_ports(&self) -> String {
+        let mut ports: Vec<String> = self
+            .svc
+            .map(|s| {
+                s.frontends
+                    .iter()
+                    .filter(|f| f.kind == FrontendKind::ClusterIp)
+                    .map(|f| {
+                        let name = if f.port_name.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{} ", f.port_name)
+                        };
+                        format!("{name}{}/{}", f.port, f.protocol.as_str())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ports.sort();
+        ports.dedup();
+        ports.join(", ")
+    }
+
     /// The Service as `namespace/name`.
     pub fn name(&self) -> String {
         self.target.to_string()
@@ -193,6 +276,12 @@ pub(super) struct Finding {
     pub pod: Option<String>,
     /// The backend involved.
     pub backend: Option<SocketAddr>,
+    /// The client, when the finding is about who asked (a source range).
+    pub client: Option<SocketAddr>,
+    /// The frontend asked for, when the finding is about it (an undefined port, a conntrack entry).
+    pub frontend: Option<SocketAddr>,
+    /// The flow's protocol, when the finding is about one flow's conntrack entry.
+    pub protocol: Option<Protocol>,
 }
 
 /// `1 flow`, `3 flows`.
@@ -212,7 +301,50 @@ pub(super) fn finding(_facts: &Facts<'_>, class: VerdictClass, detail: String) -
         evidence: Vec::new(),
         pod: None,
         backend: None,
+        client: None,
+        frontend: None,
+        protocol: None,
     }
+}
+
+/// The finding for a request to `fe`, a ClusterIP on a port the Service does not define: what
+/// kube-proxy does with it (nftables mode 1.30+ rejects it in `cluster-ips-check`; iptables mode
+/// and older nftables leave it untranslated, so it is routed on and times out), with the ports the
+/// Service does define.
+pub(super) fn undefined_port_finding(facts: &Facts<'_>, fe: SocketAddr) -> Finding {
+    let name = facts.name();
+    let reject = facts.svc.and_then(|s| s.rules.undefined_port_reject.as_ref());
+    let what = match reject {
+        Some(_) => "kube-proxy rejects it (nftables cluster-ips-check, 1.30+)",
+        None => "no kube-proxy rule translates it, so it is routed on untranslated and gets no answer",
+    };
+    let ports = facts.defined_ports();
+    let mut fd = finding(
+        facts,
+        VerdictClass::ServicePortUndefined,
+        format!(
+            "{name} defines no port {} on its ClusterIP {} (its ports: {ports}): {what}",
+            fe.port(),
+            fe.ip()
+        ),
+    );
+    push_rule(&mut fd, reject);
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::Rules,
+        format!(
+            "kube-proxy's rules give {name}'s ClusterIP {} the ports {ports}, not {}",
+            fe.ip(),
+            fe.port()
+        ),
+    ));
+    if facts.ctx.api_consulted && facts.api_exists() == Some(true) {
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Api,
+            format!("the API's {name} defines ports {ports}"),
+        ));
+    }
+    fd.frontend = Some(fe);
+    fd
 }
 
 /// Adds a rule as evidence, once.

@@ -4,9 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
-use crate::model::{Endpoint, FrontendKind, ProbePort, RuleRef};
+use crate::model::{Endpoint, FrontendKind, ProbePort, Protocol, RuleRef};
 
-use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule};
+use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule, undefined_port_finding};
 
 /// A probe connection lasts at most this long: kubelet's default probe timeout is 1 s, and a probe
 /// that takes longer than a few seconds is not the short open-check-reset the class describes.
@@ -171,6 +171,24 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
     let no_local_rules: &[RuleRef] = svc_rules.map(|r| r.no_local_endpoints.as_slice()).unwrap_or_default();
     let node_answered = node_rejection(f, facts);
     let name = facts.name();
+
+    if let Some(refused) = source_range_denied(f, fe, kind, facts, path)
+        && node_answered.is_none()
+    {
+        return refused;
+    }
+    if facts.undefined_cluster_ip_port(fe, f.protocol) {
+        let fd = undefined_port_finding(facts, fe);
+        let fact = match &node_answered {
+            Some(a) => format!("{a} (cluster-ips-check: port not defined)"),
+            None => format!(
+                "{path}: not translated, port not defined{}, {}",
+                drop_suffix(f),
+                no_reply(f)
+            ),
+        };
+        return (VerdictClass::ServicePortUndefined, fact, fd);
+    }
 
     // kube-proxy rejected: ICMP or RST from the node.
     if let Some(answer) = &node_answered
@@ -355,6 +373,74 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
     (VerdictClass::Dropped, fact, fd)
 }
 
+/// A load-balancer client outside loadBalancerSourceRanges, which kube-proxy's firewall drops
+/// before DNAT: KUBE-PROXY-FIREWALL's `traffic not accepted by KUBE-FW-...` DROP (iptables, the
+/// filter-table layout of 1.25+) or the `firewall-` chain's `ip saddr != { ... } drop` reached
+/// through `firewall-ips` (nftables, 1.29+).
+fn source_range_denied(
+    f: &Flow,
+    fe: SocketAddr,
+    kind: Option<FrontendKind>,
+    facts: &Facts<'_>,
+    path: &str,
+) -> Option<(VerdictClass, String, Finding)> {
+    let rules = &facts.svc?.rules;
+    let client = f.client.ip();
+    if kind != Some(FrontendKind::LoadBalancer)
+        || rules.firewall_drops.is_empty()
+        || rules.source_ranges.is_empty()
+        || rules.source_ranges.iter().any(|r| in_cidr(client, r))
+    {
+        return None;
+    }
+    let ranges = rules.source_ranges.join(", ");
+    let name = facts.name();
+    let mut fd = finding(
+        facts,
+        VerdictClass::SourceRangeDenied,
+        format!(
+            "client {client} is outside {name}'s loadBalancerSourceRanges ({ranges}): kube-proxy's firewall drops it, as configured"
+        ),
+    );
+    push_rule(&mut fd, best_rule(&rules.firewall_drops, fe));
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::Rules,
+        format!("loadBalancerSourceRanges of {name} in kube-proxy's rules: {ranges}; {client} is in none"),
+    ));
+    fd.client = Some(f.client);
+    let fact = format!(
+        "{path}: dropped by kube-proxy's load-balancer firewall{}",
+        drop_suffix(f)
+    );
+    Some((VerdictClass::SourceRangeDenied, fact, fd))
+}
+
+/// `ip` lies in `cidr` (`10.0.0.0/8`, or a bare address); an unreadable range contains nothing.
+pub(super) fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    let (addr, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
+        IpAddr::V6(v) => (u128::from(v), 128u32),
+    };
+    let ((n, width), (i, iwidth)) = (bits(net), bits(ip));
+    if width != iwidth {
+        return false;
+    }
+    let len = if len.is_empty() {
+        width
+    } else {
+        len.parse().unwrap_or(u32::MAX)
+    };
+    if len > width {
+        return false;
+    }
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    n & mask == i & mask
+}
+
 /// A flow conntrack translated to a backend (or a direct flow to one) that got no reply.
 fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (VerdictClass, String, Finding) {
     let ep: Option<&Endpoint> = facts.endpoint(be, f.protocol);
@@ -372,6 +458,51 @@ fn translated(f: &Flow, be: SocketAddr, facts: &Facts<'_>, path: &str) -> (Verdi
         }
         fd
     };
+
+    // UDP to a backend kube-proxy's rules no longer DNAT to: conntrack's entry, made when they
+    // did, still translates the client's packets (kube-proxy clears such entries itself only in
+    // some versions). Rules and API have moved on; the entry has not.
+    if f.protocol == Protocol::Udp
+        && let Some(fe) = f.frontend
+        && facts.rules_present()
+        && ep.is_none_or(|e| !e.in_rules)
+    {
+        let api = match ep {
+            Some(e) if e.in_api == Some(true) => format!(
+                ", although the API still lists it{}",
+                if e.ready == Some(false) { " (not ready)" } else { "" }
+            ),
+            _ if facts.ctx.api_consulted => " and the API no longer lists it".to_owned(),
+            _ => String::new(),
+        };
+        let mut fd = with_ep(finding(
+            facts,
+            VerdictClass::StaleConntrackEntry,
+            format!(
+                "a conntrack entry still sends {name}'s UDP client {} to {who}, which kube-proxy's rules no longer DNAT to{api}",
+                f.client
+            ),
+        ));
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Conntrack,
+            format!(
+                "conntrack entry udp src={} dst={} sport={} dport={} -> DNAT {be}: made before the rules changed, refreshed by every packet",
+                f.client.ip(),
+                fe.ip(),
+                f.client.port(),
+                fe.port()
+            ),
+        ));
+        fd.evidence.push(Evidence::new(
+            EvidenceKind::Rules,
+            format!("kube-proxy's rules for {name} have no DNAT to {be}"),
+        ));
+        fd.client = Some(f.client);
+        fd.frontend = Some(fe);
+        fd.protocol = Some(f.protocol);
+        let fact = format!("{path}: DNAT by a stale conntrack entry to {who}, {}", no_reply(f));
+        return (VerdictClass::StaleConntrackEntry, fact, fd);
+    }
 
     // The API disagrees with the rules: the DNAT target is not a ready endpoint.
     let expected = ep.and_then(|e| facts.expected_not_ready(e));

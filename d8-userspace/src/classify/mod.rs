@@ -13,8 +13,9 @@
 //! - the Service's rules and API facts give findings of their own, which is all `explain` has
 //!   (`service.rs`);
 //! - causes (flow classes and findings) are ranked (`rank.rs`): flow-proven causes first, then, by
-//!   how fundamental they are, kube-proxy down, rules missing, conntrack full, no endpoints, ETP=Local
-//!   without local endpoints, stale endpoint, backend refused, backend timeout, dropped, version skew.
+//!   how fundamental they are, kube-proxy down, kube-proxy not synced, rules missing, conntrack full,
+//!   no endpoints, ETP=Local without local endpoints, source range denied, undefined port, stale
+//!   endpoint, stale conntrack entry, backend refused, backend timeout, dropped, version skew.
 //!   Probe RSTs are benign and never the root cause; version skew is the root cause only when nothing
 //!   else explains the failures.
 //!
@@ -29,7 +30,7 @@ mod service;
 mod vocabulary;
 
 pub use facts::{Cause, Context, FlowVerdict, Verdict};
-pub use rank::classify;
+pub use rank::{classify, classify_asked};
 pub use vocabulary::{
     Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, RootCause, Severity, VerdictClass,
 };

@@ -29,6 +29,18 @@ const MAX_TRACE_FACTS: usize = 5;
 /// println!("{}: {}", verdict.root_cause.class, verdict.root_cause.detail);
 /// ```
 pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
+    classify_asked(target, None, flows, model, ctx)
+}
+
+/// [`classify`] of a question about `undefined_port`, a port number the Service does not define:
+/// its answer is `service_port_undefined` even without flows (`explain`).
+pub fn classify_asked(
+    target: &ServiceRef,
+    undefined_port: Option<u16>,
+    flows: &[Flow],
+    model: &ServiceModel,
+    ctx: &Context,
+) -> Verdict {
     let mut node_ips = model.node_ips.clone();
     for ip in &ctx.host_ips {
         if !node_ips.contains(ip) {
@@ -47,6 +59,7 @@ pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: 
         ctx,
         node_ips,
         answered,
+        undefined_port,
     };
 
     let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();
@@ -236,17 +249,22 @@ fn lead_of(flows: &[usize], findings: &[Finding], classified: &[(FlowVerdict, Fi
 pub(super) const fn rank_of(class: VerdictClass) -> u8 {
     match class {
         VerdictClass::KubeProxyNotRunning => 0,
-        VerdictClass::KubeProxyRulesMissing => 1,
-        VerdictClass::ConntrackFull => 2,
-        VerdictClass::NoEndpoints => 3,
-        VerdictClass::EtpLocalNoLocalEndpoints => 4,
-        VerdictClass::StaleEndpoint => 5,
-        VerdictClass::BackendRefused => 6,
-        VerdictClass::BackendTimeout => 7,
-        VerdictClass::Dropped => 8,
-        VerdictClass::KubeProxyVersionSkew => 9,
-        VerdictClass::ProbeRst => 10,
-        VerdictClass::Healthy => 11,
+        // A kube-proxy that stopped syncing explains the rules it lacks.
+        VerdictClass::KubeProxyNotSynced => 1,
+        VerdictClass::KubeProxyRulesMissing => 2,
+        VerdictClass::ConntrackFull => 3,
+        VerdictClass::NoEndpoints => 4,
+        VerdictClass::EtpLocalNoLocalEndpoints => 5,
+        VerdictClass::SourceRangeDenied => 6,
+        VerdictClass::ServicePortUndefined => 7,
+        VerdictClass::StaleEndpoint => 8,
+        VerdictClass::StaleConntrackEntry => 9,
+        VerdictClass::BackendRefused => 10,
+        VerdictClass::BackendTimeout => 11,
+        VerdictClass::Dropped => 12,
+        VerdictClass::KubeProxyVersionSkew => 13,
+        VerdictClass::ProbeRst => 14,
+        VerdictClass::Healthy => 15,
     }
 }
 

@@ -4,7 +4,7 @@
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
 use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
 
-use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text};
+use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text, undefined_port_finding};
 
 /// Fill ratio at which the table is full even when the drop counter is unknown: new entries fail.
 const CONNTRACK_FULL: f64 = 0.99;
@@ -13,10 +13,16 @@ const CONNTRACK_FULL: f64 = 0.99;
 /// turns 503 after `2 * syncPeriod` (60 s by default) without a sync; be a little more patient.
 const STALE_SYNC_SECS: f64 = 120.0;
 
+/// An API change kube-proxy has not applied after this long is lag, not latency: kube-proxy's
+/// default `syncPeriod` (30 s); its `minSyncPeriod` (1 s) and a sync's own time stay well below.
+const SYNC_LAG_SECS: f64 = 30.0;
+
 /// Findings of the Service's rules and API facts, unranked.
 pub(super) fn findings(facts: &Facts<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     kube_proxy(facts, &mut out);
+    not_synced(facts, &mut out);
+    undefined_port(facts, &mut out);
     rules_missing(facts, &mut out);
     conntrack(facts, &mut out);
     endpoints(facts, &mut out);
@@ -46,6 +52,78 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         format!("no kube-proxy process or pod on node {}; {healthz}", facts.node()),
     ));
     out.push(fd);
+}
+
+/// kube-proxy runs and its rules exist, but it has not synced since the API changed this Service
+/// (its last successful sync is older than the EndpointSlices' last-change-trigger-time, by more
+/// than a sync period: normal programming latency and small clock skew between the node and the
+/// control plane stay below it), or a sync it queued has waited too long. Not `not running`: the
+/// process answers, its loop is stuck.
+fn not_synced(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let kp = &facts.model.kube_proxy;
+    if kp.running == Some(false) || !kp.rules_present {
+        return;
+    }
+    let name = facts.name();
+    let mut evidence = Vec::new();
+    let mut detail = None;
+    let change = facts.svc.and_then(|s| s.api.last_change_unix);
+    if let (Some(sync), Some(age), Some(change)) = (kp.last_sync_unix, kp.last_sync_age_secs, change) {
+        let change_age = age - (change - sync);
+        if change > sync && change_age >= SYNC_LAG_SECS {
+            evidence.push(Evidence::new(
+                EvidenceKind::KubeProxy,
+                format!("kube-proxy's last successful rule sync is {age:.0} s old (kubeproxy_sync_proxy_rules_last_timestamp_seconds on 10249)"),
+            ));
+            evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!(
+                    "{name}'s EndpointSlices changed {change_age:.0} s ago (endpoints.kubernetes.io/last-change-trigger-time), {:.0} s after that sync",
+                    change - sync
+                ),
+            ));
+            detail = Some(format!(
+                "kube-proxy on node {} has not synced for {age:.0} s: the API changed {name} {change_age:.0} s ago and its rules do not have that change",
+                facts.node()
+            ));
+        }
+    }
+    let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
+        .last_sync_age_secs
+        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)));
+    if let Some(age) = stale_sync {
+        evidence.push(Evidence::new(
+            EvidenceKind::KubeProxy,
+            format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),
+        ));
+        detail.get_or_insert_with(|| {
+            format!(
+                "kube-proxy on node {} has not synced its rules for {age:.0} s",
+                facts.node()
+            )
+        });
+    }
+    if let Some(detail) = detail {
+        let mut fd = finding(facts, VerdictClass::KubeProxyNotSynced, detail);
+        fd.evidence = evidence;
+        out.push(fd);
+    }
+}
+
+/// The question was about a port the Service does not define: the answer holds without flows.
+fn undefined_port(facts: &Facts<'_>, out: &mut Vec<Finding>) {
+    let (Some(port), Some(svc)) = (facts.undefined_port, facts.svc) else {
+        return;
+    };
+    let Some(ip) = svc
+        .frontends
+        .iter()
+        .find(|f| f.kind == crate::model::FrontendKind::ClusterIp)
+        .map(|f| f.ip)
+    else {
+        return;
+    };
+    out.push(undefined_port_finding(facts, std::net::SocketAddr::new(ip, port)));
 }
 
 fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
@@ -117,12 +195,11 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
                 format!("kube-proxy rejects {name} as having no endpoints while the API lists ready ones: its rules are not synced")
             });
         }
-        // Ready endpoints the rules do not DNAT to. With internalTrafficPolicy=Local and no external
-        // access, kube-proxy programs local endpoints only, so remote ones are expected to be absent.
-        let itp_local = svc.api.internal_traffic_policy_local == Some(true);
+        // Ready endpoints the rules do not DNAT to, of those kube-proxy programs on this node
+        // (`model::topology`: traffic policies and topology hints leave some out on purpose).
         let missing: Vec<_> = ready
             .iter()
-            .filter(|e| !(e.in_rules || itp_local && e.local == Some(false)))
+            .filter(|e| !e.in_rules && facts.expected_on_node(e) != Some(false))
             .copied()
             .collect();
         if !missing.is_empty() && svc.rules.no_endpoints.is_empty() {
@@ -150,21 +227,6 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         detail.get_or_insert_with(|| {
             format!(
                 "kube-proxy on node {} reports unhealthy: its rules are stale",
-                facts.node()
-            )
-        });
-    }
-    let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
-        .last_sync_age_secs
-        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)));
-    if let Some(age) = stale_sync {
-        evidence.push(Evidence::new(
-            EvidenceKind::KubeProxy,
-            format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),
-        ));
-        detail.get_or_insert_with(|| {
-            format!(
-                "kube-proxy on node {} has not synced its rules for {age:.0} s",
                 facts.node()
             )
         });
@@ -353,6 +415,12 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             .push(Evidence::new(EvidenceKind::Api, format!("{target} {why} of {name}")));
         fd.pod = e.pod.clone();
         fd.backend = Some(std::net::SocketAddr::new(e.ip, e.port));
+        out.push(fd);
+    }
+
+    if let Some(note) = facts.topology_note() {
+        let mut fd = finding(facts, VerdictClass::Healthy, "topology narrowed the endpoints".into());
+        fd.evidence.push(Evidence::new(EvidenceKind::Api, note));
         out.push(fd);
     }
 

@@ -113,6 +113,8 @@ fn model(api: bool) -> ServiceModel {
             session_affinity_client_ip: Some(false),
             proxied: Some(true),
             terminating_serving: Vec::new(),
+            topology: None,
+            last_change_unix: None,
         };
     }
     ServiceModel {
@@ -126,6 +128,7 @@ fn model(api: bool) -> ServiceModel {
             rules_present: true,
             healthz_status: Some(200),
             sync_pending_secs: Some(0.0),
+            last_sync_unix: None,
         },
         services: vec![svc],
         node_ips: vec![ip(NODE_IP)],
@@ -626,9 +629,19 @@ fn kube_proxy_rules_missing_while_the_api_has_the_service() {
         has_evidence(&v, EvidenceKind::KubeProxy, "/healthz on 10256 answered 503"),
         "{dump}"
     );
-    assert!(has_evidence(&v, EvidenceKind::KubeProxy, "900 s old"), "{dump}");
     assert!(
         has_evidence(&v, EvidenceKind::Api, "the API has Service shop/web"),
+        "{dump}"
+    );
+    // The sync waiting 900 s is its own cause, named beside the flow-proven one.
+    assert!(
+        v.causes.iter().any(|c| c.class == VerdictClass::KubeProxyNotSynced
+            && c.detail == "kube-proxy on node node-1 has not synced its rules for 900 s"),
+        "{:?}",
+        v.causes
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::KubeProxy, "also (kube_proxy_not_synced)"),
         "{dump}"
     );
 }
@@ -1303,4 +1316,271 @@ fn the_root_cause_names_the_backend_most_failing_flows_went_to() {
         "{}",
         v.root_cause.detail
     );
+}
+
+/// shop/web with a load-balancer IP 203.0.113.20:80 behind loadBalancerSourceRanges 192.0.2.0/24,
+/// as kube-proxy's iptables mode writes it (golden test `ns5/svc5` shape).
+fn firewalled_model() -> ServiceModel {
+    let mut m = model(true);
+    let svc = &mut m.services[0];
+    svc.frontends.push(Frontend {
+        kind: FrontendKind::LoadBalancer,
+        ip: ip("203.0.113.20"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        port_name: "http".into(),
+        rule: Some(iptables(
+            "KUBE-SERVICES",
+            "-A KUBE-SERVICES -d 203.0.113.20/32 -p tcp -m comment --comment \"shop/web:http loadbalancer IP\" -m tcp --dport 80 -j KUBE-FW-EXAMPLEHASH00001",
+        )),
+    });
+    svc.rules.source_ranges = vec!["192.0.2.0/24".into()];
+    svc.rules.firewall_drops = vec![iptables(
+        "KUBE-PROXY-FIREWALL",
+        "-A KUBE-PROXY-FIREWALL -d 203.0.113.20/32 -p tcp -m comment --comment \"shop/web:http traffic not accepted by KUBE-FW-EXAMPLEHASH00001\" -m tcp --dport 80 -j DROP",
+    )];
+    m
+}
+
+fn lb_flow(id: u64, client: &str) -> Flow {
+    let mut f = flow(id, Some("203.0.113.20:80"), None);
+    f.client = addr(client);
+    f.outcome = Outcome::Dropped;
+    f.drops = vec![Drop {
+        reason: "NETFILTER_DROP".into(),
+        after_hook: Some(Hook::Prerouting),
+        before_conntrack: false,
+        at_ms: 0,
+    }];
+    f
+}
+
+#[test]
+fn a_client_outside_load_balancer_source_ranges_is_source_range_denied() {
+    let m = firewalled_model();
+    let v = classify(&target(), &[lb_flow(1, "198.51.100.7:40000")], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::SourceRangeDenied);
+    assert_eq!(v.root_cause.class, VerdictClass::SourceRangeDenied);
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Rules,
+            "traffic not accepted by KUBE-FW-EXAMPLEHASH00001"
+        ),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "192.0.2.0/24; 198.51.100.7 is in none"),
+        "{dump}"
+    );
+    assert!(
+        v.root_cause
+            .detail
+            .contains("client 198.51.100.7 is outside shop/web's loadBalancerSourceRanges")
+    );
+    assert!(
+        v.mitigation.immediate.contains("\"value\":\"198.51.100.7/32\""),
+        "{:?}",
+        v.mitigation
+    );
+    let runbook = Runbook::from_report(&{
+        let mut r = crate::report::Report::new(&target());
+        r.apply(&v);
+        r
+    });
+    assert!(
+        runbook.root_cause.starts_with("service_config — client 198.51.100.7"),
+        "{}",
+        runbook.root_cause
+    );
+    // A client inside the ranges whose packet was dropped is not refused by the source ranges.
+    let v = classify(&target(), &[lb_flow(1, "192.0.2.9:40000")], &m, &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::SourceRangeDenied);
+    // Nor is a client of a Service without a firewall rule.
+    let mut open = firewalled_model();
+    open.services[0].rules.firewall_drops.clear();
+    let v = classify(&target(), &[lb_flow(1, "198.51.100.7:40000")], &open, &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::SourceRangeDenied);
+}
+
+#[test]
+fn cidr_membership() {
+    use super::flow::in_cidr;
+    assert!(in_cidr(ip("192.0.2.9"), "192.0.2.0/24"));
+    assert!(!in_cidr(ip("192.0.3.9"), "192.0.2.0/24"));
+    assert!(in_cidr(ip("10.1.2.3"), "0.0.0.0/0"));
+    assert!(in_cidr(ip("10.1.2.3"), "10.1.2.3"));
+    assert!(!in_cidr(ip("10.1.2.4"), "10.1.2.3/32"));
+    assert!(!in_cidr(ip("10.1.2.3"), "fd00::/8"));
+    assert!(in_cidr(ip("fd00::1"), "fd00::/8"));
+    assert!(!in_cidr(ip("10.1.2.3"), "10.0.0.0/33"));
+    assert!(!in_cidr(ip("10.1.2.3"), "garbage"));
+}
+
+#[test]
+fn a_port_the_service_does_not_define_is_service_port_undefined() {
+    // nftables mode 1.30+: cluster-ips-check rejects it; the trace sees the node's ICMP answer.
+    let mut m = model(true);
+    m.services[0].rules.undefined_port_reject = Some(RuleRef {
+        source: RuleSource::Nftables,
+        name: "cluster-ips-check".into(),
+        text: "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\" # handle 69"
+            .into(),
+    });
+    let mut f = rejected_flow(1);
+    f.frontend = Some(addr("10.96.0.10:81"));
+    let v = classify_asked(&target(), Some(81), &[f], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::ServicePortUndefined);
+    assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
+    assert_eq!(
+        v.root_cause.detail,
+        "shop/web defines no port 81 on its ClusterIP 10.96.0.10 (its ports: http 80/tcp): kube-proxy rejects it \
+         (nftables cluster-ips-check, 1.30+) (1 flow)"
+    );
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "ip daddr @cluster-ips reject"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(&v, EvidenceKind::Api, "the API's shop/web defines ports http 80/tcp"),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation.immediate.contains("add port 81 to the Service"),
+        "{:?}",
+        v.mitigation
+    );
+    // iptables mode: no rule, no answer; explain (no flows) gives the same class from the question.
+    let v = classify_asked(&target(), Some(81), &[], &model(true), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
+    assert!(
+        v.root_cause
+            .detail
+            .ends_with("no kube-proxy rule translates it, so it is routed on untranslated and gets no answer"),
+        "{}",
+        v.root_cause.detail
+    );
+    // A defined port is not: the same question about port 80 is healthy.
+    let v = classify_asked(&target(), None, &[established(1, POD_A)], &model(true), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy);
+}
+
+#[test]
+fn udp_to_a_backend_the_rules_dropped_is_a_stale_conntrack_entry() {
+    let gone = "10.1.0.9:8080";
+    let mut f = flow(1, Some(CLUSTER_IP), Some(gone));
+    f.protocol = Protocol::Udp;
+    f.client = addr("10.1.0.5:40053");
+    let v = classify(&target(), &[f.clone()], &model(true), &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+    assert_eq!(v.root_cause.class, VerdictClass::StaleConntrackEntry);
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Conntrack,
+            "conntrack entry udp src=10.1.0.5 dst=10.96.0.10 sport=40053 dport=80 -> DNAT 10.1.0.9:8080"
+        ),
+        "{dump}"
+    );
+    assert!(
+        v.root_cause.detail.contains("and the API no longer lists it"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert_eq!(
+        v.mitigation.immediate,
+        "on node node-1: conntrack -D -p udp --orig-src 10.1.0.5 --orig-dst 10.96.0.10 --orig-port-src 40053 \
+         --orig-port-dst 80; every entry of shop/web still sent to 10.1.0.9: conntrack -D -p udp --orig-dst \
+         10.96.0.10 --dst-nat 10.1.0.9 (kube-proxy's own cleanup command; do not restart kube-proxy, its rules are right)"
+    );
+    let runbook = Runbook::from_report(&{
+        let mut r = crate::report::Report::new(&target());
+        r.apply(&v);
+        r
+    });
+    assert!(
+        runbook.root_cause.starts_with("conntrack — a conntrack entry"),
+        "{}",
+        runbook.root_cause
+    );
+    // Without the API the rules alone prove it.
+    let v = classify(&target(), &[f.clone()], &model(false), &ctx(false));
+    assert_eq!(v.root_cause.class, VerdictClass::StaleConntrackEntry);
+    // A DNAT target the rules still have is a stale endpoint (the rules are stale), not this.
+    let mut m = model(true);
+    m.services[0].endpoints[0].in_api = Some(false);
+    m.services[0].endpoints[0].protocol = Protocol::Udp;
+    let mut g = f.clone();
+    g.backend = Some(addr(POD_A));
+    let v = classify(&target(), &[g], &m, &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+    // TCP to a gone backend is left to the other classes.
+    let mut t = f;
+    t.protocol = Protocol::Tcp;
+    let v = classify(&target(), &[t], &model(true), &ctx(true));
+    assert_ne!(v.flows[0].class, VerdictClass::StaleConntrackEntry);
+}
+
+#[test]
+fn kube_proxy_not_synced_since_the_api_changed_the_service() {
+    // Last sync at t=1000, read 300 s later; the EndpointSlice changed at t=1210 (90 s ago).
+    let lagging = |change: f64| {
+        let mut m = model(true);
+        m.kube_proxy.last_sync_unix = Some(1000.0);
+        m.kube_proxy.last_sync_age_secs = Some(300.0);
+        m.services[0].api.last_change_unix = Some(change);
+        m
+    };
+    let v = classify(&target(), &[established(1, POD_A)], &lagging(1210.0), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyNotSynced);
+    assert_eq!(
+        v.root_cause.detail,
+        "kube-proxy on node node-1 has not synced for 300 s: the API changed shop/web 90 s ago and its rules do not have that change"
+    );
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "changed 90 s ago (endpoints.kubernetes.io/last-change-trigger-time), 210 s after that sync"
+        ),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation
+            .immediate
+            .contains("kubectl -n kube-system logs -l k8s-app=kube-proxy"),
+        "{:?}",
+        v.mitigation
+    );
+    let runbook = Runbook::from_report(&{
+        let mut r = crate::report::Report::new(&target());
+        r.apply(&v);
+        r
+    });
+    assert_eq!(runbook.cross_reference, Some("D2"));
+    assert!(
+        runbook
+            .root_cause
+            .starts_with("iptables_sync — kube-proxy on node node-1 has not synced")
+    );
+    // A change 10 s old is programming latency; a change before the last sync is applied.
+    for change in [1290.0, 990.0] {
+        let v = classify(&target(), &[established(1, POD_A)], &lagging(change), &ctx(true));
+        assert_eq!(
+            v.root_cause.class,
+            VerdictClass::Healthy,
+            "change at {change}: {}",
+            evidence_dump(&v)
+        );
+    }
+    // A kube-proxy that is not running is that, not "not synced".
+    let mut down = lagging(1210.0);
+    down.kube_proxy.running = Some(false);
+    let v = classify(&target(), &[], &down, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::KubeProxyNotRunning);
+    assert!(v.causes.iter().all(|c| c.class != VerdictClass::KubeProxyNotSynced));
 }

@@ -32,11 +32,24 @@ pub enum VerdictClass {
     BackendTimeout,
     /// Packets dropped by the kernel somewhere not explained by the other classes.
     Dropped,
+    /// A request to a port the Service does not define, on its live ClusterIP: configuration, not
+    /// a fault of kube-proxy (nftables mode rejects it in `cluster-ips-check`, 1.30+; iptables mode
+    /// leaves it untranslated).
+    ServicePortUndefined,
+    /// A load-balancer client outside the Service's loadBalancerSourceRanges, dropped by
+    /// kube-proxy's firewall (KUBE-PROXY-FIREWALL / `firewall-` chain) as configured.
+    SourceRangeDenied,
+    /// An existing UDP conntrack entry keeps DNATing a client to a backend kube-proxy's rules no
+    /// longer send to (a pod that is gone): the entry, not the rules, is stale.
+    StaleConntrackEntry,
+    /// kube-proxy runs but has not synced its rules since the API changed the Service (or a
+    /// requested sync has waited too long): "not synced for N s", apart from not running.
+    KubeProxyNotSynced,
 }
 
 impl VerdictClass {
     /// Every class, in the order the contract has always listed them.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 16] = [
         Self::Healthy,
         Self::NoEndpoints,
         Self::StaleEndpoint,
@@ -49,6 +62,10 @@ impl VerdictClass {
         Self::BackendRefused,
         Self::BackendTimeout,
         Self::Dropped,
+        Self::ServicePortUndefined,
+        Self::SourceRangeDenied,
+        Self::StaleConntrackEntry,
+        Self::KubeProxyNotSynced,
     ];
 
     /// The contract name (`no_endpoints`, ...).
@@ -66,6 +83,10 @@ impl VerdictClass {
             Self::BackendRefused => "backend_refused",
             Self::BackendTimeout => "backend_timeout",
             Self::Dropped => "dropped",
+            Self::ServicePortUndefined => "service_port_undefined",
+            Self::SourceRangeDenied => "source_range_denied",
+            Self::StaleConntrackEntry => "stale_conntrack_entry",
+            Self::KubeProxyNotSynced => "kube_proxy_not_synced",
         }
     }
 

@@ -251,6 +251,48 @@ impl Lab {
         self.sync_kube_proxy()
     }
 
+    /// kube-proxy's sync loop stalls: its rules stay as written for `rules` (the cluster as it was
+    /// at its last sync), `/metrics` says that sync was `synced_ago` s ago and a sync has been
+    /// queued since the API changed, `changed_ago` s ago, which the EndpointSlices'
+    /// last-change-trigger-time says too. `/healthz` is left as it is (see
+    /// [`Self::set_kube_proxy_healthy`]). Undo with [`Self::apply`].
+    pub fn stall_kube_proxy(&mut self, rules: &ClusterSpec, synced_ago: u64, changed_ago: u64) -> Result<(), Error> {
+        self.rules_spec = rules.clone();
+        self.sync_rules()?;
+        let now = servers::unix_now();
+        let state = &self.kube_proxy_state;
+        state.last_sync.store(now.saturating_sub(synced_ago), Ordering::Relaxed);
+        state
+            .last_queued
+            .store(now.saturating_sub(changed_ago), Ordering::Relaxed);
+        self.api_spec.api_changed_at = Some(now.saturating_sub(changed_ago));
+        Ok(())
+    }
+
+    /// nftables mode: what a partial sync leaves for about a second after `svc` was deleted: its
+    /// service and endpoint chains flushed and no longer referenced, not yet deleted (kube-proxy
+    /// deletes them on a later sync). The next rule sync removes them.
+    pub fn leave_flushed_chains(&self, svc: &ServiceSpec) -> Result<(), Error> {
+        if self.mode != ProxyMode::Nftables {
+            return Err(Error::Spec("flushed chains are an nftables-mode state".into()));
+        }
+        let mut tx = String::new();
+        for port in &svc.ports {
+            tx.push_str(&format!(
+                "add chain ip kube-proxy service-{}\n",
+                nftables::service_base(svc, port)
+            ));
+            for ep in self.spec.endpoints(svc, port) {
+                tx.push_str(&format!(
+                    "add chain ip kube-proxy endpoint-{}\n",
+                    nftables::endpoint_base(svc, port, &ep)
+                ));
+            }
+        }
+        netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&tx))?;
+        Ok(())
+    }
+
     /// Makes the simulated kube-proxy's `/healthz` answer 200 (true) or 503 (false).
     pub fn set_kube_proxy_healthy(&self, healthy: bool) {
         self.kube_proxy_state.healthy.store(healthy, Ordering::Relaxed);

@@ -28,7 +28,7 @@ pub struct ServiceChains {
     pub svl: String,
     /// `KUBE-EXT-<h>`: external destinations.
     pub ext: String,
-    /// `KUBE-FW-<h>`: loadBalancerSourceRanges (never generated: the lab has no source ranges).
+    /// `KUBE-FW-<h>`: loadBalancerSourceRanges.
     pub fw: String,
 }
 
@@ -51,10 +51,27 @@ pub fn sep_chain(port_name: &str, protocol: &str, ep: &EndpointInfo) -> String {
 
 #[derive(Default)]
 struct Buffers {
+    /// kube-proxy's `largeClusterMode`: more than [`LARGE_CLUSTER_ENDPOINTS`] endpoints, so the
+    /// per-endpoint rules carry no comment (`appendServiceCommentLocked`).
+    large_cluster: bool,
     filter_chains: String,
     filter_rules: String,
     nat_chains: String,
     nat_rules: String,
+}
+
+/// kube-proxy's `largeClusterEndpointsThreshold`.
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+impl Buffers {
+    /// ` -m comment --comment <text>`, or nothing in a large cluster (`appendServiceCommentLocked`).
+    fn endpoint_comment(&self, text: &str) -> String {
+        if self.large_cluster {
+            String::new()
+        } else {
+            format!(" -m comment --comment {text}")
+        }
+    }
 }
 
 fn chain_line(buf: &mut String, chain: &str) {
@@ -63,7 +80,15 @@ fn chain_line(buf: &mut String, chain: &str) {
 
 /// The text kube-proxy passes to `iptables-restore --noflush` for `spec` on a full sync.
 pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
-    let mut b = Buffers::default();
+    let endpoints: usize = spec
+        .services
+        .iter()
+        .flat_map(|s| s.ports.iter().map(move |p| spec.endpoints(s, p).len()))
+        .sum();
+    let mut b = Buffers {
+        large_cluster: endpoints > LARGE_CLUSTER_ENDPOINTS,
+        ..Buffers::default()
+    };
     for chain in [
         "KUBE-SERVICES",
         "KUBE-EXTERNAL-SERVICES",
@@ -180,7 +205,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     let proto = port.protocol.as_str();
     let chains = ServiceChains::new(&name, proto);
     let eps = spec.endpoints(svc, port);
-    let cat = categorize(svc, &eps);
+    let cat = categorize(spec, svc, &eps);
 
     let uses_cluster_chain = !cat.cluster.is_empty() && super::spec::uses_cluster_endpoints(svc);
     let uses_local_chain = !cat.local.is_empty() && super::spec::uses_local_endpoints(svc);
@@ -242,13 +267,22 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
             );
         }
     }
-    // Load-balancer ingress IPs (no source ranges in the lab, so never through KUBE-FW).
+    // Load-balancer ingress IPs, through KUBE-FW when loadBalancerSourceRanges are set; what KUBE-FW
+    // does not send on is dropped by KUBE-PROXY-FIREWALL.
+    let uses_fw = has_endpoints && svc.uses_firewall();
+    let lb_chain = if uses_fw { &chains.fw } else { &chains.ext };
     for ip in &svc.load_balancer_ips {
         if has_endpoints {
             let _ = writeln!(
                 b.nat_rules,
-                "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip} --dport {sport} -j {}",
-                chains.ext
+                "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m {proto} -p {proto} -d {ip} --dport {sport} -j {lb_chain}"
+            );
+        }
+        if uses_fw {
+            let _ = writeln!(
+                b.filter_rules,
+                "-A KUBE-PROXY-FIREWALL -m comment --comment \"{name} traffic not accepted by {}\" -m {proto} -p {proto} -d {ip} --dport {sport} -j DROP",
+                chains.fw
             );
         }
     }
@@ -323,6 +357,27 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
             let _ = writeln!(b.nat_rules, "-A {ext} -j {external_policy_chain}");
         }
     }
+    // The firewall chain: source ranges on to the external chain (and the LB IPs themselves when
+    // a range holds the node's address: hairpin from the node), the rest falls through.
+    if uses_fw {
+        let fw = &chains.fw;
+        chain_line(&mut b.nat_chains, fw);
+        let args = format!("-A {fw} -m comment --comment \"{name} loadbalancer IP\"");
+        let mut allow_from_node = false;
+        for cidr in &svc.source_ranges {
+            let _ = writeln!(b.nat_rules, "{args} -s {cidr} -j {}", chains.ext);
+            allow_from_node |= cidr_holds(cidr, spec.node_ip);
+        }
+        if allow_from_node {
+            for ip in &svc.load_balancer_ips {
+                let _ = writeln!(b.nat_rules, "{args} -s {ip} -j {}", chains.ext);
+            }
+        }
+        let _ = writeln!(
+            b.nat_rules,
+            "-A {fw} -m comment --comment \"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL\""
+        );
+    }
     if uses_cluster_chain {
         chain_line(&mut b.nat_chains, &chains.svc);
         write_service_to_endpoint_rules(b, svc, &name, proto, &chains.svc, &cat.cluster);
@@ -335,21 +390,28 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     for ep in &cat.all_reachable {
         let sep = sep_chain(&name, proto, ep);
         chain_line(&mut b.nat_chains, &sep);
-        let _ = writeln!(
-            b.nat_rules,
-            "-A {sep} -m comment --comment {name} -s {} -j KUBE-MARK-MASQ",
-            ep.ip
-        );
+        let comment = b.endpoint_comment(&name);
+        let _ = writeln!(b.nat_rules, "-A {sep}{comment} -s {} -j KUBE-MARK-MASQ", ep.ip);
         let affinity = match svc.session_affinity {
             SessionAffinity::ClientIP { .. } => format!(" -m recent --name {sep} --set"),
             SessionAffinity::None => String::new(),
         };
         let _ = writeln!(
             b.nat_rules,
-            "-A {sep} -m comment --comment {name}{affinity} -m {proto} -p {proto} -j DNAT --to-destination {}",
+            "-A {sep}{comment}{affinity} -m {proto} -p {proto} -j DNAT --to-destination {}",
             ep.addr()
         );
     }
+}
+
+/// `cidr` (IPv4 `a.b.c.d/n`) holds `ip`.
+pub(crate) fn cidr_holds(cidr: &str, ip: std::net::Ipv4Addr) -> bool {
+    let (net, len) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len.min(32)) };
+    u32::from(net) & mask == u32::from(ip) & mask
 }
 
 /// `writeServiceToEndpointRules`: affinity checks, then the probability cascade.
@@ -364,10 +426,10 @@ fn write_service_to_endpoint_rules(
     if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity {
         for ep in eps {
             let sep = sep_chain(name, proto, ep);
+            let comment = b.endpoint_comment(&format!("\"{name} -> {}\"", ep.addr()));
             let _ = writeln!(
                 b.nat_rules,
-                "-A {chain} -m comment --comment \"{name} -> {}\" -m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}",
-                ep.addr()
+                "-A {chain}{comment} -m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}"
             );
         }
     }
@@ -379,11 +441,8 @@ fn write_service_to_endpoint_rules(
         } else {
             String::new()
         };
-        let _ = writeln!(
-            b.nat_rules,
-            "-A {chain} -m comment --comment \"{name} -> {}\"{stat} -j {sep}",
-            ep.addr()
-        );
+        let comment = b.endpoint_comment(&format!("\"{name} -> {}\"", ep.addr()));
+        let _ = writeln!(b.nat_rules, "-A {chain}{comment}{stat} -j {sep}");
     }
 }
 
@@ -425,6 +484,38 @@ mod tests {
             );
         }
         spec
+    }
+
+    /// `ns1/svc1` with `n` endpoints on another node (rules and API only).
+    fn big_spec(n: usize) -> ClusterSpec {
+        web_spec(0).remote_pods("ns1", "svc1", "node-b", n)
+    }
+
+    #[test]
+    fn above_1000_endpoints_the_endpoint_rules_carry_no_comment() {
+        let at = kube_proxy_restore(&big_spec(LARGE_CLUSTER_ENDPOINTS));
+        assert_eq!(at.matches("--comment \"ns1/svc1:p80 -> ").count(), 1000);
+        let text = kube_proxy_restore(&big_spec(LARGE_CLUSTER_ENDPOINTS + 1));
+        let sep = names::endpoint_chain("ns1/svc1:p80", "tcp", "10.245.0.1:8080");
+        assert!(
+            text.contains(&format!("-A {sep} -s 10.245.0.1 -j KUBE-MARK-MASQ\n")),
+            "{sep}"
+        );
+        assert!(text.contains(&format!(
+            "-A {sep} -m tcp -p tcp -j DNAT --to-destination 10.245.0.1:8080\n"
+        )));
+        assert!(!text.contains(" -> "), "no per-endpoint comment in a large cluster");
+        // The Service-level rules keep theirs.
+        assert!(text.contains("--comment \"ns1/svc1:p80 cluster IP\""));
+        // The reader still attributes every endpoint, by chain hash.
+        let p = crate::model::rules::iptables::parse(&text).unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let svc = &p.services[0];
+        assert_eq!(svc.service.to_string(), "ns1/svc1");
+        assert_eq!(svc.endpoints.len(), 1001);
+        let first = svc.endpoints.iter().find(|e| e.ip.to_string() == "10.245.0.1").unwrap();
+        assert_eq!(first.rule.as_ref().unwrap().name, sep);
+        assert!(svc.rules.problems.is_empty(), "{:?}", svc.rules.problems);
     }
 
     #[test]

@@ -222,7 +222,7 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     let local_chain = format!("local-{base}");
     let external_chain = format!("external-{base}");
     let eps = spec.endpoints(svc, port);
-    let cat = categorize(svc, &eps);
+    let cat = categorize(spec, svc, &eps);
 
     let uses_cluster_chain = !cat.cluster.is_empty() && uses_cluster_endpoints(svc);
     let uses_local_chain = !cat.local.is_empty() && uses_local_endpoints(svc);
@@ -253,6 +253,10 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     // Declarations first.
     if uses_ext_chain {
         tx.chain(&external_chain);
+    }
+    let firewall_chain = format!("firewall-{base}");
+    if svc.uses_firewall() {
+        tx.chain(&firewall_chain);
     }
     if uses_cluster_chain {
         tx.chain(&cluster_chain);
@@ -298,6 +302,28 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
                 &format!("{ip} . {proto} . {sport} comment \"{name}\" : {external_verdict}"),
             );
         }
+    }
+    if svc.uses_firewall() {
+        for ip in &svc.load_balancer_ips {
+            tx.element(
+                "firewall-ips",
+                &format!("{ip} . {proto} . {sport} comment \"{name}\" : goto {firewall_chain}"),
+            );
+        }
+        // Source ranges, and the load-balancer IPs themselves when a range holds the node's
+        // address (hairpin from the node).
+        let mut sources = svc.source_ranges.clone();
+        if svc
+            .source_ranges
+            .iter()
+            .any(|c| super::iptables::cidr_holds(c, spec.node_ip))
+        {
+            sources.extend(svc.load_balancer_ips.iter().map(|ip| ip.to_string()));
+        }
+        tx.rule(
+            &firewall_chain,
+            &format!("ip saddr != {{ {} }} drop", sources.join(", ")),
+        );
     }
     if let Some(np) = port.node_port {
         if has_endpoints {

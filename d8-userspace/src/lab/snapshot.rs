@@ -90,6 +90,9 @@ fn service_json(svc: &ServiceSpec) -> Value {
     if !svc.external_ips.is_empty() {
         spec["externalIPs"] = json!(svc.external_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>());
     }
+    if !svc.source_ranges.is_empty() {
+        spec["loadBalancerSourceRanges"] = json!(svc.source_ranges);
+    }
     if let Some(hc) = svc.health_check_node_port {
         spec["healthCheckNodePort"] = json!(hc);
     }
@@ -130,7 +133,7 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
             .endpoints(svc, port)
             .iter()
             .map(|ep| {
-                json!({
+                let mut v = json!({
                     "addresses": [ep.ip.to_string()],
                     "conditions": {"ready": ep.ready, "serving": ep.ready, "terminating": false},
                     "nodeName": ep.node,
@@ -140,7 +143,22 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
                         "namespace": svc.namespace,
                         "uid": uid(&format!("Pod/{}/{}", svc.namespace, ep.pod)),
                     },
-                })
+                });
+                if let Some(zone) = spec.zones.get(&ep.node) {
+                    v["zone"] = json!(zone);
+                }
+                let names = |n: &[String]| n.iter().map(|n| json!({"name": n})).collect::<Vec<_>>();
+                if !ep.zone_hints.is_empty() || !ep.node_hints.is_empty() {
+                    let mut hints = json!({});
+                    if !ep.zone_hints.is_empty() {
+                        hints["forZones"] = json!(names(&ep.zone_hints));
+                    }
+                    if !ep.node_hints.is_empty() {
+                        hints["forNodes"] = json!(names(&ep.node_hints));
+                    }
+                    v["hints"] = hints;
+                }
+                v
             })
             .collect(),
     };
@@ -150,7 +168,7 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         .map(|p| json!({"name": p.name, "port": p.target_port, "protocol": p.protocol.as_str().to_ascii_uppercase()}))
         .collect();
     let name = format!("{}-{}", svc.name, suffix(&format!("{}/{}", svc.namespace, svc.name)));
-    json!({
+    let mut slice = json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "addressType": "IPv4",
@@ -176,7 +194,12 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
             "uid": uid(&format!("EndpointSlice/{}/{name}", svc.namespace)),
         },
         "ports": ports,
-    })
+    });
+    if let Some(t) = spec.api_changed_at {
+        slice["metadata"]["annotations"] =
+            json!({"endpoints.kubernetes.io/last-change-trigger-time": super::servers::rfc3339(t)});
+    }
+    slice
 }
 
 fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
@@ -277,12 +300,16 @@ fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
         .as_ref()
         .map(|k| k.version.as_str())
         .unwrap_or("v1.33.2");
+    let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
+    if let Some(zone) = spec.zones.get(name) {
+        labels[crate::model::topology::ZONE_LABEL] = json!(zone);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "creationTimestamp": CREATED,
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+            "labels": labels,
             "name": name,
             "uid": uid(&format!("Node/{name}")),
         },

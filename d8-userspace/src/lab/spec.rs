@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::topology::{self, Candidate, Policies};
 use crate::model::{Protocol, ServiceRef};
 
 /// Everything the lab node knows about: the node itself, its Services and the pods behind them.
@@ -34,6 +35,13 @@ pub struct ClusterSpec {
     pub services: Vec<ServiceSpec>,
     /// Pods: local ones get a namespace and servers, remote ones exist only in rules and API.
     pub pods: Vec<PodSpec>,
+    /// `topology.kubernetes.io/zone` of nodes (the lab node's decides which zone hints apply).
+    #[serde(default)]
+    pub zones: BTreeMap<String, String>,
+    /// When the API last changed the Services' endpoints (unix seconds): every EndpointSlice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time`; `None` writes no annotation.
+    #[serde(default)]
+    pub api_changed_at: Option<u64>,
 }
 
 /// kube-proxy as the API and its health endpoints present it.
@@ -135,6 +143,10 @@ pub struct ServiceSpec {
     pub session_affinity: SessionAffinity,
     /// `spec.healthCheckNodePort` (LoadBalancer with externalTrafficPolicy=Local).
     pub health_check_node_port: Option<u16>,
+    /// `spec.loadBalancerSourceRanges` (CIDRs): kube-proxy drops other clients of the
+    /// load-balancer IPs.
+    #[serde(default)]
+    pub source_ranges: Vec<String>,
 }
 
 /// One entry of `spec.ports`.
@@ -234,6 +246,13 @@ pub struct PodSpec {
     pub liveness_probe: Option<ProbeSpec>,
     /// The pod drops every packet in and out (an nftables drop table inside the pod namespace).
     pub drop_all: bool,
+    /// Its endpoints' `hints.forZones` (as the EndpointSlice controller writes them for
+    /// topology-mode Auto or trafficDistribution PreferClose/PreferSameZone).
+    #[serde(default)]
+    pub zone_hints: Vec<String>,
+    /// Its endpoints' `hints.forNodes` (trafficDistribution PreferSameNode).
+    #[serde(default)]
+    pub node_hints: Vec<String>,
 }
 
 impl PodSpec {
@@ -250,7 +269,21 @@ impl PodSpec {
             readiness_probe: None,
             liveness_probe: None,
             drop_all: false,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
         }
+    }
+
+    /// Hints its endpoints for `zone` (`hints.forZones`).
+    pub fn zone_hint(mut self, zone: &str) -> Self {
+        self.zone_hints.push(zone.into());
+        self
+    }
+
+    /// Hints its endpoints for `node` (`hints.forNodes`).
+    pub fn node_hint(mut self, node: &str) -> Self {
+        self.node_hints.push(node.into());
+        self
     }
 
     /// Adds a label.
@@ -336,7 +369,19 @@ impl ServiceSpec {
             internal_traffic_policy: TrafficPolicy::Cluster,
             session_affinity: SessionAffinity::None,
             health_check_node_port: None,
+            source_ranges: Vec::new(),
         }
+    }
+
+    /// Adds a loadBalancerSourceRange.
+    pub fn source_range(mut self, cidr: &str) -> Self {
+        self.source_ranges.push(cidr.into());
+        self
+    }
+
+    /// kube-proxy's `usesFWChain`: load-balancer IPs with source ranges.
+    pub fn uses_firewall(&self) -> bool {
+        !self.load_balancer_ips.is_empty() && !self.source_ranges.is_empty()
     }
 
     /// Adds a port.
@@ -459,6 +504,10 @@ pub struct EndpointInfo {
     pub pod: String,
     /// Pod's node name.
     pub node: String,
+    /// `hints.forZones`.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes`.
+    pub node_hints: Vec<String>,
 }
 
 impl EndpointInfo {
@@ -487,12 +536,34 @@ impl ClusterSpec {
             other_nodes: Vec::new(),
             services: Vec::new(),
             pods: Vec::new(),
+            zones: BTreeMap::new(),
+            api_changed_at: None,
         }
+    }
+
+    /// Labels `node` with `topology.kubernetes.io/zone: zone`.
+    pub fn zone(mut self, node: &str, zone: &str) -> Self {
+        self.zones.insert(node.into(), zone.into());
+        self
     }
 
     /// Adds a Service.
     pub fn service(mut self, svc: ServiceSpec) -> Self {
         self.services.push(svc);
+        self
+    }
+
+    /// Adds `count` pods labelled `app=<app>` in `namespace` on node `node` (rules and API only),
+    /// named `<app>-0`, `<app>-1`, ... at 10.245.0.1, 10.245.0.2, ... (250 a /24): a large cluster.
+    pub fn remote_pods(mut self, namespace: &str, app: &str, node: &str, count: usize) -> Self {
+        for i in 0..count {
+            let ip = Ipv4Addr::new(10, 245, (i / 250) as u8, (i % 250) as u8 + 1);
+            self.pods.push(
+                PodSpec::new(namespace, &format!("{app}-{i}"), ip)
+                    .label("app", app)
+                    .on_node(node),
+            );
+        }
         self
     }
 
@@ -538,6 +609,8 @@ impl ClusterSpec {
                 local: p.is_local(self),
                 pod: p.name.clone(),
                 node: self.pod_node(p).to_string(),
+                zone_hints: p.zone_hints.clone(),
+                node_hints: p.node_hints.clone(),
             })
             .collect();
         eps.sort_by_key(EndpointInfo::addr);
@@ -572,11 +645,13 @@ impl Default for ClusterSpec {
     }
 }
 
-/// How kube-proxy splits one Service port's endpoints (`proxy.CategorizeEndpoints`, without
-/// topology hints and terminating endpoints, which the lab does not model).
+/// How kube-proxy splits one Service port's endpoints on the lab node (`model::topology`, the
+/// classifier's own restatement of `proxy.CategorizeEndpoints`; the lab models no terminating
+/// endpoints).
 #[derive(Debug, Clone)]
 pub(crate) struct Categorized {
-    /// Endpoints for the "Cluster" policy chain (ready endpoints) when the port uses it.
+    /// Endpoints for the "Cluster" policy chain (ready endpoints, narrowed by topology hints) when
+    /// the port uses it.
     pub cluster: Vec<EndpointInfo>,
     /// Ready local endpoints when the port uses a "Local" policy.
     pub local: Vec<EndpointInfo>,
@@ -586,39 +661,42 @@ pub(crate) struct Categorized {
     pub has_any: bool,
 }
 
+fn policies(svc: &ServiceSpec) -> Policies {
+    Policies::of(
+        svc.internal_policy_local(),
+        svc.external_traffic_policy == TrafficPolicy::Local,
+        svc.externally_accessible(),
+    )
+}
+
 /// kube-proxy's `UsesClusterEndpoints`.
 pub(crate) fn uses_cluster_endpoints(svc: &ServiceSpec) -> bool {
-    !svc.internal_policy_local() || svc.externally_accessible()
+    policies(svc).cluster
 }
 
 /// kube-proxy's `UsesLocalEndpoints`.
 pub(crate) fn uses_local_endpoints(svc: &ServiceSpec) -> bool {
-    svc.internal_policy_local() || svc.external_policy_local()
+    policies(svc).local
 }
 
-pub(crate) fn categorize(svc: &ServiceSpec, eps: &[EndpointInfo]) -> Categorized {
-    let ready: Vec<EndpointInfo> = eps.iter().filter(|e| e.ready).cloned().collect();
-    let has_any = !ready.is_empty();
-    let cluster = if uses_cluster_endpoints(svc) {
-        ready.clone()
-    } else {
-        Vec::new()
-    };
-    let local: Vec<EndpointInfo> = if uses_local_endpoints(svc) {
-        ready.iter().filter(|e| e.local).cloned().collect()
-    } else {
-        Vec::new()
-    };
-    let all_reachable = if !uses_cluster_endpoints(svc) {
-        local.clone()
-    } else {
-        // Local endpoints are a subset of the ready ones, so the union is the cluster list.
-        cluster.clone()
-    };
+pub(crate) fn categorize(spec: &ClusterSpec, svc: &ServiceSpec, eps: &[EndpointInfo]) -> Categorized {
+    let candidates: Vec<Candidate> = eps
+        .iter()
+        .map(|e| Candidate {
+            ready: e.ready,
+            serving_terminating: false,
+            local: e.local,
+            zone_hints: e.zone_hints.clone(),
+            node_hints: e.node_hints.clone(),
+        })
+        .collect();
+    let zone = spec.zones.get(&spec.node_name).map(String::as_str);
+    let c = topology::categorize(&candidates, policies(svc), &spec.node_name, zone);
+    let pick = |idx: &[usize]| idx.iter().map(|&i| eps[i].clone()).collect::<Vec<_>>();
     Categorized {
-        cluster,
-        local,
-        all_reachable,
-        has_any,
+        cluster: pick(&c.cluster),
+        local: pick(&c.local),
+        all_reachable: pick(&c.all_reachable),
+        has_any: c.has_any,
     }
 }

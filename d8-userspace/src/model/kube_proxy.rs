@@ -117,7 +117,38 @@ pub fn proxy_mode() -> Option<ProxyMode> {
 
 /// The status code of kube-proxy's `/healthz` (200 healthy, 503 not synced or node not eligible).
 pub fn healthz_status() -> Option<u16> {
-    http_get(HEALTHZ_ADDR, "/healthz", HTTP_TIMEOUT).map(|r| r.status)
+    healthz().map(|h| h.status)
+}
+
+/// kube-proxy's `/healthz` answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Healthz {
+    pub status: u16,
+    /// `lastUpdated` (its last successful sync) as a unix time, when the body says.
+    pub last_updated: Option<f64>,
+    /// `currentTime`: kube-proxy's own clock when it answered.
+    pub current_time: Option<f64>,
+}
+
+/// kube-proxy's `/healthz`: status and body; `None` when unreachable.
+pub fn healthz() -> Option<Healthz> {
+    http_get(HEALTHZ_ADDR, "/healthz", HTTP_TIMEOUT).map(|r| parse_healthz(r.status, &r.body))
+}
+
+/// `{"lastUpdated": "...", "currentTime": "...", ...}` (RFC 3339 times); anything else gives the
+/// status alone.
+pub fn parse_healthz(status: u16, body: &str) -> Healthz {
+    let v: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let time = |key: &str| {
+        v.as_ref()
+            .and_then(|v| v.get(key)?.as_str())
+            .and_then(crate::model::k8s::enrich::rfc3339_unix)
+    };
+    Healthz {
+        status,
+        last_updated: time("lastUpdated"),
+        current_time: time("currentTime"),
+    }
 }
 
 /// kube-proxy's `/metrics`, parsed; `None` when unreachable or not 200.
@@ -297,7 +328,8 @@ pub fn status() -> KubeProxyStatus {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let mode = proxy_mode();
-    let healthz = healthz_status();
+    let health = healthz();
+    let healthz = health.as_ref().map(|h| h.status);
     let metrics = metrics();
     let process = process_running(Path::new(PROC_ROOT));
     // An answering endpoint proves it runs even when /proc shows another PID namespace.
@@ -311,16 +343,36 @@ pub fn status() -> KubeProxyStatus {
         running,
         version: metrics.as_ref().and_then(|m| m.version.clone()),
         healthz_ok: healthz.map(|c| c == 200),
-        last_sync_age_secs: metrics.as_ref().and_then(|m| m.sync_age_secs(now)),
+        // Metrics first; without them `/healthz`'s lastUpdated, aged by kube-proxy's own clock.
+        last_sync_age_secs: metrics.as_ref().and_then(|m| m.sync_age_secs(now)).or_else(|| {
+            let h = health.as_ref()?;
+            Some((h.current_time? - h.last_updated?).max(0.0))
+        }),
         rules_present: false,
         healthz_status: healthz,
         sync_pending_secs: metrics.as_ref().and_then(Metrics::sync_pending_secs),
+        last_sync_unix: metrics
+            .as_ref()
+            .and_then(|m| m.last_sync_timestamp_secs)
+            .filter(|t| *t > 0.0)
+            .or_else(|| health.as_ref()?.last_updated),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthz_body_gives_the_last_sync_by_kube_proxys_clock() {
+        let body =
+            r#"{"lastUpdated": "2026-12-06T13:55:00Z","currentTime": "2026-12-06T14:00:00Z", "nodeEligible": true}"#;
+        let h = parse_healthz(503, body);
+        assert_eq!(h.status, 503);
+        assert_eq!(h.current_time.unwrap() - h.last_updated.unwrap(), 300.0);
+        let h = parse_healthz(200, "ok");
+        assert_eq!((h.status, h.last_updated, h.current_time), (200, None, None));
+    }
 
     const METRICS_133: &str = r#"# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds [ALPHA] The last time proxy rules were successfully synced
 # TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge

@@ -8,6 +8,7 @@
 pub mod k8s;
 pub mod kube_proxy;
 pub mod rules;
+pub mod topology;
 pub mod view;
 
 use std::net::IpAddr;
@@ -148,6 +149,15 @@ pub struct RuleFacts {
     /// loadBalancerSourceRanges as the rules enforce them (KUBE-FW `-s` CIDRs, nft `firewall-` chain).
     #[serde(default)]
     pub source_ranges: Vec<String>,
+    /// The rules that drop a load-balancer client outside those ranges: KUBE-PROXY-FIREWALL's
+    /// `traffic not accepted by KUBE-FW-...` DROP (iptables), the `firewall-` chain's
+    /// `ip saddr != { ... } drop` (nftables).
+    #[serde(default)]
+    pub firewall_drops: Vec<RuleRef>,
+    /// nftables mode (1.30+): `cluster-ips-check`'s `ip daddr @cluster-ips reject`, which refuses
+    /// ports this Service's ClusterIP does not define (the ClusterIP is in `cluster-ips`).
+    #[serde(default)]
+    pub undefined_port_reject: Option<RuleRef>,
 }
 
 /// What the API says about a Service as a whole.
@@ -169,6 +179,25 @@ pub struct ApiFacts {
     /// endpoints, GA in 1.28), so a rule DNATing to one is not stale.
     #[serde(default)]
     pub terminating_serving: Vec<std::net::SocketAddr>,
+    /// What kube-proxy is expected to program for this Service on this node (`None`: API not
+    /// consulted or this node unknown).
+    #[serde(default)]
+    pub topology: Option<Topology>,
+    /// When the API last changed what kube-proxy programs for this Service, as a unix time: the
+    /// newest `endpoints.kubernetes.io/last-change-trigger-time` of its EndpointSlices (the
+    /// annotation kube-proxy itself measures its network-programming latency from).
+    #[serde(default)]
+    pub last_change_unix: Option<f64>,
+}
+
+/// kube-proxy's per-node endpoint set for a Service ([`topology::categorize`] over every port),
+/// from the API's EndpointSlices, hints and this node's zone.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Topology {
+    /// Endpoints kube-proxy gives a chain on this node (`allReachableEndpoints` of each port).
+    pub expected: Vec<std::net::SocketAddr>,
+    /// What narrowed the Cluster-policy endpoints, when topology hints did (the first port's).
+    pub mode: Option<topology::TopologyMode>,
 }
 
 /// A Service on this node: its frontends, endpoints and the facts behind them.
@@ -213,6 +242,10 @@ pub struct KubeProxyStatus {
     /// `/metrics` when positive, else 0 (`None`: metrics unreachable or without these gauges).
     #[serde(default)]
     pub sync_pending_secs: Option<f64>,
+    /// kube-proxy's last successful sync as a unix time (`kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
+    /// the oldest over IP families), to compare with when the API last changed a Service.
+    #[serde(default)]
+    pub last_sync_unix: Option<f64>,
 }
 
 /// Everything known about the node's Services.

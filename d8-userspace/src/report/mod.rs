@@ -29,10 +29,22 @@ pub use crate::classify::{Evidence, EvidenceKind, Mitigation, RootCause, Severit
 /// The complete contract report for `target`: the model's facts, the flows, lost events, and the
 /// classifier's verdict written into it.
 pub fn build(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &classify::Context) -> Report {
+    build_asked(target, None, flows, model, ctx)
+}
+
+/// [`build`] for a question about a port number the Service does not define
+/// (`--svc ns/name:PORT`, see `trace::Plan::undefined_port`).
+pub fn build_asked(
+    target: &ServiceRef,
+    undefined_port: Option<u16>,
+    flows: &[Flow],
+    model: &ServiceModel,
+    ctx: &classify::Context,
+) -> Report {
     let mut report = Report::from_model(target, model);
     report.push_flows(flows);
     report.lost_events = ctx.lost_events;
-    report.apply(&classify::classify(target, flows, model, ctx));
+    report.apply(&classify::classify_asked(target, undefined_port, flows, model, ctx));
     report
 }
 

@@ -16,6 +16,7 @@ use crate::model::ProxyMode;
 pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_missing: bool) -> &'static str {
     match class {
         VerdictClass::KubeProxyNotRunning => "pod_crash",
+        VerdictClass::KubeProxyNotSynced => "iptables_sync",
         VerdictClass::KubeProxyRulesMissing => {
             if matches!(mode, ProxyMode::Ipvs) && ipvs_modules_missing {
                 "ipvs_modules"
@@ -25,8 +26,11 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
         }
         VerdictClass::StaleEndpoint => "stale_endpoints",
         VerdictClass::KubeProxyVersionSkew => "version_skew",
-        VerdictClass::NoEndpoints | VerdictClass::EtpLocalNoLocalEndpoints => "service_config",
-        VerdictClass::ConntrackFull => "conntrack",
+        VerdictClass::NoEndpoints
+        | VerdictClass::EtpLocalNoLocalEndpoints
+        | VerdictClass::ServicePortUndefined
+        | VerdictClass::SourceRangeDenied => "service_config",
+        VerdictClass::ConntrackFull | VerdictClass::StaleConntrackEntry => "conntrack",
         VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => "backend",
         VerdictClass::Healthy | VerdictClass::ProbeRst => "none",
     }
@@ -35,13 +39,16 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
 /// The runbook section to cross-reference for a class, if the runbook has one.
 pub const fn cross_reference(class: VerdictClass) -> Option<&'static str> {
     match class {
-        VerdictClass::KubeProxyRulesMissing => Some("D2"),
+        VerdictClass::KubeProxyRulesMissing | VerdictClass::KubeProxyNotSynced => Some("D2"),
         VerdictClass::KubeProxyVersionSkew => Some("I1"),
         VerdictClass::ConntrackFull => Some("D3"),
         VerdictClass::KubeProxyNotRunning
         | VerdictClass::StaleEndpoint
         | VerdictClass::NoEndpoints
         | VerdictClass::EtpLocalNoLocalEndpoints
+        | VerdictClass::ServicePortUndefined
+        | VerdictClass::SourceRangeDenied
+        | VerdictClass::StaleConntrackEntry
         | VerdictClass::BackendRefused
         | VerdictClass::BackendTimeout
         | VerdictClass::Dropped

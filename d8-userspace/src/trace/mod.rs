@@ -171,7 +171,7 @@ pub async fn explain(scope: &Scope, svc: &ServiceSelector) -> Result<Finished, E
         duration_ms: None,
         lost_events: 0,
     };
-    let mut report = report::build(&plan.service, &[], &view.model, &ctx);
+    let mut report = report::build_asked(&plan.service, plan.undefined_port, &[], &view.model, &ctx);
     report
         .warnings
         .extend(typed(WarningKind::Api, "the API", &view.warnings));
@@ -227,7 +227,7 @@ pub async fn trace(
         duration_ms: Some(started.elapsed().as_millis() as u64),
         lost_events: outcome.lost_events,
     };
-    let mut report = report::build(&plan.service, &outcome.flows, &view.model, &ctx);
+    let mut report = report::build_asked(&plan.service, plan.undefined_port, &outcome.flows, &view.model, &ctx);
     report
         .warnings
         .extend(typed(WarningKind::Api, "the API", &view.warnings));

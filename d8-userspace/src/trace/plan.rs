@@ -63,6 +63,9 @@ pub struct Plan {
     /// Concrete (protocol, address) of every frontend, NodePorts expanded to node addresses.
     pub frontend_addrs: Vec<(Protocol, SocketAddr)>,
     pub node_ips: Vec<IpAddr>,
+    /// The port number asked for when the Service does not define it: its ClusterIPs are traced
+    /// on that port (every protocol the Service uses), and the verdict says why it is refused.
+    pub undefined_port: Option<u16>,
 }
 
 /// Picks `arg`'s Service (and port) out of `model`. `node_ips` expand NodePort frontends that
@@ -111,6 +114,41 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
         .filter(|f| wanted(&f.port_name, f.port))
         .cloned()
         .collect();
+    // A port number the Service does not define, on a Service with a ClusterIP: what a client that
+    // uses it meets is the answer (kube-proxy's nftables mode rejects it, iptables mode leaves it
+    // untranslated), so trace it rather than refuse the question.
+    let asked = arg.port.as_deref().and_then(|p| p.parse::<u16>().ok());
+    if let Some(port) = asked.filter(|_| frontends.is_empty()) {
+        let mut undefined: Vec<Frontend> = Vec::new();
+        for f in svc.frontends.iter().filter(|f| f.kind == FrontendKind::ClusterIp) {
+            if !undefined.iter().any(|u| u.ip == f.ip && u.protocol == f.protocol) {
+                undefined.push(Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    ip: f.ip,
+                    port,
+                    protocol: f.protocol,
+                    port_name: String::new(),
+                    rule: None,
+                });
+            }
+        }
+        if !undefined.is_empty() {
+            let mut frontend_addrs: Vec<(Protocol, SocketAddr)> = undefined
+                .iter()
+                .map(|f| (f.protocol, SocketAddr::new(f.ip, f.port)))
+                .collect();
+            frontend_addrs.sort();
+            frontend_addrs.dedup();
+            return Ok(Plan {
+                service: arg.service.clone(),
+                frontends: undefined,
+                endpoints: Vec::new(),
+                frontend_addrs,
+                node_ips,
+                undefined_port: Some(port),
+            });
+        }
+    }
     if frontends.is_empty() && arg.port.is_some() {
         let mut known: Vec<String> = svc
             .frontends
@@ -155,6 +193,7 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
         endpoints,
         frontend_addrs,
         node_ips,
+        undefined_port: None,
     })
 }
 
@@ -215,6 +254,7 @@ impl Merged {
             endpoints: Vec::new(),
             frontend_addrs: Vec::new(),
             node_ips,
+            undefined_port: None,
         };
         let (mut frontends, mut backends) = (HashMap::new(), HashMap::new());
         for (i, p) in plans.iter().enumerate() {
@@ -360,6 +400,19 @@ mod tests {
                 .ends_with("no kube-proxy rules were found at all (is this the node's network namespace?)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_port_number_the_service_lacks_traces_its_cluster_ip_on_that_port() {
+        let p = plan(&model(), &"default/web:81".parse().unwrap(), vec![]).unwrap();
+        assert_eq!(p.undefined_port, Some(81));
+        assert_eq!(p.frontend_addrs, [(Protocol::Tcp, "10.96.0.10:81".parse().unwrap())]);
+        assert!(p.endpoints.is_empty());
+        // A Service without a ClusterIP (its rules hold only a NodePort) still refuses the question.
+        let mut m = model();
+        m.services[0].frontends.retain(|f| f.kind == FrontendKind::NodePort);
+        let err = plan(&m, &"default/web:81".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -52,16 +52,35 @@ fn explain_of_an_unknown_service_or_port_exits_2() {
     let out = run_to_end(&[
         "explain",
         "--svc",
-        "default/web:999",
+        "default/web:grpc",
         "--netns",
         lab.node_ns(),
         "--no-k8s",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(
-        out.stderr.contains("has no port `999`") && out.stderr.contains("80"),
+        out.stderr.contains("has no port `grpc`") && out.stderr.contains("80"),
         "{}",
         out.stderr
+    );
+    // A port number the Service lacks is a question about its ClusterIP with an answer
+    // (`service_port_undefined`, issue 14), not a usage error.
+    let out = run_to_end(&[
+        "explain",
+        "--svc",
+        "default/web:999",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.report().root_cause.map(|r| r.class),
+        Some("service_port_undefined".to_string()),
+        "{}",
+        out.stdout
     );
     let out = run_to_end(&[
         "explain",

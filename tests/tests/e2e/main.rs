@@ -14,6 +14,7 @@
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
 //! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
+//! - `real_cluster`: what real clusters do that the other labs do not (issue 14): topology hints.
 //! - `scenarios`: one lab scenario per verdict class, traced and explained, in iptables and nftables mode.
 //! - `tc`: the TC hook set gives the netfilter set's flows, and leaves nothing behind.
 //! - `vm`: IPVS mode live and `conntrack_full`, on the VM suite's 6.1 kernel (skipped elsewhere).
@@ -24,6 +25,7 @@ mod daemon;
 mod demo;
 mod errors;
 mod mcp;
+mod real_cluster;
 mod scenarios;
 mod tc;
 mod tracer;

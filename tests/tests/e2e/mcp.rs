@@ -278,10 +278,24 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         let r = call(
             &client,
             "explain_service",
+            json!({"service": "default/web:grpc", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
+        assert!(error_of(&r).contains("has no port `grpc`"), "{}", text(&r));
+        // A port number the Service lacks has an answer, as on the command line (issue 14).
+        let r = call(
+            &client,
+            "explain_service",
             json!({"service": "default/web:999", "netns": node, "k8s_snapshot": snap}),
         )
         .await;
-        assert!(error_of(&r).contains("has no port `999`"), "{}", text(&r));
+        let undefined = report_of(&r);
+        assert_eq!(
+            undefined.root_cause.map(|c| c.class).as_deref(),
+            Some("service_port_undefined"),
+            "{}",
+            text(&r)
+        );
 
         // trace: three requests while it runs.
         let log = stderr.clone();

@@ -37,9 +37,9 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const NODE_PORT: u16 = 30080;
 
 /// Connect timeout for attempts expected to succeed or be refused.
-const T: Duration = Duration::from_secs(2);
+pub(crate) const T: Duration = Duration::from_secs(2);
 /// Connect timeout for attempts expected to get no answer.
-const SILENT: Duration = Duration::from_millis(600);
+pub(crate) const SILENT: Duration = Duration::from_millis(600);
 /// Per-attempt timeout and time budget of the loops that need an attempt to each of two backends
 /// picked at random: 12 silent attempts in a row (odds 1 in 4096) before both were hit.
 const PICK_TIMEOUT: Duration = Duration::from_millis(300);
@@ -106,7 +106,7 @@ fn dns_spec(pods: usize) -> ClusterSpec {
 
 /// Where the API facts come from.
 #[derive(Clone, Copy, PartialEq)]
-enum Api {
+pub(crate) enum Api {
     /// `--k8s-snapshot` of the lab's API view, written just before the run.
     Snapshot,
     /// `--no-k8s`.
@@ -114,13 +114,13 @@ enum Api {
 }
 
 /// A lab and the snapshot file it writes for `--k8s-snapshot`.
-struct Scenario {
-    lab: Lab,
+pub(crate) struct Scenario {
+    pub(crate) lab: Lab,
     snapshot: PathBuf,
 }
 
 impl Scenario {
-    fn up(spec: ClusterSpec, mode: ProxyMode) -> Self {
+    pub(crate) fn up(spec: ClusterSpec, mode: ProxyMode) -> Self {
         d8_tests::require_root();
         let _ = lab::cleanup_stale();
         let lab = Lab::up(spec, mode).unwrap_or_else(|e| panic!("lab up ({mode:?}): {e}"));
@@ -154,7 +154,7 @@ impl Scenario {
     }
 
     /// Traces `svc` for `secs` seconds while `traffic` runs (it starts once the hooks are attached).
-    fn trace(&self, svc: &str, api: Api, secs: u64, extra: &[&str], traffic: impl FnOnce(&Lab)) -> Run {
+    pub(crate) fn trace(&self, svc: &str, api: Api, secs: u64, extra: &[&str], traffic: impl FnOnce(&Lab)) -> Run {
         let secs = secs.to_string();
         let mut args: Vec<String> = ["--svc", svc, "-o", "json", "--duration", &secs]
             .map(String::from)
@@ -169,13 +169,23 @@ impl Scenario {
     }
 
     /// `d8-trace explain --svc SVC -o json` with the lab's API view.
-    fn explain(&self, svc: &str) -> Run {
+    pub(crate) fn explain(&self, svc: &str) -> Run {
         let mut args: Vec<String> = ["explain", "--svc", svc, "-o", "json"].map(String::from).to_vec();
         args.extend(self.selection(Api::Snapshot));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let done = run_to_end(&argv);
         let report = done.report();
         Run::new(self.mode(), &argv, report, &done.stdout, &done.stderr)
+    }
+
+    /// `d8-trace explain --svc SVC -o runbook` with the lab's API view: the runbook block (YAML).
+    pub(crate) fn explain_runbook(&self, svc: &str) -> String {
+        let mut args: Vec<String> = ["explain", "--svc", svc, "-o", "runbook"].map(String::from).to_vec();
+        args.extend(self.selection(Api::Snapshot));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let done = run_to_end(&argv);
+        assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+        done.stdout
     }
 }
 
@@ -186,9 +196,9 @@ impl Drop for Scenario {
 }
 
 /// One finished run: the report, and everything printed, for failure messages.
-struct Run {
-    report: Report,
-    context: String,
+pub(crate) struct Run {
+    pub(crate) report: Report,
+    pub(crate) context: String,
 }
 
 impl Run {
@@ -204,7 +214,7 @@ impl Run {
         Self { report, context }
     }
 
-    fn root(&self) -> &str {
+    pub(crate) fn root(&self) -> &str {
         self.report
             .root_cause
             .as_ref()
@@ -212,12 +222,12 @@ impl Run {
             .unwrap_or("<none>")
     }
 
-    fn assert_root(&self, class: &str) {
+    pub(crate) fn assert_root(&self, class: &str) {
         assert_eq!(self.root(), class, "root cause; {}", self.context);
     }
 
     /// Flows to `frontend` (`ip:port`); at least one.
-    fn flows_to(&self, frontend: &str) -> Vec<&Flow> {
+    pub(crate) fn flows_to(&self, frontend: &str) -> Vec<&Flow> {
         let found: Vec<&Flow> = self
             .report
             .flows
@@ -228,12 +238,12 @@ impl Run {
         found
     }
 
-    fn class_of<'a>(&self, f: &'a Flow) -> &'a str {
+    pub(crate) fn class_of<'a>(&self, f: &'a Flow) -> &'a str {
         f.class.as_deref().unwrap_or("<none>")
     }
 
     /// The evidence line containing every one of `needles`, of the given type.
-    fn evidence(&self, kind: &str, needles: &[&str]) -> String {
+    pub(crate) fn evidence(&self, kind: &str, needles: &[&str]) -> String {
         self.report
             .evidence
             .iter()
@@ -242,7 +252,7 @@ impl Run {
             .unwrap_or_else(|| panic!("no {kind} evidence containing all of {needles:?}; {}", self.context))
     }
 
-    fn no_evidence(&self, needle: &str) {
+    pub(crate) fn no_evidence(&self, needle: &str) {
         if let Some(e) = self.report.evidence.iter().find(|e| e.content.contains(needle)) {
             panic!(
                 "evidence mentions {needle:?}: [{}] {}; {}",
@@ -251,7 +261,7 @@ impl Run {
         }
     }
 
-    fn endpoint(&self, ip: Ipv4Addr, port: u16) -> &d8_tests::report::Endpoint {
+    pub(crate) fn endpoint(&self, ip: Ipv4Addr, port: u16) -> &d8_tests::report::Endpoint {
         let ip = ip.to_string();
         self.report
             .endpoints

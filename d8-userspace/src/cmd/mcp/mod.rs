@@ -64,8 +64,8 @@ pub struct D8Mcp {
 
 const INSTRUCTIONS: &str = "d8-trace follows flows to a Kubernetes Service through kube-proxy's rules on this node and \
 says why they fail (verdict classes: healthy, no_endpoints, stale_endpoint, etp_local_no_local_endpoints, probe_rst, \
-conntrack_full, kube_proxy_not_running, kube_proxy_rules_missing, kube_proxy_version_skew, backend_refused, \
-backend_timeout, dropped). Start with explain_service (rules and API, instant, attaches nothing); use trace_service \
+conntrack_full, kube_proxy_not_running, kube_proxy_not_synced, kube_proxy_rules_missing, kube_proxy_version_skew, \
+backend_refused, backend_timeout, dropped, service_port_undefined, source_range_denied, stale_conntrack_entry). Start with explain_service (rules and API, instant, attaches nothing); use trace_service \
 while the failing traffic happens (it only sees flows during its seconds). doctor says what this kernel allows. \
 Nothing here changes the node.";
 

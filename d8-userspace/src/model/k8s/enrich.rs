@@ -13,7 +13,7 @@
 //!   version (from its pod's image when the model has none), the API server's version.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Container, Node, Pod, Probe, Service as ApiService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,8 +21,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ClusterObjects;
 use super::node::node_ips;
+use crate::model::topology::{Candidate, Policies, ZONE_LABEL, categorize};
 use crate::model::{
     ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service, ServiceModel, ServiceRef,
+    Topology,
 };
 
 /// Label linking an EndpointSlice to its Service.
@@ -81,8 +83,15 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     }
 
     let slices = slices_by_service(&objs.endpoint_slices);
+    let zone = this_node.and_then(|n| node_zone(&objs.nodes, n));
     for svc in &mut model.services {
         let api_eps = slices.get(&svc.service).map(|s| api_endpoints(s)).unwrap_or_default();
+        svc.api.last_change_unix = slices.get(&svc.service).and_then(|s| last_change(s));
+        if let Some(node) = this_node
+            && svc.api.exists == Some(true)
+        {
+            svc.api.topology = Some(expected_endpoints(svc, &api_eps, node, zone.as_deref()));
+        }
         merge_endpoints(svc, api_eps);
     }
     set_locality(model);
@@ -148,6 +157,8 @@ fn api_facts(api: &ApiService) -> ApiFacts {
         internal_traffic_policy_local: Some(spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local")),
         session_affinity_client_ip: Some(spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP")),
         terminating_serving: Vec::new(),
+        topology: None,
+        last_change_unix: None,
     }
 }
 
@@ -261,6 +272,10 @@ struct ApiEndpoint {
     terminating_serving: bool,
     node: Option<String>,
     pod: Option<String>,
+    /// `hints.forZones[].name`.
+    zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`.
+    node_hints: Vec<String>,
 }
 
 fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
@@ -287,6 +302,15 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
                     let ns = r.namespace.as_deref().or(s.metadata.namespace.as_deref())?;
                     Some(format!("{ns}/{name}"))
                 });
+            let hints = e.hints.as_ref();
+            let zone_hints: Vec<String> = hints
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                .unwrap_or_default();
+            let node_hints: Vec<String> = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                .unwrap_or_default();
             for addr in &e.addresses {
                 let Ok(ip) = addr.parse::<IpAddr>() else {
                     continue;
@@ -316,6 +340,8 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
                         terminating_serving,
                         node: e.node_name.clone(),
                         pod: pod.clone(),
+                        zone_hints: zone_hints.clone(),
+                        node_hints: node_hints.clone(),
                     });
                 }
             }
@@ -377,6 +403,102 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
             }
         }
     }
+}
+
+/// Annotation the EndpointSlice controller writes with the time of the last Service or Pod change
+/// the slice reflects.
+pub(crate) const LAST_CHANGE_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The newest last-change-trigger-time of `slices`, as a unix time.
+fn last_change(slices: &[&EndpointSlice]) -> Option<f64> {
+    slices
+        .iter()
+        .filter_map(|s| s.metadata.annotations.as_ref()?.get(LAST_CHANGE_ANNOTATION))
+        .filter_map(|t| rfc3339_unix(t))
+        .reduce(f64::max)
+}
+
+/// `2026-12-06T14:00:00Z` (or with fractional seconds, or a `+hh:mm` offset) as unix seconds.
+pub(crate) fn rfc3339_unix(s: &str) -> Option<f64> {
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => return None,
+    };
+    let mut c = clock.splitn(3, ':');
+    let (hh, mm) = (c.next()?.parse::<i64>().ok()?, c.next()?.parse::<i64>().ok()?);
+    let ss: f64 = c.next()?.parse().ok()?;
+    let offset_secs = match offset {
+        "Z" | "z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = o[1..].split_once(':')?;
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60)
+        }
+    };
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), Howard Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 - offset_secs) as f64 + ss)
+}
+
+/// This node's `topology.kubernetes.io/zone` label.
+fn node_zone(nodes: &[Node], this: &str) -> Option<String> {
+    nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(this))
+        .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned())
+}
+
+/// kube-proxy's endpoint set for `svc` on node `this` ([`categorize`] per Service port: the API's
+/// endpoints of one port name and protocol).
+fn expected_endpoints(svc: &Service, eps: &[ApiEndpoint], this: &str, zone: Option<&str>) -> Topology {
+    let externally_accessible = svc.frontends.iter().any(|f| f.kind != FrontendKind::ClusterIp);
+    let policies = Policies::of(
+        svc.api.internal_traffic_policy_local == Some(true),
+        svc.api.external_traffic_policy_local == Some(true),
+        externally_accessible,
+    );
+    let mut ports: Vec<(&str, Protocol)> = eps.iter().map(|e| (e.port_name.as_str(), e.protocol)).collect();
+    ports.sort_by_key(|(n, p)| (n.to_string(), p.number()));
+    ports.dedup();
+    let mut out = Topology::default();
+    for (name, protocol) in ports {
+        let port_eps: Vec<&ApiEndpoint> = eps
+            .iter()
+            .filter(|e| e.port_name == name && e.protocol == protocol)
+            .collect();
+        let candidates: Vec<Candidate> = port_eps
+            .iter()
+            .map(|e| Candidate {
+                ready: e.ready,
+                serving_terminating: e.terminating_serving,
+                local: e.node.as_deref() == Some(this),
+                zone_hints: e.zone_hints.clone(),
+                node_hints: e.node_hints.clone(),
+            })
+            .collect();
+        let c = categorize(&candidates, policies, this, zone);
+        out.expected.extend(
+            c.all_reachable
+                .iter()
+                .map(|&i| SocketAddr::new(port_eps[i].ip, port_eps[i].port)),
+        );
+        if out.mode.is_none() {
+            out.mode = c.mode;
+        }
+    }
+    out
 }
 
 /// Sets `local` on every endpoint whose node is known, once this node is known.

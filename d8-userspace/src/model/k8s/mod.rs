@@ -110,14 +110,23 @@ pub struct ClusterObjects {
 
 impl ClusterObjects {
     /// Drops fields nothing reads (managedFields, annotations such as last-applied-configuration),
-    /// which are most of a large cluster's bytes.
+    /// which are most of a large cluster's bytes. EndpointSlices keep
+    /// `endpoints.kubernetes.io/last-change-trigger-time`: kube-proxy's lag is measured from it.
     pub fn strip_unread(&mut self) {
         fn strip(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
             meta.managed_fields = None;
             meta.annotations = None;
         }
         self.services.iter_mut().for_each(|o| strip(&mut o.metadata));
-        self.endpoint_slices.iter_mut().for_each(|o| strip(&mut o.metadata));
+        for o in &mut self.endpoint_slices {
+            let kept = o
+                .metadata
+                .annotations
+                .as_mut()
+                .and_then(|a| a.remove_entry(enrich::LAST_CHANGE_ANNOTATION));
+            strip(&mut o.metadata);
+            o.metadata.annotations = kept.map(|kv| [kv].into_iter().collect());
+        }
         self.pods.iter_mut().for_each(|o| strip(&mut o.metadata));
         self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
     }

@@ -808,6 +808,123 @@ mod pipeline {
         assert_eq!(explain(&model(&rules, &api), "web"), VerdictClass::StaleEndpoint);
     }
 
+    /// `shop/zonal`: two endpoints on this node hinted for zone-a, two on n2 hinted for zone-b; the
+    /// lab node is in zone-a, so kube-proxy programs only the first two.
+    fn zonal(hinted: bool) -> ClusterSpec {
+        let mut s = ClusterSpec::new()
+            .zone("d8lab-node", "zone-a")
+            .zone("n2", "zone-b")
+            .service(ServiceSpec::new("shop", "zonal", Ipv4Addr::new(10, 96, 0, 40)).port(
+                "http",
+                80,
+                8080,
+                Protocol::Tcp,
+            ));
+        for (i, (node, zone)) in [
+            ("d8lab-node", "zone-a"),
+            ("d8lab-node", "zone-a"),
+            ("n2", "zone-b"),
+            ("n2", "zone-b"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut p = PodSpec::new("shop", &format!("z-{i}"), Ipv4Addr::new(10, 244, 3, 10 + i as u8))
+                .label("app", "zonal")
+                .on_node(node);
+            if hinted {
+                p = p.zone_hint(zone);
+            }
+            s = s.pod(p);
+        }
+        s
+    }
+
+    fn explain_full(m: &ServiceModel, name: &str) -> crate::classify::Verdict {
+        let ctx = Context {
+            api_consulted: true,
+            ..Context::default()
+        };
+        classify(&sref("shop", name), &[], m, &ctx)
+    }
+
+    #[test]
+    fn endpoints_left_out_by_zone_hints_are_not_missing() {
+        let s = zonal(true);
+        let text = crate::lab::iptables::kube_proxy_restore(&s);
+        assert_eq!(
+            text.matches("-j DNAT").count(),
+            2,
+            "kube-proxy programs zone-a's two: {text}"
+        );
+        let m = model(&s, &s);
+        let v = explain_full(&m, "zonal");
+        assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{v:#?}");
+        assert!(
+            v.root_cause.detail.contains("2 of 4 endpoints, zone hints for zone-a"),
+            "{v:#?}"
+        );
+        let note = v
+            .evidence
+            .iter()
+            .find(|e| e.content.starts_with("topology:"))
+            .expect("topology note");
+        assert_eq!(
+            note.content,
+            "topology: kube-proxy programs 2 of 4 ready endpoints of shop/zonal on node d8lab-node \
+             (zone hints for zone-a); left out on purpose: 10.244.3.12:8080, 10.244.3.13:8080"
+        );
+    }
+
+    #[test]
+    fn without_hints_the_narrowed_rules_miss_endpoints() {
+        // The same narrowed rules, but the API gives no hints: kube-proxy should program all four.
+        let m = model(&zonal(true), &zonal(false));
+        let v = explain_full(&m, "zonal");
+        assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing, "{v:#?}");
+        assert!(v.evidence.iter().all(|e| !e.content.starts_with("topology:")));
+        // A node in a zone no endpoint is hinted for: every ready endpoint, so again missing.
+        let mut api = zonal(true);
+        api.zones.insert("d8lab-node".into(), "zone-c".into());
+        let v = explain_full(&model(&zonal(true), &api), "zonal");
+        assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing, "{v:#?}");
+    }
+
+    #[test]
+    fn rules_that_ignore_the_hints_are_healthy_and_said_so() {
+        // kube-proxy wrote all four (it does not apply hints); the API's hints leave two out.
+        let v = explain_full(&model(&zonal(false), &zonal(true)), "zonal");
+        assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{v:#?}");
+        let note = v
+            .evidence
+            .iter()
+            .find(|e| e.content.starts_with("topology:"))
+            .expect("topology note");
+        assert!(
+            note.content.ends_with(
+                "; the rules still DNAT to 10.244.3.12:8080, 10.244.3.13:8080: this kube-proxy does not apply the \
+                 hints (older than 1.21, or its TopologyAwareHints gate is off)"
+            ),
+            "{}",
+            note.content
+        );
+    }
+
+    #[test]
+    fn node_hints_narrow_to_this_node() {
+        let mut s = zonal(true);
+        for p in &mut s.pods {
+            let node = p.node.clone().unwrap();
+            p.node_hints = vec![node];
+        }
+        // Only z-0 and z-1 on this node; node hints win over zone hints.
+        let text = crate::lab::iptables::kube_proxy_restore(&s);
+        assert_eq!(text.matches("-j DNAT").count(), 2, "{text}");
+        let v = explain_full(&model(&s, &s), "zonal");
+        assert_eq!(v.root_cause.class, VerdictClass::Healthy, "{v:#?}");
+        assert!(v.root_cause.detail.contains("node hints for d8lab-node"), "{v:#?}");
+    }
+
     #[test]
     fn a_service_the_rules_lack_is_rules_missing() {
         let mut rules = spec();
@@ -836,4 +953,30 @@ fn terminating_serving_endpoints_are_recorded() {
         ["10.1.0.9:8080".parse::<std::net::SocketAddr>().unwrap()]
     );
     assert_eq!(s.endpoints[0].ready, Some(false));
+}
+
+#[test]
+fn rfc3339_times_as_unix_seconds() {
+    use super::enrich::rfc3339_unix;
+    assert_eq!(rfc3339_unix("1970-01-01T00:00:00Z"), Some(0.0));
+    assert_eq!(rfc3339_unix("2026-12-06T14:00:00Z"), Some(1_796_565_600.0));
+    assert_eq!(rfc3339_unix("2026-12-06T15:00:00+01:00"), Some(1_796_565_600.0));
+    assert_eq!(rfc3339_unix("2024-02-29T00:00:00.5Z"), Some(1_709_164_800.5));
+    assert_eq!(rfc3339_unix("2026-13-01T00:00:00Z"), None);
+    assert_eq!(rfc3339_unix("yesterday"), None);
+}
+
+#[test]
+fn last_change_trigger_time_of_the_newest_slice() {
+    let text = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"a","name":"s"},"spec":{"clusterIP":"10.96.5.5","ports":[{"port":80}]}},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4","metadata":{"namespace":"a","name":"s-1","labels":{"kubernetes.io/service-name":"s"},
+          "annotations":{"endpoints.kubernetes.io/last-change-trigger-time":"1970-01-01T00:01:00Z"}},"endpoints":[],"ports":[{"port":8080}]},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4","metadata":{"namespace":"a","name":"s-2","labels":{"kubernetes.io/service-name":"s"},
+          "annotations":{"endpoints.kubernetes.io/last-change-trigger-time":"1970-01-01T00:02:00Z"}},"endpoints":[],"ports":[{"port":8080}]}
+    ]}"#;
+    let objs = parse_snapshot(text, "t.json").unwrap();
+    let mut m = ServiceModel::default();
+    enrich(&mut m, &objs, None);
+    assert_eq!(m.service(&sref("a", "s")).unwrap().api.last_change_unix, Some(120.0));
 }

@@ -361,6 +361,7 @@ fn merge_into(m: &mut Service, s: Service) {
     for (mine, theirs) in [
         (&mut r.no_endpoints, o.no_endpoints),
         (&mut r.no_local_endpoints, o.no_local_endpoints),
+        (&mut r.firewall_drops, o.firewall_drops),
     ] {
         for x in theirs {
             if !mine.contains(&x) {
@@ -369,6 +370,7 @@ fn merge_into(m: &mut Service, s: Service) {
         }
     }
     r.affinity_timeout_secs = r.affinity_timeout_secs.or(o.affinity_timeout_secs);
+    r.undefined_port_reject = r.undefined_port_reject.take().or(o.undefined_port_reject);
     for (mine, theirs) in [
         (&mut r.problems, o.problems),
         (&mut r.chains, o.chains),

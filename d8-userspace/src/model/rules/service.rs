@@ -88,6 +88,14 @@ impl Services {
         }
     }
 
+    /// Records a rule that drops load-balancer clients outside loadBalancerSourceRanges, once.
+    pub(crate) fn add_firewall_drop(&mut self, port_key: &str, rule: RuleRef) {
+        let (svc, _) = self.port(port_key);
+        if !svc.rules.firewall_drops.contains(&rule) {
+            svc.rules.firewall_drops.push(rule);
+        }
+    }
+
     /// Records a rule that rejects traffic to a Service port without endpoints, or (`local`) one
     /// that drops traffic which must stay on the node when the port has no local endpoint
     /// (external or internal traffic policy Local).

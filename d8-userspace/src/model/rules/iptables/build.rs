@@ -668,6 +668,9 @@ impl<'d> Builder<'d> {
         for rule in self.rules_of("filter", "KUBE-PROXY-FIREWALL") {
             if let Some((n, CommentKind::Firewall)) = rule.comment().and_then(parse_comment) {
                 self.services.add_chain(n, "KUBE-PROXY-FIREWALL");
+                if rule.target() == Some("DROP") {
+                    self.services.add_firewall_drop(n, rule.rule_ref());
+                }
                 self.ok(rule);
             } else if rule.has(MATCH_SET) {
                 self.ok(rule);

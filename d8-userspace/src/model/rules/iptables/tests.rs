@@ -274,6 +274,13 @@ fn etp_local_with_local_endpoint_marks_locality_and_source_ranges() {
         vec![(ip("10.244.1.40"), Some(true)), (ip("10.244.3.41"), Some(false))]
     );
     assert_eq!(s.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
+    // KUBE-PROXY-FIREWALL's DROP for clients outside the ranges (kube-proxy's filter-table layout).
+    let drops: Vec<&str> = s.rules.firewall_drops.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert!(
+        drops[0].contains("traffic not accepted by KUBE-FW-ZX2HZKHKESW4XA7W") && drops[0].ends_with("-j DROP"),
+        "{drops:?}"
+    );
     assert!(s.rules.chains.iter().any(|c| c.starts_with("KUBE-FW-")));
     assert!(s.rules.chains.iter().any(|c| c.starts_with("KUBE-SVL-")));
     assert_eq!(frontend(s, FrontendKind::LoadBalancer, 443).ip, ip("198.51.100.9"));

@@ -168,8 +168,21 @@ impl<'t, 'a> Builder<'t, 'a> {
             }
         }
 
-        // Per-service chains.
-        self.sorted_chains = t.chains.keys().map(|k| k.as_ref()).collect();
+        // Per-service chains. kube-proxy's partial syncs (1.29+) flush a chain it no longer needs
+        // and delete it a second later: an empty chain nothing refers to is on its way out, not
+        // part of the model (and no warning: it is kube-proxy working as designed).
+        let mut referenced: FastSet<&str> = FastSet::default();
+        for rule in &t.rules {
+            referenced.extend(t.targets(rule).iter().map(|c| c.as_ref()));
+        }
+        for set in t.sets.values() {
+            referenced.extend(set.elems.iter().filter_map(|(_, v, _)| verdict_target(v)));
+        }
+        let leaving = |name: &str| {
+            let c = &t.chains[name];
+            c.hook.is_none() && !c.has_rules() && !referenced.contains(name)
+        };
+        self.sorted_chains = t.chains.keys().map(|k| k.as_ref()).filter(|k| !leaving(k)).collect();
         self.sorted_chains.sort_unstable();
         let names: Vec<(&'t str, CName<'t>)> = self
             .sorted_chains
@@ -217,6 +230,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                             for r in ranges {
                                 self.services.add_source_range(&key, r.clone());
                             }
+                            self.services.add_firewall_drop(&key, rule.rule_ref(t));
                             self.understood[rule.index] = true;
                         }
                     }
@@ -234,8 +248,27 @@ impl<'t, 'a> Builder<'t, 'a> {
         self.check_all_jumps();
         self.report_not_understood();
         let layout = detect_layout(t);
+        // `cluster-ips-check` (1.30+): `ip daddr @cluster-ips reject` refuses ports a live ClusterIP
+        // does not define; each Service with such a ClusterIP gets it as evidence.
+        let reject = t
+            .chains
+            .get("cluster-ips-check")
+            .and_then(|c| t.chain_rules(c).find(|r| r.match_set() == Some("cluster-ips")))
+            .map(|r| r.rule_ref(t));
+        let mut services = self.services.into_sorted();
+        if let Some(reject) = reject {
+            for svc in &mut services {
+                let live = svc
+                    .frontends
+                    .iter()
+                    .any(|f| f.kind == FrontendKind::ClusterIp && cluster_ips.contains(&f.ip));
+                if live {
+                    svc.rules.undefined_port_reject = Some(reject.clone());
+                }
+            }
+        }
         Parsed {
-            services: self.services.into_sorted(),
+            services,
             warnings: self.warnings,
             rules_present: true,
             mode_hint: Some(ProxyMode::Nftables),

@@ -141,7 +141,32 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         vec![(ip("10.244.1.40"), Some(true)), (ip("10.244.3.41"), Some(false))]
     );
     assert_eq!(fw.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
+    let drops: Vec<(&str, &str)> = fw
+        .rules
+        .firewall_drops
+        .iter()
+        .map(|r| (r.name.as_str(), r.text.as_str()))
+        .collect();
+    assert_eq!(
+        drops,
+        [(
+            "firewall-JPQTEXM7-ns3/fw-local/tcp/https",
+            "ip saddr != 192.0.2.0/24 drop # handle 129"
+        )]
+    );
     assert_eq!(frontend(fw, FrontendKind::LoadBalancer, 443).ip, ip("198.51.100.9"));
+    // cluster-ips-check's reject (1.30+) applies to every Service whose ClusterIP is in cluster-ips.
+    let reject = fw
+        .rules
+        .undefined_port_reject
+        .as_ref()
+        .expect("cluster-ips-check reject");
+    assert_eq!(reject.name, "cluster-ips-check");
+    assert!(
+        reject.text.starts_with("ip daddr @cluster-ips reject") && reject.text.contains("# handle 69"),
+        "{}",
+        reject.text
+    );
     let sticky = svc(&p, "ns2/sticky");
     assert_eq!(sticky.rules.affinity_timeout_secs, Some(10800));
     assert_eq!(sticky.endpoints.len(), 2);
@@ -401,4 +426,30 @@ fn mangled_kernel_answers_never_panic() {
         let _ = netlink::decode_dump(crate::kernel::nftables::FAMILY_IP6, &flipped);
         flipped[i] ^= 0x5a;
     }
+}
+
+#[test]
+fn empty_chains_nothing_refers_to_are_not_part_of_the_model() {
+    // A partial sync flushed ns9/gone's chains; kube-proxy deletes them a second later.
+    let gone = [
+        "service-AAAAAAAA-ns9/gone/tcp/http",
+        "endpoint-BBBBBBBB-ns9/gone/tcp/http__10.244.9.9/8080",
+    ];
+    let extra: String = gone
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                r#"{{"chain": {{"family": "ip", "table": "kube-proxy", "name": "{n}", "handle": {}}}}}, "#,
+                900 + i
+            )
+        })
+        .collect();
+    let json = LAYOUT_B.replacen(r#"{"chain": "#, &format!("{extra}{{\"chain\": "), 1);
+    assert!(json.contains(gone[0]), "fixture edited");
+    let p = parse(&json).unwrap();
+    let base = parse(LAYOUT_B).unwrap();
+    assert_eq!(p.services.len(), base.services.len());
+    assert!(p.services.iter().all(|s| s.service.namespace != "ns9"));
+    assert_eq!(p.warnings, base.warnings);
 }
