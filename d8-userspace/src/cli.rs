@@ -288,6 +288,8 @@ impl LogArgs {
     /// Installs the process's log subscriber: `tracing` events of this crate at the chosen level
     /// (other crates' only when they are errors), written to stderr. With `debug_kernel`, the
     /// kernel programs' records (target `d8_trace::kernel`) are shown from debug level up.
+    /// kube-client's own lines are off: every request it fails it logs as an error, and the
+    /// daemon's API watches say what failed once per outage, with what they do about it.
     pub fn init(&self, debug_kernel: bool) {
         use tracing_subscriber::{EnvFilter, fmt};
         let level = match (self.quiet, self.verbose) {
@@ -298,7 +300,7 @@ impl LogArgs {
         };
         let kernel = if debug_kernel { ",d8_trace::kernel=debug" } else { "" };
         let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error{kernel}")));
+            .unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error,kube_client=off{kernel}")));
         let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
         let _ = match self.log_format {
             LogFormat::Text => builder.event_format(PlainLines).try_init(),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use d8_tests::{bpf, run::Trace};
+use d8_tests::{apiserver::ApiServer, bpf, run::Trace};
 use d8_trace::{lab, model::ProxyMode};
 
 use crate::common::*;
@@ -230,4 +230,170 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
         bpf::Held::default(),
         "links left after SIGTERM"
     );
+}
+
+/// The lab's API served by the project's own list-and-watch server in the node's network
+/// namespace (where the daemon connects from).
+fn api_server(lab: &lab::Lab) -> ApiServer {
+    let ns = lab.node_ns().to_string();
+    let port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let server = ApiServer::start_with(move || {
+        let want = port.load(std::sync::atomic::Ordering::Relaxed);
+        let l = lab::in_netns(&ns, || {
+            std::net::TcpListener::bind(("127.0.0.1", want)).map_err(|e| lab::Error::Io(e.to_string()))
+        })
+        .map_err(std::io::Error::other)?;
+        port.store(l.local_addr()?.port(), std::sync::atomic::Ordering::Relaxed);
+        Ok(l)
+    })
+    .expect("API server");
+    server.sync(&lab.snapshot_json());
+    server
+}
+
+fn verdict_of(text: &str, service: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("d8_trace_service_verdict{{service=\"{service}\",class=\"")))
+        .filter_map(|rest| {
+            rest.split_once("\"} ")
+                .filter(|(_, v)| v.trim() == "1")
+                .map(|(c, _)| c.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart() {
+    let mut lab = lab(ProxyMode::Iptables);
+    let mut server = api_server(&lab);
+    let dir = std::env::temp_dir().join(format!("d8-daemon-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let node = lab.spec().node_name.clone();
+    let args = [
+        "daemon",
+        "--netns",
+        lab.node_ns(),
+        "--metrics-addr",
+        "0.0.0.0:9810",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node",
+        &node,
+    ];
+    let daemon = Trace::start_until(&args, &[], "daemon ready");
+    let held = bpf::held_by(daemon.pid() as u32);
+    wait_metric(&lab, "d8_trace_api_up", 1.0);
+    let lists = server.lists();
+    assert_eq!(lists, 4, "one LIST per kind at start");
+
+    for _ in 0..2 {
+        let r = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).unwrap();
+        assert_eq!(r.status(), Some(200));
+    }
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="healthy"}"#,
+        1.0,
+    );
+
+    // An API-only change (web-2 gone from the API while the rules still DNAT to it) moves the
+    // verdict within seconds, through the watch: no LIST.
+    lab.delete_from_api("web-2").unwrap();
+    server.sync(&lab.snapshot_json());
+    let started = Instant::now();
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="stale_endpoint"}"#,
+        1.0,
+    );
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert_eq!(server.lists(), lists, "a watch event must not cause a LIST");
+
+    // The API server goes away: api_up 0, the view's age grows, verdicts keep the API's view.
+    server.stop();
+    let text = wait_metric(&lab, "d8_trace_api_up", 0.0);
+    assert_eq!(verdict_of(&text, "default/web"), ["stale_endpoint"], "{text}");
+    std::thread::sleep(Duration::from_secs(3));
+    let text = scrape(&lab);
+    assert!(
+        metric(&text, "d8_trace_api_view_age_seconds").is_some_and(|a| a >= 2.0),
+        "{text}"
+    );
+    assert_eq!(verdict_of(&text, "default/web"), ["stale_endpoint"], "{text}");
+    assert!(
+        metric(&text, "d8_trace_api_errors_total").is_some_and(|e| e >= 1.0),
+        "{text}"
+    );
+
+    // Back, with a change made meanwhile: the watches resume from their resourceVersion (no LIST)
+    // and deliver it.
+    lab.restore_api();
+    server.sync(&lab.snapshot_json());
+    server.start().expect("API server restarted");
+    wait_metric(&lab, "d8_trace_api_up", 1.0);
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="healthy"}"#,
+        1.0,
+    );
+    assert_eq!(metric(&scrape(&lab), "d8_trace_api_view_age_seconds"), Some(0.0));
+    assert_eq!(server.lists(), lists, "resumed watches must not LIST");
+
+    // A Service deleted (from the rules and the API) takes its series with it.
+    let _ = lab::in_netns(lab.client_ns(), || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| lab::Error::Io(e.to_string()))?;
+        let _ = s.send_to(b"q", addr(DNS_VIP, 53));
+        Ok(())
+    });
+    let dns = r#"service="default/dns""#;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !scrape(&lab).contains(&format!("d8_trace_flows_total{{{dns}")) {
+        assert!(
+            Instant::now() < deadline,
+            "no flow counted for default/dns:\n{}",
+            scrape(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut without_dns = lab.spec().clone();
+    without_dns.services.retain(|s| s.name != "dns");
+    lab.apply(without_dns).expect("rules rewritten");
+    server.sync(&lab.snapshot_json());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(&lab);
+        if !text.contains(dns) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "default/dns's series outlived it:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(server.lists(), lists, "still no LIST");
+
+    // History compacted while away: the watches get 410 Gone and list again, once per kind.
+    server.stop();
+    wait_metric(&lab, "d8_trace_api_up", 0.0);
+    server.compact();
+    server.start().expect("API server restarted");
+    wait_metric(&lab, "d8_trace_api_up", 1.0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.lists() < lists + 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(server.lists(), lists + 4, "one LIST per kind after 410 Gone");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.lists(), lists + 4, "and no more");
+    assert!(server.watches() >= 16, "the watches resumed: {}", server.watches());
+
+    daemon.signal(libc::SIGTERM);
+    let done = daemon.finish(Duration::from_secs(5));
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(
+        bpf::still_loaded(&held),
+        bpf::Held::default(),
+        "links left after SIGTERM"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,7 +34,7 @@ use std::{
 use self::{
     events::EventWriter,
     http::State,
-    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, VerdictLabels},
+    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, VerbLabels, VerdictLabels},
 };
 use crate::{
     classify::{self, Context},
@@ -52,8 +52,6 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
 /// Most flows held at once, by default (`--max-flows`).
 pub const MAX_FLOWS: usize = 100_000;
-/// Longest wait between two attempts to reach an unreachable API.
-pub const API_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -92,34 +90,98 @@ pub struct Options {
     pub max_flows: usize,
 }
 
-/// The model: rules always; the API when due (`api_due`), else the last API view is reused.
+/// The model: kube-proxy's rules, read again every `--refresh-secs` and when the API's view
+/// changed, folded with the API's view (the watches' stores, a snapshot, or nothing).
 struct ModelSource {
     scope: Scope,
-    refresh: Duration,
-    api_failures: u32,
-    next_api: tokio::time::Instant,
-    api_up: bool,
-    /// The read in flight asked the API (not backing off).
-    asked_api: bool,
+    /// The live API's watches (`scope.api` is then their [`k8s::Source::Watched`] view); dropping
+    /// it stops them.
+    watch: Option<k8s::watch::Watch>,
+    /// The watches' generation the read in flight (or the last read) started from.
+    read_generation: u64,
+    /// The last model holds an API view (used by the classifier, kept while the API is down).
+    api_consulted: bool,
 }
 
 /// A read of the node's view in flight, on a thread of its own.
 type Reading = tokio::task::JoinHandle<Result<NodeView, trace::Error>>;
 
+/// How long the daemon waits at start for the API's first lists before reading the model without
+/// them (the model is read again as soon as they arrive).
+const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
+
 impl ModelSource {
-    /// Starts a read of the node's view (the rules, and the API unless backing off) on a blocking
-    /// thread with its own event loop: the dump tools run there with `Command::output`, and take
-    /// seconds on a large or slow node, while this loop keeps draining the ring buffer and
-    /// `/metrics` keeps answering. The thread is in the node's network namespace (threads start
-    /// in their creator's).
-    fn start(&mut self) -> Reading {
-        let mut scope = self.scope.clone();
-        let api_wanted = scope.api != k8s::Source::Disabled;
-        if api_wanted && tokio::time::Instant::now() < self.next_api {
-            // Backing off: rules alone this round.
-            scope.api = k8s::Source::Disabled;
+    /// With the live API: a watch client and the watches, started (see [`k8s::watch`]). A client
+    /// that cannot be configured (no kubeconfig, no service account) leaves the daemon on the
+    /// rules alone, with a warning.
+    async fn new(mut scope: Scope) -> ModelSource {
+        let mut watch = None;
+        if let k8s::Source::Live { kubeconfig } = &scope.api {
+            let hint = k8s::NodeHint {
+                flag: scope.node.clone(),
+                env: std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()),
+                host_ips: host::host_addresses(),
+            };
+            let started = match k8s::live::watch_client(kubeconfig.as_deref(), k8s::DEFAULT_TIMEOUT).await {
+                Ok(client) => k8s::watch::Watch::start(client, hint).map_err(|e| e.to_string()),
+                Err(e) => Err(crate::error_chain(&e)),
+            };
+            match started {
+                Ok(w) => {
+                    scope.api = k8s::Source::Watched(w.view());
+                    watch = Some(w);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; continuing without the Kubernetes API (rules-only verdicts)");
+                    scope.api = k8s::Source::Disabled;
+                }
+            }
         }
-        self.asked_api = scope.api != k8s::Source::Disabled;
+        ModelSource {
+            scope,
+            watch,
+            read_generation: 0,
+            api_consulted: false,
+        }
+    }
+
+    fn view(&self) -> Option<k8s::watch::View> {
+        self.watch.as_ref().map(k8s::watch::Watch::view)
+    }
+
+    /// Waits up to `wait` for the watches' first lists.
+    async fn first_sync(&self, wait: Duration) {
+        let Some(view) = self.view() else { return };
+        let deadline = tokio::time::Instant::now() + wait;
+        while !view.health().synced && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The API's objects changed since the last read started.
+    fn api_changed(&self) -> bool {
+        self.view().is_some_and(|v| v.generation() != self.read_generation)
+    }
+
+    /// The API answers: the watches run, or the snapshot was read.
+    fn api_up(&self) -> bool {
+        match &self.scope.api {
+            k8s::Source::Watched(view) => view.health().up,
+            k8s::Source::Disabled => false,
+            _ => self.api_consulted,
+        }
+    }
+
+    /// Starts a read of the node's view (the rules, and the API's view) on a blocking thread with
+    /// its own event loop: the dump tools run there with `Command::output`, and take seconds on a
+    /// large or slow node, while this loop keeps draining the ring buffer and `/metrics` keeps
+    /// answering. The thread is in the node's network namespace (threads start in their
+    /// creator's).
+    fn start(&mut self) -> Reading {
+        if let Some(view) = self.view() {
+            self.read_generation = view.generation();
+        }
+        let scope = self.scope.clone();
         tokio::task::spawn_blocking(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -129,37 +191,44 @@ impl ModelSource {
         })
     }
 
-    async fn read(&mut self) -> Result<(ServiceModel, bool), trace::Error> {
+    async fn read(&mut self) -> Result<ServiceModel, trace::Error> {
         let reading = self.start();
         self.finish(reading.await)
     }
 
-    /// The model of a finished read, and whether the API is up; backs off after an API failure.
+    /// The model of a finished read.
     fn finish(
         &mut self,
         done: Result<Result<NodeView, trace::Error>, tokio::task::JoinError>,
-    ) -> Result<(ServiceModel, bool), trace::Error> {
-        let now = tokio::time::Instant::now();
+    ) -> Result<ServiceModel, trace::Error> {
         let view = done.map_err(|e| trace::Error::Io(std::io::Error::other(format!("the read stopped: {e}"))))??;
-        if self.asked_api {
-            self.api_up = view.api_consulted;
-            if view.api_consulted {
-                self.api_failures = 0;
-                self.next_api = now;
-            } else {
-                self.api_failures += 1;
-                let wait = self.refresh * 2u32.saturating_pow(self.api_failures.min(6));
-                self.next_api = now + wait.min(API_BACKOFF_MAX);
-                for w in &view.warnings {
-                    tracing::warn!("{w} (next API attempt in {}s)", wait.min(API_BACKOFF_MAX).as_secs());
-                }
+        self.api_consulted = view.api_consulted;
+        if !matches!(self.scope.api, k8s::Source::Watched(_)) {
+            // The watches warn for themselves, once per outage; a snapshot's problems are said here.
+            for w in &view.warnings {
+                tracing::warn!("{w}");
             }
         }
-        Ok((view.model, self.api_up))
+        Ok(view.model)
     }
 }
 
-fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: usize) {
+/// The API's gauges and counters from the watches' health.
+fn set_api_metrics(m: &Metrics, source: &ModelSource) {
+    m.api_up.set(source.api_up() as i64);
+    let Some(view) = source.view() else { return };
+    let h = view.health();
+    m.api_view_age_seconds.set(h.stale_for.map_or(0.0, |d| d.as_secs_f64()));
+    for (verb, n) in [("list", h.lists), ("watch", h.watches)] {
+        m.api_requests
+            .get_or_create(&VerbLabels { verb: verb.into() })
+            .inner()
+            .store(n, Ordering::Relaxed);
+    }
+    m.api_errors.inner().store(h.errors, Ordering::Relaxed);
+}
+
+fn set_model_metrics(m: &Metrics, model: &ServiceModel, source: &ModelSource, targets: usize) {
     let kp = &model.kube_proxy;
     m.kube_proxy_mode.clear();
     let mode = match kp.mode {
@@ -182,7 +251,7 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: u
         None => -1,
     });
     m.kube_proxy_sync_age_seconds.set(kp.last_sync_age_secs.unwrap_or(-1.0));
-    m.api_up.set(api_up as i64);
+    set_api_metrics(m, source);
     m.services.set(model.services.len() as i64);
     m.targets.set(targets as i64);
     let ct = host::conntrack_stats(None);
@@ -216,15 +285,9 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         })?),
     };
 
-    let mut source = ModelSource {
-        scope: opts.scope.clone(),
-        refresh: opts.refresh,
-        api_failures: 0,
-        next_api: tokio::time::Instant::now(),
-        api_up: false,
-        asked_api: false,
-    };
-    let (mut model, api_up) = source.read().await?;
+    let mut source = ModelSource::new(opts.scope.clone()).await;
+    source.first_sync(FIRST_SYNC_WAIT).await;
+    let mut model = source.read().await?;
     let mut merged = Merged::every_service(&model);
 
     let KernelSetup {
@@ -270,12 +333,12 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             hooks: choice.set.name().into(),
         })
         .set(1);
-    set_model_metrics(m, &model, api_up, targets.len());
+    set_model_metrics(m, &model, &source, targets.len());
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         "daemon ready: {} Services (API: {}), {} targets traced, {} hooks ({} hook set); metrics on http://{}/metrics",
         model.services.len(),
-        api_source_note(&opts.scope),
+        api_source_note(&source.scope),
         targets.len(),
         capture.attached().len(),
         choice.set.name(),
@@ -283,7 +346,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     );
 
     let mut counted: HashSet<u64> = HashSet::new();
-    let mut verdicts: HashMap<ServiceRef, String> = HashMap::new();
+    let mut verdicts = Series::default();
     let mut verdict_tick = tokio::time::interval(VERDICT_EVERY);
     let mut refresh_tick = tokio::time::interval(opts.refresh);
     refresh_tick.reset();
@@ -307,7 +370,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             _ = verdict_tick.tick() => {
                 capture.pump(&mut table, &mut ignore).await;
                 table.settle(crate::kernel::monotonic_ns());
-                report_flows(&table, &merged, &model, api_up_now(&source), m, &mut counted, &mut verdicts, writer.as_mut());
+                report_flows(&table, &merged, &model, source.api_consulted, m, &mut counted, &mut verdicts, writer.as_mut());
                 let cutoff = crate::kernel::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
                 table.retain(|f| !(counted.contains(&f.id) && f.last_ns < cutoff));
                 let ids: HashSet<u64> = table.flows().iter().map(|f| f.id).collect();
@@ -321,12 +384,17 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         tracing::warn!("{w}");
                     }
                 }
+                set_api_metrics(m, &source);
+                // A watch event changed the API's view: fold it in now, not at the next refresh.
+                if reading.is_none() && source.api_changed() {
+                    reading = Some(source.start());
+                }
             }
             _ = refresh_tick.tick(), if reading.is_none() => reading = Some(source.start()),
             done = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
                 reading = None;
                 match source.finish(done) {
-                    Ok((new_model, api_up)) => {
+                    Ok(new_model) => {
                         model = new_model;
                         merged = Merged::every_service(&model);
                         let new_targets = merged.all.targets();
@@ -337,7 +405,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         }
                         table.set_frontends(merged.all.frontend_addrs.iter().copied());
                         table.set_node_ips(model.node_ips.clone());
-                        set_model_metrics(m, &model, api_up, targets.len());
+                        set_model_metrics(m, &model, &source, targets.len());
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
                     Err(e) => tracing::warn!("rules not re-read, keeping the last model: {}", crate::error_chain(&e)),
@@ -354,10 +422,6 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     Ok(())
 }
 
-fn api_up_now(source: &ModelSource) -> bool {
-    source.api_up && source.scope.api != k8s::Source::Disabled
-}
-
 /// Classifies the flows of each Service; counts flows that reached an outcome once; writes
 /// events for non-healthy flows and verdict changes; sets the verdict gauges.
 #[allow(clippy::too_many_arguments, reason = "one call site; the loop's state, spelled out")]
@@ -368,7 +432,7 @@ fn report_flows(
     api_consulted: bool,
     m: &Metrics,
     counted: &mut HashSet<u64>,
-    verdicts: &mut HashMap<ServiceRef, String>,
+    verdicts: &mut Series,
     mut writer: Option<&mut EventWriter>,
 ) {
     let mut by_service: HashMap<&ServiceRef, Vec<Flow>> = HashMap::new();
@@ -402,20 +466,20 @@ fn report_flows(
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
-            m.flows
-                .get_or_create(&FlowLabels {
-                    service: service.clone(),
-                    class: class.into(),
-                    outcome: outcome.clone(),
-                })
-                .inc();
+            let labels = FlowLabels {
+                service: service.clone(),
+                class: class.into(),
+                outcome: outcome.clone(),
+            };
+            m.flows.get_or_create(&labels).inc();
+            verdicts.flows.insert(labels);
             if let Some(reason) = flow.drop_reason() {
-                m.drops
-                    .get_or_create(&DropLabels {
-                        service: service.clone(),
-                        reason: reason.into(),
-                    })
-                    .inc();
+                let labels = DropLabels {
+                    service: service.clone(),
+                    reason: reason.into(),
+                };
+                m.drops.get_or_create(&labels).inc();
+                verdicts.drops.insert(labels);
             }
             if class != "healthy"
                 && let Some(w) = writer.as_deref_mut()
@@ -424,7 +488,7 @@ fn report_flows(
             }
         }
         let class = verdict.root_cause.class.as_str().to_string();
-        let previous = verdicts.insert(svc.service.clone(), class.clone());
+        let previous = verdicts.verdicts.insert(svc.service.clone(), class.clone());
         if previous.as_deref() != Some(class.as_str()) {
             if let Some(prev) = &previous {
                 m.verdict
@@ -434,12 +498,12 @@ fn report_flows(
                     })
                     .set(0);
             }
-            m.verdict
-                .get_or_create(&VerdictLabels {
-                    service: service.clone(),
-                    class: class.clone(),
-                })
-                .set(1);
+            let labels = VerdictLabels {
+                service: service.clone(),
+                class: class.clone(),
+            };
+            m.verdict.get_or_create(&labels).set(1);
+            verdicts.verdict_series.insert(labels);
             if let Some(w) = writer.as_deref_mut() {
                 w.verdict(
                     &service,
@@ -451,6 +515,57 @@ fn report_flows(
             }
         }
     }
+    verdicts.forget_gone(model, m);
+}
+
+/// The per-Service series the daemon created, so a Service that goes takes its series with it
+/// (thousands of deleted Services would otherwise stay exported forever).
+#[derive(Default)]
+struct Series {
+    /// Each Service's current verdict class.
+    verdicts: HashMap<ServiceRef, String>,
+    /// Every verdict series set (the current class at 1, earlier ones at 0).
+    verdict_series: HashSet<VerdictLabels>,
+    flows: HashSet<FlowLabels>,
+    drops: HashSet<DropLabels>,
+}
+
+impl Series {
+    /// Removes the series of the Services `model` no longer has.
+    fn forget_gone(&mut self, model: &ServiceModel, m: &Metrics) {
+        let present: HashSet<&ServiceRef> = model.services.iter().map(|s| &s.service).collect();
+        let gone: HashSet<String> = self
+            .verdicts
+            .keys()
+            .filter(|s| !present.contains(s))
+            .map(ServiceRef::to_string)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.verdicts.retain(|svc, _| present.contains(svc));
+        self.verdict_series.retain(|l| {
+            let keep = !gone.contains(&l.service);
+            if !keep {
+                m.verdict.remove(l);
+            }
+            keep
+        });
+        self.flows.retain(|l| {
+            let keep = !gone.contains(&l.service);
+            if !keep {
+                m.flows.remove(l);
+            }
+            keep
+        });
+        self.drops.retain(|l| {
+            let keep = !gone.contains(&l.service);
+            if !keep {
+                m.drops.remove(l);
+            }
+            keep
+        });
+    }
 }
 
 /// Where the API's view comes from, in words.
@@ -459,6 +574,7 @@ fn api_source_note(scope: &Scope) -> &'static str {
         k8s::Source::Disabled => "rules only (--no-k8s)",
         k8s::Source::Snapshot(_) => "a snapshot file",
         k8s::Source::Live { .. } => "the live API",
+        k8s::Source::Watched(_) => "the live API, watched",
     }
 }
 
@@ -487,6 +603,46 @@ mod tests {
             m.services.push(s);
         }
         m
+    }
+
+    #[test]
+    fn a_service_that_goes_takes_its_series_with_it() {
+        let m = Metrics::new();
+        let mut series = Series::default();
+        let full = model();
+        for svc in &full.services {
+            let service = svc.service.to_string();
+            series.verdicts.insert(svc.service.clone(), "healthy".into());
+            for (class, v) in [("healthy", 1), ("no_endpoints", 0)] {
+                let l = VerdictLabels {
+                    service: service.clone(),
+                    class: class.into(),
+                };
+                m.verdict.get_or_create(&l).set(v);
+                series.verdict_series.insert(l);
+            }
+            let l = FlowLabels {
+                service: service.clone(),
+                class: "healthy".into(),
+                outcome: "established".into(),
+            };
+            m.flows.get_or_create(&l).inc();
+            series.flows.insert(l);
+            let l = DropLabels {
+                service,
+                reason: "NETFILTER_DROP".into(),
+            };
+            m.drops.get_or_create(&l).inc();
+            series.drops.insert(l);
+        }
+        let mut left = full.clone();
+        left.services.retain(|s| s.service.name == "a");
+        series.forget_gone(&left, &m);
+        let text = m.encode();
+        assert!(!text.contains("ns/b"), "{text}");
+        assert_eq!(text.matches(r#"service="ns/a""#).count(), 4, "{text}");
+        assert_eq!(series.verdicts.len(), 1);
+        assert_eq!(series.verdict_series.len() + series.flows.len() + series.drops.len(), 4);
     }
 
     #[test]

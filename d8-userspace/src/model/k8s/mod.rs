@@ -15,6 +15,7 @@ pub mod enrich;
 pub mod live;
 pub mod node;
 pub mod snapshot;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +79,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A list came without the resourceVersion a watch starts from.
+    #[error("the Kubernetes API listed {what} without a resourceVersion, so they cannot be watched")]
+    NoVersion {
+        /// What was listed.
+        what: &'static str,
+    },
     /// A request took longer than the timeout.
     #[error("the Kubernetes API did not answer within {secs} s ({what})")]
     Timeout {
@@ -136,6 +143,8 @@ pub enum Source {
     Snapshot(PathBuf),
     /// `--no-k8s`: rules alone.
     Disabled,
+    /// The daemon's watches of the live API: the objects as the last events left them.
+    Watched(watch::View),
 }
 
 /// What [`apply`] did, for `classify::Context` and the user.
@@ -177,6 +186,7 @@ pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, t
             ..Applied::default()
         }),
         Source::Snapshot(path) => apply_snapshot(model, path, hint),
+        Source::Watched(view) => Ok(apply_watched(model, view, hint)),
         Source::Live { kubeconfig } => {
             let loaded = live::load(kubeconfig.as_deref(), hint, timeout).await;
             match loaded.objects {
@@ -204,6 +214,50 @@ pub fn apply_snapshot(model: &mut ServiceModel, path: &std::path::Path, hint: &N
     let objs = snapshot::read_snapshot(path)?;
     let node = hint.select(&objs.nodes);
     Ok(fold(model, &objs, node))
+}
+
+/// [`apply`] for the daemon's watches. A view the API has not confirmed lately is still used (it
+/// is the best there is, and verdicts must not flip to "unknown" for an API restart), with a
+/// warning saying how old it is; before the first lists completed there is none.
+fn apply_watched(model: &mut ServiceModel, view: &watch::View, hint: &NodeHint) -> Applied {
+    let health = view.health();
+    let because = health
+        .last_error
+        .as_deref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    let (mut applied, warning) = match view.objects() {
+        Some((objs, node)) => {
+            let node = node.or_else(|| hint.select(&objs.nodes));
+            let warning = health.stale_for.map(|age| {
+                format!(
+                    "the Kubernetes API has not answered for {} s{because}: the API's view here is {} s old",
+                    age.as_secs(),
+                    age.as_secs()
+                )
+            });
+            (fold(model, &objs, node), warning)
+        }
+        None => (
+            Applied {
+                api_consulted: false,
+                node: hint_only(hint),
+                warnings: Vec::new(),
+            },
+            Some(format!(
+                "the Kubernetes API has not been listed yet{because}; continuing without it (rules-only verdict)"
+            )),
+        ),
+    };
+    if let Some(w) = warning {
+        model.warnings.push(crate::model::Warning::new(
+            crate::model::WarningKind::Api,
+            "the API",
+            w.clone(),
+        ));
+        applied.warnings.push(w);
+    }
+    applied
 }
 
 fn fold(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<(String, NodeSource)>) -> Applied {
