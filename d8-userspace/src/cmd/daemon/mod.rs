@@ -103,6 +103,15 @@ struct ModelSource {
     api_consulted: bool,
 }
 
+/// What the verdicts may say of the API.
+#[derive(Debug, Clone, Copy)]
+struct ApiState {
+    /// The model holds an API view (`classify::Context::api_consulted`).
+    consulted: bool,
+    /// Seconds that view has gone unconfirmed, while the API fails.
+    stale_secs: Option<u64>,
+}
+
 /// A read of the node's view in flight, on a thread of its own.
 type Reading = tokio::task::JoinHandle<Result<NodeView, trace::Error>>;
 
@@ -161,6 +170,13 @@ impl ModelSource {
     /// The API's objects changed since the last read started.
     fn api_changed(&self) -> bool {
         self.view().is_some_and(|v| v.generation() != self.read_generation)
+    }
+
+    fn api_state(&self) -> ApiState {
+        ApiState {
+            consulted: self.api_consulted,
+            stale_secs: self.view().and_then(|v| v.health().stale_for).map(|d| d.as_secs()),
+        }
     }
 
     /// The API answers: the watches run, or the snapshot was read.
@@ -370,7 +386,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             _ = verdict_tick.tick() => {
                 capture.pump(&mut table, &mut ignore).await;
                 table.settle(crate::kernel::monotonic_ns());
-                report_flows(&table, &merged, &model, source.api_consulted, m, &mut counted, &mut verdicts, writer.as_mut());
+                report_flows(&table, &merged, &model, source.api_state(), m, &mut counted, &mut verdicts, writer.as_mut());
                 let cutoff = crate::kernel::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
                 table.retain(|f| !(counted.contains(&f.id) && f.last_ns < cutoff));
                 let ids: HashSet<u64> = table.flows().iter().map(|f| f.id).collect();
@@ -429,7 +445,7 @@ fn report_flows(
     table: &FlowTable,
     merged: &Merged,
     model: &ServiceModel,
-    api_consulted: bool,
+    api: ApiState,
     m: &Metrics,
     counted: &mut HashSet<u64>,
     verdicts: &mut Series,
@@ -448,7 +464,7 @@ fn report_flows(
     for svc in &model.services {
         let flows = by_service.remove(&svc.service).unwrap_or_default();
         let ctx = Context {
-            api_consulted,
+            api_consulted: api.consulted,
             conntrack: Some(host::conntrack_stats(None)),
             host_ips: host_ips.clone(),
             traced: true,
@@ -511,6 +527,7 @@ fn report_flows(
                     &verdict.root_cause.class.to_string(),
                     &verdict.root_cause.detail,
                     verdict.severity.as_str(),
+                    api.stale_secs,
                 );
             }
         }
