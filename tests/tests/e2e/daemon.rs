@@ -174,6 +174,18 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
         1.0,
     );
     let before = metric(&scrape(&lab), "d8_trace_traced_targets").unwrap();
+    // Rules that did not change are not read again (the nf_tables generation did not move).
+    let unchanged = r#"d8_trace_rules_reads_total{result="unchanged"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&scrape(&lab), unchanged).unwrap_or(0.0) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "every refresh read the rules:\n{}",
+            scrape(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let reads = metric(&scrape(&lab), r#"d8_trace_rules_reads_total{result="read"}"#).unwrap();
 
     // kube-proxy rewrites the rules: default/empty gets an endpoint. The daemon follows without
     // restarting, and the next flow to it is healthy.
@@ -184,6 +196,15 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     );
     lab.apply(spec).expect("rules rewritten");
     wait_metric(&lab, "d8_trace_traced_targets", before + 1.0);
+    let text = scrape(&lab);
+    assert!(
+        metric(&text, r#"d8_trace_rules_reads_total{result="read"}"#).is_some_and(|r| r > reads),
+        "the rewrite was read:\n{text}"
+    );
+    assert!(
+        metric(&text, "d8_trace_rules_age_seconds").is_some_and(|a| (0.0..5.0).contains(&a)),
+        "{text}"
+    );
     let r = lab::http_get(lab.client_ns(), addr(EMPTY_VIP, 80), "/", TIMEOUT).unwrap();
     assert_eq!(r.status(), Some(200), "{r:?}");
     wait_metric(

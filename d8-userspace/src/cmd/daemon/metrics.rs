@@ -33,6 +33,11 @@ pub struct ModeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
     pub verb: String,
 }
@@ -63,6 +68,8 @@ pub struct Metrics {
     pub api_view_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_errors: Counter,
+    pub rules_reads: Family<ResultLabels, Counter>,
+    pub rules_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub services: Gauge,
     pub targets: Gauge,
 }
@@ -95,6 +102,8 @@ impl Metrics {
             api_view_age_seconds: Gauge::default(),
             api_requests: Family::default(),
             api_errors: Counter::default(),
+            rules_reads: Family::default(),
+            rules_age_seconds: Gauge::default(),
             services: Gauge::default(),
             targets: Gauge::default(),
             registry: Registry::default(),
@@ -180,6 +189,16 @@ impl Metrics {
             "api_errors",
             "Failed Kubernetes API requests and broken watches",
             m.api_errors.clone(),
+        );
+        registry.register(
+            "rules_reads",
+            "Reads of kube-proxy's rules by result: read, unchanged (the ruleset's generation had not moved), failed, timeout (the last model is kept)",
+            m.rules_reads.clone(),
+        );
+        registry.register(
+            "rules_age_seconds",
+            "Seconds since kube-proxy's rules were last read or found unchanged",
+            m.rules_age_seconds.clone(),
         );
         registry.register("services", "Services in the model", m.services.clone());
         registry.register(

@@ -12,9 +12,13 @@
 //! - every [`VERDICT_EVERY`]: flows that reached an outcome are classified per Service, counted
 //!   once, written as events when not healthy, and forgotten after [`FLOW_WINDOW`]; the verdict
 //!   gauge of each Service is set, and a change becomes an event;
-//! - every [`REFRESH_EVERY`]: kube-proxy's rules are read again and the traced targets follow
-//!   them without detaching anything (the conntrack-netlink join follows them too); the API is asked again too, backing off while it fails
-//!   (the verdicts then rest on the rules, and `d8_trace_api_up` says so);
+//!   a series of a Service that is gone is removed;
+//! - every [`REFRESH_EVERY`], and soon after a watch event changed the API's view: the model is
+//!   read again on a blocking thread ([`source`]: the rules only when their nf_tables generation
+//!   moved, the API from the watches' stores) and the traced targets follow it without detaching
+//!   anything (the conntrack-netlink join follows them too). A read that fails or overruns keeps
+//!   the last model; while the API is down its last view stays in use and `d8_trace_api_up` says
+//!   so;
 //! - SIGTERM or Ctrl-C: everything detaches, exit 0.
 //!
 //! Memory is bounded by the flow table (at most [`MAX_FLOWS`] flows of a few hundred bytes) and
@@ -23,6 +27,7 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod source;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -34,13 +39,14 @@ use std::{
 use self::{
     events::EventWriter,
     http::State,
-    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, VerbLabels, VerdictLabels},
+    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
+    source::{ApiState, ModelSource, Pending, ReadKind},
 };
 use crate::{
     classify::{self, Context},
     flows::{Flow, FlowTable, Outcome},
     kernel::host,
-    model::{ProxyMode, ServiceModel, ServiceRef, k8s, view::NodeView},
+    model::{ProxyMode, ServiceModel, ServiceRef, k8s},
     trace::{self, Capture, KernelSetup, Ready, Scope, plan::Merged},
 };
 
@@ -90,143 +96,26 @@ pub struct Options {
     pub max_flows: usize,
 }
 
-/// The model: kube-proxy's rules, read again every `--refresh-secs` and when the API's view
-/// changed, folded with the API's view (the watches' stores, a snapshot, or nothing).
-struct ModelSource {
-    scope: Scope,
-    /// The live API's watches (`scope.api` is then their [`k8s::Source::Watched`] view); dropping
-    /// it stops them.
-    watch: Option<k8s::watch::Watch>,
-    /// The watches' generation the read in flight (or the last read) started from.
-    read_generation: u64,
-    /// The last model holds an API view (used by the classifier, kept while the API is down).
-    api_consulted: bool,
+fn count_read(m: &Metrics, kind: ReadKind, source: &ModelSource) {
+    let result = match kind {
+        ReadKind::Read => "read",
+        ReadKind::Unchanged => "unchanged",
+    };
+    m.rules_reads
+        .get_or_create(&ResultLabels { result: result.into() })
+        .inc();
+    set_rules_age(m, source);
 }
 
-/// What the verdicts may say of the API.
-#[derive(Debug, Clone, Copy)]
-struct ApiState {
-    /// The model holds an API view (`classify::Context::api_consulted`).
-    consulted: bool,
-    /// Seconds that view has gone unconfirmed, while the API fails.
-    stale_secs: Option<u64>,
+fn count_failed_read(m: &Metrics, result: &str) {
+    m.rules_reads
+        .get_or_create(&ResultLabels { result: result.into() })
+        .inc();
 }
 
-/// A read of the node's view in flight, on a thread of its own.
-type Reading = tokio::task::JoinHandle<Result<NodeView, trace::Error>>;
-
-/// How long the daemon waits at start for the API's first lists before reading the model without
-/// them (the model is read again as soon as they arrive).
-const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
-
-impl ModelSource {
-    /// With the live API: a watch client and the watches, started (see [`k8s::watch`]). A client
-    /// that cannot be configured (no kubeconfig, no service account) leaves the daemon on the
-    /// rules alone, with a warning.
-    async fn new(mut scope: Scope) -> ModelSource {
-        let mut watch = None;
-        if let k8s::Source::Live { kubeconfig } = &scope.api {
-            let hint = k8s::NodeHint {
-                flag: scope.node.clone(),
-                env: std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()),
-                host_ips: host::host_addresses(),
-            };
-            let started = match k8s::live::watch_client(kubeconfig.as_deref(), k8s::DEFAULT_TIMEOUT).await {
-                Ok(client) => k8s::watch::Watch::start(client, hint).map_err(|e| e.to_string()),
-                Err(e) => Err(crate::error_chain(&e)),
-            };
-            match started {
-                Ok(w) => {
-                    scope.api = k8s::Source::Watched(w.view());
-                    watch = Some(w);
-                }
-                Err(e) => {
-                    tracing::warn!("{e}; continuing without the Kubernetes API (rules-only verdicts)");
-                    scope.api = k8s::Source::Disabled;
-                }
-            }
-        }
-        ModelSource {
-            scope,
-            watch,
-            read_generation: 0,
-            api_consulted: false,
-        }
-    }
-
-    fn view(&self) -> Option<k8s::watch::View> {
-        self.watch.as_ref().map(k8s::watch::Watch::view)
-    }
-
-    /// Waits up to `wait` for the watches' first lists.
-    async fn first_sync(&self, wait: Duration) {
-        let Some(view) = self.view() else { return };
-        let deadline = tokio::time::Instant::now() + wait;
-        while !view.health().synced && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The API's objects changed since the last read started.
-    fn api_changed(&self) -> bool {
-        self.view().is_some_and(|v| v.generation() != self.read_generation)
-    }
-
-    fn api_state(&self) -> ApiState {
-        ApiState {
-            consulted: self.api_consulted,
-            stale_secs: self.view().and_then(|v| v.health().stale_for).map(|d| d.as_secs()),
-        }
-    }
-
-    /// The API answers: the watches run, or the snapshot was read.
-    fn api_up(&self) -> bool {
-        match &self.scope.api {
-            k8s::Source::Watched(view) => view.health().up,
-            k8s::Source::Disabled => false,
-            _ => self.api_consulted,
-        }
-    }
-
-    /// Starts a read of the node's view (the rules, and the API's view) on a blocking thread with
-    /// its own event loop: the dump tools run there with `Command::output`, and take seconds on a
-    /// large or slow node, while this loop keeps draining the ring buffer and `/metrics` keeps
-    /// answering. The thread is in the node's network namespace (threads start in their
-    /// creator's).
-    fn start(&mut self) -> Reading {
-        if let Some(view) = self.view() {
-            self.read_generation = view.generation();
-        }
-        let scope = self.scope.clone();
-        tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(trace::Error::Io)?;
-            runtime.block_on(trace::node_view(&scope))
-        })
-    }
-
-    async fn read(&mut self) -> Result<ServiceModel, trace::Error> {
-        let reading = self.start();
-        self.finish(reading.await)
-    }
-
-    /// The model of a finished read.
-    fn finish(
-        &mut self,
-        done: Result<Result<NodeView, trace::Error>, tokio::task::JoinError>,
-    ) -> Result<ServiceModel, trace::Error> {
-        let view = done.map_err(|e| trace::Error::Io(std::io::Error::other(format!("the read stopped: {e}"))))??;
-        self.api_consulted = view.api_consulted;
-        if !matches!(self.scope.api, k8s::Source::Watched(_)) {
-            // The watches warn for themselves, once per outage; a snapshot's problems are said here.
-            for w in &view.warnings {
-                tracing::warn!("{w}");
-            }
-        }
-        Ok(view.model)
-    }
+fn set_rules_age(m: &Metrics, source: &ModelSource) {
+    m.rules_age_seconds
+        .set(source.rules_current_at.map_or(-1.0, |t| t.elapsed().as_secs_f64()));
 }
 
 /// The API's gauges and counters from the watches' health.
@@ -302,8 +191,32 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     };
 
     let mut source = ModelSource::new(opts.scope.clone()).await;
-    source.first_sync(FIRST_SYNC_WAIT).await;
-    let mut model = source.read().await?;
+    source.first_sync().await;
+    // The first read failing (kube-proxy starting, a tool busy) is retried, not a crash loop;
+    // `/healthz` answers meanwhile, `/readyz` does not.
+    let mut retry = Duration::from_secs(1);
+    let mut model = loop {
+        match source.read().await {
+            Ok((model, kind)) => {
+                count_read(&state.metrics, kind, &source);
+                break model;
+            }
+            Err(e) => {
+                count_failed_read(&state.metrics, "failed");
+                tracing::warn!(
+                    "cannot read the node's model, retrying in {} s: {}",
+                    retry.as_secs(),
+                    crate::error_chain(&e)
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = sigint.recv() => return Ok(()),
+                    _ = sigterm.recv() => return Ok(()),
+                }
+                retry = (retry * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
     let mut merged = Merged::every_service(&model);
 
     let KernelSetup {
@@ -370,7 +283,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     pump_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut join_losses = (0, 0);
     let mut ignore = |_: &FlowTable, _: u64| {};
-    let mut reading: Option<Reading> = None;
+    let mut reading: Option<Pending> = None;
 
     loop {
         tokio::select! {
@@ -401,6 +314,14 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                     }
                 }
                 set_api_metrics(m, &source);
+                set_rules_age(m, &source);
+                if source.overdue() {
+                    count_failed_read(m, "timeout");
+                    tracing::warn!(
+                        "kube-proxy's rules are still being read after {} s; keeping the last model",
+                        source::READ_DEADLINE.as_secs()
+                    );
+                }
                 // A watch event changed the API's view: fold it in now, not at the next refresh.
                 if reading.is_none() && source.api_changed() {
                     reading = Some(source.start());
@@ -410,7 +331,8 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             done = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
                 reading = None;
                 match source.finish(done) {
-                    Ok(new_model) => {
+                    Ok((new_model, kind)) => {
+                        count_read(m, kind, &source);
                         model = new_model;
                         merged = Merged::every_service(&model);
                         let new_targets = merged.all.targets();
@@ -424,7 +346,10 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         set_model_metrics(m, &model, &source, targets.len());
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
-                    Err(e) => tracing::warn!("rules not re-read, keeping the last model: {}", crate::error_chain(&e)),
+                    Err(e) => {
+                        count_failed_read(m, "failed");
+                        tracing::warn!("rules not re-read, keeping the last model: {}", crate::error_chain(&e));
+                    }
                 }
             }
             _ = sigint.recv() => break,
