@@ -1,5 +1,10 @@
 //! The daemon's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process runs),
 //! `/readyz` (hooks attached and the model loaded).
+//!
+//! The port is on the host's network, open to anything that reaches the node: a client gets
+//! [`Limits::header_timeout`] to send its request head and [`Limits::connection_timeout`] in all,
+//! at most [`Limits::max_connections`] are served at once (the rest wait in the kernel's
+//! backlog), and accept errors (out of file descriptors) back off instead of spinning.
 
 use std::{
     convert::Infallible,
@@ -8,12 +13,13 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
@@ -56,22 +62,66 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
+/// How much one client may take of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to send the request head.
+    pub header_timeout: Duration,
+    /// Time a connection may stay open, keep-alive included.
+    pub connection_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(30),
+            max_connections: 32,
+        }
+    }
+}
+
+/// Longest pause after repeated accept errors.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut backoff = Duration::ZERO;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        // A slot first: beyond the cap, clients wait in the backlog rather than in our memory.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) => {
+                if backoff.is_zero() {
+                    tracing::warn!("metrics server: accept failed: {e}; backing off");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&state, req.uri().path())) }
             });
             // Half-closing clients (send the request, shut down writing, read) still get their answer.
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .half_close(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_timeout, conn).await;
         });
     }
 }
@@ -79,6 +129,51 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_silent_client_is_dropped_and_the_cap_holds_the_rest() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(true),
+        });
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            connection_timeout: Duration::from_secs(5),
+            max_connections: 1,
+        };
+        let server = tokio::spawn(serve(listener, state, limits));
+        // A client that connects and says nothing holds the only slot ...
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = tokio::time::Instant::now();
+        let mut asking = tokio::net::TcpStream::connect(addr).await.unwrap();
+        asking
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // ... until its header timeout closes it; then the next is served.
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(3), asking.read_to_string(&mut answer))
+            .await
+            .expect("answered after the silent client was dropped")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            started.elapsed()
+        );
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(1), silent.read_to_end(&mut rest))
+            .await
+            .expect("the silent client was closed")
+            .unwrap_or(0);
+        assert!(n < 1024, "no answer to no request");
+        server.abort();
+    }
 
     #[test]
     fn readiness_follows_the_flag() {

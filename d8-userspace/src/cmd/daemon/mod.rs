@@ -181,7 +181,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         addr: opts.metrics_addr,
         source,
     })?;
-    let server = tokio::spawn(http::serve(listener, state.clone()));
+    let server = tokio::spawn(http::serve(listener, state.clone(), http::Limits::default()));
     let mut writer = match &opts.events {
         None => None,
         Some(path) => Some(EventWriter::open(path).map_err(|source| Error::Events {
