@@ -418,3 +418,105 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_api_that_refuses_answers_garbage_or_stalls_is_a_warning_and_a_metric() {
+    use d8_tests::apiserver::Misbehave;
+    let lab = lab(ProxyMode::Nftables);
+    let mut server = api_server(&lab);
+    server.misbehave(Misbehave::Forbidden);
+    let dir = std::env::temp_dir().join(format!("d8-daemon-badapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let node = lab.spec().node_name.clone();
+    let args = [
+        "daemon",
+        "--netns",
+        lab.node_ns(),
+        "--metrics-addr",
+        "0.0.0.0:9810",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node",
+        &node,
+    ];
+    // 403 from the start (RBAC missing): the daemon still starts, on the rules alone.
+    let daemon = Trace::start_until(&args, &[], "daemon ready");
+    let held = bpf::held_by(daemon.pid() as u32);
+    let text = scrape(&lab);
+    assert_eq!(metric(&text, "d8_trace_api_up"), Some(0.0), "{text}");
+    assert!(
+        metric(&text, "d8_trace_api_errors_total").is_some_and(|e| e >= 1.0),
+        "{text}"
+    );
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#,
+        1.0,
+    );
+
+    // Allowed: the API's view arrives.
+    server.misbehave(Misbehave::No);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&scrape(&lab), "d8_trace_api_up") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the API never came up:\n{}", scrape(&lab));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let errors = metric(&scrape(&lab), "d8_trace_api_errors_total").unwrap();
+
+    // The watches drop mid-stream and the server comes back answering HTML: api_up 0, errors
+    // counted, the last view kept (the verdicts do not move), the process serving.
+    server.stop();
+    server.misbehave(Misbehave::Garbage);
+    server.start().unwrap();
+    let text = wait_metric(&lab, "d8_trace_api_up", 0.0);
+    let empty = verdict_of(&text, "default/empty");
+    std::thread::sleep(Duration::from_secs(3));
+    let text = scrape(&lab);
+    assert!(
+        metric(&text, "d8_trace_api_errors_total").is_some_and(|e| e > errors),
+        "{text}"
+    );
+    assert_eq!(verdict_of(&text, "default/empty"), empty, "{text}");
+
+    // A server that accepts and never answers: requests time out, /healthz keeps answering.
+    server.stop();
+    server.misbehave(Misbehave::Slow);
+    server.start().unwrap();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let h = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/healthz", TIMEOUT).unwrap();
+        assert_eq!(h.status(), Some(200));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(metric(&scrape(&lab), "d8_trace_api_up"), Some(0.0));
+
+    let started = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let done = daemon.finish(Duration::from_secs(5));
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "SIGTERM with requests hanging"
+    );
+    assert!(
+        done.stderr
+            .contains("(403 Forbidden): the service account needs get, list and watch")
+            && done.stderr.contains("keeping the last view"),
+        "the failures are warnings that say what happened:\n{}",
+        done.stderr
+    );
+    assert_eq!(
+        bpf::still_loaded(&held),
+        bpf::Held::default(),
+        "links left after SIGTERM"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

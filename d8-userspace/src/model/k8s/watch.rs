@@ -39,6 +39,8 @@ pub const WATCH_SECS: u32 = 290;
 /// A watch that sends nothing (no event, no bookmark) for this long is taken for a dead
 /// connection and resumed.
 const WATCH_IDLE: Duration = Duration::from_secs(WATCH_SECS as u64 + 30);
+/// A watch that started and sent nothing wrong for this long counts as the API answering.
+const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 /// First and longest wait after a failure (client-go's reflector backoff).
 const BACKOFF_MIN: Duration = Duration::from_millis(800);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -368,7 +370,7 @@ async fn this_node(client: &Client, hint: &NodeHint, shared: &Shared) -> (String
                     hint.host_ips
                 ),
             },
-            Err(e) => shared.failed(Kind::Nodes, crate::error_chain(&e)),
+            Err(e) => shared.failed(Kind::Nodes, describe_list(&e)),
         }
         backoff.wait().await;
     }
@@ -417,7 +419,7 @@ async fn watch_kind<K: Stored>(api: Api<K>, sel: Selectors, kind: Kind, shared: 
                 version
             }
             Err(e) => {
-                shared.failed(kind, crate::error_chain(&e));
+                shared.failed(kind, describe_list(&e));
                 backoff.wait().await;
                 continue;
             }
@@ -459,11 +461,7 @@ async fn watch_once<K: Stored>(
             let gone = matches!(&e, kube::Error::Api(s) if s.code == 410);
             shared.failed(
                 kind,
-                format!(
-                    "cannot watch {} from the Kubernetes API: {}",
-                    kind.name(),
-                    crate::error_chain(&e)
-                ),
+                format!("cannot watch {} from the Kubernetes API: {}", kind.name(), describe(&e)),
             );
             return if gone {
                 Stop::Relist
@@ -476,13 +474,20 @@ async fn watch_once<K: Stored>(
             return Stop::Resume { failed: true };
         }
     };
-    // The watch started: the API answers.
-    shared.answered(kind);
+    // The watch started; the API answers once it sent an event, or nothing wrong for a while (a
+    // server that answers 200 with garbage fails on its first line).
+    let mut confirmed = false;
     let mut stream = std::pin::pin!(stream);
     let mut events = 0u64;
     loop {
-        let next = match tokio::time::timeout(WATCH_IDLE, stream.next()).await {
+        let wait = if confirmed { WATCH_IDLE } else { CONFIRM_AFTER };
+        let next = match tokio::time::timeout(wait, stream.next()).await {
             Ok(next) => next,
+            Err(_) if !confirmed => {
+                confirmed = true;
+                shared.answered(kind);
+                continue;
+            }
             Err(_) => {
                 tracing::info!(
                     "the {} watch was silent for {} s; resuming it",
@@ -495,6 +500,10 @@ async fn watch_once<K: Stored>(
         match next {
             Some(Ok(event)) => {
                 events += 1;
+                if !confirmed {
+                    confirmed = true;
+                    shared.answered(kind);
+                }
                 match event {
                     WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                         remember(version, &o);
@@ -523,19 +532,12 @@ async fn watch_once<K: Stored>(
             Some(Err(e @ (kube::Error::SerdeError(_) | kube::Error::Api(_)))) => {
                 shared.failed(
                     kind,
-                    format!(
-                        "the {} watch sent what it should not: {}",
-                        kind.name(),
-                        crate::error_chain(&e)
-                    ),
+                    format!("the {} watch sent what it should not: {}", kind.name(), describe(&e)),
                 );
                 return Stop::Relist;
             }
             Some(Err(e)) => {
-                shared.failed(
-                    kind,
-                    format!("the {} watch broke: {}", kind.name(), crate::error_chain(&e)),
-                );
+                shared.failed(kind, format!("the {} watch broke: {}", kind.name(), describe(&e)));
                 return Stop::Resume { failed: true };
             }
             // The server ended the watch (its timeout) or the connection closed: resume at once,
@@ -546,6 +548,28 @@ async fn watch_once<K: Stored>(
                 };
             }
         }
+    }
+}
+
+/// A kube error in one line: the server's own status in words (kube's text carries its whole
+/// debug form), with what to do about a 403.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "{} ({} {}): the service account needs get, list and watch on services, \
+             endpointslices, pods and nodes (deploy/rbac.yaml)",
+            s.message, s.code, s.reason
+        ),
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        e => crate::error_chain(e),
+    }
+}
+
+/// [`describe`] for a failed LIST.
+fn describe_list(e: &Error) -> String {
+    match e {
+        Error::List { what, source } => format!("cannot list {what} from the Kubernetes API: {}", describe(source)),
+        e => crate::error_chain(e),
     }
 }
 
