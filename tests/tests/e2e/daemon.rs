@@ -8,6 +8,25 @@ use d8_trace::{lab, model::ProxyMode};
 
 use crate::common::*;
 
+/// SIGTERM: the daemon exits 0 within 5 s and nothing it held stays loaded.
+fn stop(daemon: Trace, held: &bpf::Held) -> d8_tests::run::Finished {
+    let started = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let done = daemon.finish(Duration::from_secs(5));
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?} to stop",
+        started.elapsed()
+    );
+    assert_eq!(
+        bpf::still_loaded(held),
+        bpf::Held::default(),
+        "links left after SIGTERM"
+    );
+    done
+}
+
 fn scrape(lab: &lab::Lab) -> String {
     let out = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/metrics", TIMEOUT).expect("scrape");
     match out {
@@ -136,16 +155,7 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
             .any(|l| l["type"] == "verdict" && l["service"] == "default/closed" && l["class"] == "backend_refused")
     );
 
-    let started = Instant::now();
-    daemon.signal(libc::SIGTERM);
-    let done = daemon.finish(Duration::from_secs(5));
-    assert!(done.status.success(), "{}", done.stderr);
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        bpf::still_loaded(&held),
-        bpf::Held::default(),
-        "links left after SIGTERM"
-    );
+    stop(daemon, &held);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -243,14 +253,7 @@ fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     let healthz = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/healthz", TIMEOUT).unwrap();
     assert_eq!(healthz.status(), Some(200), "still serving after the flood:\n{text}");
 
-    daemon.signal(libc::SIGTERM);
-    let done = daemon.finish(Duration::from_secs(5));
-    assert!(done.status.success(), "{}", done.stderr);
-    assert_eq!(
-        bpf::still_loaded(&held),
-        bpf::Held::default(),
-        "links left after SIGTERM"
-    );
+    stop(daemon, &held);
 }
 
 /// The lab's API served by the project's own list-and-watch server in the node's network
@@ -272,22 +275,10 @@ fn api_server(lab: &lab::Lab) -> ApiServer {
     server
 }
 
-fn verdict_of(text: &str, service: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(&format!("d8_trace_service_verdict{{service=\"{service}\",class=\"")))
-        .filter_map(|rest| {
-            rest.split_once("\"} ")
-                .filter(|(_, v)| v.trim() == "1")
-                .map(|(c, _)| c.to_string())
-        })
-        .collect()
-}
-
-#[test]
-fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart() {
-    let mut lab = lab(ProxyMode::Iptables);
-    let mut server = api_server(&lab);
-    let dir = std::env::temp_dir().join(format!("d8-daemon-watch-{}", std::process::id()));
+/// `d8-trace daemon` in the lab's node with `server` as its API (a kubeconfig in a directory of
+/// its own, returned for removal), started until ready.
+fn watching_daemon(lab: &lab::Lab, server: &ApiServer, test: &str) -> (Trace, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("d8-daemon-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
@@ -303,7 +294,25 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
         "--node",
         &node,
     ];
-    let daemon = Trace::start_until(&args, &[], "daemon ready");
+    (Trace::start_until(&args, &[], "daemon ready"), dir)
+}
+
+fn verdict_of(text: &str, service: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("d8_trace_service_verdict{{service=\"{service}\",class=\"")))
+        .filter_map(|rest| {
+            rest.split_once("\"} ")
+                .filter(|(_, v)| v.trim() == "1")
+                .map(|(c, _)| c.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart() {
+    let mut lab = lab(ProxyMode::Iptables);
+    let mut server = api_server(&lab);
+    let (daemon, dir) = watching_daemon(&lab, &server, "watch");
     let held = bpf::held_by(daemon.pid() as u32);
     wait_metric(&lab, "d8_trace_api_up", 1.0);
     let lists = server.lists();
@@ -408,14 +417,7 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
     assert_eq!(server.lists(), lists + 4, "and no more");
     assert!(server.watches() >= 16, "the watches resumed: {}", server.watches());
 
-    daemon.signal(libc::SIGTERM);
-    let done = daemon.finish(Duration::from_secs(5));
-    assert!(done.status.success(), "{}", done.stderr);
-    assert_eq!(
-        bpf::still_loaded(&held),
-        bpf::Held::default(),
-        "links left after SIGTERM"
-    );
+    stop(daemon, &held);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -425,24 +427,8 @@ fn an_api_that_refuses_answers_garbage_or_stalls_is_a_warning_and_a_metric() {
     let lab = lab(ProxyMode::Nftables);
     let mut server = api_server(&lab);
     server.misbehave(Misbehave::Forbidden);
-    let dir = std::env::temp_dir().join(format!("d8-daemon-badapi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
-    let node = lab.spec().node_name.clone();
-    let args = [
-        "daemon",
-        "--netns",
-        lab.node_ns(),
-        "--metrics-addr",
-        "0.0.0.0:9810",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node",
-        &node,
-    ];
     // 403 from the start (RBAC missing): the daemon still starts, on the rules alone.
-    let daemon = Trace::start_until(&args, &[], "daemon ready");
+    let (daemon, dir) = watching_daemon(&lab, &server, "badapi");
     let held = bpf::held_by(daemon.pid() as u32);
     let text = scrape(&lab);
     assert_eq!(metric(&text, "d8_trace_api_up"), Some(0.0), "{text}");
@@ -497,25 +483,14 @@ fn an_api_that_refuses_answers_garbage_or_stalls_is_a_warning_and_a_metric() {
     }
     assert_eq!(metric(&scrape(&lab), "d8_trace_api_up"), Some(0.0));
 
-    let started = Instant::now();
-    daemon.signal(libc::SIGTERM);
-    let done = daemon.finish(Duration::from_secs(5));
-    assert!(done.status.success(), "{}", done.stderr);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "SIGTERM with requests hanging"
-    );
+    // Stops within 5 s with requests hanging.
+    let done = stop(daemon, &held);
     assert!(
         done.stderr
             .contains("(403 Forbidden): the service account needs get, list and watch")
             && done.stderr.contains("keeping the last view"),
         "the failures are warnings that say what happened:\n{}",
         done.stderr
-    );
-    assert_eq!(
-        bpf::still_loaded(&held),
-        bpf::Held::default(),
-        "links left after SIGTERM"
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
