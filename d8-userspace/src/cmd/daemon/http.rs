@@ -1,6 +1,10 @@
 //! The daemon's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process runs),
 //! `/readyz` (hooks attached and the model loaded).
 //!
+//! It runs on a thread of its own, so a long round of the daemon's loop (classifying 10,000
+//! Services, swapping a model) never makes a probe wait; `/healthz` instead says whether that loop
+//! still turns ([`State::beat`]).
+//!
 //! The port is on the host's network, open to anything that reaches the node: a client gets
 //! [`Limits::header_timeout`] to send its request head and [`Limits::connection_timeout`] in all,
 //! at most [`Limits::max_connections`] are served at once (the rest wait in the kernel's
@@ -11,7 +15,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -25,9 +29,31 @@ use tokio::net::TcpListener;
 use super::metrics::Metrics;
 
 /// State the endpoints read.
+#[derive(Default)]
 pub struct State {
     pub metrics: Metrics,
     pub ready: AtomicBool,
+    /// When the daemon's loop last turned (monotonic ns); 0 before it started.
+    pub last_beat_ns: AtomicU64,
+}
+
+/// `/healthz` fails when the loop has not turned for this long (the liveness probe then restarts
+/// the pod).
+pub const STALLED_AFTER: Duration = Duration::from_secs(60);
+
+impl State {
+    /// The loop turned.
+    pub fn beat(&self) {
+        self.last_beat_ns
+            .store(crate::kernel::monotonic_ns(), Ordering::Relaxed);
+    }
+
+    /// How long the loop has not turned, once it started.
+    fn stalled_for(&self) -> Option<Duration> {
+        let last = self.last_beat_ns.load(Ordering::Relaxed);
+        let since = Duration::from_nanos(crate::kernel::monotonic_ns().saturating_sub(last));
+        (last != 0 && since > STALLED_AFTER).then_some(since)
+    }
 }
 
 fn respond(state: &State, path: &str) -> Response<Full<Bytes>> {
@@ -37,7 +63,14 @@ fn respond(state: &State, path: &str) -> Response<Full<Bytes>> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.encode(),
         ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => match state.stalled_for() {
+            None => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Some(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("the daemon's loop has not run for {} s\n", d.as_secs()),
+            ),
+        },
         "/readyz" if state.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -79,6 +112,45 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(30),
             max_connections: 32,
+        }
+    }
+}
+
+/// The server on a thread of its own (with its own event loop); dropping it stops the server.
+pub struct Server {
+    stop: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(listener: TcpListener, state: Arc<State>, limits: Limits) -> std::io::Result<Server> {
+        let listener = listener.into_std()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name("d8-http".into()).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                tokio::select! {
+                    () = serve(listener, state, limits) => {}
+                    () = token.cancelled() => {}
+                }
+            });
+        })?;
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -135,10 +207,7 @@ mod tests {
     async fn a_silent_client_is_dropped_and_the_cap_holds_the_rest() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State {
-            metrics: Metrics::new(),
-            ready: AtomicBool::new(true),
-        });
+        let state = Arc::new(State::default());
         let limits = Limits {
             header_timeout: Duration::from_millis(300),
             connection_timeout: Duration::from_secs(5),
@@ -177,15 +246,18 @@ mod tests {
 
     #[test]
     fn readiness_follows_the_flag() {
-        let state = State {
-            metrics: Metrics::new(),
-            ready: AtomicBool::new(false),
-        };
+        let state = State::default();
         assert_eq!(respond(&state, "/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
         state.ready.store(true, Ordering::Relaxed);
         assert_eq!(respond(&state, "/readyz").status(), StatusCode::OK);
         assert_eq!(respond(&state, "/healthz").status(), StatusCode::OK);
         assert_eq!(respond(&state, "/metrics").status(), StatusCode::OK);
         assert_eq!(respond(&state, "/nope").status(), StatusCode::NOT_FOUND);
+        state.beat();
+        assert_eq!(respond(&state, "/healthz").status(), StatusCode::OK);
+        let long_ago = crate::kernel::monotonic_ns() - STALLED_AFTER.as_nanos() as u64 - 1_000_000_000;
+        state.last_beat_ns.store(long_ago, Ordering::Relaxed);
+        let stalled = respond(&state, "/healthz");
+        assert_eq!(stalled.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }
