@@ -219,7 +219,8 @@ pub struct DaemonArgs {
     /// Write JSON Lines events (non-healthy flows, verdict changes) to FILE, or `-` for stdout.
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<String>,
-    /// Seconds between two readings of kube-proxy's rules (and of the API).
+    /// Seconds between two checks of kube-proxy's rules (read again only when the ruleset
+    /// changed; the API is watched, not polled).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub refresh_secs: u64,
     /// Most flows held at once; beyond it the oldest are evicted and counted.

@@ -5,6 +5,8 @@
 //!   `kubectl get services,endpointslices,pods,nodes -A -o json`.
 //! - [`live`]: the live API through kube-rs, from a kubeconfig or the in-cluster config, with short
 //!   timeouts; an unreachable API is a warning and a rules-only verdict, never a crash.
+//! - [`watch`]: the live API for the daemon: one LIST per kind, then watches (resourceVersion,
+//!   bookmarks, 410 relists, backoff); the last view is kept while the API is down.
 //! - [`enrich`](mod@enrich): the one place both feed: API facts per Service, endpoint readiness and locality,
 //!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
 //! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
