@@ -228,9 +228,12 @@ fn apply_watched(model: &mut ServiceModel, view: &watch::View, hint: &NodeHint) 
         .as_deref()
         .map(|e| format!(" ({e})"))
         .unwrap_or_default();
-    let (mut applied, warning) = match view.objects() {
-        Some((objs, node)) => {
-            let node = node.or_else(|| hint.select(&objs.nodes));
+    let folded = view.with_objects(|objs, node| {
+        let node = node.or_else(|| hint.select(&objs.nodes));
+        fold(model, objs, node)
+    });
+    let (mut applied, warning) = match folded {
+        Some(applied) => {
             let warning = health.stale_for.map(|age| {
                 format!(
                     "the Kubernetes API has not answered for {} s{because}: the API's view here is {} s old",
@@ -238,7 +241,7 @@ fn apply_watched(model: &mut ServiceModel, view: &watch::View, hint: &NodeHint) 
                     age.as_secs()
                 )
             });
-            (fold(model, &objs, node), warning)
+            (applied, warning)
         }
         None => (
             Applied {
