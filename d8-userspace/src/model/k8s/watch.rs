@@ -439,6 +439,7 @@ async fn watch_kind<K: Stored>(api: Api<K>, sel: Selectors, kind: Kind, shared: 
             Ok((items, version)) => {
                 shared.replace(kind, items);
                 shared.answered(kind);
+                backoff.reset();
                 version
             }
             Err(e) => {
@@ -509,6 +510,7 @@ async fn watch_once<K: Stored>(
             Err(_) if !confirmed => {
                 confirmed = true;
                 shared.answered(kind);
+                backoff.reset();
                 continue;
             }
             Err(_) => {
