@@ -730,6 +730,16 @@ mod tests {
         let names: Vec<_> = objs.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["b", "c"]);
         assert!(objs.services[0].metadata.annotations.is_none(), "stripped");
+        let lent = view.with_objects(|objs, _| objs.services.len()).unwrap();
+        assert_eq!(lent, 2);
+        assert_eq!(view.objects().unwrap().0.services.len(), 2, "given back after lending");
+        shared.apply(svc("d"));
+        assert_eq!(
+            view.objects().unwrap().0.services.len(),
+            3,
+            "events apply after lending"
+        );
+        shared.delete(&svc("d"));
 
         shared.failed(Kind::Pods, "boom".into());
         let h = view.health();
