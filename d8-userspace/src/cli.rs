@@ -219,7 +219,8 @@ pub struct DaemonArgs {
     /// Write JSON Lines events (non-healthy flows, verdict changes) to FILE, or `-` for stdout.
     #[arg(long, value_name = "FILE|-")]
     pub events: Option<String>,
-    /// Seconds between two readings of kube-proxy's rules (and of the API).
+    /// Seconds between two checks of kube-proxy's rules (read again only when the ruleset
+    /// changed; the API is watched, not polled).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub refresh_secs: u64,
     /// Most flows held at once; beyond it the oldest are evicted and counted.
@@ -288,6 +289,8 @@ impl LogArgs {
     /// Installs the process's log subscriber: `tracing` events of this crate at the chosen level
     /// (other crates' only when they are errors), written to stderr. With `debug_kernel`, the
     /// kernel programs' records (target `d8_trace::kernel`) are shown from debug level up.
+    /// kube-client's own lines are off: every request it fails it logs as an error, and the
+    /// daemon's API watches say what failed once per outage, with what they do about it.
     pub fn init(&self, debug_kernel: bool) {
         use tracing_subscriber::{EnvFilter, fmt};
         let level = match (self.quiet, self.verbose) {
@@ -298,7 +301,7 @@ impl LogArgs {
         };
         let kernel = if debug_kernel { ",d8_trace::kernel=debug" } else { "" };
         let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error{kernel}")));
+            .unwrap_or_else(|_| EnvFilter::new(format!("d8_trace={level},error,kube_client=off{kernel}")));
         let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
         let _ = match self.log_format {
             LogFormat::Text => builder.event_format(PlainLines).try_init(),

@@ -4,6 +4,7 @@
 //! The tests need root (network namespaces, BPF). They find the binary through `D8_TRACE_BIN`
 //! (set by `cargo xtask test`), else next to the test executable (`target/<profile>/d8-trace`).
 
+pub mod apiserver;
 pub mod bpf;
 pub mod report;
 pub mod run;

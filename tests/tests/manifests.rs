@@ -3,8 +3,9 @@
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{Container, ServiceAccount},
+    core::v1::{Container, Namespace, ServiceAccount},
     rbac::v1::ClusterRole,
+    scheduling::v1::PriorityClass,
 };
 use serde::Deserialize;
 
@@ -85,4 +86,130 @@ fn cluster_role_only_reads_what_the_model_needs() {
     }
     resources.sort();
     assert_eq!(resources, ["endpointslices", "nodes", "pods", "services"]);
+}
+
+#[test]
+fn daemonset_is_admitted_where_pod_security_and_quotas_apply() {
+    let ns: Vec<Namespace> = of_kind(&documents("rbac.yaml"), "Namespace");
+    let labels = ns[0].metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("pod-security.kubernetes.io/enforce").map(String::as_str),
+        Some("privileged"),
+        "a baseline default would reject hostNetwork and the capabilities"
+    );
+    let docs = documents("daemonset.yaml");
+    let classes: Vec<PriorityClass> = of_kind(&docs, "PriorityClass");
+    assert_eq!(classes.len(), 1);
+    let class = &classes[0];
+    assert!(
+        class.value > 0 && class.value < 1_000_000_000,
+        "below the system-* classes: {}",
+        class.value
+    );
+    assert_ne!(class.global_default, Some(true));
+    let (ds, _) = container();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.priority_class_name, class.metadata.name,
+        "its own class, not system-node-critical"
+    );
+}
+
+#[test]
+fn daemonset_runs_where_its_image_does_without_host_pid_or_locks() {
+    let (ds, c) = container();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let selector = pod.node_selector.clone().unwrap_or_default();
+    assert_eq!(selector.get("kubernetes.io/os").map(String::as_str), Some("linux"));
+    assert_eq!(selector.get("kubernetes.io/arch").map(String::as_str), Some("amd64"));
+    assert_ne!(
+        pod.host_pid,
+        Some(true),
+        "kube-proxy's Pod status in the API replaces hostPID"
+    );
+    let seccomp = pod
+        .security_context
+        .and_then(|s| s.seccomp_profile)
+        .expect("seccompProfile");
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+    let volumes = pod.volumes.unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .filter_map(|v| v.host_path.as_ref())
+            .all(|h| h.path.starts_with("/sys/kernel/")),
+        "host paths are BTF and tracefs only: {volumes:?}"
+    );
+    for m in c.volume_mounts.unwrap_or_default() {
+        assert_eq!(m.read_only, Some(true), "{} is mounted read-only", m.name);
+    }
+}
+
+/// Runs the kubectl plugin against a stand-in `kubectl` that logs its arguments and answers as a
+/// cluster with `pods` Running d8-trace pods on the node would; returns (exit code, log, stderr).
+fn plugin(args: &[&str], pods: &str) -> (i32, String, String) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("d8-plugin-{}-{run}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("log");
+    let _ = std::fs::remove_file(&log);
+    let kubectl = dir.join("kubectl");
+    std::fs::write(
+        &kubectl,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {log}\ncase \"$*\" in\n  *'get endpointslices'*) echo 'node-a node-b' ;;\n  *'get pods'*) echo '{pods}' ;;\nesac\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&kubectl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(format!("{}/../deploy/kubectl-d8_trace", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .env(
+            "PATH",
+            format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        logged,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn kubectl_plugin_takes_flag_equals_value_and_execs_in_a_running_pod() {
+    let (code, log, stderr) = plugin(
+        &["--svc=default/web", "--node=node-b", "-o", "json"],
+        "d8-trace-x d8-trace-y",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        log.contains("--field-selector spec.nodeName=node-b,status.phase=Running"),
+        "Running pods of the node asked for: {log}"
+    );
+    assert!(
+        log.contains("exec -n d8-trace d8-trace-x -- d8-trace --svc default/web -o json --duration 30"),
+        "{log}"
+    );
+    // Without --node: the node of the first ready endpoint.
+    let (code, log, stderr) = plugin(&["--svc", "default/web", "--duration=5"], "d8-trace-x");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(log.contains("spec.nodeName=node-a,"), "{log}");
+    assert!(log.contains("-- d8-trace --svc default/web --duration=5\n"), "{log}");
+}
+
+#[test]
+fn kubectl_plugin_says_why_when_no_pod_matches() {
+    let (code, log, stderr) = plugin(&["--svc=default/web", "--node=node-c"], "");
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no Running d8-trace pod on node node-c"), "{stderr}");
+    assert!(!log.contains("exec"), "{log}");
+    let (code, _, stderr) = plugin(&["--node=node-c"], "");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--svc NAMESPACE/NAME is required"), "{stderr}");
 }

@@ -119,3 +119,31 @@ mod tests {
         assert!(host_addresses().iter().all(|ip| !ip.is_loopback()));
     }
 }
+
+/// The inode of the host's (initial) PID namespace: the kernel's `PROC_PID_INIT_INO`, the same on
+/// every kernel.
+const INITIAL_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// This process runs in the host's PID namespace, where `/proc` lists the node's processes (a pod
+/// without `hostPID` does not); `None` when `/proc/self/ns/pid` cannot be read.
+pub fn in_host_pid_namespace() -> Option<bool> {
+    pid_namespace_is_initial(&std::fs::read_link("/proc/self/ns/pid").ok()?.to_string_lossy())
+}
+
+/// `pid:[4026531836]` is the initial namespace.
+fn pid_namespace_is_initial(link: &str) -> Option<bool> {
+    let inode: u64 = link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()?;
+    Some(inode == INITIAL_PID_NAMESPACE)
+}
+
+#[cfg(test)]
+mod pid_namespace_tests {
+    use super::*;
+
+    #[test]
+    fn tells_the_initial_pid_namespace_from_a_container_s() {
+        assert_eq!(pid_namespace_is_initial("pid:[4026531836]"), Some(true));
+        assert_eq!(pid_namespace_is_initial("pid:[4026532712]"), Some(false));
+        assert_eq!(pid_namespace_is_initial("mnt:[x]"), None);
+    }
+}

@@ -7,6 +7,7 @@ pub mod host;
 pub mod netlink;
 pub mod netns;
 pub mod nftables;
+pub mod process;
 pub mod rtnetlink;
 pub mod tracefs;
 

@@ -6,7 +6,8 @@
 //!   `/proc` and opens sockets). The endpoints are on loopback of the *current* network namespace:
 //!   the caller has entered the node's namespace already.
 //! - [`process_running`] scans `<proc>/*/comm` and `cmdline` for a `kube-proxy` process. Run in the
-//!   host PID namespace; in another, it sees nothing and says `Some(false)`.
+//!   host PID namespace; in another (a pod without `hostPID`) [`status`] does not scan, and
+//!   running is unknown unless an endpoint answers (the API's kube-proxy Pod fills it in then).
 //! - [`proxy_mode`], [`healthz_status`], [`metrics`]: one GET each, 500 ms timeout; unreachable is
 //!   `None`, never an error (kube-proxy may be down: that is what we want to learn).
 //! - Pure parts, unit-tested: [`parse_http_response`], [`parse_proxy_mode`], [`parse_prometheus`],
@@ -331,7 +332,12 @@ pub fn status() -> KubeProxyStatus {
     let health = healthz();
     let healthz = health.as_ref().map(|h| h.status);
     let metrics = metrics();
-    let process = process_running(Path::new(PROC_ROOT));
+    // In another PID namespace (a pod without hostPID) /proc shows none of the node's processes:
+    // unknown, not "not running"; the API's status of the kube-proxy Pod then tells.
+    let process = match crate::kernel::host::in_host_pid_namespace() {
+        Some(false) => None,
+        _ => process_running(Path::new(PROC_ROOT)),
+    };
     // An answering endpoint proves it runs even when /proc shows another PID namespace.
     let running = if healthz.is_some() || mode.is_some() || metrics.is_some() {
         Some(true)

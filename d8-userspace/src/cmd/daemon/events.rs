@@ -69,7 +69,17 @@ impl EventWriter {
         self.write(v);
     }
 
-    pub fn verdict(&mut self, service: &str, previous: Option<&str>, class: &str, detail: &str, severity: &str) {
+    /// `api_view_age_seconds`: how long the API's view the verdict rests on has gone unconfirmed
+    /// (the API failing); `None` while it answers, or without the API.
+    pub fn verdict(
+        &mut self,
+        service: &str,
+        previous: Option<&str>,
+        class: &str,
+        detail: &str,
+        severity: &str,
+        api_view_age_seconds: Option<u64>,
+    ) {
         self.write(json!({
             "time": now(),
             "type": "verdict",
@@ -78,6 +88,7 @@ impl EventWriter {
             "previous": previous,
             "detail": detail,
             "severity": severity,
+            "api_view_age_seconds": api_view_age_seconds,
         }));
     }
 }
@@ -94,13 +105,22 @@ mod tests {
     fn writes_one_object_per_line_with_contract_names() {
         let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut w = EventWriter::to_vec(buf.clone());
-        w.verdict("default/web", Some("healthy"), "stale_endpoint", "pod gone", "HIGH");
-        w.verdict("default/web", None, "healthy", "ok", "NONE");
+        w.verdict(
+            "default/web",
+            Some("healthy"),
+            "stale_endpoint",
+            "pod gone",
+            "HIGH",
+            Some(12),
+        );
+        w.verdict("default/web", None, "healthy", "ok", "NONE", None);
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["type"], "verdict");
         assert_eq!(lines[0]["previous"], "healthy");
+        assert_eq!(lines[0]["api_view_age_seconds"], 12);
+        assert!(lines[1]["api_view_age_seconds"].is_null());
         assert!(lines[1]["previous"].is_null());
         assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
     }

@@ -33,6 +33,16 @@ pub struct ModeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
     pub hooks: String,
 }
@@ -55,6 +65,11 @@ pub struct Metrics {
     pub flows_evicted: Gauge,
     pub hook_set: Family<HookLabels, Gauge>,
     pub api_up: Gauge,
+    pub api_view_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub api_requests: Family<VerbLabels, Counter>,
+    pub api_errors: Counter,
+    pub rules_reads: Family<ResultLabels, Counter>,
+    pub rules_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub services: Gauge,
     pub targets: Gauge,
 }
@@ -84,6 +99,11 @@ impl Metrics {
             flows_evicted: Gauge::default(),
             hook_set: Family::default(),
             api_up: Gauge::default(),
+            api_view_age_seconds: Gauge::default(),
+            api_requests: Family::default(),
+            api_errors: Counter::default(),
+            rules_reads: Family::default(),
+            rules_age_seconds: Gauge::default(),
             services: Gauge::default(),
             targets: Gauge::default(),
             registry: Registry::default(),
@@ -154,6 +174,31 @@ impl Metrics {
             "api_up",
             "The Kubernetes API answered at the last attempt (1) or not (0)",
             m.api_up.clone(),
+        );
+        registry.register(
+            "api_view_age_seconds",
+            "Seconds the API's view in use has gone unconfirmed (the API failing); 0 while it answers",
+            m.api_view_age_seconds.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API by verb (list, watch)",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Failed Kubernetes API requests and broken watches",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            "rules_reads",
+            "Reads of kube-proxy's rules by result: read, unchanged (the ruleset's generation had not moved), failed, timeout (the last model is kept)",
+            m.rules_reads.clone(),
+        );
+        registry.register(
+            "rules_age_seconds",
+            "Seconds since kube-proxy's rules were last read or found unchanged",
+            m.rules_age_seconds.clone(),
         );
         registry.register("services", "Services in the model", m.services.clone());
         registry.register(

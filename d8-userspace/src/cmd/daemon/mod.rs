@@ -12,9 +12,13 @@
 //! - every [`VERDICT_EVERY`]: flows that reached an outcome are classified per Service, counted
 //!   once, written as events when not healthy, and forgotten after [`FLOW_WINDOW`]; the verdict
 //!   gauge of each Service is set, and a change becomes an event;
-//! - every [`REFRESH_EVERY`]: kube-proxy's rules are read again and the traced targets follow
-//!   them without detaching anything (the conntrack-netlink join follows them too); the API is asked again too, backing off while it fails
-//!   (the verdicts then rest on the rules, and `d8_trace_api_up` says so);
+//!   a series of a Service that is gone is removed;
+//! - every [`REFRESH_EVERY`], and soon after a watch event changed the API's view: the model is
+//!   read again on a blocking thread ([`source`]: the rules only when their nf_tables generation
+//!   moved, the API from the watches' stores) and the traced targets follow it without detaching
+//!   anything (the conntrack-netlink join follows them too). A read that fails or overruns keeps
+//!   the last model; while the API is down its last view stays in use and `d8_trace_api_up` says
+//!   so;
 //! - SIGTERM or Ctrl-C: everything detaches, exit 0.
 //!
 //! Memory is bounded by the flow table (at most [`MAX_FLOWS`] flows of a few hundred bytes) and
@@ -23,10 +27,11 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod source;
 
 use std::{
     collections::{HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -34,13 +39,14 @@ use std::{
 use self::{
     events::EventWriter,
     http::State,
-    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, VerdictLabels},
+    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
+    source::{ApiState, ModelSource, Pending, ReadKind},
 };
 use crate::{
     classify::{self, Context},
     flows::{Flow, FlowTable, Outcome},
     kernel::host,
-    model::{ProxyMode, ServiceModel, ServiceRef, k8s, view::NodeView},
+    model::{ProxyMode, ServiceModel, ServiceRef, k8s},
     trace::{self, Capture, KernelSetup, Ready, Scope, plan::Merged},
 };
 
@@ -52,8 +58,6 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
 /// Most flows held at once, by default (`--max-flows`).
 pub const MAX_FLOWS: usize = 100_000;
-/// Longest wait between two attempts to reach an unreachable API.
-pub const API_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -92,74 +96,44 @@ pub struct Options {
     pub max_flows: usize,
 }
 
-/// The model: rules always; the API when due (`api_due`), else the last API view is reused.
-struct ModelSource {
-    scope: Scope,
-    refresh: Duration,
-    api_failures: u32,
-    next_api: tokio::time::Instant,
-    api_up: bool,
-    /// The read in flight asked the API (not backing off).
-    asked_api: bool,
+fn count_read(m: &Metrics, kind: ReadKind, source: &ModelSource) {
+    let result = match kind {
+        ReadKind::Read => "read",
+        ReadKind::Unchanged => "unchanged",
+    };
+    m.rules_reads
+        .get_or_create(&ResultLabels { result: result.into() })
+        .inc();
+    set_rules_age(m, source);
 }
 
-/// A read of the node's view in flight, on a thread of its own.
-type Reading = tokio::task::JoinHandle<Result<NodeView, trace::Error>>;
-
-impl ModelSource {
-    /// Starts a read of the node's view (the rules, and the API unless backing off) on a blocking
-    /// thread with its own event loop: the dump tools run there with `Command::output`, and take
-    /// seconds on a large or slow node, while this loop keeps draining the ring buffer and
-    /// `/metrics` keeps answering. The thread is in the node's network namespace (threads start
-    /// in their creator's).
-    fn start(&mut self) -> Reading {
-        let mut scope = self.scope.clone();
-        let api_wanted = scope.api != k8s::Source::Disabled;
-        if api_wanted && tokio::time::Instant::now() < self.next_api {
-            // Backing off: rules alone this round.
-            scope.api = k8s::Source::Disabled;
-        }
-        self.asked_api = scope.api != k8s::Source::Disabled;
-        tokio::task::spawn_blocking(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(trace::Error::Io)?;
-            runtime.block_on(trace::node_view(&scope))
-        })
-    }
-
-    async fn read(&mut self) -> Result<(ServiceModel, bool), trace::Error> {
-        let reading = self.start();
-        self.finish(reading.await)
-    }
-
-    /// The model of a finished read, and whether the API is up; backs off after an API failure.
-    fn finish(
-        &mut self,
-        done: Result<Result<NodeView, trace::Error>, tokio::task::JoinError>,
-    ) -> Result<(ServiceModel, bool), trace::Error> {
-        let now = tokio::time::Instant::now();
-        let view = done.map_err(|e| trace::Error::Io(std::io::Error::other(format!("the read stopped: {e}"))))??;
-        if self.asked_api {
-            self.api_up = view.api_consulted;
-            if view.api_consulted {
-                self.api_failures = 0;
-                self.next_api = now;
-            } else {
-                self.api_failures += 1;
-                let wait = self.refresh * 2u32.saturating_pow(self.api_failures.min(6));
-                self.next_api = now + wait.min(API_BACKOFF_MAX);
-                for w in &view.warnings {
-                    tracing::warn!("{w} (next API attempt in {}s)", wait.min(API_BACKOFF_MAX).as_secs());
-                }
-            }
-        }
-        Ok((view.model, self.api_up))
-    }
+fn count_failed_read(m: &Metrics, result: &str) {
+    m.rules_reads
+        .get_or_create(&ResultLabels { result: result.into() })
+        .inc();
 }
 
-fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: usize) {
+fn set_rules_age(m: &Metrics, source: &ModelSource) {
+    m.rules_age_seconds
+        .set(source.rules_current_at.map_or(-1.0, |t| t.elapsed().as_secs_f64()));
+}
+
+/// The API's gauges and counters from the watches' health.
+fn set_api_metrics(m: &Metrics, source: &ModelSource) {
+    m.api_up.set(source.api_up() as i64);
+    let Some(view) = source.view() else { return };
+    let h = view.health();
+    m.api_view_age_seconds.set(h.stale_for.map_or(0.0, |d| d.as_secs_f64()));
+    for (verb, n) in [("list", h.lists), ("watch", h.watches)] {
+        m.api_requests
+            .get_or_create(&VerbLabels { verb: verb.into() })
+            .inner()
+            .store(n, Ordering::Relaxed);
+    }
+    m.api_errors.inner().store(h.errors, Ordering::Relaxed);
+}
+
+fn set_model_metrics(m: &Metrics, model: &ServiceModel, source: &ModelSource, targets: usize) {
     let kp = &model.kube_proxy;
     m.kube_proxy_mode.clear();
     let mode = match kp.mode {
@@ -182,7 +156,7 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, api_up: bool, targets: u
         None => -1,
     });
     m.kube_proxy_sync_age_seconds.set(kp.last_sync_age_secs.unwrap_or(-1.0));
-    m.api_up.set(api_up as i64);
+    set_api_metrics(m, source);
     m.services.set(model.services.len() as i64);
     m.targets.set(targets as i64);
     let ct = host::conntrack_stats(None);
@@ -199,15 +173,12 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let state = Arc::new(State {
-        metrics: Metrics::new(),
-        ready: Default::default(),
-    });
+    let state = Arc::new(State::default());
     let listener = http::bind(opts.metrics_addr).await.map_err(|source| Error::Bind {
         addr: opts.metrics_addr,
         source,
     })?;
-    let server = tokio::spawn(http::serve(listener, state.clone()));
+    let server = http::Server::start(listener, state.clone(), http::Limits::default())?;
     let mut writer = match &opts.events {
         None => None,
         Some(path) => Some(EventWriter::open(path).map_err(|source| Error::Events {
@@ -216,15 +187,33 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         })?),
     };
 
-    let mut source = ModelSource {
-        scope: opts.scope.clone(),
-        refresh: opts.refresh,
-        api_failures: 0,
-        next_api: tokio::time::Instant::now(),
-        api_up: false,
-        asked_api: false,
+    let mut source = ModelSource::new(opts.scope.clone()).await;
+    source.first_sync().await;
+    // The first read failing (kube-proxy starting, a tool busy) is retried, not a crash loop;
+    // `/healthz` answers meanwhile, `/readyz` does not.
+    let mut retry = Duration::from_secs(1);
+    let mut model = loop {
+        match source.read().await {
+            Ok((model, kind)) => {
+                count_read(&state.metrics, kind, &source);
+                break model;
+            }
+            Err(e) => {
+                count_failed_read(&state.metrics, "failed");
+                tracing::warn!(
+                    "cannot read the node's model, retrying in {} s: {}",
+                    retry.as_secs(),
+                    crate::error_chain(&e)
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = sigint.recv() => return Ok(()),
+                    _ = sigterm.recv() => return Ok(()),
+                }
+                retry = (retry * 2).min(Duration::from_secs(30));
+            }
+        }
     };
-    let (mut model, api_up) = source.read().await?;
     let mut merged = Merged::every_service(&model);
 
     let KernelSetup {
@@ -270,12 +259,12 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             hooks: choice.set.name().into(),
         })
         .set(1);
-    set_model_metrics(m, &model, api_up, targets.len());
+    set_model_metrics(m, &model, &source, targets.len());
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         "daemon ready: {} Services (API: {}), {} targets traced, {} hooks ({} hook set); metrics on http://{}/metrics",
         model.services.len(),
-        api_source_note(&opts.scope),
+        api_source_note(&source.scope),
         targets.len(),
         capture.attached().len(),
         choice.set.name(),
@@ -283,7 +272,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     );
 
     let mut counted: HashSet<u64> = HashSet::new();
-    let mut verdicts: HashMap<ServiceRef, String> = HashMap::new();
+    let mut verdicts = Series::default();
     let mut verdict_tick = tokio::time::interval(VERDICT_EVERY);
     let mut refresh_tick = tokio::time::interval(opts.refresh);
     refresh_tick.reset();
@@ -291,7 +280,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     pump_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut join_losses = (0, 0);
     let mut ignore = |_: &FlowTable, _: u64| {};
-    let mut reading: Option<Reading> = None;
+    let mut reading: Option<Pending> = None;
 
     loop {
         tokio::select! {
@@ -305,9 +294,10 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             },
             _ = pump_tick.tick() => capture.pump(&mut table, &mut ignore).await,
             _ = verdict_tick.tick() => {
+                state.beat();
                 capture.pump(&mut table, &mut ignore).await;
                 table.settle(crate::kernel::monotonic_ns());
-                report_flows(&table, &merged, &model, api_up_now(&source), m, &mut counted, &mut verdicts, writer.as_mut());
+                report_flows(&table, &merged, &model, source.api_state(), m, &mut counted, &mut verdicts, writer.as_mut());
                 let cutoff = crate::kernel::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
                 table.retain(|f| !(counted.contains(&f.id) && f.last_ns < cutoff));
                 let ids: HashSet<u64> = table.flows().iter().map(|f| f.id).collect();
@@ -321,13 +311,28 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         tracing::warn!("{w}");
                     }
                 }
+                set_api_metrics(m, &source);
+                set_rules_age(m, &source);
+                if source.overdue() {
+                    count_failed_read(m, "timeout");
+                    tracing::warn!(
+                        "kube-proxy's rules are still being read after {} s; keeping the last model",
+                        source::READ_DEADLINE.as_secs()
+                    );
+                }
+                // A watch event changed the API's view: fold it in now, not at the next refresh.
+                if reading.is_none() && source.api_changed() {
+                    reading = Some(source.start());
+                }
             }
             _ = refresh_tick.tick(), if reading.is_none() => reading = Some(source.start()),
             done = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
                 reading = None;
                 match source.finish(done) {
-                    Ok((new_model, api_up)) => {
+                    Ok((new_model, kind)) => {
+                        count_read(m, kind, &source);
                         model = new_model;
+                        verdicts.model_changed();
                         merged = Merged::every_service(&model);
                         let new_targets = merged.all.targets();
                         if new_targets != targets || model.node_ips != node_ips {
@@ -337,10 +342,13 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         }
                         table.set_frontends(merged.all.frontend_addrs.iter().copied());
                         table.set_node_ips(model.node_ips.clone());
-                        set_model_metrics(m, &model, api_up, targets.len());
+                        set_model_metrics(m, &model, &source, targets.len());
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
-                    Err(e) => tracing::warn!("rules not re-read, keeping the last model: {}", crate::error_chain(&e)),
+                    Err(e) => {
+                        count_failed_read(m, "failed");
+                        tracing::warn!("rules not re-read, keeping the last model: {}", crate::error_chain(&e));
+                    }
                 }
             }
             _ = sigint.recv() => break,
@@ -348,14 +356,10 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         }
     }
     state.ready.store(false, Ordering::Relaxed);
-    server.abort();
+    drop(server);
     drop(capture);
     tracing::info!("daemon stopped; hooks detached");
     Ok(())
-}
-
-fn api_up_now(source: &ModelSource) -> bool {
-    source.api_up && source.scope.api != k8s::Source::Disabled
 }
 
 /// Classifies the flows of each Service; counts flows that reached an outcome once; writes
@@ -365,10 +369,10 @@ fn report_flows(
     table: &FlowTable,
     merged: &Merged,
     model: &ServiceModel,
-    api_consulted: bool,
+    api: ApiState,
     m: &Metrics,
     counted: &mut HashSet<u64>,
-    verdicts: &mut HashMap<ServiceRef, String>,
+    verdicts: &mut Series,
     mut writer: Option<&mut EventWriter>,
 ) {
     let mut by_service: HashMap<&ServiceRef, Vec<Flow>> = HashMap::new();
@@ -380,17 +384,33 @@ fn report_flows(
                 .push(flow.clone());
         }
     }
-    let host_ips: Vec<IpAddr> = model.node_ips.clone();
+    // One context for every Service: the conntrack counters are read once a round, not once a
+    // Service (10,000 Services made that 30,000 file reads every 2 s).
+    let ctx = Context {
+        api_consulted: api.consulted,
+        conntrack: Some(host::conntrack_stats(None)),
+        host_ips: model.node_ips.clone(),
+        traced: true,
+        duration_ms: None,
+        lost_events: 0,
+    };
+    // Classifying is pure: a Service with no flows now or at the last round gets the verdict it
+    // had, unless the model or the context changed since (a full round then).
+    let fill = ctx.conntrack.and_then(|c| c.fill_ratio()).map(|r| (r * 100.0) as u32);
+    let full = verdicts
+        .round_key
+        .replace((verdicts.model_generation, api.consulted, fill))
+        != Some((verdicts.model_generation, api.consulted, fill));
+    let had_flows = std::mem::take(&mut verdicts.with_flows);
     for svc in &model.services {
         let flows = by_service.remove(&svc.service).unwrap_or_default();
-        let ctx = Context {
-            api_consulted,
-            conntrack: Some(host::conntrack_stats(None)),
-            host_ips: host_ips.clone(),
-            traced: true,
-            duration_ms: None,
-            lost_events: 0,
-        };
+        if flows.is_empty() {
+            if !full && !had_flows.contains(&svc.service) && verdicts.verdicts.contains_key(&svc.service) {
+                continue;
+            }
+        } else {
+            verdicts.with_flows.insert(svc.service.clone());
+        }
         let verdict = classify::classify(&svc.service, &flows, model, &ctx);
         let service = svc.service.to_string();
         for (flow, fv) in flows.iter().zip(&verdict.flows) {
@@ -402,20 +422,20 @@ fn report_flows(
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
-            m.flows
-                .get_or_create(&FlowLabels {
-                    service: service.clone(),
-                    class: class.into(),
-                    outcome: outcome.clone(),
-                })
-                .inc();
+            let labels = FlowLabels {
+                service: service.clone(),
+                class: class.into(),
+                outcome: outcome.clone(),
+            };
+            m.flows.get_or_create(&labels).inc();
+            verdicts.flows.insert(labels);
             if let Some(reason) = flow.drop_reason() {
-                m.drops
-                    .get_or_create(&DropLabels {
-                        service: service.clone(),
-                        reason: reason.into(),
-                    })
-                    .inc();
+                let labels = DropLabels {
+                    service: service.clone(),
+                    reason: reason.into(),
+                };
+                m.drops.get_or_create(&labels).inc();
+                verdicts.drops.insert(labels);
             }
             if class != "healthy"
                 && let Some(w) = writer.as_deref_mut()
@@ -424,7 +444,7 @@ fn report_flows(
             }
         }
         let class = verdict.root_cause.class.as_str().to_string();
-        let previous = verdicts.insert(svc.service.clone(), class.clone());
+        let previous = verdicts.verdicts.insert(svc.service.clone(), class.clone());
         if previous.as_deref() != Some(class.as_str()) {
             if let Some(prev) = &previous {
                 m.verdict
@@ -434,12 +454,12 @@ fn report_flows(
                     })
                     .set(0);
             }
-            m.verdict
-                .get_or_create(&VerdictLabels {
-                    service: service.clone(),
-                    class: class.clone(),
-                })
-                .set(1);
+            let labels = VerdictLabels {
+                service: service.clone(),
+                class: class.clone(),
+            };
+            m.verdict.get_or_create(&labels).set(1);
+            verdicts.verdict_series.insert(labels);
             if let Some(w) = writer.as_deref_mut() {
                 w.verdict(
                     &service,
@@ -447,9 +467,72 @@ fn report_flows(
                     &verdict.root_cause.class.to_string(),
                     &verdict.root_cause.detail,
                     verdict.severity.as_str(),
+                    api.stale_secs,
                 );
             }
         }
+    }
+    verdicts.forget_gone(model, m);
+}
+
+/// The per-Service series the daemon created, so a Service that goes takes its series with it
+/// (thousands of deleted Services would otherwise stay exported forever).
+#[derive(Default)]
+struct Series {
+    /// Each Service's current verdict class.
+    verdicts: HashMap<ServiceRef, String>,
+    /// Bumped whenever the model is replaced.
+    model_generation: u64,
+    /// What the last round was classified against: the model's generation, whether the API was
+    /// consulted, the conntrack table's fill in percent.
+    round_key: Option<(u64, bool, Option<u32>)>,
+    /// Services that had flows at the last round (their verdict may change as flows expire).
+    with_flows: HashSet<ServiceRef>,
+    /// Every verdict series set (the current class at 1, earlier ones at 0).
+    verdict_series: HashSet<VerdictLabels>,
+    flows: HashSet<FlowLabels>,
+    drops: HashSet<DropLabels>,
+}
+
+impl Series {
+    fn model_changed(&mut self) {
+        self.model_generation += 1;
+    }
+
+    /// Removes the series of the Services `model` no longer has.
+    fn forget_gone(&mut self, model: &ServiceModel, m: &Metrics) {
+        let present: HashSet<&ServiceRef> = model.services.iter().map(|s| &s.service).collect();
+        let gone: HashSet<String> = self
+            .verdicts
+            .keys()
+            .filter(|s| !present.contains(s))
+            .map(ServiceRef::to_string)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.verdicts.retain(|svc, _| present.contains(svc));
+        self.verdict_series.retain(|l| {
+            let keep = !gone.contains(&l.service);
+            if !keep {
+                m.verdict.remove(l);
+            }
+            keep
+        });
+        self.flows.retain(|l| {
+            let keep = !gone.contains(&l.service);
+            if !keep {
+                m.flows.remove(l);
+            }
+            keep
+        });
+        self.drops.retain(|l| {
+            let keep = !gone.contains(&l.service);
+            if !keep {
+                m.drops.remove(l);
+            }
+            keep
+        });
     }
 }
 
@@ -459,6 +542,7 @@ fn api_source_note(scope: &Scope) -> &'static str {
         k8s::Source::Disabled => "rules only (--no-k8s)",
         k8s::Source::Snapshot(_) => "a snapshot file",
         k8s::Source::Live { .. } => "the live API",
+        k8s::Source::Watched(_) => "the live API, watched",
     }
 }
 
@@ -487,6 +571,46 @@ mod tests {
             m.services.push(s);
         }
         m
+    }
+
+    #[test]
+    fn a_service_that_goes_takes_its_series_with_it() {
+        let m = Metrics::new();
+        let mut series = Series::default();
+        let full = model();
+        for svc in &full.services {
+            let service = svc.service.to_string();
+            series.verdicts.insert(svc.service.clone(), "healthy".into());
+            for (class, v) in [("healthy", 1), ("no_endpoints", 0)] {
+                let l = VerdictLabels {
+                    service: service.clone(),
+                    class: class.into(),
+                };
+                m.verdict.get_or_create(&l).set(v);
+                series.verdict_series.insert(l);
+            }
+            let l = FlowLabels {
+                service: service.clone(),
+                class: "healthy".into(),
+                outcome: "established".into(),
+            };
+            m.flows.get_or_create(&l).inc();
+            series.flows.insert(l);
+            let l = DropLabels {
+                service,
+                reason: "NETFILTER_DROP".into(),
+            };
+            m.drops.get_or_create(&l).inc();
+            series.drops.insert(l);
+        }
+        let mut left = full.clone();
+        left.services.retain(|s| s.service.name == "a");
+        series.forget_gone(&left, &m);
+        let text = m.encode();
+        assert!(!text.contains("ns/b"), "{text}");
+        assert_eq!(text.matches(r#"service="ns/a""#).count(), 4, "{text}");
+        assert_eq!(series.verdicts.len(), 1);
+        assert_eq!(series.verdict_series.len() + series.flows.len() + series.drops.len(), 4);
     }
 
     #[test]

@@ -39,6 +39,16 @@ pub struct Loaded {
 /// Builds a client from `kubeconfig`, or, without one, from `$KUBECONFIG`, `~/.kube/config` or the
 /// in-cluster service account (kube's inference order), with `timeout` on connect, read and write.
 pub async fn client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Client> {
+    build(kubeconfig, timeout, Some(timeout)).await
+}
+
+/// [`client`] for watches: `timeout` on connecting and writing, none on reading, since a watch
+/// waits minutes for its next event (the watch itself notices a silent connection).
+pub async fn watch_client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Client> {
+    build(kubeconfig, timeout, None).await
+}
+
+async fn build(kubeconfig: Option<&Path>, timeout: Duration, read_timeout: Option<Duration>) -> Result<Client> {
     let shown = kubeconfig.map(|p| p.display().to_string());
     let config_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::Config {
         kubeconfig: shown.clone(),
@@ -54,7 +64,7 @@ pub async fn client(kubeconfig: Option<&Path>, timeout: Duration) -> Result<Clie
         None => Config::infer().await.map_err(|e| config_err(Box::new(e)))?,
     };
     config.connect_timeout = Some(timeout);
-    config.read_timeout = Some(timeout);
+    config.read_timeout = read_timeout;
     config.write_timeout = Some(timeout);
     Client::try_from(config).map_err(|e| config_err(Box::new(e)))
 }

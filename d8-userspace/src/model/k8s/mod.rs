@@ -5,6 +5,8 @@
 //!   `kubectl get services,endpointslices,pods,nodes -A -o json`.
 //! - [`live`]: the live API through kube-rs, from a kubeconfig or the in-cluster config, with short
 //!   timeouts; an unreachable API is a warning and a rules-only verdict, never a crash.
+//! - [`watch`]: the live API for the daemon: one LIST per kind, then watches (resourceVersion,
+//!   bookmarks, 410 relists, backoff); the last view is kept while the API is down.
 //! - [`enrich`](mod@enrich): the one place both feed: API facts per Service, endpoint readiness and locality,
 //!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
 //! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
@@ -15,6 +17,7 @@ pub mod enrich;
 pub mod live;
 pub mod node;
 pub mod snapshot;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +80,12 @@ pub enum Error {
         /// Why.
         #[source]
         source: kube::Error,
+    },
+    /// A list came without the resourceVersion a watch starts from.
+    #[error("the Kubernetes API listed {what} without a resourceVersion, so they cannot be watched")]
+    NoVersion {
+        /// What was listed.
+        what: &'static str,
     },
     /// A request took longer than the timeout.
     #[error("the Kubernetes API did not answer within {secs} s ({what})")]
@@ -145,6 +154,8 @@ pub enum Source {
     Snapshot(PathBuf),
     /// `--no-k8s`: rules alone.
     Disabled,
+    /// The daemon's watches of the live API: the objects as the last events left them.
+    Watched(watch::View),
 }
 
 /// What [`apply`] did, for `classify::Context` and the user.
@@ -186,6 +197,7 @@ pub async fn apply(model: &mut ServiceModel, source: &Source, hint: &NodeHint, t
             ..Applied::default()
         }),
         Source::Snapshot(path) => apply_snapshot(model, path, hint),
+        Source::Watched(view) => Ok(apply_watched(model, view, hint)),
         Source::Live { kubeconfig } => {
             let loaded = live::load(kubeconfig.as_deref(), hint, timeout).await;
             match loaded.objects {
@@ -213,6 +225,53 @@ pub fn apply_snapshot(model: &mut ServiceModel, path: &std::path::Path, hint: &N
     let objs = snapshot::read_snapshot(path)?;
     let node = hint.select(&objs.nodes);
     Ok(fold(model, &objs, node))
+}
+
+/// [`apply`] for the daemon's watches. A view the API has not confirmed lately is still used (it
+/// is the best there is, and verdicts must not flip to "unknown" for an API restart), with a
+/// warning saying how old it is; before the first lists completed there is none.
+fn apply_watched(model: &mut ServiceModel, view: &watch::View, hint: &NodeHint) -> Applied {
+    let health = view.health();
+    let because = health
+        .last_error
+        .as_deref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    let folded = view.with_objects(|objs, node| {
+        let node = node.or_else(|| hint.select(&objs.nodes));
+        fold(model, objs, node)
+    });
+    let (mut applied, warning) = match folded {
+        Some(applied) => {
+            let warning = health.stale_for.map(|age| {
+                format!(
+                    "the Kubernetes API has not answered for {} s{because}: the API's view here is {} s old",
+                    age.as_secs(),
+                    age.as_secs()
+                )
+            });
+            (applied, warning)
+        }
+        None => (
+            Applied {
+                api_consulted: false,
+                node: hint_only(hint),
+                warnings: Vec::new(),
+            },
+            Some(format!(
+                "the Kubernetes API has not been listed yet{because}; continuing without it (rules-only verdict)"
+            )),
+        ),
+    };
+    if let Some(w) = warning {
+        model.warnings.push(crate::model::Warning::new(
+            crate::model::WarningKind::Api,
+            "the API",
+            w.clone(),
+        ));
+        applied.warnings.push(w);
+    }
+    applied
 }
 
 fn fold(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<(String, NodeSource)>) -> Applied {

@@ -391,16 +391,17 @@ fn merge_into(m: &mut Service, s: Service) {
     a.proxied = a.proxied.or(o.proxied);
 }
 
+/// Longest a dump tool may run: `nft -j` takes ~8 s at 10,000 Services (BENCHMARKS.md); a tool
+/// still running after this is killed and the read fails (the daemon keeps its last model).
+const TOOL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Output of a command, or why there is none.
 fn run(command: &str, args: &[&str], package: &'static str, mode: &'static str) -> Result<String, ReadError> {
     let shown = std::iter::once(command)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    let out = Command::new(command)
-        .args(args)
-        .env("LC_ALL", "C")
-        .output()
+    let out = crate::kernel::process::output_within(Command::new(command).args(args).env("LC_ALL", "C"), TOOL_DEADLINE)
         .map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 ReadError::CommandMissing {

@@ -1,0 +1,292 @@
+//! Where the daemon's model comes from, and how it is kept current without stalling the loop.
+//!
+//! - The API: with the live API, watches on a thread of their own ([`k8s::watch`]); their stores
+//!   are folded into each model read. A watch event is a reason to read the model again at once.
+//! - kube-proxy's rules: read on a blocking thread with its own event loop (the dump tools take
+//!   seconds on a large node, while the daemon's loop keeps draining the ring buffer and
+//!   `/metrics` keeps answering), and only when they changed: the nf_tables ruleset's generation
+//!   id (one netlink request) is asked before each read, and an equal generation reuses the last
+//!   reading. The generation covers every nf_tables table of the namespace, kube-proxy's
+//!   nftables table and iptables-nft's alike, so it never misses a change; it cannot see
+//!   iptables-legacy tables or IPVS, which are read every time.
+//! - A read that fails, or outlives [`READ_DEADLINE`], leaves the last model in use; the metrics
+//!   say so (`d8_trace_rules_reads_total{result}`, `d8_trace_rules_age_seconds`).
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    kernel::{self, host},
+    model::{ProxyMode, ServiceModel, k8s, view::NodeView},
+    trace::{self, Scope},
+};
+
+/// A read still running after this is reported as timed out (its dump tool is killed at the
+/// rules reader's own deadline, so it ends soon after).
+pub const READ_DEADLINE: Duration = Duration::from_secs(90);
+/// How long the daemon waits at start for the API's first lists before reading the model without
+/// them (the model is read again as soon as they arrive).
+const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
+
+/// The rules-only view of the last full read, and the ruleset generation it was read at.
+#[derive(Clone)]
+struct Reading {
+    generation: u32,
+    view: NodeView,
+}
+
+/// What a finished read did, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// The rules were read.
+    Read,
+    /// The ruleset's generation had not moved: the last reading was reused.
+    Unchanged,
+}
+
+/// A read of the node's view in flight, on a thread of its own.
+pub type Pending = tokio::task::JoinHandle<Result<(NodeView, ReadKind), trace::Error>>;
+
+pub struct ModelSource {
+    pub scope: Scope,
+    /// The live API's watches (`scope.api` is then their [`k8s::Source::Watched`] view); dropping
+    /// it stops them.
+    watch: Option<k8s::watch::Watch>,
+    /// The watches' generation the read in flight (or the last read) started from.
+    read_generation: u64,
+    /// The last model holds an API view (used by the classifier, kept while the API is down).
+    pub api_consulted: bool,
+    /// The mode of the last model: IPVS (or a first read) is read whole every time.
+    mode: ProxyMode,
+    last: Arc<Mutex<Option<Reading>>>,
+    /// When the read in flight started, and whether its deadline was reported.
+    pub started: Option<(Instant, bool)>,
+    /// When the rules were last read or found unchanged.
+    pub rules_current_at: Option<Instant>,
+}
+
+/// What the verdicts may say of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiState {
+    /// The model holds an API view (`classify::Context::api_consulted`).
+    pub consulted: bool,
+    /// Seconds that view has gone unconfirmed, while the API fails.
+    pub stale_secs: Option<u64>,
+}
+
+impl ModelSource {
+    /// With the live API: a watch client and the watches, started. A client that cannot be
+    /// configured (no kubeconfig, no service account) leaves the daemon on the rules alone, with
+    /// a warning.
+    pub async fn new(mut scope: Scope) -> ModelSource {
+        let mut watch = None;
+        if let k8s::Source::Live { kubeconfig } = &scope.api {
+            let hint = k8s::NodeHint {
+                flag: scope.node.clone(),
+                env: std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()),
+                host_ips: host::host_addresses(),
+            };
+            let started = match k8s::live::watch_client(kubeconfig.as_deref(), k8s::DEFAULT_TIMEOUT).await {
+                Ok(client) => k8s::watch::Watch::start(client, hint).map_err(|e| e.to_string()),
+                Err(e) => Err(crate::error_chain(&e)),
+            };
+            match started {
+                Ok(w) => {
+                    scope.api = k8s::Source::Watched(w.view());
+                    watch = Some(w);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; continuing without the Kubernetes API (rules-only verdicts)");
+                    scope.api = k8s::Source::Disabled;
+                }
+            }
+        }
+        ModelSource {
+            scope,
+            watch,
+            read_generation: 0,
+            api_consulted: false,
+            mode: ProxyMode::Unknown,
+            last: Arc::default(),
+            started: None,
+            rules_current_at: None,
+        }
+    }
+
+    pub fn view(&self) -> Option<k8s::watch::View> {
+        self.watch.as_ref().map(k8s::watch::Watch::view)
+    }
+
+    /// Waits up to [`FIRST_SYNC_WAIT`] for the watches' first lists.
+    pub async fn first_sync(&self) {
+        let Some(view) = self.view() else { return };
+        let deadline = tokio::time::Instant::now() + FIRST_SYNC_WAIT;
+        while !view.health().synced && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The API's objects changed since the last read started.
+    pub fn api_changed(&self) -> bool {
+        self.view().is_some_and(|v| v.generation() != self.read_generation)
+    }
+
+    /// The API answers: the watches run, or the snapshot was read.
+    pub fn api_up(&self) -> bool {
+        match &self.scope.api {
+            k8s::Source::Watched(view) => view.health().up,
+            k8s::Source::Disabled => false,
+            _ => self.api_consulted,
+        }
+    }
+
+    pub fn api_state(&self) -> ApiState {
+        ApiState {
+            consulted: self.api_consulted,
+            stale_secs: self.view().and_then(|v| v.health().stale_for).map(|d| d.as_secs()),
+        }
+    }
+
+    /// Starts a read of the node's view on a blocking thread (see the module's comment). The
+    /// thread is in the node's network namespace (threads start in their creator's).
+    pub fn start(&mut self) -> Pending {
+        if let Some(view) = self.view() {
+            self.read_generation = view.generation();
+        }
+        self.started = Some((Instant::now(), false));
+        let (scope, mode, last) = (self.scope.clone(), self.mode, self.last.clone());
+        tokio::task::spawn_blocking(move || read(&scope, mode, &last))
+    }
+
+    pub async fn read(&mut self) -> Result<(ServiceModel, ReadKind), trace::Error> {
+        let pending = self.start();
+        self.finish(pending.await)
+    }
+
+    /// The model of a finished read.
+    pub fn finish(
+        &mut self,
+        done: Result<Result<(NodeView, ReadKind), trace::Error>, tokio::task::JoinError>,
+    ) -> Result<(ServiceModel, ReadKind), trace::Error> {
+        self.started = None;
+        let (view, kind) =
+            done.map_err(|e| trace::Error::Io(std::io::Error::other(format!("the read stopped: {e}"))))??;
+        self.rules_current_at = Some(Instant::now());
+        self.api_consulted = view.api_consulted;
+        self.mode = view.model.kube_proxy.mode;
+        if !matches!(self.scope.api, k8s::Source::Watched(_)) {
+            // The watches warn for themselves, once per outage; a snapshot's problems are said here.
+            for w in &view.warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Ok((view.model, kind))
+    }
+
+    /// The read in flight has outlived [`READ_DEADLINE`] and was not reported yet: report it once.
+    pub fn overdue(&mut self) -> bool {
+        match &mut self.started {
+            Some((at, reported)) if !*reported && at.elapsed() > READ_DEADLINE => {
+                *reported = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The ruleset's generation in this thread's network namespace; `None` without nf_tables.
+fn generation() -> Option<u32> {
+    kernel::nftables::Reader::open().ok()?.generation().ok()
+}
+
+/// iptables-legacy tables exist in this namespace: changes to them move no nf_tables generation.
+fn legacy_tables() -> bool {
+    ["ip_tables_names", "ip6_tables_names"]
+        .iter()
+        .any(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).is_ok_and(|t| !t.trim().is_empty()))
+}
+
+/// The generation tells every change of `mode`'s rules.
+fn generation_covers(mode: ProxyMode) -> bool {
+    match mode {
+        ProxyMode::Nftables => true,
+        ProxyMode::Iptables => !legacy_tables(),
+        ProxyMode::Ipvs | ProxyMode::Unknown => false,
+    }
+}
+
+/// One read (on the blocking thread): the whole view when the generation cannot tell changes
+/// (IPVS joins the API into the rules' reading), else the rules read or reused, then the API.
+fn read(scope: &Scope, mode: ProxyMode, last: &Mutex<Option<Reading>>) -> Result<(NodeView, ReadKind), trace::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(trace::Error::Io)?;
+    if !generation_covers(mode) {
+        *last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        return Ok((runtime.block_on(trace::node_view(scope))?, ReadKind::Read));
+    }
+    let before = generation();
+    let cached = last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .filter(|r| Some(r.generation) == before);
+    let (mut rules, kind) = match cached {
+        Some(r) => (refreshed(r.view), ReadKind::Unchanged),
+        None => {
+            let rules_only = Scope {
+                api: k8s::Source::Disabled,
+                ..scope.clone()
+            };
+            let view = runtime.block_on(trace::node_view(&rules_only))?;
+            // Kept only when nothing changed during the read and the generation covers the mode
+            // read (kube-proxy may have changed mode).
+            let keep = before.filter(|&g| Some(g) == generation() && generation_covers(view.model.kube_proxy.mode));
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = keep.map(|generation| Reading {
+                generation,
+                view: view.clone(),
+            });
+            if view.model.kube_proxy.mode == ProxyMode::Ipvs {
+                return Ok((runtime.block_on(trace::node_view(scope))?, ReadKind::Read));
+            }
+            (view, ReadKind::Read)
+        }
+    };
+    let hint = k8s::NodeHint {
+        flag: scope.node.clone(),
+        env: std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()),
+        host_ips: rules.host_ips.clone(),
+    };
+    let applied = runtime.block_on(k8s::apply(&mut rules.model, &scope.api, &hint, k8s::DEFAULT_TIMEOUT))?;
+    if let Some((name, _)) = &applied.node {
+        rules.model.node = Some(name.clone());
+    }
+    rules.api_consulted = applied.api_consulted;
+    rules.warnings.extend(applied.warnings);
+    Ok((rules, kind))
+}
+
+/// A reused reading with what changes without the rules: kube-proxy's health and the host's
+/// addresses.
+fn refreshed(mut view: NodeView) -> NodeView {
+    let old = &view.model.kube_proxy;
+    let mut kp = crate::model::kube_proxy::status();
+    if kp.mode == ProxyMode::Unknown {
+        kp.mode = old.mode;
+    }
+    kp.rules_present = old.rules_present;
+    view.model.kube_proxy = kp;
+    let host: Vec<IpAddr> = host::host_addresses();
+    for ip in &host {
+        if !view.model.node_ips.contains(ip) {
+            view.model.node_ips.push(*ip);
+        }
+    }
+    view.host_ips = host;
+    view
+}
