@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
-use super::{may_be_traced, read};
+use super::read;
 use crate::{
     conntrack,
     emit::event,
@@ -31,14 +31,10 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         read(ctx, reason_off)?
     };
     let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
-    // Nearly every drop on the node belongs to no traced flow: leave before reading conntrack and
-    // before the hash lookups. One end of a traced flow's packet is always a target, in either
-    // direction, before or after NAT (the frontend or the backend; SNAT only changes the
-    // client's end). ICMP errors are let through: their headers name whoever sent the error, and
-    // only their conntrack entry (RELATED) names the flow.
-    if pkt.key.proto != packet::IPPROTO_ICMP && !may_be_traced(&pkt.key) {
-        return None;
-    }
+    // No TARGET_FILTER shortcut on the packet's headers: a packet a stale conntrack entry DNATs
+    // to a gone pod carries neither a frontend nor a traced backend, and its drop is the
+    // evidence (tried and reverted; see BENCHMARKS.md). The ORIGINAL tuple would do, but the
+    // check does not fit next to this program's stack after the conntrack read.
     // The conntrack entry names the flow exactly, whatever NAT did to the headers.
     let ct = conntrack::of_skb(skb);
     let key = match ct {

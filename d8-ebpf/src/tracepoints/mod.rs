@@ -94,12 +94,14 @@ fn addresses(ctx: &TracePointContext, rec: &Record, l: &TpAddrLayout, proto: u8)
 }
 
 /// Whether a socket's tuple can belong to a traced flow: one of its ends is a traced address and
-/// port (a Service frontend the client connected to, or a backend the flow was DNAT'd to; both
-/// ends of every traced flow's sockets are one of these). One inlined `TARGET_FILTER` load per
-/// end, so that the sockets of the rest of the node (these tracepoints fire for all of them)
-/// leave before [`crate::flows::find`]'s four hash lookups. A backend that appears in the rules
-/// only after the trace began is not a target: its own socket's events are not reported (the
-/// packets of its flows still are, by the netfilter or TC programs).
+/// port (the Service frontend a client connected to, or a backend of the rules or the API when
+/// the trace began). One inlined `TARGET_FILTER` load per end, so that the sockets of the rest
+/// of the node (`inet_sock_set_state` fires for all of them) leave before
+/// [`crate::flows::find`]'s four hash lookups. A client's socket always has the frontend as its
+/// destination. A backend that is no target (added to the rules after the trace began, or a pod
+/// IP a stale conntrack entry still DNATs to) has its own socket's states left out; the packets
+/// of its flows are still seen by the netfilter or TC programs, and its resets and drops by the
+/// tracepoints that do not use this check.
 #[inline(always)]
 fn may_be_traced(key: &FlowKey) -> bool {
     maybe_target(&key.daddr, key.dport, key.proto) || maybe_target(&key.saddr, key.sport, key.proto)

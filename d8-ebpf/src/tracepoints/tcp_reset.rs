@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
-use super::{Record, addresses, may_be_traced};
+use super::{Record, addresses};
 use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -27,9 +27,8 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn report(ctx: &TracePointContext, layout: &d8_common::TpAddrLayout, what: u8, bit: u32) -> Option<()> {
     let key = addresses(ctx, &Record::read(ctx)?, layout, IPPROTO_TCP)?;
-    if !may_be_traced(&key) {
-        return None;
-    }
+    // No TARGET_FILTER shortcut here: resets are rare, and the one that matters may come from a
+    // backend that is no target (a pod IP a stale conntrack entry still DNATs to).
     let found = flows::find(&key)?;
     if !flows::mark(found.state, bit) {
         return Some(());
