@@ -20,6 +20,7 @@ pub(super) struct LivePrinter {
     /// A hash of the last line printed per flow (the lines themselves would be kept for the
     /// whole trace).
     printed: std::collections::HashMap<u64, u64>,
+    hasher: std::hash::RandomState,
 }
 
 impl LivePrinter {
@@ -29,6 +30,7 @@ impl LivePrinter {
             dirty: Vec::new(),
             dirty_set: Default::default(),
             printed: Default::default(),
+            hasher: Default::default(),
         }
     }
 
@@ -48,11 +50,7 @@ impl LivePrinter {
         for id in self.dirty.drain(..) {
             let Some(flow) = table.get(id) else { continue };
             let line = flow.summary_line();
-            let hash = {
-                use std::hash::{BuildHasher, RandomState};
-                thread_local!(static STATE: RandomState = RandomState::new());
-                STATE.with(|s| s.hash_one(&line))
-            };
+            let hash = std::hash::BuildHasher::hash_one(&self.hasher, &line);
             if self.printed.insert(id, hash) != Some(hash) {
                 let _ = writeln!(live, "{line}");
             }

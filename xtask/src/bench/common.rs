@@ -445,12 +445,12 @@ pub fn kernel_records(pid: u32) -> Option<u64> {
         let slot = dump
             .as_array()?
             .iter()
-            .find(|e| key_index(&e["key"]) == Some(d8_common::stat::EVENTS))?;
+            .find(|e| le_number(&e["key"]) == Some(d8_common::stat::EVENTS.into()))?;
         return Some(
             slot["values"]
                 .as_array()?
                 .iter()
-                .filter_map(|v| per_cpu_value(&v["value"]))
+                .filter_map(|v| le_number(&v["value"]))
                 .sum(),
         );
     }
@@ -469,14 +469,6 @@ fn le_number(v: &serde_json::Value) -> Option<u64> {
         n |= b << (8 * i);
     }
     Some(n)
-}
-
-fn key_index(v: &serde_json::Value) -> Option<u32> {
-    le_number(v).map(|n| n as u32)
-}
-
-fn per_cpu_value(v: &serde_json::Value) -> Option<u64> {
-    le_number(v)
 }
 
 /// CPU used by processes other than this one and its descendants (the lab's servers, iperf3,
