@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::{
     model::k8s,
     report,
-    trace::{self, ServiceSelector},
+    trace::{self, Destination, ServiceSelector, Target},
 };
 
 /// d8-trace: follow every flow to a Kubernetes Service through kube-proxy's rules, live, and say
@@ -175,6 +175,11 @@ pub struct TraceArgs {
     /// The Service to trace: NAMESPACE/NAME, optionally :PORT (number or port name).
     #[arg(long, value_name = "NS/NAME[:PORT]")]
     pub svc: Option<ServiceSelector>,
+    /// Instead of --svc: the address clients use, IP:PORT[/PROTO] (tcp by default). Traces the
+    /// Service that holds it, or, when none does (a deleted Service's ClusterIP, a stale DNS
+    /// answer), the address itself: the verdict is then cluster_ip_unallocated.
+    #[arg(long, value_name = "IP:PORT[/PROTO]", conflicts_with = "svc")]
+    pub dest: Option<Destination>,
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration: Option<u64>,
@@ -191,6 +196,29 @@ pub struct TraceArgs {
     pub selection: Selection,
 }
 
+/// `--svc` or `--dest`, whichever was given.
+fn target(svc: &Option<ServiceSelector>, dest: &Option<Destination>) -> Option<Target> {
+    match (svc, dest) {
+        (Some(s), _) => Some(Target::Service(s.clone())),
+        (None, Some(d)) => Some(Target::Address(*d)),
+        (None, None) => None,
+    }
+}
+
+impl TraceArgs {
+    /// What to trace, if the user said.
+    pub fn target(&self) -> Option<Target> {
+        target(&self.svc, &self.dest)
+    }
+}
+
+impl ExplainArgs {
+    /// What to explain (clap requires one of the two).
+    pub fn target(&self) -> Option<Target> {
+        target(&self.svc, &self.dest)
+    }
+}
+
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
@@ -202,8 +230,11 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 #[derive(Debug, Clone, Args)]
 pub struct ExplainArgs {
     /// The Service to explain: NAMESPACE/NAME[:PORT].
-    #[arg(long, value_name = "NS/NAME[:PORT]", required = true)]
-    pub svc: ServiceSelector,
+    #[arg(long, value_name = "NS/NAME[:PORT]", required_unless_present = "dest")]
+    pub svc: Option<ServiceSelector>,
+    /// Instead of --svc: an address clients use, IP:PORT[/PROTO] (see the trace's --dest).
+    #[arg(long, value_name = "IP:PORT[/PROTO]", conflicts_with = "svc")]
+    pub dest: Option<Destination>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -388,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn dest_is_the_target_instead_of_svc() {
+        let cli = parse(&["--dest", "10.96.0.10:53/udp"]).unwrap();
+        let Some(Target::Address(d)) = cli.trace.target() else {
+            panic!("an address target")
+        };
+        assert_eq!(d.to_string(), "10.96.0.10:53/udp");
+        let cli = parse(&["explain", "--dest", "10.96.200.7:80"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Explain(ref e)) if matches!(e.target(), Some(Target::Address(_)))));
+        assert!(matches!(
+            parse(&["--svc", "a/b"]).unwrap().trace.target(),
+            Some(Target::Service(_))
+        ));
+    }
+
+    #[test]
     fn trace_flags_long_and_short() {
         let cli = parse(&[
             "--svc",
@@ -440,6 +486,10 @@ mod tests {
             &["--svc", "a/b", "--hooks", "xdp"],
             &["--svc", "a/b", "--no-k8s", "--k8s-snapshot", "f"],
             &["--svc", "a/b", "--ring-buffer-kib", "100"],
+            &["--svc", "a/b", "--dest", "10.96.0.10:80"],
+            &["--dest", "10.96.0.10"],
+            &["explain"],
+            &["explain", "--svc", "a/b", "--dest", "10.96.0.10:80"],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}: {err}");

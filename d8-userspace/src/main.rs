@@ -82,7 +82,7 @@ fn main() -> ExitCode {
 /// `kernel::tracefs::mount_private`). Failing that, the trace mounts it on the node for the run.
 fn private_tracefs(cli: &Cli) {
     let attaches = match &cli.command {
-        None => cli.trace.svc.is_some(),
+        None => cli.trace.target().is_some(),
         Some(Command::Daemon(_) | Command::Demo(_) | Command::Mcp(_) | Command::Doctor(_)) => true,
         Some(Command::Explain(_) | Command::Cleanup(_)) => false,
     };
@@ -132,7 +132,10 @@ fn warn(w: &str) {
 fn explain_command(args: ExplainArgs) -> Result<(), Failure> {
     let scope = args.selection.resolve();
     let runtime = enter_node(&scope)?;
-    let done = runtime.block_on(trace::explain(&scope, &args.svc))?;
+    let Some(target) = args.target() else {
+        return Err(Failure::usage("explain needs --svc NAMESPACE/NAME or --dest IP:PORT"));
+    };
+    let done = runtime.block_on(trace::explain(&scope, &target))?;
     done.warnings.iter().for_each(|w| warn(w));
     print_report(&done.report, args.output)
 }
@@ -164,9 +167,9 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
 }
 
 fn trace_command(args: TraceArgs) -> Result<(), Failure> {
-    let Some(svc) = args.svc.clone() else {
+    let Some(svc) = args.target() else {
         return Err(Failure::usage(
-            "--svc NAMESPACE/NAME is required (or a subcommand: explain, daemon, demo, doctor)",
+            "--svc NAMESPACE/NAME (or --dest IP:PORT) is required (or a subcommand: explain, daemon, demo, doctor)",
         ));
     };
     let scope = args.selection.resolve();

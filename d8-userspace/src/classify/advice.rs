@@ -19,6 +19,7 @@ pub(super) fn severity(class: VerdictClass, class_flows: usize, failing: usize, 
         | VerdictClass::NoEndpoints => Severity::High,
         VerdictClass::EtpLocalNoLocalEndpoints
         | VerdictClass::ServicePortUndefined
+        | VerdictClass::ClusterIpUnallocated
         | VerdictClass::SourceRangeDenied
         | VerdictClass::StaleConntrackEntry
         | VerdictClass::StaleEndpoint
@@ -234,6 +235,16 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
                     "kubectl -n {ns} get service {name} -o jsonpath='{{range .spec.ports[*]}}{{.name}} {{.port}}/{{.protocol}}{{\"\\n\"}}{{end}}'; point the client at one of those ports, or add port {port} to the Service"
                 ),
                 format!("check the client's configuration (a port from an old Service version?) and give {ns}/{name}'s ports names clients resolve through DNS SRV or config, not hard-coded numbers"),
+            )
+        }
+        VerdictClass::ClusterIpUnallocated => {
+            let dest = lead.frontend.map_or_else(|| "<address>".to_owned(), |f| f.to_string());
+            let ip = lead.frontend.map_or_else(|| "<ip>".to_owned(), |f| f.ip().to_string());
+            (
+                format!(
+                    "kubectl get services -A -o wide | grep -w {ip} (no Service holds it: find which client uses {dest} and point it at the Service's current ClusterIP or DNS name)"
+                ),
+                "resolve Services by DNS name, never by a remembered ClusterIP; a deleted and recreated Service gets a new address (or set spec.clusterIP explicitly when clients must keep it)".into(),
             )
         }
         VerdictClass::KubeProxyVersionSkew => (

@@ -84,8 +84,21 @@ pub(super) struct Facts<'a> {
     pub node_ips: Vec<IpAddr>,
     /// Backends that answered at least one flow of this trace.
     pub answered: HashSet<SocketAddr>,
-    /// The port number asked for, when the Service does not define it.
-    pub undefined_port: Option<u16>,
+    /// What the question was about, when more than the Service.
+    pub asked: Asked,
+}
+
+/// What the user asked about when it is more than the Service: a port it does not define, an
+/// address no Service holds. The answer is about that, with or without flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Asked {
+    /// The Service (or one of its ports).
+    #[default]
+    Service,
+    /// A port number the Service does not define (`--svc NS/NAME:PORT`): its ClusterIP on it.
+    UndefinedPort(u16),
+    /// An address no Service holds (`--dest IP:PORT`), in the service CIDR or not.
+    Unallocated(Protocol, SocketAddr),
 }
 
 impl Facts<'_> {
@@ -344,6 +357,45 @@ pub(super) fn undefined_port_finding(facts: &Facts<'_>, fe: SocketAddr) -> Findi
         ));
     }
     fd.frontend = Some(fe);
+    fd
+}
+
+/// The finding for a request to `dest`, an address no Service holds: kube-proxy's nftables mode
+/// (1.30+) drops it when it lies in the service CIDR; otherwise no rule translates it, so it is
+/// routed on untranslated.
+pub(super) fn unallocated_finding(facts: &Facts<'_>, protocol: Protocol, dest: SocketAddr) -> Finding {
+    let drop = facts
+        .model
+        .unallocated_drop
+        .as_ref()
+        .filter(|d| d.cidrs.iter().any(|c| crate::model::in_cidr(dest.ip(), c)));
+    let what = match drop {
+        Some(d) => format!(
+            "it is in the service CIDR {} and kube-proxy drops new connections to it (nftables cluster-ips-check, 1.30+)",
+            d.cidrs.join(", ")
+        ),
+        None if facts.model.unallocated_drop.is_none() => "no kube-proxy rule translates it, so it is routed on \
+            untranslated and gets no answer (the rules name no service CIDR: iptables or IPVS mode, or nftables before 1.30)"
+            .into(),
+        None => "no kube-proxy rule translates it, so it is routed on untranslated and gets no answer".into(),
+    };
+    let mut fd = finding(
+        facts,
+        VerdictClass::ClusterIpUnallocated,
+        format!("no Service holds {dest}/{protocol}: {what}"),
+    );
+    push_rule(&mut fd, drop.map(|d| &d.rule));
+    let api = if facts.ctx.api_consulted {
+        " or the API's Services"
+    } else {
+        ""
+    };
+    fd.evidence.push(Evidence::new(
+        EvidenceKind::Rules,
+        format!("no frontend of kube-proxy's rules{api} has the address {}", dest.ip()),
+    ));
+    fd.frontend = Some(dest);
+    fd.protocol = Some(protocol);
     fd
 }
 

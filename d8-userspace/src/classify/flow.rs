@@ -4,9 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::vocabulary::{Evidence, EvidenceKind, VerdictClass};
 use crate::flows::{Flow, Hook, IcmpError, Outcome, Peer};
-use crate::model::{Endpoint, FrontendKind, ProbePort, Protocol, RuleRef};
+use crate::model::{Endpoint, FrontendKind, ProbePort, Protocol, RuleRef, in_cidr};
 
-use super::facts::{Facts, Finding, FlowVerdict, finding, push_rule, undefined_port_finding};
+use super::facts::{
+    Asked, Facts, Finding, FlowVerdict, finding, push_rule, unallocated_finding, undefined_port_finding,
+};
 
 /// A probe connection lasts at most this long: kubelet's default probe timeout is 1 s, and a probe
 /// that takes longer than a few seconds is not the short open-check-reset the class describes.
@@ -176,6 +178,21 @@ fn untranslated(f: &Flow, fe: SocketAddr, facts: &Facts<'_>, path: &str) -> (Ver
         && node_answered.is_none()
     {
         return refused;
+    }
+    if let Asked::Unallocated(protocol, dest) = facts.asked
+        && dest == fe
+        && protocol == f.protocol
+    {
+        let fd = unallocated_finding(facts, protocol, fe);
+        let fact = match &node_answered {
+            Some(a) => format!("{a} (no Service holds {fe})"),
+            None => format!(
+                "{path}: not translated, no Service holds {fe}{}, {}",
+                drop_suffix(f),
+                no_reply(f)
+            ),
+        };
+        return (VerdictClass::ClusterIpUnallocated, fact, fd);
     }
     if facts.undefined_cluster_ip_port(fe, f.protocol) {
         let fd = undefined_port_finding(facts, fe);
@@ -413,32 +430,6 @@ fn source_range_denied(
         drop_suffix(f)
     );
     Some((VerdictClass::SourceRangeDenied, fact, fd))
-}
-
-/// `ip` lies in `cidr` (`10.0.0.0/8`, or a bare address); an unreadable range contains nothing.
-pub(super) fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
-    let (addr, len) = cidr.split_once('/').unwrap_or((cidr, ""));
-    let Ok(net) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let bits = |a: IpAddr| match a {
-        IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
-        IpAddr::V6(v) => (u128::from(v), 128u32),
-    };
-    let ((n, width), (i, iwidth)) = (bits(net), bits(ip));
-    if width != iwidth {
-        return false;
-    }
-    let len = if len.is_empty() {
-        width
-    } else {
-        len.parse().unwrap_or(u32::MAX)
-    };
-    if len > width {
-        return false;
-    }
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
-    n & mask == i & mask
 }
 
 /// A flow conntrack translated to a backend (or a direct flow to one) that got no reply.

@@ -29,7 +29,7 @@ mod rank;
 mod service;
 mod vocabulary;
 
-pub use facts::{Cause, Context, FlowVerdict, Verdict};
+pub use facts::{Asked, Cause, Context, FlowVerdict, Verdict};
 pub use rank::{classify, classify_asked};
 pub use vocabulary::{
     Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, RootCause, Severity, VerdictClass,

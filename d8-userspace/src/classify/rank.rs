@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::facts::{Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
+use super::facts::{Asked, Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
 use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
 use crate::flows::Flow;
 use crate::model::{ServiceModel, ServiceRef, Warning, WarningKind};
@@ -29,14 +29,15 @@ const MAX_TRACE_FACTS: usize = 5;
 /// println!("{}: {}", verdict.root_cause.class, verdict.root_cause.detail);
 /// ```
 pub fn classify(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
-    classify_asked(target, None, flows, model, ctx)
+    classify_asked(target, Asked::Service, flows, model, ctx)
 }
 
-/// [`classify`] of a question about `undefined_port`, a port number the Service does not define:
-/// its answer is `service_port_undefined` even without flows (`explain`).
+/// [`classify`] of a question about more than the Service ([`Asked`]): a port number it does
+/// not define (`service_port_undefined`), an address no Service holds (`cluster_ip_unallocated`);
+/// the answer is that even without flows (`explain`).
 pub fn classify_asked(
     target: &ServiceRef,
-    undefined_port: Option<u16>,
+    asked: Asked,
     flows: &[Flow],
     model: &ServiceModel,
     ctx: &Context,
@@ -59,7 +60,7 @@ pub fn classify_asked(
         ctx,
         node_ips,
         answered,
-        undefined_port,
+        asked,
     };
 
     let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();
@@ -257,14 +258,15 @@ pub(super) const fn rank_of(class: VerdictClass) -> u8 {
         VerdictClass::EtpLocalNoLocalEndpoints => 5,
         VerdictClass::SourceRangeDenied => 6,
         VerdictClass::ServicePortUndefined => 7,
-        VerdictClass::StaleEndpoint => 8,
-        VerdictClass::StaleConntrackEntry => 9,
-        VerdictClass::BackendRefused => 10,
-        VerdictClass::BackendTimeout => 11,
-        VerdictClass::Dropped => 12,
-        VerdictClass::KubeProxyVersionSkew => 13,
-        VerdictClass::ProbeRst => 14,
-        VerdictClass::Healthy => 15,
+        VerdictClass::ClusterIpUnallocated => 8,
+        VerdictClass::StaleEndpoint => 9,
+        VerdictClass::StaleConntrackEntry => 10,
+        VerdictClass::BackendRefused => 11,
+        VerdictClass::BackendTimeout => 12,
+        VerdictClass::Dropped => 13,
+        VerdictClass::KubeProxyVersionSkew => 14,
+        VerdictClass::ProbeRst => 15,
+        VerdictClass::Healthy => 16,
     }
 }
 

@@ -4,7 +4,10 @@
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
 use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
 
-use super::facts::{CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text, undefined_port_finding};
+use super::facts::{
+    Asked, CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text, unallocated_finding,
+    undefined_port_finding,
+};
 
 /// Fill ratio at which the table is full even when the drop counter is unknown: new entries fail.
 const CONNTRACK_FULL: f64 = 0.99;
@@ -21,6 +24,12 @@ const SYNC_LAG_SECS: f64 = 30.0;
 pub(super) fn findings(facts: &Facts<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     kube_proxy(facts, &mut out);
+    if let Asked::Unallocated(protocol, dest) = facts.asked {
+        // No Service: nothing of a Service's rules, endpoints or sync to check.
+        out.push(unallocated_finding(facts, protocol, dest));
+        conntrack(facts, &mut out);
+        return out;
+    }
     not_synced(facts, &mut out);
     undefined_port(facts, &mut out);
     rules_missing(facts, &mut out);
@@ -112,7 +121,7 @@ fn not_synced(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 
 /// The question was about a port the Service does not define: the answer holds without flows.
 fn undefined_port(facts: &Facts<'_>, out: &mut Vec<Finding>) {
-    let (Some(port), Some(svc)) = (facts.undefined_port, facts.svc) else {
+    let (Asked::UndefinedPort(port), Some(svc)) = (facts.asked, facts.svc) else {
         return;
     };
     let Some(ip) = svc

@@ -1406,7 +1406,7 @@ fn a_client_outside_load_balancer_source_ranges_is_source_range_denied() {
 
 #[test]
 fn cidr_membership() {
-    use super::flow::in_cidr;
+    use crate::model::in_cidr;
     assert!(in_cidr(ip("192.0.2.9"), "192.0.2.0/24"));
     assert!(!in_cidr(ip("192.0.3.9"), "192.0.2.0/24"));
     assert!(in_cidr(ip("10.1.2.3"), "0.0.0.0/0"));
@@ -1430,7 +1430,7 @@ fn a_port_the_service_does_not_define_is_service_port_undefined() {
     });
     let mut f = rejected_flow(1);
     f.frontend = Some(addr("10.96.0.10:81"));
-    let v = classify_asked(&target(), Some(81), &[f], &m, &ctx(true));
+    let v = classify_asked(&target(), Asked::UndefinedPort(81), &[f], &m, &ctx(true));
     assert_eq!(v.flows[0].class, VerdictClass::ServicePortUndefined);
     assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
     assert_eq!(
@@ -1453,7 +1453,7 @@ fn a_port_the_service_does_not_define_is_service_port_undefined() {
         v.mitigation
     );
     // iptables mode: no rule, no answer; explain (no flows) gives the same class from the question.
-    let v = classify_asked(&target(), Some(81), &[], &model(true), &ctx(true));
+    let v = classify_asked(&target(), Asked::UndefinedPort(81), &[], &model(true), &ctx(true));
     assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
     assert!(
         v.root_cause
@@ -1463,8 +1463,79 @@ fn a_port_the_service_does_not_define_is_service_port_undefined() {
         v.root_cause.detail
     );
     // A defined port is not: the same question about port 80 is healthy.
-    let v = classify_asked(&target(), None, &[established(1, POD_A)], &model(true), &ctx(true));
+    let v = classify_asked(
+        &target(),
+        Asked::Service,
+        &[established(1, POD_A)],
+        &model(true),
+        &ctx(true),
+    );
     assert_eq!(v.root_cause.class, VerdictClass::Healthy);
+}
+
+#[test]
+fn an_address_no_service_holds_is_cluster_ip_unallocated() {
+    let dest = addr("10.96.200.7:80");
+    let nobody = ServiceRef {
+        namespace: String::new(),
+        name: String::new(),
+    };
+    let asked = Asked::Unallocated(Protocol::Tcp, dest);
+    // nftables mode 1.30+: cluster-ips-check drops it; the trace sees the drop.
+    let mut m = model(true);
+    m.unallocated_drop = Some(crate::model::UnallocatedDrop {
+        cidrs: vec!["10.96.0.0/16".into()],
+        rule: RuleRef {
+            source: RuleSource::Nftables,
+            name: "cluster-ips-check".into(),
+            text: "ip daddr 10.96.0.0/16 drop comment \"Drop traffic to unallocated ClusterIPs\" # handle 70".into(),
+        },
+    });
+    let mut f = rejected_flow(1);
+    f.frontend = Some(dest);
+    let v = classify_asked(&nobody, asked, &[f], &m, &ctx(true));
+    assert_eq!(v.flows[0].class, VerdictClass::ClusterIpUnallocated);
+    assert_eq!(v.root_cause.class, VerdictClass::ClusterIpUnallocated);
+    assert!(
+        v.root_cause.detail.starts_with(
+            "no Service holds 10.96.200.7:80/tcp: it is in the service CIDR 10.96.0.0/16 and kube-proxy drops new \
+             connections to it (nftables cluster-ips-check, 1.30+)"
+        ),
+        "{}",
+        v.root_cause.detail
+    );
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "ip daddr 10.96.0.0/16 drop"),
+        "{dump}"
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Rules,
+            "no frontend of kube-proxy's rules or the API's Services has the address 10.96.200.7"
+        ),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation.immediate.contains("grep -w 10.96.200.7"),
+        "{:?}",
+        v.mitigation
+    );
+    // Nothing about a Service's rules or endpoints: explain (no flows) gives the same answer.
+    let v = classify_asked(&nobody, asked, &[], &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::ClusterIpUnallocated);
+    assert_eq!(v.causes.len(), 1, "{:?}", v.causes);
+    // iptables mode: the rules name no service CIDR and translate nothing for it.
+    let v = classify_asked(&nobody, asked, &[], &model(true), &ctx(true));
+    assert!(
+        v.root_cause.detail.starts_with(
+            "no Service holds 10.96.200.7:80/tcp: no kube-proxy rule translates it, so it is routed on untranslated \
+             and gets no answer (the rules name no service CIDR"
+        ),
+        "{}",
+        v.root_cause.detail
+    );
 }
 
 #[test]

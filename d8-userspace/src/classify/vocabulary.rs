@@ -36,6 +36,11 @@ pub enum VerdictClass {
     /// a fault of kube-proxy (nftables mode rejects it in `cluster-ips-check`, 1.30+; iptables mode
     /// leaves it untranslated).
     ServicePortUndefined,
+    /// A request to an address of the service CIDR that no Service holds (a deleted Service's
+    /// ClusterIP, a stale DNS answer, a hard-coded address): configuration, not a fault of
+    /// kube-proxy (nftables mode drops it in `cluster-ips-check`, 1.30+; iptables mode leaves it
+    /// untranslated).
+    ClusterIpUnallocated,
     /// A load-balancer client outside the Service's loadBalancerSourceRanges, dropped by
     /// kube-proxy's firewall (KUBE-PROXY-FIREWALL / `firewall-` chain) as configured.
     SourceRangeDenied,
@@ -49,7 +54,7 @@ pub enum VerdictClass {
 
 impl VerdictClass {
     /// Every class, in the order the contract has always listed them.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Healthy,
         Self::NoEndpoints,
         Self::StaleEndpoint,
@@ -66,6 +71,7 @@ impl VerdictClass {
         Self::SourceRangeDenied,
         Self::StaleConntrackEntry,
         Self::KubeProxyNotSynced,
+        Self::ClusterIpUnallocated,
     ];
 
     /// The contract name (`no_endpoints`, ...).
@@ -87,6 +93,7 @@ impl VerdictClass {
             Self::SourceRangeDenied => "source_range_denied",
             Self::StaleConntrackEntry => "stale_conntrack_entry",
             Self::KubeProxyNotSynced => "kube_proxy_not_synced",
+            Self::ClusterIpUnallocated => "cluster_ip_unallocated",
         }
     }
 

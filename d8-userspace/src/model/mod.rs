@@ -38,6 +38,10 @@ pub struct ServiceRef {
 
 impl std::fmt::Display for ServiceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The empty reference is no Service (an address no Service holds): empty, not "/".
+        if self.namespace.is_empty() && self.name.is_empty() {
+            return Ok(());
+        }
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
@@ -270,6 +274,19 @@ pub struct ServiceModel {
     /// kube-proxy too old, never one too new.
     #[serde(default)]
     pub min_api_server_version: Option<String>,
+    /// nftables mode (1.30+): kube-proxy drops new connections to addresses of its service CIDRs
+    /// that no Service holds. `None` in iptables and IPVS mode and before 1.30 (such traffic is
+    /// routed on untranslated).
+    #[serde(default)]
+    pub unallocated_drop: Option<UnallocatedDrop>,
+}
+
+/// `cluster-ips-check`'s `ip daddr { SERVICE-CIDRS } drop comment "Drop traffic to unallocated
+/// ClusterIPs"`: the service CIDRs kube-proxy was given, and the rule as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnallocatedDrop {
+    pub cidrs: Vec<String>,
+    pub rule: RuleRef,
 }
 
 /// A problem met while building the model, typed by what it concerns: the classifier turns the
@@ -364,4 +381,44 @@ impl ServiceModel {
     pub fn service(&self, svc: &ServiceRef) -> Option<&Service> {
         self.services.iter().find(|s| &s.service == svc)
     }
+
+    /// The Service with a frontend at `ip` (a ClusterIP, external or load-balancer IP): an
+    /// exact (protocol, port) match first, else any Service with the address.
+    pub fn holder_of(&self, protocol: Protocol, ip: IpAddr, port: u16) -> Option<&Service> {
+        let at = |s: &&Service, exact: bool| {
+            s.frontends.iter().any(|f| {
+                f.ip == ip && f.kind != FrontendKind::NodePort && (!exact || (f.port == port && f.protocol == protocol))
+            })
+        };
+        self.services
+            .iter()
+            .find(|s| at(s, true))
+            .or_else(|| self.services.iter().find(|s| at(s, false)))
+    }
+}
+
+/// `ip` lies in `cidr` (`10.0.0.0/8`, or a bare address); an unreadable range contains nothing.
+pub fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    let (addr, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let bits = |a: IpAddr| match a {
+        IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
+        IpAddr::V6(v) => (u128::from(v), 128u32),
+    };
+    let ((n, width), (i, iwidth)) = (bits(net), bits(ip));
+    if width != iwidth {
+        return false;
+    }
+    let len = if len.is_empty() {
+        width
+    } else {
+        len.parse().unwrap_or(u32::MAX)
+    };
+    if len > width {
+        return false;
+    }
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    n & mask == i & mask
 }

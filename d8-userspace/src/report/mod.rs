@@ -29,22 +29,26 @@ pub use crate::classify::{Evidence, EvidenceKind, Mitigation, RootCause, Severit
 /// The complete contract report for `target`: the model's facts, the flows, lost events, and the
 /// classifier's verdict written into it.
 pub fn build(target: &ServiceRef, flows: &[Flow], model: &ServiceModel, ctx: &classify::Context) -> Report {
-    build_asked(target, None, flows, model, ctx)
+    build_asked(target, classify::Asked::Service, flows, model, ctx)
 }
 
-/// [`build`] for a question about a port number the Service does not define
-/// (`--svc ns/name:PORT`, see `trace::Plan::undefined_port`).
+/// [`build`] for a question about more than the Service (see `trace::Plan::asked`): a port
+/// number it does not define, an address no Service holds. For the latter `target` is empty and
+/// the report's one frontend is the address asked about.
 pub fn build_asked(
     target: &ServiceRef,
-    undefined_port: Option<u16>,
+    asked: classify::Asked,
     flows: &[Flow],
     model: &ServiceModel,
     ctx: &classify::Context,
 ) -> Report {
     let mut report = Report::from_model(target, model);
+    if let classify::Asked::Unallocated(protocol, dest) = asked {
+        report.frontends = vec![object::FrontendReport::unallocated(protocol, dest)];
+    }
     report.push_flows(flows);
     report.lost_events = ctx.lost_events;
-    report.apply(&classify::classify_asked(target, undefined_port, flows, model, ctx));
+    report.apply(&classify::classify_asked(target, asked, flows, model, ctx));
     report
 }
 

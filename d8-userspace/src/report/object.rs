@@ -61,6 +61,18 @@ pub struct FrontendReport {
     pub protocol: Protocol,
 }
 
+impl FrontendReport {
+    /// The address asked about with `--dest` when no Service holds it: a ClusterIP of nobody.
+    pub fn unallocated(protocol: Protocol, dest: std::net::SocketAddr) -> Self {
+        Self {
+            kind: FrontendKind::ClusterIp,
+            ip: dest.ip(),
+            port: dest.port(),
+            protocol,
+        }
+    }
+}
+
 impl From<&Frontend> for FrontendReport {
     fn from(f: &Frontend) -> Self {
         Self {

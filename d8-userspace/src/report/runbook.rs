@@ -29,6 +29,7 @@ pub const fn runbook_domain(class: VerdictClass, mode: ProxyMode, ipvs_modules_m
         VerdictClass::NoEndpoints
         | VerdictClass::EtpLocalNoLocalEndpoints
         | VerdictClass::ServicePortUndefined
+        | VerdictClass::ClusterIpUnallocated
         | VerdictClass::SourceRangeDenied => "service_config",
         VerdictClass::ConntrackFull | VerdictClass::StaleConntrackEntry => "conntrack",
         VerdictClass::BackendRefused | VerdictClass::BackendTimeout | VerdictClass::Dropped => "backend",
@@ -47,6 +48,7 @@ pub const fn cross_reference(class: VerdictClass) -> Option<&'static str> {
         | VerdictClass::NoEndpoints
         | VerdictClass::EtpLocalNoLocalEndpoints
         | VerdictClass::ServicePortUndefined
+        | VerdictClass::ClusterIpUnallocated
         | VerdictClass::SourceRangeDenied
         | VerdictClass::StaleConntrackEntry
         | VerdictClass::BackendRefused

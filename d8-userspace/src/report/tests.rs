@@ -205,6 +205,7 @@ fn runbook_domain_and_cross_reference_for_every_class() {
         (C::NoEndpoints, "service_config", None),
         (C::EtpLocalNoLocalEndpoints, "service_config", None),
         (C::ServicePortUndefined, "service_config", None),
+        (C::ClusterIpUnallocated, "service_config", None),
         (C::SourceRangeDenied, "service_config", None),
         (C::StaleConntrackEntry, "conntrack", None),
         (C::KubeProxyNotSynced, "iptables_sync", Some("D2")),

@@ -39,7 +39,7 @@ pub use capture::{Capture, JOIN_BUDGET, PUMP_BUDGET, PUMP_EVERY, Ready};
 pub use hooks::{HookChoice, HookRequest, Join, KernelSetup, choose_hooks, kernel_setup};
 use live::LivePrinter;
 pub use live::{LIVE_QUEUE_LINES, LiveQueue, live_queue_lines};
-pub use plan::{Plan, ServiceSelector, plan};
+pub use plan::{Destination, Plan, ServiceSelector, Target, plan};
 pub use rules::RulesFrom;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,9 @@ pub enum Error {
         port: String,
         known: String,
     },
+    /// `--dest` names no Service traffic: `reason` says why.
+    #[error("{dest}: {reason}")]
+    NotServiceAddress { dest: String, reason: String },
     #[error("tracing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON); run d8-trace as root")]
     NotRoot,
     #[error(
@@ -91,7 +94,7 @@ impl Error {
     /// snapshot file that cannot be used), 3 for the environment.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::UnknownService { .. } | Self::UnknownPort { .. } | Self::Api(_) => 2,
+            Self::UnknownService { .. } | Self::UnknownPort { .. } | Self::NotServiceAddress { .. } | Self::Api(_) => 2,
             _ => 3,
         }
     }
@@ -131,11 +134,22 @@ pub async fn node_view(scope: &Scope) -> Result<NodeView, Error> {
     Ok(view::view(&scope.api, scope.node.as_deref(), scope.rules_from, None).await?)
 }
 
-/// The view for a job about one Service (`explain`, a trace), and its plan. The rules are read
-/// for that Service alone where a reader can (kube-proxy's nftables table from the kernel);
-/// when the Service is not there, the whole view is read again, so the error names the
-/// Service's neighbours as for any read.
-async fn service_view(scope: &Scope, svc: &ServiceSelector) -> Result<(NodeView, plan::Plan), Error> {
+/// The view for a job about one Service or address (`explain`, a trace), and its plan. The rules
+/// are read for a named Service alone where a reader can (kube-proxy's nftables table from the
+/// kernel); when the Service is not there, the whole view is read again, so the error names the
+/// Service's neighbours as for any read. An address needs the whole view to find its Service.
+async fn service_view(scope: &Scope, target: &Target) -> Result<(NodeView, plan::Plan), Error> {
+    let svc = match target {
+        Target::Service(svc) => svc,
+        Target::Address(dest) => {
+            let view = node_view(scope).await?;
+            let p = match plan::resolve(&view.model, dest, view.model.node_ips.clone())? {
+                plan::Resolved::Service(svc) => plan(&view.model, &svc, view.model.node_ips.clone())?,
+                plan::Resolved::Unallocated(p) => p,
+            };
+            return Ok((view, p));
+        }
+    };
     let view = view::view(&scope.api, scope.node.as_deref(), scope.rules_from, Some(&svc.service)).await?;
     match plan(&view.model, svc, view.model.node_ips.clone()) {
         Ok(p) => Ok((view, p)),
@@ -158,7 +172,7 @@ pub struct Finished {
 
 /// `explain`: the Service checked against the node's view, and the verdict from rules and API
 /// alone (no programs attached). An unknown Service or port is an error, as for a trace.
-pub async fn explain(scope: &Scope, svc: &ServiceSelector) -> Result<Finished, Error> {
+pub async fn explain(scope: &Scope, svc: &Target) -> Result<Finished, Error> {
     if !kernel::is_root() {
         return Err(Error::NotRoot);
     }
@@ -171,7 +185,7 @@ pub async fn explain(scope: &Scope, svc: &ServiceSelector) -> Result<Finished, E
         duration_ms: None,
         lost_events: 0,
     };
-    let mut report = report::build_asked(&plan.service, plan.undefined_port, &[], &view.model, &ctx);
+    let mut report = report::build_asked(&plan.service, plan.asked, &[], &view.model, &ctx);
     report
         .warnings
         .extend(typed(WarningKind::Api, "the API", &view.warnings));
@@ -191,7 +205,7 @@ pub fn typed<'a>(kind: WarningKind, source: &'a str, sentences: &'a [String]) ->
 /// `live` gets one line per flow change (see [`run`]).
 pub async fn trace(
     scope: &Scope,
-    svc: &ServiceSelector,
+    svc: &Target,
     opts: &Options,
     live: &mut dyn Write,
     warn: &mut dyn FnMut(&str),
@@ -227,7 +241,7 @@ pub async fn trace(
         duration_ms: Some(started.elapsed().as_millis() as u64),
         lost_events: outcome.lost_events,
     };
-    let mut report = report::build_asked(&plan.service, plan.undefined_port, &outcome.flows, &view.model, &ctx);
+    let mut report = report::build_asked(&plan.service, plan.asked, &outcome.flows, &view.model, &ctx);
     report
         .warnings
         .extend(typed(WarningKind::Api, "the API", &view.warnings));
@@ -293,7 +307,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         "attached {} hooks ({} hook set); tracing {} ({} frontends, {} backends){}",
         capture.attached().len(),
         choice.set.name(),
-        plan.service,
+        plan.name(),
         plan.frontend_addrs.len(),
         plan.endpoints.len(),
         match opts.duration {

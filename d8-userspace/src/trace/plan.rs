@@ -11,7 +11,8 @@ use std::{
 use d8_common::{FAMILY_V4, FAMILY_V6, TargetKey, target};
 
 use super::Error;
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, ServiceModel, ServiceRef};
+use crate::classify::Asked;
+use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, ServiceModel, ServiceRef, in_cidr};
 
 /// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,136 @@ impl std::str::FromStr for ServiceSelector {
     }
 }
 
+/// `IP:PORT[/PROTO]` (`--dest`): the address a client uses, whichever Service holds it, or none
+/// (a deleted Service's ClusterIP, a stale DNS answer). PROTO is `tcp` (the default), `udp` or
+/// `sctp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, protocol) = match s.rsplit_once('/') {
+            Some((a, p)) => (
+                a,
+                Protocol::parse(p).ok_or_else(|| format!("`{s}`: unknown protocol `{p}` (tcp, udp or sctp)"))?,
+            ),
+            None => (s, Protocol::Tcp),
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}`: expected IP:PORT[/PROTO], e.g. 10.96.0.10:80 or 10.96.0.10:53/udp"))?;
+        if addr.port() == 0 {
+            return Err(format!("`{s}`: port 0 is no destination"));
+        }
+        Ok(Self { protocol, addr })
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.protocol)
+    }
+}
+
+/// What a job is about: a Service by name (`--svc`), or an address (`--dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Service(ServiceSelector),
+    Address(Destination),
+}
+
+/// What an address names in the model: a Service's port (then planned as if named), or nothing.
+#[derive(Debug)]
+pub enum Resolved {
+    Service(ServiceSelector),
+    Unallocated(Plan),
+}
+
+/// Resolves `dest` against `model`: the Service whose frontend it is (a NodePort on a node
+/// address, a ClusterIP, external or load-balancer IP), that Service on another port when only
+/// its address matches (a port it does not define), else an address no Service holds. That last
+/// is planned when kube-proxy's rules put it in the service CIDR, or when they name no service
+/// CIDR (iptables and IPVS mode, nftables before 1.30); an address outside the CIDRs they name is
+/// no Service traffic, and an error.
+pub fn resolve(model: &ServiceModel, dest: &Destination, node_ips: Vec<IpAddr>) -> Result<Resolved, Error> {
+    let (ip, port, protocol) = (dest.addr.ip(), dest.addr.port(), dest.protocol);
+    let selector = |svc: &ServiceRef, port: Option<String>| {
+        Resolved::Service(ServiceSelector {
+            service: svc.clone(),
+            port,
+        })
+    };
+    // The Service port's name selects all its frontends (ClusterIP and NodePort alike); an
+    // unnamed port is the Service's only one.
+    let port_of = |f: &Frontend| (!f.port_name.is_empty()).then(|| f.port_name.clone());
+    if node_ips.contains(&ip) || model.node_ips.contains(&ip) {
+        for s in &model.services {
+            if let Some(f) = s
+                .frontends
+                .iter()
+                .find(|f| f.kind == FrontendKind::NodePort && f.port == port && f.protocol == protocol)
+            {
+                return Ok(selector(&s.service, port_of(f)));
+            }
+        }
+    }
+    if let Some(s) = model.holder_of(protocol, ip, port) {
+        let exact = s
+            .frontends
+            .iter()
+            .find(|f| f.ip == ip && f.port == port && f.protocol == protocol);
+        if let Some(f) = exact {
+            return Ok(selector(&s.service, port_of(f)));
+        }
+        // The port over another protocol: a port number would select that one, not this.
+        if let Some(f) = s.frontends.iter().find(|f| f.ip == ip && f.port == port) {
+            return Err(Error::NotServiceAddress {
+                dest: dest.to_string(),
+                reason: format!(
+                    "{} has port {port} on {ip} over {} only; trace that, or the Service by name",
+                    s.service, f.protocol
+                ),
+            });
+        }
+        return Ok(selector(&s.service, Some(port.to_string())));
+    }
+    if let Some(drop) = &model.unallocated_drop
+        && !drop.cidrs.iter().any(|c| in_cidr(ip, c))
+    {
+        return Err(Error::NotServiceAddress {
+            dest: dest.to_string(),
+            reason: format!(
+                "no Service on this node holds it and it is outside the service CIDR kube-proxy was given ({})",
+                drop.cidrs.join(", ")
+            ),
+        });
+    }
+    let frontend = Frontend {
+        kind: FrontendKind::ClusterIp,
+        ip,
+        port,
+        protocol,
+        port_name: String::new(),
+        rule: None,
+    };
+    Ok(Resolved::Unallocated(Plan {
+        service: ServiceRef {
+            namespace: String::new(),
+            name: String::new(),
+        },
+        frontends: vec![frontend],
+        endpoints: Vec::new(),
+        frontend_addrs: vec![(protocol, dest.addr)],
+        node_ips,
+        asked: Asked::Unallocated(protocol, dest.addr),
+    }))
+}
+
 /// What will be traced.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -63,9 +194,10 @@ pub struct Plan {
     /// Concrete (protocol, address) of every frontend, NodePorts expanded to node addresses.
     pub frontend_addrs: Vec<(Protocol, SocketAddr)>,
     pub node_ips: Vec<IpAddr>,
-    /// The port number asked for when the Service does not define it: its ClusterIPs are traced
-    /// on that port (every protocol the Service uses), and the verdict says why it is refused.
-    pub undefined_port: Option<u16>,
+    /// What was asked beyond the Service: a port number it does not define (its ClusterIPs are
+    /// traced on that port, every protocol the Service uses, and the verdict says why it is
+    /// refused), or an address no Service holds (`service` is then empty).
+    pub asked: Asked,
 }
 
 /// Picks `arg`'s Service (and port) out of `model`. `node_ips` expand NodePort frontends that
@@ -145,7 +277,7 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
                 endpoints: Vec::new(),
                 frontend_addrs,
                 node_ips,
-                undefined_port: Some(port),
+                asked: Asked::UndefinedPort(port),
             });
         }
     }
@@ -193,7 +325,7 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
         endpoints,
         frontend_addrs,
         node_ips,
-        undefined_port: None,
+        asked: Asked::Service,
     })
 }
 
@@ -217,6 +349,14 @@ fn target_key(protocol: Protocol, addr: SocketAddr) -> TargetKey {
 }
 
 impl Plan {
+    /// What is traced, for logs: the Service, or the address no Service holds.
+    pub fn name(&self) -> String {
+        match self.asked {
+            Asked::Unallocated(protocol, addr) => format!("{addr}/{protocol} (no Service)"),
+            _ => self.service.to_string(),
+        }
+    }
+
     /// Kernel targets: every frontend, and every backend (so direct flows such as kubelet probes
     /// are traced too).
     pub fn targets(&self) -> Vec<(TargetKey, u32)> {
@@ -254,7 +394,7 @@ impl Merged {
             endpoints: Vec::new(),
             frontend_addrs: Vec::new(),
             node_ips,
-            undefined_port: None,
+            asked: Asked::Service,
         };
         let (mut frontends, mut backends) = (HashMap::new(), HashMap::new());
         for (i, p) in plans.iter().enumerate() {
@@ -359,6 +499,81 @@ mod tests {
     }
 
     #[test]
+    fn destinations_parse_with_a_default_protocol_and_say_what_is_wrong() {
+        let d: Destination = "10.96.0.10:53/udp".parse().unwrap();
+        assert_eq!((d.protocol, d.addr), (Protocol::Udp, "10.96.0.10:53".parse().unwrap()));
+        let d: Destination = "[fd00::10]:80".parse().unwrap();
+        assert_eq!(
+            (d.protocol, d.to_string().as_str()),
+            (Protocol::Tcp, "[fd00::10]:80/tcp")
+        );
+        for (bad, says) in [
+            ("10.96.0.10", "expected IP:PORT[/PROTO]"),
+            ("10.96.0.10:80/icmp", "unknown protocol `icmp`"),
+            ("10.96.0.10:0", "port 0"),
+            ("web:80", "expected IP:PORT[/PROTO]"),
+        ] {
+            let err = bad.parse::<Destination>().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_address_resolves_to_the_service_that_holds_it() {
+        let node: IpAddr = "192.168.1.2".parse().unwrap();
+        let resolved = |d: &str| resolve(&model(), &d.parse().unwrap(), vec![node]).unwrap();
+        let named = |d: &str| match resolved(d) {
+            Resolved::Service(s) => (s.service.to_string(), s.port),
+            Resolved::Unallocated(p) => panic!("{d}: {p:?}"),
+        };
+        assert_eq!(named("10.96.0.10:80"), ("default/web".into(), Some("http".into())));
+        assert_eq!(named("10.96.0.10:9090"), ("default/web".into(), Some("metrics".into())));
+        // A NodePort on a node address; a port the ClusterIP lacks (then service_port_undefined).
+        assert_eq!(named("192.168.1.2:30080"), ("default/web".into(), Some("http".into())));
+        assert_eq!(named("10.96.0.10:81"), ("default/web".into(), Some("81".into())));
+        // The port over another protocol is refused with what the Service has.
+        let err = resolve(&model(), &"10.96.0.10:80/udp".parse().unwrap(), vec![node]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "10.96.0.10:80/udp: default/web has port 80 on 10.96.0.10 over tcp only; trace that, or the Service by name"
+        );
+    }
+
+    #[test]
+    fn an_address_no_service_holds_is_planned_inside_the_service_cidr_and_refused_outside() {
+        let mut m = model();
+        // No service CIDR in the rules (iptables mode): planned, the verdict says what is unknown.
+        let Resolved::Unallocated(p) = resolve(&m, &"10.96.200.7:80".parse().unwrap(), vec![]).unwrap() else {
+            panic!("unallocated");
+        };
+        assert_eq!(
+            p.asked,
+            Asked::Unallocated(Protocol::Tcp, "10.96.200.7:80".parse().unwrap())
+        );
+        assert_eq!(p.frontend_addrs, [(Protocol::Tcp, "10.96.200.7:80".parse().unwrap())]);
+        assert!(p.endpoints.is_empty() && p.service.to_string().is_empty());
+        assert_eq!(p.name(), "10.96.200.7:80/tcp (no Service)");
+        m.unallocated_drop = Some(crate::model::UnallocatedDrop {
+            cidrs: vec!["10.96.0.0/16".into()],
+            rule: crate::model::RuleRef {
+                source: crate::model::RuleSource::Nftables,
+                name: "cluster-ips-check".into(),
+                text: "ip daddr 10.96.0.0/16 drop".into(),
+            },
+        });
+        assert!(matches!(
+            resolve(&m, &"10.96.200.7:80".parse().unwrap(), vec![]).unwrap(),
+            Resolved::Unallocated(_)
+        ));
+        let err = resolve(&m, &"192.0.2.7:80".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            err.to_string(),
+            "192.0.2.7:80/tcp: no Service on this node holds it and it is outside the service CIDR kube-proxy was given (10.96.0.0/16)"
+        );
+    }
+
+    #[test]
     fn plans_frontends_and_backends_of_one_port() {
         let arg: ServiceSelector = "default/web:http".parse().unwrap();
         let plan = plan(&model(), &arg, vec!["192.168.1.2".parse().unwrap()]).unwrap();
@@ -405,7 +620,7 @@ mod tests {
     #[test]
     fn a_port_number_the_service_lacks_traces_its_cluster_ip_on_that_port() {
         let p = plan(&model(), &"default/web:81".parse().unwrap(), vec![]).unwrap();
-        assert_eq!(p.undefined_port, Some(81));
+        assert_eq!(p.asked, Asked::UndefinedPort(81));
         assert_eq!(p.frontend_addrs, [(Protocol::Tcp, "10.96.0.10:81".parse().unwrap())]);
         assert!(p.endpoints.is_empty());
         // A Service without a ClusterIP (its rules hold only a NodePort) still refuses the question.

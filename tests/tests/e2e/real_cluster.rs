@@ -228,6 +228,69 @@ fn service_port_undefined(mode: ProxyMode) {
     assert!(runbook.contains("or add port 81 to the Service"), "{runbook}");
 }
 
+// ---- an unallocated ClusterIP ---------------------------------------------------------------------
+
+/// `--dest 10.96.200.7:80`, an address of the service CIDR (10.96.0.0/16) that no Service holds (a
+/// deleted Service's ClusterIP a client still uses): nftables mode drops it in
+/// `cluster-ips-check` (1.30+), iptables mode routes it on untranslated; either way the answer
+/// is cluster_ip_unallocated, not a fault of kube-proxy. An address a Service holds resolves to it.
+fn cluster_ip_unallocated(mode: ProxyMode) {
+    let s = Scenario::up(web_spec(&[("web-1", 11)]), mode);
+    let dest = "10.96.200.7:80";
+    let run = s.trace(dest, Api::Snapshot, 3, &[], |lab| {
+        let out = lab::tcp_connect(lab.client_ns(), addr(Ipv4Addr::new(10, 96, 200, 7), 80), SILENT).expect("connect");
+        // nftables: dropped in cluster-ips-check; iptables: routed to the lab's dead-end route.
+        assert_eq!(out, TcpOutcome::Timeout, "an unallocated ClusterIP in {mode:?} mode");
+    });
+    run.assert_root("cluster_ip_unallocated");
+    assert_eq!(run.report.service, "", "{}", run.context);
+    for f in run.flows_to(dest) {
+        assert_eq!(run.class_of(f), "cluster_ip_unallocated", "{}", run.context);
+        assert_eq!(f.backend, None, "{}", run.context);
+    }
+    let detail = &run.report.root_cause.as_ref().expect("root cause").detail;
+    match mode {
+        ProxyMode::Nftables => {
+            assert!(
+                detail.starts_with("no Service holds 10.96.200.7:80/tcp: it is in the service CIDR 10.96.0.0/16"),
+                "{detail}"
+            );
+            run.evidence("rules", &["cluster-ips-check", "ip daddr 10.96.0.0/16 drop"]);
+        }
+        _ => assert!(
+            detail.starts_with("no Service holds 10.96.200.7:80/tcp: no kube-proxy rule translates it"),
+            "{detail}"
+        ),
+    }
+    let explain = s.explain(dest);
+    explain.assert_root("cluster_ip_unallocated");
+    let runbook = s.explain_runbook(dest);
+    assert!(runbook.contains("service_config"), "{runbook}");
+    // The Service's own address names the Service.
+    let web = s.explain("10.96.0.10:80");
+    assert_eq!(web.report.service, "default/web", "{}", web.context);
+    web.assert_root("healthy");
+    if mode == ProxyMode::Nftables {
+        // Outside the service CIDR kube-proxy was given, an address is no Service traffic.
+        let (code, stderr) = s.explain_refused("192.0.2.7:80");
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains("outside the service CIDR kube-proxy was given (10.96.0.0/16)"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn cluster_ip_unallocated_iptables() {
+    cluster_ip_unallocated(ProxyMode::Iptables);
+}
+
+#[test]
+fn cluster_ip_unallocated_nftables() {
+    cluster_ip_unallocated(ProxyMode::Nftables);
+}
+
 #[test]
 fn service_port_undefined_iptables() {
     service_port_undefined(ProxyMode::Iptables);

@@ -153,10 +153,11 @@ impl Scenario {
         args
     }
 
-    /// Traces `svc` for `secs` seconds while `traffic` runs (it starts once the hooks are attached).
+    /// Traces `svc` (`NS/NAME[:PORT]`, or `IP:PORT[/PROTO]` for `--dest`) for `secs` seconds
+    /// while `traffic` runs (it starts once the hooks are attached).
     pub(crate) fn trace(&self, svc: &str, api: Api, secs: u64, extra: &[&str], traffic: impl FnOnce(&Lab)) -> Run {
         let secs = secs.to_string();
-        let mut args: Vec<String> = ["--svc", svc, "-o", "json", "--duration", &secs]
+        let mut args: Vec<String> = [target_flag(svc), svc, "-o", "json", "--duration", &secs]
             .map(String::from)
             .to_vec();
         args.extend(self.selection(api));
@@ -170,7 +171,9 @@ impl Scenario {
 
     /// `d8-trace explain --svc SVC -o json` with the lab's API view.
     pub(crate) fn explain(&self, svc: &str) -> Run {
-        let mut args: Vec<String> = ["explain", "--svc", svc, "-o", "json"].map(String::from).to_vec();
+        let mut args: Vec<String> = ["explain", target_flag(svc), svc, "-o", "json"]
+            .map(String::from)
+            .to_vec();
         args.extend(self.selection(Api::Snapshot));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let done = run_to_end(&argv);
@@ -180,12 +183,35 @@ impl Scenario {
 
     /// `d8-trace explain --svc SVC -o runbook` with the lab's API view: the runbook block (YAML).
     pub(crate) fn explain_runbook(&self, svc: &str) -> String {
-        let mut args: Vec<String> = ["explain", "--svc", svc, "-o", "runbook"].map(String::from).to_vec();
+        let mut args: Vec<String> = ["explain", target_flag(svc), svc, "-o", "runbook"]
+            .map(String::from)
+            .to_vec();
         args.extend(self.selection(Api::Snapshot));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let done = run_to_end(&argv);
         assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
         done.stdout
+    }
+
+    /// `d8-trace explain` of `target` that must fail: its exit code and stderr.
+    pub(crate) fn explain_refused(&self, target: &str) -> (Option<i32>, String) {
+        let mut args: Vec<String> = ["explain", target_flag(target), target, "-o", "json"]
+            .map(String::from)
+            .to_vec();
+        args.extend(self.selection(Api::Snapshot));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let done = run_to_end(&argv);
+        (done.status.code(), done.stderr)
+    }
+}
+
+/// `--dest` for an address (`IP:PORT[/PROTO]`), `--svc` for a Service (`NS/NAME[:PORT]`).
+fn target_flag(target: &str) -> &'static str {
+    let addr = target.split('/').next().unwrap_or_default();
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        "--dest"
+    } else {
+        "--svc"
     }
 }
 

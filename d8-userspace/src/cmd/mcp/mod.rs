@@ -65,7 +65,7 @@ pub struct D8Mcp {
 const INSTRUCTIONS: &str = "d8-trace follows flows to a Kubernetes Service through kube-proxy's rules on this node and \
 says why they fail (verdict classes: healthy, no_endpoints, stale_endpoint, etp_local_no_local_endpoints, probe_rst, \
 conntrack_full, kube_proxy_not_running, kube_proxy_not_synced, kube_proxy_rules_missing, kube_proxy_version_skew, \
-backend_refused, backend_timeout, dropped, service_port_undefined, source_range_denied, stale_conntrack_entry). Start with explain_service (rules and API, instant, attaches nothing); use trace_service \
+backend_refused, backend_timeout, dropped, service_port_undefined, cluster_ip_unallocated, source_range_denied, stale_conntrack_entry). Start with explain_service (rules and API, instant, attaches nothing); use trace_service \
 while the failing traffic happens (it only sees flows during its seconds). doctor says what this kernel allows. \
 Nothing here changes the node.";
 
@@ -322,7 +322,7 @@ fn verdict_word(report: &Report) -> String {
 
 /// `explain`, as the CLI runs it, on the job's thread (already in the node's namespace).
 async fn explain(svc: ServiceSelector, scope: Scope) -> Result<(Report, Vec<String>), Failure> {
-    let done = trace::explain(&scope, &svc).await?;
+    let done = trace::explain(&scope, &trace::Target::Service(svc)).await?;
     Ok((done.report, done.warnings))
 }
 
@@ -335,7 +335,14 @@ async fn trace_job(svc: ServiceSelector, scope: Scope, duration: Duration) -> Re
         ring_buffer_bytes: 1 << 20,
         live: false,
     };
-    let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;
+    let done = trace::trace(
+        &scope,
+        &trace::Target::Service(svc),
+        &opts,
+        &mut std::io::sink(),
+        &mut |_| {},
+    )
+    .await?;
     Ok((done.report, done.warnings))
 }
 

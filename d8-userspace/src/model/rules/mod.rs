@@ -181,6 +181,8 @@ pub struct ModeReading {
     pub services: Vec<Service>,
     pub warnings: Vec<String>,
     pub node_port_ips: Vec<IpAddr>,
+    /// nftables mode: the drop of unallocated ClusterIPs (see [`crate::model::UnallocatedDrop`]).
+    pub unallocated_drop: Option<crate::model::UnallocatedDrop>,
     pub virtual_servers: Vec<ipvs::VirtualServer>,
     pub sources: Vec<String>,
 }
@@ -257,6 +259,7 @@ pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&Service
             kube_proxy,
             services: reading.services,
             node_ips: reading.node_port_ips,
+            unallocated_drop: reading.unallocated_drop,
             warnings,
             ..Default::default()
         },
@@ -570,6 +573,7 @@ pub fn read_nftables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<
         reading.services = merge_services(std::mem::take(&mut reading.services), parsed.services);
         reading.warnings.extend(parsed.warnings);
         reading.node_port_ips.extend(parsed.node_port_ips);
+        reading.unallocated_drop = reading.unallocated_drop.take().or(parsed.unallocated_drop);
     }
     Ok(reading)
 }

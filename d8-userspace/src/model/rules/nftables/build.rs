@@ -22,7 +22,7 @@ use super::table::{Table, ip_proto_port, proto_port, verdict_target};
 use super::{Layout, Parsed};
 use crate::model::rules::FastSet;
 use crate::model::rules::service::Services;
-use crate::model::{FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource};
+use crate::model::{FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, UnallocatedDrop};
 
 /// Builds the Services of an indexed table.
 pub(super) fn build(t: &Table<'_>) -> Parsed {
@@ -225,7 +225,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                     let key = cn.port_key();
                     self.services.add_chain(&key, name);
                     for rule in t.chain_rules(&t.chains[*name]) {
-                        let ranges = rule.saddr_ranges();
+                        let ranges = rule.addr_ranges();
                         if !ranges.is_empty() {
                             for r in ranges {
                                 self.services.add_source_range(&key, r.clone());
@@ -255,6 +255,15 @@ impl<'t, 'a> Builder<'t, 'a> {
             .get("cluster-ips-check")
             .and_then(|c| t.chain_rules(c).find(|r| r.match_set() == Some("cluster-ips")))
             .map(|r| r.rule_ref(t));
+        // ... and `ip daddr { SERVICE-CIDRS } drop` (1.30+) drops addresses no Service holds.
+        let unallocated_drop = t.chains.get("cluster-ips-check").and_then(|c| {
+            t.chain_rules(c)
+                .find(|r| !r.addr_ranges().is_empty() && t.text(r).contains(" drop"))
+                .map(|r| UnallocatedDrop {
+                    cidrs: r.addr_ranges().to_vec(),
+                    rule: r.rule_ref(t),
+                })
+        });
         let mut services = self.services.into_sorted();
         if let Some(reject) = reject {
             for svc in &mut services {
@@ -274,6 +283,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             mode_hint: Some(ProxyMode::Nftables),
             layout,
             node_port_ips,
+            unallocated_drop,
             rule_count: t.rules.len(),
         }
     }

@@ -85,6 +85,8 @@ pub struct Parsed {
     pub layout: Option<Layout>,
     /// The `nodeport-ips` set (empty when NodePorts match every local address).
     pub node_port_ips: Vec<IpAddr>,
+    /// `cluster-ips-check`'s drop of unallocated ClusterIPs (1.30+).
+    pub unallocated_drop: Option<crate::model::UnallocatedDrop>,
     /// Number of rules in kube-proxy's table.
     pub rule_count: usize,
 }

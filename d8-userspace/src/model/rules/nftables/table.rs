@@ -66,8 +66,9 @@ struct RuleExtra<'a> {
     dnat_map: Option<(u64, Vec<(IpAddr, u16)>)>,
     /// The set an `... @set` match names (affinity rules).
     match_set: Option<Cow<'a, str>>,
-    /// Addresses and prefixes an `ip saddr` match compares with (firewall chains).
-    saddr_ranges: Vec<String>,
+    /// Addresses and prefixes an `ip saddr` match compares with (firewall chains), or an `ip
+    /// daddr` match (`cluster-ips-check`: the service CIDRs).
+    addr_ranges: Vec<String>,
 }
 
 impl<'a> NftRule<'a> {
@@ -91,18 +92,26 @@ impl<'a> NftRule<'a> {
         }
         let targets_start = targets_found.len();
         expr.iter().for_each(|e| targets(e, targets_found));
-        let mut saddr_ranges = Vec::new();
-        // Only firewall chains' ranges are read (every endpoint chain matches its own `ip saddr`).
-        for stmt in expr.iter().filter(|_| chain.starts_with("firewall-")) {
+        let mut addr_ranges = Vec::new();
+        // Only firewall chains' source ranges (every endpoint chain matches its own `ip saddr`)
+        // and `cluster-ips-check`'s destination ranges (the service CIDRs) are read.
+        let field = if chain.starts_with("firewall-") {
+            Some("saddr")
+        } else if chain == "cluster-ips-check" {
+            Some("daddr")
+        } else {
+            None
+        };
+        for stmt in expr.iter().filter(|_| field.is_some()) {
             if let Some(m) = stmt.get("match")
                 && m.get("left")
                     .and_then(|l| l.get("payload"))
                     .and_then(|p| p.get("field"))
                     .and_then(J::as_str)
-                    == Some("saddr")
+                    == field
                 && !m.get("right").and_then(J::as_str).is_some_and(|r| r.starts_with('@'))
             {
-                collect_prefixes(m.at("right"), &mut saddr_ranges);
+                collect_prefixes(m.at("right"), &mut addr_ranges);
             }
         }
         let extra = RuleExtra {
@@ -113,12 +122,12 @@ impl<'a> NftRule<'a> {
                 J::Str(Cow::Owned(r)) => r.strip_prefix('@').map(|s| Cow::Owned(s.to_string())),
                 _ => None,
             }),
-            saddr_ranges,
+            addr_ranges,
         };
         let has_extra = extra.numgen.is_some()
             || extra.dnat_map.is_some()
             || extra.match_set.is_some()
-            || !extra.saddr_ranges.is_empty();
+            || !extra.addr_ranges.is_empty();
         NftRule {
             index,
             chain,
@@ -142,8 +151,9 @@ impl<'a> NftRule<'a> {
         self.extra.as_ref()?.match_set.as_deref()
     }
 
-    pub(super) fn saddr_ranges(&self) -> &[String] {
-        self.extra.as_ref().map(|e| e.saddr_ranges.as_slice()).unwrap_or(&[])
+    /// See [`RuleExtra::addr_ranges`].
+    pub(super) fn addr_ranges(&self) -> &[String] {
+        self.extra.as_ref().map(|e| e.addr_ranges.as_slice()).unwrap_or(&[])
     }
 
     /// The rule as evidence: its chain and its rendering.

@@ -167,6 +167,15 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         "{}",
         reject.text
     );
+    // ... and its drop of the service CIDR's unallocated addresses is the node's.
+    let drop = p.unallocated_drop.as_ref().expect("cluster-ips-check drop");
+    assert_eq!(drop.cidrs, ["10.96.0.0/16"]);
+    assert_eq!(drop.rule.name, "cluster-ips-check");
+    assert!(
+        drop.rule.text.starts_with("ip daddr 10.96.0.0/16 drop"),
+        "{}",
+        drop.rule.text
+    );
     let sticky = svc(&p, "ns2/sticky");
     assert_eq!(sticky.rules.affinity_timeout_secs, Some(10800));
     assert_eq!(sticky.endpoints.len(), 2);
