@@ -98,6 +98,15 @@ pub enum Target {
     Address(Destination),
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Service(s) => write!(f, "{}", s.service),
+            Self::Address(d) => write!(f, "{d}"),
+        }
+    }
+}
+
 /// What an address names in the model: a Service's port (then planned as if named), or nothing.
 #[derive(Debug)]
 pub enum Resolved {

@@ -296,6 +296,20 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
             "{}",
             text(&r)
         );
+        // An address instead of a name, as with --dest: the Service holding it, or none.
+        let r = call(
+            &client,
+            "explain_service",
+            json!({"service": "10.96.200.7:80", "netns": node, "k8s_snapshot": snap}),
+        )
+        .await;
+        let nobody = report_of(&r);
+        assert_eq!(
+            (nobody.service.as_str(), nobody.root_cause.map(|c| c.class).as_deref()),
+            ("", Some("cluster_ip_unallocated")),
+            "{}",
+            text(&r)
+        );
 
         // trace: three requests while it runs.
         let log = stderr.clone();

@@ -1,5 +1,5 @@
 //! The tools' inputs: their JSON schemas (derived with schemars, served in `tools/list`) and the
-//! checks that turn them into what the CLI would have parsed (a [`ServiceSelector`], a [`Scope`], a
+//! checks that turn them into what the CLI would have parsed (a [`Target`], a [`Scope`], a
 //! bounded duration). Everything here is pure and unit-tested.
 
 use std::{path::PathBuf, time::Duration};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::jobs::Failure;
 use crate::{
     model::k8s,
-    trace::{Scope, ServiceSelector},
+    trace::{Destination, Scope, ServiceSelector, Target},
 };
 
 /// `trace_service` traces this long when `seconds` is not given.
@@ -23,7 +23,9 @@ pub const MAX_SECONDS: u64 = 60;
 #[serde(deny_unknown_fields)]
 pub struct ExplainInput {
     /// The Service: NAMESPACE/NAME, optionally :PORT (a port number or a Service port name), e.g.
-    /// `default/web` or `kube-system/kube-dns:dns`.
+    /// `default/web` or `kube-system/kube-dns:dns`; or the address clients use, IP:PORT[/PROTO]
+    /// (tcp by default), e.g. `10.96.0.10:53/udp`: the Service that holds it, or the address
+    /// itself when none does (verdict `cluster_ip_unallocated`).
     pub service: String,
     /// The node's network namespace: a name under /run/netns or a path such as /proc/PID/ns/net.
     /// Default: the server's `--netns`, else the namespace the server runs in (the node's, on a node).
@@ -41,7 +43,9 @@ pub struct ExplainInput {
 #[serde(deny_unknown_fields)]
 pub struct TraceInput {
     /// The Service: NAMESPACE/NAME, optionally :PORT (a port number or a Service port name), e.g.
-    /// `default/web` or `kube-system/kube-dns:dns`.
+    /// `default/web` or `kube-system/kube-dns:dns`; or the address clients use, IP:PORT[/PROTO]
+    /// (tcp by default), e.g. `10.96.0.10:53/udp`: the Service that holds it, or the address
+    /// itself when none does (verdict `cluster_ip_unallocated`).
     pub service: String,
     /// How long to trace, in seconds (1 to 60, default 10). Only flows that happen meanwhile are
     /// seen: reproduce the failing traffic during the trace.
@@ -69,10 +73,20 @@ pub struct DoctorInput {
     pub netns: Option<String>,
 }
 
-/// `NS/NAME[:PORT]`, with the CLI's own parser and sentences.
-pub fn service(s: &str) -> Result<ServiceSelector, Failure> {
-    s.trim()
-        .parse::<ServiceSelector>()
+/// `NS/NAME[:PORT]`, or `IP:PORT[/PROTO]` (the CLI's `--dest`), with the CLI's own parsers and
+/// sentences. An address is told apart by what precedes its first `/`: an IP:PORT, never a
+/// namespace.
+pub fn service(s: &str) -> Result<Target, Failure> {
+    let s = s.trim();
+    let head = s.split('/').next().unwrap_or_default();
+    if head.parse::<std::net::SocketAddr>().is_ok() {
+        return s
+            .parse::<Destination>()
+            .map(Target::Address)
+            .map_err(|e| Failure::usage(format!("service {e}")));
+    }
+    s.parse::<ServiceSelector>()
+        .map(Target::Service)
         .map_err(|e| Failure::usage(format!("service {e}")))
 }
 
@@ -133,10 +147,24 @@ mod tests {
 
     #[test]
     fn services_parse_like_the_cli() {
-        let arg = service("default/web").unwrap();
+        let selector = |s: &str| match service(s).unwrap() {
+            Target::Service(sel) => sel,
+            other => panic!("{s}: {other:?}"),
+        };
+        let arg = selector("default/web");
         assert_eq!((arg.service.to_string(), arg.port), ("default/web".to_string(), None));
-        let arg = service(" kube-system/kube-dns:dns ").unwrap();
+        let arg = selector(" kube-system/kube-dns:dns ");
         assert_eq!(arg.port.as_deref(), Some("dns"));
+        // An address, as the CLI's --dest takes it.
+        assert!(
+            matches!(service("10.96.0.10:53/udp").unwrap(), Target::Address(d) if d.to_string() == "10.96.0.10:53/udp")
+        );
+        assert!(
+            service("10.96.0.10:53/icmp")
+                .unwrap_err()
+                .message
+                .contains("unknown protocol")
+        );
         for bad in ["web", "default/web:", "default/we b", "/web", ""] {
             let err = service(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");

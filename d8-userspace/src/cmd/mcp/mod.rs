@@ -51,7 +51,7 @@ use crate::{
     cmd::doctor,
     kernel,
     report::Report,
-    trace::{self, Scope, ServiceSelector},
+    trace::{self, Scope, Target},
 };
 
 /// The MCP server: the selection flags it was started with (defaults for every call) and its jobs.
@@ -134,7 +134,7 @@ root_cause {class, detail}, evidence, severity, mitigation; flows empty) and a s
             Ok(p) => p,
             Err(f) => return Ok(failure_result(&f)),
         };
-        let name = format!("explain_service {}", svc.service);
+        let name = format!("explain_service {svc}");
         let netns = sel.netns.clone();
         let result = self.jobs.run(&name, netns, None, call, move || explain(svc, sel)).await;
         Ok(match result {
@@ -183,7 +183,7 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
             Ok(p) => p,
             Err(f) => return Ok(failure_result(&f)),
         };
-        let name = format!("trace_service {}", svc.service);
+        let name = format!("trace_service {svc}");
         // Setup (rules, API) comes on top of the trace itself.
         let slot = match self
             .jobs
@@ -321,28 +321,21 @@ fn verdict_word(report: &Report) -> String {
 }
 
 /// `explain`, as the CLI runs it, on the job's thread (already in the node's namespace).
-async fn explain(svc: ServiceSelector, scope: Scope) -> Result<(Report, Vec<String>), Failure> {
-    let done = trace::explain(&scope, &trace::Target::Service(svc)).await?;
+async fn explain(svc: Target, scope: Scope) -> Result<(Report, Vec<String>), Failure> {
+    let done = trace::explain(&scope, &svc).await?;
     Ok((done.report, done.warnings))
 }
 
 /// A trace, as the CLI runs it (without live lines), on the job's thread. Dropping this future
 /// (cancellation) drops the `Tracer` inside `trace::run`, which detaches everything.
-async fn trace_job(svc: ServiceSelector, scope: Scope, duration: Duration) -> Result<(Report, Vec<String>), Failure> {
+async fn trace_job(svc: Target, scope: Scope, duration: Duration) -> Result<(Report, Vec<String>), Failure> {
     let opts = trace::Options {
         duration: Some(duration),
         reply_timeout: Duration::from_secs(3),
         ring_buffer_bytes: 1 << 20,
         live: false,
     };
-    let done = trace::trace(
-        &scope,
-        &trace::Target::Service(svc),
-        &opts,
-        &mut std::io::sink(),
-        &mut |_| {},
-    )
-    .await?;
+    let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;
     Ok((done.report, done.warnings))
 }
 
