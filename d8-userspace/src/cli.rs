@@ -188,7 +188,42 @@ pub struct TraceArgs {
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
     #[command(flatten)]
+    pub pcap: PcapArgs,
+    #[command(flatten)]
     pub selection: Selection,
+}
+
+/// `--pcap` and its companions: the packets of the failing flows as a pcapng file.
+#[derive(Debug, Clone, Args)]
+pub struct PcapArgs {
+    /// Write the packets of the flows that fail (rejected, dropped, reset, timed out,
+    /// ICMP-errored) to FILE as pcapng, with the verdict in the packets' comments.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+    /// With --pcap: every traced flow's packets, not only the failing flows'.
+    #[arg(long, requires = "pcap")]
+    pub pcap_all: bool,
+    /// With --pcap: bytes kept of each packet, from its IP header (1 to 256).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::report::pcap::DEFAULT_SNAPLEN, requires = "pcap",
+          value_parser = clap::value_parser!(u32).range(1..=d8_common::pcap::MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
+    /// With --pcap: overwrite FILE if it exists.
+    #[arg(long, requires = "pcap")]
+    pub force: bool,
+}
+
+impl PcapArgs {
+    /// The pipeline's request, with the command line for the file's header; `None` without --pcap.
+    pub fn resolve(&self) -> Option<crate::trace::PcapRequest> {
+        let path = self.pcap.clone()?;
+        Some(crate::trace::PcapRequest {
+            path,
+            all: self.pcap_all,
+            snaplen: self.snaplen,
+            force: self.force,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        })
+    }
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {

@@ -256,6 +256,93 @@ pub fn decode_raw(raw: &d8_common::Event) -> Result<Event, DecodeError> {
     })
 }
 
+/// Where a packet copy (`--pcap`) was taken: each is an interface of its own in the pcapng file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// `nf_pre`: before conntrack and DNAT, at PREROUTING (`output`: the node's own packets).
+    NfPre { output: bool },
+    /// `nf_post` right after DNAT (PREROUTING/OUTPUT -99).
+    PostDnat,
+    /// The packet the kernel dropped (`skb:kfree_skb`).
+    Drop,
+    /// A TC classifier on interface `ifindex`.
+    Tc { ifindex: u32, egress: bool },
+}
+
+/// One packet of a traced flow, copied by the kernel (`d8_common::PacketRecord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketCopy {
+    pub ts_ns: u64,
+    /// The flow as the program found it (the ORIGINAL tuple, or on the TC set possibly the
+    /// post-NAT tuple until the conntrack join maps it).
+    pub flow: Tuple,
+    pub site: Site,
+    /// The netfilter hook (for a drop: the last one the packet passed).
+    pub hook: Option<Hook>,
+    /// The packet travels in the flow's reply direction.
+    pub reply: bool,
+    /// A drop's `enum skb_drop_reason` value.
+    pub drop_reason: u32,
+    /// The packet's length from its IP header; `data` holds its first bytes.
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PacketDecodeError {
+    #[error("packet record of {got} bytes, expected {expected} (kernel programs and d8-trace from different builds?)")]
+    Size { got: usize, expected: usize },
+    #[error("packet record with unknown site {0}")]
+    Site(u8),
+    #[error("packet record claims {0} captured bytes, more than a record holds")]
+    Length(u32),
+    #[error(transparent)]
+    Key(#[from] DecodeError),
+}
+
+/// Decodes a `PACKETS` ring-buffer record (copied out first: it may not be aligned).
+pub fn decode_packet(bytes: &[u8]) -> Result<PacketCopy, PacketDecodeError> {
+    use d8_common::pcap::{MAX_SNAPLEN, site};
+    let expected = std::mem::size_of::<d8_common::PacketRecord>();
+    if bytes.len() < expected {
+        return Err(PacketDecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: length checked; `PacketRecord` is plain old data; read_unaligned assumes no alignment.
+    let raw: d8_common::PacketRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if raw.cap_len > MAX_SNAPLEN {
+        return Err(PacketDecodeError::Length(raw.cap_len));
+    }
+    let at = match raw.site {
+        site::NF_PRE => Site::NfPre {
+            output: raw.hook == hook::LOCAL_OUT,
+        },
+        site::POST_DNAT => Site::PostDnat,
+        site::DROP => Site::Drop,
+        site::TC_INGRESS => Site::Tc {
+            ifindex: raw.ifindex,
+            egress: false,
+        },
+        site::TC_EGRESS => Site::Tc {
+            ifindex: raw.ifindex,
+            egress: true,
+        },
+        other => return Err(PacketDecodeError::Site(other)),
+    };
+    Ok(PacketCopy {
+        ts_ns: raw.ts_ns,
+        flow: tuple(&raw.key)?,
+        site: at,
+        hook: hook_of(raw.hook),
+        reply: raw.reply != 0,
+        drop_reason: raw.reason,
+        orig_len: raw.orig_len.max(raw.cap_len),
+        data: raw.data[..raw.cap_len as usize].to_vec(),
+    })
+}
+
 /// Name of a TCP state number (`include/net/tcp_states.h`).
 pub fn tcp_state_name(state: u8) -> &'static str {
     match state {

@@ -334,6 +334,7 @@ async fn trace_job(svc: ServiceSelector, scope: Scope, duration: Duration) -> Re
         reply_timeout: Duration::from_secs(3),
         ring_buffer_bytes: 1 << 20,
         live: false,
+        pcap: None,
     };
     let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;
     Ok((done.report, done.warnings))
