@@ -241,6 +241,16 @@ impl PcapWriter {
         self.flows += 1;
     }
 
+    /// Bytes of whole blocks written.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether a write failed (nothing more is written to this file).
+    pub fn failed(&self) -> bool {
+        self.file.is_none()
+    }
+
     /// Flows and packets written.
     pub fn written(&self) -> (u64, u64) {
         (self.flows, self.packets)

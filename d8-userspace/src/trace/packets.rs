@@ -58,17 +58,12 @@ impl PacketStore {
     /// its start on, until the next flow that reused the tuple began. A packet copied a moment
     /// before its flow's first event (the copy is taken first) belongs to it.
     pub fn packets_of(&self, flow: &Flow, flows: &[Flow]) -> Vec<PacketCopy> {
-        let tuple = Tuple {
-            proto: flow.protocol.number(),
-            src: flow.client,
-            dst: flow.frontend.or(flow.backend).unwrap_or(flow.client),
-        };
-        let Some(all) = self.by_flow.get(&tuple) else { return Vec::new() };
+        let Some(all) = self.by_flow.get(&flow.tuple()) else { return Vec::new() };
         const SLACK_NS: u64 = 1_000_000;
+        let tuple = flow.tuple();
         let next = flows
             .iter()
-            .filter(|f| f.id != flow.id && f.client == flow.client && f.first_ns > flow.first_ns)
-            .filter(|f| f.frontend.or(f.backend) == flow.frontend.or(flow.backend) && f.protocol == flow.protocol)
+            .filter(|f| f.id != flow.id && f.first_ns > flow.first_ns && f.tuple() == tuple)
             .map(|f| f.first_ns)
             .min()
             .unwrap_or(u64::MAX);
