@@ -38,11 +38,11 @@ fn tool(name: &str) -> PathBuf {
 
 /// One packet as tshark reads it.
 #[derive(Debug)]
-struct Packet {
-    interface: String,
-    src: String,
-    dst: String,
-    comment: String,
+pub(crate) struct Packet {
+    pub(crate) interface: String,
+    pub(crate) src: String,
+    pub(crate) dst: String,
+    pub(crate) comment: String,
 }
 
 impl Packet {
@@ -52,7 +52,7 @@ impl Packet {
 }
 
 /// `tshark -r FILE`: interface name, the outer IP addresses, the packet comment.
-fn read(file: &Path) -> Vec<Packet> {
+pub(crate) fn read(file: &Path) -> Vec<Packet> {
     let out = Command::new(tool("tshark"))
         .args(["-r"])
         .arg(file)
