@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use d8_tests::run::run_to_end;
+use d8_tests::run::{Trace, run_to_end};
 use d8_trace::{
     lab::{self, TcpOutcome},
     model::{Protocol, ProxyMode},
@@ -388,4 +388,58 @@ fn an_unwritable_path_fails_before_attaching() {
         out.stderr
     );
     assert!(!out.stderr.contains("attached"), "{}", out.stderr);
+}
+
+/// A full disk mid-trace: d8-trace writes into a 4 KiB tmpfs (in a mount namespace of its own,
+/// made by `unshare`), less than twelve rejected flows need (each about 1 KiB: SYN before and
+/// after DNAT, the ICMP error, the drop). The kernel rate-limits the REJECT's ICMP errors, so
+/// the connections take a few seconds. The trace goes on and exits 0
+/// with its verdict, the report warns that the file stopped growing, and the file holds whole
+/// flows that tshark reads without complaint.
+#[test]
+fn a_full_disk_keeps_the_file_valid_and_the_report_warns() {
+    let s = Scenario::up(empty_spec(Protocol::Tcp), ProxyMode::Iptables);
+    let mnt = std::env::temp_dir().join(format!("d8e2e-fulldisk-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let inside = mnt.join("x.pcapng");
+    let copied = pcap_path("fulldisk-copy");
+    let script = "mount -t tmpfs -o size=4k d8e2e-pcap \"$1\" || exit 9; in=\"$2\"; out=\"$3\"; shift 3; \"$@\"; rc=$?; cp \"$in\" \"$out\"; exit $rc";
+    let (m, i, o) = (mnt.display().to_string(), inside.display().to_string(), copied.display().to_string());
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", &m, &i, &o];
+    let snapshot = std::env::temp_dir().join(format!("d8e2e-fulldisk-{}.json", std::process::id()));
+    s.lab.write_snapshot(&snapshot).unwrap();
+    let snap = snapshot.display().to_string();
+    let args = [
+        "--svc", "default/empty", "-o", "json", "--duration", "10", "--netns", s.lab.node_ns(), "--k8s-snapshot", &snap,
+        "--pcap", &i,
+    ];
+    let trace = Trace::start_under(&wrapper, &args, &[], "attached");
+    for _ in 0..12 {
+        let out = lab::tcp_connect(s.lab.client_ns(), addr(VIP, 80), T).expect("connect");
+        assert_eq!(out, TcpOutcome::Refused);
+    }
+    let done = trace.finish(std::time::Duration::from_secs(30));
+    let report = done.report();
+    assert_eq!(
+        report.root_cause.as_ref().map(|r| r.class.as_str()),
+        Some("no_endpoints"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.kind == "capture" && w.message.contains("stopped growing")),
+        "the report warns about the file: {:?}\n{}",
+        report.warnings,
+        done.stderr
+    );
+    let packets = read(&copied);
+    let mut flows: Vec<&str> = packets.iter().map(Packet::flow).collect();
+    flows.dedup();
+    assert!(!packets.is_empty() && flows.len() < 12, "{} flows in the file: {packets:#?}", flows.len());
+    let _ = std::fs::remove_file(&copied);
+    let _ = std::fs::remove_file(&snapshot);
+    let _ = std::fs::remove_dir(&mnt);
 }
