@@ -24,9 +24,9 @@ use crate::{
     emit::event,
     flows::{self, mark},
     log,
-    pcap,
     maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, remember},
     packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
+    pcap,
 };
 
 const NF_ACCEPT: i32 = 1;

@@ -200,7 +200,15 @@ fn copy_packet(ctx: &TcContext, pkt: &Packet, egress: bool, hook: u8) {
     }
     let Some(found) = flows::find(&pkt.key) else { return };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    crate::pcap::tc(ctx, found.state, &found.key, l2_len(ifindex), egress, hook, found.reversed);
+    crate::pcap::tc(
+        ctx,
+        found.state,
+        &found.key,
+        l2_len(ifindex),
+        egress,
+        hook,
+        found.reversed,
+    );
 }
 
 /// A forwarded packet leaving the node (post-DNAT; seen at ingress already). A flow to a traced
@@ -353,7 +361,15 @@ fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<()> {
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         let egress = hook == hook::LOCAL_OUT;
         // The error travels against the quoted packet's direction.
-        crate::pcap::tc(ctx, found.state, &found.key, l2_len(ifindex), egress, hook, !found.reversed);
+        crate::pcap::tc(
+            ctx,
+            found.state,
+            &found.key,
+            l2_len(ifindex),
+            egress,
+            hook,
+            !found.reversed,
+        );
     }
     Some(())
 }

@@ -473,4 +473,46 @@ mod tests {
         buf.extend(bytes(&ev));
         assert_eq!(decode(&buf[1..]).unwrap().kind, Kind::Retransmit);
     }
+
+    fn packet_record(site: u8, cap_len: u32) -> Vec<u8> {
+        let mut rec = d8_common::PacketRecord {
+            ts_ns: 42,
+            key: key([10, 244, 1, 5], 40000, [10, 96, 0, 10], 80, 6),
+            ifindex: 7,
+            orig_len: 60,
+            cap_len,
+            reason: 0,
+            site,
+            hook: hook::PRE_ROUTING,
+            reply: 1,
+            pad: [0; 5],
+            data: [0; d8_common::pcap::MAX_SNAPLEN as usize],
+        };
+        rec.data[0] = 0x45;
+        // SAFETY: plain old data, read as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const d8_common::PacketRecord).cast::<u8>(),
+                std::mem::size_of::<d8_common::PacketRecord>(),
+            )
+        };
+        bytes.to_vec()
+    }
+
+    /// A packet record becomes its flow, site and captured bytes (only `cap_len` of them); a
+    /// record that claims more than it can hold, or an unknown site, is an error.
+    #[test]
+    fn decodes_packet_records() {
+        let p = decode_packet(&packet_record(d8_common::pcap::site::TC_EGRESS, 40)).unwrap();
+        assert_eq!(p.flow.dst, "10.96.0.10:80".parse().unwrap());
+        assert_eq!(p.site, Site::Tc { ifindex: 7, egress: true });
+        assert!(p.reply);
+        assert_eq!((p.data.len(), p.data[0], p.orig_len), (40, 0x45, 60));
+        assert_eq!(
+            decode_packet(&packet_record(d8_common::pcap::site::DROP, 300)),
+            Err(PacketDecodeError::Length(300))
+        );
+        assert_eq!(decode_packet(&packet_record(99, 40)), Err(PacketDecodeError::Site(99)));
+        assert!(matches!(decode_packet(&[0; 10]), Err(PacketDecodeError::Size { got: 10, .. })));
+    }
 }

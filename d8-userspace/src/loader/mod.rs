@@ -404,7 +404,10 @@ impl Tracer {
             .ebpf
             .take_map("PACKETS")
             .ok_or_else(|| Error::Missing("map PACKETS".into()))?;
-        RingBuf::try_from(map).map_err(|source| Error::Map { name: "PACKETS", source })
+        RingBuf::try_from(map).map_err(|source| Error::Map {
+            name: "PACKETS",
+            source,
+        })
     }
 
     /// Counter `index` (`d8_common::stat`) summed over CPUs.

@@ -69,9 +69,18 @@ pub fn selected(outcome: Outcome, icmp_errors: bool, class: Option<VerdictClass>
 /// The interface a site is, in the file: (name, description).
 pub fn interface_of(site: Site, ifnames: &HashMap<u32, String>) -> (String, String) {
     match site {
-        Site::NfPre { output: false } => ("nf-prerouting".into(), "netfilter PREROUTING before conntrack and DNAT".into()),
-        Site::NfPre { output: true } => ("nf-output".into(), "netfilter OUTPUT before conntrack and DNAT (the node's own packets)".into()),
-        Site::PostDnat => ("post-dnat".into(), "netfilter PREROUTING/OUTPUT right after DNAT".into()),
+        Site::NfPre { output: false } => (
+            "nf-prerouting".into(),
+            "netfilter PREROUTING before conntrack and DNAT".into(),
+        ),
+        Site::NfPre { output: true } => (
+            "nf-output".into(),
+            "netfilter OUTPUT before conntrack and DNAT (the node's own packets)".into(),
+        ),
+        Site::PostDnat => (
+            "post-dnat".into(),
+            "netfilter PREROUTING/OUTPUT right after DNAT".into(),
+        ),
         Site::Drop => ("drop".into(), "packets the kernel dropped (skb:kfree_skb)".into()),
         Site::Tc { ifindex, egress } => (
             ifnames.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}")),
@@ -283,7 +292,12 @@ fn epoch_offset_ns() -> i128 {
 }
 
 /// The last packet's verdict text: class and outcome, drop reason, rule.
-pub fn verdict_text(class: Option<VerdictClass>, outcome: Outcome, drop_reason: Option<&str>, rule: Option<&str>) -> String {
+pub fn verdict_text(
+    class: Option<VerdictClass>,
+    outcome: Outcome,
+    drop_reason: Option<&str>,
+    rule: Option<&str>,
+) -> String {
     let mut s = format!(
         "verdict {} ({})",
         class.map_or("unclassified", |c| c.as_str()),

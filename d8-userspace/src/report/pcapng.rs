@@ -256,7 +256,10 @@ mod tests {
         let opts = walk_options(&b, 36, total - 4);
         assert_eq!(
             opts,
-            vec![(OPT_COMMENT, b"flow #1".to_vec()), (EPB_FLAGS, FLAGS_INBOUND.to_ne_bytes().to_vec())]
+            vec![
+                (OPT_COMMENT, b"flow #1".to_vec()),
+                (EPB_FLAGS, FLAGS_INBOUND.to_ne_bytes().to_vec())
+            ]
         );
     }
 

@@ -272,7 +272,12 @@ pub fn write_pcap(w: &mut report::pcap::PcapWriter, all: bool, report: &Report, 
         &store.ifnames,
     );
     let (flows, packets) = w.written();
-    tracing::info!("pcap: {} flow(s), {} packet(s) written to {}", flows, packets, w.path().display());
+    tracing::info!(
+        "pcap: {} flow(s), {} packet(s) written to {}",
+        flows,
+        packets,
+        w.path().display()
+    );
     let mut out: Vec<String> = w.warning().into_iter().collect();
     out.extend(store.warnings());
     if outcome.lost_packets > 0 {

@@ -33,9 +33,9 @@ pub struct PacketStore {
 impl PacketStore {
     pub fn push(&mut self, p: PacketCopy) {
         if let crate::events::Site::Tc { ifindex, .. } = p.site {
-            self.ifnames
-                .entry(ifindex)
-                .or_insert_with(|| crate::kernel::rtnetlink::interface_name(ifindex).unwrap_or_else(|| format!("if{ifindex}")));
+            self.ifnames.entry(ifindex).or_insert_with(|| {
+                crate::kernel::rtnetlink::interface_name(ifindex).unwrap_or_else(|| format!("if{ifindex}"))
+            });
         }
         if !self.by_flow.contains_key(&p.flow) {
             if self.by_flow.len() >= MAX_FLOWS
@@ -58,7 +58,9 @@ impl PacketStore {
     /// its start on, until the next flow that reused the tuple began. A packet copied a moment
     /// before its flow's first event (the copy is taken first) belongs to it.
     pub fn packets_of(&self, flow: &Flow, flows: &[Flow]) -> Vec<PacketCopy> {
-        let Some(all) = self.by_flow.get(&flow.tuple()) else { return Vec::new() };
+        let Some(all) = self.by_flow.get(&flow.tuple()) else {
+            return Vec::new();
+        };
         const SLACK_NS: u64 = 1_000_000;
         let tuple = flow.tuple();
         let next = flows

@@ -168,7 +168,9 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
         .collect();
     for (svc, vip) in [("default/empty", EMPTY_VIP), ("default/closed", CLOSED_VIP)] {
         assert!(
-            packets.iter().any(|p| p.comment.contains(svc) && p.dst == vip.to_string()),
+            packets
+                .iter()
+                .any(|p| p.comment.contains(svc) && p.dst == vip.to_string()),
             "no packet of {svc} to {vip}: {packets:#?}"
         );
     }

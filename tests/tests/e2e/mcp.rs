@@ -366,7 +366,11 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         assert!(text(&r).contains("traced 5s: 3 flows"), "{}", text(&r));
         // `pcap: true`: the path of the pcapng file, written; healthy flows leave it without
         // packets (its section header alone).
-        let pcap_file = r.structured_content.as_ref().and_then(|v| v["pcap_file"].as_str()).map(std::path::PathBuf::from);
+        let pcap_file = r
+            .structured_content
+            .as_ref()
+            .and_then(|v| v["pcap_file"].as_str())
+            .map(std::path::PathBuf::from);
         let pcap_file = pcap_file.unwrap_or_else(|| panic!("no pcap_file in the result: {}", text(&r)));
         let bytes = std::fs::read(&pcap_file).unwrap_or_else(|e| panic!("{}: {e}", pcap_file.display()));
         assert_eq!(&bytes[..4], &0x0A0D_0D0Au32.to_ne_bytes(), "a pcapng section header");

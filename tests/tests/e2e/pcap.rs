@@ -19,8 +19,8 @@ use d8_trace::{
 use crate::{
     common::addr,
     scenarios::{
-        Api, NODE_PORT, Run, SILENT, Scenario, T, VIP, WEB_1, WEB_2, connect_until, empty_spec,
-        etp_local_spec, web_spec,
+        Api, NODE_PORT, Run, SILENT, Scenario, T, VIP, WEB_1, WEB_2, connect_until, empty_spec, etp_local_spec,
+        web_spec,
     },
 };
 
@@ -95,8 +95,15 @@ pub(crate) fn read(file: &Path) -> Vec<Packet> {
 
 /// `capinfos FILE`: the section header's hardware, OS, application and comment lines.
 fn section_header(file: &Path) -> String {
-    let out = Command::new(tool("capinfos")).arg(file).output().expect("running capinfos");
-    assert!(out.status.success(), "capinfos: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(tool("capinfos"))
+        .arg(file)
+        .output()
+        .expect("running capinfos");
+    assert!(
+        out.status.success(),
+        "capinfos: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -133,7 +140,12 @@ fn check(run: &Run, file: &Path, want: &Expect<'_>) -> Vec<Packet> {
     let mut flows: Vec<&str> = packets.iter().map(Packet::flow).collect();
     flows.sort();
     flows.dedup();
-    assert_eq!(flows.len(), failing, "one flow in the file per failing flow of the report; {}", ctx());
+    assert_eq!(
+        flows.len(),
+        failing,
+        "one flow in the file per failing flow of the report; {}",
+        ctx()
+    );
     // Before DNAT: to the frontend.
     assert!(
         packets.iter().any(|p| p.dst == want.frontend),
@@ -168,9 +180,10 @@ fn check(run: &Run, file: &Path, want: &Expect<'_>) -> Vec<Packet> {
             assert!(p.comment.starts_with("flow #"), "{p:?}");
             assert!(p.comment.contains(&run.report.service), "{p:?}");
         }
-        let last = of.iter().find(|p| p.comment.contains("verdict")).unwrap_or_else(|| {
-            panic!("flow {flow}: no packet carries the verdict; {}", ctx())
-        });
+        let last = of
+            .iter()
+            .find(|p| p.comment.contains("verdict"))
+            .unwrap_or_else(|| panic!("flow {flow}: no packet carries the verdict; {}", ctx()));
         assert!(
             last.comment.contains(&format!("verdict {}", want.class)) && last.comment.contains(want.rule),
             "flow {flow}: verdict comment {:?} lacks {} / {}; {}",
@@ -251,9 +264,15 @@ fn stale_endpoint_iptables() {
     let file = pcap_path("stale");
     let f = file.display().to_string();
     let mut outcomes = Vec::new();
-    let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1", "--pcap", &f], |lab| {
-        outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
-    });
+    let run = s.trace(
+        "default/web",
+        Api::Snapshot,
+        5,
+        &["--reply-timeout", "1", "--pcap", &f],
+        |lab| {
+            outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
+        },
+    );
     run.assert_root("stale_endpoint");
     assert!(
         outcomes.iter().any(TcpOutcome::is_connected),
@@ -317,12 +336,18 @@ fn etp_local_node_port_iptables() {
     let f = file.display().to_string();
     let node_ip = s.lab.node_ip().to_string();
     let target = addr(s.lab.node_ip(), NODE_PORT);
-    let run = s.trace("default/shop", Api::Snapshot, 3, &["--reply-timeout", "1", "--pcap", &f], |lab| {
-        for _ in 0..2 {
-            let out = lab::tcp_connect(lab.external_ns(), target, SILENT).expect("connect");
-            assert_eq!(out, TcpOutcome::Timeout);
-        }
-    });
+    let run = s.trace(
+        "default/shop",
+        Api::Snapshot,
+        3,
+        &["--reply-timeout", "1", "--pcap", &f],
+        |lab| {
+            for _ in 0..2 {
+                let out = lab::tcp_connect(lab.external_ns(), target, SILENT).expect("connect");
+                assert_eq!(out, TcpOutcome::Timeout);
+            }
+        },
+    );
     run.assert_root("etp_local_no_local_endpoints");
     let packets = check(
         &run,
@@ -350,11 +375,29 @@ fn an_existing_file_is_refused_without_force() {
     let file = pcap_path("exists");
     std::fs::write(&file, b"keep me").unwrap();
     let f = file.display().to_string();
-    let args = ["--svc", "default/web", "--netns", lab.node_ns(), "--no-k8s", "--duration", "1", "--pcap", &f];
+    let args = [
+        "--svc",
+        "default/web",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+        "--duration",
+        "1",
+        "--pcap",
+        &f,
+    ];
     let out = run_to_end(&args);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("exists") && out.stderr.contains("--force"), "{}", out.stderr);
-    assert!(!out.stderr.contains("attached"), "refused before attaching: {}", out.stderr);
+    assert!(
+        out.stderr.contains("exists") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("attached"),
+        "refused before attaching: {}",
+        out.stderr
+    );
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     let mut forced = args.to_vec();
     forced.push("--force");
@@ -404,14 +447,40 @@ fn a_full_disk_keeps_the_file_valid_and_the_report_warns() {
     let inside = mnt.join("x.pcapng");
     let copied = pcap_path("fulldisk-copy");
     let script = "mount -t tmpfs -o size=4k d8e2e-pcap \"$1\" || exit 9; in=\"$2\"; out=\"$3\"; shift 3; \"$@\"; rc=$?; cp \"$in\" \"$out\"; exit $rc";
-    let (m, i, o) = (mnt.display().to_string(), inside.display().to_string(), copied.display().to_string());
-    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", &m, &i, &o];
+    let (m, i, o) = (
+        mnt.display().to_string(),
+        inside.display().to_string(),
+        copied.display().to_string(),
+    );
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        &m,
+        &i,
+        &o,
+    ];
     let snapshot = std::env::temp_dir().join(format!("d8e2e-fulldisk-{}.json", std::process::id()));
     s.lab.write_snapshot(&snapshot).unwrap();
     let snap = snapshot.display().to_string();
     let args = [
-        "--svc", "default/empty", "-o", "json", "--duration", "10", "--netns", s.lab.node_ns(), "--k8s-snapshot", &snap,
-        "--pcap", &i,
+        "--svc",
+        "default/empty",
+        "-o",
+        "json",
+        "--duration",
+        "10",
+        "--netns",
+        s.lab.node_ns(),
+        "--k8s-snapshot",
+        &snap,
+        "--pcap",
+        &i,
     ];
     let trace = Trace::start_under(&wrapper, &args, &[], "attached");
     for _ in 0..12 {
@@ -438,7 +507,11 @@ fn a_full_disk_keeps_the_file_valid_and_the_report_warns() {
     let packets = read(&copied);
     let mut flows: Vec<&str> = packets.iter().map(Packet::flow).collect();
     flows.dedup();
-    assert!(!packets.is_empty() && flows.len() < 12, "{} flows in the file: {packets:#?}", flows.len());
+    assert!(
+        !packets.is_empty() && flows.len() < 12,
+        "{} flows in the file: {packets:#?}",
+        flows.len()
+    );
     let _ = std::fs::remove_file(&copied);
     let _ = std::fs::remove_file(&snapshot);
     let _ = std::fs::remove_dir(&mnt);

@@ -486,15 +486,16 @@ fn report_flows(
                     let packets = pcap.store.packets_of(flow, table.flows());
                     if !packets.is_empty() {
                         let rule = (fv.class == verdict.root_cause.class)
-                            .then(|| verdict.evidence.iter().find(|e| e.kind == classify::EvidenceKind::Rules))
+                            .then(|| {
+                                verdict
+                                    .evidence
+                                    .iter()
+                                    .find(|e| e.kind == classify::EvidenceKind::Rules)
+                            })
                             .flatten()
                             .map(|e| e.content.as_str());
-                        let text = crate::report::pcap::verdict_text(
-                            Some(fv.class),
-                            flow.outcome,
-                            flow.drop_reason(),
-                            rule,
-                        );
+                        let text =
+                            crate::report::pcap::verdict_text(Some(fv.class), flow.outcome, flow.drop_reason(), rule);
                         let written = crate::report::pcap::FlowPackets {
                             id: flow.id,
                             service: &service,

@@ -96,7 +96,12 @@ impl Rotation {
     }
 
     /// Whether flows of this class and outcome go into the directory.
-    pub fn wants(&self, outcome: crate::flows::Outcome, icmp_errors: bool, class: crate::classify::VerdictClass) -> bool {
+    pub fn wants(
+        &self,
+        outcome: crate::flows::Outcome,
+        icmp_errors: bool,
+        class: crate::classify::VerdictClass,
+    ) -> bool {
         crate::report::pcap::selected(outcome, icmp_errors, Some(class), self.opts.all)
     }
 
@@ -117,7 +122,11 @@ impl Rotation {
             self.current = match self.next_file() {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    let msg = format!("pcap: no new file in {}: {}", self.opts.dir.display(), crate::error_chain(&e));
+                    let msg = format!(
+                        "pcap: no new file in {}: {}",
+                        self.opts.dir.display(),
+                        crate::error_chain(&e)
+                    );
                     if self.last_warning.as_deref() != Some(msg.as_str()) {
                         tracing::warn!("{msg}");
                         self.last_warning = Some(msg);

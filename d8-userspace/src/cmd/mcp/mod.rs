@@ -225,7 +225,9 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
             .map(|token| tokio::spawn(report_progress(peer, token, name.clone(), duration)));
         let result = self
             .jobs
-            .run(&name, netns, Some(slot), call, move || trace_job(svc, sel, duration, pcap))
+            .run(&name, netns, Some(slot), call, move || {
+                trace_job(svc, sel, duration, pcap)
+            })
             .await;
         if let Some(p) = progress {
             p.abort();
@@ -239,7 +241,10 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
                 );
                 let mut text = summary::report(&report, Some(duration.as_secs()), &warnings);
                 if let Some(p) = &pcap_file {
-                    text.push_str(&format!("\npcap file (failing flows' packets, pcapng): {}", p.display()));
+                    text.push_str(&format!(
+                        "\npcap file (failing flows' packets, pcapng): {}",
+                        p.display()
+                    ));
                 }
                 report_result_with(&report, text, pcap_file.as_deref())
             }
@@ -376,10 +381,7 @@ fn pcap_request(svc: &ServiceSelector) -> Result<trace::PcapRequest, Failure> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let name = format!(
-        "{}_{}-{stamp}.pcapng",
-        svc.service.namespace, svc.service.name
-    );
+    let name = format!("{}_{}-{stamp}.pcapng", svc.service.namespace, svc.service.name);
     Ok(trace::PcapRequest {
         path: dir.join(name),
         all: false,
