@@ -17,6 +17,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
+    maps::ring_buf::RingBufEntry,
     programs::TcContext,
 };
 use d8_common::{
@@ -73,7 +74,7 @@ pub struct Site {
 /// Reserves a record and fills everything but the data; `None` (counted in `stat::PCAP_LOST`)
 /// when the ring is full.
 #[inline(always)]
-fn reserve(key: &FlowKey, at: &Site) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<PacketRecord>> {
+fn reserve(key: &FlowKey, at: &Site) -> Option<RingBufEntry<PacketRecord>> {
     let Some(mut entry) = PACKETS.reserve::<PacketRecord>(0) else {
         count(stat::PCAP_LOST);
         return None;
@@ -94,17 +95,14 @@ fn reserve(key: &FlowKey, at: &Site) -> Option<aya_ebpf::maps::ring_buf::RingBuf
     Some(entry)
 }
 
-/// Copies the IPv4 packet whose header is at kernel address `nh` and whose linear data ends at
-/// `end` (a netfilter program's skb, or a dropped one): IPv4's total length says how long it is.
+/// Fills `entry` with the IPv4 packet whose header is at kernel address `nh` and whose linear
+/// data ends at `end` (IPv4's total length says how long it is), then submits it; discards it
+/// when the packet cannot be read. The total length is read into the record itself (its data
+/// area), never onto the stack.
 #[inline(always)]
-fn copy_kernel(state: *mut FlowState, nh: u64, end: u64, key: &FlowKey, at: &Site) {
-    if !take_budget(state) {
-        return;
-    }
-    let Some(mut entry) = reserve(key, at) else { return };
+fn fill_kernel(mut entry: RingBufEntry<PacketRecord>, nh: u64, end: u64) {
     let rec = entry.as_mut_ptr();
     unsafe {
-        // The total length lands in the record (no stack): its bytes 2..4 of the IP header.
         let data = (*rec).data.as_mut_ptr();
         if bpf_probe_read_kernel(data as *mut c_void, 4, nh as *const c_void) != 0 {
             entry.discard(0);
@@ -126,16 +124,9 @@ fn copy_kernel(state: *mut FlowState, nh: u64, end: u64, key: &FlowKey, at: &Sit
 /// A netfilter program's packet (trusted `skb`: plain loads of `head`, `network_header`, `tail`).
 #[inline(always)]
 pub fn netfilter(state: *mut FlowState, skb: u64, key: &FlowKey, site: u8, hook: u8, reply: bool) {
-    if !enabled() {
+    if !enabled() || !take_budget(state) {
         return;
     }
-    let (head, nh, tail) = unsafe {
-        (
-            core::ptr::read_volatile((skb + config!(skb_head) as u64) as *const u64),
-            core::ptr::read_volatile((skb + config!(skb_network_header) as u64) as *const u16),
-            core::ptr::read_volatile((skb + config!(skb_tail) as u64) as *const u32),
-        )
-    };
     let at = Site {
         site,
         hook,
@@ -143,7 +134,15 @@ pub fn netfilter(state: *mut FlowState, skb: u64, key: &FlowKey, site: u8, hook:
         ifindex: 0,
         reason: 0,
     };
-    copy_kernel(state, head + nh as u64, head + tail as u64, key, &at);
+    let Some(entry) = reserve(key, &at) else { return };
+    let (head, nh, tail) = unsafe {
+        (
+            core::ptr::read_volatile((skb + config!(skb_head) as u64) as *const u64),
+            core::ptr::read_volatile((skb + config!(skb_network_header) as u64) as *const u16),
+            core::ptr::read_volatile((skb + config!(skb_tail) as u64) as *const u32),
+        )
+    };
+    fill_kernel(entry, head + nh as u64, head + tail as u64);
 }
 
 /// A packet the kernel dropped (`skb:kfree_skb`): the skb's fields are read with
@@ -162,46 +161,28 @@ pub fn dropped(state: *mut FlowState, skb: u64, key: &FlowKey, hook: u8, reply: 
     };
     let Some(mut entry) = reserve(key, &at) else { return };
     let rec = entry.as_mut_ptr();
-    unsafe {
+    let (nh, end) = unsafe {
         let data = (*rec).data.as_mut_ptr();
         // head (8 bytes), network_header (2), tail (4), each into the data area first.
-        let ok = bpf_probe_read_kernel(
-            data as *mut c_void,
-            8,
-            (skb + config!(skb_head) as u64) as *const c_void,
-        ) == 0
+        let ok = bpf_probe_read_kernel(data as *mut c_void, 8, (skb + config!(skb_head) as u64) as *const c_void) == 0
             && bpf_probe_read_kernel(
                 data.add(8) as *mut c_void,
                 2,
                 (skb + config!(skb_network_header) as u64) as *const c_void,
             ) == 0
-            && bpf_probe_read_kernel(
-                data.add(12) as *mut c_void,
-                4,
-                (skb + config!(skb_tail) as u64) as *const c_void,
-            ) == 0;
+            && bpf_probe_read_kernel(data.add(12) as *mut c_void, 4, (skb + config!(skb_tail) as u64) as *const c_void)
+                == 0;
         if !ok {
             entry.discard(0);
             return;
         }
         let head = core::ptr::read_unaligned(data as *const u64);
-        let nh = head + core::ptr::read_unaligned(data.add(8) as *const u16) as u64;
-        let end = head + core::ptr::read_unaligned(data.add(12) as *const u32) as u64;
-        if bpf_probe_read_kernel(data as *mut c_void, 4, nh as *const c_void) != 0 {
-            entry.discard(0);
-            return;
-        }
-        let total = u16::from_be_bytes([*data.add(2), *data.add(3)]) as u64;
-        let linear = end.saturating_sub(nh);
-        let len = cap_len(if total < linear { total } else { linear });
-        if bpf_probe_read_kernel(data as *mut c_void, len, nh as *const c_void) != 0 {
-            entry.discard(0);
-            return;
-        }
-        (*rec).orig_len = total as u32;
-        (*rec).cap_len = len;
-    }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+        (
+            head + core::ptr::read_unaligned(data.add(8) as *const u16) as u64,
+            head + core::ptr::read_unaligned(data.add(12) as *const u32) as u64,
+        )
+    };
+    fill_kernel(entry, nh, end);
 }
 
 /// A TC classifier's packet, from its IP header at `l2_len` (`bpf_skb_load_bytes`, which reads
