@@ -164,14 +164,21 @@ pub fn dropped(state: *mut FlowState, skb: u64, key: &FlowKey, hook: u8, reply: 
     let (nh, end) = unsafe {
         let data = (*rec).data.as_mut_ptr();
         // head (8 bytes), network_header (2), tail (4), each into the data area first.
-        let ok = bpf_probe_read_kernel(data as *mut c_void, 8, (skb + config!(skb_head) as u64) as *const c_void) == 0
+        let ok = bpf_probe_read_kernel(
+            data as *mut c_void,
+            8,
+            (skb + config!(skb_head) as u64) as *const c_void,
+        ) == 0
             && bpf_probe_read_kernel(
                 data.add(8) as *mut c_void,
                 2,
                 (skb + config!(skb_network_header) as u64) as *const c_void,
             ) == 0
-            && bpf_probe_read_kernel(data.add(12) as *mut c_void, 4, (skb + config!(skb_tail) as u64) as *const c_void)
-                == 0;
+            && bpf_probe_read_kernel(
+                data.add(12) as *mut c_void,
+                4,
+                (skb + config!(skb_tail) as u64) as *const c_void,
+            ) == 0;
         if !ok {
             entry.discard(0);
             return;

@@ -199,16 +199,14 @@ fn copy_packet(ctx: &TcContext, pkt: &Packet, egress: bool, hook: u8) {
         return;
     }
     let Some(found) = flows::find(&pkt.key) else { return };
+    copy_found(ctx, &found, egress, hook, found.reversed);
+}
+
+/// Copies this packet of `found`'s flow (`--pcap`), from its IP header on.
+#[inline(always)]
+fn copy_found(ctx: &TcContext, found: &Found, egress: bool, hook: u8, reply: bool) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    crate::pcap::tc(
-        ctx,
-        found.state,
-        &found.key,
-        l2_len(ifindex),
-        egress,
-        hook,
-        found.reversed,
-    );
+    crate::pcap::tc(ctx, found.state, &found.key, l2_len(ifindex), egress, hook, reply);
 }
 
 /// A forwarded packet leaving the node (post-DNAT; seen at ingress already). A flow to a traced
@@ -358,18 +356,8 @@ fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<()> {
     let inner = parse_ipv4(ctx, pkt.l4 as u32 + 8)?;
     let found = flows::report_icmp_error(&inner.key, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)?;
     if crate::pcap::enabled() {
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        let egress = hook == hook::LOCAL_OUT;
         // The error travels against the quoted packet's direction.
-        crate::pcap::tc(
-            ctx,
-            found.state,
-            &found.key,
-            l2_len(ifindex),
-            egress,
-            hook,
-            !found.reversed,
-        );
+        copy_found(ctx, &found, hook == hook::LOCAL_OUT, hook, !found.reversed);
     }
     Some(())
 }

@@ -505,7 +505,13 @@ mod tests {
     fn decodes_packet_records() {
         let p = decode_packet(&packet_record(d8_common::pcap::site::TC_EGRESS, 40)).unwrap();
         assert_eq!(p.flow.dst, "10.96.0.10:80".parse().unwrap());
-        assert_eq!(p.site, Site::Tc { ifindex: 7, egress: true });
+        assert_eq!(
+            p.site,
+            Site::Tc {
+                ifindex: 7,
+                egress: true
+            }
+        );
         assert!(p.reply);
         assert_eq!((p.data.len(), p.data[0], p.orig_len), (40, 0x45, 60));
         assert_eq!(
@@ -513,6 +519,9 @@ mod tests {
             Err(PacketDecodeError::Length(300))
         );
         assert_eq!(decode_packet(&packet_record(99, 40)), Err(PacketDecodeError::Site(99)));
-        assert!(matches!(decode_packet(&[0; 10]), Err(PacketDecodeError::Size { got: 10, .. })));
+        assert!(matches!(
+            decode_packet(&[0; 10]),
+            Err(PacketDecodeError::Size { got: 10, .. })
+        ));
     }
 }

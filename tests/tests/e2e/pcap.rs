@@ -207,6 +207,14 @@ fn check(run: &Run, file: &Path, want: &Expect<'_>) -> Vec<Packet> {
     packets
 }
 
+/// `n` connections from the client pod to the ClusterIP, each refused.
+fn refused(lab: &lab::Lab, n: usize) {
+    for _ in 0..n {
+        let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+        assert_eq!(out, TcpOutcome::Refused);
+    }
+}
+
 fn run_hooks_netfilter() -> bool {
     d8_tests::run::hook_set() == "netfilter"
 }
@@ -216,10 +224,7 @@ fn no_endpoints(mode: ProxyMode) {
     let file = pcap_path("no-endpoints");
     let f = file.display().to_string();
     let run = s.trace("default/empty", Api::Snapshot, 3, &["--pcap", &f], |lab| {
-        for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
-            assert_eq!(out, TcpOutcome::Refused);
-        }
+        refused(lab, 2)
     });
     run.assert_root("no_endpoints");
     let rule = match mode {
@@ -301,12 +306,7 @@ fn backend_refused_nftables() {
     s.lab.stop_listener("web-1", 8080).expect("stop the listener");
     let file = pcap_path("refused");
     let f = file.display().to_string();
-    let run = s.trace("default/web", Api::Snapshot, 3, &["--pcap", &f], |lab| {
-        for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
-            assert_eq!(out, TcpOutcome::Refused);
-        }
-    });
+    let run = s.trace("default/web", Api::Snapshot, 3, &["--pcap", &f], |lab| refused(lab, 2));
     run.assert_root("backend_refused");
     let web1 = WEB_1.to_string();
     let packets = check(
@@ -483,10 +483,7 @@ fn a_full_disk_keeps_the_file_valid_and_the_report_warns() {
         &i,
     ];
     let trace = Trace::start_under(&wrapper, &args, &[], "attached");
-    for _ in 0..12 {
-        let out = lab::tcp_connect(s.lab.client_ns(), addr(VIP, 80), T).expect("connect");
-        assert_eq!(out, TcpOutcome::Refused);
-    }
+    refused(&s.lab, 12);
     let done = trace.finish(std::time::Duration::from_secs(30));
     let report = done.report();
     assert_eq!(

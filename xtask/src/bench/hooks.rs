@@ -320,7 +320,10 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let mut scenarios = Vec::new();
     for (traffic, traced, svc, debug_kernel, pcap) in cases {
         if pcap && !has_pcap {
-            eprintln!("bench hooks: {} has no --pcap: those runs are left out", env.d8_trace.display());
+            eprintln!(
+                "bench hooks: {} has no --pcap: those runs are left out",
+                env.d8_trace.display()
+            );
             continue;
         }
         if debug_kernel && !has_debug_kernel {

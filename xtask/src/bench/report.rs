@@ -216,7 +216,11 @@ struct Target {
 /// name starts with `floor` (`nf_empty`: nf_pre/nf_post; `tp_empty`: the tracepoints).
 fn worst_ratio(h: &Hooks, traced: bool, floor: &str) -> Option<(f64, String)> {
     let mut worst: Option<(f64, String)> = None;
-    for s in h.scenarios.iter().filter(|s| s.traced == traced && !s.debug_kernel && !s.pcap) {
+    for s in h
+        .scenarios
+        .iter()
+        .filter(|s| s.traced == traced && !s.debug_kernel && !s.pcap)
+    {
         for r in s.rows.iter().filter(|r| r.floor.is_some_and(|f| f.starts_with(floor))) {
             if let Some(floor) = s.floor_of(r) {
                 let ratio = r.ns_per_run / floor;
