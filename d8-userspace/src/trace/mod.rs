@@ -218,14 +218,32 @@ pub async fn trace(
         Some(p) => Some(p.create(view.model.node.as_deref())?),
         None => None,
     };
-    let setup = kernel_setup(scope)?;
+    // A trace that fails leaves no capture file behind: it would hold nothing but its header.
+    let discard = |pcap: &Option<report::pcap::PcapWriter>| {
+        if let Some(w) = pcap {
+            let _ = std::fs::remove_file(w.path());
+        }
+    };
+    let setup = match kernel_setup(scope) {
+        Ok(s) => s,
+        Err(e) => {
+            discard(&pcap);
+            return Err(e);
+        }
+    };
     for w in &setup.warnings {
         say(w.clone(), &mut warnings);
     }
     let kernel_warnings = setup.warnings.clone();
     let drops_before = host::conntrack_drop_counter();
     let started = std::time::Instant::now();
-    let outcome = run(&plan, setup, opts, live).await?;
+    let outcome = match run(&plan, setup, opts, live).await {
+        Ok(o) => o,
+        Err(e) => {
+            discard(&pcap);
+            return Err(e);
+        }
+    };
     for w in &outcome.warnings {
         say(w.clone(), &mut warnings);
     }

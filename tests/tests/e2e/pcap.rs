@@ -513,3 +513,27 @@ fn a_full_disk_keeps_the_file_valid_and_the_report_warns() {
     let _ = std::fs::remove_file(&snapshot);
     let _ = std::fs::remove_dir(&mnt);
 }
+
+/// A trace that fails once attached (`D8_TRACE_FAIL_AFTER_ATTACH`) exits 3 and leaves no capture
+/// file behind.
+#[test]
+fn a_failed_trace_leaves_no_file() {
+    let lab = crate::common::lab(ProxyMode::Iptables);
+    let file = pcap_path("failed");
+    let f = file.display().to_string();
+    let args = [
+        "--svc",
+        "default/web",
+        "--netns",
+        lab.node_ns(),
+        "--no-k8s",
+        "--duration",
+        "5",
+        "--pcap",
+        &f,
+    ];
+    let trace = Trace::start_with_env(&args, &[("D8_TRACE_FAIL_AFTER_ATTACH", "200")]);
+    let done = trace.finish(std::time::Duration::from_secs(30));
+    assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
+    assert!(!file.exists(), "{} was left behind: {}", file.display(), done.stderr);
+}
