@@ -367,6 +367,22 @@ fn etp_local_node_port_iptables() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// `d8-trace --svc default/web` in the common lab's node, without the API, for `secs`, into
+/// `file`.
+fn web_args<'a>(node_ns: &'a str, secs: &'a str, file: &'a str) -> Vec<&'a str> {
+    vec![
+        "--svc",
+        "default/web",
+        "--netns",
+        node_ns,
+        "--no-k8s",
+        "--duration",
+        secs,
+        "--pcap",
+        file,
+    ]
+}
+
 /// An existing file is refused (exit 2, one sentence naming --force) before anything is
 /// attached, and left as it was; with --force it is replaced.
 #[test]
@@ -375,17 +391,7 @@ fn an_existing_file_is_refused_without_force() {
     let file = pcap_path("exists");
     std::fs::write(&file, b"keep me").unwrap();
     let f = file.display().to_string();
-    let args = [
-        "--svc",
-        "default/web",
-        "--netns",
-        lab.node_ns(),
-        "--no-k8s",
-        "--duration",
-        "1",
-        "--pcap",
-        &f,
-    ];
+    let args = web_args(lab.node_ns(), "1", &f);
     let out = run_to_end(&args);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(
@@ -413,17 +419,7 @@ fn an_existing_file_is_refused_without_force() {
 #[test]
 fn an_unwritable_path_fails_before_attaching() {
     let lab = crate::common::lab(ProxyMode::Iptables);
-    let out = run_to_end(&[
-        "--svc",
-        "default/web",
-        "--netns",
-        lab.node_ns(),
-        "--no-k8s",
-        "--duration",
-        "1",
-        "--pcap",
-        "/nonexistent-d8/dir/x.pcapng",
-    ]);
+    let out = run_to_end(&web_args(lab.node_ns(), "1", "/nonexistent-d8/dir/x.pcapng"));
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(
         out.stderr.contains("/nonexistent-d8/dir/x.pcapng") && out.stderr.contains("choose a writable path"),
@@ -521,17 +517,7 @@ fn a_failed_trace_leaves_no_file() {
     let lab = crate::common::lab(ProxyMode::Iptables);
     let file = pcap_path("failed");
     let f = file.display().to_string();
-    let args = [
-        "--svc",
-        "default/web",
-        "--netns",
-        lab.node_ns(),
-        "--no-k8s",
-        "--duration",
-        "5",
-        "--pcap",
-        &f,
-    ];
+    let args = web_args(lab.node_ns(), "5", &f);
     let trace = Trace::start_with_env(&args, &[("D8_TRACE_FAIL_AFTER_ATTACH", "200")]);
     let done = trace.finish(std::time::Duration::from_secs(30));
     assert_eq!(done.status.code(), Some(3), "{}", done.stderr);
