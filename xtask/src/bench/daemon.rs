@@ -193,11 +193,21 @@ impl Drop for Daemon {
     }
 }
 
+/// The daemon's `/metrics`, whole (the lab's HTTP client cuts long answers; this one has a series
+/// per Service); empty when it does not answer.
 fn scrape(ns: &str) -> String {
-    match lab::http_get(ns, METRICS, "/metrics", Duration::from_secs(5)) {
-        Ok(lab::HttpOutcome::Response { status: 200, body, .. }) => body,
-        _ => String::new(),
-    }
+    use std::io::{Read, Write};
+    let body = lab::in_netns(ns, || {
+        let io = |e: std::io::Error| lab::Error::Io(e.to_string());
+        let mut s = std::net::TcpStream::connect_timeout(&METRICS.into(), Duration::from_secs(5)).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nConnection: close\r\n\r\n").map_err(io)?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(io)?;
+        Ok(text)
+    })
+    .unwrap_or_default();
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -217,7 +227,8 @@ struct Samples {
     child_names: Vec<String>,
 }
 
-/// Samples `/healthz` and memory until `stop`; `phase` 1 marks the rule re-reads.
+/// Samples `/healthz` and memory until `stop`. `phase`: 0 before the daemon is ready (`/healthz`
+/// not counted: it is not listening yet), 1 after, 2 while the rules are re-read.
 struct Sampler {
     stop: Arc<AtomicBool>,
     phase: Arc<AtomicUsize>,
@@ -234,6 +245,11 @@ impl Sampler {
         let healthz = std::thread::spawn(move || {
             while !s1.load(Ordering::Relaxed) {
                 let t = Instant::now();
+                let p = p1.load(Ordering::Relaxed);
+                if p == 0 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
                 let ok = lab::http_get(&ns1, METRICS, "/healthz", Duration::from_secs(5))
                     .is_ok_and(|r| r.status() == Some(200));
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -243,9 +259,8 @@ impl Sampler {
                     if !ok {
                         m.healthz_failed += 1;
                     }
-                    let p = p1.load(Ordering::Relaxed).min(1);
                     m.healthz_max_ms[0] = m.healthz_max_ms[0].max(ms);
-                    if p == 1 {
+                    if p == 2 {
                         m.healthz_max_ms[1] = m.healthz_max_ms[1].max(ms);
                     }
                 }
@@ -257,7 +272,12 @@ impl Sampler {
             while !s2.load(Ordering::Relaxed) {
                 let (rss, _) = common::rss_kib(pid).unwrap_or((0, 0));
                 let mut sum = rss;
+                let own = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
                 for child in children(pid) {
+                    // Forked but not yet exec'd: the daemon's own pages, shared, not a tool's.
+                    if std::fs::read_link(format!("/proc/{child}/exe")).ok() == own {
+                        continue;
+                    }
                     let Ok(status) = std::fs::read_to_string(format!("/proc/{child}/status")) else {
                         continue;
                     };
@@ -416,7 +436,11 @@ fn wait_for(ns: &str, within: Duration, what: &str, done: impl Fn(&str) -> bool)
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{what} not within {within:?}; metrics:\n{}", text.chars().take(3000).collect::<String>());
+            let shown: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("d8_trace_") && !l.contains("service=\""))
+                .collect();
+            bail!("{what} not within {within:?}; metrics (per-Service series left out):\n{}", shown.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -455,6 +479,7 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
     let sampler = Sampler::start(&ns, pid);
     daemon.wait_ready(Duration::from_secs(180))?;
     let ready_s = spawned.elapsed().as_secs_f64();
+    sampler.phase.store(1, Ordering::Relaxed);
     // Settled: the API listed (api_up 1) and the rules read twice (the first read, then the one
     // kept under the ruleset's generation; see cmd/daemon/source.rs).
     wait_for(&ns, Duration::from_secs(180), "the API synced and the rules read twice", |t| {
@@ -491,7 +516,7 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
     );
 
     // The rules touched: a table added, then removed (each moves the nf_tables generation).
-    sampler.phase.store(1, Ordering::Relaxed);
+    sampler.phase.store(2, Ordering::Relaxed);
     let mut reread_s = Vec::new();
     for add in [true, false] {
         let before = metric(&scrape(&ns), READS).unwrap_or(0.0);
@@ -503,7 +528,7 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
         })?;
         reread_s.push(t.elapsed().as_secs_f64());
     }
-    sampler.phase.store(0, Ordering::Relaxed);
+    sampler.phase.store(1, Ordering::Relaxed);
     let text = scrape(&ns);
     let reads = ["read", "unchanged", "failed", "timeout"]
         .iter()

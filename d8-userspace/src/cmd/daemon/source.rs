@@ -231,13 +231,19 @@ fn read(scope: &Scope, mode: ProxyMode, last: &Mutex<Option<Reading>>) -> Result
         return Ok((runtime.block_on(trace::node_view(scope))?, ReadKind::Read));
     }
     let before = generation();
-    let cached = last
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-        .filter(|r| Some(r.generation) == before);
+    let cached = {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref().is_some_and(|r| Some(r.generation) == before) {
+            last.as_ref().map(|r| r.view.clone())
+        } else {
+            // Stale: let it go before the new reading is built, not after (one model less at
+            // the peak).
+            *last = None;
+            None
+        }
+    };
     let (mut rules, kind) = match cached {
-        Some(r) => (refreshed(r.view), ReadKind::Unchanged),
+        Some(view) => (refreshed(view), ReadKind::Unchanged),
         None => {
             let rules_only = Scope {
                 api: k8s::Source::Disabled,
