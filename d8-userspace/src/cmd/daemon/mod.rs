@@ -40,7 +40,7 @@ use self::{
     events::EventWriter,
     http::State,
     metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
-    source::{ApiState, ModelSource, Pending, ReadKind},
+    source::{ApiState, ModelSource, Pending, ReadKind, Update},
 };
 use crate::{
     classify::{self, Context},
@@ -58,6 +58,9 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
 /// Most flows held at once, by default (`--max-flows`).
 pub const MAX_FLOWS: usize = 100_000;
+/// Every Service is classified at least this often, even when nothing it is judged on changed:
+/// some verdicts move with time alone (kube-proxy's sync lag behind an API change).
+pub const FULL_ROUND_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -329,10 +332,17 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             done = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
                 reading = None;
                 match source.finish(done) {
-                    Ok((new_model, kind)) => {
+                    // Nothing but kube-proxy's sync times moved: no new model, no full round
+                    // (a sync lag that grows with time is caught by the periodic full round).
+                    Ok(Update::Same(times)) => {
+                        count_read(m, ReadKind::Unchanged, &source);
+                        times.set(&mut model.kube_proxy);
+                        m.kube_proxy_sync_age_seconds.set(model.kube_proxy.last_sync_age_secs.unwrap_or(-1.0));
+                    }
+                    Ok(Update::Model(new_model, kind)) => {
                         count_read(m, kind, &source);
+                        verdicts.model_changed(&model, &new_model);
                         model = new_model;
-                        verdicts.model_changed();
                         merged = Merged::every_service(&model);
                         let new_targets = merged.all.targets();
                         if new_targets != targets || model.node_ips != node_ips {
@@ -395,17 +405,26 @@ fn report_flows(
         lost_events: 0,
     };
     // Classifying is pure: a Service with no flows now or at the last round gets the verdict it
-    // had, unless the model or the context changed since (a full round then).
+    // had, unless its part of the model changed (it is `dirty`), or what every Service is judged
+    // against changed (a full round then: the model as a whole, the context), or FULL_ROUND_EVERY
+    // passed (verdicts that move with time alone, such as kube-proxy's sync lag).
     let fill = ctx.conntrack.and_then(|c| c.fill_ratio()).map(|r| (r * 100.0) as u32);
-    let full = verdicts
-        .round_key
-        .replace((verdicts.model_generation, api.consulted, fill))
-        != Some((verdicts.model_generation, api.consulted, fill));
+    let full = verdicts.round_key.replace((api.consulted, fill)) != Some((api.consulted, fill))
+        || std::mem::take(&mut verdicts.all_dirty)
+        || verdicts.last_full.is_none_or(|t| t.elapsed() >= FULL_ROUND_EVERY);
+    if full {
+        verdicts.last_full = Some(std::time::Instant::now());
+    }
+    let dirty = std::mem::take(&mut verdicts.dirty);
     let had_flows = std::mem::take(&mut verdicts.with_flows);
     for svc in &model.services {
         let flows = by_service.remove(&svc.service).unwrap_or_default();
         if flows.is_empty() {
-            if !full && !had_flows.contains(&svc.service) && verdicts.verdicts.contains_key(&svc.service) {
+            if !full
+                && !had_flows.contains(&svc.service)
+                && !dirty.contains(&svc.service)
+                && verdicts.verdicts.contains_key(&svc.service)
+            {
                 continue;
             }
         } else {
@@ -481,11 +500,15 @@ fn report_flows(
 struct Series {
     /// Each Service's current verdict class.
     verdicts: HashMap<ServiceRef, String>,
-    /// Bumped whenever the model is replaced.
-    model_generation: u64,
-    /// What the last round was classified against: the model's generation, whether the API was
-    /// consulted, the conntrack table's fill in percent.
-    round_key: Option<(u64, bool, Option<u32>)>,
+    /// Services whose part of the model changed since the last round.
+    dirty: HashSet<ServiceRef>,
+    /// The model changed as a whole (kube-proxy, the node, warnings): every Service is classified.
+    all_dirty: bool,
+    /// When every Service was last classified.
+    last_full: Option<std::time::Instant>,
+    /// What the last round was classified against: whether the API was consulted, the conntrack
+    /// table's fill in percent.
+    round_key: Option<(bool, Option<u32>)>,
     /// Services that had flows at the last round (their verdict may change as flows expire).
     with_flows: HashSet<ServiceRef>,
     /// Every verdict series set (the current class at 1, earlier ones at 0).
@@ -495,8 +518,26 @@ struct Series {
 }
 
 impl Series {
-    fn model_changed(&mut self) {
-        self.model_generation += 1;
+    /// `new` replaces `old`: the Services whose part differs are classified at the next round, or
+    /// every Service when what all are judged against differs.
+    fn model_changed(&mut self, old: &ServiceModel, new: &ServiceModel) {
+        let same_whole = old.node == new.node
+            && source::without_sync_times(&old.kube_proxy) == source::without_sync_times(&new.kube_proxy)
+            && old.node_ips == new.node_ips
+            && old.warnings == new.warnings
+            && old.probe_ports == new.probe_ports
+            && old.api_server_version == new.api_server_version
+            && old.min_api_server_version == new.min_api_server_version;
+        if !same_whole {
+            self.all_dirty = true;
+            return;
+        }
+        let before: HashMap<&ServiceRef, &crate::model::Service> = old.services.iter().map(|s| (&s.service, s)).collect();
+        for svc in &new.services {
+            if before.get(&svc.service) != Some(&svc) {
+                self.dirty.insert(svc.service.clone());
+            }
+        }
     }
 
     /// Removes the series of the Services `model` no longer has.
