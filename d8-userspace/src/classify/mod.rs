@@ -31,6 +31,7 @@ mod vocabulary;
 
 pub use facts::{Cause, Context, FlowVerdict, Verdict};
 pub use rank::{classify, classify_asked};
+pub use service::{awaits_sync, stale_sync_secs};
 pub use vocabulary::{
     Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, RootCause, Severity, VerdictClass,
 };

@@ -58,9 +58,7 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
 /// Most flows held at once, by default (`--max-flows`).
 pub const MAX_FLOWS: usize = 100_000;
-/// Every Service is classified at least this often, even when nothing it is judged on changed:
-/// some verdicts move with time alone (kube-proxy's sync lag behind an API change).
-pub const FULL_ROUND_EVERY: Duration = Duration::from_secs(30);
+
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -159,6 +157,7 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, source: &ModelSource, ta
         None => -1,
     });
     m.kube_proxy_sync_age_seconds.set(kp.last_sync_age_secs.unwrap_or(-1.0));
+    m.kube_proxy_unreadable.set(kp.problems.len() as i64);
     set_api_metrics(m, source);
     m.services.set(model.services.len() as i64);
     m.targets.set(targets as i64);
@@ -217,6 +216,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             }
         }
     };
+    warn_kube_proxy_problems(&ServiceModel::default(), &model);
     let mut merged = Merged::every_service(&model);
 
     let KernelSetup {
@@ -333,7 +333,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 reading = None;
                 match source.finish(done) {
                     // Nothing but kube-proxy's sync times moved: no new model, no full round
-                    // (a sync lag that grows with time is caught by the periodic full round).
+                    // (the verdicts they move are found each round: see `report_flows`).
                     Ok(Update::Same(times)) => {
                         count_read(m, ReadKind::Unchanged, &source);
                         times.set(&mut model.kube_proxy);
@@ -341,6 +341,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                     }
                     Ok(Update::Model(new_model, kind)) => {
                         count_read(m, kind, &source);
+                        warn_kube_proxy_problems(&model, &new_model);
                         verdicts.model_changed(&model, &new_model);
                         model = new_model;
                         merged = Merged::every_service(&model);
@@ -370,6 +371,17 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     drop(capture);
     tracing::info!("daemon stopped; hooks detached");
     Ok(())
+}
+
+/// kube-proxy's endpoints answering nonsense is said once when it starts, and when it ends.
+fn warn_kube_proxy_problems(old: &ServiceModel, new: &ServiceModel) {
+    let (before, now) = (&old.kube_proxy.problems, &new.kube_proxy.problems);
+    for p in now.iter().filter(|p| !before.contains(p)) {
+        tracing::warn!("{p}; its other endpoints and the rules still tell what they can");
+    }
+    if now.is_empty() && !before.is_empty() {
+        tracing::info!("kube-proxy's endpoints answer readably again");
+    }
 }
 
 /// Classifies the flows of each Service; counts flows that reached an outcome once; writes
@@ -405,17 +417,24 @@ fn report_flows(
         lost_events: 0,
     };
     // Classifying is pure: a Service with no flows now or at the last round gets the verdict it
-    // had, unless its part of the model changed (it is `dirty`), or what every Service is judged
-    // against changed (a full round then: the model as a whole, the context), or FULL_ROUND_EVERY
-    // passed (verdicts that move with time alone, such as kube-proxy's sync lag).
+    // had, unless its part of the model changed (it is `dirty`) or what every Service is judged
+    // against changed (a full round then: the model as a whole, the context, kube-proxy's sync
+    // turning stale). Verdicts that move with time alone are those of kube-proxy's sync: a
+    // Service the API changed after kube-proxy's last sync is classified every round.
     let fill = ctx.conntrack.and_then(|c| c.fill_ratio()).map(|r| (r * 100.0) as u32);
-    let full = verdicts.round_key.replace((api.consulted, fill)) != Some((api.consulted, fill))
-        || std::mem::take(&mut verdicts.all_dirty)
-        || verdicts.last_full.is_none_or(|t| t.elapsed() >= FULL_ROUND_EVERY);
-    if full {
-        verdicts.last_full = Some(std::time::Instant::now());
+    let stale_sync = classify::stale_sync_secs(&model.kube_proxy).is_some();
+    let key = (api.consulted, fill, stale_sync);
+    let full = verdicts.round_key.replace(key) != Some(key) || std::mem::take(&mut verdicts.all_dirty);
+    let mut dirty = std::mem::take(&mut verdicts.dirty);
+    if !full {
+        dirty.extend(
+            model
+                .services
+                .iter()
+                .filter(|s| classify::awaits_sync(s, &model.kube_proxy))
+                .map(|s| s.service.clone()),
+        );
     }
-    let dirty = std::mem::take(&mut verdicts.dirty);
     let had_flows = std::mem::take(&mut verdicts.with_flows);
     for svc in &model.services {
         let flows = by_service.remove(&svc.service).unwrap_or_default();
@@ -504,11 +523,9 @@ struct Series {
     dirty: HashSet<ServiceRef>,
     /// The model changed as a whole (kube-proxy, the node, warnings): every Service is classified.
     all_dirty: bool,
-    /// When every Service was last classified.
-    last_full: Option<std::time::Instant>,
     /// What the last round was classified against: whether the API was consulted, the conntrack
-    /// table's fill in percent.
-    round_key: Option<(bool, Option<u32>)>,
+    /// table's fill in percent, whether kube-proxy's sync was stale.
+    round_key: Option<(bool, Option<u32>, bool)>,
     /// Services that had flows at the last round (their verdict may change as flows expire).
     with_flows: HashSet<ServiceRef>,
     /// Every verdict series set (the current class at 1, earlier ones at 0).

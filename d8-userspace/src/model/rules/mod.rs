@@ -196,7 +196,11 @@ pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&Service
     let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
     let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<Warning> = status
+        .problems
+        .iter()
+        .map(|p| Warning::new(WarningKind::KubeProxy, "kube-proxy", p.clone()))
+        .collect();
     let reading = match wanted {
         Some(ProxyMode::Iptables) => read_iptables_mode()?,
         Some(ProxyMode::Nftables) => read_nftables_mode(from, only)?,
