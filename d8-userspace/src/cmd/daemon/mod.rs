@@ -449,7 +449,7 @@ fn report_flows(
         } else {
             verdicts.with_flows.insert(svc.service.clone());
         }
-        let verdict = classify::classify(&svc.service, &flows, model, &ctx);
+        let verdict = classify::classify_service(svc, &flows, model, &ctx);
         let service = svc.service.to_string();
         for (flow, fv) in flows.iter().zip(&verdict.flows) {
             if flow.outcome == Outcome::Open || !counted.insert(flow.id) {
