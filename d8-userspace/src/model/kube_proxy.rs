@@ -84,7 +84,10 @@ pub fn fetch(addr: &str, path: &str, timeout: Duration) -> Answer {
     match parse_http_response(&buf) {
         Some(r) => Answer::Response(r),
         None if buf.is_empty() => Answer::Unreadable(format!("did not answer within {} ms", timeout.as_millis())),
-        None => Answer::Unreadable(format!("answered what is not HTTP: {:?}", excerpt(&String::from_utf8_lossy(&buf)))),
+        None => Answer::Unreadable(format!(
+            "answered what is not HTTP: {:?}",
+            excerpt(&String::from_utf8_lossy(&buf))
+        )),
     }
 }
 
@@ -569,7 +572,10 @@ kubernetes_build_info{build_date="2025-04-22T16:03:48Z",compiler="gc",git_commit
         assert_eq!(parse_proxy_mode(&r.body), ProxyMode::Nftables);
         assert!(server.join().unwrap().starts_with("GET /proxyMode HTTP/1.0\r\n"));
         // Something that answers nonsense, or nothing in time, is told from nothing listening.
-        for (reply, want) in [(&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "answered what is not HTTP"), (&b""[..], "did not answer within")] {
+        for (reply, want) in [
+            (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "answered what is not HTTP"),
+            (&b""[..], "did not answer within"),
+        ] {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             let server = std::thread::spawn(move || {

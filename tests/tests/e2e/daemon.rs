@@ -642,7 +642,11 @@ fn kube_proxy_answering_nonsense_is_a_warning_and_a_metric_and_moves_no_verdict(
         r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#,
         1.0,
     );
-    assert_eq!(metric(&text, "d8_trace_kube_proxy_unreadable_answers"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "d8_trace_kube_proxy_unreadable_answers"),
+        Some(0.0),
+        "{text}"
+    );
     let before = verdicts(&text);
     assert!(before.len() >= 4, "{text}");
 
@@ -668,7 +672,8 @@ fn kube_proxy_answering_nonsense_is_a_warning_and_a_metric_and_moves_no_verdict(
     wait_metric(&lab, "d8_trace_kube_proxy_unreadable_answers", 0.0);
     let done = stop(daemon, &held);
     assert!(
-        done.stderr.contains("kube-proxy's /healthz on 127.0.0.1:10256 did not answer within"),
+        done.stderr
+            .contains("kube-proxy's /healthz on 127.0.0.1:10256 did not answer within"),
         "{}",
         done.stderr
     );

@@ -201,13 +201,16 @@ fn scrape(ns: &str) -> String {
         let io = |e: std::io::Error| lab::Error::Io(e.to_string());
         let mut s = std::net::TcpStream::connect_timeout(&METRICS.into(), Duration::from_secs(5)).map_err(io)?;
         s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nConnection: close\r\n\r\n").map_err(io)?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nConnection: close\r\n\r\n")
+            .map_err(io)?;
         let mut text = String::new();
         s.read_to_string(&mut text).map_err(io)?;
         Ok(text)
     })
     .unwrap_or_default();
-    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    body.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 fn metric(text: &str, series: &str) -> Option<f64> {
@@ -243,6 +246,11 @@ impl Sampler {
         let samples = Arc::new(Mutex::new(Samples::default()));
         let (s1, p1, m1, ns1) = (stop.clone(), phase.clone(), samples.clone(), ns.to_string());
         let healthz = std::thread::spawn(move || {
+            // One thread in the node's namespace for the whole run: the time measured is the
+            // connection and the answer, not a thread started and moved for each request.
+            if lab::netns::enter(&ns1).is_err() {
+                return;
+            }
             while !s1.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let p = p1.load(Ordering::Relaxed);
@@ -250,8 +258,7 @@ impl Sampler {
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
-                let ok = lab::http_get(&ns1, METRICS, "/healthz", Duration::from_secs(5))
-                    .is_ok_and(|r| r.status() == Some(200));
+                let ok = healthz_ok();
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
                 {
                     let mut m = m1.lock().unwrap_or_else(|e| e.into_inner());
@@ -321,6 +328,23 @@ impl Sampler {
     }
 }
 
+/// `GET /healthz` from this thread's namespace answered 200 (within 5 s).
+fn healthz_ok() -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&METRICS.into(), Duration::from_secs(5)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200")
+}
+
 /// The children of every thread of `pid` (the rule reader spawns its tool from its own thread).
 fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -329,7 +353,11 @@ fn children(pid: u32) -> Vec<u32> {
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
         .collect()
 }
 
@@ -440,7 +468,10 @@ fn wait_for(ns: &str, within: Duration, what: &str, done: impl Fn(&str) -> bool)
                 .lines()
                 .filter(|l| l.starts_with("d8_trace_") && !l.contains("service=\""))
                 .collect();
-            bail!("{what} not within {within:?}; metrics (per-Service series left out):\n{}", shown.join("\n"));
+            bail!(
+                "{what} not within {within:?}; metrics (per-Service series left out):\n{}",
+                shown.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -457,12 +488,19 @@ fn cpu_pct(pid: u32, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(
 }
 
 fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result<ModeRun> {
-    let name = if mode == ProxyMode::Iptables { "iptables" } else { "nftables" };
+    let name = if mode == ProxyMode::Iptables {
+        "iptables"
+    } else {
+        "nftables"
+    };
     let lab = Lab::up(ClusterSpec::new(), mode).map_err(|e| anyhow!("lab up: {e}"))?;
     let ns = lab.node_ns().to_string();
     let t = Instant::now();
     rules::load(&ns, mode, file)?;
-    eprintln!("bench daemon: {name}: {n} Services loaded in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "bench daemon: {name}: {n} Services loaded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let server = api_server(&lab, n)?;
     let kubeconfig = env.work.join(format!("daemon-{name}.kubeconfig"));
     std::fs::write(&kubeconfig, server.kubeconfig())?;
@@ -472,7 +510,12 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
     let mut daemon = Daemon::start(
         env,
         &ns,
-        &["--kubeconfig", kubeconfig.to_str().context("utf-8 path")?, "--node", &node],
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().context("utf-8 path")?,
+            "--node",
+            &node,
+        ],
         log,
     )?;
     let pid = daemon.pid();
@@ -482,9 +525,12 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
     sampler.phase.store(1, Ordering::Relaxed);
     // Settled: the API listed (api_up 1) and the rules read twice (the first read, then the one
     // kept under the ruleset's generation; see cmd/daemon/source.rs).
-    wait_for(&ns, Duration::from_secs(180), "the API synced and the rules read twice", |t| {
-        metric(t, "d8_trace_api_up") == Some(1.0) && metric(t, READS).unwrap_or(0.0) >= 2.0
-    })?;
+    wait_for(
+        &ns,
+        Duration::from_secs(180),
+        "the API synced and the rules read twice",
+        |t| metric(t, "d8_trace_api_up") == Some(1.0) && metric(t, READS).unwrap_or(0.0) >= 2.0,
+    )?;
     let settled_s = spawned.elapsed().as_secs_f64();
     let settled = Instant::now();
     let (initial_lists, initial_watches) = (server.lists(), server.watches());
@@ -523,9 +569,12 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
         let verb = if add { "add" } else { "delete" };
         common::output("ip", &["netns", "exec", &ns, "nft", verb, "table", "ip", "d8bench"])?;
         let t = Instant::now();
-        wait_for(&ns, Duration::from_secs(120), "a rules re-read after the ruleset changed", |text| {
-            metric(text, READS).unwrap_or(0.0) > before
-        })?;
+        wait_for(
+            &ns,
+            Duration::from_secs(120),
+            "a rules re-read after the ruleset changed",
+            |text| metric(text, READS).unwrap_or(0.0) > before,
+        )?;
         reread_s.push(t.elapsed().as_secs_f64());
     }
     sampler.phase.store(1, Ordering::Relaxed);
@@ -595,7 +644,12 @@ fn traffic(env: &Env, bench: &BenchLab) -> anyhow::Result<Traffic> {
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let mut conns = None;
     let (cpu_pct, wall) = cpu_pct(daemon.pid(), || {
-        conns = Some(common::conns_for(bench.client_ns(), web, Duration::from_secs(secs), None)?);
+        conns = Some(common::conns_for(
+            bench.client_ns(),
+            web,
+            Duration::from_secs(secs),
+            None,
+        )?);
         Ok(())
     })?;
     let conns = conns.context("the clients ran")?;

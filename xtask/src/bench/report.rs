@@ -818,7 +818,13 @@ fn startup_section(o: &mut String, s: &Startup) {
 }
 
 fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
-    let modes = |f: &dyn Fn(&daemon::ModeRun) -> String| d.runs.iter().map(|r| format!("{}: {}", r.mode, f(r))).collect::<Vec<_>>().join("; ");
+    let modes = |f: &dyn Fn(&daemon::ModeRun) -> String| {
+        d.runs
+            .iter()
+            .map(|r| format!("{}: {}", r.mode, f(r)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     if d.runs.is_empty() {
         return;
     }
@@ -841,7 +847,12 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
     t.push(Target {
         key: "daemon_cpu",
         what: "Daemon CPU at steady state, no traffic < 1 % of a core",
-        measured: modes(&|r| format!("{:.2} % quiet, {:.2} % with an API change every second", r.quiet_cpu_pct, r.changes_cpu_pct)),
+        measured: modes(&|r| {
+            format!(
+                "{:.2} % quiet, {:.2} % with an API change every second",
+                r.quiet_cpu_pct, r.changes_cpu_pct
+            )
+        }),
         met: d.runs.iter().all(|r| r.quiet_cpu_pct < 1.0 && r.changes_cpu_pct < 1.0),
     });
     t.push(Target {
@@ -852,16 +863,33 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
             "Daemon pod's processes < 256 MiB together (a --quick run: 1,000 Services, iptables mode)"
         },
         measured: modes(&|r| {
-            format!("{:.0} MiB ({:.0} d8-trace + {:.0} {})", r.daemon_peak_mib + r.child_peak_mib, r.daemon_peak_mib, r.child_peak_mib,
-                if r.child_names.is_empty() { "no child".to_string() } else { r.child_names.join(", ") })
+            format!(
+                "{:.0} MiB ({:.0} d8-trace + {:.0} {})",
+                r.daemon_peak_mib + r.child_peak_mib,
+                r.daemon_peak_mib,
+                r.child_peak_mib,
+                if r.child_names.is_empty() {
+                    "no child".to_string()
+                } else {
+                    r.child_names.join(", ")
+                }
+            )
         }),
         met: d.runs.iter().all(|r| r.daemon_peak_mib + r.child_peak_mib < 256.0),
     });
     t.push(Target {
         key: "daemon_healthz",
         what: "Daemon /healthz while the rules are re-read < 100 ms",
-        measured: modes(&|r| format!("{:.1} ms (whole run {:.1} ms)", r.healthz_reread_max_ms, r.healthz_max_ms)),
-        met: d.runs.iter().all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
+        measured: modes(&|r| {
+            format!(
+                "{:.1} ms (whole run {:.1} ms)",
+                r.healthz_reread_max_ms, r.healthz_max_ms
+            )
+        }),
+        met: d
+            .runs
+            .iter()
+            .all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
     });
 }
 
@@ -918,7 +946,11 @@ fn daemon_section(o: &mut String, d: &DaemonBench) {
             r.changes_s,
             r.daemon_peak_mib,
             r.child_peak_mib,
-            if r.child_names.is_empty() { " (none)".to_string() } else { format!(" ({})", r.child_names.join(", ")) },
+            if r.child_names.is_empty() {
+                " (none)".to_string()
+            } else {
+                format!(" ({})", r.child_names.join(", "))
+            },
             r.sampled_sum_mib,
             r.healthz_reread_max_ms,
             r.healthz_max_ms,

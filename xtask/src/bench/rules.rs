@@ -186,7 +186,10 @@ pub(super) fn load(ns: &str, mode: ProxyMode, file: &Path) -> anyhow::Result<()>
     if mode == ProxyMode::Iptables {
         common::output("ip", &["netns", "exec", ns, "iptables-restore", "-w", "5", file_s])?;
     } else {
-        common::output("ip", &["netns", "exec", ns, "nft", "delete", "table", "ip", "kube-proxy"])?;
+        common::output(
+            "ip",
+            &["netns", "exec", ns, "nft", "delete", "table", "ip", "kube-proxy"],
+        )?;
         let f = loadable_nft(file)?;
         let f = f.to_str().context("utf-8 path")?;
         common::output("ip", &["netns", "exec", ns, "nft", "-j", "-f", f])?;

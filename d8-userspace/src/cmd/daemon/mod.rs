@@ -59,7 +59,6 @@ pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
 /// Most flows held at once, by default (`--max-flows`).
 pub const MAX_FLOWS: usize = 100_000;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot serve metrics on {addr}")]
@@ -437,7 +436,12 @@ fn report_flows(
     }
     let had_flows = std::mem::take(&mut verdicts.with_flows);
     for svc in &model.services {
-        let flows = by_service.remove(&svc.service).unwrap_or_default();
+        // No flows at all (a quiet node): no lookup per Service.
+        let flows = if by_service.is_empty() {
+            Vec::new()
+        } else {
+            by_service.remove(&svc.service).unwrap_or_default()
+        };
         if flows.is_empty() {
             if !full
                 && !had_flows.contains(&svc.service)
@@ -510,7 +514,10 @@ fn report_flows(
             }
         }
     }
-    verdicts.forget_gone(model, m);
+    // Services go only with a new model.
+    if std::mem::take(&mut verdicts.model_replaced) {
+        verdicts.forget_gone(model, m);
+    }
 }
 
 /// The per-Service series the daemon created, so a Service that goes takes its series with it
@@ -523,6 +530,8 @@ struct Series {
     dirty: HashSet<ServiceRef>,
     /// The model changed as a whole (kube-proxy, the node, warnings): every Service is classified.
     all_dirty: bool,
+    /// A new model replaced the last one since the last round (Services may have gone).
+    model_replaced: bool,
     /// What the last round was classified against: whether the API was consulted, the conntrack
     /// table's fill in percent, whether kube-proxy's sync was stale.
     round_key: Option<(bool, Option<u32>, bool)>,
@@ -538,6 +547,7 @@ impl Series {
     /// `new` replaces `old`: the Services whose part differs are classified at the next round, or
     /// every Service when what all are judged against differs.
     fn model_changed(&mut self, old: &ServiceModel, new: &ServiceModel) {
+        self.model_replaced = true;
         let same_whole = old.node == new.node
             && source::without_sync_times(&old.kube_proxy) == source::without_sync_times(&new.kube_proxy)
             && old.node_ips == new.node_ips
@@ -549,7 +559,8 @@ impl Series {
             self.all_dirty = true;
             return;
         }
-        let before: HashMap<&ServiceRef, &crate::model::Service> = old.services.iter().map(|s| (&s.service, s)).collect();
+        let before: HashMap<&ServiceRef, &crate::model::Service> =
+            old.services.iter().map(|s| (&s.service, s)).collect();
         for svc in &new.services {
             if before.get(&svc.service) != Some(&svc) {
                 self.dirty.insert(svc.service.clone());

@@ -216,9 +216,9 @@ impl ModelSource {
         // Without watches (no API, a snapshot) the API side is the same every time. While the
         // API fails the model is rebuilt anyway: its warning says how old the API's view is.
         let api_same = self.model_generation.is_some()
-            && self.view().is_none_or(|v| {
-                self.model_generation == Some(self.read_generation) && v.health().stale_for.is_none()
-            });
+            && self
+                .view()
+                .is_none_or(|v| self.model_generation == Some(self.read_generation) && v.health().stale_for.is_none());
         self.started = Some((Instant::now(), false));
         let (scope, mode, last) = (self.scope.clone(), self.mode, self.last.clone());
         tokio::task::spawn_blocking(move || read(&scope, mode, &last, api_same))
@@ -234,7 +234,10 @@ impl ModelSource {
     }
 
     /// The model of a finished read, or what changed when nothing else did.
-    pub fn finish(&mut self, done: Result<Result<Done, trace::Error>, tokio::task::JoinError>) -> Result<Update, trace::Error> {
+    pub fn finish(
+        &mut self,
+        done: Result<Result<Done, trace::Error>, tokio::task::JoinError>,
+    ) -> Result<Update, trace::Error> {
         self.started = None;
         let done = done.map_err(|e| trace::Error::Io(std::io::Error::other(format!("the read stopped: {e}"))))??;
         self.rules_current_at = Some(Instant::now());
@@ -290,12 +293,7 @@ fn generation_covers(mode: ProxyMode) -> bool {
 /// One read (on the blocking thread): the whole view when the generation cannot tell changes
 /// (IPVS joins the API into the rules' reading), else the rules read or reused, then the API.
 /// `api_same`: the API's objects are those the current model was built from.
-fn read(
-    scope: &Scope,
-    mode: ProxyMode,
-    last: &Mutex<Option<Reading>>,
-    api_same: bool,
-) -> Result<Done, trace::Error> {
+fn read(scope: &Scope, mode: ProxyMode, last: &Mutex<Option<Reading>>, api_same: bool) -> Result<Done, trace::Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -76,7 +76,11 @@ impl Slim for Pod {
             spec.tolerations = None;
             spec.affinity = None;
             // Probes, ports, names and images are read (probe ports, kube-proxy's version).
-            for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
                 c.env = None;
                 c.env_from = None;
                 c.volume_mounts = None;

@@ -1016,20 +1016,28 @@ fn slimmed_objects_give_the_same_model_as_whole_ones() {
         );
     let cases = [
         (std::fs::read_to_string(fixture()).unwrap(), Some("node-1".to_string())),
-        (crate::lab::snapshot::snapshot(&lab).to_string(), Some(lab.node_name.clone())),
+        (
+            crate::lab::snapshot::snapshot(&lab).to_string(),
+            Some(lab.node_name.clone()),
+        ),
     ];
     for (text, node) in cases {
         let whole = whole_objects(&text);
         let mut slim = whole.clone();
         slim.strip_unread();
         assert!(
-            whole.services.iter().any(|s| s.metadata.uid.is_some()) && slim.services.iter().all(|s| s.metadata.uid.is_none()),
+            whole.services.iter().any(|s| s.metadata.uid.is_some())
+                && slim.services.iter().all(|s| s.metadata.uid.is_none()),
             "slimming dropped nothing"
         );
         let (mut a, mut b) = (rules_model(), rules_model());
         enrich(&mut a, &whole, node.as_deref());
         enrich(&mut b, &slim, node.as_deref());
         assert_eq!(a, b, "a field enrich reads was slimmed away");
-        assert_ne!(a, rules_model(), "the API changed nothing: the comparison proves nothing");
+        assert_ne!(
+            a,
+            rules_model(),
+            "the API changed nothing: the comparison proves nothing"
+        );
     }
 }
