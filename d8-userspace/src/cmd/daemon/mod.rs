@@ -339,6 +339,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         m.kube_proxy_sync_age_seconds.set(model.kube_proxy.last_sync_age_secs.unwrap_or(-1.0));
                     }
                     Ok(Update::Model(new_model, kind)) => {
+                        let new_model = *new_model;
                         count_read(m, kind, &source);
                         warn_kube_proxy_problems(&model, &new_model);
                         verdicts.model_changed(&model, &new_model);

@@ -50,7 +50,7 @@ pub enum ReadKind {
 /// What a read on the blocking thread found.
 pub enum Done {
     /// A view: the rules read (or reused) with the API folded in.
-    View(NodeView, ReadKind),
+    View(Box<NodeView>, ReadKind),
     /// Neither the rules, the API, kube-proxy's status (its sync times aside) nor the host's
     /// addresses changed since the last view: only kube-proxy's sync times are new. Building the
     /// same model again (a copy of the reading and the API folded in, for 10,000 Services) was
@@ -97,7 +97,7 @@ pub fn without_sync_times(kp: &KubeProxyStatus) -> KubeProxyStatus {
 
 /// What a finished read gives the daemon.
 pub enum Update {
-    Model(ServiceModel, ReadKind),
+    Model(Box<ServiceModel>, ReadKind),
     Same(SyncTimes),
 }
 
@@ -228,7 +228,7 @@ impl ModelSource {
     pub async fn read(&mut self) -> Result<(ServiceModel, ReadKind), trace::Error> {
         let pending = self.start();
         match self.finish(pending.await)? {
-            Update::Model(model, kind) => Ok((model, kind)),
+            Update::Model(model, kind) => Ok((*model, kind)),
             Update::Same(_) => unreachable!("a first read builds a model"),
         }
     }
@@ -243,7 +243,7 @@ impl ModelSource {
         self.rules_current_at = Some(Instant::now());
         let (view, kind) = match done {
             Done::Same(times) => return Ok(Update::Same(times)),
-            Done::View(view, kind) => (view, kind),
+            Done::View(view, kind) => (*view, kind),
         };
         self.model_generation = Some(self.read_generation);
         self.api_consulted = view.api_consulted;
@@ -254,7 +254,7 @@ impl ModelSource {
                 tracing::warn!("{w}");
             }
         }
-        Ok(Update::Model(view.model, kind))
+        Ok(Update::Model(Box::new(view.model), kind))
     }
 
     /// The read in flight has outlived [`READ_DEADLINE`] and was not reported yet: report it once.
@@ -300,7 +300,10 @@ fn read(scope: &Scope, mode: ProxyMode, last: &Mutex<Option<Reading>>, api_same:
         .map_err(trace::Error::Io)?;
     if !generation_covers(mode) {
         *last.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        return Ok(Done::View(runtime.block_on(trace::node_view(scope))?, ReadKind::Read));
+        return Ok(Done::View(
+            Box::new(runtime.block_on(trace::node_view(scope))?),
+            ReadKind::Read,
+        ));
     }
     let before = generation();
     let cached = {
@@ -340,7 +343,10 @@ fn read(scope: &Scope, mode: ProxyMode, last: &Mutex<Option<Reading>>, api_same:
                 view: view.clone(),
             });
             if view.model.kube_proxy.mode == ProxyMode::Ipvs {
-                return Ok(Done::View(runtime.block_on(trace::node_view(scope))?, ReadKind::Read));
+                return Ok(Done::View(
+                    Box::new(runtime.block_on(trace::node_view(scope))?),
+                    ReadKind::Read,
+                ));
             }
             (view, ReadKind::Read)
         }
@@ -356,7 +362,7 @@ fn read(scope: &Scope, mode: ProxyMode, last: &Mutex<Option<Reading>>, api_same:
     }
     rules.api_consulted = applied.api_consulted;
     rules.warnings.extend(applied.warnings);
-    Ok(Done::View(rules, kind))
+    Ok(Done::View(Box::new(rules), kind))
 }
 
 /// What changes without the rules: kube-proxy's health (its mode and whether its rules are there
