@@ -371,6 +371,31 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
     assert_eq!(metric(&scrape(&lab), "d8_trace_api_view_age_seconds"), Some(0.0));
     assert_eq!(server.lists(), lists, "resumed watches must not LIST");
 
+    // Every watch dropped mid-stream while the server stays up (a load balancer, a replica
+    // going): they resume from their resourceVersion, no LIST, and the next change arrives.
+    let watches = server.watches();
+    server.cut_watches();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.watches() < watches + 4 {
+        assert!(Instant::now() < deadline, "the cut watches did not resume: {}", server.watches());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.delete_from_api("web-2").unwrap();
+    server.sync(&lab.snapshot_json());
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="stale_endpoint"}"#,
+        1.0,
+    );
+    lab.restore_api();
+    server.sync(&lab.snapshot_json());
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="healthy"}"#,
+        1.0,
+    );
+    assert_eq!(server.lists(), lists, "watches cut mid-stream resume without a LIST");
+
     // A Service deleted (from the rules and the API) takes its series with it.
     let _ = lab::in_netns(lab.client_ns(), || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| lab::Error::Io(e.to_string()))?;

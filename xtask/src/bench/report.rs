@@ -846,7 +846,7 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
     });
     t.push(Target {
         key: "daemon_cpu",
-        what: "Daemon CPU at steady state, no traffic < 1 % of a core",
+        what: "Daemon CPU at steady state, no traffic (quiet, and with an API change every second) < 1 % of a core",
         measured: modes(&|r| {
             format!(
                 "{:.2} % quiet, {:.2} % with an API change every second",
