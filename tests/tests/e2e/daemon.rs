@@ -377,7 +377,11 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
     server.cut_watches();
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.watches() < watches + 4 {
-        assert!(Instant::now() < deadline, "the cut watches did not resume: {}", server.watches());
+        assert!(
+            Instant::now() < deadline,
+            "the cut watches did not resume: {}",
+            server.watches()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     lab.delete_from_api("web-2").unwrap();
