@@ -27,6 +27,13 @@ fn stop(daemon: Trace, held: &bpf::Held) -> d8_tests::run::Finished {
     done
 }
 
+/// `d8-trace daemon` in `lab`'s node with metrics on :9810 and `extra` flags.
+fn daemon_args<'a>(lab: &'a lab::Lab, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810"];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn scrape(lab: &lab::Lab) -> String {
     let out = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/metrics", TIMEOUT).expect("scrape");
     match out {
@@ -162,18 +169,7 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
 #[test]
 fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     let mut lab = lab(ProxyMode::Nftables);
-    let args = [
-        "daemon",
-        "--netns",
-        lab.node_ns(),
-        "--metrics-addr",
-        "0.0.0.0:9810",
-        "--no-k8s",
-        "--refresh-secs",
-        "1",
-        "--max-flows",
-        "2000",
-    ];
+    let args = daemon_args(&lab, &["--no-k8s", "--refresh-secs", "1", "--max-flows", "2000"]);
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
 
@@ -540,14 +536,7 @@ fn a_first_rules_read_that_fails_is_retried_until_the_rules_can_be_read() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.to_str().unwrap().to_string();
-    let args = [
-        "daemon",
-        "--netns",
-        lab.node_ns(),
-        "--metrics-addr",
-        "0.0.0.0:9810",
-        "--no-k8s",
-    ];
+    let args = daemon_args(&lab, &["--no-k8s"]);
     let mut daemon = Trace::start_until(&args, &[("PATH", &path)], "cannot read the node's model, retrying");
     let held = bpf::held_by(daemon.pid() as u32);
     // Alive and saying so: /healthz answers, /readyz does not, the failure is counted.
@@ -654,16 +643,7 @@ impl Drop for Nonsense {
 #[test]
 fn kube_proxy_answering_nonsense_is_a_warning_and_a_metric_and_moves_no_verdict() {
     let mut lab = lab(ProxyMode::Iptables);
-    let args = [
-        "daemon",
-        "--netns",
-        lab.node_ns(),
-        "--metrics-addr",
-        "0.0.0.0:9810",
-        "--no-k8s",
-        "--refresh-secs",
-        "1",
-    ];
+    let args = daemon_args(&lab, &["--no-k8s", "--refresh-secs", "1"]);
     let mut daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
     let text = wait_metric(
