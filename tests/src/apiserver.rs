@@ -5,8 +5,9 @@
 //!
 //! Its objects come from a List such as the lab's snapshot ([`ApiServer::sync`]): each call turns
 //! the differences into ADDED, MODIFIED and DELETED events. Field selectors `spec.nodeName=` and
-//! `metadata.name=` are honoured; label selectors and paging are not needed here (each LIST is one
-//! page).
+//! `metadata.name=` are honoured, and `limit`/`continue` page a LIST as a real server does (every
+//! page carries the first page's resourceVersion, so a watch from it replays whatever changed while
+//! the pages were read); label selectors are not needed here.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -70,6 +71,8 @@ struct Shared {
     changed: Condvar,
     /// Bumped when the server stops, so open watches end.
     epoch: Mutex<u64>,
+    /// Bumped by [`ApiServer::cut_watches`]: open watches drop mid-stream, the server stays up.
+    cuts: std::sync::atomic::AtomicU64,
 }
 
 /// The server; dropping it stops it.
@@ -102,6 +105,7 @@ impl ApiServer {
                 }),
                 changed: Condvar::new(),
                 epoch: Mutex::new(0),
+                cuts: std::sync::atomic::AtomicU64::new(0),
             }),
             bind: Box::new(bind),
             addr,
@@ -156,7 +160,27 @@ impl ApiServer {
         self.shared.changed.notify_all();
     }
 
-    /// LIST requests so far, all kinds together.
+    /// One object (of a kind served) added or changed: one ADDED or MODIFIED event, as a
+    /// controller's write would make, without comparing the whole List as [`Self::sync`] does.
+    pub fn put(&self, object: Value) {
+        let Some((kind, _, _)) = KINDS.iter().find(|(k, _, _)| object["kind"] == *k) else {
+            return;
+        };
+        let mut s = self.shared.state.lock().unwrap();
+        let exists = s.objects.get(kind).is_some_and(|m| m.contains_key(&key(&object)));
+        record(&mut s, kind, if exists { "MODIFIED" } else { "ADDED" }, object);
+        drop(s);
+        self.shared.changed.notify_all();
+    }
+
+    /// Drops every open watch connection mid-stream (no end of the chunked stream), as a load
+    /// balancer or a restarting API server replica does; the server keeps listening.
+    pub fn cut_watches(&self) {
+        self.shared.cuts.fetch_add(1, Ordering::Relaxed);
+        self.shared.changed.notify_all();
+    }
+
+    /// LIST requests so far (each page one), all kinds together.
     pub fn lists(&self) -> u64 {
         self.shared.state.lock().unwrap().lists.values().sum()
     }
@@ -391,15 +415,35 @@ fn handle(stream: TcpStream, shared: &Shared, stop: &AtomicBool, epoch: u64) -> 
     } else {
         let mut s = shared.state.lock().unwrap();
         *s.lists.entry(kind).or_default() += 1;
-        let items: Vec<&Value> = s
+        // `continue` is `VERSION:KEY`: the first page's resourceVersion and the last key sent.
+        let (version, after) = match req.query.get("continue").and_then(|c| c.split_once(':')) {
+            Some((v, k)) => (v.to_string(), Some(k.to_string())),
+            None => (s.version.to_string(), None),
+        };
+        let limit = req
+            .query
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|&l| l > 0)
+            .unwrap_or(usize::MAX);
+        let mut items: Vec<(&String, &Value)> = s
             .objects
             .get(kind)
             .into_iter()
-            .flat_map(|m| m.values())
-            .filter(|o| selected(o, &req.query))
+            .flat_map(|m| m.iter())
+            .filter(|(k, _)| after.as_ref().is_none_or(|a| k.as_str() > a.as_str()))
+            .filter(|(_, o)| selected(o, &req.query))
+            .take(limit.saturating_add(1))
             .collect();
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let mut metadata = json!({"resourceVersion": version});
+        if more && let Some((last, _)) = items.last() {
+            metadata["continue"] = json!(format!("{version}:{last}"));
+        }
+        let items: Vec<&Value> = items.into_iter().map(|(_, o)| o).collect();
         let body = json!({"kind": format!("{kind}List"), "apiVersion": api_version,
-                          "metadata": {"resourceVersion": s.version.to_string()}, "items": items})
+                          "metadata": metadata, "items": items})
         .to_string();
         drop(s);
         respond(&stream, "200 OK", &body)
@@ -454,6 +498,7 @@ fn watch(
     }
     let mut sent = from;
     let mut last_bookmark = Instant::now();
+    let cuts = shared.cuts.load(Ordering::Relaxed);
     loop {
         let lines: Vec<String>;
         {
@@ -477,7 +522,10 @@ fn watch(
             chunk(&stream, &b.to_string())?;
             last_bookmark = Instant::now();
         }
-        if stop.load(Ordering::Relaxed) || *shared.epoch.lock().unwrap() != epoch {
+        if stop.load(Ordering::Relaxed)
+            || *shared.epoch.lock().unwrap() != epoch
+            || shared.cuts.load(Ordering::Relaxed) != cuts
+        {
             // Killed: the connection drops without the stream's end.
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return Ok(());

@@ -213,3 +213,43 @@ fn kubectl_plugin_says_why_when_no_pod_matches() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--svc NAMESPACE/NAME is required"), "{stderr}");
 }
+
+/// The pod's peak at 10,000 Services in each mode (d8-trace and its children together, MiB), as
+/// `cargo xtask bench --only daemon` wrote it into BENCHMARKS.md's figures.
+fn measured_daemon_peaks() -> Vec<(String, f64)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md")).unwrap();
+    let figures = text
+        .lines()
+        .find_map(|l| l.strip_prefix("<!-- bench-figures: ")?.strip_suffix(" -->"))
+        .expect("BENCHMARKS.md carries the bench's figures");
+    let figures: serde_json::Value = serde_json::from_str(figures).unwrap();
+    let rss = figures["daemon_rss"]
+        .as_str()
+        .expect("BENCHMARKS.md has the daemon section's figures (cargo xtask bench --only daemon)");
+    // "iptables: 300 MiB (...); nftables: 250 MiB (...)"
+    rss.split("; ")
+        .map(|part| {
+            let (mode, rest) = part.split_once(": ").expect("mode: figure");
+            let mib = rest.split_once(" MiB").expect("MiB").0.parse().expect("a number");
+            (mode.to_string(), mib)
+        })
+        .collect()
+}
+
+#[test]
+fn memory_limit_is_set_from_the_measured_peak_at_10000_services() {
+    let (_, c) = container();
+    let limits = c.resources.unwrap().limits.unwrap();
+    let limit = &limits["memory"].0;
+    let limit_mib: f64 = limit.strip_suffix("Mi").expect("the limit in Mi").parse().unwrap();
+    let peaks = measured_daemon_peaks();
+    let modes: Vec<&str> = peaks.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(modes, ["iptables", "nftables"], "both modes measured");
+    let peak = peaks.iter().map(|(_, p)| *p).fold(0.0, f64::max);
+    // A quarter above the larger peak (allocator slack, a node busier than the bench), and not
+    // far above it: a limit far over the need hides a regression and reserves memory for nothing.
+    assert!(
+        limit_mib >= peak * 1.25 && limit_mib <= peak * 1.6,
+        "memory limit {limit} against a measured peak of {peak:.0} MiB: set it to 1.25-1.6x"
+    );
+}

@@ -30,7 +30,8 @@ mod service;
 mod vocabulary;
 
 pub use facts::{Asked, Cause, Context, FlowVerdict, Verdict};
-pub use rank::{classify, classify_asked};
+pub use rank::{classify, classify_asked, classify_service};
+pub use service::{awaits_sync, stale_sync_secs};
 pub use vocabulary::{
     Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, Mitigation, RootCause, Severity, VerdictClass,
 };

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use super::facts::{Asked, Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
 use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
 use crate::flows::Flow;
-use crate::model::{ServiceModel, ServiceRef, Warning, WarningKind};
+use crate::model::{Service, ServiceModel, ServiceRef, Warning, WarningKind};
 
 use super::{advice, flow, service};
 
@@ -42,6 +42,23 @@ pub fn classify_asked(
     model: &ServiceModel,
     ctx: &Context,
 ) -> Verdict {
+    classify_found(target, model.service(target), asked, flows, model, ctx)
+}
+
+/// [`classify`] of a Service the caller has found in `model` already (the daemon classifies each
+/// of 10,000: looking each up by name again made a round quadratic).
+pub fn classify_service(svc: &Service, flows: &[Flow], model: &ServiceModel, ctx: &Context) -> Verdict {
+    classify_found(&svc.service, Some(svc), Asked::Service, flows, model, ctx)
+}
+
+fn classify_found(
+    target: &ServiceRef,
+    svc: Option<&Service>,
+    asked: Asked,
+    flows: &[Flow],
+    model: &ServiceModel,
+    ctx: &Context,
+) -> Verdict {
     let mut node_ips = model.node_ips.clone();
     for ip in &ctx.host_ips {
         if !node_ips.contains(ip) {
@@ -55,7 +72,7 @@ pub fn classify_asked(
         .collect();
     let facts = Facts {
         target,
-        svc: model.service(target),
+        svc,
         model,
         ctx,
         node_ips,

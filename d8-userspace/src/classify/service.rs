@@ -2,7 +2,7 @@
 //! adds to its flows' classes (a kube-proxy that is down, a stale DNAT target no flow hit yet).
 
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
-use crate::model::{ProxyMode, WarningKind, k8s::minor_version};
+use crate::model::{KubeProxyStatus, ProxyMode, WarningKind, k8s::minor_version};
 
 use super::facts::{
     Asked, CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text, unallocated_finding,
@@ -63,6 +63,20 @@ fn kube_proxy(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     out.push(fd);
 }
 
+/// How long kube-proxy's sync has been stale when it is past [`STALE_SYNC_SECS`] (a queued sync
+/// waiting, or no sync with one pending); `None` when it is not. Its verdict moves with time alone.
+pub fn stale_sync_secs(kp: &KubeProxyStatus) -> Option<f64> {
+    kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
+        .last_sync_age_secs
+        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)))
+}
+
+/// The API changed `svc` after kube-proxy's last sync: its verdict may move with time alone
+/// (kube-proxy falling behind by [`SYNC_LAG_SECS`]).
+pub fn awaits_sync(svc: &crate::model::Service, kp: &KubeProxyStatus) -> bool {
+    matches!((svc.api.last_change_unix, kp.last_sync_unix), (Some(change), Some(sync)) if change > sync)
+}
+
 /// kube-proxy runs and its rules exist, but it has not synced since the API changed this Service
 /// (its last successful sync is older than the EndpointSlices' last-change-trigger-time, by more
 /// than a sync period: normal programming latency and small clock skew between the node and the
@@ -97,10 +111,7 @@ fn not_synced(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             ));
         }
     }
-    let stale_sync = kp.sync_pending_secs.filter(|s| *s > STALE_SYNC_SECS).or(kp
-        .last_sync_age_secs
-        .filter(|s| *s > STALE_SYNC_SECS && kp.sync_pending_secs.is_none_or(|p| p > 0.0)));
-    if let Some(age) = stale_sync {
+    if let Some(age) = stale_sync_secs(kp) {
         evidence.push(Evidence::new(
             EvidenceKind::KubeProxy,
             format!("kube-proxy's last rule sync is {age:.0} s old with a sync pending (/metrics on 10249)"),

@@ -129,6 +129,7 @@ fn model(api: bool) -> ServiceModel {
             healthz_status: Some(200),
             sync_pending_secs: Some(0.0),
             last_sync_unix: None,
+            problems: Vec::new(),
         },
         services: vec![svc],
         node_ips: vec![ip(NODE_IP)],

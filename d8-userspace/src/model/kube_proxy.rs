@@ -47,16 +47,53 @@ pub struct HttpResponse {
 
 /// `GET http://<addr><path>`; `None` when the connection fails, times out or the answer is not HTTP.
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Option<HttpResponse> {
-    let sock: SocketAddr = addr.parse().ok()?;
-    let mut stream = TcpStream::connect_timeout(&sock, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
+    match fetch(addr, path, timeout) {
+        Answer::Response(r) => Some(r),
+        Answer::Unreachable | Answer::Unreadable(_) => None,
+    }
+}
+
+/// What an endpoint did with a GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Nothing listens (or the address is wrong): kube-proxy may be down.
+    Unreachable,
+    /// Something accepted the connection but answered nothing readable; why, in words
+    /// (`did not answer within 500 ms`, `answered what is not HTTP: "..."`).
+    Unreadable(String),
+    Response(HttpResponse),
+}
+
+/// [`http_get`], telling an endpoint that is not there from one that answers nonsense.
+pub fn fetch(addr: &str, path: &str, timeout: Duration) -> Answer {
+    let Ok(sock) = addr.parse::<SocketAddr>() else {
+        return Answer::Unreachable;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&sock, timeout) else {
+        return Answer::Unreachable;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
     let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: d8-trace\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).ok()?;
+    if stream.write_all(req.as_bytes()).is_err() {
+        return Answer::Unreadable("closed the connection before the request was sent".into());
+    }
     let mut buf = Vec::new();
     // A read timeout part-way still leaves what arrived; parse that.
     let _ = stream.take(MAX_BODY_BYTES).read_to_end(&mut buf);
-    parse_http_response(&buf)
+    match parse_http_response(&buf) {
+        Some(r) => Answer::Response(r),
+        None if buf.is_empty() => Answer::Unreadable(format!("did not answer within {} ms", timeout.as_millis())),
+        None => Answer::Unreadable(format!(
+            "answered what is not HTTP: {:?}",
+            excerpt(&String::from_utf8_lossy(&buf))
+        )),
+    }
+}
+
+/// The first 40 characters of `text`, for a warning.
+fn excerpt(text: &str) -> String {
+    text.chars().take(40).collect()
 }
 
 /// Splits a raw HTTP/1.x response into status and body (chunked bodies decoded).
@@ -322,28 +359,63 @@ pub fn process_running(proc_root: &Path) -> Option<bool> {
 }
 
 /// Everything above, into the model's [`KubeProxyStatus`]. `rules_present` is left `false`: the
-/// rule readers (`rules::read_node`) fill it. `mode` is `/proxyMode`'s answer or `Unknown`.
+/// rule readers (`rules::read_node`) fill it. `mode` is `/proxyMode`'s answer or `Unknown`. An
+/// endpoint that accepts the connection but answers nonsense (not HTTP, nothing in time, no
+/// Prometheus samples, an unknown mode) counts as kube-proxy running, tells nothing else, and is
+/// named in `problems`.
 pub fn status() -> KubeProxyStatus {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let mode = proxy_mode();
-    let health = healthz();
+    let mut problems = Vec::new();
+    let mut answered = false;
+    let mut get = |addr: &str, path: &str| match fetch(addr, path, HTTP_TIMEOUT) {
+        Answer::Unreachable => None,
+        Answer::Unreadable(why) => {
+            answered = true;
+            problems.push(format!("kube-proxy's {path} on {addr} {why}"));
+            None
+        }
+        Answer::Response(r) => {
+            answered = true;
+            Some(r)
+        }
+    };
+    let mode_answer = get(METRICS_ADDR, "/proxyMode");
+    let health_answer = get(HEALTHZ_ADDR, "/healthz");
+    let metrics_answer = get(METRICS_ADDR, "/metrics");
+    let mode = mode_answer.filter(|r| r.status == 200).map(|r| {
+        let mode = parse_proxy_mode(&r.body);
+        if mode == ProxyMode::Unknown {
+            problems.push(format!(
+                "kube-proxy's /proxyMode on {METRICS_ADDR} answered {:?}, not a proxy mode",
+                excerpt(r.body.trim())
+            ));
+        }
+        mode
+    });
+    let health = health_answer.map(|r| parse_healthz(r.status, &r.body));
+    let metrics = metrics_answer.filter(|r| r.status == 200).map(|r| {
+        let samples = parse_prometheus(&r.body);
+        if samples.is_empty() {
+            problems.push(format!(
+                "kube-proxy's /metrics on {METRICS_ADDR} answered no Prometheus samples: {:?}",
+                excerpt(r.body.trim())
+            ));
+        }
+        Metrics::from_samples(&samples)
+    });
     let healthz = health.as_ref().map(|h| h.status);
-    let metrics = metrics();
     // In another PID namespace (a pod without hostPID) /proc shows none of the node's processes:
     // unknown, not "not running"; the API's status of the kube-proxy Pod then tells.
     let process = match crate::kernel::host::in_host_pid_namespace() {
         Some(false) => None,
         _ => process_running(Path::new(PROC_ROOT)),
     };
-    // An answering endpoint proves it runs even when /proc shows another PID namespace.
-    let running = if healthz.is_some() || mode.is_some() || metrics.is_some() {
-        Some(true)
-    } else {
-        process
-    };
+    // An endpoint that answers (anything) proves it runs even when /proc shows another PID
+    // namespace.
+    let running = if answered { Some(true) } else { process };
     KubeProxyStatus {
         mode: mode.unwrap_or_default(),
         running,
@@ -362,6 +434,7 @@ pub fn status() -> KubeProxyStatus {
             .and_then(|m| m.last_sync_timestamp_secs)
             .filter(|t| *t > 0.0)
             .or_else(|| health.as_ref()?.last_updated),
+        problems,
     }
 }
 
@@ -498,6 +571,25 @@ kubernetes_build_info{build_date="2025-04-22T16:03:48Z",compiler="gc",git_commit
         let r = http_get(&addr, "/proxyMode", HTTP_TIMEOUT).unwrap();
         assert_eq!(parse_proxy_mode(&r.body), ProxyMode::Nftables);
         assert!(server.join().unwrap().starts_with("GET /proxyMode HTTP/1.0\r\n"));
+        // Something that answers nonsense, or nothing in time, is told from nothing listening.
+        for (reply, want) in [
+            (&b"SSH-2.0-OpenSSH_9.6\r\n"[..], "answered what is not HTTP"),
+            (&b""[..], "did not answer within"),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let server = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                s.write_all(reply).unwrap();
+                // Held open past the client's timeout.
+                std::thread::sleep(HTTP_TIMEOUT + Duration::from_millis(200));
+            });
+            match fetch(&addr, "/metrics", HTTP_TIMEOUT) {
+                Answer::Unreadable(why) => assert!(why.starts_with(want), "{why}"),
+                other => panic!("{other:?}"),
+            }
+            server.join().unwrap();
+        }
         // Nothing listening: None, quickly.
         let closed = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -505,5 +597,6 @@ kubernetes_build_info{build_date="2025-04-22T16:03:48Z",compiler="gc",git_commit
             .unwrap()
             .to_string();
         assert_eq!(http_get(&closed, "/healthz", HTTP_TIMEOUT), None);
+        assert_eq!(fetch(&closed, "/healthz", HTTP_TIMEOUT), Answer::Unreachable);
     }
 }

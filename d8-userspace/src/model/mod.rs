@@ -250,6 +250,11 @@ pub struct KubeProxyStatus {
     /// the oldest over IP families), to compare with when the API last changed a Service.
     #[serde(default)]
     pub last_sync_unix: Option<f64>,
+    /// kube-proxy's endpoints that answered nonsense (not HTTP, nothing in time, no metrics, an
+    /// unknown mode), one sentence each; they tell nothing else (`rules::read_node` makes them
+    /// `kube_proxy` warnings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Everything known about the node's Services.

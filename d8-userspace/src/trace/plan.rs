@@ -12,7 +12,7 @@ use d8_common::{FAMILY_V4, FAMILY_V6, TargetKey, target};
 
 use super::Error;
 use crate::classify::Asked;
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, ServiceModel, ServiceRef, in_cidr};
+use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, Service, ServiceModel, ServiceRef, in_cidr};
 
 /// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +245,12 @@ pub fn plan(model: &ServiceModel, arg: &ServiceSelector, node_ips: Vec<IpAddr>) 
             reason,
         });
     };
+    plan_service(svc, arg, node_ips)
+}
+
+/// [`plan`] of a Service already found (`every_service` plans each of the model's: looking each
+/// up by name again made that quadratic, seconds at 10,000 Services).
+fn plan_service(svc: &Service, arg: &ServiceSelector, node_ips: Vec<IpAddr>) -> Result<Plan, Error> {
     let wanted = |port_name: &str, port: u16| match &arg.port {
         None => true,
         Some(p) => p == port_name || p.parse::<u16>().ok() == Some(port),
@@ -357,6 +363,18 @@ fn target_key(protocol: Protocol, addr: SocketAddr) -> TargetKey {
     key
 }
 
+/// An endpoint as the kernel targets and the flow table need it: address, port, protocol.
+fn addresses_only(e: &Endpoint) -> Endpoint {
+    Endpoint {
+        in_rules: e.in_rules,
+        in_api: e.in_api,
+        ready: e.ready,
+        local: e.local,
+        weight: e.weight,
+        ..Endpoint::in_rules(e.ip, e.port, e.protocol, "")
+    }
+}
+
 impl Plan {
     /// What is traced, for logs: the Service, or the address no Service holds.
     pub fn name(&self) -> String {
@@ -430,14 +448,18 @@ impl Merged {
         }
     }
 
-    /// Plans of every Service of `model` (the ones it cannot plan, without frontends, left out).
+    /// Plans of every Service of `model` (the ones it cannot plan, without frontends, left out),
+    /// for the daemon, which keeps them as long as the model: only what tracing needs is kept.
+    /// `all` holds every frontend and backend without their rules or API names (the model has
+    /// those); each plan keeps its Service and frontend addresses, not its own copies of them.
+    /// At 10,000 Services the copies were two more models' worth of endpoints and rule texts.
     pub fn every_service(model: &ServiceModel) -> Self {
         let plans = model
             .services
             .iter()
             .filter_map(|s| {
-                plan(
-                    model,
+                plan_service(
+                    s,
                     &ServiceSelector {
                         service: s.service.clone(),
                         port: None,
@@ -446,15 +468,25 @@ impl Merged {
                 )
                 .ok()
             })
+            .map(|mut p: Plan| {
+                p.frontends.iter_mut().for_each(|f| f.rule = None);
+                p.endpoints = p.endpoints.iter().map(addresses_only).collect();
+                p
+            })
             .collect();
-        Self::new(
+        let mut merged = Self::new(
             ServiceRef {
                 namespace: "*".into(),
                 name: "*".into(),
             },
             plans,
             model.node_ips.clone(),
-        )
+        );
+        for p in &mut merged.plans {
+            p.frontends = Vec::new();
+            p.endpoints = Vec::new();
+        }
+        merged
     }
 
     /// Which of the plans a flow belongs to: by its frontend, or for a direct flow (a kubelet

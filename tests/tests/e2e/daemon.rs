@@ -27,6 +27,13 @@ fn stop(daemon: Trace, held: &bpf::Held) -> d8_tests::run::Finished {
     done
 }
 
+/// `d8-trace daemon` in `lab`'s node with metrics on :9810 and `extra` flags.
+fn daemon_args<'a>(lab: &'a lab::Lab, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["daemon", "--netns", lab.node_ns(), "--metrics-addr", "0.0.0.0:9810"];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn scrape(lab: &lab::Lab) -> String {
     let out = lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), "/metrics", TIMEOUT).expect("scrape");
     match out {
@@ -190,18 +197,7 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
 #[test]
 fn follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows() {
     let mut lab = lab(ProxyMode::Nftables);
-    let args = [
-        "daemon",
-        "--netns",
-        lab.node_ns(),
-        "--metrics-addr",
-        "0.0.0.0:9810",
-        "--no-k8s",
-        "--refresh-secs",
-        "1",
-        "--max-flows",
-        "2000",
-    ];
+    let args = daemon_args(&lab, &["--no-k8s", "--refresh-secs", "1", "--max-flows", "2000"]);
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
 
@@ -399,6 +395,35 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
     assert_eq!(metric(&scrape(&lab), "d8_trace_api_view_age_seconds"), Some(0.0));
     assert_eq!(server.lists(), lists, "resumed watches must not LIST");
 
+    // Every watch dropped mid-stream while the server stays up (a load balancer, a replica
+    // going): they resume from their resourceVersion, no LIST, and the next change arrives.
+    let watches = server.watches();
+    server.cut_watches();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.watches() < watches + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the cut watches did not resume: {}",
+            server.watches()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.delete_from_api("web-2").unwrap();
+    server.sync(&lab.snapshot_json());
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="stale_endpoint"}"#,
+        1.0,
+    );
+    lab.restore_api();
+    server.sync(&lab.snapshot_json());
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/web",class="healthy"}"#,
+        1.0,
+    );
+    assert_eq!(server.lists(), lists, "watches cut mid-stream resume without a LIST");
+
     // A Service deleted (from the rules and the API) takes its series with it.
     let _ = lab::in_netns(lab.client_ns(), || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| lab::Error::Io(e.to_string()))?;
@@ -522,4 +547,171 @@ fn an_api_that_refuses_answers_garbage_or_stalls_is_a_warning_and_a_metric() {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn get(lab: &lab::Lab, path: &str) -> Option<u16> {
+    lab::http_get(lab.node_ns(), addr(lab.node_ip(), 9810), path, TIMEOUT)
+        .ok()
+        .and_then(|r| r.status())
+}
+
+#[test]
+fn a_first_rules_read_that_fails_is_retried_until_the_rules_can_be_read() {
+    let lab = lab(ProxyMode::Iptables);
+    // The rule tools are not on the daemon's PATH at first (an image without them, a node still
+    // starting): every read fails.
+    let dir = std::env::temp_dir().join(format!("d8-daemon-firstread-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.to_str().unwrap().to_string();
+    let args = daemon_args(&lab, &["--no-k8s"]);
+    let mut daemon = Trace::start_until(&args, &[("PATH", &path)], "cannot read the node's model, retrying");
+    let held = bpf::held_by(daemon.pid() as u32);
+    // Alive and saying so: /healthz answers, /readyz does not, the failure is counted.
+    assert_eq!(get(&lab, "/healthz"), Some(200));
+    assert_ne!(get(&lab, "/readyz"), Some(200));
+    let text = scrape(&lab);
+    assert!(
+        metric(&text, r#"d8_trace_rules_reads_total{result="failed"}"#).is_some_and(|f| f >= 1.0),
+        "{text}"
+    );
+
+    // The tools appear: the next retry reads the rules and the daemon gets ready.
+    let system_path = std::env::var_os("PATH").expect("PATH");
+    let mut linked = 0;
+    for tool in [
+        "iptables-nft-save",
+        "iptables-legacy-save",
+        "iptables-save",
+        "ip6tables-nft-save",
+        "ip6tables-legacy-save",
+        "ip6tables-save",
+    ] {
+        if let Some(found) = std::env::split_paths(&system_path)
+            .map(|d| d.join(tool))
+            .find(|p| p.exists())
+        {
+            std::os::unix::fs::symlink(found, dir.join(tool)).unwrap();
+            linked += 1;
+        }
+    }
+    assert!(linked > 0, "no iptables-save on this machine's PATH");
+    daemon.wait_for_stderr("daemon ready", Duration::from_secs(45));
+    assert_eq!(get(&lab, "/readyz"), Some(200));
+    wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#,
+        1.0,
+    );
+    stop(daemon, &held);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every `d8_trace_service_verdict` series at 1, sorted.
+fn verdicts(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("d8_trace_service_verdict{") && l.ends_with(" 1"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Stand-ins for kube-proxy's endpoints gone wrong, in the node's namespace until dropped: its
+/// metrics port answers bytes that are not HTTP, its healthz port accepts and says nothing.
+struct Nonsense {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Nonsense {
+    fn start(ns: &str) -> Nonsense {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (bind, garbage) in [("127.0.0.1:10249", true), ("0.0.0.0:10256", false)] {
+            let listener = lab::in_netns(ns, || {
+                std::net::TcpListener::bind(bind).map_err(|e| lab::Error::Io(format!("{bind}: {e}")))
+            })
+            .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut s, _)) if garbage => {
+                            let _ = s.write_all(b"\x00\x01 this is not kube-proxy\n");
+                        }
+                        // Slow: kept open, never answered, until the client gives up.
+                        Ok((s, _)) => held.push(s),
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                    if held.len() > 16 {
+                        held.remove(0);
+                    }
+                }
+            }));
+        }
+        Nonsense { stop, threads }
+    }
+}
+
+impl Drop for Nonsense {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn kube_proxy_answering_nonsense_is_a_warning_and_a_metric_and_moves_no_verdict() {
+    let mut lab = lab(ProxyMode::Iptables);
+    let args = daemon_args(&lab, &["--no-k8s", "--refresh-secs", "1"]);
+    let mut daemon = Trace::start_until(&args, &[], "daemon ready");
+    let held = bpf::held_by(daemon.pid() as u32);
+    let text = wait_metric(
+        &lab,
+        r#"d8_trace_service_verdict{service="default/empty",class="no_endpoints"}"#,
+        1.0,
+    );
+    assert_eq!(
+        metric(&text, "d8_trace_kube_proxy_unreadable_answers"),
+        Some(0.0),
+        "{text}"
+    );
+    let before = verdicts(&text);
+    assert!(before.len() >= 4, "{text}");
+
+    // kube-proxy's endpoints replaced by nonsense: /proxyMode and /metrics not HTTP, /healthz
+    // silent.
+    let original = lab.spec().clone();
+    let mut without = original.clone();
+    without.kube_proxy = None;
+    lab.apply(without).expect("kube-proxy's stand-in stopped");
+    let nonsense = Nonsense::start(lab.node_ns());
+    daemon.wait_for_stderr("answered what is not HTTP", Duration::from_secs(20));
+    let text = wait_metric(&lab, "d8_trace_kube_proxy_unreadable_answers", 3.0);
+    assert_eq!(metric(&text, "d8_trace_kube_proxy_running"), Some(1.0), "{text}");
+    // Verdicts rest on the rules and the flows, which did not change; give them a few rounds.
+    std::thread::sleep(Duration::from_secs(5));
+    let text = scrape(&lab);
+    assert_eq!(verdicts(&text), before, "{text}");
+    assert_eq!(get(&lab, "/healthz"), Some(200));
+
+    // Back to a readable kube-proxy: the metric goes back to 0.
+    drop(nonsense);
+    lab.apply(original).expect("kube-proxy's stand-in back");
+    wait_metric(&lab, "d8_trace_kube_proxy_unreadable_answers", 0.0);
+    let done = stop(daemon, &held);
+    assert!(
+        done.stderr
+            .contains("kube-proxy's /healthz on 127.0.0.1:10256 did not answer within"),
+        "{}",
+        done.stderr
+    );
 }

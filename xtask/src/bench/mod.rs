@@ -8,6 +8,8 @@
 //! 3. [`capacity`]: the highest new-flow rate with no lost events; d8-trace's CPU and RSS there.
 //! 4. [`rules`]: reading and modelling 1,000 / 10,000 Services from iptables-save and nft JSON.
 //! 5. [`startup`]: from `d8-trace --svc` to hooks attached and to the first flow printed.
+//! 6. [`daemon`]: `d8-trace daemon` at 10,000 Services against a list-and-watch API server: API
+//!    requests, CPU, peak RSS of its processes, `/healthz` while the rules are re-read.
 //!
 //! The task links the lab and the rule readers (d8-userspace), whose build needs the BPF
 //! toolchain: built without the `bench` feature (as `cargo xtask setup` must be, on a fresh
@@ -23,6 +25,8 @@ use std::path::PathBuf;
 mod capacity;
 #[cfg(feature = "bench")]
 mod common;
+#[cfg(feature = "bench")]
+mod daemon;
 #[cfg(feature = "bench")]
 mod datapath;
 #[cfg(feature = "bench")]
@@ -64,6 +68,7 @@ pub enum Section {
     Capacity,
     Rules,
     Startup,
+    Daemon,
 }
 
 /// Built without the lab: run again with it.

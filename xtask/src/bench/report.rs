@@ -10,6 +10,7 @@ use super::{
     Options, Section,
     capacity::{self, Capacity},
     common::{self, BenchLab, Env},
+    daemon::{self, DaemonBench},
     datapath::{self, Datapath},
     hooks::{self, Hooks},
     rules::{self, NodeRow, RuleScale},
@@ -27,6 +28,7 @@ struct Results {
     capacity: Option<Capacity>,
     rules: Option<RuleScale>,
     startup: Option<Startup>,
+    daemon: Option<DaemonBench>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -61,6 +63,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         Section::Capacity,
         Section::Startup,
         Section::Rules,
+        Section::Daemon,
     ];
     let sections: Vec<Section> = if opts.only.is_empty() {
         all.to_vec()
@@ -84,6 +87,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Section::Hooks => r.hooks = Some(hooks::run(&env, &lab)?),
                 Section::Capacity => r.capacity = Some(capacity::run(&env, &lab)?),
                 Section::Startup => r.startup = Some(startup::run(&env, &lab)?),
+                Section::Daemon => r.daemon = Some(daemon::run(&env, &lab)?),
                 Section::Rules => {}
             }
         }
@@ -126,6 +130,7 @@ fn section_name(s: Section) -> &'static str {
         Section::Capacity => "capacity",
         Section::Rules => "rules",
         Section::Startup => "startup",
+        Section::Daemon => "daemon",
     }
 }
 
@@ -374,6 +379,9 @@ fn targets(r: &Results) -> Vec<Target> {
             met: ms < 1000.0 && n.kernel_explain_rss_mib < 150.0,
         });
     }
+    if let Some(d) = &r.daemon {
+        daemon_targets(&mut t, d);
+    }
     if let Some(s) = &r.startup {
         let attached = common::median(&s.attached_ms);
         let first = common::median(&s.first_flow_ms);
@@ -459,6 +467,9 @@ fn render(r: &Results, m: &Machine, command: &str, previous: &str, secs: u64, qu
     }
     if let Some(s) = &r.startup {
         startup_section(&mut o, s);
+    }
+    if let Some(d) = &r.daemon {
+        daemon_section(&mut o, d);
     }
     let _ = writeln!(o, "{FIGURES_PREFIX}{} -->\n", serde_json::Value::Object(figures));
     let _ = writeln!(o, "## Notes\n");
@@ -813,4 +824,167 @@ fn startup_section(o: &mut String, s: &Startup) {
         );
     }
     o.push('\n');
+}
+
+fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
+    let modes = |f: &dyn Fn(&daemon::ModeRun) -> String| {
+        d.runs
+            .iter()
+            .map(|r| format!("{}: {}", r.mode, f(r)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if d.runs.is_empty() {
+        return;
+    }
+    t.push(Target {
+        key: "daemon_api",
+        what: "Daemon API requests per node per hour: the initial LISTs and watch renewals only",
+        measured: modes(&|r| {
+            format!(
+                "{:.0}/h ({} LIST pages + {} WATCHes at start, then {} LIST, {} WATCH in {:.0} s)",
+                daemon::requests_per_hour(r),
+                r.initial_lists,
+                r.initial_watches,
+                r.later_lists,
+                r.later_watches,
+                r.after_s
+            )
+        }),
+        met: d.runs.iter().all(daemon::only_renewals),
+    });
+    t.push(Target {
+        key: "daemon_cpu",
+        what: "Daemon CPU at steady state, no traffic (quiet, and with an API change every second) < 1 % of a core",
+        measured: modes(&|r| {
+            format!(
+                "{:.2} % quiet, {:.2} % with an API change every second",
+                r.quiet_cpu_pct, r.changes_cpu_pct
+            )
+        }),
+        met: d.runs.iter().all(|r| r.quiet_cpu_pct < 1.0 && r.changes_cpu_pct < 1.0),
+    });
+    t.push(Target {
+        key: "daemon_rss",
+        what: if d.services == 10_000 {
+            "Daemon pod's processes at 10,000 Services < 256 MiB together, iptables and nftables mode"
+        } else {
+            "Daemon pod's processes < 256 MiB together (a --quick run: 1,000 Services, iptables mode)"
+        },
+        measured: modes(&|r| {
+            format!(
+                "{:.0} MiB ({:.0} d8-trace + {:.0} {})",
+                r.daemon_peak_mib + r.child_peak_mib,
+                r.daemon_peak_mib,
+                r.child_peak_mib,
+                if r.child_names.is_empty() {
+                    "no child".to_string()
+                } else {
+                    r.child_names.join(", ")
+                }
+            )
+        }),
+        met: d.runs.iter().all(|r| r.daemon_peak_mib + r.child_peak_mib < 256.0),
+    });
+    t.push(Target {
+        key: "daemon_healthz",
+        what: "Daemon /healthz while the rules are re-read < 100 ms",
+        measured: modes(&|r| {
+            format!(
+                "{:.1} ms (whole run {:.1} ms)",
+                r.healthz_reread_max_ms, r.healthz_max_ms
+            )
+        }),
+        met: d
+            .runs
+            .iter()
+            .all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
+    });
+}
+
+fn common_thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn daemon_section(o: &mut String, d: &DaemonBench) {
+    let _ = writeln!(o, "## 6. The daemon at scale\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only daemon`: `d8-trace daemon --netns NODE --kubeconfig K --node NODE` (`MALLOC_ARENA_MAX=1`, as \
+         the manifest sets) in a lab node whose kube-proxy rules hold {} Services with 5 endpoints each (`gen_large.py`), \
+         against the project's list-and-watch API server (`tests/src/apiserver.rs`, on the node's loopback, LISTs paged \
+         by 500) serving the same Services and one EndpointSlice each (with managedFields and annotations, as a real \
+         cluster's objects), plus the lab's node and pods. After the daemon is ready and has read the API and the rules: \
+         a quiet window, a window with one EndpointSlice changed every second, then the ruleset touched twice (a table \
+         added and removed: the nf_tables generation moves and the daemon reads all the rules again). `/healthz` is asked \
+         every 100 ms throughout; the daemon's RSS and its children's (`VmHWM` of each, followed every 5 ms) are \
+         sampled; the API server counts every LIST page and WATCH.\n",
+        common_thousands(d.services)
+    );
+    let _ = writeln!(
+        o,
+        "| mode | ready / settled | LIST pages + WATCHes at start | then LIST, WATCH | requests per hour | CPU quiet | CPU with API changes | d8-trace peak RSS | children's peak RSS | sampled sum | /healthz longest (re-reads / whole run) | rule re-reads | reads (result: count) | lost events |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in &d.runs {
+        let reads: Vec<String> = r.reads.iter().map(|(k, v)| format!("{k}: {v:.0}")).collect();
+        let rereads: Vec<String> = r.reread_s.iter().map(|s| format!("{s:.1} s")).collect();
+        let _ = writeln!(
+            o,
+            "| {} | {:.1} / {:.1} s | {} + {} | {}, {} in {:.0} s | {:.0} | {:.2} % ({:.0} s) | {:.2} % ({} changes in {:.0} s) | {:.0} MiB | {:.0} MiB{} | {:.0} MiB | {:.1} / {:.1} ms ({} asked, {} failed) | {} | {} | {:.0} |",
+            r.mode,
+            r.ready_s,
+            r.settled_s,
+            r.initial_lists,
+            r.initial_watches,
+            r.later_lists,
+            r.later_watches,
+            r.after_s,
+            daemon::requests_per_hour(r),
+            r.quiet_cpu_pct,
+            r.quiet_s,
+            r.changes_cpu_pct,
+            r.changes,
+            r.changes_s,
+            r.daemon_peak_mib,
+            r.child_peak_mib,
+            if r.child_names.is_empty() {
+                " (none)".to_string()
+            } else {
+                format!(" ({})", r.child_names.join(", "))
+            },
+            r.sampled_sum_mib,
+            r.healthz_reread_max_ms,
+            r.healthz_max_ms,
+            r.healthz_samples,
+            r.healthz_failed,
+            rereads.join(", "),
+            reads.join(", "),
+            r.lost_events
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nRequests per hour: the initial ones, plus what came after them at its measured rate, or the watches' renewals \
+         if more (4 kinds, each watch ending after its `timeoutSeconds` of {} s, which a shorter window cannot see). The \
+         pod's peak is d8-trace's `VmHWM` plus its largest child's: an upper bound of what they held at once (the \
+         sampled sum is the largest seen at one instant).\n",
+        d8_trace::model::k8s::watch::WATCH_SECS
+    );
+    if let Some(t) = &d.traffic {
+        let _ = writeln!(
+            o,
+            "Under traffic: `d8-trace daemon --no-k8s` in the bench's small lab while 4 client threads open new connections \
+             to `bench/web` as fast as they can: {:.0} connections/s for {:.0} s, daemon CPU {:.1} % of a core, {:.0} lost \
+             events, {} failed connections.\n",
+            t.flows_per_s, t.secs, t.cpu_pct, t.lost_events, t.failed
+        );
+    }
 }

@@ -101,7 +101,7 @@ pub struct RuleScale {
 }
 
 /// Generated dumps for `n` Services: (iptables-save, nft JSON).
-fn generate(env: &Env, n: usize) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(super) fn generate(env: &Env, n: usize) -> anyhow::Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(&env.work)?;
     let save = env.work.join(format!("rules-{n}.save"));
     let json = env.work.join(format!("rules-{n}.json"));
@@ -179,6 +179,24 @@ fn loadable_nft(file: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+/// Replaces kube-proxy's rules in network namespace `ns` with a generated dump: `iptables-save`
+/// text (the nat table only) or nft JSON (`table ip kube-proxy`).
+pub(super) fn load(ns: &str, mode: ProxyMode, file: &Path) -> anyhow::Result<()> {
+    let file_s = file.to_str().context("utf-8 path")?;
+    if mode == ProxyMode::Iptables {
+        common::output("ip", &["netns", "exec", ns, "iptables-restore", "-w", "5", file_s])?;
+    } else {
+        common::output(
+            "ip",
+            &["netns", "exec", ns, "nft", "delete", "table", "ip", "kube-proxy"],
+        )?;
+        let f = loadable_nft(file)?;
+        let f = f.to_str().context("utf-8 path")?;
+        common::output("ip", &["netns", "exec", ns, "nft", "-j", "-f", f])?;
+    }
+    Ok(())
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -206,22 +224,8 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     // A lab of its own: the generated rules replace the lab's kube-proxy rules.
     let lab = Lab::up(ClusterSpec::new(), mode).map_err(|e| anyhow!("lab up: {e}"))?;
     let ns = lab.node_ns().to_string();
-    let file_s = file.to_str().context("utf-8 path")?;
     let t = Instant::now();
-    let load = if mode == ProxyMode::Iptables {
-        // Replaces the nat table of the node namespace only.
-        common::output("ip", &["netns", "exec", &ns, "iptables-restore", "-w", "5", file_s])
-    } else {
-        common::output(
-            "ip",
-            &["netns", "exec", &ns, "nft", "delete", "table", "ip", "kube-proxy"],
-        )
-        .and_then(|_| loadable_nft(file))
-        .and_then(|f| {
-            let f = f.to_str().context("utf-8 path")?.to_string();
-            common::output("ip", &["netns", "exec", &ns, "nft", "-j", "-f", &f])
-        })
-    };
+    let load = load(&ns, mode, file);
     row.load_ms = ms_since(t);
     if let Err(e) = load {
         row.error = Some(format!(

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub kube_proxy_mode: Family<ModeLabels, Gauge>,
     pub kube_proxy_healthy: Gauge,
     pub kube_proxy_running: Gauge,
+    pub kube_proxy_unreadable: Gauge,
     pub kube_proxy_sync_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub lost_events: Gauge,
     pub flow_table_flows: Gauge,
@@ -93,6 +94,7 @@ impl Metrics {
             kube_proxy_mode: Family::default(),
             kube_proxy_healthy: Gauge::default(),
             kube_proxy_running: Gauge::default(),
+            kube_proxy_unreadable: Gauge::default(),
             kube_proxy_sync_age_seconds: Gauge::default(),
             lost_events: Gauge::default(),
             flow_table_flows: Gauge::default(),
@@ -148,6 +150,11 @@ impl Metrics {
             "kube_proxy_running",
             "A kube-proxy process runs on the node (1), not (0), unknown (-1)",
             m.kube_proxy_running.clone(),
+        );
+        registry.register(
+            "kube_proxy_unreadable_answers",
+            "kube-proxy endpoints that answered nonsense at the last check (not HTTP, nothing in time, no metrics, an unknown mode)",
+            m.kube_proxy_unreadable.clone(),
         );
         registry.register(
             "kube_proxy_sync_age_seconds",

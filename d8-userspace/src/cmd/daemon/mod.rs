@@ -41,7 +41,7 @@ use self::{
     events::EventWriter,
     http::State,
     metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
-    source::{ApiState, ModelSource, Pending, ReadKind},
+    source::{ApiState, ModelSource, Pending, ReadKind, Update},
 };
 use crate::{
     classify::{self, Context},
@@ -162,6 +162,7 @@ fn set_model_metrics(m: &Metrics, model: &ServiceModel, source: &ModelSource, ta
         None => -1,
     });
     m.kube_proxy_sync_age_seconds.set(kp.last_sync_age_secs.unwrap_or(-1.0));
+    m.kube_proxy_unreadable.set(kp.problems.len() as i64);
     set_api_metrics(m, source);
     m.services.set(model.services.len() as i64);
     m.targets.set(targets as i64);
@@ -220,6 +221,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             }
         }
     };
+    warn_kube_proxy_problems(&ServiceModel::default(), &model);
     let mut merged = Merged::every_service(&model);
 
     let KernelSetup {
@@ -358,10 +360,19 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
             done = async { reading.as_mut().expect("guarded by is_some").await }, if reading.is_some() => {
                 reading = None;
                 match source.finish(done) {
-                    Ok((new_model, kind)) => {
+                    // Nothing but kube-proxy's sync times moved: no new model, no full round
+                    // (the verdicts they move are found each round: see `report_flows`).
+                    Ok(Update::Same(times)) => {
+                        count_read(m, ReadKind::Unchanged, &source);
+                        times.set(&mut model.kube_proxy);
+                        m.kube_proxy_sync_age_seconds.set(model.kube_proxy.last_sync_age_secs.unwrap_or(-1.0));
+                    }
+                    Ok(Update::Model(new_model, kind)) => {
+                        let new_model = *new_model;
                         count_read(m, kind, &source);
+                        warn_kube_proxy_problems(&model, &new_model);
+                        verdicts.model_changed(&model, &new_model);
                         model = new_model;
-                        verdicts.model_changed();
                         merged = Merged::every_service(&model);
                         let new_targets = merged.all.targets();
                         if new_targets != targets || model.node_ips != node_ips {
@@ -389,6 +400,17 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     drop(capture);
     tracing::info!("daemon stopped; hooks detached");
     Ok(())
+}
+
+/// kube-proxy's endpoints answering nonsense is said once when it starts, and when it ends.
+fn warn_kube_proxy_problems(old: &ServiceModel, new: &ServiceModel) {
+    let (before, now) = (&old.kube_proxy.problems, &new.kube_proxy.problems);
+    for p in now.iter().filter(|p| !before.contains(p)) {
+        tracing::warn!("{p}; its other endpoints and the rules still tell what they can");
+    }
+    if now.is_empty() && !before.is_empty() {
+        tracing::info!("kube-proxy's endpoints answer readably again");
+    }
 }
 
 /// `--pcap-dir` in [`report_flows`]: where failing flows' packets go, where they are held, and
@@ -434,23 +456,44 @@ fn report_flows(
         lost_events: 0,
     };
     // Classifying is pure: a Service with no flows now or at the last round gets the verdict it
-    // had, unless the model or the context changed since (a full round then).
+    // had, unless its part of the model changed (it is `dirty`) or what every Service is judged
+    // against changed (a full round then: the model as a whole, the context, kube-proxy's sync
+    // turning stale). Verdicts that move with time alone are those of kube-proxy's sync: a
+    // Service the API changed after kube-proxy's last sync is classified every round.
     let fill = ctx.conntrack.and_then(|c| c.fill_ratio()).map(|r| (r * 100.0) as u32);
-    let full = verdicts
-        .round_key
-        .replace((verdicts.model_generation, api.consulted, fill))
-        != Some((verdicts.model_generation, api.consulted, fill));
+    let stale_sync = classify::stale_sync_secs(&model.kube_proxy).is_some();
+    let key = (api.consulted, fill, stale_sync);
+    let full = verdicts.round_key.replace(key) != Some(key) || std::mem::take(&mut verdicts.all_dirty);
+    let mut dirty = std::mem::take(&mut verdicts.dirty);
+    if !full {
+        dirty.extend(
+            model
+                .services
+                .iter()
+                .filter(|s| classify::awaits_sync(s, &model.kube_proxy))
+                .map(|s| s.service.clone()),
+        );
+    }
     let had_flows = std::mem::take(&mut verdicts.with_flows);
     for svc in &model.services {
-        let flows = by_service.remove(&svc.service).unwrap_or_default();
+        // No flows at all (a quiet node): no lookup per Service.
+        let flows = if by_service.is_empty() {
+            Vec::new()
+        } else {
+            by_service.remove(&svc.service).unwrap_or_default()
+        };
         if flows.is_empty() {
-            if !full && !had_flows.contains(&svc.service) && verdicts.verdicts.contains_key(&svc.service) {
+            if !full
+                && !had_flows.contains(&svc.service)
+                && !dirty.contains(&svc.service)
+                && verdicts.verdicts.contains_key(&svc.service)
+            {
                 continue;
             }
         } else {
             verdicts.with_flows.insert(svc.service.clone());
         }
-        let verdict = classify::classify(&svc.service, &flows, model, &ctx);
+        let verdict = classify::classify_service(svc, &flows, model, &ctx);
         let service = svc.service.to_string();
         for (flow, fv) in flows.iter().zip(&verdict.flows) {
             if flow.outcome == Outcome::Open || !counted.insert(flow.id) {
@@ -537,7 +580,10 @@ fn report_flows(
             }
         }
     }
-    verdicts.forget_gone(model, m);
+    // Services go only with a new model.
+    if std::mem::take(&mut verdicts.model_replaced) {
+        verdicts.forget_gone(model, m);
+    }
 }
 
 /// The per-Service series the daemon created, so a Service that goes takes its series with it
@@ -546,11 +592,15 @@ fn report_flows(
 struct Series {
     /// Each Service's current verdict class.
     verdicts: HashMap<ServiceRef, String>,
-    /// Bumped whenever the model is replaced.
-    model_generation: u64,
-    /// What the last round was classified against: the model's generation, whether the API was
-    /// consulted, the conntrack table's fill in percent.
-    round_key: Option<(u64, bool, Option<u32>)>,
+    /// Services whose part of the model changed since the last round.
+    dirty: HashSet<ServiceRef>,
+    /// The model changed as a whole (kube-proxy, the node, warnings): every Service is classified.
+    all_dirty: bool,
+    /// A new model replaced the last one since the last round (Services may have gone).
+    model_replaced: bool,
+    /// What the last round was classified against: whether the API was consulted, the conntrack
+    /// table's fill in percent, whether kube-proxy's sync was stale.
+    round_key: Option<(bool, Option<u32>, bool)>,
     /// Services that had flows at the last round (their verdict may change as flows expire).
     with_flows: HashSet<ServiceRef>,
     /// Every verdict series set (the current class at 1, earlier ones at 0).
@@ -560,8 +610,28 @@ struct Series {
 }
 
 impl Series {
-    fn model_changed(&mut self) {
-        self.model_generation += 1;
+    /// `new` replaces `old`: the Services whose part differs are classified at the next round, or
+    /// every Service when what all are judged against differs.
+    fn model_changed(&mut self, old: &ServiceModel, new: &ServiceModel) {
+        self.model_replaced = true;
+        let same_whole = old.node == new.node
+            && source::without_sync_times(&old.kube_proxy) == source::without_sync_times(&new.kube_proxy)
+            && old.node_ips == new.node_ips
+            && old.warnings == new.warnings
+            && old.probe_ports == new.probe_ports
+            && old.api_server_version == new.api_server_version
+            && old.min_api_server_version == new.min_api_server_version;
+        if !same_whole {
+            self.all_dirty = true;
+            return;
+        }
+        let before: HashMap<&ServiceRef, &crate::model::Service> =
+            old.services.iter().map(|s| (&s.service, s)).collect();
+        for svc in &new.services {
+            if before.get(&svc.service) != Some(&svc) {
+                self.dirty.insert(svc.service.clone());
+            }
+        }
     }
 
     /// Removes the series of the Services `model` no longer has.

@@ -28,13 +28,13 @@ use crate::model::{
 };
 
 /// Label linking an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label handing a Service to a proxy other than the default kube-proxy.
-const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub(crate) const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label of kube-proxy's DaemonSet pods (kubeadm, kops, EKS, GKE all use it).
-const KUBE_PROXY_LABEL: (&str, &str) = ("k8s-app", "kube-proxy");
+pub(crate) const KUBE_PROXY_LABEL: (&str, &str) = ("k8s-app", "kube-proxy");
 /// Label of control-plane nodes.
-const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+pub(crate) const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
 /// Adds what `objs` say to `model`. `node` is this node's name (see [`super::select_node`]); when
 /// `None`, the model's own `node` is used, and locality stays unknown without either.

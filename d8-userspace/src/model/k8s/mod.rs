@@ -10,12 +10,14 @@
 //! - [`enrich`](mod@enrich): the one place both feed: API facts per Service, endpoint readiness and locality,
 //!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
 //! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
+//! - [`slim`]: objects cut down to what those read, as they arrive.
 //!
 //! Not here: kube-proxy's rules (`rules`), kube-proxy's health (`kube_proxy`), classification.
 
 pub mod enrich;
 pub mod live;
 pub mod node;
+pub mod slim;
 pub mod snapshot;
 pub mod watch;
 
@@ -118,26 +120,16 @@ pub struct ClusterObjects {
 }
 
 impl ClusterObjects {
-    /// Drops fields nothing reads (managedFields, annotations such as last-applied-configuration),
-    /// which are most of a large cluster's bytes. EndpointSlices keep
-    /// `endpoints.kubernetes.io/last-change-trigger-time`: kube-proxy's lag is measured from it.
+    /// Drops fields nothing reads ([`slim`]: managedFields, annotations such as
+    /// last-applied-configuration, uids, selectors), which are most of a large cluster's bytes.
+    /// EndpointSlices keep `endpoints.kubernetes.io/last-change-trigger-time`: kube-proxy's lag is
+    /// measured from it.
     pub fn strip_unread(&mut self) {
-        fn strip(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-            meta.managed_fields = None;
-            meta.annotations = None;
-        }
-        self.services.iter_mut().for_each(|o| strip(&mut o.metadata));
-        for o in &mut self.endpoint_slices {
-            let kept = o
-                .metadata
-                .annotations
-                .as_mut()
-                .and_then(|a| a.remove_entry(enrich::LAST_CHANGE_ANNOTATION));
-            strip(&mut o.metadata);
-            o.metadata.annotations = kept.map(|kv| [kv].into_iter().collect());
-        }
-        self.pods.iter_mut().for_each(|o| strip(&mut o.metadata));
-        self.nodes.iter_mut().for_each(|o| strip(&mut o.metadata));
+        use slim::Slim;
+        self.services.iter_mut().for_each(Slim::slim);
+        self.endpoint_slices.iter_mut().for_each(Slim::slim);
+        self.pods.iter_mut().for_each(Slim::slim);
+        self.nodes.iter_mut().for_each(Slim::slim);
     }
 }
 

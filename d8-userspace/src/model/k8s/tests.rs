@@ -980,3 +980,64 @@ fn last_change_trigger_time_of_the_newest_slice() {
     enrich(&mut m, &objs, None);
     assert_eq!(m.service(&sref("a", "s")).unwrap().api.last_change_unix, Some(120.0));
 }
+
+/// The snapshot's objects as they are in the file: nothing slimmed.
+fn whole_objects(text: &str) -> ClusterObjects {
+    let list: serde_json::Value = serde_json::from_str(text).unwrap();
+    let mut objs = ClusterObjects::default();
+    for item in list["items"].as_array().unwrap() {
+        let item = item.clone();
+        match item["kind"].as_str() {
+            Some("Service") => objs.services.push(serde_json::from_value(item).unwrap()),
+            Some("EndpointSlice") => objs.endpoint_slices.push(serde_json::from_value(item).unwrap()),
+            Some("Pod") => objs.pods.push(serde_json::from_value(item).unwrap()),
+            Some("Node") => objs.nodes.push(serde_json::from_value(item).unwrap()),
+            _ => {}
+        }
+    }
+    objs
+}
+
+#[test]
+fn slimmed_objects_give_the_same_model_as_whole_ones() {
+    use crate::lab::{ClusterSpec, ListenerKind, PodSpec, ServiceSpec};
+    use std::net::Ipv4Addr;
+    // The fixture (node-1) and a lab cluster with probes, a kube-proxy pod and topology (its node).
+    let lab = ClusterSpec::new()
+        .service(
+            ServiceSpec::new("shop", "web", Ipv4Addr::new(10, 96, 0, 10))
+                .port("http", 80, 8080, Protocol::Tcp)
+                .selector("app", "web"),
+        )
+        .pod(
+            PodSpec::new("shop", "web-1", Ipv4Addr::new(10, 244, 1, 11))
+                .label("app", "web")
+                .listen(8080, ListenerKind::Http),
+        );
+    let cases = [
+        (std::fs::read_to_string(fixture()).unwrap(), Some("node-1".to_string())),
+        (
+            crate::lab::snapshot::snapshot(&lab).to_string(),
+            Some(lab.node_name.clone()),
+        ),
+    ];
+    for (text, node) in cases {
+        let whole = whole_objects(&text);
+        let mut slim = whole.clone();
+        slim.strip_unread();
+        assert!(
+            whole.services.iter().any(|s| s.metadata.uid.is_some())
+                && slim.services.iter().all(|s| s.metadata.uid.is_none()),
+            "slimming dropped nothing"
+        );
+        let (mut a, mut b) = (rules_model(), rules_model());
+        enrich(&mut a, &whole, node.as_deref());
+        enrich(&mut b, &slim, node.as_deref());
+        assert_eq!(a, b, "a field enrich reads was slimmed away");
+        assert_ne!(
+            a,
+            rules_model(),
+            "the API changed nothing: the comparison proves nothing"
+        );
+    }
+}

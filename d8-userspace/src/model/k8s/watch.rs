@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::node::{NodeHint, NodeSource};
+use super::slim::Slim;
 use super::{ClusterObjects, Error};
 
 /// `timeoutSeconds` of each watch: the server ends it then, and it resumes from where it was.
@@ -87,7 +88,7 @@ struct Stores {
 }
 
 /// A store the watch of `K` writes.
-trait Stored: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
+trait Stored: Resource + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
     fn objects(s: &mut Stores) -> &mut Objects<Self>;
 }
 
@@ -156,16 +157,18 @@ impl Shared {
         s.down_since.get_or_insert_with(Instant::now);
     }
 
+    /// `items` are slimmed already ([`list_all`] slims each page as it arrives).
     fn replace<K: Stored>(&self, kind: Kind, items: Vec<K>) {
         let mut s = self.lock();
-        *K::objects(&mut s) = items.into_iter().map(|o| (key(&o), stripped(o))).collect();
+        *K::objects(&mut s) = items.into_iter().map(|o| (key(&o), o)).collect();
         s.synced[kind as usize] = true;
         drop(s);
         self.changed();
     }
 
-    fn apply<K: Stored>(&self, obj: K) {
-        K::objects(&mut self.lock()).insert(key(&obj), stripped(obj));
+    fn apply<K: Stored>(&self, mut obj: K) {
+        obj.slim();
+        K::objects(&mut self.lock()).insert(key(&obj), obj);
         self.changed();
     }
 
@@ -182,14 +185,6 @@ fn key<K: Resource>(o: &K) -> String {
         m.namespace.as_deref().unwrap_or_default(),
         m.name.as_deref().unwrap_or_default()
     )
-}
-
-/// Drops what nothing reads (managedFields, annotations): most of a large cluster's bytes.
-fn stripped<K: Resource>(mut o: K) -> K {
-    let m = o.meta_mut();
-    m.managed_fields = None;
-    m.annotations = None;
-    o
 }
 
 /// How the API's view stands.
@@ -627,7 +622,11 @@ async fn list_all<K: Stored>(
     loop {
         shared.lists.fetch_add(1, Ordering::Relaxed);
         let page = list_page(api, &params, kind).await?;
-        items.extend(page.items);
+        // Slimmed page by page: a whole LIST of full objects is never held.
+        items.extend(page.items.into_iter().map(|mut o| {
+            o.slim();
+            o
+        }));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => {
@@ -716,7 +715,11 @@ mod tests {
             s
         };
         assert!(view.objects().is_none(), "nothing before every kind is listed");
-        shared.replace(Kind::Services, vec![svc("a"), svc("b")]);
+        let slimmed = |mut s: Service| {
+            s.slim();
+            s
+        };
+        shared.replace(Kind::Services, vec![slimmed(svc("a")), slimmed(svc("b"))]);
         shared.replace::<EndpointSlice>(Kind::EndpointSlices, vec![]);
         shared.replace::<Pod>(Kind::Pods, vec![]);
         assert!(!view.health().synced);

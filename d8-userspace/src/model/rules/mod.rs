@@ -198,7 +198,11 @@ pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&Service
     let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
     let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<Warning> = status
+        .problems
+        .iter()
+        .map(|p| Warning::new(WarningKind::KubeProxy, "kube-proxy", p.clone()))
+        .collect();
     let reading = match wanted {
         Some(ProxyMode::Iptables) => read_iptables_mode()?,
         Some(ProxyMode::Nftables) => read_nftables_mode(from, only)?,
@@ -426,7 +430,8 @@ fn run(command: &str, args: &[&str], package: &'static str, mode: &'static str) 
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    // No copy of the dump (tens of MiB at 10,000 Services) unless it is not UTF-8.
+    Ok(String::from_utf8(out.stdout).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// iptables mode: the nft and legacy backends of `iptables-save` (and `ip6tables-save`); for each
