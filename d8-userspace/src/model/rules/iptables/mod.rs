@@ -46,10 +46,15 @@
 
 mod build;
 mod comment;
+#[cfg(test)]
+mod kernel_tests;
 mod lex;
+pub mod netlink;
+mod save;
 mod table;
 #[cfg(test)]
 mod tests;
+mod xt;
 
 use std::net::IpAddr;
 
@@ -100,5 +105,13 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
 /// Parses `iptables-save` output; `source_name` (a file name or command) prefixes every warning.
 pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> {
     let dump = Dump::read(text, source_name)?;
+    Ok(build::build(&dump))
+}
+
+/// Parses the `iptables-save` text the kernel reader rendered (`netlink.rs`); warnings name each
+/// rule by its handle (`handles[line]`), not by a line of a text nobody sees.
+fn parse_rendered(text: &str, source_name: &str, handles: &[u64]) -> Result<Parsed, ParseError> {
+    let mut dump = Dump::read(text, source_name)?;
+    dump.locate_by_handle(handles);
     Ok(build::build(&dump))
 }

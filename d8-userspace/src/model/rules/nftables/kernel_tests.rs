@@ -176,7 +176,7 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> std::net::Ipv4Addr {
 /// and UDP, externalTrafficPolicy=Local with a remote endpoint, UDP DNS), and one spec with
 /// every policy kube-proxy tells apart (affinity, Local with and without local endpoints,
 /// external and load-balancer IPs, source ranges, internalTrafficPolicy=Local).
-fn lab_specs() -> Vec<(&'static str, ClusterSpec)> {
+pub(in crate::model::rules) fn lab_specs() -> Vec<(&'static str, ClusterSpec)> {
     let web = |name: &str, addr| {
         PodSpec::new("default", name, addr)
             .label("app", "web")

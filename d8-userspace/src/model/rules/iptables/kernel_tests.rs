@@ -1,0 +1,305 @@
+//! The iptables-nft kernel reader against `iptables-save`, on real tables: every rule set the
+//! lab writes in iptables mode (the nftables kernel test's specs: the end-to-end scenarios'
+//! Services, every traffic policy, the demo's; plus loadBalancerSourceRanges and kube-proxy's
+//! large-cluster mode), the fixture kube-proxy input, and kube-proxy's chains at 1,000 and 10,000
+//! Services (`testdata/rules/gen_large.py`) are loaded with `iptables-nft-restore` into a network
+//! namespace of their own and read both ways (`--rules-from kernel` and `tools`): the text the
+//! kernel reader renders must be the lines `iptables-nft-save` prints, and the readings must be
+//! equal (Services, frontends, endpoints, rule references; warnings but for the source and the
+//! place, a line or a rule handle, they name).
+//!
+//! These need root and `iptables-nft-restore`/`iptables-nft-save`. Without them they fail,
+//! naming what is missing, unless `D8_SKIP_ROOT_TESTS=1` is set: then each prints
+//! `SKIPPED <test>: <reason>` and returns.
+
+use std::process::Command;
+
+use super::netlink::read_consistent;
+use crate::kernel::nftables::FAMILY_IP;
+use crate::lab::iptables::lab_restore;
+use crate::lab::spec::{ClusterSpec, ServiceSpec};
+use crate::model::Protocol;
+use crate::model::rules::nftables::kernel_tests::lab_specs;
+use crate::model::rules::{ModeReading, RulesFrom, read_iptables_mode};
+
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespaces, nf_tables)".into());
+    }
+    match Command::new("iptables-nft-save").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("needs `iptables-nft-save` and `iptables-nft-restore` (package iptables)".into()),
+    }
+}
+
+fn can_run(test: &str) -> bool {
+    let Some(reason) = missing_prerequisite() else {
+        return true;
+    };
+    if std::env::var("D8_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: {reason}");
+        return false;
+    }
+    panic!("{test}: {reason} (set D8_SKIP_ROOT_TESTS=1 to skip it by name)");
+}
+
+/// A network namespace of the test's own, deleted on drop (every exit path, panics included).
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> Self {
+        let name = format!("d8-iptk-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ns(name)
+    }
+
+    /// `iptables-nft-restore` (without `--noflush`: the tables it names are replaced).
+    fn restore(&self, text: &str) {
+        let file = std::env::temp_dir().join(format!("{}.rules", self.0));
+        std::fs::write(&file, text).expect("write rules");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "iptables-nft-restore"])
+            .arg(&file)
+            .output()
+            .expect("iptables-nft-restore");
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "iptables-nft-restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn flush(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "flush", "ruleset"])
+            .output();
+    }
+
+    fn read(&self, from: RulesFrom) -> ModeReading {
+        crate::lab::in_netns(&self.0, move || {
+            read_iptables_mode(from).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+        })
+        .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
+    }
+
+    /// `iptables-nft-save`'s lines, without its `#` comments.
+    fn saved(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "iptables-nft-save"])
+            .output()
+            .expect("iptables-nft-save");
+        assert!(out.status.success(), "iptables-nft-save failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The text the kernel reader renders.
+    fn rendered(&self) -> Vec<String> {
+        crate::lab::in_netns(&self.0, || {
+            read_consistent(FAMILY_IP).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+        })
+        .expect("kernel read")
+        .text
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Warnings without the source and place they name (`iptables-nft-save line 12: …`,
+/// `nf_tables netlink (ip filter, ip nat) rule handle 40: …`).
+fn normalized(warnings: &[String]) -> Vec<String> {
+    warnings
+        .iter()
+        .map(|w| {
+            let w = w
+                .replace("nf_tables netlink (ip filter, ip nat)", "SOURCE")
+                .replace("nf_tables netlink (ip6 filter, ip6 nat)", "SOURCE")
+                .replace("ip6tables-nft-save", "SOURCE")
+                .replace("iptables-nft-save", "SOURCE");
+            // "SOURCE line 12:" / "SOURCE rule handle 40:" -> "SOURCE AT:"
+            match w.split_once(": ") {
+                Some((head, rest)) if head.starts_with("SOURCE ") => format!("SOURCE AT: {rest}"),
+                _ => w,
+            }
+        })
+        .collect()
+}
+
+/// The kernel reader renders what `iptables-nft-save` prints, and the two readings are equal.
+fn assert_same(ns: &Ns, what: &str) -> ModeReading {
+    let saved = ns.saved();
+    let rendered = ns.rendered();
+    for (i, (r, s)) in rendered.iter().zip(&saved).enumerate() {
+        assert_eq!(r, s, "{what}: line {} of the rendering", i + 1);
+    }
+    assert_eq!(rendered.len(), saved.len(), "{what}: number of lines");
+    let kernel = ns.read(RulesFrom::Kernel);
+    let tools = ns.read(RulesFrom::Tools);
+    assert!(tools.rules_present, "{what}: iptables-save found no kube-proxy chains");
+    assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
+    assert_eq!(kernel.mode, tools.mode, "{what}: mode");
+    assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
+    assert_eq!(
+        normalized(&kernel.warnings),
+        normalized(&tools.warnings),
+        "{what}: warnings"
+    );
+    assert_eq!(
+        kernel.services.len(),
+        tools.services.len(),
+        "{what}: number of Services"
+    );
+    for (k, t) in kernel.services.iter().zip(&tools.services) {
+        assert_eq!(k, t, "{what}: Service {}", t.service);
+    }
+    assert!(
+        kernel.sources.iter().all(|s| s.starts_with("nf_tables netlink")),
+        "{what}: the kernel reading ran a tool: {:?}",
+        kernel.sources
+    );
+    let auto = ns.read(RulesFrom::Auto);
+    assert_eq!(auto.sources, kernel.sources, "{what}: --rules-from auto ran a tool");
+    assert_eq!(auto.services, kernel.services, "{what}: --rules-from auto");
+    assert_eq!(auto.warnings, kernel.warnings, "{what}: --rules-from auto warnings");
+    kernel
+}
+
+/// Shapes the nftables specs do not write in iptables mode: loadBalancerSourceRanges (KUBE-FW
+/// and KUBE-PROXY-FIREWALL) and large-cluster mode (over 1,000 endpoints: no per-endpoint
+/// comments).
+fn iptables_specs() -> Vec<(&'static str, ClusterSpec)> {
+    let lb = ServiceSpec::new("shop", "lb", std::net::Ipv4Addr::new(10, 96, 2, 1))
+        .node_port("https", 443, 8443, Protocol::Tcp, 30443)
+        .load_balancer_ip(std::net::Ipv4Addr::new(198, 51, 100, 9))
+        .source_range("192.0.2.0/24")
+        .source_range("10.0.0.0/8")
+        .selector("app", "lb");
+    let big = ServiceSpec::new("ns1", "big", std::net::Ipv4Addr::new(10, 96, 3, 1))
+        .port("p80", 80, 8080, Protocol::Tcp)
+        .selector("app", "big");
+    vec![
+        ("source ranges", ClusterSpec::new().service(lb).remote_pods("shop", "lb", "node-b", 2)),
+        (
+            "large cluster",
+            ClusterSpec::new()
+                .service(big)
+                .remote_pods("ns1", "big", "node-b", crate::lab::iptables::LARGE_CLUSTER_ENDPOINTS + 1),
+        ),
+    ]
+}
+
+#[test]
+fn kernel_reading_equals_iptables_save_on_every_lab_rule_set() {
+    if !can_run("kernel_reading_equals_iptables_save_on_every_lab_rule_set") {
+        return;
+    }
+    let ns = Ns::new("lab");
+    for (name, spec) in lab_specs().into_iter().chain(iptables_specs()) {
+        ns.flush();
+        ns.restore(&lab_restore(&spec));
+        let r = assert_same(&ns, name);
+        assert!(!r.services.is_empty(), "{name}: no Services read");
+    }
+    // kube-proxy's own input with affinity, Local policies, firewall and external IPs.
+    ns.flush();
+    ns.restore(include_str!("../../../../testdata/rules/iptables-input.rules"));
+    assert_same(&ns, "fixture input");
+}
+
+#[test]
+fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
+    if !can_run("kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know") {
+        return;
+    }
+    let ns = Ns::new("fallback");
+    ns.restore(include_str!("../../../../testdata/rules/iptables-input.rules"));
+    // A `limit` match in a kube-proxy chain: an extension the kernel reader does not decode.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "iptables-nft", "-t", "filter", "-A", "KUBE-FORWARD"])
+        .args(["-m", "limit", "--limit", "10/second", "-j", "ACCEPT"])
+        .output()
+        .expect("iptables-nft -A");
+    assert!(out.status.success(), "iptables-nft -A: {}", String::from_utf8_lossy(&out.stderr));
+    let auto = ns.read(RulesFrom::Auto);
+    let tools = ns.read(RulesFrom::Tools);
+    assert_eq!(auto.services, tools.services);
+    assert!(
+        auto.warnings
+            .iter()
+            .any(|w| w.contains("not read from the kernel") && w.contains("limit")),
+        "{:?}",
+        auto.warnings
+    );
+    assert!(
+        auto.sources.iter().any(|s| s.starts_with("iptables")),
+        "{:?}",
+        auto.sources
+    );
+    let forced = crate::lab::in_netns(&ns.0, || Ok(read_iptables_mode(RulesFrom::Kernel).is_err())).unwrap();
+    assert!(forced, "--rules-from kernel must fail on what it does not know");
+}
+
+/// `gen_large.py`'s `iptables-save` text of `n` Services.
+fn generated(n: usize) -> String {
+    let dir = std::env::temp_dir();
+    let (save, json) = (
+        dir.join(format!("d8-iptk-{n}-{}.save", std::process::id())),
+        dir.join(format!("d8-iptk-{n}-{}.json", std::process::id())),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/gen_large.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(n.to_string())
+        .arg(&save)
+        .arg(&json)
+        .output()
+        .expect("python3 gen_large.py");
+    assert!(
+        out.status.success(),
+        "gen_large.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&save).expect("generated text");
+    let _ = (std::fs::remove_file(&save), std::fs::remove_file(&json));
+    text
+}
+
+#[test]
+fn kernel_reading_equals_iptables_save_at_1000_and_10000_services() {
+    if !can_run("kernel_reading_equals_iptables_save_at_1000_and_10000_services") {
+        return;
+    }
+    let ns = Ns::new("scale");
+    for n in [1000, 10000] {
+        ns.flush();
+        let t = std::time::Instant::now();
+        ns.restore(&generated(n));
+        eprintln!("{n} Services restored in {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let r = assert_same(&ns, &format!("{n} Services"));
+        eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
+        assert_eq!(r.services.len(), n);
+        assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
+    }
+}
