@@ -1,7 +1,9 @@
 //! kube-proxy's rules on this node, read into the service model (ARCHITECTURE.md, "The service model").
 //!
-//! - [`iptables`]: `iptables-save` text (iptables mode; also tells IPVS mode's rules apart).
-//! - [`nftables`]: `nft -j list table ip kube-proxy` JSON (nftables mode).
+//! - [`iptables`]: `iptables-save` text, or iptables-nft's tables read from the kernel and
+//!   rendered as that text (iptables mode; also tells IPVS mode's rules apart).
+//! - [`nftables`]: `nft -j list table ip kube-proxy` JSON, or the table read from the kernel
+//!   (nftables mode).
 //! - [`ipvs`]: `ipvsadm -Ln` and `/proc/net/ip_vs` text (IPVS mode), joined to Services by address.
 //! - [`names`]: kube-proxy's chain-name hashes.
 //! - `service`: what the three share to turn what they found into [`Service`]s: the one place

@@ -303,3 +303,37 @@ fn kernel_reading_equals_iptables_save_at_1000_and_10000_services() {
         assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
     }
 }
+
+/// Not a check: writes the fixture `testdata/rules/iptables-nft-netlink.bin` (the kernel's
+/// answers for iptables-nft's `ip filter` and `ip nat` in the namespace `D8_IPT_RECORD_NS`:
+/// tables, chains, rules) for the unit tests and the fuzz target's seed. Recorded with
+/// `testdata/rules/iptables-input.rules` restored, whose `iptables-nft-save` output is
+/// `testdata/rules/iptables-nft.save`. Run by hand:
+/// `D8_IPT_RECORD_NS=ns cargo test -p d8-userspace --lib record_iptables_netlink_fixture -- --ignored`.
+#[test]
+#[ignore = "writes a fixture; run by hand with D8_IPT_RECORD_NS"]
+fn record_iptables_netlink_fixture() {
+    use crate::kernel::nftables::{Kind, Reader, recorded};
+    let ns = std::env::var("D8_IPT_RECORD_NS").expect("D8_IPT_RECORD_NS names the namespace to record");
+    let bytes = crate::lab::in_netns(&ns, || {
+        let mut r = Reader::open().map_err(|e| crate::lab::Error::Io(e.to_string()))?;
+        let mut out = Vec::new();
+        for table in ["filter", "nat"] {
+            for kind in [Kind::Table, Kind::Chain, Kind::Rule] {
+                r.dump(FAMILY_IP, kind, table, None, |o| {
+                    // Older kernels list every table's chains: keep this table's objects.
+                    let own = crate::kernel::netlink::attr(o.attrs, 1) == Some(format!("{table}\0").as_bytes());
+                    if own {
+                        out.extend(recorded(kind, o));
+                    }
+                    true
+                })
+                .map_err(|e| crate::lab::Error::Io(e.to_string()))?;
+            }
+        }
+        Ok(out)
+    })
+    .expect("recording");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/iptables-nft-netlink.bin");
+    std::fs::write(path, bytes).expect("writing the fixture");
+}

@@ -36,6 +36,10 @@
 //! Rules in chains kube-proxy does not own (built-in chains aside from their jumps, CNI chains) are
 //! outside the model and are not reported.
 //!
+//! The kernel reader (`netlink.rs`, iptables-nft over nf_tables netlink) renders kube-proxy's
+//! chains as this text, rule by rule (`save.rs`, with x_tables extensions decoded by `xt.rs`),
+//! and hands it to the same stages.
+//!
 //! The reader runs in stages, one file each: `lex.rs` splits a rule line into the options the model
 //! reads; `table.rs` reads the dump's tables, chains and rules and resolves jumps; `build.rs` reads
 //! kube-proxy's chains as Services, with kube-proxy's comments parsed by `comment.rs` and the

@@ -232,6 +232,8 @@ fn render(tables: &[Table]) -> R<Rendered> {
             .map(|(n, h)| (n.as_str(), h.map_or("-", |h| h.1)))
             .collect();
         others.sort_unstable();
+        // A chain listed twice (a recorded read may hold two chain dumps) is one chain.
+        others.dedup_by(|a, b| a.0 == b.0);
         chains.extend(others);
         push(&mut out, &format!("*{}\n", t.name), 0);
         for (name, policy) in &chains {
@@ -583,6 +585,16 @@ fn verdict(data: &[u8]) -> R<Target> {
 /// `family`'s tables, into the model. For the fuzz target and the tests: nothing may panic, and
 /// what is not understood is an error.
 pub fn decode_dump(family: u8, bytes: &[u8]) -> Result<Parsed, Error> {
+    parse(&render(&recorded_tables(family, bytes)?)?, "netlink")
+}
+
+/// The `iptables-save` text [`decode_dump`] reads.
+#[cfg(test)]
+pub(super) fn render_dump(family: u8, bytes: &[u8]) -> Result<String, Error> {
+    Ok(render(&recorded_tables(family, bytes)?)?.text)
+}
+
+fn recorded_tables(family: u8, bytes: &[u8]) -> Result<Vec<Table>, Error> {
     let v6 = family == FAMILY_IP6;
     let mut tables: Vec<Table> = TABLES
         .iter()
@@ -623,6 +635,139 @@ pub fn decode_dump(family: u8, bytes: &[u8]) -> Result<Parsed, Error> {
             _ => {}
         }
     }
-    let tables: Vec<Table> = tables.into_iter().zip(found).filter(|(_, f)| *f).map(|(t, _)| t).collect();
-    parse(&render(&tables)?, "netlink")
+    Ok(tables.into_iter().zip(found).filter(|(_, f)| *f).map(|(t, _)| t).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::netlink::push_attr;
+
+    /// One expression (`NFTA_LIST_ELEM` nest: name, data) of attributes `(type, value)`.
+    fn expr(out: &mut Vec<u8>, name: &str, attrs: &[(u16, Vec<u8>)]) {
+        let mut data = Vec::new();
+        for (k, v) in attrs {
+            push_attr(&mut data, *k, v);
+        }
+        let mut e = Vec::new();
+        push_attr(&mut e, 1, format!("{name}\0").as_bytes());
+        push_attr(&mut e, 2 | 0x8000, &data);
+        push_attr(out, 1 | 0x8000, &e);
+    }
+
+    fn be(v: u32) -> Vec<u8> {
+        v.to_be_bytes().to_vec()
+    }
+
+    /// `NFTA_DATA_VALUE` nest.
+    fn data(v: &[u8]) -> Vec<u8> {
+        let mut d = Vec::new();
+        push_attr(&mut d, 1, v);
+        d
+    }
+
+    fn meta(out: &mut Vec<u8>, key: u32) {
+        expr(out, "meta", &[(1, be(1)), (2, be(key))]);
+    }
+
+    fn cmp(out: &mut Vec<u8>, op: u32, v: &[u8]) {
+        expr(out, "cmp", &[(1, be(1)), (2, be(op)), (3, data(v))]);
+    }
+
+    fn jump(out: &mut Vec<u8>, chain: &str) {
+        let mut verdict = Vec::new();
+        push_attr(&mut verdict, 1, &(NFT_JUMP as u32).to_be_bytes());
+        push_attr(&mut verdict, 2, format!("{chain}\0").as_bytes());
+        let mut d = Vec::new();
+        push_attr(&mut d, 2 | 0x8000, &verdict);
+        expr(out, "immediate", &[(1, be(0)), (2, d)]);
+    }
+
+    fn line(list: &[u8]) -> String {
+        let mut out = String::new();
+        decode(list, false).unwrap().render("KUBE-X", &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn native_matches_read_as_iptables_nft_prints_them() {
+        // `! -i veth+ -o eth0 -s 10.0.0.0/12 -m mark --mark 0x4000/0x4000 -j KUBE-Y`: interface
+        // names with and without their NUL, a prefix off a byte boundary through a bitwise
+        // mask, the mark through a bitwise mask.
+        let mut l = Vec::new();
+        meta(&mut l, META_IIFNAME);
+        cmp(&mut l, CMP_NEQ, b"veth");
+        meta(&mut l, META_OIFNAME);
+        cmp(&mut l, CMP_EQ, b"eth0\0");
+        expr(&mut l, "payload", &[(1, be(1)), (2, be(BASE_NETWORK)), (3, be(12)), (4, be(2))]);
+        expr(
+            &mut l,
+            "bitwise",
+            &[(1, be(1)), (2, be(1)), (3, be(2)), (4, data(&[255, 240])), (5, data(&[0, 0]))],
+        );
+        cmp(&mut l, CMP_EQ, &[10, 0]);
+        meta(&mut l, META_MARK);
+        expr(
+            &mut l,
+            "bitwise",
+            &[
+                (1, be(1)),
+                (2, be(1)),
+                (3, be(4)),
+                (4, data(&0x4000u32.to_ne_bytes())),
+                (5, data(&[0; 4])),
+            ],
+        );
+        cmp(&mut l, CMP_EQ, &0x4000u32.to_ne_bytes());
+        expr(&mut l, "counter", &[(1, vec![0; 8]), (2, vec![0; 8])]);
+        jump(&mut l, "KUBE-Y");
+        assert_eq!(
+            line(&l),
+            "-A KUBE-X -s 10.0.0.0/12 ! -i veth+ -o eth0 -m mark --mark 0x4000/0x4000 -j KUBE-Y\n"
+        );
+        assert!(jumps_to_kube(&l));
+    }
+
+    #[test]
+    fn ports_join_the_protocol_match() {
+        // `-p udp -m udp ! --sport 53 --dport 5353`, then `-p tcp` without ports.
+        let mut l = Vec::new();
+        meta(&mut l, META_L4PROTO);
+        cmp(&mut l, CMP_EQ, &[17]);
+        for (offset, op, port) in [(0, CMP_NEQ, 53u16), (2, CMP_EQ, 5353)] {
+            expr(&mut l, "payload", &[(1, be(1)), (2, be(BASE_TRANSPORT)), (3, be(offset)), (4, be(2))]);
+            cmp(&mut l, op, &port.to_be_bytes());
+        }
+        assert_eq!(line(&l), "-A KUBE-X -p udp -m udp ! --sport 53 --dport 5353\n");
+    }
+
+    #[test]
+    fn loads_and_expressions_iptables_nft_does_not_write_are_unknown() {
+        // A port without `-p tcp|udp`.
+        let mut l = Vec::new();
+        expr(&mut l, "payload", &[(1, be(1)), (2, be(BASE_TRANSPORT)), (3, be(2)), (4, be(2))]);
+        cmp(&mut l, CMP_EQ, &80u16.to_be_bytes());
+        assert!(decode(&l, false).is_err());
+        // `ct state`, a native expression iptables-nft 1.8 does not use.
+        let mut l = Vec::new();
+        expr(&mut l, "ct", &[(1, be(1)), (2, be(0))]);
+        assert!(decode(&l, false).is_err());
+        // A compare that is not equality.
+        let mut l = Vec::new();
+        meta(&mut l, META_L4PROTO);
+        cmp(&mut l, 2, &[6]);
+        assert!(decode(&l, false).is_err());
+        // Two verdicts.
+        let mut l = Vec::new();
+        jump(&mut l, "KUBE-A");
+        jump(&mut l, "KUBE-B");
+        assert!(decode(&l, false).is_err());
+        // A register read before a load.
+        let mut l = Vec::new();
+        cmp(&mut l, CMP_EQ, &[6]);
+        assert!(decode(&l, false).is_err());
+        // Userdata holding an nft comment.
+        assert!(userdata(&[0, 3, b'h', b'i', 0]).is_err());
+        assert!(userdata(&[7, 2, 1, 2]).is_ok());
+    }
 }
