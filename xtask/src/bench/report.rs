@@ -779,7 +779,11 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         );
         for n in kernel {
             let runs: Vec<String> = n.kernel_runs.iter().map(|r| format!("{r:.0}")).collect();
-            let mode = if n.format == "iptables-save" { "iptables (nft)" } else { "nftables" };
+            let mode = if n.format == "iptables-save" {
+                "iptables (nft)"
+            } else {
+                "nftables"
+            };
             let _ = writeln!(
                 o,
                 "| {} | {mode} | {:.0} ms | {} ms | {:.0} MiB | {:.0} ms | {:.0} + {:.0} MiB |",

@@ -34,6 +34,8 @@ pub mod iptables;
 pub mod ipvs;
 pub mod names;
 pub mod nftables;
+#[cfg(test)]
+mod root_test;
 mod service;
 
 use crate::error_chain;

@@ -134,8 +134,10 @@ impl<'d> Builder<'d> {
     }
 
     fn warn_rule(&mut self, rule: &Rule<'_>, msg: impl std::fmt::Display) {
-        self.warnings
-            .push(format!("{} {} {}: {msg}", self.dump.source_name, self.dump.place, rule.line));
+        self.warnings.push(format!(
+            "{} {} {}: {msg}",
+            self.dump.source_name, self.dump.place, rule.line
+        ));
     }
 
     fn ok(&mut self, rule: &Rule<'_>) {

@@ -10,9 +10,7 @@
 //!
 //! These need root and `iptables-nft-restore`/`iptables-nft-save`. Without them they fail,
 //! naming what is missing, unless `D8_SKIP_ROOT_TESTS=1` is set: then each prints
-//! `SKIPPED <test>: <reason>` and returns.
-
-use std::process::Command;
+//! `SKIPPED <test>: <reason>` and returns (`root_test::can_run`).
 
 use super::netlink::read_consistent;
 use crate::kernel::nftables::FAMILY_IP;
@@ -20,74 +18,33 @@ use crate::lab::iptables::lab_restore;
 use crate::lab::spec::{ClusterSpec, ServiceSpec};
 use crate::model::Protocol;
 use crate::model::rules::nftables::kernel_tests::lab_specs;
+use crate::model::rules::root_test::{self, TestNs};
 use crate::model::rules::{ModeReading, RulesFrom, read_iptables_mode};
 
-fn missing_prerequisite() -> Option<String> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (network namespaces, nf_tables)".into());
-    }
-    match Command::new("iptables-nft-save").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("needs `iptables-nft-save` and `iptables-nft-restore` (package iptables)".into()),
-    }
-}
-
+/// Whether the test can run here (root, iptables-nft); see [`root_test::can_run`].
 fn can_run(test: &str) -> bool {
-    let Some(reason) = missing_prerequisite() else {
-        return true;
-    };
-    if std::env::var("D8_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: {reason}");
-        return false;
-    }
-    panic!("{test}: {reason} (set D8_SKIP_ROOT_TESTS=1 to skip it by name)");
+    root_test::can_run(test, "iptables-nft-save", "iptables")
 }
 
-/// A network namespace of the test's own, deleted on drop (every exit path, panics included).
-struct Ns(String);
+/// The test's own network namespace.
+struct Ns(TestNs);
 
 impl Ns {
     fn new(tag: &str) -> Self {
-        let name = format!("d8-iptk-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ns(name)
+        Ns(TestNs::new("iptk", tag))
     }
 
     /// `iptables-nft-restore` (without `--noflush`: the tables it names are replaced).
     fn restore(&self, text: &str) {
-        let file = std::env::temp_dir().join(format!("{}.rules", self.0));
-        std::fs::write(&file, text).expect("write rules");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "iptables-nft-restore"])
-            .arg(&file)
-            .output()
-            .expect("iptables-nft-restore");
-        let _ = std::fs::remove_file(&file);
-        assert!(
-            out.status.success(),
-            "iptables-nft-restore: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.0.load_file(&["iptables-nft-restore"], text);
     }
 
     fn flush(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "flush", "ruleset"])
-            .output();
+        let _ = self.0.exec(&["nft", "flush", "ruleset"]);
     }
 
     fn read(&self, from: RulesFrom) -> ModeReading {
-        crate::lab::in_netns(&self.0, move || {
+        crate::lab::in_netns(&self.0.0, move || {
             read_iptables_mode(from).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
         })
         .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
@@ -95,10 +52,7 @@ impl Ns {
 
     /// `iptables-nft-save`'s lines, without its `#` comments.
     fn saved(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "iptables-nft-save"])
-            .output()
-            .expect("iptables-nft-save");
+        let out = self.0.exec(&["iptables-nft-save"]);
         assert!(out.status.success(), "iptables-nft-save failed");
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -109,7 +63,7 @@ impl Ns {
 
     /// The text the kernel reader renders.
     fn rendered(&self) -> Vec<String> {
-        crate::lab::in_netns(&self.0, || {
+        crate::lab::in_netns(&self.0.0, || {
             read_consistent(FAMILY_IP).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
         })
         .expect("kernel read")
@@ -117,12 +71,6 @@ impl Ns {
         .lines()
         .map(str::to_string)
         .collect()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 
@@ -199,12 +147,18 @@ fn iptables_specs() -> Vec<(&'static str, ClusterSpec)> {
         .port("p80", 80, 8080, Protocol::Tcp)
         .selector("app", "big");
     vec![
-        ("source ranges", ClusterSpec::new().service(lb).remote_pods("shop", "lb", "node-b", 2)),
+        (
+            "source ranges",
+            ClusterSpec::new().service(lb).remote_pods("shop", "lb", "node-b", 2),
+        ),
         (
             "large cluster",
-            ClusterSpec::new()
-                .service(big)
-                .remote_pods("ns1", "big", "node-b", crate::lab::iptables::LARGE_CLUSTER_ENDPOINTS + 1),
+            ClusterSpec::new().service(big).remote_pods(
+                "ns1",
+                "big",
+                "node-b",
+                crate::lab::iptables::LARGE_CLUSTER_ENDPOINTS + 1,
+            ),
         ),
     ]
 }
@@ -235,12 +189,24 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
     let ns = Ns::new("fallback");
     ns.restore(include_str!("../../../../testdata/rules/iptables-input.rules"));
     // A `limit` match in a kube-proxy chain: an extension the kernel reader does not decode.
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "iptables-nft", "-t", "filter", "-A", "KUBE-FORWARD"])
-        .args(["-m", "limit", "--limit", "10/second", "-j", "ACCEPT"])
-        .output()
-        .expect("iptables-nft -A");
-    assert!(out.status.success(), "iptables-nft -A: {}", String::from_utf8_lossy(&out.stderr));
+    let out = ns.0.exec(&[
+        "iptables-nft",
+        "-t",
+        "filter",
+        "-A",
+        "KUBE-FORWARD",
+        "-m",
+        "limit",
+        "--limit",
+        "10/second",
+        "-j",
+        "ACCEPT",
+    ]);
+    assert!(
+        out.status.success(),
+        "iptables-nft -A: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let auto = ns.read(RulesFrom::Auto);
     let tools = ns.read(RulesFrom::Tools);
     assert_eq!(auto.services, tools.services);
@@ -256,33 +222,8 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
         "{:?}",
         auto.sources
     );
-    let forced = crate::lab::in_netns(&ns.0, || Ok(read_iptables_mode(RulesFrom::Kernel).is_err())).unwrap();
+    let forced = crate::lab::in_netns(&ns.0.0, || Ok(read_iptables_mode(RulesFrom::Kernel).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
-}
-
-/// `gen_large.py`'s `iptables-save` text of `n` Services.
-fn generated(n: usize) -> String {
-    let dir = std::env::temp_dir();
-    let (save, json) = (
-        dir.join(format!("d8-iptk-{n}-{}.save", std::process::id())),
-        dir.join(format!("d8-iptk-{n}-{}.json", std::process::id())),
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/gen_large.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(n.to_string())
-        .arg(&save)
-        .arg(&json)
-        .output()
-        .expect("python3 gen_large.py");
-    assert!(
-        out.status.success(),
-        "gen_large.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&save).expect("generated text");
-    let _ = (std::fs::remove_file(&save), std::fs::remove_file(&json));
-    text
 }
 
 #[test]
@@ -294,7 +235,7 @@ fn kernel_reading_equals_iptables_save_at_1000_and_10000_services() {
     for n in [1000, 10000] {
         ns.flush();
         let t = std::time::Instant::now();
-        ns.restore(&generated(n));
+        ns.restore(&root_test::gen_large(n).0);
         eprintln!("{n} Services restored in {:?}", t.elapsed());
         let t = std::time::Instant::now();
         let r = assert_same(&ns, &format!("{n} Services"));

@@ -22,16 +22,14 @@
 //! arrive and are skipped without being decoded. The read is checked against the ruleset's
 //! generation, as the nftables reader's is, and done again when it moved meanwhile.
 
-use std::io;
-
 use super::save::{Addr, Iface, SaveRule, Target, prefix_byte};
 use super::xt::{self, Match};
-use super::{Parsed, ParseError};
+use super::{ParseError, Parsed};
 use crate::kernel::netlink::attrs;
-use crate::kernel::nftables::{self as nl, FAMILY_IP6, Kind, Object, Reader};
+use crate::kernel::nftables::{self as nl, FAMILY_IP6, Kind, Reader};
 use crate::model::rules::FastMap;
-use crate::model::rules::nftables::expr::{Attrs, R, Unknown, bits, unknown};
-use crate::model::rules::nftables::netlink::Error;
+use crate::model::rules::nftables::expr::{Attrs, R, Unknown, bits, expressions, unknown};
+use crate::model::rules::nftables::netlink::{Error, Step, dump, generation};
 
 /// The tables kube-proxy writes in iptables mode, in the order `iptables-save` prints them, with
 /// their built-in chains in hook order. iptables-nft creates a built-in chain only when a rule
@@ -99,20 +97,6 @@ pub(super) fn read_consistent(family: u8) -> Result<Rendered, Error> {
     Err(Error::Unstable(ATTEMPTS))
 }
 
-fn generation(r: &mut Reader) -> Result<u32, Error> {
-    r.generation().map_err(|e| match e {
-        nl::Error::Io(e) => Error::Io(e),
-        other => Error::Io(io::Error::other(other.to_string())),
-    })
-}
-
-/// How reading a table ended early.
-enum Step {
-    /// The ruleset changed (a dump was interrupted): read again.
-    Changed,
-    Failed(Error),
-}
-
 /// One table's chains and the rules read from it.
 #[derive(Debug, Default)]
 struct Table {
@@ -123,32 +107,9 @@ struct Table {
     rules: FastMap<String, (String, Vec<u64>)>,
 }
 
-fn dump(
-    r: &mut Reader,
-    family: u8,
-    kind: Kind,
-    table: &str,
-    mut each: impl FnMut(Object<'_>) -> Result<(), Error>,
-) -> Result<(), Step> {
-    let mut failed = None;
-    let res = r.dump(family, kind, table, None, |o| match each(o) {
-        Ok(()) => true,
-        Err(e) => {
-            failed = Some(e);
-            false
-        }
-    });
-    match res {
-        Ok(()) => Ok(()),
-        Err(nl::Error::Interrupted) => Err(Step::Changed),
-        Err(nl::Error::Stopped) => Err(Step::Failed(failed.unwrap_or(Error::Unknown("stopped".into())))),
-        Err(nl::Error::Io(e)) => Err(Step::Failed(Error::Io(e))),
-    }
-}
-
 /// `table`'s chains and kube-proxy's rules in it; `None` when the table does not exist.
 fn read_table(r: &mut Reader, family: u8, name: &'static str) -> Result<Option<Table>, Step> {
-    match dump(r, family, Kind::Table, name, |_| Ok(())) {
+    match dump(r, family, Kind::Table, name, None, |_| Ok(())) {
         Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         other => other?,
     }
@@ -156,7 +117,7 @@ fn read_table(r: &mut Reader, family: u8, name: &'static str) -> Result<Option<T
         name,
         ..Default::default()
     };
-    dump(r, family, Kind::Chain, name, |o| {
+    dump(r, family, Kind::Chain, name, None, |o| {
         // NFTA_CHAIN_TABLE, NAME, HOOK (nest: HOOKNUM, ...).
         let a = Attrs::parse(o.attrs, u32::MAX >> 8, "chain")?;
         if a.str(1)? != Some(name) {
@@ -168,7 +129,7 @@ fn read_table(r: &mut Reader, family: u8, name: &'static str) -> Result<Option<T
         Ok(())
     })?;
     let v6 = family == FAMILY_IP6;
-    dump(r, family, Kind::Rule, name, |o| {
+    dump(r, family, Kind::Rule, name, None, |o| {
         let Some((chain, handle, line)) = rule(o.attrs, name, v6)? else {
             return Ok(());
         };
@@ -213,10 +174,7 @@ fn render(tables: &[Table]) -> R<Rendered> {
         out.handles[line] = handle;
     };
     for t in tables {
-        let builtin = TABLES
-            .iter()
-            .position(|n| *n == t.name)
-            .map_or(&[][..], |i| BUILTIN[i]);
+        let builtin = TABLES.iter().position(|n| *n == t.name).map_or(&[][..], |i| BUILTIN[i]);
         let policy = |name: &str| {
             t.chains
                 .iter()
@@ -240,7 +198,9 @@ fn render(tables: &[Table]) -> R<Rendered> {
             push(&mut out, &format!(":{name} {policy} [0:0]\n"), 0);
         }
         for (name, _) in &chains {
-            let Some((text, handles)) = t.rules.get(*name) else { continue };
+            let Some((text, handles)) = t.rules.get(*name) else {
+                continue;
+            };
             for (l, h) in text.split_inclusive('\n').zip(handles) {
                 push(&mut out, l, *h);
             }
@@ -347,13 +307,7 @@ struct Reg {
 pub(super) fn decode(list: &[u8], v6: bool) -> R<SaveRule> {
     let mut rule = SaveRule::new(v6);
     let mut regs: Vec<(u32, Reg)> = Vec::new();
-    for (kind, e) in attrs(list) {
-        if kind != 1 {
-            return unknown(format!("expression list: attribute {kind}"));
-        }
-        let a = Attrs::parse(e, bits(&[1, 2]), "expression")?;
-        let name = a.str(1)?.unwrap_or_default();
-        let data = a.get(2).unwrap_or_default();
+    for (name, data) in expressions(list)? {
         match name {
             "meta" => {
                 // DREG, KEY (a SREG would be `meta set`).
@@ -481,7 +435,9 @@ fn cmp(rule: &mut SaveRule, regs: &[(u32, Reg)], data: &[u8]) -> R<()> {
         }
         (Load::Meta(META_MARK), mask) => {
             let word = |b: &[u8]| -> R<u32> {
-                <[u8; 4]>::try_from(b).map(u32::from_ne_bytes).map_err(|_| Unknown("mark of other than 4 bytes".into()))
+                <[u8; 4]>::try_from(b)
+                    .map(u32::from_ne_bytes)
+                    .map_err(|_| Unknown("mark of other than 4 bytes".into()))
             };
             let mask = match mask {
                 Some(m) => word(m)?,
@@ -490,7 +446,14 @@ fn cmp(rule: &mut SaveRule, regs: &[(u32, Reg)], data: &[u8]) -> R<()> {
             rule.matches.push(xt::mark_match(word(v)?, mask, invert));
             Ok(())
         }
-        (Load::Payload { base: BASE_NETWORK, offset, len }, mask) => {
+        (
+            Load::Payload {
+                base: BASE_NETWORK,
+                offset,
+                len,
+            },
+            mask,
+        ) => {
             let (src, dst, max) = if rule.v6 { (8, 24, 16) } else { (12, 16, 4) };
             let slot = match *offset {
                 o if o == src => &mut rule.src,
@@ -552,7 +515,11 @@ fn cmp(rule: &mut SaveRule, regs: &[(u32, Reg)], data: &[u8]) -> R<()> {
             else {
                 return unknown("ports on a match that has none");
             };
-            let (range, inv) = if *offset == 0 { (sport, inv_sport) } else { (dport, inv_dport) };
+            let (range, inv) = if *offset == 0 {
+                (sport, inv_sport)
+            } else {
+                (dport, inv_dport)
+            };
             if *range != xt::ANY_PORT {
                 return unknown("a port compared twice");
             }
@@ -635,7 +602,12 @@ fn recorded_tables(family: u8, bytes: &[u8]) -> Result<Vec<Table>, Error> {
             _ => {}
         }
     }
-    Ok(tables.into_iter().zip(found).filter(|(_, f)| *f).map(|(t, _)| t).collect())
+    Ok(tables
+        .into_iter()
+        .zip(found)
+        .filter(|(_, f)| *f)
+        .map(|(t, _)| t)
+        .collect())
 }
 
 #[cfg(test)]
@@ -699,11 +671,21 @@ mod tests {
         cmp(&mut l, CMP_NEQ, b"veth");
         meta(&mut l, META_OIFNAME);
         cmp(&mut l, CMP_EQ, b"eth0\0");
-        expr(&mut l, "payload", &[(1, be(1)), (2, be(BASE_NETWORK)), (3, be(12)), (4, be(2))]);
+        expr(
+            &mut l,
+            "payload",
+            &[(1, be(1)), (2, be(BASE_NETWORK)), (3, be(12)), (4, be(2))],
+        );
         expr(
             &mut l,
             "bitwise",
-            &[(1, be(1)), (2, be(1)), (3, be(2)), (4, data(&[255, 240])), (5, data(&[0, 0]))],
+            &[
+                (1, be(1)),
+                (2, be(1)),
+                (3, be(2)),
+                (4, data(&[255, 240])),
+                (5, data(&[0, 0])),
+            ],
         );
         cmp(&mut l, CMP_EQ, &[10, 0]);
         meta(&mut l, META_MARK);
@@ -735,7 +717,11 @@ mod tests {
         meta(&mut l, META_L4PROTO);
         cmp(&mut l, CMP_EQ, &[17]);
         for (offset, op, port) in [(0, CMP_NEQ, 53u16), (2, CMP_EQ, 5353)] {
-            expr(&mut l, "payload", &[(1, be(1)), (2, be(BASE_TRANSPORT)), (3, be(offset)), (4, be(2))]);
+            expr(
+                &mut l,
+                "payload",
+                &[(1, be(1)), (2, be(BASE_TRANSPORT)), (3, be(offset)), (4, be(2))],
+            );
             cmp(&mut l, op, &port.to_be_bytes());
         }
         assert_eq!(line(&l), "-A KUBE-X -p udp -m udp ! --sport 53 --dport 5353\n");
@@ -745,7 +731,11 @@ mod tests {
     fn loads_and_expressions_iptables_nft_does_not_write_are_unknown() {
         // A port without `-p tcp|udp`.
         let mut l = Vec::new();
-        expr(&mut l, "payload", &[(1, be(1)), (2, be(BASE_TRANSPORT)), (3, be(2)), (4, be(2))]);
+        expr(
+            &mut l,
+            "payload",
+            &[(1, be(1)), (2, be(BASE_TRANSPORT)), (3, be(2)), (4, be(2))],
+        );
         cmp(&mut l, CMP_EQ, &80u16.to_be_bytes());
         assert!(decode(&l, false).is_err());
         // `ct state`, a native expression iptables-nft 1.8 does not use.

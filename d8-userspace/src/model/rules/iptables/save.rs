@@ -156,10 +156,7 @@ fn text(b: &[u8], v6: bool) -> String {
 /// The prefix length of a contiguous mask.
 pub(super) fn prefix_len(mask: &[u8]) -> Option<u32> {
     let ones: u32 = mask.iter().map(|b| b.count_ones()).sum();
-    let contiguous = mask
-        .iter()
-        .enumerate()
-        .all(|(i, &b)| b == prefix_byte(ones, i));
+    let contiguous = mask.iter().enumerate().all(|(i, &b)| b == prefix_byte(ones, i));
     contiguous.then_some(ones)
 }
 

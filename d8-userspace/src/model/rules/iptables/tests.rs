@@ -594,7 +594,11 @@ fn recorded_iptables_nft_answers_read_as_iptables_save_does() {
     assert_eq!(kernel.services, tool.services);
     assert_eq!(kernel.node_port_ips, tool.node_port_ips);
     assert_eq!(kernel.mode_hint, tool.mode_hint);
-    assert!(kernel.warnings.is_empty() && tool.warnings.is_empty(), "{:?}", kernel.warnings);
+    assert!(
+        kernel.warnings.is_empty() && tool.warnings.is_empty(),
+        "{:?}",
+        kernel.warnings
+    );
     // The rendering is iptables-nft-save's text, line for line.
     let rendered = super::netlink::render_dump(crate::kernel::nftables::FAMILY_IP, bin).unwrap();
     let saved: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();

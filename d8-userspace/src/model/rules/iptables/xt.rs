@@ -104,9 +104,10 @@ fn ne32(b: &[u8], at: usize) -> R<u32> {
 }
 
 fn byte(b: &[u8], at: usize) -> R<u8> {
-    b.get(at)
-        .copied()
-        .map_or_else(|| unknown(format!("extension data of {} bytes: field at {at} missing", b.len())), Ok)
+    b.get(at).copied().map_or_else(
+        || unknown(format!("extension data of {} bytes: field at {at} missing", b.len())),
+        Ok,
+    )
 }
 
 /// A NUL-terminated name of at most `len` bytes at `at`.
@@ -238,7 +239,12 @@ pub(super) fn decode_match(name: &str, rev: u32, info: &[u8], v6: bool) -> R<Mat
             if invert != 0 {
                 o.push_str(" !");
             }
-            for (bit, flag) in [(0x2, " --set"), (0x1, " --rcheck"), (0x4, " --update"), (0x8, " --remove")] {
+            for (bit, flag) in [
+                (0x2, " --set"),
+                (0x1, " --rcheck"),
+                (0x4, " --update"),
+                (0x8, " --remove"),
+            ] {
                 if check & bit != 0 {
                     o.push_str(flag);
                 }
@@ -278,7 +284,10 @@ pub(super) fn mark_match(mark: u32, mask: u32, invert: bool) -> Match {
     } else {
         let _ = write!(o, " --mark {mark:#x}/{mask:#x}");
     }
-    Match::Text { name: "mark", options: o }
+    Match::Text {
+        name: "mark",
+        options: o,
+    }
 }
 
 /// The route types of an addrtype mask, as libxt_addrtype names them.
@@ -377,7 +386,11 @@ pub(super) fn decode_target(name: &str, rev: u32, info: &[u8], v6: bool) -> R<St
             Ok(o)
         }
         // struct xt_mark_tginfo2 { __u32 mark, mask; }
-        ("MARK", 2) => Ok(format!(" -j MARK --set-xmark {:#x}/{:#x}", ne32(info, 0)?, ne32(info, 4)?)),
+        ("MARK", 2) => Ok(format!(
+            " -j MARK --set-xmark {:#x}/{:#x}",
+            ne32(info, 0)?,
+            ne32(info, 4)?
+        )),
         // struct ipt_reject_info / ip6t_reject_info { __u32 with; }
         ("REJECT", 0) => {
             let with = match (ne32(info, 0)?, v6) {
@@ -473,9 +486,15 @@ mod tests {
         for (i, v) in [0u16, 0xffff, 443, 443].iter().enumerate() {
             tcp[i * 2..i * 2 + 2].copy_from_slice(&v.to_ne_bytes());
         }
-        assert_eq!(render(&decode_match("tcp", 0, &tcp, false).unwrap()), " -m tcp --dport 443");
+        assert_eq!(
+            render(&decode_match("tcp", 0, &tcp, false).unwrap()),
+            " -m tcp --dport 443"
+        );
         tcp[11] = 0x2;
-        assert_eq!(render(&decode_match("tcp", 0, &tcp, false).unwrap()), " -m tcp ! --dport 443");
+        assert_eq!(
+            render(&decode_match("tcp", 0, &tcp, false).unwrap()),
+            " -m tcp ! --dport 443"
+        );
     }
 
     #[test]

@@ -227,16 +227,23 @@ pub(super) fn statements(list: &[u8], v6: bool, sets: &dyn Fn(&str) -> Option<Se
         dep: None,
         v6,
     };
+    for (name, data) in expressions(list)? {
+        d.expr(name, data, sets)?;
+    }
+    Ok(d.finish())
+}
+
+/// A rule's expression list (`NFTA_RULE_EXPRESSIONS`) as (name, data) pairs.
+pub(in crate::model::rules) fn expressions(list: &[u8]) -> R<Vec<(&str, &[u8])>> {
+    let mut out = Vec::new();
     for (kind, e) in attrs(list) {
         if kind != 1 {
             return unknown(format!("expression list: attribute {kind}"));
         }
         let a = Attrs::parse(e, bits(&[1, 2]), "expression")?;
-        let name = a.str(1)?.unwrap_or_default();
-        let data = a.get(2).unwrap_or_default();
-        d.expr(name, data, sets)?;
+        out.push((a.str(1)?.unwrap_or_default(), a.get(2).unwrap_or_default()));
     }
-    Ok(d.finish())
+    Ok(out)
 }
 
 struct Decoder {
