@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+use super::ModeReading;
+
 /// Whether test `test` can run: root and `tool --version` working (`package` names what to
 /// install). Otherwise it fails naming what is missing, unless `D8_SKIP_ROOT_TESTS=1` is set:
 /// then it prints `SKIPPED <test>: <reason>` and the test returns, so a skip is always said by
@@ -103,4 +105,41 @@ pub(super) fn gen_large(n: usize) -> (String, String) {
     );
     let _ = (std::fs::remove_file(&save), std::fs::remove_file(&json));
     texts
+}
+
+/// The kernel's reading equals the tools' (`rules_present`, node-port addresses, warnings after
+/// `normalized`, every Service), the kernel's ran no tool, and `auto` read the kernel.
+pub(super) fn assert_same_readings(
+    what: &str,
+    kernel: &ModeReading,
+    tools: &ModeReading,
+    auto: &ModeReading,
+    normalized: impl Fn(&[String]) -> Vec<String>,
+) {
+    assert!(tools.rules_present, "{what}: the tool found no kube-proxy rules");
+    assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
+    assert_eq!(kernel.mode, tools.mode, "{what}: mode");
+    assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
+    assert_eq!(
+        normalized(&kernel.warnings),
+        normalized(&tools.warnings),
+        "{what}: warnings"
+    );
+    assert_eq!(
+        kernel.services.len(),
+        tools.services.len(),
+        "{what}: number of Services"
+    );
+    for (k, t) in kernel.services.iter().zip(&tools.services) {
+        assert_eq!(k, t, "{what}: Service {}", t.service);
+    }
+    assert!(
+        kernel.sources.iter().all(|s| s.starts_with("nf_tables netlink")),
+        "{what}: the kernel reading ran a tool: {:?}",
+        kernel.sources
+    );
+    // The default reads the kernel too, and runs no tool where the kernel reader applies.
+    assert_eq!(auto.sources, kernel.sources, "{what}: --rules-from auto ran a tool");
+    assert_eq!(auto.services, kernel.services, "{what}: --rules-from auto");
+    assert_eq!(auto.warnings, kernel.warnings, "{what}: --rules-from auto warnings");
 }

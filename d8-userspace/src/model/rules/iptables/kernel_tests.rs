@@ -102,34 +102,12 @@ fn assert_same(ns: &Ns, what: &str) -> ModeReading {
         assert_eq!(r, s, "{what}: line {} of the rendering", i + 1);
     }
     assert_eq!(rendered.len(), saved.len(), "{what}: number of lines");
-    let kernel = ns.read(RulesFrom::Kernel);
-    let tools = ns.read(RulesFrom::Tools);
-    assert!(tools.rules_present, "{what}: iptables-save found no kube-proxy chains");
-    assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
-    assert_eq!(kernel.mode, tools.mode, "{what}: mode");
-    assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
-    assert_eq!(
-        normalized(&kernel.warnings),
-        normalized(&tools.warnings),
-        "{what}: warnings"
+    let (kernel, tools, auto) = (
+        ns.read(RulesFrom::Kernel),
+        ns.read(RulesFrom::Tools),
+        ns.read(RulesFrom::Auto),
     );
-    assert_eq!(
-        kernel.services.len(),
-        tools.services.len(),
-        "{what}: number of Services"
-    );
-    for (k, t) in kernel.services.iter().zip(&tools.services) {
-        assert_eq!(k, t, "{what}: Service {}", t.service);
-    }
-    assert!(
-        kernel.sources.iter().all(|s| s.starts_with("nf_tables netlink")),
-        "{what}: the kernel reading ran a tool: {:?}",
-        kernel.sources
-    );
-    let auto = ns.read(RulesFrom::Auto);
-    assert_eq!(auto.sources, kernel.sources, "{what}: --rules-from auto ran a tool");
-    assert_eq!(auto.services, kernel.services, "{what}: --rules-from auto");
-    assert_eq!(auto.warnings, kernel.warnings, "{what}: --rules-from auto warnings");
+    root_test::assert_same_readings(what, &kernel, &tools, &auto, normalized);
     kernel
 }
 

@@ -46,14 +46,7 @@ const BUILTIN: [&[&str]; 2] = [
 pub fn read(family: u8, source_name: &str) -> Result<Parsed, Error> {
     match read_consistent(family) {
         Ok(r) => parse(&r, source_name),
-        Err(Error::Io(e))
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
-            ) =>
-        {
-            Ok(Parsed::default())
-        }
+        Err(e) if e.no_nf_tables() => Ok(Parsed::default()),
         Err(e) => Err(e),
     }
 }

@@ -91,33 +91,12 @@ fn assert_same(ns: &Ns, what: &str) -> ModeReading {
 }
 
 fn assert_same_whole(ns: &Ns, what: &str) -> ModeReading {
-    let kernel = ns.read(RulesFrom::Kernel);
-    let tools = ns.read(RulesFrom::Tools);
-    assert!(tools.rules_present, "{what}: nft found no kube-proxy table");
-    assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
-    assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
-    assert_eq!(
-        normalized(&kernel.warnings),
-        normalized(&tools.warnings),
-        "{what}: warnings"
+    let (kernel, tools, auto) = (
+        ns.read(RulesFrom::Kernel),
+        ns.read(RulesFrom::Tools),
+        ns.read(RulesFrom::Auto),
     );
-    assert_eq!(
-        kernel.services.len(),
-        tools.services.len(),
-        "{what}: number of Services"
-    );
-    for (k, t) in kernel.services.iter().zip(&tools.services) {
-        assert_eq!(k, t, "{what}: Service {}", t.service);
-    }
-    assert!(
-        kernel.sources.iter().all(|s| s.starts_with("nf_tables netlink")),
-        "{what}: the kernel reading ran a tool: {:?}",
-        kernel.sources
-    );
-    // The default reads the kernel too, and runs no tool where the kernel reader applies.
-    let auto = ns.read(RulesFrom::Auto);
-    assert_eq!(auto.sources, kernel.sources, "{what}: --rules-from auto ran a tool");
-    assert_eq!(auto.services, kernel.services, "{what}: --rules-from auto");
+    root_test::assert_same_readings(what, &kernel, &tools, &auto, normalized);
     kernel
 }
 

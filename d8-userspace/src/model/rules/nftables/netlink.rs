@@ -41,6 +41,16 @@ pub enum Error {
     Unknown(String),
 }
 
+impl Error {
+    /// The kernel has no nf_tables (no rules can be there).
+    pub fn no_nf_tables(&self) -> bool {
+        matches!(self, Error::Io(e) if matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
+        ))
+    }
+}
+
 impl From<Unknown> for Error {
     fn from(u: Unknown) -> Self {
         Error::Unknown(u.0)
@@ -58,14 +68,7 @@ impl From<Unknown> for Error {
 pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
     match read_consistent(family, source_name, only) {
         // No nf_tables in this kernel: no nftables rules either.
-        Err(Error::Io(e))
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
-            ) =>
-        {
-            Ok(Parsed::default())
-        }
+        Err(e) if e.no_nf_tables() => Ok(Parsed::default()),
         other => other,
     }
 }
