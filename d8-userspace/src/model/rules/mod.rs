@@ -197,22 +197,22 @@ pub struct ModeReading {
 /// choose). Missing tools are an error only when the mode needs them.
 ///
 /// `only`: the job is about this Service alone (`explain`, a trace); readers that can read less
-/// for it do (the nftables kernel reader reads its chains and map elements only), and the model
-/// then holds it alone.
+/// for it do (the kernel readers read its chains and map elements only), and the model then
+/// holds it alone.
 pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&ServiceRef>) -> Result<NodeRules, ReadError> {
     let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
     let wanted = mode.filter(|m| *m != ProxyMode::Unknown).or(reported);
     let mut warnings = Vec::new();
     let reading = match wanted {
-        Some(ProxyMode::Iptables) => read_iptables_mode(from)?,
+        Some(ProxyMode::Iptables) => read_iptables_mode(from, only)?,
         Some(ProxyMode::Nftables) => read_nftables_mode(from, only)?,
         Some(ProxyMode::Ipvs) => read_ipvs_mode()?,
         _ => {
             let mut readings = Vec::new();
             let mut missing = 0;
             let readers: [(&ModeReader, &str); 3] = [
-                (&|| read_iptables_mode(from), "iptables"),
+                (&|| read_iptables_mode(from, only), "iptables"),
                 (&|| read_nftables_mode(from, only), "nftables"),
                 (&read_ipvs_mode, "ipvs"),
             ];
@@ -434,8 +434,9 @@ fn run(command: &str, args: &[&str], package: &'static str, mode: &'static str) 
 }
 
 /// iptables mode, IPv4 and IPv6: from the kernel (iptables-nft's nf_tables tables, see
-/// [`iptables::netlink`]) or from the `iptables-save` tools, as `from` says.
-pub fn read_iptables_mode(from: RulesFrom) -> Result<ModeReading, ReadError> {
+/// [`iptables::netlink`]; only `only`'s part when given) or from the `iptables-save` tools, as
+/// `from` says.
+pub fn read_iptables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<ModeReading, ReadError> {
     let mut reading = ModeReading {
         mode: ProxyMode::Iptables,
         ..Default::default()
@@ -456,7 +457,7 @@ pub fn read_iptables_mode(from: RulesFrom) -> Result<ModeReading, ReadError> {
         let ip = if v6 { "ip6" } else { "ip" };
         let best = match from {
             RulesFrom::Tools => read_iptables_tools(tools, &mut reading, &mut any_read)?,
-            RulesFrom::Kernel | RulesFrom::Auto => match read_iptables_kernel(v6, family) {
+            RulesFrom::Kernel | RulesFrom::Auto => match read_iptables_kernel(v6, family, only) {
                 Ok(best) => {
                     any_read = true;
                     Some(best)
@@ -512,7 +513,11 @@ pub fn read_iptables_mode(from: RulesFrom) -> Result<ModeReading, ReadError> {
 /// here; legacy x_tables tables (listed in `/proc/thread-self/net/ip_tables_names`) are not
 /// decoded, so when any exist the read is refused and `auto` runs the save tools, which read
 /// both backends and keep the one with more of kube-proxy's rules (see [`read_iptables_tools`]).
-fn read_iptables_kernel(v6: bool, family: u8) -> Result<(String, iptables::Parsed), nftables::netlink::Error> {
+fn read_iptables_kernel(
+    v6: bool,
+    family: u8,
+    only: Option<&ServiceRef>,
+) -> Result<(String, iptables::Parsed), nftables::netlink::Error> {
     let ip = if v6 { "ip6" } else { "ip" };
     let legacy = crate::kernel::xtables::legacy_tables(v6);
     if !legacy.is_empty() {
@@ -522,7 +527,7 @@ fn read_iptables_kernel(v6: bool, family: u8) -> Result<(String, iptables::Parse
         )));
     }
     let source = format!("nf_tables netlink ({ip} filter, {ip} nat)");
-    let parsed = iptables::netlink::read(family, &source)?;
+    let parsed = iptables::netlink::read(family, &source, only)?;
     Ok((source, parsed))
 }
 

@@ -45,7 +45,7 @@ impl Ns {
 
     fn read(&self, from: RulesFrom) -> ModeReading {
         crate::lab::in_netns(&self.0.0, move || {
-            read_iptables_mode(from).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+            read_iptables_mode(from, None).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
         })
         .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
     }
@@ -64,7 +64,7 @@ impl Ns {
     /// The text the kernel reader renders.
     fn rendered(&self) -> Vec<String> {
         crate::lab::in_netns(&self.0.0, || {
-            read_consistent(FAMILY_IP).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+            read_consistent(FAMILY_IP, None).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
         })
         .expect("kernel read")
         .text
@@ -108,6 +108,22 @@ fn assert_same(ns: &Ns, what: &str) -> ModeReading {
         ns.read(RulesFrom::Auto),
     );
     root_test::assert_same_readings(what, &kernel, &tools, &auto, normalized);
+    // Every Service (at most 20 of them) read alone is the Service the whole reading has.
+    let step = (tools.services.len() / 20).max(1);
+    for s in tools.services.iter().step_by(step) {
+        let only = s.service.clone();
+        let scoped = crate::lab::in_netns(&ns.0.0, move || {
+            read_iptables_mode(RulesFrom::Kernel, Some(&only))
+                .map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+        })
+        .unwrap_or_else(|e| panic!("{what}: scoped read of {}: {e}", s.service));
+        assert_eq!(scoped.services, vec![s.clone()], "{what}: {} read alone", s.service);
+        assert_eq!(
+            scoped.rules_present, tools.rules_present,
+            "{what}: {} read alone",
+            s.service
+        );
+    }
     kernel
 }
 
@@ -200,7 +216,7 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
         "{:?}",
         auto.sources
     );
-    let forced = crate::lab::in_netns(&ns.0.0, || Ok(read_iptables_mode(RulesFrom::Kernel).is_err())).unwrap();
+    let forced = crate::lab::in_netns(&ns.0.0, || Ok(read_iptables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
 

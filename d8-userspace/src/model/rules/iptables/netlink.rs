@@ -28,6 +28,7 @@ use super::xt::{self, Match};
 use super::{ParseError, Parsed};
 use crate::kernel::netlink::attrs;
 use crate::kernel::nftables::{self as nl, FAMILY_IP6, Kind, Reader};
+use crate::model::ServiceRef;
 use crate::model::rules::FastMap;
 use crate::model::rules::nftables::expr::{Attrs, R, Unknown, bits, expressions, unknown};
 use crate::model::rules::nftables::netlink::{Error, Step, dump, generation};
@@ -44,8 +45,14 @@ const BUILTIN: [&[&str]; 2] = [
 /// Reads kube-proxy's iptables chains of `family` ([`nl::FAMILY_IP`] or [`FAMILY_IP6`]) from
 /// nf_tables; warnings name `source_name` and each rule's handle. No nf_tables in the kernel, or
 /// neither table: a [`Parsed`] without rules.
-pub fn read(family: u8, source_name: &str) -> Result<Parsed, Error> {
-    match read_consistent(family) {
+///
+/// `only`: read as if kube-proxy's chains held this Service alone (`explain`, a trace): its
+/// rules in kube-proxy's shared chains (`KUBE-SERVICES`, `KUBE-NODEPORTS`, ...), which every
+/// Service's first rules are in, then its own chains (`KUBE-SVC-`, `-SVL-`, `-EXT-`, `-FW-` of
+/// its ports, found by the shared rules that name it) and their `KUBE-SEP-` chains: a few
+/// thousand rules instead of 170,000 at 10,000 Services.
+pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
+    match read_consistent(family, only) {
         Ok(r) => parse(&r, source_name),
         Err(e) if e.no_nf_tables() => Ok(Parsed::default()),
         Err(e) => Err(e),
@@ -65,7 +72,7 @@ pub(super) struct Rendered {
     pub(super) handles: Vec<u64>,
 }
 
-pub(super) fn read_consistent(family: u8) -> Result<Rendered, Error> {
+pub(super) fn read_consistent(family: u8, only: Option<&ServiceRef>) -> Result<Rendered, Error> {
     let mut reader = Reader::open().map_err(Error::Io)?;
     const ATTEMPTS: usize = 3;
     for _ in 0..ATTEMPTS {
@@ -73,7 +80,7 @@ pub(super) fn read_consistent(family: u8) -> Result<Rendered, Error> {
         let mut tables = Vec::new();
         let mut changed = false;
         for name in TABLES {
-            match read_table(&mut reader, family, name) {
+            match read_table(&mut reader, family, name, only) {
                 Ok(Some(t)) => tables.push(t),
                 Ok(None) => {}
                 Err(Step::Changed) => {
@@ -101,8 +108,14 @@ struct Table {
     rules: FastMap<String, (String, Vec<u64>)>,
 }
 
-/// `table`'s chains and kube-proxy's rules in it; `None` when the table does not exist.
-fn read_table(r: &mut Reader, family: u8, name: &'static str) -> Result<Option<Table>, Step> {
+/// `table`'s chains and kube-proxy's rules in it (see [`read`] for `only`); `None` when the table
+/// does not exist.
+fn read_table(
+    r: &mut Reader,
+    family: u8,
+    name: &'static str,
+    only: Option<&ServiceRef>,
+) -> Result<Option<Table>, Step> {
     match dump(r, family, Kind::Table, name, None, |_| Ok(())) {
         Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         other => other?,
@@ -123,27 +136,128 @@ fn read_table(r: &mut Reader, family: u8, name: &'static str) -> Result<Option<T
         Ok(())
     })?;
     let v6 = family == FAMILY_IP6;
-    // One dump per chain: a dump of the whole table makes the kernel walk the table's rules
-    // from the first to where it stopped for every 32 KiB it sends, which is quadratic (21 s at
-    // 10,000 Services); a chain's dump finds the chain by its name's hash.
-    let names: Vec<String> = t.chains.iter().map(|(n, _)| n.clone()).collect();
-    for chain in names {
-        let listed = dump(r, family, Kind::Rule, name, Some(&chain), |o| {
-            let Some((chain, handle, line)) = rule(o.attrs, name, v6)? else {
-                return Ok(());
-            };
-            let (text, handles) = t.rules.entry(chain).or_default();
-            text.push_str(&line);
-            handles.push(handle);
-            Ok(())
-        });
-        match listed {
-            // The chain went away since the chains were listed: the table changed.
-            Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => return Err(Step::Changed),
-            other => other?,
+    let Some(only) = only else {
+        let names: Vec<String> = t.chains.iter().map(|(n, _)| n.clone()).collect();
+        let mut rules = Vec::new();
+        for chain in &names {
+            read_chain(r, family, name, chain, v6, &mut rules)?;
+        }
+        t.add(rules);
+        return Ok(Some(t));
+    };
+    // The shared chains, then the Service's own chains their rules naming it jump to, then the
+    // endpoint chains those jump to.
+    let (own, shared): (Vec<String>, Vec<String>) = t
+        .chains
+        .iter()
+        .map(|(n, _)| n.clone())
+        .partition(|n| hash_suffix(n).is_some());
+    let mut rules = Vec::new();
+    for chain in &shared {
+        read_chain(r, family, name, chain, v6, &mut rules)?;
+    }
+    let mut suffixes: Vec<String> = rules
+        .iter()
+        .filter(|x| names_service(x.comment.as_deref(), only) == Some(true))
+        .filter_map(|x| x.target.as_deref().and_then(hash_suffix))
+        .map(str::to_string)
+        .collect();
+    suffixes.sort_unstable();
+    suffixes.dedup();
+    rules.retain(|x| {
+        names_service(x.comment.as_deref(), only) != Some(false)
+            && x.target
+                .as_deref()
+                .and_then(hash_suffix)
+                .is_none_or(|s| suffixes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
+    });
+    let mut read: Vec<String> = shared;
+    let service_chains: Vec<String> = own
+        .iter()
+        .filter(|n| {
+            !n.starts_with("KUBE-SEP-")
+                && hash_suffix(n).is_some_and(|s| suffixes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
+        })
+        .cloned()
+        .collect();
+    let mut mine = Vec::new();
+    for chain in &service_chains {
+        read_chain(r, family, name, chain, v6, &mut mine)?;
+    }
+    let mut seps: Vec<String> = mine
+        .iter()
+        .filter_map(|x| x.target.clone())
+        .filter(|c| c.starts_with("KUBE-SEP-") && own.contains(c))
+        .collect();
+    seps.sort_unstable();
+    seps.dedup();
+    for chain in &seps {
+        read_chain(r, family, name, chain, v6, &mut mine)?;
+    }
+    read.extend(service_chains);
+    read.extend(seps);
+    // Only the chains read are declared: the others are other Services'.
+    t.chains.retain(|(n, _)| read.contains(n));
+    rules.extend(mine);
+    t.add(rules);
+    Ok(Some(t))
+}
+
+/// The hash suffix of a per-Service chain (`KUBE-SVC-`, `-SVL-`, `-EXT-`, `-FW-`, `-SEP-`).
+fn hash_suffix(chain: &str) -> Option<&str> {
+    ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"]
+        .iter()
+        .find_map(|p| chain.strip_prefix(p))
+}
+
+/// Whether a kube-proxy comment names `svc` (`None`: it names no Service).
+fn names_service(comment: Option<&str>, svc: &ServiceRef) -> Option<bool> {
+    let (port_name, _) = super::comment::parse_comment(comment?)?;
+    let name = port_name.split(':').next().unwrap_or(port_name);
+    let (ns, n) = name.split_once('/')?;
+    Some(ns == svc.namespace && n == svc.name)
+}
+
+/// One chain's rules (a dump of its own) appended to `out`.
+fn read_chain(
+    r: &mut Reader,
+    family: u8,
+    table: &str,
+    chain: &str,
+    v6: bool,
+    out: &mut Vec<ReadRule>,
+) -> Result<(), Step> {
+    let listed = dump(r, family, Kind::Rule, table, Some(chain), |o| {
+        if let Some(x) = rule(o.attrs, table, v6)? {
+            out.push(x);
+        }
+        Ok(())
+    });
+    match listed {
+        // The chain went away since the chains were listed: the table changed.
+        Err(Step::Failed(Error::Io(e))) if e.raw_os_error() == Some(libc::ENOENT) => Err(Step::Changed),
+        other => other,
+    }
+}
+
+impl Table {
+    fn add(&mut self, rules: Vec<ReadRule>) {
+        for x in rules {
+            let (text, handles) = self.rules.entry(x.chain).or_default();
+            text.push_str(&x.line);
+            handles.push(x.handle);
         }
     }
-    Ok(Some(t))
+}
+
+/// A rule read: its chain, handle, `-A` line, comment and the chain it jumps or goes to.
+#[derive(Debug)]
+struct ReadRule {
+    chain: String,
+    handle: u64,
+    line: String,
+    comment: Option<String>,
+    target: Option<String>,
 }
 
 /// A chain's name and, for a base chain, its hook number and policy (`NFTA_CHAIN_NAME`, `HOOK`
@@ -217,7 +331,7 @@ fn render(tables: &[Table]) -> R<Rendered> {
 
 /// One rule message: its chain, handle and `-A` line, or `None` when the rule is outside what
 /// the model reads (a chain not kube-proxy's, not jumping into kube-proxy's).
-fn rule(attrs_buf: &[u8], table: &str, v6: bool) -> Result<Option<(String, u64, String)>, Error> {
+fn rule(attrs_buf: &[u8], table: &str, v6: bool) -> Result<Option<ReadRule>, Error> {
     // TABLE, CHAIN, HANDLE, EXPRESSIONS, POSITION, USERDATA, and the padding attribute.
     let a = Attrs::parse(attrs_buf, bits(&[1, 2, 3, 4, 6, 7, 8]), "rule")?;
     if a.str(1)? != Some(table) {
@@ -235,7 +349,17 @@ fn rule(attrs_buf: &[u8], table: &str, v6: bool) -> Result<Option<(String, u64, 
     let decoded = decode(exprs, v6).map_err(at)?;
     let mut line = String::with_capacity(160);
     decoded.render(chain, &mut line).map_err(at)?;
-    Ok(Some((chain.to_string(), a.u64(3)?.unwrap_or(0), line)))
+    let target = match decoded.target {
+        Some(Target::Jump(c) | Target::Goto(c)) => Some(c),
+        _ => None,
+    };
+    Ok(Some(ReadRule {
+        chain: chain.to_string(),
+        handle: a.u64(3)?.unwrap_or(0),
+        line,
+        comment: decoded.comment,
+        target,
+    }))
 }
 
 /// Whether a rule's verdict jumps or goes to a `KUBE-` chain, without decoding the rest.
@@ -354,6 +478,9 @@ pub(super) fn decode(list: &[u8], v6: bool) -> R<SaveRule> {
                 let rev = x.need_u32(2, name)?;
                 let info = x.get(3).unwrap_or_default();
                 if name == "match" {
+                    if ext == "comment" {
+                        rule.comment = Some(xt::comment(info)?.to_string());
+                    }
                     rule.matches.push(xt::decode_match(ext, rev, info, v6)?);
                 } else {
                     let t = Target::Extension(xt::decode_target(ext, rev, info, v6)?);
@@ -598,10 +725,8 @@ fn recorded_tables(family: u8, bytes: &[u8]) -> Result<Vec<Table>, Error> {
                 }
             }
             6 => {
-                if let Some((chain, handle, line)) = rule(o.attrs, t.name, v6)? {
-                    let (text, handles) = t.rules.entry(chain).or_default();
-                    text.push_str(&line);
-                    handles.push(handle);
+                if let Some(x) = rule(o.attrs, t.name, v6)? {
+                    t.add(vec![x]);
                 }
             }
             _ => {}

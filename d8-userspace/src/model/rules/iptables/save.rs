@@ -50,6 +50,8 @@ pub(super) struct SaveRule {
     pub(super) proto: Option<(u8, bool)>,
     pub(super) matches: Vec<Match>,
     pub(super) target: Option<Target>,
+    /// The `-m comment` text (also among `matches`), for telling whose a rule is.
+    pub(super) comment: Option<String>,
 }
 
 impl SaveRule {

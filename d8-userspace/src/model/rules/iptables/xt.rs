@@ -160,7 +160,7 @@ pub(super) fn decode_match(name: &str, rev: u32, info: &[u8], v6: bool) -> R<Mat
         // struct xt_comment_info { char comment[256]; }
         ("comment", 0) => {
             let mut o = String::from(" --comment");
-            save_string(cstr(info, 0, 256)?, &mut o);
+            save_string(comment(info)?, &mut o);
             text("comment", o)
         }
         // struct xt_tcp { __u16 spts[2], dpts[2]; __u8 option, flg_mask, flg_cmp, invflags; }
@@ -271,6 +271,11 @@ pub(super) fn decode_match(name: &str, rev: u32, info: &[u8], v6: bool) -> R<Mat
         }
         _ => unknown(format!("match `{name}` revision {rev}")),
     }
+}
+
+/// The text of a `comment` match's blob (`struct xt_comment_info { char comment[256]; }`).
+pub(super) fn comment(info: &[u8]) -> R<&str> {
+    cstr(info, 0, 256)
 }
 
 /// `-m mark [!] --mark MARK[/MASK]`, from an extension or iptables-nft's native `meta mark`.
