@@ -98,12 +98,14 @@ pub(super) fn read_consistent(family: u8, only: Option<&ServiceRef>) -> Result<R
     Err(Error::Unstable(ATTEMPTS))
 }
 
+/// A chain's name and, for a base chain, its hook number and policy.
+type ChainInfo = (String, Option<(u32, &'static str)>);
+
 /// One table's chains and the rules read from it.
 #[derive(Debug, Default)]
 struct Table {
     name: &'static str,
-    /// Name and, for base chains, hook number and policy.
-    chains: Vec<(String, Option<(u32, &'static str)>)>,
+    chains: Vec<ChainInfo>,
     /// Per chain: the rendered lines and their handles, in the kernel's order.
     rules: FastMap<String, (String, Vec<u64>)>,
 }
@@ -262,7 +264,7 @@ struct ReadRule {
 
 /// A chain's name and, for a base chain, its hook number and policy (`NFTA_CHAIN_NAME`, `HOOK`
 /// (nest: `HOOKNUM`, ...), `POLICY`).
-fn chain(a: &Attrs<'_>) -> R<Option<(String, Option<(u32, &'static str)>)>> {
+fn chain(a: &Attrs<'_>) -> R<Option<ChainInfo>> {
     let Some(name) = a.str(3)? else { return Ok(None) };
     let hook = match a.get(4) {
         Some(h) => {
