@@ -25,6 +25,10 @@ const TARGETS: &[(&str, &[&str])] = &[
     ),
     ("nft_netlink", &["d8-userspace/testdata/rules/nft-netlink-B.bin"]),
     (
+        "iptables_netlink",
+        &["d8-userspace/testdata/rules/iptables-nft-netlink.bin"],
+    ),
+    (
         "ipvsadm",
         &[
             "d8-userspace/testdata/rules/ipvsadm-Ln.txt",
@@ -39,7 +43,8 @@ pub struct Options {
     /// Seconds per target.
     #[arg(long, default_value_t = 120)]
     pub seconds: u64,
-    /// Only this target (iptables_save, nft_json, nft_netlink, ipvsadm, k8s_snapshot).
+    /// Only this target (iptables_save, nft_json, nft_netlink, iptables_netlink, ipvsadm,
+    /// k8s_snapshot).
     pub target: Option<String>,
 }
 

@@ -10,6 +10,7 @@ pub mod nftables;
 pub mod process;
 pub mod rtnetlink;
 pub mod tracefs;
+pub mod xtables;
 
 use std::collections::HashMap;
 

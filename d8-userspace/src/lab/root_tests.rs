@@ -82,7 +82,7 @@ fn read_rules(lab: &Lab) -> crate::model::rules::ModeReading {
     in_netns(lab.node_ns(), move || {
         let r = match mode {
             ProxyMode::Nftables => crate::model::rules::read_nftables_mode(crate::model::rules::RulesFrom::Tools, None),
-            _ => crate::model::rules::read_iptables_mode(),
+            _ => crate::model::rules::read_iptables_mode(crate::model::rules::RulesFrom::Tools, None),
         };
         r.map_err(|e| Error::Io(format!("{e:?}")))
     })

@@ -10,8 +10,8 @@
 //!   then the time the tools themselves take to print them (`iptables-save`, `nft -j list table ip
 //!   kube-proxy`), and the whole `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s` (tool
 //!   run + parse + model + report), each with its own peak RSS (`VmHWM` followed after exec); in
-//!   nftables mode both with `--rules-from tools` (runs nft) and `--rules-from kernel` (reads
-//!   the table over netlink, runs no tool).
+//!   both modes with `--rules-from tools` (runs the tool) and `--rules-from kernel` (reads
+//!   kube-proxy's table, or iptables-nft's tables, over netlink and runs no tool).
 
 use std::{
     path::{Path, PathBuf},
@@ -83,11 +83,11 @@ pub struct NodeRow {
     pub dump_ms: f64,
     pub dump_bytes: usize,
     pub dump_rss_mib: f64,
-    /// `d8-trace explain` end to end, median, and d8-trace's own peak RSS (nftables: with
-    /// `--rules-from tools`, which runs the tool).
+    /// `d8-trace explain --rules-from tools` end to end, median, and d8-trace's own peak RSS
+    /// (the tool it runs is measured on its own).
     pub explain_ms: f64,
     pub explain_rss_mib: f64,
-    /// nftables only: `d8-trace explain --rules-from kernel` (no tool runs), median of
+    /// `d8-trace explain --rules-from kernel` (no tool runs), median of
     /// [`NodeRow::kernel_runs`] runs and its peak RSS, and every run's time.
     pub kernel_explain_ms: Option<f64>,
     pub kernel_explain_rss_mib: f64,
@@ -267,8 +267,8 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     }
     row.dump_ms = common::median(&dump);
     row.dump_rss_mib = dump_rss as f64 / 1024.0;
-    // nftables: the tool path (`--rules-from tools`, as before the kernel reader) and the kernel
-    // reader, which runs no tool and is cheap enough for 3 runs at every size.
+    // The tool path (`--rules-from tools`, as before the kernel readers) and the kernel reader,
+    // which runs no tool and is cheap enough for 3 runs at every size.
     let explain_runs = |from: Option<&str>, runs: usize| -> anyhow::Result<(Vec<f64>, u64)> {
         let (mut explain, mut rss) = (Vec::new(), 0u64);
         for _ in 0..runs {
@@ -296,16 +296,13 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         }
         Ok((explain, rss))
     };
-    let tools = (mode == ProxyMode::Nftables).then_some("tools");
-    let (explain, rss) = explain_runs(tools, runs)?;
+    let (explain, rss) = explain_runs(Some("tools"), runs)?;
     row.explain_ms = common::median(&explain);
     row.explain_rss_mib = rss as f64 / 1024.0;
-    if mode == ProxyMode::Nftables {
-        let (kernel, rss) = explain_runs(Some("kernel"), env.pick(3, 1))?;
-        row.kernel_explain_ms = Some(common::median(&kernel));
-        row.kernel_explain_rss_mib = rss as f64 / 1024.0;
-        row.kernel_runs = kernel;
-    }
+    let (kernel, rss) = explain_runs(Some("kernel"), env.pick(3, 1))?;
+    row.kernel_explain_ms = Some(common::median(&kernel));
+    row.kernel_explain_rss_mib = rss as f64 / 1024.0;
+    row.kernel_runs = kernel;
     eprintln!(
         "bench rules: {n} Services {format} in a node: load {:.0} ms, dump {:.0} ms / {:.0} MiB ({} bytes), d8-trace explain {:.0} ms / {:.0} MiB",
         row.load_ms, row.dump_ms, row.dump_rss_mib, row.dump_bytes, row.explain_ms, row.explain_rss_mib

@@ -276,9 +276,9 @@ fn generation() -> Option<u32> {
 
 /// iptables-legacy tables exist in this namespace: changes to them move no nf_tables generation.
 fn legacy_tables() -> bool {
-    ["ip_tables_names", "ip6_tables_names"]
-        .iter()
-        .any(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).is_ok_and(|t| !t.trim().is_empty()))
+    [false, true]
+        .into_iter()
+        .any(|v6| !kernel::xtables::legacy_tables(v6).is_empty())
 }
 
 /// The generation tells every change of `mode`'s rules.

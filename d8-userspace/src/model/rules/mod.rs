@@ -1,7 +1,9 @@
 //! kube-proxy's rules on this node, read into the service model (ARCHITECTURE.md, "The service model").
 //!
-//! - [`iptables`]: `iptables-save` text (iptables mode; also tells IPVS mode's rules apart).
-//! - [`nftables`]: `nft -j list table ip kube-proxy` JSON (nftables mode).
+//! - [`iptables`]: `iptables-save` text, or iptables-nft's tables read from the kernel and
+//!   rendered as that text (iptables mode; also tells IPVS mode's rules apart).
+//! - [`nftables`]: `nft -j list table ip kube-proxy` JSON, or the table read from the kernel
+//!   (nftables mode).
 //! - [`ipvs`]: `ipvsadm -Ln` and `/proc/net/ip_vs` text (IPVS mode), joined to Services by address.
 //! - [`names`]: kube-proxy's chain-name hashes.
 //! - `service`: what the three share to turn what they found into [`Service`]s: the one place
@@ -32,6 +34,8 @@ pub mod iptables;
 pub mod ipvs;
 pub mod names;
 pub mod nftables;
+#[cfg(test)]
+mod root_test;
 mod service;
 
 use crate::error_chain;
@@ -158,7 +162,10 @@ pub enum ReadError {
         source: nftables::ParseError,
     },
     /// `--rules-from kernel` and the kernel reader failed or met what it does not know.
-    #[error("reading {what} from the kernel (--rules-from kernel; `--rules-from tools` reads it with nft)")]
+    #[error(
+        "reading {what} from the kernel (--rules-from kernel; `--rules-from tools` reads it with \
+         iptables-save or nft)"
+    )]
     Kernel {
         what: String,
         #[source]
@@ -192,8 +199,8 @@ pub struct ModeReading {
 /// choose). Missing tools are an error only when the mode needs them.
 ///
 /// `only`: the job is about this Service alone (`explain`, a trace); readers that can read less
-/// for it do (the nftables kernel reader reads its chains and map elements only), and the model
-/// then holds it alone.
+/// for it do (the kernel readers read its chains and map elements only), and the model then
+/// holds it alone.
 pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&ServiceRef>) -> Result<NodeRules, ReadError> {
     let status = crate::model::kube_proxy::status();
     let reported = Some(status.mode).filter(|m| *m != ProxyMode::Unknown);
@@ -204,14 +211,14 @@ pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&Service
         .map(|p| Warning::new(WarningKind::KubeProxy, "kube-proxy", p.clone()))
         .collect();
     let reading = match wanted {
-        Some(ProxyMode::Iptables) => read_iptables_mode()?,
+        Some(ProxyMode::Iptables) => read_iptables_mode(from, only)?,
         Some(ProxyMode::Nftables) => read_nftables_mode(from, only)?,
         Some(ProxyMode::Ipvs) => read_ipvs_mode()?,
         _ => {
             let mut readings = Vec::new();
             let mut missing = 0;
             let readers: [(&ModeReader, &str); 3] = [
-                (&read_iptables_mode, "iptables"),
+                (&|| read_iptables_mode(from, only), "iptables"),
                 (&|| read_nftables_mode(from, only), "nftables"),
                 (&read_ipvs_mode, "ipvs"),
             ];
@@ -434,57 +441,51 @@ fn run(command: &str, args: &[&str], package: &'static str, mode: &'static str) 
     Ok(String::from_utf8(out.stdout).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
-/// iptables mode: the nft and legacy backends of `iptables-save` (and `ip6tables-save`); for each
-/// family the backend holding kube-proxy's chains wins.
-pub fn read_iptables_mode() -> Result<ModeReading, ReadError> {
+/// iptables mode, IPv4 and IPv6: from the kernel (iptables-nft's nf_tables tables, see
+/// [`iptables::netlink`]; only `only`'s part when given) or from the `iptables-save` tools, as
+/// `from` says.
+pub fn read_iptables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<ModeReading, ReadError> {
     let mut reading = ModeReading {
         mode: ProxyMode::Iptables,
         ..Default::default()
     };
-    let mut any_ran = false;
-    for family in [
-        ["iptables-nft-save", "iptables-legacy-save", "iptables-save"],
-        ["ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"],
+    let mut any_read = false;
+    for (v6, family, tools) in [
+        (
+            false,
+            crate::kernel::nftables::FAMILY_IP,
+            ["iptables-nft-save", "iptables-legacy-save", "iptables-save"],
+        ),
+        (
+            true,
+            crate::kernel::nftables::FAMILY_IP6,
+            ["ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"],
+        ),
     ] {
-        let mut best: Option<(String, iptables::Parsed)> = None;
-        let mut ran_specific = false;
-        for cmd in family {
-            // `iptables-save` is one of the two backends; read it only when neither ran.
-            let generic = !cmd.contains("-nft-") && !cmd.contains("-legacy-");
-            if generic && ran_specific {
-                continue;
-            }
-            let text = match run(cmd, &[], "iptables", "iptables") {
-                Ok(t) => t,
-                Err(ReadError::CommandMissing { .. }) => continue,
-                Err(e) => {
-                    reading.warnings.push(error_chain(&e));
-                    continue;
+        let ip = if v6 { "ip6" } else { "ip" };
+        let best = match from {
+            RulesFrom::Tools => read_iptables_tools(tools, &mut reading, &mut any_read)?,
+            RulesFrom::Kernel | RulesFrom::Auto => match read_iptables_kernel(v6, family, only) {
+                Ok(best) => {
+                    any_read = true;
+                    Some(best)
                 }
-            };
-            any_ran = true;
-            ran_specific |= !generic;
-            let parsed = iptables::parse_named(&text, cmd).map_err(|source| ReadError::Iptables {
-                command: cmd.to_string(),
-                source,
-            })?;
-            let better = match &best {
-                None => true,
-                Some((_, b)) => kube_rule_weight(&parsed) > kube_rule_weight(b),
-            };
-            if let Some((prev, b)) = &best
-                && parsed.rules_present
-                && b.rules_present
-            {
-                reading.warnings.push(format!(
-                    "kube-proxy chains exist in both {prev} and {cmd} output; using the one with more rules"
-                ));
-            }
-            if better {
-                best = Some((cmd.to_string(), parsed));
-            }
-        }
-        if let Some((cmd, parsed)) = best {
+                Err(source) if from == RulesFrom::Kernel => {
+                    return Err(ReadError::Kernel {
+                        what: format!("the iptables-nft tables {ip} filter and {ip} nat"),
+                        source,
+                    });
+                }
+                Err(e) => {
+                    reading.warnings.push(format!(
+                        "the {ip} iptables rules were not read from the kernel ({e}); read with `{}` instead",
+                        tools[2]
+                    ));
+                    read_iptables_tools(tools, &mut reading, &mut any_read)?
+                }
+            },
+        };
+        if let Some((source, parsed)) = best {
             if parsed.rules_present {
                 reading.rules_present = true;
                 if parsed.mode_hint == Some(ProxyMode::Ipvs) {
@@ -492,14 +493,14 @@ pub fn read_iptables_mode() -> Result<ModeReading, ReadError> {
                 }
             }
             if parsed.rules_present || reading.sources.is_empty() {
-                reading.sources.push(cmd);
+                reading.sources.push(source);
             }
             reading.services = merge_services(std::mem::take(&mut reading.services), parsed.services);
             reading.warnings.extend(parsed.warnings);
             reading.node_port_ips.extend(parsed.node_port_ips);
         }
     }
-    if !any_ran {
+    if !any_read {
         return Err(ReadError::CommandMissing {
             command: "iptables-save".to_string(),
             package: "iptables",
@@ -514,6 +515,79 @@ pub fn read_iptables_mode() -> Result<ModeReading, ReadError> {
     Ok(reading)
 }
 
+/// One family's iptables rules from the kernel, as the source it names and what it holds.
+///
+/// Which backend holds kube-proxy's chains is detected, not assumed: iptables-nft's are read
+/// here; legacy x_tables tables (listed in `/proc/thread-self/net/ip_tables_names`) are not
+/// decoded, so when any exist the read is refused and `auto` runs the save tools, which read
+/// both backends and keep the one with more of kube-proxy's rules (see [`read_iptables_tools`]).
+fn read_iptables_kernel(
+    v6: bool,
+    family: u8,
+    only: Option<&ServiceRef>,
+) -> Result<(String, iptables::Parsed), nftables::netlink::Error> {
+    let ip = if v6 { "ip6" } else { "ip" };
+    let legacy = crate::kernel::xtables::legacy_tables(v6);
+    if !legacy.is_empty() {
+        return Err(nftables::netlink::Error::Unknown(format!(
+            "iptables-legacy tables exist ({}), and the legacy ruleset is read by iptables-legacy-save only",
+            legacy.join(", ")
+        )));
+    }
+    let source = format!("nf_tables netlink ({ip} filter, {ip} nat)");
+    let parsed = iptables::netlink::read(family, &source, only)?;
+    Ok((source, parsed))
+}
+
+/// One family's `iptables-save` tools: the nft and legacy backends (`iptables-save` itself only
+/// when neither is installed); the one holding more of kube-proxy's rules wins. `any_ran` is set
+/// when a tool ran.
+fn read_iptables_tools(
+    family: [&str; 3],
+    reading: &mut ModeReading,
+    any_ran: &mut bool,
+) -> Result<Option<(String, iptables::Parsed)>, ReadError> {
+    let mut best: Option<(String, iptables::Parsed)> = None;
+    let mut ran_specific = false;
+    for cmd in family {
+        // `iptables-save` is one of the two backends; read it only when neither ran.
+        let generic = !cmd.contains("-nft-") && !cmd.contains("-legacy-");
+        if generic && ran_specific {
+            continue;
+        }
+        let text = match run(cmd, &[], "iptables", "iptables") {
+            Ok(t) => t,
+            Err(ReadError::CommandMissing { .. }) => continue,
+            Err(e) => {
+                reading.warnings.push(error_chain(&e));
+                continue;
+            }
+        };
+        *any_ran = true;
+        ran_specific |= !generic;
+        let parsed = iptables::parse_named(&text, cmd).map_err(|source| ReadError::Iptables {
+            command: cmd.to_string(),
+            source,
+        })?;
+        let better = match &best {
+            None => true,
+            Some((_, b)) => kube_rule_weight(&parsed) > kube_rule_weight(b),
+        };
+        if let Some((prev, b)) = &best
+            && parsed.rules_present
+            && b.rules_present
+        {
+            reading.warnings.push(format!(
+                "kube-proxy chains exist in both {prev} and {cmd} output; using the one with more rules"
+            ));
+        }
+        if better {
+            best = Some((cmd.to_string(), parsed));
+        }
+    }
+    Ok(best)
+}
+
 /// How much of kube-proxy a dump holds: rules when its chains are there, else nothing.
 fn kube_rule_weight(p: &iptables::Parsed) -> usize {
     if p.rules_present { 1 + p.rule_count } else { 0 }
@@ -522,16 +596,17 @@ fn kube_rule_weight(p: &iptables::Parsed) -> usize {
 /// One mode's reader, as `read_node` tries them in turn.
 type ModeReader<'a> = dyn Fn() -> Result<ModeReading, ReadError> + 'a;
 
-/// Where nftables-mode rules are read from (`--rules-from`), chosen once by the caller.
+/// Where iptables- and nftables-mode rules are read from (`--rules-from`), chosen once by the
+/// caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RulesFrom {
-    /// The kernel over netlink where the decoder knows everything it meets, else the `nft` tool
-    /// (with a warning saying why).
+    /// The kernel over netlink where the decoder knows everything it meets, else the text tool
+    /// (`iptables-save`, `nft`), with a warning saying why.
     #[default]
     Auto,
     /// The kernel only: what the decoder does not know is an error.
     Kernel,
-    /// The `nft` tool only (`nft -j list table …`), as before the kernel reader.
+    /// The text tools only (`iptables-save`, `nft -j list table …`), as before the kernel readers.
     Tools,
 }
 

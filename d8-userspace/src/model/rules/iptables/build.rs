@@ -134,8 +134,10 @@ impl<'d> Builder<'d> {
     }
 
     fn warn_rule(&mut self, rule: &Rule<'_>, msg: impl std::fmt::Display) {
-        self.warnings
-            .push(format!("{} line {}: {msg}", self.dump.source_name, rule.line));
+        self.warnings.push(format!(
+            "{} {} {}: {msg}",
+            self.dump.source_name, self.dump.place, rule.line
+        ));
     }
 
     fn ok(&mut self, rule: &Rule<'_>) {
@@ -741,8 +743,8 @@ impl<'d> Builder<'d> {
             // EXT chains' masquerade/route rules and FW fall-through are handled above; what is
             // left is unknown to this reader.
             lines.push(format!(
-                "{} line {}: rule not understood, left out of the model: {}",
-                dump.source_name, rule.line, rule.text
+                "{} {} {}: rule not understood, left out of the model: {}",
+                dump.source_name, dump.place, rule.line, rule.text
             ));
         }
         self.warnings.extend(lines);

@@ -36,6 +36,10 @@
 //! Rules in chains kube-proxy does not own (built-in chains aside from their jumps, CNI chains) are
 //! outside the model and are not reported.
 //!
+//! The kernel reader (`netlink.rs`, iptables-nft over nf_tables netlink) renders kube-proxy's
+//! chains as this text, rule by rule (`save.rs`, with x_tables extensions decoded by `xt.rs`),
+//! and hands it to the same stages.
+//!
 //! The reader runs in stages, one file each: `lex.rs` splits a rule line into the options the model
 //! reads; `table.rs` reads the dump's tables, chains and rules and resolves jumps; `build.rs` reads
 //! kube-proxy's chains as Services, with kube-proxy's comments parsed by `comment.rs` and the
@@ -46,10 +50,15 @@
 
 mod build;
 mod comment;
+#[cfg(test)]
+mod kernel_tests;
 mod lex;
+pub mod netlink;
+mod save;
 mod table;
 #[cfg(test)]
 mod tests;
+mod xt;
 
 use std::net::IpAddr;
 
@@ -100,5 +109,13 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
 /// Parses `iptables-save` output; `source_name` (a file name or command) prefixes every warning.
 pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> {
     let dump = Dump::read(text, source_name)?;
+    Ok(build::build(&dump))
+}
+
+/// Parses the `iptables-save` text the kernel reader rendered (`netlink.rs`); warnings name each
+/// rule by its handle (`handles[line]`), not by a line of a text nobody sees.
+fn parse_rendered(text: &str, source_name: &str, handles: &[u64]) -> Result<Parsed, ParseError> {
+    let mut dump = Dump::read(text, source_name)?;
+    dump.locate_by_handle(handles);
     Ok(build::build(&dump))
 }

@@ -95,6 +95,9 @@ pub(super) struct Dump<'a> {
     chain_start: Vec<u32>,
     chain_rules: Vec<u32>,
     pub(super) warnings: Vec<String>,
+    /// What a rule's `line` counts: `"line"` of the text, or `"rule handle"` when the text was
+    /// rendered from the kernel's rules (`netlink.rs`), whose handles `nft -a` shows.
+    pub(super) place: &'static str,
 }
 
 /// No chain.
@@ -107,6 +110,7 @@ impl<'a> Dump<'a> {
         let mut dump = Dump {
             source_name: source_name.to_string(),
             rules: Vec::with_capacity(text.len() / 90),
+            place: "line",
             ..Default::default()
         };
         let mut table: Option<&'a str> = None;
@@ -224,6 +228,17 @@ impl<'a> Dump<'a> {
             ));
         }
         Ok(dump)
+    }
+
+    /// Gives each rule its place in the kernel instead of its line: `handles[line]` is the
+    /// handle of the rule rendered on that line.
+    pub(super) fn locate_by_handle(&mut self, handles: &[u64]) {
+        for r in &mut self.rules {
+            if let Some(&h) = handles.get(r.line as usize) {
+                r.line = u32::try_from(h).unwrap_or(u32::MAX);
+            }
+        }
+        self.place = "rule handle";
     }
 
     fn warn(&mut self, line: usize, msg: String) {

@@ -577,3 +577,46 @@ fn ipvs_mode_rules_hint_ipvs() {
     assert!(p.services.is_empty());
     assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
 }
+
+/// The kernel's answers for the fixture rules (`iptables-nft-netlink.bin`, recorded by
+/// `kernel_tests::record_iptables_netlink_fixture` with `iptables-input.rules` restored) read as
+/// `iptables-nft-save`'s text of the same tables (`iptables-nft.save`): without root, the kernel
+/// reader is checked on kube-proxy's real rule shapes (DNAT with `nf_nat_range2`, statistic,
+/// recent, comments, mark and MARK, MASQUERADE, REJECT, addrtype, conntrack states, tcp/udp
+/// ports, `-s`/`-d` prefixes, the KUBE-FW source-range chain, KUBE-PROXY-FIREWALL).
+#[test]
+fn recorded_iptables_nft_answers_read_as_iptables_save_does() {
+    let bin = include_bytes!("../../../../testdata/rules/iptables-nft-netlink.bin");
+    let text = include_str!("../../../../testdata/rules/iptables-nft.save");
+    let kernel = super::netlink::decode_dump(crate::kernel::nftables::FAMILY_IP, bin).unwrap();
+    let tool = parse_named(text, "netlink").unwrap();
+    assert!(kernel.rules_present && kernel.services.len() >= 5, "{kernel:?}");
+    assert_eq!(kernel.services, tool.services);
+    assert_eq!(kernel.node_port_ips, tool.node_port_ips);
+    assert_eq!(kernel.mode_hint, tool.mode_hint);
+    assert!(
+        kernel.warnings.is_empty() && tool.warnings.is_empty(),
+        "{:?}",
+        kernel.warnings
+    );
+    // The rendering is iptables-nft-save's text, line for line.
+    let rendered = super::netlink::render_dump(crate::kernel::nftables::FAMILY_IP, bin).unwrap();
+    let saved: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(rendered.lines().collect::<Vec<_>>(), saved);
+}
+
+/// Truncated and corrupted kernel answers are errors or partial tables, never panics.
+#[test]
+fn mangled_iptables_nft_answers_never_panic() {
+    let bin = include_bytes!("../../../../testdata/rules/iptables-nft-netlink.bin");
+    for cut in (0..bin.len()).step_by(97) {
+        let _ = super::netlink::decode_dump(crate::kernel::nftables::FAMILY_IP, &bin[..cut]);
+    }
+    let mut flipped = bin.to_vec();
+    for i in (16..flipped.len()).step_by(13) {
+        flipped[i] ^= 0x5a;
+        let _ = super::netlink::decode_dump(crate::kernel::nftables::FAMILY_IP, &flipped);
+        let _ = super::netlink::decode_dump(crate::kernel::nftables::FAMILY_IP6, &flipped);
+        flipped[i] ^= 0x5a;
+    }
+}

@@ -21,18 +21,18 @@ use crate::kernel::netlink::attrs;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unknown(pub String);
 
-pub(super) type R<T> = Result<T, Unknown>;
+pub(in crate::model::rules) type R<T> = Result<T, Unknown>;
 
-pub(super) fn unknown<T>(what: impl Into<String>) -> R<T> {
+pub(in crate::model::rules) fn unknown<T>(what: impl Into<String>) -> R<T> {
     Err(Unknown(what.into()))
 }
 
 /// The attributes of one nested object by type, only those in `allowed` (bit per type): an
 /// attribute outside it is [`Unknown`].
-pub(super) struct Attrs<'a>([Option<&'a [u8]>; 24]);
+pub(in crate::model::rules) struct Attrs<'a>([Option<&'a [u8]>; 24]);
 
 impl<'a> Attrs<'a> {
-    pub(super) fn parse(buf: &'a [u8], allowed: u32, what: &str) -> R<Self> {
+    pub(in crate::model::rules) fn parse(buf: &'a [u8], allowed: u32, what: &str) -> R<Self> {
         let mut out = [None; 24];
         for (kind, value) in attrs(buf) {
             if kind as usize >= out.len() || allowed & (1 << kind) == 0 {
@@ -43,11 +43,11 @@ impl<'a> Attrs<'a> {
         Ok(Self(out))
     }
 
-    pub(super) fn get(&self, kind: u16) -> Option<&'a [u8]> {
+    pub(in crate::model::rules) fn get(&self, kind: u16) -> Option<&'a [u8]> {
         self.0.get(kind as usize).copied().flatten()
     }
 
-    pub(super) fn u32(&self, kind: u16) -> R<Option<u32>> {
+    pub(in crate::model::rules) fn u32(&self, kind: u16) -> R<Option<u32>> {
         match self.get(kind) {
             None => Ok(None),
             Some(b) => match <[u8; 4]>::try_from(b) {
@@ -57,12 +57,12 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    pub(super) fn need_u32(&self, kind: u16, what: &str) -> R<u32> {
+    pub(in crate::model::rules) fn need_u32(&self, kind: u16, what: &str) -> R<u32> {
         self.u32(kind)?
             .map_or_else(|| unknown(format!("{what}: attribute {kind} missing")), Ok)
     }
 
-    pub(super) fn u64(&self, kind: u16) -> R<Option<u64>> {
+    pub(in crate::model::rules) fn u64(&self, kind: u16) -> R<Option<u64>> {
         match self.get(kind) {
             None => Ok(None),
             Some(b) => match <[u8; 8]>::try_from(b) {
@@ -72,7 +72,7 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    pub(super) fn str(&self, kind: u16) -> R<Option<&'a str>> {
+    pub(in crate::model::rules) fn str(&self, kind: u16) -> R<Option<&'a str>> {
         match self.get(kind) {
             None => Ok(None),
             Some(b) => {
@@ -87,7 +87,7 @@ impl<'a> Attrs<'a> {
 }
 
 /// Bits for [`Attrs::parse`].
-pub(super) const fn bits(kinds: &[u16]) -> u32 {
+pub(in crate::model::rules) const fn bits(kinds: &[u16]) -> u32 {
     let mut m = 0;
     let mut i = 0;
     while i < kinds.len() {
@@ -227,16 +227,23 @@ pub(super) fn statements(list: &[u8], v6: bool, sets: &dyn Fn(&str) -> Option<Se
         dep: None,
         v6,
     };
+    for (name, data) in expressions(list)? {
+        d.expr(name, data, sets)?;
+    }
+    Ok(d.finish())
+}
+
+/// A rule's expression list (`NFTA_RULE_EXPRESSIONS`) as (name, data) pairs.
+pub(in crate::model::rules) fn expressions(list: &[u8]) -> R<Vec<(&str, &[u8])>> {
+    let mut out = Vec::new();
     for (kind, e) in attrs(list) {
         if kind != 1 {
             return unknown(format!("expression list: attribute {kind}"));
         }
         let a = Attrs::parse(e, bits(&[1, 2]), "expression")?;
-        let name = a.str(1)?.unwrap_or_default();
-        let data = a.get(2).unwrap_or_default();
-        d.expr(name, data, sets)?;
+        out.push((a.str(1)?.unwrap_or_default(), a.get(2).unwrap_or_default()));
     }
-    Ok(d.finish())
+    Ok(out)
 }
 
 struct Decoder {

@@ -6,91 +6,44 @@
 //! same warnings but for the source they name.
 //!
 //! These need root and `nft`. Without them they fail, naming what is missing, unless
-//! `D8_SKIP_ROOT_TESTS=1` is set: then each prints `SKIPPED <test>: <reason>` and returns, so a
-//! skip is always said by name and never passes silently by default.
-
-use std::process::Command;
+//! `D8_SKIP_ROOT_TESTS=1` is set: then each prints `SKIPPED <test>: <reason>` and returns
+//! (`root_test::can_run`).
 
 use crate::lab::nftables::kube_proxy_transaction;
 use crate::lab::spec::{ClusterSpec, ListenerKind, PodSpec, ServiceSpec, TrafficPolicy};
+use crate::model::rules::root_test::{self, TestNs};
 use crate::model::rules::{ModeReading, RulesFrom, read_nftables_mode};
 use crate::model::{Protocol, ServiceRef};
 
-/// `Some(reason)` when this test cannot run here (and may be skipped).
-fn missing_prerequisite() -> Option<String> {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (network namespaces, nf_tables)".into());
-    }
-    match Command::new("nft").arg("--version").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("needs the `nft` tool (package nftables)".into()),
-    }
-}
-
-/// Fails (or, with `D8_SKIP_ROOT_TESTS=1`, says SKIPPED by name) when the test cannot run.
+/// Whether the test can run here (root, `nft`); see [`root_test::can_run`].
 fn can_run(test: &str) -> bool {
-    let Some(reason) = missing_prerequisite() else {
-        return true;
-    };
-    if std::env::var("D8_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("SKIPPED {test}: {reason}");
-        return false;
-    }
-    panic!("{test}: {reason} (set D8_SKIP_ROOT_TESTS=1 to skip it by name)");
+    root_test::can_run(test, "nft", "nftables")
 }
 
-/// A network namespace of the test's own, deleted on drop (every exit path, panics included).
-struct Ns(String);
+/// The test's own network namespace.
+struct Ns(TestNs);
 
 impl Ns {
     fn new(tag: &str) -> Self {
-        let name = format!("d8-nftk-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ns(name)
+        Ns(TestNs::new("nftk", tag))
     }
 
     /// `nft -f FILE` (or `-j -f`) inside the namespace.
     fn load(&self, text: &str, json: bool) {
-        let file = std::env::temp_dir().join(format!("{}.nft", self.0));
-        std::fs::write(&file, text).expect("write rules");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0, "nft"]);
-        if json {
-            cmd.arg("-j");
-        }
-        let out = cmd.arg("-f").arg(&file).output().expect("nft -f");
-        let _ = std::fs::remove_file(&file);
-        assert!(out.status.success(), "nft -f: {}", String::from_utf8_lossy(&out.stderr));
+        let tool: &[&str] = if json { &["nft", "-j", "-f"] } else { &["nft", "-f"] };
+        self.0.load_file(tool, text);
     }
 
     fn flush(&self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.0, "nft", "flush", "ruleset"])
-            .output();
+        let _ = self.0.exec(&["nft", "flush", "ruleset"]);
     }
 
     /// The table read with `from`, inside the namespace.
     fn read(&self, from: RulesFrom) -> ModeReading {
-        crate::lab::in_netns(&self.0, move || {
+        crate::lab::in_netns(&self.0.0, move || {
             read_nftables_mode(from, None).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
         })
         .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 
@@ -112,7 +65,7 @@ fn normalized(warnings: &[String]) -> Vec<String> {
 /// whole reading `tools` has it.
 fn assert_scoped_same(ns: &Ns, tools: &ModeReading, only: &ServiceRef, what: &str) {
     let owned = only.clone();
-    let scoped = crate::lab::in_netns(&ns.0, move || {
+    let scoped = crate::lab::in_netns(&ns.0.0, move || {
         read_nftables_mode(RulesFrom::Kernel, Some(&owned)).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
     })
     .unwrap_or_else(|e| panic!("{what}: scoped read of {only}: {e}"));
@@ -138,33 +91,12 @@ fn assert_same(ns: &Ns, what: &str) -> ModeReading {
 }
 
 fn assert_same_whole(ns: &Ns, what: &str) -> ModeReading {
-    let kernel = ns.read(RulesFrom::Kernel);
-    let tools = ns.read(RulesFrom::Tools);
-    assert!(tools.rules_present, "{what}: nft found no kube-proxy table");
-    assert_eq!(kernel.rules_present, tools.rules_present, "{what}: rules_present");
-    assert_eq!(kernel.node_port_ips, tools.node_port_ips, "{what}: node_port_ips");
-    assert_eq!(
-        normalized(&kernel.warnings),
-        normalized(&tools.warnings),
-        "{what}: warnings"
+    let (kernel, tools, auto) = (
+        ns.read(RulesFrom::Kernel),
+        ns.read(RulesFrom::Tools),
+        ns.read(RulesFrom::Auto),
     );
-    assert_eq!(
-        kernel.services.len(),
-        tools.services.len(),
-        "{what}: number of Services"
-    );
-    for (k, t) in kernel.services.iter().zip(&tools.services) {
-        assert_eq!(k, t, "{what}: Service {}", t.service);
-    }
-    assert!(
-        kernel.sources.iter().all(|s| s.starts_with("nf_tables netlink")),
-        "{what}: the kernel reading ran a tool: {:?}",
-        kernel.sources
-    );
-    // The default reads the kernel too, and runs no tool where the kernel reader applies.
-    let auto = ns.read(RulesFrom::Auto);
-    assert_eq!(auto.sources, kernel.sources, "{what}: --rules-from auto ran a tool");
-    assert_eq!(auto.services, kernel.services, "{what}: --rules-from auto");
+    root_test::assert_same_readings(what, &kernel, &tools, &auto, normalized);
     kernel
 }
 
@@ -176,7 +108,7 @@ fn ip(a: u8, b: u8, c: u8, d: u8) -> std::net::Ipv4Addr {
 /// and UDP, externalTrafficPolicy=Local with a remote endpoint, UDP DNS), and one spec with
 /// every policy kube-proxy tells apart (affinity, Local with and without local endpoints,
 /// external and load-balancer IPs, source ranges, internalTrafficPolicy=Local).
-fn lab_specs() -> Vec<(&'static str, ClusterSpec)> {
+pub(in crate::model::rules) fn lab_specs() -> Vec<(&'static str, ClusterSpec)> {
     let web = |name: &str, addr| {
         PodSpec::new("default", name, addr)
             .label("app", "web")
@@ -331,7 +263,7 @@ fn kernel_reading_falls_back_to_nft_on_what_it_does_not_know() {
         "{:?}",
         auto.sources
     );
-    let forced = crate::lab::in_netns(&ns.0, || Ok(read_nftables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
+    let forced = crate::lab::in_netns(&ns.0.0, || Ok(read_nftables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
 
@@ -340,26 +272,7 @@ fn kernel_reading_falls_back_to_nft_on_what_it_does_not_know() {
 fn generated_table(n: usize) -> String {
     use super::json::J;
     use super::render::{render_elem, render_exprs};
-    let dir = std::env::temp_dir();
-    let (save, json) = (
-        dir.join(format!("d8-nftk-{n}-{}.save", std::process::id())),
-        dir.join(format!("d8-nftk-{n}-{}.json", std::process::id())),
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/gen_large.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(n.to_string())
-        .arg(&save)
-        .arg(&json)
-        .output()
-        .expect("python3 gen_large.py");
-    assert!(
-        out.status.success(),
-        "gen_large.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("generated JSON");
-    let _ = (std::fs::remove_file(&save), std::fs::remove_file(&json));
+    let (_, text) = root_test::gen_large(n);
     let dump: J<'_> = serde_json::from_str(&text).expect("generated JSON parses");
     let (mut decls, mut rules, mut elems) = (String::new(), String::new(), Vec::new());
     decls.push_str("add table ip kube-proxy\n");

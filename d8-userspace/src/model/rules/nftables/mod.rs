@@ -42,10 +42,11 @@
 
 mod build;
 mod chain_name;
-mod expr;
+/// Also the iptables-nft reader's attribute helpers (`Attrs`, `bits`, `Unknown`).
+pub(in crate::model::rules) mod expr;
 mod json;
 #[cfg(test)]
-mod kernel_tests;
+pub(in crate::model::rules) mod kernel_tests;
 pub mod netlink;
 mod render;
 mod table;

@@ -41,6 +41,16 @@ pub enum Error {
     Unknown(String),
 }
 
+impl Error {
+    /// The kernel has no nf_tables (no rules can be there).
+    pub fn no_nf_tables(&self) -> bool {
+        matches!(self, Error::Io(e) if matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
+        ))
+    }
+}
+
 impl From<Unknown> for Error {
     fn from(u: Unknown) -> Self {
         Error::Unknown(u.0)
@@ -58,14 +68,7 @@ impl From<Unknown> for Error {
 pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<Parsed, Error> {
     match read_consistent(family, source_name, only) {
         // No nf_tables in this kernel: no nftables rules either.
-        Err(Error::Io(e))
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
-            ) =>
-        {
-            Ok(Parsed::default())
-        }
+        Err(e) if e.no_nf_tables() => Ok(Parsed::default()),
         other => other,
     }
 }
@@ -90,15 +93,16 @@ fn read_consistent(family: u8, source_name: &str, only: Option<&ServiceRef>) -> 
     Err(Error::Unstable(ATTEMPTS))
 }
 
-fn generation(r: &mut Reader) -> Result<u32, Error> {
+/// The ruleset's generation, as the kernel readers' error.
+pub(in crate::model::rules) fn generation(r: &mut Reader) -> Result<u32, Error> {
     r.generation().map_err(|e| match e {
         nl::Error::Io(e) => Error::Io(e),
         other => Error::Io(io::Error::other(other.to_string())),
     })
 }
 
-/// How a read attempt ended early.
-enum Step {
+/// How a read attempt (or one dump of it) ended early.
+pub(in crate::model::rules) enum Step {
     /// The ruleset changed (a dump was interrupted): try again.
     Changed,
     Failed(Error),
@@ -113,6 +117,32 @@ impl From<Error> for Step {
 impl From<Unknown> for Step {
     fn from(u: Unknown) -> Self {
         Step::Failed(u.into())
+    }
+}
+
+/// One dump of `table` (see [`Reader::dump`]), each object given to `each`; an error of `each`
+/// stops it and is returned, an interrupted dump is [`Step::Changed`].
+pub(in crate::model::rules) fn dump(
+    r: &mut Reader,
+    family: u8,
+    kind: Kind,
+    table: &str,
+    name: Option<&str>,
+    mut each: impl FnMut(Object<'_>) -> Result<(), Error>,
+) -> Result<(), Step> {
+    let mut failed = None;
+    let res = r.dump(family, kind, table, name, |o| match each(o) {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    });
+    match res {
+        Ok(()) => Ok(()),
+        Err(nl::Error::Interrupted) => Err(Step::Changed),
+        Err(nl::Error::Stopped) => Err(Step::Failed(failed.unwrap_or(Error::Unknown("stopped".into())))),
+        Err(nl::Error::Io(e)) => Err(Step::Failed(Error::Io(e))),
     }
 }
 
@@ -280,20 +310,8 @@ impl Decoder {
         set: Option<&str>,
         mut each: impl FnMut(&mut Self, Object<'_>) -> Result<(), Error>,
     ) -> Result<(), Step> {
-        let mut failed = None;
-        let res = r.dump(self.family, kind, TABLE, set, |o| match each(self, o) {
-            Ok(()) => true,
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        });
-        match res {
-            Ok(()) => Ok(()),
-            Err(nl::Error::Interrupted) => Err(Step::Changed),
-            Err(nl::Error::Stopped) => Err(Step::Failed(failed.unwrap_or(Error::Unknown("stopped".into())))),
-            Err(nl::Error::Io(e)) => Err(Step::Failed(Error::Io(e))),
-        }
+        let family = self.family;
+        dump(r, family, kind, TABLE, set, |o| each(self, o))
     }
 
     fn read_all(&mut self, r: &mut Reader) -> Result<(), Step> {
