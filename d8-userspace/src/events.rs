@@ -60,6 +60,50 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// An address family, as the Kubernetes API names it (`spec.ipFamilies`, an EndpointSlice's
+/// `addressType`): a dual-stack Service has one frontend and one set of endpoints per family, and
+/// kube-proxy programs each family on its own (ip6tables, `table ip6 kube-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpFamily {
+    #[serde(rename = "IPv4")]
+    V4,
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl IpFamily {
+    /// The family of an address. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is IPv6 here, as
+    /// on the wire: kube-proxy never programs one, and callers that read user input refuse it.
+    pub const fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// The API spelling (`IPv4`, `IPv6`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    /// `4` or `6`, as `--family` takes it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::V4 => 4,
+            Self::V6 => 6,
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a packet was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -8,7 +8,7 @@ use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset}
 use crate::kernel::host::ConntrackStats;
 use crate::model::k8s::minor_version;
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode, RuleFacts,
+    ApiFacts, Endpoint, Frontend, FrontendKind, IpFamily, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode, RuleFacts,
     RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
 };
 use crate::report::{EvidenceKind, Format, Runbook, Severity, VerdictClass};
@@ -115,6 +115,7 @@ fn model(api: bool) -> ServiceModel {
             terminating_serving: Vec::new(),
             topology: None,
             last_change_unix: None,
+            ip_families: vec![IpFamily::V4],
         };
     }
     ServiceModel {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::flows::Outcome;
-use crate::model::{FrontendKind, Protocol, ProxyMode, ServiceRef};
+use crate::model::{FrontendKind, IpFamily, Protocol, ProxyMode, ServiceRef};
 
 fn svc() -> ServiceRef {
     ServiceRef {
@@ -37,6 +37,10 @@ fn literal_report() -> Report {
             local: None,
             rule: None,
         }],
+        families: FamiliesReport {
+            configured: vec![IpFamily::V4],
+            seen: vec![IpFamily::V4],
+        },
         flows: vec![FlowReport {
             protocol: Protocol::Tcp,
             client: "10.1.0.5:41234".parse().unwrap(),
@@ -92,6 +96,14 @@ const GOLDEN_JSON: &str = r#"{
       "rule": null
     }
   ],
+  "families": {
+    "configured": [
+      "IPv4"
+    ],
+    "seen": [
+      "IPv4"
+    ]
+  },
   "flows": [
     {
       "protocol": "tcp",
@@ -166,6 +178,7 @@ fn new_report_prints_nulls_for_the_verdict_fields() {
         "kube_proxy",
         "frontends",
         "endpoints",
+        "families",
         "flows",
         "lost_events",
         "root_cause",

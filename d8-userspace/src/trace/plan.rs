@@ -12,7 +12,7 @@ use d8_common::{FAMILY_V4, FAMILY_V6, TargetKey, target};
 
 use super::Error;
 use crate::classify::Asked;
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, ServiceModel, ServiceRef, in_cidr};
+use crate::model::{Endpoint, Frontend, FrontendKind, IpFamily, Protocol, ProxyMode, ServiceModel, ServiceRef, in_cidr};
 
 /// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +364,30 @@ impl Plan {
             Asked::Unallocated(protocol, addr) => format!("{addr}/{protocol} (no Service)"),
             _ => self.service.to_string(),
         }
+    }
+
+    /// The plan narrowed to one address family (`--family`): that family's frontends (NodePorts
+    /// on that family's node addresses) and endpoints. A Service without a frontend of the family
+    /// is an error naming the families it has.
+    pub fn narrowed(mut self, family: IpFamily) -> Result<Plan, Error> {
+        let of = |ip: IpAddr| IpFamily::of(ip) == family;
+        let mut has: Vec<IpFamily> = self.frontend_addrs.iter().map(|(_, a)| IpFamily::of(a.ip())).collect();
+        has.sort();
+        has.dedup();
+        self.frontend_addrs.retain(|(_, a)| of(a.ip()));
+        if self.frontend_addrs.is_empty() {
+            return Err(Error::NoSuchFamily {
+                service: self.name(),
+                family,
+                has: has.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        // NodePorts on "any local address" stay: their addresses were expanded above.
+        self.frontends
+            .retain(|f| of(f.ip) || (f.kind == FrontendKind::NodePort && f.ip.is_unspecified()));
+        self.endpoints.retain(|e| of(e.ip));
+        self.node_ips.retain(|ip| of(*ip));
+        Ok(self)
     }
 
     /// Kernel targets: every frontend, and every backend (so direct flows such as kubelet probes

@@ -334,6 +334,7 @@ async fn trace_job(svc: Target, scope: Scope, duration: Duration) -> Result<(Rep
         reply_timeout: Duration::from_secs(3),
         ring_buffer_bytes: 1 << 20,
         live: false,
+        family: None,
     };
     let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;
     Ok((done.report, done.warnings))
