@@ -212,7 +212,10 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             ));
             evidence.push(Evidence::new(
                 EvidenceKind::Rules,
-                format!("kube-proxy's {ok} rules have {name}; its {family} rules do not mention {}", first.ip),
+                format!(
+                    "kube-proxy's {ok} rules have {name}; its {family} rules do not mention {}",
+                    first.ip
+                ),
             ));
             detail = Some(format!(
                 "kube-proxy programmed {name} for {ok} but not for {family}: its {family} rules lack the ClusterIP {}",

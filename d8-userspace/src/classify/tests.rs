@@ -8,8 +8,8 @@ use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset}
 use crate::kernel::host::ConntrackStats;
 use crate::model::k8s::minor_version;
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, IpFamily, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode, RuleFacts,
-    RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
+    ApiFacts, Endpoint, Frontend, FrontendKind, IpFamily, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode,
+    RuleFacts, RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
 };
 use crate::report::{EvidenceKind, Format, Runbook, Severity, VerdictClass};
 

@@ -367,10 +367,7 @@ impl Lab {
             netns::ip_batch(
                 &ext,
                 &[
-                    format!(
-                        "addr add {}/{len6} dev eth0 nodad",
-                        ipv6_twin(s.external_client_ip)
-                    ),
+                    format!("addr add {}/{len6} dev eth0 nodad", ipv6_twin(s.external_client_ip)),
                     format!("route add ::/0 via {node_ip6} dev eth0"),
                 ],
             )?;
@@ -408,7 +405,10 @@ impl Lab {
                 "net.ipv6.conf.default.accept_dad=0",
             ]
         } else {
-            &["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+            &[
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]
         }
     }
 

@@ -206,7 +206,10 @@ pub fn kube_proxy_transaction_in(spec: &ClusterSpec, family: IpFamily) -> String
     tx.rule("masquerading", "mark and 0x4000 == 0 return");
     tx.rule("masquerading", "mark set mark xor 0x4000");
     tx.rule("masquerading", "masquerade fully-random");
-    tx.rule("services", &format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"));
+    tx.rule(
+        "services",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"),
+    );
     tx.rule(
         "services",
         &format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"),
@@ -444,7 +447,10 @@ fn write_service_to_endpoint_rules(
         for ep in eps {
             let ep_base = endpoint_base(svc, port, ep);
             let ip = tx.ip;
-            tx.rule(chain, &format!("{ip} saddr @affinity-{ep_base} goto endpoint-{ep_base}"));
+            tx.rule(
+                chain,
+                &format!("{ip} saddr @affinity-{ep_base} goto endpoint-{ep_base}"),
+            );
         }
     }
     let elements: Vec<String> = eps
@@ -544,10 +550,14 @@ mod tests {
         let s = spec().dual_stack();
         let text = lab_transaction_in(&s, IpFamily::V6);
         assert!(text.starts_with("add table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
-        assert!(!text.contains(" ip kube-proxy ") && !text.contains("ipv4_addr"), "{text}");
+        assert!(
+            !text.contains(" ip kube-proxy ") && !text.contains("ipv4_addr"),
+            "{text}"
+        );
         // The endpoint chain names the IPv6 address with `.` for `:`, as kube-proxy does.
         assert!(
-            text.contains("add chain ip6 kube-proxy endpoint-") && text.contains("-ns1/svc1/tcp/p80__fd00.10.180..1/80"),
+            text.contains("add chain ip6 kube-proxy endpoint-")
+                && text.contains("-ns1/svc1/tcp/p80__fd00.10.180..1/80"),
             "{text}"
         );
         assert!(text.contains("meta l4proto tcp dnat to [fd00:10:180::1]:80"), "{text}");
@@ -555,7 +565,10 @@ mod tests {
             "add element ip6 kube-proxy service-ips { fd00:10:96::41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }"
         ));
         assert!(text.contains("ip6 daddr { fd00:10:96::/48 } drop"), "{text}");
-        assert!(text.contains("add element ip6 kube-proxy nodeport-ips { fd00:172:31::2 }"), "{text}");
+        assert!(
+            text.contains("add element ip6 kube-proxy nodeport-ips { fd00:172:31::2 }"),
+            "{text}"
+        );
         // A single-stack Service has no IPv6 rules.
         let mut single = s.clone();
         single.services[0].single_stack = true;

@@ -201,7 +201,11 @@ fn check_traffic(lab: &Lab) {
         T,
     )
     .unwrap();
-    assert_eq!(out.remote_ip(), Some(node.into()), "{mode:?} node source address: {out:?}");
+    assert_eq!(
+        out.remote_ip(),
+        Some(node.into()),
+        "{mode:?} node source address: {out:?}"
+    );
     // ITP=Local without local endpoints: dropped; no endpoints at all: rejected.
     assert_eq!(
         tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 1, 4), 80), SHORT).unwrap(),

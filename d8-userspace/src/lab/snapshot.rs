@@ -81,7 +81,11 @@ fn service_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         })
         .collect();
     // A dual-stack lab's Services are PreferDualStack unless marked single-stack.
-    let policy = if families.len() > 1 { "PreferDualStack" } else { "SingleStack" };
+    let policy = if families.len() > 1 {
+        "PreferDualStack"
+    } else {
+        "SingleStack"
+    };
     let mut spec_json = json!({
         "clusterIP": svc.cluster_ip.to_string(),
         "clusterIPs": addrs(&families, svc.cluster_ip),
@@ -236,7 +240,10 @@ fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
         .map(|n| addrs(&families, n.ip))
         .unwrap_or_default();
     let host_ip = host_ips.first().cloned().unwrap_or_default();
-    let pod_ips: Vec<Value> = addrs(&families, pod.ip).into_iter().map(|ip| json!({"ip": ip})).collect();
+    let pod_ips: Vec<Value> = addrs(&families, pod.ip)
+        .into_iter()
+        .map(|ip| json!({"ip": ip}))
+        .collect();
     let ports: Vec<Value> = pod
         .listeners
         .iter()

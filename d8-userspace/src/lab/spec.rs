@@ -810,16 +810,28 @@ mod tests {
     #[test]
     fn ipv6_twins_read_like_their_ipv4_addresses() {
         assert_eq!(ipv6_twin(Ipv4Addr::new(10, 96, 0, 10)).to_string(), "fd00:10:96::10");
-        assert_eq!(ipv6_twin(Ipv4Addr::new(10, 244, 1, 11)).to_string(), "fd00:10:244:1::11");
-        assert_eq!(ipv6_twin(Ipv4Addr::new(172, 31, 0, 255)).to_string(), "fd00:172:31::255");
+        assert_eq!(
+            ipv6_twin(Ipv4Addr::new(10, 244, 1, 11)).to_string(),
+            "fd00:10:244:1::11"
+        );
+        assert_eq!(
+            ipv6_twin(Ipv4Addr::new(172, 31, 0, 255)).to_string(),
+            "fd00:172:31::255"
+        );
         assert_eq!(ipv6_twin_cidr("10.244.0.0/16").as_deref(), Some("fd00:10:244::/48"));
         assert_eq!(ipv6_twin_cidr("172.31.0.0/24").as_deref(), Some("fd00:172:31::/64"));
         assert_eq!(ipv6_twin_cidr("192.0.2.7/32").as_deref(), Some("fd00:192:0:2::7/128"));
         assert_eq!(ipv6_twin_cidr("10.96.0.0/12"), None);
         // A twin CIDR holds the twins of the addresses its IPv4 CIDR holds.
         let net = ipv6_twin_cidr("10.244.0.0/16").unwrap();
-        assert!(crate::model::in_cidr(in_family(Ipv4Addr::new(10, 244, 7, 250), IpFamily::V6), &net));
-        assert!(!crate::model::in_cidr(in_family(Ipv4Addr::new(10, 245, 0, 1), IpFamily::V6), &net));
+        assert!(crate::model::in_cidr(
+            in_family(Ipv4Addr::new(10, 244, 7, 250), IpFamily::V6),
+            &net
+        ));
+        assert!(!crate::model::in_cidr(
+            in_family(Ipv4Addr::new(10, 245, 0, 1), IpFamily::V6),
+            &net
+        ));
     }
 
     #[test]

@@ -227,7 +227,12 @@ pub fn http_get(ns: &str, addr: impl Into<SocketAddr>, path: &str, timeout: Dura
 
 /// Sends one datagram from namespace `ns` to `addr` on a connected UDP socket (so ICMP errors are
 /// reported) and waits up to `timeout` for a reply.
-pub fn udp_request(ns: &str, addr: impl Into<SocketAddr>, payload: &[u8], timeout: Duration) -> Result<UdpOutcome, Error> {
+pub fn udp_request(
+    ns: &str,
+    addr: impl Into<SocketAddr>,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<UdpOutcome, Error> {
     udp_request_from(ns, 0, addr, payload, timeout)
 }
 

@@ -50,9 +50,18 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
 
     // Only where IPv6 is involved: an IPv4-only Service's summary reads as it always did.
     let fam = &r.families;
-    if fam.configured.iter().chain(&fam.seen).any(|f| *f == crate::model::IpFamily::V6) {
+    if fam
+        .configured
+        .iter()
+        .chain(&fam.seen)
+        .any(|f| *f == crate::model::IpFamily::V6)
+    {
         let list = |f: &[crate::model::IpFamily]| f.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ");
-        let seen = if fam.seen.is_empty() { "none".to_string() } else { list(&fam.seen) };
+        let seen = if fam.seen.is_empty() {
+            "none".to_string()
+        } else {
+            list(&fam.seen)
+        };
         writeln!(out, "Families: {} (traced: {seen})", list(&fam.configured))?;
     }
     if r.frontends.is_empty() {

@@ -12,7 +12,9 @@ use d8_common::{FAMILY_V4, FAMILY_V6, TargetKey, target};
 
 use super::Error;
 use crate::classify::Asked;
-use crate::model::{Endpoint, Frontend, FrontendKind, IpFamily, Protocol, ProxyMode, ServiceModel, ServiceRef, in_cidr};
+use crate::model::{
+    Endpoint, Frontend, FrontendKind, IpFamily, Protocol, ProxyMode, ServiceModel, ServiceRef, in_cidr,
+};
 
 /// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,10 +69,17 @@ fn healthy(mode: ProxyMode) {
     let run = s.explain("default/web");
     run.assert_root("healthy");
     assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
-    assert!(run.report.families.seen.is_empty(), "explain traces nothing; {}", run.context);
+    assert!(
+        run.report.families.seen.is_empty(),
+        "explain traces nothing; {}",
+        run.context
+    );
     let twin = ipv6_twin(VIP).to_string();
     assert!(
-        run.report.frontends.iter().any(|f| f.kind == "cluster_ip" && f.ip == twin),
+        run.report
+            .frontends
+            .iter()
+            .any(|f| f.kind == "cluster_ip" && f.ip == twin),
         "the IPv6 ClusterIP is a frontend; {}",
         run.context
     );
@@ -130,7 +137,11 @@ fn ipv6_rules_missing(mode: ProxyMode) {
     s.lab
         .flush_service_ipv6_rules("default", "web")
         .expect("flush the IPv6 rules");
-    assert_eq!(http_status(&s.lab, SocketAddr::new(VIP.into(), 80)), Some(200), "{mode:?} IPv4");
+    assert_eq!(
+        http_status(&s.lab, SocketAddr::new(VIP.into(), 80)),
+        Some(200),
+        "{mode:?} IPv4"
+    );
     let out = lab::tcp_connect(s.lab.client_ns(), v6(VIP, 80), crate::scenarios::SILENT).expect("connect");
     assert!(!out.is_connected(), "{mode:?} IPv6 without rules: {out:?}");
     let run = s.explain("default/web");

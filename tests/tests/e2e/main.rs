@@ -23,8 +23,8 @@
 mod cleanup;
 mod common;
 mod daemon;
-mod dual_stack;
 mod demo;
+mod dual_stack;
 mod errors;
 mod mcp;
 mod real_cluster;

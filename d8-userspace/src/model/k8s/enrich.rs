@@ -249,7 +249,11 @@ fn frontends_of(api: &ApiService, bad: &mut Vec<String>) -> Vec<Frontend> {
         if s == "None" || s.is_empty() {
             return None;
         }
-        let expected = if field == "clusterIPs" { families.get(i).copied().flatten() } else { None };
+        let expected = if field == "clusterIPs" {
+            families.get(i).copied().flatten()
+        } else {
+            None
+        };
         api_ip(s, expected)
             .map_err(|e| bad.push(format!("{who} spec.{field}[{i}]: {e}")))
             .ok()

@@ -993,7 +993,12 @@ mod pipeline {
     fn a_dual_stack_service_without_ipv6_rules_is_rules_missing_for_ipv6() {
         let api = spec().dual_stack();
         let mut rules = api.clone();
-        rules.services.iter_mut().find(|s| s.name == "web").unwrap().single_stack = true;
+        rules
+            .services
+            .iter_mut()
+            .find(|s| s.name == "web")
+            .unwrap()
+            .single_stack = true;
         let v = explain_full(&dual_model(&rules, &api), "web");
         assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing, "{v:#?}");
         assert!(
@@ -1085,7 +1090,10 @@ fn unusable_api_addresses_are_left_out_with_a_warning_each() {
     );
     let warnings: Vec<&str> = m.warnings.iter().map(|w| w.message.as_str()).collect();
     assert_eq!(warnings.len(), 4, "{warnings:#?}");
-    assert!(warnings[0].starts_with("Service a/s spec.clusterIPs[1]: \"10.96.5.6\" is an IPv4 address where an IPv6 one belongs"));
+    assert!(
+        warnings[0]
+            .starts_with("Service a/s spec.clusterIPs[1]: \"10.96.5.6\" is an IPv4 address where an IPv6 one belongs")
+    );
     assert!(warnings[1].starts_with("EndpointSlice a/s-1 (addressType IPv4): \"fd00::9\" is an IPv6 address"));
     assert!(warnings[2].contains("zone-scoped"), "{}", warnings[2]);
     assert!(warnings[3].contains("IPv4-mapped"), "{}", warnings[3]);
