@@ -224,7 +224,7 @@ fn validate(spec: &ClusterSpec) -> Result<(), Error> {
                 )));
             }
         }
-        if spec.node_prefix_len % 8 != 0 {
+        if !spec.node_prefix_len.is_multiple_of(8) {
             return Err(Error::Spec(format!(
                 "node_prefix_len {} has no IPv6 twin: a dual-stack lab needs /8, /16 or /24",
                 spec.node_prefix_len

@@ -784,7 +784,7 @@ pub fn ipv6_twin_cidr(cidr: &str) -> Option<String> {
     let (ip, len) = cidr.split_once('/')?;
     let ip: Ipv4Addr = ip.parse().ok()?;
     let len: u8 = len.parse().ok()?;
-    if len > 32 || len % 8 != 0 {
+    if len > 32 || !len.is_multiple_of(8) {
         return None;
     }
     let v6_len = match len {
