@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use super::facts::{Asked, Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
 use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
 use crate::flows::Flow;
-use crate::model::{FrontendKind, IpFamily, ServiceModel, ServiceRef, Warning, WarningKind};
+use crate::model::{IpFamily, ServiceModel, ServiceRef, Warning, WarningKind};
 
 use super::{advice, flow, service};
 
@@ -69,26 +69,6 @@ pub fn classify_asked(
     rank(&facts, classified, findings, &families)
 }
 
-/// The families of a dual-stack Service (the API's `ipFamilies`, else its ClusterIPs'); one
-/// family, or none, otherwise.
-fn service_families(facts: &Facts<'_>) -> Vec<IpFamily> {
-    let Some(svc) = facts.svc else {
-        return Vec::new();
-    };
-    if !svc.api.ip_families.is_empty() {
-        return svc.api.ip_families.clone();
-    }
-    let mut out: Vec<IpFamily> = svc
-        .frontends
-        .iter()
-        .filter(|f| f.kind == FrontendKind::ClusterIp)
-        .map(|f| IpFamily::of(f.ip))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// `, over IPv6` when the Service is dual-stack and the flows of a cause are all of one family:
 /// the other family may be fine, and the reader must know which path failed.
 fn family_note(dual_stack: bool, families: &[IpFamily], flows: &[usize]) -> String {
@@ -109,7 +89,7 @@ fn rank(
     findings: Vec<Finding>,
     families: &[IpFamily],
 ) -> Verdict {
-    let svc_families = service_families(facts);
+    let svc_families = facts.svc.map(|s| s.ip_families()).unwrap_or_default();
     let dual_stack = svc_families.len() > 1;
     struct Group {
         class: VerdictClass,

@@ -219,6 +219,23 @@ pub struct Service {
 }
 
 impl Service {
+    /// Its address families: the API's `ipFamilies` (primary first), or, without the API, those of
+    /// its ClusterIPs in the rules (IPv4 first). More than one: a dual-stack Service.
+    pub fn ip_families(&self) -> Vec<IpFamily> {
+        if !self.api.ip_families.is_empty() {
+            return self.api.ip_families.clone();
+        }
+        let mut out: Vec<IpFamily> = self
+            .frontends
+            .iter()
+            .filter(|f| f.kind == FrontendKind::ClusterIp)
+            .map(|f| IpFamily::of(f.ip))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn new(service: ServiceRef) -> Self {
         Self {
             service,

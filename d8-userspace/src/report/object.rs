@@ -157,29 +157,11 @@ impl FlowReport {
 /// about the other.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FamiliesReport {
-    /// The families the Service has: the API's `ipFamilies` (primary first), or, without the API,
-    /// those of the ClusterIPs in the rules. Empty for an address no Service holds.
+    /// The families the Service has ([`crate::model::Service::ip_families`]). Empty for an
+    /// address no Service holds.
     pub configured: Vec<IpFamily>,
     /// The families of the traced flows (empty for `explain`, or when nothing was seen).
     pub seen: Vec<IpFamily>,
-}
-
-impl FamiliesReport {
-    /// [`FamiliesReport::configured`] of a model Service.
-    pub fn configured(svc: &crate::model::Service) -> Vec<IpFamily> {
-        if !svc.api.ip_families.is_empty() {
-            return svc.api.ip_families.clone();
-        }
-        let mut out: Vec<IpFamily> = svc
-            .frontends
-            .iter()
-            .filter(|f| f.kind == FrontendKind::ClusterIp)
-            .map(|f| IpFamily::of(f.ip))
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
 }
 
 /// The contract object (ARCHITECTURE.md, "The contract").
@@ -263,7 +245,7 @@ impl Report {
         if let Some(svc) = model.service(service) {
             report.frontends = svc.frontends.iter().map(FrontendReport::from).collect();
             report.endpoints = svc.endpoints.iter().map(EndpointReport::from).collect();
-            report.families.configured = FamiliesReport::configured(svc);
+            report.families.configured = svc.ip_families();
         }
         report
     }

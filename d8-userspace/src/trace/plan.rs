@@ -534,6 +534,45 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_narrowed_to_one_family_keeps_that_familys_addresses() {
+        let mut m = model();
+        let svc = &mut m.services[0];
+        svc.frontends.push(Frontend {
+            kind: FrontendKind::ClusterIp,
+            ip: "fd00:10:96::10".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            port_name: "http".into(),
+            rule: None,
+        });
+        svc.endpoints.push(Endpoint::in_rules(
+            "fd00:10:244:1::7".parse().unwrap(),
+            8080,
+            Protocol::Tcp,
+            "http",
+        ));
+        let arg: ServiceSelector = "default/web:http".parse().unwrap();
+        let node_ips = vec!["172.31.0.2".parse().unwrap(), "fd00:172:31::2".parse().unwrap()];
+        let full = plan(&m, &arg, node_ips).unwrap();
+        assert_eq!(full.frontend_addrs.len(), 4, "{:?}", full.frontend_addrs);
+        let v6 = full.clone().narrowed(IpFamily::V6).unwrap();
+        let addrs: Vec<String> = v6.frontend_addrs.iter().map(|(_, a)| a.to_string()).collect();
+        assert_eq!(addrs, ["[fd00:10:96::10]:80", "[fd00:172:31::2]:30080"]);
+        assert_eq!(v6.endpoints.len(), 1);
+        assert!(v6.endpoints[0].ip.is_ipv6());
+        let v4 = full.narrowed(IpFamily::V4).unwrap();
+        assert!(v4.targets().iter().all(|(k, _)| k.family == FAMILY_V4));
+        // An IPv4-only Service has nothing to trace over IPv6: a usage error naming its families.
+        let v4_only = plan(&model(), &arg, vec!["172.31.0.2".parse().unwrap()]).unwrap();
+        let err = v4_only.narrowed(IpFamily::V6).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            err.to_string(),
+            "default/web has no IPv6 frontend (its families: IPv4); trace with --family any or the other family"
+        );
+    }
+
+    #[test]
     fn destinations_parse_with_a_default_protocol_and_say_what_is_wrong() {
         let d: Destination = "10.96.0.10:53/udp".parse().unwrap();
         assert_eq!((d.protocol, d.addr), (Protocol::Udp, "10.96.0.10:53".parse().unwrap()));

@@ -9,12 +9,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use d8_tests::run::run_to_end;
 use d8_trace::{
     lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, spec::ipv6_twin},
     model::{Protocol, ProxyMode},
 };
 
-use crate::scenarios::{Scenario, T};
+use crate::scenarios::{Api, Scenario, T};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -163,4 +164,60 @@ fn dual_stack_ipv6_rules_missing_iptables() {
 #[test]
 fn dual_stack_ipv6_rules_missing_nftables() {
     ipv6_rules_missing(ProxyMode::Nftables);
+}
+
+/// A trace narrowed to IPv4 (`--family 4`) of a dual-stack Service: its flows are IPv4 ones, the
+/// report says which families the Service has and which were seen, and that IPv6 went unchecked.
+fn traced_over_ipv4(mode: ProxyMode) {
+    let s = Scenario::up(spec(), mode);
+    let run = s.trace("default/web", Api::Snapshot, 3, &["--family", "4"], |lab| {
+        for _ in 0..2 {
+            assert_eq!(http_status(lab, SocketAddr::new(VIP.into(), 80)), Some(200));
+        }
+    });
+    run.assert_root("healthy");
+    assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
+    assert_eq!(run.report.families.seen, ["IPv4"], "{}", run.context);
+    assert_eq!(run.flows_to("10.96.0.10:80").len(), 2, "{}", run.context);
+    run.evidence("trace", &["default/web is dual-stack and no IPv6 flow was traced"]);
+}
+
+#[test]
+fn dual_stack_traced_over_ipv4_iptables() {
+    traced_over_ipv4(ProxyMode::Iptables);
+}
+
+#[test]
+fn dual_stack_traced_over_ipv4_nftables() {
+    traced_over_ipv4(ProxyMode::Nftables);
+}
+
+/// `--family 6` for an IPv4-only Service: exit 2, naming the families it has, before anything is
+/// attached.
+#[test]
+fn family_the_service_lacks_is_a_usage_error() {
+    let mut single = spec();
+    single.services[0].single_stack = true;
+    let s = Scenario::up(single, ProxyMode::Nftables);
+    let done = run_to_end(&[
+        "--svc",
+        "default/web",
+        "--family",
+        "6",
+        "--duration",
+        "2",
+        "--netns",
+        s.lab.node_ns(),
+        "--no-k8s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(
+            "default/web has no IPv6 frontend (its families: IPv4); trace with --family any or the other family"
+        ),
+        "{}",
+        done.stderr
+    );
 }
