@@ -322,7 +322,7 @@ pub fn tcp_state_name(state: u8) -> &'static str {
 #[cfg(test)]
 pub(crate) mod testing {
     //! Builders of raw kernel events, for tests of the decoder and the flow table.
-    use d8_common::{FAMILY_V4, FlowKey};
+    use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
 
     pub fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
         let mut k = FlowKey {
@@ -335,6 +335,19 @@ pub(crate) mod testing {
         k.saddr[..4].copy_from_slice(&src);
         k.daddr[..4].copy_from_slice(&dst);
         k
+    }
+
+    /// [`key`] of IPv6 addresses.
+    pub fn key6(src: std::net::Ipv6Addr, sport: u16, dst: std::net::Ipv6Addr, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            proto,
+            family: FAMILY_V6,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            saddr: src.octets(),
+            daddr: dst.octets(),
+            ..Default::default()
+        }
     }
 
     pub fn raw(kind: u8, hook: u8, key: FlowKey, ts_ns: u64) -> d8_common::Event {
