@@ -313,6 +313,29 @@ fn text_summary_fits_80_columns_and_names_the_verdict() {
 }
 
 #[test]
+fn text_summary_names_the_families_of_a_dual_stack_service_only() {
+    let text = rendered(&literal_report(), Format::Text);
+    assert!(
+        !text.contains("Families:"),
+        "an IPv4-only Service reads as before: {text}"
+    );
+    let mut r = literal_report();
+    r.families = FamiliesReport {
+        configured: vec![IpFamily::V4, IpFamily::V6],
+        seen: vec![IpFamily::V4],
+    };
+    r.frontends.push(FrontendReport {
+        kind: FrontendKind::ClusterIp,
+        ip: "fd00:10:96::10".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    });
+    let text = rendered(&r, Format::Text);
+    assert!(text.contains("Families: IPv4, IPv6 (traced: IPv4)"), "{text}");
+    assert!(text.contains("cluster_ip    [fd00:10:96::10]:80/tcp"), "{text}");
+}
+
+#[test]
 fn text_summary_of_an_unclassified_report() {
     let text = rendered(&Report::new(&svc()), Format::Text);
     assert!(text.contains("VERDICT: not classified"), "{text}");
