@@ -244,30 +244,26 @@ fn frontends_of(api: &ApiService, bad: &mut Vec<String>) -> Vec<Frontend> {
             _ => None,
         })
         .collect();
-    let mut parse = |field: &str, i: usize, s: &str| -> Option<IpAddr> {
+    // `field` is the address's path in the object, for the warning.
+    let mut parse = |field: String, expected: Option<IpFamily>, s: &str| -> Option<IpAddr> {
         // "None" (headless) and "" (not allocated yet) are values the API uses, not addresses.
         if s == "None" || s.is_empty() {
             return None;
         }
-        let expected = if field == "clusterIPs" {
-            families.get(i).copied().flatten()
-        } else {
-            None
-        };
         api_ip(s, expected)
-            .map_err(|e| bad.push(format!("{who} spec.{field}[{i}]: {e}")))
+            .map_err(|e| bad.push(format!("{who} {field}: {e}")))
             .ok()
     };
     let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
         Some(ips) if !ips.is_empty() => ips
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| parse("clusterIPs", i, s))
+            .filter_map(|(i, s)| parse(format!("spec.clusterIPs[{i}]"), families.get(i).copied().flatten(), s))
             .collect(),
         _ => spec
             .cluster_ip
             .as_deref()
-            .and_then(|s| parse("clusterIP", 0, s))
+            .and_then(|s| parse("spec.clusterIP".into(), None, s))
             .into_iter()
             .collect(),
     };
@@ -276,7 +272,7 @@ fn frontends_of(api: &ApiService, bad: &mut Vec<String>) -> Vec<Frontend> {
         .iter()
         .flatten()
         .enumerate()
-        .filter_map(|(i, s)| parse("externalIPs", i, s))
+        .filter_map(|(i, s)| parse(format!("spec.externalIPs[{i}]"), None, s))
         .collect();
     let lb: Vec<IpAddr> = api
         .status
@@ -286,7 +282,10 @@ fn frontends_of(api: &ApiService, bad: &mut Vec<String>) -> Vec<Frontend> {
         .map(|ing| {
             ing.iter()
                 .enumerate()
-                .filter_map(|(i, g)| g.ip.as_deref().and_then(|s| parse("loadBalancer.ingress.ip", i, s)))
+                .filter_map(|(i, g)| {
+                    let s = g.ip.as_deref()?;
+                    parse(format!("status.loadBalancer.ingress[{i}].ip"), None, s)
+                })
                 .collect()
         })
         .unwrap_or_default();
