@@ -83,6 +83,8 @@ pub struct FlowState {
     pub seen: u32,
     /// Last drop reason reported (to report each distinct reason once).
     pub last_drop_reason: u32,
+    /// Packets of the flow copied for `--pcap` (at most [`pcap::MAX_PACKETS_PER_FLOW`]).
+    pub captured: u32,
 }
 
 /// Bits of [`FlowState::seen`].
@@ -203,6 +205,8 @@ pub mod stat {
     pub const LOST: u32 = 1;
     /// Flow-state insertions that failed.
     pub const STATE_ERRORS: u32 = 2;
+    /// Packet copies lost (`--pcap`): the `PACKETS` ring buffer was full.
+    pub const PCAP_LOST: u32 = 3;
     /// Number of counters.
     pub const COUNT: u32 = 4;
 }
@@ -257,6 +261,65 @@ pub struct Config {
     pub send_reset: TpAddrLayout,
     pub receive_reset: TpAddrLayout,
     pub sock_state: TpAddrLayout,
+    /// `struct sk_buff`: `tail` (`sk_buff_data_t`, an offset from `head` on 64-bit kernels): where
+    /// the linear data ends, so a packet copy never reads past it.
+    pub skb_tail: u32,
+    /// `--pcap`: bytes of each packet of a traced flow copied into the `PACKETS` ring buffer
+    /// (from the IP header, at most [`pcap::MAX_SNAPLEN`]); 0 turns packet copies off, and being
+    /// frozen `.rodata` the verifier then removes every copy from the programs.
+    pub pcap_snaplen: u32,
+}
+
+/// `--pcap`: copies of the packets of traced flows, for the pcapng file of failing flows.
+pub mod pcap {
+    /// The most bytes of a packet a [`super::PacketRecord`] holds: ring-buffer reservations have
+    /// a constant size, so every record reserves this much and carries the length it captured.
+    pub const MAX_SNAPLEN: u32 = 256;
+    /// Packets copied per flow at most (counted in `FlowState::captured`): a failing flow has a
+    /// handful (SYN, retransmits, the answer, the drop); a long healthy one stops costing here.
+    pub const MAX_PACKETS_PER_FLOW: u32 = 32;
+
+    /// Where a packet was copied ([`super::PacketRecord::site`]).
+    pub mod site {
+        /// `nf_pre`: before conntrack and DNAT (PREROUTING, or OUTPUT for the node's own).
+        pub const NF_PRE: u8 = 1;
+        /// `nf_post` at PREROUTING/OUTPUT right after DNAT.
+        pub const POST_DNAT: u8 = 2;
+        /// `skb:kfree_skb`: the packet the kernel dropped.
+        pub const DROP: u8 = 3;
+        /// A TC classifier on `ifindex`, ingress.
+        pub const TC_INGRESS: u8 = 4;
+        /// A TC classifier on `ifindex`, egress.
+        pub const TC_EGRESS: u8 = 5;
+    }
+}
+
+/// One packet copy in the `PACKETS` ring buffer: `cap_len` bytes of `data` from the IP header
+/// on. 328 bytes, 8-byte aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketRecord {
+    /// `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+    /// The flow the packet belongs to, as the program found it (ORIGINAL tuple; on the TC set
+    /// possibly the post-NAT tuple until userspace joined it).
+    pub key: FlowKey,
+    /// TC: the interface; 0 at netfilter hooks and the drop tracepoint.
+    pub ifindex: u32,
+    /// The packet's length from its IP header (IPv4 total length, or the skb's length on TC).
+    pub orig_len: u32,
+    /// Bytes of `data` captured.
+    pub cap_len: u32,
+    /// DROP: `enum skb_drop_reason` value.
+    pub reason: u32,
+    /// One of [`pcap::site`].
+    pub site: u8,
+    /// One of [`hook`]: the netfilter hook (or the hook last seen, for a drop).
+    pub hook: u8,
+    /// 1: the packet travels in the flow's reply direction.
+    pub reply: u8,
+    pub pad: [u8; 5],
+    pub data: [u8; pcap::MAX_SNAPLEN as usize],
 }
 
 /// A packet seen by a netfilter program, remembered per CPU so a following `kfree_skb` on the same
@@ -282,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TpAddrLayout {}
     unsafe impl aya::Pod for super::LastHook {}
+    unsafe impl aya::Pod for super::PacketRecord {}
 }
 
 // Layout checks: a change here must change the decoder in d8-userspace/src/events.rs.
@@ -290,6 +354,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<TargetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
+const _: () = assert!(core::mem::size_of::<PacketRecord>() == 72 + pcap::MAX_SNAPLEN as usize);
+const _: () = assert!(core::mem::align_of::<PacketRecord>() == 8);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ pub fn insert(key: &FlowKey, seen: u32) -> Option<()> {
         &FlowState {
             seen,
             last_drop_reason: 0,
+            captured: 0,
         },
         0,
     ) {
@@ -93,12 +94,13 @@ pub fn mark(state: *mut FlowState, bit: u32) -> bool {
 }
 
 /// Reports an ICMP error (`icmp_type`/`icmp_code`, sent by `from`) quoting a packet whose key is
-/// `quoted`, once per flow. Both hook sets call it with the quoted packet they parsed.
+/// `quoted`, once per flow. Both hook sets call it with the quoted packet they parsed; the flow
+/// found (reported now or before) is returned for the packet copy.
 #[inline(always)]
-pub fn report_icmp_error(quoted: &FlowKey, icmp_type: u8, icmp_code: u8, from: [u8; 16], hook: u8) -> Option<()> {
+pub fn report_icmp_error(quoted: &FlowKey, icmp_type: u8, icmp_code: u8, from: [u8; 16], hook: u8) -> Option<Found> {
     let found = find(quoted)?;
     if !mark(found.state, d8_common::seen::ICMP) {
-        return Some(());
+        return Some(found);
     }
     crate::emit::event(d8_common::kind::ICMP_ERROR, hook, &found.key, |ev| {
         ev.icmp_type = icmp_type;
@@ -108,5 +110,5 @@ pub fn report_icmp_error(quoted: &FlowKey, icmp_type: u8, icmp_code: u8, from: [
             ev.flags |= d8_common::flags::VIA_NAT;
         }
     });
-    Some(())
+    Some(found)
 }

@@ -27,6 +27,7 @@ mod log;
 mod maps;
 mod netfilter;
 mod packet;
+mod pcap;
 mod tc;
 mod tracepoints;
 

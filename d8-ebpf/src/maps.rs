@@ -23,6 +23,8 @@ pub static CONFIG: Config = Config {
     send_reset: UNUSED_LAYOUT,
     receive_reset: UNUSED_LAYOUT,
     sock_state: UNUSED_LAYOUT,
+    skb_tail: u32::MAX,
+    pcap_snaplen: u32::MAX,
 };
 
 const UNUSED_LAYOUT: TpAddrLayout = TpAddrLayout {
@@ -128,6 +130,11 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// Events to userspace. Size overridden by the loader (`--ring-buffer-kib`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// `--pcap`: packet copies to userspace (`pcap.rs`). One page unless packets are copied: the
+/// loader sizes it.
+#[map]
+pub static PACKETS: RingBuf = RingBuf::with_byte_size(1 << 12, 0);
 
 #[inline(always)]
 pub fn count(index: u32) {

@@ -17,7 +17,7 @@
 
 use core::ffi::c_void;
 
-use d8_common::{FlowState, TargetKey, flags, hook, kind, seen};
+use d8_common::{FlowState, TargetKey, flags, hook, kind, pcap::site, seen};
 
 use crate::{
     conntrack,
@@ -26,6 +26,7 @@ use crate::{
     log,
     maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, remember},
     packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
+    pcap,
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -57,7 +58,7 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
     let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
     if pkt.key.proto == IPPROTO_ICMP {
-        return icmp_error(&pkt, hook_of(state));
+        return icmp_error(&pkt, hook_of(state), skb);
     }
     if !maybe_target(&pkt.key.daddr, pkt.key.dport, pkt.key.proto) {
         return None;
@@ -69,6 +70,11 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
         // client's ACK, resets, FINs) is read after conntrack by `nf_post`, which looks the
         // flow up anyway. Remembered for a drop before conntrack (an invalid packet).
         remember(skb, hook, 0);
+        if pcap::enabled()
+            && let Some(st) = FLOWS.get_ptr_mut(&pkt.key)
+        {
+            pcap::netfilter(st, skb, &pkt.key, site::NF_PRE, hook, false);
+        }
         return Some(());
     }
     let syn = tcp && pkt.tcp_flags & TCP_ACK == 0;
@@ -88,6 +94,11 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
             ev.tcp_flags = pkt.tcp_flags;
             ev.ct_dir = 0;
         });
+        if pcap::enabled()
+            && let Some(st) = FLOWS.get_ptr_mut(&pkt.key)
+        {
+            pcap::netfilter(st, skb, &pkt.key, site::NF_PRE, hook, false);
+        }
         return Some(());
     };
     remember(skb, hook, 0);
@@ -99,6 +110,7 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
                 *st = FlowState {
                     seen: seen::NEW,
                     last_drop_reason: 0,
+                    captured: 0,
                 }
             };
             event(kind::NEW, hook, &pkt.key, |ev| {
@@ -112,15 +124,19 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
             });
         }
     }
+    pcap::netfilter(st, skb, &pkt.key, site::NF_PRE, hook, false);
     Some(())
 }
 
 /// An ICMP error quoting one of our flows' packets (a REJECT's port unreachable, a host
 /// unreachable for a backend). Matched on the quoted packet, before conntrack or NAT touch it.
 #[inline(always)]
-fn icmp_error(pkt: &packet::Packet, hook: u8) -> Option<()> {
+fn icmp_error(pkt: &packet::Packet, hook: u8, skb: u64) -> Option<()> {
     let quoted = packet::icmp_quoted_key(pkt)?;
-    flows::report_icmp_error(&quoted, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)
+    let found = flows::report_icmp_error(&quoted, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)?;
+    // The error travels against the quoted packet's direction.
+    pcap::netfilter(found.state, skb, &found.key, site::NF_PRE, hook, !found.reversed);
+    Some(())
 }
 
 /// After conntrack and DNAT (PREROUTING/OUTPUT -99), before the filter table (FORWARD/INPUT -1),
@@ -202,6 +218,7 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
     if !first || ctinfo == conntrack::IP_CT_RELATED || ctinfo == conntrack::IP_CT_RELATED_REPLY {
         return Some(());
     }
+    pcap::netfilter(st, skb, &orig, site::POST_DNAT, hook, is_reply);
     let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
     if is_reply && mark(st, seen::REPLY) {
         event(kind::REPLY, hook, &orig, |ev| {

@@ -172,6 +172,7 @@ fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
     if egress && !local {
         forwarded(&pkt)?;
         remember(ctx, egress);
+        copy_packet(ctx, &pkt, egress, hook::POST_ROUTING);
         return Some(());
     }
     let hook = if local { hook::LOCAL_OUT } else { hook::PRE_ROUTING };
@@ -185,8 +186,27 @@ fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
     };
     if r.is_some() {
         remember(ctx, egress);
+        copy_packet(ctx, &pkt, egress, hook);
     }
     r
+}
+
+/// `--pcap`: copies a packet of a traced flow (found again: only when copies are on, which the
+/// verifier knows; off, this is removed).
+#[inline(always)]
+fn copy_packet(ctx: &TcContext, pkt: &Packet, egress: bool, hook: u8) {
+    if !crate::pcap::enabled() {
+        return;
+    }
+    let Some(found) = flows::find(&pkt.key) else { return };
+    copy_found(ctx, &found, egress, hook, found.reversed);
+}
+
+/// Copies this packet of `found`'s flow (`--pcap`), from its IP header on.
+#[inline(always)]
+fn copy_found(ctx: &TcContext, found: &Found, egress: bool, hook: u8, reply: bool) {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    crate::pcap::tc(ctx, found.state, &found.key, l2_len(ifindex), egress, hook, reply);
 }
 
 /// A forwarded packet leaving the node (post-DNAT; seen at ingress already). A flow to a traced
@@ -253,6 +273,7 @@ fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
                 *st = FlowState {
                     seen: seen::NEW,
                     last_drop_reason: 0,
+                    captured: 0,
                 }
             };
             event(kind::NEW, hook, key, |ev| {
@@ -333,5 +354,10 @@ fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<()> {
         return None;
     }
     let inner = parse_ipv4(ctx, pkt.l4 as u32 + 8)?;
-    flows::report_icmp_error(&inner.key, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)
+    let found = flows::report_icmp_error(&inner.key, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)?;
+    if crate::pcap::enabled() {
+        // The error travels against the quoted packet's direction.
+        copy_found(ctx, &found, hook == hook::LOCAL_OUT, hook, !found.reversed);
+    }
+    Some(())
 }

@@ -197,6 +197,8 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = FamilyArg::Any)]
     pub family: FamilyArg,
     #[command(flatten)]
+    pub pcap: PcapArgs,
+    #[command(flatten)]
     pub selection: Selection,
 }
 
@@ -244,6 +246,39 @@ impl ExplainArgs {
     }
 }
 
+/// `--pcap` and its companions: the packets of the failing flows as a pcapng file.
+#[derive(Debug, Clone, Args)]
+pub struct PcapArgs {
+    /// Write the packets of the flows that fail (rejected, dropped, reset, timed out,
+    /// ICMP-errored) to FILE as pcapng, with the verdict in the packets' comments.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+    /// With --pcap: every traced flow's packets, not only the failing flows'.
+    #[arg(long, requires = "pcap")]
+    pub pcap_all: bool,
+    /// With --pcap: bytes kept of each packet, from its IP header (1 to 256).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::report::pcap::DEFAULT_SNAPLEN, requires = "pcap",
+          value_parser = clap::value_parser!(u32).range(1..=d8_common::pcap::MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
+    /// With --pcap: overwrite FILE if it exists.
+    #[arg(long, requires = "pcap")]
+    pub force: bool,
+}
+
+impl PcapArgs {
+    /// The pipeline's request, with the command line for the file's header; `None` without --pcap.
+    pub fn resolve(&self) -> Option<crate::trace::PcapRequest> {
+        let path = self.pcap.clone()?;
+        Some(crate::trace::PcapRequest {
+            path,
+            all: self.pcap_all,
+            snaplen: self.snaplen,
+            force: self.force,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        })
+    }
+}
+
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if v < 4 || !v.is_power_of_two() || v > 1 << 20 {
@@ -282,8 +317,39 @@ pub struct DaemonArgs {
     /// Most flows held at once; beyond it the oldest are evicted and counted.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub max_flows: u64,
+    /// Write the packets of failing flows to pcapng files in DIR (rotated, bounded by
+    /// --pcap-file-mib and --pcap-files).
+    #[arg(long, value_name = "DIR")]
+    pub pcap_dir: Option<std::path::PathBuf>,
+    /// With --pcap-dir: a file is closed and a new one begun once it holds this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 16, requires = "pcap_dir", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub pcap_file_mib: u64,
+    /// With --pcap-dir: d8-trace's files kept at most; the oldest is deleted beyond it.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "pcap_dir", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub pcap_files: u64,
+    /// With --pcap-dir: every counted flow's packets, not only the failing flows'.
+    #[arg(long, requires = "pcap_dir")]
+    pub pcap_all: bool,
+    /// With --pcap-dir: bytes kept of each packet, from its IP header (1 to 256).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::report::pcap::DEFAULT_SNAPLEN, requires = "pcap_dir",
+          value_parser = clap::value_parser!(u32).range(1..=d8_common::pcap::MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
     #[command(flatten)]
     pub selection: Selection,
+}
+
+impl DaemonArgs {
+    /// The daemon's `--pcap-dir` request; `None` without it.
+    pub fn pcap(&self) -> Option<crate::cmd::daemon::pcap::PcapDir> {
+        Some(crate::cmd::daemon::pcap::PcapDir {
+            dir: self.pcap_dir.clone()?,
+            max_file_bytes: self.pcap_file_mib << 20,
+            max_files: self.pcap_files as usize,
+            snaplen: self.snaplen,
+            all: self.pcap_all,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -300,6 +300,93 @@ pub fn decode_raw(raw: &d8_common::Event) -> Result<Event, DecodeError> {
     })
 }
 
+/// Where a packet copy (`--pcap`) was taken: each is an interface of its own in the pcapng file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// `nf_pre`: before conntrack and DNAT, at PREROUTING (`output`: the node's own packets).
+    NfPre { output: bool },
+    /// `nf_post` right after DNAT (PREROUTING/OUTPUT -99).
+    PostDnat,
+    /// The packet the kernel dropped (`skb:kfree_skb`).
+    Drop,
+    /// A TC classifier on interface `ifindex`.
+    Tc { ifindex: u32, egress: bool },
+}
+
+/// One packet of a traced flow, copied by the kernel (`d8_common::PacketRecord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketCopy {
+    pub ts_ns: u64,
+    /// The flow as the program found it (the ORIGINAL tuple, or on the TC set possibly the
+    /// post-NAT tuple until the conntrack join maps it).
+    pub flow: Tuple,
+    pub site: Site,
+    /// The netfilter hook (for a drop: the last one the packet passed).
+    pub hook: Option<Hook>,
+    /// The packet travels in the flow's reply direction.
+    pub reply: bool,
+    /// A drop's `enum skb_drop_reason` value.
+    pub drop_reason: u32,
+    /// The packet's length from its IP header; `data` holds its first bytes.
+    pub orig_len: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PacketDecodeError {
+    #[error("packet record of {got} bytes, expected {expected} (kernel programs and d8-trace from different builds?)")]
+    Size { got: usize, expected: usize },
+    #[error("packet record with unknown site {0}")]
+    Site(u8),
+    #[error("packet record claims {0} captured bytes, more than a record holds")]
+    Length(u32),
+    #[error(transparent)]
+    Key(#[from] DecodeError),
+}
+
+/// Decodes a `PACKETS` ring-buffer record (copied out first: it may not be aligned).
+pub fn decode_packet(bytes: &[u8]) -> Result<PacketCopy, PacketDecodeError> {
+    use d8_common::pcap::{MAX_SNAPLEN, site};
+    let expected = std::mem::size_of::<d8_common::PacketRecord>();
+    if bytes.len() < expected {
+        return Err(PacketDecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: length checked; `PacketRecord` is plain old data; read_unaligned assumes no alignment.
+    let raw: d8_common::PacketRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if raw.cap_len > MAX_SNAPLEN {
+        return Err(PacketDecodeError::Length(raw.cap_len));
+    }
+    let at = match raw.site {
+        site::NF_PRE => Site::NfPre {
+            output: raw.hook == hook::LOCAL_OUT,
+        },
+        site::POST_DNAT => Site::PostDnat,
+        site::DROP => Site::Drop,
+        site::TC_INGRESS => Site::Tc {
+            ifindex: raw.ifindex,
+            egress: false,
+        },
+        site::TC_EGRESS => Site::Tc {
+            ifindex: raw.ifindex,
+            egress: true,
+        },
+        other => return Err(PacketDecodeError::Site(other)),
+    };
+    Ok(PacketCopy {
+        ts_ns: raw.ts_ns,
+        flow: tuple(&raw.key)?,
+        site: at,
+        hook: hook_of(raw.hook),
+        reply: raw.reply != 0,
+        drop_reason: raw.reason,
+        orig_len: raw.orig_len.max(raw.cap_len),
+        data: raw.data[..raw.cap_len as usize].to_vec(),
+    })
+}
+
 /// Name of a TCP state number (`include/net/tcp_states.h`).
 pub fn tcp_state_name(state: u8) -> &'static str {
     match state {
@@ -442,5 +529,56 @@ mod tests {
         let mut buf = vec![0u8];
         buf.extend(bytes(&ev));
         assert_eq!(decode(&buf[1..]).unwrap().kind, Kind::Retransmit);
+    }
+
+    fn packet_record(site: u8, cap_len: u32) -> Vec<u8> {
+        let mut rec = d8_common::PacketRecord {
+            ts_ns: 42,
+            key: key([10, 244, 1, 5], 40000, [10, 96, 0, 10], 80, 6),
+            ifindex: 7,
+            orig_len: 60,
+            cap_len,
+            reason: 0,
+            site,
+            hook: hook::PRE_ROUTING,
+            reply: 1,
+            pad: [0; 5],
+            data: [0; d8_common::pcap::MAX_SNAPLEN as usize],
+        };
+        rec.data[0] = 0x45;
+        // SAFETY: plain old data, read as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&rec as *const d8_common::PacketRecord).cast::<u8>(),
+                std::mem::size_of::<d8_common::PacketRecord>(),
+            )
+        };
+        bytes.to_vec()
+    }
+
+    /// A packet record becomes its flow, site and captured bytes (only `cap_len` of them); a
+    /// record that claims more than it can hold, or an unknown site, is an error.
+    #[test]
+    fn decodes_packet_records() {
+        let p = decode_packet(&packet_record(d8_common::pcap::site::TC_EGRESS, 40)).unwrap();
+        assert_eq!(p.flow.dst, "10.96.0.10:80".parse().unwrap());
+        assert_eq!(
+            p.site,
+            Site::Tc {
+                ifindex: 7,
+                egress: true
+            }
+        );
+        assert!(p.reply);
+        assert_eq!((p.data.len(), p.data[0], p.orig_len), (40, 0x45, 60));
+        assert_eq!(
+            decode_packet(&packet_record(d8_common::pcap::site::DROP, 300)),
+            Err(PacketDecodeError::Length(300))
+        );
+        assert_eq!(decode_packet(&packet_record(99, 40)), Err(PacketDecodeError::Site(99)));
+        assert!(matches!(
+            decode_packet(&[0; 10]),
+            Err(PacketDecodeError::Size { got: 10, .. })
+        ));
     }
 }

@@ -126,6 +126,15 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// The flow's ORIGINAL tuple: the client and the destination it asked for.
+    pub fn tuple(&self) -> crate::events::Tuple {
+        crate::events::Tuple {
+            proto: self.protocol.number(),
+            src: self.client,
+            dst: self.frontend.or(self.backend).unwrap_or(self.client),
+        }
+    }
+
     /// Milliseconds between the flow's first event and `ts_ns`.
     fn ms_since_start(&self, ts_ns: u64) -> u64 {
         ts_ns.saturating_sub(self.first_ns) / 1_000_000
@@ -310,11 +319,7 @@ impl FlowTable {
     }
 
     fn tuple_of(flow: &Flow) -> crate::events::Tuple {
-        crate::events::Tuple {
-            proto: flow.protocol.number(),
-            src: flow.client,
-            dst: flow.frontend.or(flow.backend).unwrap_or(flow.client),
-        }
+        flow.tuple()
     }
 
     /// Who an address is, relative to `flow`.

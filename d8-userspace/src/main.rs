@@ -158,9 +158,12 @@ fn daemon_command(args: DaemonArgs) -> Result<(), Failure> {
         reply_timeout: Duration::from_secs(3),
         refresh: Duration::from_secs(args.refresh_secs),
         max_flows: args.max_flows as usize,
+        pcap: args.pcap(),
     };
     runtime.block_on(cmd::daemon::run(opts, setup)).map_err(|e| match e {
-        cmd::daemon::Error::Bind { .. } | cmd::daemon::Error::Events { .. } => Failure::usage(error_chain(&e)),
+        cmd::daemon::Error::Bind { .. } | cmd::daemon::Error::Events { .. } | cmd::daemon::Error::Pcap(_) => {
+            Failure::usage(error_chain(&e))
+        }
         cmd::daemon::Error::Trace(t) => t.into(),
         other => Failure::env(error_chain(&other)),
     })
@@ -180,6 +183,7 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         live: true,
         family: args.family.family(),
+        pcap: args.pcap.resolve(),
     };
     // Machine output stays one object on stdout; live lines then go to stderr. Either way they
     // are written by a thread of their own: a reader that stops reading (a paused pager) must

@@ -133,7 +133,20 @@ impl Trace {
 
     /// Starts `d8-trace <args>` and waits for a stderr line containing `ready`.
     pub fn start_until(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
-        let mut cmd = Command::new(binary());
+        Self::start_under(&[], args, env, ready)
+    }
+
+    /// [`Self::start_until`] with d8-trace run by a wrapper: `wrapper[0] wrapper[1..] d8-trace
+    /// <args>` (e.g. `unshare` to give it a mount namespace of its own).
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.args(with_hooks(args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

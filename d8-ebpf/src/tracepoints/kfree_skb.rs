@@ -10,7 +10,7 @@ use crate::{
     emit::event,
     flows,
     maps::{config, last_hook},
-    packet,
+    packet, pcap,
 };
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
@@ -42,6 +42,9 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         None => pkt.key,
     };
     let found = flows::find(&key)?;
+    let (at, after_ct) = last_hook(skb).unwrap_or((hook::UNKNOWN, 0));
+    // Every dropped packet is copied (`--pcap`), a reason already reported included.
+    pcap::dropped(found.state, skb, &found.key, at, found.reversed, reason);
     unsafe {
         if (*found.state).seen & seen::DROP != 0 && (*found.state).last_drop_reason == reason {
             return Some(());
@@ -49,7 +52,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         (*found.state).seen |= seen::DROP;
         (*found.state).last_drop_reason = reason;
     }
-    let (at, after_ct) = last_hook(skb).unwrap_or((hook::UNKNOWN, 0));
     event(kind::DROP, at, &found.key, |ev| {
         ev.reason = reason;
         ev.tcp_flags = pkt.tcp_flags;

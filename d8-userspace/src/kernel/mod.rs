@@ -73,12 +73,13 @@ impl DropReasons {
 /// layouts still come from [`tracepoint_layouts`].
 pub fn packet_only_config(btf: Option<&Btf>) -> Result<Config, Error> {
     let mut config = Config::default();
-    (config.skb_head, config.skb_network_header) = match btf {
+    (config.skb_head, config.skb_network_header, config.skb_tail) = match btf {
         Some(btf) => (
             btf.member_offset("sk_buff", "head")?,
             btf.member_offset("sk_buff", "network_header")?,
+            btf.member_offset("sk_buff", "tail")?,
         ),
-        None => (u32::MAX, u32::MAX),
+        None => (u32::MAX, u32::MAX, u32::MAX),
     };
     for off in [
         &mut config.skb_nfct,
@@ -101,6 +102,7 @@ pub fn struct_offsets(btf: &Btf, config: &mut Config) -> Result<(), Error> {
     config.skb_head = btf.member_offset("sk_buff", "head")?;
     config.skb_network_header = btf.member_offset("sk_buff", "network_header")?;
     config.skb_nfct = btf.member_offset("sk_buff", "_nfct")?;
+    config.skb_tail = btf.member_offset("sk_buff", "tail")?;
     let tuplehash = btf.member_offset("nf_conn", "tuplehash")?;
     let tuple_in_hash = btf.member_offset("nf_conntrack_tuple_hash", "tuple")?;
     let hash_size = btf.struct_size("nf_conntrack_tuple_hash")?;

@@ -118,6 +118,20 @@ fn tcmsg(ifindex: u32) -> Vec<u8> {
     b
 }
 
+/// The name of interface `ifindex` in the calling thread's network namespace (`if_indextoname`);
+/// `None` when it is gone.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Adds a `clsact` qdisc to `ifindex`. `Ok(true)`: added (ours to remove); `Ok(false)`: one was
 /// there already (someone else's: Cilium, Calico, another tool).
 pub fn add_clsact(ifindex: u32) -> io::Result<bool> {

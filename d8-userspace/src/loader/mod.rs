@@ -84,6 +84,10 @@ pub enum Error {
     },
 }
 
+/// Size of the `PACKETS` ring buffer when packets are copied (`--pcap`): 4 MiB, about 12,000
+/// copies between two of userspace's drains (100 ms apart). Off, the map keeps its one page.
+pub const PACKETS_RING_BYTES: u32 = 4 << 20;
+
 /// Which hook set traces packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookSet {
@@ -185,6 +189,9 @@ impl Tracer {
         loader
             .override_global("CONFIG", config, true)
             .map_max_entries("EVENTS", ring_buffer_bytes);
+        if config.pcap_snaplen != 0 {
+            loader.map_max_entries("PACKETS", PACKETS_RING_BYTES);
+        }
         kernel_log::configure(&mut loader, debug_kernel);
         let mut ebpf = loader.load(PROBES).map_err(Error::Load)?;
         // Before the log reader takes AYA_LOGS out of the object: the netfilter programs are
@@ -306,6 +313,7 @@ impl Tracer {
         let merged = FlowState {
             seen: pending.map_or(0, |p| p.seen) | current.map_or(0, |c| c.seen),
             last_drop_reason: current.or(pending).map_or(0, |s| s.last_drop_reason),
+            captured: pending.map_or(0, |p| p.captured).max(current.map_or(0, |c| c.captured)),
         };
         if current != Some(merged) {
             flows
@@ -388,6 +396,18 @@ impl Tracer {
             .take_map("EVENTS")
             .ok_or_else(|| Error::Missing("map EVENTS".into()))?;
         RingBuf::try_from(map).map_err(|source| Error::Map { name: "EVENTS", source })
+    }
+
+    /// The packet-copy ring buffer (`--pcap`); call once.
+    pub fn take_packets(&mut self) -> Result<RingBuf<MapData>, Error> {
+        let map = self
+            .ebpf
+            .take_map("PACKETS")
+            .ok_or_else(|| Error::Missing("map PACKETS".into()))?;
+        RingBuf::try_from(map).map_err(|source| Error::Map {
+            name: "PACKETS",
+            source,
+        })
     }
 
     /// Counter `index` (`d8_common::stat`) summed over CPUs.

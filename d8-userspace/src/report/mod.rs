@@ -4,12 +4,15 @@
 //! YAML, `-o runbook` the kube-proxy runbook's incident block, and `-o text` a human summary that fits
 //! 80 columns. The report only holds and renders values: the tracer fills the service, frontends,
 //! flows and lost-event count, and the classifier (`crate::classify`) fills the verdict fields.
-//! Nothing here reads the kernel, the rules or the API.
+//! Nothing here reads the kernel, the rules or the API. [`pcap`] writes the one output that is a
+//! file: the pcapng evidence of the failing flows (`--pcap`), its blocks from [`pcapng`].
 //!
 //! The field names, the verdict class names and the runbook domains are a contract
 //! (ARCHITECTURE.md, "The contract"): change them only with a note in the README.
 
 mod object;
+pub mod pcap;
+pub mod pcapng;
 mod runbook;
 mod text;
 

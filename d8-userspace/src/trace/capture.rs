@@ -28,6 +28,10 @@ pub struct Capture {
     join: Option<AsyncFd<super::ctjoin::CtJoin>>,
     link_events: Option<AsyncFd<crate::kernel::rtnetlink::LinkEvents>>,
     tracer: Tracer,
+    /// `--pcap`: the packet-copy ring buffer (drained with the events, never waited on: its
+    /// records do not wake the reader) and what it held.
+    packet_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    packets: super::packets::PacketStore,
     /// A record that waits for the conntrack events queued before it (the join's budget ran out).
     held: Option<events::Event>,
     decode_errors: u64,
@@ -64,11 +68,18 @@ impl Capture {
         let link_events = tracer.take_link_events().map(register).transpose()?;
         let join = join.map(register).transpose()?;
         let ring = register(tracer.take_events()?)?;
+        let packet_ring = if config.pcap_snaplen != 0 {
+            Some(tracer.take_packets()?)
+        } else {
+            None
+        };
         Ok(Self {
             ring,
             join,
             link_events,
             tracer,
+            packet_ring,
+            packets: Default::default(),
             held: None,
             decode_errors: 0,
         })
@@ -112,10 +123,12 @@ impl Capture {
             held,
             tracer,
             decode_errors,
+            packet_ring,
+            packets,
             ..
         } = self;
         let mut join = join.as_mut().map(|j| j.get_mut());
-        pump(
+        let more = pump(
             ring.get_mut(),
             &mut join,
             held,
@@ -124,7 +137,33 @@ impl Capture {
             changed,
             decode_errors,
             budget,
-        )
+        );
+        // After the events: the conntrack join has seen the aliases the copies may need.
+        let more_packets = match packet_ring.as_mut() {
+            Some(rb) => drain_packets(rb, join.as_deref(), packets, decode_errors, budget.records),
+            None => false,
+        };
+        more || more_packets
+    }
+
+    /// `--pcap`: the packets copied so far, by flow.
+    pub fn packets(&self) -> &super::packets::PacketStore {
+        &self.packets
+    }
+
+    /// `--pcap`: hands over every packet held (at the end of a trace).
+    pub fn take_packets(&mut self) -> super::packets::PacketStore {
+        std::mem::take(&mut self.packets)
+    }
+
+    /// `--pcap`: drops the packets held for `flow`'s tuple (written, or judged healthy).
+    pub fn forget_packets(&mut self, flow: &crate::events::Tuple) {
+        self.packets.forget(flow);
+    }
+
+    /// Packet copies the kernel could not hand over (the `PACKETS` ring was full).
+    pub fn lost_packets(&self) -> u64 {
+        self.tracer.counter(d8_common::stat::PCAP_LOST)
     }
 
     /// Attaches to interfaces that appeared (TC hook set); one line per change or failure.
@@ -288,6 +327,35 @@ fn pump(
             }
         }
         handle_event(table, ev, join.as_deref_mut(), changed);
+    }
+    true
+}
+
+/// Moves up to `budget` packet copies from the kernel into `store`, each under its flow's
+/// ORIGINAL tuple (the conntrack join maps a post-NAT one); true when it stopped at the budget.
+fn drain_packets(
+    rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    join: Option<&super::ctjoin::CtJoin>,
+    store: &mut super::packets::PacketStore,
+    errors: &mut u64,
+    budget: usize,
+) -> bool {
+    for _ in 0..budget {
+        let Some(item) = rb.next() else { return false };
+        match events::decode_packet(&item) {
+            Ok(mut p) => {
+                if let Some(j) = join {
+                    p.flow = j.original_of(&p.flow);
+                }
+                store.push(p);
+            }
+            Err(e) => {
+                *errors += 1;
+                if *errors == 1 {
+                    tracing::info!("{e}");
+                }
+            }
+        }
     }
     true
 }

@@ -315,6 +315,11 @@ impl CtJoin {
     }
 
     /// The flow's ORIGINAL tuple for a record keyed by its post-NAT tuple.
+    /// The ORIGINAL tuple of a flow known by its post-NAT tuple; other tuples as they are.
+    pub fn original_of(&self, flow: &Tuple) -> Tuple {
+        self.alias.get(flow).copied().unwrap_or(*flow)
+    }
+
     pub fn translate(&self, ev: &mut Event) {
         if let Some(orig) = self.alias.get(&ev.flow) {
             ev.flow = *orig;

@@ -33,6 +33,7 @@ mod capture;
 pub mod ctjoin;
 pub mod hooks;
 mod live;
+pub mod packets;
 pub mod plan;
 
 pub use capture::{Capture, JOIN_BUDGET, PUMP_BUDGET, PUMP_EVERY, Ready};
@@ -85,6 +86,10 @@ pub enum Error {
     Loader(#[from] loader::Error),
     #[error("event loop")]
     Io(#[from] std::io::Error),
+    /// `--pcap`: the file cannot be created (it exists, the path is not writable) or the snap
+    /// length is out of range; found before anything is attached.
+    #[error(transparent)]
+    Pcap(#[from] report::pcap::Error),
 }
 
 impl From<view::Error> for Error {
@@ -105,7 +110,8 @@ impl Error {
             | Self::UnknownPort { .. }
             | Self::NotServiceAddress { .. }
             | Self::NoSuchFamily { .. }
-            | Self::Api(_) => 2,
+            | Self::Api(_)
+            | Self::Pcap(_) => 2,
             _ => 3,
         }
     }
@@ -237,14 +243,37 @@ pub async fn trace(
     for w in &view.warnings {
         say(w.clone(), &mut warnings);
     }
-    let setup = kernel_setup(scope)?;
+    // Before anything is attached: a path that cannot be written is the user's to fix first.
+    let mut pcap = match &opts.pcap {
+        Some(p) => Some(p.create(view.model.node.as_deref())?),
+        None => None,
+    };
+    // A trace that fails leaves no capture file behind: it would hold nothing but its header.
+    let discard = |pcap: &Option<report::pcap::PcapWriter>| {
+        if let Some(w) = pcap {
+            let _ = std::fs::remove_file(w.path());
+        }
+    };
+    let setup = match kernel_setup(scope) {
+        Ok(s) => s,
+        Err(e) => {
+            discard(&pcap);
+            return Err(e);
+        }
+    };
     for w in &setup.warnings {
         say(w.clone(), &mut warnings);
     }
     let kernel_warnings = setup.warnings.clone();
     let drops_before = host::conntrack_drop_counter();
     let started = std::time::Instant::now();
-    let outcome = run(&plan, setup, opts, live).await?;
+    let outcome = match run(&plan, setup, opts, live).await {
+        Ok(o) => o,
+        Err(e) => {
+            discard(&pcap);
+            return Err(e);
+        }
+    };
     for w in &outcome.warnings {
         say(w.clone(), &mut warnings);
     }
@@ -266,7 +295,85 @@ pub async fn trace(
     report
         .warnings
         .extend(typed(WarningKind::Capture, "capture", &outcome.warnings));
+    if let (Some(w), Some(p)) = (pcap.as_mut(), &opts.pcap) {
+        let pcap_warnings = write_pcap(w, p.all, &report, &outcome);
+        for s in &pcap_warnings {
+            say(s.clone(), &mut warnings);
+        }
+        report
+            .warnings
+            .extend(typed(WarningKind::Capture, "pcap", &pcap_warnings));
+    }
     Ok(Finished { report, warnings })
+}
+
+/// Writes the flows `report` judged failing (all with `all`) into the pcapng file; returns the
+/// warnings about what the file lacks (a failed write, packets that did not fit).
+pub fn write_pcap(w: &mut report::pcap::PcapWriter, all: bool, report: &Report, outcome: &Outcome) -> Vec<String> {
+    let store = &outcome.packets;
+    report::pcap::write_report(
+        w,
+        report,
+        &outcome.flows,
+        all,
+        &mut |f| store.packets_of(f, &outcome.flows),
+        &store.ifnames,
+    );
+    let (flows, packets) = w.written();
+    tracing::info!(
+        "pcap: {} flow(s), {} packet(s) written to {}",
+        flows,
+        packets,
+        w.path().display()
+    );
+    let mut out: Vec<String> = w.warning().into_iter().collect();
+    out.extend(store.warnings());
+    if outcome.lost_packets > 0 {
+        out.push(format!(
+            "pcap: {} packet copies were lost in the kernel (its packet ring buffer was full)",
+            outcome.lost_packets
+        ));
+    }
+    out
+}
+
+/// `--pcap FILE`: what to write and how (README, "Evidence: --pcap").
+#[derive(Debug, Clone)]
+pub struct PcapRequest {
+    pub path: std::path::PathBuf,
+    /// `--pcap-all`: every traced flow, not only the failing ones.
+    pub all: bool,
+    /// `--snaplen`: bytes kept of each packet from its IP header.
+    pub snaplen: u32,
+    /// `--force`: overwrite an existing file.
+    pub force: bool,
+    /// The command line, for the file's section header.
+    pub command: String,
+}
+
+impl PcapRequest {
+    /// Creates the file and writes its section header (node, kernel, version, command).
+    pub fn create(&self, node: Option<&str>) -> Result<report::pcap::PcapWriter, report::pcap::Error> {
+        let header = report::pcap::Header {
+            node: node.map(str::to_owned).unwrap_or_else(host_name),
+            kernel: format!("Linux {}", kernel::release()),
+            command: self.command.clone(),
+        };
+        report::pcap::PcapWriter::create(&self.path, self.force, self.snaplen, &header)
+    }
+}
+
+/// The host's name (`uname -n`), when the node's name is not known.
+fn host_name() -> String {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    // SAFETY: uname NUL-terminates nodename.
+    unsafe { std::ffi::CStr::from_ptr(u.nodename.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// How to trace.
@@ -279,6 +386,8 @@ pub struct Options {
     pub live: bool,
     /// `--family`: trace this address family of the Service only (`None`: all it has).
     pub family: Option<IpFamily>,
+    /// `--pcap`: copy the traced flows' packets for the pcapng file.
+    pub pcap: Option<PcapRequest>,
 }
 
 /// What a trace produced.
@@ -290,6 +399,10 @@ pub struct Outcome {
     pub decode_errors: u64,
     pub attached: Vec<String>,
     pub warnings: Vec<String>,
+    /// `--pcap`: the packets copied, by flow.
+    pub packets: packets::PacketStore,
+    /// Packet copies the kernel could not hand over.
+    pub lost_packets: u64,
 }
 
 /// Traces `plan` until the deadline, Ctrl-C or SIGTERM. Must run inside a tokio runtime with IO
@@ -306,6 +419,10 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         mut warnings,
         debug_kernel,
     } = setup;
+    let mut config = config;
+    if let Some(p) = &opts.pcap {
+        config.pcap_snaplen = p.snaplen;
+    }
     // Signal handlers first: a Ctrl-C or SIGTERM that arrives once hooks are attached must end the
     // trace normally (verdict printed, everything detached), never kill the process outright.
     use tokio::signal::unix::{SignalKind, signal};
@@ -390,6 +507,8 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
     let lost_events = capture.lost_events();
     let attached = capture.attached().to_vec();
     let decode_errors = capture.decode_errors();
+    let lost_packets = capture.lost_packets();
+    let packets = capture.take_packets();
     drop(capture);
     if decode_errors > 0 {
         warnings.push(format!("{decode_errors} kernel events could not be decoded"));
@@ -407,5 +526,7 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
         decode_errors,
         attached,
         warnings,
+        packets,
+        lost_packets,
     })
 }

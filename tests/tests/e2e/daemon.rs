@@ -63,6 +63,8 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     let snapshot = dir.join("snapshot.json");
     lab.write_snapshot(&snapshot).unwrap();
     let events = dir.join("events.jsonl");
+    let pcap_dir = dir.join("pcap");
+    std::fs::create_dir_all(&pcap_dir).unwrap();
 
     let args = [
         "daemon",
@@ -74,6 +76,8 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
         events.to_str().unwrap(),
         "--k8s-snapshot",
         snapshot.to_str().unwrap(),
+        "--pcap-dir",
+        pcap_dir.to_str().unwrap(),
     ];
     let daemon = Trace::start_until(&args, &[], "daemon ready");
     let held = bpf::held_by(daemon.pid() as u32);
@@ -156,6 +160,30 @@ fn metrics_and_events_follow_the_traffic_and_sigterm_detaches() {
     );
 
     stop(daemon, &held);
+    // --pcap-dir: the failing flows' packets (rejected, refused), none of the healthy ones.
+    let packets: Vec<crate::pcap::Packet> = std::fs::read_dir(&pcap_dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| crate::pcap::read(&e.path()))
+        .collect();
+    for (svc, vip) in [("default/empty", EMPTY_VIP), ("default/closed", CLOSED_VIP)] {
+        assert!(
+            packets
+                .iter()
+                .any(|p| p.comment.contains(svc) && p.dst == vip.to_string()),
+            "no packet of {svc} to {vip}: {packets:#?}"
+        );
+    }
+    assert!(
+        packets.iter().any(|p| p.comment.contains("verdict backend_refused")),
+        "{packets:#?}"
+    );
+    assert!(
+        !packets
+            .iter()
+            .any(|p| p.comment.contains("default/web ") || p.dst == WEB_VIP.to_string()),
+        "a healthy flow's packets: {packets:#?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

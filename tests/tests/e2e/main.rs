@@ -15,6 +15,7 @@
 //! - `dual_stack`: dual-stack labs (issue 16): IPv6 traffic through both families' rules, and `explain`.
 //! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
+//! - `pcap`: `--pcap`'s file of the failing flows, read back with tshark (issue 17).
 //! - `real_cluster`: what real clusters do that the other labs do not (issue 14): topology hints.
 //! - `scenarios`: one lab scenario per verdict class, traced and explained, in iptables and nftables mode.
 //! - `tc`: the TC hook set gives the netfilter set's flows, and leaves nothing behind.
@@ -27,6 +28,7 @@ mod demo;
 mod dual_stack;
 mod errors;
 mod mcp;
+mod pcap;
 mod real_cluster;
 mod scenarios;
 mod tc;

@@ -331,7 +331,7 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
         });
         let mut traced = params(
             "trace_service",
-            json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap}),
+            json!({"service": "default/web", "seconds": 5, "netns": node, "k8s_snapshot": snap, "pcap": true}),
         );
         traced.meta = Some(RequestMetaObject::with_progress_token(ProgressToken(
             NumberOrString::Number(7),
@@ -378,6 +378,18 @@ fn mcp_lists_tools_explains_and_traces_a_lab_service() {
             text(&r)
         );
         assert!(text(&r).contains("traced 5s: 3 flows"), "{}", text(&r));
+        // `pcap: true`: the path of the pcapng file, written; healthy flows leave it without
+        // packets (its section header alone).
+        let pcap_file = r
+            .structured_content
+            .as_ref()
+            .and_then(|v| v["pcap_file"].as_str())
+            .map(std::path::PathBuf::from);
+        let pcap_file = pcap_file.unwrap_or_else(|| panic!("no pcap_file in the result: {}", text(&r)));
+        let bytes = std::fs::read(&pcap_file).unwrap_or_else(|e| panic!("{}: {e}", pcap_file.display()));
+        assert_eq!(&bytes[..4], &0x0A0D_0D0Au32.to_ne_bytes(), "a pcapng section header");
+        assert!(text(&r).contains(&pcap_file.display().to_string()), "{}", text(&r));
+        let _ = std::fs::remove_file(&pcap_file);
         // A client that asked for progress heard about the trace every second.
         let steps = progress.0.lock().unwrap().clone();
         assert!(

@@ -27,14 +27,14 @@ use d8_trace::{
 
 use crate::common::addr;
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
-const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub(crate) const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+pub(crate) const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 /// A pod on another node: exists in the rules and the API only.
 const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 /// Outside the node link's subnet, so the external client routes it through the node.
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const NODE_PORT: u16 = 30080;
+pub(crate) const NODE_PORT: u16 = 30080;
 
 /// Connect timeout for attempts expected to succeed or be refused.
 pub(crate) const T: Duration = Duration::from_secs(2);
@@ -48,7 +48,7 @@ const PICK_BUDGET: Duration = Duration::from_millis(3600);
 // ---- lab specs --------------------------------------------------------------------------------
 
 /// `default/web`: ClusterIP 10.96.0.10:80 -> 8080 (named port `http`) over HTTP pods web-1, web-2.
-fn web_spec(pods: usize) -> ClusterSpec {
+pub(crate) fn web_spec(pods: usize) -> ClusterSpec {
     let svc = ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp);
     let mut spec = ClusterSpec::new().service(svc);
     for (name, ip) in [("web-1", WEB_1), ("web-2", WEB_2)].into_iter().take(pods) {
@@ -62,7 +62,7 @@ fn web_spec(pods: usize) -> ClusterSpec {
 }
 
 /// `default/empty`: a ClusterIP Service whose selector matches no pod (one unrelated pod runs).
-fn empty_spec(protocol: Protocol) -> ClusterSpec {
+pub(crate) fn empty_spec(protocol: Protocol) -> ClusterSpec {
     let svc = ServiceSpec::new("default", "empty", VIP)
         .port("p", 80, 8080, protocol)
         .selector("app", "nobody");
@@ -75,7 +75,7 @@ fn empty_spec(protocol: Protocol) -> ClusterSpec {
 
 /// `default/shop`: NodePort 30080 and external IP 203.0.113.10:80, externalTrafficPolicy=Local, its
 /// only endpoint on another node.
-fn etp_local_spec() -> ClusterSpec {
+pub(crate) fn etp_local_spec() -> ClusterSpec {
     let svc = ServiceSpec::new("default", "shop", VIP)
         .node_port("http", 80, 8080, Protocol::Tcp, NODE_PORT)
         .external_ip(EXTERNAL_IP)
@@ -340,7 +340,7 @@ fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
 
 /// Connects to the ClusterIP until every kind of `want` outcome was seen (each attempt picks a
 /// backend at random), at most `max` attempts or [`PICK_BUDGET`].
-fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
+pub(crate) fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
     let start = Instant::now();
     let mut seen = Vec::new();
     while seen.len() < max && start.elapsed() < PICK_BUDGET {
@@ -352,7 +352,7 @@ fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec
     seen
 }
 
-fn backend_of(ip: Ipv4Addr, port: u16) -> String {
+pub(crate) fn backend_of(ip: Ipv4Addr, port: u16) -> String {
     format!("{ip}:{port}")
 }
 

@@ -38,6 +38,9 @@ pub struct Scenario {
     /// d8-trace ran with `--debug-kernel` (the kernel programs' log on); the targets are judged
     /// on the runs without it.
     pub debug_kernel: bool,
+    /// d8-trace ran with `--pcap` (packets of traced flows copied to userspace); like
+    /// `--debug-kernel`, the targets are judged on the runs without it.
+    pub pcap: bool,
     pub svc: &'static str,
     pub rows: Vec<ProgRow>,
     /// ns per invocation of the empty program at nf_pre's hooks and at nf_post's.
@@ -291,21 +294,38 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     // The last two: the same short connections with the kernel programs' log on, beside the
     // default (off) to show what the log statements cost when on and that off they cost nothing.
-    let cases: [(&'static str, bool, &'static str, bool); 6] = [
-        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC, false),
-        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false),
-        ("new connection per request", false, common::OTHER_SVC, false),
-        ("new connection per request", true, common::WEB_SVC, false),
-        ("new connection per request", false, common::OTHER_SVC, true),
-        ("new connection per request", true, common::WEB_SVC, true),
+    // The last two: `--pcap` on, tracing this Service: what copying the traced flows' packets
+    // costs (issue 17).
+    let cases: [(&'static str, bool, &'static str, bool, bool); 8] = [
+        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC, false, false),
+        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false, false),
+        ("new connection per request", false, common::OTHER_SVC, false, false),
+        ("new connection per request", true, common::WEB_SVC, false, false),
+        ("new connection per request", false, common::OTHER_SVC, true, false),
+        ("new connection per request", true, common::WEB_SVC, true, false),
+        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false, true),
+        ("new connection per request", true, common::WEB_SVC, false, true),
     ];
+    let pcap_file = common::target_dir().join("bench").join("pcap-bench.pcapng");
+    let pcap_file = pcap_file.display().to_string();
     // A d8-trace from before the flag existed (to compare builds) runs the first four only.
     let has_debug_kernel = std::process::Command::new(&env.d8_trace)
         .arg("--help")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--debug-kernel"));
+    let has_pcap = std::process::Command::new(&env.d8_trace)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pcap"));
     let mut scenarios = Vec::new();
-    for (traffic, traced, svc, debug_kernel) in cases {
+    for (traffic, traced, svc, debug_kernel, pcap) in cases {
+        if pcap && !has_pcap {
+            eprintln!(
+                "bench hooks: {} has no --pcap: those runs are left out",
+                env.d8_trace.display()
+            );
+            continue;
+        }
         if debug_kernel && !has_debug_kernel {
             eprintln!(
                 "bench hooks: {} has no --debug-kernel: those runs are left out",
@@ -313,7 +333,14 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             );
             continue;
         }
-        let extra: &[&str] = if debug_kernel { &["--debug-kernel"] } else { &[] };
+        let pcap_args = ["--pcap", pcap_file.as_str(), "--force"];
+        let extra: &[&str] = if debug_kernel {
+            &["--debug-kernel"]
+        } else if pcap {
+            &pcap_args
+        } else {
+            &[]
+        };
         let tracer = Tracer::start_with(&env.d8_trace, svc, lab.node_ns(), extra)?;
         let ids = prog_ids(&tracer.pid().to_string());
         let stats = Stats::enable()?;
@@ -363,6 +390,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             traffic,
             traced,
             debug_kernel,
+            pcap,
             svc,
             rows,
             floor_pre,
@@ -372,9 +400,10 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         };
         for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]).chain(&s.floor_tp) {
             eprintln!(
-                "bench hooks: {traffic}, {}{}: {:<18} {:7.1} ns x {}",
+                "bench hooks: {traffic}, {}{}{}: {:<18} {:7.1} ns x {}",
                 if traced { "traced" } else { "untraced" },
                 if debug_kernel { ", --debug-kernel" } else { "" },
+                if pcap { ", --pcap" } else { "" },
                 r.name,
                 r.ns_per_run,
                 r.runs

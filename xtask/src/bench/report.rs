@@ -216,7 +216,11 @@ struct Target {
 /// name starts with `floor` (`nf_empty`: nf_pre/nf_post; `tp_empty`: the tracepoints).
 fn worst_ratio(h: &Hooks, traced: bool, floor: &str) -> Option<(f64, String)> {
     let mut worst: Option<(f64, String)> = None;
-    for s in h.scenarios.iter().filter(|s| s.traced == traced && !s.debug_kernel) {
+    for s in h
+        .scenarios
+        .iter()
+        .filter(|s| s.traced == traced && !s.debug_kernel && !s.pcap)
+    {
         for r in s.rows.iter().filter(|r| r.floor.is_some_and(|f| f.starts_with(floor))) {
             if let Some(floor) = s.floor_of(r) {
                 let ratio = r.ns_per_run / floor;
@@ -557,8 +561,9 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole machine (other processes' \
          sockets and packets included); their floor is `tp_empty` (returns at once), loaded once per tracepoint and \
          attached to `sock:inet_sock_set_state` and `skb:kfree_skb` in the same window. Every run has the kernel programs' debug log off (their log \
-         statements pruned at load) except the two marked `--debug-kernel`, which have it on; the targets are \
-         judged on the runs with it off.\n",
+         statements pruned at load) except the two marked `--debug-kernel`, which have it on, and `--pcap` off except \
+         the two marked `--pcap` (every packet of the traced flows copied to userspace, up to 32 per flow); the \
+         targets are judged on the runs with both off.\n",
         h.secs
     );
     let _ = writeln!(
@@ -566,12 +571,15 @@ fn hooks_section(o: &mut String, h: &Hooks) {
         "| Traffic | d8-trace traces | Program | Invocations | ns / invocation | Empty program | Ratio |\n|---|---|---|---|---|---|---|"
     );
     for s in &h.scenarios {
-        let who = match (s.traced, s.debug_kernel) {
+        let mut who = match (s.traced, s.debug_kernel) {
             (true, false) => format!("this Service (`{}`)", s.svc),
             (false, false) => format!("another Service (`{}`)", s.svc),
             (true, true) => format!("this Service (`{}`), `--debug-kernel`", s.svc),
             (false, true) => format!("another Service (`{}`), `--debug-kernel`", s.svc),
         };
+        if s.pcap {
+            who.push_str(", `--pcap`");
+        }
         for r in &s.rows {
             let (floor, ratio) = match s.floor_of(r) {
                 // No invocations in the window (NaN): nothing to compare.
@@ -607,6 +615,7 @@ fn breakdown(o: &mut String, h: &Hooks) {
         .scenarios
         .iter()
         .filter(|s| !s.debug_kernel && s.connections.is_some_and(|c| c > 0))
+        // `--pcap` runs are listed too: what the copies add per connection.
         .collect();
     if scenarios.is_empty() {
         return;
@@ -622,10 +631,10 @@ fn breakdown(o: &mut String, h: &Hooks) {
     );
     for s in scenarios {
         let conns = s.connections.unwrap_or(1) as f64;
-        let who = if s.traced {
-            format!("this Service (`{}`)", s.svc)
-        } else {
-            format!("another Service (`{}`)", s.svc)
+        let who = match (s.traced, s.pcap) {
+            (true, false) => format!("this Service (`{}`)", s.svc),
+            (true, true) => format!("this Service (`{}`), `--pcap`", s.svc),
+            (false, _) => format!("another Service (`{}`)", s.svc),
         };
         let mut total = 0.0;
         for r in s.rows.iter().filter(|r| r.runs > 0) {

@@ -27,6 +27,7 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod pcap;
 pub mod source;
 
 use std::{
@@ -75,6 +76,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Trace(#[from] trace::Error),
+    /// `--pcap-dir` cannot be written; found before anything is attached.
+    #[error(transparent)]
+    Pcap(#[from] pcap::Error),
     #[error(transparent)]
     Loader(#[from] crate::loader::Error),
     #[error("event loop")]
@@ -94,6 +98,8 @@ pub struct Options {
     pub refresh: Duration,
     /// Most flows held at once (default [`MAX_FLOWS`]).
     pub max_flows: usize,
+    /// `--pcap-dir`: the failing flows' packets as a rotating directory of pcapng files.
+    pub pcap: Option<pcap::PcapDir>,
 }
 
 fn count_read(m: &Metrics, kind: ReadKind, source: &ModelSource) {
@@ -218,12 +224,21 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
 
     let KernelSetup {
         choice,
-        config,
+        mut config,
         drop_reasons,
         mount,
         warnings,
         debug_kernel,
     } = setup;
+    // Before anything is attached: a directory that cannot be written is the user's to fix.
+    let mut pcap = match &opts.pcap {
+        Some(p) => {
+            config.pcap_snaplen = p.snaplen;
+            let node = model.node.clone().unwrap_or_else(|| "unknown".into());
+            Some(pcap::Rotation::open(p.clone(), node)?)
+        }
+        None => None,
+    };
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -297,7 +312,21 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 state.beat();
                 capture.pump(&mut table, &mut ignore).await;
                 table.settle(crate::kernel::monotonic_ns());
-                report_flows(&table, &merged, &model, source.api_state(), m, &mut counted, &mut verdicts, writer.as_mut());
+                let mut done = Vec::new();
+                report_flows(
+                    &table,
+                    &merged,
+                    &model,
+                    source.api_state(),
+                    m,
+                    &mut counted,
+                    &mut verdicts,
+                    writer.as_mut(),
+                    Pcap { rotation: pcap.as_mut(), store: capture.packets(), done: &mut done },
+                );
+                for tuple in &done {
+                    capture.forget_packets(tuple);
+                }
                 let cutoff = crate::kernel::monotonic_ns().saturating_sub(FLOW_WINDOW.as_nanos() as u64);
                 table.retain(|f| !(counted.contains(&f.id) && f.last_ns < cutoff));
                 let ids: HashSet<u64> = table.flows().iter().map(|f| f.id).collect();
@@ -362,8 +391,17 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--pcap-dir` in [`report_flows`]: where failing flows' packets go, where they are held, and
+/// the tuples of flows done with (written, or healthy), whose packets the caller forgets.
+struct Pcap<'a> {
+    rotation: Option<&'a mut pcap::Rotation>,
+    store: &'a trace::packets::PacketStore,
+    done: &'a mut Vec<crate::events::Tuple>,
+}
+
 /// Classifies the flows of each Service; counts flows that reached an outcome once; writes
-/// events for non-healthy flows and verdict changes; sets the verdict gauges.
+/// events for non-healthy flows and verdict changes, and the failing flows' packets
+/// (`--pcap-dir`); sets the verdict gauges.
 #[allow(clippy::too_many_arguments, reason = "one call site; the loop's state, spelled out")]
 fn report_flows(
     table: &FlowTable,
@@ -374,6 +412,7 @@ fn report_flows(
     counted: &mut HashSet<u64>,
     verdicts: &mut Series,
     mut writer: Option<&mut EventWriter>,
+    mut pcap: Pcap<'_>,
 ) {
     let mut by_service: HashMap<&ServiceRef, Vec<Flow>> = HashMap::new();
     for flow in table.flows() {
@@ -441,6 +480,32 @@ fn report_flows(
                 && let Some(w) = writer.as_deref_mut()
             {
                 w.flow(&service, flow, class);
+            }
+            if let Some(rotation) = pcap.rotation.as_deref_mut() {
+                if rotation.wants(flow.outcome, !flow.icmp_errors.is_empty(), fv.class) {
+                    let packets = pcap.store.packets_of(flow, table.flows());
+                    if !packets.is_empty() {
+                        let rule = (fv.class == verdict.root_cause.class)
+                            .then(|| {
+                                verdict
+                                    .evidence
+                                    .iter()
+                                    .find(|e| e.kind == classify::EvidenceKind::Rules)
+                            })
+                            .flatten()
+                            .map(|e| e.content.as_str());
+                        let text =
+                            crate::report::pcap::verdict_text(Some(fv.class), flow.outcome, flow.drop_reason(), rule);
+                        let written = crate::report::pcap::FlowPackets {
+                            id: flow.id,
+                            service: &service,
+                            verdict: text,
+                            packets: &packets,
+                        };
+                        rotation.write(&written, &pcap.store.ifnames);
+                    }
+                }
+                pcap.done.push(flow.tuple());
             }
         }
         let class = verdict.root_cause.class.as_str().to_string();

@@ -277,6 +277,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         ring_buffer_bytes: 1024 * 1024,
         live: true,
         family: None,
+        pcap: None,
     };
 
     let drops_before = host::conntrack_drop_counter();

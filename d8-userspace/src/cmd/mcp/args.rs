@@ -61,6 +61,11 @@ pub struct TraceInput {
     /// `--k8s-snapshot`/`--kubeconfig`/`--no-k8s`, else the live API.
     #[serde(default)]
     pub k8s_snapshot: Option<String>,
+    /// Also write the packets of the flows that failed (pre- and post-DNAT, drops, the node's
+    /// or backend's answer; the verdict in each flow's last packet comment) to a pcapng file on
+    /// the node, and return its path as `pcap_file` (open it with Wireshark or tshark).
+    #[serde(default)]
+    pub pcap: Option<bool>,
 }
 
 /// Input of `doctor`.

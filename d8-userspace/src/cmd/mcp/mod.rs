@@ -90,8 +90,17 @@ fn failure_result(f: &Failure) -> CallToolResult {
 }
 
 fn report_result(report: &Report, text: String) -> CallToolResult {
+    report_result_with(report, text, None)
+}
+
+/// [`report_result`] with `trace_service`'s `pcap_file` (the path of the pcapng file written)
+/// beside the report's fields.
+fn report_result_with(report: &Report, text: String, pcap_file: Option<&std::path::Path>) -> CallToolResult {
     match serde_json::to_value(report) {
-        Ok(value) => {
+        Ok(mut value) => {
+            if let (Some(path), Some(obj)) = (pcap_file, value.as_object_mut()) {
+                obj.insert("pcap_file".into(), path.display().to_string().into());
+            }
             let mut r = CallToolResult::structured(value);
             r.content = vec![ContentBlock::text(text)];
             r
@@ -159,7 +168,7 @@ root_cause {class, detail}, evidence, severity, mitigation; flows empty) and a s
 eBPF hooks, then return d8-trace's report with the flows (client, frontend, backend chosen by DNAT, outcome, drop \
 reason, class), the root cause, evidence, severity and mitigation, plus a short summary. Only traffic during the trace is \
 seen: reproduce the failure meanwhile. One trace at a time (a second call is refused while one runs); hooks are \
-detached when the call ends, is cancelled, or the client disconnects. Does not change the node.",
+detached when the call ends, is cancelled, or the client disconnects. Does not change the node. With `pcap: true` it also writes the failing flows' packets (pre- and post-DNAT, drops, answers; the verdict in the comments) to a pcapng file on the node and returns its path as `pcap_file`.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -177,9 +186,13 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
         let prepared = args::service(&input.service).and_then(|svc| {
             let duration = args::seconds(input.seconds)?;
             let sel = args::selection(&self.defaults, input.netns.as_deref(), input.k8s_snapshot.as_deref())?;
-            Ok((svc, duration, sel))
+            let pcap = match input.pcap {
+                Some(true) => Some(pcap_request(&svc)?),
+                _ => None,
+            };
+            Ok((svc, duration, sel, pcap))
         });
-        let (svc, duration, sel) = match prepared {
+        let (svc, duration, sel, pcap) = match prepared {
             Ok(p) => p,
             Err(f) => return Ok(failure_result(&f)),
         };
@@ -212,19 +225,28 @@ detached when the call ends, is cancelled, or the client disconnects. Does not c
             .map(|token| tokio::spawn(report_progress(peer, token, name.clone(), duration)));
         let result = self
             .jobs
-            .run(&name, netns, Some(slot), call, move || trace_job(svc, sel, duration))
+            .run(&name, netns, Some(slot), call, move || {
+                trace_job(svc, sel, duration, pcap)
+            })
             .await;
         if let Some(p) = progress {
             p.abort();
         }
         Ok(match result {
-            Ok((report, warnings)) => {
+            Ok((report, warnings, pcap_file)) => {
                 tracing::info!(
                     "mcp: {name}: {}, {} flows; hooks detached",
                     verdict_word(&report),
                     report.flows.len()
                 );
-                report_result(&report, summary::report(&report, Some(duration.as_secs()), &warnings))
+                let mut text = summary::report(&report, Some(duration.as_secs()), &warnings);
+                if let Some(p) = &pcap_file {
+                    text.push_str(&format!(
+                        "\npcap file (failing flows' packets, pcapng): {}",
+                        p.display()
+                    ));
+                }
+                report_result_with(&report, text, pcap_file.as_deref())
             }
             Err(f) => {
                 log_failure("trace_service", &input.service, &f);
@@ -328,16 +350,51 @@ async fn explain(svc: Target, scope: Scope) -> Result<(Report, Vec<String>), Fai
 
 /// A trace, as the CLI runs it (without live lines), on the job's thread. Dropping this future
 /// (cancellation) drops the `Tracer` inside `trace::run`, which detaches everything.
-async fn trace_job(svc: Target, scope: Scope, duration: Duration) -> Result<(Report, Vec<String>), Failure> {
+async fn trace_job(
+    svc: Target,
+    scope: Scope,
+    duration: Duration,
+    pcap: Option<trace::PcapRequest>,
+) -> Result<(Report, Vec<String>, Option<std::path::PathBuf>), Failure> {
+    let pcap_file = pcap.as_ref().map(|p| p.path.clone());
     let opts = trace::Options {
         duration: Some(duration),
         reply_timeout: Duration::from_secs(3),
         ring_buffer_bytes: 1 << 20,
         live: false,
         family: None,
+        pcap,
     };
     let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;
-    Ok((done.report, done.warnings))
+    Ok((done.report, done.warnings, pcap_file))
+}
+
+/// `trace_service`'s `pcap: true`: a new file under the temporary directory's `d8-trace/`
+/// (created, mode 0700), named for the Service and the time.
+fn pcap_request(svc: &Target) -> Result<trace::PcapRequest, Failure> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = std::env::temp_dir().join("d8-trace");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Failure::env(format!("pcap: creating {}: {e}", dir.display())))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // A name safe as a file name: `ns_name`, or the address with `:` and `/` as `_`.
+    let what = match svc {
+        Target::Service(s) => format!("{}_{}", s.service.namespace, s.service.name),
+        Target::Address(d) => d.to_string().replace([':', '/', '[', ']'], "_"),
+    };
+    let name = format!("{what}-{stamp}.pcapng");
+    Ok(trace::PcapRequest {
+        path: dir.join(name),
+        all: false,
+        snaplen: crate::report::pcap::DEFAULT_SNAPLEN,
+        force: false,
+        command: format!("d8-trace mcp: trace_service {svc}"),
+    })
 }
 
 /// stdin that cancels `gone` at end of file (the client closed it or exited) or on a read error,
