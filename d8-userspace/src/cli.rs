@@ -192,10 +192,35 @@ pub struct TraceArgs {
     /// Size of the kernel's event ring buffer, in KiB (power of two, at least 4).
     #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = parse_ring_kib)]
     pub ring_buffer_kib: u32,
+    /// Trace one address family of a dual-stack Service: its IPv4 or IPv6 frontends and
+    /// endpoints only (default: every family it has).
+    #[arg(long, value_enum, default_value_t = FamilyArg::Any)]
+    pub family: FamilyArg,
     #[command(flatten)]
     pub pcap: PcapArgs,
     #[command(flatten)]
     pub selection: Selection,
+}
+
+/// `--family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    #[value(name = "4")]
+    V4,
+    #[value(name = "6")]
+    V6,
+    Any,
+}
+
+impl FamilyArg {
+    /// The family to narrow a trace to; `None` for `any`.
+    pub fn family(self) -> Option<crate::model::IpFamily> {
+        match self {
+            Self::V4 => Some(crate::model::IpFamily::V4),
+            Self::V6 => Some(crate::model::IpFamily::V6),
+            Self::Any => None,
+        }
+    }
 }
 
 /// `--svc` or `--dest`, whichever was given.

@@ -60,6 +60,50 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// An address family, as the Kubernetes API names it (`spec.ipFamilies`, an EndpointSlice's
+/// `addressType`): a dual-stack Service has one frontend and one set of endpoints per family, and
+/// kube-proxy programs each family on its own (ip6tables, `table ip6 kube-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpFamily {
+    #[serde(rename = "IPv4")]
+    V4,
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl IpFamily {
+    /// The family of an address. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is IPv6 here, as
+    /// on the wire: kube-proxy never programs one, and callers that read user input refuse it.
+    pub const fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    /// The API spelling (`IPv4`, `IPv6`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    /// `4` or `6`, as `--family` takes it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::V4 => 4,
+            Self::V6 => 6,
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a packet was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -365,7 +409,7 @@ pub fn tcp_state_name(state: u8) -> &'static str {
 #[cfg(test)]
 pub(crate) mod testing {
     //! Builders of raw kernel events, for tests of the decoder and the flow table.
-    use d8_common::{FAMILY_V4, FlowKey};
+    use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
 
     pub fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> FlowKey {
         let mut k = FlowKey {
@@ -378,6 +422,19 @@ pub(crate) mod testing {
         k.saddr[..4].copy_from_slice(&src);
         k.daddr[..4].copy_from_slice(&dst);
         k
+    }
+
+    /// [`key`] of IPv6 addresses.
+    pub fn key6(src: std::net::Ipv6Addr, sport: u16, dst: std::net::Ipv6Addr, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            proto,
+            family: FAMILY_V6,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            saddr: src.octets(),
+            daddr: dst.octets(),
+            ..Default::default()
+        }
     }
 
     pub fn raw(kind: u8, hook: u8, key: FlowKey, ts_ns: u64) -> d8_common::Event {

@@ -143,8 +143,8 @@ impl Flow {
     /// The flow's outcome as of kernel time `now_ns`; flows with no answer for `reply_timeout_ns`
     /// have timed out.
     pub fn outcome_at(&self, now_ns: u64, reply_timeout_ns: u64) -> Outcome {
-        let node_answered = self.resets.iter().any(|r| r.by == Peer::Node)
-            || self.icmp_errors.iter().any(|e| e.icmp_type == ICMP_DEST_UNREACH);
+        let node_answered =
+            self.resets.iter().any(|r| r.by == Peer::Node) || self.icmp_errors.iter().any(IcmpError::is_unreachable);
         if node_answered && !self.handshake.reply {
             Outcome::Rejected
         } else if !self.resets.is_empty() {
@@ -194,8 +194,17 @@ impl Flow {
     }
 }
 
-/// ICMP "destination unreachable": what a REJECT sends by default.
-const ICMP_DEST_UNREACH: u8 = 3;
+impl IcmpError {
+    /// "Destination unreachable" (what a REJECT sends), as its family writes it: ICMP type 3 but
+    /// not code 4 ("fragmentation needed", a path MTU signal), ICMPv6 type 1. ICMPv6 "packet too
+    /// big" (type 2) is a path MTU signal too: the flow goes on.
+    pub fn is_unreachable(&self) -> bool {
+        match self.from {
+            IpAddr::V4(_) => self.icmp_type == 3 && self.icmp_code != 4,
+            IpAddr::V6(_) => self.icmp_type == 1,
+        }
+    }
+}
 
 /// Joins events into flows. Knows nothing about BPF: it takes decoded events and the set of
 /// traced frontends, so tests drive it with literal events.
@@ -521,7 +530,7 @@ mod tests {
     use super::*;
     use crate::events::{
         decode_raw,
-        testing::{key, raw},
+        testing::{key, key6, raw},
     };
 
     const CLIENT: [u8; 4] = [10, 244, 1, 5];
@@ -624,6 +633,34 @@ mod tests {
         // No drop-reason names (a kernel before 5.17): every drop is NOT_SPECIFIED.
         assert_eq!(f.drops[0].reason, "NOT_SPECIFIED");
         assert_eq!(f.drops[0].after_hook, Some(Hook::Forward));
+    }
+
+    #[test]
+    fn icmpv6_unreachable_rejects_and_packet_too_big_does_not() {
+        let client: std::net::Ipv6Addr = "fd00:10:244:1::5".parse().unwrap();
+        let vip: std::net::Ipv6Addr = "fd00:10:96::10".parse().unwrap();
+        let node: std::net::Ipv6Addr = "fd00:192:168:50::2".parse().unwrap();
+        let mut t = FlowTable::new(
+            [(Protocol::Tcp, "[fd00:10:96::10]:80".parse().unwrap())],
+            vec![node.into()],
+            crate::kernel::DropReasons::default(),
+        );
+        let orig = key6(client, 41000, vip, 80, 6);
+        apply(&mut t, raw(kind::NEW, hook::PRE_ROUTING, orig, 0));
+        let mut too_big = raw(kind::ICMP_ERROR, hook::LOCAL_OUT, orig, 1);
+        too_big.icmp_type = 2;
+        too_big.aux = node.octets();
+        apply(&mut t, too_big);
+        let f = &t.flows()[0];
+        assert_eq!(f.client, "[fd00:10:244:1::5]:41000".parse().unwrap());
+        assert_eq!(f.icmp_errors[0].from, std::net::IpAddr::V6(node));
+        assert_eq!(f.outcome, Outcome::Open, "packet too big is no answer");
+        let mut unreachable = raw(kind::ICMP_ERROR, hook::LOCAL_OUT, orig, 2);
+        unreachable.icmp_type = 1;
+        unreachable.icmp_code = 4;
+        unreachable.aux = node.octets();
+        apply(&mut t, unreachable);
+        assert_eq!(t.flows()[0].outcome, Outcome::Rejected);
     }
 
     #[test]

@@ -182,6 +182,7 @@ fn trace_command(args: TraceArgs) -> Result<(), Failure> {
         reply_timeout: Duration::from_secs(args.reply_timeout),
         ring_buffer_bytes: args.ring_buffer_kib * 1024,
         live: true,
+        family: args.family.family(),
         pcap: args.pcap.resolve(),
     };
     // Machine output stays one object on stdout; live lines then go to stderr. Either way they

@@ -10,6 +10,8 @@ pub struct Report {
     pub kube_proxy: KubeProxy,
     pub frontends: Vec<Frontend>,
     pub endpoints: Vec<Endpoint>,
+    /// `configured` (the Service's families, `IPv4`/`IPv6`) and `seen` (the traced flows').
+    pub families: Families,
     pub flows: Vec<Flow>,
     pub lost_events: u64,
     pub root_cause: Option<RootCause>,
@@ -18,6 +20,12 @@ pub struct Report {
     pub mitigation: Option<Mitigation>,
     /// What limits the report (`kind`: rules, api, kube_proxy, ipvs_modules, kernel, capture).
     pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Families {
+    pub configured: Vec<String>,
+    pub seen: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -734,6 +734,8 @@ pub(super) fn icmp_name(e: &IcmpError) -> String {
         (IpAddr::V6(_), 1, 1) => "ICMPv6 administratively prohibited",
         (IpAddr::V6(_), 1, 3) => "ICMPv6 address unreachable",
         (IpAddr::V6(_), 1, 4) => "ICMPv6 port unreachable",
+        (IpAddr::V4(_), 3, 4) => "ICMP fragmentation needed",
+        (IpAddr::V6(_), 2, _) => "ICMPv6 packet too big",
         _ => return format!("ICMP type {} code {}", e.icmp_type, e.icmp_code),
     };
     name.to_owned()

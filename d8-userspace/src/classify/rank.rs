@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use super::facts::{Asked, Cause, Context, Facts, Finding, FlowVerdict, Verdict, flows_n, rule_text};
 use super::vocabulary::{Evidence, EvidenceKind, RootCause, Severity, VerdictClass};
 use crate::flows::Flow;
-use crate::model::{Service, ServiceModel, ServiceRef, Warning, WarningKind};
+use crate::model::{IpFamily, Service, ServiceModel, ServiceRef, Warning, WarningKind};
 
 use super::{advice, flow, service};
 
@@ -82,11 +82,32 @@ fn classify_found(
 
     let classified: Vec<(FlowVerdict, Finding)> = flows.iter().map(|f| flow::classify_flow(f, &facts)).collect();
     let findings = service::findings(&facts);
-    rank(&facts, classified, findings)
+    let families: Vec<IpFamily> = flows.iter().map(|f| IpFamily::of(f.client.ip())).collect();
+    rank(&facts, classified, findings, &families)
+}
+
+/// `, over IPv6` when the Service is dual-stack and the flows of a cause are all of one family:
+/// the other family may be fine, and the reader must know which path failed.
+fn family_note(dual_stack: bool, families: &[IpFamily], flows: &[usize]) -> String {
+    let mut of: Vec<IpFamily> = flows.iter().filter_map(|&i| families.get(i).copied()).collect();
+    of.sort();
+    of.dedup();
+    match of.as_slice() {
+        [one] if dual_stack => format!(", over {one}"),
+        _ => String::new(),
+    }
 }
 
 /// Groups flow findings and service findings by class, ranks the classes, and writes the verdict.
-fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Vec<Finding>) -> Verdict {
+/// `families[i]` is the address family of flow `i`.
+fn rank(
+    facts: &Facts<'_>,
+    classified: Vec<(FlowVerdict, Finding)>,
+    findings: Vec<Finding>,
+    families: &[IpFamily],
+) -> Verdict {
+    let svc_families = facts.svc.map(|s| s.ip_families()).unwrap_or_default();
+    let dual_stack = svc_families.len() > 1;
     struct Group {
         class: VerdictClass,
         flows: Vec<usize>,
@@ -131,10 +152,11 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
     for g in &faults {
         let lead = lead_of(&g.flows, &g.findings, &classified);
         let backends: HashSet<SocketAddr> = g.flows.iter().filter_map(|&i| classified[i].1.backend).collect();
+        let over = family_note(dual_stack, families, &g.flows);
         let detail = match (g.flows.len(), backends.len()) {
             (0, _) => lead.detail,
-            (n, 0 | 1) => format!("{} ({})", lead.detail, flows_n(n)),
-            (n, b) => format!("{} ({} to {b} backends)", lead.detail, flows_n(n)),
+            (n, 0 | 1) => format!("{} ({}{over})", lead.detail, flows_n(n)),
+            (n, b) => format!("{} ({} to {b} backends{over})", lead.detail, flows_n(n)),
         };
         // The kind of an "also" line: trace when flows prove the cause, else where its finding
         // comes from.
@@ -186,6 +208,23 @@ fn rank(facts: &Facts<'_>, classified: Vec<(FlowVerdict, Finding)>, findings: Ve
                 push_trace_facts(&mut evidence, g.flows.iter().map(|&i| &classified[i].0));
             }
             push_checked(facts, &mut evidence);
+            // A dual-stack Service traced over one family only: healthy says nothing of the other.
+            let traced: HashSet<IpFamily> = families.iter().copied().collect();
+            let untraced: Vec<&str> = svc_families
+                .iter()
+                .filter(|f| !traced.contains(f))
+                .map(|f| f.as_str())
+                .collect();
+            if dual_stack && !traced.is_empty() && !untraced.is_empty() {
+                evidence.push(Evidence::new(
+                    EvidenceKind::Trace,
+                    format!(
+                        "{} is dual-stack and no {} flow was traced: that path was not checked (trace with --family)",
+                        facts.name(),
+                        untraced.join(" or ")
+                    ),
+                ));
+            }
             (
                 RootCause {
                     class: VerdictClass::Healthy,

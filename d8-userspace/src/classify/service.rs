@@ -2,7 +2,7 @@
 //! adds to its flows' classes (a kube-proxy that is down, a stale DNAT target no flow hit yet).
 
 use super::vocabulary::{Evidence, EvidenceKind, IPVS_MODULES_MISSING_PREFIX, VerdictClass};
-use crate::model::{KubeProxyStatus, ProxyMode, WarningKind, k8s::minor_version};
+use crate::model::{IpFamily, KubeProxyStatus, ProxyMode, WarningKind, k8s::minor_version};
 
 use super::facts::{
     Asked, CONNTRACK_NEAR_FULL, Facts, Finding, finding, push_rule, rule_text, unallocated_finding,
@@ -194,6 +194,44 @@ fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
                     "kube-proxy's rules lack {name} (unconfirmed: API not consulted)"
                 ));
             }
+        }
+    }
+
+    // A dual-stack Service kube-proxy programmed for one family and not the other: its proxiers
+    // for IPv4 and IPv6 sync apart (ip6tables, `table ip6 kube-proxy`), so one family's rules can
+    // lack what the other's have.
+    if detail.is_none()
+        && let Some(svc) = facts.svc.filter(|s| s.rules.present && s.api.proxied != Some(false))
+    {
+        let cluster_ips = || {
+            svc.frontends
+                .iter()
+                .filter(|f| f.kind == crate::model::FrontendKind::ClusterIp)
+        };
+        let programmed: Vec<IpFamily> = cluster_ips()
+            .filter(|f| f.rule.is_some())
+            .map(|f| IpFamily::of(f.ip))
+            .collect();
+        let unprogrammed: Vec<_> = cluster_ips()
+            .filter(|f| f.rule.is_none() && !programmed.contains(&IpFamily::of(f.ip)))
+            .collect();
+        if let (Some(ok), Some(first)) = (programmed.first(), unprogrammed.first()) {
+            let family = IpFamily::of(first.ip);
+            evidence.push(Evidence::new(
+                EvidenceKind::Api,
+                format!("the API gives {name} the {family} ClusterIP {}", first.ip),
+            ));
+            evidence.push(Evidence::new(
+                EvidenceKind::Rules,
+                format!(
+                    "kube-proxy's {ok} rules have {name}; its {family} rules do not mention {}",
+                    first.ip
+                ),
+            ));
+            detail = Some(format!(
+                "kube-proxy programmed {name} for {ok} but not for {family}: its {family} rules lack the ClusterIP {}",
+                first.ip
+            ));
         }
     }
 

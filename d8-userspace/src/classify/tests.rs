@@ -8,8 +8,8 @@ use crate::flows::{Drop, Flow, Handshake, Hook, IcmpError, Outcome, Peer, Reset}
 use crate::kernel::host::ConntrackStats;
 use crate::model::k8s::minor_version;
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode, RuleFacts,
-    RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
+    ApiFacts, Endpoint, Frontend, FrontendKind, IpFamily, KubeProxyStatus, ProbeKind, ProbePort, Protocol, ProxyMode,
+    RuleFacts, RuleRef, RuleSource, Service, ServiceModel, ServiceRef,
 };
 use crate::report::{EvidenceKind, Format, Runbook, Severity, VerdictClass};
 
@@ -115,6 +115,7 @@ fn model(api: bool) -> ServiceModel {
             terminating_serving: Vec::new(),
             topology: None,
             last_change_unix: None,
+            ip_families: vec![IpFamily::V4],
         };
     }
     ServiceModel {
@@ -317,6 +318,91 @@ fn stale_endpoint_when_the_dnat_target_is_absent_from_endpointslices() {
             "10.1.0.8:8080 is not in the Service's EndpointSlices"
         ),
         "{dump}"
+    );
+}
+
+/// shop/web dual-stack: `model(true)` plus an IPv6 ClusterIP and two IPv6 endpoints, the second
+/// gone from the API (stale).
+fn dual_stack_model() -> ServiceModel {
+    let mut m = model(true);
+    let svc = &mut m.services[0];
+    svc.api.ip_families = vec![IpFamily::V4, IpFamily::V6];
+    let mut fe = svc.frontends[0].clone();
+    fe.ip = ip("fd00:10:96::10");
+    svc.frontends.push(fe);
+    svc.endpoints.push(endpoint(
+        "[fd00:10:1::7]:8080",
+        "KUBE-SEP-CCCCCCCCCCCCCCCC",
+        "web-a",
+        true,
+    ));
+    let mut gone = endpoint("[fd00:10:1::8]:8080", "KUBE-SEP-DDDDDDDDDDDDDDDD", "web-b", true);
+    gone.in_api = Some(false);
+    gone.ready = None;
+    gone.pod = None;
+    svc.endpoints.push(gone);
+    m
+}
+
+fn v6_flow(id: u64, backend: &str, answered: bool) -> Flow {
+    let mut f = flow(id, Some("[fd00:10:96::10]:80"), Some(backend));
+    f.client = addr("[fd00:10:1::5]:41234");
+    if answered {
+        f.handshake.reply = true;
+        f.outcome = Outcome::Established;
+    }
+    f
+}
+
+#[test]
+fn a_dual_stack_service_failing_over_ipv6_only_is_not_healthy_and_names_the_family() {
+    let flows = [
+        established(1, POD_A),
+        established(2, POD_B),
+        v6_flow(3, "[fd00:10:1::7]:8080", true),
+        v6_flow(4, "[fd00:10:1::8]:8080", false),
+    ];
+    let v = classify(&target(), &flows, &dual_stack_model(), &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::StaleEndpoint, "{}", evidence_dump(&v));
+    assert!(
+        v.root_cause.detail.ends_with("(1 flow, over IPv6)"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert_eq!(
+        v.flows.iter().map(|f| f.class).collect::<Vec<_>>(),
+        [
+            VerdictClass::Healthy,
+            VerdictClass::Healthy,
+            VerdictClass::Healthy,
+            VerdictClass::StaleEndpoint
+        ]
+    );
+}
+
+#[test]
+fn a_dual_stack_service_healthy_over_one_family_says_the_other_was_not_traced() {
+    let mut m = dual_stack_model();
+    m.services[0].endpoints.pop();
+    let v = classify(&target(), &[established(1, POD_A)], &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy);
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Trace,
+            "shop/web is dual-stack and no IPv6 flow was traced"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
+    // Both families traced: no such note.
+    let flows = [established(1, POD_A), v6_flow(2, "[fd00:10:1::7]:8080", true)];
+    let v = classify(&target(), &flows, &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::Healthy);
+    assert!(
+        !has_evidence(&v, EvidenceKind::Trace, "is dual-stack"),
+        "{}",
+        evidence_dump(&v)
     );
 }
 

@@ -133,6 +133,24 @@ impl Lab {
         self.sync_rules()
     }
 
+    /// Removes one dual-stack Service's IPv6 rules while its IPv4 rules and the API (both
+    /// ClusterIPs, both EndpointSlices) stay: kube-proxy's IPv6 proxier did not program it, so the
+    /// Service answers over IPv4 and not over IPv6. Undo with [`Self::resync_rules`].
+    pub fn flush_service_ipv6_rules(&mut self, namespace: &str, name: &str) -> Result<(), Error> {
+        if !self.spec.dual_stack {
+            return Err(Error::Spec("IPv6 rules exist in a dual-stack lab only".into()));
+        }
+        let svc = self
+            .rules_spec
+            .services
+            .iter_mut()
+            .find(|s| s.namespace == namespace && s.name == name)
+            .ok_or_else(|| Error::Spec(format!("no service {namespace}/{name} in the rules")))?;
+        // The IPv6 proxier writes only the Services it sees as IPv6 ones.
+        svc.single_stack = true;
+        self.sync_rules()
+    }
+
     /// Rewrites the rules from the world spec (undoes rule faults).
     pub fn resync_rules(&mut self) -> Result<(), Error> {
         self.rules_spec = self.spec.clone();
@@ -200,13 +218,8 @@ impl Lab {
         if rt.servers.iter().any(|s| s.addr.port() == port) {
             return Ok(());
         }
-        let server = Server::start(
-            &rt.ns,
-            &spec.name,
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-            Behavior::Pod(listener.kind),
-        )?;
-        rt.servers.push(server);
+        let servers = super::pod_servers(&rt.ns, &spec.name, port, listener.kind, self.spec.dual_stack)?;
+        rt.servers.extend(servers);
         Ok(())
     }
 

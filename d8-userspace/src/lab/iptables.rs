@@ -9,7 +9,10 @@
 
 use std::fmt::Write as _;
 
-use super::spec::{ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize};
+use super::spec::{
+    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize, cidr_in_family, in_family,
+};
+use crate::model::IpFamily;
 use crate::model::rules::names;
 
 /// kube-proxy's masquerade mark: `fmt.Sprintf("%#08x", 1<<14)`.
@@ -78,11 +81,18 @@ fn chain_line(buf: &mut String, chain: &str) {
     let _ = writeln!(buf, ":{chain} - [0:0]");
 }
 
-/// The text kube-proxy passes to `iptables-restore --noflush` for `spec` on a full sync.
+/// The text kube-proxy passes to `iptables-restore --noflush` for `spec` on a full sync (IPv4).
 pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
+    kube_proxy_restore_in(spec, IpFamily::V4)
+}
+
+/// [`kube_proxy_restore`] for one family: on a dual-stack node kube-proxy runs one proxier per
+/// family, and the IPv6 one feeds the same layout to `ip6tables-restore` with the Services' IPv6
+/// addresses (the chain names of Services are the same in both families; those of endpoints hash
+/// `[ip]:port`).
+pub fn kube_proxy_restore_in(spec: &ClusterSpec, family: IpFamily) -> String {
     let endpoints: usize = spec
-        .services
-        .iter()
+        .services_in(family)
         .flat_map(|s| s.ports.iter().map(move |p| spec.endpoints(s, p).len()))
         .sum();
     let mut b = Buffers {
@@ -104,15 +114,19 @@ pub fn kube_proxy_restore(spec: &ClusterSpec) -> String {
     let n = &mut b.nat_rules;
     masquerade_rules(n);
     // localhostNodePorts is on by default for IPv4: kube-proxy then writes kubelet's KUBE-FIREWALL.
+    // It applies to IPv4 only (there is no IPv6 route_localnet), so the IPv6 chain stays empty; it
+    // is declared all the same because the built-in chains jump to it (`builtin_jumps`).
     chain_line(&mut b.filter_chains, "KUBE-FIREWALL");
-    let _ = writeln!(
-        b.filter_rules,
-        "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-    );
+    if family == IpFamily::V4 {
+        let _ = writeln!(
+            b.filter_rules,
+            "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        );
+    }
 
-    for svc in &spec.services {
+    for svc in spec.services_in(family) {
         for port in &svc.ports {
-            write_service_port(&mut b, spec, svc, port);
+            write_service_port(&mut b, spec, svc, port, family);
         }
     }
 
@@ -167,7 +181,12 @@ pub fn builtin_jumps() -> (String, String) {
 /// jump rules plus kube-proxy's text, so the node's filter and nat tables end up exactly as on a
 /// node where kubelet and kube-proxy ran.
 pub fn lab_restore(spec: &ClusterSpec) -> String {
-    let kp = kube_proxy_restore(spec);
+    lab_restore_in(spec, IpFamily::V4)
+}
+
+/// [`lab_restore`] for one family (`ip6tables-restore` input for IPv6).
+pub fn lab_restore_in(spec: &ClusterSpec, family: IpFamily) -> String {
+    let kp = kube_proxy_restore_in(spec, family);
     let (filter_jumps, nat_jumps) = builtin_jumps();
     // Within each table: built-in chain declarations, kube-proxy's chain declarations, then the
     // jump rules (iptables-nft refuses a jump to a chain not declared yet), then kube-proxy's rules.
@@ -200,11 +219,20 @@ pub fn lab_restore(spec: &ClusterSpec) -> String {
 }
 
 /// One Service port, following `syncProxyRules`' per-port loop statement by statement.
-fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, port: &ServicePortSpec) {
+fn write_service_port(
+    b: &mut Buffers,
+    spec: &ClusterSpec,
+    svc: &ServiceSpec,
+    port: &ServicePortSpec,
+    family: IpFamily,
+) {
     let name = svc.port_name(port);
     let proto = port.protocol.as_str();
     let chains = ServiceChains::new(&name, proto);
-    let eps = spec.endpoints(svc, port);
+    let eps = spec.endpoints_in(svc, port, family);
+    let cluster_cidr = cidr_in_family(&spec.cluster_cidr, family);
+    let external_ips: Vec<_> = svc.external_ips.iter().map(|&ip| in_family(ip, family)).collect();
+    let load_balancer_ips: Vec<_> = svc.load_balancer_ips.iter().map(|&ip| in_family(ip, family)).collect();
     let cat = categorize(spec, svc, &eps);
 
     let uses_cluster_chain = !cat.cluster.is_empty() && super::spec::uses_cluster_endpoints(svc);
@@ -237,7 +265,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
         ("DROP", c.clone(), "DROP", c)
     };
 
-    let cip = svc.cluster_ip;
+    let cip = in_family(svc.cluster_ip, family);
     let sport = port.port;
     // Capture the ClusterIP.
     if has_internal {
@@ -252,7 +280,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
         );
     }
     // External IPs.
-    for ip in &svc.external_ips {
+    for ip in &external_ips {
         if has_endpoints {
             let _ = writeln!(
                 b.nat_rules,
@@ -271,7 +299,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     // does not send on is dropped by KUBE-PROXY-FIREWALL.
     let uses_fw = has_endpoints && svc.uses_firewall();
     let lb_chain = if uses_fw { &chains.fw } else { &chains.ext };
-    for ip in &svc.load_balancer_ips {
+    for ip in &load_balancer_ips {
         if has_endpoints {
             let _ = writeln!(
                 b.nat_rules,
@@ -287,7 +315,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
         }
     }
     if !has_external {
-        for ip in &svc.load_balancer_ips {
+        for ip in &load_balancer_ips {
             let _ = writeln!(
                 b.filter_rules,
                 "-A KUBE-EXTERNAL-SERVICES -m comment --comment {external_comment} -m {proto} -p {proto} -d {ip} --dport {sport} -j {external_target}"
@@ -324,8 +352,7 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
     if has_internal {
         let _ = writeln!(
             b.nat_rules,
-            "-A {internal_chain} {cluster_ip_args} ! -s {} -j KUBE-MARK-MASQ",
-            spec.cluster_cidr
+            "-A {internal_chain} {cluster_ip_args} ! -s {cluster_cidr} -j KUBE-MARK-MASQ"
         );
     }
     // External traffic chain.
@@ -340,8 +367,8 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
         } else {
             let _ = writeln!(
                 b.nat_rules,
-                "-A {ext} -m comment --comment \"pod traffic for {name} external destinations\" -s {} -j {}",
-                spec.cluster_cidr, chains.svc
+                "-A {ext} -m comment --comment \"pod traffic for {name} external destinations\" -s {cluster_cidr} -j {}",
+                chains.svc
             );
             let _ = writeln!(
                 b.nat_rules,
@@ -365,11 +392,17 @@ fn write_service_port(b: &mut Buffers, spec: &ClusterSpec, svc: &ServiceSpec, po
         let args = format!("-A {fw} -m comment --comment \"{name} loadbalancer IP\"");
         let mut allow_from_node = false;
         for cidr in &svc.source_ranges {
-            let _ = writeln!(b.nat_rules, "{args} -s {cidr} -j {}", chains.ext);
+            let _ = writeln!(
+                b.nat_rules,
+                "{args} -s {} -j {}",
+                cidr_in_family(cidr, family),
+                chains.ext
+            );
+            // The IPv4 answer holds for the IPv6 twins too (`ipv6_twin_cidr` keeps containment).
             allow_from_node |= cidr_holds(cidr, spec.node_ip);
         }
         if allow_from_node {
-            for ip in &svc.load_balancer_ips {
+            for ip in &load_balancer_ips {
                 let _ = writeln!(b.nat_rules, "{args} -s {ip} -j {}", chains.ext);
             }
         }

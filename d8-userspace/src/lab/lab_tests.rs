@@ -87,7 +87,7 @@ fn exercise(mode: ProxyMode) {
         assert_eq!(out.backend().as_deref(), Some("web-1"), "{mode:?} hairpin: {out:?}");
         assert_ne!(
             out.remote_ip(),
-            Some(Ipv4Addr::new(10, 244, 1, 11)),
+            Some(Ipv4Addr::new(10, 244, 1, 11).into()),
             "{mode:?} hairpin is masqueraded"
         );
         // Listener stopped: backend RST.

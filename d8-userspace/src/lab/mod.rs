@@ -16,6 +16,14 @@
 //!                                  ip_forward=1, rp_filter=0, IPv6 off (this namespace only)
 //! ```
 //!
+//! A dual-stack lab ([`ClusterSpec::dual_stack`]) keeps IPv6 on and gives every interface above its
+//! IPv6 twin as well ([`spec::ipv6_twin`]: 172.31.0.2/24 is also `fd00:172:31:0::2/64`, a pod's
+//! 10.244.1.11/32 also `fd00:10:244:1::11/128`), pods route IPv6 through `fe80::1` on their veth
+//! (Calico's link-local gateway), the node forwards IPv6, servers listen on `[::]` beside
+//! `0.0.0.0`, and kube-proxy's rules are written for both families (`ip6tables-restore`, `table ip6
+//! kube-proxy`). Duplicate address detection is off in every lab namespace, so addresses are usable
+//! at once.
+//!
 //! - Calico style, no bridge (ARCHITECTURE.md, "The lab"): pods reach the node through their own veth; the node
 //!   routes each pod /32 to its veth with `src` = node IP, so kubelet-style probes from the node
 //!   leave from the node IP. A shared bridge would break un-DNAT between pods of one subnet unless
@@ -77,19 +85,19 @@ pub mod traffic;
 pub use prober::Prober;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::model::ProxyMode;
+use crate::model::{IpFamily, ProxyMode};
 pub use netns::{cleanup_stale, in_netns};
 use servers::{Behavior, KubeProxyState, Server};
 pub use spec::{
     ClusterSpec, KubeProxySpec, ListenerKind, ListenerSpec, NodeSpec, PodSpec, ProbeSpec, ServicePortSpec, ServiceSpec,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    ServiceType, SessionAffinity, TrafficPolicy, in_family, ipv6_twin, ipv6_twin_cidr,
 };
 pub use traffic::{
     HttpOutcome, TcpOutcome, UdpOutcome, http_get, kubelet_probe, tcp_connect, tcp_request, udp_request,
@@ -140,6 +148,25 @@ pub fn pod_veth_name(pod: &PodSpec) -> String {
     format!("cali{}", &hex[..11])
 }
 
+/// The servers of one pod listener: on `0.0.0.0:port`, and on `[::]:port` in a dual-stack lab.
+fn pod_servers(ns: &str, pod: &str, port: u16, kind: ListenerKind, dual_stack: bool) -> Result<Vec<Server>, Error> {
+    let mut servers = vec![Server::start(
+        ns,
+        pod,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+        Behavior::Pod(kind),
+    )?];
+    if dual_stack {
+        servers.push(Server::start(
+            ns,
+            pod,
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+            Behavior::Pod(kind),
+        )?);
+    }
+    Ok(servers)
+}
+
 /// A local pod's runtime state.
 struct PodRuntime {
     ns: String,
@@ -185,6 +212,23 @@ fn validate(spec: &ClusterSpec) -> Result<(), Error> {
     ] {
         if !is_ipv4_cidr(cidr) {
             return Err(Error::Spec(format!("{what} {cidr:?} is not an IPv4 CIDR")));
+        }
+    }
+    if spec.dual_stack {
+        // Every IPv4 CIDR needs an IPv6 twin (see `spec::ipv6_twin_cidr`).
+        let ranges = spec.services.iter().flat_map(|s| s.source_ranges.iter());
+        for cidr in [&spec.cluster_cidr, &spec.service_cidr].into_iter().chain(ranges) {
+            if ipv6_twin_cidr(cidr).is_none() {
+                return Err(Error::Spec(format!(
+                    "{cidr:?} has no IPv6 twin: a dual-stack lab needs octet-aligned IPv4 CIDRs (/8, /16, /24, /32)"
+                )));
+            }
+        }
+        if !spec.node_prefix_len.is_multiple_of(8) {
+            return Err(Error::Spec(format!(
+                "node_prefix_len {} has no IPv6 twin: a dual-stack lab needs /8, /16 or /24",
+                spec.node_prefix_len
+            )));
         }
     }
     let mut ips = BTreeMap::new();
@@ -269,31 +313,21 @@ impl Lab {
         self.add_namespace(&node)?;
         self.add_namespace(&ext)?;
         // Sysctls of the node namespace only; `default` first so the veths made below inherit it.
-        netns::exec_in(
-            &node,
-            "sysctl",
-            &[
-                "-q",
-                "-w",
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-            None,
-        )?;
-        netns::exec_in(
-            &ext,
-            "sysctl",
-            &[
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-            None,
-        )?;
+        let mut node_sysctls = vec![
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+        ];
+        node_sysctls.extend_from_slice(self.ipv6_sysctls());
+        if self.spec.dual_stack {
+            node_sysctls.push("net.ipv6.conf.all.forwarding=1");
+        }
+        netns::exec_in(&node, "sysctl", &node_sysctls, None)?;
+        let mut ext_sysctls = vec!["-q", "-w"];
+        ext_sysctls.extend_from_slice(self.ipv6_sysctls());
+        netns::exec_in(&ext, "sysctl", &ext_sysctls, None)?;
         let s = &self.spec;
         let node_ip = s.node_ip;
         netns::ip_batch(
@@ -320,6 +354,24 @@ impl Lab {
                 format!("route add default via {node_ip} dev eth0"),
             ],
         )?;
+        if s.dual_stack {
+            let node_ip6 = ipv6_twin(node_ip);
+            let len6 = 16 + 2 * u16::from(s.node_prefix_len);
+            netns::ip_batch(
+                &node,
+                &[
+                    format!("addr add {node_ip6}/{len6} dev ext0 nodad"),
+                    format!("route add ::/0 dev d8dummy0 src {node_ip6}"),
+                ],
+            )?;
+            netns::ip_batch(
+                &ext,
+                &[
+                    format!("addr add {}/{len6} dev eth0 nodad", ipv6_twin(s.external_client_ip)),
+                    format!("route add ::/0 via {node_ip6} dev eth0"),
+                ],
+            )?;
+        }
         // The client pod: a pod namespace without servers.
         let client = PodSpec::new("default", "client", self.spec.client_pod_ip);
         let client_ns = self.client_ns.clone();
@@ -342,20 +394,30 @@ impl Lab {
         Ok(())
     }
 
+    /// The IPv6 sysctls of every lab namespace: IPv6 off, or (dual-stack) on without duplicate
+    /// address detection, so an address is usable the moment it is added.
+    fn ipv6_sysctls(&self) -> &'static [&'static str] {
+        if self.spec.dual_stack {
+            &[
+                "net.ipv6.conf.all.disable_ipv6=0",
+                "net.ipv6.conf.default.disable_ipv6=0",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]
+        } else {
+            &[
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]
+        }
+    }
+
     /// Namespace, veth pair and routes for one pod.
     fn create_pod_netns(&mut self, pod: &PodSpec, ns: &str) -> Result<(), Error> {
         self.add_namespace(ns)?;
-        netns::exec_in(
-            ns,
-            "sysctl",
-            &[
-                "-q",
-                "-w",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-            None,
-        )?;
+        let mut sysctls = vec!["-q", "-w"];
+        sysctls.extend_from_slice(self.ipv6_sysctls());
+        netns::exec_in(ns, "sysctl", &sysctls, None)?;
         let veth = pod_veth_name(pod);
         let node_ip = self.spec.node_ip;
         netns::ip_batch(
@@ -379,6 +441,27 @@ impl Lab {
             &self.node_ns,
             &[format!("route add {}/32 dev {veth} src {node_ip}", pod.ip)],
         )?;
+        if self.spec.dual_stack {
+            // Calico's IPv6 gateway is a link-local address on the node side of every veth.
+            netns::ip_batch(
+                &self.node_ns,
+                &[
+                    format!("addr add fe80::1/64 dev {veth} nodad"),
+                    format!(
+                        "route add {}/128 dev {veth} src {}",
+                        ipv6_twin(pod.ip),
+                        ipv6_twin(node_ip)
+                    ),
+                ],
+            )?;
+            netns::ip_batch(
+                ns,
+                &[
+                    format!("addr add {}/128 dev eth0 nodad", ipv6_twin(pod.ip)),
+                    "route add ::/0 via fe80::1 dev eth0".into(),
+                ],
+            )?;
+        }
         Ok(())
     }
 
@@ -395,12 +478,8 @@ impl Lab {
             drop_all: false,
         };
         for l in &pod.listeners {
-            rt.servers.push(Server::start(
-                &ns,
-                &pod.name,
-                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, l.port),
-                Behavior::Pod(l.kind),
-            )?);
+            rt.servers
+                .extend(pod_servers(&ns, &pod.name, l.port, l.kind, self.spec.dual_stack)?);
         }
         self.pods.insert(pod.key(), rt);
         if pod.drop_all {
@@ -443,6 +522,30 @@ impl Lab {
                 netns::exec_in(&self.node_ns, "iptables-restore", &["-w", "5"], Some(&text))?;
                 text
             }
+        };
+        // A dual-stack node: kube-proxy's IPv6 proxier writes the same for IPv6. `rules_text`
+        // keeps the IPv4 text first, then the IPv6 one.
+        let text = if self.spec.dual_stack {
+            let v6 = match self.mode {
+                ProxyMode::Nftables => {
+                    let v6 = nftables::lab_transaction_in(&self.rules_spec, IpFamily::V6);
+                    netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&v6))?;
+                    v6
+                }
+                ProxyMode::Ipvs => {
+                    return Err(Error::Spec(
+                        "a dual-stack lab writes iptables or nftables rules; IPVS mode is IPv4 only here".into(),
+                    ));
+                }
+                _ => {
+                    let v6 = iptables::lab_restore_in(&self.rules_spec, IpFamily::V6);
+                    netns::exec_in(&self.node_ns, "ip6tables-restore", &["-w", "5"], Some(&v6))?;
+                    v6
+                }
+            };
+            format!("{text}{v6}")
+        } else {
+            text
         };
         self.rules_text = text;
         self.kube_proxy_state.last_sync.store(now, Ordering::Relaxed);
@@ -544,6 +647,16 @@ impl Lab {
     /// The node IP.
     pub fn node_ip(&self) -> Ipv4Addr {
         self.spec.node_ip
+    }
+
+    /// The families the lab programs (IPv4, and IPv6 when dual-stack).
+    pub fn families(&self) -> Vec<IpFamily> {
+        self.spec.families()
+    }
+
+    /// An address of the spec (node, pod, ClusterIP, ...) in `family`: itself, or its IPv6 twin.
+    pub fn addr_in(&self, v4: Ipv4Addr, family: IpFamily) -> std::net::IpAddr {
+        in_family(v4, family)
     }
 
     /// The rule text last written (`iptables-restore` input or `nft -f` transaction).

@@ -16,9 +16,10 @@
 use std::fmt::Write as _;
 
 use super::spec::{
-    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize, uses_cluster_endpoints,
-    uses_local_endpoints,
+    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, categorize, cidr_in_family, in_family,
+    uses_cluster_endpoints, uses_local_endpoints,
 };
+use crate::model::IpFamily;
 use crate::model::rules::names;
 
 /// kube-proxy's maximum length of the readable part of a chain name.
@@ -46,7 +47,8 @@ pub fn service_base(svc: &ServiceSpec, port: &ServicePortSpec) -> String {
 }
 
 /// The common part of an endpoint's chain and affinity-set names:
-/// `<H8>-<ns>/<svc>/<proto>/<portName>__<ip>/<port>`.
+/// `<H8>-<ns>/<svc>/<proto>/<portName>__<ip>/<port>`, with an IPv6 address's `:` written `.`
+/// (`__fd00.10.244.1..11/8080`), as kube-proxy writes it.
 pub fn endpoint_base(svc: &ServiceSpec, port: &ServicePortSpec, ep: &EndpointInfo) -> String {
     hash_and_truncate(&format!(
         "{}/{}/{}/{}__{}/{}",
@@ -54,37 +56,71 @@ pub fn endpoint_base(svc: &ServiceSpec, port: &ServicePortSpec, ep: &EndpointInf
         svc.name,
         port.protocol.as_str(),
         port.name,
-        ep.ip,
+        ep.ip.to_string().replace(':', "."),
         ep.port
     ))
 }
 
-const T: &str = "ip kube-proxy";
+/// `table ip kube-proxy` or `table ip6 kube-proxy`.
+fn table(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip kube-proxy",
+        IpFamily::V6 => "ip6 kube-proxy",
+    }
+}
 
 /// Text segments, emitted in this order so every chain exists before anything refers to it.
-#[derive(Default)]
 struct Tx {
+    family: IpFamily,
+    /// `table(family)`.
+    t: &'static str,
+    /// The address match keyword: `ip` or `ip6`.
+    ip: &'static str,
+    /// The address key type of sets and maps: `ipv4_addr` or `ipv6_addr`.
+    addr_type: &'static str,
     decls: String,
     rules: String,
     elements: String,
 }
 
 impl Tx {
+    fn new(family: IpFamily) -> Self {
+        let (ip, addr_type) = match family {
+            IpFamily::V4 => ("ip", "ipv4_addr"),
+            IpFamily::V6 => ("ip6", "ipv6_addr"),
+        };
+        Self {
+            family,
+            t: table(family),
+            ip,
+            addr_type,
+            decls: String::new(),
+            rules: String::new(),
+            elements: String::new(),
+        }
+    }
     fn chain(&mut self, name: &str) {
-        let _ = writeln!(self.decls, "add chain {T} {name}");
+        let _ = writeln!(self.decls, "add chain {} {name}", self.t);
     }
     fn rule(&mut self, chain: &str, rule: &str) {
-        let _ = writeln!(self.rules, "add rule {T} {chain} {rule}");
+        let _ = writeln!(self.rules, "add rule {} {chain} {rule}", self.t);
     }
     fn element(&mut self, set: &str, element: &str) {
-        let _ = writeln!(self.elements, "add element {T} {set} {{ {element} }}");
+        let _ = writeln!(self.elements, "add element {} {set} {{ {element} }}", self.t);
     }
 }
 
-/// kube-proxy's full-sync transaction for `spec` (declarations first, see the module docs).
+/// kube-proxy's full-sync transaction for `spec` (declarations first, see the module docs), IPv4.
 pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
-    let mut tx = Tx::default();
-    let _ = writeln!(tx.decls, "add table {T} {{ comment \"rules for kube-proxy\" ; }}");
+    kube_proxy_transaction_in(spec, IpFamily::V4)
+}
+
+/// [`kube_proxy_transaction`] for one family: kube-proxy's IPv6 proxier writes the same table as
+/// `table ip6 kube-proxy`, with `ip6` matches, `ipv6_addr` keys and the IPv6 addresses.
+pub fn kube_proxy_transaction_in(spec: &ClusterSpec, family: IpFamily) -> String {
+    let mut tx = Tx::new(family);
+    let (t, ip, addr_type) = (tx.t, tx.ip, tx.addr_type);
+    let _ = writeln!(tx.decls, "add table {t} {{ comment \"rules for kube-proxy\" ; }}");
     // Base chains, layout B.
     for (name, kind, hook, prio) in [
         ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
@@ -98,7 +134,7 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     ] {
         let _ = writeln!(
             tx.decls,
-            "add chain {T} {name} {{ type {kind} hook {hook} priority {prio} ; }}"
+            "add chain {t} {name} {{ type {kind} hook {hook} priority {prio} ; }}"
         );
     }
     for chain in [
@@ -114,26 +150,27 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     }
     let _ = writeln!(
         tx.decls,
-        "add chain {T} reject-chain {{ comment \"helper for @no-endpoint-services / @no-endpoint-nodeports\" ; }}"
+        "add chain {t} reject-chain {{ comment \"helper for @no-endpoint-services / @no-endpoint-nodeports\" ; }}"
     );
     let _ = writeln!(
         tx.decls,
-        "add set {T} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}"
+        "add set {t} cluster-ips {{ type {addr_type} ; comment \"Active ClusterIPs\" ; }}"
     );
     let _ = writeln!(
         tx.decls,
-        "add set {T} nodeport-ips {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}"
+        "add set {t} nodeport-ips {{ type {addr_type} ; comment \"IPs that accept NodePort traffic\" ; }}"
     );
+    let addr_key = format!("{addr_type} . inet_proto . inet_service");
     for (name, key, comment) in [
         (
             "service-ips",
-            "ipv4_addr . inet_proto . inet_service",
+            addr_key.as_str(),
             "ClusterIP, ExternalIP and LoadBalancer IP traffic",
         ),
         ("service-nodeports", "inet_proto . inet_service", "NodePort traffic"),
         (
             "no-endpoint-services",
-            "ipv4_addr . inet_proto . inet_service",
+            addr_key.as_str(),
             "vmap to drop or reject packets to services with no endpoints",
         ),
         (
@@ -143,13 +180,13 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
         ),
         (
             "firewall-ips",
-            "ipv4_addr . inet_proto . inet_service",
+            addr_key.as_str(),
             "destinations that are subject to LoadBalancerSourceRanges",
         ),
     ] {
         let _ = writeln!(
             tx.decls,
-            "add map {T} {name} {{ type {key} : verdict ; comment \"{comment}\" ; }}"
+            "add map {t} {name} {{ type {key} : verdict ; comment \"{comment}\" ; }}"
         );
     }
 
@@ -169,38 +206,41 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
     tx.rule("masquerading", "mark and 0x4000 == 0 return");
     tx.rule("masquerading", "mark set mark xor 0x4000");
     tx.rule("masquerading", "masquerade fully-random");
-    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips");
     tx.rule(
         "services",
-        "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"),
+    );
+    tx.rule(
+        "services",
+        &format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"),
     );
     tx.rule(
         "service-endpoints-check",
-        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services"),
     );
     tx.rule(
         "nodeport-endpoints-check",
-        "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+        &format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"),
     );
     tx.rule(
         "firewall-check",
-        "ip daddr . meta l4proto . th dport vmap @firewall-ips",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @firewall-ips"),
     );
     tx.rule(
         "cluster-ips-check",
-        "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
+        &format!("{ip} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""),
     );
     tx.rule(
         "cluster-ips-check",
         &format!(
-            "ip daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
-            spec.service_cidr
+            "{ip} daddr {{ {} }} drop comment \"Drop traffic to unallocated ClusterIPs\"",
+            cidr_in_family(&spec.service_cidr, family)
         ),
     );
     tx.rule("reject-chain", "reject");
-    tx.element("nodeport-ips", &spec.node_ip.to_string());
+    tx.element("nodeport-ips", &in_family(spec.node_ip, family).to_string());
 
-    for svc in &spec.services {
+    for svc in spec.services_in(family) {
         for port in &svc.ports {
             write_service_port(&mut tx, spec, svc, port);
         }
@@ -211,7 +251,16 @@ pub fn kube_proxy_transaction(spec: &ClusterSpec) -> String {
 /// The lab's transaction: create-then-delete the table (so the delete never fails), then the full
 /// kube-proxy transaction, applied atomically by one `nft -f`.
 pub fn lab_transaction(spec: &ClusterSpec) -> String {
-    format!("add table {T}\ndelete table {T}\n{}", kube_proxy_transaction(spec))
+    lab_transaction_in(spec, IpFamily::V4)
+}
+
+/// [`lab_transaction`] for one family's table.
+pub fn lab_transaction_in(spec: &ClusterSpec, family: IpFamily) -> String {
+    let t = table(family);
+    format!(
+        "add table {t}\ndelete table {t}\n{}",
+        kube_proxy_transaction_in(spec, family)
+    )
 }
 
 fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: &ServicePortSpec) {
@@ -221,8 +270,13 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     let cluster_chain = format!("service-{base}");
     let local_chain = format!("local-{base}");
     let external_chain = format!("external-{base}");
-    let eps = spec.endpoints(svc, port);
+    let family = tx.family;
+    let (t, ip, addr_type) = (tx.t, tx.ip, tx.addr_type);
+    let eps = spec.endpoints_in(svc, port, family);
     let cat = categorize(spec, svc, &eps);
+    let cluster_cidr = cidr_in_family(&spec.cluster_cidr, family);
+    let external_ips: Vec<_> = svc.external_ips.iter().map(|&a| in_family(a, family)).collect();
+    let load_balancer_ips: Vec<_> = svc.load_balancer_ips.iter().map(|&a| in_family(a, family)).collect();
 
     let uses_cluster_chain = !cat.cluster.is_empty() && uses_cluster_endpoints(svc);
     let uses_local_chain = !cat.local.is_empty() && uses_local_endpoints(svc);
@@ -270,12 +324,12 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
         if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity {
             let _ = writeln!(
                 tx.decls,
-                "add set {T} affinity-{ep_base} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout_seconds}s ; }}"
+                "add set {t} affinity-{ep_base} {{ type {addr_type} ; flags dynamic,timeout ; timeout {timeout_seconds}s ; }}"
             );
         }
     }
 
-    let cip = svc.cluster_ip;
+    let cip = in_family(svc.cluster_ip, family);
     let sport = port.port;
     tx.element("cluster-ips", &cip.to_string());
     if has_internal {
@@ -289,40 +343,41 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
             &format!("{cip} . {proto} . {sport} comment \"{name}\" : {internal_verdict}"),
         );
     }
-    for ip in svc.external_ips.iter().chain(svc.load_balancer_ips.iter()) {
+    for addr in external_ips.iter().chain(load_balancer_ips.iter()) {
         if has_endpoints {
             tx.element(
                 "service-ips",
-                &format!("{ip} . {proto} . {sport} : goto {external_chain}"),
+                &format!("{addr} . {proto} . {sport} : goto {external_chain}"),
             );
         }
         if !has_external {
             tx.element(
                 "no-endpoint-services",
-                &format!("{ip} . {proto} . {sport} comment \"{name}\" : {external_verdict}"),
+                &format!("{addr} . {proto} . {sport} comment \"{name}\" : {external_verdict}"),
             );
         }
     }
     if svc.uses_firewall() {
-        for ip in &svc.load_balancer_ips {
+        for addr in &load_balancer_ips {
             tx.element(
                 "firewall-ips",
-                &format!("{ip} . {proto} . {sport} comment \"{name}\" : goto {firewall_chain}"),
+                &format!("{addr} . {proto} . {sport} comment \"{name}\" : goto {firewall_chain}"),
             );
         }
         // Source ranges, and the load-balancer IPs themselves when a range holds the node's
         // address (hairpin from the node).
-        let mut sources = svc.source_ranges.clone();
+        let mut sources: Vec<String> = svc.source_ranges.iter().map(|c| cidr_in_family(c, family)).collect();
+        // The IPv4 answer holds for the IPv6 twins too (`ipv6_twin_cidr` keeps containment).
         if svc
             .source_ranges
             .iter()
             .any(|c| super::iptables::cidr_holds(c, spec.node_ip))
         {
-            sources.extend(svc.load_balancer_ips.iter().map(|ip| ip.to_string()));
+            sources.extend(load_balancer_ips.iter().map(|a| a.to_string()));
         }
         tx.rule(
             &firewall_chain,
-            &format!("ip saddr != {{ {} }} drop", sources.join(", ")),
+            &format!("{ip} saddr != {{ {} }} drop", sources.join(", ")),
         );
     }
     if let Some(np) = port.node_port {
@@ -340,10 +395,7 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     if has_internal {
         tx.rule(
             internal_chain,
-            &format!(
-                "ip daddr {cip} ip saddr != {} jump mark-for-masquerade",
-                spec.cluster_cidr
-            ),
+            &format!("{ip} daddr {cip} {ip} saddr != {cluster_cidr} jump mark-for-masquerade"),
         );
     }
     if uses_ext_chain {
@@ -352,10 +404,7 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
         } else {
             tx.rule(
                 &external_chain,
-                &format!(
-                    "ip saddr {} goto {cluster_chain} comment \"short-circuit pod traffic\"",
-                    spec.cluster_cidr
-                ),
+                &format!("{ip} saddr {cluster_cidr} goto {cluster_chain} comment \"short-circuit pod traffic\""),
             );
             tx.rule(
                 &external_chain,
@@ -379,9 +428,9 @@ fn write_service_port(tx: &mut Tx, spec: &ClusterSpec, svc: &ServiceSpec, port: 
     for ep in &cat.all_reachable {
         let ep_base = endpoint_base(svc, port, ep);
         let chain = format!("endpoint-{ep_base}");
-        tx.rule(&chain, &format!("ip saddr {} jump mark-for-masquerade", ep.ip));
+        tx.rule(&chain, &format!("{ip} saddr {} jump mark-for-masquerade", ep.ip));
         if matches!(svc.session_affinity, SessionAffinity::ClientIP { .. }) {
-            tx.rule(&chain, &format!("update @affinity-{ep_base} {{ ip saddr }}"));
+            tx.rule(&chain, &format!("update @affinity-{ep_base} {{ {ip} saddr }}"));
         }
         tx.rule(&chain, &format!("meta l4proto {proto} dnat to {}", ep.addr()));
     }
@@ -397,7 +446,11 @@ fn write_service_to_endpoint_rules(
     if matches!(svc.session_affinity, SessionAffinity::ClientIP { .. }) {
         for ep in eps {
             let ep_base = endpoint_base(svc, port, ep);
-            tx.rule(chain, &format!("ip saddr @affinity-{ep_base} goto endpoint-{ep_base}"));
+            let ip = tx.ip;
+            tx.rule(
+                chain,
+                &format!("{ip} saddr @affinity-{ep_base} goto endpoint-{ep_base}"),
+            );
         }
     }
     let elements: Vec<String> = eps
@@ -490,6 +543,36 @@ mod tests {
         assert!(text.contains("service-nodeports { tcp . 30080 : goto external-"));
         assert!(!text.contains("goto local-"));
         assert!(text.contains("comment \"short-circuit local traffic\""));
+    }
+
+    #[test]
+    fn the_ipv6_table_is_kube_proxys_ip6_table() {
+        let s = spec().dual_stack();
+        let text = lab_transaction_in(&s, IpFamily::V6);
+        assert!(text.starts_with("add table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
+        assert!(
+            !text.contains(" ip kube-proxy ") && !text.contains("ipv4_addr"),
+            "{text}"
+        );
+        // The endpoint chain names the IPv6 address with `.` for `:`, as kube-proxy does.
+        assert!(
+            text.contains("add chain ip6 kube-proxy endpoint-")
+                && text.contains("-ns1/svc1/tcp/p80__fd00.10.180..1/80"),
+            "{text}"
+        );
+        assert!(text.contains("meta l4proto tcp dnat to [fd00:10:180::1]:80"), "{text}");
+        assert!(text.contains(
+            "add element ip6 kube-proxy service-ips { fd00:10:96::41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }"
+        ));
+        assert!(text.contains("ip6 daddr { fd00:10:96::/48 } drop"), "{text}");
+        assert!(
+            text.contains("add element ip6 kube-proxy nodeport-ips { fd00:172:31::2 }"),
+            "{text}"
+        );
+        // A single-stack Service has no IPv6 rules.
+        let mut single = s.clone();
+        single.services[0].single_stack = true;
+        assert!(!lab_transaction_in(&single, IpFamily::V6).contains("svc1"));
     }
 
     #[test]

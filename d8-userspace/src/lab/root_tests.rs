@@ -171,14 +171,14 @@ fn check_traffic(lab: &Lab) {
     assert_eq!(out.status(), Some(200), "{mode:?} {out:?}");
     assert_ne!(
         out.remote_ip(),
-        Some(lab.spec().external_client_ip),
+        Some(lab.spec().external_client_ip.into()),
         "{mode:?} ETP=Cluster masquerades"
     );
     // ETP=Local with local endpoints: the client's address is preserved.
     let out = http_get(lab.external_ns(), SocketAddrV4::new(node, 30082), "/", T).unwrap();
     assert_eq!(
         out.remote_ip(),
-        Some(lab.spec().external_client_ip),
+        Some(lab.spec().external_client_ip.into()),
         "{mode:?} ETP=Local keeps the source: {out:?}"
     );
     // ETP=Local without local endpoints: NodePort, external IP and LB IP are dropped for outsiders.
@@ -201,7 +201,11 @@ fn check_traffic(lab: &Lab) {
         T,
     )
     .unwrap();
-    assert_eq!(out.remote_ip(), Some(node), "{mode:?} node source address: {out:?}");
+    assert_eq!(
+        out.remote_ip(),
+        Some(node.into()),
+        "{mode:?} node source address: {out:?}"
+    );
     // ITP=Local without local endpoints: dropped; no endpoints at all: rejected.
     assert_eq!(
         tcp_connect(lab.client_ns(), SocketAddrV4::new(ip(10, 96, 1, 4), 80), SHORT).unwrap(),

@@ -4,7 +4,7 @@
 //! [`Server`] and no sleep is used for synchronization.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -59,7 +59,7 @@ pub(crate) enum Behavior {
 /// One running server thread.
 pub(crate) struct Server {
     /// Bound address.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
@@ -67,7 +67,8 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a server in namespace `ns` bound to `addr`, returning once it is bound (and, for
     /// [`ListenerKind::TcpNoAccept`], once its accept queue is full).
-    pub fn start(ns: &str, owner: &str, addr: SocketAddrV4, behavior: Behavior) -> Result<Self, Error> {
+    pub fn start(ns: &str, owner: &str, addr: impl Into<SocketAddr>, behavior: Behavior) -> Result<Self, Error> {
+        let addr = addr.into();
         // SAFETY: plain eventfd creation; the fd is owned below.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -152,54 +153,46 @@ fn wait_readable(fd: RawFd, stop: RawFd) -> bool {
     }
 }
 
-fn io_err(what: &str, addr: SocketAddrV4, e: std::io::Error) -> Error {
+fn io_err(what: &str, addr: SocketAddr, e: std::io::Error) -> Error {
     Error::Io(format!("{what} {addr}: {e}"))
 }
 
+/// A socket of `addr`'s family bound to it; an IPv6 one is IPv6-only, so a dual-stack pod's
+/// `[::]:port` server binds beside its `0.0.0.0:port` one.
+fn bound_socket(addr: SocketAddr, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
 /// A TCP listener with an explicit backlog (std always uses 128).
-fn tcp_listen(addr: SocketAddrV4, backlog: i32) -> std::io::Result<TcpListener> {
-    // SAFETY: plain socket calls on a descriptor we own; errors are checked.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            4,
-        );
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: addr.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*addr.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        if libc::bind(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::listen(fd, backlog) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(TcpListener::from(owned))
+fn tcp_listen(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
+    let sock = bound_socket(addr, socket2::Type::STREAM)?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
+/// A UDP socket bound to `addr`.
+fn udp_bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    Ok(bound_socket(addr, socket2::Type::DGRAM)?.into())
+}
+
+/// The loopback address of `addr`'s family.
+fn loopback(addr: SocketAddr) -> IpAddr {
+    match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }
 
 fn serve(
     ns: &str,
     owner: &str,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     behavior: Behavior,
     stop: RawFd,
     ready: mpsc::SyncSender<Result<(), Error>>,
@@ -210,7 +203,7 @@ fn serve(
     }
     match behavior {
         Behavior::Pod(ListenerKind::UdpEcho) => {
-            let sock = match UdpSocket::bind(addr) {
+            let sock = match udp_bind(addr) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready.send(Err(io_err("bind udp", addr, e)));
@@ -230,7 +223,7 @@ fn serve(
             // A child process forked elsewhere in this process may hold a copy of the fd until it
             // execs, keeping the socket bound after our close. Connecting it (no packet is sent)
             // makes it ignore every other peer at once, so clients get port-unreachable.
-            let _ = sock.connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+            let _ = sock.connect(SocketAddr::new(loopback(addr), 9));
         }
         Behavior::Pod(ListenerKind::TcpNoAccept) => {
             let listener = match tcp_listen(addr, 0) {
@@ -242,11 +235,11 @@ fn serve(
             };
             // One completed connection fills a backlog-0 accept queue; later SYNs are dropped.
             let target = if addr.ip().is_unspecified() {
-                SocketAddrV4::new(Ipv4Addr::LOCALHOST, addr.port())
+                SocketAddr::new(loopback(addr), addr.port())
             } else {
                 addr
             };
-            let filler = match TcpStream::connect_timeout(&target.into(), Duration::from_secs(2)) {
+            let filler = match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = ready.send(Err(io_err("fill accept queue of", addr, e)));

@@ -6,7 +6,12 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::spec::{ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, ServiceType, SessionAffinity};
+use std::net::Ipv4Addr;
+
+use super::spec::{
+    ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, ServiceType, SessionAffinity, cidr_in_family, in_family,
+};
+use crate::model::IpFamily;
 
 const CREATED: &str = "2026-01-01T00:00:00Z";
 
@@ -50,7 +55,13 @@ fn probe_json(p: &ProbeSpec) -> Value {
     v
 }
 
-fn service_json(svc: &ServiceSpec) -> Value {
+/// `v4` and, on a dual-stack lab, its IPv6 twin, as strings (the order of `clusterIPs`, `podIPs`).
+fn addrs(families: &[IpFamily], v4: Ipv4Addr) -> Vec<String> {
+    families.iter().map(|&f| in_family(v4, f).to_string()).collect()
+}
+
+fn service_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
+    let families = spec.service_families(svc);
     let ports: Vec<Value> = svc
         .ports
         .iter()
@@ -69,40 +80,52 @@ fn service_json(svc: &ServiceSpec) -> Value {
             v
         })
         .collect();
-    let mut spec = json!({
+    // A dual-stack lab's Services are PreferDualStack unless marked single-stack.
+    let policy = if families.len() > 1 {
+        "PreferDualStack"
+    } else {
+        "SingleStack"
+    };
+    let mut spec_json = json!({
         "clusterIP": svc.cluster_ip.to_string(),
-        "clusterIPs": [svc.cluster_ip.to_string()],
+        "clusterIPs": addrs(&families, svc.cluster_ip),
         "internalTrafficPolicy": svc.internal_traffic_policy.as_str(),
-        "ipFamilies": ["IPv4"],
-        "ipFamilyPolicy": "SingleStack",
+        "ipFamilies": families.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+        "ipFamilyPolicy": policy,
         "ports": ports,
         "selector": svc.selector,
         "sessionAffinity": "None",
         "type": svc.service_type.as_str(),
     });
     if let SessionAffinity::ClientIP { timeout_seconds } = svc.session_affinity {
-        spec["sessionAffinity"] = json!("ClientIP");
-        spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout_seconds}});
+        spec_json["sessionAffinity"] = json!("ClientIP");
+        spec_json["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout_seconds}});
     }
     if svc.service_type != ServiceType::ClusterIP {
-        spec["externalTrafficPolicy"] = json!(svc.external_traffic_policy.as_str());
+        spec_json["externalTrafficPolicy"] = json!(svc.external_traffic_policy.as_str());
     }
     if !svc.external_ips.is_empty() {
-        spec["externalIPs"] = json!(svc.external_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>());
+        let ips: Vec<String> = svc.external_ips.iter().flat_map(|&ip| addrs(&families, ip)).collect();
+        spec_json["externalIPs"] = json!(ips);
     }
     if !svc.source_ranges.is_empty() {
-        spec["loadBalancerSourceRanges"] = json!(svc.source_ranges);
+        let ranges: Vec<String> = families
+            .iter()
+            .flat_map(|&f| svc.source_ranges.iter().map(move |c| cidr_in_family(c, f)))
+            .collect();
+        spec_json["loadBalancerSourceRanges"] = json!(ranges);
     }
     if let Some(hc) = svc.health_check_node_port {
-        spec["healthCheckNodePort"] = json!(hc);
+        spec_json["healthCheckNodePort"] = json!(hc);
     }
     if svc.service_type == ServiceType::LoadBalancer {
-        spec["allocateLoadBalancerNodePorts"] = json!(true);
+        spec_json["allocateLoadBalancerNodePorts"] = json!(true);
     }
     let ingress: Vec<Value> = svc
         .load_balancer_ips
         .iter()
-        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .flat_map(|&ip| addrs(&families, ip))
+        .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
         .collect();
     let status = if ingress.is_empty() {
         json!({"loadBalancer": {}})
@@ -119,18 +142,18 @@ fn service_json(svc: &ServiceSpec) -> Value {
             "resourceVersion": "1000",
             "uid": uid(&format!("Service/{}/{}", svc.namespace, svc.name)),
         },
-        "spec": spec,
+        "spec": spec_json,
         "status": status,
     })
 }
 
-fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
-    // One slice per Service; every port lists the same endpoints (targetPort is numeric).
+fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec, family: IpFamily) -> Value {
+    // One slice per Service and family; every port lists the same endpoints (targetPort is numeric).
     let first = svc.ports.first();
     let endpoints: Vec<Value> = match first {
         None => Vec::new(),
         Some(port) => spec
-            .endpoints(svc, port)
+            .endpoints_in(svc, port, family)
             .iter()
             .map(|ep| {
                 let mut v = json!({
@@ -167,11 +190,16 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         .iter()
         .map(|p| json!({"name": p.name, "port": p.target_port, "protocol": p.protocol.as_str().to_ascii_uppercase()}))
         .collect();
-    let name = format!("{}-{}", svc.name, suffix(&format!("{}/{}", svc.namespace, svc.name)));
+    // The IPv4 slice keeps the name it has in a single-stack lab.
+    let seed = match family {
+        IpFamily::V4 => format!("{}/{}", svc.namespace, svc.name),
+        IpFamily::V6 => format!("{}/{}/IPv6", svc.namespace, svc.name),
+    };
+    let name = format!("{}-{}", svc.name, suffix(&seed));
     let mut slice = json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "addressType": "IPv4",
+        "addressType": family.as_str(),
         "endpoints": if endpoints.is_empty() { Value::Null } else { json!(endpoints) },
         "metadata": {
             "creationTimestamp": CREATED,
@@ -203,13 +231,19 @@ fn endpoint_slice_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
 }
 
 fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
+    let families = spec.families();
     let node = spec.pod_node(pod).to_string();
-    let host_ip = spec
+    let host_ips = spec
         .nodes()
         .into_iter()
         .find(|n| n.name == node)
-        .map(|n| n.ip.to_string())
+        .map(|n| addrs(&families, n.ip))
         .unwrap_or_default();
+    let host_ip = host_ips.first().cloned().unwrap_or_default();
+    let pod_ips: Vec<Value> = addrs(&families, pod.ip)
+        .into_iter()
+        .map(|ip| json!({"ip": ip}))
+        .collect();
     let ports: Vec<Value> = pod
         .listeners
         .iter()
@@ -250,10 +284,10 @@ fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
                 {"type": "PodScheduled", "status": "True"},
             ],
             "hostIP": host_ip,
-            "hostIPs": [{"ip": host_ip}],
+            "hostIPs": host_ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
             "phase": "Running",
             "podIP": pod.ip.to_string(),
-            "podIPs": [{"ip": pod.ip.to_string()}],
+            "podIPs": pod_ips,
         },
     })
 }
@@ -287,14 +321,14 @@ fn kube_proxy_pod_json(spec: &ClusterSpec, version: &str) -> Value {
             "hostIP": spec.node_ip.to_string(),
             "phase": "Running",
             "podIP": spec.node_ip.to_string(),
-            "podIPs": [{"ip": spec.node_ip.to_string()}],
+            "podIPs": addrs(&spec.families(), spec.node_ip).into_iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
             "containerStatuses": [{"name": "kube-proxy", "ready": true, "restartCount": 0, "started": true,
                                    "image": format!("registry.k8s.io/kube-proxy:{version}")}],
         },
     })
 }
 
-fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
+fn node_json(spec: &ClusterSpec, name: &str, ip: Ipv4Addr) -> Value {
     let version = spec
         .kube_proxy
         .as_ref()
@@ -304,6 +338,11 @@ fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
     if let Some(zone) = spec.zones.get(name) {
         labels[crate::model::topology::ZONE_LABEL] = json!(zone);
     }
+    let mut addresses: Vec<Value> = addrs(&spec.families(), ip)
+        .into_iter()
+        .map(|a| json!({"address": a, "type": "InternalIP"}))
+        .collect();
+    addresses.push(json!({"address": name, "type": "Hostname"}));
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -315,7 +354,7 @@ fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
         },
         "spec": {},
         "status": {
-            "addresses": [{"address": ip, "type": "InternalIP"}, {"address": name, "type": "Hostname"}],
+            "addresses": addresses,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             "nodeInfo": {
                 "architecture": "amd64",
@@ -330,8 +369,10 @@ fn node_json(spec: &ClusterSpec, name: &str, ip: &str) -> Value {
 /// The `kubectl get services,endpointslices,pods,nodes -A -o json` List for `spec`. The client pod
 /// appears as `default/client`; a running kube-proxy appears as a `kube-system/kube-proxy-*` pod.
 pub fn snapshot(spec: &ClusterSpec) -> Value {
-    let mut items: Vec<Value> = spec.services.iter().map(service_json).collect();
-    items.extend(spec.services.iter().map(|s| endpoint_slice_json(spec, s)));
+    let mut items: Vec<Value> = spec.services.iter().map(|s| service_json(spec, s)).collect();
+    for family in spec.families() {
+        items.extend(spec.services_in(family).map(|s| endpoint_slice_json(spec, s, family)));
+    }
     let client = PodSpec::new("default", "client", spec.client_pod_ip).label("app", "client");
     items.push(pod_json(spec, &client));
     items.extend(spec.pods.iter().map(|p| pod_json(spec, p)));
@@ -339,7 +380,7 @@ pub fn snapshot(spec: &ClusterSpec) -> Value {
         items.push(kube_proxy_pod_json(spec, &kp.version));
     }
     for n in spec.nodes() {
-        items.push(node_json(spec, &n.name, &n.ip.to_string()));
+        items.push(node_json(spec, &n.name, n.ip));
     }
     json!({"apiVersion": "v1", "items": items, "kind": "List", "metadata": {"resourceVersion": ""}})
 }

@@ -3,12 +3,12 @@
 //! literals or load a spec from JSON.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::topology::{self, Candidate, Policies};
-use crate::model::{Protocol, ServiceRef};
+use crate::model::{IpFamily, Protocol, ServiceRef};
 
 /// Everything the lab node knows about: the node itself, its Services and the pods behind them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,11 @@ pub struct ClusterSpec {
     /// `endpoints.kubernetes.io/last-change-trigger-time`; `None` writes no annotation.
     #[serde(default)]
     pub api_changed_at: Option<u64>,
+    /// A dual-stack node: every address of the spec also has its IPv6 twin ([`ipv6_twin`]), every
+    /// Service not marked `single_stack` has both ClusterIPs, and kube-proxy's rules are written
+    /// for both families (ip6tables, `table ip6 kube-proxy`).
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 /// kube-proxy as the API and its health endpoints present it.
@@ -147,6 +152,10 @@ pub struct ServiceSpec {
     /// load-balancer IPs.
     #[serde(default)]
     pub source_ranges: Vec<String>,
+    /// `ipFamilyPolicy: SingleStack` (IPv4 only) in a dual-stack lab; otherwise a dual-stack
+    /// lab's Services are `PreferDualStack` with `ipFamilies: [IPv4, IPv6]`.
+    #[serde(default)]
+    pub single_stack: bool,
 }
 
 /// One entry of `spec.ports`.
@@ -370,7 +379,14 @@ impl ServiceSpec {
             session_affinity: SessionAffinity::None,
             health_check_node_port: None,
             source_ranges: Vec::new(),
+            single_stack: false,
         }
+    }
+
+    /// Makes the Service IPv4-only (`ipFamilyPolicy: SingleStack`) in a dual-stack lab.
+    pub fn single_stack(mut self) -> Self {
+        self.single_stack = true;
+        self
     }
 
     /// Adds a loadBalancerSourceRange.
@@ -492,8 +508,8 @@ impl ServiceSpec {
 /// One endpoint of one Service port, as kube-proxy's endpoint cache holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointInfo {
-    /// Pod IP.
-    pub ip: Ipv4Addr,
+    /// Pod IP, of the family asked for ([`ClusterSpec::endpoints_in`]).
+    pub ip: IpAddr,
     /// Target port.
     pub port: u16,
     /// Ready condition.
@@ -511,9 +527,10 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
-    /// `ip:port`, kube-proxy's endpoint string (hash input, DNAT target, comment).
+    /// `ip:port` (`[ip]:port` for IPv6, Go's `net.JoinHostPort`), kube-proxy's endpoint string
+    /// (hash input, DNAT target, comment).
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
+        SocketAddr::new(self.ip, self.port).to_string()
     }
 }
 
@@ -538,7 +555,40 @@ impl ClusterSpec {
             pods: Vec::new(),
             zones: BTreeMap::new(),
             api_changed_at: None,
+            dual_stack: false,
         }
+    }
+
+    /// Makes the node dual-stack (see [`Self::dual_stack`](field@Self::dual_stack)).
+    pub fn dual_stack(mut self) -> Self {
+        self.dual_stack = true;
+        self
+    }
+
+    /// The families kube-proxy programs on the lab node: IPv4, and IPv6 when dual-stack.
+    pub fn families(&self) -> Vec<IpFamily> {
+        if self.dual_stack {
+            vec![IpFamily::V4, IpFamily::V6]
+        } else {
+            vec![IpFamily::V4]
+        }
+    }
+
+    /// `spec.ipFamilies` of a Service (primary family first).
+    pub fn service_families(&self, svc: &ServiceSpec) -> Vec<IpFamily> {
+        if svc.single_stack {
+            vec![IpFamily::V4]
+        } else {
+            self.families()
+        }
+    }
+
+    /// The Services kube-proxy's proxier for `family` sees (a SingleStack IPv4 Service has no
+    /// IPv6 rules).
+    pub fn services_in(&self, family: IpFamily) -> impl Iterator<Item = &ServiceSpec> {
+        self.services
+            .iter()
+            .filter(move |s| self.service_families(s).contains(&family))
     }
 
     /// Labels `node` with `topology.kubernetes.io/zone: zone`.
@@ -595,15 +645,20 @@ impl ClusterSpec {
         pod.node.as_deref().unwrap_or(&self.node_name)
     }
 
-    /// The endpoints of one Service port, ready or not, sorted by `ip:port` string as kube-proxy's
-    /// endpoint cache sorts them.
+    /// The IPv4 endpoints of one Service port, ready or not, sorted by `ip:port` string as
+    /// kube-proxy's endpoint cache sorts them.
     pub fn endpoints(&self, svc: &ServiceSpec, port: &ServicePortSpec) -> Vec<EndpointInfo> {
+        self.endpoints_in(svc, port, IpFamily::V4)
+    }
+
+    /// [`Self::endpoints`] of one family (pods' IPv6 addresses are their [`ipv6_twin`]s).
+    pub fn endpoints_in(&self, svc: &ServiceSpec, port: &ServicePortSpec, family: IpFamily) -> Vec<EndpointInfo> {
         let mut eps: Vec<EndpointInfo> = self
             .pods
             .iter()
             .filter(|p| svc.selects(p))
             .map(|p| EndpointInfo {
-                ip: p.ip,
+                ip: in_family(p.ip, family),
                 port: port.target_port,
                 ready: p.ready,
                 local: p.is_local(self),
@@ -698,5 +753,102 @@ pub(crate) fn categorize(spec: &ClusterSpec, svc: &ServiceSpec, eps: &[EndpointI
         local: pick(&c.local),
         all_reachable: pick(&c.all_reachable),
         has_any: c.has_any,
+    }
+}
+
+/// The lab's IPv6 address for one of its IPv4 addresses: `fd00:A:B:C::D`, each octet written in
+/// decimal digits as a hexadecimal group (10.96.0.10 becomes `fd00:10:96:0::10`), so a dual-stack
+/// lab's IPv6 addresses read like their IPv4 twins and an octet-aligned IPv4 CIDR has an IPv6
+/// twin too ([`ipv6_twin_cidr`]).
+pub fn ipv6_twin(v4: Ipv4Addr) -> Ipv6Addr {
+    let group = |octet: u8| {
+        let digits = octet.to_string();
+        u16::from_str_radix(&digits, 16).unwrap_or_default()
+    };
+    let [a, b, c, d] = v4.octets();
+    Ipv6Addr::new(0xfd00, group(a), group(b), group(c), 0, 0, 0, group(d))
+}
+
+/// `v4` in `family`: itself, or its [`ipv6_twin`].
+pub fn in_family(v4: Ipv4Addr, family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(v4),
+        IpFamily::V6 => IpAddr::V6(ipv6_twin(v4)),
+    }
+}
+
+/// The IPv6 twin of an octet-aligned IPv4 CIDR (`/0`, `/8`, `/16`, `/24`, `/32`): the twin of its
+/// address with 16 bits per octet after `fd00::/16` (10.244.0.0/16 becomes `fd00:10:244::/48`).
+/// `None` for anything else.
+pub fn ipv6_twin_cidr(cidr: &str) -> Option<String> {
+    let (ip, len) = cidr.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    if len > 32 || !len.is_multiple_of(8) {
+        return None;
+    }
+    let v6_len = match len {
+        32 => 128,
+        l => 16 + u16::from(l) * 2,
+    };
+    Some(format!("{}/{v6_len}", ipv6_twin(ip)))
+}
+
+/// `cidr` in `family`: itself, or its [`ipv6_twin_cidr`] (the lab checks every CIDR of a
+/// dual-stack spec has one before writing anything).
+pub fn cidr_in_family(cidr: &str, family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => cidr.to_string(),
+        IpFamily::V6 => ipv6_twin_cidr(cidr).unwrap_or_else(|| cidr.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_twins_read_like_their_ipv4_addresses() {
+        assert_eq!(ipv6_twin(Ipv4Addr::new(10, 96, 0, 10)).to_string(), "fd00:10:96::10");
+        assert_eq!(
+            ipv6_twin(Ipv4Addr::new(10, 244, 1, 11)).to_string(),
+            "fd00:10:244:1::11"
+        );
+        assert_eq!(
+            ipv6_twin(Ipv4Addr::new(172, 31, 0, 255)).to_string(),
+            "fd00:172:31::255"
+        );
+        assert_eq!(ipv6_twin_cidr("10.244.0.0/16").as_deref(), Some("fd00:10:244::/48"));
+        assert_eq!(ipv6_twin_cidr("172.31.0.0/24").as_deref(), Some("fd00:172:31::/64"));
+        assert_eq!(ipv6_twin_cidr("192.0.2.7/32").as_deref(), Some("fd00:192:0:2::7/128"));
+        assert_eq!(ipv6_twin_cidr("10.96.0.0/12"), None);
+        // A twin CIDR holds the twins of the addresses its IPv4 CIDR holds.
+        let net = ipv6_twin_cidr("10.244.0.0/16").unwrap();
+        assert!(crate::model::in_cidr(
+            in_family(Ipv4Addr::new(10, 244, 7, 250), IpFamily::V6),
+            &net
+        ));
+        assert!(!crate::model::in_cidr(
+            in_family(Ipv4Addr::new(10, 245, 0, 1), IpFamily::V6),
+            &net
+        ));
+    }
+
+    #[test]
+    fn dual_stack_endpoints_come_in_both_families() {
+        let spec = ClusterSpec::new()
+            .dual_stack()
+            .service(ServiceSpec::new("a", "web", Ipv4Addr::new(10, 96, 0, 10)).port("", 80, 8080, Protocol::Tcp))
+            .pod(PodSpec::new("a", "web-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "web"));
+        let (svc, port) = (&spec.services[0], &spec.services[0].ports[0]);
+        assert_eq!(spec.endpoints(svc, port)[0].addr(), "10.244.1.11:8080");
+        assert_eq!(
+            spec.endpoints_in(svc, port, IpFamily::V6)[0].addr(),
+            "[fd00:10:244:1::11]:8080"
+        );
+        assert_eq!(spec.service_families(svc), [IpFamily::V4, IpFamily::V6]);
+        assert_eq!(spec.services_in(IpFamily::V6).count(), 1);
+        let single = svc.clone().single_stack();
+        assert_eq!(spec.service_families(&single), [IpFamily::V4]);
     }
 }

@@ -3,7 +3,7 @@
 //! sleeps.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -98,11 +98,11 @@ impl HttpOutcome {
     }
 
     /// The client IP the pod saw (from `X-Remote-Addr`).
-    pub fn remote_ip(&self) -> Option<std::net::Ipv4Addr> {
+    pub fn remote_ip(&self) -> Option<IpAddr> {
         match self {
             Self::Response {
                 remote_addr: Some(a), ..
-            } => a.parse::<SocketAddrV4>().ok().map(|s| *s.ip()),
+            } => a.parse::<SocketAddr>().ok().map(|s| s.ip()),
             _ => None,
         }
     }
@@ -157,10 +157,16 @@ fn read_response(stream: &mut TcpStream, deadline: Instant) -> TcpOutcome {
 
 /// Connects from namespace `ns` to `addr`, sends `payload` (if any), half-closes, and reads the
 /// answer until the server closes. `timeout` bounds the whole exchange.
-pub fn tcp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<TcpOutcome, Error> {
+pub fn tcp_request(
+    ns: &str,
+    addr: impl Into<SocketAddr>,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<TcpOutcome, Error> {
+    let addr = addr.into();
     in_netns(ns, || {
         let deadline = Instant::now() + timeout;
-        let mut stream = match TcpStream::connect_timeout(&addr.into(), timeout) {
+        let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
             Ok(s) => s,
             Err(e) => return Ok(classify_connect_error(&e)),
         };
@@ -181,12 +187,13 @@ pub fn tcp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Durati
 
 /// Connects from namespace `ns` to `addr` and reads what the server sends (the lab's TCP servers
 /// send their pod name and close).
-pub fn tcp_connect(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<TcpOutcome, Error> {
+pub fn tcp_connect(ns: &str, addr: impl Into<SocketAddr>, timeout: Duration) -> Result<TcpOutcome, Error> {
     tcp_request(ns, addr, &[], timeout)
 }
 
 /// `GET path HTTP/1.1` from namespace `ns` to `addr`.
-pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> Result<HttpOutcome, Error> {
+pub fn http_get(ns: &str, addr: impl Into<SocketAddr>, path: &str, timeout: Duration) -> Result<HttpOutcome, Error> {
+    let addr = addr.into();
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: d8lab\r\nConnection: close\r\n\r\n");
     let outcome = tcp_request(ns, addr, req.as_bytes(), timeout)?;
     let TcpOutcome::Connected { response } = &outcome else {
@@ -220,7 +227,12 @@ pub fn http_get(ns: &str, addr: SocketAddrV4, path: &str, timeout: Duration) -> 
 
 /// Sends one datagram from namespace `ns` to `addr` on a connected UDP socket (so ICMP errors are
 /// reported) and waits up to `timeout` for a reply.
-pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<UdpOutcome, Error> {
+pub fn udp_request(
+    ns: &str,
+    addr: impl Into<SocketAddr>,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<UdpOutcome, Error> {
     udp_request_from(ns, 0, addr, payload, timeout)
 }
 
@@ -229,12 +241,17 @@ pub fn udp_request(ns: &str, addr: SocketAddrV4, payload: &[u8], timeout: Durati
 pub fn udp_request_from(
     ns: &str,
     port: u16,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<UdpOutcome, Error> {
+    let addr = addr.into();
+    let any: IpAddr = match addr {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     in_netns(ns, || {
-        let sock = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
+        let sock = UdpSocket::bind((any, port)).map_err(|e| Error::Io(format!("bind udp in {ns}: {e}")))?;
         sock.connect(addr)
             .map_err(|e| Error::Io(format!("connect udp {addr}: {e}")))?;
         let _ = sock.set_read_timeout(Some(timeout));
@@ -256,9 +273,10 @@ pub fn udp_request_from(
 /// A kubelet-style TCP probe from namespace `ns` (the node): connect, then close at once with
 /// SO_LINGER 0 so the kernel sends RST instead of FIN, as kubelet's tcpSocket probe does.
 /// Returns `Connected` (empty response) when the handshake completed.
-pub fn kubelet_probe(ns: &str, addr: SocketAddrV4, timeout: Duration) -> Result<TcpOutcome, Error> {
+pub fn kubelet_probe(ns: &str, addr: impl Into<SocketAddr>, timeout: Duration) -> Result<TcpOutcome, Error> {
+    let addr = addr.into();
     in_netns(ns, || {
-        let stream = match TcpStream::connect_timeout(&addr.into(), timeout) {
+        let stream = match TcpStream::connect_timeout(&addr, timeout) {
             Ok(s) => s,
             Err(e) => return Ok(classify_connect_error(&e)),
         };

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// Defined with the packets it classifies; the model names Service ports with it too.
-pub use crate::events::Protocol;
+pub use crate::events::{IpFamily, Protocol};
 
 /// Which kube-proxy data plane programmed the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -192,6 +192,10 @@ pub struct ApiFacts {
     /// annotation kube-proxy itself measures its network-programming latency from).
     #[serde(default)]
     pub last_change_unix: Option<f64>,
+    /// `spec.ipFamilies` (primary first), or the families of its `clusterIPs`; empty when the API
+    /// was not consulted.
+    #[serde(default)]
+    pub ip_families: Vec<IpFamily>,
 }
 
 /// kube-proxy's per-node endpoint set for a Service ([`topology::categorize`] over every port),
@@ -215,6 +219,23 @@ pub struct Service {
 }
 
 impl Service {
+    /// Its address families: the API's `ipFamilies` (primary first), or, without the API, those of
+    /// its ClusterIPs in the rules (IPv4 first). More than one: a dual-stack Service.
+    pub fn ip_families(&self) -> Vec<IpFamily> {
+        if !self.api.ip_families.is_empty() {
+            return self.api.ip_families.clone();
+        }
+        let mut out: Vec<IpFamily> = self
+            .frontends
+            .iter()
+            .filter(|f| f.kind == FrontendKind::ClusterIp)
+            .map(|f| IpFamily::of(f.ip))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn new(service: ServiceRef) -> Self {
         Self {
             service,

@@ -24,7 +24,7 @@ use crate::{
     model::{ServiceModel, ServiceRef},
 };
 
-pub use object::{EndpointReport, FlowReport, FrontendReport, KubeProxyReport, Report};
+pub use object::{EndpointReport, FamiliesReport, FlowReport, FrontendReport, KubeProxyReport, Report};
 pub use runbook::{Runbook, cross_reference, runbook_domain};
 // The verdict's vocabulary, decided by the classifier, printed as it is.
 pub use crate::classify::{Evidence, EvidenceKind, Mitigation, RootCause, Severity, VerdictClass};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::classify::{Evidence, Mitigation, RootCause, Severity, VerdictClass};
 use crate::flows::{Flow, Outcome};
 use crate::model::{
-    Endpoint, Frontend, FrontendKind, KubeProxyStatus, Protocol, ProxyMode, ServiceModel, ServiceRef, Warning,
+    Endpoint, Frontend, FrontendKind, IpFamily, KubeProxyStatus, Protocol, ProxyMode, ServiceModel, ServiceRef, Warning,
 };
 
 /// Contract `kube_proxy`.
@@ -152,6 +152,18 @@ impl FlowReport {
     }
 }
 
+/// A Service's address families: a dual-stack Service has a frontend and endpoints per family,
+/// and kube-proxy programs each family on its own, so a trace that saw one family says nothing
+/// about the other.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FamiliesReport {
+    /// The families the Service has ([`crate::model::Service::ip_families`]). Empty for an
+    /// address no Service holds.
+    pub configured: Vec<IpFamily>,
+    /// The families of the traced flows (empty for `explain`, or when nothing was seen).
+    pub seen: Vec<IpFamily>,
+}
+
 /// The contract object (ARCHITECTURE.md, "The contract").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -165,6 +177,9 @@ pub struct Report {
     pub frontends: Vec<FrontendReport>,
     /// Its backends, with where each appears.
     pub endpoints: Vec<EndpointReport>,
+    /// The address families the Service has and those the trace saw.
+    #[serde(default)]
+    pub families: FamiliesReport,
     /// The traced flows (empty for `explain`).
     pub flows: Vec<FlowReport>,
     /// Kernel events lost (ring buffer full); any loss makes absence-of-evidence weaker.
@@ -209,6 +224,7 @@ impl Report {
             kube_proxy: KubeProxyReport::default(),
             frontends: Vec::new(),
             endpoints: Vec::new(),
+            families: FamiliesReport::default(),
             flows: Vec::new(),
             lost_events: 0,
             root_cause: None,
@@ -229,6 +245,7 @@ impl Report {
         if let Some(svc) = model.service(service) {
             report.frontends = svc.frontends.iter().map(FrontendReport::from).collect();
             report.endpoints = svc.endpoints.iter().map(EndpointReport::from).collect();
+            report.families.configured = svc.ip_families();
         }
         report
     }
@@ -236,5 +253,9 @@ impl Report {
     /// Appends the unclassified contract view of each flow.
     pub fn push_flows<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
         self.flows.extend(flows.into_iter().map(FlowReport::from_flow));
+        let mut seen: Vec<IpFamily> = self.flows.iter().map(|f| IpFamily::of(f.client.ip())).collect();
+        seen.sort();
+        seen.dedup();
+        self.families.seen = seen;
     }
 }

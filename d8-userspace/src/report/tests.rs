@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::flows::Outcome;
-use crate::model::{FrontendKind, Protocol, ProxyMode, ServiceRef};
+use crate::model::{FrontendKind, IpFamily, Protocol, ProxyMode, ServiceRef};
 
 fn svc() -> ServiceRef {
     ServiceRef {
@@ -37,6 +37,10 @@ fn literal_report() -> Report {
             local: None,
             rule: None,
         }],
+        families: FamiliesReport {
+            configured: vec![IpFamily::V4],
+            seen: vec![IpFamily::V4],
+        },
         flows: vec![FlowReport {
             protocol: Protocol::Tcp,
             client: "10.1.0.5:41234".parse().unwrap(),
@@ -92,6 +96,14 @@ const GOLDEN_JSON: &str = r#"{
       "rule": null
     }
   ],
+  "families": {
+    "configured": [
+      "IPv4"
+    ],
+    "seen": [
+      "IPv4"
+    ]
+  },
   "flows": [
     {
       "protocol": "tcp",
@@ -166,6 +178,7 @@ fn new_report_prints_nulls_for_the_verdict_fields() {
         "kube_proxy",
         "frontends",
         "endpoints",
+        "families",
         "flows",
         "lost_events",
         "root_cause",
@@ -297,6 +310,29 @@ fn text_summary_fits_80_columns_and_names_the_verdict() {
             assert!(line.chars().count() <= 80, "too wide: {line:?}");
         }
     }
+}
+
+#[test]
+fn text_summary_names_the_families_of_a_dual_stack_service_only() {
+    let text = rendered(&literal_report(), Format::Text);
+    assert!(
+        !text.contains("Families:"),
+        "an IPv4-only Service reads as before: {text}"
+    );
+    let mut r = literal_report();
+    r.families = FamiliesReport {
+        configured: vec![IpFamily::V4, IpFamily::V6],
+        seen: vec![IpFamily::V4],
+    };
+    r.frontends.push(FrontendReport {
+        kind: FrontendKind::ClusterIp,
+        ip: "fd00:10:96::10".parse().unwrap(),
+        port: 80,
+        protocol: Protocol::Tcp,
+    });
+    let text = rendered(&r, Format::Text);
+    assert!(text.contains("Families: IPv4, IPv6 (traced: IPv4)"), "{text}");
+    assert!(text.contains("cluster_ip    [fd00:10:96::10]:80/tcp"), "{text}");
 }
 
 #[test]

@@ -48,12 +48,29 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     }
     writeln!(out)?;
 
+    // Only where IPv6 is involved: an IPv4-only Service's summary reads as it always did.
+    let fam = &r.families;
+    if fam
+        .configured
+        .iter()
+        .chain(&fam.seen)
+        .any(|f| *f == crate::model::IpFamily::V6)
+    {
+        let list = |f: &[crate::model::IpFamily]| f.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ");
+        let seen = if fam.seen.is_empty() {
+            "none".to_string()
+        } else {
+            list(&fam.seen)
+        };
+        writeln!(out, "Families: {} (traced: {seen})", list(&fam.configured))?;
+    }
     if r.frontends.is_empty() {
         writeln!(out, "Frontends: none known")?;
     } else {
         writeln!(out, "Frontends:")?;
         for f in &r.frontends {
-            writeln!(out, "  {:<13} {}:{}/{}", serde_plain(&f.kind), f.ip, f.port, f.protocol)?;
+            let addr = std::net::SocketAddr::new(f.ip, f.port);
+            writeln!(out, "  {:<13} {addr}/{}", serde_plain(&f.kind), f.protocol)?;
         }
     }
     if r.endpoints.is_empty() {
@@ -61,7 +78,7 @@ pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     } else {
         writeln!(out, "Endpoints:              rules api   ready local rule")?;
         for e in &r.endpoints {
-            let addr = format!("{}:{}", e.ip, e.port);
+            let addr = std::net::SocketAddr::new(e.ip, e.port).to_string();
             writeln!(
                 out,
                 "  {addr:<21} {:<5} {:<5} {:<5} {:<5} {}",

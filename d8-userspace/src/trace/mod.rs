@@ -23,7 +23,7 @@ use crate::{
     kernel::{self, host, monotonic_ns, tracefs},
     loader,
     model::{
-        ServiceRef, Warning, WarningKind, k8s, rules,
+        IpFamily, ServiceRef, Warning, WarningKind, k8s, rules,
         view::{self, NodeView},
     },
     report::{self, Report},
@@ -57,6 +57,13 @@ pub enum Error {
     /// `--dest` names no Service traffic: `reason` says why.
     #[error("{dest}: {reason}")]
     NotServiceAddress { dest: String, reason: String },
+    /// `--family` names a family the Service (or port) does not have.
+    #[error("{service} has no {family} frontend (its families: {has}); trace with --family any or the other family")]
+    NoSuchFamily {
+        service: String,
+        family: IpFamily,
+        has: String,
+    },
     #[error("tracing needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON); run d8-trace as root")]
     NotRoot,
     #[error(
@@ -102,6 +109,7 @@ impl Error {
             Self::UnknownService { .. }
             | Self::UnknownPort { .. }
             | Self::NotServiceAddress { .. }
+            | Self::NoSuchFamily { .. }
             | Self::Api(_)
             | Self::Pcap(_) => 2,
             _ => 3,
@@ -228,6 +236,10 @@ pub async fn trace(
         all.push(w);
     };
     let (view, plan) = service_view(scope, svc).await?;
+    let plan = match opts.family {
+        Some(family) => plan.narrowed(family)?,
+        None => plan,
+    };
     for w in &view.warnings {
         say(w.clone(), &mut warnings);
     }
@@ -372,6 +384,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     /// Print one line per flow change to the live writer.
     pub live: bool,
+    /// `--family`: trace this address family of the Service only (`None`: all it has).
+    pub family: Option<IpFamily>,
     /// `--pcap`: copy the traced flows' packets for the pcapng file.
     pub pcap: Option<PcapRequest>,
 }

@@ -12,7 +12,9 @@ use d8_common::{FAMILY_V4, FAMILY_V6, TargetKey, target};
 
 use super::Error;
 use crate::classify::Asked;
-use crate::model::{Endpoint, Frontend, FrontendKind, Protocol, ProxyMode, Service, ServiceModel, ServiceRef, in_cidr};
+use crate::model::{
+    Endpoint, Frontend, FrontendKind, IpFamily, Protocol, ProxyMode, Service, ServiceModel, ServiceRef, in_cidr,
+};
 
 /// `NS/NAME[:PORT]`: PORT is a port number or a Service port name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,6 +386,30 @@ impl Plan {
         }
     }
 
+    /// The plan narrowed to one address family (`--family`): that family's frontends (NodePorts
+    /// on that family's node addresses) and endpoints. A Service without a frontend of the family
+    /// is an error naming the families it has.
+    pub fn narrowed(mut self, family: IpFamily) -> Result<Plan, Error> {
+        let of = |ip: IpAddr| IpFamily::of(ip) == family;
+        let mut has: Vec<IpFamily> = self.frontend_addrs.iter().map(|(_, a)| IpFamily::of(a.ip())).collect();
+        has.sort();
+        has.dedup();
+        self.frontend_addrs.retain(|(_, a)| of(a.ip()));
+        if self.frontend_addrs.is_empty() {
+            return Err(Error::NoSuchFamily {
+                service: self.name(),
+                family,
+                has: has.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        // NodePorts on "any local address" stay: their addresses were expanded above.
+        self.frontends
+            .retain(|f| of(f.ip) || (f.kind == FrontendKind::NodePort && f.ip.is_unspecified()));
+        self.endpoints.retain(|e| of(e.ip));
+        self.node_ips.retain(|ip| of(*ip));
+        Ok(self)
+    }
+
     /// Kernel targets: every frontend, and every backend (so direct flows such as kubelet probes
     /// are traced too).
     pub fn targets(&self) -> Vec<(TargetKey, u32)> {
@@ -537,6 +563,45 @@ mod tests {
         m.kube_proxy.rules_present = true;
         m.services.push(svc);
         m
+    }
+
+    #[test]
+    fn a_plan_narrowed_to_one_family_keeps_that_familys_addresses() {
+        let mut m = model();
+        let svc = &mut m.services[0];
+        svc.frontends.push(Frontend {
+            kind: FrontendKind::ClusterIp,
+            ip: "fd00:10:96::10".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            port_name: "http".into(),
+            rule: None,
+        });
+        svc.endpoints.push(Endpoint::in_rules(
+            "fd00:10:244:1::7".parse().unwrap(),
+            8080,
+            Protocol::Tcp,
+            "http",
+        ));
+        let arg: ServiceSelector = "default/web:http".parse().unwrap();
+        let node_ips = vec!["172.31.0.2".parse().unwrap(), "fd00:172:31::2".parse().unwrap()];
+        let full = plan(&m, &arg, node_ips).unwrap();
+        assert_eq!(full.frontend_addrs.len(), 4, "{:?}", full.frontend_addrs);
+        let v6 = full.clone().narrowed(IpFamily::V6).unwrap();
+        let addrs: Vec<String> = v6.frontend_addrs.iter().map(|(_, a)| a.to_string()).collect();
+        assert_eq!(addrs, ["[fd00:10:96::10]:80", "[fd00:172:31::2]:30080"]);
+        assert_eq!(v6.endpoints.len(), 1);
+        assert!(v6.endpoints[0].ip.is_ipv6());
+        let v4 = full.narrowed(IpFamily::V4).unwrap();
+        assert!(v4.targets().iter().all(|(k, _)| k.family == FAMILY_V4));
+        // An IPv4-only Service has nothing to trace over IPv6: a usage error naming its families.
+        let v4_only = plan(&model(), &arg, vec!["172.31.0.2".parse().unwrap()]).unwrap();
+        let err = v4_only.narrowed(IpFamily::V6).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            err.to_string(),
+            "default/web has no IPv6 frontend (its families: IPv4); trace with --family any or the other family"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `cleanup`: nothing stays attached after exit, Ctrl-C or an error.
 //! - `errors`: bad input gets one sentence and the contract's exit code.
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
+//! - `dual_stack`: dual-stack labs (issue 16): IPv6 traffic through both families' rules, and `explain`.
 //! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
 //! - `pcap`: `--pcap`'s file of the failing flows, read back with tshark (issue 17).
@@ -24,6 +25,7 @@ mod cleanup;
 mod common;
 mod daemon;
 mod demo;
+mod dual_stack;
 mod errors;
 mod mcp;
 mod pcap;

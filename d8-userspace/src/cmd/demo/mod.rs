@@ -276,6 +276,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         reply_timeout: REPLY_TIMEOUT,
         ring_buffer_bytes: 1024 * 1024,
         live: true,
+        family: None,
         pcap: None,
     };
 

@@ -362,6 +362,7 @@ async fn trace_job(
         reply_timeout: Duration::from_secs(3),
         ring_buffer_bytes: 1 << 20,
         live: false,
+        family: None,
         pcap,
     };
     let done = trace::trace(&scope, &svc, &opts, &mut std::io::sink(), &mut |_| {}).await?;

@@ -20,11 +20,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ClusterObjects;
+use super::addr::api_ip;
 use super::node::node_ips;
 use crate::model::topology::{Candidate, Policies, ZONE_LABEL, categorize};
 use crate::model::{
-    ApiFacts, Endpoint, Frontend, FrontendKind, ProbeKind, ProbePort, Protocol, Service, ServiceModel, ServiceRef,
-    Topology,
+    ApiFacts, Endpoint, Frontend, FrontendKind, IpFamily, ProbeKind, ProbePort, Protocol, Service, ServiceModel,
+    ServiceRef, Topology,
 };
 
 /// Label linking an EndpointSlice to its Service.
@@ -60,6 +61,8 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
         .map(|(i, s)| (s.service.clone(), i))
         .collect();
     let mut seen = vec![false; model.services.len()];
+    // Addresses the API holds that cannot be used (`addr::api_ip`), as warnings.
+    let mut bad_addresses: Vec<String> = Vec::new();
 
     for api in &objs.services {
         let Some(sref) = service_ref(api) else {
@@ -73,7 +76,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
         seen[i] = true;
         let svc = &mut model.services[i];
         svc.api = api_facts(api);
-        add_api_frontends(svc, api);
+        add_api_frontends(svc, api, &mut bad_addresses);
     }
     // Model Services (from the rules) the API does not have.
     for (svc, seen) in model.services.iter_mut().zip(&seen) {
@@ -85,7 +88,10 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     let slices = slices_by_service(&objs.endpoint_slices);
     let zone = this_node.and_then(|n| node_zone(&objs.nodes, n));
     for svc in &mut model.services {
-        let api_eps = slices.get(&svc.service).map(|s| api_endpoints(s)).unwrap_or_default();
+        let api_eps = slices
+            .get(&svc.service)
+            .map(|s| api_endpoints(s, &mut bad_addresses))
+            .unwrap_or_default();
         svc.api.last_change_unix = slices.get(&svc.service).and_then(|s| last_change(s));
         if let Some(node) = this_node
             && svc.api.exists == Some(true)
@@ -127,6 +133,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     model.warnings.extend(
         objs.warnings
             .iter()
+            .chain(&bad_addresses)
             .map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())),
     );
 }
@@ -159,13 +166,39 @@ fn api_facts(api: &ApiService) -> ApiFacts {
         terminating_serving: Vec::new(),
         topology: None,
         last_change_unix: None,
+        ip_families: ip_families(api),
     }
+}
+
+/// `spec.ipFamilies`, or the families of `clusterIPs` when a snapshot predates the field.
+fn ip_families(api: &ApiService) -> Vec<IpFamily> {
+    let Some(spec) = api.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut out: Vec<IpFamily> = match &spec.ip_families {
+        Some(f) if !f.is_empty() => f
+            .iter()
+            .filter_map(|f| match f.as_str() {
+                "IPv4" => Some(IpFamily::V4),
+                "IPv6" => Some(IpFamily::V6),
+                _ => None,
+            })
+            .collect(),
+        _ => spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .filter_map(|s| api_ip(s, None).ok().map(IpFamily::of))
+            .collect(),
+    };
+    out.dedup();
+    out
 }
 
 /// Frontends the API declares, added when the model (the rules) lacks them. Matching ignores the
 /// address of NodePorts: rule readers may list them per node address or as `0.0.0.0`.
-fn add_api_frontends(svc: &mut Service, api: &ApiService) {
-    for fe in frontends_of(api) {
+fn add_api_frontends(svc: &mut Service, api: &ApiService, bad: &mut Vec<String>) {
+    for fe in frontends_of(api, bad) {
         let known = svc.frontends.iter().any(|m| {
             m.kind == fe.kind
                 && m.port == fe.port
@@ -183,28 +216,78 @@ fn add_api_frontends(svc: &mut Service, api: &ApiService) {
 pub fn api_frontends(objs: &ClusterObjects) -> Vec<(ServiceRef, Vec<Frontend>)> {
     objs.services
         .iter()
-        .filter_map(|s| Some((service_ref(s)?, frontends_of(s))))
+        // Bad addresses are reported by `enrich`, which reads the same Services.
+        .filter_map(|s| Some((service_ref(s)?, frontends_of(s, &mut Vec::new()))))
         .collect()
 }
 
 /// The frontends of one API Service: ClusterIPs, NodePorts, external IPs, load-balancer IPs, per port.
-fn frontends_of(api: &ApiService) -> Vec<Frontend> {
+/// Addresses that are not usable go to `bad`, naming the Service and the field.
+fn frontends_of(api: &ApiService, bad: &mut Vec<String>) -> Vec<Frontend> {
     let Some(spec) = api.spec.as_ref() else {
         return Vec::new();
     };
     let ports = spec.ports.as_deref().unwrap_or_default();
-    let parse = |s: &str| s.parse::<IpAddr>().ok();
-    let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| parse(s)).collect(),
-        _ => spec.cluster_ip.as_deref().and_then(parse).into_iter().collect(),
+    let who = format!(
+        "Service {}/{}",
+        api.metadata.namespace.as_deref().unwrap_or_default(),
+        api.metadata.name.as_deref().unwrap_or_default()
+    );
+    // `clusterIPs` are in `ipFamilies` order (the API keeps them so).
+    let families: Vec<Option<IpFamily>> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .map(|f| match f.as_str() {
+            "IPv4" => Some(IpFamily::V4),
+            "IPv6" => Some(IpFamily::V6),
+            _ => None,
+        })
+        .collect();
+    // `field` is the address's path in the object, for the warning.
+    let mut parse = |field: String, expected: Option<IpFamily>, s: &str| -> Option<IpAddr> {
+        // "None" (headless) and "" (not allocated yet) are values the API uses, not addresses.
+        if s == "None" || s.is_empty() {
+            return None;
+        }
+        api_ip(s, expected)
+            .map_err(|e| bad.push(format!("{who} {field}: {e}")))
+            .ok()
     };
-    let external: Vec<IpAddr> = spec.external_ips.iter().flatten().filter_map(|s| parse(s)).collect();
+    let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| parse(format!("spec.clusterIPs[{i}]"), families.get(i).copied().flatten(), s))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|s| parse("spec.clusterIP".into(), None, s))
+            .into_iter()
+            .collect(),
+    };
+    let external: Vec<IpAddr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, s)| parse(format!("spec.externalIPs[{i}]"), None, s))
+        .collect();
     let lb: Vec<IpAddr> = api
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|l| l.ingress.as_ref())
-        .map(|ing| ing.iter().filter_map(|i| i.ip.as_deref().and_then(parse)).collect())
+        .map(|ing| {
+            ing.iter()
+                .enumerate()
+                .filter_map(|(i, g)| {
+                    let s = g.ip.as_deref()?;
+                    parse(format!("status.loadBalancer.ingress[{i}].ip"), None, s)
+                })
+                .collect()
+        })
         .unwrap_or_default();
 
     let mut out = Vec::new();
@@ -278,13 +361,16 @@ struct ApiEndpoint {
     node_hints: Vec<String>,
 }
 
-fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
+/// Addresses that are not usable (or not of the slice's `addressType`) go to `bad`.
+fn api_endpoints(slices: &[&EndpointSlice], bad: &mut Vec<String>) -> Vec<ApiEndpoint> {
     let mut out: Vec<ApiEndpoint> = Vec::new();
     for s in slices {
         // FQDN slices name hosts, not addresses: kube-proxy ignores them too.
-        if s.address_type != "IPv4" && s.address_type != "IPv6" {
-            continue;
-        }
+        let family = match s.address_type.as_str() {
+            "IPv4" => IpFamily::V4,
+            "IPv6" => IpFamily::V6,
+            _ => continue,
+        };
         let ports = s.ports.as_deref().unwrap_or_default();
         for e in &s.endpoints {
             // The API says a missing `ready` condition is to be read as ready.
@@ -312,8 +398,16 @@ fn api_endpoints(slices: &[&EndpointSlice]) -> Vec<ApiEndpoint> {
                 .map(|n| n.iter().map(|n| n.name.clone()).collect())
                 .unwrap_or_default();
             for addr in &e.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else {
-                    continue;
+                let ip = match api_ip(addr, Some(family)) {
+                    Ok(ip) => ip,
+                    Err(why) => {
+                        bad.push(format!(
+                            "EndpointSlice {}/{} (addressType {family}): {why}",
+                            s.metadata.namespace.as_deref().unwrap_or_default(),
+                            s.metadata.name.as_deref().unwrap_or_default()
+                        ));
+                        continue;
+                    }
                 };
                 for p in ports {
                     // A port without a number means "all ports" (selector-less Services): nothing

@@ -14,6 +14,7 @@
 //!
 //! Not here: kube-proxy's rules (`rules`), kube-proxy's health (`kube_proxy`), classification.
 
+mod addr;
 pub mod enrich;
 pub mod live;
 pub mod node;

@@ -925,6 +925,91 @@ mod pipeline {
         assert!(v.root_cause.detail.contains("node hints for d8lab-node"), "{v:#?}");
     }
 
+    /// [`model`] for a dual-stack lab: both families' rules (`iptables-save` and `ip6tables-save`
+    /// merged as `rules::read_iptables_mode` merges them) and the dual-stack snapshot.
+    fn dual_model(rules: &ClusterSpec, api: &ClusterSpec) -> ServiceModel {
+        use crate::model::IpFamily;
+        let mut services = Vec::new();
+        for family in [IpFamily::V4, IpFamily::V6] {
+            let text = crate::lab::iptables::kube_proxy_restore_in(rules, family);
+            let parsed = crate::model::rules::iptables::parse(&text).unwrap();
+            assert!(parsed.warnings.is_empty(), "{family}: {:?}", parsed.warnings);
+            services = crate::model::rules::merge_services(services, parsed.services);
+        }
+        let mut m = ServiceModel {
+            kube_proxy: KubeProxyStatus {
+                mode: ProxyMode::Iptables,
+                running: Some(true),
+                rules_present: true,
+                ..KubeProxyStatus::default()
+            },
+            services,
+            ..ServiceModel::default()
+        };
+        let objs = parse_snapshot(&crate::lab::snapshot::snapshot(api).to_string(), "lab").unwrap();
+        assert!(objs.warnings.is_empty(), "{:?}", objs.warnings);
+        enrich(&mut m, &objs, Some("d8lab-node"));
+        m
+    }
+
+    #[test]
+    fn dual_stack_rules_and_snapshot_hold_both_families() {
+        use crate::lab::spec::ipv6_twin;
+        use crate::model::IpFamily;
+        let s = spec().dual_stack();
+        let v6 = crate::lab::iptables::kube_proxy_restore_in(&s, IpFamily::V6);
+        // kube-proxy's IPv6 text: the Service chain hash is the family's own per proxier, the
+        // endpoint chain hashes `[ip]:port`, DNAT targets are bracketed.
+        assert!(v6.contains("-d fd00:10:96::10 --dport 80"), "{v6}");
+        assert!(v6.contains("--to-destination [fd00:10:244:1::11]:8080"), "{v6}");
+        assert!(v6.contains("! -s fd00:10:244::/48 -j KUBE-MARK-MASQ"), "{v6}");
+        assert!(!v6.contains("127.0.0.0/8"), "localhost NodePorts are IPv4 only: {v6}");
+        let m = dual_model(&s, &s);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        let web = m.service(&sref("shop", "web")).unwrap();
+        assert_eq!(web.api.ip_families, [IpFamily::V4, IpFamily::V6]);
+        let twin = std::net::IpAddr::V6(ipv6_twin(Ipv4Addr::new(10, 96, 0, 10)));
+        assert!(
+            web.frontends
+                .iter()
+                .any(|f| f.ip == twin && f.port == 80 && f.rule.is_some()),
+            "{:?}",
+            web.frontends
+        );
+        let v6_eps: Vec<_> = web.endpoints.iter().filter(|e| e.ip.is_ipv6()).collect();
+        assert_eq!(v6_eps.len(), 2, "{:?}", web.endpoints);
+        assert!(
+            v6_eps
+                .iter()
+                .all(|e| e.in_rules && e.in_api == Some(true) && e.local == Some(true)),
+            "{v6_eps:?}"
+        );
+        assert_eq!(explain(&m, "web"), VerdictClass::Healthy);
+        assert_eq!(explain(&m, "empty"), VerdictClass::NoEndpoints);
+        assert_eq!(explain(&m, "local"), VerdictClass::EtpLocalNoLocalEndpoints);
+    }
+
+    #[test]
+    fn a_dual_stack_service_without_ipv6_rules_is_rules_missing_for_ipv6() {
+        let api = spec().dual_stack();
+        let mut rules = api.clone();
+        rules
+            .services
+            .iter_mut()
+            .find(|s| s.name == "web")
+            .unwrap()
+            .single_stack = true;
+        let v = explain_full(&dual_model(&rules, &api), "web");
+        assert_eq!(v.root_cause.class, VerdictClass::KubeProxyRulesMissing, "{v:#?}");
+        assert!(
+            v.root_cause
+                .detail
+                .starts_with("kube-proxy programmed shop/web for IPv4 but not for IPv6"),
+            "{}",
+            v.root_cause.detail
+        );
+    }
+
     #[test]
     fn a_service_the_rules_lack_is_rules_missing() {
         let mut rules = spec();
@@ -1040,4 +1125,37 @@ fn slimmed_objects_give_the_same_model_as_whole_ones() {
             "the API changed nothing: the comparison proves nothing"
         );
     }
+}
+
+#[test]
+fn unusable_api_addresses_are_left_out_with_a_warning_each() {
+    // An IPv6 address in an IPv4 slice, a zone-scoped link-local one, an IPv4-mapped one, and a
+    // ClusterIP of the wrong family for `ipFamilies`: each is a warning naming its object.
+    let text = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Service","metadata":{"namespace":"a","name":"s"},"spec":{"clusterIP":"10.96.5.5",
+          "clusterIPs":["10.96.5.5","10.96.5.6"],"ipFamilies":["IPv4","IPv6"],"ports":[{"port":80}]}},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv4","metadata":{"namespace":"a","name":"s-1","labels":{"kubernetes.io/service-name":"s"}},
+         "endpoints":[{"addresses":["fd00::9"]},{"addresses":["10.1.0.9"]}],"ports":[{"port":8080,"protocol":"TCP"}]},
+        {"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","addressType":"IPv6","metadata":{"namespace":"a","name":"s-2","labels":{"kubernetes.io/service-name":"s"}},
+         "endpoints":[{"addresses":["fe80::1%eth0"]},{"addresses":["::ffff:10.1.0.10"]},{"addresses":["fd00::10"]}],"ports":[{"port":8080,"protocol":"TCP"}]}
+    ]}"#;
+    let objs = parse_snapshot(text, "t.json").unwrap();
+    let mut m = ServiceModel::default();
+    enrich(&mut m, &objs, None);
+    let s = m.service(&sref("a", "s")).unwrap();
+    let ips: Vec<String> = s.endpoints.iter().map(|e| e.ip.to_string()).collect();
+    assert_eq!(ips, ["10.1.0.9", "fd00::10"]);
+    assert_eq!(
+        s.frontends.iter().map(|f| f.ip.to_string()).collect::<Vec<_>>(),
+        ["10.96.5.5"]
+    );
+    let warnings: Vec<&str> = m.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
+    assert!(
+        warnings[0]
+            .starts_with("Service a/s spec.clusterIPs[1]: \"10.96.5.6\" is an IPv4 address where an IPv6 one belongs")
+    );
+    assert!(warnings[1].starts_with("EndpointSlice a/s-1 (addressType IPv4): \"fd00::9\" is an IPv6 address"));
+    assert!(warnings[2].contains("zone-scoped"), "{}", warnings[2]);
+    assert!(warnings[3].contains("IPv4-mapped"), "{}", warnings[3]);
 }

@@ -1,0 +1,223 @@
+//! Dual-stack labs (issue 16): the lab node carries IPv4 and IPv6 (every address has its IPv6
+//! twin, `lab::spec::ipv6_twin`), kube-proxy's rules are written for both families (ip6tables,
+//! `table ip6 kube-proxy`) and the API snapshot holds both ClusterIPs and both EndpointSlices.
+//! Each scenario sends real IPv6 traffic through the rules and asks `d8-trace explain` what the
+//! model makes of them, in iptables and in nftables mode.
+//!
+//! Not here yet: traces over IPv6. The kernel programs parse IPv4 only for now, so a trace of an
+//! IPv6 flow would see nothing; those scenarios come with the programs' IPv6 support.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use d8_tests::run::run_to_end;
+use d8_trace::{
+    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, spec::ipv6_twin},
+    model::{Protocol, ProxyMode},
+};
+
+use crate::scenarios::{Api, Scenario, T};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
+
+/// `default/web` (dual-stack, PreferDualStack) over two HTTP pods, and `default/empty` (dual-stack,
+/// no endpoints).
+fn spec() -> ClusterSpec {
+    let mut spec = ClusterSpec::new()
+        .dual_stack()
+        .service(ServiceSpec::new("default", "web", VIP).port("http", 80, 8080, Protocol::Tcp))
+        .service(
+            ServiceSpec::new("default", "empty", Ipv4Addr::new(10, 96, 0, 20))
+                .port("p", 80, 8080, Protocol::Tcp)
+                .selector("app", "nobody"),
+        );
+    for (name, ip) in [("web-1", WEB_1), ("web-2", WEB_2)] {
+        spec = spec.pod(
+            PodSpec::new("default", name, ip)
+                .label("app", "web")
+                .listen(8080, ListenerKind::Http),
+        );
+    }
+    spec
+}
+
+fn v6(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(ipv6_twin(ip)), port)
+}
+
+fn http_status(lab: &lab::Lab, to: SocketAddr) -> Option<u16> {
+    match lab::http_get(lab.client_ns(), to, "/", T).expect("http get") {
+        HttpOutcome::Response { status, .. } => Some(status),
+        HttpOutcome::Failed(_) => None,
+    }
+}
+
+/// Both families answer through kube-proxy's rules, and `explain` holds both.
+fn healthy(mode: ProxyMode) {
+    let s = Scenario::up(spec(), mode);
+    for to in [SocketAddr::new(VIP.into(), 80), v6(VIP, 80)] {
+        assert_eq!(
+            http_status(&s.lab, to),
+            Some(200),
+            "{mode:?} {to} through the rules:\n{}",
+            s.lab.rules_text()
+        );
+    }
+    // A pod's own IPv6 address, from the node (kubelet's view).
+    let out = lab::http_get(s.lab.node_ns(), v6(WEB_1, 8080), "/", T).expect("http get");
+    assert_eq!(out.status(), Some(200), "{mode:?} pod over IPv6: {out:?}");
+    let run = s.explain("default/web");
+    run.assert_root("healthy");
+    assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
+    assert!(
+        run.report.families.seen.is_empty(),
+        "explain traces nothing; {}",
+        run.context
+    );
+    let twin = ipv6_twin(VIP).to_string();
+    assert!(
+        run.report
+            .frontends
+            .iter()
+            .any(|f| f.kind == "cluster_ip" && f.ip == twin),
+        "the IPv6 ClusterIP is a frontend; {}",
+        run.context
+    );
+    for ip in [WEB_1, WEB_2] {
+        let want = ipv6_twin(ip).to_string();
+        let ep = run
+            .report
+            .endpoints
+            .iter()
+            .find(|e| e.ip == want && e.port == 8080)
+            .unwrap_or_else(|| panic!("no IPv6 endpoint {want}; {}", run.context));
+        assert!(
+            ep.in_rules && ep.in_api == Some(true) && ep.ready == Some(true) && ep.local == Some(true),
+            "{ep:?}; {}",
+            run.context
+        );
+    }
+    assert!(run.report.warnings.is_empty(), "{}", run.context);
+}
+
+#[test]
+fn dual_stack_healthy_iptables() {
+    healthy(ProxyMode::Iptables);
+}
+
+#[test]
+fn dual_stack_healthy_nftables() {
+    healthy(ProxyMode::Nftables);
+}
+
+/// No endpoints: kube-proxy rejects both families.
+fn no_endpoints(mode: ProxyMode) {
+    let s = Scenario::up(spec(), mode);
+    let out = lab::tcp_connect(s.lab.client_ns(), v6(Ipv4Addr::new(10, 96, 0, 20), 80), T).expect("connect");
+    assert_eq!(out, TcpOutcome::Refused, "{mode:?} IPv6 REJECT");
+    let run = s.explain("default/empty");
+    run.assert_root("no_endpoints");
+    assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
+}
+
+#[test]
+fn dual_stack_no_endpoints_iptables() {
+    no_endpoints(ProxyMode::Iptables);
+}
+
+#[test]
+fn dual_stack_no_endpoints_nftables() {
+    no_endpoints(ProxyMode::Nftables);
+}
+
+/// kube-proxy's IPv6 proxier lacks `default/web` while its IPv4 one has it: IPv4 answers, IPv6
+/// does not, and the verdict names the family.
+fn ipv6_rules_missing(mode: ProxyMode) {
+    let mut s = Scenario::up(spec(), mode);
+    s.lab
+        .flush_service_ipv6_rules("default", "web")
+        .expect("flush the IPv6 rules");
+    assert_eq!(
+        http_status(&s.lab, SocketAddr::new(VIP.into(), 80)),
+        Some(200),
+        "{mode:?} IPv4"
+    );
+    let out = lab::tcp_connect(s.lab.client_ns(), v6(VIP, 80), crate::scenarios::SILENT).expect("connect");
+    assert!(!out.is_connected(), "{mode:?} IPv6 without rules: {out:?}");
+    let run = s.explain("default/web");
+    run.assert_root("kube_proxy_rules_missing");
+    let detail = &run.report.root_cause.as_ref().expect("root cause").detail;
+    assert!(
+        detail.starts_with("kube-proxy programmed default/web for IPv4 but not for IPv6"),
+        "{}",
+        run.context
+    );
+    run.evidence("rules", &["its IPv6 rules do not mention", &ipv6_twin(VIP).to_string()]);
+}
+
+#[test]
+fn dual_stack_ipv6_rules_missing_iptables() {
+    ipv6_rules_missing(ProxyMode::Iptables);
+}
+
+#[test]
+fn dual_stack_ipv6_rules_missing_nftables() {
+    ipv6_rules_missing(ProxyMode::Nftables);
+}
+
+/// A trace narrowed to IPv4 (`--family 4`) of a dual-stack Service: its flows are IPv4 ones, the
+/// report says which families the Service has and which were seen, and that IPv6 went unchecked.
+fn traced_over_ipv4(mode: ProxyMode) {
+    let s = Scenario::up(spec(), mode);
+    let run = s.trace("default/web", Api::Snapshot, 3, &["--family", "4"], |lab| {
+        for _ in 0..2 {
+            assert_eq!(http_status(lab, SocketAddr::new(VIP.into(), 80)), Some(200));
+        }
+    });
+    run.assert_root("healthy");
+    assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
+    assert_eq!(run.report.families.seen, ["IPv4"], "{}", run.context);
+    assert_eq!(run.flows_to("10.96.0.10:80").len(), 2, "{}", run.context);
+    run.evidence("trace", &["default/web is dual-stack and no IPv6 flow was traced"]);
+}
+
+#[test]
+fn dual_stack_traced_over_ipv4_iptables() {
+    traced_over_ipv4(ProxyMode::Iptables);
+}
+
+#[test]
+fn dual_stack_traced_over_ipv4_nftables() {
+    traced_over_ipv4(ProxyMode::Nftables);
+}
+
+/// `--family 6` for an IPv4-only Service: exit 2, naming the families it has, before anything is
+/// attached.
+#[test]
+fn family_the_service_lacks_is_a_usage_error() {
+    let mut single = spec();
+    single.services[0].single_stack = true;
+    let s = Scenario::up(single, ProxyMode::Nftables);
+    let done = run_to_end(&[
+        "--svc",
+        "default/web",
+        "--family",
+        "6",
+        "--duration",
+        "2",
+        "--netns",
+        s.lab.node_ns(),
+        "--no-k8s",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(
+            "default/web has no IPv6 frontend (its families: IPv4); trace with --family any or the other family"
+        ),
+        "{}",
+        done.stderr
+    );
+}
