@@ -564,7 +564,8 @@ fn a_first_rules_read_that_fails_is_retried_until_the_rules_can_be_read() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.to_str().unwrap().to_string();
-    let args = daemon_args(&lab, &["--no-k8s"]);
+    // The save tools, not the kernel reader (which needs no tool and would read at once).
+    let args = daemon_args(&lab, &["--no-k8s", "--rules-from", "tools"]);
     let mut daemon = Trace::start_until(&args, &[("PATH", &path)], "cannot read the node's model, retrying");
     let held = bpf::held_by(daemon.pid() as u32);
     // Alive and saying so: /healthz answers, /readyz does not, the failure is counted.
