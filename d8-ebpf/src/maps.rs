@@ -99,12 +99,13 @@ pub fn remember(skb: u64, hook: u8, after_ct: u8) {
     if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
         unsafe {
             let i = ((*last).next as usize) & (LAST_HOOKS - 1);
-            (*last).entries[i] = LastHook {
-                skb,
-                hook,
-                after_ct,
-                pad: [0; 6],
-            };
+            // Two volatile words, not a struct literal: LLVM zeroes the literal's `pad` with a
+            // `memset` call, a bpf-to-bpf call whose 32 bytes of stack the TC egress program
+            // (near 512) does not have on 6.1 ("combined stack size of 2 calls is 544"). The
+            // second word is `hook`, `after_ct` and the zero pad, little-endian (bpfel).
+            let e = core::ptr::addr_of_mut!((*last).entries[i]);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).skb), skb);
+            core::ptr::write_volatile((e as *mut u64).add(1), u64::from(hook) | u64::from(after_ct) << 8);
             (*last).next += 1;
         }
     }

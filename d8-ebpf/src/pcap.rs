@@ -90,7 +90,13 @@ fn reserve(key: &FlowKey, at: &Site) -> Option<RingBufEntry<PacketRecord>> {
         (*rec).site = at.site;
         (*rec).hook = at.hook;
         (*rec).reply = at.reply as u8;
-        (*rec).pad = [0; 5];
+        // Byte by byte, volatile: `= [0; 5]` becomes a `memset` call, a bpf-to-bpf call whose
+        // 32 bytes of stack kfree_skb's program (at 512) does not have on 6.1 ("combined stack
+        // size of 2 calls is 544").
+        let pad = core::ptr::addr_of_mut!((*rec).pad).cast::<u8>();
+        for i in 0..5 {
+            core::ptr::write_volatile(pad.add(i), 0);
+        }
     }
     Some(entry)
 }
@@ -215,6 +221,15 @@ pub fn tc(ctx: &TcContext, state: *mut FlowState, key: &FlowKey, l2_len: u32, eg
         entry.discard(0);
         return;
     }
+    // The same value, in a form whose lower bound (1) older verifiers see: 6.1 does not learn
+    // `len != 0` from the branch above, and `bpf_skb_load_bytes` refuses a size that may be 0.
+    // It goes through the record (a volatile store and load), or LLVM, which knows the range,
+    // folds the mask away; in the record, not on the stack (the programs are near 512 bytes).
+    let len = unsafe {
+        let slot = core::ptr::addr_of_mut!((*rec).cap_len);
+        core::ptr::write_volatile(slot, len);
+        (core::ptr::read_volatile(slot).wrapping_sub(1) & (MAX_SNAPLEN - 1)) + 1
+    };
     unsafe {
         let data = (*rec).data.as_mut_ptr();
         if aya_ebpf::helpers::generated::bpf_skb_load_bytes(

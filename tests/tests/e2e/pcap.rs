@@ -570,3 +570,83 @@ fn the_kernel_copies_load_and_reach_the_file() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// The packets of a pcapng file read by hand (no tshark): per enhanced packet block the
+/// interface's name, the IPv4 addresses (the captures start at the IP header) and the comment.
+/// For the tests that also run in the kernel matrix's guests, which carry no tshark; the tests
+/// above read with tshark, which also proves Wireshark reads the files.
+pub(crate) fn read_without_tools(file: &Path) -> Vec<Packet> {
+    let bytes = std::fs::read(file).expect("the capture file");
+    let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    let half = |i: usize| u16::from_le_bytes(bytes[i..i + 2].try_into().unwrap()) as usize;
+    // Options after `at` up to `end`: (code, value).
+    let options = |mut at: usize, end: usize| {
+        let mut out = Vec::new();
+        while at + 4 <= end {
+            let (code, len) = (half(at), half(at + 2));
+            if code == 0 {
+                break;
+            }
+            out.push((code, bytes[at + 4..at + 4 + len].to_vec()));
+            at += 4 + len.div_ceil(4) * 4;
+        }
+        out
+    };
+    let (mut interfaces, mut packets, mut at) = (Vec::new(), Vec::new(), 0);
+    for (kind, body) in blocks(&bytes) {
+        let end = at + 8 + body;
+        match kind {
+            // Interface description: link type, reserved, snap length, then options (2: name).
+            1 => interfaces.push(
+                options(at + 16, end)
+                    .into_iter()
+                    .find(|(c, _)| *c == 2)
+                    .map(|(_, v)| String::from_utf8_lossy(&v).trim_end_matches('\0').to_string())
+                    .unwrap_or_default(),
+            ),
+            // Enhanced packet: interface, timestamp (2 words), captured and original length,
+            // data padded to 4, then options (1: comment).
+            6 => {
+                let (iface, cap) = (word(at + 8) as usize, word(at + 20) as usize);
+                let data = &bytes[at + 28..at + 28 + cap];
+                let ip = |o: usize| {
+                    data.get(o..o + 4)
+                        .map(|a| std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string())
+                        .unwrap_or_default()
+                };
+                let comment = options(at + 28 + cap.div_ceil(4) * 4, end)
+                    .into_iter()
+                    .find(|(c, _)| *c == 1)
+                    .map(|(_, v)| String::from_utf8_lossy(&v).to_string())
+                    .unwrap_or_default();
+                packets.push(Packet {
+                    interface: interfaces.get(iface).cloned().unwrap_or_default(),
+                    src: ip(12),
+                    dst: ip(16),
+                    comment,
+                });
+            }
+            _ => {}
+        }
+        at = end + 4;
+    }
+    packets
+}
+
+/// The hand reader sees what tshark sees (here, where both run).
+#[test]
+fn the_hand_reader_agrees_with_tshark() {
+    let s = Scenario::up(empty_spec(Protocol::Tcp), ProxyMode::Iptables);
+    let file = pcap_path("hand-reader");
+    let f = file.display().to_string();
+    let run = s.trace("default/empty", Api::Snapshot, 3, &["--pcap", &f], |lab| {
+        refused(lab, 2)
+    });
+    run.assert_root("no_endpoints");
+    let key = |p: &Packet| (p.interface.clone(), p.src.clone(), p.dst.clone(), p.comment.clone());
+    let by_hand: Vec<_> = read_without_tools(&file).iter().map(key).collect();
+    let by_tshark: Vec<_> = read(&file).iter().map(key).collect();
+    assert!(!by_hand.is_empty(), "{}", run.context);
+    assert_eq!(by_hand, by_tshark);
+    let _ = std::fs::remove_file(&file);
+}
