@@ -250,6 +250,13 @@ impl Report {
         report
     }
 
+    /// The address asked about with `--dest` when no Service holds it (`IP:PORT/PROTO`): the
+    /// report's subject then, as `service` is empty.
+    pub fn unallocated_address(&self) -> Option<String> {
+        let f = self.frontends.first().filter(|_| self.service.is_empty())?;
+        Some(format!("{}/{}", std::net::SocketAddr::new(f.ip, f.port), f.protocol))
+    }
+
     /// Appends the unclassified contract view of each flow.
     pub fn push_flows<'a>(&mut self, flows: impl IntoIterator<Item = &'a Flow>) {
         self.flows.extend(flows.into_iter().map(FlowReport::from_flow));

@@ -327,10 +327,7 @@ pub fn write_report(
 ) {
     let root = report.root_cause.as_ref().map(|r| r.class);
     // `--dest` to an address no Service holds: the address names the flows.
-    let name = match report.frontends.first() {
-        Some(f) if report.service.is_empty() => format!("{}/{}", std::net::SocketAddr::new(f.ip, f.port), f.protocol),
-        _ => report.service.clone(),
-    };
+    let name = report.unallocated_address().unwrap_or_else(|| report.service.clone());
     let rule_evidence = report
         .evidence
         .iter()

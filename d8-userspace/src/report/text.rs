@@ -16,15 +16,9 @@ const MAX_FLOWS: usize = 30;
 /// flow, evidence and mitigation.
 pub(super) fn write_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     let node = r.node.as_deref().unwrap_or("unknown node");
-    match r.frontends.first() {
-        // `--dest` to an address no Service holds: the report is about the address.
-        Some(f) if r.service.is_empty() => writeln!(
-            out,
-            "Address {}/{} (no Service) on {node}",
-            std::net::SocketAddr::new(f.ip, f.port),
-            f.protocol
-        )?,
-        _ => writeln!(out, "Service {} on {}", r.service, node)?,
+    match r.unallocated_address() {
+        Some(addr) => writeln!(out, "Address {addr} (no Service) on {node}")?,
+        None => writeln!(out, "Service {} on {}", r.service, node)?,
     }
     let kp = &r.kube_proxy;
     let running = match kp.running {
