@@ -15,6 +15,8 @@ pub fn run(netns: Option<&str>) -> Result<(), String> {
     }
     let mut removed = tc::remove_stale().map_err(|e| format!("listing or removing TC filters: {e}"))?;
     removed.extend(kernel::tracefs::remove_stale());
+    // Records of namespaces that are gone are the same on every namespace's cleanup.
+    removed.extend(tc::forget_gone_namespaces());
     if removed.is_empty() {
         println!("nothing left by an earlier d8-trace");
     }

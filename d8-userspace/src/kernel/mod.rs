@@ -245,6 +245,51 @@ pub fn netns_inode() -> Option<u64> {
     std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
 }
 
+/// The network namespaces that still exist, as inode numbers: those a thread is in, those an
+/// open file descriptor holds, and those bind-mounted (`ip netns add`, a container runtime's
+/// `/run/netns`) in any mount namespace. A namespace none of these keeps is gone for good (its
+/// interfaces and qdiscs with it). Walks every process: for `cleanup`, not a hot path.
+pub fn live_netns_inodes() -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut live = std::collections::HashSet::new();
+    let mut mount_namespaces = std::collections::HashSet::new();
+    live.extend(netns_inode());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return live;
+    };
+    for p in procs.flatten() {
+        if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = p.path();
+        // Threads may sit in another namespace than their process (setns on one thread).
+        for task in std::fs::read_dir(dir.join("task")).into_iter().flatten().flatten() {
+            live.extend(std::fs::metadata(task.path().join("ns/net")).ok().map(|m| m.ino()));
+        }
+        for fd in std::fs::read_dir(dir.join("fd")).into_iter().flatten().flatten() {
+            live.extend(
+                std::fs::read_link(fd.path())
+                    .ok()
+                    .and_then(|l| nsfs_inode(&l.to_string_lossy())),
+            );
+        }
+        // Each mount namespace's table once: a bind mount there keeps a network namespace.
+        let mnt = std::fs::metadata(dir.join("ns/mnt")).map(|m| m.ino()).unwrap_or(0);
+        if mount_namespaces.insert(mnt)
+            && let Ok(table) = std::fs::read_to_string(dir.join("mountinfo"))
+        {
+            // mountinfo's fourth field is the mount's root: `net:[INODE]` for an nsfs bind mount.
+            live.extend(table.lines().filter_map(|l| l.split(' ').nth(3)).filter_map(nsfs_inode));
+        }
+    }
+    live
+}
+
+/// `net:[4026531840]` (an nsfs link or mount root) as its inode.
+fn nsfs_inode(s: &str) -> Option<u64> {
+    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
 /// Whether kernel module `name` is present: loaded (`/sys/module/NAME`) or built in (listed in
 /// `modules.builtin`). `None` when neither says: a built-in module without parameters has no
 /// `/sys/module` entry, so absence alone proves nothing without the builtin list.
@@ -272,6 +317,13 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nsfs_names_parse() {
+        assert_eq!(nsfs_inode("net:[4026531840]"), Some(4026531840));
+        assert_eq!(nsfs_inode("mnt:[4026531840]"), None);
+        assert_eq!(nsfs_inode("/dev/null"), None);
+    }
 
     #[test]
     fn module_presence_is_proved_or_unknown_never_guessed() {

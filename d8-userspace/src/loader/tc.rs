@@ -288,6 +288,56 @@ fn remove_our_clsact(ifindex: u32, ifname: &str) {
     record_clsact(ifindex, ifname, false);
 }
 
+/// Forgets the records of clsact qdiscs added in network namespaces that no longer exist (a pod
+/// deleted after a d8-trace in it was killed): the qdisc went with its namespace, and a record
+/// left would otherwise stay until reboot. Returns one line per record forgotten.
+pub fn forget_gone_namespaces() -> Vec<String> {
+    let gone = gone_records(std::path::Path::new(RECORDS), &crate::kernel::live_netns_inodes());
+    let mut forgotten = Vec::new();
+    for (path, what) in gone {
+        match std::fs::remove_file(&path) {
+            Ok(()) => forgotten.push(what),
+            Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
+        }
+    }
+    // Nothing recorded any more: no empty folders left behind either (fails while not empty).
+    let _ = std::fs::remove_dir(RECORDS);
+    let _ = std::fs::remove_dir("/run/d8-trace");
+    forgotten
+}
+
+/// The records in `dir` whose network namespace is not in `live` and whose d8-trace is gone,
+/// each with a line saying what it was. A record not named `<inode>-<ifindex>-<ifname>` is not
+/// ours to judge and stays.
+fn gone_records(dir: &std::path::Path, live: &std::collections::HashSet<u64>) -> Vec<(std::path::PathBuf, String)> {
+    let mut gone = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.splitn(3, '-');
+        let (Some(Ok(netns)), Some(Ok(_ifindex)), Some(ifname)) = (
+            parts.next().map(str::parse::<u64>),
+            parts.next().map(str::parse::<u32>),
+            parts.next(),
+        ) else {
+            continue;
+        };
+        let pid = std::fs::read_to_string(entry.path()).ok();
+        let alive = pid
+            .and_then(|p| p.trim().parse().ok())
+            .is_some_and(crate::kernel::process_alive);
+        if !live.contains(&netns) && !alive {
+            gone.push((
+                entry.path(),
+                format!(
+                    "the record of a clsact qdisc on {ifname} in network namespace {netns}, which no longer exists"
+                ),
+            ));
+        }
+    }
+    gone.sort();
+    gone
+}
+
 /// Removes, in the current network namespace, what a d8-trace that was killed left attached:
 /// its netlink filters (programs named `d8_tc_*` that no live process holds; a running
 /// d8-trace's filters stay), and the clsact qdiscs it had added once nothing hangs on them.
@@ -334,4 +384,43 @@ pub fn remove_stale() -> std::io::Result<Vec<String>> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_records_of_gone_namespaces_and_dead_tracers_are_forgotten() {
+        let dir = std::env::temp_dir().join(format!("d8-clsact-records-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, pid: &str| std::fs::write(dir.join(name), pid).unwrap();
+        let me = std::process::id().to_string();
+        // No process has pid u32::MAX (pid_max is at most 2^22).
+        let dead = u32::MAX.to_string();
+        write("4026531840-2-eth0", &dead); // namespace live: remove_stale's job there
+        write("4026539999-3-veth1", &dead); // namespace and tracer gone
+        write("4026539998-4-veth-a-b", &me); // namespace gone, tracer alive: not ours to judge
+        write("4026539997-5-eth1", "garbage"); // unreadable pid: the tracer is gone
+        write("notes.txt", &dead); // not a record
+        let live = std::collections::HashSet::from([4026531840]);
+        let gone = gone_records(&dir, &live);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let names: Vec<_> = gone
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["4026539997-5-eth1", "4026539999-3-veth1"]);
+        assert!(
+            gone[1].1.contains("veth1 in network namespace 4026539999"),
+            "{}",
+            gone[1].1
+        );
+    }
+
+    #[test]
+    fn this_process_namespace_is_live() {
+        let live = crate::kernel::live_netns_inodes();
+        assert!(live.contains(&crate::kernel::netns_inode().unwrap()));
+    }
 }

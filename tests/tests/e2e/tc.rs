@@ -745,6 +745,52 @@ fn tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup() {
     );
 }
 
+/// A d8-trace killed in a network namespace that is then deleted (a pod gone) leaves a record of
+/// the clsact qdisc it added, which went with the namespace: `cleanup`, run anywhere, forgets it.
+#[test]
+fn tc_cleanup_forgets_records_of_deleted_namespaces() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = lab(ProxyMode::Iptables);
+    let ns = lab.node_ns().to_string();
+    let path = if ns.starts_with('/') {
+        ns.clone()
+    } else {
+        format!("/run/netns/{ns}")
+    };
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let records = || -> Vec<String> {
+        std::fs::read_dir(d8_trace::loader::tc::RECORDS)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{inode}-")))
+            .collect()
+    };
+    let trace = Trace::start_with_env(
+        &trace_args(&lab, "default/web", "60", &["--hooks", "tc"]),
+        &[("D8_TC_NETLINK", "1")],
+    );
+    trace.signal(libc::SIGKILL);
+    assert!(!trace.finish(Duration::from_secs(10)).status.success(), "killed");
+    assert!(
+        !records().is_empty(),
+        "the killed d8-trace recorded the clsact qdiscs it added"
+    );
+    drop(lab);
+    assert!(std::fs::metadata(&path).is_err(), "the lab removed {path}");
+
+    let out = d8_tests::run::run_to_end(&["cleanup"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("in network namespace {inode}, which no longer exists")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(records(), Vec::<String>::new(), "records left: {}", out.stdout);
+}
+
 /// A clsact qdisc d8-trace added stays when another tool hung a filter on it meanwhile: removing
 /// it would take that filter along.
 #[test]
