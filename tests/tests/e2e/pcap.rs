@@ -207,6 +207,75 @@ fn check(run: &Run, file: &Path, want: &Expect<'_>) -> Vec<Packet> {
     packets
 }
 
+/// A capture written beside any scenario's trace agrees with its report, read by hand (the
+/// guests carry no tshark): every packet names its flow and the Service; each flow's last packet
+/// carries a verdict; the file holds exactly the report's failing flows (rejected, dropped, reset,
+/// timed out; probe resets left out) with their classes and outcomes, plus at most the report's
+/// flows of other outcomes (those with an ICMP error, which the JSON does not show). A healthy
+/// scenario's file holds no flow at all.
+pub(crate) fn agrees_with_report(run: &Run, file: &Path) {
+    use std::collections::BTreeMap;
+    let packets = if file.exists() {
+        read_without_tools(file)
+    } else {
+        Vec::new()
+    };
+    let ctx = || format!("{}\n--- capture:\n{packets:#?}", run.context);
+    let failing = |outcome: &str| matches!(outcome, "rejected" | "dropped" | "reset" | "timeout");
+    // (class, outcome) -> flows, in the report and in the file.
+    let mut report: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for f in &run.report.flows {
+        let class = f.class.clone().unwrap_or_else(|| "unclassified".into());
+        *report.entry((class, f.outcome.clone())).or_default() += 1;
+    }
+    let mut in_file: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut flows: Vec<&str> = packets.iter().map(Packet::flow).collect();
+    flows.sort();
+    flows.dedup();
+    for flow in &flows {
+        let of: Vec<&Packet> = packets.iter().filter(|p| p.flow() == *flow).collect();
+        for p in &of {
+            assert!(
+                p.comment.starts_with("flow #") && p.comment.contains(&run.report.service),
+                "packet {p:?} does not name its flow and the Service; {}",
+                ctx()
+            );
+        }
+        let verdicts: Vec<&str> = of
+            .iter()
+            .filter_map(|p| p.comment.split_once("; verdict ").map(|(_, v)| v))
+            .collect();
+        assert_eq!(
+            verdicts.len(),
+            1,
+            "flow {flow}: one packet carries the verdict; {}",
+            ctx()
+        );
+        // `CLASS (OUTCOME)[; ...]`
+        let (class, rest) = verdicts[0].split_once(" (").unwrap_or((verdicts[0], ""));
+        let outcome = rest.split_once(')').map_or("", |(o, _)| o);
+        assert_ne!(class, "probe_rst", "a kubelet probe's reset is in the file; {}", ctx());
+        *in_file.entry((class.to_string(), outcome.to_string())).or_default() += 1;
+    }
+    for (key, n) in &report {
+        if failing(&key.1) && key.0 != "probe_rst" {
+            assert_eq!(
+                in_file.get(key).copied().unwrap_or(0),
+                *n,
+                "{key:?}: the report's failing flows, each in the file; {}",
+                ctx()
+            );
+        }
+    }
+    for (key, n) in &in_file {
+        assert!(
+            failing(&key.1) || report.get(key).is_some_and(|r| n <= r),
+            "{key:?}: {n} flow(s) in the file the report does not show failing; {}",
+            ctx()
+        );
+    }
+}
+
 /// `n` connections from the client pod to the ClusterIP, each refused.
 fn refused(lab: &lab::Lab, n: usize) {
     for _ in 0..n {

@@ -155,6 +155,12 @@ impl Scenario {
 
     /// Traces `svc` (`NS/NAME[:PORT]`, or `IP:PORT[/PROTO]` for `--dest`) for `secs` seconds
     /// while `traffic` runs (it starts once the hooks are attached).
+    ///
+    /// In iptables mode every trace also writes `--pcap` (unless the test asks for its own file),
+    /// and the capture must agree with the report ([`crate::pcap::agrees_with_report`]): so every
+    /// verdict class's capture is checked on each hook set the scenarios run on (the host's
+    /// netfilter set, the guests' TC sets), while nftables mode keeps proving the default path,
+    /// with no capture.
     pub(crate) fn trace(&self, svc: &str, api: Api, secs: u64, extra: &[&str], traffic: impl FnOnce(&Lab)) -> Run {
         let secs = secs.to_string();
         let mut args: Vec<String> = [target_flag(svc), svc, "-o", "json", "--duration", &secs]
@@ -162,11 +168,22 @@ impl Scenario {
             .to_vec();
         args.extend(self.selection(api));
         args.extend(extra.iter().map(|s| s.to_string()));
+        let capture = (self.mode() == ProxyMode::Iptables && !extra.contains(&"--pcap"))
+            .then(|| std::env::temp_dir().join(format!("{}capture.pcapng", self.lab.prefix())));
+        if let Some(file) = &capture {
+            let _ = std::fs::remove_file(file);
+            args.extend(["--pcap".to_string(), file.display().to_string()]);
+        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let trace = Trace::start(&argv);
         traffic(&self.lab);
         let done = trace.finish(Duration::from_secs(30));
-        Run::new(self.mode(), &argv, done.report(), &done.stdout, &done.stderr)
+        let run = Run::new(self.mode(), &argv, done.report(), &done.stdout, &done.stderr);
+        if let Some(file) = capture {
+            crate::pcap::agrees_with_report(&run, &file);
+            let _ = std::fs::remove_file(file);
+        }
+        run
     }
 
     /// `d8-trace explain --svc SVC -o json` with the lab's API view.
