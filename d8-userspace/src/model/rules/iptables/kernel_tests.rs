@@ -220,23 +220,35 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
 
-#[test]
-fn kernel_reading_equals_iptables_save_at_1000_and_10000_services() {
-    if !can_run("kernel_reading_equals_iptables_save_at_1000_and_10000_services") {
+/// `n` generated Services (5 endpoints each) read both ways: the same model.
+fn kernel_reading_equals_iptables_save_at(n: usize) {
+    let name = format!("kernel_reading_equals_iptables_save_at_{n}_services");
+    if !can_run(&name) {
         return;
     }
     let ns = Ns::new("scale");
-    for n in [1000, 10000] {
-        ns.flush();
-        let t = std::time::Instant::now();
-        ns.restore(&root_test::gen_large(n).0);
-        eprintln!("{n} Services restored in {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        let r = assert_same(&ns, &format!("{n} Services"));
-        eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
-        assert_eq!(r.services.len(), n);
-        assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
-    }
+    let t = std::time::Instant::now();
+    ns.restore(&root_test::gen_large(n).0);
+    eprintln!("{n} Services restored in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let r = assert_same(&ns, &format!("{n} Services"));
+    eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
+    assert_eq!(r.services.len(), n);
+    assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
+}
+
+#[test]
+fn kernel_reading_equals_iptables_save_at_1000_services() {
+    kernel_reading_equals_iptables_save_at(1000);
+}
+
+/// Minutes in the debug build the test suite uses (most of it the kernel loading the rules and
+/// the text tool dumping them), so not in every run: `cargo xtask bench --only rules` runs it,
+/// and says so in BENCHMARKS.md.
+#[test]
+#[ignore = "minutes in a debug build: cargo xtask bench --only rules runs it"]
+fn kernel_reading_equals_iptables_save_at_10000_services() {
+    kernel_reading_equals_iptables_save_at(10000);
 }
 
 /// Not a check: writes the fixture `testdata/rules/iptables-nft-netlink.bin` (the kernel's
