@@ -81,10 +81,13 @@ impl Drop for TestNs {
 /// `testdata/rules/gen_large.py`'s rule sets of `n` Services: (`iptables-save` text, `nft -j`
 /// JSON).
 pub(super) fn gen_large(n: usize) -> (String, String) {
+    // The iptables and nftables scale tests run at once in one process: each call its own files.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir();
     let (save, json) = (
-        dir.join(format!("d8-gen-{n}-{}.save", std::process::id())),
-        dir.join(format!("d8-gen-{n}-{}.json", std::process::id())),
+        dir.join(format!("d8-gen-{n}-{}-{call}.save", std::process::id())),
+        dir.join(format!("d8-gen-{n}-{}-{call}.json", std::process::id())),
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rules/gen_large.py");
     let out = Command::new("python3")
