@@ -683,9 +683,10 @@ fn interval(from: u128, to: u128, v6: bool) -> Elem {
     let key = match host {
         _ if size == 0 => addr(from),
         // `from` has all host bits clear (and `to` all set): a prefix.
-        Some(host) if from & size == 0 => {
-            obj(vec![("prefix", obj(vec![("addr", addr(from)), ("len", n(u64::from(bits - host)))]))])
-        }
+        Some(host) if from & size == 0 => obj(vec![(
+            "prefix",
+            obj(vec![("addr", addr(from)), ("len", n(u64::from(bits - host)))]),
+        )]),
         _ => obj(vec![("range", J::Arr(vec![addr(from), addr(to)]))]),
     };
     (bytes(from), key, J::Null, None)
