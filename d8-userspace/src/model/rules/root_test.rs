@@ -81,7 +81,7 @@ impl Drop for TestNs {
 /// `testdata/rules/gen_large.py`'s rule sets of `n` Services: (`iptables-save` text, `nft -j`
 /// JSON).
 pub(super) fn gen_large(n: usize) -> (String, String) {
-    // Tests run in parallel: each call its own files.
+    // The iptables and nftables scale tests run at once in one process: each call its own files.
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir();

@@ -199,6 +199,28 @@ pub(in crate::model::rules) fn lab_specs() -> Vec<(&'static str, ClusterSpec)> {
                         .on_node("node-b"),
                 ),
         ),
+        (
+            // loadBalancerSourceRanges: the firewall chain's `ip saddr != { … }` is an anonymous
+            // interval set (prefixes, and the load-balancer IP itself since a range holds the
+            // node's address); dual-stack, so the ip6 table has one of IPv6 prefixes.
+            "source-ranges",
+            ClusterSpec::new()
+                .dual_stack()
+                .service(
+                    ServiceSpec::new("shop", "fw", ip(10, 96, 2, 1))
+                        .node_port("http", 80, 8080, Protocol::Tcp, 30090)
+                        .load_balancer_ip(ip(192, 0, 2, 30))
+                        .source_range("203.0.113.0/24")
+                        .source_range("198.51.100.7/32")
+                        .source_range("172.31.0.0/16")
+                        .selector("app", "web"),
+                )
+                .pod(
+                    PodSpec::new("shop", "web-1", ip(10, 244, 1, 20))
+                        .label("app", "web")
+                        .listen(8080, ListenerKind::Http),
+                ),
+        ),
         ("demo", crate::cmd::demo::script::spec()),
     ]
 }

@@ -9,7 +9,7 @@
 //! `numgen random mod 3 vmap { 0 : goto …, … }`) are read before the rules and printed inline in
 //! the rule that uses them, as nft does.
 //!
-//! What it does not know (an expression, an attribute, a key type, an interval set) stops the read
+//! What it does not know (an expression, an attribute, a key type, an interval map) stops the read
 //! with [`Error::Unknown`]: the caller then reads the table with `nft -j` and says so. The whole
 //! read is checked against the ruleset's generation and done again when kube-proxy changed the
 //! table meanwhile, as nft does.
@@ -343,12 +343,11 @@ impl Decoder {
             let wanted = info.flags & SET_ANONYMOUS != 0 || MODEL_SETS.contains(&name.as_str());
             let mut elems: Vec<Elem> = Vec::new();
             if wanted {
-                if info.flags & (SET_INTERVAL | SET_OBJECT) != 0 {
-                    return Err(Unknown(format!("set `{name}`: interval or object set")).into());
+                if info.flags & SET_OBJECT != 0 {
+                    return Err(Unknown(format!("set `{name}`: object set")).into());
                 }
                 self.dump(r, Kind::Elements, Some(&name), |d, o| d.elements(&name, o, &mut elems))?;
-                // nft lists elements sorted by value, the kernel in hash order.
-                elems.sort_by(|a, b| a.0.cmp(&b.0));
+                elems = self.in_order(&name, elems)?;
             }
             self.add_set(&name, elems);
         }
@@ -377,12 +376,12 @@ impl Decoder {
             if !anonymous || self.inline.contains_key(&name) {
                 continue;
             }
-            if self.sets[&name].flags & (SET_INTERVAL | SET_OBJECT) != 0 {
-                return Err(Unknown(format!("set `{name}`: interval or object set")).into());
+            if self.sets[&name].flags & SET_OBJECT != 0 {
+                return Err(Unknown(format!("set `{name}`: object set")).into());
             }
             let mut elems: Vec<Elem> = Vec::new();
             self.dump(r, Kind::Elements, Some(&name), |d, o| d.elements(&name, o, &mut elems))?;
-            elems.sort_by(|a, b| a.0.cmp(&b.0));
+            let elems = self.in_order(&name, elems)?;
             self.add_set(&name, elems);
         }
         for attrs in rules {
@@ -475,6 +474,17 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+
+    /// A set's elements as nft lists them: sorted by value (the kernel keeps hash order), and an
+    /// interval set's boundaries turned back into the prefixes, ranges and addresses they hold.
+    fn in_order(&self, set: &str, mut elems: Vec<Elem>) -> Result<Vec<Elem>, Error> {
+        elems.sort_by(|a, b| a.0.cmp(&b.0));
+        let info = &self.sets[set];
+        if info.flags & SET_INTERVAL == 0 {
+            return Ok(elems);
+        }
+        Ok(intervals(info, &elems)?)
     }
 
     /// Adds a set's body; anonymous ones are kept for the rules that print them.
@@ -580,16 +590,33 @@ fn comment(udata: &[u8]) -> R<Option<String>> {
     Ok(None)
 }
 
-/// One element (`NFTA_LIST_ELEM`'s nest) of `info`.
+/// `NFT_SET_ELEM_INTERVAL_END`: the element is where an interval ends (one past its last value).
+const ELEM_INTERVAL_END: u32 = 0x1;
+
+/// One element (`NFTA_LIST_ELEM`'s nest) of `info`. An interval set's element is a boundary,
+/// kept raw for [`intervals`]: its sort key is the key's bytes and then 0 for an end, 1 for a
+/// start (nft orders an end before a start of the same value), its key and data `Null`.
 fn element(info: &SetInfo, e: &[u8]) -> R<Elem> {
-    // KEY, DATA, FLAGS, USERDATA; a timeout or an expression (counter) is not expected here.
+    // KEY, DATA, FLAGS, USERDATA; a timeout, an expression (counter) or a KEY_END (a
+    // concatenation's interval) is not expected here.
     let a = Attrs::parse(e, bits(&[1, 2, 3, 6]), "set element")?;
-    if a.u32(3)?.unwrap_or(0) != 0 {
-        return unknown(format!("set `{}`: element flags", info.name));
+    let interval = info.flags & SET_INTERVAL != 0;
+    let flags = a.u32(3)?.unwrap_or(0);
+    let allowed = if interval { ELEM_INTERVAL_END } else { 0 };
+    if flags & !allowed != 0 {
+        return unknown(format!("set `{}`: element flags {flags:#x}", info.name));
     }
     let Some(Data::Value(raw)) = a.get(1).map(expr::decode_data).transpose()? else {
         return unknown(format!("set `{}`: element without a key", info.name));
     };
+    if interval {
+        if a.get(2).is_some() {
+            return unknown(format!("set `{}`: an interval map", info.name));
+        }
+        let mut sort = raw.to_vec();
+        sort.push(u8::from(flags & ELEM_INTERVAL_END == 0));
+        return Ok((sort, J::Null, J::Null, None));
+    }
     let (key, sort) = typed(&info.key, raw)?;
     let data = match (&info.data, a.get(2).map(expr::decode_data).transpose()?) {
         (None, None) => J::Null,
@@ -599,6 +626,70 @@ fn element(info: &SetInfo, e: &[u8]) -> R<Elem> {
     };
     let c = a.get(6).map(comment).transpose()?.flatten();
     Ok((sort, key, data, c))
+}
+
+/// An interval set's boundaries (from [`element`], sorted) as nft lists the set, following its
+/// `interval_map_decompose`: each start runs to the next boundary less one (to the largest value
+/// when none follows), an end with no start open is skipped, and a run is printed as one address,
+/// a prefix when it is one, else a range. Only address keys: kube-proxy's interval sets are its
+/// firewall chains' `ip saddr != { CIDR, … }`; anything else is not understood.
+fn intervals(info: &SetInfo, bounds: &[Elem]) -> R<Vec<Elem>> {
+    let v6 = match info.key.as_slice() {
+        [Ty::Ipv4] if info.data.is_none() => false,
+        [Ty::Ipv6] if info.data.is_none() => true,
+        _ => return unknown(format!("set `{}`: an interval set of {:?}", info.name, info.key)),
+    };
+    let width = if v6 { 16 } else { 4 };
+    let mut out = Vec::new();
+    let mut low: Option<u128> = None;
+    for (sort, ..) in bounds {
+        let Some((&start, key)) = sort.split_last() else {
+            return unknown(format!("set `{}`: an empty interval key", info.name));
+        };
+        if key.len() != width {
+            return unknown(format!("set `{}`: an interval key of {} bytes", info.name, key.len()));
+        }
+        let value = key.iter().fold(0u128, |acc, &b| (acc << 8) | u128::from(b));
+        if let Some(from) = low {
+            // A boundary equal to the start: an empty run, which nft does not write.
+            if value <= from {
+                return unknown(format!("set `{}`: intervals out of order", info.name));
+            }
+            out.push(interval(from, value - 1, v6));
+        }
+        low = (start == 1).then_some(value);
+    }
+    if let Some(from) = low {
+        let max = if v6 { u128::MAX } else { u128::from(u32::MAX) };
+        out.push(interval(from, max, v6));
+    }
+    Ok(out)
+}
+
+/// The run `from..=to` of addresses as nft prints it (the element's sort key: its start).
+fn interval(from: u128, to: u128, v6: bool) -> Elem {
+    let bytes = |v: u128| -> Vec<u8> {
+        let all = v.to_be_bytes();
+        all[if v6 { 0 } else { 12 }..].to_vec()
+    };
+    let addr = |v: u128| s(expr::addr_text(&bytes(v), v6));
+    let size = to - from;
+    // The host bits of a prefix: `size + 1` is a power of two (all of them for `::/0`).
+    let host = match size.checked_add(1) {
+        None => Some(128),
+        Some(count) => count.is_power_of_two().then(|| count.trailing_zeros()),
+    };
+    let bits = if v6 { 128 } else { 32 };
+    let key = match host {
+        _ if size == 0 => addr(from),
+        // `from` has all host bits clear (and `to` all set): a prefix.
+        Some(host) if from & size == 0 => obj(vec![(
+            "prefix",
+            obj(vec![("addr", addr(from)), ("len", n(u64::from(bits - host)))]),
+        )]),
+        _ => obj(vec![("range", J::Arr(vec![addr(from), addr(to)]))]),
+    };
+    (bytes(from), key, J::Null, None)
 }
 
 /// A value of types `tys` from register-padded bytes, and nft's sort key for it: one value is
@@ -692,8 +783,10 @@ fn decode_messages(family: u8, messages: &[(Kind, &[u8])]) -> Result<Parsed, Err
     let mut names: Vec<String> = d.sets.keys().cloned().collect();
     names.sort();
     for name in names {
-        let mut list = elems.remove(&name).unwrap_or_default();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        if d.sets[&name].flags & SET_OBJECT != 0 {
+            return Err(Unknown(format!("set `{name}`: object set")).into());
+        }
+        let list = d.in_order(&name, elems.remove(&name).unwrap_or_default())?;
         d.add_set(&name, list);
     }
     for (kind, payload) in messages {
@@ -702,4 +795,88 @@ fn decode_messages(family: u8, messages: &[(Kind, &[u8])]) -> Result<Parsed, Err
         }
     }
     Ok(d.finish())
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::*;
+
+    fn info(key: Ty) -> SetInfo {
+        SetInfo {
+            name: "__set0".into(),
+            handle: None,
+            flags: SET_ANONYMOUS | SET_INTERVAL,
+            key: vec![key],
+            key_len: key.len(),
+            data: None,
+            timeout_secs: None,
+        }
+    }
+
+    /// A boundary as [`element`] keeps it.
+    fn bound(key: &[u8], end: bool) -> Elem {
+        let mut sort = key.to_vec();
+        sort.push(u8::from(!end));
+        (sort, J::Null, J::Null, None)
+    }
+
+    fn shown(elems: &[Elem]) -> Vec<String> {
+        elems.iter().map(|e| e.1.to_value().to_string()).collect()
+    }
+
+    #[test]
+    fn boundaries_become_addresses_prefixes_and_ranges() {
+        let mut b = vec![
+            // A stray end at 0.0.0.0 (older nft wrote one) opens nothing.
+            bound(&[0, 0, 0, 0], true),
+            bound(&[10, 0, 0, 0], false),
+            bound(&[11, 0, 0, 0], true),
+            // Adjacent runs: the end sorts before the start of the same value.
+            bound(&[192, 0, 2, 31], false),
+            bound(&[192, 0, 2, 30], false),
+            bound(&[192, 0, 2, 31], true),
+            bound(&[192, 0, 2, 40], true),
+            // The last run has no end: it goes to 255.255.255.255.
+            bound(&[224, 0, 0, 0], false),
+        ];
+        b.sort_by(|x, y| x.0.cmp(&y.0));
+        let got = intervals(&info(Ty::Ipv4), &b).unwrap();
+        assert_eq!(
+            shown(&got),
+            [
+                r#"{"prefix":{"addr":"10.0.0.0","len":8}}"#,
+                r#""192.0.2.30""#,
+                r#"{"range":["192.0.2.31","192.0.2.39"]}"#,
+                r#"{"prefix":{"addr":"224.0.0.0","len":3}}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_prefixes_and_the_whole_space() {
+        let mut start = [0u8; 16];
+        start[0] = 0xfd;
+        let mut end = start;
+        end[1] = 1;
+        let b = vec![bound(&start, false), bound(&end, true)];
+        assert_eq!(
+            shown(&intervals(&info(Ty::Ipv6), &b).unwrap()),
+            [r#"{"prefix":{"addr":"fd00::","len":16}}"#]
+        );
+        let all = vec![bound(&[0; 16], false)];
+        assert_eq!(
+            shown(&intervals(&info(Ty::Ipv6), &all).unwrap()),
+            [r#"{"prefix":{"addr":"::","len":0}}"#]
+        );
+    }
+
+    #[test]
+    fn what_kube_proxy_does_not_write_is_not_understood() {
+        // A port interval set, and boundaries of the wrong width.
+        assert!(intervals(&info(Ty::Service), &[bound(&[0, 80], false)]).is_err());
+        assert!(intervals(&info(Ty::Ipv4), &[bound(&[10, 0, 0], false)]).is_err());
+        let mut map = info(Ty::Ipv4);
+        map.data = Some(None);
+        assert!(intervals(&map, &[bound(&[10, 0, 0, 0], false)]).is_err());
+    }
 }
