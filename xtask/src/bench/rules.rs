@@ -98,6 +98,44 @@ pub struct NodeRow {
 pub struct RuleScale {
     pub parse: Vec<ParseRow>,
     pub node: Vec<NodeRow>,
+    /// The kernel-vs-tools model comparison at 10,000 Services (full runs only): seconds it took.
+    pub equality_secs: Option<f64>,
+}
+
+/// The unit tests that compare the kernel readers' model with the text tools' at 10,000 Services,
+/// both modes. `#[ignore]`d in the every-run suite (minutes in a debug build): run here, where the
+/// 10,000-Service sets are the point. A difference fails the benchmark.
+const EQUALITY_TESTS: [&str; 2] = [
+    "model::rules::nftables::kernel_tests::kernel_reading_equals_nft_at_10000_services",
+    "model::rules::iptables::kernel_tests::kernel_reading_equals_iptables_save_at_10000_services",
+];
+
+fn models_equal_at_10000() -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(common::workspace_root())
+        .args([
+            "test",
+            "-p",
+            "d8-userspace",
+            "--lib",
+            "--",
+            "--ignored",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .args(EQUALITY_TESTS);
+    eprintln!("bench rules: the kernel readers' model against the tools' at 10,000 Services: {cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains("test result: ok. 2 passed") {
+        bail!(
+            "the kernel readers' model differs from the tools' at 10,000 Services (or the comparison did not run):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Generated dumps for `n` Services: (iptables-save, nft JSON).
@@ -323,7 +361,11 @@ pub fn run(env: &Env) -> anyhow::Result<RuleScale> {
     let mut scale = RuleScale {
         parse: Vec::new(),
         node: Vec::new(),
+        equality_secs: None,
     };
+    if !env.quick {
+        scale.equality_secs = Some(models_equal_at_10000()?);
+    }
     for &n in sizes {
         let (save, json) = generate(env, n)?;
         scale.parse.push(parse_rows(env, n, "iptables-save", &save)?);
