@@ -3,10 +3,15 @@
 //! SYN_SENT -> ESTABLISHED, or SYN_SENT -> CLOSE when the connect failed.
 
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
-use d8_common::{flags, hook, kind};
+use d8_common::{flags, hook, kind, layout};
 
-use super::{Record, addresses, may_be_traced};
-use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
+use super::{AF_INET, Record, addresses, may_be_traced};
+use crate::{
+    emit::event,
+    flows, log,
+    maps::{config, maybe_target},
+    packet::IPPROTO_TCP,
+};
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -52,34 +57,69 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// Where `inet_sock_set_state`'s record keeps `oldstate`, `newstate` and `protocol` on every
-/// kernel since 4.16 (its tracefs `format`; the IPv6 addresses come after them).
+/// Where `inet_sock_set_state`'s record keeps its fields on every kernel since 4.16 (its tracefs
+/// `format`: `oldstate`, `newstate`, `sport`, `dport`, `family`, `protocol`, the IPv4 `saddr` and
+/// `daddr`; the IPv6 addresses come after them).
 const FIXED_OLDSTATE: usize = 16;
 const FIXED_NEWSTATE: usize = 20;
+const FIXED_SPORT: usize = 24;
+const FIXED_DPORT: usize = 26;
+const FIXED_FAMILY: usize = 28;
 const FIXED_PROTOCOL: usize = 30;
+const FIXED_SADDR: usize = 32;
+const FIXED_DADDR: usize = 36;
 
 /// Whether a state change can be one [`try_state`] reports, decided before any helper call: this
-/// tracepoint fires for every socket of the node, and seven of a short TCP connection's ten state
-/// changes are neither its connect's end nor a close (BENCHMARKS.md, issue 18). When `CONFIG`
-/// holds the fixed layout, the three fields are plain loads from the context (a tracepoint
+/// tracepoint fires for every socket of the node, and of a short TCP connection's ten state
+/// changes seven are neither its connect's end nor a close, and the other three belong to a
+/// traced Service only on the sockets of its clients and backends (BENCHMARKS.md, issue 18).
+/// When `CONFIG` holds the fixed layout the fields are plain loads from the context (a tracepoint
 /// program may read its record directly at constant offsets); `CONFIG` is frozen `.rodata`, so
-/// the verifier keeps only one of the two branches. Another layout is decided after the copy.
+/// the verifier keeps one of the two branches. Another layout, or a family other than IPv4, is
+/// decided after the copy, by the same checks.
 #[inline(always)]
 fn may_matter(ctx: &TracePointContext) -> bool {
-    if config!(sock_state.oldstate) as usize != FIXED_OLDSTATE
-        || config!(sock_state.newstate) as usize != FIXED_NEWSTATE
-        || config!(sock_state.protocol) as usize != FIXED_PROTOCOL
+    let l = config!(sock_state);
+    if l.kind != layout::SEPARATE
+        || l.oldstate as usize != FIXED_OLDSTATE
+        || l.newstate as usize != FIXED_NEWSTATE
+        || l.sport as usize != FIXED_SPORT
+        || l.dport as usize != FIXED_DPORT
+        || l.family as usize != FIXED_FAMILY
+        || l.protocol as usize != FIXED_PROTOCOL
+        || l.saddr as usize != FIXED_SADDR
+        || l.daddr as usize != FIXED_DADDR
     {
         return true;
     }
     let rec = ctx.as_ptr() as *const u8;
-    // SAFETY: in the record (the verifier checks context loads), aligned to each field's size.
+    // SAFETY: fields of the record (the verifier checks context loads), each aligned to its size.
+    let field = |offset: usize| unsafe { rec.add(offset) };
     let (old, new, protocol) = unsafe {
         (
-            core::ptr::read_volatile(rec.add(FIXED_OLDSTATE) as *const i32),
-            core::ptr::read_volatile(rec.add(FIXED_NEWSTATE) as *const i32),
-            core::ptr::read_volatile(rec.add(FIXED_PROTOCOL) as *const u16),
+            core::ptr::read_volatile(field(FIXED_OLDSTATE) as *const i32),
+            core::ptr::read_volatile(field(FIXED_NEWSTATE) as *const i32),
+            core::ptr::read_volatile(field(FIXED_PROTOCOL) as *const u16),
         )
     };
-    protocol == IPPROTO_TCP as u16 && (old == TCP_SYN_SENT || new == TCP_CLOSE)
+    if protocol != IPPROTO_TCP as u16 || (old != TCP_SYN_SENT && new != TCP_CLOSE) {
+        return false;
+    }
+    if unsafe { core::ptr::read_volatile(field(FIXED_FAMILY) as *const u16) } != AF_INET {
+        return true;
+    }
+    // The same test as `may_be_traced` on the key `addresses` builds: ports in network order,
+    // the IPv4 address in the key's first four bytes.
+    let (sport, dport, saddr, daddr) = unsafe {
+        (
+            core::ptr::read_volatile(field(FIXED_SPORT) as *const u16).to_be(),
+            core::ptr::read_volatile(field(FIXED_DPORT) as *const u16).to_be(),
+            core::ptr::read_volatile(field(FIXED_SADDR) as *const u32).to_ne_bytes(),
+            core::ptr::read_volatile(field(FIXED_DADDR) as *const u32).to_ne_bytes(),
+        )
+    };
+    let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+    s[..4].copy_from_slice(&saddr);
+    d[..4].copy_from_slice(&daddr);
+    maybe_target(&d, dport, IPPROTO_TCP) || maybe_target(&s, sport, IPPROTO_TCP)
 }
