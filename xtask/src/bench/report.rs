@@ -216,8 +216,12 @@ fn change_cell(now: Option<f64>, before: Option<f64>) -> Option<(String, bool)> 
     Some((cell, agrees))
 }
 
-fn yes_no(ok: bool) -> &'static str {
-    if ok { "**met**" } else { "**missed**" }
+fn yes_no(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "**skipped**",
+    }
 }
 
 /// Previous run's figures, from the comment an earlier report carries.
@@ -238,7 +242,8 @@ struct Target {
     /// The figure compared with the previous run's (a ratio, a rate, a time); `None` where the
     /// measurement is several figures (the daemon's, per mode) or a count.
     value: Option<f64>,
-    met: bool,
+    /// `None`: not measured here (the row says why).
+    met: Option<bool>,
 }
 
 /// Worst ratio to their floor, over the scenarios with `traced`, of the programs whose floor's
@@ -276,14 +281,14 @@ fn targets(r: &Results) -> Vec<Target> {
             what: "Throughput on/off tracing this Service >= 0.98",
             measured: format!("{this:.3}"),
             value: Some(this),
-            met: this >= 0.98,
+            met: Some(this >= 0.98),
         });
         t.push(Target {
             key: "ratio_other",
             what: "Throughput on/off tracing another Service >= 0.99",
             measured: format!("{other:.3}"),
             value: Some(other),
-            met: other >= 0.99,
+            met: Some(other >= 0.99),
         });
         let coff = common::median(&d.conn_off);
         let cthis = common::median(&d.conn_on) / coff;
@@ -293,14 +298,14 @@ fn targets(r: &Results) -> Vec<Target> {
             what: "New connection per request, on/off tracing this Service >= 0.95",
             measured: format!("{cthis:.3}"),
             value: Some(cthis),
-            met: cthis >= 0.95,
+            met: Some(cthis >= 0.95),
         });
         t.push(Target {
             key: "conn_other",
             what: "New connection per request, on/off tracing another Service >= 0.99",
             measured: format!("{cother:.3}"),
             value: Some(cother),
-            met: cother >= 0.99,
+            met: Some(cother >= 0.99),
         });
         // The bar: d8-trace tracing this Service costs no more than tcpdump capturing
         // every packet of the node (SOP's first tool), on the same load in the same rounds.
@@ -312,7 +317,7 @@ fn targets(r: &Results) -> Vec<Target> {
                     what: "New connection per request, on/off tracing this Service no lower than with `tcpdump -i any -s 128 -w /dev/null` instead",
                     measured: format!("{cthis:.3} against {ctcpdump:.3} with tcpdump"),
                     value: Some(cthis / ctcpdump),
-                    met: cthis >= ctcpdump,
+                    met: Some(cthis >= ctcpdump),
                 });
             }
             Some(why) => t.push(Target {
@@ -320,7 +325,7 @@ fn targets(r: &Results) -> Vec<Target> {
                 what: "New connection per request, on/off tracing this Service no lower than with `tcpdump -i any -s 128 -w /dev/null` instead",
                 measured: format!("skipped: {why}"),
                 value: None,
-                met: false,
+                met: None,
             }),
         }
         if !d.cpu_ms_per_1000_flows.is_empty() {
@@ -333,7 +338,7 @@ fn targets(r: &Results) -> Vec<Target> {
                     common::median(&d.records_per_flow)
                 ),
                 value: Some(pct),
-                met: pct <= 5.0,
+                met: Some(pct <= 5.0),
             });
         }
         t.push(Target {
@@ -341,7 +346,7 @@ fn targets(r: &Results) -> Vec<Target> {
             what: "Datapath runs on a quiet machine (others < 10 % of a core in every run)",
             measured: format!("{} of {} runs busy", d.busy_runs(), d.others.len()),
             value: None,
-            met: d.busy_runs() == 0,
+            met: Some(d.busy_runs() == 0),
         });
     }
     if let Some(h) = &r.hooks {
@@ -351,7 +356,7 @@ fn targets(r: &Results) -> Vec<Target> {
                 what: "Per invocation, untraced traffic <= 1.5x the empty program",
                 measured: format!("{ratio:.2}x (worst: {detail})"),
                 value: Some(ratio),
-                met: ratio <= 1.5,
+                met: Some(ratio <= 1.5),
             });
         }
         if let Some((ratio, detail)) = worst_ratio(h, true, "nf_empty") {
@@ -360,7 +365,7 @@ fn targets(r: &Results) -> Vec<Target> {
                 what: "Per invocation, traced traffic <= 3x the empty program",
                 measured: format!("{ratio:.2}x (worst: {detail})"),
                 value: Some(ratio),
-                met: ratio <= 3.0,
+                met: Some(ratio <= 3.0),
             });
         }
         if let Some((ratio, detail)) = worst_ratio(h, false, "tp_empty") {
@@ -369,7 +374,7 @@ fn targets(r: &Results) -> Vec<Target> {
                 what: "Machine-wide tracepoints, untraced sockets and packets <= 2x an empty tracepoint program",
                 measured: format!("{ratio:.2}x (worst: {detail})"),
                 value: Some(ratio),
-                met: ratio <= 2.0,
+                met: Some(ratio <= 2.0),
             });
         }
     }
@@ -394,7 +399,7 @@ fn targets(r: &Results) -> Vec<Target> {
             what: "No lost events at the lab's maximum new-flow rate",
             measured,
             value: Some(saturated.achieved),
-            met: saturated.lost_events == 0,
+            met: Some(saturated.lost_events == 0),
         });
     }
     if let Some(rs) = &r.rules {
@@ -413,7 +418,7 @@ fn targets(r: &Results) -> Vec<Target> {
                     },
                     measured: format!("{:.0} ms, {:.0} MiB peak RSS", p.parse_ms, p.peak_rss_mib),
                     value: Some(p.parse_ms),
-                    met: p.parse_ms < 300.0 && p.peak_rss_mib * 1.048576 < 200.0,
+                    met: Some(p.parse_ms < 300.0 && p.peak_rss_mib * 1.048576 < 200.0),
                 });
             }
         }
@@ -446,7 +451,7 @@ fn targets(r: &Results) -> Vec<Target> {
                 n.kernel_explain_rss_mib
             ),
             value: Some(ms),
-            met: ms < 1000.0 && n.kernel_explain_rss_mib < 150.0,
+            met: Some(ms < 1000.0 && n.kernel_explain_rss_mib < 150.0),
         });
     }
     if let Some(d) = &r.daemon {
@@ -460,7 +465,7 @@ fn targets(r: &Results) -> Vec<Target> {
             what: "Start-up (to hooks attached and first flow printed) < 1 s",
             measured: format!("{attached:.0} ms to attached, {first:.0} ms to the first flow (medians)"),
             value: Some(first),
-            met: first < 1000.0 && attached < 1000.0,
+            met: Some(first < 1000.0 && attached < 1000.0),
         });
     }
     t
@@ -1020,7 +1025,7 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
             )
         }),
         value: None,
-        met: d.runs.iter().all(daemon::only_renewals),
+        met: Some(d.runs.iter().all(daemon::only_renewals)),
     });
     t.push(Target {
         key: "daemon_cpu",
@@ -1032,7 +1037,7 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
             )
         }),
         value: None,
-        met: d.runs.iter().all(|r| r.quiet_cpu_pct < 1.0 && r.changes_cpu_pct < 1.0),
+        met: Some(d.runs.iter().all(|r| r.quiet_cpu_pct < 1.0 && r.changes_cpu_pct < 1.0)),
     });
     t.push(Target {
         key: "daemon_rss",
@@ -1055,7 +1060,7 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
             )
         }),
         value: None,
-        met: d.runs.iter().all(|r| r.daemon_peak_mib + r.child_peak_mib < 256.0),
+        met: Some(d.runs.iter().all(|r| r.daemon_peak_mib + r.child_peak_mib < 256.0)),
     });
     t.push(Target {
         key: "daemon_healthz",
@@ -1067,10 +1072,11 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
             )
         }),
         value: None,
-        met: d
-            .runs
-            .iter()
-            .all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
+        met: Some(
+            d.runs
+                .iter()
+                .all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
+        ),
     });
 }
 
