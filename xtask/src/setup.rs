@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: everything a fresh Debian machine lacks to build and test d8-trace.
 //!
 //! - Debian packages: the tools d8-trace calls on a node (iptables, nftables, conntrack, ipvsadm,
-//!   iproute2, bpftool, ipset) and what the tests and VM need (iperf3, tshark, qemu, busybox-static).
+//!   iproute2, bpftool, ipset) and what the tests, the VM and the benchmark need (iperf3, tshark,
+//!   tcpdump, qemu, busybox-static).
 //! - The nightly toolchain's `rust-src`: the kernel programs are built with `-Z build-std=core`.
 //! - `bpf-linker`, built against the nightly's own LLVM (no system LLVM of the right version is
 //!   packaged): a folder whose `lib/libLLVM.so` links to the nightly's `libLLVM.so.*`, named by
@@ -34,6 +35,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ip"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("iperf3", "/usr/bin/iperf3"),
+    // The benchmark's short-connection rounds with tcpdump capturing instead of d8-trace.
+    ("tcpdump", "/usr/bin/tcpdump"),
     // The `--pcap` tests read d8-trace's captures back with tshark, and capinfos (from
     // wireshark-common, which tshark depends on) for the section header.
     ("tshark", "/usr/bin/tshark"),

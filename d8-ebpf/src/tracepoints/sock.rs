@@ -2,11 +2,16 @@
 //! socket still has the ClusterIP as its destination, so this is where its connect attempts show:
 //! SYN_SENT -> ESTABLISHED, or SYN_SENT -> CLOSE when the connect failed.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use d8_common::{flags, hook, kind};
+use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
+use d8_common::{flags, hook, kind, layout};
 
-use super::{Record, addresses, may_be_traced};
-use crate::{emit::event, flows, log, maps::config, packet::IPPROTO_TCP};
+use super::{AF_INET, Record, addresses, may_be_traced};
+use crate::{
+    emit::event,
+    flows, log,
+    maps::{config, maybe_target},
+    packet::IPPROTO_TCP,
+};
 
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -20,6 +25,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_state(ctx: &TracePointContext) -> Option<()> {
+    if !may_matter(ctx) {
+        return None;
+    }
     let layout = config!(sock_state);
     let rec = Record::read(ctx)?;
     let protocol: u16 = rec.get(ctx, layout.protocol)?;
@@ -47,4 +55,71 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         }
     });
     Some(())
+}
+
+/// Where `inet_sock_set_state`'s record keeps its fields on every kernel since 4.16 (its tracefs
+/// `format`: `oldstate`, `newstate`, `sport`, `dport`, `family`, `protocol`, the IPv4 `saddr` and
+/// `daddr`; the IPv6 addresses come after them).
+const FIXED_OLDSTATE: usize = 16;
+const FIXED_NEWSTATE: usize = 20;
+const FIXED_SPORT: usize = 24;
+const FIXED_DPORT: usize = 26;
+const FIXED_FAMILY: usize = 28;
+const FIXED_PROTOCOL: usize = 30;
+const FIXED_SADDR: usize = 32;
+const FIXED_DADDR: usize = 36;
+
+/// Whether a state change can be one [`try_state`] reports, decided before any helper call: this
+/// tracepoint fires for every socket of the node, and of a short TCP connection's ten state
+/// changes seven are neither its connect's end nor a close, and the other three belong to a
+/// traced Service only on the sockets of its clients and backends (BENCHMARKS.md, issue 18).
+/// When `CONFIG` holds the fixed layout the fields are plain loads from the context (a tracepoint
+/// program may read its record directly at constant offsets); `CONFIG` is frozen `.rodata`, so
+/// the verifier keeps one of the two branches. Another layout, or a family other than IPv4, is
+/// decided after the copy, by the same checks.
+#[inline(always)]
+fn may_matter(ctx: &TracePointContext) -> bool {
+    let l = config!(sock_state);
+    if l.kind != layout::SEPARATE
+        || l.oldstate as usize != FIXED_OLDSTATE
+        || l.newstate as usize != FIXED_NEWSTATE
+        || l.sport as usize != FIXED_SPORT
+        || l.dport as usize != FIXED_DPORT
+        || l.family as usize != FIXED_FAMILY
+        || l.protocol as usize != FIXED_PROTOCOL
+        || l.saddr as usize != FIXED_SADDR
+        || l.daddr as usize != FIXED_DADDR
+    {
+        return true;
+    }
+    let rec = ctx.as_ptr() as *const u8;
+    // SAFETY: fields of the record (the verifier checks context loads), each aligned to its size.
+    let field = |offset: usize| unsafe { rec.add(offset) };
+    let (old, new, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(field(FIXED_OLDSTATE) as *const i32),
+            core::ptr::read_volatile(field(FIXED_NEWSTATE) as *const i32),
+            core::ptr::read_volatile(field(FIXED_PROTOCOL) as *const u16),
+        )
+    };
+    if protocol != IPPROTO_TCP as u16 || (old != TCP_SYN_SENT && new != TCP_CLOSE) {
+        return false;
+    }
+    if unsafe { core::ptr::read_volatile(field(FIXED_FAMILY) as *const u16) } != AF_INET {
+        return true;
+    }
+    // The same test as `may_be_traced` on the key `addresses` builds: ports in network order,
+    // the IPv4 address in the key's first four bytes.
+    let (sport, dport, saddr, daddr) = unsafe {
+        (
+            core::ptr::read_volatile(field(FIXED_SPORT) as *const u16).to_be(),
+            core::ptr::read_volatile(field(FIXED_DPORT) as *const u16).to_be(),
+            core::ptr::read_volatile(field(FIXED_SADDR) as *const u32).to_ne_bytes(),
+            core::ptr::read_volatile(field(FIXED_DADDR) as *const u32).to_ne_bytes(),
+        )
+    };
+    let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+    s[..4].copy_from_slice(&saddr);
+    d[..4].copy_from_slice(&daddr);
+    maybe_target(&d, dport, IPPROTO_TCP) || maybe_target(&s, sport, IPPROTO_TCP)
 }

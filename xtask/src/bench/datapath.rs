@@ -1,13 +1,18 @@
 //! Datapath cost: iperf3 throughput through `bench/iperf`'s ClusterIP with d8-trace off, tracing
 //! another Service (`bench/other`) and tracing this one, and short connections per second through
-//! `bench/web` the same three ways. Runs are interleaved (off, other, this, off, ...) so that the
+//! `bench/web` the same three ways and a fourth, with `tcpdump` capturing in the node instead of
+//! d8-trace (what an operator would run; skipped by name where tcpdump is missing). Runs are
+//! interleaved (off, other, this, off, ...) so that the
 //! machine's drift (other jobs, thermal, caches) spreads over all three; medians are compared.
 //! Each run records the load average and what other processes used meanwhile: a run on a busy
 //! machine is flagged in the report, not silently averaged in.
 
 use std::{net::SocketAddrV4, time::Duration};
 
-use super::common::{self, BenchLab, Env, Tracer};
+use super::{
+    common::{self, BenchLab, Env, Tracer},
+    tcpdump::{self, Tcpdump},
+};
 
 pub struct Datapath {
     pub rounds: usize,
@@ -23,6 +28,10 @@ pub struct Datapath {
     pub conn_off: Vec<f64>,
     pub conn_other: Vec<f64>,
     pub conn_on: Vec<f64>,
+    /// Connections per second with `tcpdump -i any -s 128 -w /dev/null` in the node and d8-trace
+    /// off; empty when [`Self::tcpdump_skipped`] says why.
+    pub conn_tcpdump: Vec<f64>,
+    pub tcpdump_skipped: Option<String>,
     pub conn_failed: u64,
     /// Per run tracing `bench/web`: d8-trace's CPU time per 1,000 flows (ms), and the records its
     /// kernel programs submitted per flow.
@@ -55,28 +64,60 @@ enum Mode {
     Off,
     Other,
     This,
+    /// tcpdump capturing in the node, d8-trace off (short connections only).
+    Tcpdump,
 }
 
-/// Runs `f` with d8-trace tracing `svc` (or off), recording what else the machine did meanwhile.
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Other => "other",
+            Mode::This => "this",
+            Mode::Tcpdump => "tcpdump",
+        }
+    }
+}
+
+/// What runs beside the traffic of one run.
+enum Observer<'a> {
+    Nothing,
+    Trace(&'a str),
+    Tcpdump,
+}
+
+/// Runs `f` with d8-trace tracing a Service, tcpdump capturing or nothing, recording what else
+/// the machine did meanwhile.
 fn with_trace<T>(
     env: &Env,
     lab: &BenchLab,
-    svc: Option<&str>,
+    observer: Observer,
     d: &mut Datapath,
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Option<common::TraceEnd>)> {
     d.loads.push(load1());
     let others = common::OthersCpu::start();
-    let Some(svc) = svc else {
-        let value = f()?;
-        d.others.push(others.finish());
-        return Ok((value, None));
-    };
-    let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
-    let value = f();
-    let end = tracer.stop()?;
-    d.others.push(others.finish());
-    Ok((value?, Some(end)))
+    match observer {
+        Observer::Nothing => {
+            let value = f()?;
+            d.others.push(others.finish());
+            Ok((value, None))
+        }
+        Observer::Tcpdump => {
+            let capture = Tcpdump::start(lab.node_ns())?;
+            let value = f();
+            capture.stop()?;
+            d.others.push(others.finish());
+            Ok((value?, None))
+        }
+        Observer::Trace(svc) => {
+            let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
+            let value = f();
+            let end = tracer.stop()?;
+            d.others.push(others.finish());
+            Ok((value?, Some(end)))
+        }
+    }
 }
 
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
@@ -94,6 +135,8 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
         conn_off: vec![],
         conn_other: vec![],
         conn_on: vec![],
+        conn_tcpdump: vec![],
+        tcpdump_skipped: tcpdump::unavailable(),
         conn_failed: 0,
         cpu_ms_per_1000_flows: vec![],
         records_per_flow: vec![],
@@ -107,12 +150,15 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
     }
     for round in 0..rounds {
         for mode in [Mode::Off, Mode::Other, Mode::This] {
-            let svc = match mode {
-                Mode::Off => None,
-                Mode::Other => Some(common::OTHER_SVC),
-                Mode::This => Some(common::IPERF_SVC),
+            let observer = match mode {
+                Mode::Other => Observer::Trace(common::OTHER_SVC),
+                Mode::This => Observer::Trace(common::IPERF_SVC),
+                Mode::Off => Observer::Nothing,
+                Mode::Tcpdump => unreachable!("the iperf3 rounds have no tcpdump run"),
             };
-            let (gbps, end) = with_trace(env, lab, svc, &mut d, || common::iperf(lab.client_ns(), iperf_secs))?;
+            let (gbps, end) = with_trace(env, lab, observer, &mut d, || {
+                common::iperf(lab.client_ns(), iperf_secs)
+            })?;
             if let Some(end) = &end {
                 d.lost_events += end.lost_events;
                 if matches!(mode, Mode::This) {
@@ -121,30 +167,36 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
             }
             match mode {
                 Mode::Off => d.off.push(gbps),
+                Mode::Tcpdump => unreachable!("the iperf3 rounds have no tcpdump run"),
                 Mode::Other => d.other.push(gbps),
                 Mode::This => d.this.push(gbps),
             }
             eprintln!(
                 "bench datapath: round {}/{rounds} {:<5} {gbps:6.2} Gbit/s",
                 round + 1,
-                match mode {
-                    Mode::Off => "off",
-                    Mode::Other => "other",
-                    Mode::This => "this",
-                }
+                mode.name()
             );
         }
     }
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let dur = Duration::from_secs(conn_secs.into());
+    let modes: &[Mode] = if d.tcpdump_skipped.is_some() {
+        &[Mode::Off, Mode::Other, Mode::This]
+    } else {
+        &[Mode::Off, Mode::Other, Mode::This, Mode::Tcpdump]
+    };
+    if let Some(why) = &d.tcpdump_skipped {
+        eprintln!("bench datapath: the tcpdump rounds are skipped: {why}");
+    }
     for round in 0..rounds {
-        for mode in [Mode::Off, Mode::Other, Mode::This] {
-            let svc = match mode {
-                Mode::Off => None,
-                Mode::Other => Some(common::OTHER_SVC),
-                Mode::This => Some(common::WEB_SVC),
+        for &mode in modes {
+            let observer = match mode {
+                Mode::Off => Observer::Nothing,
+                Mode::Other => Observer::Trace(common::OTHER_SVC),
+                Mode::This => Observer::Trace(common::WEB_SVC),
+                Mode::Tcpdump => Observer::Tcpdump,
             };
-            let (conns, end) = with_trace(env, lab, svc, &mut d, || {
+            let (conns, end) = with_trace(env, lab, observer, &mut d, || {
                 common::conns_for(lab.client_ns(), web, dur, None)
             })?;
             if let Some(end) = &end {
@@ -164,15 +216,12 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
                 Mode::Off => d.conn_off.push(conns.rate()),
                 Mode::Other => d.conn_other.push(conns.rate()),
                 Mode::This => d.conn_on.push(conns.rate()),
+                Mode::Tcpdump => d.conn_tcpdump.push(conns.rate()),
             }
             eprintln!(
-                "bench datapath: round {}/{rounds} {:<5} {:8.0} connections/s ({} failed; others used {:.2} cores)",
+                "bench datapath: round {}/{rounds} {:<7} {:8.0} connections/s ({} failed; others used {:.2} cores)",
                 round + 1,
-                match mode {
-                    Mode::Off => "off",
-                    Mode::Other => "other",
-                    Mode::This => "this",
-                },
+                mode.name(),
                 conns.rate(),
                 conns.failed,
                 d.others.last().copied().unwrap_or(0.0),

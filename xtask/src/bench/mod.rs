@@ -2,7 +2,8 @@
 //! Everything runs in lab namespaces on this machine and ends in `BENCHMARKS.md`:
 //!
 //! 1. [`datapath`]: iperf3 throughput through a DNAT'd ClusterIP with d8-trace off, tracing another
-//!    Service and tracing this one (runs interleaved, medians); short connections per second.
+//!    Service and tracing this one (runs interleaved, medians); short connections per second, also
+//!    with `tcpdump` capturing in the node instead.
 //! 2. [`hooks`]: run time per invocation of each program under BPF statistics, next to an empty
 //!    netfilter program (`nf_empty`) attached at the same hooks in the same run.
 //! 3. [`capacity`]: the highest new-flow rate with no lost events; d8-trace's CPU and RSS there.
@@ -37,6 +38,8 @@ mod report;
 mod rules;
 #[cfg(feature = "bench")]
 mod startup;
+#[cfg(feature = "bench")]
+mod tcpdump;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {

@@ -95,16 +95,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if sections.contains(&Section::Rules) {
         r.rules = Some(rules::run(&env)?);
     }
-    let command = command_line(opts);
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
-    let text = render(
-        &r,
-        &machine,
-        &command,
-        &previous,
-        started.elapsed().as_secs(),
-        opts.quick,
-    );
+    let run = Run {
+        command: command_line(opts),
+        given: opts.d8_trace.as_deref(),
+        secs: started.elapsed().as_secs(),
+        quick: opts.quick,
+    };
+    let text = render(&r, &machine, &run, &previous);
     std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
     println!("{text}");
     eprintln!("bench: wrote {}", out.display());
@@ -195,8 +193,35 @@ fn fmt_list(values: &[f64], decimals: usize) -> String {
         .join(" ")
 }
 
-fn yes_no(ok: bool) -> &'static str {
-    if ok { "**met**" } else { "**missed**" }
+/// Two runs agree on a figure when it moved by at most this share (issue 18: "every figure within
+/// 10 % or the run says why").
+const AGREE: f64 = 0.10;
+
+/// `now` against `before`, as a share of `before`; `None` when either is missing or `before` is 0.
+fn relative_change(now: Option<f64>, before: Option<f64>) -> Option<f64> {
+    let (now, before) = (now?, before?);
+    let change = (now - before) / before;
+    change.is_finite().then_some(change)
+}
+
+/// The targets table's "Change" cell for a figure, and whether the two runs agree on it.
+fn change_cell(now: Option<f64>, before: Option<f64>) -> Option<(String, bool)> {
+    let c = relative_change(now, before)?;
+    let agrees = c.abs() <= AGREE;
+    let cell = if agrees {
+        format!("{:+.0} %", c * 100.0)
+    } else {
+        format!("{:+.0} % (over {:.0} %)", c * 100.0, AGREE * 100.0)
+    };
+    Some((cell, agrees))
+}
+
+fn yes_no(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "**skipped**",
+    }
 }
 
 /// Previous run's figures, from the comment an earlier report carries.
@@ -214,7 +239,11 @@ struct Target {
     key: &'static str,
     what: &'static str,
     measured: String,
-    met: bool,
+    /// The figure compared with the previous run's (a ratio, a rate, a time); `None` where the
+    /// measurement is several figures (the daemon's, per mode) or a count.
+    value: Option<f64>,
+    /// `None`: not measured here (the row says why).
+    met: Option<bool>,
 }
 
 /// Worst ratio to their floor, over the scenarios with `traced`, of the programs whose floor's
@@ -251,13 +280,15 @@ fn targets(r: &Results) -> Vec<Target> {
             key: "ratio_this",
             what: "Throughput on/off tracing this Service >= 0.98",
             measured: format!("{this:.3}"),
-            met: this >= 0.98,
+            value: Some(this),
+            met: Some(this >= 0.98),
         });
         t.push(Target {
             key: "ratio_other",
             what: "Throughput on/off tracing another Service >= 0.99",
             measured: format!("{other:.3}"),
-            met: other >= 0.99,
+            value: Some(other),
+            met: Some(other >= 0.99),
         });
         let coff = common::median(&d.conn_off);
         let cthis = common::median(&d.conn_on) / coff;
@@ -266,14 +297,37 @@ fn targets(r: &Results) -> Vec<Target> {
             key: "conn_this",
             what: "New connection per request, on/off tracing this Service >= 0.95",
             measured: format!("{cthis:.3}"),
-            met: cthis >= 0.95,
+            value: Some(cthis),
+            met: Some(cthis >= 0.95),
         });
         t.push(Target {
             key: "conn_other",
             what: "New connection per request, on/off tracing another Service >= 0.99",
             measured: format!("{cother:.3}"),
-            met: cother >= 0.99,
+            value: Some(cother),
+            met: Some(cother >= 0.99),
         });
+        // The issue's bar: d8-trace tracing this Service costs no more than tcpdump capturing
+        // every packet of the node (SOP's first tool), on the same load in the same rounds.
+        match &d.tcpdump_skipped {
+            None => {
+                let ctcpdump = common::median(&d.conn_tcpdump) / coff;
+                t.push(Target {
+                    key: "conn_tcpdump",
+                    what: "New connection per request, on/off tracing this Service no lower than with `tcpdump -i any -s 128 -w /dev/null` instead",
+                    measured: format!("{cthis:.3} against {ctcpdump:.3} with tcpdump"),
+                    value: Some(cthis / ctcpdump),
+                    met: Some(cthis >= ctcpdump),
+                });
+            }
+            Some(why) => t.push(Target {
+                key: "conn_tcpdump",
+                what: "New connection per request, on/off tracing this Service no lower than with `tcpdump -i any -s 128 -w /dev/null` instead",
+                measured: format!("skipped: {why}"),
+                value: None,
+                met: None,
+            }),
+        }
         if !d.cpu_ms_per_1000_flows.is_empty() {
             let pct = common::median(&d.cpu_ms_per_1000_flows) / 10.0;
             t.push(Target {
@@ -283,14 +337,16 @@ fn targets(r: &Results) -> Vec<Target> {
                     "{pct:.1} % ({:.1} records per flow)",
                     common::median(&d.records_per_flow)
                 ),
-                met: pct <= 5.0,
+                value: Some(pct),
+                met: Some(pct <= 5.0),
             });
         }
         t.push(Target {
             key: "datapath_quiet",
             what: "Datapath runs on a quiet machine (others < 10 % of a core in every run)",
             measured: format!("{} of {} runs busy", d.busy_runs(), d.others.len()),
-            met: d.busy_runs() == 0,
+            value: None,
+            met: Some(d.busy_runs() == 0),
         });
     }
     if let Some(h) = &r.hooks {
@@ -299,7 +355,8 @@ fn targets(r: &Results) -> Vec<Target> {
                 key: "hook_untraced",
                 what: "Per invocation, untraced traffic <= 1.5x the empty program",
                 measured: format!("{ratio:.2}x (worst: {detail})"),
-                met: ratio <= 1.5,
+                value: Some(ratio),
+                met: Some(ratio <= 1.5),
             });
         }
         if let Some((ratio, detail)) = worst_ratio(h, true, "nf_empty") {
@@ -307,7 +364,8 @@ fn targets(r: &Results) -> Vec<Target> {
                 key: "hook_traced",
                 what: "Per invocation, traced traffic <= 3x the empty program",
                 measured: format!("{ratio:.2}x (worst: {detail})"),
-                met: ratio <= 3.0,
+                value: Some(ratio),
+                met: Some(ratio <= 3.0),
             });
         }
         if let Some((ratio, detail)) = worst_ratio(h, false, "tp_empty") {
@@ -315,7 +373,8 @@ fn targets(r: &Results) -> Vec<Target> {
                 key: "tracepoint_untraced",
                 what: "Machine-wide tracepoints, untraced sockets and packets <= 2x an empty tracepoint program",
                 measured: format!("{ratio:.2}x (worst: {detail})"),
-                met: ratio <= 2.0,
+                value: Some(ratio),
+                met: Some(ratio <= 2.0),
             });
         }
     }
@@ -339,7 +398,8 @@ fn targets(r: &Results) -> Vec<Target> {
             key: "capacity",
             what: "No lost events at the lab's maximum new-flow rate",
             measured,
-            met: saturated.lost_events == 0,
+            value: Some(saturated.achieved),
+            met: Some(saturated.lost_events == 0),
         });
     }
     if let Some(rs) = &r.rules {
@@ -357,7 +417,8 @@ fn targets(r: &Results) -> Vec<Target> {
                         "10,000 Services (iptables-save) modelled in < 300 ms and < 200 MB"
                     },
                     measured: format!("{:.0} ms, {:.0} MiB peak RSS", p.parse_ms, p.peak_rss_mib),
-                    met: p.parse_ms < 300.0 && p.peak_rss_mib * 1.048576 < 200.0,
+                    value: Some(p.parse_ms),
+                    met: Some(p.parse_ms < 300.0 && p.peak_rss_mib * 1.048576 < 200.0),
                 });
             }
         }
@@ -389,7 +450,8 @@ fn targets(r: &Results) -> Vec<Target> {
                 "{ms:.0} ms, {:.0} MiB peak RSS (no other process)",
                 n.kernel_explain_rss_mib
             ),
-            met: ms < 1000.0 && n.kernel_explain_rss_mib < 150.0,
+            value: Some(ms),
+            met: Some(ms < 1000.0 && n.kernel_explain_rss_mib < 150.0),
         });
     }
     if let Some(d) = &r.daemon {
@@ -402,13 +464,29 @@ fn targets(r: &Results) -> Vec<Target> {
             key: "startup",
             what: "Start-up (to hooks attached and first flow printed) < 1 s",
             measured: format!("{attached:.0} ms to attached, {first:.0} ms to the first flow (medians)"),
-            met: first < 1000.0 && attached < 1000.0,
+            value: Some(first),
+            met: Some(first < 1000.0 && attached < 1000.0),
         });
     }
     t
 }
 
-fn render(r: &Results, m: &Machine, command: &str, previous: &str, secs: u64, quick: bool) -> String {
+struct Run<'a> {
+    command: String,
+    /// `--d8-trace`: the binary measured, when not built from this worktree.
+    given: Option<&'a std::path::Path>,
+    secs: u64,
+    quick: bool,
+}
+
+fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
+    let Run {
+        command,
+        given,
+        secs,
+        quick,
+    } = run;
+    let (secs, quick) = (*secs, *quick);
     let mut o = String::new();
     let prev = previous_figures(previous);
     let targets = targets(r);
@@ -435,34 +513,102 @@ fn render(r: &Results, m: &Machine, command: &str, previous: &str, secs: u64, qu
     let _ = writeln!(o, "| Kernel | {} |", m.kernel);
     let _ = writeln!(o, "| CPU | {} |", m.cpu);
     let _ = writeln!(o, "| Load average at start | {} |", m.load);
-    let _ = writeln!(o, "| d8-trace | release build of {} |\n", m.commit);
+    match given {
+        // The worktree's commit says nothing about a binary built elsewhere (an A/B of builds).
+        Some(path) => {
+            let _ = writeln!(
+                o,
+                "| d8-trace | `{}` (given with `--d8-trace`); the bench itself: {} |\n",
+                path.display(),
+                m.commit
+            );
+        }
+        None => {
+            let _ = writeln!(o, "| d8-trace | release build of {} |\n", m.commit);
+        }
+    }
 
     let _ = writeln!(o, "## Targets\n");
     let has_prev = !prev.is_empty();
+    let prev_values = prev.get("values").and_then(|v| v.as_object());
     if has_prev {
-        let _ = writeln!(o, "| Target | Measured | Previous run | Verdict |\n|---|---|---|---|");
+        let _ = writeln!(
+            o,
+            "| Target | Measured | Previous run | Change | Verdict |\n|---|---|---|---|---|"
+        );
     } else {
         let _ = writeln!(o, "| Target | Measured | Verdict |\n|---|---|---|");
     }
     let mut figures = serde_json::Map::new();
+    let mut values = serde_json::Map::new();
+    let mut compared = 0;
+    let mut moved = Vec::new();
     for t in &targets {
         figures.insert(t.key.into(), serde_json::Value::String(t.measured.clone()));
+        if let Some(v) = t.value.filter(|v| v.is_finite()) {
+            values.insert(t.key.into(), serde_json::json!(v));
+        }
         if has_prev {
             let p = prev.get(t.key).and_then(|v| v.as_str()).unwrap_or("-");
-            let _ = writeln!(o, "| {} | {} | {} | {} |", t.what, t.measured, p, yes_no(t.met));
+            let before = prev_values.and_then(|pv| pv.get(t.key)).and_then(|v| v.as_f64());
+            let change = match change_cell(t.value, before) {
+                Some((cell, agrees)) => {
+                    compared += 1;
+                    if !agrees {
+                        moved.push(t.what);
+                    }
+                    cell
+                }
+                None => "-".into(),
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} |",
+                t.what,
+                t.measured,
+                p,
+                change,
+                yes_no(t.met)
+            );
         } else {
             let _ = writeln!(o, "| {} | {} | {} |", t.what, t.measured, yes_no(t.met));
         }
     }
+    let busy = r
+        .datapath
+        .as_ref()
+        .map(|d| format!("{} of {}", d.busy_runs(), d.others.len()));
     if has_prev {
         let _ = writeln!(
             o,
             "\nPrevious run: {}. Missed targets are explained in the notes at the end.",
             prev.get("date").and_then(|v| v.as_str()).unwrap_or("?")
         );
+        let _ = writeln!(
+            o,
+            "\nAgreement with the previous run (each figure's change, computed): {} of {compared} figures within {:.0} \
+             %{}. This run: load average {} at its start, datapath runs on a busy machine: {}; the previous run: load \
+             average {}, busy runs: {}.",
+            compared - moved.len(),
+            AGREE * 100.0,
+            if moved.is_empty() {
+                String::new()
+            } else {
+                format!("; not within it: {}", moved.join("; "))
+            },
+            m.load,
+            busy.as_deref().unwrap_or("not measured"),
+            prev.get("load").and_then(|v| v.as_str()).unwrap_or("not recorded"),
+            prev.get("busy").and_then(|v| v.as_str()).unwrap_or("not recorded"),
+        );
     } else {
         let _ = writeln!(o, "\nMissed targets are explained in the notes at the end.");
     }
+    if let Some(busy) = busy {
+        figures.insert("busy".into(), serde_json::Value::String(busy));
+    }
+    figures.insert("load".into(), serde_json::Value::String(m.load.clone()));
+    figures.insert("values".into(), serde_json::Value::Object(values));
     figures.insert("date".into(), serde_json::Value::String(m.date.clone()));
     o.push('\n');
 
@@ -506,8 +652,9 @@ fn datapath_section(o: &mut String, d: &Datapath) {
          (DNAT by kube-proxy's rules to the iperf3 pod), {} rounds of (off, tracing `bench/other`, tracing `bench/iperf`); \
          d8-trace is `d8-trace --svc SVC --netns NODE --no-k8s -o json`, started before and stopped (Ctrl-C) after each \
          run. Short connections: {} client threads in the client pod, each a loop of connect, `GET /`, read to EOF, \
-         close, against `bench/web` (two HTTP pods), {} s per run, off, tracing `bench/other` and tracing \
-         `bench/web` interleaved. Every run records the 1-minute load average at its start and the CPU that processes \
+         close, against `bench/web` (two HTTP pods), {} s per run, off, tracing `bench/other`, tracing \
+         `bench/web` and with `tcpdump -i any -s 128 -w /dev/null` in the node namespace instead of d8-trace \
+         (the SOP's first tool), interleaved. Every run records the 1-minute load average at its start and the CPU that processes \
          other than the bench's own (and kernel threads) used during it; a run where they used more than {:.0} % of a \
          core is marked `*` (busy machine).\n",
         d.iperf_secs,
@@ -534,9 +681,16 @@ fn datapath_section(o: &mut String, d: &Datapath) {
         ("off", &d.conn_off),
         ("tracing another Service (`bench/other`)", &d.conn_other),
         ("tracing this Service (`bench/web`)", &d.conn_on),
+        ("off, `tcpdump -i any -s 128 -w /dev/null` in the node", &d.conn_tcpdump),
     ] {
+        if v.is_empty() {
+            continue;
+        }
         let med = common::median(v);
         let _ = writeln!(o, "| {what} | {} | {med:.0} | {:.3} |", fmt_list(v, 0), med / coff);
+    }
+    if let Some(why) = &d.tcpdump_skipped {
+        let _ = writeln!(o, "\nThe tcpdump rounds were skipped: {why}.");
     }
     let _ = writeln!(
         o,
@@ -558,7 +712,7 @@ fn datapath_section(o: &mut String, d: &Datapath) {
     let _ = writeln!(
         o,
         "Other processes' CPU in cores per run, in the order run (iperf3 rounds of off/other/this, then the short \
-         connection rounds), with the load average at its start: {}. Busy runs: {} of {}.\n",
+         connection rounds of off/other/this/tcpdump), with the load average at its start: {}. Busy runs: {} of {}.\n",
         flagged.join(", "),
         d.busy_runs(),
         d.others.len()
@@ -877,7 +1031,8 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
                 r.after_s
             )
         }),
-        met: d.runs.iter().all(daemon::only_renewals),
+        value: None,
+        met: Some(d.runs.iter().all(daemon::only_renewals)),
     });
     t.push(Target {
         key: "daemon_cpu",
@@ -888,7 +1043,8 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
                 r.quiet_cpu_pct, r.changes_cpu_pct
             )
         }),
-        met: d.runs.iter().all(|r| r.quiet_cpu_pct < 1.0 && r.changes_cpu_pct < 1.0),
+        value: None,
+        met: Some(d.runs.iter().all(|r| r.quiet_cpu_pct < 1.0 && r.changes_cpu_pct < 1.0)),
     });
     t.push(Target {
         key: "daemon_rss",
@@ -910,7 +1066,8 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
                 }
             )
         }),
-        met: d.runs.iter().all(|r| r.daemon_peak_mib + r.child_peak_mib < 256.0),
+        value: None,
+        met: Some(d.runs.iter().all(|r| r.daemon_peak_mib + r.child_peak_mib < 256.0)),
     });
     t.push(Target {
         key: "daemon_healthz",
@@ -921,10 +1078,12 @@ fn daemon_targets(t: &mut Vec<Target>, d: &DaemonBench) {
                 r.healthz_reread_max_ms, r.healthz_max_ms
             )
         }),
-        met: d
-            .runs
-            .iter()
-            .all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
+        value: None,
+        met: Some(
+            d.runs
+                .iter()
+                .all(|r| r.healthz_reread_max_ms < 100.0 && r.healthz_failed == 0),
+        ),
     });
 }
 
@@ -1012,5 +1171,42 @@ fn daemon_section(o: &mut String, d: &DaemonBench) {
              events, {} failed connections.\n",
             t.flows_per_s, t.secs, t.cpu_pct, t.lost_events, t.failed
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_agree_within_ten_percent_of_the_previous_run() {
+        assert_eq!(change_cell(Some(0.88), Some(0.84)), Some(("+5 %".to_string(), true)));
+        assert_eq!(
+            change_cell(Some(7540.0), Some(3260.0)),
+            Some(("+131 % (over 10 %)".to_string(), false))
+        );
+        assert_eq!(
+            change_cell(Some(0.74), Some(0.839)),
+            Some(("-12 % (over 10 %)".to_string(), false))
+        );
+        // Nothing to compare: a figure the previous run lacks, or a zero it cannot be divided by.
+        assert_eq!(change_cell(Some(1.0), None), None);
+        assert_eq!(change_cell(None, Some(1.0)), None);
+        assert_eq!(change_cell(Some(1.0), Some(0.0)), None);
+    }
+
+    #[test]
+    fn previous_values_are_read_back_from_the_figures_comment() {
+        let previous = format!(
+            "# Benchmarks\n{FIGURES_PREFIX}{} -->\n",
+            serde_json::json!({"date": "then", "load": "0.4 0.3 0.2", "conn_this": "0.839", "values": {"conn_this": 0.839}})
+        );
+        let prev = previous_figures(&previous);
+        assert_eq!(prev.get("load").and_then(|v| v.as_str()), Some("0.4 0.3 0.2"));
+        let before = prev
+            .get("values")
+            .and_then(|v| v.get("conn_this"))
+            .and_then(|v| v.as_f64());
+        assert_eq!(before, Some(0.839));
     }
 }
