@@ -125,6 +125,8 @@ fn addr_layout(format: &Format) -> TpAddrLayout {
         sport: off("sport"),
         dport: off("dport"),
         family: off("family"),
+        saddr_v6: off("saddr_v6"),
+        daddr_v6: off("daddr_v6"),
         protocol: off("protocol"),
         oldstate: off("oldstate"),
         newstate: off("newstate"),
