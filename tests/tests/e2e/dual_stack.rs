@@ -405,10 +405,52 @@ fn backend_refused_traced_over_ipv6_nftables() {
     backend_refused_traced_over_ipv6(ProxyMode::Nftables);
 }
 
+/// externalTrafficPolicy=Local without a local endpoint: kube-proxy's IPv6 rules drop the external
+/// client's SYNs to the node's IPv6 address and NodePort, and the drop tracepoint names the
+/// reason for an IPv6 packet.
+fn etp_local_traced_over_ipv6(mode: ProxyMode) {
+    let s = Scenario::up(crate::scenarios::etp_local_spec().dual_stack(), mode);
+    let node_port = crate::scenarios::NODE_PORT;
+    let target = v6(s.lab.node_ip(), node_port);
+    let run = trace_v6(&s, "default/shop", |lab| {
+        for _ in 0..2 {
+            let out = lab::tcp_connect(lab.external_ns(), target, SILENT).expect("connect");
+            assert_eq!(out, TcpOutcome::Timeout, "dropped without local endpoints");
+        }
+    });
+    run.assert_root("etp_local_no_local_endpoints");
+    let flows = run.flows_to(&target.to_string());
+    for f in &flows {
+        assert_eq!(
+            (f.outcome.as_str(), run.class_of(f)),
+            ("dropped", "etp_local_no_local_endpoints"),
+            "{}",
+            run.context
+        );
+        assert_eq!(
+            f.drop_reason.as_deref(),
+            Some(run.report.drop_reason_named("NETFILTER_DROP")),
+            "{}",
+            run.context
+        );
+        assert_eq!(f.backend, None, "{}", run.context);
+    }
+}
+
+#[test]
+fn etp_local_traced_over_ipv6_iptables() {
+    etp_local_traced_over_ipv6(ProxyMode::Iptables);
+}
+
+#[test]
+fn etp_local_traced_over_ipv6_nftables() {
+    etp_local_traced_over_ipv6(ProxyMode::Nftables);
+}
+
 /// Silent attempts over IPv6 stay silent in the report of the other family: a trace of both
 /// families with only IPv6 traffic sees IPv6 only.
 #[test]
-fn only_the_family_that_flowed_is_seen() {
+fn only_the_family_that_flowed_is_seen_nftables() {
     let s = Scenario::up(spec(), ProxyMode::Nftables);
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
         assert_eq!(http_status(lab, v6(VIP, 80)), Some(200));
