@@ -111,14 +111,20 @@ fn load<T>(ctx: &TcContext, offset: u32) -> Option<T> {
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     let ip: RawIpv4 = load(ctx, nh)?;
-    let mut pkt = packet::packet(&ip, nh as u64)?;
-    let proto = ip.proto();
-    // Only the bytes of the transport header that are used: the packet must hold those (and an
-    // ICMP error quote them), no more. The rest of `l4` stays zero.
+    let pkt = packet::packet(&ip, nh as u64)?;
+    with_transport::<false>(ctx, pkt, ip.proto())
+}
+
+/// `pkt` with its transport header (at `pkt.l4`) decoded, from the bytes that are used only:
+/// the packet must hold those (and an ICMP error quote them), no more; the rest of `l4` stays
+/// zero. `V6`: ICMPv6 is the family's ICMP. Other protocols load nothing.
+#[inline(always)]
+fn with_transport<const V6: bool>(ctx: &TcContext, mut pkt: Packet, proto: u8) -> Option<Packet> {
     let used = match proto {
         IPPROTO_TCP => TCP_USED,
         IPPROTO_UDP | IPPROTO_SCTP => UDP_USED,
-        IPPROTO_ICMP => ICMP_USED,
+        IPPROTO_ICMP if !V6 => ICMP_USED,
+        IPPROTO_ICMPV6 if V6 => ICMP_USED,
         _ => return Some(pkt),
     };
     let mut slot = MaybeUninit::<L4>::uninit();
@@ -135,7 +141,11 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     if rc != 0 {
         return None;
     }
-    packet::transport(&mut pkt, proto, l4);
+    if V6 {
+        packet::transport6(&mut pkt, proto, l4);
+    } else {
+        packet::transport(&mut pkt, proto, l4);
+    }
     Some(pkt)
 }
 
@@ -164,7 +174,7 @@ fn parse_ipv6(ctx: &TcContext, nh: u32) -> Option<Packet> {
         load::<[u8; 4]>(ctx, at as u32)
     })?;
     packet::set_proto(&mut key, proto);
-    let mut pkt = Packet {
+    let pkt = Packet {
         key: unsafe { key.assume_init() },
         tcp_flags: 0,
         icmp_type: 0,
@@ -175,28 +185,7 @@ fn parse_ipv6(ctx: &TcContext, nh: u32) -> Option<Packet> {
         // A fragment after the first: no ports, so no flow of ours matches it.
         return Some(pkt);
     }
-    let used = match proto {
-        IPPROTO_TCP => TCP_USED,
-        IPPROTO_UDP | IPPROTO_SCTP => UDP_USED,
-        IPPROTO_ICMPV6 => ICMP_USED,
-        _ => return Some(pkt),
-    };
-    let mut slot = MaybeUninit::<L4>::uninit();
-    let l4 = L4::zero(&mut slot);
-    // SAFETY: `used` is at most `size_of::<L4>()` bytes, written into `l4`.
-    let rc = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb as *const c_void,
-            pkt.l4 as u32,
-            (l4 as *mut L4).cast(),
-            used,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    packet::transport6(&mut pkt, proto, l4);
-    Some(pkt)
+    with_transport::<true>(ctx, pkt, proto)
 }
 
 /// The packet by `__sk_buff::protocol`'s family (`v6`), its IP header at `nh`.

@@ -234,7 +234,13 @@ fn v6_str(ip: Ipv4Addr, port: u16) -> String {
 
 /// Traces `svc` over IPv6 only while `traffic` runs; checks the families the report names.
 fn trace_v6(s: &Scenario, svc: &str, traffic: impl FnOnce(&lab::Lab)) -> Run {
-    let run = s.trace(svc, Api::Snapshot, 4, &["--family", "6", "--reply-timeout", "1"], traffic);
+    let run = s.trace(
+        svc,
+        Api::Snapshot,
+        4,
+        &["--family", "6", "--reply-timeout", "1"],
+        traffic,
+    );
     assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
     assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
     for f in &run.report.flows {
@@ -328,8 +334,7 @@ fn stale_endpoint_traced_over_ipv6(mode: ProxyMode) {
         let start = std::time::Instant::now();
         while outcomes.len() < 16 && start.elapsed() < std::time::Duration::from_millis(3600) {
             outcomes.push(
-                lab::tcp_connect(lab.client_ns(), v6(VIP, 80), std::time::Duration::from_millis(300))
-                    .expect("connect"),
+                lab::tcp_connect(lab.client_ns(), v6(VIP, 80), std::time::Duration::from_millis(300)).expect("connect"),
             );
             if outcomes.iter().any(TcpOutcome::is_connected) && outcomes.contains(&TcpOutcome::Timeout) {
                 break;
