@@ -224,8 +224,13 @@ pub struct TpAddrLayout {
     pub daddr: u32,
     pub sport: u32,
     pub dport: u32,
-    /// Offset of a `__u16 family` field (AF_INET = 2), or `u32::MAX` when absent.
+    /// Offset of a `__u16 family` field (AF_INET = 2, AF_INET6 = 10), or `u32::MAX` when absent.
     pub family: u32,
+    /// Separate layout: offsets of the 16-byte `saddr_v6`/`daddr_v6` arrays (an IPv6 socket's
+    /// addresses, or an IPv4 one's as `::ffff:a.b.c.d`), or `u32::MAX` when absent. The sockaddr
+    /// layout needs none: its arrays hold a `struct sockaddr_in6` for an IPv6 socket.
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
     /// Offset of `__u16 protocol`, or `u32::MAX`.
     pub protocol: u32,
     pub oldstate: u32,
@@ -306,7 +311,8 @@ pub struct PacketRecord {
     pub key: FlowKey,
     /// TC: the interface; 0 at netfilter hooks and the drop tracepoint.
     pub ifindex: u32,
-    /// The packet's length from its IP header (IPv4 total length, or the skb's length on TC).
+    /// The packet's length from its IP header (IPv4 total length, IPv6 payload length + 40, or
+    /// the skb's length on TC).
     pub orig_len: u32,
     /// Bytes of `data` captured.
     pub cap_len: u32,

@@ -5,7 +5,9 @@
 //! packet header (addresses in a 16-byte union, the port union before `l3num`): network-types has
 //! no type for it, so it is decoded by its (stable) byte layout.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel as probe_read, generated::bpf_probe_read_kernel};
 use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
 
 use crate::maps::config;
@@ -24,7 +26,7 @@ const AF_INET6: u16 = 10;
 /// Conntrack entry pointer and `ctinfo` of an skb; `None` when it has none (or is untracked).
 #[inline(always)]
 pub fn of_skb(skb: u64) -> Option<(u64, u64)> {
-    let nfct: u64 = unsafe { bpf_probe_read_kernel((skb + config!(skb_nfct) as u64) as *const u64).ok()? };
+    let nfct: u64 = unsafe { probe_read((skb + config!(skb_nfct) as u64) as *const u64).ok()? };
     let ct = nfct & !NFCT_INFOMASK;
     if ct == 0 {
         return None;
@@ -43,26 +45,43 @@ pub fn of_trusted_skb(skb: u64) -> Option<(u64, u64)> {
     Some((ct, nfct & NFCT_INFOMASK))
 }
 
-/// Reads one `struct nf_conntrack_tuple` and turns it into a flow key.
+/// Reads one `struct nf_conntrack_tuple` and turns it into a flow key, in place: the tuple's 40
+/// bytes are read straight into the 40-byte key and moved into the key's layout word by word
+/// (volatile: no `memmove` call), with no 40-byte buffer on the stack (the drop tracepoint's
+/// program is at the 512-byte limit).
+///
+/// Tuple: source address (16 bytes, 0), source port (16), `l3num` (18), destination address
+/// (20), destination port (36), protocol (38), direction (39). Key: source address (0),
+/// destination address (16), source port (32), destination port (34), protocol (36), family
+/// (37), pad (38).
 #[inline(always)]
 pub fn tuple(addr: u64) -> Option<FlowKey> {
-    let raw: [u8; 40] = unsafe { bpf_probe_read_kernel(addr as *const [u8; 40]).ok()? };
-    let l3num = u16::from_ne_bytes([raw[18], raw[19]]);
-    let family = match l3num {
-        AF_INET => FAMILY_V4,
-        AF_INET6 => FAMILY_V6,
-        _ => return None,
-    };
-    let mut key = FlowKey {
-        proto: raw[38],
-        family,
-        ..FlowKey::default()
-    };
-    key.saddr.copy_from_slice(&raw[0..16]);
-    key.daddr.copy_from_slice(&raw[20..36]);
-    key.sport = u16::from_ne_bytes([raw[16], raw[17]]);
-    key.dport = u16::from_ne_bytes([raw[36], raw[37]]);
-    Some(key)
+    let mut key = MaybeUninit::<FlowKey>::uninit();
+    // SAFETY: 40 bytes into the 40-byte key.
+    if unsafe { bpf_probe_read_kernel(key.as_mut_ptr().cast(), 40, addr as *const c_void) } != 0 {
+        return None;
+    }
+    let w = key.as_mut_ptr() as *mut u32;
+    // SAFETY: word accesses within the key, all of whose bytes the read wrote.
+    unsafe {
+        let src_tail = core::ptr::read_volatile(w.add(4)).to_ne_bytes();
+        let dst_tail = core::ptr::read_volatile(w.add(9)).to_ne_bytes();
+        let family = match u16::from_ne_bytes([src_tail[2], src_tail[3]]) {
+            AF_INET => FAMILY_V4,
+            AF_INET6 => FAMILY_V6,
+            _ => return None,
+        };
+        // The destination address moves down 4 bytes, over the source port and `l3num`.
+        for i in 4..8 {
+            core::ptr::write_volatile(w.add(i), core::ptr::read_volatile(w.add(i + 1)));
+        }
+        core::ptr::write_volatile(
+            w.add(8),
+            u32::from_ne_bytes([src_tail[0], src_tail[1], dst_tail[0], dst_tail[1]]),
+        );
+        core::ptr::write_volatile(w.add(9), u32::from_ne_bytes([dst_tail[2], family, 0, 0]));
+        Some(key.assume_init())
+    }
 }
 
 #[inline(always)]
@@ -77,5 +96,5 @@ pub fn reply(ct: u64) -> Option<FlowKey> {
 
 #[inline(always)]
 pub fn status(ct: u64) -> u32 {
-    unsafe { bpf_probe_read_kernel((ct + config!(ct_status) as u64) as *const u64).unwrap_or(0) as u32 }
+    unsafe { probe_read((ct + config!(ct_status) as u64) as *const u64).unwrap_or(0) as u32 }
 }

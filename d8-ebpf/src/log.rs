@@ -104,14 +104,14 @@ pub fn report_lost(program: &str) {
     }
 }
 
-/// TC: an IPv4 packet (by `__sk_buff::protocol`) whose headers could not be read or were no IPv4
-/// header at `offset`, after the link-layer header whose length `TC_L2_LEN` gives the interface
+/// TC: an IPv4 or IPv6 packet (by `__sk_buff::protocol`) whose headers could not be read or were
+/// no such header at `offset` (or an IPv6 packet with more extension headers than are walked), after the link-layer header whose length `TC_L2_LEN` gives the interface
 /// (absent: Ethernet's). A wrong length there shows here.
 #[inline(always)]
 pub fn not_parsed(ifindex: u32, egress: bool, offset: u32) {
     debug!(
         &(),
-        "IPv4 packet not parsed: ifindex {} {}, IP header expected at offset {}",
+        "IP packet not parsed: ifindex {} {}, IP header expected at offset {}",
         ifindex,
         if egress { "egress" } else { "ingress" },
         offset

@@ -34,6 +34,8 @@ const UNUSED_LAYOUT: TpAddrLayout = TpAddrLayout {
     sport: u32::MAX,
     dport: u32::MAX,
     family: u32::MAX,
+    saddr_v6: u32::MAX,
+    daddr_v6: u32::MAX,
     protocol: u32::MAX,
     oldstate: u32::MAX,
     newstate: u32::MAX,

@@ -6,6 +6,10 @@
 //! pointers: fields of the skb and the hook state are then read with plain loads (inlined by the
 //! JIT), and only the packet bytes and the conntrack entry need `bpf_probe_read_kernel`.
 //!
+//! Each program has an IPv6 twin (`nf_pre6`, `nf_post6`), the same code with the IPv6 parser
+//! (`packet::parse_ipv6`), attached at the same hooks of the IPv6 family: the IPv4 programs
+//! hold no IPv6 code and cost what they did, and each twin has the whole stack to itself.
+//!
 //! The packet's headers are decoded with network-types' types (`packet::parse_ipv4_hot`). The
 //! skb itself is not a packet header: `head`, `network_header` and `_nfct` are `struct sk_buff`
 //! fields at offsets that differ between kernels, read at the offsets userspace found in the
@@ -25,7 +29,7 @@ use crate::{
     flows::{self, mark},
     log,
     maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, remember},
-    packet::{self, IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
+    packet::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
     pcap,
 };
 
@@ -48,17 +52,39 @@ fn hook_of(state: u64) -> u8 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "classifier/nf_pre")]
 pub extern "C" fn nf_pre(ctx: *mut c_void) -> i32 {
-    let _ = try_pre(ctx);
+    let _ = try_pre::<false>(ctx);
     log::report_lost("nf_pre");
     NF_ACCEPT
 }
 
+/// `nf_pre` for the IPv6 family's hooks.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier/nf_pre6")]
+pub extern "C" fn nf_pre6(ctx: *mut c_void) -> i32 {
+    let _ = try_pre::<true>(ctx);
+    log::report_lost("nf_pre6");
+    NF_ACCEPT
+}
+
+/// The packet at a hook of the family `V6` says: a const parameter, so that each program holds
+/// its family's code only (a runtime flag, even a constant one, left the IPv4 programs' stack
+/// layout 72 bytes deeper).
 #[inline(always)]
-fn try_pre(ctx: *mut c_void) -> Option<()> {
+fn parse<const V6: bool>(skb: u64) -> Option<packet::Packet> {
+    let nh = packet::network_header_trusted(skb);
+    if V6 {
+        packet::parse_ipv6(nh)
+    } else {
+        packet::parse_ipv4_hot(nh)
+    }
+}
+
+#[inline(always)]
+fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
-    let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
-    if pkt.key.proto == IPPROTO_ICMP {
-        return icmp_error(&pkt, hook_of(state), skb);
+    let pkt = parse::<V6>(skb)?;
+    if pkt.key.proto == if V6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
+        return icmp_error::<V6>(&pkt, hook_of(state), skb);
     }
     if !maybe_target(&pkt.key.daddr, pkt.key.dport, pkt.key.proto) {
         return None;
@@ -128,11 +154,11 @@ fn try_pre(ctx: *mut c_void) -> Option<()> {
     Some(())
 }
 
-/// An ICMP error quoting one of our flows' packets (a REJECT's port unreachable, a host
-/// unreachable for a backend). Matched on the quoted packet, before conntrack or NAT touch it.
+/// An ICMP (ICMPv6) error quoting one of our flows' packets (a REJECT's port unreachable, a host
+/// unreachable for a backend, a packet too big). Matched on the quoted packet, before conntrack or NAT touch it.
 #[inline(always)]
-fn icmp_error(pkt: &packet::Packet, hook: u8, skb: u64) -> Option<()> {
-    let quoted = packet::icmp_quoted_key(pkt)?;
+fn icmp_error<const V6: bool>(pkt: &packet::Packet, hook: u8, skb: u64) -> Option<()> {
+    let quoted = packet::icmp_quoted_key::<V6>(pkt)?;
     let found = flows::report_icmp_error(&quoted, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)?;
     // The error travels against the quoted packet's direction.
     pcap::netfilter(found.state, skb, &found.key, site::NF_PRE, hook, !found.reversed);
@@ -145,13 +171,23 @@ fn icmp_error(pkt: &packet::Packet, hook: u8, skb: u64) -> Option<()> {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "classifier/nf_post")]
 pub extern "C" fn nf_post(ctx: *mut c_void) -> i32 {
-    let _ = try_post(ctx);
+    let _ = try_post::<false>(ctx);
     log::report_lost("nf_post");
     NF_ACCEPT
 }
 
+/// `nf_post` for the IPv6 family's hooks: the conntrack entry reads the same (its tuples hold
+/// 16-byte addresses and the family); only the packet's parse differs.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "classifier/nf_post6")]
+pub extern "C" fn nf_post6(ctx: *mut c_void) -> i32 {
+    let _ = try_post::<true>(ctx);
+    log::report_lost("nf_post6");
+    NF_ACCEPT
+}
+
 #[inline(always)]
-fn try_post(ctx: *mut c_void) -> Option<()> {
+fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
     let hook = hook_of(state);
     let first = hook == hook::PRE_ROUTING || hook == hook::LOCAL_OUT;
@@ -219,7 +255,7 @@ fn try_post(ctx: *mut c_void) -> Option<()> {
         return Some(());
     }
     pcap::netfilter(st, skb, &orig, site::POST_DNAT, hook, is_reply);
-    let pkt = packet::parse_ipv4_hot(packet::network_header_trusted(skb))?;
+    let pkt = parse::<V6>(skb)?;
     if is_reply && mark(st, seen::REPLY) {
         event(kind::REPLY, hook, &orig, |ev| {
             ev.tcp_flags = pkt.tcp_flags;

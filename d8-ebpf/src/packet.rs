@@ -1,17 +1,24 @@
-//! Reading IPv4 packet headers out of a `struct sk_buff` with `bpf_probe_read_kernel`, using the
-//! offsets of `head` and `network_header` from `CONFIG`, and decoding them (also for `tc.rs`, which
-//! reads the same headers with `bpf_skb_load_bytes`).
+//! Reading IPv4 and IPv6 packet headers out of a `struct sk_buff` with `bpf_probe_read_kernel`,
+//! using the offsets of `head` and `network_header` from `CONFIG`, and decoding them (also for
+//! `tc.rs`, which reads the same headers with `bpf_skb_load_bytes`).
 //!
-//! The header layouts are network-types' [`Ipv4Hdr`], [`TcpHdr`], [`UdpHdr`] and [`IcmpHdr`]. The
+//! The header layouts are network-types' [`Ipv4Hdr`], [`Ipv6Hdr`], [`TcpHdr`], [`UdpHdr`] and
+//! [`IcmpHdr`] (ICMPv6 begins with the same type, code and checksum). IPv6 extension headers are
+//! skipped by [`skip_extensions`], the same walk for both readers. The
 //! `struct sk_buff` fields that locate them (`head`, `network_header`) are not packet headers:
 //! network-types has no type for them, and their offsets differ between kernels (Rust emits no
 //! CO-RE relocations), so they stay runtime offsets from `CONFIG`.
 
 use core::mem::{MaybeUninit, offset_of};
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use d8_common::{FAMILY_V4, FlowKey};
-use network_types::{icmp::IcmpHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_probe_read_kernel as probe_read_raw};
+use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
+use network_types::{
+    icmp::IcmpHdr,
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
 use crate::maps::config;
 
@@ -19,6 +26,22 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_ICMPV6: u8 = IpProto::Ipv6Icmp as u8;
+
+/// IPv6 extension headers [`skip_extensions`] walks past (network-types' numbers).
+const IPV6_HOP_BY_HOP: u8 = IpProto::HopOpt as u8;
+const IPV6_ROUTING: u8 = IpProto::Ipv6Route as u8;
+const IPV6_FRAGMENT: u8 = IpProto::Ipv6Frag as u8;
+const IPV6_DEST_OPTS: u8 = IpProto::Ipv6Opts as u8;
+/// Extension headers walked at most before the transport header: RFC 8200's recommended order
+/// has at most six (hop-by-hop, destination options, routing, fragment, AH/ESP, destination
+/// options); a packet with more is not parsed (a bounded loop, as the verifier wants).
+pub const MAX_IPV6_EXTENSIONS: usize = 6;
+/// Where the source and destination addresses are in an IPv6 header (the destination follows
+/// the source: one read of both, straight into a flow key whose `daddr` follows `saddr`).
+pub const IPV6_ADDRS: usize = core::mem::offset_of!(Ipv6Hdr, src_addr);
+const _: () = assert!(core::mem::offset_of!(Ipv6Hdr, dst_addr) == IPV6_ADDRS + 16);
+const _: () = assert!(core::mem::offset_of!(FlowKey, daddr) == 16);
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -236,8 +259,9 @@ pub fn packet(ip: &RawIpv4, nh: u64) -> Option<Packet> {
     })
 }
 
-/// Ports, TCP flags or ICMP type and code from the transport header `l4` of a `proto` packet.
-/// Reads only the first [`TCP_USED`], [`UDP_USED`] or [`ICMP_USED`] bytes: `tc.rs` loads no more.
+/// Ports, TCP flags or ICMP type and code from the transport header `l4` of a `proto` packet
+/// (ICMPv6 as [`transport6`]). Reads only the first [`TCP_USED`], [`UDP_USED`] or [`ICMP_USED`]
+/// bytes: `tc.rs` loads no more.
 #[inline(always)]
 pub fn transport(pkt: &mut Packet, proto: u8, l4: &L4) {
     // SAFETY: every view of an `L4` is valid for any bytes.
@@ -265,15 +289,140 @@ pub fn transport(pkt: &mut Packet, proto: u8, l4: &L4) {
     }
 }
 
-/// ICMP errors (destination unreachable, time exceeded, parameter problem) quote the packet that
-/// caused them; returns that packet's flow key.
+/// [`transport`] for an IPv6 packet: ICMPv6's type and code sit where ICMP's do. (Not a case of
+/// `transport`'s own: the IPv4 programs keep their code as it was.)
 #[inline(always)]
-pub fn icmp_quoted_key(pkt: &Packet) -> Option<FlowKey> {
+pub fn transport6(pkt: &mut Packet, proto: u8, l4: &L4) {
+    transport(pkt, if proto == IPPROTO_ICMPV6 { IPPROTO_ICMP } else { proto }, l4);
+}
+
+/// ICMP errors (destination unreachable, time exceeded, parameter problem) quote the packet that
+/// caused them; returns that packet's flow key. `V6`: `pkt` is an IPv6 packet (a const parameter,
+/// so the IPv4 programs hold no IPv6 code).
+#[inline(always)]
+pub fn icmp_quoted_key<const V6: bool>(pkt: &Packet) -> Option<FlowKey> {
+    if V6 {
+        if pkt.key.proto != IPPROTO_ICMPV6 || !is_icmpv6_error(pkt.icmp_type) {
+            return None;
+        }
+        return Some(parse_ipv6(pkt.l4 + 8)?.key);
+    }
     if pkt.key.proto != IPPROTO_ICMP || !matches!(pkt.icmp_type, 3 | 11 | 12) {
         return None;
     }
     let inner = parse_ipv4(pkt.l4 + 8)?;
     Some(inner.key)
+}
+
+/// ICMPv6 errors, which quote the packet that caused them as ICMP's do: destination unreachable
+/// (1, what a REJECT sends), packet too big (2), time exceeded (3), parameter problem (4).
+#[inline(always)]
+pub fn is_icmpv6_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 1..=4)
+}
+
+/// Where an IPv6 packet's transport header is, from the header after the fixed one (`next`,
+/// found at `off`): `(protocol, offset, has_transport_header)`. Hop-by-hop, routing and
+/// destination options headers are skipped by their length; a fragment header too, and a
+/// fragment other than the first has no transport header (its ports are in the first one).
+/// `read` reads the first four bytes of an extension header at an offset (kernel memory, or the
+/// skb's packet for `tc.rs`). `None`: more than [`MAX_IPV6_EXTENSIONS`], or a failed read.
+#[inline(always)]
+pub fn skip_extensions(mut next: u8, mut off: u64, read: impl Fn(u64) -> Option<[u8; 4]>) -> Option<(u8, u64, bool)> {
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                // Next header, then the length in 8-byte units past the first 8.
+                let h = read(off)?;
+                next = h[0];
+                off += (h[1] as u64 + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                // Next header, reserved, then the offset (13 bits, in 8-byte units) and flags.
+                let h = read(off)?;
+                next = h[0];
+                off += 8;
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Some((next, off, false));
+                }
+            }
+            _ => return Some((next, off, true)),
+        }
+    }
+    match next {
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT => None,
+        _ => Some((next, off, true)),
+    }
+}
+
+/// An IPv6 flow key with both addresses zero, `proto` and the IPv6 family: volatile word stores,
+/// as [`v4_key`] (no `memset`). The addresses are then read straight into it.
+#[inline(always)]
+pub fn v6_key_frame(key: &mut MaybeUninit<FlowKey>) {
+    let words = key.as_mut_ptr() as *mut u32;
+    for i in 0..10 {
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    unsafe { core::ptr::write_volatile(words.add(9), u32::from_ne_bytes([0, FAMILY_V6, 0, 0])) };
+}
+
+/// Sets the protocol of a key built by [`v6_key_frame`].
+#[inline(always)]
+pub fn set_proto(key: &mut MaybeUninit<FlowKey>, proto: u8) {
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*key.as_mut_ptr()).proto), proto) };
+}
+
+/// The first 8 bytes of an IPv6 header: the version and the next header (network-types' field
+/// offsets; `Ipv6Hdr::next_hdr` is an enum that must not hold an unassigned number, as
+/// [`RawIpv4`] explains, so the bytes are read as bytes).
+#[inline(always)]
+pub fn ipv6_fixed(first: [u8; 8]) -> Option<u8> {
+    const NEXT: usize = core::mem::offset_of!(Ipv6Hdr, next_hdr);
+    if first[0] >> 4 != 6 {
+        return None;
+    }
+    Some(first[NEXT])
+}
+
+/// Parses the IPv6 header at kernel address `nh`, its extension headers and the first bytes of
+/// the transport header. The addresses are read straight into the key (no 40-byte header on the
+/// stack: the drop tracepoint's program is near the 512-byte limit).
+#[inline(always)]
+pub fn parse_ipv6(nh: u64) -> Option<Packet> {
+    let first: [u8; 8] = unsafe { read(nh)? };
+    let next = ipv6_fixed(first)?;
+    let mut key = MaybeUninit::<FlowKey>::uninit();
+    v6_key_frame(&mut key);
+    // SAFETY: 32 bytes into the key's `saddr` and `daddr`, which follow each other.
+    if unsafe { probe_read_raw(key.as_mut_ptr().cast(), 32, (nh + IPV6_ADDRS as u64) as *const _) } != 0 {
+        return None;
+    }
+    let (proto, l4, has_l4) = skip_extensions(next, nh + Ipv6Hdr::LEN as u64, |at| unsafe { read::<[u8; 4]>(at) })?;
+    set_proto(&mut key, proto);
+    let mut pkt = Packet {
+        key: unsafe { key.assume_init() },
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4,
+    };
+    if has_l4 {
+        let hdr: L4 = unsafe { read(l4)? };
+        transport6(&mut pkt, proto, &hdr);
+    }
+    Some(pkt)
+}
+
+/// The IPv4 or IPv6 packet at kernel address `nh`, by its version: for the drop tracepoint, which
+/// sees both families' packets.
+#[inline(always)]
+pub fn parse_ip(nh: u64) -> Option<Packet> {
+    let version: u8 = unsafe { read(nh)? };
+    if version >> 4 == 6 {
+        parse_ipv6(nh)
+    } else {
+        parse_ipv4(nh)
+    }
 }
 
 /// Key of the same flow seen from the other direction.

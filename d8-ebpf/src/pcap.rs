@@ -50,6 +50,21 @@ fn cap_len(available: u64) -> u32 {
     len as u32
 }
 
+/// `len` (1 to `MAX_SNAPLEN`, checked by the caller) again, in a form whose bounds older
+/// verifiers see at the helper call: 6.1 does not learn `len != 0` from a branch (and
+/// `bpf_skb_load_bytes` refuses a size that may be 0), and 5.10 loses the bounds of a value
+/// spilled to the stack and loaded again ("R2 min value is negative"). It goes through the
+/// record (a volatile store and load), or LLVM, which knows the range, folds the mask away; in
+/// the record, not on the stack (the programs are near 512 bytes).
+#[inline(always)]
+fn bounded(rec: *mut PacketRecord, len: u32) -> u32 {
+    unsafe {
+        let slot = core::ptr::addr_of_mut!((*rec).cap_len);
+        core::ptr::write_volatile(slot, len);
+        (core::ptr::read_volatile(slot).wrapping_sub(1) & (MAX_SNAPLEN - 1)) + 1
+    }
+}
+
 /// Counts one copy against the flow's budget; false when the flow has used it up.
 #[inline(always)]
 fn take_budget(state: *mut FlowState) -> bool {
@@ -83,10 +98,12 @@ fn reserve(key: &FlowKey, at: &Site) -> Option<RingBufEntry<PacketRecord>> {
     unsafe {
         (*rec).ts_ns = bpf_ktime_get_ns();
         (*rec).key = *key;
-        (*rec).ifindex = at.ifindex;
-        (*rec).orig_len = 0;
-        (*rec).cap_len = 0;
-        (*rec).reason = at.reason;
+        // Volatile: where `ifindex` and `reason` are known zeros (the netfilter programs), LLVM
+        // merges these four stores into a `memset` call (see the pad below).
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*rec).ifindex), at.ifindex);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*rec).orig_len), 0);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*rec).cap_len), 0);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*rec).reason), at.reason);
         (*rec).site = at.site;
         (*rec).hook = at.hook;
         (*rec).reply = at.reply as u8;
@@ -101,22 +118,32 @@ fn reserve(key: &FlowKey, at: &Site) -> Option<RingBufEntry<PacketRecord>> {
     Some(entry)
 }
 
-/// Fills `entry` with the IPv4 packet whose header is at kernel address `nh` and whose linear
-/// data ends at `end` (IPv4's total length says how long it is), then submits it; discards it
-/// when the packet cannot be read. The total length is read into the record itself (its data
-/// area), never onto the stack.
+/// Fills `entry` with the IP packet whose header is at kernel address `nh` and whose linear data
+/// ends at `end` (IPv4's total length, or IPv6's payload length, says how long it is), then
+/// submits it; discards it when the packet cannot be read. The length is read into the record
+/// itself (its data area), never onto the stack.
 #[inline(always)]
 fn fill_kernel(mut entry: RingBufEntry<PacketRecord>, nh: u64, end: u64) {
     let rec = entry.as_mut_ptr();
     unsafe {
         let data = (*rec).data.as_mut_ptr();
-        if bpf_probe_read_kernel(data as *mut c_void, 4, nh as *const c_void) != 0 {
+        if bpf_probe_read_kernel(data as *mut c_void, 8, nh as *const c_void) != 0 {
             entry.discard(0);
             return;
         }
-        let total = u16::from_be_bytes([*data.add(2), *data.add(3)]) as u64;
+        // Without a branch (one cost the netfilter programs 40 bytes of stack): the version's
+        // second bit is 0 for 4, 1 for 6; IPv4's total length is at bytes 2-3, IPv6's payload
+        // length at 4-5, after its 40-byte header.
+        let v6 = ((*data >> 5) & 1) as usize;
+        let at = data.add(2 + 2 * v6);
+        let total = u16::from_be_bytes([*at, *at.add(1)]) as u64 + 40 * v6 as u64;
         let linear = end.saturating_sub(nh);
         let len = cap_len(if total < linear { total } else { linear });
+        if len == 0 {
+            entry.discard(0);
+            return;
+        }
+        let len = bounded(rec, len);
         if bpf_probe_read_kernel(data as *mut c_void, len, nh as *const c_void) != 0 {
             entry.discard(0);
             return;
@@ -221,15 +248,7 @@ pub fn tc(ctx: &TcContext, state: *mut FlowState, key: &FlowKey, l2_len: u32, eg
         entry.discard(0);
         return;
     }
-    // The same value, in a form whose lower bound (1) older verifiers see: 6.1 does not learn
-    // `len != 0` from the branch above, and `bpf_skb_load_bytes` refuses a size that may be 0.
-    // It goes through the record (a volatile store and load), or LLVM, which knows the range,
-    // folds the mask away; in the record, not on the stack (the programs are near 512 bytes).
-    let len = unsafe {
-        let slot = core::ptr::addr_of_mut!((*rec).cap_len);
-        core::ptr::write_volatile(slot, len);
-        (core::ptr::read_volatile(slot).wrapping_sub(1) & (MAX_SNAPLEN - 1)) + 1
-    };
+    let len = bounded(rec, len);
     unsafe {
         let data = (*rec).data.as_mut_ptr();
         if aya_ebpf::helpers::generated::bpf_skb_load_bytes(

@@ -20,6 +20,10 @@
 //! event, queued at confirmation, before the packet left) and merges the two kernel states when it
 //! installs the alias. Events leave only on state changes, exactly as in `netfilter.rs`.
 //!
+//! Both families go through the same code: `__sk_buff::protocol` picks the parser (IPv4, or IPv6
+//! with its extension headers), and everything after works on the flow key, whose addresses are
+//! 16 bytes either way. ICMPv6 errors are ICMP errors here.
+//!
 //! The packet is read with `bpf_skb_load_bytes`; the IP header starts after the link-layer header,
 //! whose length per interface userspace puts in `TC_L2_LEN` (absent: 14, Ethernet). Headers are
 //! network-types' (see `packet.rs`); the `__sk_buff` fields (`protocol`, `ifindex`,
@@ -35,7 +39,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
-use network_types::eth::{EthHdr, EtherType};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv6Hdr,
+};
 
 use crate::{
     emit::event,
@@ -43,8 +50,8 @@ use crate::{
     log,
     maps::{self, FLOWS, TARGETS},
     packet::{
-        self, ICMP_USED, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L4, Packet, RawIpv4, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN, TCP_USED, UDP_USED, reversed,
+        self, ICMP_USED, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV6_ADDRS, L4, Packet,
+        RawIpv4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TCP_USED, UDP_USED, reversed,
     },
 };
 
@@ -65,6 +72,8 @@ const CONTINUE: i32 = {
 /// `ETH_P_IP` as `__sk_buff::protocol` holds it (network byte order in a u32). network-types'
 /// `EtherType` values are already in network byte order.
 const ETH_P_IP_BE: u32 = EtherType::Ipv4 as u16 as u32;
+/// `ETH_P_IPV6` (0x86DD), likewise.
+const ETH_P_IPV6_BE: u32 = EtherType::Ipv6 as u16 as u32;
 
 /// Link-layer header length of an interface absent from `TC_L2_LEN`: Ethernet's. The Ethernet
 /// header itself is never read: `__sk_buff::protocol` already names the network protocol (for
@@ -102,14 +111,20 @@ fn load<T>(ctx: &TcContext, offset: u32) -> Option<T> {
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     let ip: RawIpv4 = load(ctx, nh)?;
-    let mut pkt = packet::packet(&ip, nh as u64)?;
-    let proto = ip.proto();
-    // Only the bytes of the transport header that are used: the packet must hold those (and an
-    // ICMP error quote them), no more. The rest of `l4` stays zero.
+    let pkt = packet::packet(&ip, nh as u64)?;
+    with_transport::<false>(ctx, pkt, ip.proto())
+}
+
+/// `pkt` with its transport header (at `pkt.l4`) decoded, from the bytes that are used only:
+/// the packet must hold those (and an ICMP error quote them), no more; the rest of `l4` stays
+/// zero. `V6`: ICMPv6 is the family's ICMP. Other protocols load nothing.
+#[inline(always)]
+fn with_transport<const V6: bool>(ctx: &TcContext, mut pkt: Packet, proto: u8) -> Option<Packet> {
     let used = match proto {
         IPPROTO_TCP => TCP_USED,
         IPPROTO_UDP | IPPROTO_SCTP => UDP_USED,
-        IPPROTO_ICMP => ICMP_USED,
+        IPPROTO_ICMP if !V6 => ICMP_USED,
+        IPPROTO_ICMPV6 if V6 => ICMP_USED,
         _ => return Some(pkt),
     };
     let mut slot = MaybeUninit::<L4>::uninit();
@@ -126,8 +141,63 @@ fn parse_ipv4(ctx: &TcContext, nh: u32) -> Option<Packet> {
     if rc != 0 {
         return None;
     }
-    packet::transport(&mut pkt, proto, l4);
+    if V6 {
+        packet::transport6(&mut pkt, proto, l4);
+    } else {
+        packet::transport(&mut pkt, proto, l4);
+    }
     Some(pkt)
+}
+
+/// Parses the IPv6 header at `nh`, its extension headers (`packet::skip_extensions`) and the
+/// first bytes of the transport header, as [`parse_ipv4`]. The addresses are loaded straight into
+/// the flow key: no 40-byte header on the stack, which the egress program does not have to spare.
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, nh: u32) -> Option<Packet> {
+    let first: [u8; 8] = load(ctx, nh)?;
+    let next = packet::ipv6_fixed(first)?;
+    let mut key = MaybeUninit::<FlowKey>::uninit();
+    packet::v6_key_frame(&mut key);
+    // SAFETY: 32 bytes into the key's `saddr` and `daddr`, which follow each other.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            nh + IPV6_ADDRS as u32,
+            key.as_mut_ptr().cast(),
+            32,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let (proto, l4_off, has_l4) = packet::skip_extensions(next, (nh as usize + Ipv6Hdr::LEN) as u64, |at| {
+        load::<[u8; 4]>(ctx, at as u32)
+    })?;
+    packet::set_proto(&mut key, proto);
+    let pkt = Packet {
+        key: unsafe { key.assume_init() },
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4: l4_off,
+    };
+    if !has_l4 {
+        // A fragment after the first: no ports, so no flow of ours matches it.
+        return Some(pkt);
+    }
+    with_transport::<true>(ctx, pkt, proto)
+}
+
+/// The packet by `__sk_buff::protocol`'s family (`v6`), its IP header at `nh`.
+#[inline(always)]
+fn parse(ctx: &TcContext, nh: u32, v6: bool) -> Option<Packet> {
+    if v6 { parse_ipv6(ctx, nh) } else { parse_ipv4(ctx, nh) }
+}
+
+/// The ICMP protocol number of the family: ICMP errors are ICMPv6 ones in IPv6.
+#[inline(always)]
+fn is_icmp(pkt: &Packet) -> bool {
+    pkt.key.proto == IPPROTO_ICMP || pkt.key.proto == IPPROTO_ICMPV6
 }
 
 /// Remembers, per CPU, that this skb of a traced flow passed here, as `netfilter.rs` does: a
@@ -158,10 +228,12 @@ fn target_of(addr: &[u8; 16], port: u16, key: &FlowKey) -> TargetKey {
 fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
     let skb = ctx.skb.skb;
     let (protocol, ifindex, ingress_ifindex) = unsafe { ((*skb).protocol, (*skb).ifindex, (*skb).ingress_ifindex) };
-    if protocol != ETH_P_IP_BE {
-        return None;
-    }
-    let Some(pkt) = parse_ipv4(ctx, l2_len(ifindex)) else {
+    let v6 = match protocol {
+        ETH_P_IP_BE => false,
+        ETH_P_IPV6_BE => true,
+        _ => return None,
+    };
+    let Some(pkt) = parse(ctx, l2_len(ifindex), v6) else {
         // Read again rather than kept: live across the parse, they cost every packet spills.
         let ifindex = unsafe { (*skb).ifindex };
         log::not_parsed(ifindex, egress, l2_len(ifindex));
@@ -176,8 +248,8 @@ fn observe(ctx: &TcContext, egress: bool) -> Option<()> {
         return Some(());
     }
     let hook = if local { hook::LOCAL_OUT } else { hook::PRE_ROUTING };
-    if pkt.key.proto == IPPROTO_ICMP {
-        return icmp_error(ctx, &pkt, hook);
+    if is_icmp(&pkt) {
+        return icmp_error(ctx, &pkt, hook, v6);
     }
     let r = match flows::find(&pkt.key) {
         Some(found) if found.reversed => reply_direction(&found, &pkt, hook),
@@ -213,7 +285,7 @@ fn copy_found(ctx: &TcContext, found: &Found, egress: bool, hook: u8, reply: boo
 /// backend not yet joined gets state under this post-NAT tuple, without an event.
 #[inline(always)]
 fn forwarded(pkt: &Packet) -> Option<()> {
-    if pkt.key.proto == IPPROTO_ICMP {
+    if is_icmp(pkt) {
         return None;
     }
     if flows::find(&pkt.key).is_some() {
@@ -346,14 +418,19 @@ fn end_of_flow(found: &Found, pkt: &Packet, hook: u8, ct_dir: u8) {
     }
 }
 
-/// An ICMP error (destination unreachable, time exceeded, parameter problem) quoting one of our
-/// flows' packets, before or after NAT.
+/// An ICMP error (destination unreachable, time exceeded, parameter problem; for ICMPv6 also
+/// packet too big) quoting one of our flows' packets, before or after NAT.
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8) -> Option<()> {
-    if !matches!(pkt.icmp_type, 3 | 11 | 12) {
+fn icmp_error(ctx: &TcContext, pkt: &Packet, hook: u8, v6: bool) -> Option<()> {
+    let error = if v6 {
+        packet::is_icmpv6_error(pkt.icmp_type)
+    } else {
+        matches!(pkt.icmp_type, 3 | 11 | 12)
+    };
+    if !error {
         return None;
     }
-    let inner = parse_ipv4(ctx, pkt.l4 as u32 + 8)?;
+    let inner = parse(ctx, pkt.l4 as u32 + 8, v6)?;
     let found = flows::report_icmp_error(&inner.key, pkt.icmp_type, pkt.icmp_code, pkt.key.saddr, hook)?;
     if crate::pcap::enabled() {
         // The error travels against the quoted packet's direction.

@@ -80,7 +80,7 @@ const GUESTS: &[Guest] = &[
     Guest {
         series: "5.10",
         hook_set: "tc",
-        proves: "TC on legacy clsact: tc::, every scenario (iptables mode), the demo",
+        proves: "TC on legacy clsact: tc::, every scenario (iptables mode), the IPv6 traces (iptables mode), the demo",
         timeout: 1500,
         runs: &[GuestRun {
             hooks: "tc",
@@ -90,12 +90,14 @@ const GUESTS: &[Guest] = &[
                 "demo::demo_json_gives_each_service_its_verdict_and_leaves_nothing",
                 "errors::doctor_reports_the_hook_set",
                 "pcap::the_kernel_copies_load_and_reach_the_file",
+                "traced_over_ipv6",
                 "--skip",
                 "_nftables",
             ],
             expect: &[
                 ("tc::", 14),
                 ("scenarios::", 15),
+                ("dual_stack::", 5),
                 ("demo::", 1),
                 ("errors::doctor_reports_the_hook_set", 1),
                 ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
@@ -105,7 +107,7 @@ const GUESTS: &[Guest] = &[
     Guest {
         series: "6.1",
         hook_set: "tc",
-        proves: "TC smoke subset, daemon::, vm:: (IPVS, conntrack_full)",
+        proves: "TC smoke subset (IPv4 and IPv6), daemon::, vm:: (IPVS, conntrack_full)",
         timeout: 1200,
         runs: &[GuestRun {
             hooks: "tc",
@@ -121,9 +123,12 @@ const GUESTS: &[Guest] = &[
                 "daemon::follows_rule_rewrites_and_stays_bounded_under_a_flood_of_flows",
                 "vm::",
                 "pcap::the_kernel_copies_load_and_reach_the_file",
+                "dual_stack::healthy_traced_over_ipv6_iptables",
+                "dual_stack::no_endpoints_traced_over_ipv6_iptables",
             ],
             expect: &[
                 ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
+                ("dual_stack::", 2),
                 ("tc::", 3),
                 ("scenarios::", 1),
                 ("errors::doctor_reports_the_hook_set", 1),
@@ -136,7 +141,7 @@ const GUESTS: &[Guest] = &[
     Guest {
         series: "6.12",
         hook_set: "netfilter",
-        proves: "netfilter links: tracer::, cleanup; TC on tcx: every scenario (nftables mode), tc:: subset",
+        proves: "netfilter links: tracer::, cleanup, the IPv6 traces (nftables mode); TC on tcx: every scenario and IPv6 trace (nftables mode), tc:: subset",
         timeout: 1500,
         runs: &[
             GuestRun {
@@ -146,9 +151,11 @@ const GUESTS: &[Guest] = &[
                     "cleanup::nothing_remains_after_ctrl_c",
                     "errors::doctor_reports_the_hook_set",
                     "pcap::the_kernel_copies_load_and_reach_the_file",
+                    "traced_over_ipv6_nftables",
                 ],
                 expect: &[
                     ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
+                    ("dual_stack::", 5),
                     ("tracer::", 10),
                     ("cleanup::", 1),
                     ("errors::doctor_reports_the_hook_set", 1),
@@ -168,11 +175,13 @@ const GUESTS: &[Guest] = &[
                     "tc::tc_sigkill_residue_is_removed_by_the_next_start_and_by_cleanup",
                     "tc::tc_keeps_its_clsact_when_another_tool_uses_it",
                     "pcap::the_kernel_copies_load_and_reach_the_file",
+                    "traced_over_ipv6",
                     "--skip",
                     "_iptables",
                 ],
                 expect: &[
                     ("tc::", 7),
+                    ("dual_stack::", 5),
                     ("scenarios::", 15),
                     ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
                 ],

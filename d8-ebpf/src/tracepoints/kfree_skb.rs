@@ -30,7 +30,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     } else {
         read(ctx, reason_off)?
     };
-    let pkt = packet::parse_ipv4(packet::network_header(skb)?)?;
+    // IPv4 or IPv6, by the header's version: the tracepoint fires for both families' packets.
+    let pkt = packet::parse_ip(packet::network_header(skb)?)?;
     // No TARGET_FILTER shortcut on the packet's headers: a packet a stale conntrack entry DNATs
     // to a gone pod carries neither a frontend nor a traced backend, and its drop is the
     // evidence (tried and reverted; see BENCHMARKS.md). The ORIGINAL tuple would do, but the

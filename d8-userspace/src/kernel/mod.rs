@@ -125,6 +125,8 @@ fn addr_layout(format: &Format) -> TpAddrLayout {
         sport: off("sport"),
         dport: off("dport"),
         family: off("family"),
+        saddr_v6: off("saddr_v6"),
+        daddr_v6: off("daddr_v6"),
         protocol: off("protocol"),
         oldstate: off("oldstate"),
         newstate: off("newstate"),
@@ -352,6 +354,23 @@ mod tests {
         );
         let l = addr_layout(&old);
         assert_eq!((l.kind, l.sport, l.saddr), (layout::SEPARATE, 16, 22));
+        assert_eq!((l.saddr_v6, l.daddr_v6), (NONE, NONE), "no IPv6 fields, none used");
+        // sock:inet_sock_set_state (every kernel since 4.16): IPv6 addresses in their own arrays.
+        let state = Format::parse(
+            "sock:inet_sock_set_state",
+            "field:__u16 sport;	offset:24;	size:2;	signed:0;
+field:__u16 dport;	offset:26;	size:2;	signed:0;
+             field:__u16 family;	offset:28;	size:2;	signed:0;
+field:__u8 saddr[4];	offset:32;	size:4;	signed:0;
+             field:__u8 daddr[4];	offset:36;	size:4;	signed:0;
+field:__u8 saddr_v6[16];	offset:40;	size:16;	signed:0;
+             field:__u8 daddr_v6[16];	offset:56;	size:16;	signed:0;",
+        );
+        let l = addr_layout(&state);
+        assert_eq!(
+            (l.kind, l.family, l.saddr_v6, l.daddr_v6),
+            (layout::SEPARATE, 28, 40, 56)
+        );
     }
 
     #[test]

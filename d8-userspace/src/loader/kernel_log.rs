@@ -247,7 +247,7 @@ mod tests {
                 size.insert(name.to_string(), info.size_translated().unwrap_or(0));
             }
             if netfilter_links {
-                for name in ["nf_pre", "nf_post"] {
+                for name in crate::loader::NETFILTER_PROGRAMS {
                     netfilter::Program::load(PROBES, name, &map_fds)
                         .unwrap_or_else(|e| panic!("{name} with logging {enabled}: {e}"));
                 }

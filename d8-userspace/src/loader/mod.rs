@@ -39,7 +39,9 @@ pub const PRIORITY_PRE_FILTER: i32 = -1;
 /// Priority of `nf_post` at POSTROUTING: right after SNAT (100), when the reply tuple is final.
 pub const PRIORITY_POST_SNAT: i32 = 101;
 
-/// Where the netfilter programs attach: (program, hook, priority).
+/// Where the netfilter programs attach in the IPv4 family: (program, hook, priority). The IPv6
+/// family has the same hooks and priorities (`NF_IP6_PRI_*` equal `NF_IP_PRI_*`), with each
+/// program's IPv6 twin ([`ipv6_twin`]).
 pub const NETFILTER_ATTACHMENTS: &[(&str, netfilter::Hook, i32)] = &[
     ("nf_pre", netfilter::Hook::PreRouting, PRIORITY_PRE_CONNTRACK),
     ("nf_pre", netfilter::Hook::LocalOut, PRIORITY_PRE_CONNTRACK),
@@ -49,6 +51,18 @@ pub const NETFILTER_ATTACHMENTS: &[(&str, netfilter::Hook, i32)] = &[
     ("nf_post", netfilter::Hook::LocalIn, PRIORITY_PRE_FILTER),
     ("nf_post", netfilter::Hook::PostRouting, PRIORITY_POST_SNAT),
 ];
+
+/// The IPv6 twin of a netfilter program: the same code with the IPv6 parser (`nf_pre6`).
+pub fn ipv6_twin(program: &str) -> &'static str {
+    match program {
+        "nf_pre" => "nf_pre6",
+        "nf_post" => "nf_post6",
+        other => panic!("no IPv6 twin of netfilter program {other}"),
+    }
+}
+
+/// The netfilter programs, both families'.
+pub const NETFILTER_PROGRAMS: [&str; 4] = ["nf_pre", "nf_post", "nf_pre6", "nf_post6"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -252,21 +266,29 @@ impl Tracer {
             return Ok(tracer);
         }
 
-        for name in ["nf_pre", "nf_post"] {
+        for name in NETFILTER_PROGRAMS {
             tracer
                 .nf_programs
                 .push(netfilter::Program::load(PROBES, name, &map_fds)?);
         }
-        for &(program, hook, priority) in NETFILTER_ATTACHMENTS {
-            let prog = tracer
-                .nf_programs
-                .iter()
-                .find(|p| p.name() == program)
-                .expect("both netfilter programs were loaded above");
-            tracer.nf_links.push(prog.attach(hook, priority)?);
-            tracer
-                .attached
-                .push(format!("netfilter {program} at {} priority {priority}", hook.name()));
+        for family in [netfilter::Family::Ipv4, netfilter::Family::Ipv6] {
+            for &(program, hook, priority) in NETFILTER_ATTACHMENTS {
+                let program = match family {
+                    netfilter::Family::Ipv4 => program,
+                    netfilter::Family::Ipv6 => ipv6_twin(program),
+                };
+                let prog = tracer
+                    .nf_programs
+                    .iter()
+                    .find(|p| p.name() == program)
+                    .expect("every netfilter program was loaded above");
+                tracer.nf_links.push(prog.attach_family(family, hook, priority)?);
+                tracer.attached.push(format!(
+                    "netfilter {program} at {} {} priority {priority}",
+                    family.name(),
+                    hook.name()
+                ));
+            }
         }
         Ok(tracer)
     }

@@ -27,6 +27,26 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `NFPROTO_IPV4`.
 pub const NFPROTO_IPV4: u32 = 2;
+/// `NFPROTO_IPV6`.
+pub const NFPROTO_IPV6: u32 = 10;
+
+/// The family of a netfilter hook (`NFPROTO_*`): IPv4 and IPv6 packets pass separate hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Family {
+    Ipv4 = NFPROTO_IPV4,
+    Ipv6 = NFPROTO_IPV6,
+}
+
+impl Family {
+    /// As nft names the families' tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ip",
+            Self::Ipv6 => "ip6",
+        }
+    }
+}
 
 /// Netfilter hooks (`enum nf_inet_hooks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +86,10 @@ pub enum Error {
         cause: std::io::Error,
         log: String,
     },
-    #[error("attaching `{name}` at {hook} priority {priority}")]
+    #[error("attaching `{name}` at {family} {hook} priority {priority}")]
     Link {
         name: String,
+        family: &'static str,
         hook: &'static str,
         priority: i32,
         #[source]
@@ -219,22 +240,29 @@ impl Program {
 
     /// Attaches the program at `hook` (IPv4) with `priority`, in the calling thread's netns.
     pub fn attach(&self, hook: Hook, priority: i32) -> Result<Link, Error> {
+        self.attach_family(Family::Ipv4, hook, priority)
+    }
+
+    /// Attaches the program at `family`'s `hook` with `priority`, in the calling thread's netns.
+    pub fn attach_family(&self, family: Family, hook: Hook, priority: i32) -> Result<Link, Error> {
         let mut attr = LinkCreateAttr {
             prog_fd: self.fd.as_raw_fd() as u32,
             attach_type: BPF_NETFILTER,
-            pf: NFPROTO_IPV4,
+            pf: family as u32,
             hooknum: hook as u32,
             priority,
             ..Default::default()
         };
         let fd = bpf(BPF_LINK_CREATE, &mut attr).map_err(|source| Error::Link {
             name: self.name.clone(),
+            family: family.name(),
             hook: hook.name(),
             priority,
             source,
         })?;
         // SAFETY: the kernel returned a new link fd that we now own.
         Ok(Link {
+            family,
             hook,
             priority,
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -245,6 +273,7 @@ impl Program {
 /// An attached netfilter hook; dropping it detaches the program.
 #[derive(Debug)]
 pub struct Link {
+    pub family: Family,
     pub hook: Hook,
     pub priority: i32,
     #[expect(dead_code, reason = "held only so that dropping the Link closes it, which detaches")]
@@ -281,7 +310,7 @@ mod tests {
             .enumerate()
             .map(|(i, name)| (name.clone(), 1000 + i as RawFd))
             .collect();
-        for program in ["nf_pre", "nf_post"] {
+        for program in ["nf_pre", "nf_post", "nf_pre6", "nf_post6"] {
             let insns = relocated_instructions(object, program, &fds).unwrap();
             let map_loads: Vec<i32> = insns
                 .iter()
