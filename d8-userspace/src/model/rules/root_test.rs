@@ -110,6 +110,20 @@ pub(super) fn gen_large(n: usize) -> (String, String) {
     texts
 }
 
+/// The scale check both modes share: `n` generated Services put into the kernel by `load`, then
+/// read both ways by `same` (which asserts the kernel's reading equals the tools'); every Service
+/// and its five endpoints are in the model.
+pub(super) fn equal_at_scale(n: usize, load: impl FnOnce(), same: impl FnOnce() -> ModeReading) {
+    let t = std::time::Instant::now();
+    load();
+    eprintln!("{n} Services loaded in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let r = same();
+    eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
+    assert_eq!(r.services.len(), n);
+    assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
+}
+
 /// The kernel's reading equals the tools' (`rules_present`, node-port addresses, warnings after
 /// `normalized`, every Service), the kernel's ran no tool, and `auto` read the kernel.
 pub(super) fn assert_same_readings(

@@ -227,14 +227,11 @@ fn kernel_reading_equals_iptables_save_at(n: usize) {
         return;
     }
     let ns = Ns::new("scale");
-    let t = std::time::Instant::now();
-    ns.restore(&root_test::gen_large(n).0);
-    eprintln!("{n} Services restored in {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let r = assert_same(&ns, &format!("{n} Services"));
-    eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
-    assert_eq!(r.services.len(), n);
-    assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
+    root_test::equal_at_scale(
+        n,
+        || ns.restore(&root_test::gen_large(n).0),
+        || assert_same(&ns, &format!("{n} Services")),
+    );
 }
 
 #[test]

@@ -341,14 +341,11 @@ fn kernel_reading_equals_nft_at(n: usize) {
         return;
     }
     let ns = Ns::new("scale");
-    let t = std::time::Instant::now();
-    ns.load(&generated_table(n), false);
-    eprintln!("{n} Services loaded in {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    let r = assert_same(&ns, &format!("{n} Services"));
-    eprintln!("{n} Services read both ways and compared in {:?}", t.elapsed());
-    assert_eq!(r.services.len(), n);
-    assert_eq!(r.services.iter().map(|s| s.endpoints.len()).sum::<usize>(), 5 * n);
+    root_test::equal_at_scale(
+        n,
+        || ns.load(&generated_table(n), false),
+        || assert_same(&ns, &format!("{n} Services")),
+    );
 }
 
 #[test]
