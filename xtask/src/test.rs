@@ -34,6 +34,10 @@ pub struct Options {
     /// `d8-trace doctor` picks for this kernel), `tc` or `netfilter`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "tc", "netfilter"])]
     pub host_hooks: String,
+    /// Guests booted at once. TCG guests spend much of their time waiting (traces of fixed
+    /// length, timeouts), so two share the two cores well; 1 runs them one after the other.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub guests_at_once: u32,
     /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter (host suite only).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
@@ -260,9 +264,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     if !guests.is_empty() {
         let e2e = e2e_test_binary()?;
-        for guest in guests {
-            outcomes.push(guest_suite(guest, &binary, &e2e));
-        }
+        outcomes.extend(guest_suites(&guests, &binary, &e2e, opts.guests_at_once as usize)?);
     }
     cross_check(&mut outcomes, opts.no_host || opts.no_vm || !opts.kernels.is_empty());
     let summary = summary(&outcomes);
@@ -401,7 +403,51 @@ fn guest_script(guest: &Guest) -> String {
 
 /// One guest of the matrix: boot, run, parse. Never an `Err`: whatever went wrong is a problem of
 /// this guest's outcome, and the other guests still run.
-fn guest_suite(guest: &Guest, binary: &std::path::Path, e2e: &std::path::Path) -> Outcome {
+/// Every guest's suite, `at_once` guests at a time, the longest (most tests) first so the last
+/// to start is a short one; outcomes in the matrix's order. The kernels are fetched first, one at
+/// a time (apt keeps one state per suite, and a fresh machine downloads them here).
+fn guest_suites(
+    guests: &[&Guest],
+    binary: &std::path::Path,
+    e2e: &std::path::Path,
+    at_once: usize,
+) -> anyhow::Result<Vec<Outcome>> {
+    // Where `vm::run_captured` looks (no `cache_dir` given).
+    let cache = vm::workspace_root().join("target/vm-cache");
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    for guest in guests {
+        vm::kernel::resolve(guest.series, None, &cache)
+            .with_context(|| format!("fetching the {} guest kernel", guest.series))?;
+    }
+    let weight = |g: &Guest| -> usize { g.runs.iter().flat_map(|r| r.expect.iter()).map(|(_, n)| n).sum() };
+    let mut order: Vec<usize> = (0..guests.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(weight(guests[i])));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Option<Outcome>>> = std::sync::Mutex::new((0..guests.len()).map(|_| None).collect());
+    let prefix = at_once > 1;
+    std::thread::scope(|scope| {
+        for _ in 0..at_once.min(guests.len()) {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let outcome = guest_suite(guests[i], binary, e2e, prefix);
+                    done.lock().unwrap()[i] = Some(outcome);
+                }
+            });
+        }
+    });
+    Ok(done
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.expect("every guest ran"))
+        .collect())
+}
+
+/// One guest's suite. With `prefix` (guests running at once) its console lines are echoed as
+/// `[SERIES] line`.
+fn guest_suite(guest: &Guest, binary: &std::path::Path, e2e: &std::path::Path, prefix: bool) -> Outcome {
     let started = Instant::now();
     let mut outcome = Outcome {
         label: guest.series.to_string(),
@@ -427,6 +473,11 @@ fn guest_suite(guest: &Guest, binary: &std::path::Path, e2e: &std::path::Path) -
             format!("D8_E2E_EXPECT_HOOK_SET={}", guest.hook_set),
         ],
         timeout: guest.timeout,
+        echo_prefix: if prefix {
+            format!("[{}] ", guest.series)
+        } else {
+            String::new()
+        },
         command: vec!["/bin/sh".into(), "-c".into(), guest_script(guest)],
         ..vm::Options::default()
     });

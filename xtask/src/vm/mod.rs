@@ -185,6 +185,10 @@ pub struct Options {
     #[arg(long)]
     pub keep: bool,
 
+    /// Put before each echoed console line (guests running at once tell theirs apart).
+    #[arg(skip)]
+    pub echo_prefix: String,
+
     /// Command to run in the guest, as an argv (use `sh -c '...'` for shell syntax).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -205,6 +209,7 @@ impl Default for Options {
             append: None,
             cache_dir: None,
             keep: false,
+            echo_prefix: String::new(),
             command: Vec::new(),
         }
     }
@@ -330,6 +335,7 @@ pub fn run_captured(opts: Options) -> Result<GuestRun> {
         cpus: opts.cpus,
         timeout: Duration::from_secs(opts.timeout),
         accel: &opts.accel,
+        echo_prefix: &opts.echo_prefix,
     })?;
     eprintln!(
         "d8-vm: guest ready after {}, finished after {:.1}s; total {:.1}s",
@@ -349,7 +355,7 @@ pub fn run_captured(opts: Options) -> Result<GuestRun> {
 }
 
 /// The workspace root (xtask lives one level below it).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 

@@ -23,6 +23,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// `tcg` (software emulation), or `kvm` where it works.
     pub accel: &'a str,
+    /// Put before each echoed console line.
+    pub echo_prefix: &'a str,
 }
 
 pub struct Outcome {
@@ -123,7 +125,7 @@ pub fn boot(b: &Boot) -> Result<Outcome> {
             Ok(Msg::Out(line)) => {
                 {
                     let mut so = stdout_handle.lock();
-                    let _ = writeln!(so, "{line}");
+                    let _ = writeln!(so, "{}{line}", b.echo_prefix);
                     let _ = so.flush();
                 }
                 if ready_after.is_none() && line.contains(READY) {
