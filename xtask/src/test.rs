@@ -99,7 +99,7 @@ const GUESTS: &[Guest] = &[
                 "_nftables",
             ],
             expect: &[
-                ("tc::", 14),
+                ("tc::", 15),
                 ("scenarios::", 15),
                 ("dual_stack::", 5),
                 ("demo::", 1),
