@@ -266,10 +266,14 @@ fn record_clsact(ifindex: u32, ifname: &str, added: bool) {
         }
     } else {
         let _ = std::fs::remove_file(path);
-        // Nothing recorded any more: no empty folders left behind either (fails while not empty).
-        let _ = std::fs::remove_dir(RECORDS);
-        let _ = std::fs::remove_dir("/run/d8-trace");
+        remove_empty_record_dirs();
     }
+}
+
+/// Nothing recorded any more: no empty folders left behind either (fails while not empty).
+fn remove_empty_record_dirs() {
+    let _ = std::fs::remove_dir(RECORDS);
+    let _ = std::fs::remove_dir("/run/d8-trace");
 }
 
 /// Removes the clsact qdisc d8-trace added to an interface, unless another tool's filters were
@@ -300,9 +304,7 @@ pub fn forget_gone_namespaces() -> Vec<String> {
             Err(e) => tracing::warn!("could not remove {}: {e}", path.display()),
         }
     }
-    // Nothing recorded any more: no empty folders left behind either (fails while not empty).
-    let _ = std::fs::remove_dir(RECORDS);
-    let _ = std::fs::remove_dir("/run/d8-trace");
+    remove_empty_record_dirs();
     forgotten
 }
 
@@ -321,11 +323,14 @@ fn gone_records(dir: &std::path::Path, live: &std::collections::HashSet<u64>) ->
         ) else {
             continue;
         };
+        if live.contains(&netns) {
+            continue;
+        }
         let pid = std::fs::read_to_string(entry.path()).ok();
-        let alive = pid
+        if !pid
             .and_then(|p| p.trim().parse().ok())
-            .is_some_and(crate::kernel::process_alive);
-        if !live.contains(&netns) && !alive {
+            .is_some_and(crate::kernel::process_alive)
+        {
             gone.push((
                 entry.path(),
                 format!(

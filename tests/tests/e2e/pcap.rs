@@ -134,7 +134,7 @@ fn check(run: &Run, file: &Path, want: &Expect<'_>) -> Vec<Packet> {
         .report
         .flows
         .iter()
-        .filter(|f| matches!(f.outcome.as_str(), "rejected" | "dropped" | "reset" | "timeout"))
+        .filter(|f| failing(&f.outcome))
         .filter(|f| f.class.as_deref() != Some("probe_rst"))
         .count();
     let mut flows: Vec<&str> = packets.iter().map(Packet::flow).collect();
@@ -207,6 +207,12 @@ fn check(run: &Run, file: &Path, want: &Expect<'_>) -> Vec<Packet> {
     packets
 }
 
+/// The outcomes whose flows `--pcap` writes (besides ICMP-errored ones, which the JSON does not
+/// show).
+fn failing(outcome: &str) -> bool {
+    matches!(outcome, "rejected" | "dropped" | "reset" | "timeout")
+}
+
 /// A capture written beside any scenario's trace agrees with its report, read by hand (the
 /// guests carry no tshark): every packet names its flow and the Service; each flow's last packet
 /// carries a verdict; the file holds exactly the report's failing flows (rejected, dropped, reset,
@@ -221,7 +227,6 @@ pub(crate) fn agrees_with_report(run: &Run, file: &Path) {
         Vec::new()
     };
     let ctx = || format!("{}\n--- capture:\n{packets:#?}", run.context);
-    let failing = |outcome: &str| matches!(outcome, "rejected" | "dropped" | "reset" | "timeout");
     // (class, outcome) -> flows, in the report and in the file.
     let mut report: BTreeMap<(String, String), usize> = BTreeMap::new();
     for f in &run.report.flows {
