@@ -28,6 +28,7 @@ const TARGETS: &[(&str, &[&str])] = &[
         "iptables_netlink",
         &["d8-userspace/testdata/rules/iptables-nft-netlink.bin"],
     ),
+    ("iptables_legacy", &["d8-userspace/testdata/rules/iptables-legacy.bin"]),
     (
         "ipvsadm",
         &[
@@ -43,8 +44,8 @@ pub struct Options {
     /// Seconds per target.
     #[arg(long, default_value_t = 120)]
     pub seconds: u64,
-    /// Only this target (iptables_save, nft_json, nft_netlink, iptables_netlink, ipvsadm,
-    /// k8s_snapshot).
+    /// Only this target (iptables_save, nft_json, nft_netlink, iptables_netlink, iptables_legacy,
+    /// ipvsadm, k8s_snapshot).
     pub target: Option<String>,
 }
 

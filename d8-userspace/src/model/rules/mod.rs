@@ -465,14 +465,14 @@ pub fn read_iptables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<
         let ip = if v6 { "ip6" } else { "ip" };
         let best = match from {
             RulesFrom::Tools => read_iptables_tools(tools, &mut reading, &mut any_read)?,
-            RulesFrom::Kernel | RulesFrom::Auto => match read_iptables_kernel(v6, family, only) {
+            RulesFrom::Kernel | RulesFrom::Auto => match read_iptables_kernel(v6, family, only, &mut reading.warnings) {
                 Ok(best) => {
                     any_read = true;
                     Some(best)
                 }
                 Err(source) if from == RulesFrom::Kernel => {
                     return Err(ReadError::Kernel {
-                        what: format!("the iptables-nft tables {ip} filter and {ip} nat"),
+                        what: format!("the iptables tables {ip} filter and {ip} nat (iptables-nft or -legacy)"),
                         source,
                     });
                 }
@@ -517,26 +517,36 @@ pub fn read_iptables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<
 
 /// One family's iptables rules from the kernel, as the source it names and what it holds.
 ///
-/// Which backend holds kube-proxy's chains is detected, not assumed: iptables-nft's are read
-/// here; legacy x_tables tables (listed in `/proc/thread-self/net/ip_tables_names`) are not
-/// decoded, so when any exist the read is refused and `auto` runs the save tools, which read
-/// both backends and keep the one with more of kube-proxy's rules (see [`read_iptables_tools`]).
+/// Which backend holds kube-proxy's chains is detected, not assumed, as the save tools do it:
+/// iptables-nft's chains are read over nf_tables netlink; when legacy x_tables tables exist
+/// (listed in `/proc/thread-self/net/ip_tables_names`) their blobs are read too
+/// ([`iptables::legacy`]), and the backend holding more of kube-proxy's rules wins, with a
+/// warning when both hold some.
 fn read_iptables_kernel(
     v6: bool,
     family: u8,
     only: Option<&ServiceRef>,
+    warnings: &mut Vec<String>,
 ) -> Result<(String, iptables::Parsed), nftables::netlink::Error> {
     let ip = if v6 { "ip6" } else { "ip" };
-    let legacy = crate::kernel::xtables::legacy_tables(v6);
-    if !legacy.is_empty() {
-        return Err(nftables::netlink::Error::Unknown(format!(
-            "iptables-legacy tables exist ({}), and the legacy ruleset is read by iptables-legacy-save only",
-            legacy.join(", ")
-        )));
-    }
     let source = format!("nf_tables netlink ({ip} filter, {ip} nat)");
-    let parsed = iptables::netlink::read(family, &source, only)?;
-    Ok((source, parsed))
+    let nft = match iptables::netlink::read(family, &source, only) {
+        Ok(p) => (source, p),
+        Err(e) => return Err(e),
+    };
+    let legacy = crate::kernel::xtables::legacy_tables(v6);
+    if !legacy.iter().any(|t| t == "filter" || t == "nat") {
+        return Ok(nft);
+    }
+    let source = format!("x_tables getsockopt ({ip} filter, {ip} nat)");
+    let old = (source.clone(), iptables::legacy::read(v6, &legacy, &source, only)?);
+    if nft.1.rules_present && old.1.rules_present {
+        warnings.push(format!(
+            "kube-proxy chains exist in both {} and {}; using the one with more rules",
+            nft.0, old.0
+        ));
+    }
+    Ok(if kube_rule_weight(&old.1) > kube_rule_weight(&nft.1) { old } else { nft })
 }
 
 /// One family's `iptables-save` tools: the nft and legacy backends (`iptables-save` itself only

@@ -130,7 +130,7 @@ fn assert_same(ns: &Ns, what: &str) -> ModeReading {
 /// Shapes the nftables specs do not write in iptables mode: loadBalancerSourceRanges (KUBE-FW
 /// and KUBE-PROXY-FIREWALL) and large-cluster mode (over 1,000 endpoints: no per-endpoint
 /// comments).
-fn iptables_specs() -> Vec<(&'static str, ClusterSpec)> {
+pub(super) fn iptables_specs() -> Vec<(&'static str, ClusterSpec)> {
     let lb = ServiceSpec::new("shop", "lb", std::net::Ipv4Addr::new(10, 96, 2, 1))
         .node_port("https", 443, 8443, Protocol::Tcp, 30443)
         .load_balancer_ip(std::net::Ipv4Addr::new(198, 51, 100, 9))

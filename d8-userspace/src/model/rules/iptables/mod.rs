@@ -49,9 +49,13 @@
 //! design, so a change in kube-proxy's rules touches it alone.
 
 mod build;
+mod chains;
 mod comment;
 #[cfg(test)]
 mod kernel_tests;
+pub mod legacy;
+#[cfg(test)]
+mod legacy_tests;
 mod lex;
 pub mod netlink;
 mod save;
@@ -112,10 +116,11 @@ pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> 
     Ok(build::build(&dump))
 }
 
-/// Parses the `iptables-save` text the kernel reader rendered (`netlink.rs`); warnings name each
-/// rule by its handle (`handles[line]`), not by a line of a text nobody sees.
-fn parse_rendered(text: &str, source_name: &str, handles: &[u64]) -> Result<Parsed, ParseError> {
+/// Parses the `iptables-save` text a kernel reader rendered (`netlink.rs`, `legacy.rs`); warnings
+/// name each rule by the kernel's name for it (`handles[line]`, a `place` such as "rule
+/// handle"), not by a line of a text nobody sees.
+fn parse_rendered(text: &str, source_name: &str, handles: &[u64], place: &'static str) -> Result<Parsed, ParseError> {
     let mut dump = Dump::read(text, source_name)?;
-    dump.locate_by_handle(handles);
+    dump.locate(handles, place);
     Ok(build::build(&dump))
 }

@@ -23,24 +23,15 @@
 //! lookup and its rules. The read is checked against the ruleset's
 //! generation, as the nftables reader's is, and done again when it moved meanwhile.
 
+use super::chains::{ChainInfo, ReadRule, Rendered, TABLES, Table, read_rules, render};
 use super::save::{Addr, Iface, SaveRule, Target, prefix_byte};
 use super::xt::{self, Match};
 use super::{ParseError, Parsed};
 use crate::kernel::netlink::attrs;
 use crate::kernel::nftables::{self as nl, FAMILY_IP6, Kind, Reader};
 use crate::model::ServiceRef;
-use crate::model::rules::FastMap;
 use crate::model::rules::nftables::expr::{Attrs, R, Unknown, bits, expressions, unknown};
 use crate::model::rules::nftables::netlink::{Error, Step, dump, generation};
-
-/// The tables kube-proxy writes in iptables mode, in the order `iptables-save` prints them, with
-/// their built-in chains in hook order. iptables-nft creates a built-in chain only when a rule
-/// needs it, and `iptables-save` lists each anyway (with policy ACCEPT when it does not exist).
-const TABLES: [&str; 2] = ["filter", "nat"];
-const BUILTIN: [&[&str]; 2] = [
-    &["INPUT", "FORWARD", "OUTPUT"],
-    &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-];
 
 /// Reads kube-proxy's iptables chains of `family` ([`nl::FAMILY_IP`] or [`FAMILY_IP6`]) from
 /// nf_tables; warnings name `source_name` and each rule's handle. No nf_tables in the kernel, or
@@ -61,15 +52,7 @@ pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<
 
 /// The text reader's model of a rendering.
 fn parse(r: &Rendered, source_name: &str) -> Result<Parsed, Error> {
-    super::parse_rendered(&r.text, source_name, &r.handles).map_err(|e: ParseError| Error::Unknown(e.to_string()))
-}
-
-/// The chains read, as `iptables-save` text, and the handle of the rule on each line (0 for
-/// other lines).
-#[derive(Debug, Default)]
-pub(super) struct Rendered {
-    pub(super) text: String,
-    pub(super) handles: Vec<u64>,
+    super::parse_rendered(&r.text, source_name, &r.handles, "rule handle").map_err(|e: ParseError| Error::Unknown(e.to_string()))
 }
 
 pub(super) fn read_consistent(family: u8, only: Option<&ServiceRef>) -> Result<Rendered, Error> {
@@ -96,18 +79,6 @@ pub(super) fn read_consistent(family: u8, only: Option<&ServiceRef>) -> Result<R
         return render(&tables).map_err(Error::from);
     }
     Err(Error::Unstable(ATTEMPTS))
-}
-
-/// A chain's name and, for a base chain, its hook number and policy.
-type ChainInfo = (String, Option<(u32, &'static str)>);
-
-/// One table's chains and the rules read from it.
-#[derive(Debug, Default)]
-struct Table {
-    name: &'static str,
-    chains: Vec<ChainInfo>,
-    /// Per chain: the rendered lines and their handles, in the kernel's order.
-    rules: FastMap<String, (String, Vec<u64>)>,
 }
 
 /// `table`'s chains and kube-proxy's rules in it (see [`read`] for `only`); `None` when the table
@@ -138,86 +109,8 @@ fn read_table(
         Ok(())
     })?;
     let v6 = family == FAMILY_IP6;
-    let Some(only) = only else {
-        let names: Vec<String> = t.chains.iter().map(|(n, _)| n.clone()).collect();
-        let mut rules = Vec::new();
-        for chain in &names {
-            read_chain(r, family, name, chain, v6, &mut rules)?;
-        }
-        t.add(rules);
-        return Ok(Some(t));
-    };
-    // The shared chains, then the Service's own chains their rules naming it jump to, then the
-    // endpoint chains those jump to.
-    let (own, shared): (Vec<String>, Vec<String>) = t
-        .chains
-        .iter()
-        .map(|(n, _)| n.clone())
-        .partition(|n| hash_suffix(n).is_some());
-    let mut rules = Vec::new();
-    for chain in &shared {
-        read_chain(r, family, name, chain, v6, &mut rules)?;
-    }
-    let mut suffixes: Vec<String> = rules
-        .iter()
-        .filter(|x| names_service(x.comment.as_deref(), only) == Some(true))
-        .filter_map(|x| x.target.as_deref().and_then(hash_suffix))
-        .map(str::to_string)
-        .collect();
-    suffixes.sort_unstable();
-    suffixes.dedup();
-    rules.retain(|x| {
-        names_service(x.comment.as_deref(), only) != Some(false)
-            && x.target
-                .as_deref()
-                .and_then(hash_suffix)
-                .is_none_or(|s| suffixes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
-    });
-    let mut read: Vec<String> = shared;
-    let service_chains: Vec<String> = own
-        .iter()
-        .filter(|n| {
-            !n.starts_with("KUBE-SEP-")
-                && hash_suffix(n).is_some_and(|s| suffixes.binary_search_by(|x| x.as_str().cmp(s)).is_ok())
-        })
-        .cloned()
-        .collect();
-    let mut mine = Vec::new();
-    for chain in &service_chains {
-        read_chain(r, family, name, chain, v6, &mut mine)?;
-    }
-    let mut seps: Vec<String> = mine
-        .iter()
-        .filter_map(|x| x.target.clone())
-        .filter(|c| c.starts_with("KUBE-SEP-") && own.contains(c))
-        .collect();
-    seps.sort_unstable();
-    seps.dedup();
-    for chain in &seps {
-        read_chain(r, family, name, chain, v6, &mut mine)?;
-    }
-    read.extend(service_chains);
-    read.extend(seps);
-    // Only the chains read are declared: the others are other Services'.
-    t.chains.retain(|(n, _)| read.contains(n));
-    rules.extend(mine);
-    t.add(rules);
+    read_rules(&mut t, only, |chain, out| read_chain(r, family, name, chain, v6, out))?;
     Ok(Some(t))
-}
-
-/// The hash suffix of a per-Service chain (`KUBE-SVC-`, `-SVL-`, `-EXT-`, `-FW-`, `-SEP-`).
-fn hash_suffix(chain: &str) -> Option<&str> {
-    ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"]
-        .iter()
-        .find_map(|p| chain.strip_prefix(p))
-}
-
-/// Whether a kube-proxy comment names `svc` (`None`: it names no Service).
-fn names_service(comment: Option<&str>, svc: &ServiceRef) -> Option<bool> {
-    let (port_name, _) = super::comment::parse_comment(comment?)?;
-    let name = port_name.split(':').next().unwrap_or(port_name);
-    let (ns, n) = name.split_once('/')?;
-    Some(ns == svc.namespace && n == svc.name)
 }
 
 /// One chain's rules (a dump of its own) appended to `out`.
@@ -242,26 +135,6 @@ fn read_chain(
     }
 }
 
-impl Table {
-    fn add(&mut self, rules: Vec<ReadRule>) {
-        for x in rules {
-            let (text, handles) = self.rules.entry(x.chain).or_default();
-            text.push_str(&x.line);
-            handles.push(x.handle);
-        }
-    }
-}
-
-/// A rule read: its chain, handle, `-A` line, comment and the chain it jumps or goes to.
-#[derive(Debug)]
-struct ReadRule {
-    chain: String,
-    handle: u64,
-    line: String,
-    comment: Option<String>,
-    target: Option<String>,
-}
-
 /// A chain's name and, for a base chain, its hook number and policy (`NFTA_CHAIN_NAME`, `HOOK`
 /// (nest: `HOOKNUM`, ...), `POLICY`).
 fn chain(a: &Attrs<'_>) -> R<Option<ChainInfo>> {
@@ -279,56 +152,6 @@ fn chain(a: &Attrs<'_>) -> R<Option<ChainInfo>> {
         None => None,
     };
     Ok(Some((name.to_string(), hook)))
-}
-
-/// The tables as `iptables-save` prints them: built-in chains in hook order, then the others by
-/// name, each chain's rules in order.
-fn render(tables: &[Table]) -> R<Rendered> {
-    let mut out = Rendered::default();
-    let mut line = 0usize;
-    let mut push = |out: &mut Rendered, text: &str, handle: u64| {
-        out.text.push_str(text);
-        line += 1;
-        if out.handles.len() <= line {
-            out.handles.resize(line + 1, 0);
-        }
-        out.handles[line] = handle;
-    };
-    for t in tables {
-        let builtin = TABLES.iter().position(|n| *n == t.name).map_or(&[][..], |i| BUILTIN[i]);
-        let policy = |name: &str| {
-            t.chains
-                .iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, h)| h.map(|h| h.1))
-                .unwrap_or("ACCEPT")
-        };
-        let mut chains: Vec<(&str, &str)> = builtin.iter().map(|&n| (n, policy(n))).collect();
-        let mut others: Vec<(&str, &str)> = t
-            .chains
-            .iter()
-            .filter(|(n, _)| !builtin.contains(&n.as_str()))
-            .map(|(n, h)| (n.as_str(), h.map_or("-", |h| h.1)))
-            .collect();
-        others.sort_unstable();
-        // A chain listed twice (a recorded read may hold two chain dumps) is one chain.
-        others.dedup_by(|a, b| a.0 == b.0);
-        chains.extend(others);
-        push(&mut out, &format!("*{}\n", t.name), 0);
-        for (name, policy) in &chains {
-            push(&mut out, &format!(":{name} {policy} [0:0]\n"), 0);
-        }
-        for (name, _) in &chains {
-            let Some((text, handles)) = t.rules.get(*name) else {
-                continue;
-            };
-            for (l, h) in text.split_inclusive('\n').zip(handles) {
-                push(&mut out, l, *h);
-            }
-        }
-        push(&mut out, "COMMIT\n", 0);
-    }
-    Ok(out)
 }
 
 /// One rule message: its chain, handle and `-A` line, or `None` when the rule is outside what

@@ -232,13 +232,13 @@ impl<'a> Dump<'a> {
 
     /// Gives each rule its place in the kernel instead of its line: `handles[line]` is the
     /// handle of the rule rendered on that line.
-    pub(super) fn locate_by_handle(&mut self, handles: &[u64]) {
+    pub(super) fn locate(&mut self, handles: &[u64], place: &'static str) {
         for r in &mut self.rules {
             if let Some(&h) = handles.get(r.line as usize) {
                 r.line = u32::try_from(h).unwrap_or(u32::MAX);
             }
         }
-        self.place = "rule handle";
+        self.place = place;
     }
 
     fn warn(&mut self, line: usize, msg: String) {

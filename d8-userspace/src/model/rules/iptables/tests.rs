@@ -620,3 +620,49 @@ fn mangled_iptables_nft_answers_never_panic() {
         flipped[i] ^= 0x5a;
     }
 }
+
+/// The legacy x_tables blobs of the fixture rules (`iptables-legacy.bin`, recorded by
+/// `legacy_tests::record_iptables_legacy_fixture` with `iptables-input.rules` restored by
+/// `iptables-legacy-restore`) read as `iptables-legacy-save`'s text of the same tables
+/// (`iptables-legacy-kernel.save`, counters zeroed): without root, the legacy reader is checked
+/// on kube-proxy's real rule shapes, as the iptables-nft one is above.
+#[test]
+fn recorded_iptables_legacy_tables_read_as_iptables_legacy_save_does() {
+    let bin = include_bytes!("../../../../testdata/rules/iptables-legacy.bin");
+    let text = include_str!("../../../../testdata/rules/iptables-legacy-kernel.save");
+    let kernel = super::legacy::decode_recorded(false, bin).unwrap();
+    let tool = parse_named(text, "x").unwrap();
+    assert!(kernel.rules_present && kernel.services.len() >= 5, "{kernel:?}");
+    assert_eq!(kernel.services, tool.services);
+    assert_eq!(kernel.node_port_ips, tool.node_port_ips);
+    assert!(kernel.warnings.is_empty() && tool.warnings.is_empty(), "{:?}", kernel.warnings);
+    // The rendering is iptables-legacy-save's text, table for table (it prints them in the
+    // kernel's registration order), line for line.
+    let by_table = |t: &str| {
+        let mut blocks: Vec<String> = t
+            .split_inclusive("COMMIT\n")
+            .map(|b| b.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n"))
+            .filter(|b| !b.is_empty())
+            .collect();
+        blocks.sort();
+        blocks
+    };
+    let rendered = super::legacy::render_recorded(false, bin).unwrap().text;
+    assert_eq!(by_table(&rendered), by_table(text));
+}
+
+/// Truncated and corrupted legacy blobs are errors, never panics or a partial model.
+#[test]
+fn mangled_iptables_legacy_tables_never_panic() {
+    let bin = include_bytes!("../../../../testdata/rules/iptables-legacy.bin");
+    for cut in (0..bin.len()).step_by(89) {
+        let _ = super::legacy::decode_recorded(false, &bin[..cut]);
+    }
+    let mut flipped = bin.to_vec();
+    for i in (0..flipped.len()).step_by(11) {
+        flipped[i] ^= 0x5a;
+        let _ = super::legacy::decode_recorded(false, &flipped);
+        let _ = super::legacy::decode_recorded(true, &flipped);
+        flipped[i] ^= 0x5a;
+    }
+}

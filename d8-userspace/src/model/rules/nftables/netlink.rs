@@ -39,6 +39,14 @@ pub enum Error {
     /// Something the decoder does not know: the text tool reads it instead.
     #[error("not understood: {0}")]
     Unknown(String),
+    /// A legacy x_tables table could not be read (iptables-legacy's rules, see
+    /// `iptables/legacy.rs`).
+    #[error("x_tables getsockopt (table {table}): {source}")]
+    XTables {
+        table: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl Error {
