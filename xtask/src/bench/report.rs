@@ -434,6 +434,11 @@ fn targets(r: &Results) -> Vec<Target> {
             "explain_iptables_kernel",
             "10,000 Services (iptables-nft, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
         ),
+        (
+            "iptables-legacy",
+            "explain_iptables_legacy_kernel",
+            "10,000 Services (iptables-legacy, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
+        ),
     ] {
         let Some(n) = r.rules.as_ref().and_then(|rs| {
             rs.node
@@ -899,7 +904,8 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
     }
     let _ = writeln!(
         o,
-        "\nThe same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`): the time the tools take \
+        "\nThe same rule sets loaded into a lab node namespace (`iptables-restore`, `nft -j -f`, and the iptables text once more \
+         with `iptables-legacy-restore`): the time the tools take \
          to print them, next to `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s -o json` end to end (runs the \
          tools, parses, models, reports; median of 3 runs, 1 run at 10,000 Services) and its peak RSS (d8-trace's own `VmHWM`, followed while it \
          runs; the tool it runs is a separate process, shown on its own).\n"
@@ -919,10 +925,10 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
             );
             continue;
         }
-        let tool = if n.format == "iptables-save" {
-            "`iptables-save`"
-        } else {
-            "`nft -j list table ip kube-proxy`"
+        let tool = match n.format {
+            "iptables-save" => "`iptables-save`",
+            "iptables-legacy" => "`iptables-legacy-save`",
+            _ => "`nft -j list table ip kube-proxy`",
         };
         let _ = writeln!(
             o,
@@ -943,8 +949,9 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
             o,
             "\nThe kernel readers against the tools: `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s \
              -o json --rules-from kernel` (reads `table ip kube-proxy`, or iptables-nft's `ip filter` and `ip nat`, over \
-             nf_tables netlink; no process but d8-trace; median of the runs listed) next to `--rules-from tools` (runs \
-             `nft -j list table ip kube-proxy`, or `iptables-nft-save` and `iptables-legacy-save`; d8-trace's peak and the \
+             nf_tables netlink, and iptables-legacy's x_tables blobs; no process but d8-trace; median of the runs listed) \
+             next to `--rules-from tools` (runs `nft -j list table ip kube-proxy`, or `iptables-nft-save` and \
+             `iptables-legacy-save`; d8-trace's peak and the \
              tool's added: they run one after the other, so this bounds what they hold together).\n"
         );
         let _ = writeln!(
@@ -953,10 +960,10 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         );
         for n in kernel {
             let runs: Vec<String> = n.kernel_runs.iter().map(|r| format!("{r:.0}")).collect();
-            let mode = if n.format == "iptables-save" {
-                "iptables (nft)"
-            } else {
-                "nftables"
+            let mode = match n.format {
+                "iptables-save" => "iptables (nft)",
+                "iptables-legacy" => "iptables (legacy)",
+                _ => "nftables",
             };
             let _ = writeln!(
                 o,
@@ -974,7 +981,7 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
     if let Some(secs) = rs.equality_secs {
         let _ = writeln!(
             o,
-            "\nThe kernel readers' model equals the tools' at 10,000 Services in both modes (`cargo test -p d8-userspace \
+            "\nThe kernel readers' model equals the tools' at 10,000 Services in both modes, iptables on both backends (`cargo test -p d8-userspace \
              --lib -- --ignored _at_10000_services`, run by this section: {secs:.0} s; a difference fails the run)."
         );
     }

@@ -105,9 +105,10 @@ pub struct RuleScale {
 /// The unit tests that compare the kernel readers' model with the text tools' at 10,000 Services,
 /// both modes. `#[ignore]`d in the every-run suite (minutes in a debug build): run here, where the
 /// 10,000-Service sets are the point. A difference fails the benchmark.
-const EQUALITY_TESTS: [&str; 2] = [
+const EQUALITY_TESTS: [&str; 3] = [
     "model::rules::nftables::kernel_tests::kernel_reading_equals_nft_at_10000_services",
     "model::rules::iptables::kernel_tests::kernel_reading_equals_iptables_save_at_10000_services",
+    "model::rules::iptables::legacy_tests::legacy_reading_equals_iptables_legacy_save_at_10000_services",
 ];
 
 fn models_equal_at_10000() -> anyhow::Result<f64> {
@@ -129,7 +130,7 @@ fn models_equal_at_10000() -> anyhow::Result<f64> {
     eprintln!("bench rules: the kernel readers' model against the tools' at 10,000 Services: {cmd:?}");
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !stdout.contains("test result: ok. 2 passed") {
+    if !out.status.success() || !stdout.contains(&format!("test result: ok. {} passed", EQUALITY_TESTS.len())) {
         bail!(
             "the kernel readers' model differs from the tools' at 10,000 Services (or the comparison did not run):\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
@@ -254,16 +255,24 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         kernel_runs: Vec::new(),
         error: None,
     };
-    let mode = if format == "iptables-save" {
-        ProxyMode::Iptables
-    } else {
+    let mode = if format == "nft JSON" {
         ProxyMode::Nftables
+    } else {
+        ProxyMode::Iptables
     };
+    // iptables-legacy: the same text in x_tables tables (`iptables-legacy-restore`), read from
+    // the kernel's blob or by `iptables-legacy-save`.
+    let legacy = format == "iptables-legacy";
     // A lab of its own: the generated rules replace the lab's kube-proxy rules.
     let lab = Lab::up(ClusterSpec::new(), mode).map_err(|e| anyhow!("lab up: {e}"))?;
     let ns = lab.node_ns().to_string();
     let t = Instant::now();
-    let load = load(&ns, mode, file);
+    let load = if legacy {
+        let f = file.to_str().context("utf-8 path")?;
+        common::output("ip", &["netns", "exec", &ns, "iptables-legacy-restore", "-w", "5", f]).map(|_| ())
+    } else {
+        load(&ns, mode, file)
+    };
     row.load_ms = ms_since(t);
     if let Err(e) = load {
         row.error = Some(format!(
@@ -282,7 +291,9 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     for _ in 0..runs {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns]);
-        if mode == ProxyMode::Iptables {
+        if legacy {
+            cmd.arg("iptables-legacy-save");
+        } else if mode == ProxyMode::Iptables {
             cmd.arg("iptables-save");
         } else {
             cmd.args(["nft", "-j", "list", "table", "ip", "kube-proxy"]);
@@ -290,7 +301,9 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         // `ip netns exec` execs the tool: the child's peak RSS is the tool's.
         let m = common::run_measured(
             &mut cmd,
-            if mode == ProxyMode::Iptables {
+            if legacy {
+                "iptables-legacy-save"
+            } else if mode == ProxyMode::Iptables {
                 "iptables-save"
             } else {
                 "nft"
@@ -372,6 +385,7 @@ pub fn run(env: &Env) -> anyhow::Result<RuleScale> {
         scale.parse.push(parse_rows(env, n, "nft JSON", &json)?);
         scale.node.push(node_row(env, n, "iptables-save", &save)?);
         scale.node.push(node_row(env, n, "nft JSON", &json)?);
+        scale.node.push(node_row(env, n, "iptables-legacy", &save)?);
     }
     Ok(scale)
 }
