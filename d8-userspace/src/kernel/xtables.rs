@@ -54,7 +54,10 @@ pub struct Table {
 /// tables [`legacy_tables`] lists: the kernel creates a table that is asked for.
 pub fn read_table(v6: bool, name: &str) -> io::Result<Table> {
     if name.len() >= TABLE_NAME_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("table name `{name}` too long")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("table name `{name}` too long"),
+        ));
     }
     let (domain, level) = if v6 {
         (libc::AF_INET6, libc::SOL_IPV6)

@@ -465,25 +465,27 @@ pub fn read_iptables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<
         let ip = if v6 { "ip6" } else { "ip" };
         let best = match from {
             RulesFrom::Tools => read_iptables_tools(tools, &mut reading, &mut any_read)?,
-            RulesFrom::Kernel | RulesFrom::Auto => match read_iptables_kernel(v6, family, only, &mut reading.warnings) {
-                Ok(best) => {
-                    any_read = true;
-                    Some(best)
+            RulesFrom::Kernel | RulesFrom::Auto => {
+                match read_iptables_kernel(v6, family, only, &mut reading.warnings) {
+                    Ok(best) => {
+                        any_read = true;
+                        Some(best)
+                    }
+                    Err(source) if from == RulesFrom::Kernel => {
+                        return Err(ReadError::Kernel {
+                            what: format!("the iptables tables {ip} filter and {ip} nat (iptables-nft or -legacy)"),
+                            source,
+                        });
+                    }
+                    Err(e) => {
+                        reading.warnings.push(format!(
+                            "the {ip} iptables rules were not read from the kernel ({e}); read with `{}` instead",
+                            tools[2]
+                        ));
+                        read_iptables_tools(tools, &mut reading, &mut any_read)?
+                    }
                 }
-                Err(source) if from == RulesFrom::Kernel => {
-                    return Err(ReadError::Kernel {
-                        what: format!("the iptables tables {ip} filter and {ip} nat (iptables-nft or -legacy)"),
-                        source,
-                    });
-                }
-                Err(e) => {
-                    reading.warnings.push(format!(
-                        "the {ip} iptables rules were not read from the kernel ({e}); read with `{}` instead",
-                        tools[2]
-                    ));
-                    read_iptables_tools(tools, &mut reading, &mut any_read)?
-                }
-            },
+            }
         };
         if let Some((source, parsed)) = best {
             if parsed.rules_present {
@@ -546,7 +548,11 @@ fn read_iptables_kernel(
             nft.0, old.0
         ));
     }
-    Ok(if kube_rule_weight(&old.1) > kube_rule_weight(&nft.1) { old } else { nft })
+    Ok(if kube_rule_weight(&old.1) > kube_rule_weight(&nft.1) {
+        old
+    } else {
+        nft
+    })
 }
 
 /// One family's `iptables-save` tools: the nft and legacy backends (`iptables-save` itself only

@@ -112,7 +112,9 @@ impl<'a> Entry<'a> {
         if !name.is_empty() {
             return Ok(None);
         }
-        let v = data.get(..4).ok_or_else(|| Unknown("standard target without a verdict".into()))?;
+        let v = data
+            .get(..4)
+            .ok_or_else(|| Unknown("standard target without a verdict".into()))?;
         Ok(Some(i32::from_ne_bytes(v.try_into().expect("4 bytes"))))
     }
 
@@ -185,9 +187,7 @@ struct Walk<'a> {
 
 /// Splits the entries into chains as libiptc does.
 fn walk<'a>(t: &xtables::Table, entries: &[Entry<'a>], l: &Layout) -> R<Walk<'a>> {
-    let hook_at = |at: usize| {
-        (0..HOOKS).find(|&h| t.valid_hooks & (1 << h) != 0 && t.hook_entry[h] as usize == at)
-    };
+    let hook_at = |at: usize| (0..HOOKS).find(|&h| t.valid_hooks & (1 << h) != 0 && t.hook_entry[h] as usize == at);
     let policy_of = |at: usize| (0..HOOKS).find(|&h| t.valid_hooks & (1 << h) != 0 && t.underflow[h] as usize == at);
     let mut w = Walk {
         chains: Vec::new(),
@@ -276,7 +276,11 @@ fn decode_table(name: &'static str, blob: &xtables::Table, v6: bool, only: Optio
         ..Default::default()
     };
     // A built-in chain `iptables-save` would not print in this table (its rules would be lost).
-    if let Some((chain, _)) = w.chains.iter().find(|(n, h)| h.is_some() && !builtin.contains(&n.as_str())) {
+    if let Some((chain, _)) = w
+        .chains
+        .iter()
+        .find(|(n, h)| h.is_some() && !builtin.contains(&n.as_str()))
+    {
         return unknown(format!("built-in chain {chain} in table {name}"));
     }
     read_rules(&mut t, only, |chain, out| {
@@ -312,7 +316,8 @@ fn rule(chain: &str, number: u64, e: &Entry<'_>, v6: bool, entry_of: &FastMap<us
         if name == "comment" {
             r.comment = Some(xt::comment(data).map_err(at)?.to_string());
         }
-        r.matches.push(xt::decode_match(name, u32::from(rev), data, v6).map_err(at)?);
+        r.matches
+            .push(xt::decode_match(name, u32::from(rev), data, v6).map_err(at)?);
         let size = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
         rest = &rest[size..];
     }
@@ -332,7 +337,12 @@ fn rule(chain: &str, number: u64, e: &Entry<'_>, v6: bool, entry_of: &FastMap<us
 fn target(e: &Entry<'_>, v6: bool, entry_of: &FastMap<usize, String>) -> R<Option<Target>> {
     let (name, rev, data) = e.target()?;
     if !name.is_empty() {
-        return Ok(Some(Target::Extension(xt::decode_target(name, u32::from(rev), data, v6)?)));
+        return Ok(Some(Target::Extension(xt::decode_target(
+            name,
+            u32::from(rev),
+            data,
+            v6,
+        )?)));
     }
     let goto = goto_flag(e.bytes, v6);
     let v = e.verdict()?.expect("a standard target");
@@ -367,8 +377,11 @@ const INV_PROTO: u8 = 0x40;
 fn entry_ip(b: &[u8], v6: bool) -> R<SaveRule> {
     // Address length, where the interfaces, protocol, flags and inversion flags are; the
     // flags a rule of iptables may carry besides goto (IPv4: -f; IPv6: protocol set, TOS).
-    let (alen, ifaces, proto_at, flags_at, inv_at, known_flags) =
-        if v6 { (16, 64, 128, 131, 132, 0x04 | 0x01) } else { (4, 16, 80, 82, 83, 0x02) };
+    let (alen, ifaces, proto_at, flags_at, inv_at, known_flags) = if v6 {
+        (16, 64, 128, 131, 132, 0x04 | 0x01)
+    } else {
+        (4, 16, 80, 82, 83, 0x02)
+    };
     let (flags, inv) = (b[flags_at], b[inv_at]);
     if flags & !known_flags != 0 {
         return unknown(format!("entry flags {flags:#x} (fragments or TOS)"));
@@ -391,8 +404,16 @@ fn entry_ip(b: &[u8], v6: bool) -> R<SaveRule> {
     };
     r.src = Some(addr(0, inv & INV_SRCIP != 0));
     r.dst = Some(addr(1, inv & INV_DSTIP != 0));
-    r.in_iface = iface(&b[ifaces..ifaces + 16], &b[ifaces + 32..ifaces + 48], inv & INV_VIA_IN != 0)?;
-    r.out_iface = iface(&b[ifaces + 16..ifaces + 32], &b[ifaces + 48..ifaces + 64], inv & INV_VIA_OUT != 0)?;
+    r.in_iface = iface(
+        &b[ifaces..ifaces + 16],
+        &b[ifaces + 32..ifaces + 48],
+        inv & INV_VIA_IN != 0,
+    )?;
+    r.out_iface = iface(
+        &b[ifaces + 16..ifaces + 32],
+        &b[ifaces + 48..ifaces + 64],
+        inv & INV_VIA_OUT != 0,
+    )?;
     let proto = u16::from_ne_bytes([b[proto_at], b[proto_at + 1]]);
     if proto > 0xff {
         return unknown(format!("protocol {proto}"));

@@ -33,7 +33,11 @@ impl Ns {
 
     /// `ip(6)tables-legacy-restore` (without `--noflush`: the tables it names are replaced).
     fn restore(&self, v6: bool, text: &str) {
-        let tool = if v6 { "ip6tables-legacy-restore" } else { "iptables-legacy-restore" };
+        let tool = if v6 {
+            "ip6tables-legacy-restore"
+        } else {
+            "iptables-legacy-restore"
+        };
         self.0.load_file(&[tool], text);
     }
 
@@ -48,7 +52,11 @@ impl Ns {
     /// with the built-in chains' counters zeroed (the kernel counts packets, the reader prints
     /// `[0:0]` as iptables-nft-save does for kube-proxy's chains).
     fn saved(&self, v6: bool) -> Vec<(String, Vec<String>)> {
-        let tool = if v6 { "ip6tables-legacy-save" } else { "iptables-legacy-save" };
+        let tool = if v6 {
+            "ip6tables-legacy-save"
+        } else {
+            "iptables-legacy-save"
+        };
         let out = self.0.exec(&[tool]);
         assert!(out.status.success(), "{tool} failed");
         tables(&String::from_utf8_lossy(&out.stdout))
@@ -192,7 +200,11 @@ fn legacy_reading_falls_back_to_iptables_legacy_save_on_what_it_does_not_know() 
         "-j",
         "ACCEPT",
     ]);
-    assert!(out.status.success(), "iptables-legacy -A: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "iptables-legacy -A: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let auto = ns.read(RulesFrom::Auto);
     let tools = ns.read(RulesFrom::Tools);
     assert_eq!(auto.services, tools.services);
@@ -221,9 +233,15 @@ fn both_backends_the_one_with_more_rules_wins() {
     ns.0.load_file(&["iptables-nft-restore"], &lab_restore_in(&small, IpFamily::V4));
     let (kernel, tools) = (ns.read(RulesFrom::Kernel), ns.read(RulesFrom::Tools));
     assert_eq!(kernel.services, tools.services);
-    assert_eq!(kernel.sources, vec!["x_tables getsockopt (ip filter, ip nat)".to_string()]);
+    assert_eq!(
+        kernel.sources,
+        vec!["x_tables getsockopt (ip filter, ip nat)".to_string()]
+    );
     assert!(
-        kernel.warnings.iter().any(|w| w.contains("both") && w.contains("x_tables")),
+        kernel
+            .warnings
+            .iter()
+            .any(|w| w.contains("both") && w.contains("x_tables")),
         "{:?}",
         kernel.warnings
     );

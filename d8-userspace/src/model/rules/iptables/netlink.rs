@@ -52,7 +52,8 @@ pub fn read(family: u8, source_name: &str, only: Option<&ServiceRef>) -> Result<
 
 /// The text reader's model of a rendering.
 fn parse(r: &Rendered, source_name: &str) -> Result<Parsed, Error> {
-    super::parse_rendered(&r.text, source_name, &r.handles, "rule handle").map_err(|e: ParseError| Error::Unknown(e.to_string()))
+    super::parse_rendered(&r.text, source_name, &r.handles, "rule handle")
+        .map_err(|e: ParseError| Error::Unknown(e.to_string()))
 }
 
 pub(super) fn read_consistent(family: u8, only: Option<&ServiceRef>) -> Result<Rendered, Error> {

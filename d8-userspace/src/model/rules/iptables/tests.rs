@@ -635,7 +635,11 @@ fn recorded_iptables_legacy_tables_read_as_iptables_legacy_save_does() {
     assert!(kernel.rules_present && kernel.services.len() >= 5, "{kernel:?}");
     assert_eq!(kernel.services, tool.services);
     assert_eq!(kernel.node_port_ips, tool.node_port_ips);
-    assert!(kernel.warnings.is_empty() && tool.warnings.is_empty(), "{:?}", kernel.warnings);
+    assert!(
+        kernel.warnings.is_empty() && tool.warnings.is_empty(),
+        "{:?}",
+        kernel.warnings
+    );
     // The rendering is iptables-legacy-save's text, table for table (it prints them in the
     // kernel's registration order), line for line.
     let by_table = |t: &str| {
