@@ -182,9 +182,15 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
     }
     let ns = Ns::new("fallback");
     ns.restore(include_str!("../../../../testdata/rules/iptables-input.rules"));
-    // A `limit` match in a kube-proxy chain: an extension the kernel reader does not decode.
-    let out = ns.0.exec(&[
-        "iptables-nft",
+    assert_falls_back(&ns.0, "iptables-nft");
+}
+
+/// With a `limit` match (an extension the kernel readers do not decode) added to a kube-proxy
+/// chain by `iptables` (`iptables-nft` or `iptables-legacy`) in `ns`: `auto` reads with the save
+/// tool and says why in a warning, and `--rules-from kernel` fails.
+pub(super) fn assert_falls_back(ns: &TestNs, iptables: &str) {
+    let out = ns.exec(&[
+        iptables,
         "-t",
         "filter",
         "-A",
@@ -198,11 +204,16 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
     ]);
     assert!(
         out.status.success(),
-        "iptables-nft -A: {}",
+        "{iptables} -A: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let auto = ns.read(RulesFrom::Auto);
-    let tools = ns.read(RulesFrom::Tools);
+    let read = |from| {
+        crate::lab::in_netns(&ns.0, move || {
+            read_iptables_mode(from, None).map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+        })
+        .unwrap_or_else(|e| panic!("reading with {from:?}: {e}"))
+    };
+    let (auto, tools) = (read(RulesFrom::Auto), read(RulesFrom::Tools));
     assert_eq!(auto.services, tools.services);
     assert!(
         auto.warnings
@@ -211,12 +222,8 @@ fn kernel_reading_falls_back_to_iptables_save_on_what_it_does_not_know() {
         "{:?}",
         auto.warnings
     );
-    assert!(
-        auto.sources.iter().any(|s| s.starts_with("iptables")),
-        "{:?}",
-        auto.sources
-    );
-    let forced = crate::lab::in_netns(&ns.0.0, || Ok(read_iptables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
+    assert_eq!(auto.sources, vec![format!("{iptables}-save")]);
+    let forced = crate::lab::in_netns(&ns.0, || Ok(read_iptables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
     assert!(forced, "--rules-from kernel must fail on what it does not know");
 }
 

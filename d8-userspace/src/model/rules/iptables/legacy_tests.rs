@@ -10,7 +10,7 @@
 //! they fail, naming what is missing, unless `D8_SKIP_ROOT_TESTS=1` is set: then each prints
 //! `SKIPPED <test>: <reason>` and returns (`root_test::can_run`).
 
-use super::kernel_tests::iptables_specs;
+use super::kernel_tests::{assert_falls_back, iptables_specs};
 use super::legacy::{read_rendered, record};
 use crate::events::IpFamily;
 use crate::kernel::xtables;
@@ -186,38 +186,7 @@ fn legacy_reading_falls_back_to_iptables_legacy_save_on_what_it_does_not_know() 
     }
     let ns = Ns::new("fallback");
     ns.restore(false, include_str!("../../../../testdata/rules/iptables-input.rules"));
-    // A `limit` match in a kube-proxy chain: an extension the reader does not decode.
-    let out = ns.0.exec(&[
-        "iptables-legacy",
-        "-t",
-        "filter",
-        "-A",
-        "KUBE-FORWARD",
-        "-m",
-        "limit",
-        "--limit",
-        "10/second",
-        "-j",
-        "ACCEPT",
-    ]);
-    assert!(
-        out.status.success(),
-        "iptables-legacy -A: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let auto = ns.read(RulesFrom::Auto);
-    let tools = ns.read(RulesFrom::Tools);
-    assert_eq!(auto.services, tools.services);
-    assert!(
-        auto.warnings
-            .iter()
-            .any(|w| w.contains("not read from the kernel") && w.contains("limit")),
-        "{:?}",
-        auto.warnings
-    );
-    assert_eq!(auto.sources, vec!["iptables-legacy-save".to_string()]);
-    let forced = crate::lab::in_netns(&ns.0.0, || Ok(read_iptables_mode(RulesFrom::Kernel, None).is_err())).unwrap();
-    assert!(forced, "--rules-from kernel must fail on what it does not know");
+    assert_falls_back(&ns.0, "iptables-legacy");
 }
 
 /// kube-proxy's chains in both backends (a node that switched): the one with more rules is read,
