@@ -515,6 +515,26 @@ impl Merged {
         merged
     }
 
+    /// `old` and `new`, one Service's part of the model before and after a change, are traced at
+    /// the same addresses: what [`Merged::every_service`] uses of a Service (its plan's frontend
+    /// addresses and backends) is the same, so the daemon keeps its targets and the way back from
+    /// a flow to its Service (a readiness change, a policy, an API fact). The readiness and API
+    /// names kept beside the addresses in `all` are not read by the daemon.
+    pub fn same_addresses(old: &Service, new: &Service, node_ips: &[IpAddr]) -> bool {
+        let addresses = |s: &Service| {
+            let selector = ServiceSelector {
+                service: s.service.clone(),
+                port: None,
+            };
+            plan_service(s, &selector, node_ips.to_vec()).ok().map(|p| {
+                let backends: Vec<(Protocol, IpAddr, u16)> =
+                    p.endpoints.iter().map(|e| (e.protocol, e.ip, e.port)).collect();
+                (p.frontend_addrs, backends)
+            })
+        };
+        addresses(old) == addresses(new)
+    }
+
     /// Which of the plans a flow belongs to: by its frontend, or for a direct flow (a kubelet
     /// probe) by its backend; the first plan that has it.
     pub fn owner(&self, flow: &crate::flows::Flow) -> Option<usize> {

@@ -42,7 +42,7 @@ use self::{
     events::EventWriter,
     http::State,
     metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
-    source::{ApiState, ModelSource, Pending, ReadKind, Update},
+    source::{ApiState, ModelSource, Pending, ReadKind, Refold, Update},
 };
 use crate::{
     classify::{self, Context},
@@ -360,14 +360,31 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         source::READ_DEADLINE.as_secs()
                     );
                 }
-                // A watch event changed the API's view: fold it in now, not at the next refresh
-                // (unless changes were folded in less than API_FOLD_GAP ago).
-                if reading.is_none()
-                    && source.api_changed()
-                    && api_folded_at.is_none_or(|at| at.elapsed() >= API_FOLD_GAP)
-                {
-                    api_folded_at = Some(std::time::Instant::now());
-                    reading = Some(source.start());
+                // A watch event changed the API's view: fold it in now, one Service at a time,
+                // else with a whole read (unless one folded changes in less than API_FOLD_GAP ago).
+                if reading.is_none() {
+                    match source.refold(&mut model) {
+                        Refold::Nothing => {}
+                        Refold::Services(old) => {
+                            let moved = old.iter().any(|o| {
+                                model
+                                    .service(&o.service)
+                                    .is_none_or(|new| !Merged::same_addresses(o, new, &model.node_ips))
+                            });
+                            verdicts.dirty.extend(old.into_iter().map(|o| o.service));
+                            if moved {
+                                merged = Merged::every_service(&model);
+                                follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
+                            }
+                        }
+                        Refold::Whole(why) => {
+                            if api_folded_at.is_none_or(|at| at.elapsed() >= API_FOLD_GAP) {
+                                tracing::debug!("the API's changes are folded in by a whole read: {why}");
+                                api_folded_at = Some(std::time::Instant::now());
+                                reading = Some(source.start());
+                            }
+                        }
+                    }
                 }
             }
             _ = refresh_tick.tick(), if reading.is_none() => {
@@ -391,16 +408,13 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         count_read(m, kind, &source);
                         warn_kube_proxy_problems(&model, &new_model);
                         verdicts.model_changed(&model, &new_model);
+                        // The old model and its plans go before the new plans are built: at
+                        // 10,000 Services each is tens of MiB, and the peak is what the pod's
+                        // limit must hold.
                         model = new_model;
+                        drop(std::mem::replace(&mut merged, Merged::every_service(&ServiceModel::default())));
                         merged = Merged::every_service(&model);
-                        let new_targets = merged.all.targets();
-                        if new_targets != targets || model.node_ips != node_ips {
-                            capture.set_targets(&new_targets, model.node_ips.clone())?;
-                            targets = new_targets;
-                            node_ips = model.node_ips.clone();
-                        }
-                        table.set_frontends(merged.all.frontend_addrs.iter().copied());
-                        table.set_node_ips(model.node_ips.clone());
+                        follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
                         set_model_metrics(m, &model, &source, targets.len());
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
@@ -418,6 +432,27 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     drop(server);
     drop(capture);
     tracing::info!("daemon stopped; hooks detached");
+    Ok(())
+}
+
+/// The traced targets and the flow table follow `merged`, the plans of a new or changed model;
+/// nothing is detached.
+fn follow_targets(
+    model: &ServiceModel,
+    merged: &Merged,
+    targets: &mut Vec<(d8_common::TargetKey, u32)>,
+    node_ips: &mut Vec<std::net::IpAddr>,
+    capture: &mut Capture,
+    table: &mut FlowTable,
+) -> Result<(), Error> {
+    let new_targets = merged.all.targets();
+    if new_targets != *targets || model.node_ips != *node_ips {
+        capture.set_targets(&new_targets, model.node_ips.clone())?;
+        *targets = new_targets;
+        *node_ips = model.node_ips.clone();
+    }
+    table.set_frontends(merged.all.frontend_addrs.iter().copied());
+    table.set_node_ips(model.node_ips.clone());
     Ok(())
 }
 

@@ -22,14 +22,14 @@ pub struct Whole(pub String);
 
 /// Folds the current API objects of the `touched` Services into `model` again, each from its
 /// rules-only part in `rules` (the reading `model` was built from, before the API was folded in).
-/// `objs` holds those Services' own objects ([`super::watch::View::objects_of`]). Returns the
-/// Services whose part changed, in `model`'s order.
+/// `objs` holds those Services' own objects ([`super::watch::View::objects_of`]). Returns what
+/// the Services whose part changed were before, in `model`'s order.
 pub fn refold(
     model: &mut ServiceModel,
     rules: &ServiceModel,
     objs: &ClusterObjects,
     touched: &HashSet<ServiceRef>,
-) -> Result<Vec<ServiceRef>, Whole> {
+) -> Result<Vec<Service>, Whole> {
     if model.warnings.iter().any(|w| w.kind == WarningKind::Api) {
         return Err(Whole(
             "the model carries the API's warnings (unusable addresses, a stale view), written by a whole fold".into(),
@@ -99,10 +99,7 @@ pub fn refold(
     }
     Ok(folded
         .into_iter()
-        .map(|(i, new)| {
-            model.services[i] = new;
-            model.services[i].service.clone()
-        })
+        .map(|(i, new)| std::mem::replace(&mut model.services[i], new))
         .collect())
 }
 
@@ -180,13 +177,16 @@ mod tests {
             .iter()
             .map(|s| {
                 let v = classify(&s.service, &[], m, &ctx);
-                (s.service.clone(), format!("{:?}: {}", v.root_cause.class, v.root_cause.detail))
+                (
+                    s.service.clone(),
+                    format!("{:?}: {}", v.root_cause.class, v.root_cause.detail),
+                )
             })
             .collect()
     }
 
     /// Folds what changed since the last fold into `model` one Service at a time.
-    fn refold_touched(model: &mut ServiceModel, rules: &ServiceModel, view: &View) -> Result<Vec<ServiceRef>, Whole> {
+    fn refold_touched(model: &mut ServiceModel, rules: &ServiceModel, view: &View) -> Result<Vec<Service>, Whole> {
         let Some((touched, _)) = view.take_touched() else {
             return Err(Whole("a change every Service is folded against".into()));
         };
@@ -201,7 +201,10 @@ mod tests {
             .into_iter()
             .find(|s| {
                 !s.endpoints.is_empty()
-                    && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"))
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
                         == Some(&name.to_string())
             })
             .unwrap()
@@ -299,7 +302,7 @@ mod tests {
             let before = model.clone();
             change(&view);
             let folded = refold_touched(&mut model, &rules, &view).unwrap_or_else(|w| panic!("{what}: {w:?}"));
-            assert_eq!(folded.len(), changed, "{what}: {folded:?}");
+            assert_eq!(folded.len(), changed, "{what}");
             let expected = whole(&rules, &view, &node);
             assert_eq!(model, expected, "{what}");
             assert_eq!(verdicts(&model), verdicts(&expected), "{what}");
@@ -335,6 +338,9 @@ mod tests {
         n.metadata.name = Some(node.clone());
         n.status = Some(Default::default());
         view.apply_for_test(n);
-        assert!(view.take_touched().is_none(), "this node changed: every Service is folded again");
+        assert!(
+            view.take_touched().is_none(),
+            "this node changed: every Service is folded again"
+        );
     }
 }
