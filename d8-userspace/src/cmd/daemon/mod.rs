@@ -13,8 +13,13 @@
 //!   once, written as events when not healthy, and forgotten after [`FLOW_WINDOW`]; the verdict
 //!   gauge of each Service is set, and a change becomes an event;
 //!   a series of a Service that is gone is removed;
-//! - every [`REFRESH_EVERY`], and soon after a watch event changed the API's view (at most once
-//!   per [`API_FOLD_GAP`] while changes keep coming): the model is
+//! - at the verdict tick after a watch event changed the API's view: the Services whose own
+//!   objects changed (a Service, its EndpointSlices) are folded into the model again, one at a
+//!   time, from the rules-only reading the model was built from ([`source::ModelSource::refold`]);
+//!   their verdicts are recomputed, and the plans only when their traced addresses moved. What
+//!   one Service's fold cannot decide (a Service created or deleted, this node's Pods or Node, a
+//!   relist, the API down) waits for a whole read, at most once per [`API_FOLD_GAP`];
+//! - every [`REFRESH_EVERY`], and for such a whole fold: the model is
 //!   read again on a blocking thread ([`source`]: the rules only when their nf_tables generation
 //!   moved, the API from the watches' stores) and the traced targets follow it without detaching
 //!   anything (the conntrack-netlink join follows them too). A read that fails or overruns keeps
@@ -56,11 +61,12 @@ use crate::{
 pub const VERDICT_EVERY: Duration = Duration::from_secs(2);
 /// How often kube-proxy's rules are read again, by default (`--refresh-secs`).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
-/// A watch event starts a read at the next verdict tick when no read folded API changes in
-/// during this long, else once this long has passed: a lone API change reaches the verdicts
-/// within a tick and a read, and a steady stream of them (a rollout, an autoscaler: one EndpointSlice change a second at
-/// 10,000 Services) costs one model build per gap instead of one per tick, each a copy of the
-/// rules' reading with the API folded into every Service (~18 % of a core at a build per tick).
+/// An API change that one Service's fold cannot take in (a Service created or deleted, this
+/// node's Pods or Node, a relist) starts a whole read at the next verdict tick when no read
+/// folded API changes in during this long, else once this long has passed: a steady stream of
+/// them costs one model build per gap instead of one per tick, each a copy of the rules' reading
+/// with the API folded into every Service (~18 % of a core at 10,000 Services at a build per
+/// tick). EndpointSlice and Service changes are folded per Service at each tick instead.
 pub const API_FOLD_GAP: Duration = Duration::from_secs(5);
 /// Reported flows are kept this long (so late events still join them), then forgotten.
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
