@@ -264,7 +264,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         choice.reason,
         choice.join.describe()
     );
-    let mut targets = merged.all.targets();
+    let mut targets = merged.targets();
     let mut node_ips = model.node_ips.clone();
     let mut capture = Capture::open(
         &choice,
@@ -451,7 +451,7 @@ fn follow_targets(
     capture: &mut Capture,
     table: &mut FlowTable,
 ) -> Result<(), Error> {
-    let new_targets = merged.all.targets();
+    let new_targets = merged.targets();
     if new_targets != *targets || model.node_ips != *node_ips {
         capture.set_targets(&new_targets, model.node_ips.clone())?;
         *targets = new_targets;
@@ -812,7 +812,7 @@ mod tests {
     fn plans_every_service_and_maps_addresses_back() {
         let merged = Merged::every_service(&model());
         assert_eq!(merged.all.frontend_addrs.len(), 2);
-        assert_eq!(merged.all.targets().len(), 4);
+        assert_eq!(merged.targets().len(), 4);
         let mut flow = Flow {
             id: 1,
             protocol: Protocol::Tcp,
