@@ -377,6 +377,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                                     .service(&o.service)
                                     .is_none_or(|new| !Merged::same_addresses(o, new, &model.node_ips))
                             });
+                            tracing::debug!("{} Services folded again from the API's changes; plans rebuilt: {moved}", old.len());
                             verdicts.dirty.extend(old.into_iter().map(|o| o.service));
                             if moved {
                                 merged = Merged::every_service(&model);

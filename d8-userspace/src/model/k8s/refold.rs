@@ -105,61 +105,15 @@ pub fn refold(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use k8s_openapi::api::core::v1::{Node, Service as ApiService};
     use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditions, EndpointSlice};
 
     use super::*;
     use crate::classify::{Context, classify};
-    use crate::lab::spec::{ClusterSpec, PodSpec, ServiceSpec, TrafficPolicy};
     use crate::model::k8s::enrich::enrich;
     use crate::model::k8s::snapshot::parse_snapshot;
+    use crate::model::k8s::tests::pipeline::{rules_only, spec};
     use crate::model::k8s::watch::View;
-    use crate::model::{KubeProxyStatus, Protocol, ProxyMode};
-
-    fn spec() -> ClusterSpec {
-        ClusterSpec::new()
-            .service(
-                ServiceSpec::new("shop", "web", Ipv4Addr::new(10, 96, 0, 10))
-                    .node_port("http", 80, 8080, Protocol::Tcp, 30080)
-                    .selector("app", "web"),
-            )
-            .service(
-                ServiceSpec::new("shop", "empty", Ipv4Addr::new(10, 96, 0, 20))
-                    .port("http", 80, 8080, Protocol::Tcp)
-                    .selector("app", "nothing"),
-            )
-            .service(
-                ServiceSpec::new("shop", "local", Ipv4Addr::new(10, 96, 0, 30))
-                    .node_port("http", 80, 8080, Protocol::Tcp, 30090)
-                    .selector("app", "remote")
-                    .external_policy(TrafficPolicy::Local),
-            )
-            .pod(PodSpec::new("shop", "web-1", Ipv4Addr::new(10, 244, 1, 11)).label("app", "web"))
-            .pod(PodSpec::new("shop", "web-2", Ipv4Addr::new(10, 244, 1, 12)).label("app", "web"))
-            .pod(
-                PodSpec::new("shop", "remote-1", Ipv4Addr::new(10, 244, 2, 11))
-                    .label("app", "remote")
-                    .on_node("n2"),
-            )
-    }
-
-    /// The rules' model of `spec` (iptables mode), before the API is folded in.
-    fn rules_only(spec: &ClusterSpec) -> ServiceModel {
-        let text = crate::lab::iptables::kube_proxy_restore(spec);
-        let parsed = crate::model::rules::iptables::parse(&text).unwrap();
-        ServiceModel {
-            kube_proxy: KubeProxyStatus {
-                mode: ProxyMode::Iptables,
-                running: Some(true),
-                rules_present: parsed.rules_present,
-                ..KubeProxyStatus::default()
-            },
-            services: parsed.services,
-            ..ServiceModel::default()
-        }
-    }
 
     /// A whole fold of the view's objects into `rules`, as the daemon's full read does.
     fn whole(rules: &ServiceModel, view: &View, node: &str) -> ServiceModel {
