@@ -186,24 +186,18 @@ mod tests {
 
         // Each step changes the API's objects as watch events would; the model folded per Service
         // must equal a whole fold of the same objects, Service for Service and verdict for verdict.
-        let unready = |view: &View| {
+        // web's first endpoint terminating, serving or not.
+        let terminating = |view: &View, serving: bool| {
             let mut s = slice_of(view, "web");
             s.endpoints[0].conditions = Some(EndpointConditions {
                 ready: Some(false),
-                serving: Some(false),
+                serving: Some(serving),
                 terminating: Some(true),
             });
             view.apply_for_test(s);
         };
-        let serving_terminating = |view: &View| {
-            let mut s = slice_of(view, "web");
-            s.endpoints[0].conditions = Some(EndpointConditions {
-                ready: Some(false),
-                serving: Some(true),
-                terminating: Some(true),
-            });
-            view.apply_for_test(s);
-        };
+        let unready = |view: &View| terminating(view, false);
+        let serving_terminating = |view: &View| terminating(view, true);
         let extra_endpoint = |view: &View| {
             let mut s = slice_of(view, "web");
             let mut e: SliceEndpoint = s.endpoints[0].clone();
