@@ -13,8 +13,13 @@
 //!   once, written as events when not healthy, and forgotten after [`FLOW_WINDOW`]; the verdict
 //!   gauge of each Service is set, and a change becomes an event;
 //!   a series of a Service that is gone is removed;
-//! - every [`REFRESH_EVERY`], and soon after a watch event changed the API's view (at most once
-//!   per [`API_FOLD_GAP`] while changes keep coming): the model is
+//! - at the verdict tick after a watch event changed the API's view: the Services whose own
+//!   objects changed (a Service, its EndpointSlices) are folded into the model again, one at a
+//!   time, from the rules-only reading the model was built from ([`source::ModelSource::refold`]);
+//!   their verdicts are recomputed, and the plans only when their traced addresses moved. What
+//!   one Service's fold cannot decide (a Service created or deleted, this node's Pods or Node, a
+//!   relist, the API down) waits for a whole read, at most once per [`API_FOLD_GAP`];
+//! - every [`REFRESH_EVERY`], and for such a whole fold: the model is
 //!   read again on a blocking thread ([`source`]: the rules only when their nf_tables generation
 //!   moved, the API from the watches' stores) and the traced targets follow it without detaching
 //!   anything (the conntrack-netlink join follows them too). A read that fails or overruns keeps
@@ -42,7 +47,7 @@ use self::{
     events::EventWriter,
     http::State,
     metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
-    source::{ApiState, ModelSource, Pending, ReadKind, Update},
+    source::{ApiState, ModelSource, Pending, ReadKind, Refold, Update},
 };
 use crate::{
     classify::{self, Context},
@@ -56,11 +61,12 @@ use crate::{
 pub const VERDICT_EVERY: Duration = Duration::from_secs(2);
 /// How often kube-proxy's rules are read again, by default (`--refresh-secs`).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
-/// A watch event starts a read at the next verdict tick when no read folded API changes in
-/// during this long, else once this long has passed: a lone API change reaches the verdicts
-/// within a tick and a read, and a steady stream of them (a rollout, an autoscaler: one EndpointSlice change a second at
-/// 10,000 Services) costs one model build per gap instead of one per tick, each a copy of the
-/// rules' reading with the API folded into every Service (~18 % of a core at a build per tick).
+/// An API change that one Service's fold cannot take in (a Service created or deleted, this
+/// node's Pods or Node, a relist) starts a whole read at the next verdict tick when no read
+/// folded API changes in during this long, else once this long has passed: a steady stream of
+/// them costs one model build per gap instead of one per tick, each a copy of the rules' reading
+/// with the API folded into every Service (~18 % of a core at 10,000 Services at a build per
+/// tick). EndpointSlice and Service changes are folded per Service at each tick instead.
 pub const API_FOLD_GAP: Duration = Duration::from_secs(5);
 /// Reported flows are kept this long (so late events still join them), then forgotten.
 pub const FLOW_WINDOW: Duration = Duration::from_secs(30);
@@ -258,7 +264,7 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
         choice.reason,
         choice.join.describe()
     );
-    let mut targets = merged.all.targets();
+    let mut targets = merged.targets();
     let mut node_ips = model.node_ips.clone();
     let mut capture = Capture::open(
         &choice,
@@ -360,14 +366,32 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         source::READ_DEADLINE.as_secs()
                     );
                 }
-                // A watch event changed the API's view: fold it in now, not at the next refresh
-                // (unless changes were folded in less than API_FOLD_GAP ago).
-                if reading.is_none()
-                    && source.api_changed()
-                    && api_folded_at.is_none_or(|at| at.elapsed() >= API_FOLD_GAP)
-                {
-                    api_folded_at = Some(std::time::Instant::now());
-                    reading = Some(source.start());
+                // A watch event changed the API's view: fold it in now, one Service at a time,
+                // else with a whole read (unless one folded changes in less than API_FOLD_GAP ago).
+                if reading.is_none() {
+                    match source.refold(&mut model) {
+                        Refold::Nothing => {}
+                        Refold::Services(old) => {
+                            let moved = old.iter().any(|o| {
+                                model
+                                    .service(&o.service)
+                                    .is_none_or(|new| !Merged::same_addresses(o, new, &model.node_ips))
+                            });
+                            tracing::debug!("{} Services folded again from the API's changes; plans rebuilt: {moved}", old.len());
+                            verdicts.dirty.extend(old.into_iter().map(|o| o.service));
+                            if moved {
+                                merged = Merged::every_service(&model);
+                                follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
+                            }
+                        }
+                        Refold::Whole(why) => {
+                            if api_folded_at.is_none_or(|at| at.elapsed() >= API_FOLD_GAP) {
+                                tracing::debug!("the API's changes are folded in by a whole read: {why}");
+                                api_folded_at = Some(std::time::Instant::now());
+                                reading = Some(source.start());
+                            }
+                        }
+                    }
                 }
             }
             _ = refresh_tick.tick(), if reading.is_none() => {
@@ -391,16 +415,13 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         count_read(m, kind, &source);
                         warn_kube_proxy_problems(&model, &new_model);
                         verdicts.model_changed(&model, &new_model);
+                        // The old model and its plans go before the new plans are built: at
+                        // 10,000 Services each is tens of MiB, and the peak is what the pod's
+                        // limit must hold.
                         model = new_model;
+                        drop(std::mem::replace(&mut merged, Merged::every_service(&ServiceModel::default())));
                         merged = Merged::every_service(&model);
-                        let new_targets = merged.all.targets();
-                        if new_targets != targets || model.node_ips != node_ips {
-                            capture.set_targets(&new_targets, model.node_ips.clone())?;
-                            targets = new_targets;
-                            node_ips = model.node_ips.clone();
-                        }
-                        table.set_frontends(merged.all.frontend_addrs.iter().copied());
-                        table.set_node_ips(model.node_ips.clone());
+                        follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
                         set_model_metrics(m, &model, &source, targets.len());
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
@@ -418,6 +439,27 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     drop(server);
     drop(capture);
     tracing::info!("daemon stopped; hooks detached");
+    Ok(())
+}
+
+/// The traced targets and the flow table follow `merged`, the plans of a new or changed model;
+/// nothing is detached.
+fn follow_targets(
+    model: &ServiceModel,
+    merged: &Merged,
+    targets: &mut Vec<(d8_common::TargetKey, u32)>,
+    node_ips: &mut Vec<std::net::IpAddr>,
+    capture: &mut Capture,
+    table: &mut FlowTable,
+) -> Result<(), Error> {
+    let new_targets = merged.targets();
+    if new_targets != *targets || model.node_ips != *node_ips {
+        capture.set_targets(&new_targets, model.node_ips.clone())?;
+        *targets = new_targets;
+        *node_ips = model.node_ips.clone();
+    }
+    table.set_frontends(merged.all.frontend_addrs.iter().copied());
+    table.set_node_ips(model.node_ips.clone());
     Ok(())
 }
 
@@ -771,7 +813,7 @@ mod tests {
     fn plans_every_service_and_maps_addresses_back() {
         let merged = Merged::every_service(&model());
         assert_eq!(merged.all.frontend_addrs.len(), 2);
-        assert_eq!(merged.all.targets().len(), 4);
+        assert_eq!(merged.targets().len(), 4);
         let mut flow = Flow {
             id: 1,
             protocol: Protocol::Tcp,

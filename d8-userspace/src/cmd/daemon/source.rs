@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     kernel::{self, host},
-    model::{KubeProxyStatus, ProxyMode, ServiceModel, k8s, view::NodeView},
+    model::{KubeProxyStatus, ProxyMode, Service, ServiceModel, k8s, view::NodeView},
     trace::{self, Scope},
 };
 
@@ -101,6 +101,18 @@ pub enum Update {
     Same(SyncTimes),
 }
 
+/// What folding the API's changes into the model found ([`ModelSource::refold`]).
+#[derive(Debug)]
+pub enum Refold {
+    /// The API's objects have not changed since the model was folded.
+    Nothing,
+    /// The Services whose own objects changed were folded again; these are what those whose part
+    /// of the model changed were before.
+    Services(Vec<Service>),
+    /// One Service at a time will not do (why): a whole read must fold the API's view.
+    Whole(String),
+}
+
 /// A read of the node's view in flight, on a thread of its own.
 pub type Pending = tokio::task::JoinHandle<Result<Done, trace::Error>>;
 
@@ -122,6 +134,9 @@ pub struct ModelSource {
     pub started: Option<(Instant, bool)>,
     /// When the rules were last read or found unchanged.
     pub rules_current_at: Option<Instant>,
+    /// Why the API's changes since the last read need a whole one (set by [`ModelSource::refold`],
+    /// cleared when a read starts).
+    whole_pending: Option<String>,
 }
 
 /// What the verdicts may say of the API.
@@ -170,6 +185,7 @@ impl ModelSource {
             last: Arc::default(),
             started: None,
             rules_current_at: None,
+            whole_pending: None,
         }
     }
 
@@ -207,10 +223,61 @@ impl ModelSource {
         }
     }
 
+    /// Folds the API's changes since the last fold into `model` one Service at a time
+    /// ([`k8s::refold`]), from the rules-only reading `model` was built from: an EndpointSlice
+    /// that changed costs its Service's fold, not a copy of the reading with the API folded into
+    /// every Service. Called with no read in flight. What one Service's fold cannot decide (a
+    /// Service created or deleted, this node's Pods or Node, a LIST, the API down, no reading
+    /// kept) is [`Refold::Whole`] until a read starts.
+    pub fn refold(&mut self, model: &mut ServiceModel) -> Refold {
+        let Some(view) = self.view() else {
+            return Refold::Nothing;
+        };
+        if !self.api_changed() {
+            return Refold::Nothing;
+        }
+        if let Some(why) = &self.whole_pending {
+            return Refold::Whole(why.clone());
+        }
+        let found = self.refold_with(&view, model);
+        match found {
+            Ok((old, generation)) => {
+                self.read_generation = generation;
+                self.model_generation = Some(generation);
+                Refold::Services(old)
+            }
+            Err(why) => {
+                self.whole_pending = Some(why.clone());
+                Refold::Whole(why)
+            }
+        }
+    }
+
+    fn refold_with(&self, view: &k8s::watch::View, model: &mut ServiceModel) -> Result<(Vec<Service>, u64), String> {
+        if self.model_generation.is_none() || !self.api_consulted {
+            return Err("the model holds no API view yet".into());
+        }
+        if view.health().stale_for.is_some() {
+            return Err("the API's view is stale (its age is in the model's warning)".into());
+        }
+        let (touched, generation) = view
+            .take_touched()
+            .ok_or("a LIST, this node's Pods or Node, or the server's version changed")?;
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let reading = last
+            .as_ref()
+            .ok_or("no rules-only reading is kept (IPVS, legacy tables, or the rules changed during the read)")?;
+        let objs = view.objects_of(&touched).ok_or("the API has not been listed yet")?;
+        let old = k8s::refold::refold(model, &reading.view.model, &objs, &touched).map_err(|w| w.0)?;
+        Ok((old, generation))
+    }
+
     /// Starts a read of the node's view on a blocking thread (see the module's comment). The
     /// thread is in the node's network namespace (threads start in their creator's).
     pub fn start(&mut self) -> Pending {
+        self.whole_pending = None;
         if let Some(view) = self.view() {
+            view.clear_touched();
             self.read_generation = view.generation();
         }
         // Without watches (no API, a snapshot) the API side is the same every time. While the

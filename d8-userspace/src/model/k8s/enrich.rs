@@ -74,9 +74,7 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
             model.services.len() - 1
         });
         seen[i] = true;
-        let svc = &mut model.services[i];
-        svc.api = api_facts(api);
-        add_api_frontends(svc, api, &mut bad_addresses);
+        fold_api_service(&mut model.services[i], api, &mut bad_addresses);
     }
     // Model Services (from the rules) the API does not have.
     for (svc, seen) in model.services.iter_mut().zip(&seen) {
@@ -88,17 +86,8 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
     let slices = slices_by_service(&objs.endpoint_slices);
     let zone = this_node.and_then(|n| node_zone(&objs.nodes, n));
     for svc in &mut model.services {
-        let api_eps = slices
-            .get(&svc.service)
-            .map(|s| api_endpoints(s, &mut bad_addresses))
-            .unwrap_or_default();
-        svc.api.last_change_unix = slices.get(&svc.service).and_then(|s| last_change(s));
-        if let Some(node) = this_node
-            && svc.api.exists == Some(true)
-        {
-            svc.api.topology = Some(expected_endpoints(svc, &api_eps, node, zone.as_deref()));
-        }
-        merge_endpoints(svc, api_eps);
+        let own = slices.get(&svc.service).map(Vec::as_slice).unwrap_or_default();
+        fold_endpoints(svc, own, this_node, zone.as_deref(), &mut bad_addresses);
     }
     set_locality(model);
 
@@ -136,6 +125,35 @@ pub fn enrich(model: &mut ServiceModel, objs: &ClusterObjects, node: Option<&str
             .chain(&bad_addresses)
             .map(|w| crate::model::Warning::new(crate::model::WarningKind::Api, "the API", w.clone())),
     );
+}
+
+/// One Service's part of [`enrich`]'s first pass: what the API's Service object says of it.
+pub(super) fn fold_api_service(svc: &mut Service, api: &ApiService, bad: &mut Vec<String>) {
+    svc.api = api_facts(api);
+    add_api_frontends(svc, api, bad);
+}
+
+/// One Service's part of [`enrich`]'s second pass: its endpoints from `slices` (its own
+/// EndpointSlices), its last change, and the endpoints kube-proxy should pick on `this_node`.
+pub(super) fn fold_endpoints(
+    svc: &mut Service,
+    slices: &[&EndpointSlice],
+    this_node: Option<&str>,
+    zone: Option<&str>,
+    bad: &mut Vec<String>,
+) {
+    let api_eps = if slices.is_empty() {
+        Vec::new()
+    } else {
+        api_endpoints(slices, bad)
+    };
+    svc.api.last_change_unix = last_change(slices);
+    if let Some(node) = this_node
+        && svc.api.exists == Some(true)
+    {
+        svc.api.topology = Some(expected_endpoints(svc, &api_eps, node, zone));
+    }
+    merge_endpoints(svc, api_eps);
 }
 
 fn service_ref(api: &ApiService) -> Option<ServiceRef> {
@@ -328,7 +346,7 @@ fn protocol(p: Option<&str>) -> Protocol {
     p.and_then(Protocol::parse).unwrap_or(Protocol::Tcp)
 }
 
-fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<ServiceRef, Vec<&EndpointSlice>> {
+pub(super) fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<ServiceRef, Vec<&EndpointSlice>> {
     let mut out: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let name = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
@@ -547,7 +565,7 @@ pub(crate) fn rfc3339_unix(s: &str) -> Option<f64> {
 }
 
 /// This node's `topology.kubernetes.io/zone` label.
-fn node_zone(nodes: &[Node], this: &str) -> Option<String> {
+pub(super) fn node_zone(nodes: &[Node], this: &str) -> Option<String> {
     nodes
         .iter()
         .find(|n| n.metadata.name.as_deref() == Some(this))
@@ -601,10 +619,15 @@ fn set_locality(model: &mut ServiceModel) {
         return;
     };
     for svc in &mut model.services {
-        for e in &mut svc.endpoints {
-            if let Some(n) = &e.node {
-                e.local = Some(*n == this);
-            }
+        set_service_locality(svc, &this);
+    }
+}
+
+/// [`set_locality`] for one Service.
+pub(super) fn set_service_locality(svc: &mut Service, this: &str) {
+    for e in &mut svc.endpoints {
+        if let Some(n) = &e.node {
+            e.local = Some(n == this);
         }
     }
 }

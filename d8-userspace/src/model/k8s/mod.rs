@@ -11,6 +11,7 @@
 //!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
 //! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
 //! - [`slim`]: objects cut down to what those read, as they arrive.
+//! - [`refold`]: the API's changes folded into a model one Service at a time (the daemon).
 //!
 //! Not here: kube-proxy's rules (`rules`), kube-proxy's health (`kube_proxy`), classification.
 
@@ -18,6 +19,7 @@ mod addr;
 pub mod enrich;
 pub mod live;
 pub mod node;
+pub mod refold;
 pub mod slim;
 pub mod snapshot;
 pub mod watch;

@@ -702,7 +702,7 @@ fn api_frontends_name_every_service_for_ipvs() {
     assert_eq!(web.len(), 3, "ClusterIP, NodePort, external IP: {web:?}");
 }
 
-mod pipeline {
+pub(super) mod pipeline {
     //! The lab's own generator writes kube-proxy's rules and the matching snapshot for a spec; the
     //! rule reader and this module turn them into a model; the classifier must find the fault the
     //! spec was given. Pure: no namespace, no kernel.
@@ -715,7 +715,7 @@ mod pipeline {
     use crate::model::{KubeProxyStatus, ProxyMode};
     use crate::report::VerdictClass;
 
-    fn spec() -> ClusterSpec {
+    pub(crate) fn spec() -> ClusterSpec {
         ClusterSpec::new()
             .service(
                 ServiceSpec::new("shop", "web", Ipv4Addr::new(10, 96, 0, 10))
@@ -746,11 +746,11 @@ mod pipeline {
             )
     }
 
-    /// Rules written for `rules`, API facts from `api`, on the lab node found by its address.
-    fn model(rules: &ClusterSpec, api: &ClusterSpec) -> ServiceModel {
+    /// The model of the rules written for `rules` (iptables mode), before the API is folded in.
+    pub(crate) fn rules_only(rules: &ClusterSpec) -> ServiceModel {
         let text = crate::lab::iptables::kube_proxy_restore(rules);
         let parsed = crate::model::rules::iptables::parse(&text).unwrap();
-        let mut m = ServiceModel {
+        ServiceModel {
             kube_proxy: KubeProxyStatus {
                 mode: ProxyMode::Iptables,
                 running: Some(true),
@@ -759,7 +759,12 @@ mod pipeline {
             },
             services: parsed.services,
             ..ServiceModel::default()
-        };
+        }
+    }
+
+    /// Rules written for `rules`, API facts from `api`, on the lab node found by its address.
+    fn model(rules: &ClusterSpec, api: &ClusterSpec) -> ServiceModel {
+        let mut m = rules_only(rules);
         let objs = parse_snapshot(&crate::lab::snapshot::snapshot(api).to_string(), "lab").unwrap();
         let hint = NodeHint {
             host_ips: vec![IpAddr::V4(api.node_ip)],

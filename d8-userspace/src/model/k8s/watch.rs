@@ -18,7 +18,7 @@
 //! watch that comes back after an outage without changes would leave the API "down" until the
 //! next change; here a watch that starts is the API answering.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,9 +31,11 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use super::enrich::SERVICE_NAME_LABEL;
 use super::node::{NodeHint, NodeSource};
 use super::slim::Slim;
 use super::{ClusterObjects, Error};
+use crate::model::ServiceRef;
 
 /// `timeoutSeconds` of each watch: the server ends it then, and it resumes from where it was.
 pub const WATCH_SECS: u32 = 290;
@@ -72,7 +74,7 @@ impl Kind {
 type Objects<K> = BTreeMap<String, K>;
 
 #[derive(Default)]
-struct Stores {
+pub(crate) struct Stores {
     services: Objects<Service>,
     endpoint_slices: Objects<EndpointSlice>,
     pods: Objects<Pod>,
@@ -85,21 +87,76 @@ struct Stores {
     down_since: Option<Instant>,
     node: Option<(String, NodeSource)>,
     server_version: Option<String>,
+    /// Each Service's EndpointSlices (their keys), by the slice's `kubernetes.io/service-name`:
+    /// what a fold of one Service looks up.
+    slices_of: HashMap<ServiceRef, BTreeSet<String>>,
+    /// What changed since [`View::take_touched`] or [`View::clear_touched`].
+    touched: Touched,
+}
+
+/// What the events since the last fold changed: the Services whose own objects (the Service, its
+/// EndpointSlices) changed, or something every Service is folded against (a LIST, this node's
+/// Pods or Node, the server's version).
+#[derive(Debug, Default)]
+struct Touched {
+    services: HashSet<ServiceRef>,
+    all: bool,
+}
+
+/// Which part of the API's view an object is.
+pub(crate) enum Part {
+    /// The objects of this Service.
+    Service(ServiceRef),
+    /// Not one Service's: every Service is folded against it.
+    All,
+    /// No Service's (an EndpointSlice without a Service name): nothing folds it in.
+    None,
 }
 
 /// A store the watch of `K` writes.
-trait Stored: Resource + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
+pub(crate) trait Stored: Resource + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
     fn objects(s: &mut Stores) -> &mut Objects<Self>;
+    /// Which part of the view the object is.
+    fn part(&self) -> Part {
+        Part::All
+    }
+    /// Keeps [`Stores::slices_of`]: the object under `key` was `old` and is now `new`.
+    fn index(_s: &mut Stores, _key: &str, _old: Option<&Self>, _new: Option<&Self>) {}
 }
 
 impl Stored for Service {
     fn objects(s: &mut Stores) -> &mut Objects<Self> {
         &mut s.services
     }
+    fn part(&self) -> Part {
+        match (&self.metadata.namespace, &self.metadata.name) {
+            (Some(namespace), Some(name)) => Part::Service(ServiceRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            }),
+            _ => Part::None,
+        }
+    }
 }
 impl Stored for EndpointSlice {
     fn objects(s: &mut Stores) -> &mut Objects<Self> {
         &mut s.endpoint_slices
+    }
+    fn part(&self) -> Part {
+        slice_owner(self).map_or(Part::None, Part::Service)
+    }
+    fn index(s: &mut Stores, key: &str, old: Option<&Self>, new: Option<&Self>) {
+        if let Some(owner) = old.and_then(slice_owner)
+            && let Some(keys) = s.slices_of.get_mut(&owner)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                s.slices_of.remove(&owner);
+            }
+        }
+        if let Some(owner) = new.and_then(slice_owner) {
+            s.slices_of.entry(owner).or_default().insert(key.to_string());
+        }
     }
 }
 impl Stored for Pod {
@@ -110,6 +167,29 @@ impl Stored for Pod {
 impl Stored for Node {
     fn objects(s: &mut Stores) -> &mut Objects<Self> {
         &mut s.nodes
+    }
+}
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label), as the fold
+/// reads it (`enrich::slices_by_service`).
+fn slice_owner(s: &EndpointSlice) -> Option<ServiceRef> {
+    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ServiceRef {
+        namespace: s.metadata.namespace.clone()?,
+        name: name.clone(),
+    })
+}
+
+impl Stores {
+    /// `obj` (its old or new version) changed.
+    fn touch<K: Stored>(&mut self, obj: &K) {
+        match obj.part() {
+            Part::Service(svc) => {
+                self.touched.services.insert(svc);
+            }
+            Part::All => self.touched.all = true,
+            Part::None => {}
+        }
     }
 }
 
@@ -160,20 +240,48 @@ impl Shared {
     /// `items` are slimmed already ([`list_all`] slims each page as it arrives).
     fn replace<K: Stored>(&self, kind: Kind, items: Vec<K>) {
         let mut s = self.lock();
-        *K::objects(&mut s) = items.into_iter().map(|o| (key(&o), o)).collect();
+        let old = std::mem::take(K::objects(&mut s));
+        for (k, o) in &old {
+            K::index(&mut s, k, Some(o), None);
+        }
+        drop(old);
+        let new: Objects<K> = items.into_iter().map(|o| (key(&o), o)).collect();
+        for (k, o) in &new {
+            K::index(&mut s, k, None, Some(o));
+        }
+        *K::objects(&mut s) = new;
         s.synced[kind as usize] = true;
+        // A LIST may change anything: every Service is folded again.
+        s.touched.all = true;
         drop(s);
         self.changed();
     }
 
     fn apply<K: Stored>(&self, mut obj: K) {
         obj.slim();
-        K::objects(&mut self.lock()).insert(key(&obj), obj);
+        let k = key(&obj);
+        let mut s = self.lock();
+        // The old version's Service is touched too: a slice may have moved to another Service.
+        if let Some(old) = K::objects(&mut s).remove(&k) {
+            s.touch(&old);
+            K::index(&mut s, &k, Some(&old), None);
+        }
+        s.touch(&obj);
+        K::index(&mut s, &k, None, Some(&obj));
+        K::objects(&mut s).insert(k, obj);
+        drop(s);
         self.changed();
     }
 
     fn delete<K: Stored>(&self, obj: &K) {
-        K::objects(&mut self.lock()).remove(&key(obj));
+        let k = key(obj);
+        let mut s = self.lock();
+        s.touch(obj);
+        if let Some(old) = K::objects(&mut s).remove(&k) {
+            s.touch(&old);
+            K::index(&mut s, &k, Some(&old), None);
+        }
+        drop(s);
         self.changed();
     }
 }
@@ -246,6 +354,51 @@ impl View {
         self.with_objects(|objs, node| (objs.clone(), node))
     }
 
+    /// The Services whose own objects changed since the last call (or [`View::clear_touched`]),
+    /// and the generation they were taken at; `None` (nothing taken) when something every Service
+    /// is folded against changed too: then only a whole fold will do.
+    pub fn take_touched(&self) -> Option<(HashSet<ServiceRef>, u64)> {
+        let mut s = self.0.lock();
+        if s.touched.all {
+            return None;
+        }
+        let generation = self.generation();
+        Some((std::mem::take(&mut s.touched.services), generation))
+    }
+
+    /// A whole fold starts: whatever changed so far is in it.
+    pub fn clear_touched(&self) {
+        self.0.lock().touched = Touched::default();
+    }
+
+    /// Copies of `services`' own objects (the Service, its EndpointSlices in the order a whole
+    /// view lists them) and of this node's Node, once every kind has been listed: what folding
+    /// those Services again reads. Pods are left out (they are folded into the model as a whole).
+    pub fn objects_of(&self, services: &HashSet<ServiceRef>) -> Option<ClusterObjects> {
+        let s = self.0.lock();
+        if !s.synced.iter().all(|&b| b) {
+            return None;
+        }
+        let mut objs = ClusterObjects {
+            nodes: s.nodes.values().cloned().collect(),
+            server_version: s.server_version.clone(),
+            ..ClusterObjects::default()
+        };
+        let mut slice_keys: Vec<&String> = Vec::new();
+        for svc in services {
+            if let Some(o) = s.services.get(&format!("{}/{}", svc.namespace, svc.name)) {
+                objs.services.push(o.clone());
+            }
+            slice_keys.extend(s.slices_of.get(svc).into_iter().flatten());
+        }
+        slice_keys.sort();
+        objs.endpoint_slices = slice_keys
+            .into_iter()
+            .filter_map(|k| s.endpoint_slices.get(k).cloned())
+            .collect();
+        Some(objs)
+    }
+
     /// `f` on the objects and this node, once every kind has been listed; `None` before. The
     /// objects are lent, not copied (at 10,000 Services a copy is tens of MiB): the watches wait
     /// for `f` to return before they apply their next event.
@@ -279,6 +432,28 @@ impl View {
             Ok(t) => Some(t),
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+}
+
+/// Events fed by hand, for tests of what reads the stores (the watches' own path: [`Shared`]).
+#[cfg(test)]
+impl View {
+    /// Every kind listed at once, as the watches' first LISTs leave the stores.
+    pub(crate) fn list_for_test(&self, objs: ClusterObjects) {
+        fn slim<K: Slim>(mut v: Vec<K>) -> Vec<K> {
+            v.iter_mut().for_each(Slim::slim);
+            v
+        }
+        self.0.replace(Kind::Services, slim(objs.services));
+        self.0.replace(Kind::EndpointSlices, slim(objs.endpoint_slices));
+        self.0.replace(Kind::Pods, slim(objs.pods));
+        self.0.replace(Kind::Nodes, slim(objs.nodes));
+    }
+    pub(crate) fn apply_for_test<K: Stored>(&self, obj: K) {
+        self.0.apply(obj);
+    }
+    pub(crate) fn delete_for_test<K: Stored>(&self, obj: &K) {
+        self.0.delete(obj);
     }
 }
 
@@ -399,7 +574,10 @@ async fn server_version(client: Client, shared: Arc<Shared>) {
     let mut backoff = Backoff::default();
     loop {
         if let Ok(Ok(info)) = tokio::time::timeout(super::DEFAULT_TIMEOUT, client.apiserver_version()).await {
-            shared.lock().server_version = Some(info.git_version);
+            let mut s = shared.lock();
+            s.server_version = Some(info.git_version);
+            s.touched.all = true;
+            drop(s);
             shared.changed();
             return;
         }
