@@ -18,7 +18,10 @@ use d8_trace::{
     model::{Protocol, ProxyMode},
 };
 
-use crate::scenarios::{Api, Run, SILENT, Scenario, T};
+use crate::{
+    family::{Flows, across_families},
+    scenarios::{self, Api, Run, SILENT, Scenario, T},
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -464,4 +467,89 @@ fn only_the_family_that_flowed_is_seen_nftables() {
     });
     assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
     assert_eq!(run.flows_to(&v6_str(VIP, 80)).len(), 1, "{}", run.context);
+}
+
+// ---- every verdict class over IPv6, compared with IPv4 -------------------------------------------
+//
+// The scenarios' own bodies (`scenarios.rs`, `real_cluster.rs`) run over IPv6 and then over IPv4
+// on the same dual-stack lab spec; `family::across_families` checks that both reports say the
+// same thing about different addresses.
+
+/// A listener that never accepts. (A pod that drops everything, the other `backend_timeout`
+/// scenario, differs across families: the IPv4 drop is traced with its reason, the IPv6 one is
+/// not seen by the drop tracepoint and reads as a plain timeout; the verdict is the same.)
+#[test]
+fn backend_timeout_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_timeout(ProxyMode::Iptables, true, fam)
+    });
+}
+
+#[test]
+fn backend_timeout_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_timeout(ProxyMode::Nftables, true, fam)
+    });
+}
+
+#[test]
+fn udp_healthy_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| scenarios::udp_healthy(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn udp_healthy_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| scenarios::udp_healthy(ProxyMode::Nftables, fam));
+}
+
+#[test]
+fn udp_no_endpoints_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::udp_no_endpoints(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn udp_no_endpoints_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::udp_no_endpoints(ProxyMode::Nftables, fam)
+    });
+}
+
+#[test]
+fn udp_stale_endpoint_traced_over_ipv6_iptables() {
+    across_families(Flows::Kinds, |fam| {
+        scenarios::udp_stale_endpoint(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn udp_stale_endpoint_traced_over_ipv6_nftables() {
+    across_families(Flows::Kinds, |fam| {
+        scenarios::udp_stale_endpoint(ProxyMode::Nftables, fam)
+    });
+}
+
+#[test]
+fn rules_missing_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| scenarios::rules_missing(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn rules_missing_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| scenarios::rules_missing(ProxyMode::Nftables, fam));
+}
+
+#[test]
+fn kube_proxy_not_running_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::kube_proxy_not_running(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn kube_proxy_not_running_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::kube_proxy_not_running(ProxyMode::Nftables, fam)
+    });
 }

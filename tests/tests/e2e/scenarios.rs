@@ -25,7 +25,7 @@ use d8_trace::{
     model::{Protocol, ProxyMode},
 };
 
-use crate::common::addr;
+use crate::{common::addr, family::Family};
 
 pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub(crate) const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -35,6 +35,8 @@ const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 /// Outside the node link's subnet, so the external client routes it through the node.
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub(crate) const NODE_PORT: u16 = 30080;
+/// The lab node's address on the link to the external client (kube-proxy's REJECTs come from it).
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 
 /// Connect timeout for attempts expected to succeed or be refused.
 pub(crate) const T: Duration = Duration::from_secs(2);
@@ -117,15 +119,23 @@ pub(crate) enum Api {
 pub(crate) struct Scenario {
     pub(crate) lab: Lab,
     snapshot: PathBuf,
+    /// The family its traces are narrowed to (`--family`), and its addresses.
+    pub(crate) family: Family,
 }
 
 impl Scenario {
     pub(crate) fn up(spec: ClusterSpec, mode: ProxyMode) -> Self {
+        Self::up_in(spec, mode, Family::V4)
+    }
+
+    /// A lab for `spec` as `family` needs it (dual-stack unless [`Family::V4`]); its traces add
+    /// the family's `--family`.
+    pub(crate) fn up_in(spec: ClusterSpec, mode: ProxyMode, family: Family) -> Self {
         d8_tests::require_root();
         let _ = lab::cleanup_stale();
-        let lab = Lab::up(spec, mode).unwrap_or_else(|e| panic!("lab up ({mode:?}): {e}"));
+        let lab = Lab::up(family.spec(spec), mode).unwrap_or_else(|e| panic!("lab up ({mode:?}): {e}"));
         let snapshot = std::env::temp_dir().join(format!("{}snapshot.json", lab.prefix()));
-        Self { lab, snapshot }
+        Self { lab, snapshot, family }
     }
 
     fn mode(&self) -> ProxyMode {
@@ -167,6 +177,7 @@ impl Scenario {
             .map(String::from)
             .to_vec();
         args.extend(self.selection(api));
+        args.extend(self.family.trace_flags().iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let capture = (self.mode() == ProxyMode::Iptables && !extra.contains(&"--pcap"))
             .then(|| std::env::temp_dir().join(format!("{}capture.pcapng", self.lab.prefix())));
@@ -178,7 +189,7 @@ impl Scenario {
         let trace = Trace::start(&argv);
         traffic(&self.lab);
         let done = trace.finish(Duration::from_secs(30));
-        let run = Run::new(self.mode(), &argv, done.report(), &done.stdout, &done.stderr);
+        let run = Run::new(self.mode(), self.family, &argv, done.report(), &done.stdout, &done.stderr);
         if let Some(file) = capture {
             crate::pcap::agrees_with_report(&run, &file);
             let _ = std::fs::remove_file(file);
@@ -195,7 +206,7 @@ impl Scenario {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let done = run_to_end(&argv);
         let report = done.report();
-        Run::new(self.mode(), &argv, report, &done.stdout, &done.stderr)
+        Run::new(self.mode(), self.family, &argv, report, &done.stdout, &done.stderr)
     }
 
     /// `d8-trace explain --svc SVC -o runbook` with the lab's API view: the runbook block (YAML).
@@ -242,19 +253,30 @@ impl Drop for Scenario {
 pub(crate) struct Run {
     pub(crate) report: Report,
     pub(crate) context: String,
+    /// The family of the addresses [`Self::at`] and [`Self::endpoint`] name.
+    pub(crate) family: Family,
 }
 
 impl Run {
-    fn new(mode: ProxyMode, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
+    fn new(mode: ProxyMode, family: Family, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
         let context = format!(
-            "{mode:?} mode, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+            "{mode:?} mode, {family:?}, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
             argv.join(" ")
         );
         // D8_SCENARIO_DUMP=1 (with --nocapture) shows every report, passing or not.
         if std::env::var_os("D8_SCENARIO_DUMP").is_some() {
             eprintln!("{context}");
         }
-        Self { report, context }
+        Self {
+            report,
+            context,
+            family,
+        }
+    }
+
+    /// `v4`'s address in the run's family with `port`, as the report writes it.
+    pub(crate) fn at(&self, v4: Ipv4Addr, port: u16) -> String {
+        self.family.at(v4, port)
     }
 
     pub(crate) fn root(&self) -> &str {
@@ -304,8 +326,9 @@ impl Run {
         }
     }
 
+    /// The report's endpoint `ip:port` (`ip` in the run's family).
     pub(crate) fn endpoint(&self, ip: Ipv4Addr, port: u16) -> &d8_tests::report::Endpoint {
-        let ip = ip.to_string();
+        let ip = self.family.ip(ip).to_string();
         self.report
             .endpoints
             .iter()
@@ -319,10 +342,16 @@ impl Run {
 /// The rule name the model gives an endpoint: `KUBE-SEP-<hash>` (iptables) or the nftables
 /// `endpoint-<hash>-ns/svc/proto/port__ip/port` chain.
 fn endpoint_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str, pod: &str) -> String {
+    endpoint_chain_in(mode, spec, svc, pod, Family::V4)
+}
+
+/// [`endpoint_chain`] of the pod's address in `family` (kube-proxy's IPv6 proxier names its
+/// chains after the IPv6 endpoint).
+fn endpoint_chain_in(mode: ProxyMode, spec: &ClusterSpec, svc: &str, pod: &str, family: Family) -> String {
     let s = spec.services.iter().find(|s| s.name == svc).expect("service in spec");
     let port = &s.ports[0];
     let ep = spec
-        .endpoints(s, port)
+        .endpoints_in(s, port, family.ip_family())
         .into_iter()
         .find(|e| e.pod == pod)
         .expect("endpoint in spec");
@@ -344,10 +373,10 @@ fn service_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str) -> String {
 
 // ---- traffic helpers ------------------------------------------------------------------------------
 
-fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
+fn http_ok(lab: &Lab, fam: Family, n: usize) -> BTreeSet<String> {
     (0..n)
         .map(
-            |_| match lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get") {
+            |_| match lab::http_get(lab.client_ns(), fam.sock(VIP, 80), "/", T).expect("http get") {
                 HttpOutcome::Response { status: 200, body, .. } => body.trim().to_string(),
                 other => panic!("healthy Service did not answer: {other:?}"),
             },
@@ -378,7 +407,7 @@ pub(crate) fn backend_of(ip: Ipv4Addr, port: u16) -> String {
 fn healthy(mode: ProxyMode) {
     let s = Scenario::up(web_spec(2), mode);
     let mut answered = BTreeSet::new();
-    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, 4));
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, Family::V4, 4));
     run.assert_root("healthy");
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
     let flows = run.flows_to("10.96.0.10:80");
@@ -689,7 +718,7 @@ fn probe_rst(mode: ProxyMode) {
     let s = Scenario::up(spec, mode);
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
         let prober = lab.start_prober(Duration::from_millis(200));
-        http_ok(lab, 3);
+        http_ok(lab, Family::V4, 3);
         // Until at least two rounds of probes went out (each probe is bounded by 1 s).
         let deadline = Instant::now() + Duration::from_secs(2);
         while prober.probes_sent() < 4 && Instant::now() < deadline {
@@ -741,19 +770,19 @@ fn probe_rst_nftables() {
 
 // ---- kube-proxy's rules missing ---------------------------------------------------------------------
 
-fn rules_missing(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(1), mode);
+pub(crate) fn rules_missing(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(1), mode, fam);
     s.lab
         .flush_service_rules("default", "web")
         .expect("flush the Service's rules");
     let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), SILENT).expect("connect");
             assert!(!out.is_connected(), "nothing translates the ClusterIP: {out:?}");
         }
     });
     run.assert_root("kube_proxy_rules_missing");
-    for f in run.flows_to("10.96.0.10:80") {
+    for f in run.flows_to(&run.at(VIP, 80)) {
         assert_eq!(run.class_of(f), "kube_proxy_rules_missing", "{}", run.context);
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
     }
@@ -767,37 +796,39 @@ fn rules_missing(mode: ProxyMode) {
         "{}",
         run.context
     );
+    run
 }
 
 #[test]
 fn kube_proxy_rules_missing_iptables() {
-    rules_missing(ProxyMode::Iptables);
+    rules_missing(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn kube_proxy_rules_missing_nftables() {
-    rules_missing(ProxyMode::Nftables);
+    rules_missing(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- kube-proxy not running -------------------------------------------------------------------------
 
 /// kube-proxy stopped: its rules stay and still carry traffic, but nothing maintains them.
-fn kube_proxy_not_running(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(1), mode);
+pub(crate) fn kube_proxy_not_running(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(1), mode, fam);
     s.lab.stop_kube_proxy();
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
-        http_ok(lab, 2);
+        http_ok(lab, fam, 2);
     });
     run.assert_root("kube_proxy_not_running");
     assert_eq!(run.report.kube_proxy.running, Some(false), "{}", run.context);
-    for f in run.flows_to("10.96.0.10:80") {
+    let backend = run.at(WEB_1, 8080);
+    for f in run.flows_to(&run.at(VIP, 80)) {
         assert_eq!(
             run.class_of(f),
             "healthy",
             "the rules left behind still work; {}",
             run.context
         );
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"));
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()));
     }
     run.evidence(
         "kube_proxy",
@@ -806,16 +837,17 @@ fn kube_proxy_not_running(mode: ProxyMode) {
             "no /healthz on 10256",
         ],
     );
+    run
 }
 
 #[test]
 fn kube_proxy_not_running_iptables() {
-    kube_proxy_not_running(ProxyMode::Iptables);
+    kube_proxy_not_running(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn kube_proxy_not_running_nftables() {
-    kube_proxy_not_running(ProxyMode::Nftables);
+    kube_proxy_not_running(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- backend refused / backend timeout ----------------------------------------------------------------
@@ -862,27 +894,28 @@ fn backend_refused_nftables() {
 
 /// A listed, ready pod that never answers: a listener that never accepts (`no_accept`), or a pod
 /// that drops everything.
-fn backend_timeout(mode: ProxyMode, no_accept: bool) {
+pub(crate) fn backend_timeout(mode: ProxyMode, no_accept: bool, fam: Family) -> Run {
     let mut spec = web_spec(1);
     if no_accept {
         spec.pods[0].listeners[0].kind = ListenerKind::TcpNoAccept;
     }
-    let mut s = Scenario::up(spec, mode);
+    let mut s = Scenario::up_in(spec, mode, fam);
     if !no_accept {
         s.lab.set_drop_all("web-1", true).expect("make the pod drop");
     }
     let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), SILENT).expect("connect");
             assert_eq!(out, TcpOutcome::Timeout, "the pod never answers");
         }
     });
     run.assert_root("backend_timeout");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
+    let backend = run.at(WEB_1, 8080);
     for f in &flows {
         assert_eq!(run.class_of(f), "backend_timeout", "{}", run.context);
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
     }
     let ep = run.endpoint(WEB_1, 8080);
     assert!(
@@ -890,48 +923,50 @@ fn backend_timeout(mode: ProxyMode, no_accept: bool) {
         "listed and ready: {ep:?}"
     );
     assert!(
-        run.root_detail().contains("10.244.1.11:8080 (pod default/web-1)"),
+        run.root_detail().contains(&format!("{backend} (pod default/web-1)")),
         "{}",
         run.context
     );
     assert!(run.root_detail().contains("listed, ready endpoint"), "{}", run.context);
-    run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
+    run.evidence("rules", &[&endpoint_chain_in(mode, s.lab.spec(), "web", "web-1", fam)]);
+    run
 }
 
 #[test]
 fn backend_timeout_no_accept_iptables() {
-    backend_timeout(ProxyMode::Iptables, true);
+    backend_timeout(ProxyMode::Iptables, true, Family::V4);
 }
 
 #[test]
 fn backend_timeout_no_accept_nftables() {
-    backend_timeout(ProxyMode::Nftables, true);
+    backend_timeout(ProxyMode::Nftables, true, Family::V4);
 }
 
 #[test]
 fn backend_timeout_drop_all_iptables() {
-    backend_timeout(ProxyMode::Iptables, false);
+    backend_timeout(ProxyMode::Iptables, false, Family::V4);
 }
 
 #[test]
 fn backend_timeout_drop_all_nftables() {
-    backend_timeout(ProxyMode::Nftables, false);
+    backend_timeout(ProxyMode::Nftables, false, Family::V4);
 }
 
 // ---- UDP -------------------------------------------------------------------------------------------
 
-fn udp_healthy(mode: ProxyMode) {
-    let s = Scenario::up(dns_spec(1), mode);
+pub(crate) fn udp_healthy(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(dns_spec(1), mode, fam);
     let run = s.trace("default/dns", Api::Snapshot, 3, &[], |lab| {
         for i in 0..2 {
             let q = format!("q{i}");
-            let out = lab::udp_request(lab.client_ns(), addr(VIP, 53), q.as_bytes(), T).expect("udp");
+            let out = lab::udp_request(lab.client_ns(), fam.sock(VIP, 53), q.as_bytes(), T).expect("udp");
             assert_eq!(out, UdpOutcome::Reply(format!("dns-1\n{q}").into_bytes()));
         }
     });
     run.assert_root("healthy");
-    let flows = run.flows_to("10.96.0.10:53");
+    let flows = run.flows_to(&run.at(VIP, 53));
     assert_eq!(flows.len(), 2, "{}", run.context);
+    let backend = run.at(WEB_1, 5353);
     for f in &flows {
         assert_eq!(f.protocol, "udp");
         assert_eq!(
@@ -940,7 +975,7 @@ fn udp_healthy(mode: ProxyMode) {
             "{}",
             run.context
         );
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:5353"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
     }
     assert!(
         run.report.frontends.iter().any(|f| f.protocol == "udp" && f.port == 53),
@@ -948,28 +983,29 @@ fn udp_healthy(mode: ProxyMode) {
         run.context
     );
     run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "dns")]);
+    run
 }
 
 #[test]
 fn udp_healthy_iptables() {
-    udp_healthy(ProxyMode::Iptables);
+    udp_healthy(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn udp_healthy_nftables() {
-    udp_healthy(ProxyMode::Nftables);
+    udp_healthy(ProxyMode::Nftables, Family::V4);
 }
 
-fn udp_no_endpoints(mode: ProxyMode) {
-    let s = Scenario::up(empty_spec(Protocol::Udp), mode);
+pub(crate) fn udp_no_endpoints(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(empty_spec(Protocol::Udp), mode, fam);
     let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::udp_request(lab.client_ns(), addr(VIP, 80), b"q", T).expect("udp");
+            let out = lab::udp_request(lab.client_ns(), fam.sock(VIP, 80), b"q", T).expect("udp");
             assert_eq!(out, UdpOutcome::Refused, "kube-proxy rejects with port unreachable");
         }
     });
     run.assert_root("no_endpoints");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
         assert_eq!(f.protocol, "udp");
@@ -981,33 +1017,36 @@ fn udp_no_endpoints(mode: ProxyMode) {
         );
         assert_eq!(f.backend, None, "{}", run.context);
     }
+    let vip = fam.ip(VIP).to_string();
     match mode {
-        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", &vip]),
         _ => run.evidence("rules", &["default/empty:p has no endpoints", "-p udp", "-j REJECT"]),
     };
-    run.evidence("trace", &["ICMP port unreachable from 172.31.0.2"]);
+    let node = fam.ip(NODE_IP).to_string();
+    run.evidence("trace", &[&format!("{} port unreachable from {node}", fam.icmp())]);
+    run
 }
 
 #[test]
 fn udp_no_endpoints_iptables() {
-    udp_no_endpoints(ProxyMode::Iptables);
+    udp_no_endpoints(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn udp_no_endpoints_nftables() {
-    udp_no_endpoints(ProxyMode::Nftables);
+    udp_no_endpoints(ProxyMode::Nftables, Family::V4);
 }
 
 /// UDP stale endpoint: dns-2 deleted (namespace and API objects), the rules still DNAT to it.
-fn udp_stale_endpoint(mode: ProxyMode) {
-    let mut s = Scenario::up(dns_spec(2), mode);
+pub(crate) fn udp_stale_endpoint(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(dns_spec(2), mode, fam);
     s.lab.make_stale_endpoint("dns-2").expect("stale endpoint");
     let mut outcomes = Vec::new();
     let run = s.trace("default/dns", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
         // Each request picks a backend at random: until one was answered and one was not.
         let start = Instant::now();
         while outcomes.len() < 16 && start.elapsed() < PICK_BUDGET {
-            outcomes.push(lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", PICK_TIMEOUT).expect("udp"));
+            outcomes.push(lab::udp_request(lab.client_ns(), fam.sock(VIP, 53), b"q", PICK_TIMEOUT).expect("udp"));
             let replied = outcomes.iter().any(|o| matches!(o, UdpOutcome::Reply(_)));
             if replied && outcomes.contains(&UdpOutcome::Timeout) {
                 break;
@@ -1019,39 +1058,41 @@ fn udp_stale_endpoint(mode: ProxyMode) {
         "no request went to the deleted pod: {outcomes:?}"
     );
     run.assert_root("stale_endpoint");
-    for f in run.flows_to("10.96.0.10:53") {
+    let (live, stale) = (run.at(WEB_1, 5353), run.at(WEB_2, 5353));
+    for f in run.flows_to(&run.at(VIP, 53)) {
         assert_eq!(f.protocol, "udp");
         let want = match f.backend.as_deref() {
-            Some("10.244.1.11:5353") => "healthy",
-            Some("10.244.1.12:5353") => "stale_endpoint",
+            Some(b) if b == live => "healthy",
+            Some(b) if b == stale => "stale_endpoint",
             other => panic!("unexpected backend {other:?}; {}", run.context),
         };
         assert_eq!(run.class_of(f), want, "{}", run.context);
     }
     assert!(
-        run.report
-            .flows
-            .iter()
-            .any(|f| f.backend.as_deref() == Some("10.244.1.12:5353")),
+        run.report.flows.iter().any(|f| f.backend.as_deref() == Some(stale.as_str())),
         "{}",
         run.context
     );
     assert_eq!(run.endpoint(WEB_2, 5353).in_api, Some(false), "{}", run.context);
     run.evidence(
         "api",
-        &["10.244.1.12:5353 is not in the Service's EndpointSlices of default/dns"],
+        &[&format!("{stale} is not in the Service's EndpointSlices of default/dns")],
     );
-    run.evidence("rules", &[&endpoint_chain(mode, s.lab.rules_spec(), "dns", "dns-2")]);
+    run.evidence(
+        "rules",
+        &[&endpoint_chain_in(mode, s.lab.rules_spec(), "dns", "dns-2", fam)],
+    );
+    run
 }
 
 #[test]
 fn udp_stale_endpoint_iptables() {
-    udp_stale_endpoint(ProxyMode::Iptables);
+    udp_stale_endpoint(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn udp_stale_endpoint_nftables() {
-    udp_stale_endpoint(ProxyMode::Nftables);
+    udp_stale_endpoint(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- two causes at once ----------------------------------------------------------------------------
