@@ -131,19 +131,21 @@ fn not_synced(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 }
 
 /// The question was about a port the Service does not define: the answer holds without flows.
+/// One finding per ClusterIP (a dual-stack Service has one per family), so the root cause of a
+/// trace names the ClusterIP its flows asked for (`rank::lead_of`).
 fn undefined_port(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     let (Asked::UndefinedPort(port), Some(svc)) = (facts.asked, facts.svc) else {
         return;
     };
-    let Some(ip) = svc
-        .frontends
-        .iter()
-        .find(|f| f.kind == crate::model::FrontendKind::ClusterIp)
-        .map(|f| f.ip)
-    else {
-        return;
-    };
-    out.push(undefined_port_finding(facts, std::net::SocketAddr::new(ip, port)));
+    let mut ips: Vec<std::net::IpAddr> = Vec::new();
+    for f in &svc.frontends {
+        if f.kind == crate::model::FrontendKind::ClusterIp && !ips.contains(&f.ip) {
+            ips.push(f.ip);
+        }
+    }
+    for ip in ips {
+        out.push(undefined_port_finding(facts, std::net::SocketAddr::new(ip, port)));
+    }
 }
 
 fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {

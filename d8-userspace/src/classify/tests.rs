@@ -1505,6 +1505,44 @@ fn cidr_membership() {
     assert!(!in_cidr(ip("10.1.2.3"), "garbage"));
 }
 
+/// A dual-stack Service asked about a port it lacks: the root cause names the ClusterIP of the
+/// family the flows used, and the evidence covers both ClusterIPs whichever family was traced.
+#[test]
+fn an_undefined_port_traced_over_ipv6_names_the_ipv6_cluster_ip() {
+    let m = dual_stack_model();
+    let mut f = flow(1, Some("[fd00:10:96::10]:81"), None);
+    f.client = addr("[fd00:10:1::5]:41234");
+    let v = classify_asked(&target(), Asked::UndefinedPort(81), &[f], &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
+    assert!(
+        v.root_cause
+            .detail
+            .starts_with("shop/web defines no port 81 on its ClusterIP fd00:10:96::10 (its ports:"),
+        "{}",
+        v.root_cause.detail
+    );
+    let dump = evidence_dump(&v);
+    for cip in ["10.96.0.10", "fd00:10:96::10"] {
+        assert!(
+            has_evidence(&v, EvidenceKind::Rules, &format!("ClusterIP {cip} the ports")),
+            "{dump}"
+        );
+    }
+    // Over IPv4, and with no flow at all (explain), the IPv4 ClusterIP leads.
+    let mut f = flow(1, Some("10.96.0.10:81"), None);
+    f.client = addr("10.244.1.5:41234");
+    for flows in [vec![f], vec![]] {
+        let v = classify_asked(&target(), Asked::UndefinedPort(81), &flows, &m, &ctx(true));
+        assert!(
+            v.root_cause
+                .detail
+                .starts_with("shop/web defines no port 81 on its ClusterIP 10.96.0.10 (its ports:"),
+            "{}",
+            v.root_cause.detail
+        );
+    }
+}
+
 #[test]
 fn a_port_the_service_does_not_define_is_service_port_undefined() {
     // nftables mode 1.30+: cluster-ips-check rejects it; the trace sees the node's ICMP answer.

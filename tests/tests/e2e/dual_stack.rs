@@ -20,6 +20,7 @@ use d8_trace::{
 
 use crate::{
     family::{Flows, across_families},
+    real_cluster,
     scenarios::{self, Api, Run, SILENT, Scenario, T},
 };
 
@@ -551,5 +552,19 @@ fn kube_proxy_not_running_traced_over_ipv6_iptables() {
 fn kube_proxy_not_running_traced_over_ipv6_nftables() {
     across_families(Flows::Counted, |fam| {
         scenarios::kube_proxy_not_running(ProxyMode::Nftables, fam)
+    });
+}
+
+#[test]
+fn service_port_undefined_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        real_cluster::service_port_undefined(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn service_port_undefined_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        real_cluster::service_port_undefined(ProxyMode::Nftables, fam)
     });
 }

@@ -162,7 +162,11 @@ impl Shape {
             service: r.service.clone(),
             root: r.root_cause.as_ref().map(|c| c.class.clone()),
             severity: r.severity.clone(),
-            kube_proxy: (r.kube_proxy.mode.clone(), r.kube_proxy.running, r.kube_proxy.rules_present),
+            kube_proxy: (
+                r.kube_proxy.mode.clone(),
+                r.kube_proxy.running,
+                r.kube_proxy.rules_present,
+            ),
             frontends,
             endpoints,
             flows: by_kind,

@@ -189,7 +189,14 @@ impl Scenario {
         let trace = Trace::start(&argv);
         traffic(&self.lab);
         let done = trace.finish(Duration::from_secs(30));
-        let run = Run::new(self.mode(), self.family, &argv, done.report(), &done.stdout, &done.stderr);
+        let run = Run::new(
+            self.mode(),
+            self.family,
+            &argv,
+            done.report(),
+            &done.stdout,
+            &done.stderr,
+        );
         if let Some(file) = capture {
             crate::pcap::agrees_with_report(&run, &file);
             let _ = std::fs::remove_file(file);
@@ -407,7 +414,9 @@ pub(crate) fn backend_of(ip: Ipv4Addr, port: u16) -> String {
 fn healthy(mode: ProxyMode) {
     let s = Scenario::up(web_spec(2), mode);
     let mut answered = BTreeSet::new();
-    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, Family::V4, 4));
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        answered = http_ok(lab, Family::V4, 4)
+    });
     run.assert_root("healthy");
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
     let flows = run.flows_to("10.96.0.10:80");
@@ -1069,14 +1078,19 @@ pub(crate) fn udp_stale_endpoint(mode: ProxyMode, fam: Family) -> Run {
         assert_eq!(run.class_of(f), want, "{}", run.context);
     }
     assert!(
-        run.report.flows.iter().any(|f| f.backend.as_deref() == Some(stale.as_str())),
+        run.report
+            .flows
+            .iter()
+            .any(|f| f.backend.as_deref() == Some(stale.as_str())),
         "{}",
         run.context
     );
     assert_eq!(run.endpoint(WEB_2, 5353).in_api, Some(false), "{}", run.context);
     run.evidence(
         "api",
-        &[&format!("{stale} is not in the Service's EndpointSlices of default/dns")],
+        &[&format!(
+            "{stale} is not in the Service's EndpointSlices of default/dns"
+        )],
     );
     run.evidence(
         "rules",
