@@ -448,7 +448,7 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             let mut fd = finding(facts, VerdictClass::Healthy, "expected not-ready endpoint".into());
             fd.evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!("{}:{} is {expected}: kube-proxy keeps it on purpose", e.ip, e.port),
+                format!("{} is {expected}: kube-proxy keeps it on purpose", e.addr()),
             ));
             out.push(fd);
             continue;
@@ -460,7 +460,7 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         } else {
             continue;
         };
-        let target = format!("{}:{}", e.ip, e.port);
+        let target = e.addr().to_string();
         let who = match &e.pod {
             Some(p) => format!("{target} (pod {p})"),
             None => target.clone(),
@@ -538,7 +538,7 @@ fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 
 fn addrs(eps: &[&crate::model::Endpoint]) -> String {
     eps.iter()
-        .map(|e| format!("{}:{}", e.ip, e.port))
+        .map(|e| e.addr().to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }

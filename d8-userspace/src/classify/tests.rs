@@ -369,6 +369,23 @@ fn a_dual_stack_service_failing_over_ipv6_only_is_not_healthy_and_names_the_fami
         "{}",
         v.root_cause.detail
     );
+    // An IPv6 endpoint is written `[ip]:port`, in the detail and the API's evidence alike.
+    assert!(
+        v.root_cause
+            .detail
+            .starts_with("kube-proxy sends shop/web traffic to [fd00:10:1::8]:8080"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "[fd00:10:1::8]:8080 is not in the Service's EndpointSlices"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
     assert_eq!(
         v.flows.iter().map(|f| f.class).collect::<Vec<_>>(),
         [

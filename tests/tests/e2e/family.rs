@@ -66,6 +66,15 @@ impl Family {
         self.sock(v4, port).to_string()
     }
 
+    /// Addresses per pod in the lab's EndpointSlices: 2 in a dual-stack lab (one slice per
+    /// family), whichever family a trace is narrowed to.
+    pub(crate) fn stacks(self) -> usize {
+        match self {
+            Family::V4 => 1,
+            Family::DualV4 | Family::V6 => 2,
+        }
+    }
+
     /// How the evidence names the family's ICMP (`ICMP port unreachable`, `ICMPv6 ...`).
     pub(crate) fn icmp(self) -> &'static str {
         match self {
@@ -114,6 +123,7 @@ struct Shape {
     endpoints: Vec<String>,
     /// `protocol outcome class drop_reason backend?` of each flow, with how many.
     flows: BTreeMap<String, usize>,
+    /// The kinds of evidence and warnings (sorted, each once).
     evidence_kinds: Vec<String>,
     warning_kinds: Vec<String>,
     lost_events: u64,
@@ -149,15 +159,21 @@ impl Shape {
             .map(|e| format!("{} {} {:?} {:?} {:?}", e.port, e.in_rules, e.in_api, e.ready, e.local))
             .collect();
         endpoints.sort();
+        // Which kinds of evidence, not how many lines: a rule line per backend the flows reached,
+        // and each backend is picked at random.
         let mut evidence_kinds: Vec<String> = r.evidence.iter().map(|e| e.kind.clone()).collect();
-        let mut warning_kinds: Vec<String> = r.warnings.iter().map(|w| w.kind.clone()).collect();
-        if flows == Flows::Kinds {
-            // "also (class)" lines come with the kinds of flows seen, which may differ in order.
-            evidence_kinds.sort();
-            evidence_kinds.dedup();
-            warning_kinds.sort();
-            warning_kinds.dedup();
-        }
+        evidence_kinds.sort();
+        evidence_kinds.dedup();
+        // kube-proxy's /healthz is read once per run, whatever the family: a slow answer on a
+        // busy machine (a `kube_proxy` warning) says nothing about the family traced.
+        let mut warning_kinds: Vec<String> = r
+            .warnings
+            .iter()
+            .filter(|w| w.kind != "kube_proxy")
+            .map(|w| w.kind.clone())
+            .collect();
+        warning_kinds.sort();
+        warning_kinds.dedup();
         Shape {
             service: r.service.clone(),
             root: r.root_cause.as_ref().map(|c| c.class.clone()),

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -25,7 +25,7 @@ use d8_trace::{
     model::{Protocol, ProxyMode},
 };
 
-use crate::{common::addr, family::Family};
+use crate::family::Family;
 
 pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub(crate) const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -34,6 +34,8 @@ pub(crate) const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 /// Outside the node link's subnet, so the external client routes it through the node.
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The lab's external client (`lab.external_ns()`).
+const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 100);
 pub(crate) const NODE_PORT: u16 = 30080;
 /// The lab node's address on the link to the external client (kube-proxy's REJECTs come from it).
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
@@ -394,10 +396,15 @@ fn http_ok(lab: &Lab, fam: Family, n: usize) -> BTreeSet<String> {
 /// Connects to the ClusterIP until every kind of `want` outcome was seen (each attempt picks a
 /// backend at random), at most `max` attempts or [`PICK_BUDGET`].
 pub(crate) fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
+    connect_until_in(lab, Family::V4, max, want)
+}
+
+/// [`connect_until`] to the ClusterIP of `fam`.
+fn connect_until_in(lab: &Lab, fam: Family, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
     let start = Instant::now();
     let mut seen = Vec::new();
     while seen.len() < max && start.elapsed() < PICK_BUDGET {
-        seen.push(lab::tcp_connect(lab.client_ns(), addr(VIP, 80), PICK_TIMEOUT).expect("connect"));
+        seen.push(lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), PICK_TIMEOUT).expect("connect"));
         if want.iter().all(|w| seen.iter().any(w)) {
             break;
         }
@@ -405,25 +412,19 @@ pub(crate) fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bo
     seen
 }
 
-pub(crate) fn backend_of(ip: Ipv4Addr, port: u16) -> String {
-    format!("{ip}:{port}")
-}
-
 // ---- healthy --------------------------------------------------------------------------------------
 
-fn healthy(mode: ProxyMode) {
-    let s = Scenario::up(web_spec(2), mode);
+pub(crate) fn healthy(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(web_spec(2), mode, fam);
     let mut answered = BTreeSet::new();
-    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
-        answered = http_ok(lab, Family::V4, 4)
-    });
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, fam, 4));
     run.assert_root("healthy");
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 4, "four requests, four flows; {}", run.context);
     let by_name = |n: &str| match n {
-        "web-1" => backend_of(WEB_1, 8080),
-        "web-2" => backend_of(WEB_2, 8080),
+        "web-1" => run.at(WEB_1, 8080),
+        "web-2" => run.at(WEB_2, 8080),
         other => panic!("unexpected backend {other}"),
     };
     let expected: BTreeSet<String> = answered.iter().map(|n| by_name(n)).collect();
@@ -456,37 +457,41 @@ fn healthy(mode: ProxyMode) {
     }
     assert_eq!(
         run.endpoint(WEB_1, 8080).rule.as_deref(),
-        Some(endpoint_chain(mode, s.lab.spec(), "web", "web-1").as_str())
+        Some(endpoint_chain_in(mode, s.lab.spec(), "web", "web-1", fam).as_str())
     );
     // What was checked: the Service's rule, the API's endpoints, kube-proxy.
     run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "web")]);
+    let n = 2 * fam.stacks();
     run.evidence(
         "api",
-        &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"],
+        &[&format!(
+            "EndpointSlices of default/web list {n} ready endpoints, {n} of them DNAT targets"
+        )],
     );
     run.evidence("kube_proxy", &["kube-proxy running on node d8lab-node"]);
     assert_eq!(run.report.kube_proxy.running, Some(true), "{}", run.context);
     assert_eq!(run.report.lost_events, 0);
     run.no_evidence("also (");
+    run
 }
 
 #[test]
 fn healthy_iptables() {
-    healthy(ProxyMode::Iptables);
+    healthy(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn healthy_nftables() {
-    healthy(ProxyMode::Nftables);
+    healthy(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- no endpoints ---------------------------------------------------------------------------------
 
-fn no_endpoints(mode: ProxyMode) {
-    let s = Scenario::up(empty_spec(Protocol::Tcp), mode);
+pub(crate) fn no_endpoints(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(empty_spec(Protocol::Tcp), mode, fam);
     let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), T).expect("connect");
             assert_eq!(
                 out,
                 TcpOutcome::Refused,
@@ -495,7 +500,7 @@ fn no_endpoints(mode: ProxyMode) {
         }
     });
     run.assert_root("no_endpoints");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
         assert_eq!(
@@ -507,53 +512,59 @@ fn no_endpoints(mode: ProxyMode) {
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
     }
     // The REJECT kube-proxy wrote, the ICMP error the node sent, and the API's empty EndpointSlice.
+    let vip = fam.ip(VIP).to_string();
     match mode {
-        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", &vip]),
         _ => run.evidence(
             "rules",
             &[
                 "default/empty:p has no endpoints",
-                "-d 10.96.0.10",
+                &format!("-d {vip}"),
                 "--dport 80",
                 "-j REJECT",
             ],
         ),
     };
+    let node = fam.ip(NODE_IP);
     run.evidence(
         "trace",
-        &["ICMP port unreachable from 172.31.0.2", "REJECT: no endpoints"],
+        &[
+            &format!("{} port unreachable from {node}", fam.icmp()),
+            "REJECT: no endpoints",
+        ],
     );
     run.evidence("api", &["EndpointSlices of default/empty list no ready endpoints"]);
+    run
 }
 
 #[test]
 fn no_endpoints_iptables() {
-    no_endpoints(ProxyMode::Iptables);
+    no_endpoints(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn no_endpoints_nftables() {
-    no_endpoints(ProxyMode::Nftables);
+    no_endpoints(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- stale endpoint -------------------------------------------------------------------------------
 
 /// web-2 is deleted (namespace and API objects) while the rules still DNAT to it; traffic until a
 /// connection went to each backend.
-fn stale_endpoint(mode: ProxyMode, api: Api) {
-    let mut s = Scenario::up(web_spec(2), mode);
+pub(crate) fn stale_endpoint(mode: ProxyMode, api: Api, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(2), mode, fam);
     s.lab.make_stale_endpoint("web-2").expect("stale endpoint");
-    let stale = backend_of(WEB_2, 8080);
+    let stale = fam.at(WEB_2, 8080);
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", api, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until_in(lab, fam, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
     });
     assert!(
         outcomes.contains(&TcpOutcome::Timeout),
         "no attempt went to the deleted pod: {outcomes:?}"
     );
     run.assert_root("stale_endpoint");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     let to_stale: Vec<&&Flow> = flows
         .iter()
         .filter(|f| f.backend.as_deref() == Some(stale.as_str()))
@@ -572,7 +583,7 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
         assert_eq!(run.class_of(f), want, "flow to {:?}; {}", f.backend, run.context);
     }
     // The rule that still DNATs to the pod.
-    let chain = endpoint_chain(mode, s.lab.rules_spec(), "web", "web-2");
+    let chain = endpoint_chain_in(mode, s.lab.rules_spec(), "web", "web-2", fam);
     run.evidence("rules", &[&chain]);
     let ep = run.endpoint(WEB_2, 8080);
     assert!(ep.in_rules, "{ep:?}");
@@ -586,21 +597,22 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
             );
             run.evidence(
                 "api",
-                &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"],
+                &[&format!("{stale} is not in the Service's EndpointSlices of default/web")],
             );
-            run.evidence("trace", &["DNAT to stale backend 10.244.1.12:8080"]);
+            run.evidence("trace", &[&format!("DNAT to stale backend {stale}")]);
         }
         Api::None => {
             assert_eq!(ep.in_api, None, "{}", run.context);
             assert!(run.root_detail().contains("never answered"), "{}", run.context);
-            run.evidence("trace", &["-> 10.244.1.12:8080: no reply"]);
+            run.evidence("trace", &[&format!("-> {stale}: no reply")]);
         }
     }
     assert!(
-        run.root_detail().contains("10.244.1.12:8080"),
+        run.root_detail().contains(&stale),
         "the root cause names the backend; {}",
         run.context
     );
+    run
 }
 
 impl Run {
@@ -611,33 +623,33 @@ impl Run {
 
 #[test]
 fn stale_endpoint_api_iptables() {
-    stale_endpoint(ProxyMode::Iptables, Api::Snapshot);
+    stale_endpoint(ProxyMode::Iptables, Api::Snapshot, Family::V4);
 }
 
 #[test]
 fn stale_endpoint_api_nftables() {
-    stale_endpoint(ProxyMode::Nftables, Api::Snapshot);
+    stale_endpoint(ProxyMode::Nftables, Api::Snapshot, Family::V4);
 }
 
 #[test]
 fn stale_endpoint_no_k8s_iptables() {
-    stale_endpoint(ProxyMode::Iptables, Api::None);
+    stale_endpoint(ProxyMode::Iptables, Api::None, Family::V4);
 }
 
 #[test]
 fn stale_endpoint_no_k8s_nftables() {
-    stale_endpoint(ProxyMode::Nftables, Api::None);
+    stale_endpoint(ProxyMode::Nftables, Api::None, Family::V4);
 }
 
 // ---- externalTrafficPolicy=Local without local endpoints ---------------------------------------------
 
 /// From the external client to the NodePort (`node_port`) or the external IP: kube-proxy drops.
-fn etp_local(mode: ProxyMode, node_port: bool) {
-    let s = Scenario::up(etp_local_spec(), mode);
+pub(crate) fn etp_local(mode: ProxyMode, node_port: bool, fam: Family) -> Run {
+    let s = Scenario::up_in(etp_local_spec(), mode, fam);
     let target = if node_port {
-        addr(s.lab.node_ip(), NODE_PORT)
+        fam.sock(s.lab.node_ip(), NODE_PORT)
     } else {
-        addr(EXTERNAL_IP, 80)
+        fam.sock(EXTERNAL_IP, 80)
     };
     let run = s.trace("default/shop", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
@@ -655,8 +667,8 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
         assert_eq!(run.class_of(f), "etp_local_no_local_endpoints", "{}", run.context);
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
         assert_eq!(
-            f.client.split(':').next(),
-            Some("172.31.0.100"),
+            f.client.parse::<SocketAddr>().map(|c| c.ip()).ok(),
+            Some(fam.ip(EXTERNAL_CLIENT)),
             "from the external client; {}",
             run.context
         );
@@ -678,56 +690,67 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
         run.context
     );
     // The DROP rule for this frontend.
+    let external = fam.ip(EXTERNAL_IP).to_string();
     match (mode, node_port) {
         (ProxyMode::Nftables, true) => run.evidence("rules", &["no-endpoint-nodeports", "30080", "drop"]),
-        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", "203.0.113.10", "drop"]),
+        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", &external, "drop"]),
         (_, true) => run.evidence(
             "rules",
             &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"],
         ),
         (_, false) => run.evidence(
             "rules",
-            &["default/shop:http has no local endpoints", "-d 203.0.113.10", "-j DROP"],
+            &[
+                "default/shop:http has no local endpoints",
+                &format!("-d {external}"),
+                "-j DROP",
+            ],
         ),
     };
     run.evidence("trace", &["has no local endpoints"]);
     run.evidence(
         "api",
-        &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"],
+        &[&format!(
+            "externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: {}",
+            fam.stacks()
+        )],
     );
+    run
 }
 
 #[test]
 fn etp_local_node_port_iptables() {
-    etp_local(ProxyMode::Iptables, true);
+    etp_local(ProxyMode::Iptables, true, Family::V4);
 }
 
 #[test]
 fn etp_local_node_port_nftables() {
-    etp_local(ProxyMode::Nftables, true);
+    etp_local(ProxyMode::Nftables, true, Family::V4);
 }
 
 #[test]
 fn etp_local_external_ip_iptables() {
-    etp_local(ProxyMode::Iptables, false);
+    etp_local(ProxyMode::Iptables, false, Family::V4);
 }
 
 #[test]
 fn etp_local_external_ip_nftables() {
-    etp_local(ProxyMode::Nftables, false);
+    etp_local(ProxyMode::Nftables, false, Family::V4);
 }
 
 // ---- probe RSTs alongside healthy traffic ---------------------------------------------------------
 
-fn probe_rst(mode: ProxyMode) {
+/// kubelet probes the pods over the scenario's family (`status.podIP` is of the cluster's primary
+/// family: IPv6 on an IPv6-primary dual-stack cluster).
+pub(crate) fn probe_rst(mode: ProxyMode, fam: Family) -> Run {
     let mut spec = web_spec(2);
     for p in &mut spec.pods {
         *p = p.clone().tcp_probes(8080);
     }
-    let s = Scenario::up(spec, mode);
+    let s = Scenario::up_in(spec, mode, fam);
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
-        let prober = lab.start_prober(Duration::from_millis(200));
-        http_ok(lab, Family::V4, 3);
+        let prober = lab.start_prober_in(Duration::from_millis(200), fam.ip_family());
+        http_ok(lab, fam, 3);
         // Until at least two rounds of probes went out (each probe is bounded by 1 s).
         let deadline = Instant::now() + Duration::from_secs(2);
         while prober.probes_sent() < 4 && Instant::now() < deadline {
@@ -740,41 +763,42 @@ fn probe_rst(mode: ProxyMode) {
         );
     });
     run.assert_root("healthy");
-    let node_ip = s.lab.node_ip().to_string();
+    let node_ip = fam.ip(s.lab.node_ip());
     let probes: Vec<&Flow> = run.report.flows.iter().filter(|f| f.frontend.is_none()).collect();
     assert!(probes.len() >= 4, "probe flows traced; {}", run.context);
     for f in &probes {
         assert_eq!(run.class_of(f), "probe_rst", "{}", run.context);
         assert_eq!(
-            f.client.split(':').next(),
-            Some(node_ip.as_str()),
+            f.client.parse::<SocketAddr>().map(|c| c.ip()).ok(),
+            Some(node_ip),
             "probes come from the node IP; {}",
             run.context
         );
         let b = f.backend.as_deref().unwrap_or("");
         assert!(
-            b == backend_of(WEB_1, 8080) || b == backend_of(WEB_2, 8080),
+            b == run.at(WEB_1, 8080) || b == run.at(WEB_2, 8080),
             "probe target {b}; {}",
             run.context
         );
     }
-    let service = run.flows_to("10.96.0.10:80");
+    let service = run.flows_to(&run.at(VIP, 80));
     assert_eq!(service.len(), 3, "{}", run.context);
     for f in &service {
         assert_eq!(run.class_of(f), "healthy", "{}", run.context);
     }
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
     run.evidence("trace", &["probe of default/web-", "closed by RST"]);
+    run
 }
 
 #[test]
 fn probe_rst_iptables() {
-    probe_rst(ProxyMode::Iptables);
+    probe_rst(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn probe_rst_nftables() {
-    probe_rst(ProxyMode::Nftables);
+    probe_rst(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- kube-proxy's rules missing ---------------------------------------------------------------------
@@ -861,18 +885,19 @@ fn kube_proxy_not_running_nftables() {
 
 // ---- backend refused / backend timeout ----------------------------------------------------------------
 
-fn backend_refused(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(1), mode);
+pub(crate) fn backend_refused(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(1), mode, fam);
     s.lab.stop_listener("web-1", 8080).expect("stop the listener");
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), T).expect("connect");
             assert_eq!(out, TcpOutcome::Refused, "nothing listens in the pod");
         }
     });
     run.assert_root("backend_refused");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
+    let backend = run.at(WEB_1, 8080);
     for f in &flows {
         assert_eq!(
             (f.outcome.as_str(), run.class_of(f)),
@@ -880,25 +905,26 @@ fn backend_refused(mode: ProxyMode) {
             "{}",
             run.context
         );
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
     }
-    run.evidence("trace", &["RST from backend 10.244.1.11:8080 (pod default/web-1)"]);
-    run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
+    run.evidence("trace", &[&format!("RST from backend {backend} (pod default/web-1)")]);
+    run.evidence("rules", &[&endpoint_chain_in(mode, s.lab.spec(), "web", "web-1", fam)]);
     assert!(
         run.root_detail().contains("default/web-1"),
         "names the pod; {}",
         run.context
     );
+    run
 }
 
 #[test]
 fn backend_refused_iptables() {
-    backend_refused(ProxyMode::Iptables);
+    backend_refused(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn backend_refused_nftables() {
-    backend_refused(ProxyMode::Nftables);
+    backend_refused(ProxyMode::Nftables, Family::V4);
 }
 
 /// A listed, ready pod that never answers: a listener that never accepts (`no_accept`), or a pod
@@ -1113,40 +1139,42 @@ fn udp_stale_endpoint_nftables() {
 
 /// web-1 is deleted while the rules keep it (stale endpoint), web-2 stopped listening (backend
 /// refused). Both are proven by flows; the stale endpoint ranks first, the refusal is still reported.
-fn mixed_incident(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(2), mode);
+pub(crate) fn mixed_incident(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(2), mode, fam);
     s.lab.make_stale_endpoint("web-1").expect("stale endpoint");
     s.lab.stop_listener("web-2", 8080).expect("stop the listener");
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until(lab, 16, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until_in(lab, fam, 16, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
     });
     assert!(
         outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout),
         "{outcomes:?}"
     );
     run.assert_root("stale_endpoint");
-    for f in run.flows_to("10.96.0.10:80") {
+    let (stale, refusing) = (run.at(WEB_1, 8080), run.at(WEB_2, 8080));
+    for f in run.flows_to(&run.at(VIP, 80)) {
         let want = match f.backend.as_deref() {
-            Some("10.244.1.11:8080") => "stale_endpoint",
-            Some("10.244.1.12:8080") => "backend_refused",
+            Some(b) if b == stale => "stale_endpoint",
+            Some(b) if b == refusing => "backend_refused",
             other => panic!("unexpected backend {other:?}; {}", run.context),
         };
         assert_eq!(run.class_of(f), want, "{}", run.context);
     }
-    assert!(run.root_detail().contains("10.244.1.11:8080"), "{}", run.context);
-    run.evidence("trace", &["also (backend_refused)", "10.244.1.12:8080"]);
+    assert!(run.root_detail().contains(&stale), "{}", run.context);
+    run.evidence("trace", &["also (backend_refused)", &refusing]);
     assert_ne!(run.report.severity.as_deref(), Some("NONE"));
+    run
 }
 
 #[test]
 fn mixed_stale_and_refused_iptables() {
-    mixed_incident(ProxyMode::Iptables);
+    mixed_incident(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn mixed_stale_and_refused_nftables() {
-    mixed_incident(ProxyMode::Nftables);
+    mixed_incident(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- explain: rules and API alone -------------------------------------------------------------------
