@@ -537,8 +537,5 @@ fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 }
 
 fn addrs(eps: &[&crate::model::Endpoint]) -> String {
-    eps.iter()
-        .map(|e| e.addr().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    eps.iter().map(|e| e.addr().to_string()).collect::<Vec<_>>().join(", ")
 }

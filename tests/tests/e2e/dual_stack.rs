@@ -274,12 +274,16 @@ fn stale_endpoint_traced_over_ipv6_nftables() {
 /// Nothing listens in the pod: its IPv6 stack answers the SYN with a RST.
 #[test]
 fn backend_refused_traced_over_ipv6_iptables() {
-    across_families(Flows::Counted, |fam| scenarios::backend_refused(ProxyMode::Iptables, fam));
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_refused(ProxyMode::Iptables, fam)
+    });
 }
 
 #[test]
 fn backend_refused_traced_over_ipv6_nftables() {
-    across_families(Flows::Counted, |fam| scenarios::backend_refused(ProxyMode::Nftables, fam));
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_refused(ProxyMode::Nftables, fam)
+    });
 }
 
 /// externalTrafficPolicy=Local without a local endpoint: kube-proxy's IPv6 rules drop the external

@@ -417,7 +417,9 @@ fn connect_until_in(lab: &Lab, fam: Family, max: usize, want: &[fn(&TcpOutcome) 
 pub(crate) fn healthy(mode: ProxyMode, fam: Family) -> Run {
     let s = Scenario::up_in(web_spec(2), mode, fam);
     let mut answered = BTreeSet::new();
-    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, fam, 4));
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        answered = http_ok(lab, fam, 4)
+    });
     run.assert_root("healthy");
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
     let flows = run.flows_to(&run.at(VIP, 80));
@@ -597,7 +599,9 @@ pub(crate) fn stale_endpoint(mode: ProxyMode, api: Api, fam: Family) -> Run {
             );
             run.evidence(
                 "api",
-                &[&format!("{stale} is not in the Service's EndpointSlices of default/web")],
+                &[&format!(
+                    "{stale} is not in the Service's EndpointSlices of default/web"
+                )],
             );
             run.evidence("trace", &[&format!("DNAT to stale backend {stale}")]);
         }
@@ -1145,7 +1149,12 @@ pub(crate) fn mixed_incident(mode: ProxyMode, fam: Family) -> Run {
     s.lab.stop_listener("web-2", 8080).expect("stop the listener");
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until_in(lab, fam, 16, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until_in(
+            lab,
+            fam,
+            16,
+            &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout],
+        );
     });
     assert!(
         outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout),
