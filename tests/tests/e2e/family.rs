@@ -159,13 +159,20 @@ impl Shape {
             .map(|e| format!("{} {} {:?} {:?} {:?}", e.port, e.in_rules, e.in_api, e.ready, e.local))
             .collect();
         endpoints.sort();
+        // kube-proxy's /healthz is read once per run, whatever the family: a slow answer on a
+        // busy machine (a `kube_proxy` warning, repeated as a `warning: ...` evidence line) says
+        // nothing about the family traced.
+        let env_warning = |kind: &str, content: &str| kind == "kube_proxy" && content.starts_with("warning: ");
         // Which kinds of evidence, not how many lines: a rule line per backend the flows reached,
         // and each backend is picked at random.
-        let mut evidence_kinds: Vec<String> = r.evidence.iter().map(|e| e.kind.clone()).collect();
+        let mut evidence_kinds: Vec<String> = r
+            .evidence
+            .iter()
+            .filter(|e| !env_warning(&e.kind, &e.content))
+            .map(|e| e.kind.clone())
+            .collect();
         evidence_kinds.sort();
         evidence_kinds.dedup();
-        // kube-proxy's /healthz is read once per run, whatever the family: a slow answer on a
-        // busy machine (a `kube_proxy` warning) says nothing about the family traced.
         let mut warning_kinds: Vec<String> = r
             .warnings
             .iter()
