@@ -85,7 +85,7 @@ const GUESTS: &[Guest] = &[
         series: "5.10",
         hook_set: "tc",
         proves: "TC on legacy clsact: tc::, every scenario (iptables mode) over IPv4 and IPv6, the demo",
-        timeout: 1500,
+        timeout: 1800,
         runs: &[GuestRun {
             hooks: "tc",
             args: &[
