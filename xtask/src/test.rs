@@ -84,8 +84,8 @@ const GUESTS: &[Guest] = &[
     Guest {
         series: "5.10",
         hook_set: "tc",
-        proves: "TC on legacy clsact: tc::, every scenario (iptables mode), the IPv6 traces (iptables mode), the demo",
-        timeout: 1500,
+        proves: "TC on legacy clsact: tc::, every scenario (iptables mode) over IPv4 and IPv6, the demo",
+        timeout: 1800,
         runs: &[GuestRun {
             hooks: "tc",
             args: &[
@@ -101,7 +101,8 @@ const GUESTS: &[Guest] = &[
             expect: &[
                 ("tc::", 15),
                 ("scenarios::", 15),
-                ("dual_stack::", 5),
+                // Every scenario over IPv6 (each compared with IPv4; `dual_stack::*_traced_over_ipv6_*`).
+                ("dual_stack::", 14),
                 ("demo::", 1),
                 ("errors::doctor_reports_the_hook_set", 1),
                 ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
@@ -145,8 +146,8 @@ const GUESTS: &[Guest] = &[
     Guest {
         series: "6.12",
         hook_set: "netfilter",
-        proves: "netfilter links: tracer::, cleanup, the IPv6 traces (nftables mode); TC on tcx: every scenario and IPv6 trace (nftables mode), tc:: subset",
-        timeout: 1500,
+        proves: "netfilter links: tracer::, cleanup, five IPv6 scenarios (nftables mode); TC on tcx: every scenario (nftables mode) over IPv4 and IPv6, tc:: subset",
+        timeout: 1800,
         runs: &[
             GuestRun {
                 hooks: "netfilter",
@@ -155,7 +156,12 @@ const GUESTS: &[Guest] = &[
                     "cleanup::nothing_remains_after_ctrl_c",
                     "errors::doctor_reports_the_hook_set",
                     "pcap::the_kernel_copies_load_and_reach_the_file",
-                    "traced_over_ipv6_nftables",
+                    // Five of the IPv6 scenarios on netfilter links; all of them run on tcx below.
+                    "dual_stack::healthy_traced_over_ipv6_nftables",
+                    "dual_stack::no_endpoints_traced_over_ipv6_nftables",
+                    "dual_stack::stale_endpoint_traced_over_ipv6_nftables",
+                    "dual_stack::backend_refused_traced_over_ipv6_nftables",
+                    "dual_stack::etp_local_traced_over_ipv6_nftables",
                 ],
                 expect: &[
                     ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
@@ -185,7 +191,7 @@ const GUESTS: &[Guest] = &[
                 ],
                 expect: &[
                     ("tc::", 7),
-                    ("dual_stack::", 5),
+                    ("dual_stack::", 14),
                     ("scenarios::", 15),
                     ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
                 ],

@@ -172,7 +172,7 @@ impl Facts<'_> {
         let ready = self.api_ready_endpoints();
         let (kept, left): (Vec<&&Endpoint>, Vec<&&Endpoint>) =
             ready.iter().partition(|e| self.expected_on_node(e) == Some(true));
-        let addr = |e: &&&Endpoint| format!("{}:{}", e.ip, e.port);
+        let addr = |e: &&&Endpoint| e.addr().to_string();
         let still: Vec<String> = left.iter().filter(|e| e.in_rules).map(addr).collect();
         let left: Vec<String> = left.iter().map(addr).collect();
         // Rules that still DNAT to what the hints leave out: a kube-proxy that ignores hints

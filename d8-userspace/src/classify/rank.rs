@@ -287,9 +287,14 @@ fn lead_of(flows: &[usize], findings: &[Finding], classified: &[(FlowVerdict, Fi
     }
     // Most flows first; ties go to the backend seen first.
     let top = counts.iter().rev().max_by_key(|(_, n)| *n).and_then(|(b, _)| *b);
+    // A finding about a frontend (an undefined port of one of a dual-stack Service's ClusterIPs)
+    // leads only for flows that asked for that frontend.
+    let asked: Vec<SocketAddr> = flows.iter().filter_map(|&i| classified[i].1.frontend).collect();
     let service_finding = match top {
         Some(b) => findings.iter().find(|f| f.backend == Some(b)),
-        None => findings.iter().find(|f| f.backend.is_none()),
+        None => findings
+            .iter()
+            .find(|f| f.backend.is_none() && f.frontend.is_none_or(|fe| asked.is_empty() || asked.contains(&fe))),
     };
     if let Some(f) = service_finding {
         return f.clone();

@@ -131,19 +131,21 @@ fn not_synced(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 }
 
 /// The question was about a port the Service does not define: the answer holds without flows.
+/// One finding per ClusterIP (a dual-stack Service has one per family), so the root cause of a
+/// trace names the ClusterIP its flows asked for (`rank::lead_of`).
 fn undefined_port(facts: &Facts<'_>, out: &mut Vec<Finding>) {
     let (Asked::UndefinedPort(port), Some(svc)) = (facts.asked, facts.svc) else {
         return;
     };
-    let Some(ip) = svc
-        .frontends
-        .iter()
-        .find(|f| f.kind == crate::model::FrontendKind::ClusterIp)
-        .map(|f| f.ip)
-    else {
-        return;
-    };
-    out.push(undefined_port_finding(facts, std::net::SocketAddr::new(ip, port)));
+    let mut ips: Vec<std::net::IpAddr> = Vec::new();
+    for f in &svc.frontends {
+        if f.kind == crate::model::FrontendKind::ClusterIp && !ips.contains(&f.ip) {
+            ips.push(f.ip);
+        }
+    }
+    for ip in ips {
+        out.push(undefined_port_finding(facts, std::net::SocketAddr::new(ip, port)));
+    }
 }
 
 fn rules_missing(facts: &Facts<'_>, out: &mut Vec<Finding>) {
@@ -446,7 +448,7 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
             let mut fd = finding(facts, VerdictClass::Healthy, "expected not-ready endpoint".into());
             fd.evidence.push(Evidence::new(
                 EvidenceKind::Api,
-                format!("{}:{} is {expected}: kube-proxy keeps it on purpose", e.ip, e.port),
+                format!("{} is {expected}: kube-proxy keeps it on purpose", e.addr()),
             ));
             out.push(fd);
             continue;
@@ -458,7 +460,7 @@ fn endpoints(facts: &Facts<'_>, out: &mut Vec<Finding>) {
         } else {
             continue;
         };
-        let target = format!("{}:{}", e.ip, e.port);
+        let target = e.addr().to_string();
         let who = match &e.pod {
             Some(p) => format!("{target} (pod {p})"),
             None => target.clone(),
@@ -535,8 +537,5 @@ fn version_skew(facts: &Facts<'_>, out: &mut Vec<Finding>) {
 }
 
 fn addrs(eps: &[&crate::model::Endpoint]) -> String {
-    eps.iter()
-        .map(|e| format!("{}:{}", e.ip, e.port))
-        .collect::<Vec<_>>()
-        .join(", ")
+    eps.iter().map(|e| e.addr().to_string()).collect::<Vec<_>>().join(", ")
 }

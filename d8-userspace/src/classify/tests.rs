@@ -369,6 +369,23 @@ fn a_dual_stack_service_failing_over_ipv6_only_is_not_healthy_and_names_the_fami
         "{}",
         v.root_cause.detail
     );
+    // An IPv6 endpoint is written `[ip]:port`, in the detail and the API's evidence alike.
+    assert!(
+        v.root_cause
+            .detail
+            .starts_with("kube-proxy sends shop/web traffic to [fd00:10:1::8]:8080"),
+        "{}",
+        v.root_cause.detail
+    );
+    assert!(
+        has_evidence(
+            &v,
+            EvidenceKind::Api,
+            "[fd00:10:1::8]:8080 is not in the Service's EndpointSlices"
+        ),
+        "{}",
+        evidence_dump(&v)
+    );
     assert_eq!(
         v.flows.iter().map(|f| f.class).collect::<Vec<_>>(),
         [
@@ -1503,6 +1520,44 @@ fn cidr_membership() {
     assert!(in_cidr(ip("fd00::1"), "fd00::/8"));
     assert!(!in_cidr(ip("10.1.2.3"), "10.0.0.0/33"));
     assert!(!in_cidr(ip("10.1.2.3"), "garbage"));
+}
+
+/// A dual-stack Service asked about a port it lacks: the root cause names the ClusterIP of the
+/// family the flows used, and the evidence covers both ClusterIPs whichever family was traced.
+#[test]
+fn an_undefined_port_traced_over_ipv6_names_the_ipv6_cluster_ip() {
+    let m = dual_stack_model();
+    let mut f = flow(1, Some("[fd00:10:96::10]:81"), None);
+    f.client = addr("[fd00:10:1::5]:41234");
+    let v = classify_asked(&target(), Asked::UndefinedPort(81), &[f], &m, &ctx(true));
+    assert_eq!(v.root_cause.class, VerdictClass::ServicePortUndefined);
+    assert!(
+        v.root_cause
+            .detail
+            .starts_with("shop/web defines no port 81 on its ClusterIP fd00:10:96::10 (its ports:"),
+        "{}",
+        v.root_cause.detail
+    );
+    let dump = evidence_dump(&v);
+    for cip in ["10.96.0.10", "fd00:10:96::10"] {
+        assert!(
+            has_evidence(&v, EvidenceKind::Rules, &format!("ClusterIP {cip} the ports")),
+            "{dump}"
+        );
+    }
+    // Over IPv4, and with no flow at all (explain), the IPv4 ClusterIP leads.
+    let mut f = flow(1, Some("10.96.0.10:81"), None);
+    f.client = addr("10.244.1.5:41234");
+    for flows in [vec![f], vec![]] {
+        let v = classify_asked(&target(), Asked::UndefinedPort(81), &flows, &m, &ctx(true));
+        assert!(
+            v.root_cause
+                .detail
+                .starts_with("shop/web defines no port 81 on its ClusterIP 10.96.0.10 (its ports:"),
+            "{}",
+            v.root_cause.detail
+        );
+    }
 }
 
 #[test]

@@ -338,6 +338,18 @@ impl Lab {
     /// Starts kubelet-style probing of every probe target every `period` until the returned
     /// handle is dropped.
     pub fn start_prober(&self, period: Duration) -> Prober {
-        Prober::start(self.node_ns.clone(), self.probe_targets(), period)
+        self.start_prober_in(period, IpFamily::V4)
+    }
+
+    /// [`Self::start_prober`] over `family`: the pods' addresses of that family, as kubelet
+    /// probes them on a cluster whose primary family it is (a pod's `status.podIP`). IPv6 needs a
+    /// dual-stack lab.
+    pub fn start_prober_in(&self, period: Duration, family: IpFamily) -> Prober {
+        let targets = self
+            .probe_targets()
+            .into_iter()
+            .map(|a| std::net::SocketAddr::new(in_family(*a.ip(), family), a.port()))
+            .collect();
+        Prober::start(self.node_ns.clone(), targets, period)
     }
 }

@@ -1,6 +1,6 @@
 //! A background kubelet: probes its targets from the node namespace every period, until dropped.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -16,7 +16,7 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub(super) fn start(node_ns: String, targets: Vec<SocketAddrV4>, period: Duration) -> Prober {
+    pub(super) fn start(node_ns: String, targets: Vec<SocketAddr>, period: Duration) -> Prober {
         let (tx, rx) = mpsc::channel::<()>();
         let probes = Arc::new(AtomicU64::new(0));
         let count = probes.clone();

@@ -112,6 +112,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// `ip:port`, written `[ip]:port` for IPv6 when displayed.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.port)
+    }
+
     /// An endpoint seen in the rules only: nothing known yet about the API, readiness or locality.
     pub fn in_rules(ip: IpAddr, port: u16, protocol: Protocol, port_name: &str) -> Self {
         Self {

@@ -20,6 +20,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("default/api", "stale_endpoint"),
     ("default/orders", "no_endpoints"),
     ("default/shop", "etp_local_no_local_endpoints"),
+    ("default/cart", "kube_proxy_rules_missing"),
 ];
 
 fn lab_namespaces_of(pid: u32) -> Vec<String> {
@@ -176,6 +177,28 @@ fn demo_json_gives_each_service_its_verdict_and_leaves_nothing() {
         shop.describe_flows()
     );
     shop.evidence_with("has no local endpoints");
+    // cart: dual-stack, healthy over IPv4, its IPv6 ClusterIP untranslated: the verdict names
+    // the family that fails.
+    let cart = by("default/cart");
+    assert_eq!(cart.families.configured, ["IPv4", "IPv6"], "{}", cart.describe_flows());
+    assert_eq!(cart.families.seen, ["IPv4", "IPv6"], "{}", cart.describe_flows());
+    let detail = &cart.root_cause.as_ref().expect("cart's root cause").detail;
+    assert!(
+        detail.starts_with("kube-proxy programmed default/cart for IPv4 but not for IPv6")
+            && detail.contains("over IPv6"),
+        "{detail}"
+    );
+    for f in &cart.flows {
+        let (frontend, class) = (f.frontend.as_deref(), f.class.as_deref());
+        match frontend {
+            Some("10.96.0.14:80") => assert_eq!(class, Some("healthy"), "{}", cart.describe_flows()),
+            Some("[fd00:10:96::14]:80") => {
+                assert_eq!(class, Some("kube_proxy_rules_missing"), "{}", cart.describe_flows());
+                assert_eq!(f.backend, None, "{}", cart.describe_flows());
+            }
+            other => panic!("cart flow to {other:?}: {}", cart.describe_flows()),
+        }
+    }
     assert!(reports.iter().all(|r| r.lost_events == 0));
 
     assert_eq!(

@@ -18,7 +18,11 @@ use d8_trace::{
     model::{Protocol, ProxyMode},
 };
 
-use crate::scenarios::{Api, Run, SILENT, Scenario, T};
+use crate::{
+    family::{Flows, across_families},
+    real_cluster,
+    scenarios::{self, Api, SILENT, Scenario, T},
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -225,231 +229,99 @@ fn family_the_service_lacks_is_a_usage_error() {
     );
 }
 
-// ---- traced over IPv6 ------------------------------------------------------------------------------
-
-/// `ip` as the report writes an IPv6 socket address: `[fd00:10:96::10]:80`.
-fn v6_str(ip: Ipv4Addr, port: u16) -> String {
-    v6(ip, port).to_string()
-}
-
-/// Traces `svc` over IPv6 only while `traffic` runs; checks the families the report names.
-fn trace_v6(s: &Scenario, svc: &str, traffic: impl FnOnce(&lab::Lab)) -> Run {
-    let run = s.trace(
-        svc,
-        Api::Snapshot,
-        4,
-        &["--family", "6", "--reply-timeout", "1"],
-        traffic,
-    );
-    assert_eq!(run.report.families.configured, ["IPv4", "IPv6"], "{}", run.context);
-    assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
-    for f in &run.report.flows {
-        assert!(f.client.starts_with('['), "an IPv6 client: {f:?}; {}", run.context);
-    }
-    run
-}
-
-/// Requests over IPv6 are traced from the IPv6 ClusterIP to the IPv6 pod address that answered.
-fn healthy_traced_over_ipv6(mode: ProxyMode) {
-    let s = Scenario::up(spec(), mode);
-    let run = trace_v6(&s, "default/web", |lab| {
-        for _ in 0..3 {
-            assert_eq!(http_status(lab, v6(VIP, 80)), Some(200));
-        }
-    });
-    run.assert_root("healthy");
-    let flows = run.flows_to(&v6_str(VIP, 80));
-    assert_eq!(flows.len(), 3, "three requests, three flows; {}", run.context);
-    let backends = [v6_str(WEB_1, 8080), v6_str(WEB_2, 8080)];
-    for f in &flows {
-        assert_eq!(
-            (f.outcome.as_str(), run.class_of(f)),
-            ("established", "healthy"),
-            "{}",
-            run.context
-        );
-        assert!(
-            backends.contains(f.backend.as_ref().unwrap_or(&String::new())),
-            "DNAT'd to an IPv6 pod address: {f:?}; {}",
-            run.context
-        );
-    }
-    assert_eq!(run.report.lost_events, 0, "{}", run.context);
-}
+// ---- every verdict class over IPv6, compared with IPv4 -------------------------------------------
+//
+// The scenarios' own bodies (`scenarios.rs`, `real_cluster.rs`) run over IPv6 and then over IPv4
+// on the same dual-stack lab spec (`--family 6`, then `--family 4`); `family::across_families`
+// checks that both reports say the same thing about different addresses.
 
 #[test]
 fn healthy_traced_over_ipv6_iptables() {
-    healthy_traced_over_ipv6(ProxyMode::Iptables);
+    across_families(Flows::Counted, |fam| scenarios::healthy(ProxyMode::Iptables, fam));
 }
 
 #[test]
 fn healthy_traced_over_ipv6_nftables() {
-    healthy_traced_over_ipv6(ProxyMode::Nftables);
+    across_families(Flows::Counted, |fam| scenarios::healthy(ProxyMode::Nftables, fam));
 }
 
 /// kube-proxy's IPv6 REJECT answers with ICMPv6 port unreachable; the programs tie it back to the
 /// flow by the packet it quotes.
-fn no_endpoints_traced_over_ipv6(mode: ProxyMode) {
-    let s = Scenario::up(spec(), mode);
-    let empty = Ipv4Addr::new(10, 96, 0, 20);
-    let run = trace_v6(&s, "default/empty", |lab| {
-        for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), v6(empty, 80), T).expect("connect");
-            assert_eq!(out, TcpOutcome::Refused, "kube-proxy rejects over IPv6");
-        }
-    });
-    run.assert_root("no_endpoints");
-    let flows = run.flows_to(&v6_str(empty, 80));
-    assert_eq!(flows.len(), 2, "{}", run.context);
-    for f in &flows {
-        assert_eq!(
-            (f.outcome.as_str(), run.class_of(f)),
-            ("rejected", "no_endpoints"),
-            "{}",
-            run.context
-        );
-        assert_eq!(f.backend, None, "{}", run.context);
-    }
-    run.evidence("trace", &["unreachable from fd00:", "REJECT: no endpoints"]);
-}
-
 #[test]
 fn no_endpoints_traced_over_ipv6_iptables() {
-    no_endpoints_traced_over_ipv6(ProxyMode::Iptables);
+    across_families(Flows::Counted, |fam| scenarios::no_endpoints(ProxyMode::Iptables, fam));
 }
 
 #[test]
 fn no_endpoints_traced_over_ipv6_nftables() {
-    no_endpoints_traced_over_ipv6(ProxyMode::Nftables);
-}
-
-/// web-2 deleted while both families' rules still DNAT to it: the IPv6 flows to its IPv6 address
-/// are stale, the others healthy.
-fn stale_endpoint_traced_over_ipv6(mode: ProxyMode) {
-    let mut s = Scenario::up(spec(), mode);
-    s.lab.make_stale_endpoint("web-2").expect("stale endpoint");
-    let stale = v6_str(WEB_2, 8080);
-    let mut outcomes = Vec::new();
-    let run = trace_v6(&s, "default/web", |lab| {
-        let start = std::time::Instant::now();
-        while outcomes.len() < 16 && start.elapsed() < std::time::Duration::from_millis(3600) {
-            outcomes.push(
-                lab::tcp_connect(lab.client_ns(), v6(VIP, 80), std::time::Duration::from_millis(300)).expect("connect"),
-            );
-            if outcomes.iter().any(TcpOutcome::is_connected) && outcomes.contains(&TcpOutcome::Timeout) {
-                break;
-            }
-        }
-    });
-    assert!(
-        outcomes.contains(&TcpOutcome::Timeout),
-        "no attempt went to the deleted pod: {outcomes:?}"
-    );
-    run.assert_root("stale_endpoint");
-    let flows = run.flows_to(&v6_str(VIP, 80));
-    assert!(
-        flows.iter().any(|f| f.backend.as_deref() == Some(stale.as_str())),
-        "no flow DNAT'd to the deleted pod {stale}; {}",
-        run.context
-    );
-    for f in &flows {
-        let want = if f.backend.as_deref() == Some(stale.as_str()) {
-            "stale_endpoint"
-        } else {
-            "healthy"
-        };
-        assert_eq!(run.class_of(f), want, "flow to {:?}; {}", f.backend, run.context);
-    }
-    run.evidence("trace", &["DNAT to stale backend", &stale]);
+    across_families(Flows::Counted, |fam| scenarios::no_endpoints(ProxyMode::Nftables, fam));
 }
 
 #[test]
 fn stale_endpoint_traced_over_ipv6_iptables() {
-    stale_endpoint_traced_over_ipv6(ProxyMode::Iptables);
+    across_families(Flows::Kinds, |fam| {
+        scenarios::stale_endpoint(ProxyMode::Iptables, Api::Snapshot, fam)
+    });
 }
 
 #[test]
 fn stale_endpoint_traced_over_ipv6_nftables() {
-    stale_endpoint_traced_over_ipv6(ProxyMode::Nftables);
+    across_families(Flows::Kinds, |fam| {
+        scenarios::stale_endpoint(ProxyMode::Nftables, Api::Snapshot, fam)
+    });
 }
 
 /// Nothing listens in the pod: its IPv6 stack answers the SYN with a RST.
-fn backend_refused_traced_over_ipv6(mode: ProxyMode) {
-    let mut spec = spec();
-    spec.pods.truncate(1);
-    let mut s = Scenario::up(spec, mode);
-    s.lab.stop_listener("web-1", 8080).expect("stop the listener");
-    let run = trace_v6(&s, "default/web", |lab| {
-        for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), v6(VIP, 80), T).expect("connect");
-            assert_eq!(out, TcpOutcome::Refused, "nothing listens in the pod");
-        }
-    });
-    run.assert_root("backend_refused");
-    let flows = run.flows_to(&v6_str(VIP, 80));
-    assert_eq!(flows.len(), 2, "{}", run.context);
-    let backend = v6_str(WEB_1, 8080);
-    for f in &flows {
-        assert_eq!(
-            (f.outcome.as_str(), run.class_of(f), f.backend.as_deref()),
-            ("reset", "backend_refused", Some(backend.as_str())),
-            "{}",
-            run.context
-        );
-    }
-    run.evidence("trace", &["RST from backend", &backend]);
-}
-
 #[test]
 fn backend_refused_traced_over_ipv6_iptables() {
-    backend_refused_traced_over_ipv6(ProxyMode::Iptables);
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_refused(ProxyMode::Iptables, fam)
+    });
 }
 
 #[test]
 fn backend_refused_traced_over_ipv6_nftables() {
-    backend_refused_traced_over_ipv6(ProxyMode::Nftables);
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_refused(ProxyMode::Nftables, fam)
+    });
 }
 
 /// externalTrafficPolicy=Local without a local endpoint: kube-proxy's IPv6 rules drop the external
 /// client's SYNs to the node's IPv6 address and NodePort, and the drop tracepoint names the
 /// reason for an IPv6 packet.
-fn etp_local_traced_over_ipv6(mode: ProxyMode) {
-    let s = Scenario::up(crate::scenarios::etp_local_spec().dual_stack(), mode);
-    let node_port = crate::scenarios::NODE_PORT;
-    let target = v6(s.lab.node_ip(), node_port);
-    let run = trace_v6(&s, "default/shop", |lab| {
-        for _ in 0..2 {
-            let out = lab::tcp_connect(lab.external_ns(), target, SILENT).expect("connect");
-            assert_eq!(out, TcpOutcome::Timeout, "dropped without local endpoints");
-        }
-    });
-    run.assert_root("etp_local_no_local_endpoints");
-    let flows = run.flows_to(&target.to_string());
-    for f in &flows {
-        assert_eq!(
-            (f.outcome.as_str(), run.class_of(f)),
-            ("dropped", "etp_local_no_local_endpoints"),
-            "{}",
-            run.context
-        );
-        assert_eq!(
-            f.drop_reason.as_deref(),
-            Some(run.report.drop_reason_named("NETFILTER_DROP")),
-            "{}",
-            run.context
-        );
-        assert_eq!(f.backend, None, "{}", run.context);
-    }
-}
-
 #[test]
 fn etp_local_traced_over_ipv6_iptables() {
-    etp_local_traced_over_ipv6(ProxyMode::Iptables);
+    across_families(Flows::Counted, |fam| {
+        scenarios::etp_local(ProxyMode::Iptables, true, fam)
+    });
 }
 
 #[test]
 fn etp_local_traced_over_ipv6_nftables() {
-    etp_local_traced_over_ipv6(ProxyMode::Nftables);
+    across_families(Flows::Counted, |fam| {
+        scenarios::etp_local(ProxyMode::Nftables, true, fam)
+    });
+}
+
+/// kubelet's probes over IPv6 (an IPv6-primary cluster) closed by RST beside healthy requests.
+#[test]
+fn probe_rst_traced_over_ipv6_iptables() {
+    across_families(Flows::Kinds, |fam| scenarios::probe_rst(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn probe_rst_traced_over_ipv6_nftables() {
+    across_families(Flows::Kinds, |fam| scenarios::probe_rst(ProxyMode::Nftables, fam));
+}
+
+#[test]
+fn mixed_stale_and_refused_traced_over_ipv6_iptables() {
+    across_families(Flows::Kinds, |fam| scenarios::mixed_incident(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn mixed_stale_and_refused_traced_over_ipv6_nftables() {
+    across_families(Flows::Kinds, |fam| scenarios::mixed_incident(ProxyMode::Nftables, fam));
 }
 
 /// Silent attempts over IPv6 stay silent in the report of the other family: a trace of both
@@ -463,5 +335,98 @@ fn only_the_family_that_flowed_is_seen_nftables() {
         assert!(!out.is_connected(), "no such port: {out:?}");
     });
     assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
-    assert_eq!(run.flows_to(&v6_str(VIP, 80)).len(), 1, "{}", run.context);
+    assert_eq!(run.flows_to(&v6(VIP, 80).to_string()).len(), 1, "{}", run.context);
+}
+
+/// A listener that never accepts. (A pod that drops everything, the other `backend_timeout`
+/// scenario, differs across families: the IPv4 drop is traced with its reason, the IPv6 one is
+/// not seen by the drop tracepoint and reads as a plain timeout; the verdict is the same.)
+#[test]
+fn backend_timeout_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_timeout(ProxyMode::Iptables, true, fam)
+    });
+}
+
+#[test]
+fn backend_timeout_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::backend_timeout(ProxyMode::Nftables, true, fam)
+    });
+}
+
+#[test]
+fn udp_healthy_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| scenarios::udp_healthy(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn udp_healthy_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| scenarios::udp_healthy(ProxyMode::Nftables, fam));
+}
+
+#[test]
+fn udp_no_endpoints_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::udp_no_endpoints(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn udp_no_endpoints_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::udp_no_endpoints(ProxyMode::Nftables, fam)
+    });
+}
+
+#[test]
+fn udp_stale_endpoint_traced_over_ipv6_iptables() {
+    across_families(Flows::Kinds, |fam| {
+        scenarios::udp_stale_endpoint(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn udp_stale_endpoint_traced_over_ipv6_nftables() {
+    across_families(Flows::Kinds, |fam| {
+        scenarios::udp_stale_endpoint(ProxyMode::Nftables, fam)
+    });
+}
+
+#[test]
+fn rules_missing_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| scenarios::rules_missing(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn rules_missing_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| scenarios::rules_missing(ProxyMode::Nftables, fam));
+}
+
+#[test]
+fn kube_proxy_not_running_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::kube_proxy_not_running(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn kube_proxy_not_running_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::kube_proxy_not_running(ProxyMode::Nftables, fam)
+    });
+}
+
+#[test]
+fn service_port_undefined_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        real_cluster::service_port_undefined(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn service_port_undefined_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        real_cluster::service_port_undefined(ProxyMode::Nftables, fam)
+    });
 }

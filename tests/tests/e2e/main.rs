@@ -11,6 +11,7 @@
 //! - `tracer`: flows joined pre/post-DNAT, and their outcomes (issue 2).
 //! - `cleanup`: nothing stays attached after exit, Ctrl-C or an error.
 //! - `errors`: bad input gets one sentence and the contract's exit code.
+//! - `family`: a scenario's address family, and its reports compared across families (issue 16).
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
 //! - `dual_stack`: dual-stack labs (issue 16): IPv6 traffic through both families' rules, and `explain`.
 //! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
@@ -27,6 +28,7 @@ mod daemon;
 mod demo;
 mod dual_stack;
 mod errors;
+mod family;
 mod mcp;
 mod pcap;
 mod real_cluster;

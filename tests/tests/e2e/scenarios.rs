@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -25,7 +25,7 @@ use d8_trace::{
     model::{Protocol, ProxyMode},
 };
 
-use crate::common::addr;
+use crate::family::Family;
 
 pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub(crate) const WEB_1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
@@ -34,7 +34,11 @@ pub(crate) const WEB_2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 const REMOTE_1: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 /// Outside the node link's subnet, so the external client routes it through the node.
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The lab's external client (`lab.external_ns()`).
+const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 100);
 pub(crate) const NODE_PORT: u16 = 30080;
+/// The lab node's address on the link to the external client (kube-proxy's REJECTs come from it).
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 
 /// Connect timeout for attempts expected to succeed or be refused.
 pub(crate) const T: Duration = Duration::from_secs(2);
@@ -117,15 +121,23 @@ pub(crate) enum Api {
 pub(crate) struct Scenario {
     pub(crate) lab: Lab,
     snapshot: PathBuf,
+    /// The family its traces are narrowed to (`--family`), and its addresses.
+    pub(crate) family: Family,
 }
 
 impl Scenario {
     pub(crate) fn up(spec: ClusterSpec, mode: ProxyMode) -> Self {
+        Self::up_in(spec, mode, Family::V4)
+    }
+
+    /// A lab for `spec` as `family` needs it (dual-stack unless [`Family::V4`]); its traces add
+    /// the family's `--family`.
+    pub(crate) fn up_in(spec: ClusterSpec, mode: ProxyMode, family: Family) -> Self {
         d8_tests::require_root();
         let _ = lab::cleanup_stale();
-        let lab = Lab::up(spec, mode).unwrap_or_else(|e| panic!("lab up ({mode:?}): {e}"));
+        let lab = Lab::up(family.spec(spec), mode).unwrap_or_else(|e| panic!("lab up ({mode:?}): {e}"));
         let snapshot = std::env::temp_dir().join(format!("{}snapshot.json", lab.prefix()));
-        Self { lab, snapshot }
+        Self { lab, snapshot, family }
     }
 
     fn mode(&self) -> ProxyMode {
@@ -167,6 +179,7 @@ impl Scenario {
             .map(String::from)
             .to_vec();
         args.extend(self.selection(api));
+        args.extend(self.family.trace_flags().iter().map(|s| s.to_string()));
         args.extend(extra.iter().map(|s| s.to_string()));
         let capture = (self.mode() == ProxyMode::Iptables && !extra.contains(&"--pcap"))
             .then(|| std::env::temp_dir().join(format!("{}capture.pcapng", self.lab.prefix())));
@@ -178,7 +191,14 @@ impl Scenario {
         let trace = Trace::start(&argv);
         traffic(&self.lab);
         let done = trace.finish(Duration::from_secs(30));
-        let run = Run::new(self.mode(), &argv, done.report(), &done.stdout, &done.stderr);
+        let run = Run::new(
+            self.mode(),
+            self.family,
+            &argv,
+            done.report(),
+            &done.stdout,
+            &done.stderr,
+        );
         if let Some(file) = capture {
             crate::pcap::agrees_with_report(&run, &file);
             let _ = std::fs::remove_file(file);
@@ -195,7 +215,7 @@ impl Scenario {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let done = run_to_end(&argv);
         let report = done.report();
-        Run::new(self.mode(), &argv, report, &done.stdout, &done.stderr)
+        Run::new(self.mode(), self.family, &argv, report, &done.stdout, &done.stderr)
     }
 
     /// `d8-trace explain --svc SVC -o runbook` with the lab's API view: the runbook block (YAML).
@@ -242,19 +262,30 @@ impl Drop for Scenario {
 pub(crate) struct Run {
     pub(crate) report: Report,
     pub(crate) context: String,
+    /// The family of the addresses [`Self::at`] and [`Self::endpoint`] name.
+    pub(crate) family: Family,
 }
 
 impl Run {
-    fn new(mode: ProxyMode, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
+    fn new(mode: ProxyMode, family: Family, argv: &[&str], report: Report, stdout: &str, stderr: &str) -> Self {
         let context = format!(
-            "{mode:?} mode, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+            "{mode:?} mode, {family:?}, d8-trace {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
             argv.join(" ")
         );
         // D8_SCENARIO_DUMP=1 (with --nocapture) shows every report, passing or not.
         if std::env::var_os("D8_SCENARIO_DUMP").is_some() {
             eprintln!("{context}");
         }
-        Self { report, context }
+        Self {
+            report,
+            context,
+            family,
+        }
+    }
+
+    /// `v4`'s address in the run's family with `port`, as the report writes it.
+    pub(crate) fn at(&self, v4: Ipv4Addr, port: u16) -> String {
+        self.family.at(v4, port)
     }
 
     pub(crate) fn root(&self) -> &str {
@@ -304,8 +335,9 @@ impl Run {
         }
     }
 
+    /// The report's endpoint `ip:port` (`ip` in the run's family).
     pub(crate) fn endpoint(&self, ip: Ipv4Addr, port: u16) -> &d8_tests::report::Endpoint {
-        let ip = ip.to_string();
+        let ip = self.family.ip(ip).to_string();
         self.report
             .endpoints
             .iter()
@@ -319,10 +351,16 @@ impl Run {
 /// The rule name the model gives an endpoint: `KUBE-SEP-<hash>` (iptables) or the nftables
 /// `endpoint-<hash>-ns/svc/proto/port__ip/port` chain.
 fn endpoint_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str, pod: &str) -> String {
+    endpoint_chain_in(mode, spec, svc, pod, Family::V4)
+}
+
+/// [`endpoint_chain`] of the pod's address in `family` (kube-proxy's IPv6 proxier names its
+/// chains after the IPv6 endpoint).
+fn endpoint_chain_in(mode: ProxyMode, spec: &ClusterSpec, svc: &str, pod: &str, family: Family) -> String {
     let s = spec.services.iter().find(|s| s.name == svc).expect("service in spec");
     let port = &s.ports[0];
     let ep = spec
-        .endpoints(s, port)
+        .endpoints_in(s, port, family.ip_family())
         .into_iter()
         .find(|e| e.pod == pod)
         .expect("endpoint in spec");
@@ -344,10 +382,10 @@ fn service_chain(mode: ProxyMode, spec: &ClusterSpec, svc: &str) -> String {
 
 // ---- traffic helpers ------------------------------------------------------------------------------
 
-fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
+fn http_ok(lab: &Lab, fam: Family, n: usize) -> BTreeSet<String> {
     (0..n)
         .map(
-            |_| match lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get") {
+            |_| match lab::http_get(lab.client_ns(), fam.sock(VIP, 80), "/", T).expect("http get") {
                 HttpOutcome::Response { status: 200, body, .. } => body.trim().to_string(),
                 other => panic!("healthy Service did not answer: {other:?}"),
             },
@@ -358,10 +396,15 @@ fn http_ok(lab: &Lab, n: usize) -> BTreeSet<String> {
 /// Connects to the ClusterIP until every kind of `want` outcome was seen (each attempt picks a
 /// backend at random), at most `max` attempts or [`PICK_BUDGET`].
 pub(crate) fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
+    connect_until_in(lab, Family::V4, max, want)
+}
+
+/// [`connect_until`] to the ClusterIP of `fam`.
+fn connect_until_in(lab: &Lab, fam: Family, max: usize, want: &[fn(&TcpOutcome) -> bool]) -> Vec<TcpOutcome> {
     let start = Instant::now();
     let mut seen = Vec::new();
     while seen.len() < max && start.elapsed() < PICK_BUDGET {
-        seen.push(lab::tcp_connect(lab.client_ns(), addr(VIP, 80), PICK_TIMEOUT).expect("connect"));
+        seen.push(lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), PICK_TIMEOUT).expect("connect"));
         if want.iter().all(|w| seen.iter().any(w)) {
             break;
         }
@@ -369,23 +412,21 @@ pub(crate) fn connect_until(lab: &Lab, max: usize, want: &[fn(&TcpOutcome) -> bo
     seen
 }
 
-pub(crate) fn backend_of(ip: Ipv4Addr, port: u16) -> String {
-    format!("{ip}:{port}")
-}
-
 // ---- healthy --------------------------------------------------------------------------------------
 
-fn healthy(mode: ProxyMode) {
-    let s = Scenario::up(web_spec(2), mode);
+pub(crate) fn healthy(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(web_spec(2), mode, fam);
     let mut answered = BTreeSet::new();
-    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| answered = http_ok(lab, 4));
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        answered = http_ok(lab, fam, 4)
+    });
     run.assert_root("healthy");
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 4, "four requests, four flows; {}", run.context);
     let by_name = |n: &str| match n {
-        "web-1" => backend_of(WEB_1, 8080),
-        "web-2" => backend_of(WEB_2, 8080),
+        "web-1" => run.at(WEB_1, 8080),
+        "web-2" => run.at(WEB_2, 8080),
         other => panic!("unexpected backend {other}"),
     };
     let expected: BTreeSet<String> = answered.iter().map(|n| by_name(n)).collect();
@@ -418,37 +459,41 @@ fn healthy(mode: ProxyMode) {
     }
     assert_eq!(
         run.endpoint(WEB_1, 8080).rule.as_deref(),
-        Some(endpoint_chain(mode, s.lab.spec(), "web", "web-1").as_str())
+        Some(endpoint_chain_in(mode, s.lab.spec(), "web", "web-1", fam).as_str())
     );
     // What was checked: the Service's rule, the API's endpoints, kube-proxy.
     run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "web")]);
+    let n = 2 * fam.stacks();
     run.evidence(
         "api",
-        &["EndpointSlices of default/web list 2 ready endpoints, 2 of them DNAT targets"],
+        &[&format!(
+            "EndpointSlices of default/web list {n} ready endpoints, {n} of them DNAT targets"
+        )],
     );
     run.evidence("kube_proxy", &["kube-proxy running on node d8lab-node"]);
     assert_eq!(run.report.kube_proxy.running, Some(true), "{}", run.context);
     assert_eq!(run.report.lost_events, 0);
     run.no_evidence("also (");
+    run
 }
 
 #[test]
 fn healthy_iptables() {
-    healthy(ProxyMode::Iptables);
+    healthy(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn healthy_nftables() {
-    healthy(ProxyMode::Nftables);
+    healthy(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- no endpoints ---------------------------------------------------------------------------------
 
-fn no_endpoints(mode: ProxyMode) {
-    let s = Scenario::up(empty_spec(Protocol::Tcp), mode);
+pub(crate) fn no_endpoints(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(empty_spec(Protocol::Tcp), mode, fam);
     let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), T).expect("connect");
             assert_eq!(
                 out,
                 TcpOutcome::Refused,
@@ -457,7 +502,7 @@ fn no_endpoints(mode: ProxyMode) {
         }
     });
     run.assert_root("no_endpoints");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
         assert_eq!(
@@ -469,53 +514,59 @@ fn no_endpoints(mode: ProxyMode) {
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
     }
     // The REJECT kube-proxy wrote, the ICMP error the node sent, and the API's empty EndpointSlice.
+    let vip = fam.ip(VIP).to_string();
     match mode {
-        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", &vip]),
         _ => run.evidence(
             "rules",
             &[
                 "default/empty:p has no endpoints",
-                "-d 10.96.0.10",
+                &format!("-d {vip}"),
                 "--dport 80",
                 "-j REJECT",
             ],
         ),
     };
+    let node = fam.ip(NODE_IP);
     run.evidence(
         "trace",
-        &["ICMP port unreachable from 172.31.0.2", "REJECT: no endpoints"],
+        &[
+            &format!("{} port unreachable from {node}", fam.icmp()),
+            "REJECT: no endpoints",
+        ],
     );
     run.evidence("api", &["EndpointSlices of default/empty list no ready endpoints"]);
+    run
 }
 
 #[test]
 fn no_endpoints_iptables() {
-    no_endpoints(ProxyMode::Iptables);
+    no_endpoints(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn no_endpoints_nftables() {
-    no_endpoints(ProxyMode::Nftables);
+    no_endpoints(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- stale endpoint -------------------------------------------------------------------------------
 
 /// web-2 is deleted (namespace and API objects) while the rules still DNAT to it; traffic until a
 /// connection went to each backend.
-fn stale_endpoint(mode: ProxyMode, api: Api) {
-    let mut s = Scenario::up(web_spec(2), mode);
+pub(crate) fn stale_endpoint(mode: ProxyMode, api: Api, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(2), mode, fam);
     s.lab.make_stale_endpoint("web-2").expect("stale endpoint");
-    let stale = backend_of(WEB_2, 8080);
+    let stale = fam.at(WEB_2, 8080);
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", api, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until(lab, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until_in(lab, fam, 16, &[TcpOutcome::is_connected, |o| *o == TcpOutcome::Timeout]);
     });
     assert!(
         outcomes.contains(&TcpOutcome::Timeout),
         "no attempt went to the deleted pod: {outcomes:?}"
     );
     run.assert_root("stale_endpoint");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     let to_stale: Vec<&&Flow> = flows
         .iter()
         .filter(|f| f.backend.as_deref() == Some(stale.as_str()))
@@ -534,7 +585,7 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
         assert_eq!(run.class_of(f), want, "flow to {:?}; {}", f.backend, run.context);
     }
     // The rule that still DNATs to the pod.
-    let chain = endpoint_chain(mode, s.lab.rules_spec(), "web", "web-2");
+    let chain = endpoint_chain_in(mode, s.lab.rules_spec(), "web", "web-2", fam);
     run.evidence("rules", &[&chain]);
     let ep = run.endpoint(WEB_2, 8080);
     assert!(ep.in_rules, "{ep:?}");
@@ -548,21 +599,24 @@ fn stale_endpoint(mode: ProxyMode, api: Api) {
             );
             run.evidence(
                 "api",
-                &["10.244.1.12:8080 is not in the Service's EndpointSlices of default/web"],
+                &[&format!(
+                    "{stale} is not in the Service's EndpointSlices of default/web"
+                )],
             );
-            run.evidence("trace", &["DNAT to stale backend 10.244.1.12:8080"]);
+            run.evidence("trace", &[&format!("DNAT to stale backend {stale}")]);
         }
         Api::None => {
             assert_eq!(ep.in_api, None, "{}", run.context);
             assert!(run.root_detail().contains("never answered"), "{}", run.context);
-            run.evidence("trace", &["-> 10.244.1.12:8080: no reply"]);
+            run.evidence("trace", &[&format!("-> {stale}: no reply")]);
         }
     }
     assert!(
-        run.root_detail().contains("10.244.1.12:8080"),
+        run.root_detail().contains(&stale),
         "the root cause names the backend; {}",
         run.context
     );
+    run
 }
 
 impl Run {
@@ -573,33 +627,33 @@ impl Run {
 
 #[test]
 fn stale_endpoint_api_iptables() {
-    stale_endpoint(ProxyMode::Iptables, Api::Snapshot);
+    stale_endpoint(ProxyMode::Iptables, Api::Snapshot, Family::V4);
 }
 
 #[test]
 fn stale_endpoint_api_nftables() {
-    stale_endpoint(ProxyMode::Nftables, Api::Snapshot);
+    stale_endpoint(ProxyMode::Nftables, Api::Snapshot, Family::V4);
 }
 
 #[test]
 fn stale_endpoint_no_k8s_iptables() {
-    stale_endpoint(ProxyMode::Iptables, Api::None);
+    stale_endpoint(ProxyMode::Iptables, Api::None, Family::V4);
 }
 
 #[test]
 fn stale_endpoint_no_k8s_nftables() {
-    stale_endpoint(ProxyMode::Nftables, Api::None);
+    stale_endpoint(ProxyMode::Nftables, Api::None, Family::V4);
 }
 
 // ---- externalTrafficPolicy=Local without local endpoints ---------------------------------------------
 
 /// From the external client to the NodePort (`node_port`) or the external IP: kube-proxy drops.
-fn etp_local(mode: ProxyMode, node_port: bool) {
-    let s = Scenario::up(etp_local_spec(), mode);
+pub(crate) fn etp_local(mode: ProxyMode, node_port: bool, fam: Family) -> Run {
+    let s = Scenario::up_in(etp_local_spec(), mode, fam);
     let target = if node_port {
-        addr(s.lab.node_ip(), NODE_PORT)
+        fam.sock(s.lab.node_ip(), NODE_PORT)
     } else {
-        addr(EXTERNAL_IP, 80)
+        fam.sock(EXTERNAL_IP, 80)
     };
     let run = s.trace("default/shop", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
@@ -617,8 +671,8 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
         assert_eq!(run.class_of(f), "etp_local_no_local_endpoints", "{}", run.context);
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
         assert_eq!(
-            f.client.split(':').next(),
-            Some("172.31.0.100"),
+            f.client.parse::<SocketAddr>().map(|c| c.ip()).ok(),
+            Some(fam.ip(EXTERNAL_CLIENT)),
             "from the external client; {}",
             run.context
         );
@@ -640,56 +694,67 @@ fn etp_local(mode: ProxyMode, node_port: bool) {
         run.context
     );
     // The DROP rule for this frontend.
+    let external = fam.ip(EXTERNAL_IP).to_string();
     match (mode, node_port) {
         (ProxyMode::Nftables, true) => run.evidence("rules", &["no-endpoint-nodeports", "30080", "drop"]),
-        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", "203.0.113.10", "drop"]),
+        (ProxyMode::Nftables, false) => run.evidence("rules", &["no-endpoint-services", &external, "drop"]),
         (_, true) => run.evidence(
             "rules",
             &["default/shop:http has no local endpoints", "--dport 30080", "-j DROP"],
         ),
         (_, false) => run.evidence(
             "rules",
-            &["default/shop:http has no local endpoints", "-d 203.0.113.10", "-j DROP"],
+            &[
+                "default/shop:http has no local endpoints",
+                &format!("-d {external}"),
+                "-j DROP",
+            ],
         ),
     };
     run.evidence("trace", &["has no local endpoints"]);
     run.evidence(
         "api",
-        &["externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: 1"],
+        &[&format!(
+            "externalTrafficPolicy=Local; ready endpoints on node d8lab-node: 0, on other nodes: {}",
+            fam.stacks()
+        )],
     );
+    run
 }
 
 #[test]
 fn etp_local_node_port_iptables() {
-    etp_local(ProxyMode::Iptables, true);
+    etp_local(ProxyMode::Iptables, true, Family::V4);
 }
 
 #[test]
 fn etp_local_node_port_nftables() {
-    etp_local(ProxyMode::Nftables, true);
+    etp_local(ProxyMode::Nftables, true, Family::V4);
 }
 
 #[test]
 fn etp_local_external_ip_iptables() {
-    etp_local(ProxyMode::Iptables, false);
+    etp_local(ProxyMode::Iptables, false, Family::V4);
 }
 
 #[test]
 fn etp_local_external_ip_nftables() {
-    etp_local(ProxyMode::Nftables, false);
+    etp_local(ProxyMode::Nftables, false, Family::V4);
 }
 
 // ---- probe RSTs alongside healthy traffic ---------------------------------------------------------
 
-fn probe_rst(mode: ProxyMode) {
+/// kubelet probes the pods over the scenario's family (`status.podIP` is of the cluster's primary
+/// family: IPv6 on an IPv6-primary dual-stack cluster).
+pub(crate) fn probe_rst(mode: ProxyMode, fam: Family) -> Run {
     let mut spec = web_spec(2);
     for p in &mut spec.pods {
         *p = p.clone().tcp_probes(8080);
     }
-    let s = Scenario::up(spec, mode);
+    let s = Scenario::up_in(spec, mode, fam);
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
-        let prober = lab.start_prober(Duration::from_millis(200));
-        http_ok(lab, 3);
+        let prober = lab.start_prober_in(Duration::from_millis(200), fam.ip_family());
+        http_ok(lab, fam, 3);
         // Until at least two rounds of probes went out (each probe is bounded by 1 s).
         let deadline = Instant::now() + Duration::from_secs(2);
         while prober.probes_sent() < 4 && Instant::now() < deadline {
@@ -702,58 +767,59 @@ fn probe_rst(mode: ProxyMode) {
         );
     });
     run.assert_root("healthy");
-    let node_ip = s.lab.node_ip().to_string();
+    let node_ip = fam.ip(s.lab.node_ip());
     let probes: Vec<&Flow> = run.report.flows.iter().filter(|f| f.frontend.is_none()).collect();
     assert!(probes.len() >= 4, "probe flows traced; {}", run.context);
     for f in &probes {
         assert_eq!(run.class_of(f), "probe_rst", "{}", run.context);
         assert_eq!(
-            f.client.split(':').next(),
-            Some(node_ip.as_str()),
+            f.client.parse::<SocketAddr>().map(|c| c.ip()).ok(),
+            Some(node_ip),
             "probes come from the node IP; {}",
             run.context
         );
         let b = f.backend.as_deref().unwrap_or("");
         assert!(
-            b == backend_of(WEB_1, 8080) || b == backend_of(WEB_2, 8080),
+            b == run.at(WEB_1, 8080) || b == run.at(WEB_2, 8080),
             "probe target {b}; {}",
             run.context
         );
     }
-    let service = run.flows_to("10.96.0.10:80");
+    let service = run.flows_to(&run.at(VIP, 80));
     assert_eq!(service.len(), 3, "{}", run.context);
     for f in &service {
         assert_eq!(run.class_of(f), "healthy", "{}", run.context);
     }
     assert_eq!(run.report.severity.as_deref(), Some("NONE"), "{}", run.context);
     run.evidence("trace", &["probe of default/web-", "closed by RST"]);
+    run
 }
 
 #[test]
 fn probe_rst_iptables() {
-    probe_rst(ProxyMode::Iptables);
+    probe_rst(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn probe_rst_nftables() {
-    probe_rst(ProxyMode::Nftables);
+    probe_rst(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- kube-proxy's rules missing ---------------------------------------------------------------------
 
-fn rules_missing(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(1), mode);
+pub(crate) fn rules_missing(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(1), mode, fam);
     s.lab
         .flush_service_rules("default", "web")
         .expect("flush the Service's rules");
     let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), SILENT).expect("connect");
             assert!(!out.is_connected(), "nothing translates the ClusterIP: {out:?}");
         }
     });
     run.assert_root("kube_proxy_rules_missing");
-    for f in run.flows_to("10.96.0.10:80") {
+    for f in run.flows_to(&run.at(VIP, 80)) {
         assert_eq!(run.class_of(f), "kube_proxy_rules_missing", "{}", run.context);
         assert_eq!(f.backend, None, "nothing was DNAT'd; {}", run.context);
     }
@@ -767,37 +833,39 @@ fn rules_missing(mode: ProxyMode) {
         "{}",
         run.context
     );
+    run
 }
 
 #[test]
 fn kube_proxy_rules_missing_iptables() {
-    rules_missing(ProxyMode::Iptables);
+    rules_missing(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn kube_proxy_rules_missing_nftables() {
-    rules_missing(ProxyMode::Nftables);
+    rules_missing(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- kube-proxy not running -------------------------------------------------------------------------
 
 /// kube-proxy stopped: its rules stay and still carry traffic, but nothing maintains them.
-fn kube_proxy_not_running(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(1), mode);
+pub(crate) fn kube_proxy_not_running(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(1), mode, fam);
     s.lab.stop_kube_proxy();
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
-        http_ok(lab, 2);
+        http_ok(lab, fam, 2);
     });
     run.assert_root("kube_proxy_not_running");
     assert_eq!(run.report.kube_proxy.running, Some(false), "{}", run.context);
-    for f in run.flows_to("10.96.0.10:80") {
+    let backend = run.at(WEB_1, 8080);
+    for f in run.flows_to(&run.at(VIP, 80)) {
         assert_eq!(
             run.class_of(f),
             "healthy",
             "the rules left behind still work; {}",
             run.context
         );
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"));
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()));
     }
     run.evidence(
         "kube_proxy",
@@ -806,32 +874,34 @@ fn kube_proxy_not_running(mode: ProxyMode) {
             "no /healthz on 10256",
         ],
     );
+    run
 }
 
 #[test]
 fn kube_proxy_not_running_iptables() {
-    kube_proxy_not_running(ProxyMode::Iptables);
+    kube_proxy_not_running(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn kube_proxy_not_running_nftables() {
-    kube_proxy_not_running(ProxyMode::Nftables);
+    kube_proxy_not_running(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- backend refused / backend timeout ----------------------------------------------------------------
 
-fn backend_refused(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(1), mode);
+pub(crate) fn backend_refused(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(1), mode, fam);
     s.lab.stop_listener("web-1", 8080).expect("stop the listener");
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), T).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), T).expect("connect");
             assert_eq!(out, TcpOutcome::Refused, "nothing listens in the pod");
         }
     });
     run.assert_root("backend_refused");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
+    let backend = run.at(WEB_1, 8080);
     for f in &flows {
         assert_eq!(
             (f.outcome.as_str(), run.class_of(f)),
@@ -839,50 +909,52 @@ fn backend_refused(mode: ProxyMode) {
             "{}",
             run.context
         );
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
     }
-    run.evidence("trace", &["RST from backend 10.244.1.11:8080 (pod default/web-1)"]);
-    run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
+    run.evidence("trace", &[&format!("RST from backend {backend} (pod default/web-1)")]);
+    run.evidence("rules", &[&endpoint_chain_in(mode, s.lab.spec(), "web", "web-1", fam)]);
     assert!(
         run.root_detail().contains("default/web-1"),
         "names the pod; {}",
         run.context
     );
+    run
 }
 
 #[test]
 fn backend_refused_iptables() {
-    backend_refused(ProxyMode::Iptables);
+    backend_refused(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn backend_refused_nftables() {
-    backend_refused(ProxyMode::Nftables);
+    backend_refused(ProxyMode::Nftables, Family::V4);
 }
 
 /// A listed, ready pod that never answers: a listener that never accepts (`no_accept`), or a pod
 /// that drops everything.
-fn backend_timeout(mode: ProxyMode, no_accept: bool) {
+pub(crate) fn backend_timeout(mode: ProxyMode, no_accept: bool, fam: Family) -> Run {
     let mut spec = web_spec(1);
     if no_accept {
         spec.pods[0].listeners[0].kind = ListenerKind::TcpNoAccept;
     }
-    let mut s = Scenario::up(spec, mode);
+    let mut s = Scenario::up_in(spec, mode, fam);
     if !no_accept {
         s.lab.set_drop_all("web-1", true).expect("make the pod drop");
     }
     let run = s.trace("default/web", Api::Snapshot, 3, &["--reply-timeout", "1"], |lab| {
         for _ in 0..2 {
-            let out = lab::tcp_connect(lab.client_ns(), addr(VIP, 80), SILENT).expect("connect");
+            let out = lab::tcp_connect(lab.client_ns(), fam.sock(VIP, 80), SILENT).expect("connect");
             assert_eq!(out, TcpOutcome::Timeout, "the pod never answers");
         }
     });
     run.assert_root("backend_timeout");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
+    let backend = run.at(WEB_1, 8080);
     for f in &flows {
         assert_eq!(run.class_of(f), "backend_timeout", "{}", run.context);
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:8080"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
     }
     let ep = run.endpoint(WEB_1, 8080);
     assert!(
@@ -890,48 +962,50 @@ fn backend_timeout(mode: ProxyMode, no_accept: bool) {
         "listed and ready: {ep:?}"
     );
     assert!(
-        run.root_detail().contains("10.244.1.11:8080 (pod default/web-1)"),
+        run.root_detail().contains(&format!("{backend} (pod default/web-1)")),
         "{}",
         run.context
     );
     assert!(run.root_detail().contains("listed, ready endpoint"), "{}", run.context);
-    run.evidence("rules", &[&endpoint_chain(mode, s.lab.spec(), "web", "web-1")]);
+    run.evidence("rules", &[&endpoint_chain_in(mode, s.lab.spec(), "web", "web-1", fam)]);
+    run
 }
 
 #[test]
 fn backend_timeout_no_accept_iptables() {
-    backend_timeout(ProxyMode::Iptables, true);
+    backend_timeout(ProxyMode::Iptables, true, Family::V4);
 }
 
 #[test]
 fn backend_timeout_no_accept_nftables() {
-    backend_timeout(ProxyMode::Nftables, true);
+    backend_timeout(ProxyMode::Nftables, true, Family::V4);
 }
 
 #[test]
 fn backend_timeout_drop_all_iptables() {
-    backend_timeout(ProxyMode::Iptables, false);
+    backend_timeout(ProxyMode::Iptables, false, Family::V4);
 }
 
 #[test]
 fn backend_timeout_drop_all_nftables() {
-    backend_timeout(ProxyMode::Nftables, false);
+    backend_timeout(ProxyMode::Nftables, false, Family::V4);
 }
 
 // ---- UDP -------------------------------------------------------------------------------------------
 
-fn udp_healthy(mode: ProxyMode) {
-    let s = Scenario::up(dns_spec(1), mode);
+pub(crate) fn udp_healthy(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(dns_spec(1), mode, fam);
     let run = s.trace("default/dns", Api::Snapshot, 3, &[], |lab| {
         for i in 0..2 {
             let q = format!("q{i}");
-            let out = lab::udp_request(lab.client_ns(), addr(VIP, 53), q.as_bytes(), T).expect("udp");
+            let out = lab::udp_request(lab.client_ns(), fam.sock(VIP, 53), q.as_bytes(), T).expect("udp");
             assert_eq!(out, UdpOutcome::Reply(format!("dns-1\n{q}").into_bytes()));
         }
     });
     run.assert_root("healthy");
-    let flows = run.flows_to("10.96.0.10:53");
+    let flows = run.flows_to(&run.at(VIP, 53));
     assert_eq!(flows.len(), 2, "{}", run.context);
+    let backend = run.at(WEB_1, 5353);
     for f in &flows {
         assert_eq!(f.protocol, "udp");
         assert_eq!(
@@ -940,7 +1014,7 @@ fn udp_healthy(mode: ProxyMode) {
             "{}",
             run.context
         );
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.11:5353"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
     }
     assert!(
         run.report.frontends.iter().any(|f| f.protocol == "udp" && f.port == 53),
@@ -948,28 +1022,29 @@ fn udp_healthy(mode: ProxyMode) {
         run.context
     );
     run.evidence("rules", &[&service_chain(mode, s.lab.spec(), "dns")]);
+    run
 }
 
 #[test]
 fn udp_healthy_iptables() {
-    udp_healthy(ProxyMode::Iptables);
+    udp_healthy(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn udp_healthy_nftables() {
-    udp_healthy(ProxyMode::Nftables);
+    udp_healthy(ProxyMode::Nftables, Family::V4);
 }
 
-fn udp_no_endpoints(mode: ProxyMode) {
-    let s = Scenario::up(empty_spec(Protocol::Udp), mode);
+pub(crate) fn udp_no_endpoints(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(empty_spec(Protocol::Udp), mode, fam);
     let run = s.trace("default/empty", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::udp_request(lab.client_ns(), addr(VIP, 80), b"q", T).expect("udp");
+            let out = lab::udp_request(lab.client_ns(), fam.sock(VIP, 80), b"q", T).expect("udp");
             assert_eq!(out, UdpOutcome::Refused, "kube-proxy rejects with port unreachable");
         }
     });
     run.assert_root("no_endpoints");
-    let flows = run.flows_to("10.96.0.10:80");
+    let flows = run.flows_to(&run.at(VIP, 80));
     assert_eq!(flows.len(), 2, "{}", run.context);
     for f in &flows {
         assert_eq!(f.protocol, "udp");
@@ -981,33 +1056,36 @@ fn udp_no_endpoints(mode: ProxyMode) {
         );
         assert_eq!(f.backend, None, "{}", run.context);
     }
+    let vip = fam.ip(VIP).to_string();
     match mode {
-        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", "10.96.0.10"]),
+        ProxyMode::Nftables => run.evidence("rules", &["no-endpoint-services", &vip]),
         _ => run.evidence("rules", &["default/empty:p has no endpoints", "-p udp", "-j REJECT"]),
     };
-    run.evidence("trace", &["ICMP port unreachable from 172.31.0.2"]);
+    let node = fam.ip(NODE_IP).to_string();
+    run.evidence("trace", &[&format!("{} port unreachable from {node}", fam.icmp())]);
+    run
 }
 
 #[test]
 fn udp_no_endpoints_iptables() {
-    udp_no_endpoints(ProxyMode::Iptables);
+    udp_no_endpoints(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn udp_no_endpoints_nftables() {
-    udp_no_endpoints(ProxyMode::Nftables);
+    udp_no_endpoints(ProxyMode::Nftables, Family::V4);
 }
 
 /// UDP stale endpoint: dns-2 deleted (namespace and API objects), the rules still DNAT to it.
-fn udp_stale_endpoint(mode: ProxyMode) {
-    let mut s = Scenario::up(dns_spec(2), mode);
+pub(crate) fn udp_stale_endpoint(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(dns_spec(2), mode, fam);
     s.lab.make_stale_endpoint("dns-2").expect("stale endpoint");
     let mut outcomes = Vec::new();
     let run = s.trace("default/dns", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
         // Each request picks a backend at random: until one was answered and one was not.
         let start = Instant::now();
         while outcomes.len() < 16 && start.elapsed() < PICK_BUDGET {
-            outcomes.push(lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", PICK_TIMEOUT).expect("udp"));
+            outcomes.push(lab::udp_request(lab.client_ns(), fam.sock(VIP, 53), b"q", PICK_TIMEOUT).expect("udp"));
             let replied = outcomes.iter().any(|o| matches!(o, UdpOutcome::Reply(_)));
             if replied && outcomes.contains(&UdpOutcome::Timeout) {
                 break;
@@ -1019,11 +1097,12 @@ fn udp_stale_endpoint(mode: ProxyMode) {
         "no request went to the deleted pod: {outcomes:?}"
     );
     run.assert_root("stale_endpoint");
-    for f in run.flows_to("10.96.0.10:53") {
+    let (live, stale) = (run.at(WEB_1, 5353), run.at(WEB_2, 5353));
+    for f in run.flows_to(&run.at(VIP, 53)) {
         assert_eq!(f.protocol, "udp");
         let want = match f.backend.as_deref() {
-            Some("10.244.1.11:5353") => "healthy",
-            Some("10.244.1.12:5353") => "stale_endpoint",
+            Some(b) if b == live => "healthy",
+            Some(b) if b == stale => "stale_endpoint",
             other => panic!("unexpected backend {other:?}; {}", run.context),
         };
         assert_eq!(run.class_of(f), want, "{}", run.context);
@@ -1032,66 +1111,79 @@ fn udp_stale_endpoint(mode: ProxyMode) {
         run.report
             .flows
             .iter()
-            .any(|f| f.backend.as_deref() == Some("10.244.1.12:5353")),
+            .any(|f| f.backend.as_deref() == Some(stale.as_str())),
         "{}",
         run.context
     );
     assert_eq!(run.endpoint(WEB_2, 5353).in_api, Some(false), "{}", run.context);
     run.evidence(
         "api",
-        &["10.244.1.12:5353 is not in the Service's EndpointSlices of default/dns"],
+        &[&format!(
+            "{stale} is not in the Service's EndpointSlices of default/dns"
+        )],
     );
-    run.evidence("rules", &[&endpoint_chain(mode, s.lab.rules_spec(), "dns", "dns-2")]);
+    run.evidence(
+        "rules",
+        &[&endpoint_chain_in(mode, s.lab.rules_spec(), "dns", "dns-2", fam)],
+    );
+    run
 }
 
 #[test]
 fn udp_stale_endpoint_iptables() {
-    udp_stale_endpoint(ProxyMode::Iptables);
+    udp_stale_endpoint(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn udp_stale_endpoint_nftables() {
-    udp_stale_endpoint(ProxyMode::Nftables);
+    udp_stale_endpoint(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- two causes at once ----------------------------------------------------------------------------
 
 /// web-1 is deleted while the rules keep it (stale endpoint), web-2 stopped listening (backend
 /// refused). Both are proven by flows; the stale endpoint ranks first, the refusal is still reported.
-fn mixed_incident(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(2), mode);
+pub(crate) fn mixed_incident(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(2), mode, fam);
     s.lab.make_stale_endpoint("web-1").expect("stale endpoint");
     s.lab.stop_listener("web-2", 8080).expect("stop the listener");
     let mut outcomes = Vec::new();
     let run = s.trace("default/web", Api::Snapshot, 5, &["--reply-timeout", "1"], |lab| {
-        outcomes = connect_until(lab, 16, &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout]);
+        outcomes = connect_until_in(
+            lab,
+            fam,
+            16,
+            &[|o| *o == TcpOutcome::Refused, |o| *o == TcpOutcome::Timeout],
+        );
     });
     assert!(
         outcomes.contains(&TcpOutcome::Refused) && outcomes.contains(&TcpOutcome::Timeout),
         "{outcomes:?}"
     );
     run.assert_root("stale_endpoint");
-    for f in run.flows_to("10.96.0.10:80") {
+    let (stale, refusing) = (run.at(WEB_1, 8080), run.at(WEB_2, 8080));
+    for f in run.flows_to(&run.at(VIP, 80)) {
         let want = match f.backend.as_deref() {
-            Some("10.244.1.11:8080") => "stale_endpoint",
-            Some("10.244.1.12:8080") => "backend_refused",
+            Some(b) if b == stale => "stale_endpoint",
+            Some(b) if b == refusing => "backend_refused",
             other => panic!("unexpected backend {other:?}; {}", run.context),
         };
         assert_eq!(run.class_of(f), want, "{}", run.context);
     }
-    assert!(run.root_detail().contains("10.244.1.11:8080"), "{}", run.context);
-    run.evidence("trace", &["also (backend_refused)", "10.244.1.12:8080"]);
+    assert!(run.root_detail().contains(&stale), "{}", run.context);
+    run.evidence("trace", &["also (backend_refused)", &refusing]);
     assert_ne!(run.report.severity.as_deref(), Some("NONE"));
+    run
 }
 
 #[test]
 fn mixed_stale_and_refused_iptables() {
-    mixed_incident(ProxyMode::Iptables);
+    mixed_incident(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn mixed_stale_and_refused_nftables() {
-    mixed_incident(ProxyMode::Nftables);
+    mixed_incident(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- explain: rules and API alone -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //!
 //! # What it does
 //!
-//! 1. Builds the lab of [`script::spec`] (iptables mode: four Services, six pods, a kubelet, an
+//! 1. Builds the lab of [`script::spec`] (iptables mode: five Services, seven pods, a kubelet, an
 //!    external client) and writes the lab's API snapshot to a temporary file: the API source of the
 //!    trace, as `--k8s-snapshot` would be.
 //! 2. Enters the lab's node namespace on the main thread (netfilter links attach in the calling
@@ -220,7 +220,7 @@ pub fn run(format: Format, scope: &Scope) -> Result<(), Error> {
         ));
     }
 
-    say("building a node: 4 Services, 6 pods, kube-proxy's iptables rules");
+    say("building a node: 5 Services (one dual-stack), 7 pods, kube-proxy's iptables rules");
     let spec = script::spec();
     let mut lab = Lab::up(spec.clone(), ProxyMode::Iptables)?;
     let lab_ready = started.elapsed();

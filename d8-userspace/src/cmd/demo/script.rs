@@ -4,18 +4,20 @@
 //!
 //! | phase | what happens | Service | expected verdict |
 //! |---|---|---|---|
-//! | 1 | a client pod calls web, api and orders | all three | `healthy` |
+//! | 1 | a client pod calls web, api and orders; and cart, dual-stack, over IPv4 and IPv6: kube-proxy's IPv6 proxier has not programmed cart | web, api, orders; cart | `healthy`; cart `kube_proxy_rules_missing`, naming IPv6 |
 //! | 2 | pod api-2 is deleted; the API agrees, kube-proxy's rules still DNAT to it | default/api | `stale_endpoint` |
 //! | 3 | orders' only pod fails readiness: kube-proxy REJECTs | default/orders | `no_endpoints` |
 //! | 4 | an external client hits shop's NodePort; shop is externalTrafficPolicy=Local and its only pod runs on another node: kube-proxy DROPs | default/shop | `etp_local_no_local_endpoints` |
 //! | 5 | kubelet probes web's pods (connect, then RST) while the client keeps calling web | default/web | `healthy`, probes `probe_rst` (benign) |
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::lab::{self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, TrafficPolicy};
+use crate::lab::{
+    self, ClusterSpec, HttpOutcome, Lab, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, TrafficPolicy, spec::ipv6_twin,
+};
 use crate::model::{Protocol, ServiceRef};
 
 /// ClusterIP of default/web.
@@ -26,6 +28,8 @@ pub const API_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 pub const ORDERS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 /// ClusterIP of default/shop.
 pub const SHOP_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+/// IPv4 ClusterIP of default/cart, the dual-stack Service (its IPv6 one is the `ipv6_twin`).
+pub const CART_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
 /// NodePort of default/shop.
 pub const SHOP_NODE_PORT: u16 = 30080;
 /// The other node shop's pod runs on.
@@ -40,6 +44,8 @@ const TRACER_WAIT: Duration = Duration::from_secs(15);
 const OK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of requests that are expected to fail (the trace decides how they failed).
 const FAIL_TIMEOUT: Duration = Duration::from_millis(800);
+/// Timeout of attempts that nothing answers (an untranslated ClusterIP routed to a dead end).
+const SILENT_TIMEOUT: Duration = Duration::from_millis(400);
 /// Pause between requests of one phase.
 const PACE: Duration = Duration::from_millis(150);
 /// kubelet's probe period in phase 5 (kubelet's default is 10 s; the demo is in a hurry).
@@ -50,7 +56,7 @@ pub const LAST_PHASE: Duration = Duration::from_millis(2_600);
 
 /// The demo's Services, in the order they are reported.
 pub fn services() -> Vec<ServiceRef> {
-    ["web", "api", "orders", "shop"]
+    ["web", "api", "orders", "shop", "cart"]
         .iter()
         .map(|n| ServiceRef {
             namespace: "default".into(),
@@ -59,29 +65,39 @@ pub fn services() -> Vec<ServiceRef> {
         .collect()
 }
 
-/// The demo cluster: four Services, six pods (one on another node), HTTP servers everywhere,
-/// kubelet probes on web's pods.
+/// The demo cluster: five Services, seven pods (one on another node), HTTP servers everywhere,
+/// kubelet probes on web's pods. The node is dual-stack; cart is its one dual-stack Service, the
+/// others are IPv4 only (`single_stack`), so their reports read as on an IPv4 cluster.
 pub fn spec() -> ClusterSpec {
     let http = |svc: &str, name: &str, ip: Ipv4Addr| {
         PodSpec::new("default", name, ip)
             .label("app", svc)
             .listen(8080, ListenerKind::Http)
     };
+    let v4 = |name: &str, vip: Ipv4Addr| {
+        ServiceSpec::new("default", name, vip)
+            .port("http", 80, 8080, Protocol::Tcp)
+            .single_stack()
+    };
     ClusterSpec::new()
-        .service(ServiceSpec::new("default", "web", WEB_VIP).port("http", 80, 8080, Protocol::Tcp))
-        .service(ServiceSpec::new("default", "api", API_VIP).port("http", 80, 8080, Protocol::Tcp))
-        .service(ServiceSpec::new("default", "orders", ORDERS_VIP).port("http", 80, 8080, Protocol::Tcp))
+        .dual_stack()
+        .service(v4("web", WEB_VIP))
+        .service(v4("api", API_VIP))
+        .service(v4("orders", ORDERS_VIP))
         .service(
             ServiceSpec::new("default", "shop", SHOP_VIP)
                 .node_port("http", 80, 8080, Protocol::Tcp, SHOP_NODE_PORT)
-                .external_policy(TrafficPolicy::Local),
+                .external_policy(TrafficPolicy::Local)
+                .single_stack(),
         )
+        .service(ServiceSpec::new("default", "cart", CART_VIP).port("http", 80, 8080, Protocol::Tcp))
         .pod(http("web", "web-1", Ipv4Addr::new(10, 244, 1, 11)).tcp_probes(8080))
         .pod(http("web", "web-2", Ipv4Addr::new(10, 244, 1, 12)).tcp_probes(8080))
         .pod(http("api", "api-1", Ipv4Addr::new(10, 244, 1, 21)))
         .pod(http("api", "api-2", Ipv4Addr::new(10, 244, 1, 22)))
         .pod(http("orders", "orders-1", Ipv4Addr::new(10, 244, 1, 31)))
         .pod(http("shop", "shop-1", Ipv4Addr::new(10, 244, 2, 41)).on_node(OTHER_NODE))
+        .pod(http("cart", "cart-1", Ipv4Addr::new(10, 244, 1, 51)))
 }
 
 /// What the script shares with the demo's main thread.
@@ -175,7 +191,12 @@ fn expect_ok(lab: &Lab, vip: Ipv4Addr) -> Result<(), lab::Error> {
 pub fn play(lab: &mut Lab, ctl: &Control, first_flow: mpsc::Receiver<()>) -> Result<Ending, Error> {
     let node_ip = lab.node_ip();
 
-    phase(1, "healthy traffic from a client pod to web, api, orders");
+    phase(
+        1,
+        "healthy traffic from a client pod to web, api, orders; cart over both families",
+    );
+    lab.flush_service_ipv6_rules("default", "cart")?;
+    say("  default/cart is dual-stack; kube-proxy's IPv6 proxier has not programmed it");
     let waiting_since = Instant::now();
     loop {
         expect_ok(lab, WEB_VIP)?;
@@ -189,11 +210,21 @@ pub fn play(lab: &mut Lab, ctl: &Control, first_flow: mpsc::Receiver<()>) -> Res
             return Err(Error::TracerSilent);
         }
     }
-    for _ in 0..3 {
+    for round in 0..3 {
         for vip in [WEB_VIP, API_VIP, ORDERS_VIP] {
             expect_ok(lab, vip)?;
             if !ctl.pause(PACE) {
                 return Ok(Ending::Stopped);
+            }
+        }
+        // cart, twice: over IPv4 it answers; over IPv6 nothing translates its ClusterIP, and the
+        // attempt's wait stands in for the pause.
+        if round < 2 {
+            expect_ok(lab, CART_VIP)?;
+            let v6 = SocketAddr::new(IpAddr::V6(ipv6_twin(CART_VIP)), 80);
+            let out = lab::tcp_connect(lab.client_ns(), v6, SILENT_TIMEOUT)?;
+            if out.is_connected() {
+                say(&format!("  (unexpected: default/cart answered over IPv6: {out:?})"));
             }
         }
     }
