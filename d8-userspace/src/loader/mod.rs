@@ -311,6 +311,7 @@ impl Tracer {
     /// `post` before the alias existed is merged into `orig`'s (so nothing is reported twice).
     pub fn join_alias(&mut self, post: &d8_common::FlowKey, orig: &d8_common::FlowKey) -> Result<(), Error> {
         use d8_common::{FlowKey, FlowState};
+        self.note_flow_keys(&[post, orig])?;
         let mut alias: BpfHashMap<&mut MapData, FlowKey, FlowKey> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("NAT_ALIAS")
@@ -344,6 +345,28 @@ impl Tracer {
         }
         if pending.is_some() {
             let _ = flows.remove(post);
+        }
+        Ok(())
+    }
+
+    /// Sets the `FLOW_FILTER` entries of keys about to enter `FLOWS` or `NAT_ALIAS`, as the kernel
+    /// programs do for theirs (`note_flow_key`): the drop tracepoint leaves at a clear entry, so a
+    /// key inserted without one would have its drops go unreported.
+    fn note_flow_keys(&mut self, keys: &[&d8_common::FlowKey]) -> Result<(), Error> {
+        let map = self
+            .ebpf
+            .map_mut("FLOW_FILTER")
+            .ok_or_else(|| Error::Missing("map FLOW_FILTER".into()))?;
+        let mut array = Array::<&mut MapData, u8>::try_from(map).map_err(|source| Error::Map {
+            name: "FLOW_FILTER",
+            source,
+        })?;
+        for key in keys {
+            let bit = target_filter::bit(&key.daddr, key.dport, key.proto);
+            array.set(bit, 1, 0).map_err(|source| Error::Map {
+                name: "FLOW_FILTER",
+                source,
+            })?;
         }
         Ok(())
     }
