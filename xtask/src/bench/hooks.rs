@@ -287,6 +287,27 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
     })
 }
 
+/// The traffic of a scenario.
+#[derive(Clone, Copy)]
+enum Load {
+    /// iperf3 through `bench/iperf`'s ClusterIP.
+    Bulk,
+    /// A new connection per request to `bench/web`.
+    Conns,
+    /// UDP datagrams to closed ports, every one dropped ([`common::udp_drops`]).
+    Drops,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Bulk => "bulk TCP (iperf3 -P 2)",
+            Load::Conns => "new connection per request",
+            Load::Drops => "UDP to closed ports (dropped)",
+        }
+    }
+}
+
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let secs = env.pick(5, 1);
     let floor = load_floor(lab.node_ns())?;
@@ -296,15 +317,18 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     // default (off) to show what the log statements cost when on and that off they cost nothing.
     // The last two: `--pcap` on, tracing this Service: what copying the traced flows' packets
     // costs (issue 17).
-    let cases: [(&'static str, bool, &'static str, bool, bool); 8] = [
-        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC, false, false),
-        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false, false),
-        ("new connection per request", false, common::OTHER_SVC, false, false),
-        ("new connection per request", true, common::WEB_SVC, false, false),
-        ("new connection per request", false, common::OTHER_SVC, true, false),
-        ("new connection per request", true, common::WEB_SVC, true, false),
-        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false, true),
-        ("new connection per request", true, common::WEB_SVC, false, true),
+    // The drops: untraced packets dropped at a known rate, for the drop tracepoint's figure (the
+    // other traffic has a few dozen drops per window from the rest of the machine, or none).
+    let cases: [(Load, bool, &'static str, bool, bool); 9] = [
+        (Load::Bulk, false, common::OTHER_SVC, false, false),
+        (Load::Bulk, true, common::IPERF_SVC, false, false),
+        (Load::Conns, false, common::OTHER_SVC, false, false),
+        (Load::Conns, true, common::WEB_SVC, false, false),
+        (Load::Drops, false, common::OTHER_SVC, false, false),
+        (Load::Conns, false, common::OTHER_SVC, true, false),
+        (Load::Conns, true, common::WEB_SVC, true, false),
+        (Load::Bulk, true, common::IPERF_SVC, false, true),
+        (Load::Conns, true, common::WEB_SVC, false, true),
     ];
     let pcap_file = common::target_dir().join("bench").join("pcap-bench.pcapng");
     let pcap_file = pcap_file.display().to_string();
@@ -318,7 +342,8 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pcap"));
     let mut scenarios = Vec::new();
-    for (traffic, traced, svc, debug_kernel, pcap) in cases {
+    for (load, traced, svc, debug_kernel, pcap) in cases {
+        let traffic = load.name();
         if pcap && !has_pcap {
             eprintln!(
                 "bench hooks: {} has no --pcap: those runs are left out",
@@ -345,10 +370,12 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         let ids = prog_ids(&tracer.pid().to_string());
         let stats = Stats::enable()?;
         let before = snapshot()?;
-        let traffic_result = if traffic.starts_with("bulk") {
-            common::iperf(lab.client_ns(), secs).map(|_| None)
-        } else {
-            common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
+        let traffic_result = match load {
+            Load::Bulk => common::iperf(lab.client_ns(), secs).map(|_| None),
+            Load::Conns => {
+                common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
+            }
+            Load::Drops => common::udp_drops(lab.client_ns(), lab.lab.node_ip(), secs).map(|_| None),
         };
         let after = snapshot()?;
         drop(stats);

@@ -736,7 +736,10 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          loaded by the bench twice and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and OUTPUT at \
          -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), one priority away (the kernel \
          refuses a BPF hook at a priority another hook holds), measured in the same window. \"Untraced\" traces \
-         `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole machine (other processes' \
+         `bench/other` while the traffic goes elsewhere; \"UDP to closed ports\" sends about 20,000 datagrams a second \
+         from the client pod to UDP port 9 of the node's address (dropped in the node, which has a conntrack entry \
+         for it) and of pod `other-1` (dropped in the pod, without one), every one a `kfree_skb` of no traced flow. \
+         Tracepoints fire for the whole machine (other processes' \
          sockets and packets included); their floor is `tp_empty` (returns at once), loaded once per tracepoint and \
          attached to `sock:inet_sock_set_state` and `skb:kfree_skb` in the same window. Every run has the kernel programs' debug log off (their log \
          statements pruned at load) except the two marked `--debug-kernel`, which have it on, and `--pcap` off except \
