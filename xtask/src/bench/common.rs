@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -85,7 +85,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// The bench's node: `bench/iperf` (iperf3 server), `bench/web` (2 HTTP pods), `bench/other`
-/// (1 HTTP pod), kube-proxy's iptables rules. Dropping it stops the iperf3 server and removes
+/// (1 HTTP pod), kube-proxy's iptables rules, dual-stack. Dropping it stops the iperf3 server and removes
 /// every namespace.
 pub struct BenchLab {
     // Field order: the server (in a pod namespace) stops before the lab goes.
@@ -95,7 +95,10 @@ pub struct BenchLab {
 
 impl BenchLab {
     pub fn up() -> anyhow::Result<Self> {
+        // Dual-stack: the IPv6 short connections of the per-hook section go to the IPv6 twins of
+        // the same Services and pods; everything else uses IPv4, as before.
         let spec = ClusterSpec::new()
+            .dual_stack()
             .service(
                 ServiceSpec::new("bench", "iperf", IPERF_VIP)
                     .port("iperf", IPERF_PORT, IPERF_PORT, Protocol::Tcp)
@@ -765,8 +768,8 @@ impl Conns {
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 
 /// One HTTP request on a new connection; true when the answer is a 200.
-fn one_request(addr: SocketAddrV4) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else {
+fn one_request(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -791,7 +794,7 @@ fn one_request(addr: SocketAddrV4) -> bool {
 /// connections per second.
 pub fn conn_loop(
     ns: &str,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     threads: usize,
     deadline: Instant,
     stop: &AtomicBool,
@@ -841,10 +844,10 @@ pub fn conn_loop(
 }
 
 /// [`conn_loop`] for `dur`.
-pub fn conns_for(ns: &str, addr: SocketAddrV4, dur: Duration, rate: Option<f64>) -> anyhow::Result<Conns> {
+pub fn conns_for(ns: &str, addr: impl Into<SocketAddr>, dur: Duration, rate: Option<f64>) -> anyhow::Result<Conns> {
     conn_loop(
         ns,
-        addr,
+        addr.into(),
         CONN_THREADS,
         Instant::now() + dur,
         &AtomicBool::new(false),
@@ -859,7 +862,8 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn start(ns: &str, addr: SocketAddrV4, threads: usize, rate: f64) -> Self {
+    pub fn start(ns: &str, addr: impl Into<SocketAddr>, threads: usize, rate: f64) -> Self {
+        let addr = addr.into();
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, stop2) = (ns.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {
