@@ -42,6 +42,8 @@ pub struct Scenario {
     /// `--debug-kernel`, the targets are judged on the runs without it.
     pub pcap: bool,
     pub svc: &'static str,
+    /// The traffic was IPv6.
+    pub ipv6: bool,
     pub rows: Vec<ProgRow>,
     /// ns per invocation of the empty program at each netfilter program's hooks
     /// (`nf_empty@pre`, `nf_empty@post`, and `nf_empty@pre6`, `nf_empty@post6` at the IPv6
@@ -440,6 +442,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             debug_kernel,
             pcap,
             svc,
+            ipv6: matches!(load, Load::Conns6),
             rows,
             floor_nf,
             floor_tp,

@@ -814,11 +814,14 @@ fn breakdown(o: &mut String, h: &Hooks) {
     );
     for s in scenarios {
         let conns = s.connections.unwrap_or(1) as f64;
-        let who = match (s.traced, s.pcap) {
+        let mut who = match (s.traced, s.pcap) {
             (true, false) => format!("this Service (`{}`)", s.svc),
             (true, true) => format!("this Service (`{}`), `--pcap`", s.svc),
             (false, _) => format!("another Service (`{}`)", s.svc),
         };
+        if s.ipv6 {
+            who.push_str(", over IPv6");
+        }
         let mut total = 0.0;
         for r in s.rows.iter().filter(|r| r.runs > 0) {
             let floor = s.floor_of(r).filter(|f| f.is_finite()).unwrap_or(0.0);
