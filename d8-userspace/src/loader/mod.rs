@@ -375,14 +375,7 @@ impl Tracer {
             return Ok(());
         }
         let written = (|| {
-            let map = self
-                .ebpf
-                .map_mut("FLOW_FILTER")
-                .ok_or_else(|| Error::Missing("map FLOW_FILTER".into()))?;
-            let mut array = Array::<&mut MapData, u8>::try_from(map).map_err(|source| Error::Map {
-                name: "FLOW_FILTER",
-                source,
-            })?;
+            let mut array = self.array::<u8>("FLOW_FILTER")?;
             for &bit in &fresh {
                 array.set(bit, 1, 0).map_err(|source| Error::Map {
                     name: "FLOW_FILTER",
@@ -442,16 +435,18 @@ impl Tracer {
         })
     }
 
-    /// Writes the words of `new` that differ from `old`.
-    fn write_target_filter(&mut self, old: &[u64], new: &[u64]) -> Result<(), Error> {
+    /// The kernel's array map `name`, for writing.
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, Error> {
         let map = self
             .ebpf
-            .map_mut("TARGET_FILTER")
-            .ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
-        let mut array = Array::<&mut MapData, u64>::try_from(map).map_err(|source| Error::Map {
-            name: "TARGET_FILTER",
-            source,
-        })?;
+            .map_mut(name)
+            .ok_or_else(|| Error::Missing(format!("map {name}")))?;
+        Array::try_from(map).map_err(|source| Error::Map { name, source })
+    }
+
+    /// Writes the words of `new` that differ from `old`.
+    fn write_target_filter(&mut self, old: &[u64], new: &[u64]) -> Result<(), Error> {
+        let mut array = self.array::<u64>("TARGET_FILTER")?;
         for (i, (o, n)) in old.iter().zip(new).enumerate() {
             if o != n {
                 array.set(i as u32, n, 0).map_err(|source| Error::Map {
