@@ -75,6 +75,18 @@ pub mod target_filter {
     }
 }
 
+/// Destinations (address, port, protocol) that a key of `FLOWS` or `NAT_ALIAS` has ever had: the
+/// drop tracepoint fires for every freed packet of the node and leaves at a clear entry before any
+/// hash lookup. Unlike `TARGET_FILTER` (kept exact for the current targets by userspace), it holds
+/// every key's destination, a backend that is no target included (a post-NAT alias), and is never
+/// cleared: a stale entry costs the lookups, a missing one would lose a drop. One byte per entry,
+/// not a bit: the kernel programs and userspace set entries concurrently, and a byte store needs
+/// no read-modify-write that could undo another writer's.
+pub mod flow_filter {
+    /// Entries of the `FLOW_FILTER` array map, indexed by [`super::target_filter::bit`].
+    pub const ENTRIES: u32 = super::target_filter::WORDS * 64;
+}
+
 /// Per-flow state kept in the kernel's LRU map so that events are sent only on changes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,13 +4,14 @@ use d8_common::{FlowKey, FlowState};
 
 use crate::{
     log,
-    maps::{FLOWS, NAT_ALIAS},
+    maps::{FLOWS, NAT_ALIAS, note_flow_key},
     packet::reversed,
 };
 
 /// Gives `key` flow state with `seen` set; `None` (and a log record) when `FLOWS` refused it.
 #[inline(always)]
 pub fn insert(key: &FlowKey, seen: u32) -> Option<()> {
+    note_flow_key(key);
     if let Err(e) = FLOWS.insert(
         key,
         &FlowState {

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use d8_common::{Config, FlowKey, FlowState, LastHook, TargetKey, TpAddrLayout, stat, target_filter};
+use d8_common::{Config, FlowKey, FlowState, LastHook, TargetKey, TpAddrLayout, flow_filter, stat, target_filter};
 
 /// Kernel offsets, set by the loader. Non-zero defaults keep it in `.rodata`, which aya freezes:
 /// the verifier then knows the values and accepts them as constant offsets.
@@ -69,6 +69,40 @@ pub fn maybe_target(addr: &[u8; 16], port: u16, proto: u8) -> bool {
         Some(word) => *word & (1u64 << (bit & 63)) != 0,
         None => false,
     }
+}
+
+/// Destinations any key of `FLOWS` or `NAT_ALIAS` has had (`d8_common::flow_filter`): set by
+/// [`note_flow_key`] (and userspace, for the aliases it installs) before the key is inserted.
+#[map]
+pub static FLOW_FILTER: Array<u8> = Array::with_max_entries(flow_filter::ENTRIES, 0);
+
+/// Notes `key`'s destination in `FLOW_FILTER`; call before inserting `key` into `FLOWS` or
+/// `NAT_ALIAS`. Written only when clear: a flow's later keys to the same destination leave the
+/// cache line shared between CPUs.
+#[inline(always)]
+pub fn note_flow_key(key: &FlowKey) {
+    let bit = target_filter::bit(&key.daddr, key.dport, key.proto);
+    if let Some(entry) = FLOW_FILTER.get_ptr_mut(bit) {
+        // SAFETY: an entry of the array; a byte store, atomic against other writers' entries.
+        unsafe {
+            if core::ptr::read_volatile(entry) == 0 {
+                core::ptr::write_volatile(entry, 1);
+            }
+        }
+    }
+}
+
+/// Whether `FLOWS` or `NAT_ALIAS` can hold `key` or its reverse, which is all that
+/// `flows::find` looks up: a key there had its destination noted, so the reverse of one had
+/// `key`'s source. One inlined array load per end, no hashing.
+#[inline(always)]
+pub fn may_hold_flow(key: &FlowKey) -> bool {
+    let noted = |addr: &[u8; 16], port: u16| {
+        FLOW_FILTER
+            .get(target_filter::bit(addr, port, key.proto))
+            .is_some_and(|entry| *entry != 0)
+    };
+    noted(&key.daddr, key.dport) || noted(&key.saddr, key.sport)
 }
 
 /// Per-flow state, keyed by the conntrack ORIGINAL tuple.

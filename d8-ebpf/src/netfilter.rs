@@ -28,7 +28,7 @@ use crate::{
     emit::event,
     flows::{self, mark},
     log,
-    maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, remember},
+    maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, note_flow_key, remember},
     packet::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
     pcap,
 };
@@ -238,7 +238,9 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
         let status = conntrack::status(ct);
         unsafe { (*st).seen |= seen::CT | if final_hook { seen::CT_FINAL } else { 0 } };
         // Packets after NAT look like the reversed REPLY tuple: remember it for later lookups.
-        let _ = NAT_ALIAS.insert(&reversed(&reply), &orig, 0);
+        let alias = reversed(&reply);
+        note_flow_key(&alias);
+        let _ = NAT_ALIAS.insert(&alias, &orig, 0);
         event(kind::CT, hook, &orig, |ev| {
             ev.reply = reply;
             ev.ct_status = status;

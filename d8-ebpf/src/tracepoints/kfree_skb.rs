@@ -1,7 +1,7 @@
 //! `skb:kfree_skb`: a packet was dropped. The reason (`enum skb_drop_reason`, 5.17+) is a number
 //! whose meaning differs between kernels; userspace names it from the running kernel's BTF.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{EbpfContext as _, macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, seen};
 
 use super::read;
@@ -9,7 +9,7 @@ use crate::{
     conntrack,
     emit::event,
     flows,
-    maps::{config, last_hook},
+    maps::{config, last_hook, may_hold_flow},
     packet, pcap,
 };
 
@@ -23,25 +23,23 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
-    let skb: u64 = read(ctx, config!(kfree_skbaddr))?;
-    let reason_off = config!(kfree_reason);
-    let reason: u32 = if reason_off == u32::MAX {
-        0
-    } else {
-        read(ctx, reason_off)?
-    };
-    // IPv4 or IPv6, by the header's version: the tracepoint fires for both families' packets.
-    let pkt = packet::parse_ip(packet::network_header(skb)?)?;
-    // No TARGET_FILTER shortcut on the packet's headers: a packet a stale conntrack entry DNATs
-    // to a gone pod carries neither a frontend nor a traced backend, and its drop is the
-    // evidence (tried and reverted; see BENCHMARKS.md). The ORIGINAL tuple would do, but the
-    // check does not fit next to this program's stack after the conntrack read.
-    // The conntrack entry names the flow exactly, whatever NAT did to the headers.
+    let (skb, reason) = record(ctx)?;
+    // Drops of packets that belong to no traced flow (nearly all of the node's) leave at
+    // `FLOW_FILTER` before the headers are read or a map hashed: one helper read of `_nfct` and
+    // one of the conntrack entry's ORIGINAL tuple, or of the headers for a packet without one.
+    // The conntrack entry names the flow exactly, whatever NAT did to the headers: a packet a
+    // stale entry DNATs to a gone pod carries neither a frontend nor a traced backend, and its
+    // drop is the evidence (a filter on the headers lost it; see BENCHMARKS.md).
     let ct = conntrack::of_skb(skb);
     let key = match ct {
         Some((ct, _)) => conntrack::original(ct)?,
-        None => pkt.key,
+        None => packet::parse_ip(packet::network_header(skb)?)?.key,
     };
+    if !may_hold_flow(&key) {
+        return None;
+    }
+    // IPv4 or IPv6, by the header's version: the tracepoint fires for both families' packets.
+    let pkt = packet::parse_ip(packet::network_header(skb)?)?;
     let found = flows::find(&key)?;
     let (at, after_ct) = last_hook(skb).unwrap_or((hook::UNKNOWN, 0));
     // Every dropped packet is copied (`--pcap`), a reason already reported included.
@@ -69,4 +67,33 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         ev.old_state = after_ct;
     });
     Some(())
+}
+
+/// Where every kernel's `kfree_skb` record keeps `skbaddr` (after the 8-byte common header) and,
+/// since 5.17, `reason` (after `location` and `protocol`): its tracefs `format`.
+const FIXED_SKBADDR: u32 = 8;
+const FIXED_REASON: u32 = 28;
+
+/// The dropped skb's address and the drop reason (0 before 5.17). With the fixed layout in
+/// `CONFIG` they are plain loads from the record (the verifier checks context loads at constant
+/// offsets; `CONFIG` is frozen `.rodata`, so one branch stays), not a helper call each.
+#[inline(always)]
+fn record(ctx: &TracePointContext) -> Option<(u64, u32)> {
+    let (skb_off, reason_off) = (config!(kfree_skbaddr), config!(kfree_reason));
+    let base = ctx.as_ptr() as *const u8;
+    let skb: u64 = if skb_off == FIXED_SKBADDR {
+        // SAFETY: an aligned 8-byte field of the record.
+        unsafe { core::ptr::read_volatile(base.add(FIXED_SKBADDR as usize) as *const u64) }
+    } else {
+        read(ctx, skb_off)?
+    };
+    let reason: u32 = if reason_off == u32::MAX {
+        0
+    } else if reason_off == FIXED_REASON {
+        // SAFETY: an aligned 4-byte field of the record.
+        unsafe { core::ptr::read_volatile(base.add(FIXED_REASON as usize) as *const u32) }
+    } else {
+        read(ctx, reason_off)?
+    };
+    Some((skb, reason))
 }

@@ -79,6 +79,13 @@ pub fn kernel_join(tracer: &mut Tracer, joins: &[(FlowKey, FlowKey)], fast: &mut
     if joins.is_empty() {
         return 0;
     }
+    // The drop tracepoint finds a flow only through keys whose destination `FLOW_FILTER` holds.
+    if tracer
+        .note_flow_keys(joins.iter().flat_map(|(post, orig)| [post, orig]))
+        .is_err()
+    {
+        return joins.len() as u64;
+    }
     if *fast && let (Some(alias), Some(flows)) = (map_fd(tracer, "NAT_ALIAS"), map_fd(tracer, "FLOWS")) {
         let keys: Vec<FlowKey> = joins.iter().map(|(post, _)| *post).collect();
         let values: Vec<FlowKey> = joins.iter().map(|(_, orig)| *orig).collect();

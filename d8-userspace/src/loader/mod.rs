@@ -139,6 +139,9 @@ pub struct Tracer {
     ebpf: Ebpf,
     attached: Vec<String>,
     _tracefs: tracefs::Mount,
+    /// `FLOW_FILTER` entries this process has set (one bit each): entries are never cleared, so
+    /// a destination's entry is written once, not per join.
+    flow_filter_set: Vec<u64>,
 }
 
 pub(crate) fn map_data(map: &Map) -> &MapData {
@@ -227,6 +230,7 @@ impl Tracer {
             ebpf,
             attached: Vec::new(),
             _tracefs: mount,
+            flow_filter_set: vec![0; target_filter::WORDS as usize],
         };
 
         for &(program, category, name) in TRACEPOINTS {
@@ -311,6 +315,7 @@ impl Tracer {
     /// `post` before the alias existed is merged into `orig`'s (so nothing is reported twice).
     pub fn join_alias(&mut self, post: &d8_common::FlowKey, orig: &d8_common::FlowKey) -> Result<(), Error> {
         use d8_common::{FlowKey, FlowState};
+        self.note_flow_keys([post, orig])?;
         let mut alias: BpfHashMap<&mut MapData, FlowKey, FlowKey> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("NAT_ALIAS")
@@ -346,6 +351,46 @@ impl Tracer {
             let _ = flows.remove(post);
         }
         Ok(())
+    }
+
+    /// Sets the `FLOW_FILTER` entries of keys about to enter `FLOWS` or `NAT_ALIAS`, as the kernel
+    /// programs do for theirs (`note_flow_key`): the drop tracepoint leaves at a clear entry, so a
+    /// key inserted without one would have its drops go unreported. An entry this process set
+    /// before is not written again.
+    pub(crate) fn note_flow_keys<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a d8_common::FlowKey>,
+    ) -> Result<(), Error> {
+        let fresh: Vec<u32> = keys
+            .into_iter()
+            .map(|key| target_filter::bit(&key.daddr, key.dport, key.proto))
+            .filter(|&bit| {
+                let (word, mask) = (&mut self.flow_filter_set[(bit >> 6) as usize], 1u64 << (bit & 63));
+                let fresh = *word & mask == 0;
+                *word |= mask;
+                fresh
+            })
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let written = (|| {
+            let mut array = self.array::<u8>("FLOW_FILTER")?;
+            for &bit in &fresh {
+                array.set(bit, 1, 0).map_err(|source| Error::Map {
+                    name: "FLOW_FILTER",
+                    source,
+                })?;
+            }
+            Ok(())
+        })();
+        if written.is_err() {
+            // Not set after all: the next key to the same destination tries again.
+            for bit in fresh {
+                self.flow_filter_set[(bit >> 6) as usize] &= !(1u64 << (bit & 63));
+            }
+        }
+        written
     }
 
     /// Human-readable list of what is attached, for `doctor` and `-v`.
@@ -390,16 +435,18 @@ impl Tracer {
         })
     }
 
-    /// Writes the words of `new` that differ from `old`.
-    fn write_target_filter(&mut self, old: &[u64], new: &[u64]) -> Result<(), Error> {
+    /// The kernel's array map `name`, for writing.
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, Error> {
         let map = self
             .ebpf
-            .map_mut("TARGET_FILTER")
-            .ok_or_else(|| Error::Missing("map TARGET_FILTER".into()))?;
-        let mut array = Array::<&mut MapData, u64>::try_from(map).map_err(|source| Error::Map {
-            name: "TARGET_FILTER",
-            source,
-        })?;
+            .map_mut(name)
+            .ok_or_else(|| Error::Missing(format!("map {name}")))?;
+        Array::try_from(map).map_err(|source| Error::Map { name, source })
+    }
+
+    /// Writes the words of `new` that differ from `old`.
+    fn write_target_filter(&mut self, old: &[u64], new: &[u64]) -> Result<(), Error> {
+        let mut array = self.array::<u64>("TARGET_FILTER")?;
         for (i, (o, n)) in old.iter().zip(new).enumerate() {
             if o != n {
                 array.set(i as u32, n, 0).map_err(|source| Error::Map {

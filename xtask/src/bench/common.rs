@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -29,6 +29,8 @@ pub const IPERF_PORT: u16 = 5201;
 pub const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 /// ClusterIP of `bench/other` (one HTTP pod): the Service traced while measuring untraced traffic.
 pub const OTHER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+/// Pod `other-1`, `bench/other`'s backend.
+pub const OTHER_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 31);
 pub const IPERF_SVC: &str = "bench/iperf";
 pub const WEB_SVC: &str = "bench/web";
 pub const OTHER_SVC: &str = "bench/other";
@@ -83,7 +85,7 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 /// The bench's node: `bench/iperf` (iperf3 server), `bench/web` (2 HTTP pods), `bench/other`
-/// (1 HTTP pod), kube-proxy's iptables rules. Dropping it stops the iperf3 server and removes
+/// (1 HTTP pod), kube-proxy's iptables rules, dual-stack. Dropping it stops the iperf3 server and removes
 /// every namespace.
 pub struct BenchLab {
     // Field order: the server (in a pod namespace) stops before the lab goes.
@@ -93,7 +95,10 @@ pub struct BenchLab {
 
 impl BenchLab {
     pub fn up() -> anyhow::Result<Self> {
+        // Dual-stack: the IPv6 short connections of the per-hook section go to the IPv6 twins of
+        // the same Services and pods; everything else uses IPv4, as before.
         let spec = ClusterSpec::new()
+            .dual_stack()
             .service(
                 ServiceSpec::new("bench", "iperf", IPERF_VIP)
                     .port("iperf", IPERF_PORT, IPERF_PORT, Protocol::Tcp)
@@ -121,7 +126,7 @@ impl BenchLab {
                     .listen(8080, ListenerKind::Http),
             )
             .pod(
-                PodSpec::new("bench", "other-1", Ipv4Addr::new(10, 244, 1, 31))
+                PodSpec::new("bench", "other-1", OTHER_POD)
                     .label("app", "other")
                     .listen(8080, ListenerKind::Http),
             );
@@ -703,6 +708,49 @@ pub fn iperf(client_ns: &str, secs: u32) -> anyhow::Result<f64> {
     bail!("iperf3 -c failed 10 times: {last}")
 }
 
+/// A UDP port no process of the lab listens on (discard).
+pub const CLOSED_UDP_PORT: u16 = 9;
+/// Datagrams [`udp_drops`] sends per millisecond at most (about 20,000 per second).
+const DROPS_PER_MS: u32 = 20;
+
+/// Datagrams from the client pod to closed UDP ports for `secs`, every one dropped by the kernel
+/// (`kfree_skb`, reason `NO_SOCKET`) and none of them a traced flow: alternately to the node's own
+/// address (dropped in the node's namespace, with a conntrack entry) and to pod `other-1`
+/// (dropped in the pod's namespace, which has no conntrack: the entry is left behind at the
+/// veth). Paced at about 20,000 a second, so that the drop tracepoint runs often enough for a
+/// steady mean without the sender taking a core. Returns the datagrams sent.
+pub fn udp_drops(client_ns: &str, node: Ipv4Addr, secs: u32) -> anyhow::Result<u64> {
+    let ns = client_ns.to_string();
+    std::thread::scope(|s| {
+        s.spawn(move || -> anyhow::Result<u64> {
+            d8_trace::lab::netns::enter(&ns).map_err(|e| anyhow!("{e}"))?;
+            let sock = UdpSocket::bind("0.0.0.0:0").context("a UDP socket in the client pod")?;
+            let to = [
+                SocketAddrV4::new(node, CLOSED_UDP_PORT),
+                SocketAddrV4::new(OTHER_POD, CLOSED_UDP_PORT),
+            ];
+            let deadline = Instant::now() + Duration::from_secs(secs.into());
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..DROPS_PER_MS {
+                    // The ICMP port unreachable errors come back as ECONNREFUSED on a later send
+                    // of an unconnected socket only with IP_RECVERR; plain sends succeed.
+                    if sock.send_to(b"d8-bench drop", to[(sent & 1) as usize]).is_ok() {
+                        sent += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if sent == 0 {
+                bail!("no UDP datagram could be sent from the client pod");
+            }
+            Ok(sent)
+        })
+        .join()
+        .map_err(|_| anyhow!("UDP drop sender panicked"))?
+    })
+}
+
 /// Connections completed and failed by a short-connection loop.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Conns {
@@ -720,8 +768,8 @@ impl Conns {
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
 
 /// One HTTP request on a new connection; true when the answer is a 200.
-fn one_request(addr: SocketAddrV4) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)) else {
+fn one_request(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -746,7 +794,7 @@ fn one_request(addr: SocketAddrV4) -> bool {
 /// connections per second.
 pub fn conn_loop(
     ns: &str,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     threads: usize,
     deadline: Instant,
     stop: &AtomicBool,
@@ -796,10 +844,10 @@ pub fn conn_loop(
 }
 
 /// [`conn_loop`] for `dur`.
-pub fn conns_for(ns: &str, addr: SocketAddrV4, dur: Duration, rate: Option<f64>) -> anyhow::Result<Conns> {
+pub fn conns_for(ns: &str, addr: impl Into<SocketAddr>, dur: Duration, rate: Option<f64>) -> anyhow::Result<Conns> {
     conn_loop(
         ns,
-        addr,
+        addr.into(),
         CONN_THREADS,
         Instant::now() + dur,
         &AtomicBool::new(false),
@@ -814,7 +862,8 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn start(ns: &str, addr: SocketAddrV4, threads: usize, rate: f64) -> Self {
+    pub fn start(ns: &str, addr: impl Into<SocketAddr>, threads: usize, rate: f64) -> Self {
+        let addr = addr.into();
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, stop2) = (ns.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {

@@ -12,7 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::SocketAddrV4,
+    net::{SocketAddrV4, SocketAddrV6},
     os::fd::{FromRawFd as _, OwnedFd, RawFd},
     time::Duration,
 };
@@ -42,10 +42,13 @@ pub struct Scenario {
     /// `--debug-kernel`, the targets are judged on the runs without it.
     pub pcap: bool,
     pub svc: &'static str,
+    /// The traffic was IPv6.
+    pub ipv6: bool,
     pub rows: Vec<ProgRow>,
-    /// ns per invocation of the empty program at nf_pre's hooks and at nf_post's.
-    pub floor_pre: ProgRow,
-    pub floor_post: ProgRow,
+    /// ns per invocation of the empty program at each netfilter program's hooks
+    /// (`nf_empty@pre`, `nf_empty@post`, and `nf_empty@pre6`, `nf_empty@post6` at the IPv6
+    /// family's).
+    pub floor_nf: Vec<ProgRow>,
     /// ns per invocation of the empty tracepoint program, per tracepoint (`tp_empty@NAME`).
     pub floor_tp: Vec<ProgRow>,
     /// Connections completed in the window (short-connection scenarios): the per-connection
@@ -55,12 +58,12 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn floor_of(&self, row: &ProgRow) -> Option<f64> {
-        match row.floor {
-            Some("nf_empty@pre") => Some(self.floor_pre.ns_per_run),
-            Some("nf_empty@post") => Some(self.floor_post.ns_per_run),
-            Some(name) => self.floor_tp.iter().find(|f| f.name == name).map(|f| f.ns_per_run),
-            _ => None,
-        }
+        let name = row.floor?;
+        self.floor_nf
+            .iter()
+            .chain(&self.floor_tp)
+            .find(|f| f.name == name)
+            .map(|f| f.ns_per_run)
     }
 }
 
@@ -209,10 +212,11 @@ fn load_tp_floor() -> anyhow::Result<TpFloor> {
     })
 }
 
-/// Two instances of `nf_empty` attached where d8-trace's netfilter programs attach, in `node_ns`.
+/// Four instances of `nf_empty` attached where d8-trace's netfilter programs attach, in `node_ns`:
+/// at `nf_pre`'s and `nf_post`'s hooks of both families.
 struct Floor {
-    pre_id: u32,
-    post_id: u32,
+    /// (floor name, program id)
+    ids: Vec<(&'static str, u32)>,
     _links: Vec<netfilter::Link>,
     _programs: Vec<netfilter::Program>,
 }
@@ -247,7 +251,7 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                     ),
                 }
             };
-            let mut pick = |which: &str| -> anyhow::Result<u32> {
+            let mut pick = |which: &str, family: netfilter::Family| -> anyhow::Result<u32> {
                 let prog = netfilter::Program::load(loader::PROBES, "nf_empty", &fake)?;
                 for &(program, hook, priority) in loader::NETFILTER_ATTACHMENTS {
                     if program == which {
@@ -255,7 +259,7 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                         // another hook (BPF, nf_tables, conntrack, NAT) already holds.
                         let mut attached = None;
                         for offset in [1, -1, 2, -2, 3, -3] {
-                            match prog.attach(hook, priority + offset) {
+                            match prog.attach_family(family, hook, priority + offset) {
                                 Ok(link) => {
                                     attached = Some(link);
                                     break;
@@ -265,19 +269,22 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                                 Err(e) => return Err(e.into()),
                             }
                         }
-                        links.push(
-                            attached.with_context(|| format!("no free priority near {priority} at {}", hook.name()))?,
-                        );
+                        links.push(attached.with_context(|| {
+                            format!("no free priority near {priority} at {} {}", family.name(), hook.name())
+                        })?);
                     }
                 }
                 programs.push(prog);
                 new_id(&programs)
             };
-            let pre_id = pick("nf_pre")?;
-            let post_id = pick("nf_post")?;
+            let ids = vec![
+                ("nf_empty@pre", pick("nf_pre", netfilter::Family::Ipv4)?),
+                ("nf_empty@post", pick("nf_post", netfilter::Family::Ipv4)?),
+                ("nf_empty@pre6", pick("nf_pre", netfilter::Family::Ipv6)?),
+                ("nf_empty@post6", pick("nf_post", netfilter::Family::Ipv6)?),
+            ];
             Ok(Floor {
-                pre_id,
-                post_id,
+                ids,
                 _links: links,
                 _programs: programs,
             })
@@ -287,24 +294,55 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
     })
 }
 
+/// The traffic of a scenario.
+#[derive(Clone, Copy)]
+enum Load {
+    /// iperf3 through `bench/iperf`'s ClusterIP.
+    Bulk,
+    /// A new connection per request to `bench/web`.
+    Conns,
+    /// The same over IPv6, to `bench/web`'s IPv6 ClusterIP (the lab is dual-stack).
+    Conns6,
+    /// UDP datagrams to closed ports, every one dropped ([`common::udp_drops`]).
+    Drops,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Bulk => "bulk TCP (iperf3 -P 2)",
+            Load::Conns => "new connection per request",
+            Load::Conns6 => "new connection per request, IPv6",
+            Load::Drops => "UDP to closed ports (dropped)",
+        }
+    }
+}
+
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let secs = env.pick(5, 1);
     let floor = load_floor(lab.node_ns())?;
     let tp_floor = load_tp_floor()?;
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
+    let web6 = SocketAddrV6::new(d8_trace::lab::spec::ipv6_twin(common::WEB_VIP), 80, 0, 0);
     // The last two: the same short connections with the kernel programs' log on, beside the
     // default (off) to show what the log statements cost when on and that off they cost nothing.
     // The last two: `--pcap` on, tracing this Service: what copying the traced flows' packets
     // costs (issue 17).
-    let cases: [(&'static str, bool, &'static str, bool, bool); 8] = [
-        ("bulk TCP (iperf3 -P 2)", false, common::OTHER_SVC, false, false),
-        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false, false),
-        ("new connection per request", false, common::OTHER_SVC, false, false),
-        ("new connection per request", true, common::WEB_SVC, false, false),
-        ("new connection per request", false, common::OTHER_SVC, true, false),
-        ("new connection per request", true, common::WEB_SVC, true, false),
-        ("bulk TCP (iperf3 -P 2)", true, common::IPERF_SVC, false, true),
-        ("new connection per request", true, common::WEB_SVC, false, true),
+    // The drops: untraced packets dropped at a known rate, for the drop tracepoint's figure (the
+    // other traffic has a few dozen drops per window from the rest of the machine, or none).
+    // IPv6: the same short connections to the IPv6 ClusterIP, for `nf_pre6`/`nf_post6`.
+    let cases: [(Load, bool, &'static str, bool, bool); 11] = [
+        (Load::Bulk, false, common::OTHER_SVC, false, false),
+        (Load::Bulk, true, common::IPERF_SVC, false, false),
+        (Load::Conns, false, common::OTHER_SVC, false, false),
+        (Load::Conns, true, common::WEB_SVC, false, false),
+        (Load::Conns6, false, common::OTHER_SVC, false, false),
+        (Load::Conns6, true, common::WEB_SVC, false, false),
+        (Load::Drops, false, common::OTHER_SVC, false, false),
+        (Load::Conns, false, common::OTHER_SVC, true, false),
+        (Load::Conns, true, common::WEB_SVC, true, false),
+        (Load::Bulk, true, common::IPERF_SVC, false, true),
+        (Load::Conns, true, common::WEB_SVC, false, true),
     ];
     let pcap_file = common::target_dir().join("bench").join("pcap-bench.pcapng");
     let pcap_file = pcap_file.display().to_string();
@@ -318,7 +356,8 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pcap"));
     let mut scenarios = Vec::new();
-    for (traffic, traced, svc, debug_kernel, pcap) in cases {
+    for (load, traced, svc, debug_kernel, pcap) in cases {
+        let traffic = load.name();
         if pcap && !has_pcap {
             eprintln!(
                 "bench hooks: {} has no --pcap: those runs are left out",
@@ -345,10 +384,15 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
         let ids = prog_ids(&tracer.pid().to_string());
         let stats = Stats::enable()?;
         let before = snapshot()?;
-        let traffic_result = if traffic.starts_with("bulk") {
-            common::iperf(lab.client_ns(), secs).map(|_| None)
-        } else {
-            common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
+        let traffic_result = match load {
+            Load::Bulk => common::iperf(lab.client_ns(), secs).map(|_| None),
+            Load::Conns => {
+                common::conns_for(lab.client_ns(), web, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
+            }
+            Load::Conns6 => {
+                common::conns_for(lab.client_ns(), web6, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
+            }
+            Load::Drops => common::udp_drops(lab.client_ns(), lab.lab.node_ip(), secs).map(|_| None),
         };
         let after = snapshot()?;
         drop(stats);
@@ -367,6 +411,8 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
                 let floor = match name.as_str() {
                     "nf_pre" => Some("nf_empty@pre"),
                     "nf_post" => Some("nf_empty@post"),
+                    "nf_pre6" => Some("nf_empty@pre6"),
+                    "nf_post6" => Some("nf_empty@post6"),
                     "inet_sock_set_state" => Some("tp_empty@inet_sock_set_state"),
                     "kfree_skb" => Some("tp_empty@kfree_skb"),
                     _ => None,
@@ -374,10 +420,14 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
                 row(name, t, c, floor)
             })
             .collect();
-        let (_, t, c) = delta(&before, &after, floor.pre_id);
-        let floor_pre = row("nf_empty@pre".into(), t, c, None);
-        let (_, t, c) = delta(&before, &after, floor.post_id);
-        let floor_post = row("nf_empty@post".into(), t, c, None);
+        let floor_nf = floor
+            .ids
+            .iter()
+            .map(|(name, id)| {
+                let (_, t, c) = delta(&before, &after, *id);
+                row((*name).to_string(), t, c, None)
+            })
+            .collect();
         let floor_tp = tp_floor
             .ids
             .iter()
@@ -392,13 +442,13 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             debug_kernel,
             pcap,
             svc,
+            ipv6: matches!(load, Load::Conns6),
             rows,
-            floor_pre,
-            floor_post,
+            floor_nf,
             floor_tp,
             connections,
         };
-        for r in s.rows.iter().chain([&s.floor_pre, &s.floor_post]).chain(&s.floor_tp) {
+        for r in s.rows.iter().chain(&s.floor_nf).chain(&s.floor_tp) {
             eprintln!(
                 "bench hooks: {traffic}, {}{}{}: {:<18} {:7.1} ns x {}",
                 if traced { "traced" } else { "untraced" },

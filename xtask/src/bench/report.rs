@@ -738,10 +738,15 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          off again when closed; the global sysctl is never written) for {} s of traffic per scenario; mean \
          `run_time_ns / run_cnt` over that window, from `bpftool -j prog show`, for the programs d8-trace holds \
          (found through its `/proc/PID/fdinfo`). The floor is `nf_empty` (`d8-ebpf/src/bench.rs`, returns NF_ACCEPT) \
-         loaded by the bench twice and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and OUTPUT at \
-         -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), one priority away (the kernel \
-         refuses a BPF hook at a priority another hook holds), measured in the same window. \"Untraced\" traces \
-         `bench/other` while the traffic goes elsewhere. Tracepoints fire for the whole machine (other processes' \
+         loaded by the bench four times and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and \
+         OUTPUT at -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), of IPv4 and of IPv6 \
+         (`nf_pre6`, `nf_post6`), one priority away (the kernel refuses a BPF hook at a priority another hook holds), \
+         measured in the same window. The lab is dual-stack; \"IPv6\" runs open the short connections to the IPv6 \
+         ClusterIP of `bench/web`, the others use IPv4. \"Untraced\" traces \
+         `bench/other` while the traffic goes elsewhere; \"UDP to closed ports\" sends about 20,000 datagrams a second \
+         from the client pod to UDP port 9 of the node's address (dropped in the node, which has a conntrack entry \
+         for it) and of pod `other-1` (dropped in the pod, without one), every one a `kfree_skb` of no traced flow. \
+         Tracepoints fire for the whole machine (other processes' \
          sockets and packets included); their floor is `tp_empty` (returns at once), loaded once per tracepoint and \
          attached to `sock:inet_sock_set_state` and `skb:kfree_skb` in the same window. Every run has the kernel programs' debug log off (their log \
          statements pruned at load) except the two marked `--debug-kernel`, which have it on, and `--pcap` off except \
@@ -778,7 +783,7 @@ fn hooks_section(o: &mut String, h: &Hooks) {
                 s.traffic, r.name, r.runs, r.ns_per_run
             );
         }
-        for f in [&s.floor_pre, &s.floor_post].into_iter().chain(&s.floor_tp) {
+        for f in s.floor_nf.iter().chain(&s.floor_tp) {
             let _ = writeln!(
                 o,
                 "| {} | {who} | `{}` | {} | {:.1} | | |",
@@ -814,11 +819,14 @@ fn breakdown(o: &mut String, h: &Hooks) {
     );
     for s in scenarios {
         let conns = s.connections.unwrap_or(1) as f64;
-        let who = match (s.traced, s.pcap) {
+        let mut who = match (s.traced, s.pcap) {
             (true, false) => format!("this Service (`{}`)", s.svc),
             (true, true) => format!("this Service (`{}`), `--pcap`", s.svc),
             (false, _) => format!("another Service (`{}`)", s.svc),
         };
+        if s.ipv6 {
+            who.push_str(", over IPv6");
+        }
         let mut total = 0.0;
         for r in s.rows.iter().filter(|r| r.runs > 0) {
             let floor = s.floor_of(r).filter(|f| f.is_finite()).unwrap_or(0.0);
