@@ -205,8 +205,23 @@ impl Shape {
 /// endpoints' kinds and states, the flows' outcomes and classes (and counts, per `flows`), the
 /// kinds of evidence and warnings. Only the addresses may differ, and each report saw its own
 /// family alone.
+///
+/// The VM guests set `D8_E2E_COMPARE_FAMILIES=0`: there the IPv6 run alone is made and checked
+/// (its own assertions, the family it saw), and a line says the comparison was left to the host
+/// suite, which makes it for every scenario in both modes. A guest proves what its kernel does
+/// with IPv6; the IPv4 half would re-prove `scenarios::` at twice the emulated time.
 pub(crate) fn across_families(flows: Flows, body: impl Fn(Family) -> Run) {
     let v6 = body(Family::V6);
+    if std::env::var("D8_E2E_COMPARE_FAMILIES").as_deref() == Ok("0") {
+        if !v6.report.flows.is_empty() {
+            assert_eq!(v6.report.families.seen, [Family::V6.name()], "{}", v6.context);
+        }
+        eprintln!(
+            "NOT COMPARED with IPv4 here (D8_E2E_COMPARE_FAMILIES=0; the host suite compares): {}",
+            std::thread::current().name().unwrap_or("?")
+        );
+        return;
+    }
     let v4 = body(Family::DualV4);
     for (run, fam) in [(&v6, Family::V6), (&v4, Family::DualV4)] {
         if !run.report.flows.is_empty() {
