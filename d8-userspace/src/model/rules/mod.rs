@@ -548,11 +548,16 @@ fn read_iptables_kernel(
             nft.0, old.0
         ));
     }
-    Ok(if kube_rule_weight(&old.1) > kube_rule_weight(&nft.1) {
-        old
-    } else {
-        nft
-    })
+    // A Service-scoped reading holds that Service's part alone, so its rule count says nothing of
+    // the whole table: the backend that holds the Service wins, the rule count only between two
+    // that both do (or neither).
+    let holds = |p: &iptables::Parsed| !p.services.is_empty();
+    let legacy_wins = match (holds(&old.1), holds(&nft.1)) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => kube_rule_weight(&old.1) > kube_rule_weight(&nft.1),
+    };
+    Ok(if legacy_wins { old } else { nft })
 }
 
 /// One family's `iptables-save` tools: the nft and legacy backends (`iptables-save` itself only

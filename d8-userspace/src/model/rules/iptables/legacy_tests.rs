@@ -214,6 +214,23 @@ fn both_backends_the_one_with_more_rules_wins() {
         "{:?}",
         kernel.warnings
     );
+    // Read about one Service, each backend's reading holds that Service's part alone: the one
+    // holding the Service must win, even when the other's static rules (kube-proxy's filter
+    // chains, which `gen_large.py`'s nat-only sets lack) outnumber the Service's part.
+    let ns = Ns::new("both-scoped");
+    ns.restore(false, &root_test::gen_large(3).0);
+    ns.0.load_file(&["iptables-nft-restore"], &lab_restore_in(&small, IpFamily::V4));
+    let tools = ns.read(RulesFrom::Tools);
+    assert_eq!(tools.services.len(), 3, "{:?}", tools.sources);
+    for s in &tools.services {
+        let only = s.service.clone();
+        let scoped = crate::lab::in_netns(&ns.0.0, move || {
+            read_iptables_mode(RulesFrom::Kernel, Some(&only))
+                .map_err(|e| crate::lab::Error::Io(crate::error_chain(&e)))
+        })
+        .expect("scoped read");
+        assert_eq!(scoped.services, vec![s.clone()], "{} read alone", s.service);
+    }
 }
 
 /// `n` generated Services (5 endpoints each) read both ways: the same model.
