@@ -123,7 +123,7 @@ impl<'a> Entry<'a> {
         if name != "ERROR" {
             return Ok(None);
         }
-        Ok(Some(cstr(data, ERROR_NAME_LEN)?))
+        Ok(Some(xt::cstr(data, 0, ERROR_NAME_LEN)?))
     }
 }
 
@@ -136,18 +136,8 @@ fn extension<'a>(bytes: &'a [u8], what: &str) -> R<(&'a str, u8, &'a [u8])> {
     if size < EXT_HEADER || size > bytes.len() {
         return unknown(format!("{what} of size {size} in {} bytes", bytes.len()));
     }
-    let name = cstr(&bytes[2..2 + EXT_NAME_LEN], EXT_NAME_LEN)?;
+    let name = xt::cstr(bytes, 2, EXT_NAME_LEN)?;
     Ok((name, bytes[31], &bytes[EXT_HEADER..size]))
-}
-
-/// A NUL-terminated name of at most `len` bytes.
-fn cstr(b: &[u8], len: usize) -> R<&str> {
-    let b = &b[..len.min(b.len())];
-    let end = b
-        .iter()
-        .position(|&c| c == 0)
-        .ok_or_else(|| Unknown("a name without its NUL".into()))?;
-    std::str::from_utf8(&b[..end]).map_err(|_| Unknown("a name that is not UTF-8".into()))
 }
 
 /// The blob's entries in order.
@@ -468,7 +458,7 @@ pub(super) fn render_recorded(v6: bool, mut bytes: &[u8]) -> Result<Rendered, Er
             return Err(Error::Unknown("recorded table header truncated".into()));
         }
         let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let name = cstr(&bytes[..32], 32)?;
+        let name = xt::cstr(bytes, 0, 32)?;
         let Some(&name) = TABLES.iter().find(|t| **t == name) else {
             return Err(Error::Unknown(format!("recorded table `{name}`")));
         };

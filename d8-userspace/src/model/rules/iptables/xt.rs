@@ -111,7 +111,7 @@ fn byte(b: &[u8], at: usize) -> R<u8> {
 }
 
 /// A NUL-terminated name of at most `len` bytes at `at`.
-fn cstr(b: &[u8], at: usize, len: usize) -> R<&str> {
+pub(super) fn cstr(b: &[u8], at: usize, len: usize) -> R<&str> {
     let Some(field) = b.get(at..at + len) else {
         return unknown(format!("extension data of {} bytes: string at {at} missing", b.len()));
     };
