@@ -68,7 +68,20 @@ pub mod target_filter {
     #[inline(always)]
     pub fn bit(addr: &[u8; 16], port: u16, proto: u8) -> u32 {
         let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-        let mut h = word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(13) ^ word(12).rotate_left(19);
+        let h = word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(13) ^ word(12).rotate_left(19);
+        finish(h, port, proto)
+    }
+
+    /// [`bit`] of an IPv4 address (the first four bytes of a 16-byte one, the rest zero), from
+    /// the four bytes alone: the netfilter programs decide an IPv4 packet from its header
+    /// before building a 16-byte key. The zero words rotate to zero, so the bit is the same.
+    #[inline(always)]
+    pub fn bit_v4(addr: [u8; 4], port: u16, proto: u8) -> u32 {
+        finish(u32::from_ne_bytes(addr), port, proto)
+    }
+
+    #[inline(always)]
+    fn finish(mut h: u32, port: u16, proto: u8) -> u32 {
         h ^= ((port as u32) << 8) ^ proto as u32;
         // Fibonacci hashing: the top 16 bits of the product mix every input bit.
         h.wrapping_mul(0x9E37_79B1) >> 16
@@ -97,6 +110,12 @@ pub struct FlowState {
     pub last_drop_reason: u32,
     /// Packets of the flow copied for `--pcap` (at most [`pcap::MAX_PACKETS_PER_FLOW`]).
     pub captured: u32,
+    /// With [`seen::CT_UNTRANSLATED`]: the source (the backend) and its port, network byte
+    /// order, of the REPLY tuple the CT record after DNAT carried; `nf_post` sends no second CT
+    /// record at POSTROUTING when the tuple there is the same (SNAT changed nothing).
+    pub ct_reply_src: [u8; 16],
+    pub ct_reply_sport: u16,
+    pub pad: [u8; 2],
 }
 
 /// Bits of [`FlowState::seen`].
@@ -114,6 +133,9 @@ pub mod seen {
     pub const SEND_RESET: u32 = 1 << 10;
     pub const RECV_RESET: u32 = 1 << 11;
     pub const ESTABLISHED: u32 = 1 << 12;
+    /// The CT record after DNAT had the client as its REPLY tuple's destination, and
+    /// `FlowState::ct_reply_src`/`ct_reply_sport` hold its source.
+    pub const CT_UNTRANSLATED: u32 = 1 << 13;
 }
 
 /// What an [`Event`] reports.
@@ -370,6 +392,7 @@ mod pod {
 const _: () = assert!(target_filter::WORDS * 64 == 1 << 16, "bit() yields 16 bits");
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<TargetKey>() == 20);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 const _: () = assert!(core::mem::size_of::<PacketRecord>() == 72 + pcap::MAX_SNAPLEN as usize);
@@ -415,5 +438,25 @@ mod tests {
             target_filter::bit(&a, 80u16.to_be(), 6),
             target_filter::bit(&a, 81u16.to_be(), 6)
         );
+    }
+
+    /// The IPv4 form gives every IPv4 destination the bit userspace sets for its 16-byte key.
+    #[test]
+    fn target_filter_bit_v4_is_bit_of_the_padded_address() {
+        let mut state = 0x2545_f491_u32;
+        for _ in 0..10_000 {
+            // xorshift: addresses, ports and protocols all over their ranges.
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let a = state.to_ne_bytes();
+            let port = (state >> 7) as u16;
+            let proto = (state >> 23) as u8;
+            assert_eq!(
+                target_filter::bit_v4(a, port, proto),
+                target_filter::bit(&v4(a[0], a[1], a[2], a[3]), port, proto),
+                "{a:?} port {port} proto {proto}"
+            );
+        }
     }
 }

@@ -71,6 +71,17 @@ pub fn maybe_target(addr: &[u8; 16], port: u16, proto: u8) -> bool {
     }
 }
 
+/// [`maybe_target`] for an IPv4 destination, from its four bytes (`target_filter::bit_v4`, the
+/// same bit): no 16-byte address to build or hash.
+#[inline(always)]
+pub fn maybe_target_v4(addr: [u8; 4], port: u16, proto: u8) -> bool {
+    let bit = target_filter::bit_v4(addr, port, proto);
+    match TARGET_FILTER.get(bit >> 6) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
+}
+
 /// Destinations any key of `FLOWS` or `NAT_ALIAS` has had (`d8_common::flow_filter`): set by
 /// [`note_flow_key`] (and userspace, for the aliases it installs) before the key is inserted.
 #[map]

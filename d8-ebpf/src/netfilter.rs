@@ -17,18 +17,19 @@
 //! type for them. Likewise the hook state and the conntrack entry (`conntrack.rs`).
 //!
 //! Cost matters here: these programs run for every packet of the node, nearly all untraced. The
-//! untraced exit is one header read and one bit of `TARGET_FILTER`; see BENCHMARKS.md.
+//! untraced exit is one header read and one bit of `TARGET_FILTER`, asked before the flow key is
+//! built; see BENCHMARKS.md.
 
 use core::ffi::c_void;
 
-use d8_common::{FlowState, TargetKey, flags, hook, kind, pcap::site, seen};
+use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, pcap::site, seen};
 
 use crate::{
     conntrack,
     emit::event,
     flows::{self, mark},
     log,
-    maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, note_flow_key, remember},
+    maps::{FLOWS, NAT_ALIAS, TARGETS, config, maybe_target, maybe_target_v4, note_flow_key, remember},
     packet::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reversed},
     pcap,
 };
@@ -75,18 +76,24 @@ fn parse<const V6: bool>(skb: u64) -> Option<packet::Packet> {
     if V6 {
         packet::parse_ipv6(nh)
     } else {
-        packet::parse_ipv4_hot(nh)
+        packet::parse_ipv4_hot(nh, |_, _, _| true)
     }
 }
 
 #[inline(always)]
 fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
-    let pkt = parse::<V6>(skb)?;
+    // IPv4: the parser asks `TARGET_FILTER` before it builds the key, and returns only ICMP
+    // packets and those whose destination the filter may hold.
+    let pkt = if V6 {
+        parse::<V6>(skb)?
+    } else {
+        packet::parse_ipv4_hot(packet::network_header_trusted(skb), maybe_target_v4)?
+    };
     if pkt.key.proto == if V6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
         return icmp_error::<V6>(&pkt, hook_of(state), skb);
     }
-    if !maybe_target(&pkt.key.daddr, pkt.key.dport, pkt.key.proto) {
+    if V6 && !maybe_target(&pkt.key.daddr, pkt.key.dport, pkt.key.proto) {
         return None;
     }
     let hook = hook_of(state);
@@ -132,13 +139,7 @@ fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     if syn {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
             // The client reused the ports of a finished flow: a new flow.
-            unsafe {
-                *st = FlowState {
-                    seen: seen::NEW,
-                    last_drop_reason: 0,
-                    captured: 0,
-                }
-            };
+            flows::restart(st);
             event(kind::NEW, hook, &pkt.key, |ev| {
                 ev.tcp_flags = pkt.tcp_flags;
                 ev.ct_dir = 0;
@@ -152,6 +153,56 @@ fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     }
     pcap::netfilter(st, skb, &pkt.key, site::NF_PRE, hook, false);
     Some(())
+}
+
+/// Keeps the REPLY tuple of the CT record sent after DNAT in the flow's state when its
+/// destination is the flow's client (no SNAT yet, as before POSTROUTING): the source (the
+/// backend) in `FlowState::ct_reply_src`, and `seen::CT_UNTRANSLATED` set; cleared otherwise.
+#[inline(always)]
+fn note_reported(st: *mut FlowState, orig: &FlowKey, reply: &FlowKey) {
+    // SAFETY: `st` is the flow's entry in `FLOWS`; field stores, no struct literal (a `memset`).
+    unsafe {
+        if reply.dport == orig.sport && same_addr(&reply.daddr, &orig.saddr) {
+            let to = core::ptr::addr_of_mut!((*st).ct_reply_src) as *mut u16;
+            let from = reply.saddr.as_ptr() as *const u16;
+            for i in 0..8 {
+                core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i)));
+            }
+            (*st).ct_reply_sport = reply.sport;
+            (*st).seen |= seen::CT_UNTRANSLATED;
+        } else {
+            (*st).seen &= !seen::CT_UNTRANSLATED;
+        }
+    }
+}
+
+/// Whether the REPLY tuple at POSTROUTING is the one the flow's CT record after DNAT sent
+/// ([`note_reported`]), so that a second CT record would repeat it: the same source (backend)
+/// and, SNAT having changed nothing, the client as its destination again. A SYN retransmitted
+/// after its first conntrack entry died unconfirmed gets a new entry, whose backend may differ:
+/// then it is reported.
+#[inline(always)]
+fn reported_unchanged(st: *mut FlowState, orig: &FlowKey, reply: &FlowKey) -> bool {
+    // SAFETY: `st` is the flow's entry in `FLOWS`.
+    unsafe {
+        (*st).seen & seen::CT_UNTRANSLATED != 0
+            && reply.dport == orig.sport
+            && reply.sport == (*st).ct_reply_sport
+            && same_addr(&reply.daddr, &orig.saddr)
+            && same_addr(&reply.saddr, &(*st).ct_reply_src)
+    }
+}
+
+/// `a == b` with 2-byte loads: a slice comparison would be a `bcmp` call.
+#[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let (a, b) = (a.as_ptr() as *const u16, b.as_ptr() as *const u16);
+    let mut differ = 0;
+    for i in 0..8 {
+        // SAFETY: within the two 16-byte arrays, which are 2-aligned in a `FlowKey`.
+        differ |= unsafe { core::ptr::read_volatile(a.add(i)) ^ core::ptr::read_volatile(b.add(i)) };
+    }
+    differ == 0
 }
 
 /// An ICMP (ICMPv6) error quoting one of our flows' packets (a REJECT's port unreachable, a host
@@ -235,8 +286,12 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let current = unsafe { (*st).seen };
     if current & seen::CT == 0 || (final_hook && current & seen::CT_FINAL == 0) {
         let reply = conntrack::reply(ct)?;
-        let status = conntrack::status(ct);
         unsafe { (*st).seen |= seen::CT | if final_hook { seen::CT_FINAL } else { 0 } };
+        if final_hook && reported_unchanged(st, &orig, &reply) {
+            // The record after DNAT said it all, and its alias is in `NAT_ALIAS`.
+            return Some(());
+        }
+        let status = conntrack::status(ct);
         // Packets after NAT look like the reversed REPLY tuple: remember it for later lookups.
         let alias = reversed(&reply);
         note_flow_key(&alias);
@@ -249,6 +304,9 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
                 ev.flags |= flags::FINAL;
             }
         });
+        if !final_hook {
+            note_reported(st, &orig, &reply);
+        }
     }
 
     // ICMP errors about the flow carry its conntrack entry as RELATED: they are no reply (the
@@ -267,17 +325,9 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
         });
     }
     if pkt.key.proto == IPPROTO_TCP {
-        // The client's ACK of the backend's SYN-ACK completes the handshake.
-        if !is_reply
-            && pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
-            && unsafe { (*st).seen } & seen::REPLY != 0
-            && mark(st, seen::ESTABLISHED)
-        {
-            event(kind::ESTABLISHED, hook, &orig, |ev| {
-                ev.tcp_flags = pkt.tcp_flags;
-                ev.ct_dir = 0;
-            });
-        }
+        // No ESTABLISHED record for the client's ACK of the SYN-ACK: it would follow the REPLY
+        // record, and the flow table reads the two alike (the handshake was answered), so a
+        // healthy connection's record saves a reservation (issue 18).
         if pkt.tcp_flags & TCP_RST != 0 {
             let bit = if is_reply { seen::RST_REPLY } else { seen::RST_ORIG };
             if mark(st, bit) {

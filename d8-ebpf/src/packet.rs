@@ -224,22 +224,66 @@ struct Headers {
     l4: L4,
 }
 
-/// [`parse_ipv4`] with one read for both headers when the IP header has no options: for the
-/// netfilter programs, which run for every packet of the node. The skb's buffer always extends
-/// past those 40 bytes (`skb_shared_info` follows the data), and bytes beyond a short packet are
-/// never used.
+/// [`parse_ipv4`] for the netfilter programs, which run for every packet of the node, nearly all
+/// untraced: one read for both headers when the IP header has no options, and
+/// `wanted(daddr, dport, proto)` asked before anything else is decoded, so that an untraced
+/// packet costs that read, a few loads and the filter (BENCHMARKS.md, issue 18: building the key
+/// first was half of the untraced cost above the empty program). ICMP packets are decoded
+/// whatever `wanted` says: an ICMP error is matched on the packet it quotes. The skb's buffer
+/// always extends past the 40 bytes read (`skb_shared_info` follows the data), and bytes beyond
+/// a short packet are never used.
 #[inline(always)]
-pub fn parse_ipv4_hot(nh: u64) -> Option<Packet> {
-    let h: Headers = unsafe { read(nh)? };
-    let mut pkt = packet(&h.ip, nh)?;
-    if h.ip.header_len() as usize == Ipv4Hdr::LEN {
-        transport(&mut pkt, h.ip.proto(), &h.l4);
-    } else {
-        // IP options moved the transport header.
-        let l4: L4 = unsafe { read(pkt.l4)? };
-        transport(&mut pkt, h.ip.proto(), &l4);
+pub fn parse_ipv4_hot(nh: u64, wanted: impl FnOnce([u8; 4], u16, u8) -> bool) -> Option<Packet> {
+    // Read in place, not returned by value: a moved `Headers` is a 36-byte stack copy.
+    let mut slot = MaybeUninit::<Headers>::uninit();
+    let at = slot.as_mut_ptr();
+    // SAFETY: `size_of::<Headers>()` bytes into the slot; a failed read leaves it unused.
+    if unsafe { probe_read_raw(at.cast(), size_of::<Headers>() as u32, nh as *const _) } != 0 {
+        return None;
     }
+    // Version and IHL, as one byte: `RawIpv4::version`'s bitfield accessor compiles to a loop of
+    // shifts that every packet would run.
+    let first = unsafe { *(at as *const u8) };
+    if first >> 4 != 4 {
+        return None;
+    }
+    if first & 0x0f != (Ipv4Hdr::LEN / 4) as u8 {
+        // IP options moved the transport header: read it over the bytes read after the header.
+        let l4 = unsafe { core::ptr::addr_of_mut!((*at).l4) };
+        if unsafe {
+            probe_read_raw(
+                l4.cast(),
+                size_of::<L4>() as u32,
+                (nh + (first & 0x0f) as u64 * 4) as *const _,
+            )
+        } != 0
+        {
+            return None;
+        }
+    }
+    // SAFETY: both fields fully written by the reads above; any bytes are valid for them.
+    let h = unsafe { slot.assume_init_ref() };
+    let proto = h.ip.proto();
+    if proto != IPPROTO_ICMP && !wanted(h.ip.dst_addr(), dest_port(proto, &h.l4), proto) {
+        return None;
+    }
+    let mut pkt = packet(&h.ip, nh)?;
+    transport(&mut pkt, proto, &h.l4);
     Some(pkt)
+}
+
+/// The destination port [`transport`] puts in the key (network byte order; 0 for a protocol
+/// without ports).
+#[inline(always)]
+fn dest_port(proto: u8, l4: &L4) -> u16 {
+    // SAFETY: every view of an `L4` is valid for any bytes.
+    unsafe {
+        match proto {
+            IPPROTO_TCP => l4.tcp.dest,
+            IPPROTO_UDP | IPPROTO_SCTP => u16::from_ne_bytes(l4.udp.dest),
+            _ => 0,
+        }
+    }
 }
 
 /// The flow key (ports zero) and transport header address of the IPv4 header `ip` read at `nh`

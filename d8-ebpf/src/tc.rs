@@ -38,7 +38,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use d8_common::{FlowKey, FlowState, TargetKey, flags, hook, kind, seen};
+use d8_common::{FlowKey, TargetKey, flags, hook, kind, seen};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv6Hdr,
@@ -328,7 +328,7 @@ fn first_sight(pkt: &Packet, hook: u8) -> Option<()> {
 }
 
 /// A client's packet of a known flow: SYN again (retransmit, or a new flow on reused ports),
-/// the ACK completing the handshake, RST or FIN from the client.
+/// RST or FIN from the client.
 #[inline(always)]
 fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
     let st = found.state;
@@ -341,13 +341,7 @@ fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         if current & (seen::RST_ORIG | seen::RST_REPLY | seen::FIN) != 0 {
             // The client reused the ports of a finished flow: a new flow.
-            unsafe {
-                *st = FlowState {
-                    seen: seen::NEW,
-                    last_drop_reason: 0,
-                    captured: 0,
-                }
-            };
+            flows::restart(st);
             event(kind::NEW, hook, key, |ev| {
                 ev.tcp_flags = pkt.tcp_flags;
                 ev.ct_dir = 0;
@@ -360,15 +354,8 @@ fn original_direction(found: &Found, pkt: &Packet, hook: u8) -> Option<()> {
         }
         return Some(());
     }
-    if pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) == TCP_ACK
-        && current & seen::REPLY != 0
-        && mark(st, seen::ESTABLISHED)
-    {
-        event(kind::ESTABLISHED, hook, key, |ev| {
-            ev.tcp_flags = pkt.tcp_flags;
-            ev.ct_dir = 0;
-        });
-    }
+    // No ESTABLISHED record for the ACK completing the handshake: as in `nf_post`, it would
+    // follow the REPLY record and say nothing the flow table does not read from that.
     end_of_flow(found, pkt, hook, 0);
     Some(())
 }

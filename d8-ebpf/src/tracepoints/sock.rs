@@ -3,7 +3,7 @@
 //! SYN_SENT -> ESTABLISHED, or SYN_SENT -> CLOSE when the connect failed.
 
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
-use d8_common::{flags, hook, kind, layout};
+use d8_common::{flags, hook, kind, layout, seen};
 
 use super::{AF_INET, Record, addresses, may_be_traced};
 use crate::{
@@ -13,6 +13,7 @@ use crate::{
     packet::IPPROTO_TCP,
 };
 
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 
@@ -45,6 +46,9 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let found = flows::find(&key)?;
+    if routine(found.state, old, new) {
+        return None;
+    }
     event(kind::SOCK_STATE, hook::STACK, &found.key, |ev| {
         ev.old_state = old as u8;
         ev.new_state = new as u8;
@@ -55,6 +59,27 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         }
     });
     Some(())
+}
+
+/// What a flow's record would show that makes it worth keeping a healthy flow's socket states
+/// out of the ring buffer for: anything but an answered handshake and FINs.
+const TROUBLE: u32 =
+    seen::RST_ORIG | seen::RST_REPLY | seen::DROP | seen::ICMP | seen::SEND_RESET | seen::RECV_RESET | seen::RETRANS;
+
+/// Whether a state change is the routine end of a healthy connection's connect (SYN_SENT ->
+/// ESTABLISHED) or close (-> CLOSE after a FIN), on a flow that was answered and saw nothing in
+/// [`TROUBLE`]: its REPLY and FIN records already say it, and the flow table reads nothing else
+/// from these (a short connection's socket states were three of its nine records; issue 18).
+/// A failing flow keeps every state change: a connect that ends in CLOSE, a close after a reset,
+/// a drop, an ICMP error or a retransmitted SYN.
+#[inline(always)]
+fn routine(state: *mut d8_common::FlowState, old: i32, new: i32) -> bool {
+    // SAFETY: the flow's entry in `FLOWS`.
+    let seen = unsafe { (*state).seen };
+    if seen & seen::REPLY == 0 || seen & TROUBLE != 0 {
+        return false;
+    }
+    (old == TCP_SYN_SENT && new == TCP_ESTABLISHED) || (new == TCP_CLOSE && seen & seen::FIN != 0)
 }
 
 /// Where `inet_sock_set_state`'s record keeps its fields on every kernel since 4.16 (its tracefs

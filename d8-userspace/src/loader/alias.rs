@@ -155,6 +155,7 @@ fn flows_merge(fd: i32, post: &FlowKey, orig: &FlowKey) -> std::io::Result<()> {
                 seen: current.seen | pending.seen,
                 last_drop_reason: current.last_drop_reason,
                 captured: current.captured.max(pending.captured),
+                ..current
             };
             if merged == current {
                 return Ok(());

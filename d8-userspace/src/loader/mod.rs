@@ -341,6 +341,7 @@ impl Tracer {
             seen: pending.map_or(0, |p| p.seen) | current.map_or(0, |c| c.seen),
             last_drop_reason: current.or(pending).map_or(0, |s| s.last_drop_reason),
             captured: pending.map_or(0, |p| p.captured).max(current.map_or(0, |c| c.captured)),
+            ..current.or(pending).unwrap_or_default()
         };
         if current != Some(merged) {
             flows
