@@ -5,7 +5,7 @@ use d8_common::{FlowKey, FlowState};
 use crate::{
     log,
     maps::{FLOWS, NAT_ALIAS, note_flow_key},
-    packet::reversed,
+    packet::{copy_key, reversed},
 };
 
 /// Gives `key` flow state with `seen` set; `None` (and a log record) when `FLOWS` refused it.
@@ -77,20 +77,6 @@ fn direct(key: &FlowKey, reversed: bool) -> Option<Found> {
         via_nat: true,
         reversed,
     })
-}
-
-/// Copies a key out of a map value with volatile 2-byte moves: LLVM would otherwise call
-/// `memmove`, a bpf-to-bpf call whose 32 bytes of stack `kfree_skb` (near the 512-byte limit)
-/// does not have on 6.1 ("combined stack size of 2 calls is 544. Too large").
-#[inline(always)]
-fn copy_key(src: &FlowKey) -> FlowKey {
-    let mut key = core::mem::MaybeUninit::<FlowKey>::uninit();
-    let from = src as *const FlowKey as *const u16;
-    let to = key.as_mut_ptr() as *mut u16;
-    for i in 0..core::mem::size_of::<FlowKey>() / 2 {
-        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
-    }
-    unsafe { key.assume_init() }
 }
 
 /// Looks `key` up as the flow's original direction, then as its reply direction; each both as the

@@ -7,7 +7,7 @@
 //! JIT), and only the packet bytes and the conntrack entry need `bpf_probe_read_kernel`.
 //!
 //! Each program has an IPv6 twin (`nf_pre6`, `nf_post6`), the same code with the IPv6 parser
-//! (`packet::parse_ipv6`), attached at the same hooks of the IPv6 family: the IPv4 programs
+//! (`packet::parse_ipv6`, `parse_ipv6_hot` in `nf_pre6`), attached at the same hooks of the IPv6 family: the IPv4 programs
 //! hold no IPv6 code and cost what they did, and each twin has the whole stack to itself.
 //!
 //! The packet's headers are decoded with network-types' types (`packet::parse_ipv4_hot`). The
@@ -83,12 +83,15 @@ fn parse<const V6: bool>(skb: u64) -> Option<packet::Packet> {
 #[inline(always)]
 fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
-    // IPv4: the parser asks `TARGET_FILTER` before it builds the key, and returns only ICMP
-    // packets and those whose destination the filter may hold.
+    // Every packet of the node passes here: IPv4's parser asks `TARGET_FILTER` before it builds
+    // the key (returning only ICMP packets and those whose destination the filter may hold), and
+    // IPv6's reads both headers at once. (`nf_post6`, which parses only traced packets, keeps
+    // `parse_ipv6`: the one-read layout does not fit next to its stack.)
+    let nh = packet::network_header_trusted(skb);
     let pkt = if V6 {
-        parse::<V6>(skb)?
+        packet::parse_ipv6_hot(nh)?
     } else {
-        packet::parse_ipv4_hot(packet::network_header_trusted(skb), maybe_target_v4)?
+        packet::parse_ipv4_hot(nh, maybe_target_v4)?
     };
     if pkt.key.proto == if V6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
         return icmp_error::<V6>(&pkt, hook_of(state), skb);

@@ -457,6 +457,79 @@ pub fn parse_ipv6(nh: u64) -> Option<Packet> {
     Some(pkt)
 }
 
+/// An IPv6 header and the first bytes of the transport header after it, laid out so that one
+/// read puts the header's addresses where a flow key holds them, and the transport header's
+/// ports (TCP, UDP, SCTP) in the key's ports.
+#[repr(C)]
+struct Ipv6Headers {
+    /// The fixed header's first 8 bytes: version, traffic class, flow label, payload length,
+    /// next header, hop limit.
+    first: [u8; 8],
+    /// The addresses, then the transport header's first 8 bytes (ports first) where `sport`,
+    /// `dport`, `proto`, `family` and `pad` are, overwritten once read.
+    key: FlowKey,
+    /// The transport header's bytes 8..20.
+    rest: [u8; 12],
+}
+
+const _: () = assert!(offset_of!(Ipv6Headers, key) == IPV6_ADDRS);
+const _: () = assert!(offset_of!(Ipv6Headers, rest) == Ipv6Hdr::LEN + 8);
+const _: () = assert!(size_of::<Ipv6Headers>() == Ipv6Hdr::LEN + size_of::<L4>());
+const _: () = assert!(offset_of!(FlowKey, sport) == 32 && offset_of!(FlowKey, dport) == 34);
+/// Where TCP's flags byte is in its header (after the data offset byte), as [`tcp_flags`] reads it.
+const TCP_FLAGS_AT: usize = 13;
+
+/// [`parse_ipv6`] for the netfilter programs: one read of the fixed header and the transport
+/// header after it (three helper calls before: BENCHMARKS.md, issue 18), read again only when
+/// extension headers moved the transport header. The skb's buffer extends past the 60 bytes
+/// read (`skb_shared_info` follows the data); bytes beyond a short packet are never used.
+#[inline(always)]
+pub fn parse_ipv6_hot(nh: u64) -> Option<Packet> {
+    let mut slot = MaybeUninit::<Ipv6Headers>::uninit();
+    let at = slot.as_mut_ptr();
+    // SAFETY: `size_of::<Ipv6Headers>()` bytes into the slot; a failed read leaves it unused.
+    if unsafe { probe_read_raw(at.cast(), size_of::<Ipv6Headers>() as u32, nh as *const _) } != 0 {
+        return None;
+    }
+    // SAFETY: written by the read; any bytes are valid for every field.
+    let next = ipv6_fixed(unsafe { (*at).first })?;
+    let (proto, l4, has_l4) = skip_extensions(next, nh + Ipv6Hdr::LEN as u64, |at| unsafe { read::<[u8; 4]>(at) })?;
+    let key = unsafe { &mut (*at).key };
+    let l4_in_slot = core::ptr::addr_of_mut!(key.sport) as *mut u8;
+    if has_l4 && l4 != nh + Ipv6Hdr::LEN as u64 {
+        // Extension headers moved the transport header: read it over the bytes after the fixed one.
+        if unsafe { probe_read_raw(l4_in_slot.cast(), size_of::<L4>() as u32, l4 as *const _) } != 0 {
+            return None;
+        }
+    }
+    let (mut tcp_flags, mut icmp_type, mut icmp_code) = (0, 0, 0);
+    match proto {
+        IPPROTO_TCP if has_l4 => {
+            // SAFETY: byte 13 of the transport header, inside the slot (`rest`).
+            tcp_flags = unsafe { core::ptr::read_volatile(l4_in_slot.add(TCP_FLAGS_AT)) };
+        }
+        IPPROTO_UDP | IPPROTO_SCTP if has_l4 => {}
+        _ => {
+            if proto == IPPROTO_ICMPV6 && has_l4 {
+                // Type and code are the transport header's first two bytes, where `sport` is.
+                [icmp_type, icmp_code] = key.sport.to_ne_bytes();
+            }
+            key.sport = 0;
+            key.dport = 0;
+        }
+    }
+    key.proto = proto;
+    key.family = FAMILY_V6;
+    key.pad = [0; 2];
+    Some(Packet {
+        key: copy_key(key),
+        tcp_flags,
+        icmp_type,
+        icmp_code,
+        l4,
+    })
+}
+
 /// The IPv4 or IPv6 packet at kernel address `nh`, by its version: for the drop tracepoint, which
 /// sees both families' packets.
 #[inline(always)]
@@ -467,6 +540,20 @@ pub fn parse_ip(nh: u64) -> Option<Packet> {
     } else {
         parse_ipv4(nh)
     }
+}
+
+/// Copies a key (out of a map value, or a read slot) with volatile 2-byte moves: LLVM would
+/// otherwise call `memmove`, a bpf-to-bpf call whose 32 bytes of stack `kfree_skb` (near the 512-byte limit)
+/// does not have on 6.1 ("combined stack size of 2 calls is 544. Too large").
+#[inline(always)]
+pub fn copy_key(src: &FlowKey) -> FlowKey {
+    let mut key = core::mem::MaybeUninit::<FlowKey>::uninit();
+    let from = src as *const FlowKey as *const u16;
+    let to = key.as_mut_ptr() as *mut u16;
+    for i in 0..core::mem::size_of::<FlowKey>() / 2 {
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+    }
+    unsafe { key.assume_init() }
 }
 
 /// Key of the same flow seen from the other direction.
