@@ -202,7 +202,7 @@ pub(crate) fn service_port_undefined(mode: ProxyMode, fam: Family) -> Run {
             // cluster-ips-check: `ip6 daddr @cluster-ips reject`. The node sends the ICMPv6 port
             // unreachable (the trace below sees it, as the comparison with IPv4 checks), yet the
             // lab's client connect times out instead of being refused: seen, not explained.
-            (ProxyMode::Nftables, Family::V6) => None,
+            (ProxyMode::Nftables, Family::V6 | Family::V6Only) => None,
             // cluster-ips-check: `ip daddr @cluster-ips reject`.
             (ProxyMode::Nftables, _) => Some(TcpOutcome::Refused),
             // No rule: routed on untranslated, to the lab's dead-end default route.
