@@ -164,14 +164,21 @@ pub fn resolve(model: &ServiceModel, dest: &Destination, node_ips: Vec<IpAddr>) 
         }
         return Ok(selector(&s.service, Some(port.to_string())));
     }
-    if let Some(drop) = &model.unallocated_drop
-        && !drop.cidrs.iter().any(|c| in_cidr(ip, c))
-    {
+    // The CIDRs of the address's own family: an IPv6 address is in no IPv4 CIDR, and a node whose
+    // kube-proxy has no IPv6 table names no IPv6 service CIDR to hold it against.
+    let cidrs: Vec<&str> = model
+        .unallocated_drops
+        .iter()
+        .flat_map(|d| &d.cidrs)
+        .filter(|c| c.contains(':') == ip.is_ipv6())
+        .map(String::as_str)
+        .collect();
+    if !cidrs.is_empty() && !cidrs.iter().any(|c| in_cidr(ip, c)) {
         return Err(Error::NotServiceAddress {
             dest: dest.to_string(),
             reason: format!(
                 "no Service on this node holds it and it is outside the service CIDR kube-proxy was given ({})",
-                drop.cidrs.join(", ")
+                cidrs.join(", ")
             ),
         });
     }
@@ -700,14 +707,14 @@ mod tests {
         assert_eq!(p.frontend_addrs, [(Protocol::Tcp, "10.96.200.7:80".parse().unwrap())]);
         assert!(p.endpoints.is_empty() && p.service.to_string().is_empty());
         assert_eq!(p.name(), "10.96.200.7:80/tcp (no Service)");
-        m.unallocated_drop = Some(crate::model::UnallocatedDrop {
+        m.unallocated_drops = vec![crate::model::UnallocatedDrop {
             cidrs: vec!["10.96.0.0/16".into()],
             rule: crate::model::RuleRef {
                 source: crate::model::RuleSource::Nftables,
                 name: "cluster-ips-check".into(),
                 text: "ip daddr 10.96.0.0/16 drop".into(),
             },
-        });
+        }];
         assert!(matches!(
             resolve(&m, &"10.96.200.7:80".parse().unwrap(), vec![]).unwrap(),
             Resolved::Unallocated(_)
@@ -717,6 +724,19 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "192.0.2.7:80/tcp: no Service on this node holds it and it is outside the service CIDR kube-proxy was given (10.96.0.0/16)"
+        );
+        // An IPv6 address is held against the IPv6 table's CIDR only: none known, planned.
+        let v6 = "[fd00:10:96:200::7]:80".parse().unwrap();
+        assert!(matches!(resolve(&m, &v6, vec![]).unwrap(), Resolved::Unallocated(_)));
+        let mut v6_drop = m.unallocated_drops[0].clone();
+        v6_drop.cidrs = vec!["fd00:10:96::/48".into()];
+        v6_drop.rule.text = "ip6 daddr fd00:10:96::/48 drop".into();
+        m.unallocated_drops.push(v6_drop);
+        assert!(matches!(resolve(&m, &v6, vec![]).unwrap(), Resolved::Unallocated(_)));
+        let err = resolve(&m, &"[fd00:192:0:2::7]:80".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[fd00:192:0:2::7]:80/tcp: no Service on this node holds it and it is outside the service CIDR kube-proxy was given (fd00:10:96::/48)"
         );
     }
 

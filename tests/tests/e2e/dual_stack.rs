@@ -19,7 +19,7 @@ use d8_trace::{
 };
 
 use crate::{
-    family::{Flows, across_families},
+    family::{Family, Flows, across_families},
     real_cluster,
     scenarios::{self, Api, SILENT, Scenario, T},
 };
@@ -429,4 +429,63 @@ fn service_port_undefined_traced_over_ipv6_nftables() {
     across_families(Flows::Counted, |fam| {
         real_cluster::service_port_undefined(ProxyMode::Nftables, fam)
     });
+}
+
+// ---- the verdict classes of `real_cluster.rs`, over IPv6 alone ------------------------------------
+//
+// Their IPv4 runs are `real_cluster::*`; here each body runs once, over IPv6 (`--family 6` on a
+// dual-stack lab), with its own assertions written for either family, and the report must have
+// seen IPv6 alone. Not compared with a second IPv4 run: that would re-run `real_cluster::` inside
+// the host suite's time budget.
+
+/// One scenario over IPv6 alone: its assertions, and the family its flows were seen in.
+fn over_ipv6_alone(body: impl Fn(Family) -> scenarios::Run) {
+    let run = body(Family::V6);
+    assert!(!run.report.flows.is_empty(), "no flow traced; {}", run.context);
+    assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
+}
+
+/// loadBalancerSourceRanges in IPv6 (`fd00:10:244:1::/64`): kube-proxy's IPv6 firewall drops the
+/// external client's SYNs.
+#[test]
+fn source_range_denied_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::source_range_denied(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn source_range_denied_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::source_range_denied(ProxyMode::Nftables, fam));
+}
+
+/// An address of the IPv6 service CIDR that no Service holds.
+#[test]
+fn cluster_ip_unallocated_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::cluster_ip_unallocated(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn cluster_ip_unallocated_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::cluster_ip_unallocated(ProxyMode::Nftables, fam));
+}
+
+/// An IPv6 UDP conntrack entry that still DNATs to a deleted pod.
+#[test]
+fn stale_conntrack_entry_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::stale_conntrack_entry(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn stale_conntrack_entry_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::stale_conntrack_entry(ProxyMode::Nftables, fam));
+}
+
+/// kube-proxy's last sync predates an IPv6 endpoint the API has.
+#[test]
+fn kube_proxy_not_synced_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::kube_proxy_not_synced(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn kube_proxy_not_synced_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::kube_proxy_not_synced(ProxyMode::Nftables, fam));
 }
