@@ -32,6 +32,15 @@ impl std::str::FromStr for ServiceSelector {
             Some(_) => return Err(format!("`{s}`: empty port after `:` (use NS/NAME or NS/NAME:PORT)")),
             None => (s, None),
         };
+        // A port is a number or a Service port name (a DNS label); anything else is most likely
+        // an address given to the wrong flag (`default/fe80::1%eth0`).
+        if let Some(p) = &port
+            && !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(format!(
+                "`{s}`: port `{p}` is neither a number nor a Service port name; to trace an address, use --dest IP:PORT"
+            ));
+        }
         let Some((namespace, name)) = svc.split_once('/') else {
             return Err(format!(
                 "`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"
@@ -77,11 +86,33 @@ impl std::str::FromStr for Destination {
             ),
             None => (s, Protocol::Tcp),
         };
+        if let Some((_, zone)) = addr.split_once('%') {
+            let zone = zone.split([']', ':']).next().unwrap_or(zone);
+            return Err(format!(
+                "`{s}`: a zone-scoped address (zone `{zone}`): Service addresses carry no zone and are never \
+                 link-local; give the address without `%{zone}`"
+            ));
+        }
+        if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Err(format!(
+                "`{s}`: an IPv6 address with a port is written in brackets, e.g. [fd00::10]:80"
+            ));
+        }
         let addr: SocketAddr = addr
             .parse()
             .map_err(|_| format!("`{s}`: expected IP:PORT[/PROTO], e.g. 10.96.0.10:80 or 10.96.0.10:53/udp"))?;
         if addr.port() == 0 {
             return Err(format!("`{s}`: port 0 is no destination"));
+        }
+        // kube-proxy programs an IPv4 Service in IPv4 only: `::ffff:a.b.c.d` would match nothing.
+        if let IpAddr::V6(v6) = addr.ip()
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Err(format!(
+                "`{s}`: an IPv4-mapped IPv6 address, which no Service holds (kube-proxy programs IPv4 addresses as \
+                 IPv4): use {v4}:{}",
+                addr.port()
+            ));
         }
         Ok(Self { protocol, addr })
     }
@@ -653,6 +684,19 @@ mod tests {
     }
 
     #[test]
+    fn a_service_selector_refuses_an_address_and_points_at_dest() {
+        let ok: ServiceSelector = "kube-system/kube-dns:dns-tcp".parse().unwrap();
+        assert_eq!(ok.port.as_deref(), Some("dns-tcp"));
+        for bad in ["default/fe80::1%eth0", "default/web:1%eth0", "default/x:ffff:10.0.0.1"] {
+            let err = bad.parse::<ServiceSelector>().unwrap_err();
+            assert!(
+                err.contains("is neither a number nor a Service port name; to trace an address, use --dest IP:PORT"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn destinations_parse_with_a_default_protocol_and_say_what_is_wrong() {
         let d: Destination = "10.96.0.10:53/udp".parse().unwrap();
         assert_eq!((d.protocol, d.addr), (Protocol::Udp, "10.96.0.10:53".parse().unwrap()));
@@ -666,6 +710,11 @@ mod tests {
             ("10.96.0.10:80/icmp", "unknown protocol `icmp`"),
             ("10.96.0.10:0", "port 0"),
             ("web:80", "expected IP:PORT[/PROTO]"),
+            ("[fe80::1%eth0]:80", "a zone-scoped address (zone `eth0`)"),
+            ("fe80::1%eth0:80", "a zone-scoped address"),
+            ("[::ffff:10.0.0.1]:80", "an IPv4-mapped IPv6 address, which no Service holds"),
+            ("[::ffff:10.0.0.1]:80", "use 10.0.0.1:80"),
+            ("fd00::10:80", "written in brackets, e.g. [fd00::10]:80"),
         ] {
             let err = bad.parse::<Destination>().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
