@@ -712,7 +712,10 @@ mod tests {
             ("web:80", "expected IP:PORT[/PROTO]"),
             ("[fe80::1%eth0]:80", "a zone-scoped address (zone `eth0`)"),
             ("fe80::1%eth0:80", "a zone-scoped address"),
-            ("[::ffff:10.0.0.1]:80", "an IPv4-mapped IPv6 address, which no Service holds"),
+            (
+                "[::ffff:10.0.0.1]:80",
+                "an IPv4-mapped IPv6 address, which no Service holds",
+            ),
             ("[::ffff:10.0.0.1]:80", "use 10.0.0.1:80"),
             ("fd00::10:80", "written in brackets, e.g. [fd00::10]:80"),
         ] {

@@ -489,3 +489,28 @@ fn kube_proxy_not_synced_traced_over_ipv6_iptables() {
 fn kube_proxy_not_synced_traced_over_ipv6_nftables() {
     over_ipv6_alone(|fam| real_cluster::kube_proxy_not_synced(ProxyMode::Nftables, fam));
 }
+
+/// `--debug-kernel` over IPv6: the kernel programs' record of a flow names its IPv6 addresses
+/// whole (`[fd00:10:96::10]:80`), not their first four bytes as if IPv4.
+#[test]
+fn debug_kernel_writes_ipv6_addresses_whole_nftables() {
+    let s = Scenario::up(spec(), ProxyMode::Nftables);
+    let run = s.trace(
+        "default/web",
+        Api::Snapshot,
+        3,
+        &["--family", "6", "--debug-kernel"],
+        |lab| {
+            assert_eq!(http_status(lab, v6(VIP, 80)), Some(200));
+        },
+    );
+    let client = format!("[{}]:", ipv6_twin(Ipv4Addr::new(10, 244, 1, 250)));
+    let vip = format!("-> {}", v6(VIP, 80));
+    assert!(
+        run.context
+            .lines()
+            .any(|l| l.contains("kernel: new flow: proto 6 ") && l.contains(&client) && l.contains(&vip)),
+        "no kernel record of the IPv6 flow with its addresses ({client} {vip}); {}",
+        run.context
+    );
+}

@@ -16,7 +16,9 @@ use std::rc::Rc;
 
 use super::Parsed;
 use super::comment::{CommentKind, parse_comment};
-use super::lex::{D_OR_S, D_SHORT, MATCH_SET, NTH, PROBABILITY, RCHECK, SECONDS, TO_DESTINATION, host_port, odd_address};
+use super::lex::{
+    D_OR_S, D_SHORT, MATCH_SET, NTH, PROBABILITY, RCHECK, SECONDS, TO_DESTINATION, host_port, odd_address,
+};
 use super::table::{Dump, NO_CHAIN, Rule};
 use crate::model::rules::service::Services;
 use crate::model::rules::{FastMap, FastSet, names};
@@ -299,7 +301,10 @@ impl<'d> Builder<'d> {
                     .unwrap_or_default();
                 self.warn_rule(
                     rule,
-                    format!("service rule without a destination address and port{odd}: {}", rule.text),
+                    format!(
+                        "service rule without a destination address and port{odd}: {}",
+                        rule.text
+                    ),
                 );
                 continue;
             };
@@ -594,7 +599,10 @@ impl<'d> Builder<'d> {
                             .and_then(odd_address)
                             .map(|why| format!(" ({why})"))
                             .unwrap_or_default();
-                        self.warn_rule(rule, format!("{sep}: DNAT without a readable --to-destination ip:port{odd}"))
+                        self.warn_rule(
+                            rule,
+                            format!("{sep}: DNAT without a readable --to-destination ip:port{odd}"),
+                        )
                     }
                 },
                 _ => {}

@@ -553,15 +553,23 @@ fn zone_scoped_and_ipv4_mapped_addresses_in_ip6tables_rules_are_refused_with_a_w
     );
     let p = parse(&text).unwrap();
     let all = format!("{:#?}", p.warnings);
-    assert!(all.contains("DNAT without a readable --to-destination ip:port"), "{all}");
+    assert!(
+        all.contains("DNAT without a readable --to-destination ip:port"),
+        "{all}"
+    );
     assert!(
         all.contains("service rule without a destination address and port (-d is an IPv4-mapped IPv6 address"),
         "{all}"
     );
-    assert!(all.contains("(a zone-scoped address, which kube-proxy never writes)"), "{all}");
+    assert!(
+        all.contains("(a zone-scoped address, which kube-proxy never writes)"),
+        "{all}"
+    );
     for s in &p.services {
         assert!(
-            s.frontends.iter().all(|f| !matches!(f.ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())),
+            s.frontends
+                .iter()
+                .all(|f| !matches!(f.ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())),
             "{s:#?}"
         );
         assert!(s.endpoints.is_empty(), "{s:#?}");
