@@ -251,11 +251,21 @@ fn same_beyond_addresses(flows: Flows, v6: &Run, v4: &Run) {
 /// report must also name IPv6 as the Service's only family and say nothing of IPv4: no `IPv4`,
 /// no IPv4 address, in any address, verdict, evidence, warning or mitigation.
 pub(crate) fn across_stacks(flows: Flows, body: impl Fn(Family) -> Run) {
-    let v6 = body(Family::V6Only);
-    assert_eq!(v6.report.families.configured, ["IPv6"], "{}", v6.context);
-    claims_nothing_of_ipv4(&v6);
+    let v6 = on_ipv6_only(body(Family::V6Only));
     let v4 = body(Family::V4);
     same_beyond_addresses(flows, &v6, &v4);
+}
+
+/// Checks a run on an IPv6-only node: the Service's one family is IPv6, its flows (if any) were
+/// IPv6 ones, and the report says nothing of IPv4.
+pub(crate) fn on_ipv6_only(run: Run) -> Run {
+    assert_eq!(run.family, Family::V6Only, "{}", run.context);
+    assert_eq!(run.report.families.configured, ["IPv6"], "{}", run.context);
+    if !run.report.flows.is_empty() {
+        assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
+    }
+    claims_nothing_of_ipv4(&run);
+    run
 }
 
 /// Panics if any text of an IPv6-only node's report names IPv4 or an IPv4 address (loopback's
