@@ -29,7 +29,7 @@ use aya_log_ebpf::{
     macro_support::{Level, level_enabled},
     warn,
 };
-use d8_common::FlowKey;
+use d8_common::{FAMILY_V6, FlowKey};
 
 /// The IPv4 address in a flow key's first four bytes.
 #[inline(always)]
@@ -38,35 +38,79 @@ fn v4(addr: &[u8; 16]) -> [u8; 4] {
 }
 
 /// A flow to a traced target got state: its first packet (`adopted` false) or a packet of a flow
-/// that began before tracing, or whose first packet this hook did not see (`adopted` true).
+/// that began before tracing, or whose first packet this hook did not see (`adopted` true). An
+/// IPv6 key's addresses are all 16 bytes, written `[addr]:port` as userspace writes them. Each
+/// IPv6 statement has its word fixed rather than a `{}` for it: a record's fields are built on
+/// the stack all at once, and the two 16-byte addresses only fit in `nf_pre6`'s frame without
+/// the word's 24-byte string field.
 #[inline(always)]
 pub fn flow_started(key: &FlowKey, hook: u8, adopted: bool) {
-    debug!(
-        &(),
-        "{} flow: proto {} {:i}:{} -> {:i}:{} at hook {}",
-        if adopted { "adopted" } else { "new" },
-        key.proto,
-        v4(&key.saddr),
-        u16::from_be(key.sport),
-        v4(&key.daddr),
-        u16::from_be(key.dport),
-        hook
-    );
+    if key.family == FAMILY_V6 {
+        let (sport, dport) = (u16::from_be(key.sport), u16::from_be(key.dport));
+        if adopted {
+            debug!(
+                &(),
+                "adopted flow: proto {} [{:i}]:{} -> [{:i}]:{} at hook {}",
+                key.proto,
+                key.saddr,
+                sport,
+                key.daddr,
+                dport,
+                hook
+            );
+        } else {
+            debug!(
+                &(),
+                "new flow: proto {} [{:i}]:{} -> [{:i}]:{} at hook {}",
+                key.proto,
+                key.saddr,
+                sport,
+                key.daddr,
+                dport,
+                hook
+            );
+        }
+    } else {
+        debug!(
+            &(),
+            "{} flow: proto {} {:i}:{} -> {:i}:{} at hook {}",
+            if adopted { "adopted" } else { "new" },
+            key.proto,
+            v4(&key.saddr),
+            u16::from_be(key.sport),
+            v4(&key.daddr),
+            u16::from_be(key.dport),
+            hook
+        );
+    }
 }
 
-/// `FLOWS` refused a flow of a traced target (it is an LRU map: this should not happen).
+/// `FLOWS` refused a flow of a traced target (it is an LRU map: this should not happen). An IPv6
+/// record names the destination (the traced target) alone: both 16-byte addresses do not fit in
+/// `nf_pre6`'s frame next to the rest (see [`flow_started`]).
 #[inline(always)]
 pub fn flow_table_full(key: &FlowKey, err: i32) {
-    warn!(
-        &(),
-        "flow table insert failed ({}): flow proto {} {:i}:{} -> {:i}:{} not traced",
-        err,
-        key.proto,
-        v4(&key.saddr),
-        u16::from_be(key.sport),
-        v4(&key.daddr),
-        u16::from_be(key.dport)
-    );
+    if key.family == FAMILY_V6 {
+        warn!(
+            &(),
+            "flow table insert failed ({}): a flow proto {} to [{:i}]:{} not traced",
+            err,
+            key.proto,
+            key.daddr,
+            u16::from_be(key.dport)
+        );
+    } else {
+        warn!(
+            &(),
+            "flow table insert failed ({}): flow proto {} {:i}:{} -> {:i}:{} not traced",
+            err,
+            key.proto,
+            v4(&key.saddr),
+            u16::from_be(key.sport),
+            v4(&key.daddr),
+            u16::from_be(key.dport)
+        );
+    }
 }
 
 /// Events this CPU could not hand over since its last [`report_lost`] record. Written only with

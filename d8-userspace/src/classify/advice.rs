@@ -187,13 +187,16 @@ pub(super) fn mitigation(class: VerdictClass, facts: &Facts<'_>, lead: &Finding)
             format!("find the rule or policy that drops {ns}/{name}'s traffic at the reported drop reason and fix or document it"),
         ),
         VerdictClass::SourceRangeDenied => {
-            let client = lead
-                .client
-                .map_or_else(|| "<client-ip>".to_owned(), |c| c.ip().to_string());
+            // The client alone as a CIDR: /32, or /128 for an IPv6 client.
+            let client = lead.client.map_or_else(
+                || "<client-ip>/32".to_owned(),
+                |c| format!("{}/{}", c.ip(), if c.is_ipv6() { 128 } else { 32 }),
+            );
+            let who = client.rsplit_once('/').map_or(client.as_str(), |(ip, _)| ip);
             (
                 format!(
-                    "kubectl -n {ns} get service {name} -o jsonpath='{{.spec.loadBalancerSourceRanges}}'; if {client} must reach it: \
-                     kubectl -n {ns} patch service {name} --type=json -p '[{{\"op\":\"add\",\"path\":\"/spec/loadBalancerSourceRanges/-\",\"value\":\"{client}/32\"}}]'"
+                    "kubectl -n {ns} get service {name} -o jsonpath='{{.spec.loadBalancerSourceRanges}}'; if {who} must reach it: \
+                     kubectl -n {ns} patch service {name} --type=json -p '[{{\"op\":\"add\",\"path\":\"/spec/loadBalancerSourceRanges/-\",\"value\":\"{client}\"}}]'"
                 ),
                 format!(
                     "keep {ns}/{name}'s loadBalancerSourceRanges in step with its real clients (and remember the load balancer must preserve client addresses for them to apply)"

@@ -366,15 +366,15 @@ pub(super) fn undefined_port_finding(facts: &Facts<'_>, fe: SocketAddr) -> Findi
 pub(super) fn unallocated_finding(facts: &Facts<'_>, protocol: Protocol, dest: SocketAddr) -> Finding {
     let drop = facts
         .model
-        .unallocated_drop
-        .as_ref()
-        .filter(|d| d.cidrs.iter().any(|c| crate::model::in_cidr(dest.ip(), c)));
+        .unallocated_drops
+        .iter()
+        .find(|d| d.cidrs.iter().any(|c| crate::model::in_cidr(dest.ip(), c)));
     let what = match drop {
         Some(d) => format!(
             "it is in the service CIDR {} and kube-proxy drops new connections to it (nftables cluster-ips-check, 1.30+)",
             d.cidrs.join(", ")
         ),
-        None if facts.model.unallocated_drop.is_none() => "no kube-proxy rule translates it, so it is routed on \
+        None if facts.model.unallocated_drops.is_empty() => "no kube-proxy rule translates it, so it is routed on \
             untranslated and gets no answer (the rules name no service CIDR: iptables or IPVS mode, or nftables before 1.30)"
             .into(),
         None => "no kube-proxy rule translates it, so it is routed on untranslated and gets no answer".into(),

@@ -746,9 +746,24 @@ pub(super) fn icmp_name(e: &IcmpError) -> String {
 fn best_rule(rules: &[RuleRef], fe: SocketAddr) -> Option<&RuleRef> {
     let port = fe.port().to_string();
     let ip = fe.ip().to_string();
+    // A dual-stack Service has a rule per family (`ip saddr != ... drop` and `ip6 saddr != ...
+    // drop`): one naming only the other family's addresses is never this flow's.
+    let ours = |r: &&RuleRef| !names_other_family(&r.text, fe.ip());
     rules
         .iter()
         .find(|r| r.text.contains(&ip) && r.text.contains(&port))
-        .or_else(|| rules.iter().find(|r| r.text.contains(&port)))
+        .or_else(|| rules.iter().filter(ours).find(|r| r.text.contains(&port)))
+        .or_else(|| rules.iter().find(ours))
         .or_else(|| rules.first())
+}
+
+/// True when `text` (a rule) holds an address or CIDR of the other family than `ip`'s and none of
+/// `ip`'s.
+fn names_other_family(text: &str, ip: IpAddr) -> bool {
+    let families: Vec<bool> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '{' | '}' | '"'))
+        .filter_map(|t| t.split('/').next()?.parse::<IpAddr>().ok())
+        .map(|a| a.is_ipv6())
+        .collect();
+    families.contains(&!ip.is_ipv6()) && !families.contains(&ip.is_ipv6())
 }

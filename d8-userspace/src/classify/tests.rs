@@ -1508,6 +1508,55 @@ fn a_client_outside_load_balancer_source_ranges_is_source_range_denied() {
     assert_ne!(v.flows[0].class, VerdictClass::SourceRangeDenied);
 }
 
+/// A dual-stack [`firewalled_model`] in nftables mode: each family's `firewall-` rule, and an IPv6
+/// client outside both families' ranges.
+#[test]
+fn an_ipv6_client_outside_the_source_ranges_gets_its_family_s_rule_and_a_128_range() {
+    let mut m = firewalled_model();
+    let svc = &mut m.services[0];
+    svc.frontends.push(Frontend {
+        kind: FrontendKind::LoadBalancer,
+        ip: ip("2001:db8::20"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        port_name: "http".into(),
+        rule: None,
+    });
+    svc.rules.source_ranges.push("2001:db8:1::/64".into());
+    let fw = |text: &str| RuleRef {
+        source: RuleSource::Nftables,
+        name: "firewall-EXAMPLE0-shop/web/tcp/http".into(),
+        text: text.into(),
+    };
+    svc.rules.firewall_drops = vec![
+        fw("ip saddr != 192.0.2.0/24 drop # handle 51"),
+        fw("ip6 saddr != 2001:db8:1::/64 drop # handle 52"),
+    ];
+    let mut f = lb_flow(1, "[2001:db8:2::7]:40000");
+    f.frontend = Some(addr("[2001:db8::20]:80"));
+    let v = classify(&target(), &[f], &m, &ctx(true));
+    assert_eq!(
+        v.root_cause.class,
+        VerdictClass::SourceRangeDenied,
+        "{}",
+        evidence_dump(&v)
+    );
+    let dump = evidence_dump(&v);
+    assert!(
+        has_evidence(&v, EvidenceKind::Rules, "ip6 saddr != 2001:db8:1::/64 drop"),
+        "{dump}"
+    );
+    assert!(
+        !has_evidence(&v, EvidenceKind::Rules, "ip saddr != 192.0.2.0/24"),
+        "{dump}"
+    );
+    assert!(
+        v.mitigation.immediate.contains("\"value\":\"2001:db8:2::7/128\""),
+        "{:?}",
+        v.mitigation
+    );
+}
+
 #[test]
 fn cidr_membership() {
     use crate::model::in_cidr;
@@ -1625,14 +1674,14 @@ fn an_address_no_service_holds_is_cluster_ip_unallocated() {
     let asked = Asked::Unallocated(Protocol::Tcp, dest);
     // nftables mode 1.30+: cluster-ips-check drops it; the trace sees the drop.
     let mut m = model(true);
-    m.unallocated_drop = Some(crate::model::UnallocatedDrop {
+    m.unallocated_drops = vec![crate::model::UnallocatedDrop {
         cidrs: vec!["10.96.0.0/16".into()],
         rule: RuleRef {
             source: RuleSource::Nftables,
             name: "cluster-ips-check".into(),
             text: "ip daddr 10.96.0.0/16 drop comment \"Drop traffic to unallocated ClusterIPs\" # handle 70".into(),
         },
-    });
+    }];
     let mut f = rejected_flow(1);
     f.frontend = Some(dest);
     let v = classify_asked(&nobody, asked, &[f], &m, &ctx(true));

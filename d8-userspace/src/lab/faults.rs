@@ -11,9 +11,14 @@ impl Lab {
     /// Re-syncs everything to `spec`, as kube-proxy and the API would after the cluster changed:
     /// pods added, removed, moved or changed get their namespaces and servers (re)built, the rules
     /// are rewritten and the API view replaced. Clears every fault. The node's and external
-    /// client's addressing cannot change.
+    /// client's addressing and the node's families cannot change.
     pub fn apply(&mut self, spec: ClusterSpec) -> Result<(), Error> {
-        validate(&spec)?;
+        validate(&spec, self.mode)?;
+        if spec.families() != self.spec.families() {
+            return Err(Error::Spec(
+                "apply cannot change the node's families (dual_stack, ipv6_only): build a new lab".into(),
+            ));
+        }
         if spec.node_ip != self.spec.node_ip
             || spec.external_client_ip != self.spec.external_client_ip
             || spec.client_pod_ip != self.spec.client_pod_ip
@@ -218,7 +223,7 @@ impl Lab {
         if rt.servers.iter().any(|s| s.addr.port() == port) {
             return Ok(());
         }
-        let servers = super::pod_servers(&rt.ns, &spec.name, port, listener.kind, self.spec.dual_stack)?;
+        let servers = super::pod_servers(&rt.ns, &spec.name, port, listener.kind, &self.spec)?;
         rt.servers.extend(servers);
         Ok(())
     }

@@ -24,6 +24,10 @@
 //! kube-proxy`). Duplicate address detection is off in every lab namespace, so addresses are usable
 //! at once.
 //!
+//! An IPv6-only lab ([`ClusterSpec::ipv6_only`]) is wired the same way with the IPv6 twins alone:
+//! no interface but loopback has an IPv4 address, servers listen on `[::]` only, and kube-proxy's
+//! rules exist for IPv6 only (no `iptables-restore`, no `table ip kube-proxy`).
+//!
 //! - Calico style, no bridge (ARCHITECTURE.md, "The lab"): pods reach the node through their own veth; the node
 //!   routes each pod /32 to its veth with `src` = node IP, so kubelet-style probes from the node
 //!   leave from the node IP. A shared bridge would break un-DNAT between pods of one subnet unless
@@ -148,15 +152,19 @@ pub fn pod_veth_name(pod: &PodSpec) -> String {
     format!("cali{}", &hex[..11])
 }
 
-/// The servers of one pod listener: on `0.0.0.0:port`, and on `[::]:port` in a dual-stack lab.
-fn pod_servers(ns: &str, pod: &str, port: u16, kind: ListenerKind, dual_stack: bool) -> Result<Vec<Server>, Error> {
-    let mut servers = vec![Server::start(
-        ns,
-        pod,
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-        Behavior::Pod(kind),
-    )?];
-    if dual_stack {
+/// The servers of one pod listener: on `0.0.0.0:port` unless the lab is IPv6-only, and on
+/// `[::]:port` in a dual-stack or IPv6-only lab.
+fn pod_servers(ns: &str, pod: &str, port: u16, kind: ListenerKind, spec: &ClusterSpec) -> Result<Vec<Server>, Error> {
+    let mut servers = Vec::new();
+    if spec.has_ipv4() {
+        servers.push(Server::start(
+            ns,
+            pod,
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            Behavior::Pod(kind),
+        )?);
+    }
+    if spec.has_ipv6() {
         servers.push(Server::start(
             ns,
             pod,
@@ -203,7 +211,7 @@ fn is_ipv4_cidr(s: &str) -> bool {
         .is_some_and(|(ip, len)| ip.parse::<Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32))
 }
 
-fn validate(spec: &ClusterSpec) -> Result<(), Error> {
+fn validate(spec: &ClusterSpec, mode: ProxyMode) -> Result<(), Error> {
     // Checked here because `nft` and `iptables-restore` would try to resolve anything that is not
     // an address as a host name, i.e. send DNS queries.
     for (what, cidr) in [
@@ -214,19 +222,27 @@ fn validate(spec: &ClusterSpec) -> Result<(), Error> {
             return Err(Error::Spec(format!("{what} {cidr:?} is not an IPv4 CIDR")));
         }
     }
-    if spec.dual_stack {
+    if spec.dual_stack && spec.ipv6_only {
+        return Err(Error::Spec("a lab is dual-stack or IPv6-only, not both".into()));
+    }
+    if spec.ipv6_only && mode == ProxyMode::Ipvs {
+        return Err(Error::Spec(
+            "an IPv6-only lab writes iptables or nftables rules; IPVS mode is IPv4 only here".into(),
+        ));
+    }
+    if spec.has_ipv6() {
         // Every IPv4 CIDR needs an IPv6 twin (see `spec::ipv6_twin_cidr`).
         let ranges = spec.services.iter().flat_map(|s| s.source_ranges.iter());
         for cidr in [&spec.cluster_cidr, &spec.service_cidr].into_iter().chain(ranges) {
             if ipv6_twin_cidr(cidr).is_none() {
                 return Err(Error::Spec(format!(
-                    "{cidr:?} has no IPv6 twin: a dual-stack lab needs octet-aligned IPv4 CIDRs (/8, /16, /24, /32)"
+                    "{cidr:?} has no IPv6 twin: a dual-stack or IPv6-only lab needs octet-aligned IPv4 CIDRs (/8, /16, /24, /32)"
                 )));
             }
         }
         if !spec.node_prefix_len.is_multiple_of(8) {
             return Err(Error::Spec(format!(
-                "node_prefix_len {} has no IPv6 twin: a dual-stack lab needs /8, /16 or /24",
+                "node_prefix_len {} has no IPv6 twin: a dual-stack or IPv6-only lab needs /8, /16 or /24",
                 spec.node_prefix_len
             )));
         }
@@ -279,7 +295,7 @@ impl Lab {
         if mode == ProxyMode::Ipvs {
             ipvs::check_kernel()?;
         }
-        validate(&spec)?;
+        validate(&spec, mode)?;
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("d8lab-{}-{n}-", std::process::id());
         let mut lab = Lab {
@@ -321,7 +337,7 @@ impl Lab {
             "net.ipv4.conf.default.rp_filter=0",
         ];
         node_sysctls.extend_from_slice(self.ipv6_sysctls());
-        if self.spec.dual_stack {
+        if self.spec.has_ipv6() {
             node_sysctls.push("net.ipv6.conf.all.forwarding=1");
         }
         netns::exec_in(&node, "sysctl", &node_sysctls, None)?;
@@ -335,26 +351,32 @@ impl Lab {
             &[
                 "link set lo up".into(),
                 format!("link add ext0 type veth peer name eth0 netns {ext}"),
-                format!("addr add {node_ip}/{} dev ext0", s.node_prefix_len),
                 "link set ext0 up".into(),
                 // The kernel here has no dummy driver: a veth whose peer stays down discards
                 // whatever is sent to it just the same (after the filter and nat hooks ran).
                 "link add d8dummy0 type veth peer name d8dummy1".into(),
                 "link set d8dummy0 arp off".into(),
                 "link set d8dummy0 up".into(),
-                format!("route add default dev d8dummy0 src {node_ip}"),
             ],
         )?;
-        netns::ip_batch(
-            &ext,
-            &[
-                "link set lo up".into(),
-                format!("addr add {}/{} dev eth0", s.external_client_ip, s.node_prefix_len),
-                "link set eth0 up".into(),
-                format!("route add default via {node_ip} dev eth0"),
-            ],
-        )?;
-        if s.dual_stack {
+        netns::ip_batch(&ext, &["link set lo up".into(), "link set eth0 up".into()])?;
+        if s.has_ipv4() {
+            netns::ip_batch(
+                &node,
+                &[
+                    format!("addr add {node_ip}/{} dev ext0", s.node_prefix_len),
+                    format!("route add default dev d8dummy0 src {node_ip}"),
+                ],
+            )?;
+            netns::ip_batch(
+                &ext,
+                &[
+                    format!("addr add {}/{} dev eth0", s.external_client_ip, s.node_prefix_len),
+                    format!("route add default via {node_ip} dev eth0"),
+                ],
+            )?;
+        }
+        if s.has_ipv6() {
             let node_ip6 = ipv6_twin(node_ip);
             let len6 = 16 + 2 * u16::from(s.node_prefix_len);
             netns::ip_batch(
@@ -394,10 +416,10 @@ impl Lab {
         Ok(())
     }
 
-    /// The IPv6 sysctls of every lab namespace: IPv6 off, or (dual-stack) on without duplicate
-    /// address detection, so an address is usable the moment it is added.
+    /// The IPv6 sysctls of every lab namespace: IPv6 off, or (dual-stack, IPv6-only) on without
+    /// duplicate address detection, so an address is usable the moment it is added.
     fn ipv6_sysctls(&self) -> &'static [&'static str] {
-        if self.spec.dual_stack {
+        if self.spec.has_ipv6() {
             &[
                 "net.ipv6.conf.all.disable_ipv6=0",
                 "net.ipv6.conf.default.disable_ipv6=0",
@@ -424,24 +446,25 @@ impl Lab {
             &self.node_ns,
             &[
                 format!("link add {veth} type veth peer name eth0 netns {ns}"),
-                format!("addr add 169.254.1.1/32 dev {veth}"),
                 format!("link set {veth} up"),
             ],
         )?;
-        netns::ip_batch(
-            ns,
-            &[
-                "link set lo up".into(),
-                format!("addr add {}/32 dev eth0", pod.ip),
-                "link set eth0 up".into(),
-                "route add default via 169.254.1.1 dev eth0 onlink".into(),
-            ],
-        )?;
-        netns::ip_batch(
-            &self.node_ns,
-            &[format!("route add {}/32 dev {veth} src {node_ip}", pod.ip)],
-        )?;
-        if self.spec.dual_stack {
+        netns::ip_batch(ns, &["link set lo up".into(), "link set eth0 up".into()])?;
+        if self.spec.has_ipv4() {
+            netns::ip_batch(&self.node_ns, &[format!("addr add 169.254.1.1/32 dev {veth}")])?;
+            netns::ip_batch(
+                ns,
+                &[
+                    format!("addr add {}/32 dev eth0", pod.ip),
+                    "route add default via 169.254.1.1 dev eth0 onlink".into(),
+                ],
+            )?;
+            netns::ip_batch(
+                &self.node_ns,
+                &[format!("route add {}/32 dev {veth} src {node_ip}", pod.ip)],
+            )?;
+        }
+        if self.spec.has_ipv6() {
             // Calico's IPv6 gateway is a link-local address on the node side of every veth.
             netns::ip_batch(
                 &self.node_ns,
@@ -479,7 +502,7 @@ impl Lab {
         };
         for l in &pod.listeners {
             rt.servers
-                .extend(pod_servers(&ns, &pod.name, l.port, l.kind, self.spec.dual_stack)?);
+                .extend(pod_servers(&ns, &pod.name, l.port, l.kind, &self.spec)?);
         }
         self.pods.insert(pod.key(), rt);
         if pod.drop_all {
@@ -506,26 +529,31 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes kube-proxy's rules for the rules view into the node namespace.
+    /// Writes kube-proxy's rules for the rules view into the node namespace: the IPv4 proxier's
+    /// (unless IPv6-only), then the IPv6 proxier's (dual-stack, IPv6-only).
     fn sync_rules(&mut self) -> Result<(), Error> {
         let now = servers::unix_now();
         self.kube_proxy_state.last_queued.store(now, Ordering::Relaxed);
-        let text = match self.mode {
-            ProxyMode::Nftables => {
-                let text = nftables::lab_transaction(&self.rules_spec);
-                netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&text))?;
-                text
-            }
-            ProxyMode::Ipvs => ipvs::sync(&self.node_ns, &self.rules_spec)?,
-            _ => {
-                let text = iptables::lab_restore(&self.rules_spec);
-                netns::exec_in(&self.node_ns, "iptables-restore", &["-w", "5"], Some(&text))?;
-                text
+        let text = if !self.spec.has_ipv4() {
+            String::new()
+        } else {
+            match self.mode {
+                ProxyMode::Nftables => {
+                    let text = nftables::lab_transaction(&self.rules_spec);
+                    netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&text))?;
+                    text
+                }
+                ProxyMode::Ipvs => ipvs::sync(&self.node_ns, &self.rules_spec)?,
+                _ => {
+                    let text = iptables::lab_restore(&self.rules_spec);
+                    netns::exec_in(&self.node_ns, "iptables-restore", &["-w", "5"], Some(&text))?;
+                    text
+                }
             }
         };
-        // A dual-stack node: kube-proxy's IPv6 proxier writes the same for IPv6. `rules_text`
-        // keeps the IPv4 text first, then the IPv6 one.
-        let text = if self.spec.dual_stack {
+        // A dual-stack or IPv6-only node: kube-proxy's IPv6 proxier writes the same for IPv6.
+        // `rules_text` keeps the IPv4 text first, then the IPv6 one.
+        let text = if self.spec.has_ipv6() {
             let v6 = match self.mode {
                 ProxyMode::Nftables => {
                     let v6 = nftables::lab_transaction_in(&self.rules_spec, IpFamily::V6);
@@ -649,7 +677,7 @@ impl Lab {
         self.spec.node_ip
     }
 
-    /// The families the lab programs (IPv4, and IPv6 when dual-stack).
+    /// The families the lab programs (IPv4, IPv6 too when dual-stack, IPv6 alone when IPv6-only).
     pub fn families(&self) -> Vec<IpFamily> {
         self.spec.families()
     }

@@ -87,7 +87,7 @@ fn service_json(spec: &ClusterSpec, svc: &ServiceSpec) -> Value {
         "SingleStack"
     };
     let mut spec_json = json!({
-        "clusterIP": svc.cluster_ip.to_string(),
+        "clusterIP": in_family(svc.cluster_ip, families[0]).to_string(),
         "clusterIPs": addrs(&families, svc.cluster_ip),
         "internalTrafficPolicy": svc.internal_traffic_policy.as_str(),
         "ipFamilies": families.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
@@ -286,7 +286,7 @@ fn pod_json(spec: &ClusterSpec, pod: &PodSpec) -> Value {
             "hostIP": host_ip,
             "hostIPs": host_ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
             "phase": "Running",
-            "podIP": pod.ip.to_string(),
+            "podIP": spec.primary_ip(pod.ip).to_string(),
             "podIPs": pod_ips,
         },
     })
@@ -318,9 +318,9 @@ fn kube_proxy_pod_json(spec: &ClusterSpec, version: &str) -> Value {
         },
         "status": {
             "conditions": [{"type": "Ready", "status": "True"}],
-            "hostIP": spec.node_ip.to_string(),
+            "hostIP": spec.primary_ip(spec.node_ip).to_string(),
             "phase": "Running",
-            "podIP": spec.node_ip.to_string(),
+            "podIP": spec.primary_ip(spec.node_ip).to_string(),
             "podIPs": addrs(&spec.families(), spec.node_ip).into_iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
             "containerStatuses": [{"name": "kube-proxy", "ready": true, "restartCount": 0, "started": true,
                                    "image": format!("registry.k8s.io/kube-proxy:{version}")}],

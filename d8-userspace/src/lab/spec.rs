@@ -47,6 +47,11 @@ pub struct ClusterSpec {
     /// for both families (ip6tables, `table ip6 kube-proxy`).
     #[serde(default)]
     pub dual_stack: bool,
+    /// An IPv6-only node: every address of the spec stands for its IPv6 twin alone (no interface
+    /// carries an IPv4 address but loopback's), every Service is `SingleStack` with `ipFamilies:
+    /// [IPv6]`, and kube-proxy writes IPv6 rules only (ip6tables, `table ip6 kube-proxy`).
+    #[serde(default)]
+    pub ipv6_only: bool,
 }
 
 /// kube-proxy as the API and its health endpoints present it.
@@ -556,6 +561,7 @@ impl ClusterSpec {
             zones: BTreeMap::new(),
             api_changed_at: None,
             dual_stack: false,
+            ipv6_only: false,
         }
     }
 
@@ -565,18 +571,44 @@ impl ClusterSpec {
         self
     }
 
-    /// The families kube-proxy programs on the lab node: IPv4, and IPv6 when dual-stack.
+    /// Makes the node IPv6-only (see [`Self::ipv6_only`](field@Self::ipv6_only)).
+    pub fn ipv6_only(mut self) -> Self {
+        self.ipv6_only = true;
+        self
+    }
+
+    /// The families kube-proxy programs on the lab node: IPv4, IPv4 and IPv6 when dual-stack,
+    /// IPv6 alone when IPv6-only.
     pub fn families(&self) -> Vec<IpFamily> {
-        if self.dual_stack {
+        if self.ipv6_only {
+            vec![IpFamily::V6]
+        } else if self.dual_stack {
             vec![IpFamily::V4, IpFamily::V6]
         } else {
             vec![IpFamily::V4]
         }
     }
 
-    /// `spec.ipFamilies` of a Service (primary family first).
+    /// True when the node has IPv6 addresses (dual-stack or IPv6-only).
+    pub fn has_ipv6(&self) -> bool {
+        self.families().contains(&IpFamily::V6)
+    }
+
+    /// True when the node has IPv4 addresses (not IPv6-only).
+    pub fn has_ipv4(&self) -> bool {
+        self.families().contains(&IpFamily::V4)
+    }
+
+    /// The spec address `v4` in the node's primary family: itself, or its IPv6 twin on an
+    /// IPv6-only node (`clusterIP`, `podIP`, `hostIP` name the primary family's address).
+    pub fn primary_ip(&self, v4: Ipv4Addr) -> IpAddr {
+        in_family(v4, self.families()[0])
+    }
+
+    /// `spec.ipFamilies` of a Service (primary family first). On an IPv6-only node every Service
+    /// is IPv6 single-stack, `single_stack` or not.
     pub fn service_families(&self, svc: &ServiceSpec) -> Vec<IpFamily> {
-        if svc.single_stack {
+        if svc.single_stack && !self.ipv6_only {
             vec![IpFamily::V4]
         } else {
             self.families()
@@ -850,5 +882,23 @@ mod tests {
         assert_eq!(spec.services_in(IpFamily::V6).count(), 1);
         let single = svc.clone().single_stack();
         assert_eq!(spec.service_families(&single), [IpFamily::V4]);
+    }
+
+    #[test]
+    fn an_ipv6_only_node_has_ipv6_services_and_endpoints_only() {
+        let spec = ClusterSpec::new()
+            .ipv6_only()
+            .service(ServiceSpec::new("a", "web", Ipv4Addr::new(10, 96, 0, 10)).port("", 80, 8080, Protocol::Tcp))
+            .service(ServiceSpec::new("a", "v4", Ipv4Addr::new(10, 96, 0, 11)).single_stack());
+        assert_eq!(spec.families(), [IpFamily::V6]);
+        assert!(spec.has_ipv6() && !spec.has_ipv4());
+        for svc in &spec.services {
+            assert_eq!(spec.service_families(svc), [IpFamily::V6], "{}", svc.name);
+        }
+        assert_eq!(spec.services_in(IpFamily::V4).count(), 0);
+        assert_eq!(
+            spec.primary_ip(Ipv4Addr::new(10, 96, 0, 10)).to_string(),
+            "fd00:10:96::10"
+        );
     }
 }

@@ -306,10 +306,11 @@ pub struct ServiceModel {
     #[serde(default)]
     pub min_api_server_version: Option<String>,
     /// nftables mode (1.30+): kube-proxy drops new connections to addresses of its service CIDRs
-    /// that no Service holds. `None` in iptables and IPVS mode and before 1.30 (such traffic is
-    /// routed on untranslated).
+    /// that no Service holds, one drop per family's table (`ip`, `ip6`: each names its own
+    /// family's CIDR). Empty in iptables and IPVS mode and before 1.30 (such traffic is routed on
+    /// untranslated).
     #[serde(default)]
-    pub unallocated_drop: Option<UnallocatedDrop>,
+    pub unallocated_drops: Vec<UnallocatedDrop>,
 }
 
 /// `cluster-ips-check`'s `ip daddr { SERVICE-CIDRS } drop comment "Drop traffic to unallocated

@@ -32,6 +32,15 @@ impl std::str::FromStr for ServiceSelector {
             Some(_) => return Err(format!("`{s}`: empty port after `:` (use NS/NAME or NS/NAME:PORT)")),
             None => (s, None),
         };
+        // A port is a number or a Service port name (a DNS label); anything else is most likely
+        // an address given to the wrong flag (`default/fe80::1%eth0`).
+        if let Some(p) = &port
+            && !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(format!(
+                "`{s}`: port `{p}` is neither a number nor a Service port name; to trace an address, use --dest IP:PORT"
+            ));
+        }
         let Some((namespace, name)) = svc.split_once('/') else {
             return Err(format!(
                 "`{s}`: expected NAMESPACE/NAME[:PORT], e.g. default/web or kube-system/kube-dns:dns"
@@ -77,11 +86,33 @@ impl std::str::FromStr for Destination {
             ),
             None => (s, Protocol::Tcp),
         };
+        if let Some((_, zone)) = addr.split_once('%') {
+            let zone = zone.split([']', ':']).next().unwrap_or(zone);
+            return Err(format!(
+                "`{s}`: a zone-scoped address (zone `{zone}`): Service addresses carry no zone and are never \
+                 link-local; give the address without `%{zone}`"
+            ));
+        }
+        if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Err(format!(
+                "`{s}`: an IPv6 address with a port is written in brackets, e.g. [fd00::10]:80"
+            ));
+        }
         let addr: SocketAddr = addr
             .parse()
             .map_err(|_| format!("`{s}`: expected IP:PORT[/PROTO], e.g. 10.96.0.10:80 or 10.96.0.10:53/udp"))?;
         if addr.port() == 0 {
             return Err(format!("`{s}`: port 0 is no destination"));
+        }
+        // kube-proxy programs an IPv4 Service in IPv4 only: `::ffff:a.b.c.d` would match nothing.
+        if let IpAddr::V6(v6) = addr.ip()
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Err(format!(
+                "`{s}`: an IPv4-mapped IPv6 address, which no Service holds (kube-proxy programs IPv4 addresses as \
+                 IPv4): use {v4}:{}",
+                addr.port()
+            ));
         }
         Ok(Self { protocol, addr })
     }
@@ -164,14 +195,21 @@ pub fn resolve(model: &ServiceModel, dest: &Destination, node_ips: Vec<IpAddr>) 
         }
         return Ok(selector(&s.service, Some(port.to_string())));
     }
-    if let Some(drop) = &model.unallocated_drop
-        && !drop.cidrs.iter().any(|c| in_cidr(ip, c))
-    {
+    // The CIDRs of the address's own family: an IPv6 address is in no IPv4 CIDR, and a node whose
+    // kube-proxy has no IPv6 table names no IPv6 service CIDR to hold it against.
+    let cidrs: Vec<&str> = model
+        .unallocated_drops
+        .iter()
+        .flat_map(|d| &d.cidrs)
+        .filter(|c| c.contains(':') == ip.is_ipv6())
+        .map(String::as_str)
+        .collect();
+    if !cidrs.is_empty() && !cidrs.iter().any(|c| in_cidr(ip, c)) {
         return Err(Error::NotServiceAddress {
             dest: dest.to_string(),
             reason: format!(
                 "no Service on this node holds it and it is outside the service CIDR kube-proxy was given ({})",
-                drop.cidrs.join(", ")
+                cidrs.join(", ")
             ),
         });
     }
@@ -646,6 +684,19 @@ mod tests {
     }
 
     #[test]
+    fn a_service_selector_refuses_an_address_and_points_at_dest() {
+        let ok: ServiceSelector = "kube-system/kube-dns:dns-tcp".parse().unwrap();
+        assert_eq!(ok.port.as_deref(), Some("dns-tcp"));
+        for bad in ["default/fe80::1%eth0", "default/web:1%eth0", "default/x:ffff:10.0.0.1"] {
+            let err = bad.parse::<ServiceSelector>().unwrap_err();
+            assert!(
+                err.contains("is neither a number nor a Service port name; to trace an address, use --dest IP:PORT"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn destinations_parse_with_a_default_protocol_and_say_what_is_wrong() {
         let d: Destination = "10.96.0.10:53/udp".parse().unwrap();
         assert_eq!((d.protocol, d.addr), (Protocol::Udp, "10.96.0.10:53".parse().unwrap()));
@@ -659,6 +710,14 @@ mod tests {
             ("10.96.0.10:80/icmp", "unknown protocol `icmp`"),
             ("10.96.0.10:0", "port 0"),
             ("web:80", "expected IP:PORT[/PROTO]"),
+            ("[fe80::1%eth0]:80", "a zone-scoped address (zone `eth0`)"),
+            ("fe80::1%eth0:80", "a zone-scoped address"),
+            (
+                "[::ffff:10.0.0.1]:80",
+                "an IPv4-mapped IPv6 address, which no Service holds",
+            ),
+            ("[::ffff:10.0.0.1]:80", "use 10.0.0.1:80"),
+            ("fd00::10:80", "written in brackets, e.g. [fd00::10]:80"),
         ] {
             let err = bad.parse::<Destination>().unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
@@ -700,14 +759,14 @@ mod tests {
         assert_eq!(p.frontend_addrs, [(Protocol::Tcp, "10.96.200.7:80".parse().unwrap())]);
         assert!(p.endpoints.is_empty() && p.service.to_string().is_empty());
         assert_eq!(p.name(), "10.96.200.7:80/tcp (no Service)");
-        m.unallocated_drop = Some(crate::model::UnallocatedDrop {
+        m.unallocated_drops = vec![crate::model::UnallocatedDrop {
             cidrs: vec!["10.96.0.0/16".into()],
             rule: crate::model::RuleRef {
                 source: crate::model::RuleSource::Nftables,
                 name: "cluster-ips-check".into(),
                 text: "ip daddr 10.96.0.0/16 drop".into(),
             },
-        });
+        }];
         assert!(matches!(
             resolve(&m, &"10.96.200.7:80".parse().unwrap(), vec![]).unwrap(),
             Resolved::Unallocated(_)
@@ -717,6 +776,19 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "192.0.2.7:80/tcp: no Service on this node holds it and it is outside the service CIDR kube-proxy was given (10.96.0.0/16)"
+        );
+        // An IPv6 address is held against the IPv6 table's CIDR only: none known, planned.
+        let v6 = "[fd00:10:96:200::7]:80".parse().unwrap();
+        assert!(matches!(resolve(&m, &v6, vec![]).unwrap(), Resolved::Unallocated(_)));
+        let mut v6_drop = m.unallocated_drops[0].clone();
+        v6_drop.cidrs = vec!["fd00:10:96::/48".into()];
+        v6_drop.rule.text = "ip6 daddr fd00:10:96::/48 drop".into();
+        m.unallocated_drops.push(v6_drop);
+        assert!(matches!(resolve(&m, &v6, vec![]).unwrap(), Resolved::Unallocated(_)));
+        let err = resolve(&m, &"[fd00:192:0:2::7]:80".parse().unwrap(), vec![]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "[fd00:192:0:2::7]:80/tcp: no Service on this node holds it and it is outside the service CIDR kube-proxy was given (fd00:10:96::/48)"
         );
     }
 

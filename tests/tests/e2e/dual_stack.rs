@@ -19,7 +19,7 @@ use d8_trace::{
 };
 
 use crate::{
-    family::{Flows, across_families},
+    family::{Family, Flows, across_families},
     real_cluster,
     scenarios::{self, Api, SILENT, Scenario, T},
 };
@@ -429,4 +429,88 @@ fn service_port_undefined_traced_over_ipv6_nftables() {
     across_families(Flows::Counted, |fam| {
         real_cluster::service_port_undefined(ProxyMode::Nftables, fam)
     });
+}
+
+// ---- the verdict classes of `real_cluster.rs`, over IPv6 alone ------------------------------------
+//
+// Their IPv4 runs are `real_cluster::*`; here each body runs once, over IPv6 (`--family 6` on a
+// dual-stack lab), with its own assertions written for either family, and the report must have
+// seen IPv6 alone. Not compared with a second IPv4 run: that would re-run `real_cluster::` inside
+// the host suite's time budget.
+
+/// One scenario over IPv6 alone: its assertions, and the family its flows were seen in.
+fn over_ipv6_alone(body: impl Fn(Family) -> scenarios::Run) {
+    let run = body(Family::V6);
+    assert!(!run.report.flows.is_empty(), "no flow traced; {}", run.context);
+    assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
+}
+
+/// loadBalancerSourceRanges in IPv6 (`fd00:10:244:1::/64`): kube-proxy's IPv6 firewall drops the
+/// external client's SYNs.
+#[test]
+fn source_range_denied_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::source_range_denied(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn source_range_denied_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::source_range_denied(ProxyMode::Nftables, fam));
+}
+
+/// An address of the IPv6 service CIDR that no Service holds.
+#[test]
+fn cluster_ip_unallocated_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::cluster_ip_unallocated(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn cluster_ip_unallocated_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::cluster_ip_unallocated(ProxyMode::Nftables, fam));
+}
+
+/// An IPv6 UDP conntrack entry that still DNATs to a deleted pod.
+#[test]
+fn stale_conntrack_entry_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::stale_conntrack_entry(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn stale_conntrack_entry_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::stale_conntrack_entry(ProxyMode::Nftables, fam));
+}
+
+/// kube-proxy's last sync predates an IPv6 endpoint the API has.
+#[test]
+fn kube_proxy_not_synced_traced_over_ipv6_iptables() {
+    over_ipv6_alone(|fam| real_cluster::kube_proxy_not_synced(ProxyMode::Iptables, fam));
+}
+
+#[test]
+fn kube_proxy_not_synced_traced_over_ipv6_nftables() {
+    over_ipv6_alone(|fam| real_cluster::kube_proxy_not_synced(ProxyMode::Nftables, fam));
+}
+
+/// `--debug-kernel` over IPv6: the kernel programs' record of a flow names its IPv6 addresses
+/// whole (`[fd00:10:96::10]:80`), not their first four bytes as if IPv4.
+#[test]
+fn debug_kernel_writes_ipv6_addresses_whole_nftables() {
+    let s = Scenario::up(spec(), ProxyMode::Nftables);
+    let run = s.trace(
+        "default/web",
+        Api::Snapshot,
+        3,
+        &["--family", "6", "--debug-kernel"],
+        |lab| {
+            assert_eq!(http_status(lab, v6(VIP, 80)), Some(200));
+        },
+    );
+    let client = format!("[{}]:", ipv6_twin(Ipv4Addr::new(10, 244, 1, 250)));
+    let vip = format!("-> {}", v6(VIP, 80));
+    assert!(
+        run.context
+            .lines()
+            .any(|l| l.contains("kernel: new flow: proto 6 ") && l.contains(&client) && l.contains(&vip)),
+        "no kernel record of the IPv6 flow with its addresses ({client} {vip}); {}",
+        run.context
+    );
 }

@@ -4,7 +4,8 @@
 //! A scenario body (`scenarios.rs`, `real_cluster.rs`) takes a [`Family`]: its lab, traffic,
 //! trace flags and expected addresses follow it, so one body proves a verdict class over IPv4
 //! and over IPv6. [`across_families`] runs a body over IPv6 and over IPv4 on the same dual-stack
-//! lab spec and checks that the two reports say the same thing about different addresses.
+//! lab spec and checks that the two reports say the same thing about different addresses;
+//! [`across_stacks`] does the same for an IPv6-only node and the IPv4 (single-stack) one.
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +30,9 @@ pub(crate) enum Family {
     /// The lab made dual-stack, driven and traced over IPv6 (`--family 6`): every address is its
     /// IPv6 twin (`lab::spec::ipv6_twin`).
     V6,
+    /// The lab made IPv6-only (`ClusterSpec::ipv6_only`: IPv6 Services, pods and rules alone),
+    /// traced without `--family`: every address is its IPv6 twin.
+    V6Only,
 }
 
 impl Family {
@@ -37,13 +41,14 @@ impl Family {
         match self {
             Family::V4 => spec,
             Family::DualV4 | Family::V6 => spec.dual_stack(),
+            Family::V6Only => spec.ipv6_only(),
         }
     }
 
     /// What a trace adds to narrow itself to this family.
     pub(crate) fn trace_flags(self) -> &'static [&'static str] {
         match self {
-            Family::V4 => &[],
+            Family::V4 | Family::V6Only => &[],
             Family::DualV4 => &["--family", "4"],
             Family::V6 => &["--family", "6"],
         }
@@ -53,7 +58,7 @@ impl Family {
     pub(crate) fn ip(self, v4: Ipv4Addr) -> IpAddr {
         match self {
             Family::V4 | Family::DualV4 => IpAddr::V4(v4),
-            Family::V6 => IpAddr::V6(ipv6_twin(v4)),
+            Family::V6 | Family::V6Only => IpAddr::V6(ipv6_twin(v4)),
         }
     }
 
@@ -70,7 +75,7 @@ impl Family {
     /// family), whichever family a trace is narrowed to.
     pub(crate) fn stacks(self) -> usize {
         match self {
-            Family::V4 => 1,
+            Family::V4 | Family::V6Only => 1,
             Family::DualV4 | Family::V6 => 2,
         }
     }
@@ -79,7 +84,7 @@ impl Family {
     pub(crate) fn icmp(self) -> &'static str {
         match self {
             Family::V4 | Family::DualV4 => "ICMP",
-            Family::V6 => "ICMPv6",
+            Family::V6 | Family::V6Only => "ICMPv6",
         }
     }
 
@@ -87,7 +92,7 @@ impl Family {
     pub(crate) fn ip_family(self) -> IpFamily {
         match self {
             Family::V4 | Family::DualV4 => IpFamily::V4,
-            Family::V6 => IpFamily::V6,
+            Family::V6 | Family::V6Only => IpFamily::V6,
         }
     }
 
@@ -95,7 +100,7 @@ impl Family {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Family::V4 | Family::DualV4 => "IPv4",
-            Family::V6 => "IPv6",
+            Family::V6 | Family::V6Only => "IPv6",
         }
     }
 }
@@ -223,15 +228,77 @@ pub(crate) fn across_families(flows: Flows, body: impl Fn(Family) -> Run) {
         return;
     }
     let v4 = body(Family::DualV4);
-    for (run, fam) in [(&v6, Family::V6), (&v4, Family::DualV4)] {
+    same_beyond_addresses(flows, &v6, &v4);
+}
+
+/// Each run saw its own family alone, and the two reports agree beyond their addresses.
+fn same_beyond_addresses(flows: Flows, v6: &Run, v4: &Run) {
+    for run in [v6, v4] {
         if !run.report.flows.is_empty() {
-            assert_eq!(run.report.families.seen, [fam.name()], "{}", run.context);
+            assert_eq!(run.report.families.seen, [run.family.name()], "{}", run.context);
         }
     }
-    let (s6, s4) = (Shape::of(&v6, flows), Shape::of(&v4, flows));
+    let (s6, s4) = (Shape::of(v6, flows), Shape::of(v4, flows));
     assert_eq!(
         s6, s4,
         "the IPv6 report (left) and the IPv4 report (right) differ beyond their addresses\n=== IPv6: {}\n=== IPv4: {}",
         v6.context, v4.context
     );
+}
+
+/// Runs `body` on an IPv6-only node ([`Family::V6Only`]) and then on the IPv4 single-stack one
+/// ([`Family::V4`]), and checks the two reports agree as [`across_families`] does. The IPv6-only
+/// report must also name IPv6 as the Service's only family and say nothing of IPv4: no `IPv4`,
+/// no IPv4 address, in any address, verdict, evidence, warning or mitigation.
+pub(crate) fn across_stacks(flows: Flows, body: impl Fn(Family) -> Run) {
+    let v6 = on_ipv6_only(body(Family::V6Only));
+    let v4 = body(Family::V4);
+    same_beyond_addresses(flows, &v6, &v4);
+}
+
+/// Checks a run on an IPv6-only node: the Service's one family is IPv6, its flows (if any) were
+/// IPv6 ones, and the report says nothing of IPv4.
+pub(crate) fn on_ipv6_only(run: Run) -> Run {
+    assert_eq!(run.family, Family::V6Only, "{}", run.context);
+    assert_eq!(run.report.families.configured, ["IPv6"], "{}", run.context);
+    if !run.report.flows.is_empty() {
+        assert_eq!(run.report.families.seen, ["IPv6"], "{}", run.context);
+    }
+    claims_nothing_of_ipv4(&run);
+    run
+}
+
+/// Panics if any text of an IPv6-only node's report names IPv4 or an IPv4 address (loopback's
+/// aside: kube-proxy's /healthz and /metrics are read there).
+fn claims_nothing_of_ipv4(run: &Run) {
+    let r = &run.report;
+    let mut texts: Vec<&str> = vec![r.service.as_str()];
+    texts.extend(r.families.configured.iter().chain(&r.families.seen).map(String::as_str));
+    texts.extend(r.root_cause.iter().map(|c| c.detail.as_str()));
+    texts.extend(r.evidence.iter().map(|e| e.content.as_str()));
+    texts.extend(r.warnings.iter().map(|w| w.message.as_str()));
+    texts.extend(
+        r.mitigation
+            .iter()
+            .flat_map(|m| [m.immediate.as_str(), m.long_term.as_str()]),
+    );
+    texts.extend(r.frontends.iter().map(|f| f.ip.as_str()));
+    texts.extend(r.endpoints.iter().map(|e| e.ip.as_str()));
+    for f in &r.flows {
+        texts.push(&f.client);
+        texts.extend(f.frontend.iter().chain(&f.backend).map(String::as_str));
+    }
+    for text in texts {
+        // Whole dotted quads only: kube-proxy's nftables chain names write an IPv6 endpoint with
+        // `.` for `:` (`fd00.10.244.1..12`), which is no IPv4 address.
+        let quad = text
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|t| t.parse::<Ipv4Addr>().ok())
+            .find(|ip| !ip.is_loopback());
+        assert!(
+            !text.contains("IPv4") && quad.is_none(),
+            "the IPv6-only node's report names IPv4 or an IPv4 address ({quad:?}) in {text:?}; {}",
+            run.context
+        );
+    }
 }

@@ -15,6 +15,7 @@
 //! - `daemon`: continuous capture: metrics, events, SIGTERM.
 //! - `dual_stack`: dual-stack labs (issue 16): IPv6 traffic through both families' rules, and `explain`.
 //! - `demo`: `d8-trace demo`'s verdicts per Service, and cleanup on exit and Ctrl-C.
+//! - `ipv6_only`: an IPv6-only node (issue 16): the scenarios there, compared with IPv4's.
 //! - `mcp`: `d8-trace mcp` driven by an MCP client: tools, explain, trace, disconnect cleanup.
 //! - `pcap`: `--pcap`'s file of the failing flows, read back with tshark (issue 17).
 //! - `real_cluster`: what real clusters do that the other labs do not (issue 14): topology hints.
@@ -29,6 +30,7 @@ mod demo;
 mod dual_stack;
 mod errors;
 mod family;
+mod ipv6_only;
 mod mcp;
 mod pcap;
 mod real_cluster;

@@ -5,8 +5,11 @@
 use std::net::Ipv4Addr;
 
 use d8_trace::{
-    lab::{self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, UdpOutcome},
-    model::{Protocol, ProxyMode},
+    lab::{
+        self, ClusterSpec, HttpOutcome, ListenerKind, PodSpec, ServiceSpec, TcpOutcome, UdpOutcome,
+        spec::cidr_in_family,
+    },
+    model::{IpFamily, Protocol, ProxyMode},
 };
 
 use crate::common::addr;
@@ -106,6 +109,8 @@ fn topology_narrowed_is_healthy_nftables() {
 // ---- refusals that are configuration --------------------------------------------------------------
 
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 100);
+const CLIENT_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 250);
 
 /// `default/lb`: load-balancer IP 203.0.113.20:80 (-> 8080 on web-1) with loadBalancerSourceRanges
 /// 10.244.1.0/24: the client pod may use it, the external client (172.31.0.100) may not.
@@ -121,15 +126,15 @@ fn firewalled_spec() -> ClusterSpec {
     )
 }
 
-fn source_range_denied(mode: ProxyMode) {
-    let s = Scenario::up(firewalled_spec(), mode);
+pub(crate) fn source_range_denied(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(firewalled_spec(), mode, fam);
     let run = s.trace("default/lb", Api::Snapshot, 3, &[], |lab| {
-        let inside = lab::http_get(lab.client_ns(), addr(LB_IP, 80), "/", T).expect("http get");
+        let inside = lab::http_get(lab.client_ns(), fam.sock(LB_IP, 80), "/", T).expect("http get");
         assert!(
             matches!(inside, HttpOutcome::Response { status: 200, .. }),
             "a client inside the ranges is served: {inside:?}"
         );
-        let outside = lab::tcp_connect(lab.external_ns(), addr(LB_IP, 80), SILENT).expect("connect");
+        let outside = lab::tcp_connect(lab.external_ns(), fam.sock(LB_IP, 80), SILENT).expect("connect");
         assert_eq!(
             outside,
             TcpOutcome::Timeout,
@@ -137,41 +142,54 @@ fn source_range_denied(mode: ProxyMode) {
         );
     });
     run.assert_root("source_range_denied");
-    let flows = run.flows_to("203.0.113.20:80");
-    let denied: Vec<_> = flows.iter().filter(|f| f.client.starts_with("172.31.0.100:")).collect();
+    let flows = run.flows_to(&fam.at(LB_IP, 80));
+    let (external, client_pod) = (fam.at(EXTERNAL_CLIENT, 0), fam.at(CLIENT_POD, 0));
+    // `ip:0` without its port 0: the prefix of the clients' `ip:port`.
+    let (external, client_pod) = (&external[..external.len() - 1], &client_pod[..client_pod.len() - 1]);
+    let denied: Vec<_> = flows.iter().filter(|f| f.client.starts_with(external)).collect();
     assert!(!denied.is_empty(), "{}", run.context);
     for f in denied {
         assert_eq!(run.class_of(f), "source_range_denied", "{}", run.context);
         assert_eq!(f.backend, None, "{}", run.context);
     }
-    let served: Vec<_> = flows.iter().filter(|f| f.client.starts_with("10.244.1.250:")).collect();
+    let served: Vec<_> = flows.iter().filter(|f| f.client.starts_with(client_pod)).collect();
     assert!(served.iter().any(|f| run.class_of(f) == "healthy"), "{}", run.context);
+    let range = cidr_in_family("10.244.1.0/24", fam.ip_family());
+    let (ip, host_len) = match fam.ip_family() {
+        IpFamily::V4 => ("ip", 32),
+        IpFamily::V6 => ("ip6", 128),
+    };
     match mode {
-        ProxyMode::Nftables => run.evidence("rules", &["firewall-", "ip saddr != 10.244.1.0/24 drop"]),
+        ProxyMode::Nftables => run.evidence("rules", &["firewall-", &format!("{ip} saddr != {range} drop")]),
         _ => run.evidence(
             "rules",
             &["KUBE-PROXY-FIREWALL", "traffic not accepted by KUBE-FW-", "-j DROP"],
         ),
     };
+    let outsider = fam.ip(EXTERNAL_CLIENT);
     run.evidence(
         "rules",
         &[
             "loadBalancerSourceRanges of default/lb",
-            "10.244.1.0/24; 172.31.0.100 is in none",
+            &format!("{range}; {outsider} is in none"),
         ],
     );
     let m = run.report.mitigation.as_ref().expect("mitigation");
-    assert!(m.immediate.contains("\"value\":\"172.31.0.100/32\""), "{m:?}");
+    assert!(
+        m.immediate.contains(&format!("\"value\":\"{outsider}/{host_len}\"")),
+        "{m:?}"
+    );
+    run
 }
 
 #[test]
 fn source_range_denied_iptables() {
-    source_range_denied(ProxyMode::Iptables);
+    source_range_denied(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn source_range_denied_nftables() {
-    source_range_denied(ProxyMode::Nftables);
+    source_range_denied(ProxyMode::Nftables, Family::V4);
 }
 
 /// `default/<name>` on ClusterIP 10.96.0.10, one port (named like the Service's protocol use:
@@ -202,7 +220,7 @@ pub(crate) fn service_port_undefined(mode: ProxyMode, fam: Family) -> Run {
             // cluster-ips-check: `ip6 daddr @cluster-ips reject`. The node sends the ICMPv6 port
             // unreachable (the trace below sees it, as the comparison with IPv4 checks), yet the
             // lab's client connect times out instead of being refused: seen, not explained.
-            (ProxyMode::Nftables, Family::V6) => None,
+            (ProxyMode::Nftables, Family::V6 | Family::V6Only) => None,
             // cluster-ips-check: `ip daddr @cluster-ips reject`.
             (ProxyMode::Nftables, _) => Some(TcpOutcome::Refused),
             // No rule: routed on untranslated, to the lab's dead-end default route.
@@ -250,11 +268,13 @@ pub(crate) fn service_port_undefined(mode: ProxyMode, fam: Family) -> Run {
 /// deleted Service's ClusterIP a client still uses): nftables mode drops it in
 /// `cluster-ips-check` (1.30+), iptables mode routes it on untranslated; either way the answer
 /// is cluster_ip_unallocated, not a fault of kube-proxy. An address a Service holds resolves to it.
-fn cluster_ip_unallocated(mode: ProxyMode) {
-    let s = Scenario::up(web_spec(&[("web-1", 11)]), mode);
-    let dest = "10.96.200.7:80";
+pub(crate) fn cluster_ip_unallocated(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(web_spec(&[("web-1", 11)]), mode, fam);
+    let unallocated = Ipv4Addr::new(10, 96, 200, 7);
+    let dest = fam.at(unallocated, 80);
+    let dest = dest.as_str();
     let run = s.trace(dest, Api::Snapshot, 3, &[], |lab| {
-        let out = lab::tcp_connect(lab.client_ns(), addr(Ipv4Addr::new(10, 96, 200, 7), 80), SILENT).expect("connect");
+        let out = lab::tcp_connect(lab.client_ns(), fam.sock(unallocated, 80), SILENT).expect("connect");
         // nftables: dropped in cluster-ips-check; iptables: routed to the lab's dead-end route.
         assert_eq!(out, TcpOutcome::Timeout, "an unallocated ClusterIP in {mode:?} mode");
     });
@@ -265,16 +285,22 @@ fn cluster_ip_unallocated(mode: ProxyMode) {
         assert_eq!(f.backend, None, "{}", run.context);
     }
     let detail = &run.report.root_cause.as_ref().expect("root cause").detail;
+    let cidr = cidr_in_family("10.96.0.0/16", fam.ip_family());
     match mode {
         ProxyMode::Nftables => {
             assert!(
-                detail.starts_with("no Service holds 10.96.200.7:80/tcp: it is in the service CIDR 10.96.0.0/16"),
+                detail.starts_with(&format!(
+                    "no Service holds {dest}/tcp: it is in the service CIDR {cidr}"
+                )),
                 "{detail}"
             );
-            run.evidence("rules", &["cluster-ips-check", "ip daddr 10.96.0.0/16 drop"]);
+            let ip = if fam.ip_family() == IpFamily::V6 { "ip6" } else { "ip" };
+            run.evidence("rules", &["cluster-ips-check", &format!("{ip} daddr {cidr} drop")]);
         }
         _ => assert!(
-            detail.starts_with("no Service holds 10.96.200.7:80/tcp: no kube-proxy rule translates it"),
+            detail.starts_with(&format!(
+                "no Service holds {dest}/tcp: no kube-proxy rule translates it"
+            )),
             "{detail}"
         ),
     }
@@ -283,28 +309,29 @@ fn cluster_ip_unallocated(mode: ProxyMode) {
     let runbook = s.explain_runbook(dest);
     assert!(runbook.contains("service_config"), "{runbook}");
     // The Service's own address names the Service.
-    let web = s.explain("10.96.0.10:80");
+    let web = s.explain(&fam.at(VIP, 80));
     assert_eq!(web.report.service, "default/web", "{}", web.context);
     web.assert_root("healthy");
     if mode == ProxyMode::Nftables {
         // Outside the service CIDR kube-proxy was given, an address is no Service traffic.
-        let (code, stderr) = s.explain_refused("192.0.2.7:80");
+        let (code, stderr) = s.explain_refused(&fam.at(Ipv4Addr::new(192, 0, 2, 7), 80));
         assert_eq!(code, Some(2), "{stderr}");
         assert!(
-            stderr.contains("outside the service CIDR kube-proxy was given (10.96.0.0/16)"),
+            stderr.contains(&format!("outside the service CIDR kube-proxy was given ({cidr})")),
             "{stderr}"
         );
     }
+    run
 }
 
 #[test]
 fn cluster_ip_unallocated_iptables() {
-    cluster_ip_unallocated(ProxyMode::Iptables);
+    cluster_ip_unallocated(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn cluster_ip_unallocated_nftables() {
-    cluster_ip_unallocated(ProxyMode::Nftables);
+    cluster_ip_unallocated(ProxyMode::Nftables, Family::V4);
 }
 
 #[test]
@@ -326,9 +353,9 @@ fn dns_spec(pods: &[(&str, u8)]) -> ClusterSpec {
 
 /// A client source port whose conntrack entry DNATs to dns-2 (each new entry picks a backend at
 /// random; an entry keeps it).
-fn port_pinned_to_dns_2(lab: &lab::Lab) -> u16 {
+fn port_pinned_to_dns_2(lab: &lab::Lab, fam: Family) -> u16 {
     for port in 40_100..40_140 {
-        match lab::udp_request_from(lab.client_ns(), port, addr(VIP, 53), b"q", T).expect("udp") {
+        match lab::udp_request_from(lab.client_ns(), port, fam.sock(VIP, 53), b"q", T).expect("udp") {
             UdpOutcome::Reply(body) if body.starts_with(b"dns-2") => return port,
             UdpOutcome::Reply(_) => {}
             other => panic!("a healthy UDP Service answers: {other:?}"),
@@ -337,68 +364,73 @@ fn port_pinned_to_dns_2(lab: &lab::Lab) -> u16 {
     panic!("40 source ports and none went to dns-2")
 }
 
-fn stale_conntrack_entry(mode: ProxyMode) {
-    let mut s = Scenario::up(dns_spec(&[("dns-1", 11), ("dns-2", 12)]), mode);
-    let pinned = port_pinned_to_dns_2(&s.lab);
+pub(crate) fn stale_conntrack_entry(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(dns_spec(&[("dns-1", 11), ("dns-2", 12)]), mode, fam);
+    let pinned = port_pinned_to_dns_2(&s.lab, fam);
     // dns-2 goes away: kube-proxy's rules and the API move on, the conntrack entry stays.
     s.lab
-        .apply(dns_spec(&[("dns-1", 11)]))
+        .apply(fam.spec(dns_spec(&[("dns-1", 11)])))
         .expect("delete dns-2 from pods, rules and API");
     let run = s.trace("default/dns", Api::Snapshot, 4, &["--reply-timeout", "1"], |lab| {
         for _ in 0..3 {
-            let out = lab::udp_request_from(lab.client_ns(), pinned, addr(VIP, 53), b"q", SILENT).expect("udp");
+            let out = lab::udp_request_from(lab.client_ns(), pinned, fam.sock(VIP, 53), b"q", SILENT).expect("udp");
             assert_eq!(
                 out,
                 UdpOutcome::Timeout,
                 "the stale entry still sends port {pinned} to dns-2"
             );
         }
-        let fresh = lab::udp_request(lab.client_ns(), addr(VIP, 53), b"q", T).expect("udp");
+        let fresh = lab::udp_request(lab.client_ns(), fam.sock(VIP, 53), b"q", T).expect("udp");
         assert!(
             matches!(&fresh, UdpOutcome::Reply(b) if b.starts_with(b"dns-1")),
             "a new entry goes to dns-1: {fresh:?}"
         );
     });
     run.assert_root("stale_conntrack_entry");
-    let client = format!("10.244.1.250:{pinned}");
+    let client = fam.at(CLIENT_POD, pinned);
+    let gone = fam.at(Ipv4Addr::new(10, 244, 1, 12), 5353);
     let stale: Vec<_> = run
-        .flows_to("10.96.0.10:53")
+        .flows_to(&fam.at(VIP, 53))
         .into_iter()
         .filter(|f| f.client == client)
         .collect();
     assert!(!stale.is_empty(), "{}", run.context);
     for f in stale {
-        assert_eq!(f.backend.as_deref(), Some("10.244.1.12:5353"), "{}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(gone.as_str()), "{}", run.context);
         assert_eq!(run.class_of(f), "stale_conntrack_entry", "{}", run.context);
     }
+    let (src, vip, dns_2) = (fam.ip(CLIENT_POD), fam.ip(VIP), fam.ip(Ipv4Addr::new(10, 244, 1, 12)));
     run.evidence(
         "conntrack",
         &[&format!(
-            "conntrack entry udp src=10.244.1.250 dst=10.96.0.10 sport={pinned} dport=53 -> DNAT 10.244.1.12:5353"
+            "conntrack entry udp src={src} dst={vip} sport={pinned} dport=53 -> DNAT {gone}"
         )],
     );
     run.evidence(
         "rules",
-        &["kube-proxy's rules for default/dns have no DNAT to 10.244.1.12:5353"],
+        &[&format!("kube-proxy's rules for default/dns have no DNAT to {gone}")],
     );
     run.no_evidence("also (stale_endpoint)");
     let m = run.report.mitigation.as_ref().expect("mitigation");
     assert!(
         m.immediate.contains(&format!(
-            "conntrack -D -p udp --orig-src 10.244.1.250 --orig-dst 10.96.0.10 --orig-port-src {pinned} --orig-port-dst 53"
-        )) && m.immediate.contains("conntrack -D -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.1.12"),
+            "conntrack -D -p udp --orig-src {src} --orig-dst {vip} --orig-port-src {pinned} --orig-port-dst 53"
+        )) && m
+            .immediate
+            .contains(&format!("conntrack -D -p udp --orig-dst {vip} --dst-nat {dns_2}")),
         "{m:?}"
     );
+    run
 }
 
 #[test]
 fn stale_conntrack_entry_iptables() {
-    stale_conntrack_entry(ProxyMode::Iptables);
+    stale_conntrack_entry(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn stale_conntrack_entry_nftables() {
-    stale_conntrack_entry(ProxyMode::Nftables);
+    stale_conntrack_entry(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- kube-proxy lagging ---------------------------------------------------------------------------
@@ -408,17 +440,17 @@ fn web_spec(pods: &[(&str, u8)]) -> ClusterSpec {
     one_service_spec("web", 80, 8080, ListenerKind::Http, pods)
 }
 
-fn kube_proxy_not_synced(mode: ProxyMode) {
-    let mut s = Scenario::up(web_spec(&[("web-1", 11), ("web-2", 12)]), mode);
+pub(crate) fn kube_proxy_not_synced(mode: ProxyMode, fam: Family) -> Run {
+    let mut s = Scenario::up_in(web_spec(&[("web-1", 11), ("web-2", 12)]), mode, fam);
     // kube-proxy last synced 300 s ago, when only web-1 existed; web-2 came 90 s ago and its sync
     // is still queued. kube-proxy runs and answers (its /healthz turned 503, as a stuck loop's does).
     s.lab
-        .stall_kube_proxy(&web_spec(&[("web-1", 11)]), 300, 90)
+        .stall_kube_proxy(&fam.spec(web_spec(&[("web-1", 11)])), 300, 90)
         .expect("stall kube-proxy");
     s.lab.set_kube_proxy_healthy(false);
     let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
         for _ in 0..2 {
-            let out = lab::http_get(lab.client_ns(), addr(VIP, 80), "/", T).expect("http get");
+            let out = lab::http_get(lab.client_ns(), fam.sock(VIP, 80), "/", T).expect("http get");
             assert!(
                 matches!(&out, HttpOutcome::Response { status: 200, body, .. } if body.trim() == "web-1"),
                 "the rules still send everything to web-1: {out:?}"
@@ -449,7 +481,14 @@ fn kube_proxy_not_synced(mode: ProxyMode) {
         ],
     );
     // What the lag costs: web-2 is ready in the API and absent from the rules.
-    run.evidence("api", &["also (kube_proxy_rules_missing)", "miss 1 ready endpoints"]);
+    // One address of web-2 per family the Service has (its EndpointSlices).
+    run.evidence(
+        "api",
+        &[
+            "also (kube_proxy_rules_missing)",
+            &format!("miss {} ready endpoints", fam.stacks()),
+        ],
+    );
     run.no_evidence("also (kube_proxy_not_running)");
     let explain = s.explain("default/web");
     explain.assert_root("kube_proxy_not_synced");
@@ -463,16 +502,17 @@ fn kube_proxy_not_synced(mode: ProxyMode) {
         runbook.contains("kubectl -n kube-system logs -l k8s-app=kube-proxy"),
         "{runbook}"
     );
+    run
 }
 
 #[test]
 fn kube_proxy_not_synced_iptables() {
-    kube_proxy_not_synced(ProxyMode::Iptables);
+    kube_proxy_not_synced(ProxyMode::Iptables, Family::V4);
 }
 
 #[test]
 fn kube_proxy_not_synced_nftables() {
-    kube_proxy_not_synced(ProxyMode::Nftables);
+    kube_proxy_not_synced(ProxyMode::Nftables, Family::V4);
 }
 
 // ---- large clusters -------------------------------------------------------------------------------

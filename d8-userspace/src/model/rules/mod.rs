@@ -188,8 +188,9 @@ pub struct ModeReading {
     pub services: Vec<Service>,
     pub warnings: Vec<String>,
     pub node_port_ips: Vec<IpAddr>,
-    /// nftables mode: the drop of unallocated ClusterIPs (see [`crate::model::UnallocatedDrop`]).
-    pub unallocated_drop: Option<crate::model::UnallocatedDrop>,
+    /// nftables mode: the drops of unallocated ClusterIPs, one per family's table (see
+    /// [`crate::model::UnallocatedDrop`]).
+    pub unallocated_drops: Vec<crate::model::UnallocatedDrop>,
     pub virtual_servers: Vec<ipvs::VirtualServer>,
     pub sources: Vec<String>,
 }
@@ -270,7 +271,7 @@ pub fn read_node(mode: Option<ProxyMode>, from: RulesFrom, only: Option<&Service
             kube_proxy,
             services: reading.services,
             node_ips: reading.node_port_ips,
-            unallocated_drop: reading.unallocated_drop,
+            unallocated_drops: reading.unallocated_drops,
             warnings,
             ..Default::default()
         },
@@ -674,7 +675,7 @@ pub fn read_nftables_mode(from: RulesFrom, only: Option<&ServiceRef>) -> Result<
         reading.services = merge_services(std::mem::take(&mut reading.services), parsed.services);
         reading.warnings.extend(parsed.warnings);
         reading.node_port_ips.extend(parsed.node_port_ips);
-        reading.unallocated_drop = reading.unallocated_drop.take().or(parsed.unallocated_drop);
+        reading.unallocated_drops.extend(parsed.unallocated_drop);
     }
     Ok(reading)
 }

@@ -16,7 +16,9 @@ use std::rc::Rc;
 
 use super::Parsed;
 use super::comment::{CommentKind, parse_comment};
-use super::lex::{D_OR_S, D_SHORT, MATCH_SET, NTH, PROBABILITY, RCHECK, SECONDS, TO_DESTINATION, host_port};
+use super::lex::{
+    D_OR_S, D_SHORT, MATCH_SET, NTH, PROBABILITY, RCHECK, SECONDS, TO_DESTINATION, host_port, odd_address,
+};
 use super::table::{Dump, NO_CHAIN, Rule};
 use crate::model::rules::service::Services;
 use crate::model::rules::{FastMap, FastSet, names};
@@ -292,9 +294,17 @@ impl<'d> Builder<'d> {
                 _ => FrontendKind::ExternalIp,
             };
             let (Some(ip), Some(port)) = (rule.dst_ip(), rule.dport()) else {
+                let odd = rule
+                    .dst_arg()
+                    .and_then(odd_address)
+                    .map(|why| format!(" (-d is {why})"))
+                    .unwrap_or_default();
                 self.warn_rule(
                     rule,
-                    format!("service rule without a destination address and port: {}", rule.text),
+                    format!(
+                        "service rule without a destination address and port{odd}: {}",
+                        rule.text
+                    ),
                 );
                 continue;
             };
@@ -583,7 +593,17 @@ impl<'d> Builder<'d> {
                         }
                         self.ok(rule);
                     }
-                    None => self.warn_rule(rule, format!("{sep}: DNAT without a readable --to-destination ip:port")),
+                    None => {
+                        let odd = rule
+                            .arg(TO_DESTINATION)
+                            .and_then(odd_address)
+                            .map(|why| format!(" ({why})"))
+                            .unwrap_or_default();
+                        self.warn_rule(
+                            rule,
+                            format!("{sep}: DNAT without a readable --to-destination ip:port{odd}"),
+                        )
+                    }
                 },
                 _ => {}
             }

@@ -316,21 +316,46 @@ pub(super) fn options(s: &str, words: &mut Words<'_>) -> Result<Fields, &'static
     Ok(f)
 }
 
-/// `10.0.0.1`, `10.0.0.1/32`, `fd00::1/128` -> the address.
+/// `10.0.0.1`, `10.0.0.1/32`, `fd00::1/128` -> the address. An IPv4-mapped IPv6 address
+/// (`::ffff:10.0.0.1`) is none: kube-proxy writes IPv4 addresses in IPv4 rules only.
 pub(super) fn host_ip(s: &str) -> Option<IpAddr> {
-    match s.split_once('/') {
-        None => s.parse().ok(),
+    let ip = match s.split_once('/') {
+        None => s.parse().ok()?,
         Some((ip, len)) => {
             let ip: IpAddr = ip.parse().ok()?;
             let full = if ip.is_ipv4() { "32" } else { "128" };
-            (len == full).then_some(ip)
+            (len == full).then_some(ip)?
         }
-    }
+    };
+    (!is_ipv4_mapped(ip)).then_some(ip)
 }
 
-/// `10.0.0.1:80`, `[fd00::1]:80` -> (address, port).
+/// `10.0.0.1:80`, `[fd00::1]:80` -> (address, port); not a zone-scoped (`[fe80::1%eth0]:80`) or
+/// IPv4-mapped one.
 pub(super) fn host_port(s: &str) -> Option<(IpAddr, u16)> {
     let (ip, port) = s.rsplit_once(':')?;
     let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
-    Some((ip.parse().ok()?, port.parse().ok()?))
+    let ip: IpAddr = ip.parse().ok()?;
+    (!is_ipv4_mapped(ip)).then_some((ip, port.parse().ok()?))
+}
+
+/// `::ffff:a.b.c.d`.
+pub(super) fn is_ipv4_mapped(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
+}
+
+/// Why `s` (an address, maybe with `/len` or `:port`) is not one kube-proxy writes, if that is
+/// the trouble: zone-scoped or IPv4-mapped. For warnings.
+pub(super) fn odd_address(s: &str) -> Option<&'static str> {
+    if s.contains('%') {
+        return Some("a zone-scoped address, which kube-proxy never writes");
+    }
+    let bare = s.split('/').next().unwrap_or(s);
+    let bare = bare
+        .strip_prefix('[')
+        .and_then(|b| b.split_once(']'))
+        .map_or(bare, |(ip, _)| ip);
+    bare.parse::<IpAddr>()
+        .is_ok_and(is_ipv4_mapped)
+        .then_some("an IPv4-mapped IPv6 address, which kube-proxy never writes (IPv4 addresses go in IPv4 rules)")
 }

@@ -61,10 +61,11 @@ impl<'a> Rule<'a> {
     }
     /// `-d` without negation, as an address (`/32`, `/128` stripped; other prefixes refused).
     pub(super) fn dst_ip(&self) -> Option<IpAddr> {
-        self.opt(DST)
-            .filter(|o| !o.negated)
-            .and_then(|o| o.arg())
-            .and_then(host_ip)
+        self.dst_arg().and_then(host_ip)
+    }
+    /// `-d`'s argument without negation, as written.
+    pub(super) fn dst_arg(&self) -> Option<&str> {
+        self.opt(DST).filter(|o| !o.negated).and_then(|o| o.arg())
     }
     pub(super) fn src(&self) -> Option<Opt<'_>> {
         self.opt(SRC)

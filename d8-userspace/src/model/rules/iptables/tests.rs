@@ -537,6 +537,45 @@ fn ipv6_dump() {
     assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
 }
 
+/// Addresses kube-proxy never writes (a zone-scoped endpoint, an IPv4-mapped ClusterIP) in
+/// ip6tables rules: each is refused with a warning that names its rule, never a crash, and never
+/// enters the model.
+#[test]
+fn zone_scoped_and_ipv4_mapped_addresses_in_ip6tables_rules_are_refused_with_a_warning() {
+    let n = "ns1/v6:http";
+    let svc_chain = names::service_chain("KUBE-SVC-", n, "tcp");
+    let sep = names::endpoint_chain(n, "tcp", "[fe80::5%eth0]:8080");
+    let text = format!(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:{svc_chain} - [0:0]\n:{sep} - [0:0]\n\
+         -A KUBE-SERVICES -d ::ffff:10.96.0.10/128 -p tcp -m comment --comment \"{n} cluster IP\" -m tcp --dport 80 -j {svc_chain}\n\
+         -A {svc_chain} -m comment --comment \"{n} -> [fe80::5%eth0]:8080\" -j {sep}\n\
+         -A {sep} -p tcp -m comment --comment \"{n}\" -m tcp -j DNAT --to-destination [fe80::5%eth0]:8080\nCOMMIT\n"
+    );
+    let p = parse(&text).unwrap();
+    let all = format!("{:#?}", p.warnings);
+    assert!(
+        all.contains("DNAT without a readable --to-destination ip:port"),
+        "{all}"
+    );
+    assert!(
+        all.contains("service rule without a destination address and port (-d is an IPv4-mapped IPv6 address"),
+        "{all}"
+    );
+    assert!(
+        all.contains("(a zone-scoped address, which kube-proxy never writes)"),
+        "{all}"
+    );
+    for s in &p.services {
+        assert!(
+            s.frontends
+                .iter()
+                .all(|f| !matches!(f.ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())),
+            "{s:#?}"
+        );
+        assert!(s.endpoints.is_empty(), "{s:#?}");
+    }
+}
+
 /// Cut anywhere or with lines dropped, every fixture still parses (or errors) without a panic.
 #[test]
 fn truncated_and_mangled_dumps_never_panic() {
