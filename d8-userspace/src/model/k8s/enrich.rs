@@ -28,8 +28,6 @@ use crate::model::{
     ServiceRef, Topology,
 };
 
-/// Label linking an EndpointSlice to its Service.
-pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label handing a Service to a proxy other than the default kube-proxy.
 pub(crate) const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label of kube-proxy's DaemonSet pods (kubeadm, kops, EKS, GKE all use it).
@@ -495,9 +493,6 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
     }
 }
 
-/// Annotation the EndpointSlice controller writes with the time of the last Service or Pod change
-/// the slice reflects.
-pub(crate) const LAST_CHANGE_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// The newest last-change-trigger-time of `slices`, as a unix time.
 fn last_change(slices: &[&Slice]) -> Option<f64> {

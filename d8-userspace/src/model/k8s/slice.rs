@@ -8,13 +8,18 @@
 //! endpoint is what [`enrich`](super::enrich) reads and no more, each string boxed to its length.
 //!
 //! Every source converts as it decodes ([`Slice::from`]): the snapshot file, the one-shot LIST,
-//! the watches. A field added to what enrich reads must be added here; `k8s::tests` folds
-//! converted and whole snapshots and compares the models.
+//! the watches. A field added to what enrich reads must be added here; the test below checks
+//! each kept field against the API object it came from, on the fixture and a lab snapshot.
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 
-use super::enrich::{LAST_CHANGE_ANNOTATION, SERVICE_NAME_LABEL};
 use crate::model::ServiceRef;
+
+/// Label linking an EndpointSlice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Annotation the EndpointSlice controller writes with the time of the last Service or Pod change
+/// the slice reflects (kube-proxy's lag is measured from it).
+pub(crate) const LAST_CHANGE_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// One EndpointSlice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -200,5 +205,76 @@ impl From<&Slice> for EndpointSlice {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    use super::*;
+
+    /// Every EndpointSlice of the fixture snapshot and of a lab snapshot (hints, terminating
+    /// endpoints, pods).
+    fn api_slices() -> Vec<EndpointSlice> {
+        let fixture = std::fs::read_to_string(crate::model::k8s::tests::fixture()).unwrap();
+        let lab = crate::lab::snapshot::snapshot(&crate::lab::ClusterSpec::new()).to_string();
+        [fixture, lab]
+            .iter()
+            .flat_map(|text| {
+                let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                v["items"].as_array().unwrap().clone()
+            })
+            .filter(|i| i["kind"] == "EndpointSlice")
+            .map(|i| serde_json::from_value(i).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_slice_keeps_every_field_the_fold_reads() {
+        let slices = api_slices();
+        assert!(slices.len() >= 3, "too few slices to prove anything: {}", slices.len());
+        let s = |v: &Option<Box<str>>| v.as_deref().map(str::to_string);
+        let mut endpoints = 0;
+        for api in slices {
+            let kept = Slice::from(api.clone());
+            let m = &api.metadata;
+            assert_eq!(s(&kept.namespace), m.namespace);
+            assert_eq!(s(&kept.name), m.name);
+            assert_eq!(
+                s(&kept.service),
+                m.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned()
+            );
+            assert_eq!(
+                s(&kept.last_change),
+                m.annotations.as_ref().and_then(|a| a.get(LAST_CHANGE_ANNOTATION)).cloned()
+            );
+            assert_eq!(&*kept.address_type, api.address_type);
+            let ports = api.ports.clone().unwrap_or_default();
+            assert_eq!(kept.ports.len(), ports.len());
+            for (k, p) in kept.ports.iter().zip(&ports) {
+                assert_eq!((s(&k.name), k.port, s(&k.protocol)), (p.name.clone(), p.port, p.protocol.clone()));
+            }
+            assert_eq!(kept.endpoints.len(), api.endpoints.len());
+            for (k, e) in kept.endpoints.iter().zip(&api.endpoints) {
+                endpoints += 1;
+                let addresses: Vec<String> = k.addresses.iter().map(|a| a.to_string()).collect();
+                assert_eq!(addresses, e.addresses);
+                let c = e.conditions.clone().unwrap_or_default();
+                assert_eq!((k.ready, k.serving, k.terminating), (c.ready, c.serving, c.terminating));
+                assert_eq!(s(&k.node), e.node_name);
+                let pod = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod"));
+                assert_eq!(s(&k.pod_name), pod.and_then(|r| r.name.clone()));
+                assert_eq!(s(&k.pod_namespace), pod.and_then(|r| r.namespace.clone()));
+                let hints = e.hints.clone().unwrap_or_default();
+                let zones: Vec<String> = hints.for_zones.unwrap_or_default().into_iter().map(|z| z.name).collect();
+                let nodes: Vec<String> = hints.for_nodes.unwrap_or_default().into_iter().map(|n| n.name).collect();
+                assert_eq!(k.zone_hints.iter().map(|z| z.to_string()).collect::<Vec<_>>(), zones);
+                assert_eq!(k.node_hints.iter().map(|n| n.to_string()).collect::<Vec<_>>(), nodes);
+            }
+            // The way back (for tests that change a slice as a watch would) loses nothing kept.
+            assert_eq!(Slice::from(EndpointSlice::from(&kept)), kept);
+        }
+        assert!(endpoints >= 3, "too few endpoints to prove anything: {endpoints}");
     }
 }
