@@ -493,7 +493,6 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
     }
 }
 
-
 /// The newest last-change-trigger-time of `slices`, as a unix time.
 fn last_change(slices: &[&Slice]) -> Option<f64> {
     slices

@@ -196,10 +196,8 @@ impl From<&Slice> for EndpointSlice {
                         ..ObjectReference::default()
                     }),
                     hints: (!e.zone_hints.is_empty() || !e.node_hints.is_empty()).then(|| EndpointHints {
-                        for_zones: list(&e.zone_hints)
-                            .map(|z| z.into_iter().map(|name| ForZone { name }).collect()),
-                        for_nodes: list(&e.node_hints)
-                            .map(|n| n.into_iter().map(|name| ForNode { name }).collect()),
+                        for_zones: list(&e.zone_hints).map(|z| z.into_iter().map(|name| ForZone { name }).collect()),
+                        for_nodes: list(&e.node_hints).map(|n| n.into_iter().map(|name| ForNode { name }).collect()),
                     }),
                     ..Endpoint::default()
                 })
@@ -247,13 +245,19 @@ mod tests {
             );
             assert_eq!(
                 s(&kept.last_change),
-                m.annotations.as_ref().and_then(|a| a.get(LAST_CHANGE_ANNOTATION)).cloned()
+                m.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(LAST_CHANGE_ANNOTATION))
+                    .cloned()
             );
             assert_eq!(&*kept.address_type, api.address_type);
             let ports = api.ports.clone().unwrap_or_default();
             assert_eq!(kept.ports.len(), ports.len());
             for (k, p) in kept.ports.iter().zip(&ports) {
-                assert_eq!((s(&k.name), k.port, s(&k.protocol)), (p.name.clone(), p.port, p.protocol.clone()));
+                assert_eq!(
+                    (s(&k.name), k.port, s(&k.protocol)),
+                    (p.name.clone(), p.port, p.protocol.clone())
+                );
             }
             assert_eq!(kept.endpoints.len(), api.endpoints.len());
             for (k, e) in kept.endpoints.iter().zip(&api.endpoints) {
@@ -267,8 +271,18 @@ mod tests {
                 assert_eq!(s(&k.pod_name), pod.and_then(|r| r.name.clone()));
                 assert_eq!(s(&k.pod_namespace), pod.and_then(|r| r.namespace.clone()));
                 let hints = e.hints.clone().unwrap_or_default();
-                let zones: Vec<String> = hints.for_zones.unwrap_or_default().into_iter().map(|z| z.name).collect();
-                let nodes: Vec<String> = hints.for_nodes.unwrap_or_default().into_iter().map(|n| n.name).collect();
+                let zones: Vec<String> = hints
+                    .for_zones
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|z| z.name)
+                    .collect();
+                let nodes: Vec<String> = hints
+                    .for_nodes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect();
                 assert_eq!(k.zone_hints.iter().map(|z| z.to_string()).collect::<Vec<_>>(), zones);
                 assert_eq!(k.node_hints.iter().map(|n| n.to_string()).collect::<Vec<_>>(), nodes);
             }

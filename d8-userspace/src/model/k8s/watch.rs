@@ -466,7 +466,8 @@ impl View {
             v
         }
         self.0.replace::<Service>(Kind::Services, slim(objs.services));
-        self.0.replace::<EndpointSlice>(Kind::EndpointSlices, objs.endpoint_slices);
+        self.0
+            .replace::<EndpointSlice>(Kind::EndpointSlices, objs.endpoint_slices);
         self.0.replace::<Pod>(Kind::Pods, slim(objs.pods));
         self.0.replace::<Node>(Kind::Nodes, slim(objs.nodes));
     }
