@@ -498,7 +498,7 @@ fn last_change(slices: &[&Slice]) -> Option<f64> {
     slices
         .iter()
         .filter_map(|s| s.last_change.as_deref())
-        .filter_map(|t| rfc3339_unix(t))
+        .filter_map(rfc3339_unix)
         .reduce(f64::max)
 }
 
