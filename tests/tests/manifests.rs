@@ -253,3 +253,35 @@ fn memory_limit_is_set_from_the_measured_peak_at_10000_services() {
         "memory limit {limit} against a measured peak of {peak:.0} MiB: set it to 1.25-1.6x"
     );
 }
+
+/// The bench measures the daemon with the allocator's settings the manifest gives it: the figures
+/// the memory limit is set from hold only for those.
+#[test]
+fn the_bench_runs_the_daemon_with_the_manifests_allocator_settings() {
+    let (_, c) = container();
+    let env: Vec<(String, String)> = c
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.name.starts_with("MALLOC_"))
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect();
+    let bench = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../xtask/src/bench/daemon.rs")).unwrap();
+    let line = bench
+        .lines()
+        .find(|l| l.starts_with("pub const MALLOC_ENV"))
+        .expect("xtask/src/bench/daemon.rs has MALLOC_ENV");
+    let pairs: Vec<(String, String)> = line
+        .split("(\"")
+        .skip(1)
+        .map(|p| {
+            let mut parts = p.split('"').filter(|x| !x.trim().is_empty() && x.trim() != ",");
+            (parts.next().unwrap().to_string(), parts.next().unwrap().to_string())
+        })
+        .collect();
+    assert!(!pairs.is_empty(), "no settings read from {line}");
+    assert_eq!(
+        env, pairs,
+        "deploy/daemonset.yaml and the daemon bench's MALLOC_ENV differ"
+    );
+}

@@ -39,6 +39,10 @@ use super::{
     rules,
 };
 
+/// The allocator's settings `deploy/daemonset.yaml` gives the daemon (`tests/tests/manifests.rs`
+/// checks the two agree): one arena, and allocations of 1 MiB and more mapped on their own.
+pub const MALLOC_ENV: [(&str, &str); 2] = [("MALLOC_ARENA_MAX", "1"), ("MALLOC_MMAP_THRESHOLD_", "1048576")];
+
 /// The daemon's metrics port inside the node's namespace.
 const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9810);
 /// Kinds the daemon watches (Services, EndpointSlices, this node's Pods, this node's Node).
@@ -118,8 +122,8 @@ pub fn run(env: &Env, bench: &BenchLab) -> anyhow::Result<DaemonBench> {
     })
 }
 
-/// `d8-trace daemon` in `ns` with `args` added, stderr to `log`; `MALLOC_ARENA_MAX=1` as the
-/// manifest sets it.
+/// `d8-trace daemon` in `ns` with `args` added, stderr to `log`; the allocator's settings
+/// ([`MALLOC_ENV`]) as the manifest sets them.
 struct Daemon {
     child: Child,
     log: std::path::PathBuf,
@@ -131,7 +135,7 @@ impl Daemon {
         let child = Command::new(&env.d8_trace)
             .args(["daemon", "--netns", ns, "--metrics-addr", &METRICS.to_string()])
             .args(args)
-            .env("MALLOC_ARENA_MAX", "1")
+            .envs(MALLOC_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(err))

@@ -16,20 +16,18 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Container, Node, Pod, Probe, Service as ApiService};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::ClusterObjects;
 use super::addr::api_ip;
 use super::node::node_ips;
+use super::slice::Slice;
 use crate::model::topology::{Candidate, Policies, ZONE_LABEL, categorize};
 use crate::model::{
     ApiFacts, Endpoint, Frontend, FrontendKind, IpFamily, ProbeKind, ProbePort, Protocol, Service, ServiceModel,
     ServiceRef, Topology,
 };
 
-/// Label linking an EndpointSlice to its Service.
-pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label handing a Service to a proxy other than the default kube-proxy.
 pub(crate) const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Label of kube-proxy's DaemonSet pods (kubeadm, kops, EKS, GKE all use it).
@@ -137,7 +135,7 @@ pub(super) fn fold_api_service(svc: &mut Service, api: &ApiService, bad: &mut Ve
 /// EndpointSlices), its last change, and the endpoints kube-proxy should pick on `this_node`.
 pub(super) fn fold_endpoints(
     svc: &mut Service,
-    slices: &[&EndpointSlice],
+    slices: &[&Slice],
     this_node: Option<&str>,
     zone: Option<&str>,
     bad: &mut Vec<String>,
@@ -346,17 +344,11 @@ fn protocol(p: Option<&str>) -> Protocol {
     p.and_then(Protocol::parse).unwrap_or(Protocol::Tcp)
 }
 
-pub(super) fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<ServiceRef, Vec<&EndpointSlice>> {
-    let mut out: HashMap<ServiceRef, Vec<&EndpointSlice>> = HashMap::new();
+pub(super) fn slices_by_service(slices: &[Slice]) -> HashMap<ServiceRef, Vec<&Slice>> {
+    let mut out: HashMap<ServiceRef, Vec<&Slice>> = HashMap::new();
     for s in slices {
-        let name = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
-        if let (Some(ns), Some(name)) = (&s.metadata.namespace, name) {
-            out.entry(ServiceRef {
-                namespace: ns.clone(),
-                name: name.clone(),
-            })
-            .or_default()
-            .push(s);
+        if let Some(owner) = s.owner() {
+            out.entry(owner).or_default().push(s);
         }
     }
     out
@@ -380,54 +372,38 @@ struct ApiEndpoint {
 }
 
 /// Addresses that are not usable (or not of the slice's `addressType`) go to `bad`.
-fn api_endpoints(slices: &[&EndpointSlice], bad: &mut Vec<String>) -> Vec<ApiEndpoint> {
+fn api_endpoints(slices: &[&Slice], bad: &mut Vec<String>) -> Vec<ApiEndpoint> {
     let mut out: Vec<ApiEndpoint> = Vec::new();
     for s in slices {
         // FQDN slices name hosts, not addresses: kube-proxy ignores them too.
-        let family = match s.address_type.as_str() {
+        let family = match &*s.address_type {
             "IPv4" => IpFamily::V4,
             "IPv6" => IpFamily::V6,
             _ => continue,
         };
-        let ports = s.ports.as_deref().unwrap_or_default();
         for e in &s.endpoints {
             // The API says a missing `ready` condition is to be read as ready.
-            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let terminating_serving = e
-                .conditions
-                .as_ref()
-                .is_some_and(|c| c.terminating == Some(true) && c.serving.unwrap_or(true));
-            let pod = e
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| {
-                    let name = r.name.as_deref()?;
-                    let ns = r.namespace.as_deref().or(s.metadata.namespace.as_deref())?;
-                    Some(format!("{ns}/{name}"))
-                });
-            let hints = e.hints.as_ref();
-            let zone_hints: Vec<String> = hints
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default();
-            let node_hints: Vec<String> = hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_default();
+            let ready = e.ready.unwrap_or(true);
+            let terminating_serving = e.terminating == Some(true) && e.serving.unwrap_or(true);
+            let pod = e.pod_name.as_deref().and_then(|name| {
+                let ns = e.pod_namespace.as_deref().or(s.namespace.as_deref())?;
+                Some(format!("{ns}/{name}"))
+            });
+            let zone_hints: Vec<String> = e.zone_hints.iter().map(|z| z.to_string()).collect();
+            let node_hints: Vec<String> = e.node_hints.iter().map(|n| n.to_string()).collect();
             for addr in &e.addresses {
                 let ip = match api_ip(addr, Some(family)) {
                     Ok(ip) => ip,
                     Err(why) => {
                         bad.push(format!(
                             "EndpointSlice {}/{} (addressType {family}): {why}",
-                            s.metadata.namespace.as_deref().unwrap_or_default(),
-                            s.metadata.name.as_deref().unwrap_or_default()
+                            s.namespace.as_deref().unwrap_or_default(),
+                            s.name.as_deref().unwrap_or_default()
                         ));
                         continue;
                     }
                 };
-                for p in ports {
+                for p in &s.ports {
                     // A port without a number means "all ports" (selector-less Services): nothing
                     // a DNAT target could be compared with.
                     let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else {
@@ -447,10 +423,10 @@ fn api_endpoints(slices: &[&EndpointSlice], bad: &mut Vec<String>) -> Vec<ApiEnd
                         ip,
                         port,
                         protocol,
-                        port_name: p.name.clone().unwrap_or_default(),
+                        port_name: p.name.as_deref().unwrap_or_default().to_string(),
                         ready,
                         terminating_serving,
-                        node: e.node_name.clone(),
+                        node: e.node.as_deref().map(str::to_string),
                         pod: pod.clone(),
                         zone_hints: zone_hints.clone(),
                         node_hints: node_hints.clone(),
@@ -517,16 +493,12 @@ fn merge_endpoints(svc: &mut Service, api_eps: Vec<ApiEndpoint>) {
     }
 }
 
-/// Annotation the EndpointSlice controller writes with the time of the last Service or Pod change
-/// the slice reflects.
-pub(crate) const LAST_CHANGE_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-
 /// The newest last-change-trigger-time of `slices`, as a unix time.
-fn last_change(slices: &[&EndpointSlice]) -> Option<f64> {
+fn last_change(slices: &[&Slice]) -> Option<f64> {
     slices
         .iter()
-        .filter_map(|s| s.metadata.annotations.as_ref()?.get(LAST_CHANGE_ANNOTATION))
-        .filter_map(|t| rfc3339_unix(t))
+        .filter_map(|s| s.last_change.as_deref())
+        .filter_map(rfc3339_unix)
         .reduce(f64::max)
 }
 

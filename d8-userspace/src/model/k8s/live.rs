@@ -100,7 +100,7 @@ pub async fn fetch(
         .map(|info| info.git_version);
     let mut objs = ClusterObjects {
         services,
-        endpoint_slices,
+        endpoint_slices: endpoint_slices.into_iter().map(Into::into).collect(),
         pods,
         nodes,
         server_version,

@@ -11,6 +11,7 @@
 //!   Services the API has and the rules lack, pods' probe ports, node addresses. Pure.
 //! - [`node`]: which Node is this one (`--node`, `NODE_NAME`, or the Node with this host's address).
 //! - [`slim`]: objects cut down to what those read, as they arrive.
+//! - [`slice`]: EndpointSlices in a struct of the project's, holding only what the fold reads.
 //! - [`refold`]: the API's changes folded into a model one Service at a time (the daemon).
 //!
 //! Not here: kube-proxy's rules (`rules`), kube-proxy's health (`kube_proxy`), classification.
@@ -20,6 +21,7 @@ pub mod enrich;
 pub mod live;
 pub mod node;
 pub mod refold;
+pub mod slice;
 pub mod slim;
 pub mod snapshot;
 pub mod watch;
@@ -28,9 +30,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::ServiceModel;
+pub use slice::Slice;
 
 pub use enrich::{api_frontends, enrich};
 pub use live::DEFAULT_TIMEOUT;
@@ -110,8 +112,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct ClusterObjects {
     /// All Services.
     pub services: Vec<Service>,
-    /// All EndpointSlices.
-    pub endpoint_slices: Vec<EndpointSlice>,
+    /// All EndpointSlices, in the project's form ([`slice`]: what the fold reads).
+    pub endpoint_slices: Vec<Slice>,
     /// Pods: all of them from a snapshot; this node's from the live API when the node is known.
     pub pods: Vec<Pod>,
     /// All Nodes.
@@ -125,12 +127,10 @@ pub struct ClusterObjects {
 impl ClusterObjects {
     /// Drops fields nothing reads ([`slim`]: managedFields, annotations such as
     /// last-applied-configuration, uids, selectors), which are most of a large cluster's bytes.
-    /// EndpointSlices keep `endpoints.kubernetes.io/last-change-trigger-time`: kube-proxy's lag is
-    /// measured from it.
+    /// EndpointSlices hold only what is read already ([`Slice`]).
     pub fn strip_unread(&mut self) {
         use slim::Slim;
         self.services.iter_mut().for_each(Slim::slim);
-        self.endpoint_slices.iter_mut().for_each(Slim::slim);
         self.pods.iter_mut().for_each(Slim::slim);
         self.nodes.iter_mut().for_each(Slim::slim);
     }

@@ -151,17 +151,12 @@ mod tests {
     /// The first slice of Service `name` that has endpoints.
     fn slice_of(view: &View, name: &str) -> EndpointSlice {
         let (objs, _) = view.objects().unwrap();
-        objs.endpoint_slices
-            .into_iter()
-            .find(|s| {
-                !s.endpoints.is_empty()
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("kubernetes.io/service-name"))
-                        == Some(&name.to_string())
-            })
-            .unwrap()
+        let kept = objs
+            .endpoint_slices
+            .iter()
+            .find(|s| !s.endpoints.is_empty() && s.service.as_deref() == Some(name))
+            .unwrap();
+        EndpointSlice::from(kept)
     }
 
     fn service_of(view: &View, name: &str) -> ApiService {

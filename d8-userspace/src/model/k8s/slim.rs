@@ -1,5 +1,5 @@
 //! API objects cut down to what [`enrich`](super::enrich) and [`node`](super::node) read, as soon as
-//! they arrive: a large cluster's objects are mostly what no verdict needs (managedFields,
+//! they arrive (EndpointSlices become a [`Slice`](super::Slice) instead, smaller still): a large cluster's objects are mostly what no verdict needs (managedFields,
 //! `last-applied-configuration`, uids, owner references, Service selectors, a Node's image list),
 //! and the daemon keeps every Service and EndpointSlice of the cluster for as long as it runs.
 //!
@@ -11,12 +11,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::enrich::{
-    CONTROL_PLANE_LABEL, KUBE_PROXY_LABEL, LAST_CHANGE_ANNOTATION, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
-};
+use super::enrich::{CONTROL_PLANE_LABEL, KUBE_PROXY_LABEL, SERVICE_PROXY_NAME_LABEL};
 use crate::model::topology::ZONE_LABEL;
 
 /// An API object that can drop what is never read.
@@ -51,30 +48,6 @@ impl Slim for Service {
             if let Some(ports) = &mut spec.ports {
                 ports.shrink_to_fit();
             }
-        }
-    }
-}
-
-impl Slim for EndpointSlice {
-    fn slim(&mut self) {
-        meta(&mut self.metadata, &[SERVICE_NAME_LABEL], &[LAST_CHANGE_ANNOTATION]);
-        for e in &mut self.endpoints {
-            e.deprecated_topology = None;
-            e.hostname = None;
-            if let Some(r) = &mut e.target_ref {
-                // Kind, namespace and name say which pod; uid and resourceVersion are never read.
-                r.uid = None;
-                r.resource_version = None;
-                r.api_version = None;
-                r.field_path = None;
-            }
-            e.addresses.shrink_to_fit();
-        }
-        // Decoding grows each list by doubling: at 10,000 slices of 5 endpoints (an API endpoint
-        // is a few hundred bytes of struct) the spare capacity alone was ~12 MiB.
-        self.endpoints.shrink_to_fit();
-        if let Some(ports) = &mut self.ports {
-            ports.shrink_to_fit();
         }
     }
 }

@@ -198,7 +198,7 @@ impl<'de> serde::de::Visitor<'de> for ItemsSeed<'_> {
                 ItemKind::Service => seq.next_element::<Service>()?.map(|o| objs.services.push(o)),
                 ItemKind::EndpointSlice => seq
                     .next_element::<EndpointSlice>()?
-                    .map(|o| objs.endpoint_slices.push(o)),
+                    .map(|o| objs.endpoint_slices.push(o.into())),
                 ItemKind::Pod => seq.next_element::<Pod>()?.map(|o| objs.pods.push(o)),
                 ItemKind::Node => seq.next_element::<Node>()?.map(|o| objs.nodes.push(o)),
                 ItemKind::Other | ItemKind::Missing => seq.next_element::<serde::de::IgnoredAny>()?.map(drop),
@@ -254,7 +254,7 @@ fn parse_slow(text: &str, path: &str) -> Result<ClusterObjects> {
         let mut item = item.clone();
         let result = match item_kind.as_str() {
             "Service" => from_value::<Service>(&mut item).map(|o| objs.services.push(o)),
-            "EndpointSlice" => from_value::<EndpointSlice>(&mut item).map(|o| objs.endpoint_slices.push(o)),
+            "EndpointSlice" => from_value::<EndpointSlice>(&mut item).map(|o| objs.endpoint_slices.push(o.into())),
             "Pod" => from_value::<Pod>(&mut item).map(|o| objs.pods.push(o)),
             "Node" => from_value::<Node>(&mut item).map(|o| objs.nodes.push(o)),
             "" => {

@@ -13,7 +13,7 @@ use crate::model::{
     ServiceModel, ServiceRef,
 };
 
-fn fixture() -> PathBuf {
+pub(super) fn fixture() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/k8s/snapshot.json"))
 }
 
@@ -1079,7 +1079,11 @@ fn whole_objects(text: &str) -> ClusterObjects {
         let item = item.clone();
         match item["kind"].as_str() {
             Some("Service") => objs.services.push(serde_json::from_value(item).unwrap()),
-            Some("EndpointSlice") => objs.endpoint_slices.push(serde_json::from_value(item).unwrap()),
+            Some("EndpointSlice") => objs.endpoint_slices.push(
+                serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(item)
+                    .unwrap()
+                    .into(),
+            ),
             Some("Pod") => objs.pods.push(serde_json::from_value(item).unwrap()),
             Some("Node") => objs.nodes.push(serde_json::from_value(item).unwrap()),
             _ => {}

@@ -31,8 +31,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::enrich::SERVICE_NAME_LABEL;
 use super::node::{NodeHint, NodeSource};
+use super::slice::Slice;
 use super::slim::Slim;
 use super::{ClusterObjects, Error};
 use crate::model::ServiceRef;
@@ -76,7 +76,7 @@ type Objects<K> = BTreeMap<String, K>;
 #[derive(Default)]
 pub(crate) struct Stores {
     services: Objects<Service>,
-    endpoint_slices: Objects<EndpointSlice>,
+    endpoint_slices: Objects<Slice>,
     pods: Objects<Pod>,
     nodes: Objects<Node>,
     /// Each kind has been listed once.
@@ -114,22 +114,43 @@ pub(crate) enum Part {
 }
 
 /// A store the watch of `K` writes.
-pub(crate) trait Stored: Resource + Slim + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
-    fn objects(s: &mut Stores) -> &mut Objects<Self>;
+pub(crate) trait Stored: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
+    /// What the store keeps of an object: the object slimmed ([`Slim`]), or for an EndpointSlice
+    /// a [`Slice`], a fifth of its size.
+    type Kept: Clone + std::fmt::Debug + Send + 'static;
+    fn keep(self) -> Self::Kept;
+    /// The key an object is kept under (`namespace/name`).
+    fn key_of(kept: &Self::Kept) -> String;
+    fn objects(s: &mut Stores) -> &mut Objects<Self::Kept>;
     /// Which part of the view the object is.
-    fn part(&self) -> Part {
+    fn part(_kept: &Self::Kept) -> Part {
         Part::All
     }
     /// Keeps [`Stores::slices_of`]: the object under `key` was `old` and is now `new`.
-    fn index(_s: &mut Stores, _key: &str, _old: Option<&Self>, _new: Option<&Self>) {}
+    fn index(_s: &mut Stores, _key: &str, _old: Option<&Self::Kept>, _new: Option<&Self::Kept>) {}
+}
+
+/// [`Stored`]'s first methods for a kind kept as the API's object, slimmed.
+macro_rules! kept_slimmed {
+    () => {
+        type Kept = Self;
+        fn keep(mut self) -> Self {
+            self.slim();
+            self
+        }
+        fn key_of(kept: &Self) -> String {
+            key(kept)
+        }
+    };
 }
 
 impl Stored for Service {
+    kept_slimmed!();
     fn objects(s: &mut Stores) -> &mut Objects<Self> {
         &mut s.services
     }
-    fn part(&self) -> Part {
-        match (&self.metadata.namespace, &self.metadata.name) {
+    fn part(svc: &Self) -> Part {
+        match (&svc.metadata.namespace, &svc.metadata.name) {
             (Some(namespace), Some(name)) => Part::Service(ServiceRef {
                 namespace: namespace.clone(),
                 name: name.clone(),
@@ -139,14 +160,21 @@ impl Stored for Service {
     }
 }
 impl Stored for EndpointSlice {
-    fn objects(s: &mut Stores) -> &mut Objects<Self> {
+    type Kept = Slice;
+    fn keep(self) -> Slice {
+        self.into()
+    }
+    fn key_of(kept: &Slice) -> String {
+        kept.key()
+    }
+    fn objects(s: &mut Stores) -> &mut Objects<Slice> {
         &mut s.endpoint_slices
     }
-    fn part(&self) -> Part {
-        slice_owner(self).map_or(Part::None, Part::Service)
+    fn part(kept: &Slice) -> Part {
+        kept.owner().map_or(Part::None, Part::Service)
     }
-    fn index(s: &mut Stores, key: &str, old: Option<&Self>, new: Option<&Self>) {
-        if let Some(owner) = old.and_then(slice_owner)
+    fn index(s: &mut Stores, key: &str, old: Option<&Slice>, new: Option<&Slice>) {
+        if let Some(owner) = old.and_then(Slice::owner)
             && let Some(keys) = s.slices_of.get_mut(&owner)
         {
             keys.remove(key);
@@ -154,36 +182,28 @@ impl Stored for EndpointSlice {
                 s.slices_of.remove(&owner);
             }
         }
-        if let Some(owner) = new.and_then(slice_owner) {
+        if let Some(owner) = new.and_then(Slice::owner) {
             s.slices_of.entry(owner).or_default().insert(key.to_string());
         }
     }
 }
 impl Stored for Pod {
+    kept_slimmed!();
     fn objects(s: &mut Stores) -> &mut Objects<Self> {
         &mut s.pods
     }
 }
 impl Stored for Node {
+    kept_slimmed!();
     fn objects(s: &mut Stores) -> &mut Objects<Self> {
         &mut s.nodes
     }
 }
 
-/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label), as the fold
-/// reads it (`enrich::slices_by_service`).
-fn slice_owner(s: &EndpointSlice) -> Option<ServiceRef> {
-    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceRef {
-        namespace: s.metadata.namespace.clone()?,
-        name: name.clone(),
-    })
-}
-
 impl Stores {
     /// `obj` (its old or new version) changed.
-    fn touch<K: Stored>(&mut self, obj: &K) {
-        match obj.part() {
+    fn touch<K: Stored>(&mut self, obj: &K::Kept) {
+        match K::part(obj) {
             Part::Service(svc) => {
                 self.touched.services.insert(svc);
             }
@@ -237,15 +257,15 @@ impl Shared {
         s.down_since.get_or_insert_with(Instant::now);
     }
 
-    /// `items` are slimmed already ([`list_all`] slims each page as it arrives).
-    fn replace<K: Stored>(&self, kind: Kind, items: Vec<K>) {
+    /// `items` are kept already ([`list_all`] keeps each page's objects as it arrives).
+    fn replace<K: Stored>(&self, kind: Kind, items: Vec<K::Kept>) {
         let mut s = self.lock();
         let old = std::mem::take(K::objects(&mut s));
         for (k, o) in &old {
             K::index(&mut s, k, Some(o), None);
         }
         drop(old);
-        let new: Objects<K> = items.into_iter().map(|o| (key(&o), o)).collect();
+        let new: Objects<K::Kept> = items.into_iter().map(|o| (K::key_of(&o), o)).collect();
         for (k, o) in &new {
             K::index(&mut s, k, None, Some(o));
         }
@@ -257,16 +277,16 @@ impl Shared {
         self.changed();
     }
 
-    fn apply<K: Stored>(&self, mut obj: K) {
-        obj.slim();
-        let k = key(&obj);
+    fn apply<K: Stored>(&self, obj: K) {
+        let obj = obj.keep();
+        let k = K::key_of(&obj);
         let mut s = self.lock();
         // The old version's Service is touched too: a slice may have moved to another Service.
         if let Some(old) = K::objects(&mut s).remove(&k) {
-            s.touch(&old);
+            s.touch::<K>(&old);
             K::index(&mut s, &k, Some(&old), None);
         }
-        s.touch(&obj);
+        s.touch::<K>(&obj);
         K::index(&mut s, &k, None, Some(&obj));
         K::objects(&mut s).insert(k, obj);
         drop(s);
@@ -274,11 +294,12 @@ impl Shared {
     }
 
     fn delete<K: Stored>(&self, obj: &K) {
-        let k = key(obj);
+        let obj = obj.clone().keep();
+        let k = K::key_of(&obj);
         let mut s = self.lock();
-        s.touch(obj);
+        s.touch::<K>(&obj);
         if let Some(old) = K::objects(&mut s).remove(&k) {
-            s.touch(&old);
+            s.touch::<K>(&old);
             K::index(&mut s, &k, Some(&old), None);
         }
         drop(s);
@@ -407,11 +428,11 @@ impl View {
         if !s.synced.iter().all(|&b| b) {
             return None;
         }
-        fn lend<K: Resource>(m: &mut Objects<K>) -> Vec<K> {
+        fn lend<V>(m: &mut Objects<V>) -> Vec<V> {
             std::mem::take(m).into_values().collect()
         }
-        fn give_back<K: Resource>(m: &mut Objects<K>, v: Vec<K>) {
-            *m = v.into_iter().map(|o| (key(&o), o)).collect();
+        fn give_back<K: Stored>(m: &mut Objects<K::Kept>, v: Vec<K::Kept>) {
+            *m = v.into_iter().map(|o| (K::key_of(&o), o)).collect();
         }
         let mut objs = ClusterObjects {
             services: lend(&mut s.services),
@@ -423,10 +444,10 @@ impl View {
         };
         // Given back even if `f` panics, so a bug in a reader cannot empty the stores.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&objs, s.node.clone())));
-        give_back(&mut s.services, std::mem::take(&mut objs.services));
-        give_back(&mut s.endpoint_slices, std::mem::take(&mut objs.endpoint_slices));
-        give_back(&mut s.pods, std::mem::take(&mut objs.pods));
-        give_back(&mut s.nodes, std::mem::take(&mut objs.nodes));
+        give_back::<Service>(&mut s.services, std::mem::take(&mut objs.services));
+        give_back::<EndpointSlice>(&mut s.endpoint_slices, std::mem::take(&mut objs.endpoint_slices));
+        give_back::<Pod>(&mut s.pods, std::mem::take(&mut objs.pods));
+        give_back::<Node>(&mut s.nodes, std::mem::take(&mut objs.nodes));
         drop(s);
         match result {
             Ok(t) => Some(t),
@@ -444,10 +465,11 @@ impl View {
             v.iter_mut().for_each(Slim::slim);
             v
         }
-        self.0.replace(Kind::Services, slim(objs.services));
-        self.0.replace(Kind::EndpointSlices, slim(objs.endpoint_slices));
-        self.0.replace(Kind::Pods, slim(objs.pods));
-        self.0.replace(Kind::Nodes, slim(objs.nodes));
+        self.0.replace::<Service>(Kind::Services, slim(objs.services));
+        self.0
+            .replace::<EndpointSlice>(Kind::EndpointSlices, objs.endpoint_slices);
+        self.0.replace::<Pod>(Kind::Pods, slim(objs.pods));
+        self.0.replace::<Node>(Kind::Nodes, slim(objs.nodes));
     }
     pub(crate) fn apply_for_test<K: Stored>(&self, obj: K) {
         self.0.apply(obj);
@@ -610,7 +632,7 @@ async fn watch_kind<K: Stored>(api: Api<K>, sel: Selectors, kind: Kind, shared: 
     loop {
         let version = match list_all(&api, &sel, kind, &shared).await {
             Ok((items, version)) => {
-                shared.replace(kind, items);
+                shared.replace::<K>(kind, items);
                 shared.answered(kind);
                 backoff.reset();
                 version
@@ -791,7 +813,7 @@ async fn list_all<K: Stored>(
     sel: &Selectors,
     kind: Kind,
     shared: &Shared,
-) -> Result<(Vec<K>, String), Error> {
+) -> Result<(Vec<K::Kept>, String), Error> {
     let mut params = ListParams::default().limit(PAGE_SIZE);
     if let Some(f) = &sel.fields {
         params = params.fields(f);
@@ -800,11 +822,8 @@ async fn list_all<K: Stored>(
     loop {
         shared.lists.fetch_add(1, Ordering::Relaxed);
         let page = list_page(api, &params, kind).await?;
-        // Slimmed page by page: a whole LIST of full objects is never held.
-        items.extend(page.items.into_iter().map(|mut o| {
-            o.slim();
-            o
-        }));
+        // Kept page by page: a whole LIST of full objects is never held.
+        items.extend(page.items.into_iter().map(K::keep));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => {
@@ -897,7 +916,7 @@ mod tests {
             s.slim();
             s
         };
-        shared.replace(Kind::Services, vec![slimmed(svc("a")), slimmed(svc("b"))]);
+        shared.replace::<Service>(Kind::Services, vec![slimmed(svc("a")), slimmed(svc("b"))]);
         shared.replace::<EndpointSlice>(Kind::EndpointSlices, vec![]);
         shared.replace::<Pod>(Kind::Pods, vec![]);
         assert!(!view.health().synced);

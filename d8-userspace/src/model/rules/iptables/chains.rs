@@ -47,6 +47,15 @@ impl Table {
             handles.push(x.handle);
         }
     }
+
+    /// Gives back the spare capacity of each chain's text and handles: a text grows by doubling,
+    /// and at 10,000 Services there are 60,000 chains of a rule or two.
+    fn shrink(&mut self) {
+        for (text, handles) in self.rules.values_mut() {
+            text.shrink_to_fit();
+            handles.shrink_to_fit();
+        }
+    }
 }
 
 /// A rule read: its chain, handle, `-A` line, comment and the chain it jumps or goes to.
@@ -73,12 +82,16 @@ pub(super) fn read_rules<E>(
     mut read_chain: impl FnMut(&str, &mut Vec<ReadRule>) -> Result<(), E>,
 ) -> Result<(), E> {
     let Some(only) = only else {
+        // Chain by chain into the table: a read rule (its line, comment and target apart) is
+        // several times its line in the table's text, and a whole table of them (170,000 rules at
+        // 10,000 Services) was the largest thing the read held.
         let names: Vec<String> = t.chains.iter().map(|(n, _)| n.clone()).collect();
         let mut rules = Vec::new();
         for chain in &names {
             read_chain(chain, &mut rules)?;
+            t.add(std::mem::take(&mut rules));
         }
-        t.add(rules);
+        t.shrink();
         return Ok(());
     };
     // The shared chains, then the Service's own chains their rules naming it jump to, then the
@@ -131,6 +144,7 @@ pub(super) fn read_rules<E>(
     t.chains.retain(|(n, _)| read.contains(n));
     rules.extend(mine);
     t.add(rules);
+    t.shrink();
     Ok(())
 }
 
@@ -150,8 +164,9 @@ fn names_service(comment: Option<&str>, svc: &ServiceRef) -> Option<bool> {
 }
 
 /// The tables as `iptables-save` prints them: built-in chains in hook order, then the others by
-/// name, each chain's rules in order.
-pub(super) fn render(tables: &[Table]) -> R<Rendered> {
+/// name, each chain's rules in order. Each chain's text is dropped once copied, so the tables and
+/// their rendering are not both held whole.
+pub(super) fn render(tables: Vec<Table>) -> R<Rendered> {
     let mut out = Rendered::default();
     let mut line = 0usize;
     let mut push = |out: &mut Rendered, text: &str, handle: u64| {
@@ -162,7 +177,7 @@ pub(super) fn render(tables: &[Table]) -> R<Rendered> {
         }
         out.handles[line] = handle;
     };
-    for t in tables {
+    for mut t in tables {
         let builtin = TABLES.iter().position(|n| *n == t.name).map_or(&[][..], |i| BUILTIN[i]);
         let policy = |name: &str| {
             t.chains
@@ -171,12 +186,11 @@ pub(super) fn render(tables: &[Table]) -> R<Rendered> {
                 .and_then(|(_, h)| h.map(|h| h.1))
                 .unwrap_or("ACCEPT")
         };
-        let mut chains: Vec<(&str, &str)> = builtin.iter().map(|&n| (n, policy(n))).collect();
-        let mut others: Vec<(&str, &str)> = t
-            .chains
-            .iter()
+        let mut chains: Vec<(String, &str)> = builtin.iter().map(|&n| (n.to_string(), policy(n))).collect();
+        let mut others: Vec<(String, &str)> = std::mem::take(&mut t.chains)
+            .into_iter()
             .filter(|(n, _)| !builtin.contains(&n.as_str()))
-            .map(|(n, h)| (n.as_str(), h.map_or("-", |h| h.1)))
+            .map(|(n, h)| (n, h.map_or("-", |h| h.1)))
             .collect();
         others.sort_unstable();
         // A chain listed twice (a recorded read may hold two chain dumps) is one chain.
@@ -187,10 +201,10 @@ pub(super) fn render(tables: &[Table]) -> R<Rendered> {
             push(&mut out, &format!(":{name} {policy} [0:0]\n"), 0);
         }
         for (name, _) in &chains {
-            let Some((text, handles)) = t.rules.get(*name) else {
+            let Some((text, handles)) = t.rules.remove(name) else {
                 continue;
             };
-            for (l, h) in text.split_inclusive('\n').zip(handles) {
+            for (l, h) in text.split_inclusive('\n').zip(&handles) {
                 push(&mut out, l, *h);
             }
         }

@@ -51,7 +51,7 @@ pub(super) fn read_rendered(v6: bool, tables: &[String], only: Option<&ServiceRe
         })?;
         read.push(decode_table(name, &blob, v6, only).map_err(|u| Error::Unknown(format!("table {name}: {}", u.0)))?);
     }
-    Ok(render(&read)?)
+    Ok(render(read)?)
 }
 
 /// Where `struct ipt_entry` (`ip6t_entry`) keeps what the walk needs, and its size (where its
@@ -478,7 +478,7 @@ pub(super) fn render_recorded(v6: bool, mut bytes: &[u8]) -> Result<Rendered, Er
         tables.push(decode_table(name, &t, v6, None).map_err(|u| Error::Unknown(format!("table {name}: {}", u.0)))?);
         bytes = &bytes[HEAD + size..];
     }
-    Ok(render(&tables)?)
+    Ok(render(tables)?)
 }
 
 /// The recorded form of one table (see [`decode_recorded`]).

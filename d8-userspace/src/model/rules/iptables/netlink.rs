@@ -77,7 +77,7 @@ pub(super) fn read_consistent(family: u8, only: Option<&ServiceRef>) -> Result<R
         if changed || generation(&mut reader)? != before {
             continue;
         }
-        return render(&tables).map_err(Error::from);
+        return render(tables).map_err(Error::from);
     }
     Err(Error::Unstable(ATTEMPTS))
 }
@@ -510,13 +510,13 @@ fn verdict(data: &[u8]) -> R<Target> {
 /// `family`'s tables, into the model. For the fuzz target and the tests: nothing may panic, and
 /// what is not understood is an error.
 pub fn decode_dump(family: u8, bytes: &[u8]) -> Result<Parsed, Error> {
-    parse(&render(&recorded_tables(family, bytes)?)?, "netlink")
+    parse(&render(recorded_tables(family, bytes)?)?, "netlink")
 }
 
 /// The `iptables-save` text [`decode_dump`] reads.
 #[cfg(test)]
 pub(super) fn render_dump(family: u8, bytes: &[u8]) -> Result<String, Error> {
-    Ok(render(&recorded_tables(family, bytes)?)?.text)
+    Ok(render(recorded_tables(family, bytes)?)?.text)
 }
 
 fn recorded_tables(family: u8, bytes: &[u8]) -> Result<Vec<Table>, Error> {
