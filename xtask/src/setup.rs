@@ -14,7 +14,8 @@
 //! never removes what the machine has installed (a fresh image's newer `qemu-utils` once went
 //! when Debian's `qemu-system-x86` came in). A tool already present anywhere on the system paths
 //! is used as it is; a missing package from the same source as an installed one is asked for in
-//! the installed version when apt has it; otherwise set-up stops, changes nothing, and says which
+//! the installed version when apt has it (from the release's backports, in a private list, when
+//! the installed one came from there); otherwise set-up stops, changes nothing, and says which
 //! packages would have been removed.
 
 use std::{
@@ -104,30 +105,48 @@ fn apt_packages(check: bool) -> anyhow::Result<()> {
     if !status(Command::new("apt-get").args(["update", "-qq"]))? {
         bail!("apt-get update failed");
     }
-    let request = install_request(&missing)?;
-    let ok = status(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "--no-remove"])
-            .args(&request)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    if !ok {
-        bail!("apt-get install --no-remove {} failed", request.join(" "));
+    for plan in install_request(&missing)? {
+        let ok = status(
+            Command::new("apt-get")
+                .args(&plan.apt_options)
+                .args(["install", "-y", "-qq", "--no-install-recommends", "--no-remove"])
+                .args(&plan.packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        if !ok {
+            bail!("apt-get install --no-remove {} failed", plan.packages.join(" "));
+        }
     }
     Ok(())
 }
 
-/// The `apt-get install` arguments for `missing`, chosen so that nothing already installed is
+/// One `apt-get install`: the packages (some pinned to a version) and the options that name the
+/// sources they come from (empty: the machine's own).
+#[derive(Debug, Default)]
+struct InstallPlan {
+    packages: Vec<String>,
+    apt_options: Vec<String>,
+}
+
+/// The `apt-get install` runs for `missing`, chosen so that nothing already installed is
 /// removed. apt is asked first (`-s`, a simulation); when its plan removes a package (a fresh
 /// image's newer `qemu-utils`, say, which Debian's `qemu-system-x86` of another version breaks), a
 /// missing package from the same source as an installed one is pinned to the installed version
-/// when apt has that version (`qemu-system-x86=<qemu-utils' version>`). If the plan still removes
-/// something, nothing is installed and the error says what and how to go on.
-fn install_request(missing: &[&str]) -> anyhow::Result<Vec<String>> {
-    let mut request: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
-    let removed = simulate_removals(&request)?;
+/// when apt has that version (`qemu-system-x86=<qemu-utils' version>`). When the installed version
+/// came from the release's backports (`~bpo12+1`) and the machine's sources lack them, those
+/// packages are installed in a second run from `<codename>-backports`, added in a private list
+/// (the machine's own sources and package lists stay as they are; the other packages still come
+/// from the machine's sources). If a plan still removes something, nothing is installed and the
+/// error says what and how to go on.
+fn install_request(missing: &[&str]) -> anyhow::Result<Vec<InstallPlan>> {
+    let names: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+    let plain = InstallPlan {
+        packages: names.clone(),
+        apt_options: Vec::new(),
+    };
+    let mut removed = simulate_removals(&plain)?;
     if removed.is_empty() {
-        return Ok(request);
+        return Ok(vec![plain]);
     }
     step(&format!(
         "installing {} as apt proposes would remove {}: looking for versions that match the installed packages",
@@ -135,22 +154,58 @@ fn install_request(missing: &[&str]) -> anyhow::Result<Vec<String>> {
         removed.join(" ")
     ));
     let installed = installed_by_source()?;
-    for req in &mut request {
-        let Some(source) = source_of(req) else { continue };
-        // The installed packages of that source can carry different versions (a binNMU's `+b3`
-        // on the architecture-specific ones): the first apt can install wins.
-        let available = available_versions(req);
-        if let Some((_, version)) = installed.iter().find(|(s, v)| *s == source && available.contains(v)) {
-            *req = format!("{req}={version}");
-        }
-    }
-    let removed = simulate_removals(&request)?;
-    if removed.is_empty() {
+    let pinned = InstallPlan {
+        packages: pin_to_installed(&names, &installed, &[]),
+        apt_options: Vec::new(),
+    };
+    let pinned_removes = simulate_removals(&pinned)?;
+    if pinned_removes.is_empty() {
         step(&format!(
             "installing {} (matching the installed versions)",
-            request.join(" ")
+            pinned.packages.join(" ")
         ));
-        return Ok(request);
+        return Ok(vec![pinned]);
+    }
+    removed = pinned_removes;
+    if installed.iter().any(|(_, v)| v.contains("~bpo")) {
+        let (codename, list_options) = backports_options()?;
+        step(&format!(
+            "the installed versions come from {codename}-backports: looking there as well"
+        ));
+        if !status(Command::new("apt-get").args(&list_options).args(["update", "-qq"]))? {
+            bail!("apt-get update with {codename}-backports failed");
+        }
+        let (from_backports, rest): (Vec<String>, Vec<String>) = pin_to_installed(&names, &installed, &list_options)
+            .into_iter()
+            .partition(|request| request.contains("~bpo"));
+        let rest = InstallPlan {
+            packages: rest,
+            apt_options: Vec::new(),
+        };
+        // `-t`: the pinned package's own dependencies (`qemu-system-common` of the same version)
+        // come from backports too; the machine's sources stay the default for everything else.
+        let mut backports_install = list_options;
+        backports_install.extend(["-t".to_string(), format!("{codename}-backports")]);
+        let from_backports = InstallPlan {
+            packages: from_backports,
+            apt_options: backports_install,
+        };
+        let plans: Vec<InstallPlan> = [rest, from_backports]
+            .into_iter()
+            .filter(|p| !p.packages.is_empty())
+            .collect();
+        removed = Vec::new();
+        for plan in &plans {
+            removed.extend(simulate_removals(plan)?);
+        }
+        if removed.is_empty() {
+            let all: Vec<&str> = plans.iter().flat_map(|p| &p.packages).map(String::as_str).collect();
+            step(&format!(
+                "installing {} (matching the installed versions)",
+                all.join(" ")
+            ));
+            return Ok(plans);
+        }
     }
     bail!(
         "installing {} would remove {}, which this machine has installed; nothing was changed. \
@@ -161,17 +216,65 @@ fn install_request(missing: &[&str]) -> anyhow::Result<Vec<String>> {
     )
 }
 
+/// Each of `names`, pinned to the installed version of a package of the same source where apt
+/// (with `apt_options`' sources) has that version, else as it is.
+fn pin_to_installed(names: &[String], installed: &[(String, String)], apt_options: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            let Some(source) = source_of(name, apt_options) else {
+                return name.clone();
+            };
+            // The installed packages of that source can carry different versions (a binNMU's
+            // `+b3` on the architecture-specific ones): the first apt can install wins.
+            let available = available_versions(name, apt_options);
+            match installed.iter().find(|(s, v)| *s == source && available.contains(v)) {
+                Some((_, version)) => format!("{name}={version}"),
+                None => name.clone(),
+            }
+        })
+        .collect()
+}
+
+/// apt options adding `<codename>-backports` to the machine's sources, with a package-list
+/// folder of its own: the machine's sources.list.d is still read, its lists are not touched.
+fn backports_options() -> anyhow::Result<(String, Vec<String>)> {
+    let os_release = std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    let codename = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+        .context("/etc/os-release names no VERSION_CODENAME")?;
+    let dir = std::env::temp_dir().join("d8-trace-apt-backports");
+    std::fs::create_dir_all(dir.join("lists/partial")).with_context(|| format!("creating {}", dir.display()))?;
+    let list = dir.join("sources.list");
+    std::fs::write(
+        &list,
+        format!("deb http://deb.debian.org/debian {codename}-backports main\n"),
+    )
+    .with_context(|| format!("writing {}", list.display()))?;
+    let options = vec![
+        "-o".into(),
+        format!("Dir::Etc::SourceList={}", list.display()),
+        "-o".into(),
+        format!("Dir::State::Lists={}", dir.join("lists").display()),
+    ];
+    Ok((codename, options))
+}
+
 /// Packages `apt-get install -s` would remove (`Remv NAME [...]` lines).
-fn simulate_removals(request: &[String]) -> anyhow::Result<Vec<String>> {
+fn simulate_removals(plan: &InstallPlan) -> anyhow::Result<Vec<String>> {
     let out = Command::new("apt-get")
+        .args(&plan.apt_options)
         .args(["install", "-s", "-qq", "--no-install-recommends"])
-        .args(request)
+        .args(&plan.packages)
         .output()
         .context("running apt-get install -s")?;
     if !out.status.success() {
         bail!(
             "apt-get install -s {} failed: {}",
-            request.join(" "),
+            plan.packages.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -198,8 +301,13 @@ fn installed_by_source() -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// The source package of a package apt knows (`apt-cache show`'s `Source:`, else its own name).
-fn source_of(package: &str) -> Option<String> {
-    let text = output(Command::new("apt-cache").args(["show", "--no-all-versions", package])).ok()?;
+fn source_of(package: &str, apt_options: &[String]) -> Option<String> {
+    let text = output(
+        Command::new("apt-cache")
+            .args(apt_options)
+            .args(["show", "--no-all-versions", package]),
+    )
+    .ok()?;
     if !text.lines().any(|l| l.starts_with("Package:")) {
         return None;
     }
@@ -213,8 +321,8 @@ fn source_of(package: &str) -> Option<String> {
 }
 
 /// Every version of `package` apt can install.
-fn available_versions(package: &str) -> Vec<String> {
-    output(Command::new("apt-cache").args(["madison", package]))
+fn available_versions(package: &str, apt_options: &[String]) -> Vec<String> {
+    output(Command::new("apt-cache").args(apt_options).args(["madison", package]))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split('|').nth(1))
