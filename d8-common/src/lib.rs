@@ -274,6 +274,29 @@ pub struct TpAddrLayout {
     pub newstate: u32,
 }
 
+/// Kernel functions (kfuncs) the netfilter programs call, which aya 0.14 cannot relocate. The
+/// programs emit each call as a placeholder, `r2 = <type placeholder>` followed at once by
+/// `call <`CALL`>` (a helper call with a number no helper has), and the netfilter loader
+/// (`d8-userspace/src/loader/kfunc.rs`) patches the pair before `BPF_PROG_LOAD`: the call into a
+/// kfunc call (`src_reg` `BPF_PSEUDO_KFUNC_CALL`, `imm` the kfunc's id in the running kernel's
+/// BTF), the type placeholder into that BTF's id of the named struct. An unpatched placeholder
+/// is an unknown helper to the verifier: it never loads silently wrong.
+pub mod kfunc {
+    /// `call` immediate of a `bpf_rdonly_cast(ptr, type)` placeholder (6.2+, every program type):
+    /// `ptr` as a read-only pointer to a struct of the type, whose fields the program then reads
+    /// with plain loads (`BPF_PROBE_MEM`: inlined by the JIT, a fault reads zero), where
+    /// `bpf_probe_read_kernel` is a helper call; the verifier inlines the call itself to a move.
+    pub const RDONLY_CAST: i32 = 0x0d8c_a570;
+    /// The kfunc [`RDONLY_CAST`] stands for, by its name in the kernel's BTF.
+    pub const RDONLY_CAST_NAME: &str = "bpf_rdonly_cast";
+    /// Type placeholders: `struct iphdr`, `struct tcphdr`, `struct ipv6hdr`.
+    pub const IPHDR: i32 = 0x0d8b_0001;
+    pub const TCPHDR: i32 = 0x0d8b_0002;
+    pub const IPV6HDR: i32 = 0x0d8b_0003;
+    /// Every type placeholder and the struct it names in the kernel's BTF.
+    pub const TYPES: [(i32, &str); 3] = [(IPHDR, "iphdr"), (TCPHDR, "tcphdr"), (IPV6HDR, "ipv6hdr")];
+}
+
 /// Address layout kinds for [`TpAddrLayout::kind`].
 pub mod layout {
     pub const UNUSED: u32 = 0;

@@ -18,11 +18,14 @@
 //! verifier) unless the loader turns them on.
 #![no_std]
 #![no_main]
+// `asm!` on the BPF target (nightly): the kfunc placeholders of `kfunc.rs`.
+#![feature(asm_experimental_arch)]
 
 mod bench;
 mod conntrack;
 mod emit;
 mod flows;
+mod kfunc;
 mod log;
 mod maps;
 mod netfilter;

@@ -4,21 +4,24 @@
 //! The context is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`;
 //! the verifier allows exactly these two 8-byte loads from it, and types both as trusted BTF
 //! pointers: fields of the skb and the hook state are then read with plain loads (inlined by the
-//! JIT), and only the packet bytes and the conntrack entry need `bpf_probe_read_kernel`.
+//! JIT); the packet bytes are read through `bpf_rdonly_cast`, and only the conntrack entry (and
+//! the rare IPv6 extension header or ICMP error's quoted packet) needs `bpf_probe_read_kernel`.
 //!
 //! Each program has an IPv6 twin (`nf_pre6`, `nf_post6`), the same code with the IPv6 parser
-//! (`packet::parse_ipv6`, `parse_ipv6_hot` in `nf_pre6`), attached at the same hooks of the IPv6 family: the IPv4 programs
+//! (`packet::parse_ipv6_hot`), attached at the same hooks of the IPv6 family: the IPv4 programs
 //! hold no IPv6 code and cost what they did, and each twin has the whole stack to itself.
 //!
-//! The packet's headers are decoded with network-types' types (`packet::parse_ipv4_hot`). The
+//! The packet's headers are read in place through the kfunc `bpf_rdonly_cast` (`kfunc.rs`: 6.2+,
+//! so on every kernel with netfilter links), with plain loads at network-types' field offsets
+//! (`packet::parse_ipv4_hot`, `parse_ipv6_hot`), no helper call. The
 //! skb itself is not a packet header: `head`, `network_header` and `_nfct` are `struct sk_buff`
 //! fields at offsets that differ between kernels, read at the offsets userspace found in the
 //! running kernel's BTF (`CONFIG`), since Rust emits no CO-RE relocations; network-types has no
 //! type for them. Likewise the hook state and the conntrack entry (`conntrack.rs`).
 //!
 //! Cost matters here: these programs run for every packet of the node, nearly all untraced. The
-//! untraced exit is one header read and one bit of `TARGET_FILTER`, asked before the flow key is
-//! built; see BENCHMARKS.md.
+//! untraced exit is a few loads of the headers and one bit of `TARGET_FILTER`, asked before the
+//! flow key is built; see BENCHMARKS.md.
 
 use core::ffi::c_void;
 
@@ -74,7 +77,7 @@ pub extern "C" fn nf_pre6(ctx: *mut c_void) -> i32 {
 fn parse<const V6: bool>(skb: u64) -> Option<packet::Packet> {
     let nh = packet::network_header_trusted(skb);
     if V6 {
-        packet::parse_ipv6(nh)
+        packet::parse_ipv6_hot(nh)
     } else {
         packet::parse_ipv4_hot(nh, |_, _, _| true)
     }
@@ -84,9 +87,7 @@ fn parse<const V6: bool>(skb: u64) -> Option<packet::Packet> {
 fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let (state, skb) = args(ctx);
     // Every packet of the node passes here: IPv4's parser asks `TARGET_FILTER` before it builds
-    // the key (returning only ICMP packets and those whose destination the filter may hold), and
-    // IPv6's reads both headers at once. (`nf_post6`, which parses only traced packets, keeps
-    // `parse_ipv6`: the one-read layout does not fit next to its stack.)
+    // the key (returning only ICMP packets and those whose destination the filter may hold).
     let nh = packet::network_header_trusted(skb);
     let pkt = if V6 {
         packet::parse_ipv6_hot(nh)?

@@ -20,7 +20,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use crate::maps::config;
+use crate::{kfunc, maps::config};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -216,73 +216,63 @@ pub fn parse_ipv4(nh: u64) -> Option<Packet> {
     Some(pkt)
 }
 
-/// Both headers as one read: the IPv4 header without options and the transport header after it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Headers {
-    ip: RawIpv4,
-    l4: L4,
-}
-
 /// [`parse_ipv4`] for the netfilter programs, which run for every packet of the node, nearly all
-/// untraced: one read for both headers when the IP header has no options, and
-/// `wanted(daddr, dport, proto)` asked before anything else is decoded, so that an untraced
-/// packet costs that read, a few loads and the filter (BENCHMARKS.md, issue 18: building the key
-/// first was half of the untraced cost above the empty program). ICMP packets are decoded
-/// whatever `wanted` says: an ICMP error is matched on the packet it quotes. The skb's buffer
-/// always extends past the 40 bytes read (`skb_shared_info` follows the data), and bytes beyond
-/// a short packet are never used.
+/// untraced: the headers are read in place with plain loads through [`kfunc::rdonly_cast`] (a
+/// helper read of them was half the untraced cost above the empty program: BENCHMARKS.md, issue
+/// 18), and `wanted(daddr, dport, proto)` is asked before anything else is read, so that an
+/// untraced packet costs a few loads and the filter. ICMP packets are decoded whatever `wanted`
+/// says: an ICMP error is matched on the packet it quotes. The transport header is read as a
+/// `struct tcphdr` whatever the protocol (UDP's and SCTP's ports and ICMP's type and code sit at
+/// its ports' offsets); the skb's buffer always extends past it (`skb_shared_info` follows the
+/// data), and bytes beyond a short packet are never used.
 #[inline(always)]
 pub fn parse_ipv4_hot(nh: u64, wanted: impl FnOnce([u8; 4], u16, u8) -> bool) -> Option<Packet> {
-    // Read in place, not returned by value: a moved `Headers` is a 36-byte stack copy.
-    let mut slot = MaybeUninit::<Headers>::uninit();
-    let at = slot.as_mut_ptr();
-    // SAFETY: `size_of::<Headers>()` bytes into the slot; a failed read leaves it unused.
-    if unsafe { probe_read_raw(at.cast(), size_of::<Headers>() as u32, nh as *const _) } != 0 {
-        return None;
-    }
+    let ip = kfunc::rdonly_cast::<{ d8_common::kfunc::IPHDR }>(nh);
     // Version and IHL, as one byte: `RawIpv4::version`'s bitfield accessor compiles to a loop of
     // shifts that every packet would run.
-    let first = unsafe { *(at as *const u8) };
+    let first: u8 = kfunc::load(ip, 0);
     if first >> 4 != 4 {
         return None;
     }
-    if first & 0x0f != (Ipv4Hdr::LEN / 4) as u8 {
-        // IP options moved the transport header: read it over the bytes read after the header.
-        let l4 = unsafe { core::ptr::addr_of_mut!((*at).l4) };
-        if unsafe {
-            probe_read_raw(
-                l4.cast(),
-                size_of::<L4>() as u32,
-                (nh + (first & 0x0f) as u64 * 4) as *const _,
-            )
-        } != 0
-        {
-            return None;
-        }
-    }
-    // SAFETY: both fields fully written by the reads above; any bytes are valid for them.
-    let h = unsafe { slot.assume_init_ref() };
-    let proto = h.ip.proto();
-    if proto != IPPROTO_ICMP && !wanted(h.ip.dst_addr(), dest_port(proto, &h.l4), proto) {
+    let proto: u8 = kfunc::load(ip, offset_of!(Ipv4Hdr, proto));
+    let daddr = kfunc::load::<u32>(ip, offset_of!(Ipv4Hdr, dst_addr)).to_ne_bytes();
+    let l4_at = nh + (first & 0x0f) as u64 * 4;
+    let l4 = kfunc::rdonly_cast::<{ d8_common::kfunc::TCPHDR }>(l4_at);
+    let ports = matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
+    let dport: u16 = if ports {
+        kfunc::load(l4, offset_of!(TcpHdr, dest))
+    } else {
+        0
+    };
+    if proto != IPPROTO_ICMP && !wanted(daddr, dport, proto) {
         return None;
     }
-    let mut pkt = packet(&h.ip, nh)?;
-    transport(&mut pkt, proto, &h.l4);
+    let saddr = kfunc::load::<u32>(ip, offset_of!(Ipv4Hdr, src_addr)).to_ne_bytes();
+    let mut pkt = Packet {
+        key: v4_key(saddr, daddr, proto),
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4: l4_at,
+    };
+    cast_transport(&mut pkt, proto, l4, ports, IPPROTO_ICMP);
     Some(pkt)
 }
 
-/// The destination port [`transport`] puts in the key (network byte order; 0 for a protocol
-/// without ports).
+/// [`transport`] from a transport header cast by [`kfunc::rdonly_cast`] as a `struct tcphdr`:
+/// ports (network byte order, as the key holds them) when `ports`, TCP's flags, and the type and
+/// code of an `icmp` (ICMP or ICMPv6) packet.
 #[inline(always)]
-fn dest_port(proto: u8, l4: &L4) -> u16 {
-    // SAFETY: every view of an `L4` is valid for any bytes.
-    unsafe {
-        match proto {
-            IPPROTO_TCP => l4.tcp.dest,
-            IPPROTO_UDP | IPPROTO_SCTP => u16::from_ne_bytes(l4.udp.dest),
-            _ => 0,
+fn cast_transport(pkt: &mut Packet, proto: u8, l4: u64, ports: bool, icmp: u8) {
+    if ports {
+        pkt.key.sport = kfunc::load(l4, offset_of!(TcpHdr, source));
+        pkt.key.dport = kfunc::load(l4, offset_of!(TcpHdr, dest));
+        if proto == IPPROTO_TCP {
+            pkt.tcp_flags = kfunc::load(l4, TCP_FLAGS_AT);
         }
+    } else if proto == icmp {
+        pkt.icmp_type = kfunc::load(l4, offset_of!(IcmpHdr, type_));
+        pkt.icmp_code = kfunc::load(l4, offset_of!(IcmpHdr, code));
     }
 }
 
@@ -457,77 +447,49 @@ pub fn parse_ipv6(nh: u64) -> Option<Packet> {
     Some(pkt)
 }
 
-/// An IPv6 header and the first bytes of the transport header after it, laid out so that one
-/// read puts the header's addresses where a flow key holds them, and the transport header's
-/// ports (TCP, UDP, SCTP) in the key's ports.
-#[repr(C)]
-struct Ipv6Headers {
-    /// The fixed header's first 8 bytes: version, traffic class, flow label, payload length,
-    /// next header, hop limit.
-    first: [u8; 8],
-    /// The addresses, then the transport header's first 8 bytes (ports first) where `sport`,
-    /// `dport`, `proto`, `family` and `pad` are, overwritten once read.
-    key: FlowKey,
-    /// The transport header's bytes 8..20.
-    rest: [u8; 12],
-}
-
-const _: () = assert!(offset_of!(Ipv6Headers, key) == IPV6_ADDRS);
-const _: () = assert!(offset_of!(Ipv6Headers, rest) == Ipv6Hdr::LEN + 8);
-const _: () = assert!(size_of::<Ipv6Headers>() == Ipv6Hdr::LEN + size_of::<L4>());
-const _: () = assert!(offset_of!(FlowKey, sport) == 32 && offset_of!(FlowKey, dport) == 34);
 /// Where TCP's flags byte is in its header (after the data offset byte), as [`tcp_flags`] reads it.
 const TCP_FLAGS_AT: usize = 13;
 
-/// [`parse_ipv6`] for the netfilter programs: one read of the fixed header and the transport
-/// header after it (three helper calls before: BENCHMARKS.md, issue 18), read again only when
-/// extension headers moved the transport header. The skb's buffer extends past the 60 bytes
-/// read (`skb_shared_info` follows the data); bytes beyond a short packet are never used.
+/// [`parse_ipv6`] for the netfilter programs: the fixed header and the transport header read in
+/// place with plain loads through [`kfunc::rdonly_cast`], as [`parse_ipv4_hot`] (three helper
+/// reads before issue 18, then one); only extension headers, which few packets carry, are walked
+/// with helper reads. The addresses go straight into the key with word stores (no `memcpy`).
 #[inline(always)]
 pub fn parse_ipv6_hot(nh: u64) -> Option<Packet> {
-    let mut slot = MaybeUninit::<Ipv6Headers>::uninit();
-    let at = slot.as_mut_ptr();
-    // SAFETY: `size_of::<Ipv6Headers>()` bytes into the slot; a failed read leaves it unused.
-    if unsafe { probe_read_raw(at.cast(), size_of::<Ipv6Headers>() as u32, nh as *const _) } != 0 {
+    let ip = kfunc::rdonly_cast::<{ d8_common::kfunc::IPV6HDR }>(nh);
+    let first: u8 = kfunc::load(ip, 0);
+    if first >> 4 != 6 {
         return None;
     }
-    // SAFETY: written by the read; any bytes are valid for every field.
-    let next = ipv6_fixed(unsafe { (*at).first })?;
-    let (proto, l4, has_l4) = skip_extensions(next, nh + Ipv6Hdr::LEN as u64, |at| unsafe { read::<[u8; 4]>(at) })?;
-    let key = unsafe { &mut (*at).key };
-    let l4_in_slot = core::ptr::addr_of_mut!(key.sport) as *mut u8;
-    if has_l4 && l4 != nh + Ipv6Hdr::LEN as u64 {
-        // Extension headers moved the transport header: read it over the bytes after the fixed one.
-        if unsafe { probe_read_raw(l4_in_slot.cast(), size_of::<L4>() as u32, l4 as *const _) } != 0 {
-            return None;
-        }
+    let next: u8 = kfunc::load(ip, offset_of!(Ipv6Hdr, next_hdr));
+    let (proto, l4_at, has_l4) = skip_extensions(next, nh + Ipv6Hdr::LEN as u64, |at| unsafe { read::<[u8; 4]>(at) })?;
+    let mut key = MaybeUninit::<FlowKey>::uninit();
+    v6_key_frame(&mut key);
+    set_proto(&mut key, proto);
+    let words = key.as_mut_ptr() as *mut u32;
+    // One load and store per word of the two addresses, unrolled: the verifier takes loads
+    // through the cast only at constant offsets. `saddr` and `daddr` follow each other in both.
+    macro_rules! addr_words {
+        ($($i:literal)*) => {$(
+            // SAFETY: word `$i` of the key's 32 address bytes.
+            unsafe { core::ptr::write_volatile(words.add($i), kfunc::load::<u32>(ip, IPV6_ADDRS + 4 * $i)) };
+        )*};
     }
-    let (mut tcp_flags, mut icmp_type, mut icmp_code) = (0, 0, 0);
-    match proto {
-        IPPROTO_TCP if has_l4 => {
-            // SAFETY: byte 13 of the transport header, inside the slot (`rest`).
-            tcp_flags = unsafe { core::ptr::read_volatile(l4_in_slot.add(TCP_FLAGS_AT)) };
-        }
-        IPPROTO_UDP | IPPROTO_SCTP if has_l4 => {}
-        _ => {
-            if proto == IPPROTO_ICMPV6 && has_l4 {
-                // Type and code are the transport header's first two bytes, where `sport` is.
-                [icmp_type, icmp_code] = key.sport.to_ne_bytes();
-            }
-            key.sport = 0;
-            key.dport = 0;
-        }
+    addr_words!(0 1 2 3 4 5 6 7);
+    let mut pkt = Packet {
+        // SAFETY: every byte written by the frame, the protocol and the address words.
+        key: unsafe { key.assume_init() },
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        l4: l4_at,
+    };
+    if has_l4 {
+        let l4 = kfunc::rdonly_cast::<{ d8_common::kfunc::TCPHDR }>(l4_at);
+        let ports = matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
+        cast_transport(&mut pkt, proto, l4, ports, IPPROTO_ICMPV6);
     }
-    key.proto = proto;
-    key.family = FAMILY_V6;
-    key.pad = [0; 2];
-    Some(Packet {
-        key: copy_key(key),
-        tcp_flags,
-        icmp_type,
-        icmp_code,
-        l4,
-    })
+    Some(pkt)
 }
 
 /// The IPv4 or IPv6 packet at kernel address `nh`, by its version: for the drop tracepoint, which

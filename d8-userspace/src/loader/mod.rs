@@ -8,6 +8,7 @@
 
 pub mod alias;
 pub mod kernel_log;
+pub mod kfunc;
 pub mod netfilter;
 pub mod tc;
 

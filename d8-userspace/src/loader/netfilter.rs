@@ -5,7 +5,8 @@
 //! them. Here the object is parsed again, its map references are relocated against the file
 //! descriptors of the maps aya already created (`.rodata` with the `CONFIG` global included, so
 //! both sets of programs share every map), calls are linked, and the instructions are loaded with
-//! `bpf(BPF_PROG_LOAD)` as program type 32 / expected attach type 45, then linked to a hook with
+//! `bpf(BPF_PROG_LOAD)` as program type 32 / expected attach type 45 (their kfunc placeholders
+//! patched first: `kfunc.rs`), then linked to a hook with
 //! `bpf(BPF_LINK_CREATE)`. Closing the link's fd detaches it: [`Link`] owns it.
 //!
 //! Kernel rules (net/netfilter/nf_bpf_link.c): the hook is registered in the calling thread's
@@ -18,6 +19,8 @@ use std::{
 };
 
 use aya_obj::generated::bpf_insn;
+
+use super::kfunc;
 
 /// `BPF_PROG_TYPE_NETFILTER`.
 pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
@@ -79,6 +82,12 @@ pub enum Error {
     MissingProgram(String),
     #[error("relocating program maps")]
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
+    #[error("linking the kfunc calls of netfilter program `{name}`")]
+    Kfunc {
+        name: String,
+        #[source]
+        source: super::kfunc::Error,
+    },
     // The verifier's hint follows the cause, so the cause is part of the message, not a source.
     #[error("loading netfilter program `{name}`: {cause}{}", verifier_hint(.log))]
     Load {
@@ -190,7 +199,11 @@ pub struct Program {
 impl Program {
     /// Loads `program` from `object`, sharing the maps in `map_fds`.
     pub fn load(object: &[u8], program: &str, map_fds: &HashMap<String, RawFd>) -> Result<Self, Error> {
-        let insns = relocated_instructions(object, program, map_fds)?;
+        let mut insns = relocated_instructions(object, program, map_fds)?;
+        kfunc::patch(&mut insns, program, kfunc::Ids::running_kernel).map_err(|source| Error::Kfunc {
+            name: program.to_string(),
+            source,
+        })?;
         let license = c"GPL";
         let mut name = [0u8; 16];
         for (dst, src) in name.iter_mut().zip(program.bytes().take(15)) {
