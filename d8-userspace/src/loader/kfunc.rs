@@ -54,10 +54,15 @@ pub struct Ids {
 impl Ids {
     /// The ids in `btf`.
     pub fn from_btf(btf: &Btf) -> Result<Self, Error> {
+        Self::from_lookup(|name, kind| btf.id_by_type_name_kind(name, kind).ok())
+    }
+
+    /// The ids `lookup(name, kind)` gives.
+    fn from_lookup(lookup: impl Fn(&str, BtfKind) -> Option<u32>) -> Result<Self, Error> {
         let id = |name: &'static str, kind: BtfKind, kind_name: &'static str| {
-            btf.id_by_type_name_kind(name, kind)
+            lookup(name, kind)
                 .map(|id| id as i32)
-                .map_err(|_| Error::Missing { kind: kind_name, name })
+                .ok_or(Error::Missing { kind: kind_name, name })
         };
         Ok(Self {
             rdonly_cast: id(kfunc::RDONLY_CAST_NAME, BtfKind::Func, "function")?,
@@ -220,6 +225,24 @@ mod tests {
             assert!(patched >= 2, "{program}: {patched} kfunc calls");
             assert!(!insns.iter().any(is_placeholder_call), "{program}: a placeholder left");
         }
+    }
+
+    /// A kernel whose BTF lacks the kfunc is told so by name, with the way on.
+    #[test]
+    fn a_missing_kfunc_is_named() {
+        // Every struct, no function.
+        let structs_only = |name: &str, kind: BtfKind| {
+            (kind == BtfKind::Struct && kfunc::TYPES.iter().any(|(_, n)| *n == name)).then_some(9)
+        };
+        let err = Ids::from_lookup(structs_only).unwrap_err();
+        assert_eq!(
+            err,
+            Error::Missing {
+                kind: "function",
+                name: "bpf_rdonly_cast"
+            }
+        );
+        assert!(err.to_string().contains("--hooks tc"), "{err}");
     }
 
     /// The running kernel's BTF names everything the placeholders stand for.
