@@ -146,6 +146,61 @@ fn string_at(strings: &[u8], off: u32) -> Result<String> {
     Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 
+/// Bytes that follow a type's 12-byte header in the type section, by its kind and `vlen`.
+fn extra_bytes(kind: u32, vlen: usize) -> Result<usize> {
+    Ok(match kind {
+        KIND_STRUCT | KIND_UNION | KIND_ENUM64 | KIND_DATASEC => vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG | KIND_PTR | KIND_FWD | KIND_FUNC
+        | KIND_FLOAT => 0,
+        other => return Err(Error::Malformed(format!("unknown BTF kind {other}"))),
+    })
+}
+
+/// The ids of the named types in the BTF `b` (vmlinux's: not split), each asked as `(kind,
+/// name)` with kind `KIND_FUNC` or `KIND_STRUCT` ([`FUNC`], [`STRUCT`]); `None` for a name it
+/// lacks. A scan of the type headers that builds nothing: the loader's kfunc ids, at start.
+pub fn type_ids(b: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<Option<u32>>> {
+    if u16_at(b, 0)? != MAGIC {
+        return Err(Error::Malformed("bad magic (not little-endian BTF)".into()));
+    }
+    let hdr_len = u32_at(b, 4)? as usize;
+    let (type_off, type_len) = (u32_at(b, 8)? as usize, u32_at(b, 12)? as usize);
+    let (str_off, str_len) = (u32_at(b, 16)? as usize, u32_at(b, 20)? as usize);
+    let types = b
+        .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        .ok_or_else(|| Error::Malformed("type section out of range".into()))?;
+    let strings = b
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .ok_or_else(|| Error::Malformed("string section out of range".into()))?;
+    let mut found = vec![None; wanted.len()];
+    let (mut off, mut id) = (0, 1u32);
+    while off < types.len() {
+        let name_off = u32_at(types, off)? as usize;
+        let info = u32_at(types, off + 4)?;
+        let kind = (info >> 24) & 0x1f;
+        for (slot, &(k, name)) in found.iter_mut().zip(wanted) {
+            if slot.is_none()
+                && k == kind
+                && strings
+                    .get(name_off..name_off + name.len() + 1)
+                    .is_some_and(|n| n[..name.len()] == *name.as_bytes() && n[name.len()] == 0)
+            {
+                *slot = Some(id);
+            }
+        }
+        off += 12 + extra_bytes(kind, (info & 0xffff) as usize)?;
+        id += 1;
+    }
+    Ok(found)
+}
+
+/// Kinds [`type_ids`] is asked for.
+pub const FUNC: u32 = KIND_FUNC;
+pub const STRUCT: u32 = KIND_STRUCT;
+
 impl Btf {
     /// Reads the running kernel's BTF, with the split BTF of the [`MODULES`] that are loaded.
     pub fn from_sys() -> Result<Self> {

@@ -12,11 +12,10 @@
 
 use std::sync::OnceLock;
 
-use aya_obj::{
-    btf::{Btf, BtfKind},
-    generated::bpf_insn,
-};
+use aya_obj::generated::bpf_insn;
 use d8_common::kfunc;
+
+use crate::kernel::btf;
 
 /// `BPF_JMP | BPF_CALL`.
 const CALL: u8 = 0x85;
@@ -52,34 +51,45 @@ pub struct Ids {
 }
 
 impl Ids {
-    /// The ids in `btf`.
-    pub fn from_btf(btf: &Btf) -> Result<Self, Error> {
-        Self::from_lookup(|name, kind| btf.id_by_type_name_kind(name, kind).ok())
+    /// The ids in the (vmlinux) BTF `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let wanted: Vec<(u32, &str)> = std::iter::once((btf::FUNC, kfunc::RDONLY_CAST_NAME))
+            .chain(kfunc::TYPES.iter().map(|&(_, name)| (btf::STRUCT, name)))
+            .collect();
+        let found = btf::type_ids(bytes, &wanted).map_err(|e| Error::Btf(crate::error_chain(&e)))?;
+        Self::from_lookup(|name, kind| {
+            wanted
+                .iter()
+                .zip(&found)
+                .find(|((k, n), _)| *k == kind && *n == name)
+                .and_then(|(_, id)| *id)
+        })
     }
 
     /// The ids `lookup(name, kind)` gives.
-    fn from_lookup(lookup: impl Fn(&str, BtfKind) -> Option<u32>) -> Result<Self, Error> {
-        let id = |name: &'static str, kind: BtfKind, kind_name: &'static str| {
+    fn from_lookup(lookup: impl Fn(&str, u32) -> Option<u32>) -> Result<Self, Error> {
+        let id = |name: &'static str, kind: u32, kind_name: &'static str| {
             lookup(name, kind)
                 .map(|id| id as i32)
                 .ok_or(Error::Missing { kind: kind_name, name })
         };
         Ok(Self {
-            rdonly_cast: id(kfunc::RDONLY_CAST_NAME, BtfKind::Func, "function")?,
+            rdonly_cast: id(kfunc::RDONLY_CAST_NAME, btf::FUNC, "function")?,
             types: kfunc::TYPES
                 .iter()
-                .map(|&(placeholder, name)| Ok((placeholder, id(name, BtfKind::Struct, "struct")?)))
+                .map(|&(placeholder, name)| Ok((placeholder, id(name, btf::STRUCT, "struct")?)))
                 .collect::<Result<_, Error>>()?,
         })
     }
 
     /// The running kernel's ids, read once per process (the kernel's BTF does not change while it
-    /// runs; vmlinux's takes tens of milliseconds to parse).
+    /// runs): a scan of vmlinux's BTF that builds nothing (aya's parse of it cost start-up
+    /// 50-150 ms).
     pub fn running_kernel() -> Result<&'static Self, Error> {
         static IDS: OnceLock<Result<Ids, Error>> = OnceLock::new();
         IDS.get_or_init(|| {
-            let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
-            Self::from_btf(&btf)
+            let bytes = std::fs::read(btf::VMLINUX_BTF).map_err(|e| Error::Btf(e.to_string()))?;
+            Self::from_bytes(&bytes)
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -231,9 +241,8 @@ mod tests {
     #[test]
     fn a_missing_kfunc_is_named() {
         // Every struct, no function.
-        let structs_only = |name: &str, kind: BtfKind| {
-            (kind == BtfKind::Struct && kfunc::TYPES.iter().any(|(_, n)| *n == name)).then_some(9)
-        };
+        let structs_only =
+            |name: &str, kind: u32| (kind == btf::STRUCT && kfunc::TYPES.iter().any(|(_, n)| *n == name)).then_some(9);
         let err = Ids::from_lookup(structs_only).unwrap_err();
         assert_eq!(
             err,
@@ -245,12 +254,18 @@ mod tests {
         assert!(err.to_string().contains("--hooks tc"), "{err}");
     }
 
-    /// The running kernel's BTF names everything the placeholders stand for.
+    /// The running kernel's BTF names everything the placeholders stand for, at the ids aya's
+    /// full parse of it finds.
     #[test]
     fn the_running_kernel_has_every_id() {
+        use aya_obj::btf::{Btf, BtfKind};
         let ids = Ids::running_kernel().unwrap_or_else(|e| panic!("{e}"));
-        assert!(ids.rdonly_cast > 0);
+        let aya = Btf::from_sys_fs().unwrap();
+        let by_aya = |name, kind| aya.id_by_type_name_kind(name, kind).unwrap() as i32;
+        assert_eq!(ids.rdonly_cast, by_aya(kfunc::RDONLY_CAST_NAME, BtfKind::Func));
         assert_eq!(ids.types.len(), kfunc::TYPES.len());
-        assert!(ids.types.iter().all(|&(_, id)| id > 0));
+        for (&(placeholder, name), &(p, id)) in kfunc::TYPES.iter().zip(&ids.types) {
+            assert_eq!((p, id), (placeholder, by_aya(name, BtfKind::Struct)), "struct {name}");
+        }
     }
 }
