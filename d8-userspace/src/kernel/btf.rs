@@ -146,6 +146,23 @@ fn string_at(strings: &[u8], off: u32) -> Result<String> {
     Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
 }
 
+/// The type and string sections of the BTF `b`, after checking its magic and header.
+fn sections(b: &[u8]) -> Result<(&[u8], &[u8])> {
+    if u16_at(b, 0)? != MAGIC {
+        return Err(Error::Malformed("bad magic (not little-endian BTF)".into()));
+    }
+    let hdr_len = u32_at(b, 4)? as usize;
+    let (type_off, type_len) = (u32_at(b, 8)? as usize, u32_at(b, 12)? as usize);
+    let (str_off, str_len) = (u32_at(b, 16)? as usize, u32_at(b, 20)? as usize);
+    let types = b
+        .get(hdr_len + type_off..hdr_len + type_off + type_len)
+        .ok_or_else(|| Error::Malformed("type section out of range".into()))?;
+    let strings = b
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .ok_or_else(|| Error::Malformed("string section out of range".into()))?;
+    Ok((types, strings))
+}
+
 /// Bytes that follow a type's 12-byte header in the type section, by its kind and `vlen`.
 fn extra_bytes(kind: u32, vlen: usize) -> Result<usize> {
     Ok(match kind {
@@ -163,18 +180,7 @@ fn extra_bytes(kind: u32, vlen: usize) -> Result<usize> {
 /// name)` with kind `KIND_FUNC` or `KIND_STRUCT` ([`FUNC`], [`STRUCT`]); `None` for a name it
 /// lacks. A scan of the type headers that builds nothing: the loader's kfunc ids, at start.
 pub fn type_ids(b: &[u8], wanted: &[(u32, &str)]) -> Result<Vec<Option<u32>>> {
-    if u16_at(b, 0)? != MAGIC {
-        return Err(Error::Malformed("bad magic (not little-endian BTF)".into()));
-    }
-    let hdr_len = u32_at(b, 4)? as usize;
-    let (type_off, type_len) = (u32_at(b, 8)? as usize, u32_at(b, 12)? as usize);
-    let (str_off, str_len) = (u32_at(b, 16)? as usize, u32_at(b, 20)? as usize);
-    let types = b
-        .get(hdr_len + type_off..hdr_len + type_off + type_len)
-        .ok_or_else(|| Error::Malformed("type section out of range".into()))?;
-    let strings = b
-        .get(hdr_len + str_off..hdr_len + str_off + str_len)
-        .ok_or_else(|| Error::Malformed("string section out of range".into()))?;
+    let (types, strings) = sections(b)?;
     let mut found = vec![None; wanted.len()];
     let (mut off, mut id) = (0, 1u32);
     while off < types.len() {
@@ -241,20 +247,7 @@ impl Btf {
 
     /// Parses BTF, split on `base` when given.
     fn parse_inner(b: &[u8], base: Option<&Btf>) -> Result<Self> {
-        if u16_at(b, 0)? != MAGIC {
-            return Err(Error::Malformed("bad magic (not little-endian BTF)".into()));
-        }
-        let hdr_len = u32_at(b, 4)? as usize;
-        let type_off = u32_at(b, 8)? as usize;
-        let type_len = u32_at(b, 12)? as usize;
-        let str_off = u32_at(b, 16)? as usize;
-        let str_len = u32_at(b, 20)? as usize;
-        let types_bytes = b
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or_else(|| Error::Malformed("type section out of range".into()))?;
-        let strings = b
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or_else(|| Error::Malformed("string section out of range".into()))?;
+        let (types_bytes, strings) = sections(b)?;
 
         // Type id 0 is `void` (in the base only); split BTF's ids continue after the base's, its
         // string offsets after the base's strings.
