@@ -276,7 +276,7 @@ pub struct TpAddrLayout {
 
 /// Kernel functions (kfuncs) the netfilter programs call, which aya 0.14 cannot relocate. The
 /// programs emit each call as a placeholder, `r2 = <type placeholder>` followed at once by
-/// `call <`CALL`>` (a helper call with a number no helper has), and the netfilter loader
+/// `call <RDONLY_CAST>` (a helper call with a number no helper has), and the netfilter loader
 /// (`d8-userspace/src/loader/kfunc.rs`) patches the pair before `BPF_PROG_LOAD`: the call into a
 /// kfunc call (`src_reg` `BPF_PSEUDO_KFUNC_CALL`, `imm` the kfunc's id in the running kernel's
 /// BTF), the type placeholder into that BTF's id of the named struct. An unpatched placeholder
