@@ -431,6 +431,22 @@ fn kube_proxy_not_running_traced_over_ipv6_nftables() {
     });
 }
 
+/// kube-proxy two minors behind the control plane: the finding does not depend on the family the
+/// healthy flows took.
+#[test]
+fn kube_proxy_version_skew_traced_over_ipv6_iptables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::kube_proxy_version_skew(ProxyMode::Iptables, fam)
+    });
+}
+
+#[test]
+fn kube_proxy_version_skew_traced_over_ipv6_nftables() {
+    across_families(Flows::Counted, |fam| {
+        scenarios::kube_proxy_version_skew(ProxyMode::Nftables, fam)
+    });
+}
+
 #[test]
 fn service_port_undefined_traced_over_ipv6_iptables() {
     across_families(Flows::Counted, |fam| {
