@@ -107,7 +107,7 @@ const GUESTS: &[Guest] = &[
             ],
             expect: &[
                 ("tc::", 15),
-                ("scenarios::", 15),
+                ("scenarios::", 16),
                 ("dual_stack::", 5),
                 ("demo::", 1),
                 ("errors::doctor_reports_the_hook_set", 1),
@@ -145,7 +145,7 @@ const GUESTS: &[Guest] = &[
                 ("errors::doctor_reports_the_hook_set", 1),
                 ("daemon::", 2),
                 ("vm::ipvs_", 5),
-                ("vm::conntrack_full", 1),
+                ("vm::conntrack_full", 2),
             ],
         }],
     },
@@ -171,7 +171,7 @@ const GUESTS: &[Guest] = &[
                 expect: &[
                     ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
                     ("dual_stack::", 2),
-                    ("tracer::", 10),
+                    ("tracer::", 11),
                     ("cleanup::", 1),
                     ("errors::doctor_reports_the_hook_set", 1),
                 ],
@@ -208,7 +208,7 @@ const GUESTS: &[Guest] = &[
                 expect: &[
                     ("tc::", 7),
                     ("dual_stack::", 9),
-                    ("scenarios::", 15),
+                    ("scenarios::", 16),
                     ("pcap::the_kernel_copies_load_and_reach_the_file", 1),
                 ],
             },
