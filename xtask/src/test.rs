@@ -118,7 +118,7 @@ const GUESTS: &[Guest] = &[
     Guest {
         series: "6.1",
         hook_set: "tc",
-        proves: "TC smoke subset (IPv4, and IPv6 checked alone), daemon::, vm:: (IPVS, conntrack_full)",
+        proves: "TC smoke subset (IPv4, and IPv6 checked alone), daemon::, vm:: (IPVS and conntrack_full, each over IPv4 and IPv6)",
         timeout: 1200,
         runs: &[GuestRun {
             hooks: "tc",
@@ -144,7 +144,7 @@ const GUESTS: &[Guest] = &[
                 ("scenarios::", 1),
                 ("errors::doctor_reports_the_hook_set", 1),
                 ("daemon::", 2),
-                ("vm::ipvs_", 5),
+                ("vm::ipvs_", 7),
                 ("vm::conntrack_full", 2),
             ],
         }],
