@@ -431,7 +431,7 @@ impl<'t, 'a> Builder<'t, 'a> {
             // say which address, rather than that the rule is missing.
             let why = t
                 .chain_rules(c)
-                .find_map(|r| Some(odd_suffix(&t.text(r))).filter(|w| !w.is_empty()));
+                .find_map(|r| Some(odd_suffix(t.text(r))).filter(|w| !w.is_empty()));
             self.services.add_problem(
                 key,
                 format!(
