@@ -186,6 +186,26 @@ fn root(r: &Report) -> &str {
     r.root_cause.as_ref().map(|c| c.class.as_str()).unwrap_or("<none>")
 }
 
+/// Checks the report's endpoint `ip` (in `fam`) `:port`, an IPVS real server of the virtual server
+/// `vip` (`ip:port` as the report writes it): in the rules with its IPVS line (`TCP <vip> -> <ip:port>`,
+/// read back from `ipvsadm -Ln`), and in the API or not as `in_api` says.
+fn ipvs_real_server(report: &Report, ctx: &str, fam: Family, vip: &str, ip: Ipv4Addr, port: u16, in_api: bool) {
+    let (ip, at) = (fam.ip(ip).to_string(), fam.at(ip, port));
+    let ep = report
+        .endpoints
+        .iter()
+        .find(|e| e.ip == ip && e.port == port)
+        .unwrap_or_else(|| panic!("no endpoint {at}; {ctx}"));
+    assert!(ep.in_rules, "{ep:?}; {ctx}");
+    assert!(
+        ep.rule
+            .as_deref()
+            .is_some_and(|r| r.contains(&format!("TCP {vip} -> {at}"))),
+        "{ep:?}; {ctx}"
+    );
+    assert_eq!(ep.in_api, Some(in_api), "{ep:?}; {ctx}");
+}
+
 /// The lab's IPVS mode carries traffic the way a kube-proxy IPVS node does: ClusterIP (TCP and
 /// UDP), NodePort from outside the node, hairpin (a backend reaching itself through its Service,
 /// masqueraded by KUBE-LOOP-BACK), and IPVS's own answer for a virtual server without real servers.
@@ -316,20 +336,7 @@ fn flows_join_the_real_server(l: &IpvsLab) {
     assert_eq!(root(&report), "healthy", "{ctx}");
     // The real servers are the endpoints, with their IPVS line as rule.
     for ip in [web1, web2] {
-        let (ip, at) = (fam.ip(ip).to_string(), fam.at(ip, 8080));
-        let ep = report
-            .endpoints
-            .iter()
-            .find(|e| e.ip == ip && e.port == 8080)
-            .unwrap_or_else(|| panic!("no endpoint {ip}; {ctx}"));
-        assert!(ep.in_rules, "{ctx}");
-        assert!(
-            ep.rule
-                .as_deref()
-                .is_some_and(|r| r.contains(&format!("TCP {vip} -> {at}"))),
-            "{ep:?}; {ctx}"
-        );
-        assert_eq!(ep.in_api, Some(true), "{ctx}");
+        ipvs_real_server(&report, &ctx, fam, &vip, ip, 8080, true);
     }
     let vip_ip = fam.ip(WEB_VIP).to_string();
     assert!(report.frontends.iter().any(|f| f.ip == vip_ip && f.port == 80), "{ctx}");
@@ -370,19 +377,7 @@ fn ipvs_ipv6_virtual_servers_carry_traffic_to_their_real_servers() {
     let vip_ip = fam.ip(WEB_VIP).to_string();
     assert!(report.frontends.iter().any(|f| f.ip == vip_ip && f.port == 80), "{ctx}");
     for ip in [web1, web2] {
-        let (ip, at) = (fam.ip(ip).to_string(), fam.at(ip, 8080));
-        let ep = report
-            .endpoints
-            .iter()
-            .find(|e| e.ip == ip && e.port == 8080)
-            .unwrap_or_else(|| panic!("no endpoint {ip}; {ctx}"));
-        assert!(ep.in_rules && ep.in_api == Some(true), "{ep:?}; {ctx}");
-        assert!(
-            ep.rule
-                .as_deref()
-                .is_some_and(|r| r.contains(&format!("TCP {vip} -> {at}"))),
-            "{ep:?}; {ctx}"
-        );
+        ipvs_real_server(&report, &ctx, fam, &vip, ip, 8080, true);
     }
 }
 
@@ -412,19 +407,7 @@ fn ipvs_stale_real_server_over_ipv6() {
     assert_eq!(out, TcpOutcome::Timeout, "IPVS still sends to the gone pod\n{table}");
     let (report, ctx) = l.explain("default/solo");
     assert_eq!(root(&report), "stale_endpoint", "{ctx}");
-    let pod_ip = fam.ip(SOLO_POD).to_string();
-    let ep = report
-        .endpoints
-        .iter()
-        .find(|e| e.ip == pod_ip)
-        .unwrap_or_else(|| panic!("{ctx}"));
-    assert!(ep.in_rules && ep.in_api == Some(false), "{ep:?}; {ctx}");
-    assert!(
-        ep.rule
-            .as_deref()
-            .is_some_and(|r| r.contains(&format!("TCP {vip} -> {pod}"))),
-        "{ep:?}; {ctx}"
-    );
+    ipvs_real_server(&report, &ctx, fam, &vip, SOLO_POD, 8080, false);
 }
 
 /// `default/solo`'s one pod deleted (namespace and API objects) while IPVS keeps its real server:
@@ -454,20 +437,7 @@ fn stale_real_server(fam: Family) {
     }
     assert_eq!(report.families.seen, [fam.name()], "{ctx}");
     assert_eq!(root(&report), "stale_endpoint", "{ctx}");
-    let pod_ip = fam.ip(SOLO_POD).to_string();
-    let ep = report
-        .endpoints
-        .iter()
-        .find(|e| e.ip == pod_ip)
-        .unwrap_or_else(|| panic!("{ctx}"));
-    assert!(ep.in_rules, "{ctx}");
-    assert!(
-        ep.rule
-            .as_deref()
-            .is_some_and(|r| r.contains(&format!("TCP {vip} -> {pod}"))),
-        "{ep:?}; {ctx}"
-    );
-    assert_eq!(ep.in_api, Some(false), "{ctx}");
+    ipvs_real_server(&report, &ctx, fam, &vip, SOLO_POD, 8080, false);
     report.evidence_with(&format!("{pod} is not in the Service's EndpointSlices of default/solo"));
     assert!(report.root_cause.as_ref().unwrap().detail.contains(&pod), "{ctx}");
     // Rules and API alone say the same.
