@@ -230,6 +230,10 @@ impl Lab {
 
     /// Makes a pod drop every packet in and out (an nftables table inside the POD namespace, with
     /// loopback exempt) or lifts that again.
+    ///
+    /// IPv6 neighbor discovery stays allowed, as ARP (no IP packet) does for IPv4: without it the
+    /// node could not resolve the pod's address and would answer the client itself (ICMPv6 address
+    /// unreachable), which is a gone pod, not one that drops what reaches it.
     pub fn set_drop_all(&mut self, pod: &str, drop: bool) -> Result<(), Error> {
         let key = self.local_pod(pod)?.key();
         let rt = self
@@ -238,8 +242,9 @@ impl Lab {
             .ok_or_else(|| Error::NoSuchPod(pod.to_string()))?;
         let text = if drop {
             "add table inet d8lab-drop\ndelete table inet d8lab-drop\ntable inet d8lab-drop {\n\
-             \tchain input { type filter hook input priority -400; policy drop; iif \"lo\" accept; }\n\
-             \tchain output { type filter hook output priority -400; policy drop; oif \"lo\" accept; }\n}\n"
+             \tset nd { type icmpv6_type; elements = { nd-neighbor-solicit, nd-neighbor-advert } }\n\
+             \tchain input { type filter hook input priority -400; policy drop; iif \"lo\" accept; icmpv6 type @nd accept; }\n\
+             \tchain output { type filter hook output priority -400; policy drop; oif \"lo\" accept; icmpv6 type @nd accept; }\n}\n"
         } else {
             "add table inet d8lab-drop\ndelete table inet d8lab-drop\n"
         };

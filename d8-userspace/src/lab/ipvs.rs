@@ -20,6 +20,12 @@
 //!   `net.ipv4.vs.conntrack=1` makes IPVS keep conntrack entries, so conntrack's REPLY tuple names
 //!   the real server (what the tracer's TC hook set joins on).
 //!
+//! A dual-stack lab gets the IPv6 proxier's part too: kube-ipvs0 holds every IPv6 twin (`/128`,
+//! `nodad`, as kube-proxy binds them), and each Service of both families has IPv6 virtual servers
+//! (`[fd00:10:96::10]:80`) over its IPv6 endpoints. The IPv6 proxier's ip6tables rules and `inet6`
+//! ipsets (masquerade marking, hairpin, KUBE-IPVS-FILTER) are not written: a client pod reaching an
+//! IPv6 ClusterIP needs none of them, and the NodePort and hairpin paths are tested over IPv4.
+//!
 //! Without the `ipset` tool the sets cannot be made: the iptables text then holds kube-proxy's
 //! static chains only (no rule refers to a set), and [`sync`] says so in the text it returns.
 //!
@@ -28,12 +34,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use super::spec::{ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity};
+use super::spec::{ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, in_family};
 use super::{Error, netns};
-use crate::model::Protocol;
+use crate::model::{IpFamily, Protocol};
 
 /// kube-proxy's dummy device.
 pub const DUMMY_DEVICE: &str = "kube-ipvs0";
@@ -79,13 +85,18 @@ fn ipvsadm_proto(p: Protocol) -> &'static str {
 }
 
 /// The real servers of a ClusterIP virtual server and of an external one (NodePort, external IP,
-/// LB IP), as kube-proxy's IPVS proxier picks them.
+/// LB IP), as kube-proxy's IPVS proxier of `family` picks them.
 fn real_servers(
     spec: &ClusterSpec,
     svc: &ServiceSpec,
     port: &ServicePortSpec,
+    family: IpFamily,
 ) -> (Vec<EndpointInfo>, Vec<EndpointInfo>) {
-    let ready: Vec<EndpointInfo> = spec.endpoints(svc, port).into_iter().filter(|e| e.ready).collect();
+    let ready: Vec<EndpointInfo> = spec
+        .endpoints_in(svc, port, family)
+        .into_iter()
+        .filter(|e| e.ready)
+        .collect();
     let local: Vec<EndpointInfo> = ready.iter().filter(|e| e.local).cloned().collect();
     let internal = if svc.internal_policy_local() {
         local.clone()
@@ -102,24 +113,34 @@ fn real_servers(
 
 /// One virtual server: address, port, protocol, real servers.
 struct VirtualServer {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     port: u16,
     protocol: Protocol,
     real_servers: Vec<EndpointInfo>,
     persistent: Option<u32>,
 }
 
+/// Every family's virtual servers: IPv4's, then (dual-stack) IPv6's.
 fn virtual_servers(spec: &ClusterSpec) -> Vec<VirtualServer> {
     let mut out = Vec::new();
-    for svc in &spec.services {
+    for family in spec.families() {
+        out.extend(virtual_servers_in(spec, family));
+    }
+    out
+}
+
+/// The virtual servers kube-proxy's IPVS proxier of `family` writes.
+fn virtual_servers_in(spec: &ClusterSpec, family: IpFamily) -> Vec<VirtualServer> {
+    let mut out = Vec::new();
+    for svc in spec.services_in(family) {
         let persistent = match svc.session_affinity {
             SessionAffinity::ClientIP { timeout_seconds } => Some(timeout_seconds),
             SessionAffinity::None => None,
         };
         for port in &svc.ports {
-            let (internal, external) = real_servers(spec, svc, port);
+            let (internal, external) = real_servers(spec, svc, port, family);
             let vs = |ip, port_no, rs: &Vec<EndpointInfo>| VirtualServer {
-                ip,
+                ip: in_family(ip, family),
                 port: port_no,
                 protocol: port.protocol,
                 real_servers: rs.clone(),
@@ -138,11 +159,22 @@ fn virtual_servers(spec: &ClusterSpec) -> Vec<VirtualServer> {
 }
 
 /// Addresses kube-proxy binds to kube-ipvs0: ClusterIPs, external IPs and LB IPs (those that are
-/// not the node's own address).
-pub fn bound_addresses(spec: &ClusterSpec) -> Vec<Ipv4Addr> {
+/// not the node's own address), of every family (IPv4's first).
+pub fn bound_addresses(spec: &ClusterSpec) -> Vec<IpAddr> {
+    spec.families()
+        .into_iter()
+        .flat_map(|family| {
+            bound_addresses_in(spec, family)
+                .into_iter()
+                .map(move |ip| in_family(ip, family))
+        })
+        .collect()
+}
+
+/// [`bound_addresses`] of one family, written as their IPv4 form (the spec's).
+fn bound_addresses_in(spec: &ClusterSpec, family: IpFamily) -> Vec<Ipv4Addr> {
     let set: BTreeSet<Ipv4Addr> = spec
-        .services
-        .iter()
+        .services_in(family)
         .flat_map(|s| {
             std::iter::once(s.cluster_ip)
                 .chain(s.external_ips.iter().copied())
@@ -158,14 +190,14 @@ pub fn ipvsadm_restore(spec: &ClusterSpec) -> String {
     let mut out = String::new();
     for vs in virtual_servers(spec) {
         let p = ipvsadm_proto(vs.protocol);
-        let target = format!("{}:{}", vs.ip, vs.port);
+        let target = SocketAddr::new(vs.ip, vs.port);
         let _ = write!(out, "-A {p} {target} -s rr");
         if let Some(t) = vs.persistent {
             let _ = write!(out, " -p {t}");
         }
         out.push('\n');
         for rs in &vs.real_servers {
-            let _ = writeln!(out, "-a {p} {target} -r {}:{} -m -w 1", rs.ip, rs.port);
+            let _ = writeln!(out, "-a {p} {target} -r {} -m -w 1", rs.addr());
         }
     }
     out
@@ -224,7 +256,8 @@ fn comment_of(set: &str) -> &'static str {
 
 fn sets(spec: &ClusterSpec) -> Sets {
     let mut s = Sets::default();
-    for ip in bound_addresses(spec) {
+    // IPv4's sets (`family inet`); the IPv6 proxier's `inet6` sets are not written (module doc).
+    for ip in bound_addresses_in(spec, IpFamily::V4) {
         s.ipvs_ips.insert(ip.to_string());
     }
     for svc in &spec.services {
@@ -244,7 +277,7 @@ fn sets(spec: &ClusterSpec) -> Sets {
                     Protocol::Sctp => false,
                 };
             }
-            let (internal, external) = real_servers(spec, svc, port);
+            let (internal, external) = real_servers(spec, svc, port, IpFamily::V4);
             for ep in internal.iter().chain(&external).filter(|e| e.local) {
                 s.loop_back.insert(format!("{},{proto}:{},{}", ep.ip, ep.port, ep.ip));
             }
@@ -451,11 +484,12 @@ pub fn setup(node_ns: &str) -> Result<(), Error> {
 /// the ipsets and the iptables rules. Returns the text written (ipvsadm, ipset, iptables input).
 pub fn sync(node_ns: &str, spec: &ClusterSpec) -> Result<String, Error> {
     let mut addr = vec![format!("addr flush dev {DUMMY_DEVICE}")];
-    addr.extend(
-        bound_addresses(spec)
-            .iter()
-            .map(|ip| format!("addr add {ip}/32 dev {DUMMY_DEVICE}")),
-    );
+    addr.extend(bound_addresses(spec).iter().map(|ip| match ip {
+        IpAddr::V4(ip) => format!("addr add {ip}/32 dev {DUMMY_DEVICE}"),
+        // No duplicate address detection: kube-proxy binds IPv6 Service addresses with
+        // IFA_F_NODAD, so they are usable on the down kube-ipvs0 at once.
+        IpAddr::V6(ip) => format!("addr add {ip}/128 dev {DUMMY_DEVICE} nodad"),
+    }));
     netns::ip_batch(node_ns, &addr)?;
     let ipvs = ipvsadm_restore(spec);
     netns::exec_in(node_ns, "ipvsadm", &["-C"], None)?;
@@ -539,12 +573,35 @@ mod tests {
         );
         assert_eq!(
             bound_addresses(&spec()),
-            vec![
+            [
                 Ipv4Addr::new(10, 96, 0, 10),
                 Ipv4Addr::new(10, 96, 0, 20),
                 Ipv4Addr::new(10, 96, 0, 53)
             ]
+            .map(IpAddr::V4)
         );
+    }
+
+    /// A dual-stack lab: the IPv6 proxier's virtual servers follow IPv4's, over the IPv6
+    /// endpoints, in the bracketed form `ipvsadm -Ln` prints back; kube-ipvs0 gets both families.
+    #[test]
+    fn dual_stack_adds_ipv6_virtual_servers() {
+        let spec = spec().dual_stack();
+        let text = ipvsadm_restore(&spec);
+        assert!(text.starts_with(&ipvsadm_restore(&super::tests::spec())), "{text}");
+        for line in [
+            "-A -t [fd00:10:96::10]:80 -s rr\n",
+            "-a -t [fd00:10:96::10]:80 -r [fd00:10:244:1::11]:8080 -m -w 1\n",
+            "-a -t [fd00:172:31::2]:30080 -r [fd00:10:244:2::12]:8080 -m -w 1\n",
+            "-A -u [fd00:10:96::53]:53 -s rr -p 10800\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        let bound = bound_addresses(&spec);
+        assert_eq!(bound.len(), 6, "{bound:?}");
+        assert!(bound.contains(&"fd00:10:96::53".parse().unwrap()), "{bound:?}");
+        // The ipsets stay IPv4's.
+        assert!(!ipset_restore(&spec).contains("fd00"));
     }
 
     #[test]

@@ -560,11 +560,8 @@ impl Lab {
                     netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&v6))?;
                     v6
                 }
-                ProxyMode::Ipvs => {
-                    return Err(Error::Spec(
-                        "a dual-stack lab writes iptables or nftables rules; IPVS mode is IPv4 only here".into(),
-                    ));
-                }
+                // `ipvs::sync` wrote both families' virtual servers (one `ipvsadm -R`).
+                ProxyMode::Ipvs => String::new(),
                 _ => {
                     let v6 = iptables::lab_restore_in(&self.rules_spec, IpFamily::V6);
                     netns::exec_in(&self.node_ns, "ip6tables-restore", &["-w", "5"], Some(&v6))?;

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use super::spec::{
     ClusterSpec, ListenerKind, PodSpec, ProbeSpec, ServiceSpec, ServiceType, SessionAffinity, cidr_in_family, in_family,
 };
-use crate::model::IpFamily;
+use crate::model::{IpFamily, k8s::enrich::CONTROL_PLANE_LABEL};
 
 const CREATED: &str = "2026-01-01T00:00:00Z";
 
@@ -366,6 +366,19 @@ fn node_json(spec: &ClusterSpec, name: &str, ip: Ipv4Addr) -> Value {
     })
 }
 
+/// The control-plane Node of `spec.control_plane_version`: API only (no namespace, never routed),
+/// its kubelet at the control plane's version, as kubeadm upgrades move both together.
+fn control_plane_json(spec: &ClusterSpec, version: &str) -> Value {
+    let mut node = node_json(spec, CONTROL_PLANE_NODE, Ipv4Addr::new(172, 31, 2, 1));
+    node["metadata"]["labels"][CONTROL_PLANE_LABEL] = json!("");
+    node["status"]["nodeInfo"]["kubeletVersion"] = json!(version);
+    node["status"]["nodeInfo"]["kubeProxyVersion"] = json!(version);
+    node
+}
+
+/// The control-plane Node's name ([`control_plane_json`]).
+const CONTROL_PLANE_NODE: &str = "d8lab-control-plane";
+
 /// The `kubectl get services,endpointslices,pods,nodes -A -o json` List for `spec`. The client pod
 /// appears as `default/client`; a running kube-proxy appears as a `kube-system/kube-proxy-*` pod.
 pub fn snapshot(spec: &ClusterSpec) -> Value {
@@ -381,6 +394,9 @@ pub fn snapshot(spec: &ClusterSpec) -> Value {
     }
     for n in spec.nodes() {
         items.push(node_json(spec, &n.name, n.ip));
+    }
+    if let Some(version) = &spec.control_plane_version {
+        items.push(control_plane_json(spec, version));
     }
     json!({"apiVersion": "v1", "items": items, "kind": "List", "metadata": {"resourceVersion": ""}})
 }

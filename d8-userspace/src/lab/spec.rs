@@ -52,6 +52,11 @@ pub struct ClusterSpec {
     /// [IPv6]`, and kube-proxy writes IPv6 rules only (ip6tables, `table ip6 kube-proxy`).
     #[serde(default)]
     pub ipv6_only: bool,
+    /// The control plane's version (`v1.35.0`): the API view lists a control-plane Node
+    /// (`node-role.kubernetes.io/control-plane`) whose kubelet runs it, which a snapshot offers in
+    /// place of the API server's own `/version`. `None` lists none, as managed clusters do.
+    #[serde(default)]
+    pub control_plane_version: Option<String>,
 }
 
 /// kube-proxy as the API and its health endpoints present it.
@@ -562,7 +567,15 @@ impl ClusterSpec {
             api_changed_at: None,
             dual_stack: false,
             ipv6_only: false,
+            control_plane_version: None,
         }
+    }
+
+    /// Lists a control-plane Node running `version` in the API view (see
+    /// [`Self::control_plane_version`](field@Self::control_plane_version)).
+    pub fn control_plane(mut self, version: &str) -> Self {
+        self.control_plane_version = Some(version.into());
+        self
     }
 
     /// Makes the node dual-stack (see [`Self::dual_stack`](field@Self::dual_stack)).

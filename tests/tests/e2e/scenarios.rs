@@ -887,6 +887,51 @@ fn kube_proxy_not_running_nftables() {
     kube_proxy_not_running(ProxyMode::Nftables, Family::V4);
 }
 
+// ---- kube-proxy version skew ----------------------------------------------------------------------
+
+/// The control plane the node's kube-proxy talks to.
+const CONTROL_PLANE: &str = "v1.35.0";
+
+/// kube-proxy v1.33.2 (the lab's) two minors behind the control plane (v1.35.0, a control-plane
+/// Node in the API view): traffic still flows, the skew is the finding, and it is the same
+/// whichever family carried the flows.
+pub(crate) fn kube_proxy_version_skew(mode: ProxyMode, fam: Family) -> Run {
+    let s = Scenario::up_in(web_spec(1).control_plane(CONTROL_PLANE), mode, fam);
+    let kube_proxy = s.lab.spec().kube_proxy.clone().expect("kube-proxy runs").version;
+    let run = s.trace("default/web", Api::Snapshot, 3, &[], |lab| {
+        http_ok(lab, fam, 2);
+    });
+    run.assert_root("kube_proxy_version_skew");
+    assert_eq!(run.report.severity.as_deref(), Some("LOW"), "{}", run.context);
+    let backend = run.at(WEB_1, 8080);
+    let flows = run.flows_to(&run.at(VIP, 80));
+    assert_eq!(flows.len(), 2, "{}", run.context);
+    for f in flows {
+        assert_eq!(run.class_of(f), "healthy", "skew breaks no flow; {}", run.context);
+        assert_eq!(f.backend.as_deref(), Some(backend.as_str()), "{}", run.context);
+    }
+    assert!(
+        run.root_detail().contains(&format!(
+            "kube-proxy {kube_proxy} is more than one minor version from the API server {CONTROL_PLANE}"
+        )),
+        "{}",
+        run.context
+    );
+    run.evidence("kube_proxy", &[&format!("kube-proxy version {kube_proxy}")]);
+    run.evidence("api", &[&format!("API server version {CONTROL_PLANE}")]);
+    run
+}
+
+#[test]
+fn kube_proxy_version_skew_iptables() {
+    kube_proxy_version_skew(ProxyMode::Iptables, Family::V4);
+}
+
+#[test]
+fn kube_proxy_version_skew_nftables() {
+    kube_proxy_version_skew(ProxyMode::Nftables, Family::V4);
+}
+
 // ---- backend refused / backend timeout ----------------------------------------------------------------
 
 pub(crate) fn backend_refused(mode: ProxyMode, fam: Family) -> Run {

@@ -1,12 +1,15 @@
 //! One flow per connection, with the pre-DNAT frontend and the post-DNAT backend conntrack chose
 //! joined, and the outcome the kernel's events prove.
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use d8_tests::run::Trace;
-use d8_trace::{lab, model::ProxyMode};
+use d8_trace::{
+    lab::{self, Lab},
+    model::ProxyMode,
+};
 
-use crate::common::*;
+use crate::{common::*, family::Family};
 
 fn tcp_to_cluster_ip_is_one_established_flow_to_the_chosen_backend(mode: ProxyMode) {
     let lab = lab(mode);
@@ -74,21 +77,42 @@ fn service_without_endpoints_is_rejected_with_evidence() {
     report.evidence_with("ICMP");
 }
 
-#[test]
-fn drop_on_the_path_is_dropped_with_the_kernel_reason() {
-    let mut lab = lab(ProxyMode::Iptables);
+/// A pod that drops everything (its `inet` table, both families): the SYN's drop is traced with
+/// the kernel's reason, after DNAT to that pod.
+fn drop_on_the_path_is_dropped_with_the_kernel_reason(fam: Family) {
+    d8_tests::require_root();
+    let _ = d8_trace::lab::cleanup_stale();
+    let mut lab = Lab::up(fam.spec(spec()), ProxyMode::Iptables).expect("lab up");
     lab.set_drop_all("drops-1", true).expect("make the pod drop");
-    let trace = Trace::start(&trace_args(&lab, "default/drops", "4", &[]));
-    let out = lab::tcp_connect(lab.client_ns(), addr(DROPS_VIP, 80), Duration::from_millis(1500)).expect("connect");
+    let trace = Trace::start(&trace_args(&lab, "default/drops", "4", fam.trace_flags()));
+    let out = lab::tcp_connect(lab.client_ns(), fam.sock(DROPS_VIP, 80), Duration::from_millis(1500)).expect("connect");
     assert!(!out.is_connected(), "{out:?}");
     let report = trace.finish(Duration::from_secs(20)).report();
-    let flow = report.flows_to("10.96.0.40:80")[0];
+    let flow = report.flows_to(&fam.at(DROPS_VIP, 80))[0];
     assert_eq!(flow.outcome, "dropped", "{}", report.describe_flows());
     assert_eq!(
         flow.drop_reason.as_deref(),
-        Some(report.drop_reason_named("NETFILTER_DROP"))
+        Some(report.drop_reason_named("NETFILTER_DROP")),
+        "{}",
+        report.describe_flows()
     );
-    assert_eq!(flow.backend.as_deref(), Some("10.244.1.41:8080"));
+    assert_eq!(
+        flow.backend.as_deref(),
+        Some(fam.at(Ipv4Addr::new(10, 244, 1, 41), 8080).as_str())
+    );
+    assert_eq!(report.families.seen, [fam.name()], "{}", report.describe_flows());
+}
+
+#[test]
+fn drop_on_the_path_is_dropped_with_the_kernel_reason_ipv4() {
+    drop_on_the_path_is_dropped_with_the_kernel_reason(Family::V4);
+}
+
+/// The same drop over IPv6 (a dual-stack lab, `--family 6`): the drop tracepoint names the reason
+/// for the IPv6 SYN as it does for the IPv4 one.
+#[test]
+fn drop_on_the_path_is_dropped_with_the_kernel_reason_ipv6() {
+    drop_on_the_path_is_dropped_with_the_kernel_reason(Family::V6);
 }
 
 #[test]

@@ -5,11 +5,12 @@
 //! - `ipvs_*`: kube-proxy's IPVS mode live (`Lab::up(.., ProxyMode::Ipvs)`: kube-ipvs0, virtual and
 //!   real servers, ipsets, `net.ipv4.vs.conntrack=1`): flows joined to the real server IPVS chose, a
 //!   stale real server (in IPVS, gone from the API), a virtual server without real servers and a
-//!   Service whose virtual server kube-proxy lost,
+//!   Service whose virtual server kube-proxy lost; over IPv6 too (a dual-stack IPVS lab: IPv6
+//!   virtual servers carrying traffic joined to their real servers, a stale IPv6 real server),
 //!   traced with the lab's API snapshot (IPVS keeps no Service names: with `--no-k8s` d8-trace says
 //!   it cannot find the Service by name).
 //! - `conntrack_full*`: `nf_conntrack_max` lowered, the node's table filled with ASSURED entries
-//!   early drop cannot evict, then a new flow to a Service. The sysctl is global, so this runs only
+//!   early drop cannot evict, then a new flow to a Service (IPv4, and IPv6 on a dual-stack lab). The sysctl is global, so this runs only
 //!   inside the VM (`D8_IN_VM=1`, set by the VM suite), and puts the old value back on every path.
 //!   What 6.1 shows the tracer: the SYN reaches the TC ingress hook (pre-DNAT tuple), then
 //!   `nf_conntrack_in` cannot allocate an entry (`nf_conntrack: table full, dropping packet`),
@@ -29,7 +30,7 @@ use d8_trace::{
     model::{Protocol, ProxyMode},
 };
 
-use crate::common::*;
+use crate::{common::*, family::Family};
 
 /// A Service with one pod, which the stale real server test deletes.
 const SOLO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
@@ -70,19 +71,26 @@ fn ipvs_spec() -> ClusterSpec {
         )
 }
 
-/// An IPVS lab and the file its API snapshot goes to.
+/// An IPVS lab, the file its API snapshot goes to, and the family its traces are narrowed to.
 struct IpvsLab {
     lab: Lab,
     snapshot: PathBuf,
+    family: Family,
 }
 
 impl IpvsLab {
     fn up() -> Self {
+        Self::up_in(Family::V4)
+    }
+
+    /// The lab as `family` needs it: dual-stack (IPv6 virtual servers beside IPv4's) for
+    /// [`Family::V6`], traced with `--family 6`.
+    fn up_in(family: Family) -> Self {
         d8_tests::require_root();
         let _ = lab::cleanup_stale();
-        let lab = Lab::up(ipvs_spec(), ProxyMode::Ipvs).unwrap_or_else(|e| panic!("IPVS lab up: {e}"));
+        let lab = Lab::up(family.spec(ipvs_spec()), ProxyMode::Ipvs).unwrap_or_else(|e| panic!("IPVS lab up: {e}"));
         let snapshot = std::env::temp_dir().join(format!("{}snapshot.json", lab.prefix()));
-        Self { lab, snapshot }
+        Self { lab, snapshot, family }
     }
 
     /// Traces `svc` for `secs` while `traffic` runs; `api`: with the lab's API snapshot, else
@@ -107,6 +115,7 @@ impl IpvsLab {
         } else {
             args.push("--no-k8s");
         }
+        args.extend_from_slice(self.family.trace_flags());
         let trace = Trace::start(&args);
         traffic(&self.lab);
         let done = trace.finish(Duration::from_secs(40));
@@ -175,6 +184,26 @@ fn ipvsadm(lab: &Lab) -> String {
 
 fn root(r: &Report) -> &str {
     r.root_cause.as_ref().map(|c| c.class.as_str()).unwrap_or("<none>")
+}
+
+/// Checks the report's endpoint `ip` (in `fam`) `:port`, an IPVS real server of the virtual server
+/// `vip` (`ip:port` as the report writes it): in the rules with its IPVS line (`TCP <vip> -> <ip:port>`,
+/// read back from `ipvsadm -Ln`), and in the API or not as `in_api` says.
+fn ipvs_real_server(report: &Report, ctx: &str, fam: Family, vip: &str, ip: Ipv4Addr, port: u16, in_api: bool) {
+    let (ip, at) = (fam.ip(ip).to_string(), fam.at(ip, port));
+    let ep = report
+        .endpoints
+        .iter()
+        .find(|e| e.ip == ip && e.port == port)
+        .unwrap_or_else(|| panic!("no endpoint {at}; {ctx}"));
+    assert!(ep.in_rules, "{ep:?}; {ctx}");
+    assert!(
+        ep.rule
+            .as_deref()
+            .is_some_and(|r| r.contains(&format!("TCP {vip} -> {at}"))),
+        "{ep:?}; {ctx}"
+    );
+    assert_eq!(ep.in_api, Some(in_api), "{ep:?}; {ctx}");
 }
 
 /// The lab's IPVS mode carries traffic the way a kube-proxy IPVS node does: ClusterIP (TCP and
@@ -263,104 +292,154 @@ fn ipvs_flows_join_the_real_server() {
         "{}",
         done.stderr
     );
-    {
-        let api = true;
-        let mut answered = Vec::new();
-        let (report, ctx) = l.trace("default/web", api, "4", |lab| {
-            for _ in 0..2 {
-                let out = lab::http_get(lab.client_ns(), addr(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
-                answered.push(
-                    out.backend()
-                        .unwrap_or_else(|| panic!("no answer through IPVS: {out:?}")),
-                );
-            }
-        });
-        assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
-        assert_eq!(report.lost_events, 0, "{ctx}");
-        let flows = report.flows_to("10.96.0.10:80");
-        assert_eq!(flows.len(), 2, "two connections, two flows; {ctx}");
-        // rr: the two connections went to the two real servers; each flow names the one it reached.
-        let mut backends: Vec<String> = flows.iter().map(|f| f.backend.clone().unwrap_or_default()).collect();
-        backends.sort();
-        assert_eq!(backends, ["10.244.1.11:8080", "10.244.1.12:8080"], "{ctx}");
-        answered.sort();
-        assert_eq!(answered, ["web-1", "web-2"], "{ctx}");
-        for f in &flows {
-            assert_eq!(f.outcome, "established", "{ctx}");
-            assert_eq!(f.class.as_deref(), Some("healthy"), "{ctx}");
-            assert!(f.client.starts_with("10.244.1.250:"), "{ctx}");
-        }
-        assert_eq!(root(&report), "healthy", "{ctx}");
-        // The real servers are the endpoints, with their IPVS line as rule.
-        for ip in ["10.244.1.11", "10.244.1.12"] {
-            let ep = report
-                .endpoints
-                .iter()
-                .find(|e| e.ip == ip && e.port == 8080)
-                .unwrap_or_else(|| panic!("no endpoint {ip}; {ctx}"));
-            assert!(ep.in_rules, "{ctx}");
-            assert!(
-                ep.rule
-                    .as_deref()
-                    .is_some_and(|r| r.contains("TCP 10.96.0.10:80") && r.contains(ip)),
-                "{ep:?}; {ctx}"
+    flows_join_the_real_server(&l);
+}
+
+/// Two connections to `default/web` through IPVS (rr over web-1 and web-2), traced in the lab's
+/// family: each flow is joined to the real server it reached, with that server's IPVS line
+/// (`TCP [fd00:10:96::10]:80 -> [fd00:10:244:1::11]:8080` over IPv6, read back from ipvsadm).
+fn flows_join_the_real_server(l: &IpvsLab) {
+    let fam = l.family;
+    let mut answered = Vec::new();
+    let (report, ctx) = l.trace("default/web", true, "4", |lab| {
+        for _ in 0..2 {
+            let out = lab::http_get(lab.client_ns(), fam.sock(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+            answered.push(
+                out.backend()
+                    .unwrap_or_else(|| panic!("no answer through IPVS: {out:?}")),
             );
-            assert_eq!(ep.in_api, Some(true), "{ctx}");
         }
-        assert!(
-            report.frontends.iter().any(|f| f.ip == "10.96.0.10" && f.port == 80),
+    });
+    assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
+    assert_eq!(report.lost_events, 0, "{ctx}");
+    let vip = fam.at(WEB_VIP, 80);
+    let flows = report.flows_to(&vip);
+    assert_eq!(flows.len(), 2, "two connections, two flows; {ctx}");
+    assert_eq!(report.families.seen, [fam.name()], "{ctx}");
+    // rr: the two connections went to the two real servers; each flow names the one it reached.
+    let mut backends: Vec<String> = flows.iter().map(|f| f.backend.clone().unwrap_or_default()).collect();
+    backends.sort();
+    let (web1, web2) = (Ipv4Addr::new(10, 244, 1, 11), Ipv4Addr::new(10, 244, 1, 12));
+    assert_eq!(backends, [fam.at(web1, 8080), fam.at(web2, 8080)], "{ctx}");
+    answered.sort();
+    assert_eq!(answered, ["web-1", "web-2"], "{ctx}");
+    let client = fam.ip(Ipv4Addr::new(10, 244, 1, 250));
+    for f in &flows {
+        assert_eq!(f.outcome, "established", "{ctx}");
+        assert_eq!(f.class.as_deref(), Some("healthy"), "{ctx}");
+        assert_eq!(
+            f.client.parse::<std::net::SocketAddr>().map(|a| a.ip()),
+            Ok(client),
             "{ctx}"
         );
+    }
+    assert_eq!(root(&report), "healthy", "{ctx}");
+    // The real servers are the endpoints, with their IPVS line as rule.
+    for ip in [web1, web2] {
+        ipvs_real_server(&report, &ctx, fam, &vip, ip, 8080, true);
+    }
+    let vip_ip = fam.ip(WEB_VIP).to_string();
+    assert!(report.frontends.iter().any(|f| f.ip == vip_ip && f.port == 80), "{ctx}");
+}
+
+/// kube-proxy's IPv6 proxier in IPVS mode (a dual-stack lab): IPv6 virtual servers carry real
+/// traffic to both real servers (rr), `ipvsadm -Ln`'s IPv6 lines (`TCP  [fd00:10:96::10]:80 rr`)
+/// are read back into the model, and `explain` joins each IPv6 real server to its API endpoint.
+///
+/// Not asserted: a trace's join of an IPv6 flow to the real server IPVS chose. On 6.1's TC set
+/// (conntrack netlink join) the pre-NAT flow stays unjoined (`backend: null`, class `dropped`)
+/// while the real server's side is seen as its own flow; IPv4 IPVS and IPv6 iptables/nftables
+/// DNAT join there. An open gap of the join, not of the lab (see the session's report).
+#[test]
+#[ignore = "VM suite only (needs ip_vs): cargo xtask test runs it in Debian\'s 6.1"]
+fn ipvs_ipv6_virtual_servers_carry_traffic_to_their_real_servers() {
+    if !have_ipvs() {
+        return;
+    }
+    let fam = Family::V6;
+    let l = IpvsLab::up_in(fam);
+    let table = ipvsadm(&l.lab);
+    let vip = fam.at(WEB_VIP, 80);
+    assert!(table.contains(&format!("TCP  {vip} rr")), "{table}");
+    let (web1, web2) = (Ipv4Addr::new(10, 244, 1, 11), Ipv4Addr::new(10, 244, 1, 12));
+    let mut answered: Vec<String> = (0..2)
+        .map(|_| {
+            let out = lab::http_get(l.lab.client_ns(), fam.sock(WEB_VIP, 80), "/", TIMEOUT).expect("http get");
+            out.backend()
+                .unwrap_or_else(|| panic!("no answer through the IPv6 virtual server: {out:?}\n{table}"))
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(answered, ["web-1", "web-2"], "rr over both IPv6 real servers\n{table}");
+    let (report, ctx) = l.explain("default/web");
+    assert_eq!(report.kube_proxy.mode, "ipvs", "{ctx}");
+    assert_eq!(root(&report), "healthy", "{ctx}");
+    let vip_ip = fam.ip(WEB_VIP).to_string();
+    assert!(report.frontends.iter().any(|f| f.ip == vip_ip && f.port == 80), "{ctx}");
+    for ip in [web1, web2] {
+        ipvs_real_server(&report, &ctx, fam, &vip, ip, 8080, true);
     }
 }
 
 #[test]
 #[ignore = "VM suite only (needs ip_vs): cargo xtask test runs it in Debian\'s 6.1"]
 fn ipvs_stale_real_server() {
+    stale_real_server(Family::V4);
+}
+
+/// The same over IPv6, from rules and API (`explain`): IPVS keeps the deleted pod's IPv6 real
+/// server, which no EndpointSlice lists. (Its trace is not asserted: the IPv6 IPVS flow join gap
+/// of [`ipvs_ipv6_virtual_servers_carry_traffic_to_their_real_servers`].)
+#[test]
+#[ignore = "VM suite only (needs ip_vs): cargo xtask test runs it in Debian\'s 6.1"]
+fn ipvs_stale_real_server_over_ipv6() {
     if !have_ipvs() {
         return;
     }
-    let mut l = IpvsLab::up();
-    // The pod is gone (namespace and API objects) while IPVS keeps its real server.
+    let fam = Family::V6;
+    let mut l = IpvsLab::up_in(fam);
     l.lab.make_stale_endpoint("solo-1").expect("stale endpoint");
+    let (vip, pod) = (fam.at(SOLO_VIP, 80), fam.at(SOLO_POD, 8080));
     let table = ipvsadm(&l.lab);
-    assert!(table.contains("-> 10.244.1.61:8080"), "{table}");
-    {
-        let api = true;
-        let (report, ctx) = l.trace("default/solo", api, "5", |lab| {
-            let out =
-                lab::tcp_connect(lab.client_ns(), addr(SOLO_VIP, 80), Duration::from_millis(1500)).expect("connect");
-            assert_eq!(out, TcpOutcome::Timeout);
-        });
-        let flows = report.flows_to("10.96.0.60:80");
-        for f in &flows {
-            assert_eq!(
-                f.backend.as_deref(),
-                Some("10.244.1.61:8080"),
-                "joined to the real server; {ctx}"
-            );
-            assert_eq!(f.class.as_deref(), Some("stale_endpoint"), "{ctx}");
-        }
-        assert_eq!(root(&report), "stale_endpoint", "{ctx}");
-        let ep = report
-            .endpoints
-            .iter()
-            .find(|e| e.ip == "10.244.1.61")
-            .unwrap_or_else(|| panic!("{ctx}"));
-        assert!(ep.in_rules, "{ctx}");
-        assert!(
-            ep.rule
-                .as_deref()
-                .is_some_and(|r| r.contains("TCP 10.96.0.60:80 -> 10.244.1.61:8080")),
-            "{ep:?}; {ctx}"
-        );
-        assert_eq!(ep.in_api, Some(false), "{ctx}");
-        report.evidence_with("10.244.1.61:8080 is not in the Service's EndpointSlices of default/solo");
-        assert!(
-            report.root_cause.as_ref().unwrap().detail.contains("10.244.1.61:8080"),
-            "{ctx}"
-        );
+    assert!(table.contains(&format!("-> {pod}")), "{table}");
+    let out =
+        lab::tcp_connect(l.lab.client_ns(), fam.sock(SOLO_VIP, 80), Duration::from_millis(1500)).expect("connect");
+    assert_eq!(out, TcpOutcome::Timeout, "IPVS still sends to the gone pod\n{table}");
+    let (report, ctx) = l.explain("default/solo");
+    assert_eq!(root(&report), "stale_endpoint", "{ctx}");
+    ipvs_real_server(&report, &ctx, fam, &vip, SOLO_POD, 8080, false);
+}
+
+/// `default/solo`'s one pod deleted (namespace and API objects) while IPVS keeps its real server:
+/// the flow is joined to that real server and is a stale endpoint, traced and explained.
+fn stale_real_server(fam: Family) {
+    if !have_ipvs() {
+        return;
     }
+    let mut l = IpvsLab::up_in(fam);
+    l.lab.make_stale_endpoint("solo-1").expect("stale endpoint");
+    let (vip, pod) = (fam.at(SOLO_VIP, 80), fam.at(SOLO_POD, 8080));
+    let table = ipvsadm(&l.lab);
+    assert!(table.contains(&format!("-> {pod}")), "{table}");
+    let (report, ctx) = l.trace("default/solo", true, "5", |lab| {
+        let out =
+            lab::tcp_connect(lab.client_ns(), fam.sock(SOLO_VIP, 80), Duration::from_millis(1500)).expect("connect");
+        assert_eq!(out, TcpOutcome::Timeout);
+    });
+    let flows = report.flows_to(&vip);
+    for f in &flows {
+        assert_eq!(
+            f.backend.as_deref(),
+            Some(pod.as_str()),
+            "joined to the real server; {ctx}"
+        );
+        assert_eq!(f.class.as_deref(), Some("stale_endpoint"), "{ctx}");
+    }
+    assert_eq!(report.families.seen, [fam.name()], "{ctx}");
+    assert_eq!(root(&report), "stale_endpoint", "{ctx}");
+    ipvs_real_server(&report, &ctx, fam, &vip, SOLO_POD, 8080, false);
+    report.evidence_with(&format!("{pod} is not in the Service's EndpointSlices of default/solo"));
+    assert!(report.root_cause.as_ref().unwrap().detail.contains(&pod), "{ctx}");
     // Rules and API alone say the same.
     let (report, ctx) = l.explain("default/solo");
     assert!(report.flows.is_empty(), "{ctx}");
@@ -482,20 +561,25 @@ fn fill_conntrack(node_ns: &str, limit: u32) -> u32 {
     panic!("inserted {inserted} entries and the table never filled (nf_conntrack_max={limit})");
 }
 
-#[test]
-#[ignore = "VM suite only (changes the global nf_conntrack_max): cargo xtask test runs it in Debian\'s 6.1"]
-fn conntrack_full_drops_a_new_flow() {
+/// A new flow to `default/web` while the node's conntrack table is full, over `fam`'s addresses
+/// (the table, and `nf_conntrack_max`, are shared by both families: IPv4 entries fill it for an
+/// IPv6 flow too).
+fn conntrack_full_drops_a_new_flow_in(fam: Family) {
     if !in_vm() {
         return;
     }
-    let lab = lab(ProxyMode::Iptables);
+    d8_tests::require_root();
+    let _ = lab::cleanup_stale();
+    let lab = Lab::up(fam.spec(spec()), ProxyMode::Iptables).unwrap_or_else(|e| panic!("lab up: {e}"));
     let node = lab.node_ns().to_string();
-    let trace = Trace::start(&["--svc", "default/web", "--netns", &node, "-o", "json", "--no-k8s"]);
+    let mut args = vec!["--svc", "default/web", "--netns", &node, "-o", "json", "--no-k8s"];
+    args.extend_from_slice(fam.trace_flags());
+    let trace = Trace::start(&args);
     let max = 64;
     let guard = ConntrackMax::set(max);
     let inserted = fill_conntrack(&node, max);
     assert!(inserted > 0 && inserted <= max, "{inserted}");
-    let out = lab::tcp_connect(lab.client_ns(), addr(WEB_VIP, 80), Duration::from_millis(1500)).expect("connect");
+    let out = lab::tcp_connect(lab.client_ns(), fam.sock(WEB_VIP, 80), Duration::from_millis(1500)).expect("connect");
     assert_eq!(
         out,
         TcpOutcome::Timeout,
@@ -507,8 +591,10 @@ fn conntrack_full_drops_a_new_flow() {
     let report = done.report();
     let ctx = format!("stdout:\n{}\nstderr:\n{}", done.stdout, done.stderr);
     dump(&ctx);
-    let flows = report.flows_to("10.96.0.10:80");
+    let vip = fam.at(WEB_VIP, 80);
+    let flows = report.flows_to(&vip);
     assert!(!flows.is_empty(), "{ctx}");
+    let client = fam.ip(Ipv4Addr::new(10, 244, 1, 250));
     for f in &flows {
         assert_eq!(f.class.as_deref(), Some("conntrack_full"), "{ctx}");
         assert_eq!(f.backend, None, "never translated; {ctx}");
@@ -519,9 +605,14 @@ fn conntrack_full_drops_a_new_flow() {
             Some(report.drop_reason_named("NETFILTER_DROP")),
             "{ctx}"
         );
-        assert!(f.client.starts_with("10.244.1.250:"), "the flow's tuple: {ctx}");
+        assert_eq!(
+            f.client.parse::<std::net::SocketAddr>().map(|a| a.ip()),
+            Ok(client),
+            "the flow's tuple: {ctx}"
+        );
         assert_eq!(f.protocol, "tcp", "{ctx}");
     }
+    assert_eq!(report.families.seen, [fam.name()], "{ctx}");
     assert_eq!(root(&report), "conntrack_full", "{ctx}");
     let conntrack: Vec<&str> = report
         .evidence
@@ -542,5 +633,18 @@ fn conntrack_full_drops_a_new_flow() {
         "{ctx}"
     );
     let client = &flows[0].client;
-    report.evidence_with(&format!("{client} -> 10.96.0.10:80: first packet dropped"));
+    report.evidence_with(&format!("{client} -> {vip}: first packet dropped"));
+}
+
+#[test]
+#[ignore = "VM suite only (changes the global nf_conntrack_max): cargo xtask test runs it in Debian\'s 6.1"]
+fn conntrack_full_drops_a_new_flow() {
+    conntrack_full_drops_a_new_flow_in(Family::V4);
+}
+
+/// The same over IPv6 (a dual-stack lab, `--family 6`): the IPv6 SYN's drop before conntrack.
+#[test]
+#[ignore = "VM suite only (changes the global nf_conntrack_max): cargo xtask test runs it in Debian\'s 6.1"]
+fn conntrack_full_drops_a_new_ipv6_flow() {
+    conntrack_full_drops_a_new_flow_in(Family::V6);
 }

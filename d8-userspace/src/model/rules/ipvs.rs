@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::model::rules::address::odd_suffix;
 use crate::model::rules::service::{self, RuleEndpoint};
 use crate::model::{Frontend, FrontendKind, Protocol, RuleRef, RuleSource, Service, ServiceRef};
 
@@ -140,7 +141,10 @@ pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> 
             };
             match parse_real_server(rest, trimmed, line_no, hex) {
                 Some(rs) => vs.real_servers.push(rs),
-                None => warn(&mut out, format!("unreadable real server line: {trimmed}")),
+                None => warn(
+                    &mut out,
+                    format!("unreadable real server line: {trimmed}{}", odd_suffix(trimmed)),
+                ),
             }
             continue;
         }
@@ -156,7 +160,7 @@ pub fn parse_named(text: &str, source_name: &str) -> Result<Parsed, ParseError> 
                     found: trimmed.chars().take(80).collect(),
                 });
             }
-            None => warn(&mut out, format!("unreadable line: {trimmed}")),
+            None => warn(&mut out, format!("unreadable line: {trimmed}{}", odd_suffix(trimmed))),
         }
     }
     Ok(out)
@@ -227,7 +231,13 @@ fn is_proc_addr(s: &str) -> bool {
 }
 
 /// `10.96.0.1:443`, `[fd00::a]:53` (ipvsadm), or with `hex` the /proc forms (see [`is_proc_addr`]).
+/// Not a zone-scoped or IPv4-mapped address (`super::address`): the line is then unreadable, and
+/// its warning says why.
 fn parse_addr(s: &str, hex: bool) -> Option<SocketAddr> {
+    parse_any_addr(s, hex).filter(|a| !super::address::is_ipv4_mapped(a.ip()) && !s.contains('%'))
+}
+
+fn parse_any_addr(s: &str, hex: bool) -> Option<SocketAddr> {
     if !hex {
         return s.parse::<SocketAddr>().ok();
     }
@@ -469,6 +479,33 @@ mod tests {
         let v6 = p.virtual_servers.last().unwrap();
         assert_eq!(v6.addr, Some(sa("[fd00:10:96::a]:53")));
         assert_eq!(v6.real_servers[0].addr, sa("[fd00:10:244:1::5]:53"));
+    }
+
+    /// ipvsadm's IPv6 lines round-trip: the address `ipvsadm -Ln` prints (`[fd00::1]:80`) is the
+    /// socket address read back. A zone-scoped or IPv4-mapped address (kube-proxy writes neither)
+    /// leaves its line out with a warning that names it and why.
+    #[test]
+    fn ipv6_lines_round_trip_and_odd_addresses_are_named() {
+        let text = "IP Virtual Server version 1.2.1 (size=4096)\n\
+                    Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n\
+                    TCP  [fd00::1]:80 rr\n  -> [fd00:10:244:1::11]:8080 Masq 1 0 0\n\
+                    TCP  [::ffff:10.96.0.1]:80 rr\n\
+                    TCP  [fd00::2]:80 rr\n  -> [fe80::5%eth0]:8080 Masq 1 0 0\n";
+        let p = parse(text).unwrap();
+        let vs = &p.virtual_servers[0];
+        assert_eq!(vs.addr, Some(sa("[fd00::1]:80")));
+        assert_eq!(vs.addr.unwrap().to_string(), "[fd00::1]:80");
+        assert_eq!(vs.real_servers[0].addr.to_string(), "[fd00:10:244:1::11]:8080");
+        assert_eq!(p.virtual_servers.len(), 2, "{:#?}", p.virtual_servers);
+        assert!(p.virtual_servers[1].real_servers.is_empty());
+        let all = p.warnings.join("\n");
+        assert!(
+            all.contains(
+                "line 6: unreadable line: TCP  [::ffff:10.96.0.1]:80 rr ([::ffff:10.96.0.1]:80 is an IPv4-mapped"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("([fe80::5%eth0]:8080 is a zone-scoped address"), "{all}");
     }
 
     #[test]

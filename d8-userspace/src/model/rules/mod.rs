@@ -30,6 +30,7 @@
 //! together with the raw [`NodeRules::virtual_servers`]; [`ipvs::name_services`] joins them with
 //! the API's Services once those are known.
 
+mod address;
 pub mod iptables;
 pub mod ipvs;
 pub mod names;

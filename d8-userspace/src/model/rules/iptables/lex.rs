@@ -11,6 +11,9 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use super::super::address::is_ipv4_mapped;
+pub(super) use super::super::address::odd_address;
+
 /// The options the model reads, by name: field `i` is the first option of the rule whose name is
 /// in `FIELDS[i]` (options are looked up by name, never by position), with its first argument
 /// (the model reads no second one, e.g. the `dst,dst` of `--match-set NAME dst,dst`; the rule's
@@ -337,25 +340,4 @@ pub(super) fn host_port(s: &str) -> Option<(IpAddr, u16)> {
     let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
     let ip: IpAddr = ip.parse().ok()?;
     (!is_ipv4_mapped(ip)).then_some((ip, port.parse().ok()?))
-}
-
-/// `::ffff:a.b.c.d`.
-pub(super) fn is_ipv4_mapped(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some())
-}
-
-/// Why `s` (an address, maybe with `/len` or `:port`) is not one kube-proxy writes, if that is
-/// the trouble: zone-scoped or IPv4-mapped. For warnings.
-pub(super) fn odd_address(s: &str) -> Option<&'static str> {
-    if s.contains('%') {
-        return Some("a zone-scoped address, which kube-proxy never writes");
-    }
-    let bare = s.split('/').next().unwrap_or(s);
-    let bare = bare
-        .strip_prefix('[')
-        .and_then(|b| b.split_once(']'))
-        .map_or(bare, |(ip, _)| ip);
-    bare.parse::<IpAddr>()
-        .is_ok_and(is_ipv4_mapped)
-        .then_some("an IPv4-mapped IPv6 address, which kube-proxy never writes (IPv4 addresses go in IPv4 rules)")
 }

@@ -21,6 +21,7 @@ use super::render::{render_elem, render_val};
 use super::table::{Table, ip_proto_port, proto_port, verdict_target};
 use super::{Layout, Parsed};
 use crate::model::rules::FastSet;
+use crate::model::rules::address::odd_suffix;
 use crate::model::rules::service::Services;
 use crate::model::{FrontendKind, Protocol, ProxyMode, RuleRef, RuleSource, UnallocatedDrop};
 
@@ -120,10 +121,9 @@ impl<'t, 'a> Builder<'t, 'a> {
             let Some(set) = t.sets.get(map) else { continue };
             for (key, value, comment) in &set.elems {
                 let Some((ip, proto, port)) = ip_proto_port(key) else {
-                    self.warn(format!(
-                        "map {map}: element not `ip . proto . port`: {}",
-                        render_val(key)
-                    ));
+                    let text = render_val(key);
+                    let why = odd_suffix(&text);
+                    self.warn(format!("map {map}: element not `ip . proto . port`: {text}{why}"));
                     continue;
                 };
                 let target = verdict_target(value);
@@ -427,9 +427,17 @@ impl<'t, 'a> Builder<'t, 'a> {
             }
         }
         let Some(((ip, port), rule)) = target else {
+            // A `dnat to` whose address kube-proxy never writes is no dnat the model can follow:
+            // say which address, rather than that the rule is missing.
+            let why = t
+                .chain_rules(c)
+                .find_map(|r| Some(odd_suffix(t.text(r))).filter(|w| !w.is_empty()));
             self.services.add_problem(
                 key,
-                format!("{chain} has no dnat rule: connections sent to it are not translated"),
+                format!(
+                    "{chain} has no dnat rule: connections sent to it are not translated{}",
+                    why.unwrap_or_default()
+                ),
             );
             return None;
         };

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use super::json::{Body, J, Pool};
 use super::render::{render_exprs, render_val, write_val};
 use crate::model::rules::FastMap;
+use crate::model::rules::address::rule_ip;
 use crate::model::{Protocol, RuleRef, RuleSource};
 
 #[derive(Debug, Default)]
@@ -364,7 +365,7 @@ impl<'a> Table<'a> {
             .map(|s| {
                 s.elems
                     .iter()
-                    .filter_map(|(k, _, _)| k.as_str().and_then(|a| a.parse().ok()))
+                    .filter_map(|(k, _, _)| k.as_str().and_then(rule_ip))
                     .collect()
             })
             .unwrap_or_default()
@@ -426,7 +427,7 @@ fn as_proto(v: &J<'_>) -> Option<Protocol> {
 /// `(ip, proto, port)` of a `service-ips`-style key.
 pub(super) fn ip_proto_port(key: &J<'_>) -> Option<(IpAddr, Protocol, u16)> {
     match concat_items(key) {
-        [ip, proto, port] => Some((ip.as_str()?.parse().ok()?, as_proto(proto)?, as_port(port)?)),
+        [ip, proto, port] => Some((rule_ip(ip.as_str()?)?, as_proto(proto)?, as_port(port)?)),
         _ => None,
     }
 }
@@ -462,7 +463,7 @@ fn numgen_vmap<'a>(stmt: &J<'a>) -> Option<NumgenVmap<'a>> {
 /// A `dnat to <ip>:<port>` statement.
 fn dnat_target(stmt: &J<'_>) -> Option<(IpAddr, u16)> {
     let d = stmt.get("dnat")?;
-    Some((d.get("addr")?.as_str()?.parse().ok()?, as_port(d.get("port")?)?))
+    Some((rule_ip(d.get("addr")?.as_str()?)?, as_port(d.get("port")?)?))
 }
 
 /// 1.36's `dnat ip addr . port to numgen random mod N map { i : ip . port }`: (N, targets).
@@ -473,7 +474,7 @@ fn dnat_numgen_map(stmt: &J<'_>) -> Option<(u64, Vec<(IpAddr, u16)>)> {
     for item in map.get("data")?.get("set")?.as_array()? {
         let pair = item.as_array()?;
         match concat_items(pair.get(1)?) {
-            [ip, port] => out.push((ip.as_str()?.parse().ok()?, as_port(port)?)),
+            [ip, port] => out.push((rule_ip(ip.as_str()?)?, as_port(port)?)),
             _ => return None,
         }
     }

@@ -295,6 +295,73 @@ fn ip6_table_and_old_endpoints_check_layout() {
     );
 }
 
+/// Addresses kube-proxy never writes in its `ip6 kube-proxy` table: an IPv4-mapped ClusterIP in
+/// `service-ips` and `cluster-ips`, an IPv4-mapped `dnat to` target, a zone-scoped address in
+/// `service-ips` (text a hand-edited or foreign JSON file may hold; the kernel has no zones).
+/// Each is refused with a warning or a problem that names the address and why, never a crash,
+/// and none enters the model.
+#[test]
+fn zone_scoped_and_ipv4_mapped_addresses_in_the_ip6_table_are_refused_with_a_reason() {
+    let ep = "endpoint-AAAAAAAA-ns1/v6/tcp/http__fd00.10.244..5/8080";
+    let svc_chain = "service-BBBBBBBB-ns1/v6/tcp/http";
+    let other = "service-CCCCCCCC-ns1/zoned/tcp/http";
+    let json = serde_json::json!({"nftables": [
+        {"table": {"family": "ip6", "name": "kube-proxy", "handle": 1}},
+        {"chain": {"family": "ip6", "table": "kube-proxy", "name": "endpoints-check", "handle": 2}},
+        {"chain": {"family": "ip6", "table": "kube-proxy", "name": svc_chain, "handle": 3}},
+        {"chain": {"family": "ip6", "table": "kube-proxy", "name": ep, "handle": 4}},
+        {"chain": {"family": "ip6", "table": "kube-proxy", "name": other, "handle": 5}},
+        {"set": {"family": "ip6", "name": "cluster-ips", "table": "kube-proxy", "handle": 6, "type": "ipv6_addr",
+                 "elem": ["::ffff:10.96.0.10", "fd00:10:96::10"]}},
+        {"map": {"family": "ip6", "name": "service-ips", "table": "kube-proxy", "handle": 7, "map": "verdict",
+                 "type": ["ipv6_addr", "inet_proto", "inet_service"],
+                 "elem": [[{"concat": ["::ffff:10.96.0.10", "tcp", 80]}, {"goto": {"target": svc_chain}}],
+                          [{"concat": ["fd00:10:96::10", "tcp", 80]}, {"goto": {"target": svc_chain}}],
+                          [{"concat": ["fe80::10%eth0", "tcp", 80]}, {"goto": {"target": other}}]]}},
+        {"rule": {"family": "ip6", "table": "kube-proxy", "chain": svc_chain, "handle": 8, "expr": [
+            {"vmap": {"key": {"numgen": {"mode": "random", "mod": 1, "offset": 0}}, "data": {"set": [[0, {"goto": {"target": ep}}]]}}}]}},
+        {"rule": {"family": "ip6", "table": "kube-proxy", "chain": ep, "handle": 9, "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+            {"dnat": {"family": "ip6", "addr": "::ffff:10.244.1.5", "port": 8080}}]}}
+    ]});
+    let p = parse(&json.to_string()).unwrap();
+    let warnings = p.warnings.join("\n");
+    assert!(
+        warnings.contains("::ffff:10.96.0.10")
+            && warnings.contains("is an IPv4-mapped IPv6 address, which kube-proxy never writes"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("fe80::10%eth0")
+            && warnings.contains("is a zone-scoped address, which kube-proxy never writes"),
+        "{warnings}"
+    );
+    let s = svc(&p, "ns1/v6");
+    // The IPv6 ClusterIP is read; the mapped one is not a frontend.
+    assert_eq!(s.frontends.len(), 1, "{:#?}", s.frontends);
+    assert_eq!(s.frontends[0].ip, ip("fd00:10:96::10"));
+    assert_eq!(s.frontends[0].kind, FrontendKind::ClusterIp);
+    // The endpoint's dnat target is refused, and the problem says why.
+    assert!(s.endpoints.is_empty(), "{:#?}", s.endpoints);
+    assert!(
+        s.rules
+            .problems
+            .iter()
+            .any(|m| m.contains(&format!("{ep} has no dnat rule"))
+                && m.contains("([::ffff:10.244.1.5]:8080 is an IPv4-mapped IPv6 address")),
+        "{:#?}",
+        s.rules.problems
+    );
+    for svc in &p.services {
+        assert!(
+            svc.frontends.iter().all(
+                |f| !matches!(f.ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() || v6.is_unicast_link_local())
+            ),
+            "{svc:#?}"
+        );
+    }
+}
+
 #[test]
 fn unknown_rules_are_reported() {
     let mut v: Value = serde_json::from_str(LAYOUT_B).unwrap();
