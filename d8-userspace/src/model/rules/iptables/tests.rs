@@ -514,7 +514,10 @@ fn kube_proxy_input_form_with_unquoted_comments() {
     let s = svc(&p, "ns1/svc1");
     assert_eq!(s.frontends[0].ip, ip("172.30.0.41"));
     assert_eq!(s.endpoints[0].ip, ip("10.180.0.1"));
-    assert_eq!(&*s.endpoints[0].rule.as_ref().unwrap().name, "KUBE-SEP-SXIVWICOYRO3J4NJ");
+    assert_eq!(
+        &*s.endpoints[0].rule.as_ref().unwrap().name,
+        "KUBE-SEP-SXIVWICOYRO3J4NJ"
+    );
 }
 
 #[test]

@@ -141,12 +141,7 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         vec![(ip("10.244.1.40"), Some(true)), (ip("10.244.3.41"), Some(false))]
     );
     assert_eq!(fw.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
-    let drops: Vec<(&str, &str)> = fw
-        .rules
-        .firewall_drops
-        .iter()
-        .map(|r| (&*r.name, &*r.text))
-        .collect();
+    let drops: Vec<(&str, &str)> = fw.rules.firewall_drops.iter().map(|r| (&*r.name, &*r.text)).collect();
     assert_eq!(
         drops,
         [(
