@@ -543,9 +543,8 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
     );
 
     // The model of the second read is in use when it is counted, but the first verdict round
-    // over it (every Service classified again, ~0.1-0.3 s of CPU at 10,000 Services) comes at the
-    // next verdict tick: startup work, which a quiet window opened at once took in (1.04-1.11 %
-    // "quiet" in iptables mode, where the daemon's threads at rest used 0.4 %).
+    // over it comes at the next verdict tick: startup work (the daemon's main thread used ~0.1 s
+    // of CPU in the 2 s after its second read at 10,000 Services), not the daemon at rest.
     std::thread::sleep(d8_trace::cmd::daemon::VERDICT_EVERY + Duration::from_secs(1));
     let window = Duration::from_secs(env.pick(45, 4));
     let (quiet_cpu_pct, quiet_s) = cpu_pct(pid, || {
