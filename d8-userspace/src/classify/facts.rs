@@ -412,9 +412,9 @@ pub(super) fn push_rule(fd: &mut Finding, rule: Option<&RuleRef>) {
 /// A rule as evidence: its exact text, prefixed with its chain/handle when the text does not name it.
 pub(super) fn rule_text(r: &RuleRef) -> String {
     if r.text.is_empty() {
-        r.name.clone()
-    } else if r.name.is_empty() || r.text.contains(&r.name) {
-        r.text.clone()
+        r.name.to_string()
+    } else if r.name.is_empty() || r.text.contains(&*r.name) {
+        r.text.to_string()
     } else {
         format!("{}: {}", r.name, r.text)
     }

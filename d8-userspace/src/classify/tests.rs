@@ -1313,8 +1313,8 @@ fn ipvs_empty_model() -> ServiceModel {
     for fe in &mut svc.frontends {
         fe.rule = Some(RuleRef {
             source: RuleSource::Ipvs,
-            name: format!("TCP {}:{}", fe.ip, fe.port),
-            text: format!("TCP  {}:{} rr", fe.ip, fe.port),
+            name: format!("TCP {}:{}", fe.ip, fe.port).into(),
+            text: format!("TCP  {}:{} rr", fe.ip, fe.port).into(),
         });
     }
     for e in &mut svc.endpoints {

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod ctnetlink;
+pub mod heap;
 pub mod host;
 pub mod netlink;
 pub mod netns;

@@ -547,7 +547,7 @@ mod tests {
         assert_eq!(svc.service.to_string(), "ns1/svc1");
         assert_eq!(svc.endpoints.len(), 1001);
         let first = svc.endpoints.iter().find(|e| e.ip.to_string() == "10.245.0.1").unwrap();
-        assert_eq!(first.rule.as_ref().unwrap().name, sep);
+        assert_eq!(&*first.rule.as_ref().unwrap().name, sep);
         assert!(svc.rules.problems.is_empty(), "{:?}", svc.rules.problems);
     }
 

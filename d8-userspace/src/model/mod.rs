@@ -12,6 +12,7 @@ pub mod topology;
 pub mod view;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,13 +58,17 @@ pub enum FrontendKind {
 }
 
 /// Where a piece of the model came from, kept as evidence.
+///
+/// The texts are shared (`Arc<str>`), not copied, when a model is cloned: the daemon keeps the
+/// rules-only reading beside the model folded from it (`cmd/daemon/source.rs`), and at 10,000
+/// Services their rule texts and chain names are ~15 MiB each (BENCHMARKS.md, issue 13's notes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRef {
     pub source: RuleSource,
     /// Chain name (`KUBE-SEP-...`, `service-...`), nft handle (`handle 42`) or IPVS real server.
-    pub name: String,
+    pub name: Arc<str>,
     /// The rule exactly as the dump shows it (one line), for the report's evidence.
-    pub text: String,
+    pub text: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -112,7 +112,7 @@ impl From<&Endpoint> for EndpointReport {
             in_api: e.in_api,
             ready: e.ready,
             local: e.local,
-            rule: e.rule.as_ref().map(|r| r.name.clone()),
+            rule: e.rule.as_ref().map(|r| r.name.to_string()),
         }
     }
 }

@@ -412,7 +412,6 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                     }
                     Ok(Update::Model(new_model, kind)) => {
                         let new_model = *new_model;
-                        count_read(m, kind, &source);
                         warn_kube_proxy_problems(&model, &new_model);
                         verdicts.model_changed(&model, &new_model);
                         // The old model and its plans go before the new plans are built: at
@@ -421,8 +420,14 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         model = new_model;
                         drop(std::mem::replace(&mut merged, Merged::every_service(&ServiceModel::default())));
                         merged = Merged::every_service(&model);
+                        // The old model and plans were freed among the new ones: their pages go
+                        // back, or the heap keeps them resident (see `kernel::heap`).
+                        crate::kernel::heap::release_freed();
                         follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
                         set_model_metrics(m, &model, &source, targets.len());
+                        // Counted once the model is in use (plans built, targets followed): a
+                        // read counted is a read done.
+                        count_read(m, kind, &source);
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
                     Err(e) => {

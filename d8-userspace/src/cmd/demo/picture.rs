@@ -83,7 +83,7 @@ impl Hops {
                 if let Some(r) = &e.rule {
                     hops.endpoint_chains
                         .entry((e.protocol, addr))
-                        .or_insert_with(|| r.name.clone());
+                        .or_insert_with(|| r.name.to_string());
                 }
                 if i == 0 {
                     let note = if e.in_rules && e.in_api == Some(false) {

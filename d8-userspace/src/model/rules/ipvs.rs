@@ -295,8 +295,8 @@ pub fn join(virtual_servers: &[VirtualServer], known: &[(ServiceRef, Vec<Fronten
         fe.ip = addr.ip();
         fe.rule = Some(RuleRef {
             source: RuleSource::Ipvs,
-            name: vs.name(),
-            text: vs.text.clone(),
+            name: vs.name().into(),
+            text: vs.text.as_str().into(),
         });
         let svc = services.entry(sref.clone()).or_insert_with(|| Service::new(sref));
         svc.rules.present = true;
@@ -401,8 +401,8 @@ pub fn name_services(services: Vec<Service>, virtual_servers: &[VirtualServer]) 
 fn rs_ref(vs: &VirtualServer, rs: &RealServer) -> RuleRef {
     RuleRef {
         source: RuleSource::Ipvs,
-        name: format!("{} -> {}", vs.name(), rs.addr),
-        text: rs.text.clone(),
+        name: format!("{} -> {}", vs.name(), rs.addr).into(),
+        text: rs.text.as_str().into(),
     }
 }
 
@@ -563,7 +563,7 @@ mod tests {
         assert_eq!(web.frontends.len(), 3);
         let np = web.frontends.iter().find(|f| f.kind == FrontendKind::NodePort).unwrap();
         assert_eq!(np.ip, "192.168.1.10".parse::<IpAddr>().unwrap());
-        assert_eq!(np.rule.as_ref().unwrap().name, "TCP 192.168.1.10:30080");
+        assert_eq!(&*np.rule.as_ref().unwrap().name, "TCP 192.168.1.10:30080");
         assert_eq!(web.endpoints.len(), 3);
         assert_eq!(web.endpoints[2].weight, Some(0.0));
         assert_eq!(web.endpoints[2].port_name, "http");

@@ -284,8 +284,8 @@ mod tests {
     fn rule(name: &str) -> RuleRef {
         RuleRef {
             source: RuleSource::Iptables,
-            name: name.to_string(),
-            text: format!("-A {name}"),
+            name: name.into(),
+            text: format!("-A {name}").into(),
         }
     }
 
@@ -316,8 +316,8 @@ mod tests {
         assert_eq!(all[1].rules.chains, ["KUBE-SVC-X"]);
         assert_eq!(all[1].rules.problems, ["p"]);
         assert_eq!(all[0].rules.source_ranges, ["10.0.0.0/8"]);
-        assert_eq!(all[0].rules.no_local_endpoints[0].name, "DROP");
-        assert_eq!(all[0].rules.no_endpoints[0].name, "REJECT");
+        assert_eq!(&*all[0].rules.no_local_endpoints[0].name, "DROP");
+        assert_eq!(&*all[0].rules.no_endpoints[0].name, "REJECT");
         assert_eq!(service_ref("x").to_string(), "/x");
         assert_eq!(service_ref("a/b:c:d").to_string(), "a/b");
     }
@@ -334,7 +334,7 @@ mod tests {
         assert_eq!(svc.frontends.len(), 2);
         let f = &svc.frontends[0];
         assert_eq!((f.kind, f.port_name.as_str()), (FrontendKind::ClusterIp, "p"));
-        assert_eq!(f.rule.as_ref().unwrap().name, "one");
+        assert_eq!(&*f.rule.as_ref().unwrap().name, "one");
     }
 
     #[test]
@@ -352,7 +352,7 @@ mod tests {
             .endpoints
             .iter()
             .map(|e| {
-                let rule = e.rule.as_ref().unwrap().name.as_str();
+                let rule = e.rule.as_ref().unwrap().name.as_ref();
                 (
                     e.ip,
                     e.port_name.as_str(),
@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(svc.endpoints.len(), 1);
         let e = &svc.endpoints[0];
         assert_eq!(
-            (e.weight, e.rule.as_ref().unwrap().name.as_str()),
+            (e.weight, e.rule.as_ref().unwrap().name.as_ref()),
             (Some(0.0), "draining")
         );
         assert_eq!(

@@ -77,8 +77,8 @@ impl<'a> Rule<'a> {
     pub(super) fn rule_ref(&self) -> RuleRef {
         RuleRef {
             source: RuleSource::Iptables,
-            name: self.chain.to_string(),
-            text: self.text.to_string(),
+            name: self.chain.as_ref().into(),
+            text: self.text.into(),
         }
     }
 }

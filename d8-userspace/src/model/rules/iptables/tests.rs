@@ -192,7 +192,7 @@ fn reads_cluster_ip_external_ip_nodeport_and_probabilities() {
     assert_eq!(cip.ip, ip("10.96.10.10"));
     assert_eq!(cip.port_name, "http");
     assert_eq!(cip.protocol, Protocol::Tcp);
-    assert_eq!(cip.rule.as_ref().unwrap().name, "KUBE-SERVICES");
+    assert_eq!(&*cip.rule.as_ref().unwrap().name, "KUBE-SERVICES");
     assert!(
         cip.rule
             .as_ref()
@@ -258,7 +258,7 @@ fn etp_local_without_local_endpoints_has_drop_rules() {
     // The LB IP keeps its kind from the nat rule although the filter DROP names it too.
     let lb = frontend(s, FrontendKind::LoadBalancer, 80);
     assert_eq!(lb.ip, ip("198.51.100.7"));
-    assert_eq!(lb.rule.as_ref().unwrap().name, "KUBE-SERVICES");
+    assert_eq!(&*lb.rule.as_ref().unwrap().name, "KUBE-SERVICES");
     assert_eq!(lb.port_name, "");
     assert_eq!(s.endpoints.len(), 2);
     assert!(s.endpoints.iter().all(|e| e.local.is_none()));
@@ -275,7 +275,7 @@ fn etp_local_with_local_endpoint_marks_locality_and_source_ranges() {
     );
     assert_eq!(s.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
     // KUBE-PROXY-FIREWALL's DROP for clients outside the ranges (kube-proxy's filter-table layout).
-    let drops: Vec<&str> = s.rules.firewall_drops.iter().map(|r| r.text.as_str()).collect();
+    let drops: Vec<&str> = s.rules.firewall_drops.iter().map(|r| &*r.text).collect();
     assert_eq!(drops.len(), 1, "{drops:?}");
     assert!(
         drops[0].contains("traffic not accepted by KUBE-FW-ZX2HZKHKESW4XA7W") && drops[0].ends_with("-j DROP"),
@@ -345,7 +345,7 @@ fn large_cluster_dump_without_sep_comments_maps_by_graph_and_hash() {
     let web = svc(&p, "ns1/web");
     assert_eq!(web.endpoints.len(), 3);
     assert_eq!(
-        web.endpoints[2].rule.as_ref().unwrap().name,
+        &*web.endpoints[2].rule.as_ref().unwrap().name,
         "KUBE-SEP-UFEJ6AFFITOUQOJI"
     );
     assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
@@ -514,7 +514,10 @@ fn kube_proxy_input_form_with_unquoted_comments() {
     let s = svc(&p, "ns1/svc1");
     assert_eq!(s.frontends[0].ip, ip("172.30.0.41"));
     assert_eq!(s.endpoints[0].ip, ip("10.180.0.1"));
-    assert_eq!(s.endpoints[0].rule.as_ref().unwrap().name, "KUBE-SEP-SXIVWICOYRO3J4NJ");
+    assert_eq!(
+        &*s.endpoints[0].rule.as_ref().unwrap().name,
+        "KUBE-SEP-SXIVWICOYRO3J4NJ"
+    );
 }
 
 #[test]

@@ -76,8 +76,8 @@ impl<'t, 'a> Builder<'t, 'a> {
             .unwrap_or_default();
         RuleRef {
             source: RuleSource::Nftables,
-            name: map.to_string(),
-            text: format!("map {map}: {}{handle}", render_elem(key, value, comment)),
+            name: map.into(),
+            text: format!("map {map}: {}{handle}", render_elem(key, value, comment)).into(),
         }
     }
 

@@ -161,8 +161,8 @@ impl<'a> NftRule<'a> {
     pub(super) fn rule_ref(&self, t: &Table<'_>) -> RuleRef {
         RuleRef {
             source: RuleSource::Nftables,
-            name: self.chain.to_string(),
-            text: t.text(self).to_string(),
+            name: self.chain.as_ref().into(),
+            text: t.text(self).into(),
         }
     }
 }

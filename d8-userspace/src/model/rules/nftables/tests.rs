@@ -87,7 +87,7 @@ fn reads_frontends_endpoints_and_rule_refs() {
     assert_eq!(cip.ip, ip("10.96.10.10"));
     assert_eq!(cip.port_name, "http");
     let rr = cip.rule.as_ref().unwrap();
-    assert_eq!(rr.name, "service-ips");
+    assert_eq!(&*rr.name, "service-ips");
     assert!(
         rr.text
             .contains("10.96.10.10 . tcp . 80 comment \"ns1/web:http\" : goto service-DK7ABAZC-ns1/web/tcp/http"),
@@ -141,12 +141,7 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         vec![(ip("10.244.1.40"), Some(true)), (ip("10.244.3.41"), Some(false))]
     );
     assert_eq!(fw.rules.source_ranges, vec!["192.0.2.0/24".to_string()]);
-    let drops: Vec<(&str, &str)> = fw
-        .rules
-        .firewall_drops
-        .iter()
-        .map(|r| (r.name.as_str(), r.text.as_str()))
-        .collect();
+    let drops: Vec<(&str, &str)> = fw.rules.firewall_drops.iter().map(|r| (&*r.name, &*r.text)).collect();
     assert_eq!(
         drops,
         [(
@@ -161,7 +156,7 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
         .undefined_port_reject
         .as_ref()
         .expect("cluster-ips-check reject");
-    assert_eq!(reject.name, "cluster-ips-check");
+    assert_eq!(&*reject.name, "cluster-ips-check");
     assert!(
         reject.text.starts_with("ip daddr @cluster-ips reject") && reject.text.contains("# handle 69"),
         "{}",
@@ -170,7 +165,7 @@ fn local_chain_locality_firewall_ranges_and_affinity() {
     // ... and its drop of the service CIDR's unallocated addresses is the node's.
     let drop = p.unallocated_drop.as_ref().expect("cluster-ips-check drop");
     assert_eq!(drop.cidrs, ["10.96.0.0/16"]);
-    assert_eq!(drop.rule.name, "cluster-ips-check");
+    assert_eq!(&*drop.rule.name, "cluster-ips-check");
     assert!(
         drop.rule.text.starts_with("ip daddr 10.96.0.0/16 drop"),
         "{}",
