@@ -610,6 +610,13 @@ mod tests {
             )
     }
 
+    /// Every one of `lines` is a whole line of `text`.
+    fn has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} missing:\n{text}");
+        }
+    }
+
     #[test]
     fn virtual_and_real_servers_as_kube_proxy_makes_them() {
         let text = ipvsadm_restore(&spec());
@@ -661,28 +668,30 @@ mod tests {
         let v4_sets = ipset_restore(&super::tests::spec());
         assert!(sets.starts_with(&v4_sets), "{sets}");
         let v6_sets = &sets[v4_sets.len()..];
-        for line in [
-            "create KUBE-6-CLUSTER-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536 -exist",
-            "add KUBE-6-CLUSTER-IP fd00:10:96::10,tcp:80",
-            "add KUBE-6-LOOP-BACK fd00:10:244:1::11,tcp:8080,fd00:10:244:1::11",
-            "add KUBE-6-IPVS-IPS fd00:10:96::53",
-            "create KUBE-6-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
-            "add KUBE-6-NODE-PORT-TCP 30080",
-        ] {
-            assert!(v6_sets.lines().any(|l| l == line), "{line} missing:\n{v6_sets}");
-        }
+        has_lines(
+            v6_sets,
+            &[
+                "create KUBE-6-CLUSTER-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536 -exist",
+                "add KUBE-6-CLUSTER-IP fd00:10:96::10,tcp:80",
+                "add KUBE-6-LOOP-BACK fd00:10:244:1::11,tcp:8080,fd00:10:244:1::11",
+                "add KUBE-6-IPVS-IPS fd00:10:96::53",
+                "create KUBE-6-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
+                "add KUBE-6-NODE-PORT-TCP 30080",
+            ],
+        );
         assert!(!v6_sets.contains("10.96.") && !v6_sets.contains(" inet "), "{v6_sets}");
         // Its ip6tables rules: the same chains over its own sets, `::1` and the IPv6 cluster CIDR.
         let rules = iptables_restore_in(&spec, IpFamily::V6, true);
-        for line in [
-            "-A KUBE-SERVICES -s ::1/128 -j RETURN",
-            "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-6-CLUSTER-IP dst,dst ! -s fd00:10:244::/48 -j KUBE-MARK-MASQ",
-            "-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-6-LOOP-BACK dst,dst,src -j MASQUERADE",
-            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-6-IPVS-IPS dst -j REJECT",
-            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
-        ] {
-            assert!(rules.lines().any(|l| l == line), "{line} missing:\n{rules}");
-        }
+        has_lines(
+            &rules,
+            &[
+                "-A KUBE-SERVICES -s ::1/128 -j RETURN",
+                "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-6-CLUSTER-IP dst,dst ! -s fd00:10:244::/48 -j KUBE-MARK-MASQ",
+                "-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-6-LOOP-BACK dst,dst,src -j MASQUERADE",
+                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-6-IPVS-IPS dst -j REJECT",
+                "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+            ],
+        );
         let named: Vec<&str> = rules
             .split("--match-set ")
             .skip(1)
@@ -730,29 +739,31 @@ mod tests {
     #[test]
     fn ipsets_and_rules() {
         let sets = ipset_restore(&spec());
-        for line in [
-            "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
-            "add KUBE-CLUSTER-IP 10.96.0.20,tcp:80",
-            "add KUBE-CLUSTER-IP 10.96.0.53,udp:53",
-            "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11",
-            "add KUBE-IPVS-IPS 10.96.0.53",
-            "add KUBE-NODE-PORT-TCP 30080",
-            "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
-        ] {
-            assert!(sets.lines().any(|l| l == line), "{line} missing:\n{sets}");
-        }
+        has_lines(
+            &sets,
+            &[
+                "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+                "add KUBE-CLUSTER-IP 10.96.0.20,tcp:80",
+                "add KUBE-CLUSTER-IP 10.96.0.53,udp:53",
+                "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11",
+                "add KUBE-IPVS-IPS 10.96.0.53",
+                "add KUBE-NODE-PORT-TCP 30080",
+                "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
+            ],
+        );
         assert!(!sets.contains("10.244.2.12,"), "remote endpoints need no hairpin entry");
         let rules = iptables_restore(&spec(), true);
-        for line in [
-            "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
-            "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
-            "-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ",
-            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
-            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
-            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-        ] {
-            assert!(rules.lines().any(|l| l == line), "{line} missing:\n{rules}");
-        }
+        has_lines(
+            &rules,
+            &[
+                "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+                "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+                "-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ",
+                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
+                "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+                "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            ],
+        );
         // Every jump target is declared before use.
         let declared: Vec<&str> = rules
             .lines()
