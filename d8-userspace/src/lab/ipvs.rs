@@ -21,10 +21,13 @@
 //!   the real server (what the tracer's TC hook set joins on).
 //!
 //! A dual-stack lab gets the IPv6 proxier's part too: kube-ipvs0 holds every IPv6 twin (`/128`,
-//! `nodad`, as kube-proxy binds them), and each Service of both families has IPv6 virtual servers
-//! (`[fd00:10:96::10]:80`) over its IPv6 endpoints. The IPv6 proxier's ip6tables rules and `inet6`
-//! ipsets (masquerade marking, hairpin, KUBE-IPVS-FILTER) are not written: a client pod reaching an
-//! IPv6 ClusterIP needs none of them, and the NodePort and hairpin paths are tested over IPv4.
+//! `nodad`, as kube-proxy binds them), each Service of both families has IPv6 virtual servers
+//! (`[fd00:10:96::10]:80`) over its IPv6 endpoints, and the IPv6 proxier's `inet6` ipsets (named
+//! `KUBE-6-...`, §2.2) and ip6tables rules are written as IPv4's are. The ip6tables rules matter
+//! beyond masquerading: IPVS keeps conntrack entries for a family only where something registered
+//! conntrack's hooks for it in the namespace (IPVS itself does so for FTP services alone), and
+//! kube-proxy's `ip6 nat` chains are what does it on a real dual-stack node. Without them no IPv6
+//! IPVS connection has a conntrack entry, so none has the REPLY tuple the TC set's join reads.
 //!
 //! Without the `ipset` tool the sets cannot be made: the iptables text then holds kube-proxy's
 //! static chains only (no rule refers to a set), and [`sync`] says so in the text it returns.
@@ -37,7 +40,9 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use super::spec::{ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, in_family};
+use super::spec::{
+    ClusterSpec, EndpointInfo, ServicePortSpec, ServiceSpec, SessionAffinity, cidr_in_family, in_family,
+};
 use super::{Error, netns};
 use crate::model::{IpFamily, Protocol};
 
@@ -254,21 +259,32 @@ fn comment_of(set: &str) -> &'static str {
         .unwrap_or("")
 }
 
-fn sets(spec: &ClusterSpec) -> Sets {
-    let mut s = Sets::default();
-    // IPv4's sets (`family inet`); the IPv6 proxier's `inet6` sets are not written (module doc).
-    for ip in bound_addresses_in(spec, IpFamily::V4) {
-        s.ipvs_ips.insert(ip.to_string());
+/// The name the proxier of `family` gives kube-proxy's set `name` (§2.2): the IPv6 proxier's sets
+/// live beside IPv4's in the same namespace, so `KUBE-` becomes `KUBE-6-` (ipset names stop at 31
+/// characters).
+fn set_name(name: &str, family: IpFamily) -> String {
+    match family {
+        IpFamily::V4 => name.to_string(),
+        IpFamily::V6 => name.replacen("KUBE-", "KUBE-6-", 1).chars().take(31).collect(),
     }
-    for svc in &spec.services {
+}
+
+/// The sets of the proxier of `family`, members in that family.
+fn sets_in(spec: &ClusterSpec, family: IpFamily) -> Sets {
+    let mut s = Sets::default();
+    for ip in bound_addresses_in(spec, family) {
+        s.ipvs_ips.insert(in_family(ip, family).to_string());
+    }
+    for svc in spec.services_in(family) {
         for port in &svc.ports {
             let proto = port.protocol.as_str();
-            s.cluster_ip.insert(format!("{},{proto}:{}", svc.cluster_ip, port.port));
+            let member = |ip: Ipv4Addr| format!("{},{proto}:{}", in_family(ip, family), port.port);
+            s.cluster_ip.insert(member(svc.cluster_ip));
             for ip in &svc.external_ips {
-                s.external_ip.insert(format!("{ip},{proto}:{}", port.port));
+                s.external_ip.insert(member(*ip));
             }
             for ip in &svc.load_balancer_ips {
-                s.load_balancer.insert(format!("{ip},{proto}:{}", port.port));
+                s.load_balancer.insert(member(*ip));
             }
             if let Some(np) = port.node_port {
                 match port.protocol {
@@ -277,7 +293,7 @@ fn sets(spec: &ClusterSpec) -> Sets {
                     Protocol::Sctp => false,
                 };
             }
-            let (internal, external) = real_servers(spec, svc, port, IpFamily::V4);
+            let (internal, external) = real_servers(spec, svc, port, family);
             for ep in internal.iter().chain(&external).filter(|e| e.local) {
                 s.loop_back.insert(format!("{},{proto}:{},{}", ep.ip, ep.port, ep.ip));
             }
@@ -286,9 +302,22 @@ fn sets(spec: &ClusterSpec) -> Sets {
     s
 }
 
-/// `ipset restore` input: every set created (kept if it exists), flushed and filled.
+/// `ipset restore` input: every set of every family's proxier created (kept if it exists), flushed
+/// and filled.
 pub fn ipset_restore(spec: &ClusterSpec) -> String {
-    let s = sets(spec);
+    spec.families()
+        .into_iter()
+        .map(|family| ipset_restore_in(spec, family))
+        .collect()
+}
+
+/// [`ipset_restore`] for the proxier of `family` (`family inet6` sets named `KUBE-6-...`).
+fn ipset_restore_in(spec: &ClusterSpec, family: IpFamily) -> String {
+    let s = sets_in(spec, family);
+    let inet = match family {
+        IpFamily::V4 => "inet",
+        IpFamily::V6 => "inet6",
+    };
     let contents: [(&str, &BTreeSet<String>); 7] = [
         ("KUBE-CLUSTER-IP", &s.cluster_ip),
         ("KUBE-LOOP-BACK", &s.loop_back),
@@ -301,12 +330,13 @@ pub fn ipset_restore(spec: &ClusterSpec) -> String {
     let mut out = String::new();
     for (name, members) in contents {
         let (_, kind, _) = SET_DEFS.iter().find(|(n, _, _)| *n == name).unwrap();
+        let name = set_name(name, family);
         if *kind == "bitmap:port" {
             let _ = writeln!(out, "create {name} {kind} range 0-65535 -exist");
         } else {
             let _ = writeln!(
                 out,
-                "create {name} {kind} family inet hashsize 1024 maxelem 65536 -exist"
+                "create {name} {kind} family {inet} hashsize 1024 maxelem 65536 -exist"
             );
         }
         let _ = writeln!(out, "flush {name}");
@@ -321,25 +351,43 @@ pub fn ipset_restore(spec: &ClusterSpec) -> String {
 /// with kube-proxy's jump rules, kube-proxy's IPVS-mode chains and their rules (§2.3). With
 /// `with_sets` false (no `ipset` tool) no rule refers to a set.
 pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
-    let s = if with_sets { sets(spec) } else { Sets::default() };
+    iptables_restore_in(spec, IpFamily::V4, with_sets)
+}
+
+/// [`iptables_restore`] for the proxier of `family` (`ip6tables-restore` input for IPv6: its own
+/// sets, `::1` for the loopback RETURN, the IPv6 cluster CIDR).
+pub fn iptables_restore_in(spec: &ClusterSpec, family: IpFamily, with_sets: bool) -> String {
+    let s = if with_sets {
+        sets_in(spec, family)
+    } else {
+        Sets::default()
+    };
+    // `--match-set <name>` and its comment, `set` named as IPv4's proxier names it.
+    let m = |set: &str| format!("--match-set {}", set_name(set, family));
     let c = |set: &str| format!("-m comment --comment \"{}\"", comment_of(set));
+    let loopback = match family {
+        IpFamily::V4 => "127.0.0.0/8",
+        IpFamily::V6 => "::1/128",
+    };
     let mut nat = String::new();
     let n = &mut nat;
     if !s.cluster_ip.is_empty() || !s.external_ip.is_empty() || !s.load_balancer.is_empty() {
-        let _ = writeln!(n, "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN");
+        let _ = writeln!(n, "-A KUBE-SERVICES -s {loopback} -j RETURN");
     }
     if !s.loop_back.is_empty() {
         let _ = writeln!(
             n,
-            "-A KUBE-POSTROUTING {} -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE",
-            c("KUBE-LOOP-BACK")
+            "-A KUBE-POSTROUTING {} -m set {} dst,dst,src -j MASQUERADE",
+            c("KUBE-LOOP-BACK"),
+            m("KUBE-LOOP-BACK")
         );
     }
     if !s.load_balancer.is_empty() {
         let _ = writeln!(
             n,
-            "-A KUBE-SERVICES {} -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER",
-            c("KUBE-LOAD-BALANCER")
+            "-A KUBE-SERVICES {} -m set {} dst,dst -j KUBE-LOAD-BALANCER",
+            c("KUBE-LOAD-BALANCER"),
+            m("KUBE-LOAD-BALANCER")
         );
     }
     for (set, proto) in [("KUBE-NODE-PORT-TCP", "tcp"), ("KUBE-NODE-PORT-UDP", "udp")] {
@@ -351,32 +399,31 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
         if !members.is_empty() {
             let _ = writeln!(
                 n,
-                "-A KUBE-NODE-PORT -p {proto} {} -m set --match-set {set} dst -j KUBE-MARK-MASQ",
-                c(set)
+                "-A KUBE-NODE-PORT -p {proto} {} -m set {} dst -j KUBE-MARK-MASQ",
+                c(set),
+                m(set)
             );
         }
     }
     if !s.cluster_ip.is_empty() {
         let _ = writeln!(
             n,
-            "-A KUBE-SERVICES {} -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s {} -j KUBE-MARK-MASQ",
+            "-A KUBE-SERVICES {} -m set {} dst,dst ! -s {} -j KUBE-MARK-MASQ",
             c("KUBE-CLUSTER-IP"),
-            spec.cluster_cidr
+            m("KUBE-CLUSTER-IP"),
+            cidr_in_family(&spec.cluster_cidr, family)
         );
     }
     if !s.external_ip.is_empty() {
-        let ext = c("KUBE-EXTERNAL-IP");
+        let ext = format!("{} -m set {}", c("KUBE-EXTERNAL-IP"), m("KUBE-EXTERNAL-IP"));
+        let _ = writeln!(n, "-A KUBE-SERVICES {ext} dst,dst -j KUBE-MARK-MASQ");
         let _ = writeln!(
             n,
-            "-A KUBE-SERVICES {ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ"
+            "-A KUBE-SERVICES {ext} dst,dst -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"
         );
         let _ = writeln!(
             n,
-            "-A KUBE-SERVICES {ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"
-        );
-        let _ = writeln!(
-            n,
-            "-A KUBE-SERVICES {ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL -j ACCEPT"
+            "-A KUBE-SERVICES {ext} dst,dst -m addrtype --dst-type LOCAL -j ACCEPT"
         );
     }
     if !s.node_port_tcp.is_empty() || !s.node_port_udp.is_empty() {
@@ -386,15 +433,13 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
         let _ = writeln!(n, "-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ");
     }
     if !s.cluster_ip.is_empty() {
-        let _ = writeln!(
-            n,
-            "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT"
-        );
+        let _ = writeln!(n, "-A KUBE-SERVICES -m set {} dst,dst -j ACCEPT", m("KUBE-CLUSTER-IP"));
     }
     if !s.load_balancer.is_empty() {
         let _ = writeln!(
             n,
-            "-A KUBE-SERVICES -m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT"
+            "-A KUBE-SERVICES -m set {} dst,dst -j ACCEPT",
+            m("KUBE-LOAD-BALANCER")
         );
     }
     super::iptables::masquerade_rules(n);
@@ -416,12 +461,13 @@ pub fn iptables_restore(spec: &ClusterSpec, with_sets: bool) -> String {
             ("KUBE-EXTERNAL-IP", &s.external_ip),
         ] {
             if !members.is_empty() {
-                let _ = writeln!(f, "-A KUBE-IPVS-FILTER -m set --match-set {set} dst,dst -j RETURN");
+                let _ = writeln!(f, "-A KUBE-IPVS-FILTER -m set {} dst,dst -j RETURN", m(set));
             }
         }
         let _ = writeln!(
             f,
-            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT"
+            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set {} dst -j REJECT",
+            m("KUBE-IPVS-IPS")
         );
     }
 
@@ -481,7 +527,8 @@ pub fn setup(node_ns: &str) -> Result<(), Error> {
 }
 
 /// Programs `spec` into the node namespace: kube-ipvs0's addresses, the virtual and real servers,
-/// the ipsets and the iptables rules. Returns the text written (ipvsadm, ipset, iptables input).
+/// the ipsets and the iptables rules, of every family. Returns the text written (ipvsadm, ipset,
+/// iptables and ip6tables input).
 pub fn sync(node_ns: &str, spec: &ClusterSpec) -> Result<String, Error> {
     let mut addr = vec![format!("addr flush dev {DUMMY_DEVICE}")];
     addr.extend(bound_addresses(spec).iter().map(|ip| match ip {
@@ -496,7 +543,6 @@ pub fn sync(node_ns: &str, spec: &ClusterSpec) -> Result<String, Error> {
     netns::exec_in(node_ns, "ipvsadm", &["-R"], Some(&ipvs))?;
     let with_sets = have_ipset();
     let mut text = format!("# ipvsadm -R\n{ipvs}");
-    let iptables = iptables_restore(spec, with_sets);
     if with_sets {
         let sets = ipset_restore(spec);
         netns::exec_in(node_ns, "ipset", &["restore"], Some(&sets))?;
@@ -504,8 +550,16 @@ pub fn sync(node_ns: &str, spec: &ClusterSpec) -> Result<String, Error> {
     } else {
         text.push_str("# no ipset tool: kube-proxy's ipsets and the rules using them are left out\n");
     }
-    netns::exec_in(node_ns, "iptables-restore", &["-w", "5"], Some(&iptables))?;
-    let _ = write!(text, "# iptables-restore\n{iptables}");
+    // Each family's proxier writes its own tables (IPv4's first, as `rules_text` keeps them).
+    for family in spec.families() {
+        let tool = match family {
+            IpFamily::V4 => "iptables-restore",
+            IpFamily::V6 => "ip6tables-restore",
+        };
+        let rules = iptables_restore_in(spec, family, with_sets);
+        netns::exec_in(node_ns, tool, &["-w", "5"], Some(&rules))?;
+        let _ = write!(text, "# {tool}\n{rules}");
+    }
     Ok(text)
 }
 
@@ -556,6 +610,13 @@ mod tests {
             )
     }
 
+    /// Every one of `lines` is a whole line of `text`.
+    fn has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} missing:\n{text}");
+        }
+    }
+
     #[test]
     fn virtual_and_real_servers_as_kube_proxy_makes_them() {
         let text = ipvsadm_restore(&spec());
@@ -583,7 +644,8 @@ mod tests {
     }
 
     /// A dual-stack lab: the IPv6 proxier's virtual servers follow IPv4's, over the IPv6
-    /// endpoints, in the bracketed form `ipvsadm -Ln` prints back; kube-ipvs0 gets both families.
+    /// endpoints, in the bracketed form `ipvsadm -Ln` prints back; kube-ipvs0 gets both families,
+    /// and the IPv6 proxier has its own ipsets and ip6tables rules.
     #[test]
     fn dual_stack_adds_ipv6_virtual_servers() {
         let spec = spec().dual_stack();
@@ -600,8 +662,63 @@ mod tests {
         let bound = bound_addresses(&spec);
         assert_eq!(bound.len(), 6, "{bound:?}");
         assert!(bound.contains(&"fd00:10:96::53".parse().unwrap()), "{bound:?}");
-        // The ipsets stay IPv4's.
-        assert!(!ipset_restore(&spec).contains("fd00"));
+        // The IPv6 proxier's sets follow IPv4's (which stay as they were), `inet6`, named
+        // `KUBE-6-...`, members in IPv6.
+        let sets = ipset_restore(&spec);
+        let v4_sets = ipset_restore(&super::tests::spec());
+        assert!(sets.starts_with(&v4_sets), "{sets}");
+        let v6_sets = &sets[v4_sets.len()..];
+        has_lines(
+            v6_sets,
+            &[
+                "create KUBE-6-CLUSTER-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536 -exist",
+                "add KUBE-6-CLUSTER-IP fd00:10:96::10,tcp:80",
+                "add KUBE-6-LOOP-BACK fd00:10:244:1::11,tcp:8080,fd00:10:244:1::11",
+                "add KUBE-6-IPVS-IPS fd00:10:96::53",
+                "create KUBE-6-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
+                "add KUBE-6-NODE-PORT-TCP 30080",
+            ],
+        );
+        assert!(!v6_sets.contains("10.96.") && !v6_sets.contains(" inet "), "{v6_sets}");
+        // Its ip6tables rules: the same chains over its own sets, `::1` and the IPv6 cluster CIDR.
+        let rules = iptables_restore_in(&spec, IpFamily::V6, true);
+        has_lines(
+            &rules,
+            &[
+                "-A KUBE-SERVICES -s ::1/128 -j RETURN",
+                "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-6-CLUSTER-IP dst,dst ! -s fd00:10:244::/48 -j KUBE-MARK-MASQ",
+                "-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-6-LOOP-BACK dst,dst,src -j MASQUERADE",
+                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-6-IPVS-IPS dst -j REJECT",
+                "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+            ],
+        );
+        let named: Vec<&str> = rules
+            .split("--match-set ")
+            .skip(1)
+            .map(|r| r.split(' ').next().unwrap())
+            .collect();
+        assert!(
+            !named.is_empty() && named.iter().all(|n| n.starts_with("KUBE-6-")),
+            "{rules}"
+        );
+        assert_eq!(
+            iptables_restore_in(&spec, IpFamily::V4, true),
+            iptables_restore(&super::tests::spec(), true)
+        );
+    }
+
+    /// ipset names stop at 31 characters; the IPv6 prefix keeps every name of the lab's within it.
+    #[test]
+    fn ipv6_set_names_are_prefixed_and_fit() {
+        assert_eq!(set_name("KUBE-LOOP-BACK", IpFamily::V6), "KUBE-6-LOOP-BACK");
+        assert_eq!(set_name("KUBE-LOOP-BACK", IpFamily::V4), "KUBE-LOOP-BACK");
+        assert_eq!(
+            set_name("KUBE-LOAD-BALANCER-SOURCE-CIDR", IpFamily::V6),
+            "KUBE-6-LOAD-BALANCER-SOURCE-CID"
+        );
+        for (name, _, _) in SET_DEFS {
+            assert!(set_name(name, IpFamily::V6).len() <= 31, "{name}");
+        }
     }
 
     #[test]
@@ -622,29 +739,31 @@ mod tests {
     #[test]
     fn ipsets_and_rules() {
         let sets = ipset_restore(&spec());
-        for line in [
-            "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
-            "add KUBE-CLUSTER-IP 10.96.0.20,tcp:80",
-            "add KUBE-CLUSTER-IP 10.96.0.53,udp:53",
-            "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11",
-            "add KUBE-IPVS-IPS 10.96.0.53",
-            "add KUBE-NODE-PORT-TCP 30080",
-            "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
-        ] {
-            assert!(sets.lines().any(|l| l == line), "{line} missing:\n{sets}");
-        }
+        has_lines(
+            &sets,
+            &[
+                "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+                "add KUBE-CLUSTER-IP 10.96.0.20,tcp:80",
+                "add KUBE-CLUSTER-IP 10.96.0.53,udp:53",
+                "add KUBE-LOOP-BACK 10.244.1.11,tcp:8080,10.244.1.11",
+                "add KUBE-IPVS-IPS 10.96.0.53",
+                "add KUBE-NODE-PORT-TCP 30080",
+                "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
+            ],
+        );
         assert!(!sets.contains("10.244.2.12,"), "remote endpoints need no hairpin entry");
         let rules = iptables_restore(&spec(), true);
-        for line in [
-            "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
-            "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
-            "-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ",
-            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
-            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
-            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-        ] {
-            assert!(rules.lines().any(|l| l == line), "{line} missing:\n{rules}");
-        }
+        has_lines(
+            &rules,
+            &[
+                "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+                "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+                "-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ",
+                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
+                "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+                "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            ],
+        );
         // Every jump target is declared before use.
         let declared: Vec<&str> = rules
             .lines()

@@ -560,7 +560,8 @@ impl Lab {
                     netns::exec_in(&self.node_ns, "nft", &["-f", "-"], Some(&v6))?;
                     v6
                 }
-                // `ipvs::sync` wrote both families' virtual servers (one `ipvsadm -R`).
+                // `ipvs::sync` wrote both families' virtual servers (one `ipvsadm -R`), ipsets
+                // and (ip6)tables rules.
                 ProxyMode::Ipvs => String::new(),
                 _ => {
                     let v6 = iptables::lab_restore_in(&self.rules_spec, IpFamily::V6);
