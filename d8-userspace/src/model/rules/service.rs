@@ -182,7 +182,9 @@ impl Services {
     /// Every Service, ordered by `namespace/name`.
     pub(crate) fn into_sorted(self) -> Vec<Service> {
         let mut v = self.list;
-        v.sort_by(|a, b| a.service.cmp(&b.service));
+        // Unstable: the keys are unique (one entry per Service), and a stable sort's scratch
+        // buffer (half the list: ~4.5 MB at 10,000 Services) would come at the model's peak.
+        v.sort_unstable_by(|a, b| a.service.cmp(&b.service));
         v
     }
 }

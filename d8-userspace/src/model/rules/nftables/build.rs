@@ -40,8 +40,6 @@ struct Builder<'t, 'a> {
     /// key in [`Table::chains`]: hashing a pointer is cheaper than hashing a 60-byte name.
     referenced_endpoints: FastSet<(usize, usize)>,
     any_ip: IpAddr,
-    /// Every chain name in order, so warnings and problems come out the same on every run.
-    sorted_chains: Vec<&'t str>,
 }
 
 impl<'t, 'a> Builder<'t, 'a> {
@@ -58,7 +56,6 @@ impl<'t, 'a> Builder<'t, 'a> {
             understood: vec![false; t.rules.len()],
             referenced_endpoints: FastSet::default(),
             any_ip,
-            sorted_chains: Vec::new(),
         }
     }
 
@@ -182,14 +179,15 @@ impl<'t, 'a> Builder<'t, 'a> {
             let c = &t.chains[name];
             c.hook.is_none() && !c.has_rules() && !referenced.contains(name)
         };
-        self.sorted_chains = t.chains.keys().map(|k| k.as_ref()).filter(|k| !leaving(k)).collect();
-        self.sorted_chains.sort_unstable();
-        let names: Vec<(&'t str, CName<'t>)> = self
-            .sorted_chains
-            .iter()
-            .filter_map(|&n| CName::parse(n).map(|cn| (n, cn)))
-            .collect();
-        for (name, cn) in &names {
+        // Every chain name in order, so warnings and problems come out the same on every run.
+        let mut sorted_chains: Vec<&'t str> = t.chains.keys().map(|k| k.as_ref()).filter(|k| !leaving(k)).collect();
+        sorted_chains.sort_unstable();
+        // Its ~2 MB go before the Services are built.
+        drop(referenced);
+        // Parsed again by each pass rather than kept: 60,000 parsed names are ~8 MB more at the
+        // read's peak, while the model is built beside the table; a parse costs no allocation.
+        let names = || sorted_chains.iter().filter_map(|&n| CName::parse(n).map(|cn| (n, cn)));
+        for (name, cn) in names() {
             if !cn.hash_ok(name) {
                 self.warn(format!(
                     "chain {name}: hash {} is not kube-proxy's for this name (truncated or older kube-proxy)",
@@ -197,7 +195,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 ));
             }
         }
-        for (name, cn) in names.iter().filter(|(_, cn)| cn.prefix == "service") {
+        for (name, cn) in names().filter(|(_, cn)| cn.prefix == "service") {
             let local_name = format!("local-{}", &name["service-".len()..]);
             let has_local = t.chains.contains_key(local_name.as_str());
             let key = cn.port_key();
@@ -209,12 +207,12 @@ impl<'t, 'a> Builder<'t, 'a> {
                 self.services.mark_remote(&key, cn.protocol, &cluster, &local);
             }
         }
-        for (name, cn) in &names {
+        for (name, cn) in names() {
             match cn.prefix {
                 "external" => {
                     let key = cn.port_key();
                     self.services.add_chain(&key, name);
-                    for rule in t.chain_rules(&t.chains[*name]) {
+                    for rule in t.chain_rules(&t.chains[name]) {
                         // jump mark-for-masquerade, goto service-/local-, fib/saddr short-circuits.
                         if !t.targets(rule).is_empty() {
                             self.understood[rule.index] = true;
@@ -224,7 +222,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 "firewall" => {
                     let key = cn.port_key();
                     self.services.add_chain(&key, name);
-                    for rule in t.chain_rules(&t.chains[*name]) {
+                    for rule in t.chain_rules(&t.chains[name]) {
                         let ranges = rule.addr_ranges();
                         if !ranges.is_empty() {
                             for r in ranges {
@@ -237,7 +235,7 @@ impl<'t, 'a> Builder<'t, 'a> {
                 }
                 "endpoint" if !self.referenced_endpoints.contains(&key_id(name)) => {
                     self.warn(format!("chain {name} is not referenced by any service chain (stale; kube-proxy deletes such chains after a second)"));
-                    for rule in t.chain_rules(&t.chains[*name]) {
+                    for rule in t.chain_rules(&t.chains[name]) {
                         self.understood[rule.index] = true;
                     }
                 }

@@ -405,7 +405,17 @@ impl Decoder {
         // The sets' types, the anonymous sets (each already printed in its rule) and the pool's
         // spare trees are of no use to the builder: dropped before it runs, since its model is
         // the read's peak (at 10,000 Services, an inline set for each Service's dispatch).
-        let Decoder { mut table, .. } = self;
+        // (A `let Decoder { table, .. } = self` would keep the other fields alive to the end of
+        // this function, through the build: they are taken apart and dropped here.)
+        let Decoder {
+            mut table,
+            pool,
+            sets,
+            inline,
+            chains,
+            ..
+        } = self;
+        drop((pool, sets, inline, chains));
         table.index_rules();
         build::build(&table)
     }
@@ -540,15 +550,26 @@ impl Decoder {
         }
         let Some(chain) = a.str(2)? else { return Ok(()) };
         let v6 = self.family == FAMILY_IP6;
+        let printed = RefCell::new(Vec::new());
         let lookup = |name: &str| -> Option<SetRef> {
             let info = self.sets.get(name)?;
+            let inline = self.inline.get(name).cloned();
+            if inline.is_some() {
+                printed.borrow_mut().push(name.to_string());
+            }
             Some(SetRef {
                 key_len: info.key_len,
-                inline: self.inline.get(name).cloned(),
+                inline,
             })
         };
         let stmts = expr::statements(a.get(4).unwrap_or_default(), v6, &lookup)
             .map_err(|u| Error::Unknown(format!("rule in chain `{chain}`: {}", u.0)))?;
+        // An anonymous set belongs to the one rule the kernel bound it to: printed there, it is
+        // of no further use, and dropping it now lets the table grow into its memory (at 10,000
+        // Services, a numgen map per Service: ~20 MB).
+        for name in printed.into_inner() {
+            self.inline.remove(&name);
+        }
         let mut b = self.body();
         b.chain = s(chain);
         b.handle = a.u64(3)?.map_or(J::Null, n);

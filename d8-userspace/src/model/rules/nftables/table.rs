@@ -294,6 +294,8 @@ impl<'a> Table<'a> {
             chains,
             rules,
             chain_rules,
+            text,
+            targets,
             ..
         } = self;
         // Runs of rules of one chain: (slot, first rule, end); rules per slot.
@@ -330,6 +332,11 @@ impl<'a> Table<'a> {
         }
         chain_rules.clear();
         chain_rules.resize(total as usize, 0);
+        // The read is over: the arrays' spare capacity (up to half of each, grown by doubling)
+        // goes back before the builder allocates the model beside them.
+        rules.shrink_to_fit();
+        text.shrink_to_fit();
+        targets.shrink_to_fit();
         for (slot, start, end) in runs {
             for rule in &rules[start..end] {
                 let at = &mut next[slot as usize];
