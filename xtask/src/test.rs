@@ -247,6 +247,35 @@ const HOST_TC_IPV6: GuestRun = GuestRun {
     expect: &[("dual_stack::", 26), ("tracer::", 1)],
 };
 
+impl GuestRun {
+    /// What is wrong with one run of this set, from its tally: no test ran, a test skipped where
+    /// it must run, fewer tests of a group than expected, a failure.
+    fn problems(&self, tally: &Tally) -> Vec<String> {
+        let what = format!("hooks {} ({})", self.hooks, self.args.join(" "));
+        let mut problems = Vec::new();
+        if tally.ran() == 0 {
+            problems.push(format!("{what}: no test ran"));
+        }
+        if !tally.ignored.is_empty() {
+            problems.push(format!(
+                "{what}: skipped where they must run: {}",
+                tally.ignored.join(", ")
+            ));
+        }
+        for (prefix, min) in self.expect {
+            let n = tally.ran_names().filter(|t| t.starts_with(prefix)).count();
+            if n < *min {
+                problems.push(format!("{what}: {n} {prefix}* tests ran, {min} expected"));
+            }
+        }
+        if !tally.failed.is_empty() {
+            let failed: Vec<String> = tally.failed.iter().map(|t| format!("{t} [{}]", self.hooks)).collect();
+            problems.push(format!("{what}: failed: {}", failed.join(", ")));
+        }
+        problems
+    }
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -417,24 +446,14 @@ fn host_tc_ipv6(host: &mut Outcome, binary: &std::path::Path, e2e: &std::path::P
         }
     }
     let tally = Tally::parse(&lines);
+    host.problems.extend(run.problems(&tally));
     let what = format!("hooks {} ({})", run.hooks, run.args.join(" "));
-    for (prefix, min) in run.expect {
-        let n = tally.ran_names().filter(|t| t.starts_with(prefix)).count();
-        if n < *min {
-            host.problems
-                .push(format!("{what}: {n} {prefix}* tests ran, {min} expected"));
-        }
-    }
-    if !tally.failed.is_empty() {
-        host.problems
-            .push(format!("{what}: failed: {}", tally.failed.join(", ")));
-    }
     if !out.status.success() && tally.failed.is_empty() {
         host.problems.push(format!("{what}: exited with {}", out.status));
     }
     let elapsed = started.elapsed();
     host.proves.push_str(&format!(
-        "; then {} IPv6 class scenarios on the TC set (nftables mode) in {:.1} min",
+        "; then {} IPv6 class scenarios on the TC set in {:.1} min",
         tally.ran(),
         elapsed.as_secs_f64() / 60.0
     ));
@@ -618,35 +637,7 @@ fn guest_suite(guest: &Guest, binary: &std::path::Path, e2e: &std::path::Path, p
         let label = format!("{}-{i}", spec.hooks);
         let lines = section(&run.console, &label);
         let tally = Tally::parse(&lines);
-        let what = format!("hooks {} ({})", spec.hooks, spec.args.join(" "));
-        if tally.ran() == 0 {
-            outcome.problems.push(format!("{what}: no test ran"));
-        }
-        if !tally.ignored.is_empty() {
-            outcome.problems.push(format!(
-                "{what}: skipped where they must run: {}",
-                tally.ignored.join(", ")
-            ));
-        }
-        for (prefix, min) in spec.expect {
-            let n = tally.ran_names().filter(|t| t.starts_with(prefix)).count();
-            if n < *min {
-                outcome
-                    .problems
-                    .push(format!("{what}: {n} {prefix}* tests ran, {min} expected"));
-            }
-        }
-        if !tally.failed.is_empty() {
-            outcome.problems.push(format!(
-                "{what}: failed: {}",
-                tally
-                    .failed
-                    .iter()
-                    .map(|t| format!("{t} [{}]", spec.hooks))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        outcome.problems.extend(spec.problems(&tally));
         outcome.tests.add(tally, spec.hooks);
     }
     if run.status != 0 && outcome.problems.is_empty() {
