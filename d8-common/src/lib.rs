@@ -295,6 +295,13 @@ pub mod kfunc {
     pub const IPV6HDR: i32 = 0x0d8b_0003;
     /// Every type placeholder and the struct it names in the kernel's BTF.
     pub const TYPES: [(i32, &str); 3] = [(IPHDR, "iphdr"), (TCPHDR, "tcphdr"), (IPV6HDR, "ipv6hdr")];
+    /// Type placeholder of `struct nf_conn`, which is in vmlinux's BTF only when conntrack is
+    /// built in: a module's type cannot be the cast's argument (the verifier resolves it in the
+    /// kfunc's BTF, vmlinux). The programs cast with it only when [`super::Config::ct_cast`] says
+    /// the loader found it; otherwise the placeholder stays in code the verifier never reaches.
+    pub const NF_CONN: i32 = 0x0d8b_0004;
+    /// The struct [`NF_CONN`] names.
+    pub const NF_CONN_NAME: &str = "nf_conn";
 }
 
 /// Address layout kinds for [`TpAddrLayout::kind`].
@@ -333,6 +340,11 @@ pub struct Config {
     /// (from the IP header, at most [`pcap::MAX_SNAPLEN`]); 0 turns packet copies off, and being
     /// frozen `.rodata` the verifier then removes every copy from the programs.
     pub pcap_snaplen: u32,
+    /// 1 when the netfilter programs read the conntrack entry through `bpf_rdonly_cast` of
+    /// `struct nf_conn` (in vmlinux's BTF: conntrack built in), 0 for `bpf_probe_read_kernel`
+    /// (conntrack a module, and every program but the netfilter ones). Frozen `.rodata`: the
+    /// verifier sees only the chosen read.
+    pub ct_cast: u32,
 }
 
 /// `--pcap`: copies of the packets of traced flows, for the pcapng file of failing flows.

@@ -4,13 +4,18 @@
 //! kernel's configuration, so those offsets come from `CONFIG`. A tuple is kernel memory, not a
 //! packet header (addresses in a 16-byte union, the port union before `l3num`): network-types has
 //! no type for it, so it is decoded by its (stable) byte layout.
+//!
+//! The netfilter programs read the entry through `bpf_rdonly_cast` of `struct nf_conn` with plain
+//! loads ([`Cast`]) where the kernel has that struct in vmlinux's BTF (conntrack built in), and
+//! with the helper where conntrack is a module (`CONFIG.ct_cast`, chosen by the loader): the
+//! helper call and its 40-byte copy were most of `nf_post`'s cost per packet (issue 18).
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel as probe_read, generated::bpf_probe_read_kernel};
 use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
 
-use crate::maps::config;
+use crate::{kfunc, maps::config};
 
 /// `enum ip_conntrack_info`: values at or above this are reply-direction packets.
 pub const IP_CT_IS_REPLY: u64 = 3;
@@ -97,4 +102,88 @@ pub fn reply(ct: u64) -> Option<FlowKey> {
 #[inline(always)]
 pub fn status(ct: u64) -> u32 {
     unsafe { probe_read((ct + config!(ct_status) as u64) as *const u64).unwrap_or(0) as u32 }
+}
+
+/// A netfilter program's conntrack entry, read the way `CONFIG.ct_cast` says: through
+/// `bpf_rdonly_cast` of `struct nf_conn` with plain loads, or with the helper ([`original`],
+/// [`reply`], [`status`]). Only for the netfilter programs, whose loader patches the cast.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    ct: u64,
+    /// `ct` cast to `struct nf_conn` (the verifier inlines the cast to a register move); unused
+    /// when `ct_cast` is off, where the verifier never reaches the cast.
+    cast: u64,
+}
+
+impl Entry {
+    #[inline(always)]
+    pub fn new(ct: u64) -> Self {
+        let cast = if by_cast() {
+            kfunc::rdonly_cast::<{ d8_common::kfunc::NF_CONN }>(ct)
+        } else {
+            0
+        };
+        Self { ct, cast }
+    }
+
+    #[inline(always)]
+    pub fn original(self) -> Option<FlowKey> {
+        if by_cast() {
+            cast_tuple(self.cast, config!(ct_tuple_orig) as usize)
+        } else {
+            original(self.ct)
+        }
+    }
+
+    #[inline(always)]
+    pub fn reply(self) -> Option<FlowKey> {
+        if by_cast() {
+            cast_tuple(self.cast, config!(ct_tuple_reply) as usize)
+        } else {
+            reply(self.ct)
+        }
+    }
+
+    #[inline(always)]
+    pub fn status(self) -> u32 {
+        if by_cast() {
+            // `unsigned long status`: its low 32 bits hold every `IPS_*` bit.
+            kfunc::load::<u64>(self.cast, config!(ct_status) as usize) as u32
+        } else {
+            status(self.ct)
+        }
+    }
+}
+
+/// `CONFIG.ct_cast`: a frozen `.rodata` value, so the verifier follows one branch only.
+#[inline(always)]
+fn by_cast() -> bool {
+    config!(ct_cast) != 0
+}
+
+/// [`tuple`] through the cast `nf_conn` at `off` (a tuple's offset in it): each field loaded at
+/// its own offset and size (the verifier checks every load against the struct's members), stored
+/// into the key's layout word by word (no `memset` or `memcpy`).
+#[inline(always)]
+fn cast_tuple(ct: u64, off: usize) -> Option<FlowKey> {
+    let family = match kfunc::load::<u16>(ct, off + 18) {
+        AF_INET => FAMILY_V4,
+        AF_INET6 => FAMILY_V6,
+        _ => return None,
+    };
+    let mut key = MaybeUninit::<FlowKey>::uninit();
+    let w = key.as_mut_ptr() as *mut u32;
+    // SAFETY: word stores within the 40-byte key, every one of its bytes written once.
+    unsafe {
+        for i in 0..4 {
+            core::ptr::write_volatile(w.add(i), kfunc::load::<u32>(ct, off + 4 * i));
+            core::ptr::write_volatile(w.add(4 + i), kfunc::load::<u32>(ct, off + 20 + 4 * i));
+        }
+        let sport = kfunc::load::<u16>(ct, off + 16).to_ne_bytes();
+        let dport = kfunc::load::<u16>(ct, off + 36).to_ne_bytes();
+        let proto = kfunc::load::<u8>(ct, off + 38);
+        core::ptr::write_volatile(w.add(8), u32::from_ne_bytes([sport[0], sport[1], dport[0], dport[1]]));
+        core::ptr::write_volatile(w.add(9), u32::from_ne_bytes([proto, family, 0, 0]));
+        Some(key.assume_init())
+    }
 }

@@ -25,6 +25,7 @@ pub static CONFIG: Config = Config {
     sock_state: UNUSED_LAYOUT,
     skb_tail: u32::MAX,
     pcap_snaplen: u32::MAX,
+    ct_cast: u32::MAX,
 };
 
 const UNUSED_LAYOUT: TpAddrLayout = TpAddrLayout {

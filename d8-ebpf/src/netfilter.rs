@@ -4,8 +4,10 @@
 //! The context is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`;
 //! the verifier allows exactly these two 8-byte loads from it, and types both as trusted BTF
 //! pointers: fields of the skb and the hook state are then read with plain loads (inlined by the
-//! JIT); the packet bytes are read through `bpf_rdonly_cast`, and only the conntrack entry (and
-//! the rare IPv6 extension header or ICMP error's quoted packet) needs `bpf_probe_read_kernel`.
+//! JIT); the packet bytes are read through `bpf_rdonly_cast`, and so is the conntrack entry where
+//! `struct nf_conn` is in vmlinux's BTF (`conntrack::Entry`; the helper where conntrack is a
+//! module), and only the rare IPv6 extension header or ICMP error's quoted packet needs
+//! `bpf_probe_read_kernel`.
 //!
 //! Each program has an IPv6 twin (`nf_pre6`, `nf_post6`), the same code with the IPv6 parser
 //! (`packet::parse_ipv6_hot`), attached at the same hooks of the IPv6 family: the IPv4 programs
@@ -261,7 +263,8 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
         remember(skb, hook, 1);
         return None;
     }
-    let orig = conntrack::original(ct)?;
+    let entry = conntrack::Entry::new(ct);
+    let orig = entry.original()?;
     // Both directions of a flow carry its ORIGINAL tuple, whose destination is the target.
     if !maybe_target(&orig.daddr, orig.dport, orig.proto) {
         return None;
@@ -289,13 +292,13 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
 
     let current = unsafe { (*st).seen };
     if current & seen::CT == 0 || (final_hook && current & seen::CT_FINAL == 0) {
-        let reply = conntrack::reply(ct)?;
+        let reply = entry.reply()?;
         unsafe { (*st).seen |= seen::CT | if final_hook { seen::CT_FINAL } else { 0 } };
         if final_hook && reported_unchanged(st, &orig, &reply) {
             // The record after DNAT said it all, and its alias is in `NAT_ALIAS`.
             return Some(());
         }
-        let status = conntrack::status(ct);
+        let status = entry.status();
         // Packets after NAT look like the reversed REPLY tuple: remember it for later lookups.
         let alias = reversed(&reply);
         note_flow_key(&alias);

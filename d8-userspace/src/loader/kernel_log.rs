@@ -197,7 +197,7 @@ mod tests {
 
         use crate::{
             kernel::{self, btf::Btf, tracefs},
-            loader::{PROBES, TRACEPOINTS, netfilter, tc},
+            loader::{HookSet, PROBES, TRACEPOINTS, netfilter, tc},
         };
 
         // Never a silent pass: `cargo xtask test` runs as root on kernels with BTF.
@@ -222,6 +222,10 @@ mod tests {
 
         let mut sizes: Vec<HashMap<String, u32>> = Vec::new();
         for enabled in [false, true] {
+            // The conntrack read each way the loader may choose: the helper with logging off,
+            // the cast with it on (where vmlinux has `nf_conn`; the helper again where not).
+            let set = if enabled { HookSet::Netfilter } else { HookSet::Tc };
+            let config = crate::loader::conntrack_read(&config, set);
             let mut loader = EbpfLoader::new();
             loader.override_global("CONFIG", &config, true);
             configure(&mut loader, enabled);

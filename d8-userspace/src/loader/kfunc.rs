@@ -9,6 +9,13 @@
 //! `bpf_rdonly_cast` (6.2+, for every program type) and the header structs in vmlinux's BTF. A
 //! kernel without one of them gets an error naming it and the TC hook set as the way on, not a
 //! second copy of every parser: there is no such kernel to test that copy on.
+//!
+//! `struct nf_conn` is the exception: it is in vmlinux's BTF only when conntrack is built in
+//! (a module's type cannot be the cast's argument: the verifier looks the id up in the kfunc's
+//! own BTF, vmlinux's), and modular conntrack is common. So it is optional: [`Ids::casts_nf_conn`]
+//! sets `CONFIG.ct_cast`, and without it the programs read the entry with the helper as before;
+//! its type placeholder is then left in the cast branch the verifier never reaches (an unknown
+//! type there if it ever did: a load error, never a silently wrong read).
 
 use std::sync::OnceLock;
 
@@ -48,6 +55,8 @@ pub struct Ids {
     rdonly_cast: i32,
     /// (type placeholder, struct id), in the order of `kfunc::TYPES`.
     types: Vec<(i32, i32)>,
+    /// `struct nf_conn`'s id, when vmlinux has it (conntrack built in).
+    nf_conn: Option<i32>,
 }
 
 impl Ids {
@@ -55,6 +64,7 @@ impl Ids {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         let wanted: Vec<(u32, &str)> = std::iter::once((btf::FUNC, kfunc::RDONLY_CAST_NAME))
             .chain(kfunc::TYPES.iter().map(|&(_, name)| (btf::STRUCT, name)))
+            .chain(std::iter::once((btf::STRUCT, kfunc::NF_CONN_NAME)))
             .collect();
         let found = btf::type_ids(bytes, &wanted).map_err(|e| Error::Btf(crate::error_chain(&e)))?;
         Self::from_lookup(|name, kind| {
@@ -79,7 +89,13 @@ impl Ids {
                 .iter()
                 .map(|&(placeholder, name)| Ok((placeholder, id(name, btf::STRUCT, "struct")?)))
                 .collect::<Result<_, Error>>()?,
+            nf_conn: lookup(kfunc::NF_CONN_NAME, btf::STRUCT).map(|id| id as i32),
         })
+    }
+
+    /// Whether the programs may read the conntrack entry through the cast (`CONFIG.ct_cast`).
+    pub fn casts_nf_conn(&self) -> bool {
+        self.nf_conn.is_some()
     }
 
     /// The running kernel's ids, read once per process (the kernel's BTF does not change while it
@@ -95,8 +111,14 @@ impl Ids {
         .map_err(Clone::clone)
     }
 
-    fn type_id(&self, placeholder: i32) -> Option<i32> {
-        self.types.iter().find(|(p, _)| *p == placeholder).map(|&(_, id)| id)
+    /// The id `placeholder` becomes: `Ok(None)` for `nf_conn` where vmlinux lacks it (left for
+    /// the verifier to skip, see the module's comment), `Err` for no placeholder of ours.
+    fn type_id(&self, placeholder: i32) -> Result<Option<i32>, ()> {
+        if placeholder == kfunc::NF_CONN {
+            return Ok(self.nf_conn);
+        }
+        let found = self.types.iter().find(|(p, _)| *p == placeholder);
+        found.map(|&(_, id)| Some(id)).ok_or(())
     }
 }
 
@@ -127,8 +149,9 @@ pub fn patch<'a>(
         if ty.code != MOV64_IMM || ty.dst_reg() != R2 || ty.src_reg() != 0 {
             return Err(unpaired());
         }
-        let type_id = ids.type_id(ty.imm).ok_or_else(unpaired)?;
-        insns[at - 1].imm = type_id;
+        if let Some(type_id) = ids.type_id(ty.imm).map_err(|()| unpaired())? {
+            insns[at - 1].imm = type_id;
+        }
         insns[at].set_src_reg(PSEUDO_KFUNC_CALL);
         insns[at].imm = ids.rdonly_cast;
         insns[at].off = 0;
@@ -161,6 +184,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &(p, _))| (p, 100 + i as i32))
                 .collect(),
+            nf_conn: Some(200),
         }
     }
 
@@ -181,6 +205,23 @@ mod tests {
         );
         // Everything else untouched: a real helper call stays one.
         assert_eq!((insns[0].imm, insns[3].src_reg(), insns[3].imm), (5, 0, 1));
+    }
+
+    /// `nf_conn` is patched where vmlinux has it, and left where it does not (modular
+    /// conntrack), with the call patched either way.
+    #[test]
+    fn nf_conn_is_patched_only_where_vmlinux_has_it() {
+        for nf_conn in [Some(200), None] {
+            let ids = Ids { nf_conn, ..fake_ids() };
+            let mut insns = vec![
+                insn(MOV64_IMM, R2, 0, kfunc::NF_CONN),
+                insn(CALL, 0, 0, kfunc::RDONLY_CAST),
+            ];
+            assert_eq!(patch(&mut insns, "nf_post", || Ok(&ids)), Ok(1));
+            assert_eq!(insns[0].imm, nf_conn.unwrap_or(kfunc::NF_CONN));
+            assert_eq!((insns[1].src_reg(), insns[1].imm), (PSEUDO_KFUNC_CALL, 7000));
+            assert_eq!(ids.casts_nf_conn(), nf_conn.is_some());
+        }
     }
 
     #[test]
@@ -267,5 +308,7 @@ mod tests {
         for (&(placeholder, name), &(p, id)) in kfunc::TYPES.iter().zip(&ids.types) {
             assert_eq!((p, id), (placeholder, by_aya(name, BtfKind::Struct)), "struct {name}");
         }
+        let nf_conn = aya.id_by_type_name_kind(kfunc::NF_CONN_NAME, BtfKind::Struct).ok();
+        assert_eq!(ids.nf_conn, nf_conn.map(|id| id as i32));
     }
 }

@@ -145,6 +145,16 @@ pub struct Tracer {
     flow_filter_set: Vec<u64>,
 }
 
+/// `config` with `ct_cast` set for `set`: the netfilter programs read the conntrack entry
+/// through `bpf_rdonly_cast` where vmlinux's BTF has `struct nf_conn` (`kfunc::Ids`), the helper
+/// elsewhere. A BTF that cannot be read leaves the helper; the programs' load then names it.
+pub(crate) fn conntrack_read(config: &Config, set: HookSet) -> Config {
+    let mut config = *config;
+    config.ct_cast =
+        (set == HookSet::Netfilter && kfunc::Ids::running_kernel().is_ok_and(kfunc::Ids::casts_nf_conn)) as u32;
+    config
+}
+
 pub(crate) fn map_data(map: &Map) -> &MapData {
     match map {
         Map::Array(m)
@@ -203,6 +213,7 @@ impl Tracer {
         if PROBES.is_empty() {
             return Err(Error::NoProbes);
         }
+        let config = &conntrack_read(config, set);
         let mut loader = EbpfLoader::new();
         loader
             .override_global("CONFIG", config, true)
