@@ -68,8 +68,19 @@ pub mod target_filter {
     #[inline(always)]
     pub fn bit(addr: &[u8; 16], port: u16, proto: u8) -> u32 {
         let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-        let h = word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(13) ^ word(12).rotate_left(19);
-        finish(h, port, proto)
+        bit_words([word(0), word(4), word(8), word(12)], port, proto)
+    }
+
+    /// [`bit`] of the address as its four native-order words: the netfilter programs load them
+    /// with one 4-byte load each from the packet or the conntrack entry, where the bytes of a
+    /// stack copy are loaded one by one (a `[u8; 16]` is not known to be 4-aligned).
+    #[inline(always)]
+    pub fn bit_words(w: [u32; 4], port: u16, proto: u8) -> u32 {
+        finish(
+            w[0] ^ w[1].rotate_left(7) ^ w[2].rotate_left(13) ^ w[3].rotate_left(19),
+            port,
+            proto,
+        )
     }
 
     /// [`bit`] of an IPv4 address (the first four bytes of a 16-byte one, the rest zero), from
@@ -480,7 +491,7 @@ mod tests {
 
     /// The IPv4 form gives every IPv4 destination the bit userspace sets for its 16-byte key.
     #[test]
-    fn target_filter_bit_v4_is_bit_of_the_padded_address() {
+    fn target_filter_bit_v4_and_bit_words_are_bit() {
         let mut state = 0x2545_f491_u32;
         for _ in 0..10_000 {
             // xorshift: addresses, ports and protocols all over their ranges.
@@ -494,6 +505,16 @@ mod tests {
                 target_filter::bit_v4(a, port, proto),
                 target_filter::bit(&v4(a[0], a[1], a[2], a[3]), port, proto),
                 "{a:?} port {port} proto {proto}"
+            );
+            let words = [state, state.rotate_left(3), !state, state >> 9];
+            let mut bytes = [0u8; 16];
+            for (chunk, w) in bytes.chunks_mut(4).zip(words) {
+                chunk.copy_from_slice(&w.to_ne_bytes());
+            }
+            assert_eq!(
+                target_filter::bit_words(words, port, proto),
+                target_filter::bit(&bytes, port, proto),
+                "{words:?} port {port} proto {proto}"
             );
         }
     }

@@ -15,7 +15,10 @@ use core::{ffi::c_void, mem::MaybeUninit};
 use aya_ebpf::helpers::{bpf_probe_read_kernel as probe_read, generated::bpf_probe_read_kernel};
 use d8_common::{FAMILY_V4, FAMILY_V6, FlowKey};
 
-use crate::{kfunc, maps::config};
+use crate::{
+    kfunc,
+    maps::{config, maybe_target, maybe_target_words},
+};
 
 /// `enum ip_conntrack_info`: values at or above this are reply-direction packets.
 pub const IP_CT_IS_REPLY: u64 = 3;
@@ -132,6 +135,32 @@ impl Entry {
             cast_tuple(self.cast, config!(ct_tuple_orig) as usize)
         } else {
             original(self.ct)
+        }
+    }
+
+    /// [`Self::original`] when `TARGET_FILTER` may hold its destination, else `None`. Through
+    /// the cast the filter is asked first, from the destination's words, port and protocol
+    /// loaded in place: a packet of no traced flow (nearly all) builds no key. `V6`: the
+    /// program's family, whose entries alone it sees (an IPv4 address is one word, the rest zero).
+    #[inline(always)]
+    pub fn original_if_target<const V6: bool>(self) -> Option<FlowKey> {
+        if by_cast() {
+            let (c, off) = (self.cast, config!(ct_tuple_orig) as usize);
+            let word = |i: usize| kfunc::load::<u32>(c, off + 20 + 4 * i);
+            let words = if V6 {
+                [word(0), word(1), word(2), word(3)]
+            } else {
+                [word(0), 0, 0, 0]
+            };
+            let dport = kfunc::load::<u16>(c, off + 36);
+            let proto = kfunc::load::<u8>(c, off + 38);
+            if !maybe_target_words(words, dport, proto) {
+                return None;
+            }
+            self.original()
+        } else {
+            let orig = original(self.ct)?;
+            maybe_target(&orig.daddr, orig.dport, orig.proto).then_some(orig)
         }
     }
 

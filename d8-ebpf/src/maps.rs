@@ -83,6 +83,17 @@ pub fn maybe_target_v4(addr: [u8; 4], port: u16, proto: u8) -> bool {
     }
 }
 
+/// [`maybe_target`] for an address given as its four native-order words
+/// (`target_filter::bit_words`, the same bit), as the netfilter programs load them.
+#[inline(always)]
+pub fn maybe_target_words(words: [u32; 4], port: u16, proto: u8) -> bool {
+    let bit = target_filter::bit_words(words, port, proto);
+    match TARGET_FILTER.get(bit >> 6) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
+}
+
 /// Destinations any key of `FLOWS` or `NAT_ALIAS` has had (`d8_common::flow_filter`): set by
 /// [`note_flow_key`] (and userspace, for the aliases it installs) before the key is inserted.
 #[map]
