@@ -1230,6 +1230,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_target_notes_the_empty_programs_on_off_only_when_that_round_ran() {
+        assert_eq!(floor_note(&[], 100.0), "");
+        assert_eq!(
+            floor_note(&[97.0, 95.0, 99.0], 100.0),
+            " (empty programs at its hooks: 0.970)"
+        );
+    }
+
+    #[test]
     fn figures_agree_within_ten_percent_of_the_previous_run() {
         assert_eq!(change_cell(Some(0.88), Some(0.84)), Some(("+5 %".to_string(), true)));
         assert_eq!(
