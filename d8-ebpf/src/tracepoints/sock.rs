@@ -103,8 +103,9 @@ const FIXED_DADDR_V6: usize = 56;
 /// When `CONFIG` holds the fixed layout the fields are plain loads from the context (a tracepoint
 /// program may read its record directly at constant offsets); `CONFIG` is frozen `.rodata`, so
 /// the verifier keeps one of the two branches. IPv6 sockets are decided from their 16-byte
-/// addresses the same way (they were copied first, at 2.6x the empty program: issue 18); another
-/// layout, or another family, is decided after the copy, by the same checks.
+/// addresses the same way (copied first, they cost 2.3x the empty program, now 1.6x: issue 18's
+/// sixth pass in BENCHMARKS.md); another layout, or another family, is decided after the copy, by
+/// the same checks.
 #[inline(always)]
 fn may_matter(ctx: &TracePointContext) -> bool {
     let l = config!(sock_state);
