@@ -5,7 +5,7 @@
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, layout, seen};
 
-use super::{AF_INET, Record, addresses, may_be_traced};
+use super::{AF_INET, AF_INET6, Record, addresses, may_be_traced, unmap, v4_mapped};
 use crate::{
     emit::event,
     flows, log,
@@ -93,6 +93,8 @@ const FIXED_FAMILY: usize = 28;
 const FIXED_PROTOCOL: usize = 30;
 const FIXED_SADDR: usize = 32;
 const FIXED_DADDR: usize = 36;
+const FIXED_SADDR_V6: usize = 40;
+const FIXED_DADDR_V6: usize = 56;
 
 /// Whether a state change can be one [`try_state`] reports, decided before any helper call: this
 /// tracepoint fires for every socket of the node, and of a short TCP connection's ten state
@@ -100,8 +102,10 @@ const FIXED_DADDR: usize = 36;
 /// traced Service only on the sockets of its clients and backends (BENCHMARKS.md, issue 18).
 /// When `CONFIG` holds the fixed layout the fields are plain loads from the context (a tracepoint
 /// program may read its record directly at constant offsets); `CONFIG` is frozen `.rodata`, so
-/// the verifier keeps one of the two branches. Another layout, or a family other than IPv4, is
-/// decided after the copy, by the same checks.
+/// the verifier keeps one of the two branches. IPv6 sockets are decided from their 16-byte
+/// addresses the same way (copied first, they cost 2.3x the empty program, now 1.6x: issue 18's
+/// sixth pass in BENCHMARKS.md); another layout, or another family, is decided after the copy, by
+/// the same checks.
 #[inline(always)]
 fn may_matter(ctx: &TracePointContext) -> bool {
     let l = config!(sock_state);
@@ -130,21 +134,45 @@ fn may_matter(ctx: &TracePointContext) -> bool {
     if protocol != IPPROTO_TCP as u16 || (old != TCP_SYN_SENT && new != TCP_CLOSE) {
         return false;
     }
-    if unsafe { core::ptr::read_volatile(field(FIXED_FAMILY) as *const u16) } != AF_INET {
-        return true;
-    }
     // The same test as `may_be_traced` on the key `addresses` builds: ports in network order,
-    // the IPv4 address in the key's first four bytes.
-    let (sport, dport, saddr, daddr) = unsafe {
+    // an IPv4 address in the key's first four bytes, an IPv6 one whole unless both are IPv4-mapped.
+    let (sport, dport) = unsafe {
         (
             core::ptr::read_volatile(field(FIXED_SPORT) as *const u16).to_be(),
             core::ptr::read_volatile(field(FIXED_DPORT) as *const u16).to_be(),
-            core::ptr::read_volatile(field(FIXED_SADDR) as *const u32).to_ne_bytes(),
-            core::ptr::read_volatile(field(FIXED_DADDR) as *const u32).to_ne_bytes(),
         )
     };
     let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
-    s[..4].copy_from_slice(&saddr);
-    d[..4].copy_from_slice(&daddr);
+    match unsafe { core::ptr::read_volatile(field(FIXED_FAMILY) as *const u16) } {
+        AF_INET => {
+            let (saddr, daddr) = unsafe {
+                (
+                    core::ptr::read_volatile(field(FIXED_SADDR) as *const u32).to_ne_bytes(),
+                    core::ptr::read_volatile(field(FIXED_DADDR) as *const u32).to_ne_bytes(),
+                )
+            };
+            s[..4].copy_from_slice(&saddr);
+            d[..4].copy_from_slice(&daddr);
+        }
+        AF_INET6 if l.saddr_v6 as usize == FIXED_SADDR_V6 && l.daddr_v6 as usize == FIXED_DADDR_V6 => {
+            let (sw, dw) = (s.as_mut_ptr() as *mut u32, d.as_mut_ptr() as *mut u32);
+            // Word by word at constant offsets (context loads take no variable offset).
+            macro_rules! words {
+                ($($i:literal)*) => {$(
+                    // SAFETY: word `$i` of each record address and of each 16-byte array.
+                    unsafe {
+                        core::ptr::write_volatile(sw.add($i), core::ptr::read_volatile(field(FIXED_SADDR_V6 + 4 * $i) as *const u32));
+                        core::ptr::write_volatile(dw.add($i), core::ptr::read_volatile(field(FIXED_DADDR_V6 + 4 * $i) as *const u32));
+                    }
+                )*};
+            }
+            words!(0 1 2 3);
+            if v4_mapped(&s) && v4_mapped(&d) {
+                unmap(&mut s);
+                unmap(&mut d);
+            }
+        }
+        _ => return true,
+    }
     maybe_target(&d, dport, IPPROTO_TCP) || maybe_target(&s, sport, IPPROTO_TCP)
 }

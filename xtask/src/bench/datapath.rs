@@ -1,9 +1,12 @@
 //! Datapath cost: iperf3 throughput through `bench/iperf`'s ClusterIP with d8-trace off, tracing
 //! another Service (`bench/other`) and tracing this one, and short connections per second through
 //! `bench/web` the same three ways and a fourth, with `tcpdump` capturing in the node instead of
-//! d8-trace (what an operator would run; skipped by name where tcpdump is missing). Runs are
-//! interleaved (off, other, this, off, ...) so that the
-//! machine's drift (other jobs, thermal, caches) spreads over all three; medians are compared.
+//! d8-trace (what an operator would run; skipped by name where tcpdump is missing). Both kinds of
+//! round also run with empty programs attached where d8-trace's full set attaches and no d8-trace
+//! (`hooks::EmptyHooks`): the on/off that programs being there at all cost, the floor that no
+//! optimisation of d8-trace's programs goes below. Runs are interleaved (off, empty, other, this,
+//! off, ...) so that the machine's drift (other jobs, thermal, caches) spreads over all of them;
+//! medians are compared.
 //! Each run records the load average and what other processes used meanwhile: a run on a busy
 //! machine is flagged in the report, not silently averaged in.
 
@@ -11,6 +14,7 @@ use std::{net::SocketAddrV4, time::Duration};
 
 use super::{
     common::{self, BenchLab, Env, Tracer},
+    hooks::EmptyHooks,
     tcpdump::{self, Tcpdump},
 };
 
@@ -19,6 +23,8 @@ pub struct Datapath {
     pub iperf_secs: u32,
     /// Gbit/s per run.
     pub off: Vec<f64>,
+    /// Empty programs at d8-trace's hooks, d8-trace off.
+    pub empty: Vec<f64>,
     pub other: Vec<f64>,
     pub this: Vec<f64>,
     /// Flows d8-trace reported while tracing the iperf Service (sanity: it did trace).
@@ -26,6 +32,7 @@ pub struct Datapath {
     pub conn_secs: u32,
     /// Connections per second per run: off, tracing `bench/other`, tracing `bench/web`.
     pub conn_off: Vec<f64>,
+    pub conn_empty: Vec<f64>,
     pub conn_other: Vec<f64>,
     pub conn_on: Vec<f64>,
     /// Connections per second with `tcpdump -i any -s 128 -w /dev/null` in the node and d8-trace
@@ -37,6 +44,9 @@ pub struct Datapath {
     /// kernel programs submitted per flow.
     pub cpu_ms_per_1000_flows: Vec<f64>,
     pub records_per_flow: Vec<f64>,
+    /// Per short-connection run tracing `bench/other`: d8-trace's CPU time per 1,000 connections
+    /// of the load (ms; none of them is traced, so this is what merely running costs).
+    pub other_cpu_ms_per_1000_conns: Vec<f64>,
     /// Events lost across all traced runs.
     pub lost_events: u64,
     /// Per run (all of them, in order): cores used by other processes, and the 1-minute load
@@ -62,6 +72,8 @@ fn load1() -> f64 {
 #[derive(Clone, Copy)]
 enum Mode {
     Off,
+    /// Empty programs at d8-trace's hooks, d8-trace off.
+    Empty,
     Other,
     This,
     /// tcpdump capturing in the node, d8-trace off (short connections only).
@@ -72,6 +84,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
+            Mode::Empty => "empty",
             Mode::Other => "other",
             Mode::This => "this",
             Mode::Tcpdump => "tcpdump",
@@ -82,6 +95,7 @@ impl Mode {
 /// What runs beside the traffic of one run.
 enum Observer<'a> {
     Nothing,
+    EmptyHooks,
     Trace(&'a str),
     Tcpdump,
 }
@@ -102,6 +116,13 @@ fn with_trace<T>(
             let value = f()?;
             d.others.push(others.finish());
             Ok((value, None))
+        }
+        Observer::EmptyHooks => {
+            let hooks = EmptyHooks::attach(lab.node_ns())?;
+            let value = f();
+            drop(hooks);
+            d.others.push(others.finish());
+            Ok((value?, None))
         }
         Observer::Tcpdump => {
             let capture = Tcpdump::start(lab.node_ns())?;
@@ -128,11 +149,13 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
         rounds,
         iperf_secs,
         off: vec![],
+        empty: vec![],
         other: vec![],
         this: vec![],
         this_flows: 0,
         conn_secs,
         conn_off: vec![],
+        conn_empty: vec![],
         conn_other: vec![],
         conn_on: vec![],
         conn_tcpdump: vec![],
@@ -140,6 +163,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
         conn_failed: 0,
         cpu_ms_per_1000_flows: vec![],
         records_per_flow: vec![],
+        other_cpu_ms_per_1000_conns: vec![],
         lost_events: 0,
         others: vec![],
         loads: vec![],
@@ -149,11 +173,12 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
         common::iperf(lab.client_ns(), 2)?;
     }
     for round in 0..rounds {
-        for mode in [Mode::Off, Mode::Other, Mode::This] {
+        for mode in [Mode::Off, Mode::Empty, Mode::Other, Mode::This] {
             let observer = match mode {
                 Mode::Other => Observer::Trace(common::OTHER_SVC),
                 Mode::This => Observer::Trace(common::IPERF_SVC),
                 Mode::Off => Observer::Nothing,
+                Mode::Empty => Observer::EmptyHooks,
                 Mode::Tcpdump => unreachable!("the iperf3 rounds have no tcpdump run"),
             };
             let (gbps, end) = with_trace(env, lab, observer, &mut d, || {
@@ -167,6 +192,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
             }
             match mode {
                 Mode::Off => d.off.push(gbps),
+                Mode::Empty => d.empty.push(gbps),
                 Mode::Tcpdump => unreachable!("the iperf3 rounds have no tcpdump run"),
                 Mode::Other => d.other.push(gbps),
                 Mode::This => d.this.push(gbps),
@@ -181,9 +207,9 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let dur = Duration::from_secs(conn_secs.into());
     let modes: &[Mode] = if d.tcpdump_skipped.is_some() {
-        &[Mode::Off, Mode::Other, Mode::This]
+        &[Mode::Off, Mode::Empty, Mode::Other, Mode::This]
     } else {
-        &[Mode::Off, Mode::Other, Mode::This, Mode::Tcpdump]
+        &[Mode::Off, Mode::Empty, Mode::Other, Mode::This, Mode::Tcpdump]
     };
     if let Some(why) = &d.tcpdump_skipped {
         eprintln!("bench datapath: the tcpdump rounds are skipped: {why}");
@@ -192,6 +218,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
         for &mode in modes {
             let observer = match mode {
                 Mode::Off => Observer::Nothing,
+                Mode::Empty => Observer::EmptyHooks,
                 Mode::Other => Observer::Trace(common::OTHER_SVC),
                 Mode::This => Observer::Trace(common::WEB_SVC),
                 Mode::Tcpdump => Observer::Tcpdump,
@@ -210,10 +237,18 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
                         d.records_per_flow.push(records as f64 / end.flows as f64);
                     }
                 }
+                if matches!(mode, Mode::Other)
+                    && conns.ok > 0
+                    && let Some(cpu) = end.cpu
+                {
+                    d.other_cpu_ms_per_1000_conns
+                        .push(cpu.as_secs_f64() * 1000.0 * 1000.0 / conns.ok as f64);
+                }
             }
             d.conn_failed += conns.failed;
             match mode {
                 Mode::Off => d.conn_off.push(conns.rate()),
+                Mode::Empty => d.conn_empty.push(conns.rate()),
                 Mode::Other => d.conn_other.push(conns.rate()),
                 Mode::This => d.conn_on.push(conns.rate()),
                 Mode::Tcpdump => d.conn_tcpdump.push(conns.rate()),

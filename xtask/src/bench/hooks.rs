@@ -172,13 +172,23 @@ struct TpFloor {
     _objects: Vec<aya::Ebpf>,
 }
 
-/// The tracepoints with a floor: d8-trace's program name, the tracepoint's category and name.
-const TP_FLOORS: [(&str, &str, &str); 2] = [
+/// The tracepoints with a floor in this section: d8-trace's program name, the tracepoint's
+/// category and name.
+const TP_FLOORS: &[(&str, &str, &str)] = &[
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("kfree_skb", "skb", "kfree_skb"),
 ];
 
-fn load_tp_floor() -> anyhow::Result<TpFloor> {
+/// Every tracepoint d8-trace attaches on this kernel (its loader's `TRACEPOINTS`; the reset
+/// tracepoints have no floor above because they fire a few times per window).
+const TP_ALL: &[(&str, &str, &str)] = &[
+    ("kfree_skb", "skb", "kfree_skb"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+];
+
+fn load_tp_floor(tracepoints: &[(&'static str, &'static str, &'static str)]) -> anyhow::Result<TpFloor> {
     use aya::programs::TracePoint;
     // Attaching reads the tracepoint's id from tracefs, which this machine may not have mounted:
     // a thread of our own moves to a private mount namespace (its filesystem context is copied,
@@ -189,7 +199,7 @@ fn load_tp_floor() -> anyhow::Result<TpFloor> {
             d8_trace::kernel::tracefs::mount_private().map_err(|e| anyhow!("tracefs for the tracepoint floor: {e}"))?;
             let mut ids = Vec::new();
             let mut objects = Vec::new();
-            for (name, category, tracepoint) in TP_FLOORS {
+            for &(name, category, tracepoint) in tracepoints {
                 let mut ebpf = aya::EbpfLoader::new()
                     .load(loader::PROBES)
                     .map_err(|e| anyhow!("loading the BPF object for tp_empty: {e}"))?;
@@ -221,7 +231,13 @@ struct Floor {
     _programs: Vec<netfilter::Program>,
 }
 
-fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
+/// Where [`load_floor`] tries each `nf_empty`, relative to d8-trace's priority: next to a running
+/// d8-trace (the kernel refuses a BPF hook at a priority another hook, BPF, nf_tables, conntrack
+/// or NAT, already holds), or at its very priority when d8-trace is not running.
+const NEXT_TO: &[i32] = &[1, -1, 2, -2, 3, -3];
+const IN_PLACE_OF: &[i32] = &[0, 1, -1, 2, -2, 3, -3];
+
+fn load_floor(node_ns: &str, offsets: &[i32]) -> anyhow::Result<Floor> {
     // nf_empty references no map, but relocation resolves every map reference of the object:
     // hand it placeholder fds (none of them reaches nf_empty's instructions, hence the kernel).
     let obj = aya_obj::Object::parse(loader::PROBES).map_err(|e| anyhow!("parsing the BPF object: {e}"))?;
@@ -255,10 +271,8 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
                 let prog = netfilter::Program::load(loader::PROBES, "nf_empty", &fake)?;
                 for &(program, hook, priority) in loader::NETFILTER_ATTACHMENTS {
                     if program == which {
-                        // Next to d8-trace's program: the kernel refuses a BPF hook at a priority
-                        // another hook (BPF, nf_tables, conntrack, NAT) already holds.
                         let mut attached = None;
-                        for offset in [1, -1, 2, -2, 3, -3] {
+                        for &offset in offsets {
                             match prog.attach_family(family, hook, priority + offset) {
                                 Ok(link) => {
                                     attached = Some(link);
@@ -294,6 +308,25 @@ fn load_floor(node_ns: &str) -> anyhow::Result<Floor> {
     })
 }
 
+/// Empty programs where d8-trace's full netfilter set attaches, with no d8-trace running: the four
+/// `nf_empty` at `nf_pre`'s and `nf_post`'s hooks and priorities of both families, and `tp_empty`
+/// on every tracepoint d8-trace uses. What the node pays for programs being there at all
+/// (dispatch, the tracepoints' record, the hooks' indirect calls), which no optimisation of
+/// d8-trace's programs can go below; attached while this lives.
+pub struct EmptyHooks {
+    _nf: Floor,
+    _tp: TpFloor,
+}
+
+impl EmptyHooks {
+    pub fn attach(node_ns: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            _nf: load_floor(node_ns, IN_PLACE_OF)?,
+            _tp: load_tp_floor(TP_ALL)?,
+        })
+    }
+}
+
 /// The traffic of a scenario.
 #[derive(Clone, Copy)]
 enum Load {
@@ -320,8 +353,8 @@ impl Load {
 
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let secs = env.pick(5, 1);
-    let floor = load_floor(lab.node_ns())?;
-    let tp_floor = load_tp_floor()?;
+    let floor = load_floor(lab.node_ns(), NEXT_TO)?;
+    let tp_floor = load_tp_floor(TP_FLOORS)?;
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let web6 = SocketAddrV6::new(d8_trace::lab::spec::ipv6_twin(common::WEB_VIP), 80, 0, 0);
     // The last two: the same short connections with the kernel programs' log on, beside the
