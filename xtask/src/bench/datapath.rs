@@ -18,6 +18,7 @@ use super::{
     tcpdump::{self, Tcpdump},
 };
 
+#[derive(Default)]
 pub struct Datapath {
     pub rounds: usize,
     pub iperf_secs: u32,
