@@ -357,6 +357,17 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
     // came after the last verdict tick), and the verdict does not move.
     let folds =
         |how: &str| metric(&scrape(&lab), &format!(r#"d8_trace_api_folds_total{{how="{how}"}}"#)).unwrap_or(0.0);
+    // From the first refresh that reused the rules' reading on: the ones before it read the rules
+    // again, and build every Service in any case.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metric(&scrape(&lab), r#"d8_trace_rules_reads_total{result="unchanged"}"#).is_some_and(|n| n >= 1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "no refresh reused the rules:\n{}",
+            scrape(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let (by_service, whole) = (folds("service"), folds("whole"));
     let slice = lab.snapshot_json()["items"]
         .as_array()

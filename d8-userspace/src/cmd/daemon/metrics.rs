@@ -206,7 +206,7 @@ impl Metrics {
         );
         registry.register(
             "api_folds",
-            "API changes folded into the model, by how: service (the changed Services only), whole (every Service, in a model read: a Service created or deleted, this node's Pods or Node, a relist)",
+            "API changes folded into the model, by how: service (the changed Services only), whole (a model built again from the kept rules for the API's changes: a Service created or deleted, this node's Pods or Node, a relist)",
             m.api_folds.clone(),
         );
         registry.register(

@@ -432,7 +432,9 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         // Counted once the model is in use (plans built, targets followed): a
                         // read counted is a read done.
                         count_read(m, kind, &source);
-                        if source.folds_api() {
+                        // A build for the API's changes alone (the rules were reused); with
+                        // the rules read anew every Service is built again in any case.
+                        if kind == ReadKind::Unchanged && source.folds_api() {
                             m.api_folds.get_or_create(&HowLabels { how: "whole".into() }).inc();
                         }
                     }
