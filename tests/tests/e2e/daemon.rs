@@ -354,7 +354,7 @@ fn watches_the_api_without_relisting_and_keeps_its_view_through_an_api_restart()
 
     // One EndpointSlice change a second across two rules refreshes (every 10 s): each is folded into
     // its own Service, never by a whole model build, and the verdict does not move. (A refresh
-    // used to fold a change that came after the last verdict tick into every Service; it does
+    // used to fold a change that came after the last verdict tick into every Service; it did
     // when it ran before the verdict tick due at the same instant, which tokio's select! picks at
     // random: this check failed 1 of 3 runs of the old daemon, so it guards, it does not prove.)
     let folds =
