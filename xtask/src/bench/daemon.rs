@@ -551,6 +551,11 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
         std::thread::sleep(window);
         Ok(())
     })?;
+    let folds = |text: &str| {
+        ["service", "whole"]
+            .map(|how| metric(text, &format!("d8_trace_api_folds_total{{how=\"{how}\"}}")).unwrap_or(0.0))
+    };
+    let folds_before = folds(&scrape(&ns));
     let mut changes = 0u64;
     let (changes_cpu_pct, changes_s) = cpu_pct(pid, || {
         let end = Instant::now() + window;
@@ -565,8 +570,13 @@ fn mode_run(env: &Env, n: usize, mode: ProxyMode, file: &Path) -> anyhow::Result
         }
         Ok(())
     })?;
+    // How the changes reached the model: each changed Service folded alone, or a whole model
+    // build (every Service folded again), which one EndpointSlice change should never need.
+    let folds_after = folds(&scrape(&ns));
     eprintln!(
-        "bench daemon: {name}: CPU {quiet_cpu_pct:.2} % of a core quiet, {changes_cpu_pct:.2} % with {changes} API changes at 1/s"
+        "bench daemon: {name}: CPU {quiet_cpu_pct:.2} % of a core quiet, {changes_cpu_pct:.2} % with {changes} API changes at 1/s (folded: {:.0} per Service, {:.0} whole)",
+        folds_after[0] - folds_before[0],
+        folds_after[1] - folds_before[1]
     );
 
     // The rules touched: a table added, then removed (each moves the nf_tables generation).

@@ -43,6 +43,11 @@ pub struct VerbLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabels {
+    pub how: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
     pub hooks: String,
 }
@@ -69,6 +74,7 @@ pub struct Metrics {
     pub api_view_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub api_requests: Family<VerbLabels, Counter>,
     pub api_errors: Counter,
+    pub api_folds: Family<HowLabels, Counter>,
     pub rules_reads: Family<ResultLabels, Counter>,
     pub rules_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub services: Gauge,
@@ -104,6 +110,7 @@ impl Metrics {
             api_view_age_seconds: Gauge::default(),
             api_requests: Family::default(),
             api_errors: Counter::default(),
+            api_folds: Family::default(),
             rules_reads: Family::default(),
             rules_age_seconds: Gauge::default(),
             services: Gauge::default(),
@@ -196,6 +203,11 @@ impl Metrics {
             "api_errors",
             "Failed Kubernetes API requests and broken watches",
             m.api_errors.clone(),
+        );
+        registry.register(
+            "api_folds",
+            "API changes folded into the model, by how: service (the changed Services only), whole (a model built again from the kept rules for the API's changes: a Service created or deleted, this node's Pods or Node, a relist)",
+            m.api_folds.clone(),
         );
         registry.register(
             "rules_reads",

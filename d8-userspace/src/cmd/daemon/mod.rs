@@ -46,7 +46,9 @@ use std::{
 use self::{
     events::EventWriter,
     http::State,
-    metrics::{DropLabels, FlowLabels, HookLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels},
+    metrics::{
+        DropLabels, FlowLabels, HookLabels, HowLabels, Metrics, ModeLabels, ResultLabels, VerbLabels, VerdictLabels,
+    },
     source::{ApiState, ModelSource, Pending, ReadKind, Refold, Update},
 };
 use crate::{
@@ -369,22 +371,13 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 // A watch event changed the API's view: fold it in now, one Service at a time,
                 // else with a whole read (unless one folded changes in less than API_FOLD_GAP ago).
                 if reading.is_none() {
-                    match source.refold(&mut model) {
-                        Refold::Nothing => {}
-                        Refold::Services(old) => {
-                            let moved = old.iter().any(|o| {
-                                model
-                                    .service(&o.service)
-                                    .is_none_or(|new| !Merged::same_addresses(o, new, &model.node_ips))
-                            });
-                            tracing::debug!("{} Services folded again from the API's changes; plans rebuilt: {moved}", old.len());
-                            verdicts.dirty.extend(old.into_iter().map(|o| o.service));
-                            if moved {
-                                merged = Merged::every_service(&model);
-                                follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
-                            }
+                    match fold_api_changes(&mut source, &mut model, &mut verdicts, m) {
+                        Folded::Nothing => {}
+                        Folded::Moved => {
+                            merged = Merged::every_service(&model);
+                            follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
                         }
-                        Refold::Whole(why) => {
+                        Folded::Whole(why) => {
                             if api_folded_at.is_none_or(|at| at.elapsed() >= API_FOLD_GAP) {
                                 tracing::debug!("the API's changes are folded in by a whole read: {why}");
                                 api_folded_at = Some(std::time::Instant::now());
@@ -395,6 +388,17 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                 }
             }
             _ = refresh_tick.tick(), if reading.is_none() => {
+                // The API's changes since the last verdict tick are folded per Service first: the
+                // read would otherwise fold them into every Service, a whole model build (a copy
+                // of the rules' reading, the old model compared, the plans rebuilt, the heap
+                // trimmed: ~0.3 s of CPU at 10,000 Services) for one EndpointSlice. Whether a
+                // change fell in the last 2 s before a refresh, or the refresh ran before the
+                // verdict tick due at the same instant, made one change a second cost 0.6 or
+                // 1.7 % of a core from run to run.
+                if let Folded::Moved = fold_api_changes(&mut source, &mut model, &mut verdicts, m) {
+                    merged = Merged::every_service(&model);
+                    follow_targets(&model, &merged, &mut targets, &mut node_ips, &mut capture, &mut table)?;
+                }
                 if source.api_changed() {
                     api_folded_at = Some(std::time::Instant::now());
                 }
@@ -428,6 +432,11 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
                         // Counted once the model is in use (plans built, targets followed): a
                         // read counted is a read done.
                         count_read(m, kind, &source);
+                        // A build for the API's changes alone (the rules were reused); with
+                        // the rules read anew every Service is built again in any case.
+                        if kind == ReadKind::Unchanged && source.folds_api() {
+                            m.api_folds.get_or_create(&HowLabels { how: "whole".into() }).inc();
+                        }
                     }
                     // kube-proxy restarting or its rules being rewritten: keep the last model.
                     Err(e) => {
@@ -445,6 +454,39 @@ pub async fn run(opts: Options, setup: KernelSetup) -> Result<(), Error> {
     drop(capture);
     tracing::info!("daemon stopped; hooks detached");
     Ok(())
+}
+
+/// What [`fold_api_changes`] did.
+enum Folded {
+    /// No API change, or none that moved a traced address.
+    Nothing,
+    /// A Service's traced addresses moved: the plans must be rebuilt.
+    Moved,
+    /// One Service at a time will not do (why): a whole read must fold the API's view.
+    Whole(String),
+}
+
+/// Folds the API's changes since the last fold into `model` one Service at a time
+/// ([`ModelSource::refold`]); the Services folded are classified again at the next round.
+fn fold_api_changes(source: &mut ModelSource, model: &mut ServiceModel, verdicts: &mut Series, m: &Metrics) -> Folded {
+    match source.refold(model) {
+        Refold::Nothing => Folded::Nothing,
+        Refold::Services(old) => {
+            let moved = old.iter().any(|o| {
+                model
+                    .service(&o.service)
+                    .is_none_or(|new| !Merged::same_addresses(o, new, &model.node_ips))
+            });
+            tracing::debug!(
+                "{} Services folded again from the API's changes; plans rebuilt: {moved}",
+                old.len()
+            );
+            m.api_folds.get_or_create(&HowLabels { how: "service".into() }).inc();
+            verdicts.dirty.extend(old.into_iter().map(|o| o.service));
+            if moved { Folded::Moved } else { Folded::Nothing }
+        }
+        Refold::Whole(why) => Folded::Whole(why),
+    }
 }
 
 /// The traced targets and the flow table follow `merged`, the plans of a new or changed model;

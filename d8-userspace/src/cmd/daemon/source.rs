@@ -137,6 +137,8 @@ pub struct ModelSource {
     /// Why the API's changes since the last read need a whole one (set by [`ModelSource::refold`],
     /// cleared when a read starts).
     whole_pending: Option<String>,
+    /// The read in flight (or the last one) folds API changes the model lacks into every Service.
+    folds_api: bool,
 }
 
 /// What the verdicts may say of the API.
@@ -186,6 +188,7 @@ impl ModelSource {
             started: None,
             rules_current_at: None,
             whole_pending: None,
+            folds_api: false,
         }
     }
 
@@ -286,9 +289,16 @@ impl ModelSource {
             && self
                 .view()
                 .is_none_or(|v| self.model_generation == Some(self.read_generation) && v.health().stale_for.is_none());
+        self.folds_api = self.view().is_some() && self.model_generation.is_some_and(|g| g != self.read_generation);
         self.started = Some((Instant::now(), false));
         let (scope, mode, last) = (self.scope.clone(), self.mode, self.last.clone());
         tokio::task::spawn_blocking(move || read(&scope, mode, &last, api_same))
+    }
+
+    /// The read in flight (or the last one) folds API changes into every Service, not only
+    /// into those they touch (`d8_trace_api_folds_total{how="whole"}`).
+    pub fn folds_api(&self) -> bool {
+        self.folds_api
     }
 
     /// A whole model (the first read: nothing to compare with).
