@@ -280,6 +280,35 @@ fn floor_note(runs: &[f64], off: f64) -> String {
     format!(" (empty programs at its hooks: {:.3})", common::median(runs) / off)
 }
 
+/// A sentence when the machine itself ran at another speed than in the previous run (its "off"
+/// rounds, no observer at all, more than [`AGREE`] apart): a host shared with other guests slows
+/// down without any process of this machine being busy, and then the absolute figures of two
+/// runs do not compare (the on/off ones, within a run, still do). `None` when the speeds agree or
+/// the previous run did not record them.
+fn machine_speed(d: &Datapath, prev: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let before = prev.get("off_speed")?;
+    let mut moved = Vec::new();
+    for (now, key, what) in [
+        (common::median(&d.off), "iperf_gbits", "Gbit/s of bulk TCP"),
+        (common::median(&d.conn_off), "conn_per_s", "new connections/s"),
+    ] {
+        let then = before.get(key).and_then(|v| v.as_f64())?;
+        if let Some((cell, false)) = change_cell(Some(now), Some(then)) {
+            moved.push(format!(
+                "{now:.0} {what} against {then:.0} ({})",
+                cell.trim_end_matches(" (over 10 %)")
+            ));
+        }
+    }
+    (!moved.is_empty()).then(|| {
+        format!(
+            "The machine ran at another speed than in the previous run, with d8-trace off: {}. Absolute figures \
+             of the two runs do not compare; on/off figures (within a run) do.",
+            moved.join(", ")
+        )
+    })
+}
+
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     if let Some(d) = &r.datapath {
@@ -628,8 +657,17 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
             prev.get("load").and_then(|v| v.as_str()).unwrap_or("not recorded"),
             prev.get("busy").and_then(|v| v.as_str()).unwrap_or("not recorded"),
         );
+        if let Some(speed) = r.datapath.as_ref().and_then(|d| machine_speed(d, &prev)) {
+            let _ = writeln!(o, "\n{speed}");
+        }
     } else {
         let _ = writeln!(o, "\nMissed targets are explained in the notes at the end.");
+    }
+    if let Some(d) = &r.datapath {
+        figures.insert(
+            "off_speed".into(),
+            serde_json::json!({"iperf_gbits": common::median(&d.off), "conn_per_s": common::median(&d.conn_off)}),
+        );
     }
     if let Some(busy) = busy {
         figures.insert("busy".into(), serde_json::Value::String(busy));
@@ -1283,6 +1321,26 @@ mod tests {
             "{}",
             conn.measured
         );
+    }
+
+    #[test]
+    fn a_machine_slower_than_in_the_previous_run_is_said() {
+        let run = |off: f64, conn_off: f64| Datapath {
+            off: vec![off],
+            conn_off: vec![conn_off],
+            ..Datapath::default()
+        };
+        let prev = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let before = prev(serde_json::json!({"off_speed": {"iperf_gbits": 21.08, "conn_per_s": 14237.0}}));
+        assert_eq!(machine_speed(&run(20.5, 13900.0), &before), None);
+        let slower = machine_speed(&run(20.5, 12539.0), &before).unwrap();
+        assert!(
+            slower.contains("12539 new connections/s against 14237 (-12 %)"),
+            "{slower}"
+        );
+        assert!(!slower.contains("Gbit/s"), "{slower}");
+        // A previous run that did not record its speed: nothing to say.
+        assert_eq!(machine_speed(&run(10.0, 1000.0), &prev(serde_json::json!({}))), None);
     }
 
     #[test]
