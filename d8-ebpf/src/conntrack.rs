@@ -131,10 +131,16 @@ impl Entry {
 
     #[inline(always)]
     pub fn original(self) -> Option<FlowKey> {
+        self.tuple_at(config!(ct_tuple_orig) as usize)
+    }
+
+    /// The tuple at `off` in `struct nf_conn`, by the cast or the helper.
+    #[inline(always)]
+    fn tuple_at(self, off: usize) -> Option<FlowKey> {
         if by_cast() {
-            cast_tuple(self.cast, config!(ct_tuple_orig) as usize)
+            cast_tuple(self.cast, off)
         } else {
-            original(self.ct)
+            tuple(self.ct + off as u64)
         }
     }
 
@@ -166,11 +172,7 @@ impl Entry {
 
     #[inline(always)]
     pub fn reply(self) -> Option<FlowKey> {
-        if by_cast() {
-            cast_tuple(self.cast, config!(ct_tuple_reply) as usize)
-        } else {
-            reply(self.ct)
-        }
+        self.tuple_at(config!(ct_tuple_reply) as usize)
     }
 
     #[inline(always)]

@@ -65,7 +65,12 @@ pub static TARGET_FILTER: Array<u64> = Array::with_max_entries(target_filter::WO
 /// Whether `TARGETS` may hold this destination (an inlined array load, no hashing).
 #[inline(always)]
 pub fn maybe_target(addr: &[u8; 16], port: u16, proto: u8) -> bool {
-    let bit = target_filter::bit(addr, port, proto);
+    target_bit(target_filter::bit(addr, port, proto))
+}
+
+/// Whether `TARGET_FILTER` has `bit` set: the one load every form of the test ends in.
+#[inline(always)]
+fn target_bit(bit: u32) -> bool {
     match TARGET_FILTER.get(bit >> 6) {
         Some(word) => *word & (1u64 << (bit & 63)) != 0,
         None => false,
@@ -76,22 +81,14 @@ pub fn maybe_target(addr: &[u8; 16], port: u16, proto: u8) -> bool {
 /// same bit): no 16-byte address to build or hash.
 #[inline(always)]
 pub fn maybe_target_v4(addr: [u8; 4], port: u16, proto: u8) -> bool {
-    let bit = target_filter::bit_v4(addr, port, proto);
-    match TARGET_FILTER.get(bit >> 6) {
-        Some(word) => *word & (1u64 << (bit & 63)) != 0,
-        None => false,
-    }
+    target_bit(target_filter::bit_v4(addr, port, proto))
 }
 
 /// [`maybe_target`] for an address given as its four native-order words
 /// (`target_filter::bit_words`, the same bit), as the netfilter programs load them.
 #[inline(always)]
 pub fn maybe_target_words(words: [u32; 4], port: u16, proto: u8) -> bool {
-    let bit = target_filter::bit_words(words, port, proto);
-    match TARGET_FILTER.get(bit >> 6) {
-        Some(word) => *word & (1u64 << (bit & 63)) != 0,
-        None => false,
-    }
+    target_bit(target_filter::bit_words(words, port, proto))
 }
 
 /// Destinations any key of `FLOWS` or `NAT_ALIAS` has had (`d8_common::flow_filter`): set by

@@ -122,8 +122,9 @@ impl HookSet {
     }
 }
 
-/// Tracepoints attached in every hook set: (program, category, name, required).
-pub(crate) const TRACEPOINTS: &[(&str, &str, &str)] = &[
+/// Tracepoints attached in every hook set: (program, category, name). The bench attaches its
+/// empty programs to the same list.
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("kfree_skb", "skb", "kfree_skb"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),

@@ -149,25 +149,9 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Datapath> {
     let mut d = Datapath {
         rounds,
         iperf_secs,
-        off: vec![],
-        empty: vec![],
-        other: vec![],
-        this: vec![],
-        this_flows: 0,
         conn_secs,
-        conn_off: vec![],
-        conn_empty: vec![],
-        conn_other: vec![],
-        conn_on: vec![],
-        conn_tcpdump: vec![],
         tcpdump_skipped: tcpdump::unavailable(),
-        conn_failed: 0,
-        cpu_ms_per_1000_flows: vec![],
-        records_per_flow: vec![],
-        other_cpu_ms_per_1000_conns: vec![],
-        lost_events: 0,
-        others: vec![],
-        loads: vec![],
+        ..Datapath::default()
     };
     if !env.quick {
         // Warm-up, not recorded: first runs after the lab comes up are slower.

@@ -179,15 +179,6 @@ const TP_FLOORS: &[(&str, &str, &str)] = &[
     ("kfree_skb", "skb", "kfree_skb"),
 ];
 
-/// Every tracepoint d8-trace attaches on this kernel (its loader's `TRACEPOINTS`; the reset
-/// tracepoints have no floor above because they fire a few times per window).
-const TP_ALL: &[(&str, &str, &str)] = &[
-    ("kfree_skb", "skb", "kfree_skb"),
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-];
-
 fn load_tp_floor(tracepoints: &[(&'static str, &'static str, &'static str)]) -> anyhow::Result<TpFloor> {
     use aya::programs::TracePoint;
     // Attaching reads the tracepoint's id from tracefs, which this machine may not have mounted:
@@ -322,7 +313,9 @@ impl EmptyHooks {
     pub fn attach(node_ns: &str) -> anyhow::Result<Self> {
         Ok(Self {
             _nf: load_floor(node_ns, IN_PLACE_OF)?,
-            _tp: load_tp_floor(TP_ALL)?,
+            // Every tracepoint d8-trace attaches, the reset ones included (they have no floor
+            // in `TP_FLOORS`: they fire a few times per window).
+            _tp: load_tp_floor(d8_trace::loader::TRACEPOINTS)?,
         })
     }
 }
