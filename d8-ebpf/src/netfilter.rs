@@ -231,6 +231,13 @@ fn reported_unchanged(st: *mut FlowState, orig: &FlowKey, reply: &FlowKey) -> bo
     }
 }
 
+/// Whether two tuples of one conntrack entry (same protocol and family) have the same addresses
+/// and ports.
+#[inline(always)]
+fn same_ends(a: &FlowKey, b: &FlowKey) -> bool {
+    a.sport == b.sport && a.dport == b.dport && same_addr(&a.saddr, &b.saddr) && same_addr(&a.daddr, &b.daddr)
+}
+
 /// `a == b` with 2-byte loads: a slice comparison would be a `bcmp` call.
 #[inline(always)]
 fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
@@ -329,9 +336,13 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
         }
         let status = entry.status();
         // Packets after NAT look like the reversed REPLY tuple: remember it for later lookups.
+        // Unless NAT changed nothing (a flow to a traced pod IP itself): then the flow's own key
+        // finds it, and an alias would cost an LRU insert for nothing (issue 18).
         let alias = reversed(&reply);
-        note_flow_key(&alias);
-        let _ = NAT_ALIAS.insert(&alias, &orig, 0);
+        if !same_ends(&alias, &orig) {
+            note_flow_key(&alias);
+            let _ = NAT_ALIAS.insert(&alias, &orig, 0);
+        }
         event(kind::CT, hook, &orig, |ev| {
             ev.reply = reply;
             ev.ct_status = status;

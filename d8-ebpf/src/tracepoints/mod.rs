@@ -151,16 +151,29 @@ fn unmap(addr: &mut [u8; 16]) {
     }
 }
 
-/// Whether a socket's tuple can belong to a traced flow: one of its ends is a traced address and
-/// port (the Service frontend a client connected to, or a backend of the rules or the API when
-/// the trace began). One inlined `TARGET_FILTER` load per end, so that the sockets of the rest
-/// of the node (`inet_sock_set_state` fires for all of them) leave before
-/// [`crate::flows::find`]'s four hash lookups. A client's socket always has the frontend as its
-/// destination. A backend that is no target (added to the rules after the trace began, or a pod
-/// IP a stale conntrack entry still DNATs to) has its own socket's states left out; the packets
-/// of its flows are still seen by the netfilter or TC programs, and its resets and drops by the
-/// tracepoints that do not use this check.
+/// Which end of a socket's tuple can belong to a traced flow, if any: its destination (the
+/// Service frontend a client connected to, or a backend, for a client's socket) or only its
+/// source (a backend's own socket), each a traced address and port when the trace began. One
+/// inlined `TARGET_FILTER` load per end, so that the sockets of the rest of the node
+/// (`inet_sock_set_state` fires for all of them) leave before [`crate::flows::find`]'s hash
+/// lookups; the end also says which direction to look the flow up in first. A backend that is no
+/// target (added to the rules after the trace began, or a pod IP a stale conntrack entry still
+/// DNATs to) has its own socket's states left out; the packets of its flows are still seen by
+/// the netfilter or TC programs, and its resets and drops by the tracepoints that do not use this
+/// check.
 #[inline(always)]
-fn may_be_traced(key: &FlowKey) -> bool {
-    maybe_target(&key.daddr, key.dport, key.proto) || maybe_target(&key.saddr, key.sport, key.proto)
+fn traced_end(key: &FlowKey) -> Option<End> {
+    if maybe_target(&key.daddr, key.dport, key.proto) {
+        Some(End::Destination)
+    } else if maybe_target(&key.saddr, key.sport, key.proto) {
+        Some(End::Source)
+    } else {
+        None
+    }
+}
+
+/// The end of a socket's tuple that [`traced_end`] found traced.
+enum End {
+    Destination,
+    Source,
 }

@@ -5,7 +5,7 @@
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 use d8_common::{flags, hook, kind, layout, seen};
 
-use super::{AF_INET, AF_INET6, Record, addresses, may_be_traced, unmap, v4_mapped};
+use super::{AF_INET, AF_INET6, End, Record, addresses, traced_end, unmap, v4_mapped};
 use crate::{
     emit::event,
     flows, log,
@@ -42,10 +42,10 @@ fn try_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let key = addresses(ctx, &rec, &layout, IPPROTO_TCP)?;
-    if !may_be_traced(&key) {
-        return None;
-    }
-    let found = flows::find(&key)?;
+    let found = match traced_end(&key)? {
+        End::Destination => flows::find(&key)?,
+        End::Source => flows::find_reply_first(&key)?,
+    };
     if routine(found.state, old, new) {
         return None;
     }
@@ -134,7 +134,7 @@ fn may_matter(ctx: &TracePointContext) -> bool {
     if protocol != IPPROTO_TCP as u16 || (old != TCP_SYN_SENT && new != TCP_CLOSE) {
         return false;
     }
-    // The same test as `may_be_traced` on the key `addresses` builds: ports in network order,
+    // The same test as `traced_end` on the key `addresses` builds: ports in network order,
     // an IPv4 address in the key's first four bytes, an IPv6 one whole unless both are IPv4-mapped.
     let (sport, dport) = unsafe {
         (
