@@ -98,11 +98,6 @@ pub fn original(ct: u64) -> Option<FlowKey> {
 }
 
 #[inline(always)]
-pub fn reply(ct: u64) -> Option<FlowKey> {
-    tuple(ct + config!(ct_tuple_reply) as u64)
-}
-
-#[inline(always)]
 pub fn status(ct: u64) -> u32 {
     unsafe { probe_read((ct + config!(ct_status) as u64) as *const u64).unwrap_or(0) as u32 }
 }

@@ -2,7 +2,7 @@
 //!
 //! - Debian packages: the tools d8-trace calls on a node (iptables, nftables, conntrack, ipvsadm,
 //!   iproute2, bpftool, ipset) and what the tests, the VM and the benchmark need (iperf3, tshark,
-//!   tcpdump, qemu, busybox-static).
+//!   tcpdump, perf, qemu, busybox-static).
 //! - The nightly toolchain's `rust-src`: the kernel programs are built with `-Z build-std=core`.
 //! - `bpf-linker`, built against the nightly's own LLVM (no system LLVM of the right version is
 //!   packaged): a folder whose `lib/libLLVM.so` links to the nightly's `libLLVM.so.*`, named by
@@ -38,6 +38,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "/usr/bin/iperf3"),
     // The benchmark's short-connection rounds with tcpdump capturing instead of d8-trace.
     ("tcpdump", "/usr/bin/tcpdump"),
+    // The benchmark's profile section samples the whole machine with `perf record`.
+    ("linux-perf", "/usr/bin/perf"),
     // The `--pcap` tests read d8-trace's captures back with tshark, and capinfos (from
     // wireshark-common, which tshark depends on) for the section header.
     ("tshark", "/usr/bin/tshark"),

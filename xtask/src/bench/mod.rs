@@ -11,6 +11,9 @@
 //! 5. [`startup`]: from `d8-trace --svc` to hooks attached and to the first flow printed.
 //! 6. [`daemon`]: `d8-trace daemon` at 10,000 Services against a list-and-watch API server: API
 //!    requests, CPU, peak RSS of its processes, `/healthz` while the rules are re-read.
+//! 7. [`profile`]: where a short connection's CPU goes, tracing it against tracing another
+//!    Service: the whole machine sampled by `perf record`, sorted into the load, the programs,
+//!    their dispatch, d8-trace's process and idle time.
 //!
 //! The task links the lab and the rule readers (d8-userspace), whose build needs the BPF
 //! toolchain: built without the `bench` feature (as `cargo xtask setup` must be, on a fresh
@@ -32,6 +35,8 @@ mod daemon;
 mod datapath;
 #[cfg(feature = "bench")]
 mod hooks;
+#[cfg(feature = "bench")]
+mod profile;
 #[cfg(feature = "bench")]
 mod report;
 #[cfg(feature = "bench")]
@@ -72,6 +77,7 @@ pub enum Section {
     Rules,
     Startup,
     Daemon,
+    Profile,
 }
 
 /// Built without the lab: run again with it.

@@ -13,6 +13,7 @@ use super::{
     daemon::{self, DaemonBench},
     datapath::{self, Datapath},
     hooks::{self, Hooks},
+    profile::{self, Profile},
     rules::{self, NodeRow, RuleScale},
     startup::{self, Startup},
 };
@@ -29,6 +30,7 @@ struct Results {
     rules: Option<RuleScale>,
     startup: Option<Startup>,
     daemon: Option<DaemonBench>,
+    profile: Option<Profile>,
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
@@ -60,6 +62,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let all = [
         Section::Datapath,
         Section::Hooks,
+        Section::Profile,
         Section::Capacity,
         Section::Startup,
         Section::Rules,
@@ -88,6 +91,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 Section::Capacity => r.capacity = Some(capacity::run(&env, &lab)?),
                 Section::Startup => r.startup = Some(startup::run(&env, &lab)?),
                 Section::Daemon => r.daemon = Some(daemon::run(&env, &lab)?),
+                Section::Profile => r.profile = Some(profile::run(&env, &lab)?),
                 Section::Rules => {}
             }
         }
@@ -129,6 +133,7 @@ fn section_name(s: Section) -> &'static str {
         Section::Rules => "rules",
         Section::Startup => "startup",
         Section::Daemon => "daemon",
+        Section::Profile => "profile",
     }
 }
 
@@ -708,6 +713,9 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
     if let Some(d) = &r.daemon {
         daemon_section(&mut o, d);
     }
+    if let Some(p) = &r.profile {
+        profile_section(&mut o, p);
+    }
     let _ = writeln!(o, "{FIGURES_PREFIX}{} -->\n", serde_json::Value::Object(figures));
     let _ = writeln!(o, "## Notes\n");
     let _ = writeln!(o, "{NOTES_MARKER}");
@@ -945,6 +953,48 @@ fn breakdown(o: &mut String, h: &Hooks) {
         let _ = writeln!(o, "| {who} | | all programs | | **{total:.0}** |");
     }
     o.push('\n');
+}
+
+fn profile_section(o: &mut String, p: &Profile) {
+    let _ = writeln!(o, "## 7. Where a traced connection's CPU goes\n");
+    let _ = writeln!(
+        o,
+        "`cargo xtask bench --only profile`: {} rounds of {} s of the datapath section's short connections (connect, \
+         `GET /`, close, {} client threads) against `bench/web`, alternately with d8-trace tracing `bench/other` (none of \
+         the connections traced) and tracing `bench/web` (every one), each window sampled on every CPU by `perf record \
+         -a -g -F {}` (started once d8-trace attached, stopped before its Ctrl-C, so neither its start nor its report is \
+         in it). A sample counts for the first of these its command and call chain match: d8-trace's threads; perf; a \
+         d8-trace program's frame (`bpf_prog_<tag>_<name>`) anywhere in the chain; the kernel's calls into programs \
+         (`nf_hook_run_bpf`, `trace_call_bpf`, `perf_trace_run_bpf_submit`, `bpf_trace_run*`) without one; the idle task \
+         outside softirq; everything else is the load. Each part in microseconds per connection completed: samples / {} \
+         Hz / connections, over both cores, so the parts add up to what one connection took of the machine, idle time \
+         included. The programs' own time is also in section 2 (BPF statistics); this adds what those cannot see: the \
+         dispatch, the load's own work getting slower, and cores waiting.\n",
+        p.rounds,
+        p.secs,
+        common::CONN_THREADS,
+        profile::HZ,
+        profile::HZ,
+    );
+    if let Some(why) = &p.skipped {
+        let _ = writeln!(o, "Skipped on this machine: {why}.\n");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "| Where the CPU went | Tracing another Service (us per connection) | Tracing this Service | Difference |\n|---|---|---|---|"
+    );
+    for part in profile::Part::ALL {
+        let (a, b) = (p.other.us_per_connection(part), p.this.us_per_connection(part));
+        let _ = writeln!(o, "| {} | {a:.1} | {b:.1} | {:+.1} |", part.describe(), b - a);
+    }
+    let (a, b) = (p.other.total_us(), p.this.total_us());
+    let _ = writeln!(o, "| **all** | **{a:.1}** | **{b:.1}** | **{:+.1}** |", b - a);
+    let _ = writeln!(
+        o,
+        "| connections in the sampled windows | {} | {} | |\n",
+        p.other.connections, p.this.connections
+    );
 }
 
 fn capacity_section(o: &mut String, c: &Capacity) {
