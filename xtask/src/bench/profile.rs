@@ -126,11 +126,11 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Profile> {
     }
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let dur = Duration::from_secs(p.secs.into());
-    let file = std::env::temp_dir().join(format!("d8-bench-profile-{}.data", std::process::id()));
+    let file = SamplesFile(std::env::temp_dir().join(format!("d8-bench-profile-{}.data", std::process::id())));
     for round in 0..p.rounds {
         for (svc, into) in [(common::OTHER_SVC, &mut p.other), (common::WEB_SVC, &mut p.this)] {
             let tracer = Tracer::start(&env.d8_trace, svc, lab.node_ns())?;
-            let perf = Perf::start(&file)?;
+            let perf = Perf::start(&file.0)?;
             let conns = common::conns_for(lab.client_ns(), web, dur, None);
             // perf stops before d8-trace does: its exit and report are no part of the traffic.
             let stopped = perf.stop();
@@ -138,9 +138,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Profile> {
             stopped?;
             let conns = conns?;
             into.connections += conns.ok;
-            let samples = read_samples(&file);
-            let _ = std::fs::remove_file(&file);
-            for (part, n) in samples? {
+            for (part, n) in read_samples(&file.0)? {
                 *into.samples.entry(part).or_default() += n;
             }
             eprintln!(
@@ -152,6 +150,15 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Profile> {
         }
     }
     Ok(p)
+}
+
+/// perf's samples file, removed on every way out of the section.
+struct SamplesFile(PathBuf);
+
+impl Drop for SamplesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `perf record -a -g` on the whole machine, the bench's own child.
@@ -217,7 +224,7 @@ impl Drop for Perf {
 }
 
 /// The samples in perf's `file`, per part.
-fn read_samples(file: &PathBuf) -> anyhow::Result<BTreeMap<Part, u64>> {
+fn read_samples(file: &Path) -> anyhow::Result<BTreeMap<Part, u64>> {
     let out = Command::new("perf")
         .args(["script", "-F", "comm,ip,sym", "-i"])
         .arg(file)
