@@ -17,10 +17,12 @@ pub(super) struct LivePrinter {
     /// Flows changed since the last flush, in the order they first changed.
     dirty: Vec<u64>,
     dirty_set: std::collections::HashSet<u64>,
-    /// A hash of the last line printed per flow (the lines themselves would be kept for the
-    /// whole trace).
+    /// A hash of what the last line printed per flow read ([`crate::flows::Flow::summary_state`];
+    /// the lines themselves would be kept for the whole trace).
     printed: std::collections::HashMap<u64, u64>,
     hasher: std::hash::RandomState,
+    /// The line being written, reused.
+    line: String,
 }
 
 impl LivePrinter {
@@ -31,6 +33,7 @@ impl LivePrinter {
             dirty_set: Default::default(),
             printed: Default::default(),
             hasher: Default::default(),
+            line: String::new(),
         }
     }
 
@@ -42,17 +45,21 @@ impl LivePrinter {
     }
 
     /// Writes the line of every flow that changed and reads differently now, then flushes `live`
-    /// (a [`LiveQueue`] hands the lines to its writer thread there, in one piece).
+    /// (a [`LiveQueue`] hands the lines to its writer thread there, in one piece). A line is
+    /// formatted only when what it reads changed: most events (a FIN, a socket state, the
+    /// conntrack entry of an answered flow) change nothing a line shows.
     pub(super) fn flush(&mut self, table: &FlowTable, live: &mut dyn Write) {
         if self.dirty.is_empty() {
             return;
         }
         for id in self.dirty.drain(..) {
             let Some(flow) = table.get(id) else { continue };
-            let line = flow.summary_line();
-            let hash = std::hash::BuildHasher::hash_one(&self.hasher, &line);
+            let hash = std::hash::BuildHasher::hash_one(&self.hasher, flow.summary_state());
             if self.printed.insert(id, hash) != Some(hash) {
-                let _ = writeln!(live, "{line}");
+                self.line.clear();
+                flow.write_summary_line(&mut self.line);
+                self.line.push('\n');
+                let _ = live.write_all(self.line.as_bytes());
             }
         }
         self.dirty_set.clear();
@@ -226,24 +233,38 @@ mod tests {
         use d8_common::{hook, kind};
 
         use crate::{
+            events::Protocol,
             events::{
                 decode,
                 testing::{bytes, key, raw},
             },
-            events::Protocol,
             flows::DEFAULT_REPLY_TIMEOUT_NS,
         };
         const FLOWS: u32 = 50_000;
         const PER_DRAIN: u32 = 16;
         const SETTLE_EVERY: u32 = 1_200;
         const GAP_NS: u64 = 80_000;
-        let client = |i: u32| key([10, 244, (i >> 16) as u8, 5], (i & 0xffff) as u16, [10, 96, 0, 10], 80, 6);
+        let client = |i: u32| {
+            key(
+                [10, 244, (i >> 16) as u8, 5],
+                (i & 0xffff) as u16,
+                [10, 96, 0, 10],
+                80,
+                6,
+            )
+        };
         let records = |i: u32, first: bool| -> Vec<Vec<u8>> {
             let ts = u64::from(i) * GAP_NS;
             let k = client(i);
             if first {
                 let mut ct = raw(kind::CT, hook::PRE_ROUTING, k, ts + 1_000);
-                ct.reply = key([10, 244, 2, 7], 8080, [10, 244, (i >> 16) as u8, 5], (i & 0xffff) as u16, 6);
+                ct.reply = key(
+                    [10, 244, 2, 7],
+                    8080,
+                    [10, 244, (i >> 16) as u8, 5],
+                    (i & 0xffff) as u16,
+                    6,
+                );
                 ct.ct_dir = 0;
                 vec![bytes(&raw(kind::NEW, hook::PRE_ROUTING, k, ts)), bytes(&ct)]
             } else if i % 100 == 99 {
@@ -316,7 +337,10 @@ mod tests {
         assert_eq!(ends("=> 10.244.2.7:8080  open"), FLOWS as usize);
         assert_eq!(ends("  established"), FLOWS as usize / 100 * 99);
         assert_eq!(ends("  no answer"), FLOWS as usize / 100);
-        assert_eq!(lines[0], "#1   tcp 10.244.0.5:0 -> 10.96.0.10:80 => 10.244.2.7:8080  open");
+        assert_eq!(
+            lines[0],
+            "#1   tcp 10.244.0.5:0 -> 10.96.0.10:80 => 10.244.2.7:8080  open"
+        );
     }
 
     /// CPU time of the calling thread, in nanoseconds.
