@@ -786,6 +786,40 @@ mod tests {
         assert_eq!(t.flows()[0].outcome, Outcome::Dropped);
     }
 
+    /// `settle` reports the open flows that came due, in id order, and no answered ones; a flow
+    /// that a late event (older than the settled timeout) opens again is due again.
+    #[test]
+    fn settle_times_out_the_open_flows_due_and_those_opened_again() {
+        let mut t = table();
+        for (port, ts) in [(1u16, 20u64), (2, 10), (3, 0), (4, 5)] {
+            apply(
+                &mut t,
+                raw(kind::NEW, hook::PRE_ROUTING, key(CLIENT, port, VIP, 80, 6), ts),
+            );
+        }
+        let mut reply = raw(kind::REPLY, hook::PRE_ROUTING, key(CLIENT, 4, VIP, 80, 6), 6);
+        reply.ct_dir = 1;
+        reply.tcp_flags = 0x12;
+        apply(&mut t, reply);
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS - 1), Vec::<u64>::new());
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS + 10), vec![2, 3]);
+        let late = raw(kind::RETRANS, hook::PRE_ROUTING, key(CLIENT, 3, VIP, 80, 6), 1);
+        assert_eq!(apply(&mut t, late), Some(3));
+        assert_eq!(t.flows()[2].outcome, Outcome::Open);
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS + 30), vec![1, 3]);
+        let outcomes: Vec<Outcome> = t.flows().iter().map(|f| f.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Timeout,
+                Outcome::Timeout,
+                Outcome::Timeout,
+                Outcome::Established
+            ]
+        );
+        assert_eq!(t.settle(u64::MAX), Vec::<u64>::new());
+    }
+
     #[test]
     fn udp_reply_establishes_and_direct_flows_have_no_frontend() {
         let mut t = table();
