@@ -29,7 +29,7 @@ pub enum Outcome {
 }
 
 /// Who sent a RST or an ICMP error, relative to the flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Peer {
     Client,
@@ -167,30 +167,101 @@ impl Flow {
 
     /// One line for the live output: fits 80 columns for IPv4 flows.
     pub fn summary_line(&self) -> String {
-        let path = match (self.frontend, self.backend) {
-            (Some(f), Some(b)) => format!("{} -> {} => {}", self.client, f, b),
-            (Some(f), None) if self.no_dnat => format!("{} -> {} => (no DNAT)", self.client, f),
-            (Some(f), None) => format!("{} -> {}", self.client, f),
-            (None, Some(b)) => format!("{} -> {}", self.client, b),
-            (None, None) => format!("{} -> ?", self.client),
+        let mut line = String::new();
+        self.write_summary_line(&mut line);
+        line
+    }
+
+    /// Appends [`Self::summary_line`] to `out`: the live output writes one for most flows it
+    /// sees, into one buffer, without the Strings of each part.
+    pub fn write_summary_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = write!(out, "#{:<3} {} {} -> ", self.id, self.protocol, self.client);
+        let _ = match (self.frontend, self.backend) {
+            (Some(f), Some(b)) => write!(out, "{f} => {b}"),
+            (Some(f), None) if self.no_dnat => write!(out, "{f} => (no DNAT)"),
+            (Some(f), None) => write!(out, "{f}"),
+            (None, Some(b)) => write!(out, "{b}"),
+            (None, None) => write!(out, "?"),
         };
-        let mut detail = match self.outcome {
-            Outcome::Established => "established".to_string(),
+        out.push_str(match self.outcome {
+            Outcome::Established => "  established",
             Outcome::Reset => match self.resets.first().map(|r| r.by) {
-                Some(Peer::Backend) => "reset by backend".into(),
-                Some(Peer::Client) => "reset by client".into(),
-                Some(Peer::Node) => "reset by node".into(),
-                _ => "reset".into(),
+                Some(Peer::Backend) => "  reset by backend",
+                Some(Peer::Client) => "  reset by client",
+                Some(Peer::Node) => "  reset by node",
+                _ => "  reset",
             },
-            Outcome::Rejected => "rejected".into(),
-            Outcome::Dropped => "dropped".into(),
-            Outcome::Timeout => "no answer".into(),
-            Outcome::Open => "open".into(),
-        };
+            Outcome::Rejected => "  rejected",
+            Outcome::Dropped => "  dropped",
+            Outcome::Timeout => "  no answer",
+            Outcome::Open => "  open",
+        });
         if let Some(reason) = self.drop_reason() {
-            detail.push_str(&format!(" ({reason})"));
+            let _ = write!(out, " ({reason})");
         }
-        format!("#{:<3} {} {}  {}", self.id, self.protocol, path, detail)
+    }
+
+    /// Everything [`Self::summary_line`] reads that can change once the flow started (its id,
+    /// protocol and client never do; its first reset and first drop, once there, stay first):
+    /// two equal states read the same line, so the live output formats a line only when this
+    /// changed.
+    pub fn summary_state(&self) -> SummaryState {
+        SummaryState {
+            frontend: self.frontend,
+            backend: self.backend,
+            no_dnat: self.no_dnat,
+            outcome: self.outcome,
+            first_reset_by: self.resets.first().map(|r| r.by),
+            dropped: !self.drops.is_empty(),
+        }
+    }
+}
+
+/// See [`Flow::summary_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SummaryState {
+    frontend: Option<SocketAddr>,
+    backend: Option<SocketAddr>,
+    no_dnat: bool,
+    outcome: Outcome,
+    first_reset_by: Option<Peer>,
+    dropped: bool,
+}
+
+/// What [`FlowTable::apply`] can change in a flow: compared before and after an event to tell
+/// whether it changed anything, instead of a clone of the whole flow (its Vecs and Strings) per
+/// event. The Vecs only ever grow, so their lengths stand for them.
+#[derive(Debug, PartialEq)]
+struct Changeable {
+    last_ns: u64,
+    backend: Option<SocketAddr>,
+    snat_client: Option<SocketAddr>,
+    no_dnat: bool,
+    handshake: Handshake,
+    ct_status: u32,
+    outcome: Outcome,
+    lens: [usize; 4],
+}
+
+impl Changeable {
+    fn of(f: &Flow) -> Self {
+        Self {
+            last_ns: f.last_ns,
+            backend: f.backend,
+            snat_client: f.snat_client,
+            no_dnat: f.no_dnat,
+            handshake: f.handshake,
+            ct_status: f.ct_status,
+            outcome: f.outcome,
+            lens: [
+                f.resets.len(),
+                f.drops.len(),
+                f.icmp_errors.len(),
+                f.socket_states.len(),
+            ],
+        }
     }
 }
 
@@ -217,6 +288,11 @@ pub struct FlowTable {
     node_ips: Vec<IpAddr>,
     drop_names: crate::kernel::DropReasons,
     next_id: u64,
+    /// (`first_ns` + reply timeout, id) of the flows that were open when last applied: the only
+    /// ones whose outcome time alone can change (to `timeout`), soonest first, so that
+    /// [`Self::settle`] looks at the flows due rather than at every flow. Entries of flows that
+    /// were answered, evicted or retained away meanwhile are dropped when they come due.
+    deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>,
     /// At most this many flows are kept; the oldest are evicted (and counted) beyond it.
     max_flows: usize,
     evicted: u64,
@@ -240,6 +316,7 @@ impl FlowTable {
             node_ips,
             drop_names,
             next_id: 1,
+            deadlines: Default::default(),
             max_flows: 100_000,
             evicted: 0,
             reply_timeout_ns: DEFAULT_REPLY_TIMEOUT_NS,
@@ -312,6 +389,8 @@ impl FlowTable {
             outcome: Outcome::Open,
         };
         self.next_id += 1;
+        self.deadlines
+            .push(std::cmp::Reverse((self.deadline_of(&flow), flow.id)));
         self.flows.push(flow);
         let index = self.flows.len() - 1;
         self.current.insert(flow_tuple, index);
@@ -322,13 +401,18 @@ impl FlowTable {
         flow.tuple()
     }
 
-    /// Who an address is, relative to `flow`.
-    fn peer(&self, flow: &Flow, addr: IpAddr) -> Peer {
+    /// When an open `flow` times out.
+    fn deadline_of(&self, flow: &Flow) -> u64 {
+        flow.first_ns.saturating_add(self.reply_timeout_ns)
+    }
+
+    /// Who an address is, relative to `flow`, on a node with addresses `node_ips`.
+    fn peer(node_ips: &[IpAddr], flow: &Flow, addr: IpAddr) -> Peer {
         if addr == flow.client.ip() || flow.snat_client.is_some_and(|c| c.ip() == addr) {
             Peer::Client
         } else if flow.backend.is_some_and(|b| b.ip() == addr) && !flow.no_dnat {
             Peer::Backend
-        } else if flow.frontend.is_some_and(|f| f.ip() == addr) || self.node_ips.contains(&addr) {
+        } else if flow.frontend.is_some_and(|f| f.ip() == addr) || node_ips.contains(&addr) {
             // A packet "from the frontend" that DNAT did not translate was made by the node.
             Peer::Node
         } else {
@@ -345,7 +429,17 @@ impl FlowTable {
             // Any first sight of a flow starts it: it may have begun before tracing.
             (None, _) => self.start(ev),
         };
-        let mut flow = self.flows[index].clone();
+        #[cfg(debug_assertions)]
+        let before_all = self.flows[index].clone();
+        let Self {
+            flows,
+            node_ips,
+            drop_names,
+            reply_timeout_ns,
+            ..
+        } = self;
+        let flow = &mut flows[index];
+        let before = Changeable::of(flow);
         flow.last_ns = flow.last_ns.max(ev.ts_ns);
         let at_ms = flow.ms_since_start(ev.ts_ns);
         match &ev.kind {
@@ -374,7 +468,7 @@ impl FlowTable {
             }
             Kind::Rst { from } => {
                 let by = if ev.reply_direction == Some(true) {
-                    match self.peer(&flow, from.ip()) {
+                    match Self::peer(node_ips, flow, from.ip()) {
                         Peer::Client | Peer::Unknown => Peer::Backend,
                         other => other,
                     }
@@ -403,7 +497,7 @@ impl FlowTable {
                 before_conntrack,
                 ..
             } => {
-                let reason = self.drop_names.name(*reason);
+                let reason = drop_names.name(*reason);
                 // Once a TCP exchange was answered and a FIN was seen, the peers' sockets in
                 // CLOSE_WAIT/LAST_ACK free the bare ACKs that reach them with kfree_skb and no
                 // reason (`tcp_rcv_state_process`'s discard path): delivered, not lost.
@@ -421,7 +515,7 @@ impl FlowTable {
                 }
             }
             Kind::SendReset { from } => {
-                let by = self.peer(&flow, from.ip());
+                let by = Self::peer(node_ips, flow, from.ip());
                 if !flow.resets.iter().any(|r| r.by == by) {
                     flow.resets.push(Reset {
                         by,
@@ -432,7 +526,7 @@ impl FlowTable {
             }
             Kind::ReceiveReset { socket } => {
                 // The RST came from the other end of this socket.
-                let by = match self.peer(&flow, socket.ip()) {
+                let by = match Self::peer(node_ips, flow, socket.ip()) {
                     Peer::Client => {
                         if flow.backend.is_some() && !flow.no_dnat {
                             Peer::Backend
@@ -457,35 +551,50 @@ impl FlowTable {
                 at_ms,
             }),
         }
-        flow.outcome = flow.outcome_at(flow.last_ns, self.reply_timeout_ns);
-        let changed = flow != self.flows[index];
+        flow.outcome = flow.outcome_at(flow.last_ns, *reply_timeout_ns);
+        let changed = Changeable::of(flow) != before;
+        #[cfg(debug_assertions)]
+        assert_eq!(changed, *flow != before_all, "Changeable misses a field apply changed");
         let id = flow.id;
-        self.flows[index] = flow;
+        if flow.outcome == Outcome::Open && before.outcome != Outcome::Open {
+            // Open again (a late event, older than a settled timeout): due again.
+            let due = self.deadline_of(&self.flows[index]);
+            self.deadlines.push(std::cmp::Reverse((due, id)));
+        }
         changed.then_some(id)
     }
 
     /// Settles every flow's outcome at kernel time `now_ns` (timeouts); returns the ids of flows
-    /// whose outcome changed.
+    /// whose outcome changed, in id order. `now_ns` never goes back (the monotonic clock): only
+    /// open flows due by then can change, and only those are looked at.
     pub fn settle(&mut self, now_ns: u64) -> Vec<u64> {
         let timeout = self.reply_timeout_ns;
         let mut changed = Vec::new();
-        for flow in &mut self.flows {
+        while let Some(&std::cmp::Reverse((due, id))) = self.deadlines.peek() {
+            if due > now_ns {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(i) = self.index_of(id) else { continue };
+            let flow = &mut self.flows[i];
             let outcome = flow.outcome_at(now_ns, timeout);
-            if outcome != flow.outcome {
+            if flow.outcome == Outcome::Open && outcome != flow.outcome {
                 flow.outcome = outcome;
-                changed.push(flow.id);
+                changed.push(id);
             }
         }
+        changed.sort_unstable();
         changed
     }
 
     pub fn get(&self, id: u64) -> Option<&Flow> {
+        self.index_of(id).map(|i| &self.flows[i])
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
         // Ids grow with every flow started and flows stay in start order (eviction and
         // `retain` remove, never reorder): a binary search, not a scan per event.
-        self.flows
-            .binary_search_by_key(&id, |f| f.id)
-            .ok()
-            .map(|i| &self.flows[i])
+        self.flows.binary_search_by_key(&id, |f| f.id).ok()
     }
 
     /// Keeps only the flows `keep` accepts (long-running captures forget flows they reported).
@@ -675,6 +784,40 @@ mod tests {
         drop.reason = 12;
         apply(&mut t, drop);
         assert_eq!(t.flows()[0].outcome, Outcome::Dropped);
+    }
+
+    /// `settle` reports the open flows that came due, in id order, and no answered ones; a flow
+    /// that a late event (older than the settled timeout) opens again is due again.
+    #[test]
+    fn settle_times_out_the_open_flows_due_and_those_opened_again() {
+        let mut t = table();
+        for (port, ts) in [(1u16, 20u64), (2, 10), (3, 0), (4, 5)] {
+            apply(
+                &mut t,
+                raw(kind::NEW, hook::PRE_ROUTING, key(CLIENT, port, VIP, 80, 6), ts),
+            );
+        }
+        let mut reply = raw(kind::REPLY, hook::PRE_ROUTING, key(CLIENT, 4, VIP, 80, 6), 6);
+        reply.ct_dir = 1;
+        reply.tcp_flags = 0x12;
+        apply(&mut t, reply);
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS - 1), Vec::<u64>::new());
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS + 10), vec![2, 3]);
+        let late = raw(kind::RETRANS, hook::PRE_ROUTING, key(CLIENT, 3, VIP, 80, 6), 1);
+        assert_eq!(apply(&mut t, late), Some(3));
+        assert_eq!(t.flows()[2].outcome, Outcome::Open);
+        assert_eq!(t.settle(DEFAULT_REPLY_TIMEOUT_NS + 30), vec![1, 3]);
+        let outcomes: Vec<Outcome> = t.flows().iter().map(|f| f.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Timeout,
+                Outcome::Timeout,
+                Outcome::Timeout,
+                Outcome::Established
+            ]
+        );
+        assert_eq!(t.settle(u64::MAX), Vec::<u64>::new());
     }
 
     #[test]
