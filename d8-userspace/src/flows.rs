@@ -505,7 +505,15 @@ impl FlowTable {
                     && flow.protocol == Protocol::Tcp
                     && flow.handshake.reply
                     && flow.handshake.fin;
-                if !BENIGN_DROP_REASONS.contains(&reason.as_str()) && !teardown {
+                // Once a TCP exchange was answered, a segment the receiver discards as an old
+                // duplicate (arrived behind its own retransmission, or retransmitted after it
+                // arrived) is TCP at work, not a packet the path lost: a slow guest reordered one
+                // on a flow that completed, and its report read `drop_reason: TCP_RFC7323_PAWS`.
+                // Before an answer (a SYN PAWS refuses: clients behind one SNAT address) it stays.
+                let old_duplicate = OLD_DUPLICATE_REASONS.contains(&reason.as_str())
+                    && flow.protocol == Protocol::Tcp
+                    && flow.handshake.reply;
+                if !BENIGN_DROP_REASONS.contains(&reason.as_str()) && !teardown && !old_duplicate {
                     flow.drops.push(Drop {
                         reason,
                         after_hook: ev.hook,
@@ -631,6 +639,10 @@ const TCP_RST: u8 = 0x04;
 /// `kfree_skb` reasons that are housekeeping after delivery, not a packet lost on the path: a
 /// socket's queue freed when it closes.
 const BENIGN_DROP_REASONS: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE", "NOT_DROPPED_YET", "SKB_CONSUMED"];
+
+/// `kfree_skb` reasons of a TCP receiver discarding an old duplicate segment: PAWS (RFC 7323's
+/// timestamps), data or a sequence already received, an ACK older than what was acknowledged.
+const OLD_DUPLICATE_REASONS: &[&str] = &["TCP_RFC7323_PAWS", "TCP_OLD_DATA", "TCP_OLD_SEQUENCE", "TCP_OLD_ACK"];
 
 #[cfg(test)]
 mod tests {
@@ -770,6 +782,40 @@ mod tests {
         unreachable.aux = node.octets();
         apply(&mut t, unreachable);
         assert_eq!(t.flows()[0].outcome, Outcome::Rejected);
+    }
+
+    #[test]
+    fn an_old_duplicate_discarded_after_the_answer_is_no_drop_but_one_before_it_is() {
+        let names = crate::kernel::DropReasons::from_names([(68, "TCP_RFC7323_PAWS"), (5, "NETFILTER_DROP")]);
+        let mut t = FlowTable::new([(Protocol::Tcp, "10.96.0.10:80".parse().unwrap())], Vec::new(), names);
+        let drop = |sport: u16, reason: u32, at: u64| {
+            let mut d = raw(kind::DROP, hook::PRE_ROUTING, key(CLIENT, sport, VIP, 80, 6), at);
+            d.reason = reason;
+            d
+        };
+        // Answered, then a reordered old segment: no drop, a healthy flow.
+        apply(
+            &mut t,
+            raw(kind::NEW, hook::PRE_ROUTING, key(CLIENT, 41000, VIP, 80, 6), 0),
+        );
+        apply(
+            &mut t,
+            raw(kind::REPLY, hook::PRE_ROUTING, key(CLIENT, 41000, VIP, 80, 6), 1),
+        );
+        apply(&mut t, drop(41000, 68, 2));
+        assert!(t.flows()[0].drops.is_empty(), "{:?}", t.flows()[0].drops);
+        assert_eq!(t.flows()[0].outcome, Outcome::Established);
+        // A drop of another reason after the answer is still one.
+        apply(&mut t, drop(41000, 5, 3));
+        assert_eq!(t.flows()[0].drops[0].reason, "NETFILTER_DROP");
+        // PAWS refusing an unanswered SYN is the flow's drop.
+        apply(
+            &mut t,
+            raw(kind::NEW, hook::PRE_ROUTING, key(CLIENT, 41001, VIP, 80, 6), 4),
+        );
+        apply(&mut t, drop(41001, 68, 5));
+        assert_eq!(t.flows()[1].drops[0].reason, "TCP_RFC7323_PAWS");
+        assert_eq!(t.flows()[1].outcome, Outcome::Dropped);
     }
 
     #[test]

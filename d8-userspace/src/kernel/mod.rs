@@ -67,6 +67,14 @@ impl DropReasons {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
+
+    /// Names for a test's reasons, as a kernel's BTF would give them (prefix stripped).
+    #[cfg(test)]
+    pub fn from_names<'a>(names: impl IntoIterator<Item = (u32, &'a str)>) -> Self {
+        Self {
+            names: names.into_iter().map(|(v, n)| (v, n.to_string())).collect(),
+        }
+    }
 }
 
 /// The programs' configuration without conntrack's layout, as the TC hook set runs where
