@@ -550,6 +550,21 @@ fn others_ticks() -> HashMap<u32, u64> {
         .collect()
 }
 
+/// Why `tool` cannot run here, with `hint` on how to get it (`None`: `tool --version` works): a
+/// section that needs a tool the machine lacks is skipped by name, not failed.
+pub fn missing_tool(tool: &str, hint: &str) -> Option<String> {
+    match Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!("`{tool} --version` failed ({s})")),
+        Err(e) => Some(format!("{tool} not found ({e}); {hint}")),
+    }
+}
+
 /// CPU time (user + system) of process `pid` so far.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;

@@ -100,16 +100,7 @@ pub struct Profile {
 
 /// Why perf cannot sample here (`None`: it can).
 pub fn unavailable() -> Option<String> {
-    match Command::new("perf")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => None,
-        Ok(s) => Some(format!("`perf --version` failed ({s})")),
-        Err(e) => Some(format!("perf not found ({e}); `cargo xtask setup` installs linux-perf")),
-    }
+    common::missing_tool("perf", "`cargo xtask setup` installs linux-perf")
 }
 
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Profile> {

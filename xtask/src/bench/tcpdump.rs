@@ -14,16 +14,7 @@ use anyhow::{Context as _, bail};
 /// Why the tcpdump rounds cannot run here (`None`: they can): tcpdump is not in every lab or CI
 /// image, and a missing one skips those rounds by name instead of failing the benchmark.
 pub fn unavailable() -> Option<String> {
-    match Command::new("tcpdump")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(s) if s.success() => None,
-        Ok(s) => Some(format!("`tcpdump --version` failed ({s})")),
-        Err(e) => Some(format!("tcpdump not found ({e})")),
-    }
+    super::common::missing_tool("tcpdump", "`cargo xtask setup` installs it")
 }
 
 pub struct Tcpdump {
