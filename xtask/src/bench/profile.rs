@@ -129,7 +129,10 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Profile> {
             stopped?;
             let conns = conns?;
             into.connections += conns.ok;
-            for (part, n) in read_samples(&file.0)? {
+            let samples = read_samples(&file.0);
+            // Gone before the next round: perf would keep an existing file as `<file>.old`.
+            file.remove();
+            for (part, n) in samples? {
                 *into.samples.entry(part).or_default() += n;
             }
             eprintln!(
@@ -146,9 +149,15 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Profile> {
 /// perf's samples file, removed on every way out of the section.
 struct SamplesFile(PathBuf);
 
+impl SamplesFile {
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 impl Drop for SamplesFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.remove();
     }
 }
 
