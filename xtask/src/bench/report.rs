@@ -163,8 +163,22 @@ impl Machine {
             .unwrap_or_default()
             .trim()
             .to_string();
-        let dirty = common::output("git", &["-C", root, "status", "--porcelain", "--untracked-files=no"])
-            .is_ok_and(|s| !s.trim().is_empty());
+        // BENCHMARKS.md itself is no change to what is measured: a second run back to back finds
+        // the first one's report there, uncommitted.
+        let dirty = common::output(
+            "git",
+            &[
+                "-C",
+                root,
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)BENCHMARKS.md",
+            ],
+        )
+        .is_ok_and(|s| !s.trim().is_empty());
         Self {
             date: common::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
                 .unwrap_or_default()
