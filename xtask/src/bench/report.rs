@@ -276,7 +276,39 @@ pub const MIN_JUDGED_CALLS_PER_SEC: u64 = 1_000;
 /// name starts with `floor` (`nf_empty`: nf_pre/nf_post; `tp_empty`: the tracepoints), among
 /// those called at least [`MIN_JUDGED_CALLS_PER_SEC`] times a second.
 fn worst_ratio(h: &Hooks, traced: bool, floor: &str) -> Option<(f64, String)> {
-    let mut worst: Option<(f64, String)> = None;
+    worst_row(h, traced, floor).map(|w| (w.ratio(), w.detail()))
+}
+
+/// The row a per-invocation target is judged on: which program in which traffic, its time per
+/// invocation and its empty program's.
+#[derive(Debug, Clone, PartialEq)]
+struct WorstRow {
+    program: String,
+    traffic: &'static str,
+    ns: f64,
+    floor_ns: f64,
+}
+
+impl WorstRow {
+    fn ratio(&self) -> f64 {
+        self.ns / self.floor_ns
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "{} on {}: {:.0} ns vs {:.0} ns",
+            self.program, self.traffic, self.ns, self.floor_ns
+        )
+    }
+
+    fn label(&self) -> String {
+        format!("{} on {}", self.program, self.traffic)
+    }
+}
+
+/// [`worst_ratio`]'s row.
+fn worst_row(h: &Hooks, traced: bool, floor: &str) -> Option<WorstRow> {
+    let mut worst: Option<WorstRow> = None;
     let min_runs = MIN_JUDGED_CALLS_PER_SEC * u64::from(h.secs);
     for s in h
         .scenarios
@@ -288,18 +320,76 @@ fn worst_ratio(h: &Hooks, traced: bool, floor: &str) -> Option<(f64, String)> {
             .iter()
             .filter(|r| r.floor.is_some_and(|f| f.starts_with(floor)) && r.runs >= min_runs)
         {
-            if let Some(floor) = s.floor_of(r) {
-                let ratio = r.ns_per_run / floor;
-                if ratio.is_finite() && worst.as_ref().is_none_or(|(w, _)| ratio > *w) {
-                    worst = Some((
-                        ratio,
-                        format!("{} on {}: {:.0} ns vs {:.0} ns", r.name, s.traffic, r.ns_per_run, floor),
-                    ));
+            if let Some(floor_ns) = s.floor_of(r) {
+                let row = WorstRow {
+                    program: r.name.clone(),
+                    traffic: s.traffic,
+                    ns: r.ns_per_run,
+                    floor_ns,
+                };
+                if row.ratio().is_finite() && worst.as_ref().is_none_or(|w| row.ratio() > w.ratio()) {
+                    worst = Some(row);
                 }
             }
         }
     }
     worst
+}
+
+/// The per-invocation targets: (key, traced, floor prefix).
+const HOOK_TARGETS: [(&str, bool, &str); 3] = [
+    ("hook_untraced", false, "nf_empty"),
+    ("hook_traced", true, "nf_empty"),
+    ("tracepoint_untraced", false, "tp_empty"),
+];
+
+/// The judged rows of the per-invocation targets, for the next run's [`floor_moved`].
+fn hook_parts(h: &Hooks) -> serde_json::Value {
+    let mut parts = serde_json::Map::new();
+    for (key, traced, floor) in HOOK_TARGETS {
+        if let Some(w) = worst_row(h, traced, floor) {
+            parts.insert(
+                key.into(),
+                serde_json::json!({"row": w.label(), "ns": w.ns, "floor_ns": w.floor_ns}),
+            );
+        }
+    }
+    serde_json::Value::Object(parts)
+}
+
+/// A sentence per per-invocation ratio that moved more than [`AGREE`] from the previous run's
+/// while the same program in the same traffic took a time within it: the ratio moved with its
+/// denominator, the empty program's mean (which a cold cache or another host's load moves).
+fn floor_moved(h: &Hooks, prev: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let mut said = Vec::new();
+    let Some(before) = prev.get("hook_parts").and_then(|v| v.as_object()) else {
+        return said;
+    };
+    for (key, traced, floor) in HOOK_TARGETS {
+        let (Some(now), Some(then)) = (worst_row(h, traced, floor), before.get(key)) else {
+            continue;
+        };
+        let field = |name: &str| then.get(name).and_then(|v| v.as_f64());
+        let (Some(ns), Some(floor_ns)) = (field("ns"), field("floor_ns")) else {
+            continue;
+        };
+        if then.get("row").and_then(|v| v.as_str()) != Some(now.label().as_str()) {
+            continue;
+        }
+        let moved = |a: f64, b: f64| change_cell(Some(a), Some(b)).is_some_and(|(_, agrees)| !agrees);
+        if moved(now.ratio(), ns / floor_ns) && !moved(now.ns, ns) && moved(now.floor_ns, floor_ns) {
+            said.push(format!(
+                "The worst per-invocation ratio ({key}, {}) moved with its empty program: {:.0} ns against {:.0} \
+                 before, while the program itself took {:.0} ns against {:.0}.",
+                now.label(),
+                now.floor_ns,
+                floor_ns,
+                now.ns,
+                ns
+            ));
+        }
+    }
+    said
 }
 
 /// The on/off of the datapath round with empty programs at d8-trace's hooks (`runs`, against the
@@ -692,6 +782,9 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
         if let Some(speed) = r.datapath.as_ref().and_then(|d| machine_speed(d, &prev)) {
             let _ = writeln!(o, "\n{speed}");
         }
+        for why in r.hooks.as_ref().map(|h| floor_moved(h, &prev)).unwrap_or_default() {
+            let _ = writeln!(o, "\n{why}");
+        }
     } else {
         let _ = writeln!(o, "\nMissed targets are explained in the notes at the end.");
     }
@@ -700,6 +793,9 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
             "off_speed".into(),
             serde_json::json!({"iperf_gbits": common::median(&d.off), "conn_per_s": common::median(&d.conn_off)}),
         );
+    }
+    if let Some(h) = &r.hooks {
+        figures.insert("hook_parts".into(), hook_parts(h));
     }
     if let Some(busy) = busy {
         figures.insert("busy".into(), serde_json::Value::String(busy));
@@ -1450,6 +1546,59 @@ mod tests {
         assert_eq!(ratio, 1.5, "{detail}");
         assert!(detail.starts_with("inet_sock_set_state"), "{detail}");
         assert_eq!(worst_ratio(&hooks, true, "nf_empty"), None);
+    }
+
+    #[test]
+    fn a_ratio_that_moved_with_its_empty_program_is_said() {
+        let hooks = |ns: f64, floor_ns: f64| Hooks {
+            secs: 5,
+            scenarios: vec![Scenario {
+                traffic: "short connections",
+                traced: false,
+                debug_kernel: false,
+                pcap: false,
+                svc: "bench/other",
+                ipv6: false,
+                rows: vec![ProgRow {
+                    name: "nf_pre".into(),
+                    runs: 500_000,
+                    ns_per_run: ns,
+                    floor: Some("nf_empty@pre"),
+                }],
+                floor_nf: vec![ProgRow {
+                    name: "nf_empty@pre".into(),
+                    runs: 500_000,
+                    ns_per_run: floor_ns,
+                    floor: None,
+                }],
+                floor_tp: Vec::new(),
+                connections: None,
+            }],
+        };
+        let prev = |h: &Hooks| {
+            serde_json::json!({"hook_parts": hook_parts(h)})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        // 100/63 -> 97/54: the ratio moved 13 %, the program 3 %, its empty program 14 %.
+        let said = floor_moved(&hooks(97.0, 54.0), &prev(&hooks(100.0, 63.0)));
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains(
+                "(hook_untraced, nf_pre on short connections) moved with its empty program: 54 ns against 63"
+            ),
+            "{}",
+            said[0]
+        );
+        // The program itself slower: nothing to excuse.
+        assert!(floor_moved(&hooks(120.0, 63.0), &prev(&hooks(100.0, 63.0))).is_empty());
+        // Within 10 %: nothing to say.
+        assert!(floor_moved(&hooks(100.0, 60.0), &prev(&hooks(100.0, 63.0))).is_empty());
+        // Another row judged now: not the same figure.
+        let mut other = hooks(97.0, 54.0);
+        other.scenarios[0].traffic = "bulk TCP";
+        assert!(floor_moved(&other, &prev(&hooks(100.0, 63.0))).is_empty());
     }
 
     #[test]
