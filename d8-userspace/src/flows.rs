@@ -498,22 +498,7 @@ impl FlowTable {
                 ..
             } => {
                 let reason = drop_names.name(*reason);
-                // Once a TCP exchange was answered and a FIN was seen, the peers' sockets in
-                // CLOSE_WAIT/LAST_ACK free the bare ACKs that reach them with kfree_skb and no
-                // reason (`tcp_rcv_state_process`'s discard path): delivered, not lost.
-                let teardown = reason == "NOT_SPECIFIED"
-                    && flow.protocol == Protocol::Tcp
-                    && flow.handshake.reply
-                    && flow.handshake.fin;
-                // Once a TCP exchange was answered, a segment the receiver discards as an old
-                // duplicate (arrived behind its own retransmission, or retransmitted after it
-                // arrived) is TCP at work, not a packet the path lost: a slow guest reordered one
-                // on a flow that completed, and its report read `drop_reason: TCP_RFC7323_PAWS`.
-                // Before an answer (a SYN PAWS refuses: clients behind one SNAT address) it stays.
-                let old_duplicate = OLD_DUPLICATE_REASONS.contains(&reason.as_str())
-                    && flow.protocol == Protocol::Tcp
-                    && flow.handshake.reply;
-                if !BENIGN_DROP_REASONS.contains(&reason.as_str()) && !teardown && !old_duplicate {
+                if !delivered_not_lost(&reason, flow) {
                     flow.drops.push(Drop {
                         reason,
                         after_hook: ev.hook,
@@ -639,6 +624,24 @@ const TCP_RST: u8 = 0x04;
 /// `kfree_skb` reasons that are housekeeping after delivery, not a packet lost on the path: a
 /// socket's queue freed when it closes.
 const BENIGN_DROP_REASONS: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE", "NOT_DROPPED_YET", "SKB_CONSUMED"];
+
+/// Whether a `kfree_skb` of `flow`'s with `reason` freed a packet that was delivered or is TCP at
+/// work, not one the path lost (no drop of the flow):
+/// - housekeeping after delivery ([`BENIGN_DROP_REASONS`]);
+/// - once a TCP exchange was answered and a FIN was seen, the peers' sockets in
+///   CLOSE_WAIT/LAST_ACK free the bare ACKs that reach them with no reason
+///   (`tcp_rcv_state_process`'s discard path);
+/// - once a TCP exchange was answered, a segment the receiver discards as an old duplicate
+///   ([`OLD_DUPLICATE_REASONS`]: arrived behind its own retransmission, or retransmitted after it
+///   arrived). A slow guest reordered one on a flow that completed, and its report read
+///   `drop_reason: TCP_RFC7323_PAWS`. Before an answer (a SYN PAWS refuses: clients behind one
+///   SNAT address) it is a drop.
+fn delivered_not_lost(reason: &str, flow: &Flow) -> bool {
+    let answered_tcp = flow.protocol == Protocol::Tcp && flow.handshake.reply;
+    BENIGN_DROP_REASONS.contains(&reason)
+        || (answered_tcp && reason == "NOT_SPECIFIED" && flow.handshake.fin)
+        || (answered_tcp && OLD_DUPLICATE_REASONS.contains(&reason))
+}
 
 /// `kfree_skb` reasons of a TCP receiver discarding an old duplicate segment: PAWS (RFC 7323's
 /// timestamps), data or a sequence already received, an ACK older than what was acknowledged.

@@ -272,13 +272,6 @@ struct Target {
 /// core either way. The drop scenario (about 20,000 `kfree_skb` a second) judges the drop path.
 pub const MIN_JUDGED_CALLS_PER_SEC: u64 = 1_000;
 
-/// Worst ratio to their floor, over the scenarios with `traced`, of the programs whose floor's
-/// name starts with `floor` (`nf_empty`: nf_pre/nf_post; `tp_empty`: the tracepoints), among
-/// those called at least [`MIN_JUDGED_CALLS_PER_SEC`] times a second.
-fn worst_ratio(h: &Hooks, traced: bool, floor: &str) -> Option<(f64, String)> {
-    worst_row(h, traced, floor).map(|w| (w.ratio(), w.detail()))
-}
-
 /// The row a per-invocation target is judged on: which program in which traffic, its time per
 /// invocation and its empty program's.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,7 +299,9 @@ impl WorstRow {
     }
 }
 
-/// [`worst_ratio`]'s row.
+/// The row with the worst ratio to its floor, over the scenarios with `traced`, of the programs
+/// whose floor's name starts with `floor` (`nf_empty`: nf_pre/nf_post; `tp_empty`: the
+/// tracepoints), among those called at least [`MIN_JUDGED_CALLS_PER_SEC`] times a second.
 fn worst_row(h: &Hooks, traced: bool, floor: &str) -> Option<WorstRow> {
     let mut worst: Option<WorstRow> = None;
     let min_runs = MIN_JUDGED_CALLS_PER_SEC * u64::from(h.secs);
@@ -336,20 +331,47 @@ fn worst_row(h: &Hooks, traced: bool, floor: &str) -> Option<WorstRow> {
     worst
 }
 
-/// The per-invocation targets: (key, traced, floor prefix).
-const HOOK_TARGETS: [(&str, bool, &str); 3] = [
-    ("hook_untraced", false, "nf_empty"),
-    ("hook_traced", true, "nf_empty"),
-    ("tracepoint_untraced", false, "tp_empty"),
+/// A per-invocation target: the worst ratio of the programs whose floor's name starts with
+/// `floor`, over the scenarios with `traced`, at most `limit`.
+struct HookTarget {
+    key: &'static str,
+    what: &'static str,
+    traced: bool,
+    floor: &'static str,
+    limit: f64,
+}
+
+const HOOK_TARGETS: [HookTarget; 3] = [
+    HookTarget {
+        key: "hook_untraced",
+        what: "Per invocation, untraced traffic <= 1.5x the empty program",
+        traced: false,
+        floor: "nf_empty",
+        limit: 1.5,
+    },
+    HookTarget {
+        key: "hook_traced",
+        what: "Per invocation, traced traffic <= 3x the empty program",
+        traced: true,
+        floor: "nf_empty",
+        limit: 3.0,
+    },
+    HookTarget {
+        key: "tracepoint_untraced",
+        what: "Machine-wide tracepoints, untraced sockets and packets <= 2x an empty tracepoint program",
+        traced: false,
+        floor: "tp_empty",
+        limit: 2.0,
+    },
 ];
 
 /// The judged rows of the per-invocation targets, for the next run's [`floor_moved`].
 fn hook_parts(h: &Hooks) -> serde_json::Value {
     let mut parts = serde_json::Map::new();
-    for (key, traced, floor) in HOOK_TARGETS {
-        if let Some(w) = worst_row(h, traced, floor) {
+    for target in HOOK_TARGETS {
+        if let Some(w) = worst_row(h, target.traced, target.floor) {
             parts.insert(
-                key.into(),
+                target.key.into(),
                 serde_json::json!({"row": w.label(), "ns": w.ns, "floor_ns": w.floor_ns}),
             );
         }
@@ -365,8 +387,8 @@ fn floor_moved(h: &Hooks, prev: &serde_json::Map<String, serde_json::Value>) -> 
     let Some(before) = prev.get("hook_parts").and_then(|v| v.as_object()) else {
         return said;
     };
-    for (key, traced, floor) in HOOK_TARGETS {
-        let (Some(now), Some(then)) = (worst_row(h, traced, floor), before.get(key)) else {
+    for target in HOOK_TARGETS {
+        let (Some(now), Some(then)) = (worst_row(h, target.traced, target.floor), before.get(target.key)) else {
             continue;
         };
         let field = |name: &str| then.get(name).and_then(|v| v.as_f64());
@@ -379,8 +401,9 @@ fn floor_moved(h: &Hooks, prev: &serde_json::Map<String, serde_json::Value>) -> 
         let moved = |a: f64, b: f64| change_cell(Some(a), Some(b)).is_some_and(|(_, agrees)| !agrees);
         if moved(now.ratio(), ns / floor_ns) && !moved(now.ns, ns) && moved(now.floor_ns, floor_ns) {
             said.push(format!(
-                "The worst per-invocation ratio ({key}, {}) moved with its empty program: {:.0} ns against {:.0} \
+                "The worst per-invocation ratio ({}, {}) moved with its empty program: {:.0} ns against {:.0} \
                  before, while the program itself took {:.0} ns against {:.0}.",
+                target.key,
                 now.label(),
                 now.floor_ns,
                 floor_ns,
@@ -523,32 +546,17 @@ fn targets(r: &Results) -> Vec<Target> {
         });
     }
     if let Some(h) = &r.hooks {
-        if let Some((ratio, detail)) = worst_ratio(h, false, "nf_empty") {
-            t.push(Target {
-                key: "hook_untraced",
-                what: "Per invocation, untraced traffic <= 1.5x the empty program",
-                measured: format!("{ratio:.2}x (worst: {detail})"),
-                value: Some(ratio),
-                met: Some(ratio <= 1.5),
-            });
-        }
-        if let Some((ratio, detail)) = worst_ratio(h, true, "nf_empty") {
-            t.push(Target {
-                key: "hook_traced",
-                what: "Per invocation, traced traffic <= 3x the empty program",
-                measured: format!("{ratio:.2}x (worst: {detail})"),
-                value: Some(ratio),
-                met: Some(ratio <= 3.0),
-            });
-        }
-        if let Some((ratio, detail)) = worst_ratio(h, false, "tp_empty") {
-            t.push(Target {
-                key: "tracepoint_untraced",
-                what: "Machine-wide tracepoints, untraced sockets and packets <= 2x an empty tracepoint program",
-                measured: format!("{ratio:.2}x (worst: {detail})"),
-                value: Some(ratio),
-                met: Some(ratio <= 2.0),
-            });
+        for target in HOOK_TARGETS {
+            if let Some(w) = worst_row(h, target.traced, target.floor) {
+                let ratio = w.ratio();
+                t.push(Target {
+                    key: target.key,
+                    what: target.what,
+                    measured: format!("{ratio:.2}x (worst: {})", w.detail()),
+                    value: Some(ratio),
+                    met: Some(ratio <= target.limit),
+                });
+            }
         }
     }
     if let Some(c) = &r.capacity {
@@ -1455,6 +1463,11 @@ fn daemon_section(o: &mut String, d: &DaemonBench) {
 mod tests {
     use super::*;
     use crate::bench::hooks::{ProgRow, Scenario};
+
+    /// The worst row's ratio and the detail the target shows.
+    fn worst_ratio(h: &Hooks, traced: bool, floor: &str) -> Option<(f64, String)> {
+        worst_row(h, traced, floor).map(|w| (w.ratio(), w.detail()))
+    }
 
     #[test]
     fn a_target_notes_the_empty_programs_on_off_only_when_that_round_ran() {
