@@ -22,6 +22,10 @@ use crate::{
 
 /// `enum ip_conntrack_info`: values at or above this are reply-direction packets.
 pub const IP_CT_IS_REPLY: u64 = 3;
+/// `IP_CT_ESTABLISHED` and `IP_CT_ESTABLISHED_REPLY`: a packet of a flow conntrack has seen
+/// answered, in the original and in the reply direction.
+pub const IP_CT_ESTABLISHED: u64 = 0;
+pub const IP_CT_ESTABLISHED_REPLY: u64 = IP_CT_ESTABLISHED + IP_CT_IS_REPLY;
 /// `IP_CT_NEW`: a packet of a flow that has seen no reply yet (original direction).
 pub const IP_CT_NEW: u64 = 2;
 /// `IP_CT_RELATED` and `IP_CT_RELATED + IP_CT_IS_REPLY`: packets related to the flow (ICMP errors).

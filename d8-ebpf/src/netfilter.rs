@@ -261,6 +261,26 @@ fn icmp_error<const V6: bool>(pkt: &packet::Packet, hook: u8, skb: u64) -> Optio
     Some(())
 }
 
+/// Whether the packet is a TCP segment in the middle of a flow: conntrack has seen the flow
+/// answered (`ctinfo` ESTABLISHED, either direction), and it carries no SYN, FIN or RST. Such a
+/// segment has nothing to report: the flow's conntrack entry and its first reply were reported
+/// at its SYN and SYN-ACK (which carry SYN), its end and resets carry FIN or RST, and its drops
+/// are placed by `remember` and found by `kfree_skb`. So it leaves before the `FLOWS` lookup,
+/// the hash of a 40-byte key that was most of what a traced flow's packets cost (6 of a short
+/// connection's 10 packets, nearly all of a bulk one's; issue 18).
+///
+/// A flow that began before the trace is in `FLOWS` already: userspace puts the traced
+/// Services' conntrack entries there when the programs are attached (`trace::existing`), so its
+/// drops are found from its first packet on. Unless `--pcap` copies every packet of the flow.
+#[inline(always)]
+fn mid_flow_segment<const V6: bool>(skb: u64, ctinfo: u64, proto: u8) -> bool {
+    proto == IPPROTO_TCP
+        && (ctinfo == conntrack::IP_CT_ESTABLISHED || ctinfo == conntrack::IP_CT_ESTABLISHED_REPLY)
+        && !pcap::enabled()
+        && packet::tcp_flags_hot::<V6>(packet::network_header_trusted(skb))
+            .is_some_and(|flags| flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0)
+}
+
 /// After conntrack and DNAT (PREROUTING/OUTPUT -99), before the filter table (FORWARD/INPUT -1),
 /// after SNAT (POSTROUTING 101): reads the skb's conntrack entry, whose ORIGINAL tuple is the flow
 /// and whose REPLY tuple's source is the backend DNAT chose.
@@ -306,10 +326,15 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     // Both directions of a flow carry its ORIGINAL tuple, whose destination is the target.
     let orig = entry.original_if_target::<V6>()?;
     remember(skb, hook, 1);
+    if first && mid_flow_segment::<V6>(skb, ctinfo, orig.proto) {
+        return Some(());
+    }
     let st = match FLOWS.get_ptr_mut(&orig) {
         Some(st) => st,
         None if first => {
-            // A flow whose first packet we did not see (it began before tracing started).
+            // A flow whose first packet we did not see and that was not in the conntrack table
+            // when the trace began (userspace put those in): a target added since, or a flow
+            // `FLOWS` had evicted. Taken up at its next SYN, FIN or RST, or any UDP packet.
             let target = TargetKey {
                 addr: orig.daddr,
                 port: orig.dport,

@@ -450,6 +450,30 @@ pub fn parse_ipv6(nh: u64) -> Option<Packet> {
 /// Where TCP's flags byte is in its header (after the data offset byte), as [`tcp_flags`] reads it.
 const TCP_FLAGS_AT: usize = 13;
 
+/// The TCP flags of the packet at `nh` (read in place, as [`parse_ipv4_hot`] does) when its
+/// transport header is TCP and follows the IP header directly (IPv6: no extension header);
+/// `None` otherwise. For `nf_post`'s test of a segment in the middle of a flow, which needs the
+/// flags alone and, for nearly every segment, nothing else of the packet.
+#[inline(always)]
+pub fn tcp_flags_hot<const V6: bool>(nh: u64) -> Option<u8> {
+    let l4_at = if V6 {
+        let ip = kfunc::rdonly_cast::<{ d8_common::kfunc::IPV6HDR }>(nh);
+        if kfunc::load::<u8>(ip, offset_of!(Ipv6Hdr, next_hdr)) != IPPROTO_TCP {
+            return None;
+        }
+        nh + Ipv6Hdr::LEN as u64
+    } else {
+        let ip = kfunc::rdonly_cast::<{ d8_common::kfunc::IPHDR }>(nh);
+        let first: u8 = kfunc::load(ip, 0);
+        if first >> 4 != 4 || kfunc::load::<u8>(ip, offset_of!(Ipv4Hdr, proto)) != IPPROTO_TCP {
+            return None;
+        }
+        nh + (first & 0x0f) as u64 * 4
+    };
+    let l4 = kfunc::rdonly_cast::<{ d8_common::kfunc::TCPHDR }>(l4_at);
+    Some(kfunc::load(l4, TCP_FLAGS_AT))
+}
+
 /// [`parse_ipv6`] for the netfilter programs: the fixed header and the transport header read in
 /// place with plain loads through [`kfunc::rdonly_cast`], as [`parse_ipv4_hot`] (three helper
 /// reads before issue 18, then one); only extension headers, which few packets carry, are walked

@@ -30,6 +30,9 @@ const NFGENMSG_LEN: usize = 4;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_STATUS: u16 = 3;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
@@ -49,7 +52,17 @@ pub struct CtEvent {
     pub reply: FlowKey,
     /// `IPS_*` bits.
     pub status: u32,
+    /// A TCP entry's `enum tcp_conntrack` state (`TCP_CONNTRACK_*`), when the message has it (a
+    /// dump's entries do; NEW events may not).
+    pub tcp_state: Option<u8>,
 }
+
+/// `IPS_SEEN_REPLY`: conntrack has seen a packet in the reply direction.
+pub const IPS_SEEN_REPLY: u32 = 1 << 1;
+
+/// `enum tcp_conntrack` states of a connection that has ended (`TIME_WAIT`, `CLOSE`).
+pub const TCP_CONNTRACK_TIME_WAIT: u8 = 7;
+pub const TCP_CONNTRACK_CLOSE: u8 = 8;
 
 impl CtEvent {
     /// The tuple the flow's packets carry after NAT in the original direction (the reversed
@@ -119,7 +132,16 @@ pub fn parse(kind: u16, payload: &[u8]) -> Option<CtEvent> {
         .and_then(|v| v.get(0..4))
         .map(|v| u32::from_be_bytes(v.try_into().unwrap()))
         .unwrap_or(0);
-    Some(CtEvent { orig, reply, status })
+    let tcp_state = netlink::attr(attrs, CTA_PROTOINFO)
+        .and_then(|info| netlink::attr(info, CTA_PROTOINFO_TCP))
+        .and_then(|tcp| netlink::attr(tcp, CTA_PROTOINFO_TCP_STATE))
+        .and_then(|state| state.first().copied());
+    Some(CtEvent {
+        orig,
+        reply,
+        status,
+        tcp_state,
+    })
 }
 
 /// Decodes every conntrack event in one datagram.
@@ -226,6 +248,56 @@ pub(crate) mod tests {
         push_attr(&mut body, CTA_STATUS, &status.to_be_bytes());
         push_attr(&mut body, 7, &300u32.to_be_bytes()); // CTA_TIMEOUT: ignored
         request(CT_NEW, 0x400 | 0x200, 0, &body)
+    }
+
+    /// [`ct_new_message`] as a dump holds a TCP entry: with its state in `CTA_PROTOINFO`.
+    pub fn ct_dump_message(
+        orig: ([u8; 4], u16, [u8; 4], u16),
+        reply: ([u8; 4], u16, [u8; 4], u16),
+        status: u32,
+        tcp_state: u8,
+    ) -> Vec<u8> {
+        let mut body = vec![2, 0, 0, 0];
+        push_attr(
+            &mut body,
+            0x8000 | CTA_TUPLE_ORIG,
+            &tuple_attr(orig.0, orig.1, orig.2, orig.3, 6),
+        );
+        push_attr(
+            &mut body,
+            0x8000 | CTA_TUPLE_REPLY,
+            &tuple_attr(reply.0, reply.1, reply.2, reply.3, 6),
+        );
+        push_attr(&mut body, CTA_STATUS, &status.to_be_bytes());
+        let mut tcp = Vec::new();
+        push_attr(&mut tcp, CTA_PROTOINFO_TCP_STATE, &[tcp_state]);
+        push_attr(&mut tcp, 2, &[7]); // CTA_PROTOINFO_TCP_WSCALE_ORIGINAL: ignored
+        let mut info = Vec::new();
+        push_attr(&mut info, 0x8000 | CTA_PROTOINFO_TCP, &tcp);
+        push_attr(&mut body, 0x8000 | CTA_PROTOINFO, &info);
+        request(CT_NEW, 0x2, 0, &body)
+    }
+
+    #[test]
+    fn a_dump_entry_has_its_tcp_state_and_an_event_without_it_none() {
+        let dumped = parse_datagram(&ct_dump_message(
+            ([10, 244, 0, 2], 40000, [10, 96, 0, 10], 80),
+            ([10, 244, 1, 11], 8080, [10, 244, 0, 2], 40000),
+            0x1ae,
+            3,
+        ));
+        assert_eq!(dumped.len(), 1);
+        assert_eq!(
+            (dumped[0].tcp_state, dumped[0].status & IPS_SEEN_REPLY),
+            (Some(3), IPS_SEEN_REPLY)
+        );
+        let event = parse_datagram(&ct_new_message(
+            ([10, 244, 0, 2], 40000, [10, 96, 0, 10], 80),
+            ([10, 244, 1, 11], 8080, [10, 244, 0, 2], 40000),
+            6,
+            0x8,
+        ));
+        assert_eq!(event[0].tcp_state, None);
     }
 
     #[test]

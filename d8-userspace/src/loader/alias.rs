@@ -167,3 +167,47 @@ fn flows_merge(fd: i32, post: &FlowKey, orig: &FlowKey) -> std::io::Result<()> {
     };
     elem(BPF_MAP_UPDATE_ELEM, fd, orig, &mut merged, BPF_ANY)
 }
+
+/// A flow that existed before the programs were attached, for [`seed`]: its ORIGINAL tuple, the
+/// tuple its packets carry after NAT (when NAT changed it), and the `seen` bits its state starts
+/// with.
+#[derive(Debug, Clone, Copy)]
+pub struct Seed {
+    pub orig: FlowKey,
+    pub post_nat: Option<FlowKey>,
+    pub seen: u32,
+}
+
+/// Puts flows the programs never saw begin into `FLOWS` (and their post-NAT tuples into
+/// `NAT_ALIAS`), as `nf_post` would on their next packet: a flow the programs already hold is
+/// left as it is. Returns, per seed, whether it went in; `Err` only when the maps are missing.
+pub fn seed(tracer: &mut Tracer, seeds: &[Seed]) -> Result<Vec<bool>, super::Error> {
+    use bpf_sys::*;
+    let (Some(alias), Some(flows)) = (map_fd(tracer, "NAT_ALIAS"), map_fd(tracer, "FLOWS")) else {
+        return Err(super::Error::Missing("maps FLOWS and NAT_ALIAS".into()));
+    };
+    // The drop tracepoint finds a flow only through keys whose destination `FLOW_FILTER` holds.
+    tracer.note_flow_keys(
+        seeds
+            .iter()
+            .flat_map(|s| std::iter::once(&s.orig).chain(s.post_nat.as_ref())),
+    )?;
+    Ok(seeds
+        .iter()
+        .map(|s| {
+            let mut state = FlowState {
+                seen: s.seen,
+                ..FlowState::default()
+            };
+            // BPF_NOEXIST: the programs may have taken the flow up since the dump.
+            if elem(BPF_MAP_UPDATE_ELEM, flows, &s.orig, &mut state, BPF_NOEXIST).is_err() {
+                return false;
+            }
+            if let Some(post) = &s.post_nat {
+                let mut orig = s.orig;
+                let _ = elem(BPF_MAP_UPDATE_ELEM, alias, post, &mut orig, BPF_ANY);
+            }
+            true
+        })
+        .collect())
+}

@@ -34,6 +34,9 @@ pub struct Capture {
     packets: super::packets::PacketStore,
     /// A record that waits for the conntrack events queued before it (the join's budget ran out).
     held: Option<events::Event>,
+    /// Netfilter set: the TCP connections that were open when the trace began, from the conntrack
+    /// table, waiting for their first record.
+    existing: Option<super::existing::Existing>,
     decode_errors: u64,
 }
 
@@ -53,11 +56,16 @@ impl Capture {
         node_ips: Vec<IpAddr>,
     ) -> Result<Self, Error> {
         let join = match choice.join {
-            Join::CtNetlink => Some(super::ctjoin::CtJoin::open(targets, node_ips).map_err(Error::CtNetlink)?),
+            Join::CtNetlink => Some(super::ctjoin::CtJoin::open(targets, node_ips.clone()).map_err(Error::CtNetlink)?),
             Join::SkbConntrack => None,
         };
         let mut tracer = Tracer::attach_set(config, mount, ring_buffer_bytes, choice.set, debug_kernel)?;
         tracer.set_targets(targets)?;
+        let existing = (choice.set == crate::loader::HookSet::Netfilter).then(|| {
+            let mut existing = super::existing::Existing::default();
+            read_existing(&mut existing, &mut tracer, targets, &node_ips);
+            existing
+        });
         let mut join = join;
         if let Some(join) = join.as_mut() {
             // The aliases of flows that existed before the trace and of those that began while
@@ -81,6 +89,7 @@ impl Capture {
             packet_ring,
             packets: Default::default(),
             held: None,
+            existing,
             decode_errors: 0,
         })
     }
@@ -125,12 +134,14 @@ impl Capture {
             decode_errors,
             packet_ring,
             packets,
+            existing,
             ..
         } = self;
         let mut join = join.as_mut().map(|j| j.get_mut());
         let more = pump(
             ring.get_mut(),
             &mut join,
+            existing.as_mut(),
             held,
             tracer,
             table,
@@ -180,6 +191,9 @@ impl Capture {
     /// Replaces the traced targets, in the kernel and in the conntrack-netlink join.
     pub fn set_targets(&mut self, targets: &[(TargetKey, u32)], node_ips: Vec<IpAddr>) -> Result<(), Error> {
         self.tracer.set_targets(targets)?;
+        if let Some(existing) = self.existing.as_mut() {
+            read_existing(existing, &mut self.tracer, targets, &node_ips);
+        }
         if let Some(j) = self.join.as_mut() {
             j.get_mut().set_targets(targets, node_ips);
         }
@@ -223,6 +237,22 @@ impl Capture {
             ));
         }
         w
+    }
+}
+
+/// [`super::existing::Existing::read`], a failure a warning: connections opened before the trace
+/// then show when they end (the programs take a flow up at its FIN or RST).
+fn read_existing(
+    existing: &mut super::existing::Existing,
+    tracer: &mut Tracer,
+    targets: &[(TargetKey, u32)],
+    node_ips: &[IpAddr],
+) {
+    match existing.read(tracer, targets, node_ips) {
+        Ok(n) => tracing::debug!("{n} open TCP connections of traced Services existed before the trace"),
+        Err(e) => tracing::warn!(
+            "reading the conntrack table: {e}; TCP connections opened before the trace show only once they end or reset"
+        ),
     }
 }
 
@@ -279,6 +309,7 @@ struct Budget {
 fn pump(
     rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
     join: &mut Option<&mut super::ctjoin::CtJoin>,
+    mut existing: Option<&mut super::existing::Existing>,
     held: &mut Option<events::Event>,
     tracer: &mut Tracer,
     table: &mut FlowTable,
@@ -326,7 +357,7 @@ fn pump(
                 return true;
             }
         }
-        handle_event(table, ev, join.as_deref_mut(), changed);
+        handle_event(table, ev, join.as_deref_mut(), existing.as_deref_mut(), changed);
     }
     true
 }
@@ -364,8 +395,17 @@ fn handle_event(
     table: &mut FlowTable,
     mut ev: events::Event,
     join: Option<&mut super::ctjoin::CtJoin>,
+    existing: Option<&mut super::existing::Existing>,
     changed: &mut dyn FnMut(&FlowTable, u64),
 ) {
+    // A connection open before the trace: its conntrack record (and answer) first.
+    if let Some(records) = existing.and_then(|e| e.take_for(&ev)) {
+        for record in &records {
+            if let Some(id) = table.apply(record) {
+                changed(table, id);
+            }
+        }
+    }
     if let Some(j) = join {
         j.translate(&mut ev);
         // The flow's conntrack entry goes in right after its first packet, before

@@ -188,8 +188,33 @@ impl Datagrams {
     }
 }
 
+/// The `Conntrack` event a conntrack entry of the flow `orig` (its REPLY tuple `reply`) gives
+/// the flow table, as `nf_post` sends it after SNAT: seen at OUTPUT for a flow the node itself
+/// began, at PREROUTING otherwise.
+pub(super) fn conntrack_record(
+    ct: &ctnetlink::CtEvent,
+    orig: Tuple,
+    reply: Tuple,
+    node_ips: &[std::net::IpAddr],
+) -> Event {
+    let from_node = node_ips.contains(&orig.src.ip());
+    Event {
+        ts_ns: monotonic_ns(),
+        flow: orig,
+        hook: Some(if from_node { Hook::Output } else { Hook::Prerouting }),
+        reply_direction: Some(false),
+        tcp_flags: 0,
+        client_side: false,
+        kind: Kind::Conntrack {
+            reply,
+            status: ct.status,
+            after_snat: true,
+        },
+    }
+}
+
 /// The traced target an entry's ORIGINAL tuple asks for.
-fn target_of(ct: &ctnetlink::CtEvent) -> d8_common::TargetKey {
+pub(super) fn target_of(ct: &ctnetlink::CtEvent) -> d8_common::TargetKey {
     d8_common::TargetKey {
         addr: ct.orig.daddr,
         port: ct.orig.dport,
@@ -298,20 +323,7 @@ impl CtJoin {
                 self.alias.insert(post, orig);
             }
         }
-        let from_node = self.node_ips.contains(&orig.src.ip());
-        self.pending.push(Event {
-            ts_ns: monotonic_ns(),
-            flow: orig,
-            hook: Some(if from_node { Hook::Output } else { Hook::Prerouting }),
-            reply_direction: Some(false),
-            tcp_flags: 0,
-            client_side: false,
-            kind: Kind::Conntrack {
-                reply,
-                status: ct.status,
-                after_snat: true,
-            },
-        });
+        self.pending.push(conntrack_record(&ct, orig, reply, &self.node_ips));
     }
 
     /// The flow's ORIGINAL tuple for a record keyed by its post-NAT tuple.

@@ -31,6 +31,7 @@ use crate::{
 
 mod capture;
 pub mod ctjoin;
+mod existing;
 pub mod hooks;
 mod live;
 pub mod packets;

@@ -848,3 +848,64 @@ fn tc_flow_opened_before_the_trace_gets_its_replies() {
         assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.21:5353"), "{hooks}");
     }
 }
+
+/// A TCP connection opened before the trace, whose segments during it carry no SYN, FIN or RST
+/// (the netfilter set looks none of those up in its flow table: `mid_flow_segment`), still has
+/// its drops found: the connection's conntrack entry, read at start, puts it in the kernel's
+/// flow table (on the TC set, the conntrack join's). Here the pod drops everything once the
+/// connection is open and idle, and the client's data is retransmitted into the drop during the
+/// trace: one flow, with its backend and the drop.
+#[test]
+fn tcp_connection_opened_before_the_trace_has_its_drops_found() {
+    use std::io::{Read, Write};
+    const HOLD_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 70);
+    let spec = lab::ClusterSpec::new()
+        .service(
+            ServiceSpec::new("default", "hold", HOLD_VIP)
+                .port("tcp", 7000, 7000, Protocol::Tcp)
+                .selector("app", "hold"),
+        )
+        .pod(
+            PodSpec::new("default", "hold-1", std::net::Ipv4Addr::new(10, 244, 1, 51))
+                .label("app", "hold")
+                .listen(7000, ListenerKind::Tcp),
+        );
+    d8_tests::require_root();
+    let mut lab = Lab::up(spec, ProxyMode::Iptables).expect("lab up");
+    let mut sets = vec!["tc"];
+    if netfilter_links() {
+        sets.push("netfilter");
+    }
+    for hooks in sets {
+        // Open, and the server's banner read (it half-closes and waits for the client's end).
+        let stream = lab::in_netns(lab.client_ns(), || {
+            std::net::TcpStream::connect_timeout(&addr(HOLD_VIP, 7000).into(), TIMEOUT)
+                .map_err(|e| lab::Error::Io(format!("connect: {e}")))
+        })
+        .expect("connect before the trace");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let mut banner = [0u8; 64];
+        let n = (&stream).read(&mut banner).expect("banner");
+        assert!(banner[..n].starts_with(b"hold-1"), "{hooks}: {:?}", &banner[..n]);
+        lab.set_drop_all("hold-1", true).expect("make the pod drop");
+        let (report, ()) = traced(&lab, "default/hold", "3", hooks, &|_: &Lab| {
+            (&stream).write_all(b"data after the trace began").expect("write");
+        });
+        lab.set_drop_all("hold-1", false).expect("lift the drop");
+        let port = stream.local_addr().expect("local address").port();
+        drop(stream);
+        // The other set's connection may still be closing into the drop: only this one's flow.
+        let flows: Vec<_> = report
+            .flows_to("10.96.0.70:7000")
+            .into_iter()
+            .filter(|f| f.client.ends_with(&format!(":{port}")))
+            .collect();
+        assert_eq!(flows.len(), 1, "{hooks}: one flow:\n{}", report.describe_flows());
+        assert_eq!(flows[0].backend.as_deref(), Some("10.244.1.51:7000"), "{hooks}");
+        assert!(
+            flows[0].drop_reason.is_some(),
+            "{hooks}: the drop found:\n{}",
+            report.describe_flows()
+        );
+    }
+}
