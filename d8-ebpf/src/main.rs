@@ -2,8 +2,7 @@
 //!
 //! - [`netfilter`]: `nf_pre` (PREROUTING and OUTPUT, before conntrack: the packet as the client sent
 //!   it, including packets conntrack will drop) and `nf_post` (after DNAT at PREROUTING/OUTPUT,
-//!   before the filter table at FORWARD/INPUT, after SNAT at POSTROUTING: the conntrack entry with
-//!   the chosen backend). aya has no loader for `BPF_PROG_TYPE_NETFILTER`; these live in
+//!   after SNAT at POSTROUTING: the conntrack entry with the chosen backend). aya has no loader for `BPF_PROG_TYPE_NETFILTER`; these live in
 //!   `classifier/` sections so aya-obj parses them, and d8-userspace's `loader::netfilter` loads
 //!   them with the right program type.
 //! - [`tc`]: `d8_tc_ingress`/`d8_tc_egress`, clsact classifiers for kernels without netfilter

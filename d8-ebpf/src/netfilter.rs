@@ -281,9 +281,9 @@ fn mid_flow_segment<const V6: bool>(skb: u64, ctinfo: u64, proto: u8) -> bool {
             .is_some_and(|flags| flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0)
 }
 
-/// After conntrack and DNAT (PREROUTING/OUTPUT -99), before the filter table (FORWARD/INPUT -1),
-/// after SNAT (POSTROUTING 101): reads the skb's conntrack entry, whose ORIGINAL tuple is the flow
-/// and whose REPLY tuple's source is the backend DNAT chose.
+/// After conntrack and DNAT (PREROUTING/OUTPUT -99) and after SNAT (POSTROUTING 101): reads the
+/// skb's conntrack entry, whose ORIGINAL tuple is the flow and whose REPLY tuple's source is the
+/// backend DNAT chose.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "classifier/nf_post")]
 pub extern "C" fn nf_post(ctx: *mut c_void) -> i32 {
@@ -309,10 +309,9 @@ fn try_post<const V6: bool>(ctx: *mut c_void) -> Option<()> {
     let first = hook == hook::PRE_ROUTING || hook == hook::LOCAL_OUT;
     let final_hook = hook == hook::POST_ROUTING;
     // Every packet passes PREROUTING or OUTPUT first (-99, right after DNAT): the flow's state,
-    // replies, resets and FINs are read there. FORWARD and INPUT only place drops: every packet
-    // is remembered (one per-CPU store), and `kfree_skb` finds the flow of those that die.
+    // replies, resets and FINs are read there; POSTROUTING adds SNAT. No other hook has the
+    // program (`NETFILTER_ATTACHMENTS`).
     if !first && !final_hook {
-        remember(skb, hook, 1);
         return None;
     }
     let (ct, ctinfo) = conntrack::of_trusted_skb(skb)?;

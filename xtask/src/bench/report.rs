@@ -962,7 +962,7 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          `run_time_ns / run_cnt` over that window, from `bpftool -j prog show`, for the programs d8-trace holds \
          (found through its `/proc/PID/fdinfo`). The floor is `nf_empty` (`d8-ebpf/src/bench.rs`, returns NF_ACCEPT) \
          loaded by the bench four times and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and \
-         OUTPUT at -250) and `nf_post` (PREROUTING/OUTPUT -99, FORWARD/INPUT -1, POSTROUTING 101), of IPv4 and of IPv6 \
+         OUTPUT at -250) and `nf_post` (PREROUTING/OUTPUT -99, POSTROUTING 101), of IPv4 and of IPv6 \
          (`nf_pre6`, `nf_post6`), one priority away (the kernel refuses a BPF hook at a priority another hook holds), \
          measured in the same window. The lab is dual-stack; \"IPv6\" runs open the short connections to the IPv6 \
          ClusterIP of `bench/web`, the others use IPv4. \"Untraced\" traces \
