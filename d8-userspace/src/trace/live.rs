@@ -16,11 +16,14 @@ pub(super) struct LivePrinter {
     pub(super) enabled: bool,
     /// Flows changed since the last flush, in the order they first changed.
     dirty: Vec<u64>,
-    dirty_set: std::collections::HashSet<u64>,
+    /// Both maps are touched for every change: foldhash, not SipHash (d8-userspace/Cargo.toml).
+    dirty_set: foldhash::HashSet<u64>,
     /// A hash of what the last line printed per flow read ([`crate::flows::Flow::summary_state`];
     /// the lines themselves would be kept for the whole trace).
-    printed: std::collections::HashMap<u64, u64>,
-    hasher: std::hash::RandomState,
+    printed: foldhash::HashMap<u64, u64>,
+    /// foldhash's quality variant: a line is skipped when two states' 64-bit hashes are equal,
+    /// so the hash that stands for a state is the better-mixed one (the maps' keys need not be).
+    hasher: foldhash::quality::RandomState,
     /// The line being written, reused.
     line: String,
 }

@@ -520,10 +520,11 @@ pub async fn run(plan: &Plan, setup: KernelSetup, opts: &Options, live: &mut dyn
             table.evicted()
         ));
     }
+    let evicted_flows = table.evicted();
     Ok(Outcome {
-        flows: table.flows().to_vec(),
+        flows: table.into_flows(),
         lost_events,
-        evicted_flows: table.evicted(),
+        evicted_flows,
         decode_errors,
         attached,
         warnings,
