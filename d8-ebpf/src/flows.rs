@@ -90,13 +90,31 @@ pub fn find(key: &FlowKey) -> Option<Found> {
 }
 
 /// [`find`] for a tuple whose traced end is its source: a backend's own socket, whose tuple runs
-/// against its flow's. The reply direction is asked first, where such a tuple is found (through
-/// the post-DNAT alias); the same lookups otherwise, in the other order. A backend socket's state
-/// change then costs three hash lookups, not five (issue 18).
+/// against its flow's. Its reverse is the flow's tuple after DNAT, found through the alias:
+/// asked there first, then as the ORIGINAL tuple (a flow to the pod's own address, which NAT did
+/// not change), then the tuple as it is. A backend socket's state change costs two hash lookups,
+/// not five (issue 18).
 #[inline(always)]
 pub fn find_reply_first(key: &FlowKey) -> Option<Found> {
-    if let Some(found) = direct(&reversed(key), true) {
-        return Some(found);
+    let back = reversed(key);
+    if let Some(orig) = unsafe { NAT_ALIAS.get(&back) } {
+        let orig = copy_key(orig);
+        if let Some(state) = FLOWS.get_ptr_mut(&orig) {
+            return Some(Found {
+                state,
+                key: orig,
+                via_nat: true,
+                reversed: true,
+            });
+        }
+    }
+    if let Some(state) = FLOWS.get_ptr_mut(&back) {
+        return Some(Found {
+            state,
+            key: back,
+            via_nat: false,
+            reversed: true,
+        });
     }
     direct(key, false)
 }
