@@ -97,26 +97,20 @@ pub fn find(key: &FlowKey) -> Option<Found> {
 #[inline(always)]
 pub fn find_reply_first(key: &FlowKey) -> Option<Found> {
     let back = reversed(key);
-    if let Some(orig) = unsafe { NAT_ALIAS.get(&back) } {
-        let orig = copy_key(orig);
-        if let Some(state) = FLOWS.get_ptr_mut(&orig) {
-            return Some(Found {
-                state,
-                key: orig,
-                via_nat: true,
-                reversed: true,
-            });
-        }
-    }
-    if let Some(state) = FLOWS.get_ptr_mut(&back) {
-        return Some(Found {
+    let found = |key: FlowKey, via_nat: bool| {
+        FLOWS.get_ptr_mut(&key).map(|state| Found {
             state,
-            key: back,
-            via_nat: false,
+            key,
+            via_nat,
             reversed: true,
-        });
+        })
+    };
+    if let Some(orig) = unsafe { NAT_ALIAS.get(&back) }
+        && let Some(f) = found(copy_key(orig), true)
+    {
+        return Some(f);
     }
-    direct(key, false)
+    found(back, false).or_else(|| direct(key, false))
 }
 
 /// Sets `bit` in the flow's state; returns whether it was newly set (an event is due).

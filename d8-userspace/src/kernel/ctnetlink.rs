@@ -234,6 +234,35 @@ pub(crate) mod tests {
         proto: u8,
         status: u32,
     ) -> Vec<u8> {
+        let mut body = entry_body(orig, reply, proto, status);
+        push_attr(&mut body, 7, &300u32.to_be_bytes()); // CTA_TIMEOUT: ignored
+        request(CT_NEW, 0x400 | 0x200, 0, &body)
+    }
+
+    /// [`ct_new_message`] as a dump holds a TCP entry: with its state in `CTA_PROTOINFO`.
+    pub fn ct_dump_message(
+        orig: ([u8; 4], u16, [u8; 4], u16),
+        reply: ([u8; 4], u16, [u8; 4], u16),
+        status: u32,
+        tcp_state: u8,
+    ) -> Vec<u8> {
+        let mut body = entry_body(orig, reply, 6, status);
+        let mut tcp = Vec::new();
+        push_attr(&mut tcp, CTA_PROTOINFO_TCP_STATE, &[tcp_state]);
+        push_attr(&mut tcp, 2, &[7]); // CTA_PROTOINFO_TCP_WSCALE_ORIGINAL: ignored
+        let mut info = Vec::new();
+        push_attr(&mut info, 0x8000 | CTA_PROTOINFO_TCP, &tcp);
+        push_attr(&mut body, 0x8000 | CTA_PROTOINFO, &info);
+        request(CT_NEW, 0x2, 0, &body)
+    }
+
+    /// An entry's nfgenmsg, tuples (nested) and status.
+    fn entry_body(
+        orig: ([u8; 4], u16, [u8; 4], u16),
+        reply: ([u8; 4], u16, [u8; 4], u16),
+        proto: u8,
+        status: u32,
+    ) -> Vec<u8> {
         let mut body = vec![2, 0, 0, 0];
         push_attr(
             &mut body,
@@ -246,36 +275,7 @@ pub(crate) mod tests {
             &tuple_attr(reply.0, reply.1, reply.2, reply.3, proto),
         );
         push_attr(&mut body, CTA_STATUS, &status.to_be_bytes());
-        push_attr(&mut body, 7, &300u32.to_be_bytes()); // CTA_TIMEOUT: ignored
-        request(CT_NEW, 0x400 | 0x200, 0, &body)
-    }
-
-    /// [`ct_new_message`] as a dump holds a TCP entry: with its state in `CTA_PROTOINFO`.
-    pub fn ct_dump_message(
-        orig: ([u8; 4], u16, [u8; 4], u16),
-        reply: ([u8; 4], u16, [u8; 4], u16),
-        status: u32,
-        tcp_state: u8,
-    ) -> Vec<u8> {
-        let mut body = vec![2, 0, 0, 0];
-        push_attr(
-            &mut body,
-            0x8000 | CTA_TUPLE_ORIG,
-            &tuple_attr(orig.0, orig.1, orig.2, orig.3, 6),
-        );
-        push_attr(
-            &mut body,
-            0x8000 | CTA_TUPLE_REPLY,
-            &tuple_attr(reply.0, reply.1, reply.2, reply.3, 6),
-        );
-        push_attr(&mut body, CTA_STATUS, &status.to_be_bytes());
-        let mut tcp = Vec::new();
-        push_attr(&mut tcp, CTA_PROTOINFO_TCP_STATE, &[tcp_state]);
-        push_attr(&mut tcp, 2, &[7]); // CTA_PROTOINFO_TCP_WSCALE_ORIGINAL: ignored
-        let mut info = Vec::new();
-        push_attr(&mut info, 0x8000 | CTA_PROTOINFO_TCP, &tcp);
-        push_attr(&mut body, 0x8000 | CTA_PROTOINFO, &info);
-        request(CT_NEW, 0x2, 0, &body)
+        body
     }
 
     #[test]
