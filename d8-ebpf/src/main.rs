@@ -2,9 +2,9 @@
 //!
 //! - [`netfilter`]: `nf_pre` (PREROUTING and OUTPUT, before conntrack: the packet as the client sent
 //!   it, including packets conntrack will drop) and `nf_post` (after DNAT at PREROUTING/OUTPUT,
-//!   after SNAT at POSTROUTING: the conntrack entry with the chosen backend). aya has no loader for `BPF_PROG_TYPE_NETFILTER`; these live in
-//!   `classifier/` sections so aya-obj parses them, and d8-userspace's `loader::netfilter` loads
-//!   them with the right program type.
+//!   after SNAT at POSTROUTING: the conntrack entry with the chosen backend). aya has no loader
+//!   for `BPF_PROG_TYPE_NETFILTER`; these live in `classifier/` sections so aya-obj parses them,
+//!   and d8-userspace's `loader::netfilter` loads them with the right program type.
 //! - [`tc`]: `d8_tc_ingress`/`d8_tc_egress`, clsact classifiers for kernels without netfilter
 //!   links (pre-DNAT view at ingress, post-DNAT and node-made packets at egress).
 //! - [`tracepoints`]: `skb:kfree_skb` (drops with the kernel's reason), `tcp:tcp_send_reset`,

@@ -84,8 +84,12 @@ impl Existing {
     }
 
     /// The records waiting for `first`'s flow, to go to the flow table before `first`; none when
-    /// `first` begins a new connection on the same tuple (a SYN after the old one ended).
+    /// `first` begins a new connection on the same tuple (a SYN after the old one ended). Asked
+    /// for every record of the trace: nothing is hashed once no connection waits.
     pub fn take_for(&mut self, first: &Event) -> Option<Vec<Event>> {
+        if self.waiting.is_empty() {
+            return None;
+        }
         let records = self.waiting.remove(&first.flow)?;
         (first.kind != Kind::New).then_some(records)
     }
