@@ -180,6 +180,15 @@ fn try_pre<const V6: bool>(ctx: *mut c_void) -> Option<()> {
 /// or an extension header that the full parse walks.
 #[inline(always)]
 fn ipv6_maybe_target(nh: u64) -> Option<bool> {
+    let (words, dport, next) = ipv6_destination(nh)?;
+    Some(maybe_target_words(words, dport, next))
+}
+
+/// The destination of the IPv6 packet at `nh` as [`ipv6_maybe_target`] asks the filter for it:
+/// the address's four native-order words, the port and the next header; `None` when the next
+/// header is no port protocol. Also the loads of the benchmark's header floor (`bench::nf_hdr6`).
+#[inline(always)]
+pub(crate) fn ipv6_destination(nh: u64) -> Option<([u32; 4], u16, u8)> {
     let ip = kfunc::rdonly_cast::<{ d8_common::kfunc::IPV6HDR }>(nh);
     let next: u8 = kfunc::load(ip, core::mem::offset_of!(Ipv6Hdr, next_hdr));
     if !matches!(next, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
@@ -190,7 +199,7 @@ fn ipv6_maybe_target(nh: u64) -> Option<bool> {
     // TCP, UDP and SCTP all have the destination port at byte 2 of their header.
     let l4 = kfunc::rdonly_cast::<{ d8_common::kfunc::TCPHDR }>(nh + Ipv6Hdr::LEN as u64);
     let dport: u16 = kfunc::load(l4, 2);
-    Some(maybe_target_words(words, dport, next))
+    Some((words, dport, next))
 }
 
 /// Keeps the REPLY tuple of the CT record sent after DNAT in the flow's state when its

@@ -156,7 +156,9 @@ pub(crate) fn conntrack_read(config: &Config, set: HookSet) -> Config {
     config
 }
 
-pub(crate) fn map_data(map: &Map) -> &MapData {
+/// The `MapData` (fd, info) of `map`, whatever its type: the netfilter loader hands the fds to
+/// programs aya cannot load, and so does the benchmark's floor (`xtask/src/bench/hooks.rs`).
+pub fn map_data(map: &Map) -> &MapData {
     match map {
         Map::Array(m)
         | Map::ArrayOfMaps(m)

@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{SocketAddrV4, SocketAddrV6},
-    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     time::Duration,
 };
 
@@ -23,6 +23,7 @@ use d8_trace::loader::{self, netfilter};
 use super::common::{self, BenchLab, Env, Tracer};
 
 /// One program's figures in one scenario.
+#[derive(Clone)]
 pub struct ProgRow {
     pub name: String,
     pub runs: u64,
@@ -32,6 +33,7 @@ pub struct ProgRow {
     pub floor: Option<&'static str>,
 }
 
+#[derive(Clone)]
 pub struct Scenario {
     pub traffic: &'static str,
     pub traced: bool,
@@ -67,6 +69,7 @@ impl Scenario {
     }
 }
 
+#[derive(Clone)]
 pub struct Hooks {
     pub secs: u32,
     pub scenarios: Vec<Scenario>,
@@ -225,10 +228,13 @@ struct Floor {
 /// Where [`load_floor`] tries each `nf_empty`, relative to d8-trace's priority: next to a running
 /// d8-trace (the kernel refuses a BPF hook at a priority another hook, BPF, nf_tables, conntrack
 /// or NAT, already holds), or at its very priority when d8-trace is not running.
-const NEXT_TO: &[i32] = &[1, -1, 2, -2, 3, -3];
+const NEXT_TO: &[i32] = &[1, -1, 2, -2, 3, -3, 4, -4];
 const IN_PLACE_OF: &[i32] = &[0, 1, -1, 2, -2, 3, -3];
 
-fn load_floor(node_ns: &str, offsets: &[i32]) -> anyhow::Result<Floor> {
+/// Loads the floors and attaches them in `node_ns` at the first free priority of `offsets` from
+/// d8-trace's: `nf_empty` at each netfilter program's hooks, and with `header` also `nf_hdr` and
+/// `nf_hdr6` at `nf_pre`'s and `nf_pre6`'s.
+fn load_floor(node_ns: &str, offsets: &[i32], header: bool) -> anyhow::Result<Floor> {
     // nf_empty references no map, but relocation resolves every map reference of the object:
     // hand it placeholder fds (none of them reaches nf_empty's instructions, hence the kernel).
     let obj = aya_obj::Object::parse(loader::PROBES).map_err(|e| anyhow!("parsing the BPF object: {e}"))?;
@@ -237,6 +243,24 @@ fn load_floor(node_ns: &str, offsets: &[i32]) -> anyhow::Result<Floor> {
         .keys()
         .enumerate()
         .map(|(i, n)| (n.clone(), 100_000 + i as RawFd))
+        .collect();
+    // nf_hdr reads the skb at `CONFIG`'s offsets: the object's maps, `.rodata` with `CONFIG` as
+    // d8-trace fills it for the packet (no conntrack offsets: nf_hdr reads none).
+    let maps = if header {
+        let btf = d8_trace::kernel::btf::Btf::from_sys().map_err(|e| anyhow!("the kernel's BTF: {e}"))?;
+        let config = d8_trace::kernel::packet_only_config(Some(&btf)).map_err(|e| anyhow!("{e}"))?;
+        let ebpf = aya::EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .load(loader::PROBES)
+            .map_err(|e| anyhow!("loading the BPF object's maps for nf_hdr: {e}"))?;
+        Some(ebpf)
+    } else {
+        None
+    };
+    let real: HashMap<String, RawFd> = maps
+        .iter()
+        .flat_map(|ebpf| ebpf.maps())
+        .map(|(name, map)| (name.to_string(), loader::map_data(map).fd().as_fd().as_raw_fd()))
         .collect();
     std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Floor> {
@@ -253,13 +277,14 @@ fn load_floor(node_ns: &str, offsets: &[i32]) -> anyhow::Result<Floor> {
                 match fresh.as_slice() {
                     [id] => Ok(*id),
                     other => bail!(
-                        "expected one new program id after loading nf_empty #{}, found {other:?}",
+                        "expected one new program id after loading floor #{}, found {other:?}",
                         programs.len()
                     ),
                 }
             };
-            let mut pick = |which: &str, family: netfilter::Family| -> anyhow::Result<u32> {
-                let prog = netfilter::Program::load(loader::PROBES, "nf_empty", &fake)?;
+            let mut pick = |floor: &str, which: &str, family: netfilter::Family| -> anyhow::Result<u32> {
+                let fds = if floor == "nf_empty" { &fake } else { &real };
+                let prog = netfilter::Program::load(loader::PROBES, floor, fds)?;
                 for &(program, hook, priority) in loader::NETFILTER_ATTACHMENTS {
                     if program == which {
                         let mut attached = None;
@@ -282,12 +307,17 @@ fn load_floor(node_ns: &str, offsets: &[i32]) -> anyhow::Result<Floor> {
                 programs.push(prog);
                 new_id(&programs)
             };
-            let ids = vec![
-                ("nf_empty@pre", pick("nf_pre", netfilter::Family::Ipv4)?),
-                ("nf_empty@post", pick("nf_post", netfilter::Family::Ipv4)?),
-                ("nf_empty@pre6", pick("nf_pre", netfilter::Family::Ipv6)?),
-                ("nf_empty@post6", pick("nf_post", netfilter::Family::Ipv6)?),
+            let (v4, v6) = (netfilter::Family::Ipv4, netfilter::Family::Ipv6);
+            let mut ids = vec![
+                ("nf_empty@pre", pick("nf_empty", "nf_pre", v4)?),
+                ("nf_empty@post", pick("nf_empty", "nf_post", v4)?),
+                ("nf_empty@pre6", pick("nf_empty", "nf_pre", v6)?),
+                ("nf_empty@post6", pick("nf_empty", "nf_post", v6)?),
             ];
+            if header {
+                ids.push(("nf_hdr@pre", pick("nf_hdr", "nf_pre", v4)?));
+                ids.push(("nf_hdr@pre6", pick("nf_hdr6", "nf_pre", v6)?));
+            }
             Ok(Floor {
                 ids,
                 _links: links,
@@ -312,7 +342,7 @@ pub struct EmptyHooks {
 impl EmptyHooks {
     pub fn attach(node_ns: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            _nf: load_floor(node_ns, IN_PLACE_OF)?,
+            _nf: load_floor(node_ns, IN_PLACE_OF, false)?,
             // Every tracepoint d8-trace attaches, the reset ones included (they have no floor
             // in `TP_FLOORS`: they fire a few times per window).
             _tp: load_tp_floor(d8_trace::loader::TRACEPOINTS)?,
@@ -346,7 +376,7 @@ impl Load {
 
 pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     let secs = env.pick(5, 1);
-    let floor = load_floor(lab.node_ns(), NEXT_TO)?;
+    let floor = load_floor(lab.node_ns(), NEXT_TO, true)?;
     let tp_floor = load_tp_floor(TP_FLOORS)?;
     let web = SocketAddrV4::new(common::WEB_VIP, 80);
     let web6 = SocketAddrV6::new(d8_trace::lab::spec::ipv6_twin(common::WEB_VIP), 80, 0, 0);

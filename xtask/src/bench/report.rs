@@ -11,7 +11,7 @@ use super::{
     capacity::{self, Capacity},
     common::{self, BenchLab, Env},
     daemon::{self, DaemonBench},
-    datapath::{self, Datapath},
+    datapath::{self, Datapath, Runs},
     hooks::{self, Hooks},
     profile::{self, Profile},
     rules::{self, NodeRow, RuleScale},
@@ -280,6 +280,9 @@ struct WorstRow {
     traffic: &'static str,
     ns: f64,
     floor_ns: f64,
+    /// `nf_pre`'s and `nf_pre6`'s: the header floor in the same window (`nf_hdr`, `nf_hdr6`),
+    /// which reads the packet as they do and asks no map.
+    header_ns: Option<f64>,
 }
 
 impl WorstRow {
@@ -288,14 +291,30 @@ impl WorstRow {
     }
 
     fn detail(&self) -> String {
+        let header = match self.header_ns {
+            Some(ns) if ns.is_finite() => format!(
+                "; reading the packet alone ({}): {ns:.0} ns",
+                header_floor_of(&self.program).unwrap_or("?")
+            ),
+            _ => String::new(),
+        };
         format!(
-            "{} on {}: {:.0} ns vs {:.0} ns",
+            "{} on {}: {:.0} ns vs {:.0} ns{header}",
             self.program, self.traffic, self.ns, self.floor_ns
         )
     }
 
     fn label(&self) -> String {
         format!("{} on {}", self.program, self.traffic)
+    }
+}
+
+/// The header floor beside `program` (`nf_hdr@pre` for `nf_pre`, `nf_hdr@pre6` for `nf_pre6`).
+fn header_floor_of(program: &str) -> Option<&'static str> {
+    match program {
+        "nf_pre" => Some("nf_hdr@pre"),
+        "nf_pre6" => Some("nf_hdr@pre6"),
+        _ => None,
     }
 }
 
@@ -316,11 +335,15 @@ fn worst_row(h: &Hooks, traced: bool, floor: &str) -> Option<WorstRow> {
             .filter(|r| r.floor.is_some_and(|f| f.starts_with(floor)) && r.runs >= min_runs)
         {
             if let Some(floor_ns) = s.floor_of(r) {
+                let header_ns = header_floor_of(&r.name)
+                    .and_then(|h| s.floor_nf.iter().find(|f| f.name == h))
+                    .map(|f| f.ns_per_run);
                 let row = WorstRow {
                     program: r.name.clone(),
                     traffic: s.traffic,
                     ns: r.ns_per_run,
                     floor_ns,
+                    header_ns,
                 };
                 if row.ratio().is_finite() && worst.as_ref().is_none_or(|w| row.ratio() > w.ratio()) {
                     worst = Some(row);
@@ -415,14 +438,14 @@ fn floor_moved(h: &Hooks, prev: &serde_json::Map<String, serde_json::Value>) -> 
     said
 }
 
-/// The on/off of the datapath round with empty programs at d8-trace's hooks (`runs`, against the
-/// off runs' median `off`), as a note to an on/off target: what programs being there cost, the
-/// floor that optimising them cannot go below. Empty without that round.
-fn floor_note(runs: &[f64], off: f64) -> String {
+/// The on/off of the datapath runs with empty programs at d8-trace's hooks, as a note to an
+/// on/off target: what programs being there cost, the floor that optimising them cannot go below.
+/// Empty without those runs.
+fn floor_note(runs: &Runs) -> String {
     if runs.is_empty() {
         return String::new();
     }
-    format!(" (empty programs at its hooks: {:.3})", common::median(runs) / off)
+    format!(" (empty programs at its hooks: {:.3})", runs.on_off())
 }
 
 /// A sentence when the machine itself ran at another speed than in the previous run (its "off"
@@ -457,10 +480,9 @@ fn machine_speed(d: &Datapath, prev: &serde_json::Map<String, serde_json::Value>
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     if let Some(d) = &r.datapath {
-        let off = common::median(&d.off);
-        let this = common::median(&d.this) / off;
-        let other = common::median(&d.other) / off;
-        let floor = floor_note(&d.empty, off);
+        let this = d.this.on_off();
+        let other = d.other.on_off();
+        let floor = floor_note(&d.empty);
         // On/off figures from a busy machine say what the other processes did, not what tracing
         // costs (traced runs came out faster than off ones on a loaded machine): they are shown
         // with the count of busy runs and get no verdict.
@@ -485,10 +507,9 @@ fn targets(r: &Results) -> Vec<Target> {
             value: Some(other),
             met: judge(other >= 0.99),
         });
-        let coff = common::median(&d.conn_off);
-        let cthis = common::median(&d.conn_on) / coff;
-        let cother = common::median(&d.conn_other) / coff;
-        let floor = floor_note(&d.conn_empty, coff);
+        let cthis = d.conn_on.on_off();
+        let cother = d.conn_other.on_off();
+        let floor = floor_note(&d.conn_empty);
         t.push(Target {
             key: "conn_this",
             what: "New connection per request, on/off tracing this Service >= 0.95",
@@ -507,7 +528,7 @@ fn targets(r: &Results) -> Vec<Target> {
         // every packet of the node (SOP's first tool), on the same load in the same rounds.
         match &d.tcpdump_skipped {
             None => {
-                let ctcpdump = common::median(&d.conn_tcpdump) / coff;
+                let ctcpdump = d.conn_tcpdump.on_off();
                 t.push(Target {
                     key: "conn_tcpdump",
                     what: "New connection per request, on/off tracing this Service no lower than with `tcpdump -i any -s 128 -w /dev/null` instead",
@@ -848,7 +869,6 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
 }
 
 fn datapath_section(o: &mut String, d: &Datapath) {
-    let off = common::median(&d.off);
     let _ = writeln!(o, "## 1. Datapath cost\n");
     let _ = writeln!(
         o,
@@ -861,8 +881,12 @@ fn datapath_section(o: &mut String, d: &Datapath) {
          there cost, the floor that no optimisation of d8-trace's programs goes below. Short connections: {} client \
          threads in the client pod, each a loop of connect, `GET /`, read to EOF, close, against `bench/web` (two HTTP \
          pods), {} s per run, off, empty programs, tracing `bench/other`, tracing `bench/web` and with \
-         `tcpdump -i any -s 128 -w /dev/null` in the node namespace instead of d8-trace (the SOP's first tool), \
-         interleaved. Every run records the 1-minute load average at its start and the CPU that processes \
+         `tcpdump -i any -s 128 -w /dev/null` in the node namespace instead of d8-trace (the SOP's first tool).\n\n\
+         Each round begins with an \"off\" run and runs the others in an order rotated from round to round; one more \
+         \"off\" run closes each series. The machine's speed drifts within a minute (the \"off\" runs below), so each \
+         run is judged against the \"off\" speed at its moment: its round's \"off\" run and the next, weighted by \
+         its place in the round. The on/off of a row is the median of those per-run ratios (`xtask/src/bench/datapath.rs`). \
+         Every run records the 1-minute load average at its start and the CPU that processes \
          other than the bench's own (and kernel threads) used during it; a run where they used more than {:.0} % of a \
          core is marked `*` (busy machine).\n",
         d.iperf_secs,
@@ -871,37 +895,31 @@ fn datapath_section(o: &mut String, d: &Datapath) {
         d.conn_secs,
         common::BUSY_CORES * 100.0
     );
-    let _ = writeln!(o, "| d8-trace | Runs (Gbit/s) | Median | On/off |\n|---|---|---|---|");
-    for (what, v) in [
-        ("off", &d.off),
-        (EMPTY_ROW, &d.empty),
-        ("tracing another Service (`bench/other`)", &d.other),
-        ("tracing this Service (`bench/iperf`)", &d.this),
-    ] {
-        if v.is_empty() {
-            continue;
-        }
-        let med = common::median(v);
-        let _ = writeln!(o, "| {what} | {} | {med:.2} | {:.3} |", fmt_list(v, 1), med / off);
-    }
-    let coff = common::median(&d.conn_off);
-    let _ = writeln!(
+    runs_table(
         o,
-        "\n| d8-trace | Runs (connections/s) | Median | On/off |\n|---|---|---|---|"
+        "Gbit/s",
+        1,
+        &d.off,
+        d.off_close,
+        &[
+            (EMPTY_ROW, &d.empty),
+            ("tracing another Service (`bench/other`)", &d.other),
+            ("tracing this Service (`bench/iperf`)", &d.this),
+        ],
     );
-    for (what, v) in [
-        ("off", &d.conn_off),
-        (EMPTY_ROW, &d.conn_empty),
-        ("tracing another Service (`bench/other`)", &d.conn_other),
-        ("tracing this Service (`bench/web`)", &d.conn_on),
-        ("off, `tcpdump -i any -s 128 -w /dev/null` in the node", &d.conn_tcpdump),
-    ] {
-        if v.is_empty() {
-            continue;
-        }
-        let med = common::median(v);
-        let _ = writeln!(o, "| {what} | {} | {med:.0} | {:.3} |", fmt_list(v, 0), med / coff);
-    }
+    runs_table(
+        o,
+        "connections/s",
+        0,
+        &d.conn_off,
+        d.conn_off_close,
+        &[
+            (EMPTY_ROW, &d.conn_empty),
+            ("tracing another Service (`bench/other`)", &d.conn_other),
+            ("tracing this Service (`bench/web`)", &d.conn_on),
+            ("off, `tcpdump -i any -s 128 -w /dev/null` in the node", &d.conn_tcpdump),
+        ],
+    );
     if let Some(why) = &d.tcpdump_skipped {
         let _ = writeln!(o, "\nThe tcpdump rounds were skipped: {why}.");
     }
@@ -918,7 +936,7 @@ fn datapath_section(o: &mut String, d: &Datapath) {
     );
     if !d.other_cpu_ms_per_1000_conns.is_empty() {
         let per_1000 = common::median(&d.other_cpu_ms_per_1000_conns);
-        let rate = common::median(&d.conn_other);
+        let rate = d.conn_other.median();
         let _ = writeln!(
             o,
             "While tracing `bench/other` (none of the connections traced), per run: d8-trace's own CPU per 1,000 \
@@ -936,8 +954,9 @@ fn datapath_section(o: &mut String, d: &Datapath) {
         .collect();
     let _ = writeln!(
         o,
-        "Other processes' CPU in cores per run, in the order run (iperf3 rounds of off/empty/other/this, then the \
-         short connection rounds of off/empty/other/this/tcpdump), with the load average at its start: {}. Busy runs: {} of {}.\n",
+        "Other processes' CPU in cores per run, in the order run (the iperf3 rounds, each \"off\" first and the \
+         others rotated, and the closing \"off\" run, then the short connection rounds likewise), with the load \
+         average at its start: {}. Busy runs: {} of {}.\n",
         flagged.join(", "),
         d.busy_runs(),
         d.others.len()
@@ -948,6 +967,34 @@ fn datapath_section(o: &mut String, d: &Datapath) {
          (the control connection and the two streams).\n",
         d.lost_events, d.conn_failed, d.this_flows
     );
+}
+
+/// One datapath table: the "off" runs (and the closing one), then each observer's runs, their
+/// median, their per-run ratios to the "off" speed at their moment, and the median of those.
+fn runs_table(o: &mut String, unit: &str, decimals: usize, off: &[f64], close: f64, rows: &[(&str, &Runs)]) {
+    let _ = writeln!(
+        o,
+        "\n| d8-trace | Runs ({unit}) | Median | Per run over \"off\" at its moment | On/off |\n|---|---|---|---|---|"
+    );
+    let _ = writeln!(
+        o,
+        "| off (first of each round; closing run {close:.decimals$}) | {} | {:.decimals$} | | 1.000 |",
+        fmt_list(off, decimals),
+        common::median(off),
+    );
+    for (what, runs) in rows {
+        if runs.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "| {what} | {} | {:.decimals$} | {} | {:.3} |",
+            fmt_list(&runs.values, decimals),
+            runs.median(),
+            fmt_list(&runs.ratios(), 2),
+            runs.on_off(),
+        );
+    }
 }
 
 /// The datapath tables' row of the round with empty programs at d8-trace's hooks.
@@ -964,7 +1011,10 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          loaded by the bench four times and attached in the lab node at the same hooks as `nf_pre` (PREROUTING and \
          OUTPUT at -250) and `nf_post` (PREROUTING/OUTPUT -99, POSTROUTING 101), of IPv4 and of IPv6 \
          (`nf_pre6`, `nf_post6`), one priority away (the kernel refuses a BPF hook at a priority another hook holds), \
-         measured in the same window. The lab is dual-stack; \"IPv6\" runs open the short connections to the IPv6 \
+         measured in the same window. Beside `nf_pre` and `nf_pre6` the bench also attaches `nf_hdr` and `nf_hdr6` \
+         (`d8-ebpf/src/bench.rs`), which read the packet with `nf_pre`'s own loads up to the question its filter \
+         asks (network header, IP version, protocol, destination address and port) and ask no map: the untraced \
+         path's own floor, what looking at the packet at all costs. The lab is dual-stack; \"IPv6\" runs open the short connections to the IPv6 \
          ClusterIP of `bench/web`, the others use IPv4. \"Untraced\" traces \
          `bench/other` while the traffic goes elsewhere; \"UDP to closed ports\" sends about 20,000 datagrams a second \
          from the client pod to UDP port 9 of the node's address (dropped in the node, which has a conntrack entry \
@@ -1471,9 +1521,9 @@ mod tests {
 
     #[test]
     fn a_target_notes_the_empty_programs_on_off_only_when_that_round_ran() {
-        assert_eq!(floor_note(&[], 100.0), "");
+        assert_eq!(floor_note(&Runs::default()), "");
         assert_eq!(
-            floor_note(&[97.0, 95.0, 99.0], 100.0),
+            floor_note(&Runs::paired(&[97.0, 95.0, 99.0], &[100.0, 100.0, 100.0])),
             " (empty programs at its hooks: 0.970)"
         );
     }
@@ -1483,12 +1533,12 @@ mod tests {
         let datapath = |others: Vec<f64>| Results {
             datapath: Some(Datapath {
                 off: vec![100.0],
-                other: vec![99.5],
-                this: vec![99.0],
+                other: Runs::paired(&[99.5], &[100.0]),
+                this: Runs::paired(&[99.0], &[100.0]),
                 conn_off: vec![100.0],
-                conn_other: vec![99.5],
-                conn_on: vec![96.0],
-                conn_tcpdump: vec![95.0],
+                conn_other: Runs::paired(&[99.5], &[100.0]),
+                conn_on: Runs::paired(&[96.0], &[100.0]),
+                conn_tcpdump: Runs::paired(&[95.0], &[100.0]),
                 others,
                 ..Datapath::default()
             }),
@@ -1555,6 +1605,14 @@ mod tests {
         };
         let (ratio, detail) = worst_ratio(&hooks, false, "nf_empty").unwrap();
         assert_eq!((ratio, detail.as_str()), (1.5, "nf_pre on bulk TCP: 90 ns vs 60 ns"));
+        // With the header floor measured beside it, the detail says what reading the packet cost.
+        let mut with_header = hooks.clone();
+        with_header.scenarios[0].floor_nf.push(floor("nf_hdr@pre", 84.0));
+        let (_, detail) = worst_ratio(&with_header, false, "nf_empty").unwrap();
+        assert_eq!(
+            detail,
+            "nf_pre on bulk TCP: 90 ns vs 60 ns; reading the packet alone (nf_hdr@pre): 84 ns"
+        );
         let (ratio, detail) = worst_ratio(&hooks, false, "tp_empty").unwrap();
         assert_eq!(ratio, 1.5, "{detail}");
         assert!(detail.starts_with("inet_sock_set_state"), "{detail}");
