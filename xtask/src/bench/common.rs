@@ -70,6 +70,32 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// The machine's speed at a moment: the milliseconds a fixed single-threaded workload takes
+/// (generating and sorting 2^21 pseudo-random `u64`s, 16 MiB: allocation, memory and compare
+/// work, like the rule readers'), median of `runs`. Measured before each section, so that a
+/// figure that moved between two runs can be told apart from the machine's own speed: this VM's
+/// host ran the same parse of the same dump 46 % slower in one run than in the one before, with
+/// no process of ours different.
+pub fn reference_ms(runs: usize) -> f64 {
+    let once = || {
+        let started = Instant::now();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut v: Vec<u64> = (0..1 << 21)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            })
+            .collect();
+        v.sort_unstable();
+        std::hint::black_box(&v);
+        started.elapsed().as_secs_f64() * 1000.0
+    };
+    let times: Vec<f64> = (0..runs.max(1)).map(|_| once()).collect();
+    median(&times)
+}
+
 pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;

@@ -24,6 +24,8 @@ const FIGURES_PREFIX: &str = "<!-- bench-figures: ";
 
 #[derive(Default)]
 struct Results {
+    /// Per section, the machine's speed just before it ([`common::reference_ms`]).
+    speed: std::collections::BTreeMap<&'static str, f64>,
     datapath: Option<Datapath>,
     hooks: Option<Hooks>,
     capacity: Option<Capacity>,
@@ -85,6 +87,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let lab = BenchLab::up()?;
         eprintln!("bench: lab up (node namespace {})", lab.node_ns());
         for s in &sections {
+            if *s != Section::Rules {
+                r.speed.insert(section_name(*s), common::reference_ms(env.pick(5, 1)));
+            }
             match s {
                 Section::Datapath => r.datapath = Some(datapath::run(&env, &lab)?),
                 Section::Hooks => r.hooks = Some(hooks::run(&env, &lab)?),
@@ -97,6 +102,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
     if sections.contains(&Section::Rules) {
+        r.speed
+            .insert(section_name(Section::Rules), common::reference_ms(env.pick(5, 1)));
         r.rules = Some(rules::run(&env)?);
     }
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
@@ -477,6 +484,46 @@ fn machine_speed(d: &Datapath, prev: &serde_json::Map<String, serde_json::Value>
     })
 }
 
+/// The section an absolute figure depends on the machine's speed in, and whether it grows with
+/// that speed (a rate) or shrinks (a time). `None` for the on/off and per-invocation ratios, which
+/// compare runs within one run, and for figures that are no time or rate.
+fn speed_bound(key: &str) -> Option<(&'static str, bool)> {
+    match key {
+        "capacity" => Some(("capacity", true)),
+        "startup" => Some(("startup", false)),
+        k if k.starts_with("rules_") || k.starts_with("explain_") => Some(("rules", false)),
+        _ => None,
+    }
+}
+
+/// Why a figure that moved more than [`AGREE`] from the previous run's (`then`) did: the
+/// machine's own speed, when the figure scaled by the change in the fixed workload's time before
+/// its section (`speed` now, `prev_speed` then) is within [`AGREE`] of the previous run's. `None`
+/// when it is not, or either run has no such time.
+fn speed_explains(
+    key: &str,
+    now: f64,
+    then: f64,
+    speed: &std::collections::BTreeMap<&'static str, f64>,
+    prev_speed: Option<&serde_json::Value>,
+) -> Option<String> {
+    let (section, rate) = speed_bound(key)?;
+    let ref_now = *speed.get(section)?;
+    let ref_then = prev_speed?.get(section)?.as_f64()?;
+    // > 1: the machine took longer for the same work now.
+    let slower = ref_now / ref_then;
+    let scaled = if rate { now * slower } else { now / slower };
+    let (cell, agrees) = change_cell(Some(scaled), Some(then))?;
+    agrees.then(|| {
+        format!(
+            "the workload before its section took {ref_now:.0} ms against {ref_then:.0} ms ({:+.0} %); scaled by \
+             it, the figure moved {}",
+            (slower - 1.0) * 100.0,
+            cell
+        )
+    })
+}
+
 fn targets(r: &Results) -> Vec<Target> {
     let mut t = Vec::new();
     if let Some(d) = &r.datapath {
@@ -720,6 +767,14 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
     let _ = writeln!(o, "| Kernel | {} |", m.kernel);
     let _ = writeln!(o, "| CPU | {} |", m.cpu);
     let _ = writeln!(o, "| Load average at start | {} |", m.load);
+    if !r.speed.is_empty() {
+        let parts: Vec<String> = r.speed.iter().map(|(s, ms)| format!("{s} {ms:.0}")).collect();
+        let _ = writeln!(
+            o,
+            "| The machine's speed: a fixed workload's ms before each section (`common::reference_ms`) | {} |",
+            parts.join(", ")
+        );
+    }
     match given {
         // The worktree's commit says nothing about a binary built elsewhere (an A/B of builds).
         Some(path) => {
@@ -750,6 +805,7 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
     let mut values = serde_json::Map::new();
     let mut compared = 0;
     let mut moved = Vec::new();
+    let mut by_speed = Vec::new();
     for t in &targets {
         figures.insert(t.key.into(), serde_json::Value::String(t.measured.clone()));
         if let Some(v) = t.value.filter(|v| v.is_finite()) {
@@ -762,7 +818,14 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
                 Some((cell, agrees)) => {
                     compared += 1;
                     if !agrees {
-                        moved.push(t.what);
+                        match t
+                            .value
+                            .zip(before)
+                            .and_then(|(now, then)| speed_explains(t.key, now, then, &r.speed, prev.get("speed")))
+                        {
+                            Some(why) => by_speed.push(format!("{}: {why}", t.what)),
+                            None => moved.push(t.what),
+                        }
                     }
                     cell
                 }
@@ -794,10 +857,15 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
         let _ = writeln!(
             o,
             "\nAgreement with the previous run (each figure's change, computed): {} of {compared} figures within {:.0} \
-             %{}. This run: load average {} at its start, datapath runs on a busy machine: {}; the previous run: load \
+             %{}{}. This run: load average {} at its start, datapath runs on a busy machine: {}; the previous run: load \
              average {}, busy runs: {}.",
-            compared - moved.len(),
+            compared - moved.len() - by_speed.len(),
             AGREE * 100.0,
+            if by_speed.is_empty() {
+                String::new()
+            } else {
+                format!(", {} more once scaled by the machine's speed (below)", by_speed.len())
+            },
             if moved.is_empty() {
                 String::new()
             } else {
@@ -808,6 +876,15 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
             prev.get("load").and_then(|v| v.as_str()).unwrap_or("not recorded"),
             prev.get("busy").and_then(|v| v.as_str()).unwrap_or("not recorded"),
         );
+        if !by_speed.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nWithin {:.0} % once scaled by the machine's own speed (a fixed workload timed before each section, \
+                 `common::reference_ms`): {}.",
+                AGREE * 100.0,
+                by_speed.join("; ")
+            );
+        }
         if let Some(speed) = r.datapath.as_ref().and_then(|d| machine_speed(d, &prev)) {
             let _ = writeln!(o, "\n{speed}");
         }
@@ -825,6 +902,9 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
     }
     if let Some(h) = &r.hooks {
         figures.insert("hook_parts".into(), hook_parts(h));
+    }
+    if !r.speed.is_empty() {
+        figures.insert("speed".into(), serde_json::json!(r.speed));
     }
     if let Some(busy) = busy {
         figures.insert("busy".into(), serde_json::Value::String(busy));
@@ -1526,6 +1606,23 @@ mod tests {
             floor_note(&Runs::paired(&[97.0, 95.0, 99.0], &[100.0, 100.0, 100.0])),
             " (empty programs at its hooks: 0.970)"
         );
+    }
+
+    #[test]
+    fn a_figure_that_moved_with_the_machine_speed_is_said_so() {
+        let speed: std::collections::BTreeMap<&'static str, f64> = [("rules", 150.0), ("capacity", 150.0)].into();
+        let prev = serde_json::json!({"rules": 100.0, "capacity": 100.0});
+        // A parse 46 % slower on a machine 50 % slower: within 10 % once scaled.
+        let why = speed_explains("rules_iptables", 305.0, 209.0, &speed, Some(&prev)).unwrap();
+        assert!(why.contains("150 ms against 100 ms (+50 %)"), "{why}");
+        assert!(why.ends_with("-3 %"), "{why}");
+        // A rate falls as the machine slows.
+        assert!(speed_explains("capacity", 9000.0, 13000.0, &speed, Some(&prev)).is_some());
+        // Slower by far more than the machine: the code's.
+        assert!(speed_explains("rules_iptables", 500.0, 209.0, &speed, Some(&prev)).is_none());
+        // On/off ratios compare within a run; a run without the times says nothing.
+        assert!(speed_explains("conn_this", 0.8, 0.95, &speed, Some(&prev)).is_none());
+        assert!(speed_explains("rules_iptables", 305.0, 209.0, &speed, None).is_none());
     }
 
     #[test]
