@@ -27,7 +27,7 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Startup> {
         first_flow_ms: Vec::new(),
     };
     for i in 0..runs {
-        let tracer = Tracer::start(&env.d8_trace, common::WEB_SVC, lab.node_ns())?;
+        let tracer = Tracer::start_timed(&env.d8_trace, common::WEB_SVC, lab.node_ns())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while tracer.first_flow_after().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
