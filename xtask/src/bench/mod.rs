@@ -2,10 +2,12 @@
 //! Everything runs in lab namespaces on this machine and ends in `BENCHMARKS.md`:
 //!
 //! 1. [`datapath`]: iperf3 throughput through a DNAT'd ClusterIP with d8-trace off, tracing another
-//!    Service and tracing this one (runs interleaved, medians); short connections per second, also
-//!    with `tcpdump` capturing in the node instead.
+//!    Service and tracing this one (runs interleaved, each judged against the "off" speed at its
+//!    moment, medians of those ratios); short connections per second, also with `tcpdump`
+//!    capturing in the node instead.
 //! 2. [`hooks`]: run time per invocation of each program under BPF statistics, next to an empty
-//!    netfilter program (`nf_empty`) attached at the same hooks in the same run.
+//!    netfilter program (`nf_empty`) attached at the same hooks in the same run, and beside
+//!    `nf_pre` a program that only reads the packet (`nf_hdr`).
 //! 3. [`capacity`]: the highest new-flow rate with no lost events; d8-trace's CPU and RSS there.
 //! 4. [`rules`]: reading and modelling 1,000 / 10,000 Services from iptables-save and nft JSON.
 //! 5. [`startup`]: from `d8-trace --svc` to hooks attached and to the first flow printed.
@@ -18,6 +20,9 @@
 //! The task links the lab and the rule readers (d8-userspace), whose build needs the BPF
 //! toolchain: built without the `bench` feature (as `cargo xtask setup` must be, on a fresh
 //! machine), it runs itself again as `cargo run --release -p xtask --features bench`.
+//!
+//! Before each section a fixed workload is timed ([`common::reference_ms`]): the machine's own
+//! speed, which the report uses to tell a figure that moved with the machine from one that did not.
 //!
 //! `--quick` runs every section for a second or two (CI smoke check): figures are printed and
 //! written to `<target>/bench/BENCHMARKS-quick.md`, never asserted, and `BENCHMARKS.md` is left
