@@ -1298,12 +1298,13 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
     for p in &rs.parse {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.1} MB | {:.0} ms (runs: {}) | {:.0} ms | {:.0} MiB | {} Services, {} endpoints |",
+            "| {} | {} | {:.1} MB | {:.0} ms (runs: {} ms; minor page faults {}) | {:.0} ms | {:.0} MiB | {} Services, {} endpoints |",
             p.services,
             p.format,
             p.bytes as f64 / 1e6,
             p.parse_ms,
-            p.runs,
+            fmt_list(&p.parse_runs_ms, 0),
+            p.minor_faults.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
             p.child_ms,
             p.peak_rss_mib,
             p.found_services,
