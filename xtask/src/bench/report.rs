@@ -104,7 +104,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if sections.contains(&Section::Rules) {
         r.speed
             .insert(section_name(Section::Rules), common::reference_ms(env.pick(5, 1)));
-        r.rules = Some(rules::run(&env)?);
+        let rs = rules::run(&env)?;
+        r.speed.extend(rule_speeds(&rs));
+        r.rules = Some(rs);
     }
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
     let run = Run {
@@ -208,6 +210,15 @@ impl Machine {
                 commit
             },
         }
+    }
+}
+
+/// `a-b` for the smallest and largest of `values`, or the one value they all are.
+fn range(values: &[u64]) -> String {
+    match (values.iter().min(), values.iter().max()) {
+        (Some(lo), Some(hi)) if lo != hi => format!("{lo}-{hi}"),
+        (Some(v), _) => v.to_string(),
+        _ => "-".into(),
     }
 }
 
@@ -484,6 +495,8 @@ fn machine_speed(d: &Datapath, prev: &serde_json::Map<String, serde_json::Value>
 /// that speed (a rate) or shrinks (a time). `None` for the on/off and per-invocation ratios, which
 /// compare runs within one run, and for figures that are no time or rate.
 fn speed_bound(key: &str) -> Option<(&'static str, bool)> {
+    // The rule-scale figures also have their own time (`rule_speeds`), preferred when both runs
+    // have it.
     match key {
         "capacity" => Some(("capacity", true)),
         "startup" => Some(("startup", false)),
@@ -504,20 +517,58 @@ fn speed_explains(
     prev_speed: Option<&serde_json::Value>,
 ) -> Option<String> {
     let (section, rate) = speed_bound(key)?;
-    let ref_now = *speed.get(section)?;
-    let ref_then = prev_speed?.get(section)?.as_f64()?;
+    let prev_speed = prev_speed?;
+    let both = |k: &str| Some((*speed.get(k)?, prev_speed.get(k)?.as_f64()?));
+    let (at, (ref_now, ref_then)) = match both(key) {
+        Some(times) => ("beside its runs", times),
+        None => ("before its section", both(section)?),
+    };
     // > 1: the machine took longer for the same work now.
     let slower = ref_now / ref_then;
     let scaled = if rate { now * slower } else { now / slower };
     let (cell, agrees) = change_cell(Some(scaled), Some(then))?;
     agrees.then(|| {
         format!(
-            "the workload before its section took {ref_now:.0} ms against {ref_then:.0} ms ({:+.0} %); scaled by \
+            "the workload {at} took {ref_now:.0} ms against {ref_then:.0} ms ({:+.0} %); scaled by \
              it, the figure moved {}",
             (slower - 1.0) * 100.0,
             cell
         )
     })
+}
+
+/// The target key of the parse figure at 10,000 Services in `format`.
+fn parse_key(format: &str) -> &'static str {
+    if format == "nft JSON" {
+        "rules_nft"
+    } else {
+        "rules_iptables"
+    }
+}
+
+/// The target key of the kernel reader's `explain` figure at 10,000 Services in `format`.
+fn explain_key(format: &str) -> &'static str {
+    match format {
+        "nft JSON" => "explain_nft_kernel",
+        "iptables-legacy" => "explain_iptables_legacy_kernel",
+        _ => "explain_iptables_kernel",
+    }
+}
+
+/// The fixed workload's median time beside each rule-scale target's runs, keyed by the target:
+/// the machine's speed while that figure was measured, not minutes before, when the section began.
+fn rule_speeds(rs: &RuleScale) -> Vec<(&'static str, f64)> {
+    let parse = rs
+        .parse
+        .iter()
+        .filter(|p| p.services == 10000 && !p.reference_runs_ms.is_empty())
+        .map(|p| (parse_key(p.format), common::median(&p.reference_runs_ms)));
+    let explain = rs
+        .node
+        .iter()
+        .filter(|n| n.services == 10000 && !n.kernel_reference_ms.is_empty())
+        .map(|n| (explain_key(n.format), common::median(&n.kernel_reference_ms)));
+    parse.chain(explain).collect()
 }
 
 fn targets(r: &Results) -> Vec<Target> {
@@ -651,11 +702,7 @@ fn targets(r: &Results) -> Vec<Target> {
         for format in ["iptables-save", "nft JSON"] {
             if let Some(p) = rs.parse.iter().find(|p| p.services == 10000 && p.format == format) {
                 t.push(Target {
-                    key: if format == "nft JSON" {
-                        "rules_nft"
-                    } else {
-                        "rules_iptables"
-                    },
+                    key: parse_key(format),
                     what: if format == "nft JSON" {
                         "10,000 Services (nft JSON) modelled in < 300 ms and < 200 MB"
                     } else {
@@ -668,23 +715,21 @@ fn targets(r: &Results) -> Vec<Target> {
             }
         }
     }
-    for (format, key, what) in [
+    for (format, what) in [
         (
             "nft JSON",
-            "explain_nft_kernel",
             "10,000 Services (nftables, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
         ),
         (
             "iptables-save",
-            "explain_iptables_kernel",
             "10,000 Services (iptables-nft, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
         ),
         (
             "iptables-legacy",
-            "explain_iptables_legacy_kernel",
             "10,000 Services (iptables-legacy, kernel reader): explain end to end < 1 s and < 150 MiB for all processes",
         ),
     ] {
+        let key = explain_key(format);
         let Some(n) = r.rules.as_ref().and_then(|rs| {
             rs.node
                 .iter()
@@ -767,7 +812,7 @@ fn render(r: &Results, m: &Machine, run: &Run, previous: &str) -> String {
         let parts: Vec<String> = r.speed.iter().map(|(s, ms)| format!("{s} {ms:.0}")).collect();
         let _ = writeln!(
             o,
-            "| The machine's speed: a fixed workload's ms before each section (`common::reference_ms`) | {} |",
+            "| The machine's speed: a fixed workload's ms before each section, and beside each rule-scale target's runs (median; `common::reference_ms`) | {} |",
             parts.join(", ")
         );
     }
@@ -1092,9 +1137,10 @@ fn hooks_section(o: &mut String, h: &Hooks) {
          asks (network header, IP version, protocol, destination address and port) and ask no map: the untraced \
          path's own floor, what looking at the packet at all costs. The lab is dual-stack; \"IPv6\" runs open the short connections to the IPv6 \
          ClusterIP of `bench/web`, the others use IPv4. \"Untraced\" traces \
-         `bench/other` while the traffic goes elsewhere; \"UDP to closed ports\" sends about 20,000 datagrams a second \
+         `bench/other` while the traffic goes elsewhere; \"UDP to a closed port\" sends about 20,000 datagrams a second \
          from the client pod to UDP port 9 of the node's address (dropped in the node, which has a conntrack entry \
-         for it) and of pod `other-1` (dropped in the pod, without one), every one a `kfree_skb` of no traced flow. \
+         for it: `kfree_skb` reads the entry's tuple) or, in a window of its own, of pod `other-1` (dropped in the pod, \
+         without one: `kfree_skb` reads the packet's headers), every one a `kfree_skb` of no traced flow. \
          Tracepoints fire for the whole machine (other processes' \
          sockets and packets included); their floor is `tp_empty` (returns at once), loaded once per tracepoint and \
          attached to `sock:inet_sock_set_state` and `skb:kfree_skb` in the same window. Every run has the kernel programs' debug log off (their log \
@@ -1284,8 +1330,10 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
         "`cargo xtask bench --only rules`: rule sets of N Services with 5 endpoints each from \
          `d8-userspace/testdata/rules/gen_large.py` (kube-proxy's chain names and hashes). Parse + model: \
          `rules::iptables::parse` / `rules::nftables::parse` timed alone in a child process that has read the file \
-         (median of the runs); peak RSS is that child's own `VmHWM` (the whole process: the text it read \
-         included; `wait4`'s figure would include the bench's own RSS, which a child holds until it execs).\n"
+         (median of the runs, after one warm-up child not counted; the fixed workload `common::reference_ms` runs in the \
+         bench right before each child, its median shown as the machine's speed); peak RSS is that child's own `VmHWM` \
+         (the whole process: the text it read included; `wait4`'s figure would include the bench's own RSS, which a \
+         child holds until it execs).\n"
     );
     let _ = writeln!(
         o,
@@ -1294,13 +1342,14 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
     for p in &rs.parse {
         let _ = writeln!(
             o,
-            "| {} | {} | {:.1} MB | {:.0} ms (runs: {} ms; minor page faults {}) | {:.0} ms | {:.0} MiB | {} Services, {} endpoints |",
+            "| {} | {} | {:.1} MB | {:.0} ms (runs: {} ms; minor page faults {}; machine's speed {:.0} ms) | {:.0} ms | {:.0} MiB | {} Services, {} endpoints |",
             p.services,
             p.format,
             p.bytes as f64 / 1e6,
             p.parse_ms(),
             fmt_list(&p.parse_runs_ms, 0),
-            p.minor_faults.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
+            range(&p.minor_faults),
+            common::median(&p.reference_runs_ms),
             p.child_ms,
             p.peak_rss_mib,
             p.found_services,
@@ -1354,14 +1403,15 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
             o,
             "\nThe kernel readers against the tools: `d8-trace explain --svc ns0/svc0 --netns NODE --no-k8s \
              -o json --rules-from kernel` (reads `table ip kube-proxy`, or iptables-nft's `ip filter` and `ip nat`, over \
-             nf_tables netlink, and iptables-legacy's x_tables blobs; no process but d8-trace; median of the runs listed) \
+             nf_tables netlink, and iptables-legacy's x_tables blobs; no process but d8-trace; median of the runs listed, \
+             after one warm-up run not counted, each run right after the fixed workload whose median is the machine's speed) \
              next to `--rules-from tools` (runs `nft -j list table ip kube-proxy`, or `iptables-nft-save` and \
              `iptables-legacy-save`; d8-trace's peak and the \
              tool's added: they run one after the other, so this bounds what they hold together).\n"
         );
         let _ = writeln!(
             o,
-            "| Services | Mode | `--rules-from kernel` | runs | peak RSS (all processes) | `--rules-from tools` | peak RSS (d8-trace + tool) |\n|---|---|---|---|---|---|---|"
+            "| Services | Mode | `--rules-from kernel` | runs | machine's speed | peak RSS (all processes) | `--rules-from tools` | peak RSS (d8-trace + tool) |\n|---|---|---|---|---|---|---|---|"
         );
         for n in kernel {
             let runs: Vec<String> = n.kernel_runs.iter().map(|r| format!("{r:.0}")).collect();
@@ -1372,10 +1422,11 @@ fn rules_section(o: &mut String, rs: &RuleScale) {
             };
             let _ = writeln!(
                 o,
-                "| {} | {mode} | {:.0} ms | {} ms | {:.0} MiB | {:.0} ms | {:.0} + {:.0} MiB |",
+                "| {} | {mode} | {:.0} ms | {} ms | {:.0} ms | {:.0} MiB | {:.0} ms | {:.0} + {:.0} MiB |",
                 n.services,
                 n.kernel_explain_ms.unwrap_or(f64::NAN),
                 runs.join(", "),
+                common::median(&n.kernel_reference_ms),
                 n.kernel_explain_rss_mib,
                 n.explain_ms,
                 n.explain_rss_mib,
@@ -1620,6 +1671,14 @@ mod tests {
         // On/off ratios compare within a run; a run without the times says nothing.
         assert!(speed_explains("conn_this", 0.8, 0.95, &speed, Some(&prev)).is_none());
         assert!(speed_explains("rules_iptables", 305.0, 209.0, &speed, None).is_none());
+        // A rule-scale figure's own time, beside its runs, wins over its section's when both
+        // runs have it; with one run only, the section's (the same kind of time in both runs).
+        let speed: std::collections::BTreeMap<&'static str, f64> = [("rules", 100.0), ("rules_iptables", 150.0)].into();
+        let prev = serde_json::json!({"rules": 100.0, "rules_iptables": 100.0});
+        let why = speed_explains("rules_iptables", 305.0, 209.0, &speed, Some(&prev)).unwrap();
+        assert!(why.contains("beside its runs took 150 ms"), "{why}");
+        let prev = serde_json::json!({"rules": 100.0});
+        assert!(speed_explains("rules_iptables", 305.0, 209.0, &speed, Some(&prev)).is_none());
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct ParseRow {
     /// Every child's parse time (ms) and the minor page faults it took, in the order run.
     pub parse_runs_ms: Vec<f64>,
     pub minor_faults: Vec<u64>,
+    /// The fixed workload's time (`common::reference_ms`) right before each child.
+    pub reference_runs_ms: Vec<f64>,
     /// Wall time of the whole child (read the file + parse + exit).
     pub child_ms: f64,
     pub peak_rss_mib: f64,
@@ -114,6 +116,8 @@ pub struct NodeRow {
     pub kernel_explain_ms: Option<f64>,
     pub kernel_explain_rss_mib: f64,
     pub kernel_runs: Vec<f64>,
+    /// The fixed workload's time right before each kernel-reader run.
+    pub kernel_reference_ms: Vec<f64>,
     pub error: Option<String>,
 }
 
@@ -180,14 +184,22 @@ pub(super) fn generate(env: &Env, n: usize) -> anyhow::Result<(PathBuf, PathBuf)
     Ok((save, json))
 }
 
+/// Children per parse figure, after one warm-up child whose time is not counted (the first child
+/// of a figure ran up to a third slower than the rest). Eleven, not five: a median of five moved
+/// by 11-31 % between two full runs, while single children of a quiet machine spread by a fifth.
+const PARSE_RUNS: usize = 11;
+
+/// Kernel-reader `explain` runs per figure (no tool runs: 0.2-0.4 s each at 10,000 Services).
+/// Seven, not three: three runs of one figure spread by up to a third.
+const KERNEL_RUNS: usize = 7;
+
 fn parse_rows(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::Result<ParseRow> {
-    // Five children, not three: a median of three moved by 13 % between two quiet runs.
-    let runs = env.pick(5, 1);
+    let runs = env.pick(PARSE_RUNS, 1);
     let (mut parse_ms, mut child_ms, mut rss) = (Vec::new(), Vec::new(), 0u64);
-    let mut minor_faults = Vec::new();
+    let (mut minor_faults, mut reference) = (Vec::new(), Vec::new());
     let mut last = serde_json::Value::Null;
-    for _ in 0..runs {
-        let arg = if format == "iptables-save" { "iptables" } else { "nft" };
+    let arg = if format == "iptables-save" { "iptables" } else { "nft" };
+    let child = || {
         let m = common::run_measured(
             Command::new(&env.xtask).args(["bench", "--parse-child", arg]).arg(file),
             "xtask",
@@ -198,6 +210,14 @@ fn parse_rows(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow:
                 String::from_utf8_lossy(&m.stderr)
             );
         }
+        Ok(m)
+    };
+    if !env.quick {
+        child()?;
+    }
+    for _ in 0..runs {
+        reference.push(common::reference_ms(1));
+        let m = child()?;
         last = serde_json::from_slice(&m.stdout).context("parse child output")?;
         parse_ms.push(last["ms"].as_f64().unwrap_or(f64::NAN));
         minor_faults.push(last["minflt"].as_u64().unwrap_or(0));
@@ -211,6 +231,7 @@ fn parse_rows(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow:
         bytes: std::fs::metadata(file)?.len(),
         parse_runs_ms: parse_ms,
         minor_faults,
+        reference_runs_ms: reference,
         child_ms: common::median(&child_ms),
         peak_rss_mib: rss as f64 / 1024.0,
         found_services: last["services"].as_u64().unwrap_or(0),
@@ -281,6 +302,7 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         kernel_explain_ms: None,
         kernel_explain_rss_mib: f64::NAN,
         kernel_runs: Vec::new(),
+        kernel_reference_ms: Vec::new(),
         error: None,
     };
     let mode = if format == "nft JSON" {
@@ -348,9 +370,12 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     row.dump_rss_mib = dump_rss as f64 / 1024.0;
     // The tool path (`--rules-from tools`, as before the kernel readers) and the kernel reader,
     // which runs no tool and is cheap enough for 3 runs at every size.
-    let explain_runs = |from: Option<&str>, runs: usize| -> anyhow::Result<(Vec<f64>, u64)> {
+    // Each run after the fixed workload (`reference`: its times), so that a figure that moved
+    // between two runs can be set against the machine's speed at that moment.
+    let explain_runs = |from: Option<&str>, runs: usize, reference: &mut Vec<f64>| -> anyhow::Result<(Vec<f64>, u64)> {
         let (mut explain, mut rss) = (Vec::new(), 0u64);
         for _ in 0..runs {
+            reference.push(common::reference_ms(1));
             let mut cmd = Command::new(&env.d8_trace);
             cmd.args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]);
             if let Some(from) = from {
@@ -375,10 +400,16 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
         }
         Ok((explain, rss))
     };
-    let (explain, rss) = explain_runs(Some("tools"), runs)?;
+    let (explain, rss) = explain_runs(Some("tools"), runs, &mut Vec::new())?;
     row.explain_ms = common::median(&explain);
     row.explain_rss_mib = rss as f64 / 1024.0;
-    let (kernel, rss) = explain_runs(Some("kernel"), env.pick(3, 1))?;
+    let mut reference = Vec::new();
+    // One warm-up run, not counted (full runs): the first of a figure's runs was often its slowest.
+    if !env.quick {
+        explain_runs(Some("kernel"), 1, &mut Vec::new())?;
+    }
+    let (kernel, rss) = explain_runs(Some("kernel"), env.pick(KERNEL_RUNS, 1), &mut reference)?;
+    row.kernel_reference_ms = reference;
     row.kernel_explain_ms = Some(common::median(&kernel));
     row.kernel_explain_rss_mib = rss as f64 / 1024.0;
     row.kernel_runs = kernel;
