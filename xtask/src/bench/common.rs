@@ -772,29 +772,26 @@ pub const CLOSED_UDP_PORT: u16 = 9;
 /// Datagrams [`udp_drops`] sends per millisecond at most (about 20,000 per second).
 const DROPS_PER_MS: u32 = 20;
 
-/// Datagrams from the client pod to closed UDP ports for `secs`, every one dropped by the kernel
-/// (`kfree_skb`, reason `NO_SOCKET`) and none of them a traced flow: alternately to the node's own
-/// address (dropped in the node's namespace, with a conntrack entry) and to pod `other-1`
-/// (dropped in the pod's namespace, which has no conntrack: the entry is left behind at the
-/// veth). Paced at about 20,000 a second, so that the drop tracepoint runs often enough for a
-/// steady mean without the sender taking a core. Returns the datagrams sent.
-pub fn udp_drops(client_ns: &str, node: Ipv4Addr, secs: u32) -> anyhow::Result<u64> {
+/// Datagrams from the client pod to closed UDP port [`CLOSED_UDP_PORT`] of `to` for `secs`, every
+/// one dropped by the kernel (`kfree_skb`, reason `NO_SOCKET`) and none of them a traced flow: to
+/// the node's own address they die in the node's namespace, with a conntrack entry; to pod
+/// `other-1` in the pod's, which has no conntrack (the entry is left behind at the veth). Paced
+/// at about 20,000 a second, so that the drop tracepoint runs often enough for a steady mean
+/// without the sender taking a core. Returns the datagrams sent.
+pub fn udp_drops(client_ns: &str, to: Ipv4Addr, secs: u32) -> anyhow::Result<u64> {
     let ns = client_ns.to_string();
     std::thread::scope(|s| {
         s.spawn(move || -> anyhow::Result<u64> {
             d8_trace::lab::netns::enter(&ns).map_err(|e| anyhow!("{e}"))?;
             let sock = UdpSocket::bind("0.0.0.0:0").context("a UDP socket in the client pod")?;
-            let to = [
-                SocketAddrV4::new(node, CLOSED_UDP_PORT),
-                SocketAddrV4::new(OTHER_POD, CLOSED_UDP_PORT),
-            ];
+            let to = SocketAddrV4::new(to, CLOSED_UDP_PORT);
             let deadline = Instant::now() + Duration::from_secs(secs.into());
             let mut sent = 0u64;
             while Instant::now() < deadline {
                 for _ in 0..DROPS_PER_MS {
                     // The ICMP port unreachable errors come back as ECONNREFUSED on a later send
                     // of an unconnected socket only with IP_RECVERR; plain sends succeed.
-                    if sock.send_to(b"d8-bench drop", to[(sent & 1) as usize]).is_ok() {
+                    if sock.send_to(b"d8-bench drop", to).is_ok() {
                         sent += 1;
                     }
                 }

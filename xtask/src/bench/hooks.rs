@@ -359,8 +359,12 @@ enum Load {
     Conns,
     /// The same over IPv6, to `bench/web`'s IPv6 ClusterIP (the lab is dual-stack).
     Conns6,
-    /// UDP datagrams to closed ports, every one dropped ([`common::udp_drops`]).
-    Drops,
+    /// UDP datagrams to a closed port of the node, every one dropped there, with a conntrack
+    /// entry ([`common::udp_drops`]).
+    DropsNode,
+    /// The same to a pod, dropped in its namespace, which has no conntrack: the drop program's
+    /// other path, which reads the packet's headers instead of the entry.
+    DropsPod,
 }
 
 impl Load {
@@ -369,7 +373,8 @@ impl Load {
             Load::Bulk => "bulk TCP (iperf3 -P 2)",
             Load::Conns => "new connection per request",
             Load::Conns6 => "new connection per request, IPv6",
-            Load::Drops => "UDP to closed ports (dropped)",
+            Load::DropsNode => "UDP to a closed port of the node (dropped, conntrack)",
+            Load::DropsPod => "UDP to a closed port of a pod (dropped, no conntrack)",
         }
     }
 }
@@ -387,14 +392,15 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
     // The drops: untraced packets dropped at a known rate, for the drop tracepoint's figure (the
     // other traffic has a few dozen drops per window from the rest of the machine, or none).
     // IPv6: the same short connections to the IPv6 ClusterIP, for `nf_pre6`/`nf_post6`.
-    let cases: [(Load, bool, &'static str, bool, bool); 11] = [
+    let cases: [(Load, bool, &'static str, bool, bool); 12] = [
         (Load::Bulk, false, common::OTHER_SVC, false, false),
         (Load::Bulk, true, common::IPERF_SVC, false, false),
         (Load::Conns, false, common::OTHER_SVC, false, false),
         (Load::Conns, true, common::WEB_SVC, false, false),
         (Load::Conns6, false, common::OTHER_SVC, false, false),
         (Load::Conns6, true, common::WEB_SVC, false, false),
-        (Load::Drops, false, common::OTHER_SVC, false, false),
+        (Load::DropsNode, false, common::OTHER_SVC, false, false),
+        (Load::DropsPod, false, common::OTHER_SVC, false, false),
         (Load::Conns, false, common::OTHER_SVC, true, false),
         (Load::Conns, true, common::WEB_SVC, true, false),
         (Load::Bulk, true, common::IPERF_SVC, false, true),
@@ -448,7 +454,8 @@ pub fn run(env: &Env, lab: &BenchLab) -> anyhow::Result<Hooks> {
             Load::Conns6 => {
                 common::conns_for(lab.client_ns(), web6, Duration::from_secs(secs.into()), None).map(|c| Some(c.ok))
             }
-            Load::Drops => common::udp_drops(lab.client_ns(), lab.lab.node_ip(), secs).map(|_| None),
+            Load::DropsNode => common::udp_drops(lab.client_ns(), lab.lab.node_ip(), secs).map(|_| None),
+            Load::DropsPod => common::udp_drops(lab.client_ns(), common::OTHER_POD, secs).map(|_| None),
         };
         let after = snapshot()?;
         drop(stats);
