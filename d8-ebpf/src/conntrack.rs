@@ -68,6 +68,15 @@ pub fn of_trusted_skb(skb: u64) -> Option<(u64, u64)> {
 /// (37), pad (38).
 #[inline(always)]
 pub fn tuple(addr: u64) -> Option<FlowKey> {
+    tuple_if(addr, |_, _, _, _, _| true)
+}
+
+/// [`tuple`], built only when `wanted(source words, source port, destination words, destination
+/// port, protocol)` (addresses as four native-order words, ports in network order, as a key holds
+/// them) says so, asked from the words as read: the drop tracepoint runs for every drop of the
+/// node, nearly none of a traced flow, and building the key first cost it more than the rest.
+#[inline(always)]
+pub fn tuple_if(addr: u64, wanted: impl FnOnce([u32; 4], u16, [u32; 4], u16, u8) -> bool) -> Option<FlowKey> {
     let mut key = MaybeUninit::<FlowKey>::uninit();
     // SAFETY: 40 bytes into the 40-byte key.
     if unsafe { bpf_probe_read_kernel(key.as_mut_ptr().cast(), 40, addr as *const c_void) } != 0 {
@@ -78,6 +87,16 @@ pub fn tuple(addr: u64) -> Option<FlowKey> {
     unsafe {
         let src_tail = core::ptr::read_volatile(w.add(4)).to_ne_bytes();
         let dst_tail = core::ptr::read_volatile(w.add(9)).to_ne_bytes();
+        let word = |i: usize| core::ptr::read_volatile(w.add(i));
+        if !wanted(
+            [word(0), word(1), word(2), word(3)],
+            u16::from_ne_bytes([src_tail[0], src_tail[1]]),
+            [word(5), word(6), word(7), word(8)],
+            u16::from_ne_bytes([dst_tail[0], dst_tail[1]]),
+            dst_tail[2],
+        ) {
+            return None;
+        }
         let family = match u16::from_ne_bytes([src_tail[2], src_tail[3]]) {
             AF_INET => FAMILY_V4,
             AF_INET6 => FAMILY_V6,
@@ -99,6 +118,12 @@ pub fn tuple(addr: u64) -> Option<FlowKey> {
 #[inline(always)]
 pub fn original(ct: u64) -> Option<FlowKey> {
     tuple(ct + config!(ct_tuple_orig) as u64)
+}
+
+/// [`original`] when `wanted` says so ([`tuple_if`]).
+#[inline(always)]
+pub fn original_if(ct: u64, wanted: impl FnOnce([u32; 4], u16, [u32; 4], u16, u8) -> bool) -> Option<FlowKey> {
+    tuple_if(ct + config!(ct_tuple_orig) as u64, wanted)
 }
 
 #[inline(always)]

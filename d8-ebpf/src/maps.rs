@@ -125,6 +125,21 @@ pub fn may_hold_flow(key: &FlowKey) -> bool {
     noted(&key.daddr, key.dport) || noted(&key.saddr, key.sport)
 }
 
+/// [`may_hold_flow`] of a tuple whose addresses are four native-order words each
+/// (`target_filter::bit_words`, the same bits): for the drop tracepoint, which asks it from a
+/// conntrack tuple's words as read, before building a key (a `[u8; 16]`'s bytes are loaded and
+/// shifted one by one, and building the key moved its 40 bytes twice: 200 instructions that every
+/// drop of the node ran, BENCHMARKS.md).
+#[inline(always)]
+pub fn may_hold_flow_words(src: [u32; 4], sport: u16, dst: [u32; 4], dport: u16, proto: u8) -> bool {
+    let noted = |words: [u32; 4], port: u16| {
+        FLOW_FILTER
+            .get(target_filter::bit_words(words, port, proto))
+            .is_some_and(|entry| *entry != 0)
+    };
+    noted(dst, dport) || noted(src, sport)
+}
+
 /// Per-flow state, keyed by the conntrack ORIGINAL tuple.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65536, 0);

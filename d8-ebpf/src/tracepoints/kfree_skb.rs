@@ -9,7 +9,7 @@ use crate::{
     conntrack,
     emit::event,
     flows,
-    maps::{config, last_hook, may_hold_flow},
+    maps::{config, last_hook, may_hold_flow, may_hold_flow_words},
     packet, pcap,
 };
 
@@ -32,12 +32,16 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     // drop is the evidence (a filter on the headers lost it; see BENCHMARKS.md).
     let ct = conntrack::of_skb(skb);
     let key = match ct {
-        Some((ct, _)) => conntrack::original(ct)?,
-        None => packet::parse_ip(packet::network_header(skb)?)?.key,
+        // The filter asked from the tuple's words before a key is built (`tuple_if`).
+        Some((ct, _)) => conntrack::original_if(ct, may_hold_flow_words)?,
+        None => {
+            let key = packet::parse_ip(packet::network_header(skb)?)?.key;
+            if !may_hold_flow(&key) {
+                return None;
+            }
+            key
+        }
     };
-    if !may_hold_flow(&key) {
-        return None;
-    }
     // IPv4 or IPv6, by the header's version: the tracepoint fires for both families' packets.
     let pkt = packet::parse_ip(packet::network_header(skb)?)?;
     let found = flows::find(&key)?;
@@ -70,9 +74,11 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// Where every kernel's `kfree_skb` record keeps `skbaddr` (after the 8-byte common header) and,
-/// since 5.17, `reason` (after `location` and `protocol`): its tracefs `format`.
+/// since 5.17, `reason` (after `location` and `protocol`; from 6.11 also after `rx_sk`, which
+/// moved it from 28 to 36): its tracefs `format`.
 const FIXED_SKBADDR: u32 = 8;
 const FIXED_REASON: u32 = 28;
+const FIXED_REASON_RX_SK: u32 = 36;
 
 /// The dropped skb's address and the drop reason (0 before 5.17). With the fixed layout in
 /// `CONFIG` they are plain loads from the record (the verifier checks context loads at constant
@@ -92,6 +98,13 @@ fn record(ctx: &TracePointContext) -> Option<(u64, u32)> {
     } else if reason_off == FIXED_REASON {
         // SAFETY: an aligned 4-byte field of the record.
         unsafe { core::ptr::read_volatile(base.add(FIXED_REASON as usize) as *const u32) }
+    } else if reason_off == FIXED_REASON_RX_SK {
+        // The aligned 8 bytes from 32 (`protocol`, padding, `reason`), its upper half: a 4-byte
+        // load at 36 is one LLVM merges with the one at 28 into a single load from a computed
+        // address, which the verifier refuses in a context ("modified ctx ptr"). Little-endian
+        // (BPF runs in the host's order; x86-64 and arm64 nodes).
+        // SAFETY: an aligned 8-byte span of the record.
+        unsafe { (core::ptr::read_volatile(base.add(FIXED_REASON_RX_SK as usize - 4) as *const u64) >> 32) as u32 }
     } else {
         read(ctx, reason_off)?
     };
