@@ -369,46 +369,49 @@ fn node_row(env: &Env, n: usize, format: &'static str, file: &Path) -> anyhow::R
     row.dump_ms = common::median(&dump);
     row.dump_rss_mib = dump_rss as f64 / 1024.0;
     // The tool path (`--rules-from tools`, as before the kernel readers) and the kernel reader,
-    // which runs no tool and is cheap enough for 3 runs at every size.
-    // Each run after the fixed workload (`reference`: its times), so that a figure that moved
-    // between two runs can be set against the machine's speed at that moment.
-    let explain_runs = |from: Option<&str>, runs: usize, reference: &mut Vec<f64>| -> anyhow::Result<(Vec<f64>, u64)> {
-        let (mut explain, mut rss) = (Vec::new(), 0u64);
-        for _ in 0..runs {
-            reference.push(common::reference_ms(1));
-            let mut cmd = Command::new(&env.d8_trace);
-            cmd.args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]);
-            if let Some(from) = from {
-                cmd.args(["--rules-from", from]);
+    // which runs no tool and is cheap enough for [`KERNEL_RUNS`] runs at every size. With
+    // `reference`, each run follows the fixed workload, whose times it collects, so that a figure
+    // that moved between two runs can be set against the machine's speed at that moment.
+    let explain_runs =
+        |from: Option<&str>, runs: usize, mut reference: Option<&mut Vec<f64>>| -> anyhow::Result<(Vec<f64>, u64)> {
+            let (mut explain, mut rss) = (Vec::new(), 0u64);
+            for _ in 0..runs {
+                if let Some(reference) = reference.as_deref_mut() {
+                    reference.push(common::reference_ms(1));
+                }
+                let mut cmd = Command::new(&env.d8_trace);
+                cmd.args(["explain", "--svc", "ns0/svc0", "--netns", &ns, "--no-k8s", "-o", "json"]);
+                if let Some(from) = from {
+                    cmd.args(["--rules-from", from]);
+                }
+                let m = common::run_measured(
+                    &mut cmd,
+                    // The binary may be named otherwise (`--d8-trace PATH`).
+                    &env.d8_trace
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "d8-trace".into()),
+                )?;
+                if !m.status.success() {
+                    bail!(
+                        "d8-trace explain ({format}, {n}, {from:?}) failed: {}",
+                        String::from_utf8_lossy(&m.stderr)
+                    );
+                }
+                explain.push(m.wall.as_secs_f64() * 1000.0);
+                rss = rss.max(m.max_rss_kib);
             }
-            let m = common::run_measured(
-                &mut cmd,
-                // The binary may be named otherwise (`--d8-trace PATH`).
-                &env.d8_trace
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "d8-trace".into()),
-            )?;
-            if !m.status.success() {
-                bail!(
-                    "d8-trace explain ({format}, {n}, {from:?}) failed: {}",
-                    String::from_utf8_lossy(&m.stderr)
-                );
-            }
-            explain.push(m.wall.as_secs_f64() * 1000.0);
-            rss = rss.max(m.max_rss_kib);
-        }
-        Ok((explain, rss))
-    };
-    let (explain, rss) = explain_runs(Some("tools"), runs, &mut Vec::new())?;
+            Ok((explain, rss))
+        };
+    let (explain, rss) = explain_runs(Some("tools"), runs, None)?;
     row.explain_ms = common::median(&explain);
     row.explain_rss_mib = rss as f64 / 1024.0;
     let mut reference = Vec::new();
     // One warm-up run, not counted (full runs): the first of a figure's runs was often its slowest.
     if !env.quick {
-        explain_runs(Some("kernel"), 1, &mut Vec::new())?;
+        explain_runs(Some("kernel"), 1, None)?;
     }
-    let (kernel, rss) = explain_runs(Some("kernel"), env.pick(KERNEL_RUNS, 1), &mut reference)?;
+    let (kernel, rss) = explain_runs(Some("kernel"), env.pick(KERNEL_RUNS, 1), Some(&mut reference))?;
     row.kernel_reference_ms = reference;
     row.kernel_explain_ms = Some(common::median(&kernel));
     row.kernel_explain_rss_mib = rss as f64 / 1024.0;
